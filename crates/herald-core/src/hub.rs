@@ -1,0 +1,510 @@
+//! The [`Hub`]: this node's map of users → sessions → clients, each client with its bounded
+//! queue; fan-out, limits and eviction, and presence.
+//!
+//! The hub is sharded by user; a shard is a `parking_lot::Mutex` held only for short, non-async
+//! work (never across an `.await`). Lock order, where two are taken: user shard, then client
+//! index shard.
+//!
+//! A client entry outlives its connection by [`Limits::client_linger`]: a poller is still
+//! "present" between two polls, and a tab that reloads can be found by `{"client": C}` publishes.
+//! [`Hub::sweep`] forgets entries older than that.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash, RandomState};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use parking_lot::Mutex;
+use tokio::sync::mpsc;
+
+use crate::ids::{ClientId, ClientIdMinter, Seq, SessionId, UserId};
+use crate::limits::Limits;
+use crate::notification::{Notification, now_ms};
+
+/// Shards of the user map and of the client index. A power of two well above the core count
+/// keeps contention negligible; each costs one mutex and one empty map.
+const SHARDS: usize = 64;
+
+/// How a client is connected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Transport {
+    Sse,
+    Poll,
+    Ws,
+}
+
+impl Transport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Sse => "sse",
+            Transport::Poll => "poll",
+            Transport::Ws => "ws",
+        }
+    }
+}
+
+/// Why the server ends a client's connection; sent to the client as a `closed` event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CloseReason {
+    /// Its session or the client itself was the least recently active one over a limit.
+    Evicted,
+    /// Another connection gave the same client id.
+    Replaced,
+    /// The publisher closed its session (or all the user's sessions).
+    SessionClosed,
+    /// Its token expired.
+    TokenExpired,
+    /// Its queue was full: it fell behind. Durable notifications resume on reconnect.
+    Lagging,
+    /// The server is shutting down.
+    Shutdown,
+    /// The server could not read the user's log; reconnecting resumes where it stopped.
+    Error,
+}
+
+impl CloseReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::Evicted => "evicted",
+            CloseReason::Replaced => "replaced",
+            CloseReason::SessionClosed => "session_closed",
+            CloseReason::TokenExpired => "token_expired",
+            CloseReason::Lagging => "lagging",
+            CloseReason::Shutdown => "shutdown",
+            CloseReason::Error => "error",
+        }
+    }
+}
+
+/// Who a connected client is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientInfo {
+    pub user: UserId,
+    pub session: SessionId,
+    pub client: ClientId,
+    pub transport: Transport,
+}
+
+/// State shared between a client's hub entry and its connection.
+#[derive(Debug, Default)]
+pub(crate) struct ClientShared {
+    close_reason: OnceLock<CloseReason>,
+    /// Every durable seq up to here was handled by this client: for presence.
+    pub(crate) last_seq: AtomicU64,
+}
+
+impl ClientShared {
+    /// Records why the connection must end; the first reason wins.
+    pub(crate) fn close(&self, reason: CloseReason) {
+        let _ = self.close_reason.set(reason);
+    }
+
+    pub(crate) fn close_reason(&self) -> Option<CloseReason> {
+        self.close_reason.get().copied()
+    }
+}
+
+pub(crate) type ClientSender = mpsc::Sender<Arc<Notification>>;
+
+struct ClientEntry {
+    id: ClientId,
+    transport: Transport,
+    connected_at_ms: i64,
+    last_active: Instant,
+    shared: Arc<ClientShared>,
+    /// `Some` while a connection is attached; dropping it ends that connection's queue.
+    sender: Option<ClientSender>,
+    /// Which attachment owns `sender`, so that a replaced connection's late detach is ignored.
+    attachment: u64,
+}
+
+impl ClientEntry {
+    fn end_connection(&mut self, reason: CloseReason) {
+        if self.sender.take().is_some() {
+            self.shared.close(reason);
+        }
+    }
+}
+
+#[derive(Default)]
+struct SessionEntry {
+    /// At most [`Limits::clients_per_session_max`]: a linear scan beats hashing at that size.
+    clients: Vec<ClientEntry>,
+}
+
+impl SessionEntry {
+    fn is_connected(&self) -> bool {
+        self.clients.iter().any(|c| c.sender.is_some())
+    }
+
+    fn last_active(&self) -> Option<Instant> {
+        self.clients.iter().map(|c| c.last_active).max()
+    }
+}
+
+#[derive(Default)]
+struct UserEntry {
+    /// At most [`Limits::sessions_per_user_max`].
+    sessions: Vec<(SessionId, SessionEntry)>,
+}
+
+/// A client's connection to the hub, as [`Hub::attach`] returns it.
+pub(crate) struct Attachment {
+    pub(crate) info: ClientInfo,
+    pub(crate) receiver: mpsc::Receiver<Arc<Notification>>,
+    pub(crate) shared: Arc<ClientShared>,
+    pub(crate) attachment: u64,
+}
+
+/// One client in a [`Presence`] answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientPresence {
+    pub client: ClientId,
+    pub transport: Transport,
+    pub connected_at_ms: i64,
+    pub last_seq: Seq,
+}
+
+/// One session in a [`Presence`] answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionPresence {
+    pub session: SessionId,
+    pub clients: Vec<ClientPresence>,
+}
+
+/// Who of a user is here: connected clients, and pollers within the linger time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Presence {
+    pub user: UserId,
+    pub sessions: Vec<SessionPresence>,
+}
+
+/// This node's users → sessions → clients. Cheap to clone: clones share the same hub.
+#[derive(Clone)]
+pub struct Hub {
+    inner: Arc<HubInner>,
+}
+
+struct HubInner {
+    users: Box<[Mutex<HashMap<UserId, UserEntry>>]>,
+    /// client → (user, session), for `{"client": C}` targets.
+    clients: Box<[Mutex<HashMap<ClientId, (UserId, SessionId)>>]>,
+    hasher: RandomState,
+    limits: Limits,
+    minter: ClientIdMinter,
+    next_attachment: AtomicU64,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub").field("limits", &self.inner.limits).finish_non_exhaustive()
+    }
+}
+
+impl Hub {
+    pub fn new(limits: Limits, minter: ClientIdMinter) -> Self {
+        let shards = |_| Mutex::new(HashMap::new());
+        Self {
+            inner: Arc::new(HubInner {
+                users: (0..SHARDS).map(shards).collect(),
+                clients: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+                hasher: RandomState::new(),
+                limits,
+                minter,
+                next_attachment: AtomicU64::new(1),
+            }),
+        }
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.inner.limits
+    }
+
+    pub fn minter(&self) -> &ClientIdMinter {
+        &self.inner.minter
+    }
+
+    fn shard_of<K: Hash>(&self, key: &K) -> usize {
+        (self.inner.hasher.hash_one(key) as usize) % SHARDS
+    }
+
+    fn users_shard(&self, user: &UserId) -> &Mutex<HashMap<UserId, UserEntry>> {
+        &self.inner.users[self.shard_of(user)]
+    }
+
+    fn clients_shard(&self, client: &ClientId) -> &Mutex<HashMap<ClientId, (UserId, SessionId)>> {
+        &self.inner.clients[self.shard_of(client)]
+    }
+
+    /// Attaches a connection for a client of `user` in `session`. `requested` is the id the
+    /// client gives back: kept if it was minted for this user and session (a connection that
+    /// holds it already is closed with `replaced`), else a new id is minted. Enforces the
+    /// session and client limits by evicting the least recently active.
+    pub(crate) fn attach(
+        &self,
+        user: &UserId,
+        session: &SessionId,
+        requested: Option<&str>,
+        transport: Transport,
+    ) -> Attachment {
+        let limits = &self.inner.limits;
+        let client = requested
+            .and_then(|r| self.inner.minter.verify(r, user, session))
+            .unwrap_or_else(|| self.inner.minter.mint(user, session));
+        let (sender, receiver) = mpsc::channel(limits.client_queue_len_max);
+        let shared = Arc::new(ClientShared::default());
+        let attachment = self.inner.next_attachment.fetch_add(1, Ordering::Relaxed);
+        let now = Instant::now();
+        let mut forgotten: Vec<ClientId> = Vec::new();
+        let mut is_new_client = false;
+        {
+            let mut users = self.users_shard(user).lock();
+            let entry = users.entry(user.clone()).or_default();
+            let session_index = match entry.sessions.iter().position(|(s, _)| s == session) {
+                Some(i) => i,
+                None => {
+                    if entry.sessions.len() >= limits.sessions_per_user_max {
+                        let victim = least_recently_active_session(&entry.sessions);
+                        let (_, mut evicted) = entry.sessions.swap_remove(victim);
+                        for c in &mut evicted.clients {
+                            c.end_connection(CloseReason::Evicted);
+                            forgotten.push(c.id.clone());
+                        }
+                    }
+                    entry.sessions.push((session.clone(), SessionEntry::default()));
+                    entry.sessions.len() - 1
+                }
+            };
+            let clients = &mut entry.sessions[session_index].1.clients;
+            let last_seq = match clients.iter_mut().find(|c| c.id == client) {
+                Some(existing) => {
+                    existing.end_connection(CloseReason::Replaced);
+                    existing.shared.last_seq.load(Ordering::Relaxed)
+                }
+                None => {
+                    if clients.len() >= limits.clients_per_session_max {
+                        let victim = least_recently_active_client(clients);
+                        let mut evicted = clients.swap_remove(victim);
+                        evicted.end_connection(CloseReason::Evicted);
+                        forgotten.push(evicted.id.clone());
+                    }
+                    is_new_client = true;
+                    0
+                }
+            };
+            shared.last_seq.store(last_seq, Ordering::Relaxed);
+            let fresh = ClientEntry {
+                id: client.clone(),
+                transport,
+                connected_at_ms: now_ms(),
+                last_active: now,
+                shared: shared.clone(),
+                sender: Some(sender),
+                attachment,
+            };
+            match clients.iter_mut().find(|c| c.id == client) {
+                Some(existing) => *existing = fresh,
+                None => clients.push(fresh),
+            }
+            for id in &forgotten {
+                self.clients_shard(id).lock().remove(id);
+            }
+            if is_new_client {
+                self.clients_shard(&client).lock().insert(client.clone(), (user.clone(), session.clone()));
+            }
+        }
+        let info = ClientInfo { user: user.clone(), session: session.clone(), client, transport };
+        Attachment { info, receiver, shared, attachment }
+    }
+
+    /// Ends `attachment`'s hold on its client entry (its connection ended). The entry stays
+    /// known for [`Limits::client_linger`]. A connection that was replaced meanwhile changes
+    /// nothing.
+    pub(crate) fn detach(&self, info: &ClientInfo, attachment: u64) {
+        let mut users = self.users_shard(&info.user).lock();
+        let Some(entry) = users.get_mut(&info.user) else { return };
+        let Some((_, session)) = entry.sessions.iter_mut().find(|(s, _)| *s == info.session) else {
+            return;
+        };
+        if let Some(c) = session.clients.iter_mut().find(|c| c.id == info.client && c.attachment == attachment) {
+            c.sender = None;
+            c.last_active = Instant::now();
+        }
+    }
+
+    /// Hands `notification` to the queues of its user's connected clients on this node and
+    /// returns how many clients it is for. Durable notifications go to every client of the user,
+    /// targeted or not, so that each can tell a gap (a seq it has not seen) from a seq that was
+    /// not for it; the client's subscription filters. A client whose queue is full is closed
+    /// with reason `lagging`.
+    pub fn fanout(&self, notification: &Arc<Notification>) -> u64 {
+        let mut users = self.users_shard(&notification.user).lock();
+        let Some(entry) = users.get_mut(&notification.user) else { return 0 };
+        let durable = notification.is_durable();
+        let mut delivered = 0;
+        for (session_id, session) in &mut entry.sessions {
+            for c in &mut session.clients {
+                let Some(sender) = &c.sender else { continue };
+                let included = notification.audience.includes(session_id, &c.id);
+                if !included && !durable {
+                    continue;
+                }
+                match sender.try_send(notification.clone()) {
+                    Ok(()) => delivered += u64::from(included),
+                    Err(mpsc::error::TrySendError::Full(_)) => c.end_connection(CloseReason::Lagging),
+                    Err(mpsc::error::TrySendError::Closed(_)) => c.sender = None,
+                }
+            }
+        }
+        delivered
+    }
+
+    /// The user and session of `client`, if this node knows it.
+    pub fn locate(&self, client: &ClientId) -> Option<(UserId, SessionId)> {
+        self.clients_shard(client).lock().get(client).cloned()
+    }
+
+    /// Closes the clients of `session` of `user` (or of all the user's sessions when `None`)
+    /// with `reason`, and forgets those sessions. Returns how many connections it closed.
+    pub fn close_sessions(&self, user: &UserId, session: Option<&SessionId>, reason: CloseReason) -> u64 {
+        let mut users = self.users_shard(user).lock();
+        let Some(entry) = users.get_mut(user) else { return 0 };
+        let mut closed = 0;
+        let mut forgotten = Vec::new();
+        entry.sessions.retain_mut(|(id, s)| {
+            if session.is_some_and(|wanted| wanted != id) {
+                return true;
+            }
+            for c in &mut s.clients {
+                closed += u64::from(c.sender.is_some());
+                c.end_connection(reason);
+                forgotten.push(c.id.clone());
+            }
+            false
+        });
+        if entry.sessions.is_empty() {
+            users.remove(user);
+        }
+        for id in &forgotten {
+            self.clients_shard(id).lock().remove(id);
+        }
+        closed
+    }
+
+    /// Closes every connection on this node with `reason` (shutdown).
+    pub fn close_all(&self, reason: CloseReason) -> u64 {
+        let mut closed = 0;
+        for shard in self.inner.users.iter() {
+            for entry in shard.lock().values_mut() {
+                for (_, s) in &mut entry.sessions {
+                    for c in &mut s.clients {
+                        closed += u64::from(c.sender.is_some());
+                        c.end_connection(reason);
+                    }
+                }
+            }
+        }
+        closed
+    }
+
+    /// Who of `user` is here: connected clients, and pollers whose last poll ended less than
+    /// [`Limits::client_linger`] ago. Sessions are listed in the order they arrived.
+    pub fn presence(&self, user: &UserId) -> Presence {
+        let linger = self.inner.limits.client_linger;
+        let users = self.users_shard(user).lock();
+        let sessions = users
+            .get(user)
+            .map(|entry| {
+                entry
+                    .sessions
+                    .iter()
+                    .filter_map(|(id, s)| {
+                        let clients: Vec<_> = s
+                            .clients
+                            .iter()
+                            .filter(|c| {
+                                c.sender.is_some()
+                                    || (c.transport == Transport::Poll && c.last_active.elapsed() < linger)
+                            })
+                            .map(|c| ClientPresence {
+                                client: c.id.clone(),
+                                transport: c.transport,
+                                connected_at_ms: c.connected_at_ms,
+                                last_seq: c.shared.last_seq.load(Ordering::Relaxed),
+                            })
+                            .collect();
+                        (!clients.is_empty()).then(|| SessionPresence { session: id.clone(), clients })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Presence { user: user.clone(), sessions }
+    }
+
+    /// Forgets clients whose connection ended more than [`Limits::client_linger`] ago, and the
+    /// sessions and users left empty. Returns how many clients it forgot. Call it periodically.
+    pub fn sweep(&self) -> usize {
+        let linger = self.inner.limits.client_linger;
+        let mut forgotten = Vec::new();
+        for shard in self.inner.users.iter() {
+            let mut users = shard.lock();
+            users.retain(|_, entry| {
+                entry.sessions.retain_mut(|(_, s)| {
+                    s.clients.retain(|c| {
+                        let keep = c.sender.is_some() || c.last_active.elapsed() < linger;
+                        if !keep {
+                            forgotten.push(c.id.clone());
+                        }
+                        keep
+                    });
+                    !s.clients.is_empty()
+                });
+                !entry.sessions.is_empty()
+            });
+            drop(users);
+            for id in forgotten.drain(..) {
+                self.clients_shard(&id).lock().remove(&id);
+            }
+        }
+        forgotten.len()
+    }
+
+    /// Connected clients on this node, for metrics and tests.
+    pub fn connected_clients(&self) -> usize {
+        self.inner
+            .users
+            .iter()
+            .map(|shard| {
+                shard
+                    .lock()
+                    .values()
+                    .flat_map(|e| e.sessions.iter())
+                    .flat_map(|(_, s)| s.clients.iter())
+                    .filter(|c| c.sender.is_some())
+                    .count()
+            })
+            .sum()
+    }
+}
+
+/// Index of the session to evict: one with no connected client if any, else the one whose most
+/// recent activity is oldest.
+fn least_recently_active_session(sessions: &[(SessionId, SessionEntry)]) -> usize {
+    sessions
+        .iter()
+        .enumerate()
+        .min_by_key(|(_, (_, s))| (s.is_connected(), s.last_active()))
+        .map(|(i, _)| i)
+        .expect("only called on a full, non-empty list")
+}
+
+/// Index of the client to evict: a disconnected one if any, else the least recently active.
+fn least_recently_active_client(clients: &[ClientEntry]) -> usize {
+    clients
+        .iter()
+        .enumerate()
+        .min_by_key(|(_, c)| (c.sender.is_some(), c.last_active))
+        .map(|(i, _)| i)
+        .expect("only called on a full, non-empty list")
+}

@@ -1,0 +1,38 @@
+//! Herald's model and delivery engine, with no HTTP and no SQL.
+//!
+//! A **user** (Eliom's session group) has **sessions** (sign-ins: browsers, devices), each with
+//! **clients** (tabs), each with one live connection. A publisher sends a notification to a
+//! [`Target`]; durable notifications are appended to the user's log in a [`Store`], which gives
+//! them the user's next [`Seq`]; then the [`Bus`] hands them to the [`Hub`] of every node, which
+//! fans them out to the queues of the user's clients. A [`Subscription`] turns one client's
+//! queue plus the store into an exact, gap-free, duplicate-free stream of [`ClientEvent`]s that a
+//! transport (SSE, long-poll, WebSocket: in `herald-server`) only has to encode.
+//!
+//! # Layout
+//! - [`ids`]: [`UserId`], [`SessionId`], [`ClientId`] (and the [`ClientIdMinter`]), [`Seq`].
+//! - [`notification`]: [`Notification`] (serialized once, shared by all its clients), [`Audience`],
+//!   [`Target`], [`Publish`], [`Receipt`].
+//! - [`store`]: the [`Store`] trait, each user's durable log.
+//! - [`bus`]: the [`Bus`] trait that carries notifications to every node; [`LocalBus`] for one node.
+//! - [`hub`]: the [`Hub`], users → sessions → clients on this node, limits and eviction, presence.
+//! - [`subscription`]: one client's stream: hello, replay, live, gap filling, close.
+//! - [`notifier`]: the [`Notifier`], the cheap cloneable handle that publishes from anywhere.
+//! - [`limits`]: every configurable bound, in one place.
+
+pub mod bus;
+pub mod hub;
+pub mod ids;
+pub mod limits;
+pub mod notification;
+pub mod notifier;
+pub mod store;
+pub mod subscription;
+
+pub use bus::{Bus, LocalBus};
+pub use hub::{ClientInfo, CloseReason, Hub, Presence, Transport};
+pub use ids::{ClientId, ClientIdMinter, ID_BYTES_MAX, InvalidId, Seq, SessionId, UserId};
+pub use limits::Limits;
+pub use notification::{Audience, Notification, Publish, Receipt, ReceiptEntry, Target};
+pub use notifier::{Notifier, NotifyError};
+pub use store::{Appended, LogHead, LogPage, NewNotification, PruneReport, Retention, Store, StoreError};
+pub use subscription::{ClientEvent, PollAnswer, SubscribeError, SubscribeRequest, Subscription, poll};

@@ -1,0 +1,44 @@
+//! [`Limits`]: every configurable bound of the delivery engine, with its default and what
+//! happens when it is reached.
+
+use std::time::Duration;
+
+/// Bounds of the hub and of publishing. Every field says what happens at the bound.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Sessions per user (Eliom's default, 50). One more evicts the least recently active
+    /// session: its clients get `closed` with reason `evicted`.
+    pub sessions_per_user_max: usize,
+    /// Clients per session (50). One more evicts the least recently active client of that
+    /// session, which gets `closed` with reason `evicted`.
+    pub clients_per_session_max: usize,
+    /// Events waiting in one client's queue (1,000). A client whose queue is full is closed with
+    /// reason `lagging`; it resumes its durable notifications from its last seq on reconnect,
+    /// but ephemeral ones that did not fit are lost to it.
+    pub client_queue_len_max: usize,
+    /// Size of a notification's `data` as JSON text (64 KiB). Larger: refused (HTTP 413).
+    pub data_bytes_max: usize,
+    /// Users in one `{"users": […]}` publish (1,000). More: refused (HTTP 400).
+    pub users_per_publish_max: usize,
+    /// Notifications read from the store per replay page (100). Bounds the memory one
+    /// reconnecting client can pin at a time.
+    pub replay_page_len: usize,
+    /// How long a client that left (a closed stream, or a poller whose last poll ended) stays
+    /// known: its id still routes `{"client": C}` publishes to its log, and a poller counts in
+    /// presence (60 s). After it, the client is forgotten.
+    pub client_linger: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            sessions_per_user_max: 50,
+            clients_per_session_max: 50,
+            client_queue_len_max: 1_000,
+            data_bytes_max: 64 * 1024,
+            users_per_publish_max: 1_000,
+            replay_page_len: 100,
+            client_linger: Duration::from_secs(60),
+        }
+    }
+}

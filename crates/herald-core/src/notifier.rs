@@ -1,0 +1,194 @@
+//! The [`Notifier`]: the handle that publishes notifications from anywhere.
+//!
+//! It needs no request context (Eliom's notify needed the site data of a request): clone it
+//! into a background task, a thread with a runtime handle, or another service's client, and call
+//! [`Notifier::publish`] or [`Notifier::notify`].
+
+use std::sync::Arc;
+
+use serde_json::value::RawValue;
+
+use crate::bus::{Bus, BusError};
+use crate::hub::{CloseReason, Hub};
+use crate::ids::{ClientId, ID_BYTES_MAX, SessionId, UserId};
+use crate::notification::{Audience, Notification, Publish, Receipt, ReceiptEntry, Target, now_ms};
+use crate::store::{Appended, NewNotification, Store, StoreError};
+
+/// Longest notification `type`, in bytes.
+pub const KIND_BYTES_MAX: usize = 128;
+
+/// Why a publish was refused or failed. The first four are the publisher's fault and changed
+/// nothing; `Store` and `Bus` are the server's.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NotifyError {
+    #[error("data is {bytes} bytes of JSON; at most {max} are allowed")]
+    DataTooLarge { bytes: usize, max: usize },
+    #[error("{count} users in one publish; at most {max} are allowed")]
+    TooManyUsers { count: usize, max: usize },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("client {0} is not connected to this server")]
+    ClientNotFound(ClientId),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Bus(#[from] BusError),
+}
+
+/// Publishes notifications: stores the durable ones, then hands them to the bus. Cheap to clone.
+#[derive(Clone)]
+pub struct Notifier {
+    inner: Arc<NotifierInner>,
+}
+
+struct NotifierInner {
+    store: Arc<dyn Store>,
+    bus: Arc<dyn Bus>,
+    hub: Hub,
+}
+
+impl std::fmt::Debug for Notifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Notifier").finish_non_exhaustive()
+    }
+}
+
+impl Notifier {
+    pub fn new(store: Arc<dyn Store>, bus: Arc<dyn Bus>, hub: Hub) -> Self {
+        Self { inner: Arc::new(NotifierInner { store, bus, hub }) }
+    }
+
+    pub fn hub(&self) -> &Hub {
+        &self.inner.hub
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.store
+    }
+
+    /// A durable notification of type `kind` with JSON `data` for every client of `user`.
+    pub async fn notify(&self, user: &UserId, kind: &str, data: &serde_json::Value) -> Result<Receipt, NotifyError> {
+        let data = serde_json::value::to_raw_value(data).map_err(|e| NotifyError::Invalid(e.to_string()))?;
+        self.publish(Publish::to_user(user.clone(), kind, Arc::from(data))).await
+    }
+
+    /// Publishes `publish`: validates it, stores it if durable (the seqs are durable when this
+    /// returns), and hands it to every node. Returns the seqs and how many clients of this node
+    /// it was handed to.
+    pub async fn publish(&self, publish: Publish) -> Result<Receipt, NotifyError> {
+        let limits = self.inner.hub.limits();
+        let data_bytes = publish.data.get().len();
+        if data_bytes > limits.data_bytes_max {
+            return Err(NotifyError::DataTooLarge { bytes: data_bytes, max: limits.data_bytes_max });
+        }
+        if publish.kind.is_empty() || publish.kind.len() > KIND_BYTES_MAX {
+            return Err(NotifyError::Invalid(format!("type must be 1 to {KIND_BYTES_MAX} bytes long")));
+        }
+        if let Some(key) = &publish.idempotency_key
+            && (key.is_empty() || key.len() > ID_BYTES_MAX)
+        {
+            return Err(NotifyError::Invalid(format!("idempotency_key must be 1 to {ID_BYTES_MAX} bytes long")));
+        }
+        let audiences = self.resolve(&publish.target, publish.except_client.as_ref())?;
+        let key = publish.idempotency_key.as_deref();
+        let created_at_ms = now_ms();
+        let notifications: Vec<Arc<Notification>> = if publish.durable {
+            let entries = audiences
+                .into_iter()
+                .map(|(user, audience)| NewNotification {
+                    user,
+                    kind: publish.kind.clone(),
+                    data: publish.data.clone(),
+                    created_at_ms,
+                    audience,
+                })
+                .collect();
+            match self.inner.store.append(entries, key).await? {
+                Appended::Stored(stored) => stored,
+                Appended::Duplicate(receipt) => return Ok(receipt),
+            }
+        } else {
+            if let Some(key) = key
+                && let Appended::Duplicate(receipt) = self.inner.store.append(Vec::new(), Some(key)).await?
+            {
+                return Ok(receipt);
+            }
+            audiences
+                .into_iter()
+                .map(|(user, audience)| {
+                    Arc::new(Notification::new(
+                        user,
+                        None,
+                        publish.kind.clone(),
+                        publish.data.clone(),
+                        created_at_ms,
+                        audience,
+                    ))
+                })
+                .collect()
+        };
+        let mut receipt = Receipt::default();
+        for notification in notifications {
+            if let Some(seq) = notification.seq {
+                receipt.notifications.push(ReceiptEntry { user: notification.user.clone(), seq });
+            }
+            receipt.delivered += self.inner.bus.publish(notification).await?;
+        }
+        if let Some(key) = key
+            && let Err(error) = self.inner.store.complete_receipt(key, &receipt).await
+        {
+            // The publish itself succeeded; a retry would get `delivered: 0`, nothing worse.
+            tracing::warn!(%error, "cannot record the receipt of an idempotent publish");
+        }
+        Ok(receipt)
+    }
+
+    /// Closes the clients of one session of `user` (all sessions when `None`) with reason
+    /// `session_closed`. Returns how many connections of this node were closed.
+    pub async fn close_sessions(&self, user: &UserId, session: Option<&SessionId>) -> Result<u64, NotifyError> {
+        Ok(self.inner.bus.close_sessions(user, session, CloseReason::SessionClosed).await?)
+    }
+
+    fn resolve(
+        &self,
+        target: &Target,
+        except_client: Option<&ClientId>,
+    ) -> Result<Vec<(UserId, Audience)>, NotifyError> {
+        let audience = |session: Option<&SessionId>, client: Option<&ClientId>| Audience {
+            session: session.cloned(),
+            client: client.cloned(),
+            except_client: except_client.cloned(),
+        };
+        Ok(match target {
+            Target::User(user) => vec![(user.clone(), audience(None, None))],
+            Target::Users(users) => {
+                let max = self.inner.hub.limits().users_per_publish_max;
+                if users.len() > max {
+                    return Err(NotifyError::TooManyUsers { count: users.len(), max });
+                }
+                if users.is_empty() {
+                    return Err(NotifyError::Invalid("users must not be empty".into()));
+                }
+                let mut unique: Vec<UserId> = Vec::with_capacity(users.len());
+                for user in users {
+                    if !unique.contains(user) {
+                        unique.push(user.clone());
+                    }
+                }
+                unique.into_iter().map(|u| (u, audience(None, None))).collect()
+            }
+            Target::Session(user, session) => vec![(user.clone(), audience(Some(session), None))],
+            Target::Client(client) => {
+                let (user, session) =
+                    self.inner.hub.locate(client).ok_or_else(|| NotifyError::ClientNotFound(client.clone()))?;
+                vec![(user, audience(Some(&session), Some(client)))]
+            }
+        })
+    }
+}
+
+/// Parses `text` as the JSON `data` of a notification.
+pub fn parse_data(text: &str) -> Result<Arc<RawValue>, serde_json::Error> {
+    RawValue::from_string(text.to_owned()).map(Arc::from)
+}

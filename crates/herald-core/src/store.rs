@@ -1,0 +1,125 @@
+//! The [`Store`] trait: each user's durable log of notifications, and idempotency records.
+//!
+//! The store is the only place where seqs are assigned. Implementations live in other crates
+//! (`herald-store`: SQLite, in-memory, later PostgreSQL); this module knows no SQL.
+//!
+//! **Contract every implementation keeps:**
+//! - `append` assigns each user the next seqs (`last_seq + 1`, …, no gaps) and makes them
+//!   durable before it returns; one call is atomic: all of it is stored or none.
+//! - Seqs of one user become visible in order: once seq `n` can be read, every seq below `n`
+//!   that is still retained can be read too. (Subscriptions rely on it to fill gaps.)
+//! - `pruned_through` only grows, and only retention moves it: a notification deleted on
+//!   purpose does not make resuming clients `reset`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::value::RawValue;
+
+use crate::ids::{Seq, UserId};
+use crate::notification::{Audience, Notification, Receipt};
+
+/// A notification to store; the store adds the seq.
+#[derive(Debug, Clone)]
+pub struct NewNotification {
+    pub user: UserId,
+    pub kind: Arc<str>,
+    pub data: Arc<RawValue>,
+    pub created_at_ms: i64,
+    pub audience: Audience,
+}
+
+/// What `append` did.
+#[derive(Debug)]
+pub enum Appended {
+    /// Stored, in the order given, each with its new seq.
+    Stored(Vec<Arc<Notification>>),
+    /// The idempotency key was used within the window: nothing was stored; here is the
+    /// receipt of the first publish (its `delivered` is 0 if that publish has not finished).
+    Duplicate(Receipt),
+}
+
+/// Where a user's log stands.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LogHead {
+    /// The highest seq ever assigned to this user (0: none yet).
+    pub last_seq: Seq,
+    /// Every seq up to this one was removed by retention (0: none). A client resuming from
+    /// below it has lost notifications and must be told (`reset`).
+    pub pruned_through: Seq,
+}
+
+/// A page of a user's log, oldest first.
+#[derive(Debug, Default)]
+pub struct LogPage {
+    pub notifications: Vec<Arc<Notification>>,
+    pub head: LogHead,
+}
+
+/// How long and how much of each user's log is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Notifications older than this are removed (default 30 days).
+    pub max_age: Duration,
+    /// At most this many notifications per user; the oldest go first (default 10,000).
+    pub max_per_user: u64,
+    /// Idempotency keys are remembered this long (24 hours).
+    pub idempotency_window: Duration,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Self {
+            max_age: Duration::from_secs(30 * 24 * 3600),
+            max_per_user: 10_000,
+            idempotency_window: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// What one retention pass removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PruneReport {
+    pub notifications: u64,
+    pub idempotency_keys: u64,
+}
+
+/// A store failure. Not the caller's fault; the publish or subscription fails and can be retried.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    #[error("store is full: {0}")]
+    Overloaded(String),
+    #[error("corrupt record in store: {0}")]
+    Corrupt(String),
+}
+
+/// Each user's durable log of notifications.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Stores `entries` atomically, giving each the next seq of its user. With an
+    /// `idempotency_key` seen within the window, stores nothing and returns the first receipt;
+    /// otherwise remembers the key (even when `entries` is empty: an ephemeral publish).
+    async fn append(
+        &self,
+        entries: Vec<NewNotification>,
+        idempotency_key: Option<&str>,
+    ) -> Result<Appended, StoreError>;
+
+    /// Records the final receipt of the publish that used `idempotency_key`.
+    async fn complete_receipt(&self, idempotency_key: &str, receipt: &Receipt) -> Result<(), StoreError>;
+
+    /// Up to `limit` notifications of `user` with seq > `after`, oldest first, and the head.
+    async fn read_after(&self, user: &UserId, after: Seq, limit: usize) -> Result<LogPage, StoreError>;
+
+    /// Where `user`'s log stands.
+    async fn head(&self, user: &UserId) -> Result<LogHead, StoreError>;
+
+    /// Applies the store's [`Retention`] as of `now_ms`: removes notifications older than
+    /// `max_age` and idempotency keys older than the window. (`max_per_user` is enforced by
+    /// `append` itself, so a log never holds more.)
+    async fn prune(&self, now_ms: i64) -> Result<PruneReport, StoreError>;
+}

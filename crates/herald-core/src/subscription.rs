@@ -1,0 +1,307 @@
+//! [`Subscription`]: one client's exact stream of events, whatever the transport.
+//!
+//! The hand-over from stored notifications to live ones is race-free because the order is:
+//! 1. read the user's [`LogHead`] (to check the resume point),
+//! 2. attach to the hub, so every live notification from now on lands in the client's queue,
+//! 3. replay from the store everything after the resume point,
+//! 4. take live notifications from the queue, dropping those whose seq was already handled.
+//!
+//! The subscription keeps `position`: every durable seq up to it has been handled (given to the
+//! client, or skipped because it was for another session or client). A live seq beyond
+//! `position + 1` means notifications were fanned out in another order than their seqs
+//! (concurrent publishes, or several nodes): the subscription fills the gap from the store,
+//! where every lower seq is already visible (see the [`Store`] contract). So a client sees each
+//! durable notification meant for it exactly once and in seq order.
+//!
+//! [`poll`] builds one long-poll answer on the same machinery.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::hub::{Attachment, ClientInfo, ClientShared, CloseReason, Hub, Transport};
+use crate::ids::{ClientId, Seq, SessionId, UserId};
+use crate::notification::Notification;
+use crate::store::{LogHead, Store, StoreError};
+
+/// Most notifications in one long-poll answer (Eliom's comet answers hold at most 100 too).
+pub const POLL_NOTIFICATIONS_MAX: usize = 100;
+
+/// What a transport sends to a client, in order.
+#[derive(Debug, Clone)]
+pub enum ClientEvent {
+    /// First event: who the client is. `last_seq` is the user's last seq when it attached;
+    /// `position` is where this stream starts (the resume point, or `last_seq` for a new one).
+    Hello { info: ClientInfo, last_seq: Seq, position: Seq },
+    /// A notification for this client, durable (in seq order, once) or ephemeral.
+    Notification(Arc<Notification>),
+    /// The resume point is older than what is retained: notifications were lost to this client,
+    /// which should reload its state. The stream goes on after `last_seq`.
+    Reset { last_seq: Seq },
+    /// The last event: the server ends the stream.
+    Closed(CloseReason),
+}
+
+/// Why a subscription could not start. Nothing was changed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SubscribeError {
+    #[error("cannot resume after seq {requested}: the user's last seq is {last_seq}")]
+    ResumeAhead { requested: Seq, last_seq: Seq },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// One client's stream of [`ClientEvent`]s. Dropping it detaches the client from the hub.
+pub struct Subscription {
+    hub: Hub,
+    store: Arc<dyn Store>,
+    info: ClientInfo,
+    receiver: mpsc::Receiver<Arc<Notification>>,
+    shared: Arc<ClientShared>,
+    attachment: u64,
+    /// Every durable seq up to here has been handled (queued in `pending` or skipped).
+    position: Seq,
+    /// Events decided but not yet taken by `next`. Bounded by one replay page plus two.
+    pending: VecDeque<ClientEvent>,
+    /// Whether the store may hold seqs after `position` that were not yet read.
+    replaying: bool,
+    finished: bool,
+}
+
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription").field("info", &self.info).field("position", &self.position).finish()
+    }
+}
+
+/// Where a new subscription starts and who it is for.
+#[derive(Debug, Clone)]
+pub struct SubscribeRequest<'a> {
+    pub user: &'a UserId,
+    pub session: &'a SessionId,
+    /// The client id the client gives back (`?client=`), if any.
+    pub client: Option<&'a str>,
+    pub transport: Transport,
+    /// The last seq the client saw; `None` starts at the user's current last seq.
+    pub resume_after: Option<Seq>,
+}
+
+impl Subscription {
+    /// Attaches a client and prepares its stream: `hello`, then `reset` if its resume point is
+    /// no longer retained, then every retained notification after it, then live ones.
+    pub async fn open(hub: &Hub, store: &Arc<dyn Store>, request: SubscribeRequest<'_>) -> Result<Self, SubscribeError> {
+        let head = store.head(request.user).await?;
+        if let Some(requested) = request.resume_after
+            && requested > head.last_seq
+        {
+            return Err(SubscribeError::ResumeAhead { requested, last_seq: head.last_seq });
+        }
+        let Attachment { info, receiver, shared, attachment } =
+            hub.attach(request.user, request.session, request.client, request.transport);
+        let mut subscription = Self {
+            hub: hub.clone(),
+            store: store.clone(),
+            info: info.clone(),
+            receiver,
+            shared,
+            attachment,
+            position: 0,
+            pending: VecDeque::new(),
+            replaying: true,
+            finished: false,
+        };
+        subscription.start(head, request.resume_after);
+        Ok(subscription)
+    }
+
+    fn start(&mut self, head: LogHead, resume_after: Option<Seq>) {
+        let position = resume_after.unwrap_or(head.last_seq);
+        self.pending.push_back(ClientEvent::Hello { info: self.info.clone(), last_seq: head.last_seq, position });
+        self.position = position;
+        if position < head.pruned_through {
+            self.pending.push_back(ClientEvent::Reset { last_seq: head.last_seq });
+            self.position = head.last_seq;
+        }
+        self.shared.last_seq.store(self.position, Ordering::Relaxed);
+    }
+
+    pub fn info(&self) -> &ClientInfo {
+        &self.info
+    }
+
+    /// Every durable seq up to this one has been handed out by `next` or skipped.
+    pub fn position(&self) -> Seq {
+        if self.pending.is_empty() {
+            self.position
+        } else {
+            // Some of the handled seqs are still waiting in `pending`: report the last one given out.
+            self.shared.last_seq.load(Ordering::Relaxed)
+        }
+    }
+
+    /// Whether everything stored so far was handed out (no replay or gap fill in progress).
+    pub fn is_caught_up(&self) -> bool {
+        !self.replaying && self.pending.is_empty()
+    }
+
+    /// Ends the stream with `reason`: the next call to [`Subscription::next`] returns
+    /// `Closed(reason)` (unless another reason came first).
+    pub fn close(&mut self, reason: CloseReason) {
+        self.shared.close(reason);
+    }
+
+    /// The next event, waiting for one if needed. After `Closed`, returns `None`.
+    /// Cancel-safe: dropping the future loses nothing.
+    pub async fn next(&mut self) -> Option<ClientEvent> {
+        loop {
+            if let Some(event) = self.pending.pop_front() {
+                if let ClientEvent::Notification(n) = &event
+                    && let Some(seq) = n.seq
+                {
+                    self.shared.last_seq.store(seq, Ordering::Relaxed);
+                }
+                return Some(event);
+            }
+            if self.finished {
+                return None;
+            }
+            if let Some(reason) = self.shared.close_reason() {
+                return Some(self.finish(reason));
+            }
+            if self.replaying {
+                if let Err(error) = self.read_page().await {
+                    tracing::warn!(%error, user = %self.info.user, "cannot read the log for a subscription");
+                    return Some(self.finish(CloseReason::Error));
+                }
+                continue;
+            }
+            let Some(notification) = self.receiver.recv().await else {
+                let reason = self.shared.close_reason().unwrap_or(CloseReason::Shutdown);
+                return Some(self.finish(reason));
+            };
+            self.accept_live(notification);
+        }
+    }
+
+    fn finish(&mut self, reason: CloseReason) -> ClientEvent {
+        self.finished = true;
+        self.pending.clear();
+        self.hub.detach(&self.info, self.attachment);
+        ClientEvent::Closed(reason)
+    }
+
+    fn accept_live(&mut self, notification: Arc<Notification>) {
+        let Some(seq) = notification.seq else {
+            // Ephemeral: the hub only queues it for clients it includes.
+            self.pending.push_back(ClientEvent::Notification(notification));
+            return;
+        };
+        if seq <= self.position {
+            return; // Replay or gap filling handed it out already.
+        }
+        if seq > self.position + 1 {
+            self.replaying = true; // A gap: the store has the missing seqs.
+            return;
+        }
+        self.position = seq;
+        if self.is_for_me(&notification) {
+            self.pending.push_back(ClientEvent::Notification(notification));
+        } else {
+            self.shared.last_seq.store(seq, Ordering::Relaxed);
+        }
+    }
+
+    async fn read_page(&mut self) -> Result<(), StoreError> {
+        let page_len = self.hub.limits().replay_page_len;
+        let page = self.store.read_after(&self.info.user, self.position, page_len).await?;
+        if page.notifications.len() < page_len {
+            self.replaying = false;
+        }
+        for notification in page.notifications {
+            let Some(seq) = notification.seq else { continue };
+            if seq <= self.position {
+                continue;
+            }
+            self.position = seq;
+            if self.is_for_me(&notification) {
+                self.pending.push_back(ClientEvent::Notification(notification));
+            }
+        }
+        if self.pending.is_empty() {
+            self.shared.last_seq.store(self.position, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    fn is_for_me(&self, notification: &Notification) -> bool {
+        notification.audience.includes(&self.info.session, &self.info.client)
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.hub.detach(&self.info, self.attachment);
+        }
+    }
+}
+
+/// One long-poll answer.
+#[derive(Debug, Clone)]
+pub struct PollAnswer {
+    pub client: ClientId,
+    /// At most [`POLL_NOTIFICATIONS_MAX`], durable ones in seq order.
+    pub notifications: Vec<Arc<Notification>>,
+    /// Poll next with `after` = this.
+    pub last_seq: Seq,
+    /// The `after` given is older than what is retained: the client should reload its state.
+    pub reset: bool,
+    /// The server ended this client (evicted, replaced, …).
+    pub closed: Option<CloseReason>,
+}
+
+/// Answers one long-poll: at once when anything after `request.resume_after` is retained for
+/// this client, else after the first live notification or `timeout`, with an empty list.
+/// The same request repeated gets the same durable notifications, so retrying is safe.
+pub async fn poll(
+    hub: &Hub,
+    store: &Arc<dyn Store>,
+    request: SubscribeRequest<'_>,
+    timeout: Duration,
+) -> Result<PollAnswer, SubscribeError> {
+    let deadline = Instant::now() + timeout;
+    let mut subscription = Subscription::open(hub, store, request).await?;
+    let mut notifications: Vec<Arc<Notification>> = Vec::new();
+    let mut reset = false;
+    let mut closed = None;
+    let mut start = None;
+    while notifications.len() < POLL_NOTIFICATIONS_MAX {
+        let anything = !notifications.is_empty() || reset || start.is_some_and(|s| subscription.position() > s);
+        if subscription.is_caught_up() && anything {
+            break;
+        }
+        let Ok(event) = tokio::time::timeout_at(deadline, subscription.next()).await else { break };
+        match event {
+            Some(ClientEvent::Hello { position, .. }) => start = Some(position),
+            Some(ClientEvent::Reset { .. }) => reset = true,
+            Some(ClientEvent::Notification(n)) => notifications.push(n),
+            Some(ClientEvent::Closed(reason)) => {
+                closed = Some(reason);
+                break;
+            }
+            None => break,
+        }
+    }
+    let last_seq = if notifications.len() == POLL_NOTIFICATIONS_MAX {
+        notifications.iter().rev().find_map(|n| n.seq).unwrap_or(subscription.position())
+    } else {
+        subscription.position()
+    };
+    let client = subscription.info().client.clone();
+    Ok(PollAnswer { client, notifications, last_seq, reset, closed })
+}
