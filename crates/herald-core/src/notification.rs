@@ -80,11 +80,20 @@ impl Notification {
     ) -> Self {
         let created_at = format_timestamp_ms(created_at_ms);
         let wire = WireNotification { seq, kind: &kind, data: &data, created_at: &created_at };
-        let json = Bytes::from(serde_json::to_vec(&wire).expect("a notification always serializes"));
+        let mut json = serde_json::to_vec(&wire).expect("a notification always serializes");
+        // The publisher's `data` is kept as sent and may be pretty-printed. Line breaks can only
+        // be whitespace in JSON (inside strings they are escaped), so turning them into spaces
+        // changes nothing and keeps the object on one line, as SSE `data:` needs.
+        for byte in &mut json {
+            if *byte == b'\n' || *byte == b'\r' {
+                *byte = b' ';
+            }
+        }
+        let json = Bytes::from(json);
         Self { user, seq, kind, data, created_at_ms, audience, json }
     }
 
-    /// The canonical JSON object of this notification, as clients receive it.
+    /// The canonical JSON object of this notification, as clients receive it, on one line.
     pub fn json(&self) -> &Bytes {
         &self.json
     }
@@ -194,6 +203,12 @@ mod tests {
         assert_eq!(
             std::str::from_utf8(n.json()).unwrap(),
             r#"{"seq":7,"type":"m","data":{"text":"hi"},"created_at":"2023-11-14T22:13:20.123Z"}"#
+        );
+        let pretty: Arc<RawValue> = Arc::from(RawValue::from_string("{\n  \"a\": \"x\\ny\"\r\n}".into()).unwrap());
+        let p = Notification::new(user.clone(), Some(1), Arc::from("m"), pretty, 0, Audience::user());
+        assert_eq!(
+            std::str::from_utf8(p.json()).unwrap(),
+            r#"{"seq":1,"type":"m","data":{   "a": "x\ny"  },"created_at":"1970-01-01T00:00:00Z"}"#
         );
         let e = Notification::new(user, None, Arc::from("m"), data, 0, Audience::user());
         assert_eq!(

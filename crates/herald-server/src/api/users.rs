@@ -1,0 +1,135 @@
+//! `/v1/users/{user}/…`: presence, stored notifications, and closing sessions.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::response::Response;
+use herald_core::notification::format_timestamp_ms;
+use herald_core::{Seq, SessionId, UserId};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::app::App;
+use crate::auth::Publisher;
+use crate::error::{ApiError, ApiPath, ApiQuery};
+use crate::transport::poll::json_response;
+
+/// Most stored notifications in one answer of `GET /v1/users/{user}/notifications`.
+pub const NOTIFICATIONS_LIMIT_MAX: usize = 100;
+
+#[derive(Serialize)]
+struct PresenceBody<'a> {
+    user: &'a str,
+    sessions: Vec<SessionBody<'a>>,
+}
+
+#[derive(Serialize)]
+struct SessionBody<'a> {
+    session: &'a str,
+    clients: Vec<ClientBody<'a>>,
+}
+
+#[derive(Serialize)]
+struct ClientBody<'a> {
+    client: &'a str,
+    transport: &'static str,
+    connected_at: String,
+    last_seq: Seq,
+}
+
+/// `GET /v1/users/{user}/presence`: the user's sessions and their connected clients.
+pub async fn presence(
+    State(app): State<Arc<App>>,
+    _publisher: Publisher,
+    ApiPath(user): ApiPath<String>,
+) -> Result<Response, ApiError> {
+    let user = UserId::new(user)?;
+    let presence = app.hub.presence(&user);
+    let body = PresenceBody {
+        user: presence.user.as_str(),
+        sessions: presence
+            .sessions
+            .iter()
+            .map(|s| SessionBody {
+                session: s.session.as_str(),
+                clients: s
+                    .clients
+                    .iter()
+                    .map(|c| ClientBody {
+                        client: c.client.as_str(),
+                        transport: c.transport.as_str(),
+                        connected_at: format_timestamp_ms(c.connected_at_ms),
+                        last_seq: c.last_seq,
+                    })
+                    .collect(),
+            })
+            .collect(),
+    };
+    Ok(json_response(&body))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotificationsQuery {
+    after: Option<Seq>,
+    limit: Option<usize>,
+}
+
+#[derive(Serialize)]
+struct NotificationsBody<'a> {
+    notifications: Vec<&'a RawValue>,
+}
+
+/// `GET /v1/users/{user}/notifications?after=N&limit=L`: stored notifications, oldest first.
+pub async fn notifications(
+    State(app): State<Arc<App>>,
+    _publisher: Publisher,
+    ApiPath(user): ApiPath<String>,
+    ApiQuery(query): ApiQuery<NotificationsQuery>,
+) -> Result<Response, ApiError> {
+    let user = UserId::new(user)?;
+    let limit = query.limit.unwrap_or(NOTIFICATIONS_LIMIT_MAX);
+    if limit == 0 || limit > NOTIFICATIONS_LIMIT_MAX {
+        return Err(ApiError::bad_request(
+            "invalid_limit",
+            format!("`limit` must be 1 to {NOTIFICATIONS_LIMIT_MAX}, not {limit}"),
+        ));
+    }
+    let page = app.store.read_after(&user, query.after.unwrap_or(0), limit).await?;
+    let body = NotificationsBody {
+        notifications: page
+            .notifications
+            .iter()
+            .map(|n| serde_json::from_slice::<&RawValue>(n.json()).expect("a notification's JSON is valid"))
+            .collect(),
+    };
+    Ok(json_response(&body))
+}
+
+#[derive(Serialize)]
+struct ClosedBody {
+    closed: u64,
+}
+
+/// `DELETE /v1/users/{user}/sessions/{session}`: closes that session's clients
+/// (`session_closed`).
+pub async fn close_session(
+    State(app): State<Arc<App>>,
+    _publisher: Publisher,
+    ApiPath((user, session)): ApiPath<(String, String)>,
+) -> Result<Response, ApiError> {
+    let (user, session) = (UserId::new(user)?, SessionId::new(session)?);
+    let closed = app.notifier.close_sessions(&user, Some(&session)).await?;
+    Ok(json_response(&ClosedBody { closed }))
+}
+
+/// `DELETE /v1/users/{user}/sessions`: closes all the user's clients (sign out everywhere).
+pub async fn close_all_sessions(
+    State(app): State<Arc<App>>,
+    _publisher: Publisher,
+    ApiPath(user): ApiPath<String>,
+) -> Result<Response, ApiError> {
+    let user = UserId::new(user)?;
+    let closed = app.notifier.close_sessions(&user, None).await?;
+    Ok(json_response(&ClosedBody { closed }))
+}

@@ -1,0 +1,75 @@
+//! [`App`]: the state every handler shares, and [`router`], the HTTP routes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::routing::{delete, get, post};
+use herald_core::{Bus, ClientIdMinter, Hub, Limits, LocalBus, Notifier, Store};
+use sha2::{Digest, Sha256};
+
+use crate::auth::Auth;
+use crate::error::ApiError;
+use crate::{api, transport};
+
+/// Server settings that are not limits of the core.
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    /// Longest silence on a stream: a keep-alive comment is sent after it (15 s).
+    pub keepalive_interval: Duration,
+    /// Dev mode: generated credentials; later also the demo.
+    pub dev_mode: bool,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self { keepalive_interval: Duration::from_secs(15), dev_mode: false }
+    }
+}
+
+/// Everything the handlers share.
+pub struct App {
+    pub notifier: Notifier,
+    pub hub: Hub,
+    pub store: Arc<dyn Store>,
+    pub auth: Auth,
+    pub settings: ServerSettings,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App").field("hub", &self.hub).field("settings", &self.settings).finish_non_exhaustive()
+    }
+}
+
+impl App {
+    /// An app over `store`, on one node (a [`LocalBus`]).
+    pub fn new(store: Arc<dyn Store>, limits: Limits, secret: &[u8], api_key: &[u8], settings: ServerSettings) -> Arc<Self> {
+        // Client ids are MACed with a key derived from the token secret, so that they stay
+        // valid across restarts and on every node that shares the secret.
+        let client_id_key = Sha256::new_with_prefix(b"herald client ids\0").chain_update(secret).finalize();
+        let hub = Hub::new(limits, ClientIdMinter::new(&client_id_key));
+        let bus: Arc<dyn Bus> = Arc::new(LocalBus::new(hub.clone()));
+        let notifier = Notifier::new(store.clone(), bus, hub.clone());
+        Arc::new(Self { notifier, hub, store, auth: Auth::new(secret, api_key), settings })
+    }
+}
+
+/// The HTTP routes of Herald.
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { axum::Json(serde_json::json!({ "status": "ok" })) }))
+        .route("/v1/stream", get(transport::sse::stream))
+        .route("/v1/poll", get(transport::poll::poll))
+        .route("/v1/notify", post(api::publish::notify))
+        .route("/v1/users/{user}/presence", get(api::users::presence))
+        .route("/v1/users/{user}/notifications", get(api::users::notifications))
+        .route("/v1/users/{user}/sessions", delete(api::users::close_all_sessions))
+        .route("/v1/users/{user}/sessions/{session}", delete(api::users::close_session))
+        .fallback(|| async { ApiError::not_found("no such route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not take that method")
+        })
+        .with_state(app)
+}

@@ -1,0 +1,186 @@
+//! Configuration: [`ServeArgs`] (the `herald serve` options, each also an env var) and
+//! [`Credentials`] (the token secret and the API key, generated and kept in dev mode).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use herald_core::{Limits, Retention};
+use serde::{Deserialize, Serialize};
+
+/// File in the data dir holding the dev-mode credentials.
+pub const DEV_CREDENTIALS_FILE: &str = "dev-credentials.json";
+
+/// Options of `herald serve`. Every option is also an environment variable.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "HERALD_LISTEN", default_value = "127.0.0.1:7300")]
+    pub listen: SocketAddr,
+    /// Directory of the embedded SQLite database (and of the dev credentials).
+    #[arg(long, env = "HERALD_DATA_DIR", default_value = "./herald-data")]
+    pub data_dir: PathBuf,
+    /// Keep nothing on disk: notifications live in memory and are lost on restart.
+    #[arg(long, env = "HERALD_MEMORY")]
+    pub memory: bool,
+    /// HS256 key of subscriber tokens. Without it and the API key: dev mode.
+    #[arg(long, env = "HERALD_SECRET", hide_env_values = true)]
+    pub secret: Option<String>,
+    /// The publishers' API key. Without it and the secret: dev mode.
+    #[arg(long, env = "HERALD_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Days a notification is kept.
+    #[arg(long, env = "HERALD_RETENTION_DAYS", default_value_t = 30)]
+    pub retention_days: u64,
+    /// Notifications kept per user; the oldest go first.
+    #[arg(long, env = "HERALD_RETENTION_MAX_PER_USER", default_value_t = 10_000)]
+    pub retention_max_per_user: u64,
+    /// Sessions per user; one more evicts the least recently active.
+    #[arg(long, env = "HERALD_SESSIONS_PER_USER_MAX", default_value_t = 50)]
+    pub sessions_per_user_max: usize,
+    /// Clients per session; one more evicts the least recently active.
+    #[arg(long, env = "HERALD_CLIENTS_PER_SESSION_MAX", default_value_t = 50)]
+    pub clients_per_session_max: usize,
+    /// Events queued per client; a client whose queue is full is closed with reason `lagging`.
+    #[arg(long, env = "HERALD_CLIENT_QUEUE_LEN_MAX", default_value_t = 1_000)]
+    pub client_queue_len_max: usize,
+    /// Largest notification `data`, in bytes of JSON.
+    #[arg(long, env = "HERALD_DATA_BYTES_MAX", default_value_t = 64 * 1024)]
+    pub data_bytes_max: usize,
+    /// Seconds between keep-alive comments on idle streams.
+    #[arg(long, env = "HERALD_KEEPALIVE_SECS", default_value_t = 15)]
+    pub keepalive_secs: u64,
+}
+
+impl ServeArgs {
+    /// The hub and publish limits these options set.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            sessions_per_user_max: self.sessions_per_user_max.max(1),
+            clients_per_session_max: self.clients_per_session_max.max(1),
+            client_queue_len_max: self.client_queue_len_max.max(1),
+            data_bytes_max: self.data_bytes_max,
+            ..Limits::default()
+        }
+    }
+
+    /// The retention these options set.
+    pub fn retention(&self) -> Retention {
+        Retention {
+            max_age: Duration::from_secs(self.retention_days.saturating_mul(24 * 3600)),
+            max_per_user: self.retention_max_per_user.max(1),
+            ..Retention::default()
+        }
+    }
+}
+
+/// The subscriber-token secret and the publishers' API key.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct Credentials {
+    pub secret: String,
+    pub api_key: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Credentials { .. }")
+    }
+}
+
+/// Why the credentials could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialsError {
+    #[error("set both HERALD_SECRET and HERALD_API_KEY, or neither (dev mode)")]
+    OnlyOne,
+    #[error("{0} must not be empty")]
+    Empty(&'static str),
+    #[error("cannot read or write {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path} is not valid: {source}")]
+    Corrupt { path: PathBuf, source: serde_json::Error },
+}
+
+/// How the credentials were obtained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CredentialsSource {
+    /// Both given by the operator.
+    Configured,
+    /// Dev mode: generated (or read back from the data dir).
+    Dev,
+}
+
+impl Credentials {
+    fn generate() -> Self {
+        let random = || URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>());
+        Self { secret: random(), api_key: format!("hk_{}", random()) }
+    }
+
+    /// The configured credentials; or in dev mode, those kept in `data_dir` (created on first
+    /// run), or fresh ones kept nowhere when `data_dir` is `None` (`--memory`).
+    pub fn resolve(
+        secret: Option<&str>,
+        api_key: Option<&str>,
+        data_dir: Option<&Path>,
+    ) -> Result<(Self, CredentialsSource), CredentialsError> {
+        match (secret, api_key) {
+            (Some(secret), Some(api_key)) => {
+                if secret.is_empty() {
+                    return Err(CredentialsError::Empty("HERALD_SECRET"));
+                }
+                if api_key.is_empty() {
+                    return Err(CredentialsError::Empty("HERALD_API_KEY"));
+                }
+                let credentials = Self { secret: secret.to_owned(), api_key: api_key.to_owned() };
+                Ok((credentials, CredentialsSource::Configured))
+            }
+            (None, None) => {
+                let credentials = match data_dir {
+                    Some(dir) => Self::load_or_create(dir)?,
+                    None => Self::generate(),
+                };
+                Ok((credentials, CredentialsSource::Dev))
+            }
+            _ => Err(CredentialsError::OnlyOne),
+        }
+    }
+
+    /// Reads the dev credentials kept in `data_dir`, if there are any.
+    pub fn load_dev(data_dir: &Path) -> Result<Option<Self>, CredentialsError> {
+        let path = data_dir.join(DEV_CREDENTIALS_FILE);
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|source| CredentialsError::Corrupt { path, source }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(CredentialsError::Io { path, source }),
+        }
+    }
+
+    fn load_or_create(data_dir: &Path) -> Result<Self, CredentialsError> {
+        if let Some(credentials) = Self::load_dev(data_dir)? {
+            return Ok(credentials);
+        }
+        let path = data_dir.join(DEV_CREDENTIALS_FILE);
+        let io = |source| CredentialsError::Io { path: path.clone(), source };
+        std::fs::create_dir_all(data_dir).map_err(io)?;
+        let credentials = Self::generate();
+        let json = serde_json::to_vec_pretty(&credentials).expect("credentials serialize");
+        write_private(&path, &json).map_err(io)?;
+        Ok(credentials)
+    }
+}
+
+/// Writes `bytes` to `path`, readable by the owner only where the platform allows it.
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
+}

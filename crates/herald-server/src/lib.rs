@@ -1,0 +1,195 @@
+//! Herald's HTTP server: the transports (SSE, long-poll), the publish API, auth and config,
+//! around `herald-core`'s hub and a `herald-store` store.
+//!
+//! A Rust app can embed Herald in its own axum server: build an [`App`] over a store, mount
+//! [`router`], and publish with [`App::notifier`] from anywhere. `herald serve` is [`serve`].
+//!
+//! # Layout
+//! - [`app`]: [`App`], the shared state, and [`router`], the routes.
+//! - [`config`]: [`ServeArgs`] (options and env vars) and [`config::Credentials`] (dev mode).
+//! - [`auth`]: subscriber tokens (HS256 JWT) and the publishers' API key.
+//! - [`transport`]: `GET /v1/stream` (SSE) and `GET /v1/poll`; the only code that knows the
+//!   wire format of events.
+//! - [`api`]: `POST /v1/notify` and `/v1/users/{user}/…`.
+//! - [`error`]: [`ApiError`], the JSON errors, and extractors that answer with them.
+
+pub mod api;
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod transport;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use herald_core::{CloseReason, PruneReport, Store};
+use herald_store::{MemoryStore, SqliteStore};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub use app::{App, ServerSettings, router};
+pub use config::ServeArgs;
+pub use error::ApiError;
+
+use config::{Credentials, CredentialsSource};
+
+/// File name of the SQLite database in the data dir.
+pub const DATABASE_FILE: &str = "herald.db";
+/// How often retention runs (removes notifications past `max_age`, old idempotency keys).
+const PRUNE_INTERVAL: Duration = Duration::from_secs(60);
+/// How often the hub forgets clients gone for longer than their linger time.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
+/// Longest wait for open connections to end after a shutdown signal; then they are dropped.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Credentials(#[from] config::CredentialsError),
+    #[error("cannot open the store: {0}")]
+    Store(#[from] herald_core::StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+    #[error("server failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A running server, as [`start`] returns it.
+pub struct RunningServer {
+    pub addr: SocketAddr,
+    pub app: Arc<App>,
+    shutdown: watch::Sender<bool>,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+impl RunningServer {
+    /// Closes every client with reason `shutdown` and waits (at most [`SHUTDOWN_GRACE`]) for
+    /// the connections to end.
+    pub async fn shutdown(self) -> std::io::Result<()> {
+        let _ = self.shutdown.send(true);
+        match self.task.await {
+            Ok(result) => result,
+            Err(e) => Err(std::io::Error::other(e)),
+        }
+    }
+}
+
+/// Serves `app` on `listener`, with retention and sweeping in the background, until
+/// [`RunningServer::shutdown`].
+pub fn start(app: Arc<App>, listener: TcpListener) -> std::io::Result<RunningServer> {
+    let addr = listener.local_addr()?;
+    let (shutdown, stop) = watch::channel(false);
+    let maintenance = tokio::spawn(maintain(app.clone(), stop.clone()));
+    let router = router(app.clone());
+    let hub = app.hub.clone();
+    let task = tokio::spawn(async move {
+        let mut stop_serving = stop.clone();
+        let signal = async move {
+            let _ = stop_serving.wait_for(|stop| *stop).await;
+            let closed = hub.close_all(CloseReason::Shutdown);
+            tracing::info!(closed, "shutting down: closed every client with reason `shutdown`");
+        };
+        let mut stop_waiting = stop;
+        let grace_over = async move {
+            let _ = stop_waiting.wait_for(|stop| *stop).await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        };
+        let result = tokio::select! {
+            result = axum::serve(listener, router).with_graceful_shutdown(signal).into_future() => result,
+            () = grace_over => {
+                tracing::warn!("connections still open after the shutdown grace period; dropping them");
+                Ok(())
+            }
+        };
+        maintenance.abort();
+        result
+    });
+    Ok(RunningServer { addr, app, shutdown, task })
+}
+
+/// Runs retention and the hub's sweep periodically until `stop`.
+async fn maintain(app: Arc<App>, mut stop: watch::Receiver<bool>) {
+    let mut prune = tokio::time::interval(PRUNE_INTERVAL);
+    let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = prune.tick() => match app.store.prune(herald_core::notification::now_ms()).await {
+                Ok(report) if report != PruneReport::default() => {
+                    tracing::info!(?report, "retention removed old records");
+                }
+                Ok(_) => {}
+                Err(error) => tracing::warn!(%error, "retention failed; will retry"),
+            },
+            _ = sweep.tick() => {
+                app.hub.sweep();
+            }
+            // The flag only ever goes from false to true: any change means stop.
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// `herald serve`: opens the store, sets up credentials (dev mode if none), serves until
+/// SIGINT or SIGTERM, then closes every client with reason `shutdown`.
+pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
+    let data_dir = (!args.memory).then_some(args.data_dir.as_path());
+    let (credentials, source) = Credentials::resolve(args.secret.as_deref(), args.api_key.as_deref(), data_dir)?;
+    let store: Arc<dyn Store> = match data_dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir)?;
+            Arc::new(SqliteStore::open(&dir.join(DATABASE_FILE), args.retention())?)
+        }
+        None => Arc::new(MemoryStore::new(args.retention())),
+    };
+    let settings = ServerSettings {
+        keepalive_interval: Duration::from_secs(args.keepalive_secs.max(1)),
+        dev_mode: source == CredentialsSource::Dev,
+    };
+    let app = App::new(store, args.limits(), credentials.secret.as_bytes(), credentials.api_key.as_bytes(), settings);
+    let listener =
+        TcpListener::bind(args.listen).await.map_err(|source| ServeError::Listen { addr: args.listen, source })?;
+    let server = start(app, listener)?;
+    if source == CredentialsSource::Dev {
+        let kept = match data_dir {
+            Some(dir) => format!("kept in {}", dir.join(config::DEV_CREDENTIALS_FILE).display()),
+            None => "kept nowhere (--memory): new ones at every start".to_owned(),
+        };
+        tracing::warn!("DEV MODE: no HERALD_SECRET / HERALD_API_KEY given; generated credentials, {kept}");
+        eprintln!("herald: dev mode. Do not use in production.");
+        eprintln!("  HERALD_SECRET={}", credentials.secret);
+        eprintln!("  HERALD_API_KEY={}", credentials.api_key);
+    }
+    let storage = match data_dir {
+        Some(dir) => dir.join(DATABASE_FILE).display().to_string(),
+        None => "memory (nothing kept on disk)".to_owned(),
+    };
+    tracing::info!(addr = %server.addr, %storage, "herald listening");
+    eprintln!("herald: listening on http://{} (store: {storage})", server.addr);
+    shutdown_signal().await;
+    server.shutdown().await?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(term) => term,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

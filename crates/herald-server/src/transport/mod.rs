@@ -1,0 +1,50 @@
+//! Transports: how events reach clients. Only these modules know the wire format of events.
+//!
+//! - [`sse`]: `GET /v1/stream`, Server-Sent Events.
+//! - [`poll`]: `GET /v1/poll`, long-polling.
+//!
+//! All of them drive a [`herald_core::Subscription`] and only encode what it yields.
+
+pub mod poll;
+pub mod sse;
+
+use axum::http::HeaderMap;
+use herald_core::Seq;
+use serde::Deserialize;
+
+use crate::error::ApiError;
+
+/// Query parameters shared by the streaming transports.
+#[derive(Debug, Deserialize)]
+pub struct StreamQuery {
+    /// Resume after this seq (wins over the `Last-Event-ID` header).
+    pub last_event_id: Option<String>,
+    /// The client id this tab had before (kept if it belongs to the same user and session).
+    pub client: Option<String>,
+    /// The subscriber token; read by the auth extractor.
+    #[allow(dead_code)]
+    pub token: Option<String>,
+}
+
+/// The resume point: `?last_event_id=` or else the `Last-Event-ID` header; `None` if neither.
+pub fn resume_point(query: Option<&str>, headers: &HeaderMap) -> Result<Option<Seq>, ApiError> {
+    let raw = match query {
+        Some(q) => Some(q.to_owned()),
+        None => headers
+            .get("last-event-id")
+            .map(|v| v.to_str().map(str::to_owned))
+            .transpose()
+            .map_err(|_| ApiError::bad_request("invalid_last_event_id", "Last-Event-ID is not text"))?,
+    };
+    raw.map(|raw| {
+        let raw = raw.trim();
+        if raw.is_empty() {
+            return Ok(None);
+        }
+        raw.parse::<Seq>().map(Some).map_err(|_| {
+            ApiError::bad_request("invalid_last_event_id", format!("last event id {raw:?} is not a seq (a whole number)"))
+        })
+    })
+    .transpose()
+    .map(Option::flatten)
+}

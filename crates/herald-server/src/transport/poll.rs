@@ -1,0 +1,109 @@
+//! `GET /v1/poll`: long-polling, for networks that break streaming (Eliom's comet).
+//!
+//! Each poll is a short-lived subscription: it answers at once with what is retained after
+//! `after`, else waits for the first live notification or the timeout. Between polls the client
+//! stays in presence for [`herald_core::Limits::client_linger`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use herald_core::subscription::{SubscribeRequest, poll as poll_once};
+use herald_core::{Seq, Transport};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::app::App;
+use crate::auth::Subscriber;
+use crate::error::{ApiError, ApiQuery};
+use crate::transport::sse::instant_of_unix;
+
+/// Poll wait when `timeout` is not given, in seconds (Eliom's comet waits 20 s too).
+pub const POLL_TIMEOUT_SECS_DEFAULT: u64 = 20;
+/// Longest poll wait a client may ask for, in seconds. Above: 400.
+pub const POLL_TIMEOUT_SECS_MAX: u64 = 60;
+
+#[derive(Debug, Deserialize)]
+pub struct PollQuery {
+    after: Option<String>,
+    timeout: Option<String>,
+    client: Option<String>,
+    #[allow(dead_code)]
+    token: Option<String>,
+}
+
+fn parse_number(name: &str, raw: Option<&str>) -> Result<Option<u64>, ApiError> {
+    raw.map(|raw| {
+        raw.trim().parse::<u64>().map_err(|_| {
+            ApiError::bad_request(
+                if name == "after" { "invalid_after" } else { "invalid_timeout" },
+                format!("`{name}` must be a whole number, not {raw:?}"),
+            )
+        })
+    })
+    .transpose()
+}
+
+/// One long-poll answer: `{"client", "notifications", "last_seq"}` (+ `reset`, `closed`).
+pub async fn poll(
+    State(app): State<Arc<App>>,
+    subscriber: Subscriber,
+    ApiQuery(query): ApiQuery<PollQuery>,
+) -> Result<Response, ApiError> {
+    let after: Option<Seq> = parse_number("after", query.after.as_deref())?;
+    let timeout_secs = parse_number("timeout", query.timeout.as_deref())?.unwrap_or(POLL_TIMEOUT_SECS_DEFAULT);
+    if timeout_secs > POLL_TIMEOUT_SECS_MAX {
+        return Err(ApiError::bad_request(
+            "invalid_timeout",
+            format!("`timeout` is at most {POLL_TIMEOUT_SECS_MAX} seconds, not {timeout_secs}"),
+        ));
+    }
+    // Never hold a poll past the token's expiry: the next poll must show the token again.
+    let until_expiry = instant_of_unix(subscriber.expires_at).saturating_duration_since(tokio::time::Instant::now());
+    let timeout = Duration::from_secs(timeout_secs).min(until_expiry);
+    let answer = poll_once(
+        &app.hub,
+        &app.store,
+        SubscribeRequest {
+            user: &subscriber.user,
+            session: &subscriber.session,
+            client: query.client.as_deref(),
+            transport: Transport::Poll,
+            resume_after: after,
+        },
+        timeout,
+    )
+    .await?;
+    let body = PollBody {
+        client: answer.client.as_str(),
+        notifications: answer
+            .notifications
+            .iter()
+            .map(|n| serde_json::from_slice::<&RawValue>(n.json()).expect("a notification's JSON is valid"))
+            .collect(),
+        last_seq: answer.last_seq,
+        reset: answer.reset,
+        closed: answer.closed.map(|reason| reason.as_str()),
+    };
+    Ok(json_response(&body))
+}
+
+#[derive(Serialize)]
+struct PollBody<'a> {
+    client: &'a str,
+    /// Borrowed from each notification's JSON, serialized once at publish.
+    notifications: Vec<&'a RawValue>,
+    last_seq: Seq,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    reset: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    closed: Option<&'static str>,
+}
+
+/// A 200 answer with `body` as JSON.
+pub(crate) fn json_response(body: &impl Serialize) -> Response {
+    let bytes = serde_json::to_vec(body).expect("answers always serialize");
+    ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], bytes).into_response()
+}
