@@ -180,6 +180,9 @@ pub struct Presence {
     pub sessions: Vec<SessionPresence>,
 }
 
+/// One shard of the index of clients: where each client lives.
+type ClientIndex = HashMap<ClientId, (UserId, SessionId)>;
+
 /// This node's users → sessions → clients. Cheap to clone: clones share the same hub.
 #[derive(Clone)]
 pub struct Hub {
@@ -189,7 +192,7 @@ pub struct Hub {
 struct HubInner {
     users: Box<[Mutex<HashMap<UserId, UserEntry>>]>,
     /// client → (user, session), for `{"client": C}` targets.
-    clients: Box<[Mutex<HashMap<ClientId, (UserId, SessionId)>>]>,
+    clients: Box<[Mutex<ClientIndex>]>,
     hasher: RandomState,
     limits: Limits,
     minter: ClientIdMinter,
@@ -233,7 +236,7 @@ impl Hub {
         &self.inner.users[self.shard_of(user)]
     }
 
-    fn clients_shard(&self, client: &ClientId) -> &Mutex<HashMap<ClientId, (UserId, SessionId)>> {
+    fn clients_shard(&self, client: &ClientId) -> &Mutex<ClientIndex> {
         &self.inner.clients[self.shard_of(client)]
     }
 
@@ -327,7 +330,9 @@ impl Hub {
         let Some((_, session)) = entry.sessions.iter_mut().find(|(s, _)| *s == info.session) else {
             return;
         };
-        if let Some(c) = session.clients.iter_mut().find(|c| c.id == info.client && c.attachment == attachment) {
+        if let Some(c) =
+            session.clients.iter_mut().find(|c| c.id == info.client && c.attachment == attachment)
+        {
             c.sender = None;
             c.last_active = Instant::now();
         }

@@ -199,12 +199,20 @@ mod tests {
     fn json_is_canonical() {
         let data: Arc<RawValue> = Arc::from(RawValue::from_string(r#"{"text":"hi"}"#.into()).unwrap());
         let user = UserId::new("alice").unwrap();
-        let n = Notification::new(user.clone(), Some(7), Arc::from("m"), data.clone(), 1_700_000_000_123, Audience::user());
+        let n = Notification::new(
+            user.clone(),
+            Some(7),
+            Arc::from("m"),
+            data.clone(),
+            1_700_000_000_123,
+            Audience::user(),
+        );
         assert_eq!(
             std::str::from_utf8(n.json()).unwrap(),
             r#"{"seq":7,"type":"m","data":{"text":"hi"},"created_at":"2023-11-14T22:13:20.123Z"}"#
         );
-        let pretty: Arc<RawValue> = Arc::from(RawValue::from_string("{\n  \"a\": \"x\\ny\"\r\n}".into()).unwrap());
+        let pretty: Arc<RawValue> =
+            Arc::from(RawValue::from_string("{\n  \"a\": \"x\\ny\"\r\n}".into()).unwrap());
         let p = Notification::new(user.clone(), Some(1), Arc::from("m"), pretty, 0, Audience::user());
         assert_eq!(
             std::str::from_utf8(p.json()).unwrap(),

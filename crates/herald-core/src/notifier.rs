@@ -68,7 +68,12 @@ impl Notifier {
     }
 
     /// A durable notification of type `kind` with JSON `data` for every client of `user`.
-    pub async fn notify(&self, user: &UserId, kind: &str, data: &serde_json::Value) -> Result<Receipt, NotifyError> {
+    pub async fn notify(
+        &self,
+        user: &UserId,
+        kind: &str,
+        data: &serde_json::Value,
+    ) -> Result<Receipt, NotifyError> {
         let data = serde_json::value::to_raw_value(data).map_err(|e| NotifyError::Invalid(e.to_string()))?;
         self.publish(Publish::to_user(user.clone(), kind, Arc::from(data))).await
     }
@@ -88,7 +93,9 @@ impl Notifier {
         if let Some(key) = &publish.idempotency_key
             && (key.is_empty() || key.len() > ID_BYTES_MAX)
         {
-            return Err(NotifyError::Invalid(format!("idempotency_key must be 1 to {ID_BYTES_MAX} bytes long")));
+            return Err(NotifyError::Invalid(format!(
+                "idempotency_key must be 1 to {ID_BYTES_MAX} bytes long"
+            )));
         }
         let audiences = self.resolve(&publish.target, publish.except_client.as_ref())?;
         let key = publish.idempotency_key.as_deref();
@@ -146,7 +153,11 @@ impl Notifier {
 
     /// Closes the clients of one session of `user` (all sessions when `None`) with reason
     /// `session_closed`. Returns how many connections of this node were closed.
-    pub async fn close_sessions(&self, user: &UserId, session: Option<&SessionId>) -> Result<u64, NotifyError> {
+    pub async fn close_sessions(
+        &self,
+        user: &UserId,
+        session: Option<&SessionId>,
+    ) -> Result<u64, NotifyError> {
         Ok(self.inner.bus.close_sessions(user, session, CloseReason::SessionClosed).await?)
     }
 
@@ -180,8 +191,11 @@ impl Notifier {
             }
             Target::Session(user, session) => vec![(user.clone(), audience(Some(session), None))],
             Target::Client(client) => {
-                let (user, session) =
-                    self.inner.hub.locate(client).ok_or_else(|| NotifyError::ClientNotFound(client.clone()))?;
+                let (user, session) = self
+                    .inner
+                    .hub
+                    .locate(client)
+                    .ok_or_else(|| NotifyError::ClientNotFound(client.clone()))?;
                 vec![(user, audience(Some(&session), Some(client)))]
             }
         })

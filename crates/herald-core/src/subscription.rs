@@ -94,7 +94,11 @@ pub struct SubscribeRequest<'a> {
 impl Subscription {
     /// Attaches a client and prepares its stream: `hello`, then `reset` if its resume point is
     /// no longer retained, then every retained notification after it, then live ones.
-    pub async fn open(hub: &Hub, store: &Arc<dyn Store>, request: SubscribeRequest<'_>) -> Result<Self, SubscribeError> {
+    pub async fn open(
+        hub: &Hub,
+        store: &Arc<dyn Store>,
+        request: SubscribeRequest<'_>,
+    ) -> Result<Self, SubscribeError> {
         let head = store.head(request.user).await?;
         if let Some(requested) = request.resume_after
             && requested > head.last_seq
@@ -121,7 +125,11 @@ impl Subscription {
 
     fn start(&mut self, head: LogHead, resume_after: Option<Seq>) {
         let position = resume_after.unwrap_or(head.last_seq);
-        self.pending.push_back(ClientEvent::Hello { info: self.info.clone(), last_seq: head.last_seq, position });
+        self.pending.push_back(ClientEvent::Hello {
+            info: self.info.clone(),
+            last_seq: head.last_seq,
+            position,
+        });
         self.position = position;
         if position < head.pruned_through {
             self.pending.push_back(ClientEvent::Reset { last_seq: head.last_seq });
@@ -281,7 +289,8 @@ pub async fn poll(
     let mut closed = None;
     let mut start = None;
     while notifications.len() < POLL_NOTIFICATIONS_MAX {
-        let anything = !notifications.is_empty() || reset || start.is_some_and(|s| subscription.position() > s);
+        let anything =
+            !notifications.is_empty() || reset || start.is_some_and(|s| subscription.position() > s);
         if subscription.is_caught_up() && anything {
             break;
         }

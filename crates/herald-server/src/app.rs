@@ -39,13 +39,22 @@ pub struct App {
 
 impl std::fmt::Debug for App {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("App").field("hub", &self.hub).field("settings", &self.settings).finish_non_exhaustive()
+        f.debug_struct("App")
+            .field("hub", &self.hub)
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
     }
 }
 
 impl App {
     /// An app over `store`, on one node (a [`LocalBus`]).
-    pub fn new(store: Arc<dyn Store>, limits: Limits, secret: &[u8], api_key: &[u8], settings: ServerSettings) -> Arc<Self> {
+    pub fn new(
+        store: Arc<dyn Store>,
+        limits: Limits,
+        secret: &[u8],
+        api_key: &[u8],
+        settings: ServerSettings,
+    ) -> Arc<Self> {
         // Client ids are MACed with a key derived from the token secret, so that they stay
         // valid across restarts and on every node that shares the secret.
         let client_id_key = Sha256::new_with_prefix(b"herald client ids\0").chain_update(secret).finalize();
@@ -69,7 +78,11 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/users/{user}/sessions/{session}", delete(api::users::close_session))
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async {
-            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not take that method")
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this route does not take that method",
+            )
         })
         .with_state(app)
 }

@@ -68,24 +68,32 @@ impl Auth {
 
     /// Verifies a subscriber token and returns who it is for.
     pub fn verify_token(&self, token: &str) -> Result<Subscriber, ApiError> {
-        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding_key, &self.validation).map_err(|e| {
-            use jsonwebtoken::errors::ErrorKind;
-            match e.kind() {
-                ErrorKind::ExpiredSignature => ApiError::unauthorized("token_expired", "the token has expired"),
-                ErrorKind::MissingRequiredClaim(claim) => {
-                    ApiError::unauthorized("invalid_token", format!("the token has no `{claim}` claim"))
+        let data =
+            jsonwebtoken::decode::<Claims>(token, &self.decoding_key, &self.validation).map_err(|e| {
+                use jsonwebtoken::errors::ErrorKind;
+                match e.kind() {
+                    ErrorKind::ExpiredSignature => {
+                        ApiError::unauthorized("token_expired", "the token has expired")
+                    }
+                    ErrorKind::MissingRequiredClaim(claim) => {
+                        ApiError::unauthorized("invalid_token", format!("the token has no `{claim}` claim"))
+                    }
+                    ErrorKind::InvalidSignature => {
+                        ApiError::unauthorized("invalid_token", "the token's signature is wrong")
+                    }
+                    ErrorKind::InvalidAlgorithm => {
+                        ApiError::unauthorized("invalid_token", "the token must be signed with HS256")
+                    }
+                    _ => ApiError::unauthorized("invalid_token", format!("the token is not valid: {e}")),
                 }
-                ErrorKind::InvalidSignature => ApiError::unauthorized("invalid_token", "the token's signature is wrong"),
-                ErrorKind::InvalidAlgorithm => {
-                    ApiError::unauthorized("invalid_token", "the token must be signed with HS256")
-                }
-                _ => ApiError::unauthorized("invalid_token", format!("the token is not valid: {e}")),
-            }
-        })?;
+            })?;
         let claims = data.claims;
-        let user = UserId::new(&claims.sub).map_err(|e| ApiError::unauthorized("invalid_token", e.to_string()))?;
+        let user =
+            UserId::new(&claims.sub).map_err(|e| ApiError::unauthorized("invalid_token", e.to_string()))?;
         let session = match claims.sid {
-            Some(sid) => SessionId::new(sid).map_err(|e| ApiError::unauthorized("invalid_token", e.to_string()))?,
+            Some(sid) => {
+                SessionId::new(sid).map_err(|e| ApiError::unauthorized("invalid_token", e.to_string()))?
+            }
             None => session_of_token(token),
         };
         Ok(Subscriber { user, session, expires_at: claims.exp })
@@ -96,7 +104,10 @@ impl Auth {
         if bool::from(presented.as_bytes().ct_eq(&self.api_key)) {
             Ok(Publisher)
         } else {
-            Err(ApiError::unauthorized("invalid_api_key", "the API key is wrong (publisher routes need the API key)"))
+            Err(ApiError::unauthorized(
+                "invalid_api_key",
+                "the API key is wrong (publisher routes need the API key)",
+            ))
         }
     }
 }

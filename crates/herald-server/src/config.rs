@@ -150,7 +150,9 @@ impl Credentials {
     pub fn load_dev(data_dir: &Path) -> Result<Option<Self>, CredentialsError> {
         let path = data_dir.join(DEV_CREDENTIALS_FILE);
         match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|source| CredentialsError::Corrupt { path, source }),
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|source| CredentialsError::Corrupt { path, source }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(source) => Err(CredentialsError::Io { path, source }),
         }

@@ -72,10 +72,14 @@ impl From<StoreError> for ApiError {
 impl From<NotifyError> for ApiError {
     fn from(error: NotifyError) -> Self {
         match error {
-            NotifyError::DataTooLarge { .. } => Self::new(StatusCode::PAYLOAD_TOO_LARGE, "data_too_large", error.to_string()),
+            NotifyError::DataTooLarge { .. } => {
+                Self::new(StatusCode::PAYLOAD_TOO_LARGE, "data_too_large", error.to_string())
+            }
             NotifyError::TooManyUsers { .. } => Self::bad_request("too_many_users", error.to_string()),
             NotifyError::Invalid(message) => Self::bad_request("invalid_request", message),
-            NotifyError::ClientNotFound(_) => Self::new(StatusCode::NOT_FOUND, "client_not_found", error.to_string()),
+            NotifyError::ClientNotFound(_) => {
+                Self::new(StatusCode::NOT_FOUND, "client_not_found", error.to_string())
+            }
             NotifyError::Store(error) => error.into(),
             NotifyError::Bus(error) => {
                 tracing::error!(%error, "bus failure");
@@ -89,7 +93,9 @@ impl From<NotifyError> for ApiError {
 impl From<SubscribeError> for ApiError {
     fn from(error: SubscribeError) -> Self {
         match error {
-            SubscribeError::ResumeAhead { .. } => Self::bad_request("invalid_last_event_id", error.to_string()),
+            SubscribeError::ResumeAhead { .. } => {
+                Self::bad_request("invalid_last_event_id", error.to_string())
+            }
             SubscribeError::Store(error) => error.into(),
             other => Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", other.to_string()),
         }
@@ -124,7 +130,9 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
                 format!("the request body is larger than {REQUEST_BODY_BYTES_MAX} bytes (or could not be read)"),
             )
         })?;
-        serde_json::from_slice(&bytes).map(ApiJson).map_err(|e| ApiError::bad_request("invalid_json", e.to_string()))
+        serde_json::from_slice(&bytes)
+            .map(ApiJson)
+            .map_err(|e| ApiError::bad_request("invalid_json", e.to_string()))
     }
 }
 

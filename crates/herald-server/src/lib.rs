@@ -137,7 +137,8 @@ async fn maintain(app: Arc<App>, mut stop: watch::Receiver<bool>) {
 /// SIGINT or SIGTERM, then closes every client with reason `shutdown`.
 pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     let data_dir = (!args.memory).then_some(args.data_dir.as_path());
-    let (credentials, source) = Credentials::resolve(args.secret.as_deref(), args.api_key.as_deref(), data_dir)?;
+    let (credentials, source) =
+        Credentials::resolve(args.secret.as_deref(), args.api_key.as_deref(), data_dir)?;
     let store: Arc<dyn Store> = match data_dir {
         Some(dir) => {
             std::fs::create_dir_all(dir)?;
@@ -149,9 +150,16 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
         keepalive_interval: Duration::from_secs(args.keepalive_secs.max(1)),
         dev_mode: source == CredentialsSource::Dev,
     };
-    let app = App::new(store, args.limits(), credentials.secret.as_bytes(), credentials.api_key.as_bytes(), settings);
-    let listener =
-        TcpListener::bind(args.listen).await.map_err(|source| ServeError::Listen { addr: args.listen, source })?;
+    let app = App::new(
+        store,
+        args.limits(),
+        credentials.secret.as_bytes(),
+        credentials.api_key.as_bytes(),
+        settings,
+    );
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .map_err(|source| ServeError::Listen { addr: args.listen, source })?;
     let server = start(app, listener)?;
     if source == CredentialsSource::Dev {
         let kept = match data_dir {

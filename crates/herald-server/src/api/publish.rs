@@ -53,7 +53,9 @@ impl TargetBody {
                 }
                 Ok(Target::Users(users.into_iter().map(UserId::new).collect::<Result<_, _>>()?))
             }
-            (Some(user), None, Some(session), None) => Ok(Target::Session(UserId::new(user)?, SessionId::new(session)?)),
+            (Some(user), None, Some(session), None) => {
+                Ok(Target::Session(UserId::new(user)?, SessionId::new(session)?))
+            }
             (None, None, None, Some(client)) => Ok(Target::Client(ClientId::new(client)?)),
             _ => Err(ApiError::bad_request(
                 "invalid_target",

@@ -42,7 +42,10 @@ pub fn resume_point(query: Option<&str>, headers: &HeaderMap) -> Result<Option<S
             return Ok(None);
         }
         raw.parse::<Seq>().map(Some).map_err(|_| {
-            ApiError::bad_request("invalid_last_event_id", format!("last event id {raw:?} is not a seq (a whole number)"))
+            ApiError::bad_request(
+                "invalid_last_event_id",
+                format!("last event id {raw:?} is not a seq (a whole number)"),
+            )
         })
     })
     .transpose()

@@ -53,7 +53,8 @@ pub async fn poll(
     ApiQuery(query): ApiQuery<PollQuery>,
 ) -> Result<Response, ApiError> {
     let after: Option<Seq> = parse_number("after", query.after.as_deref())?;
-    let timeout_secs = parse_number("timeout", query.timeout.as_deref())?.unwrap_or(POLL_TIMEOUT_SECS_DEFAULT);
+    let timeout_secs =
+        parse_number("timeout", query.timeout.as_deref())?.unwrap_or(POLL_TIMEOUT_SECS_DEFAULT);
     if timeout_secs > POLL_TIMEOUT_SECS_MAX {
         return Err(ApiError::bad_request(
             "invalid_timeout",
@@ -61,7 +62,8 @@ pub async fn poll(
         ));
     }
     // Never hold a poll past the token's expiry: the next poll must show the token again.
-    let until_expiry = instant_of_unix(subscriber.expires_at).saturating_duration_since(tokio::time::Instant::now());
+    let until_expiry =
+        instant_of_unix(subscriber.expires_at).saturating_duration_since(tokio::time::Instant::now());
     let timeout = Duration::from_secs(timeout_secs).min(until_expiry);
     let answer = poll_once(
         &app.hub,

@@ -145,7 +145,7 @@ impl StreamState {
 fn write_event(out: &mut BytesMut, id: Option<u64>, event: &str, data: &[u8]) {
     if let Some(id) = id {
         // Writing to a BytesMut cannot fail.
-        let _ = write!(out, "id: {id}\n");
+        let _ = writeln!(out, "id: {id}");
     }
     out.put_slice(b"event: ");
     out.put_slice(event.as_bytes());

@@ -1,0 +1,39 @@
+//! Herald's stores: implementations of [`herald_core::Store`], each user's durable log of
+//! notifications and the idempotency records of publishes.
+//!
+//! - [`SqliteStore`] is the store of a single node (`herald serve`): one SQLite file in WAL mode,
+//!   written by one thread that commits concurrent publishes together (group commit), read
+//!   through a small pool of read-only connections. An acknowledged append survives `kill -9`
+//!   and power loss.
+//! - [`MemoryStore`] keeps everything in memory (`herald serve --memory`, tests).
+//!
+//! Both keep the same contract (see [`herald_core::store`]), checked by one shared test suite
+//! that a later PostgreSQL store will run too. Both keep each user's log a contiguous run of
+//! seqs `pruned_through + 1 ..= last_seq`: retention only ever removes a prefix.
+//!
+//! # Layout
+//! - [`memory`]: [`MemoryStore`], per-user logs behind one mutex.
+//! - [`sqlite`]: [`SqliteStore`], the schema, the group-committing writer thread, the reader pool.
+//! - `conformance` (tests, or feature `conformance`): the test suite every store must pass.
+
+pub mod memory;
+pub mod sqlite;
+
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
+
+pub use memory::MemoryStore;
+pub use sqlite::{SqliteStore, WriterStats};
+
+use std::time::Duration;
+
+/// `d` in milliseconds, as SQL and `created_at_ms` count time; saturates instead of wrapping, so
+/// an absurd retention means "keep forever" rather than "delete everything".
+fn duration_ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// `now_ms - d`, saturating: the oldest timestamp still inside a window of length `d`.
+fn cutoff_ms(now_ms: i64, d: Duration) -> i64 {
+    now_ms.saturating_sub(duration_ms(d))
+}
