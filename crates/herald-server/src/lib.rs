@@ -17,6 +17,7 @@ pub mod api;
 pub mod app;
 pub mod auth;
 pub mod config;
+mod connection;
 pub mod error;
 pub mod transport;
 
@@ -29,6 +30,7 @@ use herald_store::{MemoryStore, SqliteStore};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio_util::task::TaskTracker;
 
 pub use app::{App, ServerSettings, router};
 pub use config::ServeArgs;
@@ -85,29 +87,21 @@ pub fn start(app: Arc<App>, listener: TcpListener) -> std::io::Result<RunningSer
     let (shutdown, stop) = watch::channel(false);
     let maintenance = tokio::spawn(maintain(app.clone(), stop.clone()));
     let router = router(app.clone());
-    let hub = app.hub.clone();
-    let task = tokio::spawn(async move {
-        let mut stop_serving = stop.clone();
-        let signal = async move {
-            let _ = stop_serving.wait_for(|stop| *stop).await;
-            let closed = hub.close_all(CloseReason::Shutdown);
+    let task = {
+        let app = app.clone();
+        tokio::spawn(async move {
+            let connections = TaskTracker::new();
+            connection::accept_loop(listener, app.clone(), router, stop, connections.clone()).await;
+            let closed = app.hub.close_all(CloseReason::Shutdown);
             tracing::info!(closed, "shutting down: closed every client with reason `shutdown`");
-        };
-        let mut stop_waiting = stop;
-        let grace_over = async move {
-            let _ = stop_waiting.wait_for(|stop| *stop).await;
-            tokio::time::sleep(SHUTDOWN_GRACE).await;
-        };
-        let result = tokio::select! {
-            result = axum::serve(listener, router).with_graceful_shutdown(signal).into_future() => result,
-            () = grace_over => {
-                tracing::warn!("connections still open after the shutdown grace period; dropping them");
-                Ok(())
+            connections.close();
+            if tokio::time::timeout(SHUTDOWN_GRACE, connections.wait()).await.is_err() {
+                tracing::warn!(open = connections.len(), "connections still open after the shutdown grace period");
             }
-        };
-        maintenance.abort();
-        result
-    });
+            maintenance.abort();
+            Ok(())
+        })
+    };
     Ok(RunningServer { addr, app, shutdown, task })
 }
 

@@ -1,8 +1,10 @@
 //! `GET /v1/stream`: Server-Sent Events.
 //!
-//! The response body is a hand-written stream over the client's [`Subscription`] rather than
-//! axum's `Sse` helper, so that one state value holds the whole connection (subscription, one
-//! timer for keep-alive and token expiry) and several ready events go out in one write.
+//! [`SseStream`] holds one client's whole stream: its [`Subscription`], one deadline for the next
+//! keep-alive or the token's expiry, and the encoding of events into SSE frames. Two paths drive
+//! it: [`stream`], the axum handler (a stream opened on a connection that already served other
+//! requests), and [`crate::connection`]'s lean path (a stream that is the first request of its
+//! connection, the usual case), which writes its chunks straight to the socket.
 
 use std::convert::Infallible;
 use std::fmt::Write as _;
@@ -11,7 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, header};
+use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use bytes::{BufMut, Bytes, BytesMut};
 use futures::FutureExt;
@@ -28,42 +30,30 @@ use crate::transport::{StreamQuery, resume_point};
 /// burst can take per connection; the rest goes in the next write.
 const WRITE_BATCH_BYTES_MAX: usize = 64 * 1024;
 
-/// Opens a stream: `hello`, then `reset` if needed, replay, live notifications, keep-alives,
-/// and `closed` before the server ends it.
+/// The response headers of a stream, after the status line.
+pub(crate) const STREAM_HEADERS: [(&str, &str); 3] = [
+    ("content-type", "text/event-stream"),
+    ("cache-control", "no-cache"),
+    // Tells nginx-style proxies not to buffer the stream.
+    ("x-accel-buffering", "no"),
+];
+
+/// The axum handler: opens a stream and answers with it as the body.
 pub async fn stream(
     State(app): State<Arc<App>>,
     subscriber: Subscriber,
     ApiQuery(query): ApiQuery<StreamQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let resume_after = resume_point(query.last_event_id.as_deref(), &headers)?;
-    let subscription = Subscription::open(
-        &app.hub,
-        &app.store,
-        SubscribeRequest {
-            user: &subscriber.user,
-            session: &subscriber.session,
-            client: query.client.as_deref(),
-            transport: Transport::Sse,
-            resume_after,
-        },
-    )
-    .await?;
-    let keepalive = app.settings.keepalive_interval;
-    let state = StreamState {
-        subscription,
-        keepalive,
-        next_keepalive: Instant::now() + keepalive,
-        token_expires_at: instant_of_unix(subscriber.expires_at),
-        done: false,
-    };
-    let body = Body::from_stream(futures::stream::unfold(state, StreamState::next_chunk));
-    let mut response = body.into_response();
-    let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    // Tells nginx-style proxies not to buffer the stream.
-    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    let stream = SseStream::open(&app, &subscriber, &query, &headers).await?;
+    let chunks = futures::stream::unfold(stream, |mut stream| async move {
+        let chunk = stream.next_chunk().await?;
+        Some((Ok::<_, Infallible>(chunk), stream))
+    });
+    let mut response = Body::from_stream(chunks).into_response();
+    for (name, value) in STREAM_HEADERS {
+        response.headers_mut().insert(name, HeaderValue::from_static(value));
+    }
     Ok(response)
 }
 
@@ -75,7 +65,8 @@ pub(crate) fn instant_of_unix(unix_secs: u64) -> Instant {
     Instant::now() + remaining.min(Duration::from_secs(1 << 30))
 }
 
-struct StreamState {
+/// One client's SSE stream, as chunks of bytes to write.
+pub(crate) struct SseStream {
     subscription: Subscription,
     keepalive: Duration,
     next_keepalive: Instant,
@@ -83,17 +74,50 @@ struct StreamState {
     done: bool,
 }
 
-impl StreamState {
-    async fn next_chunk(mut self) -> Option<(Result<Bytes, Infallible>, Self)> {
+impl SseStream {
+    /// Checks the resume point and opens the client's subscription.
+    pub(crate) async fn open(
+        app: &App,
+        subscriber: &Subscriber,
+        query: &StreamQuery,
+        headers: &HeaderMap,
+    ) -> Result<Self, ApiError> {
+        let resume_after = resume_point(query.last_event_id.as_deref(), headers)?;
+        let subscription = Subscription::open(
+            &app.hub,
+            &app.store,
+            SubscribeRequest {
+                user: &subscriber.user,
+                session: &subscriber.session,
+                client: query.client.as_deref(),
+                transport: Transport::Sse,
+                resume_after,
+            },
+        )
+        .await?;
+        let keepalive = app.settings.keepalive_interval;
+        Ok(Self {
+            subscription,
+            keepalive,
+            next_keepalive: Instant::now() + keepalive,
+            token_expires_at: instant_of_unix(subscriber.expires_at),
+            done: false,
+        })
+    }
+
+    /// The next bytes to send: one or more events, or a keep-alive comment. `None` once the
+    /// stream has ended (after its `closed` event). Cancel-safe.
+    pub(crate) async fn next_chunk(&mut self) -> Option<Bytes> {
         if self.done {
             return None;
         }
         let mut out = BytesMut::new();
+        // One timer for both deadlines keeps an idle connection's state small.
+        let wake_at = self.next_keepalive.min(self.token_expires_at);
         tokio::select! {
             biased;
             event = self.subscription.next() => {
-                let event = event?;
-                self.encode(&event, &mut out);
+                self.encode(&event?, &mut out);
                 // Drain what is ready without waiting, into the same write.
                 while !self.done && out.len() < WRITE_BATCH_BYTES_MAX {
                     match self.subscription.next().now_or_never() {
@@ -102,17 +126,18 @@ impl StreamState {
                     }
                 }
             }
-            () = tokio::time::sleep_until(self.token_expires_at) => {
-                self.subscription.close(CloseReason::TokenExpired);
-                let event = self.subscription.next().await?;
-                self.encode(&event, &mut out);
-            }
-            () = tokio::time::sleep_until(self.next_keepalive) => {
-                out.put_slice(b": keep-alive\n\n");
+            () = tokio::time::sleep_until(wake_at) => {
+                if Instant::now() >= self.token_expires_at {
+                    self.subscription.close(CloseReason::TokenExpired);
+                    let event = self.subscription.next().await?;
+                    self.encode(&event, &mut out);
+                } else {
+                    out.put_slice(b": keep-alive\n\n");
+                }
             }
         }
         self.next_keepalive = Instant::now() + self.keepalive;
-        Some((Ok(out.freeze()), self))
+        Some(out.freeze())
     }
 
     fn encode(&mut self, event: &ClientEvent, out: &mut BytesMut) {

@@ -1,0 +1,320 @@
+//! The accept loop and each connection's front door.
+//!
+//! Why not just `axum::serve`: hyper keeps an 8 KiB read buffer (its minimum) and its dispatcher
+//! state for every connection for as long as the connection lives, and an SSE connection lives
+//! for hours while doing nothing. That alone is four times our budget of 2 KiB of server memory
+//! per idle client. So the front door reads the first request head itself, into a small buffer
+//! it frees right after parsing; a `GET /v1/stream` is then served by the lean path below, which
+//! keeps nothing per connection but the socket and the client's [`SseStream`]. Every other
+//! request (and every later request on a kept-alive connection) goes to hyper and the axum
+//! router, with the bytes already read handed back in front of the socket.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::FromRequestParts;
+use bytes::{Buf, Bytes};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio_util::task::TaskTracker;
+
+use crate::app::App;
+use crate::auth::Subscriber;
+use crate::error::{ApiError, ApiQuery};
+use crate::transport::StreamQuery;
+use crate::transport::sse::{STREAM_HEADERS, SseStream};
+
+/// Largest request head accepted (request line and headers). Above: 431 and the connection is
+/// closed. Tokens and cookies fit easily; browsers themselves stop well below this.
+const REQUEST_HEAD_BYTES_MAX: usize = 16 * 1024;
+/// First size of the buffer a request head is read into; it doubles up to the maximum.
+const REQUEST_HEAD_BYTES_INITIAL: usize = 2 * 1024;
+/// Headers parsed in one request head. More: 431.
+const REQUEST_HEADERS_MAX: usize = 64;
+/// A new connection must send its request head within this time, or it is closed. Bounds what
+/// idle, never-used connections can hold.
+const REQUEST_HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bytes read and thrown away at a time from a stream client (it has nothing to say; reading
+/// only tells us when it leaves).
+const DISCARD_BYTES: usize = 64;
+
+/// Accepts connections until `stop` turns true. Accept errors (such as running out of file
+/// descriptors) are logged and retried after a short pause rather than ending the server.
+pub(crate) async fn accept_loop(
+    listener: TcpListener,
+    app: Arc<App>,
+    router: Router,
+    mut stop: watch::Receiver<bool>,
+    connections: TaskTracker,
+) {
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stop.changed() => return,
+        };
+        match accepted {
+            Ok((socket, _peer)) => {
+                let _ = socket.set_nodelay(true);
+                connections.spawn(serve_connection(socket, app.clone(), router.clone(), stop.clone()));
+            }
+            Err(error) => {
+                tracing::warn!(%error, "accept failed; pausing before the next accept");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn serve_connection(mut socket: TcpStream, app: Arc<App>, router: Router, stop: watch::Receiver<bool>) {
+    let head = match tokio::time::timeout(REQUEST_HEAD_TIMEOUT, read_head(&mut socket)).await {
+        Ok(Ok(Some(head))) => head,
+        Ok(Ok(None)) | Err(_) => return, // Closed, or silent for too long.
+        Ok(Err(HeadError::Io(error))) => {
+            tracing::debug!(%error, "connection failed before its first request");
+            return;
+        }
+        Ok(Err(HeadError::TooLarge)) => {
+            let error = ApiError::new(
+                http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "request_head_too_large",
+                format!("the request head is larger than {REQUEST_HEAD_BYTES_MAX} bytes or has too many headers"),
+            );
+            let _ = write_error(&mut socket, &error).await;
+            return;
+        }
+        Ok(Err(HeadError::Malformed)) => {
+            let error = ApiError::bad_request("malformed_request", "the request is not valid HTTP/1.1");
+            let _ = write_error(&mut socket, &error).await;
+            return;
+        }
+    };
+    if head.is_stream_request() {
+        serve_stream(socket, &app, head.parts).await;
+    } else {
+        serve_with_hyper(socket, head.bytes, router, stop).await;
+    }
+}
+
+/// A parsed first request head, and the bytes read so far (the head and maybe more).
+struct Head {
+    parts: http::request::Parts,
+    bytes: Bytes,
+}
+
+impl Head {
+    fn is_stream_request(&self) -> bool {
+        self.parts.method == http::Method::GET
+            && self.parts.uri.path() == "/v1/stream"
+            && self.parts.version == http::Version::HTTP_11
+            // A request with a body (or an upgrade) is left to hyper, which knows what to do.
+            && !self.parts.headers.contains_key(http::header::CONTENT_LENGTH)
+            && !self.parts.headers.contains_key(http::header::TRANSFER_ENCODING)
+            && !self.parts.headers.contains_key(http::header::UPGRADE)
+    }
+}
+
+enum HeadError {
+    Io(io::Error),
+    TooLarge,
+    Malformed,
+}
+
+/// Reads until a complete request head is buffered. `Ok(None)`: the peer closed first.
+async fn read_head(socket: &mut TcpStream) -> Result<Option<Head>, HeadError> {
+    let mut buffer = Vec::with_capacity(REQUEST_HEAD_BYTES_INITIAL);
+    loop {
+        if buffer.len() == buffer.capacity() {
+            if buffer.capacity() >= REQUEST_HEAD_BYTES_MAX {
+                return Err(HeadError::TooLarge);
+            }
+            buffer.reserve_exact(buffer.capacity());
+        }
+        socket.readable().await.map_err(HeadError::Io)?;
+        let spare = buffer.capacity() - buffer.len();
+        let start = buffer.len();
+        buffer.resize(start + spare, 0);
+        match socket.try_read(&mut buffer[start..]) {
+            Ok(0) => return Ok(None),
+            Ok(n) => buffer.truncate(start + n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                buffer.truncate(start);
+                continue;
+            }
+            Err(e) => return Err(HeadError::Io(e)),
+        }
+        let mut headers = [httparse::EMPTY_HEADER; REQUEST_HEADERS_MAX];
+        let mut request = httparse::Request::new(&mut headers);
+        match request.parse(&buffer) {
+            Ok(httparse::Status::Complete(_)) => {
+                let parts = to_parts(&request).ok_or(HeadError::Malformed)?;
+                return Ok(Some(Head { parts, bytes: Bytes::from(buffer) }));
+            }
+            Ok(httparse::Status::Partial) => {}
+            Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
+            Err(_) => return Err(HeadError::Malformed),
+        }
+    }
+}
+
+fn to_parts(request: &httparse::Request<'_, '_>) -> Option<http::request::Parts> {
+    let mut builder = http::Request::builder()
+        .method(request.method?)
+        .uri(request.path?)
+        .version(if request.version? == 1 { http::Version::HTTP_11 } else { http::Version::HTTP_10 });
+    for header in request.headers.iter() {
+        builder = builder.header(header.name, header.value);
+    }
+    Some(builder.body(()).ok()?.into_parts().0)
+}
+
+/// The lean path: answers a `GET /v1/stream` that opened its connection, then writes the
+/// stream's chunks straight to the socket until the stream ends or the client leaves. The
+/// response has no length and no chunking: it ends when the connection closes, as SSE allows.
+async fn serve_stream(mut socket: TcpStream, app: &Arc<App>, mut parts: http::request::Parts) {
+    let opened = async {
+        let subscriber = Subscriber::from_request_parts(&mut parts, app).await?;
+        let ApiQuery(query) = ApiQuery::<StreamQuery>::from_request_parts(&mut parts, app).await?;
+        SseStream::open(app, &subscriber, &query, &parts.headers).await
+    }
+    .await;
+    // The request is not needed any more: drop it now rather than keep it for the stream's life.
+    drop(parts);
+    let mut stream = match opened {
+        Ok(stream) => stream,
+        Err(error) => {
+            let _ = write_error(&mut socket, &error).await;
+            return;
+        }
+    };
+    if socket.write_all(stream_response_head().as_bytes()).await.is_err() {
+        return;
+    }
+    let (mut reader, mut writer) = socket.split();
+    loop {
+        tokio::select! {
+            chunk = stream.next_chunk() => match chunk {
+                Some(chunk) => {
+                    if writer.write_all(&chunk).await.is_err() {
+                        return;
+                    }
+                }
+                None => break,
+            },
+            gone = client_left(&mut reader) => if gone { return },
+        }
+    }
+    let _ = writer.shutdown().await;
+}
+
+fn stream_response_head() -> String {
+    let mut head = String::from("HTTP/1.1 200 OK\r\n");
+    for (name, value) in STREAM_HEADERS {
+        head.push_str(name);
+        head.push_str(": ");
+        head.push_str(value);
+        head.push_str("\r\n");
+    }
+    head.push_str("connection: close\r\n\r\n");
+    head
+}
+
+/// Waits until the client sends something: `true` if it closed the connection (or it broke),
+/// `false` if it sent bytes, which are thrown away.
+async fn client_left(reader: &mut tokio::net::tcp::ReadHalf<'_>) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut discard = [0u8; DISCARD_BYTES];
+    !matches!(reader.read(&mut discard).await, Ok(n) if n > 0)
+}
+
+/// Writes `error` as a complete JSON response and closes.
+async fn write_error(socket: &mut TcpStream, error: &ApiError) -> io::Result<()> {
+    let body = error.body().to_string();
+    let reason = error.status.canonical_reason().unwrap_or("Error");
+    let mut head = format!(
+        "HTTP/1.1 {} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n",
+        error.status.as_u16(),
+        body.len()
+    );
+    if error.status == http::StatusCode::UNAUTHORIZED {
+        head.push_str("www-authenticate: Bearer\r\n");
+    }
+    head.push_str("\r\n");
+    socket.write_all(head.as_bytes()).await?;
+    socket.write_all(body.as_bytes()).await?;
+    socket.shutdown().await
+}
+
+/// Hands the connection to hyper and the axum router, with the bytes already read in front.
+async fn serve_with_hyper(socket: TcpStream, read: Bytes, router: Router, mut stop: watch::Receiver<bool>) {
+    let io = TokioIo::new(Prefixed { prefix: read, inner: socket });
+    let service = TowerToHyperService::new(router);
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(REQUEST_HEAD_TIMEOUT)
+        .serve_connection(io, service)
+        .with_upgrades();
+    let mut connection = std::pin::pin!(connection);
+    tokio::select! {
+        result = connection.as_mut() => {
+            if let Err(error) = result {
+                tracing::debug!(%error, "connection ended with an error");
+            }
+        }
+        _ = stop.changed() => {
+            // Finish the request in flight, then close; streams end through the hub.
+            connection.as_mut().graceful_shutdown();
+            let _ = connection.await;
+        }
+    }
+}
+
+/// A socket with bytes already read from it put back in front.
+struct Prefixed {
+    prefix: Bytes,
+    inner: TcpStream,
+}
+
+impl AsyncRead for Prefixed {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if self.prefix.has_remaining() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix[..n]);
+            self.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Prefixed {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
