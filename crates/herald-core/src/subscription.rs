@@ -209,7 +209,7 @@ impl Subscription {
             self.pending.push_back(ClientEvent::Notification(notification));
             return;
         };
-        if seq <= self.position {
+        if seq < self.position {
             return; // Replay or gap filling handed it out already.
         }
         if seq > self.position + 1 {
@@ -291,7 +291,11 @@ pub async fn poll(
     while notifications.len() < POLL_NOTIFICATIONS_MAX {
         let anything =
             !notifications.is_empty() || reset || start.is_some_and(|s| subscription.position() > s);
-        if subscription.is_caught_up() && anything {
+        // Answer as soon as there is something and nothing decided is left to hand out. Not
+        // `is_caught_up()`: after a `reset` (or a page of other clients' seqs) the subscription is
+        // still `replaying`, and `next()` would read an empty page and then wait for a live one
+        // until the timeout. What the store holds beyond `position` comes with the next poll.
+        if subscription.pending.is_empty() && anything {
             break;
         }
         let Ok(event) = tokio::time::timeout_at(deadline, subscription.next()).await else { break };

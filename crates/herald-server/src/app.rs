@@ -8,23 +8,29 @@ use axum::http::StatusCode;
 use axum::routing::{delete, get, post};
 use herald_core::{Bus, ClientIdMinter, Hub, Limits, LocalBus, Notifier, Store};
 use sha2::{Digest, Sha256};
+use tokio_util::task::TaskTracker;
 
 use crate::auth::Auth;
 use crate::error::ApiError;
-use crate::{api, transport};
+use crate::{api, assets, demo, transport};
 
 /// Server settings that are not limits of the core.
 #[derive(Debug, Clone)]
 pub struct ServerSettings {
-    /// Longest silence on a stream: a keep-alive comment is sent after it (15 s).
+    /// Longest silence on a stream: a keep-alive comment is sent after it (15 s); also the
+    /// interval of WebSocket pings.
     pub keepalive_interval: Duration,
-    /// Dev mode: generated credentials; later also the demo.
+    /// Dev mode: generated credentials.
     pub dev_mode: bool,
+    /// Serve the demo at `/demo`, with its dev-only endpoints (minting tokens, publishing,
+    /// presence, all without credentials). Honoured only together with `dev_mode`;
+    /// [`crate::serve`] sets it when in dev mode and listening on a loopback address.
+    pub demo: bool,
 }
 
 impl Default for ServerSettings {
     fn default() -> Self {
-        Self { keepalive_interval: Duration::from_secs(15), dev_mode: false }
+        Self { keepalive_interval: Duration::from_secs(15), dev_mode: false, demo: false }
     }
 }
 
@@ -35,6 +41,9 @@ pub struct App {
     pub store: Arc<dyn Store>,
     pub auth: Auth,
     pub settings: ServerSettings,
+    /// Upgraded WebSocket connections (axum runs each in its own task): shutting down waits for
+    /// them to send `closed: shutdown`.
+    pub ws_connections: TaskTracker,
 }
 
 impl std::fmt::Debug for App {
@@ -61,21 +70,34 @@ impl App {
         let hub = Hub::new(limits, ClientIdMinter::new(&client_id_key));
         let bus: Arc<dyn Bus> = Arc::new(LocalBus::new(hub.clone()));
         let notifier = Notifier::new(store.clone(), bus, hub.clone());
-        Arc::new(Self { notifier, hub, store, auth: Auth::new(secret, api_key), settings })
+        Arc::new(Self {
+            notifier,
+            hub,
+            store,
+            auth: Auth::new(secret, api_key),
+            settings,
+            ws_connections: TaskTracker::new(),
+        })
     }
 }
 
 /// The HTTP routes of Herald.
 pub fn router(app: Arc<App>) -> Router {
-    Router::new()
+    let demo = app.settings.dev_mode && app.settings.demo;
+    let router = Router::new()
         .route("/healthz", get(|| async { axum::Json(serde_json::json!({ "status": "ok" })) }))
         .route("/v1/stream", get(transport::sse::stream))
+        .route("/v1/ws", get(transport::ws::ws))
         .route("/v1/poll", get(transport::poll::poll))
         .route("/v1/notify", post(api::publish::notify))
         .route("/v1/users/{user}/presence", get(api::users::presence))
         .route("/v1/users/{user}/notifications", get(api::users::notifications))
         .route("/v1/users/{user}/sessions", delete(api::users::close_all_sessions))
         .route("/v1/users/{user}/sessions/{session}", delete(api::users::close_session))
+        .route("/herald.js", get(assets::herald_js))
+        .route("/herald.d.ts", get(assets::herald_d_ts));
+    let router = if demo { router.merge(demo::routes()) } else { router };
+    router
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

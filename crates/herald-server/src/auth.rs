@@ -12,8 +12,8 @@ use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, header};
 use herald_core::{SessionId, UserId};
-use jsonwebtoken::{Algorithm, DecodingKey, Validation};
-use serde::Deserialize;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -26,6 +26,8 @@ pub const TOKEN_COOKIE: &str = "herald_token";
 /// Verifies subscriber tokens and the publishers' API key.
 pub struct Auth {
     decoding_key: DecodingKey,
+    /// Only for the dev-mode demo, which mints tokens ([`Auth::mint_token`]).
+    encoding_key: EncodingKey,
     validation: Validation,
     api_key: Vec<u8>,
 }
@@ -36,10 +38,10 @@ impl std::fmt::Debug for Auth {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 struct Claims {
     sub: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     sid: Option<String>,
     exp: u64,
 }
@@ -61,9 +63,29 @@ impl Auth {
     pub fn new(secret: &[u8], api_key: &[u8]) -> Self {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = 0;
+        // `exp` is the first second at which the token is refused (RFC 7519); jsonwebtoken alone
+        // still accepts it during that second (`exp < now`), while streams close at `exp` sharp.
+        validation.reject_tokens_expiring_in_less_than = 1;
         validation.validate_exp = true;
         validation.set_required_spec_claims(&["exp", "sub"]);
-        Self { decoding_key: DecodingKey::from_secret(secret), validation, api_key: api_key.to_vec() }
+        Self {
+            decoding_key: DecodingKey::from_secret(secret),
+            encoding_key: EncodingKey::from_secret(secret),
+            validation,
+            api_key: api_key.to_vec(),
+        }
+    }
+
+    /// A subscriber token for `user` (and `session`) that expires at `expires_at` (Unix
+    /// seconds). Herald itself only mints tokens for the dev-mode demo; apps mint their own.
+    pub fn mint_token(&self, user: &UserId, session: Option<&SessionId>, expires_at: u64) -> String {
+        let claims = Claims {
+            sub: user.as_str().to_owned(),
+            sid: session.map(|s| s.as_str().to_owned()),
+            exp: expires_at,
+        };
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding_key)
+            .expect("HS256 signing cannot fail")
     }
 
     /// Verifies a subscriber token and returns who it is for.

@@ -73,7 +73,10 @@ pub(crate) async fn accept_loop(
 }
 
 async fn serve_connection(mut socket: TcpStream, app: Arc<App>, router: Router, stop: watch::Receiver<bool>) {
-    let head = match tokio::time::timeout(REQUEST_HEAD_TIMEOUT, read_head(&mut socket)).await {
+    // Every phase is boxed: a task's memory is the size of its largest state, and only the idle
+    // stream's state should stay for the connection's lifetime — not the head reading (a
+    // timer and a buffer), nor hyper's connection state (several KiB).
+    let head = match Box::pin(tokio::time::timeout(REQUEST_HEAD_TIMEOUT, read_head(&mut socket))).await {
         Ok(Ok(Some(head))) => head,
         Ok(Ok(None)) | Err(_) => return, // Closed, or silent for too long.
         Ok(Err(HeadError::Io(error))) => {
@@ -86,19 +89,22 @@ async fn serve_connection(mut socket: TcpStream, app: Arc<App>, router: Router, 
                 "request_head_too_large",
                 format!("the request head is larger than {REQUEST_HEAD_BYTES_MAX} bytes or has too many headers"),
             );
-            let _ = write_error(&mut socket, &error).await;
+            let _ = Box::pin(write_error(&mut socket, &error)).await;
             return;
         }
         Ok(Err(HeadError::Malformed)) => {
             let error = ApiError::bad_request("malformed_request", "the request is not valid HTTP/1.1");
-            let _ = write_error(&mut socket, &error).await;
+            let _ = Box::pin(write_error(&mut socket, &error)).await;
             return;
         }
     };
     if head.is_stream_request() {
-        serve_stream(socket, &app, head.parts).await;
+        let Head { parts, bytes } = head;
+        // The raw head is parsed into `parts`; free it (and what the hyper path would need) now.
+        drop((bytes, router, stop));
+        Box::pin(serve_stream(socket, &app, parts)).await;
     } else {
-        serve_with_hyper(socket, head.bytes, router, stop).await;
+        Box::pin(serve_with_hyper(socket, head.bytes, router, stop)).await;
     }
 }
 
@@ -178,11 +184,12 @@ fn to_parts(request: &httparse::Request<'_, '_>) -> Option<http::request::Parts>
 /// stream's chunks straight to the socket until the stream ends or the client leaves. The
 /// response has no length and no chunking: it ends when the connection closes, as SSE allows.
 async fn serve_stream(mut socket: TcpStream, app: &Arc<App>, mut parts: http::request::Parts) {
-    let opened = async {
+    // Boxed for the same reason: opening awaits the store, a state the stream must not keep.
+    let opened = Box::pin(async {
         let subscriber = Subscriber::from_request_parts(&mut parts, app).await?;
         let ApiQuery(query) = ApiQuery::<StreamQuery>::from_request_parts(&mut parts, app).await?;
         SseStream::open(app, &subscriber, &query, &parts.headers).await
-    }
+    })
     .await;
     // The request is not needed any more: drop it now rather than keep it for the stream's life.
     drop(parts);

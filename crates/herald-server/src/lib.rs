@@ -1,4 +1,4 @@
-//! Herald's HTTP server: the transports (SSE, long-poll), the publish API, auth and config,
+//! Herald's HTTP server: the transports (SSE, long-poll, WebSocket), the publish API, auth and config,
 //! around `herald-core`'s hub and a `herald-store` store.
 //!
 //! A Rust app can embed Herald in its own axum server: build an [`App`] over a store, mount
@@ -8,16 +8,20 @@
 //! - [`app`]: [`App`], the shared state, and [`router`], the routes.
 //! - [`config`]: [`ServeArgs`] (options and env vars) and [`config::Credentials`] (dev mode).
 //! - [`auth`]: subscriber tokens (HS256 JWT) and the publishers' API key.
-//! - [`transport`]: `GET /v1/stream` (SSE) and `GET /v1/poll`; the only code that knows the
-//!   wire format of events.
+//! - [`transport`]: `GET /v1/stream` (SSE), `GET /v1/poll` and `GET /v1/ws` (WebSocket); the
+//!   only code that knows the wire format of events.
 //! - [`api`]: `POST /v1/notify` and `/v1/users/{user}/…`.
 //! - [`error`]: [`ApiError`], the JSON errors, and extractors that answer with them.
+//! - `assets`: `GET /herald.js` and `/herald.d.ts`, the browser client (`clients/js/`).
+//! - `demo`: `/demo`, the dev-mode demo and its dev-only endpoints (`clients/demo/`).
 
 pub mod api;
 pub mod app;
+mod assets;
 pub mod auth;
 pub mod config;
 mod connection;
+mod demo;
 pub mod error;
 pub mod transport;
 
@@ -98,6 +102,11 @@ pub fn start(app: Arc<App>, listener: TcpListener) -> std::io::Result<RunningSer
             if tokio::time::timeout(SHUTDOWN_GRACE, connections.wait()).await.is_err() {
                 tracing::warn!(open = connections.len(), "connections still open after the shutdown grace period");
             }
+            // Upgraded WebSockets run in tasks of their own: wait for their `closed` too.
+            app.ws_connections.close();
+            if tokio::time::timeout(SHUTDOWN_GRACE, app.ws_connections.wait()).await.is_err() {
+                tracing::warn!(open = app.ws_connections.len(), "WebSockets still open after the shutdown grace period");
+            }
             maintenance.abort();
             Ok(())
         })
@@ -143,6 +152,8 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     let settings = ServerSettings {
         keepalive_interval: Duration::from_secs(args.keepalive_secs.max(1)),
         dev_mode: source == CredentialsSource::Dev,
+        // The demo mints tokens and publishes for anyone who can reach it: only on loopback.
+        demo: source == CredentialsSource::Dev && args.listen.ip().is_loopback(),
     };
     let app = App::new(
         store,

@@ -41,7 +41,8 @@ async fn publish_answers_with_seqs_and_delivered_count() {
     let token = server.token("alice", Some("s1"));
     let (_a, _) = server.connect(&token, "").await;
     let (_b, _) = server.connect(&token, "").await;
-    let (status, body) = server.publish(json!({"to": {"user": "alice"}, "type": "message.new", "data": {}})).await;
+    let (status, body) =
+        server.publish(json!({"to": {"user": "alice"}, "type": "message.new", "data": {}})).await;
     assert_eq!(status, 200);
     assert_eq!(body, json!({"notifications": [{"user": "alice", "seq": 1}], "delivered": 2}));
     let (status, body) = server.publish(json!({"to": {"users": ["alice", "carol"]}, "data": 1})).await;

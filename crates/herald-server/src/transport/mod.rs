@@ -2,11 +2,13 @@
 //!
 //! - [`sse`]: `GET /v1/stream`, Server-Sent Events.
 //! - [`poll`]: `GET /v1/poll`, long-polling.
+//! - [`ws`]: `GET /v1/ws`, WebSocket.
 //!
 //! All of them drive a [`herald_core::Subscription`] and only encode what it yields.
 
 pub mod poll;
 pub mod sse;
+pub mod ws;
 
 use axum::http::HeaderMap;
 use herald_core::Seq;

@@ -11,7 +11,7 @@ use axum::extract::State;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use herald_core::subscription::{SubscribeRequest, poll as poll_once};
-use herald_core::{Seq, Transport};
+use herald_core::{Seq, SubscribeError, Transport};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
@@ -77,7 +77,11 @@ pub async fn poll(
         },
         timeout,
     )
-    .await?;
+    .await
+    .map_err(|error| match error {
+        SubscribeError::ResumeAhead { .. } => ApiError::bad_request("invalid_after", error.to_string()),
+        other => other.into(),
+    })?;
     let body = PollBody {
         client: answer.client.as_str(),
         notifications: answer

@@ -4,14 +4,18 @@
 
 #![allow(dead_code)]
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
+use futures::stream::BoxStream;
 use herald_core::{Limits, Retention, Store};
 use herald_server::{App, RunningServer, ServerSettings};
-use herald_store::MemoryStore;
+use herald_store::{MemoryStore, SqliteStore};
 use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 pub const SECRET: &str = "test-secret";
 pub const API_KEY: &str = "test-api-key";
@@ -19,20 +23,121 @@ pub const API_KEY: &str = "test-api-key";
 /// How long a test waits for an event it expects before failing.
 pub const EVENT_WAIT: Duration = Duration::from_secs(5);
 
+/// A short wait used to check that nothing (more) arrives.
+pub const QUIET: Duration = Duration::from_millis(150);
+
+/// A store in memory with `retention`.
+pub fn memory(retention: Retention) -> Arc<dyn Store> {
+    Arc::new(MemoryStore::new(retention))
+}
+
+/// A SQLite store in the file `path` with `retention`.
+pub fn sqlite(path: &Path, retention: Retention) -> Arc<dyn Store> {
+    Arc::new(SqliteStore::open(path, retention).unwrap())
+}
+
+/// Percent-encodes one path segment (everything but RFC 3986 unreserved characters).
+pub fn enc(segment: &str) -> String {
+    let mut out = String::new();
+    for byte in segment.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+/// Status and JSON body of a response (`Null` if the body is not JSON).
+pub async fn answer(response: reqwest::Response) -> (u16, Value) {
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// The `error.code` of an error body.
+pub fn code(body: &Value) -> &str {
+    body["error"]["code"].as_str().unwrap_or_else(|| panic!("not an error body: {body}"))
+}
+
+/// Asserts an error answer: `status`, `error.code`, and a non-empty `error.message`.
+#[track_caller]
+pub fn assert_error(got: &(u16, Value), status: u16, expected_code: &str) {
+    let (got_status, body) = got;
+    assert_eq!((*got_status, code(body)), (status, expected_code), "{body}");
+    assert!(!body["error"]["message"].as_str().unwrap_or("").is_empty(), "{body}");
+}
+
+/// Both stream paths.
+pub const STREAM_PATHS: [StreamPath; 2] = [StreamPath::Lean, StreamPath::Hyper];
+
+/// Defines a scenario `async fn name(path: StreamPath) { … }` as a module `name` holding two
+/// tests, `name::lean_path` and `name::hyper_path`.
+#[macro_export]
+macro_rules! on_both_stream_paths {
+    ($(#[$meta:meta])* async fn $name:ident($path:ident: StreamPath) $body:block) => {
+        $(#[$meta])*
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            async fn scenario($path: $crate::support::StreamPath) $body
+
+            #[tokio::test]
+            async fn lean_path() {
+                scenario($crate::support::StreamPath::Lean).await
+            }
+
+            #[tokio::test]
+            async fn hyper_path() {
+                scenario($crate::support::StreamPath::Hyper).await
+            }
+        }
+    };
+}
+
+/// Which server path a stream request takes. The server serves a `GET /v1/stream` that opens
+/// its connection on a lean path of its own, and one sent on a connection that already served a
+/// request through hyper and axum: the tests must cover both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamPath {
+    /// A fresh connection whose first request is the stream.
+    Lean,
+    /// A connection that first served `GET /healthz`.
+    Hyper,
+}
+
 pub struct TestServer {
     pub url: String,
     pub app: Arc<App>,
     server: Option<RunningServer>,
+    /// Pooled: API calls (and hyper-path streams) reuse connections.
     pub http: reqwest::Client,
+    /// Never reuses a connection: every stream opened with it takes the lean path.
+    fresh_http: reqwest::Client,
+    /// The path [`TestServer::sse`] and friends take (default: lean).
+    pub stream_path: StreamPath,
 }
 
 impl TestServer {
     pub async fn start() -> Self {
-        Self::with(Limits::default(), ServerSettings::default(), Arc::new(MemoryStore::new(Retention::default()))).await
+        Self::with(Limits::default(), ServerSettings::default(), memory(Retention::default())).await
     }
 
     pub async fn with_limits(limits: Limits) -> Self {
-        Self::with(limits, ServerSettings::default(), Arc::new(MemoryStore::new(Retention::default()))).await
+        Self::with(limits, ServerSettings::default(), memory(Retention::default())).await
+    }
+
+    pub async fn with_retention(retention: Retention) -> Self {
+        Self::with(Limits::default(), ServerSettings::default(), memory(retention)).await
+    }
+
+    pub async fn with_settings(settings: ServerSettings) -> Self {
+        Self::with(Limits::default(), settings, memory(Retention::default())).await
+    }
+
+    pub async fn with_store(store: Arc<dyn Store>) -> Self {
+        Self::with(Limits::default(), ServerSettings::default(), store).await
     }
 
     pub async fn with(limits: Limits, settings: ServerSettings, store: Arc<dyn Store>) -> Self {
@@ -40,24 +145,57 @@ impl TestServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let server = herald_server::start(app.clone(), listener).unwrap();
         let url = format!("http://{}", server.addr);
-        Self { url, app, server: Some(server), http: reqwest::Client::new() }
+        let fresh_http = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
+        Self {
+            url,
+            app,
+            server: Some(server),
+            http: reqwest::Client::new(),
+            fresh_http,
+            stream_path: StreamPath::Lean,
+        }
+    }
+
+    /// This server, with its streams opened on `path`.
+    pub fn via(mut self, path: StreamPath) -> Self {
+        self.stream_path = path;
+        self
     }
 
     pub async fn shutdown(mut self) {
         self.server.take().unwrap().shutdown().await.unwrap();
     }
 
-    /// A subscriber token for `user` (and `session`), valid for `ttl`.
+    /// A subscriber token for `user` (and `session`), valid for an hour.
     pub fn token(&self, user: &str, session: Option<&str>) -> String {
         token_with_ttl(user, session, Duration::from_secs(3600))
     }
 
     /// `POST /v1/notify` with the API key; returns status and JSON body.
     pub async fn publish(&self, body: Value) -> (u16, Value) {
-        let response =
-            self.http.post(format!("{}/v1/notify", self.url)).bearer_auth(API_KEY).json(&body).send().await.unwrap();
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or(Value::Null))
+        let response = self
+            .http
+            .post(format!("{}/v1/notify", self.url))
+            .bearer_auth(API_KEY)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        answer(response).await
+    }
+
+    /// `POST /v1/notify` with the API key and `body` sent as is, as `application/json`.
+    pub async fn publish_raw(&self, body: impl Into<reqwest::Body>) -> (u16, Value) {
+        let response = self
+            .http
+            .post(format!("{}/v1/notify", self.url))
+            .bearer_auth(API_KEY)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        answer(response).await
     }
 
     /// Publishes a durable notification to `user`; panics unless it succeeds; returns its seq.
@@ -69,17 +207,178 @@ impl TestServer {
 
     /// `GET path` with the API key.
     pub async fn get(&self, path: &str) -> (u16, Value) {
-        let response = self.http.get(format!("{}{path}", self.url)).bearer_auth(API_KEY).send().await.unwrap();
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or(Value::Null))
+        let response =
+            self.http.get(format!("{}{path}", self.url)).bearer_auth(API_KEY).send().await.unwrap();
+        answer(response).await
+    }
+
+    /// `DELETE path` with the API key.
+    pub async fn delete(&self, path: &str) -> (u16, Value) {
+        let response =
+            self.http.delete(format!("{}{path}", self.url)).bearer_auth(API_KEY).send().await.unwrap();
+        answer(response).await
+    }
+
+    /// The stored notifications of `user` (all of them, up to 100), oldest first.
+    pub async fn stored(&self, user: &str) -> Vec<Value> {
+        let (status, body) = self.get(&format!("/v1/users/{}/notifications", enc(user))).await;
+        assert_eq!(status, 200, "{body}");
+        body["notifications"].as_array().unwrap().clone()
+    }
+
+    /// The presence answer for `user`.
+    pub async fn presence(&self, user: &str) -> Value {
+        let (status, body) = self.get(&format!("/v1/users/{}/presence", enc(user))).await;
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
+    /// Client ids present for `user`, over all sessions.
+    pub async fn present_clients(&self, user: &str) -> Vec<String> {
+        let presence = self.presence(user).await;
+        presence["sessions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|s| s["clients"].as_array().unwrap().iter())
+            .map(|c| c["client"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    /// Waits (up to [`EVENT_WAIT`]) until `user` has exactly `count` present clients.
+    pub async fn wait_for_presence(&self, user: &str, count: usize) {
+        let deadline = tokio::time::Instant::now() + EVENT_WAIT;
+        loop {
+            let present = self.present_clients(user).await;
+            if present.len() == count {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{user} has {present:?}, expected {count} clients"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// `GET /v1/poll?{query}` with `token`; returns status and JSON body.
+    pub async fn poll(&self, token: &str, query: &str) -> (u16, Value) {
+        let response =
+            self.http.get(format!("{}/v1/poll?{query}", self.url)).bearer_auth(token).send().await.unwrap();
+        answer(response).await
+    }
+
+    /// `GET /v1/stream?{query}` with `token` (if any) and `Last-Event-ID` (if any) on
+    /// [`TestServer::stream_path`], unchecked.
+    pub async fn stream_request(
+        &self,
+        token: Option<&str>,
+        query: &str,
+        last_event_id: Option<&str>,
+    ) -> StreamResponse {
+        self.stream_request_via(self.stream_path, token, query, last_event_id).await
+    }
+
+    /// Like [`TestServer::stream_request`] on `path`. Checks that the server took that path.
+    pub async fn stream_request_via(
+        &self,
+        path: StreamPath,
+        token: Option<&str>,
+        query: &str,
+        last_event_id: Option<&str>,
+    ) -> StreamResponse {
+        let target = format!("/v1/stream?{query}");
+        let mut headers = Vec::new();
+        if let Some(token) = token {
+            headers.push(("authorization".to_owned(), format!("Bearer {token}")));
+        }
+        if let Some(id) = last_event_id {
+            headers.push(("last-event-id".to_owned(), id.to_owned()));
+        }
+        let response = match path {
+            StreamPath::Lean => {
+                let mut request = self.fresh_http.get(format!("{}{target}", self.url));
+                for (name, value) in &headers {
+                    request = request.header(name, value);
+                }
+                StreamResponse::from_reqwest(request.send().await.unwrap())
+            }
+            StreamPath::Hyper => {
+                let mut connection = RawConnection::open(self.url.trim_start_matches("http://")).await;
+                let (status, healthz) = connection.get("/healthz", &[]).await;
+                assert_eq!(status, 200);
+                assert_eq!(&connection.sized_body(&healthz).await[..], br#"{"status":"ok"}"#);
+                let (status, headers) = connection.get(&target, &headers).await;
+                let body = connection.into_body(&headers);
+                StreamResponse { status, headers, body }
+            }
+        };
+        // The lean path answers without length or chunking and closes the connection after the
+        // stream (or error); hyper keeps the connection and chunks a stream.
+        let lean = response.header("connection") == Some("close");
+        assert_eq!(
+            lean,
+            path == StreamPath::Lean,
+            "the stream did not take the {path:?} path: {:?}",
+            response.headers
+        );
+        if response.status == 200 {
+            assert_eq!(response.header("transfer-encoding") == Some("chunked"), path == StreamPath::Hyper);
+        }
+        response
+    }
+
+    /// A stream request that must be refused: its status and JSON body.
+    pub async fn stream_refused(
+        &self,
+        token: Option<&str>,
+        query: &str,
+        last_event_id: Option<&str>,
+    ) -> (u16, Value) {
+        self.stream_refused_via(self.stream_path, token, query, last_event_id).await
+    }
+
+    /// A stream request on `path` that must be refused: its status and JSON body.
+    pub async fn stream_refused_via(
+        &self,
+        path: StreamPath,
+        token: Option<&str>,
+        query: &str,
+        last_event_id: Option<&str>,
+    ) -> (u16, Value) {
+        let response = self.stream_request_via(path, token, query, last_event_id).await;
+        assert_ne!(response.status, 200, "the stream was accepted");
+        assert_eq!(response.header("content-type"), Some("application/json"));
+        let status = response.status;
+        (status, response.json().await)
     }
 
     /// Opens an SSE stream with `token` and extra query `query` (e.g. `"last_event_id=3"`).
     pub async fn sse(&self, token: &str, query: &str) -> Sse {
-        let url = format!("{}/v1/stream?{query}", self.url);
-        let response = self.http.get(url).bearer_auth(token).send().await.unwrap();
-        assert_eq!(response.status(), 200, "stream refused: {:?}", response.text().await);
-        Sse::new(response)
+        self.sse_with(token, query, None).await
+    }
+
+    /// Opens an SSE stream with `token`, `query` and optionally a `Last-Event-ID` header.
+    pub async fn sse_with(&self, token: &str, query: &str, last_event_id: Option<&str>) -> Sse {
+        self.sse_via(self.stream_path, token, query, last_event_id).await
+    }
+
+    /// Opens an SSE stream on `path`.
+    pub async fn sse_via(
+        &self,
+        path: StreamPath,
+        token: &str,
+        query: &str,
+        last_event_id: Option<&str>,
+    ) -> Sse {
+        let response = self.stream_request_via(path, Some(token), query, last_event_id).await;
+        let status = response.status;
+        if status != 200 {
+            panic!("stream refused: {status} {}", response.json().await);
+        }
+        assert_eq!(response.header("content-type"), Some("text/event-stream"));
+        assert_eq!(response.header("cache-control"), Some("no-cache"));
+        Sse::from_stream(response.body)
     }
 
     /// Opens an SSE stream and reads its `hello`; returns the stream and the hello data.
@@ -89,10 +388,27 @@ impl TestServer {
         assert_eq!(hello.event, "hello");
         (sse, hello.data)
     }
+
+    /// Like [`TestServer::connect`], also returning the hello's `id:`.
+    pub async fn connect_with(
+        &self,
+        token: &str,
+        query: &str,
+        last_event_id: Option<&str>,
+    ) -> (Sse, SseEvent) {
+        let mut sse = self.sse_with(token, query, last_event_id).await;
+        let hello = sse.next().await.expect("hello");
+        assert_eq!(hello.event, "hello", "{hello:?}");
+        (sse, hello)
+    }
+}
+
+pub fn now_unix() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
 }
 
 pub fn token_with_ttl(user: &str, session: Option<&str>, ttl: Duration) -> String {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let now = now_unix();
     let mut claims = json!({ "sub": user, "iat": now, "exp": now + ttl.as_secs() });
     if let Some(session) = session {
         claims["sid"] = session.into();
@@ -114,17 +430,191 @@ pub struct SseEvent {
     pub data: Value,
 }
 
-/// A minimal SSE reader for tests: `id`, `event`, `data` lines and `:` comments.
+/// A response body as a stream of byte chunks; an `Err` ends it abnormally.
+pub type Body = BoxStream<'static, Result<Bytes, String>>;
+
+/// A response to a stream request, from whichever path.
+pub struct StreamResponse {
+    pub status: u16,
+    /// Header names in lower case.
+    pub headers: Vec<(String, String)>,
+    pub body: Body,
+}
+
+impl StreamResponse {
+    fn from_reqwest(response: reqwest::Response) -> Self {
+        let status = response.status().as_u16();
+        let headers = response
+            .headers()
+            .iter()
+            .map(|(name, value)| (name.as_str().to_owned(), value.to_str().unwrap().to_owned()))
+            .collect();
+        Self { status, headers, body: response.bytes_stream().map(|r| r.map_err(|e| e.to_string())).boxed() }
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+
+    /// The whole body as JSON (`Null` if it is not JSON).
+    pub async fn json(mut self) -> Value {
+        let mut bytes = Vec::new();
+        while let Some(Ok(chunk)) = self.body.next().await {
+            bytes.extend_from_slice(&chunk);
+        }
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null)
+    }
+}
+
+/// A bare HTTP/1.1 client connection, so that a test controls exactly which requests share a
+/// connection (reqwest's pool hands connections back asynchronously).
+pub struct RawConnection {
+    socket: tokio::net::TcpStream,
+    buffer: BytesMut,
+    host: String,
+}
+
+impl RawConnection {
+    pub async fn open(addr: &str) -> Self {
+        let socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+        Self { socket, buffer: BytesMut::new(), host: addr.to_owned() }
+    }
+
+    /// Sends `GET target` with `headers`; returns the response's status and headers (names in
+    /// lower case). Read the body before the next request.
+    pub async fn get(&mut self, target: &str, headers: &[(String, String)]) -> (u16, Vec<(String, String)>) {
+        let mut head = format!("GET {target} HTTP/1.1\r\nhost: {}\r\n", self.host);
+        for (name, value) in headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        head.push_str("\r\n");
+        self.socket.write_all(head.as_bytes()).await.unwrap();
+        self.read_head().await
+    }
+
+    /// The body of a response with a `content-length`.
+    pub async fn sized_body(&mut self, headers: &[(String, String)]) -> Bytes {
+        let length = headers
+            .iter()
+            .find(|(n, _)| n == "content-length")
+            .expect("no content-length")
+            .1
+            .parse()
+            .unwrap();
+        self.read_exact(length).await.expect("the connection closed within the body")
+    }
+
+    /// The body of the last response as a stream: chunked, sized, or up to the end of the
+    /// connection.
+    pub fn into_body(mut self, headers: &[(String, String)]) -> Body {
+        let header = |name: &str| headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
+        if header("transfer-encoding").as_deref() == Some("chunked") {
+            futures::stream::unfold(self, |mut connection| async move {
+                connection.next_chunk().await.map(|chunk| (chunk, connection))
+            })
+            .boxed()
+        } else if let Some(length) = header("content-length") {
+            let length: usize = length.parse().unwrap();
+            futures::stream::once(async move {
+                self.read_exact(length).await.ok_or_else(|| "cut short".to_owned())
+            })
+            .boxed()
+        } else {
+            futures::stream::unfold(self, |mut connection| async move {
+                if connection.buffer.is_empty() && !connection.fill().await.ok()? {
+                    return None;
+                }
+                Some((Ok(connection.buffer.split().freeze()), connection))
+            })
+            .boxed()
+        }
+    }
+
+    /// Reads more bytes into the buffer; `false` at the end of the connection.
+    async fn fill(&mut self) -> std::io::Result<bool> {
+        let mut chunk = [0u8; 16 * 1024];
+        let n = self.socket.read(&mut chunk).await?;
+        self.buffer.extend_from_slice(&chunk[..n]);
+        Ok(n > 0)
+    }
+
+    async fn read_head(&mut self) -> (u16, Vec<(String, String)>) {
+        loop {
+            if let Some(end) = self.buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = self.buffer.split_to(end + 4);
+                let head = std::str::from_utf8(&head).unwrap();
+                let mut lines = head.split("\r\n");
+                let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+                let headers = lines
+                    .filter(|line| !line.is_empty())
+                    .map(|line| {
+                        let (name, value) = line.split_once(':').unwrap();
+                        (name.trim().to_ascii_lowercase(), value.trim().to_owned())
+                    })
+                    .collect();
+                return (status, headers);
+            }
+            assert!(self.fill().await.unwrap(), "the connection closed before a response head");
+        }
+    }
+
+    async fn read_exact(&mut self, length: usize) -> Option<Bytes> {
+        while self.buffer.len() < length {
+            if !self.fill().await.ok()? {
+                return None;
+            }
+        }
+        Some(self.buffer.split_to(length).freeze())
+    }
+
+    async fn read_line(&mut self) -> Option<String> {
+        loop {
+            if let Some(end) = self.buffer.windows(2).position(|w| w == b"\r\n") {
+                let line = self.buffer.split_to(end + 2);
+                return Some(String::from_utf8(line[..end].to_vec()).unwrap());
+            }
+            if !self.fill().await.ok()? {
+                return None;
+            }
+        }
+    }
+
+    /// The next chunk of a chunked body; `None` after the last one (or when the connection
+    /// ends); `Err` on a malformed chunk.
+    async fn next_chunk(&mut self) -> Option<Result<Bytes, String>> {
+        let line = self.read_line().await?;
+        let size = line.split(';').next().unwrap().trim();
+        let Ok(size) = usize::from_str_radix(size, 16) else {
+            return Some(Err(format!("bad chunk size line {line:?}")));
+        };
+        if size == 0 {
+            while !self.read_line().await?.is_empty() {}
+            return None;
+        }
+        let mut chunk = self.read_exact(size + 2).await?;
+        if &chunk[size..] != b"\r\n" {
+            return Some(Err("a chunk does not end with CRLF".to_owned()));
+        }
+        Some(Ok(chunk.split_to(size)))
+    }
+}
+
+/// A minimal SSE reader for tests: `id`, `event`, `data` lines and `:` comments. Strict: any
+/// other line, or several `data` lines, fails the test.
 pub struct Sse {
-    body: futures::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
-    buffer: String,
+    body: Body,
+    buffer: Vec<u8>,
     /// Comment lines seen so far (keep-alives).
     pub comments: usize,
 }
 
 impl Sse {
     pub fn new(response: reqwest::Response) -> Self {
-        Self { body: response.bytes_stream().boxed(), buffer: String::new(), comments: 0 }
+        Self::from_stream(StreamResponse::from_reqwest(response).body)
+    }
+
+    pub fn from_stream(body: Body) -> Self {
+        Self { body, buffer: Vec::new(), comments: 0 }
     }
 
     /// The next event within [`EVENT_WAIT`]; `None` if the stream ended.
@@ -142,16 +632,56 @@ impl Sse {
             match tokio::time::timeout_at(deadline, self.body.next()).await {
                 Err(_) => return Err(()),
                 Ok(None) | Ok(Some(Err(_))) => return Ok(None),
-                Ok(Some(Ok(chunk))) => self.buffer.push_str(std::str::from_utf8(&chunk).unwrap()),
+                Ok(Some(Ok(chunk))) => self.buffer.extend_from_slice(&chunk),
             }
         }
     }
 
-    /// The next `notification` event's data, skipping nothing else: panics on another event.
+    /// The next event, which must be a `notification`.
     pub async fn notification(&mut self) -> SseEvent {
         let event = self.next().await.expect("stream ended");
         assert_eq!(event.event, "notification", "{event:?}");
         event
+    }
+
+    /// The next event, which must be a durable notification whose `id:` and `seq` are `seq`;
+    /// returns its data.
+    pub async fn durable(&mut self, seq: u64) -> Value {
+        let event = self.notification().await;
+        assert_eq!(event.id, Some(seq), "{event:?}");
+        assert_eq!(event.data["seq"], seq, "{event:?}");
+        event.data
+    }
+
+    /// The seqs of the next `count` events, which must all be durable notifications.
+    pub async fn seqs(&mut self, count: usize) -> Vec<u64> {
+        let mut seqs = Vec::with_capacity(count);
+        for _ in 0..count {
+            let event = self.notification().await;
+            let seq = event.data["seq"].as_u64().unwrap_or_else(|| panic!("not durable: {event:?}"));
+            assert_eq!(event.id, Some(seq), "{event:?}");
+            seqs.push(seq);
+        }
+        seqs
+    }
+
+    /// The next event must be `closed` with `reason`, and the stream must end after it.
+    pub async fn expect_closed(&mut self, reason: &str) {
+        let event = self.next().await.expect("stream ended without `closed`");
+        assert_eq!(
+            (event.event.as_str(), event.id, &event.data),
+            ("closed", None, &json!({ "reason": reason }))
+        );
+        self.expect_end().await;
+    }
+
+    /// The stream must end (within [`EVENT_WAIT`]) with no further event.
+    pub async fn expect_end(&mut self) {
+        match self.next_within(EVENT_WAIT).await {
+            Ok(None) => {}
+            Ok(Some(event)) => panic!("expected the end of the stream, got {event:?}"),
+            Err(()) => panic!("the stream did not end"),
+        }
     }
 
     /// Asserts that no event arrives within `wait`.
@@ -163,24 +693,29 @@ impl Sse {
 
     fn parse_one(&mut self) -> Option<SseEvent> {
         loop {
-            let end = self.buffer.find("\n\n")?;
-            let block: String = self.buffer.drain(..end + 2).collect();
+            let end = self.buffer.windows(2).position(|w| w == b"\n\n")?;
+            let block: Vec<u8> = self.buffer.drain(..end + 2).collect();
+            let block = String::from_utf8(block).expect("SSE is UTF-8");
             let (mut id, mut event, mut data) = (None, String::from("message"), None);
             let mut comment_only = true;
             for line in block.lines() {
+                if line.is_empty() {
+                    continue;
+                }
                 if line.starts_with(':') {
                     self.comments += 1;
                     continue;
                 }
                 comment_only = false;
                 if let Some(v) = line.strip_prefix("id: ") {
+                    assert!(id.is_none(), "one id line per event");
                     id = Some(v.parse().unwrap());
                 } else if let Some(v) = line.strip_prefix("event: ") {
                     event = v.to_owned();
                 } else if let Some(v) = line.strip_prefix("data: ") {
                     assert!(data.is_none(), "one data line per event");
                     data = Some(serde_json::from_str(v).unwrap());
-                } else if !line.is_empty() {
+                } else {
                     panic!("unexpected SSE line {line:?}");
                 }
             }

@@ -1,0 +1,287 @@
+#!/usr/bin/env bash
+# Herald side by side with Nchan and Socket.IO, on this machine, in one run.
+#
+#   bench/compare.sh             # the full comparison (about 10 minutes)
+#   SMOKE=1 bench/compare.sh     # the same at a small scale (300 clients, 3 s): under a minute
+#
+# Installs what is missing (Debian's nginx and libnginx-mod-nchan, socket.io from npm), builds
+# Herald and herald-bench in release, then for each server in turn: starts it on its own
+# 127.0.0.1 port, runs the same workloads with herald-bench, stops it. Servers:
+#   herald-sqlite  herald serve, SQLite store in a fresh temporary data dir (durable)
+#   herald-memory  herald serve --memory
+#   nchan          nginx + Nchan, 2 workers, a channel per user, 10 messages kept per channel
+#   socketio       Node + Socket.IO 4, a room per user, nothing kept
+# Workloads, each on a freshly started server:
+#   (a) idle: USERS × TABS SSE (Socket.IO: WebSocket) clients → memory per client, connect rate
+#   (b) STEADY_RATE publishes/s for STEADY_SECS → latency
+#   (c) PUBLISHERS publishers as fast as possible for MAX_SECS → throughput, latency, CPU
+#   (d) Herald alone (SQLite store): the same with WebSocket and long-poll clients, and one
+#       user with BURST_TABS tabs receiving BURST_COUNT publishes at once.
+# (a), (b) and (c) are phases of one herald-bench run per server: connect, measure idle, then
+# steady, then max. Publishes go to random users; every acknowledged one must reach each
+# client of its user exactly once.
+#
+# Everything started here is stopped by PID on exit. Results: OUT (default
+# target/bench/<date>/): one log and one text report per run, results.jsonl (one JSON line per
+# run), machine.txt, and the tables in tables.txt.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$ROOT"
+
+if [[ "${SMOKE:-0}" == 1 ]]; then
+    : "${USERS:=100}" "${TABS:=3}" "${PUBLISHERS:=8}" "${MAX_SECS:=3}" "${STEADY_RATE:=200}"
+    : "${STEADY_SECS:=3}" "${IDLE_SECS:=1}" "${BURST_TABS:=20}" "${BURST_COUNT:=100}"
+fi
+USERS="${USERS:-5000}"             # users; each has TABS clients, all in one session
+TABS="${TABS:-3}"
+PUBLISHERS="${PUBLISHERS:-32}"     # concurrent publishers, one kept-alive connection each
+MAX_SECS="${MAX_SECS:-20}"         # (c) duration
+STEADY_RATE="${STEADY_RATE:-1000}" # (b) publishes per second
+STEADY_SECS="${STEADY_SECS:-10}"   # (b) duration
+IDLE_SECS="${IDLE_SECS:-5}"        # (a) settle time before measuring memory
+BURST_TABS="${BURST_TABS:-50}"     # (d) tabs of the one user of the burst
+BURST_COUNT="${BURST_COUNT:-1000}" # (d) publishes of the burst
+SERVERS="${SERVERS:-herald-sqlite herald-memory nchan socketio}"
+HERALD_ALONE="${HERALD_ALONE:-1}"  # 0: skip (d)
+HERALD_PORT="${HERALD_PORT:-7310}"
+NCHAN_PORT="${NCHAN_PORT:-7311}"
+SOCKETIO_PORT="${SOCKETIO_PORT:-7312}"
+OUT="${OUT:-$ROOT/target/bench/$(date +%Y%m%d-%H%M%S)}"
+# Longest wait for a server to accept connections after it was started.
+START_TIMEOUT_TENTHS=100
+
+mkdir -p "$OUT"
+RESULTS="$OUT/results.jsonl"
+: >"$RESULTS"
+WORK="$(mktemp -d /tmp/herald-compare.XXXXXX)"
+STARTED=()
+
+log() { printf '== %s\n' "$*" >&2; }
+
+cleanup() {
+    local pid
+    for pid in "${STARTED[@]}"; do
+        stop_pid "$pid"
+    done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+# Stops one process we started: SIGTERM, then SIGKILL after 10 s.
+stop_pid() {
+    local pid="$1" i
+    kill -TERM "$pid" 2>/dev/null || return 0
+    for ((i = 0; i < 100; i++)); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+}
+
+forget_pid() {
+    local pid="$1" kept=() p
+    for p in "${STARTED[@]}"; do
+        [[ "$p" == "$pid" ]] || kept+=("$p")
+    done
+    STARTED=("${kept[@]}")
+}
+
+wait_port() {
+    local port="$1" pid="$2" i
+    for ((i = 0; i < START_TIMEOUT_TENTHS; i++)); do
+        if ! kill -0 "$pid" 2>/dev/null; then
+            log "the server (pid $pid) exited; see its log in $OUT"
+            exit 1
+        fi
+        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    log "nothing listens on 127.0.0.1:$port after $((START_TIMEOUT_TENTHS / 10)) s"
+    exit 1
+}
+
+port_free() {
+    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then
+        log "port $1 is in use; set ${2}_PORT to another one"
+        exit 1
+    fi
+}
+
+install_missing() {
+    if ! command -v nginx >/dev/null || [[ ! -f /usr/lib/nginx/modules/ngx_nchan_module.so ]]; then
+        log "installing nginx and libnginx-mod-nchan"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx libnginx-mod-nchan >/dev/null
+    fi
+    if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+        log "installing nodejs and npm"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
+    fi
+    if [[ ! -f bench/socketio/node_modules/socket.io/package.json ]]; then
+        log "installing socket.io (npm ci)"
+        (cd bench/socketio && npm ci --no-audit --no-fund --loglevel=error)
+    fi
+}
+
+machine_info() {
+    {
+        echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+        echo "nproc: $(nproc)"
+        echo "memory: $(free -h | awk '/^Mem:/ {print $2}')"
+        echo "kernel: $(uname -sr)"
+        echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')"
+        echo "herald: $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD 2>/dev/null || echo ' (with uncommitted changes)')"
+        echo "rustc: $(rustc --version)"
+        echo "nginx: $(nginx -v 2>&1 | sed 's/^nginx version: //')"
+        echo "nchan: $(dpkg-query -W -f='${Version}' libnginx-mod-nchan 2>/dev/null || echo '?')"
+        echo "node: $(node --version)"
+        echo "socket.io: $(node -p "require('./bench/socketio/node_modules/socket.io/package.json').version")"
+        echo "scale: USERS=$USERS TABS=$TABS PUBLISHERS=$PUBLISHERS MAX_SECS=$MAX_SECS STEADY_RATE=$STEADY_RATE STEADY_SECS=$STEADY_SECS IDLE_SECS=$IDLE_SECS BURST_TABS=$BURST_TABS BURST_COUNT=$BURST_COUNT"
+        echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
+    } | tee "$OUT/machine.txt" >&2
+}
+
+# Each server is one process (nginx: its master, whose workers herald-bench finds as children).
+SERVER_PID=""
+
+start_herald() {
+    local label="$1"
+    shift
+    port_free "$HERALD_PORT" HERALD
+    HERALD_LISTEN="127.0.0.1:$HERALD_PORT" \
+        "$ROOT/target/release/herald" serve "$@" >"$OUT/$label.server.log" 2>&1 &
+    SERVER_PID=$!
+    STARTED+=("$SERVER_PID")
+    wait_port "$HERALD_PORT" "$SERVER_PID"
+}
+
+start_nchan() {
+    port_free "$NCHAN_PORT" NCHAN
+    local dir="$WORK/nginx"
+    rm -rf "$dir"
+    mkdir -p "$dir/logs"
+    sed "s/127\.0\.0\.1:7311/127.0.0.1:$NCHAN_PORT/" bench/nchan/nginx.conf >"$dir/nginx.conf"
+    nginx -p "$dir" -c nginx.conf >"$OUT/nchan.server.log" 2>&1 &
+    SERVER_PID=$!
+    STARTED+=("$SERVER_PID")
+    wait_port "$NCHAN_PORT" "$SERVER_PID"
+}
+
+start_socketio() {
+    port_free "$SOCKETIO_PORT" SOCKETIO
+    PORT="$SOCKETIO_PORT" NODE_ENV=production node bench/socketio/server.js >"$OUT/socketio.server.log" 2>&1 &
+    SERVER_PID=$!
+    STARTED+=("$SERVER_PID")
+    wait_port "$SOCKETIO_PORT" "$SERVER_PID"
+}
+
+stop_server() {
+    stop_pid "$SERVER_PID"
+    forget_pid "$SERVER_PID"
+    SERVER_PID=""
+    # Let the sockets of the closed connections go before the next server starts.
+    sleep 2
+}
+
+bench() {
+    local label="$1"
+    shift
+    log "$label: herald-bench run $*"
+    "$ROOT/target/release/herald-bench" run --label "$label" --server-pid "$SERVER_PID" \
+        --json-out "$RESULTS" --no-progress "$@" | tee "$OUT/$label.txt" | grep -v '^{' >&2
+}
+
+standard_phases=(--users "$USERS" --clients-per-user "$TABS" --publishers "$PUBLISHERS"
+    --idle-secs "$IDLE_SECS" --phase "steady:$STEADY_RATE:$STEADY_SECS" --phase "max:$MAX_SECS")
+
+install_missing
+log "building herald and herald-bench (release)"
+cargo build --release -q -p herald -p herald-bench
+# One process here may hold at most 20,000 files; the servers inherit this limit.
+ulimit -n 19500
+export HERALD_SECRET="bench-secret-$RANDOM$RANDOM" HERALD_API_KEY="bench-key-$RANDOM$RANDOM"
+machine_info
+
+for server in $SERVERS; do
+    case "$server" in
+    herald-sqlite)
+        start_herald herald-sqlite --data-dir "$WORK/herald-sqlite"
+        bench herald-sqlite --kind herald-sse --url "http://127.0.0.1:$HERALD_PORT" "${standard_phases[@]}"
+        stop_server
+        ;;
+    herald-memory)
+        start_herald herald-memory --memory
+        bench herald-memory --kind herald-sse --url "http://127.0.0.1:$HERALD_PORT" "${standard_phases[@]}"
+        stop_server
+        ;;
+    nchan)
+        start_nchan
+        bench nchan --kind sse-url --url "http://127.0.0.1:$NCHAN_PORT" "${standard_phases[@]}"
+        stop_server
+        cat "$WORK/nginx/logs/error.log" >>"$OUT/nchan.server.log" 2>/dev/null || true
+        ;;
+    socketio)
+        start_socketio
+        bench socketio --kind socketio --url "http://127.0.0.1:$SOCKETIO_PORT" "${standard_phases[@]}"
+        stop_server
+        ;;
+    *)
+        log "unknown server $server (known: herald-sqlite herald-memory nchan socketio)"
+        exit 1
+        ;;
+    esac
+done
+
+alone=()
+if [[ "$HERALD_ALONE" == 1 ]]; then
+    if grep -q '"/v1/ws"' crates/herald-server/src/*.rs; then
+        start_herald herald-ws --data-dir "$WORK/herald-ws"
+        bench herald-ws --kind herald-ws --url "http://127.0.0.1:$HERALD_PORT" "${standard_phases[@]}"
+        stop_server
+        alone+=(herald-ws)
+    else
+        log "this Herald has no /v1/ws: skipping the WebSocket run"
+    fi
+    start_herald herald-poll --data-dir "$WORK/herald-poll"
+    bench herald-poll --kind herald-poll --url "http://127.0.0.1:$HERALD_PORT" "${standard_phases[@]}"
+    stop_server
+    alone+=(herald-poll)
+    start_herald "herald-burst$BURST_TABS" --data-dir "$WORK/herald-burst"
+    bench "herald-burst$BURST_TABS" --kind herald-sse --url "http://127.0.0.1:$HERALD_PORT" \
+        --users 1 --clients-per-user "$BURST_TABS" --publishers "$PUBLISHERS" --idle-secs 1 \
+        --phase "burst:$BURST_COUNT"
+    stop_server
+    alone+=("herald-burst$BURST_TABS")
+fi
+
+columns=""
+ratios=()
+for server in $SERVERS; do columns="$columns${columns:+,}$server"; done
+for h in herald-sqlite herald-memory; do
+    for o in nchan socketio; do
+        if [[ " $SERVERS " == *" $h "* && " $SERVERS " == *" $o "* ]]; then
+            ratios+=(--ratio "$h/$o")
+        fi
+    done
+done
+{
+    echo
+    "$ROOT/target/release/herald-bench" compare "$RESULTS" --columns "$columns" "${ratios[@]}" \
+        --title "(a)-(c): $USERS users × $TABS clients, steady $STEADY_RATE/s for $STEADY_SECS s, then $PUBLISHERS publishers at full speed for $MAX_SECS s"
+    if ((${#alone[@]} > 0)); then
+        echo
+        cols="herald-sqlite"
+        [[ " $SERVERS " == *" herald-sqlite "* ]] || cols=""
+        for a in "${alone[@]}"; do cols="$cols${cols:+,}$a"; done
+        "$ROOT/target/release/herald-bench" compare "$RESULTS" --columns "$cols" \
+            --title "(d): Herald alone (SQLite store): SSE, WebSocket, long-poll; one user with $BURST_TABS tabs and a burst of $BURST_COUNT"
+    fi
+    echo
+    echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
+} | tee "$OUT/tables.txt"
+log "results in $OUT"

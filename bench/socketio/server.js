@@ -1,0 +1,88 @@
+// A small Socket.IO server for bench/compare.sh, the way an app would use Socket.IO to notify
+// its users: every connection joins the room of its user (the `user` query parameter of the
+// handshake), and the app's backend emits to a room with `POST /emit/<user>` and a JSON body,
+// which clients receive as the event `n`. Nothing is stored: a client that is not connected at
+// that moment misses the event (Socket.IO's own delivery guarantee is "at most once").
+//
+// Settings (all for a fair, lean comparison): WebSocket transport only (no long-polling
+// upgrade dance), no per-message deflate, no HTTP compression, the default ping interval (25 s).
+'use strict';
+
+const http = require('node:http');
+const { Server } = require('socket.io');
+
+const host = '127.0.0.1';
+const port = Number(process.env.PORT || 7312);
+// Largest request body accepted by /emit (the payloads of the benchmark are about 50 bytes).
+const BODY_BYTES_MAX = 1 << 20;
+
+const server = http.createServer((req, res) => {
+  const match = /^\/emit\/([A-Za-z0-9_-]{1,128})$/.exec(req.url);
+  if (req.method !== 'POST' || !match) {
+    reply(res, 404, '{"error":"not found"}');
+    return;
+  }
+  const chunks = [];
+  let size = 0;
+  req.on('data', (chunk) => {
+    size += chunk.length;
+    if (size > BODY_BYTES_MAX) {
+      reply(res, 413, '{"error":"too large"}');
+      req.destroy();
+      return;
+    }
+    chunks.push(chunk);
+  });
+  req.on('end', () => {
+    let payload;
+    try {
+      payload = JSON.parse(Buffer.concat(chunks).toString('utf8'));
+    } catch {
+      reply(res, 400, '{"error":"invalid json"}');
+      return;
+    }
+    io.to(match[1]).emit('n', payload);
+    reply(res, 200, '{"ok":true}');
+  });
+});
+
+function reply(res, status, body) {
+  if (res.headersSent) return;
+  res.writeHead(status, {
+    'content-type': 'application/json',
+    'content-length': Buffer.byteLength(body),
+  });
+  res.end(body);
+}
+
+// Publishers keep their connections open between phases of a run: do not close idle ones after
+// Node's default 5 s, nor after some number of requests.
+server.keepAliveTimeout = 120_000;
+server.headersTimeout = 125_000;
+server.maxRequestsPerSocket = 0;
+
+const io = new Server(server, {
+  transports: ['websocket'],
+  serveClient: false,
+  perMessageDeflate: false,
+  httpCompression: false,
+  maxHttpBufferSize: BODY_BYTES_MAX,
+});
+
+io.on('connection', (socket) => {
+  const user = socket.handshake.query.user;
+  // Joined synchronously, before the namespace's CONNECT packet reaches the client, so a
+  // client that saw `40` is in its room.
+  if (typeof user === 'string' && user.length > 0) socket.join(user);
+});
+
+server.listen(port, host, () => {
+  console.error(`socket.io ${require('socket.io/package.json').version} listening on http://${host}:${port}`);
+});
+
+for (const signal of ['SIGTERM', 'SIGINT']) {
+  process.on(signal, () => {
+    io.close();
+    process.exit(0);
+  });
+}

@@ -1,0 +1,527 @@
+// herald.js: the browser client of Herald, a real-time notification server.
+//
+// An ES module with no dependency and no build step:
+//
+//   import { Herald } from '/herald.js';
+//   const herald = new Herald({ url: '', token: () => fetchTokenFromMyBackend() });
+//   herald.on('notification', (n) => show(n));
+//   herald.on('status', (s) => console.log(s));   // connecting, open, reconnecting, offline, closed
+//
+// What it does for the app:
+// - keeps one connection: SSE (the default), WebSocket (`transport: 'ws'`) or long-polling
+//   (`transport: 'poll'`, and the fallback when streams keep failing while the server is up);
+// - reconnects by itself with exponential back-off and jitter (capped at 30 s), and at once when
+//   the browser comes back online; resumes from the last seq it saw, so nothing durable is lost,
+//   and never hands the same seq to the app twice;
+// - gets a new token from `token()` (when it is a function) when the old one expired or was
+//   refused;
+// - keeps its client id across reconnects and reloads of the tab (sessionStorage), while a new
+//   or duplicated tab gets its own;
+// - stops for good (a `closed` event) when the server says the client was `evicted`, `replaced`
+//   or its session closed.
+//
+// The server must be on the page's origin (or behind the same origin through a proxy): Herald
+// sends no CORS headers.
+
+const VERSION = '1';
+/** Close reasons after which reconnecting would be wrong: the server or the user decided. */
+const TERMINAL_REASONS = new Set(['evicted', 'replaced', 'session_closed']);
+const BACKOFF_BASE_MS = 500;
+const BACKOFF_MAX_MS = 30_000;
+/** Consecutive streams that fail before `hello` while the server answers: then long-poll. */
+const FALLBACK_AFTER_FAILURES = 3;
+/** After this long on the long-poll fallback, streaming is tried again. */
+const FALLBACK_RETRY_STREAM_MS = 10 * 60_000;
+/** A stream that has not said `hello` within this is given up and retried. */
+const OPEN_TIMEOUT_MS = 20_000;
+/** Seconds a long-poll waits on the server (the server allows up to 60). */
+const POLL_WAIT_S = 25;
+/** A poll that has not answered this long after its wait is given up. */
+const POLL_GRACE_MS = 15_000;
+/** A token that expires within this is renewed before it is used. */
+const TOKEN_MARGIN_MS = 5_000;
+/** How long a tab waits for another tab to say it holds the same stored client id. */
+const CLAIM_WAIT_MS = 150;
+/** A connection that lasted at least this long resets the back-off. */
+const STABLE_MS = 5_000;
+
+/**
+ * A subscription of this tab to its user's notifications. See herald.d.ts for the types.
+ */
+export class Herald {
+  #base;
+  #tokenSource;
+  #token = null;
+  #tokenExpiresAt = null;
+  #preferred;
+  #fallback;
+  #mode;
+  #fallbackSince = 0;
+  #listeners = new Map();
+  #status = 'idle';
+  #lastSeq = null;
+  #client = null;
+  #user = null;
+  #stopped = false;
+  #abort = null; // ends the current connection or wait
+  #channel = null;
+  #storageKey = null;
+  #claimNonce = Math.random();
+  #onOnline = () => this.#wake();
+  // The browser knows the network is gone: drop the connection now rather than wait for TCP to
+  // notice, and reconnect (and catch up) when it is back.
+  #onOffline = () => { if (this.#status === 'open') this.#abort?.(); };
+
+  /**
+   * @param {import('./herald').HeraldOptions} options
+   */
+  constructor({ url = '', token, transport = 'sse', fallback = true, lastSeq = null } = {}) {
+    if (typeof token !== 'string' && typeof token !== 'function') {
+      throw new TypeError('Herald: `token` must be a string or a function returning one');
+    }
+    if (!['sse', 'ws', 'poll'].includes(transport)) {
+      throw new TypeError(`Herald: unknown transport ${JSON.stringify(transport)}`);
+    }
+    this.#base = new URL(url || '/', globalThis.location?.href).href.replace(/\/+$/, '');
+    this.#tokenSource = token;
+    this.#preferred = transport;
+    this.#mode = transport;
+    this.#fallback = fallback && transport !== 'poll';
+    if (lastSeq != null) this.#lastSeq = Number(lastSeq);
+    globalThis.addEventListener?.('online', this.#onOnline);
+    globalThis.addEventListener?.('offline', this.#onOffline);
+    // Start after the caller had a chance to attach listeners.
+    queueMicrotask(() => this.#run());
+  }
+
+  /** The current status: `connecting`, `open`, `reconnecting`, `offline` or `closed`. */
+  get status() { return this.#status; }
+  /** This tab's client id, once the server gave one (for `except_client`, or to target it). */
+  get client() { return this.#client; }
+  /** The last seq handed to the app (or where the stream started); `null` before the first connection. */
+  get lastSeq() { return this.#lastSeq; }
+  /** The transport in use: `sse`, `ws` or `poll`. */
+  get transport() { return this.#mode; }
+
+  /** Adds a listener; returns a function that removes it. */
+  on(event, listener) {
+    if (!this.#listeners.has(event)) this.#listeners.set(event, new Set());
+    this.#listeners.get(event).add(listener);
+    return () => this.off(event, listener);
+  }
+
+  /** Removes a listener added with `on`. */
+  off(event, listener) {
+    this.#listeners.get(event)?.delete(listener);
+  }
+
+  /** Closes the connection for good. No `closed` event: that is for the server's reasons. */
+  close() {
+    if (this.#stopped) return;
+    this.#stop();
+  }
+
+  // ---- the connection loop ----
+
+  async #run() {
+    let failures = 0; // consecutive attempts that ended without a working connection
+    let streamFailures = 0; // consecutive streams that failed before `hello` while the server was up
+    let first = true;
+    while (!this.#stopped) {
+      this.#setStatus(first ? 'connecting' : 'reconnecting');
+      first = false;
+      let outcome;
+      let token = null;
+      try {
+        token = await this.#currentToken();
+      } catch (error) {
+        // The app could not give a token (its backend is down?): try again later.
+        (globalThis.reportError ?? console.error)(error);
+      }
+      if (this.#stopped) break;
+      if (token !== null) {
+        if (this.#storageKey === null) await this.#restoreClient();
+        if (this.#stopped) break;
+        outcome = this.#mode === 'poll' ? await this.#pollLoop(token) : await this.#streamOnce(token);
+        if (this.#stopped) break;
+      } else {
+        outcome = { opened: false, tokenError: true };
+      }
+
+      const { opened, openedAt, reason, httpStatus, errorCode } = outcome;
+      if (reason && TERMINAL_REASONS.has(reason)) {
+        this.#finish(reason);
+        break;
+      }
+      if (reason === 'token_expired' || httpStatus === 401) {
+        if (typeof this.#tokenSource !== 'function') {
+          this.#finish(errorCode === 'token_expired' || reason === 'token_expired' ? 'token_expired' : 'unauthorized');
+          break;
+        }
+        this.#token = null; // the next turn asks for a new one
+        if (opened) continue; // expired while open: reconnect at once
+      }
+      if (httpStatus === 400 && (errorCode === 'invalid_last_event_id' || errorCode === 'invalid_after')) {
+        // Our resume point is ahead of the server's log: it lost its data. Start from now.
+        this.#lastSeq = null;
+        this.#emit('reset', { last_seq: null });
+        continue;
+      }
+      if (outcome.retryStream) {
+        this.#mode = this.#preferred;
+        streamFailures = 0;
+        continue;
+      }
+
+      if (opened) {
+        streamFailures = 0;
+        failures = Date.now() - openedAt >= STABLE_MS ? 0 : failures + 1;
+      } else {
+        failures += 1;
+        if (this.#mode !== 'poll' && !outcome.tokenError) {
+          // The stream never opened: is the server there, and is it only streaming that fails?
+          const diagnosis = await this.#diagnose();
+          if (this.#stopped) break;
+          if (diagnosis.httpStatus) {
+            // The probe poll was refused: handle it as the stream's own refusal.
+            this.#token = diagnosis.httpStatus === 401 && typeof this.#tokenSource === 'function' ? null : this.#token;
+            if (diagnosis.httpStatus === 401 && typeof this.#tokenSource !== 'function') {
+              this.#finish(diagnosis.errorCode === 'token_expired' ? 'token_expired' : 'unauthorized');
+              break;
+            }
+            if (diagnosis.httpStatus === 400) {
+              this.#lastSeq = null;
+              this.#emit('reset', { last_seq: null });
+              continue;
+            }
+          } else if (diagnosis.reason && TERMINAL_REASONS.has(diagnosis.reason)) {
+            this.#finish(diagnosis.reason);
+            break;
+          } else if (diagnosis.polled) {
+            streamFailures += 1;
+            if (this.#fallback && streamFailures >= FALLBACK_AFTER_FAILURES) {
+              this.#mode = 'poll';
+              this.#fallbackSince = Date.now();
+              failures = 0;
+              continue;
+            }
+          }
+        }
+      }
+      const offline = globalThis.navigator?.onLine === false;
+      this.#setStatus(offline ? 'offline' : 'reconnecting');
+      await this.#sleep(offline ? BACKOFF_MAX_MS : backoff(failures));
+    }
+  }
+
+  /** The token to use now: the string given, or one from the function (renewed when expiring). */
+  async #currentToken() {
+    if (typeof this.#tokenSource === 'string') {
+      this.#token ??= this.#tokenSource;
+    } else if (this.#token === null || (this.#tokenExpiresAt !== null && this.#tokenExpiresAt - Date.now() < TOKEN_MARGIN_MS)) {
+      const token = await this.#tokenSource();
+      if (typeof token !== 'string' || token === '') throw new Error('Herald: the token function returned no token');
+      this.#token = token;
+    } else {
+      return this.#token;
+    }
+    const claims = decodeJwt(this.#token);
+    this.#tokenExpiresAt = typeof claims?.exp === 'number' ? claims.exp * 1000 : null;
+    this.#user = typeof claims?.sub === 'string' ? claims.sub : null;
+    return this.#token;
+  }
+
+  /** One SSE or WebSocket connection, until it ends. */
+  #streamOnce(token) {
+    return new Promise((resolve) => {
+      const params = this.#params(token);
+      let opened = false;
+      let openedAt = 0;
+      let reason = null;
+      let socket;
+      let ended = false;
+      const end = () => {
+        if (ended) return;
+        ended = true;
+        clearTimeout(openTimer);
+        this.#abort = null;
+        try { socket.close(); } catch { /* already closed */ }
+        resolve({ opened, openedAt, reason });
+      };
+      const openTimer = setTimeout(end, OPEN_TIMEOUT_MS);
+      this.#abort = end;
+      const onEvent = (event, data) => {
+        switch (event) {
+          case 'hello':
+            opened = true;
+            openedAt = Date.now();
+            clearTimeout(openTimer);
+            this.#hello(data);
+            break;
+          case 'notification':
+            this.#deliver(data);
+            break;
+          case 'reset':
+            this.#reset(data.last_seq);
+            break;
+          case 'closed':
+            reason = data.reason;
+            end();
+            break;
+        }
+      };
+      if (this.#mode === 'ws') {
+        socket = new WebSocket(`${this.#base.replace(/^http/, 'ws')}/v1/ws?${params}`);
+        socket.onmessage = (message) => {
+          let data;
+          try { data = JSON.parse(message.data); } catch { return; }
+          onEvent(data.event, data);
+        };
+        socket.onclose = end;
+        socket.onerror = end;
+      } else {
+        socket = new EventSource(`${this.#base}/v1/stream?${params}`);
+        for (const name of ['hello', 'notification', 'reset', 'closed']) {
+          socket.addEventListener(name, (message) => {
+            let data;
+            try { data = JSON.parse(message.data); } catch { return; }
+            onEvent(name, data);
+          });
+        }
+        // EventSource would reconnect by itself, but with the same URL: the same token and the
+        // `last_event_id` it was opened with. We reconnect ourselves instead.
+        socket.onerror = end;
+      }
+    });
+  }
+
+  /** Long-polls until an error, a `closed`, or the time to try streaming again. */
+  async #pollLoop(token) {
+    let opened = false;
+    let openedAt = 0;
+    while (!this.#stopped) {
+      if (this.#fallbackSince && Date.now() - this.#fallbackSince > FALLBACK_RETRY_STREAM_MS) {
+        this.#fallbackSince = 0;
+        return { opened, openedAt, retryStream: true };
+      }
+      if (this.#tokenExpiresAt !== null && typeof this.#tokenSource === 'function'
+          && this.#tokenExpiresAt - Date.now() < TOKEN_MARGIN_MS) {
+        return { opened, openedAt, reason: 'token_expired' };
+      }
+      const answer = await this.#pollOnce(token, POLL_WAIT_S);
+      if (this.#stopped) break;
+      if (!answer.polled) return { opened, openedAt, ...answer };
+      if (!opened) {
+        opened = true;
+        openedAt = Date.now();
+        this.#setStatus('open');
+      }
+      if (answer.reason) return { opened, openedAt, reason: answer.reason };
+    }
+    return { opened, openedAt };
+  }
+
+  /**
+   * One `GET /v1/poll`; hands its notifications to the app. Answers `{polled: true, reason?}`,
+   * or `{httpStatus, errorCode}` when refused, or `{error}` when it did not get through.
+   */
+  async #pollOnce(token, waitSeconds) {
+    const controller = new AbortController();
+    const timer = setTimeout(() => controller.abort(), waitSeconds * 1000 + POLL_GRACE_MS);
+    this.#abort = () => controller.abort();
+    try {
+      const params = this.#params(null, waitSeconds);
+      const response = await fetch(`${this.#base}/v1/poll?${params}`, {
+        headers: { authorization: `Bearer ${token}` },
+        cache: 'no-store',
+        signal: controller.signal,
+      });
+      const body = await response.json().catch(() => null);
+      if (!response.ok) {
+        return { httpStatus: response.status, errorCode: body?.error?.code ?? null };
+      }
+      if (typeof body?.client === 'string') this.#setClient(body.client);
+      if (body.reset) this.#reset(null);
+      for (const n of body.notifications ?? []) this.#deliver(n);
+      if (typeof body.last_seq === 'number' && (this.#lastSeq === null || body.last_seq > this.#lastSeq)) {
+        this.#lastSeq = body.last_seq;
+      }
+      return { polled: true, reason: body.closed ?? null };
+    } catch (error) {
+      return { error };
+    } finally {
+      clearTimeout(timer);
+      this.#abort = null;
+    }
+  }
+
+  /**
+   * After a stream failed before `hello`: is the server up (`/healthz`)? If so, one poll that
+   * does not wait tells whether the token or the resume point is refused, and catches up.
+   */
+  async #diagnose() {
+    try {
+      const controller = new AbortController();
+      this.#abort = () => controller.abort();
+      const timer = setTimeout(() => controller.abort(), 5_000);
+      const health = await fetch(`${this.#base}/healthz`, { cache: 'no-store', signal: controller.signal })
+        .finally(() => clearTimeout(timer));
+      if (!health.ok) return {};
+    } catch {
+      return {};
+    } finally {
+      this.#abort = null;
+    }
+    if (this.#stopped) return {};
+    return this.#pollOnce(this.#token, 0);
+  }
+
+  #params(token, pollWait) {
+    const params = new URLSearchParams();
+    if (token) params.set('token', token);
+    if (this.#lastSeq !== null) params.set(pollWait === undefined ? 'last_event_id' : 'after', String(this.#lastSeq));
+    if (this.#client) params.set('client', this.#client);
+    if (pollWait !== undefined) params.set('timeout', String(pollWait));
+    return params;
+  }
+
+  #hello(data) {
+    if (typeof data.client === 'string') this.#setClient(data.client);
+    if (this.#lastSeq === null && typeof data.last_seq === 'number') this.#lastSeq = data.last_seq;
+    this.#setStatus('open');
+  }
+
+  /** Hands a notification to the app, unless its seq was handed already. */
+  #deliver(n) {
+    if (n === null || typeof n !== 'object') return;
+    if (typeof n.seq === 'number') {
+      if (this.#lastSeq !== null && n.seq <= this.#lastSeq) return;
+      this.#lastSeq = n.seq;
+    }
+    const { event: _event, ...notification } = n;
+    this.#emit('notification', notification);
+  }
+
+  #reset(lastSeq) {
+    this.#lastSeq = typeof lastSeq === 'number' ? lastSeq : null;
+    this.#emit('reset', { last_seq: this.#lastSeq });
+  }
+
+  #finish(reason) {
+    this.#stop();
+    this.#emit('closed', { reason });
+  }
+
+  #stop() {
+    this.#stopped = true;
+    this.#abort?.();
+    this.#abort = null;
+    this.#channel?.close();
+    this.#channel = null;
+    globalThis.removeEventListener?.('online', this.#onOnline);
+    globalThis.removeEventListener?.('offline', this.#onOffline);
+    this.#setStatus('closed');
+  }
+
+  /** Waits `ms`, or less if the browser comes online or the client is closed. */
+  #sleep(ms) {
+    return new Promise((resolve) => {
+      const timer = setTimeout(done, ms);
+      function done() {
+        clearTimeout(timer);
+        resolve();
+      }
+      this.#abort = () => { this.#abort = null; done(); };
+    });
+  }
+
+  #wake() {
+    // Coming back online: cut the back-off short (a live connection is left alone).
+    if (this.#status === 'offline' || this.#status === 'reconnecting') this.#abort?.();
+  }
+
+  // ---- the client id: kept per tab, not shared with a duplicated tab ----
+
+  /**
+   * Reads the client id this tab had (it reloaded), unless another tab holds it (this tab is a
+   * duplicate: browsers copy sessionStorage into a duplicated tab).
+   */
+  async #restoreClient() {
+    this.#storageKey = `herald.client ${this.#base} ${this.#user ?? ''}`;
+    if (typeof BroadcastChannel === 'function') {
+      this.#channel = new BroadcastChannel(`herald-client ${VERSION} ${this.#storageKey}`);
+      this.#channel.onmessage = ({ data }) => this.#onClaim(data);
+    }
+    let stored = null;
+    try { stored = globalThis.sessionStorage?.getItem(this.#storageKey) ?? null; } catch { /* no storage */ }
+    if (!stored || this.#client) return;
+    if (this.#channel) {
+      this.#claiming = stored;
+      this.#claimLost = false;
+      this.#channel.postMessage({ type: 'claim', client: stored, nonce: this.#claimNonce });
+      await new Promise((resolve) => setTimeout(resolve, CLAIM_WAIT_MS));
+      this.#claiming = null;
+      if (this.#claimLost) return; // another tab has it: let the server issue a new id
+    }
+    this.#client = stored;
+  }
+
+  #claiming = null;
+  #claimLost = false;
+
+  #onClaim(message) {
+    if (message?.type === 'claim') {
+      if (message.client === this.#client) {
+        this.#channel?.postMessage({ type: 'taken', client: message.client, nonce: message.nonce });
+      } else if (message.client === this.#claiming && message.nonce > this.#claimNonce) {
+        // Two new instances claim the same id at once: the larger nonce keeps it.
+        this.#claimLost = true;
+      }
+    } else if (message?.type === 'taken' && message.client === this.#claiming && message.nonce === this.#claimNonce) {
+      this.#claimLost = true;
+    }
+  }
+
+  #setClient(client) {
+    this.#client = client;
+    try { globalThis.sessionStorage?.setItem(this.#storageKey, client); } catch { /* no storage */ }
+  }
+
+  // ---- events ----
+
+  #setStatus(status) {
+    if (this.#status === status || (this.#status === 'closed' && status !== 'closed')) return;
+    this.#status = status;
+    this.#emit('status', status);
+  }
+
+  #emit(event, value) {
+    for (const listener of [...(this.#listeners.get(event) ?? [])]) {
+      try {
+        listener(value);
+      } catch (error) {
+        // A failing listener must not break the client (nor the other listeners).
+        (globalThis.reportError ?? console.error)(error);
+      }
+    }
+  }
+}
+
+/** Exponential back-off with jitter: half fixed, half random, capped at 30 s. */
+function backoff(failures) {
+  const ceiling = Math.min(BACKOFF_MAX_MS, BACKOFF_BASE_MS * 2 ** Math.min(failures, 16));
+  return ceiling / 2 + Math.random() * (ceiling / 2);
+}
+
+/** The claims of a JWT, read without checking it (the server does); `null` if unreadable. */
+function decodeJwt(token) {
+  try {
+    const payload = token.split('.')[1].replace(/-/g, '+').replace(/_/g, '/');
+    const bytes = Uint8Array.from(atob(payload.padEnd(Math.ceil(payload.length / 4) * 4, '=')), (c) => c.charCodeAt(0));
+    return JSON.parse(new TextDecoder().decode(bytes));
+  } catch {
+    return null;
+  }
+}
+
+export default Herald;

@@ -1,0 +1,65 @@
+//! A typed Rust client for Herald's HTTP API (`docs/PROTOCOL.md`): publish notifications, ask
+//! for presence, subscribe over SSE or long-polling, and mint subscriber tokens. The `herald`
+//! CLI and the integration tests use it; so can any Rust app.
+//!
+//! # Layout
+//! - [`publisher`]: [`Publisher`], the publishers' API (API key): publish, presence, stored
+//!   notifications, closing sessions.
+//! - [`subscriber`]: [`Subscriber`], one client's API (token): an SSE [`EventStream`] of
+//!   [`Event`]s, and long-polls.
+//! - [`listener`]: [`Listener`], a subscriber that resumes by itself after a dropped connection,
+//!   with backoff, and never yields a durable notification twice.
+//! - [`token`]: [`mint_token`], the HS256 subscriber token, and its [`Claims`].
+//! - [`types`]: the JSON bodies: [`To`], [`PublishRequest`], [`Notification`], [`Event`]…
+//! - [`sse`]: [`SseParser`], an incremental, bounded `text/event-stream` parser.
+//! - [`error`]: the error type, [`ClientError`].
+//!
+//! # Example
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use herald_client::{Event, Listener, ListenerOptions, PublishRequest, Publisher, Subscriber, To};
+//! use serde_json::json;
+//!
+//! # async fn example() -> Result<(), herald_client::ClientError> {
+//! let url = "http://127.0.0.1:7300";
+//! // The app's backend mints a token for a signed-in user's session…
+//! let token = herald_client::mint_token(b"the server's secret", "alice", Some("laptop"), Duration::from_secs(3600))?;
+//! // …a client listens with it, resuming by itself after a dropped connection…
+//! let mut listener = Listener::new(Subscriber::new(url, token)?, ListenerOptions::default());
+//! // …and a publisher notifies every tab of every session of alice.
+//! let publisher = Publisher::new(url, "the API key")?;
+//! let request = PublishRequest::new(To::user("alice"), json!({"text": "You have a new message"})).kind("message.new");
+//! let answer = publisher.publish(&request).await?;
+//! println!("stored as seq {}", answer.notifications[0].seq);
+//! while let Some(event) = listener.next_event().await? {
+//!     if let Event::Notification(n) = event {
+//!         println!("{:?} {} {}", n.seq, n.kind, n.data);
+//!     }
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Only plain HTTP is built in; the `rustls-tls` feature adds HTTPS.
+
+pub mod error;
+mod http;
+pub mod listener;
+pub mod publisher;
+pub mod sse;
+pub mod subscriber;
+pub mod token;
+pub mod types;
+
+pub use error::{ClientError, Result};
+pub use http::{CONNECT_TIMEOUT, MAX_ERROR_BODY_BYTES, MAX_RESPONSE_BYTES, REQUEST_TIMEOUT};
+pub use listener::{ListenTransport, Listener, ListenerOptions, is_final_close};
+pub use publisher::Publisher;
+pub use sse::{SseEvent, SseItem, SseParser};
+pub use subscriber::{EventStream, StreamOptions, Subscriber};
+pub use token::{Claims, mint_token};
+pub use types::{
+    ClientPresence, Event, Notification, PollResponse, Presence, PublishRequest, PublishResponse, Published,
+    SessionPresence, To,
+};

@@ -1,0 +1,344 @@
+//! [`Listener`]: a subscriber that stays connected. It resumes by itself after a dropped
+//! connection, with backoff, from the last seq it saw and with the same client id, and never
+//! yields a durable notification twice.
+//!
+//! What ends it: a `closed` event whose reason is final ([`is_final_close`]: `evicted`,
+//! `replaced`, `session_closed`, `token_expired`), which it yields before ending; an error that
+//! a retry would only repeat (401 for a refused token, any other 4xx, an answer it cannot use),
+//! which it returns; or, when a bound is set, too many failed attempts in a row. Any other end
+//! (`lagging`, `shutdown`, `error`, a reason it does not know, a dropped or silent connection,
+//! a 5xx) is followed by a reconnect.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use crate::error::{ClientError, Result};
+use crate::subscriber::{EventStream, StreamOptions, Subscriber};
+use crate::types::{Event, PollResponse};
+
+/// Wait before the first reconnect after a failure.
+pub const BACKOFF_INITIAL: Duration = Duration::from_millis(100);
+
+/// Longest wait between two attempts: the backoff doubles per failure in a row up to this.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// Reasons of a `closed` event after which reconnecting is pointless: the server chose to end
+/// this client (`evicted`, `replaced`, `session_closed`) or its token (`token_expired`; the
+/// same token would be refused with 401).
+pub const FINAL_CLOSE_REASONS: [&str; 4] = ["evicted", "replaced", "session_closed", "token_expired"];
+
+/// Whether a `closed` event with this reason ends a [`Listener`].
+pub fn is_final_close(reason: &str) -> bool {
+    FINAL_CLOSE_REASONS.contains(&reason)
+}
+
+/// How a [`Listener`] receives events.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ListenTransport {
+    /// One long-lived SSE stream (`GET /v1/stream`).
+    #[default]
+    Sse,
+    /// Repeated long-polls (`GET /v1/poll`), for networks that break streaming. It yields no
+    /// `hello` and no keep-alive.
+    Poll,
+}
+
+/// How a [`Listener`] starts and retries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerOptions {
+    /// The last seq already seen; `None` starts at the user's current last seq.
+    pub resume_after: Option<u64>,
+    /// The client id to keep at the first connection (later ones keep the server's).
+    pub client: Option<String>,
+    pub transport: ListenTransport,
+    /// Failed attempts in a row after which the last error is returned; `None` retries forever.
+    pub max_consecutive_failures: Option<u32>,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    /// The long-poll wait in seconds (transport `Poll`); `None` for the server's default.
+    pub poll_timeout_s: Option<u64>,
+}
+
+impl Default for ListenerOptions {
+    fn default() -> Self {
+        Self {
+            resume_after: None,
+            client: None,
+            transport: ListenTransport::Sse,
+            max_consecutive_failures: None,
+            backoff_initial: BACKOFF_INITIAL,
+            backoff_max: BACKOFF_MAX,
+            poll_timeout_s: None,
+        }
+    }
+}
+
+/// A self-resuming subscriber; see the [module docs](self).
+#[derive(Debug)]
+pub struct Listener {
+    subscriber: Subscriber,
+    options: ListenerOptions,
+    /// Every durable seq up to here was yielded (or skipped by a `reset`).
+    position: Option<u64>,
+    client: Option<String>,
+    stream: Option<EventStream>,
+    /// Events of the last long-poll answer not yet yielded (at most one answer's worth).
+    pending: VecDeque<Event>,
+    /// Failed attempts since the last one that worked.
+    failures: u32,
+    /// Wait before the next attempt.
+    delay: Option<Duration>,
+    reconnects: u64,
+    finished: bool,
+}
+
+impl Listener {
+    pub fn new(subscriber: Subscriber, options: ListenerOptions) -> Self {
+        Self {
+            position: options.resume_after,
+            client: options.client.clone(),
+            subscriber,
+            options,
+            stream: None,
+            pending: VecDeque::new(),
+            failures: 0,
+            delay: None,
+            reconnects: 0,
+            finished: false,
+        }
+    }
+
+    /// The last durable seq yielded (or the position a `hello` or `reset` moved to).
+    pub fn last_seq(&self) -> Option<u64> {
+        self.position
+    }
+
+    /// The client id the server gave (or the one from the options, before the first answer).
+    pub fn client(&self) -> Option<&str> {
+        self.client.as_deref()
+    }
+
+    /// How many attempts to connect followed a failure or an end of stream.
+    pub fn reconnects(&self) -> u64 {
+        self.reconnects
+    }
+
+    /// The next event, reconnecting as needed. `Ok(None)` once it has ended (after a final
+    /// `closed` event, or after it returned an error).
+    ///
+    /// Cancel-safe: when the future is dropped (a `tokio::select!` branch that lost), no event
+    /// is lost; the next call goes on from the same position.
+    pub async fn next_event(&mut self) -> Result<Option<Event>> {
+        loop {
+            if let Some(event) = self.pending.pop_front() {
+                return Ok(Some(event));
+            }
+            if self.finished {
+                return Ok(None);
+            }
+            match self.options.transport {
+                ListenTransport::Sse => {
+                    if let Some(event) = self.next_sse().await? {
+                        return Ok(Some(event));
+                    }
+                }
+                ListenTransport::Poll => self.poll_once().await?,
+            }
+        }
+    }
+
+    /// One step on the SSE stream: an event to yield, or `None` when the loop must go on.
+    async fn next_sse(&mut self) -> Result<Option<Event>> {
+        if self.stream.is_none() {
+            self.wait().await;
+            let options =
+                StreamOptions { resume_after: self.position, client: self.client.clone(), via_header: false };
+            match self.subscriber.stream(options).await {
+                Ok(stream) => self.stream = Some(stream),
+                Err(e) => return self.fail(e).map(|()| None),
+            }
+        }
+        let stream = self.stream.as_mut().expect("opened above");
+        match stream.next_event().await {
+            Ok(Some(event)) => Ok(self.accept(event)),
+            Ok(None) => {
+                self.stream = None;
+                self.fail(ClientError::StreamEnded).map(|()| None)
+            }
+            Err(e) => {
+                self.stream = None;
+                self.fail(e).map(|()| None)
+            }
+        }
+    }
+
+    /// Updates the position and client from `event`; `None` for a notification already yielded.
+    fn accept(&mut self, event: Event) -> Option<Event> {
+        match &event {
+            Event::Hello { client, id, .. } => {
+                // The connection works: the next failure starts the backoff afresh.
+                self.failures = 0;
+                self.client = Some(client.clone());
+                // A fresh stream starts at the user's last seq: resume from there if it drops
+                // before any notification, so that none published meanwhile is missed.
+                if let Some(id) = *id {
+                    self.advance(id);
+                }
+            }
+            Event::Notification(n) => {
+                if let Some(seq) = n.seq {
+                    if self.position.is_some_and(|p| seq <= p) {
+                        return None;
+                    }
+                    self.position = Some(seq);
+                }
+            }
+            Event::Reset { last_seq } => self.advance(*last_seq),
+            Event::Closed { reason } => {
+                self.stream = None;
+                if is_final_close(reason) {
+                    self.finished = true;
+                } else {
+                    // Reconnect soon, but not at once: after a `shutdown`, every client of the
+                    // server does the same, and jitter spreads them.
+                    self.delay = Some(self.backoff(self.failures + 1));
+                }
+            }
+            Event::KeepAlive => {}
+        }
+        Some(event)
+    }
+
+    fn advance(&mut self, seq: u64) {
+        self.position = Some(self.position.map_or(seq, |p| p.max(seq)));
+    }
+
+    /// One long-poll; its events go to `pending`.
+    async fn poll_once(&mut self) -> Result<()> {
+        self.wait().await;
+        match self.subscriber.poll(self.position, self.options.poll_timeout_s, self.client.as_deref()).await {
+            Ok(answer) => {
+                self.failures = 0;
+                self.take_poll_answer(answer);
+                Ok(())
+            }
+            Err(e) => self.fail(e),
+        }
+    }
+
+    fn take_poll_answer(&mut self, answer: PollResponse) {
+        self.client = Some(answer.client);
+        if answer.reset {
+            // The stream goes on after the seq just before the first notification given.
+            let first = answer.notifications.iter().filter_map(|n| n.seq).min();
+            let last_seq = first.map_or(answer.last_seq, |s| s.saturating_sub(1));
+            self.position = Some(last_seq);
+            self.pending.push_back(Event::Reset { last_seq });
+        }
+        for notification in answer.notifications {
+            if let Some(event) = self.accept(Event::Notification(notification)) {
+                self.pending.push_back(event);
+            }
+        }
+        self.advance(answer.last_seq);
+        if let Some(reason) = answer.closed {
+            if is_final_close(&reason) {
+                self.finished = true;
+            } else {
+                self.delay = Some(self.backoff(1));
+            }
+            self.pending.push_back(Event::Closed { reason });
+        }
+    }
+
+    /// Counts a failed attempt: returns the error when it is final, else schedules a retry.
+    fn fail(&mut self, error: ClientError) -> Result<()> {
+        self.failures = self.failures.saturating_add(1);
+        let exhausted = self.options.max_consecutive_failures.is_some_and(|max| self.failures >= max);
+        if !error.is_retryable() || exhausted {
+            self.finished = true;
+            return Err(error);
+        }
+        let delay = self.backoff(self.failures);
+        tracing::warn!(
+            failures = self.failures,
+            delay_ms = delay.as_millis() as u64,
+            error = %with_causes(&error),
+            "herald stream lost; reconnecting"
+        );
+        self.delay = Some(delay);
+        Ok(())
+    }
+
+    /// The wait after `failures` failures in a row: doubling from the initial backoff up to the
+    /// cap, then "equal jitter" (a random point in its upper half), so that clients dropped
+    /// together do not come back together yet none retries at once.
+    fn backoff(&self, failures: u32) -> Duration {
+        let exponent = failures.saturating_sub(1).min(31);
+        let base = self.options.backoff_initial.saturating_mul(1 << exponent).min(self.options.backoff_max);
+        let half = base / 2;
+        half + half.mul_f64(rand::random::<f64>())
+    }
+
+    async fn wait(&mut self) {
+        if let Some(delay) = self.delay {
+            tokio::time::sleep(delay).await;
+            // Only after the sleep: a `next_event` cancelled during it waits again when called again.
+            self.delay = None;
+            self.reconnects += 1;
+        }
+    }
+}
+
+/// `error` and its causes on one line, for the log (the display of a transport error alone says
+/// little: the cause says "connection refused").
+fn with_causes(error: &ClientError) -> String {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listener() -> Listener {
+        Listener::new(Subscriber::new("http://127.0.0.1:9", "t").unwrap(), ListenerOptions::default())
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap_with_jitter() {
+        let l = listener();
+        for failures in 1..40 {
+            let expected = BACKOFF_INITIAL.saturating_mul(1 << (failures - 1).min(31)).min(BACKOFF_MAX);
+            let delay = l.backoff(failures);
+            assert!(delay >= expected / 2 && delay <= expected, "{failures}: {delay:?} vs {expected:?}");
+        }
+        assert!(l.backoff(u32::MAX) <= BACKOFF_MAX);
+    }
+
+    #[test]
+    fn futures_are_send_so_that_a_listener_can_be_spawned() {
+        fn assert_send<T: Send>(_: T) {}
+        let mut l = listener();
+        assert_send(l.next_event());
+        let publisher = crate::Publisher::new("http://127.0.0.1:9", "k").unwrap();
+        let request = crate::PublishRequest::new(crate::To::user("a"), serde_json::Value::Null);
+        assert_send(publisher.publish(&request));
+    }
+
+    #[test]
+    fn final_close_reasons() {
+        for reason in ["evicted", "replaced", "session_closed", "token_expired"] {
+            assert!(is_final_close(reason));
+        }
+        for reason in ["lagging", "shutdown", "error", "something_new"] {
+            assert!(!is_final_close(reason));
+        }
+    }
+}

@@ -1,0 +1,105 @@
+//! [`Publisher`]: the publishers' side of the API, authenticated with the API key.
+
+use reqwest::Method;
+
+use crate::error::Result;
+use crate::http::{Endpoint, REQUEST_TIMEOUT, check_status, http_client, path_id, read_json};
+use crate::types::{Notification, Presence, PublishRequest, PublishResponse};
+
+/// Publishes notifications and manages users' sessions. Cheap to clone: clones share one
+/// connection pool.
+#[derive(Clone)]
+pub struct Publisher {
+    http: reqwest::Client,
+    endpoint: Endpoint,
+    api_key: String,
+}
+
+// Not derived: the API key must not end up in logs.
+impl std::fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Publisher").field("endpoint", &self.endpoint).finish_non_exhaustive()
+    }
+}
+
+impl Publisher {
+    /// A publisher for the server at `base_url` (e.g. `http://127.0.0.1:7300`), with the
+    /// publishers' API key. Fails only on a URL it cannot use.
+    pub fn new(base_url: &str, api_key: impl Into<String>) -> Result<Self> {
+        Ok(Self { http: http_client()?, endpoint: Endpoint::parse(base_url)?, api_key: api_key.into() })
+    }
+
+    fn request(&self, method: Method, segments: &[&str]) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, self.endpoint.url(segments))
+            .bearer_auth(&self.api_key)
+            .timeout(REQUEST_TIMEOUT)
+    }
+
+    /// `POST /v1/notify`: stores (when durable) and delivers a notification.
+    pub async fn publish(&self, request: &PublishRequest) -> Result<PublishResponse> {
+        let response = self.request(Method::POST, &["v1", "notify"]).json(request).send().await?;
+        read_json(response, "publish answer").await
+    }
+
+    /// `GET /v1/users/{user}/presence`: the user's sessions and connected clients.
+    pub async fn presence(&self, user: &str) -> Result<Presence> {
+        let user = path_id("user id", user)?;
+        let response = self.request(Method::GET, &["v1", "users", user, "presence"]).send().await?;
+        read_json(response, "presence").await
+    }
+
+    /// `GET /v1/users/{user}/notifications`: the stored notifications after seq `after`
+    /// (from the oldest retained when `None`), oldest first, at most `limit` (at most
+    /// 100, the server's default, when `None`).
+    pub async fn notifications(
+        &self,
+        user: &str,
+        after: Option<u64>,
+        limit: Option<u32>,
+    ) -> Result<Vec<Notification>> {
+        #[derive(serde::Deserialize)]
+        struct List {
+            notifications: Vec<Notification>,
+        }
+        let user = path_id("user id", user)?;
+        let mut request = self.request(Method::GET, &["v1", "users", user, "notifications"]);
+        if let Some(after) = after {
+            request = request.query(&[("after", after)]);
+        }
+        if let Some(limit) = limit {
+            request = request.query(&[("limit", limit)]);
+        }
+        let list: List = read_json(request.send().await?, "notification list").await?;
+        Ok(list.notifications)
+    }
+
+    /// `DELETE /v1/users/{user}/sessions/{session}`: closes that session's clients with reason
+    /// `session_closed`. Returns how many connections were closed.
+    pub async fn close_session(&self, user: &str, session: &str) -> Result<u64> {
+        let (user, session) = (path_id("user id", user)?, path_id("session id", session)?);
+        let response =
+            self.request(Method::DELETE, &["v1", "users", user, "sessions", session]).send().await?;
+        Ok(read_json::<Closed>(response, "close answer").await?.closed)
+    }
+
+    /// `DELETE /v1/users/{user}/sessions`: closes every session of the user (sign out
+    /// everywhere). Returns how many connections were closed.
+    pub async fn close_all_sessions(&self, user: &str) -> Result<u64> {
+        let user = path_id("user id", user)?;
+        let response = self.request(Method::DELETE, &["v1", "users", user, "sessions"]).send().await?;
+        Ok(read_json::<Closed>(response, "close answer").await?.closed)
+    }
+
+    /// `GET /healthz`: whether the server answers.
+    pub async fn health(&self) -> Result<()> {
+        let response = self.http.get(self.endpoint.url(&["healthz"])).timeout(REQUEST_TIMEOUT).send().await?;
+        check_status(response).await.map(drop)
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct Closed {
+    #[serde(default)]
+    closed: u64,
+}

@@ -1,0 +1,284 @@
+//! [`Subscriber`]: one client's side of the API, authenticated with a subscriber token: an SSE
+//! [`EventStream`], or long-polls.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use reqwest::header::{ACCEPT, CONTENT_TYPE};
+use serde::Deserialize;
+
+use crate::error::{ClientError, Result};
+use crate::http::{Endpoint, REQUEST_TIMEOUT, check_status, http_client, read_json};
+use crate::sse::{SseEvent, SseItem, SseParser};
+use crate::types::{Event, Notification, PollResponse};
+
+/// How long a stream may send nothing before it is taken for dead (a half-open connection
+/// sends no error): three of the server's 15 s keep-alive intervals.
+pub const STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(45);
+
+/// Longest long-poll wait the server accepts, in seconds; when no timeout is given, the HTTP
+/// request is allowed this long (plus [`POLL_GRACE`]) since the server's default is shorter.
+pub const POLL_TIMEOUT_MAX_S: u64 = 60;
+
+/// Time allowed on top of a long-poll's own wait for the answer to arrive.
+pub const POLL_GRACE: Duration = Duration::from_secs(10);
+
+/// Where a stream starts and which client it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StreamOptions {
+    /// The last seq this client saw: the stream replays every retained notification after it.
+    /// `None` starts at the user's current last seq.
+    pub resume_after: Option<u64>,
+    /// The client id to keep (a reloaded tab's). Honoured for the same user and session only.
+    pub client: Option<String>,
+    /// Send `resume_after` as the `Last-Event-ID` header (as a browser's EventSource does)
+    /// rather than as `?last_event_id=`.
+    pub via_header: bool,
+}
+
+/// A subscriber: opens streams and long-polls with one token. Cheap to clone.
+#[derive(Clone)]
+pub struct Subscriber {
+    http: reqwest::Client,
+    endpoint: Endpoint,
+    token: String,
+    idle_timeout: Duration,
+}
+
+// Not derived: the token must not end up in logs.
+impl std::fmt::Debug for Subscriber {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscriber").field("endpoint", &self.endpoint).finish_non_exhaustive()
+    }
+}
+
+impl Subscriber {
+    /// A subscriber of the server at `base_url` with a token from [`crate::mint_token`] (or the
+    /// app's backend). Fails only on a URL it cannot use.
+    pub fn new(base_url: &str, token: impl Into<String>) -> Result<Self> {
+        Ok(Self {
+            http: http_client()?,
+            endpoint: Endpoint::parse(base_url)?,
+            token: token.into(),
+            idle_timeout: STREAM_IDLE_TIMEOUT,
+        })
+    }
+
+    /// Sets how long a stream may be silent before [`EventStream::next_event`] fails with
+    /// [`ClientError::Timeout`] (default [`STREAM_IDLE_TIMEOUT`]); for a server configured with
+    /// a longer keep-alive interval.
+    pub fn with_idle_timeout(mut self, idle_timeout: Duration) -> Self {
+        self.idle_timeout = idle_timeout;
+        self
+    }
+
+    /// `GET /v1/stream`: opens an SSE stream. Fails with [`ClientError::Http`] when the server
+    /// refuses it (401 for a bad token, 400 for a resume point ahead of the user's last seq).
+    pub async fn stream(&self, options: StreamOptions) -> Result<EventStream> {
+        let mut request = self
+            .http
+            .get(self.endpoint.url(&["v1", "stream"]))
+            .bearer_auth(&self.token)
+            .header(ACCEPT, "text/event-stream");
+        match options.resume_after {
+            Some(after) if options.via_header => request = request.header("Last-Event-ID", after.to_string()),
+            Some(after) => request = request.query(&[("last_event_id", after)]),
+            None => {}
+        }
+        if let Some(client) = &options.client {
+            request = request.query(&[("client", client)]);
+        }
+        // Not `RequestBuilder::timeout`: that would bound the whole, endless body too.
+        let response = tokio::time::timeout(REQUEST_TIMEOUT, request.send())
+            .await
+            .map_err(|_| ClientError::Timeout { what: "opening the stream", after: REQUEST_TIMEOUT })??;
+        let response = check_status(response).await?;
+        let content_type = response.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+        if !content_type.to_ascii_lowercase().starts_with("text/event-stream") {
+            return Err(ClientError::Protocol(format!("the stream's content type is {content_type:?}")));
+        }
+        Ok(EventStream::new(response, self.idle_timeout))
+    }
+
+    /// `GET /v1/poll`: the notifications after seq `after` (after the user's current last seq
+    /// when `None`), waiting up to `timeout_s` seconds (server default 20, at most
+    /// [`POLL_TIMEOUT_MAX_S`]) when there are none yet. Give back the answer's `client` and
+    /// poll next with `after` = its `last_seq`.
+    pub async fn poll(
+        &self,
+        after: Option<u64>,
+        timeout_s: Option<u64>,
+        client: Option<&str>,
+    ) -> Result<PollResponse> {
+        let mut request = self.http.get(self.endpoint.url(&["v1", "poll"])).bearer_auth(&self.token);
+        if let Some(after) = after {
+            request = request.query(&[("after", after)]);
+        }
+        if let Some(timeout_s) = timeout_s {
+            request = request.query(&[("timeout", timeout_s)]);
+        }
+        if let Some(client) = client {
+            request = request.query(&[("client", client)]);
+        }
+        let wait = Duration::from_secs(timeout_s.unwrap_or(POLL_TIMEOUT_MAX_S).min(POLL_TIMEOUT_MAX_S));
+        let response = request.timeout(wait + POLL_GRACE).send().await?;
+        read_json(response, "poll answer").await
+    }
+}
+
+/// An open SSE stream. Read it with [`next_event`](Self::next_event) until `Ok(None)` (the
+/// server ended it) or an error; it does not reconnect by itself (a [`crate::Listener`] does).
+pub struct EventStream {
+    /// `None` once the body ended or failed.
+    response: Option<reqwest::Response>,
+    parser: SseParser,
+    /// Items parsed from the chunks read so far but not yet returned. Bounded by one chunk's
+    /// worth of items.
+    pending: VecDeque<SseItem>,
+    idle_timeout: Duration,
+}
+
+impl std::fmt::Debug for EventStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventStream")
+            .field("open", &self.response.is_some())
+            .field("last_event_id", &self.parser.last_event_id())
+            .finish_non_exhaustive()
+    }
+}
+
+impl EventStream {
+    fn new(response: reqwest::Response, idle_timeout: Duration) -> Self {
+        Self { response: Some(response), parser: SseParser::new(), pending: VecDeque::new(), idle_timeout }
+    }
+
+    /// The last `id:` the server sent (the last durable seq, or the hello's position); empty
+    /// before any.
+    pub fn last_event_id(&self) -> &str {
+        self.parser.last_event_id()
+    }
+
+    /// The next event; `Ok(None)` when the server ended the stream. Events of a type this
+    /// client does not know are skipped, so that a newer server does not break it. Fails with
+    /// [`ClientError::Timeout`] when the server sent nothing, not even a keep-alive, for the
+    /// idle timeout. After an error the stream is over.
+    pub async fn next_event(&mut self) -> Result<Option<Event>> {
+        loop {
+            while let Some(item) = self.pending.pop_front() {
+                let event = match item {
+                    SseItem::Comment(_) => Some(Event::KeepAlive),
+                    SseItem::Event(event) => decode_event(event).inspect_err(|_| self.stop())?,
+                };
+                if event.is_some() {
+                    return Ok(event);
+                }
+            }
+            let Some(response) = self.response.as_mut() else { return Ok(None) };
+            let chunk = match tokio::time::timeout(self.idle_timeout, response.chunk()).await {
+                Ok(Ok(Some(chunk))) => chunk,
+                Ok(Ok(None)) => {
+                    self.stop();
+                    return Ok(None);
+                }
+                Ok(Err(e)) => {
+                    self.stop();
+                    return Err(ClientError::Transport(e));
+                }
+                Err(_) => {
+                    self.stop();
+                    return Err(ClientError::Timeout { what: "the stream", after: self.idle_timeout });
+                }
+            };
+            if let Err(e) = self.parser.feed(&chunk, &mut self.pending) {
+                self.stop();
+                return Err(e);
+            }
+        }
+    }
+
+    fn stop(&mut self) {
+        self.response = None;
+        self.pending.clear();
+    }
+}
+
+/// Turns one SSE event into an [`Event`]; `None` for an event type this client does not know.
+pub(crate) fn decode_event(event: SseEvent) -> Result<Option<Event>> {
+    #[derive(Deserialize)]
+    struct Hello {
+        user: String,
+        session: String,
+        client: String,
+        last_seq: u64,
+    }
+    #[derive(Deserialize)]
+    struct Reset {
+        last_seq: u64,
+    }
+    #[derive(Deserialize)]
+    struct Closed {
+        reason: String,
+    }
+    fn json<'a, T: Deserialize<'a>>(data: &'a str, what: &'static str) -> Result<T> {
+        serde_json::from_str(data).map_err(|source| ClientError::Decode { what, source })
+    }
+    Ok(Some(match event.event.as_str() {
+        "hello" => {
+            let Hello { user, session, client, last_seq } = json(&event.data, "hello event")?;
+            let id = match event.id.as_deref() {
+                None | Some("") => None,
+                Some(id) => Some(id.parse().map_err(|_| ClientError::Protocol(format!("hello id {id:?}")))?),
+            };
+            Event::Hello { user, session, client, last_seq, id }
+        }
+        "notification" => Event::Notification(json::<Notification>(&event.data, "notification event")?),
+        "reset" => Event::Reset { last_seq: json::<Reset>(&event.data, "reset event")?.last_seq },
+        "closed" => Event::Closed { reason: json::<Closed>(&event.data, "closed event")?.reason },
+        _ => return Ok(None),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn sse(event: &str, data: &str, id: Option<&str>) -> SseEvent {
+        SseEvent { event: event.into(), data: data.into(), id: id.map(Into::into) }
+    }
+
+    #[test]
+    fn decodes_herald_events() {
+        let hello =
+            decode_event(sse("hello", r#"{"user":"a","session":"s","client":"c","last_seq":4}"#, Some("2")));
+        assert_eq!(
+            hello.unwrap(),
+            Some(Event::Hello {
+                user: "a".into(),
+                session: "s".into(),
+                client: "c".into(),
+                last_seq: 4,
+                id: Some(2)
+            })
+        );
+        let n = decode_event(sse(
+            "notification",
+            r#"{"seq":3,"type":"t","data":[1],"created_at":"x"}"#,
+            Some("3"),
+        ));
+        let Some(Event::Notification(n)) = n.unwrap() else { panic!() };
+        assert_eq!((n.seq, n.kind.as_str(), n.data), (Some(3), "t", json!([1])));
+        let reset = decode_event(sse("reset", r#"{"last_seq":9}"#, Some("9"))).unwrap();
+        assert_eq!(reset, Some(Event::Reset { last_seq: 9 }));
+        let closed = decode_event(sse("closed", r#"{"reason":"evicted"}"#, None)).unwrap();
+        assert_eq!(closed, Some(Event::Closed { reason: "evicted".into() }));
+        assert_eq!(decode_event(sse("future", "{}", None)).unwrap(), None);
+    }
+
+    #[test]
+    fn bad_event_data_is_an_error() {
+        assert!(matches!(decode_event(sse("notification", "{", None)), Err(ClientError::Decode { .. })));
+        let hello = sse("hello", r#"{"user":"a","session":"s","client":"c","last_seq":4}"#, Some("x"));
+        assert!(matches!(decode_event(hello), Err(ClientError::Protocol(_))));
+    }
+}

@@ -1,0 +1,121 @@
+//! Subscriber tokens: [`mint_token`] signs the HS256 JWT that `GET /v1/stream` and `GET /v1/poll`
+//! accept, with the server's secret. An app's backend mints one per signed-in session and hands
+//! it to its browser code; `herald token` does the same from the shell.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ClientError, Result};
+
+/// Longest user or session id the server accepts, in bytes (checked here too, so that a bad id
+/// fails where it is minted rather than at the first connection).
+pub const ID_BYTES_MAX: usize = 128;
+
+/// Longest token lifetime [`mint_token`] signs: ten years. Anything longer is surely a mistake
+/// (a unit typo), and keeps `exp` far from overflow.
+pub const TTL_MAX: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+/// The claims of a subscriber token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    /// The user id.
+    pub sub: String,
+    /// The session id; without it, the server derives the session from the token, so every
+    /// client given the same token shares one session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sid: Option<String>,
+    /// Issued at, seconds since the Unix epoch.
+    pub iat: u64,
+    /// Expires at, seconds since the Unix epoch. The server closes a stream with reason
+    /// `token_expired` at this second.
+    pub exp: u64,
+}
+
+/// Signs a subscriber token for `user` (and `session`, if given) valid for `ttl` from now.
+///
+/// Ids are checked like the server checks them: non-empty, at most [`ID_BYTES_MAX`] bytes, no
+/// control characters. `ttl` must be at least one second and at most [`TTL_MAX`]; it is rounded
+/// up to whole seconds.
+pub fn mint_token(secret: &[u8], user: &str, session: Option<&str>, ttl: Duration) -> Result<String> {
+    if secret.is_empty() {
+        return Err(ClientError::invalid("secret", "it is empty"));
+    }
+    check_id("user id", user)?;
+    if let Some(session) = session {
+        check_id("session id", session)?;
+    }
+    if ttl < Duration::from_secs(1) || ttl > TTL_MAX {
+        return Err(ClientError::invalid("ttl", format!("{ttl:?} is not between 1 s and 10 years")));
+    }
+    let iat = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let ttl_s = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
+    let claims = Claims { sub: user.to_owned(), sid: session.map(str::to_owned), iat, exp: iat + ttl_s };
+    jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret))
+        .map_err(ClientError::Token)
+}
+
+/// Checks an id as the server does: non-empty, at most [`ID_BYTES_MAX`] bytes, no control
+/// characters.
+pub(crate) fn check_id(what: &'static str, id: &str) -> Result<()> {
+    if id.is_empty() {
+        return Err(ClientError::invalid(what, "it is empty"));
+    }
+    if id.len() > ID_BYTES_MAX {
+        return Err(ClientError::invalid(
+            what,
+            format!("it is {} bytes long; at most {ID_BYTES_MAX} are allowed", id.len()),
+        ));
+    }
+    if id.chars().any(char::is_control) {
+        return Err(ClientError::invalid(what, "it contains a control character"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jsonwebtoken::{DecodingKey, Validation};
+
+    fn decode(token: &str, secret: &[u8]) -> Claims {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        jsonwebtoken::decode::<Claims>(token, &DecodingKey::from_secret(secret), &validation).unwrap().claims
+    }
+
+    #[test]
+    fn mints_hs256_with_the_claims() {
+        let token = mint_token(b"s3cret", "alice", Some("s1"), Duration::from_secs(3600)).unwrap();
+        let claims = decode(&token, b"s3cret");
+        assert_eq!(claims.sub, "alice");
+        assert_eq!(claims.sid.as_deref(), Some("s1"));
+        assert_eq!(claims.exp - claims.iat, 3600);
+        let header = jsonwebtoken::decode_header(&token).unwrap();
+        assert_eq!(header.alg, Algorithm::HS256);
+    }
+
+    #[test]
+    fn omits_sid_without_a_session_and_rounds_ttl_up() {
+        let token = mint_token(b"k", "a/b c", None, Duration::from_millis(1500)).unwrap();
+        let claims = decode(&token, b"k");
+        assert_eq!(claims.sid, None);
+        assert_eq!(claims.exp - claims.iat, 2);
+        let json = serde_json::to_value(&claims).unwrap();
+        assert!(json.get("sid").is_none(), "{json}");
+    }
+
+    #[test]
+    fn refuses_bad_ids_ttls_and_secrets() {
+        let hour = Duration::from_secs(3600);
+        assert!(mint_token(b"k", "", None, hour).is_err());
+        assert!(mint_token(b"k", &"x".repeat(129), None, hour).is_err());
+        assert!(mint_token(b"k", &"x".repeat(128), None, hour).is_ok());
+        assert!(mint_token(b"k", "a\nb", None, hour).is_err());
+        assert!(mint_token(b"k", "a", Some(""), hour).is_err());
+        assert!(mint_token(b"k", "a", None, Duration::ZERO).is_err());
+        assert!(mint_token(b"k", "a", None, TTL_MAX + hour).is_err());
+        assert!(mint_token(b"", "a", None, hour).is_err());
+    }
+}

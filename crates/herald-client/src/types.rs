@@ -1,0 +1,272 @@
+//! The JSON bodies of the API, as serde types. Fields the server may add later are ignored when
+//! reading, so a newer server does not break an older client.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// One notification as a client receives it (SSE `data`, long-poll and stored lists).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Notification {
+    /// The user's sequence number; `None` for an ephemeral notification.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
+    /// The notification's `type`, chosen by the publisher (`"notification"` by default).
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The publisher's payload, as it was sent.
+    pub data: Value,
+    /// When it was published, RFC 3339 in UTC.
+    pub created_at: String,
+}
+
+/// Whom a notification is for. Serialized as the exact JSON shapes of `to`:
+/// `{"user": U}`, `{"users": [U, …]}`, `{"user": U, "session": S}`, `{"client": C}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum To {
+    // `Session` comes before `User`: when reading, the first variant that fits wins, and
+    // `{"user", "session"}` would fit `User` too (unknown fields are ignored).
+    /// Every client of one session of a user.
+    Session { user: String, session: String },
+    /// Every client of one user.
+    User { user: String },
+    /// Every client of each of these users (at most 1,000).
+    Users { users: Vec<String> },
+    /// One client.
+    Client { client: String },
+}
+
+impl To {
+    pub fn user(user: impl Into<String>) -> Self {
+        To::User { user: user.into() }
+    }
+
+    pub fn users<I: IntoIterator<Item = S>, S: Into<String>>(users: I) -> Self {
+        To::Users { users: users.into_iter().map(Into::into).collect() }
+    }
+
+    pub fn session(user: impl Into<String>, session: impl Into<String>) -> Self {
+        To::Session { user: user.into(), session: session.into() }
+    }
+
+    pub fn client(client: impl Into<String>) -> Self {
+        To::Client { client: client.into() }
+    }
+}
+
+/// The body of `POST /v1/notify`. Fields left `None` are not sent, so the server's defaults
+/// apply (`type` `"notification"`, durable).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PublishRequest {
+    pub to: To,
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    pub data: Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub durable: Option<bool>,
+    /// Every client but this one: the tab that caused the notification.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub except_client: Option<String>,
+    /// A repeated key within 24 hours gets the first answer and stores nothing new.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+}
+
+impl PublishRequest {
+    /// A durable notification of the default type.
+    pub fn new(to: To, data: Value) -> Self {
+        Self { to, kind: None, data, durable: None, except_client: None, idempotency_key: None }
+    }
+
+    /// Sets `type`.
+    pub fn kind(mut self, kind: impl Into<String>) -> Self {
+        self.kind = Some(kind.into());
+        self
+    }
+
+    /// Makes it ephemeral: only connected clients get it; no seq, never replayed.
+    pub fn ephemeral(mut self) -> Self {
+        self.durable = Some(false);
+        self
+    }
+
+    pub fn except_client(mut self, client: impl Into<String>) -> Self {
+        self.except_client = Some(client.into());
+        self
+    }
+
+    pub fn idempotency_key(mut self, key: impl Into<String>) -> Self {
+        self.idempotency_key = Some(key.into());
+        self
+    }
+}
+
+/// One stored notification in a [`PublishResponse`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Published {
+    pub user: String,
+    pub seq: u64,
+}
+
+/// The answer of `POST /v1/notify`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishResponse {
+    /// The seq each user's copy got; empty for an ephemeral notification.
+    #[serde(default)]
+    pub notifications: Vec<Published>,
+    /// How many clients it was handed to.
+    pub delivered: u64,
+}
+
+/// The answer of `GET /v1/users/{user}/presence`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Presence {
+    pub user: String,
+    #[serde(default)]
+    pub sessions: Vec<SessionPresence>,
+}
+
+/// One session in a [`Presence`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionPresence {
+    pub session: String,
+    #[serde(default)]
+    pub clients: Vec<ClientPresence>,
+}
+
+/// One client in a [`Presence`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientPresence {
+    pub client: String,
+    /// `"sse"` or `"poll"` (more transports may come).
+    pub transport: String,
+    /// RFC 3339.
+    pub connected_at: String,
+    /// Every seq up to this one was handed to the client.
+    #[serde(default)]
+    pub last_seq: u64,
+}
+
+/// The answer of `GET /v1/poll`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PollResponse {
+    /// The client id: give it back with the next poll.
+    pub client: String,
+    /// At most 100, durable ones in seq order.
+    #[serde(default)]
+    pub notifications: Vec<Notification>,
+    /// Poll next with `after` = this.
+    pub last_seq: u64,
+    /// The `after` given is no longer retained: the app should reload its state.
+    #[serde(default)]
+    pub reset: bool,
+    /// The server ended this client (`evicted`, `replaced`, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub closed: Option<String>,
+}
+
+/// One event of a subscriber's stream.
+///
+/// It serializes as one JSON object with an `"event"` tag, which is what `herald listen`
+/// prints: `{"event":"notification","seq":3,"type":"t","data":{…},"created_at":"…"}`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Event {
+    /// The first event of a stream: who the client is. `last_seq` is the user's last seq when
+    /// it connected; `id` is where this stream starts (the resume position).
+    Hello {
+        user: String,
+        session: String,
+        client: String,
+        last_seq: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+    },
+    Notification(Notification),
+    /// The resume point is no longer retained: notifications were lost to this client, which
+    /// should reload its state. The stream goes on after `last_seq`.
+    Reset {
+        last_seq: u64,
+    },
+    /// The server ends the stream: `evicted`, `replaced`, `session_closed`, `token_expired`,
+    /// `lagging`, `shutdown` or `error`.
+    Closed {
+        reason: String,
+    },
+    /// A comment line: the server's keep-alive (at least every 15 s).
+    KeepAlive,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn to_has_the_exact_json_shapes() {
+        let cases = [
+            (To::user("alice"), json!({"user": "alice"})),
+            (To::users(["a", "b"]), json!({"users": ["a", "b"]})),
+            (To::session("alice", "s1"), json!({"user": "alice", "session": "s1"})),
+            (To::client("c1"), json!({"client": "c1"})),
+        ];
+        for (to, expected) in cases {
+            assert_eq!(serde_json::to_value(&to).unwrap(), expected);
+            assert_eq!(serde_json::from_value::<To>(expected).unwrap(), to);
+        }
+    }
+
+    #[test]
+    fn publish_request_skips_unset_fields() {
+        let request = PublishRequest::new(To::user("a"), json!({"x": 1}));
+        assert_eq!(serde_json::to_value(&request).unwrap(), json!({"to": {"user": "a"}, "data": {"x": 1}}));
+        let request = PublishRequest::new(To::session("a", "s"), json!(null))
+            .kind("message.new")
+            .ephemeral()
+            .except_client("c")
+            .idempotency_key("k");
+        assert_eq!(
+            serde_json::to_value(&request).unwrap(),
+            json!({"to": {"user": "a", "session": "s"}, "type": "message.new", "data": null,
+                   "durable": false, "except_client": "c", "idempotency_key": "k"})
+        );
+    }
+
+    #[test]
+    fn events_serialize_with_an_event_tag() {
+        let n =
+            Notification { seq: Some(3), kind: "t".into(), data: json!({"a": 1}), created_at: "now".into() };
+        assert_eq!(
+            serde_json::to_value(Event::Notification(n.clone())).unwrap(),
+            json!({"event": "notification", "seq": 3, "type": "t", "data": {"a": 1}, "created_at": "now"})
+        );
+        let ephemeral = Notification { seq: None, ..n };
+        assert_eq!(
+            serde_json::to_value(Event::Notification(ephemeral)).unwrap(),
+            json!({"event": "notification", "type": "t", "data": {"a": 1}, "created_at": "now"})
+        );
+        assert_eq!(
+            serde_json::to_value(Event::Closed { reason: "evicted".into() }).unwrap(),
+            json!({"event": "closed", "reason": "evicted"})
+        );
+        assert_eq!(serde_json::to_value(Event::KeepAlive).unwrap(), json!({"event": "keep_alive"}));
+    }
+
+    #[test]
+    fn answers_decode_and_ignore_new_fields() {
+        let poll: PollResponse = serde_json::from_value(json!({
+            "client": "c", "notifications": [{"seq": 1, "type": "t", "data": 5, "created_at": "x"}],
+            "last_seq": 1, "future": true
+        }))
+        .unwrap();
+        assert_eq!((poll.last_seq, poll.reset, poll.closed), (1, false, None));
+        assert_eq!(poll.notifications[0].data, json!(5));
+        let presence: Presence = serde_json::from_value(json!({
+            "user": "alice", "sessions": [{"session": "s1", "clients": [
+                {"client": "c", "transport": "sse", "connected_at": "x", "last_seq": 17}]}]
+        }))
+        .unwrap();
+        assert_eq!(presence.sessions[0].clients[0].last_seq, 17);
+    }
+}

@@ -1,0 +1,432 @@
+//! The client against a scripted fake server over real sockets: what it sends (paths, query,
+//! headers, bodies), how it reads answers and errors, and how the [`Listener`] reconnects,
+//! resumes and stops. (Tests against the real server live in `herald-server`.)
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use herald_client::{
+    ClientError, Event, ListenTransport, Listener, ListenerOptions, PublishRequest, Publisher, StreamOptions,
+    Subscriber, To,
+};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Mutex;
+
+/// How the fake server ends an SSE answer.
+#[derive(Clone, Copy)]
+enum End {
+    /// The last chunk, then close: a clean end of stream.
+    Finish,
+    /// Close without the last chunk: a dropped connection.
+    Drop,
+    /// Keep the connection open and silent.
+    Hang,
+}
+
+#[derive(Clone)]
+enum Reply {
+    /// `text/event-stream`, each piece sent as its own chunk.
+    Sse(Vec<String>, End),
+    Json(u16, String),
+    /// Any status and content type.
+    Other(u16, &'static str, String),
+}
+
+#[derive(Debug, Clone)]
+struct Request {
+    /// E.g. `GET /v1/stream?last_event_id=2 HTTP/1.1`.
+    line: String,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Request {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    fn target(&self) -> &str {
+        self.line.split(' ').nth(1).unwrap()
+    }
+}
+
+/// Serves one scripted reply per connection, in order; after the script, connections hang.
+struct FakeServer {
+    url: String,
+    requests: Arc<Mutex<Vec<Request>>>,
+}
+
+impl FakeServer {
+    async fn start(replies: Vec<Reply>) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let recorded = requests.clone();
+        tokio::spawn(async move {
+            let mut replies = replies.into_iter();
+            loop {
+                let (socket, _) = listener.accept().await.unwrap();
+                let reply = replies.next().unwrap_or(Reply::Sse(Vec::new(), End::Hang));
+                let recorded = recorded.clone();
+                tokio::spawn(async move { serve(socket, reply, recorded).await });
+            }
+        });
+        Self { url, requests }
+    }
+
+    async fn requests(&self) -> Vec<Request> {
+        self.requests.lock().await.clone()
+    }
+}
+
+async fn serve(mut socket: TcpStream, reply: Reply, recorded: Arc<Mutex<Vec<Request>>>) {
+    let Some(request) = read_request(&mut socket).await else { return };
+    recorded.lock().await.push(request);
+    match reply {
+        Reply::Json(status, body) => respond(&mut socket, status, "application/json", &body).await,
+        Reply::Other(status, content_type, body) => respond(&mut socket, status, content_type, &body).await,
+        Reply::Sse(pieces, end) => {
+            let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\
+                        connection: close\r\n\r\n";
+            socket.write_all(head.as_bytes()).await.unwrap();
+            for piece in pieces {
+                let chunk = format!("{:x}\r\n{piece}\r\n", piece.len());
+                if socket.write_all(chunk.as_bytes()).await.is_err() {
+                    return;
+                }
+                socket.flush().await.unwrap();
+                // Separate chunks, so that the client reads them one by one.
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            match end {
+                End::Finish => {
+                    let _ = socket.write_all(b"0\r\n\r\n").await;
+                }
+                End::Drop => {}
+                End::Hang => tokio::time::sleep(Duration::from_secs(3600)).await,
+            }
+        }
+    }
+}
+
+async fn respond(socket: &mut TcpStream, status: u16, content_type: &str, body: &str) {
+    let head = format!(
+        "HTTP/1.1 {status} X\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    let _ = socket.write_all(head.as_bytes()).await;
+    let _ = socket.write_all(body.as_bytes()).await;
+}
+
+async fn read_request(socket: &mut TcpStream) -> Option<Request> {
+    let mut buffer = Vec::new();
+    let head_end = loop {
+        let mut chunk = [0u8; 4096];
+        let n = socket.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buffer.extend_from_slice(&chunk[..n]);
+        if let Some(at) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at;
+        }
+    };
+    let head = String::from_utf8(buffer[..head_end].to_vec()).unwrap();
+    let mut lines = head.split("\r\n");
+    let line = lines.next().unwrap().to_owned();
+    let headers: Vec<(String, String)> = lines
+        .map(|l| {
+            let (n, v) = l.split_once(':').unwrap();
+            (n.trim().to_owned(), v.trim().to_owned())
+        })
+        .collect();
+    let length: usize = headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+        .map_or(0, |(_, v)| v.parse().unwrap());
+    let mut body = buffer[head_end + 4..].to_vec();
+    while body.len() < length {
+        let mut chunk = [0u8; 4096];
+        let n = socket.read(&mut chunk).await.ok()?;
+        body.extend_from_slice(&chunk[..n]);
+    }
+    Some(Request { line, headers, body: String::from_utf8(body).unwrap() })
+}
+
+fn hello(client: &str, last_seq: u64, position: u64) -> String {
+    format!(
+        "id: {position}\nevent: hello\ndata: {{\"user\":\"alice\",\"session\":\"s1\",\"client\":\"{client}\",\"last_seq\":{last_seq}}}\n\n"
+    )
+}
+
+fn notification(seq: u64) -> String {
+    format!(
+        "id: {seq}\nevent: notification\ndata: {{\"seq\":{seq},\"type\":\"t\",\"data\":{{\"n\":{seq}}},\"created_at\":\"2026-01-01T00:00:00Z\"}}\n\n"
+    )
+}
+
+fn closed(reason: &str) -> String {
+    format!("event: closed\ndata: {{\"reason\":\"{reason}\"}}\n\n")
+}
+
+fn fast(options: ListenerOptions) -> ListenerOptions {
+    ListenerOptions {
+        backoff_initial: Duration::from_millis(1),
+        backoff_max: Duration::from_millis(20),
+        ..options
+    }
+}
+
+fn seqs(events: &[Event]) -> Vec<u64> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Notification(n) => n.seq,
+            _ => None,
+        })
+        .collect()
+}
+
+async fn drain(listener: &mut Listener) -> (Vec<Event>, Option<ClientError>) {
+    let mut events = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match tokio::time::timeout_at(deadline, listener.next_event()).await.expect("the listener ends") {
+            Ok(Some(event)) => events.push(event),
+            Ok(None) => return (events, None),
+            Err(e) => return (events, Some(e)),
+        }
+    }
+}
+
+#[tokio::test]
+async fn listener_resumes_after_a_drop_with_the_same_client_and_no_duplicate() {
+    let server = FakeServer::start(vec![
+        // A fresh stream: the user's last seq is 0, then 1 and 2 arrive, then the connection drops.
+        Reply::Sse(vec![hello("c1", 0, 0), notification(1), notification(2)], End::Drop),
+        // The server replays 2 (as a racing server might) and goes on; then a keep-alive.
+        Reply::Sse(
+            vec![
+                hello("c1", 3, 2),
+                notification(2),
+                ": keep-alive\n\n".into(),
+                notification(3),
+                closed("lagging"),
+            ],
+            End::Finish,
+        ),
+        Reply::Sse(vec![hello("c1", 3, 3), notification(4), closed("session_closed")], End::Finish),
+    ])
+    .await;
+    let subscriber = Subscriber::new(&server.url, "tok").unwrap();
+    let mut listener = Listener::new(subscriber, fast(ListenerOptions::default()));
+    let (events, error) = drain(&mut listener).await;
+    assert!(error.is_none(), "{error:?}");
+    assert_eq!(seqs(&events), [1, 2, 3, 4]);
+    assert!(events.contains(&Event::KeepAlive));
+    assert_eq!(events.last(), Some(&Event::Closed { reason: "session_closed".into() }));
+    assert_eq!(events.iter().filter(|e| matches!(e, Event::Hello { .. })).count(), 3);
+    assert_eq!((listener.last_seq(), listener.client(), listener.reconnects()), (Some(4), Some("c1"), 2));
+
+    let requests = server.requests().await;
+    assert_eq!(requests.len(), 3);
+    assert_eq!(requests[0].target(), "/v1/stream");
+    assert_eq!(requests[1].target(), "/v1/stream?last_event_id=2&client=c1");
+    assert_eq!(requests[2].target(), "/v1/stream?last_event_id=3&client=c1");
+    for request in &requests {
+        assert_eq!(request.header("authorization"), Some("Bearer tok"));
+        assert_eq!(request.header("accept"), Some("text/event-stream"));
+    }
+}
+
+#[tokio::test]
+async fn listener_resumes_from_the_hello_position_when_dropped_before_any_notification() {
+    let server = FakeServer::start(vec![
+        Reply::Sse(vec![hello("c9", 41, 41)], End::Finish),
+        Reply::Sse(vec![hello("c9", 42, 41), notification(42), closed("replaced")], End::Finish),
+    ])
+    .await;
+    let options = ListenerOptions { client: Some("c9".into()), ..ListenerOptions::default() };
+    let mut listener = Listener::new(Subscriber::new(&server.url, "t").unwrap(), fast(options));
+    let (events, error) = drain(&mut listener).await;
+    assert!(error.is_none(), "{error:?}");
+    assert_eq!(seqs(&events), [42]);
+    let requests = server.requests().await;
+    assert_eq!(requests[0].target(), "/v1/stream?client=c9");
+    assert_eq!(requests[1].target(), "/v1/stream?last_event_id=41&client=c9");
+}
+
+#[tokio::test]
+async fn listener_stops_on_401_and_surfaces_the_error() {
+    let body = r#"{"error":{"code":"invalid_token","message":"the token's signature is wrong"}}"#;
+    let server = FakeServer::start(vec![Reply::Json(401, body.into())]).await;
+    let mut listener =
+        Listener::new(Subscriber::new(&server.url, "t").unwrap(), fast(ListenerOptions::default()));
+    let (events, error) = drain(&mut listener).await;
+    assert!(events.is_empty());
+    let error = error.expect("an error");
+    assert!(error.is_unauthorized());
+    assert!(
+        matches!(&error, ClientError::Http { status: 401, code, message }
+            if code == "invalid_token" && message == "the token's signature is wrong"),
+        "{error:?}"
+    );
+    assert!(listener.next_event().await.unwrap().is_none(), "it has ended");
+    assert_eq!(server.requests().await.len(), 1);
+}
+
+#[tokio::test]
+async fn listener_retries_server_errors_and_stops_after_the_bound() {
+    let busy = || Reply::Other(503, "text/html", "<html>busy</html>".into());
+    let server =
+        FakeServer::start(vec![busy(), busy(), Reply::Sse(vec![hello("c", 0, 0)], End::Finish)]).await;
+    let options = ListenerOptions { max_consecutive_failures: Some(5), ..ListenerOptions::default() };
+    let mut listener = Listener::new(Subscriber::new(&server.url, "t").unwrap(), fast(options));
+    let first = listener.next_event().await.unwrap();
+    assert!(matches!(first, Some(Event::Hello { .. })), "{first:?}");
+    assert_eq!(listener.reconnects(), 2);
+
+    // Nothing listens on this port: every attempt fails; the third is returned.
+    let port = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap().port();
+    let options = ListenerOptions { max_consecutive_failures: Some(3), ..ListenerOptions::default() };
+    let subscriber = Subscriber::new(&format!("http://127.0.0.1:{port}"), "t").unwrap();
+    let mut listener = Listener::new(subscriber, fast(options));
+    let (events, error) = drain(&mut listener).await;
+    assert!(events.is_empty());
+    assert!(matches!(error, Some(ClientError::Transport(_))), "{error:?}");
+    assert_eq!(listener.reconnects(), 2);
+}
+
+#[tokio::test]
+async fn listener_over_long_poll_resumes_and_deduplicates() {
+    let n = |seq: u64| json!({"seq": seq, "type": "t", "data": {}, "created_at": "x"});
+    let server = FakeServer::start(vec![
+        Reply::Json(200, json!({"client": "p1", "notifications": [n(1), n(2)], "last_seq": 2}).to_string()),
+        Reply::Other(502, "text/plain", "bad gateway".into()),
+        // A repeated answer (retrying is safe): 2 again, then 3.
+        Reply::Json(200, json!({"client": "p1", "notifications": [n(2), n(3)], "last_seq": 3}).to_string()),
+        Reply::Json(
+            200,
+            json!({"client": "p1", "notifications": [n(9)], "last_seq": 9, "reset": true}).to_string(),
+        ),
+        Reply::Json(
+            200,
+            json!({"client": "p1", "notifications": [], "last_seq": 9, "closed": "evicted"}).to_string(),
+        ),
+    ])
+    .await;
+    let options =
+        ListenerOptions { transport: ListenTransport::Poll, poll_timeout_s: Some(5), ..Default::default() };
+    let mut listener = Listener::new(Subscriber::new(&server.url, "t").unwrap(), fast(options));
+    let (events, error) = drain(&mut listener).await;
+    assert!(error.is_none(), "{error:?}");
+    assert_eq!(seqs(&events), [1, 2, 3, 9]);
+    assert!(events.contains(&Event::Reset { last_seq: 8 }));
+    assert_eq!(events.last(), Some(&Event::Closed { reason: "evicted".into() }));
+    let targets: Vec<String> = server.requests().await.iter().map(|r| r.target().to_owned()).collect();
+    assert_eq!(
+        targets,
+        [
+            "/v1/poll?timeout=5",
+            "/v1/poll?after=2&timeout=5&client=p1",
+            "/v1/poll?after=2&timeout=5&client=p1",
+            "/v1/poll?after=3&timeout=5&client=p1",
+            "/v1/poll?after=9&timeout=5&client=p1",
+        ]
+    );
+}
+
+#[tokio::test]
+async fn stream_sends_last_event_id_as_header_and_times_out_when_silent() {
+    let server = FakeServer::start(vec![Reply::Sse(vec![hello("c", 5, 5)], End::Hang)]).await;
+    let subscriber = Subscriber::new(&server.url, "t").unwrap().with_idle_timeout(Duration::from_millis(300));
+    let options = StreamOptions { resume_after: Some(5), client: None, via_header: true };
+    let mut stream = subscriber.stream(options).await.unwrap();
+    assert!(matches!(stream.next_event().await.unwrap(), Some(Event::Hello { id: Some(5), .. })));
+    assert_eq!(stream.last_event_id(), "5");
+    let error = stream.next_event().await.unwrap_err();
+    assert!(matches!(error, ClientError::Timeout { .. }) && error.is_retryable(), "{error:?}");
+    let request = &server.requests().await[0];
+    assert_eq!((request.target(), request.header("last-event-id")), ("/v1/stream", Some("5")));
+}
+
+#[tokio::test]
+async fn an_oversized_event_ends_the_stream_with_an_error() {
+    let huge = format!("event: notification\ndata: {}\n\n", "x".repeat(herald_client::sse::MAX_EVENT_BYTES));
+    let server = FakeServer::start(vec![Reply::Sse(vec![hello("c", 0, 0), huge], End::Finish)]).await;
+    let mut listener =
+        Listener::new(Subscriber::new(&server.url, "t").unwrap(), fast(ListenerOptions::default()));
+    let (events, error) = drain(&mut listener).await;
+    assert_eq!(events.len(), 1);
+    assert!(matches!(error, Some(ClientError::TooLarge { .. })), "{error:?}");
+}
+
+#[tokio::test]
+async fn stream_refuses_another_content_type() {
+    let server = FakeServer::start(vec![Reply::Other(200, "text/html", "<html></html>".into())]).await;
+    let error =
+        Subscriber::new(&server.url, "t").unwrap().stream(StreamOptions::default()).await.unwrap_err();
+    assert!(matches!(error, ClientError::Protocol(_)), "{error:?}");
+}
+
+#[tokio::test]
+async fn publisher_sends_the_documented_requests() {
+    let server = FakeServer::start(vec![
+        Reply::Json(200, r#"{"notifications":[{"user":"alice","seq":17}],"delivered":3}"#.into()),
+        Reply::Json(200, r#"{"user":"a/b c","sessions":[]}"#.into()),
+        Reply::Json(200, r#"{"notifications":[{"seq":1,"type":"t","data":1,"created_at":"x"}]}"#.into()),
+        Reply::Json(200, r#"{"closed":2}"#.into()),
+        Reply::Json(200, r#"{"closed":5}"#.into()),
+        Reply::Json(
+            413,
+            r#"{"error":{"code":"data_too_large","message":"data is over 65536 bytes"}}"#.into(),
+        ),
+        Reply::Other(502, "text/html", "<html>\n  <b>Bad   gateway</b>\n</html>".into()),
+    ])
+    .await;
+    let publisher = Publisher::new(&format!("{}/", server.url), "key").unwrap();
+    let request =
+        PublishRequest::new(To::session("alice", "s1"), json!({"text": "hi"})).kind("m").idempotency_key("k");
+    let answer = publisher.publish(&request).await.unwrap();
+    assert_eq!((answer.notifications[0].seq, answer.delivered), (17, 3));
+    assert_eq!(publisher.presence("a/b c").await.unwrap().user, "a/b c");
+    assert_eq!(publisher.notifications("a", Some(0), Some(10)).await.unwrap().len(), 1);
+    assert_eq!(publisher.close_session("a", "s 1").await.unwrap(), 2);
+    assert_eq!(publisher.close_all_sessions("a").await.unwrap(), 5);
+    let error = publisher.publish(&request).await.unwrap_err();
+    assert!(
+        matches!(&error, ClientError::Http { status: 413, code, .. } if code == "data_too_large"),
+        "{error}"
+    );
+    let error = publisher.presence("x").await.unwrap_err();
+    assert!(
+        matches!(&error, ClientError::Http { status: 502, code, message }
+            if code == "http_502" && message == "<html> <b>Bad gateway</b> </html>"),
+        "{error:?}"
+    );
+    // Refused before any request.
+    assert!(matches!(publisher.presence("..").await, Err(ClientError::InvalidArgument { .. })));
+
+    let requests = server.requests().await;
+    let lines: Vec<&str> = requests.iter().map(|r| r.line.as_str()).collect();
+    assert_eq!(
+        lines[..5],
+        [
+            "POST /v1/notify HTTP/1.1",
+            "GET /v1/users/a%2Fb%20c/presence HTTP/1.1",
+            "GET /v1/users/a/notifications?after=0&limit=10 HTTP/1.1",
+            "DELETE /v1/users/a/sessions/s%201 HTTP/1.1",
+            "DELETE /v1/users/a/sessions HTTP/1.1",
+        ]
+    );
+    assert_eq!(requests.len(), 7);
+    assert!(requests.iter().all(|r| r.header("authorization") == Some("Bearer key")));
+    let body: serde_json::Value = serde_json::from_str(&requests[0].body).unwrap();
+    assert_eq!(
+        body,
+        json!({"to": {"user": "alice", "session": "s1"}, "type": "m", "data": {"text": "hi"}, "idempotency_key": "k"})
+    );
+    assert_eq!(requests[0].header("content-type"), Some("application/json"));
+}

@@ -1,0 +1,167 @@
+//! The demo at `/demo`: a page (from `clients/demo/`) where one picks a user and a session, sees
+//! live notifications and the user's tabs, and sends notifications to a user, a session or a tab.
+//!
+//! It exists only in dev mode on a loopback address ([`crate::ServerSettings::demo`]), because
+//! its endpoints need no credentials: they mint subscriber tokens and publish for anyone who can
+//! reach them. So that a web page elsewhere cannot use them through the browser of whoever runs
+//! the server (DNS rebinding, cross-site POSTs), each checks that the `Host` is a loopback name
+//! and that a request with an `Origin` comes from that same host.
+//!
+//! - `GET /demo`: the page; `GET /demo/demo.css`: its stylesheet.
+//! - `POST /demo/token` `{"user", "session", "ttl_secs"?}` → `{"token", "expires_at"}`.
+//! - `POST /demo/notify`: the body of `POST /v1/notify`, published without the API key.
+//! - `GET /demo/presence/{user}`: `GET /v1/users/{user}/presence` without the API key. The page
+//!   polls it every 2 s: presence changes are rare and a poll shows them exactly, without
+//!   publishing anything into the user's log.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::response::Response;
+use axum::routing::{get, post};
+use herald_core::{SessionId, UserId};
+use serde::Deserialize;
+
+use crate::api;
+use crate::app::App;
+use crate::assets::Asset;
+use crate::auth::Publisher;
+use crate::error::{ApiError, ApiJson, ApiPath};
+use crate::transport::poll::json_response;
+
+/// Lifetime of a demo token when the page does not ask for another (`ttl_secs`).
+const TOKEN_TTL_DEFAULT: Duration = Duration::from_secs(3600);
+/// Longest demo token.
+const TOKEN_TTL_MAX: Duration = Duration::from_secs(24 * 3600);
+
+static PAGE: Asset = Asset::new(include_str!("../../../clients/demo/index.html"), "text/html; charset=utf-8");
+static STYLESHEET: Asset =
+    Asset::new(include_str!("../../../clients/demo/demo.css"), "text/css; charset=utf-8");
+
+/// The demo's routes, merged into the router only when the demo is on.
+pub(crate) fn routes() -> Router<Arc<App>> {
+    Router::new()
+        .route("/demo", get(page))
+        .route("/demo/", get(page))
+        .route("/demo/demo.css", get(stylesheet))
+        .route("/demo/token", post(token))
+        .route("/demo/notify", post(notify))
+        .route("/demo/presence/{user}", get(presence))
+}
+
+/// Admits only requests for a loopback host, and with an `Origin` (browsers send one on POST)
+/// only from that same host.
+struct LocalOnly;
+
+impl<S: Send + Sync> FromRequestParts<S> for LocalOnly {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        let forbidden = |message: &str| ApiError::new(StatusCode::FORBIDDEN, "forbidden", message);
+        let host = parts.headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or_default();
+        if !is_loopback_host(host) {
+            return Err(forbidden("the demo answers only for localhost, 127.0.0.1 or [::1]"));
+        }
+        if let Some(origin) = parts.headers.get(header::ORIGIN) {
+            let same = origin.to_str().ok().and_then(|o| o.strip_prefix("http://")) == Some(host);
+            if !same && parts.method != Method::GET {
+                return Err(forbidden("the demo's endpoints take requests from its own page only"));
+            }
+        }
+        Ok(LocalOnly)
+    }
+}
+
+/// `localhost`, `127.x.y.z` or `[::1]`, with or without a port.
+fn is_loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or_default(),
+        None => host.rsplit_once(':').map_or(host, |(name, _port)| name),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+async fn page(_local: LocalOnly, headers: HeaderMap) -> Response {
+    PAGE.respond(&headers)
+}
+
+async fn stylesheet(_local: LocalOnly, headers: HeaderMap) -> Response {
+    STYLESHEET.respond(&headers)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenBody {
+    user: String,
+    session: Option<String>,
+    ttl_secs: Option<u64>,
+}
+
+/// `POST /demo/token`: a subscriber token, as an app's backend would mint it.
+async fn token(
+    _local: LocalOnly,
+    State(app): State<Arc<App>>,
+    ApiJson(body): ApiJson<TokenBody>,
+) -> Result<Response, ApiError> {
+    let user = UserId::new(body.user)?;
+    let session = body.session.filter(|s| !s.is_empty()).map(SessionId::new).transpose()?;
+    let ttl = body.ttl_secs.map_or(TOKEN_TTL_DEFAULT, Duration::from_secs);
+    if ttl.is_zero() || ttl > TOKEN_TTL_MAX {
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            format!("`ttl_secs` must be between 1 and {}", TOKEN_TTL_MAX.as_secs()),
+        ));
+    }
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let expires_at = (now + ttl).as_secs();
+    let token = app.auth.mint_token(&user, session.as_ref(), expires_at);
+    Ok(json_response(&serde_json::json!({ "token": token, "expires_at": expires_at })))
+}
+
+/// `POST /demo/notify`: `POST /v1/notify` without the API key.
+async fn notify(
+    _local: LocalOnly,
+    State(app): State<Arc<App>>,
+    body: ApiJson<api::publish::NotifyBody>,
+) -> Result<Response, ApiError> {
+    api::publish::notify(State(app), Publisher, body).await
+}
+
+/// `GET /demo/presence/{user}`: `GET /v1/users/{user}/presence` without the API key.
+async fn presence(
+    _local: LocalOnly,
+    State(app): State<Arc<App>>,
+    user: ApiPath<String>,
+) -> Result<Response, ApiError> {
+    api::users::presence(State(app), Publisher, user).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_loopback_host;
+
+    #[test]
+    fn loopback_hosts() {
+        for host in [
+            "localhost",
+            "localhost:7300",
+            "127.0.0.1",
+            "127.0.0.1:7300",
+            "127.1.2.3:80",
+            "[::1]",
+            "[::1]:7300",
+        ] {
+            assert!(is_loopback_host(host), "{host}");
+        }
+        for host in
+            ["", "example.com", "example.com:7300", "10.0.0.1:7300", "[::2]:7300", "localhost.evil.com"]
+        {
+            assert!(!is_loopback_host(host), "{host}");
+        }
+    }
+}

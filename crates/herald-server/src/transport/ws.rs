@@ -1,0 +1,327 @@
+//! `GET /v1/ws`: WebSocket.
+//!
+//! Same authentication, query parameters and events as `GET /v1/stream`, each event one JSON
+//! text frame with an `"event"` member: `hello`, `notification`, `reset`, `closed`. After
+//! `closed` the server sends a close frame with a code from [`close_code_of`] and ends the
+//! connection.
+//!
+//! The connection is one task that waits on four things at once: the client's
+//! [`Subscription`], frames from the peer, the ping timer, and the token's expiry. The peer has
+//! nothing to say: its pongs (or any frame) only prove it is alive; a text frame is ignored, a
+//! binary or oversized one closes the connection with a close code.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use herald_core::subscription::SubscribeRequest;
+use herald_core::{ClientEvent, CloseReason, Subscription, Transport};
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite;
+
+use crate::app::App;
+use crate::auth::Subscriber;
+use crate::error::{ApiError, ApiQuery};
+use crate::transport::sse::instant_of_unix;
+use crate::transport::{StreamQuery, resume_point};
+
+/// A peer that sent nothing (not even the pong to a ping) for this long after a ping is taken
+/// for dead and dropped. Pings go out every [`crate::ServerSettings::keepalive_interval`].
+pub const DEAD_PEER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Largest frame and message accepted from a client. Clients have nothing to send but control
+/// frames (at most 125 bytes of payload); anything larger is refused with
+/// [`close_code::MESSAGE_TOO_BIG`] before it is buffered.
+pub const CLIENT_MESSAGE_BYTES_MAX: usize = 4 * 1024;
+
+/// Capacity of the read buffer, which tungstenite allocates up front for every connection.
+/// Its default is 128 KiB, sized for peers that stream data in; ours only send pings, pongs and
+/// close frames, so 1 KiB is plenty (a larger frame still fits: it is read in several steps, up
+/// to [`CLIENT_MESSAGE_BYTES_MAX`]).
+const READ_BUFFER_BYTES: usize = 1024;
+
+/// Frames are gathered in the write buffer until it holds this much, then written; every send
+/// also flushes, so this only coalesces a burst. The buffer is not allocated up front (it grows
+/// while frames are written and stays empty-but-allocated at the size of the largest burst),
+/// unlike tungstenite's default target of 128 KiB. With [`READ_BUFFER_BYTES`] and the socket,
+/// an idle connection that only ever saw small notifications costs well under 4 KiB of buffers.
+const WRITE_BUFFER_BYTES: usize = 2 * 1024;
+
+/// How long a send may take. A peer that stops reading (its TCP window full) blocks our writes;
+/// past this it is dropped, like a peer that stops answering pings.
+const SEND_TIMEOUT: Duration = DEAD_PEER_TIMEOUT;
+
+/// After our close frame, how long we wait for the peer's before dropping the connection.
+const CLOSE_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The close codes Herald sends (RFC 6455, section 7.4.1).
+pub mod close_code {
+    /// `closed` with no reason to blame anyone (not used by the server yet; a peer's own
+    /// close is answered with its code).
+    pub const NORMAL: u16 = 1000;
+    /// Malformed framing from the client (e.g. unmasked or reserved bits set).
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    /// A binary frame: Herald only understands text.
+    pub const UNSUPPORTED_DATA: u16 = 1003;
+    /// A text frame that is not UTF-8.
+    pub const INVALID_PAYLOAD: u16 = 1007;
+    /// `closed` with `evicted`, `replaced`, `session_closed` or `token_expired`: the server
+    /// ended this connection on purpose; reconnect only with a fresh token (`token_expired`)
+    /// or not at all.
+    pub const POLICY: u16 = 1008;
+    /// A frame or message larger than [`super::CLIENT_MESSAGE_BYTES_MAX`].
+    pub const MESSAGE_TOO_BIG: u16 = 1009;
+    /// `closed` with `error`: the server could not read the user's log.
+    pub const INTERNAL_ERROR: u16 = 1011;
+    /// `closed` with `lagging` or `shutdown`: reconnect (with back-off) and resume.
+    pub const TRY_AGAIN_LATER: u16 = 1013;
+}
+
+/// The close code sent after a `closed` event with `reason`.
+pub fn close_code_of(reason: CloseReason) -> u16 {
+    match reason {
+        CloseReason::Evicted
+        | CloseReason::Replaced
+        | CloseReason::SessionClosed
+        | CloseReason::TokenExpired => close_code::POLICY,
+        CloseReason::Lagging | CloseReason::Shutdown => close_code::TRY_AGAIN_LATER,
+        CloseReason::Error => close_code::INTERNAL_ERROR,
+    }
+}
+
+/// The handler: checks the token and resume point, opens the client's subscription (so that
+/// `400`/`401` are plain HTTP answers), then upgrades.
+pub async fn ws(
+    State(app): State<Arc<App>>,
+    subscriber: Subscriber,
+    ApiQuery(query): ApiQuery<StreamQuery>,
+    headers: HeaderMap,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
+    let upgrade = upgrade.map_err(|rejection| {
+        ApiError::new(
+            rejection.status(),
+            "websocket_required",
+            format!("`/v1/ws` takes a WebSocket handshake: {}", rejection.body_text()),
+        )
+    })?;
+    let resume_after = resume_point(query.last_event_id.as_deref(), &headers)?;
+    let subscription = Subscription::open(
+        &app.hub,
+        &app.store,
+        SubscribeRequest {
+            user: &subscriber.user,
+            session: &subscriber.session,
+            client: query.client.as_deref(),
+            transport: Transport::Ws,
+            resume_after,
+        },
+    )
+    .await?;
+    let connection = Connection {
+        subscription,
+        ping_interval: app.settings.keepalive_interval,
+        token_expires_at: instant_of_unix(subscriber.expires_at),
+    };
+    let tracker = app.ws_connections.clone();
+    Ok(upgrade
+        .read_buffer_size(READ_BUFFER_BYTES)
+        .write_buffer_size(WRITE_BUFFER_BYTES)
+        // One frame beyond the target must always fit, and a notification may carry up to
+        // `data_bytes_max` of data plus its envelope.
+        .max_write_buffer_size(WRITE_BUFFER_BYTES + app.hub.limits().data_bytes_max + 16 * 1024)
+        .max_frame_size(CLIENT_MESSAGE_BYTES_MAX)
+        .max_message_size(CLIENT_MESSAGE_BYTES_MAX)
+        // Per-message compression is never negotiated: axum does not offer it.
+        .on_upgrade(move |socket| tracker.track_future(connection.run(socket)))
+        .into_response())
+}
+
+struct Connection {
+    subscription: Subscription,
+    ping_interval: Duration,
+    token_expires_at: Instant,
+}
+
+/// How the loop ended, and so how the connection is closed.
+enum End {
+    /// Send a close frame with this code and reason, then wait for the peer's.
+    Close(u16, &'static str),
+    /// The peer sent a close frame: let tungstenite send the reply, then drop.
+    PeerClosed,
+    /// The peer is gone: drop.
+    Drop,
+}
+
+impl Connection {
+    async fn run(mut self, mut socket: WebSocket) {
+        let end = self.serve(&mut socket).await;
+        // Detach from the hub now: the close handshake below may take a while.
+        drop(self.subscription);
+        if let End::PeerClosed = end {
+            // Reading again flushes the reply tungstenite queued, then reports the end.
+            let _ = tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, socket.recv()).await;
+        } else if let End::Close(code, reason) = end {
+            let frame = CloseFrame { code, reason: Utf8Bytes::from_static(reason) };
+            if send(&mut socket, Message::Close(Some(frame))).await.is_ok() {
+                // Read until the peer's close frame (or anything ending the stream).
+                let _ = tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, async {
+                    while let Some(Ok(message)) = socket.recv().await {
+                        if matches!(message, Message::Close(_)) {
+                            break;
+                        }
+                    }
+                })
+                .await;
+            }
+        }
+    }
+
+    async fn serve(&mut self, socket: &mut WebSocket) -> End {
+        let mut next_ping = Instant::now() + self.ping_interval;
+        // Set when a ping goes out with nothing heard since; cleared by any frame from the peer.
+        let mut answer_due: Option<Instant> = None;
+        loop {
+            let wake_at = [Some(next_ping), Some(self.token_expires_at), answer_due]
+                .into_iter()
+                .flatten()
+                .min()
+                .expect("there is always a next ping");
+            tokio::select! {
+                biased;
+                event = self.subscription.next() => {
+                    let Some(event) = event else { return End::Drop };
+                    let closed = match &event {
+                        ClientEvent::Closed(reason) => Some(*reason),
+                        _ => None,
+                    };
+                    if send(socket, Message::Text(encode(&event))).await.is_err() {
+                        return End::Drop;
+                    }
+                    if let Some(reason) = closed {
+                        return End::Close(close_code_of(reason), reason.as_str());
+                    }
+                }
+                incoming = socket.recv() => {
+                    answer_due = None;
+                    match incoming {
+                        None => return End::Drop,
+                        Some(Err(error)) => return end_of_error(error),
+                        Some(Ok(Message::Close(_))) => return End::PeerClosed,
+                        Some(Ok(Message::Binary(_))) => {
+                            return End::Close(close_code::UNSUPPORTED_DATA, "binary frames are not accepted");
+                        }
+                        // Pongs and pings prove the peer alive (tungstenite answers pings);
+                        // text frames are accepted and ignored: there is nothing to ask yet.
+                        Some(Ok(Message::Text(_) | Message::Ping(_) | Message::Pong(_))) => {}
+                    }
+                }
+                () = tokio::time::sleep_until(wake_at) => {
+                    let now = Instant::now();
+                    if now >= self.token_expires_at {
+                        // The next turn sends `closed: token_expired`.
+                        self.subscription.close(CloseReason::TokenExpired);
+                        self.token_expires_at = now + Duration::from_secs(1 << 30);
+                    } else if answer_due.is_some_and(|due| now >= due) {
+                        tracing::debug!(client = %self.subscription.info().client, "WebSocket peer silent; dropping it");
+                        return End::Drop;
+                    } else if now >= next_ping {
+                        if send(socket, Message::Ping(Bytes::new())).await.is_err() {
+                            return End::Drop;
+                        }
+                        answer_due.get_or_insert(now + DEAD_PEER_TIMEOUT);
+                        next_ping = now + self.ping_interval;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Sends one message (and flushes), giving up after [`SEND_TIMEOUT`].
+async fn send(socket: &mut WebSocket, message: Message) -> Result<(), ()> {
+    match tokio::time::timeout(SEND_TIMEOUT, socket.send(message)).await {
+        Ok(Ok(())) => Ok(()),
+        _ => Err(()),
+    }
+}
+
+/// How to end after a read error: refuse what the peer sent with the fitting close code, or drop
+/// a connection that is already broken.
+fn end_of_error(error: axum::Error) -> End {
+    use tungstenite::Error as E;
+    use tungstenite::error::{CapacityError, ProtocolError};
+    let inner = error.into_inner();
+    let Some(error) = inner.downcast_ref::<tungstenite::Error>() else { return End::Drop };
+    match error {
+        E::Capacity(CapacityError::MessageTooLong { .. }) => {
+            End::Close(close_code::MESSAGE_TOO_BIG, "frames from clients are at most 4 KiB")
+        }
+        E::Capacity(_) => End::Close(close_code::MESSAGE_TOO_BIG, "frame too large"),
+        E::Utf8(_) => End::Close(close_code::INVALID_PAYLOAD, "text frames must be UTF-8"),
+        // The connection reset or already closing: nothing to say to the peer.
+        E::Protocol(
+            ProtocolError::ResetWithoutClosingHandshake
+            | ProtocolError::SendAfterClosing
+            | ProtocolError::ReceivedAfterClosing,
+        ) => End::Drop,
+        E::Protocol(_) => End::Close(close_code::PROTOCOL_ERROR, "malformed frame"),
+        _ => End::Drop,
+    }
+}
+
+/// One event as a JSON text frame.
+fn encode(event: &ClientEvent) -> Utf8Bytes {
+    match event {
+        ClientEvent::Hello { info, last_seq, .. } => serde_json::json!({
+            "event": "hello",
+            "user": info.user,
+            "session": info.session,
+            "client": info.client,
+            "last_seq": last_seq,
+        })
+        .to_string()
+        .into(),
+        ClientEvent::Notification(n) => {
+            // `n.json()` is `{"seq":…,…}` (or `{"type":…}` when ephemeral), serialized once at
+            // publish: splice the event name in after its `{` instead of serializing again.
+            let json = n.json();
+            const PREFIX: &[u8] = br#"{"event":"notification","#;
+            let mut frame = Vec::with_capacity(PREFIX.len() + json.len() - 1);
+            frame.extend_from_slice(PREFIX);
+            frame.extend_from_slice(&json[1..]);
+            Utf8Bytes::try_from(frame).expect("a notification's JSON is UTF-8")
+        }
+        ClientEvent::Reset { last_seq } => {
+            serde_json::json!({ "event": "reset", "last_seq": last_seq }).to_string().into()
+        }
+        ClientEvent::Closed(reason) => {
+            serde_json::json!({ "event": "closed", "reason": reason.as_str() }).to_string().into()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_reason_has_a_close_code() {
+        for (reason, code) in [
+            (CloseReason::Evicted, 1008),
+            (CloseReason::Replaced, 1008),
+            (CloseReason::SessionClosed, 1008),
+            (CloseReason::TokenExpired, 1008),
+            (CloseReason::Lagging, 1013),
+            (CloseReason::Shutdown, 1013),
+            (CloseReason::Error, 1011),
+        ] {
+            assert_eq!(close_code_of(reason), code, "{reason:?}");
+        }
+    }
+}

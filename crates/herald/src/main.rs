@@ -1,0 +1,315 @@
+//! `herald`, the command line: `serve` runs the server (all of it in `herald-server`); `token`,
+//! `publish` and `listen` are thin shells over `herald-client`.
+//!
+//! Errors are one line on stderr, `herald: <message>`, and exit status 1 (2 for usage errors,
+//! which clap reports). Credentials come from the same environment variables as the server's,
+//! or else from the dev credentials a dev-mode server wrote in its data dir.
+
+use std::io::{IsTerminal as _, Write as _};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
+use herald_client::{
+    Event, ListenTransport, Listener, ListenerOptions, PublishRequest, Publisher, Subscriber, To,
+};
+use serde_json::Value;
+
+/// File in the data dir where a dev-mode server keeps its generated credentials.
+const DEV_CREDENTIALS_FILE: &str = "dev-credentials.json";
+const DEFAULT_URL: &str = "http://127.0.0.1:7300";
+const DEFAULT_DATA_DIR: &str = "./herald-data";
+
+/// Herald: real-time notifications for every tab of every session of a user, over SSE and
+/// long-polling, durable across disconnects and restarts.
+#[derive(Debug, Parser)]
+#[command(name = "herald", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve(herald_server::ServeArgs),
+    /// Print a subscriber token (an HS256 JWT) for a user.
+    Token(TokenArgs),
+    /// Publish a notification and print the server's JSON answer.
+    Publish(PublishArgs),
+    /// Print every event of a stream as one JSON line; resume by itself after a dropped
+    /// connection.
+    Listen(ListenArgs),
+}
+
+/// Where credentials come from when no variable gives them.
+#[derive(Debug, Args)]
+struct DataDirArg {
+    /// Data dir of a dev-mode server, whose dev-credentials.json is read when no key is given.
+    #[arg(long, env = "HERALD_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
+    data_dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+struct TokenArgs {
+    /// The user id (the token's `sub`).
+    #[arg(long)]
+    user: String,
+    /// The session id (the token's `sid`); without it, all clients given this token share one
+    /// session.
+    #[arg(long)]
+    session: Option<String>,
+    /// How long the token is valid: `30s`, `15m`, `1h`, `2d`…
+    #[arg(long, default_value = "1h", value_parser = parse_ttl)]
+    ttl: Duration,
+    /// The server's token secret.
+    #[arg(long, env = "HERALD_SECRET", hide_env_values = true)]
+    secret: Option<String>,
+    #[command(flatten)]
+    data_dir: DataDirArg,
+}
+
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("target").args(["user", "users", "client"]).required(true).multiple(true)))]
+struct PublishArgs {
+    /// Every client of this user (with `--session`: of that session only).
+    #[arg(long, conflicts_with = "users")]
+    user: Option<String>,
+    /// Only the clients of this session of `--user`.
+    #[arg(long, requires = "user", conflicts_with = "client")]
+    session: Option<String>,
+    /// Only this client (`--user` may be given too; the client id alone names it).
+    #[arg(long, conflicts_with = "users")]
+    client: Option<String>,
+    /// Every client of each of these users, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    users: Vec<String>,
+    /// The notification's type (the server's default: `notification`).
+    #[arg(long = "type", value_name = "TYPE")]
+    kind: Option<String>,
+    /// The payload, JSON.
+    #[arg(long, default_value = "{}")]
+    data: String,
+    /// Only to connected clients: no seq, never stored nor replayed.
+    #[arg(long)]
+    ephemeral: bool,
+    /// Every client but this one (the tab that caused the notification).
+    #[arg(long, value_name = "CLIENT")]
+    except_client: Option<String>,
+    /// A repeat within 24 hours gets the first answer and stores nothing new.
+    #[arg(long, value_name = "KEY")]
+    idempotency_key: Option<String>,
+    /// The publishers' API key.
+    #[arg(long, env = "HERALD_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    #[command(flatten)]
+    data_dir: DataDirArg,
+    /// The server.
+    #[arg(long, env = "HERALD_URL", default_value = DEFAULT_URL)]
+    url: String,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum TransportArg {
+    Sse,
+    Poll,
+}
+
+#[derive(Debug, Args)]
+struct ListenArgs {
+    /// A subscriber token (see `herald token`).
+    #[arg(long, env = "HERALD_TOKEN", hide_env_values = true)]
+    token: String,
+    /// The last seq already seen: replay every retained notification after it first.
+    #[arg(long, value_name = "SEQ")]
+    after: Option<u64>,
+    /// The client id to keep (a previous `hello`'s).
+    #[arg(long)]
+    client: Option<String>,
+    #[arg(long, value_enum, default_value = "sse")]
+    transport: TransportArg,
+    /// Print the server's keep-alives too (as `{"event":"keep_alive"}`).
+    #[arg(long)]
+    keep_alive: bool,
+    /// The server.
+    #[arg(long, env = "HERALD_URL", default_value = DEFAULT_URL)]
+    url: String,
+}
+
+fn parse_ttl(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|e| format!("{e} (use e.g. 30s, 15m, 1h, 2d)"))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(matches!(cli.command, Command::Serve(_)));
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => return fail(&anyhow::Error::new(e).context("cannot start the async runtime")),
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e),
+    }
+}
+
+/// Logs go to stderr (stdout is for answers and events), filtered by `RUST_LOG`; by default
+/// the server says what it does and the other commands only warn (e.g. `listen` reconnecting).
+fn init_tracing(serving: bool) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(if serving { "info" } else { "warn" }));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .try_init();
+}
+
+/// Prints `error` as one line, with its causes, and gives exit status 1.
+fn fail(error: &anyhow::Error) -> ExitCode {
+    let message = format!("{error:#}");
+    eprintln!("herald: {}", message.split_whitespace().collect::<Vec<_>>().join(" "));
+    ExitCode::FAILURE
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Serve(args) => Ok(herald_server::serve(args).await?),
+        Command::Token(args) => token(args),
+        Command::Publish(args) => publish(args).await,
+        Command::Listen(args) => listen(args).await,
+    }
+}
+
+fn token(args: TokenArgs) -> anyhow::Result<()> {
+    let secret = match args.secret {
+        Some(secret) => secret,
+        None => dev_credential(&args.data_dir.data_dir, "secret", "HERALD_SECRET")?,
+    };
+    let token = herald_client::mint_token(secret.as_bytes(), &args.user, args.session.as_deref(), args.ttl)?;
+    println!("{token}");
+    Ok(())
+}
+
+async fn publish(args: PublishArgs) -> anyhow::Result<()> {
+    // Checked first: a typo in the payload is reported before anything else is needed.
+    let data: Value = serde_json::from_str(&args.data).context("--data is not valid JSON")?;
+    let to = match (args.client, args.user, args.session) {
+        (Some(client), _, _) => To::client(client),
+        (None, Some(user), Some(session)) => To::session(user, session),
+        (None, Some(user), None) => To::user(user),
+        (None, None, _) => {
+            if args.users.iter().any(String::is_empty) {
+                bail!("--users has an empty user id");
+            }
+            To::users(args.users)
+        }
+    };
+    let api_key = match args.api_key {
+        Some(key) => key,
+        None => dev_credential(&args.data_dir.data_dir, "api_key", "HERALD_API_KEY")?,
+    };
+    let mut request = PublishRequest::new(to, data);
+    request.kind = args.kind;
+    request.durable = args.ephemeral.then_some(false);
+    request.except_client = args.except_client;
+    request.idempotency_key = args.idempotency_key;
+    let publisher = Publisher::new(&args.url, api_key)?;
+    let answer =
+        publisher.publish(&request).await.with_context(|| format!("cannot publish to {}", args.url))?;
+    println!("{}", serde_json::to_string(&answer)?);
+    Ok(())
+}
+
+async fn listen(args: ListenArgs) -> anyhow::Result<()> {
+    let transport = match args.transport {
+        TransportArg::Sse => ListenTransport::Sse,
+        TransportArg::Poll => ListenTransport::Poll,
+    };
+    let options =
+        ListenerOptions { resume_after: args.after, client: args.client, transport, ..Default::default() };
+    let mut listener = Listener::new(Subscriber::new(&args.url, args.token)?, options);
+    let stdout = std::io::stdout();
+    while let Some(event) =
+        listener.next_event().await.with_context(|| format!("listening to {}", args.url))?
+    {
+        if event == Event::KeepAlive && !args.keep_alive {
+            continue;
+        }
+        let line = serde_json::to_string(&event)?;
+        let mut out = stdout.lock();
+        match writeln!(out, "{line}").and_then(|()| out.flush()) {
+            Ok(()) => {}
+            // The reader went away (`herald listen | head -1`): that is the end, not an error.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+            Err(e) => return Err(anyhow::Error::new(e).context("cannot write to stdout")),
+        }
+    }
+    Ok(())
+}
+
+/// Reads one field of the dev credentials in `data_dir`, or explains which variable to set.
+fn dev_credential(data_dir: &Path, field: &str, variable: &str) -> anyhow::Result<String> {
+    let path = data_dir.join(DEV_CREDENTIALS_FILE);
+    let bytes = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
+            "no {variable} set, and no dev credentials at {} (set {variable}, or point --data-dir at the \
+             data dir of a server started in dev mode)",
+            path.display()
+        ),
+        Err(e) => return Err(anyhow::Error::new(e).context(format!("cannot read {}", path.display()))),
+    };
+    let json: Value =
+        serde_json::from_slice(&bytes).with_context(|| format!("{} is not valid JSON", path.display()))?;
+    match json.get(field).and_then(Value::as_str) {
+        Some(value) if !value.is_empty() => Ok(value.to_owned()),
+        _ => bail!("{} has no `{field}`", path.display()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn ttls_parse() {
+        assert_eq!(parse_ttl("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_ttl("15m"), Ok(Duration::from_secs(900)));
+        assert_eq!(parse_ttl("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_ttl("2d"), Ok(Duration::from_secs(2 * 86400)));
+        assert!(parse_ttl("soon").is_err());
+    }
+
+    fn targets(args: &[&str]) -> Result<PublishArgs, clap::Error> {
+        #[derive(Debug, Parser)]
+        struct Wrapper {
+            #[command(flatten)]
+            publish: PublishArgs,
+        }
+        Wrapper::try_parse_from(std::iter::once("publish").chain(args.iter().copied())).map(|w| w.publish)
+    }
+
+    #[test]
+    fn publish_target_rules() {
+        assert!(targets(&["--user", "a"]).is_ok());
+        assert!(targets(&["--user", "a", "--session", "s"]).is_ok());
+        assert!(targets(&["--client", "c"]).is_ok());
+        assert!(targets(&["--user", "a", "--client", "c"]).is_ok());
+        assert_eq!(targets(&["--users", "a,b"]).unwrap().users, ["a", "b"]);
+        assert!(targets(&[]).is_err(), "a target is required");
+        assert!(targets(&["--session", "s", "--client", "c"]).is_err());
+        assert!(targets(&["--user", "a", "--session", "s", "--client", "c"]).is_err());
+        assert!(targets(&["--users", "a,b", "--user", "c"]).is_err());
+    }
+}

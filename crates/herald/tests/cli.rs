@@ -1,0 +1,142 @@
+//! The `herald` binary without a server: argument checks, tokens, credentials lookup and error
+//! output. (End-to-end runs against a live server are in the server's tests.)
+
+use std::process::{Command, Output};
+
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde_json::Value;
+
+/// The binary, in an empty working dir (so that no `./herald-data` is found by accident) and
+/// with none of Herald's variables inherited.
+fn herald(dir: &tempfile::TempDir) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_herald"));
+    command.current_dir(dir.path());
+    for variable in
+        ["HERALD_SECRET", "HERALD_API_KEY", "HERALD_DATA_DIR", "HERALD_URL", "HERALD_TOKEN", "RUST_LOG"]
+    {
+        command.env_remove(variable);
+    }
+    command
+}
+
+fn run(command: &mut Command) -> (Output, String, String) {
+    let output = command.output().expect("the binary runs");
+    let stdout = String::from_utf8(output.stdout.clone()).unwrap();
+    let stderr = String::from_utf8(output.stderr.clone()).unwrap();
+    (output, stdout, stderr)
+}
+
+/// Exit status 1 and exactly one line on stderr, starting with `herald: `.
+fn assert_one_line_error(output: &Output, stderr: &str) {
+    assert_eq!(output.status.code(), Some(1), "stderr: {stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr:?}");
+    assert!(stderr.starts_with("herald: "), "{stderr:?}");
+}
+
+/// A port on which nothing listens.
+fn closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn decode(token: &str, secret: &[u8]) -> Value {
+    let mut validation = Validation::new(Algorithm::HS256);
+    validation.set_required_spec_claims(&["exp", "sub"]);
+    jsonwebtoken::decode::<Value>(token, &DecodingKey::from_secret(secret), &validation)
+        .expect("a valid token")
+        .claims
+}
+
+#[test]
+fn publish_with_invalid_data_fails_before_any_request() {
+    let dir = tempfile::tempdir().unwrap();
+    // Neither an API key nor a server: the payload is checked before either is needed.
+    let (output, stdout, stderr) = run(herald(&dir)
+        .args(["publish", "--user", "alice", "--data", "{\"text\": oops}"])
+        .env("HERALD_URL", format!("http://127.0.0.1:{}", closed_port())));
+    assert_one_line_error(&output, &stderr);
+    assert!(stderr.contains("--data is not valid JSON"), "{stderr}");
+    assert!(stdout.is_empty());
+}
+
+#[test]
+fn token_with_herald_secret_prints_a_jwt_with_the_right_claims() {
+    let dir = tempfile::tempdir().unwrap();
+    let (output, stdout, stderr) = run(herald(&dir)
+        .args(["token", "--user", "a/b c", "--session", "laptop", "--ttl", "15m"])
+        .env("HERALD_SECRET", "s3cret"));
+    assert!(output.status.success(), "{stderr}");
+    let token = stdout.trim_end();
+    assert_eq!(stdout, format!("{token}\n"), "the token alone, on one line");
+    let claims = decode(token, b"s3cret");
+    assert_eq!(claims["sub"], "a/b c");
+    assert_eq!(claims["sid"], "laptop");
+    assert_eq!(claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap(), 900);
+
+    // Without a session there is no `sid`; the default ttl is one hour.
+    let (output, stdout, _) =
+        run(herald(&dir).args(["token", "--user", "bob"]).env("HERALD_SECRET", "s3cret"));
+    assert!(output.status.success());
+    let claims = decode(stdout.trim_end(), b"s3cret");
+    assert!(claims.get("sid").is_none(), "{claims}");
+    assert_eq!(claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap(), 3600);
+}
+
+#[test]
+fn token_without_a_secret_or_dev_credentials_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let (output, stdout, stderr) = run(herald(&dir).args(["token", "--user", "alice"]));
+    assert_one_line_error(&output, &stderr);
+    assert!(stderr.contains("HERALD_SECRET") && stderr.contains("dev-credentials.json"), "{stderr}");
+    assert!(stdout.is_empty());
+}
+
+#[test]
+fn token_and_publish_read_the_dev_credentials_of_the_data_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    std::fs::create_dir(&data_dir).unwrap();
+    std::fs::write(data_dir.join("dev-credentials.json"), r#"{"secret": "dev-secret", "api_key": "hk_dev"}"#)
+        .unwrap();
+    let (output, stdout, stderr) =
+        run(herald(&dir).args(["token", "--user", "alice"]).env("HERALD_DATA_DIR", &data_dir));
+    assert!(output.status.success(), "{stderr}");
+    assert_eq!(decode(stdout.trim_end(), b"dev-secret")["sub"], "alice");
+
+    // `publish` finds the key there too, then fails on the unreachable server, in one line.
+    let url = format!("http://127.0.0.1:{}", closed_port());
+    let (output, _, stderr) = run(herald(&dir).args([
+        "publish",
+        "--user",
+        "alice",
+        "--data",
+        "{}",
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+        "--url",
+        &url,
+    ]));
+    assert_one_line_error(&output, &stderr);
+    assert!(stderr.contains("cannot publish to") && !stderr.contains("HERALD_API_KEY"), "{stderr}");
+}
+
+#[test]
+fn publish_without_an_api_key_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let (output, _, stderr) = run(herald(&dir).args(["publish", "--user", "alice", "--data", "{}"]));
+    assert_one_line_error(&output, &stderr);
+    assert!(stderr.contains("HERALD_API_KEY"), "{stderr}");
+}
+
+#[test]
+fn usage_errors_exit_with_2() {
+    let dir = tempfile::tempdir().unwrap();
+    for args in [
+        &["publish", "--data", "{}"][..],                             // no target
+        &["publish", "--session", "s", "--client", "c"],              // a session needs its user
+        &["token", "--user", "alice", "--ttl", "soon"],               // not a duration
+        &["listen", "--token", "t", "--transport", "carrier-pigeon"], // no such transport
+    ] {
+        let (output, _, stderr) = run(herald(&dir).args(args));
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+    }
+}
