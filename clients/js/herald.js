@@ -38,7 +38,7 @@ const OPEN_TIMEOUT_MS = 20_000;
 const POLL_WAIT_S = 25;
 /** A poll that has not answered this long after its wait is given up. */
 const POLL_GRACE_MS = 15_000;
-/** A token that expires within this is renewed before it is used. */
+/** A token that expires within this (or a quarter of its lifetime, if shorter) is renewed first. */
 const TOKEN_MARGIN_MS = 5_000;
 /** How long a tab waits for another tab to say it holds the same stored client id. */
 const CLAIM_WAIT_MS = 150;
@@ -53,6 +53,7 @@ export class Herald {
   #tokenSource;
   #token = null;
   #tokenExpiresAt = null;
+  #tokenMargin = TOKEN_MARGIN_MS;
   #preferred;
   #fallback;
   #mode;
@@ -218,7 +219,7 @@ export class Herald {
   async #currentToken() {
     if (typeof this.#tokenSource === 'string') {
       this.#token ??= this.#tokenSource;
-    } else if (this.#token === null || (this.#tokenExpiresAt !== null && this.#tokenExpiresAt - Date.now() < TOKEN_MARGIN_MS)) {
+    } else if (this.#token === null || this.#tokenExpiring()) {
       const token = await this.#tokenSource();
       if (typeof token !== 'string' || token === '') throw new Error('Herald: the token function returned no token');
       this.#token = token;
@@ -227,8 +228,14 @@ export class Herald {
     }
     const claims = decodeJwt(this.#token);
     this.#tokenExpiresAt = typeof claims?.exp === 'number' ? claims.exp * 1000 : null;
+    const lifetime = this.#tokenExpiresAt === null ? Infinity : this.#tokenExpiresAt - Date.now();
+    this.#tokenMargin = Math.max(0, Math.min(TOKEN_MARGIN_MS, lifetime / 4));
     this.#user = typeof claims?.sub === 'string' ? claims.sub : null;
     return this.#token;
+  }
+
+  #tokenExpiring() {
+    return this.#tokenExpiresAt !== null && this.#tokenExpiresAt - Date.now() < this.#tokenMargin;
   }
 
   /** One SSE or WebSocket connection, until it ends. */
@@ -304,11 +311,11 @@ export class Herald {
         this.#fallbackSince = 0;
         return { opened, openedAt, retryStream: true };
       }
-      if (this.#tokenExpiresAt !== null && typeof this.#tokenSource === 'function'
-          && this.#tokenExpiresAt - Date.now() < TOKEN_MARGIN_MS) {
+      if (typeof this.#tokenSource === 'function' && this.#tokenExpiring()) {
         return { opened, openedAt, reason: 'token_expired' };
       }
-      const answer = await this.#pollOnce(token, POLL_WAIT_S);
+      // The first poll does not wait: it is the handshake (client id, position, catching up).
+      const answer = await this.#pollOnce(token, opened ? POLL_WAIT_S : 0);
       if (this.#stopped) break;
       if (!answer.polled) return { opened, openedAt, ...answer };
       if (!opened) {

@@ -16,11 +16,11 @@ use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use parking_lot::Mutex;
-use tokio::sync::mpsc;
 
 use crate::ids::{ClientId, ClientIdMinter, Seq, SessionId, UserId};
 use crate::limits::Limits;
 use crate::notification::{Notification, now_ms};
+use crate::queue::{EventQueue, PushError};
 
 /// Shards of the user map and of the client index. A power of two well above the core count
 /// keeps contention negligible; each costs one mutex and one empty map.
@@ -92,12 +92,15 @@ pub(crate) struct ClientShared {
     close_reason: OnceLock<CloseReason>,
     /// Every durable seq up to here was handled by this client: for presence.
     pub(crate) last_seq: AtomicU64,
+    /// Notifications waiting for the connection.
+    pub(crate) queue: EventQueue,
 }
 
 impl ClientShared {
-    /// Records why the connection must end; the first reason wins.
+    /// Records why the connection must end (the first reason wins) and wakes it.
     pub(crate) fn close(&self, reason: CloseReason) {
         let _ = self.close_reason.set(reason);
+        self.queue.close();
     }
 
     pub(crate) fn close_reason(&self) -> Option<CloseReason> {
@@ -105,23 +108,21 @@ impl ClientShared {
     }
 }
 
-pub(crate) type ClientSender = mpsc::Sender<Arc<Notification>>;
-
 struct ClientEntry {
     id: ClientId,
     transport: Transport,
     connected_at_ms: i64,
     last_active: Instant,
     shared: Arc<ClientShared>,
-    /// `Some` while a connection is attached; dropping it ends that connection's queue.
-    sender: Option<ClientSender>,
-    /// Which attachment owns `sender`, so that a replaced connection's late detach is ignored.
+    /// Whether a connection is attached (it takes from `shared.queue`).
+    connected: bool,
+    /// Which attachment is connected, so that a replaced connection's late detach is ignored.
     attachment: u64,
 }
 
 impl ClientEntry {
     fn end_connection(&mut self, reason: CloseReason) {
-        if self.sender.take().is_some() {
+        if std::mem::take(&mut self.connected) {
             self.shared.close(reason);
         }
     }
@@ -135,7 +136,7 @@ struct SessionEntry {
 
 impl SessionEntry {
     fn is_connected(&self) -> bool {
-        self.clients.iter().any(|c| c.sender.is_some())
+        self.clients.iter().any(|c| c.connected)
     }
 
     fn last_active(&self) -> Option<Instant> {
@@ -152,7 +153,6 @@ struct UserEntry {
 /// A client's connection to the hub, as [`Hub::attach`] returns it.
 pub(crate) struct Attachment {
     pub(crate) info: ClientInfo,
-    pub(crate) receiver: mpsc::Receiver<Arc<Notification>>,
     pub(crate) shared: Arc<ClientShared>,
     pub(crate) attachment: u64,
 }
@@ -255,7 +255,6 @@ impl Hub {
         let client = requested
             .and_then(|r| self.inner.minter.verify(r, user, session))
             .unwrap_or_else(|| self.inner.minter.mint(user, session));
-        let (sender, receiver) = mpsc::channel(limits.client_queue_len_max);
         let shared = Arc::new(ClientShared::default());
         let attachment = self.inner.next_attachment.fetch_add(1, Ordering::Relaxed);
         let now = Instant::now();
@@ -303,7 +302,7 @@ impl Hub {
                 connected_at_ms: now_ms(),
                 last_active: now,
                 shared: shared.clone(),
-                sender: Some(sender),
+                connected: true,
                 attachment,
             };
             match clients.iter_mut().find(|c| c.id == client) {
@@ -318,7 +317,7 @@ impl Hub {
             }
         }
         let info = ClientInfo { user: user.clone(), session: session.clone(), client, transport };
-        Attachment { info, receiver, shared, attachment }
+        Attachment { info, shared, attachment }
     }
 
     /// Ends `attachment`'s hold on its client entry (its connection ended). The entry stays
@@ -333,7 +332,7 @@ impl Hub {
         if let Some(c) =
             session.clients.iter_mut().find(|c| c.id == info.client && c.attachment == attachment)
         {
-            c.sender = None;
+            c.connected = false;
             c.last_active = Instant::now();
         }
     }
@@ -347,18 +346,21 @@ impl Hub {
         let mut users = self.users_shard(&notification.user).lock();
         let Some(entry) = users.get_mut(&notification.user) else { return 0 };
         let durable = notification.is_durable();
+        let queue_len_max = self.inner.limits.client_queue_len_max;
         let mut delivered = 0;
         for (session_id, session) in &mut entry.sessions {
             for c in &mut session.clients {
-                let Some(sender) = &c.sender else { continue };
+                if !c.connected {
+                    continue;
+                }
                 let included = notification.audience.includes(session_id, &c.id);
                 if !included && !durable {
                     continue;
                 }
-                match sender.try_send(notification.clone()) {
+                match c.shared.queue.push(notification.clone(), queue_len_max) {
                     Ok(()) => delivered += u64::from(included),
-                    Err(mpsc::error::TrySendError::Full(_)) => c.end_connection(CloseReason::Lagging),
-                    Err(mpsc::error::TrySendError::Closed(_)) => c.sender = None,
+                    Err(PushError::Full) => c.end_connection(CloseReason::Lagging),
+                    Err(PushError::Closed) => c.connected = false,
                 }
             }
         }
@@ -382,7 +384,7 @@ impl Hub {
                 return true;
             }
             for c in &mut s.clients {
-                closed += u64::from(c.sender.is_some());
+                closed += u64::from(c.connected);
                 c.end_connection(reason);
                 forgotten.push(c.id.clone());
             }
@@ -404,7 +406,7 @@ impl Hub {
             for entry in shard.lock().values_mut() {
                 for (_, s) in &mut entry.sessions {
                     for c in &mut s.clients {
-                        closed += u64::from(c.sender.is_some());
+                        closed += u64::from(c.connected);
                         c.end_connection(reason);
                     }
                 }
@@ -429,7 +431,7 @@ impl Hub {
                             .clients
                             .iter()
                             .filter(|c| {
-                                c.sender.is_some()
+                                c.connected
                                     || (c.transport == Transport::Poll && c.last_active.elapsed() < linger)
                             })
                             .map(|c| ClientPresence {
@@ -457,7 +459,7 @@ impl Hub {
             users.retain(|_, entry| {
                 entry.sessions.retain_mut(|(_, s)| {
                     s.clients.retain(|c| {
-                        let keep = c.sender.is_some() || c.last_active.elapsed() < linger;
+                        let keep = c.connected || c.last_active.elapsed() < linger;
                         if !keep {
                             forgotten.push(c.id.clone());
                         }
@@ -486,7 +488,7 @@ impl Hub {
                     .values()
                     .flat_map(|e| e.sessions.iter())
                     .flat_map(|(_, s)| s.clients.iter())
-                    .filter(|c| c.sender.is_some())
+                    .filter(|c| c.connected)
                     .count()
             })
             .sum()
@@ -509,7 +511,7 @@ fn least_recently_active_client(clients: &[ClientEntry]) -> usize {
     clients
         .iter()
         .enumerate()
-        .min_by_key(|(_, c)| (c.sender.is_some(), c.last_active))
+        .min_by_key(|(_, c)| (c.connected, c.last_active))
         .map(|(i, _)| i)
         .expect("only called on a full, non-empty list")
 }

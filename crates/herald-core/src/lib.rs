@@ -25,6 +25,7 @@ pub mod ids;
 pub mod limits;
 pub mod notification;
 pub mod notifier;
+mod queue;
 pub mod store;
 pub mod subscription;
 

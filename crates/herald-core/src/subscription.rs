@@ -20,7 +20,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::hub::{Attachment, ClientInfo, ClientShared, CloseReason, Hub, Transport};
@@ -61,7 +60,6 @@ pub struct Subscription {
     hub: Hub,
     store: Arc<dyn Store>,
     info: ClientInfo,
-    receiver: mpsc::Receiver<Arc<Notification>>,
     shared: Arc<ClientShared>,
     attachment: u64,
     /// Every durable seq up to here has been handled (queued in `pending` or skipped).
@@ -105,13 +103,12 @@ impl Subscription {
         {
             return Err(SubscribeError::ResumeAhead { requested, last_seq: head.last_seq });
         }
-        let Attachment { info, receiver, shared, attachment } =
+        let Attachment { info, shared, attachment } =
             hub.attach(request.user, request.session, request.client, request.transport);
         let mut subscription = Self {
             hub: hub.clone(),
             store: store.clone(),
             info: info.clone(),
-            receiver,
             shared,
             attachment,
             position: 0,
@@ -168,6 +165,11 @@ impl Subscription {
     pub async fn next(&mut self) -> Option<ClientEvent> {
         loop {
             if let Some(event) = self.pending.pop_front() {
+                if self.pending.is_empty() {
+                    // An idle subscription keeps no buffer: a replay page must not stay allocated
+                    // for the life of the connection.
+                    self.pending = VecDeque::new();
+                }
                 if let ClientEvent::Notification(n) = &event
                     && let Some(seq) = n.seq
                 {
@@ -188,7 +190,7 @@ impl Subscription {
                 }
                 continue;
             }
-            let Some(notification) = self.receiver.recv().await else {
+            let Some(notification) = self.shared.queue.recv().await else {
                 let reason = self.shared.close_reason().unwrap_or(CloseReason::Shutdown);
                 return Some(self.finish(reason));
             };
@@ -209,7 +211,7 @@ impl Subscription {
             self.pending.push_back(ClientEvent::Notification(notification));
             return;
         };
-        if seq < self.position {
+        if seq <= self.position {
             return; // Replay or gap filling handed it out already.
         }
         if seq > self.position + 1 {

@@ -72,40 +72,54 @@ pub(crate) async fn accept_loop(
     }
 }
 
-async fn serve_connection(mut socket: TcpStream, app: Arc<App>, router: Router, stop: watch::Receiver<bool>) {
-    // Every phase is boxed: a task's memory is the size of its largest state, and only the idle
-    // stream's state should stay for the connection's lifetime — not the head reading (a
-    // timer and a buffer), nor hyper's connection state (several KiB).
-    let head = match Box::pin(tokio::time::timeout(REQUEST_HEAD_TIMEOUT, read_head(&mut socket))).await {
-        Ok(Ok(Some(head))) => head,
-        Ok(Ok(None)) | Err(_) => return, // Closed, or silent for too long.
+async fn serve_connection(socket: TcpStream, app: Arc<App>, router: Router, stop: watch::Receiver<bool>) {
+    // A task's memory is the size of its largest state, kept for the connection's whole life.
+    // So the front door (reading the head, opening the stream: a timer, buffers, the request, a
+    // store read) and hyper's connection state (several KiB) are boxed, and only the running
+    // stream's state is held inline.
+    match Box::pin(front_door(socket, &app)).await {
+        FrontDoor::Stream(socket, stream) => {
+            drop((router, stop));
+            run_stream(socket, stream).await;
+        }
+        FrontDoor::Hyper(socket, read) => Box::pin(serve_with_hyper(socket, read, router, stop)).await,
+        FrontDoor::Done => {}
+    }
+}
+
+/// What to do with a connection after its first request head.
+enum FrontDoor {
+    /// A stream was opened: run it on the lean path.
+    Stream(TcpStream, SseStream),
+    /// Anything else: hand it to hyper with the bytes read so far.
+    Hyper(TcpStream, Bytes),
+    /// Answered (an error) or gone.
+    Done,
+}
+
+async fn front_door(mut socket: TcpStream, app: &Arc<App>) -> FrontDoor {
+    let error = match tokio::time::timeout(REQUEST_HEAD_TIMEOUT, read_head(&mut socket)).await {
+        Ok(Ok(Some(head))) if head.is_stream_request() => match open_stream(app, head.parts).await {
+            Ok(stream) => return FrontDoor::Stream(socket, stream),
+            Err(error) => error,
+        },
+        Ok(Ok(Some(head))) => return FrontDoor::Hyper(socket, head.bytes),
+        Ok(Ok(None)) | Err(_) => return FrontDoor::Done, // Closed, or silent for too long.
         Ok(Err(HeadError::Io(error))) => {
             tracing::debug!(%error, "connection failed before its first request");
-            return;
+            return FrontDoor::Done;
         }
-        Ok(Err(HeadError::TooLarge)) => {
-            let error = ApiError::new(
-                http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                "request_head_too_large",
-                format!("the request head is larger than {REQUEST_HEAD_BYTES_MAX} bytes or has too many headers"),
-            );
-            let _ = Box::pin(write_error(&mut socket, &error)).await;
-            return;
-        }
+        Ok(Err(HeadError::TooLarge)) => ApiError::new(
+            http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "request_head_too_large",
+            format!("the request head is larger than {REQUEST_HEAD_BYTES_MAX} bytes or has too many headers"),
+        ),
         Ok(Err(HeadError::Malformed)) => {
-            let error = ApiError::bad_request("malformed_request", "the request is not valid HTTP/1.1");
-            let _ = Box::pin(write_error(&mut socket, &error)).await;
-            return;
+            ApiError::bad_request("malformed_request", "the request is not valid HTTP/1.1")
         }
     };
-    if head.is_stream_request() {
-        let Head { parts, bytes } = head;
-        // The raw head is parsed into `parts`; free it (and what the hyper path would need) now.
-        drop((bytes, router, stop));
-        Box::pin(serve_stream(socket, &app, parts)).await;
-    } else {
-        Box::pin(serve_with_hyper(socket, head.bytes, router, stop)).await;
-    }
+    let _ = write_error(&mut socket, &error).await;
+    FrontDoor::Done
 }
 
 /// A parsed first request head, and the bytes read so far (the head and maybe more).
@@ -180,26 +194,16 @@ fn to_parts(request: &httparse::Request<'_, '_>) -> Option<http::request::Parts>
     Some(builder.body(()).ok()?.into_parts().0)
 }
 
+async fn open_stream(app: &Arc<App>, mut parts: http::request::Parts) -> Result<SseStream, ApiError> {
+    let subscriber = Subscriber::from_request_parts(&mut parts, app).await?;
+    let ApiQuery(query) = ApiQuery::<StreamQuery>::from_request_parts(&mut parts, app).await?;
+    SseStream::open(app, &subscriber, &query, &parts.headers).await
+}
+
 /// The lean path: answers a `GET /v1/stream` that opened its connection, then writes the
 /// stream's chunks straight to the socket until the stream ends or the client leaves. The
 /// response has no length and no chunking: it ends when the connection closes, as SSE allows.
-async fn serve_stream(mut socket: TcpStream, app: &Arc<App>, mut parts: http::request::Parts) {
-    // Boxed for the same reason: opening awaits the store, a state the stream must not keep.
-    let opened = Box::pin(async {
-        let subscriber = Subscriber::from_request_parts(&mut parts, app).await?;
-        let ApiQuery(query) = ApiQuery::<StreamQuery>::from_request_parts(&mut parts, app).await?;
-        SseStream::open(app, &subscriber, &query, &parts.headers).await
-    })
-    .await;
-    // The request is not needed any more: drop it now rather than keep it for the stream's life.
-    drop(parts);
-    let mut stream = match opened {
-        Ok(stream) => stream,
-        Err(error) => {
-            let _ = write_error(&mut socket, &error).await;
-            return;
-        }
-    };
+async fn run_stream(mut socket: TcpStream, mut stream: SseStream) {
     if socket.write_all(stream_response_head().as_bytes()).await.is_err() {
         return;
     }

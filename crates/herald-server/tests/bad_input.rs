@@ -21,8 +21,12 @@ async fn assert_untouched_and_serving(server: &TestServer) {
 }
 
 fn hs256_token(claims: &Value, secret: &[u8]) -> String {
-    jsonwebtoken::encode(&jsonwebtoken::Header::default(), claims, &jsonwebtoken::EncodingKey::from_secret(secret))
-        .unwrap()
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret),
+    )
+    .unwrap()
 }
 
 fn valid_claims() -> Value {
@@ -32,7 +36,14 @@ fn valid_claims() -> Value {
 #[tokio::test]
 async fn invalid_json_is_400_invalid_json() {
     let server = TestServer::start().await;
-    for body in [r#"{"to": {"user": "alice"}"#, "", "not json", r#"{"to": {"user": "alice"}, "data": }"#, "[]", "null"] {
+    for body in [
+        r#"{"to": {"user": "alice"}"#,
+        "",
+        "not json",
+        r#"{"to": {"user": "alice"}, "data": }"#,
+        "[]",
+        "null",
+    ] {
         assert_error(&server.publish_raw(body).await, 400, "invalid_json");
     }
     // Wrong types.
@@ -51,8 +62,16 @@ async fn invalid_json_is_400_invalid_json() {
 #[tokio::test]
 async fn unknown_fields_at_the_top_or_in_to_are_400_invalid_json() {
     let server = TestServer::start().await;
-    assert_error(&server.publish(json!({"to": {"user": "alice"}, "data": 1, "durabel": false})).await, 400, "invalid_json");
-    assert_error(&server.publish(json!({"to": {"user": "alice", "sesion": "s1"}, "data": 1})).await, 400, "invalid_json");
+    assert_error(
+        &server.publish(json!({"to": {"user": "alice"}, "data": 1, "durabel": false})).await,
+        400,
+        "invalid_json",
+    );
+    assert_error(
+        &server.publish(json!({"to": {"user": "alice", "sesion": "s1"}, "data": 1})).await,
+        400,
+        "invalid_json",
+    );
     assert_untouched_and_serving(&server).await;
 }
 
@@ -89,7 +108,11 @@ async fn empty_over_long_or_control_character_ids_are_400_invalid_id() {
     ] {
         assert_error(&server.publish(json!({"to": to, "data": 1})).await, 400, "invalid_id");
     }
-    assert_error(&server.publish(json!({"to": {"user": "alice"}, "except_client": ""})).await, 400, "invalid_id");
+    assert_error(
+        &server.publish(json!({"to": {"user": "alice"}, "except_client": ""})).await,
+        400,
+        "invalid_id",
+    );
     assert_error(&server.get(&format!("/v1/users/{long}/presence")).await, 400, "invalid_id");
     assert_error(&server.get(&format!("/v1/users/{long}/notifications")).await, 400, "invalid_id");
     assert_error(&server.delete(&format!("/v1/users/alice/sessions/{long}")).await, 400, "invalid_id");
@@ -120,7 +143,11 @@ async fn data_over_64_kib_is_413_data_too_large() {
     let server = TestServer::start().await;
     // A JSON string of n characters is n + 2 bytes of JSON.
     let over = "x".repeat(64 * 1024 - 1);
-    assert_error(&server.publish(json!({"to": {"user": "alice"}, "data": over})).await, 413, "data_too_large");
+    assert_error(
+        &server.publish(json!({"to": {"user": "alice"}, "data": over})).await,
+        413,
+        "data_too_large",
+    );
     assert_untouched_and_serving(&server).await;
     let most = "x".repeat(64 * 1024 - 2);
     assert_eq!(server.notify_user("alice", json!(most)).await, 2);
@@ -181,10 +208,12 @@ async fn a_missing_or_wrong_api_key_is_401() {
     for path in ["/v1/users/alice/presence", "/v1/users/alice/notifications"] {
         let response = server.http.get(format!("{}{path}", server.url)).send().await.unwrap();
         assert_error(&answer(response).await, 401, "missing_api_key");
-        let response = server.http.get(format!("{}{path}", server.url)).bearer_auth("wrong").send().await.unwrap();
+        let response =
+            server.http.get(format!("{}{path}", server.url)).bearer_auth("wrong").send().await.unwrap();
         assert_error(&answer(response).await, 401, "invalid_api_key");
     }
-    let response = server.http.delete(format!("{}/v1/users/alice/sessions", server.url)).send().await.unwrap();
+    let response =
+        server.http.delete(format!("{}/v1/users/alice/sessions", server.url)).send().await.unwrap();
     assert_error(&answer(response).await, 401, "missing_api_key");
     assert_untouched_and_serving(&server).await;
 }
@@ -204,7 +233,8 @@ async fn a_subscriber_token_is_refused_on_publisher_routes() {
         .unwrap();
     assert_error(&answer(response).await, 401, "invalid_api_key");
     for path in ["/v1/users/x/presence", "/v1/users/alice/presence", "/v1/users/alice/notifications"] {
-        let response = server.http.get(format!("{}{path}", server.url)).bearer_auth(&token).send().await.unwrap();
+        let response =
+            server.http.get(format!("{}{path}", server.url)).bearer_auth(&token).send().await.unwrap();
         assert_error(&answer(response).await, 401, "invalid_api_key");
     }
     let response = server
@@ -247,7 +277,8 @@ async fn forged_unsigned_or_incomplete_tokens_are_401_invalid_token() {
     let good = sign(&claims);
     // The good token's header and claims with another token's signature.
     let (good_head, _) = good.rsplit_once('.').unwrap();
-    let other_signature = sign(&json!({"sub": "mallory", "exp": now_unix() + 3600})).rsplit_once('.').unwrap().1.to_owned();
+    let other_signature =
+        sign(&json!({"sub": "mallory", "exp": now_unix() + 3600})).rsplit_once('.').unwrap().1.to_owned();
     // Claims changed after signing.
     let mut parts: Vec<String> = good.split('.').map(str::to_owned).collect();
     parts[1] = b64(&json!({"sub": "mallory", "iat": now_unix(), "exp": now_unix() + 3600}));
@@ -271,7 +302,12 @@ async fn forged_unsigned_or_incomplete_tokens_are_401_invalid_token() {
     for (what, token) in &cases {
         for path in STREAM_PATHS {
             let got = server.stream_refused_via(path, Some(token), "", None).await;
-            assert_eq!((got.0, support::code(&got.1)), (401, "invalid_token"), "{what} ({path:?}): {}", got.1);
+            assert_eq!(
+                (got.0, support::code(&got.1)),
+                (401, "invalid_token"),
+                "{what} ({path:?}): {}",
+                got.1
+            );
         }
         let got = server.poll(token, "timeout=0").await;
         assert_eq!((got.0, support::code(&got.1)), (401, "invalid_token"), "{what} (poll): {}", got.1);
@@ -302,7 +338,8 @@ async fn a_last_event_id_that_is_not_a_number_or_is_ahead_is_400_invalid_last_ev
 #[tokio::test]
 async fn unknown_routes_are_404_and_wrong_methods_405_in_json() {
     let server = TestServer::start().await;
-    for path in ["/", "/v1", "/v1/streams", "/v2/stream", "/v1/users/alice", "/v1/users/alice/sessions/s1/x"] {
+    for path in ["/", "/v1", "/v1/streams", "/v2/stream", "/v1/users/alice", "/v1/users/alice/sessions/s1/x"]
+    {
         assert_error(&server.get(path).await, 404, "not_found");
     }
     let url = |path: &str| format!("{}{path}", server.url);

@@ -100,7 +100,10 @@ async fn a_token_is_accepted_as_bearer_query_parameter_or_cookie() {
     assert_eq!(response.status(), 200);
     let mut by_query = support::Sse::new(response);
     let hello = by_query.next().await.unwrap();
-    assert_eq!((hello.event.as_str(), &hello.data["user"], &hello.data["session"]), ("hello", &json!("alice"), &json!("s1")));
+    assert_eq!(
+        (hello.event.as_str(), &hello.data["user"], &hello.data["session"]),
+        ("hello", &json!("alice"), &json!("s1"))
+    );
 
     let response = server
         .http
@@ -129,7 +132,11 @@ async fn tabs_given_one_token_without_sid_share_a_session_and_other_tokens_do_no
     assert_ne!(first["session"], other["session"]);
     assert_ne!(first["client"], second["client"]);
     let presence = server.presence("alice").await;
-    let sizes: Vec<usize> =
-        presence["sessions"].as_array().unwrap().iter().map(|s| s["clients"].as_array().unwrap().len()).collect();
+    let sizes: Vec<usize> = presence["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["clients"].as_array().unwrap().len())
+        .collect();
     assert_eq!(sizes, [2, 1]);
 }

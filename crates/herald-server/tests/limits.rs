@@ -75,7 +75,7 @@ on_both_stream_paths! {
         let (mut new, new_hello) = server.connect(&token, &format!("client={client}")).await;
         assert_eq!(new_hello["client"], client.as_str());
         old.expect_closed("replaced").await;
-        assert_eq!(server.present_clients("alice").await, [client.clone()]);
+        assert_eq!(server.present_clients("alice").await, [client.as_str()]);
 
         let (status, body) = server.publish(json!({"to": {"client": client}, "data": "to the new one"})).await;
         assert_eq!((status, &body["delivered"]), (200, &json!(1)), "{body}");
@@ -89,9 +89,12 @@ async fn a_client_id_of_another_user_or_session_is_not_honoured() {
     let (mut alice_tab, hello) = server.connect(&server.token("alice", Some("s1")), "").await;
     let client = hello["client"].as_str().unwrap().to_owned();
 
-    let (_bob, bob_hello) = server.connect(&server.token("bob", Some("s1")), &format!("client={client}")).await;
-    let (_s2, s2_hello) = server.connect(&server.token("alice", Some("s2")), &format!("client={client}")).await;
-    let (_forged, forged_hello) = server.connect(&server.token("alice", Some("s1")), "client=made-up-id").await;
+    let (_bob, bob_hello) =
+        server.connect(&server.token("bob", Some("s1")), &format!("client={client}")).await;
+    let (_s2, s2_hello) =
+        server.connect(&server.token("alice", Some("s2")), &format!("client={client}")).await;
+    let (_forged, forged_hello) =
+        server.connect(&server.token("alice", Some("s1")), "client=made-up-id").await;
     for other in [&bob_hello, &s2_hello, &forged_hello] {
         let id = other["client"].as_str().unwrap();
         assert_ne!(id, client);

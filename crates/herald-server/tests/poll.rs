@@ -48,7 +48,10 @@ async fn a_poll_answers_at_once_with_what_is_retained_after_after() {
     let notifications = body["notifications"].as_array().unwrap();
     assert_eq!(notifications.len(), 2);
     for (n, expected) in notifications.iter().zip(2..) {
-        assert_eq!((&n["seq"], &n["type"], &n["data"]), (&json!(expected), &json!("notification"), &json!({"n": expected})));
+        assert_eq!(
+            (&n["seq"], &n["type"], &n["data"]),
+            (&json!(expected), &json!("notification"), &json!({"n": expected}))
+        );
         assert!(n["created_at"].as_str().unwrap().ends_with('Z'));
     }
     // The same objects as the stored ones.
@@ -135,12 +138,15 @@ async fn a_poller_keeps_its_client_id_and_shows_in_presence_as_poll_between_poll
     assert_eq!(presence["sessions"].as_array().unwrap().len(), 1);
     assert_eq!(presence["sessions"][0]["session"], "s1");
     assert_eq!(clients.as_array().unwrap().len(), 1);
-    assert_eq!((&clients[0]["client"], &clients[0]["transport"], &clients[0]["last_seq"]), (&json!(id), &json!("poll"), &json!(1)));
+    assert_eq!(
+        (&clients[0]["client"], &clients[0]["transport"], &clients[0]["last_seq"]),
+        (&json!(id), &json!("poll"), &json!(1))
+    );
 
     publish_n(&server, "alice", 1).await;
     let (_, second) = server.poll(&token, &format!("after=1&timeout=1&client={id}")).await;
     assert_eq!((client(&second), seqs(&second)), (id.clone(), vec![2]));
-    assert_eq!(server.present_clients("alice").await, [id.clone()]);
+    assert_eq!(server.present_clients("alice").await, [id.as_str()]);
 
     // Without `client=`, a poll is a new client.
     let (_, other) = server.poll(&token, "after=2&timeout=0").await;
@@ -155,7 +161,8 @@ async fn a_poll_answer_holds_at_most_100_notifications() {
     let token = server.token("alice", None);
     let (status, first) = server.poll(&token, "after=0&timeout=5").await;
     assert_eq!((status, seqs(&first), &first["last_seq"]), (200, (1..=100).collect(), &json!(100)));
-    let (status, second) = server.poll(&token, &format!("after=100&timeout=5&client={}", client(&first))).await;
+    let (status, second) =
+        server.poll(&token, &format!("after=100&timeout=5&client={}", client(&first))).await;
     assert_eq!((status, seqs(&second), &second["last_seq"]), (200, (101..=150).collect(), &json!(150)));
 }
 
@@ -171,7 +178,10 @@ async fn a_poll_past_retention_answers_at_once_with_reset() {
     // Going on from there: no reset.
     publish_n(&server, "alice", 1).await;
     let (_, body) = server.poll(&token, &format!("after=10&timeout=5&client={}", client(&body))).await;
-    assert_eq!(body, json!({"client": client(&body), "notifications": [body["notifications"][0].clone()], "last_seq": 11}));
+    assert_eq!(
+        body,
+        json!({"client": client(&body), "notifications": [body["notifications"][0].clone()], "last_seq": 11})
+    );
     assert_eq!(seqs(&body), [11]);
 }
 
@@ -179,7 +189,8 @@ async fn a_poll_past_retention_answers_at_once_with_reset() {
 async fn a_poll_skips_seqs_meant_for_other_sessions() {
     let server = TestServer::start().await;
     for session in ["s2", "s2"] {
-        let (status, _) = server.publish(json!({"to": {"user": "alice", "session": session}, "data": 1})).await;
+        let (status, _) =
+            server.publish(json!({"to": {"user": "alice", "session": session}, "data": 1})).await;
         assert_eq!(status, 200);
     }
     let token = server.token("alice", Some("s1"));
@@ -200,7 +211,8 @@ async fn a_waiting_poll_gets_an_ephemeral_notification_without_seq() {
     };
     // Wait until the poll is attached, so that the ephemeral one has somewhere to go.
     server.wait_for_presence("alice", 1).await;
-    let (status, answer) = server.publish(json!({"to": {"user": "alice"}, "data": "hey", "durable": false})).await;
+    let (status, answer) =
+        server.publish(json!({"to": {"user": "alice"}, "data": "hey", "durable": false})).await;
     assert_eq!((status, answer), (200, json!({"notifications": [], "delivered": 1})));
     let (status, body) = tokio::time::timeout(Duration::from_secs(5), poll).await.unwrap().unwrap();
     assert_eq!(status, 200, "{body}");
@@ -225,7 +237,10 @@ async fn a_waiting_poll_is_answered_closed_when_its_client_id_polls_again() {
     assert_eq!((status, client(&newer)), (200, id.clone()));
     let (status, body, took) = tokio::time::timeout(Duration::from_secs(5), waiting).await.unwrap().unwrap();
     assert!(took < Duration::from_secs(3), "took {took:?}");
-    assert_eq!((status, body), (200, json!({"client": id, "notifications": [], "last_seq": 0, "closed": "replaced"})));
+    assert_eq!(
+        (status, body),
+        (200, json!({"client": id, "notifications": [], "last_seq": 0, "closed": "replaced"}))
+    );
 }
 
 #[tokio::test]
@@ -239,7 +254,11 @@ async fn a_waiting_poll_is_answered_closed_when_its_session_is_closed() {
     server.wait_for_presence("alice", 1).await;
     assert_eq!(server.delete("/v1/users/alice/sessions/s1").await, (200, json!({"closed": 1})));
     let (status, body) = tokio::time::timeout(Duration::from_secs(5), waiting).await.unwrap().unwrap();
-    assert_eq!((status, &body["closed"], &body["notifications"]), (200, &json!("session_closed"), &json!([])), "{body}");
+    assert_eq!(
+        (status, &body["closed"], &body["notifications"]),
+        (200, &json!("session_closed"), &json!([])),
+        "{body}"
+    );
 }
 
 #[tokio::test]

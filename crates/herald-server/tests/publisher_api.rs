@@ -22,9 +22,8 @@ async fn a_repeated_idempotency_key_gets_the_first_answer_and_stores_and_deliver
     let again = server.publish(publish.clone()).await;
     assert_eq!(again, first);
     // Even with another body: the key decides.
-    let other_body = server
-        .publish(json!({"to": {"user": "bob"}, "data": "different", "idempotency_key": "msg-7"}))
-        .await;
+    let other_body =
+        server.publish(json!({"to": {"user": "bob"}, "data": "different", "idempotency_key": "msg-7"})).await;
     assert_eq!(other_body, first);
 
     assert_eq!(tab.durable(2).await["data"], json!({"id": 7}));
@@ -71,7 +70,8 @@ async fn presence_lists_sessions_and_clients_with_transport_and_last_seq() {
                 })
                 .collect();
             clients.sort();
-            let mut wanted: Vec<String> = ids.iter().filter(|(s, _)| s == session).map(|(_, c)| c.clone()).collect();
+            let mut wanted: Vec<String> =
+                ids.iter().filter(|(s, _)| s == session).map(|(_, c)| c.clone()).collect();
             wanted.sort();
             assert_eq!(clients, wanted);
         }

@@ -75,7 +75,8 @@ async fn resuming_with_the_last_event_id_query_gets_exactly_what_was_missed_then
 async fn the_query_resume_point_wins_over_the_header() {
     let server = TestServer::start().await;
     publish_n(&server, "alice", 1, 4).await;
-    let (mut tab, hello) = server.connect_with(&server.token("alice", None), "last_event_id=2", Some("1")).await;
+    let (mut tab, hello) =
+        server.connect_with(&server.token("alice", None), "last_event_id=2", Some("1")).await;
     assert_eq!(hello.id, Some(2));
     expect_range(&mut tab, 3, 2).await;
     tab.expect_silence(QUIET).await;
@@ -134,7 +135,8 @@ async fn race_round(server: &Arc<TestServer>, round: u64) {
             let mut rng = StdRng::seed_from_u64(seed);
             for k in 0..per_publisher {
                 tokio::time::sleep(Duration::from_micros(rng.random_range(0..3000))).await;
-                let (status, body) = server.publish(json!({"to": {"user": user}, "data": {"p": p, "k": k}})).await;
+                let (status, body) =
+                    server.publish(json!({"to": {"user": user}, "data": {"p": p, "k": k}})).await;
                 assert_eq!(status, 200, "{body}");
             }
         }));
@@ -209,7 +211,12 @@ async fn resume_is_exact_while_publishes_race_random_disconnects_over_30_rounds(
 
 /// `tasks` publisher tasks each publish `per_task` notifications to one user at once, while
 /// `clients` tabs are connected: every tab must see 1..=N exactly once, in order.
-async fn concurrent_publishes_reach_every_tab_in_order(server: TestServer, clients: usize, tasks: u64, per_task: u64) {
+async fn concurrent_publishes_reach_every_tab_in_order(
+    server: TestServer,
+    clients: usize,
+    tasks: u64,
+    per_task: u64,
+) {
     let server = Arc::new(server);
     let total = tasks * per_task;
     let mut readers = Vec::new();
@@ -229,7 +236,8 @@ async fn concurrent_publishes_reach_every_tab_in_order(server: TestServer, clien
         publishers.push(tokio::spawn(async move {
             let mut seqs = Vec::new();
             for k in 0..per_task {
-                let (status, body) = server.publish(json!({"to": {"user": "alice"}, "data": {"t": t, "k": k}})).await;
+                let (status, body) =
+                    server.publish(json!({"to": {"user": "alice"}, "data": {"t": t, "k": k}})).await;
                 assert_eq!(status, 200, "{body}");
                 seqs.push(body["notifications"][0]["seq"].as_u64().unwrap());
             }
@@ -298,7 +306,11 @@ async fn resuming_ahead_of_the_users_last_seq_is_refused() {
     let server = TestServer::start().await;
     let token = server.token("alice", None);
     publish_n(&server, "alice", 1, 2).await;
-    assert_error(&server.stream_refused(Some(&token), "last_event_id=3", None).await, 400, "invalid_last_event_id");
+    assert_error(
+        &server.stream_refused(Some(&token), "last_event_id=3", None).await,
+        400,
+        "invalid_last_event_id",
+    );
     assert_error(&server.stream_refused(Some(&token), "", Some("3")).await, 400, "invalid_last_event_id");
     // The exact last seq is fine.
     let (mut tab, hello) = server.connect_with(&token, "", Some("2")).await;
@@ -310,9 +322,12 @@ async fn resuming_ahead_of_the_users_last_seq_is_refused() {
 async fn resuming_after_a_restart_on_the_same_database_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("herald.db");
-    let server =
-        TestServer::with(Limits::default(), ServerSettings::default(), support::sqlite(&path, Retention::default()))
-            .await;
+    let server = TestServer::with(
+        Limits::default(),
+        ServerSettings::default(),
+        support::sqlite(&path, Retention::default()),
+    )
+    .await;
     let token = server.token("alice", None);
     let (mut tab, _) = server.connect(&token, "").await;
     publish_n(&server, "alice", 1, 3).await;
@@ -327,7 +342,10 @@ async fn resuming_after_a_restart_on_the_same_database_loses_nothing() {
     })
     .await
     .unwrap();
-    assert_eq!(rest.last().map(|e| (e.event.as_str(), e.data.clone())), Some(("closed", json!({"reason": "shutdown"}))));
+    assert_eq!(
+        rest.last().map(|e| (e.event.as_str(), e.data.clone())),
+        Some(("closed", json!({"reason": "shutdown"})))
+    );
 
     let server = TestServer::with_store(support::sqlite(&path, Retention::default())).await;
     publish_n(&server, "alice", 4, 2).await;

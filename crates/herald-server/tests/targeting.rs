@@ -30,9 +30,13 @@ async fn a_session_target_reaches_only_that_sessions_two_tabs() {
     let server = TestServer::start().await;
     let (mut tabs, _) = alice_two_by_two(&server).await;
 
-    let (status, body) =
-        server.publish(json!({"to": {"user": "alice", "session": "s1"}, "type": "t", "data": {"n": 1}})).await;
-    assert_eq!((status, body), (200, json!({"notifications": [{"user": "alice", "seq": 1}], "delivered": 2})));
+    let (status, body) = server
+        .publish(json!({"to": {"user": "alice", "session": "s1"}, "type": "t", "data": {"n": 1}}))
+        .await;
+    assert_eq!(
+        (status, body),
+        (200, json!({"notifications": [{"user": "alice", "seq": 1}], "delivered": 2}))
+    );
     for tab in &mut tabs[..2] {
         let data = tab.durable(1).await;
         assert_eq!((&data["type"], &data["data"]), (&json!("t"), &json!({"n": 1})));
@@ -53,7 +57,10 @@ async fn a_client_target_reaches_exactly_that_tab() {
     let (mut tabs, ids) = alice_two_by_two(&server).await;
 
     let (status, body) = server.publish(json!({"to": {"client": ids[2]}, "data": "just you"})).await;
-    assert_eq!((status, body), (200, json!({"notifications": [{"user": "alice", "seq": 1}], "delivered": 1})));
+    assert_eq!(
+        (status, body),
+        (200, json!({"notifications": [{"user": "alice", "seq": 1}], "delivered": 1}))
+    );
     assert_eq!(tabs[2].durable(1).await["data"], "just you");
     all_silent(&mut tabs).await;
 }
@@ -65,7 +72,10 @@ async fn except_client_leaves_out_the_tab_that_caused_it() {
 
     let (status, body) =
         server.publish(json!({"to": {"user": "alice"}, "data": 1, "except_client": ids[1]})).await;
-    assert_eq!((status, body), (200, json!({"notifications": [{"user": "alice", "seq": 1}], "delivered": 3})));
+    assert_eq!(
+        (status, body),
+        (200, json!({"notifications": [{"user": "alice", "seq": 1}], "delivered": 3}))
+    );
     for i in [0, 2, 3] {
         tabs[i].durable(1).await;
     }
@@ -75,7 +85,10 @@ async fn except_client_leaves_out_the_tab_that_caused_it() {
     let (status, body) = server
         .publish(json!({"to": {"user": "alice", "session": "s2"}, "data": 2, "except_client": ids[3]}))
         .await;
-    assert_eq!((status, body), (200, json!({"notifications": [{"user": "alice", "seq": 2}], "delivered": 1})));
+    assert_eq!(
+        (status, body),
+        (200, json!({"notifications": [{"user": "alice", "seq": 2}], "delivered": 1}))
+    );
     tabs[2].durable(2).await;
     all_silent(&mut tabs).await;
 }
@@ -88,7 +101,8 @@ async fn a_users_target_gives_each_user_its_own_seq() {
     let (mut bob, _) = server.connect(&server.token("bob", None), "").await;
     let (mut carol, _) = server.connect(&server.token("carol", None), "").await;
 
-    let (status, body) = server.publish(json!({"to": {"users": ["alice", "bob", "alice"]}, "data": "both"})).await;
+    let (status, body) =
+        server.publish(json!({"to": {"users": ["alice", "bob", "alice"]}, "data": "both"})).await;
     assert_eq!(
         (status, body),
         (
@@ -112,8 +126,9 @@ async fn an_ephemeral_notification_has_no_id_no_seq_and_is_never_replayed() {
     assert_eq!(server.notify_user("alice", json!("durable 1")).await, 1);
     tab.durable(1).await;
 
-    let (status, body) =
-        server.publish(json!({"to": {"user": "alice"}, "type": "typing", "data": {"who": "bob"}, "durable": false})).await;
+    let (status, body) = server
+        .publish(json!({"to": {"user": "alice"}, "type": "typing", "data": {"who": "bob"}, "durable": false}))
+        .await;
     assert_eq!((status, body), (200, json!({"notifications": [], "delivered": 1})));
     let event = tab.notification().await;
     assert_eq!(event.id, None);
@@ -134,7 +149,10 @@ async fn an_ephemeral_notification_has_no_id_no_seq_and_is_never_replayed() {
     assert_eq!(from_start.seqs(2).await, [1, 2]);
     from_start.expect_silence(QUIET).await;
     let stored: Vec<Value> = server.stored("alice").await;
-    assert_eq!(stored.iter().map(|n| n["data"].clone()).collect::<Vec<_>>(), [json!("durable 1"), json!("durable 2")]);
+    assert_eq!(
+        stored.iter().map(|n| n["data"].clone()).collect::<Vec<_>>(),
+        [json!("durable 1"), json!("durable 2")]
+    );
 }
 
 #[tokio::test]
@@ -152,7 +170,8 @@ async fn an_ephemeral_notification_to_a_user_with_no_client_reaches_nobody() {
 async fn an_ephemeral_client_target_reaches_only_that_tab() {
     let server = TestServer::start().await;
     let (mut tabs, ids) = alice_two_by_two(&server).await;
-    let (status, body) = server.publish(json!({"to": {"client": ids[0]}, "data": "psst", "durable": false})).await;
+    let (status, body) =
+        server.publish(json!({"to": {"client": ids[0]}, "data": "psst", "durable": false})).await;
     assert_eq!((status, body), (200, json!({"notifications": [], "delivered": 1})));
     let event = tabs[0].notification().await;
     assert_eq!((event.id, &event.data["data"], event.data.get("seq")), (None, &json!("psst"), None));
