@@ -94,6 +94,9 @@ pub(crate) struct ClientShared {
     pub(crate) last_seq: AtomicU64,
     /// Notifications waiting for the connection.
     pub(crate) queue: EventQueue,
+    /// When the connection's credentials expire, Unix seconds (0: never). [`Hub::tick`] closes
+    /// the connection with `token_expired` then.
+    pub(crate) expires_at_secs: AtomicU64,
 }
 
 impl ClientShared {
@@ -274,6 +277,7 @@ impl Hub {
                             forgotten.push(c.id.clone());
                         }
                     }
+                    entry.sessions.reserve_exact(1);
                     entry.sessions.push((session.clone(), SessionEntry::default()));
                     entry.sessions.len() - 1
                 }
@@ -307,7 +311,12 @@ impl Hub {
             };
             match clients.iter_mut().find(|c| c.id == client) {
                 Some(existing) => *existing = fresh,
-                None => clients.push(fresh),
+                None => {
+                    // Most sessions have one or two tabs: grow one slot at a time (at most 50)
+                    // rather than doubling, which would leave idle slots in most sessions.
+                    clients.reserve_exact(1);
+                    clients.push(fresh);
+                }
             }
             for id in &forgotten {
                 self.clients_shard(id).lock().remove(id);
@@ -365,6 +374,30 @@ impl Hub {
             }
         }
         delivered
+    }
+
+    /// One tick of the hub's clock, to be called every [`Hub::tick_period`]: closes connections
+    /// whose credentials expired (`now_secs`, Unix seconds) with `token_expired`, and makes a
+    /// keep-alive due on connections that had no event for `keepalive_ticks` ticks.
+    pub fn tick(&self, now_secs: u64, keepalive_ticks: u32) {
+        for shard in self.inner.users.iter() {
+            let mut users = shard.lock();
+            for entry in users.values_mut() {
+                for (_, session) in &mut entry.sessions {
+                    for c in &mut session.clients {
+                        if !c.connected {
+                            continue;
+                        }
+                        let expires_at = c.shared.expires_at_secs.load(Ordering::Relaxed);
+                        if expires_at != 0 && expires_at <= now_secs {
+                            c.end_connection(CloseReason::TokenExpired);
+                        } else {
+                            c.shared.queue.tick(keepalive_ticks);
+                        }
+                    }
+                }
+            }
+        }
     }
 
     /// The user and session of `client`, if this node knows it.

@@ -25,6 +25,7 @@ use tokio::time::Instant;
 use crate::hub::{Attachment, ClientInfo, ClientShared, CloseReason, Hub, Transport};
 use crate::ids::{ClientId, Seq, SessionId, UserId};
 use crate::notification::Notification;
+use crate::queue::Received;
 use crate::store::{LogHead, Store, StoreError};
 
 /// Most notifications in one long-poll answer (Eliom's comet answers hold at most 100 too).
@@ -41,6 +42,9 @@ pub enum ClientEvent {
     /// The resume point is older than what is retained: notifications were lost to this client,
     /// which should reload its state. The stream goes on after `last_seq`.
     Reset { last_seq: Seq },
+    /// Nothing happened for a keep-alive period (see [`Hub::tick`]): the transport shows the
+    /// connection is alive (an SSE comment, a WebSocket ping) or ignores it.
+    KeepAlive,
     /// The last event: the server ends the stream.
     Closed(CloseReason),
 }
@@ -154,6 +158,11 @@ impl Subscription {
         !self.replaying && self.pending.is_empty()
     }
 
+    /// Makes the hub close this stream with `token_expired` at `unix_secs` (see [`Hub::tick`]).
+    pub fn expire_at(&self, unix_secs: u64) {
+        self.shared.expires_at_secs.store(unix_secs.max(1), Ordering::Relaxed);
+    }
+
     /// Ends the stream with `reason`: the next call to [`Subscription::next`] returns
     /// `Closed(reason)` (unless another reason came first).
     pub fn close(&mut self, reason: CloseReason) {
@@ -190,11 +199,14 @@ impl Subscription {
                 }
                 continue;
             }
-            let Some(notification) = self.shared.queue.recv().await else {
-                let reason = self.shared.close_reason().unwrap_or(CloseReason::Shutdown);
-                return Some(self.finish(reason));
-            };
-            self.accept_live(notification);
+            match self.shared.queue.recv().await {
+                Some(Received::Notification(notification)) => self.accept_live(notification),
+                Some(Received::KeepAlive) => return Some(ClientEvent::KeepAlive),
+                None => {
+                    let reason = self.shared.close_reason().unwrap_or(CloseReason::Shutdown);
+                    return Some(self.finish(reason));
+                }
+            }
         }
     }
 
@@ -305,6 +317,7 @@ pub async fn poll(
             Some(ClientEvent::Hello { position, .. }) => start = Some(position),
             Some(ClientEvent::Reset { .. }) => reset = true,
             Some(ClientEvent::Notification(n)) => notifications.push(n),
+            Some(ClientEvent::KeepAlive) => {}
             Some(ClientEvent::Closed(reason)) => {
                 closed = Some(reason);
                 break;

@@ -46,6 +46,11 @@ use config::{Credentials, CredentialsSource};
 pub const DATABASE_FILE: &str = "herald.db";
 /// How often retention runs (removes notifications past `max_age`, old idempotency keys).
 const PRUNE_INTERVAL: Duration = Duration::from_secs(60);
+/// Longest period of the hub's clock ([`herald_core::Hub::tick`]): a token is closed at most this
+/// late after it expires.
+const HUB_TICK_PERIOD_MAX: Duration = Duration::from_secs(1);
+/// Fewest ticks of the hub's clock per keep-alive interval (see `maintain`).
+const KEEPALIVE_TICKS_MIN: u32 = 4;
 /// How often the hub forgets clients gone for longer than their linger time.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
 /// Longest wait for open connections to end after a shutdown signal; then they are dropped.
@@ -60,6 +65,8 @@ pub enum ServeError {
     Store(#[from] herald_core::StoreError),
     #[error("cannot listen on {addr}: {source}")]
     Listen { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot create the data dir {}: {source}", path.display())]
+    DataDir { path: std::path::PathBuf, source: std::io::Error },
     #[error("server failed: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -100,12 +107,18 @@ pub fn start(app: Arc<App>, listener: TcpListener) -> std::io::Result<RunningSer
             tracing::info!(closed, "shutting down: closed every client with reason `shutdown`");
             connections.close();
             if tokio::time::timeout(SHUTDOWN_GRACE, connections.wait()).await.is_err() {
-                tracing::warn!(open = connections.len(), "connections still open after the shutdown grace period");
+                tracing::warn!(
+                    open = connections.len(),
+                    "connections still open after the shutdown grace period"
+                );
             }
             // Upgraded WebSockets run in tasks of their own: wait for their `closed` too.
             app.ws_connections.close();
             if tokio::time::timeout(SHUTDOWN_GRACE, app.ws_connections.wait()).await.is_err() {
-                tracing::warn!(open = app.ws_connections.len(), "WebSockets still open after the shutdown grace period");
+                tracing::warn!(
+                    open = app.ws_connections.len(),
+                    "WebSockets still open after the shutdown grace period"
+                );
             }
             maintenance.abort();
             Ok(())
@@ -118,8 +131,24 @@ pub fn start(app: Arc<App>, listener: TcpListener) -> std::io::Result<RunningSer
 async fn maintain(app: Arc<App>, mut stop: watch::Receiver<bool>) {
     let mut prune = tokio::time::interval(PRUNE_INTERVAL);
     let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
+    // The hub's clock: token expiry and keep-alives for every connection, so that no connection
+    // needs a timer of its own. It ticks at least every second (token expiry is checked that
+    // often) and at least four times per keep-alive interval, so a keep-alive goes out after
+    // between 3/4 of the interval and the whole interval of silence, never later.
+    let keepalive = app.settings.keepalive_interval.max(Duration::from_millis(40));
+    let tick_period = (keepalive / KEEPALIVE_TICKS_MIN).min(HUB_TICK_PERIOD_MAX);
+    let keepalive_ticks = keepalive.as_millis().div_ceil(tick_period.as_millis()).max(1) as u32;
+    let mut tick = tokio::time::interval(tick_period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
+            _ = tick.tick() => {
+                let now_secs = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_secs();
+                app.hub.tick(now_secs, keepalive_ticks);
+            }
             _ = prune.tick() => match app.store.prune(herald_core::notification::now_ms()).await {
                 Ok(report) if report != PruneReport::default() => {
                     tracing::info!(?report, "retention removed old records");
@@ -144,7 +173,8 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
         Credentials::resolve(args.secret.as_deref(), args.api_key.as_deref(), data_dir)?;
     let store: Arc<dyn Store> = match data_dir {
         Some(dir) => {
-            std::fs::create_dir_all(dir)?;
+            std::fs::create_dir_all(dir)
+                .map_err(|source| ServeError::DataDir { path: dir.to_owned(), source })?;
             Arc::new(SqliteStore::open(&dir.join(DATABASE_FILE), args.retention())?)
         }
         None => Arc::new(MemoryStore::new(args.retention())),

@@ -18,7 +18,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::{BufMut, Bytes, BytesMut};
 use futures::FutureExt;
 use herald_core::subscription::SubscribeRequest;
-use herald_core::{ClientEvent, CloseReason, Subscription, Transport};
+use herald_core::{ClientEvent, Subscription, Transport};
 use tokio::time::Instant;
 
 use crate::app::App;
@@ -68,9 +68,6 @@ pub(crate) fn instant_of_unix(unix_secs: u64) -> Instant {
 /// One client's SSE stream, as chunks of bytes to write.
 pub(crate) struct SseStream {
     subscription: Subscription,
-    keepalive: Duration,
-    next_keepalive: Instant,
-    token_expires_at: Instant,
     done: bool,
 }
 
@@ -95,14 +92,8 @@ impl SseStream {
             },
         )
         .await?;
-        let keepalive = app.settings.keepalive_interval;
-        Ok(Self {
-            subscription,
-            keepalive,
-            next_keepalive: Instant::now() + keepalive,
-            token_expires_at: instant_of_unix(subscriber.expires_at),
-            done: false,
-        })
+        subscription.expire_at(subscriber.expires_at);
+        Ok(Self { subscription, done: false })
     }
 
     /// The next bytes to send: one or more events, or a keep-alive comment. `None` once the
@@ -112,31 +103,15 @@ impl SseStream {
             return None;
         }
         let mut out = BytesMut::new();
-        // One timer for both deadlines keeps an idle connection's state small.
-        let wake_at = self.next_keepalive.min(self.token_expires_at);
-        tokio::select! {
-            biased;
-            event = self.subscription.next() => {
-                self.encode(&event?, &mut out);
-                // Drain what is ready without waiting, into the same write.
-                while !self.done && out.len() < WRITE_BATCH_BYTES_MAX {
-                    match self.subscription.next().now_or_never() {
-                        Some(Some(event)) => self.encode(&event, &mut out),
-                        _ => break,
-                    }
-                }
-            }
-            () = tokio::time::sleep_until(wake_at) => {
-                if Instant::now() >= self.token_expires_at {
-                    self.subscription.close(CloseReason::TokenExpired);
-                    let event = self.subscription.next().await?;
-                    self.encode(&event, &mut out);
-                } else {
-                    out.put_slice(b": keep-alive\n\n");
-                }
+        let event = self.subscription.next().await?;
+        self.encode(&event, &mut out);
+        // Drain what is ready without waiting, into the same write.
+        while !self.done && out.len() < WRITE_BATCH_BYTES_MAX {
+            match self.subscription.next().now_or_never() {
+                Some(Some(event)) => self.encode(&event, &mut out),
+                _ => break,
             }
         }
-        self.next_keepalive = Instant::now() + self.keepalive;
         Some(out.freeze())
     }
 
@@ -158,6 +133,7 @@ impl SseStream {
                 let data = serde_json::json!({ "last_seq": last_seq });
                 write_event(out, Some(*last_seq), "reset", data.to_string().as_bytes());
             }
+            ClientEvent::KeepAlive => out.put_slice(b": keep-alive\n\n"),
             ClientEvent::Closed(reason) => {
                 let data = serde_json::json!({ "reason": reason.as_str() });
                 write_event(out, None, "closed", data.to_string().as_bytes());

@@ -5,10 +5,13 @@
 //! `closed` the server sends a close frame with a code from [`close_code_of`] and ends the
 //! connection.
 //!
-//! The connection is one task that waits on four things at once: the client's
-//! [`Subscription`], frames from the peer, the ping timer, and the token's expiry. The peer has
-//! nothing to say: its pongs (or any frame) only prove it is alive; a text frame is ignored, a
-//! binary or oversized one closes the connection with a close code.
+//! The connection is one task that waits on two things at once: the client's [`Subscription`]
+//! and frames from the peer. It has no timer of its own: the hub's clock ([`herald_core::Hub::tick`])
+//! closes it with `token_expired` when its token expires, and hands it a keep-alive after a
+//! keep-alive interval without events, on which it sends a ping (and drops a peer that answered
+//! nothing since the previous ping, [`DEAD_PEER_TIMEOUT`] at least). The peer has nothing to say:
+//! its pongs (or any frame) only prove it is alive; a text frame is ignored, a binary or
+//! oversized one closes the connection with a close code.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,11 +30,11 @@ use tokio_tungstenite::tungstenite;
 use crate::app::App;
 use crate::auth::Subscriber;
 use crate::error::{ApiError, ApiQuery};
-use crate::transport::sse::instant_of_unix;
 use crate::transport::{StreamQuery, resume_point};
 
 /// A peer that sent nothing (not even the pong to a ping) for this long after a ping is taken
-/// for dead and dropped. Pings go out every [`crate::ServerSettings::keepalive_interval`].
+/// for dead and dropped, at the next keep-alive. Pings go out after every
+/// [`crate::ServerSettings::keepalive_interval`] without events.
 pub const DEAD_PEER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Largest frame and message accepted from a client. Clients have nothing to send but control
@@ -123,11 +126,8 @@ pub async fn ws(
         },
     )
     .await?;
-    let connection = Connection {
-        subscription,
-        ping_interval: app.settings.keepalive_interval,
-        token_expires_at: instant_of_unix(subscriber.expires_at),
-    };
+    subscription.expire_at(subscriber.expires_at);
+    let connection = Connection { subscription };
     let tracker = app.ws_connections.clone();
     Ok(upgrade
         .read_buffer_size(READ_BUFFER_BYTES)
@@ -144,8 +144,6 @@ pub async fn ws(
 
 struct Connection {
     subscription: Subscription,
-    ping_interval: Duration,
-    token_expires_at: Instant,
 }
 
 /// How the loop ended, and so how the connection is closed.
@@ -183,27 +181,32 @@ impl Connection {
     }
 
     async fn serve(&mut self, socket: &mut WebSocket) -> End {
-        let mut next_ping = Instant::now() + self.ping_interval;
         // Set when a ping goes out with nothing heard since; cleared by any frame from the peer.
         let mut answer_due: Option<Instant> = None;
         loop {
-            let wake_at = [Some(next_ping), Some(self.token_expires_at), answer_due]
-                .into_iter()
-                .flatten()
-                .min()
-                .expect("there is always a next ping");
             tokio::select! {
                 biased;
                 event = self.subscription.next() => {
-                    let Some(event) = event else { return End::Drop };
-                    let closed = match &event {
-                        ClientEvent::Closed(reason) => Some(*reason),
-                        _ => None,
+                    let event = match event {
+                        None => return End::Drop,
+                        Some(ClientEvent::KeepAlive) => {
+                            let now = Instant::now();
+                            if answer_due.is_some_and(|due| now >= due) {
+                                tracing::debug!(client = %self.subscription.info().client, "WebSocket peer silent; dropping it");
+                                return End::Drop;
+                            }
+                            if send(socket, Message::Ping(Bytes::new())).await.is_err() {
+                                return End::Drop;
+                            }
+                            answer_due.get_or_insert(now + DEAD_PEER_TIMEOUT);
+                            continue;
+                        }
+                        Some(event) => event,
                     };
                     if send(socket, Message::Text(encode(&event))).await.is_err() {
                         return End::Drop;
                     }
-                    if let Some(reason) = closed {
+                    if let ClientEvent::Closed(reason) = event {
                         return End::Close(close_code_of(reason), reason.as_str());
                     }
                 }
@@ -219,23 +222,6 @@ impl Connection {
                         // Pongs and pings prove the peer alive (tungstenite answers pings);
                         // text frames are accepted and ignored: there is nothing to ask yet.
                         Some(Ok(Message::Text(_) | Message::Ping(_) | Message::Pong(_))) => {}
-                    }
-                }
-                () = tokio::time::sleep_until(wake_at) => {
-                    let now = Instant::now();
-                    if now >= self.token_expires_at {
-                        // The next turn sends `closed: token_expired`.
-                        self.subscription.close(CloseReason::TokenExpired);
-                        self.token_expires_at = now + Duration::from_secs(1 << 30);
-                    } else if answer_due.is_some_and(|due| now >= due) {
-                        tracing::debug!(client = %self.subscription.info().client, "WebSocket peer silent; dropping it");
-                        return End::Drop;
-                    } else if now >= next_ping {
-                        if send(socket, Message::Ping(Bytes::new())).await.is_err() {
-                            return End::Drop;
-                        }
-                        answer_due.get_or_insert(now + DEAD_PEER_TIMEOUT);
-                        next_ping = now + self.ping_interval;
                     }
                 }
             }
@@ -303,6 +289,8 @@ fn encode(event: &ClientEvent) -> Utf8Bytes {
         ClientEvent::Closed(reason) => {
             serde_json::json!({ "event": "closed", "reason": reason.as_str() }).to_string().into()
         }
+        // Not a frame: the connection sends a ping instead (see `Connection::serve`).
+        ClientEvent::KeepAlive => Utf8Bytes::from_static(""),
     }
 }
 
