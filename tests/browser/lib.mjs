@@ -81,7 +81,7 @@ export class HeraldServer {
     this.exited = exited;
     const deadline = Date.now() + WAIT_MS;
     for (;;) {
-      const gone = await Promise.race([exited, delay(100).then(() => null)]);
+      const gone = await Promise.race([exited, idle(100).then(() => null)]);
       if (gone) throw new Error(`herald serve exited (${JSON.stringify(gone)}):\n${this.stderr}`);
       try {
         const response = await fetch(`${this.url}/healthz`);
@@ -98,7 +98,7 @@ export class HeraldServer {
   async stop() {
     if (!this.child || this.child.exitCode !== null || this.child.signalCode !== null) return;
     this.child.kill('SIGTERM');
-    const stopped = await Promise.race([this.exited, delay(15_000).then(() => null)]);
+    const stopped = await Promise.race([this.exited, idle(15_000).then(() => null)]);
     if (!stopped) {
       this.child.kill('SIGKILL');
       await this.exited;
@@ -245,6 +245,11 @@ export async function until(check, describe = () => 'condition', timeout = WAIT_
 
 export function delay(ms) {
   return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/** Like `delay`, but does not keep the process alive (for the losing side of a race). */
+function idle(ms) {
+  return new Promise((resolve) => setTimeout(resolve, ms).unref());
 }
 
 export function artifactPath(name) {

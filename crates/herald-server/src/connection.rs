@@ -72,13 +72,19 @@ pub(crate) async fn accept_loop(
     }
 }
 
-async fn serve_connection(socket: TcpStream, app: Arc<App>, router: Router, stop: watch::Receiver<bool>) {
+async fn serve_connection(socket: TcpStream, app: Arc<App>, router: Router, mut stop: watch::Receiver<bool>) {
     // A task's memory is the size of its largest state, kept for the connection's whole life.
     // So the front door (reading the head, opening the stream: a timer, buffers, the request, a
     // store read) and hyper's connection state (several KiB) are boxed, and only the running
     // stream's state (under 1 KiB) is held inline. (Boxing that too was measured: one more
     // allocation, no fewer bytes.)
-    let (socket, stream) = match Box::pin(front_door(socket, &app)).await {
+    let door = tokio::select! {
+        door = Box::pin(front_door(socket, &app)) => door,
+        // Shutting down: a connection that has not finished its first request (a browser's
+        // preconnect, say) is dropped rather than allowed to hold the shutdown up.
+        _ = stop.changed() => return,
+    };
+    let (socket, stream) = match door {
         FrontDoor::Stream(socket, stream) => (socket, stream),
         FrontDoor::Hyper(socket, read) => {
             return Box::pin(serve_with_hyper(socket, read, router, stop)).await;
@@ -304,6 +310,11 @@ impl AsyncRead for Prefixed {
             let n = self.prefix.len().min(buf.remaining());
             buf.put_slice(&self.prefix[..n]);
             self.prefix.advance(n);
+            if !self.prefix.has_remaining() {
+                // Free the head buffer now: a consumed `Bytes` still holds its allocation, and
+                // an upgraded connection (WebSocket) keeps this reader for hours.
+                self.prefix = Bytes::new();
+            }
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut self.inner).poll_read(cx, buf)

@@ -379,9 +379,26 @@ async fn small_text_frames_are_ignored() {
     for _ in 0..50 {
         ws.send(Message::text("{\"hello\":\"server\"}")).await.unwrap();
     }
+    // Larger than the server's read buffer, within the 4 KiB limit: read in pieces, ignored.
+    ws.send(Message::text("y".repeat(4000))).await.unwrap();
     ws.send(Message::Ping(Bytes::from_static(b"are you there"))).await.unwrap();
     server.notify_user("alice", json!("still here")).await;
     assert_eq!(notification(&mut ws).await["data"], "still here");
+    drop(ws);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_close_from_the_client_is_answered_and_detaches_it() {
+    let server = TestServer::start().await;
+    let (mut ws, _) = connect(&server, &server.token("alice", None), "").await;
+    let reason = "x".repeat(123); // the longest reason a close frame can carry
+    ws.send(Message::Close(Some(CloseFrame { code: 1000.into(), reason: reason.clone().into() })))
+        .await
+        .unwrap();
+    let got = expect_close_frame(&mut ws, 1000).await;
+    assert_eq!(got, reason, "the server echoes the client's close frame");
+    server.wait_for_presence("alice", 0).await;
     drop(ws);
     server.shutdown().await;
 }

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Runs the browser tests (tests/browser): herald.js and the demo in real headless Chromium,
+# each test against its own fresh `herald serve`.
+#
+# Installs what is missing first: Debian's `chromium` (apt; a browser download such as
+# `npx playwright install` cannot work here) and the npm packages of tests/browser (`npm ci`,
+# pinned by its package-lock.json). Builds the `herald` binary with cargo.
+#
+# Usage: scripts/browser-tests.sh [test files…]   (default: every tests/browser/*.test.mjs)
+# Screenshots of the demo land in artifacts/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+if [ ! -x /usr/bin/chromium ]; then
+  echo "== installing chromium (apt)"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-dejavu-core >/dev/null
+fi
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+  echo "== installing node and npm (apt)"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
+fi
+node_major=$(node -p 'process.versions.node.split(".")[0]')
+if [ "$node_major" -lt 20 ]; then
+  echo "browser tests need node >= 20 (have $(node --version))" >&2
+  exit 1
+fi
+
+echo "== npm ci (tests/browser)"
+(cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
+
+echo "== cargo build -p herald"
+cargo build -p herald
+target_dir=$(cargo metadata --format-version 1 --no-deps | node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>console.log(JSON.parse(s).target_directory))')
+export HERALD_BIN="$target_dir/debug/herald"
+export CHROMIUM=/usr/bin/chromium
+
+echo "== browser tests ($(chromium --version 2>/dev/null | head -1))"
+cd tests/browser
+if [ "$#" -gt 0 ]; then
+  files=("$@")
+else
+  files=(*.test.mjs)
+fi
+# One file at a time: each starts Chromium and a server, and the machine may have 2 cores.
+node --test --test-concurrency=1 --test-timeout=180000 "${files[@]}"
