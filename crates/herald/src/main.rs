@@ -171,9 +171,26 @@ fn init_tracing(serving: bool) {
 
 /// Prints `error` as one line, with its causes, and gives exit status 1.
 fn fail(error: &anyhow::Error) -> ExitCode {
-    let message = format!("{error:#}");
-    eprintln!("herald: {}", message.split_whitespace().collect::<Vec<_>>().join(" "));
+    eprintln!("herald: {}", one_line(error));
     ExitCode::FAILURE
+}
+
+/// `error` and its causes, `: `-separated, on one line. A cause whose text the message already
+/// holds is left out: many errors print their source in their own message too (`cannot listen
+/// on …: Address already in use`), and `{:#}` would repeat it.
+fn one_line(error: &anyhow::Error) -> String {
+    let mut message = String::new();
+    for cause in error.chain() {
+        let cause = cause.to_string();
+        if message.contains(&cause) {
+            continue;
+        }
+        if !message.is_empty() {
+            message.push_str(": ");
+        }
+        message.push_str(&cause);
+    }
+    message.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 async fn run(command: Command) -> anyhow::Result<()> {
@@ -280,6 +297,30 @@ mod tests {
     #[test]
     fn cli_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn errors_are_one_line_without_repeated_causes() {
+        /// Like a `thiserror` error that shows its source in its message.
+        #[derive(Debug)]
+        struct Listen {
+            source: std::io::Error,
+        }
+        impl std::fmt::Display for Listen {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "cannot listen on 127.0.0.1:1: {}", self.source)
+            }
+        }
+        impl std::error::Error for Listen {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.source)
+            }
+        }
+        let io = std::io::Error::new(std::io::ErrorKind::AddrInUse, "Address already in use");
+        let error = anyhow::Error::new(Listen { source: io });
+        assert_eq!(one_line(&error), "cannot listen on 127.0.0.1:1: Address already in use");
+        let error = anyhow::anyhow!("refused\n  by peer").context("cannot publish to x");
+        assert_eq!(one_line(&error), "cannot publish to x: refused by peer");
     }
 
     #[test]

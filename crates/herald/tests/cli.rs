@@ -1,5 +1,5 @@
 //! The `herald` binary without a server: argument checks, tokens, credentials lookup and error
-//! output. (End-to-end runs against a live server are in the server's tests.)
+//! output. (Runs against a live server, as processes, are in `e2e.rs`.)
 
 use std::process::{Command, Output};
 

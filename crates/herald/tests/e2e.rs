@@ -1,0 +1,774 @@
+//! Process-level end-to-end tests: the real `herald` binary runs as a child process on a free
+//! 127.0.0.1 port with a temp data dir, and the tests talk to it over real sockets with
+//! `herald-client` (and, for the CLI, with more `herald` processes). They cover what only a
+//! process can show: a graceful restart (SIGTERM) and a crash (SIGKILL) on the same data dir,
+//! dev credentials kept across restarts, `herald listen` resuming by itself, `--memory`, and
+//! startup errors.
+//!
+//! Every child is stopped by its PID when its guard is dropped, and every wait is bounded.
+
+use std::collections::HashMap;
+use std::io::{BufRead as _, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use herald_client::{
+    Event, EventStream, Notification, PublishRequest, Publisher, StreamOptions, Subscriber, To, mint_token,
+};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+/// Prefixes of each server's own credentials (see [`Spec::secret`]); as they are, the
+/// credentials of the startup-error cases.
+const SECRET: &str = "e2e-secret";
+const API_KEY: &str = "e2e-api-key";
+/// Longest wait for a server to answer `/healthz`, for a process to exit, for an event.
+const WAIT: Duration = Duration::from_secs(10);
+/// How long "nothing more arrives" is watched for.
+const QUIET: Duration = Duration::from_millis(300);
+const HOUR: Duration = Duration::from_secs(3600);
+/// Longest graceful stop after SIGTERM. Clients end at once on `closed`; only a connection the
+/// server fails to end would make it wait for its 10 s grace period.
+const STOP_WAIT: Duration = Duration::from_secs(5);
+
+/// A port nothing listens on (bound, read, dropped).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The binary, in `cwd` (so that no `./herald-data` is found by accident), with none of
+/// Herald's variables inherited and backtraces on (so that a panic would show).
+fn herald(cwd: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_herald"));
+    command.current_dir(cwd);
+    for variable in [
+        "HERALD_SECRET",
+        "HERALD_API_KEY",
+        "HERALD_DATA_DIR",
+        "HERALD_LISTEN",
+        "HERALD_MEMORY",
+        "HERALD_URL",
+        "HERALD_TOKEN",
+        "RUST_LOG",
+    ] {
+        command.env_remove(variable);
+    }
+    command.env("RUST_BACKTRACE", "1");
+    command
+}
+
+/// Collects a child's pipe, line by line, in a thread that ends when the pipe closes.
+fn collect(pipe: impl Read + Send + 'static) -> (Arc<Mutex<String>>, JoinHandle<()>) {
+    let text = Arc::new(Mutex::new(String::new()));
+    let sink = text.clone();
+    let thread = std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines() {
+            let Ok(line) = line else { break };
+            let mut sink = sink.lock().unwrap();
+            sink.push_str(&line);
+            sink.push('\n');
+        }
+    });
+    (text, thread)
+}
+
+/// Sends SIGTERM to `pid`.
+fn sigterm(pid: u32) {
+    let pid = libc::pid_t::try_from(pid).unwrap();
+    // SAFETY: kill(2) with a valid signal number has no memory-safety preconditions; `pid` is
+    // a child of this process that has not been reaped (its guard still holds it).
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0, "kill(SIGTERM)");
+}
+
+/// Waits (polling, at most `within`) for `child` to exit.
+async fn wait_exit(child: &mut Child, within: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// How to start a server; kept to start it again the same way.
+#[derive(Clone)]
+struct Spec {
+    /// The working dir of every process.
+    cwd: PathBuf,
+    data_dir: PathBuf,
+    port: u16,
+    /// Without `HERALD_SECRET` / `HERALD_API_KEY`; else with [`Spec::secret`] and
+    /// [`Spec::api_key`].
+    dev: bool,
+    memory: bool,
+    extra: Vec<String>,
+}
+
+impl Spec {
+    fn new(cwd: &Path) -> Self {
+        Spec {
+            cwd: cwd.to_owned(),
+            data_dir: cwd.join("data"),
+            port: free_port(),
+            dev: false,
+            memory: false,
+            extra: Vec::new(),
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Credentials of this server alone: if a port mix-up ever had a test talk to another
+    /// test's server, it would get a 401 rather than a quietly wrong answer.
+    fn secret(&self) -> String {
+        format!("{SECRET}-{}-{}", std::process::id(), self.port)
+    }
+
+    fn api_key(&self) -> String {
+        format!("{API_KEY}-{}-{}", std::process::id(), self.port)
+    }
+
+    fn command(&self) -> Command {
+        let mut command = herald(&self.cwd);
+        command.args(["serve", "--listen", &format!("127.0.0.1:{}", self.port), "--data-dir"]);
+        command.arg(&self.data_dir).args(&self.extra);
+        if self.memory {
+            command.arg("--memory");
+        }
+        if !self.dev {
+            command.env("HERALD_SECRET", self.secret()).env("HERALD_API_KEY", self.api_key());
+        }
+        command
+    }
+
+    /// Starts the server and waits (at most [`WAIT`]) until it is up (see [`Server::wait_up`]).
+    async fn start(&self) -> Server {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let mut child = self
+                .command()
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let (stderr, stderr_thread) = collect(child.stderr.take().unwrap());
+            let mut server = Server { child, url: self.url(), stderr, stderr_thread: Some(stderr_thread) };
+            match server.wait_up(deadline).await {
+                Ok(()) => return server,
+                // Between `free_port` (or the previous run) and the bind, the port can be taken
+                // as the ephemeral port of some outgoing connection: try again, on the same port
+                // since a `herald listen` may be reconnecting to it.
+                Err(stderr) if stderr.contains("Address already in use") && Instant::now() < deadline => {
+                    eprintln!("port {} is taken; starting again: {stderr}", self.port);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(stderr) => panic!("the server exited before it answered; stderr:\n{stderr}"),
+            }
+        }
+    }
+}
+
+/// A running `herald serve`; killed (SIGKILL) and reaped when dropped.
+struct Server {
+    child: Child,
+    url: String,
+    stderr: Arc<Mutex<String>>,
+    stderr_thread: Option<JoinHandle<()>>,
+}
+
+impl Server {
+    fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    fn publisher(&self, api_key: &str) -> Publisher {
+        Publisher::new(&self.url, api_key).unwrap()
+    }
+
+    fn subscriber(&self, token: &str) -> Subscriber {
+        Subscriber::new(&self.url, token).unwrap()
+    }
+
+    /// Waits (at most [`WAIT`]) until stderr holds `needle`: the server prints its banner
+    /// after it starts answering.
+    async fn wait_stderr(&self, needle: &str) {
+        let deadline = Instant::now() + WAIT;
+        while !self.stderr().contains(needle) {
+            assert!(Instant::now() < deadline, "no {needle:?} on stderr within {WAIT:?}:\n{}", self.stderr());
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Waits until this server says it listens and `/healthz` answers; `Err(stderr)` if it
+    /// exits first. (`/healthz` alone could be answered by another process that took the port.)
+    async fn wait_up(&mut self, deadline: Instant) -> Result<(), String> {
+        let publisher = self.publisher("unused");
+        let listening = format!("herald: listening on {}", self.url);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                // Its stderr is closed: take all of it.
+                if let Some(thread) = self.stderr_thread.take() {
+                    thread.join().unwrap();
+                }
+                return Err(format!("(exit: {status}) {}", self.stderr()));
+            }
+            if self.stderr().contains(&listening) && publisher.health().await.is_ok() {
+                return Ok(());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the server did not answer within {WAIT:?}; stderr:\n{}",
+                self.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// SIGTERM, then waits for the exit: a graceful stop must succeed.
+    async fn terminate(self) {
+        sigterm(self.child.id());
+        self.wait_stopped().await;
+    }
+
+    /// Waits for the exit after a SIGTERM already sent: a graceful stop must succeed.
+    async fn wait_stopped(mut self) {
+        let Some(status) = wait_exit(&mut self.child, STOP_WAIT).await else {
+            panic!("the server did not stop within {STOP_WAIT:?} of SIGTERM; stderr:\n{}", self.stderr());
+        };
+        assert!(status.success(), "graceful stop exited {status}; stderr:\n{}", self.stderr());
+    }
+
+    /// SIGKILL (`kill -9`), and reaps it.
+    fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs a short-lived `herald` command to its end (killed after [`WAIT`]).
+async fn run(command: &mut Command) -> Output {
+    let mut child =
+        command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    if wait_exit(&mut child, WAIT).await.is_none() {
+        let _ = child.kill();
+        let output = child.wait_with_output().unwrap();
+        panic!("`herald` did not exit within {WAIT:?}; stderr:\n{}", String::from_utf8_lossy(&output.stderr));
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8(bytes.to_vec()).unwrap()
+}
+
+/// Exit status 1 and exactly one line on stderr, `herald: …`, with no panic or backtrace.
+#[track_caller]
+fn assert_one_line_error(output: &Output) -> String {
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "stderr: {stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr:?}");
+    assert!(stderr.starts_with("herald: "), "{stderr:?}");
+    assert!(!stderr.contains("panicked") && !stderr.contains("backtrace"), "{stderr:?}");
+    assert!(stderr.matches("(os error").count() <= 1, "a cause said twice: {stderr:?}");
+    stderr
+}
+
+/// The next event that is not a keep-alive; fails after [`WAIT`], or if the stream ends.
+async fn next(stream: &mut EventStream) -> Event {
+    loop {
+        match tokio::time::timeout(WAIT, stream.next_event()).await {
+            Err(_) => panic!("no event within {WAIT:?}"),
+            Ok(Err(e)) => panic!("the stream failed: {e}"),
+            Ok(Ok(None)) => panic!("the stream ended"),
+            Ok(Ok(Some(Event::KeepAlive))) => {}
+            Ok(Ok(Some(event))) => return event,
+        }
+    }
+}
+
+/// The client id and `last_seq` of the `hello` that must come next.
+async fn hello(stream: &mut EventStream) -> (String, u64) {
+    match next(stream).await {
+        Event::Hello { client, last_seq, .. } => (client, last_seq),
+        other => panic!("expected hello, got {other:?}"),
+    }
+}
+
+async fn notification(stream: &mut EventStream) -> Notification {
+    match next(stream).await {
+        Event::Notification(n) => n,
+        other => panic!("expected a notification, got {other:?}"),
+    }
+}
+
+/// Checks that nothing but keep-alives arrives for [`QUIET`].
+async fn assert_quiet(stream: &mut EventStream) {
+    let deadline = tokio::time::Instant::now() + QUIET;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.next_event()).await {
+            Err(_) => return,
+            Ok(Ok(Some(Event::KeepAlive))) => {}
+            Ok(other) => panic!("expected nothing more, got {other:?}"),
+        }
+    }
+}
+
+async fn stream_from(subscriber: &Subscriber, after: Option<u64>, client: Option<&str>) -> EventStream {
+    let options = StreamOptions { resume_after: after, client: client.map(str::to_owned), via_header: false };
+    subscriber.stream(options).await.unwrap()
+}
+
+async fn publish(publisher: &Publisher, user: &str, data: Value) -> u64 {
+    let answer = publisher.publish(&PublishRequest::new(To::user(user), data)).await.unwrap();
+    assert_eq!(answer.notifications.len(), 1, "{answer:?}");
+    answer.notifications[0].seq
+}
+
+/// Every stored notification of `user`, oldest first, page by page.
+async fn stored(publisher: &Publisher, user: &str) -> Vec<Notification> {
+    let mut all: Vec<Notification> = Vec::new();
+    loop {
+        let after = all.last().map_or(0, |n| n.seq.unwrap());
+        let page = publisher.notifications(user, Some(after), Some(100)).await.unwrap();
+        if page.is_empty() {
+            return all;
+        }
+        all.extend(page);
+    }
+}
+
+/// 1. SIGTERM closes streams with `shutdown`; after a restart on the same data dir, seqs go on
+///    and a resume gets exactly what it missed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_restart_keeps_the_log_and_resumes_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = Spec::new(dir.path());
+    let server = spec.start().await;
+    let token = mint_token(spec.secret().as_bytes(), "alice", Some("laptop"), HOUR).unwrap();
+    let mut stream = stream_from(&server.subscriber(&token), None, None).await;
+    assert_eq!(hello(&mut stream).await.1, 0);
+    let publisher = server.publisher(&spec.api_key());
+    for i in 1..=3 {
+        assert_eq!(publish(&publisher, "alice", json!({"n": i})).await, i);
+    }
+    for i in 1..=3 {
+        let n = notification(&mut stream).await;
+        assert_eq!((n.seq, &n.data), (Some(i), &json!({"n": i})));
+    }
+
+    // A connection that never sends its request (a browser's preconnect, an HTTP client's
+    // spare connection) must not hold the shutdown up.
+    let addr = format!("127.0.0.1:{}", spec.port);
+    let _idle = tokio::net::TcpStream::connect(&addr).await.unwrap();
+
+    // SIGTERM: the stream gets `closed` with reason `shutdown`, then ends.
+    sigterm(server.child.id());
+    assert_eq!(next(&mut stream).await, Event::Closed { reason: "shutdown".into() });
+    match tokio::time::timeout(WAIT, stream.next_event()).await {
+        Ok(Ok(None)) => {}
+        other => panic!("expected the end of the stream after `closed`, got {other:?}"),
+    }
+    server.wait_stopped().await;
+
+    let server = spec.start().await;
+    let publisher = server.publisher(&spec.api_key());
+    assert_eq!(publish(&publisher, "alice", json!({"n": 4})).await, 4, "seqs go on after a restart");
+    assert_eq!(publish(&publisher, "alice", json!({"n": 5})).await, 5);
+
+    let subscriber = server.subscriber(&token);
+    let mut stream = stream_from(&subscriber, Some(3), None).await;
+    assert_eq!(hello(&mut stream).await.1, 5);
+    for i in 4..=5 {
+        let n = notification(&mut stream).await;
+        assert_eq!((n.seq, &n.data), (Some(i), &json!({"n": i})));
+    }
+    assert_quiet(&mut stream).await;
+
+    let mut stream = stream_from(&subscriber, Some(0), None).await;
+    hello(&mut stream).await;
+    for i in 1..=5 {
+        let n = notification(&mut stream).await;
+        assert_eq!((n.seq, &n.data), (Some(i), &json!({"n": i})));
+    }
+    assert_quiet(&mut stream).await;
+}
+
+/// 2. `kill -9` while publishers publish as fast as they can: every acknowledged seq is stored,
+///    each user's log has no gap, and a resume from 0 replays it all exactly once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_while_publishing_loses_nothing_acknowledged() {
+    const USERS: [&str; 3] = ["u0", "u1", "u2"];
+    const PUBLISHERS: usize = 12;
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = Spec::new(dir.path());
+    // Keep every notification, however many get published.
+    spec.extra = vec!["--retention-max-per-user".into(), "100000000".into()];
+    let server = spec.start().await;
+
+    // (user, seq) -> the data acknowledged with it.
+    let acked: Arc<Mutex<HashMap<(&str, u64), Value>>> = Arc::default();
+    let mut tasks = Vec::new();
+    for task in 0..PUBLISHERS {
+        let publisher = server.publisher(&spec.api_key());
+        let acked = acked.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0u64.. {
+                let user = USERS[(task + i as usize) % USERS.len()];
+                let data = json!({"task": task, "i": i});
+                match publisher.publish(&PublishRequest::new(To::user(user), data.clone())).await {
+                    Ok(answer) => {
+                        assert_eq!(answer.notifications.len(), 1, "{answer:?}");
+                        let seq = answer.notifications[0].seq;
+                        assert!(
+                            acked.lock().unwrap().insert((user, seq), data).is_none(),
+                            "{user} {seq} twice"
+                        );
+                    }
+                    // The server is gone: that is the end of this publisher.
+                    Err(_) => return i,
+                }
+            }
+            unreachable!()
+        }));
+    }
+    // Kill about 300 ms in, once some publishes were acknowledged (a loaded machine is slower).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let deadline = Instant::now() + WAIT;
+    while acked.lock().unwrap().len() < 10 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let acked_before_kill = acked.lock().unwrap().len();
+    server.kill9();
+    for task in tasks {
+        tokio::time::timeout(WAIT, task).await.expect("publishers stop once the server is gone").unwrap();
+    }
+    let acked = std::mem::take(&mut *acked.lock().unwrap());
+    assert!(acked_before_kill > 0, "nothing was acknowledged before the kill");
+
+    let server = spec.start().await;
+    let publisher = server.publisher(&spec.api_key());
+    let mut checks = Vec::new();
+    for user in USERS {
+        let log = stored(&publisher, user).await;
+        let last = log.len() as u64;
+        // 1..=last, no gap, no duplicate.
+        let seqs: Vec<u64> = log.iter().map(|n| n.seq.unwrap()).collect();
+        assert_eq!(seqs, (1..=last).collect::<Vec<_>>(), "{user}'s log has a gap");
+        // Every acknowledged seq is there, with the data it was acknowledged for.
+        let mut acked_for_user = 0;
+        for ((_, seq), data) in acked.iter().filter(|((u, _), _)| *u == user) {
+            acked_for_user += 1;
+            let Some(n) = log.get((*seq as usize).wrapping_sub(1)) else {
+                panic!("{user}: acknowledged seq {seq} lost (the log ends at {last})");
+            };
+            assert_eq!(&n.data, data, "{user}: seq {seq} holds other data than was acknowledged");
+        }
+        assert!(acked_for_user > 0, "{user}: nothing acknowledged");
+        eprintln!("{user}: {acked_for_user} acknowledged, {last} stored");
+
+        // An SSE client resuming from 0 gets all of them exactly once, in order.
+        let token = mint_token(spec.secret().as_bytes(), user, Some("s"), HOUR).unwrap();
+        let subscriber = server.subscriber(&token);
+        checks.push(tokio::spawn(async move {
+            let mut stream = stream_from(&subscriber, Some(0), None).await;
+            assert_eq!(hello(&mut stream).await.1, last);
+            for (expected, stored) in (1..=last).zip(&log) {
+                let n = notification(&mut stream).await;
+                assert_eq!(n.seq, Some(expected));
+                assert_eq!(n.data, stored.data);
+            }
+            assert_quiet(&mut stream).await;
+        }));
+    }
+    for check in checks {
+        check.await.unwrap();
+    }
+}
+
+/// 3. Dev mode: generated credentials are kept in the data dir, `herald token` reads them, and
+///    after a restart they (and client ids issued before it) are still good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_mode_credentials_and_client_ids_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = Spec::new(dir.path());
+    spec.dev = true;
+    let server = spec.start().await;
+    let credentials_path = spec.data_dir.join("dev-credentials.json");
+    let credentials = std::fs::read(&credentials_path).expect("dev-credentials.json is written");
+    let api_key =
+        serde_json::from_slice::<Value>(&credentials).unwrap()["api_key"].as_str().unwrap().to_owned();
+    server.wait_stderr("dev mode").await;
+
+    let mint = |session: &'static str| {
+        let mut command = herald(&spec.cwd);
+        command.arg("token").arg("--data-dir").arg(&spec.data_dir).args([
+            "--user",
+            "alice",
+            "--session",
+            session,
+        ]);
+        command
+    };
+    let output = run(&mut mint("s1")).await;
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let token = text(&output.stdout).trim_end().to_owned();
+    let output = run(&mut mint("s2")).await;
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let other_session_token = text(&output.stdout).trim_end().to_owned();
+
+    let mut stream = stream_from(&server.subscriber(&token), None, None).await;
+    let client = match next(&mut stream).await {
+        Event::Hello { user, session, client, .. } => {
+            assert_eq!((user.as_str(), session.as_str()), ("alice", "s1"));
+            client
+        }
+        other => panic!("expected hello, got {other:?}"),
+    };
+    assert_eq!(publish(&server.publisher(&api_key), "alice", json!("before")).await, 1);
+    assert_eq!(notification(&mut stream).await.seq, Some(1));
+    drop(stream);
+    server.terminate().await;
+
+    let server = spec.start().await;
+    assert_eq!(std::fs::read(&credentials_path).unwrap(), credentials, "the same credentials are reused");
+    // The old token still works, and the client id is honoured for the same user and session…
+    let mut stream = stream_from(&server.subscriber(&token), Some(1), Some(&client)).await;
+    assert_eq!(hello(&mut stream).await.0, client, "the client id issued before the restart is kept");
+    assert_eq!(publish(&server.publisher(&api_key), "alice", json!("after")).await, 2);
+    assert_eq!(notification(&mut stream).await.seq, Some(2));
+    // …but not for another session of the same user.
+    let mut other = stream_from(&server.subscriber(&other_session_token), None, Some(&client)).await;
+    let (other_client, _) = hello(&mut other).await;
+    assert_ne!(other_client, client, "a client id is not honoured for another session");
+    // Giving it to the other session did not take it from its owner.
+    assert_quiet(&mut stream).await;
+}
+
+/// A running `herald listen`, its stdout read line by line; killed when dropped.
+struct Listen {
+    child: Child,
+    lines: mpsc::UnboundedReceiver<String>,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Listen {
+    fn start(cwd: &Path, url: &str, token: &str) -> Self {
+        let mut child = herald(cwd)
+            .args(["listen", "--token", token, "--url", url])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (stderr, _) = collect(child.stderr.take().unwrap());
+        let (send, lines) = mpsc::unbounded_channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if send.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Listen { child, lines, stderr }
+    }
+
+    /// The next line, as JSON; fails after [`WAIT`].
+    async fn next(&mut self) -> Value {
+        match tokio::time::timeout(WAIT, self.lines.recv()).await {
+            Ok(Some(line)) => {
+                serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
+            }
+            Ok(None) => panic!("`herald listen` ended; stderr:\n{}", self.stderr.lock().unwrap()),
+            Err(_) => panic!(
+                "no line from `herald listen` within {WAIT:?}; stderr:\n{}",
+                self.stderr.lock().unwrap()
+            ),
+        }
+    }
+}
+
+impl Drop for Listen {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// 4. The CLI end to end: `herald listen` prints what `herald publish` sends, and resumes by
+///    itself across a server restart without repeating anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_listen_and_publish_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = Spec::new(dir.path());
+    let server = spec.start().await;
+    let token = mint_token(spec.secret().as_bytes(), "alice", Some("cli"), HOUR).unwrap();
+    let url = spec.url();
+    let cli_publish = |text: &str| {
+        let mut command = herald(&spec.cwd);
+        command
+            .args(["publish", "--user", "alice", "--type", "message.new", "--url", &url, "--data"])
+            .arg(json!({"text": text}).to_string())
+            .env("HERALD_API_KEY", spec.api_key());
+        command
+    };
+
+    let mut listen = Listen::start(&spec.cwd, &url, &token);
+    let hello = listen.next().await;
+    assert_eq!((hello["event"].as_str(), hello["user"].as_str()), (Some("hello"), Some("alice")), "{hello}");
+
+    let output = run(&mut cli_publish("one")).await;
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let answer: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(answer, json!({"notifications": [{"user": "alice", "seq": 1}], "delivered": 1}));
+    let line = listen.next().await;
+    assert_eq!(
+        (&line["event"], &line["seq"], &line["type"], &line["data"]),
+        (&json!("notification"), &json!(1), &json!("message.new"), &json!({"text": "one"})),
+        "{line}"
+    );
+
+    server.terminate().await;
+    let line = listen.next().await;
+    assert_eq!(line, json!({"event": "closed", "reason": "shutdown"}));
+    let server = spec.start().await;
+    let output = run(&mut cli_publish("two")).await;
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let answer: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(answer["notifications"], json!([{"user": "alice", "seq": 2}]));
+
+    // `listen` reconnects by itself (a new hello) and prints seq 2, never seq 1 again.
+    let mut after_restart = Vec::new();
+    loop {
+        let line = listen.next().await;
+        after_restart.push(line.clone());
+        if line["event"] == "notification" {
+            assert_eq!(
+                (&line["seq"], &line["data"]),
+                (&json!(2), &json!({"text": "two"})),
+                "{after_restart:?}"
+            );
+            break;
+        }
+        assert_eq!(line["event"], "hello", "{after_restart:?}");
+    }
+    assert!(after_restart.iter().any(|line| line["event"] == "hello"), "{after_restart:?}");
+    if let Ok(Some(line)) = tokio::time::timeout(QUIET, listen.lines.recv()).await {
+        panic!("nothing more expected, got {line}");
+    }
+
+    // A wrong API key: exit status 1 and one clear line.
+    let output = run(herald(&spec.cwd).args([
+        "publish",
+        "--user",
+        "alice",
+        "--data",
+        "{}",
+        "--url",
+        &url,
+        "--api-key",
+        "wrong",
+    ]))
+    .await;
+    let stderr = assert_one_line_error(&output);
+    assert!(stderr.contains("401"), "{stderr}");
+    assert!(output.stdout.is_empty());
+    drop(server);
+}
+
+/// 5. `--memory` writes nothing in the data dir (not even dev credentials) and still delivers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_mode_writes_nothing_and_delivers() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = Spec::new(dir.path());
+    spec.memory = true;
+    spec.dev = true;
+    let server = spec.start().await;
+    // The dev credentials are only printed (before the "listening" line): find them on stderr.
+    server.wait_stderr("herald: listening").await;
+    let stderr = server.stderr();
+    let credential = |name: &str| {
+        let prefix = format!("  {name}=");
+        let value = stderr.lines().find_map(|line| line.strip_prefix(&prefix));
+        value.unwrap_or_else(|| panic!("no {name} printed; stderr:\n{stderr}")).to_owned()
+    };
+    let (secret, api_key) = (credential("HERALD_SECRET"), credential("HERALD_API_KEY"));
+
+    let token = mint_token(secret.as_bytes(), "alice", None, HOUR).unwrap();
+    let mut stream = stream_from(&server.subscriber(&token), None, None).await;
+    hello(&mut stream).await;
+    let publisher = server.publisher(&api_key);
+    assert_eq!(publish(&publisher, "alice", json!({"in": "memory"})).await, 1);
+    let n = notification(&mut stream).await;
+    assert_eq!((n.seq, n.data), (Some(1), json!({"in": "memory"})));
+    assert_eq!(stored(&publisher, "alice").await.len(), 1);
+    drop(stream);
+    server.terminate().await;
+
+    assert!(!spec.data_dir.join("herald.db").exists());
+    let written: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(written.is_empty(), "--memory wrote {written:?}");
+}
+
+/// 6. Bad startup configuration: a non-zero exit with one clear line, no panic, no backtrace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_startup_config_is_one_clear_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let serve = |port: u16| {
+        let mut command = herald(dir.path());
+        command
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+            .arg(dir.path().join("data"));
+        command
+    };
+
+    // Only one of the two credentials.
+    for (set, unset) in [("HERALD_SECRET", "HERALD_API_KEY"), ("HERALD_API_KEY", "HERALD_SECRET")] {
+        let output = run(serve(free_port()).env(set, "x")).await;
+        let stderr = assert_one_line_error(&output);
+        assert!(stderr.contains(set) && stderr.contains(unset), "{stderr}");
+    }
+
+    // A port already in use.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let output = run(serve(port).env("HERALD_SECRET", SECRET).env("HERALD_API_KEY", API_KEY)).await;
+    let stderr = assert_one_line_error(&output);
+    assert!(stderr.contains(&format!("127.0.0.1:{port}")) && stderr.contains("in use"), "{stderr}");
+    drop(taken);
+
+    // A data dir that is a file.
+    let file = dir.path().join("not-a-dir");
+    std::fs::write(&file, "").unwrap();
+    let output = run(herald(dir.path())
+        .args(["serve", "--listen", &format!("127.0.0.1:{}", free_port()), "--data-dir"])
+        .arg(&file)
+        .env("HERALD_SECRET", SECRET)
+        .env("HERALD_API_KEY", API_KEY))
+    .await;
+    let stderr = assert_one_line_error(&output);
+    assert!(
+        stderr.contains("data dir") && stderr.contains("not-a-dir"),
+        "the message names the path: {stderr}"
+    );
+}
