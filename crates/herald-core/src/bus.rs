@@ -10,6 +10,7 @@ use async_trait::async_trait;
 
 use crate::hub::{CloseReason, Hub};
 use crate::ids::{SessionId, UserId};
+use crate::inbox::InboxEvent;
 use crate::notification::Notification;
 
 /// A bus failure: the notification was stored (if durable) but may not have reached every node.
@@ -26,6 +27,10 @@ pub trait Bus: Send + Sync + 'static {
     /// Hands `notification` to the hubs of every node. Returns how many clients of this node it
     /// is for (other nodes' counts are not awaited).
     async fn publish(&self, notification: Arc<Notification>) -> Result<u64, BusError>;
+
+    /// Hands an `inbox` event to the hubs of every node. Returns how many clients of this node
+    /// it is for.
+    async fn publish_inbox(&self, event: Arc<InboxEvent>) -> Result<u64, BusError>;
 
     /// Closes the clients of `session` of `user` (all sessions when `None`) on every node.
     /// Returns how many connections of this node it closed.
@@ -53,6 +58,10 @@ impl LocalBus {
 impl Bus for LocalBus {
     async fn publish(&self, notification: Arc<Notification>) -> Result<u64, BusError> {
         Ok(self.hub.fanout(&notification))
+    }
+
+    async fn publish_inbox(&self, event: Arc<InboxEvent>) -> Result<u64, BusError> {
+        Ok(self.hub.fanout_inbox(&event))
     }
 
     async fn close_sessions(

@@ -18,9 +18,10 @@ use std::time::Instant;
 use parking_lot::Mutex;
 
 use crate::ids::{ClientId, ClientIdMinter, Seq, SessionId, UserId};
+use crate::inbox::InboxEvent;
 use crate::limits::Limits;
 use crate::notification::{Notification, now_ms};
-use crate::queue::{EventQueue, PushError};
+use crate::queue::{EventQueue, PushError, Queued};
 
 /// Shards of the user map and of the client index. A power of two well above the core count
 /// keeps contention negligible; each costs one mutex and one empty map.
@@ -119,6 +120,10 @@ struct ClientEntry {
     shared: Arc<ClientShared>,
     /// Whether a connection is attached (it takes from `shared.queue`).
     connected: bool,
+    /// Whether the connection follows its user's inbox counts: it also gets the `append` inbox
+    /// events (see [`crate::inbox`]). Here rather than in `shared`: it fits in this entry's
+    /// padding, and only the hub reads it.
+    follows_inbox: bool,
     /// Which attachment is connected, so that a replaced connection's late detach is ignored.
     attachment: u64,
 }
@@ -307,6 +312,7 @@ impl Hub {
                 last_active: now,
                 shared: shared.clone(),
                 connected: true,
+                follows_inbox: false,
                 attachment,
             };
             match clients.iter_mut().find(|c| c.id == client) {
@@ -346,6 +352,22 @@ impl Hub {
         }
     }
 
+    /// Makes the client of `attachment` follow its user's inbox counts (see
+    /// [`crate::Subscription::follow_inbox`]). A connection that was replaced meanwhile changes
+    /// nothing.
+    pub(crate) fn follow_inbox(&self, info: &ClientInfo, attachment: u64) {
+        let mut users = self.users_shard(&info.user).lock();
+        let Some(entry) = users.get_mut(&info.user) else { return };
+        let Some((_, session)) = entry.sessions.iter_mut().find(|(s, _)| *s == info.session) else {
+            return;
+        };
+        if let Some(c) =
+            session.clients.iter_mut().find(|c| c.id == info.client && c.attachment == attachment)
+        {
+            c.follows_inbox = true;
+        }
+    }
+
     /// Hands `notification` to the queues of its user's connected clients on this node and
     /// returns how many clients it is for. Durable notifications go to every client of the user,
     /// targeted or not, so that each can tell a gap (a seq it has not seen) from a seq that was
@@ -366,8 +388,32 @@ impl Hub {
                 if !included && !durable {
                     continue;
                 }
-                match c.shared.queue.push(notification.clone(), queue_len_max) {
+                match c.shared.queue.push(Queued::Notification(notification.clone()), queue_len_max) {
                     Ok(()) => delivered += u64::from(included),
+                    Err(PushError::Full) => c.end_connection(CloseReason::Lagging),
+                    Err(PushError::Closed) => c.connected = false,
+                }
+            }
+        }
+        delivered
+    }
+
+    /// Hands an `inbox` event to the queues of its user's connected clients on this node that it
+    /// is for (all but its `except_client`; only those that follow the counts for an `append`
+    /// event), and returns how many it was handed to. Like an ephemeral notification, it is not
+    /// kept for clients that are not connected; a full queue closes its client with `lagging`.
+    pub fn fanout_inbox(&self, event: &Arc<InboxEvent>) -> u64 {
+        let mut users = self.users_shard(&event.user).lock();
+        let Some(entry) = users.get_mut(&event.user) else { return 0 };
+        let queue_len_max = self.inner.limits.client_queue_len_max;
+        let mut delivered = 0;
+        for (_, session) in &mut entry.sessions {
+            for c in &mut session.clients {
+                if !c.connected || !event.is_for(&c.id, c.follows_inbox) {
+                    continue;
+                }
+                match c.shared.queue.push(Queued::Inbox(event.clone()), queue_len_max) {
+                    Ok(()) => delivered += 1,
                     Err(PushError::Full) => c.end_connection(CloseReason::Lagging),
                     Err(PushError::Closed) => c.connected = false,
                 }

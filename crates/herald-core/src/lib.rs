@@ -17,11 +17,14 @@
 //! - [`hub`]: the [`Hub`], users → sessions → clients on this node, limits and eviction, presence.
 //! - [`subscription`]: one client's stream: hello, replay, live, gap filling, close.
 //! - [`notifier`]: the [`Notifier`], the cheap cloneable handle that publishes from anywhere.
+//! - [`inbox`]: each notification's seen / read / archived state, the users' counts, and the
+//!   [`Inbox`] handle that changes them and sends `inbox` events ([`InboxEvent`]).
 //! - [`limits`]: every configurable bound, in one place.
 
 pub mod bus;
 pub mod hub;
 pub mod ids;
+pub mod inbox;
 pub mod limits;
 pub mod notification;
 pub mod notifier;
@@ -32,6 +35,10 @@ pub mod subscription;
 pub use bus::{Bus, LocalBus};
 pub use hub::{ClientInfo, CloseReason, Hub, Presence, Transport};
 pub use ids::{ClientId, ClientIdMinter, ID_BYTES_MAX, InvalidId, Seq, SessionId, UserId};
+pub use inbox::{
+    Inbox, InboxChange, InboxCounts, InboxEvent, InboxItem, InboxPage, InboxQuery, InboxStatus, InboxUpdate,
+    ItemState, Mark, PrunedInbox, Selection,
+};
 pub use limits::Limits;
 pub use notification::{Audience, Notification, Publish, Receipt, ReceiptEntry, Target};
 pub use notifier::{Notifier, NotifyError};

@@ -4,13 +4,15 @@
 //! into a background task, a thread with a runtime handle, or another service's client, and call
 //! [`Notifier::publish`] or [`Notifier::notify`].
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use serde_json::value::RawValue;
 
 use crate::bus::{Bus, BusError};
 use crate::hub::{CloseReason, Hub};
-use crate::ids::{ClientId, ID_BYTES_MAX, SessionId, UserId};
+use crate::ids::{ClientId, ID_BYTES_MAX, Seq, SessionId, UserId};
+use crate::inbox::{Inbox, InboxCounts, InboxEvent};
 use crate::notification::{Audience, Notification, Publish, Receipt, ReceiptEntry, Target, now_ms};
 use crate::store::{Appended, NewNotification, Store, StoreError};
 
@@ -46,6 +48,7 @@ struct NotifierInner {
     store: Arc<dyn Store>,
     bus: Arc<dyn Bus>,
     hub: Hub,
+    inbox: Inbox,
 }
 
 impl std::fmt::Debug for Notifier {
@@ -56,7 +59,13 @@ impl std::fmt::Debug for Notifier {
 
 impl Notifier {
     pub fn new(store: Arc<dyn Store>, bus: Arc<dyn Bus>, hub: Hub) -> Self {
-        Self { inner: Arc::new(NotifierInner { store, bus, hub }) }
+        let inbox = Inbox::new(store.clone(), bus.clone());
+        Self { inner: Arc::new(NotifierInner { store, bus, hub, inbox }) }
+    }
+
+    /// The users' inboxes: read state, counts, and the `inbox` events, on the same store and bus.
+    pub fn inbox(&self) -> &Inbox {
+        &self.inner.inbox
     }
 
     pub fn hub(&self) -> &Hub {
@@ -100,7 +109,8 @@ impl Notifier {
         let audiences = self.resolve(&publish.target, publish.except_client.as_ref())?;
         let key = publish.idempotency_key.as_deref();
         let created_at_ms = now_ms();
-        let notifications: Vec<Arc<Notification>> = if publish.durable {
+        let (notifications, counts): (Vec<Arc<Notification>>, Vec<(UserId, InboxCounts)>) = if publish.durable
+        {
             let entries = audiences
                 .into_iter()
                 .map(|(user, audience)| NewNotification {
@@ -112,7 +122,7 @@ impl Notifier {
                 })
                 .collect();
             match self.inner.store.append(entries, key).await? {
-                Appended::Stored(stored) => stored,
+                Appended::Stored { notifications, counts } => (notifications, counts),
                 Appended::Duplicate(receipt) => return Ok(receipt),
             }
         } else {
@@ -121,7 +131,7 @@ impl Notifier {
             {
                 return Ok(receipt);
             }
-            audiences
+            let notifications = audiences
                 .into_iter()
                 .map(|(user, audience)| {
                     Arc::new(Notification::new(
@@ -133,7 +143,8 @@ impl Notifier {
                         audience,
                     ))
                 })
-                .collect()
+                .collect();
+            (notifications, Vec::new())
         };
         let mut receipt = Receipt::default();
         for notification in notifications {
@@ -141,6 +152,20 @@ impl Notifier {
                 receipt.notifications.push(ReceiptEntry { user: notification.user.clone(), seq });
             }
             receipt.delivered += self.inner.bus.publish(notification).await?;
+        }
+        // Then the new counts, to the clients that follow them (a badge): after the
+        // notifications, so a follower sees a notification before the counts that include it.
+        let mut seqs_of: HashMap<&UserId, Vec<Seq>> = HashMap::with_capacity(counts.len());
+        for entry in &receipt.notifications {
+            seqs_of.entry(&entry.user).or_default().push(entry.seq);
+        }
+        for (user, counts) in &counts {
+            let seqs = seqs_of.get(user).map(Vec::as_slice).unwrap_or_default();
+            let event = Arc::new(InboxEvent::appended(user.clone(), seqs, *counts));
+            if let Err(error) = self.inner.bus.publish_inbox(event).await {
+                // The notifications went out; only a badge misses this update until the next one.
+                tracing::warn!(%error, "cannot send the inbox counts after a publish");
+            }
         }
         if let Some(key) = key
             && let Err(error) = self.inner.store.complete_receipt(key, &receipt).await

@@ -1,5 +1,5 @@
-//! [`EventQueue`]: one client's bounded queue of notifications, between the hub (which pushes)
-//! and the client's subscription (which takes).
+//! [`EventQueue`]: one client's bounded queue of events (notifications and `inbox` events),
+//! between the hub (which pushes) and the client's subscription (which takes).
 //!
 //! Why not `tokio::sync::mpsc`: a bounded tokio channel costs about 800 bytes per client before
 //! anything is sent (its cache-padded state and a first block of 32 slots), which is more than
@@ -13,11 +13,12 @@ use std::task::{Context, Poll, Waker};
 
 use parking_lot::Mutex;
 
+use crate::inbox::InboxEvent;
 use crate::notification::Notification;
 
-/// A drained queue keeps at most this many slots allocated; a larger buffer (left by a burst)
-/// is freed so that idle clients stay small.
-const IDLE_CAPACITY_MAX: usize = 8;
+/// A drained queue keeps at most this many slots allocated (64 bytes: 4 events); a larger
+/// buffer (left by a burst) is freed so that idle clients stay small.
+const IDLE_CAPACITY_MAX: usize = 64 / std::mem::size_of::<Queued>();
 
 /// Why a push was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,17 +29,25 @@ pub(crate) enum PushError {
     Closed,
 }
 
+/// One event in a client's queue, shared (`Arc`) with every other client that gets it.
+#[derive(Debug, Clone)]
+pub(crate) enum Queued {
+    Notification(Arc<Notification>),
+    Inbox(Arc<InboxEvent>),
+}
+
 /// What the receiving side takes from the queue.
 #[derive(Debug, Clone)]
 pub(crate) enum Received {
     Notification(Arc<Notification>),
+    Inbox(Arc<InboxEvent>),
     /// Nothing was queued for a keep-alive period: the transport should show it is alive.
     KeepAlive,
 }
 
 #[derive(Debug, Default)]
 struct State {
-    events: VecDeque<Arc<Notification>>,
+    events: VecDeque<Queued>,
     waker: Option<Waker>,
     closed: bool,
     /// Ticks since the last event was queued or the last keep-alive was due.
@@ -46,15 +55,15 @@ struct State {
     keepalive_due: bool,
 }
 
-/// A bounded single-consumer queue of notifications with an async receiving side.
+/// A bounded single-consumer queue of events with an async receiving side.
 #[derive(Debug, Default)]
 pub(crate) struct EventQueue {
     state: Mutex<State>,
 }
 
 impl EventQueue {
-    /// Appends `notification` unless the queue is closed or holds `len_max` events already.
-    pub(crate) fn push(&self, notification: Arc<Notification>, len_max: usize) -> Result<(), PushError> {
+    /// Appends `event` unless the queue is closed or holds `len_max` events already.
+    pub(crate) fn push(&self, event: Queued, len_max: usize) -> Result<(), PushError> {
         let waker = {
             let mut state = self.state.lock();
             if state.closed {
@@ -63,7 +72,7 @@ impl EventQueue {
             if state.events.len() >= len_max {
                 return Err(PushError::Full);
             }
-            state.events.push_back(notification);
+            state.events.push_back(event);
             state.quiet_ticks = 0;
             state.waker.take()
         };
@@ -110,11 +119,14 @@ impl EventQueue {
     /// the next push, keep-alive or close).
     pub(crate) fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Option<Received>> {
         let mut state = self.state.lock();
-        if let Some(notification) = state.events.pop_front() {
+        if let Some(event) = state.events.pop_front() {
             if state.events.is_empty() && state.events.capacity() > IDLE_CAPACITY_MAX {
                 state.events = VecDeque::new();
             }
-            return Poll::Ready(Some(Received::Notification(notification)));
+            return Poll::Ready(Some(match event {
+                Queued::Notification(notification) => Received::Notification(notification),
+                Queued::Inbox(event) => Received::Inbox(event),
+            }));
         }
         if state.closed {
             return Poll::Ready(None);
@@ -141,23 +153,23 @@ mod tests {
     use crate::ids::UserId;
     use crate::notification::Audience;
 
-    fn notification(seq: u64) -> Arc<Notification> {
+    fn notification(seq: u64) -> Queued {
         let data = Arc::from(serde_json::value::RawValue::from_string("null".into()).unwrap());
-        Arc::new(Notification::new(
+        Queued::Notification(Arc::new(Notification::new(
             UserId::new("u").unwrap(),
             Some(seq),
             Arc::from("t"),
             data,
             0,
             Audience::user(),
-        ))
+        )))
     }
 
     impl Received {
         fn seq(&self) -> Option<u64> {
             match self {
                 Received::Notification(n) => n.seq,
-                Received::KeepAlive => None,
+                Received::Inbox(_) | Received::KeepAlive => None,
             }
         }
     }

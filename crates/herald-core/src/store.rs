@@ -10,6 +10,10 @@
 //!   that is still retained can be read too. (Subscriptions rely on it to fill gaps.)
 //! - `pruned_through` only grows, and only retention moves it: a notification deleted on
 //!   purpose does not make resuming clients `reset`.
+//! - Each user's inbox counts ([`InboxCounts`]) are exact at every commit: `append`, every
+//!   inbox mark and delete, and retention (by age in `prune`, by `max_per_user` in `append`)
+//!   update them in the same transaction as the rows, and reading them costs O(1). Their
+//!   `version` grows with every change. See [`crate::inbox`] for the states and counts.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +22,7 @@ use async_trait::async_trait;
 use serde_json::value::RawValue;
 
 use crate::ids::{Seq, UserId};
+use crate::inbox::{InboxChange, InboxCounts, InboxPage, InboxQuery, Mark, PrunedInbox, Selection};
 use crate::notification::{Audience, Notification, Receipt};
 
 /// A notification to store; the store adds the seq.
@@ -34,7 +39,12 @@ pub struct NewNotification {
 #[derive(Debug)]
 pub enum Appended {
     /// Stored, in the order given, each with its new seq.
-    Stored(Vec<Arc<Notification>>),
+    Stored {
+        notifications: Vec<Arc<Notification>>,
+        /// Each user's inbox counts once this append committed, one entry per user, in the
+        /// order users first appear in the entries.
+        counts: Vec<(UserId, InboxCounts)>,
+    },
     /// The idempotency key was used within the window: nothing was stored; here is the
     /// receipt of the first publish (its `delivered` is 0 if that publish has not finished).
     Duplicate(Receipt),
@@ -79,10 +89,14 @@ impl Default for Retention {
 }
 
 /// What one retention pass removed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PruneReport {
     pub notifications: u64,
     pub idempotency_keys: u64,
+    /// Each user who lost notifications, with where their log now starts and their new counts
+    /// (one entry per user and chunk of work: a user may appear more than once, the last entry
+    /// is the newest).
+    pub inboxes: Vec<PrunedInbox>,
 }
 
 /// A store failure. Not the caller's fault; the publish or subscription fails and can be retried.
@@ -122,4 +136,28 @@ pub trait Store: Send + Sync + 'static {
     /// `max_age` and idempotency keys older than the window. (`max_per_user` is enforced by
     /// `append` itself, so a log never holds more.)
     async fn prune(&self, now_ms: i64) -> Result<PruneReport, StoreError>;
+
+    /// A page of `user`'s inbox: the notifications in `query.status` (of `query.kind`, below
+    /// `query.before`), newest first, at most `query.limit`, with `next_before` (`None` when no
+    /// more match) and the counts, all from one snapshot.
+    async fn inbox_list(&self, user: &UserId, query: &InboxQuery) -> Result<InboxPage, StoreError>;
+
+    /// `user`'s inbox counts, in O(1). A user never seen has all zeros.
+    async fn inbox_counts(&self, user: &UserId) -> Result<InboxCounts, StoreError>;
+
+    /// Marks the selected notifications of `user` with `mark` at `at_ms` (see
+    /// [`crate::inbox::ItemState::marked`]) and updates the counts, atomically. Seqs not stored
+    /// (never, deleted, pruned) or already in that state are not changed, and are no error.
+    async fn inbox_mark(
+        &self,
+        user: &UserId,
+        selection: &Selection,
+        mark: Mark,
+        at_ms: i64,
+    ) -> Result<InboxChange, StoreError>;
+
+    /// Deletes the selected notifications of `user` and updates the counts, atomically. Unlike
+    /// retention it leaves `pruned_through` alone (a resuming client skips deleted seqs without
+    /// a `reset`). Seqs not stored are not changed, and are no error.
+    async fn inbox_delete(&self, user: &UserId, selection: &Selection) -> Result<InboxChange, StoreError>;
 }

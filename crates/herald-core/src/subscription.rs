@@ -24,6 +24,7 @@ use tokio::time::Instant;
 
 use crate::hub::{Attachment, ClientInfo, ClientShared, CloseReason, Hub, Transport};
 use crate::ids::{ClientId, Seq, SessionId, UserId};
+use crate::inbox::InboxEvent;
 use crate::notification::Notification;
 use crate::queue::Received;
 use crate::store::{LogHead, Store, StoreError};
@@ -39,6 +40,8 @@ pub enum ClientEvent {
     Hello { info: ClientInfo, last_seq: Seq, position: Seq },
     /// A notification for this client, durable (in seq order, once) or ephemeral.
     Notification(Arc<Notification>),
+    /// A change of the user's inbox (ephemeral: only while connected, never replayed).
+    Inbox(Arc<InboxEvent>),
     /// The resume point is older than what is retained: notifications were lost to this client,
     /// which should reload its state. The stream goes on after `last_seq`.
     Reset { last_seq: Seq },
@@ -158,6 +161,14 @@ impl Subscription {
         !self.replaying && self.pending.is_empty()
     }
 
+    /// Makes this client follow its user's inbox counts: from now on it also gets an `inbox`
+    /// event (op `append`, with the new counts) after every durable notification of its user,
+    /// including ones meant for other sessions or clients. Call it before handing out the first
+    /// event, so that counts read after `hello` miss nothing.
+    pub fn follow_inbox(&self) {
+        self.hub.follow_inbox(&self.info, self.attachment);
+    }
+
     /// Makes the hub close this stream with `token_expired` at `unix_secs` (see [`Hub::tick`]).
     pub fn expire_at(&self, unix_secs: u64) {
         self.shared.expires_at_secs.store(unix_secs.max(1), Ordering::Relaxed);
@@ -201,6 +212,7 @@ impl Subscription {
             }
             match self.shared.queue.recv().await {
                 Some(Received::Notification(notification)) => self.accept_live(notification),
+                Some(Received::Inbox(event)) => return Some(ClientEvent::Inbox(event)),
                 Some(Received::KeepAlive) => return Some(ClientEvent::KeepAlive),
                 None => {
                     let reason = self.shared.close_reason().unwrap_or(CloseReason::Shutdown);
@@ -279,6 +291,8 @@ pub struct PollAnswer {
     pub client: ClientId,
     /// At most [`POLL_NOTIFICATIONS_MAX`], durable ones in seq order.
     pub notifications: Vec<Arc<Notification>>,
+    /// `inbox` events that arrived while the poll was open (ephemeral, like notifications).
+    pub inbox: Vec<Arc<InboxEvent>>,
     /// Poll next with `after` = this.
     pub last_seq: Seq,
     /// The `after` given is older than what is retained: the client should reload its state.
@@ -299,12 +313,15 @@ pub async fn poll(
     let deadline = Instant::now() + timeout;
     let mut subscription = Subscription::open(hub, store, request).await?;
     let mut notifications: Vec<Arc<Notification>> = Vec::new();
+    let mut inbox: Vec<Arc<InboxEvent>> = Vec::new();
     let mut reset = false;
     let mut closed = None;
     let mut start = None;
     while notifications.len() < POLL_NOTIFICATIONS_MAX {
-        let anything =
-            !notifications.is_empty() || reset || start.is_some_and(|s| subscription.position() > s);
+        let anything = !notifications.is_empty()
+            || !inbox.is_empty()
+            || reset
+            || start.is_some_and(|s| subscription.position() > s);
         // Answer as soon as there is something and nothing decided is left to hand out. Not
         // `is_caught_up()`: after a `reset` (or a page of other clients' seqs) the subscription is
         // still `replaying`, and `next()` would read an empty page and then wait for a live one
@@ -317,6 +334,8 @@ pub async fn poll(
             Some(ClientEvent::Hello { position, .. }) => start = Some(position),
             Some(ClientEvent::Reset { .. }) => reset = true,
             Some(ClientEvent::Notification(n)) => notifications.push(n),
+            // Bounded by the client's queue, like the notifications taken live.
+            Some(ClientEvent::Inbox(event)) => inbox.push(event),
             Some(ClientEvent::KeepAlive) => {}
             Some(ClientEvent::Closed(reason)) => {
                 closed = Some(reason);
@@ -331,5 +350,5 @@ pub async fn poll(
         subscription.position()
     };
     let client = subscription.info().client.clone();
-    Ok(PollAnswer { client, notifications, last_seq, reset, closed })
+    Ok(PollAnswer { client, notifications, inbox, last_seq, reset, closed })
 }

@@ -94,6 +94,14 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/users/{user}/notifications", get(api::users::notifications))
         .route("/v1/users/{user}/sessions", delete(api::users::close_all_sessions))
         .route("/v1/users/{user}/sessions/{session}", delete(api::users::close_session))
+        .route("/v1/inbox", get(api::inbox::list).delete(api::inbox::delete_all))
+        .route("/v1/inbox/counts", get(api::inbox::counts))
+        .route("/v1/inbox/mark", post(api::inbox::mark))
+        .route("/v1/inbox/{seq}", delete(api::inbox::delete_one))
+        .route("/v1/users/{user}/inbox", get(api::inbox::user_list).delete(api::inbox::user_delete_all))
+        .route("/v1/users/{user}/inbox/counts", get(api::inbox::user_counts))
+        .route("/v1/users/{user}/inbox/mark", post(api::inbox::user_mark))
+        .route("/v1/users/{user}/inbox/{seq}", delete(api::inbox::user_delete_one))
         .route("/herald.js", get(assets::herald_js))
         .route("/herald.d.ts", get(assets::herald_d_ts));
     let router = if demo { router.merge(demo::routes()) } else { router };

@@ -10,7 +10,7 @@
 //! - [`auth`]: subscriber tokens (HS256 JWT) and the publishers' API key.
 //! - [`transport`]: `GET /v1/stream` (SSE), `GET /v1/poll` and `GET /v1/ws` (WebSocket); the
 //!   only code that knows the wire format of events.
-//! - [`api`]: `POST /v1/notify` and `/v1/users/{user}/…`.
+//! - [`api`]: `POST /v1/notify`, `/v1/inbox…` and `/v1/users/{user}/…`.
 //! - [`error`]: [`ApiError`], the JSON errors, and extractors that answer with them.
 //! - `assets`: `GET /herald.js` and `/herald.d.ts`, the browser client (`clients/js/`).
 //! - `demo`: `/demo`, the dev-mode demo and its dev-only endpoints (`clients/demo/`).
@@ -44,7 +44,8 @@ use config::{Credentials, CredentialsSource};
 
 /// File name of the SQLite database in the data dir.
 pub const DATABASE_FILE: &str = "herald.db";
-/// How often retention runs (removes notifications past `max_age`, old idempotency keys).
+/// How often retention runs (removes notifications past `max_age`, old idempotency keys, and
+/// tells the users' clients their new inbox counts).
 const PRUNE_INTERVAL: Duration = Duration::from_secs(60);
 /// Longest period of the hub's clock ([`herald_core::Hub::tick`]): a token is closed at most this
 /// late after it expires.
@@ -149,9 +150,14 @@ async fn maintain(app: Arc<App>, mut stop: watch::Receiver<bool>) {
                     .as_secs();
                 app.hub.tick(now_secs, keepalive_ticks);
             }
-            _ = prune.tick() => match app.store.prune(herald_core::notification::now_ms()).await {
+            _ = prune.tick() => match app.notifier.inbox().prune(herald_core::notification::now_ms()).await {
                 Ok(report) if report != PruneReport::default() => {
-                    tracing::info!(?report, "retention removed old records");
+                    tracing::info!(
+                        notifications = report.notifications,
+                        idempotency_keys = report.idempotency_keys,
+                        users = report.inboxes.len(),
+                        "retention removed old records"
+                    );
                 }
                 Ok(_) => {}
                 Err(error) => tracing::warn!(%error, "retention failed; will retry"),

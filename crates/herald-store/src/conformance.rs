@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use herald_core::notification::now_ms;
 use herald_core::{
-    Appended, Audience, ClientId, LogHead, NewNotification, Notification, Receipt, ReceiptEntry, Retention,
-    SessionId, Store, UserId,
+    Appended, Audience, ClientId, InboxCounts, InboxPage, InboxQuery, InboxStatus, ItemState, LogHead, Mark,
+    NewNotification, Notification, Receipt, ReceiptEntry, Retention, Selection, SessionId, Store, UserId,
 };
 use serde_json::value::RawValue;
 
@@ -38,6 +38,16 @@ pub async fn run_all(make: impl AsyncFn(Retention) -> Arc<dyn Store>) {
     concurrent_appends_with_one_key_store_once(&make).await;
     audience_round_trips(&make).await;
     multi_user_append_is_one_receipt(&make).await;
+    inbox_counts_follow_every_change(&make).await;
+    inbox_marks_are_idempotent(&make).await;
+    inbox_all_up_to(&make).await;
+    inbox_lists_archived_only_when_asked(&make).await;
+    inbox_pages_newest_first_with_before(&make).await;
+    inbox_filters_by_type(&make).await;
+    inbox_missing_seqs_are_not_changed(&make).await;
+    inbox_retention_keeps_counts_exact(&make).await;
+    inbox_deleted_are_not_replayed(&make).await;
+    inbox_concurrent_random_changes_keep_counts_exact(&make).await;
 }
 
 /// One `#[tokio::test]` per case of the suite, each with a fresh store from `$make`, an
@@ -62,6 +72,16 @@ macro_rules! conformance_tests {
             concurrent_appends_with_one_key_store_once,
             audience_round_trips,
             multi_user_append_is_one_receipt,
+            inbox_counts_follow_every_change,
+            inbox_marks_are_idempotent,
+            inbox_all_up_to,
+            inbox_lists_archived_only_when_asked,
+            inbox_pages_newest_first_with_before,
+            inbox_filters_by_type,
+            inbox_missing_seqs_are_not_changed,
+            inbox_retention_keeps_counts_exact,
+            inbox_deleted_are_not_replayed,
+            inbox_concurrent_random_changes_keep_counts_exact,
         );
     };
     (@cases $make:path; $($case:ident),* $(,)?) => {
@@ -102,7 +122,7 @@ fn entry_at(user_id: &str, n: u64, created_at_ms: i64) -> NewNotification {
 
 fn stored(appended: Appended) -> Vec<Arc<Notification>> {
     match appended {
-        Appended::Stored(notifications) => notifications,
+        Appended::Stored { notifications, .. } => notifications,
         Appended::Duplicate(receipt) => panic!("expected a new append, got a duplicate: {receipt:?}"),
     }
 }
@@ -110,7 +130,9 @@ fn stored(appended: Appended) -> Vec<Arc<Notification>> {
 fn duplicate(appended: Appended) -> Receipt {
     match appended {
         Appended::Duplicate(receipt) => receipt,
-        Appended::Stored(notifications) => panic!("expected a duplicate, got {} new", notifications.len()),
+        Appended::Stored { notifications, .. } => {
+            panic!("expected a duplicate, got {} new", notifications.len())
+        }
     }
 }
 
@@ -406,7 +428,7 @@ pub async fn concurrent_appends_with_one_key_store_once(make: &impl AsyncFn(Rete
     let mut receipts = Vec::new();
     for task in tasks {
         match task.await.unwrap() {
-            Appended::Stored(notifications) => stored_once.push(notifications),
+            Appended::Stored { notifications, .. } => stored_once.push(notifications),
             Appended::Duplicate(receipt) => receipts.push(receipt),
         }
     }
@@ -474,5 +496,470 @@ pub async fn multi_user_append_is_one_receipt(make: &impl AsyncFn(Retention) -> 
     );
     for u in users {
         assert_eq!(read_all(&*store, u).await.last().unwrap().data.get(), r#"{"n":1}"#);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The inbox
+
+async fn counts(store: &dyn Store, user_id: &str) -> InboxCounts {
+    store.inbox_counts(&user(user_id)).await.expect("inbox_counts")
+}
+
+async fn page(store: &dyn Store, user_id: &str, query: InboxQuery) -> InboxPage {
+    store.inbox_list(&user(user_id), &query).await.expect("inbox_list")
+}
+
+fn query(status: InboxStatus, before: Option<u64>, limit: usize) -> InboxQuery {
+    InboxQuery { status, kind: None, before, limit }
+}
+
+fn page_seqs(page: &InboxPage) -> Vec<u64> {
+    page.items.iter().map(|item| item.seq()).collect()
+}
+
+/// Every page of `status`, following `next_before`; the items, newest first. Checks that each
+/// page carries the same counts as the first (nothing changes meanwhile).
+async fn list_all(store: &dyn Store, user_id: &str, status: InboxStatus) -> Vec<(u64, ItemState)> {
+    let mut items = Vec::new();
+    let mut before = None;
+    let mut first_counts = None;
+    loop {
+        let page = page(store, user_id, query(status, before, 100)).await;
+        assert_eq!(
+            *first_counts.get_or_insert(page.counts),
+            page.counts,
+            "counts are the same on every page"
+        );
+        items.extend(page.items.iter().map(|item| (item.seq(), item.state)));
+        match page.next_before {
+            Some(next) => before = Some(next),
+            None => return items,
+        }
+    }
+}
+
+/// `[total, unread, unseen, archived]` counted from scratch from the rows (through `inbox_list`),
+/// and checked against what each status lists.
+async fn recount(store: &dyn Store, user_id: &str) -> [u64; 4] {
+    let inbox = list_all(store, user_id, InboxStatus::All).await;
+    let archived = list_all(store, user_id, InboxStatus::Archived).await;
+    for (_, state) in &inbox {
+        assert!(!state.is_archived());
+        assert!(state.read_at_ms.is_none() || state.seen_at_ms.is_some(), "read implies seen");
+    }
+    assert!(archived.iter().all(|(_, state)| state.is_archived()));
+    let unread = inbox.iter().filter(|(_, s)| s.read_at_ms.is_none()).count() as u64;
+    let unseen = inbox.iter().filter(|(_, s)| s.seen_at_ms.is_none()).count() as u64;
+    for (status, expected) in [
+        (InboxStatus::Unread, unread),
+        (InboxStatus::Unseen, unseen),
+        (InboxStatus::Read, inbox.len() as u64 - unread),
+    ] {
+        let listed = list_all(store, user_id, status).await;
+        assert_eq!(listed.len() as u64, expected, "{status:?} lists what it counts");
+        assert!(listed.iter().all(|(_, state)| state.is_in(status)));
+    }
+    let all_stored = read_all(store, user_id).await.len() as u64;
+    assert_eq!(
+        all_stored,
+        inbox.len() as u64 + archived.len() as u64,
+        "every stored notification is listed once"
+    );
+    [inbox.len() as u64, unread, unseen, archived.len() as u64]
+}
+
+/// Asserts that `user`'s counts match a recount from scratch; returns them.
+async fn assert_exact(store: &dyn Store, user_id: &str) -> InboxCounts {
+    let kept = counts(store, user_id).await;
+    assert_eq!(
+        kept.numbers(),
+        recount(store, user_id).await,
+        "{user_id}: kept counts vs a recount ({kept:?})"
+    );
+    kept
+}
+
+fn numbers(total: u64, unread: u64, unseen: u64, archived: u64) -> [u64; 4] {
+    [total, unread, unseen, archived]
+}
+
+async fn mark(store: &dyn Store, user_id: &str, seqs: &[u64], mark: Mark) -> Vec<u64> {
+    let change =
+        store.inbox_mark(&user(user_id), &Selection::Seqs(seqs.to_vec()), mark, now_ms()).await.unwrap();
+    change.seqs
+}
+
+/// Counts follow every append, mark, delete, each change counts one more version, the counts a
+/// change returns are those read afterwards, and other users are untouched.
+pub async fn inbox_counts_follow_every_change(make: &impl AsyncFn(Retention) -> Arc<dyn Store>) {
+    let store = make(Retention::default()).await;
+    assert_eq!(counts(&*store, "alice").await, InboxCounts::default(), "a user never seen counts nothing");
+    let Appended::Stored { counts: appended, .. } =
+        store.append((1..=5).map(|n| entry("alice", n)).collect(), None).await.unwrap()
+    else {
+        panic!("a duplicate")
+    };
+    let after_append = counts(&*store, "alice").await;
+    assert_eq!(appended, [(user("alice"), after_append)], "append returns the counts after it");
+    assert_eq!(after_append.numbers(), numbers(5, 5, 5, 0));
+    append(&*store, vec![entry("bob", 1)]).await;
+    let bob = counts(&*store, "bob").await;
+
+    let mut version = after_append.version;
+    let mut step = async |expected: [u64; 4]| {
+        let kept = assert_exact(&*store, "alice").await;
+        assert_eq!(kept.numbers(), expected);
+        assert!(kept.version > version, "every change counts a new version");
+        version = kept.version;
+    };
+    assert_eq!(mark(&*store, "alice", &[1, 2], Mark::Read).await, [1, 2]);
+    step(numbers(5, 3, 3, 0)).await;
+    assert_eq!(mark(&*store, "alice", &[3], Mark::Seen).await, [3]);
+    step(numbers(5, 3, 2, 0)).await;
+    assert_eq!(mark(&*store, "alice", &[3, 4], Mark::Archived).await, [3, 4]);
+    // Archived ones leave the inbox and its badge: 1 (read), 2 (read), 5 (new) are left.
+    step(numbers(3, 1, 1, 2)).await;
+    let change = store.inbox_delete(&user("alice"), &Selection::Seqs(vec![4, 1])).await.unwrap();
+    assert_eq!(change.seqs, [1, 4]);
+    assert_eq!(change.counts, counts(&*store, "alice").await, "a change returns the counts after it");
+    step(numbers(2, 1, 1, 1)).await;
+    assert_eq!(mark(&*store, "alice", &[3], Mark::Unarchived).await, [3]);
+    step(numbers(3, 2, 1, 0)).await;
+    append(&*store, vec![entry("alice", 6)]).await;
+    step(numbers(4, 3, 2, 0)).await;
+    assert_eq!(counts(&*store, "bob").await, bob, "other users are untouched");
+}
+
+/// Marking is idempotent: read twice changes the counts once (and keeps the first `read_at`),
+/// unread after read restores the unread count, and a change that changes nothing is not a new
+/// version.
+pub async fn inbox_marks_are_idempotent(make: &impl AsyncFn(Retention) -> Arc<dyn Store>) {
+    let store = make(Retention::default()).await;
+    append(&*store, (1..=3).map(|n| entry("alice", n)).collect()).await;
+    let alice = user("alice");
+    let first = store.inbox_mark(&alice, &Selection::Seqs(vec![2]), Mark::Read, 1_000).await.unwrap();
+    assert_eq!(first.seqs, [2]);
+    assert_eq!(first.counts.numbers(), numbers(3, 2, 2, 0));
+    let again = store.inbox_mark(&alice, &Selection::Seqs(vec![2, 2]), Mark::Read, 2_000).await.unwrap();
+    assert!(again.seqs.is_empty(), "read twice changes nothing the second time");
+    assert_eq!(again.counts, first.counts, "not even the version");
+    let state = list_all(&*store, "alice", InboxStatus::Read).await;
+    assert_eq!(
+        state,
+        [(2, ItemState { seen_at_ms: Some(1_000), read_at_ms: Some(1_000), archived_at_ms: None })]
+    );
+    assert!(mark(&*store, "alice", &[2], Mark::Seen).await.is_empty(), "read implies seen");
+
+    let unread = store.inbox_mark(&alice, &Selection::Seqs(vec![2]), Mark::Unread, 3_000).await.unwrap();
+    assert_eq!(unread.seqs, [2]);
+    assert_eq!(unread.counts.numbers(), numbers(3, 3, 2, 0), "unread restores the badge; it stays seen");
+    assert!(mark(&*store, "alice", &[2], Mark::Unread).await.is_empty());
+    assert!(mark(&*store, "alice", &[1, 3], Mark::Unarchived).await.is_empty());
+    assert_eq!(mark(&*store, "alice", &[1], Mark::Archived).await, [1]);
+    assert!(mark(&*store, "alice", &[1], Mark::Archived).await.is_empty());
+    assert_eq!(assert_exact(&*store, "alice").await.numbers(), numbers(2, 2, 1, 1));
+    // Marking an archived notification read changes it but no count of the inbox.
+    let archived_read = store.inbox_mark(&alice, &Selection::Seqs(vec![1]), Mark::Read, 4_000).await.unwrap();
+    assert_eq!(archived_read.seqs, [1]);
+    assert_eq!(archived_read.counts.numbers(), numbers(2, 2, 1, 1));
+    assert!(archived_read.counts.version > unread.counts.version);
+    assert_exact(&*store, "alice").await;
+}
+
+/// "All up to N" changes every stored notification up to N not yet in that state, and only
+/// those; deleting up to N is not retention (no `pruned_through`), and seqs go on.
+pub async fn inbox_all_up_to(make: &impl AsyncFn(Retention) -> Arc<dyn Store>) {
+    let store = make(Retention::default()).await;
+    append(&*store, (1..=10).map(|n| entry("alice", n)).collect()).await;
+    append(&*store, (1..=3).map(|n| entry("bob", n)).collect()).await;
+    let alice = user("alice");
+    let all = |n: u64| Selection::AllUpTo(n);
+    mark(&*store, "alice", &[2], Mark::Read).await;
+    let read = store.inbox_mark(&alice, &all(6), Mark::Read, now_ms()).await.unwrap();
+    assert_eq!(read.seqs, [1, 3, 4, 5, 6], "2 was read already");
+    assert_eq!(read.counts.numbers(), numbers(10, 4, 4, 0));
+    assert!(store.inbox_mark(&alice, &all(6), Mark::Read, now_ms()).await.unwrap().seqs.is_empty());
+    let seen = store.inbox_mark(&alice, &all(100), Mark::Seen, now_ms()).await.unwrap();
+    assert_eq!(seen.seqs, [7, 8, 9, 10]);
+    assert_eq!(seen.counts.numbers(), numbers(10, 4, 0, 0));
+    assert_eq!(assert_exact(&*store, "alice").await.numbers(), numbers(10, 4, 0, 0));
+
+    let deleted = store.inbox_delete(&alice, &all(3)).await.unwrap();
+    assert_eq!(deleted.seqs, [1, 2, 3]);
+    assert_eq!(deleted.counts.numbers(), numbers(7, 4, 0, 0));
+    assert_eq!(store.head(&alice).await.unwrap(), head(10, 0), "a deletion is not retention");
+    assert!(store.inbox_delete(&alice, &all(3)).await.unwrap().seqs.is_empty());
+    let archived = store.inbox_mark(&alice, &all(5), Mark::Archived, now_ms()).await.unwrap();
+    assert_eq!(archived.seqs, [4, 5]);
+    assert_eq!(archived.counts.numbers(), numbers(5, 4, 0, 2));
+    assert_eq!(seqs(&append(&*store, vec![entry("alice", 11)]).await), [11]);
+    assert_eq!(assert_exact(&*store, "alice").await.numbers(), numbers(6, 5, 1, 2));
+    assert_eq!(assert_exact(&*store, "bob").await.numbers(), numbers(3, 3, 3, 0));
+}
+
+/// Archived notifications are listed by `archived` and by no other status.
+pub async fn inbox_lists_archived_only_when_asked(make: &impl AsyncFn(Retention) -> Arc<dyn Store>) {
+    let store = make(Retention::default()).await;
+    append(&*store, (1..=6).map(|n| entry("alice", n)).collect()).await;
+    mark(&*store, "alice", &[2, 5], Mark::Archived).await;
+    mark(&*store, "alice", &[3, 5], Mark::Read).await;
+    let listed = async |status| page_seqs(&page(&*store, "alice", query(status, None, 100)).await);
+    assert_eq!(listed(InboxStatus::All).await, [6, 4, 3, 1]);
+    assert_eq!(listed(InboxStatus::Unread).await, [6, 4, 1]);
+    assert_eq!(listed(InboxStatus::Unseen).await, [6, 4, 1]);
+    assert_eq!(listed(InboxStatus::Read).await, [3]);
+    assert_eq!(listed(InboxStatus::Archived).await, [5, 2]);
+    let archived = page(&*store, "alice", query(InboxStatus::Archived, None, 100)).await;
+    assert!(archived.items[0].state.read_at_ms.is_some() && archived.items[1].state.read_at_ms.is_none());
+    assert_eq!(archived.items[0].notification.data.get(), r#"{"n":5}"#);
+}
+
+/// Pages come newest first, `limit` at a time, `next_before` leads to the next one and is `None`
+/// on the last (also when the last page is full), and every page carries the counts.
+pub async fn inbox_pages_newest_first_with_before(make: &impl AsyncFn(Retention) -> Arc<dyn Store>) {
+    let store = make(Retention::default()).await;
+    append(&*store, (1..=25).map(|n| entry("alice", n)).collect()).await;
+    let expected_counts = counts(&*store, "alice").await;
+    let mut before = None;
+    let mut pages = Vec::new();
+    loop {
+        let page = page(&*store, "alice", query(InboxStatus::All, before, 10)).await;
+        assert_eq!(page.counts, expected_counts);
+        pages.push((page_seqs(&page), page.next_before));
+        match page.next_before {
+            Some(next) => before = Some(next),
+            None => break,
+        }
+    }
+    let down = |from: u64, to: u64| (to..=from).rev().collect::<Vec<u64>>();
+    assert_eq!(pages, [(down(25, 16), Some(16)), (down(15, 6), Some(6)), (down(5, 1), None)]);
+
+    let full_last = page(&*store, "alice", query(InboxStatus::All, Some(11), 10)).await;
+    assert_eq!(
+        (page_seqs(&full_last), full_last.next_before),
+        (down(10, 1), None),
+        "no empty page at the end"
+    );
+    let one = page(&*store, "alice", query(InboxStatus::All, Some(2), 10)).await;
+    assert_eq!((page_seqs(&one), one.next_before), (vec![1], None));
+    assert!(page(&*store, "alice", query(InboxStatus::All, Some(1), 10)).await.items.is_empty());
+    assert_eq!(
+        page_seqs(&page(&*store, "alice", query(InboxStatus::All, Some(u64::MAX), 3)).await),
+        [25, 24, 23]
+    );
+
+    // A status page skips what is not in it, and its cursor works the same.
+    mark(&*store, "alice", &(1..=25).filter(|n| n % 3 != 0).collect::<Vec<_>>(), Mark::Read).await;
+    let unread = page(&*store, "alice", query(InboxStatus::Unread, None, 3)).await;
+    assert_eq!((page_seqs(&unread), unread.next_before), (vec![24, 21, 18], Some(18)));
+    let next = page(&*store, "alice", query(InboxStatus::Unread, Some(18), 5)).await;
+    assert_eq!((page_seqs(&next), next.next_before), (vec![15, 12, 9, 6, 3], None));
+    assert_eq!(next.counts.unread, 8);
+    assert_eq!(page(&*store, "nobody", query(InboxStatus::All, None, 10)).await.items.len(), 0);
+}
+
+/// `type` narrows every status, and pages by type page like the others.
+pub async fn inbox_filters_by_type(make: &impl AsyncFn(Retention) -> Arc<dyn Store>) {
+    let store = make(Retention::default()).await;
+    let typed = |n: u64| NewNotification {
+        kind: Arc::from(if n.is_multiple_of(2) { "even" } else { "odd" }),
+        ..entry("alice", n)
+    };
+    append(&*store, (1..=12).map(typed).collect()).await;
+    mark(&*store, "alice", &[2, 3, 4], Mark::Read).await;
+    mark(&*store, "alice", &[6], Mark::Archived).await;
+    let by_type = async |status, kind: &str, before, limit| {
+        let query = InboxQuery { status, kind: Some(kind.to_owned()), before, limit };
+        let page = page(&*store, "alice", query).await;
+        assert!(page.items.iter().all(|item| &*item.notification.kind == kind));
+        (page_seqs(&page), page.next_before)
+    };
+    assert_eq!(by_type(InboxStatus::All, "even", None, 100).await, (vec![12, 10, 8, 4, 2], None));
+    assert_eq!(by_type(InboxStatus::Unread, "even", None, 100).await, (vec![12, 10, 8], None));
+    assert_eq!(by_type(InboxStatus::Read, "odd", None, 100).await, (vec![3], None));
+    assert_eq!(by_type(InboxStatus::Archived, "even", None, 100).await, (vec![6], None));
+    assert_eq!(by_type(InboxStatus::Unseen, "odd", None, 2).await, (vec![11, 9], Some(9)));
+    assert_eq!(by_type(InboxStatus::Unseen, "odd", Some(9), 2).await, (vec![7, 5], Some(5)));
+    assert_eq!(by_type(InboxStatus::Unseen, "odd", Some(5), 2).await, (vec![1], None));
+    assert_eq!(by_type(InboxStatus::All, "none", None, 10).await, (vec![], None));
+}
+
+/// Seqs that are not stored (never were, deleted, pruned, 0) are not changed, and are no error.
+pub async fn inbox_missing_seqs_are_not_changed(make: &impl AsyncFn(Retention) -> Arc<dyn Store>) {
+    let store = make(Retention { max_per_user: 4, ..Retention::default() }).await;
+    append(&*store, (1..=6).map(|n| entry("alice", n)).collect()).await; // 1 and 2 pruned
+    let alice = user("alice");
+    store.inbox_delete(&alice, &Selection::Seqs(vec![4])).await.unwrap();
+    let before = counts(&*store, "alice").await;
+    for missing in [vec![0], vec![1, 2], vec![4], vec![99, u64::MAX]] {
+        for m in [Mark::Read, Mark::Archived, Mark::Seen] {
+            let change =
+                store.inbox_mark(&alice, &Selection::Seqs(missing.clone()), m, now_ms()).await.unwrap();
+            assert!(change.seqs.is_empty(), "{missing:?} {m:?}");
+            assert_eq!(change.counts, before);
+        }
+        let change = store.inbox_delete(&alice, &Selection::Seqs(missing.clone())).await.unwrap();
+        assert!(change.seqs.is_empty(), "{missing:?}");
+        assert_eq!(change.counts, before);
+    }
+    assert_eq!(
+        mark(&*store, "alice", &[3, 4, 5, 99], Mark::Read).await,
+        [3, 5],
+        "only the stored ones change"
+    );
+    let nobody = user("nobody");
+    let change = store.inbox_mark(&nobody, &Selection::AllUpTo(10), Mark::Read, now_ms()).await.unwrap();
+    assert_eq!(change, Default::default());
+    assert_eq!(store.inbox_delete(&nobody, &Selection::Seqs(vec![1])).await.unwrap(), Default::default());
+    assert_eq!(store.head(&nobody).await.unwrap(), LogHead::default(), "no user is made up");
+    assert_exact(&*store, "alice").await;
+}
+
+/// Retention keeps the counts exact: `max_per_user` in `append` (the counts it returns include
+/// it) and age in `prune` (which reports each user's new counts).
+pub async fn inbox_retention_keeps_counts_exact(make: &impl AsyncFn(Retention) -> Arc<dyn Store>) {
+    let retention = Retention { max_age: Duration::from_secs(3600), max_per_user: 5, ..Retention::default() };
+    let store = make(retention).await;
+    let now = now_ms();
+    let old = now - 2 * HOUR_MS;
+    append(&*store, (1..=3).map(|n| entry_at("alice", n, old)).collect()).await;
+    mark(&*store, "alice", &[1], Mark::Read).await;
+    mark(&*store, "alice", &[2], Mark::Archived).await;
+    mark(&*store, "alice", &[3], Mark::Seen).await;
+    assert_eq!(assert_exact(&*store, "alice").await.numbers(), numbers(2, 1, 0, 1));
+    let Appended::Stored { counts: appended, .. } =
+        store.append((4..=7).map(|n| entry_at("alice", n, now)).collect(), None).await.unwrap()
+    else {
+        panic!("a duplicate")
+    };
+    // 1 (read) and 2 (archived) went to max_per_user; 3 (seen) and 4..=7 (new) are left.
+    assert_eq!(appended[0].1.numbers(), numbers(5, 5, 4, 0));
+    assert_eq!(assert_exact(&*store, "alice").await, appended[0].1);
+
+    append(&*store, (1..=2).map(|n| entry_at("bob", n, old)).collect()).await;
+    let report = store.prune(now).await.unwrap();
+    assert_eq!(report.notifications, 3);
+    let mut pruned: Vec<_> = report.inboxes.iter().map(|p| (p.user.as_str().to_owned(), p.through)).collect();
+    pruned.sort();
+    assert_eq!(pruned, [("alice".to_owned(), 3), ("bob".to_owned(), 2)]);
+    for p in &report.inboxes {
+        assert_eq!(p.counts, counts(&*store, p.user.as_str()).await, "the report has the new counts");
+    }
+    assert_eq!(assert_exact(&*store, "alice").await.numbers(), numbers(4, 4, 4, 0));
+    assert_eq!(assert_exact(&*store, "bob").await.numbers(), numbers(0, 0, 0, 0));
+    assert!(store.prune(now).await.unwrap().inboxes.is_empty(), "nothing pruned, no one reported");
+}
+
+/// Deleted notifications are not replayed, and the head does not move: a client resuming
+/// across a deletion gets the rest with no `reset`.
+pub async fn inbox_deleted_are_not_replayed(make: &impl AsyncFn(Retention) -> Arc<dyn Store>) {
+    let store = make(Retention::default()).await;
+    append(&*store, (1..=6).map(|n| entry("alice", n)).collect()).await;
+    let alice = user("alice");
+    store.inbox_delete(&alice, &Selection::Seqs(vec![2, 3, 6])).await.unwrap();
+    let page = store.read_after(&alice, 1, 10).await.unwrap();
+    assert_eq!(seqs(&page.notifications), [4, 5]);
+    assert_eq!(page.head, head(6, 0));
+    assert_eq!(seqs(&store.read_after(&alice, 0, 2).await.unwrap().notifications), [1, 4]);
+    assert_eq!(seqs(&append(&*store, vec![entry("alice", 7)]).await), [7]);
+    assert_eq!(assert_exact(&*store, "alice").await.numbers(), numbers(4, 4, 4, 0));
+}
+
+/// A small deterministic generator (SplitMix64), so that a failing interleaving can be rerun
+/// from its printed seed without a dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+/// Many tasks mark, delete, append and prune at random, concurrently, for two users, with a
+/// small `max_per_user` and some expired notifications so that retention runs too. Every counts
+/// a change returns must be plausible (`unseen <= unread <= total`), and at the end each user's
+/// counts equal a recount from the rows.
+pub async fn inbox_concurrent_random_changes_keep_counts_exact(
+    make: &impl AsyncFn(Retention) -> Arc<dyn Store>,
+) {
+    const TASKS: u64 = 16;
+    const OPS: u64 = 150;
+    let retention =
+        Retention { max_age: Duration::from_secs(3600), max_per_user: 120, ..Retention::default() };
+    let store = make(retention).await;
+    let seed = now_ms() as u64;
+    eprintln!("inbox_concurrent_random_changes_keep_counts_exact: seed {seed}");
+    let users = ["alice", "bob"];
+    for u in users {
+        append(&*store, (1..=40).map(|n| entry(u, n)).collect()).await;
+    }
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|t| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                let mut rng = Rng(seed ^ (t + 1).wrapping_mul(0x1234_5678_9ABC_DEF1));
+                for _ in 0..OPS {
+                    let u = users[rng.below(2) as usize];
+                    let last = store.head(&user(u)).await.unwrap().last_seq;
+                    let some_seqs =
+                        |rng: &mut Rng| (0..1 + rng.below(5)).map(|_| rng.below(last + 3)).collect();
+                    let counts = match rng.below(10) {
+                        0 | 1 => {
+                            let now = now_ms();
+                            let at = |rng: &mut Rng| if rng.below(8) == 0 { now - 2 * HOUR_MS } else { now };
+                            let entries =
+                                (0..1 + rng.below(3)).map(|n| entry_at(u, n, at(&mut rng))).collect();
+                            match store.append(entries, None).await.unwrap() {
+                                Appended::Stored { counts, .. } => counts[0].1,
+                                Appended::Duplicate(_) => unreachable!("no key"),
+                            }
+                        }
+                        2..=5 => {
+                            let m = Mark::ALL[rng.below(5) as usize];
+                            let selection = Selection::Seqs(some_seqs(&mut rng));
+                            store.inbox_mark(&user(u), &selection, m, now_ms()).await.unwrap().counts
+                        }
+                        6 => {
+                            let m = [Mark::Read, Mark::Seen, Mark::Archived][rng.below(3) as usize];
+                            let selection = Selection::AllUpTo(last.saturating_sub(rng.below(30)));
+                            store.inbox_mark(&user(u), &selection, m, now_ms()).await.unwrap().counts
+                        }
+                        7 | 8 => {
+                            let selection = Selection::Seqs(some_seqs(&mut rng));
+                            store.inbox_delete(&user(u), &selection).await.unwrap().counts
+                        }
+                        _ => {
+                            if rng.below(4) == 0 {
+                                store.prune(now_ms()).await.unwrap();
+                                continue;
+                            }
+                            let selection = Selection::AllUpTo(last.saturating_sub(60 + rng.below(40)));
+                            store.inbox_delete(&user(u), &selection).await.unwrap().counts
+                        }
+                    };
+                    assert!(
+                        counts.unseen <= counts.unread && counts.unread <= counts.total,
+                        "seed {seed}: implausible counts {counts:?}"
+                    );
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("task");
+    }
+    for u in users {
+        let kept = counts(&*store, u).await;
+        assert_eq!(kept.numbers(), recount(&*store, u).await, "seed {seed}: {u}'s counts vs a recount");
+        assert!(kept.total + kept.archived <= 120, "max_per_user holds");
     }
 }

@@ -8,8 +8,10 @@
 //! - [`MemoryStore`] keeps everything in memory (`herald serve --memory`, tests).
 //!
 //! Both keep the same contract (see [`herald_core::store`]), checked by one shared test suite
-//! that a later PostgreSQL store will run too. Both keep each user's log a contiguous run of
-//! seqs `pruned_through + 1 ..= last_seq`: retention only ever removes a prefix.
+//! that a later PostgreSQL store will run too. In both, retention only ever removes a prefix of
+//! a user's log, so what is left holds seqs `pruned_through + 1 ..= last_seq`, but for those
+//! deleted on purpose (inbox deletes); and both keep each user's inbox counts next to the log,
+//! updated with every change, so that reading them is O(1).
 //!
 //! # Layout
 //! - [`memory`]: [`MemoryStore`], per-user logs behind one mutex.

@@ -3,16 +3,23 @@
 //! Everything lives behind one `parking_lot::Mutex`, taken only for short, synchronous work and
 //! never held across an `.await`; that one lock is what makes an `append` atomic and its seqs
 //! gap-free, and what lets two concurrent appends with one idempotency key store exactly once.
-//! It keeps the same [`Retention`] as [`crate::SqliteStore`], with the same rule: a log always
-//! holds a contiguous run of seqs, `pruned_through + 1 ..= last_seq`.
+//! It keeps the same [`Retention`] as [`crate::SqliteStore`], with the same rule: retention only
+//! removes a prefix of a log, so what is left holds seqs `pruned_through + 1 ..= last_seq`,
+//! minus those deleted on purpose (inbox deletes).
+//!
+//! Each log keeps its inbox counts next to its entries, updated under the same lock as every
+//! change, so counts are read in O(1). Inbox pages walk the log from the newest entry, skipping
+//! the ones the page does not list: fine for a log of at most `max_per_user` in memory.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use herald_core::inbox::CountsDelta;
 use herald_core::notification::now_ms;
 use herald_core::{
-    Appended, LogHead, LogPage, NewNotification, Notification, PruneReport, Receipt, ReceiptEntry, Retention,
+    Appended, InboxChange, InboxCounts, InboxItem, InboxPage, InboxQuery, ItemState, LogHead, LogPage, Mark,
+    NewNotification, Notification, PruneReport, PrunedInbox, Receipt, ReceiptEntry, Retention, Selection,
     Seq, Store, StoreError, UserId,
 };
 use parking_lot::Mutex;
@@ -38,21 +45,57 @@ struct Inner {
 #[derive(Debug, Default)]
 struct UserLog {
     head: LogHead,
-    /// Seqs `head.pruned_through + 1 ..= head.last_seq`, oldest first, no gap.
-    entries: VecDeque<Arc<Notification>>,
+    /// Seqs above `head.pruned_through`, up to `head.last_seq`, oldest first; gaps only where
+    /// notifications were deleted on purpose.
+    entries: VecDeque<Entry>,
+    counts: InboxCounts,
+}
+
+#[derive(Debug)]
+struct Entry {
+    notification: Arc<Notification>,
+    state: ItemState,
+}
+
+impl Entry {
+    fn seq(&self) -> Seq {
+        self.notification.seq.unwrap_or(0)
+    }
 }
 
 impl UserLog {
     /// Removes every entry with seq <= `through` and raises `pruned_through` to `through`
-    /// (never lowers it). Returns how many entries went.
+    /// (never lowers it), keeping the counts exact. Returns how many entries went.
     fn prune_through(&mut self, through: Seq) -> u64 {
         if through <= self.head.pruned_through {
             return 0;
         }
-        let keep_from = self.entries.partition_point(|n| n.seq.unwrap_or(0) <= through);
-        self.entries.drain(..keep_from);
+        let gone = self.remove_up_to(through);
         self.head.pruned_through = through;
-        keep_from as u64
+        gone.len() as u64
+    }
+
+    /// Removes every entry with seq <= `through` (a prefix), keeping the counts exact. Returns
+    /// the seqs removed.
+    fn remove_up_to(&mut self, through: Seq) -> Vec<Seq> {
+        let keep_from = self.entries.partition_point(|e| e.seq() <= through);
+        let mut delta = CountsDelta::default();
+        let gone: Vec<Seq> = self
+            .entries
+            .drain(..keep_from)
+            .map(|e| {
+                delta += CountsDelta::between(Some(&e.state), None);
+                e.seq()
+            })
+            .collect();
+        if !gone.is_empty() {
+            self.counts.apply(delta);
+        }
+        gone
+    }
+
+    fn position(&self, seq: Seq) -> Option<usize> {
+        self.entries.binary_search_by_key(&seq, Entry::seq).ok()
     }
 }
 
@@ -107,12 +150,22 @@ impl Store for MemoryStore {
                 entry.created_at_ms,
                 entry.audience,
             ));
-            log.entries.push_back(Arc::clone(&notification));
+            let state = ItemState::default();
+            log.counts.apply(CountsDelta::between(None, Some(&state)));
+            log.entries.push_back(Entry { notification: Arc::clone(&notification), state });
             // Enforced per entry rather than per user at the end: a log never holds more than
             // `max_per_user`, even for a moment, and the result is the same.
             let bound = log.head.last_seq.saturating_sub(self.retention.max_per_user);
             log.prune_through(bound);
             stored.push(notification);
+        }
+        let mut counted: HashSet<&UserId> = HashSet::with_capacity(stored.len());
+        let mut counts: Vec<(UserId, InboxCounts)> = Vec::new();
+        for notification in &stored {
+            if counted.insert(&notification.user) {
+                let log = &inner.users[&notification.user];
+                counts.push((notification.user.clone(), log.counts));
+            }
         }
 
         if let Some(key) = idempotency_key {
@@ -125,7 +178,7 @@ impl Store for MemoryStore {
             };
             inner.idempotency.insert(key.to_owned(), IdempotencyRecord { created_at_ms: now, receipt });
         }
-        Ok(Appended::Stored(stored))
+        Ok(Appended::Stored { notifications: stored, counts })
     }
 
     async fn complete_receipt(&self, idempotency_key: &str, receipt: &Receipt) -> Result<(), StoreError> {
@@ -142,8 +195,9 @@ impl Store for MemoryStore {
         let Some(log) = inner.users.get(user) else {
             return Ok(LogPage::default());
         };
-        let from = log.entries.partition_point(|n| n.seq.unwrap_or(0) <= after);
-        let notifications = log.entries.iter().skip(from).take(limit).cloned().collect();
+        let from = log.entries.partition_point(|e| e.seq() <= after);
+        let notifications =
+            log.entries.iter().skip(from).take(limit).map(|e| e.notification.clone()).collect();
         Ok(LogPage { notifications, head: log.head })
     }
 
@@ -168,10 +222,11 @@ impl Store for MemoryStore {
                     .entries
                     .iter()
                     .rev()
-                    .find(|n| n.created_at_ms < notifications_before)
-                    .and_then(|n| n.seq);
+                    .find(|e| e.notification.created_at_ms < notifications_before)
+                    .map(Entry::seq);
                 if let Some(through) = through {
                     report.notifications += log.prune_through(through);
+                    report.inboxes.push(PrunedInbox { user: user.clone(), through, counts: log.counts });
                 }
             }
         }
@@ -181,6 +236,101 @@ impl Store for MemoryStore {
         inner.idempotency.retain(|_, record| record.created_at_ms >= keys_before);
         report.idempotency_keys = (before - inner.idempotency.len()) as u64;
         Ok(report)
+    }
+
+    async fn inbox_list(&self, user: &UserId, query: &InboxQuery) -> Result<InboxPage, StoreError> {
+        let inner = self.inner.lock();
+        let Some(log) = inner.users.get(user) else {
+            return Ok(InboxPage::default());
+        };
+        let before = query.before.unwrap_or(Seq::MAX);
+        let end = log.entries.partition_point(|e| e.seq() < before);
+        let mut matching = log.entries.range(..end).rev().filter(|e| {
+            e.state.is_in(query.status)
+                && query.kind.as_deref().is_none_or(|kind| *e.notification.kind == *kind)
+        });
+        let items: Vec<InboxItem> = matching
+            .by_ref()
+            .take(query.limit)
+            .map(|e| InboxItem { notification: e.notification.clone(), state: e.state })
+            .collect();
+        let more = query.limit > 0 && matching.next().is_some();
+        let next_before = if more { items.last().map(InboxItem::seq) } else { None };
+        Ok(InboxPage { items, next_before, counts: log.counts })
+    }
+
+    async fn inbox_counts(&self, user: &UserId) -> Result<InboxCounts, StoreError> {
+        Ok(self.inner.lock().users.get(user).map(|log| log.counts).unwrap_or_default())
+    }
+
+    async fn inbox_mark(
+        &self,
+        user: &UserId,
+        selection: &Selection,
+        mark: Mark,
+        at_ms: i64,
+    ) -> Result<InboxChange, StoreError> {
+        let mut inner = self.inner.lock();
+        let Some(log) = inner.users.get_mut(user) else {
+            return Ok(InboxChange::default());
+        };
+        let positions: Vec<usize> = match selection {
+            Selection::Seqs(seqs) => {
+                let mut positions: Vec<usize> = seqs.iter().filter_map(|&seq| log.position(seq)).collect();
+                positions.sort_unstable();
+                positions.dedup();
+                positions
+            }
+            Selection::AllUpTo(through) => {
+                (0..log.entries.partition_point(|e| e.seq() <= *through)).collect()
+            }
+        };
+        let mut change = InboxChange::default();
+        let mut delta = CountsDelta::default();
+        for i in positions {
+            let entry = &mut log.entries[i];
+            if let Some(next) = entry.state.marked(mark, at_ms) {
+                delta += CountsDelta::between(Some(&entry.state), Some(&next));
+                entry.state = next;
+                change.seqs.push(entry.seq());
+            }
+        }
+        if !change.seqs.is_empty() {
+            log.counts.apply(delta);
+        }
+        change.counts = log.counts;
+        Ok(change)
+    }
+
+    async fn inbox_delete(&self, user: &UserId, selection: &Selection) -> Result<InboxChange, StoreError> {
+        let mut inner = self.inner.lock();
+        let Some(log) = inner.users.get_mut(user) else {
+            return Ok(InboxChange::default());
+        };
+        let seqs = match selection {
+            Selection::AllUpTo(through) => log.remove_up_to(*through),
+            Selection::Seqs(seqs) => {
+                let mut gone = Vec::new();
+                let mut delta = CountsDelta::default();
+                let mut seqs = seqs.clone();
+                seqs.sort_unstable();
+                seqs.dedup();
+                // Highest first, so that earlier positions stay valid.
+                for &seq in seqs.iter().rev() {
+                    if let Some(i) = log.position(seq) {
+                        let entry = log.entries.remove(i).expect("the position is in range");
+                        delta += CountsDelta::between(Some(&entry.state), None);
+                        gone.push(seq);
+                    }
+                }
+                if !gone.is_empty() {
+                    log.counts.apply(delta);
+                }
+                gone.reverse();
+                gone
+            }
+        };
+        Ok(InboxChange { seqs, counts: log.counts })
     }
 }
 

@@ -19,8 +19,17 @@
 //!   queues the rest fairly; reads are short and bursty, so borrowing blocking threads on demand
 //!   beats keeping dedicated reader threads (and a second queue) alive.
 //!
-//! Every log stays a contiguous run of seqs `pruned_through + 1 ..= last_seq`: retention only
-//! removes prefixes.
+//! Retention only removes prefixes of a log: what is left holds seqs `pruned_through + 1 ..=
+//! last_seq`, minus those deleted on purpose (inbox deletes).
+//!
+//! # The inbox (schema version 2)
+//! Each notification row has `seen_at`, `read_at`, `archived_at` (ms, NULL until set), and each
+//! `users` row keeps the user's counts (`total`, `unread`, `unseen`, `archived`) and an
+//! `inbox_version`. Every write that adds, changes or removes rows (append and its
+//! `max_per_user` pruning, marks, deletes, retention chunks) updates the counts in the same
+//! transaction, from the states of exactly the rows it touched; so counts are one primary-key
+//! read. Inbox pages are served by partial indexes, one per status (see [`SCHEMA_V2`] and
+//! [`inbox_list_sql`]), so a page reads only the rows it returns, however large the log.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -30,10 +39,12 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use herald_core::inbox::CountsDelta;
 use herald_core::notification::now_ms;
 use herald_core::{
-    Appended, Audience, ClientId, LogHead, LogPage, NewNotification, Notification, PruneReport, Receipt,
-    ReceiptEntry, Retention, Seq, SessionId, Store, StoreError, UserId,
+    Appended, Audience, ClientId, InboxChange, InboxCounts, InboxItem, InboxPage, InboxQuery, InboxStatus,
+    ItemState, LogHead, LogPage, Mark, NewNotification, Notification, PruneReport, PrunedInbox, Receipt,
+    ReceiptEntry, Retention, Selection, Seq, SessionId, Store, StoreError, UserId,
 };
 use parking_lot::Mutex;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
@@ -43,7 +54,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 
 /// The schema this code writes, kept in `PRAGMA user_version`. A database with a higher version
 /// was written by a newer Herald: opening it fails rather than guess.
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
 
 /// Write requests waiting for the writer thread. When the queue is full, a write waits for a
 /// slot for at most [`ENQUEUE_TIMEOUT`], then fails with [`StoreError::Overloaded`]: the disk is
@@ -66,6 +77,11 @@ pub const READER_CONNECTIONS: usize = 4;
 /// prune never holds the writer for long.
 pub const PRUNE_CHUNK_ROWS: i64 = 10_000;
 
+/// Rows one chunk of an inbox mark or delete "all up to N" changes at most. At the bound the
+/// chunk commits and the next one queues behind the publishes already waiting, as for `prune`:
+/// marking 100,000 notifications read never holds the writer for long.
+pub const INBOX_CHUNK_ROWS: i64 = 1_000;
+
 /// How long a connection retries when the database is locked by someone else (another process on
 /// the same file; a checkpoint). Past it, the operation fails with `Overloaded`.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -74,13 +90,12 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// leave a huge file behind forever.
 const WAL_SIZE_LIMIT_BYTES: i64 = 64 * 1024 * 1024;
 
-/// Prepared statements kept per connection; the store uses fewer than this, so none is ever
-/// re-prepared.
-const STATEMENT_CACHE_CAPACITY: usize = 32;
+/// Prepared statements kept per connection; the store uses fewer than this (inbox pages: one
+/// per status, with and without a type), so none is ever re-prepared.
+const STATEMENT_CACHE_CAPACITY: usize = 64;
 
 /// Schema version 1. `notifications` is `WITHOUT ROWID`, clustered by (user, seq): a replay is
-/// one range scan. The inbox (a later issue) will add nullable `seen_at`, `read_at`,
-/// `archived_at` columns to `notifications` in version 2.
+/// one range scan. A new database gets it, then [`SCHEMA_V2`], like an old one.
 const SCHEMA_V1: &str = "
 CREATE TABLE users (
     user           TEXT PRIMARY KEY,
@@ -106,6 +121,60 @@ CREATE TABLE idempotency (
 );
 CREATE INDEX idempotency_by_created_at ON idempotency (created_at);
 ";
+
+/// Version 1 → 2: the inbox. Each notification's state (ms, NULL until set); each user's counts,
+/// computed once here from the rows (every notification of a version 1 file is unread and
+/// unseen: nothing was ever marked), then kept by every write; and one partial index per inbox
+/// status, on (user, seq), so that a page of any status is a range scan of just the rows it
+/// lists, newest first. Pages filtered by type use `inbox_by_type` and check the status per row.
+/// An append adds entries to `inbox_all`, `inbox_unread`, `inbox_unseen` and `inbox_by_type`;
+/// `inbox_read` and `inbox_archived` only change when notifications are marked.
+pub const SCHEMA_V2: &str = "
+ALTER TABLE notifications ADD COLUMN seen_at INTEGER;
+ALTER TABLE notifications ADD COLUMN read_at INTEGER;
+ALTER TABLE notifications ADD COLUMN archived_at INTEGER;
+ALTER TABLE users ADD COLUMN total INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE users ADD COLUMN unread INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE users ADD COLUMN unseen INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE users ADD COLUMN archived INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE users ADD COLUMN inbox_version INTEGER NOT NULL DEFAULT 0;
+UPDATE users SET inbox_version = last_seq;
+UPDATE users SET total = c.n, unread = c.n, unseen = c.n
+    FROM (SELECT user, COUNT(*) AS n FROM notifications GROUP BY user) AS c
+    WHERE c.user = users.user;
+CREATE INDEX inbox_all ON notifications (user, seq) WHERE archived_at IS NULL;
+CREATE INDEX inbox_unread ON notifications (user, seq) WHERE read_at IS NULL AND archived_at IS NULL;
+CREATE INDEX inbox_unseen ON notifications (user, seq) WHERE seen_at IS NULL AND archived_at IS NULL;
+CREATE INDEX inbox_read ON notifications (user, seq) WHERE read_at IS NOT NULL AND archived_at IS NULL;
+CREATE INDEX inbox_archived ON notifications (user, seq) WHERE archived_at IS NOT NULL;
+CREATE INDEX inbox_by_type ON notifications (user, type, seq);
+";
+
+/// The index and the condition of each inbox status. The condition repeats the partial index's
+/// own, which is what lets SQLite use it (and `INDEXED BY` makes sure it does).
+fn inbox_status_sql(status: InboxStatus) -> (&'static str, &'static str) {
+    match status {
+        InboxStatus::All => ("inbox_all", "archived_at IS NULL"),
+        InboxStatus::Unread => ("inbox_unread", "read_at IS NULL AND archived_at IS NULL"),
+        InboxStatus::Unseen => ("inbox_unseen", "seen_at IS NULL AND archived_at IS NULL"),
+        InboxStatus::Read => ("inbox_read", "read_at IS NOT NULL AND archived_at IS NULL"),
+        InboxStatus::Archived => ("inbox_archived", "archived_at IS NOT NULL"),
+    }
+}
+
+/// The query of an inbox page: `?1` user, `?2` before (exclusive), `?3` limit, and `?4` type if
+/// `by_type`. Newest first, through an index that holds just the rows of the status (or of the
+/// type), so it reads no more rows than it returns (by type: no more than that type has).
+pub fn inbox_list_sql(status: InboxStatus, by_type: bool) -> String {
+    let (index, condition) = inbox_status_sql(status);
+    let (index, type_condition) = if by_type { ("inbox_by_type", " AND type = ?4") } else { (index, "") };
+    format!(
+        "SELECT seq, type, data, created_at, session, client, except_client, seen_at, read_at, archived_at
+         FROM notifications INDEXED BY {index}
+         WHERE user = ?1 AND seq < ?2 AND {condition}{type_condition}
+         ORDER BY seq DESC LIMIT ?3"
+    )
+}
 
 /// Each user's durable log in one SQLite file. See the module docs for the design.
 ///
@@ -228,6 +297,34 @@ impl SqliteStore {
         answer.await.map_err(|_| writer_stopped())?
     }
 
+    /// Runs an inbox mark or delete: seqs in one request, "all up to N" in chunks of at most
+    /// [`INBOX_CHUNK_ROWS`] rows, one request (and transaction) each, in seq order. Each chunk
+    /// keeps the counts exact; the counts returned are those after the last one. Should a chunk
+    /// fail, the ones before it stay done (the same request again finishes the job).
+    async fn inbox_change<R: FnOnce(Reply<InboxChunk>) -> Request>(
+        &self,
+        selection: &Selection,
+        request: impl Fn(Rows) -> R,
+    ) -> Result<InboxChange, StoreError> {
+        match selection {
+            Selection::Seqs(seqs) => Ok(self.write(request(Rows::Seqs(seqs.clone()))).await?.change),
+            Selection::AllUpTo(through) => {
+                let through = sql_seq(*through);
+                let mut change = InboxChange::default();
+                let mut after = 0;
+                loop {
+                    let chunk = self.write(request(Rows::Range { after, through })).await?;
+                    change.seqs.extend(chunk.change.seqs);
+                    change.counts = chunk.change.counts;
+                    match chunk.next_after {
+                        Some(next) => after = next,
+                        None => return Ok(change),
+                    }
+                }
+            }
+        }
+    }
+
     /// Runs `read` on a pooled read-only connection, inside one read transaction.
     async fn read<T: Send + 'static>(
         &self,
@@ -280,7 +377,7 @@ impl Store for SqliteStore {
         idempotency_key: Option<&str>,
     ) -> Result<Appended, StoreError> {
         if entries.is_empty() && idempotency_key.is_none() {
-            return Ok(Appended::Stored(Vec::new()));
+            return Ok(Appended::Stored { notifications: Vec::new(), counts: Vec::new() });
         }
         let key = idempotency_key.map(str::to_owned);
         self.write(|reply| Request::Append { entries, key, reply }).await
@@ -313,6 +410,38 @@ impl Store for SqliteStore {
         self.read(move |tx| read_head(tx, &user)).await
     }
 
+    async fn inbox_list(&self, user: &UserId, query: &InboxQuery) -> Result<InboxPage, StoreError> {
+        let (user, query) = (user.clone(), query.clone());
+        self.read(move |tx| read_inbox_page(tx, &user, &query)).await
+    }
+
+    async fn inbox_counts(&self, user: &UserId) -> Result<InboxCounts, StoreError> {
+        let user = user.clone();
+        self.read(move |tx| read_counts(tx, user.as_str())).await
+    }
+
+    async fn inbox_mark(
+        &self,
+        user: &UserId,
+        selection: &Selection,
+        mark: Mark,
+        at_ms: i64,
+    ) -> Result<InboxChange, StoreError> {
+        self.inbox_change(selection, |rows| {
+            let user = user.clone();
+            move |reply| Request::InboxMark { user, rows, mark, at_ms, reply }
+        })
+        .await
+    }
+
+    async fn inbox_delete(&self, user: &UserId, selection: &Selection) -> Result<InboxChange, StoreError> {
+        self.inbox_change(selection, |rows| {
+            let user = user.clone();
+            move |reply| Request::InboxDelete { user, rows, reply }
+        })
+        .await
+    }
+
     async fn prune(&self, now_ms: i64) -> Result<PruneReport, StoreError> {
         let notifications_before = crate::cutoff_ms(now_ms, self.retention.max_age);
         let keys_before = crate::cutoff_ms(now_ms, self.retention.idempotency_window);
@@ -324,6 +453,7 @@ impl Store for SqliteStore {
                 self.write(|reply| Request::PruneChunk { notifications_before, keys_before, reply }).await?;
             report.notifications += chunk.notifications;
             report.idempotency_keys += chunk.idempotency_keys;
+            report.inboxes.extend(chunk.inboxes);
             if chunk.done {
                 break;
             }
@@ -369,24 +499,31 @@ fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
     Ok(conn)
 }
 
-/// Creates the schema in an empty database, checks the version of an existing one.
+/// Creates the schema in an empty database, upgrades an older one step by step (a new database
+/// takes the same steps), and refuses a newer one. All in one transaction: a failed upgrade
+/// leaves the file as it was.
 fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     // IMMEDIATE: two processes opening a new file at once do not both create the schema.
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(db_error)?;
     let version: i32 = tx.pragma_query_value(None, "user_version", |row| row.get(0)).map_err(db_error)?;
-    match version {
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::Unavailable(format!(
+            "the database has schema version {version}, this Herald knows up to {SCHEMA_VERSION}: upgrade Herald"
+        )));
+    }
+    if version < 1 {
         // Plain CREATE TABLE, not IF NOT EXISTS: a file that is some other program's database
         // fails here instead of being mixed into.
-        0 => {
-            tx.execute_batch(SCHEMA_V1).map_err(db_error)?;
-            tx.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(db_error)?;
+        tx.execute_batch(SCHEMA_V1).map_err(db_error)?;
+    }
+    if version < 2 {
+        if version == 1 {
+            tracing::info!("upgrading the store to schema version 2 (the inbox)");
         }
-        SCHEMA_VERSION => {}
-        other => {
-            return Err(StoreError::Unavailable(format!(
-                "the database has schema version {other}, this Herald knows up to {SCHEMA_VERSION}: upgrade Herald"
-            )));
-        }
+        tx.execute_batch(SCHEMA_V2).map_err(db_error)?;
+    }
+    if version != SCHEMA_VERSION {
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(db_error)?;
     }
     tx.commit().map_err(db_error)
 }
@@ -494,6 +631,94 @@ struct Row {
 }
 
 impl Row {
+    /// The row from the columns `seq, type, data, created_at, session, client, except_client`.
+    fn read(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+        Ok(Row {
+            seq: row.get(0)?,
+            kind: row.get(1)?,
+            data: row.get(2)?,
+            created_at_ms: row.get(3)?,
+            session: row.get(4)?,
+            client: row.get(5)?,
+            except_client: row.get(6)?,
+        })
+    }
+}
+
+/// An inbox state from the columns `seen_at, read_at, archived_at` starting at `first`.
+fn read_state(row: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<ItemState> {
+    Ok(ItemState {
+        seen_at_ms: row.get(first)?,
+        read_at_ms: row.get(first + 1)?,
+        archived_at_ms: row.get(first + 2)?,
+    })
+}
+
+fn read_counts(conn: &Connection, user: &str) -> Result<InboxCounts, StoreError> {
+    let row: Option<[i64; 5]> = conn
+        .prepare_cached("SELECT total, unread, unseen, archived, inbox_version FROM users WHERE user = ?1")
+        .and_then(|mut stmt| {
+            stmt.query_row([user], |row| {
+                Ok([row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?])
+            })
+            .optional()
+        })
+        .map_err(db_error)?;
+    let Some([total, unread, unseen, archived, version]) = row else { return Ok(InboxCounts::default()) };
+    let count = |n: i64| {
+        u64::try_from(n).map_err(|_| StoreError::Corrupt(format!("negative inbox count {n} of user {user}")))
+    };
+    Ok(InboxCounts {
+        total: count(total)?,
+        unread: count(unread)?,
+        unseen: count(unseen)?,
+        archived: count(archived)?,
+        version: count(version)?,
+    })
+}
+
+/// Adds `delta` to `user`'s counts and one to its version; returns the new counts.
+fn apply_counts(conn: &Connection, user: &str, delta: CountsDelta) -> Result<InboxCounts, StoreError> {
+    conn.prepare_cached(
+        "UPDATE users SET total = total + ?2, unread = unread + ?3, unseen = unseen + ?4,
+             archived = archived + ?5, inbox_version = inbox_version + 1
+         WHERE user = ?1",
+    )
+    .and_then(|mut stmt| stmt.execute(params![user, delta.total, delta.unread, delta.unseen, delta.archived]))
+    .map_err(db_error)?;
+    read_counts(conn, user)
+}
+
+fn read_inbox_page(conn: &Connection, user: &UserId, query: &InboxQuery) -> Result<InboxPage, StoreError> {
+    let counts = read_counts(conn, user.as_str())?;
+    if query.limit == 0 {
+        return Ok(InboxPage { items: Vec::new(), next_before: None, counts });
+    }
+    let before = query.before.map_or(i64::MAX, sql_seq);
+    // One more than asked: whether it exists says whether there is a next page.
+    let fetch = i64::try_from(query.limit).unwrap_or(i64::MAX - 1) + 1;
+    let sql = inbox_list_sql(query.status, query.kind.is_some());
+    let mut rows: Vec<(Row, ItemState)> = conn
+        .prepare_cached(&sql)
+        .and_then(|mut stmt| {
+            let map = |row: &rusqlite::Row<'_>| Ok((Row::read(row)?, read_state(row, 7)?));
+            match &query.kind {
+                Some(kind) => stmt.query_map(params![user.as_str(), before, fetch, kind], map)?.collect(),
+                None => stmt.query_map(params![user.as_str(), before, fetch], map)?.collect(),
+            }
+        })
+        .map_err(db_error)?;
+    let more = rows.len() > query.limit;
+    rows.truncate(query.limit);
+    let items = rows
+        .into_iter()
+        .map(|(row, state)| Ok(InboxItem { notification: row.into_notification(user)?, state }))
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    let next_before = if more { items.last().map(InboxItem::seq) } else { None };
+    Ok(InboxPage { items, next_before, counts })
+}
+
+impl Row {
     fn into_notification(self, user: &UserId) -> Result<Arc<Notification>, StoreError> {
         let corrupt = |what: &str, e: &dyn std::fmt::Display| {
             StoreError::Corrupt(format!("{what} of notification {user}/{}: {e}", self.seq))
@@ -543,18 +768,8 @@ fn read_notifications(
              WHERE user = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
         )
         .and_then(|mut stmt| {
-            stmt.query_map(params![user.as_str(), sql_seq(after), limit], |row| {
-                Ok(Row {
-                    seq: row.get(0)?,
-                    kind: row.get(1)?,
-                    data: row.get(2)?,
-                    created_at_ms: row.get(3)?,
-                    session: row.get(4)?,
-                    client: row.get(5)?,
-                    except_client: row.get(6)?,
-                })
-            })?
-            .collect::<rusqlite::Result<Vec<Row>>>()
+            stmt.query_map(params![user.as_str(), sql_seq(after), limit], Row::read)?
+                .collect::<rusqlite::Result<Vec<Row>>>()
         })
         .map_err(db_error)?;
     rows.into_iter().map(|row| row.into_notification(user)).collect()
@@ -569,6 +784,26 @@ enum Request {
     Append { entries: Vec<NewNotification>, key: Option<String>, reply: Reply<Appended> },
     CompleteReceipt { key: String, receipt: String, reply: Reply<()> },
     PruneChunk { notifications_before: i64, keys_before: i64, reply: Reply<PruneChunk> },
+    InboxMark { user: UserId, rows: Rows, mark: Mark, at_ms: i64, reply: Reply<InboxChunk> },
+    InboxDelete { user: UserId, rows: Rows, reply: Reply<InboxChunk> },
+}
+
+/// The rows of one inbox request.
+#[derive(Debug, Clone)]
+enum Rows {
+    Seqs(Vec<Seq>),
+    /// Seqs in `(after, through]`, at most [`INBOX_CHUNK_ROWS`] of them that the request changes.
+    Range {
+        after: i64,
+        through: i64,
+    },
+}
+
+/// What one inbox request changed, and where the next chunk starts (`None`: done).
+#[derive(Debug)]
+struct InboxChunk {
+    change: InboxChange,
+    next_after: Option<i64>,
 }
 
 /// What one chunk of `prune` removed, and whether anything expired is left.
@@ -576,6 +811,7 @@ enum Request {
 struct PruneChunk {
     notifications: u64,
     idempotency_keys: u64,
+    inboxes: Vec<PrunedInbox>,
     done: bool,
 }
 
@@ -584,6 +820,7 @@ enum Answer {
     Append(Reply<Appended>, Result<Appended, StoreError>),
     CompleteReceipt(Reply<()>, Result<(), StoreError>),
     PruneChunk(Reply<PruneChunk>, Result<PruneChunk, StoreError>),
+    Inbox(Reply<InboxChunk>, Result<InboxChunk, StoreError>),
 }
 
 impl Request {
@@ -592,17 +829,25 @@ impl Request {
             Request::Append { reply, .. } => Answer::Append(reply, Err(copy_error(error))),
             Request::CompleteReceipt { reply, .. } => Answer::CompleteReceipt(reply, Err(copy_error(error))),
             Request::PruneChunk { reply, .. } => Answer::PruneChunk(reply, Err(copy_error(error))),
+            Request::InboxMark { reply, .. } | Request::InboxDelete { reply, .. } => {
+                Answer::Inbox(reply, Err(copy_error(error)))
+            }
         }
     }
 }
 
 impl Answer {
-    fn is_ok(&self) -> bool {
+    fn error(&self) -> Option<&StoreError> {
         match self {
-            Answer::Append(_, result) => result.is_ok(),
-            Answer::CompleteReceipt(_, result) => result.is_ok(),
-            Answer::PruneChunk(_, result) => result.is_ok(),
+            Answer::Append(_, result) => result.as_ref().err(),
+            Answer::CompleteReceipt(_, result) => result.as_ref().err(),
+            Answer::PruneChunk(_, result) => result.as_ref().err(),
+            Answer::Inbox(_, result) => result.as_ref().err(),
         }
+    }
+
+    fn is_ok(&self) -> bool {
+        self.error().is_none()
     }
 
     /// The same answer, failed with `error` (its batch did not commit).
@@ -611,6 +856,7 @@ impl Answer {
             Answer::Append(reply, _) => Answer::Append(reply, Err(copy_error(error))),
             Answer::CompleteReceipt(reply, _) => Answer::CompleteReceipt(reply, Err(copy_error(error))),
             Answer::PruneChunk(reply, _) => Answer::PruneChunk(reply, Err(copy_error(error))),
+            Answer::Inbox(reply, _) => Answer::Inbox(reply, Err(copy_error(error))),
         }
     }
 
@@ -624,6 +870,9 @@ impl Answer {
                 let _ = reply.send(result);
             }
             Answer::PruneChunk(reply, result) => {
+                let _ = reply.send(result);
+            }
+            Answer::Inbox(reply, result) => {
                 let _ = reply.send(result);
             }
         }
@@ -690,13 +939,9 @@ fn run_batch(
         // transaction, not just the statement. The requests before this one are gone then,
         // although their savepoints were released: fail them all rather than acknowledge them.
         if tx.is_autocommit() {
-            let error = match &answer {
-                Answer::Append(_, Err(e))
-                | Answer::CompleteReceipt(_, Err(e))
-                | Answer::PruneChunk(_, Err(e)) => {
-                    StoreError::Unavailable(format!("the write transaction was rolled back: {e}"))
-                }
-                _ => StoreError::Unavailable("the write transaction was rolled back".into()),
+            let error = match answer.error() {
+                Some(e) => StoreError::Unavailable(format!("the write transaction was rolled back: {e}")),
+                None => StoreError::Unavailable("the write transaction was rolled back".into()),
             };
             tracing::error!(%error, "the store lost a batch of writes");
             answers.push(answer);
@@ -736,6 +981,12 @@ fn run_request(
         Request::PruneChunk { notifications_before, keys_before, reply } => {
             Answer::PruneChunk(reply, prune_chunk(&savepoint, notifications_before, keys_before))
         }
+        Request::InboxMark { user, rows, mark, at_ms, reply } => {
+            Answer::Inbox(reply, inbox_mark(&savepoint, &user, &rows, mark, at_ms))
+        }
+        Request::InboxDelete { user, rows, reply } => {
+            Answer::Inbox(reply, inbox_delete(&savepoint, &user, &rows))
+        }
     };
     if !answer.is_ok() {
         // Dropping the savepoint rolls it back.
@@ -769,13 +1020,18 @@ fn append(
     }
 
     let mut stored = Vec::with_capacity(entries.len());
-    // Each touched user's head after this append, to apply `max_per_user` once per user.
+    // Each touched user's head after this append, to apply `max_per_user` once per user, and
+    // the users in the order they first appear, for the counts returned.
     let mut heads: HashMap<UserId, (i64, i64)> = HashMap::new();
+    let mut users: Vec<UserId> = Vec::new();
     {
+        // A new notification is in the inbox, unread and unseen: it adds one to each count.
         let mut next_seq = conn
             .prepare_cached(
-                "INSERT INTO users (user, last_seq, pruned_through) VALUES (?1, 1, 0)
-                 ON CONFLICT (user) DO UPDATE SET last_seq = last_seq + 1
+                "INSERT INTO users (user, last_seq, pruned_through, total, unread, unseen, inbox_version)
+                 VALUES (?1, 1, 0, 1, 1, 1, 1)
+                 ON CONFLICT (user) DO UPDATE SET last_seq = last_seq + 1, total = total + 1,
+                     unread = unread + 1, unseen = unseen + 1, inbox_version = inbox_version + 1
                  RETURNING last_seq, pruned_through",
             )
             .map_err(db_error)?;
@@ -802,7 +1058,9 @@ fn append(
                     audience.except_client.as_ref().map(ClientId::as_str),
                 ])
                 .map_err(db_error)?;
-            heads.insert(entry.user.clone(), (seq, pruned_through));
+            if heads.insert(entry.user.clone(), (seq, pruned_through)).is_none() {
+                users.push(entry.user.clone());
+            }
             stored.push(Arc::new(Notification::new(
                 entry.user,
                 Some(seq_from_sql(seq)?),
@@ -815,11 +1073,15 @@ fn append(
     }
 
     let max_per_user = i64::try_from(retention.max_per_user).unwrap_or(i64::MAX);
-    for (user, (last_seq, pruned_through)) in heads {
+    let mut counts = Vec::with_capacity(users.len());
+    for user in users {
+        let (last_seq, pruned_through) = heads[&user];
         let bound = last_seq.saturating_sub(max_per_user);
         if bound > pruned_through {
             prune_user_through(conn, user.as_str(), pruned_through, bound)?;
         }
+        let user_counts = read_counts(conn, user.as_str())?;
+        counts.push((user, user_counts));
     }
 
     if let Some(key) = key {
@@ -840,20 +1102,184 @@ fn append(
         .and_then(|mut stmt| stmt.execute(params![key, now, receipt]))
         .map_err(db_error)?;
     }
-    Ok(Appended::Stored(stored))
+    Ok(Appended::Stored { notifications: stored, counts })
 }
 
-/// Deletes `user`'s notifications with seq in `(from, through]` and raises its `pruned_through`
-/// to `through` (never lowers it). Returns how many notifications went.
+/// Deletes `user`'s notifications with seq in `(from, through]`, takes them off the counts, and
+/// raises its `pruned_through` to `through` (never lowers it). Returns how many notifications
+/// went.
 fn prune_user_through(conn: &Connection, user: &str, from: i64, through: i64) -> Result<u64, StoreError> {
-    let deleted = conn
-        .prepare_cached("DELETE FROM notifications WHERE user = ?1 AND seq > ?2 AND seq <= ?3")
-        .and_then(|mut stmt| stmt.execute(params![user, from, through]))
-        .map_err(db_error)?;
+    let mut delta = CountsDelta::default();
+    let deleted = delete_rows(conn, user, from, through, &mut delta)?;
+    if !deleted.is_empty() {
+        apply_counts(conn, user, delta)?;
+    }
     conn.prepare_cached("UPDATE users SET pruned_through = ?2 WHERE user = ?1 AND pruned_through < ?2")
         .and_then(|mut stmt| stmt.execute(params![user, through]))
         .map_err(db_error)?;
-    Ok(deleted as u64)
+    Ok(deleted.len() as u64)
+}
+
+/// Deletes `user`'s notifications with seq in `(from, through]` and adds what they counted for
+/// (by their states, as they are deleted) to `delta`, for the caller to apply. Returns the seqs
+/// deleted, ascending.
+fn delete_rows(
+    conn: &Connection,
+    user: &str,
+    from: i64,
+    through: i64,
+    delta: &mut CountsDelta,
+) -> Result<Vec<Seq>, StoreError> {
+    let mut seqs = conn
+        .prepare_cached(
+            "DELETE FROM notifications WHERE user = ?1 AND seq > ?2 AND seq <= ?3
+             RETURNING seq, seen_at, read_at, archived_at",
+        )
+        .and_then(|mut stmt| {
+            stmt.query_map(params![user, from, through], |row| {
+                Ok((row.get::<_, i64>(0)?, read_state(row, 1)?))
+            })?
+            .map(|row| {
+                row.map(|(seq, state)| {
+                    *delta += CountsDelta::between(Some(&state), None);
+                    seq
+                })
+            })
+            .collect::<rusqlite::Result<Vec<i64>>>()
+        })
+        .map_err(db_error)?
+        .into_iter()
+        .map(seq_from_sql)
+        .collect::<Result<Vec<Seq>, _>>()?;
+    // RETURNING gives no order.
+    seqs.sort_unstable();
+    Ok(seqs)
+}
+
+/// Marks the selected notifications of `user`: reads the state of each, computes the new one
+/// ([`ItemState::marked`], the same rule as every store), writes the rows that change and the
+/// counts' difference. A range takes at most [`INBOX_CHUNK_ROWS`] rows that the mark changes.
+fn inbox_mark(
+    conn: &Connection,
+    user: &UserId,
+    rows: &Rows,
+    mark: Mark,
+    at_ms: i64,
+) -> Result<InboxChunk, StoreError> {
+    let user = user.as_str();
+    let mut next_after = None;
+    let rows: Vec<(i64, ItemState)> = match rows {
+        Rows::Seqs(seqs) => {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT seen_at, read_at, archived_at FROM notifications WHERE user = ?1 AND seq = ?2",
+                )
+                .map_err(db_error)?;
+            let mut rows = Vec::with_capacity(seqs.len());
+            for &seq in seqs {
+                let seq = sql_seq(seq);
+                if let Some(state) = stmt
+                    .query_row(params![user, seq], |row| read_state(row, 0))
+                    .optional()
+                    .map_err(db_error)?
+                {
+                    rows.push((seq, state));
+                }
+            }
+            rows.sort_unstable_by_key(|(seq, _)| *seq);
+            rows.dedup_by_key(|(seq, _)| *seq);
+            rows
+        }
+        Rows::Range { after, through } => {
+            let rows: Vec<(i64, ItemState)> = conn
+                .prepare_cached(&format!(
+                    "SELECT seq, seen_at, read_at, archived_at FROM notifications
+                     WHERE user = ?1 AND seq > ?2 AND seq <= ?3 AND {} ORDER BY seq LIMIT ?4",
+                    // Exactly the rows the mark changes, so that every chunk makes progress.
+                    match mark {
+                        Mark::Read => "read_at IS NULL",
+                        Mark::Unread => "read_at IS NOT NULL",
+                        Mark::Seen => "seen_at IS NULL",
+                        Mark::Archived => "archived_at IS NULL",
+                        Mark::Unarchived => "archived_at IS NOT NULL",
+                    }
+                ))
+                .and_then(|mut stmt| {
+                    stmt.query_map(params![user, after, through, INBOX_CHUNK_ROWS], |row| {
+                        Ok((row.get(0)?, read_state(row, 1)?))
+                    })?
+                    .collect()
+                })
+                .map_err(db_error)?;
+            if rows.len() as i64 == INBOX_CHUNK_ROWS {
+                next_after = rows.last().map(|(seq, _)| *seq);
+            }
+            rows
+        }
+    };
+    let mut update = conn
+        .prepare_cached(
+            "UPDATE notifications SET seen_at = ?3, read_at = ?4, archived_at = ?5 WHERE user = ?1 AND seq = ?2",
+        )
+        .map_err(db_error)?;
+    let mut delta = CountsDelta::default();
+    let mut seqs = Vec::new();
+    for (seq, state) in rows {
+        let Some(next) = state.marked(mark, at_ms) else { continue };
+        update
+            .execute(params![user, seq, next.seen_at_ms, next.read_at_ms, next.archived_at_ms])
+            .map_err(db_error)?;
+        delta += CountsDelta::between(Some(&state), Some(&next));
+        seqs.push(seq_from_sql(seq)?);
+    }
+    let counts = if seqs.is_empty() { read_counts(conn, user)? } else { apply_counts(conn, user, delta)? };
+    Ok(InboxChunk { change: InboxChange { seqs, counts }, next_after })
+}
+
+/// Deletes the selected notifications of `user` and takes them off the counts. Leaves
+/// `pruned_through` alone: a deletion is not retention. A range takes at most
+/// [`INBOX_CHUNK_ROWS`] rows.
+fn inbox_delete(conn: &Connection, user: &UserId, rows: &Rows) -> Result<InboxChunk, StoreError> {
+    let user = user.as_str();
+    let mut delta = CountsDelta::default();
+    let mut next_after = None;
+    let seqs = match rows {
+        Rows::Range { after, through } => {
+            // The last seq of this chunk: the INBOX_CHUNK_ROWS-th stored one, if there are that many.
+            let chunk_end: Option<i64> = conn
+                .prepare_cached(
+                    "SELECT seq FROM notifications WHERE user = ?1 AND seq > ?2 AND seq <= ?3
+                     ORDER BY seq LIMIT 1 OFFSET ?4",
+                )
+                .and_then(|mut stmt| {
+                    stmt.query_row(params![user, after, through, INBOX_CHUNK_ROWS - 1], |row| row.get(0))
+                        .optional()
+                })
+                .map_err(db_error)?;
+            let end = match chunk_end {
+                Some(end) if end < *through => {
+                    next_after = Some(end);
+                    end
+                }
+                _ => *through,
+            };
+            delete_rows(conn, user, *after, end, &mut delta)?
+        }
+        Rows::Seqs(seqs) => {
+            let mut deleted = Vec::new();
+            for &seq in seqs {
+                let seq = sql_seq(seq);
+                if seq > 0 {
+                    deleted.extend(delete_rows(conn, user, seq - 1, seq, &mut delta)?);
+                }
+            }
+            deleted.sort_unstable();
+            deleted.dedup();
+            deleted
+        }
+    };
+    let counts = if seqs.is_empty() { read_counts(conn, user)? } else { apply_counts(conn, user, delta)? };
+    Ok(InboxChunk { change: InboxChange { seqs, counts }, next_after })
 }
 
 fn complete_receipt(conn: &Connection, key: &str, receipt: &str) -> Result<(), StoreError> {
@@ -868,8 +1294,9 @@ fn complete_receipt(conn: &Connection, key: &str, receipt: &str) -> Result<(), S
 ///
 /// Up to [`PRUNE_CHUNK_ROWS`] expired notifications are selected (through the `created_at`
 /// index); for each user among them, every seq up to the highest one selected goes, also ones
-/// stamped later (clocks step back), so that a log stays a contiguous run of seqs and
-/// `pruned_through` keeps its meaning: everything up to it is gone.
+/// stamped later (clocks step back), so that retention removes a prefix of the log and
+/// `pruned_through` keeps its meaning: everything up to it is gone. Each user's counts lose what
+/// the removed notifications counted for, and the chunk reports them.
 fn prune_chunk(
     conn: &Connection,
     notifications_before: i64,
@@ -890,9 +1317,14 @@ fn prune_chunk(
         .map_err(db_error)?;
     let mut selected = 0;
     let mut notifications = 0;
+    let mut inboxes = Vec::with_capacity(expired.len());
     for (user, through, count) in expired {
         selected += count;
         notifications += prune_user_through(conn, &user, 0, through)?;
+        let counts = read_counts(conn, &user)?;
+        let user =
+            UserId::new(user).map_err(|e| StoreError::Corrupt(format!("user id in the store: {e}")))?;
+        inboxes.push(PrunedInbox { user, through: seq_from_sql(through)?, counts });
     }
 
     let idempotency_keys = conn
@@ -907,6 +1339,7 @@ fn prune_chunk(
     Ok(PruneChunk {
         notifications,
         idempotency_keys: idempotency_keys as u64,
+        inboxes,
         done: selected < PRUNE_CHUNK_ROWS && idempotency_keys < PRUNE_CHUNK_ROWS,
     })
 }

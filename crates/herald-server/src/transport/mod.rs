@@ -23,9 +23,24 @@ pub struct StreamQuery {
     pub last_event_id: Option<String>,
     /// The client id this tab had before (kept if it belongs to the same user and session).
     pub client: Option<String>,
+    /// `1`: the client follows its user's inbox counts (an `inbox` event after each new
+    /// notification too). See [`follows_inbox`].
+    pub inbox: Option<String>,
     /// The subscriber token; read by the auth extractor.
     #[allow(dead_code)]
     pub token: Option<String>,
+}
+
+/// Whether `?inbox=` asks to follow the inbox counts: `1` or `true` yes; `0`, `false`, empty
+/// or absent no; anything else is refused (400 `invalid_query`).
+pub fn follows_inbox(raw: Option<&str>) -> Result<bool, ApiError> {
+    match raw.map(str::trim) {
+        None | Some("" | "0" | "false") => Ok(false),
+        Some("1" | "true") => Ok(true),
+        Some(other) => {
+            Err(ApiError::bad_request("invalid_query", format!("`inbox` must be 1 or 0, not {other:?}")))
+        }
+    }
 }
 
 /// The resume point: `?last_event_id=` or else the `Last-Event-ID` header; `None` if neither.

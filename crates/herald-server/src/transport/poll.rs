@@ -3,6 +3,10 @@
 //! Each poll is a short-lived subscription: it answers at once with what is retained after
 //! `after`, else waits for the first live notification or the timeout. Between polls the client
 //! stays in presence for [`herald_core::Limits::client_linger`].
+//!
+//! `inbox` events that arrive while a poll waits are in its answer (`"inbox": […]`); with
+//! `inbox=1` every answer also carries the user's counts, read after the events were collected,
+//! since a poller misses the events that come between two polls.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,13 +15,14 @@ use axum::extract::State;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use herald_core::subscription::{SubscribeRequest, poll as poll_once};
-use herald_core::{Seq, SubscribeError, Transport};
+use herald_core::{InboxCounts, Seq, SubscribeError, Transport};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::app::App;
 use crate::auth::Subscriber;
 use crate::error::{ApiError, ApiQuery};
+use crate::transport::follows_inbox;
 use crate::transport::sse::instant_of_unix;
 
 /// Poll wait when `timeout` is not given, in seconds (Eliom's comet waits 20 s too).
@@ -30,6 +35,7 @@ pub struct PollQuery {
     after: Option<String>,
     timeout: Option<String>,
     client: Option<String>,
+    inbox: Option<String>,
     #[allow(dead_code)]
     token: Option<String>,
 }
@@ -55,6 +61,7 @@ pub async fn poll(
     let after: Option<Seq> = parse_number("after", query.after.as_deref())?;
     let timeout_secs =
         parse_number("timeout", query.timeout.as_deref())?.unwrap_or(POLL_TIMEOUT_SECS_DEFAULT);
+    let with_counts = follows_inbox(query.inbox.as_deref())?;
     if timeout_secs > POLL_TIMEOUT_SECS_MAX {
         return Err(ApiError::bad_request(
             "invalid_timeout",
@@ -82,6 +89,7 @@ pub async fn poll(
         SubscribeError::ResumeAhead { .. } => ApiError::bad_request("invalid_after", error.to_string()),
         other => other.into(),
     })?;
+    let counts = if with_counts { Some(app.notifier.inbox().counts(&subscriber.user).await?) } else { None };
     let body = PollBody {
         client: answer.client.as_str(),
         notifications: answer
@@ -89,6 +97,12 @@ pub async fn poll(
             .iter()
             .map(|n| serde_json::from_slice::<&RawValue>(n.json()).expect("a notification's JSON is valid"))
             .collect(),
+        inbox: answer
+            .inbox
+            .iter()
+            .map(|e| serde_json::from_slice::<&RawValue>(e.json()).expect("an inbox event's JSON is valid"))
+            .collect(),
+        counts,
         last_seq: answer.last_seq,
         reset: answer.reset,
         closed: answer.closed.map(|reason| reason.as_str()),
@@ -101,6 +115,13 @@ struct PollBody<'a> {
     client: &'a str,
     /// Borrowed from each notification's JSON, serialized once at publish.
     notifications: Vec<&'a RawValue>,
+    /// The `inbox` events that arrived while the poll was open (each as the `data` of an SSE
+    /// `inbox` event).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    inbox: Vec<&'a RawValue>,
+    /// The user's counts (with `inbox=1`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    counts: Option<InboxCounts>,
     last_seq: Seq,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     reset: bool,

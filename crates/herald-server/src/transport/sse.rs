@@ -24,7 +24,7 @@ use tokio::time::Instant;
 use crate::app::App;
 use crate::auth::Subscriber;
 use crate::error::{ApiError, ApiQuery};
-use crate::transport::{StreamQuery, resume_point};
+use crate::transport::{StreamQuery, follows_inbox, resume_point};
 
 /// Bytes gathered into one write when several events are ready at once. Bounds the memory one
 /// burst can take per connection; the rest goes in the next write.
@@ -80,6 +80,7 @@ impl SseStream {
         headers: &HeaderMap,
     ) -> Result<Self, ApiError> {
         let resume_after = resume_point(query.last_event_id.as_deref(), headers)?;
+        let follow_inbox = follows_inbox(query.inbox.as_deref())?;
         let subscription = Subscription::open(
             &app.hub,
             &app.store,
@@ -93,6 +94,9 @@ impl SseStream {
         )
         .await?;
         subscription.expire_at(subscriber.expires_at);
+        if follow_inbox {
+            subscription.follow_inbox();
+        }
         Ok(Self { subscription, done: false })
     }
 
@@ -129,6 +133,8 @@ impl SseStream {
                 write_event(out, Some(*position), "hello", data.to_string().as_bytes());
             }
             ClientEvent::Notification(n) => write_event(out, n.seq, "notification", n.json()),
+            // No `id:`: inbox events are not replayed, and must not move the resume point.
+            ClientEvent::Inbox(event) => write_event(out, None, "inbox", event.json()),
             ClientEvent::Reset { last_seq } => {
                 let data = serde_json::json!({ "last_seq": last_seq });
                 write_event(out, Some(*last_seq), "reset", data.to_string().as_bytes());

@@ -1,8 +1,8 @@
 //! `GET /v1/ws`: WebSocket.
 //!
 //! Same authentication, query parameters and events as `GET /v1/stream`, each event one JSON
-//! text frame with an `"event"` member: `hello`, `notification`, `reset`, `closed`. After
-//! `closed` the server sends a close frame with a code from [`close_code_of`] and ends the
+//! text frame with an `"event"` member: `hello`, `notification`, `inbox`, `reset`, `closed`.
+//! After `closed` the server sends a close frame with a code from [`close_code_of`] and ends the
 //! connection.
 //!
 //! The connection is one task that waits on two things at once: the client's [`Subscription`]
@@ -30,7 +30,7 @@ use tokio_tungstenite::tungstenite;
 use crate::app::App;
 use crate::auth::Subscriber;
 use crate::error::{ApiError, ApiQuery};
-use crate::transport::{StreamQuery, resume_point};
+use crate::transport::{StreamQuery, follows_inbox, resume_point};
 
 /// A peer that sent nothing (not even the pong to a ping) for this long after a ping is taken
 /// for dead and dropped, at the next keep-alive. Pings go out after every
@@ -118,6 +118,7 @@ pub async fn ws(
         )
     })?;
     let resume_after = resume_point(query.last_event_id.as_deref(), &headers)?;
+    let follow_inbox = follows_inbox(query.inbox.as_deref())?;
     let subscription = Subscription::open(
         &app.hub,
         &app.store,
@@ -131,6 +132,9 @@ pub async fn ws(
     )
     .await?;
     subscription.expire_at(subscriber.expires_at);
+    if follow_inbox {
+        subscription.follow_inbox();
+    }
     let connection = Connection { subscription };
     let tracker = app.ws_connections.clone();
     Ok(upgrade
@@ -280,13 +284,10 @@ fn encode(event: &ClientEvent) -> Utf8Bytes {
         ClientEvent::Notification(n) => {
             // `n.json()` is `{"seq":…,…}` (or `{"type":…}` when ephemeral), serialized once at
             // publish: splice the event name in after its `{` instead of serializing again.
-            let json = n.json();
-            const PREFIX: &[u8] = br#"{"event":"notification","#;
-            let mut frame = Vec::with_capacity(PREFIX.len() + json.len() - 1);
-            frame.extend_from_slice(PREFIX);
-            frame.extend_from_slice(&json[1..]);
-            Utf8Bytes::try_from(frame).expect("a notification's JSON is UTF-8")
+            splice_event_name(br#"{"event":"notification","#, n.json())
         }
+        // Serialized once too: `{"op":…,…}`.
+        ClientEvent::Inbox(event) => splice_event_name(br#"{"event":"inbox","#, event.json()),
         ClientEvent::Reset { last_seq } => {
             serde_json::json!({ "event": "reset", "last_seq": last_seq }).to_string().into()
         }
@@ -296,6 +297,14 @@ fn encode(event: &ClientEvent) -> Utf8Bytes {
         // Not a frame: the connection sends a ping instead (see `Connection::serve`).
         ClientEvent::KeepAlive => Utf8Bytes::from_static(""),
     }
+}
+
+/// `prefix` (`{"event":"…",`) followed by `json` (an object) without its opening `{`.
+fn splice_event_name(prefix: &[u8], json: &[u8]) -> Utf8Bytes {
+    let mut frame = Vec::with_capacity(prefix.len() + json.len() - 1);
+    frame.extend_from_slice(prefix);
+    frame.extend_from_slice(&json[1..]);
+    Utf8Bytes::try_from(frame).expect("event JSON is UTF-8")
 }
 
 #[cfg(test)]

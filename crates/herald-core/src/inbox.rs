@@ -1,0 +1,656 @@
+//! The inbox: each stored notification's seen / read / archived state, each user's counts, and
+//! the `inbox` events that tell all of a user's clients about every change.
+//!
+//! **State.** A stored notification has `seen_at`, `read_at` and `archived_at` (milliseconds
+//! since the epoch, `None` until set). Marking `read` also sets `seen_at` if it was not set (a
+//! notification read was seen), so `read ⇒ seen` always holds; `unread` clears `read_at` only.
+//! Archiving takes a notification out of the inbox (and out of every count but `archived`)
+//! without touching its read state; unarchiving brings it back as it was.
+//!
+//! **Counts** ([`InboxCounts`]) are kept by the store, updated in the same transaction as every
+//! append, mark, delete and retention prune, and read in O(1):
+//! - `total`: retained notifications that are not archived (the inbox);
+//! - `unread`: of those, the ones not read (the badge);
+//! - `unseen`: of those, the ones not seen;
+//! - `archived`: retained notifications that are archived;
+//! - `version`: grows with every change of the user's inbox (appends included), so that a client
+//!   that gets counts from several places (events, pages, `GET …/counts`) in any order keeps the
+//!   newest ones.
+//!
+//! **Events.** Every change goes to the user's clients as an ephemeral [`InboxEvent`] (the
+//! transports send it as `inbox`), serialized once and shared like a notification: marks and
+//! deletes to every client (but the one that made the change, if it says which), retention
+//! prunes to every client, and after each durable notification an `append` event to the clients
+//! that follow the counts ([`crate::Subscription::follow_inbox`]), so that a badge counts new
+//! notifications exactly, those meant for other sessions or tabs included.
+//!
+//! [`Inbox`] is the handle that does all this, next to the [`crate::Notifier`].
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde::Serialize;
+
+use crate::bus::Bus;
+use crate::ids::{ClientId, Seq, UserId};
+use crate::notification::{Notification, format_timestamp_ms, now_ms};
+use crate::notifier::{KIND_BYTES_MAX, NotifyError};
+use crate::store::{PruneReport, Store, StoreError};
+
+/// Most seqs in one mark or delete by seqs. More: refused.
+pub const MARK_SEQS_MAX: usize = 1_000;
+/// Most notifications in one inbox page.
+pub const INBOX_PAGE_LEN_MAX: usize = 100;
+/// Notifications in an inbox page when the client names no limit.
+pub const INBOX_PAGE_LEN_DEFAULT: usize = 20;
+
+/// Which notifications an inbox page lists. Every status but [`InboxStatus::Archived`] leaves
+/// archived notifications out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum InboxStatus {
+    /// Every notification that is not archived.
+    #[default]
+    All,
+    /// Not read (and not archived).
+    Unread,
+    /// Not seen (and not archived).
+    Unseen,
+    /// Read (and not archived).
+    Read,
+    /// Archived.
+    Archived,
+}
+
+impl InboxStatus {
+    pub const ALL: [InboxStatus; 5] = [
+        InboxStatus::All,
+        InboxStatus::Unread,
+        InboxStatus::Unseen,
+        InboxStatus::Read,
+        InboxStatus::Archived,
+    ];
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|status| status.as_str() == s)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InboxStatus::All => "all",
+            InboxStatus::Unread => "unread",
+            InboxStatus::Unseen => "unseen",
+            InboxStatus::Read => "read",
+            InboxStatus::Archived => "archived",
+        }
+    }
+}
+
+/// A change of state: what `POST …/inbox/mark` takes as `"as"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Mark {
+    /// Sets `read_at` (and `seen_at`, if not set).
+    Read,
+    /// Clears `read_at`.
+    Unread,
+    /// Sets `seen_at`.
+    Seen,
+    /// Sets `archived_at`.
+    Archived,
+    /// Clears `archived_at`.
+    Unarchived,
+}
+
+impl Mark {
+    pub const ALL: [Mark; 5] = [Mark::Read, Mark::Unread, Mark::Seen, Mark::Archived, Mark::Unarchived];
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|mark| mark.as_str() == s)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mark::Read => "read",
+            Mark::Unread => "unread",
+            Mark::Seen => "seen",
+            Mark::Archived => "archived",
+            Mark::Unarchived => "unarchived",
+        }
+    }
+
+    /// Whether "mark all up to N" takes this mark (`read`, `seen`, `archived`): the others undo a
+    /// state, which is only done for notifications one names.
+    pub fn applies_to_all(self) -> bool {
+        matches!(self, Mark::Read | Mark::Seen | Mark::Archived)
+    }
+}
+
+/// The inbox state of one stored notification: when it was seen, read, archived (milliseconds
+/// since the epoch), `None` until then.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct ItemState {
+    pub seen_at_ms: Option<i64>,
+    pub read_at_ms: Option<i64>,
+    pub archived_at_ms: Option<i64>,
+}
+
+impl ItemState {
+    pub fn is_archived(&self) -> bool {
+        self.archived_at_ms.is_some()
+    }
+
+    /// Whether a page of `status` lists a notification in this state.
+    pub fn is_in(&self, status: InboxStatus) -> bool {
+        let archived = self.is_archived();
+        match status {
+            InboxStatus::All => !archived,
+            InboxStatus::Unread => !archived && self.read_at_ms.is_none(),
+            InboxStatus::Unseen => !archived && self.seen_at_ms.is_none(),
+            InboxStatus::Read => !archived && self.read_at_ms.is_some(),
+            InboxStatus::Archived => archived,
+        }
+    }
+
+    /// The state after `mark` at `at_ms`, or `None` if it is in that state already (marking is
+    /// idempotent: a second `read` changes nothing, and keeps the first `read_at`).
+    pub fn marked(&self, mark: Mark, at_ms: i64) -> Option<ItemState> {
+        let mut next = *self;
+        match mark {
+            Mark::Read => {
+                next.read_at_ms = next.read_at_ms.or(Some(at_ms));
+                next.seen_at_ms = next.seen_at_ms.or(Some(at_ms));
+            }
+            Mark::Unread => next.read_at_ms = None,
+            Mark::Seen => next.seen_at_ms = next.seen_at_ms.or(Some(at_ms)),
+            Mark::Archived => next.archived_at_ms = next.archived_at_ms.or(Some(at_ms)),
+            Mark::Unarchived => next.archived_at_ms = None,
+        }
+        (next != *self).then_some(next)
+    }
+
+    /// What a notification in this state adds to its user's counts.
+    pub fn weight(&self) -> CountsDelta {
+        let inbox = i64::from(!self.is_archived());
+        CountsDelta {
+            total: inbox,
+            unread: inbox * i64::from(self.read_at_ms.is_none()),
+            unseen: inbox * i64::from(self.seen_at_ms.is_none()),
+            archived: 1 - inbox,
+        }
+    }
+}
+
+/// A change of a user's counts (signed), as stores accumulate it within one transaction.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CountsDelta {
+    pub total: i64,
+    pub unread: i64,
+    pub unseen: i64,
+    pub archived: i64,
+}
+
+impl CountsDelta {
+    /// The change from a notification in state `from` to one in state `to` (`None`: absent, for
+    /// an append or a removal).
+    pub fn between(from: Option<&ItemState>, to: Option<&ItemState>) -> Self {
+        let w = |s: Option<&ItemState>| s.map(ItemState::weight).unwrap_or_default();
+        w(to) - w(from)
+    }
+}
+
+impl std::ops::Sub for CountsDelta {
+    type Output = Self;
+    fn sub(self, rhs: Self) -> Self {
+        Self {
+            total: self.total - rhs.total,
+            unread: self.unread - rhs.unread,
+            unseen: self.unseen - rhs.unseen,
+            archived: self.archived - rhs.archived,
+        }
+    }
+}
+
+impl std::ops::AddAssign for CountsDelta {
+    fn add_assign(&mut self, rhs: Self) {
+        self.total += rhs.total;
+        self.unread += rhs.unread;
+        self.unseen += rhs.unseen;
+        self.archived += rhs.archived;
+    }
+}
+
+/// A user's inbox counts; see the module docs for what each one counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize)]
+pub struct InboxCounts {
+    pub unread: u64,
+    pub unseen: u64,
+    pub total: u64,
+    pub archived: u64,
+    /// Grows with every change of the user's inbox: of two counts, the higher version is newer.
+    pub version: u64,
+}
+
+impl InboxCounts {
+    /// Applies `delta` and counts one more version. A count never goes below zero (it could
+    /// only by a store bug, which the conformance suite would catch).
+    pub fn apply(&mut self, delta: CountsDelta) {
+        let add = |n: &mut u64, d: i64| *n = n.saturating_add_signed(d);
+        add(&mut self.total, delta.total);
+        add(&mut self.unread, delta.unread);
+        add(&mut self.unseen, delta.unseen);
+        add(&mut self.archived, delta.archived);
+        self.version += 1;
+    }
+
+    /// The counts without their version, to compare with a recount.
+    pub fn numbers(&self) -> [u64; 4] {
+        [self.total, self.unread, self.unseen, self.archived]
+    }
+}
+
+/// What an inbox page asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboxQuery {
+    pub status: InboxStatus,
+    /// Only notifications of this `type`.
+    pub kind: Option<String>,
+    /// Only notifications with a seq below this one (the cursor: the previous page's
+    /// `next_before`); `None`: from the newest.
+    pub before: Option<Seq>,
+    /// At most this many (the [`Inbox`] handle keeps it within 1..=[`INBOX_PAGE_LEN_MAX`]).
+    pub limit: usize,
+}
+
+impl Default for InboxQuery {
+    fn default() -> Self {
+        Self { status: InboxStatus::All, kind: None, before: None, limit: INBOX_PAGE_LEN_DEFAULT }
+    }
+}
+
+/// One notification in an inbox page, with its state.
+#[derive(Debug, Clone)]
+pub struct InboxItem {
+    pub notification: Arc<Notification>,
+    pub state: ItemState,
+}
+
+impl InboxItem {
+    pub fn seq(&self) -> Seq {
+        self.notification.seq.unwrap_or_default()
+    }
+}
+
+/// One page of a user's inbox, newest first, with the counts of the same moment.
+#[derive(Debug, Clone, Default)]
+pub struct InboxPage {
+    pub items: Vec<InboxItem>,
+    /// The `before` of the next page; `None` when this page is the last.
+    pub next_before: Option<Seq>,
+    pub counts: InboxCounts,
+}
+
+/// Which notifications a mark or delete is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selection {
+    /// These seqs (duplicates and seqs that are not stored are ignored).
+    Seqs(Vec<Seq>),
+    /// Every stored notification with a seq up to this one.
+    AllUpTo(Seq),
+}
+
+/// What a mark or delete changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InboxChange {
+    /// The seqs whose state changed (or that were deleted), ascending. Seqs already in the
+    /// state, not stored, or deleted before, are not in it.
+    pub seqs: Vec<Seq>,
+    /// The user's counts after the change (unchanged, version included, if nothing changed).
+    pub counts: InboxCounts,
+}
+
+/// A user whose notifications retention removed, in a [`PruneReport`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrunedInbox {
+    pub user: UserId,
+    /// Every seq up to this one is gone now.
+    pub through: Seq,
+    pub counts: InboxCounts,
+}
+
+/// An `inbox` event: one change of one user's inbox, for the user's clients. Built once and
+/// shared by every client it goes to, like a [`Notification`].
+#[derive(Debug)]
+pub struct InboxEvent {
+    pub user: UserId,
+    /// The client that made the change, which already knows (`X-Herald-Client`).
+    pub except_client: Option<ClientId>,
+    /// Only for clients that follow the counts (an `append` event).
+    pub followers_only: bool,
+    pub counts: InboxCounts,
+    /// `{"op":…,…,"counts":{…}}`, serialized once.
+    json: Bytes,
+}
+
+#[derive(Serialize)]
+struct WireInboxEvent<'a> {
+    op: &'static str,
+    #[serde(rename = "as", skip_serializing_if = "Option::is_none")]
+    mark: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seqs: Option<&'a [Seq]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    all_up_to: Option<Seq>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    through: Option<Seq>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    changed: Option<usize>,
+    counts: &'a InboxCounts,
+}
+
+impl InboxEvent {
+    fn build(
+        user: UserId,
+        except_client: Option<ClientId>,
+        followers_only: bool,
+        counts: InboxCounts,
+        wire: WireInboxEvent<'_>,
+    ) -> Self {
+        let json = Bytes::from(serde_json::to_vec(&wire).expect("an inbox event always serializes"));
+        Self { user, except_client, followers_only, counts, json }
+    }
+
+    /// `append`: new notifications `seqs` were stored; for the clients that follow the counts.
+    pub fn appended(user: UserId, seqs: &[Seq], counts: InboxCounts) -> Self {
+        let wire = WireInboxEvent {
+            op: "append",
+            mark: None,
+            at: None,
+            seqs: Some(seqs),
+            all_up_to: None,
+            through: None,
+            changed: Some(seqs.len()),
+            counts: &counts,
+        };
+        Self::build(user, None, true, counts, wire)
+    }
+
+    /// `mark`: `change.seqs` were marked `mark` at `at_ms`.
+    pub fn marked(
+        user: UserId,
+        selection: &Selection,
+        mark: Mark,
+        at_ms: i64,
+        change: &InboxChange,
+        except_client: Option<ClientId>,
+    ) -> Self {
+        let (seqs, all_up_to) = Self::selected(selection, change);
+        let wire = WireInboxEvent {
+            op: "mark",
+            mark: Some(mark.as_str()),
+            at: Some(format_timestamp_ms(at_ms)),
+            seqs,
+            all_up_to,
+            through: None,
+            changed: Some(change.seqs.len()),
+            counts: &change.counts,
+        };
+        Self::build(user, except_client, false, change.counts, wire)
+    }
+
+    /// `delete`: `change.seqs` were deleted.
+    pub fn deleted(
+        user: UserId,
+        selection: &Selection,
+        change: &InboxChange,
+        except_client: Option<ClientId>,
+    ) -> Self {
+        let (seqs, all_up_to) = Self::selected(selection, change);
+        let wire = WireInboxEvent {
+            op: "delete",
+            mark: None,
+            at: None,
+            seqs,
+            all_up_to,
+            through: None,
+            changed: Some(change.seqs.len()),
+            counts: &change.counts,
+        };
+        Self::build(user, except_client, false, change.counts, wire)
+    }
+
+    /// `prune`: retention removed every notification up to `through`.
+    pub fn pruned(pruned: &PrunedInbox) -> Self {
+        let wire = WireInboxEvent {
+            op: "prune",
+            mark: None,
+            at: None,
+            seqs: None,
+            all_up_to: None,
+            through: Some(pruned.through),
+            // Every seq up to `through` is gone: that says it all.
+            changed: None,
+            counts: &pruned.counts,
+        };
+        Self::build(pruned.user.clone(), None, false, pruned.counts, wire)
+    }
+
+    /// A change by seqs lists the seqs changed; "all up to N" gives N (the seqs could be many:
+    /// every notification up to N is in the new state now).
+    fn selected<'a>(selection: &Selection, change: &'a InboxChange) -> (Option<&'a [Seq]>, Option<Seq>) {
+        match selection {
+            Selection::Seqs(_) => (Some(&change.seqs), None),
+            Selection::AllUpTo(n) => (None, Some(*n)),
+        }
+    }
+
+    /// The event's JSON object, on one line: the `data:` of an SSE `inbox` event.
+    pub fn json(&self) -> &Bytes {
+        &self.json
+    }
+
+    /// Whether the client `client` gets this event; `follows` says whether it follows counts.
+    pub fn is_for(&self, client: &ClientId, follows: bool) -> bool {
+        (follows || !self.followers_only) && self.except_client.as_ref() != Some(client)
+    }
+}
+
+/// What a mark or delete through [`Inbox`] did.
+#[derive(Debug, Clone)]
+pub struct InboxUpdate {
+    pub change: InboxChange,
+    /// The event describing the change; sent to the user's clients only if something changed.
+    /// Its JSON is also the HTTP answer.
+    pub event: Arc<InboxEvent>,
+    /// Clients of this node it was handed to.
+    pub delivered: u64,
+}
+
+/// Reads and changes users' inboxes, and tells their clients. Cheap to clone; get one from
+/// [`crate::Notifier::inbox`].
+#[derive(Clone)]
+pub struct Inbox {
+    store: Arc<dyn Store>,
+    bus: Arc<dyn Bus>,
+}
+
+impl std::fmt::Debug for Inbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inbox").finish_non_exhaustive()
+    }
+}
+
+impl Inbox {
+    pub fn new(store: Arc<dyn Store>, bus: Arc<dyn Bus>) -> Self {
+        Self { store, bus }
+    }
+
+    /// A page of `user`'s inbox, newest first, with the counts.
+    pub async fn list(&self, user: &UserId, query: &InboxQuery) -> Result<InboxPage, NotifyError> {
+        if query.limit == 0 || query.limit > INBOX_PAGE_LEN_MAX {
+            return Err(NotifyError::Invalid(format!(
+                "limit must be 1 to {INBOX_PAGE_LEN_MAX}, not {}",
+                query.limit
+            )));
+        }
+        if let Some(kind) = &query.kind
+            && (kind.is_empty() || kind.len() > KIND_BYTES_MAX)
+        {
+            return Err(NotifyError::Invalid(format!("type must be 1 to {KIND_BYTES_MAX} bytes long")));
+        }
+        Ok(self.store.inbox_list(user, query).await?)
+    }
+
+    /// `user`'s counts (O(1): kept by the store, not counted).
+    pub async fn counts(&self, user: &UserId) -> Result<InboxCounts, NotifyError> {
+        Ok(self.store.inbox_counts(user).await?)
+    }
+
+    /// Marks the selected notifications of `user`, then sends an `inbox` event to every client of
+    /// the user but `except_client` (if anything changed).
+    pub async fn mark(
+        &self,
+        user: &UserId,
+        selection: Selection,
+        mark: Mark,
+        except_client: Option<ClientId>,
+    ) -> Result<InboxUpdate, NotifyError> {
+        let selection = check_selection(selection)?;
+        if matches!(selection, Selection::AllUpTo(_)) && !mark.applies_to_all() {
+            return Err(NotifyError::Invalid(format!(
+                "all_up_to takes \"as\": \"read\", \"seen\" or \"archived\", not {:?}",
+                mark.as_str()
+            )));
+        }
+        let at_ms = now_ms();
+        let change = self.store.inbox_mark(user, &selection, mark, at_ms).await?;
+        let event = InboxEvent::marked(user.clone(), &selection, mark, at_ms, &change, except_client);
+        self.send(change, event).await
+    }
+
+    /// Deletes the selected notifications of `user` (they are not replayed any more, and no
+    /// client is told to `reset`), then sends an `inbox` event as [`Inbox::mark`] does.
+    pub async fn delete(
+        &self,
+        user: &UserId,
+        selection: Selection,
+        except_client: Option<ClientId>,
+    ) -> Result<InboxUpdate, NotifyError> {
+        let selection = check_selection(selection)?;
+        let change = self.store.inbox_delete(user, &selection).await?;
+        let event = InboxEvent::deleted(user.clone(), &selection, &change, except_client);
+        self.send(change, event).await
+    }
+
+    /// Applies retention (see [`Store::prune`]) and sends a `prune` event to the clients of
+    /// every user who lost notifications, with their new counts.
+    pub async fn prune(&self, now_ms: i64) -> Result<PruneReport, StoreError> {
+        let report = self.store.prune(now_ms).await?;
+        for pruned in &report.inboxes {
+            if let Err(error) = self.bus.publish_inbox(Arc::new(InboxEvent::pruned(pruned))).await {
+                tracing::warn!(%error, user = %pruned.user, "cannot send an inbox prune event");
+            }
+        }
+        Ok(report)
+    }
+
+    async fn send(&self, change: InboxChange, event: InboxEvent) -> Result<InboxUpdate, NotifyError> {
+        let event = Arc::new(event);
+        let delivered =
+            if change.seqs.is_empty() { 0 } else { self.bus.publish_inbox(Arc::clone(&event)).await? };
+        Ok(InboxUpdate { change, event, delivered })
+    }
+}
+
+/// Refuses selections over [`MARK_SEQS_MAX`] or empty; drops duplicate seqs.
+fn check_selection(selection: Selection) -> Result<Selection, NotifyError> {
+    match selection {
+        Selection::Seqs(mut seqs) => {
+            if seqs.is_empty() {
+                return Err(NotifyError::Invalid("seqs must not be empty".into()));
+            }
+            if seqs.len() > MARK_SEQS_MAX {
+                return Err(NotifyError::Invalid(format!(
+                    "{} seqs in one request; at most {MARK_SEQS_MAX} are allowed",
+                    seqs.len()
+                )));
+            }
+            seqs.sort_unstable();
+            seqs.dedup();
+            Ok(Selection::Seqs(seqs))
+        }
+        all => Ok(all),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn marks_are_idempotent_and_read_implies_seen() {
+        let fresh = ItemState::default();
+        let read = fresh.marked(Mark::Read, 5).unwrap();
+        assert_eq!(read, ItemState { seen_at_ms: Some(5), read_at_ms: Some(5), archived_at_ms: None });
+        assert_eq!(read.marked(Mark::Read, 9), None, "read twice changes nothing");
+        assert_eq!(read.marked(Mark::Seen, 9), None);
+        let unread = read.marked(Mark::Unread, 7).unwrap();
+        assert_eq!(unread, ItemState { seen_at_ms: Some(5), read_at_ms: None, archived_at_ms: None });
+        assert_eq!(fresh.marked(Mark::Unread, 1), None);
+        assert_eq!(fresh.marked(Mark::Unarchived, 1), None);
+        let archived = unread.marked(Mark::Archived, 8).unwrap();
+        assert!(archived.is_in(InboxStatus::Archived) && !archived.is_in(InboxStatus::All));
+        assert_eq!(archived.marked(Mark::Unarchived, 9), Some(unread));
+    }
+
+    #[test]
+    fn weights_follow_the_statuses() {
+        let fresh = ItemState::default();
+        assert_eq!(fresh.weight(), CountsDelta { total: 1, unread: 1, unseen: 1, archived: 0 });
+        let archived = fresh.marked(Mark::Archived, 1).unwrap();
+        assert_eq!(archived.weight(), CountsDelta { total: 0, unread: 0, unseen: 0, archived: 1 });
+        let read = fresh.marked(Mark::Read, 1).unwrap();
+        assert_eq!(
+            CountsDelta::between(Some(&fresh), Some(&read)),
+            CountsDelta { total: 0, unread: -1, unseen: -1, archived: 0 }
+        );
+        assert_eq!(CountsDelta::between(Some(&read), None), CountsDelta { total: -1, ..Default::default() });
+        let mut counts = InboxCounts::default();
+        counts.apply(CountsDelta::between(None, Some(&fresh)));
+        assert_eq!(counts, InboxCounts { unread: 1, unseen: 1, total: 1, archived: 0, version: 1 });
+    }
+
+    #[test]
+    fn events_are_serialized_once_in_their_wire_form() {
+        let user = UserId::new("alice").unwrap();
+        let counts = InboxCounts { unread: 2, unseen: 1, total: 5, archived: 1, version: 9 };
+        let change = InboxChange { seqs: vec![3, 4], counts };
+        let marked = InboxEvent::marked(
+            user.clone(),
+            &Selection::Seqs(vec![3, 4, 8]),
+            Mark::Read,
+            0,
+            &change,
+            Some(ClientId::new("c1").unwrap()),
+        );
+        assert_eq!(
+            std::str::from_utf8(marked.json()).unwrap(),
+            r#"{"op":"mark","as":"read","at":"1970-01-01T00:00:00Z","seqs":[3,4],"changed":2,"counts":{"unread":2,"unseen":1,"total":5,"archived":1,"version":9}}"#
+        );
+        assert!(!marked.is_for(&ClientId::new("c1").unwrap(), true));
+        assert!(marked.is_for(&ClientId::new("c2").unwrap(), false));
+        let all = InboxEvent::deleted(user.clone(), &Selection::AllUpTo(8), &change, None);
+        assert_eq!(
+            std::str::from_utf8(all.json()).unwrap(),
+            r#"{"op":"delete","all_up_to":8,"changed":2,"counts":{"unread":2,"unseen":1,"total":5,"archived":1,"version":9}}"#
+        );
+        let appended = InboxEvent::appended(user.clone(), &[10], counts);
+        assert!(appended.is_for(&ClientId::new("c2").unwrap(), true));
+        assert!(!appended.is_for(&ClientId::new("c2").unwrap(), false), "append events only for followers");
+        let pruned = InboxEvent::pruned(&PrunedInbox { user, through: 7, counts });
+        assert_eq!(
+            std::str::from_utf8(pruned.json()).unwrap(),
+            r#"{"op":"prune","through":7,"counts":{"unread":2,"unseen":1,"total":5,"archived":1,"version":9}}"#
+        );
+    }
+}
