@@ -6,7 +6,8 @@
 # `npx playwright install` cannot work here) and the npm packages of tests/browser (`npm ci`,
 # pinned by its package-lock.json). Builds the `herald` binary with cargo.
 #
-# Usage: scripts/browser-tests.sh [test files…]   (default: every tests/browser/*.test.mjs)
+# Usage: scripts/browser-tests.sh [test files…]   (default: every tests/browser/*.test.mjs;
+#        a file as tests/browser/x.test.mjs or x.test.mjs)
 # Screenshots of the demo land in artifacts/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -43,7 +44,7 @@ export CHROMIUM=/usr/bin/chromium
 echo "== browser tests ($(chromium --version 2>/dev/null | head -1))"
 cd tests/browser
 if [ "$#" -gt 0 ]; then
-  files=("$@")
+  files=("${@#tests/browser/}") # as given from the repository's root, or from tests/browser
 else
   files=(*.test.mjs)
 fi

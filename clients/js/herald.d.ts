@@ -45,11 +45,114 @@ export interface HeraldClosed {
   reason: HeraldCloseReason;
 }
 
+/** The user's inbox counts. Of two, the one with the higher `version` is newer. */
+export interface HeraldInboxCounts {
+  /** Not archived and not read: the badge. */
+  unread: number;
+  /** Not archived and not seen (`unseen` ≤ `unread` ≤ `total`). */
+  unseen: number;
+  /** Stored and not archived. */
+  total: number;
+  /** Stored and archived. */
+  archived: number;
+  /** Grows with every change of the user's inbox. */
+  version: number;
+}
+
+/** What a notification can be marked as. */
+export type HeraldMark = 'read' | 'unread' | 'seen' | 'archived' | 'unarchived';
+
+/** Which notifications a mark or delete is for: a list of seqs, or every stored one up to a seq. */
+export type HeraldInboxTarget = number[] | { allUpTo: number };
+
+/** A change of the user's inbox (the server's `inbox` event, or the answer to this tab's own
+ * mark or delete). */
+export interface HeraldInboxChange {
+  op: 'mark' | 'delete' | 'append' | 'prune';
+  /** `mark`: the mark. */
+  as?: HeraldMark;
+  /** `mark`: when, RFC 3339 (the new `seen_at` / `read_at` / `archived_at`). */
+  at?: string;
+  /** `mark`, `delete` by seqs, `append`: the seqs changed, deleted or new, ascending. */
+  seqs?: number[];
+  /** `mark`, `delete` by `allUpTo`: every stored notification up to it now has that state (or is gone). */
+  all_up_to?: number;
+  /** `prune`: every notification up to this seq is gone (retention). */
+  through?: number;
+  /** How many notifications changed (all but `prune`). */
+  changed?: number;
+  /** The counts right after the change. */
+  counts: HeraldInboxCounts;
+}
+
+/** A stored notification with its inbox state. */
+export interface HeraldInboxItem<Data = unknown> extends HeraldNotification<Data> {
+  seq: number;
+  seen_at: string | null;
+  read_at: string | null;
+  archived_at: string | null;
+}
+
+export interface HeraldInboxPage<Data = unknown> {
+  /** Newest first. */
+  notifications: HeraldInboxItem<Data>[];
+  /** Give it as `before` for the next (older) page; `null` on the last page. */
+  next_before: number | null;
+  counts: HeraldInboxCounts;
+}
+
+export interface HeraldInboxListOptions {
+  /** `all` (default: every one not archived), `unread`, `unseen`, `read`, `archived`. */
+  status?: 'all' | 'unread' | 'unseen' | 'read' | 'archived';
+  /** Only this type. */
+  type?: string;
+  /** Only seqs below this one: the previous page's `next_before`. */
+  before?: number;
+  /** 1–100, default 20. */
+  limit?: number;
+}
+
+/** `herald.inbox`: the user's inbox, with this client's token. Every method rejects with a
+ * `HeraldError` when the server refuses, or a `TypeError` when the network fails. */
+export interface HeraldInbox {
+  /** The newest counts this tab knows (highest `version`), or `null` before the first ones.
+   * Kept live with the option `inbox: true`; without it, new notifications do not update them. */
+  readonly counts: HeraldInboxCounts | null;
+  /** Whether the connection follows the counts (the option `inbox`). */
+  readonly following: boolean;
+  /** `GET /v1/inbox`: a page, newest first. Its counts are taken if newer. */
+  list(options?: HeraldInboxListOptions): Promise<HeraldInboxPage>;
+  /** Reads the counts again; resolves to the newest known. */
+  refresh(): Promise<HeraldInboxCounts>;
+  /** Marks `[seq, …]` or `{allUpTo: seq}` (default `'read'`; `unread` and `unarchived` only take
+   * seqs). The other tabs and sessions get an `inbox` event; this tab applies the answer at once
+   * (emitting `inbox` and `counts` too) and resolves to it. */
+  mark(target: HeraldInboxTarget, as?: HeraldMark): Promise<HeraldInboxChange>;
+  /** "Mark all read": `mark({allUpTo: upTo}, as)`, by default up to the newest seq this tab has
+   * heard of, so that one arriving meanwhile stays unread. */
+  markAll(as?: 'read' | 'seen' | 'archived', upTo?: number): Promise<HeraldInboxChange>;
+  /** Deletes `[seq, …]` (one request each) or `{allUpTo: seq}`; resolves to one change for all. */
+  delete(target: HeraldInboxTarget): Promise<HeraldInboxChange>;
+}
+
+/** The server refused an inbox request. */
+export declare class HeraldError extends Error {
+  /** The HTTP status. */
+  readonly status: number;
+  /** The error code, e.g. `invalid_seq`. */
+  readonly code: string | null;
+}
+
 export interface HeraldEvents {
   notification: HeraldNotification;
   reset: HeraldReset;
   closed: HeraldClosed;
   status: HeraldStatus;
+  /** The inbox counts changed (newer ones arrived): e.g. show `counts.unread` as the badge. */
+  counts: HeraldInboxCounts;
+  /** The inbox changed: another tab or session (or this tab) marked or deleted notifications,
+   * retention removed some, or (with `inbox: true`) new ones were stored. */
+  inbox: HeraldInboxChange;
 }
 
 export interface HeraldOptions {
@@ -67,6 +170,10 @@ export interface HeraldOptions {
   fallback?: boolean;
   /** Start after this seq (e.g. the last one the app's own state includes) instead of now. */
   lastSeq?: number | null;
+  /** Follow the inbox counts (default `false`): the connection is opened with `inbox=1` (an
+   * `inbox` event after each new notification), and the counts are read after every
+   * (re)connection, so that `herald.inbox.counts` and the `counts` event stay right. */
+  inbox?: boolean;
 }
 
 export declare class Herald {
@@ -80,6 +187,8 @@ export declare class Herald {
   readonly lastSeq: number | null;
   /** The transport in use now (it may be `poll` after a fallback). */
   readonly transport: HeraldTransport;
+  /** The user's inbox: counts, pages, marks. */
+  readonly inbox: HeraldInbox;
   /** Adds a listener; returns a function that removes it. */
   on<E extends keyof HeraldEvents>(event: E, listener: (value: HeraldEvents[E]) => void): () => void;
   /** Removes a listener added with `on`. */

@@ -7,6 +7,13 @@
 //   herald.on('notification', (n) => show(n));
 //   herald.on('status', (s) => console.log(s));   // connecting, open, reconnecting, offline, closed
 //
+// With `inbox: true` it also keeps the user's inbox counts (the unread badge) right in every tab:
+//
+//   const herald = new Herald({ token, inbox: true });
+//   herald.on('counts', (counts) => showBadge(counts.unread));
+//   const page = await herald.inbox.list({ status: 'unread' });
+//   await herald.inbox.mark([17], 'read');        // or mark({ allUpTo: 42 }, 'read'), markAll()
+//
 // What it does for the app:
 // - keeps one connection: SSE (the default), WebSocket (`transport: 'ws'`) or long-polling
 //   (`transport: 'poll'`, and the fallback when streams keep failing while the server is up);
@@ -18,7 +25,12 @@
 // - keeps its client id across reconnects and reloads of the tab (sessionStorage), while a new
 //   or duplicated tab gets its own;
 // - stops for good (a `closed` event) when the server says the client was `evicted`, `replaced`
-//   or its session closed.
+//   or its session closed;
+// - the inbox (`herald.inbox`): lists pages, marks and deletes with the same token, and holds the
+//   newest counts (highest `version`) from every source: the `inbox` events of other tabs and
+//   sessions, the answers to this tab's own changes (which the server leaves this tab out of),
+//   pages, and a fetch after every (re)connection. With `inbox: true` the connection follows
+//   the counts of new notifications too (`inbox=1`).
 //
 // The server must be on the page's origin (or behind the same origin through a proxy): Herald
 // sends no CORS headers.
@@ -72,11 +84,17 @@ export class Herald {
   // The browser knows the network is gone: drop the connection now rather than wait for TCP to
   // notice, and reconnect (and catch up) when it is back.
   #onOffline = () => { if (this.#status === 'open') this.#abort?.(); };
+  #tokenPending = null; // one call of the token function at a time
+  #followInbox = false;
+  #counts = null;
+  #countsVersion = -1; // the version of `#counts`, lowered at each `hello` (see #hello)
+  #inboxMaxSeq = 0; // the newest seq of the user this tab knows of (for markAll)
+  #inboxApi = null;
 
   /**
    * @param {import('./herald').HeraldOptions} options
    */
-  constructor({ url = '', token, transport = 'sse', fallback = true, lastSeq = null } = {}) {
+  constructor({ url = '', token, transport = 'sse', fallback = true, lastSeq = null, inbox = false } = {}) {
     if (typeof token !== 'string' && typeof token !== 'function') {
       throw new TypeError('Herald: `token` must be a string or a function returning one');
     }
@@ -89,6 +107,7 @@ export class Herald {
     this.#mode = transport;
     this.#fallback = fallback && transport !== 'poll';
     if (lastSeq != null) this.#lastSeq = Number(lastSeq);
+    this.#followInbox = Boolean(inbox);
     globalThis.addEventListener?.('online', this.#onOnline);
     globalThis.addEventListener?.('offline', this.#onOffline);
     // Start after the caller had a chance to attach listeners.
@@ -103,6 +122,25 @@ export class Herald {
   get lastSeq() { return this.#lastSeq; }
   /** The transport in use: `sse`, `ws` or `poll`. */
   get transport() { return this.#mode; }
+
+  /**
+   * The user's inbox: `counts` (the newest known, or `null`), `list()`, `refresh()`, `mark()`,
+   * `markAll()`, `delete()`. See herald.d.ts.
+   */
+  get inbox() {
+    if (this.#inboxApi) return this.#inboxApi;
+    const self = this;
+    this.#inboxApi = Object.freeze({
+      get counts() { return self.#counts; },
+      get following() { return self.#followInbox; },
+      list: (options) => this.#inboxList(options),
+      refresh: () => this.#refreshCounts(),
+      mark: (target, as = 'read') => this.#inboxMark(target, as),
+      markAll: (as = 'read', upTo = this.#newestKnownSeq()) => this.#inboxMark({ allUpTo: upTo }, as),
+      delete: (target) => this.#inboxDelete(target),
+    });
+    return this.#inboxApi;
+  }
 
   /** Adds a listener; returns a function that removes it. */
   on(event, listener) {
@@ -216,7 +254,13 @@ export class Herald {
   }
 
   /** The token to use now: the string given, or one from the function (renewed when expiring). */
-  async #currentToken() {
+  #currentToken() {
+    // The connection loop and inbox requests may ask at once: one call of the function serves both.
+    this.#tokenPending ??= this.#loadToken().finally(() => { this.#tokenPending = null; });
+    return this.#tokenPending;
+  }
+
+  async #loadToken() {
     if (typeof this.#tokenSource === 'string') {
       this.#token ??= this.#tokenSource;
     } else if (this.#token === null || this.#tokenExpiring()) {
@@ -271,6 +315,9 @@ export class Herald {
           case 'reset':
             this.#reset(data.last_seq);
             break;
+          case 'inbox':
+            this.#onInbox(data);
+            break;
           case 'closed':
             reason = data.reason;
             end();
@@ -288,7 +335,7 @@ export class Herald {
         socket.onerror = end;
       } else {
         socket = new EventSource(`${this.#base}/v1/stream?${params}`);
-        for (const name of ['hello', 'notification', 'reset', 'closed']) {
+        for (const name of ['hello', 'notification', 'reset', 'inbox', 'closed']) {
           socket.addEventListener(name, (message) => {
             let data;
             try { data = JSON.parse(message.data); } catch { return; }
@@ -353,6 +400,10 @@ export class Herald {
       if (typeof body.last_seq === 'number' && (this.#lastSeq === null || body.last_seq > this.#lastSeq)) {
         this.#lastSeq = body.last_seq;
       }
+      if (typeof body.last_seq === 'number') this.#knowSeq(body.last_seq);
+      for (const event of body.inbox ?? []) this.#onInbox(event);
+      // Read when the answer was made, after its events: the newest of this answer.
+      if (body.counts) this.#applyCounts(body.counts);
       return { polled: true, reason: body.closed ?? null };
     } catch (error) {
       return { error };
@@ -389,12 +440,22 @@ export class Herald {
     if (this.#lastSeq !== null) params.set(pollWait === undefined ? 'last_event_id' : 'after', String(this.#lastSeq));
     if (this.#client) params.set('client', this.#client);
     if (pollWait !== undefined) params.set('timeout', String(pollWait));
+    if (this.#followInbox) params.set('inbox', '1');
     return params;
   }
 
   #hello(data) {
     if (typeof data.client === 'string') this.#setClient(data.client);
     if (this.#lastSeq === null && typeof data.last_seq === 'number') this.#lastSeq = data.last_seq;
+    if (typeof data.last_seq === 'number') this.#knowSeq(data.last_seq);
+    if (this.#followInbox) {
+      // `inbox` events are not replayed: whatever changed while this tab was away (or before it
+      // loaded) is only in a fresh read of the counts. The version floor is lowered so that the
+      // server's answer wins even if its versions restarted (a server without its data);
+      // among the counts that arrive from now on, the highest version still wins.
+      this.#countsVersion = -1;
+      this.#refreshCounts().catch(() => { /* the next connection tries again */ });
+    }
     this.#setStatus('open');
   }
 
@@ -404,6 +465,7 @@ export class Herald {
     if (typeof n.seq === 'number') {
       if (this.#lastSeq !== null && n.seq <= this.#lastSeq) return;
       this.#lastSeq = n.seq;
+      this.#knowSeq(n.seq);
     }
     const { event: _event, ...notification } = n;
     this.#emit('notification', notification);
@@ -494,6 +556,111 @@ export class Herald {
     try { globalThis.sessionStorage?.setItem(this.#storageKey, client); } catch { /* no storage */ }
   }
 
+  // ---- the inbox ----
+
+  /** `GET /v1/inbox`: a page, newest first, `{notifications, next_before, counts}`. */
+  async #inboxList({ status, type, before, limit } = {}) {
+    const query = new URLSearchParams();
+    if (status != null) query.set('status', status);
+    if (type != null) query.set('type', type);
+    if (before != null) query.set('before', String(before));
+    if (limit != null) query.set('limit', String(limit));
+    const page = await this.#request('GET', `/v1/inbox${String(query) ? `?${query}` : ''}`);
+    for (const n of page.notifications ?? []) this.#knowSeq(n.seq);
+    if (page.counts) this.#applyCounts(page.counts);
+    return page;
+  }
+
+  /** `GET /v1/inbox/counts`; answers the newest counts known (these, or newer ones that came first). */
+  async #refreshCounts() {
+    const { counts } = await this.#request('GET', '/v1/inbox/counts');
+    this.#applyCounts(counts);
+    return this.#counts;
+  }
+
+  /** `POST /v1/inbox/mark` for `[seq, …]` or `{allUpTo: N}`; the answer is applied here at once. */
+  async #inboxMark(target, as) {
+    const body = { ...selection(target), as };
+    const answer = await this.#request('POST', '/v1/inbox/mark', body, true);
+    this.#onInbox(answer);
+    return answer;
+  }
+
+  /** `DELETE /v1/inbox/{seq}` for each seq of `[seq, …]`, or `DELETE /v1/inbox?all_up_to=N`. */
+  async #inboxDelete(target) {
+    const { seqs, all_up_to: allUpTo } = selection(target);
+    if (allUpTo !== undefined) {
+      const answer = await this.#request('DELETE', `/v1/inbox?all_up_to=${allUpTo}`, undefined, true);
+      this.#onInbox(answer);
+      return answer;
+    }
+    const answers = await Promise.all(seqs.map((seq) => this.#request('DELETE', `/v1/inbox/${seq}`, undefined, true)));
+    for (const answer of answers) this.#onInbox(answer);
+    // One answer for all: the seqs deleted, how many, and the newest counts.
+    const newest = answers.reduce((a, b) => (b.counts.version > a.counts.version ? b : a));
+    return {
+      op: 'delete',
+      seqs: answers.flatMap((a) => (a.changed ? a.seqs ?? [] : [])).sort((a, b) => a - b),
+      changed: answers.reduce((n, a) => n + (a.changed ?? 0), 0),
+      counts: newest.counts,
+    };
+  }
+
+  /**
+   * A request with the subscriber token (renewed once if refused, when `token` is a function).
+   * A change names this tab (`X-Herald-Client`), so that the server leaves it out of the event:
+   * the answer is that event.
+   */
+  async #request(method, path, body, change = false) {
+    for (let attempt = 0; ; attempt += 1) {
+      const token = await this.#currentToken();
+      const headers = { authorization: `Bearer ${token}` };
+      if (body !== undefined) headers['content-type'] = 'application/json';
+      if (change && this.#client) headers['x-herald-client'] = this.#client;
+      const response = await fetch(`${this.#base}${path}`, {
+        method,
+        headers,
+        body: body === undefined ? undefined : JSON.stringify(body),
+        cache: 'no-store',
+      });
+      const answer = await response.json().catch(() => null);
+      if (response.ok) return answer;
+      if (response.status === 401 && attempt === 0 && typeof this.#tokenSource === 'function') {
+        this.#token = null;
+        continue;
+      }
+      throw new HeraldError(response.status, answer?.error?.code ?? null, answer?.error?.message ?? `HTTP ${response.status}`);
+    }
+  }
+
+  /** An `inbox` event (from the connection, or the answer to this tab's own change). */
+  #onInbox(event) {
+    if (event === null || typeof event !== 'object') return;
+    const { event: _event, ...change } = event;
+    if (change.op === 'append') for (const seq of change.seqs ?? []) this.#knowSeq(seq);
+    if (change.counts) this.#applyCounts(change.counts);
+    if (change.changed === 0) return; // an answer that changed nothing: no event was sent either
+    this.#emit('inbox', change);
+  }
+
+  /** Keeps `counts` if newer (higher `version`) than the ones held; emits `counts` then. */
+  #applyCounts(counts) {
+    if (counts === null || typeof counts !== 'object' || typeof counts.version !== 'number') return;
+    if (counts.version <= this.#countsVersion) return;
+    this.#countsVersion = counts.version;
+    this.#counts = Object.freeze({ ...counts });
+    this.#emit('counts', this.#counts);
+  }
+
+  #knowSeq(seq) {
+    if (typeof seq === 'number' && seq > this.#inboxMaxSeq) this.#inboxMaxSeq = seq;
+  }
+
+  /** The newest seq of the user this tab has heard of: what "mark all" goes up to. */
+  #newestKnownSeq() {
+    return Math.max(this.#inboxMaxSeq, this.#lastSeq ?? 0);
+  }
+
   // ---- events ----
 
   #setStatus(status) {
@@ -512,6 +679,29 @@ export class Herald {
       }
     }
   }
+}
+
+/** An error answer of the server to an inbox request: `status` (HTTP), `code` (e.g. `invalid_seq`). */
+export class HeraldError extends Error {
+  constructor(status, code, message) {
+    super(message);
+    this.name = 'HeraldError';
+    this.status = status;
+    this.code = code;
+  }
+}
+
+/** The body members for `[seq, …]` or `{allUpTo: N}` (also `{all_up_to: N}`). */
+function selection(target) {
+  if (Array.isArray(target)) {
+    if (!target.length || !target.every((seq) => Number.isSafeInteger(seq) && seq >= 0)) {
+      throw new TypeError('Herald: give a non-empty list of seqs');
+    }
+    return { seqs: target };
+  }
+  const upTo = target?.allUpTo ?? target?.all_up_to;
+  if (Number.isSafeInteger(upTo) && upTo >= 0) return { all_up_to: upTo };
+  throw new TypeError('Herald: give [seq, …] or {allUpTo: seq}');
 }
 
 /** Exponential back-off with jitter: half fixed, half random, capped at 30 s. */

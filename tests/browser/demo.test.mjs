@@ -1,6 +1,7 @@
 // The demo at /demo, driven as a person would: alice on a laptop (two tabs) and on a phone, bob
-// on his desk. Notifications sent from the page land where they should, the unread counters and
-// the presence panel follow, and screenshots go to artifacts/ (look at them).
+// on his desk. Notifications sent from the page land where they should, the inbox (the unread
+// badge, read and archived state, "mark all read") and the presence panel follow in every tab,
+// and screenshots go to artifacts/ (look at them).
 
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -19,8 +20,20 @@ async function openDemo(context, server, query) {
   return page;
 }
 
-function unread(page, count) {
-  return page.waitForSelector(`#unread[data-count="${count}"]`, { timeout: WAIT_MS });
+async function unread(page, count) {
+  try {
+    await page.waitForSelector(`#unread[data-count="${count}"]`, { timeout: WAIT_MS });
+  } catch (error) {
+    throw new Error(`${page.url()}: expected unread ${count}, the badge says ${await page.textContent('#unread')}`, { cause: error });
+  }
+}
+
+/** The seqs of the notifications the tab lists, newest first, and which of them are unread. */
+function shown(page) {
+  return page.evaluate(() => [...document.querySelectorAll('.note[data-seq]')].map((item) => ({
+    seq: Number(item.dataset.seq),
+    unread: item.classList.contains('unread'),
+  })));
 }
 
 async function send(page, { to, text }) {
@@ -58,8 +71,9 @@ test('the demo: sign in, live notifications to a user, a session and a tab, pres
   await send(tab1, { to: 'user:alice', text: 'Lunch at noon?' });
   for (const page of [tab1, tab2, phoneTab]) await unread(page, 1);
 
+  // The badge is the user's inbox: a notification for one session counts in every session.
   await send(tab1, { to: 'session:phone', text: 'Your package has shipped' });
-  await unread(phoneTab, 2);
+  for (const page of [tab1, tab2, phoneTab]) await unread(page, 2);
 
   // From the phone, to the laptop's second tab, picked in the presence panel.
   const tab2Client = await tab2.evaluate(() => document.querySelector('#who-client').textContent);
@@ -68,18 +82,20 @@ test('the demo: sign in, live notifications to a user, a session and a tab, pres
   assert.equal(await phoneTab.inputValue('#send-to'), `client:${tab2Client}`);
   await phoneTab.fill('#send-form input[name="text"]', 'Only this tab');
   await phoneTab.click('#send-form button[type="submit"]');
-  await unread(tab2, 2);
+  for (const page of [tab1, tab2, phoneTab]) await unread(page, 3);
 
   await send(bob, { to: 'user:bob', text: 'Hello bob' });
   await unread(bob, 1);
 
   // The counters are exact: a barrier to everyone, then count.
   await send(tab1, { to: 'user:alice', text: 'Meeting moved to 3 pm' });
-  await unread(tab1, 2);
-  await unread(tab2, 3);
-  await unread(phoneTab, 3);
+  for (const page of [tab1, tab2, phoneTab]) await unread(page, 4);
   assert.equal(await bob.textContent('#unread'), '1');
-  assert.equal(await tab1.title(), '(2) Herald demo');
+  assert.equal(await tab1.title(), '(4) Herald demo');
+  // Every tab lists the whole inbox, also what was sent to another session or tab.
+  for (const page of [tab1, tab2, phoneTab]) {
+    await page.waitForFunction(() => document.querySelectorAll('.note.unread').length === 4, null, { timeout: WAIT_MS });
+  }
 
   // Presence, live: two sessions, three tabs, with their transports.
   await tab1.waitForFunction(() => document.querySelectorAll('#presence .client').length === 3, null, { timeout: WAIT_MS });
@@ -87,13 +103,33 @@ test('the demo: sign in, live notifications to a user, a session and a tab, pres
   assert.equal(await tab1.locator('#presence .tag.ws').count(), 1);
   assert.equal(await tab1.locator('#presence .client.me').count(), 1);
 
-  // Read one on the phone, so its screenshot shows both states.
-  await phoneTab.click('.note.unread >> nth=2');
-  await unread(phoneTab, 2);
+  // Read one on the phone: read everywhere. Archive one on the laptop: gone everywhere.
+  const seqs = (await shown(tab1)).map((n) => n.seq);
+  assert.deepEqual(seqs, [...seqs].sort((a, b) => b - a), 'newest first');
+  await phoneTab.click(`.note[data-seq="${seqs[3]}"]`);
+  for (const page of [tab1, tab2, phoneTab]) await unread(page, 3);
+  await tab2.waitForSelector(`.note[data-seq="${seqs[3]}"]:not(.unread)`, { timeout: WAIT_MS });
+  await tab1.click(`.note[data-seq="${seqs[1]}"] .archive`);
+  for (const page of [tab1, tab2, phoneTab]) await unread(page, 2);
+  await phoneTab.waitForSelector(`.note[data-seq="${seqs[1]}"]`, { state: 'detached', timeout: WAIT_MS });
+  assert.match(await tab1.textContent('#inbox-summary'), /^2 unread · 3 in the inbox · 1 archived$/);
 
   await tab1.screenshot({ path: artifactPath('demo-alice-laptop.png'), fullPage: true });
   await phoneTab.screenshot({ path: artifactPath('demo-alice-phone.png'), fullPage: true });
   await bob.screenshot({ path: artifactPath('demo-bob-long-polling.png'), fullPage: true });
+
+  // "Mark all read" on the phone; a reloaded laptop tab lists the inbox with its state.
+  await phoneTab.click('#mark-read');
+  for (const page of [tab1, tab2, phoneTab]) await unread(page, 0);
+  assert.ok(await tab1.isDisabled('#mark-read'));
+  await tab1.reload();
+  await tab1.waitForSelector('#status[data-status="open"]', { timeout: WAIT_MS });
+  await tab1.waitForFunction(() => document.querySelectorAll('.note[data-seq]').length === 3, null, { timeout: WAIT_MS });
+  await unread(tab1, 0);
+  assert.deepEqual(await shown(tab1), [seqs[0], seqs[2], seqs[3]].map((seq) => ({ seq, unread: false })));
+  await send(tab2, { to: 'user:alice', text: 'Sent after the reload' });
+  for (const page of [tab1, tab2, phoneTab]) await unread(page, 1);
+  await tab1.screenshot({ path: artifactPath('demo-alice-inbox.png'), fullPage: true });
 
   // A tab closing shows up in the others' presence.
   await tab2.close();

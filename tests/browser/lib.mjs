@@ -181,7 +181,7 @@ export async function newContext(browser, server, options = {}) {
 
 /**
  * Opens a tab on the server's origin that runs herald.js with `options` and records everything
- * in `window.recorded`: notifications, statuses, resets, closed.
+ * in `window.recorded`: notifications, statuses, resets, closed, inbox counts and inbox events.
  */
 export async function openTab(context, server, options) {
   const page = await context.newPage();
@@ -191,23 +191,26 @@ export async function openTab(context, server, options) {
 }
 
 /** Loads a same-origin page and starts herald.js in it (again after a reload, too). */
-export async function startHerald(page, server, { user, session, transport, ttlSeconds = 3600, fallback = true }) {
+export async function startHerald(page, server, { user, session, transport, ttlSeconds = 3600, fallback = true, inbox = false }) {
   await page.goto(`${server.url}/healthz`);
-  await page.evaluate(async ({ user, session, transport, ttlSeconds, fallback }) => {
+  await page.evaluate(async ({ user, session, transport, ttlSeconds, fallback, inbox }) => {
     const { Herald } = await import('/herald.js');
-    const recorded = { notifications: [], statuses: [], resets: [], closed: [] };
+    const recorded = { notifications: [], statuses: [], resets: [], closed: [], counts: [], inbox: [] };
     window.recorded = recorded;
     window.herald = new Herald({
       url: '',
       transport,
       fallback,
+      inbox,
       token: () => window.heraldTestToken({ user, session, ttlSeconds }),
     });
     herald.on('notification', (n) => recorded.notifications.push(n));
     herald.on('status', (s) => recorded.statuses.push(s));
     herald.on('reset', (r) => recorded.resets.push(r));
     herald.on('closed', (c) => recorded.closed.push(c));
-  }, { user, session, transport, ttlSeconds, fallback });
+    herald.on('counts', (c) => recorded.counts.push(c));
+    herald.on('inbox', (e) => recorded.inbox.push(e));
+  }, { user, session, transport, ttlSeconds, fallback, inbox });
   await waitForStatus(page, 'open');
 }
 
