@@ -2,7 +2,7 @@
 # Herald side by side with Nchan and Socket.IO, on this machine, in one run.
 #
 #   bench/compare.sh             # the full comparison (about 10 minutes)
-#   SMOKE=1 bench/compare.sh     # the same at a small scale (300 clients, 3 s): under a minute
+#   SMOKE=1 bench/compare.sh     # the same at a small scale (300 clients, 2 s): under a minute
 #
 # Installs what is missing (Debian's nginx and libnginx-mod-nchan, socket.io from npm), builds
 # Herald and herald-bench in release, then for each server in turn: starts it on its own
@@ -30,8 +30,9 @@ ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
 
 if [[ "${SMOKE:-0}" == 1 ]]; then
-    : "${USERS:=100}" "${TABS:=3}" "${PUBLISHERS:=8}" "${MAX_SECS:=3}" "${STEADY_RATE:=200}"
-    : "${STEADY_SECS:=3}" "${IDLE_SECS:=1}" "${BURST_TABS:=20}" "${BURST_COUNT:=100}"
+    : "${USERS:=100}" "${TABS:=3}" "${PUBLISHERS:=8}" "${MAX_SECS:=2}" "${STEADY_RATE:=200}"
+    : "${STEADY_SECS:=2}" "${IDLE_SECS:=0.5}" "${BURST_TABS:=20}" "${BURST_COUNT:=100}"
+    : "${SETTLE_SECS:=0.2}" "${QUIET_WAIT:=0}"
 fi
 USERS="${USERS:-5000}"             # users; each has TABS clients, all in one session
 TABS="${TABS:-3}"
@@ -44,6 +45,13 @@ BURST_TABS="${BURST_TABS:-50}"     # (d) tabs of the one user of the burst
 BURST_COUNT="${BURST_COUNT:-1000}" # (d) publishes of the burst
 SERVERS="${SERVERS:-herald-sqlite herald-memory nchan socketio}"
 HERALD_ALONE="${HERALD_ALONE:-1}"  # 0: skip (d)
+SETTLE_SECS="${SETTLE_SECS:-2}"    # pause after stopping a server, before starting the next
+RETRIES="${RETRIES:-2}"            # a run disturbed by other programs is repeated this many times
+DISTURBED_CPU_SECS="${DISTURBED_CPU_SECS:-2}" # disturbed: others used more CPU (s) in a phase
+QUIET_WAIT="${QUIET_WAIT:-300}"    # before each run, wait up to this many seconds for a quiet machine
+QUIET_BUSY_PCT="${QUIET_BUSY_PCT:-10}" # quiet: at most this share of the CPU busy over 2 s
+HERALD_BIN="${HERALD_BIN:-}"       # a herald binary to measure; default: build target/release/herald
+HERALD_REV="${HERALD_REV:-}"       # what to call that binary's version in machine.txt
 HERALD_PORT="${HERALD_PORT:-7310}"
 NCHAN_PORT="${NCHAN_PORT:-7311}"
 SOCKETIO_PORT="${SOCKETIO_PORT:-7312}"
@@ -135,7 +143,7 @@ machine_info() {
         echo "memory: $(free -h | awk '/^Mem:/ {print $2}')"
         echo "kernel: $(uname -sr)"
         echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')"
-        echo "herald: $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD 2>/dev/null || echo ' (with uncommitted changes)')"
+        echo "herald: ${HERALD_REV:-$(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD 2>/dev/null || echo ' (with uncommitted changes)')} ($HERALD_BIN)"
         echo "rustc: $(rustc --version)"
         echo "nginx: $(nginx -v 2>&1 | sed 's/^nginx version: //')"
         echo "nchan: $(dpkg-query -W -f='${Version}' libnginx-mod-nchan 2>/dev/null || echo '?')"
@@ -154,7 +162,7 @@ start_herald() {
     shift
     port_free "$HERALD_PORT" HERALD
     HERALD_LISTEN="127.0.0.1:$HERALD_PORT" \
-        "$ROOT/target/release/herald" serve "$@" >"$OUT/$label.server.log" 2>&1 &
+        "$HERALD_BIN" serve "$@" >"$OUT/$label.server.log" 2>&1 &
     SERVER_PID=$!
     STARTED+=("$SERVER_PID")
     wait_port "$HERALD_PORT" "$SERVER_PID"
@@ -185,23 +193,80 @@ stop_server() {
     forget_pid "$SERVER_PID"
     SERVER_PID=""
     # Let the sockets of the closed connections go before the next server starts.
+    sleep "$SETTLE_SECS"
+}
+
+# Share of the machine's CPU busy over the next 2 seconds, in percent.
+busy_pct() {
+    local a b
+    read -r -a a </proc/stat
     sleep 2
+    read -r -a b </proc/stat
+    local total=0 idle i
+    for i in 1 2 3 4 5 6 7 8; do total=$((total + b[i] - a[i])); done
+    idle=$((b[4] - a[4] + b[5] - a[5]))
+    echo $((total > 0 ? 100 * (total - idle) / total : 0))
+}
+
+# Waits (at most QUIET_WAIT seconds) until nothing else keeps the CPU busy: the machine is
+# shared with builds and tests, which would skew every figure. Each run records how busy the
+# machine was before and during it (herald-bench's "machine busy" and "other CPU").
+wait_quiet() {
+    local waited=0 busy
+    ((QUIET_WAIT > 0)) || return 0
+    while busy=$(busy_pct) && ((busy > QUIET_BUSY_PCT && waited < QUIET_WAIT)); do
+        ((waited == 0)) && log "the machine is busy ($busy%); waiting up to $QUIET_WAIT s for it to quiet down"
+        waited=$((waited + 2))
+    done
+    ((waited == 0)) || log "after $waited s: $busy% busy"
 }
 
 bench() {
     local label="$1"
     shift
+    wait_quiet
     log "$label: herald-bench run $*"
     "$ROOT/target/release/herald-bench" run --label "$label" --server-pid "$SERVER_PID" \
-        --json-out "$RESULTS" --no-progress "$@" | tee "$OUT/$label.txt" | grep -v '^{' >&2
+        --json-out "$RESULTS" --no-progress --disturbed-cpu-secs "$DISTURBED_CPU_SECS" "$@" |
+        tee "$OUT/$label.txt" | grep -v '^{' >&2
+}
+
+# measure LABEL START BENCH_ARGS...: runs START (a command line that starts the server, with
+# $attempt available), herald-bench with BENCH_ARGS, and stops the server. A run that other
+# programs disturbed (herald-bench exits 3) is repeated on a fresh server, at most RETRIES times;
+# every attempt stays in results.jsonl, and the tables show the last one.
+measure() {
+    local label="$1" start="$2" attempt rc
+    shift 2
+    for ((attempt = 0; ; attempt++)); do
+        eval "$start"
+        rc=0
+        bench "$label" "$@" || rc=$?
+        stop_server
+        if ((rc == 3 && attempt < RETRIES)); then
+            log "$label: disturbed by other programs; once more on a fresh server"
+            continue
+        fi
+        if ((rc != 0 && rc != 3)); then
+            log "$label: herald-bench failed (status $rc)"
+            exit 1
+        fi
+        return 0
+    done
 }
 
 standard_phases=(--users "$USERS" --clients-per-user "$TABS" --publishers "$PUBLISHERS"
     --idle-secs "$IDLE_SECS" --phase "steady:$STEADY_RATE:$STEADY_SECS" --phase "max:$MAX_SECS")
 
 install_missing
-log "building herald and herald-bench (release)"
-cargo build --release -q -p herald -p herald-bench
+if [[ -n "$HERALD_BIN" ]]; then
+    log "building herald-bench (release); measuring $HERALD_BIN"
+    cargo build --release -q -p herald-bench
+else
+    log "building herald and herald-bench (release)"
+    cargo build --release -q -p herald -p herald-bench
+    HERALD_BIN="$ROOT/target/release/herald"
+fi
 # One process here may hold at most 20,000 files; the servers inherit this limit.
 ulimit -n 19500
 export HERALD_SECRET="bench-secret-$RANDOM$RANDOM" HERALD_API_KEY="bench-key-$RANDOM$RANDOM"
@@ -210,25 +275,20 @@ machine_info
 for server in $SERVERS; do
     case "$server" in
     herald-sqlite)
-        start_herald herald-sqlite --data-dir "$WORK/herald-sqlite"
-        bench herald-sqlite --kind herald-sse --url "http://127.0.0.1:$HERALD_PORT" "${standard_phases[@]}"
-        stop_server
+        measure herald-sqlite 'start_herald herald-sqlite --data-dir "$WORK/herald-sqlite-$attempt"' \
+            --kind herald-sse --url "http://127.0.0.1:$HERALD_PORT" "${standard_phases[@]}"
         ;;
     herald-memory)
-        start_herald herald-memory --memory
-        bench herald-memory --kind herald-sse --url "http://127.0.0.1:$HERALD_PORT" "${standard_phases[@]}"
-        stop_server
+        measure herald-memory 'start_herald herald-memory --memory' \
+            --kind herald-sse --url "http://127.0.0.1:$HERALD_PORT" "${standard_phases[@]}"
         ;;
     nchan)
-        start_nchan
-        bench nchan --kind sse-url --url "http://127.0.0.1:$NCHAN_PORT" "${standard_phases[@]}"
-        stop_server
+        measure nchan start_nchan --kind sse-url --url "http://127.0.0.1:$NCHAN_PORT" "${standard_phases[@]}"
         cat "$WORK/nginx/logs/error.log" >>"$OUT/nchan.server.log" 2>/dev/null || true
         ;;
     socketio)
-        start_socketio
-        bench socketio --kind socketio --url "http://127.0.0.1:$SOCKETIO_PORT" "${standard_phases[@]}"
-        stop_server
+        measure socketio start_socketio --kind socketio --url "http://127.0.0.1:$SOCKETIO_PORT" \
+            "${standard_phases[@]}"
         ;;
     *)
         log "unknown server $server (known: herald-sqlite herald-memory nchan socketio)"
@@ -239,23 +299,23 @@ done
 
 alone=()
 if [[ "$HERALD_ALONE" == 1 ]]; then
-    if grep -q '"/v1/ws"' crates/herald-server/src/*.rs; then
-        start_herald herald-ws --data-dir "$WORK/herald-ws"
-        bench herald-ws --kind herald-ws --url "http://127.0.0.1:$HERALD_PORT" "${standard_phases[@]}"
-        stop_server
+    start_herald herald-ws-probe --memory
+    # A Herald without the WebSocket transport answers 404 there; with it, 401 (no token).
+    ws_status="$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$HERALD_PORT/v1/ws")"
+    stop_server
+    if [[ "$ws_status" != 404 ]]; then
+        measure herald-ws 'start_herald herald-ws --data-dir "$WORK/herald-ws-$attempt"' \
+            --kind herald-ws --url "http://127.0.0.1:$HERALD_PORT" "${standard_phases[@]}"
         alone+=(herald-ws)
     else
         log "this Herald has no /v1/ws: skipping the WebSocket run"
     fi
-    start_herald herald-poll --data-dir "$WORK/herald-poll"
-    bench herald-poll --kind herald-poll --url "http://127.0.0.1:$HERALD_PORT" "${standard_phases[@]}"
-    stop_server
+    measure herald-poll 'start_herald herald-poll --data-dir "$WORK/herald-poll-$attempt"' \
+        --kind herald-poll --url "http://127.0.0.1:$HERALD_PORT" "${standard_phases[@]}"
     alone+=(herald-poll)
-    start_herald "herald-burst$BURST_TABS" --data-dir "$WORK/herald-burst"
-    bench "herald-burst$BURST_TABS" --kind herald-sse --url "http://127.0.0.1:$HERALD_PORT" \
-        --users 1 --clients-per-user "$BURST_TABS" --publishers "$PUBLISHERS" --idle-secs 1 \
-        --phase "burst:$BURST_COUNT"
-    stop_server
+    measure "herald-burst$BURST_TABS" 'start_herald herald-burst --data-dir "$WORK/herald-burst-$attempt"' \
+        --kind herald-sse --url "http://127.0.0.1:$HERALD_PORT" --users 1 --clients-per-user "$BURST_TABS" \
+        --publishers "$PUBLISHERS" --idle-secs 1 --phase "burst:$BURST_COUNT"
     alone+=("herald-burst$BURST_TABS")
 fi
 

@@ -1,0 +1,221 @@
+//! `herald-bench compare`: one table from the JSON lines of several runs, a column per run
+//! label, and ratio columns between labels (for example Herald/Nchan).
+
+use std::path::PathBuf;
+
+use anyhow::{Context as _, ensure};
+
+use crate::report::{PhaseResult, RunResult, table};
+
+/// Options of `herald-bench compare`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CompareArgs {
+    /// Files of JSON lines written by `herald-bench run` (`--json-out`, or its last stdout line).
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+    /// Only these labels, in this order (comma-separated); default: every label, as found.
+    #[arg(long, value_delimiter = ',')]
+    pub columns: Vec<String>,
+    /// A ratio column `A/B` (labels): A's value divided by B's. Repeatable.
+    #[arg(long = "ratio")]
+    pub ratios: Vec<String>,
+    /// A title printed above the table.
+    #[arg(long, default_value = "")]
+    pub title: String,
+}
+
+/// Which way a metric is better.
+#[derive(Clone, Copy)]
+enum Better {
+    Higher,
+    Lower,
+    Neither,
+}
+
+struct Metric {
+    name: &'static str,
+    digits: usize,
+    better: Better,
+    value: fn(&RunResult) -> Option<f64>,
+}
+
+fn phase<'a>(run: &'a RunResult, mode: &str) -> Option<&'a PhaseResult> {
+    run.phases.iter().find(|p| p.spec.mode() == mode)
+}
+
+macro_rules! phase_metric {
+    ($mode:literal, $name:literal, $digits:expr, $better:expr, |$p:ident| $e:expr) => {
+        Metric { name: $name, digits: $digits, better: $better, value: |r| phase(r, $mode).and_then(|$p| $e) }
+    };
+}
+
+fn metrics() -> Vec<Metric> {
+    use Better::*;
+    vec![
+        Metric {
+            name: "clients connected",
+            digits: 0,
+            better: Neither,
+            value: |r| Some(r.connect.connected as f64),
+        },
+        Metric { name: "clients failed", digits: 0, better: Lower, value: |r| Some(r.connect.failed as f64) },
+        Metric {
+            name: "connect rate (clients/s)",
+            digits: 0,
+            better: Higher,
+            value: |r| Some(r.connect.per_sec),
+        },
+        Metric {
+            name: "connect p99 (ms)",
+            digits: 1,
+            better: Lower,
+            value: |r| Some(r.connect.latency.p99_ms),
+        },
+        Metric {
+            name: "idle: server RSS per client (KiB)",
+            digits: 2,
+            better: Lower,
+            value: |r| r.idle.rss_bytes_per_client.map(|b| b / 1024.0),
+        },
+        Metric {
+            name: "idle: server PSS per client (KiB)",
+            digits: 2,
+            better: Lower,
+            value: |r| r.idle.pss_bytes_per_client.map(|b| b / 1024.0),
+        },
+        Metric {
+            name: "idle: server RSS with clients (MiB)",
+            digits: 1,
+            better: Lower,
+            value: |r| r.idle.server_after.map(|s| s.rss_bytes as f64 / 1048576.0),
+        },
+        phase_metric!("steady", "steady: publishes/s", 0, Neither, |p| Some(p.publishes_per_sec)),
+        phase_metric!("steady", "steady: latency p50 (ms)", 3, Lower, |p| Some(p.latency.p50_ms)),
+        phase_metric!("steady", "steady: latency p90 (ms)", 3, Lower, |p| Some(p.latency.p90_ms)),
+        phase_metric!("steady", "steady: latency p99 (ms)", 3, Lower, |p| Some(p.latency.p99_ms)),
+        phase_metric!("steady", "steady: latency p99.9 (ms)", 3, Lower, |p| Some(p.latency.p999_ms)),
+        phase_metric!("steady", "steady: latency max (ms)", 3, Lower, |p| Some(p.latency.max_ms)),
+        phase_metric!("steady", "steady: server CPU per delivery (µs)", 2, Lower, |p| p
+            .server_cpu_us_per_delivery),
+        phase_metric!("steady", "steady: other CPU (s)", 2, Neither, |p| p.other_cpu_secs),
+        phase_metric!("steady", "steady: lost", 0, Lower, |p| Some(p.deliveries.lost as f64)),
+        phase_metric!("steady", "steady: duplicated", 0, Lower, |p| Some(p.deliveries.duplicated as f64)),
+        phase_metric!("max", "max: publishes/s", 0, Higher, |p| Some(p.publishes_per_sec)),
+        phase_metric!("max", "max: deliveries/s", 0, Higher, |p| Some(p.deliveries_per_sec)),
+        phase_metric!("max", "max: latency p50 (ms)", 3, Lower, |p| Some(p.latency.p50_ms)),
+        phase_metric!("max", "max: latency p90 (ms)", 3, Lower, |p| Some(p.latency.p90_ms)),
+        phase_metric!("max", "max: latency p99 (ms)", 3, Lower, |p| Some(p.latency.p99_ms)),
+        phase_metric!("max", "max: latency p99.9 (ms)", 3, Lower, |p| Some(p.latency.p999_ms)),
+        phase_metric!("max", "max: latency max (ms)", 3, Lower, |p| Some(p.latency.max_ms)),
+        phase_metric!("max", "max: publish round trip p99 (ms)", 3, Lower, |p| Some(
+            p.publish_round_trip.p99_ms
+        )),
+        phase_metric!("max", "max: server CPU (s)", 2, Neither, |p| p.server_cpu_secs),
+        phase_metric!("max", "max: server CPU per delivery (µs)", 2, Lower, |p| p
+            .server_cpu_us_per_delivery),
+        phase_metric!("max", "max: generator CPU (s)", 2, Neither, |p| Some(p.generator_cpu_secs)),
+        phase_metric!("max", "max: other CPU (s)", 2, Neither, |p| p.other_cpu_secs),
+        phase_metric!("max", "max: CPU stolen by the hypervisor (s)", 2, Neither, |p| Some(p.steal_cpu_secs)),
+        phase_metric!("max", "max: publish errors", 0, Lower, |p| Some(p.errors as f64)),
+        phase_metric!("max", "max: lost", 0, Lower, |p| Some(p.deliveries.lost as f64)),
+        phase_metric!("max", "max: duplicated", 0, Lower, |p| Some(p.deliveries.duplicated as f64)),
+        phase_metric!("max", "max: server RSS after (MiB)", 1, Lower, |p| p
+            .server_after
+            .map(|s| s.rss_bytes as f64 / 1048576.0)),
+        phase_metric!("burst", "burst: publishes", 0, Neither, |p| Some(p.acked as f64)),
+        phase_metric!("burst", "burst: deliveries", 0, Neither, |p| Some(p.deliveries.delivered as f64)),
+        phase_metric!("burst", "burst: time to deliver all (s)", 3, Lower, |p| Some(p.delivery_secs)),
+        phase_metric!("burst", "burst: deliveries/s", 0, Higher, |p| Some(p.deliveries_per_sec)),
+        phase_metric!("burst", "burst: latency p50 (ms)", 3, Lower, |p| Some(p.latency.p50_ms)),
+        phase_metric!("burst", "burst: latency p99 (ms)", 3, Lower, |p| Some(p.latency.p99_ms)),
+        phase_metric!("burst", "burst: latency max (ms)", 3, Lower, |p| Some(p.latency.max_ms)),
+        phase_metric!("burst", "burst: server CPU per delivery (µs)", 2, Lower, |p| p
+            .server_cpu_us_per_delivery),
+        phase_metric!("burst", "burst: lost", 0, Lower, |p| Some(p.deliveries.lost as f64)),
+        phase_metric!("burst", "burst: duplicated", 0, Lower, |p| Some(p.deliveries.duplicated as f64)),
+        Metric {
+            name: "machine busy before the run (%)",
+            digits: 1,
+            better: Neither,
+            value: |r| Some(r.machine.busy_pct_before),
+        },
+    ]
+}
+
+/// Reads the runs in `files` (one JSON object per line; other lines are skipped).
+pub fn read_runs(files: &[PathBuf]) -> anyhow::Result<Vec<RunResult>> {
+    let mut runs = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(file).with_context(|| format!("read {}", file.display()))?;
+        for line in text.lines().filter(|l| l.starts_with('{')) {
+            runs.push(
+                serde_json::from_str(line).with_context(|| format!("a bad line in {}", file.display()))?,
+            );
+        }
+    }
+    Ok(runs)
+}
+
+/// The comparison table.
+pub fn render(runs: &[RunResult], args: &CompareArgs) -> anyhow::Result<String> {
+    let mut labels: Vec<String> = args.columns.clone();
+    if labels.is_empty() {
+        for run in runs {
+            if !labels.contains(&run.label) {
+                labels.push(run.label.clone());
+            }
+        }
+    }
+    // The last run of each label wins (a re-run replaces an earlier one).
+    let column = |label: &str| runs.iter().rev().find(|r| r.label == label);
+    let mut ratios = Vec::new();
+    for ratio in &args.ratios {
+        let (a, b) = ratio.split_once('/').with_context(|| format!("--ratio {ratio}: expected A/B"))?;
+        ensure!(
+            labels.iter().any(|l| l == a) && labels.iter().any(|l| l == b),
+            "--ratio {ratio}: unknown label"
+        );
+        ratios.push((a.to_owned(), b.to_owned()));
+    }
+    let mut header = vec!["metric".to_owned()];
+    header.extend(labels.iter().cloned());
+    header.extend(ratios.iter().map(|(a, b)| format!("{a}/{b}")));
+    header.push("better".to_owned());
+    let mut rows = vec![header];
+    for metric in metrics() {
+        let values: Vec<Option<f64>> = labels.iter().map(|l| column(l).and_then(metric.value)).collect();
+        if values.iter().all(Option::is_none) {
+            continue;
+        }
+        let mut row = vec![metric.name.to_owned()];
+        row.extend(values.iter().map(|v| match v {
+            Some(v) => format!("{v:.prec$}", prec = metric.digits),
+            None => "-".to_owned(),
+        }));
+        for (a, b) in &ratios {
+            let value = |label: &str| column(label).and_then(metric.value);
+            row.push(match (value(a), value(b)) {
+                (Some(a), Some(b)) if b != 0.0 && !matches!(metric.better, Better::Neither) => {
+                    format!("{:.2}×", a / b)
+                }
+                _ => String::new(),
+            });
+        }
+        row.push(
+            match metric.better {
+                Better::Higher => "higher",
+                Better::Lower => "lower",
+                Better::Neither => "",
+            }
+            .to_owned(),
+        );
+        rows.push(row);
+    }
+    let mut out = String::new();
+    if !args.title.is_empty() {
+        out.push_str(&args.title);
+        out.push('\n');
+    }
+    out.push_str(&table(&rows));
+    Ok(out)
+}

@@ -1,0 +1,64 @@
+//! `herald-bench`: see the crate documentation of `herald_bench`.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use herald_bench::compare::{self, CompareArgs};
+use herald_bench::run::{self, RunArgs};
+use herald_bench::worker;
+
+/// Exit status of a run that other programs disturbed (`--disturbed-cpu-secs`).
+const EXIT_DISTURBED: u8 = 3;
+
+/// Herald's load generator: subscribers over several processes, targeted publishers, and the
+/// figures (throughput, losses, latency, server memory and CPU).
+#[derive(Debug, Parser)]
+#[command(name = "herald-bench", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Runs one benchmark against one server; prints a table, then one JSON line.
+    Run(Box<RunArgs>),
+    /// One table from the JSON lines of several runs, with ratios.
+    Compare(CompareArgs),
+    /// A worker process (started by `run`; reads commands on stdin).
+    #[command(hide = true)]
+    Worker,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Cmd::Run(args) => {
+            let (strict, disturbed) = (args.strict, args.disturbed_cpu_secs);
+            run::run(*args).map(|result| {
+                if strict && !result.clean() {
+                    eprintln!(
+                        "herald-bench: lost, duplicated or misrouted deliveries, or failed connections"
+                    );
+                    ExitCode::FAILURE
+                } else if let Some(limit) = disturbed.filter(|limit| result.disturbed(*limit)) {
+                    eprintln!("herald-bench: other programs used more than {limit} s of CPU in a phase");
+                    ExitCode::from(EXIT_DISTURBED)
+                } else {
+                    ExitCode::SUCCESS
+                }
+            })
+        }
+        Cmd::Compare(args) => {
+            compare::read_runs(&args.files).and_then(|runs| compare::render(&runs, &args)).map(|table| {
+                print!("{table}");
+                ExitCode::SUCCESS
+            })
+        }
+        Cmd::Worker => worker::main().map(|()| ExitCode::SUCCESS),
+    };
+    result.unwrap_or_else(|error| {
+        eprintln!("herald-bench: {error:#}");
+        ExitCode::FAILURE
+    })
+}

@@ -1,0 +1,303 @@
+//! The result of a run: what the JSON line holds, and the human table.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+
+use crate::procstat::ProcSample;
+use crate::proto::Kind;
+use crate::publish::PhaseSpec;
+use crate::stats::Percentiles;
+use crate::verify::DeliveryStats;
+
+/// Everything one `herald-bench run` measured. Printed as one JSON line.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunResult {
+    pub label: String,
+    pub kind: Kind,
+    pub sub_url: String,
+    pub pub_url: String,
+    pub users: u32,
+    pub clients_per_user: u32,
+    pub clients: u64,
+    pub workers: u32,
+    pub publishers: u32,
+    /// The server processes measured (given with `--server-pid`, plus their descendants).
+    pub server_pids: Vec<u32>,
+    pub machine: Machine,
+    pub connect: ConnectResult,
+    pub idle: IdleResult,
+    pub phases: Vec<PhaseResult>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Machine {
+    pub nproc: usize,
+    /// 1-minute load average when the run started (it includes the previous run, if any).
+    pub load_1m_at_start: f64,
+    /// Share of the machine's CPU that was busy in the second before the run started: above a
+    /// few percent, something else was running.
+    pub busy_pct_before: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ConnectResult {
+    pub connected: u64,
+    pub failed: u64,
+    /// From the first connect to the last client ready.
+    pub secs: f64,
+    pub per_sec: f64,
+    /// Each client's time from its first connect to ready (`hello`, 200, namespace joined).
+    pub latency: Percentiles,
+    pub first_error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct IdleResult {
+    /// Wait after the last connection before measuring, so the server has settled.
+    pub settle_secs: f64,
+    pub server_before: Option<ProcSample>,
+    pub server_after: Option<ProcSample>,
+    /// (RSS after − before) / connected clients.
+    pub rss_bytes_per_client: Option<f64>,
+    /// The same with PSS (shared pages divided among processes; see [`ProcSample`]).
+    pub pss_bytes_per_client: Option<f64>,
+    /// Server CPU while the clients sat idle for `settle_secs`.
+    pub server_cpu_secs: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PhaseResult {
+    pub name: String,
+    pub spec: PhaseSpec,
+    /// Time spent publishing (to the last publisher's last answer).
+    pub publish_secs: f64,
+    pub attempted: u64,
+    pub acked: u64,
+    pub errors: u64,
+    pub first_error: Option<String>,
+    /// Acknowledged publishes per second of `publish_secs`.
+    pub publishes_per_sec: f64,
+    pub deliveries: DeliveryStats,
+    /// From the phase's start to its last arrival.
+    pub delivery_secs: f64,
+    /// Expected deliveries that arrived, per second of `delivery_secs`.
+    pub deliveries_per_sec: f64,
+    /// Publish (send time in the payload) to arrival at a subscriber.
+    pub latency: Percentiles,
+    /// Publish request written to answer read, at the publisher.
+    pub publish_round_trip: Percentiles,
+    /// Server CPU (user + system, all its processes) from the phase's start to the end of the
+    /// drain wait.
+    pub server_cpu_secs: Option<f64>,
+    pub server_cpu_us_per_delivery: Option<f64>,
+    /// The generator's own CPU (parent and workers) over the same time.
+    pub generator_cpu_secs: f64,
+    /// CPU of the whole machine over the same time (all cores; 2 cores give 2 s per second),
+    /// steal excluded.
+    pub machine_busy_secs: f64,
+    /// Time the hypervisor ran other guests while this machine wanted the CPU.
+    pub steal_cpu_secs: f64,
+    /// Machine CPU used neither by the server's processes nor by the generator's: other
+    /// programs (builds, tests) and kernel threads. Above a second or so, the figures of the
+    /// phase were disturbed.
+    pub other_cpu_secs: Option<f64>,
+    pub server_after: Option<ProcSample>,
+    pub disconnects: u64,
+    pub reconnects: u64,
+    /// Streams the server ended, by reason.
+    pub closes: BTreeMap<String, u64>,
+}
+
+const KIB: f64 = 1024.0;
+const MIB: f64 = 1024.0 * 1024.0;
+
+fn opt(v: Option<f64>, digits: usize) -> String {
+    v.map_or_else(|| "-".to_owned(), |v| format!("{v:.digits$}"))
+}
+
+/// Formats rows as a table: the first row is the header; columns after the first are
+/// right-aligned.
+pub fn table(rows: &[Vec<String>]) -> String {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| rows.iter().filter_map(|r| r.get(c)).map(|s| s.chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for (i, row) in rows.iter().enumerate() {
+        for (c, cell) in row.iter().enumerate() {
+            let pad = widths[c] - cell.chars().count();
+            if c == 0 {
+                let _ = write!(out, "{cell}{}", " ".repeat(pad));
+            } else {
+                let _ = write!(out, "  {}{cell}", " ".repeat(pad));
+            }
+        }
+        out.push('\n');
+        if i == 0 {
+            let total = widths.iter().sum::<usize>() + 2 * columns.saturating_sub(1);
+            out.push_str(&"-".repeat(total));
+            out.push('\n');
+        }
+    }
+    out
+}
+
+impl RunResult {
+    /// The human report.
+    pub fn human(&self) -> String {
+        let mut out = String::new();
+        let label = if self.label.is_empty() { String::new() } else { format!(" [{}]", self.label) };
+        let _ = writeln!(
+            out,
+            "herald-bench{label}: {} on {} — {} users × {} = {} clients over {} workers, {} publishers to {}",
+            self.kind.name(),
+            self.sub_url,
+            self.users,
+            self.clients_per_user,
+            self.clients,
+            self.workers,
+            self.publishers,
+            self.pub_url,
+        );
+        let _ = writeln!(
+            out,
+            "machine: {} cores, {:.1}% busy in the second before the run, load average {:.2}",
+            self.machine.nproc, self.machine.busy_pct_before, self.machine.load_1m_at_start
+        );
+        let c = &self.connect;
+        let _ = writeln!(
+            out,
+            "connect: {} connected, {} failed in {:.2} s ({:.0}/s); per client p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms{}",
+            c.connected,
+            c.failed,
+            c.secs,
+            c.per_sec,
+            c.latency.p50_ms,
+            c.latency.p99_ms,
+            c.latency.max_ms,
+            c.first_error.as_ref().map(|e| format!(" (first error: {e})")).unwrap_or_default(),
+        );
+        let i = &self.idle;
+        if let (Some(before), Some(after)) = (&i.server_before, &i.server_after) {
+            let _ = writeln!(
+                out,
+                "idle: server ({} processes) RSS {:.1} → {:.1} MiB = {} KiB per client; PSS {} → {} MiB = {} KiB per client; CPU {} s in {:.1} s",
+                after.processes,
+                before.rss_bytes as f64 / MIB,
+                after.rss_bytes as f64 / MIB,
+                opt(i.rss_bytes_per_client.map(|b| b / KIB), 2),
+                opt(before.pss_bytes.map(|b| b as f64 / MIB), 1),
+                opt(after.pss_bytes.map(|b| b as f64 / MIB), 1),
+                opt(i.pss_bytes_per_client.map(|b| b / KIB), 2),
+                opt(i.server_cpu_secs, 2),
+                i.settle_secs,
+            );
+        } else {
+            let _ = writeln!(out, "idle: no server process measured (give --server-pid)");
+        }
+        let mut rows = vec![
+            [
+                "phase",
+                "pub/s",
+                "deliv/s",
+                "acked",
+                "err",
+                "expected",
+                "lost",
+                "dup",
+                "misr",
+                "p50 ms",
+                "p90 ms",
+                "p99 ms",
+                "p99.9 ms",
+                "max ms",
+                "srv CPU s",
+                "µs/deliv",
+                "gen CPU s",
+                "reconn",
+            ]
+            .map(str::to_owned)
+            .to_vec(),
+        ];
+        for p in &self.phases {
+            let d = &p.deliveries;
+            rows.push(vec![
+                p.name.clone(),
+                format!("{:.0}", p.publishes_per_sec),
+                format!("{:.0}", p.deliveries_per_sec),
+                p.acked.to_string(),
+                p.errors.to_string(),
+                d.expected.to_string(),
+                d.lost.to_string(),
+                d.duplicated.to_string(),
+                d.misrouted.to_string(),
+                format!("{:.3}", p.latency.p50_ms),
+                format!("{:.3}", p.latency.p90_ms),
+                format!("{:.3}", p.latency.p99_ms),
+                format!("{:.3}", p.latency.p999_ms),
+                format!("{:.3}", p.latency.max_ms),
+                opt(p.server_cpu_secs, 2),
+                opt(p.server_cpu_us_per_delivery, 2),
+                format!("{:.2}", p.generator_cpu_secs),
+                opt(p.other_cpu_secs, 2),
+                p.reconnects.to_string(),
+            ]);
+        }
+        out.push_str(&table(&rows));
+        for p in &self.phases {
+            let mut notes = Vec::new();
+            if let Some(e) = &p.first_error {
+                notes.push(format!("first publish error: {e}"));
+            }
+            if p.deliveries.unacked + p.deliveries.stray > 0 {
+                notes.push(format!(
+                    "{} arrivals of unacknowledged publishes, {} late from an earlier phase",
+                    p.deliveries.unacked, p.deliveries.stray
+                ));
+            }
+            if !p.closes.is_empty() {
+                notes.push(format!("streams ended by the server: {:?}", p.closes));
+            }
+            if p.steal_cpu_secs >= 0.1 {
+                notes.push(format!("{:.2} s of CPU stolen by the hypervisor", p.steal_cpu_secs));
+            }
+            notes.push(format!(
+                "publish round trip p50 {:.3} ms, p99 {:.3} ms",
+                p.publish_round_trip.p50_ms, p.publish_round_trip.p99_ms
+            ));
+            let _ = writeln!(out, "{}: {}", p.name, notes.join("; "));
+        }
+        out
+    }
+
+    /// Whether some phase saw more than `limit` seconds of CPU used by other programs.
+    pub fn disturbed(&self, limit: f64) -> bool {
+        self.phases.iter().any(|p| p.other_cpu_secs.is_some_and(|other| other > limit))
+    }
+
+    /// Whether every phase delivered every acknowledged publish exactly once, to the right
+    /// clients, and every client connected.
+    pub fn clean(&self) -> bool {
+        self.connect.failed == 0
+            && self.phases.iter().all(|p| {
+                p.deliveries.lost == 0 && p.deliveries.duplicated == 0 && p.deliveries.misrouted == 0
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_align() {
+        let rows = vec![
+            vec!["name".to_owned(), "n".to_owned()],
+            vec!["a".to_owned(), "1000".to_owned()],
+            vec!["longer".to_owned(), "7".to_owned()],
+        ];
+        assert_eq!(table(&rows), "name       n\n------------\na       1000\nlonger     7\n");
+    }
+}

@@ -1,0 +1,261 @@
+//! The smoke run that CI can afford: a Herald server (in this process, `--memory`, on a free
+//! port) and the real `herald-bench` binary with a few hundred clients for a couple of seconds.
+//! Every acknowledged publish must reach every client of its user exactly once.
+//!
+//! And the other way round: against a fake server that loses and duplicates on purpose, the
+//! same run must report both, so a clean result above means something.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use herald_bench::report::RunResult;
+use herald_core::{Limits, Retention};
+use herald_server::{App, ServerSettings};
+use herald_store::MemoryStore;
+use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+const SECRET: &str = "smoke-secret";
+const API_KEY: &str = "smoke-key";
+/// Longest a smoke run may take before the test fails (it takes a few seconds).
+const RUN_TIMEOUT: Duration = Duration::from_secs(120);
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+}
+
+/// Runs `herald-bench run` with `args` and returns its result (the JSON line).
+fn bench(args: &[&str], dir: &Path) -> RunResult {
+    let json = dir.join("result.jsonl");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_herald-bench"))
+        .arg("run")
+        .args(args)
+        .args(["--no-progress", "--server-pid", &std::process::id().to_string()])
+        .arg("--json-out")
+        .arg(&json)
+        .env("HERALD_SECRET", SECRET)
+        .env("HERALD_API_KEY", API_KEY)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > RUN_TIMEOUT {
+            let _ = child.kill();
+            panic!("herald-bench ran for more than {RUN_TIMEOUT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "herald-bench failed: {status}");
+    let text = std::fs::read_to_string(&json).unwrap();
+    serde_json::from_str(text.lines().last().unwrap()).unwrap()
+}
+
+/// Starts Herald with the memory store on a free port; returns its base URL.
+fn start_herald(rt: &tokio::runtime::Runtime) -> (String, herald_server::RunningServer) {
+    rt.block_on(async {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let store = Arc::new(MemoryStore::new(Retention::default()));
+        let app = App::new(
+            store,
+            Limits::default(),
+            SECRET.as_bytes(),
+            API_KEY.as_bytes(),
+            ServerSettings::default(),
+        );
+        let server = herald_server::start(app, listener).unwrap();
+        (format!("http://{}", server.addr), server)
+    })
+}
+
+fn assert_exactly_once(result: &RunResult, clients: u64) {
+    assert_eq!(result.connect.connected, clients, "{:?}", result.connect.first_error);
+    assert_eq!(result.connect.failed, 0);
+    for phase in &result.phases {
+        let d = &phase.deliveries;
+        assert!(phase.acked > 0, "{}: nothing was published: {:?}", phase.name, phase.first_error);
+        assert_eq!(phase.errors, 0, "{}: {:?}", phase.name, phase.first_error);
+        assert_eq!(d.lost, 0, "{}: lost deliveries: {d:?}", phase.name);
+        assert_eq!(d.duplicated, 0, "{}: duplicated deliveries: {d:?}", phase.name);
+        assert_eq!(d.misrouted, 0, "{}: misrouted deliveries: {d:?}", phase.name);
+        assert_eq!(d.expected, phase.acked * u64::from(result.clients_per_user), "{}", phase.name);
+        assert_eq!(d.delivered, d.expected, "{}", phase.name);
+        assert!(phase.latency.count >= d.delivered);
+    }
+    assert!(result.idle.rss_bytes_per_client.is_some(), "the server process was measured");
+    assert!(result.clean());
+}
+
+#[test]
+fn herald_sse_delivers_every_publish_exactly_once() {
+    let rt = runtime();
+    let (url, server) = start_herald(&rt);
+    let dir = tempfile::tempdir().unwrap();
+    let result = bench(
+        &[
+            "--kind",
+            "herald-sse",
+            "--url",
+            &url,
+            "--users",
+            "100",
+            "--clients-per-user",
+            "2",
+            "--publishers",
+            "4",
+            "--idle-secs",
+            "0.5",
+            "--phase",
+            "steady:200:1",
+            "--phase",
+            "max:2",
+        ],
+        dir.path(),
+    );
+    assert_exactly_once(&result, 200);
+    rt.block_on(server.shutdown()).unwrap();
+}
+
+#[test]
+fn herald_poll_and_ws_deliver_every_publish_exactly_once() {
+    let rt = runtime();
+    let (url, server) = start_herald(&rt);
+    let dir = tempfile::tempdir().unwrap();
+    for kind in ["herald-poll", "herald-ws"] {
+        let result = bench(
+            &[
+                "--kind",
+                kind,
+                "--url",
+                &url,
+                "--users",
+                "20",
+                "--clients-per-user",
+                "3",
+                "--publishers",
+                "2",
+                "--idle-secs",
+                "0",
+                "--phase",
+                "max:1",
+                "--phase",
+                "burst:50",
+                "--user-prefix",
+                kind.split('-').nth(1).unwrap(),
+            ],
+            dir.path(),
+        );
+        assert_exactly_once(&result, 60);
+    }
+    rt.block_on(server.shutdown()).unwrap();
+}
+
+/// A plain SSE server on `/sub/{user}` whose `POST /pub/{user}` sends every 5th publish twice
+/// and drops every 7th.
+async fn faulty_server(listener: TcpListener) {
+    let subscribers: Arc<std::sync::Mutex<HashMap<String, Vec<mpsc::UnboundedSender<String>>>>> =
+        Arc::default();
+    let published = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    loop {
+        let (socket, _) = listener.accept().await.unwrap();
+        let subscribers = subscribers.clone();
+        let published = published.clone();
+        tokio::spawn(async move {
+            let (read, mut write) = socket.into_split();
+            let mut reader = BufReader::new(read);
+            loop {
+                let mut request_line = String::new();
+                if reader.read_line(&mut request_line).await.unwrap_or(0) == 0 {
+                    return;
+                }
+                let mut length = 0;
+                loop {
+                    let mut line = String::new();
+                    reader.read_line(&mut line).await.unwrap();
+                    if line == "\r\n" {
+                        break;
+                    }
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        length = v.trim().parse().unwrap();
+                    }
+                }
+                let path = request_line.split(' ').nth(1).unwrap_or("").to_owned();
+                if let Some(user) = path.strip_prefix("/sub/") {
+                    let (tx, mut rx) = mpsc::unbounded_channel();
+                    subscribers.lock().unwrap().entry(user.to_owned()).or_default().push(tx);
+                    write
+                        .write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\n")
+                        .await
+                        .unwrap();
+                    while let Some(data) = rx.recv().await {
+                        if write.write_all(format!("data: {data}\n\n").as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                    return;
+                }
+                let mut body = vec![0; length];
+                reader.read_exact(&mut body).await.unwrap();
+                let user = path.strip_prefix("/pub/").unwrap_or("");
+                let n = published.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                let copies = if n.is_multiple_of(7) {
+                    0
+                } else if n.is_multiple_of(5) {
+                    2
+                } else {
+                    1
+                };
+                let data = String::from_utf8(body).unwrap();
+                for tx in subscribers.lock().unwrap().get(user).into_iter().flatten() {
+                    for _ in 0..copies {
+                        let _ = tx.send(data.clone());
+                    }
+                }
+                write.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n").await.unwrap();
+            }
+        });
+    }
+}
+
+#[test]
+fn losses_and_duplicates_are_reported() {
+    let rt = runtime();
+    let listener = rt.block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    rt.spawn(faulty_server(listener));
+    let dir = tempfile::tempdir().unwrap();
+    let result = bench(
+        &[
+            "--kind",
+            "sse-url",
+            "--url",
+            &url,
+            "--users",
+            "10",
+            "--clients-per-user",
+            "2",
+            "--publishers",
+            "1",
+            "--idle-secs",
+            "0",
+            "--phase",
+            "burst:70",
+        ],
+        dir.path(),
+    );
+    let d = &result.phases[0].deliveries;
+    // 70 publishes × 2 clients: 10 publishes dropped (every 7th), 12 sent twice (every 5th
+    // but the 35th and the 70th, which are dropped).
+    assert_eq!(d.expected, 140);
+    assert_eq!(d.lost, 20, "{d:?}");
+    assert_eq!(d.duplicated, 24, "{d:?}");
+    assert_eq!(d.delivered, 120);
+    assert!(!result.clean());
+}
