@@ -13,12 +13,13 @@
 #   socketio       Node + Socket.IO 4, a room per user, nothing kept
 # Workloads, each on a freshly started server:
 #   (a) idle: USERS × TABS SSE (Socket.IO: WebSocket) clients → memory per client, connect rate
-#   (b) STEADY_RATE publishes/s for STEADY_SECS → latency
-#   (c) PUBLISHERS publishers as fast as possible for MAX_SECS → throughput, latency, CPU
+#   (b) PUBLISHERS publishers as fast as possible for MAX_SECS → throughput, latency, CPU
+#   (c) STEADY_RATE publishes/s for STEADY_SECS → latency
 #   (d) Herald alone (SQLite store): the same with WebSocket and long-poll clients, and one
 #       user with BURST_TABS tabs receiving BURST_COUNT publishes at once.
 # (a), (b) and (c) are phases of one herald-bench run per server: connect, measure idle, then
-# steady, then max. Publishes go to random users; every acknowledged one must reach each
+# (c) steady, then (b) max (the light phase first, so that it does not run on the heap and the
+# store that the heavy one grew). Publishes go to random users; every acknowledged one must reach each
 # client of its user exactly once.
 #
 # Everything started here is stopped by PID on exit. Results: OUT (default
@@ -32,14 +33,14 @@ cd "$ROOT"
 if [[ "${SMOKE:-0}" == 1 ]]; then
     : "${USERS:=100}" "${TABS:=3}" "${PUBLISHERS:=8}" "${MAX_SECS:=2}" "${STEADY_RATE:=200}"
     : "${STEADY_SECS:=2}" "${IDLE_SECS:=0.5}" "${BURST_TABS:=20}" "${BURST_COUNT:=100}"
-    : "${SETTLE_SECS:=0.2}" "${QUIET_WAIT:=0}"
+    : "${SETTLE_SECS:=0.2}" "${QUIET_WAIT:=0}" "${RETRIES:=0}"
 fi
 USERS="${USERS:-5000}"             # users; each has TABS clients, all in one session
 TABS="${TABS:-3}"
 PUBLISHERS="${PUBLISHERS:-32}"     # concurrent publishers, one kept-alive connection each
-MAX_SECS="${MAX_SECS:-20}"         # (c) duration
-STEADY_RATE="${STEADY_RATE:-1000}" # (b) publishes per second
-STEADY_SECS="${STEADY_SECS:-10}"   # (b) duration
+MAX_SECS="${MAX_SECS:-20}"         # (b) duration
+STEADY_RATE="${STEADY_RATE:-1000}" # (c) publishes per second
+STEADY_SECS="${STEADY_SECS:-10}"   # (c) duration
 IDLE_SECS="${IDLE_SECS:-5}"        # (a) settle time before measuring memory
 BURST_TABS="${BURST_TABS:-50}"     # (d) tabs of the one user of the burst
 BURST_COUNT="${BURST_COUNT:-1000}" # (d) publishes of the burst

@@ -40,9 +40,8 @@ def main():
         want = int(m.group(1))
     start = next(i for i, l in enumerate(lines) if re.match(rf"^\s*{want}\s+[\d,]+\s+[\d,]+", l))
     # The tree of this snapshot: lines from the heading until the next table heading.
-    stack = []  # (depth, frame text)
+    stack = []  # frames from the allocation function down to the current node
     sums = defaultdict(int)
-    total = 0
     tree = []
     for line in lines[start + 1 :]:
         if re.match(r"^-{20,}", line) or re.match(r"^\s+n\s+time", line):
@@ -65,8 +64,6 @@ def main():
         own = size - sum(children)
         if own <= 0:
             continue
-        if depth == 0:
-            total += 0
         name = None
         for k, f in enumerate(stack):
             for p in patterns:
