@@ -339,6 +339,15 @@ impl Hub {
     /// known for [`Limits::client_linger`]. A connection that was replaced meanwhile changes
     /// nothing.
     pub(crate) fn detach(&self, info: &ClientInfo, attachment: u64) {
+        self.with_attached(info, attachment, |c| {
+            c.connected = false;
+            c.last_active = Instant::now();
+        });
+    }
+
+    /// Runs `change` on the entry of `info`'s client if `attachment` is still the one attached
+    /// to it (a connection that was replaced meanwhile changes nothing).
+    fn with_attached(&self, info: &ClientInfo, attachment: u64, change: impl FnOnce(&mut ClientEntry)) {
         let mut users = self.users_shard(&info.user).lock();
         let Some(entry) = users.get_mut(&info.user) else { return };
         let Some((_, session)) = entry.sessions.iter_mut().find(|(s, _)| *s == info.session) else {
@@ -347,8 +356,7 @@ impl Hub {
         if let Some(c) =
             session.clients.iter_mut().find(|c| c.id == info.client && c.attachment == attachment)
         {
-            c.connected = false;
-            c.last_active = Instant::now();
+            change(c);
         }
     }
 
@@ -356,16 +364,7 @@ impl Hub {
     /// [`crate::Subscription::follow_inbox`]). A connection that was replaced meanwhile changes
     /// nothing.
     pub(crate) fn follow_inbox(&self, info: &ClientInfo, attachment: u64) {
-        let mut users = self.users_shard(&info.user).lock();
-        let Some(entry) = users.get_mut(&info.user) else { return };
-        let Some((_, session)) = entry.sessions.iter_mut().find(|(s, _)| *s == info.session) else {
-            return;
-        };
-        if let Some(c) =
-            session.clients.iter_mut().find(|c| c.id == info.client && c.attachment == attachment)
-        {
-            c.follows_inbox = true;
-        }
+        self.with_attached(info, attachment, |c| c.follows_inbox = true);
     }
 
     /// Hands `notification` to the queues of its user's connected clients on this node and

@@ -11,10 +11,43 @@ pub mod sse;
 pub mod ws;
 
 use axum::http::HeaderMap;
-use herald_core::Seq;
+use herald_core::subscription::SubscribeRequest;
+use herald_core::{Seq, Subscription, Transport};
 use serde::Deserialize;
 
+use crate::app::App;
+use crate::auth::Subscriber;
 use crate::error::ApiError;
+
+/// Opens the subscription of a streaming transport (SSE, WebSocket): checks the resume point and
+/// the `inbox` flag, attaches the client, and makes the hub close it when its token expires.
+pub(crate) async fn open_subscription(
+    app: &App,
+    subscriber: &Subscriber,
+    query: &StreamQuery,
+    headers: &HeaderMap,
+    transport: Transport,
+) -> Result<Subscription, ApiError> {
+    let resume_after = resume_point(query.last_event_id.as_deref(), headers)?;
+    let follow_inbox = follows_inbox(query.inbox.as_deref())?;
+    let subscription = Subscription::open(
+        &app.hub,
+        &app.store,
+        SubscribeRequest {
+            user: &subscriber.user,
+            session: &subscriber.session,
+            client: query.client.as_deref(),
+            transport,
+            resume_after,
+        },
+    )
+    .await?;
+    subscription.expire_at(subscriber.expires_at);
+    if follow_inbox {
+        subscription.follow_inbox();
+    }
+    Ok(subscription)
+}
 
 /// Query parameters shared by the streaming transports.
 #[derive(Debug, Deserialize)]

@@ -17,14 +17,13 @@ use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use bytes::{BufMut, Bytes, BytesMut};
 use futures::FutureExt;
-use herald_core::subscription::SubscribeRequest;
 use herald_core::{ClientEvent, Subscription, Transport};
 use tokio::time::Instant;
 
 use crate::app::App;
 use crate::auth::Subscriber;
 use crate::error::{ApiError, ApiQuery};
-use crate::transport::{StreamQuery, follows_inbox, resume_point};
+use crate::transport::{StreamQuery, open_subscription};
 
 /// Bytes gathered into one write when several events are ready at once. Bounds the memory one
 /// burst can take per connection; the rest goes in the next write.
@@ -79,24 +78,7 @@ impl SseStream {
         query: &StreamQuery,
         headers: &HeaderMap,
     ) -> Result<Self, ApiError> {
-        let resume_after = resume_point(query.last_event_id.as_deref(), headers)?;
-        let follow_inbox = follows_inbox(query.inbox.as_deref())?;
-        let subscription = Subscription::open(
-            &app.hub,
-            &app.store,
-            SubscribeRequest {
-                user: &subscriber.user,
-                session: &subscriber.session,
-                client: query.client.as_deref(),
-                transport: Transport::Sse,
-                resume_after,
-            },
-        )
-        .await?;
-        subscription.expire_at(subscriber.expires_at);
-        if follow_inbox {
-            subscription.follow_inbox();
-        }
+        let subscription = open_subscription(app, subscriber, query, headers, Transport::Sse).await?;
         Ok(Self { subscription, done: false })
     }
 

@@ -22,7 +22,6 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgr
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use herald_core::subscription::SubscribeRequest;
 use herald_core::{ClientEvent, CloseReason, Subscription, Transport};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite;
@@ -30,7 +29,7 @@ use tokio_tungstenite::tungstenite;
 use crate::app::App;
 use crate::auth::Subscriber;
 use crate::error::{ApiError, ApiQuery};
-use crate::transport::{StreamQuery, follows_inbox, resume_point};
+use crate::transport::{StreamQuery, open_subscription};
 
 /// A peer that sent nothing (not even the pong to a ping) for this long after a ping is taken
 /// for dead and dropped, at the next keep-alive. Pings go out after every
@@ -117,24 +116,7 @@ pub async fn ws(
             format!("`/v1/ws` takes a WebSocket handshake: {}", rejection.body_text()),
         )
     })?;
-    let resume_after = resume_point(query.last_event_id.as_deref(), &headers)?;
-    let follow_inbox = follows_inbox(query.inbox.as_deref())?;
-    let subscription = Subscription::open(
-        &app.hub,
-        &app.store,
-        SubscribeRequest {
-            user: &subscriber.user,
-            session: &subscriber.session,
-            client: query.client.as_deref(),
-            transport: Transport::Ws,
-            resume_after,
-        },
-    )
-    .await?;
-    subscription.expire_at(subscriber.expires_at);
-    if follow_inbox {
-        subscription.follow_inbox();
-    }
+    let subscription = open_subscription(&app, &subscriber, &query, &headers, Transport::Ws).await?;
     let connection = Connection { subscription };
     let tracker = app.ws_connections.clone();
     Ok(upgrade
