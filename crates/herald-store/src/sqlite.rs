@@ -89,6 +89,14 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// The WAL is truncated back to this size after a checkpoint, so that a burst of writes does not
 /// leave a huge file behind forever.
 const WAL_SIZE_LIMIT_BYTES: i64 = 64 * 1024 * 1024;
+/// How often the checkpointer thread copies the WAL back into the database. Checkpoints run there,
+/// off the commit path: with SQLite's automatic checkpoint, the commit that crosses the threshold
+/// also copies pages and fsyncs the database file, a latency spike for every publish in that
+/// batch (measured: 4.8% of server CPU inside commits, and most of the p99 at 1,000/s).
+const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
+/// WAL pages after which the writer checkpoints by itself anyway: a safety valve for when the
+/// checkpointer cannot keep up (readers holding old snapshots). 16,384 pages of 4 KiB: 64 MiB.
+const WRITER_AUTOCHECKPOINT_PAGES: i64 = 16_384;
 
 /// Prepared statements kept per connection; the store uses fewer than this (inbox pages: one
 /// per status, with and without a type), so none is ever re-prepared.
@@ -186,6 +194,8 @@ pub struct SqliteStore {
     retention: Retention,
     queue: mpsc::Sender<Request>,
     writer: Option<JoinHandle<()>>,
+    /// Dropping the sender stops the checkpointer thread.
+    checkpointer: Option<(std::sync::mpsc::Sender<()>, JoinHandle<()>)>,
     readers: Arc<ReaderPool>,
     counters: Arc<Counters>,
 }
@@ -245,11 +255,27 @@ impl SqliteStore {
             .spawn(move || run_writer(writer, requests, retention, &writer_counters))
             .map_err(|e| StoreError::Unavailable(format!("cannot start the store's writer thread: {e}")))?;
 
+        let checkpoint_conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .and_then(|conn| configure(&conn).map(|()| conn))
+        .map_err(db_error)
+        .map_err(context)?;
+        let (stop_checkpointer, checkpointer_stop) = std::sync::mpsc::channel();
+        let checkpointer = std::thread::Builder::new()
+            .name("herald-store-checkpointer".into())
+            .spawn(move || run_checkpointer(checkpoint_conn, checkpointer_stop))
+            .map_err(|e| {
+                StoreError::Unavailable(format!("cannot start the store's checkpointer thread: {e}"))
+            })?;
+
         Ok(Self {
             path: path.to_owned(),
             retention,
             queue,
             writer: Some(thread),
+            checkpointer: Some((stop_checkpointer, checkpointer)),
             readers: Arc::new(ReaderPool::new(readers)),
             counters,
         })
@@ -361,6 +387,12 @@ impl Drop for SqliteStore {
             && writer.join().is_err()
         {
             tracing::error!(path = %self.path.display(), "the store's writer thread panicked");
+        }
+        if let Some((stop, checkpointer)) = self.checkpointer.take() {
+            drop(stop);
+            if checkpointer.join().is_err() {
+                tracing::error!(path = %self.path.display(), "the store's checkpointer thread panicked");
+            }
         }
     }
 }
@@ -489,7 +521,19 @@ fn open_writer(path: &Path) -> Result<Connection, StoreError> {
     // Why FULL: see the module docs (an acknowledged append must survive power loss).
     conn.pragma_update(None, "synchronous", "FULL").map_err(db_error)?;
     conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT_BYTES).map_err(db_error)?;
+    conn.pragma_update(None, "wal_autocheckpoint", WRITER_AUTOCHECKPOINT_PAGES).map_err(db_error)?;
     Ok(conn)
+}
+
+/// Checkpoints the WAL every [`CHECKPOINT_INTERVAL`] on its own connection until `stop` is
+/// dropped. PASSIVE: it never blocks the writer or readers; what it cannot copy now (pages a
+/// reader still needs) it copies next time.
+fn run_checkpointer(conn: Connection, stop: std::sync::mpsc::Receiver<()>) {
+    while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_INTERVAL) {
+        if let Err(error) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::warn!(%error, "WAL checkpoint failed; will retry");
+        }
+    }
 }
 
 fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
