@@ -22,8 +22,8 @@ use serde::Deserialize;
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::time::timeout;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use crate::http::{BodyReader, Conn, Endpoint};
 use crate::proto::{Command, Kind, Progress, Report, WorkerConfig};
@@ -528,10 +528,40 @@ fn ws_config() -> WebSocketConfig {
     WebSocketConfig::default().read_buffer_size(WS_READ_BUFFER_BYTES)
 }
 
-/// Herald's `/v1/ws`: one JSON text frame per event, `"event"` naming it.
-async fn herald_ws_session(c: &Client, link: &mut Link<'_>, resume: &mut Resume) -> anyhow::Result<End> {
+type WebSocket = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+/// Connects from the client's source address and completes a WebSocket handshake on `path`,
+/// each step within [`CONNECT_TIMEOUT`].
+async fn ws_connect(c: &Client, path: &str) -> anyhow::Result<WebSocket> {
     let stream =
         timeout(CONNECT_TIMEOUT, connect_from(c.source, c.endpoint.addr)).await.context("connect")??;
+    let url = format!("ws://{}{path}", c.endpoint.host);
+    let (ws, _) =
+        timeout(CONNECT_TIMEOUT, tokio_tungstenite::client_async_with_config(url, stream, Some(ws_config())))
+            .await
+            .context("WebSocket handshake")??;
+    Ok(ws)
+}
+
+/// The next text frame, skipping pings and pongs; `None` once the server closed. Until the
+/// session is `up`, waits at most [`CONNECT_TIMEOUT`] (`awaited` names what it waits for).
+async fn next_text(ws: &mut WebSocket, up: bool, awaited: &'static str) -> anyhow::Result<Option<Utf8Bytes>> {
+    loop {
+        let next =
+            if up { ws.next().await } else { timeout(CONNECT_TIMEOUT, ws.next()).await.context(awaited)? };
+        match next {
+            None => return Ok(None),
+            Some(message) => match message? {
+                Message::Text(text) => return Ok(Some(text)),
+                Message::Close(_) => return Ok(None),
+                _ => {}
+            },
+        }
+    }
+}
+
+/// Herald's `/v1/ws`: one JSON text frame per event, `"event"` naming it.
+async fn herald_ws_session(c: &Client, link: &mut Link<'_>, resume: &mut Resume) -> anyhow::Result<End> {
     let mut path = c.endpoint.path.clone();
     push_query(&mut path, "token", c.token.as_deref().context("Herald needs a token")?);
     if let Some(id) = &resume.client_id {
@@ -540,23 +570,9 @@ async fn herald_ws_session(c: &Client, link: &mut Link<'_>, resume: &mut Resume)
     if !resume.last_event_id.is_empty() {
         push_query(&mut path, "last_event_id", &resume.last_event_id);
     }
-    let url = format!("ws://{}{path}", c.endpoint.host);
-    let (mut ws, _) =
-        timeout(CONNECT_TIMEOUT, tokio_tungstenite::client_async_with_config(url, stream, Some(ws_config())))
-            .await
-            .context("WebSocket handshake")??;
+    let mut ws = ws_connect(c, &path).await?;
     loop {
-        let next = if link.up {
-            ws.next().await
-        } else {
-            timeout(CONNECT_TIMEOUT, ws.next()).await.context("no hello")?
-        };
-        let Some(message) = next else { return Ok(End::Resume) };
-        let text = match message? {
-            Message::Text(text) => text,
-            Message::Close(_) => return Ok(End::Resume),
-            _ => continue,
-        };
+        let Some(text) = next_text(&mut ws, link.up, "no hello").await? else { return Ok(End::Resume) };
         let data = text.as_bytes();
         match json_str(data, "event") {
             Some("notification") => {
@@ -602,24 +618,10 @@ fn json_u64(data: &[u8], key: &str) -> Option<u64> {
 /// `3`), events (`42["n",payload]`). The room is joined by the server from the handshake's
 /// `user` query parameter before it answers `40`.
 async fn socketio_session(c: &Client, link: &mut Link<'_>) -> anyhow::Result<End> {
-    let stream =
-        timeout(CONNECT_TIMEOUT, connect_from(c.source, c.endpoint.addr)).await.context("connect")??;
-    let url = format!("ws://{}{}", c.endpoint.host, c.endpoint.path);
-    let (mut ws, _) =
-        timeout(CONNECT_TIMEOUT, tokio_tungstenite::client_async_with_config(url, stream, Some(ws_config())))
-            .await
-            .context("WebSocket handshake")??;
+    let mut ws = ws_connect(c, &c.endpoint.path).await?;
     loop {
-        let next = if link.up {
-            ws.next().await
-        } else {
-            timeout(CONNECT_TIMEOUT, ws.next()).await.context("no namespace connect")?
-        };
-        let Some(message) = next else { return Ok(End::Resume) };
-        let text = match message? {
-            Message::Text(text) => text,
-            Message::Close(_) => return Ok(End::Resume),
-            _ => continue,
+        let Some(text) = next_text(&mut ws, link.up, "no namespace connect").await? else {
+            return Ok(End::Resume);
         };
         let data = text.as_bytes();
         match data {
