@@ -206,13 +206,14 @@ impl Notifier {
                 if users.is_empty() {
                     return Err(NotifyError::Invalid("users must not be empty".into()));
                 }
-                let mut unique: Vec<UserId> = Vec::with_capacity(users.len());
-                for user in users {
-                    if !unique.contains(user) {
-                        unique.push(user.clone());
-                    }
-                }
-                unique.into_iter().map(|u| (u, audience(None, None))).collect()
+                // Duplicates are ignored, first occurrence kept (a linear `contains` would be
+                // quadratic at the 1,000-user bound).
+                let mut seen = std::collections::HashSet::with_capacity(users.len());
+                users
+                    .iter()
+                    .filter(|user| seen.insert(*user))
+                    .map(|user| (user.clone(), audience(None, None)))
+                    .collect()
             }
             Target::Session(user, session) => vec![(user.clone(), audience(Some(session), None))],
             Target::Client(client) => {
