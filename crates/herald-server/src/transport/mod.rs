@@ -59,9 +59,6 @@ pub struct StreamQuery {
     /// `1`: the client follows its user's inbox counts (an `inbox` event after each new
     /// notification too). See [`follows_inbox`].
     pub inbox: Option<String>,
-    /// The subscriber token; read by the auth extractor.
-    #[allow(dead_code)]
-    pub token: Option<String>,
 }
 
 /// Whether `?inbox=` asks to follow the inbox counts: `1` or `true` yes; `0`, `false`, empty

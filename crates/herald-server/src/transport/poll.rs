@@ -36,8 +36,6 @@ pub struct PollQuery {
     timeout: Option<String>,
     client: Option<String>,
     inbox: Option<String>,
-    #[allow(dead_code)]
-    token: Option<String>,
 }
 
 fn parse_number(name: &str, raw: Option<&str>) -> Result<Option<u64>, ApiError> {
