@@ -1075,8 +1075,8 @@ fn take_pages_written(conn: &Connection) -> u64 {
 /// The batch is left empty (its requests are answered), its allocation kept for the next one.
 fn run_batch(conn: &mut Connection, retention: &Retention, batch: &mut Vec<Request>) -> Vec<Answer> {
     let now = now_ms();
-    let outcomes = match run_transaction(conn, retention, now, &batch, Isolation::Batch) {
-        Err(Failure::OneRequest) => run_transaction(conn, retention, now, &batch, Isolation::EachRequest),
+    let outcomes = match run_transaction(conn, retention, now, batch, Isolation::Batch) {
+        Err(Failure::OneRequest) => run_transaction(conn, retention, now, batch, Isolation::EachRequest),
         done => done,
     };
     match outcomes {
