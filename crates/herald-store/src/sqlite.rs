@@ -25,13 +25,15 @@
 //! # The inbox (schema versions 2 and 3)
 //! Each notification row has `seen_at`, `read_at`, `archived_at` (ms, NULL until set), and each
 //! `users` row keeps the user's counts (`total`, `unread`, `unseen`, `archived`) and an
-//! `inbox_version`. Every write that adds, changes or removes rows (append and its
-//! `max_per_user` pruning, marks, deletes, retention chunks) updates the counts in the same
-//! transaction, from the states of exactly the rows it touched; so counts are one primary-key
-//! read. Inbox pages walk the primary key or a partial index newest first (see [`SCHEMA_V3`] and
-//! [`inbox_list_sql`]): an append writes only the primary key, `inbox_unread` and the
-//! `created_at` index, and a page reads the rows it returns plus the ones it skips, bounded by
-//! the user's log.
+//! `inbox_version`, as of the row's `last_seq`. The notifications appended after it (the
+//! user's tail) count as what they are (new: unread, unseen), so an append writes no `users`
+//! row; every other write (marks, deletes, retention chunks, `max_per_user` pruning) first
+//! folds the tail into the row, then updates the counts in the same transaction from the states
+//! of exactly the rows it touched. Counts and heads are thus one `users` lookup plus one
+//! primary-key lookup (`MAX(seq)`), never a count of rows (`UserRow`). Inbox pages walk the
+//! primary key or a partial index newest first (see [`SCHEMA_V3`] and [`inbox_list_sql`]): an
+//! append writes only the primary key, `inbox_unread` and the `created_at` index, and a page
+//! reads the rows it returns plus the ones it skips, bounded by the user's log.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -174,6 +176,17 @@ CREATE INDEX inbox_by_type ON notifications (user, type, seq);
 /// So a page reads the rows it returns plus the rows it skips, which are bounded by the user's
 /// log (`Retention::max_per_user`, 10,000 by default); `inbox_read` and `inbox_archived` are only
 /// written by marks and stay.
+///
+/// And an append no longer writes its user's `users` row (another random page), except the
+/// first one of a new user. The row's `last_seq` and counts describe the log up to that
+/// `last_seq`; the notifications after it, the user's **tail**, were appended since and nothing
+/// else touched them: their seqs follow on from `last_seq` and each is in the inbox, unread and
+/// unseen, and was one change. So the log's last seq is `MAX(last_seq, MAX(seq))` and each count
+/// is the row's plus the tail's length (`MAX(seq) - last_seq`), both one index lookup. Every
+/// other write (mark, delete, retention) first folds the tail into the row (`fold_tail`) and
+/// then adjusts the counts by the states of the rows it changes, as in version 2. Deleting the
+/// newest notifications leaves `last_seq` where it was, so seqs are never given out twice. A
+/// version 2 file upgrades as it is: all its rows have empty tails.
 pub const SCHEMA_V3: &str = "
 DROP INDEX inbox_all;
 DROP INDEX inbox_unseen;
@@ -689,16 +702,80 @@ impl Drop for PooledConnection<'_> {
     }
 }
 
+/// A user's `users` row and the last seq of its log, as stored. See [`SCHEMA_V3`] for why the
+/// row's `last_seq` may be behind the log's.
+#[derive(Debug, Clone, Copy, Default)]
+struct UserRow {
+    /// Up to where the row's counts describe the log.
+    last_seq: i64,
+    pruned_through: i64,
+    /// The highest seq in the log (0: none).
+    max_seq: i64,
+    total: i64,
+    unread: i64,
+    unseen: i64,
+    archived: i64,
+    version: i64,
+}
+
+impl UserRow {
+    /// The log's last seq: the row's, or the tail's end.
+    fn head(&self) -> i64 {
+        self.last_seq.max(self.max_seq)
+    }
+
+    /// The counts of the whole log: the row's plus the tail's, whose every notification is in the
+    /// inbox, unread and unseen, and was one change.
+    fn counts(&self, user: &str) -> Result<InboxCounts, StoreError> {
+        let tail = (self.max_seq - self.last_seq).max(0);
+        let count = |n: i64| {
+            u64::try_from(n)
+                .map_err(|_| StoreError::Corrupt(format!("negative inbox count {n} of user {user}")))
+        };
+        Ok(InboxCounts {
+            total: count(self.total + tail)?,
+            unread: count(self.unread + tail)?,
+            unseen: count(self.unseen + tail)?,
+            archived: count(self.archived)?,
+            version: count(self.version + tail)?,
+        })
+    }
+}
+
+/// The query of [`read_user_row`]: two primary-key lookups.
+const USER_ROW_SQL: &str = "
+    SELECT last_seq, pruned_through, IFNULL((SELECT MAX(seq) FROM notifications WHERE user = ?1), 0),
+           total, unread, unseen, archived, inbox_version
+    FROM users WHERE user = ?1";
+
+/// `user`'s row, `None` if it has none (it never had a notification).
+fn read_user_row(conn: &Connection, user: &str) -> Result<Option<UserRow>, StoreError> {
+    conn.prepare_cached(USER_ROW_SQL)
+        .and_then(|mut stmt| {
+            stmt.query_row([user], |row| {
+                Ok(UserRow {
+                    last_seq: row.get(0)?,
+                    pruned_through: row.get(1)?,
+                    max_seq: row.get(2)?,
+                    total: row.get(3)?,
+                    unread: row.get(4)?,
+                    unseen: row.get(5)?,
+                    archived: row.get(6)?,
+                    version: row.get(7)?,
+                })
+            })
+            .optional()
+        })
+        .map_err(db_error)
+}
+
 fn read_head(conn: &Connection, user: &UserId) -> Result<LogHead, StoreError> {
-    let row: Option<(i64, i64)> = conn
-        .prepare_cached("SELECT last_seq, pruned_through FROM users WHERE user = ?1")
-        .and_then(|mut stmt| stmt.query_row([user.as_str()], |row| Ok((row.get(0)?, row.get(1)?))).optional())
-        .map_err(db_error)?;
-    match row {
+    match read_user_row(conn, user.as_str())? {
         None => Ok(LogHead::default()),
-        Some((last_seq, pruned_through)) => {
-            Ok(LogHead { last_seq: seq_from_sql(last_seq)?, pruned_through: seq_from_sql(pruned_through)? })
-        }
+        Some(row) => Ok(LogHead {
+            last_seq: seq_from_sql(row.head())?,
+            pruned_through: seq_from_sql(row.pruned_through)?,
+        }),
     }
 }
 
@@ -737,30 +814,33 @@ fn read_state(row: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<ItemSta
     })
 }
 
+/// `user`'s counts: those of its `users` row plus its tail (see [`UserRow::counts`]).
 fn read_counts(conn: &Connection, user: &str) -> Result<InboxCounts, StoreError> {
-    let row: Option<[i64; 5]> = conn
-        .prepare_cached("SELECT total, unread, unseen, archived, inbox_version FROM users WHERE user = ?1")
-        .and_then(|mut stmt| {
-            stmt.query_row([user], |row| {
-                Ok([row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?])
-            })
-            .optional()
-        })
-        .map_err(db_error)?;
-    let Some([total, unread, unseen, archived, version]) = row else { return Ok(InboxCounts::default()) };
-    let count = |n: i64| {
-        u64::try_from(n).map_err(|_| StoreError::Corrupt(format!("negative inbox count {n} of user {user}")))
-    };
-    Ok(InboxCounts {
-        total: count(total)?,
-        unread: count(unread)?,
-        unseen: count(unseen)?,
-        archived: count(archived)?,
-        version: count(version)?,
-    })
+    match read_user_row(conn, user)? {
+        None => Ok(InboxCounts::default()),
+        Some(row) => row.counts(user),
+    }
 }
 
-/// Adds `delta` to `user`'s counts and one to its version; returns the new counts.
+/// Folds `user`'s tail into its `users` row: its counts and `last_seq` then describe the whole
+/// log. Every write but an append does this first, so that the tail stays what appends made it
+/// (consecutive seqs, unread, unseen, not archived) and the row's counts can be adjusted by the
+/// states of the rows a write changes.
+fn fold_tail(conn: &Connection, user: &str) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "UPDATE users SET total = total + tail.n, unread = unread + tail.n, unseen = unseen + tail.n,
+             inbox_version = inbox_version + tail.n, last_seq = last_seq + tail.n
+         FROM (SELECT MAX(seq) - (SELECT last_seq FROM users WHERE user = ?1) AS n
+               FROM notifications WHERE user = ?1) AS tail
+         WHERE users.user = ?1 AND tail.n > 0",
+    )
+    .and_then(|mut stmt| stmt.execute([user]))
+    .map_err(db_error)?;
+    Ok(())
+}
+
+/// Adds `delta` to `user`'s counts and one to its version; returns the new counts. The caller
+/// folded the tail first ([`fold_tail`]).
 fn apply_counts(conn: &Connection, user: &str, delta: CountsDelta) -> Result<InboxCounts, StoreError> {
     conn.prepare_cached(
         "UPDATE users SET total = total + ?2, unread = unread + ?3, unseen = unseen + ?4,
@@ -1199,20 +1279,16 @@ fn append(
     }
 
     let mut stored = Vec::with_capacity(entries.len());
-    // Each touched user's head after this append, to apply `max_per_user` once per user, and
-    // the users in the order they first appear, for the counts returned.
-    let mut heads: HashMap<UserId, (i64, i64)> = HashMap::new();
+    // Each touched user's row with `max_seq` kept up to date by this append (so its counts are
+    // the user's after it), to apply `max_per_user` once per user, and the users in the order
+    // they first appear, for the counts returned.
+    let mut heads: HashMap<UserId, UserRow> = HashMap::new();
     let mut users: Vec<UserId> = Vec::new();
     {
-        // A new notification is in the inbox, unread and unseen: it adds one to each count.
-        let mut next_seq = conn
-            .prepare_cached(
-                "INSERT INTO users (user, last_seq, pruned_through, total, unread, unseen, inbox_version)
-                 VALUES (?1, 1, 0, 1, 1, 1, 1)
-                 ON CONFLICT (user) DO UPDATE SET last_seq = last_seq + 1, total = total + 1,
-                     unread = unread + 1, unseen = unseen + 1, inbox_version = inbox_version + 1
-                 RETURNING last_seq, pruned_through",
-            )
+        // The `users` row is only written for a new user: the notification joins the tail,
+        // which counts it as in the inbox, unread and unseen (see SCHEMA_V3).
+        let mut new_user = conn
+            .prepare_cached("INSERT INTO users (user, last_seq, pruned_through) VALUES (?1, 0, 0)")
             .map_err(db_error)?;
         let mut insert = conn
             .prepare_cached(
@@ -1221,9 +1297,18 @@ fn append(
             )
             .map_err(db_error)?;
         for entry in entries {
-            let (seq, pruned_through): (i64, i64) = next_seq
-                .query_row([entry.user.as_str()], |row| Ok((row.get(0)?, row.get(1)?)))
-                .map_err(db_error)?;
+            let mut row = match heads.get(&entry.user) {
+                Some(row) => *row,
+                None => match read_user_row(conn, entry.user.as_str())? {
+                    Some(row) => row,
+                    None => {
+                        new_user.execute([entry.user.as_str()]).map_err(db_error)?;
+                        UserRow::default()
+                    }
+                },
+            };
+            let seq = row.head() + 1;
+            row.max_seq = seq;
             let audience = &entry.audience;
             insert
                 .execute(params![
@@ -1237,7 +1322,7 @@ fn append(
                     audience.except_client.as_ref().map(ClientId::as_str),
                 ])
                 .map_err(db_error)?;
-            if heads.insert(entry.user.clone(), (seq, pruned_through)).is_none() {
+            if heads.insert(entry.user.clone(), row).is_none() {
                 users.push(entry.user.clone());
             }
             stored.push(Arc::new(Notification::new(
@@ -1254,12 +1339,15 @@ fn append(
     let max_per_user = i64::try_from(retention.max_per_user).unwrap_or(i64::MAX);
     let mut counts = Vec::with_capacity(users.len());
     for user in users {
-        let (last_seq, pruned_through) = heads[&user];
-        let bound = last_seq.saturating_sub(max_per_user);
-        if bound > pruned_through {
-            prune_user_through(conn, user.as_str(), pruned_through, bound)?;
-        }
-        let user_counts = read_counts(conn, user.as_str())?;
+        let row = heads[&user];
+        let bound = row.head().saturating_sub(max_per_user);
+        let user_counts = if bound > row.pruned_through {
+            prune_user_through(conn, user.as_str(), row.pruned_through, bound)?;
+            read_counts(conn, user.as_str())?
+        } else {
+            // Nothing but this append changed the user's log since the row was read.
+            row.counts(user.as_str())?
+        };
         counts.push((user, user_counts));
     }
 
@@ -1288,6 +1376,7 @@ fn append(
 /// raises its `pruned_through` to `through` (never lowers it). Returns how many notifications
 /// went.
 fn prune_user_through(conn: &Connection, user: &str, from: i64, through: i64) -> Result<u64, StoreError> {
+    fold_tail(conn, user)?;
     let mut delta = CountsDelta::default();
     let deleted = delete_rows(conn, user, from, through, &mut delta)?;
     if !deleted.is_empty() {
@@ -1346,6 +1435,7 @@ fn inbox_mark(
     at_ms: i64,
 ) -> Result<InboxChunk, StoreError> {
     let user = user.as_str();
+    fold_tail(conn, user)?;
     let mut next_after = None;
     let rows: Vec<(i64, ItemState)> = match rows {
         Rows::Seqs(seqs) => {
@@ -1420,6 +1510,7 @@ fn inbox_mark(
 /// [`INBOX_CHUNK_ROWS`] rows.
 fn inbox_delete(conn: &Connection, user: &UserId, rows: &Rows) -> Result<InboxChunk, StoreError> {
     let user = user.as_str();
+    fold_tail(conn, user)?;
     let mut delta = CountsDelta::default();
     let mut next_after = None;
     let seqs = match rows {

@@ -324,6 +324,48 @@ async fn upgrades_a_version_1_file() {
     assert_eq!(store.inbox_counts(&user("alice")).await.unwrap().numbers(), [6, 3, 3, 0]);
 }
 
+/// Appends leave an existing user's `users` row alone (the tail grows; see `SCHEMA_V3`); every
+/// other write folds the tail in first. Heads, counts and versions are right either way, and
+/// deleting the newest notifications never makes a seq come back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_grow_the_tail_and_other_writes_fold_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("herald.db");
+    let store = SqliteStore::open(&path, Retention::default()).unwrap();
+    let conn = Connection::open(&path).unwrap();
+    let row = || -> (i64, i64, i64) {
+        conn.query_row("SELECT last_seq, total, inbox_version FROM users WHERE user = 'alice'", [], |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+        })
+        .unwrap()
+    };
+    let alice = user("alice");
+    let counts = async || store.inbox_counts(&alice).await.unwrap();
+    let append = async |n: u64| {
+        seqs(&store.append((0..n).map(|i| entry("alice", i, now_ms())).collect(), None).await.unwrap())
+    };
+
+    assert_eq!(append(3).await, [1, 2, 3]);
+    assert_eq!(row(), (0, 0, 0), "a new user's row is written once, empty");
+    assert_eq!(append(2).await, [4, 5]);
+    assert_eq!(row(), (0, 0, 0), "appends do not write the row");
+    assert_eq!((counts().await.numbers(), counts().await.version), ([5, 5, 5, 0], 5));
+    assert_eq!(store.head(&alice).await.unwrap().last_seq, 5);
+
+    store.inbox_mark(&alice, &Selection::Seqs(vec![2]), Mark::Read, 7).await.unwrap();
+    assert_eq!(row(), (5, 5, 6), "the mark folded the tail, then counted itself");
+    assert_eq!((counts().await.numbers(), counts().await.version), ([5, 4, 4, 0], 6));
+
+    assert_eq!(append(1).await, [6]);
+    assert_eq!((counts().await.numbers(), counts().await.version), ([6, 5, 5, 0], 7));
+    let change = store.inbox_delete(&alice, &Selection::Seqs(vec![5, 6])).await.unwrap();
+    assert_eq!((change.counts.numbers(), change.counts.version), ([4, 3, 3, 0], 8));
+    assert_eq!(store.head(&alice).await.unwrap().last_seq, 6, "the head stays at the deleted newest");
+    assert_eq!(append(1).await, [7], "seq 6 is not given out again");
+    assert_eq!((counts().await.numbers(), counts().await.version), ([5, 4, 4, 0], 9));
+    assert_eq!(sql_recount(&conn, "alice"), [5, 4, 4, 0]);
+}
+
 /// The counts kept in `users` equal an SQL recount after a mix of every kind of change,
 /// including a chunked retention pass.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -403,7 +445,8 @@ fn inbox_queries_use_indexes_at_100k_rows() {
             );
         }
     }
-    check("counts", "SELECT total, unread, unseen, archived, inbox_version FROM users WHERE user = 'big'");
+    let plan = check("head and counts", &USER_ROW_SQL.replace("?1", "'big'"));
+    assert!(plan.contains("PRIMARY KEY (user=?)") && plan.contains("users USING INDEX"), "{plan}");
     check(
         "mark one",
         "SELECT seen_at, read_at, archived_at FROM notifications WHERE user = 'big' AND seq = 5",
