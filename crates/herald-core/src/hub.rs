@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash, RandomState};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
@@ -205,6 +205,9 @@ struct HubInner {
     limits: Limits,
     minter: ClientIdMinter,
     next_attachment: AtomicU64,
+    /// The `keepalive_ticks` of the last [`Hub::tick`] (0 before the first), to give each new
+    /// connection a phase within the keep-alive period.
+    keepalive_ticks: AtomicU32,
 }
 
 impl std::fmt::Debug for Hub {
@@ -224,6 +227,7 @@ impl Hub {
                 limits,
                 minter,
                 next_attachment: AtomicU64::new(1),
+                keepalive_ticks: AtomicU32::new(0),
             }),
         }
     }
@@ -263,8 +267,17 @@ impl Hub {
         let client = requested
             .and_then(|r| self.inner.minter.verify(r, user, session))
             .unwrap_or_else(|| self.inner.minter.mint(user, session));
-        let shared = Arc::new(ClientShared::default());
         let attachment = self.inner.next_attachment.fetch_add(1, Ordering::Relaxed);
+        // Each connection starts somewhere in the first half of the keep-alive period, so that
+        // clients that connected together (a server restart, a benchmark) do not all fall due
+        // on the same tick: 15,000 keep-alives written at once stall deliveries for tens of ms.
+        // A connection's first keep-alive thus comes after half to all of the period of
+        // silence, the next ones after all of it.
+        let phases = u64::from(self.inner.keepalive_ticks.load(Ordering::Relaxed) / 2).max(1);
+        let shared = Arc::new(ClientShared {
+            queue: EventQueue::with_quiet_ticks((attachment % phases) as u32),
+            ..ClientShared::default()
+        });
         let now = Instant::now();
         let mut forgotten: Vec<ClientId> = Vec::new();
         let mut is_new_client = false;
@@ -425,6 +438,7 @@ impl Hub {
     /// whose credentials expired (`now_secs`, Unix seconds) with `token_expired`, and makes a
     /// keep-alive due on connections that had no event for `keepalive_ticks` ticks.
     pub fn tick(&self, now_secs: u64, keepalive_ticks: u32) {
+        self.inner.keepalive_ticks.store(keepalive_ticks, Ordering::Relaxed);
         for shard in self.inner.users.iter() {
             let mut users = shard.lock();
             for entry in users.values_mut() {
@@ -592,4 +606,40 @@ fn least_recently_active_client(clients: &[ClientEntry]) -> usize {
         .min_by_key(|(_, c)| (c.connected, c.last_active))
         .map(|(i, _)| i)
         .expect("only called on a full, non-empty list")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::task::{Context, Poll, Waker};
+
+    use super::*;
+    use crate::queue::Received;
+
+    /// Clients that connect together (a restart, a benchmark) fall due for their keep-alives on
+    /// different ticks, not all on the same one.
+    #[test]
+    fn keepalives_of_clients_that_connect_together_are_staggered() {
+        let hub = Hub::new(Limits::default(), ClientIdMinter::new(b"key"));
+        let keepalive_ticks = 10;
+        hub.tick(0, keepalive_ticks);
+        let user = UserId::new("alice").unwrap();
+        let clients: Vec<Attachment> = (0..10)
+            .map(|i| hub.attach(&user, &SessionId::new(format!("s{i}")).unwrap(), None, Transport::Sse))
+            .collect();
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut due_per_tick = Vec::new();
+        for _ in 0..2 * keepalive_ticks {
+            hub.tick(0, keepalive_ticks);
+            let due = clients
+                .iter()
+                .filter(|c| {
+                    matches!(c.shared.queue.poll_recv(&mut cx), Poll::Ready(Some(Received::KeepAlive)))
+                })
+                .count();
+            due_per_tick.push(due);
+        }
+        // Each client once per period; the first after 6 to 10 quiet ticks, two of the ten on
+        // each of those ticks (not all ten on the tenth).
+        assert_eq!(due_per_tick, [0, 0, 0, 0, 0, 2, 2, 2, 2, 2, 0, 0, 0, 0, 0, 2, 2, 2, 2, 2]);
+    }
 }

@@ -62,6 +62,12 @@ pub(crate) struct EventQueue {
 }
 
 impl EventQueue {
+    /// An empty queue that counts `quiet_ticks` ticks already: its first keep-alive falls due
+    /// that many ticks early (staggering the keep-alives of clients that connect together).
+    pub(crate) fn with_quiet_ticks(quiet_ticks: u32) -> Self {
+        Self { state: Mutex::new(State { quiet_ticks, ..State::default() }) }
+    }
+
     /// Appends `event` unless the queue is closed or holds `len_max` events already.
     pub(crate) fn push(&self, event: Queued, len_max: usize) -> Result<(), PushError> {
         let waker = {
