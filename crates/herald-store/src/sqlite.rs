@@ -32,8 +32,8 @@
 //! of exactly the rows it touched. Counts and heads are thus one `users` lookup plus one
 //! primary-key lookup (`MAX(seq)`), never a count of rows (`UserRow`). Inbox pages walk the
 //! primary key or a partial index newest first (see [`SCHEMA_V3`] and [`inbox_list_sql`]): an
-//! append writes only the primary key, `inbox_unread` and the `created_at` index, and a page
-//! reads the rows it returns plus the ones it skips, bounded by the user's log.
+//! append writes only the primary key and the `created_at` index, and a page reads the rows it
+//! returns plus the ones it skips, bounded by the user's log.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -166,16 +166,16 @@ CREATE INDEX inbox_by_type ON notifications (user, type, seq);
 /// a random page of its own, written whole to the WAL at commit and again at checkpoint: with
 /// version 2's six b-trees per notification the store wrote about 27 KB per append and spent
 /// most of its CPU doing so (`cargo bench -p herald-store --bench publish`). Version 3 keeps, of
-/// the indexes an append touches, the primary key, `inbox_unread` and the sequential
-/// `notifications_by_created_at`:
-/// - pages of `all` (not archived) walk the primary key and skip archived rows;
-/// - pages of `unseen` walk `inbox_unread` and skip seen rows: unseen implies unread, since
-///   marking read also marks seen and marking unread leaves seen alone;
-/// - pages by type walk the status's index and skip other types.
+/// the indexes an append touches, only the primary key and the sequential
+/// `notifications_by_created_at`. Pages of `all`, `unread` and `unseen`, and pages by type, walk
+/// the primary key newest first and skip the rows that do not match (archived ones, read ones,
+/// seen ones, other types); `inbox_read` and `inbox_archived`, which only marks write, stay.
 ///
 /// So a page reads the rows it returns plus the rows it skips, which are bounded by the user's
-/// log (`Retention::max_per_user`, 10,000 by default); `inbox_read` and `inbox_archived` are only
-/// written by marks and stay.
+/// log (`Retention::max_per_user`, 10,000 by default: walking all of it takes about 1 ms). The
+/// first page of a status also stops as soon as it has found as many rows as the user's counts
+/// say there are (see `read_inbox_page`), so "3 unread" does not walk the whole log to find that
+/// there is no fourth.
 ///
 /// And an append no longer writes its user's `users` row (another random page), except the
 /// first one of a new user. The row's `last_seq` and counts describe the log up to that
@@ -189,21 +189,19 @@ CREATE INDEX inbox_by_type ON notifications (user, type, seq);
 /// version 2 file upgrades as it is: all its rows have empty tails.
 pub const SCHEMA_V3: &str = "
 DROP INDEX inbox_all;
+DROP INDEX inbox_unread;
 DROP INDEX inbox_unseen;
 DROP INDEX inbox_by_type;
 ";
 
 /// The index each inbox status walks (`None`: the primary key) and the condition of the status.
 /// The condition implies the partial index's own, which is what lets SQLite use it (and `INDEXED
-/// BY` makes sure it does); for `unseen` it says `read_at IS NULL` too, which unseen implies (see
-/// [`SCHEMA_V3`]), so that `inbox_unread` serves it.
+/// BY` makes sure it does).
 fn inbox_status_sql(status: InboxStatus) -> (Option<&'static str>, &'static str) {
     match status {
         InboxStatus::All => (None, "archived_at IS NULL"),
-        InboxStatus::Unread => (Some("inbox_unread"), "read_at IS NULL AND archived_at IS NULL"),
-        InboxStatus::Unseen => {
-            (Some("inbox_unread"), "read_at IS NULL AND archived_at IS NULL AND seen_at IS NULL")
-        }
+        InboxStatus::Unread => (None, "read_at IS NULL AND archived_at IS NULL"),
+        InboxStatus::Unseen => (None, "seen_at IS NULL AND archived_at IS NULL"),
         InboxStatus::Read => (Some("inbox_read"), "read_at IS NOT NULL AND archived_at IS NULL"),
         InboxStatus::Archived => (Some("inbox_archived"), "archived_at IS NOT NULL"),
     }
@@ -827,14 +825,19 @@ fn read_counts(conn: &Connection, user: &str) -> Result<InboxCounts, StoreError>
 /// (consecutive seqs, unread, unseen, not archived) and the row's counts can be adjusted by the
 /// states of the rows a write changes.
 fn fold_tail(conn: &Connection, user: &str) -> Result<(), StoreError> {
+    // Read first, then a plain update: `MAX(seq)` inside the UPDATE's own expression would not
+    // get SQLite's min/max optimization and would walk the user's whole log.
+    let Some(row) = read_user_row(conn, user)? else { return Ok(()) };
+    let tail = row.max_seq - row.last_seq;
+    if tail <= 0 {
+        return Ok(());
+    }
     conn.prepare_cached(
-        "UPDATE users SET total = total + tail.n, unread = unread + tail.n, unseen = unseen + tail.n,
-             inbox_version = inbox_version + tail.n, last_seq = last_seq + tail.n
-         FROM (SELECT MAX(seq) - (SELECT last_seq FROM users WHERE user = ?1) AS n
-               FROM notifications WHERE user = ?1) AS tail
-         WHERE users.user = ?1 AND tail.n > 0",
+        "UPDATE users SET total = total + ?2, unread = unread + ?2, unseen = unseen + ?2,
+             inbox_version = inbox_version + ?2, last_seq = ?3
+         WHERE user = ?1",
     )
-    .and_then(|mut stmt| stmt.execute([user]))
+    .and_then(|mut stmt| stmt.execute(params![user, tail, row.max_seq]))
     .map_err(db_error)?;
     Ok(())
 }
@@ -859,7 +862,22 @@ fn read_inbox_page(conn: &Connection, user: &UserId, query: &InboxQuery) -> Resu
     }
     let before = query.before.map_or(i64::MAX, sql_seq);
     // One more than asked: whether it exists says whether there is a next page.
-    let fetch = i64::try_from(query.limit).unwrap_or(i64::MAX - 1) + 1;
+    let mut fetch = i64::try_from(query.limit).unwrap_or(i64::MAX - 1) + 1;
+    if query.before.is_none() && query.kind.is_none() {
+        // The first page of a status: the counts (same snapshot) say how many rows match in
+        // all, so the walk stops at the last of them instead of going on to the log's start.
+        let matching = match query.status {
+            InboxStatus::All => counts.total,
+            InboxStatus::Unread => counts.unread,
+            InboxStatus::Unseen => counts.unseen,
+            InboxStatus::Read => counts.total.saturating_sub(counts.unread),
+            InboxStatus::Archived => counts.archived,
+        };
+        fetch = fetch.min(i64::try_from(matching).unwrap_or(i64::MAX));
+        if fetch == 0 {
+            return Ok(InboxPage { items: Vec::new(), next_before: None, counts });
+        }
+    }
     let sql = inbox_list_sql(query.status, query.kind.is_some());
     let mut rows: Vec<(Row, ItemState)> = conn
         .prepare_cached(&sql)
