@@ -1137,10 +1137,12 @@ fn run_writer(
         }
         counters.requests.fetch_add(batch.len() as u64, Ordering::Relaxed);
         counters.batches.fetch_add(1, Ordering::Relaxed);
-        for answer in run_batch(&mut conn, &retention, &mut batch) {
+        let answers = run_batch(&mut conn, &retention, &mut batch);
+        // Counted before answering, so that whoever got an answer sees its batch counted.
+        counters.wal_bytes.fetch_add(take_pages_written(&conn) * page_size, Ordering::Relaxed);
+        for answer in answers {
             answer.send();
         }
-        counters.wal_bytes.fetch_add(take_pages_written(&conn) * page_size, Ordering::Relaxed);
     }
 }
 
