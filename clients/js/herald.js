@@ -441,6 +441,11 @@ export class Herald {
     if (this.#client) params.set('client', this.#client);
     if (pollWait !== undefined) params.set('timeout', String(pollWait));
     if (this.#followInbox) params.set('inbox', '1');
+    // A poll that waits: the server answers at once if the counts changed since these (an
+    // `inbox` event sent while this tab was between two polls is not kept for it).
+    if (this.#followInbox && pollWait && this.#countsVersion >= 0) {
+      params.set('inbox_version', String(this.#countsVersion));
+    }
     return params;
   }
 

@@ -304,14 +304,26 @@ pub struct PollAnswer {
 /// Answers one long-poll: at once when anything after `request.resume_after` is retained for
 /// this client, else after the first live notification or `timeout`, with an empty list.
 /// The same request repeated gets the same durable notifications, so retrying is safe.
+///
+/// `known_inbox_version`: the version of the user's inbox counts the client holds. If the
+/// store's are newer, the poll answers at once too: an `inbox` event that came while the client
+/// was between two polls is lost to it (events are not stored), and without this its next poll
+/// would wait for the timeout before the caller could send it the counts. The counts are read
+/// after the client is attached, so a change is either in them or in the poll's events.
 pub async fn poll(
     hub: &Hub,
     store: &Arc<dyn Store>,
     request: SubscribeRequest<'_>,
     timeout: Duration,
+    known_inbox_version: Option<u64>,
 ) -> Result<PollAnswer, SubscribeError> {
     let deadline = Instant::now() + timeout;
+    let user = request.user;
     let mut subscription = Subscription::open(hub, store, request).await?;
+    let inbox_changed = match known_inbox_version {
+        Some(known) => store.inbox_counts(user).await?.version > known,
+        None => false,
+    };
     let mut notifications: Vec<Arc<Notification>> = Vec::new();
     let mut inbox: Vec<Arc<InboxEvent>> = Vec::new();
     let mut reset = false;
@@ -320,6 +332,7 @@ pub async fn poll(
     while notifications.len() < POLL_NOTIFICATIONS_MAX {
         let anything = !notifications.is_empty()
             || !inbox.is_empty()
+            || inbox_changed
             || reset
             || start.is_some_and(|s| subscription.position() > s);
         // Answer as soon as there is something and nothing decided is left to hand out. Not

@@ -411,6 +411,43 @@ async fn inbox_events_on_websocket_and_long_poll() {
     assert_error(&server.poll(&token, "inbox=2").await, 400, "invalid_query");
 }
 
+/// A change made while a poller was between two polls: its event is not kept for it, so a poll
+/// that says which counts it holds (`inbox_version`) answers at once with the newer ones
+/// instead of waiting for its timeout; a poll that holds the newest waits as usual.
+#[tokio::test]
+async fn a_poll_behind_the_counts_answers_at_once() {
+    let server = TestServer::start().await;
+    let token = server.token("alice", None);
+    server.notify_user("alice", json!({})).await;
+    let (_, first) = server.poll(&token, "after=1&timeout=0&inbox=1").await;
+    let held = first["counts"]["version"].as_u64().unwrap();
+
+    // Between polls, another tab marks it read.
+    let marked =
+        server.inbox_mark(subscriber(&token), "/v1/inbox", json!({ "seqs": [1], "as": "read" })).await;
+    let newest = marked["counts"]["version"].as_u64().unwrap();
+    assert!(newest > held);
+
+    let started = std::time::Instant::now();
+    let (status, body) =
+        server.poll(&token, &format!("after=1&timeout=10&inbox=1&inbox_version={held}")).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(started.elapsed() < Duration::from_secs(5), "answered at once, not after the timeout");
+    assert_eq!(body["counts"], marked["counts"]);
+    assert_eq!((body["notifications"].clone(), body.get("inbox")), (json!([]), None));
+
+    // Holding the newest: it waits (here for its 1 s timeout).
+    let started = std::time::Instant::now();
+    let (status, body) =
+        server.poll(&token, &format!("after=1&timeout=1&inbox=1&inbox_version={newest}")).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(started.elapsed() >= Duration::from_millis(900), "waited for the timeout");
+    assert_eq!(body["counts"], marked["counts"]);
+
+    assert_error(&server.poll(&token, "inbox=1&inbox_version=x").await, 400, "invalid_inbox_version");
+    assert_error(&server.poll(&token, "inbox_version=3").await, 400, "invalid_inbox_version");
+}
+
 /// Bad input to each inbox route: a clear 4xx JSON error, and nothing changes (same counts,
 /// same version, no event).
 #[tokio::test]

@@ -6,7 +6,8 @@
 //!
 //! `inbox` events that arrive while a poll waits are in its answer (`"inbox": […]`); with
 //! `inbox=1` every answer also carries the user's counts, read after the events were collected,
-//! since a poller misses the events that come between two polls.
+//! since a poller misses the events that come between two polls. With `inbox_version=V` too, a
+//! poll whose user's counts are newer than `V` answers at once instead of waiting.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,15 +37,18 @@ pub struct PollQuery {
     timeout: Option<String>,
     client: Option<String>,
     inbox: Option<String>,
+    inbox_version: Option<String>,
 }
 
 fn parse_number(name: &str, raw: Option<&str>) -> Result<Option<u64>, ApiError> {
     raw.map(|raw| {
         raw.trim().parse::<u64>().map_err(|_| {
-            ApiError::bad_request(
-                if name == "after" { "invalid_after" } else { "invalid_timeout" },
-                format!("`{name}` must be a whole number, not {raw:?}"),
-            )
+            let code = match name {
+                "after" => "invalid_after",
+                "timeout" => "invalid_timeout",
+                _ => "invalid_inbox_version",
+            };
+            ApiError::bad_request(code, format!("`{name}` must be a whole number, not {raw:?}"))
         })
     })
     .transpose()
@@ -60,6 +64,13 @@ pub async fn poll(
     let timeout_secs =
         parse_number("timeout", query.timeout.as_deref())?.unwrap_or(POLL_TIMEOUT_SECS_DEFAULT);
     let with_counts = follows_inbox(query.inbox.as_deref())?;
+    let known_inbox_version = parse_number("inbox_version", query.inbox_version.as_deref())?;
+    if known_inbox_version.is_some() && !with_counts {
+        return Err(ApiError::bad_request(
+            "invalid_inbox_version",
+            "`inbox_version` is only meaningful with `inbox=1`, which answers with the counts",
+        ));
+    }
     if timeout_secs > POLL_TIMEOUT_SECS_MAX {
         return Err(ApiError::bad_request(
             "invalid_timeout",
@@ -81,6 +92,7 @@ pub async fn poll(
             resume_after: after,
         },
         timeout,
+        known_inbox_version,
     )
     .await
     .map_err(|error| match error {
