@@ -49,6 +49,7 @@ HERALD_ALONE="${HERALD_ALONE:-1}"  # 0: skip (d)
 SETTLE_SECS="${SETTLE_SECS:-2}"    # pause after stopping a server, before starting the next
 RETRIES="${RETRIES:-2}"            # a run disturbed by other programs is repeated this many times
 DISTURBED_CPU_SECS="${DISTURBED_CPU_SECS:-2}" # disturbed: others used more CPU (s) in a phase
+DISTURBED_STEAL_SECS="${DISTURBED_STEAL_SECS:-0.5}" # disturbed: the hypervisor stole more (s) in a phase
 QUIET_WAIT="${QUIET_WAIT:-300}"    # before each run, wait up to this many seconds for a quiet machine
 QUIET_BUSY_PCT="${QUIET_BUSY_PCT:-10}" # quiet: at most this share of the CPU busy over 2 s
 HERALD_BIN="${HERALD_BIN:-}"       # a herald binary to measure; default: build target/release/herald
@@ -228,7 +229,8 @@ bench() {
     wait_quiet
     log "$label: herald-bench run $*"
     "$ROOT/target/release/herald-bench" run --label "$label" --server-pid "$SERVER_PID" \
-        --json-out "$RESULTS" --no-progress --disturbed-cpu-secs "$DISTURBED_CPU_SECS" "$@" |
+        --json-out "$RESULTS" --no-progress --disturbed-cpu-secs "$DISTURBED_CPU_SECS" \
+        --disturbed-steal-secs "$DISTURBED_STEAL_SECS" "$@" |
         tee "$OUT/$label.txt" | grep -v '^{' >&2
 }
 
@@ -245,7 +247,7 @@ measure() {
         bench "$label" "$@" || rc=$?
         stop_server
         if ((rc == 3 && attempt < RETRIES)); then
-            log "$label: disturbed by other programs; once more on a fresh server"
+            log "$label: disturbed by other programs or the hypervisor; once more on a fresh server"
             continue
         fi
         if ((rc != 0 && rc != 3)); then

@@ -34,15 +34,18 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Cmd::Run(args) => {
-            let (strict, disturbed) = (args.strict, args.disturbed_cpu_secs);
+            let (strict, other_limit, steal_limit) =
+                (args.strict, args.disturbed_cpu_secs, args.disturbed_steal_secs);
             run::run(*args).map(|result| {
                 if strict && !result.clean() {
                     eprintln!(
                         "herald-bench: lost, duplicated or misrouted deliveries, or failed connections"
                     );
                     ExitCode::FAILURE
-                } else if let Some(limit) = disturbed.filter(|limit| result.disturbed(*limit)) {
-                    eprintln!("herald-bench: other programs used more than {limit} s of CPU in a phase");
+                } else if result.disturbed(other_limit, steal_limit) {
+                    eprintln!(
+                        "herald-bench: other programs or the hypervisor took more CPU than allowed in a phase"
+                    );
                     ExitCode::from(EXIT_DISTURBED)
                 } else {
                     ExitCode::SUCCESS

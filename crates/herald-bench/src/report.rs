@@ -272,9 +272,14 @@ impl RunResult {
         out
     }
 
-    /// Whether some phase saw more than `limit` seconds of CPU used by other programs.
-    pub fn disturbed(&self, limit: f64) -> bool {
-        self.phases.iter().any(|p| p.other_cpu_secs.is_some_and(|other| other > limit))
+    /// Whether some phase saw more than `other_limit` seconds of CPU used by other programs, or
+    /// more than `steal_limit` stolen from this machine by the hypervisor (both skew every
+    /// figure, latency percentiles the most).
+    pub fn disturbed(&self, other_limit: Option<f64>, steal_limit: Option<f64>) -> bool {
+        self.phases.iter().any(|p| {
+            other_limit.is_some_and(|limit| p.other_cpu_secs.is_some_and(|other| other > limit))
+                || steal_limit.is_some_and(|limit| p.steal_cpu_secs > limit)
+        })
     }
 
     /// Whether every phase delivered every acknowledged publish exactly once, to the right

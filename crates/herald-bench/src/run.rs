@@ -135,6 +135,10 @@ pub struct RunArgs {
     /// used more than this much CPU (seconds): the figures were disturbed, run again.
     #[arg(long)]
     pub disturbed_cpu_secs: Option<f64>,
+    /// Exit with status 3 if, in some phase, the hypervisor stole more than this much CPU
+    /// (seconds, `steal` in /proc/stat) from the machine: the figures were disturbed.
+    #[arg(long)]
+    pub disturbed_steal_secs: Option<f64>,
 }
 
 impl RunArgs {
