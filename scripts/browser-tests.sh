@@ -4,7 +4,8 @@
 #
 # Installs what is missing first: Debian's `chromium` (apt; a browser download such as
 # `npx playwright install` cannot work here) and the npm packages of tests/browser (`npm ci`,
-# pinned by its package-lock.json). Builds the `herald` binary with cargo.
+# pinned by its package-lock.json). Type-checks herald.d.ts with TypeScript (strict) against
+# tests/browser/types/usage.ts. Builds the `herald` binary with cargo.
 #
 # Usage: scripts/browser-tests.sh [test files…]   (default: every tests/browser/*.test.mjs;
 #        a file as tests/browser/x.test.mjs or x.test.mjs)
@@ -34,6 +35,9 @@ fi
 
 echo "== npm ci (tests/browser)"
 (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
+
+echo "== type-check clients/js/herald.d.ts (tsc --strict, tests/browser/types/usage.ts)"
+(cd tests/browser && npm run --silent typecheck)
 
 echo "== cargo build -p herald"
 cargo build -p herald

@@ -1,0 +1,88 @@
+// Type-checks clients/js/herald.d.ts the way an app uses it (`npm run typecheck`, run by
+// scripts/browser-tests.sh): the declarations must compile under `strict`, and the calls below
+// must type-check. Lines marked @ts-expect-error must NOT type-check: each proves that a wrong
+// use is refused (if the declarations stopped refusing it, tsc fails on the unused directive).
+import Herald, {
+  HeraldError,
+  type HeraldInboxChange,
+  type HeraldInboxCounts,
+  type HeraldInboxPage,
+  type HeraldNotification,
+  type HeraldStatus,
+} from '../../../clients/js/herald.js';
+
+interface Message {
+  text: string;
+}
+
+async function app(): Promise<void> {
+  const herald = new Herald({
+    url: '/herald',
+    token: async () => 'token',
+    transport: 'ws',
+    fallback: true,
+    lastSeq: null,
+    inbox: true,
+  });
+  new Herald({ token: 'fixed' });
+
+  const stop: () => void = herald.on('notification', (n: HeraldNotification) => {
+    const seq: number | undefined = n.seq;
+    const message = n.data as Message;
+    console.log(seq, n.type, n.created_at, message.text);
+  });
+  stop();
+  herald.on('reset', (r) => console.log(r.last_seq ?? 'unknown'));
+  herald.on('closed', (c) => {
+    if (c.reason === 'session_closed' || c.reason === 'token_expired') console.log('signed out');
+  });
+  herald.on('status', (s: HeraldStatus) => console.log(s));
+  herald.on('counts', (c: HeraldInboxCounts) => console.log(c.unread, c.unseen, c.total, c.archived, c.version));
+  herald.on('inbox', (change: HeraldInboxChange) => console.log(change.op, change.seqs, change.all_up_to, change.counts));
+
+  const status: HeraldStatus | 'idle' = herald.status;
+  const client: string | null = herald.client;
+  const lastSeq: number | null = herald.lastSeq;
+  console.log(status, client, lastSeq, herald.transport, herald.inbox.following);
+
+  const page: HeraldInboxPage = await herald.inbox.list({ status: 'unread', type: 'message.new', before: 10, limit: 20 });
+  for (const item of page.notifications) {
+    const read: boolean = item.read_at !== null;
+    console.log(item.seq + 1, read, item.seen_at, item.archived_at);
+  }
+  const next: number | null = page.next_before;
+  const counts: HeraldInboxCounts | null = herald.inbox.counts;
+  console.log(next, counts?.unread, (await herald.inbox.refresh()).version);
+  await herald.inbox.mark([1, 2]);
+  await herald.inbox.mark({ allUpTo: 9 }, 'archived');
+  await herald.inbox.markAll();
+  await herald.inbox.markAll('seen', 12);
+  const deleted: HeraldInboxChange = await herald.inbox.delete([3]);
+  console.log(deleted.changed);
+  try {
+    await herald.inbox.delete({ allUpTo: 4 });
+  } catch (error) {
+    if (error instanceof HeraldError) console.log(error.status, error.code, error.message);
+  }
+  herald.close();
+
+  // Wrong uses the declarations refuse:
+  // @ts-expect-error: a token is required
+  new Herald({});
+  // @ts-expect-error: no such transport
+  new Herald({ token: 't', transport: 'mqtt' });
+  // @ts-expect-error: no such event
+  herald.on('message', () => {});
+  // @ts-expect-error: a notification listener gets a notification, not counts
+  herald.on('notification', (c: HeraldInboxCounts) => console.log(c.unread));
+  // @ts-expect-error: no such mark
+  await herald.inbox.mark([1], 'starred');
+  // @ts-expect-error: no such status
+  await herald.inbox.list({ status: 'new' });
+  // @ts-expect-error: markAll cannot mark unread
+  await herald.inbox.markAll('unread');
+  // @ts-expect-error: counts are read-only
+  herald.inbox.counts = null;
+}
+
+void app;
