@@ -4,9 +4,10 @@
 //!
 //! # Layout
 //! - [`publisher`]: [`Publisher`], the publishers' API (API key): publish, presence, stored
-//!   notifications, closing sessions.
+//!   notifications, closing sessions, any user's [`Inbox`].
+//! - [`inbox`]: [`Inbox`], a user's inbox: counts, pages, marks, deletions.
 //! - [`subscriber`]: [`Subscriber`], one client's API (token): an SSE [`EventStream`] of
-//!   [`Event`]s, and long-polls.
+//!   [`Event`]s, long-polls, and its user's own [`Inbox`].
 //! - [`listener`]: [`Listener`], a subscriber that resumes by itself after a dropped connection,
 //!   with backoff, and never yields a durable notification twice.
 //! - [`token`]: [`mint_token`], the HS256 subscriber token, and its [`Claims`].
@@ -45,6 +46,7 @@
 
 pub mod error;
 mod http;
+pub mod inbox;
 pub mod listener;
 pub mod publisher;
 pub mod sse;
@@ -54,6 +56,10 @@ pub mod types;
 
 pub use error::{ClientError, Result};
 pub use http::{CONNECT_TIMEOUT, MAX_ERROR_BODY_BYTES, MAX_RESPONSE_BYTES, REQUEST_TIMEOUT};
+pub use inbox::{
+    Inbox, InboxChange, InboxCounts, InboxItem, InboxOp, InboxPage, InboxQuery, InboxSelection, InboxStatus,
+    Mark,
+};
 pub use listener::{ListenTransport, Listener, ListenerOptions, is_final_close};
 pub use publisher::Publisher;
 pub use sse::{SseEvent, SseItem, SseParser};

@@ -4,6 +4,7 @@ use reqwest::Method;
 
 use crate::error::Result;
 use crate::http::{Endpoint, REQUEST_TIMEOUT, check_status, http_client, path_id, read_json};
+use crate::inbox::Inbox;
 use crate::types::{Notification, Presence, PublishRequest, PublishResponse};
 
 /// Publishes notifications and manages users' sessions. Cheap to clone: clones share one
@@ -89,6 +90,14 @@ impl Publisher {
         let user = path_id("user id", user)?;
         let response = self.request(Method::DELETE, &["v1", "users", user, "sessions"]).send().await?;
         Ok(read_json::<Closed>(response, "close answer").await?.closed)
+    }
+
+    /// `…/v1/users/{user}/inbox…`: any user's inbox (counts, pages, marks, deletions). Their
+    /// `inbox` events reach every client of the user.
+    pub fn inbox(&self, user: &str) -> Result<Inbox> {
+        let user = path_id("user id", user)?;
+        let path = ["v1", "users", user, "inbox"].map(str::to_owned).to_vec();
+        Ok(Inbox::new(self.http.clone(), self.endpoint.clone(), self.api_key.clone(), path))
     }
 
     /// `GET /healthz`: whether the server answers.

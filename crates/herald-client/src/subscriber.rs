@@ -9,6 +9,7 @@ use serde::Deserialize;
 
 use crate::error::{ClientError, Result};
 use crate::http::{Endpoint, REQUEST_TIMEOUT, check_status, http_client, read_json};
+use crate::inbox::Inbox;
 use crate::sse::{SseEvent, SseItem, SseParser};
 use crate::types::{Event, Notification, PollResponse};
 
@@ -70,6 +71,13 @@ impl Subscriber {
     pub fn with_idle_timeout(mut self, idle_timeout: Duration) -> Self {
         self.idle_timeout = idle_timeout;
         self
+    }
+
+    /// `…/v1/inbox…`: the inbox of this token's user (counts, pages, marks, deletions). Its
+    /// changes reach the user's other clients as `inbox` events.
+    pub fn inbox(&self) -> Inbox {
+        let path = ["v1", "inbox"].map(str::to_owned).to_vec();
+        Inbox::new(self.http.clone(), self.endpoint.clone(), self.token.clone(), path)
     }
 
     /// `GET /v1/stream`: opens an SSE stream. Fails with [`ClientError::Http`] when the server

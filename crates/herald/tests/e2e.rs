@@ -2,8 +2,8 @@
 //! 127.0.0.1 port with a temp data dir, and the tests talk to it over real sockets with
 //! `herald-client` (and, for the CLI, with more `herald` processes). They cover what only a
 //! process can show: a graceful restart (SIGTERM) and a crash (SIGKILL) on the same data dir,
-//! dev credentials kept across restarts, `herald listen` resuming by itself, `--memory`, and
-//! startup errors.
+//! dev credentials kept across restarts, `herald listen` resuming by itself, `--memory`,
+//! startup errors, and the inbox through `herald-client` across a restart.
 //!
 //! Every child is stopped by its PID when its guard is dropped, and every wait is bounded.
 
@@ -771,4 +771,82 @@ async fn bad_startup_config_is_one_clear_line() {
         stderr.contains("data dir") && stderr.contains("not-a-dir"),
         "the message names the path: {stderr}"
     );
+}
+
+/// 7. The inbox through `herald-client`: a subscriber's own and a publisher's view of the same
+/// user agree, marks and deletions answer their change, pages filter and page, bad input is a
+/// typed 400, and the state (counts and version) survives a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_inbox_through_herald_client_survives_a_restart() {
+    use herald_client::{ClientError, InboxOp, InboxQuery, InboxSelection, InboxStatus, Mark};
+
+    let dir = tempfile::tempdir().unwrap();
+    let spec = Spec::new(dir.path());
+    let server = spec.start().await;
+    let token = mint_token(spec.secret().as_bytes(), "alice", Some("laptop"), HOUR).unwrap();
+    let publisher = server.publisher(&spec.api_key());
+    for kind in ["a", "b", "a"] {
+        let request = PublishRequest::new(To::user("alice"), json!({"kind": kind})).kind(kind);
+        publisher.publish(&request).await.unwrap();
+    }
+    let mine = server.subscriber(&token).inbox();
+    let theirs = publisher.inbox("alice").unwrap();
+    let counts = theirs.counts().await.unwrap();
+    assert_eq!((counts.unread, counts.unseen, counts.total, counts.archived), (3, 3, 3, 0));
+    assert_eq!(mine.counts().await.unwrap(), counts, "the same user seen from both sides");
+
+    let change = mine.mark(&InboxSelection::Seqs(vec![1, 99]), Mark::Read).await.unwrap();
+    assert_eq!(
+        (change.op, change.mark, change.seqs.as_deref(), change.changed),
+        (InboxOp::Mark, Some(Mark::Read), Some(&[1][..]), Some(1))
+    );
+    assert_eq!((change.counts.unread, change.counts.unseen), (2, 2));
+    assert!(change.counts.version > counts.version);
+
+    let seqs = |page: &herald_client::InboxPage| {
+        page.notifications.iter().map(|n| n.notification.seq.unwrap()).collect::<Vec<_>>()
+    };
+    let unread =
+        theirs.list(&InboxQuery { status: InboxStatus::Unread, ..InboxQuery::default() }).await.unwrap();
+    assert_eq!(seqs(&unread), [3, 2]);
+    let of_a = mine.list(&InboxQuery { kind: Some("a".into()), ..InboxQuery::default() }).await.unwrap();
+    assert_eq!(seqs(&of_a), [3, 1]);
+    assert!(of_a.notifications[1].read_at.is_some() && of_a.notifications[1].seen_at.is_some());
+    assert_eq!(of_a.notifications[0].notification.data, json!({"kind": "a"}));
+    let first = mine.list(&InboxQuery { limit: Some(1), ..InboxQuery::default() }).await.unwrap();
+    assert_eq!((seqs(&first), first.next_before), (vec![3], Some(3)));
+    let next = mine
+        .list(&InboxQuery { before: first.next_before, limit: Some(5), ..InboxQuery::default() })
+        .await
+        .unwrap();
+    assert_eq!((seqs(&next), next.next_before), (vec![2, 1], None));
+
+    let archived = theirs.mark(&InboxSelection::AllUpTo(2), Mark::Archived).await.unwrap();
+    assert_eq!((archived.all_up_to, archived.changed), (Some(2), Some(2)));
+    assert_eq!((archived.counts.total, archived.counts.archived, archived.counts.unread), (1, 2, 1));
+
+    // Refused, with the server's code, and nothing changed.
+    match mine.mark(&InboxSelection::Seqs(vec![]), Mark::Read).await {
+        Err(ClientError::Http { status: 400, code, .. }) => assert_eq!(code, "invalid_request"),
+        other => panic!("expected a 400, got {other:?}"),
+    }
+    assert_eq!(mine.counts().await.unwrap(), archived.counts);
+
+    // After a restart: the same counts and version.
+    sigterm(server.child.id());
+    server.wait_stopped().await;
+    let server = spec.start().await;
+    let theirs = server.publisher(&spec.api_key()).inbox("alice").unwrap();
+    assert_eq!(theirs.counts().await.unwrap(), archived.counts);
+
+    let deleted = theirs.delete(3).await.unwrap();
+    assert_eq!(
+        (deleted.op, deleted.seqs.as_deref(), deleted.changed),
+        (InboxOp::Delete, Some(&[3][..]), Some(1))
+    );
+    let rest = server.subscriber(&token).inbox().delete_all_up_to(3).await.unwrap();
+    assert_eq!(rest.changed, Some(2));
+    let counts = rest.counts;
+    assert_eq!((counts.unread, counts.unseen, counts.total, counts.archived), (0, 0, 0, 0));
+    assert!(counts.version > archived.counts.version);
 }
