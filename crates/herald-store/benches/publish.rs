@@ -54,13 +54,14 @@ fn notification(user: u64, i: u64) -> NewNotification {
     }
 }
 
-/// Runs the tasks for `secs`; returns (appends, latencies in µs).
-async fn run(store: &Arc<SqliteStore>, tasks: u64, users: u64, secs: f64) -> (u64, Vec<u64>) {
+/// Runs the tasks for `secs`; returns the latency of each append that finished, in µs.
+async fn run(store: &Arc<SqliteStore>, tasks: u64, users: u64, secs: f64) -> Vec<u64> {
     let stop = Arc::new(AtomicBool::new(false));
-    let appends = Arc::new(AtomicU64::new(0));
+    // The payload's id: unique per append, like the compare.sh load's.
+    let next_id = Arc::new(AtomicU64::new(0));
     let mut handles = Vec::new();
     for task in 0..tasks {
-        let (store, stop, appends) = (Arc::clone(store), Arc::clone(&stop), Arc::clone(&appends));
+        let (store, stop, next_id) = (Arc::clone(store), Arc::clone(&stop), Arc::clone(&next_id));
         handles.push(tokio::spawn(async move {
             // A small xorshift: no dependency, a different sequence per task.
             let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ (task + 1).wrapping_mul(0x2545_F491_4F6C_DD1D);
@@ -69,7 +70,7 @@ async fn run(store: &Arc<SqliteStore>, tasks: u64, users: u64, secs: f64) -> (u6
                 x ^= x << 13;
                 x ^= x >> 7;
                 x ^= x << 17;
-                let i = appends.fetch_add(1, Ordering::Relaxed);
+                let i = next_id.fetch_add(1, Ordering::Relaxed);
                 let start = Instant::now();
                 store.append(vec![notification(x % users, i)], None).await.unwrap();
                 latencies.push(start.elapsed().as_micros() as u64);
@@ -83,7 +84,7 @@ async fn run(store: &Arc<SqliteStore>, tasks: u64, users: u64, secs: f64) -> (u6
     for handle in handles {
         latencies.extend(handle.await.unwrap());
     }
-    (latencies.len() as u64, latencies)
+    latencies
 }
 
 fn main() {
@@ -105,7 +106,8 @@ fn main() {
         let before = store.writer_stats();
         let cpu = process_cpu();
         let start = Instant::now();
-        let (appends, mut latencies) = run(&store, tasks, users, secs).await;
+        let mut latencies = run(&store, tasks, users, secs).await;
+        let appends = latencies.len() as u64;
         let elapsed = start.elapsed();
         let cpu = process_cpu() - cpu;
         let after = store.writer_stats();

@@ -722,10 +722,15 @@ impl UserRow {
         self.last_seq.max(self.max_seq)
     }
 
+    /// How many notifications follow the row's `last_seq`: appends not folded in yet.
+    fn tail(&self) -> i64 {
+        (self.max_seq - self.last_seq).max(0)
+    }
+
     /// The counts of the whole log: the row's plus the tail's, whose every notification is in the
     /// inbox, unread and unseen, and was one change.
     fn counts(&self, user: &str) -> Result<InboxCounts, StoreError> {
-        let tail = (self.max_seq - self.last_seq).max(0);
+        let tail = self.tail();
         let count = |n: i64| {
             u64::try_from(n)
                 .map_err(|_| StoreError::Corrupt(format!("negative inbox count {n} of user {user}")))
@@ -828,8 +833,8 @@ fn fold_tail(conn: &Connection, user: &str) -> Result<(), StoreError> {
     // Read first, then a plain update: `MAX(seq)` inside the UPDATE's own expression would not
     // get SQLite's min/max optimization and would walk the user's whole log.
     let Some(row) = read_user_row(conn, user)? else { return Ok(()) };
-    let tail = row.max_seq - row.last_seq;
-    if tail <= 0 {
+    let tail = row.tail();
+    if tail == 0 {
         return Ok(());
     }
     conn.prepare_cached(

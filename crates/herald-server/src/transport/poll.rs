@@ -40,16 +40,12 @@ pub struct PollQuery {
     inbox_version: Option<String>,
 }
 
-fn parse_number(name: &str, raw: Option<&str>) -> Result<Option<u64>, ApiError> {
+/// The query parameter `name` as a whole number; not one: 400 with `code`.
+fn parse_number(name: &str, code: &'static str, raw: Option<&str>) -> Result<Option<u64>, ApiError> {
     raw.map(|raw| {
-        raw.trim().parse::<u64>().map_err(|_| {
-            let code = match name {
-                "after" => "invalid_after",
-                "timeout" => "invalid_timeout",
-                _ => "invalid_inbox_version",
-            };
-            ApiError::bad_request(code, format!("`{name}` must be a whole number, not {raw:?}"))
-        })
+        raw.trim()
+            .parse::<u64>()
+            .map_err(|_| ApiError::bad_request(code, format!("`{name}` must be a whole number, not {raw:?}")))
     })
     .transpose()
 }
@@ -60,11 +56,12 @@ pub async fn poll(
     subscriber: Subscriber,
     ApiQuery(query): ApiQuery<PollQuery>,
 ) -> Result<Response, ApiError> {
-    let after: Option<Seq> = parse_number("after", query.after.as_deref())?;
-    let timeout_secs =
-        parse_number("timeout", query.timeout.as_deref())?.unwrap_or(POLL_TIMEOUT_SECS_DEFAULT);
+    let after: Option<Seq> = parse_number("after", "invalid_after", query.after.as_deref())?;
+    let timeout_secs = parse_number("timeout", "invalid_timeout", query.timeout.as_deref())?
+        .unwrap_or(POLL_TIMEOUT_SECS_DEFAULT);
     let with_counts = follows_inbox(query.inbox.as_deref())?;
-    let known_inbox_version = parse_number("inbox_version", query.inbox_version.as_deref())?;
+    let known_inbox_version =
+        parse_number("inbox_version", "invalid_inbox_version", query.inbox_version.as_deref())?;
     if known_inbox_version.is_some() && !with_counts {
         return Err(ApiError::bad_request(
             "invalid_inbox_version",
