@@ -56,9 +56,14 @@ use serde_json::value::RawValue;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
+mod staging;
+
+pub use staging::Settling;
+use staging::{Settler, Staging, StagingWrites};
+
 /// The schema this code writes, kept in `PRAGMA user_version`. A database with a higher version
 /// was written by a newer Herald: opening it fails rather than guess.
-pub const SCHEMA_VERSION: i32 = 3;
+pub const SCHEMA_VERSION: i32 = 4;
 
 /// Write requests waiting for the writer thread. When the queue is full, a write waits for a
 /// slot for at most [`ENQUEUE_TIMEOUT`], then fails with [`StoreError::Overloaded`]: the disk is
@@ -194,6 +199,24 @@ DROP INDEX inbox_unseen;
 DROP INDEX inbox_by_type;
 ";
 
+/// Version 3 → 4: staged appends (see [`staging`]). An append inserts into `staged`, a rowid
+/// table whose inserts all go to its last page, and the writer moves the rows into
+/// `notifications` later, many per user and page at a time. The columns are those of
+/// `notifications` that an append sets.
+pub const SCHEMA_V4: &str = "
+CREATE TABLE staged (
+    id            INTEGER PRIMARY KEY,
+    user          TEXT NOT NULL,
+    seq           INTEGER NOT NULL,
+    type          TEXT NOT NULL,
+    data          TEXT NOT NULL,
+    created_at    INTEGER NOT NULL,
+    session       TEXT,
+    client        TEXT,
+    except_client TEXT
+);
+";
+
 /// The index each inbox status walks (`None`: the primary key) and the condition of the status.
 /// The condition implies the partial index's own, which is what lets SQLite use it (and `INDEXED
 /// BY` makes sure it does).
@@ -236,6 +259,9 @@ pub struct SqliteStore {
     checkpointer: Option<(std::sync::mpsc::Sender<()>, JoinHandle<()>)>,
     readers: Arc<ReaderPool>,
     counters: Arc<Counters>,
+    /// Appends committed to `staged` and not yet settled into `notifications`: readers merge
+    /// them with what they read (see [`staging`]).
+    staging: Arc<Mutex<Staging>>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -261,6 +287,11 @@ pub struct WriterStats {
     /// counted). Every page a transaction changes is written whole, so this over the number of
     /// appends is the store's write amplification.
     pub wal_bytes: u64,
+    /// Notifications staged now (appended, not yet settled into the users' logs).
+    pub staged: usize,
+    /// Notifications settled by the writer's generations so far (not counting those a mark,
+    /// delete or retention settled early).
+    pub settled: u64,
 }
 
 #[derive(Debug, Default)]
@@ -268,6 +299,7 @@ struct Counters {
     requests: AtomicU64,
     batches: AtomicU64,
     wal_bytes: AtomicU64,
+    settled: AtomicU64,
 }
 
 impl SqliteStore {
@@ -276,6 +308,11 @@ impl SqliteStore {
     /// Blocking (it opens files and may create the schema): call it at startup, or from
     /// `spawn_blocking`. The parent directory must exist.
     pub fn open(path: &Path, retention: Retention) -> Result<Self, StoreError> {
+        Self::open_with(path, retention, Settling::default())
+    }
+
+    /// [`SqliteStore::open`] with other [`Settling`] than the default.
+    pub fn open_with(path: &Path, retention: Retention, settling: Settling) -> Result<Self, StoreError> {
         let context = |e: StoreError| match e {
             StoreError::Unavailable(e) => {
                 StoreError::Unavailable(format!("cannot open the store at {}: {e}", path.display()))
@@ -285,6 +322,10 @@ impl SqliteStore {
         // The writer first: it sets WAL mode and creates the schema, which readers need.
         let mut writer = open_writer(path).map_err(context)?;
         migrate(&mut writer).map_err(context)?;
+        let recovered = staging::recover(&mut writer).map_err(context)?;
+        if recovered > 0 {
+            tracing::info!(notifications = recovered, "settled the appends the last run left staged");
+        }
         let readers = (0..READER_CONNECTIONS)
             .map(|_| open_reader(path).map_err(db_error))
             .collect::<Result<Vec<_>, _>>()
@@ -293,9 +334,13 @@ impl SqliteStore {
         let (queue, requests) = mpsc::channel(WRITE_QUEUE_CAPACITY);
         let counters = Arc::new(Counters::default());
         let writer_counters = Arc::clone(&counters);
+        let staging = Arc::new(Mutex::new(Staging::default()));
+        let writer_staging = Arc::clone(&staging);
         let thread = std::thread::Builder::new()
             .name("herald-store-writer".into())
-            .spawn(move || run_writer(writer, requests, retention, &writer_counters))
+            .spawn(move || {
+                run_writer(writer, requests, retention, settling, &writer_staging, &writer_counters)
+            })
             .map_err(|e| StoreError::Unavailable(format!("cannot start the store's writer thread: {e}")))?;
 
         let checkpoint_conn = Connection::open_with_flags(
@@ -321,6 +366,7 @@ impl SqliteStore {
             checkpointer: Some((stop_checkpointer, checkpointer)),
             readers: Arc::new(ReaderPool::new(readers)),
             counters,
+            staging,
         })
     }
 
@@ -338,7 +384,15 @@ impl SqliteStore {
             batches: self.counters.batches.load(Ordering::Relaxed),
             queued: WRITE_QUEUE_CAPACITY - self.queue.capacity(),
             wal_bytes: self.counters.wal_bytes.load(Ordering::Relaxed),
+            staged: self.staging.lock().rows(),
+            settled: self.counters.settled.load(Ordering::Relaxed),
         }
+    }
+
+    /// Settles every staged append into the users' logs now, and empties `staged` (the store
+    /// does it by itself, see [`staging`]; this is for tests and tools that read the file).
+    pub async fn settle_all(&self) -> Result<(), StoreError> {
+        self.write(|reply| Request::SettleAll { reply }).await
     }
 
     /// Queues a write and waits for its answer, which comes once its batch has committed.
@@ -467,15 +521,23 @@ impl Store for SqliteStore {
         self.write(|reply| Request::CompleteReceipt { key, receipt, reply }).await
     }
 
+    // Every read takes the user's staged notifications before its SQLite snapshot and merges
+    // them in (see `staging` for why this order gives a prefix of the log).
+
     async fn read_after(&self, user: &UserId, after: Seq, limit: usize) -> Result<LogPage, StoreError> {
         let user = user.clone();
+        let staged = self.staging.lock().notifications(&user);
         self.read(move |tx| {
-            let head = read_head(tx, &user)?;
-            let notifications = if limit == 0 || after >= head.last_seq {
-                Vec::new()
-            } else {
-                read_notifications(tx, &user, after, limit)?
-            };
+            let head = read_head(tx, &user, &staged)?;
+            let mut notifications = Vec::new();
+            if limit > 0 && after < head.last_seq {
+                notifications = read_notifications(tx, &user, after, limit)?;
+                // Staged ones follow on from the settled ones (those settled since `staged` was
+                // taken are in both: only the ones after the last read are added).
+                let from = notifications.last().and_then(|n| n.seq).unwrap_or(after);
+                let room = limit - notifications.len();
+                notifications.extend(staged.into_iter().filter(|n| n.seq > Some(from)).take(room));
+            }
             Ok(LogPage { notifications, head })
         })
         .await
@@ -483,17 +545,24 @@ impl Store for SqliteStore {
 
     async fn head(&self, user: &UserId) -> Result<LogHead, StoreError> {
         let user = user.clone();
-        self.read(move |tx| read_head(tx, &user)).await
+        let staged = self.staging.lock().last(&user);
+        self.read(move |tx| read_head(tx, &user, &staged)).await
     }
 
     async fn inbox_list(&self, user: &UserId, query: &InboxQuery) -> Result<InboxPage, StoreError> {
         let (user, query) = (user.clone(), query.clone());
-        self.read(move |tx| read_inbox_page(tx, &user, &query)).await
+        let staged = self.staging.lock().notifications(&user);
+        self.read(move |tx| read_inbox_page(tx, &user, &query, staged)).await
     }
 
     async fn inbox_counts(&self, user: &UserId) -> Result<InboxCounts, StoreError> {
         let user = user.clone();
-        self.read(move |tx| read_counts(tx, user.as_str())).await
+        let staged = self.staging.lock().last(&user);
+        self.read(move |tx| match read_user_row(tx, user.as_str())? {
+            None => Ok(InboxCounts::default()),
+            Some(row) => row.with_staged(&staged).counts(user.as_str()),
+        })
+        .await
     }
 
     async fn inbox_mark(
@@ -616,6 +685,9 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         }
         tx.execute_batch(SCHEMA_V3).map_err(db_error)?;
     }
+    if version < 4 {
+        tx.execute_batch(SCHEMA_V4).map_err(db_error)?;
+    }
     if version != SCHEMA_VERSION {
         tx.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(db_error)?;
     }
@@ -717,6 +789,15 @@ struct UserRow {
 }
 
 impl UserRow {
+    /// The row with staged notifications (the last of them, or all, ascending; see [`staging`])
+    /// counted in the tail: staged notifications are appends not yet in `notifications`.
+    fn with_staged(mut self, staged: &[Arc<Notification>]) -> Self {
+        if let Some(last) = staged.last().and_then(|n| n.seq) {
+            self.max_seq = self.max_seq.max(sql_seq(last));
+        }
+        self
+    }
+
     /// The log's last seq: the row's, or the tail's end.
     fn head(&self) -> i64 {
         self.last_seq.max(self.max_seq)
@@ -772,11 +853,12 @@ fn read_user_row(conn: &Connection, user: &str) -> Result<Option<UserRow>, Store
         .map_err(db_error)
 }
 
-fn read_head(conn: &Connection, user: &UserId) -> Result<LogHead, StoreError> {
+/// `user`'s head, `staged` (see [`UserRow::with_staged`]) included.
+fn read_head(conn: &Connection, user: &UserId, staged: &[Arc<Notification>]) -> Result<LogHead, StoreError> {
     match read_user_row(conn, user.as_str())? {
         None => Ok(LogHead::default()),
         Some(row) => Ok(LogHead {
-            last_seq: seq_from_sql(row.head())?,
+            last_seq: seq_from_sql(row.with_staged(staged).head())?,
             pruned_through: seq_from_sql(row.pruned_through)?,
         }),
     }
@@ -860,8 +942,20 @@ fn apply_counts(conn: &Connection, user: &str, delta: CountsDelta) -> Result<Inb
     read_counts(conn, user)
 }
 
-fn read_inbox_page(conn: &Connection, user: &UserId, query: &InboxQuery) -> Result<InboxPage, StoreError> {
-    let counts = read_counts(conn, user.as_str())?;
+/// A page of `user`'s inbox, its `staged` notifications (taken before this snapshot) included.
+fn read_inbox_page(
+    conn: &Connection,
+    user: &UserId,
+    query: &InboxQuery,
+    mut staged: Vec<Arc<Notification>>,
+) -> Result<InboxPage, StoreError> {
+    let Some(row) = read_user_row(conn, user.as_str())? else {
+        return Ok(InboxPage { items: Vec::new(), next_before: None, counts: InboxCounts::default() });
+    };
+    // Those settled since `staged` was taken are in this snapshot's `notifications`.
+    let settled_head = row.head();
+    staged.retain(|n| n.seq.is_some_and(|seq| sql_seq(seq) > settled_head));
+    let counts = row.with_staged(&staged).counts(user.as_str())?;
     if query.limit == 0 {
         return Ok(InboxPage { items: Vec::new(), next_before: None, counts });
     }
@@ -883,8 +977,26 @@ fn read_inbox_page(conn: &Connection, user: &UserId, query: &InboxQuery) -> Resu
             return Ok(InboxPage { items: Vec::new(), next_before: None, counts });
         }
     }
+    // Staged notifications come first: they are the newest, and each is in the inbox, unseen
+    // and unread (a mark or delete settles its user first).
+    let mut items: Vec<InboxItem> = Vec::new();
+    if matches!(query.status, InboxStatus::All | InboxStatus::Unread | InboxStatus::Unseen) {
+        items.extend(
+            staged
+                .iter()
+                .rev()
+                .filter(|n| n.seq.is_some_and(|seq| sql_seq(seq) < before))
+                .filter(|n| query.kind.as_deref().is_none_or(|kind| *n.kind == *kind))
+                .take(usize::try_from(fetch).unwrap_or(usize::MAX))
+                .map(|n| InboxItem { notification: Arc::clone(n), state: ItemState::default() }),
+        );
+    }
+    fetch -= items.len() as i64;
     let sql = inbox_list_sql(query.status, query.kind.is_some());
-    let mut rows: Vec<(Row, ItemState)> = conn
+    let rows: Vec<(Row, ItemState)> = if fetch == 0 {
+        Vec::new()
+    } else {
+        conn
         .prepare_cached(&sql)
         .and_then(|mut stmt| {
             let map = |row: &rusqlite::Row<'_>| Ok((Row::read(row)?, read_state(row, 7)?));
@@ -893,13 +1005,13 @@ fn read_inbox_page(conn: &Connection, user: &UserId, query: &InboxQuery) -> Resu
                 None => stmt.query_map(params![user.as_str(), before, fetch], map)?.collect(),
             }
         })
-        .map_err(db_error)?;
-    let more = rows.len() > query.limit;
-    rows.truncate(query.limit);
-    let items = rows
-        .into_iter()
-        .map(|(row, state)| Ok(InboxItem { notification: row.into_notification(user)?, state }))
-        .collect::<Result<Vec<_>, StoreError>>()?;
+        .map_err(db_error)?
+    };
+    for (row, state) in rows {
+        items.push(InboxItem { notification: row.into_notification(user)?, state });
+    }
+    let more = items.len() > query.limit;
+    items.truncate(query.limit);
     let next_before = if more { items.last().map(InboxItem::seq) } else { None };
     Ok(InboxPage { items, next_before, counts })
 }
@@ -972,6 +1084,8 @@ enum Request {
     PruneChunk { notifications_before: i64, keys_before: i64, reply: Reply<PruneChunk> },
     InboxMark { user: UserId, rows: Rows, mark: Mark, at_ms: i64, reply: Reply<InboxChunk> },
     InboxDelete { user: UserId, rows: Rows, reply: Reply<InboxChunk> },
+    /// Settle everything staged, once the batch it is in has committed ([`SqliteStore::settle_all`]).
+    SettleAll { reply: Reply<()> },
 }
 
 /// The rows of one inbox request.
@@ -1007,6 +1121,8 @@ enum Outcome {
     CompleteReceipt(Result<(), StoreError>),
     PruneChunk(Result<PruneChunk, StoreError>),
     Inbox(Result<InboxChunk, StoreError>),
+    /// Nothing done yet: the writer settles after the batch commits.
+    SettleAll,
 }
 
 impl Outcome {
@@ -1016,6 +1132,7 @@ impl Outcome {
             Outcome::CompleteReceipt(result) => result.as_ref().err(),
             Outcome::PruneChunk(result) => result.as_ref().err(),
             Outcome::Inbox(result) => result.as_ref().err(),
+            Outcome::SettleAll => None,
         }
     }
 
@@ -1026,6 +1143,7 @@ impl Outcome {
             Request::CompleteReceipt { .. } => Outcome::CompleteReceipt(Err(error)),
             Request::PruneChunk { .. } => Outcome::PruneChunk(Err(error)),
             Request::InboxMark { .. } | Request::InboxDelete { .. } => Outcome::Inbox(Err(error)),
+            Request::SettleAll { .. } => Outcome::SettleAll,
         }
     }
 }
@@ -1036,26 +1154,34 @@ enum Answer {
     CompleteReceipt(Reply<()>, Result<(), StoreError>),
     PruneChunk(Reply<PruneChunk>, Result<PruneChunk, StoreError>),
     Inbox(Reply<InboxChunk>, Result<InboxChunk, StoreError>),
+    SettleAll(Reply<()>, Result<(), StoreError>),
 }
 
 impl Request {
     /// Runs the request on `conn` (inside the batch's transaction). It only reads the request,
     /// so that a batch can run again after a rollback (see [`run_batch`]).
-    fn execute(&self, conn: &Connection, retention: &Retention, now: i64) -> Outcome {
+    fn execute(
+        &self,
+        conn: &Connection,
+        writes: &mut StagingWrites<'_>,
+        retention: &Retention,
+        now: i64,
+    ) -> Outcome {
         match self {
             Request::Append { entries, key, .. } => {
-                Outcome::Append(append(conn, retention, now, entries, key.as_deref()))
+                Outcome::Append(append(conn, writes, retention, now, entries, key.as_deref()))
             }
             Request::CompleteReceipt { key, receipt, .. } => {
                 Outcome::CompleteReceipt(complete_receipt(conn, key, receipt))
             }
             Request::PruneChunk { notifications_before, keys_before, .. } => {
-                Outcome::PruneChunk(prune_chunk(conn, *notifications_before, *keys_before))
+                Outcome::PruneChunk(prune_chunk(conn, writes, *notifications_before, *keys_before))
             }
             Request::InboxMark { user, rows, mark, at_ms, .. } => {
-                Outcome::Inbox(inbox_mark(conn, user, rows, *mark, *at_ms))
+                Outcome::Inbox(inbox_mark(conn, writes, user, rows, *mark, *at_ms))
             }
-            Request::InboxDelete { user, rows, .. } => Outcome::Inbox(inbox_delete(conn, user, rows)),
+            Request::InboxDelete { user, rows, .. } => Outcome::Inbox(inbox_delete(conn, writes, user, rows)),
+            Request::SettleAll { .. } => Outcome::SettleAll,
         }
     }
 
@@ -1073,6 +1199,7 @@ impl Request {
                 Request::InboxMark { reply, .. } | Request::InboxDelete { reply, .. },
                 Outcome::Inbox(result),
             ) => Answer::Inbox(reply, result),
+            (Request::SettleAll { reply }, Outcome::SettleAll) => Answer::SettleAll(reply, Ok(())),
             // `execute` gives each kind of request its own kind of outcome.
             (request, _) => request.fail(&StoreError::Unavailable("a write's outcome was mixed up".into())),
         }
@@ -1086,11 +1213,25 @@ impl Request {
             Request::InboxMark { reply, .. } | Request::InboxDelete { reply, .. } => {
                 Answer::Inbox(reply, Err(copy_error(error)))
             }
+            Request::SettleAll { reply } => Answer::SettleAll(reply, Err(copy_error(error))),
         }
     }
 }
 
 impl Answer {
+    fn is_settle_all(&self) -> bool {
+        matches!(self, Answer::SettleAll(_, Ok(())))
+    }
+
+    /// The writer settled everything after the batch, with `result`.
+    fn settled_all(&mut self, result: &Result<(), StoreError>) {
+        if let Answer::SettleAll(_, answer @ Ok(())) = self
+            && let Err(error) = result
+        {
+            *answer = Err(copy_error(error));
+        }
+    }
+
     fn send(self) {
         // A requester that stopped waiting gets nothing; its write is done all the same.
         match self {
@@ -1106,6 +1247,9 @@ impl Answer {
             Answer::Inbox(reply, result) => {
                 let _ = reply.send(result);
             }
+            Answer::SettleAll(reply, result) => {
+                let _ = reply.send(result);
+            }
         }
     }
 }
@@ -1119,18 +1263,64 @@ fn copy_error(error: &StoreError) -> StoreError {
     }
 }
 
-/// The writer thread: batches until the queue is closed (the store dropped), then returns,
-/// closing the write connection.
+/// How long the writer waits before trying again when settling failed (a disk error) while too
+/// many rows are staged; it then takes requests again and retries after the next batch.
+const SETTLE_RETRY_DELAY: Duration = Duration::from_millis(100);
+
+/// The writer thread: batches until the queue is closed (the store dropped), settling staged
+/// appends between batches (see [`staging`]); then settles what is left and returns, closing the
+/// write connection.
 fn run_writer(
     mut conn: Connection,
     mut queue: mpsc::Receiver<Request>,
     retention: Retention,
+    settling: Settling,
+    staging: &Mutex<Staging>,
     counters: &Counters,
 ) {
     let page_size: u64 = conn.pragma_query_value(None, "page_size", |row| row.get(0)).unwrap_or(4_096);
     take_pages_written(&conn);
+    let mut settler = Settler::new(settling);
+    // Only to wait for a request with a timeout (when something is staged and will be due for
+    // settling); tokio's channel has no blocking receive with a timeout.
+    let waiter = match tokio::runtime::Builder::new_current_thread().enable_time().build() {
+        Ok(waiter) => waiter,
+        Err(error) => {
+            tracing::error!(%error, "the store's writer cannot start its timer; it stops");
+            return;
+        }
+    };
+    let step = |conn: &mut Connection, settler: &mut Settler| {
+        let stepped = settler.step(conn, staging).unwrap_or_else(|error| {
+            tracing::warn!(%error, "settling staged appends failed; will retry");
+            false
+        });
+        counters.settled.store(settler.settled, Ordering::Relaxed);
+        counters.wal_bytes.fetch_add(take_pages_written(conn) * page_size, Ordering::Relaxed);
+        stepped
+    };
     let mut batch = Vec::with_capacity(BATCH_REQUESTS_MAX);
-    while let Some(first) = queue.blocking_recv() {
+    loop {
+        // Too much staged: settle before taking more requests (they wait in the queue).
+        while settler.must_settle(staging) {
+            if !step(&mut conn, &mut settler) {
+                std::thread::sleep(SETTLE_RETRY_DELAY);
+                break;
+            }
+        }
+        let first = match settler.idle_timeout() {
+            None => queue.blocking_recv(),
+            // The timer is made inside `block_on`: it needs the runtime's context.
+            Some(timeout) => match waiter.block_on(async { tokio::time::timeout(timeout, queue.recv()).await }) {
+                Ok(request) => request,
+                Err(_) => {
+                    // Idle and settling is due: a chunk now, then look at the queue again.
+                    step(&mut conn, &mut settler);
+                    continue;
+                }
+            },
+        };
+        let Some(first) = first else { break };
         batch.push(first);
         // Group commit: whatever queued up while the previous batch was being fsynced joins this
         // one. No waiting for more: a lone request is committed at once.
@@ -1142,12 +1332,27 @@ fn run_writer(
         }
         counters.requests.fetch_add(batch.len() as u64, Ordering::Relaxed);
         counters.batches.fetch_add(1, Ordering::Relaxed);
-        let answers = run_batch(&mut conn, &retention, &mut batch);
+        let (mut answers, staged) = run_batch(&mut conn, &retention, staging, &mut batch);
+        settler.staged(staged);
+        if answers.iter().any(Answer::is_settle_all) {
+            let result = settler.settle_all(&mut conn, staging);
+            counters.settled.store(settler.settled, Ordering::Relaxed);
+            for answer in &mut answers {
+                answer.settled_all(&result);
+            }
+        }
         // Counted before answering, so that whoever got an answer sees its batch counted.
         counters.wal_bytes.fetch_add(take_pages_written(&conn) * page_size, Ordering::Relaxed);
         for answer in answers {
             answer.send();
         }
+        // One chunk of settling per batch at most, after answering: a publish waits for at most
+        // one chunk.
+        step(&mut conn, &mut settler);
+    }
+    if let Err(error) = settler.settle_all(&mut conn, staging) {
+        // Nothing is lost: the next open settles what is still staged.
+        tracing::warn!(%error, "could not settle the staged appends on closing");
     }
 }
 
@@ -1178,15 +1383,27 @@ fn take_pages_written(conn: &Connection) -> u64 {
 /// and the batch runs again with each request in its own savepoint, so the failing request fails
 /// alone and the others of its batch still commit.
 /// The batch is left empty (its requests are answered), its allocation kept for the next one.
-fn run_batch(conn: &mut Connection, retention: &Retention, batch: &mut Vec<Request>) -> Vec<Answer> {
+///
+/// Also returns how many notifications the batch staged (see [`staging`]); what it changed in
+/// `staging` is applied after the commit, before the answers go out.
+fn run_batch(
+    conn: &mut Connection,
+    retention: &Retention,
+    staging: &Mutex<Staging>,
+    batch: &mut Vec<Request>,
+) -> (Vec<Answer>, usize) {
     let now = now_ms();
-    let outcomes = match run_transaction(conn, retention, now, batch, Isolation::Batch) {
-        Err(Failure::OneRequest) => run_transaction(conn, retention, now, batch, Isolation::EachRequest),
+    let outcomes = match run_transaction(conn, retention, now, staging, batch, Isolation::Batch) {
+        Err(Failure::OneRequest) => {
+            run_transaction(conn, retention, now, staging, batch, Isolation::EachRequest)
+        }
         done => done,
     };
     match outcomes {
-        Ok(outcomes) => {
-            batch.drain(..).zip(outcomes).map(|(request, outcome)| request.answer(outcome)).collect()
+        Ok((outcomes, staged)) => {
+            let answers =
+                batch.drain(..).zip(outcomes).map(|(request, outcome)| request.answer(outcome)).collect();
+            (answers, staged)
         }
         Err(failure) => {
             let error = match failure {
@@ -1194,7 +1411,7 @@ fn run_batch(conn: &mut Connection, retention: &Retention, batch: &mut Vec<Reque
                 // Not from `EachRequest`, where a request fails alone; but never a panic here.
                 Failure::OneRequest => StoreError::Unavailable("a write of the batch failed".into()),
             };
-            batch.drain(..).map(|request| request.fail(&error)).collect()
+            (batch.drain(..).map(|request| request.fail(&error)).collect(), 0)
         }
     }
 }
@@ -1217,24 +1434,27 @@ enum Failure {
     Transaction(StoreError),
 }
 
-/// One transaction for the whole batch; the outcome of each request, in order, if it committed.
+/// One transaction for the whole batch; the outcome of each request, in order, and the number of
+/// notifications staged, if it committed (its changes to `staging` are then applied).
 fn run_transaction(
     conn: &mut Connection,
     retention: &Retention,
     now: i64,
+    staging: &Mutex<Staging>,
     batch: &[Request],
     isolation: Isolation,
-) -> Result<Vec<Outcome>, Failure> {
+) -> Result<(Vec<Outcome>, usize), Failure> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(|e| {
         let error = db_error(e);
         tracing::error!(%error, "the store cannot start a write transaction");
         Failure::Transaction(error)
     })?;
     let mut outcomes = Vec::with_capacity(batch.len());
+    let mut writes = StagingWrites::new(staging);
     for request in batch {
         let outcome = match isolation {
-            Isolation::Batch => request.execute(&tx, retention, now),
-            Isolation::EachRequest => execute_in_savepoint(&tx, retention, now, request),
+            Isolation::Batch => request.execute(&tx, &mut writes, retention, now),
+            Isolation::EachRequest => execute_in_savepoint(&tx, &mut writes, retention, now, request),
         };
         // Some errors (I/O, disk full, out of memory) make SQLite roll back the whole
         // transaction, not just the statement. The requests before this one are gone then,
@@ -1258,13 +1478,14 @@ fn run_transaction(
         tracing::error!(%error, "the store cannot commit a batch of writes");
         Failure::Transaction(error)
     })?;
-    Ok(outcomes)
+    Ok((outcomes, writes.commit()))
 }
 
 /// Runs one request inside a savepoint: released if it succeeds, rolled back if it fails, so a
 /// failing request leaves no trace and takes nothing else of its batch down.
 fn execute_in_savepoint(
     tx: &rusqlite::Transaction<'_>,
+    writes: &mut StagingWrites<'_>,
     retention: &Retention,
     now: i64,
     request: &Request,
@@ -1273,17 +1494,27 @@ fn execute_in_savepoint(
     if let Err(e) = tx.execute_batch("SAVEPOINT request") {
         return Outcome::failed(request, db_error(e));
     }
-    let outcome = request.execute(tx, retention, now);
-    let end =
-        if outcome.error().is_some() { "ROLLBACK TO request; RELEASE request" } else { "RELEASE request" };
+    // What the request changes in `staging` is rolled back with it.
+    let before = writes.overlay().clone();
+    let outcome = request.execute(tx, writes, retention, now);
+    let failed = outcome.error().is_some();
+    let end = if failed { "ROLLBACK TO request; RELEASE request" } else { "RELEASE request" };
     match tx.execute_batch(end) {
-        Ok(()) => outcome,
-        Err(e) => Outcome::failed(request, db_error(e)),
+        Ok(()) if !failed => outcome,
+        Ok(()) => {
+            writes.restore(before);
+            outcome
+        }
+        Err(e) => {
+            writes.restore(before);
+            Outcome::failed(request, db_error(e))
+        }
     }
 }
 
 fn append(
     conn: &Connection,
+    writes: &mut StagingWrites<'_>,
     retention: &Retention,
     now: i64,
     entries: &[NewNotification],
@@ -1311,20 +1542,15 @@ fn append(
     let mut users: Vec<UserId> = Vec::new();
     {
         // The `users` row is only written for a new user: the notification joins the tail,
-        // which counts it as in the inbox, unread and unseen (see SCHEMA_V3).
+        // which counts it as in the inbox, unread and unseen (see SCHEMA_V3). And it is staged,
+        // not inserted into the user's log (see `staging`).
         let mut new_user = conn
             .prepare_cached("INSERT INTO users (user, last_seq, pruned_through) VALUES (?1, 0, 0)")
-            .map_err(db_error)?;
-        let mut insert = conn
-            .prepare_cached(
-                "INSERT INTO notifications (user, seq, type, data, created_at, session, client, except_client)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            )
             .map_err(db_error)?;
         for entry in entries {
             let mut row = match heads.get(&entry.user) {
                 Some(row) => *row,
-                None => match read_user_row(conn, entry.user.as_str())? {
+                None => match writes.user_row(conn, &entry.user)? {
                     Some(row) => row,
                     None => {
                         new_user.execute([entry.user.as_str()]).map_err(db_error)?;
@@ -1334,30 +1560,19 @@ fn append(
             };
             let seq = row.head() + 1;
             row.max_seq = seq;
-            let audience = &entry.audience;
-            insert
-                .execute(params![
-                    entry.user.as_str(),
-                    seq,
-                    &*entry.kind,
-                    entry.data.get(),
-                    entry.created_at_ms,
-                    audience.session.as_ref().map(SessionId::as_str),
-                    audience.client.as_ref().map(ClientId::as_str),
-                    audience.except_client.as_ref().map(ClientId::as_str),
-                ])
-                .map_err(db_error)?;
-            if heads.insert(entry.user.clone(), row).is_none() {
-                users.push(entry.user.clone());
-            }
-            stored.push(Arc::new(Notification::new(
+            let notification = Arc::new(Notification::new(
                 entry.user.clone(),
                 Some(seq_from_sql(seq)?),
                 Arc::clone(&entry.kind),
                 Arc::clone(&entry.data),
                 entry.created_at_ms,
                 entry.audience.clone(),
-            )));
+            ));
+            writes.stage(conn, &notification, row)?;
+            if heads.insert(entry.user.clone(), row).is_none() {
+                users.push(entry.user.clone());
+            }
+            stored.push(notification);
         }
     }
 
@@ -1367,7 +1582,7 @@ fn append(
         let row = heads[&user];
         let bound = row.head().saturating_sub(max_per_user);
         let user_counts = if bound > row.pruned_through {
-            prune_user_through(conn, user.as_str(), row.pruned_through, bound)?;
+            prune_user_through(conn, writes, &user, row.pruned_through, bound)?;
             read_counts(conn, user.as_str())?
         } else {
             // Nothing but this append changed the user's log since the row was read.
@@ -1400,7 +1615,15 @@ fn append(
 /// Deletes `user`'s notifications with seq in `(from, through]`, takes them off the counts, and
 /// raises its `pruned_through` to `through` (never lowers it). Returns how many notifications
 /// went.
-fn prune_user_through(conn: &Connection, user: &str, from: i64, through: i64) -> Result<u64, StoreError> {
+fn prune_user_through(
+    conn: &Connection,
+    writes: &mut StagingWrites<'_>,
+    user: &UserId,
+    from: i64,
+    through: i64,
+) -> Result<u64, StoreError> {
+    writes.settle_user(conn, user)?;
+    let user = user.as_str();
     fold_tail(conn, user)?;
     let mut delta = CountsDelta::default();
     let deleted = delete_rows(conn, user, from, through, &mut delta)?;
@@ -1454,11 +1677,13 @@ fn delete_rows(
 /// counts' difference. A range takes at most [`INBOX_CHUNK_ROWS`] rows that the mark changes.
 fn inbox_mark(
     conn: &Connection,
+    writes: &mut StagingWrites<'_>,
     user: &UserId,
     rows: &Rows,
     mark: Mark,
     at_ms: i64,
 ) -> Result<InboxChunk, StoreError> {
+    writes.settle_user(conn, user)?;
     let user = user.as_str();
     fold_tail(conn, user)?;
     let mut next_after = None;
@@ -1533,7 +1758,13 @@ fn inbox_mark(
 /// Deletes the selected notifications of `user` and takes them off the counts. Leaves
 /// `pruned_through` alone: a deletion is not retention. A range takes at most
 /// [`INBOX_CHUNK_ROWS`] rows.
-fn inbox_delete(conn: &Connection, user: &UserId, rows: &Rows) -> Result<InboxChunk, StoreError> {
+fn inbox_delete(
+    conn: &Connection,
+    writes: &mut StagingWrites<'_>,
+    user: &UserId,
+    rows: &Rows,
+) -> Result<InboxChunk, StoreError> {
+    writes.settle_user(conn, user)?;
     let user = user.as_str();
     fold_tail(conn, user)?;
     let mut delta = CountsDelta::default();
@@ -1594,9 +1825,11 @@ fn complete_receipt(conn: &Connection, key: &str, receipt: &str) -> Result<(), S
 /// the removed notifications counted for, and the chunk reports them.
 fn prune_chunk(
     conn: &Connection,
+    writes: &mut StagingWrites<'_>,
     notifications_before: i64,
     keys_before: i64,
 ) -> Result<PruneChunk, StoreError> {
+    writes.settle_older_than(conn, notifications_before)?;
     let expired: Vec<(String, i64, i64)> = conn
         .prepare_cached(
             "SELECT user, MAX(seq), COUNT(*) FROM (
@@ -1615,10 +1848,11 @@ fn prune_chunk(
     let mut inboxes = Vec::with_capacity(expired.len());
     for (user, through, count) in expired {
         selected += count;
-        notifications += prune_user_through(conn, &user, 0, through)?;
-        let counts = read_counts(conn, &user)?;
         let user =
             UserId::new(user).map_err(|e| StoreError::Corrupt(format!("user id in the store: {e}")))?;
+        notifications += prune_user_through(conn, writes, &user, 0, through)?;
+        // Any staged rows of the user were settled by the prune: SQLite's counts are all of them.
+        let counts = read_counts(conn, user.as_str())?;
         inboxes.push(PrunedInbox { user, through: seq_from_sql(through)?, counts });
     }
 

@@ -65,6 +65,25 @@ async fn make(retention: Retention) -> Arc<dyn Store> {
 
 crate::conformance_tests!(make);
 
+/// The conformance suite again with settling so frequent and in such small chunks that the
+/// notifications of a user are often part settled, part staged, and settled while being read.
+/// (With the default settling, the first suite sees them all staged.)
+mod settling_often {
+    use super::*;
+
+    pub(super) fn often() -> Settling {
+        Settling { rows: 3, after: Duration::from_millis(2), chunk_rows: 2, max_rows: 16 }
+    }
+
+    async fn make(retention: Retention) -> Arc<dyn Store> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = SqliteStore::open_with(&dir.path().join("herald.db"), retention, often()).expect("open");
+        Arc::new(TempStore { store, _dir: dir })
+    }
+
+    crate::conformance_tests!(make);
+}
+
 fn user(id: &str) -> UserId {
     UserId::new(id).unwrap()
 }
@@ -127,8 +146,8 @@ async fn survives_reopening() {
 }
 
 /// Holds the write lock from another connection so that requests pile up in the queue, then
-/// checks that they are committed together, and that the one request that fails (its seq
-/// collides with a row planted behind the store's back) fails alone.
+/// checks that they are committed together, and that the one request that fails (a trigger
+/// planted behind the store's back refuses its row) fails alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn group_commit_isolates_a_failing_request() {
     let dir = tempfile::tempdir().unwrap();
@@ -142,9 +161,9 @@ async fn group_commit_isolates_a_failing_request() {
     let blocker = Connection::open(&path).unwrap();
     blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
     blocker
-        .execute(
-            "INSERT INTO notifications (user, seq, type, data, created_at) VALUES ('x', 1, 't', '{}', 0)",
-            [],
+        .execute_batch(
+            "CREATE TRIGGER planted BEFORE INSERT ON staged WHEN NEW.user = 'x'
+             BEGIN SELECT RAISE(ABORT, 'planted failure'); END",
         )
         .unwrap();
 
@@ -172,7 +191,7 @@ async fn group_commit_isolates_a_failing_request() {
     wait_for_all_queued(151).await;
     blocker.execute_batch("COMMIT").unwrap();
 
-    let error = failing.await.unwrap().expect_err("the colliding append fails");
+    let error = failing.await.unwrap().expect_err("the refused append fails");
     assert!(matches!(error, StoreError::Unavailable(_)), "{error:?}");
     let mut got = Vec::new();
     for task in tasks {
@@ -363,6 +382,7 @@ async fn appends_grow_the_tail_and_other_writes_fold_it() {
     assert_eq!(store.head(&alice).await.unwrap().last_seq, 6, "the head stays at the deleted newest");
     assert_eq!(append(1).await, [7], "seq 6 is not given out again");
     assert_eq!((counts().await.numbers(), counts().await.version), ([5, 4, 4, 0], 9));
+    store.settle_all().await.unwrap();
     assert_eq!(sql_recount(&conn, "alice"), [5, 4, 4, 0]);
 }
 
@@ -498,8 +518,97 @@ fn refuses_a_file_that_is_not_a_database() {
     assert!(matches!(error, StoreError::Unavailable(_) | StoreError::Corrupt(_)), "{error:?}");
 }
 
+/// Appends are staged, readable at once, settled by the writer in generations, and `staged`
+/// is emptied once they are; closing the store settles what is still staged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_are_staged_then_settled() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("herald.db");
+    let conn = Connection::open(&path).unwrap();
+    let rows = |table: &str| -> i64 {
+        conn.query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |row| row.get(0)).unwrap_or(-1)
+    };
+    {
+        let store = SqliteStore::open(&path, Retention::default()).unwrap();
+        store.append((1..=5).map(|n| entry("alice", n, now_ms())).collect(), None).await.unwrap();
+        assert_eq!((rows("staged"), rows("notifications")), (5, 0), "staged, not in the log yet");
+        assert_eq!(store.writer_stats().staged, 5);
+        let page = store.read_after(&user("alice"), 2, 10).await.unwrap();
+        assert_eq!(page.notifications.iter().map(|n| n.seq.unwrap()).collect::<Vec<_>>(), [3, 4, 5]);
+        store.settle_all().await.unwrap();
+        assert_eq!((rows("staged"), rows("notifications")), (0, 5));
+        let stats = store.writer_stats();
+        assert_eq!((stats.staged, stats.settled), (0, 5));
+
+        store.append(vec![entry("alice", 6, now_ms())], None).await.unwrap();
+        assert_eq!((rows("staged"), rows("notifications")), (1, 5));
+        // Dropped: the writer settles before it stops.
+    }
+    assert_eq!((rows("staged"), rows("notifications")), (0, 6), "closing settled everything");
+
+    // A generation starts by itself once its time has come.
+    let store = SqliteStore::open_with(
+        &path,
+        Retention::default(),
+        Settling { after: Duration::from_millis(50), ..Settling::default() },
+    )
+    .unwrap();
+    store.append(vec![entry("bob", 1, now_ms())], None).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while store.writer_stats().staged > 0 {
+        assert!(Instant::now() < deadline, "never settled: {:?}", store.writer_stats());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!((rows("staged"), rows("notifications")), (0, 7));
+}
+
+/// What a crash leaves in `staged` is settled when the store opens: rows not in the log yet
+/// join it; rows already settled (still there, or settled and then deleted on purpose) do not
+/// come back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opening_settles_what_a_crash_left_staged() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("herald.db");
+    {
+        let store = SqliteStore::open(&path, Retention::default()).unwrap();
+        store.append((1..=3).map(|n| entry("alice", n, now_ms())).collect(), None).await.unwrap();
+        store.append(vec![entry("bob", 1, now_ms())], None).await.unwrap();
+        // alice 3 is deleted on purpose (settling alice; the fold sets her last_seq to 3).
+        store.inbox_delete(&user("alice"), &Selection::Seqs(vec![3])).await.unwrap();
+    }
+    // What a crash mid-generation leaves: rows settled but not yet deleted from `staged`
+    // (alice 1..=3, bob 1), and rows staged but not settled (alice 4, 5; bob 2).
+    let conn = Connection::open(&path).unwrap();
+    conn.execute_batch(
+        r#"INSERT INTO staged (user, seq, type, data, created_at) VALUES
+             ('alice', 1, 't', '{"n":1}', 0), ('alice', 2, 't', '{"n":2}', 0), ('bob', 1, 't', '{"n":1}', 0),
+             ('alice', 3, 't', '{"n":3}', 0), ('alice', 4, 't', '{"n":4}', 0), ('bob', 2, 't', '{"n":2}', 0),
+             ('alice', 5, 't', '{"n":5}', 0);"#,
+    )
+    .unwrap();
+    drop(conn);
+
+    let store = SqliteStore::open(&path, Retention::default()).unwrap();
+    let log = async |u: &str| {
+        let page = store.read_after(&user(u), 0, 100).await.unwrap();
+        let seqs: Vec<Seq> = page.notifications.iter().map(|n| n.seq.unwrap()).collect();
+        (seqs, page.head.last_seq)
+    };
+    assert_eq!(log("alice").await, (vec![1, 2, 4, 5], 5), "3 stays deleted, 4 and 5 joined");
+    assert_eq!(log("bob").await, (vec![1, 2], 2));
+    assert_eq!(store.inbox_counts(&user("alice")).await.unwrap().numbers(), [4, 4, 4, 0]);
+    assert_eq!(store.inbox_counts(&user("bob")).await.unwrap().numbers(), [2, 2, 2, 0]);
+    let conn = Connection::open(&path).unwrap();
+    assert_eq!(conn.query_row("SELECT COUNT(*) FROM staged", [], |row| row.get::<_, i64>(0)).unwrap(), 0);
+    assert_eq!(sql_recount(&conn, "alice"), [4, 4, 4, 0]);
+    assert_eq!(seqs(&store.append(vec![entry("alice", 6, 0)], None).await.unwrap()), [6]);
+}
+
 /// Set in the child process of [`kill_9_loses_no_acknowledged_append`]: its database path.
 const CRASH_CHILD_ENV: &str = "HERALD_STORE_CRASH_CHILD_DB";
+/// Set (to anything) in the child process to settle often ([`settling_often::often`]), so the
+/// kill lands while generations are being settled.
+const CRASH_SETTLING_ENV: &str = "HERALD_STORE_CRASH_CHILD_SETTLE_OFTEN";
 /// Users the child writes to, from that many concurrent tasks each, so batches mix users.
 const CRASH_USERS: [&str; 2] = ["u0", "u1"];
 
@@ -516,7 +625,11 @@ fn crash_child() {
     let Ok(path) = std::env::var(CRASH_CHILD_ENV) else { return };
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     runtime.block_on(async move {
-        let store = Arc::new(SqliteStore::open(Path::new(&path), crash_retention()).unwrap());
+        let settling = match std::env::var_os(CRASH_SETTLING_ENV) {
+            Some(_) => settling_often::often(),
+            None => Settling::default(),
+        };
+        let store = Arc::new(SqliteStore::open_with(Path::new(&path), crash_retention(), settling).unwrap());
         let tasks: Vec<_> = (0..8)
             .map(|t| {
                 let store = Arc::clone(&store);
@@ -543,12 +656,28 @@ fn crash_child() {
 }
 
 /// Appends in a child process, `kill -9`s it mid-stream, reopens the file: every seq the child
-/// saw acknowledged is there, and each user's log is gap-free.
+/// saw acknowledged is there, and each user's log is gap-free. With the default settling, what
+/// the child appended is still staged when it dies.
 #[test]
 fn kill_9_loses_no_acknowledged_append() {
+    kill_9_mid_stream(false);
+}
+
+/// The same, with the child settling all the time: killed between or inside settle
+/// transactions, it still loses nothing and duplicates nothing.
+#[test]
+fn kill_9_while_settling_loses_no_acknowledged_append() {
+    kill_9_mid_stream(true);
+}
+
+fn kill_9_mid_stream(settle_often: bool) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("herald.db");
-    let mut child = Command::new(std::env::current_exe().unwrap())
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    if settle_often {
+        command.env(CRASH_SETTLING_ENV, "1");
+    }
+    let mut child = command
         .args(["sqlite::tests::crash_child", "--exact", "--nocapture", "--test-threads", "1"])
         .env(CRASH_CHILD_ENV, &path)
         .stdout(Stdio::piped())

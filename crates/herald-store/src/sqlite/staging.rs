@@ -1,0 +1,525 @@
+//! Staged appends: an append is made durable in the small, append-only `staged` table and
+//! **settled** into the users' logs (`notifications`) later, many at a time, off the publish path.
+//!
+//! # Why
+//! `notifications` is clustered by (user, seq), so an append inserts into a random leaf page of a
+//! large b-tree, and SQLite writes every page a transaction changes whole to the WAL: with ~20
+//! appends per commit to ~20 users, that is ~20 pages of 4 KiB, about 7 KB of WAL and 34 µs of
+//! CPU per append, most of it copying, checksumming and fsyncing pages for ~100-byte rows
+//! (`cargo bench -p herald-store --bench publish`). `staged` is a rowid table: its inserts go to
+//! its last page, which the whole batch shares. Settling then inserts many rows per user in one
+//! transaction, users in key order, so a leaf page (and its parents) is written once for all the
+//! rows a user got since the last settle instead of once per append.
+//!
+//! # How
+//! - An append inserts its rows into `staged` (seqs assigned as before, from the user's row) and
+//!   commits with the batch (fsync: durable before it is acknowledged). After the commit the
+//!   writer adds them to [`Staging`], the in-memory copy readers merge with what they read from
+//!   SQLite. An appended user's [`UserRow`] is kept there too, so the next append to that user
+//!   reads nothing.
+//! - The writer starts a **generation** when [`Settling::rows`] rows are staged or the oldest is
+//!   [`Settling::after`] old: every row staged so far (ids up to `through`). It settles it in
+//!   chunks of about [`Settling::chunk_rows`] rows, whole users in key order, one transaction each,
+//!   run between batches of requests, so a publish waits for at most one chunk. The last chunk
+//!   also deletes the generation's rows from `staged` (a prefix of its rowids: cheap).
+//! - Every other write to a user (inbox marks and deletes, retention) first settles all of that
+//!   user's staged rows in its own transaction, so those writes only ever see `notifications`,
+//!   as before staging existed. Afterwards the user's kept row is dropped (the write changes it).
+//! - Past [`Settling::max_rows`] staged rows, the writer settles before it takes more requests:
+//!   appends wait (and, with the queue full, fail with `Overloaded` after `ENQUEUE_TIMEOUT`).
+//! - Readers take a user's staged rows from [`Staging`] *before* they open their SQLite snapshot:
+//!   a row settled in between is then in both (the reader drops the copy), and a row settled
+//!   before the snapshot while staged after the copy cannot exist, because a user's rows settle in
+//!   seq order. So what a reader sees is always a prefix of the user's log.
+//!
+//! # Which staged rows are settled
+//! A settled row stays in `staged` until its generation's prefix is deleted (one settled early,
+//! by a mark, until the next generation's). On opening, the store settles whatever `staged`
+//! holds: a staged row of `user` is already settled iff its seq ≤ `max(users.last_seq,
+//! MAX(notifications.seq))`, because a user's rows settle in seq order and a settled row can only
+//! be deleted by a write that first folds the tail, which sets `last_seq` past it. Counts need no
+//! recovery: staged rows are part of the user's tail (see `SCHEMA_V3`), counted from the seqs.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use herald_core::{Notification, StoreError, UserId};
+use parking_lot::Mutex;
+use rusqlite::{Connection, params};
+
+use super::{UserRow, db_error, read_user_row, sql_seq};
+
+/// When and how much the writer settles. See the module docs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settling {
+    /// A generation starts once this many rows were staged since the last one began. More rows
+    /// per generation means more rows per user per page written (less CPU and disk per append),
+    /// and more memory (each staged row is held until settled).
+    pub rows: usize,
+    /// ... or once the oldest row staged since the last generation began is this old.
+    pub after: Duration,
+    /// Rows one settle transaction takes (whole users: it can take a few more). A publish that
+    /// arrives meanwhile waits for it: at ~5 µs a row, 512 rows are about 2.5 ms.
+    pub chunk_rows: usize,
+    /// Staged rows at most. At the bound the writer settles before it takes more requests.
+    pub max_rows: usize,
+}
+
+impl Default for Settling {
+    fn default() -> Self {
+        Self { rows: 16_384, after: Duration::from_secs(2), chunk_rows: 512, max_rows: 65_536 }
+    }
+}
+
+impl Settling {
+    /// Settle every append at once (a generation per batch): for tests that look at
+    /// `notifications` directly.
+    pub fn immediately() -> Self {
+        Self { rows: 1, after: Duration::ZERO, chunk_rows: usize::MAX, max_rows: 1 }
+    }
+}
+
+/// One staged notification and its rowid in `staged`.
+#[derive(Debug, Clone)]
+pub(super) struct Staged {
+    pub id: i64,
+    pub notification: Arc<Notification>,
+}
+
+#[derive(Debug)]
+struct StagedUser {
+    /// The user's `users` row with `max_seq` the last staged seq: the user's whole log as the
+    /// writer sees it. Nothing but appends and settling writes a user while it has staged rows
+    /// (any other write settles the user first), and settling changes nothing this describes.
+    row: UserRow,
+    /// Ascending seq (and id).
+    rows: Vec<Staged>,
+}
+
+/// The staged rows of every user, as committed: written by the writer after each commit, read by
+/// readers. See the module docs.
+#[derive(Debug, Default)]
+pub(super) struct Staging {
+    users: HashMap<UserId, StagedUser>,
+    rows: usize,
+}
+
+impl Staging {
+    /// Rows staged now.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// `user`'s staged notifications, ascending. Take it *before* opening the SQLite snapshot it is
+    /// merged with (see the module docs).
+    pub fn notifications(&self, user: &UserId) -> Vec<Arc<Notification>> {
+        self.users
+            .get(user)
+            .map(|staged| staged.rows.iter().map(|row| Arc::clone(&row.notification)).collect())
+            .unwrap_or_default()
+    }
+
+    /// `user`'s last staged notification, if any (all a head or counts need).
+    pub fn last(&self, user: &UserId) -> Vec<Arc<Notification>> {
+        self.users
+            .get(user)
+            .and_then(|staged| staged.rows.last())
+            .map(|row| vec![Arc::clone(&row.notification)])
+            .unwrap_or_default()
+    }
+}
+
+/// What a batch's requests changed in [`Staging`], applied once the batch has committed (and
+/// dropped if it did not).
+#[derive(Debug, Clone, Default)]
+pub(super) struct Overlay {
+    users: HashMap<UserId, UserChange>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct UserChange {
+    /// The rows staged before this batch were settled by it.
+    settled: bool,
+    /// The user's row as it stands now; `None`: read it from SQLite.
+    row: Option<UserRow>,
+    /// Rows this batch staged (and did not settle).
+    added: Vec<Staged>,
+}
+
+/// The writer's view of [`Staging`] during a batch: the committed state plus the batch's own
+/// changes.
+pub(super) struct StagingWrites<'a> {
+    staging: &'a Mutex<Staging>,
+    overlay: Overlay,
+}
+
+impl<'a> StagingWrites<'a> {
+    pub fn new(staging: &'a Mutex<Staging>) -> Self {
+        Self { staging, overlay: Overlay::default() }
+    }
+
+    /// The batch's changes so far (to restore them if a request is rolled back alone).
+    pub fn overlay(&self) -> &Overlay {
+        &self.overlay
+    }
+
+    pub fn restore(&mut self, overlay: Overlay) {
+        self.overlay = overlay;
+    }
+
+    /// `user`'s row and last seq, staged rows included; `None` if the user has no `users` row yet.
+    pub fn user_row(&mut self, conn: &Connection, user: &UserId) -> Result<Option<UserRow>, StoreError> {
+        let change = self.overlay.users.get(user);
+        if let Some(row) = change.and_then(|change| change.row) {
+            return Ok(Some(row));
+        }
+        if !change.is_some_and(|change| change.settled)
+            && let Some(staged) = self.staging.lock().users.get(user)
+        {
+            return Ok(Some(staged.row));
+        }
+        read_user_row(conn, user.as_str())
+    }
+
+    /// Stages `notification` (its seq assigned from `row`, which is the user's row after it).
+    pub fn stage(
+        &mut self,
+        conn: &Connection,
+        notification: &Arc<Notification>,
+        row: UserRow,
+    ) -> Result<(), StoreError> {
+        let n = notification;
+        conn.prepare_cached(
+            "INSERT INTO staged (user, seq, type, data, created_at, session, client, except_client)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )
+        .and_then(|mut stmt| {
+            stmt.execute(params![
+                n.user.as_str(),
+                n.seq.map_or(0, sql_seq),
+                &*n.kind,
+                n.data.get(),
+                n.created_at_ms,
+                n.audience.session.as_ref().map(|s| s.as_str()),
+                n.audience.client.as_ref().map(|c| c.as_str()),
+                n.audience.except_client.as_ref().map(|c| c.as_str()),
+            ])
+        })
+        .map_err(db_error)?;
+        let id = conn.last_insert_rowid();
+        let change = self.overlay.users.entry(n.user.clone()).or_default();
+        change.row = Some(row);
+        change.added.push(Staged { id, notification: Arc::clone(n) });
+        Ok(())
+    }
+
+    /// Settles every staged row of `user` into `notifications`, before a write that is not an
+    /// append changes the user. Its row is read from SQLite again afterwards.
+    pub fn settle_user(&mut self, conn: &Connection, user: &UserId) -> Result<(), StoreError> {
+        let change = self.overlay.users.entry(user.clone()).or_default();
+        if !change.settled {
+            let committed: Vec<Staged> =
+                self.staging.lock().users.get(user).map(|staged| staged.rows.clone()).unwrap_or_default();
+            for row in &committed {
+                insert_settled(conn, &row.notification)?;
+            }
+            change.settled = true;
+        }
+        for row in &change.added {
+            insert_settled(conn, &row.notification)?;
+        }
+        change.added.clear();
+        change.row = None;
+        Ok(())
+    }
+
+    /// Settles every user with a staged notification created before `cutoff_ms`, so that
+    /// retention by age, which reads `notifications`, finds it.
+    pub fn settle_older_than(&mut self, conn: &Connection, cutoff_ms: i64) -> Result<(), StoreError> {
+        let expired = |rows: &[Staged]| rows.iter().any(|row| row.notification.created_at_ms < cutoff_ms);
+        let mut users: Vec<UserId> = self
+            .staging
+            .lock()
+            .users
+            .iter()
+            .filter(|(user, staged)| {
+                !self.overlay.users.get(*user).is_some_and(|change| change.settled) && expired(&staged.rows)
+            })
+            .map(|(user, _)| user.clone())
+            .collect();
+        users.extend(
+            self.overlay.users.iter().filter(|(_, change)| expired(&change.added)).map(|(user, _)| user.clone()),
+        );
+        for user in users {
+            self.settle_user(conn, &user)?;
+        }
+        Ok(())
+    }
+
+    /// The batch committed: its changes become what readers see. Returns how many notifications
+    /// it staged.
+    pub fn commit(self) -> usize {
+        if self.overlay.users.is_empty() {
+            return 0;
+        }
+        let mut added = 0;
+        let mut staging = self.staging.lock();
+        for (user, change) in self.overlay.users {
+            if change.settled
+                && let Some(staged) = staging.users.remove(&user)
+            {
+                staging.rows -= staged.rows.len();
+            }
+            if change.added.is_empty() {
+                if let (Some(row), Some(staged)) = (change.row, staging.users.get_mut(&user)) {
+                    staged.row = row;
+                }
+                continue;
+            }
+            let Some(row) = change.row else { continue };
+            added += change.added.len();
+            staging.rows += change.added.len();
+            let staged = staging.users.entry(user).or_insert_with(|| StagedUser { row, rows: Vec::new() });
+            staged.row = row;
+            staged.rows.extend(change.added);
+        }
+        added
+    }
+}
+
+/// Inserts a staged notification into its user's log.
+fn insert_settled(conn: &Connection, n: &Notification) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO notifications (user, seq, type, data, created_at, session, client, except_client)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )
+    .and_then(|mut stmt| {
+        stmt.execute(params![
+            n.user.as_str(),
+            n.seq.map_or(0, sql_seq),
+            &*n.kind,
+            n.data.get(),
+            n.created_at_ms,
+            n.audience.session.as_ref().map(|s| s.as_str()),
+            n.audience.client.as_ref().map(|c| c.as_str()),
+            n.audience.except_client.as_ref().map(|c| c.as_str()),
+        ])
+    })
+    .map_err(db_error)?;
+    Ok(())
+}
+
+/// The rows of `staged` one generation settles, and the users left to settle.
+#[derive(Debug)]
+struct Generation {
+    /// The highest `staged` rowid in the generation.
+    through: i64,
+    /// Users still to settle, in descending key order (the next one is popped off the end).
+    users: Vec<UserId>,
+}
+
+/// The writer's settling state: when to start a generation, and the one in progress.
+#[derive(Debug)]
+pub(super) struct Settler {
+    settling: Settling,
+    generation: Option<Generation>,
+    /// Rows staged since the last generation began, and when the first of them was.
+    new_rows: usize,
+    new_since: Option<Instant>,
+    /// Rows settled by generations so far.
+    pub settled: u64,
+}
+
+impl Settler {
+    pub fn new(settling: Settling) -> Self {
+        Self { settling, generation: None, new_rows: 0, new_since: None, settled: 0 }
+    }
+
+    /// `rows` were staged by a batch that committed.
+    pub fn staged(&mut self, rows: usize) {
+        if rows > 0 {
+            self.new_rows += rows;
+            self.new_since.get_or_insert_with(Instant::now);
+        }
+    }
+
+    /// Whether settling must go on before the writer takes more requests: too many rows staged.
+    pub fn must_settle(&self, staging: &Mutex<Staging>) -> bool {
+        staging.lock().rows >= self.settling.max_rows
+    }
+
+    /// How long the writer may wait for requests before it has settling to do (`None`: no
+    /// limit, nothing staged).
+    pub fn idle_timeout(&self) -> Option<Duration> {
+        if self.generation.is_some() {
+            return Some(Duration::ZERO);
+        }
+        self.new_since.map(|since| self.settling.after.saturating_sub(since.elapsed()))
+    }
+
+    /// Runs one chunk of settling if a generation is due or in progress. Returns whether it did
+    /// anything.
+    pub fn step(&mut self, conn: &mut Connection, staging: &Mutex<Staging>) -> Result<bool, StoreError> {
+        if self.generation.is_none() {
+            let due = self.new_rows >= self.settling.rows
+                || self.new_since.is_some_and(|since| since.elapsed() >= self.settling.after)
+                || staging.lock().rows >= self.settling.max_rows;
+            if !due {
+                return Ok(false);
+            }
+            self.generation = start_generation(staging);
+            self.new_rows = 0;
+            self.new_since = None;
+        }
+        let Some(generation) = self.generation.as_mut() else { return Ok(false) };
+        let settled = settle_chunk(conn, staging, generation, self.settling.chunk_rows)?;
+        self.settled += settled as u64;
+        if generation.users.is_empty() {
+            self.generation = None;
+        }
+        Ok(true)
+    }
+
+    /// Settles everything staged (the store is closing, or a test asked): generation after
+    /// generation until nothing is staged, then empties `staged`.
+    pub fn settle_all(&mut self, conn: &mut Connection, staging: &Mutex<Staging>) -> Result<(), StoreError> {
+        loop {
+            if self.generation.is_none() {
+                if staging.lock().rows == 0 {
+                    break;
+                }
+                self.generation = start_generation(staging);
+                self.new_rows = 0;
+                self.new_since = None;
+            }
+            let Some(generation) = self.generation.as_mut() else { break };
+            self.settled += settle_chunk(conn, staging, generation, usize::MAX)? as u64;
+            if generation.users.is_empty() {
+                self.generation = None;
+            }
+        }
+        // What is left in `staged` was settled already (by marks, deletes, retention).
+        conn.execute("DELETE FROM staged", []).map_err(db_error)?;
+        Ok(())
+    }
+}
+
+fn start_generation(staging: &Mutex<Staging>) -> Option<Generation> {
+    let staging = staging.lock();
+    let through = staging.users.values().filter_map(|staged| staged.rows.last()).map(|row| row.id).max()?;
+    let mut users: Vec<UserId> = staging.users.keys().cloned().collect();
+    // Descending, so that popping settles them in key order: neighbouring users share leaf and
+    // interior pages, which a chunk then writes once.
+    users.sort_unstable_by(|a, b| b.cmp(a));
+    Some(Generation { through, users })
+}
+
+/// Settles the next users of `generation` (their rows up to `through`) until about `chunk_rows`
+/// rows, in one transaction, and, with the last users, deletes the generation's rows from
+/// `staged`. Returns how many rows it settled.
+fn settle_chunk(
+    conn: &mut Connection,
+    staging: &Mutex<Staging>,
+    generation: &mut Generation,
+    chunk_rows: usize,
+) -> Result<usize, StoreError> {
+    // Only the writer changes `staging`, and this is the writer: what is read here holds until
+    // the commit below.
+    let mut chunk: Vec<(UserId, Vec<Arc<Notification>>)> = Vec::new();
+    let mut rows = 0;
+    {
+        let staging = staging.lock();
+        while rows < chunk_rows {
+            let Some(user) = generation.users.pop() else { break };
+            let Some(staged) = staging.users.get(&user) else { continue };
+            let due: Vec<Arc<Notification>> = staged
+                .rows
+                .iter()
+                .take_while(|row| row.id <= generation.through)
+                .map(|row| Arc::clone(&row.notification))
+                .collect();
+            rows += due.len();
+            if !due.is_empty() {
+                chunk.push((user, due));
+            }
+        }
+    }
+    let tx = conn.transaction().map_err(db_error)?;
+    for (_, notifications) in &chunk {
+        for n in notifications {
+            insert_settled(&tx, n)?;
+        }
+    }
+    if generation.users.is_empty() {
+        tx.prepare_cached("DELETE FROM staged WHERE id <= ?1")
+            .and_then(|mut stmt| stmt.execute([generation.through]))
+            .map_err(db_error)?;
+    }
+    tx.commit().map_err(db_error)?;
+
+    let mut staging = staging.lock();
+    for (user, notifications) in chunk {
+        let Some(staged) = staging.users.get_mut(&user) else { continue };
+        staged.rows.drain(..notifications.len());
+        let empty = staged.rows.is_empty();
+        if empty {
+            staging.users.remove(&user);
+        }
+        staging.rows -= notifications.len();
+    }
+    Ok(rows)
+}
+
+/// Settles what `staged` holds when the store opens (what the last run left: it stopped without
+/// settling, or crashed) and empties it. See the module docs for which rows were settled already.
+pub(super) fn recover(conn: &mut Connection) -> Result<usize, StoreError> {
+    let tx = conn.transaction().map_err(db_error)?;
+    let mut settled = 0;
+    {
+        let mut select = tx
+            .prepare(
+                "SELECT user, seq, type, data, created_at, session, client, except_client
+                 FROM staged ORDER BY id",
+            )
+            .map_err(db_error)?;
+        let mut rows = select.query([]).map_err(db_error)?;
+        let mut insert = tx
+            .prepare(
+                "INSERT INTO notifications (user, seq, type, data, created_at, session, client, except_client)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )
+            .map_err(db_error)?;
+        // Each user's last settled seq, then the last one settled here.
+        let mut heads: HashMap<String, i64> = HashMap::new();
+        while let Some(row) = rows.next().map_err(db_error)? {
+            let user: String = row.get(0).map_err(db_error)?;
+            let seq: i64 = row.get(1).map_err(db_error)?;
+            let head = match heads.get(&user) {
+                Some(head) => *head,
+                None => read_user_row(&tx, &user)?.map_or(0, |row| row.head()),
+            };
+            if seq > head {
+                insert
+                    .execute(params![
+                        user,
+                        seq,
+                        row.get::<_, String>(2).map_err(db_error)?,
+                        row.get::<_, String>(3).map_err(db_error)?,
+                        row.get::<_, i64>(4).map_err(db_error)?,
+                        row.get::<_, Option<String>>(5).map_err(db_error)?,
+                        row.get::<_, Option<String>>(6).map_err(db_error)?,
+                        row.get::<_, Option<String>>(7).map_err(db_error)?,
+                    ])
+                    .map_err(db_error)?;
+                settled += 1;
+                heads.insert(user, seq);
+            } else {
+                heads.insert(user, head);
+            }
+        }
+    }
+    tx.execute("DELETE FROM staged", []).map_err(db_error)?;
+    tx.commit().map_err(db_error)?;
+    Ok(settled)
+}
