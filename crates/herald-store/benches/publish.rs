@@ -13,7 +13,10 @@
 //! appends/s, the process's CPU per append (user + system, all threads: the writer, the
 //! checkpointer, tokio), the group-commit factor (appends per transaction), append latency
 //! p50/p99, and the WAL bytes written per append (the writer's count of pages it wrote, from
-//! `WriterStats::wal_bytes`: the WAL file's size says nothing, as it is reused). `BENCH_DROP=a,b` drops
+//! `WriterStats::wal_bytes`: the WAL file's size says nothing, as it is reused), settling
+//! included: the appends staged during the run are settled before the CPU time is taken
+//! (`BENCH_SETTLE_ROWS`, `BENCH_SETTLE_CHUNK` override `Settling`'s `rows` and `chunk_rows`).
+//! `BENCH_DROP=a,b` drops
 //! those indexes after opening, to see what an index costs an append. Without `--bench` (as
 //! `cargo test --benches` runs it) it runs 0.5 s to check that it works.
 
@@ -23,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use herald_core::notification::now_ms;
 use herald_core::{Audience, NewNotification, Retention, Store, UserId};
-use herald_store::SqliteStore;
+use herald_store::{Settling, SqliteStore};
 use serde_json::value::RawValue;
 
 fn env(name: &str, default: u64) -> u64 {
@@ -95,7 +98,15 @@ fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     runtime.block_on(async {
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(SqliteStore::open(&dir.path().join("herald.db"), Retention::default()).unwrap());
+        let defaults = Settling::default();
+        let settling = Settling {
+            rows: env("BENCH_SETTLE_ROWS", defaults.rows as u64) as usize,
+            chunk_rows: env("BENCH_SETTLE_CHUNK", defaults.chunk_rows as u64) as usize,
+            ..defaults
+        };
+        let store = Arc::new(
+            SqliteStore::open_with(&dir.path().join("herald.db"), Retention::default(), settling).unwrap(),
+        );
         if let Ok(drop) = std::env::var("BENCH_DROP") {
             let conn = rusqlite::Connection::open(dir.path().join("herald.db")).unwrap();
             for index in drop.split(',').filter(|index| !index.is_empty()) {
@@ -103,12 +114,16 @@ fn main() {
             }
         }
         run(&store, tasks, users, warmup).await;
+        // The measured appends are charged what settling them costs, and only that: the warm-up's
+        // are settled before, the measured ones after (inside the CPU time, outside the rate).
+        store.settle_all().await.unwrap();
         let before = store.writer_stats();
         let cpu = process_cpu();
         let start = Instant::now();
         let mut latencies = run(&store, tasks, users, secs).await;
         let appends = latencies.len() as u64;
         let elapsed = start.elapsed();
+        store.settle_all().await.unwrap();
         let cpu = process_cpu() - cpu;
         let after = store.writer_stats();
         latencies.sort_unstable();

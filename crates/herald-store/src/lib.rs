@@ -25,7 +25,7 @@ pub mod sqlite;
 pub mod conformance;
 
 pub use memory::MemoryStore;
-pub use sqlite::{SqliteStore, WriterStats};
+pub use sqlite::{Settling, SqliteStore, WriterStats};
 
 use std::time::Duration;
 
