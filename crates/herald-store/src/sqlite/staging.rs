@@ -373,13 +373,34 @@ impl Settler {
             self.new_rows = 0;
             self.new_since = None;
         }
-        let Some(generation) = self.generation.as_mut() else { return Ok(false) };
-        let settled = settle_chunk(conn, staging, generation, self.settling.chunk_rows)?;
-        self.settled += settled as u64;
-        if generation.users.is_empty() {
-            self.generation = None;
-        }
+        self.settle_next(conn, staging, self.settling.chunk_rows)?;
         Ok(true)
+    }
+
+    /// Settles the next chunk of the generation in progress. If that fails, the generation is
+    /// given up: the users it took off its list are still staged, and its last chunk must not
+    /// delete their rows from `staged`. The next generation takes them all again.
+    fn settle_next(
+        &mut self,
+        conn: &mut Connection,
+        staging: &Mutex<Staging>,
+        chunk_rows: usize,
+    ) -> Result<(), StoreError> {
+        let Some(generation) = self.generation.as_mut() else { return Ok(()) };
+        match settle_chunk(conn, staging, generation, chunk_rows) {
+            Ok(settled) => {
+                self.settled += settled as u64;
+                if generation.users.is_empty() {
+                    self.generation = None;
+                }
+                Ok(())
+            }
+            Err(error) => {
+                self.generation = None;
+                self.new_since.get_or_insert_with(Instant::now);
+                Err(error)
+            }
+        }
     }
 
     /// Settles everything staged (the store is closing, or a test asked): generation after
@@ -394,11 +415,7 @@ impl Settler {
                 self.new_rows = 0;
                 self.new_since = None;
             }
-            let Some(generation) = self.generation.as_mut() else { break };
-            self.settled += settle_chunk(conn, staging, generation, usize::MAX)? as u64;
-            if generation.users.is_empty() {
-                self.generation = None;
-            }
+            self.settle_next(conn, staging, usize::MAX)?;
         }
         // What is left in `staged` was settled already (by marks, deletes, retention).
         conn.execute("DELETE FROM staged", []).map_err(db_error)?;
