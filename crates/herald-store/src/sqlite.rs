@@ -5,14 +5,19 @@
 //! - **One writer thread** owns the only write connection. Every write (`append`,
 //!   `complete_receipt`, a chunk of `prune`) is a request on a bounded queue. The writer takes the
 //!   first request, then whatever else is already waiting (up to [`BATCH_REQUESTS_MAX`]), runs
-//!   them all in one transaction, each inside its own SAVEPOINT (a request that fails is rolled
-//!   back alone, the others of its batch still commit), commits once, and only then answers each
-//!   request. Many concurrent publishes thus share one fsync (group commit), and a single writer
+//!   them all in one transaction (should one fail, the batch runs again with each request in its
+//!   own SAVEPOINT, so that it fails alone: see `run_batch`), commits once, and only then answers
+//!   each request. Many concurrent publishes thus share one fsync (group commit), and a single writer
 //!   means seqs never race: `last_seq + 1` is read and written inside the transaction.
 //! - **`synchronous=FULL`**: in WAL mode SQLite then fsyncs the WAL at every commit, so a commit
 //!   that returned is on disk; answering after the commit means an acknowledged append survives
 //!   `kill -9` and power loss. (`NORMAL` would only fsync at checkpoints: it survives a process
 //!   crash but may lose the last commits on power loss, which the delivery guarantee forbids.)
+//! - **Staged appends** (`sqlite/staging.rs`): an append inserts its rows into `staged`, a small rowid
+//!   table whose inserts all land on its last page, not into the users' logs; between batches the
+//!   writer settles them into `notifications` in generations, many rows per user and page. Readers
+//!   merge each user's staged rows (kept in memory) with what they read; opening the file settles
+//!   what a crash left staged. Every write other than an append settles its user first.
 //! - **Reads** (`read_after`, `head`) use a pool of [`READER_CONNECTIONS`] read-only connections
 //!   on tokio's blocking threads (`spawn_blocking`), one read transaction each, so a page and its
 //!   head come from the same snapshot. A semaphore bounds concurrent reads to the pool size and
@@ -199,7 +204,7 @@ DROP INDEX inbox_unseen;
 DROP INDEX inbox_by_type;
 ";
 
-/// Version 3 → 4: staged appends (see [`staging`]). An append inserts into `staged`, a rowid
+/// Version 3 → 4: staged appends (see `sqlite/staging.rs`). An append inserts into `staged`, a rowid
 /// table whose inserts all go to its last page, and the writer moves the rows into
 /// `notifications` later, many per user and page at a time. The columns are those of
 /// `notifications` that an append sets.
@@ -260,7 +265,7 @@ pub struct SqliteStore {
     readers: Arc<ReaderPool>,
     counters: Arc<Counters>,
     /// Appends committed to `staged` and not yet settled into `notifications`: readers merge
-    /// them with what they read (see [`staging`]).
+    /// them with what they read (see `sqlite/staging.rs`).
     staging: Arc<Mutex<Staging>>,
 }
 
@@ -390,7 +395,7 @@ impl SqliteStore {
     }
 
     /// Settles every staged append into the users' logs now, and empties `staged` (the store
-    /// does it by itself, see [`staging`]; this is for tests and tools that read the file).
+    /// does it by itself, see `sqlite/staging.rs`; this is for tests and tools that read the file).
     pub async fn settle_all(&self) -> Result<(), StoreError> {
         self.write(|reply| Request::SettleAll { reply }).await
     }
@@ -996,16 +1001,15 @@ fn read_inbox_page(
     let rows: Vec<(Row, ItemState)> = if fetch == 0 {
         Vec::new()
     } else {
-        conn
-        .prepare_cached(&sql)
-        .and_then(|mut stmt| {
-            let map = |row: &rusqlite::Row<'_>| Ok((Row::read(row)?, read_state(row, 7)?));
-            match &query.kind {
-                Some(kind) => stmt.query_map(params![user.as_str(), before, fetch, kind], map)?.collect(),
-                None => stmt.query_map(params![user.as_str(), before, fetch], map)?.collect(),
-            }
-        })
-        .map_err(db_error)?
+        conn.prepare_cached(&sql)
+            .and_then(|mut stmt| {
+                let map = |row: &rusqlite::Row<'_>| Ok((Row::read(row)?, read_state(row, 7)?));
+                match &query.kind {
+                    Some(kind) => stmt.query_map(params![user.as_str(), before, fetch, kind], map)?.collect(),
+                    None => stmt.query_map(params![user.as_str(), before, fetch], map)?.collect(),
+                }
+            })
+            .map_err(db_error)?
     };
     for (row, state) in rows {
         items.push(InboxItem { notification: row.into_notification(user)?, state });
@@ -1079,13 +1083,37 @@ fn read_notifications(
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
 enum Request {
-    Append { entries: Vec<NewNotification>, key: Option<String>, reply: Reply<Appended> },
-    CompleteReceipt { key: String, receipt: String, reply: Reply<()> },
-    PruneChunk { notifications_before: i64, keys_before: i64, reply: Reply<PruneChunk> },
-    InboxMark { user: UserId, rows: Rows, mark: Mark, at_ms: i64, reply: Reply<InboxChunk> },
-    InboxDelete { user: UserId, rows: Rows, reply: Reply<InboxChunk> },
+    Append {
+        entries: Vec<NewNotification>,
+        key: Option<String>,
+        reply: Reply<Appended>,
+    },
+    CompleteReceipt {
+        key: String,
+        receipt: String,
+        reply: Reply<()>,
+    },
+    PruneChunk {
+        notifications_before: i64,
+        keys_before: i64,
+        reply: Reply<PruneChunk>,
+    },
+    InboxMark {
+        user: UserId,
+        rows: Rows,
+        mark: Mark,
+        at_ms: i64,
+        reply: Reply<InboxChunk>,
+    },
+    InboxDelete {
+        user: UserId,
+        rows: Rows,
+        reply: Reply<InboxChunk>,
+    },
     /// Settle everything staged, once the batch it is in has committed ([`SqliteStore::settle_all`]).
-    SettleAll { reply: Reply<()> },
+    SettleAll {
+        reply: Reply<()>,
+    },
 }
 
 /// The rows of one inbox request.
@@ -1159,7 +1187,7 @@ enum Answer {
 
 impl Request {
     /// Runs the request on `conn` (inside the batch's transaction). It only reads the request,
-    /// so that a batch can run again after a rollback (see [`run_batch`]).
+    /// so that a batch can run again after a rollback (see `run_batch`).
     fn execute(
         &self,
         conn: &Connection,
@@ -1268,7 +1296,7 @@ fn copy_error(error: &StoreError) -> StoreError {
 const SETTLE_RETRY_DELAY: Duration = Duration::from_millis(100);
 
 /// The writer thread: batches until the queue is closed (the store dropped), settling staged
-/// appends between batches (see [`staging`]); then settles what is left and returns, closing the
+/// appends between batches (see `sqlite/staging.rs`); then settles what is left and returns, closing the
 /// write connection.
 fn run_writer(
     mut conn: Connection,
@@ -1311,14 +1339,16 @@ fn run_writer(
         let first = match settler.idle_timeout() {
             None => queue.blocking_recv(),
             // The timer is made inside `block_on`: it needs the runtime's context.
-            Some(timeout) => match waiter.block_on(async { tokio::time::timeout(timeout, queue.recv()).await }) {
-                Ok(request) => request,
-                Err(_) => {
-                    // Idle and settling is due: a chunk now, then look at the queue again.
-                    step(&mut conn, &mut settler);
-                    continue;
+            Some(timeout) => {
+                match waiter.block_on(async { tokio::time::timeout(timeout, queue.recv()).await }) {
+                    Ok(request) => request,
+                    Err(_) => {
+                        // Idle and settling is due: a chunk now, then look at the queue again.
+                        step(&mut conn, &mut settler);
+                        continue;
+                    }
                 }
-            },
+            }
         };
         let Some(first) = first else { break };
         batch.push(first);
@@ -1384,7 +1414,7 @@ fn take_pages_written(conn: &Connection) -> u64 {
 /// alone and the others of its batch still commit.
 /// The batch is left empty (its requests are answered), its allocation kept for the next one.
 ///
-/// Also returns how many notifications the batch staged (see [`staging`]); what it changed in
+/// Also returns how many notifications the batch staged (see `sqlite/staging.rs`); what it changed in
 /// `staging` is applied after the commit, before the answers go out.
 fn run_batch(
     conn: &mut Connection,

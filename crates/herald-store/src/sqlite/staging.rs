@@ -250,7 +250,11 @@ impl<'a> StagingWrites<'a> {
             .map(|(user, _)| user.clone())
             .collect();
         users.extend(
-            self.overlay.users.iter().filter(|(_, change)| expired(&change.added)).map(|(user, _)| user.clone()),
+            self.overlay
+                .users
+                .iter()
+                .filter(|(_, change)| expired(&change.added))
+                .map(|(user, _)| user.clone()),
         );
         for user in users {
             self.settle_user(conn, &user)?;
