@@ -1318,20 +1318,31 @@ fn run_writer(
             return;
         }
     };
-    let step = |conn: &mut Connection, settler: &mut Settler| {
-        let stepped = settler.step(conn, staging).unwrap_or_else(|error| {
-            tracing::warn!(%error, "settling staged appends failed; will retry");
-            false
-        });
+    // Whether it settled anything; `None`: the writer must stop.
+    let step = |conn: &mut Connection, settler: &mut Settler, idle: bool| -> Option<bool> {
+        let stepped = match settler.step(conn, staging, idle) {
+            Ok(stepped) => stepped,
+            Err(error) => {
+                tracing::warn!(%error, "settling staged appends failed; will retry");
+                // Settle chunks commit without fsync; appends must never. If the connection
+                // cannot be set back to FULL, stop rather than acknowledge what is not durable.
+                if let Err(error) = conn.pragma_update(None, "synchronous", "FULL") {
+                    tracing::error!(%error, "the store cannot make its commits durable again; its writer stops");
+                    return None;
+                }
+                false
+            }
+        };
         counters.settled.store(settler.settled, Ordering::Relaxed);
         counters.wal_bytes.fetch_add(take_pages_written(conn) * page_size, Ordering::Relaxed);
-        stepped
+        Some(stepped)
     };
     let mut batch = Vec::with_capacity(BATCH_REQUESTS_MAX);
     loop {
         // Too much staged: settle before taking more requests (they wait in the queue).
         while settler.must_settle(staging) {
-            if !step(&mut conn, &mut settler) {
+            let Some(stepped) = step(&mut conn, &mut settler, false) else { return };
+            if !stepped {
                 std::thread::sleep(SETTLE_RETRY_DELAY);
                 break;
             }
@@ -1344,7 +1355,9 @@ fn run_writer(
                     Ok(request) => request,
                     Err(_) => {
                         // Idle and settling is due: a chunk now, then look at the queue again.
-                        step(&mut conn, &mut settler);
+                        if step(&mut conn, &mut settler, true).is_none() {
+                            return;
+                        }
                         continue;
                     }
                 }
@@ -1378,7 +1391,9 @@ fn run_writer(
         }
         // One chunk of settling per batch at most, after answering: a publish waits for at most
         // one chunk.
-        step(&mut conn, &mut settler);
+        if step(&mut conn, &mut settler, false).is_none() {
+            return;
+        }
     }
     if let Err(error) = settler.settle_all(&mut conn, staging) {
         // Nothing is lost: the next open settles what is still staged.

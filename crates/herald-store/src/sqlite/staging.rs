@@ -19,9 +19,11 @@
 //!   reads nothing.
 //! - The writer starts a **generation** when [`Settling::rows`] rows are staged or the oldest is
 //!   [`Settling::after`] old: every row staged so far (ids up to `through`). It settles it in
-//!   chunks of about [`Settling::chunk_rows`] rows, whole users in key order, one transaction each,
-//!   run between batches of requests, so a publish waits for at most one chunk. The last chunk
-//!   also deletes the generation's rows from `staged` (a prefix of its rowids: cheap).
+//!   chunks of about [`Settling::chunk_rows`] rows ([`IDLE_CHUNK_ROWS`] when no request waits),
+//!   whole users in key order, one transaction each, run between batches of requests, so a
+//!   publish waits for at most one chunk. A chunk commits without fsync (see `settle_chunk` for
+//!   why that is safe). The last chunk also deletes the generation's rows from `staged` (a prefix
+//!   of its rowids: cheap).
 //! - Every other write to a user (inbox marks and deletes, retention) first settles all of that
 //!   user's staged rows in its own transaction, so those writes only ever see `notifications`,
 //!   as before staging existed. Afterwards the user's kept row is dropped (the write changes it).
@@ -80,6 +82,10 @@ impl Settling {
         Self { rows: 1, after: Duration::ZERO, chunk_rows: usize::MAX, max_rows: 1 }
     }
 }
+
+/// Rows a settle transaction takes when the writer is idle (at most; [`Settling::chunk_rows`] if
+/// smaller): a publish arriving at an idle writer waits for at most this many rows to settle.
+pub const IDLE_CHUNK_ROWS: usize = 64;
 
 /// One staged notification and its rowid in `staged`.
 #[derive(Debug, Clone)]
@@ -364,8 +370,14 @@ impl Settler {
     }
 
     /// Runs one chunk of settling if a generation is due or in progress. Returns whether it did
-    /// anything.
-    pub fn step(&mut self, conn: &mut Connection, staging: &Mutex<Staging>) -> Result<bool, StoreError> {
+    /// anything. `idle`: no request is waiting, so the chunk is smaller ([`IDLE_CHUNK_ROWS`]), and
+    /// one that arrives meanwhile waits less.
+    pub fn step(
+        &mut self,
+        conn: &mut Connection,
+        staging: &Mutex<Staging>,
+        idle: bool,
+    ) -> Result<bool, StoreError> {
         if self.generation.is_none() {
             let due = self.new_rows >= self.settling.rows
                 || self.new_since.is_some_and(|since| since.elapsed() >= self.settling.after)
@@ -377,7 +389,9 @@ impl Settler {
             self.new_rows = 0;
             self.new_since = None;
         }
-        self.settle_next(conn, staging, self.settling.chunk_rows)?;
+        let chunk_rows =
+            if idle { self.settling.chunk_rows.min(IDLE_CHUNK_ROWS) } else { self.settling.chunk_rows };
+        self.settle_next(conn, staging, chunk_rows)?;
         Ok(true)
     }
 
@@ -467,18 +481,18 @@ fn settle_chunk(
             }
         }
     }
-    let tx = conn.transaction().map_err(db_error)?;
-    for (_, notifications) in &chunk {
-        for n in notifications {
-            insert_settled(&tx, n)?;
-        }
-    }
-    if generation.users.is_empty() {
-        tx.prepare_cached("DELETE FROM staged WHERE id <= ?1")
-            .and_then(|mut stmt| stmt.execute([generation.through]))
-            .map_err(db_error)?;
-    }
-    tx.commit().map_err(db_error)?;
+    // Not fsynced, so that a publish that arrives meanwhile does not wait for a settle chunk's
+    // fsync on top of its own (the chunk's CPU is all it waits for). Safe because settling only
+    // moves rows that are durable already, in `staged`, and only the generation's last chunk
+    // deletes them: the WAL is a sequence, so a crash can lose only a suffix of unsynced commits
+    // (a settle chunk's delete only with the chunks before it), `recover` then settles those rows
+    // again, and the next fsynced commit (an append's; the checkpointer's, which syncs the WAL
+    // before copying it) makes them all durable.
+    conn.pragma_update(None, "synchronous", "OFF").map_err(db_error)?;
+    let settled = settle_in_transaction(conn, &chunk, generation);
+    let restored = conn.pragma_update(None, "synchronous", "FULL").map_err(db_error);
+    settled?;
+    restored?;
 
     let mut staging = staging.lock();
     for (user, notifications) in chunk {
@@ -491,6 +505,25 @@ fn settle_chunk(
         staging.rows -= notifications.len();
     }
     Ok(rows)
+}
+
+fn settle_in_transaction(
+    conn: &mut Connection,
+    chunk: &[(UserId, Vec<Arc<Notification>>)],
+    generation: &Generation,
+) -> Result<(), StoreError> {
+    let tx = conn.transaction().map_err(db_error)?;
+    for (_, notifications) in chunk {
+        for n in notifications {
+            insert_settled(&tx, n)?;
+        }
+    }
+    if generation.users.is_empty() {
+        tx.prepare_cached("DELETE FROM staged WHERE id <= ?1")
+            .and_then(|mut stmt| stmt.execute([generation.through]))
+            .map_err(db_error)?;
+    }
+    tx.commit().map_err(db_error)
 }
 
 /// Settles what `staged` holds when the store opens (what the last run left: it stopped without
