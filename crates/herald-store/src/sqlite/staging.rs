@@ -197,23 +197,7 @@ impl<'a> StagingWrites<'a> {
         row: UserRow,
     ) -> Result<(), StoreError> {
         let n = notification;
-        conn.prepare_cached(
-            "INSERT INTO staged (user, seq, type, data, created_at, session, client, except_client)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        )
-        .and_then(|mut stmt| {
-            stmt.execute(params![
-                n.user.as_str(),
-                n.seq.map_or(0, sql_seq),
-                &*n.kind,
-                n.data.get(),
-                n.created_at_ms,
-                n.audience.session.as_ref().map(|s| s.as_str()),
-                n.audience.client.as_ref().map(|c| c.as_str()),
-                n.audience.except_client.as_ref().map(|c| c.as_str()),
-            ])
-        })
-        .map_err(db_error)?;
+        insert_row(conn, INSERT_STAGED, n)?;
         let id = conn.last_insert_rowid();
         let change = self.overlay.users.entry(n.user.clone()).or_default();
         change.row = Some(row);
@@ -299,25 +283,34 @@ impl<'a> StagingWrites<'a> {
     }
 }
 
+const INSERT_STAGED: &str = "
+    INSERT INTO staged (user, seq, type, data, created_at, session, client, except_client)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
+const INSERT_SETTLED: &str = "
+    INSERT INTO notifications (user, seq, type, data, created_at, session, client, except_client)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
+
 /// Inserts a staged notification into its user's log.
 fn insert_settled(conn: &Connection, n: &Notification) -> Result<(), StoreError> {
-    conn.prepare_cached(
-        "INSERT INTO notifications (user, seq, type, data, created_at, session, client, except_client)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-    )
-    .and_then(|mut stmt| {
-        stmt.execute(params![
-            n.user.as_str(),
-            n.seq.map_or(0, sql_seq),
-            &*n.kind,
-            n.data.get(),
-            n.created_at_ms,
-            n.audience.session.as_ref().map(|s| s.as_str()),
-            n.audience.client.as_ref().map(|c| c.as_str()),
-            n.audience.except_client.as_ref().map(|c| c.as_str()),
-        ])
-    })
-    .map_err(db_error)?;
+    insert_row(conn, INSERT_SETTLED, n)
+}
+
+/// Runs `sql` ([`INSERT_STAGED`] or [`INSERT_SETTLED`]) with `n`'s columns.
+fn insert_row(conn: &Connection, sql: &str, n: &Notification) -> Result<(), StoreError> {
+    conn.prepare_cached(sql)
+        .and_then(|mut stmt| {
+            stmt.execute(params![
+                n.user.as_str(),
+                n.seq.map_or(0, sql_seq),
+                &*n.kind,
+                n.data.get(),
+                n.created_at_ms,
+                n.audience.session.as_ref().map(|s| s.as_str()),
+                n.audience.client.as_ref().map(|c| c.as_str()),
+                n.audience.except_client.as_ref().map(|c| c.as_str()),
+            ])
+        })
+        .map_err(db_error)?;
     Ok(())
 }
 
@@ -539,12 +532,7 @@ pub(super) fn recover(conn: &mut Connection) -> Result<usize, StoreError> {
             )
             .map_err(db_error)?;
         let mut rows = select.query([]).map_err(db_error)?;
-        let mut insert = tx
-            .prepare(
-                "INSERT INTO notifications (user, seq, type, data, created_at, session, client, except_client)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            )
-            .map_err(db_error)?;
+        let mut insert = tx.prepare(INSERT_SETTLED).map_err(db_error)?;
         // Each user's last settled seq, then the last one settled here.
         let mut heads: HashMap<String, i64> = HashMap::new();
         while let Some(row) = rows.next().map_err(db_error)? {
