@@ -73,7 +73,9 @@ impl WorkerConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case")]
 pub enum Command {
-    /// Open every client.
+    /// Open this worker's first client only (the warm-up, before the idle memory's "before").
+    ConnectFirst,
+    /// Open every client not open yet.
     Connect,
     /// Deliveries from now on belong to phase `index`.
     Phase { index: usize },

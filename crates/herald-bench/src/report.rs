@@ -59,7 +59,11 @@ pub struct IdleResult {
     pub settle_secs: f64,
     pub server_before: Option<ProcSample>,
     pub server_after: Option<ProcSample>,
-    /// (RSS after − before) / connected clients.
+    /// Clients connected before the "before" sample (one per worker, see `--no-warmup`) and so
+    /// not counted in the per-client figures.
+    #[serde(default)]
+    pub warmup_clients: u64,
+    /// (RSS after − before) / clients connected after the "before" sample.
     pub rss_bytes_per_client: Option<f64>,
     /// The same with PSS (shared pages divided among processes; see [`ProcSample`]).
     pub pss_bytes_per_client: Option<f64>,
@@ -183,7 +187,7 @@ impl RunResult {
         if let (Some(before), Some(after)) = (&i.server_before, &i.server_after) {
             let _ = writeln!(
                 out,
-                "idle: server ({} processes) RSS {:.1} → {:.1} MiB = {} KiB per client; PSS {} → {} MiB = {} KiB per client; CPU {} s in {:.1} s",
+                "idle: server ({} processes) RSS {:.1} → {:.1} MiB = {} KiB per client; PSS {} → {} MiB = {} KiB per client; CPU {} s in {:.1} s{}",
                 after.processes,
                 before.rss_bytes as f64 / MIB,
                 after.rss_bytes as f64 / MIB,
@@ -193,6 +197,10 @@ impl RunResult {
                 opt(i.pss_bytes_per_client.map(|b| b / KIB), 2),
                 opt(i.server_cpu_secs, 2),
                 i.settle_secs,
+                match i.warmup_clients {
+                    0 => String::new(),
+                    n => format!(" (\"before\" with {n} warm-up clients connected)"),
+                },
             );
         } else {
             let _ = writeln!(out, "idle: no server process measured (give --server-pid)");

@@ -44,6 +44,8 @@ const WORKERS_AUTO_MIN: u32 = 2;
 const WORKER_START_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest the connect stage may take in all (each client gives up after its own attempts).
 const CONNECT_STAGE_TIMEOUT: Duration = Duration::from_secs(600);
+/// How long the warm-up clients sit connected before the idle memory's "before" sample.
+const WARMUP_SETTLE: Duration = Duration::from_millis(500);
 /// Longest a worker may take to account for a phase.
 const VERIFY_TIMEOUT: Duration = Duration::from_secs(120);
 /// After publishing, the wait for the last deliveries ends when nothing new arrived for this
@@ -106,6 +108,12 @@ pub struct RunArgs {
     /// Seconds to wait after connecting before measuring the idle server.
     #[arg(long, default_value_t = 2.0)]
     pub idle_secs: f64,
+    /// Take the idle memory's "before" sample with no client connected. By default each worker
+    /// first connects one client and the sample is taken after those: what a server sets up once,
+    /// on its first connection (code paged in, caches, threads), is then not divided among the
+    /// clients as if each cost it.
+    #[arg(long)]
+    pub no_warmup: bool,
     /// A server process to measure (its descendants too). Repeatable.
     #[arg(long = "server-pid")]
     pub server_pids: Vec<u32>,
@@ -273,34 +281,46 @@ async fn measure(
     let me = [std::process::id()];
     let server = |pids: &[u32]| (!pids.is_empty()).then(|| procstat::sample(pids, &me));
 
-    // Connect.
+    // Connect: the warm-up clients (one per worker), the "before" sample, then the rest.
+    let mut connect_latency = stats::histogram();
+    let (mut connected, mut failed, mut first_error) = (0, 0, None);
+    let mut per_user = vec![0u32; args.users as usize];
+    let mut add = |reports: Vec<Report>, connected: &mut u64| {
+        for report in reports {
+            if let Report::Connected { ok, failed: f, latency, clients: indices, first_error: e } = report {
+                *connected += ok;
+                failed += f;
+                stats::add_pairs(&mut connect_latency, &latency);
+                for index in indices {
+                    per_user[(index / args.clients_per_user) as usize] += 1;
+                }
+                if first_error.is_none() {
+                    first_error = e;
+                }
+            }
+        }
+    };
+    let is_connected = |r: &Report| matches!(r, Report::Connected { .. });
+    let mut warmup_clients = 0;
+    if !args.no_warmup {
+        bar.stage("warm-up: one client per worker", 0);
+        fleet.send_all(&Command::ConnectFirst).await?;
+        let reports =
+            fleet.collect(Instant::now() + CONNECT_STAGE_TIMEOUT, bar, |_, _| {}, is_connected).await?;
+        add(reports, &mut warmup_clients);
+        // Let the server finish what the first connections started.
+        tokio::time::sleep(WARMUP_SETTLE).await;
+    }
     let server_before = server(&args.server_pids);
     bar.stage(&format!("connect {clients} {} over {workers} workers", args.kind.name()), clients);
     let started = Instant::now();
     fleet.send_all(&Command::Connect).await?;
-    let mut connect_latency = stats::histogram();
-    let (mut connected, mut failed, mut first_error) = (0, 0, None);
-    let mut per_user = vec![0u32; args.users as usize];
     let deadline = started + CONNECT_STAGE_TIMEOUT;
-    for report in fleet
-        .collect(deadline, bar, |_, p| bar.set(p.connected, ""), |r| matches!(r, Report::Connected { .. }))
-        .await?
-    {
-        if let Report::Connected { ok, failed: f, latency, clients: indices, first_error: e } = report {
-            connected += ok;
-            failed += f;
-            stats::add_pairs(&mut connect_latency, &latency);
-            for index in indices {
-                per_user[(index / args.clients_per_user) as usize] += 1;
-            }
-            if first_error.is_none() {
-                first_error = e;
-            }
-        }
-    }
+    let reports = fleet.collect(deadline, bar, |_, p| bar.set(p.connected, ""), is_connected).await?;
+    add(reports, &mut connected);
     let connect_secs = started.elapsed().as_secs_f64();
     let connect = ConnectResult {
-        connected,
+        connected: warmup_clients + connected,
         failed,
         secs: connect_secs,
         per_sec: connected as f64 / connect_secs.max(1e-9),
@@ -320,6 +340,7 @@ async fn measure(
     };
     let idle = IdleResult {
         settle_secs: args.idle_secs,
+        warmup_clients,
         rss_bytes_per_client: per_client(|s| Some(s.rss_bytes as f64)),
         pss_bytes_per_client: per_client(|s| s.pss_bytes.map(|b| b as f64)),
         server_cpu_secs: match (&idle_cpu_before, &server_after) {

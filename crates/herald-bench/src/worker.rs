@@ -106,6 +106,12 @@ async fn serve(fd_limit: u64) -> anyhow::Result<()> {
     let result = async {
         while let Some(line) = lines.next_line().await? {
             match serde_json::from_str::<Command>(&line).context("bad command")? {
+                Command::ConnectFirst => {
+                    let clients = to_connect.as_mut().context("ConnectFirst after Connect")?;
+                    let first = if clients.is_empty() { Vec::new() } else { vec![clients.remove(0)] };
+                    let report = connect_all(&config, &shared, first, &mut infos).await;
+                    let _ = out.send(report);
+                }
                 Command::Connect => {
                     let clients = to_connect.take().context("Connect sent twice")?;
                     let report = connect_all(&config, &shared, clients, &mut infos).await;
