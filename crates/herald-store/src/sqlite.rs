@@ -531,9 +531,13 @@ impl Store for SqliteStore {
 
     async fn read_after(&self, user: &UserId, after: Seq, limit: usize) -> Result<LogPage, StoreError> {
         let user = user.clone();
-        let staged = self.staging.lock().notifications(&user);
+        // The staged ones after `after` (a replay needs no others), and the last one for the head.
+        let (staged, last) = {
+            let staging = self.staging.lock();
+            (staging.notifications_after(&user, after), staging.last(&user))
+        };
         self.read(move |tx| {
-            let head = read_head(tx, &user, &staged)?;
+            let head = read_head(tx, &user, &last)?;
             let mut notifications = Vec::new();
             if limit > 0 && after < head.last_seq {
                 notifications = read_notifications(tx, &user, after, limit)?;

@@ -46,7 +46,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use herald_core::{Notification, StoreError, UserId};
+use herald_core::{Notification, Seq, StoreError, UserId};
 use parking_lot::Mutex;
 use rusqlite::{Connection, params};
 
@@ -125,6 +125,14 @@ impl Staging {
             .get(user)
             .map(|staged| staged.rows.iter().map(|row| Arc::clone(&row.notification)).collect())
             .unwrap_or_default()
+    }
+
+    /// `user`'s staged notifications with a seq above `after`, ascending (see
+    /// [`Staging::notifications`]): a replay copies only what it may return.
+    pub fn notifications_after(&self, user: &UserId, after: Seq) -> Vec<Arc<Notification>> {
+        let Some(staged) = self.users.get(user) else { return Vec::new() };
+        let from = staged.rows.partition_point(|row| row.notification.seq.is_some_and(|seq| seq <= after));
+        staged.rows[from..].iter().map(|row| Arc::clone(&row.notification)).collect()
     }
 
     /// `user`'s last staged notification, if any (all a head or counts need).
