@@ -562,6 +562,56 @@ async fn appends_are_staged_then_settled() {
     assert_eq!((rows("staged"), rows("notifications")), (0, 7));
 }
 
+/// A settle chunk that fails (here: a trigger planted behind the store's back refuses bob's rows
+/// in `notifications`) gives its generation up: bob's rows stay staged, readable and in `staged`
+/// (the generation's delete must not drop them), appends go on, and once the cause is gone they
+/// settle like the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_settle_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("herald.db");
+    let settling = Settling { rows: 2, after: Duration::from_millis(5), chunk_rows: 1, max_rows: 1_000 };
+    let store = SqliteStore::open_with(&path, Retention::default(), settling).unwrap();
+    let conn = Connection::open(&path).unwrap();
+    conn.execute_batch(
+        "CREATE TRIGGER planted BEFORE INSERT ON notifications WHEN NEW.user = 'bob'
+         BEGIN SELECT RAISE(ABORT, 'planted failure'); END",
+    )
+    .unwrap();
+    let count = |sql: &str| -> i64 { conn.query_row(sql, [], |row| row.get(0)).unwrap() };
+    let log = async |u: &str| -> Vec<Seq> {
+        let page = store.read_after(&user(u), 0, 100).await.unwrap();
+        page.notifications.iter().map(|n| n.seq.unwrap()).collect()
+    };
+
+    for n in 1..=3 {
+        store.append(vec![entry("alice", n, now_ms()), entry("bob", n, now_ms())], None).await.unwrap();
+    }
+    // Alice's rows settle; every generation fails on bob's.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while count("SELECT COUNT(*) FROM notifications WHERE user = 'alice'") < 3 {
+        assert!(Instant::now() < deadline, "alice never settled: {:?}", store.writer_stats());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(store.writer_stats().staged, 3, "bob's rows are still staged");
+    assert_eq!(count("SELECT COUNT(*) FROM staged WHERE user = 'bob'"), 3, "and still durable in `staged`");
+    assert_eq!(count("SELECT COUNT(*) FROM notifications WHERE user = 'bob'"), 0);
+    assert_eq!(log("bob").await, [1, 2, 3], "readable all the same");
+    assert_eq!(seqs(&store.append(vec![entry("bob", 4, now_ms())], None).await.unwrap()), [4]);
+
+    conn.execute_batch("DROP TRIGGER planted").unwrap();
+    while store.writer_stats().staged > 0 {
+        assert!(Instant::now() < deadline, "bob never settled: {:?}", store.writer_stats());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(count("SELECT COUNT(*) FROM notifications WHERE user = 'bob'"), 4);
+    assert_eq!(log("bob").await, [1, 2, 3, 4]);
+    assert_eq!(log("alice").await, [1, 2, 3]);
+    drop(store);
+    assert_eq!(count("SELECT COUNT(*) FROM staged"), 0);
+}
+
 /// What a crash leaves in `staged` is settled when the store opens: rows not in the log yet
 /// join it; rows already settled (still there, or settled and then deleted on purpose) do not
 /// come back.
