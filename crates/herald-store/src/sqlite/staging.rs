@@ -3,10 +3,11 @@
 //!
 //! # Why
 //! `notifications` is clustered by (user, seq), so an append inserts into a random leaf page of a
-//! large b-tree, and SQLite writes every page a transaction changes whole to the WAL: with ~20
-//! appends per commit to ~20 users, that is ~20 pages of 4 KiB, about 7 KB of WAL and 34 µs of
-//! CPU per append, most of it copying, checksumming and fsyncing pages for ~100-byte rows
-//! (`cargo bench -p herald-store --bench publish`). `staged` is a rowid table: its inserts go to
+//! large b-tree, and SQLite writes every page a transaction changes whole to the WAL: with ~17
+//! appends per commit to ~17 users, each append wrote its own leaf page of 4 KiB plus a share of
+//! the `created_at` index and the parents, about 7 KB of WAL and 25–34 µs of CPU per append, most
+//! of it copying, checksumming and fsyncing pages for ~100-byte rows (`cargo bench -p
+//! herald-store --bench publish`; with staging: about 3 KB and 16–18 µs, settling included). `staged` is a rowid table: its inserts go to
 //! its last page, which the whole batch shares. Settling then inserts many rows per user in one
 //! transaction, users in key order, so a leaf page (and its parents) is written once for all the
 //! rows a user got since the last settle instead of once per append.
