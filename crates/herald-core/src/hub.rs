@@ -7,7 +7,11 @@
 //!
 //! A client entry outlives its connection by [`Limits::client_linger`]: a poller is still
 //! "present" between two polls, and a tab that reloads can be found by `{"client": C}` publishes.
-//! [`Hub::sweep`] forgets entries older than that.
+//! [`Hub::sweep`] forgets entries older than that. A poller's entry is more than present between
+//! polls: it is **parked**, its queue still taking what is fanned out to it, and its next poll
+//! takes the queue back ([`Hub::resume_parked`]) and answers from it, without reading the store,
+//! and with the ephemeral notifications and `inbox` events that came in between (Eliom's client
+//! process, which outlives each comet request).
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash, RandomState};
@@ -126,6 +130,10 @@ struct ClientEntry {
     follows_inbox: bool,
     /// Which attachment is connected, so that a replaced connection's late detach is ignored.
     attachment: u64,
+    /// A poller between two polls: `connected` stays true (its queue takes what is fanned out)
+    /// until its next poll takes the queue back, or [`Hub::sweep`] ends it after
+    /// [`Limits::client_linger`].
+    parked: bool,
 }
 
 impl ClientEntry {
@@ -327,6 +335,7 @@ impl Hub {
                 connected: true,
                 follows_inbox: false,
                 attachment,
+                parked: false,
             };
             match clients.iter_mut().find(|c| c.id == client) {
                 Some(existing) => *existing = fresh,
@@ -349,13 +358,50 @@ impl Hub {
     }
 
     /// Ends `attachment`'s hold on its client entry (its connection ended). The entry stays
-    /// known for [`Limits::client_linger`]. A connection that was replaced meanwhile changes
+    /// known for [`Limits::client_linger`]; with `park`, a poller's stays connected, parked, for
+    /// its next poll (see the module docs). A connection that was replaced meanwhile changes
     /// nothing.
-    pub(crate) fn detach(&self, info: &ClientInfo, attachment: u64) {
+    pub(crate) fn detach(&self, info: &ClientInfo, attachment: u64, park: bool) {
         self.with_attached(info, attachment, |c| {
-            c.connected = false;
             c.last_active = Instant::now();
+            if park && c.transport == Transport::Poll && c.connected {
+                c.parked = true;
+            } else {
+                c.connected = false;
+            }
         });
+    }
+
+    /// Hands the queue of the parked poller `client` (of `user` in `session`) to its next poll,
+    /// if its last poll ended at `after` (the client got everything up to it, and the queue has
+    /// held all that was fanned out to it since). `None`: not parked here (never, swept, taken,
+    /// replaced), or the client resumes from elsewhere; the poll then starts afresh. A parked
+    /// client that was closed meanwhile (session closed, evicted, lagging) is handed back too,
+    /// so that the poll reports why.
+    pub(crate) fn resume_parked(
+        &self,
+        user: &UserId,
+        session: &SessionId,
+        client: &str,
+        after: Seq,
+    ) -> Option<Attachment> {
+        let attachment = self.inner.next_attachment.fetch_add(1, Ordering::Relaxed);
+        let mut users = self.users_shard(user).lock();
+        let (_, entry) = users.get_mut(user)?.sessions.iter_mut().find(|(s, _)| s == session)?;
+        let c = entry.clients.iter_mut().find(|c| c.id.as_str() == client)?;
+        if !c.parked || c.transport != Transport::Poll || c.shared.last_seq.load(Ordering::Relaxed) != after {
+            return None;
+        }
+        c.parked = false;
+        c.attachment = attachment;
+        c.last_active = Instant::now();
+        let info = ClientInfo {
+            user: user.clone(),
+            session: session.clone(),
+            client: c.id.clone(),
+            transport: c.transport,
+        };
+        Some(Attachment { info, shared: c.shared.clone(), attachment })
     }
 
     /// Runs `change` on the entry of `info`'s client if `attachment` is still the one attached
@@ -546,11 +592,17 @@ impl Hub {
     pub fn sweep(&self) -> usize {
         let linger = self.inner.limits.client_linger;
         let mut forgotten = Vec::new();
+        let mut count = 0;
         for shard in self.inner.users.iter() {
             let mut users = shard.lock();
             users.retain(|_, entry| {
                 entry.sessions.retain_mut(|(_, s)| {
-                    s.clients.retain(|c| {
+                    s.clients.retain_mut(|c| {
+                        if c.parked && c.last_active.elapsed() >= linger {
+                            // Its next poll did not come: end it (freeing what its queue holds).
+                            c.parked = false;
+                            c.end_connection(CloseReason::Shutdown);
+                        }
                         let keep = c.connected || c.last_active.elapsed() < linger;
                         if !keep {
                             forgotten.push(c.id.clone());
@@ -562,11 +614,12 @@ impl Hub {
                 !entry.sessions.is_empty()
             });
             drop(users);
+            count += forgotten.len();
             for id in forgotten.drain(..) {
                 self.clients_shard(&id).lock().remove(&id);
             }
         }
-        forgotten.len()
+        count
     }
 
     /// Connected clients on this node, for metrics and tests.
@@ -614,6 +667,50 @@ mod tests {
 
     use super::*;
     use crate::queue::Received;
+
+    /// A poller's entry parks between polls: its queue still takes what is fanned out, its next
+    /// poll takes the queue back only from where the last poll ended, and the sweep ends it once
+    /// the linger is over. Other transports never park.
+    #[test]
+    fn a_parked_poller_keeps_its_queue_until_the_linger_ends() {
+        let limits = Limits { client_linger: std::time::Duration::from_millis(50), ..Limits::default() };
+        let hub = Hub::new(limits, ClientIdMinter::new(b"key"));
+        let (user, session) = (UserId::new("alice").unwrap(), SessionId::new("s").unwrap());
+        let data = Arc::from(serde_json::value::RawValue::from_string("1".into()).unwrap());
+        let ephemeral = Arc::new(Notification::new(
+            user.clone(),
+            None,
+            Arc::from("t"),
+            data,
+            0,
+            crate::notification::Audience::user(),
+        ));
+        let first = hub.attach(&user, &session, None, Transport::Poll);
+        let id = first.info.client.as_str().to_owned();
+        first.shared.last_seq.store(3, Ordering::Relaxed);
+        hub.detach(&first.info, first.attachment, true);
+        assert_eq!(hub.fanout(&ephemeral), 1, "parked: still a recipient");
+
+        assert!(hub.resume_parked(&user, &session, &id, 2).is_none(), "not from another position");
+        let second = hub.resume_parked(&user, &session, &id, 3).expect("resumed from where it ended");
+        assert!(Arc::ptr_eq(&first.shared, &second.shared), "the same queue");
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(matches!(
+            second.shared.queue.poll_recv(&mut cx),
+            Poll::Ready(Some(Received::Notification(_)))
+        ));
+        assert!(hub.resume_parked(&user, &session, &id, 3).is_none(), "taken: not twice");
+
+        hub.detach(&second.info, second.attachment, true);
+        std::thread::sleep(std::time::Duration::from_millis(60));
+        assert_eq!(hub.sweep(), 1);
+        assert_eq!(hub.fanout(&ephemeral), 0, "swept: no longer a recipient");
+        assert!(hub.resume_parked(&user, &session, &id, 3).is_none());
+
+        let sse = hub.attach(&user, &session, None, Transport::Sse);
+        hub.detach(&sse.info, sse.attachment, true);
+        assert_eq!(hub.fanout(&ephemeral), 0, "only pollers park");
+    }
 
     /// Clients that connect together (a restart, a benchmark) fall due for their keep-alives on
     /// different ticks, not all on the same one.

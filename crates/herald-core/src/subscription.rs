@@ -76,6 +76,9 @@ pub struct Subscription {
     /// Whether the store may hold seqs after `position` that were not yet read.
     replaying: bool,
     finished: bool,
+    /// Set by [`poll`] when its answer left nothing undecided (caught up): the client's entry is
+    /// then parked in the hub when this subscription ends, for the next poll to resume.
+    park: bool,
 }
 
 impl std::fmt::Debug for Subscription {
@@ -122,9 +125,37 @@ impl Subscription {
             pending: VecDeque::new(),
             replaying: true,
             finished: false,
+            park: false,
         };
         subscription.start(head, request.resume_after);
         Ok(subscription)
+    }
+
+    /// A poller's next poll, if its client is parked in the hub with the queue its last poll left
+    /// at `request.resume_after` (see [`Hub::resume_parked`]): the stream goes on from the queue,
+    /// with no `hello` and no store read. `None`: open a new subscription instead.
+    fn resume_parked(hub: &Hub, store: &Arc<dyn Store>, request: &SubscribeRequest<'_>) -> Option<Self> {
+        let (Transport::Poll, Some(client), Some(after)) =
+            (request.transport, request.client, request.resume_after)
+        else {
+            return None;
+        };
+        let Attachment { info, shared, attachment } =
+            hub.resume_parked(request.user, request.session, client, after)?;
+        Some(Self {
+            hub: hub.clone(),
+            store: store.clone(),
+            info,
+            shared,
+            attachment,
+            position: after,
+            pending: VecDeque::new(),
+            // Everything fanned out since `after` is in the queue; a gap there (publishes fanned
+            // out of seq order, a poll capped at its maximum) is filled from the store as usual.
+            replaying: false,
+            finished: false,
+            park: false,
+        })
     }
 
     fn start(&mut self, head: LogHead, resume_after: Option<Seq>) {
@@ -225,7 +256,7 @@ impl Subscription {
     fn finish(&mut self, reason: CloseReason) -> ClientEvent {
         self.finished = true;
         self.pending.clear();
-        self.hub.detach(&self.info, self.attachment);
+        self.hub.detach(&self.info, self.attachment, false);
         ClientEvent::Closed(reason)
     }
 
@@ -280,7 +311,7 @@ impl Subscription {
 impl Drop for Subscription {
     fn drop(&mut self) {
         if !self.finished {
-            self.hub.detach(&self.info, self.attachment);
+            self.hub.detach(&self.info, self.attachment, self.park);
         }
     }
 }
@@ -305,6 +336,11 @@ pub struct PollAnswer {
 /// this client, else after the first live notification or `timeout`, with an empty list.
 /// The same request repeated gets the same durable notifications, so retrying is safe.
 ///
+/// A poll that resumes where the client's last one ended (same client, `resume_after` = its
+/// `last_seq`) takes back the client's queue, parked in the hub since (see
+/// [`Hub::resume_parked`]): no store read, and the ephemeral notifications and `inbox` events that
+/// came between the two polls are in the answer. Any other poll starts afresh from the store.
+///
 /// `known_inbox_version`: the version of the user's inbox counts the client holds. If the
 /// store's are newer, the poll answers at once too: an `inbox` event that came while the client
 /// was between two polls is lost to it (events are not stored), and without this its next poll
@@ -319,16 +355,27 @@ pub async fn poll(
 ) -> Result<PollAnswer, SubscribeError> {
     let deadline = Instant::now() + timeout;
     let user = request.user;
-    let mut subscription = Subscription::open(hub, store, request).await?;
-    let inbox_changed = match known_inbox_version {
-        Some(known) => store.inbox_counts(user).await?.version > known,
-        None => false,
+    let (mut subscription, mut start, inbox_changed) = match Subscription::resume_parked(hub, store, &request)
+    {
+        // Its queue kept the `inbox` events since the last poll: they come in this answer.
+        Some(subscription) => {
+            let position = subscription.position;
+            (subscription, Some(position), false)
+        }
+        None => {
+            let subscription = Subscription::open(hub, store, request).await?;
+            let inbox_changed = match known_inbox_version {
+                Some(known) => store.inbox_counts(user).await?.version > known,
+                None => false,
+            };
+            (subscription, None, inbox_changed)
+        }
     };
     let mut notifications: Vec<Arc<Notification>> = Vec::new();
     let mut inbox: Vec<Arc<InboxEvent>> = Vec::new();
     let mut reset = false;
     let mut closed = None;
-    let mut start = None;
+    let mut answer_by = deadline;
     while notifications.len() < POLL_NOTIFICATIONS_MAX {
         let anything = !notifications.is_empty()
             || !inbox.is_empty()
@@ -339,10 +386,15 @@ pub async fn poll(
         // `is_caught_up()`: after a `reset` (or a page of other clients' seqs) the subscription is
         // still `replaying`, and `next()` would read an empty page and then wait for a live one
         // until the timeout. What the store holds beyond `position` comes with the next poll.
+        // Without a replay in progress, what is already in the queue comes along (`next()` then
+        // only takes from the queue): an answer holds everything that was waiting for it.
         if subscription.pending.is_empty() && anything {
-            break;
+            if subscription.replaying {
+                break;
+            }
+            answer_by = Instant::now();
         }
-        let Ok(event) = tokio::time::timeout_at(deadline, subscription.next()).await else { break };
+        let Ok(event) = tokio::time::timeout_at(answer_by, subscription.next()).await else { break };
         match event {
             Some(ClientEvent::Hello { position, .. }) => start = Some(position),
             Some(ClientEvent::Reset { .. }) => reset = true,
@@ -362,6 +414,12 @@ pub async fn poll(
     } else {
         subscription.position()
     };
+    // The client has handled everything up to `last_seq`. If nothing is left undecided (no
+    // replay page or gap fill in progress, nothing taken from the queue but not answered), the
+    // queue alone holds what comes next: park it for the next poll (see `Hub::resume_parked`).
+    // Otherwise the next poll starts afresh, from the store.
+    subscription.shared.last_seq.store(last_seq, Ordering::Relaxed);
+    subscription.park = subscription.is_caught_up() && last_seq == subscription.position;
     let client = subscription.info().client.clone();
     Ok(PollAnswer { client, notifications, inbox, last_seq, reset, closed })
 }

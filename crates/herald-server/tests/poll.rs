@@ -298,3 +298,66 @@ async fn a_poll_with_a_bad_token_is_401() {
     let response = server.http.get(format!("{}/v1/poll?timeout=0", server.url)).send().await.unwrap();
     assert_error(&support::answer(response).await, 401, "missing_token");
 }
+
+/// Between two polls the client's queue is kept (parked) for its next poll: what is sent
+/// meanwhile and not stored (an ephemeral notification, an `inbox` event) comes with the next
+/// poll that resumes where the last one ended. A poll from an older position starts afresh and
+/// gets only what the store holds.
+#[tokio::test]
+async fn what_comes_between_two_polls_waits_for_the_next_one() {
+    let server = TestServer::start().await;
+    let token = server.token("alice", Some("s1"));
+    server.notify_user("alice", json!(1)).await;
+    let (_, first) = server.poll(&token, "after=0&timeout=0").await;
+    assert_eq!(seqs(&first), [1]);
+    let id = client(&first);
+
+    // Between the polls: a durable notification, an ephemeral one, and an inbox change.
+    server.notify_user("alice", json!(2)).await;
+    let (status, ephemeral) =
+        server.publish(json!({"to": {"user": "alice"}, "data": "typing", "durable": false})).await;
+    assert_eq!((status, &ephemeral["delivered"]), (200, &json!(1)), "the parked poller is a recipient");
+    let marked = server
+        .http
+        .post(format!("{}/v1/inbox/mark", server.url))
+        .bearer_auth(&token)
+        .json(&json!({"seqs": [1], "as": "read"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(marked.status(), 200);
+
+    let (status, second) = server.poll(&token, &format!("after=1&timeout=5&client={id}")).await;
+    assert_eq!(status, 200, "{second}");
+    let notifications = second["notifications"].as_array().unwrap();
+    let got: Vec<(Option<&Value>, &Value)> =
+        notifications.iter().map(|n| (n.get("seq"), &n["data"])).collect();
+    assert_eq!(got, [(Some(&json!(2)), &json!(2)), (None, &json!("typing"))]);
+    let inbox = second["inbox"].as_array().expect("the inbox event that came between the polls");
+    assert_eq!(
+        (inbox.len(), &inbox[0]["op"], &inbox[0]["as"], &inbox[0]["seqs"]),
+        (1, &json!("mark"), &json!("read"), &json!([1]))
+    );
+    assert_eq!(second["last_seq"], 2);
+
+    // A retry from an older position: from the store, so without what was not stored.
+    let (_, again) = server.poll(&token, &format!("after=1&timeout=0&client={id}")).await;
+    assert_eq!((client(&again), seqs(&again), again.get("inbox")), (id, vec![2], None));
+}
+
+/// A parked poller whose queue fills up before its next poll is ended with `lagging`, which
+/// that poll reports; the poll after it starts afresh and gets the durable ones from the store.
+#[tokio::test]
+async fn a_poller_whose_queue_filled_between_polls_is_told_lagging() {
+    let limits = herald_core::Limits { client_queue_len_max: 5, ..herald_core::Limits::default() };
+    let server = TestServer::with_limits(limits).await;
+    let token = server.token("alice", Some("s1"));
+    let (_, first) = server.poll(&token, "after=0&timeout=0").await;
+    let id = client(&first);
+    publish_n(&server, "alice", 6).await;
+
+    let (status, second) = server.poll(&token, &format!("after=0&timeout=5&client={id}")).await;
+    assert_eq!((status, &second["closed"], seqs(&second)), (200, &json!("lagging"), vec![]), "{second}");
+    let (status, third) = server.poll(&token, &format!("after=0&timeout=5&client={id}")).await;
+    assert_eq!((status, seqs(&third), third.get("closed")), (200, (1..=6).collect(), None), "{third}");
+}

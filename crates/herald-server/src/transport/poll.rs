@@ -2,12 +2,15 @@
 //!
 //! Each poll is a short-lived subscription: it answers at once with what is retained after
 //! `after`, else waits for the first live notification or the timeout. Between polls the client
-//! stays in presence for [`herald_core::Limits::client_linger`].
+//! stays in presence for [`herald_core::Limits::client_linger`], parked with its queue: a poll
+//! that resumes where the last one ended takes the queue back and answers from it, with the
+//! ephemeral notifications and `inbox` events that came in between (see
+//! [`herald_core::subscription::poll`]).
 //!
-//! `inbox` events that arrive while a poll waits are in its answer (`"inbox": […]`); with
-//! `inbox=1` every answer also carries the user's counts, read after the events were collected,
-//! since a poller misses the events that come between two polls. With `inbox_version=V` too, a
-//! poll whose user's counts are newer than `V` answers at once instead of waiting.
+//! `inbox` events are in the answer (`"inbox": […]`); with `inbox=1` every answer also carries
+//! the user's counts, read after the events were collected. With `inbox_version=V` too, a poll
+//! that starts afresh (it did not see the events before it) answers at once when the user's
+//! counts are newer than `V`.
 
 use std::sync::Arc;
 use std::time::Duration;
