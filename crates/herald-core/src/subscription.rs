@@ -316,6 +316,18 @@ impl Drop for Subscription {
     }
 }
 
+/// `future`'s output if it is ready at its first poll, else `None` (the future is dropped).
+async fn now_or_never<F: Future>(future: F) -> Option<F::Output> {
+    let mut future = std::pin::pin!(future);
+    std::future::poll_fn(|cx| {
+        std::task::Poll::Ready(match future.as_mut().poll(cx) {
+            std::task::Poll::Ready(output) => Some(output),
+            std::task::Poll::Pending => None,
+        })
+    })
+    .await
+}
+
 /// One long-poll answer.
 #[derive(Debug, Clone)]
 pub struct PollAnswer {
@@ -375,7 +387,8 @@ pub async fn poll(
     let mut inbox: Vec<Arc<InboxEvent>> = Vec::new();
     let mut reset = false;
     let mut closed = None;
-    let mut answer_by = deadline;
+    // Once there is something to answer: take only what is already waiting.
+    let mut draining = false;
     while notifications.len() < POLL_NOTIFICATIONS_MAX {
         let anything = !notifications.is_empty()
             || !inbox.is_empty()
@@ -392,9 +405,17 @@ pub async fn poll(
             if subscription.replaying {
                 break;
             }
-            answer_by = Instant::now();
+            draining = true;
         }
-        let Ok(event) = tokio::time::timeout_at(answer_by, subscription.next()).await else { break };
+        let event = if draining {
+            // Not a timeout of zero: a timer fires at the time driver's next tick, a millisecond
+            // later, which every answer would wait for.
+            let Some(event) = now_or_never(subscription.next()).await else { break };
+            event
+        } else {
+            let Ok(event) = tokio::time::timeout_at(deadline, subscription.next()).await else { break };
+            event
+        };
         match event {
             Some(ClientEvent::Hello { position, .. }) => start = Some(position),
             Some(ClientEvent::Reset { .. }) => reset = true,
