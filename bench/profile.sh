@@ -21,6 +21,7 @@ ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
 WHAT="${1:-all}"
 STORE="${STORE:-sqlite}"
+KIND="${KIND:-herald-sse}"        # the clients of the cpu profile: herald-sse, herald-ws, herald-poll
 USERS="${USERS:-5000}"
 TABS="${TABS:-3}"
 PUBLISHERS="${PUBLISHERS:-32}"
@@ -79,12 +80,12 @@ store_args=(--data-dir "$WORK/data")
 [[ "$STORE" == memory ]] && store_args=(--memory)
 
 if [[ "$WHAT" == cpu || "$WHAT" == all ]]; then
-    log "cpu: herald ($STORE), $USERS × $TABS SSE clients, $PUBLISHERS publishers for $SECS s"
+    log "cpu: herald ($STORE), $USERS × $TABS $KIND clients, $PUBLISHERS publishers for $SECS s"
     "$HERALD_BIN" serve "${store_args[@]}" >"$OUT/cpu.server.log" 2>&1 &
     server=$!
     STARTED+=("$server")
     wait_port
-    target/release/herald-bench run --label "profile-$STORE" --url "http://127.0.0.1:$PORT" \
+    target/release/herald-bench run --label "profile-$STORE" --url "http://127.0.0.1:$PORT" --kind "$KIND" \
         --users "$USERS" --clients-per-user "$TABS" --publishers "$PUBLISHERS" --idle-secs "$IDLE_SECS" \
         --phase "max:$SECS" --server-pid "$server" --no-progress >"$OUT/cpu.bench.txt" &
     bench=$!
