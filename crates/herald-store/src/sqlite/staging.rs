@@ -7,8 +7,8 @@
 //! appends per commit to ~17 users, each append wrote its own leaf page of 4 KiB plus a share of
 //! the `created_at` index and the parents, about 7 KB of WAL and 25–34 µs of CPU per append, most
 //! of it copying, checksumming and fsyncing pages for ~100-byte rows (`cargo bench -p
-//! herald-store --bench publish`; with staging: about 3 KB and 16–18 µs, settling included). `staged` is a rowid table: its inserts go to
-//! its last page, which the whole batch shares. Settling then inserts many rows per user in one
+//! herald-store --bench publish`; with staging: about 3 KB and 16–18 µs, settling included).
+//! `staged` is a rowid table: its inserts go to its last page, which the whole batch shares. Settling then inserts many rows per user in one
 //! transaction, users in key order, so a leaf page (and its parents) is written once for all the
 //! rows a user got since the last settle instead of once per append.
 //!
@@ -26,8 +26,10 @@
 //!   why that is safe). The last chunk also deletes the generation's rows from `staged` (a prefix
 //!   of its rowids: cheap).
 //! - Every other write to a user (inbox marks and deletes, retention) first settles all of that
-//!   user's staged rows in its own transaction, so those writes only ever see `notifications`,
-//!   as before staging existed. Afterwards the user's kept row is dropped (the write changes it).
+//!   user's staged rows, in the write's own transaction, so those writes only ever see
+//!   `notifications`, as before staging existed. Afterwards the user's kept row is dropped (the
+//!   write changes it). What a batch stages and settles is kept aside ([`Overlay`]) and applied
+//!   to [`Staging`] once the batch has committed.
 //! - Past [`Settling::max_rows`] staged rows, the writer settles before it takes more requests:
 //!   appends wait (and, with the queue full, fail with `Overloaded` after `ENQUEUE_TIMEOUT`).
 //! - Readers take a user's staged rows from [`Staging`] *before* they open their SQLite snapshot:
