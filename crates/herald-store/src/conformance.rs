@@ -25,6 +25,7 @@ use serde_json::value::RawValue;
 pub async fn run_all(make: impl AsyncFn(Retention) -> Arc<dyn Store>) {
     seqs_count_from_one_per_user(&make).await;
     concurrent_appends_are_gapless(&make).await;
+    reads_during_appends_see_a_prefix(&make).await;
     read_after_pages_with_limit(&make).await;
     unknown_user_has_empty_head(&make).await;
     max_per_user_prunes_the_oldest(&make).await;
@@ -59,6 +60,7 @@ macro_rules! conformance_tests {
             @cases $make;
             seqs_count_from_one_per_user,
             concurrent_appends_are_gapless,
+            reads_during_appends_see_a_prefix,
             read_after_pages_with_limit,
             unknown_user_has_empty_head,
             max_per_user_prunes_the_oldest,
@@ -227,6 +229,64 @@ pub async fn concurrent_appends_are_gapless(make: &impl AsyncFn(Retention) -> Ar
     }
     assert_eq!(seqs(&read_all(&*store, "bob").await), (1..=TASKS * CALLS).collect::<Vec<_>>());
     assert_eq!(store.head(&user("alice")).await.unwrap(), head(TASKS * CALLS * 2, 0));
+}
+
+/// Readers running while a user's log grows (and, in the SQLite store, while appends are staged
+/// and settled) always see a prefix of it: `read_after` gap-free from 1 and never past the head
+/// that came with it, the first inbox page the newest consecutive seqs with counts that match
+/// them, and what each reader sees never shrinks.
+pub async fn reads_during_appends_see_a_prefix(make: &impl AsyncFn(Retention) -> Arc<dyn Store>) {
+    const APPENDS: u64 = 300;
+    let store = make(Retention::default()).await;
+    let alice = user("alice");
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let readers: Vec<_> = (0..4)
+        .map(|r| {
+            let (store, alice, done) = (Arc::clone(&store), alice.clone(), Arc::clone(&done));
+            tokio::spawn(async move {
+                let (mut seen, mut reads) = (0, 0);
+                // At least once more after the last append.
+                loop {
+                    let last_round = done.load(std::sync::atomic::Ordering::Relaxed);
+                    reads += 1;
+                    if r % 2 == 0 {
+                        let page = store.read_after(&alice, 0, 1_000).await.unwrap();
+                        let got = seqs(&page.notifications);
+                        assert_eq!(got, (1..=got.len() as u64).collect::<Vec<_>>(), "a gap-free prefix");
+                        assert!(page.head.last_seq >= got.len() as u64, "nothing past the head");
+                        assert!(got.len() as u64 >= seen, "a reader never sees less than before");
+                        seen = got.len() as u64;
+                    } else {
+                        let page = store.inbox_list(&alice, &query(InboxStatus::All, None, 5)).await.unwrap();
+                        let newest = page.counts.total;
+                        let got: Vec<u64> = page.items.iter().map(|item| item.seq()).collect();
+                        let expected: Vec<u64> = (1..=newest).rev().take(5).collect();
+                        assert_eq!(got, expected, "the newest, consecutive, as many as the counts say");
+                        assert_eq!((page.counts.unread, page.counts.version), (newest, newest));
+                        assert!(newest >= seen, "a reader never sees less than before");
+                        seen = newest;
+                    }
+                    if last_round {
+                        return (reads, seen);
+                    }
+                    tokio::task::yield_now().await;
+                }
+            })
+        })
+        .collect();
+    for n in 1..=APPENDS {
+        append(&*store, vec![entry("alice", n)]).await;
+        if n % 7 == 0 {
+            tokio::task::yield_now().await;
+        }
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    for (r, reader) in readers.into_iter().enumerate() {
+        let (reads, seen) = reader.await.expect("reader");
+        assert!(reads > 1, "reader {r} read while the log grew");
+        assert_eq!(seen, APPENDS, "reader {r}'s last read, after the last append, saw it all");
+    }
+    assert_eq!(seqs(&read_all(&*store, "alice").await), (1..=APPENDS).collect::<Vec<_>>());
 }
 
 /// `read_after` returns at most `limit`, oldest first, strictly after `after`, with the head.
