@@ -441,8 +441,10 @@ export class Herald {
     if (this.#client) params.set('client', this.#client);
     if (pollWait !== undefined) params.set('timeout', String(pollWait));
     if (this.#followInbox) params.set('inbox', '1');
-    // A poll that waits: the server answers at once if the counts changed since these (an
-    // `inbox` event sent while this tab was between two polls is not kept for it).
+    // A poll that waits: the server answers at once if the counts changed since these. The
+    // server keeps this tab's queue between two polls, `inbox` events included, but a poll that
+    // starts afresh (the tab was away past the linger, or resumed from elsewhere) has not seen
+    // the events before it.
     if (this.#followInbox && pollWait && this.#countsVersion >= 0) {
       params.set('inbox_version', String(this.#countsVersion));
     }
