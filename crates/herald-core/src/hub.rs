@@ -385,13 +385,13 @@ impl Hub {
         client: &str,
         after: Seq,
     ) -> Option<Attachment> {
-        let attachment = self.inner.next_attachment.fetch_add(1, Ordering::Relaxed);
         let mut users = self.users_shard(user).lock();
         let (_, entry) = users.get_mut(user)?.sessions.iter_mut().find(|(s, _)| s == session)?;
         let c = entry.clients.iter_mut().find(|c| c.id.as_str() == client)?;
         if !c.parked || c.transport != Transport::Poll || c.shared.last_seq.load(Ordering::Relaxed) != after {
             return None;
         }
+        let attachment = self.inner.next_attachment.fetch_add(1, Ordering::Relaxed);
         c.parked = false;
         c.attachment = attachment;
         c.last_active = Instant::now();

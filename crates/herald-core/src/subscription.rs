@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use futures::FutureExt;
 use tokio::time::Instant;
 
 use crate::hub::{Attachment, ClientInfo, ClientShared, CloseReason, Hub, Transport};
@@ -316,18 +317,6 @@ impl Drop for Subscription {
     }
 }
 
-/// `future`'s output if it is ready at its first poll, else `None` (the future is dropped).
-async fn now_or_never<F: Future>(future: F) -> Option<F::Output> {
-    let mut future = std::pin::pin!(future);
-    std::future::poll_fn(|cx| {
-        std::task::Poll::Ready(match future.as_mut().poll(cx) {
-            std::task::Poll::Ready(output) => Some(output),
-            std::task::Poll::Pending => None,
-        })
-    })
-    .await
-}
-
 /// One long-poll answer.
 #[derive(Debug, Clone)]
 pub struct PollAnswer {
@@ -410,7 +399,7 @@ pub async fn poll(
         let event = if draining {
             // Not a timeout of zero: a timer fires at the time driver's next tick, a millisecond
             // later, which every answer would wait for.
-            let Some(event) = now_or_never(subscription.next()).await else { break };
+            let Some(event) = subscription.next().now_or_never() else { break };
             event
         } else {
             let Ok(event) = tokio::time::timeout_at(deadline, subscription.next()).await else { break };

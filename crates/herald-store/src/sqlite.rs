@@ -531,13 +531,13 @@ impl Store for SqliteStore {
 
     async fn read_after(&self, user: &UserId, after: Seq, limit: usize) -> Result<LogPage, StoreError> {
         let user = user.clone();
-        // The staged ones after `after` (a replay needs no others), and the last one for the head.
-        let (staged, last) = {
+        // The staged ones after `after` (a replay needs no others), and the last seq for the head.
+        let (staged, last_staged) = {
             let staging = self.staging.lock();
-            (staging.notifications_after(&user, after), staging.last(&user))
+            (staging.notifications_after(&user, after), staging.last_seq(&user))
         };
         self.read(move |tx| {
-            let head = read_head(tx, &user, &last)?;
+            let head = read_head(tx, &user, last_staged)?;
             let mut notifications = Vec::new();
             if limit > 0 && after < head.last_seq {
                 notifications = read_notifications(tx, &user, after, limit)?;
@@ -554,22 +554,22 @@ impl Store for SqliteStore {
 
     async fn head(&self, user: &UserId) -> Result<LogHead, StoreError> {
         let user = user.clone();
-        let staged = self.staging.lock().last(&user);
-        self.read(move |tx| read_head(tx, &user, &staged)).await
+        let last_staged = self.staging.lock().last_seq(&user);
+        self.read(move |tx| read_head(tx, &user, last_staged)).await
     }
 
     async fn inbox_list(&self, user: &UserId, query: &InboxQuery) -> Result<InboxPage, StoreError> {
         let (user, query) = (user.clone(), query.clone());
-        let staged = self.staging.lock().notifications(&user);
+        let staged = self.staging.lock().notifications_after(&user, 0);
         self.read(move |tx| read_inbox_page(tx, &user, &query, staged)).await
     }
 
     async fn inbox_counts(&self, user: &UserId) -> Result<InboxCounts, StoreError> {
         let user = user.clone();
-        let staged = self.staging.lock().last(&user);
+        let last_staged = self.staging.lock().last_seq(&user);
         self.read(move |tx| match read_user_row(tx, user.as_str())? {
             None => Ok(InboxCounts::default()),
-            Some(row) => row.with_staged(&staged).counts(user.as_str()),
+            Some(row) => row.with_staged(last_staged).counts(user.as_str()),
         })
         .await
     }
@@ -798,10 +798,10 @@ struct UserRow {
 }
 
 impl UserRow {
-    /// The row with staged notifications (the last of them, or all, ascending; see [`staging`])
-    /// counted in the tail: staged notifications are appends not yet in `notifications`.
-    fn with_staged(mut self, staged: &[Arc<Notification>]) -> Self {
-        if let Some(last) = staged.last().and_then(|n| n.seq) {
+    /// The row with the user's staged notifications, up to `last_staged`, counted in the tail:
+    /// they are appends not yet in `notifications` (see `sqlite/staging.rs`).
+    fn with_staged(mut self, last_staged: Option<Seq>) -> Self {
+        if let Some(last) = last_staged {
             self.max_seq = self.max_seq.max(sql_seq(last));
         }
         self
@@ -862,12 +862,12 @@ fn read_user_row(conn: &Connection, user: &str) -> Result<Option<UserRow>, Store
         .map_err(db_error)
 }
 
-/// `user`'s head, `staged` (see [`UserRow::with_staged`]) included.
-fn read_head(conn: &Connection, user: &UserId, staged: &[Arc<Notification>]) -> Result<LogHead, StoreError> {
+/// `user`'s head, its staged notifications up to `last_staged` included.
+fn read_head(conn: &Connection, user: &UserId, last_staged: Option<Seq>) -> Result<LogHead, StoreError> {
     match read_user_row(conn, user.as_str())? {
         None => Ok(LogHead::default()),
         Some(row) => Ok(LogHead {
-            last_seq: seq_from_sql(row.with_staged(staged).head())?,
+            last_seq: seq_from_sql(row.with_staged(last_staged).head())?,
             pruned_through: seq_from_sql(row.pruned_through)?,
         }),
     }
@@ -964,7 +964,7 @@ fn read_inbox_page(
     // Those settled since `staged` was taken are in this snapshot's `notifications`.
     let settled_head = row.head();
     staged.retain(|n| n.seq.is_some_and(|seq| sql_seq(seq) > settled_head));
-    let counts = row.with_staged(&staged).counts(user.as_str())?;
+    let counts = row.with_staged(staged.last().and_then(|n| n.seq)).counts(user.as_str())?;
     if query.limit == 0 {
         return Ok(InboxPage { items: Vec::new(), next_before: None, counts });
     }
@@ -1322,6 +1322,11 @@ fn run_writer(
             return;
         }
     };
+    // What the writer did since it last counted: pages written, rows settled.
+    let account = |conn: &Connection, settler: &Settler| {
+        counters.settled.store(settler.settled, Ordering::Relaxed);
+        counters.wal_bytes.fetch_add(take_pages_written(conn) * page_size, Ordering::Relaxed);
+    };
     // Whether it settled anything; `None`: the writer must stop.
     let step = |conn: &mut Connection, settler: &mut Settler, idle: bool| -> Option<bool> {
         let stepped = match settler.step(conn, staging, idle) {
@@ -1337,8 +1342,7 @@ fn run_writer(
                 false
             }
         };
-        counters.settled.store(settler.settled, Ordering::Relaxed);
-        counters.wal_bytes.fetch_add(take_pages_written(conn) * page_size, Ordering::Relaxed);
+        account(conn, settler);
         Some(stepped)
     };
     let mut batch = Vec::with_capacity(BATCH_REQUESTS_MAX);
@@ -1351,20 +1355,28 @@ fn run_writer(
                 break;
             }
         }
-        let first = match settler.idle_timeout() {
-            None => queue.blocking_recv(),
+        let waiting = match settler.idle_timeout() {
+            None => Ok(queue.blocking_recv()),
+            // Settling is due: no timer (it would fire on the time driver's next tick, a
+            // millisecond later), only what is already queued.
+            Some(timeout) if timeout.is_zero() => match queue.try_recv() {
+                Ok(request) => Ok(Some(request)),
+                Err(mpsc::error::TryRecvError::Disconnected) => Ok(None),
+                Err(mpsc::error::TryRecvError::Empty) => Err(()),
+            },
             // The timer is made inside `block_on`: it needs the runtime's context.
             Some(timeout) => {
-                match waiter.block_on(async { tokio::time::timeout(timeout, queue.recv()).await }) {
-                    Ok(request) => request,
-                    Err(_) => {
-                        // Idle and settling is due: a chunk now, then look at the queue again.
-                        if step(&mut conn, &mut settler, true).is_none() {
-                            return;
-                        }
-                        continue;
-                    }
+                waiter.block_on(async { tokio::time::timeout(timeout, queue.recv()).await }).map_err(|_| ())
+            }
+        };
+        let first = match waiting {
+            Ok(request) => request,
+            Err(()) => {
+                // Idle and settling is due: a chunk now, then look at the queue again.
+                if step(&mut conn, &mut settler, true).is_none() {
+                    return;
                 }
+                continue;
             }
         };
         let Some(first) = first else { break };
@@ -1383,13 +1395,12 @@ fn run_writer(
         settler.staged(staged);
         if answers.iter().any(Answer::is_settle_all) {
             let result = settler.settle_all(&mut conn, staging);
-            counters.settled.store(settler.settled, Ordering::Relaxed);
             for answer in &mut answers {
                 answer.settled_all(&result);
             }
         }
         // Counted before answering, so that whoever got an answer sees its batch counted.
-        counters.wal_bytes.fetch_add(take_pages_written(&conn) * page_size, Ordering::Relaxed);
+        account(&conn, &settler);
         for answer in answers {
             answer.send();
         }

@@ -121,30 +121,17 @@ impl Staging {
         self.rows
     }
 
-    /// `user`'s staged notifications, ascending. Take it *before* opening the SQLite snapshot it is
-    /// merged with (see the module docs).
-    pub fn notifications(&self, user: &UserId) -> Vec<Arc<Notification>> {
-        self.users
-            .get(user)
-            .map(|staged| staged.rows.iter().map(|row| Arc::clone(&row.notification)).collect())
-            .unwrap_or_default()
-    }
-
-    /// `user`'s staged notifications with a seq above `after`, ascending (see
-    /// [`Staging::notifications`]): a replay copies only what it may return.
+    /// `user`'s staged notifications with a seq above `after` (0: all), ascending. Take them
+    /// *before* opening the SQLite snapshot they are merged with (see the module docs).
     pub fn notifications_after(&self, user: &UserId, after: Seq) -> Vec<Arc<Notification>> {
         let Some(staged) = self.users.get(user) else { return Vec::new() };
         let from = staged.rows.partition_point(|row| row.notification.seq.is_some_and(|seq| seq <= after));
         staged.rows[from..].iter().map(|row| Arc::clone(&row.notification)).collect()
     }
 
-    /// `user`'s last staged notification, if any (all a head or counts need).
-    pub fn last(&self, user: &UserId) -> Vec<Arc<Notification>> {
-        self.users
-            .get(user)
-            .and_then(|staged| staged.rows.last())
-            .map(|row| vec![Arc::clone(&row.notification)])
-            .unwrap_or_default()
+    /// The seq of `user`'s last staged notification, if any (all a head or counts need).
+    pub fn last_seq(&self, user: &UserId) -> Option<Seq> {
+        self.users.get(user).and_then(|staged| staged.rows.last()).and_then(|row| row.notification.seq)
     }
 }
 
@@ -278,11 +265,9 @@ impl<'a> StagingWrites<'a> {
                 staging.rows -= staged.rows.len();
             }
             if change.added.is_empty() {
-                if let (Some(row), Some(staged)) = (change.row, staging.users.get_mut(&user)) {
-                    staged.row = row;
-                }
                 continue;
             }
+            // Always there: `stage` sets the row with every row it adds (`settle_user` clears both).
             let Some(row) = change.row else { continue };
             added += change.added.len();
             staging.rows += change.added.len();
@@ -365,7 +350,7 @@ impl Settler {
     }
 
     /// How long the writer may wait for requests before it has settling to do (`None`: no
-    /// limit, nothing staged).
+    /// limit, nothing staged; zero: a generation is in progress or due).
     pub fn idle_timeout(&self) -> Option<Duration> {
         if self.generation.is_some() {
             return Some(Duration::ZERO);
@@ -389,14 +374,19 @@ impl Settler {
             if !due {
                 return Ok(false);
             }
-            self.generation = start_generation(staging);
-            self.new_rows = 0;
-            self.new_since = None;
+            self.begin_generation(staging);
         }
         let chunk_rows =
             if idle { self.settling.chunk_rows.min(IDLE_CHUNK_ROWS) } else { self.settling.chunk_rows };
         self.settle_next(conn, staging, chunk_rows)?;
         Ok(true)
+    }
+
+    /// A generation of every row staged so far; rows staged from now on count toward the next.
+    fn begin_generation(&mut self, staging: &Mutex<Staging>) {
+        self.generation = start_generation(staging);
+        self.new_rows = 0;
+        self.new_since = None;
     }
 
     /// Settles the next chunk of the generation in progress. If that fails, the generation is
@@ -433,9 +423,7 @@ impl Settler {
                 if staging.lock().rows == 0 {
                     break;
                 }
-                self.generation = start_generation(staging);
-                self.new_rows = 0;
-                self.new_since = None;
+                self.begin_generation(staging);
             }
             self.settle_next(conn, staging, usize::MAX)?;
         }
