@@ -52,6 +52,13 @@ pub struct ServeArgs {
     /// Seconds between keep-alive comments on idle streams.
     #[arg(long, env = "HERALD_KEEPALIVE_SECS", default_value_t = 15)]
     pub keepalive_secs: u64,
+    /// Serve HTTPS (and HTTP/2) with this PEM certificate chain; needs `--tls-key`. Reloaded
+    /// with the key on SIGHUP.
+    #[arg(long, env = "HERALD_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of `--tls-cert`.
+    #[arg(long, env = "HERALD_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 impl ServeArgs {
@@ -63,6 +70,14 @@ impl ServeArgs {
             client_queue_len_max: self.client_queue_len_max.max(1),
             data_bytes_max: self.data_bytes_max,
             ..Limits::default()
+        }
+    }
+
+    /// The certificate and key files, when TLS is on.
+    pub fn tls_files(&self) -> Option<crate::tls::TlsFiles> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(crate::tls::TlsFiles { cert: cert.clone(), key: key.clone() }),
+            _ => None,
         }
     }
 

@@ -18,11 +18,13 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::FromRequestParts;
 use bytes::{Buf, Bytes};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
 use tokio_util::task::TaskTracker;
 
 use crate::app::App;
@@ -47,12 +49,14 @@ const DISCARD_BYTES: usize = 8;
 
 /// Accepts connections until `stop` turns true. Accept errors (such as running out of file
 /// descriptors) are logged and retried after a short pause rather than ending the server.
+/// With `tls`, every connection first completes a TLS handshake (see [`serve_tls_connection`]).
 pub(crate) async fn accept_loop(
     listener: TcpListener,
     app: Arc<App>,
     router: Router,
     mut stop: watch::Receiver<bool>,
     connections: TaskTracker,
+    tls: Option<TlsAcceptor>,
 ) {
     loop {
         let accepted = tokio::select! {
@@ -62,7 +66,13 @@ pub(crate) async fn accept_loop(
         match accepted {
             Ok((socket, _peer)) => {
                 let _ = socket.set_nodelay(true);
-                connections.spawn(serve_connection(socket, app.clone(), router.clone(), stop.clone()));
+                let (app, router, stop) = (app.clone(), router.clone(), stop.clone());
+                match &tls {
+                    None => connections.spawn(serve_connection(socket, app, router, stop)),
+                    Some(tls) => {
+                        connections.spawn(serve_tls_connection(socket, tls.clone(), app, router, stop))
+                    }
+                };
             }
             Err(error) => {
                 tracing::warn!(%error, "accept failed; pausing before the next accept");
@@ -72,7 +82,64 @@ pub(crate) async fn accept_loop(
     }
 }
 
-async fn serve_connection(socket: TcpStream, app: Arc<App>, router: Router, mut stop: watch::Receiver<bool>) {
+/// A connection's byte stream: plain TCP or TLS over TCP. The lean stream path needs to read
+/// (to notice the client leaving) while it writes; how to split the socket for that is the one
+/// thing that differs.
+pub(crate) trait Socket: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// Runs `stream` on this socket until it ends or the client leaves.
+    fn run_stream(self, stream: SseStream) -> impl Future<Output = ()> + Send;
+}
+
+impl Socket for TcpStream {
+    async fn run_stream(mut self, stream: SseStream) {
+        // A TCP socket splits into borrowed halves for free.
+        let (reader, writer) = self.split();
+        drive_stream(reader, writer, stream).await;
+    }
+}
+
+impl Socket for TlsStream<TcpStream> {
+    async fn run_stream(self, stream: SseStream) {
+        // TLS state is shared by both directions: tokio's split puts it behind a lock (one
+        // allocation per stream; a TLS connection's buffers cost far more anyway).
+        let (reader, writer) = tokio::io::split(self);
+        drive_stream(reader, writer, stream).await;
+    }
+}
+
+/// Completes the TLS handshake (within [`REQUEST_HEAD_TIMEOUT`]), then serves HTTP/2 if the
+/// client chose it (ALPN `h2`), else HTTP/1.1 through the same front door as plain TCP.
+async fn serve_tls_connection(
+    socket: TcpStream,
+    tls: TlsAcceptor,
+    app: Arc<App>,
+    router: Router,
+    mut stop: watch::Receiver<bool>,
+) {
+    let handshake = tokio::time::timeout(REQUEST_HEAD_TIMEOUT, tls.accept(socket));
+    let stream = tokio::select! {
+        handshake = handshake => match handshake {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(error)) => {
+                tracing::debug!(%error, "TLS handshake failed");
+                return;
+            }
+            Err(_) => return, // Silent for too long.
+        },
+        _ = stop.changed() => return,
+    };
+    if stream.get_ref().1.alpn_protocol() == Some(crate::tls::ALPN_H2) {
+        return Box::pin(serve_http2(stream, router, stop)).await;
+    }
+    serve_connection(stream, app, router, stop).await;
+}
+
+async fn serve_connection<S: Socket>(
+    socket: S,
+    app: Arc<App>,
+    router: Router,
+    mut stop: watch::Receiver<bool>,
+) {
     // A task's memory is the size of its largest state, kept for the connection's whole life.
     // So the front door (reading the head, opening the stream: a timer, buffers, the request, a
     // store read) and hyper's connection state (several KiB) are boxed, and only the running
@@ -96,16 +163,16 @@ async fn serve_connection(socket: TcpStream, app: Arc<App>, router: Router, mut 
 }
 
 /// What to do with a connection after its first request head.
-enum FrontDoor {
+enum FrontDoor<S> {
     /// A stream was opened: run it on the lean path.
-    Stream(TcpStream, SseStream),
+    Stream(S, SseStream),
     /// Anything else: hand it to hyper with the bytes read so far.
-    Hyper(TcpStream, Bytes),
+    Hyper(S, Bytes),
     /// Answered (an error) or gone.
     Done,
 }
 
-async fn front_door(mut socket: TcpStream, app: &Arc<App>) -> FrontDoor {
+async fn front_door<S: Socket>(mut socket: S, app: &Arc<App>) -> FrontDoor<S> {
     let error = match tokio::time::timeout(REQUEST_HEAD_TIMEOUT, read_head(&mut socket)).await {
         Ok(Ok(Some(head))) if head.is_stream_request() => match open_stream(app, head.parts).await {
             Ok(stream) => return FrontDoor::Stream(socket, stream),
@@ -155,7 +222,8 @@ enum HeadError {
 }
 
 /// Reads until a complete request head is buffered. `Ok(None)`: the peer closed first.
-async fn read_head(socket: &mut TcpStream) -> Result<Option<Head>, HeadError> {
+async fn read_head<S: AsyncRead + Unpin>(socket: &mut S) -> Result<Option<Head>, HeadError> {
+    use tokio::io::AsyncReadExt;
     let mut buffer = Vec::with_capacity(REQUEST_HEAD_BYTES_INITIAL);
     loop {
         if buffer.len() == buffer.capacity() {
@@ -164,17 +232,12 @@ async fn read_head(socket: &mut TcpStream) -> Result<Option<Head>, HeadError> {
             }
             buffer.reserve_exact(buffer.capacity());
         }
-        socket.readable().await.map_err(HeadError::Io)?;
-        let spare = buffer.capacity() - buffer.len();
-        let start = buffer.len();
-        buffer.resize(start + spare, 0);
-        match socket.try_read(&mut buffer[start..]) {
+        // Reads into the spare capacity only (there is some, see above): the buffer never
+        // grows but by the doubling above.
+        match socket.read_buf(&mut buffer).await {
             Ok(0) => return Ok(None),
-            Ok(n) => buffer.truncate(start + n),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                buffer.truncate(start);
-                continue;
-            }
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(HeadError::Io(e)),
         }
         let mut headers = [httparse::EMPTY_HEADER; REQUEST_HEADERS_MAX];
@@ -211,11 +274,20 @@ async fn open_stream(app: &Arc<App>, mut parts: http::request::Parts) -> Result<
 /// The lean path: answers a `GET /v1/stream` that opened its connection, then writes the
 /// stream's chunks straight to the socket until the stream ends or the client leaves. The
 /// response has no length and no chunking: it ends when the connection closes, as SSE allows.
-async fn run_stream(mut socket: TcpStream, mut stream: SseStream) {
+async fn run_stream<S: Socket>(mut socket: S, stream: SseStream) {
     if socket.write_all(stream_response_head().as_bytes()).await.is_err() {
         return;
     }
-    let (mut reader, mut writer) = socket.split();
+    socket.run_stream(stream).await;
+}
+
+/// Writes the stream's chunks to `writer` until the stream ends (then shuts the write side down)
+/// or the client leaves (reading `reader` tells).
+async fn drive_stream<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+    mut reader: R,
+    mut writer: W,
+    mut stream: SseStream,
+) {
     loop {
         tokio::select! {
             chunk = stream.next_chunk() => match chunk {
@@ -246,14 +318,14 @@ fn stream_response_head() -> String {
 
 /// Waits until the client sends something: `true` if it closed the connection (or it broke),
 /// `false` if it sent bytes, which are thrown away.
-async fn client_left(reader: &mut tokio::net::tcp::ReadHalf<'_>) -> bool {
+async fn client_left<R: AsyncRead + Unpin>(reader: &mut R) -> bool {
     use tokio::io::AsyncReadExt;
     let mut discard = [0u8; DISCARD_BYTES];
     !matches!(reader.read(&mut discard).await, Ok(n) if n > 0)
 }
 
 /// Writes `error` as a complete JSON response and closes.
-async fn write_error(socket: &mut TcpStream, error: &ApiError) -> io::Result<()> {
+async fn write_error<S: AsyncWrite + Unpin>(socket: &mut S, error: &ApiError) -> io::Result<()> {
     let body = error.body().to_string();
     let reason = error.status.canonical_reason().unwrap_or("Error");
     let mut head = format!(
@@ -271,7 +343,12 @@ async fn write_error(socket: &mut TcpStream, error: &ApiError) -> io::Result<()>
 }
 
 /// Hands the connection to hyper and the axum router, with the bytes already read in front.
-async fn serve_with_hyper(socket: TcpStream, read: Bytes, router: Router, mut stop: watch::Receiver<bool>) {
+async fn serve_with_hyper<S: Socket>(
+    socket: S,
+    read: Bytes,
+    router: Router,
+    mut stop: watch::Receiver<bool>,
+) {
     let io = TokioIo::new(Prefixed { prefix: read, inner: socket });
     let service = TowerToHyperService::new(router);
     let connection = hyper::server::conn::http1::Builder::new()
@@ -294,13 +371,48 @@ async fn serve_with_hyper(socket: TcpStream, read: Bytes, router: Router, mut st
     }
 }
 
-/// A socket with bytes already read from it put back in front.
-struct Prefixed {
-    prefix: Bytes,
-    inner: TcpStream,
+/// Most streams (tabs) one HTTP/2 connection may have open at once; the browser opens its next
+/// tab's stream on a new connection (or waits) above it. Far above the six connections per host
+/// that made HTTP/1.1 a problem, and a bound on what one connection can make the server hold.
+const H2_STREAMS_MAX: u32 = 256;
+/// Bytes an HTTP/2 stream may have buffered for sending (hyper's default is 400 KiB per stream:
+/// 100 MiB for a connection at the stream bound). The same as one SSE write batch.
+const H2_SEND_BUFFER_BYTES_MAX: usize = 64 * 1024;
+/// Largest request head (HPACK-decoded header list) on HTTP/2, as on HTTP/1.1.
+const H2_HEADER_LIST_BYTES_MAX: u32 = REQUEST_HEAD_BYTES_MAX as u32;
+
+/// Serves an HTTP/2 connection (TLS with ALPN `h2`) with hyper and the axum router: every
+/// request, streams included, takes the router's path; streams of one browser share the
+/// connection.
+async fn serve_http2<S: Socket>(socket: S, router: Router, mut stop: watch::Receiver<bool>) {
+    let service = TowerToHyperService::new(router);
+    let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(H2_STREAMS_MAX)
+        .max_send_buf_size(H2_SEND_BUFFER_BYTES_MAX)
+        .max_header_list_size(H2_HEADER_LIST_BYTES_MAX)
+        .serve_connection(TokioIo::new(socket), service);
+    let mut connection = std::pin::pin!(connection);
+    tokio::select! {
+        result = connection.as_mut() => {
+            if let Err(error) = result {
+                tracing::debug!(%error, "HTTP/2 connection ended with an error");
+            }
+        }
+        _ = stop.changed() => {
+            connection.as_mut().graceful_shutdown();
+            let _ = connection.await;
+        }
+    }
 }
 
-impl AsyncRead for Prefixed {
+/// A socket with bytes already read from it put back in front.
+struct Prefixed<S> {
+    prefix: Bytes,
+    inner: S,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -321,7 +433,7 @@ impl AsyncRead for Prefixed {
     }
 }
 
-impl AsyncWrite for Prefixed {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }

@@ -23,6 +23,7 @@ pub mod config;
 mod connection;
 mod demo;
 pub mod error;
+pub mod tls;
 pub mod transport;
 
 use std::net::SocketAddr;
@@ -68,6 +69,8 @@ pub enum ServeError {
     Listen { addr: SocketAddr, source: std::io::Error },
     #[error("cannot create the data dir {}: {source}", path.display())]
     DataDir { path: std::path::PathBuf, source: std::io::Error },
+    #[error("TLS: {0}")]
+    Tls(#[from] tls::TlsError),
     #[error("server failed: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -95,7 +98,18 @@ impl RunningServer {
 /// Serves `app` on `listener`, with retention and sweeping in the background, until
 /// [`RunningServer::shutdown`].
 pub fn start(app: Arc<App>, listener: TcpListener) -> std::io::Result<RunningServer> {
+    start_with_tls(app, listener, None)
+}
+
+/// [`start`], over TLS when `tls` is given: HTTP/2 for clients that offer it (ALPN `h2`),
+/// HTTP/1.1 for the others. The certificate is the reloader's current one at each handshake.
+pub fn start_with_tls(
+    app: Arc<App>,
+    listener: TcpListener,
+    tls: Option<Arc<tls::CertificateReloader>>,
+) -> std::io::Result<RunningServer> {
     let addr = listener.local_addr()?;
+    let tls = tls.map(|reloader| tokio_rustls::TlsAcceptor::from(Arc::new(reloader.server_config())));
     let (shutdown, stop) = watch::channel(false);
     let maintenance = tokio::spawn(maintain(app.clone(), stop.clone()));
     let router = router(app.clone());
@@ -103,7 +117,7 @@ pub fn start(app: Arc<App>, listener: TcpListener) -> std::io::Result<RunningSer
         let app = app.clone();
         tokio::spawn(async move {
             let connections = TaskTracker::new();
-            connection::accept_loop(listener, app.clone(), router, stop, connections.clone()).await;
+            connection::accept_loop(listener, app.clone(), router, stop, connections.clone(), tls).await;
             let closed = app.hub.close_all(CloseReason::Shutdown);
             tracing::info!(closed, "shutting down: closed every client with reason `shutdown`");
             connections.close();
@@ -201,7 +215,15 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     let listener = TcpListener::bind(args.listen)
         .await
         .map_err(|source| ServeError::Listen { addr: args.listen, source })?;
-    let server = start(app, listener)?;
+    let tls = match args.tls_files() {
+        Some(files) => Some(tls::CertificateReloader::load(files)?),
+        None => None,
+    };
+    if let Some(reloader) = &tls {
+        tokio::spawn(reload_on_sighup(reloader.clone()));
+    }
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let server = start_with_tls(app, listener, tls)?;
     if source == CredentialsSource::Dev {
         let kept = match data_dir {
             Some(dir) => format!("kept in {}", dir.join(config::DEV_CREDENTIALS_FILE).display()),
@@ -217,10 +239,42 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
         None => "memory (nothing kept on disk)".to_owned(),
     };
     tracing::info!(addr = %server.addr, %storage, "herald listening");
-    eprintln!("herald: listening on http://{} (store: {storage})", server.addr);
+    eprintln!("herald: listening on {scheme}://{} (store: {storage})", server.addr);
     shutdown_signal().await;
     server.shutdown().await?;
     Ok(())
+}
+
+/// Reloads the TLS certificate and key on every SIGHUP, for the connections that come next. A
+/// reload that fails keeps the certificate in use.
+async fn reload_on_sighup(reloader: Arc<tls::CertificateReloader>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP: the TLS certificate will not be reloaded");
+            return;
+        };
+        while hangups.recv().await.is_some() {
+            match reloader.reload() {
+                Ok(()) => {
+                    tracing::info!(cert = %reloader.files().cert.display(), "SIGHUP: reloaded the TLS certificate");
+                    eprintln!(
+                        "herald: reloaded the TLS certificate from {}",
+                        reloader.files().cert.display()
+                    );
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "SIGHUP: could not reload the TLS certificate; keeping the one in use");
+                    eprintln!(
+                        "herald: could not reload the TLS certificate ({error}); keeping the one in use"
+                    );
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = reloader;
 }
 
 async fn shutdown_signal() {
