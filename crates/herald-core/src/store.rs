@@ -100,7 +100,11 @@ pub struct PruneReport {
 }
 
 /// A store failure. Not the caller's fault; the publish or subscription fails and can be retried.
-#[derive(Debug, thiserror::Error)]
+/// The last two only come from opening a store.
+///
+/// Each message says what failed once: a variant's text is the cause itself (`database or disk
+/// is full`), never another `StoreError`'s whole message, so that no prefix is said twice.
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
     #[error("store unavailable: {0}")]
@@ -109,6 +113,20 @@ pub enum StoreError {
     Overloaded(String),
     #[error("corrupt record in store: {0}")]
     Corrupt(String),
+    /// Another store (in this process or another) has the same database open. Two writers on one
+    /// log would hand out the same seqs, so a store takes an exclusive lock before it reads or
+    /// changes anything, and a second one is refused. `pid`: the holder's, if it could be read.
+    #[error("the store at {} is in use by another process ({})", .path.display(), holder(*.pid))]
+    Locked { path: std::path::PathBuf, pid: Option<u32> },
+    /// The file exists but is not a store's (empty, or another program's database): opening it
+    /// as a new, empty store would restart every user's seqs, so it is refused, unchanged.
+    #[error("{} is not a Herald database: {reason}", .path.display())]
+    NotAStore { path: std::path::PathBuf, reason: String },
+}
+
+/// `pid 1234`, or `pid unknown`.
+fn holder(pid: Option<u32>) -> String {
+    pid.map_or_else(|| "pid unknown".to_owned(), |pid| format!("pid {pid}"))
 }
 
 /// Each user's durable log of notifications.

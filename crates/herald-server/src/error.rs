@@ -165,3 +165,23 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath
             .map_err(|e: PathRejection| ApiError::bad_request("invalid_path", e.body_text()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A store failure reaches the client saying once, plainly, what failed (issue 10: a full
+    /// disk read `store unavailable: store unavailable: …`).
+    #[test]
+    fn a_store_error_says_what_failed_once() {
+        let error = ApiError::from(StoreError::Unavailable("database or disk is full".into()));
+        assert_eq!(error.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            error.body(),
+            serde_json::json!({"error": {
+                "code": "store_unavailable",
+                "message": "store unavailable: database or disk is full",
+            }})
+        );
+    }
+}

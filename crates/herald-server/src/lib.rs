@@ -45,6 +45,8 @@ use config::{Credentials, CredentialsSource};
 
 /// File name of the SQLite database in the data dir.
 pub const DATABASE_FILE: &str = "herald.db";
+/// File name of the data dir's lock (see [`serve`]): held by the running server, with its pid.
+pub const DATA_DIR_LOCK_FILE: &str = "herald.lock";
 /// How often retention runs (removes notifications past `max_age`, old idempotency keys, and
 /// tells the users' clients their new inbox counts).
 const PRUNE_INTERVAL: Duration = Duration::from_secs(60);
@@ -63,11 +65,14 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 pub enum ServeError {
     #[error(transparent)]
     Credentials(#[from] config::CredentialsError),
-    #[error("cannot open the store: {0}")]
+    /// The store's own message says what failed, and where.
+    #[error(transparent)]
     Store(#[from] herald_core::StoreError),
+    #[error("the data dir {} is in use by another herald ({})", path.display(), pid.map_or_else(|| "pid unknown".to_owned(), |pid| format!("pid {pid}")))]
+    DataDirInUse { path: std::path::PathBuf, pid: Option<u32> },
     #[error("cannot listen on {addr}: {source}")]
     Listen { addr: SocketAddr, source: std::io::Error },
-    #[error("cannot create the data dir {}: {source}", path.display())]
+    #[error("cannot use the data dir {}: {source}", path.display())]
     DataDir { path: std::path::PathBuf, source: std::io::Error },
     #[error("TLS: {0}")]
     Tls(#[from] tls::TlsError),
@@ -187,16 +192,30 @@ async fn maintain(app: Arc<App>, mut stop: watch::Receiver<bool>) {
 
 /// `herald serve`: opens the store, sets up credentials (dev mode if none), serves until
 /// SIGINT or SIGTERM, then closes every client with reason `shutdown`.
+///
+/// The order matters. The port is bound (and the TLS files read) first: a start that fails on a
+/// port in use (a second instance, a typo) or a bad certificate exits before it touches anything. Then the data dir is locked
+/// ([`DATA_DIR_LOCK_FILE`], held until the server exits, released by the kernel on `kill -9`)
+/// before its credentials or database are read: two servers on one data dir would hand out the
+/// same seqs with different contents, and the second one's store would settle the first one's
+/// staged appends behind its back. A second instance is refused with one line naming the
+/// holder's pid. (The store locks its database file too, for any other program embedding it.)
 pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     let data_dir = (!args.memory).then_some(args.data_dir.as_path());
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .map_err(|source| ServeError::Listen { addr: args.listen, source })?;
+    let tls = match args.tls_files() {
+        Some(files) => Some(tls::CertificateReloader::load(files)?),
+        None => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    // Held to the end of `serve`, after the store is closed (`server.shutdown` ends the app).
+    let _data_dir_lock = data_dir.map(lock_data_dir).transpose()?;
     let (credentials, source) =
         Credentials::resolve(args.secret.as_deref(), args.api_key.as_deref(), data_dir)?;
     let store: Arc<dyn Store> = match data_dir {
-        Some(dir) => {
-            std::fs::create_dir_all(dir)
-                .map_err(|source| ServeError::DataDir { path: dir.to_owned(), source })?;
-            Arc::new(SqliteStore::open(&dir.join(DATABASE_FILE), args.retention())?)
-        }
+        Some(dir) => Arc::new(SqliteStore::open(&dir.join(DATABASE_FILE), args.retention())?),
         None => Arc::new(MemoryStore::new(args.retention())),
     };
     let settings = ServerSettings {
@@ -212,17 +231,9 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
         credentials.api_key.as_bytes(),
         settings,
     );
-    let listener = TcpListener::bind(args.listen)
-        .await
-        .map_err(|source| ServeError::Listen { addr: args.listen, source })?;
-    let tls = match args.tls_files() {
-        Some(files) => Some(tls::CertificateReloader::load(files)?),
-        None => None,
-    };
     if let Some(reloader) = &tls {
         tokio::spawn(reload_on_sighup(reloader.clone()));
     }
-    let scheme = if tls.is_some() { "https" } else { "http" };
     let server = start_with_tls(app, listener, tls)?;
     if source == CredentialsSource::Dev {
         let kept = match data_dir {
@@ -275,6 +286,15 @@ async fn reload_on_sighup(reloader: Arc<tls::CertificateReloader>) {
     }
     #[cfg(not(unix))]
     let _ = reloader;
+}
+
+/// Creates `dir` if missing and takes its lock (see [`serve`]).
+fn lock_data_dir(dir: &std::path::Path) -> Result<herald_store::LockFile, ServeError> {
+    std::fs::create_dir_all(dir).map_err(|source| ServeError::DataDir { path: dir.to_owned(), source })?;
+    herald_store::LockFile::acquire(&dir.join(DATA_DIR_LOCK_FILE)).map_err(|error| match error {
+        herald_store::LockError::Held { pid, .. } => ServeError::DataDirInUse { path: dir.to_owned(), pid },
+        herald_store::LockError::Io { source, .. } => ServeError::DataDir { path: dir.to_owned(), source },
+    })
 }
 
 async fn shutdown_signal() {

@@ -14,16 +14,20 @@
 //! updated with every change, so that reading them is O(1).
 //!
 //! # Layout
+//! - [`lock`]: [`LockFile`], the exclusive lock that keeps a database (and `herald serve`'s data
+//!   dir) to one process.
 //! - [`memory`]: [`MemoryStore`], per-user logs behind one mutex.
 //! - [`sqlite`]: [`SqliteStore`], the schema, the group-committing writer thread, the reader pool.
 //! - `conformance` (tests, or feature `conformance`): the test suite every store must pass.
 
+pub mod lock;
 pub mod memory;
 pub mod sqlite;
 
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 
+pub use lock::{LockError, LockFile};
 pub use memory::MemoryStore;
 pub use sqlite::{Settling, SqliteStore, WriterStats};
 

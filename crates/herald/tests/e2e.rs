@@ -850,3 +850,74 @@ async fn the_inbox_through_herald_client_survives_a_restart() {
     assert_eq!((counts.unread, counts.unseen, counts.total, counts.archived), (0, 0, 0, 0));
     assert!(counts.version > archived.counts.version);
 }
+
+/// 8. Two servers on one data dir would hand out the same seqs with different contents, and a
+///    second start that failed (port in use) used to settle and empty the live server's staged
+///    appends first, after which its marks answered 503 and settling failed forever (issue 10,
+///    defect 1). A second `serve` on the same data dir is refused with one line naming the
+///    holder's pid, whatever its port; the live server goes on unharmed; the lock goes with the
+///    server, also after `kill -9`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_server_on_the_same_data_dir_is_refused() {
+    use herald_client::{InboxSelection, Mark};
+    let dir = tempfile::tempdir().unwrap();
+    let spec = Spec::new(dir.path());
+    let server = spec.start().await;
+    let pid = server.child.id();
+    let publisher = server.publisher(&spec.api_key());
+    // Staged, not yet settled (the server settles after 2 s): what a second opening would take.
+    for i in 1..=5 {
+        assert_eq!(publish(&publisher, "alice", json!({"n": i})).await, i);
+    }
+
+    let mut elsewhere = spec.clone();
+    elsewhere.port = free_port();
+    let stderr = assert_one_line_error(&run(&mut elsewhere.command()).await);
+    assert_eq!(
+        stderr.trim_end(),
+        format!("herald: the data dir {} is in use by another herald (pid {pid})", spec.data_dir.display())
+    );
+    // The same port, in use: refused before anything touches the data dir.
+    assert_one_line_error(&run(&mut spec.command()).await);
+
+    // The live server's marks (which settle the user) and publishes work, and so does settling.
+    let token = mint_token(spec.secret().as_bytes(), "alice", Some("s"), HOUR).unwrap();
+    let inbox = server.subscriber(&token).inbox();
+    let change = inbox.mark(&InboxSelection::AllUpTo(5), Mark::Read).await.expect("the mark works");
+    assert_eq!(change.changed, Some(5));
+    for i in 6..=10 {
+        assert_eq!(publish(&publisher, "alice", json!({"n": i})).await, i);
+    }
+    // Past the settling delay (2 s) and a checkpoint.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(!server.stderr().contains("failed"), "the live server logged failures:\n{}", server.stderr());
+
+    // `kill -9` releases the lock: a restart works and finds everything acknowledged.
+    server.kill9();
+    let server = spec.start().await;
+    let publisher = server.publisher(&spec.api_key());
+    let log = stored(&publisher, "alice").await;
+    let got: Vec<(u64, Value)> = log.iter().map(|n| (n.seq.unwrap(), n.data.clone())).collect();
+    assert_eq!(got, (1..=10).map(|i| (i, json!({"n": i}))).collect::<Vec<_>>());
+    let counts = server.subscriber(&token).inbox().counts().await.unwrap();
+    assert_eq!((counts.total, counts.unread), (10, 5));
+    // And so does a graceful stop.
+    server.terminate().await;
+    spec.start().await.terminate().await;
+}
+
+/// 9. A start that cannot listen (the port is taken) exits before it touches the data dir: it
+///    opens no store (whose opening settles what is staged) and writes no credentials.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_that_cannot_listen_touches_no_data_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut spec = Spec::new(dir.path());
+    spec.port = taken.local_addr().unwrap().port();
+    for dev in [false, true] {
+        spec.dev = dev;
+        let stderr = assert_one_line_error(&run(&mut spec.command()).await);
+        assert!(stderr.contains("in use"), "{stderr}");
+        assert!(!spec.data_dir.exists(), "the data dir was created (dev: {dev})");
+    }
+}

@@ -38,8 +38,11 @@
 //!   seq order. So what a reader sees is always a prefix of the user's log.
 //!
 //! # Which staged rows are settled
-//! A settled row stays in `staged` until its generation's prefix is deleted (one settled early,
-//! by a mark, until the next generation's). On opening, the store settles whatever `staged`
+//! A row settled by a generation stays in `staged` until the generation's last chunk deletes
+//! its prefix; a row settled early (by a mark, a delete, retention, or an append that prunes its
+//! user at `max_per_user`) is deleted from `staged` in that same transaction. So `staged` holds
+//! the rows of [`Staging`] plus those of the generation in progress already settled: at most
+//! about twice [`Settling::max_rows`] rows, whatever the users' retention. On opening, the store settles whatever `staged`
 //! holds: a staged row of `user` is already settled iff its seq ≤ `max(users.last_seq,
 //! MAX(notifications.seq))`, because a user's rows settle in seq order and a settled row can only
 //! be deleted by a write that first folds the tail, which sets `last_seq` past it. Counts need no
@@ -204,19 +207,20 @@ impl<'a> StagingWrites<'a> {
     }
 
     /// Settles every staged row of `user` into `notifications`, before a write that is not an
-    /// append changes the user. Its row is read from SQLite again afterwards.
+    /// append changes the user, and deletes them from `staged` (no generation will: they leave
+    /// [`Staging`]). Its row is read from SQLite again afterwards.
     pub fn settle_user(&mut self, conn: &Connection, user: &UserId) -> Result<(), StoreError> {
         let change = self.overlay.users.entry(user.clone()).or_default();
         if !change.settled {
             let committed: Vec<Staged> =
                 self.staging.lock().users.get(user).map(|staged| staged.rows.clone()).unwrap_or_default();
             for row in &committed {
-                insert_settled(conn, &row.notification)?;
+                settle_early(conn, row)?;
             }
             change.settled = true;
         }
         for row in &change.added {
-            insert_settled(conn, &row.notification)?;
+            settle_early(conn, row)?;
         }
         change.added.clear();
         change.row = None;
@@ -285,6 +289,17 @@ const INSERT_STAGED: &str = "
 const INSERT_SETTLED: &str = "
     INSERT INTO notifications (user, seq, type, data, created_at, session, client, except_client)
     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
+
+/// Moves `row` from `staged` into its user's log, in the caller's transaction: a row settled
+/// outside a generation is deleted here, since no generation's delete covers it (issue 10: a
+/// user kept at `max_per_user`, whose every append settles it, left every row in `staged`).
+fn settle_early(conn: &Connection, row: &Staged) -> Result<(), StoreError> {
+    insert_settled(conn, &row.notification)?;
+    conn.prepare_cached("DELETE FROM staged WHERE id = ?1")
+        .and_then(|mut stmt| stmt.execute([row.id]))
+        .map_err(db_error)?;
+    Ok(())
+}
 
 /// Inserts a staged notification into its user's log.
 fn insert_settled(conn: &Connection, n: &Notification) -> Result<(), StoreError> {
@@ -427,7 +442,8 @@ impl Settler {
             }
             self.settle_next(conn, staging, usize::MAX)?;
         }
-        // What is left in `staged` was settled already (by marks, deletes, retention).
+        // Nothing should be left (rows settled early are deleted as they settle); whatever is
+        // left was settled already.
         conn.execute("DELETE FROM staged", []).map_err(db_error)?;
         Ok(())
     }
