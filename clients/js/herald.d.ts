@@ -18,9 +18,17 @@ export type HeraldStatus = 'connecting' | 'open' | 'reconnecting' | 'offline' | 
  * - `replaced`: another connection took this client id;
  * - `session_closed`: the app's backend closed this session (e.g. the user signed out);
  * - `token_expired` / `unauthorized`: the token (a fixed string) expired or was refused; with a
- *   token function the client gets a new token instead and goes on.
+ *   token function the client gets a new token instead and goes on;
+ * - `forbidden`: the server refused with 403, whatever the token; `code` says why (e.g.
+ *   `forbidden_origin`: this page's origin may not use the server, see `--allowed-origins`).
  */
-export type HeraldCloseReason = 'evicted' | 'replaced' | 'session_closed' | 'token_expired' | 'unauthorized';
+export type HeraldCloseReason =
+  | 'evicted'
+  | 'replaced'
+  | 'session_closed'
+  | 'token_expired'
+  | 'unauthorized'
+  | 'forbidden';
 
 /** A notification, as the publisher sent it. */
 export interface HeraldNotification<Data = unknown> {
@@ -43,6 +51,8 @@ export interface HeraldReset {
 
 export interface HeraldClosed {
   reason: HeraldCloseReason;
+  /** With `forbidden`: the server's error code, e.g. `forbidden_origin`. */
+  code?: string;
 }
 
 /** The user's inbox counts. Of two, the one with the higher `version` is newer. */
@@ -157,8 +167,8 @@ export interface HeraldEvents {
 
 export interface HeraldOptions {
   /** Base URL of the Herald server, e.g. `''` (this origin), `'/herald'` or
-   * `'https://app.example.com/herald'`. It must be on the page's origin: Herald sends no CORS
-   * headers. Default `''`. */
+   * `'https://app.example.com/herald'`. On another origin, the server must list the page's
+   * origin in `--allowed-origins` (it then answers with CORS headers). Default `''`. */
   url?: string;
   /** A subscriber token, or a function returning one (sync or async). The function is called
    * again whenever the token expires or is refused. */

@@ -25,15 +25,15 @@
 // - keeps its client id across reconnects and reloads of the tab (sessionStorage), while a new
 //   or duplicated tab gets its own;
 // - stops for good (a `closed` event) when the server says the client was `evicted`, `replaced`
-//   or its session closed;
+//   or its session closed, or refuses it with 403 (`forbidden`, e.g. `forbidden_origin`);
 // - the inbox (`herald.inbox`): lists pages, marks and deletes with the same token, and holds the
 //   newest counts (highest `version`) from every source: the `inbox` events of other tabs and
 //   sessions, the answers to this tab's own changes (which the server leaves this tab out of),
 //   pages, and a fetch after every (re)connection. With `inbox: true` the connection follows
 //   the counts of new notifications too (`inbox=1`).
 //
-// The server must be on the page's origin (or behind the same origin through a proxy): Herald
-// sends no CORS headers.
+// The server is on the page's origin (or behind it through a proxy), or on another origin that
+// lists this page's in `--allowed-origins` (Herald then answers with CORS headers).
 
 const VERSION = '1';
 /** Close reasons after which reconnecting would be wrong: the server or the user decided. */
@@ -200,6 +200,12 @@ export class Herald {
         this.#token = null; // the next turn asks for a new one
         if (opened) continue; // expired while open: reconnect at once
       }
+      if (httpStatus === 403) {
+        // Refused for good, whatever the token (e.g. `forbidden_origin`: this page's origin may
+        // not use the server): retrying would only repeat it.
+        this.#finish('forbidden', errorCode);
+        break;
+      }
       if (httpStatus === 400 && (errorCode === 'invalid_last_event_id' || errorCode === 'invalid_after')) {
         // Our resume point is ahead of the server's log: it lost its data. Start from now.
         this.#lastSeq = null;
@@ -226,6 +232,10 @@ export class Herald {
             this.#token = diagnosis.httpStatus === 401 && typeof this.#tokenSource === 'function' ? null : this.#token;
             if (diagnosis.httpStatus === 401 && typeof this.#tokenSource !== 'function') {
               this.#finish(diagnosis.errorCode === 'token_expired' ? 'token_expired' : 'unauthorized');
+              break;
+            }
+            if (diagnosis.httpStatus === 403) {
+              this.#finish('forbidden', diagnosis.errorCode);
               break;
             }
             if (diagnosis.httpStatus === 400) {
@@ -483,9 +493,9 @@ export class Herald {
     this.#emit('reset', { last_seq: this.#lastSeq });
   }
 
-  #finish(reason) {
+  #finish(reason, code = null) {
     this.#stop();
-    this.#emit('closed', { reason });
+    this.#emit('closed', code === null ? { reason } : { reason, code });
   }
 
   #stop() {

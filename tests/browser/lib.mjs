@@ -56,8 +56,10 @@ export class HeraldServer {
     return server;
   }
 
-  constructor({ env = {} } = {}) {
+  /** `allowedOrigins(port)`, if given, is the server's `HERALD_ALLOWED_ORIGINS`. */
+  constructor({ env = {}, allowedOrigins = null } = {}) {
     this.env = env;
+    this.allowedOrigins = allowedOrigins;
     this.child = null;
     this.stderr = '';
   }
@@ -72,6 +74,7 @@ export class HeraldServer {
       env: {
         PATH: process.env.PATH,
         RUST_LOG: process.env.RUST_LOG ?? 'warn',
+        ...(this.allowedOrigins ? { HERALD_ALLOWED_ORIGINS: this.allowedOrigins(this.port) } : {}),
         ...this.env,
       },
       stdio: ['ignore', 'ignore', 'pipe'],

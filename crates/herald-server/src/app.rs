@@ -12,7 +12,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::Auth;
 use crate::error::ApiError;
-use crate::{api, assets, demo, transport};
+use crate::origin::AllowedOrigins;
+use crate::{api, assets, demo, origin, transport};
 
 /// Server settings that are not limits of the core.
 #[derive(Debug, Clone)]
@@ -26,11 +27,19 @@ pub struct ServerSettings {
     /// presence, all without credentials). Honoured only together with `dev_mode`;
     /// [`crate::serve`] sets it when in dev mode and listening on a loopback address.
     pub demo: bool,
+    /// Origins besides Herald's own whose pages may use the `herald_token` cookie and get CORS
+    /// headers (see [`crate::origin`]).
+    pub allowed_origins: AllowedOrigins,
 }
 
 impl Default for ServerSettings {
     fn default() -> Self {
-        Self { keepalive_interval: Duration::from_secs(15), dev_mode: false, demo: false }
+        Self {
+            keepalive_interval: Duration::from_secs(15),
+            dev_mode: false,
+            demo: false,
+            allowed_origins: AllowedOrigins::default(),
+        }
     }
 }
 
@@ -114,5 +123,6 @@ pub fn router(app: Arc<App>) -> Router {
                 "this route does not take that method",
             )
         })
+        .layer(axum::middleware::from_fn_with_state(app.clone(), origin::web_headers))
         .with_state(app)
 }

@@ -23,6 +23,11 @@ impl Asset {
         Self { body, content_type, etag: OnceLock::new() }
     }
 
+    /// The file's content.
+    pub(crate) fn body(&self) -> &'static str {
+        self.body
+    }
+
     fn etag(&self) -> &HeaderValue {
         self.etag.get_or_init(|| {
             let digest = Sha256::digest(self.body.as_bytes());

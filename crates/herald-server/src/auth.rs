@@ -4,7 +4,8 @@
 //! A subscriber token is taken from `Authorization: Bearer …`, then `?token=…` (EventSource
 //! cannot set headers), then the `herald_token` cookie. Only HS256 is accepted (so `alg: none`
 //! and every other algorithm are refused), `sub` and `exp` are required, and there is no leeway
-//! on `exp`: a token is refused from the second it expires.
+//! on `exp`: a token is refused from the second it expires. A token from the cookie is accepted
+//! only from the pages [`crate::origin`] allows (403 `forbidden_origin` otherwise).
 
 use std::sync::Arc;
 
@@ -171,16 +172,21 @@ impl FromRequestParts<Arc<App>> for Subscriber {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, ApiError> {
-        let token = bearer(&parts.headers)
-            .map(str::to_owned)
-            .or_else(|| query_token(parts))
-            .or_else(|| cookie_token(&parts.headers).map(str::to_owned))
-            .ok_or_else(|| {
-                ApiError::unauthorized(
-                    "missing_token",
-                    "send a subscriber token as `Authorization: Bearer …`, `?token=…` or the `herald_token` cookie",
-                )
-            })?;
+        let token = match bearer(&parts.headers).map(str::to_owned).or_else(|| query_token(parts)) {
+            Some(token) => token,
+            None => {
+                let token = cookie_token(&parts.headers).ok_or_else(|| {
+                    ApiError::unauthorized(
+                        "missing_token",
+                        "send a subscriber token as `Authorization: Bearer …`, `?token=…` or the `herald_token` cookie",
+                    )
+                })?;
+                // The browser attaches the cookie whatever page sent the request: first make
+                // sure that page may use it (see `crate::origin`).
+                app.settings.allowed_origins.check_cookie_request(&parts.headers, &parts.uri)?;
+                token.to_owned()
+            }
+        };
         app.auth.verify_token(&token)
     }
 }

@@ -10,6 +10,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use herald_core::{Limits, Retention};
 use serde::{Deserialize, Serialize};
 
+use crate::origin::{AllowedOrigins, InvalidOrigin, Origin};
+
 /// File in the data dir holding the dev-mode credentials.
 pub const DEV_CREDENTIALS_FILE: &str = "dev-credentials.json";
 
@@ -59,6 +61,15 @@ pub struct ServeArgs {
     /// The PEM private key of `--tls-cert`.
     #[arg(long, env = "HERALD_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Origins besides Herald's own (comma-separated, e.g. `https://app.example`) whose pages
+    /// may use the `herald_token` cookie and read Herald's answers (CORS).
+    #[arg(long, env = "HERALD_ALLOWED_ORIGINS", value_delimiter = ',', value_parser = parse_origin)]
+    pub allowed_origins: Vec<Origin>,
+}
+
+/// One member of `--allowed-origins`; blanks around it are ignored.
+fn parse_origin(text: &str) -> Result<Origin, InvalidOrigin> {
+    text.trim().parse()
 }
 
 impl ServeArgs {
@@ -79,6 +90,11 @@ impl ServeArgs {
             (Some(cert), Some(key)) => Some(crate::tls::TlsFiles { cert: cert.clone(), key: key.clone() }),
             _ => None,
         }
+    }
+
+    /// The origins `--allowed-origins` lists.
+    pub fn allowed_origins(&self) -> AllowedOrigins {
+        AllowedOrigins::new(self.allowed_origins.iter().cloned())
     }
 
     /// The retention these options set.

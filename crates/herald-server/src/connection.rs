@@ -151,21 +151,21 @@ async fn serve_connection<S: Socket>(
         // preconnect, say) is dropped rather than allowed to hold the shutdown up.
         _ = stop.changed() => return,
     };
-    let (socket, stream) = match door {
-        FrontDoor::Stream(socket, stream) => (socket, stream),
+    let (socket, stream, head) = match door {
+        FrontDoor::Stream(socket, stream, head) => (socket, stream, head),
         FrontDoor::Hyper(socket, read) => {
             return Box::pin(serve_with_hyper(socket, read, router, stop)).await;
         }
         FrontDoor::Done => return,
     };
     drop((router, stop));
-    run_stream(socket, stream).await;
+    run_stream(socket, stream, head).await;
 }
 
 /// What to do with a connection after its first request head.
 enum FrontDoor<S> {
-    /// A stream was opened: run it on the lean path.
-    Stream(S, SseStream),
+    /// A stream was opened: run it on the lean path, answering with this response head.
+    Stream(S, SseStream, String),
     /// Anything else: hand it to hyper with the bytes read so far.
     Hyper(S, Bytes),
     /// Answered (an error) or gone.
@@ -173,27 +173,41 @@ enum FrontDoor<S> {
 }
 
 async fn front_door<S: Socket>(mut socket: S, app: &Arc<App>) -> FrontDoor<S> {
-    let error = match tokio::time::timeout(REQUEST_HEAD_TIMEOUT, read_head(&mut socket)).await {
-        Ok(Ok(Some(head))) if head.is_stream_request() => match open_stream(app, head.parts).await {
-            Ok(stream) => return FrontDoor::Stream(socket, stream),
-            Err(error) => error,
-        },
+    let (error, answer_headers) = match tokio::time::timeout(REQUEST_HEAD_TIMEOUT, read_head(&mut socket))
+        .await
+    {
+        Ok(Ok(Some(head))) if head.is_stream_request() => {
+            // CORS and `nosniff`, as the router's middleware adds them on the hyper path.
+            let answer_headers = app.settings.allowed_origins.answer_headers(&head.parts.headers);
+            match open_stream(app, head.parts).await {
+                Ok(stream) => {
+                    return FrontDoor::Stream(socket, stream, stream_response_head(&answer_headers));
+                }
+                Err(error) => (error, answer_headers),
+            }
+        }
         Ok(Ok(Some(head))) => return FrontDoor::Hyper(socket, head.bytes),
         Ok(Ok(None)) | Err(_) => return FrontDoor::Done, // Closed, or silent for too long.
         Ok(Err(HeadError::Io(error))) => {
             tracing::debug!(%error, "connection failed before its first request");
             return FrontDoor::Done;
         }
-        Ok(Err(HeadError::TooLarge)) => ApiError::new(
-            http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            "request_head_too_large",
-            format!("the request head is larger than {REQUEST_HEAD_BYTES_MAX} bytes or has too many headers"),
+        Ok(Err(HeadError::TooLarge)) => (
+            ApiError::new(
+                http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "request_head_too_large",
+                format!(
+                    "the request head is larger than {REQUEST_HEAD_BYTES_MAX} bytes or has too many headers"
+                ),
+            ),
+            app.settings.allowed_origins.answer_headers(&http::HeaderMap::new()),
         ),
-        Ok(Err(HeadError::Malformed)) => {
-            ApiError::bad_request("malformed_request", "the request is not valid HTTP/1.1")
-        }
+        Ok(Err(HeadError::Malformed)) => (
+            ApiError::bad_request("malformed_request", "the request is not valid HTTP/1.1"),
+            app.settings.allowed_origins.answer_headers(&http::HeaderMap::new()),
+        ),
     };
-    let _ = write_error(&mut socket, &error).await;
+    let _ = write_error(&mut socket, &error, &answer_headers).await;
     FrontDoor::Done
 }
 
@@ -274,10 +288,11 @@ async fn open_stream(app: &Arc<App>, mut parts: http::request::Parts) -> Result<
 /// The lean path: answers a `GET /v1/stream` that opened its connection, then writes the
 /// stream's chunks straight to the socket until the stream ends or the client leaves. The
 /// response has no length and no chunking: it ends when the connection closes, as SSE allows.
-async fn run_stream<S: Socket>(mut socket: S, stream: SseStream) {
-    if socket.write_all(stream_response_head().as_bytes()).await.is_err() {
+async fn run_stream<S: Socket>(mut socket: S, stream: SseStream, head: String) {
+    if socket.write_all(head.as_bytes()).await.is_err() {
         return;
     }
+    drop(head);
     socket.run_stream(stream).await;
 }
 
@@ -304,7 +319,8 @@ async fn drive_stream<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     let _ = writer.shutdown().await;
 }
 
-fn stream_response_head() -> String {
+/// The head of a stream's answer: [`STREAM_HEADERS`] and `answer_headers` (CORS, `nosniff`).
+fn stream_response_head(answer_headers: &[(http::HeaderName, http::HeaderValue)]) -> String {
     let mut head = String::from("HTTP/1.1 200 OK\r\n");
     for (name, value) in STREAM_HEADERS {
         head.push_str(name);
@@ -312,8 +328,21 @@ fn stream_response_head() -> String {
         head.push_str(value);
         head.push_str("\r\n");
     }
+    push_headers(&mut head, answer_headers);
     head.push_str("connection: close\r\n\r\n");
     head
+}
+
+fn push_headers(head: &mut String, headers: &[(http::HeaderName, http::HeaderValue)]) {
+    for (name, value) in headers {
+        // Header values are visible ASCII here (our constants and listed origins); anything
+        // else is left out rather than written raw.
+        let Ok(value) = value.to_str() else { continue };
+        head.push_str(name.as_str());
+        head.push_str(": ");
+        head.push_str(value);
+        head.push_str("\r\n");
+    }
 }
 
 /// Waits until the client sends something: `true` if it closed the connection (or it broke),
@@ -324,8 +353,12 @@ async fn client_left<R: AsyncRead + Unpin>(reader: &mut R) -> bool {
     !matches!(reader.read(&mut discard).await, Ok(n) if n > 0)
 }
 
-/// Writes `error` as a complete JSON response and closes.
-async fn write_error<S: AsyncWrite + Unpin>(socket: &mut S, error: &ApiError) -> io::Result<()> {
+/// Writes `error` as a complete JSON response, with `answer_headers`, and closes.
+async fn write_error<S: AsyncWrite + Unpin>(
+    socket: &mut S,
+    error: &ApiError,
+    answer_headers: &[(http::HeaderName, http::HeaderValue)],
+) -> io::Result<()> {
     let body = error.body().to_string();
     let reason = error.status.canonical_reason().unwrap_or("Error");
     let mut head = format!(
@@ -336,6 +369,7 @@ async fn write_error<S: AsyncWrite + Unpin>(socket: &mut S, error: &ApiError) ->
     if error.status == http::StatusCode::UNAUTHORIZED {
         head.push_str("www-authenticate: Bearer\r\n");
     }
+    push_headers(&mut head, answer_headers);
     head.push_str("\r\n");
     socket.write_all(head.as_bytes()).await?;
     socket.write_all(body.as_bytes()).await?;

@@ -14,17 +14,19 @@
 //!   polls it every 2 s: presence changes are rare and a poll shows them exactly, without
 //!   publishing anything into the user's log.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::Response;
 use axum::routing::{get, post};
+use base64::Engine as _;
 use herald_core::{SessionId, UserId};
 use serde::Deserialize;
+use sha2::{Digest, Sha256};
 
 use crate::api;
 use crate::app::App;
@@ -87,7 +89,34 @@ fn is_loopback_host(host: &str) -> bool {
 }
 
 async fn page(_local: LocalOnly, headers: HeaderMap) -> Response {
-    PAGE.respond(&headers)
+    let mut response = PAGE.respond(&headers);
+    response.headers_mut().insert(header::CONTENT_SECURITY_POLICY, page_csp().clone());
+    response
+}
+
+/// The page's `Content-Security-Policy`: its own inline module (by hash), herald.js, the
+/// stylesheet and requests to this server, nothing else; no framing. (The router's middleware
+/// adds `X-Frame-Options`, `Referrer-Policy` and `nosniff`.)
+fn page_csp() -> &'static HeaderValue {
+    static CSP: OnceLock<HeaderValue> = OnceLock::new();
+    CSP.get_or_init(|| {
+        let script = inline_script(PAGE.body()).expect("the demo page has one inline module");
+        let hash = base64::engine::general_purpose::STANDARD.encode(Sha256::digest(script.as_bytes()));
+        let csp = format!(
+            "default-src 'none'; script-src 'self' 'sha256-{hash}'; style-src 'self'; \
+             connect-src 'self'; img-src 'self'; form-action 'self'; base-uri 'none'; \
+             frame-ancestors 'none'"
+        );
+        HeaderValue::from_str(&csp).expect("the CSP is a valid header value")
+    })
+}
+
+/// The text of the page's inline `<script type="module">`, as the browser hashes it.
+fn inline_script(page: &str) -> Option<&str> {
+    const OPEN: &str = "<script type=\"module\">";
+    let start = page.find(OPEN)? + OPEN.len();
+    let end = start + page[start..].find("</script>")?;
+    Some(&page[start..end])
 }
 
 async fn stylesheet(_local: LocalOnly, headers: HeaderMap) -> Response {
@@ -143,7 +172,19 @@ async fn presence(
 
 #[cfg(test)]
 mod tests {
-    use super::is_loopback_host;
+    use super::{PAGE, inline_script, is_loopback_host, page_csp};
+
+    #[test]
+    fn the_csp_allows_the_pages_one_inline_script() {
+        let script = inline_script(PAGE.body()).unwrap();
+        assert!(script.contains("import { Herald } from '/herald.js'"));
+        assert_eq!(PAGE.body().matches("<script").count(), 1, "a second script needs its hash in the CSP");
+        let csp = page_csp().to_str().unwrap();
+        assert!(
+            csp.contains("script-src 'self' 'sha256-") && csp.contains("frame-ancestors 'none'"),
+            "{csp}"
+        );
+    }
 
     #[test]
     fn loopback_hosts() {

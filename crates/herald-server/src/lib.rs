@@ -8,6 +8,8 @@
 //! - [`app`]: [`App`], the shared state, and [`router`], the routes.
 //! - [`config`]: [`ServeArgs`] (options and env vars) and [`config::Credentials`] (dev mode).
 //! - [`auth`]: subscriber tokens (HS256 JWT) and the publishers' API key.
+//! - [`origin`]: which web pages may use the cookie (the origin check), CORS for the allowed
+//!   origins, and the security headers of every answer.
 //! - [`transport`]: `GET /v1/stream` (SSE), `GET /v1/poll` and `GET /v1/ws` (WebSocket); the
 //!   only code that knows the wire format of events.
 //! - [`api`]: `POST /v1/notify`, `/v1/inbox…` and `/v1/users/{user}/…`.
@@ -23,6 +25,7 @@ pub mod config;
 mod connection;
 mod demo;
 pub mod error;
+pub mod origin;
 pub mod tls;
 pub mod transport;
 
@@ -223,6 +226,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
         dev_mode: source == CredentialsSource::Dev,
         // The demo mints tokens and publishes for anyone who can reach it: only on loopback.
         demo: source == CredentialsSource::Dev && args.listen.ip().is_loopback(),
+        allowed_origins: args.allowed_origins(),
     };
     let app = App::new(
         store,

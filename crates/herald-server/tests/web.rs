@@ -82,7 +82,31 @@ async fn the_demo_page_and_its_stylesheet() {
     let response = server.http.get(format!("{}/demo", server.url)).send().await.unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["content-type"], "text/html; charset=utf-8");
+    // Security headers: no framing, no referrer, no sniffing, and a CSP that allows the page's
+    // own inline module (by its hash) and this server only. The browser test runs the demo
+    // under it.
+    let headers = response.headers().clone();
+    assert_eq!(headers["x-frame-options"], "DENY");
+    assert_eq!(headers["referrer-policy"], "no-referrer");
+    assert_eq!(headers["x-content-type-options"], "nosniff");
+    let csp = headers["content-security-policy"].to_str().unwrap();
     let page = response.text().await.unwrap();
+    let script_start = page.find("<script type=\"module\">").unwrap() + "<script type=\"module\">".len();
+    let script = &page[script_start..script_start + page[script_start..].find("</script>").unwrap()];
+    let hash = {
+        use base64::Engine as _;
+        use sha2::Digest as _;
+        base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(script.as_bytes()))
+    };
+    for directive in [
+        "default-src 'none'",
+        &format!("script-src 'self' 'sha256-{hash}'"),
+        "connect-src 'self'",
+        "style-src 'self'",
+        "frame-ancestors 'none'",
+    ] {
+        assert!(csp.split(';').any(|d| d.trim() == directive), "{directive} not in {csp}");
+    }
     assert!(page.contains("import { Herald } from '/herald.js'"));
     assert!(page.contains("dev-mode demo"), "the page says it is a dev-mode demo");
     let response = server.http.get(format!("{}/demo/demo.css", server.url)).send().await.unwrap();

@@ -11,9 +11,15 @@ use serde_json::Value;
 fn herald(dir: &tempfile::TempDir) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_herald"));
     command.current_dir(dir.path());
-    for variable in
-        ["HERALD_SECRET", "HERALD_API_KEY", "HERALD_DATA_DIR", "HERALD_URL", "HERALD_TOKEN", "RUST_LOG"]
-    {
+    for variable in [
+        "HERALD_SECRET",
+        "HERALD_API_KEY",
+        "HERALD_DATA_DIR",
+        "HERALD_URL",
+        "HERALD_TOKEN",
+        "HERALD_ALLOWED_ORIGINS",
+        "RUST_LOG",
+    ] {
         command.env_remove(variable);
     }
     command
@@ -139,4 +145,30 @@ fn usage_errors_exit_with_2() {
         let (output, _, stderr) = run(herald(&dir).args(args));
         assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
     }
+}
+
+#[test]
+fn serve_refuses_an_allowed_origin_that_is_not_one() {
+    let dir = tempfile::tempdir().unwrap();
+    // A port in use: should the value be taken, the server fails fast instead of running.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let listen = taken.local_addr().unwrap().to_string();
+    let serve = |dir: &tempfile::TempDir| {
+        let mut command = herald(dir);
+        command.args(["serve", "--memory", "--listen", &listen]);
+        command
+    };
+    for bad in ["https://app.example/", "*", "app.example", "https://a.example,ftp://b.example"] {
+        let (output, _, stderr) = run(serve(&dir).args(["--allowed-origins", bad]));
+        assert_eq!(output.status.code(), Some(2), "{bad}: {stderr}");
+        assert!(stderr.lines().next().unwrap().contains("is not an origin like"), "{bad}: {stderr}");
+        let (output, _, stderr) = run(serve(&dir).env("HERALD_ALLOWED_ORIGINS", bad));
+        assert_eq!(output.status.code(), Some(2), "HERALD_ALLOWED_ORIGINS={bad}: {stderr}");
+    }
+    // A good list gets past the options (and fails on the port).
+    let (output, _, stderr) =
+        run(serve(&dir).env("HERALD_ALLOWED_ORIGINS", "https://a.example, http://localhost:3000"));
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("cannot listen"), "{stderr}");
+    drop(taken);
 }

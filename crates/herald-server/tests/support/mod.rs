@@ -287,7 +287,6 @@ impl TestServer {
         query: &str,
         last_event_id: Option<&str>,
     ) -> StreamResponse {
-        let target = format!("/v1/stream?{query}");
         let mut headers = Vec::new();
         if let Some(token) = token {
             headers.push(("authorization".to_owned(), format!("Bearer {token}")));
@@ -295,10 +294,22 @@ impl TestServer {
         if let Some(id) = last_event_id {
             headers.push(("last-event-id".to_owned(), id.to_owned()));
         }
+        self.stream_request_with_headers(path, query, &headers).await
+    }
+
+    /// `GET /v1/stream?{query}` with exactly `headers` (names in lower case) on `path`, unchecked
+    /// but for the path taken.
+    pub async fn stream_request_with_headers(
+        &self,
+        path: StreamPath,
+        query: &str,
+        headers: &[(String, String)],
+    ) -> StreamResponse {
+        let target = format!("/v1/stream?{query}");
         let response = match path {
             StreamPath::Lean => {
                 let mut request = self.fresh_http.get(format!("{}{target}", self.url));
-                for (name, value) in &headers {
+                for (name, value) in headers {
                     request = request.header(name, value);
                 }
                 StreamResponse::from_reqwest(request.send().await.unwrap())
@@ -308,7 +319,7 @@ impl TestServer {
                 let (status, healthz) = connection.get("/healthz", &[]).await;
                 assert_eq!(status, 200);
                 assert_eq!(&connection.sized_body(&healthz).await[..], br#"{"status":"ok"}"#);
-                let (status, headers) = connection.get(&target, &headers).await;
+                let (status, headers) = connection.get(&target, headers).await;
                 let body = connection.into_body(&headers);
                 StreamResponse { status, headers, body }
             }
