@@ -685,7 +685,8 @@ async fn kill_9_loop_loses_nothing_acknowledged() {
         if rng.random_bool(KILL_AT_START_PROBABILITY) {
             let server = spec.spawn();
             tokio::time::sleep(Duration::from_millis(rng.random_range(0..150))).await;
-            server.kill9();
+            let stderr = server.kill9();
+            assert!(!stderr.contains("panicked"), "the server panicked:\n{stderr}");
             eprintln!("kill {kill}: while starting");
             continue;
         }
@@ -896,7 +897,7 @@ async fn a_full_disk_refuses_writes_and_loses_nothing() {
     // Fill the disk but for a little, then publish (and mark, delete) until it is full.
     let filler = disk.path("filler");
     let free = disk.free_bytes();
-    std::fs::write(&filler, vec![0u8; (free - DISK_LEFT_BYTES) as usize]).unwrap();
+    std::fs::write(&filler, vec![0u8; free.saturating_sub(DISK_LEFT_BYTES) as usize]).unwrap();
     let full = Mode { refusals_expected: true, ..mode() };
     // Full for longer than the store's settling interval (2 s), so it tries to settle meanwhile.
     let fill_started = Instant::now();
