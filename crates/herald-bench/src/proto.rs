@@ -58,6 +58,9 @@ pub struct WorkerConfig {
     pub connect_concurrency: usize,
     pub source_ip: Option<Ipv4Addr>,
     pub poll_timeout_secs: u64,
+    /// Drops per second of this worker's clients during phases (see `--churn-per-sec`).
+    #[serde(default)]
+    pub churn_per_sec: f64,
 }
 
 impl WorkerConfig {

@@ -67,6 +67,8 @@ const BUSY_SAMPLE: Duration = Duration::from_secs(1);
 const IDLE_SECS_MAX: f64 = 600.0;
 /// Long-poll wait bounds, as Herald accepts them.
 const POLL_TIMEOUT_SECS_MAX: u64 = 60;
+/// Largest `--churn-per-sec`: beyond it the run measures reconnects, not delivery.
+const CHURN_PER_SEC_MAX: f64 = 10_000.0;
 
 /// Options of `herald-bench run`.
 #[derive(Debug, Clone, clap::Args)]
@@ -132,6 +134,12 @@ pub struct RunArgs {
     /// Long-poll `timeout` (seconds).
     #[arg(long, default_value_t = 20)]
     pub poll_timeout_secs: u64,
+    /// Reconnect churn during the phases (Herald SSE only): this many times per second in
+    /// all, a random client drops its connection and opens a new one that resumes where it
+    /// was, as a tab does on a network change. Such drops do not count towards a client's
+    /// bound on reconnects.
+    #[arg(long, default_value_t = 0.0)]
+    pub churn_per_sec: f64,
     /// No progress bar.
     #[arg(long)]
     pub no_progress: bool,
@@ -175,6 +183,14 @@ impl RunArgs {
         ensure!(self.workers <= WORKERS_MAX, "at most {WORKERS_MAX} workers");
         ensure!((0.0..=IDLE_SECS_MAX).contains(&self.idle_secs), "--idle-secs is 0 to {IDLE_SECS_MAX}");
         ensure!(self.poll_timeout_secs <= POLL_TIMEOUT_SECS_MAX, "--poll-timeout-secs is at most 60");
+        ensure!(
+            (0.0..=CHURN_PER_SEC_MAX).contains(&self.churn_per_sec),
+            "--churn-per-sec is 0 to {CHURN_PER_SEC_MAX}"
+        );
+        ensure!(
+            self.churn_per_sec == 0.0 || self.kind == Kind::HeraldSse,
+            "--churn-per-sec is for --kind herald-sse"
+        );
         ensure!(
             !self.user_prefix.is_empty()
                 && self.user_prefix.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'),
@@ -246,6 +262,7 @@ async fn run_async(args: &RunArgs) -> anyhow::Result<RunResult> {
         connect_concurrency: args.connect_concurrency,
         source_ip: Some(worker_source_ip(worker)),
         poll_timeout_secs: args.poll_timeout_secs,
+        churn_per_sec: args.churn_per_sec / f64::from(workers),
     });
     let mut fleet = Fleet::spawn(configs.collect()).await?;
     let result = measure(args, &mut fleet, &bar, &target, clients, workers).await;

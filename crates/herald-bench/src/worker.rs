@@ -20,7 +20,7 @@ use futures::{SinkExt as _, StreamExt as _};
 use hdrhistogram::Histogram;
 use serde::Deserialize;
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
@@ -85,6 +85,8 @@ async fn serve(fd_limit: u64) -> anyhow::Result<()> {
 
     let shared = Rc::new(Shared::default());
     let clients = build_clients(&config)?;
+    let kicks: Vec<Rc<Notify>> = clients.iter().map(|c| c.kick.clone()).collect();
+    let mut churn = None;
     let mut infos: Vec<ClientInfo> =
         clients.iter().map(|c| ClientInfo { user: c.user, connected: false }).collect();
     let mut to_connect = Some(clients);
@@ -118,6 +120,12 @@ async fn serve(fd_limit: u64) -> anyhow::Result<()> {
                     let _ = out.send(report);
                 }
                 Command::Phase { index } => {
+                    if churn.is_none() && config.churn_per_sec > 0.0 && !kicks.is_empty() {
+                        churn = Some(tokio::task::spawn_local(churn_clients(
+                            config.churn_per_sec,
+                            kicks.clone(),
+                        )));
+                    }
                     shared.start_phase();
                     let _ = out.send(Report::PhaseStarted { index });
                 }
@@ -139,9 +147,25 @@ async fn serve(fd_limit: u64) -> anyhow::Result<()> {
         let _ = out.send(Report::Fatal { error: format!("{error:#}") });
     }
     ticker.abort();
+    if let Some(churn) = churn {
+        churn.abort();
+    }
     drop(out);
     let _ = writer.await;
     result
+}
+
+/// Drops a random client's connection `per_sec` times a second (`--churn-per-sec`), until
+/// aborted. A kick that finds its client between connections drops the next one at once.
+async fn churn_clients(per_sec: f64, kicks: Vec<Rc<Notify>>) {
+    use rand::Rng as _;
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / per_sec));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut rng = rand::rng();
+    loop {
+        tick.tick().await;
+        kicks[rng.random_range(0..kicks.len())].notify_one();
+    }
 }
 
 /// What every client task of a worker shares (one thread: no locks).
@@ -205,6 +229,8 @@ struct Client {
     token: Option<String>,
     source: Option<Ipv4Addr>,
     poll_timeout_secs: u64,
+    /// Told to drop the connection and resume on a new one (`--churn-per-sec`).
+    kick: Rc<Notify>,
 }
 
 fn build_clients(config: &WorkerConfig) -> anyhow::Result<Vec<Client>> {
@@ -236,6 +262,7 @@ fn build_clients(config: &WorkerConfig) -> anyhow::Result<Vec<Client>> {
                 token,
                 source: config.source_ip,
                 poll_timeout_secs: config.poll_timeout_secs,
+                kick: Rc::default(),
             })
         })
         .collect()
@@ -327,6 +354,8 @@ enum End {
     Resume,
     /// The server ended this client for good (`evicted`, `replaced`, `session_closed`).
     Final,
+    /// The client dropped the connection itself (`--churn-per-sec`) and resumes on a new one.
+    Kicked,
 }
 
 /// Reasons after which a Herald client is not meant to reconnect (see docs/PROTOCOL.md).
@@ -364,6 +393,11 @@ async fn run_client(client: Client, shared: Rc<Shared>, mut ready: Ready) {
             }
             ready.tx = Some(tx);
             tokio::time::sleep(CONNECT_RETRY_DELAY).await;
+            continue;
+        }
+        if matches!(result, Ok(End::Kicked)) {
+            shared.bump(|p| p.reconnects += 1);
+            tokio::time::sleep(RECONNECT_DELAY).await;
             continue;
         }
         if matches!(result, Ok(End::Final)) || reconnects >= RECONNECTS_MAX {
@@ -461,7 +495,10 @@ async fn sse_session(c: &Client, link: &mut Link<'_>, resume: &mut Resume) -> an
             return Ok(End::Resume);
         }
         let n = if link.up {
-            conn.fill().await?
+            tokio::select! {
+                n = conn.fill() => n?,
+                () = c.kick.notified() => return Ok(End::Kicked),
+            }
         } else {
             timeout(CONNECT_TIMEOUT, conn.fill()).await.context("no hello")??
         };

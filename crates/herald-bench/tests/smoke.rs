@@ -123,6 +123,40 @@ fn herald_sse_delivers_every_publish_exactly_once() {
     rt.block_on(server.shutdown()).unwrap();
 }
 
+/// `--churn-per-sec`: tabs drop their connections at random during the phase and resume on new
+/// ones; every publish still reaches each tab exactly once.
+#[test]
+fn herald_sse_resumes_exactly_once_under_reconnect_churn() {
+    let rt = runtime();
+    let (url, server) = start_herald(&rt);
+    let dir = tempfile::tempdir().unwrap();
+    let result = bench(
+        &[
+            "--kind",
+            "herald-sse",
+            "--url",
+            &url,
+            "--users",
+            "50",
+            "--clients-per-user",
+            "2",
+            "--publishers",
+            "4",
+            "--idle-secs",
+            "0.2",
+            "--phase",
+            "steady:200:2",
+            "--churn-per-sec",
+            "100",
+        ],
+        dir.path(),
+    );
+    assert_exactly_once(&result, 100);
+    let reconnects = result.phases[0].reconnects;
+    assert!(reconnects >= 50, "about 200 drops and resumes in 2 s, got {reconnects}");
+    rt.block_on(server.shutdown()).unwrap();
+}
+
 #[test]
 fn herald_poll_and_ws_deliver_every_publish_exactly_once() {
     let rt = runtime();
