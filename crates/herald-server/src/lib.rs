@@ -13,6 +13,8 @@
 //! - [`api`]: `POST /v1/notify`, `/v1/inbox…` and `/v1/users/{user}/…`.
 //! - [`error`]: [`ApiError`], the JSON errors, and extractors that answer with them.
 //! - `assets`: `GET /herald.js` and `/herald.d.ts`, the browser client (`clients/js/`).
+//! - `guarded`: [`guarded::GuardedSocket`], every connection's socket, whose writes must make
+//!   progress (a peer that stops reading is dropped).
 //! - `demo`: `/demo`, the dev-mode demo and its dev-only endpoints (`clients/demo/`).
 
 pub mod api;
@@ -23,6 +25,7 @@ pub mod config;
 mod connection;
 mod demo;
 pub mod error;
+mod guarded;
 pub mod tls;
 pub mod transport;
 
@@ -204,6 +207,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
         dev_mode: source == CredentialsSource::Dev,
         // The demo mints tokens and publishes for anyone who can reach it: only on loopback.
         demo: source == CredentialsSource::Dev && args.listen.ip().is_loopback(),
+        ..ServerSettings::default()
     };
     let app = App::new(
         store,
