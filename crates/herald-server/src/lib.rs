@@ -13,8 +13,9 @@
 //! - [`api`]: `POST /v1/notify`, `/v1/inbox…` and `/v1/users/{user}/…`.
 //! - [`error`]: [`ApiError`], the JSON errors, and extractors that answer with them.
 //! - `assets`: `GET /herald.js` and `/herald.d.ts`, the browser client (`clients/js/`).
-//! - `guarded`: [`guarded::GuardedSocket`], every connection's socket, whose writes must make
-//!   progress (a peer that stops reading is dropped).
+//! - `guarded`: `GuardedSocket`, every connection's socket, whose writes must make progress (a
+//!   peer that stops reading is dropped), and `StreamEnd`, how a connection learns that the hub
+//!   ended its stream.
 //! - `demo`: `/demo`, the dev-mode demo and its dev-only endpoints (`clients/demo/`).
 
 pub mod api;

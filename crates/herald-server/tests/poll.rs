@@ -368,7 +368,8 @@ async fn a_poller_whose_queue_filled_between_polls_is_told_lagging() {
 #[tokio::test]
 async fn a_poll_with_timeout_0_always_answers_with_what_is_retained() {
     let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::with_store(support::sqlite(&dir.path().join("herald.db"), Retention::default())).await;
+    let server =
+        TestServer::with_store(support::sqlite(&dir.path().join("herald.db"), Retention::default())).await;
     let token = server.token("alice", None);
     publish_n(&server, "alice", 5).await;
     for poll in 0..100 {
@@ -384,7 +385,8 @@ async fn a_poll_with_timeout_0_always_answers_with_what_is_retained() {
 #[tokio::test]
 async fn an_ephemeral_published_between_two_timeout_0_polls_comes_with_the_second() {
     let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::with_store(support::sqlite(&dir.path().join("herald.db"), Retention::default())).await;
+    let server =
+        TestServer::with_store(support::sqlite(&dir.path().join("herald.db"), Retention::default())).await;
     // A user per round, so that each first poll starts afresh (reading the store) and is the
     // user's only client.
     for round in 0..20 {
@@ -395,7 +397,11 @@ async fn an_ephemeral_published_between_two_timeout_0_polls_comes_with_the_secon
         let (id, last_seq) = (client(&first), first["last_seq"].as_u64().unwrap());
         let (status, published) =
             server.publish(json!({"to": {"user": user}, "data": round, "durable": false})).await;
-        assert_eq!((status, &published["delivered"]), (200, &json!(1)), "round {round}: the poller is present");
+        assert_eq!(
+            (status, &published["delivered"]),
+            (200, &json!(1)),
+            "round {round}: the poller is present"
+        );
         let (status, second) = server.poll(&token, &format!("after={last_seq}&timeout=0&client={id}")).await;
         assert_eq!(status, 200, "{second}");
         let got: Vec<(Option<&Value>, &Value)> =

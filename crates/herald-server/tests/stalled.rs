@@ -189,9 +189,12 @@ on_both_stream_paths! {
 #[tokio::test]
 async fn a_long_poll_answer_the_client_does_not_read_is_dropped_after_the_send_timeout() {
     let send_timeout = Duration::from_secs(1);
-    let server =
-        TestServer::with(Limits::default(), settings(send_timeout, Duration::from_secs(5)), memory(Retention::default()))
-            .await;
+    let server = TestServer::with(
+        Limits::default(),
+        settings(send_timeout, Duration::from_secs(5)),
+        memory(Retention::default()),
+    )
+    .await;
     let token = server.token("alice", Some("s1"));
     publish_large(&server, "alice").await;
     let mut socket = small_window_connection(&server).await;
