@@ -43,4 +43,6 @@ pub use limits::Limits;
 pub use notification::{Audience, Notification, Publish, Receipt, ReceiptEntry, Target};
 pub use notifier::{Notifier, NotifyError};
 pub use store::{Appended, LogHead, LogPage, NewNotification, PruneReport, Retention, Store, StoreError};
-pub use subscription::{ClientEvent, PollAnswer, SubscribeError, SubscribeRequest, Subscription, poll};
+pub use subscription::{
+    ClientEvent, Elapsed, EndSignal, PollAnswer, SubscribeError, SubscribeRequest, Subscription, poll,
+};

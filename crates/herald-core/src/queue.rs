@@ -49,6 +49,9 @@ pub(crate) enum Received {
 struct State {
     events: VecDeque<Queued>,
     waker: Option<Waker>,
+    /// The task waiting for the close (see [`EventQueue::poll_closed`]): a connection stuck in
+    /// a write to a peer that does not read, which must learn that the hub ended it.
+    closed_waker: Option<Waker>,
     closed: bool,
     /// Ticks since the last event was queued or the last keep-alive was due.
     quiet_ticks: u32,
@@ -89,17 +92,34 @@ impl EventQueue {
         Ok(())
     }
 
-    /// Closes the queue: pushes are refused from now on; the receiver gets what is queued,
-    /// then `None`.
+    /// Closes the queue: pushes are refused from now on, what is queued is freed at once (a
+    /// client ended for lagging holds a full queue, and its connection may take a while to go),
+    /// and the receiver gets `None`.
     pub(crate) fn close(&self) {
-        let waker = {
+        let (waker, closed_waker, events) = {
             let mut state = self.state.lock();
             state.closed = true;
-            state.waker.take()
+            (state.waker.take(), state.closed_waker.take(), std::mem::take(&mut state.events))
         };
-        if let Some(waker) = waker {
+        // Dropped outside the lock: the last reference to a notification frees it.
+        drop(events);
+        for waker in [waker, closed_waker].into_iter().flatten() {
             waker.wake();
         }
+    }
+
+    /// `Ready` once the queue is closed, else `Pending` (the task is woken by the close). Meant
+    /// for a task other than the receiver's, or for the receiver while it is not receiving.
+    pub(crate) fn poll_closed(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut state = self.state.lock();
+        if state.closed {
+            return Poll::Ready(());
+        }
+        match &mut state.closed_waker {
+            Some(waker) if waker.will_wake(cx.waker()) => {}
+            slot => *slot = Some(cx.waker().clone()),
+        }
+        Poll::Pending
     }
 
     /// Counts one tick of the hub's clock; after `keepalive_ticks` quiet ticks in a row, a
@@ -121,7 +141,7 @@ impl EventQueue {
         }
     }
 
-    /// The next event, `Ready(None)` once closed and drained, or `Pending` (the task is woken by
+    /// The next event, `Ready(None)` once closed, or `Pending` (the task is woken by
     /// the next push, keep-alive or close).
     pub(crate) fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Option<Received>> {
         let mut state = self.state.lock();
@@ -147,7 +167,7 @@ impl EventQueue {
         Poll::Pending
     }
 
-    /// Waits for the next event; `None` once closed and drained. Cancel-safe.
+    /// Waits for the next event; `None` once closed. Cancel-safe.
     pub(crate) async fn recv(&self) -> Option<Received> {
         std::future::poll_fn(|cx| self.poll_recv(cx)).await
     }
@@ -202,13 +222,30 @@ mod tests {
         assert_eq!(queue.push(notification(4), 3), Err(PushError::Full));
         assert_eq!(queue.recv().await.unwrap().seq(), Some(1));
         queue.push(notification(4), 3).unwrap();
+        assert_eq!(queue.recv().await.unwrap().seq(), Some(2));
         queue.close();
         assert_eq!(queue.push(notification(5), 3), Err(PushError::Closed));
-        let mut seqs = Vec::new();
-        while let Some(n) = queue.recv().await {
-            seqs.push(n.seq().unwrap());
-        }
-        assert_eq!(seqs, [2, 3, 4]);
+        assert!(queue.recv().await.is_none(), "a closed queue hands out nothing more");
+    }
+
+    /// A client ended by the hub (lagging: a full queue) may keep its connection for a while
+    /// (a write stuck on a peer that does not read): its queue must not keep the events.
+    #[tokio::test]
+    async fn closing_frees_what_is_queued_and_wakes_who_waits_for_the_close() {
+        let queue = Arc::new(EventQueue::default());
+        let event = notification(1);
+        let Queued::Notification(shared) = &event else { unreachable!() };
+        let shared = shared.clone();
+        queue.push(event, 10).unwrap();
+        assert_eq!(Arc::strong_count(&shared), 2);
+        let waiter = tokio::spawn({
+            let queue = queue.clone();
+            async move { std::future::poll_fn(|cx| queue.poll_closed(cx)).await }
+        });
+        tokio::task::yield_now().await;
+        queue.close();
+        assert_eq!(Arc::strong_count(&shared), 1, "the queued event was freed by the close");
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiter).await.unwrap().unwrap();
     }
 
     #[tokio::test]

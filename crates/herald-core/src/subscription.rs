@@ -88,6 +88,49 @@ impl std::fmt::Debug for Subscription {
     }
 }
 
+/// [`Subscription::next_before`] reached its deadline with nothing to hand out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Elapsed;
+
+/// Tells when the hub ended a client (evicted, replaced, lagging, session closed, token
+/// expired, shutdown), whatever its connection is doing; see [`Subscription::end_signal`]. One
+/// task at a time may wait on it.
+#[derive(Clone)]
+pub struct EndSignal {
+    shared: Arc<ClientShared>,
+}
+
+impl std::fmt::Debug for EndSignal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EndSignal").field("reason", &self.shared.close_reason()).finish()
+    }
+}
+
+impl EndSignal {
+    /// `Ready(reason)` once the hub ended the client; else `Pending`, and the task is woken
+    /// when it does.
+    pub fn poll_ended(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<CloseReason> {
+        match self.shared.queue.poll_closed(cx) {
+            // The reason is recorded before the queue is closed (a queue closed for no reason
+            // is a hub that went away: a shutdown).
+            std::task::Poll::Ready(()) => {
+                std::task::Poll::Ready(self.shared.close_reason().unwrap_or(CloseReason::Shutdown))
+            }
+            std::task::Poll::Pending => std::task::Poll::Pending,
+        }
+    }
+
+    /// Why the hub ended the client, if it did.
+    pub fn reason(&self) -> Option<CloseReason> {
+        self.shared.close_reason()
+    }
+
+    /// Waits until the hub ends the client.
+    pub async fn ended(&self) -> CloseReason {
+        std::future::poll_fn(|cx| self.poll_ended(cx)).await
+    }
+}
+
 /// Where a new subscription starts and who it is for.
 #[derive(Debug, Clone)]
 pub struct SubscribeRequest<'a> {
@@ -215,7 +258,26 @@ impl Subscription {
     /// The next event, waiting for one if needed. After `Closed`, returns `None`.
     /// Cancel-safe: dropping the future loses nothing.
     pub async fn next(&mut self) -> Option<ClientEvent> {
+        match self.next_before(None).await {
+            Ok(event) => event,
+            Err(Elapsed) => unreachable!("no deadline, no timeout"),
+        }
+    }
+
+    /// Like [`Subscription::next`], but waits for a live event only until `deadline` (a past
+    /// deadline takes only what is queued already): `Err(Elapsed)` then. The deadline never
+    /// cuts a store read short (replay, gap fill): what the store holds for the client is
+    /// always handed out, however short the wait. Cancel-safe.
+    pub async fn next_before(&mut self, deadline: Option<Instant>) -> Result<Option<ClientEvent>, Elapsed> {
         loop {
+            if self.finished {
+                return Ok(None);
+            }
+            // Before anything pending: a client ended by the hub gets `closed` next, and what
+            // was waiting for it (a replay page) is freed now rather than sent first.
+            if let Some(reason) = self.shared.close_reason() {
+                return Ok(Some(self.finish(reason)));
+            }
             if let Some(event) = self.pending.pop_front() {
                 if self.pending.is_empty() {
                     // An idle subscription keeps no buffer: a replay page must not stay allocated
@@ -227,31 +289,42 @@ impl Subscription {
                 {
                     self.shared.last_seq.store(seq, Ordering::Relaxed);
                 }
-                return Some(event);
-            }
-            if self.finished {
-                return None;
-            }
-            if let Some(reason) = self.shared.close_reason() {
-                return Some(self.finish(reason));
+                return Ok(Some(event));
             }
             if self.replaying {
                 if let Err(error) = self.read_page().await {
                     tracing::warn!(%error, user = %self.info.user, "cannot read the log for a subscription");
-                    return Some(self.finish(CloseReason::Error));
+                    return Ok(Some(self.finish(CloseReason::Error)));
                 }
                 continue;
             }
-            match self.shared.queue.recv().await {
+            let received = match deadline {
+                None => self.shared.queue.recv().await,
+                // Not a timer: one that is already due fires at the time driver's next tick, a
+                // millisecond later, which every `timeout=0` poll would wait for.
+                Some(deadline) if deadline <= Instant::now() => {
+                    self.shared.queue.recv().now_or_never().ok_or(Elapsed)?
+                }
+                Some(deadline) => {
+                    tokio::time::timeout_at(deadline, self.shared.queue.recv()).await.map_err(|_| Elapsed)?
+                }
+            };
+            match received {
                 Some(Received::Notification(notification)) => self.accept_live(notification),
-                Some(Received::Inbox(event)) => return Some(ClientEvent::Inbox(event)),
-                Some(Received::KeepAlive) => return Some(ClientEvent::KeepAlive),
+                Some(Received::Inbox(event)) => return Ok(Some(ClientEvent::Inbox(event))),
+                Some(Received::KeepAlive) => return Ok(Some(ClientEvent::KeepAlive)),
                 None => {
                     let reason = self.shared.close_reason().unwrap_or(CloseReason::Shutdown);
-                    return Some(self.finish(reason));
+                    return Ok(Some(self.finish(reason)));
                 }
             }
         }
+    }
+
+    /// A handle that tells when the hub ends this client, usable while this subscription is
+    /// busy elsewhere (its connection stuck writing to a peer that does not read).
+    pub fn end_signal(&self) -> EndSignal {
+        EndSignal { shared: self.shared.clone() }
     }
 
     fn finish(&mut self, reason: CloseReason) -> ClientEvent {
@@ -396,15 +469,10 @@ pub async fn poll(
             }
             draining = true;
         }
-        let event = if draining {
-            // Not a timeout of zero: a timer fires at the time driver's next tick, a millisecond
-            // later, which every answer would wait for.
-            let Some(event) = subscription.next().now_or_never() else { break };
-            event
-        } else {
-            let Ok(event) = tokio::time::timeout_at(deadline, subscription.next()).await else { break };
-            event
-        };
+        // Draining: only what is already waiting. Either way the deadline only bounds the wait
+        // for live events, never a store read in flight (`timeout=0` answers what is retained).
+        let wait_until = if draining { Instant::now() } else { deadline };
+        let Ok(event) = subscription.next_before(Some(wait_until)).await else { break };
         match event {
             Some(ClientEvent::Hello { position, .. }) => start = Some(position),
             Some(ClientEvent::Reset { .. }) => reset = true,

@@ -30,7 +30,24 @@ pub struct ServerSettings {
     /// Origins besides Herald's own whose pages may use the `herald_token` cookie and get CORS
     /// headers (see [`crate::origin`]).
     pub allowed_origins: AllowedOrigins,
+    /// Longest time a write to a client may make no progress (the peer stopped reading and its
+    /// TCP window is full) before the connection is dropped: streams (both SSE paths), long-poll
+    /// answers and every other HTTP answer. [`SEND_TIMEOUT_DEFAULT`] in production.
+    pub send_timeout: Duration,
+    /// Once the hub ended a stream (evicted, replaced, lagging, session closed, token expired,
+    /// shutdown), how long its connection has to take the rest of a write and the `closed`
+    /// event; then it is dropped. [`CLOSE_GRACE_DEFAULT`] in production.
+    pub close_grace: Duration,
 }
+
+/// [`ServerSettings::send_timeout`] by default: WebSocket's dead-peer timeout. A browser that
+/// reads at all (even a background tab, which still drains its socket) never comes near it;
+/// a peer that stalls keeps its socket's buffers (megabytes in the kernel) and a task at most
+/// this long.
+pub const SEND_TIMEOUT_DEFAULT: Duration = crate::transport::ws::DEAD_PEER_TIMEOUT;
+
+/// [`ServerSettings::close_grace`] by default: like WebSocket's close handshake timeout.
+pub const CLOSE_GRACE_DEFAULT: Duration = Duration::from_secs(5);
 
 impl Default for ServerSettings {
     fn default() -> Self {
@@ -39,6 +56,8 @@ impl Default for ServerSettings {
             dev_mode: false,
             demo: false,
             allowed_origins: AllowedOrigins::default(),
+            send_timeout: SEND_TIMEOUT_DEFAULT,
+            close_grace: CLOSE_GRACE_DEFAULT,
         }
     }
 }

@@ -21,7 +21,7 @@ use bytes::{Buf, Bytes};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
@@ -30,6 +30,7 @@ use tokio_util::task::TaskTracker;
 use crate::app::App;
 use crate::auth::Subscriber;
 use crate::error::{ApiError, ApiQuery};
+use crate::guarded::{GuardedSocket, StreamEnd};
 use crate::transport::StreamQuery;
 use crate::transport::sse::{STREAM_HEADERS, SseStream};
 
@@ -66,6 +67,8 @@ pub(crate) async fn accept_loop(
         match accepted {
             Ok((socket, _peer)) => {
                 let _ = socket.set_nodelay(true);
+                // Under TLS too: the guard watches the bytes that reach (or do not reach) the peer.
+                let socket = GuardedSocket::new(socket, app.settings.send_timeout);
                 let (app, router, stop) = (app.clone(), router.clone(), stop.clone());
                 match &tls {
                     None => connections.spawn(serve_connection(socket, app, router, stop)),
@@ -88,17 +91,28 @@ pub(crate) async fn accept_loop(
 pub(crate) trait Socket: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     /// Runs `stream` on this socket until it ends or the client leaves.
     fn run_stream(self, stream: SseStream) -> impl Future<Output = ()> + Send;
+
+    /// Where a stream served on this connection registers (see [`StreamEnd`]).
+    fn stream_end(&self) -> &Arc<StreamEnd>;
 }
 
-impl Socket for TcpStream {
-    async fn run_stream(mut self, stream: SseStream) {
-        // A TCP socket splits into borrowed halves for free.
-        let (reader, writer) = self.split();
-        drive_stream(reader, writer, stream).await;
+impl Socket for GuardedSocket {
+    async fn run_stream(mut self, mut stream: SseStream) {
+        // Not split: the guard's state goes with the writes. Reading and writing take turns,
+        // which is all the lean path needs (it reads only to notice the client leaving).
+        drive_stream_unsplit(&mut self, &mut stream).await;
+    }
+
+    fn stream_end(&self) -> &Arc<StreamEnd> {
+        GuardedSocket::stream_end(self)
     }
 }
 
-impl Socket for TlsStream<TcpStream> {
+impl Socket for TlsStream<GuardedSocket> {
+    fn stream_end(&self) -> &Arc<StreamEnd> {
+        self.get_ref().0.stream_end()
+    }
+
     async fn run_stream(self, stream: SseStream) {
         // TLS state is shared by both directions: tokio's split puts it behind a lock (one
         // allocation per stream; a TLS connection's buffers cost far more anyway).
@@ -110,7 +124,7 @@ impl Socket for TlsStream<TcpStream> {
 /// Completes the TLS handshake (within [`REQUEST_HEAD_TIMEOUT`]), then serves HTTP/2 if the
 /// client chose it (ALPN `h2`), else HTTP/1.1 through the same front door as plain TCP.
 async fn serve_tls_connection(
-    socket: TcpStream,
+    socket: GuardedSocket,
     tls: TlsAcceptor,
     app: Arc<App>,
     router: Router,
@@ -151,15 +165,16 @@ async fn serve_connection<S: Socket>(
         // preconnect, say) is dropped rather than allowed to hold the shutdown up.
         _ = stop.changed() => return,
     };
+    let close_grace = app.settings.close_grace;
     let (socket, stream, head) = match door {
         FrontDoor::Stream(socket, stream, head) => (socket, stream, head),
         FrontDoor::Hyper(socket, read) => {
-            return Box::pin(serve_with_hyper(socket, read, router, stop)).await;
+            return Box::pin(serve_with_hyper(socket, read, router, stop, close_grace)).await;
         }
         FrontDoor::Done => return,
     };
     drop((router, stop));
-    run_stream(socket, stream, head).await;
+    run_stream(socket, stream, head, close_grace).await;
 }
 
 /// What to do with a connection after its first request head.
@@ -288,12 +303,50 @@ async fn open_stream(app: &Arc<App>, mut parts: http::request::Parts) -> Result<
 /// The lean path: answers a `GET /v1/stream` that opened its connection, then writes the
 /// stream's chunks straight to the socket until the stream ends or the client leaves. The
 /// response has no length and no chunking: it ends when the connection closes, as SSE allows.
-async fn run_stream<S: Socket>(mut socket: S, stream: SseStream, head: String) {
-    if socket.write_all(head.as_bytes()).await.is_err() {
-        return;
+///
+/// A client that stops reading is dropped by its socket's guard (see [`GuardedSocket`]); one
+/// that the hub ended has `close_grace` to take the rest of its write and its `closed` event,
+/// then it is dropped.
+async fn run_stream<S: Socket>(mut socket: S, stream: SseStream, head: String, close_grace: Duration) {
+    let stream_end = socket.stream_end().clone();
+    stream_end.set(stream.end_signal());
+    let serving = async move {
+        if socket.write_all(head.as_bytes()).await.is_err() {
+            return;
+        }
+        drop(head);
+        socket.run_stream(stream).await;
+    };
+    let mut serving = std::pin::pin!(serving);
+    tokio::select! {
+        () = serving.as_mut() => {}
+        () = stream_end.ended() => {
+            // Boxed: a timer held inline would make every idle stream's task larger.
+            let grace = Box::pin(tokio::time::sleep(close_grace));
+            tokio::select! {
+                () = serving => {}
+                () = grace => stream_end.reset_on_drop(),
+            }
+        }
     }
-    drop(head);
-    socket.run_stream(stream).await;
+}
+
+/// Like [`drive_stream`], on one socket that reads and writes in turn.
+async fn drive_stream_unsplit<S: AsyncRead + AsyncWrite + Unpin>(socket: &mut S, stream: &mut SseStream) {
+    loop {
+        tokio::select! {
+            chunk = stream.next_chunk() => match chunk {
+                Some(chunk) => {
+                    if socket.write_all(&chunk).await.is_err() {
+                        return;
+                    }
+                }
+                None => break,
+            },
+            gone = client_left(socket) => if gone { return },
+        }
+    }
+    let _ = socket.shutdown().await;
 }
 
 /// Writes the stream's chunks to `writer` until the stream ends (then shuts the write side down)
@@ -377,14 +430,29 @@ async fn write_error<S: AsyncWrite + Unpin>(
 }
 
 /// Hands the connection to hyper and the axum router, with the bytes already read in front.
+///
+/// Each request carries the connection's [`StreamEnd`] (as an extension), where a stream served
+/// on it registers: once the hub ends that stream, the connection finishes the answer in flight
+/// (the `closed` event) and closes, within `close_grace`, or is dropped, whatever its writes
+/// are doing. (HTTP/2 carries none: it serves many streams on one connection, and a stalled one
+/// is bounded by the send timeout and HTTP/2's own per-stream send buffer.)
 async fn serve_with_hyper<S: Socket>(
     socket: S,
     read: Bytes,
     router: Router,
     mut stop: watch::Receiver<bool>,
+    close_grace: Duration,
 ) {
+    let stream_end = socket.stream_end().clone();
     let io = TokioIo::new(Prefixed { prefix: read, inner: socket });
-    let service = TowerToHyperService::new(router);
+    let service = hyper::service::service_fn({
+        let stream_end = stream_end.clone();
+        move |mut request: http::Request<hyper::body::Incoming>| {
+            request.extensions_mut().insert(stream_end.clone());
+            // The router is always ready (its `poll_ready` does nothing) and cheap to clone.
+            tower_service::Service::call(&mut router.clone(), request)
+        }
+    });
     let connection = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(REQUEST_HEAD_TIMEOUT)
@@ -395,6 +463,12 @@ async fn serve_with_hyper<S: Socket>(
         result = connection.as_mut() => {
             if let Err(error) = result {
                 tracing::debug!(%error, "connection ended with an error");
+            }
+        }
+        () = stream_end.ended() => {
+            connection.as_mut().graceful_shutdown();
+            if tokio::time::timeout(close_grace, connection).await.is_err() {
+                stream_end.reset_on_drop();
             }
         }
         _ = stop.changed() => {

@@ -15,6 +15,9 @@
 //! - [`api`]: `POST /v1/notify`, `/v1/inbox…` and `/v1/users/{user}/…`.
 //! - [`error`]: [`ApiError`], the JSON errors, and extractors that answer with them.
 //! - `assets`: `GET /herald.js` and `/herald.d.ts`, the browser client (`clients/js/`).
+//! - `guarded`: `GuardedSocket`, every connection's socket, whose writes must make progress (a
+//!   peer that stops reading is dropped), and `StreamEnd`, how a connection learns that the hub
+//!   ended its stream.
 //! - `demo`: `/demo`, the dev-mode demo and its dev-only endpoints (`clients/demo/`).
 
 pub mod api;
@@ -26,6 +29,7 @@ mod connection;
 mod demo;
 pub mod error;
 pub mod origin;
+mod guarded;
 pub mod tls;
 pub mod transport;
 
@@ -227,6 +231,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
         // The demo mints tokens and publishes for anyone who can reach it: only on loopback.
         demo: source == CredentialsSource::Dev && args.listen.ip().is_loopback(),
         allowed_origins: args.allowed_origins(),
+        ..ServerSettings::default()
     };
     let app = App::new(
         store,

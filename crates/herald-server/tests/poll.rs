@@ -361,3 +361,51 @@ async fn a_poller_whose_queue_filled_between_polls_is_told_lagging() {
     let (status, third) = server.poll(&token, &format!("after=0&timeout=5&client={id}")).await;
     assert_eq!((status, seqs(&third), third.get("closed")), (200, (1..=6).collect(), None), "{third}");
 }
+
+/// `timeout=0` answers with what is there now: the deadline never cuts the store read short.
+/// (It did: with SQLite, whose reads run on another thread, the past deadline fired while the
+/// first read was in flight and the answer came back empty, for 16 polls in 100.)
+#[tokio::test]
+async fn a_poll_with_timeout_0_always_answers_with_what_is_retained() {
+    let dir = tempfile::tempdir().unwrap();
+    let server =
+        TestServer::with_store(support::sqlite(&dir.path().join("herald.db"), Retention::default())).await;
+    let token = server.token("alice", None);
+    publish_n(&server, "alice", 5).await;
+    for poll in 0..100 {
+        let (status, body) = server.poll(&token, "after=0&timeout=0").await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!((seqs(&body), &body["last_seq"]), (vec![1, 2, 3, 4, 5], &json!(5)), "poll {poll}: {body}");
+    }
+}
+
+/// A `timeout=0` poller is parked between its polls like any other: an ephemeral notification
+/// published between two polls (the second resuming with `client` and `after` = `last_seq`)
+/// comes with the second.
+#[tokio::test]
+async fn an_ephemeral_published_between_two_timeout_0_polls_comes_with_the_second() {
+    let dir = tempfile::tempdir().unwrap();
+    let server =
+        TestServer::with_store(support::sqlite(&dir.path().join("herald.db"), Retention::default())).await;
+    // A user per round, so that each first poll starts afresh (reading the store) and is the
+    // user's only client.
+    for round in 0..20 {
+        let user = format!("user{round}");
+        let token = server.token(&user, Some("s1"));
+        publish_n(&server, &user, 2).await;
+        let (_, first) = server.poll(&token, "timeout=0").await;
+        let (id, last_seq) = (client(&first), first["last_seq"].as_u64().unwrap());
+        let (status, published) =
+            server.publish(json!({"to": {"user": user}, "data": round, "durable": false})).await;
+        assert_eq!(
+            (status, &published["delivered"]),
+            (200, &json!(1)),
+            "round {round}: the poller is present"
+        );
+        let (status, second) = server.poll(&token, &format!("after={last_seq}&timeout=0&client={id}")).await;
+        assert_eq!(status, 200, "{second}");
+        let got: Vec<(Option<&Value>, &Value)> =
+            second["notifications"].as_array().unwrap().iter().map(|n| (n.get("seq"), &n["data"])).collect();
+        assert_eq!(got, [(None, &json!(round))], "round {round}: {second}");
+    }
+}

@@ -11,18 +11,20 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use axum::Extension;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use bytes::{BufMut, Bytes, BytesMut};
 use futures::FutureExt;
-use herald_core::{ClientEvent, Subscription, Transport};
+use herald_core::{ClientEvent, EndSignal, Subscription, Transport};
 use tokio::time::Instant;
 
 use crate::app::App;
 use crate::auth::Subscriber;
 use crate::error::{ApiError, ApiQuery};
+use crate::guarded::{Registered, StreamEnd};
 use crate::transport::{StreamQuery, open_subscription};
 
 /// Bytes gathered into one write when several events are ready at once. Bounds the memory one
@@ -38,16 +40,26 @@ pub(crate) const STREAM_HEADERS: [(&str, &str); 3] = [
 ];
 
 /// The axum handler: opens a stream and answers with it as the body.
-pub async fn stream(
+///
+/// On Herald's own connections the request carries the connection's [`StreamEnd`]: the stream
+/// registers there for as long as it runs, so that once the hub ends it, the connection closes
+/// within the close grace whatever its writes are doing (see [`crate::guarded`]).
+/// Embedded in another server, there is none, and that server's own timeouts apply.
+pub(crate) async fn stream(
     State(app): State<Arc<App>>,
     subscriber: Subscriber,
     ApiQuery(query): ApiQuery<StreamQuery>,
     headers: HeaderMap,
+    stream_end: Option<Extension<Arc<StreamEnd>>>,
 ) -> Result<Response, ApiError> {
     let stream = SseStream::open(&app, &subscriber, &query, &headers).await?;
-    let chunks = futures::stream::unfold(stream, |mut stream| async move {
+    let registered = stream_end.map(|Extension(stream_end)| {
+        stream_end.set(stream.end_signal());
+        Registered(stream_end)
+    });
+    let chunks = futures::stream::unfold((stream, registered), |(mut stream, registered)| async move {
         let chunk = stream.next_chunk().await?;
-        Some((Ok::<_, Infallible>(chunk), stream))
+        Some((Ok::<_, Infallible>(chunk), (stream, registered)))
     });
     let mut response = Body::from_stream(chunks).into_response();
     for (name, value) in STREAM_HEADERS {
@@ -80,6 +92,11 @@ impl SseStream {
     ) -> Result<Self, ApiError> {
         let subscription = open_subscription(app, subscriber, query, headers, Transport::Sse).await?;
         Ok(Self { subscription, done: false })
+    }
+
+    /// Tells when the hub ends this stream, even while its connection is stuck in a write.
+    pub(crate) fn end_signal(&self) -> EndSignal {
+        self.subscription.end_signal()
     }
 
     /// The next bytes to send: one or more events, or a keep-alive comment. `None` once the
