@@ -8,9 +8,9 @@
 //! cannot decode is a poison message: stored, it comes back on every resume. So it is refused once,
 //! at publish, here.
 //!
-//! The check is one pass over the bytes, without building a value: about 0.1 ms for 64 KiB of
-//! typical data (see the `check_cost_on_64_kib` test, which prints it), next to the
-//! milliseconds of a durable append.
+//! The check is one pass over the bytes, without building a value. The `check_cost_on_64_kib`
+//! test prints its cost: 3.6 ms for 64 KiB of typical data in a debug build on a loaded 2-core
+//! machine (54 ns/byte); an optimized build was not measured yet.
 
 /// Deepest nesting of arrays and objects in `data` (64): `1` is depth 0, `[1]` depth 1.
 /// Deeper: refused (HTTP 400 `data_too_deep`). Why 64: serde_json stops at 128 levels counting
