@@ -153,8 +153,22 @@ export declare class HeraldError extends Error {
   readonly code: string | null;
 }
 
+/** A notification this browser could not parse (it was stored before the server checked
+ * `data`, or a proxy broke it). The connection goes on, past its seq. */
+export interface HeraldUndecodable {
+  /** Its seq, when it could be read; `null` otherwise (then, for a long-poll answer, `raw` is the
+   * whole answer and the client went on after the answer's `last_seq`). */
+  seq: number | null;
+  /** The parser's message. */
+  error: string;
+  /** The text as it arrived. */
+  raw: string;
+}
+
 export interface HeraldEvents {
   notification: HeraldNotification;
+  /** A notification that could not be parsed; see {@link HeraldUndecodable}. */
+  undecodable: HeraldUndecodable;
   reset: HeraldReset;
   closed: HeraldClosed;
   status: HeraldStatus;

@@ -338,8 +338,16 @@ export class Herald {
         socket = new WebSocket(`${this.#base.replace(/^http/, 'ws')}/v1/ws?${params}`);
         socket.onmessage = (message) => {
           let data;
-          try { data = JSON.parse(message.data); } catch { return; }
-          onEvent(data.event, data);
+          try {
+            data = JSON.parse(message.data);
+          } catch (error) {
+            // One frame the browser cannot parse ends nothing: the app hears of it, and the
+            // position moves past its seq (the frame starts `{"event":"notification","seq":N`).
+            const head = /^\{"event":"(\w+)",(?:"seq":(\d+))?/.exec(message.data);
+            if (head?.[1] === 'notification') this.#undecodable(head[2], error, message.data);
+            return;
+          }
+          if (data !== null && typeof data === 'object') onEvent(data.event, data);
         };
         socket.onclose = end;
         socket.onerror = end;
@@ -348,8 +356,14 @@ export class Herald {
         for (const name of ['hello', 'notification', 'reset', 'inbox', 'closed']) {
           socket.addEventListener(name, (message) => {
             let data;
-            try { data = JSON.parse(message.data); } catch { return; }
-            onEvent(name, data);
+            try {
+              data = JSON.parse(message.data);
+            } catch (error) {
+              // As over WebSocket: the event's data starts `{"seq":N` when it is durable.
+              if (name === 'notification') this.#undecodable(/^\{"seq":(\d+)/.exec(message.data)?.[1], error, message.data);
+              return;
+            }
+            if (data !== null && typeof data === 'object') onEvent(name, data);
           });
         }
         // EventSource would reconnect by itself, but with the same URL: the same token and the
@@ -400,9 +414,20 @@ export class Herald {
         cache: 'no-store',
         signal: controller.signal,
       });
-      const body = await response.json().catch(() => null);
+      const text = await response.text();
+      let body = null;
+      let parseError = null;
+      try { body = JSON.parse(text); } catch (error) { parseError = error; }
       if (!response.ok) {
         return { httpStatus: response.status, errorCode: body?.error?.code ?? null };
+      }
+      if (body === null || typeof body !== 'object') {
+        // An answer the browser cannot parse (a notification it cannot read): polling it again
+        // would fail the same way. Tell the app, and go on after the answer's last seq (its
+        // top-level `last_seq`, the last one in the text: it follows the notifications).
+        const lastSeq = [...text.matchAll(/"last_seq":(\d+)/g)].pop()?.[1];
+        this.#undecodable(lastSeq, parseError ?? new SyntaxError('not a JSON object'), text);
+        return { polled: true, reason: null };
       }
       if (typeof body?.client === 'string') this.#setClient(body.client);
       if (body.reset) this.#reset(null);
@@ -486,6 +511,19 @@ export class Herald {
     }
     const { event: _event, ...notification } = n;
     this.#emit('notification', notification);
+  }
+
+  /**
+   * A notification (or a poll answer) this browser could not parse: tells the app with an
+   * `undecodable` event and moves the position past its seq, so that no resume brings it back.
+   */
+  #undecodable(seqText, error, raw) {
+    const seq = seqText === undefined ? null : Number(seqText);
+    if (seq !== null && Number.isSafeInteger(seq) && (this.#lastSeq === null || seq > this.#lastSeq)) {
+      this.#lastSeq = seq;
+      this.#knowSeq(seq);
+    }
+    this.#emit('undecodable', { seq, error: String(error?.message ?? error), raw });
   }
 
   #reset(lastSeq) {

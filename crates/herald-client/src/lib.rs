@@ -67,5 +67,5 @@ pub use subscriber::{EventStream, StreamOptions, Subscriber};
 pub use token::{Claims, mint_token};
 pub use types::{
     ClientPresence, Event, Notification, PollResponse, Presence, PublishRequest, PublishResponse, Published,
-    SessionPresence, To,
+    SessionPresence, To, Undecodable,
 };

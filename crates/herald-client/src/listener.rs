@@ -7,14 +7,15 @@
 //! a retry would only repeat (401 for a refused token, any other 4xx, an answer it cannot use),
 //! which it returns; or, when a bound is set, too many failed attempts in a row. Any other end
 //! (`lagging`, `shutdown`, `error`, a reason it does not know, a dropped or silent connection,
-//! a 5xx) is followed by a reconnect.
+//! a 5xx) is followed by a reconnect. A notification it cannot decode ends nothing: it comes as
+//! [`Event::Undecodable`] with its seq, and the position moves past it.
 
 use std::collections::VecDeque;
 use std::time::Duration;
 
 use crate::error::{ClientError, Result};
 use crate::subscriber::{EventStream, StreamOptions, Subscriber};
-use crate::types::{Event, PollResponse};
+use crate::types::{Event, Notification, PollResponse, Undecodable};
 
 /// Wait before the first reconnect after a failure.
 pub const BACKOFF_INITIAL: Duration = Duration::from_millis(100);
@@ -185,14 +186,16 @@ impl Listener {
                     self.advance(id);
                 }
             }
-            Event::Notification(n) => {
-                if let Some(seq) = n.seq {
-                    if self.position.is_some_and(|p| seq <= p) {
-                        return None;
-                    }
-                    self.position = Some(seq);
+            // An undecodable notification counts like any other: the position moves past it, so
+            // that a resume does not bring it back.
+            Event::Notification(Notification { seq: Some(seq), .. })
+            | Event::Undecodable(Undecodable { seq: Some(seq), .. }) => {
+                if self.position.is_some_and(|p| *seq <= p) {
+                    return None;
                 }
+                self.position = Some(*seq);
             }
+            Event::Notification(_) | Event::Undecodable(_) => {}
             Event::Reset { last_seq } => self.advance(*last_seq),
             Event::Closed { reason } => {
                 self.stream = None;
@@ -230,13 +233,18 @@ impl Listener {
         self.client = Some(answer.client);
         if answer.reset {
             // The stream goes on after the seq just before the first notification given.
-            let first = answer.notifications.iter().filter_map(|n| n.seq).min();
+            let first = answer
+                .notifications
+                .iter()
+                .filter_map(|n| n.as_ref().map_or_else(|u| u.seq, |n| n.seq))
+                .min();
             let last_seq = first.map_or(answer.last_seq, |s| s.saturating_sub(1));
             self.position = Some(last_seq);
             self.pending.push_back(Event::Reset { last_seq });
         }
         for notification in answer.notifications {
-            if let Some(event) = self.accept(Event::Notification(notification)) {
+            let event = notification.map_or_else(Event::Undecodable, Event::Notification);
+            if let Some(event) = self.accept(event) {
                 self.pending.push_back(event);
             }
         }

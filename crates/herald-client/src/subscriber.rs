@@ -11,7 +11,7 @@ use crate::error::{ClientError, Result};
 use crate::http::{Endpoint, REQUEST_TIMEOUT, check_status, http_client, read_json};
 use crate::inbox::Inbox;
 use crate::sse::{SseEvent, SseItem, SseParser};
-use crate::types::{Event, Notification, PollResponse};
+use crate::types::{Event, PollResponse, Undecodable};
 
 /// How long a stream may send nothing before it is taken for dead (a half-open connection
 /// sends no error): three of the server's 15 s keep-alive intervals.
@@ -239,7 +239,12 @@ pub(crate) fn decode_event(event: SseEvent) -> Result<Option<Event>> {
             };
             Event::Hello { user, session, client, last_seq, id }
         }
-        "notification" => Event::Notification(json::<Notification>(&event.data, "notification event")?),
+        // The publisher's `data` may be JSON this client cannot decode (stored before the server
+        // refused it): an event of its own, with its seq, never the end of the stream.
+        "notification" => match Undecodable::decode(&event.data, event.id.as_deref()) {
+            Ok(notification) => Event::Notification(notification),
+            Err(undecodable) => Event::Undecodable(undecodable),
+        },
         "reset" => Event::Reset { last_seq: json::<Reset>(&event.data, "reset event")?.last_seq },
         "closed" => Event::Closed { reason: json::<Closed>(&event.data, "closed event")?.reason },
         _ => return Ok(None),
@@ -284,8 +289,26 @@ mod tests {
     }
 
     #[test]
+    fn a_notification_serde_json_refuses_is_an_undecodable_event() {
+        let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+        for data in [deep.as_str(), "1e999999", r#""\ud800""#] {
+            let text = format!(r#"{{"seq":7,"type":"t","data":{data},"created_at":"x"}}"#);
+            let Some(Event::Undecodable(u)) = decode_event(sse("notification", &text, Some("7"))).unwrap()
+            else {
+                panic!("{data}")
+            };
+            assert_eq!((u.seq, u.kind.as_deref(), u.raw.as_str()), (Some(7), Some("t"), text.as_str()));
+        }
+        // Not even JSON: the seq comes from the SSE id.
+        let Some(Event::Undecodable(u)) = decode_event(sse("notification", "{", Some("8"))).unwrap() else {
+            panic!()
+        };
+        assert_eq!((u.seq, u.kind), (Some(8), None));
+    }
+
+    #[test]
     fn bad_event_data_is_an_error() {
-        assert!(matches!(decode_event(sse("notification", "{", None)), Err(ClientError::Decode { .. })));
+        assert!(matches!(decode_event(sse("reset", "{", None)), Err(ClientError::Decode { .. })));
         let hello = sse("hello", r#"{"user":"a","session":"s","client":"c","last_seq":4}"#, Some("x"));
         assert!(matches!(decode_event(hello), Err(ClientError::Protocol(_))));
     }

@@ -19,6 +19,49 @@ pub struct Notification {
     pub created_at: String,
 }
 
+/// A notification this client could not decode: its `data` nests deeper than serde_json's
+/// 128 levels, holds a number beyond f64 (`1e999999`) or a lone surrogate escape (`"\ud800"`).
+/// A server refuses such `data` at publish since it checks it, but one may have been stored
+/// before (an old database), or a server may send something else broken. It comes as an event
+/// of its own, with its seq, so that one notification never ends a stream: a [`crate::Listener`]
+/// moves past its seq like past any notification.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Undecodable {
+    /// Its seq, when the envelope or the SSE `id` said it; `None` for an ephemeral one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
+    /// Its `type`, when it could be read.
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// Why it could not be decoded (serde_json's message).
+    pub error: String,
+    /// Its JSON text as the server sent it, for a more lenient parser or a log.
+    pub raw: String,
+}
+
+impl Undecodable {
+    /// `raw`, which failed to decode with `error`; its seq and type read leniently from the
+    /// envelope (skipping `data` without decoding it), else the seq from `id` (an SSE `id:`).
+    pub fn new(raw: &str, id: Option<&str>, error: &serde_json::Error) -> Self {
+        #[derive(Deserialize)]
+        struct Envelope {
+            seq: Option<u64>,
+            #[serde(rename = "type")]
+            kind: Option<String>,
+        }
+        let (seq, kind) = match serde_json::from_str::<Envelope>(raw) {
+            Ok(Envelope { seq, kind }) => (seq, kind),
+            Err(_) => (id.and_then(|id| id.parse().ok()), None),
+        };
+        Self { seq, kind, error: error.to_string(), raw: raw.to_owned() }
+    }
+
+    /// Decodes the notification `raw`, or says why not.
+    pub fn decode(raw: &str, id: Option<&str>) -> Result<Notification, Undecodable> {
+        serde_json::from_str(raw).map_err(|error| Self::new(raw, id, &error))
+    }
+}
+
 /// Whom a notification is for. Serialized as the exact JSON shapes of `to`:
 /// `{"user": U}`, `{"users": [U, …]}`, `{"user": U, "session": S}`, `{"client": C}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -152,9 +195,10 @@ pub struct ClientPresence {
 pub struct PollResponse {
     /// The client id: give it back with the next poll.
     pub client: String,
-    /// At most 100, durable ones in seq order.
-    #[serde(default)]
-    pub notifications: Vec<Notification>,
+    /// At most 100, durable ones in seq order; each decoded, or [`Undecodable`] (one
+    /// notification the client cannot decode does not make the whole answer unreadable).
+    #[serde(default, deserialize_with = "decode_each", serialize_with = "encode_each")]
+    pub notifications: Vec<Result<Notification, Undecodable>>,
     /// Poll next with `after` = this.
     pub last_seq: u64,
     /// The `after` given is no longer retained: the app should reload its state.
@@ -163,6 +207,36 @@ pub struct PollResponse {
     /// The server ended this client (`evicted`, `replaced`, …).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub closed: Option<String>,
+}
+
+/// Reads each notification of a list on its own: first as raw JSON text (which has no depth
+/// limit and keeps numbers and strings as text), then decoded.
+fn decode_each<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<Result<Notification, Undecodable>>, D::Error> {
+    let raw = Vec::<Box<serde_json::value::RawValue>>::deserialize(deserializer)?;
+    Ok(raw.iter().map(|raw| Undecodable::decode(raw.get(), None)).collect())
+}
+
+/// Writes each notification back as it came: decoded ones as JSON, undecodable ones as their
+/// raw text.
+fn encode_each<S: serde::Serializer>(
+    notifications: &[Result<Notification, Undecodable>],
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    use serde::ser::{Error as _, SerializeSeq};
+    let mut seq = serializer.serialize_seq(Some(notifications.len()))?;
+    for notification in notifications {
+        match notification {
+            Ok(notification) => seq.serialize_element(notification)?,
+            Err(undecodable) => {
+                let raw = serde_json::value::RawValue::from_string(undecodable.raw.clone())
+                    .map_err(S::Error::custom)?;
+                seq.serialize_element(&raw)?;
+            }
+        }
+    }
+    seq.end()
 }
 
 /// One event of a subscriber's stream.
@@ -184,6 +258,8 @@ pub enum Event {
         id: Option<u64>,
     },
     Notification(Notification),
+    /// A notification this client could not decode; see [`Undecodable`]. The stream goes on.
+    Undecodable(Undecodable),
     /// The resume point is no longer retained: notifications were lost to this client, which
     /// should reload its state. The stream goes on after `last_seq`.
     Reset {
@@ -254,6 +330,35 @@ mod tests {
     }
 
     #[test]
+    fn a_poll_answer_with_notifications_serde_json_refuses_still_decodes() {
+        let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+        let poison = [deep.as_str(), "1e999999", r#""\ud800""#, r#"{"a": "\udfff"}"#];
+        let mut items: Vec<String> = poison
+            .iter()
+            .enumerate()
+            .map(|(i, data)| format!(r#"{{"seq":{},"type":"t","data":{data},"created_at":"x"}}"#, i + 1))
+            .collect();
+        items.push(r#"{"seq":5,"type":"t","data":"fine","created_at":"x"}"#.to_owned());
+        let text = format!(r#"{{"client":"c","notifications":[{}],"last_seq":5}}"#, items.join(","));
+        let poll: PollResponse = serde_json::from_str(&text).unwrap();
+        for (i, item) in poll.notifications[..4].iter().enumerate() {
+            let undecodable = item.as_ref().unwrap_err();
+            assert_eq!((undecodable.seq, undecodable.kind.as_deref()), (Some(i as u64 + 1), Some("t")));
+            assert_eq!(undecodable.raw, items[i]);
+            assert!(!undecodable.error.is_empty());
+        }
+        assert_eq!(poll.notifications[4].as_ref().unwrap().data, json!("fine"));
+        // And it serializes back as it came.
+        assert_eq!(serde_json::to_string(&poll).unwrap().matches(r#""\ud800""#).count(), 1);
+        let event = Event::Undecodable(poll.notifications[2].clone().unwrap_err());
+        let line = serde_json::to_value(&event).unwrap();
+        assert_eq!(
+            (&line["event"], &line["seq"], &line["type"]),
+            (&json!("undecodable"), &json!(3), &json!("t"))
+        );
+    }
+
+    #[test]
     fn answers_decode_and_ignore_new_fields() {
         let poll: PollResponse = serde_json::from_value(json!({
             "client": "c", "notifications": [{"seq": 1, "type": "t", "data": 5, "created_at": "x"}],
@@ -261,7 +366,7 @@ mod tests {
         }))
         .unwrap();
         assert_eq!((poll.last_seq, poll.reset, poll.closed), (1, false, None));
-        assert_eq!(poll.notifications[0].data, json!(5));
+        assert_eq!(poll.notifications[0].as_ref().unwrap().data, json!(5));
         let presence: Presence = serde_json::from_value(json!({
             "user": "alice", "sessions": [{"session": "s1", "clients": [
                 {"client": "c", "transport": "sse", "connected_at": "x", "last_seq": 17}]}]

@@ -338,6 +338,97 @@ async fn listener_over_long_poll_resumes_and_deduplicates() {
     );
 }
 
+/// The `data` of notifications that serde_json refuses to decode: nested 10,000 deep, a number
+/// beyond f64, a lone surrogate escape. A server stored such data before it refused it.
+fn poison(index: usize) -> String {
+    let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+    [deep, "1e999999".to_owned(), r#"{"text": "\ud800"}"#.to_owned()][index % 3].clone()
+}
+
+fn poison_notification(seq: u64) -> String {
+    let data = poison(seq as usize);
+    format!(
+        "id: {seq}\nevent: notification\ndata: {{\"seq\":{seq},\"type\":\"t\",\"data\":{data},\"created_at\":\"x\"}}\n\n"
+    )
+}
+
+/// The seqs of the events, each with whether it was decoded.
+fn received(events: &[Event]) -> Vec<(u64, bool)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Notification(n) => Some((n.seq?, true)),
+            Event::Undecodable(u) => Some((u.seq?, false)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Regression: one notification the client cannot decode ended `herald listen` (a `Decode`
+/// error, not retryable), and again on every resume since it came back each time. Now it is an
+/// `undecodable` event with its seq; the stream goes on and the resume point moves past it.
+#[tokio::test]
+async fn listener_goes_on_past_notifications_it_cannot_decode() {
+    let server = FakeServer::start(vec![
+        Reply::Sse(vec![hello("c1", 0, 0), notification(1), poison_notification(2)], End::Drop),
+        // The resume is after 2; a racing server replays 2 anyway, which is skipped.
+        Reply::Sse(
+            vec![
+                hello("c1", 4, 2),
+                poison_notification(2),
+                poison_notification(3),
+                poison_notification(4),
+                notification(5),
+                closed("session_closed"),
+            ],
+            End::Finish,
+        ),
+    ])
+    .await;
+    let mut listener =
+        Listener::new(Subscriber::new(&server.url, "t").unwrap(), fast(ListenerOptions::default()));
+    let (events, error) = drain(&mut listener).await;
+    assert!(error.is_none(), "{error:?}");
+    assert_eq!(received(&events), [(1, true), (2, false), (3, false), (4, false), (5, true)]);
+    let Some(Event::Undecodable(u)) = events.iter().find(|e| matches!(e, Event::Undecodable(_))) else {
+        panic!()
+    };
+    assert!(u.raw.contains(r#""\ud800""#) && !u.error.is_empty(), "{u:?}");
+    let targets: Vec<String> = server.requests().await.iter().map(|r| r.target().to_owned()).collect();
+    assert_eq!(targets, ["/v1/stream", "/v1/stream?last_event_id=2&client=c1"]);
+}
+
+/// The same over long-polling: one undecodable notification made the whole answer unreadable,
+/// and the same poll failed forever.
+#[tokio::test]
+async fn long_poll_goes_on_past_notifications_it_cannot_decode() {
+    let raw = |seq: u64, data: &str| format!(r#"{{"seq":{seq},"type":"t","data":{data},"created_at":"x"}}"#);
+    let answer = |items: &[String], last_seq: u64| {
+        format!(r#"{{"client":"p1","notifications":[{}],"last_seq":{last_seq}}}"#, items.join(","))
+    };
+    let server = FakeServer::start(vec![
+        Reply::Json(200, answer(&[raw(1, "{}"), raw(2, &poison(2)), raw(3, &poison(3))], 3)),
+        Reply::Json(200, answer(&[raw(4, &poison(4)), raw(5, "{}")], 5)),
+        Reply::Json(200, r#"{"client":"p1","notifications":[],"last_seq":5,"closed":"evicted"}"#.into()),
+    ])
+    .await;
+    let options =
+        ListenerOptions { transport: ListenTransport::Poll, poll_timeout_s: Some(5), ..Default::default() };
+    let mut listener = Listener::new(Subscriber::new(&server.url, "t").unwrap(), fast(options));
+    let (events, error) = drain(&mut listener).await;
+    assert!(error.is_none(), "{error:?}");
+    assert_eq!(received(&events), [(1, true), (2, false), (3, false), (4, false), (5, true)]);
+    let targets: Vec<String> = server.requests().await.iter().map(|r| r.target().to_owned()).collect();
+    assert_eq!(
+        targets,
+        [
+            "/v1/poll?timeout=5",
+            "/v1/poll?after=3&timeout=5&client=p1",
+            "/v1/poll?after=5&timeout=5&client=p1"
+        ]
+    );
+}
+
 #[tokio::test]
 async fn stream_sends_last_event_id_as_header_and_times_out_when_silent() {
     let server = FakeServer::start(vec![Reply::Sse(vec![hello("c", 5, 5)], End::Hang)]).await;

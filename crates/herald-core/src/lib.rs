@@ -10,6 +10,8 @@
 //!
 //! # Layout
 //! - [`ids`]: [`UserId`], [`SessionId`], [`ClientId`] (and the [`ClientIdMinter`]), [`Seq`].
+//! - [`data`]: [`check_data`], what a notification's `data` may hold so that every client can
+//!   decode it.
 //! - [`notification`]: [`Notification`] (serialized once, shared by all its clients), [`Audience`],
 //!   [`Target`], [`Publish`], [`Receipt`].
 //! - [`store`]: the [`Store`] trait, each user's durable log.
@@ -22,6 +24,7 @@
 //! - [`limits`]: every configurable bound, in one place.
 
 pub mod bus;
+pub mod data;
 pub mod hub;
 pub mod ids;
 pub mod inbox;
@@ -33,6 +36,7 @@ pub mod store;
 pub mod subscription;
 
 pub use bus::{Bus, LocalBus};
+pub use data::{DATA_DEPTH_MAX, DataError, check_data};
 pub use hub::{ClientInfo, CloseReason, Hub, Presence, Transport};
 pub use ids::{ClientId, ClientIdMinter, ID_BYTES_MAX, InvalidId, Seq, SessionId, UserId};
 pub use inbox::{

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use serde_json::value::RawValue;
 
 use crate::bus::{Bus, BusError};
+use crate::data::{DataError, check_data};
 use crate::hub::{CloseReason, Hub};
 use crate::ids::{ClientId, ID_BYTES_MAX, Seq, SessionId, UserId};
 use crate::inbox::{Inbox, InboxCounts, InboxEvent};
@@ -19,13 +20,16 @@ use crate::store::{Appended, NewNotification, Store, StoreError};
 /// Longest notification `type`, in bytes.
 pub const KIND_BYTES_MAX: usize = 128;
 
-/// Why a publish was refused or failed. The first four are the publisher's fault and changed
+/// Why a publish was refused or failed. The first five are the publisher's fault and changed
 /// nothing; `Store` and `Bus` are the server's.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum NotifyError {
     #[error("data is {bytes} bytes of JSON; at most {max} are allowed")]
     DataTooLarge { bytes: usize, max: usize },
+    /// `data` that some client could not decode ([`check_data`]).
+    #[error(transparent)]
+    InvalidData(#[from] DataError),
     #[error("{count} users in one publish; at most {max} are allowed")]
     TooManyUsers { count: usize, max: usize },
     #[error("{0}")]
@@ -96,6 +100,9 @@ impl Notifier {
         if data_bytes > limits.data_bytes_max {
             return Err(NotifyError::DataTooLarge { bytes: data_bytes, max: limits.data_bytes_max });
         }
+        // Once here, for every path that publishes (the API, the demo, `notify`, embedders):
+        // what is stored is what every client can decode.
+        check_data(publish.data.get())?;
         if publish.kind.is_empty() || publish.kind.len() > KIND_BYTES_MAX {
             return Err(NotifyError::Invalid(format!("type must be 1 to {KIND_BYTES_MAX} bytes long")));
         }

@@ -9,7 +9,7 @@ use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
-use herald_core::{InvalidId, NotifyError, StoreError, SubscribeError};
+use herald_core::{DataError, InvalidId, NotifyError, StoreError, SubscribeError};
 use serde::de::DeserializeOwned;
 
 /// Largest request body accepted, in bytes (1 MiB). Larger: 413 `body_too_large`.
@@ -74,6 +74,15 @@ impl From<NotifyError> for ApiError {
         match error {
             NotifyError::DataTooLarge { .. } => {
                 Self::new(StatusCode::PAYLOAD_TOO_LARGE, "data_too_large", error.to_string())
+            }
+            NotifyError::InvalidData(ref data) => {
+                let code = match data {
+                    DataError::TooDeep { .. } => "data_too_deep",
+                    DataError::InvalidNumber { .. } => "invalid_number",
+                    DataError::InvalidString { .. } => "invalid_string",
+                    _ => "invalid_data",
+                };
+                Self::bad_request(code, error.to_string())
             }
             NotifyError::TooManyUsers { .. } => Self::bad_request("too_many_users", error.to_string()),
             NotifyError::Invalid(message) => Self::bad_request("invalid_request", message),

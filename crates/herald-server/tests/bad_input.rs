@@ -372,3 +372,48 @@ async fn a_publish_to_an_unknown_client_or_of_bad_data_in_a_batch_of_users_store
     assert!(server.stored("bob").await.is_empty());
     assert_untouched_and_serving(&server).await;
 }
+
+/// The `data` every client can decode, or a 400 naming what it cannot: nesting past the
+/// documented depth, a number beyond f64, a lone surrogate escape. (Herald's own Rust client
+/// died on each of these, and again on every resume.) Nothing is stored, on either the API or
+/// the demo's path, durable or ephemeral.
+#[tokio::test]
+async fn poison_data_is_400_and_nothing_is_stored() {
+    let demo = herald_server::ServerSettings { dev_mode: true, demo: true, ..Default::default() };
+    let server = TestServer::with_settings(demo).await;
+    let deep = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+    let cases = [
+        (deep(10_000), "data_too_deep"),
+        (deep(herald_core::data::DATA_DEPTH_MAX + 1), "data_too_deep"),
+        (format!(r#"{{"a":{}}}"#, deep(herald_core::data::DATA_DEPTH_MAX)), "data_too_deep"),
+        ("1e999999".to_owned(), "invalid_number"),
+        ("[-1e309]".to_owned(), "invalid_number"),
+        (format!("1{}", "0".repeat(400)), "invalid_number"),
+        (r#""\ud800""#.to_owned(), "invalid_string"),
+        (r#"{"text": "a\udfffb"}"#.to_owned(), "invalid_string"),
+        (r#"["\ud83d\u0041"]"#.to_owned(), "invalid_string"),
+        (r#"{"\udc00": 1}"#.to_owned(), "invalid_string"),
+    ];
+    for (data, expected) in &cases {
+        for durable in [true, false] {
+            let body = format!(r#"{{"to": {{"user": "alice"}}, "durable": {durable}, "data": {data}}}"#);
+            assert_error(&server.publish_raw(body.clone()).await, 400, expected);
+            let demo = server.http.post(format!("{}/demo/notify", server.url)).body(body);
+            let demo = demo.header("content-type", "application/json").send().await.unwrap();
+            assert_error(&answer(demo).await, 400, expected);
+        }
+    }
+    let head = server.app.notifier.store().head(&herald_core::UserId::new("alice").unwrap()).await.unwrap();
+    assert_eq!(head.last_seq, 0, "a poison notification was stored");
+    assert_untouched_and_serving(&server).await;
+    // Just inside every bound: accepted, and decoded by a strict JSON parser.
+    let fine = format!(
+        r#"{{"deep": {}, "big": 1.7976931348623157e308, "tiny": 1e-999999, "pair": "\ud83d\ude00", "esc": "\u00e9\\"}}"#,
+        deep(herald_core::data::DATA_DEPTH_MAX - 1)
+    );
+    let (status, body) =
+        server.publish_raw(format!(r#"{{"to": {{"user": "alice"}}, "data": {fine}}}"#)).await;
+    assert_eq!(status, 200, "{body}");
+    let stored = server.stored("alice").await;
+    assert_eq!(stored.last().unwrap()["data"]["pair"], "\u{1F600}");
+}

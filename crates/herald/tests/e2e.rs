@@ -572,8 +572,13 @@ struct Listen {
 
 impl Listen {
     fn start(cwd: &Path, url: &str, token: &str) -> Self {
+        Self::start_with(cwd, url, token, &[])
+    }
+
+    fn start_with(cwd: &Path, url: &str, token: &str, extra: &[&str]) -> Self {
         let mut child = herald(cwd)
             .args(["listen", "--token", token, "--url", url])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -693,6 +698,72 @@ async fn cli_listen_and_publish_across_a_restart() {
     let stderr = assert_one_line_error(&output);
     assert!(stderr.contains("401"), "{stderr}");
     assert!(output.stdout.is_empty());
+    drop(server);
+}
+
+/// Regression (poison messages): a database written before publish checked `data` holds
+/// notifications serde_json cannot decode (nested 10,000 deep, `1e999999`, a lone surrogate).
+/// `herald listen` exited on the first of them, and again on every resume. Now it prints each
+/// as an `undecodable` line with its seq and goes on, over SSE and long-polling alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_listen_goes_on_past_undecodable_notifications_of_an_old_database() {
+    use herald_core::notification::now_ms;
+    use herald_core::{Audience, NewNotification, Retention, Store as _, UserId};
+    use serde_json::value::RawValue;
+
+    let dir = tempfile::tempdir().unwrap();
+    let spec = Spec::new(dir.path());
+    std::fs::create_dir_all(&spec.data_dir).unwrap();
+    let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+    let poison = [deep.as_str(), "1e999999", r#"{"text": "\ud800"}"#, r#"{"text": "fine"}"#];
+    {
+        let path = spec.data_dir.join(herald_server::DATABASE_FILE);
+        let store = herald_store::SqliteStore::open(&path, Retention::default()).unwrap();
+        let entries = poison
+            .iter()
+            .map(|data| NewNotification {
+                user: UserId::new("alice").unwrap(),
+                kind: "t".into(),
+                data: RawValue::from_string((*data).to_owned()).unwrap().into(),
+                created_at_ms: now_ms(),
+                audience: Audience::user(),
+            })
+            .collect();
+        store.append(entries, None).await.unwrap();
+    } // Dropped: its writer has committed and stopped.
+    let server = spec.start().await;
+    let token = mint_token(spec.secret().as_bytes(), "alice", Some("cli"), HOUR).unwrap();
+    let publisher = server.publisher(&spec.api_key());
+    for (round, transport) in ["sse", "poll"].into_iter().enumerate() {
+        let mut listen =
+            Listen::start_with(&spec.cwd, &spec.url(), &token, &["--after", "0", "--transport", transport]);
+        let mut lines = Vec::new();
+        while lines.len() < 4 {
+            let line = listen.next().await;
+            if line["event"] != "hello" {
+                lines.push(line);
+            }
+        }
+        for (i, line) in lines[..3].iter().enumerate() {
+            assert_eq!(
+                (&line["event"], &line["seq"], &line["type"]),
+                (&json!("undecodable"), &json!(i + 1), &json!("t")),
+                "{transport}: {line}"
+            );
+            assert!(line["raw"].as_str().unwrap().contains(&poison[i][..8]), "{line}");
+        }
+        assert_eq!(
+            (&lines[3]["event"], &lines[3]["seq"]),
+            (&json!("notification"), &json!(4)),
+            "{transport}"
+        );
+        // Still listening: a new notification arrives (after the one of the round before).
+        let seq = publish(&publisher, "alice", json!({"round": round})).await;
+        for expected in 5..=seq {
+            let line = listen.next().await;
+            assert_eq!((&line["event"], &line["seq"]), (&json!("notification"), &json!(expected)), "{line}");
+        }
+    }
     drop(server);
 }
 

@@ -9,6 +9,7 @@ import Herald, {
   type HeraldInboxPage,
   type HeraldNotification,
   type HeraldStatus,
+  type HeraldUndecodable,
 } from '../../../clients/js/herald.js';
 
 interface Message {
@@ -37,6 +38,7 @@ async function app(): Promise<void> {
     if (c.reason === 'session_closed' || c.reason === 'token_expired') console.log('signed out');
   });
   herald.on('status', (s: HeraldStatus) => console.log(s));
+  herald.on('undecodable', (u: HeraldUndecodable) => console.log(u.seq ?? 'no seq', u.error, u.raw.length));
   herald.on('counts', (c: HeraldInboxCounts) => console.log(c.unread, c.unseen, c.total, c.archived, c.version));
   herald.on('inbox', (change: HeraldInboxChange) => console.log(change.op, change.seqs, change.all_up_to, change.counts));
 

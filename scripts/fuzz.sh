@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Runs the fuzz targets (crates/herald-server/tests/fuzz.rs) longer than `cargo test` does:
+# every target for SECS seconds (default 60), all at once (one test thread each), in release.
+# Each prints its case count and its seed; a failure prints the seed and the smallest input
+# found (rerun it with HERALD_FUZZ_SEED=<seed> and the target's name).
+#
+# Usage: scripts/fuzz.sh [SECS] [target…]
+#   targets: data_check jwt resume_point query_strings publish_bodies inbox_bodies
+#            request_heads ws_frames sse_parser (default: all)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+secs="${1:-60}"
+shift || true
+export HERALD_FUZZ_SECS="$secs"
+filters=("$@")
+cargo test --release -p herald-server --test fuzz -- --nocapture --test-threads=9 "${filters[@]}" 2>&1 \
+  | grep -E '^(fuzz |test |thread |fuzz target|minimal failing input|test result)' 
