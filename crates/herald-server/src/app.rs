@@ -11,6 +11,7 @@ use sha2::{Digest, Sha256};
 use tokio_util::task::TaskTracker;
 
 use crate::auth::Auth;
+use crate::caps::{self, Caps, Limiter};
 use crate::error::ApiError;
 use crate::{api, assets, demo, transport};
 
@@ -26,11 +27,18 @@ pub struct ServerSettings {
     /// presence, all without credentials). Honoured only together with `dev_mode`;
     /// [`crate::serve`] sets it when in dev mode and listening on a loopback address.
     pub demo: bool,
+    /// The connection cap and the per-address and per-user rate limits.
+    pub caps: Caps,
 }
 
 impl Default for ServerSettings {
     fn default() -> Self {
-        Self { keepalive_interval: Duration::from_secs(15), dev_mode: false, demo: false }
+        Self {
+            keepalive_interval: Duration::from_secs(15),
+            dev_mode: false,
+            demo: false,
+            caps: Caps::default(),
+        }
     }
 }
 
@@ -44,6 +52,8 @@ pub struct App {
     /// Upgraded WebSocket connections (axum runs each in its own task): shutting down waits for
     /// them to send `closed: shutdown`.
     pub ws_connections: TaskTracker,
+    /// Enforces [`ServerSettings::caps`].
+    pub limiter: Limiter,
 }
 
 impl std::fmt::Debug for App {
@@ -75,6 +85,7 @@ impl App {
             hub,
             store,
             auth: Auth::new(secret, api_key),
+            limiter: Limiter::new(&settings.caps),
             settings,
             ws_connections: TaskTracker::new(),
         })
@@ -84,20 +95,28 @@ impl App {
 /// The HTTP routes of Herald.
 pub fn router(app: Arc<App>) -> Router {
     let demo = app.settings.dev_mode && app.settings.demo;
-    let router = Router::new()
-        .route("/healthz", get(|| async { axum::Json(serde_json::json!({ "status": "ok" })) }))
+    // Subscriber routes, under the per-address caps (see `caps`): the long ones hold one of the
+    // address's connections, the short ones only count against its rate.
+    let subscriber_connections = Router::new()
         .route("/v1/stream", get(transport::sse::stream))
         .route("/v1/ws", get(transport::ws::ws))
         .route("/v1/poll", get(transport::poll::poll))
+        .route_layer(axum::middleware::from_fn_with_state(app.clone(), caps::limit_connections));
+    let subscriber_requests = Router::new()
+        .route("/v1/inbox", get(api::inbox::list).delete(api::inbox::delete_all))
+        .route("/v1/inbox/counts", get(api::inbox::counts))
+        .route("/v1/inbox/mark", post(api::inbox::mark))
+        .route("/v1/inbox/{seq}", delete(api::inbox::delete_one))
+        .route_layer(axum::middleware::from_fn_with_state(app.clone(), caps::limit_requests));
+    let router = Router::new()
+        .merge(subscriber_connections)
+        .merge(subscriber_requests)
+        .route("/healthz", get(|| async { axum::Json(serde_json::json!({ "status": "ok" })) }))
         .route("/v1/notify", post(api::publish::notify))
         .route("/v1/users/{user}/presence", get(api::users::presence))
         .route("/v1/users/{user}/notifications", get(api::users::notifications))
         .route("/v1/users/{user}/sessions", delete(api::users::close_all_sessions))
         .route("/v1/users/{user}/sessions/{session}", delete(api::users::close_session))
-        .route("/v1/inbox", get(api::inbox::list).delete(api::inbox::delete_all))
-        .route("/v1/inbox/counts", get(api::inbox::counts))
-        .route("/v1/inbox/mark", post(api::inbox::mark))
-        .route("/v1/inbox/{seq}", delete(api::inbox::delete_one))
         .route("/v1/users/{user}/inbox", get(api::inbox::user_list).delete(api::inbox::user_delete_all))
         .route("/v1/users/{user}/inbox/counts", get(api::inbox::user_counts))
         .route("/v1/users/{user}/inbox/mark", post(api::inbox::user_mark))

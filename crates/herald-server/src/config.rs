@@ -10,6 +10,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use herald_core::{Limits, Retention};
 use serde::{Deserialize, Serialize};
 
+use crate::caps::{Caps, IpNet};
+
 /// File in the data dir holding the dev-mode credentials.
 pub const DEV_CREDENTIALS_FILE: &str = "dev-credentials.json";
 
@@ -59,6 +61,32 @@ pub struct ServeArgs {
     /// The PEM private key of `--tls-cert`.
     #[arg(long, env = "HERALD_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Connections open at once; one more is answered 503 `overloaded`. Default: the open-files
+    /// limit (raised to its hard limit at start) minus 256. 0: no cap.
+    #[arg(long, env = "HERALD_CONNECTIONS_MAX")]
+    pub connections_max: Option<usize>,
+    /// Streams, WebSockets and polls open at once per client address; one more is answered 429
+    /// `too_many_connections`. 0: no limit.
+    #[arg(long, env = "HERALD_IP_CONNECTIONS_MAX", default_value_t = Caps::default().ip_connections_max)]
+    pub ip_connections_max: u32,
+    /// Subscriber requests (streams, polls, WebSockets, /v1/inbox…) per second per client
+    /// address; over it, 429 `rate_limited`. 0: no limit.
+    #[arg(long, env = "HERALD_IP_REQUESTS_PER_SEC", default_value_t = Caps::default().ip_requests_per_sec)]
+    pub ip_requests_per_sec: u32,
+    /// Subscriber requests per client address at once after a quiet period.
+    #[arg(long, env = "HERALD_IP_REQUESTS_BURST", default_value_t = Caps::default().ip_requests_burst)]
+    pub ip_requests_burst: u32,
+    /// Proxies (addresses or CIDR blocks, comma-separated) whose `X-Forwarded-For` names the
+    /// client address. Without them the header is ignored.
+    #[arg(long, env = "HERALD_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<IpNet>,
+    /// Inbox changes (marks, deletes) per second per user with a subscriber token; over it, 429
+    /// `rate_limited`. The publisher API is not limited. 0: no limit.
+    #[arg(long, env = "HERALD_INBOX_WRITES_PER_SEC", default_value_t = Caps::default().inbox_writes_per_sec)]
+    pub inbox_writes_per_sec: u32,
+    /// Inbox changes per user at once after a quiet period.
+    #[arg(long, env = "HERALD_INBOX_WRITES_BURST", default_value_t = Caps::default().inbox_writes_burst)]
+    pub inbox_writes_burst: u32,
 }
 
 impl ServeArgs {
@@ -78,6 +106,19 @@ impl ServeArgs {
         match (&self.tls_cert, &self.tls_key) {
             (Some(cert), Some(key)) => Some(crate::tls::TlsFiles { cert: cert.clone(), key: key.clone() }),
             _ => None,
+        }
+    }
+
+    /// The caps these options set.
+    pub fn caps(&self) -> Caps {
+        Caps {
+            connections_max: self.connections_max,
+            ip_connections_max: self.ip_connections_max,
+            ip_requests_per_sec: self.ip_requests_per_sec,
+            ip_requests_burst: self.ip_requests_burst,
+            trusted_proxies: self.trusted_proxies.clone(),
+            inbox_writes_per_sec: self.inbox_writes_per_sec,
+            inbox_writes_burst: self.inbox_writes_burst,
         }
     }
 

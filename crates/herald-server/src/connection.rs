@@ -10,13 +10,14 @@
 //! router, with the bytes already read handed back in front of the socket.
 
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::FromRequestParts;
+use axum::extract::{ConnectInfo, FromRequestParts};
 use bytes::{Buf, Bytes};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
@@ -29,6 +30,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::app::App;
 use crate::auth::Subscriber;
+use crate::caps::{Admission, ConnectionPermit, IpSlot};
 use crate::error::{ApiError, ApiQuery};
 use crate::transport::StreamQuery;
 use crate::transport::sse::{STREAM_HEADERS, SseStream};
@@ -50,6 +52,7 @@ const DISCARD_BYTES: usize = 8;
 /// Accepts connections until `stop` turns true. Accept errors (such as running out of file
 /// descriptors) are logged and retried after a short pause rather than ending the server.
 /// With `tls`, every connection first completes a TLS handshake (see [`serve_tls_connection`]).
+/// A connection over the node's cap is answered `503` and closed right here (see [`crate::caps`]).
 pub(crate) async fn accept_loop(
     listener: TcpListener,
     app: Arc<App>,
@@ -64,13 +67,18 @@ pub(crate) async fn accept_loop(
             _ = stop.changed() => return,
         };
         match accepted {
-            Ok((socket, _peer)) => {
+            Ok((socket, peer)) => {
+                let Some(permit) = app.limiter.admit_connection() else {
+                    app.limiter.turn_away(socket);
+                    continue;
+                };
                 let _ = socket.set_nodelay(true);
                 let (app, router, stop) = (app.clone(), router.clone(), stop.clone());
+                let peer = Peer { addr: peer, permit };
                 match &tls {
-                    None => connections.spawn(serve_connection(socket, app, router, stop)),
+                    None => connections.spawn(serve_connection(socket, peer, app, router, stop)),
                     Some(tls) => {
-                        connections.spawn(serve_tls_connection(socket, tls.clone(), app, router, stop))
+                        connections.spawn(serve_tls_connection(socket, peer, tls.clone(), app, router, stop))
                     }
                 };
             }
@@ -80,6 +88,14 @@ pub(crate) async fn accept_loop(
             }
         }
     }
+}
+
+/// Who is on the other end of a connection, and its place under the node's cap: the permit is
+/// kept until the connection closes, whichever path serves it (inside the IO hyper owns, so an
+/// upgraded WebSocket keeps it too).
+struct Peer {
+    addr: SocketAddr,
+    permit: ConnectionPermit,
 }
 
 /// A connection's byte stream: plain TCP or TLS over TCP. The lean stream path needs to read
@@ -111,6 +127,7 @@ impl Socket for TlsStream<TcpStream> {
 /// client chose it (ALPN `h2`), else HTTP/1.1 through the same front door as plain TCP.
 async fn serve_tls_connection(
     socket: TcpStream,
+    peer: Peer,
     tls: TlsAcceptor,
     app: Arc<App>,
     router: Router,
@@ -129,13 +146,14 @@ async fn serve_tls_connection(
         _ = stop.changed() => return,
     };
     if stream.get_ref().1.alpn_protocol() == Some(crate::tls::ALPN_H2) {
-        return Box::pin(serve_http2(stream, router, stop)).await;
+        return Box::pin(serve_http2(stream, peer, router, stop)).await;
     }
-    serve_connection(stream, app, router, stop).await;
+    serve_connection(stream, peer, app, router, stop).await;
 }
 
 async fn serve_connection<S: Socket>(
     socket: S,
+    peer: Peer,
     app: Arc<App>,
     router: Router,
     mut stop: watch::Receiver<bool>,
@@ -146,38 +164,47 @@ async fn serve_connection<S: Socket>(
     // stream's state (under 1 KiB) is held inline. (Boxing that too was measured: one more
     // allocation, no fewer bytes.)
     let door = tokio::select! {
-        door = Box::pin(front_door(socket, &app)) => door,
+        door = Box::pin(front_door(socket, peer.addr, &app)) => door,
         // Shutting down: a connection that has not finished its first request (a browser's
         // preconnect, say) is dropped rather than allowed to hold the shutdown up.
         _ = stop.changed() => return,
     };
-    let (socket, stream) = match door {
-        FrontDoor::Stream(socket, stream) => (socket, stream),
+    let (socket, stream, ip_slot) = match door {
+        FrontDoor::Stream(socket, stream, ip_slot) => (socket, stream, ip_slot),
         FrontDoor::Hyper(socket, read) => {
-            return Box::pin(serve_with_hyper(socket, read, router, stop)).await;
+            return Box::pin(serve_with_hyper(socket, read, peer, router, stop)).await;
         }
         FrontDoor::Done => return,
     };
+    // Only the permit lives on with the stream (the address is no longer needed).
+    let permit = peer.permit;
     drop((router, stop));
     run_stream(socket, stream).await;
+    drop((ip_slot, permit));
 }
 
 /// What to do with a connection after its first request head.
 enum FrontDoor<S> {
-    /// A stream was opened: run it on the lean path.
-    Stream(S, SseStream),
+    /// A stream was opened: run it on the lean path (holding its address's connection slot).
+    Stream(S, SseStream, Option<IpSlot>),
     /// Anything else: hand it to hyper with the bytes read so far.
     Hyper(S, Bytes),
     /// Answered (an error) or gone.
     Done,
 }
 
-async fn front_door<S: Socket>(mut socket: S, app: &Arc<App>) -> FrontDoor<S> {
+async fn front_door<S: Socket>(mut socket: S, peer: SocketAddr, app: &Arc<App>) -> FrontDoor<S> {
     let error = match tokio::time::timeout(REQUEST_HEAD_TIMEOUT, read_head(&mut socket)).await {
-        Ok(Ok(Some(head))) if head.is_stream_request() => match open_stream(app, head.parts).await {
-            Ok(stream) => return FrontDoor::Stream(socket, stream),
-            Err(error) => error,
-        },
+        Ok(Ok(Some(head))) if head.is_stream_request() => {
+            // The address's caps first: a refusal costs no token check and no store read.
+            match app.limiter.admit_subscriber(peer.ip(), &head.parts.headers, Admission::Connection) {
+                Ok(ip_slot) => match open_stream(app, head.parts).await {
+                    Ok(stream) => return FrontDoor::Stream(socket, stream, ip_slot),
+                    Err(error) => error,
+                },
+                Err(error) => error,
+            }
+        }
         Ok(Ok(Some(head))) => return FrontDoor::Hyper(socket, head.bytes),
         Ok(Ok(None)) | Err(_) => return FrontDoor::Done, // Closed, or silent for too long.
         Ok(Err(HeadError::Io(error))) => {
@@ -326,19 +353,7 @@ async fn client_left<R: AsyncRead + Unpin>(reader: &mut R) -> bool {
 
 /// Writes `error` as a complete JSON response and closes.
 async fn write_error<S: AsyncWrite + Unpin>(socket: &mut S, error: &ApiError) -> io::Result<()> {
-    let body = error.body().to_string();
-    let reason = error.status.canonical_reason().unwrap_or("Error");
-    let mut head = format!(
-        "HTTP/1.1 {} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n",
-        error.status.as_u16(),
-        body.len()
-    );
-    if error.status == http::StatusCode::UNAUTHORIZED {
-        head.push_str("www-authenticate: Bearer\r\n");
-    }
-    head.push_str("\r\n");
-    socket.write_all(head.as_bytes()).await?;
-    socket.write_all(body.as_bytes()).await?;
+    socket.write_all(&error.to_http1()).await?;
     socket.shutdown().await
 }
 
@@ -346,11 +361,12 @@ async fn write_error<S: AsyncWrite + Unpin>(socket: &mut S, error: &ApiError) ->
 async fn serve_with_hyper<S: Socket>(
     socket: S,
     read: Bytes,
+    peer: Peer,
     router: Router,
     mut stop: watch::Receiver<bool>,
 ) {
-    let io = TokioIo::new(Prefixed { prefix: read, inner: socket });
-    let service = TowerToHyperService::new(router);
+    let service = WithPeer { router: TowerToHyperService::new(router), peer: peer.addr };
+    let io = TokioIo::new(Prefixed { prefix: read, inner: socket, _permit: peer.permit });
     let connection = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(REQUEST_HEAD_TIMEOUT)
@@ -384,8 +400,12 @@ const H2_HEADER_LIST_BYTES_MAX: u32 = REQUEST_HEAD_BYTES_MAX as u32;
 /// Serves an HTTP/2 connection (TLS with ALPN `h2`) with hyper and the axum router: every
 /// request, streams included, takes the router's path; streams of one browser share the
 /// connection.
-async fn serve_http2<S: Socket>(socket: S, router: Router, mut stop: watch::Receiver<bool>) {
-    let service = TowerToHyperService::new(router);
+///
+/// The connection's permit is held until it closes; each request is limited per address by
+/// the router's caps.
+async fn serve_http2<S: Socket>(socket: S, peer: Peer, router: Router, mut stop: watch::Receiver<bool>) {
+    let Peer { addr: peer, permit: _permit } = peer;
+    let service = WithPeer { router: TowerToHyperService::new(router), peer };
     let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .max_concurrent_streams(H2_STREAMS_MAX)
@@ -406,10 +426,34 @@ async fn serve_http2<S: Socket>(socket: S, router: Router, mut stop: watch::Rece
     }
 }
 
+/// The router as a hyper service that puts the peer's address into every request (as axum's
+/// `ConnectInfo`), for the per-address caps.
+#[derive(Clone)]
+struct WithPeer {
+    router: TowerToHyperService<Router>,
+    peer: SocketAddr,
+}
+
+type HyperRequest = http::Request<hyper::body::Incoming>;
+
+impl hyper::service::Service<HyperRequest> for WithPeer {
+    type Response = <TowerToHyperService<Router> as hyper::service::Service<HyperRequest>>::Response;
+    type Error = <TowerToHyperService<Router> as hyper::service::Service<HyperRequest>>::Error;
+    type Future = <TowerToHyperService<Router> as hyper::service::Service<HyperRequest>>::Future;
+
+    fn call(&self, mut request: HyperRequest) -> Self::Future {
+        request.extensions_mut().insert(ConnectInfo(self.peer));
+        self.router.call(request)
+    }
+}
+
 /// A socket with bytes already read from it put back in front.
 struct Prefixed<S> {
     prefix: Bytes,
     inner: S,
+    /// Counts the connection against the node's cap for as long as the socket lives (an
+    /// upgraded WebSocket's too).
+    _permit: ConnectionPermit,
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {

@@ -8,6 +8,7 @@
 //! - [`app`]: [`App`], the shared state, and [`router`], the routes.
 //! - [`config`]: [`ServeArgs`] (options and env vars) and [`config::Credentials`] (dev mode).
 //! - [`auth`]: subscriber tokens (HS256 JWT) and the publishers' API key.
+//! - [`caps`]: the node's connection cap and the per-address and per-user rate limits.
 //! - [`transport`]: `GET /v1/stream` (SSE), `GET /v1/poll` and `GET /v1/ws` (WebSocket); the
 //!   only code that knows the wire format of events.
 //! - [`api`]: `POST /v1/notify`, `/v1/inbox…` and `/v1/users/{user}/…`.
@@ -19,6 +20,7 @@ pub mod api;
 pub mod app;
 mod assets;
 pub mod auth;
+pub mod caps;
 pub mod config;
 mod connection;
 mod demo;
@@ -178,6 +180,7 @@ async fn maintain(app: Arc<App>, mut stop: watch::Receiver<bool>) {
             },
             _ = sweep.tick() => {
                 app.hub.sweep();
+                app.limiter.sweep();
             }
             // The flag only ever goes from false to true: any change means stop.
             _ = stop.changed() => return,
@@ -188,6 +191,8 @@ async fn maintain(app: Arc<App>, mut stop: watch::Receiver<bool>) {
 /// `herald serve`: opens the store, sets up credentials (dev mode if none), serves until
 /// SIGINT or SIGTERM, then closes every client with reason `shutdown`.
 pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
+    // Before the connection cap is derived from it (when `--connections-max` is not given).
+    let raised_open_files = caps::raise_open_files_limit();
     let data_dir = (!args.memory).then_some(args.data_dir.as_path());
     let (credentials, source) =
         Credentials::resolve(args.secret.as_deref(), args.api_key.as_deref(), data_dir)?;
@@ -204,6 +209,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
         dev_mode: source == CredentialsSource::Dev,
         // The demo mints tokens and publishes for anyone who can reach it: only on loopback.
         demo: source == CredentialsSource::Dev && args.listen.ip().is_loopback(),
+        caps: args.caps(),
     };
     let app = App::new(
         store,
@@ -240,6 +246,13 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     };
     tracing::info!(addr = %server.addr, %storage, "herald listening");
     eprintln!("herald: listening on {scheme}://{} (store: {storage})", server.addr);
+    if let Some((before, after)) = raised_open_files {
+        eprintln!("herald: raised the open-files limit from {before} to {after}");
+    }
+    match server.app.limiter.connections_max() {
+        usize::MAX => eprintln!("herald: no connection cap (--connections-max 0)"),
+        max => eprintln!("herald: at most {max} connections at once (--connections-max)"),
+    }
     shutdown_signal().await;
     server.shutdown().await?;
     Ok(())
