@@ -409,7 +409,7 @@ async fn a_flood_of_marks_from_one_address_leaves_another_user_served() {
             async move {
                 let mut statuses = Vec::with_capacity(FLOOD_MARKS_PER_CONNECTION);
                 for i in 0..FLOOD_MARKS_PER_CONNECTION {
-                    let mark = if i % 2 == 0 { "read" } else { "unread" };
+                    let mark = if i.is_multiple_of(2) { "read" } else { "unread" };
                     let response = client
                         .post(format!("{url}/v1/inbox/mark"))
                         .bearer_auth(&mallory)

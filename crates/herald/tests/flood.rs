@@ -104,7 +104,7 @@ async fn phase(server: &Server, flood: bool) -> (f64, f64, [u64; 3]) {
                 let mut i = connection as u64;
                 while !stop.load(Ordering::Relaxed) {
                     i += 7;
-                    let mark = if i % 2 == 0 { "read" } else { "unread" };
+                    let mark = if i.is_multiple_of(2) { "read" } else { "unread" };
                     let sent = client
                         .post(format!("{url}/v1/inbox/mark"))
                         .bearer_auth(&mallory)

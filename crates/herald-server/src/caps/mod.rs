@@ -305,6 +305,7 @@ pub fn connections_max_default() -> usize {
 
 /// The soft open-files limit (`RLIMIT_NOFILE`), if there is one.
 #[cfg(unix)]
+#[allow(clippy::unnecessary_cast)] // `rlim_t` is `u64` on Linux, not on every unix.
 fn open_files_limit() -> Option<u64> {
     let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: `getrlimit` writes one `rlimit` through a pointer to a live, owned one.
@@ -326,6 +327,7 @@ fn open_files_limit() -> Option<u64> {
 /// connection cap is derived from the limit; a library embedding the server leaves the
 /// process's limits to its owner.
 #[cfg(unix)]
+#[allow(clippy::unnecessary_cast)] // `rlim_t` is `u64` on Linux, not on every unix.
 pub fn raise_open_files_limit() -> Option<(u64, u64)> {
     let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: as in `open_files_limit`.

@@ -189,8 +189,9 @@ impl<K: Hash + Eq + Copy> KeyedLimiter<K> {
         self.table.lock().retain(|_, entry| !entry.is_idle(now));
     }
 
-    /// Keys in the table (for tests and logs).
-    pub fn len(&self) -> usize {
+    /// Keys in the table.
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.table.lock().len()
     }
 }
