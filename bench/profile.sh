@@ -76,6 +76,8 @@ else
 fi
 ulimit -n 19500
 export HERALD_SECRET="profile-secret" HERALD_API_KEY="profile-key" HERALD_LISTEN="127.0.0.1:$PORT"
+# The clients come from one loopback address, thousands of them: no per-address caps.
+export HERALD_IP_CONNECTIONS_MAX=0 HERALD_IP_REQUESTS_PER_SEC=0
 store_args=(--data-dir "$WORK/data")
 [[ "$STORE" == memory ]] && store_args=(--memory)
 

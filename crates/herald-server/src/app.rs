@@ -11,6 +11,7 @@ use sha2::{Digest, Sha256};
 use tokio_util::task::TaskTracker;
 
 use crate::auth::Auth;
+use crate::caps::{self, Caps, Limiter};
 use crate::error::ApiError;
 use crate::origin::AllowedOrigins;
 use crate::{api, assets, demo, origin, transport};
@@ -38,6 +39,8 @@ pub struct ServerSettings {
     /// shutdown), how long its connection has to take the rest of a write and the `closed`
     /// event; then it is dropped. [`CLOSE_GRACE_DEFAULT`] in production.
     pub close_grace: Duration,
+    /// The connection cap and the per-address and per-user rate limits.
+    pub caps: Caps,
 }
 
 /// [`ServerSettings::send_timeout`] by default: WebSocket's dead-peer timeout. A browser that
@@ -58,6 +61,7 @@ impl Default for ServerSettings {
             allowed_origins: AllowedOrigins::default(),
             send_timeout: SEND_TIMEOUT_DEFAULT,
             close_grace: CLOSE_GRACE_DEFAULT,
+            caps: Caps::default(),
         }
     }
 }
@@ -72,6 +76,8 @@ pub struct App {
     /// Upgraded WebSocket connections (axum runs each in its own task): shutting down waits for
     /// them to send `closed: shutdown`.
     pub ws_connections: TaskTracker,
+    /// Enforces [`ServerSettings::caps`].
+    pub limiter: Limiter,
 }
 
 impl std::fmt::Debug for App {
@@ -103,6 +109,7 @@ impl App {
             hub,
             store,
             auth: Auth::new(secret, api_key),
+            limiter: Limiter::new(&settings.caps),
             settings,
             ws_connections: TaskTracker::new(),
         })
@@ -112,20 +119,28 @@ impl App {
 /// The HTTP routes of Herald.
 pub fn router(app: Arc<App>) -> Router {
     let demo = app.settings.dev_mode && app.settings.demo;
-    let router = Router::new()
-        .route("/healthz", get(|| async { axum::Json(serde_json::json!({ "status": "ok" })) }))
+    // Subscriber routes, under the per-address caps (see `caps`): the long ones hold one of the
+    // address's connections, the short ones only count against its rate.
+    let subscriber_connections = Router::new()
         .route("/v1/stream", get(transport::sse::stream))
         .route("/v1/ws", get(transport::ws::ws))
         .route("/v1/poll", get(transport::poll::poll))
+        .route_layer(axum::middleware::from_fn_with_state(app.clone(), caps::limit_connections));
+    let subscriber_requests = Router::new()
+        .route("/v1/inbox", get(api::inbox::list).delete(api::inbox::delete_all))
+        .route("/v1/inbox/counts", get(api::inbox::counts))
+        .route("/v1/inbox/mark", post(api::inbox::mark))
+        .route("/v1/inbox/{seq}", delete(api::inbox::delete_one))
+        .route_layer(axum::middleware::from_fn_with_state(app.clone(), caps::limit_requests));
+    let router = Router::new()
+        .merge(subscriber_connections)
+        .merge(subscriber_requests)
+        .route("/healthz", get(|| async { axum::Json(serde_json::json!({ "status": "ok" })) }))
         .route("/v1/notify", post(api::publish::notify))
         .route("/v1/users/{user}/presence", get(api::users::presence))
         .route("/v1/users/{user}/notifications", get(api::users::notifications))
         .route("/v1/users/{user}/sessions", delete(api::users::close_all_sessions))
         .route("/v1/users/{user}/sessions/{session}", delete(api::users::close_session))
-        .route("/v1/inbox", get(api::inbox::list).delete(api::inbox::delete_all))
-        .route("/v1/inbox/counts", get(api::inbox::counts))
-        .route("/v1/inbox/mark", post(api::inbox::mark))
-        .route("/v1/inbox/{seq}", delete(api::inbox::delete_one))
         .route("/v1/users/{user}/inbox", get(api::inbox::user_list).delete(api::inbox::user_delete_all))
         .route("/v1/users/{user}/inbox/counts", get(api::inbox::user_counts))
         .route("/v1/users/{user}/inbox/mark", post(api::inbox::user_mark))

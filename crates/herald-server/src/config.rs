@@ -10,6 +10,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use herald_core::{Limits, Retention};
 use serde::{Deserialize, Serialize};
 
+use crate::caps::{Caps, IpNet};
 use crate::origin::{AllowedOrigins, InvalidOrigin, Origin};
 
 /// File in the data dir holding the dev-mode credentials.
@@ -65,6 +66,32 @@ pub struct ServeArgs {
     /// may use the `herald_token` cookie and read Herald's answers (CORS).
     #[arg(long, env = "HERALD_ALLOWED_ORIGINS", value_delimiter = ',', value_parser = parse_origin)]
     pub allowed_origins: Vec<Origin>,
+    /// Connections open at once; one more is answered 503 `overloaded`. Default: the open-files
+    /// limit (raised to its hard limit at start) minus 256. 0: no cap.
+    #[arg(long, env = "HERALD_CONNECTIONS_MAX")]
+    pub connections_max: Option<usize>,
+    /// Streams, WebSockets and polls open at once per client address; one more is answered 429
+    /// `too_many_connections`. 0: no limit.
+    #[arg(long, env = "HERALD_IP_CONNECTIONS_MAX", default_value_t = Caps::default().ip_connections_max)]
+    pub ip_connections_max: u32,
+    /// Subscriber requests (streams, polls, WebSockets, /v1/inbox…) per second per client
+    /// address; over it, 429 `rate_limited`. 0: no limit.
+    #[arg(long, env = "HERALD_IP_REQUESTS_PER_SEC", default_value_t = Caps::default().ip_requests_per_sec)]
+    pub ip_requests_per_sec: u32,
+    /// Subscriber requests per client address at once after a quiet period.
+    #[arg(long, env = "HERALD_IP_REQUESTS_BURST", default_value_t = Caps::default().ip_requests_burst)]
+    pub ip_requests_burst: u32,
+    /// Proxies (addresses or CIDR blocks, comma-separated) whose `X-Forwarded-For` names the
+    /// client address. Without them the header is ignored.
+    #[arg(long, env = "HERALD_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<IpNet>,
+    /// Inbox changes (marks, deletes) per second per user with a subscriber token; over it, 429
+    /// `rate_limited`. The publisher API is not limited. 0: no limit.
+    #[arg(long, env = "HERALD_INBOX_WRITES_PER_SEC", default_value_t = Caps::default().inbox_writes_per_sec)]
+    pub inbox_writes_per_sec: u32,
+    /// Inbox changes per user at once after a quiet period.
+    #[arg(long, env = "HERALD_INBOX_WRITES_BURST", default_value_t = Caps::default().inbox_writes_burst)]
+    pub inbox_writes_burst: u32,
 }
 
 /// One member of `--allowed-origins`; blanks around it are ignored.
@@ -95,6 +122,19 @@ impl ServeArgs {
     /// The origins `--allowed-origins` lists.
     pub fn allowed_origins(&self) -> AllowedOrigins {
         AllowedOrigins::new(self.allowed_origins.iter().cloned())
+    }
+
+    /// The caps these options set.
+    pub fn caps(&self) -> Caps {
+        Caps {
+            connections_max: self.connections_max,
+            ip_connections_max: self.ip_connections_max,
+            ip_requests_per_sec: self.ip_requests_per_sec,
+            ip_requests_burst: self.ip_requests_burst,
+            trusted_proxies: self.trusted_proxies.clone(),
+            inbox_writes_per_sec: self.inbox_writes_per_sec,
+            inbox_writes_burst: self.inbox_writes_burst,
+        }
     }
 
     /// The retention these options set.

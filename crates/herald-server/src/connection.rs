@@ -10,13 +10,14 @@
 //! router, with the bytes already read handed back in front of the socket.
 
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::FromRequestParts;
+use axum::extract::{ConnectInfo, FromRequestParts};
 use bytes::{Buf, Bytes};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
@@ -29,6 +30,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::app::App;
 use crate::auth::Subscriber;
+use crate::caps::{Admission, ConnectionPermit, IpSlot};
 use crate::error::{ApiError, ApiQuery};
 use crate::guarded::{GuardedSocket, StreamEnd};
 use crate::transport::StreamQuery;
@@ -51,6 +53,7 @@ const DISCARD_BYTES: usize = 8;
 /// Accepts connections until `stop` turns true. Accept errors (such as running out of file
 /// descriptors) are logged and retried after a short pause rather than ending the server.
 /// With `tls`, every connection first completes a TLS handshake (see [`serve_tls_connection`]).
+/// A connection over the node's cap is answered `503` and closed right here (see [`crate::caps`]).
 pub(crate) async fn accept_loop(
     listener: TcpListener,
     app: Arc<App>,
@@ -65,15 +68,20 @@ pub(crate) async fn accept_loop(
             _ = stop.changed() => return,
         };
         match accepted {
-            Ok((socket, _peer)) => {
+            Ok((socket, peer)) => {
+                let Some(permit) = app.limiter.admit_connection() else {
+                    app.limiter.turn_away(socket);
+                    continue;
+                };
                 let _ = socket.set_nodelay(true);
                 // Under TLS too: the guard watches the bytes that reach (or do not reach) the peer.
                 let socket = GuardedSocket::new(socket, app.settings.send_timeout);
                 let (app, router, stop) = (app.clone(), router.clone(), stop.clone());
+                let peer = Peer { addr: peer, permit };
                 match &tls {
-                    None => connections.spawn(serve_connection(socket, app, router, stop)),
+                    None => connections.spawn(serve_connection(socket, peer, app, router, stop)),
                     Some(tls) => {
-                        connections.spawn(serve_tls_connection(socket, tls.clone(), app, router, stop))
+                        connections.spawn(serve_tls_connection(socket, peer, tls.clone(), app, router, stop))
                     }
                 };
             }
@@ -83,6 +91,14 @@ pub(crate) async fn accept_loop(
             }
         }
     }
+}
+
+/// Who is on the other end of a connection, and its place under the node's cap: the permit is
+/// kept until the connection closes, whichever path serves it (inside the IO hyper owns, so an
+/// upgraded WebSocket keeps it too).
+struct Peer {
+    addr: SocketAddr,
+    permit: ConnectionPermit,
 }
 
 /// A connection's byte stream: plain TCP or TLS over TCP. The lean stream path needs to read
@@ -125,6 +141,7 @@ impl Socket for TlsStream<GuardedSocket> {
 /// client chose it (ALPN `h2`), else HTTP/1.1 through the same front door as plain TCP.
 async fn serve_tls_connection(
     socket: GuardedSocket,
+    peer: Peer,
     tls: TlsAcceptor,
     app: Arc<App>,
     router: Router,
@@ -143,13 +160,14 @@ async fn serve_tls_connection(
         _ = stop.changed() => return,
     };
     if stream.get_ref().1.alpn_protocol() == Some(crate::tls::ALPN_H2) {
-        return Box::pin(serve_http2(stream, router, stop)).await;
+        return Box::pin(serve_http2(stream, peer, router, stop)).await;
     }
-    serve_connection(stream, app, router, stop).await;
+    serve_connection(stream, peer, app, router, stop).await;
 }
 
 async fn serve_connection<S: Socket>(
     socket: S,
+    peer: Peer,
     app: Arc<App>,
     router: Router,
     mut stop: watch::Receiver<bool>,
@@ -160,44 +178,55 @@ async fn serve_connection<S: Socket>(
     // stream's state (under 1 KiB) is held inline. (Boxing that too was measured: one more
     // allocation, no fewer bytes.)
     let door = tokio::select! {
-        door = Box::pin(front_door(socket, &app)) => door,
+        door = Box::pin(front_door(socket, peer.addr, &app)) => door,
         // Shutting down: a connection that has not finished its first request (a browser's
         // preconnect, say) is dropped rather than allowed to hold the shutdown up.
         _ = stop.changed() => return,
     };
     let close_grace = app.settings.close_grace;
-    let (socket, stream, head) = match door {
-        FrontDoor::Stream(socket, stream, head) => (socket, stream, head),
+    let (socket, stream, head, ip_slot) = match door {
+        FrontDoor::Stream(socket, stream, head, ip_slot) => (socket, stream, head, ip_slot),
         FrontDoor::Hyper(socket, read) => {
-            return Box::pin(serve_with_hyper(socket, read, router, stop, close_grace)).await;
+            return Box::pin(serve_with_hyper(socket, read, peer, router, stop, close_grace)).await;
         }
         FrontDoor::Done => return,
     };
+    // Only the permit lives on with the stream (the address is no longer needed).
+    let permit = peer.permit;
     drop((router, stop));
     run_stream(socket, stream, head, close_grace).await;
+    drop((ip_slot, permit));
 }
 
 /// What to do with a connection after its first request head.
 enum FrontDoor<S> {
-    /// A stream was opened: run it on the lean path, answering with this response head.
-    Stream(S, SseStream, String),
+    /// A stream was opened: run it on the lean path, answering with this response head (and
+    /// holding its address's connection slot).
+    Stream(S, SseStream, String, Option<IpSlot>),
     /// Anything else: hand it to hyper with the bytes read so far.
     Hyper(S, Bytes),
     /// Answered (an error) or gone.
     Done,
 }
 
-async fn front_door<S: Socket>(mut socket: S, app: &Arc<App>) -> FrontDoor<S> {
+async fn front_door<S: Socket>(mut socket: S, peer: SocketAddr, app: &Arc<App>) -> FrontDoor<S> {
     let (error, answer_headers) = match tokio::time::timeout(REQUEST_HEAD_TIMEOUT, read_head(&mut socket))
         .await
     {
         Ok(Ok(Some(head))) if head.is_stream_request() => {
             // CORS and `nosniff`, as the router's middleware adds them on the hyper path.
             let answer_headers = app.settings.allowed_origins.answer_headers(&head.parts.headers);
-            match open_stream(app, head.parts).await {
-                Ok(stream) => {
-                    return FrontDoor::Stream(socket, stream, stream_response_head(&answer_headers));
-                }
+            // The address's caps first: a refusal costs no token check and no store read.
+            let admitted =
+                app.limiter.admit_subscriber(peer.ip(), &head.parts.headers, Admission::Connection);
+            match admitted {
+                Ok(ip_slot) => match open_stream(app, head.parts).await {
+                    Ok(stream) => {
+                        let head = stream_response_head(&answer_headers);
+                        return FrontDoor::Stream(socket, stream, head, ip_slot);
+                    }
+                    Err(error) => (error, answer_headers),
+                },
                 Err(error) => (error, answer_headers),
             }
         }
@@ -412,20 +441,7 @@ async fn write_error<S: AsyncWrite + Unpin>(
     error: &ApiError,
     answer_headers: &[(http::HeaderName, http::HeaderValue)],
 ) -> io::Result<()> {
-    let body = error.body().to_string();
-    let reason = error.status.canonical_reason().unwrap_or("Error");
-    let mut head = format!(
-        "HTTP/1.1 {} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n",
-        error.status.as_u16(),
-        body.len()
-    );
-    if error.status == http::StatusCode::UNAUTHORIZED {
-        head.push_str("www-authenticate: Bearer\r\n");
-    }
-    push_headers(&mut head, answer_headers);
-    head.push_str("\r\n");
-    socket.write_all(head.as_bytes()).await?;
-    socket.write_all(body.as_bytes()).await?;
+    socket.write_all(&error.to_http1_with(answer_headers)).await?;
     socket.shutdown().await
 }
 
@@ -439,16 +455,20 @@ async fn write_error<S: AsyncWrite + Unpin>(
 async fn serve_with_hyper<S: Socket>(
     socket: S,
     read: Bytes,
+    peer: Peer,
     router: Router,
     mut stop: watch::Receiver<bool>,
     close_grace: Duration,
 ) {
     let stream_end = socket.stream_end().clone();
-    let io = TokioIo::new(Prefixed { prefix: read, inner: socket });
+    let io = TokioIo::new(Prefixed { prefix: read, inner: socket, _permit: peer.permit });
+    let peer = ConnectInfo(peer.addr);
     let service = hyper::service::service_fn({
         let stream_end = stream_end.clone();
         move |mut request: http::Request<hyper::body::Incoming>| {
             request.extensions_mut().insert(stream_end.clone());
+            // The peer's address, for the per-address caps (as axum's `ConnectInfo`).
+            request.extensions_mut().insert(peer);
             // The router is always ready (its `poll_ready` does nothing) and cheap to clone.
             tower_service::Service::call(&mut router.clone(), request)
         }
@@ -492,8 +512,12 @@ const H2_HEADER_LIST_BYTES_MAX: u32 = REQUEST_HEAD_BYTES_MAX as u32;
 /// Serves an HTTP/2 connection (TLS with ALPN `h2`) with hyper and the axum router: every
 /// request, streams included, takes the router's path; streams of one browser share the
 /// connection.
-async fn serve_http2<S: Socket>(socket: S, router: Router, mut stop: watch::Receiver<bool>) {
-    let service = TowerToHyperService::new(router);
+///
+/// The connection's permit is held until it closes; each request is limited per address by
+/// the router's caps.
+async fn serve_http2<S: Socket>(socket: S, peer: Peer, router: Router, mut stop: watch::Receiver<bool>) {
+    let Peer { addr: peer, permit: _permit } = peer;
+    let service = WithPeer { router: TowerToHyperService::new(router), peer };
     let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .max_concurrent_streams(H2_STREAMS_MAX)
@@ -514,10 +538,34 @@ async fn serve_http2<S: Socket>(socket: S, router: Router, mut stop: watch::Rece
     }
 }
 
+/// The router as a hyper service that puts the peer's address into every request (as axum's
+/// `ConnectInfo`), for the per-address caps.
+#[derive(Clone)]
+struct WithPeer {
+    router: TowerToHyperService<Router>,
+    peer: SocketAddr,
+}
+
+type HyperRequest = http::Request<hyper::body::Incoming>;
+
+impl hyper::service::Service<HyperRequest> for WithPeer {
+    type Response = <TowerToHyperService<Router> as hyper::service::Service<HyperRequest>>::Response;
+    type Error = <TowerToHyperService<Router> as hyper::service::Service<HyperRequest>>::Error;
+    type Future = <TowerToHyperService<Router> as hyper::service::Service<HyperRequest>>::Future;
+
+    fn call(&self, mut request: HyperRequest) -> Self::Future {
+        request.extensions_mut().insert(ConnectInfo(self.peer));
+        self.router.call(request)
+    }
+}
+
 /// A socket with bytes already read from it put back in front.
 struct Prefixed<S> {
     prefix: Bytes,
     inner: S,
+    /// Counts the connection against the node's cap for as long as the socket lives (an
+    /// upgraded WebSocket's too).
+    _permit: ConnectionPermit,
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {

@@ -21,11 +21,19 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// Seconds to wait before trying again, sent as `Retry-After` (429 and 503 of the caps).
+    pub retry_after_secs: Option<u64>,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into() }
+        Self { status, code, message: message.into(), retry_after_secs: None }
+    }
+
+    /// This error with `Retry-After: secs`.
+    pub fn with_retry_after(mut self, secs: u64) -> Self {
+        self.retry_after_secs = Some(secs);
+        self
     }
 
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
@@ -44,6 +52,42 @@ impl ApiError {
     pub fn body(&self) -> serde_json::Value {
         serde_json::json!({ "error": { "code": self.code, "message": self.message } })
     }
+
+    /// This error as a complete HTTP/1.1 response that closes the connection, for the code that
+    /// answers on a socket before hyper has it (the accept loop, the front door).
+    pub fn to_http1(&self) -> Vec<u8> {
+        self.to_http1_with(&[])
+    }
+
+    /// [`Self::to_http1`] with `extra` headers (CORS, `nosniff`) after Herald's own.
+    pub fn to_http1_with(&self, extra: &[(http::HeaderName, http::HeaderValue)]) -> Vec<u8> {
+        let body = self.body().to_string();
+        let reason = self.status.canonical_reason().unwrap_or("Error");
+        let mut head = format!(
+            "HTTP/1.1 {} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n",
+            self.status.as_u16(),
+            body.len()
+        );
+        if self.status == StatusCode::UNAUTHORIZED {
+            head.push_str("www-authenticate: Bearer\r\n");
+        }
+        if let Some(secs) = self.retry_after_secs {
+            head.push_str(&format!("retry-after: {secs}\r\n"));
+        }
+        for (name, value) in extra {
+            // Visible ASCII here (our constants and listed origins); anything else is left out
+            // rather than written raw.
+            let Ok(value) = value.to_str() else { continue };
+            head.push_str(name.as_str());
+            head.push_str(": ");
+            head.push_str(value);
+            head.push_str("\r\n");
+        }
+        head.push_str("\r\n");
+        let mut bytes = head.into_bytes();
+        bytes.extend_from_slice(body.as_bytes());
+        bytes
+    }
 }
 
 impl IntoResponse for ApiError {
@@ -51,6 +95,9 @@ impl IntoResponse for ApiError {
         let mut response = (self.status, axum::Json(self.body())).into_response();
         if self.status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert("www-authenticate", axum::http::HeaderValue::from_static("Bearer"));
+        }
+        if let Some(secs) = self.retry_after_secs {
+            response.headers_mut().insert(axum::http::header::RETRY_AFTER, secs.into());
         }
         response
     }

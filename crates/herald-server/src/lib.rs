@@ -10,6 +10,7 @@
 //! - [`auth`]: subscriber tokens (HS256 JWT) and the publishers' API key.
 //! - [`origin`]: which web pages may use the cookie (the origin check), CORS for the allowed
 //!   origins, and the security headers of every answer.
+//! - [`caps`]: the node's connection cap and the per-address and per-user rate limits.
 //! - [`transport`]: `GET /v1/stream` (SSE), `GET /v1/poll` and `GET /v1/ws` (WebSocket); the
 //!   only code that knows the wire format of events.
 //! - [`api`]: `POST /v1/notify`, `/v1/inbox…` and `/v1/users/{user}/…`.
@@ -24,12 +25,13 @@ pub mod api;
 pub mod app;
 mod assets;
 pub mod auth;
+pub mod caps;
 pub mod config;
 mod connection;
 mod demo;
 pub mod error;
-pub mod origin;
 mod guarded;
+pub mod origin;
 pub mod tls;
 pub mod transport;
 
@@ -190,6 +192,7 @@ async fn maintain(app: Arc<App>, mut stop: watch::Receiver<bool>) {
             },
             _ = sweep.tick() => {
                 app.hub.sweep();
+                app.limiter.sweep();
             }
             // The flag only ever goes from false to true: any change means stop.
             _ = stop.changed() => return,
@@ -208,6 +211,8 @@ async fn maintain(app: Arc<App>, mut stop: watch::Receiver<bool>) {
 /// staged appends behind its back. A second instance is refused with one line naming the
 /// holder's pid. (The store locks its database file too, for any other program embedding it.)
 pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
+    // Before the connection cap is derived from it (when `--connections-max` is not given).
+    let raised_open_files = caps::raise_open_files_limit();
     let data_dir = (!args.memory).then_some(args.data_dir.as_path());
     let listener = TcpListener::bind(args.listen)
         .await
@@ -231,6 +236,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
         // The demo mints tokens and publishes for anyone who can reach it: only on loopback.
         demo: source == CredentialsSource::Dev && args.listen.ip().is_loopback(),
         allowed_origins: args.allowed_origins(),
+        caps: args.caps(),
         ..ServerSettings::default()
     };
     let app = App::new(
@@ -260,6 +266,13 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     };
     tracing::info!(addr = %server.addr, %storage, "herald listening");
     eprintln!("herald: listening on {scheme}://{} (store: {storage})", server.addr);
+    if let Some((before, after)) = raised_open_files {
+        eprintln!("herald: raised the open-files limit from {before} to {after}");
+    }
+    match server.app.limiter.connections_max() {
+        usize::MAX => eprintln!("herald: no connection cap (--connections-max 0)"),
+        max => eprintln!("herald: at most {max} connections at once (--connections-max)"),
+    }
     shutdown_signal().await;
     server.shutdown().await?;
     Ok(())

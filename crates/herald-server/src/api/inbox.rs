@@ -11,6 +11,9 @@
 //!
 //! `X-Herald-Client: <client id>` on a change leaves that client out of the event (it made the
 //! change and knows).
+//!
+//! Changes through a subscriber token count against the user's inbox write rate
+//! ([`crate::caps::Limiter::admit_inbox_write`]); the publisher's do not.
 
 use std::sync::Arc;
 
@@ -156,6 +159,7 @@ pub async fn mark(
     _json: DeclaredJson,
     ApiJson(body): ApiJson<MarkBody>,
 ) -> Result<Response, ApiError> {
+    app.limiter.admit_inbox_write(&subscriber.user)?;
     mark_for(&app, &subscriber.user, &headers, body).await
 }
 
@@ -166,6 +170,7 @@ pub async fn delete_one(
     headers: HeaderMap,
     ApiPath(seq): ApiPath<String>,
 ) -> Result<Response, ApiError> {
+    app.limiter.admit_inbox_write(&subscriber.user)?;
     delete_one_for(&app, &subscriber.user, &headers, &seq).await
 }
 
@@ -176,6 +181,7 @@ pub async fn delete_all(
     headers: HeaderMap,
     ApiQuery(query): ApiQuery<DeleteAllQuery>,
 ) -> Result<Response, ApiError> {
+    app.limiter.admit_inbox_write(&subscriber.user)?;
     delete_all_for(&app, &subscriber.user, &headers, query).await
 }
 

@@ -28,6 +28,7 @@ use tokio_tungstenite::tungstenite;
 
 use crate::app::App;
 use crate::auth::Subscriber;
+use crate::caps::HeldSlot;
 use crate::error::{ApiError, ApiQuery};
 use crate::transport::{StreamQuery, open_subscription};
 
@@ -107,6 +108,7 @@ pub async fn ws(
     subscriber: Subscriber,
     ApiQuery(query): ApiQuery<StreamQuery>,
     headers: HeaderMap,
+    ip_slot: HeldSlot,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
     let upgrade = upgrade.map_err(|rejection| {
@@ -128,7 +130,13 @@ pub async fn ws(
         .max_frame_size(CLIENT_MESSAGE_BYTES_MAX)
         .max_message_size(CLIENT_MESSAGE_BYTES_MAX)
         // Per-message compression is never negotiated: axum does not offer it.
-        .on_upgrade(move |socket| tracker.track_future(connection.run(socket)))
+        // The address's connection slot is held for as long as the WebSocket runs.
+        .on_upgrade(move |socket| {
+            tracker.track_future(async move {
+                connection.run(socket).await;
+                drop(ip_slot);
+            })
+        })
         .into_response())
 }
 
