@@ -10,7 +10,7 @@ use herald_core::{Bus, ClientIdMinter, Hub, Limits, LocalBus, Notifier, Store};
 use sha2::{Digest, Sha256};
 use tokio_util::task::TaskTracker;
 
-use crate::auth::Auth;
+use crate::auth::{Auth, TokenRules};
 use crate::error::ApiError;
 use crate::{api, assets, demo, transport};
 
@@ -26,11 +26,19 @@ pub struct ServerSettings {
     /// presence, all without credentials). Honoured only together with `dev_mode`;
     /// [`crate::serve`] sets it when in dev mode and listening on a loopback address.
     pub demo: bool,
+    /// What subscriber tokens must satisfy beyond their signature (longest lifetime,
+    /// audience).
+    pub token_rules: TokenRules,
 }
 
 impl Default for ServerSettings {
     fn default() -> Self {
-        Self { keepalive_interval: Duration::from_secs(15), dev_mode: false, demo: false }
+        Self {
+            keepalive_interval: Duration::from_secs(15),
+            dev_mode: false,
+            demo: false,
+            token_rules: TokenRules::default(),
+        }
     }
 }
 
@@ -74,7 +82,7 @@ impl App {
             notifier,
             hub,
             store,
-            auth: Auth::new(secret, api_key),
+            auth: Auth::new(secret, api_key, settings.token_rules.clone()),
             settings,
             ws_connections: TaskTracker::new(),
         })

@@ -13,6 +13,10 @@ use serde::{Deserialize, Serialize};
 /// File in the data dir holding the dev-mode credentials.
 pub const DEV_CREDENTIALS_FILE: &str = "dev-credentials.json";
 
+/// Shortest `HERALD_SECRET` accepted, in bytes: HS256 keys shorter than its 32-byte output can
+/// be brute-forced offline from any one token. Shorter: `herald serve` refuses to start.
+pub const SECRET_BYTES_MIN: usize = 32;
+
 /// Options of `herald serve`. Every option is also an environment variable.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServeArgs {
@@ -59,6 +63,26 @@ pub struct ServeArgs {
     /// The PEM private key of `--tls-cert`.
     #[arg(long, env = "HERALD_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Longest subscriber-token lifetime accepted (`exp - iat`, and `exp - now`), such as `30d`,
+    /// `12h` or seconds; also how long sign-outs are remembered.
+    #[arg(long, env = "HERALD_TOKEN_TTL_MAX", default_value = "30d", value_parser = parse_duration)]
+    pub token_ttl_max: Duration,
+    /// The `aud` subscriber tokens must carry. Unset: tokens with an `aud` are refused.
+    #[arg(long, env = "HERALD_TOKEN_AUDIENCE")]
+    pub token_audience: Option<String>,
+}
+
+/// A duration as `30d`, `12h`, `90s` (humantime), or a plain number of seconds; at least 1 s.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let duration = match text.trim().parse::<u64>() {
+        Ok(secs) => Duration::from_secs(secs),
+        Err(_) => humantime::parse_duration(text.trim())
+            .map_err(|e| format!("{e} (use e.g. 3600, 90s, 12h, 30d)"))?,
+    };
+    if duration < Duration::from_secs(1) {
+        return Err("must be at least 1 second".into());
+    }
+    Ok(duration)
 }
 
 impl ServeArgs {
@@ -86,6 +110,8 @@ impl ServeArgs {
         Retention {
             max_age: Duration::from_secs(self.retention_days.saturating_mul(24 * 3600)),
             max_per_user: self.retention_max_per_user.max(1),
+            // Past the longest token lifetime, every token a sign-out refuses has expired.
+            revocation_window: self.token_ttl_max,
             ..Retention::default()
         }
     }
@@ -111,6 +137,8 @@ pub enum CredentialsError {
     OnlyOne,
     #[error("{0} must not be empty")]
     Empty(&'static str),
+    #[error("HERALD_SECRET is {0} bytes long; it must be at least {SECRET_BYTES_MIN} (e.g. `openssl rand -base64 32`)")]
+    SecretTooShort(usize),
     #[error("cannot read or write {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
     #[error("{path} is not valid: {source}")]
@@ -146,6 +174,9 @@ impl Credentials {
                 }
                 if api_key.is_empty() {
                     return Err(CredentialsError::Empty("HERALD_API_KEY"));
+                }
+                if secret.len() < SECRET_BYTES_MIN {
+                    return Err(CredentialsError::SecretTooShort(secret.len()));
                 }
                 let credentials = Self { secret: secret.to_owned(), api_key: api_key.to_owned() };
                 Ok((credentials, CredentialsSource::Configured))

@@ -169,6 +169,7 @@ async fn maintain(app: Arc<App>, mut stop: watch::Receiver<bool>) {
                     tracing::info!(
                         notifications = report.notifications,
                         idempotency_keys = report.idempotency_keys,
+                        revocations = report.revocations,
                         users = report.inboxes.len(),
                         "retention removed old records"
                     );
@@ -204,6 +205,10 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
         dev_mode: source == CredentialsSource::Dev,
         // The demo mints tokens and publishes for anyone who can reach it: only on loopback.
         demo: source == CredentialsSource::Dev && args.listen.ip().is_loopback(),
+        token_rules: auth::TokenRules {
+            ttl_max: args.token_ttl_max,
+            audience: args.token_audience.clone().filter(|a| !a.is_empty()),
+        },
     };
     let app = App::new(
         store,
