@@ -223,7 +223,8 @@ fn build_clients(config: &WorkerConfig) -> anyhow::Result<Vec<Client>> {
                 .as_ref()
                 .map(|key| {
                     // One session per user: the tabs of one browser profile.
-                    let claims = serde_json::json!({ "sub": user_id, "sid": "bench", "iat": iat, "exp": exp });
+                    let claims =
+                        serde_json::json!({ "sub": user_id, "sid": "bench", "iat": iat, "exp": exp });
                     jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, key)
                 })
                 .transpose()?;

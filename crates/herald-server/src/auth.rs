@@ -180,7 +180,9 @@ impl Auth {
         use jsonwebtoken::errors::ErrorKind;
         match kind {
             ErrorKind::ExpiredSignature => ApiError::unauthorized("token_expired", "the token has expired"),
-            ErrorKind::ImmatureSignature => invalid("the token is not valid yet (its `nbf` is in the future)"),
+            ErrorKind::ImmatureSignature => {
+                invalid("the token is not valid yet (its `nbf` is in the future)")
+            }
             ErrorKind::MissingRequiredClaim(claim) => match claim.as_str() {
                 "iat" => invalid("the token has no `iat` claim (when it was issued): it is required"),
                 "aud" => invalid("the token has no `aud` claim; this server requires its audience"),
@@ -190,7 +192,9 @@ impl Auth {
             },
             ErrorKind::InvalidAudience => match self.rules.audience {
                 Some(_) => invalid("the token's `aud` is not this server's audience"),
-                None => invalid("the token has an `aud` claim, and this server accepts none (see --token-audience)"),
+                None => invalid(
+                    "the token has an `aud` claim, and this server accepts none (see --token-audience)",
+                ),
             },
             ErrorKind::InvalidSignature => invalid("the token's signature is wrong"),
             ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName | ErrorKind::MissingAlgorithm => {

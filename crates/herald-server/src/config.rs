@@ -137,7 +137,9 @@ pub enum CredentialsError {
     OnlyOne,
     #[error("{0} must not be empty")]
     Empty(&'static str),
-    #[error("HERALD_SECRET is {0} bytes long; it must be at least {SECRET_BYTES_MIN} (e.g. `openssl rand -base64 32`)")]
+    #[error(
+        "HERALD_SECRET is {0} bytes long; it must be at least {SECRET_BYTES_MIN} (e.g. `openssl rand -base64 32`)"
+    )]
     SecretTooShort(usize),
     #[error("cannot read or write {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
@@ -231,4 +233,30 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let mut file = options.open(path)?;
     file.write_all(bytes)?;
     file.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_ttl_max_takes_humantime_or_seconds() {
+        assert_eq!(parse_duration("30d"), Ok(Duration::from_secs(30 * 86_400)));
+        assert_eq!(parse_duration("12h"), Ok(Duration::from_secs(12 * 3600)));
+        assert_eq!(parse_duration("3600"), Ok(Duration::from_secs(3600)));
+        assert!(parse_duration("0").is_err());
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn a_short_secret_is_refused_outside_dev_mode() {
+        let short = "a".repeat(SECRET_BYTES_MIN - 1);
+        let error = Credentials::resolve(Some(&short), Some("key"), None).unwrap_err();
+        assert!(matches!(error, CredentialsError::SecretTooShort(31)), "{error}");
+        let long = "a".repeat(SECRET_BYTES_MIN);
+        assert!(Credentials::resolve(Some(&long), Some("key"), None).is_ok());
+        // Dev mode generates its own, long enough.
+        let (dev, _) = Credentials::resolve(None, None, None).unwrap();
+        assert!(dev.secret.len() >= SECRET_BYTES_MIN);
+    }
 }

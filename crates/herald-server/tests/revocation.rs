@@ -67,7 +67,11 @@ async fn assert_revoked_everywhere(server: &TestServer, token: &str) {
         assert_error(&server.stream_refused_via(path, Some(token), "", None).await, 401, "token_revoked");
     }
     let query = format!("token={token}");
-    assert_error(&server.stream_refused_via(StreamPath::Lean, None, &query, None).await, 401, "token_revoked");
+    assert_error(
+        &server.stream_refused_via(StreamPath::Lean, None, &query, None).await,
+        401,
+        "token_revoked",
+    );
     assert_error(&server.poll(token, "timeout=0").await, 401, "token_revoked");
     assert_error(&get_as(server, token, "/v1/inbox").await, 401, "token_revoked");
     assert_error(&get_as(server, token, "/v1/inbox/counts").await, 401, "token_revoked");
@@ -126,7 +130,8 @@ async fn a_token_of_the_closing_second_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn closing_all_sessions_refuses_every_old_token_of_the_user_only() {
     let server = TestServer::start().await;
-    let old = [server.token("alice", Some("s1")), server.token("alice", Some("s2")), server.token("alice", None)];
+    let old =
+        [server.token("alice", Some("s1")), server.token("alice", Some("s2")), server.token("alice", None)];
     let bob = server.token("bob", Some("s1"));
     let (status, body) = server.delete("/v1/users/alice/sessions").await;
     assert_eq!(status, 200, "{body}");
@@ -183,17 +188,22 @@ async fn token_lifetime_is_bounded() {
     for (what, claims) in [
         ("exp = 2^64-1", json!({"sub": "alice", "iat": now, "exp": u64::MAX})),
         ("31 days", json!({"sub": "alice", "iat": now, "exp": now + 31 * day})),
-        ("issued 40 days ago, an hour left", json!({"sub": "alice", "iat": now - 40 * day, "exp": now + 3600})),
+        (
+            "issued 40 days ago, an hour left",
+            json!({"sub": "alice", "iat": now - 40 * day, "exp": now + 3600}),
+        ),
     ] {
         let message = refused_as_invalid(&server, &sign(&claims), what).await;
         assert!(message.contains("lives too long"), "{what}: {message}");
     }
     accepted(&server, &sign(&json!({"sub": "alice", "iat": now, "exp": now + 30 * day})), "30 days").await;
-    accepted(&server, &sign(&json!({"sub": "alice", "iat": now - day, "exp": now + 29 * day})), "29 left").await;
+    accepted(&server, &sign(&json!({"sub": "alice", "iat": now - day, "exp": now + 29 * day})), "29 left")
+        .await;
 
     // `--token-ttl-max 1h`.
     let rules = TokenRules { ttl_max: Duration::from_secs(3600), ..TokenRules::default() };
-    let server = TestServer::with_settings(ServerSettings { token_rules: rules, ..ServerSettings::default() }).await;
+    let server =
+        TestServer::with_settings(ServerSettings { token_rules: rules, ..ServerSettings::default() }).await;
     refused_as_invalid(&server, &sign(&json!({"sub": "alice", "iat": now, "exp": now + 7200})), "2h").await;
     accepted(&server, &sign(&json!({"sub": "alice", "iat": now, "exp": now + 1800})), "30 min").await;
 }
@@ -202,14 +212,16 @@ async fn token_lifetime_is_bounded() {
 async fn iat_is_required_and_not_far_ahead() {
     let server = TestServer::start().await;
     let now = now_unix();
-    let message = refused_as_invalid(&server, &sign(&json!({"sub": "alice", "exp": now + 60})), "no iat").await;
+    let message =
+        refused_as_invalid(&server, &sign(&json!({"sub": "alice", "exp": now + 60})), "no iat").await;
     assert!(message.contains("`iat`"), "{message}");
     let ahead = sign(&json!({"sub": "alice", "iat": now + 3600, "exp": now + 7200}));
     let message = refused_as_invalid(&server, &ahead, "iat an hour ahead").await;
     assert!(message.contains("future"), "{message}");
     let iat_text = sign(&json!({"sub": "alice", "iat": "yesterday", "exp": now + 60}));
     refused_as_invalid(&server, &iat_text, "iat not a number").await;
-    accepted(&server, &sign(&json!({"sub": "alice", "iat": now + 5, "exp": now + 60})), "iat 5 s ahead").await;
+    accepted(&server, &sign(&json!({"sub": "alice", "iat": now + 5, "exp": now + 60})), "iat 5 s ahead")
+        .await;
 }
 
 #[tokio::test]
@@ -219,8 +231,12 @@ async fn a_future_nbf_is_refused() {
     let future = sign(&json!({"sub": "alice", "iat": now, "nbf": now + 60, "exp": now + 3600}));
     let message = refused_as_invalid(&server, &future, "nbf in a minute").await;
     assert!(message.contains("nbf"), "{message}");
-    accepted(&server, &sign(&json!({"sub": "alice", "iat": now, "nbf": now - 1, "exp": now + 3600})), "nbf past")
-        .await;
+    accepted(
+        &server,
+        &sign(&json!({"sub": "alice", "iat": now, "nbf": now - 1, "exp": now + 3600})),
+        "nbf past",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -228,11 +244,13 @@ async fn aud_is_refused_unless_the_server_has_one_and_then_required() {
     let server = TestServer::start().await;
     let now = now_unix();
     let with_aud = |aud: Value| sign(&json!({"sub": "alice", "iat": now, "exp": now + 3600, "aud": aud}));
-    let message = refused_as_invalid(&server, &with_aud(json!("some-app")), "aud without --token-audience").await;
+    let message =
+        refused_as_invalid(&server, &with_aud(json!("some-app")), "aud without --token-audience").await;
     assert!(message.contains("aud"), "{message}");
 
     let rules = TokenRules { audience: Some("herald".into()), ..TokenRules::default() };
-    let server = TestServer::with_settings(ServerSettings { token_rules: rules, ..ServerSettings::default() }).await;
+    let server =
+        TestServer::with_settings(ServerSettings { token_rules: rules, ..ServerSettings::default() }).await;
     let message = refused_as_invalid(&server, &server.token("alice", None), "no aud").await;
     assert!(message.contains("aud"), "{message}");
     refused_as_invalid(&server, &with_aud(json!("other")), "another aud").await;
@@ -250,7 +268,12 @@ async fn two_tokens_in_the_query_are_refused_clearly() {
         assert!(got.1["error"]["message"].as_str().unwrap().contains("one token"), "{}", got.1);
     }
     let got = answer(
-        server.http.get(format!("{}/v1/poll?timeout=0&token={a}&token={a}", server.url)).send().await.unwrap(),
+        server
+            .http
+            .get(format!("{}/v1/poll?timeout=0&token={a}&token={a}", server.url))
+            .send()
+            .await
+            .unwrap(),
     )
     .await;
     assert_error(&got, 401, "invalid_token");
@@ -276,7 +299,8 @@ async fn refusal_messages_show_no_library_internals() {
     ];
     for token in &cases {
         let message = refused_as_invalid(&server, token, token).await;
-        for internal in ["InvalidToken", "HS384", "RS256", "ErrorKind", "Error(", "Json", "Base64", "variant"] {
+        for internal in ["InvalidToken", "HS384", "RS256", "ErrorKind", "Error(", "Json", "Base64", "variant"]
+        {
             assert!(!message.contains(internal), "{token}: {message}");
         }
     }

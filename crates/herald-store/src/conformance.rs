@@ -1075,7 +1075,8 @@ pub async fn revocations_keep_the_latest_close(make: &impl AsyncFn(Retention) ->
 
 /// Retention forgets revocations older than `revocation_window`, and only those.
 pub async fn prune_forgets_old_revocations(make: &impl AsyncFn(Retention) -> Arc<dyn Store>) {
-    let store = make(Retention { revocation_window: Duration::from_secs(3600), ..Retention::default() }).await;
+    let store =
+        make(Retention { revocation_window: Duration::from_secs(3600), ..Retention::default() }).await;
     let now = u64::try_from(now_ms() / 1000).unwrap();
     store.revoke(&user("alice"), Some(&session("old")), now - 7200).await.unwrap();
     store.revoke(&user("alice"), None, now - 10).await.unwrap();

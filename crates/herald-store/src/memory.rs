@@ -238,8 +238,8 @@ impl Store for MemoryStore {
         inner.idempotency.retain(|_, record| record.created_at_ms >= keys_before);
         report.idempotency_keys = (before - inner.idempotency.len()) as u64;
 
-        let revocations_before = u64::try_from(crate::cutoff_ms(now_ms, self.retention.revocation_window) / 1000)
-            .unwrap_or(0);
+        let revocations_before =
+            u64::try_from(crate::cutoff_ms(now_ms, self.retention.revocation_window) / 1000).unwrap_or(0);
         let mut forgotten = 0;
         inner.revocations.retain(|_, sessions| {
             let before = sessions.len();
@@ -258,7 +258,8 @@ impl Store for MemoryStore {
         closed_at_secs: u64,
     ) -> Result<(), StoreError> {
         let mut inner = self.inner.lock();
-        let closed_at = inner.revocations.entry(user.clone()).or_default().entry(session.cloned()).or_default();
+        let closed_at =
+            inner.revocations.entry(user.clone()).or_default().entry(session.cloned()).or_default();
         *closed_at = (*closed_at).max(closed_at_secs);
         Ok(())
     }

@@ -631,12 +631,13 @@ impl Store for SqliteStore {
                 .map_err(db_error)?;
             rows.into_iter()
                 .map(|(session, closed_at)| {
-                    let session = match session.as_str() {
-                        "" => None,
-                        id => Some(SessionId::new(id).map_err(|e| {
-                            StoreError::Corrupt(format!("session id in revocations: {e}"))
-                        })?),
-                    };
+                    let session =
+                        match session.as_str() {
+                            "" => None,
+                            id => Some(SessionId::new(id).map_err(|e| {
+                                StoreError::Corrupt(format!("session id in revocations: {e}"))
+                            })?),
+                        };
                     let closed_at_secs = u64::try_from(closed_at).map_err(|_| {
                         StoreError::Corrupt(format!("negative close time {closed_at} in revocations"))
                     })?;
@@ -656,7 +657,12 @@ impl Store for SqliteStore {
         // are never stuck behind the whole prune.
         loop {
             let chunk = self
-                .write(|reply| Request::PruneChunk { notifications_before, keys_before, revocations_before, reply })
+                .write(|reply| Request::PruneChunk {
+                    notifications_before,
+                    keys_before,
+                    revocations_before,
+                    reply,
+                })
                 .await?;
             report.notifications += chunk.notifications;
             report.idempotency_keys += chunk.idempotency_keys;
@@ -1307,7 +1313,9 @@ impl Request {
             (Request::PruneChunk { reply, .. }, Outcome::PruneChunk(result)) => {
                 Answer::PruneChunk(reply, result)
             }
-            (Request::Revoke { reply, .. }, Outcome::Revoke(result)) => Answer::CompleteReceipt(reply, result),
+            (Request::Revoke { reply, .. }, Outcome::Revoke(result)) => {
+                Answer::CompleteReceipt(reply, result)
+            }
             (
                 Request::InboxMark { reply, .. } | Request::InboxDelete { reply, .. },
                 Outcome::Inbox(result),
