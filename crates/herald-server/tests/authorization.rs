@@ -431,10 +431,11 @@ fn check(
         if answer.status != 401 {
             return Err(format!("status {}, expected 401", answer.status));
         }
-        if matches!(credential, Credential::Revoked { .. }) && !route.is_publisher() {
-            if !answer.body.contains("\"token_revoked\"") {
-                return Err("a revoked token not answered token_revoked".into());
-            }
+        if matches!(credential, Credential::Revoked { .. })
+            && !route.is_publisher()
+            && !answer.body.contains("\"token_revoked\"")
+        {
+            return Err("a revoked token not answered token_revoked".into());
         }
     }
     for other in (0..USERS).filter(|&i| Some(i) != allowed) {
