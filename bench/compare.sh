@@ -273,7 +273,7 @@ else
 fi
 # One process here may hold at most 20,000 files; the servers inherit this limit.
 ulimit -n 19500
-export HERALD_SECRET="bench-secret-$RANDOM$RANDOM" HERALD_API_KEY="bench-key-$RANDOM$RANDOM"
+export HERALD_SECRET="bench-secret-0123456789abcdef-$RANDOM$RANDOM" HERALD_API_KEY="bench-key-$RANDOM$RANDOM"
 machine_info
 
 for server in $SERVERS; do

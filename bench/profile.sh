@@ -75,7 +75,7 @@ else
     HERALD_BIN="$ROOT/target/release/herald"
 fi
 ulimit -n 19500
-export HERALD_SECRET="profile-secret" HERALD_API_KEY="profile-key" HERALD_LISTEN="127.0.0.1:$PORT"
+export HERALD_SECRET="profile-secret-0123456789abcdef012345" HERALD_API_KEY="profile-key" HERALD_LISTEN="127.0.0.1:$PORT"
 # The clients come from one loopback address, thousands of them: no per-address caps.
 export HERALD_IP_CONNECTIONS_MAX=0 HERALD_IP_REQUESTS_PER_SEC=0
 store_args=(--data-dir "$WORK/data")

@@ -1,16 +1,16 @@
 #!/usr/bin/env python3
 """Idle SSE memory probe: opens N SSE streams to a running Herald and reports its RSS per stream.
 
-Usage: idle_sse_probe.py N PORT SERVER_PID   (server started with HERALD_SECRET=s)
+Usage: idle_sse_probe.py N PORT SERVER_PID   (server started with HERALD_SECRET=ssss… (32 times s))
 Users are u0..u(N/3), each with 3 sessions of one tab. Connections are held 2 s, then closed.
 A quick cross-check of herald-bench's idle workload, with no dependency beyond Python 3.
 """
 import asyncio, base64, hmac, hashlib, json, os, sys, time, resource
-N = int(sys.argv[1]); port = int(sys.argv[2]); pid = int(sys.argv[3]); secret = b"s"
+N = int(sys.argv[1]); port = int(sys.argv[2]); pid = int(sys.argv[3]); secret = b"s" * 32
 resource.setrlimit(resource.RLIMIT_NOFILE, (19000, 20000))
 def b64(b): return base64.urlsafe_b64encode(b).rstrip(b"=")
 def tok(u, s):
-    h = b64(json.dumps({"alg":"HS256","typ":"JWT"}).encode()); c = b64(json.dumps({"sub":u,"sid":s,"exp":int(time.time())+3600}).encode())
+    h = b64(json.dumps({"alg":"HS256","typ":"JWT"}).encode()); c = b64(json.dumps({"sub":u,"sid":s,"iat":int(time.time()),"exp":int(time.time())+3600}).encode())
     return (h+b"."+c+b"."+b64(hmac.new(secret, h+b"."+c, hashlib.sha256).digest())).decode()
 def rss(): 
     for l in open(f"/proc/{pid}/status"):

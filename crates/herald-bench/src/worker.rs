@@ -237,8 +237,8 @@ fn build_clients(config: &WorkerConfig) -> anyhow::Result<Vec<Client>> {
     let endpoint = Endpoint::parse(&config.sub_url)?;
     let key = config.secret.as_deref().map(|s| jsonwebtoken::EncodingKey::from_secret(s.as_bytes()));
     ensure!(!config.kind.is_herald() || key.is_some(), "Herald subscribers need the token secret");
-    let exp =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() + config.token_ttl_secs;
+    let iat = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+    let exp = iat + config.token_ttl_secs;
     config
         .client_indices()
         .enumerate()
@@ -249,7 +249,8 @@ fn build_clients(config: &WorkerConfig) -> anyhow::Result<Vec<Client>> {
                 .as_ref()
                 .map(|key| {
                     // One session per user: the tabs of one browser profile.
-                    let claims = serde_json::json!({ "sub": user_id, "sid": "bench", "exp": exp });
+                    let claims =
+                        serde_json::json!({ "sub": user_id, "sid": "bench", "iat": iat, "exp": exp });
                     jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, key)
                 })
                 .transpose()?;

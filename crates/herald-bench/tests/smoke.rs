@@ -19,7 +19,8 @@ use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, Buf
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
-const SECRET: &str = "smoke-secret";
+// At least 32 bytes: `herald serve` refuses shorter secrets.
+const SECRET: &str = "smoke-secret-0123456789abcdef012345";
 const API_KEY: &str = "smoke-key";
 /// Longest a smoke run may take before the test fails (it takes a few seconds).
 const RUN_TIMEOUT: Duration = Duration::from_secs(120);

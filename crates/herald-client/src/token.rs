@@ -26,7 +26,8 @@ pub struct Claims {
     /// client given the same token shares one session.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sid: Option<String>,
-    /// Issued at, seconds since the Unix epoch.
+    /// Issued at, seconds since the Unix epoch. Required by the server: signing a session out
+    /// refuses the tokens issued until then.
     pub iat: u64,
     /// Expires at, seconds since the Unix epoch. The server closes a stream with reason
     /// `token_expired` at this second.
@@ -37,7 +38,8 @@ pub struct Claims {
 ///
 /// Ids are checked like the server checks them: non-empty, at most [`ID_BYTES_MAX`] bytes, no
 /// control characters. `ttl` must be at least one second and at most [`TTL_MAX`]; it is rounded
-/// up to whole seconds.
+/// up to whole seconds. The server refuses tokens that live longer than its `--token-ttl-max`
+/// (30 days by default).
 pub fn mint_token(secret: &[u8], user: &str, session: Option<&str>, ttl: Duration) -> Result<String> {
     if secret.is_empty() {
         return Err(ClientError::invalid("secret", "it is empty"));

@@ -21,6 +21,7 @@
 //! - [`notifier`]: the [`Notifier`], the cheap cloneable handle that publishes from anywhere.
 //! - [`inbox`]: each notification's seen / read / archived state, the users' counts, and the
 //!   [`Inbox`] handle that changes them and sends `inbox` events ([`InboxEvent`]).
+//! - [`revocation`]: [`Revocations`], sign-out as revocation: the deny-list of closed sessions.
 //! - [`limits`]: every configurable bound, in one place.
 
 pub mod bus;
@@ -32,6 +33,7 @@ pub mod limits;
 pub mod notification;
 pub mod notifier;
 mod queue;
+pub mod revocation;
 pub mod store;
 pub mod subscription;
 
@@ -46,7 +48,10 @@ pub use inbox::{
 pub use limits::Limits;
 pub use notification::{Audience, Notification, Publish, Receipt, ReceiptEntry, Target};
 pub use notifier::{Notifier, NotifyError};
-pub use store::{Appended, LogHead, LogPage, NewNotification, PruneReport, Retention, Store, StoreError};
+pub use revocation::Revocations;
+pub use store::{
+    Appended, LogHead, LogPage, NewNotification, PruneReport, Retention, Revocation, Store, StoreError,
+};
 pub use subscription::{
     ClientEvent, Elapsed, EndSignal, PollAnswer, SubscribeError, SubscribeRequest, Subscription, poll,
 };

@@ -15,6 +15,7 @@ use crate::hub::{CloseReason, Hub};
 use crate::ids::{ClientId, ID_BYTES_MAX, Seq, SessionId, UserId};
 use crate::inbox::{Inbox, InboxCounts, InboxEvent};
 use crate::notification::{Audience, Notification, Publish, Receipt, ReceiptEntry, Target, now_ms};
+use crate::revocation::Revocations;
 use crate::store::{Appended, NewNotification, Store, StoreError};
 
 /// Longest notification `type`, in bytes.
@@ -53,6 +54,7 @@ struct NotifierInner {
     bus: Arc<dyn Bus>,
     hub: Hub,
     inbox: Inbox,
+    revocations: Revocations,
 }
 
 impl std::fmt::Debug for Notifier {
@@ -64,7 +66,13 @@ impl std::fmt::Debug for Notifier {
 impl Notifier {
     pub fn new(store: Arc<dyn Store>, bus: Arc<dyn Bus>, hub: Hub) -> Self {
         let inbox = Inbox::new(store.clone(), bus.clone());
-        Self { inner: Arc::new(NotifierInner { store, bus, hub, inbox }) }
+        let revocations = Revocations::new(store.clone());
+        Self { inner: Arc::new(NotifierInner { store, bus, hub, inbox, revocations }) }
+    }
+
+    /// The deny-list of closed sessions that subscriber tokens are checked against.
+    pub fn revocations(&self) -> &Revocations {
+        &self.inner.revocations
     }
 
     /// The users' inboxes: read state, counts, and the `inbox` events, on the same store and bus.
@@ -183,13 +191,19 @@ impl Notifier {
         Ok(receipt)
     }
 
-    /// Closes the clients of one session of `user` (all sessions when `None`) with reason
+    /// Signs out one session of `user` (all sessions when `None`): revokes the tokens issued
+    /// until now (see [`crate::revocation`]), then closes the clients connected now with reason
     /// `session_closed`. Returns how many connections of this node were closed.
+    ///
+    /// Revoked first: a client that connects in between is refused, or attached already and
+    /// closed with the others.
     pub async fn close_sessions(
         &self,
         user: &UserId,
         session: Option<&SessionId>,
     ) -> Result<u64, NotifyError> {
+        let closed_at_secs = u64::try_from(now_ms() / 1000).unwrap_or(0);
+        self.inner.revocations.revoke(user, session, closed_at_secs).await?;
         Ok(self.inner.bus.close_sessions(user, session, CloseReason::SessionClosed).await?)
     }
 

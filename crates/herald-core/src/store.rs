@@ -14,6 +14,9 @@
 //!   inbox mark and delete, and retention (by age in `prune`, by `max_per_user` in `append`)
 //!   update them in the same transaction as the rows, and reading them costs O(1). Their
 //!   `version` grows with every change. See [`crate::inbox`] for the states and counts.
+//! - Revocations ([`Revocation`], sign-outs) are durable once `revoke` returns; for each user
+//!   and session (or "all sessions") only the latest close is kept, and `prune` forgets those
+//!   older than [`Retention::revocation_window`]. See [`crate::revocation`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,7 +24,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde_json::value::RawValue;
 
-use crate::ids::{Seq, UserId};
+use crate::ids::{Seq, SessionId, UserId};
 use crate::inbox::{InboxChange, InboxCounts, InboxPage, InboxQuery, Mark, PrunedInbox, Selection};
 use crate::notification::{Audience, Notification, Receipt};
 
@@ -76,6 +79,9 @@ pub struct Retention {
     pub max_per_user: u64,
     /// Idempotency keys are remembered this long (24 hours).
     pub idempotency_window: Duration,
+    /// Revocations are remembered this long (30 days): set it to the longest token lifetime
+    /// accepted (`--token-ttl-max`), after which every token a revocation refuses has expired.
+    pub revocation_window: Duration,
 }
 
 impl Default for Retention {
@@ -84,6 +90,7 @@ impl Default for Retention {
             max_age: Duration::from_secs(30 * 24 * 3600),
             max_per_user: 10_000,
             idempotency_window: Duration::from_secs(24 * 3600),
+            revocation_window: Duration::from_secs(30 * 24 * 3600),
         }
     }
 }
@@ -93,10 +100,22 @@ impl Default for Retention {
 pub struct PruneReport {
     pub notifications: u64,
     pub idempotency_keys: u64,
+    /// Revocations forgotten (older than [`Retention::revocation_window`]).
+    pub revocations: u64,
     /// Each user who lost notifications, with where their log now starts and their new counts
     /// (one entry per user and chunk of work: a user may appear more than once, the last entry
     /// is the newest).
     pub inboxes: Vec<PrunedInbox>,
+}
+
+/// A sign-out recorded in the store: the tokens of a user (for one session, or for all of them)
+/// issued at or before `closed_at_secs` are refused. See [`crate::revocation`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revocation {
+    /// The session closed; `None`: every session of the user.
+    pub session: Option<SessionId>,
+    /// When it was closed, seconds since the Unix epoch (the resolution of a token's `iat`).
+    pub closed_at_secs: u64,
 }
 
 /// A store failure. Not the caller's fault; the publish or subscription fails and can be retried.
@@ -151,8 +170,8 @@ pub trait Store: Send + Sync + 'static {
     async fn head(&self, user: &UserId) -> Result<LogHead, StoreError>;
 
     /// Applies the store's [`Retention`] as of `now_ms`: removes notifications older than
-    /// `max_age` and idempotency keys older than the window. (`max_per_user` is enforced by
-    /// `append` itself, so a log never holds more.)
+    /// `max_age`, idempotency keys older than their window and revocations older than theirs.
+    /// (`max_per_user` is enforced by `append` itself, so a log never holds more.)
     async fn prune(&self, now_ms: i64) -> Result<PruneReport, StoreError>;
 
     /// A page of `user`'s inbox: the notifications in `query.status` (of `query.kind`, below
@@ -178,4 +197,18 @@ pub trait Store: Send + Sync + 'static {
     /// retention it leaves `pruned_through` alone (a resuming client skips deleted seqs without
     /// a `reset`). Seqs not stored are not changed, and are no error.
     async fn inbox_delete(&self, user: &UserId, selection: &Selection) -> Result<InboxChange, StoreError>;
+
+    /// Records that `user`'s `session` (or, with `None`, all the user's sessions) was closed at
+    /// `closed_at_secs`. Keeps the latest close of each (user, session) only: an earlier
+    /// `closed_at_secs` than the one stored changes nothing.
+    async fn revoke(
+        &self,
+        user: &UserId,
+        session: Option<&SessionId>,
+        closed_at_secs: u64,
+    ) -> Result<(), StoreError>;
+
+    /// Every revocation of `user` still remembered (at most one per session, plus one for all
+    /// sessions), in no particular order. A user never signed out has none.
+    async fn revocations(&self, user: &UserId) -> Result<Vec<Revocation>, StoreError>;
 }

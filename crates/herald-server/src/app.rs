@@ -10,7 +10,7 @@ use herald_core::{Bus, ClientIdMinter, Hub, Limits, LocalBus, Notifier, Store};
 use sha2::{Digest, Sha256};
 use tokio_util::task::TaskTracker;
 
-use crate::auth::Auth;
+use crate::auth::{Auth, TokenRules};
 use crate::caps::{self, Caps, Limiter};
 use crate::error::ApiError;
 use crate::origin::AllowedOrigins;
@@ -41,6 +41,9 @@ pub struct ServerSettings {
     pub close_grace: Duration,
     /// The connection cap and the per-address and per-user rate limits.
     pub caps: Caps,
+    /// What subscriber tokens must satisfy beyond their signature (longest lifetime,
+    /// audience).
+    pub token_rules: TokenRules,
 }
 
 /// [`ServerSettings::send_timeout`] by default: WebSocket's dead-peer timeout. A browser that
@@ -62,6 +65,7 @@ impl Default for ServerSettings {
             send_timeout: SEND_TIMEOUT_DEFAULT,
             close_grace: CLOSE_GRACE_DEFAULT,
             caps: Caps::default(),
+            token_rules: TokenRules::default(),
         }
     }
 }
@@ -108,7 +112,7 @@ impl App {
             notifier,
             hub,
             store,
-            auth: Auth::new(secret, api_key),
+            auth: Auth::new(secret, api_key, settings.token_rules.clone()),
             limiter: Limiter::new(&settings.caps),
             settings,
             ws_connections: TaskTracker::new(),

@@ -2,12 +2,20 @@
 //! ([`Publisher`]).
 //!
 //! A subscriber token is taken from `Authorization: Bearer …`, then `?token=…` (EventSource
-//! cannot set headers), then the `herald_token` cookie. Only HS256 is accepted (so `alg: none`
-//! and every other algorithm are refused), `sub` and `exp` are required, and there is no leeway
-//! on `exp`: a token is refused from the second it expires. A token from the cookie is accepted
-//! only from the pages [`crate::origin`] allows (403 `forbidden_origin` otherwise).
+//! cannot set headers; given twice, it is refused), then the `herald_token` cookie. Only HS256
+//! is accepted (so `alg: none` and every other algorithm are refused); `sub`, `exp` and `iat`
+//! are required; there is no leeway on `exp` nor `nbf`: a token is refused from the second it
+//! expires, and until its `nbf`. A token may live at most [`TokenRules::ttl_max`] (`exp - iat`,
+//! and `exp - now`), may not be issued more than [`IAT_FUTURE_SECS_MAX`] ahead of our clock,
+//! and carries an `aud` exactly when the server has an audience. Then the deny-list of closed
+//! sessions ([`herald_core::Revocations`]) refuses a token issued at or before its session's
+//! close (`token_revoked`). Every refusal message is ours: the JWT library's errors are never
+//! shown (they name its internals).
+//! A token from the cookie is accepted only from the pages [`crate::origin`] allows (403
+//! `forbidden_origin` otherwise), before it is verified.
 
 use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
@@ -24,12 +32,37 @@ use crate::error::ApiError;
 /// Name of the cookie that may carry a subscriber token.
 pub const TOKEN_COOKIE: &str = "herald_token";
 
+/// Longest token lifetime accepted by default (`--token-ttl-max`): 30 days.
+pub const TOKEN_TTL_MAX_DEFAULT: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// How far in the future a token's `iat` may be (the app's clock may run a little ahead of
+/// ours). More: refused. Bounds how long a token issued "later" can escape a revocation.
+pub const IAT_FUTURE_SECS_MAX: u64 = 60;
+
+/// What a subscriber token must satisfy beyond its signature.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRules {
+    /// Longest lifetime: `exp - iat` and `exp - now` may not exceed it. Also how long
+    /// revocations are kept (after it, every token they refuse has expired).
+    pub ttl_max: Duration,
+    /// `Some`: tokens must carry this `aud` (a string, or an array holding it). `None`: tokens
+    /// with an `aud` are refused (they were meant for some other service).
+    pub audience: Option<String>,
+}
+
+impl Default for TokenRules {
+    fn default() -> Self {
+        Self { ttl_max: TOKEN_TTL_MAX_DEFAULT, audience: None }
+    }
+}
+
 /// Verifies subscriber tokens and the publishers' API key.
 pub struct Auth {
     decoding_key: DecodingKey,
     /// Only for the dev-mode demo, which mints tokens ([`Auth::mint_token`]).
     encoding_key: EncodingKey,
     validation: Validation,
+    rules: TokenRules,
     api_key: Vec<u8>,
 }
 
@@ -45,6 +78,7 @@ struct Claims {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     sid: Option<String>,
     exp: u64,
+    iat: u64,
 }
 
 /// A verified subscriber: the user and session its token names.
@@ -54,6 +88,9 @@ pub struct Subscriber {
     pub session: SessionId,
     /// Expiry of the token, seconds since the Unix epoch.
     pub expires_at: u64,
+    /// When the token was issued (`iat`), seconds since the Unix epoch: revocations compare
+    /// it with the time of the close.
+    pub issued_at: u64,
 }
 
 /// A caller that presented the API key.
@@ -61,65 +98,115 @@ pub struct Subscriber {
 pub struct Publisher;
 
 impl Auth {
-    pub fn new(secret: &[u8], api_key: &[u8]) -> Self {
+    pub fn new(secret: &[u8], api_key: &[u8], rules: TokenRules) -> Self {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = 0;
         // `exp` is the first second at which the token is refused (RFC 7519); jsonwebtoken alone
         // still accepts it during that second (`exp < now`), while streams close at `exp` sharp.
         validation.reject_tokens_expiring_in_less_than = 1;
         validation.validate_exp = true;
-        validation.set_required_spec_claims(&["exp", "sub"]);
+        validation.validate_nbf = true;
+        // Without an audience configured, jsonwebtoken refuses tokens that carry one; with it,
+        // tokens must carry it.
+        match &rules.audience {
+            Some(audience) => {
+                validation.set_audience(&[audience]);
+                validation.set_required_spec_claims(&["exp", "sub", "iat", "aud"]);
+            }
+            None => validation.set_required_spec_claims(&["exp", "sub", "iat"]),
+        }
         Self {
             decoding_key: DecodingKey::from_secret(secret),
             encoding_key: EncodingKey::from_secret(secret),
             validation,
+            rules,
             api_key: api_key.to_vec(),
         }
     }
 
-    /// A subscriber token for `user` (and `session`) that expires at `expires_at` (Unix
-    /// seconds). Herald itself only mints tokens for the dev-mode demo; apps mint their own.
+    /// The rules tokens are checked against.
+    pub fn rules(&self) -> &TokenRules {
+        &self.rules
+    }
+
+    /// A subscriber token for `user` (and `session`) issued now that expires at `expires_at`
+    /// (Unix seconds). Herald itself only mints tokens for the dev-mode demo; apps mint their
+    /// own.
     pub fn mint_token(&self, user: &UserId, session: Option<&SessionId>, expires_at: u64) -> String {
+        #[derive(Serialize)]
+        struct Minted<'a> {
+            #[serde(flatten)]
+            claims: Claims,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            aud: Option<&'a str>,
+        }
         let claims = Claims {
             sub: user.as_str().to_owned(),
             sid: session.map(|s| s.as_str().to_owned()),
             exp: expires_at,
+            iat: now_secs(),
         };
-        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding_key)
+        let minted = Minted { claims, aud: self.rules.audience.as_deref() };
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &minted, &self.encoding_key)
             .expect("HS256 signing cannot fail")
     }
 
-    /// Verifies a subscriber token and returns who it is for.
+    /// Verifies a subscriber token (signature and claims, not revocation) and returns who it is
+    /// for.
     pub fn verify_token(&self, token: &str) -> Result<Subscriber, ApiError> {
-        let data =
-            jsonwebtoken::decode::<Claims>(token, &self.decoding_key, &self.validation).map_err(|e| {
-                use jsonwebtoken::errors::ErrorKind;
-                match e.kind() {
-                    ErrorKind::ExpiredSignature => {
-                        ApiError::unauthorized("token_expired", "the token has expired")
-                    }
-                    ErrorKind::MissingRequiredClaim(claim) => {
-                        ApiError::unauthorized("invalid_token", format!("the token has no `{claim}` claim"))
-                    }
-                    ErrorKind::InvalidSignature => {
-                        ApiError::unauthorized("invalid_token", "the token's signature is wrong")
-                    }
-                    ErrorKind::InvalidAlgorithm => {
-                        ApiError::unauthorized("invalid_token", "the token must be signed with HS256")
-                    }
-                    _ => ApiError::unauthorized("invalid_token", format!("the token is not valid: {e}")),
-                }
-            })?;
+        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding_key, &self.validation)
+            .map_err(|e| self.refusal(e.kind()))?;
         let claims = data.claims;
-        let user =
-            UserId::new(&claims.sub).map_err(|e| ApiError::unauthorized("invalid_token", e.to_string()))?;
+        let now = now_secs();
+        let ttl_max = self.rules.ttl_max.as_secs();
+        if claims.iat > now.saturating_add(IAT_FUTURE_SECS_MAX) {
+            return Err(invalid(format!(
+                "the token was issued in the future (`iat` is more than {IAT_FUTURE_SECS_MAX} s ahead of the server's clock)"
+            )));
+        }
+        if claims.exp.saturating_sub(claims.iat) > ttl_max || claims.exp.saturating_sub(now) > ttl_max {
+            return Err(invalid(format!(
+                "the token lives too long: at most {ttl_max} s from `iat` to `exp` (and from now to `exp`) are accepted"
+            )));
+        }
+        let user = UserId::new(&claims.sub).map_err(|e| invalid(format!("the token's `sub`: {e}")))?;
         let session = match claims.sid {
-            Some(sid) => {
-                SessionId::new(sid).map_err(|e| ApiError::unauthorized("invalid_token", e.to_string()))?
-            }
+            Some(sid) => SessionId::new(sid).map_err(|e| invalid(format!("the token's `sid`: {e}")))?,
             None => session_of_token(token),
         };
-        Ok(Subscriber { user, session, expires_at: claims.exp })
+        Ok(Subscriber { user, session, expires_at: claims.exp, issued_at: claims.iat })
+    }
+
+    /// Our words for jsonwebtoken's refusal `kind` (its own messages name its internals).
+    fn refusal(&self, kind: &jsonwebtoken::errors::ErrorKind) -> ApiError {
+        use jsonwebtoken::errors::ErrorKind;
+        match kind {
+            ErrorKind::ExpiredSignature => ApiError::unauthorized("token_expired", "the token has expired"),
+            ErrorKind::ImmatureSignature => {
+                invalid("the token is not valid yet (its `nbf` is in the future)")
+            }
+            ErrorKind::MissingRequiredClaim(claim) => match claim.as_str() {
+                "iat" => invalid("the token has no `iat` claim (when it was issued): it is required"),
+                "aud" => invalid("the token has no `aud` claim; this server requires its audience"),
+                "exp" => invalid("the token has no `exp` claim"),
+                "sub" => invalid("the token has no `sub` claim"),
+                _ => invalid("the token lacks a required claim"),
+            },
+            ErrorKind::InvalidAudience => match self.rules.audience {
+                Some(_) => invalid("the token's `aud` is not this server's audience"),
+                None => invalid(
+                    "the token has an `aud` claim, and this server accepts none (see --token-audience)",
+                ),
+            },
+            ErrorKind::InvalidSignature => invalid("the token's signature is wrong"),
+            ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName | ErrorKind::MissingAlgorithm => {
+                invalid("the token must be signed with HS256")
+            }
+            ErrorKind::Json(_) => invalid(
+                "the token's header or claims are not what is expected (`sub` a string, `exp`, `iat` and `nbf` whole seconds)",
+            ),
+            _ => invalid("the token is not a well-formed JWT"),
+        }
     }
 
     /// Checks a publisher's API key in constant time.
@@ -149,12 +236,28 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then_some(token.trim())
 }
 
-fn query_token(parts: &Parts) -> Option<String> {
-    #[derive(Deserialize)]
-    struct TokenQuery {
-        token: Option<String>,
+/// The `?token=` of the query, if any; more than one is refused (which to believe?).
+fn query_token(parts: &Parts) -> Result<Option<String>, ApiError> {
+    if parts.uri.query().is_none() {
+        return Ok(None);
     }
-    axum::extract::Query::<TokenQuery>::try_from_uri(&parts.uri).ok()?.0.token
+    let pairs = axum::extract::Query::<Vec<(String, String)>>::try_from_uri(&parts.uri)
+        .map_err(|_| ApiError::bad_request("invalid_query", "the query string is not valid"))?
+        .0;
+    let mut tokens = pairs.into_iter().filter(|(name, _)| name == "token").map(|(_, value)| value);
+    let token = tokens.next();
+    if tokens.next().is_some() {
+        return Err(invalid("send one token: `token` appears more than once in the query"));
+    }
+    Ok(token)
+}
+
+fn invalid(message: impl Into<String>) -> ApiError {
+    ApiError::unauthorized("invalid_token", message)
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 fn cookie_token(headers: &HeaderMap) -> Option<&str> {
@@ -172,7 +275,11 @@ impl FromRequestParts<Arc<App>> for Subscriber {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, ApiError> {
-        let token = match bearer(&parts.headers).map(str::to_owned).or_else(|| query_token(parts)) {
+        let token = match bearer(&parts.headers) {
+            Some(token) => Some(token.to_owned()),
+            None => query_token(parts)?,
+        };
+        let token = match token {
             Some(token) => token,
             None => {
                 let token = cookie_token(&parts.headers).ok_or_else(|| {
@@ -187,7 +294,23 @@ impl FromRequestParts<Arc<App>> for Subscriber {
                 token.to_owned()
             }
         };
-        app.auth.verify_token(&token)
+        let subscriber = app.auth.verify_token(&token)?;
+        subscriber.check_not_revoked(app).await?;
+        Ok(subscriber)
+    }
+}
+
+impl Subscriber {
+    /// Refuses (401 `token_revoked`) a token issued at or before the close of its session or of
+    /// all its user's sessions. Cheap: the deny-list is cached (see [`herald_core::revocation`]).
+    pub async fn check_not_revoked(&self, app: &App) -> Result<(), ApiError> {
+        if app.notifier.revocations().is_revoked(&self.user, &self.session, self.issued_at).await? {
+            return Err(ApiError::unauthorized(
+                "token_revoked",
+                "this token's session was closed (signed out) after the token was issued; sign in again",
+            ));
+        }
+        Ok(())
     }
 }
 

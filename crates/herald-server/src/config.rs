@@ -16,6 +16,10 @@ use crate::origin::{AllowedOrigins, InvalidOrigin, Origin};
 /// File in the data dir holding the dev-mode credentials.
 pub const DEV_CREDENTIALS_FILE: &str = "dev-credentials.json";
 
+/// Shortest `HERALD_SECRET` accepted, in bytes: HS256 keys shorter than its 32-byte output can
+/// be brute-forced offline from any one token. Shorter: `herald serve` refuses to start.
+pub const SECRET_BYTES_MIN: usize = 32;
+
 /// Options of `herald serve`. Every option is also an environment variable.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServeArgs {
@@ -92,11 +96,31 @@ pub struct ServeArgs {
     /// Inbox changes per user at once after a quiet period.
     #[arg(long, env = "HERALD_INBOX_WRITES_BURST", default_value_t = Caps::default().inbox_writes_burst)]
     pub inbox_writes_burst: u32,
+    /// Longest subscriber-token lifetime accepted (`exp - iat`, and `exp - now`), such as `30d`,
+    /// `12h` or seconds; also how long sign-outs are remembered.
+    #[arg(long, env = "HERALD_TOKEN_TTL_MAX", default_value = "30d", value_parser = parse_duration)]
+    pub token_ttl_max: Duration,
+    /// The `aud` subscriber tokens must carry. Unset: tokens with an `aud` are refused.
+    #[arg(long, env = "HERALD_TOKEN_AUDIENCE")]
+    pub token_audience: Option<String>,
 }
 
 /// One member of `--allowed-origins`; blanks around it are ignored.
 fn parse_origin(text: &str) -> Result<Origin, InvalidOrigin> {
     text.trim().parse()
+}
+
+/// A duration as `30d`, `12h`, `90s` (humantime), or a plain number of seconds; at least 1 s.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let duration = match text.trim().parse::<u64>() {
+        Ok(secs) => Duration::from_secs(secs),
+        Err(_) => humantime::parse_duration(text.trim())
+            .map_err(|e| format!("{e} (use e.g. 3600, 90s, 12h, 30d)"))?,
+    };
+    if duration < Duration::from_secs(1) {
+        return Err("must be at least 1 second".into());
+    }
+    Ok(duration)
 }
 
 impl ServeArgs {
@@ -142,6 +166,8 @@ impl ServeArgs {
         Retention {
             max_age: Duration::from_secs(self.retention_days.saturating_mul(24 * 3600)),
             max_per_user: self.retention_max_per_user.max(1),
+            // Past the longest token lifetime, every token a sign-out refuses has expired.
+            revocation_window: self.token_ttl_max,
             ..Retention::default()
         }
     }
@@ -167,6 +193,10 @@ pub enum CredentialsError {
     OnlyOne,
     #[error("{0} must not be empty")]
     Empty(&'static str),
+    #[error(
+        "HERALD_SECRET is {0} bytes long; it must be at least {SECRET_BYTES_MIN} (e.g. `openssl rand -base64 32`)"
+    )]
+    SecretTooShort(usize),
     #[error("cannot read or write {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
     #[error("{path} is not valid: {source}")]
@@ -202,6 +232,9 @@ impl Credentials {
                 }
                 if api_key.is_empty() {
                     return Err(CredentialsError::Empty("HERALD_API_KEY"));
+                }
+                if secret.len() < SECRET_BYTES_MIN {
+                    return Err(CredentialsError::SecretTooShort(secret.len()));
                 }
                 let credentials = Self { secret: secret.to_owned(), api_key: api_key.to_owned() };
                 Ok((credentials, CredentialsSource::Configured))
@@ -256,4 +289,30 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let mut file = options.open(path)?;
     file.write_all(bytes)?;
     file.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_ttl_max_takes_humantime_or_seconds() {
+        assert_eq!(parse_duration("30d"), Ok(Duration::from_secs(30 * 86_400)));
+        assert_eq!(parse_duration("12h"), Ok(Duration::from_secs(12 * 3600)));
+        assert_eq!(parse_duration("3600"), Ok(Duration::from_secs(3600)));
+        assert!(parse_duration("0").is_err());
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn a_short_secret_is_refused_outside_dev_mode() {
+        let short = "a".repeat(SECRET_BYTES_MIN - 1);
+        let error = Credentials::resolve(Some(&short), Some("key"), None).unwrap_err();
+        assert!(matches!(error, CredentialsError::SecretTooShort(31)), "{error}");
+        let long = "a".repeat(SECRET_BYTES_MIN);
+        assert!(Credentials::resolve(Some(&long), Some("key"), None).is_ok());
+        // Dev mode generates its own, long enough.
+        let (dev, _) = Credentials::resolve(None, None, None).unwrap();
+        assert!(dev.secret.len() >= SECRET_BYTES_MIN);
+    }
 }

@@ -183,6 +183,7 @@ async fn maintain(app: Arc<App>, mut stop: watch::Receiver<bool>) {
                     tracing::info!(
                         notifications = report.notifications,
                         idempotency_keys = report.idempotency_keys,
+                        revocations = report.revocations,
                         users = report.inboxes.len(),
                         "retention removed old records"
                     );
@@ -237,6 +238,10 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
         demo: source == CredentialsSource::Dev && args.listen.ip().is_loopback(),
         allowed_origins: args.allowed_origins(),
         caps: args.caps(),
+        token_rules: auth::TokenRules {
+            ttl_max: args.token_ttl_max,
+            audience: args.token_audience.clone().filter(|a| !a.is_empty()),
+        },
         ..ServerSettings::default()
     };
     let app = App::new(

@@ -326,7 +326,7 @@ fn sign_jwt(header: &Value, claims: &Value, signer: Signer) -> String {
 /// valid token gives back its user and session.
 #[test]
 fn jwt() {
-    let auth = Auth::new(SECRET.as_bytes(), API_KEY.as_bytes());
+    let auth = Auth::new(SECRET.as_bytes(), API_KEY.as_bytes(), herald_server::auth::TokenRules::default());
     fuzz("jwt", token_case(), |case| {
         let token = match &case {
             TokenCase::Text(text) => text.clone(),

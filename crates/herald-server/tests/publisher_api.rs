@@ -158,8 +158,12 @@ on_both_stream_paths! {
         s2.durable(1).await;
         server.notify_user("bob", json!(1)).await;
         bob.durable(1).await;
-        // A closed session may sign in again.
-        let (mut again, _) = server.connect(&s1, "").await;
+        // A closed session may sign in again, with a token issued after the close (its old token
+        // is revoked: see tests/revocation.rs).
+        let new_s1 = support::sign(&json!({
+            "sub": "alice", "sid": "s1", "iat": support::now_unix() + 1, "exp": support::now_unix() + 3600
+        }));
+        let (mut again, _) = server.connect(&new_s1, "").await;
         server.notify_user("alice", json!(2)).await;
         again.durable(2).await;
     }

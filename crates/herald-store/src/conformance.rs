@@ -17,7 +17,8 @@ use std::time::Duration;
 use herald_core::notification::now_ms;
 use herald_core::{
     Appended, Audience, ClientId, InboxCounts, InboxPage, InboxQuery, InboxStatus, ItemState, LogHead, Mark,
-    NewNotification, Notification, Receipt, ReceiptEntry, Retention, Selection, SessionId, Store, UserId,
+    NewNotification, Notification, Receipt, ReceiptEntry, Retention, Revocation, Revocations, Selection,
+    SessionId, Store, UserId,
 };
 use serde_json::value::RawValue;
 
@@ -49,6 +50,9 @@ pub async fn run_all(make: impl AsyncFn(Retention) -> Arc<dyn Store>) {
     inbox_retention_keeps_counts_exact(&make).await;
     inbox_deleted_are_not_replayed(&make).await;
     inbox_concurrent_random_changes_keep_counts_exact(&make).await;
+    revocations_keep_the_latest_close(&make).await;
+    prune_forgets_old_revocations(&make).await;
+    revoked_tokens_are_those_issued_until_the_close(&make).await;
 }
 
 /// One `#[tokio::test]` per case of the suite, each with a fresh store from `$make`, an
@@ -84,6 +88,9 @@ macro_rules! conformance_tests {
             inbox_retention_keeps_counts_exact,
             inbox_deleted_are_not_replayed,
             inbox_concurrent_random_changes_keep_counts_exact,
+            revocations_keep_the_latest_close,
+            prune_forgets_old_revocations,
+            revoked_tokens_are_those_issued_until_the_close,
         );
     };
     (@cases $make:path; $($case:ident),* $(,)?) => {
@@ -1022,4 +1029,87 @@ pub async fn inbox_concurrent_random_changes_keep_counts_exact(
         assert_eq!(kept.numbers(), recount(&*store, u).await, "seed {seed}: {u}'s counts vs a recount");
         assert!(kept.total + kept.archived <= 120, "max_per_user holds");
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Revocations
+
+fn session(id: &str) -> SessionId {
+    SessionId::new(id).expect("valid session id")
+}
+
+/// `user`'s revocations as (session, closed_at), sorted ("" for all sessions).
+async fn revocations_of(store: &dyn Store, user_id: &str) -> Vec<(String, u64)> {
+    let mut list: Vec<(String, u64)> = store
+        .revocations(&user(user_id))
+        .await
+        .expect("revocations")
+        .into_iter()
+        .map(|Revocation { session, closed_at_secs }| {
+            (session.map(|s| s.as_str().to_owned()).unwrap_or_default(), closed_at_secs)
+        })
+        .collect();
+    list.sort();
+    list
+}
+
+/// A revocation is kept per user and session (or all sessions), the latest close winning; other
+/// users are untouched.
+pub async fn revocations_keep_the_latest_close(make: &impl AsyncFn(Retention) -> Arc<dyn Store>) {
+    let store = make(Retention::default()).await;
+    let now = u64::try_from(now_ms() / 1000).unwrap();
+    assert_eq!(revocations_of(&*store, "alice").await, []);
+    store.revoke(&user("alice"), Some(&session("s1")), now - 10).await.unwrap();
+    store.revoke(&user("alice"), Some(&session("s1")), now - 20).await.unwrap();
+    store.revoke(&user("alice"), None, now - 5).await.unwrap();
+    store.revoke(&user("alice"), Some(&session("s2")), now - 30).await.unwrap();
+    store.revoke(&user("alice"), Some(&session("s2")), now - 1).await.unwrap();
+    store.revoke(&user("bob"), Some(&session("s1")), now).await.unwrap();
+    assert_eq!(
+        revocations_of(&*store, "alice").await,
+        [(String::new(), now - 5), ("s1".into(), now - 10), ("s2".into(), now - 1)]
+    );
+    assert_eq!(revocations_of(&*store, "bob").await, [("s1".into(), now)]);
+    assert_eq!(revocations_of(&*store, "carol").await, []);
+}
+
+/// Retention forgets revocations older than `revocation_window`, and only those.
+pub async fn prune_forgets_old_revocations(make: &impl AsyncFn(Retention) -> Arc<dyn Store>) {
+    let store =
+        make(Retention { revocation_window: Duration::from_secs(3600), ..Retention::default() }).await;
+    let now = u64::try_from(now_ms() / 1000).unwrap();
+    store.revoke(&user("alice"), Some(&session("old")), now - 7200).await.unwrap();
+    store.revoke(&user("alice"), None, now - 10).await.unwrap();
+    store.revoke(&user("bob"), None, now - 3700).await.unwrap();
+    let report = store.prune(now_ms()).await.unwrap();
+    assert_eq!(report.revocations, 2);
+    assert_eq!(revocations_of(&*store, "alice").await, [(String::new(), now - 10)]);
+    assert_eq!(revocations_of(&*store, "bob").await, []);
+    assert_eq!(store.prune(now_ms()).await.unwrap().revocations, 0);
+}
+
+/// Through [`Revocations`] (and its cache): a token issued at or before the close of its
+/// session, or of all its user's sessions, is revoked; one issued later, or of another session
+/// or user, is not; a close made after the cache was filled is seen at once.
+pub async fn revoked_tokens_are_those_issued_until_the_close(
+    make: &impl AsyncFn(Retention) -> Arc<dyn Store>,
+) {
+    let store = make(Retention::default()).await;
+    let revocations = Revocations::new(Arc::clone(&store));
+    let (alice, s1, s2) = (user("alice"), session("s1"), session("s2"));
+    assert!(!revocations.is_revoked(&alice, &s1, 1_000).await.unwrap());
+    revocations.revoke(&alice, Some(&s1), 1_000).await.unwrap();
+    assert!(revocations.is_revoked(&alice, &s1, 999).await.unwrap());
+    assert!(revocations.is_revoked(&alice, &s1, 1_000).await.unwrap(), "same second: revoked");
+    assert!(!revocations.is_revoked(&alice, &s1, 1_001).await.unwrap());
+    assert!(!revocations.is_revoked(&alice, &s2, 999).await.unwrap());
+    assert!(!revocations.is_revoked(&user("bob"), &s1, 999).await.unwrap());
+    revocations.revoke(&alice, None, 2_000).await.unwrap();
+    assert!(revocations.is_revoked(&alice, &s2, 2_000).await.unwrap());
+    assert!(revocations.is_revoked(&alice, &s1, 1_500).await.unwrap());
+    assert!(!revocations.is_revoked(&alice, &s2, 2_001).await.unwrap());
+    // Another handle on the same store (a restart) sees them too.
+    let fresh = Revocations::new(Arc::clone(&store));
+    assert!(fresh.is_revoked(&alice, &s2, 2_000).await.unwrap());
+    assert!(!fresh.is_revoked(&alice, &s2, 2_001).await.unwrap());
 }

@@ -19,8 +19,8 @@ use herald_core::inbox::CountsDelta;
 use herald_core::notification::now_ms;
 use herald_core::{
     Appended, InboxChange, InboxCounts, InboxItem, InboxPage, InboxQuery, ItemState, LogHead, LogPage, Mark,
-    NewNotification, Notification, PruneReport, PrunedInbox, Receipt, ReceiptEntry, Retention, Selection,
-    Seq, Store, StoreError, UserId,
+    NewNotification, Notification, PruneReport, PrunedInbox, Receipt, ReceiptEntry, Retention, Revocation,
+    Selection, Seq, SessionId, Store, StoreError, UserId,
 };
 use parking_lot::Mutex;
 
@@ -40,6 +40,8 @@ pub struct MemoryStore {
 struct Inner {
     users: HashMap<UserId, UserLog>,
     idempotency: HashMap<String, IdempotencyRecord>,
+    /// Each user's latest close per session (`None`: all sessions), in Unix seconds.
+    revocations: HashMap<UserId, HashMap<Option<SessionId>, u64>>,
 }
 
 #[derive(Debug, Default)]
@@ -235,7 +237,42 @@ impl Store for MemoryStore {
         let before = inner.idempotency.len();
         inner.idempotency.retain(|_, record| record.created_at_ms >= keys_before);
         report.idempotency_keys = (before - inner.idempotency.len()) as u64;
+
+        let revocations_before =
+            u64::try_from(crate::cutoff_ms(now_ms, self.retention.revocation_window) / 1000).unwrap_or(0);
+        let mut forgotten = 0;
+        inner.revocations.retain(|_, sessions| {
+            let before = sessions.len();
+            sessions.retain(|_, closed_at| *closed_at >= revocations_before);
+            forgotten += (before - sessions.len()) as u64;
+            !sessions.is_empty()
+        });
+        report.revocations = forgotten;
         Ok(report)
+    }
+
+    async fn revoke(
+        &self,
+        user: &UserId,
+        session: Option<&SessionId>,
+        closed_at_secs: u64,
+    ) -> Result<(), StoreError> {
+        let mut inner = self.inner.lock();
+        let closed_at =
+            inner.revocations.entry(user.clone()).or_default().entry(session.cloned()).or_default();
+        *closed_at = (*closed_at).max(closed_at_secs);
+        Ok(())
+    }
+
+    async fn revocations(&self, user: &UserId) -> Result<Vec<Revocation>, StoreError> {
+        let inner = self.inner.lock();
+        Ok(inner
+            .revocations
+            .get(user)
+            .into_iter()
+            .flatten()
+            .map(|(session, closed_at)| Revocation { session: session.clone(), closed_at_secs: *closed_at })
+            .collect())
     }
 
     async fn inbox_list(&self, user: &UserId, query: &InboxQuery) -> Result<InboxPage, StoreError> {

@@ -53,7 +53,7 @@ use herald_core::notification::now_ms;
 use herald_core::{
     Appended, Audience, ClientId, InboxChange, InboxCounts, InboxItem, InboxPage, InboxQuery, InboxStatus,
     ItemState, LogHead, LogPage, Mark, NewNotification, Notification, PruneReport, PrunedInbox, Receipt,
-    ReceiptEntry, Retention, Selection, Seq, SessionId, Store, StoreError, UserId,
+    ReceiptEntry, Retention, Revocation, Selection, Seq, SessionId, Store, StoreError, UserId,
 };
 use parking_lot::Mutex;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
@@ -70,7 +70,7 @@ use crate::lock::{LockError, LockFile};
 
 /// The schema this code writes, kept in `PRAGMA user_version`. A database with a higher version
 /// was written by a newer Herald: opening it fails rather than guess.
-pub const SCHEMA_VERSION: i32 = 4;
+pub const SCHEMA_VERSION: i32 = 5;
 
 /// Write requests waiting for the writer thread. When the queue is full, a write waits for a
 /// slot for at most [`ENQUEUE_TIMEOUT`], then fails with [`StoreError::Overloaded`]: the disk is
@@ -246,6 +246,19 @@ CREATE TABLE staged (
     client        TEXT,
     except_client TEXT
 );
+";
+
+/// Version 4 → 5: revocations (sign-outs, see `herald_core::revocation`). One row per user and
+/// session with the latest close; `session` is `''` for "all sessions" (a session id is never
+/// empty). Retention deletes rows by `closed_at`, hence its index.
+pub const SCHEMA_V5: &str = "
+CREATE TABLE revocations (
+    user      TEXT NOT NULL,
+    session   TEXT NOT NULL,
+    closed_at INTEGER NOT NULL,
+    PRIMARY KEY (user, session)
+) WITHOUT ROWID;
+CREATE INDEX revocations_by_closed_at ON revocations (closed_at);
 ";
 
 /// The index each inbox status walks (`None`: the primary key) and the condition of the status.
@@ -640,17 +653,64 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn revoke(
+        &self,
+        user: &UserId,
+        session: Option<&SessionId>,
+        closed_at_secs: u64,
+    ) -> Result<(), StoreError> {
+        let (user, session) = (user.clone(), session.cloned());
+        let closed_at_secs = i64::try_from(closed_at_secs).unwrap_or(i64::MAX);
+        self.write(|reply| Request::Revoke { user, session, closed_at_secs, reply }).await
+    }
+
+    async fn revocations(&self, user: &UserId) -> Result<Vec<Revocation>, StoreError> {
+        let user = user.clone();
+        self.read(move |tx| {
+            let rows: Vec<(String, i64)> = tx
+                .prepare_cached("SELECT session, closed_at FROM revocations WHERE user = ?1")
+                .and_then(|mut stmt| {
+                    stmt.query_map([user.as_str()], |row| Ok((row.get(0)?, row.get(1)?)))?.collect()
+                })
+                .map_err(db_error)?;
+            rows.into_iter()
+                .map(|(session, closed_at)| {
+                    let session =
+                        match session.as_str() {
+                            "" => None,
+                            id => Some(SessionId::new(id).map_err(|e| {
+                                StoreError::Corrupt(format!("session id in revocations: {e}"))
+                            })?),
+                        };
+                    let closed_at_secs = u64::try_from(closed_at).map_err(|_| {
+                        StoreError::Corrupt(format!("negative close time {closed_at} in revocations"))
+                    })?;
+                    Ok(Revocation { session, closed_at_secs })
+                })
+                .collect()
+        })
+        .await
+    }
+
     async fn prune(&self, now_ms: i64) -> Result<PruneReport, StoreError> {
         let notifications_before = crate::cutoff_ms(now_ms, self.retention.max_age);
         let keys_before = crate::cutoff_ms(now_ms, self.retention.idempotency_window);
+        let revocations_before = crate::cutoff_ms(now_ms, self.retention.revocation_window) / 1000;
         let mut report = PruneReport::default();
         // One request per chunk: each chunk queues behind the publishes already waiting, so they
         // are never stuck behind the whole prune.
         loop {
-            let chunk =
-                self.write(|reply| Request::PruneChunk { notifications_before, keys_before, reply }).await?;
+            let chunk = self
+                .write(|reply| Request::PruneChunk {
+                    notifications_before,
+                    keys_before,
+                    revocations_before,
+                    reply,
+                })
+                .await?;
             report.notifications += chunk.notifications;
             report.idempotency_keys += chunk.idempotency_keys;
+            report.revocations += chunk.revocations;
             report.inboxes.extend(chunk.inboxes);
             if chunk.done {
                 break;
@@ -787,6 +847,12 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
     }
     if version < 4 {
         tx.execute_batch(SCHEMA_V4).map_err(db_error)?;
+    }
+    if version < 5 {
+        if version >= 1 {
+            tracing::info!("upgrading the store to schema version 5 (revocations)");
+        }
+        tx.execute_batch(SCHEMA_V5).map_err(db_error)?;
     }
     if version != SCHEMA_VERSION {
         tx.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(db_error)?;
@@ -1214,7 +1280,15 @@ enum Request {
     PruneChunk {
         notifications_before: i64,
         keys_before: i64,
+        /// Unix seconds.
+        revocations_before: i64,
         reply: Reply<PruneChunk>,
+    },
+    Revoke {
+        user: UserId,
+        session: Option<SessionId>,
+        closed_at_secs: i64,
+        reply: Reply<()>,
     },
     InboxMark {
         user: UserId,
@@ -1257,6 +1331,7 @@ struct InboxChunk {
 struct PruneChunk {
     notifications: u64,
     idempotency_keys: u64,
+    revocations: u64,
     inboxes: Vec<PrunedInbox>,
     done: bool,
 }
@@ -1265,6 +1340,7 @@ struct PruneChunk {
 enum Outcome {
     Append(Result<Appended, StoreError>),
     CompleteReceipt(Result<(), StoreError>),
+    Revoke(Result<(), StoreError>),
     PruneChunk(Result<PruneChunk, StoreError>),
     Inbox(Result<InboxChunk, StoreError>),
     /// Nothing done yet: the writer settles after the batch commits.
@@ -1275,7 +1351,7 @@ impl Outcome {
     fn error(&self) -> Option<&StoreError> {
         match self {
             Outcome::Append(result) => result.as_ref().err(),
-            Outcome::CompleteReceipt(result) => result.as_ref().err(),
+            Outcome::CompleteReceipt(result) | Outcome::Revoke(result) => result.as_ref().err(),
             Outcome::PruneChunk(result) => result.as_ref().err(),
             Outcome::Inbox(result) => result.as_ref().err(),
             Outcome::SettleAll => None,
@@ -1287,6 +1363,7 @@ impl Outcome {
         match request {
             Request::Append { .. } => Outcome::Append(Err(error)),
             Request::CompleteReceipt { .. } => Outcome::CompleteReceipt(Err(error)),
+            Request::Revoke { .. } => Outcome::Revoke(Err(error)),
             Request::PruneChunk { .. } => Outcome::PruneChunk(Err(error)),
             Request::InboxMark { .. } | Request::InboxDelete { .. } => Outcome::Inbox(Err(error)),
             Request::SettleAll { .. } => Outcome::SettleAll,
@@ -1320,8 +1397,17 @@ impl Request {
             Request::CompleteReceipt { key, receipt, .. } => {
                 Outcome::CompleteReceipt(complete_receipt(conn, key, receipt))
             }
-            Request::PruneChunk { notifications_before, keys_before, .. } => {
-                Outcome::PruneChunk(prune_chunk(conn, writes, *notifications_before, *keys_before))
+            Request::PruneChunk { notifications_before, keys_before, revocations_before, .. } => {
+                Outcome::PruneChunk(prune_chunk(
+                    conn,
+                    writes,
+                    *notifications_before,
+                    *keys_before,
+                    *revocations_before,
+                ))
+            }
+            Request::Revoke { user, session, closed_at_secs, .. } => {
+                Outcome::Revoke(revoke(conn, user, session.as_ref(), *closed_at_secs))
             }
             Request::InboxMark { user, rows, mark, at_ms, .. } => {
                 Outcome::Inbox(inbox_mark(conn, writes, user, rows, *mark, *at_ms))
@@ -1341,6 +1427,9 @@ impl Request {
             (Request::PruneChunk { reply, .. }, Outcome::PruneChunk(result)) => {
                 Answer::PruneChunk(reply, result)
             }
+            (Request::Revoke { reply, .. }, Outcome::Revoke(result)) => {
+                Answer::CompleteReceipt(reply, result)
+            }
             (
                 Request::InboxMark { reply, .. } | Request::InboxDelete { reply, .. },
                 Outcome::Inbox(result),
@@ -1354,7 +1443,9 @@ impl Request {
     fn fail(self, error: &StoreError) -> Answer {
         match self {
             Request::Append { reply, .. } => Answer::Append(reply, Err(copy_error(error))),
-            Request::CompleteReceipt { reply, .. } => Answer::CompleteReceipt(reply, Err(copy_error(error))),
+            Request::CompleteReceipt { reply, .. } | Request::Revoke { reply, .. } => {
+                Answer::CompleteReceipt(reply, Err(copy_error(error)))
+            }
             Request::PruneChunk { reply, .. } => Answer::PruneChunk(reply, Err(copy_error(error))),
             Request::InboxMark { reply, .. } | Request::InboxDelete { reply, .. } => {
                 Answer::Inbox(reply, Err(copy_error(error)))
@@ -2058,6 +2149,7 @@ fn prune_chunk(
     writes: &mut StagingWrites<'_>,
     notifications_before: i64,
     keys_before: i64,
+    revocations_before: i64,
 ) -> Result<PruneChunk, StoreError> {
     writes.settle_older_than(conn, notifications_before)?;
     let expired: Vec<(String, i64, i64)> = conn
@@ -2095,12 +2187,46 @@ fn prune_chunk(
         .and_then(|mut stmt| stmt.execute(params![keys_before, PRUNE_CHUNK_ROWS]))
         .map_err(db_error)? as i64;
 
+    // Every token these refuse has expired (see `Retention::revocation_window`).
+    let revocations = conn
+        .prepare_cached(
+            "DELETE FROM revocations WHERE (user, session) IN (
+                 SELECT user, session FROM revocations WHERE closed_at < ?1 LIMIT ?2
+             )",
+        )
+        .and_then(|mut stmt| stmt.execute(params![revocations_before, PRUNE_CHUNK_ROWS]))
+        .map_err(db_error)? as i64;
+
     Ok(PruneChunk {
         notifications,
         idempotency_keys: idempotency_keys as u64,
+        revocations: revocations as u64,
         inboxes,
-        done: selected < PRUNE_CHUNK_ROWS && idempotency_keys < PRUNE_CHUNK_ROWS,
+        done: selected < PRUNE_CHUNK_ROWS
+            && idempotency_keys < PRUNE_CHUNK_ROWS
+            && revocations < PRUNE_CHUNK_ROWS,
     })
+}
+
+/// The session column of `revocations`: `''` for all sessions.
+fn revocation_session(session: Option<&SessionId>) -> &str {
+    session.map_or("", SessionId::as_str)
+}
+
+/// Records a close, keeping the latest one of the user and session.
+fn revoke(
+    conn: &Connection,
+    user: &UserId,
+    session: Option<&SessionId>,
+    closed_at_secs: i64,
+) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO revocations (user, session, closed_at) VALUES (?1, ?2, ?3)
+         ON CONFLICT (user, session) DO UPDATE SET closed_at = MAX(closed_at, excluded.closed_at)",
+    )
+    .and_then(|mut stmt| stmt.execute(params![user.as_str(), revocation_session(session), closed_at_secs]))
+    .map_err(db_error)?;
+    Ok(())
 }
 
 #[cfg(test)]

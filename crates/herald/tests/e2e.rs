@@ -23,7 +23,8 @@ use tokio::sync::mpsc;
 
 /// Prefixes of each server's own credentials (see [`Spec::secret`]); as they are, the
 /// credentials of the startup-error cases.
-const SECRET: &str = "e2e-secret";
+// At least 32 bytes: `herald serve` refuses shorter secrets.
+const SECRET: &str = "e2e-secret-0123456789abcdef0123456789";
 const API_KEY: &str = "e2e-api-key";
 /// Longest wait for a server to answer `/healthz`, for a process to exit, for an event.
 const WAIT: Duration = Duration::from_secs(10);
@@ -819,6 +820,11 @@ async fn bad_startup_config_is_one_clear_line() {
         let stderr = assert_one_line_error(&output);
         assert!(stderr.contains(set) && stderr.contains(unset), "{stderr}");
     }
+
+    // A secret too short to be an HS256 key (fails if a short secret starts the server).
+    let output = run(serve(free_port()).env("HERALD_SECRET", "a").env("HERALD_API_KEY", API_KEY)).await;
+    let stderr = assert_one_line_error(&output);
+    assert!(stderr.contains("HERALD_SECRET") && stderr.contains("32"), "{stderr}");
 
     // A port already in use.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

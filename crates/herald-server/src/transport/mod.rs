@@ -42,6 +42,9 @@ pub(crate) async fn open_subscription(
         },
     )
     .await?;
+    // Checked again now that the client is attached: a sign-out that came after the first
+    // check and before the attach found no client to close, but is seen here.
+    subscriber.check_not_revoked(app).await?;
     subscription.expire_at(subscriber.expires_at);
     if follow_inbox {
         subscription.follow_inbox();

@@ -99,6 +99,11 @@ pub async fn poll(
         SubscribeError::ResumeAhead { .. } => ApiError::bad_request("invalid_after", error.to_string()),
         other => other.into(),
     })?;
+    // A poll that attached after a sign-out (between the check and the attach) was not closed
+    // by it: refuse its answer. (One the sign-out closed answers `closed: session_closed`.)
+    if answer.closed.is_none() {
+        subscriber.check_not_revoked(&app).await?;
+    }
     let counts = if with_counts { Some(app.notifier.inbox().counts(&subscriber.user).await?) } else { None };
     let body = PollBody {
         client: answer.client.as_str(),

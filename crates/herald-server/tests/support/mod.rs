@@ -494,12 +494,29 @@ impl RawConnection {
     /// Sends `GET target` with `headers`; returns the response's status and headers (names in
     /// lower case). Read the body before the next request.
     pub async fn get(&mut self, target: &str, headers: &[(String, String)]) -> (u16, Vec<(String, String)>) {
-        let mut head = format!("GET {target} HTTP/1.1\r\nhost: {}\r\n", self.host);
+        self.request("GET", target, headers, b"").await
+    }
+
+    /// Sends `method target` with `headers` and `body` (with its `content-length` when not
+    /// empty); returns the response's status and headers. Read the body before the next request.
+    pub async fn request(
+        &mut self,
+        method: &str,
+        target: &str,
+        headers: &[(String, String)],
+        body: &[u8],
+    ) -> (u16, Vec<(String, String)>) {
+        let mut head = format!("{method} {target} HTTP/1.1\r\nhost: {}\r\n", self.host);
         for (name, value) in headers {
             head.push_str(&format!("{name}: {value}\r\n"));
         }
+        if !body.is_empty() {
+            head.push_str(&format!("content-length: {}\r\n", body.len()));
+        }
         head.push_str("\r\n");
-        self.socket.write_all(head.as_bytes()).await.unwrap();
+        let mut bytes = head.into_bytes();
+        bytes.extend_from_slice(body);
+        self.socket.write_all(&bytes).await.unwrap();
         self.read_head().await
     }
 

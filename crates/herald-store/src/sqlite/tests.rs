@@ -55,6 +55,17 @@ impl Store for TempStore {
     async fn inbox_delete(&self, user: &UserId, selection: &Selection) -> Result<InboxChange, StoreError> {
         self.store.inbox_delete(user, selection).await
     }
+    async fn revoke(
+        &self,
+        user: &UserId,
+        session: Option<&SessionId>,
+        closed_at_secs: u64,
+    ) -> Result<(), StoreError> {
+        self.store.revoke(user, session, closed_at_secs).await
+    }
+    async fn revocations(&self, user: &UserId) -> Result<Vec<Revocation>, StoreError> {
+        self.store.revocations(user).await
+    }
 }
 
 async fn make(retention: Retention) -> Arc<dyn Store> {
@@ -1011,4 +1022,36 @@ fn a_full_database_says_so_once() {
     let error = answer.try_recv().unwrap().expect_err("the database is full");
     assert_eq!(error.to_string().matches("store unavailable").count(), 1, "{error}");
     assert!(error.to_string().contains("database or disk is full"), "{error}");
+}
+
+/// Revocations survive closing and reopening the file (they are durable once `revoke` returns),
+/// and a version 4 file gains the table in place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocations_survive_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("herald.db");
+    {
+        let store = SqliteStore::open(&path, Retention::default()).unwrap();
+        store.revoke(&user("alice"), None, 1_000).await.unwrap();
+        store.revoke(&user("alice"), Some(&SessionId::new("s1").unwrap()), 2_000).await.unwrap();
+    }
+    let store = SqliteStore::open(&path, Retention::default()).unwrap();
+    let mut list = store.revocations(&user("alice")).await.unwrap();
+    list.sort_by_key(|r| r.closed_at_secs);
+    assert_eq!(
+        list,
+        [
+            Revocation { session: None, closed_at_secs: 1_000 },
+            Revocation { session: Some(SessionId::new("s1").unwrap()), closed_at_secs: 2_000 },
+        ]
+    );
+    drop(store);
+    // A version 4 file (no revocations table) is upgraded in place.
+    let conn = Connection::open(&path).unwrap();
+    conn.execute_batch("DROP TABLE revocations; PRAGMA user_version = 4;").unwrap();
+    drop(conn);
+    let store = SqliteStore::open(&path, Retention::default()).unwrap();
+    assert_eq!(store.revocations(&user("alice")).await.unwrap(), []);
+    store.revoke(&user("alice"), None, 3_000).await.unwrap();
+    assert_eq!(store.revocations(&user("alice")).await.unwrap().len(), 1);
 }
