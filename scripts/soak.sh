@@ -95,7 +95,9 @@ if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then
 fi
 # 15,000 tabs need 15,000 descriptors in the server (and in herald-bench's workers).
 ulimit -n "$(ulimit -Hn)"
-export HERALD_SECRET="soak-secret-$RANDOM$RANDOM$RANDOM$RANDOM" HERALD_API_KEY="soak-key-$RANDOM$RANDOM$RANDOM"
+export HERALD_SECRET="soak-secret-0123456789abcdef-$RANDOM$RANDOM$RANDOM$RANDOM" HERALD_API_KEY="soak-key-$RANDOM$RANDOM$RANDOM"
+# Thousands of tabs and their reconnects come from one loopback address: no per-address caps.
+export HERALD_IP_CONNECTIONS_MAX=0 HERALD_IP_REQUESTS_PER_SEC=0
 DATA="$OUT/data"
 "$TARGET/herald" serve --listen "127.0.0.1:$PORT" --data-dir "$DATA" \
     --retention-max-per-user "$RETENTION" >"$OUT/herald.log" 2>&1 &

@@ -70,7 +70,7 @@ impl Spec {
 
     /// This server's own credentials: a port mix-up with another test's server is a 401.
     fn secret(&self) -> String {
-        format!("crash-secret-{}-{}", std::process::id(), self.port)
+        format!("crash-secret-of-at-least-32-bytes-{}-{}", std::process::id(), self.port)
     }
 
     fn api_key(&self) -> String {
