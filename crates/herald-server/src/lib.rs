@@ -12,6 +12,7 @@
 //!   only code that knows the wire format of events.
 //! - [`api`]: `POST /v1/notify`, `/v1/inbox…` and `/v1/users/{user}/…`.
 //! - [`error`]: [`ApiError`], the JSON errors, and extractors that answer with them.
+//! - [`query`]: reading query parameters, one rule for every route.
 //! - `assets`: `GET /herald.js` and `/herald.d.ts`, the browser client (`clients/js/`).
 //! - `demo`: `/demo`, the dev-mode demo and its dev-only endpoints (`clients/demo/`).
 
@@ -23,6 +24,7 @@ pub mod config;
 mod connection;
 mod demo;
 pub mod error;
+pub mod query;
 pub mod tls;
 pub mod transport;
 
