@@ -81,6 +81,9 @@ impl From<NotifyError> for ApiError {
                 Self::new(StatusCode::PAYLOAD_TOO_LARGE, "data_too_large", error.to_string())
             }
             NotifyError::TooManyUsers { .. } => Self::bad_request("too_many_users", error.to_string()),
+            NotifyError::PublishTooLarge { .. } => {
+                Self::new(StatusCode::PAYLOAD_TOO_LARGE, "publish_too_large", error.to_string())
+            }
             NotifyError::Invalid(message) => Self::bad_request("invalid_request", message),
             NotifyError::ClientNotFound(_) => {
                 Self::new(StatusCode::NOT_FOUND, "client_not_found", error.to_string())
