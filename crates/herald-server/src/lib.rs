@@ -69,6 +69,8 @@ pub enum ServeError {
     Store(#[from] herald_core::StoreError),
     #[error("cannot listen on {addr}: {source}")]
     Listen { addr: SocketAddr, source: std::io::Error },
+    #[error("{0}")]
+    ListenAddress(String),
     #[error("cannot create the data dir {}: {source}", path.display())]
     DataDir { path: std::path::PathBuf, source: std::io::Error },
     #[error("TLS: {0}")]
@@ -201,11 +203,15 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
         }
         None => Arc::new(MemoryStore::new(args.retention())),
     };
+    let listen_addrs = config::listen_addresses(&args.listen).await.map_err(ServeError::ListenAddress)?;
+    // A name may resolve to several addresses (`localhost`: 127.0.0.1 and ::1): the first, in
+    // the resolver's order of preference, is used, and the banner says which.
+    let listen_addr = listen_addrs[0];
     let settings = ServerSettings {
         keepalive_interval: Duration::from_secs(args.keepalive_secs.max(1)),
-        dev_mode: source == CredentialsSource::Dev,
+        dev_mode: source.is_dev(),
         // The demo mints tokens and publishes for anyone who can reach it: only on loopback.
-        demo: source == CredentialsSource::Dev && args.listen.ip().is_loopback(),
+        demo: source.is_dev() && listen_addr.ip().is_loopback(),
     };
     let app = App::new(
         store,
@@ -214,9 +220,9 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
         credentials.api_key.as_bytes(),
         settings,
     );
-    let listener = TcpListener::bind(args.listen)
+    let listener = TcpListener::bind(listen_addr)
         .await
-        .map_err(|source| ServeError::Listen { addr: args.listen, source })?;
+        .map_err(|source| ServeError::Listen { addr: listen_addr, source })?;
     let tls = match args.tls_files() {
         Some(files) => Some(tls::CertificateReloader::load(files)?),
         None => None,
@@ -226,13 +232,17 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     }
     let scheme = if tls.is_some() { "https" } else { "http" };
     let server = start_with_tls(app, listener, tls)?;
-    if source == CredentialsSource::Dev {
-        let kept = match data_dir {
-            Some(dir) => format!("kept in {}", dir.join(config::DEV_CREDENTIALS_FILE).display()),
-            None => "kept nowhere (--memory): new ones at every start".to_owned(),
+    if source.is_dev() {
+        let file = data_dir.map(|dir| dir.join(config::DEV_CREDENTIALS_FILE).display().to_string());
+        let origin = match (source, file) {
+            (CredentialsSource::DevLoaded, Some(file)) => format!("credentials loaded from {file}"),
+            (_, Some(file)) => format!("credentials generated and kept in {file}"),
+            (_, None) => {
+                "credentials generated and kept nowhere (--memory): new ones at every start".to_owned()
+            }
         };
-        tracing::warn!("DEV MODE: no HERALD_SECRET / HERALD_API_KEY given; generated credentials, {kept}");
-        eprintln!("herald: dev mode. Do not use in production.");
+        tracing::warn!("DEV MODE: no HERALD_SECRET / HERALD_API_KEY given; {origin}");
+        eprintln!("herald: dev mode ({origin}). Do not use in production.");
         eprintln!("  HERALD_SECRET={}", credentials.secret);
         eprintln!("  HERALD_API_KEY={}", credentials.api_key);
     }
@@ -241,6 +251,10 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
         None => "memory (nothing kept on disk)".to_owned(),
     };
     tracing::info!(addr = %server.addr, %storage, "herald listening");
+    if listen_addrs.len() > 1 || args.listen.parse::<SocketAddr>().is_err() {
+        let all: Vec<String> = listen_addrs.iter().map(ToString::to_string).collect();
+        eprintln!("herald: {} resolves to {}; listening on the first", args.listen, all.join(", "));
+    }
     eprintln!("herald: listening on {scheme}://{} (store: {storage})", server.addr);
     shutdown_signal().await;
     server.shutdown().await?;

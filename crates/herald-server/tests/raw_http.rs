@@ -41,10 +41,7 @@ fn last_response(answer: &[u8]) -> (u16, Value) {
     let status: u16 = response[9..12].parse().unwrap();
     let (head, body) = response.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no head end: {response:?}"));
     let body: Value = serde_json::from_str(body).unwrap_or_else(|_| panic!("not a JSON body: {response:?}"));
-    assert!(
-        head.to_ascii_lowercase().contains("content-type: application/json"),
-        "{response:?}"
-    );
+    assert!(head.to_ascii_lowercase().contains("content-type: application/json"), "{response:?}");
     (status, body)
 }
 
@@ -56,7 +53,9 @@ fn assert_json_error(answer: &[u8], status: u16, code: &str) {
 }
 
 fn notify_head(extra_headers: &str) -> String {
-    format!("POST /v1/notify HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {API_KEY}\r\ncontent-type: application/json\r\n{extra_headers}\r\n")
+    format!(
+        "POST /v1/notify HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {API_KEY}\r\ncontent-type: application/json\r\n{extra_headers}\r\n"
+    )
 }
 
 const BODY: &str = r#"{"to":{"user":"alice"},"data":1}"#;
@@ -77,7 +76,8 @@ async fn bad_framing_headers_get_a_json_400_on_first_and_later_requests() {
     for bad in &bad_heads {
         let first = exchange(&server, bad.as_bytes()).await;
         assert_json_error(&first, 400, "malformed_request");
-        let later = exchange(&server, format!("GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n{bad}").as_bytes()).await;
+        let later =
+            exchange(&server, format!("GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n{bad}").as_bytes()).await;
         assert!(String::from_utf8_lossy(&later).starts_with("HTTP/1.1 200"), "{later:?}");
         assert_json_error(&later, 400, "malformed_request");
     }
@@ -98,7 +98,8 @@ async fn a_malformed_later_request_gets_a_json_400() {
     ] {
         let first = exchange(&server, bad.as_bytes()).await;
         assert_json_error(&first, 400, "malformed_request");
-        let later = exchange(&server, format!("GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n{bad}").as_bytes()).await;
+        let later =
+            exchange(&server, format!("GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n{bad}").as_bytes()).await;
         assert_json_error(&later, 400, "malformed_request");
     }
 }
@@ -107,7 +108,8 @@ async fn a_malformed_later_request_gets_a_json_400() {
 #[tokio::test]
 async fn a_later_request_head_over_the_limits_gets_a_json_431() {
     let server = TestServer::start().await;
-    let long_header = format!("GET /healthz HTTP/1.1\r\nhost: x\r\nx-long: {}\r\n\r\n", "a".repeat(20 * 1024));
+    let long_header =
+        format!("GET /healthz HTTP/1.1\r\nhost: x\r\nx-long: {}\r\n\r\n", "a".repeat(20 * 1024));
     let many_headers = format!(
         "GET /healthz HTTP/1.1\r\n{}\r\n",
         (0..80).map(|i| format!("x-h{i}: 1\r\n")).collect::<String>()
@@ -115,7 +117,8 @@ async fn a_later_request_head_over_the_limits_gets_a_json_431() {
     for bad in [long_header, many_headers] {
         let first = exchange(&server, bad.as_bytes()).await;
         assert_json_error(&first, 431, "request_head_too_large");
-        let later = exchange(&server, format!("GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n{bad}").as_bytes()).await;
+        let later =
+            exchange(&server, format!("GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n{bad}").as_bytes()).await;
         assert_json_error(&later, 431, "request_head_too_large");
     }
 }

@@ -92,8 +92,8 @@ pub async fn notifications(
 ) -> Result<Response, ApiError> {
     let user = UserId::new(user)?;
     let after: Seq = whole_number(query.after.as_deref(), "after", "invalid_after")?.unwrap_or(0);
-    let limit =
-        whole_number(query.limit.as_deref(), "limit", "invalid_limit")?.unwrap_or(NOTIFICATIONS_LIMIT_MAX as u64);
+    let limit = whole_number(query.limit.as_deref(), "limit", "invalid_limit")?
+        .unwrap_or(NOTIFICATIONS_LIMIT_MAX as u64);
     if limit == 0 || limit > NOTIFICATIONS_LIMIT_MAX as u64 {
         return Err(ApiError::bad_request(
             "invalid_limit",
