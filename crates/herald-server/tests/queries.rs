@@ -55,7 +55,7 @@ async fn deleting_one_notification_refuses_unknown_query_parameters() {
     assert_error(&delete_own("?all_up_to=5").await, 400, "invalid_query");
     assert_error(&server.delete("/v1/users/alice/inbox/1?foo=1").await, 400, "invalid_query");
     assert_eq!(server.stored("alice").await.len(), 1, "nothing was deleted");
-    let (status, body) = delete_own(&"?token=").await;
+    let (status, body) = delete_own("?token=").await;
     assert_eq!(status, 200, "{body}");
     assert!(server.stored("alice").await.is_empty());
 }

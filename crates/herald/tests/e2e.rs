@@ -873,7 +873,8 @@ async fn listen_takes_a_host_name_and_refuses_a_bad_value_in_one_line() {
     server.wait_stderr("herald: listening on http://").await;
     let banner = server.stderr();
     assert!(banner.contains(&format!("localhost:{} resolves to", spec.port)), "{banner}");
-    let url = banner.split("herald: listening on ").nth(1).unwrap().split_whitespace().next().unwrap().to_owned();
+    let url =
+        banner.split("herald: listening on ").nth(1).unwrap().split_whitespace().next().unwrap().to_owned();
     assert!(url.ends_with(&format!(":{}", spec.port)), "{url}");
     server.url = url;
     server.publisher(&spec.api_key()).health().await.expect("the server answers on the address it names");
