@@ -20,6 +20,11 @@ pub struct Limits {
     pub data_bytes_max: usize,
     /// Users in one `{"users": […]}` publish (1,000). More: refused (HTTP 400).
     pub users_per_publish_max: usize,
+    /// What one publish may make the server hold, counted as the size of `data` times the
+    /// number of users it goes to (4 MiB). More: refused (HTTP 413), nothing stored. Each user
+    /// gets a notification of its own (its own seq, its own JSON), so without this bound one
+    /// 75 KiB request to 1,000 users stored and serialized 64 MB.
+    pub publish_bytes_max: usize,
     /// Notifications read from the store per replay page (100). Bounds the memory one
     /// reconnecting client can pin at a time.
     pub replay_page_len: usize,
@@ -37,6 +42,7 @@ impl Default for Limits {
             client_queue_len_max: 1_000,
             data_bytes_max: 64 * 1024,
             users_per_publish_max: 1_000,
+            publish_bytes_max: 4 * 1024 * 1024,
             replay_page_len: 100,
             client_linger: Duration::from_secs(60),
         }

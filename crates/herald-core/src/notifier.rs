@@ -33,6 +33,11 @@ pub enum NotifyError {
     InvalidData(#[from] DataError),
     #[error("{count} users in one publish; at most {max} are allowed")]
     TooManyUsers { count: usize, max: usize },
+    #[error(
+        "{users} users × {data_bytes} bytes of data is {bytes} bytes in one publish; at most {max} are allowed \
+         (send less data, e.g. an id to fetch, or fewer users per publish)"
+    )]
+    PublishTooLarge { users: usize, data_bytes: usize, bytes: usize, max: usize },
     #[error("{0}")]
     Invalid(String),
     #[error("client {0} is not connected to this server")]
@@ -122,6 +127,15 @@ impl Notifier {
             )));
         }
         let audiences = self.resolve(&publish.target, publish.except_client.as_ref())?;
+        let publish_bytes = data_bytes.saturating_mul(audiences.len());
+        if publish_bytes > limits.publish_bytes_max {
+            return Err(NotifyError::PublishTooLarge {
+                users: audiences.len(),
+                data_bytes,
+                bytes: publish_bytes,
+                max: limits.publish_bytes_max,
+            });
+        }
         let key = publish.idempotency_key.as_deref();
         let created_at_ms = now_ms();
         let (notifications, counts): (Vec<Arc<Notification>>, Vec<(UserId, InboxCounts)>) = if publish.durable

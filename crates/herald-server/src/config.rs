@@ -23,9 +23,10 @@ pub const SECRET_BYTES_MIN: usize = 32;
 /// Options of `herald serve`. Every option is also an environment variable.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServeArgs {
-    /// Address to listen on.
+    /// Address to listen on, `host:port`: an IP (`127.0.0.1:7300`, `[::1]:7300`,
+    /// `0.0.0.0:7300`) or a host name (`localhost:7300`), whose first address is used.
     #[arg(long, env = "HERALD_LISTEN", default_value = "127.0.0.1:7300")]
-    pub listen: SocketAddr,
+    pub listen: String,
     /// Directory of the embedded SQLite database (and of the dev credentials).
     #[arg(long, env = "HERALD_DATA_DIR", default_value = "./herald-data")]
     pub data_dir: PathBuf,
@@ -56,6 +57,9 @@ pub struct ServeArgs {
     /// Largest notification `data`, in bytes of JSON.
     #[arg(long, env = "HERALD_DATA_BYTES_MAX", default_value_t = 64 * 1024)]
     pub data_bytes_max: usize,
+    /// Largest publish, in bytes: the size of `data` times the number of users it goes to.
+    #[arg(long, env = "HERALD_PUBLISH_BYTES_MAX", default_value_t = 4 * 1024 * 1024)]
+    pub publish_bytes_max: usize,
     /// Seconds between keep-alive comments on idle streams.
     #[arg(long, env = "HERALD_KEEPALIVE_SECS", default_value_t = 15)]
     pub keepalive_secs: u64,
@@ -131,6 +135,7 @@ impl ServeArgs {
             clients_per_session_max: self.clients_per_session_max.max(1),
             client_queue_len_max: self.client_queue_len_max.max(1),
             data_bytes_max: self.data_bytes_max,
+            publish_bytes_max: self.publish_bytes_max,
             ..Limits::default()
         }
     }
@@ -208,8 +213,40 @@ pub enum CredentialsError {
 pub enum CredentialsSource {
     /// Both given by the operator.
     Configured,
-    /// Dev mode: generated (or read back from the data dir).
-    Dev,
+    /// Dev mode: generated at this start (and kept in the data dir, unless `--memory`).
+    DevGenerated,
+    /// Dev mode: read back from the data dir, where an earlier start kept them.
+    DevLoaded,
+}
+
+impl CredentialsSource {
+    /// Whether this is dev mode (credentials nobody configured).
+    pub fn is_dev(self) -> bool {
+        self != Self::Configured
+    }
+}
+
+/// The addresses `--listen` names: `value` is `host:port`, the host an IP or a name to resolve.
+/// Errors are one sentence for the command line.
+pub async fn listen_addresses(value: &str) -> Result<Vec<SocketAddr>, String> {
+    let usage = "give host:port, e.g. 127.0.0.1:7300, [::1]:7300 or localhost:7300";
+    if let Ok(addr) = value.parse::<SocketAddr>() {
+        return Ok(vec![addr]);
+    }
+    let Some((host, port)) = value.rsplit_once(':') else {
+        return Err(format!("--listen {value:?} has no port: {usage}"));
+    };
+    if host.is_empty() || port.parse::<u16>().is_err() {
+        return Err(format!("--listen {value:?} is not host:port: {usage}"));
+    }
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host(value)
+        .await
+        .map_err(|e| format!("--listen {value:?}: cannot resolve {host:?}: {e}"))?
+        .collect();
+    if addrs.is_empty() {
+        return Err(format!("--listen {value:?}: {host:?} resolves to no address"));
+    }
+    Ok(addrs)
 }
 
 impl Credentials {
@@ -239,13 +276,10 @@ impl Credentials {
                 let credentials = Self { secret: secret.to_owned(), api_key: api_key.to_owned() };
                 Ok((credentials, CredentialsSource::Configured))
             }
-            (None, None) => {
-                let credentials = match data_dir {
-                    Some(dir) => Self::load_or_create(dir)?,
-                    None => Self::generate(),
-                };
-                Ok((credentials, CredentialsSource::Dev))
-            }
+            (None, None) => match data_dir {
+                Some(dir) => Self::load_or_create(dir),
+                None => Ok((Self::generate(), CredentialsSource::DevGenerated)),
+            },
             _ => Err(CredentialsError::OnlyOne),
         }
     }
@@ -262,9 +296,9 @@ impl Credentials {
         }
     }
 
-    fn load_or_create(data_dir: &Path) -> Result<Self, CredentialsError> {
+    fn load_or_create(data_dir: &Path) -> Result<(Self, CredentialsSource), CredentialsError> {
         if let Some(credentials) = Self::load_dev(data_dir)? {
-            return Ok(credentials);
+            return Ok((credentials, CredentialsSource::DevLoaded));
         }
         let path = data_dir.join(DEV_CREDENTIALS_FILE);
         let io = |source| CredentialsError::Io { path: path.clone(), source };
@@ -272,7 +306,7 @@ impl Credentials {
         let credentials = Self::generate();
         let json = serde_json::to_vec_pretty(&credentials).expect("credentials serialize");
         write_private(&path, &json).map_err(io)?;
-        Ok(credentials)
+        Ok((credentials, CredentialsSource::DevGenerated))
     }
 }
 

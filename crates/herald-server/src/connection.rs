@@ -461,7 +461,7 @@ async fn serve_with_hyper<S: Socket>(
     close_grace: Duration,
 ) {
     let stream_end = socket.stream_end().clone();
-    let io = TokioIo::new(Prefixed { prefix: read, inner: socket, _permit: peer.permit });
+    let io = TokioIo::new(HyperIo { prefix: read, inner: socket, error_answer: None, _permit: peer.permit });
     let peer = ConnectInfo(peer.addr);
     let service = hyper::service::service_fn({
         let stream_end = stream_end.clone();
@@ -476,6 +476,13 @@ async fn serve_with_hyper<S: Socket>(
     let connection = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(REQUEST_HEAD_TIMEOUT)
+        // The same head limits as the front door's, for every later request: hyper's own are
+        // 100 headers and heads up to its read buffer's ~400 KiB, which is also what an
+        // unfinished head could hold per connection. The buffer's bound is checked before each
+        // read (so it may be passed by one read); the head's size is checked exactly.
+        .max_headers(REQUEST_HEADERS_MAX)
+        .max_header_size(REQUEST_HEAD_BYTES_MAX)
+        .max_buf_size(REQUEST_HEAD_BYTES_MAX)
         .serve_connection(io, service)
         .with_upgrades();
     let mut connection = std::pin::pin!(connection);
@@ -559,16 +566,31 @@ impl hyper::service::Service<HyperRequest> for WithPeer {
     }
 }
 
-/// A socket with bytes already read from it put back in front.
-struct Prefixed<S> {
+/// The socket as hyper sees it: the bytes the front door already read put back in front, and
+/// hyper's own error answers made JSON.
+///
+/// Hyper answers some malformed requests itself, before any handler runs, with an empty body:
+/// 400 for a request line, header or framing it cannot parse (a bad or doubled
+/// `Content-Length`, a `Transfer-Encoding` that does not end in `chunked` or in HTTP/1.0), 431
+/// for a head over its limits, 414 for a URI over 64 KiB. The front door's parser already turns
+/// most of these into JSON on a connection's first request, but not the framing errors (httparse
+/// does not read header values), and hyper alone parses the later requests of a kept-alive
+/// connection. Hyper has no hook for these answers, so they are recognized as they are written
+/// and replaced. They are unmistakable: a response head with an error status and
+/// `content-length: 0`, written alone. Herald itself never answers an error without a JSON
+/// body, and a body is never written alone starting with a status line (JSON and chunked SSE
+/// have no raw CRLFs in them to end one).
+struct HyperIo<S> {
     prefix: Bytes,
     inner: S,
+    /// A JSON answer replacing hyper's, still to be written; then the connection closes.
+    error_answer: Option<Bytes>,
     /// Counts the connection against the node's cap for as long as the socket lives (an
     /// upgraded WebSocket's too).
     _permit: ConnectionPermit,
 }
 
-impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
+impl<S: AsyncRead + Unpin> AsyncRead for HyperIo<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -589,8 +611,71 @@ impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
+impl<S: AsyncWrite + Unpin> HyperIo<S> {
+    /// Writes what is left of the JSON answer that replaced hyper's, if any.
+    fn poll_error_answer(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while let Some(answer) = self.error_answer.as_mut() {
+            if answer.is_empty() {
+                self.error_answer = None;
+                break;
+            }
+            let n = std::task::ready!(Pin::new(&mut self.inner).poll_write(cx, answer))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            answer.advance(n);
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// If `bufs` is one of hyper's own error answers, takes the JSON answer that replaces it and
+    /// returns the length hyper wrote.
+    fn replace_hyper_error(&mut self, bufs: &[io::IoSlice<'_>]) -> Option<usize> {
+        let mut written = bufs.iter().filter(|b| !b.is_empty());
+        let head = written.next()?;
+        if written.next().is_some() {
+            return None;
+        }
+        let error = hyper_error(head)?;
+        tracing::debug!(status = error.status.as_u16(), "hyper refused a request; answering in JSON");
+        self.error_answer = Some(Bytes::from(error.to_http1()));
+        Some(head.len())
+    }
+}
+
+/// The JSON error for a response head `bytes` that hyper wrote itself (see [`HyperIo`]).
+fn hyper_error(bytes: &[u8]) -> Option<ApiError> {
+    let head = std::str::from_utf8(bytes).ok()?;
+    let status = head.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse::<http::StatusCode>().ok()?;
+    let lowercase = head.to_ascii_lowercase();
+    let alone = head.ends_with("\r\n\r\n") && head.find("\r\n\r\n") == Some(head.len() - 4);
+    if !(status.is_client_error() || status.is_server_error())
+        || !alone
+        || !lowercase.contains("\r\ncontent-length: 0\r\n")
+    {
+        return None;
+    }
+    Some(match status {
+        http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE | http::StatusCode::URI_TOO_LONG => ApiError::new(
+            status,
+            "request_head_too_large",
+            format!("the request head is larger than {REQUEST_HEAD_BYTES_MAX} bytes or has too many headers"),
+        ),
+        _ => ApiError::new(
+            status,
+            "malformed_request",
+            "the request is not valid HTTP/1.1 (its request line, a header, or its Content-Length or \
+             Transfer-Encoding)",
+        ),
+    })
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for HyperIo<S> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        std::task::ready!(self.poll_error_answer(cx))?;
+        if let Some(n) = self.replace_hyper_error(&[io::IoSlice::new(buf)]) {
+            return Poll::Ready(Ok(n));
+        }
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
@@ -599,6 +684,10 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        std::task::ready!(self.poll_error_answer(cx))?;
+        if let Some(n) = self.replace_hyper_error(bufs) {
+            return Poll::Ready(Ok(n));
+        }
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
 
@@ -607,10 +696,12 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        std::task::ready!(self.poll_error_answer(cx))?;
         Pin::new(&mut self.inner).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        std::task::ready!(self.poll_error_answer(cx))?;
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

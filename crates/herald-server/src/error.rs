@@ -14,6 +14,11 @@ use serde::de::DeserializeOwned;
 
 /// Largest request body accepted, in bytes (1 MiB). Larger: 413 `body_too_large`.
 pub const REQUEST_BODY_BYTES_MAX: usize = 1024 * 1024;
+/// Longest time to receive a whole request body, from when the route starts reading it. Later:
+/// 408 `body_timeout` and the connection is closed. Without it a client sending one byte a
+/// minute held a connection (and its handler) open for as long as it liked; 10 s carries 1 MiB
+/// over a slow mobile link (1 Mbit/s).
+pub const REQUEST_BODY_TIMEOUT_SECS: u64 = 10;
 
 /// An API error: HTTP status, a stable snake_case `code`, and a message for humans.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -132,6 +137,9 @@ impl From<NotifyError> for ApiError {
                 Self::bad_request(code, error.to_string())
             }
             NotifyError::TooManyUsers { .. } => Self::bad_request("too_many_users", error.to_string()),
+            NotifyError::PublishTooLarge { .. } => {
+                Self::new(StatusCode::PAYLOAD_TOO_LARGE, "publish_too_large", error.to_string())
+            }
             NotifyError::Invalid(message) => Self::bad_request("invalid_request", message),
             NotifyError::ClientNotFound(_) => {
                 Self::new(StatusCode::NOT_FOUND, "client_not_found", error.to_string())
@@ -179,17 +187,49 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
                 "send the body as application/json",
             ));
         }
-        let bytes = axum::body::to_bytes(request.into_body(), REQUEST_BODY_BYTES_MAX).await.map_err(|_| {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body_too_large",
-                format!("the request body is larger than {REQUEST_BODY_BYTES_MAX} bytes (or could not be read)"),
-            )
-        })?;
+        let bytes = read_body(request.into_body()).await?;
         serde_json::from_slice(&bytes)
             .map(ApiJson)
             .map_err(|e| ApiError::bad_request("invalid_json", e.to_string()))
     }
+}
+
+/// The whole body, at most [`REQUEST_BODY_BYTES_MAX`] bytes, received within
+/// [`REQUEST_BODY_TIMEOUT_SECS`].
+async fn read_body(body: axum::body::Body) -> Result<bytes::Bytes, ApiError> {
+    let timeout = std::time::Duration::from_secs(REQUEST_BODY_TIMEOUT_SECS);
+    let read = axum::body::to_bytes(body, REQUEST_BODY_BYTES_MAX);
+    match tokio::time::timeout(timeout, read).await {
+        Ok(Ok(bytes)) => Ok(bytes),
+        // The limit and a broken body (bad chunked framing, a connection closed early) are
+        // both errors of the body stream; only the limit is the client's size problem.
+        Ok(Err(error)) if is_length_limit(&error) => Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("the request body is larger than {REQUEST_BODY_BYTES_MAX} bytes"),
+        )),
+        Ok(Err(_)) => Err(ApiError::bad_request(
+            "invalid_body",
+            "the request body could not be read: its chunked framing is invalid or it ended early",
+        )),
+        Err(_) => Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            format!("the request body did not arrive within {REQUEST_BODY_TIMEOUT_SECS} seconds"),
+        )),
+    }
+}
+
+/// Whether `error` (or one of its causes) is the body limit of [`axum::body::to_bytes`].
+fn is_length_limit(error: &axum::Error) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(error) = cause {
+        if error.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        cause = error.source();
+    }
+    false
 }
 
 /// Query parameters decoded with serde; refusals are [`ApiError`]s.

@@ -15,6 +15,7 @@
 //!   only code that knows the wire format of events.
 //! - [`api`]: `POST /v1/notify`, `/v1/inbox…` and `/v1/users/{user}/…`.
 //! - [`error`]: [`ApiError`], the JSON errors, and extractors that answer with them.
+//! - [`query`]: reading query parameters, one rule for every route.
 //! - `assets`: `GET /herald.js` and `/herald.d.ts`, the browser client (`clients/js/`).
 //! - `guarded`: `GuardedSocket`, every connection's socket, whose writes must make progress (a
 //!   peer that stops reading is dropped), and `StreamEnd`, how a connection learns that the hub
@@ -32,6 +33,7 @@ mod demo;
 pub mod error;
 mod guarded;
 pub mod origin;
+pub mod query;
 pub mod tls;
 pub mod transport;
 
@@ -81,6 +83,8 @@ pub enum ServeError {
     DataDirInUse { path: std::path::PathBuf, pid: Option<u32> },
     #[error("cannot listen on {addr}: {source}")]
     Listen { addr: SocketAddr, source: std::io::Error },
+    #[error("{0}")]
+    ListenAddress(String),
     #[error("cannot use the data dir {}: {source}", path.display())]
     DataDir { path: std::path::PathBuf, source: std::io::Error },
     #[error("TLS: {0}")]
@@ -215,9 +219,13 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     // Before the connection cap is derived from it (when `--connections-max` is not given).
     let raised_open_files = caps::raise_open_files_limit();
     let data_dir = (!args.memory).then_some(args.data_dir.as_path());
-    let listener = TcpListener::bind(args.listen)
+    let listen_addrs = config::listen_addresses(&args.listen).await.map_err(ServeError::ListenAddress)?;
+    // A name may resolve to several addresses (`localhost`: 127.0.0.1 and ::1): the first, in
+    // the resolver's order of preference, is used, and the banner says which.
+    let listen_addr = listen_addrs[0];
+    let listener = TcpListener::bind(listen_addr)
         .await
-        .map_err(|source| ServeError::Listen { addr: args.listen, source })?;
+        .map_err(|source| ServeError::Listen { addr: listen_addr, source })?;
     let tls = match args.tls_files() {
         Some(files) => Some(tls::CertificateReloader::load(files)?),
         None => None,
@@ -233,9 +241,9 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     };
     let settings = ServerSettings {
         keepalive_interval: Duration::from_secs(args.keepalive_secs.max(1)),
-        dev_mode: source == CredentialsSource::Dev,
+        dev_mode: source.is_dev(),
         // The demo mints tokens and publishes for anyone who can reach it: only on loopback.
-        demo: source == CredentialsSource::Dev && args.listen.ip().is_loopback(),
+        demo: source.is_dev() && listen_addr.ip().is_loopback(),
         allowed_origins: args.allowed_origins(),
         caps: args.caps(),
         token_rules: auth::TokenRules {
@@ -255,13 +263,17 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
         tokio::spawn(reload_on_sighup(reloader.clone()));
     }
     let server = start_with_tls(app, listener, tls)?;
-    if source == CredentialsSource::Dev {
-        let kept = match data_dir {
-            Some(dir) => format!("kept in {}", dir.join(config::DEV_CREDENTIALS_FILE).display()),
-            None => "kept nowhere (--memory): new ones at every start".to_owned(),
+    if source.is_dev() {
+        let file = data_dir.map(|dir| dir.join(config::DEV_CREDENTIALS_FILE).display().to_string());
+        let origin = match (source, file) {
+            (CredentialsSource::DevLoaded, Some(file)) => format!("credentials loaded from {file}"),
+            (_, Some(file)) => format!("credentials generated and kept in {file}"),
+            (_, None) => {
+                "credentials generated and kept nowhere (--memory): new ones at every start".to_owned()
+            }
         };
-        tracing::warn!("DEV MODE: no HERALD_SECRET / HERALD_API_KEY given; generated credentials, {kept}");
-        eprintln!("herald: dev mode. Do not use in production.");
+        tracing::warn!("DEV MODE: no HERALD_SECRET / HERALD_API_KEY given; {origin}");
+        eprintln!("herald: dev mode ({origin}). Do not use in production.");
         eprintln!("  HERALD_SECRET={}", credentials.secret);
         eprintln!("  HERALD_API_KEY={}", credentials.api_key);
     }
@@ -270,6 +282,10 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
         None => "memory (nothing kept on disk)".to_owned(),
     };
     tracing::info!(addr = %server.addr, %storage, "herald listening");
+    if listen_addrs.len() > 1 || args.listen.parse::<SocketAddr>().is_err() {
+        let all: Vec<String> = listen_addrs.iter().map(ToString::to_string).collect();
+        eprintln!("herald: {} resolves to {}; listening on the first", args.listen, all.join(", "));
+    }
     eprintln!("herald: listening on {scheme}://{} (store: {storage})", server.addr);
     if let Some((before, after)) = raised_open_files {
         eprintln!("herald: raised the open-files limit from {before} to {after}");

@@ -134,7 +134,7 @@ async fn stored_notifications_are_listed_oldest_first_with_after_and_limit() {
 
     assert_error(&server.get("/v1/users/alice/notifications?limit=101").await, 400, "invalid_limit");
     assert_error(&server.get("/v1/users/alice/notifications?limit=0").await, 400, "invalid_limit");
-    assert_error(&server.get("/v1/users/alice/notifications?after=x").await, 400, "invalid_query");
+    assert_error(&server.get("/v1/users/alice/notifications?after=x").await, 400, "invalid_after");
     assert_error(&server.get("/v1/users/alice/notifications?befor=1").await, 400, "invalid_query");
 }
 

@@ -84,7 +84,9 @@ struct PublishArgs {
     #[arg(long, conflicts_with = "users")]
     user: Option<String>,
     /// Only the clients of this session of `--user`.
-    #[arg(long, requires = "user", conflicts_with = "client")]
+    // `--users` too: a session belongs to one user, and `--users … --session` used to send to
+    // every session of those users without a word.
+    #[arg(long, requires = "user", conflicts_with_all = ["client", "users"])]
     session: Option<String>,
     /// Only this client (`--user` may be given too; the client id alone names it).
     #[arg(long, conflicts_with = "users")]
@@ -215,7 +217,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
 fn token(args: TokenArgs) -> anyhow::Result<()> {
     let secret = match args.secret {
         Some(secret) => secret,
-        None => dev_credential(&args.data_dir.data_dir, "secret", "HERALD_SECRET")?,
+        None => dev_credential(&args.data_dir.data_dir, DevCredential::Secret)?,
     };
     let token = herald_client::mint_token(secret.as_bytes(), &args.user, args.session.as_deref(), args.ttl)?;
     println!("{token}");
@@ -236,9 +238,9 @@ async fn publish(args: PublishArgs) -> anyhow::Result<()> {
             To::users(args.users)
         }
     };
-    let api_key = match args.api_key {
-        Some(key) => key,
-        None => dev_credential(&args.data_dir.data_dir, "api_key", "HERALD_API_KEY")?,
+    let (api_key, from_dev_credentials) = match args.api_key {
+        Some(key) => (key, false),
+        None => (dev_credential(&args.data_dir.data_dir, DevCredential::ApiKey)?, true),
     };
     let mut request = PublishRequest::new(to, data);
     request.kind = args.kind;
@@ -246,8 +248,20 @@ async fn publish(args: PublishArgs) -> anyhow::Result<()> {
     request.except_client = args.except_client;
     request.idempotency_key = args.idempotency_key;
     let publisher = Publisher::new(&args.url, api_key)?;
-    let answer =
-        publisher.publish(&request).await.with_context(|| format!("cannot publish to {}", args.url))?;
+    let answer = publisher.publish(&request).await.map_err(|error| {
+        // The usual cause: the key of a local dev server sent to another server.
+        let hint = if error.code() == Some("invalid_api_key") {
+            let source = if from_dev_credentials {
+                format!("the dev API key of {}", args.data_dir.data_dir.display())
+            } else {
+                "the API key given".to_owned()
+            };
+            format!(" ({source} is not this server's: set --api-key or HERALD_API_KEY)")
+        } else {
+            String::new()
+        };
+        anyhow::Error::new(error).context(format!("cannot publish to {}{hint}", args.url))
+    })?;
     println!("{}", serde_json::to_string(&answer)?);
     Ok(())
 }
@@ -279,8 +293,50 @@ async fn listen(args: ListenArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Reads one field of the dev credentials in `data_dir`, or explains which variable to set.
-fn dev_credential(data_dir: &Path, field: &str, variable: &str) -> anyhow::Result<String> {
+/// One of the dev credentials a dev-mode server keeps in its data dir.
+#[derive(Debug, Clone, Copy)]
+enum DevCredential {
+    Secret,
+    ApiKey,
+}
+
+impl DevCredential {
+    /// Its field in the file.
+    fn field(self) -> &'static str {
+        match self {
+            Self::Secret => "secret",
+            Self::ApiKey => "api_key",
+        }
+    }
+
+    /// The variable (and option) that gives it instead.
+    fn variable(self) -> &'static str {
+        match self {
+            Self::Secret => "HERALD_SECRET",
+            Self::ApiKey => "HERALD_API_KEY",
+        }
+    }
+
+    fn option(self) -> &'static str {
+        match self {
+            Self::Secret => "--secret",
+            Self::ApiKey => "--api-key",
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Secret => "token secret",
+            Self::ApiKey => "API key",
+        }
+    }
+}
+
+/// Reads one of the dev credentials in `data_dir` and says so on stderr (it is right for the
+/// local dev server only, and a failure against another one should not be a mystery); or
+/// explains which variable to set.
+fn dev_credential(data_dir: &Path, credential: DevCredential) -> anyhow::Result<String> {
+    let (field, variable) = (credential.field(), credential.variable());
     let path = data_dir.join(DEV_CREDENTIALS_FILE);
     let bytes = match std::fs::read(&path) {
         Ok(bytes) => bytes,
@@ -294,7 +350,15 @@ fn dev_credential(data_dir: &Path, field: &str, variable: &str) -> anyhow::Resul
     let json: Value =
         serde_json::from_slice(&bytes).with_context(|| format!("{} is not valid JSON", path.display()))?;
     match json.get(field).and_then(Value::as_str) {
-        Some(value) if !value.is_empty() => Ok(value.to_owned()),
+        Some(value) if !value.is_empty() => {
+            eprintln!(
+                "herald: using the dev {} from {} (for another server, set {variable} or {})",
+                credential.name(),
+                path.display(),
+                credential.option()
+            );
+            Ok(value.to_owned())
+        }
         _ => bail!("{} has no `{field}`", path.display()),
     }
 }
@@ -362,5 +426,8 @@ mod tests {
         assert!(targets(&["--session", "s", "--client", "c"]).is_err());
         assert!(targets(&["--user", "a", "--session", "s", "--client", "c"]).is_err());
         assert!(targets(&["--users", "a,b", "--user", "c"]).is_err());
+        // A session belongs to one user: not with `--users` (it was silently dropped).
+        assert!(targets(&["--users", "a,b", "--session", "s1"]).is_err());
+        assert!(targets(&["--users", "a", "--user", "b", "--session", "s1"]).is_err());
     }
 }

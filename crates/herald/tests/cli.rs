@@ -107,6 +107,12 @@ fn token_and_publish_read_the_dev_credentials_of_the_data_dir() {
         run(herald(&dir).args(["token", "--user", "alice"]).env("HERALD_DATA_DIR", &data_dir));
     assert!(output.status.success(), "{stderr}");
     assert_eq!(decode(stdout.trim_end(), b"dev-secret")["sub"], "alice");
+    // Where the secret came from is said on stderr (stdout is the token alone).
+    let note = format!(
+        "herald: using the dev token secret from {}",
+        data_dir.join("dev-credentials.json").display()
+    );
+    assert!(stderr.starts_with(&note) && stderr.contains("HERALD_SECRET"), "{stderr}");
 
     // `publish` finds the key there too, then fails on the unreachable server, in one line.
     let url = format!("http://127.0.0.1:{}", closed_port());
@@ -121,8 +127,11 @@ fn token_and_publish_read_the_dev_credentials_of_the_data_dir() {
         "--url",
         &url,
     ]));
-    assert_one_line_error(&output, &stderr);
-    assert!(stderr.contains("cannot publish to") && !stderr.contains("HERALD_API_KEY"), "{stderr}");
+    // A note saying where the key came from, then the error in one line.
+    let (note, error) = stderr.split_once('\n').unwrap();
+    assert!(note.starts_with("herald: using the dev API key from"), "{stderr}");
+    assert_one_line_error(&output, error);
+    assert!(error.contains("cannot publish to") && !error.contains("HERALD_API_KEY"), "{stderr}");
 }
 
 #[test]
@@ -139,6 +148,7 @@ fn usage_errors_exit_with_2() {
     for args in [
         &["publish", "--data", "{}"][..],                             // no target
         &["publish", "--session", "s", "--client", "c"],              // a session needs its user
+        &["publish", "--users", "a,b", "--session", "s"],             // a session has one user
         &["token", "--user", "alice", "--ttl", "soon"],               // not a duration
         &["listen", "--token", "t", "--transport", "carrier-pigeon"], // no such transport
     ] {

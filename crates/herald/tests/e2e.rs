@@ -518,6 +518,7 @@ async fn dev_mode_credentials_and_client_ids_survive_a_restart() {
     let api_key =
         serde_json::from_slice::<Value>(&credentials).unwrap()["api_key"].as_str().unwrap().to_owned();
     server.wait_stderr("dev mode").await;
+    server.wait_stderr(&format!("credentials generated and kept in {}", credentials_path.display())).await;
 
     let mint = |session: &'static str| {
         let mut command = herald(&spec.cwd);
@@ -551,6 +552,9 @@ async fn dev_mode_credentials_and_client_ids_survive_a_restart() {
 
     let server = spec.start().await;
     assert_eq!(std::fs::read(&credentials_path).unwrap(), credentials, "the same credentials are reused");
+    // And the server says so, rather than "generated".
+    server.wait_stderr(&format!("credentials loaded from {}", credentials_path.display())).await;
+    assert!(!server.stderr().contains("generated"), "{}", server.stderr());
     // The old token still works, and the client id is honoured for the same user and session…
     let mut stream = stream_from(&server.subscriber(&token), Some(1), Some(&client)).await;
     assert_eq!(hello(&mut stream).await.0, client, "the client id issued before the restart is kept");
@@ -997,4 +1001,81 @@ async fn a_start_that_cannot_listen_touches_no_data_dir() {
         assert!(stderr.contains("in use"), "{stderr}");
         assert!(!spec.data_dir.exists(), "the data dir was created (dev: {dev})");
     }
+}
+/// `--listen` takes a host name (the server says what it resolved to and which address it
+/// uses); a value that is not host:port is a one-line error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listen_takes_a_host_name_and_refuses_a_bad_value_in_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = Spec::new(dir.path());
+    let mut command = herald(dir.path());
+    command
+        .args(["serve", "--memory", "--listen", &format!("localhost:{}", spec.port)])
+        .env("HERALD_SECRET", spec.secret())
+        .env("HERALD_API_KEY", spec.api_key());
+    let mut child =
+        command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let (stderr, stderr_thread) = collect(child.stderr.take().unwrap());
+    let mut server = Server { child, url: String::new(), stderr, stderr_thread: Some(stderr_thread) };
+    server.wait_stderr("herald: listening on http://").await;
+    let banner = server.stderr();
+    assert!(banner.contains(&format!("localhost:{} resolves to", spec.port)), "{banner}");
+    let url =
+        banner.split("herald: listening on ").nth(1).unwrap().split_whitespace().next().unwrap().to_owned();
+    assert!(url.ends_with(&format!(":{}", spec.port)), "{url}");
+    server.url = url;
+    server.publisher(&spec.api_key()).health().await.expect("the server answers on the address it names");
+    server.terminate().await;
+
+    for bad in ["localhost", "localhost:http", ":7300", "no-such-host.invalid:7300", "127.0.0.1:99999"] {
+        let output = run(herald(dir.path())
+            .args(["serve", "--memory", "--listen", bad])
+            .env("HERALD_SECRET", spec.secret())
+            .env("HERALD_API_KEY", spec.api_key()))
+        .await;
+        let stderr = assert_one_line_error(&output);
+        assert!(stderr.contains("--listen"), "{bad}: {stderr}");
+    }
+}
+
+/// The CLI says where a key it did not get from the command line came from, and a key refused
+/// by the server gets a hint at the way to give the right one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_with_dev_credentials_says_so_and_a_refused_key_gets_a_hint() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Spec::new(dir.path()).start().await;
+    // The dev credentials of some other (local dev) server.
+    let data_dir = dir.path().join("herald-data");
+    std::fs::create_dir(&data_dir).unwrap();
+    std::fs::write(data_dir.join("dev-credentials.json"), r#"{"secret": "dev-secret", "api_key": "hk_dev"}"#)
+        .unwrap();
+    let output = run(herald(dir.path()).args(["publish", "--user", "alice", "--url", &server.url])).await;
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 2, "{stderr}");
+    assert!(
+        lines[0].starts_with("herald: using the dev API key from ./herald-data/dev-credentials.json"),
+        "{stderr}"
+    );
+    assert!(
+        lines[1].contains("invalid_api_key")
+            && lines[1].contains("--api-key")
+            && lines[1].contains("HERALD_API_KEY"),
+        "{stderr}"
+    );
+
+    // Given on the command line: no note, and the hint names the key given.
+    let output = run(herald(dir.path()).args([
+        "publish",
+        "--user",
+        "alice",
+        "--api-key",
+        "wrong",
+        "--url",
+        &server.url,
+    ]))
+    .await;
+    let stderr = assert_one_line_error(&output);
+    assert!(stderr.contains("the API key given") && stderr.contains("HERALD_API_KEY"), "{stderr}");
 }

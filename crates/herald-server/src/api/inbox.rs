@@ -34,6 +34,7 @@ use serde::Deserialize;
 use crate::app::App;
 use crate::auth::{Publisher, Subscriber};
 use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery};
+use crate::query::whole_number;
 use crate::transport::poll::json_response;
 
 /// The header that names the client making a change, so that its `inbox` event leaves it out.
@@ -169,6 +170,7 @@ pub async fn delete_one(
     subscriber: Subscriber,
     headers: HeaderMap,
     ApiPath(seq): ApiPath<String>,
+    ApiQuery(_): ApiQuery<NoQuery>,
 ) -> Result<Response, ApiError> {
     app.limiter.admit_inbox_write(&subscriber.user)?;
     delete_one_for(&app, &subscriber.user, &headers, &seq).await
@@ -226,6 +228,7 @@ pub async fn user_delete_one(
     _publisher: Publisher,
     headers: HeaderMap,
     ApiPath((user, seq)): ApiPath<(String, String)>,
+    ApiQuery(_): ApiQuery<NoQuery>,
 ) -> Result<Response, ApiError> {
     delete_one_for(&app, &UserId::new(user)?, &headers, &seq).await
 }
@@ -262,8 +265,8 @@ async fn list_for(app: &App, user: &UserId, query: ListQuery) -> Result<Response
             format!("`type` must be 1 to {KIND_BYTES_MAX} bytes long"),
         ));
     }
-    let before = number(query.before.as_deref(), "before", "invalid_before")?;
-    let limit = match number(query.limit.as_deref(), "limit", "invalid_limit")? {
+    let before = whole_number(query.before.as_deref(), "before", "invalid_before")?;
+    let limit = match whole_number(query.limit.as_deref(), "limit", "invalid_limit")? {
         None => INBOX_PAGE_LEN_DEFAULT,
         Some(limit) if (1..=INBOX_PAGE_LEN_MAX as u64).contains(&limit) => limit as usize,
         Some(limit) => {
@@ -321,7 +324,7 @@ async fn delete_all_for(
 ) -> Result<Response, ApiError> {
     let except = client_header(headers)?;
     let all_up_to =
-        number(query.all_up_to.as_deref(), "all_up_to", "invalid_all_up_to")?.ok_or_else(|| {
+        whole_number(query.all_up_to.as_deref(), "all_up_to", "invalid_all_up_to")?.ok_or_else(|| {
             ApiError::bad_request(
                 "invalid_all_up_to",
                 "give `?all_up_to=N` to delete every notification up to N (or DELETE …/inbox/{seq})",
@@ -354,27 +357,16 @@ fn selection(seqs: Option<Vec<Seq>>, all_up_to: Option<Seq>) -> Result<Selection
     }
 }
 
-/// The `X-Herald-Client` header: the client to leave out of the change's event.
+/// The `X-Herald-Client` header: the client to leave out of the change's event. Present, it
+/// must name a client: an empty one is refused (400 `invalid_id`) like any other bad id, rather
+/// than read as "no client", which would send the event back to the tab that sent it.
 fn client_header(headers: &HeaderMap) -> Result<Option<ClientId>, ApiError> {
     let Some(value) = headers.get(CLIENT_HEADER) else { return Ok(None) };
     let value = value
         .to_str()
         .map_err(|_| ApiError::bad_request("invalid_id", "X-Herald-Client is not a client id"))?
         .trim();
-    if value.is_empty() {
-        return Ok(None);
-    }
     Ok(Some(ClientId::new(value)?))
-}
-
-/// A whole number in a query parameter, or `None` if absent or empty.
-fn number(raw: Option<&str>, name: &str, code: &'static str) -> Result<Option<u64>, ApiError> {
-    match raw.map(str::trim) {
-        None | Some("") => Ok(None),
-        Some(raw) => raw.parse().map(Some).map_err(|_| {
-            ApiError::bad_request(code, format!("`{name}` must be a whole number, not {raw:?}"))
-        }),
-    }
 }
 
 /// The answer to a change: the `inbox` event's JSON, serialized once for the clients and the

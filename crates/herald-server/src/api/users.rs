@@ -12,6 +12,7 @@ use serde_json::value::RawValue;
 use crate::app::App;
 use crate::auth::Publisher;
 use crate::error::{ApiError, ApiPath, ApiQuery};
+use crate::query::whole_number;
 use crate::transport::poll::json_response;
 
 /// Most stored notifications in one answer of `GET /v1/users/{user}/notifications`.
@@ -68,11 +69,13 @@ pub async fn presence(
     Ok(json_response(&body))
 }
 
+/// Read as text and parsed by [`whole_number`], so that a bad number is `invalid_after` or
+/// `invalid_limit`, as on `/v1/poll` and `/v1/inbox`, not serde's `invalid_query`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NotificationsQuery {
-    after: Option<Seq>,
-    limit: Option<usize>,
+    after: Option<String>,
+    limit: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -88,14 +91,16 @@ pub async fn notifications(
     ApiQuery(query): ApiQuery<NotificationsQuery>,
 ) -> Result<Response, ApiError> {
     let user = UserId::new(user)?;
-    let limit = query.limit.unwrap_or(NOTIFICATIONS_LIMIT_MAX);
-    if limit == 0 || limit > NOTIFICATIONS_LIMIT_MAX {
+    let after: Seq = whole_number(query.after.as_deref(), "after", "invalid_after")?.unwrap_or(0);
+    let limit = whole_number(query.limit.as_deref(), "limit", "invalid_limit")?
+        .unwrap_or(NOTIFICATIONS_LIMIT_MAX as u64);
+    if limit == 0 || limit > NOTIFICATIONS_LIMIT_MAX as u64 {
         return Err(ApiError::bad_request(
             "invalid_limit",
             format!("`limit` must be 1 to {NOTIFICATIONS_LIMIT_MAX}, not {limit}"),
         ));
     }
-    let page = app.store.read_after(&user, query.after.unwrap_or(0), limit).await?;
+    let page = app.store.read_after(&user, after, limit as usize).await?;
     let body = NotificationsBody {
         notifications: page
             .notifications

@@ -52,8 +52,10 @@ pub(crate) async fn open_subscription(
     Ok(subscription)
 }
 
-/// Query parameters shared by the streaming transports.
+/// Query parameters shared by the streaming transports. Unknown ones are refused (400
+/// `invalid_query`), as on every route.
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct StreamQuery {
     /// Resume after this seq (wins over the `Last-Event-ID` header).
     pub last_event_id: Option<String>,
@@ -62,6 +64,9 @@ pub struct StreamQuery {
     /// `1`: the client follows its user's inbox counts (an `inbox` event after each new
     /// notification too). See [`follows_inbox`].
     pub inbox: Option<String>,
+    /// The subscriber token; read by the auth extractor.
+    #[allow(dead_code)]
+    token: Option<String>,
 }
 
 /// Whether `?inbox=` asks to follow the inbox counts: `1` or `true` yes; `0`, `false`, empty

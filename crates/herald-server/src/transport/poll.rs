@@ -26,6 +26,7 @@ use serde_json::value::RawValue;
 use crate::app::App;
 use crate::auth::Subscriber;
 use crate::error::{ApiError, ApiQuery};
+use crate::query::whole_number;
 use crate::transport::follows_inbox;
 use crate::transport::sse::instant_of_unix;
 
@@ -34,23 +35,19 @@ pub const POLL_TIMEOUT_SECS_DEFAULT: u64 = 20;
 /// Longest poll wait a client may ask for, in seconds. Above: 400.
 pub const POLL_TIMEOUT_SECS_MAX: u64 = 60;
 
+/// `GET /v1/poll` query parameters. Unknown ones are refused (400 `invalid_query`), as on
+/// every route, so that a typo (`?afer=`) is not silently a poll from the newest seq.
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PollQuery {
     after: Option<String>,
     timeout: Option<String>,
     client: Option<String>,
     inbox: Option<String>,
     inbox_version: Option<String>,
-}
-
-/// The query parameter `name` as a whole number; not one: 400 with `code`.
-fn parse_number(name: &str, code: &'static str, raw: Option<&str>) -> Result<Option<u64>, ApiError> {
-    raw.map(|raw| {
-        raw.trim()
-            .parse::<u64>()
-            .map_err(|_| ApiError::bad_request(code, format!("`{name}` must be a whole number, not {raw:?}")))
-    })
-    .transpose()
+    /// The subscriber token; read by the auth extractor.
+    #[allow(dead_code)]
+    token: Option<String>,
 }
 
 /// One long-poll answer: `{"client", "notifications", "last_seq"}` (+ `reset`, `closed`).
@@ -59,12 +56,12 @@ pub async fn poll(
     subscriber: Subscriber,
     ApiQuery(query): ApiQuery<PollQuery>,
 ) -> Result<Response, ApiError> {
-    let after: Option<Seq> = parse_number("after", "invalid_after", query.after.as_deref())?;
-    let timeout_secs = parse_number("timeout", "invalid_timeout", query.timeout.as_deref())?
+    let after: Option<Seq> = whole_number(query.after.as_deref(), "after", "invalid_after")?;
+    let timeout_secs = whole_number(query.timeout.as_deref(), "timeout", "invalid_timeout")?
         .unwrap_or(POLL_TIMEOUT_SECS_DEFAULT);
     let with_counts = follows_inbox(query.inbox.as_deref())?;
     let known_inbox_version =
-        parse_number("inbox_version", "invalid_inbox_version", query.inbox_version.as_deref())?;
+        whole_number(query.inbox_version.as_deref(), "inbox_version", "invalid_inbox_version")?;
     if known_inbox_version.is_some() && !with_counts {
         return Err(ApiError::bad_request(
             "invalid_inbox_version",
