@@ -379,7 +379,7 @@ async fn a_publish_to_an_unknown_client_or_of_bad_data_in_a_batch_of_users_store
 /// the demo's path, durable or ephemeral.
 #[tokio::test]
 async fn poison_data_is_400_and_nothing_is_stored() {
-    let demo = herald_server::ServerSettings { dev_mode: true, demo: true, ..Default::default() };
+    let demo = herald_server::ServerSettings { dev_mode: true, demo: true, ..support::settings() };
     let server = TestServer::with_settings(demo).await;
     let deep = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
     let cases = [

@@ -45,7 +45,7 @@ async fn an_expired_token_is_refused_at_connect() {
 
 on_both_stream_paths! {
     async fn an_idle_stream_gets_keep_alive_comments(path: StreamPath) {
-        let settings = ServerSettings { keepalive_interval: Duration::from_millis(200), ..ServerSettings::default() };
+        let settings = ServerSettings { keepalive_interval: Duration::from_millis(200), ..support::settings() };
         let server = TestServer::with_settings(settings).await.via(path);
         let (mut tab, _) = server.connect(&server.token("alice", None), "").await;
         tab.expect_silence(Duration::from_millis(1100)).await;
@@ -61,7 +61,7 @@ on_both_stream_paths! {
 async fn a_busy_stream_gets_no_keep_alive_on_top_of_its_events() {
     let server = TestServer::with_settings(ServerSettings {
         keepalive_interval: Duration::from_millis(300),
-        ..ServerSettings::default()
+        ..support::settings()
     })
     .await;
     let (mut tab, _) = server.connect(&server.token("alice", None), "").await;

@@ -10,7 +10,6 @@ use std::time::Duration;
 use futures::StreamExt;
 use herald_core::notification::now_ms;
 use herald_core::{Limits, Retention};
-use herald_server::ServerSettings;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
@@ -628,22 +627,15 @@ async fn counts_stay_exact_under_racing_changes(server: TestServer, rounds: u64)
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn counts_stay_exact_under_racing_changes_in_memory() {
-    let server = TestServer::with_settings(racing_settings()).await;
+    let server = TestServer::start().await;
     counts_stay_exact_under_racing_changes(server, 6).await;
-}
-
-/// Eight tabs of one user change the inbox as fast as they can: far above the per-user inbox
-/// write rate, which is not what these tests are about (see tests/caps.rs).
-fn racing_settings() -> ServerSettings {
-    let caps = herald_server::caps::Caps { inbox_writes_per_sec: 0, ..Default::default() };
-    ServerSettings { caps, ..ServerSettings::default() }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn counts_stay_exact_under_racing_changes_in_sqlite() {
     let dir = tempfile::tempdir().unwrap();
     let store = sqlite(&dir.path().join("herald.db"), Retention::default());
-    let server = TestServer::with(Limits::default(), racing_settings(), store).await;
+    let server = TestServer::with(Limits::default(), support::settings(), store).await;
     counts_stay_exact_under_racing_changes(server, 4).await;
 }
 

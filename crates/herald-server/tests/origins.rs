@@ -27,10 +27,8 @@ const APP: &str = "https://app.example";
 
 /// A server that allows pages of [`APP`] to use the cookie.
 async fn server_allowing_app() -> TestServer {
-    let settings = ServerSettings {
-        allowed_origins: AllowedOrigins::parse_list(APP).unwrap(),
-        ..ServerSettings::default()
-    };
+    let settings =
+        ServerSettings { allowed_origins: AllowedOrigins::parse_list(APP).unwrap(), ..support::settings() };
     TestServer::with(Limits::default(), settings, memory(Retention::default())).await
 }
 

@@ -92,7 +92,7 @@ on_both_stream_paths! {
         // interval bounds how long that takes.
         let server = TestServer::with_settings(ServerSettings {
             keepalive_interval: Duration::from_millis(100),
-            ..ServerSettings::default()
+            ..support::settings()
         })
         .await
         .via(path);

@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use herald_core::{Limits, Retention};
-use herald_server::ServerSettings;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
@@ -324,7 +323,7 @@ async fn resuming_after_a_restart_on_the_same_database_loses_nothing() {
     let path = dir.path().join("herald.db");
     let server = TestServer::with(
         Limits::default(),
-        ServerSettings::default(),
+        support::settings(),
         support::sqlite(&path, Retention::default()),
     )
     .await;

@@ -203,7 +203,7 @@ async fn token_lifetime_is_bounded() {
     // `--token-ttl-max 1h`.
     let rules = TokenRules { ttl_max: Duration::from_secs(3600), ..TokenRules::default() };
     let server =
-        TestServer::with_settings(ServerSettings { token_rules: rules, ..ServerSettings::default() }).await;
+        TestServer::with_settings(ServerSettings { token_rules: rules, ..support::settings() }).await;
     refused_as_invalid(&server, &sign(&json!({"sub": "alice", "iat": now, "exp": now + 7200})), "2h").await;
     accepted(&server, &sign(&json!({"sub": "alice", "iat": now, "exp": now + 1800})), "30 min").await;
 }
@@ -250,7 +250,7 @@ async fn aud_is_refused_unless_the_server_has_one_and_then_required() {
 
     let rules = TokenRules { audience: Some("herald".into()), ..TokenRules::default() };
     let server =
-        TestServer::with_settings(ServerSettings { token_rules: rules, ..ServerSettings::default() }).await;
+        TestServer::with_settings(ServerSettings { token_rules: rules, ..support::settings() }).await;
     let message = refused_as_invalid(&server, &server.token("alice", None), "no aud").await;
     assert!(message.contains("aud"), "{message}");
     refused_as_invalid(&server, &with_aud(json!("other")), "another aud").await;

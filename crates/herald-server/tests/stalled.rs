@@ -31,7 +31,7 @@ const LARGE_NOTIFICATIONS: usize = 120;
 const SLACK: Duration = Duration::from_secs(10);
 
 fn settings(send_timeout: Duration, close_grace: Duration) -> ServerSettings {
-    ServerSettings { send_timeout, close_grace, ..ServerSettings::default() }
+    ServerSettings { send_timeout, close_grace, ..support::settings() }
 }
 
 /// A connection to the server with a tiny receive window.

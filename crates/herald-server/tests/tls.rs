@@ -10,7 +10,7 @@ use std::time::Duration;
 use futures::StreamExt as _;
 use herald_core::{Limits, Retention};
 use herald_server::tls::{CertificateReloader, TlsFiles};
-use herald_server::{App, RunningServer, ServerSettings};
+use herald_server::{App, RunningServer};
 use serde_json::{Value, json};
 use support::{API_KEY, SECRET, Sse, memory, token_with_ttl};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -42,7 +42,7 @@ impl TlsServer {
             Limits::default(),
             SECRET.as_bytes(),
             API_KEY.as_bytes(),
-            ServerSettings::default(),
+            support::settings(),
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let server = herald_server::start_with_tls(app, listener, Some(reloader.clone())).unwrap();

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use support::TestServer;
 
 fn demo_settings() -> ServerSettings {
-    ServerSettings { dev_mode: true, demo: true, ..ServerSettings::default() }
+    ServerSettings { dev_mode: true, demo: true, ..support::settings() }
 }
 
 #[tokio::test]
@@ -55,9 +55,9 @@ async fn herald_js_is_served_with_its_type_and_an_etag() {
 #[tokio::test]
 async fn no_demo_unless_it_is_on_in_dev_mode() {
     for settings in [
-        ServerSettings::default(),
-        ServerSettings { demo: true, ..ServerSettings::default() },
-        ServerSettings { dev_mode: true, ..ServerSettings::default() },
+        support::settings(),
+        ServerSettings { demo: true, ..support::settings() },
+        ServerSettings { dev_mode: true, ..support::settings() },
     ] {
         let server = TestServer::with_settings(settings.clone()).await;
         for path in ["/demo", "/demo/demo.css", "/demo/presence/alice"] {

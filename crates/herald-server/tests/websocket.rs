@@ -237,7 +237,7 @@ async fn resume_with_last_event_id_and_client_id_has_no_gap_and_no_duplicate() {
 #[tokio::test]
 async fn reset_when_the_resume_point_is_gone() {
     let retention = Retention { max_per_user: 2, ..Retention::default() };
-    let server = TestServer::with(Limits::default(), ServerSettings::default(), memory(retention)).await;
+    let server = TestServer::with(Limits::default(), support::settings(), memory(retention)).await;
     for n in 1..=5 {
         server.notify_user("alice", json!(n)).await;
     }
@@ -308,8 +308,7 @@ async fn shutdown_sends_closed_and_try_again_later() {
 
 #[tokio::test]
 async fn pings_at_the_keepalive_interval() {
-    let settings =
-        ServerSettings { keepalive_interval: Duration::from_millis(300), ..ServerSettings::default() };
+    let settings = ServerSettings { keepalive_interval: Duration::from_millis(300), ..support::settings() };
     let server = TestServer::with_settings(settings).await;
     let (mut ws, _) = connect(&server, &server.token("alice", None), "").await;
     let mut pings = 0;

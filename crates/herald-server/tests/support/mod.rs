@@ -119,17 +119,31 @@ pub struct TestServer {
     pub stream_path: StreamPath,
 }
 
+/// The settings every test server starts with: the defaults without the per-address and
+/// per-user rates. Every test's clients come from 127.0.0.1, and most tests open streams and
+/// change inboxes far faster than one person's browser would; the caps have their own tests
+/// (tests/caps.rs), which start from `ServerSettings::default()`.
+pub fn settings() -> ServerSettings {
+    let caps = herald_server::caps::Caps {
+        ip_connections_max: 0,
+        ip_requests_per_sec: 0,
+        inbox_writes_per_sec: 0,
+        ..Default::default()
+    };
+    ServerSettings { caps, ..ServerSettings::default() }
+}
+
 impl TestServer {
     pub async fn start() -> Self {
-        Self::with(Limits::default(), ServerSettings::default(), memory(Retention::default())).await
+        Self::with(Limits::default(), settings(), memory(Retention::default())).await
     }
 
     pub async fn with_limits(limits: Limits) -> Self {
-        Self::with(limits, ServerSettings::default(), memory(Retention::default())).await
+        Self::with(limits, settings(), memory(Retention::default())).await
     }
 
     pub async fn with_retention(retention: Retention) -> Self {
-        Self::with(Limits::default(), ServerSettings::default(), memory(retention)).await
+        Self::with(Limits::default(), settings(), memory(retention)).await
     }
 
     pub async fn with_settings(settings: ServerSettings) -> Self {
@@ -137,7 +151,7 @@ impl TestServer {
     }
 
     pub async fn with_store(store: Arc<dyn Store>) -> Self {
-        Self::with(Limits::default(), ServerSettings::default(), store).await
+        Self::with(Limits::default(), settings(), store).await
     }
 
     pub async fn with(limits: Limits, settings: ServerSettings, store: Arc<dyn Store>) -> Self {
