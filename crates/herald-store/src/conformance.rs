@@ -246,10 +246,17 @@ pub async fn reads_during_appends_see_a_prefix(make: &impl AsyncFn(Retention) ->
     const APPENDS: u64 = 300;
     let store = make(Retention::default()).await;
     let alice = user("alice");
+    /// Appends between two points where the appender waits for every reader to have read
+    /// again: reads interleave with appends however the runtime schedules the tasks (a loaded
+    /// machine once ran a reader only after the last append).
+    const APPENDS_PER_CHECKPOINT: u64 = 50;
+    const READERS: usize = 4;
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let readers: Vec<_> = (0..4)
+    let reads_done: Arc<[std::sync::atomic::AtomicU64; READERS]> = Arc::new(Default::default());
+    let readers: Vec<_> = (0..READERS)
         .map(|r| {
             let (store, alice, done) = (Arc::clone(&store), alice.clone(), Arc::clone(&done));
+            let reads_done = Arc::clone(&reads_done);
             tokio::spawn(async move {
                 let (mut seen, mut reads) = (0, 0);
                 // At least once more after the last append.
@@ -273,6 +280,7 @@ pub async fn reads_during_appends_see_a_prefix(make: &impl AsyncFn(Retention) ->
                         assert!(newest >= seen, "a reader never sees less than before");
                         seen = newest;
                     }
+                    reads_done[r].store(reads, std::sync::atomic::Ordering::Release);
                     if last_round {
                         return (reads, seen);
                     }
@@ -281,10 +289,21 @@ pub async fn reads_during_appends_see_a_prefix(make: &impl AsyncFn(Retention) ->
             })
         })
         .collect();
+    let mut reads_at_checkpoint = [0u64; READERS];
     for n in 1..=APPENDS {
         append(&*store, vec![entry("alice", n)]).await;
         if n % 7 == 0 {
             tokio::task::yield_now().await;
+        }
+        if n % APPENDS_PER_CHECKPOINT == 0 && n < APPENDS {
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+            for (r, at_checkpoint) in reads_at_checkpoint.iter_mut().enumerate() {
+                while reads_done[r].load(std::sync::atomic::Ordering::Acquire) <= *at_checkpoint {
+                    assert!(tokio::time::Instant::now() < deadline, "reader {r} never read again");
+                    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                }
+                *at_checkpoint = reads_done[r].load(std::sync::atomic::Ordering::Acquire);
+            }
         }
     }
     done.store(true, std::sync::atomic::Ordering::Relaxed);
