@@ -23,7 +23,8 @@ use std::time::Duration;
 use futures::FutureExt;
 use tokio::time::Instant;
 
-use crate::hub::{Attachment, ClientInfo, ClientShared, CloseReason, Hub, Transport};
+use crate::client::{ClientInfo, CloseReason, Transport};
+use crate::hub::{Attachment, ClientShared, Hub};
 use crate::ids::{ClientId, Seq, SessionId, UserId};
 use crate::inbox::InboxEvent;
 use crate::notification::Notification;
