@@ -283,6 +283,9 @@ impl Hub {
                     clients.push(fresh);
                 }
             }
+            // The linear scans of sessions and clients (and eviction) rely on these bounds.
+            debug_assert!(clients.len() <= limits.clients_per_session_max.max(1));
+            debug_assert!(entry.sessions.len() <= limits.sessions_per_user_max.max(1));
             for id in &forgotten {
                 self.clients_shard(id).lock().remove(id);
             }

@@ -160,7 +160,7 @@ impl Notifier {
         let created_at_ms = now_ms();
         let (notifications, counts): (Vec<Arc<Notification>>, Vec<(UserId, InboxCounts)>) = if publish.durable
         {
-            let entries = audiences
+            let entries: Vec<NewNotification> = audiences
                 .into_iter()
                 .map(|(user, audience)| NewNotification {
                     user,
@@ -170,8 +170,16 @@ impl Notifier {
                     audience,
                 })
                 .collect();
+            let users = entries.len();
             match self.inner.store.append(entries, key).await? {
-                Appended::Stored { notifications, counts } => (notifications, counts),
+                Appended::Stored { notifications, counts } => {
+                    // The receipt and the fan-out below take one stored notification per entry.
+                    debug_assert!(
+                        notifications.len() == users && notifications.iter().all(|n| n.seq.is_some()),
+                        "a store's append returns each entry it was given, with its seq"
+                    );
+                    (notifications, counts)
+                }
                 Appended::Duplicate(receipt) => return Ok(receipt),
             }
         } else {

@@ -205,6 +205,7 @@ impl Subscription {
 
     fn start(&mut self, head: LogHead, resume_after: Option<Seq>) {
         let position = resume_after.unwrap_or(head.last_seq);
+        debug_assert!(position <= head.last_seq, "open refuses a resume point beyond the log");
         self.pending.push_back(ClientEvent::Hello {
             info: self.info.clone(),
             last_seq: head.last_seq,
