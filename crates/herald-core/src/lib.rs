@@ -51,8 +51,8 @@ pub mod store;
 pub mod subscription;
 
 pub use bus::{Bus, LocalBus};
-pub use data::{DATA_DEPTH_MAX, DataError, check_data};
 pub use client::{ClientInfo, CloseReason, Transport};
+pub use data::{DATA_DEPTH_MAX, DataError, check_data};
 pub use hub::{Hub, Presence};
 pub use ids::{ClientId, ClientIdMinter, ID_BYTES_MAX, InvalidId, Seq, SessionId, UserId};
 pub use inbox::{

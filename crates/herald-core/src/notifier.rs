@@ -125,7 +125,10 @@ impl Notifier {
         // The target's shape first: whom a publish is for decides what else is worth checking.
         if let Target::Users(users) = &publish.target {
             if users.len() > limits.users_per_publish_max {
-                return Err(NotifyError::TooManyUsers { count: users.len(), max: limits.users_per_publish_max });
+                return Err(NotifyError::TooManyUsers {
+                    count: users.len(),
+                    max: limits.users_per_publish_max,
+                });
             }
             if users.is_empty() {
                 return Err(NotifyError::NoUsers);

@@ -32,7 +32,9 @@ fn core_modules_form_a_dag() {
             } else if let Some(owner) = reexports.get(&name) {
                 owner.clone()
             } else {
-                panic!("src/{module}.rs:{line}: `crate::{name}` is neither a module nor a re-export of lib.rs")
+                panic!(
+                    "src/{module}.rs:{line}: `crate::{name}` is neither a module nor a re-export of lib.rs"
+                )
             };
             if target != *module {
                 uses.entry(target).or_insert_with(|| format!("src/{module}.rs:{line}"));

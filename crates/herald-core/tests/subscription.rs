@@ -33,7 +33,8 @@ enum Seen {
 /// time: the runtime skips to the deadline once every task waits).
 async fn drain(subscription: &mut Subscription) -> Vec<Seen> {
     let mut seen = Vec::new();
-    while let Ok(Some(event)) = subscription.next_before(Some(Instant::now() + Duration::from_secs(1))).await {
+    while let Ok(Some(event)) = subscription.next_before(Some(Instant::now() + Duration::from_secs(1))).await
+    {
         seen.push(match event {
             ClientEvent::Hello { last_seq, position, .. } => Seen::Hello { last_seq, position },
             ClientEvent::Notification(n) => Seen::Seq(n.seq.expect("only durable notifications here")),
@@ -93,8 +94,9 @@ impl Store for PublishingStore {
 
     async fn read_after(&self, user: &UserId, after: Seq, limit: usize) -> Result<LogPage, StoreError> {
         let page = self.inner.read_after(user, after, limit).await;
-        let publish =
-            self.publishes_after_reads.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+        let publish = self
+            .publishes_after_reads
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
         if publish.is_ok() {
             self.publish().await;
         }
@@ -128,7 +130,12 @@ impl Store for PublishingStore {
     async fn inbox_delete(&self, user: &UserId, selection: &Selection) -> Result<InboxChange, StoreError> {
         self.inner.inbox_delete(user, selection).await
     }
-    async fn revoke(&self, user: &UserId, session: Option<&SessionId>, at_secs: u64) -> Result<(), StoreError> {
+    async fn revoke(
+        &self,
+        user: &UserId,
+        session: Option<&SessionId>,
+        at_secs: u64,
+    ) -> Result<(), StoreError> {
         self.inner.revoke(user, session, at_secs).await
     }
     async fn revocations(&self, user: &UserId) -> Result<Vec<Revocation>, StoreError> {

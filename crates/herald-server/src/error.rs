@@ -135,7 +135,9 @@ impl From<NotifyError> for ApiError {
     fn from(error: NotifyError) -> Self {
         let message = error.to_string();
         match error {
-            NotifyError::DataTooLarge { .. } => Self::new(StatusCode::PAYLOAD_TOO_LARGE, "data_too_large", message),
+            NotifyError::DataTooLarge { .. } => {
+                Self::new(StatusCode::PAYLOAD_TOO_LARGE, "data_too_large", message)
+            }
             NotifyError::InvalidData(data) => {
                 let code = match data {
                     DataError::TooDeep { .. } => "data_too_deep",
