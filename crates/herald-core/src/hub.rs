@@ -9,7 +9,7 @@
 //! "present" between two polls, and a tab that reloads can be found by `{"client": C}` publishes.
 //! [`Hub::sweep`] forgets entries older than that. A poller's entry is more than present between
 //! polls: it is **parked**, its queue still taking what is fanned out to it, and its next poll
-//! takes the queue back ([`Hub::resume_parked`]) and answers from it, without reading the store,
+//! takes the queue back (`Hub::resume_parked`) and answers from it, without reading the store,
 //! and with the ephemeral notifications and `inbox` events that came in between (Eliom's client
 //! process, which outlives each comet request).
 
@@ -420,7 +420,8 @@ impl Hub {
         delivered
     }
 
-    /// One tick of the hub's clock, to be called every [`Hub::tick_period`]: closes connections
+    /// One tick of the hub's clock, to be called periodically (herald-server: every second, or
+    /// four times per keep-alive interval if that is shorter): closes connections
     /// whose credentials expired (`now_secs`, Unix seconds) with `token_expired`, and makes a
     /// keep-alive due on connections that had no event for `keepalive_ticks` ticks.
     pub fn tick(&self, now_secs: u64, keepalive_ticks: u32) {

@@ -317,7 +317,7 @@ pub struct InboxChange {
     pub counts: InboxCounts,
 }
 
-/// A user whose notifications retention removed, in a [`PruneReport`].
+/// A user whose notifications retention removed, in a [`crate::PruneReport`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PrunedInbox {
     pub user: UserId,

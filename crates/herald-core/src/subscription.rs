@@ -414,7 +414,7 @@ pub struct PollAnswer {
 ///
 /// A poll that resumes where the client's last one ended (same client, `resume_after` = its
 /// `last_seq`) takes back the client's queue, parked in the hub since (see
-/// [`Hub::resume_parked`]): no store read, and the ephemeral notifications and `inbox` events that
+/// `Hub::resume_parked`): no store read, and the ephemeral notifications and `inbox` events that
 /// came between the two polls are in the answer. Any other poll starts afresh from the store.
 ///
 /// `known_inbox_version`: the version of the user's inbox counts the client holds. If the
