@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use crate::hub::{CloseReason, Hub};
+use crate::client::CloseReason;
+use crate::hub::Hub;
 use crate::ids::{SessionId, UserId};
 use crate::inbox::InboxEvent;
 use crate::notification::Notification;

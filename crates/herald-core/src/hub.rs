@@ -9,7 +9,7 @@
 //! "present" between two polls, and a tab that reloads can be found by `{"client": C}` publishes.
 //! [`Hub::sweep`] forgets entries older than that. A poller's entry is more than present between
 //! polls: it is **parked**, its queue still taking what is fanned out to it, and its next poll
-//! takes the queue back ([`Hub::resume_parked`]) and answers from it, without reading the store,
+//! takes the queue back (`Hub::resume_parked`) and answers from it, without reading the store,
 //! and with the ephemeral notifications and `inbox` events that came in between (Eliom's client
 //! process, which outlives each comet request).
 
@@ -21,6 +21,7 @@ use std::time::Instant;
 
 use parking_lot::Mutex;
 
+use crate::client::{ClientInfo, CloseReason, Transport};
 use crate::ids::{ClientId, ClientIdMinter, Seq, SessionId, UserId};
 use crate::inbox::InboxEvent;
 use crate::limits::Limits;
@@ -30,66 +31,6 @@ use crate::queue::{EventQueue, PushError, Queued};
 /// Shards of the user map and of the client index. A power of two well above the core count
 /// keeps contention negligible; each costs one mutex and one empty map.
 const SHARDS: usize = 64;
-
-/// How a client is connected.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Transport {
-    Sse,
-    Poll,
-    Ws,
-}
-
-impl Transport {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Transport::Sse => "sse",
-            Transport::Poll => "poll",
-            Transport::Ws => "ws",
-        }
-    }
-}
-
-/// Why the server ends a client's connection; sent to the client as a `closed` event.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum CloseReason {
-    /// Its session or the client itself was the least recently active one over a limit.
-    Evicted,
-    /// Another connection gave the same client id.
-    Replaced,
-    /// The publisher closed its session (or all the user's sessions).
-    SessionClosed,
-    /// Its token expired.
-    TokenExpired,
-    /// Its queue was full: it fell behind. Durable notifications resume on reconnect.
-    Lagging,
-    /// The server is shutting down.
-    Shutdown,
-    /// The server could not read the user's log; reconnecting resumes where it stopped.
-    Error,
-}
-
-impl CloseReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CloseReason::Evicted => "evicted",
-            CloseReason::Replaced => "replaced",
-            CloseReason::SessionClosed => "session_closed",
-            CloseReason::TokenExpired => "token_expired",
-            CloseReason::Lagging => "lagging",
-            CloseReason::Shutdown => "shutdown",
-            CloseReason::Error => "error",
-        }
-    }
-}
-
-/// Who a connected client is.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClientInfo {
-    pub user: UserId,
-    pub session: SessionId,
-    pub client: ClientId,
-    pub transport: Transport,
-}
 
 /// State shared between a client's hub entry and its connection.
 #[derive(Debug, Default)]
@@ -244,10 +185,6 @@ impl Hub {
         &self.inner.limits
     }
 
-    pub fn minter(&self) -> &ClientIdMinter {
-        &self.inner.minter
-    }
-
     fn shard_of<K: Hash>(&self, key: &K) -> usize {
         (self.inner.hasher.hash_one(key) as usize) % SHARDS
     }
@@ -346,6 +283,9 @@ impl Hub {
                     clients.push(fresh);
                 }
             }
+            // The linear scans of sessions and clients (and eviction) rely on these bounds.
+            debug_assert!(clients.len() <= limits.clients_per_session_max.max(1));
+            debug_assert!(entry.sessions.len() <= limits.sessions_per_user_max.max(1));
             for id in &forgotten {
                 self.clients_shard(id).lock().remove(id);
             }
@@ -480,7 +420,8 @@ impl Hub {
         delivered
     }
 
-    /// One tick of the hub's clock, to be called every [`Hub::tick_period`]: closes connections
+    /// One tick of the hub's clock, to be called periodically (herald-server: every second, or
+    /// four times per keep-alive interval if that is shorter): closes connections
     /// whose credentials expired (`now_secs`, Unix seconds) with `token_expired`, and makes a
     /// keep-alive due on connections that had no event for `keepalive_ticks` ticks.
     pub fn tick(&self, now_secs: u64, keepalive_ticks: u32) {
@@ -620,23 +561,6 @@ impl Hub {
             }
         }
         count
-    }
-
-    /// Connected clients on this node, for metrics and tests.
-    pub fn connected_clients(&self) -> usize {
-        self.inner
-            .users
-            .iter()
-            .map(|shard| {
-                shard
-                    .lock()
-                    .values()
-                    .flat_map(|e| e.sessions.iter())
-                    .flat_map(|(_, s)| s.clients.iter())
-                    .filter(|c| c.connected)
-                    .count()
-            })
-            .sum()
     }
 }
 

@@ -1,5 +1,8 @@
-//! The inbox: each stored notification's seen / read / archived state, each user's counts, and
-//! the `inbox` events that tell all of a user's clients about every change.
+//! The inbox's vocabulary: each stored notification's seen / read / archived state, each user's
+//! counts, inbox pages and selections, and the `inbox` events that tell all of a user's clients
+//! about every change. Only data and pure functions live here (the store, the queue, the hub
+//! and the bus all speak it); the service that reads and changes inboxes is
+//! [`crate::inbox_service`], above the store and the bus.
 //!
 //! **State.** A stored notification has `seen_at`, `read_at` and `archived_at` (milliseconds
 //! since the epoch, `None` until set). Marking `read` also sets `seen_at` if it was not set (a
@@ -24,18 +27,15 @@
 //! that follow the counts ([`crate::Subscription::follow_inbox`]), so that a badge counts new
 //! notifications exactly, those meant for other sessions or tabs included.
 //!
-//! [`Inbox`] is the handle that does all this, next to the [`crate::Notifier`].
+//! [`crate::Inbox`] is the handle that does all this, next to the [`crate::Notifier`].
 
 use std::sync::Arc;
 
 use bytes::Bytes;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use crate::bus::Bus;
 use crate::ids::{ClientId, Seq, UserId};
-use crate::notification::{Notification, format_timestamp_ms, now_ms};
-use crate::notifier::{KIND_BYTES_MAX, NotifyError};
-use crate::store::{PruneReport, Store, StoreError};
+use crate::notification::{Notification, format_timestamp_ms};
 
 /// Most seqs in one mark or delete by seqs. More: refused.
 pub const MARK_SEQS_MAX: usize = 1_000;
@@ -85,8 +85,10 @@ impl InboxStatus {
     }
 }
 
-/// A change of state: what `POST …/inbox/mark` takes as `"as"`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// A change of state: what `POST …/inbox/mark` takes as `"as"` (deserialized from its
+/// lowercase name, the same as [`Mark::as_str`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Mark {
     /// Sets `read_at` (and `seen_at`, if not set).
     Read,
@@ -102,10 +104,6 @@ pub enum Mark {
 
 impl Mark {
     pub const ALL: [Mark; 5] = [Mark::Read, Mark::Unread, Mark::Seen, Mark::Archived, Mark::Unarchived];
-
-    pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|mark| mark.as_str() == s)
-    }
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -230,14 +228,26 @@ pub struct InboxCounts {
 }
 
 impl InboxCounts {
-    /// Applies `delta` and counts one more version. A count never goes below zero (it could
-    /// only by a store bug, which the conformance suite would catch).
+    /// Applies `delta` and counts one more version.
+    ///
+    /// A count below zero means the store took away a notification it had not counted: a store
+    /// bug. Debug builds (every test, the conformance suite included) stop at it. Release builds
+    /// stop the count at zero instead: a panic here would take down the store's writer and with
+    /// it every user's publishes, for one user's badge; a count that wrapped would show that
+    /// user 18 quintillion unread notifications for good; at zero, the badge is wrong only by
+    /// what was miscounted.
     pub fn apply(&mut self, delta: CountsDelta) {
-        let add = |n: &mut u64, d: i64| *n = n.saturating_add_signed(d);
-        add(&mut self.total, delta.total);
-        add(&mut self.unread, delta.unread);
-        add(&mut self.unseen, delta.unseen);
-        add(&mut self.archived, delta.archived);
+        let add = |n: &mut u64, d: i64, name: &str| {
+            debug_assert!(
+                n.checked_add_signed(d).is_some(),
+                "inbox count {name} {n} {d:+} out of range: the store miscounted"
+            );
+            *n = n.saturating_add_signed(d);
+        };
+        add(&mut self.total, delta.total, "total");
+        add(&mut self.unread, delta.unread, "unread");
+        add(&mut self.unseen, delta.unseen, "unseen");
+        add(&mut self.archived, delta.archived, "archived");
         self.version += 1;
     }
 
@@ -256,7 +266,7 @@ pub struct InboxQuery {
     /// Only notifications with a seq below this one (the cursor: the previous page's
     /// `next_before`); `None`: from the newest.
     pub before: Option<Seq>,
-    /// At most this many (the [`Inbox`] handle keeps it within 1..=[`INBOX_PAGE_LEN_MAX`]).
+    /// At most this many (the [`crate::Inbox`] handle keeps it within 1..=[`INBOX_PAGE_LEN_MAX`]).
     pub limit: usize,
 }
 
@@ -307,7 +317,7 @@ pub struct InboxChange {
     pub counts: InboxCounts,
 }
 
-/// A user whose notifications retention removed, in a [`PruneReport`].
+/// A user whose notifications retention removed, in a [`crate::PruneReport`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PrunedInbox {
     pub user: UserId,
@@ -455,134 +465,6 @@ impl InboxEvent {
     }
 }
 
-/// What a mark or delete through [`Inbox`] did.
-#[derive(Debug, Clone)]
-pub struct InboxUpdate {
-    pub change: InboxChange,
-    /// The event describing the change; sent to the user's clients only if something changed.
-    /// Its JSON is also the HTTP answer.
-    pub event: Arc<InboxEvent>,
-    /// Clients of this node it was handed to.
-    pub delivered: u64,
-}
-
-/// Reads and changes users' inboxes, and tells their clients. Cheap to clone; get one from
-/// [`crate::Notifier::inbox`].
-#[derive(Clone)]
-pub struct Inbox {
-    store: Arc<dyn Store>,
-    bus: Arc<dyn Bus>,
-}
-
-impl std::fmt::Debug for Inbox {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Inbox").finish_non_exhaustive()
-    }
-}
-
-impl Inbox {
-    pub fn new(store: Arc<dyn Store>, bus: Arc<dyn Bus>) -> Self {
-        Self { store, bus }
-    }
-
-    /// A page of `user`'s inbox, newest first, with the counts.
-    pub async fn list(&self, user: &UserId, query: &InboxQuery) -> Result<InboxPage, NotifyError> {
-        if query.limit == 0 || query.limit > INBOX_PAGE_LEN_MAX {
-            return Err(NotifyError::Invalid(format!(
-                "limit must be 1 to {INBOX_PAGE_LEN_MAX}, not {}",
-                query.limit
-            )));
-        }
-        if let Some(kind) = &query.kind
-            && (kind.is_empty() || kind.len() > KIND_BYTES_MAX)
-        {
-            return Err(NotifyError::Invalid(format!("type must be 1 to {KIND_BYTES_MAX} bytes long")));
-        }
-        Ok(self.store.inbox_list(user, query).await?)
-    }
-
-    /// `user`'s counts (O(1): kept by the store, not counted).
-    pub async fn counts(&self, user: &UserId) -> Result<InboxCounts, NotifyError> {
-        Ok(self.store.inbox_counts(user).await?)
-    }
-
-    /// Marks the selected notifications of `user`, then sends an `inbox` event to every client of
-    /// the user but `except_client` (if anything changed).
-    pub async fn mark(
-        &self,
-        user: &UserId,
-        selection: Selection,
-        mark: Mark,
-        except_client: Option<ClientId>,
-    ) -> Result<InboxUpdate, NotifyError> {
-        let selection = check_selection(selection)?;
-        if matches!(selection, Selection::AllUpTo(_)) && !mark.applies_to_all() {
-            return Err(NotifyError::Invalid(format!(
-                "all_up_to takes \"as\": \"read\", \"seen\" or \"archived\", not {:?}",
-                mark.as_str()
-            )));
-        }
-        let at_ms = now_ms();
-        let change = self.store.inbox_mark(user, &selection, mark, at_ms).await?;
-        let event = InboxEvent::marked(user.clone(), &selection, mark, at_ms, &change, except_client);
-        self.send(change, event).await
-    }
-
-    /// Deletes the selected notifications of `user` (they are not replayed any more, and no
-    /// client is told to `reset`), then sends an `inbox` event as [`Inbox::mark`] does.
-    pub async fn delete(
-        &self,
-        user: &UserId,
-        selection: Selection,
-        except_client: Option<ClientId>,
-    ) -> Result<InboxUpdate, NotifyError> {
-        let selection = check_selection(selection)?;
-        let change = self.store.inbox_delete(user, &selection).await?;
-        let event = InboxEvent::deleted(user.clone(), &selection, &change, except_client);
-        self.send(change, event).await
-    }
-
-    /// Applies retention (see [`Store::prune`]) and sends a `prune` event to the clients of
-    /// every user who lost notifications, with their new counts.
-    pub async fn prune(&self, now_ms: i64) -> Result<PruneReport, StoreError> {
-        let report = self.store.prune(now_ms).await?;
-        for pruned in &report.inboxes {
-            if let Err(error) = self.bus.publish_inbox(Arc::new(InboxEvent::pruned(pruned))).await {
-                tracing::warn!(%error, user = %pruned.user, "cannot send an inbox prune event");
-            }
-        }
-        Ok(report)
-    }
-
-    async fn send(&self, change: InboxChange, event: InboxEvent) -> Result<InboxUpdate, NotifyError> {
-        let event = Arc::new(event);
-        let delivered =
-            if change.seqs.is_empty() { 0 } else { self.bus.publish_inbox(Arc::clone(&event)).await? };
-        Ok(InboxUpdate { change, event, delivered })
-    }
-}
-
-/// Refuses selections over [`MARK_SEQS_MAX`] or empty; drops duplicate seqs.
-fn check_selection(selection: Selection) -> Result<Selection, NotifyError> {
-    match selection {
-        Selection::Seqs(mut seqs) => {
-            if seqs.is_empty() {
-                return Err(NotifyError::Invalid("seqs must not be empty".into()));
-            }
-            if seqs.len() > MARK_SEQS_MAX {
-                return Err(NotifyError::Invalid(format!(
-                    "{} seqs in one request; at most {MARK_SEQS_MAX} are allowed",
-                    seqs.len()
-                )));
-            }
-            seqs.sort_unstable();
-            seqs.dedup();
-            Ok(Selection::Seqs(seqs))
-        }
-        all => Ok(all),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -618,6 +500,24 @@ mod tests {
         let mut counts = InboxCounts::default();
         counts.apply(CountsDelta::between(None, Some(&fresh)));
         assert_eq!(counts, InboxCounts { unread: 1, unseen: 1, total: 1, archived: 0, version: 1 });
+    }
+
+    /// `POST …/inbox/mark` reads `"as"` with serde: its names must be the ones events send.
+    #[test]
+    fn marks_deserialize_from_their_wire_names() {
+        for mark in Mark::ALL {
+            let name = serde_json::Value::from(mark.as_str());
+            assert_eq!(serde_json::from_value::<Mark>(name).unwrap(), mark);
+        }
+        assert!(serde_json::from_value::<Mark>("Read".into()).is_err(), "names are lowercase only");
+    }
+
+    /// Only a store bug takes a count below zero; debug builds stop there rather than hide it.
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "the store miscounted")]
+    fn a_count_below_zero_is_a_bug_in_debug_builds() {
+        InboxCounts::default().apply(CountsDelta { unread: -1, ..CountsDelta::default() });
     }
 
     #[test]

@@ -9,26 +9,39 @@
 //! transport (SSE, long-poll, WebSocket: in `herald-server`) only has to encode.
 //!
 //! # Layout
+//! In reading order: each module uses only modules above it (`tests/module_dag.rs` fails on a
+//! cycle), from the vocabulary through the mechanisms to the services.
 //! - [`ids`]: [`UserId`], [`SessionId`], [`ClientId`] (and the [`ClientIdMinter`]), [`Seq`].
+//! - [`limits`]: every configurable bound, in one place.
 //! - [`data`]: [`check_data`], what a notification's `data` may hold so that every client can
 //!   decode it.
 //! - [`notification`]: [`Notification`] (serialized once, shared by all its clients), [`Audience`],
 //!   [`Target`], [`Publish`], [`Receipt`].
+//! - [`client`]: who a connected client is ([`ClientInfo`]), its [`Transport`], and why its
+//!   connection ends ([`CloseReason`]).
+//! - [`inbox`]: the inbox's vocabulary: each notification's seen / read / archived state
+//!   ([`ItemState`], [`Mark`]), the users' counts ([`InboxCounts`]), pages, selections, and the
+//!   `inbox` event ([`InboxEvent`], serialized once like a notification).
+//! - `queue`: each client's bounded queue of events (private).
+//! - [`hub`]: the [`Hub`], users → sessions → clients on this node, limits and eviction, presence.
 //! - [`store`]: the [`Store`] trait, each user's durable log.
 //! - [`bus`]: the [`Bus`] trait that carries notifications to every node; [`LocalBus`] for one node.
-//! - [`hub`]: the [`Hub`], users → sessions → clients on this node, limits and eviction, presence.
-//! - [`subscription`]: one client's stream: hello, replay, live, gap filling, close.
-//! - [`notifier`]: the [`Notifier`], the cheap cloneable handle that publishes from anywhere.
-//! - [`inbox`]: each notification's seen / read / archived state, the users' counts, and the
-//!   [`Inbox`] handle that changes them and sends `inbox` events ([`InboxEvent`]).
 //! - [`revocation`]: [`Revocations`], sign-out as revocation: the deny-list of closed sessions.
-//! - [`limits`]: every configurable bound, in one place.
+//! - [`inbox_service`]: the [`Inbox`] handle that reads and changes inboxes and sends `inbox`
+//!   events; its refusals are [`InboxError`]s.
+//! - [`notifier`]: the [`Notifier`], the cheap cloneable handle that publishes from anywhere; its
+//!   refusals are [`NotifyError`]s.
+//! - [`subscription`]: one client's stream: hello, replay, live, gap filling, close; and [`poll`].
+
+#![forbid(unsafe_code)]
 
 pub mod bus;
+pub mod client;
 pub mod data;
 pub mod hub;
 pub mod ids;
 pub mod inbox;
+pub mod inbox_service;
 pub mod limits;
 pub mod notification;
 pub mod notifier;
@@ -38,13 +51,15 @@ pub mod store;
 pub mod subscription;
 
 pub use bus::{Bus, LocalBus};
+pub use client::{ClientInfo, CloseReason, Transport};
 pub use data::{DATA_DEPTH_MAX, DataError, check_data};
-pub use hub::{ClientInfo, CloseReason, Hub, Presence, Transport};
+pub use hub::{Hub, Presence};
 pub use ids::{ClientId, ClientIdMinter, ID_BYTES_MAX, InvalidId, Seq, SessionId, UserId};
 pub use inbox::{
-    Inbox, InboxChange, InboxCounts, InboxEvent, InboxItem, InboxPage, InboxQuery, InboxStatus, InboxUpdate,
-    ItemState, Mark, PrunedInbox, Selection,
+    InboxChange, InboxCounts, InboxEvent, InboxItem, InboxPage, InboxQuery, InboxStatus, ItemState, Mark,
+    PrunedInbox, Selection,
 };
+pub use inbox_service::{Inbox, InboxError, InboxUpdate};
 pub use limits::Limits;
 pub use notification::{Audience, Notification, Publish, Receipt, ReceiptEntry, Target};
 pub use notifier::{Notifier, NotifyError};

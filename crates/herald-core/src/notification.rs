@@ -17,6 +17,10 @@ use crate::ids::{ClientId, Seq, SessionId, UserId};
 /// The `type` a notification gets when the publisher names none.
 pub const DEFAULT_KIND: &str = "notification";
 
+/// Longest notification `type`, in bytes. Longer (or empty): refused, by the notifier at
+/// publish and by the inbox service as a page's filter.
+pub const KIND_BYTES_MAX: usize = 128;
+
 /// Which of a user's clients a notification is for. The user itself is implied.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Audience {

@@ -7,39 +7,51 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use serde_json::value::RawValue;
-
 use crate::bus::{Bus, BusError};
+use crate::client::CloseReason;
 use crate::data::{DataError, check_data};
-use crate::hub::{CloseReason, Hub};
+use crate::hub::Hub;
 use crate::ids::{ClientId, ID_BYTES_MAX, Seq, SessionId, UserId};
-use crate::inbox::{Inbox, InboxCounts, InboxEvent};
-use crate::notification::{Audience, Notification, Publish, Receipt, ReceiptEntry, Target, now_ms};
+use crate::inbox::{InboxCounts, InboxEvent};
+use crate::inbox_service::Inbox;
+use crate::notification::{
+    Audience, KIND_BYTES_MAX, Notification, Publish, Receipt, ReceiptEntry, Target, now_ms,
+};
 use crate::revocation::Revocations;
 use crate::store::{Appended, NewNotification, Store, StoreError};
 
-/// Longest notification `type`, in bytes.
-pub const KIND_BYTES_MAX: usize = 128;
-
-/// Why a publish was refused or failed. The first five are the publisher's fault and changed
-/// nothing; `Store` and `Bus` are the server's.
+/// Why a publish was refused or failed. All but `ClientNotFound`, `Store` and `Bus` are the
+/// publisher's fault, each a rule of its own; none of them changed anything. `ClientNotFound`:
+/// the client is gone (or never was); `Store` and `Bus` are the server's.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum NotifyError {
+    /// `data` longer than [`crate::Limits::data_bytes_max`] as JSON text.
     #[error("data is {bytes} bytes of JSON; at most {max} are allowed")]
     DataTooLarge { bytes: usize, max: usize },
     /// `data` that some client could not decode ([`check_data`]).
     #[error(transparent)]
     InvalidData(#[from] DataError),
+    /// A `type` that is empty or longer than [`KIND_BYTES_MAX`].
+    #[error("type must be 1 to {max} bytes long, not {bytes}")]
+    InvalidKind { bytes: usize, max: usize },
+    /// An idempotency key that is empty or longer than [`ID_BYTES_MAX`].
+    #[error("idempotency_key must be 1 to {max} bytes long, not {bytes}")]
+    InvalidIdempotencyKey { bytes: usize, max: usize },
+    /// A [`Target::Users`] that names nobody.
+    #[error("`users` must not be empty")]
+    NoUsers,
+    /// A [`Target::Users`] over [`crate::Limits::users_per_publish_max`].
     #[error("{count} users in one publish; at most {max} are allowed")]
     TooManyUsers { count: usize, max: usize },
+    /// `data` times its users over [`crate::Limits::publish_bytes_max`].
     #[error(
         "{users} users × {data_bytes} bytes of data is {bytes} bytes in one publish; at most {max} are allowed \
          (send less data, e.g. an id to fetch, or fewer users per publish)"
     )]
     PublishTooLarge { users: usize, data_bytes: usize, bytes: usize, max: usize },
-    #[error("{0}")]
-    Invalid(String),
+    /// A [`Target::Client`] this node does not know (never connected, or forgotten after
+    /// [`crate::Limits::client_linger`]).
     #[error("client {0} is not connected to this server")]
     ClientNotFound(ClientId),
     #[error(transparent)]
@@ -100,7 +112,8 @@ impl Notifier {
         kind: &str,
         data: &serde_json::Value,
     ) -> Result<Receipt, NotifyError> {
-        let data = serde_json::value::to_raw_value(data).map_err(|e| NotifyError::Invalid(e.to_string()))?;
+        let data = serde_json::value::to_raw_value(data)
+            .expect("a serde_json::Value always serializes: its keys are strings, its numbers finite");
         self.publish(Publish::to_user(user.clone(), kind, Arc::from(data))).await
     }
 
@@ -109,6 +122,18 @@ impl Notifier {
     /// it was handed to.
     pub async fn publish(&self, publish: Publish) -> Result<Receipt, NotifyError> {
         let limits = self.inner.hub.limits();
+        // The target's shape first: whom a publish is for decides what else is worth checking.
+        if let Target::Users(users) = &publish.target {
+            if users.len() > limits.users_per_publish_max {
+                return Err(NotifyError::TooManyUsers {
+                    count: users.len(),
+                    max: limits.users_per_publish_max,
+                });
+            }
+            if users.is_empty() {
+                return Err(NotifyError::NoUsers);
+            }
+        }
         let data_bytes = publish.data.get().len();
         if data_bytes > limits.data_bytes_max {
             return Err(NotifyError::DataTooLarge { bytes: data_bytes, max: limits.data_bytes_max });
@@ -117,14 +142,12 @@ impl Notifier {
         // what is stored is what every client can decode.
         check_data(publish.data.get())?;
         if publish.kind.is_empty() || publish.kind.len() > KIND_BYTES_MAX {
-            return Err(NotifyError::Invalid(format!("type must be 1 to {KIND_BYTES_MAX} bytes long")));
+            return Err(NotifyError::InvalidKind { bytes: publish.kind.len(), max: KIND_BYTES_MAX });
         }
         if let Some(key) = &publish.idempotency_key
             && (key.is_empty() || key.len() > ID_BYTES_MAX)
         {
-            return Err(NotifyError::Invalid(format!(
-                "idempotency_key must be 1 to {ID_BYTES_MAX} bytes long"
-            )));
+            return Err(NotifyError::InvalidIdempotencyKey { bytes: key.len(), max: ID_BYTES_MAX });
         }
         let audiences = self.resolve(&publish.target, publish.except_client.as_ref())?;
         let publish_bytes = data_bytes.saturating_mul(audiences.len());
@@ -140,7 +163,7 @@ impl Notifier {
         let created_at_ms = now_ms();
         let (notifications, counts): (Vec<Arc<Notification>>, Vec<(UserId, InboxCounts)>) = if publish.durable
         {
-            let entries = audiences
+            let entries: Vec<NewNotification> = audiences
                 .into_iter()
                 .map(|(user, audience)| NewNotification {
                     user,
@@ -150,8 +173,16 @@ impl Notifier {
                     audience,
                 })
                 .collect();
+            let users = entries.len();
             match self.inner.store.append(entries, key).await? {
-                Appended::Stored { notifications, counts } => (notifications, counts),
+                Appended::Stored { notifications, counts } => {
+                    // The receipt and the fan-out below take one stored notification per entry.
+                    debug_assert!(
+                        notifications.len() == users && notifications.iter().all(|n| n.seq.is_some()),
+                        "a store's append returns each entry it was given, with its seq"
+                    );
+                    (notifications, counts)
+                }
                 Appended::Duplicate(receipt) => return Ok(receipt),
             }
         } else {
@@ -234,13 +265,7 @@ impl Notifier {
         Ok(match target {
             Target::User(user) => vec![(user.clone(), audience(None, None))],
             Target::Users(users) => {
-                let max = self.inner.hub.limits().users_per_publish_max;
-                if users.len() > max {
-                    return Err(NotifyError::TooManyUsers { count: users.len(), max });
-                }
-                if users.is_empty() {
-                    return Err(NotifyError::Invalid("users must not be empty".into()));
-                }
+                debug_assert!(!users.is_empty(), "publish checks the users' count before it resolves them");
                 // Duplicates are ignored, first occurrence kept (a linear `contains` would be
                 // quadratic at the 1,000-user bound).
                 let mut seen = std::collections::HashSet::with_capacity(users.len());
@@ -261,9 +286,4 @@ impl Notifier {
             }
         })
     }
-}
-
-/// Parses `text` as the JSON `data` of a notification.
-pub fn parse_data(text: &str) -> Result<Arc<RawValue>, serde_json::Error> {
-    RawValue::from_string(text.to_owned()).map(Arc::from)
 }

@@ -23,7 +23,8 @@ use std::time::Duration;
 use futures::FutureExt;
 use tokio::time::Instant;
 
-use crate::hub::{Attachment, ClientInfo, ClientShared, CloseReason, Hub, Transport};
+use crate::client::{ClientInfo, CloseReason, Transport};
+use crate::hub::{Attachment, ClientShared, Hub};
 use crate::ids::{ClientId, Seq, SessionId, UserId};
 use crate::inbox::InboxEvent;
 use crate::notification::Notification;
@@ -204,6 +205,7 @@ impl Subscription {
 
     fn start(&mut self, head: LogHead, resume_after: Option<Seq>) {
         let position = resume_after.unwrap_or(head.last_seq);
+        debug_assert!(position <= head.last_seq, "open refuses a resume point beyond the log");
         self.pending.push_back(ClientEvent::Hello {
             info: self.info.clone(),
             last_seq: head.last_seq,
@@ -412,7 +414,7 @@ pub struct PollAnswer {
 ///
 /// A poll that resumes where the client's last one ended (same client, `resume_after` = its
 /// `last_seq`) takes back the client's queue, parked in the hub since (see
-/// [`Hub::resume_parked`]): no store read, and the ephemeral notifications and `inbox` events that
+/// `Hub::resume_parked`): no store read, and the ephemeral notifications and `inbox` events that
 /// came between the two polls are in the answer. Any other poll starts afresh from the store.
 ///
 /// `known_inbox_version`: the version of the user's inbox counts the client holds. If the

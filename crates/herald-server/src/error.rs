@@ -9,7 +9,8 @@ use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
-use herald_core::{DataError, InvalidId, NotifyError, StoreError, SubscribeError};
+use herald_core::bus::BusError;
+use herald_core::{DataError, InboxError, InvalidId, NotifyError, StoreError, SubscribeError};
 use serde::de::DeserializeOwned;
 
 /// Largest request body accepted, in bytes (1 MiB). Larger: 413 `body_too_large`.
@@ -121,35 +122,62 @@ impl From<StoreError> for ApiError {
     }
 }
 
+impl From<BusError> for ApiError {
+    fn from(error: BusError) -> Self {
+        tracing::error!(%error, "bus failure");
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "bus_unavailable", error.to_string())
+    }
+}
+
+/// Each refusal of a publish is one rule of the notifier's, checked there only; here it gets its
+/// status and code (docs/PROTOCOL.md's error table).
 impl From<NotifyError> for ApiError {
     fn from(error: NotifyError) -> Self {
+        let message = error.to_string();
         match error {
             NotifyError::DataTooLarge { .. } => {
-                Self::new(StatusCode::PAYLOAD_TOO_LARGE, "data_too_large", error.to_string())
+                Self::new(StatusCode::PAYLOAD_TOO_LARGE, "data_too_large", message)
             }
-            NotifyError::InvalidData(ref data) => {
+            NotifyError::InvalidData(data) => {
                 let code = match data {
                     DataError::TooDeep { .. } => "data_too_deep",
                     DataError::InvalidNumber { .. } => "invalid_number",
                     DataError::InvalidString { .. } => "invalid_string",
                     _ => "invalid_data",
                 };
-                Self::bad_request(code, error.to_string())
+                Self::bad_request(code, message)
             }
-            NotifyError::TooManyUsers { .. } => Self::bad_request("too_many_users", error.to_string()),
+            NotifyError::InvalidKind { .. } | NotifyError::InvalidIdempotencyKey { .. } => {
+                Self::bad_request("invalid_request", message)
+            }
+            NotifyError::NoUsers => Self::bad_request("invalid_target", message),
+            NotifyError::TooManyUsers { .. } => Self::bad_request("too_many_users", message),
             NotifyError::PublishTooLarge { .. } => {
-                Self::new(StatusCode::PAYLOAD_TOO_LARGE, "publish_too_large", error.to_string())
+                Self::new(StatusCode::PAYLOAD_TOO_LARGE, "publish_too_large", message)
             }
-            NotifyError::Invalid(message) => Self::bad_request("invalid_request", message),
-            NotifyError::ClientNotFound(_) => {
-                Self::new(StatusCode::NOT_FOUND, "client_not_found", error.to_string())
-            }
+            NotifyError::ClientNotFound(_) => Self::new(StatusCode::NOT_FOUND, "client_not_found", message),
             NotifyError::Store(error) => error.into(),
-            NotifyError::Bus(error) => {
-                tracing::error!(%error, "bus failure");
-                Self::new(StatusCode::SERVICE_UNAVAILABLE, "bus_unavailable", error.to_string())
+            NotifyError::Bus(error) => error.into(),
+            _ => Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message),
+        }
+    }
+}
+
+/// Each refusal of an inbox read or change is one rule of the inbox service's, checked there
+/// only; here it gets its status and code (docs/PROTOCOL.md's error table).
+impl From<InboxError> for ApiError {
+    fn from(error: InboxError) -> Self {
+        let message = error.to_string();
+        match error {
+            InboxError::LimitOutOfRange { .. } => Self::bad_request("invalid_limit", message),
+            InboxError::InvalidKind { .. } => Self::bad_request("invalid_type", message),
+            InboxError::NoSeqs | InboxError::MarkOnlyBySeqs { .. } => {
+                Self::bad_request("invalid_request", message)
             }
-            other => Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", other.to_string()),
+            InboxError::TooManySeqs { .. } => Self::bad_request("too_many_seqs", message),
+            InboxError::Store(error) => error.into(),
+            InboxError::Bus(error) => error.into(),
+            _ => Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message),
         }
     }
 }

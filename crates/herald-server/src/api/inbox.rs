@@ -22,9 +22,8 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use herald_core::inbox::{INBOX_PAGE_LEN_DEFAULT, INBOX_PAGE_LEN_MAX, MARK_SEQS_MAX};
+use herald_core::inbox::INBOX_PAGE_LEN_DEFAULT;
 use herald_core::notification::format_timestamp_ms;
-use herald_core::notifier::KIND_BYTES_MAX;
 use herald_core::{
     ClientId, InboxCounts, InboxItem, InboxPage, InboxQuery, InboxStatus, InboxUpdate, Mark, Selection, Seq,
     UserId,
@@ -78,29 +77,7 @@ pub struct MarkBody {
     seqs: Option<Vec<Seq>>,
     all_up_to: Option<Seq>,
     #[serde(rename = "as")]
-    mark: MarkAs,
-}
-
-#[derive(Debug, Clone, Copy, Deserialize)]
-#[serde(rename_all = "lowercase")]
-enum MarkAs {
-    Read,
-    Unread,
-    Seen,
-    Archived,
-    Unarchived,
-}
-
-impl From<MarkAs> for Mark {
-    fn from(mark: MarkAs) -> Self {
-        match mark {
-            MarkAs::Read => Mark::Read,
-            MarkAs::Unread => Mark::Unread,
-            MarkAs::Seen => Mark::Seen,
-            MarkAs::Archived => Mark::Archived,
-            MarkAs::Unarchived => Mark::Unarchived,
-        }
-    }
+    mark: Mark,
 }
 
 /// Refuses a change whose body is not declared `application/json`. A subscriber may be
@@ -257,24 +234,12 @@ async fn list_for(app: &App, user: &UserId, query: ListQuery) -> Result<Response
             )
         })?,
     };
-    if let Some(kind) = &query.kind
-        && (kind.is_empty() || kind.len() > KIND_BYTES_MAX)
-    {
-        return Err(ApiError::bad_request(
-            "invalid_type",
-            format!("`type` must be 1 to {KIND_BYTES_MAX} bytes long"),
-        ));
-    }
     let before = whole_number(query.before.as_deref(), "before", "invalid_before")?;
+    // The range (1 to `INBOX_PAGE_LEN_MAX`) is the inbox service's rule; a number too large for
+    // usize is out of it too.
     let limit = match whole_number(query.limit.as_deref(), "limit", "invalid_limit")? {
         None => INBOX_PAGE_LEN_DEFAULT,
-        Some(limit) if (1..=INBOX_PAGE_LEN_MAX as u64).contains(&limit) => limit as usize,
-        Some(limit) => {
-            return Err(ApiError::bad_request(
-                "invalid_limit",
-                format!("`limit` must be 1 to {INBOX_PAGE_LEN_MAX}, not {limit}"),
-            ));
-        }
+        Some(limit) => usize::try_from(limit).unwrap_or(usize::MAX),
     };
     let query = InboxQuery { status, kind: query.kind, before, limit };
     let page = app.notifier.inbox().list(user, &query).await?;
@@ -298,7 +263,7 @@ async fn mark_for(
 ) -> Result<Response, ApiError> {
     let except = client_header(headers)?;
     let selection = selection(body.seqs, body.all_up_to)?;
-    let update = app.notifier.inbox().mark(user, selection, body.mark.into(), except).await?;
+    let update = app.notifier.inbox().mark(user, selection, body.mark, except).await?;
     Ok(change_response(&update))
 }
 
@@ -334,21 +299,11 @@ async fn delete_all_for(
     Ok(change_response(&update))
 }
 
-/// `seqs` or `all_up_to`, exactly one, within bounds.
+/// `seqs` or `all_up_to`, exactly one. How many seqs (1 to `MARK_SEQS_MAX`) is the inbox
+/// service's rule.
 fn selection(seqs: Option<Vec<Seq>>, all_up_to: Option<Seq>) -> Result<Selection, ApiError> {
     match (seqs, all_up_to) {
-        (Some(seqs), None) => {
-            if seqs.len() > MARK_SEQS_MAX {
-                return Err(ApiError::bad_request(
-                    "too_many_seqs",
-                    format!("{} seqs in one request; at most {MARK_SEQS_MAX} are allowed", seqs.len()),
-                ));
-            }
-            if seqs.is_empty() {
-                return Err(ApiError::bad_request("invalid_request", "`seqs` must not be empty"));
-            }
-            Ok(Selection::Seqs(seqs))
-        }
+        (Some(seqs), None) => Ok(Selection::Seqs(seqs)),
         (None, Some(n)) => Ok(Selection::AllUpTo(n)),
         _ => Err(ApiError::bad_request(
             "invalid_request",

@@ -27,7 +27,8 @@ pub struct NotifyBody {
     idempotency_key: Option<String>,
 }
 
-/// `to`: exactly one of `{"user"}`, `{"users"}`, `{"user", "session"}`, `{"client"}`.
+/// `to`: exactly one of `{"user"}`, `{"users"}`, `{"user", "session"}`, `{"client"}`. Only the
+/// shape is checked here; how many users (one to `users_per_publish_max`) is the notifier's rule.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct TargetBody {
@@ -38,19 +39,10 @@ struct TargetBody {
 }
 
 impl TargetBody {
-    fn into_target(self, users_max: usize) -> Result<Target, ApiError> {
+    fn into_target(self) -> Result<Target, ApiError> {
         match (self.user, self.users, self.session, self.client) {
             (Some(user), None, None, None) => Ok(Target::User(UserId::new(user)?)),
             (None, Some(users), None, None) => {
-                if users.len() > users_max {
-                    return Err(ApiError::bad_request(
-                        "too_many_users",
-                        format!("{} users in one publish; at most {users_max} are allowed", users.len()),
-                    ));
-                }
-                if users.is_empty() {
-                    return Err(ApiError::bad_request("invalid_target", "`users` must not be empty"));
-                }
                 Ok(Target::Users(users.into_iter().map(UserId::new).collect::<Result<_, _>>()?))
             }
             (Some(user), None, Some(session), None) => {
@@ -71,7 +63,7 @@ pub async fn notify(
     _publisher: Publisher,
     ApiJson(body): ApiJson<NotifyBody>,
 ) -> Result<Response, ApiError> {
-    let target = body.to.into_target(app.hub.limits().users_per_publish_max)?;
+    let target = body.to.into_target()?;
     let data: Arc<RawValue> = match body.data {
         Some(data) => Arc::from(data),
         None => Arc::from(RawValue::from_string("null".to_owned()).expect("null is JSON")),

@@ -1,0 +1,69 @@
+//! Who a connected client is and how its connection ends: [`ClientInfo`], [`Transport`],
+//! [`CloseReason`].
+//!
+//! Vocabulary shared by the hub (which attaches clients and ends them), the bus (which carries
+//! session closes between nodes) and the subscription (which reports the end to its transport).
+//! It sits below all three so that none of them has to import another to name a client; the
+//! wire names (`as_str`) are the ones the protocol sends.
+
+use crate::ids::{ClientId, SessionId, UserId};
+
+/// How a client is connected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Transport {
+    Sse,
+    Poll,
+    Ws,
+}
+
+impl Transport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Sse => "sse",
+            Transport::Poll => "poll",
+            Transport::Ws => "ws",
+        }
+    }
+}
+
+/// Why the server ends a client's connection; sent to the client as a `closed` event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CloseReason {
+    /// Its session or the client itself was the least recently active one over a limit.
+    Evicted,
+    /// Another connection gave the same client id.
+    Replaced,
+    /// The publisher closed its session (or all the user's sessions).
+    SessionClosed,
+    /// Its token expired.
+    TokenExpired,
+    /// Its queue was full: it fell behind. Durable notifications resume on reconnect.
+    Lagging,
+    /// The server is shutting down.
+    Shutdown,
+    /// The server could not read the user's log; reconnecting resumes where it stopped.
+    Error,
+}
+
+impl CloseReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::Evicted => "evicted",
+            CloseReason::Replaced => "replaced",
+            CloseReason::SessionClosed => "session_closed",
+            CloseReason::TokenExpired => "token_expired",
+            CloseReason::Lagging => "lagging",
+            CloseReason::Shutdown => "shutdown",
+            CloseReason::Error => "error",
+        }
+    }
+}
+
+/// Who a connected client is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientInfo {
+    pub user: UserId,
+    pub session: SessionId,
+    pub client: ClientId,
+    pub transport: Transport,
+}
