@@ -56,7 +56,8 @@ use herald_core::{Notification, Seq, StoreError, UserId};
 use parking_lot::Mutex;
 use rusqlite::{Connection, params};
 
-use super::{UserRow, db_error, read_user_row, sql_seq};
+use super::reads::{UserRow, read_user_row};
+use super::sql::{db_error, sql_seq};
 
 /// When and how much the writer settles. See the module docs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
