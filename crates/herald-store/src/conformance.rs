@@ -5,10 +5,13 @@
 //! store (PostgreSQL, later) runs the very same cases with
 //! `herald_store::conformance_tests!(make_store);` in a test module, where
 //! `async fn make_store(retention: Retention) -> Arc<dyn Store>` returns a fresh, empty store
-//! (one `#[tokio::test]` per case), or with [`run_all`] in one test.
+//! (one `#[tokio::test]` per case). The macro's list is the one list of cases.
 //!
 //! The cases use the real clock only where the contract does (idempotency windows): they never
 //! sleep for longer than a fraction of a second.
+//!
+//! One job, hence one file past 800 lines: the cases of the store contract, each a public `async
+//! fn` the macro names, and the helpers they share.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -21,39 +24,6 @@ use herald_core::{
     SessionId, Store, UserId,
 };
 use serde_json::value::RawValue;
-
-/// Runs every case in turn against fresh stores made by `make`.
-pub async fn run_all(make: impl AsyncFn(Retention) -> Arc<dyn Store>) {
-    seqs_count_from_one_per_user(&make).await;
-    concurrent_appends_are_gapless(&make).await;
-    reads_during_appends_see_a_prefix(&make).await;
-    read_after_pages_with_limit(&make).await;
-    unknown_user_has_empty_head(&make).await;
-    max_per_user_prunes_the_oldest(&make).await;
-    age_prune_raises_pruned_through(&make).await;
-    age_prune_removes_a_prefix(&make).await;
-    duplicate_key_returns_first_receipt(&make).await;
-    completed_receipt_is_returned_to_duplicates(&make).await;
-    ephemeral_publish_records_its_key(&make).await;
-    expired_key_is_accepted_again(&make).await;
-    prune_forgets_old_keys(&make).await;
-    concurrent_appends_with_one_key_store_once(&make).await;
-    audience_round_trips(&make).await;
-    multi_user_append_is_one_receipt(&make).await;
-    inbox_counts_follow_every_change(&make).await;
-    inbox_marks_are_idempotent(&make).await;
-    inbox_all_up_to(&make).await;
-    inbox_lists_archived_only_when_asked(&make).await;
-    inbox_pages_newest_first_with_before(&make).await;
-    inbox_filters_by_type(&make).await;
-    inbox_missing_seqs_are_not_changed(&make).await;
-    inbox_retention_keeps_counts_exact(&make).await;
-    inbox_deleted_are_not_replayed(&make).await;
-    inbox_concurrent_random_changes_keep_counts_exact(&make).await;
-    revocations_keep_the_latest_close(&make).await;
-    prune_forgets_old_revocations(&make).await;
-    revoked_tokens_are_those_issued_until_the_close(&make).await;
-}
 
 /// One `#[tokio::test]` per case of the suite, each with a fresh store from `$make`, an
 /// `async fn(Retention) -> Arc<dyn Store>` in scope. The caller needs `tokio` (macros, rt-multi-thread).

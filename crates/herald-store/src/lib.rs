@@ -14,11 +14,28 @@
 //! updated with every change, so that reading them is O(1).
 //!
 //! # Layout
+//! In reading order:
 //! - [`lock`]: [`LockFile`], the exclusive lock that keeps a database (and `herald serve`'s data
 //!   dir) to one process.
 //! - [`memory`]: [`MemoryStore`], per-user logs behind one mutex.
-//! - [`sqlite`]: [`SqliteStore`], the schema, the group-committing writer thread, the reader pool.
+//! - [`sqlite`]: [`SqliteStore`], split by job, bottom up (its own `# Layout` says more):
+//!   - `sqlite/sql.rs`: SQLite's errors as [`StoreError`](herald_core::StoreError)s, seqs as
+//!     SQLite integers;
+//!   - `sqlite/schema.rs`: the tables of each schema version, the migrations;
+//!   - `sqlite/connection.rs`: the lock file, opening the file and its pragmas, the checkpointer
+//!     thread, the read pool;
+//!   - `sqlite/reads.rs`: what a read transaction does (heads, log and inbox pages, counts);
+//!   - `sqlite/staging.rs`: staged appends and how they settle into the users' logs;
+//!   - `sqlite/request.rs`: the writer's requests, each write with its typed reply;
+//!   - `sqlite/writes.rs`: what each request does in SQL;
+//!   - `sqlite/writer.rs`: the writer thread and its queue (batches, group commit, savepoints,
+//!     settling and vacuum between batches);
+//!   - `sqlite/operations.rs`: `Store` for `SqliteStore`, delegating to the reads and the writer.
 //! - `conformance` (tests, or feature `conformance`): the test suite every store must pass.
+
+// One unsafe block, allowed where it is (`sqlite::writer::take_pages_written`: rusqlite has no
+// safe `sqlite3_db_status`); `forbid` would not let it be allowed there.
+#![deny(unsafe_code)]
 
 pub mod lock;
 pub mod memory;

@@ -56,7 +56,8 @@ use herald_core::{Notification, Seq, StoreError, UserId};
 use parking_lot::Mutex;
 use rusqlite::{Connection, params};
 
-use super::{UserRow, db_error, read_user_row, sql_seq};
+use super::reads::{UserRow, read_user_row};
+use super::sql::{db_error, sql_seq};
 
 /// When and how much the writer settles. See the module docs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,6 +137,34 @@ impl Staging {
     pub fn last_seq(&self, user: &UserId) -> Option<Seq> {
         self.users.get(user).and_then(|staged| staged.rows.last()).and_then(|row| row.notification.seq)
     }
+
+    /// Checks (in debug builds) what readers and the settler rely on: `rows` counts every
+    /// staged row, and each user's rows have consecutive seqs (a prefix of them is what a
+    /// reader merges, see the module docs), ascending ids (a generation takes each user's rows
+    /// up to an id), and end at the user's kept row's `max_seq`. O(users): debug builds only.
+    fn debug_check(&self) {
+        if cfg!(debug_assertions) {
+            let rows: usize = self.users.values().map(|staged| staged.rows.len()).sum();
+            debug_assert_eq!(self.rows, rows, "the staged rows' count is off");
+            for (user, staged) in &self.users {
+                debug_assert!(!staged.rows.is_empty(), "{user} is kept with no staged row");
+                for pair in staged.rows.windows(2) {
+                    let (a, b) = (&pair[0], &pair[1]);
+                    debug_assert!(a.id < b.id, "{user}'s staged ids are not ascending");
+                    debug_assert_eq!(
+                        a.notification.seq.map(|seq| seq + 1),
+                        b.notification.seq,
+                        "{user}'s staged seqs are not consecutive"
+                    );
+                }
+                debug_assert_eq!(
+                    staged.rows.last().and_then(|row| row.notification.seq).map(sql_seq),
+                    Some(staged.row.max_seq),
+                    "{user}'s kept row does not end at its last staged seq"
+                );
+            }
+        }
+    }
 }
 
 /// What a batch's requests changed in [`Staging`], applied once the batch has committed (and
@@ -198,9 +227,16 @@ impl<'a> StagingWrites<'a> {
         row: UserRow,
     ) -> Result<(), StoreError> {
         let n = notification;
+        // Seqs are assigned from the row: `row` is the user's row after `n`.
+        debug_assert_eq!(n.seq.map(sql_seq), Some(row.max_seq), "staged at another seq than its row's");
         insert_row(conn, INSERT_STAGED, n)?;
         let id = conn.last_insert_rowid();
         let change = self.overlay.users.entry(n.user.clone()).or_default();
+        debug_assert!(
+            change.added.last().is_none_or(|last| last.notification.seq.map(|seq| seq + 1) == n.seq),
+            "{}'s appends in one batch are not consecutive",
+            n.user
+        );
         change.row = Some(row);
         change.added.push(Staged { id, notification: Arc::clone(n) });
         Ok(())
@@ -272,13 +308,23 @@ impl<'a> StagingWrites<'a> {
                 continue;
             }
             // Always there: `stage` sets the row with every row it adds (`settle_user` clears both).
+            debug_assert!(change.row.is_some(), "{user} has staged rows but no row");
             let Some(row) = change.row else { continue };
             added += change.added.len();
             staging.rows += change.added.len();
             let staged = staging.users.entry(user).or_insert_with(|| StagedUser { row, rows: Vec::new() });
+            // The batch read the user's row from `staging` (or SQLite, when none was kept) and
+            // gave its appends the seqs that follow.
+            debug_assert!(
+                staged.rows.last().zip(change.added.first()).is_none_or(|(last, first)| {
+                    last.notification.seq.map(|seq| seq + 1) == first.notification.seq
+                }),
+                "a user's staged seqs do not follow on from the batch before"
+            );
             staged.row = row;
             staged.rows.extend(change.added);
         }
+        staging.debug_check();
         added
     }
 }
@@ -505,6 +551,11 @@ fn settle_chunk(
     let mut staging = staging.lock();
     for (user, notifications) in chunk {
         let Some(staged) = staging.users.get_mut(&user) else { continue };
+        // Only the writer changes `staging`: the rows settled are still its first ones.
+        debug_assert!(
+            staged.rows.first().map(|row| row.notification.seq) == notifications.first().map(|n| n.seq),
+            "{user}'s settled rows are no longer its first staged ones"
+        );
         staged.rows.drain(..notifications.len());
         let empty = staged.rows.is_empty();
         if empty {
@@ -512,6 +563,7 @@ fn settle_chunk(
         }
         staging.rows -= notifications.len();
     }
+    staging.debug_check();
     Ok(rows)
 }
 

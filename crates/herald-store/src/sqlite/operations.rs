@@ -1,0 +1,163 @@
+//! The operations: [`Store`] for [`SqliteStore`], where the store's contract meets the reads and
+//! the writer. A write becomes a request to the writer (an inbox change of "all up to N", and
+//! `prune`, one request per bounded chunk); a read takes the user's staged notifications from
+//! memory, then runs on a pooled read-only connection, which merges them in. No SQL lives here:
+//! it is in `reads` and `writes`.
+
+use async_trait::async_trait;
+use herald_core::{
+    Appended, InboxChange, InboxCounts, InboxPage, InboxQuery, LogHead, LogPage, Mark, NewNotification,
+    PruneReport, Receipt, Revocation, Selection, Seq, SessionId, Store, StoreError, UserId,
+};
+
+use super::SqliteStore;
+use super::reads::{read_head, read_inbox_counts, read_inbox_page, read_log_page, read_revocations};
+use super::request::{
+    Append, CompleteReceipt, InboxChunk, InboxDelete, InboxMark, PruneChunk, Revoke, Rows, Write,
+};
+use super::sql::sql_seq;
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn append(
+        &self,
+        entries: Vec<NewNotification>,
+        idempotency_key: Option<&str>,
+    ) -> Result<Appended, StoreError> {
+        if entries.is_empty() && idempotency_key.is_none() {
+            return Ok(Appended::Stored { notifications: Vec::new(), counts: Vec::new() });
+        }
+        let key = idempotency_key.map(str::to_owned);
+        self.writer.submit(Append { entries, key }).await
+    }
+
+    async fn complete_receipt(&self, idempotency_key: &str, receipt: &Receipt) -> Result<(), StoreError> {
+        // Serialized here, not on the writer thread, which every publish waits for.
+        let receipt = serde_json::to_string(receipt)
+            .map_err(|e| StoreError::Corrupt(format!("a receipt does not serialize: {e}")))?;
+        let key = idempotency_key.to_owned();
+        self.writer.submit(CompleteReceipt { key, receipt }).await
+    }
+
+    // Every read takes the user's staged notifications before its SQLite snapshot and merges
+    // them in (see `staging` for why this order gives a prefix of the log).
+
+    async fn read_after(&self, user: &UserId, after: Seq, limit: usize) -> Result<LogPage, StoreError> {
+        let user = user.clone();
+        // The staged ones after `after` (a replay needs no others), and the last seq for the head.
+        let (staged, last_staged) = {
+            let staging = self.staging.lock();
+            (staging.notifications_after(&user, after), staging.last_seq(&user))
+        };
+        self.readers.read(move |tx| read_log_page(tx, &user, after, limit, staged, last_staged)).await
+    }
+
+    async fn head(&self, user: &UserId) -> Result<LogHead, StoreError> {
+        let user = user.clone();
+        let last_staged = self.staging.lock().last_seq(&user);
+        self.readers.read(move |tx| read_head(tx, &user, last_staged)).await
+    }
+
+    async fn inbox_list(&self, user: &UserId, query: &InboxQuery) -> Result<InboxPage, StoreError> {
+        let (user, query) = (user.clone(), query.clone());
+        let staged = self.staging.lock().notifications_after(&user, 0);
+        self.readers.read(move |tx| read_inbox_page(tx, &user, &query, staged)).await
+    }
+
+    async fn inbox_counts(&self, user: &UserId) -> Result<InboxCounts, StoreError> {
+        let user = user.clone();
+        let last_staged = self.staging.lock().last_seq(&user);
+        self.readers.read(move |tx| read_inbox_counts(tx, &user, last_staged)).await
+    }
+
+    async fn inbox_mark(
+        &self,
+        user: &UserId,
+        selection: &Selection,
+        mark: Mark,
+        at_ms: i64,
+    ) -> Result<InboxChange, StoreError> {
+        self.inbox_change(selection, |rows| InboxMark { user: user.clone(), rows, mark, at_ms }).await
+    }
+
+    async fn inbox_delete(&self, user: &UserId, selection: &Selection) -> Result<InboxChange, StoreError> {
+        self.inbox_change(selection, |rows| InboxDelete { user: user.clone(), rows }).await
+    }
+
+    async fn revoke(
+        &self,
+        user: &UserId,
+        session: Option<&SessionId>,
+        closed_at_secs: u64,
+    ) -> Result<(), StoreError> {
+        let (user, session) = (user.clone(), session.cloned());
+        let closed_at_secs = i64::try_from(closed_at_secs).unwrap_or(i64::MAX);
+        self.writer.submit(Revoke { user, session, closed_at_secs }).await
+    }
+
+    async fn revocations(&self, user: &UserId) -> Result<Vec<Revocation>, StoreError> {
+        let user = user.clone();
+        self.readers.read(move |tx| read_revocations(tx, &user)).await
+    }
+
+    async fn prune(&self, now_ms: i64) -> Result<PruneReport, StoreError> {
+        let notifications_before = crate::cutoff_ms(now_ms, self.retention.max_age);
+        let keys_before = crate::cutoff_ms(now_ms, self.retention.idempotency_window);
+        let revocations_before = crate::cutoff_ms(now_ms, self.retention.revocation_window) / 1000;
+        let mut report = PruneReport::default();
+        // One request per chunk: each chunk queues behind the publishes already waiting, so they
+        // are never stuck behind the whole prune.
+        loop {
+            let chunk = self
+                .writer
+                .submit(PruneChunk { notifications_before, keys_before, revocations_before })
+                .await?;
+            report.notifications += chunk.notifications;
+            report.idempotency_keys += chunk.idempotency_keys;
+            report.revocations += chunk.revocations;
+            report.inboxes.extend(chunk.inboxes);
+            if chunk.done {
+                break;
+            }
+        }
+        if report != PruneReport::default() {
+            tracing::debug!(?report, "store pruned");
+        }
+        Ok(report)
+    }
+}
+
+impl SqliteStore {
+    /// Runs an inbox mark or delete: seqs in one request, "all up to N" in chunks of at most
+    /// [`INBOX_CHUNK_ROWS`](super::INBOX_CHUNK_ROWS) rows, one request (and transaction) each,
+    /// in seq order. Each chunk keeps the counts exact; the counts returned are those after the
+    /// last one. Should a chunk fail, the ones before it stay done (the same request again
+    /// finishes the job).
+    async fn inbox_change<W: Write<Output = InboxChunk>>(
+        &self,
+        selection: &Selection,
+        write: impl Fn(Rows) -> W,
+    ) -> Result<InboxChange, StoreError> {
+        match selection {
+            Selection::Seqs(seqs) => Ok(self.writer.submit(write(Rows::Seqs(seqs.clone()))).await?.change),
+            Selection::AllUpTo(through) => {
+                let through = sql_seq(*through);
+                let mut change = InboxChange::default();
+                let mut after = 0;
+                loop {
+                    let chunk = self.writer.submit(write(Rows::Range { after, through })).await?;
+                    change.seqs.extend(chunk.change.seqs);
+                    change.counts = chunk.change.counts;
+                    match chunk.next_after {
+                        Some(next) => {
+                            // Every chunk makes progress, or this loop would not end.
+                            debug_assert!(next > after, "an inbox chunk ended at {next}, not after {after}");
+                            after = next;
+                        }
+                        None => return Ok(change),
+                    }
+                }
+            }
+        }
+    }
+}

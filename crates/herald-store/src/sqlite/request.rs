@@ -1,0 +1,226 @@
+//! The writer's requests. Each write is a type that implements [`Write`] (its arguments, and the
+//! type of its result); a [`Job`] holds one with the channel its result goes back on, typed by the
+//! write, and with the result itself once the write has run; a [`Request`] is any one job, as
+//! the writer's queue carries them. A reply can thus only ever carry the result of its own write:
+//! there is no outcome to match with its request, and none to mix up. What each write does in SQL
+//! is in `writes`; how the writer batches requests and answers them once their batch has
+//! committed, in `writer`.
+
+use herald_core::{
+    InboxChange, Mark, NewNotification, PrunedInbox, Retention, Seq, SessionId, StoreError, UserId,
+};
+use rusqlite::Connection;
+use tokio::sync::oneshot;
+
+use super::staging::StagingWrites;
+
+/// Where a write's result goes.
+pub(super) type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+
+/// A write the writer runs inside a batch's transaction.
+pub(super) trait Write: Sized {
+    /// What the requester gets back once the write's batch has committed.
+    type Output;
+
+    /// Runs the write on `conn`, inside the batch's transaction, as of `now_ms`. It only reads
+    /// the write, so that a batch can run again after a rollback (see `writer::run_batch`).
+    fn run(
+        &self,
+        conn: &Connection,
+        writes: &mut StagingWrites<'_>,
+        retention: &Retention,
+        now_ms: i64,
+    ) -> Result<Self::Output, StoreError>;
+
+    /// The request that carries `job` to the writer.
+    fn request(job: Job<Self>) -> Request;
+}
+
+/// A write, its reply, and its result, held by the writer until the write's batch has committed.
+pub(super) struct Job<W: Write> {
+    write: W,
+    reply: Reply<W::Output>,
+    /// What the write's last run gave; `None` before it ran. A batch that runs again (with
+    /// savepoints, or failed as a whole) replaces it.
+    result: Option<Result<W::Output, StoreError>>,
+}
+
+impl<W: Write> Job<W> {
+    pub fn new(write: W, reply: Reply<W::Output>) -> Self {
+        Self { write, reply, result: None }
+    }
+
+    /// Runs the write (see [`Write::run`]) and keeps its result for the reply; returns its error,
+    /// if it failed, for the writer to decide about the batch.
+    fn execute(
+        &mut self,
+        conn: &Connection,
+        writes: &mut StagingWrites<'_>,
+        retention: &Retention,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let result = self.write.run(conn, writes, retention, now_ms);
+        let error = result.as_ref().err().cloned();
+        self.result = Some(result);
+        error.map_or(Ok(()), Err)
+    }
+
+    /// The write did not happen (or was rolled back): its requester gets `error`.
+    pub fn fail(&mut self, error: StoreError) {
+        self.result = Some(Err(error));
+    }
+
+    /// Whether the write ran and succeeded.
+    fn succeeded(&self) -> bool {
+        matches!(self.result, Some(Ok(_)))
+    }
+
+    /// Sends the result, once the write's batch has committed (or failed).
+    fn send(self) {
+        // The writer runs or fails every request of a batch before it answers any.
+        debug_assert!(self.result.is_some(), "a request was answered before it ran");
+        // No result (never, see above) drops the reply: the requester's wait ends with an
+        // error. A requester that stopped waiting gets nothing; its write is done all the same.
+        if let Some(result) = self.result {
+            let _ = self.reply.send(result);
+        }
+    }
+}
+
+/// One request on the writer's queue: a [`Job`] of any write.
+pub(super) enum Request {
+    Append(Job<Append>),
+    CompleteReceipt(Job<CompleteReceipt>),
+    PruneChunk(Job<PruneChunk>),
+    Revoke(Job<Revoke>),
+    InboxMark(Job<InboxMark>),
+    InboxDelete(Job<InboxDelete>),
+    SettleAll(Job<SettleAll>),
+}
+
+/// `$body` with `$job` bound to the request's job, whatever its write: the one place that lists
+/// the variants for the methods below, whose code is the same for every kind of write.
+macro_rules! with_job {
+    ($request:expr, $job:ident => $body:expr) => {
+        match $request {
+            Request::Append($job) => $body,
+            Request::CompleteReceipt($job) => $body,
+            Request::PruneChunk($job) => $body,
+            Request::Revoke($job) => $body,
+            Request::InboxMark($job) => $body,
+            Request::InboxDelete($job) => $body,
+            Request::SettleAll($job) => $body,
+        }
+    };
+}
+
+impl Request {
+    /// Runs the request's write and keeps its result (see [`Write::run`]); returns its error.
+    pub fn execute(
+        &mut self,
+        conn: &Connection,
+        writes: &mut StagingWrites<'_>,
+        retention: &Retention,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        with_job!(self, job => job.execute(conn, writes, retention, now_ms))
+    }
+
+    /// The request's write did not happen: its requester gets `error`.
+    pub fn fail(&mut self, error: StoreError) {
+        with_job!(self, job => job.fail(error))
+    }
+
+    /// Answers the requester. Only once the request's batch has committed: nothing is
+    /// acknowledged before it is durable.
+    pub fn send(self) {
+        with_job!(self, job => job.send())
+    }
+
+    /// The job of a [`SettleAll`] whose batch committed: the writer settles everything now and
+    /// tells it how that went.
+    pub fn settle_all_due(&mut self) -> Option<&mut Job<SettleAll>> {
+        match self {
+            Request::SettleAll(job) if job.succeeded() => Some(job),
+            _ => None,
+        }
+    }
+}
+
+/// Stores `entries`, each with the next seq of its user (`Store::append`).
+pub(super) struct Append {
+    pub entries: Vec<NewNotification>,
+    pub key: Option<String>,
+}
+
+/// Records the final receipt of the publish that used `key` (`Store::complete_receipt`).
+pub(super) struct CompleteReceipt {
+    pub key: String,
+    /// Serialized by the requester, not on the writer thread, which every publish waits for.
+    pub receipt: String,
+}
+
+/// One bounded chunk of retention (`Store::prune` sends them until one is done).
+pub(super) struct PruneChunk {
+    /// Notifications created before this (ms) go.
+    pub notifications_before: i64,
+    /// Idempotency keys recorded before this (ms) go.
+    pub keys_before: i64,
+    /// Revocations closed before this (Unix seconds) go.
+    pub revocations_before: i64,
+}
+
+/// What one chunk of `prune` removed, and whether anything expired is left.
+#[derive(Debug)]
+pub(super) struct PrunedChunk {
+    pub notifications: u64,
+    pub idempotency_keys: u64,
+    pub revocations: u64,
+    pub inboxes: Vec<PrunedInbox>,
+    pub done: bool,
+}
+
+/// Records a close of `user`'s `session` (`None`: all its sessions), keeping the latest one.
+pub(super) struct Revoke {
+    pub user: UserId,
+    pub session: Option<SessionId>,
+    pub closed_at_secs: i64,
+}
+
+/// Marks `rows` of `user`'s inbox with `mark` at `at_ms`.
+pub(super) struct InboxMark {
+    pub user: UserId,
+    pub rows: Rows,
+    pub mark: Mark,
+    pub at_ms: i64,
+}
+
+/// Deletes `rows` of `user`'s inbox.
+pub(super) struct InboxDelete {
+    pub user: UserId,
+    pub rows: Rows,
+}
+
+/// The rows of one inbox request.
+#[derive(Debug, Clone)]
+pub(super) enum Rows {
+    Seqs(Vec<Seq>),
+    /// Seqs in `(after, through]`, at most [`INBOX_CHUNK_ROWS`](super::INBOX_CHUNK_ROWS) of them
+    /// that the request changes.
+    Range {
+        after: i64,
+        through: i64,
+    },
+}
+
+/// What one inbox request changed, and where the next chunk starts (`None`: done).
+#[derive(Debug)]
+pub(super) struct InboxChunk {
+    pub change: InboxChange,
+    pub next_after: Option<i64>,
+}
+
+/// Settles everything staged, once the batch it is in has committed
+/// ([`SqliteStore::settle_all`](super::SqliteStore::settle_all)): it runs nothing in the batch
+/// itself, and the writer settles after the commit (see [`Request::settle_all_due`]).
+pub(super) struct SettleAll;

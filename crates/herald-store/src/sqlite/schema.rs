@@ -1,0 +1,214 @@
+//! The schema and its migrations: the tables and indexes of each schema version, each with why
+//! it is so, and [`migrate`], which creates the schema in a new file and upgrades an older one in
+//! place when the store opens (with [`use_incremental_vacuum`], the one-time conversion of a file
+//! made before Herald gave space back). The queries that walk these tables live with the reads
+//! and the writes; opening the file and its pragmas, in `connection`.
+
+use std::path::Path;
+
+use herald_core::StoreError;
+use rusqlite::{Connection, TransactionBehavior};
+
+use super::sql::db_error;
+
+/// The schema this code writes, kept in `PRAGMA user_version`. A database with a higher version
+/// was written by a newer Herald: opening it fails rather than guess.
+pub const SCHEMA_VERSION: i32 = 5;
+
+/// Schema version 1. `notifications` is `WITHOUT ROWID`, clustered by (user, seq): a replay is
+/// one range scan. A new database gets it, then [`SCHEMA_V2`], like an old one.
+pub(super) const SCHEMA_V1: &str = "
+CREATE TABLE users (
+    user           TEXT PRIMARY KEY,
+    last_seq       INTEGER NOT NULL,
+    pruned_through INTEGER NOT NULL
+);
+CREATE TABLE notifications (
+    user          TEXT NOT NULL,
+    seq           INTEGER NOT NULL,
+    type          TEXT NOT NULL,
+    data          TEXT NOT NULL,
+    created_at    INTEGER NOT NULL,
+    session       TEXT,
+    client        TEXT,
+    except_client TEXT,
+    PRIMARY KEY (user, seq)
+) WITHOUT ROWID;
+CREATE INDEX notifications_by_created_at ON notifications (created_at);
+CREATE TABLE idempotency (
+    key        TEXT PRIMARY KEY,
+    created_at INTEGER NOT NULL,
+    receipt    TEXT NOT NULL
+);
+CREATE INDEX idempotency_by_created_at ON idempotency (created_at);
+";
+
+/// Version 1 → 2: the inbox. Each notification's state (ms, NULL until set); each user's counts,
+/// computed once here from the rows (every notification of a version 1 file is unread and
+/// unseen: nothing was ever marked), then kept by every write; and one partial index per inbox
+/// status, on (user, seq), so that a page of any status is a range scan of just the rows it
+/// lists, newest first. Pages filtered by type use `inbox_by_type` and check the status per row.
+/// An append adds entries to `inbox_all`, `inbox_unread`, `inbox_unseen` and `inbox_by_type`;
+/// `inbox_read` and `inbox_archived` only change when notifications are marked.
+pub const SCHEMA_V2: &str = "
+ALTER TABLE notifications ADD COLUMN seen_at INTEGER;
+ALTER TABLE notifications ADD COLUMN read_at INTEGER;
+ALTER TABLE notifications ADD COLUMN archived_at INTEGER;
+ALTER TABLE users ADD COLUMN total INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE users ADD COLUMN unread INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE users ADD COLUMN unseen INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE users ADD COLUMN archived INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE users ADD COLUMN inbox_version INTEGER NOT NULL DEFAULT 0;
+UPDATE users SET inbox_version = last_seq;
+UPDATE users SET total = c.n, unread = c.n, unseen = c.n
+    FROM (SELECT user, COUNT(*) AS n FROM notifications GROUP BY user) AS c
+    WHERE c.user = users.user;
+CREATE INDEX inbox_all ON notifications (user, seq) WHERE archived_at IS NULL;
+CREATE INDEX inbox_unread ON notifications (user, seq) WHERE read_at IS NULL AND archived_at IS NULL;
+CREATE INDEX inbox_unseen ON notifications (user, seq) WHERE seen_at IS NULL AND archived_at IS NULL;
+CREATE INDEX inbox_read ON notifications (user, seq) WHERE read_at IS NOT NULL AND archived_at IS NULL;
+CREATE INDEX inbox_archived ON notifications (user, seq) WHERE archived_at IS NOT NULL;
+CREATE INDEX inbox_by_type ON notifications (user, type, seq);
+";
+
+/// Version 2 → 3: fewer indexes written by every append. Each index on (user, …) costs an append
+/// a random page of its own, written whole to the WAL at commit and again at checkpoint: with
+/// version 2's six b-trees per notification the store wrote about 27 KB per append and spent
+/// most of its CPU doing so (`cargo bench -p herald-store --bench publish`). Version 3 keeps, of
+/// the indexes an append touches, only the primary key and the sequential
+/// `notifications_by_created_at`. Pages of `all`, `unread` and `unseen`, and pages by type, walk
+/// the primary key newest first and skip the rows that do not match (archived ones, read ones,
+/// seen ones, other types); `inbox_read` and `inbox_archived`, which only marks write, stay.
+///
+/// So a page reads the rows it returns plus the rows it skips, which are bounded by the user's
+/// log (`Retention::max_per_user`, 10,000 by default: walking all of it takes about 1 ms). The
+/// first page of a status also stops as soon as it has found as many rows as the user's counts
+/// say there are (see `read_inbox_page`), so "3 unread" does not walk the whole log to find that
+/// there is no fourth.
+///
+/// And an append no longer writes its user's `users` row (another random page), except the
+/// first one of a new user. The row's `last_seq` and counts describe the log up to that
+/// `last_seq`; the notifications after it, the user's **tail**, were appended since and nothing
+/// else touched them: their seqs follow on from `last_seq` and each is in the inbox, unread and
+/// unseen, and was one change. So the log's last seq is `MAX(last_seq, MAX(seq))` and each count
+/// is the row's plus the tail's length (`MAX(seq) - last_seq`), both one index lookup. Every
+/// other write (mark, delete, retention) first folds the tail into the row (`fold_tail`) and
+/// then adjusts the counts by the states of the rows it changes, as in version 2. Deleting the
+/// newest notifications leaves `last_seq` where it was, so seqs are never given out twice. A
+/// version 2 file upgrades as it is: all its rows have empty tails.
+pub const SCHEMA_V3: &str = "
+DROP INDEX inbox_all;
+DROP INDEX inbox_unread;
+DROP INDEX inbox_unseen;
+DROP INDEX inbox_by_type;
+";
+
+/// Version 3 → 4: staged appends (see `sqlite/staging.rs`). An append inserts into `staged`, a rowid
+/// table whose inserts all go to its last page, and the writer moves the rows into
+/// `notifications` later, many per user and page at a time. The columns are those of
+/// `notifications` that an append sets.
+pub const SCHEMA_V4: &str = "
+CREATE TABLE staged (
+    id            INTEGER PRIMARY KEY,
+    user          TEXT NOT NULL,
+    seq           INTEGER NOT NULL,
+    type          TEXT NOT NULL,
+    data          TEXT NOT NULL,
+    created_at    INTEGER NOT NULL,
+    session       TEXT,
+    client        TEXT,
+    except_client TEXT
+);
+";
+
+/// Version 4 → 5: revocations (sign-outs, see `herald_core::revocation`). One row per user and
+/// session with the latest close; `session` is `''` for "all sessions" (a session id is never
+/// empty). Retention deletes rows by `closed_at`, hence its index.
+pub const SCHEMA_V5: &str = "
+CREATE TABLE revocations (
+    user      TEXT NOT NULL,
+    session   TEXT NOT NULL,
+    closed_at INTEGER NOT NULL,
+    PRIMARY KEY (user, session)
+) WITHOUT ROWID;
+CREATE INDEX revocations_by_closed_at ON revocations (closed_at);
+";
+
+/// Creates the schema in an empty database, upgrades an older one step by step (a new database
+/// takes the same steps), and refuses a newer one, or another program's (at `path`). All in one
+/// transaction: a failed upgrade leaves the file as it was.
+pub(super) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
+    // IMMEDIATE: two processes opening a new file at once do not both create the schema.
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(db_error)?;
+    let version: i32 = tx.pragma_query_value(None, "user_version", |row| row.get(0)).map_err(db_error)?;
+    if version == 0 {
+        // Every Herald database has a schema version: one without it but with tables is some
+        // other program's, and is left alone.
+        let objects: i64 =
+            tx.query_row("SELECT COUNT(*) FROM sqlite_master", [], |row| row.get(0)).map_err(db_error)?;
+        if objects > 0 {
+            return Err(StoreError::NotAStore {
+                path: path.to_owned(),
+                reason: format!("it is another program's SQLite database ({objects} tables and indexes)"),
+            });
+        }
+    }
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::Unavailable(format!(
+            "the database has schema version {version}, this Herald knows up to {SCHEMA_VERSION}: upgrade Herald"
+        )));
+    }
+    if version < 1 {
+        // Plain CREATE TABLE, not IF NOT EXISTS: a file that is some other program's database
+        // fails here instead of being mixed into.
+        tx.execute_batch(SCHEMA_V1).map_err(db_error)?;
+    }
+    if version < 2 {
+        if version == 1 {
+            tracing::info!("upgrading the store to schema version 2 (the inbox)");
+        }
+        tx.execute_batch(SCHEMA_V2).map_err(db_error)?;
+    }
+    if version < 3 {
+        if version >= 1 {
+            tracing::info!("upgrading the store to schema version 3 (fewer indexes per notification)");
+        }
+        tx.execute_batch(SCHEMA_V3).map_err(db_error)?;
+    }
+    if version < 4 {
+        tx.execute_batch(SCHEMA_V4).map_err(db_error)?;
+    }
+    if version < 5 {
+        if version >= 1 {
+            tracing::info!("upgrading the store to schema version 5 (revocations)");
+        }
+        tx.execute_batch(SCHEMA_V5).map_err(db_error)?;
+    }
+    if version != SCHEMA_VERSION {
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(db_error)?;
+    }
+    tx.commit().map_err(db_error)
+}
+
+/// Converts a database made without auto-vacuum (before Herald gave space back) to incremental
+/// auto-vacuum, once: a `VACUUM`, which rewrites the whole file (it needs as much free disk
+/// again, and takes about a second per few hundred MB; it is logged). New databases have it
+/// from the start (see `open_writer`).
+pub(super) fn use_incremental_vacuum(conn: &Connection) -> Result<(), StoreError> {
+    const INCREMENTAL: i64 = 2;
+    let mode: i64 = conn.pragma_query_value(None, "auto_vacuum", |row| row.get(0)).map_err(db_error)?;
+    if mode == INCREMENTAL {
+        return Ok(());
+    }
+    tracing::info!("converting the store to incremental vacuum, once (rewrites the database file)");
+    conn.pragma_update(None, "auto_vacuum", "INCREMENTAL").map_err(db_error)?;
+    conn.execute_batch("VACUUM").map_err(db_error)?;
+    let mode: i64 = conn.pragma_query_value(None, "auto_vacuum", |row| row.get(0)).map_err(db_error)?;
+    if mode != INCREMENTAL {
+        tracing::warn!(
+            mode,
+            "the store could not switch to incremental vacuum; freed space stays in the file"
+        );
+    }
+    Ok(())
+}

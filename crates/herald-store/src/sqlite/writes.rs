@@ -1,0 +1,591 @@
+//! The writes: what each request does inside the writer's transaction, in SQL. An append stages
+//! its notifications (see `staging`); every other write to a user first settles the user's
+//! staged rows and folds its tail into its `users` row ([`fold_tail`]), then changes rows and
+//! adjusts the counts by the states of exactly the rows it touched. Each write is a [`Write`]
+//! (the requests are in `request`); batching, transactions and savepoints are the writer's job.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use herald_core::inbox::CountsDelta;
+use herald_core::{
+    Appended, InboxChange, InboxCounts, ItemState, Mark, NewNotification, Notification, PrunedInbox, Receipt,
+    ReceiptEntry, Retention, Seq, SessionId, StoreError, UserId,
+};
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::reads::{UserRow, read_counts, read_state, read_user_row};
+use super::request::{
+    Append, CompleteReceipt, InboxChunk, InboxDelete, InboxMark, Job, PruneChunk, PrunedChunk, Request,
+    Revoke, Rows, SettleAll, Write,
+};
+use super::sql::{db_error, seq_from_sql, sql_seq};
+use super::staging::StagingWrites;
+
+/// Notifications (and, separately, idempotency keys) one chunk of `prune` selects. At the bound
+/// the chunk commits and the next one queues behind the publishes already waiting, so a large
+/// prune never holds the writer for long.
+pub const PRUNE_CHUNK_ROWS: i64 = 10_000;
+
+/// Rows one chunk of an inbox mark or delete "all up to N" changes at most. At the bound the
+/// chunk commits and the next one queues behind the publishes already waiting, as for `prune`:
+/// marking 100,000 notifications read never holds the writer for long.
+pub const INBOX_CHUNK_ROWS: i64 = 1_000;
+
+impl Write for Append {
+    type Output = Appended;
+
+    fn run(
+        &self,
+        conn: &Connection,
+        writes: &mut StagingWrites<'_>,
+        retention: &Retention,
+        now_ms: i64,
+    ) -> Result<Appended, StoreError> {
+        append(conn, writes, retention, now_ms, &self.entries, self.key.as_deref())
+    }
+
+    fn request(job: Job<Self>) -> Request {
+        Request::Append(job)
+    }
+}
+
+impl Write for CompleteReceipt {
+    type Output = ();
+
+    fn run(
+        &self,
+        conn: &Connection,
+        _: &mut StagingWrites<'_>,
+        _: &Retention,
+        _: i64,
+    ) -> Result<(), StoreError> {
+        complete_receipt(conn, &self.key, &self.receipt)
+    }
+
+    fn request(job: Job<Self>) -> Request {
+        Request::CompleteReceipt(job)
+    }
+}
+
+impl Write for PruneChunk {
+    type Output = PrunedChunk;
+
+    fn run(
+        &self,
+        conn: &Connection,
+        writes: &mut StagingWrites<'_>,
+        _: &Retention,
+        _: i64,
+    ) -> Result<PrunedChunk, StoreError> {
+        prune_chunk(conn, writes, self.notifications_before, self.keys_before, self.revocations_before)
+    }
+
+    fn request(job: Job<Self>) -> Request {
+        Request::PruneChunk(job)
+    }
+}
+
+impl Write for Revoke {
+    type Output = ();
+
+    fn run(
+        &self,
+        conn: &Connection,
+        _: &mut StagingWrites<'_>,
+        _: &Retention,
+        _: i64,
+    ) -> Result<(), StoreError> {
+        revoke(conn, &self.user, self.session.as_ref(), self.closed_at_secs)
+    }
+
+    fn request(job: Job<Self>) -> Request {
+        Request::Revoke(job)
+    }
+}
+
+impl Write for InboxMark {
+    type Output = InboxChunk;
+
+    fn run(
+        &self,
+        conn: &Connection,
+        writes: &mut StagingWrites<'_>,
+        _: &Retention,
+        _: i64,
+    ) -> Result<InboxChunk, StoreError> {
+        inbox_mark(conn, writes, &self.user, &self.rows, self.mark, self.at_ms)
+    }
+
+    fn request(job: Job<Self>) -> Request {
+        Request::InboxMark(job)
+    }
+}
+
+impl Write for InboxDelete {
+    type Output = InboxChunk;
+
+    fn run(
+        &self,
+        conn: &Connection,
+        writes: &mut StagingWrites<'_>,
+        _: &Retention,
+        _: i64,
+    ) -> Result<InboxChunk, StoreError> {
+        inbox_delete(conn, writes, &self.user, &self.rows)
+    }
+
+    fn request(job: Job<Self>) -> Request {
+        Request::InboxDelete(job)
+    }
+}
+
+impl Write for SettleAll {
+    type Output = ();
+
+    /// Nothing in the batch: the writer settles once the batch has committed.
+    fn run(
+        &self,
+        _: &Connection,
+        _: &mut StagingWrites<'_>,
+        _: &Retention,
+        _: i64,
+    ) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    fn request(job: Job<Self>) -> Request {
+        Request::SettleAll(job)
+    }
+}
+
+fn append(
+    conn: &Connection,
+    writes: &mut StagingWrites<'_>,
+    retention: &Retention,
+    now: i64,
+    entries: &[NewNotification],
+    key: Option<&str>,
+) -> Result<Appended, StoreError> {
+    if let Some(key) = key {
+        let found: Option<(i64, String)> = conn
+            .prepare_cached("SELECT created_at, receipt FROM idempotency WHERE key = ?1")
+            .and_then(|mut stmt| stmt.query_row([key], |row| Ok((row.get(0)?, row.get(1)?))).optional())
+            .map_err(db_error)?;
+        if let Some((created_at, receipt)) = found
+            && created_at >= crate::cutoff_ms(now, retention.idempotency_window)
+        {
+            let receipt = serde_json::from_str(&receipt)
+                .map_err(|e| StoreError::Corrupt(format!("receipt of idempotency key {key:?}: {e}")))?;
+            return Ok(Appended::Duplicate(receipt));
+        }
+    }
+
+    let mut stored = Vec::with_capacity(entries.len());
+    // Each touched user's row with `max_seq` kept up to date by this append (so its counts are
+    // the user's after it), to apply `max_per_user` once per user, and the users in the order
+    // they first appear, for the counts returned.
+    let mut heads: HashMap<UserId, UserRow> = HashMap::new();
+    let mut users: Vec<UserId> = Vec::new();
+    {
+        // The `users` row is only written for a new user: the notification joins the tail,
+        // which counts it as in the inbox, unread and unseen (see SCHEMA_V3). And it is staged,
+        // not inserted into the user's log (see `staging`).
+        let mut new_user = conn
+            .prepare_cached("INSERT INTO users (user, last_seq, pruned_through) VALUES (?1, 0, 0)")
+            .map_err(db_error)?;
+        for entry in entries {
+            let mut row = match heads.get(&entry.user) {
+                Some(row) => *row,
+                None => match writes.user_row(conn, &entry.user)? {
+                    Some(row) => row,
+                    None => {
+                        new_user.execute([entry.user.as_str()]).map_err(db_error)?;
+                        UserRow::default()
+                    }
+                },
+            };
+            let seq = row.head() + 1;
+            row.max_seq = seq;
+            let notification = Arc::new(Notification::new(
+                entry.user.clone(),
+                Some(seq_from_sql(seq)?),
+                Arc::clone(&entry.kind),
+                Arc::clone(&entry.data),
+                entry.created_at_ms,
+                entry.audience.clone(),
+            ));
+            writes.stage(conn, &notification, row)?;
+            if heads.insert(entry.user.clone(), row).is_none() {
+                users.push(entry.user.clone());
+            }
+            stored.push(notification);
+        }
+    }
+
+    let max_per_user = i64::try_from(retention.max_per_user).unwrap_or(i64::MAX);
+    let mut counts = Vec::with_capacity(users.len());
+    for user in users {
+        let row = heads[&user];
+        let bound = row.head().saturating_sub(max_per_user);
+        let user_counts = if bound > row.pruned_through {
+            prune_user_through(conn, writes, &user, row.pruned_through, bound)?;
+            read_counts(conn, user.as_str())?
+        } else {
+            // Nothing but this append changed the user's log since the row was read.
+            row.counts(user.as_str())?
+        };
+        counts.push((user, user_counts));
+    }
+
+    if let Some(key) = key {
+        let receipt = Receipt {
+            notifications: stored
+                .iter()
+                .map(|n| ReceiptEntry { user: n.user.clone(), seq: n.seq.unwrap_or_default() })
+                .collect(),
+            delivered: 0,
+        };
+        let receipt = serde_json::to_string(&receipt)
+            .map_err(|e| StoreError::Corrupt(format!("a receipt does not serialize: {e}")))?;
+        // An expired record of the same key is replaced: the key now stands for this publish.
+        conn.prepare_cached(
+            "INSERT INTO idempotency (key, created_at, receipt) VALUES (?1, ?2, ?3)
+             ON CONFLICT (key) DO UPDATE SET created_at = excluded.created_at, receipt = excluded.receipt",
+        )
+        .and_then(|mut stmt| stmt.execute(params![key, now, receipt]))
+        .map_err(db_error)?;
+    }
+    Ok(Appended::Stored { notifications: stored, counts })
+}
+
+/// Deletes `user`'s notifications with seq in `(from, through]`, takes them off the counts, and
+/// raises its `pruned_through` to `through` (never lowers it). Returns how many notifications
+/// went.
+fn prune_user_through(
+    conn: &Connection,
+    writes: &mut StagingWrites<'_>,
+    user: &UserId,
+    from: i64,
+    through: i64,
+) -> Result<u64, StoreError> {
+    writes.settle_user(conn, user)?;
+    let user = user.as_str();
+    fold_tail(conn, user)?;
+    let mut delta = CountsDelta::default();
+    let deleted = delete_rows(conn, user, from, through, &mut delta)?;
+    if !deleted.is_empty() {
+        apply_counts(conn, user, delta)?;
+    }
+    conn.prepare_cached("UPDATE users SET pruned_through = ?2 WHERE user = ?1 AND pruned_through < ?2")
+        .and_then(|mut stmt| stmt.execute(params![user, through]))
+        .map_err(db_error)?;
+    Ok(deleted.len() as u64)
+}
+
+/// Deletes `user`'s notifications with seq in `(from, through]` and adds what they counted for
+/// (by their states, as they are deleted) to `delta`, for the caller to apply. Returns the seqs
+/// deleted, ascending.
+fn delete_rows(
+    conn: &Connection,
+    user: &str,
+    from: i64,
+    through: i64,
+    delta: &mut CountsDelta,
+) -> Result<Vec<Seq>, StoreError> {
+    let mut seqs = conn
+        .prepare_cached(
+            "DELETE FROM notifications WHERE user = ?1 AND seq > ?2 AND seq <= ?3
+             RETURNING seq, seen_at, read_at, archived_at",
+        )
+        .and_then(|mut stmt| {
+            stmt.query_map(params![user, from, through], |row| {
+                Ok((row.get::<_, i64>(0)?, read_state(row, 1)?))
+            })?
+            .map(|row| {
+                row.map(|(seq, state)| {
+                    *delta += CountsDelta::between(Some(&state), None);
+                    seq
+                })
+            })
+            .collect::<rusqlite::Result<Vec<i64>>>()
+        })
+        .map_err(db_error)?
+        .into_iter()
+        .map(seq_from_sql)
+        .collect::<Result<Vec<Seq>, _>>()?;
+    // RETURNING gives no order.
+    seqs.sort_unstable();
+    Ok(seqs)
+}
+
+/// Marks the selected notifications of `user`: reads the state of each, computes the new one
+/// ([`ItemState::marked`], the same rule as every store), writes the rows that change and the
+/// counts' difference. A range takes at most [`INBOX_CHUNK_ROWS`] rows that the mark changes.
+fn inbox_mark(
+    conn: &Connection,
+    writes: &mut StagingWrites<'_>,
+    user: &UserId,
+    rows: &Rows,
+    mark: Mark,
+    at_ms: i64,
+) -> Result<InboxChunk, StoreError> {
+    writes.settle_user(conn, user)?;
+    let user = user.as_str();
+    fold_tail(conn, user)?;
+    let mut next_after = None;
+    let rows: Vec<(i64, ItemState)> = match rows {
+        Rows::Seqs(seqs) => {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT seen_at, read_at, archived_at FROM notifications WHERE user = ?1 AND seq = ?2",
+                )
+                .map_err(db_error)?;
+            let mut rows = Vec::with_capacity(seqs.len());
+            for &seq in seqs {
+                let seq = sql_seq(seq);
+                if let Some(state) = stmt
+                    .query_row(params![user, seq], |row| read_state(row, 0))
+                    .optional()
+                    .map_err(db_error)?
+                {
+                    rows.push((seq, state));
+                }
+            }
+            rows.sort_unstable_by_key(|(seq, _)| *seq);
+            rows.dedup_by_key(|(seq, _)| *seq);
+            rows
+        }
+        Rows::Range { after, through } => {
+            let rows: Vec<(i64, ItemState)> = conn
+                .prepare_cached(&format!(
+                    "SELECT seq, seen_at, read_at, archived_at FROM notifications
+                     WHERE user = ?1 AND seq > ?2 AND seq <= ?3 AND {} ORDER BY seq LIMIT ?4",
+                    // Exactly the rows the mark changes, so that every chunk makes progress.
+                    match mark {
+                        Mark::Read => "read_at IS NULL",
+                        Mark::Unread => "read_at IS NOT NULL",
+                        Mark::Seen => "seen_at IS NULL",
+                        Mark::Archived => "archived_at IS NULL",
+                        Mark::Unarchived => "archived_at IS NOT NULL",
+                    }
+                ))
+                .and_then(|mut stmt| {
+                    stmt.query_map(params![user, after, through, INBOX_CHUNK_ROWS], |row| {
+                        Ok((row.get(0)?, read_state(row, 1)?))
+                    })?
+                    .collect()
+                })
+                .map_err(db_error)?;
+            if rows.len() as i64 == INBOX_CHUNK_ROWS {
+                next_after = rows.last().map(|(seq, _)| *seq);
+            }
+            rows
+        }
+    };
+    let mut update = conn
+        .prepare_cached(
+            "UPDATE notifications SET seen_at = ?3, read_at = ?4, archived_at = ?5 WHERE user = ?1 AND seq = ?2",
+        )
+        .map_err(db_error)?;
+    let mut delta = CountsDelta::default();
+    let mut seqs = Vec::new();
+    for (seq, state) in rows {
+        let Some(next) = state.marked(mark, at_ms) else { continue };
+        update
+            .execute(params![user, seq, next.seen_at_ms, next.read_at_ms, next.archived_at_ms])
+            .map_err(db_error)?;
+        delta += CountsDelta::between(Some(&state), Some(&next));
+        seqs.push(seq_from_sql(seq)?);
+    }
+    let counts = if seqs.is_empty() { read_counts(conn, user)? } else { apply_counts(conn, user, delta)? };
+    Ok(InboxChunk { change: InboxChange { seqs, counts }, next_after })
+}
+
+/// Deletes the selected notifications of `user` and takes them off the counts. Leaves
+/// `pruned_through` alone: a deletion is not retention. A range takes at most
+/// [`INBOX_CHUNK_ROWS`] rows.
+fn inbox_delete(
+    conn: &Connection,
+    writes: &mut StagingWrites<'_>,
+    user: &UserId,
+    rows: &Rows,
+) -> Result<InboxChunk, StoreError> {
+    writes.settle_user(conn, user)?;
+    let user = user.as_str();
+    fold_tail(conn, user)?;
+    let mut delta = CountsDelta::default();
+    let mut next_after = None;
+    let seqs = match rows {
+        Rows::Range { after, through } => {
+            // The last seq of this chunk: the INBOX_CHUNK_ROWS-th stored one, if there are that many.
+            let chunk_end: Option<i64> = conn
+                .prepare_cached(
+                    "SELECT seq FROM notifications WHERE user = ?1 AND seq > ?2 AND seq <= ?3
+                     ORDER BY seq LIMIT 1 OFFSET ?4",
+                )
+                .and_then(|mut stmt| {
+                    stmt.query_row(params![user, after, through, INBOX_CHUNK_ROWS - 1], |row| row.get(0))
+                        .optional()
+                })
+                .map_err(db_error)?;
+            let end = match chunk_end {
+                Some(end) if end < *through => {
+                    next_after = Some(end);
+                    end
+                }
+                _ => *through,
+            };
+            delete_rows(conn, user, *after, end, &mut delta)?
+        }
+        Rows::Seqs(seqs) => {
+            let mut deleted = Vec::new();
+            for &seq in seqs {
+                let seq = sql_seq(seq);
+                if seq > 0 {
+                    deleted.extend(delete_rows(conn, user, seq - 1, seq, &mut delta)?);
+                }
+            }
+            deleted.sort_unstable();
+            deleted.dedup();
+            deleted
+        }
+    };
+    let counts = if seqs.is_empty() { read_counts(conn, user)? } else { apply_counts(conn, user, delta)? };
+    Ok(InboxChunk { change: InboxChange { seqs, counts }, next_after })
+}
+
+fn complete_receipt(conn: &Connection, key: &str, receipt: &str) -> Result<(), StoreError> {
+    // No row: the key was pruned meanwhile; a later repeat is a new publish, as the window says.
+    conn.prepare_cached("UPDATE idempotency SET receipt = ?2 WHERE key = ?1")
+        .and_then(|mut stmt| stmt.execute(params![key, receipt]))
+        .map_err(db_error)?;
+    Ok(())
+}
+
+/// One bounded chunk of `prune`.
+///
+/// Up to [`PRUNE_CHUNK_ROWS`] expired notifications are selected (through the `created_at`
+/// index); for each user among them, every seq up to the highest one selected goes, also ones
+/// stamped later (clocks step back), so that retention removes a prefix of the log and
+/// `pruned_through` keeps its meaning: everything up to it is gone. Each user's counts lose what
+/// the removed notifications counted for, and the chunk reports them.
+fn prune_chunk(
+    conn: &Connection,
+    writes: &mut StagingWrites<'_>,
+    notifications_before: i64,
+    keys_before: i64,
+    revocations_before: i64,
+) -> Result<PrunedChunk, StoreError> {
+    writes.settle_older_than(conn, notifications_before)?;
+    let expired: Vec<(String, i64, i64)> = conn
+        .prepare_cached(
+            "SELECT user, MAX(seq), COUNT(*) FROM (
+                 SELECT user, seq FROM notifications WHERE created_at < ?1 LIMIT ?2
+             ) GROUP BY user",
+        )
+        .and_then(|mut stmt| {
+            stmt.query_map(params![notifications_before, PRUNE_CHUNK_ROWS], |row| {
+                Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+            })?
+            .collect()
+        })
+        .map_err(db_error)?;
+    let mut selected = 0;
+    let mut notifications = 0;
+    let mut inboxes = Vec::with_capacity(expired.len());
+    for (user, through, count) in expired {
+        selected += count;
+        let user =
+            UserId::new(user).map_err(|e| StoreError::Corrupt(format!("user id in the store: {e}")))?;
+        notifications += prune_user_through(conn, writes, &user, 0, through)?;
+        // Any staged rows of the user were settled by the prune: SQLite's counts are all of them.
+        let counts = read_counts(conn, user.as_str())?;
+        inboxes.push(PrunedInbox { user, through: seq_from_sql(through)?, counts });
+    }
+
+    let idempotency_keys = conn
+        .prepare_cached(
+            "DELETE FROM idempotency WHERE rowid IN (
+                 SELECT rowid FROM idempotency WHERE created_at < ?1 LIMIT ?2
+             )",
+        )
+        .and_then(|mut stmt| stmt.execute(params![keys_before, PRUNE_CHUNK_ROWS]))
+        .map_err(db_error)? as i64;
+
+    // Every token these refuse has expired (see `Retention::revocation_window`).
+    let revocations = conn
+        .prepare_cached(
+            "DELETE FROM revocations WHERE (user, session) IN (
+                 SELECT user, session FROM revocations WHERE closed_at < ?1 LIMIT ?2
+             )",
+        )
+        .and_then(|mut stmt| stmt.execute(params![revocations_before, PRUNE_CHUNK_ROWS]))
+        .map_err(db_error)? as i64;
+
+    Ok(PrunedChunk {
+        notifications,
+        idempotency_keys: idempotency_keys as u64,
+        revocations: revocations as u64,
+        inboxes,
+        done: selected < PRUNE_CHUNK_ROWS
+            && idempotency_keys < PRUNE_CHUNK_ROWS
+            && revocations < PRUNE_CHUNK_ROWS,
+    })
+}
+
+/// The session column of `revocations`: `''` for all sessions.
+fn revocation_session(session: Option<&SessionId>) -> &str {
+    session.map_or("", SessionId::as_str)
+}
+
+/// Records a close, keeping the latest one of the user and session.
+fn revoke(
+    conn: &Connection,
+    user: &UserId,
+    session: Option<&SessionId>,
+    closed_at_secs: i64,
+) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO revocations (user, session, closed_at) VALUES (?1, ?2, ?3)
+         ON CONFLICT (user, session) DO UPDATE SET closed_at = MAX(closed_at, excluded.closed_at)",
+    )
+    .and_then(|mut stmt| stmt.execute(params![user.as_str(), revocation_session(session), closed_at_secs]))
+    .map_err(db_error)?;
+    Ok(())
+}
+
+/// Folds `user`'s tail into its `users` row: its counts and `last_seq` then describe the whole
+/// log. Every write but an append does this first, so that the tail stays what appends made it
+/// (consecutive seqs, unread, unseen, not archived) and the row's counts can be adjusted by the
+/// states of the rows a write changes.
+fn fold_tail(conn: &Connection, user: &str) -> Result<(), StoreError> {
+    // Read first, then a plain update: `MAX(seq)` inside the UPDATE's own expression would not
+    // get SQLite's min/max optimization and would walk the user's whole log.
+    let Some(row) = read_user_row(conn, user)? else { return Ok(()) };
+    let tail = row.tail();
+    if tail == 0 {
+        return Ok(());
+    }
+    conn.prepare_cached(
+        "UPDATE users SET total = total + ?2, unread = unread + ?2, unseen = unseen + ?2,
+             inbox_version = inbox_version + ?2, last_seq = ?3
+         WHERE user = ?1",
+    )
+    .and_then(|mut stmt| stmt.execute(params![user, tail, row.max_seq]))
+    .map_err(db_error)?;
+    Ok(())
+}
+
+/// Adds `delta` to `user`'s counts and one to its version; returns the new counts. The caller
+/// folded the tail first ([`fold_tail`]).
+fn apply_counts(conn: &Connection, user: &str, delta: CountsDelta) -> Result<InboxCounts, StoreError> {
+    conn.prepare_cached(
+        "UPDATE users SET total = total + ?2, unread = unread + ?3, unseen = unseen + ?4,
+             archived = archived + ?5, inbox_version = inbox_version + 1
+         WHERE user = ?1",
+    )
+    .and_then(|mut stmt| stmt.execute(params![user, delta.total, delta.unread, delta.unseen, delta.archived]))
+    .map_err(db_error)?;
+    read_counts(conn, user)
+}
