@@ -13,5 +13,5 @@ secs="${1:-60}"
 shift || true
 export HERALD_FUZZ_SECS="$secs"
 filters=("$@")
-cargo test --release -p herald-server --test fuzz -- --nocapture --test-threads=9 "${filters[@]}" 2>&1 \
-  | grep -E '^(fuzz |test |thread |fuzz target|minimal failing input|test result)' 
+# Unfiltered: a failure's smallest input spans many lines (a filter once cut it off).
+RUST_BACKTRACE=0 cargo test --release -p herald-server --test fuzz -- --nocapture --test-threads=9 "${filters[@]}"

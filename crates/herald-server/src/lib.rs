@@ -153,7 +153,11 @@ pub fn start_with_tls(
                     "WebSockets still open after the shutdown grace period"
                 );
             }
+            // Waited for, not only aborted: the task holds the app (and with it the store and
+            // its data-dir lock) until it is dropped, and whoever stops the server may reopen
+            // the store right after (a restart test once found it still locked).
             maintenance.abort();
+            let _ = maintenance.await;
             Ok(())
         })
     };

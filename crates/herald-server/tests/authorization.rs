@@ -47,9 +47,11 @@ fn user(i: usize) -> String {
     format!("user{i}")
 }
 
-/// The marker in every notification of user `i`; no marker contains another.
+/// The marker in every notification of user `i`; no marker contains another, and none can
+/// occur by chance in a random id or token (`~` is not in base64url: `mk5x` once turned up
+/// inside a random client id).
 fn marker(i: usize) -> String {
-    format!("mk{i}x")
+    format!("~mk{i}~")
 }
 
 /// A session closed (signed out) for every user at the start.

@@ -364,6 +364,18 @@ fn jwt() {
     });
 }
 
+/// Regression (found by `resume_point` with HERALD_FUZZ_SEED=3810436111512312236): a
+/// `Last-Event-ID` of a non-ASCII space (NBSP, `C2 A0`) is not blank: it is refused.
+#[test]
+fn last_event_id_header_of_a_non_ascii_space_is_refused() {
+    let mut headers = axum::http::HeaderMap::new();
+    headers.insert("last-event-id", axum::http::HeaderValue::from_bytes(&[0xc2, 0xa0]).unwrap());
+    let got = herald_server::transport::resume_point(None, &headers);
+    assert_eq!(got.map_err(|e| e.code), Err("invalid_last_event_id"));
+    headers.insert("last-event-id", axum::http::HeaderValue::from_static(" \t "));
+    assert_eq!(herald_server::transport::resume_point(None, &headers).map_err(|e| e.code), Ok(None));
+}
+
 /// `?last_event_id=` (or the `Last-Event-ID` header): a whole number is that seq, blank is
 /// none, anything else 400 `invalid_last_event_id`; `?inbox=` likewise with `invalid_query`.
 #[test]
@@ -382,13 +394,20 @@ fn resume_point() {
                 headers.insert("last-event-id", value);
             }
             let got = herald_server::transport::resume_point(query.as_deref(), &headers);
+            // A header value is text only if it is visible ASCII (HTTP's rule, and the server's):
+            // `Last-Event-ID: <NBSP>` is refused, not read as blank (the fuzzer found this
+            // oracle reading it, as UTF-8, as blank).
             let given: Option<Vec<u8>> = match &query {
                 Some(q) => Some(q.as_bytes().to_vec()),
                 None if use_header => header_value.map(|v| v.as_bytes().to_vec()),
                 None => None,
             };
+            let header_text = query.is_none();
             match given {
                 None => prop_assert!(matches!(got, Ok(None))),
+                Some(bytes) if header_text && !bytes.is_ascii() => {
+                    prop_assert_eq!(got.map_err(|e| e.code), Err("invalid_last_event_id"))
+                }
                 Some(bytes) => match std::str::from_utf8(&bytes).map(str::trim) {
                     Ok("") => prop_assert!(matches!(got, Ok(None))),
                     Ok(text) => match text.parse::<u64>() {
