@@ -161,6 +161,7 @@ pub fn router(app: Arc<App>) -> Router {
                 "this route does not take that method",
             )
         })
+        .layer(axum::middleware::from_fn(caps::slow_refusals))
         .layer(axum::middleware::from_fn_with_state(app.clone(), origin::web_headers))
         .with_state(app)
 }

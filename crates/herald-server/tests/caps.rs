@@ -7,12 +7,12 @@
 
 mod support;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use herald_core::{Limits, Retention};
 use herald_server::ServerSettings;
-use herald_server::caps::Caps;
+use herald_server::caps::{CONNECTIONS_RETRY_AFTER_SECS, Caps, REFUSAL_DELAY};
 use serde_json::{Value, json};
 use support::{API_KEY, EVENT_WAIT, Sse, TestServer, assert_error, memory};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -112,7 +112,33 @@ fn assert_refused(got: &(u16, Option<String>, Value), status: u16, code: &str) {
     let (got_status, retry_after, body) = got;
     assert_error(&(*got_status, body.clone()), status, code);
     let secs: u64 = retry_after.as_deref().expect("no Retry-After").parse().unwrap();
-    assert!(secs >= 1, "Retry-After: {secs}");
+    // A 429's Retry-After is lowered by the refusal delay it already waited (to 0 at least).
+    if *got_status != 429 {
+        assert!(secs >= 1, "Retry-After: {secs}");
+    }
+}
+
+/// A `429` is answered only after `REFUSAL_DELAY`, on the lean path and through the router, with
+/// `Retry-After` lowered by as much: a client that retries at once is slowed to one request per
+/// connection per delay, and its refusals stop taking the CPU other users need.
+#[tokio::test]
+async fn a_refusal_is_answered_after_the_refusal_delay_with_retry_after_lowered() {
+    let server = server_with(Caps { ip_connections_max: 1, ..caps_off() }).await;
+    let token = server.token("alice", None);
+    let held = stream(&server, &token, &[]).await;
+    assert_eq!(held.status(), 200);
+    let expected_retry_after = (CONNECTIONS_RETRY_AFTER_SECS - REFUSAL_DELAY.as_secs()).to_string();
+    // A stream on a fresh connection takes the lean path; a poll goes through the router.
+    for path in ["/v1/stream", "/v1/poll?timeout=0"] {
+        let started = Instant::now();
+        let response = fresh().get(format!("{}{path}", server.url)).bearer_auth(&token).send().await.unwrap();
+        let elapsed = started.elapsed();
+        let (status, retry_after, body) = refused(response).await;
+        assert_error(&(status, body), 429, "too_many_connections");
+        assert!(elapsed >= REFUSAL_DELAY, "{path}: refused after {elapsed:?}");
+        assert_eq!(retry_after.as_deref(), Some(expected_retry_after.as_str()), "{path}");
+    }
+    drop(held);
 }
 
 /// Opens `/v1/ws` with `token` and `headers`; `Err(status)` if the handshake is refused.
@@ -285,7 +311,16 @@ async fn subscriber_requests_of_one_address_are_rate_limited_and_the_publisher_a
     }
     assert_eq!(statuses[..3], [200, 200, 200], "{statuses:?}");
     assert_refused(refusal.as_ref().expect("never rate limited"), 429, "rate_limited");
-    // A stream open counts as a request of its address too (the lean path refuses it).
+    // Each refusal waited a second (REFUSAL_DELAY), in which the rate gave a request back: take
+    // it, then a stream open counts as a request of its address too (the lean path refuses it).
+    let mut taken = false;
+    for _ in 0..3 {
+        if counts("10.0.0.1").await.unwrap().status() == 200 {
+            taken = true;
+            break;
+        }
+    }
+    assert!(taken, "the rate never gave a request back");
     assert_refused(
         &refused(stream(&server, &token, &[("x-forwarded-for", "10.0.0.1")]).await).await,
         429,
@@ -379,8 +414,8 @@ async fn inbox_changes_of_one_user_are_rate_limited_and_others_are_not() {
 
 /// Connections of the flood.
 const FLOOD_CONNECTIONS: usize = 16;
-/// Marks sent on each.
-const FLOOD_MARKS_PER_CONNECTION: usize = 40;
+/// Marks sent on each (each refusal takes `REFUSAL_DELAY`: this keeps the test to seconds).
+const FLOOD_MARKS_PER_CONNECTION: usize = 12;
 
 #[tokio::test]
 async fn a_flood_of_marks_from_one_address_leaves_another_user_served() {
