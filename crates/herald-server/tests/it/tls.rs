@@ -1,7 +1,7 @@
 //! Built-in TLS: HTTPS with HTTP/2 for clients that offer it (every tab of a browser on one
 //! connection), HTTP/1.1 (lean stream path, WebSocket) for the others, and certificate reloads.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::sync::Arc;

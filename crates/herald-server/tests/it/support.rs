@@ -2,8 +2,6 @@
 //! over real sockets. The SSE reader here is deliberately separate from `herald-client`'s, so the
 //! tests check the bytes the server sends, not one parser against itself.
 
-#![allow(dead_code)]
-
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -73,7 +71,6 @@ pub const STREAM_PATHS: [StreamPath; 2] = [StreamPath::Lean, StreamPath::Hyper];
 
 /// Defines a scenario `async fn name(path: StreamPath) { … }` as a module `name` holding two
 /// tests, `name::lean_path` and `name::hyper_path`.
-#[macro_export]
 macro_rules! on_both_stream_paths {
     ($(#[$meta:meta])* async fn $name:ident($path:ident: StreamPath) $body:block) => {
         $(#[$meta])*
@@ -282,18 +279,8 @@ impl TestServer {
         answer(response).await
     }
 
-    /// `GET /v1/stream?{query}` with `token` (if any) and `Last-Event-ID` (if any) on
-    /// [`TestServer::stream_path`], unchecked.
-    pub async fn stream_request(
-        &self,
-        token: Option<&str>,
-        query: &str,
-        last_event_id: Option<&str>,
-    ) -> StreamResponse {
-        self.stream_request_via(self.stream_path, token, query, last_event_id).await
-    }
-
-    /// Like [`TestServer::stream_request`] on `path`. Checks that the server took that path.
+    /// `GET /v1/stream?{query}` with `token` (if any) and `Last-Event-ID` (if any) on `path`,
+    /// unchecked but for the path taken.
     pub async fn stream_request_via(
         &self,
         path: StreamPath,
