@@ -47,9 +47,11 @@ fn user(i: usize) -> String {
     format!("user{i}")
 }
 
-/// The marker in every notification of user `i`; no marker contains another.
+/// The marker in every notification of user `i`; no marker contains another, and none can
+/// occur in an id the server makes: its dots are not in base64url, the alphabet of client ids
+/// (`mk1x` could, and did: client `…Lo3fmk1x9NGAVE` of user3 read as user1's data).
 fn marker(i: usize) -> String {
-    format!("mk{i}x")
+    format!("mk.{i}.")
 }
 
 /// A session closed (signed out) for every user at the start.
