@@ -5,7 +5,8 @@
 //! [`router`], and publish with [`App::notifier`] from anywhere. `herald serve` is [`serve`].
 //!
 //! # Layout
-//! - [`app`]: [`App`], the shared state, and [`router`], the routes.
+//! - [`app`]: [`App`], the shared state, and [`ServerSettings`].
+//! - `routes`: [`router`], the route table.
 //! - [`config`]: [`ServeArgs`] (options and env vars) and [`config::Credentials`] (dev mode).
 //! - [`auth`]: subscriber tokens (HS256 JWT) and the publishers' API key.
 //! - [`origin`]: which web pages may use the cookie (the origin check), CORS for the allowed
@@ -15,7 +16,8 @@
 //!   only code that knows the wire format of events.
 //! - [`api`]: `POST /v1/notify`, `/v1/inbox…` and `/v1/users/{user}/…`.
 //! - [`error`]: [`ApiError`], the JSON errors, and extractors that answer with them.
-//! - [`query`]: reading query parameters, one rule for every route.
+//! - [`query`]: reading query parameters, one rule for every route (a leaf).
+//! - `response`: JSON answers, for the API, the long-poll transport and the demo (a leaf).
 //! - `assets`: `GET /herald.js` and `/herald.d.ts`, the browser client (`clients/js/`).
 //! - `guarded`: `GuardedSocket`, every connection's socket, whose writes must make progress (a
 //!   peer that stops reading is dropped), and `StreamEnd`, how a connection learns that the hub
@@ -34,6 +36,8 @@ pub mod error;
 mod guarded;
 pub mod origin;
 pub mod query;
+mod response;
+mod routes;
 pub mod tls;
 pub mod transport;
 
@@ -48,9 +52,10 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::task::TaskTracker;
 
-pub use app::{App, ServerSettings, router};
+pub use app::{App, ServerSettings};
 pub use config::ServeArgs;
 pub use error::ApiError;
+pub use routes::router;
 
 use config::{Credentials, CredentialsSource};
 
