@@ -10,6 +10,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::{Auth, TokenRules};
 use crate::caps::{Caps, Limiter};
+use crate::embed::BusFactory;
 use crate::origin::AllowedOrigins;
 
 /// Server settings that are not limits of the core.
@@ -22,7 +23,7 @@ pub struct ServerSettings {
     pub dev_mode: bool,
     /// Serve the demo at `/demo`, with its dev-only endpoints (minting tokens, publishing,
     /// presence, all without credentials). Honoured only together with `dev_mode`;
-    /// [`crate::serve`] sets it when in dev mode and listening on a loopback address.
+    /// `herald serve` sets it when in dev mode and listening on a loopback address.
     pub demo: bool,
     /// Origins besides Herald's own whose pages may use the `herald_token` cookie and get CORS
     /// headers (see [`crate::origin`]).
@@ -66,7 +67,9 @@ impl Default for ServerSettings {
     }
 }
 
-/// Everything the handlers share.
+/// Everything the handlers share. Built by [`crate::Herald::builder`] only (hence
+/// `non_exhaustive`): an app without its upkeep would serve streams that never expire.
+#[non_exhaustive]
 pub struct App {
     pub notifier: Notifier,
     pub hub: Hub,
@@ -90,9 +93,11 @@ impl std::fmt::Debug for App {
 }
 
 impl App {
-    /// An app over `store`, on one node (a [`LocalBus`]).
-    pub fn new(
+    /// An app over `store`, with `bus` made over its hub (one node's [`LocalBus`] when `None`).
+    /// Only [`crate::HeraldBuilder::build`] makes one, and starts its upkeep with it.
+    pub(crate) fn new(
         store: Arc<dyn Store>,
+        bus: Option<BusFactory>,
         limits: Limits,
         secret: &[u8],
         api_key: &[u8],
@@ -102,7 +107,10 @@ impl App {
         // valid across restarts and on every node that shares the secret.
         let client_id_key = Sha256::new_with_prefix(b"herald client ids\0").chain_update(secret).finalize();
         let hub = Hub::new(limits, ClientIdMinter::new(&client_id_key));
-        let bus: Arc<dyn Bus> = Arc::new(LocalBus::new(hub.clone()));
+        let bus: Arc<dyn Bus> = match bus {
+            Some(make) => make(&hub),
+            None => Arc::new(LocalBus::new(hub.clone())),
+        };
         let notifier = Notifier::new(store.clone(), bus, hub.clone());
         Arc::new(Self {
             notifier,

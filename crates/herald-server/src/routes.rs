@@ -1,5 +1,8 @@
 //! The route table: every path Herald answers, its method, its handler, and the layers around
 //! them (the per-address caps on subscriber routes, the web headers on every answer).
+//!
+//! **API Boundary:** what [`router`] returns is all of Herald's HTTP surface; an embedding app
+//! gets it from [`crate::Herald::router`], which also runs the upkeep the routes rely on.
 
 use std::sync::Arc;
 

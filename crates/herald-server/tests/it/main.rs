@@ -14,6 +14,7 @@ mod bad_input;
 mod basics;
 mod caps;
 mod connection;
+mod embed;
 mod fuzz;
 mod inbox;
 mod limits;
