@@ -19,7 +19,7 @@
 //! Leaves first, then what uses them:
 //! - [`error`]: [`ApiError`], the JSON errors, and extractors that answer with them.
 //! - [`query`]: reading query parameters (one number rule for every route); `response`: JSON
-//!   answers. The two leaves every handler uses.
+//!   answers. With `error`, what every handler uses, and nothing above them.
 //! - [`config`]: the data dir's files and [`config::Credentials`] (dev mode).
 //! - [`auth`]: subscriber tokens (HS256 JWT) and the publishers' API key.
 //! - [`origin`]: which web pages may use the cookie (the origin check), CORS for the allowed

@@ -1,8 +1,8 @@
 //! JSON answers, built in one place: the API, the long-poll transport and the demo all answer
 //! with them, so none of them borrows a helper from another layer.
 //!
-//! A leaf module: it uses no other module of the server. (Requests are read by
-//! [`crate::query`], the other leaf; refusals are [`crate::ApiError`]s.)
+//! A leaf module: it uses no other module of the server. (Query parameters are read by
+//! [`crate::query`]; refusals are [`crate::ApiError`]s.)
 
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
