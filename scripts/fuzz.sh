@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs the fuzz targets (crates/herald-server/tests/fuzz.rs) longer than `cargo test` does:
+# Runs the fuzz targets (crates/herald-server/tests/it/fuzz.rs) longer than `cargo test` does:
 # every target for SECS seconds (default 60), all at once (one test thread each), in release.
 # Each prints its case count and its seed; a failure prints the seed and the smallest input
 # found (rerun it with HERALD_FUZZ_SEED=<seed> and the target's name).
@@ -12,6 +12,11 @@ cd "$(dirname "$0")/.."
 secs="${1:-60}"
 shift || true
 export HERALD_FUZZ_SECS="$secs"
-filters=("$@")
+# The targets are the `fuzz` module of the integration tests' one binary (`it`).
+if (($#)); then
+  filters=(--exact "${@/#/fuzz::}")
+else
+  filters=(fuzz::)
+fi
 # Unfiltered: a failure's smallest input spans many lines (a filter once cut it off).
-RUST_BACKTRACE=0 cargo test --release -p herald-server --test fuzz -- --nocapture --test-threads=9 "${filters[@]}"
+RUST_BACKTRACE=0 cargo test --release -p herald-server --test it -- --nocapture --test-threads=9 "${filters[@]}"

@@ -9,15 +9,21 @@
 //! the figures.
 //!
 //! # Layout
-//! - [`run`]: the parent process: workers, phases, drain, accounting, the result.
-//! - [`worker`]: a worker process and the subscriber kinds.
-//! - [`publish`]: publishers and phase specs.
-//! - [`verify`]: exactly-once accounting per (publish id, client).
-//! - [`proto`]: the parent ↔ worker messages.
-//! - [`http`], [`wire`]: a minimal HTTP/1.1 client, chunked decoding, SSE splitting, payloads.
-//! - [`procstat`]: server RSS, PSS and CPU from `/proc`.
-//! - [`stats`], [`report`], [`compare`]: histograms, the result and its tables.
+//! Leaves first, then what uses them:
 //! - [`sys`]: the clock, the open-files limit, sockets bound to a loopback source address.
+//! - [`stats`]: latency histograms.
+//! - [`verify`]: exactly-once accounting per (publish id, client).
+//! - [`wire`], [`http`]: payloads, SSE splitting and chunked decoding; a minimal HTTP/1.1 client.
+//! - [`procstat`]: server RSS, PSS and CPU from `/proc`.
+//! - [`proto`] and [`worker`]: the parent ↔ worker messages, and a worker process with its
+//!   subscriber kinds.
+//! - [`publish`]: publishers and phase specs.
+//! - [`report`]: the result and its tables.
+//! - [`run`]: the parent process: workers, phases, drain, accounting, the result.
+//! - [`compare`]: several results in one table, with ratios.
+
+// Unsafe only in `sys`, the generator's few system calls, each with its `SAFETY:`.
+#![deny(unsafe_code)]
 
 pub mod compare;
 pub mod http;
@@ -27,6 +33,7 @@ pub mod publish;
 pub mod report;
 pub mod run;
 pub mod stats;
+#[allow(unsafe_code)] // clock_gettime, getrlimit, setrlimit, sysconf, setsockopt: no safe wrappers in libc.
 pub mod sys;
 pub mod verify;
 pub mod wire;

@@ -1,5 +1,7 @@
 //! `herald-bench`: see the crate documentation of `herald_bench`.
 
+#![forbid(unsafe_code)]
+
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use herald_bench::report::RunResult;
 use herald_core::{Limits, Retention};
-use herald_server::{App, ServerSettings};
+use herald_server::{Herald, ServerSettings};
 use herald_store::MemoryStore;
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::net::TcpListener;
@@ -64,22 +64,19 @@ fn start_herald(rt: &tokio::runtime::Runtime) -> (String, herald_server::Running
     rt.block_on(async {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let store = Arc::new(MemoryStore::new(Retention::default()));
-        let app = App::new(
-            store,
-            Limits::default(),
-            SECRET.as_bytes(),
-            API_KEY.as_bytes(),
+        let herald = Herald::builder(store, SECRET, API_KEY)
+            .limits(Limits::default())
             // The bench's clients come from a few loopback addresses: no per-address caps.
-            ServerSettings {
+            .settings(ServerSettings {
                 caps: herald_server::caps::Caps {
                     ip_connections_max: 0,
                     ip_requests_per_sec: 0,
                     ..Default::default()
                 },
                 ..ServerSettings::default()
-            },
-        );
-        let server = herald_server::start(app, listener).unwrap();
+            })
+            .build();
+        let server = herald_server::start(herald, listener).unwrap();
         (format!("http://{}", server.addr), server)
     })
 }

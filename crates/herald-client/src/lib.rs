@@ -3,17 +3,20 @@
 //! CLI and the integration tests use it; so can any Rust app.
 //!
 //! # Layout
+//! In reading order, each module using only those above it:
+//! - [`types`]: the JSON bodies: [`To`], [`PublishRequest`], [`Notification`], [`Event`]…
+//! - [`error`]: the error type, [`ClientError`].
+//! - [`token`]: [`mint_token`], the HS256 subscriber token, and its [`Claims`].
+//! - [`sse`]: [`SseParser`], an incremental, bounded `text/event-stream` parser.
+//! - `http`: what the handles share: the base URL and its routes, the HTTP client's settings,
+//!   and reading answers within bounds.
+//! - [`inbox`]: [`Inbox`], a user's inbox: counts, pages, marks, deletions.
 //! - [`publisher`]: [`Publisher`], the publishers' API (API key): publish, presence, stored
 //!   notifications, closing sessions, any user's [`Inbox`].
-//! - [`inbox`]: [`Inbox`], a user's inbox: counts, pages, marks, deletions.
 //! - [`subscriber`]: [`Subscriber`], one client's API (token): an SSE [`EventStream`] of
 //!   [`Event`]s, long-polls, and its user's own [`Inbox`].
 //! - [`listener`]: [`Listener`], a subscriber that resumes by itself after a dropped connection,
 //!   with backoff, and never yields a durable notification twice.
-//! - [`token`]: [`mint_token`], the HS256 subscriber token, and its [`Claims`].
-//! - [`types`]: the JSON bodies: [`To`], [`PublishRequest`], [`Notification`], [`Event`]…
-//! - [`sse`]: [`SseParser`], an incremental, bounded `text/event-stream` parser.
-//! - [`error`]: the error type, [`ClientError`].
 //!
 //! # Example
 //!
@@ -43,6 +46,8 @@
 //! ```
 //!
 //! Only plain HTTP is built in; the `rustls-tls` feature adds HTTPS.
+
+#![forbid(unsafe_code)]
 
 pub mod error;
 mod http;

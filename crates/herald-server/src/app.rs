@@ -1,20 +1,17 @@
-//! [`App`]: the state every handler shares, and [`router`], the HTTP routes.
+//! [`App`]: the state every handler shares, and [`ServerSettings`], the server's settings that
+//! are not limits of the core. The routes are in [`crate::routes`].
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
-use axum::http::StatusCode;
-use axum::routing::{delete, get, post};
 use herald_core::{Bus, ClientIdMinter, Hub, Limits, LocalBus, Notifier, Store};
 use sha2::{Digest, Sha256};
 use tokio_util::task::TaskTracker;
 
 use crate::auth::{Auth, TokenRules};
-use crate::caps::{self, Caps, Limiter};
-use crate::error::ApiError;
+use crate::caps::{Caps, Limiter};
+use crate::embed::BusFactory;
 use crate::origin::AllowedOrigins;
-use crate::{api, assets, demo, origin, transport};
 
 /// Server settings that are not limits of the core.
 #[derive(Debug, Clone)]
@@ -26,7 +23,7 @@ pub struct ServerSettings {
     pub dev_mode: bool,
     /// Serve the demo at `/demo`, with its dev-only endpoints (minting tokens, publishing,
     /// presence, all without credentials). Honoured only together with `dev_mode`;
-    /// [`crate::serve`] sets it when in dev mode and listening on a loopback address.
+    /// `herald serve` sets it when in dev mode and listening on a loopback address.
     pub demo: bool,
     /// Origins besides Herald's own whose pages may use the `herald_token` cookie and get CORS
     /// headers (see [`crate::origin`]).
@@ -70,7 +67,9 @@ impl Default for ServerSettings {
     }
 }
 
-/// Everything the handlers share.
+/// Everything the handlers share. Built by [`crate::Herald::builder`] only (hence
+/// `non_exhaustive`): an app without its upkeep would serve streams that never expire.
+#[non_exhaustive]
 pub struct App {
     pub notifier: Notifier,
     pub hub: Hub,
@@ -94,9 +93,11 @@ impl std::fmt::Debug for App {
 }
 
 impl App {
-    /// An app over `store`, on one node (a [`LocalBus`]).
-    pub fn new(
+    /// An app over `store`, with `bus` made over its hub (one node's [`LocalBus`] when `None`).
+    /// Only [`crate::HeraldBuilder::build`] makes one, and starts its upkeep with it.
+    pub(crate) fn new(
         store: Arc<dyn Store>,
+        bus: Option<BusFactory>,
         limits: Limits,
         secret: &[u8],
         api_key: &[u8],
@@ -106,7 +107,10 @@ impl App {
         // valid across restarts and on every node that shares the secret.
         let client_id_key = Sha256::new_with_prefix(b"herald client ids\0").chain_update(secret).finalize();
         let hub = Hub::new(limits, ClientIdMinter::new(&client_id_key));
-        let bus: Arc<dyn Bus> = Arc::new(LocalBus::new(hub.clone()));
+        let bus: Arc<dyn Bus> = match bus {
+            Some(make) => make(&hub),
+            None => Arc::new(LocalBus::new(hub.clone())),
+        };
         let notifier = Notifier::new(store.clone(), bus, hub.clone());
         Arc::new(Self {
             notifier,
@@ -118,50 +122,4 @@ impl App {
             ws_connections: TaskTracker::new(),
         })
     }
-}
-
-/// The HTTP routes of Herald.
-pub fn router(app: Arc<App>) -> Router {
-    let demo = app.settings.dev_mode && app.settings.demo;
-    // Subscriber routes, under the per-address caps (see `caps`): the long ones hold one of the
-    // address's connections, the short ones only count against its rate.
-    let subscriber_connections = Router::new()
-        .route("/v1/stream", get(transport::sse::stream))
-        .route("/v1/ws", get(transport::ws::ws))
-        .route("/v1/poll", get(transport::poll::poll))
-        .route_layer(axum::middleware::from_fn_with_state(app.clone(), caps::limit_connections));
-    let subscriber_requests = Router::new()
-        .route("/v1/inbox", get(api::inbox::list).delete(api::inbox::delete_all))
-        .route("/v1/inbox/counts", get(api::inbox::counts))
-        .route("/v1/inbox/mark", post(api::inbox::mark))
-        .route("/v1/inbox/{seq}", delete(api::inbox::delete_one))
-        .route_layer(axum::middleware::from_fn_with_state(app.clone(), caps::limit_requests));
-    let router = Router::new()
-        .merge(subscriber_connections)
-        .merge(subscriber_requests)
-        .route("/healthz", get(|| async { axum::Json(serde_json::json!({ "status": "ok" })) }))
-        .route("/v1/notify", post(api::publish::notify))
-        .route("/v1/users/{user}/presence", get(api::users::presence))
-        .route("/v1/users/{user}/notifications", get(api::users::notifications))
-        .route("/v1/users/{user}/sessions", delete(api::users::close_all_sessions))
-        .route("/v1/users/{user}/sessions/{session}", delete(api::users::close_session))
-        .route("/v1/users/{user}/inbox", get(api::inbox::user_list).delete(api::inbox::user_delete_all))
-        .route("/v1/users/{user}/inbox/counts", get(api::inbox::user_counts))
-        .route("/v1/users/{user}/inbox/mark", post(api::inbox::user_mark))
-        .route("/v1/users/{user}/inbox/{seq}", delete(api::inbox::user_delete_one))
-        .route("/herald.js", get(assets::herald_js))
-        .route("/herald.d.ts", get(assets::herald_d_ts));
-    let router = if demo { router.merge(demo::routes()) } else { router };
-    router
-        .fallback(|| async { ApiError::not_found("no such route") })
-        .method_not_allowed_fallback(|| async {
-            ApiError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
-                "this route does not take that method",
-            )
-        })
-        .layer(axum::middleware::from_fn(caps::slow_refusals))
-        .layer(axum::middleware::from_fn_with_state(app.clone(), origin::web_headers))
-        .with_state(app)
 }

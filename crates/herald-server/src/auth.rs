@@ -93,6 +93,15 @@ pub struct Subscriber {
     pub issued_at: u64,
 }
 
+impl Subscriber {
+    /// How long the token is valid still (zero once it expired): a wait held for this
+    /// subscriber (a long poll) ends by then, so the next request shows the token again.
+    pub fn time_left(&self) -> std::time::Duration {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        std::time::Duration::from_secs(self.expires_at).saturating_sub(now)
+    }
+}
+
 /// A caller that presented the API key.
 #[derive(Debug, Clone, Copy)]
 pub struct Publisher;

@@ -33,7 +33,7 @@ use crate::app::App;
 use crate::assets::Asset;
 use crate::auth::Publisher;
 use crate::error::{ApiError, ApiJson, ApiPath};
-use crate::transport::poll::json_response;
+use crate::response::json_response;
 
 /// Lifetime of a demo token when the page does not ask for another (`ttl_secs`).
 const TOKEN_TTL_DEFAULT: Duration = Duration::from_secs(3600);

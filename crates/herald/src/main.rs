@@ -1,9 +1,18 @@
-//! `herald`, the command line: `serve` runs the server (all of it in `herald-server`); `token`,
-//! `publish` and `listen` are thin shells over `herald-client`.
+//! `herald`, the command line: `serve` runs the server; `token`, `publish` and `listen` are thin
+//! shells over `herald-client`.
+//!
+//! # Layout
+//! - `main.rs` (this file): the commands, their options, and `token`, `publish`, `listen`.
+//! - `serve`: `herald serve`'s options, signals and banners around `herald-server`, which does
+//!   the serving.
 //!
 //! Errors are one line on stderr, `herald: <message>`, and exit status 1 (2 for usage errors,
 //! which clap reports). Credentials come from the same environment variables as the server's,
 //! or else from the dev credentials a dev-mode server wrote in its data dir.
+
+#![forbid(unsafe_code)]
+
+mod serve;
 
 use std::io::{IsTerminal as _, Write as _};
 use std::path::{Path, PathBuf};
@@ -15,10 +24,9 @@ use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 use herald_client::{
     Event, ListenTransport, Listener, ListenerOptions, PublishRequest, Publisher, Subscriber, To,
 };
+use herald_server::config::{Credentials, DEV_CREDENTIALS_FILE};
 use serde_json::Value;
 
-/// File in the data dir where a dev-mode server keeps its generated credentials.
-const DEV_CREDENTIALS_FILE: &str = "dev-credentials.json";
 const DEFAULT_URL: &str = "http://127.0.0.1:7300";
 const DEFAULT_DATA_DIR: &str = "./herald-data";
 /// Threads tokio may start for blocking work: the SQLite store's reads (at most
@@ -40,7 +48,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the server.
-    Serve(herald_server::ServeArgs),
+    Serve(serve::ServeArgs),
     /// Print a subscriber token (an HS256 JWT) for a user.
     Token(TokenArgs),
     /// Publish a notification and print the server's JSON answer.
@@ -207,7 +215,7 @@ fn one_line(error: &anyhow::Error) -> String {
 
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Serve(args) => Ok(herald_server::serve(args).await?),
+        Command::Serve(args) => Ok(serve::serve(args).await?),
         Command::Token(args) => token(args),
         Command::Publish(args) => publish(args).await,
         Command::Listen(args) => listen(args).await,
@@ -336,31 +344,29 @@ impl DevCredential {
 /// local dev server only, and a failure against another one should not be a mystery); or
 /// explains which variable to set.
 fn dev_credential(data_dir: &Path, credential: DevCredential) -> anyhow::Result<String> {
-    let (field, variable) = (credential.field(), credential.variable());
+    let variable = credential.variable();
     let path = data_dir.join(DEV_CREDENTIALS_FILE);
-    let bytes = match std::fs::read(&path) {
-        Ok(bytes) => bytes,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
+    let Some(credentials) = Credentials::load_dev(data_dir)? else {
+        bail!(
             "no {variable} set, and no dev credentials at {} (set {variable}, or point --data-dir at the \
              data dir of a server started in dev mode)",
             path.display()
-        ),
-        Err(e) => return Err(anyhow::Error::new(e).context(format!("cannot read {}", path.display()))),
+        );
     };
-    let json: Value =
-        serde_json::from_slice(&bytes).with_context(|| format!("{} is not valid JSON", path.display()))?;
-    match json.get(field).and_then(Value::as_str) {
-        Some(value) if !value.is_empty() => {
-            eprintln!(
-                "herald: using the dev {} from {} (for another server, set {variable} or {})",
-                credential.name(),
-                path.display(),
-                credential.option()
-            );
-            Ok(value.to_owned())
-        }
-        _ => bail!("{} has no `{field}`", path.display()),
+    let value = match credential {
+        DevCredential::Secret => credentials.secret,
+        DevCredential::ApiKey => credentials.api_key,
+    };
+    if value.is_empty() {
+        bail!("{} has no `{}`", path.display(), credential.field());
     }
+    eprintln!(
+        "herald: using the dev {} from {} (for another server, set {variable} or {})",
+        credential.name(),
+        path.display(),
+        credential.option()
+    );
+    Ok(value)
 }
 
 #[cfg(test)]

@@ -19,8 +19,8 @@ use std::sync::Arc;
 
 use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::Response;
 use bytes::Bytes;
 use herald_core::inbox::INBOX_PAGE_LEN_DEFAULT;
 use herald_core::notification::format_timestamp_ms;
@@ -34,7 +34,7 @@ use crate::app::App;
 use crate::auth::{Publisher, Subscriber};
 use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery};
 use crate::query::whole_number;
-use crate::transport::poll::json_response;
+use crate::response::{json_bytes, json_response};
 
 /// The header that names the client making a change, so that its `inbox` event leaves it out.
 pub const CLIENT_HEADER: &str = "x-herald-client";
@@ -328,10 +328,6 @@ fn client_header(headers: &HeaderMap) -> Result<Option<ClientId>, ApiError> {
 /// caller alike.
 fn change_response(update: &InboxUpdate) -> Response {
     json_bytes(update.event.json().clone())
-}
-
-fn json_bytes(body: Bytes) -> Response {
-    ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response()
 }
 
 /// `{"notifications": [item, …], "next_before": N | null, "counts": {…}}`, where an item is the

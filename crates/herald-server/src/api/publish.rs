@@ -12,7 +12,7 @@ use serde_json::value::RawValue;
 use crate::app::App;
 use crate::auth::Publisher;
 use crate::error::{ApiError, ApiJson};
-use crate::transport::poll::json_response;
+use crate::response::json_response;
 
 /// The body of `POST /v1/notify`. Unknown fields are refused, so a typo never goes unnoticed.
 #[derive(Debug, Deserialize)]

@@ -13,7 +13,7 @@ use crate::app::App;
 use crate::auth::Publisher;
 use crate::error::{ApiError, ApiPath, ApiQuery};
 use crate::query::whole_number;
-use crate::transport::poll::json_response;
+use crate::response::json_response;
 
 /// Most stored notifications in one answer of `GET /v1/users/{user}/notifications`.
 pub const NOTIFICATIONS_LIMIT_MAX: usize = 100;

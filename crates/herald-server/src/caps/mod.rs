@@ -315,6 +315,7 @@ pub fn connections_max_default() -> usize {
 /// The soft open-files limit (`RLIMIT_NOFILE`), if there is one.
 #[cfg(unix)]
 #[allow(clippy::unnecessary_cast)] // `rlim_t` is `u64` on Linux, not on every unix.
+#[allow(unsafe_code)] // `getrlimit`: libc has no safe wrapper.
 fn open_files_limit() -> Option<u64> {
     let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: `getrlimit` writes one `rlimit` through a pointer to a live, owned one.
@@ -337,6 +338,7 @@ fn open_files_limit() -> Option<u64> {
 /// process's limits to its owner.
 #[cfg(unix)]
 #[allow(clippy::unnecessary_cast)] // `rlim_t` is `u64` on Linux, not on every unix.
+#[allow(unsafe_code)] // `getrlimit` and `setrlimit`: libc has no safe wrapper.
 pub fn raise_open_files_limit() -> Option<(u64, u64)> {
     let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: as in `open_files_limit`.
@@ -358,7 +360,7 @@ pub fn raise_open_files_limit() -> Option<(u64, u64)> {
 }
 
 /// The peer address of a request, when the server knows it (`herald serve` and [`crate::start`]
-/// put it in; an app that mounts [`crate::router`] itself can with axum's
+/// put it in; an app that mounts [`crate::Herald::router`] itself can with axum's
 /// `into_make_service_with_connect_info::<SocketAddr>()`; without it, no per-address cap).
 fn peer_of(request: &Request) -> Option<IpAddr> {
     request.extensions().get::<ConnectInfo<SocketAddr>>().map(|ConnectInfo(addr)| addr.ip())

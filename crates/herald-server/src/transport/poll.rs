@@ -16,8 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::{HeaderValue, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use herald_core::subscription::{SubscribeRequest, poll as poll_once};
 use herald_core::{InboxCounts, Seq, SubscribeError, Transport};
 use serde::{Deserialize, Serialize};
@@ -27,8 +26,8 @@ use crate::app::App;
 use crate::auth::Subscriber;
 use crate::error::{ApiError, ApiQuery};
 use crate::query::whole_number;
+use crate::response::json_response;
 use crate::transport::follows_inbox;
-use crate::transport::sse::instant_of_unix;
 
 /// Poll wait when `timeout` is not given, in seconds (Eliom's comet waits 20 s too).
 pub const POLL_TIMEOUT_SECS_DEFAULT: u64 = 20;
@@ -75,9 +74,7 @@ pub async fn poll(
         ));
     }
     // Never hold a poll past the token's expiry: the next poll must show the token again.
-    let until_expiry =
-        instant_of_unix(subscriber.expires_at).saturating_duration_since(tokio::time::Instant::now());
-    let timeout = Duration::from_secs(timeout_secs).min(until_expiry);
+    let timeout = Duration::from_secs(timeout_secs).min(subscriber.time_left());
     let answer = poll_once(
         &app.hub,
         &app.store,
@@ -139,10 +136,4 @@ struct PollBody<'a> {
     reset: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     closed: Option<&'static str>,
-}
-
-/// A 200 answer with `body` as JSON.
-pub(crate) fn json_response(body: &impl Serialize) -> Response {
-    let bytes = serde_json::to_vec(body).expect("answers always serialize");
-    ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], bytes).into_response()
 }

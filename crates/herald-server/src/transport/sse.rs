@@ -9,7 +9,6 @@
 use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::Extension;
 use axum::body::Body;
@@ -19,7 +18,6 @@ use axum::response::{IntoResponse, Response};
 use bytes::{BufMut, Bytes, BytesMut};
 use futures::FutureExt;
 use herald_core::{ClientEvent, EndSignal, Subscription, Transport};
-use tokio::time::Instant;
 
 use crate::app::App;
 use crate::auth::Subscriber;
@@ -66,14 +64,6 @@ pub(crate) async fn stream(
         response.headers_mut().insert(name, HeaderValue::from_static(value));
     }
     Ok(response)
-}
-
-/// The `Instant` at which a Unix time (seconds) arrives.
-pub(crate) fn instant_of_unix(unix_secs: u64) -> Instant {
-    let now_unix = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-    let remaining = Duration::from_secs(unix_secs).saturating_sub(now_unix);
-    // Far-future tokens: cap so the Instant arithmetic cannot overflow (about 30 years).
-    Instant::now() + remaining.min(Duration::from_secs(1 << 30))
 }
 
 /// One client's SSE stream, as chunks of bytes to write.

@@ -1,7 +1,7 @@
 //! Fan-out and targeting over real sockets: users, sessions, clients, `except_client`,
 //! ephemeral notifications.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -3,7 +3,7 @@
 //! long-poll, the inbox), also after a restart; a token issued later works. And the token rules:
 //! a bounded lifetime, `nbf`, `aud`, `iat` required, one `?token=`, messages in our own words.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

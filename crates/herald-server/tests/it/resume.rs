@@ -2,7 +2,7 @@
 //! hand-over from replay to live under racing publishes, gap filling under concurrent
 //! publishes, `reset` past retention, and resuming after a restart on the same database.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;

@@ -2,7 +2,7 @@
 //! goes to is bounded (`Limits::publish_bytes_max`), so that one small request cannot store and
 //! serialize tens of megabytes.
 
-mod support;
+use crate::support;
 
 use herald_core::Limits;
 use serde_json::json;

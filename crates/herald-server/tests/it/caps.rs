@@ -5,7 +5,7 @@
 //! No test asserts a latency: the machine is shared. The latency of a publish under a flood is
 //! measured by `crates/herald/tests/flood.rs` (ignored by default) on the release binary.
 
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 

@@ -1,7 +1,7 @@
 //! The publisher API over real sockets: idempotency, presence, stored notifications, closing
 //! sessions, and ids that need percent-encoding.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -1,6 +1,6 @@
 //! A stream's life over real sockets: token expiry, keep-alive comments, shutdown.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -3,7 +3,7 @@
 //! made the change, not to other users), counts that stay exact while many tasks mark, delete
 //! and publish at once, retention and deletion, and bad input that changes nothing.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! it (the front door on a connection's first request, hyper on later ones, the body reader), the
 //! answer is a JSON error, never an empty body; and the server keeps serving.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! Built-in TLS: HTTPS with HTTP/2 for clients that offer it (every tab of a browser on one
 //! connection), HTTP/1.1 (lean stream path, WebSocket) for the others, and certificate reloads.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -10,7 +10,7 @@ use std::time::Duration;
 use futures::StreamExt as _;
 use herald_core::{Limits, Retention};
 use herald_server::tls::{CertificateReloader, TlsFiles};
-use herald_server::{App, RunningServer};
+use herald_server::{Herald, RunningServer};
 use serde_json::{Value, json};
 use support::{API_KEY, SECRET, Sse, memory, token_with_ttl};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -37,15 +37,12 @@ struct TlsServer {
 impl TlsServer {
     async fn start(files: TlsFiles) -> Self {
         let reloader = CertificateReloader::load(files).expect("the certificate loads");
-        let app = App::new(
-            memory(Retention::default()),
-            Limits::default(),
-            SECRET.as_bytes(),
-            API_KEY.as_bytes(),
-            support::settings(),
-        );
+        let herald = Herald::builder(memory(Retention::default()), SECRET, API_KEY)
+            .limits(Limits::default())
+            .settings(support::settings())
+            .build();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let server = herald_server::start_with_tls(app, listener, Some(reloader.clone())).unwrap();
+        let server = herald_server::start_with_tls(herald, listener, Some(reloader.clone())).unwrap();
         let addr = server.addr;
         Self { url: format!("https://localhost:{}", addr.port()), addr, server: Some(server), reloader }
     }

@@ -1,7 +1,7 @@
 //! What the server gives browsers besides the transports: `/herald.js` (and its types), and the
 //! dev-mode demo at `/demo` with its dev-only endpoints, which exist only when the demo is on.
 
-mod support;
+use crate::support;
 
 use herald_server::ServerSettings;
 use serde_json::{Value, json};

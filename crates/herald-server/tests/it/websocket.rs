@@ -1,7 +1,7 @@
 //! `GET /v1/ws` over real sockets: hello, delivery, resume, `closed` reasons with their close
 //! codes, keep-alive pings, refusals before the upgrade, and bad frames from clients.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -2,8 +2,6 @@
 //! over real sockets. The SSE reader here is deliberately separate from `herald-client`'s, so the
 //! tests check the bytes the server sends, not one parser against itself.
 
-#![allow(dead_code)]
-
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,7 +10,7 @@ use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use herald_core::{Limits, Retention, Store};
-use herald_server::{App, RunningServer, ServerSettings};
+use herald_server::{App, Herald, RunningServer, ServerSettings};
 use herald_store::{MemoryStore, SqliteStore};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -73,7 +71,6 @@ pub const STREAM_PATHS: [StreamPath; 2] = [StreamPath::Lean, StreamPath::Hyper];
 
 /// Defines a scenario `async fn name(path: StreamPath) { … }` as a module `name` holding two
 /// tests, `name::lean_path` and `name::hyper_path`.
-#[macro_export]
 macro_rules! on_both_stream_paths {
     ($(#[$meta:meta])* async fn $name:ident($path:ident: StreamPath) $body:block) => {
         $(#[$meta])*
@@ -122,7 +119,7 @@ pub struct TestServer {
 /// The settings every test server starts with: the defaults without the per-address and
 /// per-user rates. Every test's clients come from 127.0.0.1, and most tests open streams and
 /// change inboxes far faster than one person's browser would; the caps have their own tests
-/// (tests/caps.rs), which start from `ServerSettings::default()`.
+/// (the `caps` module), which start from `ServerSettings::default()`.
 pub fn settings() -> ServerSettings {
     let caps = herald_server::caps::Caps {
         ip_connections_max: 0,
@@ -155,9 +152,10 @@ impl TestServer {
     }
 
     pub async fn with(limits: Limits, settings: ServerSettings, store: Arc<dyn Store>) -> Self {
-        let app = App::new(store, limits, SECRET.as_bytes(), API_KEY.as_bytes(), settings);
+        let herald = Herald::builder(store, SECRET, API_KEY).limits(limits).settings(settings).build();
+        let app = herald.app().clone();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let server = herald_server::start(app.clone(), listener).unwrap();
+        let server = herald_server::start(herald, listener).unwrap();
         let url = format!("http://{}", server.addr);
         let fresh_http = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
         Self {
@@ -282,18 +280,8 @@ impl TestServer {
         answer(response).await
     }
 
-    /// `GET /v1/stream?{query}` with `token` (if any) and `Last-Event-ID` (if any) on
-    /// [`TestServer::stream_path`], unchecked.
-    pub async fn stream_request(
-        &self,
-        token: Option<&str>,
-        query: &str,
-        last_event_id: Option<&str>,
-    ) -> StreamResponse {
-        self.stream_request_via(self.stream_path, token, query, last_event_id).await
-    }
-
-    /// Like [`TestServer::stream_request`] on `path`. Checks that the server took that path.
+    /// `GET /v1/stream?{query}` with `token` (if any) and `Last-Event-ID` (if any) on `path`,
+    /// unchecked but for the path taken.
     pub async fn stream_request_via(
         &self,
         path: StreamPath,

@@ -1,7 +1,7 @@
 //! Bad input over real sockets: every malformed request gets its exact 4xx JSON error, changes
 //! nothing, and leaves the server serving normally.
 
-mod support;
+use crate::support;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;

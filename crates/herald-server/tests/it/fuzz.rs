@@ -17,7 +17,7 @@
 //! longer, in release. A failure prints the seed and the smallest input found; each one fixed
 //! becomes a named regression test (in the test file of its route).
 
-mod support;
+use crate::support;
 
 use std::collections::VecDeque;
 use std::fmt::Debug;
@@ -49,25 +49,18 @@ const ANSWER_WAIT: Duration = Duration::from_secs(10);
 /// the server panic fails even if the server survives it.
 static PANICS: AtomicUsize = AtomicUsize::new(0);
 
-/// The test threads (named after their test): their panics are the runner's own failures.
-const TARGETS: [&str; 9] = [
-    "data_check",
-    "jwt",
-    "resume_point",
-    "query_strings",
-    "publish_bodies",
-    "inbox_bodies",
-    "request_heads",
-    "ws_frames",
-    "sse_parser",
-];
+/// The name of every thread of the fuzz targets' servers (their runtime's workers and blocking
+/// threads). Only their panics are counted: the targets share their process with the other
+/// integration tests, whose own failures (and the runner's, on the test threads) are not the
+/// server's.
+const SERVER_THREAD: &str = "fuzz-server";
 
 fn count_panics() {
     static HOOK: Once = Once::new();
     HOOK.call_once(|| {
         let default = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
-            if !std::thread::current().name().is_some_and(|name| TARGETS.contains(&name)) {
+            if std::thread::current().name() == Some(SERVER_THREAD) {
                 PANICS.fetch_add(1, Ordering::SeqCst);
             }
             default(info);
@@ -123,7 +116,12 @@ fn fnv(text: &str) -> u64 {
 }
 
 fn runtime() -> Runtime {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name(SERVER_THREAD)
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 /// An answer of the API: a success, or a 4xx with the documented JSON error. Never a 5xx.

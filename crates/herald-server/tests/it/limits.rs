@@ -1,7 +1,7 @@
 //! Limits over real sockets: eviction at the client and session limits, `replaced`, and a
 //! lagging client closed and resuming without loss.
 
-mod support;
+use crate::support;
 
 use herald_core::Limits;
 use serde_json::json;

@@ -6,7 +6,7 @@
 //! protect) nor open streams that evict the user's real tabs (no-cors `GET`s, which carry no
 //! `Origin` but `Sec-Fetch-Site`).
 
-mod support;
+use crate::support;
 
 use futures::StreamExt;
 use herald_core::{Limits, Retention};

@@ -1,6 +1,6 @@
 //! Long-polling over real sockets: `GET /v1/poll?after=N&timeout=S&client=C`.
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,7 +1,7 @@
 //! Targets over real sockets: one session, one client, `except_client`, several users, and
 //! ephemeral notifications.
 
-mod support;
+use crate::support;
 
 use serde_json::{Value, json};
 use support::{QUIET, Sse, TestServer, assert_error};

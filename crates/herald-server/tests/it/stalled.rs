@@ -7,7 +7,7 @@
 //! notifications fill its window and the server's send buffer) that never reads after its
 //! request.
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::time::Duration;

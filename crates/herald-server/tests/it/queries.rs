@@ -2,7 +2,7 @@
 //! parameters are refused (400 `invalid_query`), a bad number gets the parameter's own code, an
 //! empty number is as if absent, and an empty client id is refused.
 
-mod support;
+use crate::support;
 
 use serde_json::{Value, json};
 use support::{TestServer, answer, assert_error};

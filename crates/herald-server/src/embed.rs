@@ -1,0 +1,172 @@
+//! The embedding API: [`Herald::builder`] builds a [`Herald`], the one way to get Herald's
+//! routes, for an app's own axum server and for [`crate::start`] (`herald serve`) alike.
+//!
+//! The routes alone are not Herald: token expiry, keep-alives, retention and the sweep of idle
+//! pollers are the upkeep's ([`crate::upkeep`]), and a stop must end every stream with
+//! `closed: shutdown` rather than cut it. So a [`Herald`] runs its upkeep from the moment it is
+//! built, hands out its router and its notifier, and ends its streams when it is shut down or
+//! dropped. There is nothing to remember and nothing to forget.
+//!
+//! ```rust,ignore
+//! let herald = Herald::builder(store, secret, api_key).build();
+//! let notifier = herald.notifier(); // publish from any task
+//! let app = axum::Router::new().nest("/herald", herald.router());
+//! axum::serve(listener, app)
+//!     .with_graceful_shutdown(async move {
+//!         shutdown_signal().await;
+//!         herald.shutdown().await; // every stream gets `closed: shutdown`, then ends
+//!     })
+//!     .await?;
+//! ```
+//!
+//! `examples/embed.rs` is this, complete, with a background job that notifies.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use herald_core::{Bus, CloseReason, Hub, Limits, Notifier, Store};
+
+use crate::app::{App, ServerSettings};
+use crate::upkeep::Upkeep;
+
+/// Longest wait for upgraded WebSockets to send their `closed: shutdown` at
+/// [`Herald::shutdown`]; then they are dropped.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Builds a [`Herald`]: the store, the token secret and the API key are required; the limits,
+/// the settings and the bus have defaults ([`Limits::default`], [`ServerSettings::default`],
+/// one node's [`herald_core::LocalBus`]).
+#[must_use = "a builder does nothing until `build`"]
+pub struct HeraldBuilder {
+    store: Arc<dyn Store>,
+    secret: Vec<u8>,
+    api_key: Vec<u8>,
+    limits: Limits,
+    settings: ServerSettings,
+    bus: Option<BusFactory>,
+}
+
+/// Makes the bus over the node's hub (which the builder makes: its client ids are keyed by the
+/// secret).
+pub(crate) type BusFactory = Box<dyn FnOnce(&Hub) -> Arc<dyn Bus> + Send>;
+
+impl std::fmt::Debug for HeraldBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HeraldBuilder")
+            .field("limits", &self.limits)
+            .field("settings", &self.settings)
+            .field("bus", &self.bus.as_ref().map_or("LocalBus", |_| "custom"))
+            .finish_non_exhaustive()
+    }
+}
+
+impl HeraldBuilder {
+    /// The hub and publish limits (default: [`Limits::default`]).
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// The server's settings: keep-alive interval, caps, origins, token rules…
+    /// (default: [`ServerSettings::default`]).
+    pub fn settings(mut self, settings: ServerSettings) -> Self {
+        self.settings = settings;
+        self
+    }
+
+    /// The bus, made over this node's hub (default: a [`herald_core::LocalBus`], one node).
+    pub fn bus(mut self, bus: impl FnOnce(&Hub) -> Arc<dyn Bus> + Send + 'static) -> Self {
+        self.bus = Some(Box::new(bus));
+        self
+    }
+
+    /// Builds Herald and starts its upkeep.
+    ///
+    /// # Panics
+    /// Outside a Tokio runtime (the upkeep is a task of the current one).
+    pub fn build(self) -> Herald {
+        let app = App::new(self.store, self.bus, self.limits, &self.secret, &self.api_key, self.settings);
+        let upkeep = Upkeep::start(app.clone());
+        Herald { app, upkeep }
+    }
+}
+
+/// A running Herald: its routes, its notifier, and its upkeep, which runs until this is shut
+/// down or dropped. Either ends every stream with `closed: shutdown`.
+#[derive(Debug)]
+pub struct Herald {
+    app: Arc<App>,
+    /// Stopped by [`Herald::shutdown`], or when the `Herald` is dropped.
+    upkeep: Upkeep,
+}
+
+impl Herald {
+    /// A builder over `store`, with the subscriber tokens' HS256 `secret` and the publishers'
+    /// `api_key`.
+    pub fn builder(
+        store: Arc<dyn Store>,
+        secret: impl AsRef<[u8]>,
+        api_key: impl AsRef<[u8]>,
+    ) -> HeraldBuilder {
+        HeraldBuilder {
+            store,
+            secret: secret.as_ref().to_vec(),
+            api_key: api_key.as_ref().to_vec(),
+            limits: Limits::default(),
+            settings: ServerSettings::default(),
+            bus: None,
+        }
+    }
+
+    /// Herald's HTTP routes, to serve or to mount (`Router::nest("/herald", herald.router())`).
+    /// Call it as often as needed: every router serves this Herald.
+    pub fn router(&self) -> Router {
+        crate::routes::router(self.app.clone())
+    }
+
+    /// The publish handle: cheap to clone, usable from any task.
+    pub fn notifier(&self) -> Notifier {
+        self.app.notifier.clone()
+    }
+
+    /// The state the handlers share: the hub, the store, the notifier, the settings.
+    pub fn app(&self) -> &Arc<App> {
+        &self.app
+    }
+
+    /// Ends every stream with `closed: shutdown`, waits (at most [`SHUTDOWN_GRACE`] each) for
+    /// the WebSockets to send it, and stops the upkeep. An app serving the router should call
+    /// it before it stops serving (in axum's `with_graceful_shutdown`), so that the streams end
+    /// and the server's wait for its connections is short.
+    pub async fn shutdown(self) {
+        self.end_streams();
+        self.finish().await;
+    }
+
+    /// Closes every client with reason `shutdown`.
+    pub(crate) fn end_streams(&self) {
+        let closed = self.app.hub.close_all(CloseReason::Shutdown);
+        tracing::info!(closed, "shutting down: closed every client with reason `shutdown`");
+    }
+
+    /// After [`Herald::end_streams`]: waits, at most [`SHUTDOWN_GRACE`], for the upgraded
+    /// WebSockets (axum runs each in a task of its own) to end, then stops the upkeep and waits
+    /// until it let go of the app.
+    pub(crate) async fn finish(mut self) {
+        let websockets = &self.app.ws_connections;
+        websockets.close();
+        if tokio::time::timeout(SHUTDOWN_GRACE, websockets.wait()).await.is_err() {
+            tracing::warn!(open = websockets.len(), "WebSockets still open after the shutdown grace period");
+        }
+        self.upkeep.stop().await;
+    }
+}
+
+impl Drop for Herald {
+    fn drop(&mut self) {
+        // Without the upkeep a stream would never see its token expire nor get a keep-alive:
+        // none outlives it. (After `shutdown` there is no client left: this closes none.)
+        self.app.hub.close_all(CloseReason::Shutdown);
+    }
+}
