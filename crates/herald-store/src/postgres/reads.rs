@@ -152,7 +152,7 @@ pub(super) async fn read_inbox_page(
         ))
         .await?;
     let before = query.before.map_or(i64::MAX, sql_seq);
-    let limit = i64::try_from(query.limit).unwrap_or(i64::MAX - 1) + 1;
+    let limit = i64::try_from(query.limit).unwrap_or(i64::MAX).saturating_add(1);
     let rows = client.query(&statement, &[&user.as_str(), &before, &limit, &query.kind]).await?;
     let Some(first) = rows.first() else { return Ok(InboxPage::default()) };
     let counts = counts_from_row(first, 0)?;
