@@ -19,7 +19,7 @@ pub const SCHEMA_VERSION: i32 = 1;
 /// Schema version 1: everything the `Store` contract needs.
 ///
 /// - `herald_meta`: one row, the schema version and the **epoch**, a random id made with the
-///   schema (see [`read_epoch`]).
+///   schema (see `read_epoch`).
 /// - `herald_users`: one row per user with its head (`last_seq`, `pruned_through`) and its inbox
 ///   counts as of every commit. An append adds to `last_seq` and the counts in the same
 ///   transaction as its rows: the row lock is what makes seqs gap-free and never reused, whatever

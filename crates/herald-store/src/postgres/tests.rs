@@ -351,6 +351,34 @@ async fn no_database_fails_to_open_within_the_timeout() {
     assert!(started.elapsed() < OPERATION_TIMEOUT, "took {:?}", started.elapsed());
 }
 
+/// A server that accepts connections and never answers (a stalled or partitioned database):
+/// opening fails with `Unavailable` within `OPERATION_TIMEOUT`. Fails if a connection attempt
+/// could wait for an answer without a bound.
+#[tokio::test]
+async fn a_silent_server_fails_to_open_within_the_timeout() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let silent = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    let started = Instant::now();
+    let opened = PostgresStore::open(
+        PostgresOptions::new(format!("postgres://postgres@127.0.0.1:{port}/test")),
+        Retention::default(),
+    )
+    .await;
+    assert!(matches!(opened, Err(StoreError::Unavailable(_))), "{opened:?}");
+    assert!(
+        started.elapsed() <= OPERATION_TIMEOUT + Duration::from_millis(500),
+        "took {:?}",
+        started.elapsed()
+    );
+    silent.abort();
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
