@@ -19,6 +19,12 @@
 //! `BENCH_DROP=a,b` drops
 //! those indexes after opening, to see what an index costs an append. Without `--bench` (as
 //! `cargo test --benches` runs it) it runs 0.5 s to check that it works.
+//!
+//! With `HERALD_TEST_POSTGRES` set (a PostgreSQL URL), the same load then runs against a
+//! `PostgresStore` in a schema of its own (dropped afterwards), and prints appends/s, the CPU
+//! per append of this process and, separately, of the PostgreSQL server's processes (every
+//! process named `postgres` on this machine: other users of that server count too), the
+//! group-commit factor, and the latency.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -26,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use herald_core::notification::now_ms;
 use herald_core::{Audience, NewNotification, Retention, Store, UserId};
-use herald_store::{Settling, SqliteStore};
+use herald_store::{PostgresOptions, PostgresStore, Settling, SqliteStore};
 use serde_json::value::RawValue;
 
 fn env(name: &str, default: u64) -> u64 {
@@ -58,7 +64,7 @@ fn notification(user: u64, i: u64) -> NewNotification {
 }
 
 /// Runs the tasks for `secs`; returns the latency of each append that finished, in µs.
-async fn run(store: &Arc<SqliteStore>, tasks: u64, users: u64, secs: f64) -> Vec<u64> {
+async fn run(store: &Arc<impl Store>, tasks: u64, users: u64, secs: f64) -> Vec<u64> {
     let stop = Arc::new(AtomicBool::new(false));
     // The payload's id: unique per append, like the compare.sh load's.
     let next_id = Arc::new(AtomicU64::new(0));
@@ -142,5 +148,64 @@ fn main() {
             at(0.99),
         );
         assert!(appends > 0, "no append finished");
+        drop(store);
+        if let Some(url) = std::env::var("HERALD_TEST_POSTGRES").ok().filter(|url| !url.is_empty()) {
+            postgres(&url, tasks, users, warmup, secs).await;
+        }
     });
+}
+
+/// The same load against a `PostgresStore` in a schema of its own, dropped afterwards.
+async fn postgres(url: &str, tasks: u64, users: u64, warmup: f64, secs: f64) {
+    let schema = format!("herald_bench_{}", std::process::id());
+    let options = PostgresOptions { schema: Some(schema.clone()), ..PostgresOptions::new(url) };
+    let store = Arc::new(PostgresStore::open(options, Retention::default()).await.unwrap());
+    run(&store, tasks, users, warmup).await;
+    let before = store.writer_stats();
+    let (cpu, server_cpu) = (process_cpu(), processes_cpu("postgres"));
+    let start = Instant::now();
+    let mut latencies = run(&store, tasks, users, secs).await;
+    let elapsed = start.elapsed();
+    let (cpu, server_cpu) = (process_cpu() - cpu, processes_cpu("postgres").saturating_sub(server_cpu));
+    let after = store.writer_stats();
+    let appends = latencies.len() as u64;
+    latencies.sort_unstable();
+    let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize] as f64 / 1_000.0;
+    println!(
+        "postgres publish: {tasks} tasks, {users} users, {:.1} s: {:.0} appends/s, {:.1} µs CPU per append here \
+         + {:.1} µs in PostgreSQL, {:.1} appends per commit, latency p50 {:.2} ms p99 {:.2} ms",
+        elapsed.as_secs_f64(),
+        appends as f64 / elapsed.as_secs_f64(),
+        cpu.as_secs_f64() * 1e6 / appends as f64,
+        server_cpu.as_secs_f64() * 1e6 / appends as f64,
+        (after.requests - before.requests) as f64 / (after.batches - before.batches).max(1) as f64,
+        at(0.5),
+        at(0.99),
+    );
+    assert!(appends > 0, "no append finished");
+    drop(store);
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    client.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).await.unwrap();
+}
+
+/// CPU time (user + system) of every process on this machine named `name`, so far (from
+/// `/proc/<pid>/stat`; processes that ended meanwhile are not counted).
+fn processes_cpu(name: &str) -> Duration {
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let mut total = 0.0;
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        // `pid (comm) state …`: the comm may hold spaces, so split after its closing parenthesis.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { continue };
+        if &stat[open + 1..close] != name {
+            continue;
+        }
+        let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
+        // utime and stime are fields 14 and 15 of the line, 12 and 13 after the comm.
+        let tick = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+        total += tick(11) + tick(12);
+    }
+    Duration::from_secs_f64(total / ticks)
 }

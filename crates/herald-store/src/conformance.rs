@@ -27,11 +27,18 @@ use serde_json::value::RawValue;
 
 /// One `#[tokio::test]` per case of the suite, each with a fresh store from `$make`, an
 /// `async fn(Retention) -> Arc<dyn Store>` in scope. The caller needs `tokio` (macros, rt-multi-thread).
+///
+/// `conformance_tests!(make, unless skip)` runs each case only if `skip()` (a `fn() ->
+/// Option<String>`) gives no reason to skip, which it prints: a store that needs a server
+/// (PostgreSQL) skips where there is none.
 #[macro_export]
 macro_rules! conformance_tests {
     ($make:path) => {
+        $crate::conformance_tests!($make, unless $crate::conformance::never_skip);
+    };
+    ($make:path, unless $skip:path) => {
         $crate::conformance_tests!(
-            @cases $make;
+            @cases $make, $skip;
             seqs_count_from_one_per_user,
             concurrent_appends_are_gapless,
             reads_during_appends_see_a_prefix,
@@ -63,14 +70,23 @@ macro_rules! conformance_tests {
             revoked_tokens_are_those_issued_until_the_close,
         );
     };
-    (@cases $make:path; $($case:ident),* $(,)?) => {
+    (@cases $make:path, $skip:path; $($case:ident),* $(,)?) => {
         $(
             #[::tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn $case() {
+                if let Some(reason) = $skip() {
+                    eprintln!("skipped {}: {reason}", stringify!($case));
+                    return;
+                }
                 $crate::conformance::$case(&$make).await;
             }
         )*
     };
+}
+
+/// The `skip` of stores that always run: no reason to skip.
+pub fn never_skip() -> Option<String> {
+    None
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -6,11 +6,13 @@
 //!   through a small pool of read-only connections. An acknowledged append survives `kill -9`
 //!   and power loss.
 //! - [`MemoryStore`] keeps everything in memory (`herald serve --memory`, tests).
+//! - [`PostgresStore`] is the store of a cluster: every node's log in one PostgreSQL database,
+//!   seqs assigned in the database, concurrent appends of a node committed together.
 //!
-//! Both keep the same contract (see [`herald_core::store`]), checked by one shared test suite
-//! that a later PostgreSQL store will run too. In both, retention only ever removes a prefix of
+//! All keep the same contract (see [`herald_core::store`]), checked by one shared test suite.
+//! In all, retention only ever removes a prefix of
 //! a user's log, so what is left holds seqs `pruned_through + 1 ..= last_seq`, but for those
-//! deleted on purpose (inbox deletes); and both keep each user's inbox counts next to the log,
+//! deleted on purpose (inbox deletes); and all keep each user's inbox counts next to the log,
 //! updated with every change, so that reading them is O(1).
 //!
 //! # Layout
@@ -31,6 +33,14 @@
 //!   - `sqlite/writer.rs`: the writer thread and its queue (batches, group commit, savepoints,
 //!     settling and vacuum between batches);
 //!   - `sqlite/operations.rs`: `Store` for `SqliteStore`, delegating to the reads and the writer.
+//! - [`postgres`]: [`PostgresStore`], split by job, bottom up (its own `# Layout` says more):
+//!   - `postgres/sql.rs`: driver and pool errors as `StoreError`s, seqs as `bigint`;
+//!   - `postgres/schema.rs`: the tables, the migrations under an advisory lock, the epoch;
+//!   - `postgres/pool.rs`: connection settings and timeouts, the bounded pool, bounded operations;
+//!   - `postgres/reads.rs`: heads, log and inbox pages, counts, revocations (one statement each);
+//!   - `postgres/writes.rs`: each write in SQL, and the one order of locks;
+//!   - `postgres/writer.rs`: the writer task and its bounded queue (group commit);
+//!   - `postgres/operations.rs`: `Store` for `PostgresStore`.
 //! - `conformance` (tests, or feature `conformance`): the test suite every store must pass.
 
 // One unsafe block, allowed where it is (`sqlite::writer::take_pages_written`: rusqlite has no
@@ -39,6 +49,7 @@
 
 pub mod lock;
 pub mod memory;
+pub mod postgres;
 pub mod sqlite;
 
 #[cfg(any(test, feature = "conformance"))]
@@ -46,6 +57,7 @@ pub mod conformance;
 
 pub use lock::{LockError, LockFile};
 pub use memory::MemoryStore;
+pub use postgres::{PostgresOptions, PostgresStore};
 pub use sqlite::{Settling, SqliteStore, WriterStats};
 
 use std::time::Duration;

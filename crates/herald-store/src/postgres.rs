@@ -1,0 +1,153 @@
+//! [`PostgresStore`]: each user's log in PostgreSQL, shared by every node of a cluster.
+//!
+//! # How it works
+//! - **Seqs are assigned in the database**, in the append's transaction: each user's
+//!   `herald_users` row holds its `last_seq` and its inbox counts, and an append adds to them
+//!   (an upsert that locks the row) before it inserts its notifications. Whichever node appends,
+//!   two appends to one user take that row one after the other, so seqs are gap-free and never
+//!   reused; appends to other users do not wait on each other.
+//! - **Group commit** (`postgres/writer.rs`): appends queue for one writer task per store, which
+//!   runs whatever is waiting (up to [`BATCH_REQUESTS_MAX`]) as one transaction (a handful of
+//!   set-based statements over arrays, whatever the batch's size) and answers each once it has
+//!   committed. The queue is bounded ([`WRITE_QUEUE_CAPACITY`]).
+//! - **Other writes** (inbox marks and deletes, receipts, revocations, retention) are one
+//!   transaction each on a pooled connection, and take their user's row first, so that every
+//!   writer of a user's notifications holds that lock (see `postgres/writes.rs` for the order of
+//!   locks that keeps nodes from deadlocking).
+//! - **Reads** are one statement each, so a page and its head, or a page and its counts, come
+//!   from one snapshot. Inbox counts are the user's row: O(1).
+//! - **Retention** runs chunk by chunk under an advisory lock taken with `pg_try_…`: one node
+//!   prunes at a time, the others skip their turn.
+//! - **The epoch** ([`PostgresStore::epoch`]) names the history the seqs belong to: a random id
+//!   made with the schema, PostgreSQL's system id and its WAL timeline. After a failover to a
+//!   replica or a restore it is different, and clients resuming with seqs of the old one must be
+//!   given a `reset` (their seqs may have been given out again). See `schema::read_epoch`.
+//! - **PostgreSQL down**: every operation fails with [`StoreError::Unavailable`] within
+//!   [`OPERATION_TIMEOUT`] and never hangs; the pool makes new connections by itself once the
+//!   database answers again. See `postgres/pool.rs` for each timeout.
+//!
+//! Retention only removes prefixes of a log: what is left holds seqs `pruned_through + 1 ..=
+//! last_seq`, minus those deleted on purpose (inbox deletes).
+//!
+//! # Layout
+//! In reading order, each module using only those above it:
+//! - `sql`: the store's errors (driver, pool) as [`StoreError`]s, seqs in and out of `bigint`.
+//! - `schema`: the tables of each schema version, the migrations (under an advisory lock), the
+//!   epoch.
+//! - `pool`: connection settings and their timeouts, the bounded pool, `Pool::run` (a bounded
+//!   time per operation, retries after deadlocks).
+//! - `reads`: heads, log pages, inbox pages and counts, revocations: one statement each.
+//! - `writes`: what each write does in SQL (a batch of appends, marks, deletes, retention
+//!   chunks), and the order locks are taken in.
+//! - `writer`: the writer task and its bounded queue (group commit).
+//! - `operations`: [`Store`] for [`PostgresStore`].
+
+mod operations;
+mod pool;
+mod reads;
+mod schema;
+mod sql;
+mod writer;
+mod writes;
+
+use std::sync::Arc;
+
+#[cfg(doc)]
+use herald_core::Store;
+use herald_core::{Retention, StoreError};
+
+pub use pool::{
+    CONNECT_TIMEOUT, IDLE_IN_TRANSACTION_TIMEOUT, OPERATION_TIMEOUT, POOL_CONNECTIONS_MAX, POOL_WAIT_TIMEOUT,
+    PostgresOptions, RETRIES_MAX, STATEMENT_TIMEOUT, TCP_USER_TIMEOUT,
+};
+pub use schema::{SCHEMA_V1, SCHEMA_VERSION};
+pub use writer::{BATCH_REQUESTS_MAX, WRITE_QUEUE_CAPACITY, WriterStats};
+pub use writes::PRUNE_CHUNK_ROWS;
+
+use pool::Pool;
+use sql::Error;
+use writer::Writer;
+
+/// Each user's durable log in PostgreSQL. See the module docs for the design.
+///
+/// Dropping the store closes the writer's queue (the task answers what is queued, then ends)
+/// and the pool.
+pub struct PostgresStore {
+    place: String,
+    retention: Retention,
+    writer: Writer,
+    pool: Arc<Pool>,
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStore")
+            .field("place", &self.place)
+            .field("retention", &self.retention)
+            .field("epoch", &self.epoch())
+            .field("writer", &self.writer_stats())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PostgresStore {
+    /// Connects to the database of `options`, creates its schema (if named and missing) and
+    /// Herald's tables or upgrades them (under an advisory lock: several nodes may open at once),
+    /// reads the epoch, and starts the writer task on the current tokio runtime.
+    ///
+    /// Fails with [`StoreError::Unavailable`] if the database cannot be reached within
+    /// [`OPERATION_TIMEOUT`] or was migrated by a newer Herald.
+    pub async fn open(options: PostgresOptions, retention: Retention) -> Result<Self, StoreError> {
+        let place = options.place();
+        let context = |e: Error| match e.into_store() {
+            StoreError::Unavailable(e) => {
+                StoreError::Unavailable(format!("cannot open the store ({place}): {e}"))
+            }
+            other => other,
+        };
+        let (pool, mut client) = Pool::connect(&options).await?;
+        let opening = async {
+            if let Some(schema) = &options.schema {
+                // Under a lock: two `CREATE SCHEMA IF NOT EXISTS` at once can both try to create it.
+                let tx = client.transaction().await?;
+                tx.execute(
+                    "SELECT pg_advisory_xact_lock(hashtext('herald-create-schema:' || $1))",
+                    &[schema],
+                )
+                .await?;
+                // The name is checked (letters, digits, `_`): quoting it keeps its case.
+                tx.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\"")).await?;
+                tx.commit().await?;
+            }
+            schema::migrate(&mut client, &place).await?;
+            schema::read_epoch(&client).await
+        };
+        let epoch = tokio::time::timeout(OPERATION_TIMEOUT * 6, opening)
+            .await
+            .map_err(|_| StoreError::Unavailable(format!("cannot open the store ({place}): timed out")))?
+            .map_err(context)?;
+        pool.set_epoch(epoch);
+        drop(client);
+        let pool = Arc::new(pool);
+        let writer = Writer::start(Arc::clone(&pool), retention);
+        Ok(Self { place, retention, writer, pool })
+    }
+
+    /// The epoch of the log as of the newest connection (see the module docs): a client that
+    /// resumes with seqs it got under another epoch must be sent a `reset`. The server keeps it
+    /// with the seqs it hands out (for example in the SSE event id) and compares.
+    pub fn epoch(&self) -> Arc<str> {
+        self.pool.epoch()
+    }
+
+    pub fn retention(&self) -> Retention {
+        self.retention
+    }
+
+    pub fn writer_stats(&self) -> WriterStats {
+        self.writer.stats()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,180 @@
+//! The operations: [`Store`] for [`PostgresStore`], where the store's contract meets the reads,
+//! the writes and the writer. An append goes to the writer (group commit); every other write is
+//! one transaction on a pooled connection (retention, one per chunk); a read is one statement.
+//! Each runs through `Pool::run`: bounded in time, again after a deadlock. No SQL lives here.
+
+use async_trait::async_trait;
+use herald_core::{
+    Appended, InboxChange, InboxCounts, InboxPage, InboxQuery, LogHead, LogPage, Mark, NewNotification,
+    PruneReport, Receipt, Revocation, Selection, Seq, SessionId, Store, StoreError, UserId,
+};
+
+use super::PostgresStore;
+use super::reads::{read_head, read_inbox_counts, read_inbox_page, read_log_page, read_revocations};
+use super::writes::{
+    AppendRequest, PrunedChunk, complete_receipt, inbox_delete, inbox_mark, prune_keys, prune_notifications,
+    prune_revocations, revoke,
+};
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn append(
+        &self,
+        entries: Vec<NewNotification>,
+        idempotency_key: Option<&str>,
+    ) -> Result<Appended, StoreError> {
+        if entries.is_empty() && idempotency_key.is_none() {
+            return Ok(Appended::Stored { notifications: Vec::new(), counts: Vec::new() });
+        }
+        let key = idempotency_key.map(str::to_owned);
+        self.writer.submit(AppendRequest { entries, key }).await
+    }
+
+    async fn complete_receipt(&self, idempotency_key: &str, receipt: &Receipt) -> Result<(), StoreError> {
+        let receipt = serde_json::to_string(receipt)
+            .map_err(|e| StoreError::Corrupt(format!("a receipt does not serialize: {e}")))?;
+        let (pool, receipt) = (&*self.pool, receipt.as_str());
+        pool.run(move || async move {
+            let mut client = pool.client().await?;
+            let tx = client.transaction().await?;
+            complete_receipt(&tx, idempotency_key, receipt).await?;
+            Ok(tx.commit().await?)
+        })
+        .await
+    }
+
+    async fn read_after(&self, user: &UserId, after: Seq, limit: usize) -> Result<LogPage, StoreError> {
+        let pool = &*self.pool;
+        pool.run(move || async move { read_log_page(&*pool.client().await?, user, after, limit).await }).await
+    }
+
+    async fn head(&self, user: &UserId) -> Result<LogHead, StoreError> {
+        let pool = &*self.pool;
+        pool.run(move || async move { read_head(&*pool.client().await?, user).await }).await
+    }
+
+    async fn inbox_list(&self, user: &UserId, query: &InboxQuery) -> Result<InboxPage, StoreError> {
+        let pool = &*self.pool;
+        pool.run(move || async move { read_inbox_page(&*pool.client().await?, user, query).await }).await
+    }
+
+    async fn inbox_counts(&self, user: &UserId) -> Result<InboxCounts, StoreError> {
+        let pool = &*self.pool;
+        pool.run(move || async move { read_inbox_counts(&*pool.client().await?, user).await }).await
+    }
+
+    async fn inbox_mark(
+        &self,
+        user: &UserId,
+        selection: &Selection,
+        mark: Mark,
+        at_ms: i64,
+    ) -> Result<InboxChange, StoreError> {
+        let pool = &*self.pool;
+        pool.run(move || async move {
+            let mut client = pool.client().await?;
+            let tx = client.transaction().await?;
+            let change = inbox_mark(&tx, user, selection, mark, at_ms).await?;
+            tx.commit().await?;
+            Ok(change)
+        })
+        .await
+    }
+
+    async fn inbox_delete(&self, user: &UserId, selection: &Selection) -> Result<InboxChange, StoreError> {
+        let pool = &*self.pool;
+        pool.run(move || async move {
+            let mut client = pool.client().await?;
+            let tx = client.transaction().await?;
+            let change = inbox_delete(&tx, user, selection).await?;
+            tx.commit().await?;
+            Ok(change)
+        })
+        .await
+    }
+
+    async fn revoke(
+        &self,
+        user: &UserId,
+        session: Option<&SessionId>,
+        closed_at_secs: u64,
+    ) -> Result<(), StoreError> {
+        let closed_at_secs = i64::try_from(closed_at_secs).unwrap_or(i64::MAX);
+        let pool = &*self.pool;
+        pool.run(move || async move {
+            let mut client = pool.client().await?;
+            let tx = client.transaction().await?;
+            revoke(&tx, user, session, closed_at_secs).await?;
+            Ok(tx.commit().await?)
+        })
+        .await
+    }
+
+    async fn revocations(&self, user: &UserId) -> Result<Vec<Revocation>, StoreError> {
+        let pool = &*self.pool;
+        pool.run(move || async move { read_revocations(&*pool.client().await?, user).await }).await
+    }
+
+    /// Chunk by chunk, each its own transaction under retention's advisory lock (bounded in time
+    /// by `Pool::run`, so a large prune is many short operations). If another node holds the
+    /// lock, this one stops where it is: that node is pruning.
+    async fn prune(&self, now_ms: i64) -> Result<PruneReport, StoreError> {
+        let notifications_before = crate::cutoff_ms(now_ms, self.retention.max_age);
+        let keys_before = crate::cutoff_ms(now_ms, self.retention.idempotency_window);
+        let revocations_before = crate::cutoff_ms(now_ms, self.retention.revocation_window) / 1000;
+        let mut report = PruneReport::default();
+        let pool = &*self.pool;
+        let chunk = async |job: Job, before: i64| -> Result<PrunedChunk, StoreError> {
+            pool.run(move || async move {
+                let mut client = pool.client().await?;
+                let tx = client.transaction().await?;
+                let chunk = match job {
+                    Job::Notifications => prune_notifications(&tx, before).await?,
+                    Job::Keys => prune_keys(&tx, before).await?,
+                    Job::Revocations => prune_revocations(&tx, before).await?,
+                };
+                tx.commit().await?;
+                Ok(chunk)
+            })
+            .await
+        };
+        for (job, before) in [
+            (Job::Notifications, notifications_before),
+            (Job::Keys, keys_before),
+            (Job::Revocations, revocations_before),
+        ] {
+            loop {
+                let done = chunk(job, before).await?;
+                if done.skipped {
+                    tracing::debug!("another node is applying retention; this one skips its turn");
+                    return Ok(report);
+                }
+                let more = done.removed > 0 || !done.inboxes.is_empty();
+                match job {
+                    Job::Notifications => {
+                        report.notifications += done.removed;
+                        report.inboxes.extend(done.inboxes);
+                    }
+                    Job::Keys => report.idempotency_keys += done.removed,
+                    Job::Revocations => report.revocations += done.removed,
+                }
+                // A chunk that removed less than its bound found everything there was.
+                if !more || (job != Job::Notifications && done.removed < super::PRUNE_CHUNK_ROWS as u64) {
+                    break;
+                }
+            }
+        }
+        if report != PruneReport::default() {
+            tracing::debug!(?report, "store pruned");
+        }
+        Ok(report)
+    }
+}
+
+/// What a chunk of retention removes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Job {
+    Notifications,
+    Keys,
+    Revocations,
+}

@@ -1,0 +1,267 @@
+//! Connecting: the connection settings (every timeout named here), the bounded pool of
+//! connections, and [`Pool::run`], the one way an operation uses the database: a connection from
+//! the pool, a bounded time for the whole operation, and another try after a deadlock. Nothing
+//! here knows the tables.
+//!
+//! **When PostgreSQL is down or unreachable**, no operation hangs: a connection is made within
+//! [`CONNECT_TIMEOUT`], a statement runs at most [`STATEMENT_TIMEOUT`] (the server cancels it),
+//! a connection whose peer stopped acknowledging is closed by the kernel after
+//! [`TCP_USER_TIMEOUT`], and whatever else may stall, the whole operation is given up after
+//! [`OPERATION_TIMEOUT`] with [`StoreError::Unavailable`]. The pool needs no restart: a broken
+//! connection is dropped when it is next taken (`is_closed`), and the next one is made afresh,
+//! so the store works again as soon as the database answers.
+
+use std::future::Future;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::{
+    Hook, HookError, Manager, ManagerConfig, Object, RecyclingMethod, Runtime, Timeouts,
+};
+use herald_core::StoreError;
+use parking_lot::Mutex;
+use tokio_postgres::NoTls;
+
+use super::schema::read_epoch;
+use super::sql::Error;
+
+/// Connections a store keeps open at most (the writer's and the readers'). At the bound, an
+/// operation waits for one for at most [`POOL_WAIT_TIMEOUT`], then fails `Unavailable`. Why
+/// 16: appends share one connection per batch (group commit), so the rest are for reads and
+/// inbox changes, which take a few ms each; 16 per node keeps 6 nodes within PostgreSQL's
+/// default `max_connections` (100) with room for the operator's tools. Behind PgBouncer in
+/// transaction mode, see `docs/dev/postgres-store-status.md` (not tested yet).
+pub const POOL_CONNECTIONS_MAX: usize = 16;
+
+/// Longest wait for a pooled connection when all [`POOL_CONNECTIONS_MAX`] are busy.
+pub const POOL_WAIT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Longest wait for a new connection (TCP, startup, authentication): a database that is down
+/// refuses at once; one that is unreachable (no answer at all) fails after this.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// `statement_timeout` of every connection: the server cancels a statement that runs longer (a
+/// row lock held by a stalled transaction, an overloaded server).
+pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// `idle_in_transaction_session_timeout` of every connection: a node that stalls (or is paused)
+/// inside a transaction has it rolled back after this, so the row locks it holds (a user's
+/// `herald_users` row) stop blocking the other nodes' writes to that user.
+pub const IDLE_IN_TRANSACTION_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `TCP_USER_TIMEOUT` of every connection: when data sent to the server is not acknowledged for
+/// this long (the server's host is gone, a network partition), the kernel closes the connection
+/// and the pool drops it, rather than the connection waiting for TCP's retransmissions (15 min).
+pub const TCP_USER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Longest an operation of the store takes, whatever happens (the waits above add up to more
+/// at worst): then it fails with [`StoreError::Unavailable`]. A write that timed out may still
+/// commit (the commit may be on its way): a publisher that retries with its idempotency key
+/// stores it once.
+pub const OPERATION_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Times an operation runs again after PostgreSQL rolled it back for a deadlock or a
+/// serialization failure (the store takes its locks in one order, so these are rare: see
+/// `writes`). Then the error is the caller's.
+pub const RETRIES_MAX: u32 = 3;
+
+/// Where the store's tables are: a PostgreSQL URL, and optionally a schema.
+#[derive(Clone)]
+pub struct PostgresOptions {
+    /// `postgres://user[:password]@host[:port]/database[?…]` (libpq's URL or key=value form).
+    pub url: String,
+    /// The schema of Herald's tables (created if missing); `None`: the connection's
+    /// `search_path` (usually `public`). Letters, digits and `_` only.
+    pub schema: Option<String>,
+    /// Connections kept open at most; [`POOL_CONNECTIONS_MAX`] by default.
+    pub connections_max: usize,
+}
+
+impl PostgresOptions {
+    pub fn new(url: impl Into<String>) -> Self {
+        Self { url: url.into(), schema: None, connections_max: POOL_CONNECTIONS_MAX }
+    }
+
+    /// The database (and schema) as errors and logs name it: no password.
+    pub(super) fn place(&self) -> String {
+        let config = tokio_postgres::Config::from_str(&self.url).ok();
+        let database = config.as_ref().and_then(|c| c.get_dbname()).unwrap_or("?").to_owned();
+        let host = config
+            .as_ref()
+            .and_then(|c| c.get_hosts().first())
+            .map(|h| match h {
+                tokio_postgres::config::Host::Tcp(host) => host.clone(),
+                tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+            })
+            .unwrap_or_default();
+        match &self.schema {
+            Some(schema) => format!("PostgreSQL database {database} on {host}, schema {schema}"),
+            None => format!("PostgreSQL database {database} on {host}"),
+        }
+    }
+
+    /// The driver's settings: the URL's, plus every timeout of this module (a URL that sets
+    /// `connect_timeout` keeps its own).
+    fn config(&self) -> Result<tokio_postgres::Config, StoreError> {
+        let mut config = tokio_postgres::Config::from_str(&self.url)
+            .map_err(|e| StoreError::Unavailable(format!("invalid PostgreSQL URL: {e}")))?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        config.tcp_user_timeout(TCP_USER_TIMEOUT);
+        config.keepalives(true).keepalives_idle(Duration::from_secs(10));
+        if config.get_application_name().is_none() {
+            config.application_name("herald");
+        }
+        let mut options = config.get_options().map(|o| format!("{o} ")).unwrap_or_default();
+        options.push_str(&format!(
+            "-c statement_timeout={} -c idle_in_transaction_session_timeout={}",
+            STATEMENT_TIMEOUT.as_millis(),
+            IDLE_IN_TRANSACTION_TIMEOUT.as_millis()
+        ));
+        if let Some(schema) = &self.schema {
+            if schema.is_empty() || !schema.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                return Err(StoreError::Unavailable(format!(
+                    "invalid PostgreSQL schema name {schema:?}: letters, digits and _ only"
+                )));
+            }
+            options.push_str(&format!(" -c search_path={schema}"));
+        }
+        config.options(&options);
+        Ok(config)
+    }
+}
+
+impl std::fmt::Debug for PostgresOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may hold a password.
+        f.debug_struct("PostgresOptions")
+            .field("place", &self.place())
+            .field("connections_max", &self.connections_max)
+            .finish()
+    }
+}
+
+/// The store's connections, and the epoch as of the newest one.
+pub(super) struct Pool {
+    inner: deadpool_postgres::Pool,
+    /// Read by every new connection (the pool's `post_create` hook): a failover makes every
+    /// connection new, and the epoch of the promoted replica is seen at once.
+    epoch: Arc<Mutex<Arc<str>>>,
+}
+
+impl Pool {
+    /// The pool of `options` (no connection is made yet), and a connection outside it for
+    /// opening the store (creating the schema, migrating): the pool's hook reads the epoch,
+    /// which exists only once migrated.
+    pub(super) async fn connect(
+        options: &PostgresOptions,
+    ) -> Result<(Self, tokio_postgres::Client), StoreError> {
+        let config = options.config()?;
+        let (client, connection) = tokio::time::timeout(OPERATION_TIMEOUT, config.connect(NoTls))
+            .await
+            .map_err(|_| {
+                StoreError::Unavailable(format!(
+                    "{}: no connection within {OPERATION_TIMEOUT:?}",
+                    options.place()
+                ))
+            })?
+            .map_err(|e| {
+                StoreError::Unavailable(format!("{}: {}", options.place(), Error::from(e).into_store()))
+            })?;
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "a PostgreSQL connection closed");
+            }
+        });
+        let epoch: Arc<Mutex<Arc<str>>> = Arc::new(Mutex::new(Arc::from("")));
+        let hook_epoch = Arc::clone(&epoch);
+        let manager =
+            Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let inner = deadpool_postgres::Pool::builder(manager)
+            .max_size(options.connections_max.max(1))
+            .timeouts(Timeouts {
+                wait: Some(POOL_WAIT_TIMEOUT),
+                create: Some(CONNECT_TIMEOUT),
+                recycle: Some(CONNECT_TIMEOUT),
+            })
+            .runtime(Runtime::Tokio1)
+            .post_create(Hook::async_fn(move |client, _| {
+                let epoch = Arc::clone(&hook_epoch);
+                Box::pin(async move {
+                    let now = read_epoch(client).await.map_err(|e| match e {
+                        Error::Db(e) => HookError::Backend(e),
+                        other => HookError::message(other.into_store().to_string()),
+                    })?;
+                    let mut known = epoch.lock();
+                    if !known.is_empty() && **known != *now {
+                        tracing::warn!(
+                            was = %known,
+                            now = %now,
+                            "the store's epoch changed (a failover, a restore, or a new schema): seqs may restart"
+                        );
+                    }
+                    *known = Arc::from(now);
+                    Ok(())
+                })
+            }))
+            .build()
+            .map_err(|e| StoreError::Unavailable(format!("cannot build the PostgreSQL pool: {e}")))?;
+        Ok((Self { inner, epoch }, client))
+    }
+
+    pub(super) fn set_epoch(&self, epoch: String) {
+        *self.epoch.lock() = Arc::from(epoch);
+    }
+
+    pub(super) fn epoch(&self) -> Arc<str> {
+        Arc::clone(&self.epoch.lock())
+    }
+
+    /// A connection from the pool (waiting at most [`POOL_WAIT_TIMEOUT`], connecting within
+    /// [`CONNECT_TIMEOUT`]).
+    pub(super) async fn client(&self) -> Result<Object, Error> {
+        Ok(self.inner.get().await?)
+    }
+
+    /// Runs `operation` (which takes its own connection with [`Pool::client`]), again after a
+    /// deadlock or serialization failure (at most [`RETRIES_MAX`] times), all within
+    /// [`OPERATION_TIMEOUT`].
+    pub(super) async fn run<T, F, Fut>(&self, operation: F) -> Result<T, StoreError>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T, Error>>,
+    {
+        self.run_raw(operation).await.map_err(Error::into_store)
+    }
+
+    /// [`Pool::run`], keeping the error's SQLSTATE (see [`Error::is_connection`]).
+    pub(super) async fn run_raw<T, F, Fut>(&self, operation: F) -> Result<T, Error>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T, Error>>,
+    {
+        let attempts = async {
+            let mut retries = 0;
+            loop {
+                match operation().await {
+                    Err(e) if e.is_retryable() && retries < RETRIES_MAX => {
+                        retries += 1;
+                        tracing::debug!(error = ?e, retries, "a store transaction was rolled back; again");
+                    }
+                    done => return done,
+                }
+            }
+        };
+        match tokio::time::timeout(OPERATION_TIMEOUT, attempts).await {
+            Ok(done) => done,
+            Err(_) => Err(Error::Store(timed_out())),
+        }
+    }
+}
+
+/// The error of an operation given up after [`OPERATION_TIMEOUT`].
+pub(super) fn timed_out() -> StoreError {
+    StoreError::Unavailable(format!("PostgreSQL did not answer within {OPERATION_TIMEOUT:?}"))
+}

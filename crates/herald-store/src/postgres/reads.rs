@@ -1,0 +1,212 @@
+//! The reads: heads, log pages, inbox pages and counts, revocations. Each is one statement, so
+//! what it returns comes from one snapshot (a page and its head, a page and its counts), on a
+//! pooled connection outside any transaction. Nothing here writes.
+//!
+//! Seqs of a user become visible in order (the store's contract): every append to a user
+//! updates the user's `herald_users` row, so two appends to one user commit one after the other,
+//! in seq order, whichever nodes they come from; a snapshot that sees seq `n` sees every seq
+//! below it.
+
+use std::sync::Arc;
+
+use deadpool_postgres::ClientWrapper;
+use herald_core::{
+    Audience, ClientId, InboxCounts, InboxItem, InboxPage, InboxQuery, InboxStatus, ItemState, LogHead,
+    LogPage, Notification, Revocation, Seq, SessionId, StoreError, UserId,
+};
+use serde_json::value::RawValue;
+use tokio_postgres::Row;
+
+use super::sql::{Error, count_from_sql, seq_from_sql, sql_seq};
+
+/// The columns of a notification, in the order [`notification_from_row`] reads them (from
+/// `offset` on).
+pub(super) const NOTIFICATION_COLUMNS: &str = "n.seq, n.type, n.data, n.created_at, n.session, n.client, n.except_client, n.seen_at, n.read_at, n.archived_at";
+
+/// The columns of a user's counts, in the order [`counts_from_row`] reads them.
+pub(super) const COUNTS_COLUMNS: &str = "u.total, u.unread, u.unseen, u.archived, u.inbox_version";
+
+/// The notification of `user` in `row` (columns [`NOTIFICATION_COLUMNS`] from `offset`), with
+/// its inbox state.
+pub(super) fn notification_from_row(
+    user: &UserId,
+    row: &Row,
+    offset: usize,
+) -> Result<(Arc<Notification>, ItemState), StoreError> {
+    let seq: i64 = row.get(offset);
+    let kind: String = row.get(offset + 1);
+    let data: String = row.get(offset + 2);
+    let data = RawValue::from_string(data)
+        .map_err(|e| StoreError::Corrupt(format!("data of {user}'s seq {seq} is not JSON: {e}")))?;
+    let id = |column: usize| -> Option<String> { row.get(offset + column) };
+    let audience = Audience {
+        session: id(4).map(SessionId::new).transpose().map_err(|e| corrupt_id(user, seq, e))?,
+        client: id(5).map(ClientId::new).transpose().map_err(|e| corrupt_id(user, seq, e))?,
+        except_client: id(6).map(ClientId::new).transpose().map_err(|e| corrupt_id(user, seq, e))?,
+    };
+    let notification = Notification::new(
+        user.clone(),
+        Some(seq_from_sql(seq)?),
+        Arc::from(kind),
+        Arc::from(data),
+        row.get(offset + 3),
+        audience,
+    );
+    let state = ItemState {
+        seen_at_ms: row.get(offset + 7),
+        read_at_ms: row.get(offset + 8),
+        archived_at_ms: row.get(offset + 9),
+    };
+    Ok((Arc::new(notification), state))
+}
+
+fn corrupt_id(user: &UserId, seq: i64, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(format!("audience of {user}'s seq {seq}: {e}"))
+}
+
+/// A user's counts from `row` (columns [`COUNTS_COLUMNS`] from `offset`).
+pub(super) fn counts_from_row(row: &Row, offset: usize) -> Result<InboxCounts, StoreError> {
+    let count = |i: usize| count_from_sql(row.get(offset + i));
+    Ok(InboxCounts {
+        total: count(0)?,
+        unread: count(1)?,
+        unseen: count(2)?,
+        archived: count(3)?,
+        version: count(4)?,
+    })
+}
+
+/// `user`'s head; (0, 0) for a user never seen.
+pub(super) async fn read_head(client: &ClientWrapper, user: &UserId) -> Result<LogHead, Error> {
+    let statement =
+        client.prepare_cached("SELECT last_seq, pruned_through FROM herald_users WHERE user_id = $1").await?;
+    match client.query_opt(&statement, &[&user.as_str()]).await? {
+        Some(row) => {
+            Ok(LogHead { last_seq: seq_from_sql(row.get(0))?, pruned_through: seq_from_sql(row.get(1))? })
+        }
+        None => Ok(LogHead::default()),
+    }
+}
+
+/// Up to `limit` notifications of `user` after `after`, oldest first, with the head, from one
+/// snapshot: the head row joined with the page (a user never seen has no row, hence no page).
+pub(super) async fn read_log_page(
+    client: &ClientWrapper,
+    user: &UserId,
+    after: Seq,
+    limit: usize,
+) -> Result<LogPage, Error> {
+    let statement = client
+        .prepare_cached(&format!(
+            "SELECT u.last_seq, u.pruned_through, {NOTIFICATION_COLUMNS}
+             FROM herald_users u LEFT JOIN LATERAL (
+                 SELECT * FROM herald_notifications
+                 WHERE user_id = $1 AND seq > $2 ORDER BY seq LIMIT $3
+             ) n ON true
+             WHERE u.user_id = $1"
+        ))
+        .await?;
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let rows = client.query(&statement, &[&user.as_str(), &sql_seq(after), &limit]).await?;
+    let Some(first) = rows.first() else { return Ok(LogPage::default()) };
+    let head = LogHead { last_seq: seq_from_sql(first.get(0))?, pruned_through: seq_from_sql(first.get(1))? };
+    let mut notifications = Vec::with_capacity(rows.len());
+    for row in &rows {
+        // The LEFT JOIN's one row of NULLs when the page is empty.
+        if row.get::<_, Option<i64>>(2).is_some() {
+            notifications.push(notification_from_row(user, row, 2)?.0);
+        }
+    }
+    Ok(LogPage { notifications, head })
+}
+
+/// The condition a status's page lists (see `InboxStatus`), on `herald_notifications`.
+fn status_condition(status: InboxStatus) -> &'static str {
+    match status {
+        InboxStatus::All => "archived_at IS NULL",
+        InboxStatus::Unread => "read_at IS NULL AND archived_at IS NULL",
+        InboxStatus::Unseen => "seen_at IS NULL AND archived_at IS NULL",
+        InboxStatus::Read => "read_at IS NOT NULL AND archived_at IS NULL",
+        InboxStatus::Archived => "archived_at IS NOT NULL",
+    }
+}
+
+/// A page of `user`'s inbox with the counts, from one snapshot. One row more than `limit` is
+/// read, to tell whether a next page exists.
+pub(super) async fn read_inbox_page(
+    client: &ClientWrapper,
+    user: &UserId,
+    query: &InboxQuery,
+) -> Result<InboxPage, Error> {
+    let by_kind = if query.kind.is_some() { "AND type = $4" } else { "AND $4::text IS NULL" };
+    let statement = client
+        .prepare_cached(&format!(
+            "SELECT {COUNTS_COLUMNS}, {NOTIFICATION_COLUMNS}
+             FROM herald_users u LEFT JOIN LATERAL (
+                 SELECT * FROM herald_notifications
+                 WHERE user_id = $1 AND seq < $2 AND {} {by_kind}
+                 ORDER BY seq DESC LIMIT $3
+             ) n ON true
+             WHERE u.user_id = $1",
+            status_condition(query.status)
+        ))
+        .await?;
+    let before = query.before.map_or(i64::MAX, sql_seq);
+    let limit = i64::try_from(query.limit).unwrap_or(i64::MAX).saturating_add(1);
+    let rows = client.query(&statement, &[&user.as_str(), &before, &limit, &query.kind]).await?;
+    let Some(first) = rows.first() else { return Ok(InboxPage::default()) };
+    let counts = counts_from_row(first, 0)?;
+    let mut items = Vec::with_capacity(rows.len().min(query.limit));
+    let mut more = false;
+    for row in &rows {
+        if row.get::<_, Option<i64>>(5).is_none() {
+            continue;
+        }
+        if items.len() == query.limit {
+            more = true;
+            break;
+        }
+        let (notification, state) = notification_from_row(user, row, 5)?;
+        items.push(InboxItem { notification, state });
+    }
+    let next_before = if more { items.last().map(InboxItem::seq) } else { None };
+    Ok(InboxPage { items, next_before, counts })
+}
+
+/// `user`'s counts: one row by its primary key.
+pub(super) async fn read_inbox_counts(client: &ClientWrapper, user: &UserId) -> Result<InboxCounts, Error> {
+    let statement = client
+        .prepare_cached(&format!("SELECT {COUNTS_COLUMNS} FROM herald_users u WHERE u.user_id = $1"))
+        .await?;
+    match client.query_opt(&statement, &[&user.as_str()]).await? {
+        Some(row) => Ok(counts_from_row(&row, 0)?),
+        None => Ok(InboxCounts::default()),
+    }
+}
+
+/// Every revocation of `user` still remembered.
+pub(super) async fn read_revocations(
+    client: &ClientWrapper,
+    user: &UserId,
+) -> Result<Vec<Revocation>, Error> {
+    let statement =
+        client.prepare_cached("SELECT session, closed_at FROM herald_revocations WHERE user_id = $1").await?;
+    let rows = client.query(&statement, &[&user.as_str()]).await?;
+    let mut revocations = Vec::with_capacity(rows.len());
+    for row in rows {
+        let session: String = row.get(0);
+        let closed_at: i64 = row.get(1);
+        let session = if session.is_empty() {
+            None
+        } else {
+            Some(
+                SessionId::new(&session)
+                    .map_err(|e| StoreError::Corrupt(format!("revoked session of {user}: {e}")))?,
+            )
+        };
+        let closed_at_secs = u64::try_from(closed_at)
+            .map_err(|_| StoreError::Corrupt(format!("negative revocation time of {user}")))?;
+        revocations.push(Revocation { session, closed_at_secs });
+    }
+    Ok(revocations)
+}

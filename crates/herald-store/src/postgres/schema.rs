@@ -1,0 +1,169 @@
+//! The schema and its migrations: the tables of each schema version, each with why it is so,
+//! and [`migrate`], which creates the schema in an empty database (or schema) and upgrades an
+//! older one, under an advisory lock so that several nodes starting at once migrate once; and
+//! [`read_epoch`], the database's epoch. The queries that walk these tables live with the
+//! reads and the writes; connecting, in `pool`.
+//!
+//! Every table is prefixed `herald_`, so that Herald can share a database (even its `public`
+//! schema) with an application without taking its `users` table for its own.
+
+use herald_core::StoreError;
+use tokio_postgres::Client;
+
+use super::sql::Error;
+
+/// The schema this code writes, kept in `herald_meta.schema_version`. A database with a higher
+/// version was migrated by a newer Herald: opening it fails rather than guess.
+pub const SCHEMA_VERSION: i32 = 1;
+
+/// Schema version 1: everything the `Store` contract needs.
+///
+/// - `herald_meta`: one row, the schema version and the **epoch**, a random id made with the
+///   schema (see `read_epoch`).
+/// - `herald_users`: one row per user with its head (`last_seq`, `pruned_through`) and its inbox
+///   counts as of every commit. An append adds to `last_seq` and the counts in the same
+///   transaction as its rows: the row lock is what makes seqs gap-free and never reused, whatever
+///   node appends, and it is the only thing two appends to one user wait on. `fillfactor = 70`
+///   leaves room in each page for the new version of a row, so that those updates are HOT (no
+///   index is written: no indexed column changes).
+/// - `herald_notifications`: clustered by its primary key (user, seq), so a replay is one range
+///   scan. Inbox pages of `all`, `unread`, `unseen` and by type walk the primary key newest first
+///   and skip what they do not list (bounded by `Retention::max_per_user`), as in the SQLite
+///   store; `read` and `archived`, which only marks write, have partial indexes. Retention by age
+///   finds the expired rows through `created_at`.
+/// - `herald_idempotency`: the keys of publishes, with the receipt; `created_at` for the window.
+/// - `herald_revocations`: the latest close per user and session (`''`: all sessions; a
+///   session id is never empty).
+///
+/// Ids are `COLLATE "C"`: compared byte by byte, as the store sorts them in Rust (locks are
+/// taken in that order) and faster than a locale's rules.
+pub const SCHEMA_V1: &str = r#"
+CREATE TABLE herald_meta (
+    id             boolean PRIMARY KEY DEFAULT true CHECK (id),
+    schema_version integer NOT NULL,
+    epoch          text NOT NULL DEFAULT gen_random_uuid()::text,
+    created_at     timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE herald_users (
+    user_id        text COLLATE "C" PRIMARY KEY,
+    last_seq       bigint NOT NULL,
+    pruned_through bigint NOT NULL DEFAULT 0,
+    total          bigint NOT NULL DEFAULT 0,
+    unread         bigint NOT NULL DEFAULT 0,
+    unseen         bigint NOT NULL DEFAULT 0,
+    archived       bigint NOT NULL DEFAULT 0,
+    inbox_version  bigint NOT NULL DEFAULT 0
+) WITH (fillfactor = 70);
+CREATE TABLE herald_notifications (
+    user_id       text COLLATE "C" NOT NULL,
+    seq           bigint NOT NULL,
+    type          text NOT NULL,
+    data          text NOT NULL,
+    created_at    bigint NOT NULL,
+    session       text,
+    client        text,
+    except_client text,
+    seen_at       bigint,
+    read_at       bigint,
+    archived_at   bigint,
+    PRIMARY KEY (user_id, seq)
+);
+CREATE INDEX herald_notifications_by_created_at ON herald_notifications (created_at);
+CREATE INDEX herald_inbox_read ON herald_notifications (user_id, seq)
+    WHERE read_at IS NOT NULL AND archived_at IS NULL;
+CREATE INDEX herald_inbox_archived ON herald_notifications (user_id, seq) WHERE archived_at IS NOT NULL;
+CREATE TABLE herald_idempotency (
+    key        text COLLATE "C" PRIMARY KEY,
+    created_at bigint NOT NULL,
+    receipt    text NOT NULL
+);
+CREATE INDEX herald_idempotency_by_created_at ON herald_idempotency (created_at);
+CREATE TABLE herald_revocations (
+    user_id   text COLLATE "C" NOT NULL,
+    session   text COLLATE "C" NOT NULL,
+    closed_at bigint NOT NULL,
+    PRIMARY KEY (user_id, session)
+);
+CREATE INDEX herald_revocations_by_closed_at ON herald_revocations (closed_at);
+INSERT INTO herald_meta (schema_version) VALUES (1);
+"#;
+
+/// The advisory lock migrations hold (for their transaction): one per schema, so several nodes
+/// starting at once on one database migrate one after the other, and the later ones find the
+/// schema done. `hashtext` of the schema's name: stores in other schemas of the database do not
+/// wait for each other.
+const MIGRATION_LOCK: &str = "SELECT pg_advisory_xact_lock(hashtext(current_schema() || ':herald-migrate'))";
+
+/// Creates the schema in an empty database (or schema), upgrades an older one step by step,
+/// and refuses a newer one, all in one transaction under [`MIGRATION_LOCK`]: a failed upgrade
+/// leaves the database as it was, and a node that waited for another's migration finds it done.
+/// `place` names the database (and schema) in errors.
+pub(super) async fn migrate(client: &mut Client, place: &str) -> Result<(), Error> {
+    let tx = client.transaction().await?;
+    let schema: Option<String> = tx.query_one("SELECT current_schema()", &[]).await?.get(0);
+    if schema.is_none() {
+        return Err(StoreError::Unavailable(format!(
+            "{place}: no schema of the search_path exists (create it, or name an existing one)"
+        ))
+        .into());
+    }
+    tx.execute(MIGRATION_LOCK, &[]).await?;
+    let has_meta: bool = tx.query_one("SELECT to_regclass('herald_meta') IS NOT NULL", &[]).await?.get(0);
+    let version: i32 =
+        if has_meta { tx.query_one("SELECT schema_version FROM herald_meta", &[]).await?.get(0) } else { 0 };
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::Unavailable(format!(
+            "{place} has Herald schema version {version}, this Herald knows up to {SCHEMA_VERSION}: upgrade Herald"
+        ))
+        .into());
+    }
+    if version < 1 {
+        tracing::info!(place, "creating Herald's tables (schema version 1)");
+        // Plain CREATE TABLE: tables of another program with these names fail the migration
+        // instead of being mixed into.
+        tx.batch_execute(SCHEMA_V1).await?;
+    }
+    // Later versions: `if version < 2 { … }`, each bumping `herald_meta.schema_version`.
+    tx.commit().await?;
+    Ok(())
+}
+
+/// The database's epoch: `{id}.{system}.{timeline}`.
+///
+/// - `id`: the random id `herald_meta` was made with. It changes only when the schema is made
+///   again (a new, empty store) or an operator renews it after restoring a dump into the same
+///   cluster (`UPDATE herald_meta SET epoch = gen_random_uuid()`).
+/// - `system`: the PostgreSQL cluster's system identifier (made by `initdb`; a dump restored
+///   into another cluster has another one; replicas share their primary's).
+/// - `timeline`: the cluster's WAL timeline, which grows at every promotion of a replica and
+///   every point-in-time recovery: exactly when commits acknowledged before may be lost.
+///
+/// Seqs handed out under one epoch are never handed out again under it; a client resuming with
+/// seqs of another epoch must be given a `reset`, since the log it resumed from may have lost
+/// commits and the seqs after them may be reused. A failover that lost nothing changes the
+/// timeline too: clients then reset once, needlessly but safely. Where the control functions
+/// are not granted, the epoch is the id alone (and a failover is not seen).
+pub(super) async fn read_epoch(client: &Client) -> Result<String, Error> {
+    let id: String = client.query_one("SELECT epoch FROM herald_meta", &[]).await?.get(0);
+    // A standby has no current WAL position (it is not written to); its timeline is not asked.
+    let control = client
+        .query_one(
+            "SELECT (SELECT system_identifier FROM pg_control_system())::text,
+                    CASE WHEN pg_is_in_recovery() THEN NULL
+                         ELSE substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8) END",
+            &[],
+        )
+        .await;
+    Ok(match control {
+        Ok(row) => {
+            let system: Option<String> = row.get(0);
+            let timeline: Option<String> = row.get(1);
+            let timeline = timeline.and_then(|t| u32::from_str_radix(&t, 16).ok()).unwrap_or(0);
+            format!("{id}.{}.{timeline}", system.unwrap_or_default())
+        }
+        Err(error) => {
+            tracing::warn!(%error, "cannot read PostgreSQL's system id and timeline: the store's epoch is its id alone");
+            id
+        }
+    })
+}

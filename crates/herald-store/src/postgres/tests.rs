@@ -1,0 +1,596 @@
+//! The PostgreSQL store's tests: the conformance suite (a fresh schema per case), and what only
+//! a shared, networked database has: several stores (nodes) on one schema, migrations at once,
+//! the epoch, group commit, and the database stopped and started mid-use (a private instance).
+//!
+//! They need `HERALD_TEST_POSTGRES` (`postgres://postgres@127.0.0.1:5432/test` in CI); without
+//! it each test says why it skips and passes. Each case makes its own schema
+//! (`herald_test_<pid>_<n>`) and drops it when its store is dropped.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use herald_core::notification::now_ms;
+use herald_core::{
+    Appended, Audience, InboxChange, InboxCounts, InboxPage, InboxQuery, LogHead, LogPage, Mark,
+    NewNotification, PruneReport, Receipt, Retention, Revocation, Selection, Seq, SessionId, Store,
+    StoreError, UserId,
+};
+use serde_json::value::RawValue;
+
+use super::*;
+
+const URL_VARIABLE: &str = "HERALD_TEST_POSTGRES";
+
+fn test_url() -> Option<String> {
+    std::env::var(URL_VARIABLE).ok().filter(|url| !url.is_empty())
+}
+
+fn skip() -> Option<String> {
+    match test_url() {
+        Some(_) => None,
+        None => Some(format!("{URL_VARIABLE} is not set (e.g. postgres://postgres@127.0.0.1:5432/test)")),
+    }
+}
+
+/// A schema name no other test (of this run or another process) uses.
+fn fresh_schema() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "herald_test_{}_{}_{}",
+        std::process::id(),
+        now_ms() % 1_000_000,
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A store in its own schema, which it drops when dropped.
+struct TestStore {
+    store: Option<PostgresStore>,
+    url: String,
+    schema: String,
+}
+
+impl TestStore {
+    async fn open(retention: Retention) -> Self {
+        let url = test_url().expect("the caller checked skip()");
+        let schema = fresh_schema();
+        let store = PostgresStore::open(options(&url, &schema), retention).await.expect("open the store");
+        Self { store: Some(store), url, schema }
+    }
+
+    fn store(&self) -> &PostgresStore {
+        self.store.as_ref().expect("open until dropped")
+    }
+}
+
+fn options(url: &str, schema: &str) -> PostgresOptions {
+    PostgresOptions { schema: Some(schema.to_owned()), ..PostgresOptions::new(url) }
+}
+
+/// Drops `schema` on its own thread and runtime: `Drop` may run inside a runtime.
+fn drop_schema(url: &str, schema: &str) {
+    let (url, name) = (url.to_owned(), schema.to_owned());
+    let dropped = std::thread::spawn(move || {
+        let schema = name;
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async {
+            let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
+            tokio::spawn(connection);
+            client.batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE")).await
+        })
+    })
+    .join();
+    if !matches!(dropped, Ok(Ok(()))) {
+        eprintln!("could not drop the test schema {schema}: {dropped:?}");
+    }
+}
+
+impl Drop for TestStore {
+    fn drop(&mut self) {
+        drop(self.store.take());
+        drop_schema(&self.url, &self.schema);
+    }
+}
+
+#[async_trait]
+impl Store for TestStore {
+    async fn append(&self, entries: Vec<NewNotification>, key: Option<&str>) -> Result<Appended, StoreError> {
+        self.store().append(entries, key).await
+    }
+    async fn complete_receipt(&self, key: &str, receipt: &Receipt) -> Result<(), StoreError> {
+        self.store().complete_receipt(key, receipt).await
+    }
+    async fn read_after(&self, user: &UserId, after: Seq, limit: usize) -> Result<LogPage, StoreError> {
+        self.store().read_after(user, after, limit).await
+    }
+    async fn head(&self, user: &UserId) -> Result<LogHead, StoreError> {
+        self.store().head(user).await
+    }
+    async fn prune(&self, now_ms: i64) -> Result<PruneReport, StoreError> {
+        self.store().prune(now_ms).await
+    }
+    async fn inbox_list(&self, user: &UserId, query: &InboxQuery) -> Result<InboxPage, StoreError> {
+        self.store().inbox_list(user, query).await
+    }
+    async fn inbox_counts(&self, user: &UserId) -> Result<InboxCounts, StoreError> {
+        self.store().inbox_counts(user).await
+    }
+    async fn inbox_mark(
+        &self,
+        user: &UserId,
+        selection: &Selection,
+        mark: Mark,
+        at_ms: i64,
+    ) -> Result<InboxChange, StoreError> {
+        self.store().inbox_mark(user, selection, mark, at_ms).await
+    }
+    async fn inbox_delete(&self, user: &UserId, selection: &Selection) -> Result<InboxChange, StoreError> {
+        self.store().inbox_delete(user, selection).await
+    }
+    async fn revoke(
+        &self,
+        user: &UserId,
+        session: Option<&SessionId>,
+        closed_at_secs: u64,
+    ) -> Result<(), StoreError> {
+        self.store().revoke(user, session, closed_at_secs).await
+    }
+    async fn revocations(&self, user: &UserId) -> Result<Vec<Revocation>, StoreError> {
+        self.store().revocations(user).await
+    }
+}
+
+async fn make(retention: Retention) -> Arc<dyn Store> {
+    Arc::new(TestStore::open(retention).await)
+}
+
+crate::conformance_tests!(make, unless skip);
+
+// ---------------------------------------------------------------------------------------------
+// What only a shared database has
+
+fn entry(user: &str, n: u64) -> NewNotification {
+    NewNotification {
+        user: UserId::new(user).unwrap(),
+        kind: Arc::from("test.note"),
+        data: Arc::from(RawValue::from_string(format!(r#"{{"n":{n}}}"#)).unwrap()),
+        created_at_ms: now_ms(),
+        audience: Audience::user(),
+    }
+}
+
+fn seqs_of(appended: Appended) -> Vec<Seq> {
+    match appended {
+        Appended::Stored { notifications, .. } => notifications.iter().map(|n| n.seq.unwrap()).collect(),
+        Appended::Duplicate(receipt) => panic!("a duplicate: {receipt:?}"),
+    }
+}
+
+macro_rules! skip_unless_postgres {
+    () => {
+        if let Some(reason) = skip() {
+            eprintln!("skipped: {reason}");
+            return;
+        }
+    };
+}
+
+/// Three stores on one schema (three nodes) append to one user at once: the seqs are exactly
+/// 1..=N, each handed out once, whichever store appended. Fails if seqs were assigned per
+/// process rather than in the database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nodes_on_one_database_share_each_users_seqs() {
+    skip_unless_postgres!();
+    const NODES: usize = 3;
+    const APPENDS: u64 = 60;
+    let first = TestStore::open(Retention::default()).await;
+    let url = first.url.clone();
+    let mut nodes = vec![Arc::new(first)];
+    for _ in 1..NODES {
+        let store = PostgresStore::open(options(&url, &nodes[0].schema), Retention::default()).await.unwrap();
+        nodes.push(Arc::new(TestStore {
+            store: Some(store),
+            url: url.clone(),
+            schema: nodes[0].schema.clone(),
+        }));
+    }
+    let mut tasks = Vec::new();
+    for (i, node) in nodes.iter().enumerate() {
+        for t in 0..4 {
+            let node = Arc::clone(node);
+            tasks.push(tokio::spawn(async move {
+                let mut seqs = Vec::new();
+                for n in 0..APPENDS / 4 {
+                    seqs.extend(seqs_of(
+                        node.append(vec![entry("alice", (i * 1000 + t * 100) as u64 + n)], None)
+                            .await
+                            .unwrap(),
+                    ));
+                }
+                seqs
+            }));
+        }
+    }
+    let mut seqs = Vec::new();
+    for task in tasks {
+        seqs.extend(task.await.unwrap());
+    }
+    seqs.sort_unstable();
+    let total = NODES as u64 * APPENDS;
+    assert_eq!(seqs, (1..=total).collect::<Vec<_>>(), "every seq once, none skipped");
+    for node in &nodes {
+        let page = node.read_after(&UserId::new("alice").unwrap(), 0, usize::MAX).await.unwrap();
+        assert_eq!(page.notifications.len() as u64, total, "every node reads the whole log");
+        assert_eq!(page.head.last_seq, total);
+    }
+    // Only the first drops the schema, after the others closed.
+    let mut nodes = nodes.into_iter().map(|n| Arc::into_inner(n).unwrap()).collect::<Vec<_>>();
+    let first = nodes.remove(0);
+    for mut node in nodes {
+        drop(node.store.take());
+        std::mem::forget(node);
+    }
+    drop(first);
+}
+
+/// Four nodes open one new schema at once: the migration runs once (the advisory lock), every
+/// open succeeds, and all see the same epoch. Fails if two nodes both created the tables.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nodes_opening_at_once_migrate_once() {
+    skip_unless_postgres!();
+    let url = test_url().unwrap();
+    let schema = fresh_schema();
+    let opens: Vec<_> = (0..4)
+        .map(|_| {
+            let (url, schema) = (url.clone(), schema.clone());
+            tokio::spawn(
+                async move { PostgresStore::open(options(&url, &schema), Retention::default()).await },
+            )
+        })
+        .collect();
+    let mut epochs = Vec::new();
+    for open in opens {
+        let store = open.await.unwrap().expect("every node opens");
+        epochs.push(store.epoch());
+    }
+    drop_schema(&url, &schema);
+    assert!(epochs.windows(2).all(|w| w[0] == w[1]), "one epoch: {epochs:?}");
+}
+
+/// The epoch is made with the schema and kept: the same on reopening, another in another schema
+/// (a new store), with PostgreSQL's system id and timeline after the id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_epoch_is_made_with_the_schema_and_kept() {
+    skip_unless_postgres!();
+    let one = TestStore::open(Retention::default()).await;
+    let epoch = one.store().epoch();
+    let parts: Vec<&str> = epoch.split('.').collect();
+    assert_eq!(parts.len(), 3, "id.system.timeline: {epoch}");
+    assert_eq!(parts[0].len(), 36, "a UUID: {epoch}");
+    assert!(parts[2].parse::<u32>().unwrap() >= 1, "a timeline: {epoch}");
+    let again = PostgresStore::open(options(&one.url, &one.schema), Retention::default()).await.unwrap();
+    assert_eq!(again.epoch(), epoch, "reopening keeps the epoch");
+    drop(again);
+    let other = TestStore::open(Retention::default()).await;
+    assert_ne!(other.store().epoch(), epoch, "a new schema is a new epoch");
+    assert_eq!(other.store().epoch().split('.').nth(1), Some(parts[1]), "one cluster: one system id");
+}
+
+/// 64 concurrent appends are committed in fewer transactions than appends (group commit), and
+/// every one gets its own seqs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_appends_share_transactions() {
+    skip_unless_postgres!();
+    let test = Arc::new(TestStore::open(Retention::default()).await);
+    let tasks: Vec<_> = (0..64)
+        .map(|n| {
+            let test = Arc::clone(&test);
+            tokio::spawn(async move {
+                seqs_of(test.append(vec![entry(&format!("user-{}", n % 8), n)], None).await.unwrap())
+            })
+        })
+        .collect();
+    for task in tasks {
+        assert_eq!(task.await.unwrap().len(), 1);
+    }
+    let stats = test.store().writer_stats();
+    assert_eq!(stats.requests, 64);
+    assert!(stats.batches < stats.requests, "appends were batched: {stats:?}");
+    for u in 0..8 {
+        let head = test.head(&UserId::new(format!("user-{u}")).unwrap()).await.unwrap();
+        assert_eq!(head.last_seq, 8);
+    }
+}
+
+/// An append PostgreSQL refuses (a NUL byte in its type, which `text` cannot hold) fails alone:
+/// the appends batched with it are stored. Fails if one bad request took its batch down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refused_append_fails_alone() {
+    skip_unless_postgres!();
+    let test = Arc::new(TestStore::open(Retention::default()).await);
+    let tasks: Vec<_> = (0..40)
+        .map(|n| {
+            let test = Arc::clone(&test);
+            tokio::spawn(async move {
+                let mut e = entry("alice", n);
+                if n == 20 {
+                    e.kind = Arc::from("bad\0kind");
+                }
+                (n, test.append(vec![e], None).await)
+            })
+        })
+        .collect();
+    let mut stored = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            (20, result) => assert!(result.is_err(), "the NUL byte is refused"),
+            (_, result) => {
+                result.expect("the others are stored");
+                stored += 1;
+            }
+        }
+    }
+    let head = test.head(&UserId::new("alice").unwrap()).await.unwrap();
+    assert_eq!(head.last_seq, stored, "no seq was spent on the refused append");
+}
+
+/// An address where no PostgreSQL listens: opening fails with `Unavailable` at once, and never
+/// hangs.
+#[tokio::test]
+async fn no_database_fails_to_open_within_the_timeout() {
+    let port = free_port();
+    let started = Instant::now();
+    let opened = PostgresStore::open(
+        PostgresOptions::new(format!("postgres://postgres@127.0.0.1:{port}/test")),
+        Retention::default(),
+    )
+    .await;
+    assert!(matches!(opened, Err(StoreError::Unavailable(_))), "{opened:?}");
+    assert!(started.elapsed() < OPERATION_TIMEOUT, "took {:?}", started.elapsed());
+}
+
+/// A server that accepts connections and never answers (a stalled or partitioned database):
+/// opening fails with `Unavailable` within `OPERATION_TIMEOUT`. Fails if a connection attempt
+/// could wait for an answer without a bound.
+#[tokio::test]
+async fn a_silent_server_fails_to_open_within_the_timeout() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let silent = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    let started = Instant::now();
+    let opened = PostgresStore::open(
+        PostgresOptions::new(format!("postgres://postgres@127.0.0.1:{port}/test")),
+        Retention::default(),
+    )
+    .await;
+    assert!(matches!(opened, Err(StoreError::Unavailable(_))), "{opened:?}");
+    assert!(
+        started.elapsed() <= OPERATION_TIMEOUT + Duration::from_millis(500),
+        "took {:?}",
+        started.elapsed()
+    );
+    silent.abort();
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The database stopped and started mid-use
+
+/// A PostgreSQL of this test's own (`initdb` in a temporary directory, as the `postgres` user),
+/// started and stopped by its PID.
+struct PrivatePostgres {
+    bin: std::path::PathBuf,
+    dir: tempfile::TempDir,
+    port: u16,
+    uid: u32,
+    gid: u32,
+    server: Option<std::process::Child>,
+}
+
+impl PrivatePostgres {
+    /// `None` (with the reason) where it cannot be: not root, no `postgres` user, no binaries.
+    fn create() -> Result<Self, String> {
+        // SAFETY: geteuid has no preconditions.
+        #[allow(unsafe_code)]
+        if unsafe { libc::geteuid() } != 0 {
+            return Err("not root: cannot run initdb as the postgres user".into());
+        }
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .map_err(|e| format!("no /usr/lib/postgresql: {e}"))?
+            .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+            .filter(|bin| bin.join("initdb").exists())
+            .max()
+            .ok_or("no PostgreSQL binaries under /usr/lib/postgresql")?;
+        let name = std::ffi::CString::new("postgres").unwrap();
+        // SAFETY: getpwnam reads a NUL-terminated name; the entry is copied out before any other
+        // call could overwrite it.
+        #[allow(unsafe_code)]
+        let (uid, gid) = unsafe {
+            let pw = libc::getpwnam(name.as_ptr());
+            if pw.is_null() {
+                return Err("no postgres user".into());
+            }
+            ((*pw).pw_uid, (*pw).pw_gid)
+        };
+        let dir = tempfile::Builder::new().prefix("herald-pg-").tempdir().map_err(|e| e.to_string())?;
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).map_err(|e| e.to_string())?;
+        for path in [dir.path(), data.as_path()] {
+            std::os::unix::fs::chown(path, Some(uid), Some(gid)).map_err(|e| e.to_string())?;
+        }
+        let mut this = Self { bin, dir, port: free_port(), uid, gid, server: None };
+        let status = this
+            .command("initdb")
+            .args(["-D", data.to_str().unwrap(), "-A", "trust", "-U", "postgres", "--no-sync"])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .map_err(|e| format!("initdb: {e}"))?;
+        if !status.success() {
+            return Err(format!("initdb failed: {status}"));
+        }
+        this.start();
+        Ok(this)
+    }
+
+    fn command(&self, program: &str) -> std::process::Command {
+        use std::os::unix::process::CommandExt;
+        let mut command = std::process::Command::new(self.bin.join(program));
+        command.uid(self.uid).gid(self.gid).current_dir(self.dir.path());
+        command
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    fn start(&mut self) {
+        let data = self.dir.path().join("data");
+        let log = std::fs::File::create(self.dir.path().join("log")).unwrap();
+        let server = self
+            .command("postgres")
+            .args([
+                "-D",
+                data.to_str().unwrap(),
+                "-p",
+                &self.port.to_string(),
+                "-k",
+                self.dir.path().to_str().unwrap(),
+            ])
+            .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "max_connections=40"])
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start postgres");
+        self.server = Some(server);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "the private PostgreSQL did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Fast shutdown (SIGINT to the postmaster, by its PID): open connections are ended, as when
+    /// a database is restarted.
+    fn stop(&mut self) {
+        if let Some(mut server) = self.server.take() {
+            // SAFETY: kill only sends a signal to the PID of the child this test started.
+            #[allow(unsafe_code)]
+            unsafe {
+                libc::kill(server.id() as libc::pid_t, libc::SIGINT);
+            }
+            let _ = server.wait();
+        }
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// PostgreSQL stopped and started under steady appends: while it is down every append fails
+/// with `Unavailable` within `OPERATION_TIMEOUT` (none hangs); once it is back, appends succeed
+/// again on the same store (the pool recovers by itself), and the user's seqs are 1..=last with
+/// no gap and none reused: every acknowledged append is there, once, under its seq.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn database_stopped_and_started_mid_use() {
+    skip_unless_postgres!();
+    let mut postgres = match PrivatePostgres::create() {
+        Ok(postgres) => postgres,
+        Err(reason) => {
+            eprintln!("skipped: {reason}");
+            return;
+        }
+    };
+    let store = Arc::new(
+        PostgresStore::open(PostgresOptions::new(postgres.url()), Retention::default()).await.unwrap(),
+    );
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let appenders: Vec<_> = (0..4u64)
+        .map(|t| {
+            let (store, stop) = (Arc::clone(&store), Arc::clone(&stop));
+            tokio::spawn(async move {
+                let (mut acknowledged, mut failures, mut slowest) = (Vec::new(), 0u64, Duration::ZERO);
+                let mut n = t * 1_000_000;
+                while !stop.load(Ordering::Relaxed) {
+                    n += 1;
+                    let started = Instant::now();
+                    match store.append(vec![entry("alice", n)], None).await {
+                        Ok(appended) => acknowledged.push((seqs_of(appended)[0], n)),
+                        Err(StoreError::Unavailable(_)) => {
+                            failures += 1;
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                        Err(other) => panic!("not Unavailable: {other}"),
+                    }
+                    slowest = slowest.max(started.elapsed());
+                }
+                (acknowledged, failures, slowest)
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::task::block_in_place(|| postgres.stop());
+    // While it is down: fails, within the bound.
+    for _ in 0..3 {
+        let started = Instant::now();
+        let failed = store.head(&UserId::new("alice").unwrap()).await;
+        assert!(matches!(failed, Err(StoreError::Unavailable(_))), "{failed:?}");
+        assert!(
+            started.elapsed() <= OPERATION_TIMEOUT + Duration::from_millis(500),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::task::block_in_place(|| postgres.start());
+    // Back: the same store works again by itself.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if store.append(vec![entry("bob", 1)], None).await.is_ok() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the store did not recover");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (mut acknowledged, mut failures, mut slowest) = (Vec::new(), 0, Duration::ZERO);
+    for appender in appenders {
+        let (a, f, s) = appender.await.unwrap();
+        acknowledged.extend(a);
+        failures += f;
+        slowest = slowest.max(s);
+    }
+    eprintln!(
+        "{} acknowledged, {failures} failed while down, slowest append {slowest:?}",
+        acknowledged.len()
+    );
+    assert!(failures > 0, "appends failed while the database was down");
+    assert!(slowest <= OPERATION_TIMEOUT + Duration::from_millis(500), "an append hung: {slowest:?}");
+    let page = store.read_after(&UserId::new("alice").unwrap(), 0, usize::MAX).await.unwrap();
+    let stored: Vec<Seq> = page.notifications.iter().map(|n| n.seq.unwrap()).collect();
+    assert_eq!(stored, (1..=page.head.last_seq).collect::<Vec<_>>(), "no gap, no seq twice");
+    acknowledged.sort_unstable();
+    let by_seq: std::collections::HashMap<Seq, String> =
+        page.notifications.iter().map(|n| (n.seq.unwrap(), n.data.get().to_owned())).collect();
+    for (seq, n) in &acknowledged {
+        assert_eq!(
+            by_seq.get(seq),
+            Some(&format!(r#"{{"n":{n}}}"#)),
+            "acknowledged seq {seq} holds its append"
+        );
+    }
+    assert!(acknowledged.windows(2).all(|w| w[0].0 < w[1].0), "no seq acknowledged twice");
+}

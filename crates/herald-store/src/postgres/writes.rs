@@ -1,0 +1,676 @@
+//! The writes, in SQL: a batch of appends (one transaction for the whole batch: see `writer`),
+//! receipts, inbox marks and deletes, revocations, and the chunks of retention.
+//!
+//! **Locks, always in one order**, so that writers on several nodes do not deadlock: idempotency
+//! keys (sorted), then users' `herald_users` rows (sorted, `COLLATE "C"`, as Rust sorts strings),
+//! then those users' notifications. Every write to a user's notifications holds the user's row
+//! first (an append updates it, a mark or delete takes it `FOR UPDATE`, retention too): the row
+//! is what serializes writers of one user, and only of that user. Retention's deletes of old
+//! keys and revocations skip rows locked by a writer (`SKIP LOCKED`) instead of waiting for
+//! them. Should PostgreSQL still find a deadlock, the transaction runs again (`pool::RETRIES_MAX`).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use deadpool_postgres::Transaction;
+use herald_core::inbox::CountsDelta;
+use herald_core::{
+    Appended, InboxChange, InboxCounts, ItemState, Mark, NewNotification, Notification, PrunedInbox, Receipt,
+    ReceiptEntry, Retention, Selection, SessionId, StoreError, UserId,
+};
+use tokio_postgres::Row;
+
+use super::reads::{COUNTS_COLUMNS, counts_from_row};
+use super::sql::{Error, seq_from_sql, sql_seq};
+
+/// Notifications one chunk of retention removes at most (and, separately, idempotency keys and
+/// revocations). At the bound the chunk commits and the next one starts: the users' rows it
+/// locks are held for one chunk only, so publishes to them wait for one chunk at most.
+pub const PRUNE_CHUNK_ROWS: i64 = 10_000;
+
+/// Retention's advisory lock: a chunk runs only if it gets it at once (`pg_try_…`), so one node
+/// prunes at a time and the others skip their turn (retention runs once per cluster). Held for
+/// the chunk's transaction.
+const PRUNE_LOCK: &str = "SELECT pg_try_advisory_xact_lock(hashtext(current_schema() || ':herald-prune'))";
+
+/// One `Store::append` call, as the writer batches it.
+#[derive(Debug)]
+pub(super) struct AppendRequest {
+    pub entries: Vec<NewNotification>,
+    pub key: Option<String>,
+}
+
+/// What becomes of one request of a batch once the keys are claimed.
+enum Fate {
+    Store,
+    /// An earlier request of the batch has the same key: its receipt.
+    DuplicateOf(usize),
+    Duplicate(Receipt),
+}
+
+/// Runs a batch of appends in `tx`: claims the keys, gives each entry the next seq of its user
+/// (one upsert of every user's row: the lock, the seqs and the counts at once), inserts every
+/// notification in one statement, applies `max_per_user`, and records the receipts. One
+/// [`Appended`] per request, in order. Each request's counts are its users' counts once the
+/// batch commits (which is when the append commits).
+pub(super) async fn append_batch(
+    tx: &Transaction<'_>,
+    retention: &Retention,
+    now_ms: i64,
+    batch: &[&AppendRequest],
+) -> Result<Vec<Appended>, Error> {
+    let fates = claim_keys(tx, now_ms, retention, batch).await?;
+
+    // Entries per user, users sorted: the order their rows are locked in.
+    let mut per_user: BTreeMap<&str, i64> = BTreeMap::new();
+    for (request, fate) in batch.iter().zip(&fates) {
+        if matches!(fate, Fate::Store) {
+            for entry in &request.entries {
+                *per_user.entry(entry.user.as_str()).or_default() += 1;
+            }
+        }
+    }
+    let mut next_seq: HashMap<&str, i64> = HashMap::with_capacity(per_user.len());
+    let mut counts: HashMap<String, InboxCounts> = HashMap::with_capacity(per_user.len());
+    // The users over `max_per_user`, once their new notifications are in.
+    let mut enforce = None;
+    if !per_user.is_empty() {
+        let users: Vec<&str> = per_user.keys().copied().collect();
+        let added: Vec<i64> = per_user.values().copied().collect();
+        let statement = tx
+            .prepare_cached(&format!(
+                "INSERT INTO herald_users AS u (user_id, last_seq, total, unread, unseen, inbox_version)
+                 SELECT t.user_id, t.n, t.n, t.n, t.n, t.n
+                 FROM unnest($1::text[], $2::bigint[]) AS t(user_id, n) ORDER BY t.user_id
+                 ON CONFLICT (user_id) DO UPDATE SET
+                     last_seq = u.last_seq + EXCLUDED.last_seq,
+                     total = u.total + EXCLUDED.total,
+                     unread = u.unread + EXCLUDED.unread,
+                     unseen = u.unseen + EXCLUDED.unseen,
+                     inbox_version = u.inbox_version + EXCLUDED.inbox_version
+                 RETURNING u.user_id, u.last_seq, u.pruned_through, {COUNTS_COLUMNS}"
+            ))
+            .await?;
+        let max_per_user = i64::try_from(retention.max_per_user).unwrap_or(i64::MAX);
+        let mut over_max = false;
+        for row in tx.query(&statement, &[&users, &added]).await? {
+            let user: String = row.get(0);
+            let (last_seq, pruned_through): (i64, i64) = (row.get(1), row.get(2));
+            let (&key, &n) = per_user.get_key_value(user.as_str()).ok_or_else(|| {
+                StoreError::Corrupt(format!("the upsert of users returned {user}, not in the batch"))
+            })?;
+            next_seq.insert(key, last_seq - n + 1);
+            over_max |= last_seq.saturating_sub(max_per_user) > pruned_through;
+            counts.insert(user, counts_from_row(&row, 3)?);
+        }
+        debug_assert_eq!(next_seq.len(), per_user.len(), "every user of the batch has its seqs");
+        if over_max {
+            enforce = Some((users, max_per_user));
+        }
+    }
+
+    // Seqs in the order of the batch, then every notification in one insert.
+    let mut stored: Vec<Option<Vec<Arc<Notification>>>> = Vec::with_capacity(batch.len());
+    let mut rows = NotificationRows::default();
+    for (request, fate) in batch.iter().zip(&fates) {
+        if !matches!(fate, Fate::Store) {
+            stored.push(None);
+            continue;
+        }
+        let mut notifications = Vec::with_capacity(request.entries.len());
+        for entry in &request.entries {
+            let next = next_seq.get_mut(entry.user.as_str()).expect("every user of the batch has its seqs");
+            let seq = seq_from_sql(*next)?;
+            *next += 1;
+            let notification = Arc::new(Notification::new(
+                entry.user.clone(),
+                Some(seq),
+                Arc::clone(&entry.kind),
+                Arc::clone(&entry.data),
+                entry.created_at_ms,
+                entry.audience.clone(),
+            ));
+            notifications.push(notification);
+        }
+        stored.push(Some(notifications));
+    }
+    for notification in stored.iter().flatten().flatten() {
+        rows.push(notification);
+    }
+    if !rows.seqs.is_empty() {
+        let statement = tx
+            .prepare_cached(
+                "INSERT INTO herald_notifications
+                     (user_id, seq, type, data, created_at, session, client, except_client)
+                 SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::bigint[],
+                                      $6::text[], $7::text[], $8::text[])",
+            )
+            .await?;
+        tx.execute(
+            &statement,
+            &[
+                &rows.users,
+                &rows.seqs,
+                &rows.kinds,
+                &rows.data,
+                &rows.created_at,
+                &rows.sessions,
+                &rows.clients,
+                &rows.except_clients,
+            ],
+        )
+        .await?;
+    }
+    if let Some((users, max_per_user)) = enforce {
+        for (user, after) in enforce_max_per_user(tx, &users, max_per_user).await? {
+            counts.insert(user, after);
+        }
+    }
+
+    // Receipts of the keys this batch claimed, and the answers.
+    let receipt_of = |notifications: &[Arc<Notification>]| Receipt {
+        notifications: notifications
+            .iter()
+            .map(|n| ReceiptEntry { user: n.user.clone(), seq: n.seq.unwrap_or_default() })
+            .collect(),
+        delivered: 0,
+    };
+    let (mut keys, mut receipts) = (Vec::new(), Vec::new());
+    for ((request, fate), notifications) in batch.iter().zip(&fates).zip(&stored) {
+        if let (Fate::Store, Some(key), Some(notifications)) = (fate, &request.key, notifications) {
+            keys.push(key.as_str());
+            receipts.push(
+                serde_json::to_string(&receipt_of(notifications))
+                    .map_err(|e| StoreError::Corrupt(format!("a receipt does not serialize: {e}")))?,
+            );
+        }
+    }
+    if !keys.is_empty() {
+        let statement = tx
+            .prepare_cached(
+                "UPDATE herald_idempotency AS i SET receipt = t.receipt
+                 FROM unnest($1::text[], $2::text[]) AS t(key, receipt) WHERE i.key = t.key",
+            )
+            .await?;
+        tx.execute(&statement, &[&keys, &receipts]).await?;
+    }
+    let mut answers = Vec::with_capacity(batch.len());
+    for (i, fate) in fates.into_iter().enumerate() {
+        answers.push(match fate {
+            Fate::Store => {
+                let notifications = stored[i].take().expect("a stored request has its notifications");
+                let mut seen: HashSet<&UserId> = HashSet::new();
+                let mut user_counts = Vec::new();
+                for n in &notifications {
+                    if seen.insert(&n.user) {
+                        user_counts
+                            .push((n.user.clone(), counts.get(n.user.as_str()).copied().unwrap_or_default()));
+                    }
+                }
+                Appended::Stored { notifications, counts: user_counts }
+            }
+            Fate::DuplicateOf(first) => {
+                // `take` above only emptied requests before `i`; the first of a key comes before.
+                let receipt = match &answers[first] {
+                    Appended::Stored { notifications, .. } => receipt_of(notifications),
+                    Appended::Duplicate(receipt) => receipt.clone(),
+                };
+                Appended::Duplicate(receipt)
+            }
+            Fate::Duplicate(receipt) => Appended::Duplicate(receipt),
+        });
+    }
+    Ok(answers)
+}
+
+/// The columns of the notifications a batch inserts, one array each (`unnest`).
+#[derive(Default)]
+struct NotificationRows<'a> {
+    users: Vec<&'a str>,
+    seqs: Vec<i64>,
+    kinds: Vec<&'a str>,
+    data: Vec<&'a str>,
+    created_at: Vec<i64>,
+    sessions: Vec<Option<&'a str>>,
+    clients: Vec<Option<&'a str>>,
+    except_clients: Vec<Option<&'a str>>,
+}
+
+impl<'a> NotificationRows<'a> {
+    fn push(&mut self, n: &'a Notification) {
+        self.users.push(n.user.as_str());
+        self.seqs.push(sql_seq(n.seq.unwrap_or_default()));
+        self.kinds.push(&n.kind);
+        self.data.push(n.data.get());
+        self.created_at.push(n.created_at_ms);
+        self.sessions.push(n.audience.session.as_ref().map(|s| s.as_str()));
+        self.clients.push(n.audience.client.as_ref().map(|c| c.as_str()));
+        self.except_clients.push(n.audience.except_client.as_ref().map(|c| c.as_str()));
+    }
+}
+
+/// Claims the batch's idempotency keys (sorted: the lock order), each new or expired one for
+/// the first request that has it; the others are duplicates, of that request or of the receipt
+/// stored. A key claimed by a transaction still open (another node's) is waited for: its
+/// receipt is then the one committed.
+async fn claim_keys(
+    tx: &Transaction<'_>,
+    now_ms: i64,
+    retention: &Retention,
+    batch: &[&AppendRequest],
+) -> Result<Vec<Fate>, Error> {
+    let mut keys: Vec<&str> = batch.iter().filter_map(|r| r.key.as_deref()).collect();
+    if keys.is_empty() {
+        return Ok(batch.iter().map(|_| Fate::Store).collect());
+    }
+    keys.sort_unstable();
+    keys.dedup();
+    let valid_from = crate::cutoff_ms(now_ms, retention.idempotency_window);
+    let claim = tx
+        .prepare_cached(
+            "INSERT INTO herald_idempotency AS i (key, created_at, receipt)
+             SELECT k, $2, '' FROM unnest($1::text[]) AS k ORDER BY k
+             ON CONFLICT (key) DO UPDATE SET created_at = EXCLUDED.created_at, receipt = ''
+                 WHERE i.created_at < $3
+             RETURNING i.key",
+        )
+        .await?;
+    let claimed: HashSet<String> =
+        tx.query(&claim, &[&keys, &now_ms, &valid_from]).await?.iter().map(|row| row.get(0)).collect();
+    let taken: Vec<&str> = keys.iter().copied().filter(|k| !claimed.contains(*k)).collect();
+    let mut receipts: HashMap<String, Receipt> = HashMap::with_capacity(taken.len());
+    if !taken.is_empty() {
+        let read =
+            tx.prepare_cached("SELECT key, receipt FROM herald_idempotency WHERE key = ANY($1)").await?;
+        for row in tx.query(&read, &[&taken]).await? {
+            let (key, receipt): (String, String) = (row.get(0), row.get(1));
+            let receipt = serde_json::from_str(&receipt)
+                .map_err(|e| StoreError::Corrupt(format!("receipt of idempotency key {key:?}: {e}")))?;
+            receipts.insert(key, receipt);
+        }
+    }
+    let mut first_with: HashMap<&str, usize> = HashMap::new();
+    let mut fates = Vec::with_capacity(batch.len());
+    for (i, request) in batch.iter().enumerate() {
+        fates.push(match request.key.as_deref() {
+            None => Fate::Store,
+            Some(key) if claimed.contains(key) => match first_with.get(key) {
+                Some(&first) => Fate::DuplicateOf(first),
+                None => {
+                    first_with.insert(key, i);
+                    Fate::Store
+                }
+            },
+            Some(key) => Fate::Duplicate(receipts.get(key).cloned().ok_or_else(|| {
+                StoreError::Unavailable(format!("idempotency key {key:?} neither claimed nor found"))
+            })?),
+        });
+    }
+    Ok(fates)
+}
+
+/// Applies `max_per_user` to `users` (rows locked by this transaction): removes every
+/// notification at or below `last_seq - max_per_user`, raises `pruned_through` to it, and takes
+/// what went off the counts. Returns the new counts of each user it changed.
+async fn enforce_max_per_user(
+    tx: &Transaction<'_>,
+    users: &[&str],
+    max_per_user: i64,
+) -> Result<Vec<(String, InboxCounts)>, Error> {
+    let statement = tx
+        .prepare_cached(&format!(
+            "WITH bounds AS (
+                 SELECT user_id, last_seq - $2 AS bound FROM herald_users
+                 WHERE user_id = ANY($1) AND last_seq - $2 > pruned_through
+             ), gone AS (
+                 DELETE FROM herald_notifications n USING bounds b
+                 WHERE n.user_id = b.user_id AND n.seq <= b.bound
+                 RETURNING n.user_id, n.archived_at IS NULL AS inbox, n.read_at IS NULL AS unread,
+                           n.seen_at IS NULL AS unseen
+             ), lost AS (
+                 SELECT user_id, count(*) FILTER (WHERE inbox) AS total,
+                        count(*) FILTER (WHERE inbox AND unread) AS unread,
+                        count(*) FILTER (WHERE inbox AND unseen) AS unseen,
+                        count(*) FILTER (WHERE NOT inbox) AS archived
+                 FROM gone GROUP BY user_id
+             )
+             UPDATE herald_users u SET pruned_through = b.bound,
+                 total = u.total - coalesce(l.total, 0),
+                 unread = u.unread - coalesce(l.unread, 0),
+                 unseen = u.unseen - coalesce(l.unseen, 0),
+                 archived = u.archived - coalesce(l.archived, 0),
+                 inbox_version = u.inbox_version + CASE WHEN l.user_id IS NULL THEN 0 ELSE 1 END
+             FROM bounds b LEFT JOIN lost l ON l.user_id = b.user_id
+             WHERE u.user_id = b.user_id
+             RETURNING u.user_id, {COUNTS_COLUMNS}"
+        ))
+        .await?;
+    let mut changed = Vec::new();
+    for row in tx.query(&statement, &[&users, &max_per_user]).await? {
+        changed.push((row.get(0), counts_from_row(&row, 1)?));
+    }
+    Ok(changed)
+}
+
+/// Records the final receipt of the publish that used `key`.
+pub(super) async fn complete_receipt(tx: &Transaction<'_>, key: &str, receipt: &str) -> Result<(), Error> {
+    let statement = tx.prepare_cached("UPDATE herald_idempotency SET receipt = $2 WHERE key = $1").await?;
+    tx.execute(&statement, &[&key, &receipt]).await?;
+    Ok(())
+}
+
+/// Keeps the latest close of `user`'s `session` (`None`: all sessions).
+pub(super) async fn revoke(
+    tx: &Transaction<'_>,
+    user: &UserId,
+    session: Option<&SessionId>,
+    closed_at_secs: i64,
+) -> Result<(), Error> {
+    let statement = tx
+        .prepare_cached(
+            "INSERT INTO herald_revocations AS r (user_id, session, closed_at) VALUES ($1, $2, $3)
+             ON CONFLICT (user_id, session) DO UPDATE SET closed_at = GREATEST(r.closed_at, EXCLUDED.closed_at)",
+        )
+        .await?;
+    tx.execute(&statement, &[&user.as_str(), &session.map_or("", |s| s.as_str()), &closed_at_secs]).await?;
+    Ok(())
+}
+
+/// Takes `user`'s row (`FOR UPDATE`): the lock every write to the user's notifications holds
+/// first. Its counts; `None` for a user never seen.
+async fn lock_user(tx: &Transaction<'_>, user: &UserId) -> Result<Option<InboxCounts>, Error> {
+    let statement = tx
+        .prepare_cached(&format!(
+            "SELECT {COUNTS_COLUMNS} FROM herald_users u WHERE u.user_id = $1 FOR UPDATE"
+        ))
+        .await?;
+    match tx.query_opt(&statement, &[&user.as_str()]).await? {
+        Some(row) => Ok(Some(counts_from_row(&row, 0)?)),
+        None => Ok(None),
+    }
+}
+
+/// Which rows `selection` picks, as SQL on `$2` (`seq = ANY($2)` or `seq <= $2`), and `$2`.
+enum Picked {
+    Seqs(Vec<i64>),
+    UpTo(i64),
+}
+
+impl Picked {
+    fn of(selection: &Selection) -> Self {
+        match selection {
+            Selection::Seqs(seqs) => Picked::Seqs(seqs.iter().map(|&s| sql_seq(s)).collect()),
+            Selection::AllUpTo(through) => Picked::UpTo(sql_seq(*through)),
+        }
+    }
+
+    fn condition(&self) -> &'static str {
+        match self {
+            Picked::Seqs(_) => "seq = ANY($2)",
+            Picked::UpTo(_) => "seq <= $2",
+        }
+    }
+
+    async fn query(&self, tx: &Transaction<'_>, sql: &str, user: &UserId) -> Result<Vec<Row>, Error> {
+        let statement = tx.prepare_cached(sql).await?;
+        Ok(match self {
+            Picked::Seqs(seqs) => tx.query(&statement, &[&user.as_str(), seqs]).await?,
+            Picked::UpTo(through) => tx.query(&statement, &[&user.as_str(), through]).await?,
+        })
+    }
+}
+
+/// The rows a mark would change: those not in its state already.
+fn not_marked(mark: Mark) -> &'static str {
+    match mark {
+        Mark::Read => "(read_at IS NULL OR seen_at IS NULL)",
+        Mark::Unread => "read_at IS NOT NULL",
+        Mark::Seen => "seen_at IS NULL",
+        Mark::Archived => "archived_at IS NULL",
+        Mark::Unarchived => "archived_at IS NOT NULL",
+    }
+}
+
+fn state_of(row: &Row) -> ItemState {
+    ItemState { seen_at_ms: row.get(1), read_at_ms: row.get(2), archived_at_ms: row.get(3) }
+}
+
+/// Writes `counts` (with their new version) to `user`'s row, locked by this transaction.
+async fn write_counts(tx: &Transaction<'_>, user: &UserId, counts: &InboxCounts) -> Result<(), Error> {
+    let statement = tx
+        .prepare_cached(
+            "UPDATE herald_users SET total = $2, unread = $3, unseen = $4, archived = $5, inbox_version = $6
+             WHERE user_id = $1",
+        )
+        .await?;
+    let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    tx.execute(
+        &statement,
+        &[
+            &user.as_str(),
+            &n(counts.total),
+            &n(counts.unread),
+            &n(counts.unseen),
+            &n(counts.archived),
+            &n(counts.version),
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Marks the selected notifications of `user` and updates the counts, under the user's lock.
+/// The new states are computed by `ItemState::marked`, the one definition of a mark.
+pub(super) async fn inbox_mark(
+    tx: &Transaction<'_>,
+    user: &UserId,
+    selection: &Selection,
+    mark: Mark,
+    at_ms: i64,
+) -> Result<InboxChange, Error> {
+    let Some(mut counts) = lock_user(tx, user).await? else { return Ok(InboxChange::default()) };
+    let picked = Picked::of(selection);
+    let sql = format!(
+        "SELECT seq, seen_at, read_at, archived_at FROM herald_notifications
+         WHERE user_id = $1 AND {} AND {} ORDER BY seq",
+        picked.condition(),
+        not_marked(mark)
+    );
+    let rows = picked.query(tx, &sql, user).await?;
+    let mut change = InboxChange::default();
+    let mut delta = CountsDelta::default();
+    let (mut seqs, mut seen, mut read, mut archived) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for row in &rows {
+        let state = state_of(row);
+        if let Some(next) = state.marked(mark, at_ms) {
+            delta += CountsDelta::between(Some(&state), Some(&next));
+            let seq: i64 = row.get(0);
+            change.seqs.push(seq_from_sql(seq)?);
+            seqs.push(seq);
+            seen.push(next.seen_at_ms);
+            read.push(next.read_at_ms);
+            archived.push(next.archived_at_ms);
+        }
+    }
+    if !seqs.is_empty() {
+        let statement = tx
+            .prepare_cached(
+                "UPDATE herald_notifications AS n SET seen_at = t.seen_at, read_at = t.read_at, archived_at = t.archived_at
+                 FROM unnest($2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[]) AS t(seq, seen_at, read_at, archived_at)
+                 WHERE n.user_id = $1 AND n.seq = t.seq",
+            )
+            .await?;
+        tx.execute(&statement, &[&user.as_str(), &seqs, &seen, &read, &archived]).await?;
+        counts.apply(delta);
+        write_counts(tx, user, &counts).await?;
+    }
+    change.counts = counts;
+    Ok(change)
+}
+
+/// Deletes the selected notifications of `user` and updates the counts, under the user's lock.
+/// `pruned_through` stays: a deletion is not retention.
+pub(super) async fn inbox_delete(
+    tx: &Transaction<'_>,
+    user: &UserId,
+    selection: &Selection,
+) -> Result<InboxChange, Error> {
+    let Some(mut counts) = lock_user(tx, user).await? else { return Ok(InboxChange::default()) };
+    let picked = Picked::of(selection);
+    let sql = format!(
+        "DELETE FROM herald_notifications WHERE user_id = $1 AND {} RETURNING seq, seen_at, read_at, archived_at",
+        picked.condition()
+    );
+    let rows = picked.query(tx, &sql, user).await?;
+    let mut change = InboxChange::default();
+    let mut delta = CountsDelta::default();
+    for row in &rows {
+        delta += CountsDelta::between(Some(&state_of(row)), None);
+        change.seqs.push(seq_from_sql(row.get(0))?);
+    }
+    change.seqs.sort_unstable();
+    if !change.seqs.is_empty() {
+        counts.apply(delta);
+        write_counts(tx, user, &counts).await?;
+    }
+    change.counts = counts;
+    Ok(change)
+}
+
+/// What one chunk of retention removed.
+#[derive(Debug, Default)]
+pub(super) struct PrunedChunk {
+    pub removed: u64,
+    pub inboxes: Vec<PrunedInbox>,
+    /// Another node holds retention's lock: this node skips its turn.
+    pub skipped: bool,
+}
+
+/// Whether this transaction got retention's lock (see [`PRUNE_LOCK`]).
+async fn prune_lock(tx: &Transaction<'_>) -> Result<bool, Error> {
+    let statement = tx.prepare_cached(PRUNE_LOCK).await?;
+    Ok(tx.query_one(&statement, &[]).await?.get(0))
+}
+
+/// One chunk of retention by age: of up to [`PRUNE_CHUNK_ROWS`] notifications created before
+/// `before_ms`, each user's newest one takes every lower seq of its user with it (retention
+/// removes a prefix, even of rows stamped later: clocks step back), `pruned_through` rises to
+/// it, and the counts lose what went.
+pub(super) async fn prune_notifications(tx: &Transaction<'_>, before_ms: i64) -> Result<PrunedChunk, Error> {
+    if !prune_lock(tx).await? {
+        return Ok(PrunedChunk { skipped: true, ..PrunedChunk::default() });
+    }
+    let expired = tx
+        .prepare_cached(
+            "SELECT user_id, max(seq) FROM (
+                 SELECT user_id, seq FROM herald_notifications WHERE created_at < $1 ORDER BY created_at LIMIT $2
+             ) AS e GROUP BY user_id ORDER BY user_id",
+        )
+        .await?;
+    let expired = tx.query(&expired, &[&before_ms, &PRUNE_CHUNK_ROWS]).await?;
+    if expired.is_empty() {
+        return Ok(PrunedChunk::default());
+    }
+    let users: Vec<String> = expired.iter().map(|row| row.get(0)).collect();
+    let through: Vec<i64> = expired.iter().map(|row| row.get(1)).collect();
+    let lock = tx
+        .prepare_cached(&format!(
+            "SELECT u.user_id, {COUNTS_COLUMNS} FROM herald_users u WHERE u.user_id = ANY($1)
+             ORDER BY u.user_id FOR UPDATE"
+        ))
+        .await?;
+    let mut counts: HashMap<String, InboxCounts> = HashMap::with_capacity(users.len());
+    for row in tx.query(&lock, &[&users]).await? {
+        counts.insert(row.get(0), counts_from_row(&row, 1)?);
+    }
+    let delete = tx
+        .prepare_cached(
+            "WITH gone AS (
+                 DELETE FROM herald_notifications n USING unnest($1::text[], $2::bigint[]) AS t(user_id, through)
+                 WHERE n.user_id = t.user_id AND n.seq <= t.through
+                 RETURNING n.user_id, n.archived_at IS NULL AS inbox, n.read_at IS NULL AS unread,
+                           n.seen_at IS NULL AS unseen
+             )
+             SELECT user_id, count(*) FILTER (WHERE inbox), count(*) FILTER (WHERE inbox AND unread),
+                    count(*) FILTER (WHERE inbox AND unseen), count(*) FILTER (WHERE NOT inbox)
+             FROM gone GROUP BY user_id",
+        )
+        .await?;
+    let mut chunk = PrunedChunk::default();
+    let mut lost: HashMap<String, CountsDelta> = HashMap::new();
+    for row in tx.query(&delete, &[&users, &through]).await? {
+        let (total, unread, unseen, archived): (i64, i64, i64, i64) =
+            (row.get(1), row.get(2), row.get(3), row.get(4));
+        chunk.removed += u64::try_from(total + archived).unwrap_or(0);
+        lost.insert(
+            row.get(0),
+            CountsDelta { total: -total, unread: -unread, unseen: -unseen, archived: -archived },
+        );
+    }
+    let (mut versions, mut totals, mut unreads, mut unseens, mut archiveds) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (user, &through) in users.iter().zip(&through) {
+        let mut after = counts.get(user).copied().unwrap_or_default();
+        if let Some(delta) = lost.get(user) {
+            after.apply(*delta);
+        }
+        let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        totals.push(n(after.total));
+        unreads.push(n(after.unread));
+        unseens.push(n(after.unseen));
+        archiveds.push(n(after.archived));
+        versions.push(n(after.version));
+        let user = UserId::new(user)
+            .map_err(|e| StoreError::Corrupt(format!("user id {user:?} in the store: {e}")))?;
+        chunk.inboxes.push(PrunedInbox { user, through: seq_from_sql(through)?, counts: after });
+    }
+    let update = tx
+        .prepare_cached(
+            "UPDATE herald_users AS u SET pruned_through = GREATEST(u.pruned_through, t.through),
+                 total = t.total, unread = t.unread, unseen = t.unseen, archived = t.archived,
+                 inbox_version = t.version
+             FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[], $7::bigint[])
+                 AS t(user_id, through, total, unread, unseen, archived, version)
+             WHERE u.user_id = t.user_id",
+        )
+        .await?;
+    tx.execute(&update, &[&users, &through, &totals, &unreads, &unseens, &archiveds, &versions]).await?;
+    Ok(chunk)
+}
+
+/// One chunk of forgetting idempotency keys recorded before `before_ms`; how many went.
+pub(super) async fn prune_keys(tx: &Transaction<'_>, before_ms: i64) -> Result<PrunedChunk, Error> {
+    if !prune_lock(tx).await? {
+        return Ok(PrunedChunk { skipped: true, ..PrunedChunk::default() });
+    }
+    let statement = tx
+        .prepare_cached(
+            "WITH gone AS (
+                 DELETE FROM herald_idempotency WHERE key IN (
+                     SELECT key FROM herald_idempotency WHERE created_at < $1 LIMIT $2 FOR UPDATE SKIP LOCKED
+                 ) RETURNING 1
+             ) SELECT count(*) FROM gone",
+        )
+        .await?;
+    let removed: i64 = tx.query_one(&statement, &[&before_ms, &PRUNE_CHUNK_ROWS]).await?.get(0);
+    Ok(PrunedChunk { removed: u64::try_from(removed).unwrap_or(0), ..PrunedChunk::default() })
+}
+
+/// One chunk of forgetting revocations closed before `before_secs`; how many went.
+pub(super) async fn prune_revocations(tx: &Transaction<'_>, before_secs: i64) -> Result<PrunedChunk, Error> {
+    if !prune_lock(tx).await? {
+        return Ok(PrunedChunk { skipped: true, ..PrunedChunk::default() });
+    }
+    let statement = tx
+        .prepare_cached(
+            "WITH gone AS (
+                 DELETE FROM herald_revocations WHERE (user_id, session) IN (
+                     SELECT user_id, session FROM herald_revocations WHERE closed_at < $1
+                     LIMIT $2 FOR UPDATE SKIP LOCKED
+                 ) RETURNING 1
+             ) SELECT count(*) FROM gone",
+        )
+        .await?;
+    let removed: i64 = tx.query_one(&statement, &[&before_secs, &PRUNE_CHUNK_ROWS]).await?.get(0);
+    Ok(PrunedChunk { removed: u64::try_from(removed).unwrap_or(0), ..PrunedChunk::default() })
+}
