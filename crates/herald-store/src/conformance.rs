@@ -460,10 +460,12 @@ pub async fn ephemeral_publish_records_its_key(make: &impl AsyncFn(Retention) ->
 
 /// A key older than the window is a new publish again.
 pub async fn expired_key_is_accepted_again(make: &impl AsyncFn(Retention) -> Arc<dyn Store>) {
-    let store =
-        make(Retention { idempotency_window: Duration::from_millis(100), ..Retention::default() }).await;
+    // The window is long enough that the last append below falls inside it even on a loaded
+    // machine (100 ms once did not).
+    const WINDOW: Duration = Duration::from_secs(2);
+    let store = make(Retention { idempotency_window: WINDOW, ..Retention::default() }).await;
     assert_eq!(seqs(&stored(store.append(vec![entry("alice", 1)], Some("k")).await.unwrap())), [1]);
-    tokio::time::sleep(Duration::from_millis(250)).await;
+    tokio::time::sleep(WINDOW + Duration::from_millis(150)).await;
     assert_eq!(seqs(&stored(store.append(vec![entry("alice", 2)], Some("k")).await.unwrap())), [2]);
     // …and the key now stands for the second publish.
     assert_eq!(
