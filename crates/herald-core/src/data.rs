@@ -21,7 +21,6 @@ pub const DATA_DEPTH_MAX: usize = 64;
 
 /// Why `data` was refused. `at` is the byte offset in `data` where the problem starts.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
 pub enum DataError {
     /// Arrays and objects nested deeper than [`DATA_DEPTH_MAX`].
     #[error("data nests arrays and objects more than {max} levels deep (at byte {at})")]

@@ -20,7 +20,6 @@ use crate::store::{PruneReport, Store, StoreError};
 /// Why an inbox read or change was refused or failed. All but `Store` and `Bus` are the caller's
 /// fault and changed nothing; `Store` and `Bus` are the server's.
 #[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
 pub enum InboxError {
     /// A page of 0 or more than [`INBOX_PAGE_LEN_MAX`] notifications.
     #[error("`limit` must be 1 to {max}, not {limit}")]

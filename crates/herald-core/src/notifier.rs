@@ -24,7 +24,6 @@ use crate::store::{Appended, NewNotification, Store, StoreError};
 /// publisher's fault, each a rule of its own; none of them changed anything. `ClientNotFound`:
 /// the client is gone (or never was); `Store` and `Bus` are the server's.
 #[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
 pub enum NotifyError {
     /// `data` longer than [`crate::Limits::data_bytes_max`] as JSON text.
     #[error("data is {bytes} bytes of JSON; at most {max} are allowed")]

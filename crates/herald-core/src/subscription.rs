@@ -56,7 +56,6 @@ pub enum ClientEvent {
 
 /// Why a subscription could not start. Nothing was changed.
 #[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
 pub enum SubscribeError {
     #[error("cannot resume after seq {requested}: the user's last seq is {last_seq}")]
     ResumeAhead { requested: Seq, last_seq: Seq },
