@@ -8,14 +8,15 @@
 //!
 //! Every child is stopped by its PID when its guard is dropped, and every wait is bounded.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::io::{BufRead as _, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use common::{Server, free_port};
 use herald_client::{
     ClientError, Event, InboxItem, InboxQuery, InboxSelection, InboxStatus, Mark, PublishRequest, Publisher,
     StreamOptions, Subscriber, To, mint_token,
@@ -31,25 +32,6 @@ const HOUR: Duration = Duration::from_secs(3600);
 const SEED_ENV: &str = "HERALD_CRASH_SEED";
 
 /// A port nothing listens on (bound, read, dropped).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// Collects a child's pipe, line by line, in a thread that ends when the pipe closes.
-fn collect(pipe: impl Read + Send + 'static) -> (Arc<Mutex<String>>, JoinHandle<()>) {
-    let text = Arc::new(Mutex::new(String::new()));
-    let sink = text.clone();
-    let thread = std::thread::spawn(move || {
-        for line in BufReader::new(pipe).lines() {
-            let Ok(line) = line else { break };
-            let mut sink = sink.lock().unwrap();
-            sink.push_str(&line);
-            sink.push('\n');
-        }
-    });
-    (text, thread)
-}
-
 /// How to start `herald serve` on one data dir, again and again.
 struct Spec {
     data_dir: PathBuf,
@@ -82,28 +64,13 @@ impl Spec {
     }
 
     fn spawn(&self) -> Server {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_herald"));
-        for variable in [
-            "HERALD_SECRET",
-            "HERALD_API_KEY",
-            "HERALD_DATA_DIR",
-            "HERALD_LISTEN",
-            "HERALD_MEMORY",
-            "RUST_LOG",
-        ] {
-            command.env_remove(variable);
-        }
+        let mut command = common::herald(self.data_dir.parent().unwrap());
         command
             .args(["serve", "--listen", &format!("127.0.0.1:{}", self.port), "--data-dir"])
             .arg(&self.data_dir)
             .args(&self.extra)
             .env("HERALD_SECRET", self.secret())
-            .env("HERALD_API_KEY", self.api_key())
-            .env("RUST_BACKTRACE", "1")
-            .current_dir(self.data_dir.parent().unwrap())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+            .env("HERALD_API_KEY", self.api_key());
         if let Some(namespace) = &self.mount_namespace {
             use std::os::fd::AsRawFd as _;
             use std::os::unix::process::CommandExt as _;
@@ -120,87 +87,19 @@ impl Spec {
                 });
             }
         }
-        let mut child = command.spawn().unwrap();
-        let (stderr, stderr_thread) = collect(child.stderr.take().unwrap());
-        Server { child, url: self.url(), stderr, stderr_thread: Some(stderr_thread) }
+        Server::spawn(command, self.url())
     }
 
     /// Starts the server and waits (at most [`WAIT`]) until it answers.
     async fn start(&self) -> Server {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let mut server = self.spawn();
-            match server.wait_up(deadline).await {
-                Ok(()) => return server,
-                // The port can be taken meanwhile as some outgoing connection's: try again.
-                Err(stderr) if stderr.contains("Address already in use") && Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                Err(stderr) => panic!("the server exited before it answered; stderr:\n{stderr}"),
-            }
-        }
+        common::start_until_up(Instant::now() + WAIT, || self.spawn()).await
     }
-}
-
-/// A running `herald serve`; killed (SIGKILL) and reaped when dropped.
-struct Server {
-    child: Child,
-    url: String,
-    stderr: Arc<Mutex<String>>,
-    stderr_thread: Option<JoinHandle<()>>,
 }
 
 impl Server {
-    fn stderr(&self) -> String {
-        self.stderr.lock().unwrap().clone()
-    }
-
-    /// Waits until this server says it listens and `/healthz` answers; `Err(stderr)` if it
-    /// exits first.
-    async fn wait_up(&mut self, deadline: Instant) -> Result<(), String> {
-        let health = Publisher::new(&self.url, "unused").unwrap();
-        let listening = format!("herald: listening on {}", self.url);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                if let Some(thread) = self.stderr_thread.take() {
-                    thread.join().unwrap();
-                }
-                return Err(format!("(exit: {status}) {}", self.stderr()));
-            }
-            if self.stderr().contains(&listening) && health.health().await.is_ok() {
-                return Ok(());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the server did not answer within {WAIT:?}; stderr:\n{}",
-                self.stderr()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
     /// Whether it still runs.
     fn alive(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()
-    }
-
-    /// SIGKILL (`kill -9`), and reaps it; returns what it printed.
-    fn kill9(mut self) -> String {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-        if let Some(thread) = self.stderr_thread.take() {
-            thread.join().unwrap();
-        }
-        self.stderr()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
     }
 }
 

@@ -7,14 +7,16 @@
 //!
 //! Every child is stopped by its PID when its guard is dropped, and every wait is bounded.
 
+mod common;
+
 use std::collections::HashMap;
-use std::io::{BufRead as _, BufReader, Read};
+use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use common::{Server, collect, free_port, herald};
 use herald_client::{
     Event, EventStream, Notification, PublishRequest, Publisher, StreamOptions, Subscriber, To, mint_token,
 };
@@ -36,46 +38,6 @@ const HOUR: Duration = Duration::from_secs(3600);
 const STOP_WAIT: Duration = Duration::from_secs(5);
 
 /// A port nothing listens on (bound, read, dropped).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// The binary, in `cwd` (so that no `./herald-data` is found by accident), with none of
-/// Herald's variables inherited and backtraces on (so that a panic would show).
-fn herald(cwd: &Path) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_herald"));
-    command.current_dir(cwd);
-    for variable in [
-        "HERALD_SECRET",
-        "HERALD_API_KEY",
-        "HERALD_DATA_DIR",
-        "HERALD_LISTEN",
-        "HERALD_MEMORY",
-        "HERALD_URL",
-        "HERALD_TOKEN",
-        "RUST_LOG",
-    ] {
-        command.env_remove(variable);
-    }
-    command.env("RUST_BACKTRACE", "1");
-    command
-}
-
-/// Collects a child's pipe, line by line, in a thread that ends when the pipe closes.
-fn collect(pipe: impl Read + Send + 'static) -> (Arc<Mutex<String>>, JoinHandle<()>) {
-    let text = Arc::new(Mutex::new(String::new()));
-    let sink = text.clone();
-    let thread = std::thread::spawn(move || {
-        for line in BufReader::new(pipe).lines() {
-            let Ok(line) = line else { break };
-            let mut sink = sink.lock().unwrap();
-            sink.push_str(&line);
-            sink.push('\n');
-        }
-    });
-    (text, thread)
-}
-
 /// Sends SIGTERM to `pid`.
 fn sigterm(pid: u32) {
     let pid = libc::pid_t::try_from(pid).unwrap();
@@ -153,45 +115,11 @@ impl Spec {
 
     /// Starts the server and waits (at most [`WAIT`]) until it is up (see [`Server::wait_up`]).
     async fn start(&self) -> Server {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let mut child = self
-                .command()
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap();
-            let (stderr, stderr_thread) = collect(child.stderr.take().unwrap());
-            let mut server = Server { child, url: self.url(), stderr, stderr_thread: Some(stderr_thread) };
-            match server.wait_up(deadline).await {
-                Ok(()) => return server,
-                // Between `free_port` (or the previous run) and the bind, the port can be taken
-                // as the ephemeral port of some outgoing connection: try again, on the same port
-                // since a `herald listen` may be reconnecting to it.
-                Err(stderr) if stderr.contains("Address already in use") && Instant::now() < deadline => {
-                    eprintln!("port {} is taken; starting again: {stderr}", self.port);
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                Err(stderr) => panic!("the server exited before it answered; stderr:\n{stderr}"),
-            }
-        }
+        common::start_until_up(Instant::now() + WAIT, || Server::spawn(self.command(), self.url())).await
     }
-}
-
-/// A running `herald serve`; killed (SIGKILL) and reaped when dropped.
-struct Server {
-    child: Child,
-    url: String,
-    stderr: Arc<Mutex<String>>,
-    stderr_thread: Option<JoinHandle<()>>,
 }
 
 impl Server {
-    fn stderr(&self) -> String {
-        self.stderr.lock().unwrap().clone()
-    }
-
     fn publisher(&self, api_key: &str) -> Publisher {
         Publisher::new(&self.url, api_key).unwrap()
     }
@@ -210,31 +138,6 @@ impl Server {
         }
     }
 
-    /// Waits until this server says it listens and `/healthz` answers; `Err(stderr)` if it
-    /// exits first. (`/healthz` alone could be answered by another process that took the port.)
-    async fn wait_up(&mut self, deadline: Instant) -> Result<(), String> {
-        let publisher = self.publisher("unused");
-        let listening = format!("herald: listening on {}", self.url);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                // Its stderr is closed: take all of it.
-                if let Some(thread) = self.stderr_thread.take() {
-                    thread.join().unwrap();
-                }
-                return Err(format!("(exit: {status}) {}", self.stderr()));
-            }
-            if self.stderr().contains(&listening) && publisher.health().await.is_ok() {
-                return Ok(());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the server did not answer within {WAIT:?}; stderr:\n{}",
-                self.stderr()
-            );
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-    }
-
     /// SIGTERM, then waits for the exit: a graceful stop must succeed.
     async fn terminate(self) {
         sigterm(self.child.id());
@@ -247,21 +150,6 @@ impl Server {
             panic!("the server did not stop within {STOP_WAIT:?} of SIGTERM; stderr:\n{}", self.stderr());
         };
         assert!(status.success(), "graceful stop exited {status}; stderr:\n{}", self.stderr());
-    }
-
-    /// SIGKILL (`kill -9`), and reaps it.
-    fn kill9(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
     }
 }
 
@@ -1013,10 +901,7 @@ async fn listen_takes_a_host_name_and_refuses_a_bad_value_in_one_line() {
         .args(["serve", "--memory", "--listen", &format!("localhost:{}", spec.port)])
         .env("HERALD_SECRET", spec.secret())
         .env("HERALD_API_KEY", spec.api_key());
-    let mut child =
-        command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
-    let (stderr, stderr_thread) = collect(child.stderr.take().unwrap());
-    let mut server = Server { child, url: String::new(), stderr, stderr_thread: Some(stderr_thread) };
+    let mut server = Server::spawn(command, String::new());
     server.wait_stderr("herald: listening on http://").await;
     let banner = server.stderr();
     assert!(banner.contains(&format!("localhost:{} resolves to", spec.port)), "{banner}");
