@@ -62,6 +62,8 @@ pub use sqlite::{Settling, SqliteStore, WriterStats};
 
 use std::time::Duration;
 
+use herald_core::{Receipt, StoreError};
+
 /// `d` in milliseconds, as SQL and `created_at_ms` count time; saturates instead of wrapping, so
 /// an absurd retention means "keep forever" rather than "delete everything".
 fn duration_ms(d: Duration) -> i64 {
@@ -71,4 +73,10 @@ fn duration_ms(d: Duration) -> i64 {
 /// `now_ms - d`, saturating: the oldest timestamp still inside a window of length `d`.
 fn cutoff_ms(now_ms: i64, d: Duration) -> i64 {
     now_ms.saturating_sub(duration_ms(d))
+}
+
+/// A publish's receipt as the JSON both SQL stores keep beside its idempotency key.
+fn receipt_json(receipt: &Receipt) -> Result<String, StoreError> {
+    serde_json::to_string(receipt)
+        .map_err(|e| StoreError::Corrupt(format!("a receipt does not serialize: {e}")))
 }

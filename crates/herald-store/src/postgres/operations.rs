@@ -31,8 +31,7 @@ impl Store for PostgresStore {
     }
 
     async fn complete_receipt(&self, idempotency_key: &str, receipt: &Receipt) -> Result<(), StoreError> {
-        let receipt = serde_json::to_string(receipt)
-            .map_err(|e| StoreError::Corrupt(format!("a receipt does not serialize: {e}")))?;
+        let receipt = crate::receipt_json(receipt)?;
         let (pool, receipt) = (&*self.pool, receipt.as_str());
         pool.run(move || async move {
             let mut client = pool.client().await?;

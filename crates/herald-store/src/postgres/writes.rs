@@ -179,10 +179,7 @@ pub(super) async fn append_batch(
     for ((request, fate), notifications) in batch.iter().zip(&fates).zip(&stored) {
         if let (Fate::Store, Some(key), Some(notifications)) = (fate, &request.key, notifications) {
             keys.push(key.as_str());
-            receipts.push(
-                serde_json::to_string(&receipt_of(notifications))
-                    .map_err(|e| StoreError::Corrupt(format!("a receipt does not serialize: {e}")))?,
-            );
+            receipts.push(crate::receipt_json(&receipt_of(notifications))?);
         }
     }
     if !keys.is_empty() {

@@ -33,8 +33,7 @@ impl Store for SqliteStore {
 
     async fn complete_receipt(&self, idempotency_key: &str, receipt: &Receipt) -> Result<(), StoreError> {
         // Serialized here, not on the writer thread, which every publish waits for.
-        let receipt = serde_json::to_string(receipt)
-            .map_err(|e| StoreError::Corrupt(format!("a receipt does not serialize: {e}")))?;
+        let receipt = crate::receipt_json(receipt)?;
         let key = idempotency_key.to_owned();
         self.writer.submit(CompleteReceipt { key, receipt }).await
     }

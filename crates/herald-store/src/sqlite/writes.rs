@@ -246,8 +246,7 @@ fn append(
                 .collect(),
             delivered: 0,
         };
-        let receipt = serde_json::to_string(&receipt)
-            .map_err(|e| StoreError::Corrupt(format!("a receipt does not serialize: {e}")))?;
+        let receipt = crate::receipt_json(&receipt)?;
         // An expired record of the same key is replaced: the key now stands for this publish.
         conn.prepare_cached(
             "INSERT INTO idempotency (key, created_at, receipt) VALUES (?1, ?2, ?3)
