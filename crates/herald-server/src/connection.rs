@@ -269,15 +269,10 @@ async fn front_door<S: Socket>(mut socket: S, peer: SocketAddr, app: &Arc<App>) 
             app.settings.allowed_origins.answer_headers(&http::HeaderMap::new()),
         ),
     };
-    let error = if error.status == http::StatusCode::TOO_MANY_REQUESTS {
+    if error.status == http::StatusCode::TOO_MANY_REQUESTS {
         // As the router's `slow_refusals` does for every other route.
         tokio::time::sleep(crate::caps::REFUSAL_DELAY).await;
-        let secs =
-            error.retry_after_secs.map(|secs| secs.saturating_sub(crate::caps::REFUSAL_DELAY.as_secs()));
-        ApiError { retry_after_secs: secs, ..error }
-    } else {
-        error
-    };
+    }
     let _ = write_error(&mut socket, &error, &answer_headers).await;
     FrontDoor::Done
 }

@@ -77,8 +77,8 @@ const TURN_AWAY_DISCARD_BYTES_MAX: usize = 64 * 1024;
 /// connection per this long, and its refusals stop taking the CPU that everyone else's requests
 /// need. Measured (crates/herald/tests/flood.rs, release, 2 cores): 16 connections flooding
 /// inbox marks were refused about 17,000 times a second without it, which doubled another user's
-/// publish p99. `Retry-After` counts from the answer, so it is lowered by this delay (to 0 when
-/// the client may retry as soon as it reads it).
+/// publish p99. Every 429's `Retry-After` is made to count from the answer, so it is this delay
+/// less than the wait at the refusal (0 when the client may retry as soon as it reads it).
 pub const REFUSAL_DELAY: Duration = Duration::from_secs(1);
 
 /// The caps a server enforces (`herald serve` options; see the README's table).
@@ -235,7 +235,7 @@ impl Limiter {
                 "too_many_connections",
                 "too many streams, WebSockets and polls are open from this address",
             )
-            .with_retry_after(CONNECTIONS_RETRY_AFTER_SECS),
+            .with_retry_after(CONNECTIONS_RETRY_AFTER_SECS.saturating_sub(REFUSAL_DELAY.as_secs())),
             Refusal::TableFull => overloaded(),
         })
     }
@@ -259,9 +259,12 @@ impl Limiter {
     }
 }
 
+/// A `429 rate_limited` whose `Retry-After` counts from the answer, sent [`REFUSAL_DELAY`] after
+/// the refusal: the wait left then, in whole seconds rounded up (0: at once).
 fn rate_limited(retry_after: Duration, message: &str) -> ApiError {
-    let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
-    ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message).with_retry_after(secs.max(1))
+    let left = retry_after.saturating_sub(REFUSAL_DELAY);
+    let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+    ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message).with_retry_after(secs)
 }
 
 fn overloaded() -> ApiError {
@@ -366,24 +369,14 @@ fn peer_of(request: &Request) -> Option<IpAddr> {
     request.extensions().get::<ConnectInfo<SocketAddr>>().map(|ConnectInfo(addr)| addr.ip())
 }
 
-/// Middleware of every route: a `429` is answered after [`REFUSAL_DELAY`], its `Retry-After`
-/// lowered by as much.
+/// Middleware of every route: a `429` is answered after [`REFUSAL_DELAY`] (its `Retry-After`
+/// was made to count from then).
 pub(crate) async fn slow_refusals(request: Request, next: Next) -> Response {
-    let mut response = next.run(request).await;
+    let response = next.run(request).await;
     if response.status() == StatusCode::TOO_MANY_REQUESTS {
         tokio::time::sleep(REFUSAL_DELAY).await;
-        lower_retry_after(response.headers_mut());
     }
     response
-}
-
-/// Lowers a `Retry-After` in seconds by [`REFUSAL_DELAY`] (not below 0).
-pub(crate) fn lower_retry_after(headers: &mut HeaderMap) {
-    let secs = headers.get(http::header::RETRY_AFTER).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if let Some(secs) = secs {
-        let lowered = secs.saturating_sub(REFUSAL_DELAY.as_secs());
-        headers.insert(http::header::RETRY_AFTER, lowered.into());
-    }
 }
 
 /// Middleware of the short subscriber routes (`/v1/inbox…`): the address's request rate.
