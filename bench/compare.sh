@@ -29,6 +29,8 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
 
 if [[ "${SMOKE:-0}" == 1 ]]; then
     : "${USERS:=100}" "${TABS:=3}" "${PUBLISHERS:=8}" "${MAX_SECS:=2}" "${STEADY_RATE:=200}"
@@ -58,68 +60,16 @@ HERALD_PORT="${HERALD_PORT:-7310}"
 NCHAN_PORT="${NCHAN_PORT:-7311}"
 SOCKETIO_PORT="${SOCKETIO_PORT:-7312}"
 OUT="${OUT:-$ROOT/target/bench/$(date +%Y%m%d-%H%M%S)}"
-# Longest wait for a server to accept connections after it was started.
-START_TIMEOUT_TENTHS=100
 
 mkdir -p "$OUT"
 RESULTS="$OUT/results.jsonl"
 : >"$RESULTS"
 WORK="$(mktemp -d /tmp/herald-compare.XXXXXX)"
-STARTED=()
-
-log() { printf '== %s\n' "$*" >&2; }
-
 cleanup() {
-    local pid
-    for pid in "${STARTED[@]}"; do
-        stop_pid "$pid"
-    done
+    stop_started
     rm -rf "$WORK"
 }
 trap cleanup EXIT
-
-# Stops one process we started: SIGTERM, then SIGKILL after 10 s.
-stop_pid() {
-    local pid="$1" i
-    kill -TERM "$pid" 2>/dev/null || return 0
-    for ((i = 0; i < 100; i++)); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-}
-
-forget_pid() {
-    local pid="$1" kept=() p
-    for p in "${STARTED[@]}"; do
-        [[ "$p" == "$pid" ]] || kept+=("$p")
-    done
-    STARTED=("${kept[@]}")
-}
-
-wait_port() {
-    local port="$1" pid="$2" i
-    for ((i = 0; i < START_TIMEOUT_TENTHS; i++)); do
-        if ! kill -0 "$pid" 2>/dev/null; then
-            log "the server (pid $pid) exited; see its log in $OUT"
-            exit 1
-        fi
-        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-            return 0
-        fi
-        sleep 0.1
-    done
-    log "nothing listens on 127.0.0.1:$port after $((START_TIMEOUT_TENTHS / 10)) s"
-    exit 1
-}
-
-port_free() {
-    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then
-        log "port $1 is in use; set ${2}_PORT to another one"
-        exit 1
-    fi
-}
 
 install_missing() {
     if ! command -v nginx >/dev/null || [[ ! -f /usr/lib/nginx/modules/ngx_nchan_module.so ]]; then
@@ -197,31 +147,6 @@ stop_server() {
     SERVER_PID=""
     # Let the sockets of the closed connections go before the next server starts.
     sleep "$SETTLE_SECS"
-}
-
-# Share of the machine's CPU busy over the next 2 seconds, in percent.
-busy_pct() {
-    local a b
-    read -r -a a </proc/stat
-    sleep 2
-    read -r -a b </proc/stat
-    local total=0 idle i
-    for i in 1 2 3 4 5 6 7 8; do total=$((total + b[i] - a[i])); done
-    idle=$((b[4] - a[4] + b[5] - a[5]))
-    echo $((total > 0 ? 100 * (total - idle) / total : 0))
-}
-
-# Waits (at most QUIET_WAIT seconds) until nothing else keeps the CPU busy: the machine is
-# shared with builds and tests, which would skew every figure. Each run records how busy the
-# machine was before and during it (herald-bench's "machine busy" and "other CPU").
-wait_quiet() {
-    local waited=0 busy
-    ((QUIET_WAIT > 0)) || return 0
-    while busy=$(busy_pct) && ((busy > QUIET_BUSY_PCT && waited < QUIET_WAIT)); do
-        ((waited == 0)) && log "the machine is busy ($busy%); waiting up to $QUIET_WAIT s for it to quiet down"
-        waited=$((waited + 2))
-    done
-    ((waited == 0)) || log "after $waited s: $busy% busy"
 }
 
 bench() {

@@ -3,9 +3,15 @@
 # each test against its own fresh `herald serve`.
 #
 # Installs what is missing first: Debian's `chromium` (apt; a browser download such as
-# `npx playwright install` cannot work here) and the npm packages of tests/browser (`npm ci`,
-# pinned by its package-lock.json). Type-checks herald.d.ts with TypeScript (strict) against
-# tests/browser/types/usage.ts. Builds the `herald` binary with cargo.
+# `npx playwright install` cannot work here), `nginx` and `psql` (apt: cluster.test.mjs runs
+# deploy/nginx/herald.conf in front of three nodes, on a database it creates with psql) and the
+# npm packages of tests/browser (`npm ci`, pinned by its package-lock.json). Type-checks
+# herald.d.ts with TypeScript (strict) against tests/browser/types/usage.ts. Builds the `herald`
+# binary with cargo.
+#
+# cluster.test.mjs needs HERALD_TEST_POSTGRES (an admin URL, e.g.
+# postgres://postgres@127.0.0.1:5432/test) and HERALD_TEST_NATS (e.g. nats://127.0.0.1:4222);
+# without them it says so and skips. CI (.ci/run) sets both.
 #
 # Usage: scripts/browser-tests.sh [test files…]   (default: every tests/browser/*.test.mjs;
 #        a file as tests/browser/x.test.mjs or x.test.mjs)
@@ -21,6 +27,18 @@ if [ ! -x /usr/bin/chromium ]; then
   echo "== installing chromium (apt)"
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-dejavu-core >/dev/null
+fi
+# The test does not use the system's nginx service (which the package starts where an init
+# system runs one): it runs its own instance, `nginx -p <temp dir>`, and stops it by PID.
+if ! command -v nginx >/dev/null; then
+  echo "== installing nginx (apt)"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null
+fi
+if ! command -v psql >/dev/null; then
+  echo "== installing psql (apt: postgresql-client)"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-client >/dev/null
 fi
 if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
   echo "== installing node and npm (apt)"

@@ -6,6 +6,14 @@
 //
 // Settings (all for a fair, lean comparison): WebSocket transport only (no long-polling
 // upgrade dance), no per-message deflate, no HTTP compression, the default ping interval (25 s).
+//
+// Cluster mode (bench/cluster.sh): with REDIS_URL set, several of these processes, each on its
+// own PORT, are one Socket.IO cluster through `@socket.io/redis-adapter` (ioredis clients): an
+// emit on any node is published on Redis (one channel for the namespace, which every node
+// subscribes to) and each node sends it to its own sockets in the room. No sticky sessions are
+// needed: with WebSocket as the only transport, a client's whole session is one connection to
+// one node (stickiness matters only for HTTP long-polling, whose requests must all reach the
+// node that holds the session). The answer to `POST /emit` does not wait for Redis.
 'use strict';
 
 const http = require('node:http');
@@ -13,6 +21,7 @@ const { Server } = require('socket.io');
 
 const host = '127.0.0.1';
 const port = Number(process.env.PORT || 7312);
+const redisUrl = process.env.REDIS_URL || '';
 // Largest request body accepted by /emit (the payloads of the benchmark are about 50 bytes).
 const BODY_BYTES_MAX = 1 << 20;
 
@@ -76,13 +85,45 @@ io.on('connection', (socket) => {
   if (typeof user === 'string' && user.length > 0) socket.join(user);
 });
 
-server.listen(port, host, () => {
-  console.error(`socket.io ${require('socket.io/package.json').version} listening on http://${host}:${port}`);
-});
+// The Redis clients of cluster mode (publishing, subscribed), closed on exit.
+const redisClients = [];
+
+// Cluster mode: the adapter is in place, and both Redis connections ready, before the port is
+// opened, so that the first client that connects is already part of the cluster.
+async function joinCluster() {
+  const { createAdapter } = require('@socket.io/redis-adapter');
+  const Redis = require('ioredis');
+  // Only this machine: the benchmark talks to 127.0.0.1 and nothing else.
+  if (!/^redis:\/\/127\.0\.0\.1:\d+\/?$/.test(redisUrl)) {
+    throw new Error(`REDIS_URL must be redis://127.0.0.1:PORT, not ${redisUrl}`);
+  }
+  const options = { lazyConnect: true, maxRetriesPerRequest: 3, enableOfflineQueue: true };
+  const pub = new Redis(redisUrl, options);
+  const sub = pub.duplicate();
+  redisClients.push(pub, sub);
+  for (const client of redisClients) client.on('error', (error) => console.error(`redis: ${error.message}`));
+  await Promise.all([pub.connect(), sub.connect()]);
+  io.adapter(createAdapter(pub, sub));
+  return ` (cluster through Redis at ${redisUrl}, @socket.io/redis-adapter ${require('@socket.io/redis-adapter/package.json').version})`;
+}
+
+(redisUrl ? joinCluster() : Promise.resolve(''))
+  .then((cluster) => {
+    server.listen(port, host, () => {
+      console.error(
+        `socket.io ${require('socket.io/package.json').version} listening on http://${host}:${port}${cluster}`,
+      );
+    });
+  })
+  .catch((error) => {
+    console.error(`cannot start: ${error.message}`);
+    process.exit(1);
+  });
 
 for (const signal of ['SIGTERM', 'SIGINT']) {
   process.on(signal, () => {
     io.close();
+    for (const client of redisClients) client.disconnect();
     process.exit(0);
   });
 }

@@ -43,8 +43,9 @@ export interface HeraldNotification<Data = unknown> {
 }
 
 /** Notifications were lost to this client (it was away longer than they are kept, or the
- * server lost its data): the app should reload its state. `last_seq` is where the stream goes
- * on from, or `null` when unknown. */
+ * server lost its data: its log is of another epoch now): the app should reload its state.
+ * `last_seq` is where the stream goes on from (lower than before when the server's new log is
+ * shorter), or `null` when unknown. */
 export interface HeraldReset {
   last_seq: number | null;
 }
@@ -194,6 +195,10 @@ export interface HeraldOptions {
   fallback?: boolean;
   /** Start after this seq (e.g. the last one the app's own state includes) instead of now. */
   lastSeq?: number | null;
+  /** The epoch of `lastSeq` (`herald.epoch` when the app kept `herald.lastSeq`): a server whose
+   * log is another history now answers `reset` rather than replaying after a seq that means
+   * something else there. Without it, the seq is taken as one of the server's epoch. */
+  epoch?: string | null;
   /** Follow the inbox counts (default `false`): the connection is opened with `inbox=1` (an
    * `inbox` event after each new notification), and the counts are read after every
    * (re)connection, so that `herald.inbox.counts` and the `counts` event stay right. */
@@ -209,6 +214,8 @@ export declare class Herald {
   readonly client: string | null;
   /** The last seq handed to the app (or where the stream started). */
   readonly lastSeq: number | null;
+  /** The epoch of `lastSeq`, as the server named it; keep it with `lastSeq`. */
+  readonly epoch: string | null;
   /** The transport in use now (it may be `poll` after a fallback). */
   readonly transport: HeraldTransport;
   /** The user's inbox: counts, pages, marks. */

@@ -19,7 +19,10 @@
 //   (`transport: 'poll'`, and the fallback when streams keep failing while the server is up);
 // - reconnects by itself with exponential back-off and jitter (capped at 30 s), and at once when
 //   the browser comes back online; resumes from the last seq it saw, so nothing durable is lost,
-//   and never hands the same seq to the app twice;
+//   and never hands the same seq to the app twice; sends the seq with its epoch (the `hello`'s),
+//   so that a server whose log is another history now (a database restored or failed over, a
+//   restarted `--memory` server) answers `reset` instead of other notifications under seqs the
+//   app saw;
 // - gets a new token from `token()` (when it is a function) when the old one expired or was
 //   refused;
 // - keeps its client id across reconnects and reloads of the tab (sessionStorage), while a new
@@ -73,6 +76,8 @@ export class Herald {
   #listeners = new Map();
   #status = 'idle';
   #lastSeq = null;
+  #epoch = null; // the epoch of #lastSeq: the last `hello`'s or poll answer's
+  #epochAfterReset = null; // another epoch a `hello` named: taken with the `reset` after it
   #client = null;
   #user = null;
   #stopped = false;
@@ -94,7 +99,7 @@ export class Herald {
   /**
    * @param {import('./herald').HeraldOptions} options
    */
-  constructor({ url = '', token, transport = 'sse', fallback = true, lastSeq = null, inbox = false } = {}) {
+  constructor({ url = '', token, transport = 'sse', fallback = true, lastSeq = null, epoch = null, inbox = false } = {}) {
     if (typeof token !== 'string' && typeof token !== 'function') {
       throw new TypeError('Herald: `token` must be a string or a function returning one');
     }
@@ -107,6 +112,7 @@ export class Herald {
     this.#mode = transport;
     this.#fallback = fallback && transport !== 'poll';
     if (lastSeq != null) this.#lastSeq = Number(lastSeq);
+    if (lastSeq != null && epoch != null) this.#epoch = String(epoch);
     this.#followInbox = Boolean(inbox);
     globalThis.addEventListener?.('online', this.#onOnline);
     globalThis.addEventListener?.('offline', this.#onOffline);
@@ -120,6 +126,8 @@ export class Herald {
   get client() { return this.#client; }
   /** The last seq handed to the app (or where the stream started); `null` before the first connection. */
   get lastSeq() { return this.#lastSeq; }
+  /** The epoch of `lastSeq` (keep both to resume later: options `lastSeq` and `epoch`); `null` before the server named one. */
+  get epoch() { return this.#epoch; }
   /** The transport in use: `sse`, `ws` or `poll`. */
   get transport() { return this.#mode; }
 
@@ -207,8 +215,10 @@ export class Herald {
         break;
       }
       if (httpStatus === 400 && (errorCode === 'invalid_last_event_id' || errorCode === 'invalid_after')) {
-        // Our resume point is ahead of the server's log: it lost its data. Start from now.
+        // Our resume point is ahead of the server's log, in its epoch (or a server without
+        // epochs): it lost its data. Start from now.
         this.#lastSeq = null;
+        this.#epoch = null;
         this.#emit('reset', { last_seq: null });
         continue;
       }
@@ -220,7 +230,9 @@ export class Herald {
 
       if (opened) {
         streamFailures = 0;
-        failures = Date.now() - openedAt >= STABLE_MS ? 0 : failures + 1;
+        // A node that shuts down (`closed: shutdown`: a restart, a deploy) is no failure of ours:
+        // reconnect after the first back-off step, whichever node answers next.
+        failures = Date.now() - openedAt >= STABLE_MS || reason === 'shutdown' ? 0 : failures + 1;
       } else {
         failures += 1;
         if (this.#mode !== 'poll' && !outcome.tokenError) {
@@ -240,6 +252,7 @@ export class Herald {
             }
             if (diagnosis.httpStatus === 400) {
               this.#lastSeq = null;
+              this.#epoch = null;
               this.#emit('reset', { last_seq: null });
               continue;
             }
@@ -430,7 +443,14 @@ export class Herald {
         return { polled: true, reason: null };
       }
       if (typeof body?.client === 'string') this.#setClient(body.client);
-      if (body.reset) this.#reset(null);
+      const epoch = typeof body.epoch === 'string' ? body.epoch : null;
+      if (body.reset) {
+        if (epoch !== null && epoch !== this.#epoch) this.#epochAfterReset = epoch;
+        // A reset answer holds no notifications: its `last_seq` is where the poller goes on from.
+        const empty = !(body.notifications?.length) && typeof body.last_seq === 'number';
+        this.#reset(empty ? body.last_seq : null);
+      }
+      if (epoch !== null) this.#epoch = epoch;
       for (const n of body.notifications ?? []) this.#deliver(n);
       if (typeof body.last_seq === 'number' && (this.#lastSeq === null || body.last_seq > this.#lastSeq)) {
         this.#lastSeq = body.last_seq;
@@ -472,7 +492,11 @@ export class Herald {
   #params(token, pollWait) {
     const params = new URLSearchParams();
     if (token) params.set('token', token);
-    if (this.#lastSeq !== null) params.set(pollWait === undefined ? 'last_event_id' : 'after', String(this.#lastSeq));
+    if (this.#lastSeq !== null) {
+      params.set(pollWait === undefined ? 'last_event_id' : 'after', String(this.#lastSeq));
+      // The seq means something only in its epoch: a server with another one answers `reset`.
+      if (this.#epoch !== null) params.set('epoch', this.#epoch);
+    }
     if (this.#client) params.set('client', this.#client);
     if (pollWait !== undefined) params.set('timeout', String(pollWait));
     if (this.#followInbox) params.set('inbox', '1');
@@ -488,8 +512,18 @@ export class Herald {
 
   #hello(data) {
     if (typeof data.client === 'string') this.#setClient(data.client);
-    if (this.#lastSeq === null && typeof data.last_seq === 'number') this.#lastSeq = data.last_seq;
-    if (typeof data.last_seq === 'number') this.#knowSeq(data.last_seq);
+    const epoch = typeof data.epoch === 'string' ? data.epoch : null;
+    this.#epochAfterReset = null;
+    if (epoch !== null && this.#epoch !== null && epoch !== this.#epoch && this.#lastSeq !== null) {
+      // Another epoch than our seq's: a `reset` follows, and takes the epoch with its seq. Not
+      // before: a connection lost between the two resumes with the old epoch and gets the reset
+      // again, rather than with the old seq under the new epoch.
+      this.#epochAfterReset = epoch;
+    } else {
+      if (epoch !== null) this.#epoch = epoch;
+      if (this.#lastSeq === null && typeof data.last_seq === 'number') this.#lastSeq = data.last_seq;
+      if (typeof data.last_seq === 'number') this.#knowSeq(data.last_seq);
+    }
     if (this.#followInbox) {
       // `inbox` events are not replayed: whatever changed while this tab was away (or before it
       // loaded) is only in a fresh read of the counts. The version floor is lowered so that the
@@ -528,6 +562,12 @@ export class Herald {
 
   #reset(lastSeq) {
     this.#lastSeq = typeof lastSeq === 'number' ? lastSeq : null;
+    if (this.#epochAfterReset !== null) {
+      // Seqs of the old epoch say nothing of the new log ("mark all" must not reach past it).
+      this.#epoch = this.#epochAfterReset;
+      this.#epochAfterReset = null;
+      this.#inboxMaxSeq = this.#lastSeq ?? 0;
+    }
     this.#emit('reset', { last_seq: this.#lastSeq });
   }
 

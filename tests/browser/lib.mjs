@@ -120,14 +120,8 @@ export class HeraldServer {
   }
 
   /** A subscriber token (HS256), as an app's backend mints it. */
-  token({ user, session, ttlSeconds = 3600 }) {
-    const now = Math.floor(Date.now() / 1000);
-    const claims = { sub: user, iat: now, exp: now + ttlSeconds };
-    if (session) claims.sid = session;
-    const encode = (value) => Buffer.from(JSON.stringify(value)).toString('base64url');
-    const unsigned = `${encode({ alg: 'HS256', typ: 'JWT' })}.${encode(claims)}`;
-    const signature = createHmac('sha256', this.secret).update(unsigned).digest('base64url');
-    return `${unsigned}.${signature}`;
+  token(claims) {
+    return mintToken(this.secret, claims);
   }
 
   /** `POST /v1/notify`; fails the test unless it answers 200. */
@@ -159,6 +153,17 @@ export class HeraldServer {
     }, () => `presence of ${user}: ${JSON.stringify(presence)}, expected ${count} clients`);
     return presence;
   }
+}
+
+/** A subscriber token (HS256) signed with `secret`, as an app's backend mints it. */
+export function mintToken(secret, { user, session, ttlSeconds = 3600 }) {
+  const now = Math.floor(Date.now() / 1000);
+  const claims = { sub: user, iat: now, exp: now + ttlSeconds };
+  if (session) claims.sid = session;
+  const encode = (value) => Buffer.from(JSON.stringify(value)).toString('base64url');
+  const unsigned = `${encode({ alg: 'HS256', typ: 'JWT' })}.${encode(claims)}`;
+  const signature = createHmac('sha256', secret).update(unsigned).digest('base64url');
+  return `${unsigned}.${signature}`;
 }
 
 export function launchBrowser() {
@@ -237,7 +242,14 @@ export function notifications(page) {
 }
 
 export function recorded(page) {
-  return page.evaluate(() => ({ ...window.recorded, client: window.herald.client, status: window.herald.status, transport: window.herald.transport }));
+  return page.evaluate(() => ({
+    ...window.recorded,
+    client: window.herald.client,
+    status: window.herald.status,
+    transport: window.herald.transport,
+    lastSeq: window.herald.lastSeq,
+    epoch: window.herald.epoch,
+  }));
 }
 
 /** Polls `check` every 50 ms until it is true, for at most `WAIT_MS`. */

@@ -39,6 +39,56 @@ struct Metric {
     value: fn(&RunResult) -> Option<f64>,
 }
 
+/// A counter's change over a phase (`--counters-cmd`), if it was read.
+fn counter(p: &PhaseResult, name: &str) -> Option<f64> {
+    p.counters.get(name).copied()
+}
+
+/// Server CPU per delivery (µs) of the programs of the server whose command names `names` holds.
+fn cpu_us_per_delivery_of(p: &PhaseResult, names: &[&str]) -> Option<f64> {
+    let cpu: f64 =
+        p.server_cpu_by_name.iter().filter(|(n, _)| names.contains(&n.as_str())).map(|(_, c)| c).sum();
+    (p.deliveries.delivered > 0 && p.server_cpu_by_name.keys().any(|n| names.contains(&n.as_str())))
+        .then(|| cpu * 1e6 / p.deliveries.delivered as f64)
+}
+
+/// Command names of the servers measured (Herald, Socket.IO), of PostgreSQL, of the brokers.
+const SERVER_NAMES: [&str; 2] = ["herald", "node"];
+const POSTGRES_NAMES: [&str; 1] = ["postgres"];
+const BROKER_NAMES: [&str; 2] = ["nats-server", "redis-server"];
+
+/// Messages the nodes published to the broker, per acknowledged publish.
+fn bus_msgs_per_publish(p: &PhaseResult) -> Option<f64> {
+    let published = counter(p, "bus_in_msgs")?;
+    (p.acked > 0).then(|| published / p.acked as f64)
+}
+
+/// A counter summed over a cluster's nodes (`nodes_…`, from each node's `GET /v1/cluster`),
+/// per acknowledged publish.
+fn nodes_per_publish(p: &PhaseResult, name: &str) -> Option<f64> {
+    let total = counter(p, name)?;
+    (p.acked > 0).then(|| total / p.acked as f64)
+}
+
+/// Bytes the nodes' buses sent and received (their own count), per second and per node.
+fn nodes_bytes_per_node_sec(r: &RunResult, p: &PhaseResult) -> Option<f64> {
+    let total = counter(p, "nodes_bytes_in")? + counter(p, "nodes_bytes_out")?;
+    (p.delivery_secs > 0.0).then(|| total / p.delivery_secs / r.sub_urls.len().max(1) as f64)
+}
+
+/// Bytes through the broker in both directions (in: published by the nodes; out: sent by the
+/// broker to the nodes), per acknowledged publish.
+fn bus_bytes_per_publish(p: &PhaseResult) -> Option<f64> {
+    let total = counter(p, "bus_in_bytes")? + counter(p, "bus_out_bytes")?;
+    (p.acked > 0).then(|| total / p.acked as f64)
+}
+
+/// The same per second and per node: what one node's link to the broker carried, on average.
+fn bus_bytes_per_node_sec(r: &RunResult, p: &PhaseResult) -> Option<f64> {
+    let total = counter(p, "bus_in_bytes")? + counter(p, "bus_out_bytes")?;
+    (p.delivery_secs > 0.0).then(|| total / p.delivery_secs / r.sub_urls.len().max(1) as f64)
+}
+
 fn phase<'a>(run: &'a RunResult, mode: &str) -> Option<&'a PhaseResult> {
     run.phases.iter().find(|p| p.spec.mode() == mode)
 }
@@ -95,8 +145,32 @@ fn metrics() -> Vec<Metric> {
         phase_metric!("steady", "steady: latency p99 (ms)", 3, Lower, |p| Some(p.latency.p99_ms)),
         phase_metric!("steady", "steady: latency p99.9 (ms)", 3, Lower, |p| Some(p.latency.p999_ms)),
         phase_metric!("steady", "steady: latency max (ms)", 3, Lower, |p| Some(p.latency.max_ms)),
+        phase_metric!("steady", "steady: publish round trip p50 (ms)", 3, Lower, |p| Some(
+            p.publish_round_trip.p50_ms
+        )),
+        phase_metric!("steady", "steady: publish round trip p99 (ms)", 3, Lower, |p| Some(
+            p.publish_round_trip.p99_ms
+        )),
         phase_metric!("steady", "steady: server CPU per delivery (µs)", 2, Lower, |p| p
             .server_cpu_us_per_delivery),
+        phase_metric!("steady", "steady: … of which Herald or Socket.IO (µs)", 2, Lower, |p| {
+            cpu_us_per_delivery_of(p, &SERVER_NAMES)
+        }),
+        phase_metric!("steady", "steady: … of which PostgreSQL (µs)", 2, Lower, |p| {
+            cpu_us_per_delivery_of(p, &POSTGRES_NAMES)
+        }),
+        phase_metric!("steady", "steady: … of which the broker (µs)", 2, Lower, |p| {
+            cpu_us_per_delivery_of(p, &BROKER_NAMES)
+        }),
+        phase_metric!("steady", "steady: messages to the bus per publish", 2, Lower, |p| {
+            bus_msgs_per_publish(p)
+        }),
+        phase_metric!("steady", "steady: bus bytes per publish (in + out)", 0, Lower, |p| {
+            bus_bytes_per_publish(p)
+        }),
+        phase_metric!("steady", "steady: envelopes sent per publish (nodes' count)", 2, Lower, |p| {
+            nodes_per_publish(p, "nodes_envelopes_out")
+        }),
         phase_metric!("steady", "steady: other CPU (s)", 2, Neither, |p| p.other_cpu_secs),
         phase_metric!("steady", "steady: lost", 0, Lower, |p| Some(p.deliveries.lost as f64)),
         phase_metric!("steady", "steady: duplicated", 0, Lower, |p| Some(p.deliveries.duplicated as f64)),
@@ -113,6 +187,48 @@ fn metrics() -> Vec<Metric> {
         phase_metric!("max", "max: server CPU (s)", 2, Neither, |p| p.server_cpu_secs),
         phase_metric!("max", "max: server CPU per delivery (µs)", 2, Lower, |p| p
             .server_cpu_us_per_delivery),
+        phase_metric!("max", "max: … of which Herald or Socket.IO (µs)", 2, Lower, |p| {
+            cpu_us_per_delivery_of(p, &SERVER_NAMES)
+        }),
+        phase_metric!("max", "max: … of which PostgreSQL (µs)", 2, Lower, |p| {
+            cpu_us_per_delivery_of(p, &POSTGRES_NAMES)
+        }),
+        phase_metric!("max", "max: … of which the broker (µs)", 2, Lower, |p| {
+            cpu_us_per_delivery_of(p, &BROKER_NAMES)
+        }),
+        Metric {
+            name: "max: server processes counted",
+            digits: 0,
+            better: Neither,
+            value: |r| phase(r, "max").and_then(|p| p.server_after).map(|s| s.processes as f64),
+        },
+        phase_metric!("max", "max: messages to the bus per publish", 2, Lower, |p| bus_msgs_per_publish(p)),
+        phase_metric!("max", "max: bus bytes per publish (in + out)", 0, Lower, |p| bus_bytes_per_publish(p)),
+        phase_metric!("max", "max: envelopes sent per publish (nodes' count)", 2, Lower, |p| {
+            nodes_per_publish(p, "nodes_envelopes_out")
+        }),
+        phase_metric!("max", "max: envelopes received per publish (nodes' count)", 2, Lower, |p| {
+            nodes_per_publish(p, "nodes_envelopes_in")
+        }),
+        phase_metric!("max", "max: own echoes dropped per publish (nodes' count)", 2, Lower, |p| {
+            nodes_per_publish(p, "nodes_echoes")
+        }),
+        phase_metric!("max", "max: notifications repaired from the store", 0, Neither, |p| counter(
+            p,
+            "nodes_repaired"
+        )),
+        Metric {
+            name: "max: bus MB/s per node, nodes' count (in + out)",
+            digits: 2,
+            better: Neither,
+            value: |r| phase(r, "max").and_then(|p| nodes_bytes_per_node_sec(r, p)).map(|b| b / 1e6),
+        },
+        Metric {
+            name: "max: bus MB/s per node, broker's count (in + out)",
+            digits: 2,
+            better: Neither,
+            value: |r| phase(r, "max").and_then(|p| bus_bytes_per_node_sec(r, p)).map(|b| b / 1e6),
+        },
         phase_metric!("max", "max: generator CPU (s)", 2, Neither, |p| Some(p.generator_cpu_secs)),
         phase_metric!("max", "max: other CPU (s)", 2, Neither, |p| p.other_cpu_secs),
         phase_metric!("max", "max: CPU stolen by the hypervisor (s)", 2, Neither, |p| Some(p.steal_cpu_secs)),

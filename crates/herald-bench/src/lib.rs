@@ -14,7 +14,9 @@
 //! - [`stats`]: latency histograms.
 //! - [`verify`]: exactly-once accounting per (publish id, client).
 //! - [`wire`], [`http`]: payloads, SSE splitting and chunked decoding; a minimal HTTP/1.1 client.
-//! - [`procstat`]: server RSS, PSS and CPU from `/proc`.
+//! - [`procstat`]: server RSS, PSS and CPU from `/proc`, of a set of processes (the nodes of a
+//!   cluster, its broker, the share of a PostgreSQL cluster that serves one database).
+//! - [`counters`]: outside counters read around each phase (a cluster broker's traffic).
 //! - [`proto`] and [`worker`]: the parent ↔ worker messages, and a worker process with its
 //!   subscriber kinds.
 //! - [`publish`]: publishers and phase specs.
@@ -26,6 +28,7 @@
 #![deny(unsafe_code)]
 
 pub mod compare;
+pub mod counters;
 pub mod http;
 pub mod procstat;
 pub mod proto;

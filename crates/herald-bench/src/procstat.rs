@@ -1,7 +1,17 @@
-//! Memory and CPU of a server, read from `/proc`, summed over the given processes and all their
-//! descendants (nginx's workers, a server started under a shell).
+//! Memory and CPU of a server, read from `/proc`, summed over a [`ServerSet`]: the given processes
+//! and all their descendants (nginx's workers, a server started under a shell, the nodes of a
+//! cluster and its broker), and optionally the share of a PostgreSQL cluster that serves one
+//! database.
+//!
+//! A server on the machine's PostgreSQL is not one process tree of its own: the postmaster's
+//! children serve every database of the machine, some of them other programs' (tests, other
+//! benchmarks). So [`PostgresShare`] counts the postmaster, its background processes (WAL writer,
+//! checkpointer, background writer, autovacuum, …: the work of any database's writes lands there)
+//! and the client backends connected to the one database, and leaves out the client backends of
+//! every other database. A backend that ends before the last sample takes its CPU with it (the
+//! postmaster reaps it): Herald's pool keeps its connections, so that is rare.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
 
 use serde::{Deserialize, Serialize};
@@ -23,10 +33,85 @@ pub struct ProcSample {
     pub cpu_secs: f64,
 }
 
+/// What counts as the server: the processes measured together.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ServerSet {
+    /// These processes and their descendants.
+    pub pids: Vec<u32>,
+    /// And this much of a PostgreSQL cluster.
+    pub postgres: Option<PostgresShare>,
+}
+
+impl ServerSet {
+    pub fn is_empty(&self) -> bool {
+        self.pids.is_empty() && self.postgres.is_none()
+    }
+
+    /// The processes of the set right now, leaving out `exclude` and its descendants.
+    pub fn pids_now(&self, exclude: &[u32]) -> BTreeSet<u32> {
+        let mut pids = tree(&self.pids, exclude);
+        if let Some(pg) = &self.postgres {
+            pids.extend(tree(&[pg.postmaster], exclude).into_iter().filter(|&pid| {
+                pid == pg.postmaster
+                    || read_cmdline(pid).is_none_or(|title| {
+                        postgres_backend_database(&title).is_none_or(|db| db == pg.database)
+                    })
+            }));
+        }
+        pids
+    }
+}
+
+/// The processes of a PostgreSQL cluster that work for one database: the postmaster, its
+/// background processes, and the client backends connected to `database` (see the module docs).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PostgresShare {
+    /// The postmaster's pid (the first line of `postmaster.pid`, or
+    /// `/var/run/postgresql/*.pid`).
+    pub postmaster: u32,
+    pub database: String,
+}
+
+/// The database a PostgreSQL client backend serves, from its process title (`postgres:
+/// [cluster_name: ]user database host(port) activity`, or `[local]` for a Unix socket);
+/// `None` for the postmaster's background processes (`postgres: 15/main: checkpointer`).
+pub fn postgres_backend_database(title: &str) -> Option<&str> {
+    let rest = title.strip_prefix("postgres: ")?;
+    let tokens: Vec<&str> = rest.split_whitespace().collect();
+    let is_host = |t: &str| {
+        t == "[local]"
+            || t.strip_suffix(')').and_then(|t| t.rsplit_once('(')).is_some_and(|(host, port)| {
+                !host.is_empty() && !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit())
+            })
+    };
+    let host = tokens.iter().position(|t| is_host(t))?;
+    host.checked_sub(1).map(|i| tokens[i])
+}
+
+/// Reads the processes of `set`, leaving out `exclude` and its descendants (the generator
+/// itself, when the server under test is its parent, as in tests).
+pub fn sample(set: &ServerSet, exclude: &[u32]) -> ProcSample {
+    sample_pids(set.pids_now(exclude))
+}
+
 /// Reads the processes `roots` and their descendants, leaving out `exclude` and its
-/// descendants (the generator itself, when the server under test is its parent, as in tests).
-pub fn sample(roots: &[u32], exclude: &[u32]) -> ProcSample {
-    let pids = tree(roots, exclude);
+/// descendants.
+pub fn sample_tree(roots: &[u32], exclude: &[u32]) -> ProcSample {
+    sample_pids(tree(roots, exclude))
+}
+
+/// CPU seconds (`utime + stime`) of the processes of `set`, added up by command name: which of
+/// a cluster's programs (the nodes, PostgreSQL, the broker) did the work.
+pub fn cpu_by_name(set: &ServerSet, exclude: &[u32]) -> BTreeMap<String, f64> {
+    let ticks = clock_ticks_per_sec() as f64;
+    let mut out = BTreeMap::new();
+    for stat in set.pids_now(exclude).into_iter().filter_map(read_stat) {
+        *out.entry(stat.comm).or_default() += stat.cpu_ticks as f64 / ticks;
+    }
+    out
+}
+
+fn sample_pids(pids: BTreeSet<u32>) -> ProcSample {
     let ticks = clock_ticks_per_sec() as f64;
     let mut out = ProcSample { processes: 0, rss_bytes: 0, pss_bytes: Some(0), cpu_secs: 0.0 };
     for pid in pids {
@@ -102,6 +187,8 @@ pub fn tree(roots: &[u32], exclude: &[u32]) -> BTreeSet<u32> {
 }
 
 struct Stat {
+    /// The command name (`comm`, at most 15 bytes): `herald`, `postgres`, `nats-server`, `node`.
+    comm: String,
     ppid: u32,
     cpu_ticks: u64,
 }
@@ -114,12 +201,21 @@ fn read_stat(pid: u32) -> Option<Stat> {
 /// Parses `/proc/<pid>/stat`. The command name (field 2) may hold spaces and parentheses, so
 /// fields are counted from the last `)`: state is field 3, ppid 4, utime 14, stime 15.
 fn parse_stat(text: &str) -> Option<Stat> {
-    let rest = &text[text.rfind(')')? + 1..];
+    let close = text.rfind(')')?;
+    let comm = text[..close].split_once('(')?.1.to_owned();
+    let rest = &text[close + 1..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
     let ppid = fields.get(1)?.parse().ok()?;
     let utime: u64 = fields.get(11)?.parse().ok()?;
     let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some(Stat { ppid, cpu_ticks: utime + stime })
+    Some(Stat { comm, ppid, cpu_ticks: utime + stime })
+}
+
+/// The process's command line, arguments joined by spaces (a PostgreSQL backend's title).
+fn read_cmdline(pid: u32) -> Option<String> {
+    let raw = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let text = String::from_utf8_lossy(&raw);
+    Some(text.split('\0').filter(|a| !a.is_empty()).collect::<Vec<_>>().join(" ").trim().to_owned())
 }
 
 fn status_kib(pid: u32, key: &str) -> Option<u64> {
@@ -145,6 +241,7 @@ mod tests {
         let stat = parse_stat(text).unwrap();
         assert_eq!(stat.ppid, 7);
         assert_eq!(stat.cpu_ticks, 281);
+        assert_eq!(stat.comm, "my (odd) name");
     }
 
     #[test]
@@ -162,9 +259,25 @@ mod tests {
 
     #[test]
     fn this_process_is_measured() {
-        let me = sample(&[std::process::id()], &[]);
-        assert_eq!(sample(&[std::process::id()], &[std::process::id()]).processes, 0);
+        let me = sample_tree(&[std::process::id()], &[]);
+        assert_eq!(sample_tree(&[std::process::id()], &[std::process::id()]).processes, 0);
         assert!(me.processes >= 1);
         assert!(me.rss_bytes > 0);
+        let set = ServerSet { pids: vec![std::process::id()], postgres: None };
+        assert_eq!(sample(&set, &[]).processes, me.processes);
+    }
+
+    #[test]
+    fn postgres_titles() {
+        let db = postgres_backend_database;
+        assert_eq!(db("postgres: 15/main: postgres herald_b1 127.0.0.1(53412) idle"), Some("herald_b1"));
+        assert_eq!(db("postgres: 15/main: postgres herald_b1 127.0.0.1(53412) INSERT"), Some("herald_b1"));
+        assert_eq!(db("postgres: app other ::1(40000) idle in transaction"), Some("other"));
+        assert_eq!(db("postgres: 15/main: postgres template1 [local] idle"), Some("template1"));
+        assert_eq!(db("postgres: 15/main: checkpointer"), None);
+        assert_eq!(db("postgres: 15/main: walwriter"), None);
+        assert_eq!(db("postgres: 15/main: autovacuum launcher"), None);
+        assert_eq!(db("postgres: logical replication launcher"), None);
+        assert_eq!(db("/usr/lib/postgresql/15/bin/postgres -D /var/lib/postgresql/15/main"), None);
     }
 }

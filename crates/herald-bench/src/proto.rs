@@ -46,8 +46,9 @@ pub struct WorkerConfig {
     pub worker: u32,
     pub workers: u32,
     pub kind: Kind,
-    /// Subscriber URL, `{user}` replaced by each user's id.
-    pub sub_url: String,
+    /// Subscriber URL of each server, `{user}` replaced by each user's id: client `i` (global
+    /// index) connects to `sub_urls[i % len]`.
+    pub sub_urls: Vec<String>,
     pub users: u32,
     pub clients_per_user: u32,
     pub user_prefix: String,

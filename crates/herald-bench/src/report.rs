@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
-use crate::procstat::ProcSample;
+use crate::procstat::{PostgresShare, ProcSample};
 use crate::proto::Kind;
 use crate::publish::PhaseSpec;
 use crate::stats::Percentiles;
@@ -16,8 +16,13 @@ use crate::verify::DeliveryStats;
 pub struct RunResult {
     pub label: String,
     pub kind: Kind,
-    pub sub_url: String,
-    pub pub_url: String,
+    /// The subscriber URL of each server (node) the clients were spread over (`sub_url`, one
+    /// string, in the lines of runs before there could be several).
+    #[serde(alias = "sub_url", deserialize_with = "one_or_many")]
+    pub sub_urls: Vec<String>,
+    /// The publish URL of each server the publishers were spread over.
+    #[serde(alias = "pub_url", deserialize_with = "one_or_many")]
+    pub pub_urls: Vec<String>,
     pub users: u32,
     pub clients_per_user: u32,
     pub clients: u64,
@@ -25,6 +30,9 @@ pub struct RunResult {
     pub publishers: u32,
     /// The server processes measured (given with `--server-pid`, plus their descendants).
     pub server_pids: Vec<u32>,
+    /// And the part of a PostgreSQL cluster measured with them (`--postgres-pid`).
+    #[serde(default)]
+    pub postgres: Option<PostgresShare>,
     pub machine: Machine,
     pub connect: ConnectResult,
     pub idle: IdleResult,
@@ -112,6 +120,29 @@ pub struct PhaseResult {
     pub reconnects: u64,
     /// Streams the server ended, by reason.
     pub closes: BTreeMap<String, u64>,
+    /// Change of each `--counters-cmd` counter over the phase (from before publishing to the
+    /// end of the drain wait).
+    #[serde(default)]
+    pub counters: BTreeMap<String, f64>,
+    /// The server's CPU over the same time as `server_cpu_secs`, by command name (`herald`,
+    /// `postgres`, `nats-server`, `redis-server`, `node`). A process that started during the
+    /// phase counts all its CPU, one that ended counts none.
+    #[serde(default)]
+    pub server_cpu_by_name: BTreeMap<String, f64>,
+}
+
+/// A string or a list of strings, as a list.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(one) => vec![one],
+        OneOrMany::Many(many) => many,
+    })
 }
 
 const KIB: f64 = 1024.0;
@@ -157,14 +188,21 @@ impl RunResult {
             out,
             "herald-bench{label}: {} on {} — {} users × {} = {} clients over {} workers, {} publishers to {}",
             self.kind.name(),
-            self.sub_url,
+            self.sub_urls.join(" "),
             self.users,
             self.clients_per_user,
             self.clients,
             self.workers,
             self.publishers,
-            self.pub_url,
+            self.pub_urls.join(" "),
         );
+        if let Some(pg) = &self.postgres {
+            let _ = writeln!(
+                out,
+                "server: pids {:?} and their descendants, PostgreSQL's postmaster {} with its background processes and the backends of database {}",
+                self.server_pids, pg.postmaster, pg.database
+            );
+        }
         let _ = writeln!(
             out,
             "machine: {} cores, {:.1}% busy in the second before the run, load average {:.2}",
@@ -224,6 +262,7 @@ impl RunResult {
                 "srv CPU s",
                 "µs/deliv",
                 "gen CPU s",
+                "other s",
                 "reconn",
             ]
             .map(str::to_owned)
@@ -267,6 +306,20 @@ impl RunResult {
             }
             if !p.closes.is_empty() {
                 notes.push(format!("streams ended by the server: {:?}", p.closes));
+            }
+            if p.server_cpu_by_name.len() > 1 {
+                let split: Vec<String> =
+                    p.server_cpu_by_name.iter().map(|(name, cpu)| format!("{name} {cpu:.2} s")).collect();
+                notes.push(format!("server CPU by program: {}", split.join(", ")));
+            }
+            if !p.counters.is_empty() {
+                let secs = p.delivery_secs.max(1e-9);
+                let counters: Vec<String> = p
+                    .counters
+                    .iter()
+                    .map(|(name, d)| format!("{name} +{d:.0} ({:.0}/s)", d / secs))
+                    .collect();
+                notes.push(format!("counters: {}", counters.join(", ")));
             }
             if p.steal_cpu_secs >= 0.1 {
                 notes.push(format!("{:.2} s of CPU stolen by the hypervisor", p.steal_cpu_secs));

@@ -1,6 +1,9 @@
 //! `herald-bench run`: the parent. Starts the workers (this same binary, `herald-bench
 //! worker`), has them connect, measures the server idle, runs the publish phases, waits for the
 //! deliveries, has the workers account for them, and reports.
+//!
+//! One job, the parent's run from start to report, phase after phase, hence one file; the
+//! pieces it drives (publishers, counters, CPU sampling, the report) live in their own modules.
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -17,8 +20,9 @@ use tokio::process::{Child, ChildStdin};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, timeout};
 
+use crate::counters;
 use crate::http::Endpoint;
-use crate::procstat::{self, ProcSample};
+use crate::procstat::{self, PostgresShare, ProcSample, ServerSet};
 use crate::proto::{Command, Kind, Progress, Report, WorkerConfig};
 use crate::publish::{self, PhaseSpec, PhaseState};
 use crate::report::{ConnectResult, IdleResult, Machine, PhaseResult, RunResult};
@@ -33,6 +37,8 @@ pub const CLIENTS_MAX: u64 = 200_000;
 pub const PUBLISHERS_MAX: u32 = 1_024;
 /// Most worker processes.
 pub const WORKERS_MAX: u32 = 64;
+/// Most servers (`--url`s) one run spreads its clients and publishers over.
+pub const URLS_MAX: usize = 64;
 /// Clients per worker when the count is chosen automatically: well under the ~19,500 open
 /// files a process may have here, and few enough that one worker thread keeps up with its
 /// share of the deliveries.
@@ -77,14 +83,17 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value = "herald-sse")]
     pub kind: Kind,
     /// The server's base URL; the subscriber and publish URLs derive from it unless given.
-    #[arg(long, default_value = "http://127.0.0.1:7300")]
-    pub url: String,
+    /// Several (repeated, or separated by commas): the nodes of a cluster, round-robin: client
+    /// `i` (of all users' clients, user by user) and publisher `i` go to URL `i mod n`.
+    #[arg(long = "url", value_delimiter = ',', default_value = "http://127.0.0.1:7300")]
+    pub urls: Vec<String>,
     /// Subscriber URL, `{user}` replaced by the user (default: `/v1/stream`, `/v1/ws`,
     /// `/v1/poll` for Herald, `/sub/{user}` for sse-url, Socket.IO's handshake with `user={user}`).
+    /// Only with one `--url`.
     #[arg(long)]
     pub sub_url: Option<String>,
     /// Publish URL, `{user}` replaced (default: `/v1/notify` for Herald, `/pub/{user}` for
-    /// sse-url, `/emit/{user}` for socketio).
+    /// sse-url, `/emit/{user}` for socketio). Only with one `--url`.
     #[arg(long)]
     pub pub_url: Option<String>,
     /// Herald's subscriber-token secret.
@@ -116,9 +125,22 @@ pub struct RunArgs {
     /// clients as if each cost it.
     #[arg(long)]
     pub no_warmup: bool,
-    /// A server process to measure (its descendants too). Repeatable.
+    /// A server process to measure (its descendants too). Repeatable: the nodes of a cluster,
+    /// its broker; their memory and CPU are added up.
     #[arg(long = "server-pid")]
     pub server_pids: Vec<u32>,
+    /// Also measure the part of a PostgreSQL cluster that serves `--postgres-db`: this
+    /// postmaster, its background processes, and the client backends of that database (not
+    /// those of other databases).
+    #[arg(long, requires = "postgres_db")]
+    pub postgres_pid: Option<u32>,
+    /// The database of `--postgres-pid`.
+    #[arg(long, requires = "postgres_pid")]
+    pub postgres_db: Option<String>,
+    /// A command (run with `sh -c`) printing `NAME VALUE` lines, read before and after each
+    /// phase; each counter's change is reported (bench/cluster.sh: the broker's traffic).
+    #[arg(long)]
+    pub counters_cmd: Option<String>,
     /// A name for this run in the reports.
     #[arg(long, default_value = "")]
     pub label: String,
@@ -158,27 +180,48 @@ pub struct RunArgs {
 }
 
 impl RunArgs {
-    fn urls(&self) -> (String, String) {
-        let base = self.url.trim_end_matches('/');
-        let sub = self.sub_url.clone().unwrap_or_else(|| match self.kind {
-            Kind::HeraldSse => format!("{base}/v1/stream"),
-            Kind::HeraldWs => format!("{base}/v1/ws"),
-            Kind::HeraldPoll => format!("{base}/v1/poll"),
-            Kind::SseUrl => format!("{base}/sub/{{user}}"),
-            Kind::Socketio => format!("{base}/socket.io/?EIO=4&transport=websocket&user={{user}}"),
-        });
-        let publish = self.pub_url.clone().unwrap_or_else(|| match self.kind {
-            Kind::HeraldSse | Kind::HeraldWs | Kind::HeraldPoll => format!("{base}/v1/notify"),
-            Kind::SseUrl => format!("{base}/pub/{{user}}"),
-            Kind::Socketio => format!("{base}/emit/{{user}}"),
-        });
-        (sub, publish)
+    /// The subscriber and publish URL of each server (node), in `--url` order.
+    fn urls(&self) -> (Vec<String>, Vec<String>) {
+        let sub = |base: &str| {
+            self.sub_url.clone().unwrap_or_else(|| match self.kind {
+                Kind::HeraldSse => format!("{base}/v1/stream"),
+                Kind::HeraldWs => format!("{base}/v1/ws"),
+                Kind::HeraldPoll => format!("{base}/v1/poll"),
+                Kind::SseUrl => format!("{base}/sub/{{user}}"),
+                Kind::Socketio => format!("{base}/socket.io/?EIO=4&transport=websocket&user={{user}}"),
+            })
+        };
+        let publish = |base: &str| {
+            self.pub_url.clone().unwrap_or_else(|| match self.kind {
+                Kind::HeraldSse | Kind::HeraldWs | Kind::HeraldPoll => format!("{base}/v1/notify"),
+                Kind::SseUrl => format!("{base}/pub/{{user}}"),
+                Kind::Socketio => format!("{base}/emit/{{user}}"),
+            })
+        };
+        let bases: Vec<&str> = self.urls.iter().map(|u| u.trim_end_matches('/')).collect();
+        (bases.iter().map(|b| sub(b)).collect(), bases.iter().map(|b| publish(b)).collect())
+    }
+
+    /// The processes measured as the server.
+    fn server_set(&self) -> ServerSet {
+        ServerSet {
+            pids: self.server_pids.clone(),
+            postgres: self
+                .postgres_pid
+                .zip(self.postgres_db.clone())
+                .map(|(postmaster, database)| PostgresShare { postmaster, database }),
+        }
     }
 
     fn validate(&self) -> anyhow::Result<()> {
         let clients = u64::from(self.users) * u64::from(self.clients_per_user);
         ensure!(clients > 0, "no clients: give --users and --clients-per-user above 0");
         ensure!(clients <= CLIENTS_MAX, "{clients} clients: at most {CLIENTS_MAX}");
+        ensure!((1..=URLS_MAX).contains(&self.urls.len()), "1 to {URLS_MAX} --url");
+        ensure!(
+            self.urls.len() == 1 || (self.sub_url.is_none() && self.pub_url.is_none()),
+            "--sub-url and --pub-url go with one --url only"
+        );
         ensure!((1..=PUBLISHERS_MAX).contains(&self.publishers), "1 to {PUBLISHERS_MAX} publishers");
         ensure!(self.workers <= WORKERS_MAX, "at most {WORKERS_MAX} workers");
         ensure!((0.0..=IDLE_SECS_MAX).contains(&self.idle_secs), "--idle-secs is 0 to {IDLE_SECS_MAX}");
@@ -235,13 +278,20 @@ async fn run_async(args: &RunArgs) -> anyhow::Result<RunResult> {
         n => n,
     }
     .min(clients as u32);
-    let (sub_url, pub_url) = args.urls();
-    Endpoint::parse(&sub_url)?;
-    let target = Rc::new(publish::Target {
-        endpoint: Endpoint::parse(&pub_url)?,
-        herald_api_key: if args.kind.is_herald() { args.api_key.clone() } else { None },
-        user_prefix: args.user_prefix.clone(),
-    });
+    let (sub_urls, pub_urls) = args.urls();
+    for url in &sub_urls {
+        Endpoint::parse(url)?;
+    }
+    let targets = pub_urls
+        .iter()
+        .map(|url| {
+            Ok(Rc::new(publish::Target {
+                endpoint: Endpoint::parse(url)?,
+                herald_api_key: if args.kind.is_herald() { args.api_key.clone() } else { None },
+                user_prefix: args.user_prefix.clone(),
+            }))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let machine = Machine {
         nproc: std::thread::available_parallelism().map_or(1, |n| n.get()),
         load_1m_at_start: load_1m(),
@@ -253,7 +303,7 @@ async fn run_async(args: &RunArgs) -> anyhow::Result<RunResult> {
         worker,
         workers,
         kind: args.kind,
-        sub_url: sub_url.clone(),
+        sub_urls: sub_urls.clone(),
         users: args.users,
         clients_per_user: args.clients_per_user,
         user_prefix: args.user_prefix.clone(),
@@ -265,21 +315,22 @@ async fn run_async(args: &RunArgs) -> anyhow::Result<RunResult> {
         churn_per_sec: args.churn_per_sec / f64::from(workers),
     });
     let mut fleet = Fleet::spawn(configs.collect()).await?;
-    let result = measure(args, &mut fleet, &bar, &target, clients, workers).await;
+    let result = measure(args, &mut fleet, &bar, &targets, clients, workers).await;
     bar.finish();
     fleet.stop().await;
     let (connect, idle, phases) = result?;
     Ok(RunResult {
         label: args.label.clone(),
         kind: args.kind,
-        sub_url,
-        pub_url,
+        sub_urls,
+        pub_urls,
         users: args.users,
         clients_per_user: args.clients_per_user,
         clients,
         workers,
         publishers: args.publishers,
         server_pids: args.server_pids.clone(),
+        postgres: args.server_set().postgres,
         machine,
         connect,
         idle,
@@ -291,12 +342,13 @@ async fn measure(
     args: &RunArgs,
     fleet: &mut Fleet,
     bar: &Bar,
-    target: &Rc<publish::Target>,
+    targets: &[Rc<publish::Target>],
     clients: u64,
     workers: u32,
 ) -> anyhow::Result<(ConnectResult, IdleResult, Vec<PhaseResult>)> {
     let me = [std::process::id()];
-    let server = |pids: &[u32]| (!pids.is_empty()).then(|| procstat::sample(pids, &me));
+    let set = args.server_set();
+    let server = |set: &ServerSet| (!set.is_empty()).then(|| procstat::sample(set, &me));
 
     // Connect: the warm-up clients (one per worker), the "before" sample, then the rest.
     let mut connect_latency = stats::histogram();
@@ -328,7 +380,7 @@ async fn measure(
         // Let the server finish what the first connections started.
         tokio::time::sleep(WARMUP_SETTLE).await;
     }
-    let server_before = server(&args.server_pids);
+    let server_before = server(&set);
     bar.stage(&format!("connect {clients} {} over {workers} workers", args.kind.name()), clients);
     let started = Instant::now();
     fleet.send_all(&Command::Connect).await?;
@@ -347,10 +399,10 @@ async fn measure(
     ensure!(connected > 0, "no client connected: {}", connect.first_error.as_deref().unwrap_or("?"));
 
     // Idle.
-    let idle_cpu_before = server(&args.server_pids);
+    let idle_cpu_before = server(&set);
     bar.stage("idle", 0);
     fleet.idle(Duration::from_secs_f64(args.idle_secs), bar).await?;
-    let server_after = server(&args.server_pids);
+    let server_after = server(&set);
     let per_client = |f: fn(&ProcSample) -> Option<f64>| match (&server_before, &server_after) {
         (Some(before), Some(after)) => Some((f(after)? - f(before)?) / connected as f64),
         _ => None,
@@ -382,8 +434,13 @@ async fn measure(
             )
             .await?;
         let progress_before = fleet.total();
-        let server_before = server(&args.server_pids);
-        let generator_before = procstat::sample(&me, &[]);
+        let server_before = server(&set);
+        let by_name_before = procstat::cpu_by_name(&set, &me);
+        let generator_before = procstat::sample_tree(&me, &[]);
+        let counters_before = match &args.counters_cmd {
+            Some(command) => Some(counters::read(command).await?),
+            None => None,
+        };
         let machine_before = procstat::machine_cpu();
         let state = PhaseState::new(next_id);
         let start_ns = now_ns();
@@ -397,7 +454,7 @@ async fn measure(
             let seed = start_ns ^ (u64::from(i) << 32);
             tokio::task::spawn_local(publish::publisher(
                 state.clone(),
-                target.clone(),
+                targets[i as usize % targets.len()].clone(),
                 spec,
                 args.users,
                 seed,
@@ -442,9 +499,14 @@ async fn measure(
             }
             bar.set(now, "");
         }
-        let server_after = server(&args.server_pids);
-        let generator_after = procstat::sample(&me, &[]);
+        let server_after = server(&set);
+        let by_name_after = procstat::cpu_by_name(&set, &me);
+        let generator_after = procstat::sample_tree(&me, &[]);
         let machine_after = procstat::machine_cpu();
+        let counters = match (&args.counters_cmd, &counters_before) {
+            (Some(command), Some(before)) => counters::change(before, &counters::read(command).await?),
+            _ => BTreeMap::new(),
+        };
         next_id += state.attempted();
 
         // Account.
@@ -514,6 +576,11 @@ async fn measure(
             reconnects: progress_after.reconnects - progress_before.reconnects,
             closes,
             deliveries,
+            counters,
+            server_cpu_by_name: by_name_after
+                .iter()
+                .map(|(name, after)| (name.clone(), after - by_name_before.get(name).copied().unwrap_or(0.0)))
+                .collect(),
         });
         if index + 1 < args.phases.len() {
             bar.stage("pause between phases", 0);

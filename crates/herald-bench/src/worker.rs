@@ -234,7 +234,9 @@ struct Client {
 }
 
 fn build_clients(config: &WorkerConfig) -> anyhow::Result<Vec<Client>> {
-    let endpoint = Endpoint::parse(&config.sub_url)?;
+    let endpoints =
+        config.sub_urls.iter().map(|url| Endpoint::parse(url)).collect::<anyhow::Result<Vec<_>>>()?;
+    ensure!(!endpoints.is_empty(), "no subscriber URL");
     let key = config.secret.as_deref().map(|s| jsonwebtoken::EncodingKey::from_secret(s.as_bytes()));
     ensure!(!config.kind.is_herald() || key.is_some(), "Herald subscribers need the token secret");
     let iat = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
@@ -259,7 +261,7 @@ fn build_clients(config: &WorkerConfig) -> anyhow::Result<Vec<Client>> {
                 global,
                 user,
                 kind: config.kind,
-                endpoint: endpoint.for_user(&user_id),
+                endpoint: endpoints[global as usize % endpoints.len()].for_user(&user_id),
                 token,
                 source: config.source_ip,
                 poll_timeout_secs: config.poll_timeout_secs,

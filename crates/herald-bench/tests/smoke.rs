@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use herald_bench::report::RunResult;
@@ -197,16 +198,29 @@ fn herald_poll_and_ws_deliver_every_publish_exactly_once() {
     rt.block_on(server.shutdown()).unwrap();
 }
 
-/// A plain SSE server on `/sub/{user}` whose `POST /pub/{user}` sends every 5th publish twice
-/// and drops every 7th.
-async fn faulty_server(listener: TcpListener) {
-    let subscribers: Arc<std::sync::Mutex<HashMap<String, Vec<mpsc::UnboundedSender<String>>>>> =
-        Arc::default();
-    let published = Arc::new(std::sync::atomic::AtomicU64::new(0));
+/// What the nodes of a [`fake_server`] share: the subscribers of every node by user, the count
+/// of publishes, and whether every 5th publish is sent twice and every 7th dropped.
+#[derive(Default)]
+struct FakeCluster {
+    subscribers: std::sync::Mutex<HashMap<String, Vec<mpsc::UnboundedSender<String>>>>,
+    published: AtomicU64,
+    faulty: bool,
+}
+
+/// Subscriptions and publishes one node of a [`FakeCluster`] served.
+#[derive(Default)]
+struct NodeCounts {
+    subscriptions: AtomicU64,
+    publishes: AtomicU64,
+}
+
+/// One node of a plain SSE server on `/sub/{user}` with `POST /pub/{user}`; a publish on any
+/// node of `cluster` reaches the subscribers of every node.
+async fn fake_server(listener: TcpListener, cluster: Arc<FakeCluster>, counts: Arc<NodeCounts>) {
     loop {
         let (socket, _) = listener.accept().await.unwrap();
-        let subscribers = subscribers.clone();
-        let published = published.clone();
+        let cluster = cluster.clone();
+        let counts = counts.clone();
         tokio::spawn(async move {
             let (read, mut write) = socket.into_split();
             let mut reader = BufReader::new(read);
@@ -229,7 +243,8 @@ async fn faulty_server(listener: TcpListener) {
                 let path = request_line.split(' ').nth(1).unwrap_or("").to_owned();
                 if let Some(user) = path.strip_prefix("/sub/") {
                     let (tx, mut rx) = mpsc::unbounded_channel();
-                    subscribers.lock().unwrap().entry(user.to_owned()).or_default().push(tx);
+                    cluster.subscribers.lock().unwrap().entry(user.to_owned()).or_default().push(tx);
+                    counts.subscriptions.fetch_add(1, Ordering::Relaxed);
                     write
                         .write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\n")
                         .await
@@ -244,8 +259,11 @@ async fn faulty_server(listener: TcpListener) {
                 let mut body = vec![0; length];
                 reader.read_exact(&mut body).await.unwrap();
                 let user = path.strip_prefix("/pub/").unwrap_or("");
-                let n = published.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-                let copies = if n.is_multiple_of(7) {
+                counts.publishes.fetch_add(1, Ordering::Relaxed);
+                let n = cluster.published.fetch_add(1, Ordering::Relaxed) + 1;
+                let copies = if !cluster.faulty {
+                    1
+                } else if n.is_multiple_of(7) {
                     0
                 } else if n.is_multiple_of(5) {
                     2
@@ -253,7 +271,7 @@ async fn faulty_server(listener: TcpListener) {
                     1
                 };
                 let data = String::from_utf8(body).unwrap();
-                for tx in subscribers.lock().unwrap().get(user).into_iter().flatten() {
+                for tx in cluster.subscribers.lock().unwrap().get(user).into_iter().flatten() {
                     for _ in 0..copies {
                         let _ = tx.send(data.clone());
                     }
@@ -269,7 +287,8 @@ fn losses_and_duplicates_are_reported() {
     let rt = runtime();
     let listener = rt.block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    rt.spawn(faulty_server(listener));
+    let cluster = Arc::new(FakeCluster { faulty: true, ..Default::default() });
+    rt.spawn(fake_server(listener, cluster, Arc::default()));
     let dir = tempfile::tempdir().unwrap();
     let result = bench(
         &[
@@ -298,4 +317,62 @@ fn losses_and_duplicates_are_reported() {
     assert_eq!(d.duplicated, 24, "{d:?}");
     assert_eq!(d.delivered, 120);
     assert!(!result.clean());
+}
+
+/// Several `--url`s (the nodes of a cluster): client `i` and publisher `i` go to node `i mod n`,
+/// every publish still reaches each client of its user exactly once across nodes, and a
+/// `--counters-cmd`'s counters come back as their change over each phase. Fails if the clients
+/// or the publishers all go to one node.
+#[test]
+fn clients_and_publishers_are_spread_over_several_urls() {
+    let rt = runtime();
+    let cluster = Arc::new(FakeCluster::default());
+    let mut urls = Vec::new();
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        let listener = rt.block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
+        urls.push(format!("http://{}", listener.local_addr().unwrap()));
+        let counts = Arc::new(NodeCounts::default());
+        nodes.push(counts.clone());
+        rt.spawn(fake_server(listener, cluster.clone(), counts));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // Each reading of the counters is 5 more than the one before.
+    let state = dir.path().join("counter");
+    let counters = format!(
+        "n=$(cat {0} 2>/dev/null || echo 0); echo $((n + 5)) > {0}; echo bus_in_msgs $n",
+        state.display()
+    );
+    let result = bench(
+        &[
+            "--kind",
+            "sse-url",
+            "--url",
+            &urls[..2].join(","),
+            "--url",
+            &urls[2],
+            "--users",
+            "10",
+            "--clients-per-user",
+            "3",
+            "--publishers",
+            "3",
+            "--idle-secs",
+            "0",
+            "--phase",
+            "burst:90",
+            "--counters-cmd",
+            &counters,
+        ],
+        dir.path(),
+    );
+    assert_exactly_once(&result, 30);
+    assert_eq!(result.sub_urls.len(), 3);
+    for (i, node) in nodes.iter().enumerate() {
+        assert_eq!(node.subscriptions.load(Ordering::Relaxed), 10, "node {i}");
+        // The three publishers each send about a third of the burst, on their own node.
+        let publishes = node.publishes.load(Ordering::Relaxed);
+        assert!((20..=40).contains(&publishes), "node {i}: {publishes} publishes");
+    }
+    assert_eq!(result.phases[0].counters.get("bus_in_msgs"), Some(&5.0));
 }

@@ -1,6 +1,7 @@
 //! [`Listener`]: a subscriber that stays connected. It resumes by itself after a dropped
-//! connection, with backoff, from the last seq it saw and with the same client id, and never
-//! yields a durable notification twice.
+//! connection, with backoff, from the last seq it saw (with its epoch, so that a server whose
+//! log is another history now answers `reset` rather than other notifications under seqs it
+//! saw) and with the same client id, and never yields a durable notification twice.
 //!
 //! What ends it: a `closed` event whose reason is final ([`is_final_close`]: `evicted`,
 //! `replaced`, `session_closed`, `token_expired`), which it yields before ending; an error that
@@ -49,6 +50,9 @@ pub enum ListenTransport {
 pub struct ListenerOptions {
     /// The last seq already seen; `None` starts at the user's current last seq.
     pub resume_after: Option<u64>,
+    /// The epoch of `resume_after` (a `hello`'s or a poll answer's, kept with the seq; see
+    /// [`Listener::epoch`]); `None`: the server's current one.
+    pub epoch: Option<String>,
     /// The client id to keep at the first connection (later ones keep the server's).
     pub client: Option<String>,
     pub transport: ListenTransport,
@@ -64,6 +68,7 @@ impl Default for ListenerOptions {
     fn default() -> Self {
         Self {
             resume_after: None,
+            epoch: None,
             client: None,
             transport: ListenTransport::Sse,
             max_consecutive_failures: None,
@@ -81,6 +86,12 @@ pub struct Listener {
     options: ListenerOptions,
     /// Every durable seq up to here was yielded (or skipped by a `reset`).
     position: Option<u64>,
+    /// The epoch of `position`, from the last `hello` or poll answer.
+    epoch: Option<String>,
+    /// The epoch of a `hello` that named another one than `epoch`: it becomes `epoch` with the
+    /// `reset` that follows such a hello, not before, so that a connection lost between the two
+    /// resumes with the old epoch again (and gets its `reset` again).
+    epoch_after_reset: Option<String>,
     client: Option<String>,
     stream: Option<EventStream>,
     /// Events of the last long-poll answer not yet yielded (at most one answer's worth).
@@ -97,6 +108,8 @@ impl Listener {
     pub fn new(subscriber: Subscriber, options: ListenerOptions) -> Self {
         Self {
             position: options.resume_after,
+            epoch: options.epoch.clone(),
+            epoch_after_reset: None,
             client: options.client.clone(),
             subscriber,
             options,
@@ -112,6 +125,12 @@ impl Listener {
     /// The last durable seq yielded (or the position a `hello` or `reset` moved to).
     pub fn last_seq(&self) -> Option<u64> {
         self.position
+    }
+
+    /// The epoch of [`Listener::last_seq`] (the server's, once it answered): keep it with the
+    /// seq to resume from it later ([`ListenerOptions::epoch`]).
+    pub fn epoch(&self) -> Option<&str> {
+        self.epoch.as_deref()
     }
 
     /// The client id the server gave (or the one from the options, before the first answer).
@@ -152,8 +171,12 @@ impl Listener {
     async fn next_sse(&mut self) -> Result<Option<Event>> {
         if self.stream.is_none() {
             self.wait().await;
-            let options =
-                StreamOptions { resume_after: self.position, client: self.client.clone(), via_header: false };
+            let options = StreamOptions {
+                resume_after: self.position,
+                epoch: self.epoch.clone(),
+                client: self.client.clone(),
+                via_header: false,
+            };
             match self.subscriber.stream(options).await {
                 Ok(stream) => self.stream = Some(stream),
                 Err(e) => return self.fail(e).map(|()| None),
@@ -176,14 +199,28 @@ impl Listener {
     /// Updates the position and client from `event`; `None` for a notification already yielded.
     fn accept(&mut self, event: Event) -> Option<Event> {
         match &event {
-            Event::Hello { client, id, .. } => {
+            Event::Hello { client, id, epoch, .. } => {
                 // The connection works: the next failure starts the backoff afresh.
                 self.failures = 0;
                 self.client = Some(client.clone());
-                // A fresh stream starts at the user's last seq: resume from there if it drops
-                // before any notification, so that none published meanwhile is missed.
-                if let Some(id) = *id {
-                    self.advance(id);
+                self.epoch_after_reset = None;
+                match (&self.epoch, epoch) {
+                    // Of another epoch than our position's: a `reset` follows, which moves the
+                    // position (back, if the new log is shorter) and takes the new epoch.
+                    (Some(ours), Some(theirs)) if ours != theirs && self.position.is_some() => {
+                        self.epoch_after_reset = Some(theirs.clone());
+                    }
+                    _ => {
+                        if epoch.is_some() {
+                            self.epoch.clone_from(epoch);
+                        }
+                        // A fresh stream starts at the user's last seq: resume from there if it
+                        // drops before any notification, so that none published meanwhile is
+                        // missed.
+                        if let Some(id) = *id {
+                            self.advance(id);
+                        }
+                    }
                 }
             }
             // An undecodable notification counts like any other: the position moves past it, so
@@ -196,7 +233,14 @@ impl Listener {
                 self.position = Some(*seq);
             }
             Event::Notification(_) | Event::Undecodable(_) => {}
-            Event::Reset { last_seq } => self.advance(*last_seq),
+            // Not `advance`: a reset for another epoch moves the position back when the new log
+            // is shorter (a reset for retention never does).
+            Event::Reset { last_seq } => {
+                self.position = Some(*last_seq);
+                if let Some(epoch) = self.epoch_after_reset.take() {
+                    self.epoch = Some(epoch);
+                }
+            }
             Event::Closed { reason } => {
                 self.stream = None;
                 if is_final_close(reason) {
@@ -219,7 +263,8 @@ impl Listener {
     /// One long-poll; its events go to `pending`.
     async fn poll_once(&mut self) -> Result<()> {
         self.wait().await;
-        match self.subscriber.poll(self.position, self.options.poll_timeout_s, self.client.as_deref()).await {
+        let (after, epoch) = (self.position, self.epoch.as_deref());
+        match self.subscriber.poll(after, epoch, self.options.poll_timeout_s, self.client.as_deref()).await {
             Ok(answer) => {
                 self.failures = 0;
                 self.take_poll_answer(answer);
@@ -231,6 +276,9 @@ impl Listener {
 
     fn take_poll_answer(&mut self, answer: PollResponse) {
         self.client = Some(answer.client);
+        if answer.epoch.is_some() {
+            self.epoch = answer.epoch;
+        }
         if answer.reset {
             // The stream goes on after the seq just before the first notification given.
             let first = answer

@@ -30,6 +30,10 @@ pub struct StreamOptions {
     /// The last seq this client saw: the stream replays every retained notification after it.
     /// `None` starts at the user's current last seq.
     pub resume_after: Option<u64>,
+    /// The epoch of `resume_after` (the `hello`'s, [`Event::Hello`]): a server whose log is
+    /// another history now answers `hello` and `reset` instead of replaying after a seq that
+    /// means something else there. `None`: the seq is taken as one of the server's epoch.
+    pub epoch: Option<String>,
     /// The client id to keep (a reloaded tab's). Honoured for the same user and session only.
     pub client: Option<String>,
     /// Send `resume_after` as the `Last-Event-ID` header (as a browser's EventSource does)
@@ -93,6 +97,9 @@ impl Subscriber {
             Some(after) => request = request.query(&[("last_event_id", after)]),
             None => {}
         }
+        if let (Some(_), Some(epoch)) = (options.resume_after, &options.epoch) {
+            request = request.query(&[("epoch", epoch)]);
+        }
         if let Some(client) = &options.client {
             request = request.query(&[("client", client)]);
         }
@@ -108,19 +115,23 @@ impl Subscriber {
         Ok(EventStream::new(response, self.idle_timeout))
     }
 
-    /// `GET /v1/poll`: the notifications after seq `after` (after the user's current last seq
-    /// when `None`), waiting up to `timeout_s` seconds (server default 20, at most
+    /// `GET /v1/poll`: the notifications after seq `after` of `epoch` (after the user's current
+    /// last seq when `None`), waiting up to `timeout_s` seconds (server default 20, at most
     /// [`POLL_TIMEOUT_MAX_S`]) when there are none yet. Give back the answer's `client` and
-    /// poll next with `after` = its `last_seq`.
+    /// poll next with `after` = its `last_seq` and its `epoch`.
     pub async fn poll(
         &self,
         after: Option<u64>,
+        epoch: Option<&str>,
         timeout_s: Option<u64>,
         client: Option<&str>,
     ) -> Result<PollResponse> {
         let mut request = self.http.get(self.endpoint.url(&["v1", "poll"])).bearer_auth(&self.token);
         if let Some(after) = after {
             request = request.query(&[("after", after)]);
+            if let Some(epoch) = epoch {
+                request = request.query(&[("epoch", epoch)]);
+            }
         }
         if let Some(timeout_s) = timeout_s {
             request = request.query(&[("timeout", timeout_s)]);
@@ -218,6 +229,8 @@ pub(crate) fn decode_event(event: SseEvent) -> Result<Option<Event>> {
         session: String,
         client: String,
         last_seq: u64,
+        #[serde(default)]
+        epoch: Option<String>,
     }
     #[derive(Deserialize)]
     struct Reset {
@@ -232,12 +245,12 @@ pub(crate) fn decode_event(event: SseEvent) -> Result<Option<Event>> {
     }
     Ok(Some(match event.event.as_str() {
         "hello" => {
-            let Hello { user, session, client, last_seq } = json(&event.data, "hello event")?;
+            let Hello { user, session, client, last_seq, epoch } = json(&event.data, "hello event")?;
             let id = match event.id.as_deref() {
                 None | Some("") => None,
                 Some(id) => Some(id.parse().map_err(|_| ClientError::Protocol(format!("hello id {id:?}")))?),
             };
-            Event::Hello { user, session, client, last_seq, id }
+            Event::Hello { user, session, client, last_seq, id, epoch }
         }
         // The publisher's `data` may be JSON this client cannot decode (stored before the server
         // refused it): an event of its own, with its seq, never the end of the stream.
@@ -262,8 +275,11 @@ mod tests {
 
     #[test]
     fn decodes_herald_events() {
-        let hello =
-            decode_event(sse("hello", r#"{"user":"a","session":"s","client":"c","last_seq":4}"#, Some("2")));
+        let hello = decode_event(sse(
+            "hello",
+            r#"{"user":"a","session":"s","client":"c","last_seq":4,"epoch":"e1"}"#,
+            Some("2"),
+        ));
         assert_eq!(
             hello.unwrap(),
             Some(Event::Hello {
@@ -271,9 +287,13 @@ mod tests {
                 session: "s".into(),
                 client: "c".into(),
                 last_seq: 4,
-                id: Some(2)
+                id: Some(2),
+                epoch: Some("e1".into()),
             })
         );
+        // A server without epochs.
+        let old = decode_event(sse("hello", r#"{"user":"a","session":"s","client":"c","last_seq":4}"#, None));
+        assert!(matches!(old.unwrap(), Some(Event::Hello { epoch: None, .. })));
         let n = decode_event(sse(
             "notification",
             r#"{"seq":3,"type":"t","data":[1],"created_at":"x"}"#,

@@ -188,6 +188,9 @@ pub struct ClientPresence {
     /// Every seq up to this one was handed to the client.
     #[serde(default)]
     pub last_seq: u64,
+    /// The node it is connected to (`--node-id`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 /// The answer of `GET /v1/poll`.
@@ -201,7 +204,11 @@ pub struct PollResponse {
     pub notifications: Vec<Result<Notification, Undecodable>>,
     /// Poll next with `after` = this.
     pub last_seq: u64,
-    /// The `after` given is no longer retained: the app should reload its state.
+    /// The epoch of `last_seq`: poll next with it. `None` from a server without epochs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<String>,
+    /// The `after` given is no longer retained, or of another epoch: the app should reload its
+    /// state.
     #[serde(default)]
     pub reset: bool,
     /// The server ended this client (`evicted`, `replaced`, …).
@@ -248,7 +255,8 @@ fn encode_each<S: serde::Serializer>(
 #[non_exhaustive]
 pub enum Event {
     /// The first event of a stream: who the client is. `last_seq` is the user's last seq when
-    /// it connected; `id` is where this stream starts (the resume position).
+    /// it connected; `id` is where this stream starts (the resume position); `epoch` is the
+    /// epoch of both, to give back with a resume point (`None` from a server without epochs).
     Hello {
         user: String,
         session: String,
@@ -256,12 +264,15 @@ pub enum Event {
         last_seq: u64,
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        epoch: Option<String>,
     },
     Notification(Notification),
     /// A notification this client could not decode; see [`Undecodable`]. The stream goes on.
     Undecodable(Undecodable),
-    /// The resume point is no longer retained: notifications were lost to this client, which
-    /// should reload its state. The stream goes on after `last_seq`.
+    /// The resume point is no longer retained, or of another epoch (the server's database was
+    /// restored or failed over, or it kept its log in memory and restarted): notifications were
+    /// lost to this client, which should reload its state. The stream goes on after `last_seq`.
     Reset {
         last_seq: u64,
     },

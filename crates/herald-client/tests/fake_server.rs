@@ -161,6 +161,17 @@ fn hello(client: &str, last_seq: u64, position: u64) -> String {
     )
 }
 
+/// A `hello` naming `epoch`.
+fn hello_in(client: &str, last_seq: u64, position: u64, epoch: &str) -> String {
+    format!(
+        "id: {position}\nevent: hello\ndata: {{\"user\":\"alice\",\"session\":\"s1\",\"client\":\"{client}\",\"last_seq\":{last_seq},\"epoch\":\"{epoch}\"}}\n\n"
+    )
+}
+
+fn reset(last_seq: u64) -> String {
+    format!("id: {last_seq}\nevent: reset\ndata: {{\"last_seq\":{last_seq}}}\n\n")
+}
+
 fn notification(seq: u64) -> String {
     format!(
         "id: {seq}\nevent: notification\ndata: {{\"seq\":{seq},\"type\":\"t\",\"data\":{{\"n\":{seq}}},\"created_at\":\"2026-01-01T00:00:00Z\"}}\n\n"
@@ -338,6 +349,98 @@ async fn listener_over_long_poll_resumes_and_deduplicates() {
     );
 }
 
+/// The listener resumes with the epoch its `hello` named. A `hello` of another epoch (the
+/// server's log is another history: here it failed over to a log that ends at 1) takes effect
+/// with the `reset` after it: when the connection drops between the two, the listener resumes
+/// with its old epoch and position again, and gets the reset; after it, it goes on from the new
+/// log's last seq, back below its old position. Fails if the epoch were not sent, or taken from
+/// the hello alone (the resume would then be the old seq under the new epoch: nothing, or the
+/// wrong notifications, replayed), or if the reset could not move the position back.
+#[tokio::test]
+async fn listener_resumes_with_the_epoch_and_takes_another_epoch_with_its_reset() {
+    let server = FakeServer::start(vec![
+        Reply::Sse(
+            vec![hello_in("c1", 0, 0, "e1"), notification(1), notification(2), notification(3)],
+            End::Drop,
+        ),
+        Reply::Sse(vec![hello_in("c1", 1, 1, "e2")], End::Drop),
+        Reply::Sse(
+            vec![hello_in("c1", 1, 1, "e2"), reset(1), notification(2), closed("lagging")],
+            End::Finish,
+        ),
+        Reply::Sse(vec![hello_in("c1", 2, 2, "e2"), closed("session_closed")], End::Finish),
+    ])
+    .await;
+    let mut listener =
+        Listener::new(Subscriber::new(&server.url, "t").unwrap(), fast(ListenerOptions::default()));
+    let (events, error) = drain(&mut listener).await;
+    assert!(error.is_none(), "{error:?}");
+    assert_eq!(seqs(&events), [1, 2, 3, 2], "the new log's 2 comes after the reset");
+    assert_eq!(events.iter().filter(|e| **e == Event::Reset { last_seq: 1 }).count(), 1);
+    assert_eq!((listener.last_seq(), listener.epoch()), (Some(2), Some("e2")));
+    let targets: Vec<String> = server.requests().await.iter().map(|r| r.target().to_owned()).collect();
+    assert_eq!(
+        targets,
+        [
+            "/v1/stream",
+            "/v1/stream?last_event_id=3&epoch=e1&client=c1",
+            "/v1/stream?last_event_id=3&epoch=e1&client=c1",
+            "/v1/stream?last_event_id=2&epoch=e2&client=c1",
+        ]
+    );
+}
+
+/// Long-polls send the epoch of the answer they go on from; an answer with `reset` and another
+/// epoch moves the position (back) and the epoch together.
+#[tokio::test]
+async fn listener_over_long_poll_sends_the_answers_epoch() {
+    let n = |seq: u64| json!({"seq": seq, "type": "t", "data": {}, "created_at": "x"});
+    let server = FakeServer::start(vec![
+        Reply::Json(
+            200,
+            json!({"client": "p1", "notifications": [n(5)], "last_seq": 5, "epoch": "e1"}).to_string(),
+        ),
+        Reply::Json(
+            200,
+            json!({"client": "p1", "notifications": [], "last_seq": 1, "epoch": "e2", "reset": true})
+                .to_string(),
+        ),
+        Reply::Json(
+            200,
+            json!({"client": "p1", "notifications": [n(2)], "last_seq": 2, "epoch": "e2"}).to_string(),
+        ),
+        Reply::Json(
+            200,
+            json!({"client": "p1", "notifications": [], "last_seq": 2, "epoch": "e2", "closed": "evicted"})
+                .to_string(),
+        ),
+    ])
+    .await;
+    let options = ListenerOptions {
+        transport: ListenTransport::Poll,
+        resume_after: Some(4),
+        epoch: Some("e1".into()),
+        poll_timeout_s: Some(5),
+        ..Default::default()
+    };
+    let mut listener = Listener::new(Subscriber::new(&server.url, "t").unwrap(), fast(options));
+    let (events, error) = drain(&mut listener).await;
+    assert!(error.is_none(), "{error:?}");
+    assert_eq!(seqs(&events), [5, 2]);
+    assert!(events.contains(&Event::Reset { last_seq: 1 }));
+    assert_eq!((listener.last_seq(), listener.epoch()), (Some(2), Some("e2")));
+    let targets: Vec<String> = server.requests().await.iter().map(|r| r.target().to_owned()).collect();
+    assert_eq!(
+        targets,
+        [
+            "/v1/poll?after=4&epoch=e1&timeout=5",
+            "/v1/poll?after=5&epoch=e1&timeout=5&client=p1",
+            "/v1/poll?after=1&epoch=e2&timeout=5&client=p1",
+            "/v1/poll?after=2&epoch=e2&timeout=5&client=p1",
+        ]
+    );
+}
+
 /// The `data` of notifications that serde_json refuses to decode: nested 10,000 deep, a number
 /// beyond f64, a lone surrogate escape. A server stored such data before it refused it.
 fn poison(index: usize) -> String {
@@ -433,7 +536,7 @@ async fn long_poll_goes_on_past_notifications_it_cannot_decode() {
 async fn stream_sends_last_event_id_as_header_and_times_out_when_silent() {
     let server = FakeServer::start(vec![Reply::Sse(vec![hello("c", 5, 5)], End::Hang)]).await;
     let subscriber = Subscriber::new(&server.url, "t").unwrap().with_idle_timeout(Duration::from_millis(300));
-    let options = StreamOptions { resume_after: Some(5), client: None, via_header: true };
+    let options = StreamOptions { resume_after: Some(5), via_header: true, ..StreamOptions::default() };
     let mut stream = subscriber.stream(options).await.unwrap();
     assert!(matches!(stream.next_event().await.unwrap(), Some(Event::Hello { id: Some(5), .. })));
     assert_eq!(stream.last_event_id(), "5");

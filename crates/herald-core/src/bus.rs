@@ -9,10 +9,49 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use crate::client::CloseReason;
-use crate::hub::Hub;
-use crate::ids::{SessionId, UserId};
+use crate::health::Health;
+use crate::hub::{Hub, Presence};
+use crate::ids::{ClientId, SessionId, UserId};
 use crate::inbox::InboxEvent;
 use crate::notification::Notification;
+
+/// What a multi-node bus tells its node's revocation cache ([`crate::Revocations`]): a session
+/// close made on another node revoked tokens this node may have cached as valid. The
+/// [`crate::Notifier`] applies it (see [`Bus::revocation_news`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RevocationNews {
+    /// Revocations of this user changed.
+    User(UserId),
+    /// Closes may have been missed (the bus was away, messages were dropped): forget them all,
+    /// and cache again.
+    All,
+    /// Closes made elsewhere may not reach this node for now (the bus is away, a node is
+    /// silent): forget them all and cache none until [`RevocationNews::All`].
+    Unreliable,
+}
+
+/// What a bus has carried since the node started and whom it hears, for `GET /v1/cluster` and
+/// the benchmark's bus traffic figures. All zero (no peers) on a single node.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct BusStats {
+    /// The other nodes heard of lately, sorted.
+    pub peers: Vec<String>,
+    /// Shards (of users) this node subscribes to: those of the users it has clients of.
+    pub subscribed_shards: usize,
+    pub envelopes_out: u64,
+    pub bytes_out: u64,
+    pub envelopes_in: u64,
+    pub bytes_in: u64,
+    /// This node's own envelopes received back and dropped.
+    pub echoes: u64,
+    /// Envelopes that did not decode.
+    pub rejected: u64,
+    pub publish_failures: u64,
+    /// Passes that compared the store's last seqs with the clients' positions.
+    pub repair_passes: u64,
+    /// Notifications those passes fanned out because clients were behind the store.
+    pub repaired: u64,
+}
 
 /// A bus failure: the notification was stored (if durable) but may not have reached every node.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +68,28 @@ pub trait Bus: Send + Sync + 'static {
     /// is for (other nodes' counts are not awaited).
     async fn publish(&self, notification: Arc<Notification>) -> Result<u64, BusError>;
 
+    /// Hands a publish's `notifications`, then its users' new counts (`append` events), to the
+    /// hubs of every node, in that order. Returns how many clients of this node the
+    /// notifications are for. Fails only if the notifications could not be handed over (the
+    /// counts are a badge's: one that misses them is right again at the next change). A
+    /// multi-node bus sends them together; by default one after the other.
+    async fn publish_all(
+        &self,
+        notifications: Vec<Arc<Notification>>,
+        appended: Vec<Arc<InboxEvent>>,
+    ) -> Result<u64, BusError> {
+        let mut delivered = 0;
+        for notification in notifications {
+            delivered += self.publish(notification).await?;
+        }
+        for event in appended {
+            if let Err(error) = self.publish_inbox(event).await {
+                tracing::warn!(%error, "cannot send the inbox counts after a publish");
+            }
+        }
+        Ok(delivered)
+    }
+
     /// Hands an `inbox` event to the hubs of every node. Returns how many clients of this node
     /// it is for.
     async fn publish_inbox(&self, event: Arc<InboxEvent>) -> Result<u64, BusError>;
@@ -41,6 +102,39 @@ pub trait Bus: Send + Sync + 'static {
         session: Option<&SessionId>,
         reason: CloseReason,
     ) -> Result<u64, BusError>;
+
+    /// Who of `user` is connected, on every node (each client with its node, `None` for this
+    /// one). Sessions in the order they arrived.
+    async fn presence(&self, user: &UserId) -> Result<Presence, BusError>;
+
+    /// The user and session of `client`, if any node knows it (a `{"client": C}` target).
+    async fn locate(&self, client: &ClientId) -> Result<Option<(UserId, SessionId)>, BusError>;
+    /// What kind of bus this is, for `/healthz` and logs: `"local"`, `"nats"`, `"redis"`;
+    /// `"custom"` unless an implementation names itself.
+    fn kind(&self) -> &'static str {
+        "custom"
+    }
+
+    /// Whether the bus reaches the other nodes, as far as it knows (its broker connection);
+    /// answers at once, without I/O (see [`crate::health`]). By default always [`Health::Ok`].
+    fn health(&self) -> Health {
+        Health::Ok
+    }
+
+    /// News of revocations made on other nodes, for the [`crate::Notifier`] to apply to its
+    /// cache; taken once (the notifier takes it when it is made). `None` on a single node.
+    fn revocation_news(&self) -> Option<tokio::sync::mpsc::Receiver<RevocationNews>> {
+        None
+    }
+
+    /// What it has carried and whom it hears.
+    fn stats(&self) -> BusStats {
+        BusStats::default()
+    }
+
+    /// The node is shutting down: tell the other nodes (so they do not take it for dead) and
+    /// stop. Nothing to do on a single node.
+    async fn shutdown(&self) {}
 }
 
 /// The bus of a single node: straight into its hub.
@@ -72,5 +166,17 @@ impl Bus for LocalBus {
         reason: CloseReason,
     ) -> Result<u64, BusError> {
         Ok(self.hub.close_sessions(user, session, reason))
+    }
+
+    async fn presence(&self, user: &UserId) -> Result<Presence, BusError> {
+        Ok(self.hub.presence(user))
+    }
+
+    async fn locate(&self, client: &ClientId) -> Result<Option<(UserId, SessionId)>, BusError> {
+        Ok(self.hub.locate(client))
+    }
+
+    fn kind(&self) -> &'static str {
+        "local"
     }
 }

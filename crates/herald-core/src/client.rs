@@ -24,6 +24,11 @@ impl Transport {
             Transport::Ws => "ws",
         }
     }
+
+    /// The transport [`Transport::as_str`] names, if any.
+    pub fn parse(name: &str) -> Option<Self> {
+        [Transport::Sse, Transport::Poll, Transport::Ws].into_iter().find(|t| t.as_str() == name)
+    }
 }
 
 /// Why the server ends a client's connection; sent to the client as a `closed` event.
@@ -56,6 +61,21 @@ impl CloseReason {
             CloseReason::Shutdown => "shutdown",
             CloseReason::Error => "error",
         }
+    }
+
+    /// The reason [`CloseReason::as_str`] names, if any.
+    pub fn parse(name: &str) -> Option<Self> {
+        [
+            CloseReason::Evicted,
+            CloseReason::Replaced,
+            CloseReason::SessionClosed,
+            CloseReason::TokenExpired,
+            CloseReason::Lagging,
+            CloseReason::Shutdown,
+            CloseReason::Error,
+        ]
+        .into_iter()
+        .find(|reason| reason.as_str() == name)
     }
 }
 

@@ -12,9 +12,19 @@
 //! takes the queue back (`Hub::resume_parked`) and answers from it, without reading the store,
 //! and with the ephemeral notifications and `inbox` events that came in between (Eliom's client
 //! process, which outlives each comet request).
+//!
+//! In a cluster the hub stays this node's own; a multi-node bus follows it through the
+//! [`Interest`] hook (users gained and lost, client ids taken over, new clients) and acts on it
+//! from outside with [`Hub::replace_client`], [`Hub::evict_client`] and
+//! [`Hub::close_connected_before`].
+//!
+//! One job, one file: everything that takes the hub's shard locks is here, so that the lock
+//! rules above can be checked in one place (about a quarter of it is tests).
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::hash::{BuildHasher, Hash, RandomState};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
@@ -121,6 +131,8 @@ pub struct ClientPresence {
     pub transport: Transport,
     pub connected_at_ms: i64,
     pub last_seq: Seq,
+    /// The node it is connected to, in a cluster; `None`: this node.
+    pub node: Option<Arc<str>>,
 }
 
 /// One session in a [`Presence`] answer.
@@ -135,6 +147,34 @@ pub struct SessionPresence {
 pub struct Presence {
     pub user: UserId,
     pub sessions: Vec<SessionPresence>,
+}
+
+/// What a hub tells a multi-node bus about the users it has clients for, so that the bus hears
+/// only of those users from the other nodes (interest-based routing), and about client ids
+/// taken over here that another node may still hold. One node needs none.
+///
+/// [`Interest::gained`], [`Interest::lost`] and [`Interest::claimed`] are called with a hub
+/// shard locked: they must only record and wake, never block or await.
+pub trait Interest: Send + Sync + 'static {
+    /// `user` has an entry in this hub now (it had none).
+    fn gained(&self, user: &UserId);
+
+    /// `user` has no entry in this hub any more.
+    fn lost(&self, user: &UserId);
+
+    /// Resolves once what other nodes publish for `user` reaches this node. A subscription
+    /// waits for it before it reads the store, so that nothing stored after that read can pass
+    /// it by. Bounded by the implementation (it resolves, degraded, when the broker is away).
+    fn ready(&self, user: &UserId) -> Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
+
+    /// A connection for `client` of `user` in `session` attached here at `at_ms` with an id it
+    /// already had (a reconnect, a reload): another node's connection for it must end with
+    /// `replaced` (see [`Hub::replace_client`]).
+    fn claimed(&self, user: &UserId, session: &SessionId, client: &ClientId, at_ms: i64);
+
+    /// A new client (a freshly minted id) of `user` in `session` attached here: the user's
+    /// sessions and the session's clients on all nodes together may now be over the limits.
+    fn joined(&self, user: &UserId, session: &SessionId, client: &ClientId);
 }
 
 /// One shard of the index of clients: where each client lives.
@@ -157,6 +197,8 @@ struct HubInner {
     /// The `keepalive_ticks` of the last [`Hub::tick`] (0 before the first), to give each new
     /// connection a phase within the keep-alive period.
     keepalive_ticks: AtomicU32,
+    /// Set once by a multi-node bus ([`Hub::set_interest`]).
+    interest: OnceLock<Arc<dyn Interest>>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -177,12 +219,137 @@ impl Hub {
                 minter,
                 next_attachment: AtomicU64::new(1),
                 keepalive_ticks: AtomicU32::new(0),
+                interest: OnceLock::new(),
             }),
         }
     }
 
     pub fn limits(&self) -> &Limits {
         &self.inner.limits
+    }
+
+    /// Makes this hub report the users it has clients for to `interest` (a multi-node bus),
+    /// starting with those it has now. Once per hub: a second call is refused (`false`).
+    pub fn set_interest(&self, interest: Arc<dyn Interest>) -> bool {
+        if self.inner.interest.set(interest.clone()).is_err() {
+            return false;
+        }
+        for shard in self.inner.users.iter() {
+            for user in shard.lock().keys() {
+                interest.gained(user);
+            }
+        }
+        true
+    }
+
+    /// Resolves once what other nodes publish for `user` reaches this node (at once on a single
+    /// node). See [`Interest::ready`].
+    pub(crate) async fn interest_ready(&self, user: &UserId) {
+        if let Some(interest) = self.inner.interest.get() {
+            interest.ready(user).await;
+        }
+    }
+
+    fn gained(&self, user: &UserId) {
+        if let Some(interest) = self.inner.interest.get() {
+            interest.gained(user);
+        }
+    }
+
+    fn lost(&self, user: &UserId) {
+        if let Some(interest) = self.inner.interest.get() {
+            interest.lost(user);
+        }
+    }
+
+    /// The users this hub has an entry for (connected or lingering clients): what a multi-node
+    /// bus checks against the store after it may have missed publishes.
+    pub fn users(&self) -> Vec<UserId> {
+        let mut users = Vec::new();
+        for shard in self.inner.users.iter() {
+            users.extend(shard.lock().keys().cloned());
+        }
+        users
+    }
+
+    /// The lowest seq up to which every connected client of `user` here has handled the log:
+    /// `None` when none is connected. A bus that may have missed publishes compares it with the
+    /// store's last seq.
+    pub fn lowest_position(&self, user: &UserId) -> Option<Seq> {
+        let users = self.users_shard(user).lock();
+        users
+            .get(user)?
+            .sessions
+            .iter()
+            .flat_map(|(_, s)| s.clients.iter())
+            .filter(|c| c.connected)
+            .map(|c| c.shared.last_seq.load(Ordering::Relaxed))
+            .min()
+    }
+
+    /// Ends this node's connection for `client` of `user` in `session` with `replaced`, when
+    /// another node took the client over at `at_ms` (see [`Interest::claimed`]); a connection
+    /// that attached here after that is the newer one and stays. Returns whether one ended.
+    pub fn replace_client(&self, user: &UserId, session: &SessionId, client: &ClientId, at_ms: i64) -> bool {
+        let mut users = self.users_shard(user).lock();
+        let Some(entry) = users.get_mut(user) else { return false };
+        let Some((_, s)) = entry.sessions.iter_mut().find(|(id, _)| id == session) else { return false };
+        let Some(c) = s.clients.iter_mut().find(|c| &c.id == client) else { return false };
+        if !c.connected || c.connected_at_ms > at_ms {
+            return false;
+        }
+        c.parked = false;
+        c.end_connection(CloseReason::Replaced);
+        true
+    }
+
+    /// Ends the connections of `user`'s `session` (every session with `None`) that connected
+    /// before `before_ms`, with `reason` (a sign-out another node made while this one could not
+    /// hear of it). Those that connected later stay. Returns how many ended.
+    pub fn close_connected_before(
+        &self,
+        user: &UserId,
+        session: Option<&SessionId>,
+        before_ms: i64,
+        reason: CloseReason,
+    ) -> u64 {
+        let mut users = self.users_shard(user).lock();
+        let Some(entry) = users.get_mut(user) else { return 0 };
+        let mut closed = 0;
+        for (id, s) in &mut entry.sessions {
+            if session.is_some_and(|wanted| wanted != id) {
+                continue;
+            }
+            for c in &mut s.clients {
+                if c.connected && c.connected_at_ms < before_ms {
+                    closed += 1;
+                    c.parked = false;
+                    c.end_connection(reason);
+                }
+            }
+        }
+        closed
+    }
+
+    /// Ends this node's connection for `client` of `user` in `session` with `evicted` and
+    /// forgets the client: the session is over its client limit counting every node. Returns
+    /// whether one ended.
+    pub fn evict_client(&self, user: &UserId, session: &SessionId, client: &ClientId) -> bool {
+        let mut users = self.users_shard(user).lock();
+        let Some(entry) = users.get_mut(user) else { return false };
+        let Some((_, s)) = entry.sessions.iter_mut().find(|(id, _)| id == session) else { return false };
+        let Some(index) = s.clients.iter().position(|c| &c.id == client) else { return false };
+        let mut evicted = s.clients.swap_remove(index);
+        let was_connected = evicted.connected;
+        evicted.end_connection(CloseReason::Evicted);
+        entry.sessions.retain(|(_, s)| !s.clients.is_empty());
+        if entry.sessions.is_empty() {
+            users.remove(user);
+            self.lost(user);
+        }
+        drop(users);
+        self.clients_shard(client).lock().remove(client);
+        was_connected
     }
 
     fn shard_of<K: Hash>(&self, key: &K) -> usize {
@@ -209,9 +376,9 @@ impl Hub {
         transport: Transport,
     ) -> Attachment {
         let limits = &self.inner.limits;
-        let client = requested
-            .and_then(|r| self.inner.minter.verify(r, user, session))
-            .unwrap_or_else(|| self.inner.minter.mint(user, session));
+        let reclaimed = requested.and_then(|r| self.inner.minter.verify(r, user, session));
+        let is_reclaimed = reclaimed.is_some();
+        let client = reclaimed.unwrap_or_else(|| self.inner.minter.mint(user, session));
         let attachment = self.inner.next_attachment.fetch_add(1, Ordering::Relaxed);
         // Each connection starts somewhere in the first half of the keep-alive period, so that
         // clients that connected together (a server restart, a benchmark) do not all fall due
@@ -228,7 +395,10 @@ impl Hub {
         let mut is_new_client = false;
         {
             let mut users = self.users_shard(user).lock();
-            let entry = users.entry(user.clone()).or_default();
+            let entry = users.entry(user.clone()).or_insert_with(|| {
+                self.gained(user);
+                UserEntry::default()
+            });
             let session_index = match entry.sessions.iter().position(|(s, _)| s == session) {
                 Some(i) => i,
                 None => {
@@ -263,10 +433,18 @@ impl Hub {
                 }
             };
             shared.last_seq.store(last_seq, Ordering::Relaxed);
+            let connected_at_ms = now_ms();
+            if let Some(interest) = self.inner.interest.get() {
+                if is_reclaimed {
+                    interest.claimed(user, session, &client, connected_at_ms);
+                } else {
+                    interest.joined(user, session, &client);
+                }
+            }
             let fresh = ClientEntry {
                 id: client.clone(),
                 transport,
-                connected_at_ms: now_ms(),
+                connected_at_ms,
                 last_active: now,
                 shared: shared.clone(),
                 connected: true,
@@ -471,6 +649,7 @@ impl Hub {
         });
         if entry.sessions.is_empty() {
             users.remove(user);
+            self.lost(user);
         }
         for id in &forgotten {
             self.clients_shard(id).lock().remove(id);
@@ -518,6 +697,7 @@ impl Hub {
                                 transport: c.transport,
                                 connected_at_ms: c.connected_at_ms,
                                 last_seq: c.shared.last_seq.load(Ordering::Relaxed),
+                                node: None,
                             })
                             .collect();
                         (!clients.is_empty()).then(|| SessionPresence { session: id.clone(), clients })
@@ -533,10 +713,11 @@ impl Hub {
     pub fn sweep(&self) -> usize {
         let linger = self.inner.limits.client_linger;
         let mut forgotten = Vec::new();
+        let mut lost = Vec::new();
         let mut count = 0;
         for shard in self.inner.users.iter() {
             let mut users = shard.lock();
-            users.retain(|_, entry| {
+            users.retain(|user, entry| {
                 entry.sessions.retain_mut(|(_, s)| {
                     s.clients.retain_mut(|c| {
                         if c.parked && c.last_active.elapsed() >= linger {
@@ -552,8 +733,15 @@ impl Hub {
                     });
                     !s.clients.is_empty()
                 });
-                !entry.sessions.is_empty()
+                let keep = !entry.sessions.is_empty();
+                if !keep {
+                    lost.push(user.clone());
+                }
+                keep
             });
+            for user in lost.drain(..) {
+                self.lost(&user);
+            }
             drop(users);
             count += forgotten.len();
             for id in forgotten.drain(..) {
@@ -591,6 +779,80 @@ mod tests {
 
     use super::*;
     use crate::queue::Received;
+
+    /// What a multi-node bus hears from the hub: a user gained once and lost once (whether its
+    /// last session is closed or swept), new clients as `joined`, taken-over ids as `claimed`.
+    #[derive(Default)]
+    struct Recorder(parking_lot::Mutex<Vec<String>>);
+
+    impl Interest for Recorder {
+        fn gained(&self, user: &UserId) {
+            self.0.lock().push(format!("gained {user}"));
+        }
+        fn lost(&self, user: &UserId) {
+            self.0.lock().push(format!("lost {user}"));
+        }
+        fn ready(&self, _: &UserId) -> Pin<Box<dyn Future<Output = ()> + Send + 'static>> {
+            Box::pin(std::future::ready(()))
+        }
+        fn claimed(&self, user: &UserId, session: &SessionId, _: &ClientId, _: i64) {
+            self.0.lock().push(format!("claimed {user} {session}"));
+        }
+        fn joined(&self, user: &UserId, session: &SessionId, _: &ClientId) {
+            self.0.lock().push(format!("joined {user} {session}"));
+        }
+    }
+
+    #[test]
+    fn the_interest_hears_of_users_and_clients() {
+        let limits = Limits { client_linger: std::time::Duration::ZERO, ..Limits::default() };
+        let hub = Hub::new(limits, ClientIdMinter::new(b"key"));
+        let recorder = Arc::new(Recorder::default());
+        let (alice, bob) = (UserId::new("alice").unwrap(), UserId::new("bob").unwrap());
+        let (s1, s2) = (SessionId::new("s1").unwrap(), SessionId::new("s2").unwrap());
+        let early = hub.attach(&alice, &s1, None, Transport::Sse);
+        assert!(hub.set_interest(recorder.clone()));
+        assert!(!hub.set_interest(recorder.clone()), "once");
+        let second = hub.attach(&alice, &s2, None, Transport::Sse);
+        let again = hub.attach(&alice, &s2, Some(second.info.client.as_str()), Transport::Ws);
+        let other = hub.attach(&bob, &s1, None, Transport::Sse);
+        assert_eq!(
+            std::mem::take(&mut *recorder.0.lock()),
+            ["gained alice", "joined alice s2", "claimed alice s2", "gained bob", "joined bob s1"],
+        );
+        assert_eq!(second.shared.close_reason(), Some(CloseReason::Replaced));
+
+        hub.close_sessions(&alice, Some(&s1), CloseReason::SessionClosed);
+        assert!(recorder.0.lock().is_empty(), "alice still has s2");
+        assert!(hub.evict_client(&alice, &s2, &again.info.client));
+        assert_eq!(again.shared.close_reason(), Some(CloseReason::Evicted));
+        assert_eq!(std::mem::take(&mut *recorder.0.lock()), ["lost alice"]);
+        assert!(hub.locate(&again.info.client).is_none(), "evicted: forgotten");
+
+        hub.detach(&other.info, other.attachment, false);
+        hub.sweep();
+        assert_eq!(std::mem::take(&mut *recorder.0.lock()), ["lost bob"]);
+        drop(early);
+    }
+
+    /// Another node took a client over at some time: the connection here ends with `replaced`
+    /// only if it is older than that.
+    #[test]
+    fn a_remote_takeover_replaces_only_older_connections() {
+        let hub = Hub::new(Limits::default(), ClientIdMinter::new(b"key"));
+        let (user, session) = (UserId::new("alice").unwrap(), SessionId::new("s").unwrap());
+        let tab = hub.attach(&user, &session, None, Transport::Sse);
+        let id = tab.info.client.clone();
+        assert!(
+            !hub.replace_client(&user, &session, &id, now_ms() - 60_000),
+            "taken over before it connected"
+        );
+        assert_eq!(tab.shared.close_reason(), None);
+        assert!(hub.replace_client(&user, &session, &id, now_ms() + 1));
+        assert_eq!(tab.shared.close_reason(), Some(CloseReason::Replaced));
+        assert!(!hub.replace_client(&user, &session, &id, now_ms() + 1), "once");
+        assert_eq!(hub.lowest_position(&user), None, "no connected client");
+    }
 
     /// A poller's entry parks between polls: its queue still takes what is fanned out, its next
     /// poll takes the queue back only from where the last poll ended, and the sweep ends it once

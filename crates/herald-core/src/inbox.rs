@@ -217,7 +217,7 @@ impl std::ops::AddAssign for CountsDelta {
 }
 
 /// A user's inbox counts; see the module docs for what each one counts.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct InboxCounts {
     pub unread: u64,
     pub unseen: u64,
@@ -359,6 +359,18 @@ struct WireInboxEvent<'a> {
 }
 
 impl InboxEvent {
+    /// An event made on another node, from what it sent: its [`InboxEvent::json`] and the fields
+    /// the hub routes by. For a bus that carries events between nodes.
+    pub fn from_parts(
+        user: UserId,
+        except_client: Option<ClientId>,
+        followers_only: bool,
+        counts: InboxCounts,
+        json: Bytes,
+    ) -> Self {
+        Self { user, except_client, followers_only, counts, json }
+    }
+
     fn build(
         user: UserId,
         except_client: Option<ClientId>,

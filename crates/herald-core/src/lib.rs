@@ -12,6 +12,8 @@
 //! In reading order: each module uses only modules above it (`tests/module_dag.rs` fails on a
 //! cycle), from the vocabulary through the mechanisms to the services.
 //! - [`ids`]: [`UserId`], [`SessionId`], [`ClientId`] (and the [`ClientIdMinter`]), [`Seq`].
+//! - [`node`]: who a node is: [`NodeId`], [`ClusterName`].
+//! - [`health`]: [`Health`], how a node's store or bus is doing.
 //! - [`limits`]: every configurable bound, in one place.
 //! - [`data`]: [`check_data`], what a notification's `data` may hold so that every client can
 //!   decode it.
@@ -24,7 +26,7 @@
 //!   `inbox` event ([`InboxEvent`], serialized once like a notification).
 //! - `queue`: each client's bounded queue of events (private).
 //! - [`hub`]: the [`Hub`], users → sessions → clients on this node, limits and eviction, presence.
-//! - [`store`]: the [`Store`] trait, each user's durable log.
+//! - [`store`]: the [`Store`] trait, each user's durable log, and the [`Epoch`] its seqs belong to.
 //! - [`bus`]: the [`Bus`] trait that carries notifications to every node; [`LocalBus`] for one node.
 //! - [`revocation`]: [`Revocations`], sign-out as revocation: the deny-list of closed sessions.
 //! - [`inbox_service`]: the [`Inbox`] handle that reads and changes inboxes and sends `inbox`
@@ -38,11 +40,13 @@
 pub mod bus;
 pub mod client;
 pub mod data;
+pub mod health;
 pub mod hub;
 pub mod ids;
 pub mod inbox;
 pub mod inbox_service;
 pub mod limits;
+pub mod node;
 pub mod notification;
 pub mod notifier;
 mod queue;
@@ -50,10 +54,11 @@ pub mod revocation;
 pub mod store;
 pub mod subscription;
 
-pub use bus::{Bus, LocalBus};
+pub use bus::{Bus, BusStats, LocalBus, RevocationNews};
 pub use client::{ClientInfo, CloseReason, Transport};
 pub use data::{DATA_DEPTH_MAX, DataError, check_data};
-pub use hub::{Hub, Presence};
+pub use health::Health;
+pub use hub::{Hub, Interest, Presence};
 pub use ids::{ClientId, ClientIdMinter, ID_BYTES_MAX, InvalidId, Seq, SessionId, UserId};
 pub use inbox::{
     InboxChange, InboxCounts, InboxEvent, InboxItem, InboxPage, InboxQuery, InboxStatus, ItemState, Mark,
@@ -61,11 +66,13 @@ pub use inbox::{
 };
 pub use inbox_service::{Inbox, InboxError, InboxUpdate};
 pub use limits::Limits;
+pub use node::{CLUSTER_NAME_BYTES_MAX, ClusterName, InvalidName, NODE_ID_BYTES_MAX, NodeId};
 pub use notification::{Audience, Notification, Publish, Receipt, ReceiptEntry, Target};
 pub use notifier::{Notifier, NotifyError};
 pub use revocation::Revocations;
 pub use store::{
-    Appended, LogHead, LogPage, NewNotification, PruneReport, Retention, Revocation, Store, StoreError,
+    Appended, EPOCH_BYTES_MAX, Epoch, LogHead, LogPage, NewNotification, PruneReport, Retention, Revocation,
+    Store, StoreError,
 };
 pub use subscription::{
     ClientEvent, Elapsed, EndSignal, PollAnswer, SubscribeError, SubscribeRequest, Subscription, poll,

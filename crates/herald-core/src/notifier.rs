@@ -7,10 +7,10 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::bus::{Bus, BusError};
+use crate::bus::{Bus, BusError, RevocationNews};
 use crate::client::CloseReason;
 use crate::data::{DataError, check_data};
-use crate::hub::Hub;
+use crate::hub::{Hub, Presence};
 use crate::ids::{ClientId, ID_BYTES_MAX, Seq, SessionId, UserId};
 use crate::inbox::{InboxCounts, InboxEvent};
 use crate::inbox_service::Inbox;
@@ -59,6 +59,28 @@ pub enum NotifyError {
     Bus(#[from] BusError),
 }
 
+/// Applies what the bus says about revocations made on other nodes to the cache, until the bus
+/// or the notifier is gone. Needs a Tokio runtime (a multi-node bus runs in one anyway).
+fn apply_revocation_news(
+    notifier: std::sync::Weak<NotifierInner>,
+    mut news: tokio::sync::mpsc::Receiver<RevocationNews>,
+) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        tracing::warn!("no Tokio runtime: revocations made on other nodes are not applied here");
+        return;
+    };
+    runtime.spawn(async move {
+        while let Some(news) = news.recv().await {
+            let Some(inner) = notifier.upgrade() else { return };
+            match news {
+                RevocationNews::User(user) => inner.revocations.forget(&user),
+                RevocationNews::All => inner.revocations.forget_all(),
+                RevocationNews::Unreliable => inner.revocations.pause_cache(),
+            }
+        }
+    });
+}
+
 /// Publishes notifications: stores the durable ones, then hands them to the bus. Cheap to clone.
 #[derive(Clone)]
 pub struct Notifier {
@@ -83,7 +105,12 @@ impl Notifier {
     pub fn new(store: Arc<dyn Store>, bus: Arc<dyn Bus>, hub: Hub) -> Self {
         let inbox = Inbox::new(store.clone(), bus.clone());
         let revocations = Revocations::new(store.clone());
-        Self { inner: Arc::new(NotifierInner { store, bus, hub, inbox, revocations }) }
+        let news = bus.revocation_news();
+        let inner = Arc::new(NotifierInner { store, bus, hub, inbox, revocations });
+        if let Some(news) = news {
+            apply_revocation_news(Arc::downgrade(&inner), news);
+        }
+        Self { inner }
     }
 
     /// The deny-list of closed sessions that subscriber tokens are checked against.
@@ -102,6 +129,11 @@ impl Notifier {
 
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.inner.store
+    }
+
+    /// The bus this notifier publishes on.
+    pub fn bus(&self) -> &Arc<dyn Bus> {
+        &self.inner.bus
     }
 
     /// A durable notification of type `kind` with JSON `data` for every client of `user`.
@@ -148,7 +180,7 @@ impl Notifier {
         {
             return Err(NotifyError::InvalidIdempotencyKey { bytes: key.len(), max: ID_BYTES_MAX });
         }
-        let audiences = self.resolve(&publish.target, publish.except_client.as_ref())?;
+        let audiences = self.resolve(&publish.target, publish.except_client.as_ref()).await?;
         let publish_bytes = data_bytes.saturating_mul(audiences.len());
         if publish_bytes > limits.publish_bytes_max {
             return Err(NotifyError::PublishTooLarge {
@@ -206,11 +238,10 @@ impl Notifier {
             (notifications, Vec::new())
         };
         let mut receipt = Receipt::default();
-        for notification in notifications {
+        for notification in &notifications {
             if let Some(seq) = notification.seq {
                 receipt.notifications.push(ReceiptEntry { user: notification.user.clone(), seq });
             }
-            receipt.delivered += self.inner.bus.publish(notification).await?;
         }
         // Then the new counts, to the clients that follow them (a badge): after the
         // notifications, so a follower sees a notification before the counts that include it.
@@ -218,14 +249,16 @@ impl Notifier {
         for entry in &receipt.notifications {
             seqs_of.entry(&entry.user).or_default().push(entry.seq);
         }
-        for (user, counts) in &counts {
-            let seqs = seqs_of.get(user).map(Vec::as_slice).unwrap_or_default();
-            let event = Arc::new(InboxEvent::appended(user.clone(), seqs, *counts));
-            if let Err(error) = self.inner.bus.publish_inbox(event).await {
-                // The notifications went out; only a badge misses this update until the next one.
-                tracing::warn!(%error, "cannot send the inbox counts after a publish");
-            }
-        }
+        let appended: Vec<Arc<InboxEvent>> = counts
+            .iter()
+            .map(|(user, counts)| {
+                let seqs = seqs_of.get(user).map(Vec::as_slice).unwrap_or_default();
+                Arc::new(InboxEvent::appended(user.clone(), seqs, *counts))
+            })
+            .collect();
+        // One hand-over: a multi-node bus sends the notifications and the counts of a user
+        // together (one message per shard, not two per user).
+        receipt.delivered = self.inner.bus.publish_all(notifications, appended).await?;
         if let Some(key) = key
             && let Err(error) = self.inner.store.complete_receipt(key, &receipt).await
         {
@@ -251,7 +284,12 @@ impl Notifier {
         Ok(self.inner.bus.close_sessions(user, session, CloseReason::SessionClosed).await?)
     }
 
-    fn resolve(
+    /// Who of `user` is connected, on every node.
+    pub async fn presence(&self, user: &UserId) -> Result<Presence, NotifyError> {
+        Ok(self.inner.bus.presence(user).await?)
+    }
+
+    async fn resolve(
         &self,
         target: &Target,
         except_client: Option<&ClientId>,
@@ -276,10 +314,12 @@ impl Notifier {
             }
             Target::Session(user, session) => vec![(user.clone(), audience(Some(session), None))],
             Target::Client(client) => {
+                // On any node: the bus asks the others when this one does not know the client.
                 let (user, session) = self
                     .inner
-                    .hub
+                    .bus
                     .locate(client)
+                    .await?
                     .ok_or_else(|| NotifyError::ClientNotFound(client.clone()))?;
                 vec![(user, audience(Some(&session), Some(client)))]
             }

@@ -14,8 +14,10 @@
 //! forgotten by retention once every token they refuse has expired anyway (the longest token
 //! lifetime is bounded: [`crate::Retention::revocation_window`]). Reading them costs a store read,
 //! so each user's list is cached here; the cache is bounded ([`REVOCATION_CACHE_USERS_MAX`]) and
-//! exact on one node: a revocation made through this handle replaces its user's entry. (Several
-//! nodes sharing a store will also need the bus to carry revocations; the cluster issue.)
+//! exact on one node: a revocation made through this handle replaces its user's entry. In a
+//! cluster, a revocation made on another node reaches this one with that node's session close
+//! (over the bus), which makes the server call [`Revocations::forget`]; when such a message may
+//! have been lost (the bus was away), it calls [`Revocations::forget_all`].
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -46,6 +48,9 @@ impl std::fmt::Debug for Revocations {
 #[derive(Default)]
 struct Cache {
     users: HashMap<UserId, Arc<[Revocation]>>,
+    /// While set, nothing is cached: every check reads the store (closes made on other nodes
+    /// may not be heard of now, see [`Revocations::pause_cache`]).
+    paused: bool,
     /// Grows with every revocation made here. A reader that missed the cache notes it before
     /// reading the store and fills the cache only if it has not moved since: otherwise its read
     /// may predate a revocation that already replaced the entry, and must not put it back.
@@ -97,7 +102,7 @@ impl Revocations {
         };
         let revocations: Arc<[Revocation]> = self.store.revocations(user).await?.into();
         let mut cache = self.cache.lock();
-        if cache.version == version {
+        if cache.version == version && !cache.paused {
             if cache.users.len() >= REVOCATION_CACHE_USERS_MAX
                 && let Some(evicted) = cache.users.keys().next().cloned()
             {
@@ -106,6 +111,33 @@ impl Revocations {
             cache.users.insert(user.clone(), Arc::clone(&revocations));
         }
         Ok(revocations)
+    }
+
+    /// Drops `user`'s cached revocations: another node revoked some. The next check reads the
+    /// store.
+    pub fn forget(&self, user: &UserId) {
+        let mut cache = self.cache.lock();
+        cache.version += 1;
+        cache.users.remove(user);
+    }
+
+    /// Drops every cached revocation: revocations made elsewhere may have been missed. Ends a
+    /// [`Revocations::pause_cache`].
+    pub fn forget_all(&self) {
+        let mut cache = self.cache.lock();
+        cache.version += 1;
+        cache.users = HashMap::new();
+        cache.paused = false;
+    }
+
+    /// Drops every cached revocation and caches none until [`Revocations::forget_all`]: while
+    /// closes made on other nodes may not reach this one (the bus is away, a node is silent),
+    /// every check reads the store.
+    pub fn pause_cache(&self) {
+        let mut cache = self.cache.lock();
+        cache.version += 1;
+        cache.users = HashMap::new();
+        cache.paused = true;
     }
 
     /// Users cached now (for tests and metrics).

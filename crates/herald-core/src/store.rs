@@ -1,7 +1,7 @@
 //! The [`Store`] trait: each user's durable log of notifications, and idempotency records.
 //!
 //! The store is the only place where seqs are assigned. Implementations live in other crates
-//! (`herald-store`: SQLite, in-memory, later PostgreSQL); this module knows no SQL.
+//! (`herald-store`: SQLite, in-memory, PostgreSQL); this module knows no SQL.
 //!
 //! **Contract every implementation keeps:**
 //! - `append` assigns each user the next seqs (`last_seq + 1`, …, no gaps) and makes them
@@ -17,6 +17,12 @@
 //! - Revocations ([`Revocation`], sign-outs) are durable once `revoke` returns; for each user
 //!   and session (or "all sessions") only the latest close is kept, and `prune` forgets those
 //!   older than [`Retention::revocation_window`]. See [`crate::revocation`].
+//! - A seq means something only with its [`Epoch`]: under one epoch a user's seq is given out
+//!   once. A store whose log may have lost acknowledged appends (a database restored from a
+//!   backup, a failover to a replica that lacked the last commits, a process that kept its log
+//!   in memory and restarted) has another epoch, so that a client resuming with a seq of the old
+//!   one is told (`reset`) instead of being handed different notifications under seqs it saw.
+//!   Every [`LogHead`] carries the epoch it was read under.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +30,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde_json::value::RawValue;
 
+use crate::health::Health;
 use crate::ids::{Seq, SessionId, UserId};
 use crate::inbox::{InboxChange, InboxCounts, InboxPage, InboxQuery, Mark, PrunedInbox, Selection};
 use crate::notification::{Audience, Notification, Receipt};
@@ -53,18 +60,45 @@ pub enum Appended {
     Duplicate(Receipt),
 }
 
+/// The name of a history of the store's seqs: an opaque, printable id (at most
+/// [`EPOCH_BYTES_MAX`] bytes of `A-Z a-z 0-9 . _ -`) that changes when the log may have lost
+/// acknowledged appends, so that seqs given out before could be given out again. Clients get it
+/// in `hello` and give it back when they resume; a resume point of another epoch gets a `reset`.
+///
+/// What makes a new epoch is each store's business: the SQLite store makes a random one with
+/// the database (renewed by an operator who restores an older copy of the file), the memory
+/// store one per process, the PostgreSQL store one from its schema's id, the cluster's identity
+/// and its WAL timeline (a failover changes it).
+pub type Epoch = Arc<str>;
+
+/// Longest [`Epoch`], in bytes (the PostgreSQL store's are about 60).
+pub const EPOCH_BYTES_MAX: usize = 128;
+
 /// Where a user's log stands.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogHead {
     /// The highest seq ever assigned to this user (0: none yet).
     pub last_seq: Seq,
     /// Every seq up to this one was removed by retention (0: none). A client resuming from
     /// below it has lost notifications and must be told (`reset`).
     pub pruned_through: Seq,
+    /// The store's epoch when this head was read: its seqs are seqs of this epoch. It is part of
+    /// the head, read by the same operation, rather than asked for apart (with
+    /// [`Store::epoch`]): a store whose epoch changes while it runs (a failover) could otherwise
+    /// pair the old epoch, read just before, with a head read from the new history just after,
+    /// and a client resuming with the old epoch would be judged by seqs of the new one.
+    pub epoch: Epoch,
+}
+
+impl LogHead {
+    /// The head of a user who never had a notification, under `epoch`.
+    pub fn empty(epoch: Epoch) -> Self {
+        Self { last_seq: 0, pruned_through: 0, epoch }
+    }
 }
 
 /// A page of a user's log, oldest first.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct LogPage {
     pub notifications: Vec<Arc<Notification>>,
     pub head: LogHead,
@@ -163,11 +197,29 @@ pub trait Store: Send + Sync + 'static {
     /// Records the final receipt of the publish that used `idempotency_key`.
     async fn complete_receipt(&self, idempotency_key: &str, receipt: &Receipt) -> Result<(), StoreError>;
 
-    /// Up to `limit` notifications of `user` with seq > `after`, oldest first, and the head.
+    /// Up to `limit` notifications of `user` with seq > `after`, oldest first, and the head
+    /// (with the epoch the page was read under).
     async fn read_after(&self, user: &UserId, after: Seq, limit: usize) -> Result<LogPage, StoreError>;
 
-    /// Where `user`'s log stands.
+    /// Where `user`'s log stands, and under which epoch. A subscription judges a resume point by
+    /// this one read.
     async fn head(&self, user: &UserId) -> Result<LogHead, StoreError>;
+
+    /// The last seq of each of `users`, in order (0 for a user never seen): what a multi-node
+    /// bus's repair pass compares with its clients' positions, for every user of its node. One
+    /// [`Store::head`] after the other by default; a shared store answers many at once.
+    async fn last_seqs(&self, users: &[UserId]) -> Result<Vec<Seq>, StoreError> {
+        let mut seqs = Vec::with_capacity(users.len());
+        for user in users {
+            seqs.push(self.head(user).await?.last_seq);
+        }
+        Ok(seqs)
+    }
+
+    /// The store's epoch now, without I/O: for when there is no read to take it from (a poller
+    /// resumed from its parked queue). A resume point is judged by [`LogHead::epoch`], read with
+    /// the head.
+    fn epoch(&self) -> Epoch;
 
     /// Applies the store's [`Retention`] as of `now_ms`: removes notifications older than
     /// `max_age`, idempotency keys older than their window and revocations older than theirs.
@@ -211,4 +263,25 @@ pub trait Store: Send + Sync + 'static {
     /// Every revocation of `user` still remembered (at most one per session, plus one for all
     /// sessions), in no particular order. A user never signed out has none.
     async fn revocations(&self, user: &UserId) -> Result<Vec<Revocation>, StoreError>;
+
+    /// What kind of store this is, for `/healthz` and logs: `"sqlite"`, `"memory"`,
+    /// `"postgres"`; `"custom"` unless an implementation names itself.
+    fn kind(&self) -> &'static str {
+        "custom"
+    }
+
+    /// Whether the store can be reached, as of its last operations and its last
+    /// [`Store::probe`]. Answers at once, without I/O (see [`crate::health`]). By default
+    /// always [`Health::Ok`]: a store in this process has nothing to lose contact with.
+    fn health(&self) -> Health {
+        Health::Ok
+    }
+
+    /// A cheap check that the store can be reached now (a networked store: one round trip,
+    /// within its usual bounds), which updates [`Store::health`]. The server runs it every few
+    /// seconds, so that health is known, and recovery seen, without traffic. By default it
+    /// does nothing.
+    async fn probe(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }

@@ -13,6 +13,14 @@
 //! where every lower seq is already visible (see the [`Store`] contract). So a client sees each
 //! durable notification meant for it exactly once and in seq order.
 //!
+//! A resume point is a seq of an [`Epoch`]: the client gives back the epoch its `hello` named.
+//! One of another epoch than the head's is a seq of another history (a restored database, a
+//! failover, a restarted memory store): the stream starts from the head as a new one would, with
+//! a `reset` after `hello`, and is never judged by that seq (nor refused when it is ahead of the
+//! log). A resume point without an epoch is taken as one of the current epoch (older clients).
+//! Should a replay page come from another epoch than the stream's (the store failed over while
+//! it ran), the stream ends with `closed: error`, and the client's resume gets its `reset`.
+//!
 //! [`poll`] builds one long-poll answer on the same machinery.
 
 use std::collections::VecDeque;
@@ -29,7 +37,7 @@ use crate::ids::{ClientId, Seq, SessionId, UserId};
 use crate::inbox::InboxEvent;
 use crate::notification::Notification;
 use crate::queue::Received;
-use crate::store::{LogHead, Store, StoreError};
+use crate::store::{Epoch, LogHead, Store, StoreError};
 
 /// Most notifications in one long-poll answer (Eliom's comet answers hold at most 100 too).
 pub const POLL_NOTIFICATIONS_MAX: usize = 100;
@@ -38,14 +46,16 @@ pub const POLL_NOTIFICATIONS_MAX: usize = 100;
 #[derive(Debug, Clone)]
 pub enum ClientEvent {
     /// First event: who the client is. `last_seq` is the user's last seq when it attached;
-    /// `position` is where this stream starts (the resume point, or `last_seq` for a new one).
-    Hello { info: ClientInfo, last_seq: Seq, position: Seq },
+    /// `position` is where this stream starts (the resume point, or `last_seq` for a new one or
+    /// one resumed from another epoch); `epoch` is the epoch of both, which the client gives back
+    /// with its resume point.
+    Hello { info: ClientInfo, last_seq: Seq, position: Seq, epoch: Epoch },
     /// A notification for this client, durable (in seq order, once) or ephemeral.
     Notification(Arc<Notification>),
     /// A change of the user's inbox (ephemeral: only while connected, never replayed).
     Inbox(Arc<InboxEvent>),
-    /// The resume point is older than what is retained: notifications were lost to this client,
-    /// which should reload its state. The stream goes on after `last_seq`.
+    /// The resume point is older than what is retained, or of another epoch: notifications were
+    /// lost to this client, which should reload its state. The stream goes on after `last_seq`.
     Reset { last_seq: Seq },
     /// Nothing happened for a keep-alive period (see [`Hub::tick`]): the transport shows the
     /// connection is alive (an SSE comment, a WebSocket ping) or ignores it.
@@ -70,6 +80,8 @@ pub struct Subscription {
     info: ClientInfo,
     shared: Arc<ClientShared>,
     attachment: u64,
+    /// The epoch of `position` and of every seq handed out (see the module docs).
+    epoch: Epoch,
     /// Every durable seq up to here has been handled (queued in `pending` or skipped).
     position: Seq,
     /// Events decided but not yet taken by `next`. Bounded by one replay page plus two.
@@ -141,18 +153,24 @@ pub struct SubscribeRequest<'a> {
     pub transport: Transport,
     /// The last seq the client saw; `None` starts at the user's current last seq.
     pub resume_after: Option<Seq>,
+    /// The epoch of `resume_after` (the one its `hello` named); `None`: the current one.
+    pub epoch: Option<&'a str>,
 }
 
 impl Subscription {
     /// Attaches a client and prepares its stream: `hello`, then `reset` if its resume point is
-    /// no longer retained, then every retained notification after it, then live ones.
+    /// no longer retained (or of another epoch), then every retained notification after it, then
+    /// live ones.
     pub async fn open(
         hub: &Hub,
         store: &Arc<dyn Store>,
         request: SubscribeRequest<'_>,
     ) -> Result<Self, SubscribeError> {
         let head = store.head(request.user).await?;
-        if let Some(requested) = request.resume_after
+        // A seq of another epoch says nothing about this log: start from its head, with a reset.
+        let other_epoch = request.resume_after.is_some() && request.epoch.is_some_and(|e| *e != *head.epoch);
+        let resume_after = request.resume_after.filter(|_| !other_epoch);
+        if let Some(requested) = resume_after
             && requested > head.last_seq
         {
             return Err(SubscribeError::ResumeAhead { requested, last_seq: head.last_seq });
@@ -165,25 +183,37 @@ impl Subscription {
             info: info.clone(),
             shared,
             attachment,
+            epoch: head.epoch.clone(),
             position: 0,
             pending: VecDeque::new(),
             replaying: true,
             finished: false,
             park: false,
         };
-        subscription.start(head, request.resume_after);
+        subscription.start(head, resume_after, other_epoch);
+        // Heard of by the other nodes before the replay's first read (on the first `next`):
+        // whatever is stored after that read then reaches the queue, from this node or another,
+        // and whatever was stored before it is in the read. (The head above only places the
+        // start; a refused request has touched nothing.) Awaited once the subscription exists,
+        // so that a caller that gives up meanwhile detaches it by dropping it.
+        hub.interest_ready(request.user).await;
         Ok(subscription)
     }
 
     /// A poller's next poll, if its client is parked in the hub with the queue its last poll left
     /// at `request.resume_after` (see [`Hub::resume_parked`]): the stream goes on from the queue,
-    /// with no `hello` and no store read. `None`: open a new subscription instead.
+    /// with no `hello` and no store read. `None`: open a new subscription instead (also when the
+    /// poll names another epoch than the store's: opening judges it by the head).
     fn resume_parked(hub: &Hub, store: &Arc<dyn Store>, request: &SubscribeRequest<'_>) -> Option<Self> {
         let (Transport::Poll, Some(client), Some(after)) =
             (request.transport, request.client, request.resume_after)
         else {
             return None;
         };
+        let epoch = store.epoch();
+        if request.epoch.is_some_and(|e| *e != *epoch) {
+            return None;
+        }
         let Attachment { info, shared, attachment } =
             hub.resume_parked(request.user, request.session, client, after)?;
         Some(Self {
@@ -192,6 +222,7 @@ impl Subscription {
             info,
             shared,
             attachment,
+            epoch,
             position: after,
             pending: VecDeque::new(),
             // Everything fanned out since `after` is in the queue; a gap there (publishes fanned
@@ -202,24 +233,33 @@ impl Subscription {
         })
     }
 
-    fn start(&mut self, head: LogHead, resume_after: Option<Seq>) {
+    /// `hello`, then `reset` if `resume_after` is older than what is retained or `other_epoch`
+    /// (the client's resume point, of another epoch, was dropped: `resume_after` is `None`).
+    fn start(&mut self, head: LogHead, resume_after: Option<Seq>, other_epoch: bool) {
         let position = resume_after.unwrap_or(head.last_seq);
         debug_assert!(position <= head.last_seq, "open refuses a resume point beyond the log");
         self.pending.push_back(ClientEvent::Hello {
             info: self.info.clone(),
             last_seq: head.last_seq,
             position,
+            epoch: head.epoch,
         });
         self.position = position;
-        if position < head.pruned_through {
+        // The client's own position until the `reset` is handed out (see `finish`).
+        self.shared.last_seq.store(position, Ordering::Relaxed);
+        if other_epoch || position < head.pruned_through {
             self.pending.push_back(ClientEvent::Reset { last_seq: head.last_seq });
             self.position = head.last_seq;
         }
-        self.shared.last_seq.store(self.position, Ordering::Relaxed);
     }
 
     pub fn info(&self) -> &ClientInfo {
         &self.info
+    }
+
+    /// The epoch of this stream's seqs (its `hello`'s).
+    pub fn epoch(&self) -> &Epoch {
+        &self.epoch
     }
 
     /// Every durable seq up to this one has been handed out by `next` or skipped.
@@ -285,17 +325,30 @@ impl Subscription {
                     // for the life of the connection.
                     self.pending = VecDeque::new();
                 }
-                if let ClientEvent::Notification(n) = &event
-                    && let Some(seq) = n.seq
-                {
-                    self.shared.last_seq.store(seq, Ordering::Relaxed);
+                match &event {
+                    ClientEvent::Notification(n) if let Some(seq) = n.seq => {
+                        self.shared.last_seq.store(seq, Ordering::Relaxed);
+                    }
+                    ClientEvent::Reset { last_seq } => {
+                        self.shared.last_seq.store(*last_seq, Ordering::Relaxed)
+                    }
+                    _ => {}
                 }
                 return Ok(Some(event));
             }
             if self.replaying {
-                if let Err(error) = self.read_page().await {
-                    tracing::warn!(%error, user = %self.info.user, "cannot read the log for a subscription");
-                    return Ok(Some(self.finish(CloseReason::Error)));
+                match self.read_page().await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        // The log is another history now (a failover): its seqs are not this
+                        // stream's. The client's resume, with this stream's epoch, gets a reset.
+                        tracing::warn!(user = %self.info.user, epoch = %self.epoch, "the store's epoch changed under a subscription; ending it");
+                        return Ok(Some(self.finish(CloseReason::Error)));
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, user = %self.info.user, "cannot read the log for a subscription");
+                        return Ok(Some(self.finish(CloseReason::Error)));
+                    }
                 }
                 continue;
             }
@@ -330,7 +383,13 @@ impl Subscription {
 
     fn finish(&mut self, reason: CloseReason) -> ClientEvent {
         self.finished = true;
-        self.pending.clear();
+        if !self.pending.is_empty() {
+            // What waits here (a replay page, a `reset`) is dropped, never handed out: the
+            // position goes back to what was, so that a poll answers the `last_seq` its client
+            // must resume from (a stream's client resumes from the seqs it got anyway).
+            self.position = self.shared.last_seq.load(Ordering::Relaxed);
+            self.pending.clear();
+        }
         self.hub.detach(&self.info, self.attachment, false);
         ClientEvent::Closed(reason)
     }
@@ -356,9 +415,14 @@ impl Subscription {
         }
     }
 
-    async fn read_page(&mut self) -> Result<(), StoreError> {
+    /// Reads the next page of the log into `pending`. `Ok(false)`, with nothing taken: the page
+    /// is of another epoch than this stream's.
+    async fn read_page(&mut self) -> Result<bool, StoreError> {
         let page_len = self.hub.limits().replay_page_len;
         let page = self.store.read_after(&self.info.user, self.position, page_len).await?;
+        if page.head.epoch != self.epoch {
+            return Ok(false);
+        }
         if page.notifications.len() < page_len {
             self.replaying = false;
         }
@@ -375,7 +439,7 @@ impl Subscription {
         if self.pending.is_empty() {
             self.shared.last_seq.store(self.position, Ordering::Relaxed);
         }
-        Ok(())
+        Ok(true)
     }
 
     fn is_for_me(&self, notification: &Notification) -> bool {
@@ -401,7 +465,10 @@ pub struct PollAnswer {
     pub inbox: Vec<Arc<InboxEvent>>,
     /// Poll next with `after` = this.
     pub last_seq: Seq,
-    /// The `after` given is older than what is retained: the client should reload its state.
+    /// The epoch of `last_seq`: poll next with it.
+    pub epoch: Epoch,
+    /// The `after` given is older than what is retained, or of another epoch: the client should
+    /// reload its state.
     pub reset: bool,
     /// The server ended this client (evicted, replaced, …).
     pub closed: Option<CloseReason>,
@@ -500,5 +567,6 @@ pub async fn poll(
     subscription.shared.last_seq.store(last_seq, Ordering::Relaxed);
     subscription.park = subscription.is_caught_up() && last_seq == subscription.position;
     let client = subscription.info().client.clone();
-    Ok(PollAnswer { client, notifications, inbox, last_seq, reset, closed })
+    let epoch = subscription.epoch.clone();
+    Ok(PollAnswer { client, notifications, inbox, last_seq, epoch, reset, closed })
 }

@@ -4,18 +4,21 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use herald_core::{Bus, ClientIdMinter, Hub, Limits, LocalBus, Notifier, Store};
+use herald_core::{Bus, ClientIdMinter, Hub, Limits, NodeId, Notifier, Store};
 use sha2::{Digest, Sha256};
 use tokio_util::task::TaskTracker;
 
 use crate::auth::{Auth, TokenRules};
 use crate::caps::{Caps, Limiter};
-use crate::embed::BusFactory;
 use crate::origin::AllowedOrigins;
 
 /// Server settings that are not limits of the core.
 #[derive(Debug, Clone)]
 pub struct ServerSettings {
+    /// This node's id, in `/healthz` and the logs (and, in a cluster, what the other nodes know
+    /// it by). Default: [`default_node_id`]; `herald serve`: `<hostname>:<port>` or
+    /// `--node-id`.
+    pub node_id: NodeId,
     /// Longest silence on a stream: a keep-alive comment is sent after it (15 s); also the
     /// interval of WebSocket pings.
     pub keepalive_interval: Duration,
@@ -55,6 +58,7 @@ pub const CLOSE_GRACE_DEFAULT: Duration = Duration::from_secs(5);
 impl Default for ServerSettings {
     fn default() -> Self {
         Self {
+            node_id: default_node_id(),
             keepalive_interval: Duration::from_secs(15),
             dev_mode: false,
             demo: false,
@@ -67,6 +71,38 @@ impl Default for ServerSettings {
     }
 }
 
+/// The node id of an embedded Herald that was given none: this host's name ([`host_name`]), or
+/// `herald` if it has none that makes a node id.
+pub fn default_node_id() -> NodeId {
+    host_name()
+        .and_then(|host| NodeId::new(host).ok())
+        .unwrap_or_else(|| NodeId::new("herald").expect("a valid node id"))
+}
+
+/// This host's name (`gethostname`; elsewhere than on Unix, the `HOSTNAME` or `COMPUTERNAME`
+/// variable), if it has one that is text.
+pub fn host_name() -> Option<String> {
+    #[cfg(unix)]
+    {
+        // The longest host name POSIX allows is 255 bytes, plus the NUL.
+        let mut buffer = [0u8; 256];
+        // SAFETY: gethostname writes at most `buffer.len()` bytes into the buffer it is given,
+        // which lives until the call returns.
+        #[allow(unsafe_code)]
+        let done = unsafe { libc::gethostname(buffer.as_mut_ptr().cast(), buffer.len()) };
+        if done != 0 {
+            return None;
+        }
+        // Cut at the NUL (a name that filled the buffer has none: then it is all of it).
+        let len = buffer.iter().position(|&b| b == 0).unwrap_or(buffer.len());
+        String::from_utf8(buffer[..len].to_vec()).ok().filter(|name| !name.is_empty())
+    }
+    #[cfg(not(unix))]
+    {
+        std::env::var("HOSTNAME").or_else(|_| std::env::var("COMPUTERNAME")).ok().filter(|n| !n.is_empty())
+    }
+}
+
 /// Everything the handlers share. Built by [`crate::Herald::builder`] only (hence
 /// `non_exhaustive`): an app without its upkeep would serve streams that never expire.
 #[non_exhaustive]
@@ -74,6 +110,8 @@ pub struct App {
     pub notifier: Notifier,
     pub hub: Hub,
     pub store: Arc<dyn Store>,
+    /// The bus the notifier publishes through (also for `/healthz`: its kind and health).
+    pub bus: Arc<dyn Bus>,
     pub auth: Auth,
     pub settings: ServerSettings,
     /// Upgraded WebSocket connections (axum runs each in its own task): shutting down waits for
@@ -93,29 +131,31 @@ impl std::fmt::Debug for App {
 }
 
 impl App {
-    /// An app over `store`, with `bus` made over its hub (one node's [`LocalBus`] when `None`).
-    /// Only [`crate::HeraldBuilder::build`] makes one, and starts its upkeep with it.
+    /// The hub of an app with `limits`, whose client ids are keyed by `secret`. Made before the
+    /// app because the bus is made over it (see [`crate::HeraldBuilder`]).
+    pub(crate) fn hub(limits: Limits, secret: &[u8]) -> Hub {
+        // Client ids are MACed with a key derived from the token secret, so that they stay
+        // valid across restarts and on every node that shares the secret.
+        let client_id_key = Sha256::new_with_prefix(b"herald client ids\0").chain_update(secret).finalize();
+        Hub::new(limits, ClientIdMinter::new(&client_id_key))
+    }
+
+    /// An app over `store`, `hub` (from [`App::hub`]) and `bus`. Only [`crate::HeraldBuilder`]
+    /// makes one, and starts its upkeep with it.
     pub(crate) fn new(
         store: Arc<dyn Store>,
-        bus: Option<BusFactory>,
-        limits: Limits,
+        hub: Hub,
+        bus: Arc<dyn Bus>,
         secret: &[u8],
         api_key: &[u8],
         settings: ServerSettings,
     ) -> Arc<Self> {
-        // Client ids are MACed with a key derived from the token secret, so that they stay
-        // valid across restarts and on every node that shares the secret.
-        let client_id_key = Sha256::new_with_prefix(b"herald client ids\0").chain_update(secret).finalize();
-        let hub = Hub::new(limits, ClientIdMinter::new(&client_id_key));
-        let bus: Arc<dyn Bus> = match bus {
-            Some(make) => make(&hub),
-            None => Arc::new(LocalBus::new(hub.clone())),
-        };
-        let notifier = Notifier::new(store.clone(), bus, hub.clone());
+        let notifier = Notifier::new(store.clone(), bus.clone(), hub.clone());
         Arc::new(Self {
             notifier,
             hub,
             store,
+            bus,
             auth: Auth::new(secret, api_key, settings.token_rules.clone()),
             limiter: Limiter::new(&settings.caps),
             settings,

@@ -21,13 +21,15 @@
 //!
 //! `examples/embed.rs` is this, complete, with a background job that notifies.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use herald_core::{Bus, CloseReason, Hub, Limits, Notifier, Store};
+use herald_core::{Bus, CloseReason, Hub, Limits, LocalBus, Notifier, Store};
 
 use crate::app::{App, ServerSettings};
+use crate::health::NodeHealth;
 use crate::upkeep::Upkeep;
 
 /// Longest wait for upgraded WebSockets to send their `closed: shutdown` at
@@ -36,7 +38,10 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// Builds a [`Herald`]: the store, the token secret and the API key are required; the limits,
 /// the settings and the bus have defaults ([`Limits::default`], [`ServerSettings::default`],
-/// one node's [`herald_core::LocalBus`]).
+/// one node's [`LocalBus`]).
+///
+/// The store is any [`Store`]: `herald_store`'s `SqliteStore` or `MemoryStore` for one node,
+/// its `PostgresStore` (opened with `PostgresStore::open(…).await`) for a node of a cluster.
 #[must_use = "a builder does nothing until `build`"]
 pub struct HeraldBuilder {
     store: Arc<dyn Store>,
@@ -49,7 +54,7 @@ pub struct HeraldBuilder {
 
 /// Makes the bus over the node's hub (which the builder makes: its client ids are keyed by the
 /// secret).
-pub(crate) type BusFactory = Box<dyn FnOnce(&Hub) -> Arc<dyn Bus> + Send>;
+type BusFactory = Box<dyn FnOnce(&Hub) -> Arc<dyn Bus> + Send>;
 
 impl std::fmt::Debug for HeraldBuilder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -75,7 +80,8 @@ impl HeraldBuilder {
         self
     }
 
-    /// The bus, made over this node's hub (default: a [`herald_core::LocalBus`], one node).
+    /// The bus, made over this node's hub (default: a [`LocalBus`], one node). For a bus that
+    /// must connect first, see [`HeraldBuilder::build_with_bus`].
     pub fn bus(mut self, bus: impl FnOnce(&Hub) -> Arc<dyn Bus> + Send + 'static) -> Self {
         self.bus = Some(Box::new(bus));
         self
@@ -85,8 +91,34 @@ impl HeraldBuilder {
     ///
     /// # Panics
     /// Outside a Tokio runtime (the upkeep is a task of the current one).
-    pub fn build(self) -> Herald {
-        let app = App::new(self.store, self.bus, self.limits, &self.secret, &self.api_key, self.settings);
+    pub fn build(mut self) -> Herald {
+        let hub = App::hub(self.limits.clone(), &self.secret);
+        let bus: Arc<dyn Bus> = match self.bus.take() {
+            Some(make) => make(&hub),
+            None => Arc::new(LocalBus::new(hub.clone())),
+        };
+        self.finish(hub, bus)
+    }
+
+    /// Builds Herald with a bus that takes time to make, or may fail to: a cluster's bus, which
+    /// connects to its broker and needs this node's hub (to hand it what other nodes publish)
+    /// and store (to repair what the broker lost). `connect` gets both and returns the bus, or
+    /// why there is none (then nothing was started). Any [`HeraldBuilder::bus`] is ignored.
+    ///
+    /// # Panics
+    /// Outside a Tokio runtime (the upkeep is a task of the current one).
+    pub async fn build_with_bus<E, F, Fut>(self, connect: F) -> Result<Herald, E>
+    where
+        F: FnOnce(Hub, Arc<dyn Store>) -> Fut,
+        Fut: Future<Output = Result<Arc<dyn Bus>, E>>,
+    {
+        let hub = App::hub(self.limits.clone(), &self.secret);
+        let bus = connect(hub.clone(), self.store.clone()).await?;
+        Ok(self.finish(hub, bus))
+    }
+
+    fn finish(self, hub: Hub, bus: Arc<dyn Bus>) -> Herald {
+        let app = App::new(self.store, hub, bus, &self.secret, &self.api_key, self.settings);
         let upkeep = Upkeep::start(app.clone());
         Herald { app, upkeep }
     }
@@ -135,13 +167,26 @@ impl Herald {
         &self.app
     }
 
+    /// What `GET /healthz` answers now: this node's id, its store's and bus's kinds, and
+    /// whether each can be reached (for an app's own health endpoint).
+    pub fn health(&self) -> NodeHealth {
+        NodeHealth::of(&self.app)
+    }
+
     /// Ends every stream with `closed: shutdown`, waits (at most [`SHUTDOWN_GRACE`] each) for
     /// the WebSockets to send it, and stops the upkeep. An app serving the router should call
     /// it before it stops serving (in axum's `with_graceful_shutdown`), so that the streams end
     /// and the server's wait for its connections is short.
     pub async fn shutdown(self) {
         self.end_streams();
+        self.leave_cluster().await;
         self.finish().await;
+    }
+
+    /// Tells the other nodes of a cluster that this one is leaving (see
+    /// [`herald_core::Bus::shutdown`]); nothing on a single node.
+    pub(crate) async fn leave_cluster(&self) {
+        self.app.notifier.bus().shutdown().await;
     }
 
     /// Closes every client with reason `shutdown`.

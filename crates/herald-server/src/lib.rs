@@ -31,8 +31,11 @@
 //! - [`api`]: `POST /v1/notify`, `/v1/inbox…` and `/v1/users/{user}/…`.
 //! - `assets`: `GET /herald.js` and `/herald.d.ts`, the browser client (`clients/js/`).
 //! - `demo`: `/demo`, the dev-mode demo and its dev-only endpoints (`clients/demo/`).
+//! - [`health`]: `GET /healthz`, [`NodeHealth`]: the node's id, its store and bus, and whether
+//!   each can be reached.
 //! - `routes`: the route table.
-//! - `upkeep`: the hub's clock (token expiry, keep-alives), retention and the sweeps.
+//! - `upkeep`: the hub's clock (token expiry, keep-alives), retention, the sweeps, and the
+//!   store's probe.
 //! - `embed`: [`Herald`] and [`HeraldBuilder`], the routes with their upkeep: the API boundary.
 //! - `guarded`: `GuardedSocket`, every connection's socket, whose writes must make progress (a
 //!   peer that stops reading is dropped), and `StreamEnd`, how a connection learns that the hub
@@ -41,7 +44,8 @@
 //! - `connection`: the accept loop and each connection's front door (the lean stream path).
 //! - `server`: [`start`], Herald's own server on a listener, and [`RunningServer`].
 
-// Unsafe only to read and raise the open-files limit (`caps`), each call with its `SAFETY:`.
+// Unsafe only to read and raise the open-files limit (`caps`) and to read the host name (`app`),
+// each call with its `SAFETY:`.
 #![deny(unsafe_code)]
 
 pub mod api;
@@ -55,6 +59,7 @@ mod demo;
 mod embed;
 pub mod error;
 mod guarded;
+pub mod health;
 pub mod origin;
 pub mod query;
 mod response;
@@ -64,8 +69,9 @@ pub mod tls;
 pub mod transport;
 mod upkeep;
 
-pub use app::{App, ServerSettings};
+pub use app::{App, ServerSettings, default_node_id, host_name};
 pub use config::{DATA_DIR_LOCK_FILE, DATABASE_FILE};
 pub use embed::{Herald, HeraldBuilder, SHUTDOWN_GRACE};
 pub use error::ApiError;
+pub use health::NodeHealth;
 pub use server::{RunningServer, start, start_with_tls};

@@ -12,7 +12,7 @@ use axum::routing::{delete, get, post};
 
 use crate::app::App;
 use crate::error::ApiError;
-use crate::{api, assets, caps, demo, origin, transport};
+use crate::{api, assets, caps, demo, health, origin, transport};
 
 /// The HTTP routes of Herald.
 pub fn router(app: Arc<App>) -> Router {
@@ -33,7 +33,8 @@ pub fn router(app: Arc<App>) -> Router {
     let router = Router::new()
         .merge(subscriber_connections)
         .merge(subscriber_requests)
-        .route("/healthz", get(|| async { axum::Json(serde_json::json!({ "status": "ok" })) }))
+        .route("/healthz", get(health::healthz))
+        .route("/v1/cluster", get(health::cluster))
         .route("/v1/notify", post(api::publish::notify))
         .route("/v1/users/{user}/presence", get(api::users::presence))
         .route("/v1/users/{user}/notifications", get(api::users::notifications))

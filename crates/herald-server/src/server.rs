@@ -62,6 +62,10 @@ pub fn start_with_tls(
                 "connections still open after the shutdown grace period"
             );
         }
+        // Gone from the cluster once the requests in flight are done (a publish among them that
+        // could not reach the bus asks the others to resync on the way out): the others then
+        // neither wait for its presence answers nor poll the store for it.
+        herald.leave_cluster().await;
         // Upgraded WebSockets run in tasks of their own: wait for their `closed` too, then stop
         // the upkeep.
         herald.finish().await;

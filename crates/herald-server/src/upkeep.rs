@@ -1,7 +1,12 @@
 //! The upkeep: what keeps a running Herald true to its protocol when no request comes. The
 //! hub's clock (token expiry and keep-alives for every connection, so that no connection needs
-//! a timer of its own), retention, and the sweep of clients gone for longer than their linger
-//! time (idle pollers) and of idle per-address and per-user limiter entries.
+//! a timer of its own), retention, the sweep of clients gone for longer than their linger time
+//! (idle pollers) and of idle per-address and per-user limiter entries, and the store's probe
+//! (so that `/healthz` follows a networked store without traffic).
+//!
+//! Three loops in one task, each waiting only for its own work: the clock never waits for the
+//! store, so a retention pass or a probe against a database that stalls (each bounded by the
+//! store, 5 s for PostgreSQL) delays no keep-alive and no token expiry.
 //!
 //! It runs from the moment a [`crate::Herald`] is built until it is dropped: the routes rely on
 //! it, so there is no way to get them without it.
@@ -9,7 +14,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use herald_core::PruneReport;
+use herald_core::{CloseReason, PruneReport};
 use tokio::task::JoinHandle;
 
 use crate::app::App;
@@ -24,6 +29,12 @@ const HUB_TICK_PERIOD_MAX: Duration = Duration::from_secs(1);
 const KEEPALIVE_TICKS_MIN: u32 = 4;
 /// How often the hub forgets clients gone for longer than their linger time.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
+/// How often the store is probed ([`herald_core::Store::probe`]: for PostgreSQL a `SELECT 1`,
+/// for the others nothing). Without traffic, `/healthz` turns `degraded` at most this long
+/// (plus the probe's own bound) after the database becomes unreachable, and `ok` again this
+/// long after it is back; a publish or a read sees either at once. One round trip per node
+/// every 2 s costs the database nothing worth counting.
+const STORE_PROBE_INTERVAL: Duration = Duration::from_secs(2);
 
 /// The running upkeep of one app; dropping it stops it.
 #[derive(Debug)]
@@ -63,9 +74,13 @@ impl Drop for Upkeep {
     }
 }
 
-/// Runs the hub's clock, retention and the sweeps, forever.
+/// Runs the hub's clock and the sweeps, retention, and the store's probe, forever.
 async fn run(app: Arc<App>) {
-    let mut prune = tokio::time::interval(PRUNE_INTERVAL);
+    tokio::join!(clock(&app), retention(&app), probe(&app));
+}
+
+/// The hub's clock and the sweeps.
+async fn clock(app: &App) {
     let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
     // The hub's clock ticks at least every second (token expiry is checked that often) and at
     // least four times per keep-alive interval, so a keep-alive goes out after between 3/4 of
@@ -84,23 +99,61 @@ async fn run(app: Arc<App>) {
                     .as_secs();
                 app.hub.tick(now_secs, keepalive_ticks);
             }
-            _ = prune.tick() => match app.notifier.inbox().prune(herald_core::notification::now_ms()).await {
-                Ok(report) if report != PruneReport::default() => {
-                    tracing::info!(
-                        notifications = report.notifications,
-                        idempotency_keys = report.idempotency_keys,
-                        revocations = report.revocations,
-                        users = report.inboxes.len(),
-                        "retention removed old records"
-                    );
-                }
-                Ok(_) => {}
-                Err(error) => tracing::warn!(%error, "retention failed; will retry"),
-            },
             _ = sweep.tick() => {
                 app.hub.sweep();
                 app.limiter.sweep();
             }
+        }
+    }
+}
+
+/// Retention, every [`PRUNE_INTERVAL`] (the first pass at once).
+async fn retention(app: &App) {
+    let mut prune = tokio::time::interval(PRUNE_INTERVAL);
+    prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        prune.tick().await;
+        match app.notifier.inbox().prune(herald_core::notification::now_ms()).await {
+            Ok(report) if report != PruneReport::default() => {
+                tracing::info!(
+                    notifications = report.notifications,
+                    idempotency_keys = report.idempotency_keys,
+                    revocations = report.revocations,
+                    users = report.inboxes.len(),
+                    "retention removed old records"
+                );
+            }
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%error, "retention failed; will retry"),
+        }
+    }
+}
+
+/// The store's probe, every [`STORE_PROBE_INTERVAL`]. Its outcome is the store's health, which
+/// the store keeps and logs when it changes: nothing to do with it here.
+///
+/// Then the store's epoch: when it changed (a PostgreSQL failover to a replica, seen by the
+/// connections made since), the seqs of the open streams belong to a history the log may have
+/// lost, and live notifications carry no epoch: every stream is ended with `closed: error`, and
+/// each client's resume, with its old epoch, gets a `reset`. Seen within a probe interval of the
+/// store's own noticing.
+async fn probe(app: &App) {
+    let mut probe = tokio::time::interval(STORE_PROBE_INTERVAL);
+    probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut epoch = app.store.epoch();
+    loop {
+        probe.tick().await;
+        let _ = app.store.probe().await;
+        let now = app.store.epoch();
+        if now != epoch {
+            let closed = app.hub.close_all(CloseReason::Error);
+            tracing::warn!(
+                old = %epoch,
+                new = %now,
+                closed,
+                "the store's epoch changed: every stream ends, and resumes with a reset"
+            );
+            epoch = now;
         }
     }
 }

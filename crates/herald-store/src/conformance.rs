@@ -19,9 +19,9 @@ use std::time::Duration;
 
 use herald_core::notification::now_ms;
 use herald_core::{
-    Appended, Audience, ClientId, InboxCounts, InboxPage, InboxQuery, InboxStatus, ItemState, LogHead, Mark,
-    NewNotification, Notification, Receipt, ReceiptEntry, Retention, Revocation, Revocations, Selection,
-    SessionId, Store, UserId,
+    Appended, Audience, ClientId, EPOCH_BYTES_MAX, InboxCounts, InboxPage, InboxQuery, InboxStatus,
+    ItemState, LogHead, Mark, NewNotification, Notification, Receipt, ReceiptEntry, Retention, Revocation,
+    Revocations, Selection, SessionId, Store, UserId,
 };
 use serde_json::value::RawValue;
 
@@ -44,6 +44,8 @@ macro_rules! conformance_tests {
             reads_during_appends_see_a_prefix,
             read_after_pages_with_limit,
             unknown_user_has_empty_head,
+            last_seqs_match_the_heads,
+            heads_carry_the_store_epoch,
             max_per_user_prunes_the_oldest,
             age_prune_raises_pruned_through,
             age_prune_removes_a_prefix,
@@ -143,8 +145,22 @@ async fn read_all(store: &dyn Store, user_id: &str) -> Vec<Arc<Notification>> {
     store.read_after(&user(user_id), 0, usize::MAX).await.expect("read_after").notifications
 }
 
-fn head(last_seq: u64, pruned_through: u64) -> LogHead {
-    LogHead { last_seq, pruned_through }
+/// A head's seqs, to compare with a [`LogHead`] (whose epoch [`heads_carry_the_store_epoch`]
+/// checks).
+#[derive(Debug)]
+struct Seqs {
+    last_seq: u64,
+    pruned_through: u64,
+}
+
+impl PartialEq<Seqs> for LogHead {
+    fn eq(&self, other: &Seqs) -> bool {
+        (self.last_seq, self.pruned_through) == (other.last_seq, other.pruned_through)
+    }
+}
+
+fn head(last_seq: u64, pruned_through: u64) -> Seqs {
+    Seqs { last_seq, pruned_through }
 }
 
 fn receipt(entries: &[(&str, u64)], delivered: u64) -> Receipt {
@@ -334,10 +350,42 @@ pub async fn unknown_user_has_empty_head(make: &impl AsyncFn(Retention) -> Arc<d
     let store = make(Retention::default()).await;
     append(&*store, vec![entry("alice", 1)]).await;
     let nobody = user("nobody");
-    assert_eq!(store.head(&nobody).await.unwrap(), LogHead::default());
+    assert_eq!(store.head(&nobody).await.unwrap(), head(0, 0));
     let page = store.read_after(&nobody, 0, 100).await.unwrap();
     assert!(page.notifications.is_empty());
-    assert_eq!(page.head, LogHead::default());
+    assert_eq!(page.head, head(0, 0));
+}
+
+/// Every head and page carries the store's epoch, a printable id of 1 to [`EPOCH_BYTES_MAX`]
+/// bytes of `A-Z a-z 0-9 . _ -` (clients send it back in a URL), and appends do not change it.
+pub async fn heads_carry_the_store_epoch(make: &impl AsyncFn(Retention) -> Arc<dyn Store>) {
+    let store = make(Retention::default()).await;
+    let epoch = store.epoch();
+    assert!(!epoch.is_empty() && epoch.len() <= EPOCH_BYTES_MAX, "epoch {epoch:?}");
+    assert!(
+        epoch.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)),
+        "epoch {epoch:?} has a character clients would have to escape"
+    );
+    assert_eq!(store.head(&user("nobody")).await.unwrap().epoch, epoch, "an unknown user's head");
+    assert_eq!(store.read_after(&user("nobody"), 0, 10).await.unwrap().head.epoch, epoch);
+    append(&*store, vec![entry("alice", 1), entry("alice", 2)]).await;
+    assert_eq!(store.head(&user("alice")).await.unwrap().epoch, epoch, "appends keep the epoch");
+    assert_eq!(store.read_after(&user("alice"), 0, 1).await.unwrap().head.epoch, epoch);
+    assert_eq!(store.epoch(), epoch);
+    let other = make(Retention::default()).await;
+    assert_ne!(other.epoch(), epoch, "another store (a new database) has another epoch");
+}
+
+/// `last_seqs` answers many users at once, in the order asked, 0 for a user never seen.
+pub async fn last_seqs_match_the_heads(make: &impl AsyncFn(Retention) -> Arc<dyn Store>) {
+    let store = make(Retention::default()).await;
+    append(&*store, vec![entry("alice", 1), entry("bob", 2)]).await;
+    append(&*store, vec![entry("alice", 3)]).await;
+    let asked = [user("bob"), user("nobody"), user("alice"), user("bob")];
+    assert_eq!(store.last_seqs(&asked).await.unwrap(), vec![1, 0, 2, 1]);
+    assert_eq!(store.last_seqs(&[]).await.unwrap(), Vec::<u64>::new());
+    let many: Vec<UserId> = (0..1500).map(|i| user(&format!("u{i}"))).collect();
+    assert_eq!(store.last_seqs(&many).await.unwrap(), vec![0; 1500]);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -454,7 +502,7 @@ pub async fn ephemeral_publish_records_its_key(make: &impl AsyncFn(Retention) ->
     assert_eq!(duplicate(store.append(vec![], Some("eph")).await.unwrap()), Receipt::default());
     store.complete_receipt("eph", &receipt(&[], 2)).await.unwrap();
     assert_eq!(duplicate(store.append(vec![entry("alice", 1)], Some("eph")).await.unwrap()), receipt(&[], 2));
-    assert_eq!(store.head(&user("alice")).await.unwrap(), LogHead::default());
+    assert_eq!(store.head(&user("alice")).await.unwrap(), head(0, 0));
     assert!(stored(store.append(vec![], None).await.unwrap()).is_empty());
 }
 
@@ -886,7 +934,7 @@ pub async fn inbox_missing_seqs_are_not_changed(make: &impl AsyncFn(Retention) -
     let change = store.inbox_mark(&nobody, &Selection::AllUpTo(10), Mark::Read, now_ms()).await.unwrap();
     assert_eq!(change, Default::default());
     assert_eq!(store.inbox_delete(&nobody, &Selection::Seqs(vec![1])).await.unwrap(), Default::default());
-    assert_eq!(store.head(&nobody).await.unwrap(), LogHead::default(), "no user is made up");
+    assert_eq!(store.head(&nobody).await.unwrap(), head(0, 0), "no user is made up");
     assert_exact(&*store, "alice").await;
 }
 

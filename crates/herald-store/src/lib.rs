@@ -13,7 +13,10 @@
 //! In all, retention only ever removes a prefix of
 //! a user's log, so what is left holds seqs `pruned_through + 1 ..= last_seq`, but for those
 //! deleted on purpose (inbox deletes); and all keep each user's inbox counts next to the log,
-//! updated with every change, so that reading them is O(1).
+//! updated with every change, so that reading them is O(1). Each has an epoch
+//! ([`herald_core::Epoch`]): random per [`MemoryStore`], random per database and kept in it for
+//! [`SqliteStore`] (renewed by [`SqliteStore::renew_epoch`] after an older copy is put back),
+//! made of the schema's id and the cluster's identity and timeline for [`PostgresStore`].
 //!
 //! # Layout
 //! In reading order:
@@ -21,9 +24,9 @@
 //!   dir) to one process.
 //! - [`memory`]: [`MemoryStore`], per-user logs behind one mutex.
 //! - [`sqlite`]: [`SqliteStore`], split by job, bottom up (its own `# Layout` says more):
-//!   - `sqlite/sql.rs`: SQLite's errors as [`StoreError`](herald_core::StoreError)s, seqs as
+//!   - `sqlite/sql.rs`: SQLite's errors as [`StoreError`]s, seqs as
 //!     SQLite integers;
-//!   - `sqlite/schema.rs`: the tables of each schema version, the migrations;
+//!   - `sqlite/schema.rs`: the tables of each schema version, the migrations, the epoch;
 //!   - `sqlite/connection.rs`: the lock file, opening the file and its pragmas, the checkpointer
 //!     thread, the read pool;
 //!   - `sqlite/reads.rs`: what a read transaction does (heads, log and inbox pages, counts);
@@ -40,7 +43,9 @@
 //!   - `postgres/reads.rs`: heads, log and inbox pages, counts, revocations (one statement each);
 //!   - `postgres/writes.rs`: each write in SQL, and the one order of locks;
 //!   - `postgres/writer.rs`: the writer task and its bounded queue (group commit);
-//!   - `postgres/operations.rs`: `Store` for `PostgresStore`.
+//!   - `postgres/operations.rs`: `Store` for `PostgresStore`;
+//!   - `postgres/testing.rs` (tests, or feature `test-support`): the test database, schemas of
+//!     one's own, a private PostgreSQL server to stop and start.
 //! - `conformance` (tests, or feature `conformance`): the test suite every store must pass.
 
 // One unsafe block, allowed where it is (`sqlite::writer::take_pages_written`: rusqlite has no

@@ -10,6 +10,11 @@
 //! Each log keeps its inbox counts next to its entries, updated under the same lock as every
 //! change, so counts are read in O(1). Inbox pages walk the log from the newest entry, skipping
 //! the ones the page does not list: fine for a log of at most `max_per_user` in memory.
+//!
+//! Its [`Epoch`] is random, made with the store: a server restarted with `--memory` has
+//! forgotten every log and gives seqs out from 1 again, so clients resuming with seqs of the
+//! previous process get a `reset` (not a refusal of a resume point ahead of the log, nor, once
+//! the new log has grown past it, notifications they never saw under seqs they did).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -18,9 +23,9 @@ use async_trait::async_trait;
 use herald_core::inbox::CountsDelta;
 use herald_core::notification::now_ms;
 use herald_core::{
-    Appended, InboxChange, InboxCounts, InboxItem, InboxPage, InboxQuery, ItemState, LogHead, LogPage, Mark,
-    NewNotification, Notification, PruneReport, PrunedInbox, Receipt, ReceiptEntry, Retention, Revocation,
-    Selection, Seq, SessionId, Store, StoreError, UserId,
+    Appended, Epoch, InboxChange, InboxCounts, InboxItem, InboxPage, InboxQuery, ItemState, LogHead, LogPage,
+    Mark, NewNotification, Notification, PruneReport, PrunedInbox, Receipt, ReceiptEntry, Retention,
+    Revocation, Selection, Seq, SessionId, Store, StoreError, UserId,
 };
 use parking_lot::Mutex;
 
@@ -33,6 +38,8 @@ const PRUNE_USERS_PER_LOCK: usize = 1_000;
 #[derive(Debug)]
 pub struct MemoryStore {
     retention: Retention,
+    /// Random, one per store: see the module docs.
+    epoch: Epoch,
     inner: Mutex<Inner>,
 }
 
@@ -46,11 +53,24 @@ struct Inner {
 
 #[derive(Debug, Default)]
 struct UserLog {
-    head: LogHead,
+    head: Head,
     /// Seqs above `head.pruned_through`, up to `head.last_seq`, oldest first; gaps only where
     /// notifications were deleted on purpose.
     entries: VecDeque<Entry>,
     counts: InboxCounts,
+}
+
+/// A [`LogHead`] without its epoch, which is the store's.
+#[derive(Debug, Clone, Copy, Default)]
+struct Head {
+    last_seq: Seq,
+    pruned_through: Seq,
+}
+
+impl Head {
+    fn with(self, epoch: &Epoch) -> LogHead {
+        LogHead { last_seq: self.last_seq, pruned_through: self.pruned_through, epoch: Arc::clone(epoch) }
+    }
 }
 
 #[derive(Debug)]
@@ -109,7 +129,9 @@ struct IdempotencyRecord {
 
 impl MemoryStore {
     pub fn new(retention: Retention) -> Self {
-        Self { retention, inner: Mutex::new(Inner::default()) }
+        // 128 random bits as 32 hex digits: two stores never share one.
+        let epoch = Epoch::from(format!("{:032x}", rand::random::<u128>()));
+        Self { retention, epoch, inner: Mutex::new(Inner::default()) }
     }
 
     pub fn retention(&self) -> Retention {
@@ -195,16 +217,21 @@ impl Store for MemoryStore {
     async fn read_after(&self, user: &UserId, after: Seq, limit: usize) -> Result<LogPage, StoreError> {
         let inner = self.inner.lock();
         let Some(log) = inner.users.get(user) else {
-            return Ok(LogPage::default());
+            return Ok(LogPage { notifications: Vec::new(), head: LogHead::empty(self.epoch()) });
         };
         let from = log.entries.partition_point(|e| e.seq() <= after);
         let notifications =
             log.entries.iter().skip(from).take(limit).map(|e| e.notification.clone()).collect();
-        Ok(LogPage { notifications, head: log.head })
+        Ok(LogPage { notifications, head: log.head.with(&self.epoch) })
     }
 
     async fn head(&self, user: &UserId) -> Result<LogHead, StoreError> {
-        Ok(self.inner.lock().users.get(user).map(|log| log.head).unwrap_or_default())
+        let head = self.inner.lock().users.get(user).map(|log| log.head).unwrap_or_default();
+        Ok(head.with(&self.epoch))
+    }
+
+    fn epoch(&self) -> Epoch {
+        Arc::clone(&self.epoch)
     }
 
     async fn prune(&self, now_ms: i64) -> Result<PruneReport, StoreError> {
@@ -273,6 +300,10 @@ impl Store for MemoryStore {
             .flatten()
             .map(|(session, closed_at)| Revocation { session: session.clone(), closed_at_secs: *closed_at })
             .collect())
+    }
+
+    fn kind(&self) -> &'static str {
+        "memory"
     }
 
     async fn inbox_list(&self, user: &UserId, query: &InboxQuery) -> Result<InboxPage, StoreError> {

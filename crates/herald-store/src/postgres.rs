@@ -18,10 +18,12 @@
 //!   from one snapshot. Inbox counts are the user's row: O(1).
 //! - **Retention** runs chunk by chunk under an advisory lock taken with `pg_try_…`: one node
 //!   prunes at a time, the others skip their turn.
-//! - **The epoch** ([`PostgresStore::epoch`]) names the history the seqs belong to: a random id
-//!   made with the schema, PostgreSQL's system id and its WAL timeline. After a failover to a
-//!   replica or a restore it is different, and clients resuming with seqs of the old one must be
-//!   given a `reset` (their seqs may have been given out again). See `schema::read_epoch`.
+//! - **The epoch** ([`Store::epoch`], and each [`LogHead`](herald_core::LogHead)'s) names the
+//!   history the seqs belong to: a random id made with the schema, PostgreSQL's system id and its
+//!   WAL timeline, read by every new connection. After a failover to a replica or a restore it
+//!   is different, and clients resuming with seqs of the old one are given a `reset` (their seqs
+//!   may have been given out again). See `schema::read_epoch`, and `reads::head_from` for why a
+//!   head's epoch is taken after the head is read.
 //! - **PostgreSQL down**: every operation fails with [`StoreError::Unavailable`] within
 //!   [`OPERATION_TIMEOUT`] and never hangs; the pool makes new connections by itself once the
 //!   database answers again. See `postgres/pool.rs` for each timeout.
@@ -41,6 +43,8 @@
 //!   chunks), and the order locks are taken in.
 //! - `writer`: the writer task and its bounded queue (group commit).
 //! - `operations`: [`Store`] for [`PostgresStore`].
+//! - `testing` (tests, or feature `test-support`): the test database, schemas of one's own, a
+//!   private PostgreSQL server to stop and start.
 
 mod operations;
 mod pool;
@@ -84,7 +88,7 @@ impl std::fmt::Debug for PostgresStore {
         f.debug_struct("PostgresStore")
             .field("place", &self.place)
             .field("retention", &self.retention)
-            .field("epoch", &self.epoch())
+            .field("epoch", &self.pool.epoch())
             .field("writer", &self.writer_stats())
             .finish_non_exhaustive()
     }
@@ -133,13 +137,6 @@ impl PostgresStore {
         Ok(Self { place, retention, writer, pool })
     }
 
-    /// The epoch of the log as of the newest connection (see the module docs): a client that
-    /// resumes with seqs it got under another epoch must be sent a `reset`. The server keeps it
-    /// with the seqs it hands out (for example in the SSE event id) and compares.
-    pub fn epoch(&self) -> Arc<str> {
-        self.pool.epoch()
-    }
-
     pub fn retention(&self) -> Retention {
         self.retention
     }
@@ -149,5 +146,7 @@ impl PostgresStore {
     }
 }
 
+#[cfg(any(test, feature = "test-support"))]
+pub mod testing;
 #[cfg(test)]
 mod tests;

@@ -70,12 +70,12 @@ use std::sync::Arc;
 
 #[cfg(doc)]
 use herald_core::Store;
-use herald_core::{Retention, StoreError};
+use herald_core::{Epoch, Retention, StoreError};
 use parking_lot::Mutex;
 
 pub use connection::READER_CONNECTIONS;
 pub use reads::inbox_list_sql;
-pub use schema::{SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_VERSION};
+pub use schema::{SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6, SCHEMA_VERSION};
 pub use staging::Settling;
 pub use writer::{BATCH_REQUESTS_MAX, ENQUEUE_TIMEOUT, WRITE_QUEUE_CAPACITY, WriterStats};
 pub use writes::{INBOX_CHUNK_ROWS, PRUNE_CHUNK_ROWS};
@@ -83,7 +83,7 @@ pub use writes::{INBOX_CHUNK_ROWS, PRUNE_CHUNK_ROWS};
 use crate::lock::{LockError, LockFile};
 use connection::{Checkpointer, ReaderPool, lock_path, open_writer, refuse_an_empty_file};
 use request::SettleAll;
-use schema::{migrate, use_incremental_vacuum};
+use schema::{migrate, read_epoch, renew_epoch, use_incremental_vacuum};
 use staging::Staging;
 use writer::Writer;
 
@@ -95,6 +95,9 @@ use writer::Writer;
 pub struct SqliteStore {
     path: PathBuf,
     retention: Retention,
+    /// The database's, read at open: nothing else changes it while the store holds the file
+    /// (see [`SqliteStore::renew_epoch`]).
+    epoch: Epoch,
     // Fields are dropped in order: the writer stops (answering what is queued and settling what
     // is staged) before the checkpointer, the readers and the lock.
     writer: Writer,
@@ -115,6 +118,7 @@ impl std::fmt::Debug for SqliteStore {
         f.debug_struct("SqliteStore")
             .field("path", &self.path)
             .field("retention", &self.retention)
+            .field("epoch", &self.epoch)
             .field("writer", &self.writer_stats())
             .finish_non_exhaustive()
     }
@@ -135,24 +139,15 @@ impl SqliteStore {
 
     /// [`SqliteStore::open`] with other [`Settling`] than the default.
     pub fn open_with(path: &Path, retention: Retention, settling: Settling) -> Result<Self, StoreError> {
-        let context = |e: StoreError| match e {
-            StoreError::Unavailable(e) => {
-                StoreError::Unavailable(format!("cannot open the store at {}: {e}", path.display()))
-            }
-            other => other,
-        };
+        let context = open_context(path);
         // Before anything touches the file: a second store on it would settle this one's staged
         // appends behind its back, and both would hand out the same seqs.
-        let lock = LockFile::acquire(&lock_path(path)).map_err(|e| match e {
-            LockError::Held { pid, .. } => StoreError::Locked { path: path.to_owned(), pid },
-            LockError::Io { .. } => {
-                StoreError::Unavailable(format!("cannot open the store at {}: {e}", path.display()))
-            }
-        })?;
+        let lock = lock_store(path)?;
         refuse_an_empty_file(path)?;
         // The writer first: it sets WAL mode and creates the schema, which readers need.
         let mut writer = open_writer(path).map_err(context)?;
         migrate(&mut writer, path).map_err(context)?;
+        let epoch = read_epoch(&writer).map_err(context)?;
         use_incremental_vacuum(&writer).map_err(context)?;
         let recovered = staging::recover(&mut writer).map_err(context)?;
         if recovered > 0 {
@@ -165,12 +160,36 @@ impl SqliteStore {
         Ok(Self {
             path: path.to_owned(),
             retention,
+            epoch,
             writer,
             _checkpointer: checkpointer,
             readers: Arc::new(readers),
             staging,
             _lock: lock,
         })
+    }
+
+    /// Gives the database at `path` a new random epoch and returns it, without serving it: what
+    /// an operator runs after putting back an older copy of the file (see [`SCHEMA_V6`] for
+    /// why). Clients that resume with seqs of the old epoch then get a `reset`.
+    ///
+    /// Takes the store's lock like [`SqliteStore::open`], so it fails with
+    /// [`StoreError::Locked`] while a server has the database open (stop it first), and with
+    /// [`StoreError::NotAStore`] if there is no Herald database at `path`. Upgrades an older
+    /// database first, as opening it would.
+    pub fn renew_epoch(path: &Path) -> Result<Epoch, StoreError> {
+        if !path.is_file() {
+            return Err(StoreError::NotAStore {
+                path: path.to_owned(),
+                reason: "there is no such file".into(),
+            });
+        }
+        let context = open_context(path);
+        let _lock = lock_store(path)?;
+        refuse_an_empty_file(path)?;
+        let mut conn = open_writer(path).map_err(context)?;
+        migrate(&mut conn, path).map_err(context)?;
+        renew_epoch(&conn).map_err(context)
     }
 
     pub fn path(&self) -> &Path {
@@ -190,6 +209,26 @@ impl SqliteStore {
     pub async fn settle_all(&self) -> Result<(), StoreError> {
         self.writer.submit(SettleAll).await
     }
+}
+
+/// Makes the message of a failure to open the store at `path` say so.
+fn open_context(path: &Path) -> impl Fn(StoreError) -> StoreError + Copy + '_ {
+    move |e| match e {
+        StoreError::Unavailable(e) => {
+            StoreError::Unavailable(format!("cannot open the store at {}: {e}", path.display()))
+        }
+        other => other,
+    }
+}
+
+/// Takes the lock of the database at `path` (see `connection::lock_path`).
+fn lock_store(path: &Path) -> Result<LockFile, StoreError> {
+    LockFile::acquire(&lock_path(path)).map_err(|e| match e {
+        LockError::Held { pid, .. } => StoreError::Locked { path: path.to_owned(), pid },
+        LockError::Io { .. } => {
+            StoreError::Unavailable(format!("cannot open the store at {}: {e}", path.display()))
+        }
+    })
 }
 
 #[cfg(test)]

@@ -1,8 +1,12 @@
 //! `herald`, the command line: `serve` runs the server; `token`, `publish` and `listen` are thin
-//! shells over `herald-client`.
+//! shells over `herald-client`; `reset-epoch` renews a stopped server's database epoch.
 //!
 //! # Layout
-//! - `main.rs` (this file): the commands, their options, and `token`, `publish`, `listen`.
+//! - `main.rs` (this file): the commands, their options, and `token`, `publish`, `listen`,
+//!   `reset-epoch`.
+//! - `cluster`: what `herald serve`'s store and cluster options choose (store, bus, node id,
+//!   cluster name), the checks of their combination, and the one place the store and the bus
+//!   are made.
 //! - `serve`: `herald serve`'s options, signals and banners around `herald-server`, which does
 //!   the serving.
 //!
@@ -12,6 +16,7 @@
 
 #![forbid(unsafe_code)]
 
+mod cluster;
 mod serve;
 
 use std::io::{IsTerminal as _, Write as _};
@@ -56,6 +61,18 @@ enum Command {
     /// Print every event of a stream as one JSON line; resume by itself after a dropped
     /// connection.
     Listen(ListenArgs),
+    /// Give the database of a stopped server a new epoch, and print it. Run it after putting
+    /// back an older copy of the database (a backup missing the last notifications): clients
+    /// resuming with seqs of the lost history then get a `reset` instead of other notifications
+    /// under seqs they saw.
+    ResetEpoch(ResetEpochArgs),
+}
+
+#[derive(Debug, Args)]
+struct ResetEpochArgs {
+    /// The data dir of the server (its database is herald.db there).
+    #[arg(long, env = "HERALD_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
+    data_dir: PathBuf,
 }
 
 /// Where credentials come from when no variable gives them.
@@ -141,6 +158,10 @@ struct ListenArgs {
     /// The last seq already seen: replay every retained notification after it first.
     #[arg(long, value_name = "SEQ")]
     after: Option<u64>,
+    /// The epoch of `--after` (the `epoch` of the `hello` or poll answer it came from): if the
+    /// server's log is another history now, it answers `reset` instead of replaying after it.
+    #[arg(long, requires = "after")]
+    epoch: Option<String>,
     /// The client id to keep (a previous `hello`'s).
     #[arg(long)]
     client: Option<String>,
@@ -219,7 +240,21 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Token(args) => token(args),
         Command::Publish(args) => publish(args).await,
         Command::Listen(args) => listen(args).await,
+        Command::ResetEpoch(args) => reset_epoch(&args),
     }
+}
+
+fn reset_epoch(args: &ResetEpochArgs) -> anyhow::Result<()> {
+    let path = args.data_dir.join(herald_server::DATABASE_FILE);
+    let epoch = herald_store::SqliteStore::renew_epoch(&path).map_err(|error| {
+        let hint = match error {
+            herald_core::StoreError::Locked { .. } => " (stop the server first)",
+            _ => "",
+        };
+        anyhow::Error::new(error).context(format!("cannot renew the epoch of {}{hint}", path.display()))
+    })?;
+    println!("{epoch}");
+    Ok(())
 }
 
 fn token(args: TokenArgs) -> anyhow::Result<()> {
@@ -279,8 +314,13 @@ async fn listen(args: ListenArgs) -> anyhow::Result<()> {
         TransportArg::Sse => ListenTransport::Sse,
         TransportArg::Poll => ListenTransport::Poll,
     };
-    let options =
-        ListenerOptions { resume_after: args.after, client: args.client, transport, ..Default::default() };
+    let options = ListenerOptions {
+        resume_after: args.after,
+        epoch: args.epoch,
+        client: args.client,
+        transport,
+        ..Default::default()
+    };
     let mut listener = Listener::new(Subscriber::new(&args.url, args.token)?, options);
     let stdout = std::io::stdout();
     while let Some(event) =

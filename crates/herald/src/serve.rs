@@ -1,21 +1,23 @@
 //! `herald serve`: [`ServeArgs`] (the options, each also an environment variable) and
-//! [`serve`], which binds the port, locks the data dir, opens the store, builds a
-//! [`herald_server::Herald`] and serves it until SIGINT or SIGTERM, with the banners on stderr
-//! and the TLS certificate reloaded on SIGHUP. Everything it serves is `herald-server`'s.
+//! [`serve`], which checks the options ([`crate::cluster::Plan`]), binds the port, locks the data
+//! dir, opens the store, connects the bus, builds a [`herald_server::Herald`] and serves it until
+//! SIGINT or SIGTERM, with the banners on stderr and the TLS certificate reloaded on SIGHUP.
+//! Everything it serves is `herald-server`'s.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use herald_core::{Limits, Retention, Store};
+use herald_core::{Limits, Retention};
 use herald_server::auth::TokenRules;
 use herald_server::caps::{self, Caps, IpNet};
 use herald_server::config::{self, Credentials, CredentialsSource};
 use herald_server::origin::{AllowedOrigins, InvalidOrigin, Origin};
-use herald_server::{DATA_DIR_LOCK_FILE, DATABASE_FILE, Herald, ServerSettings, tls};
-use herald_store::{MemoryStore, SqliteStore};
+use herald_server::{DATA_DIR_LOCK_FILE, Herald, ServerSettings, tls};
 use tokio::net::TcpListener;
+
+use crate::cluster::{self, BusConfig, Plan};
 
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +37,13 @@ pub enum ServeError {
     DataDir { path: std::path::PathBuf, source: std::io::Error },
     #[error("TLS: {0}")]
     Tls(#[from] tls::TlsError),
+    /// A store or cluster option, or a combination of them, that cannot work: one line that
+    /// names the options (see [`crate::cluster`]).
+    #[error("{0}")]
+    Options(String),
+    /// The broker could not be reached or refused the URL: its message, without a password.
+    #[error("cannot join the cluster through the bus (--bus): {0}")]
+    Bus(String),
     #[error("server failed: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -42,17 +51,21 @@ pub enum ServeError {
 /// `herald serve`: opens the store, sets up credentials (dev mode if none), serves until
 /// SIGINT or SIGTERM, then closes every client with reason `shutdown`.
 ///
-/// The order matters. The port is bound (and the TLS files read) first: a start that fails on a
-/// port in use (a second instance, a typo) or a bad certificate exits before it touches anything. Then the data dir is locked
+/// The order matters. The store and cluster options are checked first, as a whole (a
+/// contradiction is refused before anything is bound or opened). The port is bound (and the
+/// TLS files read) next: a start that fails on a port in use (a second instance, a typo) or a
+/// bad certificate exits before it touches anything. Then the data dir (SQLite only) is locked
 /// ([`DATA_DIR_LOCK_FILE`], held until the server exits, released by the kernel on `kill -9`)
 /// before its credentials or database are read: two servers on one data dir would hand out the
 /// same seqs with different contents, and the second one's store would settle the first one's
 /// staged appends behind its back. A second instance is refused with one line naming the
 /// holder's pid. (The store locks its database file too, for any other program embedding it.)
+/// A PostgreSQL store is opened (and migrated) before the bus is connected, which needs it.
 pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
+    let plan = Plan::from_args(&args)?;
     // Before the connection cap is derived from it (when `--connections-max` is not given).
     let raised_open_files = caps::raise_open_files_limit();
-    let data_dir = (!args.memory).then_some(args.data_dir.as_path());
+    let data_dir = plan.store.data_dir();
     let listen_addrs = listen_addresses(&args.listen).await.map_err(ServeError::ListenAddress)?;
     // A name may resolve to several addresses (`localhost`: 127.0.0.1 and ::1): the first, in
     // the resolver's order of preference, is used, and the banner says which.
@@ -60,6 +73,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     let listener = TcpListener::bind(listen_addr)
         .await
         .map_err(|source| ServeError::Listen { addr: listen_addr, source })?;
+    let node_id = plan.node_id(listener.local_addr()?.port())?;
     let tls = match args.tls_files() {
         Some(files) => Some(tls::CertificateReloader::load(files)?),
         None => None,
@@ -69,11 +83,10 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     let _data_dir_lock = data_dir.map(lock_data_dir).transpose()?;
     let (credentials, source) =
         Credentials::resolve(args.secret.as_deref(), args.api_key.as_deref(), data_dir)?;
-    let store: Arc<dyn Store> = match data_dir {
-        Some(dir) => Arc::new(SqliteStore::open(&dir.join(DATABASE_FILE), args.retention())?),
-        None => Arc::new(MemoryStore::new(args.retention())),
-    };
+    let store = cluster::open_store(&plan.store, args.retention()).await?;
+    let bus = BusConfig { bus: plan.bus.clone(), node_id: node_id.clone(), cluster: plan.cluster.clone() };
     let settings = ServerSettings {
+        node_id: node_id.clone(),
         keepalive_interval: Duration::from_secs(args.keepalive_secs.max(1)),
         dev_mode: source.is_dev(),
         // The demo mints tokens and publishes for anyone who can reach it: only on loopback.
@@ -89,7 +102,8 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     let herald = Herald::builder(store, &credentials.secret, &credentials.api_key)
         .limits(args.limits())
         .settings(settings)
-        .build();
+        .build_with_bus(|hub, store| cluster::connect_bus(&bus, hub, store))
+        .await?;
     if let Some(reloader) = &tls {
         tokio::spawn(reload_on_sighup(reloader.clone()));
     }
@@ -100,7 +114,9 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
             (CredentialsSource::DevLoaded, Some(file)) => format!("credentials loaded from {file}"),
             (_, Some(file)) => format!("credentials generated and kept in {file}"),
             (_, None) => {
-                "credentials generated and kept nowhere (--memory): new ones at every start".to_owned()
+                "credentials generated and kept nowhere, without a data dir (--memory, --store): new ones \
+                 at every start"
+                    .to_owned()
             }
         };
         tracing::warn!("DEV MODE: no HERALD_SECRET / HERALD_API_KEY given; {origin}");
@@ -108,11 +124,8 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
         eprintln!("  HERALD_SECRET={}", credentials.secret);
         eprintln!("  HERALD_API_KEY={}", credentials.api_key);
     }
-    let storage = match data_dir {
-        Some(dir) => dir.join(DATABASE_FILE).display().to_string(),
-        None => "memory (nothing kept on disk)".to_owned(),
-    };
-    tracing::info!(addr = %server.addr, %storage, "herald listening");
+    let storage = plan.store.describe();
+    tracing::info!(addr = %server.addr, %storage, node = %node_id, "herald listening");
     if listen_addrs.len() > 1 || args.listen.parse::<SocketAddr>().is_err() {
         let all: Vec<String> = listen_addrs.iter().map(ToString::to_string).collect();
         eprintln!("herald: {} resolves to {}; listening on the first", args.listen, all.join(", "));
@@ -198,12 +211,39 @@ pub struct ServeArgs {
     /// `0.0.0.0:7300`) or a host name (`localhost:7300`), whose first address is used.
     #[arg(long, env = "HERALD_LISTEN", default_value = "127.0.0.1:7300")]
     pub listen: String,
-    /// Directory of the embedded SQLite database (and of the dev credentials).
-    #[arg(long, env = "HERALD_DATA_DIR", default_value = "./herald-data")]
-    pub data_dir: PathBuf,
+    /// Directory of the embedded SQLite database (and of the dev credentials). Default:
+    /// ./herald-data. Not with --store.
+    #[arg(long, env = "HERALD_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
     /// Keep nothing on disk: notifications live in memory and are lost on restart.
     #[arg(long, env = "HERALD_MEMORY")]
     pub memory: bool,
+    /// Keep notifications in PostgreSQL, the log every node of a cluster shares:
+    /// `postgres://user[:password]@host[:port]/database` (or `postgresql://`), with libpq's
+    /// parameters and `?schema=NAME` for Herald's tables (created if missing). Herald creates
+    /// and upgrades its tables at start; an unreachable database fails the start within 5 s.
+    /// Default: SQLite in --data-dir.
+    #[arg(long, env = "HERALD_STORE", value_name = "URL", hide_env_values = true)]
+    pub store: Option<String>,
+    /// Connections to PostgreSQL this node keeps open at most (1 to 1000). At the bound an
+    /// operation waits up to 2 s for one, then fails with 503 `store_unavailable`. Default: 16
+    /// (appends share one per batch). All nodes together must stay under PostgreSQL's
+    /// `max_connections`.
+    #[arg(long, env = "HERALD_STORE_CONNECTIONS", value_name = "N")]
+    pub store_connections: Option<usize>,
+    /// The broker a cluster's nodes share: `nats://host:port` or `redis://host:port`. Needs
+    /// --store postgres://… and HERALD_SECRET / HERALD_API_KEY (the same on every node).
+    /// Default: none, a single node.
+    #[arg(long, env = "HERALD_BUS", value_name = "URL", hide_env_values = true)]
+    pub bus: Option<String>,
+    /// This node's id, unique in its cluster: printable ASCII without spaces, at most 64
+    /// bytes. Default: `<hostname>:<port>`.
+    #[arg(long, env = "HERALD_NODE_ID", value_name = "ID")]
+    pub node_id: Option<String>,
+    /// The cluster's name, which starts every broker subject (letters, digits, - and _, at most
+    /// 32 bytes): clusters sharing a broker need different names.
+    #[arg(long, env = "HERALD_CLUSTER", value_name = "NAME", default_value = "herald")]
+    pub cluster: String,
     /// HS256 key of subscriber tokens. Without it and the API key: dev mode.
     #[arg(long, env = "HERALD_SECRET", hide_env_values = true)]
     pub secret: Option<String>,

@@ -151,10 +151,23 @@ fn usage_errors_exit_with_2() {
         &["publish", "--users", "a,b", "--session", "s"],             // a session has one user
         &["token", "--user", "alice", "--ttl", "soon"],               // not a duration
         &["listen", "--token", "t", "--transport", "carrier-pigeon"], // no such transport
+        &["listen", "--token", "t", "--epoch", "e"],                  // an epoch is of an --after
     ] {
         let (output, _, stderr) = run(herald(&dir).args(args));
         assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
     }
+}
+
+/// `reset-epoch` where there is no database: one line, and no database made (an empty new one
+/// would be a new epoch of an empty log, which is not what the operator asked).
+#[test]
+fn reset_epoch_without_a_database_is_a_clear_error_and_makes_none() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("data")).unwrap();
+    let (output, stdout, stderr) = run(herald(&dir).args(["reset-epoch", "--data-dir", "data"]));
+    assert_one_line_error(&output, &stderr);
+    assert!(stdout.is_empty() && stderr.contains("herald.db"), "{stderr}");
+    assert_eq!(std::fs::read_dir(dir.path().join("data")).unwrap().count(), 0, "nothing was created");
 }
 
 #[test]

@@ -251,7 +251,7 @@ async fn full_inbox(publisher: &Publisher, user: &str, status: InboxStatus) -> V
 async fn head(spec: &Spec, user: &str) -> u64 {
     let token = mint_token(spec.secret().as_bytes(), user, Some("audit"), HOUR).unwrap();
     let subscriber = Subscriber::new(&spec.url(), &token).unwrap();
-    let options = StreamOptions { resume_after: None, client: None, via_header: false };
+    let options = StreamOptions::default();
     let mut stream = subscriber.stream(options).await.unwrap();
     match tokio::time::timeout(WAIT, stream.next_event()).await {
         Ok(Ok(Some(Event::Hello { last_seq, .. }))) => last_seq,

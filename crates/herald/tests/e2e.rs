@@ -222,7 +222,8 @@ async fn assert_quiet(stream: &mut EventStream) {
 }
 
 async fn stream_from(subscriber: &Subscriber, after: Option<u64>, client: Option<&str>) -> EventStream {
-    let options = StreamOptions { resume_after: after, client: client.map(str::to_owned), via_header: false };
+    let options =
+        StreamOptions { resume_after: after, client: client.map(str::to_owned), ..StreamOptions::default() };
     subscriber.stream(options).await.unwrap()
 }
 
@@ -963,4 +964,63 @@ async fn publish_with_dev_credentials_says_so_and_a_refused_key_gets_a_hint() {
     .await;
     let stderr = assert_one_line_error(&output);
     assert!(stderr.contains("the API key given") && stderr.contains("HERALD_API_KEY"), "{stderr}");
+}
+
+/// 12. `herald reset-epoch`, what an operator runs after putting back an older copy of the
+///     database: refused in one line while the server runs (it holds the database), then a new
+///     epoch, printed; after a restart, a client resuming with the old epoch gets `hello` (with
+///     the new one) and `reset`, nothing replayed, while a restart without it keeps the epoch
+///     and resumes exactly. Fails if the epoch were renewable under a running server, not kept
+///     in the database, or not renewed by the command.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_epoch_makes_clients_of_the_old_epoch_reset() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = Spec::new(dir.path());
+    let server = spec.start().await;
+    let token = mint_token(spec.secret().as_bytes(), "alice", Some("s"), HOUR).unwrap();
+    let publisher = server.publisher(&spec.api_key());
+    for i in 1..=3 {
+        assert_eq!(publish(&publisher, "alice", json!({"n": i})).await, i);
+    }
+    let hello_epoch = |event: Event| match event {
+        Event::Hello { epoch: Some(epoch), last_seq, .. } => (epoch, last_seq),
+        other => panic!("expected a hello with an epoch, got {other:?}"),
+    };
+    let mut stream = stream_from(&server.subscriber(&token), None, None).await;
+    let (old, _) = hello_epoch(next(&mut stream).await);
+    drop(stream);
+
+    let reset_epoch = || {
+        let mut command = herald(dir.path());
+        command.arg("reset-epoch").arg("--data-dir").arg(&spec.data_dir);
+        command
+    };
+    let stderr = assert_one_line_error(&run(&mut reset_epoch()).await);
+    assert!(stderr.contains("stop the server first"), "{stderr}");
+    server.terminate().await;
+
+    let server = spec.start().await;
+    let resume = |subscriber: Subscriber, epoch: String| async move {
+        let options = StreamOptions { resume_after: Some(1), epoch: Some(epoch), ..StreamOptions::default() };
+        subscriber.stream(options).await.unwrap()
+    };
+    let mut stream = resume(server.subscriber(&token), old.clone()).await;
+    assert_eq!(hello_epoch(next(&mut stream).await), (old.clone(), 3), "a restart keeps the epoch");
+    for i in 2..=3 {
+        assert_eq!(notification(&mut stream).await.seq, Some(i));
+    }
+    drop(stream);
+    server.terminate().await;
+
+    let output = run(&mut reset_epoch()).await;
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let new = text(&output.stdout).trim().to_owned();
+    assert!(new.len() == 32 && new != old, "{new:?}");
+
+    let server = spec.start().await;
+    let mut stream = resume(server.subscriber(&token), old).await;
+    assert_eq!(hello_epoch(next(&mut stream).await), (new, 3));
+    assert_eq!(next(&mut stream).await, Event::Reset { last_seq: 3 });
+    assert_quiet(&mut stream).await;
+    server.terminate().await;
 }

@@ -23,6 +23,7 @@ async function app(): Promise<void> {
     transport: 'ws',
     fallback: true,
     lastSeq: null,
+    epoch: null,
     inbox: true,
   });
   new Herald({ token: 'fixed' });
@@ -45,7 +46,9 @@ async function app(): Promise<void> {
   const status: HeraldStatus | 'idle' = herald.status;
   const client: string | null = herald.client;
   const lastSeq: number | null = herald.lastSeq;
-  console.log(status, client, lastSeq, herald.transport, herald.inbox.following);
+  const epoch: string | null = herald.epoch;
+  console.log(status, client, lastSeq, epoch, herald.transport, herald.inbox.following);
+  new Herald({ token: 'fixed', lastSeq: 42, epoch: 'e1' });
 
   const page: HeraldInboxPage = await herald.inbox.list({ status: 'unread', type: 'message.new', before: 10, limit: 20 });
   for (const item of page.notifications) {

@@ -36,6 +36,8 @@ struct ClientBody<'a> {
     transport: &'static str,
     connected_at: String,
     last_seq: Seq,
+    /// The node it is connected to (`--node-id`).
+    node: &'a str,
 }
 
 /// `GET /v1/users/{user}/presence`: the user's sessions and their connected clients.
@@ -45,7 +47,9 @@ pub async fn presence(
     ApiPath(user): ApiPath<String>,
 ) -> Result<Response, ApiError> {
     let user = UserId::new(user)?;
-    let presence = app.hub.presence(&user);
+    // Every node's clients, each with its node (this one's have none: they get this node's id).
+    let presence = app.notifier.presence(&user).await?;
+    let local = app.settings.node_id.as_str();
     let body = PresenceBody {
         user: presence.user.as_str(),
         sessions: presence
@@ -61,6 +65,7 @@ pub async fn presence(
                         transport: c.transport.as_str(),
                         connected_at: format_timestamp_ms(c.connected_at_ms),
                         last_seq: c.last_seq,
+                        node: c.node.as_deref().unwrap_or(local),
                     })
                     .collect(),
             })

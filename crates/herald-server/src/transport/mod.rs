@@ -39,6 +39,7 @@ pub(crate) async fn open_subscription(
             client: query.client.as_deref(),
             transport,
             resume_after,
+            epoch: epoch_of(query.epoch.as_deref()),
         },
     )
     .await?;
@@ -59,6 +60,8 @@ pub(crate) async fn open_subscription(
 pub struct StreamQuery {
     /// Resume after this seq (wins over the `Last-Event-ID` header).
     pub last_event_id: Option<String>,
+    /// The epoch of the resume point (the one `hello` named). See [`epoch_of`].
+    pub epoch: Option<String>,
     /// The client id this tab had before (kept if it belongs to the same user and session).
     pub client: Option<String>,
     /// `1`: the client follows its user's inbox counts (an `inbox` event after each new
@@ -79,6 +82,13 @@ pub fn follows_inbox(raw: Option<&str>) -> Result<bool, ApiError> {
             Err(ApiError::bad_request("invalid_query", format!("`inbox` must be 1 or 0, not {other:?}")))
         }
     }
+}
+
+/// The epoch a resume point is of, from `?epoch=`: any text (one that is not the store's epoch
+/// is another epoch: the stream starts with a `reset`); empty or absent, none (the resume point
+/// is taken as one of the current epoch, as before epochs).
+pub fn epoch_of(raw: Option<&str>) -> Option<&str> {
+    raw.map(str::trim).filter(|epoch| !epoch.is_empty())
 }
 
 /// The resume point: `?last_event_id=` or else the `Last-Event-ID` header; `None` if neither.

@@ -7,6 +7,9 @@
 //! ephemeral notifications and `inbox` events that came in between (see
 //! [`herald_core::subscription::poll`]).
 //!
+//! Every answer names the epoch of its `last_seq`; a poll gives it back as `epoch=` with `after`,
+//! and one of another epoch is answered `reset` at once (see `herald_core::subscription`).
+//!
 //! `inbox` events are in the answer (`"inbox": […]`); with `inbox=1` every answer also carries
 //! the user's counts, read after the events were collected. With `inbox_version=V` too, a poll
 //! that starts afresh (it did not see the events before it) answers at once when the user's
@@ -27,7 +30,7 @@ use crate::auth::Subscriber;
 use crate::error::{ApiError, ApiQuery};
 use crate::query::whole_number;
 use crate::response::json_response;
-use crate::transport::follows_inbox;
+use crate::transport::{epoch_of, follows_inbox};
 
 /// Poll wait when `timeout` is not given, in seconds (Eliom's comet waits 20 s too).
 pub const POLL_TIMEOUT_SECS_DEFAULT: u64 = 20;
@@ -40,6 +43,8 @@ pub const POLL_TIMEOUT_SECS_MAX: u64 = 60;
 #[serde(deny_unknown_fields)]
 pub struct PollQuery {
     after: Option<String>,
+    /// The epoch of `after` (the previous answer's). See [`epoch_of`].
+    epoch: Option<String>,
     timeout: Option<String>,
     client: Option<String>,
     inbox: Option<String>,
@@ -49,7 +54,7 @@ pub struct PollQuery {
     token: Option<String>,
 }
 
-/// One long-poll answer: `{"client", "notifications", "last_seq"}` (+ `reset`, `closed`).
+/// One long-poll answer: `{"client", "notifications", "last_seq", "epoch"}` (+ `reset`, `closed`).
 pub async fn poll(
     State(app): State<Arc<App>>,
     subscriber: Subscriber,
@@ -84,6 +89,7 @@ pub async fn poll(
             client: query.client.as_deref(),
             transport: Transport::Poll,
             resume_after: after,
+            epoch: epoch_of(query.epoch.as_deref()),
         },
         timeout,
         known_inbox_version,
@@ -113,6 +119,7 @@ pub async fn poll(
             .collect(),
         counts,
         last_seq: answer.last_seq,
+        epoch: &answer.epoch,
         reset: answer.reset,
         closed: answer.closed.map(|reason| reason.as_str()),
     };
@@ -132,6 +139,8 @@ struct PollBody<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     counts: Option<InboxCounts>,
     last_seq: Seq,
+    /// The epoch of `last_seq`: poll next with it.
+    epoch: &'a str,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     reset: bool,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -110,12 +110,13 @@ impl SseStream {
 
     fn encode(&mut self, event: &ClientEvent, out: &mut BytesMut) {
         match event {
-            ClientEvent::Hello { info, last_seq, position } => {
+            ClientEvent::Hello { info, last_seq, position, epoch } => {
                 let data = serde_json::json!({
                     "user": info.user,
                     "session": info.session,
                     "client": info.client,
                     "last_seq": last_seq,
+                    "epoch": epoch,
                 });
                 // `id:` on hello sets the browser's Last-Event-ID, so a reconnect before any
                 // notification still resumes from here instead of from "now".

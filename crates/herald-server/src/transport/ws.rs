@@ -262,12 +262,13 @@ fn end_of_error(error: axum::Error) -> End {
 /// One event as a JSON text frame.
 fn encode(event: &ClientEvent) -> Utf8Bytes {
     match event {
-        ClientEvent::Hello { info, last_seq, .. } => serde_json::json!({
+        ClientEvent::Hello { info, last_seq, epoch, .. } => serde_json::json!({
             "event": "hello",
             "user": info.user,
             "session": info.session,
             "client": info.client,
             "last_seq": last_seq,
+            "epoch": epoch,
         })
         .to_string()
         .into(),

@@ -444,6 +444,7 @@ fn query_string() -> impl Strategy<Value = String> {
                 "after",
                 "client",
                 "inbox",
+                "epoch",
                 "last_event_id",
                 "limit",
                 "before",

@@ -20,6 +20,11 @@ fn seqs(body: &Value) -> Vec<u64> {
     body["notifications"].as_array().unwrap().iter().map(|n| n["seq"].as_u64().unwrap()).collect()
 }
 
+/// The server's epoch, which every answer carries.
+fn epoch(server: &TestServer) -> String {
+    server.app.store.epoch().to_string()
+}
+
 fn client(body: &Value) -> String {
     body["client"].as_str().unwrap().to_owned()
 }
@@ -43,7 +48,8 @@ async fn a_poll_answers_at_once_with_what_is_retained_after_after() {
     assert!(took < Duration::from_secs(2), "took {took:?}");
     let mut keys: Vec<&str> = body.as_object().unwrap().keys().map(String::as_str).collect();
     keys.sort_unstable();
-    assert_eq!(keys, ["client", "last_seq", "notifications"]);
+    assert_eq!(keys, ["client", "epoch", "last_seq", "notifications"]);
+    assert_eq!(body["epoch"], json!(epoch(&server)));
     assert_eq!(body["last_seq"], 3);
     let notifications = body["notifications"].as_array().unwrap();
     assert_eq!(notifications.len(), 2);
@@ -101,12 +107,18 @@ async fn a_poll_times_out_with_an_empty_list_and_the_same_last_seq() {
     let (status, body, took) = timed_poll(&server, &token, "after=2&timeout=1").await;
     assert_eq!(status, 200, "{body}");
     assert!(took >= Duration::from_millis(900) && took < Duration::from_millis(2500), "took {took:?}");
-    assert_eq!(body, json!({"client": client(&body), "notifications": [], "last_seq": 2}));
+    assert_eq!(
+        body,
+        json!({"client": client(&body), "notifications": [], "last_seq": 2, "epoch": epoch(&server)})
+    );
 
     let (status, body, took) = timed_poll(&server, &token, "after=2&timeout=0").await;
     assert!(took < Duration::from_millis(500), "took {took:?}");
     assert_eq!(status, 200);
-    assert_eq!(body, json!({"client": client(&body), "notifications": [], "last_seq": 2}));
+    assert_eq!(
+        body,
+        json!({"client": client(&body), "notifications": [], "last_seq": 2, "epoch": epoch(&server)})
+    );
 }
 
 #[tokio::test]
@@ -173,14 +185,17 @@ async fn a_poll_past_retention_answers_at_once_with_reset() {
     let token = server.token("alice", None);
     let (status, body, took) = timed_poll(&server, &token, "after=2&timeout=5").await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(body, json!({"client": client(&body), "notifications": [], "last_seq": 10, "reset": true}));
+    assert_eq!(
+        body,
+        json!({"client": client(&body), "notifications": [], "last_seq": 10, "epoch": epoch(&server), "reset": true})
+    );
     assert!(took < Duration::from_secs(2), "a reset answer waited {took:?}");
     // Going on from there: no reset.
     publish_n(&server, "alice", 1).await;
     let (_, body) = server.poll(&token, &format!("after=10&timeout=5&client={}", client(&body))).await;
     assert_eq!(
         body,
-        json!({"client": client(&body), "notifications": [body["notifications"][0].clone()], "last_seq": 11})
+        json!({"client": client(&body), "notifications": [body["notifications"][0].clone()], "last_seq": 11, "epoch": epoch(&server)})
     );
     assert_eq!(seqs(&body), [11]);
 }
@@ -239,7 +254,10 @@ async fn a_waiting_poll_is_answered_closed_when_its_client_id_polls_again() {
     assert!(took < Duration::from_secs(3), "took {took:?}");
     assert_eq!(
         (status, body),
-        (200, json!({"client": id, "notifications": [], "last_seq": 0, "closed": "replaced"}))
+        (
+            200,
+            json!({"client": id, "notifications": [], "last_seq": 0, "epoch": epoch(&server), "closed": "replaced"})
+        )
     );
 }
 

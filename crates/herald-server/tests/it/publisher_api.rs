@@ -62,7 +62,12 @@ async fn presence_lists_sessions_and_clients_with_transport_and_last_seq() {
                     let object = c.as_object().unwrap();
                     let mut keys: Vec<&str> = object.keys().map(String::as_str).collect();
                     keys.sort_unstable();
-                    assert_eq!(keys, ["client", "connected_at", "last_seq", "transport"]);
+                    assert_eq!(keys, ["client", "connected_at", "last_seq", "node", "transport"]);
+                    assert_eq!(
+                        c["node"],
+                        server.app.settings.node_id.as_str(),
+                        "a single node's clients are its own"
+                    );
                     assert_eq!((&c["transport"], &c["last_seq"]), (&json!("sse"), &json!(last_seq)), "{c}");
                     let at = c["connected_at"].as_str().unwrap();
                     assert!(at.len() >= 20 && at.ends_with('Z') && at.as_bytes()[10] == b'T', "{at}");
@@ -211,9 +216,14 @@ async fn user_and_session_ids_with_slashes_and_spaces_work_percent_encoded() {
     decoy.expect_silence(QUIET).await;
 }
 
+/// `/healthz` needs no auth and names the node, its store and its bus.
 #[tokio::test]
 async fn healthz_needs_no_auth() {
     let server = TestServer::start().await;
     let response = server.http.get(format!("{}/healthz", server.url)).send().await.unwrap();
-    assert_eq!(support::answer(response).await, (200, json!({"status": "ok"})));
+    let node = herald_server::default_node_id().to_string();
+    assert_eq!(
+        support::answer(response).await,
+        (200, json!({"status": "ok", "node": node, "store": "memory", "bus": "local"}))
+    );
 }

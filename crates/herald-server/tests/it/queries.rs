@@ -15,7 +15,7 @@ on_both_stream_paths! {
             assert_error(&server.stream_refused(Some(&token), query, None).await, 400, "invalid_query");
         }
         // Everything herald.js and herald-client send.
-        let (_tab, hello) = server.connect(&token, &format!("token={token}&last_event_id=&client=&inbox=1")).await;
+        let (_tab, hello) = server.connect(&token, &format!("token={token}&last_event_id=&epoch=&client=&inbox=1")).await;
         assert_eq!(hello["last_seq"], 0);
         assert_eq!(server.present_clients("alice").await.len(), 1);
     }
@@ -35,10 +35,11 @@ async fn poll_and_websocket_refuse_unknown_query_parameters() {
     assert_error(&ws("foo=1").await, 400, "invalid_query");
     assert_error(&ws("after=1").await, 400, "invalid_query");
     // Known ones only: the request goes on to ask for a WebSocket handshake.
-    assert_error(&ws("last_event_id=0&client=&inbox=0").await, 400, "websocket_required");
+    assert_error(&ws("last_event_id=0&epoch=e&client=&inbox=0").await, 400, "websocket_required");
     // Everything herald.js and herald-client send on a poll.
-    let (status, body) =
-        server.poll(&token, &format!("token={token}&after=&client=&timeout=0&inbox=1&inbox_version=0")).await;
+    let (status, body) = server
+        .poll(&token, &format!("token={token}&after=&epoch=&client=&timeout=0&inbox=1&inbox_version=0"))
+        .await;
     assert_eq!(status, 200, "{body}");
     assert!(server.stored("alice").await.is_empty());
 }

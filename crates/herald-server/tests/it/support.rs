@@ -320,7 +320,9 @@ impl TestServer {
                 let mut connection = RawConnection::open(self.url.trim_start_matches("http://")).await;
                 let (status, healthz) = connection.get("/healthz", &[]).await;
                 assert_eq!(status, 200);
-                assert_eq!(&connection.sized_body(&healthz).await[..], br#"{"status":"ok"}"#);
+                // `ok`, or `degraded` while a test's database is down.
+                let healthz = connection.sized_body(&healthz).await;
+                assert!(healthz.starts_with(br#"{"status":"#), "{healthz:?}");
                 let (status, headers) = connection.get(&target, headers).await;
                 let body = connection.into_body(&headers);
                 StreamResponse { status, headers, body }

@@ -107,9 +107,10 @@ async fn hello_then_notifications_as_json_frames() {
     let token = server.token("alice", Some("s1"));
     let (mut ws, hello) = connect(&server, &token, "").await;
     let client = hello["client"].as_str().unwrap().to_owned();
+    let epoch = server.app.store.epoch().to_string();
     assert_eq!(
         hello,
-        json!({ "event": "hello", "user": "alice", "session": "s1", "client": client, "last_seq": 1 })
+        json!({ "event": "hello", "user": "alice", "session": "s1", "client": client, "last_seq": 1, "epoch": epoch })
     );
 
     let (status, body) = server
@@ -246,6 +247,30 @@ async fn reset_when_the_resume_point_is_gone() {
     assert_eq!(next_event(&mut ws).await, json!({ "event": "reset", "last_seq": 5 }));
     server.notify_user("alice", json!(6)).await;
     assert_eq!(seqs(&mut ws, 1).await, [6]);
+    drop(ws);
+    server.shutdown().await;
+}
+
+/// `?epoch=` as on `/v1/stream`: the hello's epoch replays after the resume point; another one
+/// gets `hello` from the log's last seq, `reset`, then live ones.
+#[tokio::test]
+async fn a_resume_of_another_epoch_gets_a_reset() {
+    let server = TestServer::start().await;
+    for n in 1..=3 {
+        server.notify_user("alice", json!(n)).await;
+    }
+    let token = server.token("alice", None);
+    let epoch = server.app.store.epoch().to_string();
+    let (mut ws, hello) = connect(&server, &token, &format!("last_event_id=1&epoch={epoch}")).await;
+    assert_eq!((&hello["last_seq"], &hello["epoch"]), (&json!(3), &json!(epoch)));
+    assert_eq!(seqs(&mut ws, 2).await, [2, 3]);
+    drop(ws);
+
+    let (mut ws, hello) = connect(&server, &token, "last_event_id=1&epoch=another").await;
+    assert_eq!((&hello["last_seq"], &hello["epoch"]), (&json!(3), &json!(epoch)));
+    assert_eq!(next_event(&mut ws).await, json!({ "event": "reset", "last_seq": 3 }));
+    server.notify_user("alice", json!(4)).await;
+    assert_eq!(seqs(&mut ws, 1).await, [4]);
     drop(ws);
     server.shutdown().await;
 }

@@ -5,12 +5,14 @@
 
 use async_trait::async_trait;
 use herald_core::{
-    Appended, InboxChange, InboxCounts, InboxPage, InboxQuery, LogHead, LogPage, Mark, NewNotification,
-    PruneReport, Receipt, Revocation, Selection, Seq, SessionId, Store, StoreError, UserId,
+    Appended, Epoch, Health, InboxChange, InboxCounts, InboxPage, InboxQuery, LogHead, LogPage, Mark,
+    NewNotification, PruneReport, Receipt, Revocation, Selection, Seq, SessionId, Store, StoreError, UserId,
 };
 
 use super::PostgresStore;
-use super::reads::{read_head, read_inbox_counts, read_inbox_page, read_log_page, read_revocations};
+use super::reads::{
+    ping, read_head, read_inbox_counts, read_inbox_page, read_last_seqs, read_log_page, read_revocations,
+};
 use super::writes::{
     AppendRequest, PrunedChunk, complete_receipt, inbox_delete, inbox_mark, prune_keys, prune_notifications,
     prune_revocations, revoke,
@@ -42,14 +44,29 @@ impl Store for PostgresStore {
         .await
     }
 
+    // The epoch of a head is the pool's once the head was read (see `reads::head_from`).
+
     async fn read_after(&self, user: &UserId, after: Seq, limit: usize) -> Result<LogPage, StoreError> {
         let pool = &*self.pool;
-        pool.run(move || async move { read_log_page(&*pool.client().await?, user, after, limit).await }).await
+        pool.run(move || async move {
+            read_log_page(&*pool.client().await?, user, after, limit, || pool.epoch()).await
+        })
+        .await
     }
 
     async fn head(&self, user: &UserId) -> Result<LogHead, StoreError> {
         let pool = &*self.pool;
-        pool.run(move || async move { read_head(&*pool.client().await?, user).await }).await
+        pool.run(move || async move { read_head(&*pool.client().await?, user, || pool.epoch()).await }).await
+    }
+
+    /// The epoch as of the newest connection (see the module docs of `postgres`).
+    fn epoch(&self) -> Epoch {
+        self.pool.epoch()
+    }
+
+    async fn last_seqs(&self, users: &[UserId]) -> Result<Vec<Seq>, StoreError> {
+        let pool = &*self.pool;
+        pool.run(move || async move { read_last_seqs(&*pool.client().await?, users).await }).await
     }
 
     async fn inbox_list(&self, user: &UserId, query: &InboxQuery) -> Result<InboxPage, StoreError> {
@@ -112,6 +129,23 @@ impl Store for PostgresStore {
     async fn revocations(&self, user: &UserId) -> Result<Vec<Revocation>, StoreError> {
         let pool = &*self.pool;
         pool.run(move || async move { read_revocations(&*pool.client().await?, user).await }).await
+    }
+
+    fn kind(&self) -> &'static str {
+        "postgres"
+    }
+
+    /// Degraded from an operation that could not reach PostgreSQL until one that does (see
+    /// `pool`'s "Health").
+    fn health(&self) -> Health {
+        self.pool.health()
+    }
+
+    /// `SELECT 1` on a pooled connection (a new one if the pool has none that works), within
+    /// the operations' bounds.
+    async fn probe(&self) -> Result<(), StoreError> {
+        let pool = &*self.pool;
+        pool.run(move || async move { ping(&*pool.client().await?).await }).await
     }
 
     /// Chunk by chunk, each its own transaction under retention's advisory lock (bounded in time

@@ -10,16 +10,23 @@
 //! [`OPERATION_TIMEOUT`] with [`StoreError::Unavailable`]. The pool needs no restart: a broken
 //! connection is dropped when it is next taken (`is_closed`), and the next one is made afresh,
 //! so the store works again as soon as the database answers.
+//!
+//! **Health.** [`Pool::run_raw`] notes whether each operation reached the database: one that
+//! could not (refused, timed out, connection lost) makes the store degraded, with that error as
+//! the reason, and the next one that reaches it makes it healthy again. `PostgresStore::probe`
+//! (a `SELECT 1`, which the server runs every few seconds) is one such operation, so the state
+//! follows the database even without traffic.
 
 use std::future::Future;
 use std::str::FromStr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use deadpool_postgres::{
     Hook, HookError, Manager, ManagerConfig, Object, RecyclingMethod, Runtime, Timeouts,
 };
-use herald_core::StoreError;
+use herald_core::{Health, StoreError};
 use parking_lot::Mutex;
 use tokio_postgres::NoTls;
 
@@ -83,8 +90,38 @@ impl PostgresOptions {
         Self { url: url.into(), schema: None, connections_max: POOL_CONNECTIONS_MAX }
     }
 
+    /// The options of a store URL as `herald serve --store` takes it:
+    /// `postgres://user[:password]@host[:port]/database` (or `postgresql://`) with libpq's query
+    /// parameters, plus Herald's own `schema=NAME`, the schema of Herald's tables (created if
+    /// missing; letters, digits and `_`), which is taken out of the URL before the driver sees
+    /// it. Checked here, without connecting: a URL the driver would refuse fails now, with a
+    /// message that does not repeat the URL (it may hold a password).
+    pub fn from_url(url: &str) -> Result<Self, StoreError> {
+        let invalid = |reason: String| StoreError::Unavailable(format!("invalid PostgreSQL URL: {reason}"));
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(invalid("it must start with postgres:// or postgresql://".into()));
+        }
+        let (base, query) = url.split_once('?').unwrap_or((url, ""));
+        let mut schema = None;
+        let mut kept = Vec::new();
+        for pair in query.split('&').filter(|pair| !pair.is_empty()) {
+            match pair.split_once('=') {
+                Some(("schema", name)) => {
+                    if schema.replace(name.to_owned()).is_some() {
+                        return Err(invalid("`schema` is given twice".into()));
+                    }
+                }
+                _ => kept.push(pair),
+            }
+        }
+        let url = if kept.is_empty() { base.to_owned() } else { format!("{base}?{}", kept.join("&")) };
+        let options = Self { url, schema, connections_max: POOL_CONNECTIONS_MAX };
+        options.config()?;
+        Ok(options)
+    }
+
     /// The database (and schema) as errors and logs name it: no password.
-    pub(super) fn place(&self) -> String {
+    pub fn place(&self) -> String {
         let config = tokio_postgres::Config::from_str(&self.url).ok();
         let database = config.as_ref().and_then(|c| c.get_dbname()).unwrap_or("?").to_owned();
         let host = config
@@ -149,6 +186,52 @@ pub(super) struct Pool {
     /// Read by every new connection (the pool's `post_create` hook): a failover makes every
     /// connection new, and the epoch of the promoted replica is seen at once.
     epoch: Arc<Mutex<Arc<str>>>,
+    /// Whether the last operation reached the database (see the module docs, "Health").
+    reachability: Reachability,
+}
+
+/// Whether the database answered the store's last operation, and if not, why.
+#[derive(Default)]
+struct Reachability {
+    /// Read by every operation; `reason` is locked only when the state changes.
+    down: AtomicBool,
+    /// Why the last operation could not reach the database (while `down`).
+    reason: Mutex<String>,
+}
+
+impl Reachability {
+    /// Notes the outcome of an operation: reached the database, or not (`Some(error)`).
+    fn note(&self, unreachable: Option<&Error>) {
+        match unreachable {
+            // A load first: while healthy (nearly always), no write to the shared line.
+            None if self.down.load(Ordering::Relaxed) && self.down.swap(false, Ordering::Relaxed) => {
+                tracing::info!("PostgreSQL answers the store again");
+            }
+            None => {}
+            Some(error) => {
+                // The cause alone: whoever reports it says it is the store's.
+                let reason = match error.to_store() {
+                    StoreError::Unavailable(cause) => cause,
+                    other => other.to_string(),
+                };
+                // One line, for `/healthz` and the logs (some driver errors end in a newline).
+                let reason = reason.split_whitespace().collect::<Vec<_>>().join(" ");
+                let mut known = self.reason.lock();
+                if !self.down.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(%reason, "the store cannot reach PostgreSQL");
+                }
+                *known = reason;
+            }
+        }
+    }
+
+    fn health(&self) -> Health {
+        if self.down.load(Ordering::Relaxed) {
+            Health::Degraded { reason: self.reason.lock().clone() }
+        } else {
+            Health::Ok
+        }
+    }
 }
 
 impl Pool {
@@ -168,7 +251,12 @@ impl Pool {
                 ))
             })?
             .map_err(|e| {
-                StoreError::Unavailable(format!("{}: {}", options.place(), Error::from(e).into_store()))
+                // The cause alone: the message is already a `StoreError::Unavailable`'s.
+                let cause = match Error::from(e).into_store() {
+                    StoreError::Unavailable(cause) => cause,
+                    other => other.to_string(),
+                };
+                StoreError::Unavailable(format!("{}: {cause}", options.place()))
             })?;
         tokio::spawn(async move {
             if let Err(error) = connection.await {
@@ -208,7 +296,7 @@ impl Pool {
             }))
             .build()
             .map_err(|e| StoreError::Unavailable(format!("cannot build the PostgreSQL pool: {e}")))?;
-        Ok((Self { inner, epoch }, client))
+        Ok((Self { inner, epoch, reachability: Reachability::default() }, client))
     }
 
     pub(super) fn set_epoch(&self, epoch: String) {
@@ -217,6 +305,11 @@ impl Pool {
 
     pub(super) fn epoch(&self) -> Arc<str> {
         Arc::clone(&self.epoch.lock())
+    }
+
+    /// Whether the last operation reached the database.
+    pub(super) fn health(&self) -> Health {
+        self.reachability.health()
     }
 
     /// A connection from the pool (waiting at most [`POOL_WAIT_TIMEOUT`], connecting within
@@ -254,10 +347,13 @@ impl Pool {
                 }
             }
         };
-        match tokio::time::timeout(OPERATION_TIMEOUT, attempts).await {
+        let done = match tokio::time::timeout(OPERATION_TIMEOUT, attempts).await {
             Ok(done) => done,
             Err(_) => Err(Error::Store(timed_out())),
-        }
+        };
+        // An error on a working connection (a statement refused) still reached the database.
+        self.reachability.note(done.as_ref().err().filter(|e| e.is_connection()));
+        done
     }
 }
 

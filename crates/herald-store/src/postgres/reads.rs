@@ -1,6 +1,6 @@
-//! The reads: heads, log pages, inbox pages and counts, revocations. Each is one statement, so
-//! what it returns comes from one snapshot (a page and its head, a page and its counts), on a
-//! pooled connection outside any transaction. Nothing here writes.
+//! The reads: heads, log pages, inbox pages and counts, revocations, and the probe's ping. Each
+//! is one statement, so what it returns comes from one snapshot (a page and its head, a page and
+//! its counts), on a pooled connection outside any transaction. Nothing here writes.
 //!
 //! Seqs of a user become visible in order (the store's contract): every append to a user
 //! updates the user's `herald_users` row, so two appends to one user commit one after the other,
@@ -11,13 +11,18 @@ use std::sync::Arc;
 
 use deadpool_postgres::ClientWrapper;
 use herald_core::{
-    Audience, ClientId, InboxCounts, InboxItem, InboxPage, InboxQuery, InboxStatus, ItemState, LogHead,
-    LogPage, Notification, Revocation, Seq, SessionId, StoreError, UserId,
+    Audience, ClientId, Epoch, InboxCounts, InboxItem, InboxPage, InboxQuery, InboxStatus, ItemState,
+    LogHead, LogPage, Notification, Revocation, Seq, SessionId, StoreError, UserId,
 };
 use serde_json::value::RawValue;
 use tokio_postgres::Row;
 
 use super::sql::{Error, count_from_sql, seq_from_sql, sql_seq};
+
+/// One round trip that touches no table: the store's probe (whether the database answers).
+pub(super) async fn ping(client: &ClientWrapper) -> Result<(), Error> {
+    Ok(client.batch_execute("SELECT 1").await?)
+}
 
 /// The columns of a notification, in the order [`notification_from_row`] reads them (from
 /// `offset` on).
@@ -76,16 +81,48 @@ pub(super) fn counts_from_row(row: &Row, offset: usize) -> Result<InboxCounts, S
     })
 }
 
-/// `user`'s head; (0, 0) for a user never seen.
-pub(super) async fn read_head(client: &ClientWrapper, user: &UserId) -> Result<LogHead, Error> {
+/// `user`'s head; (0, 0) for a user never seen. `epoch` is asked once the statement has
+/// answered (see [`head_from`]).
+pub(super) async fn read_head(
+    client: &ClientWrapper,
+    user: &UserId,
+    epoch: impl FnOnce() -> Epoch,
+) -> Result<LogHead, Error> {
     let statement =
         client.prepare_cached("SELECT last_seq, pruned_through FROM herald_users WHERE user_id = $1").await?;
-    match client.query_opt(&statement, &[&user.as_str()]).await? {
-        Some(row) => {
-            Ok(LogHead { last_seq: seq_from_sql(row.get(0))?, pruned_through: seq_from_sql(row.get(1))? })
-        }
-        None => Ok(LogHead::default()),
+    let row = client.query_opt(&statement, &[&user.as_str()]).await?;
+    head_from(row.as_ref(), epoch)
+}
+
+/// The head in the first two columns of `row` (`None`: a user never seen), under the epoch
+/// `epoch` gives: the pool's, asked only now that the statement has answered. The connection
+/// that ran it read its database's epoch when it was made (the pool's hook), so the epoch asked
+/// now is that one or a newer one (a failover makes every connection new), never an older one:
+/// a head read from the log after a failover is never paired with the epoch from before it
+/// (which would let a client of the old epoch resume against the new log's seqs).
+fn head_from(row: Option<&Row>, epoch: impl FnOnce() -> Epoch) -> Result<LogHead, Error> {
+    let epoch = epoch();
+    match row {
+        Some(row) => Ok(LogHead {
+            last_seq: seq_from_sql(row.get(0))?,
+            pruned_through: seq_from_sql(row.get(1))?,
+            epoch,
+        }),
+        None => Ok(LogHead::empty(epoch)),
     }
+}
+
+/// The last seq of each of `users`, in order; 0 for a user never seen. One statement.
+pub(super) async fn read_last_seqs(client: &ClientWrapper, users: &[UserId]) -> Result<Vec<Seq>, Error> {
+    let statement =
+        client.prepare_cached("SELECT user_id, last_seq FROM herald_users WHERE user_id = ANY($1)").await?;
+    let ids: Vec<&str> = users.iter().map(UserId::as_str).collect();
+    let mut found = std::collections::HashMap::with_capacity(users.len());
+    for row in client.query(&statement, &[&ids]).await? {
+        let user: &str = row.get(0);
+        found.insert(user.to_owned(), seq_from_sql(row.get(1))?);
+    }
+    Ok(users.iter().map(|u| found.get(u.as_str()).copied().unwrap_or(0)).collect())
 }
 
 /// Up to `limit` notifications of `user` after `after`, oldest first, with the head, from one
@@ -95,6 +132,7 @@ pub(super) async fn read_log_page(
     user: &UserId,
     after: Seq,
     limit: usize,
+    epoch: impl FnOnce() -> Epoch,
 ) -> Result<LogPage, Error> {
     let statement = client
         .prepare_cached(&format!(
@@ -108,8 +146,7 @@ pub(super) async fn read_log_page(
         .await?;
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     let rows = client.query(&statement, &[&user.as_str(), &sql_seq(after), &limit]).await?;
-    let Some(first) = rows.first() else { return Ok(LogPage::default()) };
-    let head = LogHead { last_seq: seq_from_sql(first.get(0))?, pruned_through: seq_from_sql(first.get(1))? };
+    let head = head_from(rows.first(), epoch)?;
     let mut notifications = Vec::with_capacity(rows.len());
     for row in &rows {
         // The LEFT JOIN's one row of NULLs when the page is empty.

@@ -60,8 +60,14 @@ impl Error {
     /// cancelled by `statement_timeout`, … → `Unavailable`; too many connections → `Overloaded`;
     /// a row that does not decode, or a value out of range → `Corrupt`.
     pub(super) fn into_store(self) -> StoreError {
+        self.to_store()
+    }
+
+    /// [`Error::into_store`], keeping `self` (for the store's health, which notes the error
+    /// and passes it on).
+    pub(super) fn to_store(&self) -> StoreError {
         match self {
-            Error::Store(e) => e,
+            Error::Store(e) => e.clone(),
             Error::Pool(deadpool_postgres::PoolError::Timeout(kind)) => StoreError::Unavailable(format!(
                 "no PostgreSQL connection within the pool's {} timeout",
                 match kind {
@@ -71,6 +77,11 @@ impl Error {
                 }
             )),
             Error::Pool(deadpool_postgres::PoolError::Backend(e)) => db_error(e),
+            // A new connection whose first statement (reading the epoch) failed: the driver's
+            // error says why, the hook's own text only "db error".
+            Error::Pool(deadpool_postgres::PoolError::PostCreateHook(
+                deadpool_postgres::HookError::Backend(e),
+            )) => db_error(e),
             Error::Pool(e) => StoreError::Unavailable(format!("PostgreSQL pool: {e}")),
             Error::Db(e) => db_error(e),
         }
@@ -79,13 +90,13 @@ impl Error {
 
 /// One driver error as a `StoreError`, with PostgreSQL's own message (and its detail) as the
 /// cause.
-fn db_error(e: tokio_postgres::Error) -> StoreError {
+fn db_error(e: &tokio_postgres::Error) -> StoreError {
     let message = match e.as_db_error() {
         Some(db) => match db.detail() {
             Some(detail) => format!("{}: {detail}", db.message()),
             None => db.message().to_owned(),
         },
-        None => match std::error::Error::source(&e) {
+        None => match std::error::Error::source(e) {
             Some(source) => format!("{e}: {source}"),
             None => e.to_string(),
         },

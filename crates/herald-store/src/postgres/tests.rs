@@ -7,43 +7,20 @@
 //! (`herald_test_<pid>_<n>`) and drops it when its store is dropped.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use herald_core::notification::now_ms;
 use herald_core::{
-    Appended, Audience, InboxChange, InboxCounts, InboxPage, InboxQuery, LogHead, LogPage, Mark,
-    NewNotification, PruneReport, Receipt, Retention, Revocation, Selection, Seq, SessionId, Store,
+    Appended, Audience, Epoch, Health, InboxChange, InboxCounts, InboxPage, InboxQuery, LogHead, LogPage,
+    Mark, NewNotification, PruneReport, Receipt, Retention, Revocation, Selection, Seq, SessionId, Store,
     StoreError, UserId,
 };
 use serde_json::value::RawValue;
 
+use super::testing::{PrivatePostgres, drop_schema, free_port, fresh_schema, skip_reason as skip, test_url};
 use super::*;
-
-const URL_VARIABLE: &str = "HERALD_TEST_POSTGRES";
-
-fn test_url() -> Option<String> {
-    std::env::var(URL_VARIABLE).ok().filter(|url| !url.is_empty())
-}
-
-fn skip() -> Option<String> {
-    match test_url() {
-        Some(_) => None,
-        None => Some(format!("{URL_VARIABLE} is not set (e.g. postgres://postgres@127.0.0.1:5432/test)")),
-    }
-}
-
-/// A schema name no other test (of this run or another process) uses.
-fn fresh_schema() -> String {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    format!(
-        "herald_test_{}_{}_{}",
-        std::process::id(),
-        now_ms() % 1_000_000,
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
-}
 
 /// A store in its own schema, which it drops when dropped.
 struct TestStore {
@@ -69,24 +46,6 @@ fn options(url: &str, schema: &str) -> PostgresOptions {
     PostgresOptions { schema: Some(schema.to_owned()), ..PostgresOptions::new(url) }
 }
 
-/// Drops `schema` on its own thread and runtime: `Drop` may run inside a runtime.
-fn drop_schema(url: &str, schema: &str) {
-    let (url, name) = (url.to_owned(), schema.to_owned());
-    let dropped = std::thread::spawn(move || {
-        let schema = name;
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        runtime.block_on(async {
-            let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
-            tokio::spawn(connection);
-            client.batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE")).await
-        })
-    })
-    .join();
-    if !matches!(dropped, Ok(Ok(()))) {
-        eprintln!("could not drop the test schema {schema}: {dropped:?}");
-    }
-}
-
 impl Drop for TestStore {
     fn drop(&mut self) {
         drop(self.store.take());
@@ -107,6 +66,12 @@ impl Store for TestStore {
     }
     async fn head(&self, user: &UserId) -> Result<LogHead, StoreError> {
         self.store().head(user).await
+    }
+    async fn last_seqs(&self, users: &[UserId]) -> Result<Vec<Seq>, StoreError> {
+        self.store().last_seqs(users).await
+    }
+    fn epoch(&self) -> Epoch {
+        self.store().epoch()
     }
     async fn prune(&self, now_ms: i64) -> Result<PruneReport, StoreError> {
         self.store().prune(now_ms).await
@@ -278,6 +243,65 @@ async fn the_epoch_is_made_with_the_schema_and_kept() {
     assert_eq!(other.store().epoch().split('.').nth(1), Some(parts[1]), "one cluster: one system id");
 }
 
+/// An operator renews the epoch (`UPDATE herald_meta SET epoch = …`, after restoring a dump into
+/// the same cluster): a store opened afterwards (its connections are new) has the new one, and a
+/// client resuming with a seq of the old one gets `hello` from the log's last seq and a `reset`,
+/// nothing replayed; with the new one it resumes as usual. Fails if the epoch were not re-read
+/// from the database, or a resume of the old epoch replayed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_with_the_old_epoch_after_a_renewal_gets_a_reset() {
+    use herald_core::{ClientEvent, ClientIdMinter, Hub, Limits, SubscribeRequest, Subscription, Transport};
+    skip_unless_postgres!();
+    let test = TestStore::open(Retention::default()).await;
+    test.append((1..=3).map(|n| entry("alice", n)).collect(), None).await.unwrap();
+    let old = test.epoch();
+    assert_eq!(test.head(&UserId::new("alice").unwrap()).await.unwrap().epoch, old);
+
+    let (client, connection) = tokio_postgres::connect(&test.url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let renew = format!("UPDATE \"{}\".herald_meta SET epoch = gen_random_uuid()::text", test.schema);
+    assert_eq!(client.execute(&renew, &[]).await.unwrap(), 1);
+    let reopened: Arc<dyn Store> =
+        Arc::new(PostgresStore::open(options(&test.url, &test.schema), Retention::default()).await.unwrap());
+    let new = reopened.epoch();
+    assert_ne!(new, old, "the new store's connections read the renewed epoch");
+    assert_eq!(new.split('.').skip(1).collect::<Vec<_>>(), old.split('.').skip(1).collect::<Vec<_>>());
+
+    let hub = Hub::new(Limits::default(), ClientIdMinter::new(b"postgres epoch test"));
+    let (user, session) = (UserId::new("alice").unwrap(), SessionId::new("s1").unwrap());
+    let open = |epoch| {
+        let request = SubscribeRequest {
+            user: &user,
+            session: &session,
+            client: None,
+            transport: Transport::Sse,
+            resume_after: Some(1),
+            epoch: Some(epoch),
+        };
+        Subscription::open(&hub, &reopened, request)
+    };
+    let mut stale = open(&old).await.unwrap();
+    let hello = stale.next().await;
+    assert!(
+        matches!(&hello, Some(ClientEvent::Hello { last_seq: 3, position: 3, epoch, .. }) if *epoch == new),
+        "{hello:?}"
+    );
+    let reset = stale.next().await;
+    assert!(matches!(reset, Some(ClientEvent::Reset { last_seq: 3 })), "{reset:?}");
+    let after_reset = stale.next_before(Some(tokio::time::Instant::now() + Duration::from_millis(200))).await;
+    assert!(after_reset.is_err(), "nothing replayed after the reset: {after_reset:?}");
+
+    let mut current = open(&new).await.unwrap();
+    assert!(matches!(current.next().await, Some(ClientEvent::Hello { position: 1, .. })));
+    let replayed = [current.next().await, current.next().await];
+    assert!(
+        matches!(&replayed, [Some(ClientEvent::Notification(a)), Some(ClientEvent::Notification(b))]
+            if (a.seq, b.seq) == (Some(2), Some(3))),
+        "{replayed:?}"
+    );
+    drop((stale, current, reopened));
+}
+
 /// 64 concurrent appends are committed in fewer transactions than appends (group commit), and
 /// every one gets its own seqs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -379,130 +403,15 @@ async fn a_silent_server_fails_to_open_within_the_timeout() {
     silent.abort();
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 // ---------------------------------------------------------------------------------------------
 // The database stopped and started mid-use
 
-/// A PostgreSQL of this test's own (`initdb` in a temporary directory, as the `postgres` user),
-/// started and stopped by its PID.
-struct PrivatePostgres {
-    bin: std::path::PathBuf,
-    dir: tempfile::TempDir,
-    port: u16,
-    uid: u32,
-    gid: u32,
-    server: Option<std::process::Child>,
-}
-
-impl PrivatePostgres {
-    /// `None` (with the reason) where it cannot be: not root, no `postgres` user, no binaries.
-    fn create() -> Result<Self, String> {
-        // SAFETY: geteuid has no preconditions.
-        #[allow(unsafe_code)]
-        if unsafe { libc::geteuid() } != 0 {
-            return Err("not root: cannot run initdb as the postgres user".into());
-        }
-        let bin = std::fs::read_dir("/usr/lib/postgresql")
-            .map_err(|e| format!("no /usr/lib/postgresql: {e}"))?
-            .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
-            .filter(|bin| bin.join("initdb").exists())
-            .max()
-            .ok_or("no PostgreSQL binaries under /usr/lib/postgresql")?;
-        let name = std::ffi::CString::new("postgres").unwrap();
-        // SAFETY: getpwnam reads a NUL-terminated name; the entry is copied out before any other
-        // call could overwrite it.
-        #[allow(unsafe_code)]
-        let (uid, gid) = unsafe {
-            let pw = libc::getpwnam(name.as_ptr());
-            if pw.is_null() {
-                return Err("no postgres user".into());
-            }
-            ((*pw).pw_uid, (*pw).pw_gid)
-        };
-        let dir = tempfile::Builder::new().prefix("herald-pg-").tempdir().map_err(|e| e.to_string())?;
-        let data = dir.path().join("data");
-        std::fs::create_dir(&data).map_err(|e| e.to_string())?;
-        for path in [dir.path(), data.as_path()] {
-            std::os::unix::fs::chown(path, Some(uid), Some(gid)).map_err(|e| e.to_string())?;
-        }
-        let mut this = Self { bin, dir, port: free_port(), uid, gid, server: None };
-        let status = this
-            .command("initdb")
-            .args(["-D", data.to_str().unwrap(), "-A", "trust", "-U", "postgres", "--no-sync"])
-            .stdout(std::process::Stdio::null())
-            .status()
-            .map_err(|e| format!("initdb: {e}"))?;
-        if !status.success() {
-            return Err(format!("initdb failed: {status}"));
-        }
-        this.start();
-        Ok(this)
-    }
-
-    fn command(&self, program: &str) -> std::process::Command {
-        use std::os::unix::process::CommandExt;
-        let mut command = std::process::Command::new(self.bin.join(program));
-        command.uid(self.uid).gid(self.gid).current_dir(self.dir.path());
-        command
-    }
-
-    fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
-    }
-
-    fn start(&mut self) {
-        let data = self.dir.path().join("data");
-        let log = std::fs::File::create(self.dir.path().join("log")).unwrap();
-        let server = self
-            .command("postgres")
-            .args([
-                "-D",
-                data.to_str().unwrap(),
-                "-p",
-                &self.port.to_string(),
-                "-k",
-                self.dir.path().to_str().unwrap(),
-            ])
-            .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "max_connections=40"])
-            .stdout(std::process::Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start postgres");
-        self.server = Some(server);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "the private PostgreSQL did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// Fast shutdown (SIGINT to the postmaster, by its PID): open connections are ended, as when
-    /// a database is restarted.
-    fn stop(&mut self) {
-        if let Some(mut server) = self.server.take() {
-            // SAFETY: kill only sends a signal to the PID of the child this test started.
-            #[allow(unsafe_code)]
-            unsafe {
-                libc::kill(server.id() as libc::pid_t, libc::SIGINT);
-            }
-            let _ = server.wait();
-        }
-    }
-}
-
-impl Drop for PrivatePostgres {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
 /// PostgreSQL stopped and started under steady appends: while it is down every append fails
-/// with `Unavailable` within `OPERATION_TIMEOUT` (none hangs); once it is back, appends succeed
-/// again on the same store (the pool recovers by itself), and the user's seqs are 1..=last with
-/// no gap and none reused: every acknowledged append is there, once, under its seq.
+/// with `Unavailable` within `OPERATION_TIMEOUT` (none hangs) and the store's health is
+/// degraded (fails if an unreachable database left it `Ok`); once it is back, a probe makes it
+/// healthy again, appends succeed again on the same store (the pool recovers by itself), and
+/// the user's seqs are 1..=last with no gap and none reused: every acknowledged append is
+/// there, once, under its seq.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn database_stopped_and_started_mid_use() {
     skip_unless_postgres!();
@@ -541,8 +450,9 @@ async fn database_stopped_and_started_mid_use() {
         })
         .collect();
     tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(store.health(), Health::Ok);
     tokio::task::block_in_place(|| postgres.stop());
-    // While it is down: fails, within the bound.
+    // While it is down: fails, within the bound, and the store says it is degraded.
     for _ in 0..3 {
         let started = Instant::now();
         let failed = store.head(&UserId::new("alice").unwrap()).await;
@@ -552,11 +462,20 @@ async fn database_stopped_and_started_mid_use() {
             "{:?}",
             started.elapsed()
         );
+        let reason = store.health().reason().map(str::to_owned);
+        assert!(reason.as_deref().is_some_and(|r| r.contains("PostgreSQL")), "{reason:?}");
+        assert!(store.probe().await.is_err());
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     tokio::task::block_in_place(|| postgres.start());
-    // Back: the same store works again by itself.
+    // Back: the probe sees it without any other operation, and the same store works again by
+    // itself.
     let deadline = Instant::now() + Duration::from_secs(30);
+    while store.probe().await.is_err() {
+        assert!(Instant::now() < deadline, "the probe did not see the database back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(store.health(), Health::Ok, "a probe that passes makes the store healthy");
     loop {
         if store.append(vec![entry("bob", 1)], None).await.is_ok() {
             break;
@@ -593,4 +512,30 @@ async fn database_stopped_and_started_mid_use() {
         );
     }
     assert!(acknowledged.windows(2).all(|w| w[0].0 < w[1].0), "no seq acknowledged twice");
+}
+
+/// `herald serve --store` URLs: Herald's `schema` parameter is taken out, the rest is libpq's;
+/// a URL the driver would refuse fails at once, and no error repeats the password.
+#[test]
+fn store_urls_take_a_schema_and_are_checked_without_connecting() {
+    let options =
+        PostgresOptions::from_url("postgres://u:secret@db:5433/herald?schema=h_1&application_name=node")
+            .unwrap();
+    assert_eq!(options.schema.as_deref(), Some("h_1"));
+    assert_eq!(options.url, "postgres://u:secret@db:5433/herald?application_name=node");
+    assert_eq!(options.connections_max, POOL_CONNECTIONS_MAX);
+    assert_eq!(options.place(), "PostgreSQL database herald on db, schema h_1");
+    let options = PostgresOptions::from_url("postgresql://u@db/herald").unwrap();
+    assert_eq!((options.schema, options.url.as_str()), (None, "postgresql://u@db/herald"));
+    for (bad, says) in [
+        ("mysql://u:secret@db/herald", "postgres://"),
+        ("postgres://u:secret@db/herald?schema=no-dashes", "schema name"),
+        ("postgres://u:secret@db/herald?schema=a&schema=b", "twice"),
+        ("postgres://u:secret@db/herald?bogus=1", "invalid PostgreSQL URL"),
+        ("postgres://u:secret@db:port/herald", "invalid PostgreSQL URL"),
+    ] {
+        let error = PostgresOptions::from_url(bad).unwrap_err().to_string();
+        assert!(error.contains(says), "{bad}: {error}");
+        assert!(!error.contains("secret"), "{bad}: the password in {error:?}");
+    }
 }

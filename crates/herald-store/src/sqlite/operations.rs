@@ -4,10 +4,12 @@
 //! memory, then runs on a pooled read-only connection, which merges them in. No SQL lives here:
 //! it is in `reads` and `writes`.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use herald_core::{
-    Appended, InboxChange, InboxCounts, InboxPage, InboxQuery, LogHead, LogPage, Mark, NewNotification,
-    PruneReport, Receipt, Revocation, Selection, Seq, SessionId, Store, StoreError, UserId,
+    Appended, Epoch, InboxChange, InboxCounts, InboxPage, InboxQuery, LogHead, LogPage, Mark,
+    NewNotification, PruneReport, Receipt, Revocation, Selection, Seq, SessionId, Store, StoreError, UserId,
 };
 
 use super::SqliteStore;
@@ -48,13 +50,19 @@ impl Store for SqliteStore {
             let staging = self.staging.lock();
             (staging.notifications_after(&user, after), staging.last_seq(&user))
         };
-        self.readers.read(move |tx| read_log_page(tx, &user, after, limit, staged, last_staged)).await
+        let epoch = self.epoch();
+        self.readers.read(move |tx| read_log_page(tx, &user, after, limit, staged, last_staged, epoch)).await
     }
 
     async fn head(&self, user: &UserId) -> Result<LogHead, StoreError> {
         let user = user.clone();
         let last_staged = self.staging.lock().last_seq(&user);
-        self.readers.read(move |tx| read_head(tx, &user, last_staged)).await
+        let epoch = self.epoch();
+        self.readers.read(move |tx| read_head(tx, &user, last_staged, epoch)).await
+    }
+
+    fn epoch(&self) -> Epoch {
+        Arc::clone(&self.epoch)
     }
 
     async fn inbox_list(&self, user: &UserId, query: &InboxQuery) -> Result<InboxPage, StoreError> {
@@ -97,6 +105,10 @@ impl Store for SqliteStore {
     async fn revocations(&self, user: &UserId) -> Result<Vec<Revocation>, StoreError> {
         let user = user.clone();
         self.readers.read(move |tx| read_revocations(tx, &user)).await
+    }
+
+    fn kind(&self) -> &'static str {
+        "sqlite"
     }
 
     async fn prune(&self, now_ms: i64) -> Result<PruneReport, StoreError> {

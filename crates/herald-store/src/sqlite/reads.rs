@@ -8,8 +8,8 @@
 use std::sync::Arc;
 
 use herald_core::{
-    Audience, ClientId, InboxCounts, InboxItem, InboxPage, InboxQuery, InboxStatus, ItemState, LogHead,
-    LogPage, Notification, Revocation, Seq, SessionId, StoreError, UserId,
+    Audience, ClientId, Epoch, InboxCounts, InboxItem, InboxPage, InboxQuery, InboxStatus, ItemState,
+    LogHead, LogPage, Notification, Revocation, Seq, SessionId, StoreError, UserId,
 };
 use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::value::RawValue;
@@ -97,17 +97,20 @@ pub(super) fn read_user_row(conn: &Connection, user: &str) -> Result<Option<User
         .map_err(db_error)
 }
 
-/// `user`'s head, its staged notifications up to `last_staged` included.
+/// `user`'s head, its staged notifications up to `last_staged` included, under `epoch` (the
+/// database's: it cannot change while the store holds the file).
 pub(super) fn read_head(
     conn: &Connection,
     user: &UserId,
     last_staged: Option<Seq>,
+    epoch: Epoch,
 ) -> Result<LogHead, StoreError> {
     match read_user_row(conn, user.as_str())? {
-        None => Ok(LogHead::default()),
+        None => Ok(LogHead::empty(epoch)),
         Some(row) => Ok(LogHead {
             last_seq: seq_from_sql(row.with_staged(last_staged).head())?,
             pruned_through: seq_from_sql(row.pruned_through)?,
+            epoch,
         }),
     }
 }
@@ -324,8 +327,9 @@ pub(super) fn read_log_page(
     limit: usize,
     staged: Vec<Arc<Notification>>,
     last_staged: Option<Seq>,
+    epoch: Epoch,
 ) -> Result<LogPage, StoreError> {
-    let head = read_head(conn, user, last_staged)?;
+    let head = read_head(conn, user, last_staged, epoch)?;
     let mut notifications = Vec::new();
     if limit > 0 && after < head.last_seq {
         notifications = read_notifications(conn, user, after, limit)?;

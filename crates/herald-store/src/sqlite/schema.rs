@@ -1,19 +1,20 @@
 //! The schema and its migrations: the tables and indexes of each schema version, each with why
 //! it is so, and [`migrate`], which creates the schema in a new file and upgrades an older one in
 //! place when the store opens (with [`use_incremental_vacuum`], the one-time conversion of a file
-//! made before Herald gave space back). The queries that walk these tables live with the reads
-//! and the writes; opening the file and its pragmas, in `connection`.
+//! made before Herald gave space back), and the database's epoch ([`read_epoch`],
+//! [`renew_epoch`]). The queries that walk these tables live with the reads and the writes;
+//! opening the file and its pragmas, in `connection`.
 
 use std::path::Path;
 
-use herald_core::StoreError;
+use herald_core::{Epoch, StoreError};
 use rusqlite::{Connection, TransactionBehavior};
 
 use super::sql::db_error;
 
 /// The schema this code writes, kept in `PRAGMA user_version`. A database with a higher version
 /// was written by a newer Herald: opening it fails rather than guess.
-pub const SCHEMA_VERSION: i32 = 5;
+pub const SCHEMA_VERSION: i32 = 6;
 
 /// Schema version 1. `notifications` is `WITHOUT ROWID`, clustered by (user, seq): a replay is
 /// one range scan. A new database gets it, then [`SCHEMA_V2`], like an old one.
@@ -134,6 +135,25 @@ CREATE TABLE revocations (
 CREATE INDEX revocations_by_closed_at ON revocations (closed_at);
 ";
 
+/// Version 5 → 6: the database's **epoch** (see `herald_core::Epoch`), in a one-row `meta`
+/// table: 128 random bits (SQLite's `randomblob`, from the OS's randomness) as 32 hex digits,
+/// made with the database, or when an older one is upgraded. A seq is meaningful only with it:
+/// another database's seqs (a file restored from another server's backup, a new file in place
+/// of a lost one) are seqs of another epoch, and clients resuming with them get a `reset`.
+///
+/// A copy of the file is the same database and keeps the epoch. So an operator who puts back
+/// an older copy of this very database (a backup taken before appends it lacks) must renew it
+/// before serving it (`herald reset-epoch --data-dir DIR`, `SqliteStore::renew_epoch`): otherwise the seqs
+/// given out after the copy was taken are given out again, to other notifications, and clients
+/// that saw the first ones resume past the second ones without a word.
+pub const SCHEMA_V6: &str = "
+CREATE TABLE meta (
+    id    INTEGER PRIMARY KEY CHECK (id = 1),
+    epoch TEXT NOT NULL
+);
+INSERT INTO meta (id, epoch) VALUES (1, lower(hex(randomblob(16))));
+";
+
 /// Creates the schema in an empty database, upgrades an older one step by step (a new database
 /// takes the same steps), and refuses a newer one, or another program's (at `path`). All in one
 /// transaction: a failed upgrade leaves the file as it was.
@@ -184,6 +204,12 @@ pub(super) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreErr
         }
         tx.execute_batch(SCHEMA_V5).map_err(db_error)?;
     }
+    if version < 6 {
+        if version >= 1 {
+            tracing::info!("upgrading the store to schema version 6 (the epoch)");
+        }
+        tx.execute_batch(SCHEMA_V6).map_err(db_error)?;
+    }
     if version != SCHEMA_VERSION {
         tx.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(db_error)?;
     }
@@ -211,4 +237,24 @@ pub(super) fn use_incremental_vacuum(conn: &Connection) -> Result<(), StoreError
         );
     }
     Ok(())
+}
+
+/// The database's epoch (see [`SCHEMA_V6`]), once migrated.
+pub(super) fn read_epoch(conn: &Connection) -> Result<Epoch, StoreError> {
+    let epoch: String =
+        conn.query_row("SELECT epoch FROM meta WHERE id = 1", [], |row| row.get(0)).map_err(db_error)?;
+    Ok(Epoch::from(epoch))
+}
+
+/// Gives the database a new random epoch and returns it (see [`SCHEMA_V6`] for when an operator
+/// must). Clients that resume with a seq of the old one get a `reset`.
+pub(super) fn renew_epoch(conn: &Connection) -> Result<Epoch, StoreError> {
+    let epoch: String = conn
+        .query_row(
+            "UPDATE meta SET epoch = lower(hex(randomblob(16))) WHERE id = 1 RETURNING epoch",
+            [],
+            |row| row.get(0),
+        )
+        .map_err(db_error)?;
+    Ok(Epoch::from(epoch))
 }

@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use herald_core::notification::now_ms;
 use herald_core::{
-    Appended, Audience, ClientId, InboxChange, InboxCounts, InboxItem, InboxPage, InboxQuery, InboxStatus,
-    LogHead, LogPage, Mark, NewNotification, PruneReport, Receipt, ReceiptEntry, Retention, Revocation,
-    Selection, Seq, SessionId, Store, StoreError, UserId,
+    Appended, Audience, ClientId, Epoch, InboxChange, InboxCounts, InboxItem, InboxPage, InboxQuery,
+    InboxStatus, LogHead, LogPage, Mark, NewNotification, PruneReport, Receipt, ReceiptEntry, Retention,
+    Revocation, Selection, Seq, SessionId, Store, StoreError, UserId,
 };
 use parking_lot::Mutex;
 use rusqlite::{Connection, OpenFlags};
@@ -30,6 +30,11 @@ use super::sql::db_error;
 use super::staging::Staging;
 use super::writer::run_batch;
 use super::*;
+
+/// A head's (last seq, pruned through), its epoch left out.
+fn seqs_of(head: &LogHead) -> (Seq, Seq) {
+    (head.last_seq, head.pruned_through)
+}
 
 /// A store in its own temporary directory, deleted after the store is closed.
 struct TempStore {
@@ -55,6 +60,9 @@ impl Store for TempStore {
     }
     async fn head(&self, user: &UserId) -> Result<LogHead, StoreError> {
         self.store.head(user).await
+    }
+    fn epoch(&self) -> Epoch {
+        self.store.epoch()
     }
     async fn prune(&self, now_ms: i64) -> Result<PruneReport, StoreError> {
         self.store.prune(now_ms).await
@@ -165,7 +173,7 @@ async fn survives_reopening() {
 
     let store = SqliteStore::open(&path, Retention::default()).unwrap();
     let read = store.read_after(&user("alice"), 0, 10).await.unwrap();
-    assert_eq!(read.head, LogHead { last_seq: 2, pruned_through: 0 });
+    assert_eq!(seqs_of(&read.head), (2, 0));
     assert_eq!(read.head, written.head);
     let json = |page: &LogPage| page.notifications.iter().map(|n| n.json().clone()).collect::<Vec<_>>();
     assert_eq!(json(&read), json(&written));
@@ -235,8 +243,8 @@ async fn group_commit_isolates_a_failing_request() {
     let stats = store.writer_stats();
     assert_eq!(stats.requests, 151);
     assert_eq!(stats.batches, 3, "1 warm-up, the batch stuck on the lock, then all the others together");
-    assert_eq!(store.head(&user("x")).await.unwrap(), LogHead::default(), "the failed request left no trace");
-    assert_eq!(store.head(&user("alice")).await.unwrap(), LogHead { last_seq: 150, pruned_through: 0 });
+    assert_eq!(seqs_of(&store.head(&user("x")).await.unwrap()), (0, 0), "the failed request left no trace");
+    assert_eq!(seqs_of(&store.head(&user("alice")).await.unwrap()), (150, 0));
 }
 
 /// More expired rows than one chunk: pruned in several chunks, all counted, heads raised.
@@ -257,7 +265,7 @@ async fn prune_works_in_chunks() {
     assert!(store.writer_stats().batches - before >= 2, "one chunk cannot hold {} rows", 3 * per_user);
     for u in ["a", "b", "c"] {
         let page = store.read_after(&user(u), 0, 10).await.unwrap();
-        assert_eq!(page.head, LogHead { last_seq: per_user + 1, pruned_through: per_user });
+        assert_eq!(seqs_of(&page.head), (per_user + 1, per_user));
         assert_eq!(page.notifications.len(), 1);
     }
 }
@@ -287,7 +295,7 @@ async fn all_up_to_works_in_chunks() {
     assert_eq!(deleted.seqs, (1..n).collect::<Vec<_>>());
     assert_eq!(deleted.counts.numbers(), [1, 1, 1, 0]);
     assert_eq!(sql_recount(&conn, "a"), [1, 1, 1, 0]);
-    assert_eq!(store.head(&a).await.unwrap(), LogHead { last_seq: n, pruned_through: 0 });
+    assert_eq!(seqs_of(&store.head(&a).await.unwrap()), (n, 0));
 }
 
 #[test]
@@ -355,7 +363,7 @@ async fn upgrades_a_version_1_file() {
         assert_eq!(counts.numbers(), expected, "{u}");
         assert_eq!(sql_recount(&conn, u), expected, "{u}");
     }
-    assert_eq!(store.head(&user("alice")).await.unwrap(), LogHead { last_seq: 7, pruned_through: 2 });
+    assert_eq!(seqs_of(&store.head(&user("alice")).await.unwrap()), (7, 2));
     let page =
         store.inbox_list(&user("alice"), &InboxQuery { limit: 2, ..InboxQuery::default() }).await.unwrap();
     assert_eq!(page.items.iter().map(InboxItem::seq).collect::<Vec<_>>(), [7, 6]);
@@ -916,7 +924,7 @@ async fn a_user_at_the_cap_leaves_no_staged_rows() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(count_rows(&path, "notifications"), 20, "10 each");
-    assert_eq!(store.head(&user("alice")).await.unwrap(), LogHead { last_seq: 500, pruned_through: 490 });
+    assert_eq!(seqs_of(&store.head(&user("alice")).await.unwrap()), (500, 490));
 }
 
 /// `size` bytes of JSON data: a string of `size - 2` characters.
@@ -1072,10 +1080,72 @@ async fn revocations_survive_reopening() {
     drop(store);
     // A version 4 file (no revocations table) is upgraded in place.
     let conn = Connection::open(&path).unwrap();
-    conn.execute_batch("DROP TABLE revocations; PRAGMA user_version = 4;").unwrap();
+    conn.execute_batch("DROP TABLE revocations; DROP TABLE meta; PRAGMA user_version = 4;").unwrap();
     drop(conn);
     let store = SqliteStore::open(&path, Retention::default()).unwrap();
     assert_eq!(store.revocations(&user("alice")).await.unwrap(), []);
     store.revoke(&user("alice"), None, 3_000).await.unwrap();
     assert_eq!(store.revocations(&user("alice")).await.unwrap().len(), 1);
+}
+
+/// The epoch is made with the database and kept in it (`SCHEMA_V6`): the same after reopening
+/// and in a copy of the file, another for another database; a version 5 file gets one when it is
+/// upgraded; `renew_epoch` gives the file a new one, keeping its logs, and only while no store has
+/// it open. Fails if the epoch were made per open (every restart would reset every client), lost
+/// on upgrade, or renewable under a running store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_epoch_is_made_with_the_database_and_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("herald.db");
+    let epoch = {
+        let store = SqliteStore::open(&path, Retention::default()).unwrap();
+        store.append(vec![entry("alice", 1, now_ms())], None).await.unwrap();
+        let epoch = store.epoch();
+        assert!(epoch.len() == 32 && epoch.bytes().all(|b| b.is_ascii_hexdigit()), "{epoch}");
+        assert_eq!(store.head(&user("alice")).await.unwrap().epoch, epoch);
+        let error = SqliteStore::renew_epoch(&path).expect_err("the store has it open");
+        assert!(matches!(error, StoreError::Locked { .. }), "{error:?}");
+        epoch
+    };
+    let reopened = SqliteStore::open(&path, Retention::default()).unwrap();
+    assert_eq!(reopened.epoch(), epoch, "reopening keeps the epoch");
+    assert_eq!(reopened.head(&user("alice")).await.unwrap().epoch, epoch);
+    drop(reopened);
+
+    let copy_dir = tempfile::tempdir().unwrap();
+    // The file and its WAL, which may hold the last commits (the readers close last, read-only).
+    std::fs::copy(&path, copy_dir.path().join("herald.db")).unwrap();
+    let wal = dir.path().join("herald.db-wal");
+    if wal.exists() {
+        std::fs::copy(&wal, copy_dir.path().join("herald.db-wal")).unwrap();
+    }
+    let copy = SqliteStore::open(&copy_dir.path().join("herald.db"), Retention::default()).unwrap();
+    assert_eq!(copy.epoch(), epoch, "a copy of the file is the same database: an operator renews it");
+    drop(copy);
+    let other = SqliteStore::open(&copy_dir.path().join("other.db"), Retention::default()).unwrap();
+    assert_ne!(other.epoch(), epoch, "another database, another epoch");
+    drop(other);
+
+    let renewed = SqliteStore::renew_epoch(&path).unwrap();
+    assert_ne!(renewed, epoch);
+    let store = SqliteStore::open(&path, Retention::default()).unwrap();
+    assert_eq!(store.epoch(), renewed, "the renewed epoch is kept");
+    assert_eq!(store.head(&user("alice")).await.unwrap().last_seq, 1, "and the logs with it");
+    drop(store);
+
+    let missing = dir.path().join("missing.db");
+    let error = SqliteStore::renew_epoch(&missing).expect_err("no database there");
+    assert!(matches!(error, StoreError::NotAStore { .. }), "{error:?}");
+    assert!(!missing.exists(), "renewing made no database");
+
+    // A version 5 file (no `meta` table) gets an epoch of its own when it is upgraded.
+    let conn = Connection::open(&path).unwrap();
+    conn.execute_batch("DROP TABLE meta; PRAGMA user_version = 5;").unwrap();
+    drop(conn);
+    let upgraded = SqliteStore::open(&path, Retention::default()).unwrap();
+    let epoch = upgraded.epoch();
+    assert!(epoch.len() == 32 && epoch != renewed, "{epoch}");
+    assert_eq!(upgraded.head(&user("alice")).await.unwrap().last_seq, 1);
+    drop(upgraded);
+    assert_eq!(SqliteStore::open(&path, Retention::default()).unwrap().epoch(), epoch, "and keeps it");
 }
