@@ -1,9 +1,9 @@
 //! Group commit: the writer task and its queue. [`Writer::submit`] queues an append (bounded,
 //! [`WRITE_QUEUE_CAPACITY`]); the task takes what is waiting as one batch (up to
-//! [`BATCH_REQUESTS_MAX`]), runs it in one transaction on one pooled connection
-//! (`writes::append_batch`), commits, and only then answers. Concurrent publishes on a node thus
-//! share one transaction and one WAL flush, and the next batch is taken while nothing else runs
-//! on the writer. Should a batch fail on a working connection (one request's bad data), each of
+//! [`BATCH_REQUESTS_MAX`]), stores it on one pooled connection (`writes::append_batch`: one
+//! statement committed by itself, or a transaction when the batch has idempotency keys), and only
+//! then answers. Concurrent publishes on a node thus share one commit and one WAL flush, and the
+//! next batch is taken while nothing else runs on the writer. Should a batch fail on a working connection (one request's bad data), each of
 //! its requests runs again alone, so that it fails alone; if the database cannot be reached,
 //! every request of the batch fails (`Unavailable`) at once.
 //!
@@ -166,7 +166,7 @@ async fn run_writer(
     }
 }
 
-/// Runs `requests` in one transaction and commits (again after a deadlock), within
+/// Runs `requests` as one batch and commits it (again after a deadlock), within
 /// [`OPERATION_TIMEOUT`].
 async fn commit(
     pool: &Pool,
@@ -175,10 +175,7 @@ async fn commit(
 ) -> Result<Vec<Appended>, Error> {
     pool.run_raw(move || async move {
         let mut client = pool.client().await?;
-        let tx = client.transaction().await?;
-        let answers = append_batch(&tx, retention, now_ms(), requests).await?;
-        tx.commit().await?;
-        Ok(answers)
+        append_batch(&mut client, retention, now_ms(), requests).await
     })
     .await
 }

@@ -1,4 +1,4 @@
-//! The writes, in SQL: a batch of appends (one transaction for the whole batch: see `writer`),
+//! The writes, in SQL: a batch of appends (one commit for the whole batch: see `writer`),
 //! receipts, inbox marks and deletes, revocations, and the chunks of retention.
 //!
 //! **Locks, always in one order**, so that writers on several nodes do not deadlock: idempotency
@@ -12,7 +12,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
-use deadpool_postgres::Transaction;
+use deadpool_postgres::{GenericClient, Object, Transaction};
 use herald_core::inbox::CountsDelta;
 use herald_core::{
     Appended, InboxChange, InboxCounts, ItemState, Mark, NewNotification, Notification, PrunedInbox, Receipt,
@@ -48,135 +48,49 @@ enum Fate {
     Duplicate(Receipt),
 }
 
-/// Runs a batch of appends in `tx`: claims the keys, gives each entry the next seq of its user
-/// (one upsert of every user's row: the lock, the seqs and the counts at once), inserts every
-/// notification in one statement, applies `max_per_user`, and records the receipts. One
+/// Runs a batch of appends on `client` and commits it: gives each entry the next seq of its
+/// user, stores it, applies `max_per_user`, and records the receipts of idempotency keys. One
 /// [`Appended`] per request, in order. Each request's counts are its users' counts once the
 /// batch commits (which is when the append commits).
+///
+/// A batch without idempotency keys (the common case) is **one statement in one round trip**,
+/// committed by itself (`store_entries`): no `BEGIN`, no `COMMIT`. With the small batches of a
+/// cluster (each node batches its own publishes) those round trips were most of what an append
+/// cost PostgreSQL. A batch with keys claims them first, so it runs in a transaction of its own:
+/// the claims, the same statement, the receipts, the commit.
 pub(super) async fn append_batch(
-    tx: &Transaction<'_>,
+    client: &mut Object,
     retention: &Retention,
     now_ms: i64,
     batch: &[&AppendRequest],
 ) -> Result<Vec<Appended>, Error> {
-    let fates = claim_keys(tx, now_ms, retention, batch).await?;
-
-    // Entries per user, users sorted: the order their rows are locked in.
-    let mut per_user: BTreeMap<&str, i64> = BTreeMap::new();
-    for (request, fate) in batch.iter().zip(&fates) {
-        if matches!(fate, Fate::Store) {
-            for entry in &request.entries {
-                *per_user.entry(entry.user.as_str()).or_default() += 1;
+    let max_per_user = i64::try_from(retention.max_per_user).unwrap_or(i64::MAX);
+    if batch.iter().all(|request| request.key.is_none()) {
+        let fates: Vec<Fate> = batch.iter().map(|_| Fate::Store).collect();
+        let mut stored = store_entries(&*client, max_per_user, batch, &fates).await?;
+        if let Some(users) = stored.over_max.take() {
+            // Not atomic with the append, and need not be: should this node stop in between,
+            // the user's next append finds the user still over the bound and prunes then.
+            let tx = client.transaction().await?;
+            for (user, after) in enforce_max_per_user(&tx, &users, max_per_user).await? {
+                stored.counts.insert(user, after);
             }
+            tx.commit().await?;
         }
-    }
-    let mut next_seq: HashMap<&str, i64> = HashMap::with_capacity(per_user.len());
-    let mut counts: HashMap<String, InboxCounts> = HashMap::with_capacity(per_user.len());
-    // The users over `max_per_user`, once their new notifications are in.
-    let mut enforce = None;
-    if !per_user.is_empty() {
-        let users: Vec<&str> = per_user.keys().copied().collect();
-        let added: Vec<i64> = per_user.values().copied().collect();
-        let statement = tx
-            .prepare_cached(&format!(
-                "INSERT INTO herald_users AS u (user_id, last_seq, total, unread, unseen, inbox_version)
-                 SELECT t.user_id, t.n, t.n, t.n, t.n, t.n
-                 FROM unnest($1::text[], $2::bigint[]) AS t(user_id, n) ORDER BY t.user_id
-                 ON CONFLICT (user_id) DO UPDATE SET
-                     last_seq = u.last_seq + EXCLUDED.last_seq,
-                     total = u.total + EXCLUDED.total,
-                     unread = u.unread + EXCLUDED.unread,
-                     unseen = u.unseen + EXCLUDED.unseen,
-                     inbox_version = u.inbox_version + EXCLUDED.inbox_version
-                 RETURNING u.user_id, u.last_seq, u.pruned_through, {COUNTS_COLUMNS}"
-            ))
-            .await?;
-        let max_per_user = i64::try_from(retention.max_per_user).unwrap_or(i64::MAX);
-        let mut over_max = false;
-        for row in tx.query(&statement, &[&users, &added]).await? {
-            let user: String = row.get(0);
-            let (last_seq, pruned_through): (i64, i64) = (row.get(1), row.get(2));
-            let (&key, &n) = per_user.get_key_value(user.as_str()).ok_or_else(|| {
-                StoreError::Corrupt(format!("the upsert of users returned {user}, not in the batch"))
-            })?;
-            next_seq.insert(key, last_seq - n + 1);
-            over_max |= last_seq.saturating_sub(max_per_user) > pruned_through;
-            counts.insert(user, counts_from_row(&row, 3)?);
-        }
-        debug_assert_eq!(next_seq.len(), per_user.len(), "every user of the batch has its seqs");
-        if over_max {
-            enforce = Some((users, max_per_user));
-        }
+        return Ok(answers(fates, stored));
     }
 
-    // Seqs in the order of the batch, then every notification in one insert.
-    let mut stored: Vec<Option<Vec<Arc<Notification>>>> = Vec::with_capacity(batch.len());
-    let mut rows = NotificationRows::default();
-    for (request, fate) in batch.iter().zip(&fates) {
-        if !matches!(fate, Fate::Store) {
-            stored.push(None);
-            continue;
-        }
-        let mut notifications = Vec::with_capacity(request.entries.len());
-        for entry in &request.entries {
-            let next = next_seq.get_mut(entry.user.as_str()).expect("every user of the batch has its seqs");
-            let seq = seq_from_sql(*next)?;
-            *next += 1;
-            let notification = Arc::new(Notification::new(
-                entry.user.clone(),
-                Some(seq),
-                Arc::clone(&entry.kind),
-                Arc::clone(&entry.data),
-                entry.created_at_ms,
-                entry.audience.clone(),
-            ));
-            notifications.push(notification);
-        }
-        stored.push(Some(notifications));
-    }
-    for notification in stored.iter().flatten().flatten() {
-        rows.push(notification);
-    }
-    if !rows.seqs.is_empty() {
-        let statement = tx
-            .prepare_cached(
-                "INSERT INTO herald_notifications
-                     (user_id, seq, type, data, created_at, session, client, except_client)
-                 SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::bigint[],
-                                      $6::text[], $7::text[], $8::text[])",
-            )
-            .await?;
-        tx.execute(
-            &statement,
-            &[
-                &rows.users,
-                &rows.seqs,
-                &rows.kinds,
-                &rows.data,
-                &rows.created_at,
-                &rows.sessions,
-                &rows.clients,
-                &rows.except_clients,
-            ],
-        )
-        .await?;
-    }
-    if let Some((users, max_per_user)) = enforce {
-        for (user, after) in enforce_max_per_user(tx, &users, max_per_user).await? {
-            counts.insert(user, after);
+    let tx = client.transaction().await?;
+    let fates = claim_keys(&tx, now_ms, retention, batch).await?;
+    let mut stored = store_entries(&tx, max_per_user, batch, &fates).await?;
+    if let Some(users) = stored.over_max.take() {
+        for (user, after) in enforce_max_per_user(&tx, &users, max_per_user).await? {
+            stored.counts.insert(user, after);
         }
     }
-
-    // Receipts of the keys this batch claimed, and the answers.
-    let receipt_of = |notifications: &[Arc<Notification>]| Receipt {
-        notifications: notifications
-            .iter()
-            .map(|n| ReceiptEntry { user: n.user.clone(), seq: n.seq.unwrap_or_default() })
-            .collect(),
-        delivered: 0,
-    };
+    // Receipts of the keys this batch claimed.
     let (mut keys, mut receipts) = (Vec::new(), Vec::new());
-    for ((request, fate), notifications) in batch.iter().zip(&fates).zip(&stored) {
+    for ((request, fate), notifications) in batch.iter().zip(&fates).zip(&stored.notifications) {
         if let (Fate::Store, Some(key), Some(notifications)) = (fate, &request.key, notifications) {
             keys.push(key.as_str());
             receipts.push(crate::receipt_json(&receipt_of(notifications))?);
@@ -191,17 +105,182 @@ pub(super) async fn append_batch(
             .await?;
         tx.execute(&statement, &[&keys, &receipts]).await?;
     }
-    let mut answers = Vec::with_capacity(batch.len());
+    tx.commit().await?;
+    Ok(answers(fates, stored))
+}
+
+/// What `store_entries` stored.
+struct Stored {
+    /// Per request: its notifications, with their seqs; `None` for a request not stored (a
+    /// duplicate).
+    notifications: Vec<Option<Vec<Arc<Notification>>>>,
+    /// The counts of every user of the batch once it is stored.
+    counts: HashMap<String, InboxCounts>,
+    /// The users of the batch, if one of them went over `max_per_user`.
+    over_max: Option<Vec<String>>,
+}
+
+/// Stores the entries of the requests whose fate is [`Fate::Store`], in **one statement**: the
+/// upsert of every user's counter row (users sorted: the order their rows are locked in; the
+/// lock, the seqs and the counts at once) and, in the same statement, the insert of every
+/// notification, each seq computed from its user's new `last_seq`. The entries are sent with
+/// their distance from their user's last seq (`back`: the user's last entry in the batch is 0),
+/// which Rust knows before the statement runs; the seqs come out as `last_seq - back`, on both
+/// sides.
+async fn store_entries<C: GenericClient>(
+    client: &C,
+    max_per_user: i64,
+    batch: &[&AppendRequest],
+    fates: &[Fate],
+) -> Result<Stored, Error> {
+    let to_store = || batch.iter().zip(fates).filter(|(_, fate)| matches!(fate, Fate::Store));
+    // Entries per user, users sorted.
+    let mut per_user: BTreeMap<&str, i64> = BTreeMap::new();
+    for (request, _) in to_store() {
+        for entry in &request.entries {
+            *per_user.entry(entry.user.as_str()).or_default() += 1;
+        }
+    }
+    let mut stored = Stored {
+        notifications: Vec::with_capacity(batch.len()),
+        counts: HashMap::with_capacity(per_user.len()),
+        over_max: None,
+    };
+    if per_user.is_empty() {
+        // Only requests without entries (an ephemeral publish recording its key).
+        stored.notifications =
+            fates.iter().map(|fate| matches!(fate, Fate::Store).then(Vec::new)).collect();
+        return Ok(stored);
+    }
+
+    // Each entry's `back`: how many entries of its user come after it in the batch.
+    let mut remaining = per_user.clone();
+    let mut rows = EntryRows::default();
+    for (request, _) in to_store() {
+        for entry in &request.entries {
+            let left = remaining.get_mut(entry.user.as_str()).expect("every user of the batch is counted");
+            *left -= 1;
+            rows.push(entry, *left);
+        }
+    }
+    let users: Vec<&str> = per_user.keys().copied().collect();
+    let added: Vec<i64> = per_user.values().copied().collect();
+    let statement = client
+        .prepare_cached(&format!(
+            "WITH counters AS (
+                 INSERT INTO herald_users AS u (user_id, last_seq, total, unread, unseen, inbox_version)
+                 SELECT t.user_id, t.n, t.n, t.n, t.n, t.n
+                 FROM unnest($1::text[], $2::bigint[]) AS t(user_id, n) ORDER BY t.user_id
+                 ON CONFLICT (user_id) DO UPDATE SET
+                     last_seq = u.last_seq + EXCLUDED.last_seq,
+                     total = u.total + EXCLUDED.total,
+                     unread = u.unread + EXCLUDED.unread,
+                     unseen = u.unseen + EXCLUDED.unseen,
+                     inbox_version = u.inbox_version + EXCLUDED.inbox_version
+                 RETURNING u.user_id, u.last_seq, u.pruned_through, {COUNTS_COLUMNS}
+             ), notifications AS (
+                 INSERT INTO herald_notifications
+                     (user_id, seq, type, data, created_at, session, client, except_client)
+                 SELECT e.user_id, c.last_seq - e.back, e.type, e.data, e.created_at, e.session, e.client,
+                        e.except_client
+                 FROM unnest($3::text[], $4::bigint[], $5::text[], $6::text[], $7::bigint[], $8::text[],
+                             $9::text[], $10::text[])
+                          AS e(user_id, back, type, data, created_at, session, client, except_client)
+                 JOIN counters c ON c.user_id = e.user_id
+             )
+             SELECT * FROM counters"
+        ))
+        .await?;
+    let answered = client
+        .query(
+            &statement,
+            &[
+                &users,
+                &added,
+                &rows.users,
+                &rows.back,
+                &rows.kinds,
+                &rows.data,
+                &rows.created_at,
+                &rows.sessions,
+                &rows.clients,
+                &rows.except_clients,
+            ],
+        )
+        .await?;
+    let mut last_seqs: HashMap<&str, i64> = HashMap::with_capacity(per_user.len());
+    let mut over_max = false;
+    for row in &answered {
+        let user: String = row.get(0);
+        let (last_seq, pruned_through): (i64, i64) = (row.get(1), row.get(2));
+        let (&key, _) = per_user.get_key_value(user.as_str()).ok_or_else(|| {
+            StoreError::Corrupt(format!("the upsert of users returned {user}, not in the batch"))
+        })?;
+        last_seqs.insert(key, last_seq);
+        over_max |= last_seq.saturating_sub(max_per_user) > pruned_through;
+        stored.counts.insert(user, counts_from_row(row, 3)?);
+    }
+    if last_seqs.len() != per_user.len() {
+        return Err(StoreError::Corrupt(format!(
+            "the upsert of users returned {} of the batch's {} users",
+            last_seqs.len(),
+            per_user.len()
+        ))
+        .into());
+    }
+    if over_max {
+        stored.over_max = Some(users.iter().map(|user| (*user).to_owned()).collect());
+    }
+
+    // The same seqs on this side: `last_seq - back`, entry by entry in the order of the batch.
+    let mut backs = rows.back.iter();
+    for (request, fate) in batch.iter().zip(fates) {
+        if !matches!(fate, Fate::Store) {
+            stored.notifications.push(None);
+            continue;
+        }
+        let mut notifications = Vec::with_capacity(request.entries.len());
+        for entry in &request.entries {
+            let back = backs.next().expect("one back per entry");
+            let seq = seq_from_sql(last_seqs[entry.user.as_str()] - back)?;
+            notifications.push(Arc::new(Notification::new(
+                entry.user.clone(),
+                Some(seq),
+                Arc::clone(&entry.kind),
+                Arc::clone(&entry.data),
+                entry.created_at_ms,
+                entry.audience.clone(),
+            )));
+        }
+        stored.notifications.push(Some(notifications));
+    }
+    Ok(stored)
+}
+
+/// The receipt of the publish that stored `notifications`.
+fn receipt_of(notifications: &[Arc<Notification>]) -> Receipt {
+    Receipt {
+        notifications: notifications
+            .iter()
+            .map(|n| ReceiptEntry { user: n.user.clone(), seq: n.seq.unwrap_or_default() })
+            .collect(),
+        delivered: 0,
+    }
+}
+
+/// One [`Appended`] per request of the batch.
+fn answers(fates: Vec<Fate>, mut stored: Stored) -> Vec<Appended> {
+    let mut answers: Vec<Appended> = Vec::with_capacity(fates.len());
     for (i, fate) in fates.into_iter().enumerate() {
         answers.push(match fate {
             Fate::Store => {
-                let notifications = stored[i].take().expect("a stored request has its notifications");
+                let notifications = stored.notifications[i].take().expect("a stored request has its notifications");
                 let mut seen: HashSet<&UserId> = HashSet::new();
                 let mut user_counts = Vec::new();
                 for n in &notifications {
                     if seen.insert(&n.user) {
                         user_counts
-                            .push((n.user.clone(), counts.get(n.user.as_str()).copied().unwrap_or_default()));
+                            .push((n.user.clone(), stored.counts.get(n.user.as_str()).copied().unwrap_or_default()));
                     }
                 }
                 Appended::Stored { notifications, counts: user_counts }
@@ -217,14 +296,15 @@ pub(super) async fn append_batch(
             Fate::Duplicate(receipt) => Appended::Duplicate(receipt),
         });
     }
-    Ok(answers)
+    answers
 }
 
-/// The columns of the notifications a batch inserts, one array each (`unnest`).
+/// The columns of the entries a batch inserts, one array each (`unnest`).
 #[derive(Default)]
-struct NotificationRows<'a> {
+struct EntryRows<'a> {
     users: Vec<&'a str>,
-    seqs: Vec<i64>,
+    /// How many entries of the same user come after this one in the batch.
+    back: Vec<i64>,
     kinds: Vec<&'a str>,
     data: Vec<&'a str>,
     created_at: Vec<i64>,
@@ -233,16 +313,16 @@ struct NotificationRows<'a> {
     except_clients: Vec<Option<&'a str>>,
 }
 
-impl<'a> NotificationRows<'a> {
-    fn push(&mut self, n: &'a Notification) {
-        self.users.push(n.user.as_str());
-        self.seqs.push(sql_seq(n.seq.unwrap_or_default()));
-        self.kinds.push(&n.kind);
-        self.data.push(n.data.get());
-        self.created_at.push(n.created_at_ms);
-        self.sessions.push(n.audience.session.as_ref().map(|s| s.as_str()));
-        self.clients.push(n.audience.client.as_ref().map(|c| c.as_str()));
-        self.except_clients.push(n.audience.except_client.as_ref().map(|c| c.as_str()));
+impl<'a> EntryRows<'a> {
+    fn push(&mut self, entry: &'a NewNotification, back: i64) {
+        self.users.push(entry.user.as_str());
+        self.back.push(back);
+        self.kinds.push(&entry.kind);
+        self.data.push(entry.data.get());
+        self.created_at.push(entry.created_at_ms);
+        self.sessions.push(entry.audience.session.as_ref().map(|s| s.as_str()));
+        self.clients.push(entry.audience.client.as_ref().map(|c| c.as_str()));
+        self.except_clients.push(entry.audience.except_client.as_ref().map(|c| c.as_str()));
     }
 }
 
@@ -311,7 +391,7 @@ async fn claim_keys(
 /// what went off the counts. Returns the new counts of each user it changed.
 async fn enforce_max_per_user(
     tx: &Transaction<'_>,
-    users: &[&str],
+    users: &[String],
     max_per_user: i64,
 ) -> Result<Vec<(String, InboxCounts)>, Error> {
     let statement = tx
