@@ -1,15 +1,16 @@
 //! [`PostgresStore`]: each user's log in PostgreSQL, shared by every node of a cluster.
 //!
 //! # How it works
-//! - **Seqs are assigned in the database**, in the append's transaction: each user's
+//! - **Seqs are assigned in the database**, in the append's statement: each user's
 //!   `herald_users` row holds its `last_seq` and its inbox counts, and an append adds to them
-//!   (an upsert that locks the row) before it inserts its notifications. Whichever node appends,
+//!   (an upsert that locks the row) and inserts its notifications with the seqs it got. Whichever node appends,
 //!   two appends to one user take that row one after the other, so seqs are gap-free and never
 //!   reused; appends to other users do not wait on each other.
 //! - **Group commit** (`postgres/writer.rs`): appends queue for one writer task per store, which
-//!   runs whatever is waiting (up to [`BATCH_REQUESTS_MAX`]) as one transaction (a handful of
-//!   set-based statements over arrays, whatever the batch's size) and answers each once it has
-//!   committed. The queue is bounded ([`WRITE_QUEUE_CAPACITY`]).
+//!   runs whatever is waiting (up to [`BATCH_REQUESTS_MAX`], and under load what the runtime
+//!   is about to queue: [`GATHER_ROUNDS_MAX`]) as one commit (one set-based statement over
+//!   arrays whatever the batch's size; a transaction of a few when it has idempotency keys) and
+//!   answers each once it has committed. The queue is bounded ([`WRITE_QUEUE_CAPACITY`]).
 //! - **Other writes** (inbox marks and deletes, receipts, revocations, retention) are one
 //!   transaction each on a pooled connection, and take their user's row first, so that every
 //!   writer of a user's notifications holds that lock (see `postgres/writes.rs` for the order of
@@ -65,7 +66,7 @@ pub use pool::{
     PostgresOptions, RETRIES_MAX, STATEMENT_TIMEOUT, TCP_USER_TIMEOUT,
 };
 pub use schema::{SCHEMA_V1, SCHEMA_VERSION};
-pub use writer::{BATCH_REQUESTS_MAX, WRITE_QUEUE_CAPACITY, WriterStats};
+pub use writer::{BATCH_REQUESTS_MAX, GATHER_ROUNDS_MAX, WRITE_QUEUE_CAPACITY, WriterStats};
 pub use writes::PRUNE_CHUNK_ROWS;
 
 use pool::Pool;

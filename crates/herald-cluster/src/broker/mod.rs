@@ -111,7 +111,9 @@ pub enum BrokerError {
 /// What a broker tells its bus, in order, through the bounded channel given at connect.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BrokerEvent {
-    /// A message on a subject this node subscribed to (including its own publishes).
+    /// A message on a subject this node subscribed to. Its own publishes come back over Redis
+    /// (pub/sub has no way to leave them out) and not over NATS (`no_echo`): the bus must not
+    /// count on either.
     Message { subject: String, payload: Bytes },
     /// The connection is up again after [`BrokerEvent::Disconnected`], with every subscription
     /// in force again: what was published meanwhile is lost to this node.

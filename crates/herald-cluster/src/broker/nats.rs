@@ -16,6 +16,8 @@
 //! most [`COMMAND_QUEUE_CAPACITY`] commands) goes out after the reconnect, before
 //! `Reconnected`: late duplicates of what the bus repairs anyway.
 //!
+//! **Own publishes** are not received (`no_echo`): see [`BrokerEvent::Message`].
+//!
 //! **Messages.** Each subject has an async-nats subscription (its channel holds
 //! [`SUBSCRIPTION_QUEUE_CAPACITY`] messages) and a task that moves its messages into the bus's
 //! channel without ever waiting (`Events`). When a subscription's channel is full, async-nats
@@ -108,6 +110,10 @@ impl NatsBroker {
             .client_capacity(COMMAND_QUEUE_CAPACITY)
             .subscription_capacity(SUBSCRIPTION_QUEUE_CAPACITY)
             .max_reconnects(None)
+            // The server does not send this connection's own publishes back: the bus drops its
+            // own envelopes anyway, and in a cluster of three they are a third of what every
+            // node would receive (and of what the server sends).
+            .no_echo()
             .reconnect_delay_callback(reconnect_delay)
             .event_callback(move |event| {
                 let shared = on_event.clone();

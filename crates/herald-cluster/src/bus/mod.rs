@@ -4,8 +4,9 @@
 //! The notifier stores a durable notification (the store assigns its seq, cluster-wide), then
 //! hands it to this bus, which fans it out to this node's hub at once and publishes an envelope
 //! on the user's shard subject. Every node that has clients of a user of that shard receives it
-//! and hands it to its hub; its own echo is dropped. The broker is at-most-once; the store is the
-//! truth, and every way the broker can lose a message has a repair:
+//! and hands it to its hub; its own echo (Redis sends one; NATS, with `no_echo`, does not) is
+//! dropped. The broker is at-most-once; the store is the truth, and every way the broker can
+//! lose a message has a repair:
 //!
 //! - **Out of order or one missing in the middle** (two nodes publishing for one user, a message
 //!   lost between others): a client's subscription that sees seq N+2 after N reads N+1 from the

@@ -31,7 +31,7 @@ macro_rules! every_case {
     ($module:ident, $kind:expr) => {
         cases_for!($module, $kind, [
             crate::cases::round_trip_between_two_connections => round_trip_between_two_connections,
-            crate::cases::own_publishes_are_received => own_publishes_are_received,
+            crate::cases::own_publishes_come_back_over_redis_only => own_publishes_come_back_over_redis_only,
             crate::cases::one_publishers_order_is_kept => one_publishers_order_is_kept,
             crate::cases::subscribing_twice_is_one_subscription => subscribing_twice_is_one_subscription,
             crate::cases::unsubscribe_stops_delivery => unsubscribe_stops_delivery,

@@ -111,8 +111,10 @@ pub async fn broker_restart(kind: Kind) {
     for subject in &many {
         a.broker.subscribe(subject).await.unwrap();
     }
-    a.broker.publish(&subject, Bytes::from_static(b"up")).await.unwrap();
+    let witness = Node::connect(&url).await;
+    witness.broker.publish(&subject, Bytes::from_static(b"up")).await.unwrap();
     a.expect_message(&subject, b"up").await;
+    drop(witness);
 
     let killed = Instant::now();
     server.kill();
@@ -159,8 +161,12 @@ pub async fn broker_restart(kind: Kind) {
             other => panic!("unexpected {other:?} while awaiting {awaited}"),
         }
     }
-    a.broker.publish(&subject, Bytes::from_static(b"own")).await.unwrap();
-    a.expect_message(&subject, b"own").await;
+    // And `a` publishes again.
+    let own = fresh_subject("restart-own");
+    let mut b = b;
+    b.broker.subscribe(&own).await.unwrap();
+    a.broker.publish(&own, Bytes::from_static(b"own")).await.unwrap();
+    b.expect_message(&own, b"own").await;
     eprintln!(
         "{}: Disconnected {disconnected_after:?} after the kill; Reconnected {reconnected_after:?} after the \
          restart (down {:?})",

@@ -34,6 +34,11 @@ pub const WRITE_QUEUE_CAPACITY: usize = 4_096;
 /// bounded.
 pub const BATCH_REQUESTS_MAX: usize = 512;
 
+/// How many times at most the writer lets the runtime run before it commits a batch taken under
+/// load, to gather the appends of requests already on their way (see `run_writer`). At the bound
+/// the batch is committed as it is: a steady stream of appends cannot hold it back.
+pub const GATHER_ROUNDS_MAX: usize = 8;
+
 /// What the writer has done so far, for metrics and tests.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct WriterStats {
@@ -122,16 +127,32 @@ async fn run_writer(
     counters: Arc<Counters>,
 ) {
     let mut batch: Vec<Job> = Vec::with_capacity(BATCH_REQUESTS_MAX);
+    let mut last_batch = 0;
     while let Some(first) = jobs.recv().await {
         batch.push(first);
-        // Group commit: whatever queued up while the previous batch ran joins this one. No
-        // waiting for more: a lone append is committed at once.
-        while batch.len() < BATCH_REQUESTS_MAX {
-            match jobs.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
+        // Group commit: whatever queued up while the previous batch ran joins this one.
+        take_queued(&mut jobs, &mut batch);
+        // Under load (the last batch was not a lone append), the appends of requests the
+        // runtime is about to run join too: each round lets every task that is ready run (and
+        // the runtime read its sockets) before the writer looks again; the rounds stop at the
+        // first that brings nothing. A commit costs PostgreSQL about 200 µs of CPU whatever its
+        // size (the WAL flush and the answer: measured in BENCHMARKS.md), so on a node of a
+        // busy cluster fewer, larger batches are most of what an append costs. No timer: a
+        // round takes microseconds, and a lone append is still committed at once.
+        if last_batch > 1 {
+            for _ in 0..GATHER_ROUNDS_MAX {
+                let before = batch.len();
+                if before >= BATCH_REQUESTS_MAX {
+                    break;
+                }
+                tokio::task::yield_now().await;
+                take_queued(&mut jobs, &mut batch);
+                if batch.len() == before {
+                    break;
+                }
             }
         }
+        last_batch = batch.len();
         // Whoever gave up waiting has been answered (timed out): not stored.
         batch.retain(|job| !job.reply.is_closed());
         if batch.is_empty() {
@@ -162,6 +183,16 @@ async fn run_writer(
                     let _ = job.reply.send(answer.map_err(Error::into_store));
                 }
             }
+        }
+    }
+}
+
+/// Moves what is queued into `batch`, up to [`BATCH_REQUESTS_MAX`].
+fn take_queued(jobs: &mut mpsc::Receiver<Job>, batch: &mut Vec<Job>) {
+    while batch.len() < BATCH_REQUESTS_MAX {
+        match jobs.try_recv() {
+            Ok(job) => batch.push(job),
+            Err(_) => break,
         }
     }
 }
