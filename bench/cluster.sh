@@ -121,13 +121,7 @@ install_missing() {
 
 machine_info() {
     {
-        echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
-        echo "nproc: $(nproc)"
-        echo "memory: $(free -h | awk '/^Mem:/ {print $2}')"
-        echo "kernel: $(uname -sr)"
-        echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')"
-        echo "herald: ${HERALD_REV:-$(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD 2>/dev/null || echo ' (with uncommitted changes)')} ($HERALD_BIN)"
-        echo "rustc: $(rustc --version)"
+        machine_basics
         echo "postgresql: $(psql_admin -c 'SHOW server_version' 2>/dev/null || echo '?') ($PG_ADMIN_URL), synchronous_commit=$(psql_admin -c 'SHOW synchronous_commit' 2>/dev/null || echo '?'), fsync=$(psql_admin -c 'SHOW fsync' 2>/dev/null || echo '?')"
         echo "nats-server: $(nats-server --version 2>&1)"
         echo "redis-server: $(redis-server --version | sed 's/^Redis server //')"

@@ -90,13 +90,7 @@ install_missing() {
 
 machine_info() {
     {
-        echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
-        echo "nproc: $(nproc)"
-        echo "memory: $(free -h | awk '/^Mem:/ {print $2}')"
-        echo "kernel: $(uname -sr)"
-        echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')"
-        echo "herald: ${HERALD_REV:-$(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD 2>/dev/null || echo ' (with uncommitted changes)')} ($HERALD_BIN)"
-        echo "rustc: $(rustc --version)"
+        machine_basics
         echo "nginx: $(nginx -v 2>&1 | sed 's/^nginx version: //')"
         echo "nchan: $(dpkg-query -W -f='${Version}' libnginx-mod-nchan 2>/dev/null || echo '?')"
         echo "node: $(node --version)"

@@ -86,3 +86,15 @@ wait_quiet() {
     done
     ((waited == 0)) || log "after $waited s: $busy% busy"
 }
+
+# The lines of machine_info every bench prints first: the machine, the Herald build (HERALD_BIN,
+# HERALD_REV) and the compiler.
+machine_basics() {
+    echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+    echo "nproc: $(nproc)"
+    echo "memory: $(free -h | awk '/^Mem:/ {print $2}')"
+    echo "kernel: $(uname -sr)"
+    echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')"
+    echo "herald: ${HERALD_REV:-$(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD 2>/dev/null || echo ' (with uncommitted changes)')} ($HERALD_BIN)"
+    echo "rustc: $(rustc --version)"
+}

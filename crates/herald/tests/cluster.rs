@@ -274,15 +274,7 @@ impl Cluster {
 
 /// The next event that is not a keep-alive; fails after [`WAIT`] or if the stream ends.
 async fn next(stream: &mut EventStream) -> Event {
-    loop {
-        match tokio::time::timeout(WAIT, stream.next_event()).await {
-            Err(_) => panic!("no event within {WAIT:?}"),
-            Ok(Err(e)) => panic!("the stream failed: {e}"),
-            Ok(Ok(None)) => panic!("the stream ended"),
-            Ok(Ok(Some(Event::KeepAlive))) => {}
-            Ok(Ok(Some(event))) => return event,
-        }
-    }
+    common::next_event_within(stream, WAIT).await
 }
 
 /// Reads notifications until the one with seq `through`; returns every seq read, in order.

@@ -8,6 +8,7 @@
 //!
 //! Every child is stopped by its PID when its guard is dropped, and every wait is bounded.
 
+#[allow(dead_code)] // the stream helpers are for the other process tests
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};

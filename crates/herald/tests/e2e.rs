@@ -183,15 +183,7 @@ fn assert_one_line_error(output: &Output) -> String {
 
 /// The next event that is not a keep-alive; fails after [`WAIT`], or if the stream ends.
 async fn next(stream: &mut EventStream) -> Event {
-    loop {
-        match tokio::time::timeout(WAIT, stream.next_event()).await {
-            Err(_) => panic!("no event within {WAIT:?}"),
-            Ok(Err(e)) => panic!("the stream failed: {e}"),
-            Ok(Ok(None)) => panic!("the stream ended"),
-            Ok(Ok(Some(Event::KeepAlive))) => {}
-            Ok(Ok(Some(event))) => return event,
-        }
-    }
+    common::next_event_within(stream, WAIT).await
 }
 
 /// The client id and `last_seq` of the `hello` that must come next.

@@ -23,7 +23,7 @@ use common::{Server, free_port, herald};
 use herald_client::{
     ClientError, Event, EventStream, PublishRequest, Publisher, StreamOptions, Subscriber, To, mint_token,
 };
-use herald_store::postgres::testing::{PrivatePostgres, TestSchema, skip_reason};
+use herald_store::postgres::testing::{TestSchema, private_postgres_or_skip, skip_reason};
 use serde_json::{Value, json};
 
 // At least 32 bytes: `herald serve` refuses shorter secrets.
@@ -59,15 +59,7 @@ async fn healthz(server: &Server) -> Value {
 
 /// The next event that is not a keep-alive; fails after [`WAIT`], or if the stream ends.
 async fn next(stream: &mut EventStream) -> Event {
-    loop {
-        match tokio::time::timeout(WAIT, stream.next_event()).await {
-            Err(_) => panic!("no event within {WAIT:?}"),
-            Ok(Err(e)) => panic!("the stream failed: {e}"),
-            Ok(Ok(None)) => panic!("the stream ended"),
-            Ok(Ok(Some(Event::KeepAlive))) => {}
-            Ok(Ok(Some(event))) => return event,
-        }
-    }
+    common::next_event_within(stream, WAIT).await
 }
 
 /// The seq and data of the next event, which must be a durable notification.
@@ -280,16 +272,8 @@ fn an_unreachable_bus_is_refused_in_one_line() {
 /// stream gets the new notifications.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_stopped_and_started_under_a_running_herald() {
-    if let Some(reason) = skip_reason() {
-        eprintln!("skipped: {reason}");
+    let Some(mut postgres) = tokio::task::block_in_place(private_postgres_or_skip) else {
         return;
-    }
-    let mut postgres = match tokio::task::block_in_place(PrivatePostgres::create) {
-        Ok(postgres) => postgres,
-        Err(reason) => {
-            eprintln!("skipped: {reason}");
-            return;
-        }
     };
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
@@ -345,16 +329,8 @@ async fn postgres_stopped_and_started_under_a_running_herald() {
 /// log's notifications.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_epoch_ends_the_open_streams_with_a_reset_to_come() {
-    if let Some(reason) = skip_reason() {
-        eprintln!("skipped: {reason}");
+    let Some(mut postgres) = tokio::task::block_in_place(private_postgres_or_skip) else {
         return;
-    }
-    let mut postgres = match tokio::task::block_in_place(PrivatePostgres::create) {
-        Ok(postgres) => postgres,
-        Err(reason) => {
-            eprintln!("skipped: {reason}");
-            return;
-        }
     };
     let dir = tempfile::tempdir().unwrap();
     let server = start(dir.path(), free_port(), &["--store", &postgres.url()]).await;

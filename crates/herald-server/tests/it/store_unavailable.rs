@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use herald_core::{Limits, Retention};
 use herald_server::ServerSettings;
 use herald_store::PostgresStore;
-use herald_store::postgres::testing::{PrivatePostgres, skip_reason};
+use herald_store::postgres::testing::private_postgres_or_skip;
 use herald_store::postgres::{OPERATION_TIMEOUT, PostgresOptions};
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -53,16 +53,8 @@ async fn healthz(server: &TestServer) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_store_route_answers_503_while_postgres_is_down_and_the_node_recovers_by_itself() {
-    if let Some(reason) = skip_reason() {
-        eprintln!("skipped: {reason}");
+    let Some(mut postgres) = tokio::task::block_in_place(private_postgres_or_skip) else {
         return;
-    }
-    let mut postgres = match tokio::task::block_in_place(PrivatePostgres::create) {
-        Ok(postgres) => postgres,
-        Err(reason) => {
-            eprintln!("skipped: {reason}");
-            return;
-        }
     };
     let store =
         PostgresStore::open(PostgresOptions::new(postgres.url()), Retention::default()).await.unwrap();
@@ -200,16 +192,8 @@ async fn every_store_route_answers_503_while_postgres_is_down_and_the_node_recov
 /// Fails if only failed requests made the node degraded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn healthz_follows_the_database_without_traffic() {
-    if let Some(reason) = skip_reason() {
-        eprintln!("skipped: {reason}");
+    let Some(mut postgres) = tokio::task::block_in_place(private_postgres_or_skip) else {
         return;
-    }
-    let mut postgres = match tokio::task::block_in_place(PrivatePostgres::create) {
-        Ok(postgres) => postgres,
-        Err(reason) => {
-            eprintln!("skipped: {reason}");
-            return;
-        }
     };
     let store =
         PostgresStore::open(PostgresOptions::new(postgres.url()), Retention::default()).await.unwrap();
@@ -242,16 +226,8 @@ async fn healthz_follows_the_database_without_traffic() {
 /// Fails if a layer above the store waited longer than the store's bound.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_database_is_refused_within_the_stores_bound() {
-    if let Some(reason) = skip_reason() {
-        eprintln!("skipped: {reason}");
+    let Some(postgres) = tokio::task::block_in_place(private_postgres_or_skip) else {
         return;
-    }
-    let postgres = match tokio::task::block_in_place(PrivatePostgres::create) {
-        Ok(postgres) => postgres,
-        Err(reason) => {
-            eprintln!("skipped: {reason}");
-            return;
-        }
     };
     let store =
         PostgresStore::open(PostgresOptions::new(postgres.url()), Retention::default()).await.unwrap();

@@ -29,6 +29,21 @@ pub fn skip_reason() -> Option<String> {
     }
 }
 
+/// A private PostgreSQL for a test that stops, starts or pauses its database. `None`, with the
+/// reason printed, when [`URL_VARIABLE`] is not set (the test skips); when it is set (as in CI),
+/// an instance that cannot be made fails the test instead of skipping it quietly. Blocking
+/// (`initdb`): call it from `tokio::task::block_in_place` in an async test.
+pub fn private_postgres_or_skip() -> Option<PrivatePostgres> {
+    if let Some(reason) = skip_reason() {
+        eprintln!("skipped: {reason}");
+        return None;
+    }
+    match PrivatePostgres::create() {
+        Ok(postgres) => Some(postgres),
+        Err(reason) => panic!("{URL_VARIABLE} is set, but a private PostgreSQL cannot be started: {reason}"),
+    }
+}
+
 /// A schema name no other test (of this run or another process) uses.
 pub fn fresh_schema() -> String {
     static NEXT: AtomicU64 = AtomicU64::new(0);

@@ -19,7 +19,9 @@ use herald_core::{
 };
 use serde_json::value::RawValue;
 
-use super::testing::{PrivatePostgres, drop_schema, free_port, fresh_schema, skip_reason as skip, test_url};
+use super::testing::{
+    drop_schema, free_port, fresh_schema, private_postgres_or_skip, skip_reason as skip, test_url,
+};
 use super::*;
 
 /// A store in its own schema, which it drops when dropped.
@@ -414,13 +416,8 @@ async fn a_silent_server_fails_to_open_within_the_timeout() {
 /// there, once, under its seq.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn database_stopped_and_started_mid_use() {
-    skip_unless_postgres!();
-    let mut postgres = match PrivatePostgres::create() {
-        Ok(postgres) => postgres,
-        Err(reason) => {
-            eprintln!("skipped: {reason}");
-            return;
-        }
+    let Some(mut postgres) = tokio::task::block_in_place(private_postgres_or_skip) else {
+        return;
     };
     let store = Arc::new(
         PostgresStore::open(PostgresOptions::new(postgres.url()), Retention::default()).await.unwrap(),

@@ -148,8 +148,7 @@ async fn store_entries<C: GenericClient>(
     };
     if per_user.is_empty() {
         // Only requests without entries (an ephemeral publish recording its key).
-        stored.notifications =
-            fates.iter().map(|fate| matches!(fate, Fate::Store).then(Vec::new)).collect();
+        stored.notifications = fates.iter().map(|fate| matches!(fate, Fate::Store).then(Vec::new)).collect();
         return Ok(stored);
     }
 
@@ -274,13 +273,16 @@ fn answers(fates: Vec<Fate>, mut stored: Stored) -> Vec<Appended> {
     for (i, fate) in fates.into_iter().enumerate() {
         answers.push(match fate {
             Fate::Store => {
-                let notifications = stored.notifications[i].take().expect("a stored request has its notifications");
+                let notifications =
+                    stored.notifications[i].take().expect("a stored request has its notifications");
                 let mut seen: HashSet<&UserId> = HashSet::new();
                 let mut user_counts = Vec::new();
                 for n in &notifications {
                     if seen.insert(&n.user) {
-                        user_counts
-                            .push((n.user.clone(), stored.counts.get(n.user.as_str()).copied().unwrap_or_default()));
+                        user_counts.push((
+                            n.user.clone(),
+                            stored.counts.get(n.user.as_str()).copied().unwrap_or_default(),
+                        ));
                     }
                 }
                 Appended::Stored { notifications, counts: user_counts }

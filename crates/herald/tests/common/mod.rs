@@ -1,6 +1,7 @@
-//! What the process-level tests (e2e.rs, crash.rs) share: the `herald` command with a clean
-//! environment, a `herald serve` child with its stderr collected, and the bounded wait until it
-//! answers. Each test file adds the methods only it needs in an `impl Server` of its own.
+//! What the process-level tests (e2e.rs, crash.rs, postgres.rs, cluster.rs) share: the `herald`
+//! command with a clean environment, a `herald serve` child with its stderr collected, the
+//! bounded wait until it answers, a private PostgreSQL's "skip or start" and the next event of a
+//! stream. Each test file adds the methods only it needs in an `impl Server` of its own.
 
 use std::io::{BufRead as _, BufReader, Read};
 use std::path::Path;
@@ -9,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use herald_client::Publisher;
+use herald_client::{Event, EventStream, Publisher};
 
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
@@ -139,5 +140,19 @@ impl Drop for Server {
             let _ = self.child.kill();
         }
         let _ = self.child.wait();
+    }
+}
+
+/// The next event of `stream` that is not a keep-alive; fails after `wait`, or if the stream
+/// ends.
+pub async fn next_event_within(stream: &mut EventStream, wait: Duration) -> Event {
+    loop {
+        match tokio::time::timeout(wait, stream.next_event()).await {
+            Err(_) => panic!("no event within {wait:?}"),
+            Ok(Err(e)) => panic!("the stream failed: {e}"),
+            Ok(Ok(None)) => panic!("the stream ended"),
+            Ok(Ok(Some(Event::KeepAlive))) => {}
+            Ok(Ok(Some(event))) => return event,
+        }
     }
 }
