@@ -143,6 +143,10 @@ pub(super) async fn migrate(client: &mut Client, place: &str) -> Result<(), Erro
 /// commits and the seqs after them may be reused. A failover that lost nothing changes the
 /// timeline too: clients then reset once, needlessly but safely. Where the control functions
 /// are not granted, the epoch is the id alone (and a failover is not seen).
+///
+/// The system identifier goes out digested (every client sees the epoch, in `hello`): it tells
+/// PostgreSQL clusters apart just as well, without telling anyone when and where the database's
+/// `initdb` ran (the identifier is made from its time and process id).
 pub(super) async fn read_epoch(client: &Client) -> Result<String, Error> {
     let id: String = client.query_one("SELECT epoch FROM herald_meta", &[]).await?.get(0);
     // A standby has no current WAL position (it is not written to); its timeline is not asked.
@@ -159,11 +163,36 @@ pub(super) async fn read_epoch(client: &Client) -> Result<String, Error> {
             let system: Option<String> = row.get(0);
             let timeline: Option<String> = row.get(1);
             let timeline = timeline.and_then(|t| u32::from_str_radix(&t, 16).ok()).unwrap_or(0);
-            format!("{id}.{}.{timeline}", system.unwrap_or_default())
+            format!("{id}.{:016x}.{timeline}", system_digest(&system.unwrap_or_default()))
         }
         Err(error) => {
             tracing::warn!(%error, "cannot read PostgreSQL's system id and timeline: the store's epoch is its id alone");
             id
         }
     })
+}
+
+/// FNV-1a of the system identifier's text: stable across processes and versions (the std
+/// hasher is seeded per process), which an epoch must be.
+fn system_digest(system: &str) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in system.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash
+}
+
+#[cfg(test)]
+mod tests {
+    use super::system_digest;
+
+    /// The digest is a fixed function: a node of another build must compute the same epoch.
+    #[test]
+    fn the_system_digest_is_fnv1a_and_does_not_show_the_identifier() {
+        assert_eq!(system_digest(""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(system_digest("a"), 0xaf63_dc4c_8601_ec8c);
+        let identifier = "7441234567890123456";
+        assert!(!format!("{:016x}", system_digest(identifier)).contains(identifier));
+    }
 }
