@@ -52,6 +52,7 @@ mod pool;
 mod reads;
 mod schema;
 mod sql;
+mod tls;
 mod writer;
 mod writes;
 

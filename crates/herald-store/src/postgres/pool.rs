@@ -18,6 +18,7 @@
 //! follows the database even without traffic.
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,10 +29,12 @@ use deadpool_postgres::{
 };
 use herald_core::{Health, StoreError};
 use parking_lot::Mutex;
-use tokio_postgres::NoTls;
+use percent_encoding::percent_decode_str;
+use tokio_postgres::config::SslMode;
 
 use super::schema::read_epoch;
 use super::sql::Error;
+use super::tls::{RootCerts, TlsMode, TlsSettings};
 
 /// Connections a store keeps open at most (the writer's and the readers'). At the bound, an
 /// operation waits for one for at most [`POOL_WAIT_TIMEOUT`], then fails `Unavailable`. Why
@@ -116,7 +119,7 @@ impl PostgresOptions {
         }
         let url = if kept.is_empty() { base.to_owned() } else { format!("{base}?{}", kept.join("&")) };
         let options = Self { url, schema, connections_max: POOL_CONNECTIONS_MAX };
-        options.config()?;
+        options.config()?.1.connector()?;
         Ok(options)
     }
 
@@ -139,10 +142,48 @@ impl PostgresOptions {
     }
 
     /// The driver's settings: the URL's, plus every timeout of this module (a URL that sets
-    /// `connect_timeout` keeps its own).
-    fn config(&self) -> Result<tokio_postgres::Config, StoreError> {
-        let mut config = tokio_postgres::Config::from_str(&self.url)
-            .map_err(|e| StoreError::Unavailable(format!("invalid PostgreSQL URL: {e}")))?;
+    /// `connect_timeout` keeps its own); and the URL's TLS settings (`sslmode`, `sslrootcert`:
+    /// see `tls`), which are taken out of a `postgres://` URL's query first, since the driver
+    /// knows neither `verify-*` nor `sslrootcert`.
+    fn config(&self) -> Result<(tokio_postgres::Config, TlsSettings), StoreError> {
+        let invalid = |reason: String| StoreError::Unavailable(format!("invalid PostgreSQL URL: {reason}"));
+        let mut tls = TlsSettings::default();
+        let url = match self.url.split_once('?') {
+            Some((base, query)) if base.starts_with("postgres://") || base.starts_with("postgresql://") => {
+                let mut kept = Vec::new();
+                for pair in query.split('&').filter(|pair| !pair.is_empty()) {
+                    let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+                    let value = percent_decode_str(value)
+                        .decode_utf8()
+                        .map_err(|_| invalid(format!("{key} is not UTF-8 once decoded")))?;
+                    match key {
+                        "sslmode" => tls.mode = TlsMode::parse(&value).map_err(invalid)?,
+                        "sslrootcert" if value == "system" => tls.roots = RootCerts::System,
+                        "sslrootcert" => tls.roots = RootCerts::File(PathBuf::from(value.as_ref())),
+                        "sslcert" | "sslkey" | "sslpassword" => {
+                            return Err(invalid(format!(
+                                "{key}: client certificates are not supported (yet); authenticate with a password"
+                            )));
+                        }
+                        _ => kept.push(pair),
+                    }
+                }
+                if kept.is_empty() { base.to_owned() } else { format!("{base}?{}", kept.join("&")) }
+            }
+            _ => self.url.clone(),
+        };
+        let mut config = tokio_postgres::Config::from_str(&url).map_err(|e| invalid(e.to_string()))?;
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            // libpq's key=value form: the driver read `sslmode` (`disable`, `prefer`, `require`
+            // only); its `prefer` is also what it assumes when none is given, which is not TLS
+            // here.
+            tls.mode = match config.get_ssl_mode() {
+                SslMode::Require => TlsMode::Require,
+                SslMode::Prefer if url.contains("sslmode") => TlsMode::Prefer,
+                _ => TlsMode::Disable,
+            };
+        }
+        config.ssl_mode(tls.mode.ssl_mode());
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
@@ -166,7 +207,7 @@ impl PostgresOptions {
             options.push_str(&format!(" -c search_path={schema}"));
         }
         config.options(&options);
-        Ok(config)
+        Ok((config, tls))
     }
 }
 
@@ -241,8 +282,9 @@ impl Pool {
     pub(super) async fn connect(
         options: &PostgresOptions,
     ) -> Result<(Self, tokio_postgres::Client), StoreError> {
-        let config = options.config()?;
-        let (client, connection) = tokio::time::timeout(OPERATION_TIMEOUT, config.connect(NoTls))
+        let (config, tls) = options.config()?;
+        let tls = tls.connector()?;
+        let (client, connection) = tokio::time::timeout(OPERATION_TIMEOUT, config.connect(tls.clone()))
             .await
             .map_err(|_| {
                 StoreError::Unavailable(format!(
@@ -266,7 +308,7 @@ impl Pool {
         let epoch: Arc<Mutex<Arc<str>>> = Arc::new(Mutex::new(Arc::from("")));
         let hook_epoch = Arc::clone(&epoch);
         let manager =
-            Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+            Manager::from_config(config, tls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let inner = deadpool_postgres::Pool::builder(manager)
             .max_size(options.connections_max.max(1))
             .timeouts(Timeouts {

@@ -170,6 +170,29 @@ impl PrivatePostgres {
         Ok(this)
     }
 
+    /// Makes the server take TLS connections only, with `cert_pem` and `key_pem` (restarted):
+    /// `hostssl` entries trust, plain TCP connections are rejected by `pg_hba.conf`.
+    pub fn require_tls(&mut self, cert_pem: &str, key_pem: &str) {
+        use std::io::Write as _;
+        use std::os::unix::fs::PermissionsExt as _;
+        let data = self.dir.path().join("data");
+        for (name, pem) in [("server.crt", cert_pem), ("server.key", key_pem)] {
+            let path = data.join(name);
+            std::fs::write(&path, pem).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+            std::os::unix::fs::chown(&path, Some(self.uid), Some(self.gid)).unwrap();
+        }
+        let mut conf = std::fs::OpenOptions::new().append(true).open(data.join("postgresql.conf")).unwrap();
+        writeln!(conf, "ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'").unwrap();
+        std::fs::write(
+            data.join("pg_hba.conf"),
+            "local all all trust\nhostssl all all 127.0.0.1/32 trust\nhostnossl all all 127.0.0.1/32 reject\n",
+        )
+        .unwrap();
+        self.stop();
+        self.start();
+    }
+
     fn command(&self, program: &str) -> std::process::Command {
         use std::os::unix::process::CommandExt;
         let mut command = std::process::Command::new(self.bin.join(program));

@@ -536,3 +536,72 @@ fn store_urls_take_a_schema_and_are_checked_without_connecting() {
         assert!(!error.contains("secret"), "{bad}: the password in {error:?}");
     }
 }
+
+/// TLS to PostgreSQL, as libpq's `sslmode` and `sslrootcert` say (see `tls.rs`), against a
+/// private server that takes TLS connections only, with a self-signed certificate for
+/// `localhost`: `verify-full` with that certificate as root connects by name and refuses the
+/// address (the certificate does not name it), `verify-ca` takes the address, `verify-full`
+/// with the system's roots refuses (unknown issuer), `require` encrypts without judging, and no
+/// `sslmode` is plain TCP, which the server rejects. Every connection that succeeds is checked to
+/// be encrypted (`pg_stat_ssl`). A bad `sslrootcert` or a client certificate fails at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_modes_check_the_certificate_as_libpq_says() {
+    let Some(mut postgres) = tokio::task::block_in_place(private_postgres_or_skip) else {
+        return;
+    };
+    let generated = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let (cert, key) = (generated.cert.pem(), generated.signing_key.serialize_pem());
+    tokio::task::block_in_place(|| postgres.require_tls(&cert, &key));
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root.pem");
+    std::fs::write(&root, &cert).unwrap();
+    let root = root.to_str().unwrap();
+    let port = postgres.url().rsplit(':').next().unwrap().split('/').next().unwrap().to_owned();
+    let url = |host: &str, query: &str| format!("postgres://postgres@{host}:{port}/postgres?{query}");
+
+    async fn encrypted(url: &str) -> Result<bool, String> {
+        let options = PostgresOptions::from_url(url).map_err(|e| e.to_string())?;
+        let (_pool, client) = super::pool::Pool::connect(&options).await.map_err(|e| e.to_string())?;
+        let row = client
+            .query_one("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[])
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(row.get(0))
+    }
+
+    let full = format!("sslmode=verify-full&sslrootcert={root}");
+    assert_eq!(encrypted(&url("localhost", &full)).await, Ok(true), "verify-full by name");
+    let refused = encrypted(&url("127.0.0.1", &full)).await.unwrap_err();
+    assert!(
+        refused.contains("certificate"),
+        "verify-full by an address the certificate does not name: {refused}"
+    );
+    let ca = format!("sslmode=verify-ca&sslrootcert={root}");
+    assert_eq!(encrypted(&url("127.0.0.1", &ca)).await, Ok(true), "verify-ca does not judge the name");
+    let system = encrypted(&url("localhost", "sslmode=verify-full")).await.unwrap_err();
+    assert!(system.contains("certificate"), "a self-signed certificate is no system root's: {system}");
+    assert_eq!(
+        encrypted(&url("127.0.0.1", "sslmode=require")).await,
+        Ok(true),
+        "require encrypts, judges nothing"
+    );
+    assert_eq!(
+        encrypted(&url("127.0.0.1", "sslmode=prefer")).await,
+        Ok(true),
+        "prefer takes the TLS offered"
+    );
+    let plain = encrypted(&url("127.0.0.1", "application_name=x")).await.unwrap_err();
+    assert!(plain.contains("pg_hba") || plain.contains("encryption"), "no sslmode is plain TCP: {plain}");
+    // Percent-encoded as a URL may hold it.
+    let encoded = format!("sslmode=verify-full&sslrootcert={}", root.replace('/', "%2F"));
+    assert_eq!(encrypted(&url("localhost", &encoded)).await, Ok(true), "sslrootcert percent-encoded");
+
+    for (query, said) in [
+        ("sslmode=verify-full&sslrootcert=/nonexistent/root.pem", "sslrootcert"),
+        ("sslmode=sometimes", "sslmode=sometimes"),
+        ("sslmode=require&sslcert=/tmp/c.pem", "client certificates"),
+    ] {
+        let error = PostgresOptions::from_url(&url("localhost", query)).unwrap_err().to_string();
+        assert!(error.contains(said), "{query}: {error}");
+    }
+}
