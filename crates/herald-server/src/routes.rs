@@ -36,6 +36,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/v1/cluster", get(health::cluster))
         .route("/v1/notify", post(api::publish::notify))
+        .route("/v1/notify/batch", post(api::publish::notify_batch))
         .route("/v1/users/{user}/presence", get(api::users::presence))
         .route("/v1/users/{user}/notifications", get(api::users::notifications))
         .route("/v1/users/{user}/sessions", delete(api::users::close_all_sessions))

@@ -1,12 +1,13 @@
-//! `POST /v1/notify`: publish a notification to a user, several users, a session or a client.
+//! `POST /v1/notify`: publish a notification to a user, several users, a session or a client;
+//! `POST /v1/notify/batch`: several such publishes in one request.
 
 use std::sync::Arc;
 
 use axum::extract::State;
 use axum::response::Response;
 use herald_core::notification::DEFAULT_KIND;
-use herald_core::{ClientId, Publish, SessionId, Target, UserId};
-use serde::Deserialize;
+use herald_core::{ClientId, Publish, Receipt, SessionId, Target, UserId};
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::app::App;
@@ -57,25 +58,113 @@ impl TargetBody {
     }
 }
 
+impl NotifyBody {
+    fn into_publish(self) -> Result<Publish, ApiError> {
+        let target = self.to.into_target()?;
+        let data: Arc<RawValue> = match self.data {
+            Some(data) => Arc::from(data),
+            None => Arc::from(RawValue::from_string("null".to_owned()).expect("null is JSON")),
+        };
+        Ok(Publish {
+            target,
+            kind: Arc::from(self.kind.as_deref().unwrap_or(DEFAULT_KIND)),
+            data,
+            durable: self.durable.unwrap_or(true),
+            except_client: self.except_client.map(ClientId::new).transpose()?,
+            idempotency_key: self.idempotency_key,
+        })
+    }
+}
+
 /// Publishes; answers `{"notifications": [{"user", "seq"}], "delivered": n}`.
 pub async fn notify(
     State(app): State<Arc<App>>,
     _publisher: Publisher,
     ApiJson(body): ApiJson<NotifyBody>,
 ) -> Result<Response, ApiError> {
-    let target = body.to.into_target()?;
-    let data: Arc<RawValue> = match body.data {
-        Some(data) => Arc::from(data),
-        None => Arc::from(RawValue::from_string("null".to_owned()).expect("null is JSON")),
-    };
-    let publish = Publish {
-        target,
-        kind: Arc::from(body.kind.as_deref().unwrap_or(DEFAULT_KIND)),
-        data,
-        durable: body.durable.unwrap_or(true),
-        except_client: body.except_client.map(ClientId::new).transpose()?,
-        idempotency_key: body.idempotency_key,
-    };
-    let receipt = app.notifier.publish(publish).await?;
+    let receipt = app.notifier.publish(body.into_publish()?).await?;
     Ok(json_response(&receipt))
+}
+
+/// Entries of one `POST /v1/notify/batch` at most (and at least one). The body's bound
+/// (`REQUEST_BODY_BYTES_MAX`, 1 MiB) applies too, whichever is reached first.
+pub const BATCH_ENTRIES_MAX: usize = 1_000;
+
+/// The body of `POST /v1/notify/batch`: each entry is read on its own, so that one that does
+/// not decode fails alone.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchBody {
+    notifications: Vec<Box<RawValue>>,
+}
+
+/// One entry's outcome: its receipt, or its error (with the status `POST /v1/notify` would
+/// have answered).
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+enum EntryOutcome {
+    Published(Receipt),
+    Failed { error: EntryError },
+}
+
+#[derive(Debug, Serialize)]
+struct EntryError {
+    status: u16,
+    code: &'static str,
+    message: String,
+}
+
+#[derive(Debug, Serialize)]
+struct BatchAnswer {
+    results: Vec<EntryOutcome>,
+    failed: usize,
+}
+
+/// Publishes every entry of the batch as `POST /v1/notify` would, all at once: their appends
+/// reach the store's writer together, so its group commit stores them in one transaction (a few
+/// when the batch is larger than the writer's batch bound, 512 for PostgreSQL), and entries to
+/// the same user get their seqs in the order of the batch (they are handed to the writer in
+/// that order). Answers 200 with one result per entry, in order, and how many failed; an entry
+/// that fails (does not decode, names a bad target, meets an unavailable store…) fails alone.
+/// The batch itself is refused (400 `invalid_batch`) when it has no entry or more than
+/// [`BATCH_ENTRIES_MAX`].
+pub async fn notify_batch(
+    State(app): State<Arc<App>>,
+    _publisher: Publisher,
+    ApiJson(body): ApiJson<BatchBody>,
+) -> Result<Response, ApiError> {
+    let count = body.notifications.len();
+    if count == 0 || count > BATCH_ENTRIES_MAX {
+        return Err(ApiError::bad_request(
+            "invalid_batch",
+            format!("a batch has 1 to {BATCH_ENTRIES_MAX} notifications, not {count}"),
+        ));
+    }
+    let publishes = body.notifications.iter().map(|entry| {
+        let publish = serde_json::from_str::<NotifyBody>(entry.get())
+            .map_err(|e| ApiError::bad_request("invalid_json", e.to_string()))
+            .and_then(NotifyBody::into_publish);
+        let app = &app;
+        async move { app.notifier.publish(publish?).await.map_err(ApiError::from) }
+    });
+    // Polled in the order of the batch: each entry's append is queued before the next one's.
+    let outcomes = futures::future::join_all(publishes).await;
+    let mut failed = 0;
+    let results = outcomes
+        .into_iter()
+        .map(|outcome| match outcome {
+            Ok(receipt) => EntryOutcome::Published(receipt),
+            Err(error) => {
+                failed += 1;
+                EntryOutcome::Failed {
+                    error: EntryError {
+                        status: error.status.as_u16(),
+                        code: error.code,
+                        message: error.message,
+                    },
+                }
+            }
+        })
+        .collect();
+    Ok(json_response(&BatchAnswer { results, failed }))
 }

@@ -12,6 +12,7 @@ mod support;
 mod authorization;
 mod bad_input;
 mod basics;
+mod batch;
 mod caps;
 mod connection;
 mod embed;

@@ -210,6 +210,19 @@ impl TestServer {
         answer(response).await
     }
 
+    /// `POST path` with the API key and a JSON body; returns status and JSON body.
+    pub async fn post_api(&self, path: &str, body: Value) -> (u16, Value) {
+        let response = self
+            .http
+            .post(format!("{}{path}", self.url))
+            .bearer_auth(API_KEY)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        answer(response).await
+    }
+
     /// Publishes a durable notification to `user`; panics unless it succeeds; returns its seq.
     pub async fn notify_user(&self, user: &str, data: Value) -> u64 {
         let (status, body) = self.publish(json!({ "to": { "user": user }, "data": data })).await;
