@@ -2,7 +2,9 @@
 
 use reqwest::Method;
 
-use crate::error::Result;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ClientError, Result};
 use crate::http::{Endpoint, REQUEST_TIMEOUT, check_status, http_client, path_id, read_json};
 use crate::inbox::Inbox;
 use crate::types::{Notification, Presence, PublishRequest, PublishResponse};
@@ -41,6 +43,35 @@ impl Publisher {
     pub async fn publish(&self, request: &PublishRequest) -> Result<PublishResponse> {
         let response = self.request(Method::POST, &["v1", "notify"]).json(request).send().await?;
         read_json(response, "publish answer").await
+    }
+
+    /// `POST /v1/notify/batch`: publishes up to 1,000 notifications in one request (their
+    /// appends share the server's commits; a user's get their seqs in the order given). One
+    /// result per request, in order: an entry the server refused is its
+    /// [`ClientError::Http`] (status, code, message as `publish` would have got), without failing
+    /// the others. The call itself fails on a batch of no or over 1,000 entries
+    /// (`invalid_batch`), and as any request does.
+    pub async fn publish_batch(&self, requests: &[PublishRequest]) -> Result<Vec<Result<PublishResponse>>> {
+        let body = BatchRequest { notifications: requests };
+        let response = self.request(Method::POST, &["v1", "notify", "batch"]).json(&body).send().await?;
+        let answer: BatchAnswer = read_json(response, "batch answer").await?;
+        if answer.results.len() != requests.len() {
+            return Err(ClientError::Protocol(format!(
+                "the batch answer has {} results for {} notifications",
+                answer.results.len(),
+                requests.len()
+            )));
+        }
+        Ok(answer
+            .results
+            .into_iter()
+            .map(|result| match result {
+                BatchResult::Published(published) => Ok(published),
+                BatchResult::Failed { error } => {
+                    Err(ClientError::Http { status: error.status, code: error.code, message: error.message })
+                }
+            })
+            .collect())
     }
 
     /// `GET /v1/users/{user}/presence`: the user's sessions and connected clients.
@@ -111,4 +142,28 @@ impl Publisher {
 struct Closed {
     #[serde(default)]
     closed: u64,
+}
+
+#[derive(Serialize)]
+struct BatchRequest<'a> {
+    notifications: &'a [PublishRequest],
+}
+
+#[derive(Deserialize)]
+struct BatchAnswer {
+    results: Vec<BatchResult>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum BatchResult {
+    Failed { error: BatchError },
+    Published(PublishResponse),
+}
+
+#[derive(Deserialize)]
+struct BatchError {
+    status: u16,
+    code: String,
+    message: String,
 }

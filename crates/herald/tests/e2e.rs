@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 
 use common::{Server, collect, free_port, herald};
 use herald_client::{
-    Event, EventStream, Notification, PublishRequest, Publisher, StreamOptions, Subscriber, To, mint_token,
+    ClientError, Event, EventStream, Notification, PublishRequest, Publisher, StreamOptions, Subscriber, To,
+    mint_token,
 };
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -235,6 +236,36 @@ async fn stored(publisher: &Publisher, user: &str) -> Vec<Notification> {
             return all;
         }
         all.extend(page);
+    }
+}
+
+/// herald-client's `publish_batch` against the binary: results in order, a refused entry is
+/// its own `ClientError::Http`, the others are stored, a user's in the order given.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_from_the_rust_client_stores_each_entry_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = Spec::new(dir.path());
+    let server = spec.start().await;
+    let publisher = server.publisher(&spec.api_key());
+    let requests = [
+        PublishRequest::new(To::user("alice"), json!(1)),
+        PublishRequest::new(To::client("nobody-has-it"), json!(2)),
+        PublishRequest::new(To::user("alice"), json!(3)),
+        PublishRequest::new(To::user("bob"), json!(4)),
+    ];
+    let results = publisher.publish_batch(&requests).await.unwrap();
+    let seqs: Vec<Option<u64>> =
+        results.iter().map(|r| r.as_ref().ok().map(|answer| answer.notifications[0].seq)).collect();
+    assert_eq!(seqs, [Some(1), None, Some(2), Some(1)]);
+    match &results[1] {
+        Err(ClientError::Http { status: 404, code, .. }) => assert_eq!(code, "client_not_found"),
+        other => panic!("expected the entry's 404, got {other:?}"),
+    }
+    let data: Vec<Value> = stored(&publisher, "alice").await.into_iter().map(|n| n.data).collect();
+    assert_eq!(data, [json!(1), json!(3)]);
+    match publisher.publish_batch(&[]).await {
+        Err(ClientError::Http { status: 400, code, .. }) => assert_eq!(code, "invalid_batch"),
+        other => panic!("expected 400 invalid_batch for an empty batch, got {other:?}"),
     }
 }
 
