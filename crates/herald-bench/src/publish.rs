@@ -106,7 +106,14 @@ pub struct Target {
     /// the other servers get the bare payload.
     pub herald_api_key: Option<String>,
     pub user_prefix: String,
+    /// Herald only: publishes per request, through `POST /v1/notify/batch` when more than 1
+    /// (the endpoint's path is then the batch route's). Each entry is a publish of its own, to
+    /// a user of its own.
+    pub batch: u32,
 }
+
+/// Most publishes per request with `--batch` (the server's bound).
+pub const BATCH_MAX: u32 = 1_000;
 
 /// The running state of a phase, shared by its publishers and read by the progress display.
 pub struct PhaseState {
@@ -155,66 +162,116 @@ pub async fn publisher(state: Rc<PhaseState>, target: Rc<Target>, spec: PhaseSpe
     let mut rng = SmallRng::seed_from_u64(seed);
     let mut conn: Option<Conn> = None;
     let mut request = Vec::with_capacity(512);
-    while !state.stop.get() {
-        let slot = state.next_slot.get();
-        state.next_slot.set(slot + 1);
-        match spec {
-            PhaseSpec::Max { secs } => {
-                if start.elapsed().as_secs_f64() >= secs {
-                    break;
+    // This request's entries: (index in the log, user).
+    let mut entries: Vec<(usize, u32)> = Vec::with_capacity(target.batch as usize);
+    'phase: while !state.stop.get() {
+        entries.clear();
+        while entries.len() < target.batch.max(1) as usize {
+            // Taken before any wait: the other publishers take the next slots meanwhile.
+            let slot = state.next_slot.get();
+            state.next_slot.set(slot + 1);
+            match spec {
+                PhaseSpec::Max { secs } => {
+                    if start.elapsed().as_secs_f64() >= secs {
+                        break;
+                    }
+                }
+                PhaseSpec::Steady { rate, secs } => {
+                    if slot as f64 >= rate * secs {
+                        break;
+                    }
+                    // Slot `k` is due at k / rate: a shared schedule, so the total rate holds
+                    // whatever each publisher's round trip. A batch goes when its first is due.
+                    if entries.is_empty() {
+                        tokio::time::sleep_until(start + Duration::from_secs_f64(slot as f64 / rate)).await;
+                    }
+                }
+                PhaseSpec::Burst { count } => {
+                    if slot >= count {
+                        break;
+                    }
                 }
             }
-            PhaseSpec::Steady { rate, secs } => {
-                if slot as f64 >= rate * secs {
-                    break;
-                }
-                // Slot `k` is due at k / rate: a shared schedule, so the total rate holds
-                // whatever each publisher's round trip.
-                tokio::time::sleep_until(start + Duration::from_secs_f64(slot as f64 / rate)).await;
-            }
-            PhaseSpec::Burst { count } => {
-                if slot >= count {
-                    break;
-                }
-            }
-        }
-        let user = rng.random_range(0..users);
-        let index = {
+            let user = rng.random_range(0..users);
             let mut log = state.log.borrow_mut();
             log.push(-1);
-            log.len() - 1
-        };
-        let id = state.first_id + index as u64;
+            entries.push((log.len() - 1, user));
+        }
+        if entries.is_empty() {
+            break 'phase;
+        }
         let sent = now_ns();
-        encode(&mut request, &target, user, id, sent);
-        match timeout(PUBLISH_TIMEOUT, send(&mut conn, &target.endpoint, &request)).await {
-            Ok(Ok(())) => {
-                state.log.borrow_mut()[index] = i64::from(user);
-                state.acked.set(state.acked.get() + 1);
-                stats::record(&mut state.round_trip.borrow_mut(), now_ns() - sent);
-            }
+        encode(&mut request, &target, &entries, state.first_id, sent);
+        let answered = timeout(PUBLISH_TIMEOUT, send(&mut conn, &target.endpoint, &request)).await;
+        let failed = match answered {
+            Ok(Ok(body)) if target.batch > 1 => batch_failures(&body),
+            Ok(Ok(_)) => None,
             Ok(Err(error)) => {
                 conn = None;
-                state.fail(format!("{error:#}"));
+                Some(format!("{error:#}"))
             }
             Err(_) => {
                 conn = None;
-                state.fail(format!("no answer within {PUBLISH_TIMEOUT:?}"));
+                Some(format!("no answer within {PUBLISH_TIMEOUT:?}"))
+            }
+        };
+        match failed {
+            None => {
+                let mut log = state.log.borrow_mut();
+                for &(index, user) in &entries {
+                    log[index] = i64::from(user);
+                }
+                drop(log);
+                state.acked.set(state.acked.get() + entries.len() as u64);
+                let round_trip = now_ns() - sent;
+                for _ in &entries {
+                    stats::record(&mut state.round_trip.borrow_mut(), round_trip);
+                }
+            }
+            Some(error) => {
+                for _ in &entries {
+                    state.fail(error.clone());
+                }
             }
         }
     }
 }
 
-/// Writes the whole request for publish `id` to `user` into `out`.
-fn encode(out: &mut Vec<u8>, target: &Target, user: u32, id: u64, sent_ns: u64) {
+/// A batch answer with a failed entry: which (the bench's publishes are all valid, so any is
+/// the server's failure, and the whole request counts as failed: nothing of it is checked for
+/// delivery).
+fn batch_failures(body: &[u8]) -> Option<String> {
+    let answer: serde_json::Value = match serde_json::from_slice(body) {
+        Ok(answer) => answer,
+        Err(e) => return Some(format!("the batch answer is not JSON: {e}")),
+    };
+    match answer["failed"].as_u64() {
+        Some(0) => None,
+        Some(n) => Some(format!("{n} entries of a batch failed: {}", answer["results"])),
+        None => Some(format!("the batch answer has no `failed`: {answer}")),
+    }
+}
+
+/// Writes the whole request for `entries` (log index, user; ids from `first_id`) into `out`:
+/// one publish, or with [`Target::batch`] over 1, one batch of them.
+fn encode(out: &mut Vec<u8>, target: &Target, entries: &[(usize, u32)], first_id: u64, sent_ns: u64) {
     use std::io::Write as _;
     out.clear();
-    let user_id = format!("{}{user}", target.user_prefix);
-    let payload = payload(id, sent_ns);
-    let body = match &target.herald_api_key {
-        Some(_) => format!(r#"{{"to":{{"user":"{user_id}"}},"type":"bench","data":{payload}}}"#),
-        None => payload,
+    let one = |&(index, user): &(usize, u32)| {
+        let user_id = format!("{}{user}", target.user_prefix);
+        let payload = payload(first_id + index as u64, sent_ns);
+        match &target.herald_api_key {
+            Some(_) => format!(r#"{{"to":{{"user":"{user_id}"}},"type":"bench","data":{payload}}}"#),
+            None => payload,
+        }
     };
+    let body = if target.batch > 1 {
+        let all: Vec<String> = entries.iter().map(one).collect();
+        format!(r#"{{"notifications":[{}]}}"#, all.join(","))
+    } else {
+        one(&entries[0])
+    };
+    let user_id = format!("{}{}", target.user_prefix, entries[0].1);
     let path = target.endpoint.path.replace("{user}", &user_id);
     let _ = write!(out, "POST {path} HTTP/1.1\r\nHost: {}\r\n", target.endpoint.host);
     if let Some(key) = &target.herald_api_key {
@@ -223,8 +280,9 @@ fn encode(out: &mut Vec<u8>, target: &Target, user: u32, id: u64, sent_ns: u64) 
     let _ = write!(out, "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len());
 }
 
-/// Sends one request on the kept-alive connection (opening one if needed); Ok on a 2xx answer.
-async fn send(conn: &mut Option<Conn>, endpoint: &Endpoint, request: &[u8]) -> anyhow::Result<()> {
+/// Sends one request on the kept-alive connection (opening one if needed); the body of a 2xx
+/// answer.
+async fn send(conn: &mut Option<Conn>, endpoint: &Endpoint, request: &[u8]) -> anyhow::Result<Vec<u8>> {
     if conn.is_none() {
         *conn = Some(Conn::open(None, endpoint.addr).await?);
     }
@@ -239,7 +297,7 @@ async fn send(conn: &mut Option<Conn>, endpoint: &Endpoint, request: &[u8]) -> a
     if !(200..300).contains(&head.status) {
         bail!("status {}: {}", head.status, String::from_utf8_lossy(&body).trim());
     }
-    Ok(())
+    Ok(body.to_vec())
 }
 
 #[cfg(test)]
@@ -262,9 +320,10 @@ mod tests {
             endpoint: Endpoint::parse("http://127.0.0.1:7300/v1/notify").unwrap(),
             herald_api_key: Some("k".into()),
             user_prefix: "u".into(),
+            batch: 1,
         };
         let mut out = Vec::new();
-        encode(&mut out, &herald, 3, 9, 77);
+        encode(&mut out, &herald, &[(9, 3)], 0, 77);
         let text = String::from_utf8(out.clone()).unwrap();
         assert!(
             text.starts_with(
@@ -276,10 +335,32 @@ mod tests {
             endpoint: Endpoint::parse("http://127.0.0.1:7301/pub/{user}").unwrap(),
             herald_api_key: None,
             user_prefix: "u".into(),
+            batch: 1,
         };
-        encode(&mut out, &nchan, 3, 9, 77);
-        let text = String::from_utf8(out).unwrap();
+        encode(&mut out, &nchan, &[(9, 3)], 0, 77);
+        let text = String::from_utf8(out.clone()).unwrap();
         assert!(text.starts_with("POST /pub/u3 HTTP/1.1\r\n"));
         assert!(text.ends_with("Content-Length: 28\r\n\r\n{\"bench_id\":9,\"bench_ts\":77}"));
+        let batch = Target {
+            endpoint: Endpoint::parse("http://127.0.0.1:7300/v1/notify/batch").unwrap(),
+            herald_api_key: Some("k".into()),
+            user_prefix: "u".into(),
+            batch: 2,
+        };
+        encode(&mut out, &batch, &[(0, 3), (1, 5)], 100, 77);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with("POST /v1/notify/batch HTTP/1.1\r\n"), "{text}");
+        assert!(text.ends_with(concat!(
+            r#"{"notifications":[{"to":{"user":"u3"},"type":"bench","data":{"bench_id":100,"bench_ts":77}},"#,
+            r#"{"to":{"user":"u5"},"type":"bench","data":{"bench_id":101,"bench_ts":77}}]}"#
+        )));
+    }
+
+    #[test]
+    fn batch_answers() {
+        assert_eq!(batch_failures(br#"{"results":[],"failed":0}"#), None);
+        assert!(batch_failures(br#"{"results":[{"error":{}}],"failed":1}"#).unwrap().contains("1 entries"));
+        assert!(batch_failures(b"nope").is_some());
+        assert!(batch_failures(br#"{"results":[]}"#).is_some());
     }
 }

@@ -28,6 +28,9 @@ pub struct RunResult {
     pub clients: u64,
     pub workers: u32,
     pub publishers: u32,
+    /// Publishes per request (`--batch`; 1: one `POST /v1/notify` each).
+    #[serde(default = "one")]
+    pub batch: u32,
     /// The server processes measured (given with `--server-pid`, plus their descendants).
     pub server_pids: Vec<u32>,
     /// And the part of a PostgreSQL cluster measured with them (`--postgres-pid`).
@@ -186,7 +189,7 @@ impl RunResult {
         let label = if self.label.is_empty() { String::new() } else { format!(" [{}]", self.label) };
         let _ = writeln!(
             out,
-            "herald-bench{label}: {} on {} — {} users × {} = {} clients over {} workers, {} publishers to {}",
+            "herald-bench{label}: {} on {} — {} users × {} = {} clients over {} workers, {} publishers{} to {}",
             self.kind.name(),
             self.sub_urls.join(" "),
             self.users,
@@ -194,6 +197,7 @@ impl RunResult {
             self.clients,
             self.workers,
             self.publishers,
+            if self.batch > 1 { format!(" (batches of {})", self.batch) } else { String::new() },
             self.pub_urls.join(" "),
         );
         if let Some(pg) = &self.postgres {
@@ -351,6 +355,11 @@ impl RunResult {
                 p.deliveries.lost == 0 && p.deliveries.duplicated == 0 && p.deliveries.misrouted == 0
             })
     }
+}
+
+/// The `batch` of reports written before `--batch` existed.
+fn one() -> u32 {
+    1
 }
 
 #[cfg(test)]

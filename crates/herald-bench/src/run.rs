@@ -113,6 +113,11 @@ pub struct RunArgs {
     /// Concurrent publishers, each on its own kept-alive connection.
     #[arg(long, default_value_t = 8)]
     pub publishers: u32,
+    /// Herald only: publishes per request (1 to 1,000). Over 1, each publisher sends them as
+    /// one `POST /v1/notify/batch`, every entry to a random user of its own; a phase's rate and
+    /// count are still in publishes (a steady phase sends a batch when its first is due).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=i64::from(publish::BATCH_MAX)))]
+    pub batch: u32,
     /// A publish phase, in order: `max:SECS`, `steady:RATE:SECS` or `burst:COUNT`. Repeatable.
     #[arg(long = "phase", value_parser = PhaseSpec::parse)]
     pub phases: Vec<PhaseSpec>,
@@ -193,6 +198,9 @@ impl RunArgs {
         };
         let publish = |base: &str| {
             self.pub_url.clone().unwrap_or_else(|| match self.kind {
+                Kind::HeraldSse | Kind::HeraldWs | Kind::HeraldPoll if self.batch > 1 => {
+                    format!("{base}/v1/notify/batch")
+                }
                 Kind::HeraldSse | Kind::HeraldWs | Kind::HeraldPoll => format!("{base}/v1/notify"),
                 Kind::SseUrl => format!("{base}/pub/{{user}}"),
                 Kind::Socketio => format!("{base}/emit/{{user}}"),
@@ -223,6 +231,7 @@ impl RunArgs {
             "--sub-url and --pub-url go with one --url only"
         );
         ensure!((1..=PUBLISHERS_MAX).contains(&self.publishers), "1 to {PUBLISHERS_MAX} publishers");
+        ensure!(self.batch == 1 || self.kind.is_herald(), "--batch is Herald's (POST /v1/notify/batch) only");
         ensure!(self.workers <= WORKERS_MAX, "at most {WORKERS_MAX} workers");
         ensure!((0.0..=IDLE_SECS_MAX).contains(&self.idle_secs), "--idle-secs is 0 to {IDLE_SECS_MAX}");
         ensure!(self.poll_timeout_secs <= POLL_TIMEOUT_SECS_MAX, "--poll-timeout-secs is at most 60");
@@ -289,6 +298,7 @@ async fn run_async(args: &RunArgs) -> anyhow::Result<RunResult> {
                 endpoint: Endpoint::parse(url)?,
                 herald_api_key: if args.kind.is_herald() { args.api_key.clone() } else { None },
                 user_prefix: args.user_prefix.clone(),
+                batch: args.batch,
             }))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
@@ -329,6 +339,7 @@ async fn run_async(args: &RunArgs) -> anyhow::Result<RunResult> {
         clients,
         workers,
         publishers: args.publishers,
+        batch: args.batch,
         server_pids: args.server_pids.clone(),
         postgres: args.server_set().postgres,
         machine,
