@@ -185,15 +185,7 @@ impl TestServer {
 
     /// `POST /v1/notify` with the API key; returns status and JSON body.
     pub async fn publish(&self, body: Value) -> (u16, Value) {
-        let response = self
-            .http
-            .post(format!("{}/v1/notify", self.url))
-            .bearer_auth(API_KEY)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        answer(response).await
+        self.post_api("/v1/notify", body).await
     }
 
     /// `POST /v1/notify` with the API key and `body` sent as is, as `application/json`.
