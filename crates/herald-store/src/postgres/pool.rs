@@ -125,7 +125,7 @@ impl PostgresOptions {
 
     /// The database (and schema) as errors and logs name it: no password.
     pub fn place(&self) -> String {
-        let config = tokio_postgres::Config::from_str(&self.url).ok();
+        let config = self.driver_url().ok().and_then(|(url, _)| tokio_postgres::Config::from_str(&url).ok());
         let database = config.as_ref().and_then(|c| c.get_dbname()).unwrap_or("?").to_owned();
         let host = config
             .as_ref()
@@ -141,11 +141,9 @@ impl PostgresOptions {
         }
     }
 
-    /// The driver's settings: the URL's, plus every timeout of this module (a URL that sets
-    /// `connect_timeout` keeps its own); and the URL's TLS settings (`sslmode`, `sslrootcert`:
-    /// see `tls`), which are taken out of a `postgres://` URL's query first, since the driver
-    /// knows neither `verify-*` nor `sslrootcert`.
-    fn config(&self) -> Result<(tokio_postgres::Config, TlsSettings), StoreError> {
+    /// The URL without the TLS settings the driver does not know (`sslmode`, `sslrootcert`,
+    /// taken out of a `postgres://` URL's query), and those settings.
+    fn driver_url(&self) -> Result<(String, TlsSettings), StoreError> {
         let invalid = |reason: String| StoreError::Unavailable(format!("invalid PostgreSQL URL: {reason}"));
         let mut tls = TlsSettings::default();
         let url = match self.url.split_once('?') {
@@ -172,6 +170,16 @@ impl PostgresOptions {
             }
             _ => self.url.clone(),
         };
+        Ok((url, tls))
+    }
+
+    /// The driver's settings: the URL's, plus every timeout of this module (a URL that sets
+    /// `connect_timeout` keeps its own); and the URL's TLS settings (`sslmode`, `sslrootcert`:
+    /// see `tls`), which are taken out of a `postgres://` URL's query first, since the driver
+    /// knows neither `verify-*` nor `sslrootcert`.
+    fn config(&self) -> Result<(tokio_postgres::Config, TlsSettings), StoreError> {
+        let invalid = |reason: String| StoreError::Unavailable(format!("invalid PostgreSQL URL: {reason}"));
+        let (url, mut tls) = self.driver_url()?;
         let mut config = tokio_postgres::Config::from_str(&url).map_err(|e| invalid(e.to_string()))?;
         if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
             // libpq's key=value form: the driver read `sslmode` (`disable`, `prefer`, `require`

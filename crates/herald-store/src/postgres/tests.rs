@@ -570,6 +570,9 @@ async fn tls_modes_check_the_certificate_as_libpq_says() {
     }
 
     let full = format!("sslmode=verify-full&sslrootcert={root}");
+    // Errors and logs still name the database with TLS settings in the URL.
+    let place = PostgresOptions::from_url(&url("localhost", &full)).unwrap().place();
+    assert_eq!(place, "PostgreSQL database postgres on localhost");
     assert_eq!(encrypted(&url("localhost", &full)).await, Ok(true), "verify-full by name");
     let refused = encrypted(&url("127.0.0.1", &full)).await.unwrap_err();
     assert!(
