@@ -166,32 +166,22 @@ pub async fn publisher(state: Rc<PhaseState>, target: Rc<Target>, spec: PhaseSpe
     let mut entries: Vec<(usize, u32)> = Vec::with_capacity(target.batch as usize);
     'phase: while !state.stop.get() {
         entries.clear();
+        // Every slot of the request is taken before any wait, so the other publishers take the
+        // slots after them (a publisher that took one slot, slept, then took the rest would
+        // interleave with them and send bursts of batches).
+        let mut last_slot = 0;
         while entries.len() < target.batch.max(1) as usize {
-            // Taken before any wait: the other publishers take the next slots meanwhile.
             let slot = state.next_slot.get();
-            state.next_slot.set(slot + 1);
-            match spec {
-                PhaseSpec::Max { secs } => {
-                    if start.elapsed().as_secs_f64() >= secs {
-                        break;
-                    }
-                }
-                PhaseSpec::Steady { rate, secs } => {
-                    if slot as f64 >= rate * secs {
-                        break;
-                    }
-                    // Slot `k` is due at k / rate: a shared schedule, so the total rate holds
-                    // whatever each publisher's round trip. A batch goes when its first is due.
-                    if entries.is_empty() {
-                        tokio::time::sleep_until(start + Duration::from_secs_f64(slot as f64 / rate)).await;
-                    }
-                }
-                PhaseSpec::Burst { count } => {
-                    if slot >= count {
-                        break;
-                    }
-                }
+            let over = match spec {
+                PhaseSpec::Max { secs } => start.elapsed().as_secs_f64() >= secs,
+                PhaseSpec::Steady { rate, secs } => slot as f64 >= rate * secs,
+                PhaseSpec::Burst { count } => slot >= count,
+            };
+            if over {
+                break;
             }
+            state.next_slot.set(slot + 1);
+            last_slot = slot;
             let user = rng.random_range(0..users);
             let mut log = state.log.borrow_mut();
             log.push(-1);
@@ -199,6 +189,12 @@ pub async fn publisher(state: Rc<PhaseState>, target: Rc<Target>, spec: PhaseSpe
         }
         if entries.is_empty() {
             break 'phase;
+        }
+        if let PhaseSpec::Steady { rate, .. } = spec {
+            // Slot `k` is due at k / rate: a shared schedule, so the total rate holds whatever
+            // each publisher's round trip. A request goes when its last slot is due: none of
+            // its publishes is sent early.
+            tokio::time::sleep_until(start + Duration::from_secs_f64(last_slot as f64 / rate)).await;
         }
         let sent = now_ns();
         encode(&mut request, &target, &entries, state.first_id, sent);

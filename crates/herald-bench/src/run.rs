@@ -115,7 +115,7 @@ pub struct RunArgs {
     pub publishers: u32,
     /// Herald only: publishes per request (1 to 1,000). Over 1, each publisher sends them as
     /// one `POST /v1/notify/batch`, every entry to a random user of its own; a phase's rate and
-    /// count are still in publishes (a steady phase sends a batch when its first is due).
+    /// count are still in publishes (a steady phase sends a batch when its last is due).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=i64::from(publish::BATCH_MAX)))]
     pub batch: u32,
     /// A publish phase, in order: `max:SECS`, `steady:RATE:SECS` or `burst:COUNT`. Repeatable.
