@@ -190,8 +190,18 @@ create_database() {
 # start_herald_nodes LABEL N ARGS...: N herald serve processes, node i on HERALD_PORT + i, each
 # with ARGS (and --node-id n<i> when N > 1 or ARGS has a --bus). One after the other: the first
 # creates the schema.
+# node_started PORT PID: waits until the node started as PID answers on PORT; it is then one of
+# the URLs, measured, and stopped at the end.
+node_started() {
+    local port="$1" pid="$2"
+    STARTED+=("$pid")
+    wait_port "$port" "$pid"
+    URLS+=("http://127.0.0.1:$port")
+    MEASURED+=("$pid")
+}
+
 start_herald_nodes() {
-    local label="$1" n="$2" i port pid
+    local label="$1" n="$2" i port
     shift 2
     for ((i = 0; i < n; i++)); do
         port=$((HERALD_PORT + i))
@@ -200,26 +210,18 @@ start_herald_nodes() {
         HERALD_LISTEN="127.0.0.1:$port" HERALD_IP_CONNECTIONS_MAX=0 HERALD_IP_REQUESTS_PER_SEC=0 \
             "$HERALD_BIN" serve "$@" ${CLUSTER:+--node-id "n$i" --cluster "$CLUSTER"} \
             >"$OUT/$label.node$i.log" 2>&1 &
-        pid=$!
-        STARTED+=("$pid")
-        wait_port "$port" "$pid"
-        URLS+=("http://127.0.0.1:$port")
-        MEASURED+=("$pid")
+        node_started "$port" $!
     done
 }
 
 start_socketio_nodes() {
-    local label="$1" n="$2" redis="$3" i port pid
+    local label="$1" n="$2" redis="$3" i port
     for ((i = 0; i < n; i++)); do
         port=$((SOCKETIO_PORT + i))
         port_free "$port" SOCKETIO
         PORT="$port" REDIS_URL="$redis" NODE_ENV=production node bench/socketio/server.js \
             >"$OUT/$label.node$i.log" 2>&1 &
-        pid=$!
-        STARTED+=("$pid")
-        wait_port "$port" "$pid"
-        URLS+=("http://127.0.0.1:$port")
-        MEASURED+=("$pid")
+        node_started "$port" $!
     done
 }
 
@@ -288,15 +290,7 @@ measure() {
             --phase "steady:$STEADY_RATE:$STEADY_SECS" --phase "max:$MAX_SECS" |
             tee "$OUT/$server.txt" | grep -v '^{' >&2 || rc=${PIPESTATUS[0]}
         stop
-        if ((rc == 3 && attempt < RETRIES)); then
-            log "$server: disturbed by other programs or the hypervisor; once more on fresh processes"
-            continue
-        fi
-        if ((rc != 0 && rc != 3)); then
-            log "$server: herald-bench failed (status $rc)"
-            exit 1
-        fi
-        return 0
+        retry_if_disturbed "$server" "$rc" "$attempt" || return 0
     done
 }
 

@@ -166,15 +166,7 @@ measure() {
         rc=0
         bench "$label" "$@" || rc=$?
         stop_server
-        if ((rc == 3 && attempt < RETRIES)); then
-            log "$label: disturbed by other programs or the hypervisor; once more on a fresh server"
-            continue
-        fi
-        if ((rc != 0 && rc != 3)); then
-            log "$label: herald-bench failed (status $rc)"
-            exit 1
-        fi
-        return 0
+        retry_if_disturbed "$label" "$rc" "$attempt" || return 0
     done
 }
 

@@ -87,6 +87,22 @@ wait_quiet() {
     ((waited == 0)) || log "after $waited s: $busy% busy"
 }
 
+# retry_if_disturbed LABEL RC ATTEMPT: after herald-bench ended with status RC on attempt
+# ATTEMPT (from 0): 0 (run again on fresh processes) when it said the run was disturbed (3) and
+# RETRIES allows another; 1 when done; exits the script on any other failure.
+retry_if_disturbed() {
+    local label="$1" rc="$2" attempt="$3"
+    if ((rc == 3 && attempt < RETRIES)); then
+        log "$label: disturbed by other programs or the hypervisor; once more on fresh processes"
+        return 0
+    fi
+    if ((rc != 0 && rc != 3)); then
+        log "$label: herald-bench failed (status $rc)"
+        exit 1
+    fi
+    return 1
+}
+
 # The lines of machine_info every bench prints first: the machine, the Herald build (HERALD_BIN,
 # HERALD_REV) and the compiler.
 machine_basics() {

@@ -19,7 +19,7 @@
 //! [`Hub::close_connected_before`].
 //!
 //! One job, one file: everything that takes the hub's shard locks is here, so that the lock
-//! rules above can be checked in one place (about a quarter of it is tests).
+//! rules above can be checked in one place (its last sixth is tests).
 
 use std::collections::HashMap;
 use std::future::Future;

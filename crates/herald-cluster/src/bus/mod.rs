@@ -483,9 +483,7 @@ impl Inner {
 #[async_trait]
 impl Bus for ClusterBus {
     async fn publish(&self, notification: Arc<Notification>) -> Result<u64, BusError> {
-        let delivered = self.inner.hub.fanout(&notification);
-        self.inner.send_about(&notification.user, Body::notification(&notification)).await;
-        Ok(delivered)
+        self.publish_all(vec![notification], Vec::new()).await
     }
 
     /// This node's hub at once, then one envelope per shard with that shard's notifications

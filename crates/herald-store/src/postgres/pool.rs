@@ -104,20 +104,16 @@ impl PostgresOptions {
         if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
             return Err(invalid("it must start with postgres:// or postgresql://".into()));
         }
-        let (base, query) = url.split_once('?').unwrap_or((url, ""));
         let mut schema = None;
-        let mut kept = Vec::new();
-        for pair in query.split('&').filter(|pair| !pair.is_empty()) {
-            match pair.split_once('=') {
-                Some(("schema", name)) => {
-                    if schema.replace(name.to_owned()).is_some() {
-                        return Err(invalid("`schema` is given twice".into()));
-                    }
-                }
-                _ => kept.push(pair),
+        let url = without_params(url, |key, value| {
+            if key != "schema" {
+                return Ok(false);
             }
-        }
-        let url = if kept.is_empty() { base.to_owned() } else { format!("{base}?{}", kept.join("&")) };
+            if schema.replace(value.to_owned()).is_some() {
+                return Err(invalid("`schema` is given twice".into()));
+            }
+            Ok(true)
+        })?;
         let options = Self { url, schema, connections_max: POOL_CONNECTIONS_MAX };
         options.config()?.1.connector()?;
         Ok(options)
@@ -146,30 +142,34 @@ impl PostgresOptions {
     fn driver_url(&self) -> Result<(String, TlsSettings), StoreError> {
         let invalid = |reason: String| StoreError::Unavailable(format!("invalid PostgreSQL URL: {reason}"));
         let mut tls = TlsSettings::default();
-        let url = match self.url.split_once('?') {
-            Some((base, query)) if base.starts_with("postgres://") || base.starts_with("postgresql://") => {
-                let mut kept = Vec::new();
-                for pair in query.split('&').filter(|pair| !pair.is_empty()) {
-                    let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-                    let value = percent_decode_str(value)
-                        .decode_utf8()
-                        .map_err(|_| invalid(format!("{key} is not UTF-8 once decoded")))?;
-                    match key {
-                        "sslmode" => tls.mode = TlsMode::parse(&value).map_err(invalid)?,
-                        "sslrootcert" if value == "system" => tls.roots = RootCerts::System,
-                        "sslrootcert" => tls.roots = RootCerts::File(PathBuf::from(value.as_ref())),
-                        "sslcert" | "sslkey" | "sslpassword" => {
-                            return Err(invalid(format!(
-                                "{key}: client certificates are not supported (yet); authenticate with a password"
-                            )));
-                        }
-                        _ => kept.push(pair),
-                    }
+        if !(self.url.starts_with("postgres://") || self.url.starts_with("postgresql://")) {
+            return Ok((self.url.clone(), tls));
+        }
+        let url = without_params(&self.url, |key, value| {
+            let decoded = || {
+                percent_decode_str(value)
+                    .decode_utf8()
+                    .map_err(|_| invalid(format!("{key} is not UTF-8 once decoded")))
+            };
+            match key {
+                "sslmode" => tls.mode = TlsMode::parse(&decoded()?).map_err(invalid)?,
+                "sslrootcert" => {
+                    let value = decoded()?;
+                    tls.roots = if value == "system" {
+                        RootCerts::System
+                    } else {
+                        RootCerts::File(PathBuf::from(value.as_ref()))
+                    };
                 }
-                if kept.is_empty() { base.to_owned() } else { format!("{base}?{}", kept.join("&")) }
+                "sslcert" | "sslkey" | "sslpassword" => {
+                    return Err(invalid(format!(
+                        "{key}: client certificates are not supported (yet); authenticate with a password"
+                    )));
+                }
+                _ => return Ok(false),
             }
-            _ => self.url.clone(),
-        };
+            Ok(true)
+        })?;
         Ok((url, tls))
     }
 
@@ -217,6 +217,24 @@ impl PostgresOptions {
         config.options(&options);
         Ok((config, tls))
     }
+}
+
+/// `url` without the query parameters `take` takes (it returns `true` for them, given each
+/// parameter's name and its value as written): the parameters Herald reads itself, which the
+/// driver does not know.
+fn without_params(
+    url: &str,
+    mut take: impl FnMut(&str, &str) -> Result<bool, StoreError>,
+) -> Result<String, StoreError> {
+    let Some((base, query)) = url.split_once('?') else { return Ok(url.to_owned()) };
+    let mut kept = Vec::new();
+    for pair in query.split('&').filter(|pair| !pair.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if !take(key, value)? {
+            kept.push(pair);
+        }
+    }
+    Ok(if kept.is_empty() { base.to_owned() } else { format!("{base}?{}", kept.join("&")) })
 }
 
 impl std::fmt::Debug for PostgresOptions {

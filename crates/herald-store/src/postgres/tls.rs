@@ -25,7 +25,7 @@
 
 use std::future::Future;
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -140,7 +140,7 @@ fn webpki(roots: RootCertStore, provider: &Arc<CryptoProvider>) -> Result<Arc<We
         .map_err(|e| format!("cannot build the certificate verifier: {e}"))
 }
 
-fn roots_from_file(path: &PathBuf) -> Result<RootCertStore, String> {
+fn roots_from_file(path: &Path) -> Result<RootCertStore, String> {
     let shown = path.display();
     let mut roots = RootCertStore::empty();
     let certificates = CertificateDer::pem_file_iter(path)
@@ -244,24 +244,24 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     type Stream = TlsStream<S>;
-    type TlsConnect = TlsConnect1;
+    type TlsConnect = TlsHandshake;
     type Error = io::Error;
 
-    fn make_tls_connect(&mut self, domain: &str) -> Result<TlsConnect1, io::Error> {
+    fn make_tls_connect(&mut self, domain: &str) -> Result<TlsHandshake, io::Error> {
         let name = ServerName::try_from(domain.to_owned()).map_err(|e| {
             io::Error::new(io::ErrorKind::InvalidInput, format!("TLS server name {domain:?}: {e}"))
         })?;
-        Ok(TlsConnect1 { connector: tokio_rustls::TlsConnector::from(self.config.clone()), name })
+        Ok(TlsHandshake { connector: tokio_rustls::TlsConnector::from(self.config.clone()), name })
     }
 }
 
 /// One connection's handshake.
-pub(super) struct TlsConnect1 {
+pub(super) struct TlsHandshake {
     connector: tokio_rustls::TlsConnector,
     name: ServerName<'static>,
 }
 
-impl<S> TlsConnect<S> for TlsConnect1
+impl<S> TlsConnect<S> for TlsHandshake
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
