@@ -9,6 +9,8 @@
 //! Subjects, all under the cluster's name (`--cluster`, so clusters can share a broker):
 //! - `{cluster}.user.{shard}`: everything about the users of one shard ([`shard_of`]);
 //!   a node subscribes to the shards of the users it has clients for.
+//! - `{cluster}.topics`: `topic` events, for every node (no interest routing per topic yet:
+//!   every node receives every topic's events and hands them to the tabs that listen here).
 //! - `{cluster}.nodes`: heartbeats, departures, resync requests and presence queries, for every
 //!   node.
 //! - `{cluster}.reply.{hash}`: answers to one node's presence queries.
@@ -17,7 +19,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use herald_core::{
-    Audience, ClientId, CloseReason, InboxCounts, InboxEvent, Notification, Seq, SessionId, UserId,
+    Audience, ClientId, CloseReason, InboxCounts, InboxEvent, ListenError, Notification, Seq, SessionId,
+    Topic, TopicEvent, UserId,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -44,6 +47,10 @@ pub fn shard_of(user: &UserId) -> u32 {
 
 pub(crate) fn user_subject(cluster: &str, shard: u32) -> String {
     format!("{cluster}.user.{shard}")
+}
+
+pub(crate) fn topics_subject(cluster: &str) -> String {
+    format!("{cluster}.topics")
 }
 
 pub(crate) fn nodes_subject(cluster: &str) -> String {
@@ -95,6 +102,18 @@ pub(crate) enum Body {
         counts: InboxCounts,
         event: Box<RawValue>,
     },
+    /// A `topic` event.
+    Topic {
+        topic: Topic,
+        #[serde(rename = "type")]
+        kind: Arc<str>,
+        data: Arc<RawValue>,
+        at: i64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        except_user: Option<UserId>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        except_client: Option<ClientId>,
+    },
     /// Close the clients of a session (all sessions when `None`).
     Close {
         user: UserId,
@@ -121,6 +140,25 @@ pub(crate) enum Body {
     /// Which user and session is `client` of? (A publish to `{"client": C}` made on a node the
     /// client is not connected to.) Answer on `reply`, with `id`.
     LocateQuery { client: ClientId, id: u64, reply: String },
+    /// Make `client` (of `user` in `session`) listen (`listen`) or stop listening to `topics`,
+    /// if it is connected to you (a listen made on a node the tab is not connected to). Answer
+    /// on `reply`, with `id`.
+    ListenQuery {
+        user: UserId,
+        session: SessionId,
+        client: ClientId,
+        topics: Vec<Topic>,
+        listen: bool,
+        id: u64,
+        reply: String,
+    },
+    /// What the node the tab of a [`Body::ListenQuery`] is connected to did; `None` from the
+    /// others.
+    ListenAnswer {
+        id: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        outcome: Option<ListenOutcome>,
+    },
     /// Several bodies for the users of one shard, in order (a publish's notifications and
     /// counts). Never nested.
     Batch(Vec<Body>),
@@ -130,6 +168,33 @@ pub(crate) enum Body {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         found: Option<(UserId, SessionId)>,
     },
+}
+
+/// What a node did with a [`Body::ListenQuery`] for a tab it has.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum ListenOutcome {
+    /// The topics the tab listens to now.
+    Listening(Vec<Topic>),
+    /// Refused: the tab would listen to `count` topics, over `max`.
+    TooManyTopics { count: usize, max: usize },
+}
+
+impl ListenOutcome {
+    pub(crate) fn from_hub(outcome: Result<Vec<Topic>, ListenError>) -> Option<Self> {
+        match outcome {
+            Ok(topics) => Some(Self::Listening(topics)),
+            Err(ListenError::TooManyTopics { count, max }) => Some(Self::TooManyTopics { count, max }),
+            Err(ListenError::ClientNotFound(_)) => None,
+        }
+    }
+
+    pub(crate) fn into_hub(self) -> Result<Vec<Topic>, ListenError> {
+        match self {
+            Self::Listening(topics) => Ok(topics),
+            Self::TooManyTopics { count, max } => Err(ListenError::TooManyTopics { count, max }),
+        }
+    }
 }
 
 /// One session's clients on one node, in a [`Body::PresenceAnswer`].
@@ -145,6 +210,8 @@ pub(crate) struct WireClient {
     pub(crate) transport: String,
     pub(crate) connected_at: i64,
     pub(crate) last_seq: Seq,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) topics: Vec<Topic>,
 }
 
 /// The first bytes of every envelope `node` sends: `{"v":1,"from":"<node>",` (the fields are
@@ -190,9 +257,26 @@ impl Body {
         }
     }
 
+    pub(crate) fn topic(event: &TopicEvent) -> Self {
+        Body::Topic {
+            topic: event.topic.clone(),
+            kind: event.kind.clone(),
+            data: event.data.clone(),
+            at: event.created_at_ms,
+            except_user: event.except_user.clone(),
+            except_client: event.except_client.clone(),
+        }
+    }
+
     pub(crate) fn close(user: &UserId, session: Option<&SessionId>, reason: CloseReason) -> Self {
         Body::Close { user: user.clone(), session: session.cloned(), reason: reason.as_str().to_owned() }
     }
+}
+
+/// Rebuilds a `topic` event another node sent.
+pub(crate) fn topic_event_from(body: Body) -> Option<TopicEvent> {
+    let Body::Topic { topic, kind, data, at, except_user, except_client } = body else { return None };
+    Some(TopicEvent::new(topic, kind, data, at, except_user, except_client))
 }
 
 /// Rebuilds a notification another node sent.

@@ -10,10 +10,11 @@ use async_trait::async_trait;
 
 use crate::client::CloseReason;
 use crate::health::Health;
-use crate::hub::{Hub, Presence};
-use crate::ids::{ClientId, SessionId, UserId};
+use crate::hub::{Hub, ListenError, Presence};
+use crate::ids::{ClientId, SessionId, Topic, UserId};
 use crate::inbox::InboxEvent;
 use crate::notification::Notification;
+use crate::topic::TopicEvent;
 
 /// What a multi-node bus tells its node's revocation cache ([`crate::Revocations`]): a session
 /// close made on another node revoked tokens this node may have cached as valid. The
@@ -94,6 +95,22 @@ pub trait Bus: Send + Sync + 'static {
     /// it is for.
     async fn publish_inbox(&self, event: Arc<InboxEvent>) -> Result<u64, BusError>;
 
+    /// Hands a `topic` event to the hubs of every node. Returns how many tabs of this node it is
+    /// for.
+    async fn publish_topic(&self, event: Arc<TopicEvent>) -> Result<u64, BusError>;
+
+    /// Makes the tab `client` of `user` in `session` listen (`listen`) or stop listening to
+    /// `topics`, on the node it is connected to (see [`Hub::listen`]). The inner result is the
+    /// hub's answer: the topics the tab listens to now, or why it refused.
+    async fn change_listens(
+        &self,
+        user: &UserId,
+        session: &SessionId,
+        client: &ClientId,
+        topics: &[Topic],
+        listen: bool,
+    ) -> Result<Result<Vec<Topic>, ListenError>, BusError>;
+
     /// Closes the clients of `session` of `user` (all sessions when `None`) on every node.
     /// Returns how many connections of this node it closed.
     async fn close_sessions(
@@ -157,6 +174,25 @@ impl Bus for LocalBus {
 
     async fn publish_inbox(&self, event: Arc<InboxEvent>) -> Result<u64, BusError> {
         Ok(self.hub.fanout_inbox(&event))
+    }
+
+    async fn publish_topic(&self, event: Arc<TopicEvent>) -> Result<u64, BusError> {
+        Ok(self.hub.fanout_topic(&event))
+    }
+
+    async fn change_listens(
+        &self,
+        user: &UserId,
+        session: &SessionId,
+        client: &ClientId,
+        topics: &[Topic],
+        listen: bool,
+    ) -> Result<Result<Vec<Topic>, ListenError>, BusError> {
+        Ok(if listen {
+            self.hub.listen(user, session, client, topics)
+        } else {
+            self.hub.unlisten(user, session, client, topics)
+        })
     }
 
     async fn close_sessions(

@@ -32,11 +32,12 @@ use std::time::Instant;
 use parking_lot::Mutex;
 
 use crate::client::{ClientInfo, CloseReason, Transport};
-use crate::ids::{ClientId, ClientIdMinter, Seq, SessionId, UserId};
+use crate::ids::{ClientId, ClientIdMinter, Seq, SessionId, Topic, UserId};
 use crate::inbox::InboxEvent;
 use crate::limits::Limits;
 use crate::notification::{Notification, now_ms};
 use crate::queue::{EventQueue, PushError, Queued};
+use crate::topic::TopicEvent;
 
 /// Shards of the user map and of the client index. A power of two well above the core count
 /// keeps contention negligible; each costs one mutex and one empty map.
@@ -85,6 +86,10 @@ struct ClientEntry {
     /// until its next poll takes the queue back, or [`Hub::sweep`] ends it after
     /// [`Limits::client_linger`].
     parked: bool,
+    /// The topics this tab listens to (at most [`Limits::topics_per_client_max`]), each also in
+    /// the hub's topic index. A boxed slice (16 bytes, no allocation when empty) rather than a
+    /// `Vec`: most tabs listen to none, and a listen, which rebuilds it, is rare.
+    topics: Box<[Topic]>,
 }
 
 impl ClientEntry {
@@ -122,6 +127,8 @@ pub(crate) struct Attachment {
     pub(crate) info: ClientInfo,
     pub(crate) shared: Arc<ClientShared>,
     pub(crate) attachment: u64,
+    /// The topics the tab listens to.
+    pub(crate) topics: Box<[Topic]>,
 }
 
 /// One client in a [`Presence`] answer.
@@ -133,6 +140,8 @@ pub struct ClientPresence {
     pub last_seq: Seq,
     /// The node it is connected to, in a cluster; `None`: this node.
     pub node: Option<Arc<str>>,
+    /// The topics it listens to.
+    pub topics: Vec<Topic>,
 }
 
 /// One session in a [`Presence`] answer.
@@ -180,6 +189,32 @@ pub trait Interest: Send + Sync + 'static {
 /// One shard of the index of clients: where each client lives.
 type ClientIndex = HashMap<ClientId, (UserId, SessionId)>;
 
+/// A tab listening to a topic, as the topic's entry holds it: what a topic's fan-out needs
+/// (the queue, and who the tab is for `except_user` and `except_client`) without taking any
+/// user's shard. 40 bytes per topic per tab.
+struct TopicListener {
+    user: UserId,
+    client: ClientId,
+    /// The queue of the tab's current connection, or of its last one (closed) while it is away.
+    shared: Arc<ClientShared>,
+}
+
+/// One shard of the index of topics: who listens to each. A topic nobody listens to any more is
+/// removed (Eliom never forgets its keys).
+type TopicIndex = HashMap<Topic, Vec<TopicListener>>;
+
+/// Why a listen was refused. Nothing was changed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ListenError {
+    /// The tab would listen to more than [`Limits::topics_per_client_max`] topics.
+    #[error("a tab listens to at most {max} topics; this one would listen to {count}")]
+    TooManyTopics { count: usize, max: usize },
+    /// The tab is not known here (never connected, or forgotten after
+    /// [`Limits::client_linger`]).
+    #[error("client {0} is not connected to this server")]
+    ClientNotFound(ClientId),
+}
+
 /// This node's users → sessions → clients. Cheap to clone: clones share the same hub.
 #[derive(Clone)]
 pub struct Hub {
@@ -190,6 +225,8 @@ struct HubInner {
     users: Box<[Mutex<HashMap<UserId, UserEntry>>]>,
     /// client → (user, session), for `{"client": C}` targets.
     clients: Box<[Mutex<ClientIndex>]>,
+    /// topic → the tabs listening to it. Lock order: user shard, then topic shard.
+    topics: Box<[Mutex<TopicIndex>]>,
     hasher: RandomState,
     limits: Limits,
     minter: ClientIdMinter,
@@ -214,6 +251,7 @@ impl Hub {
             inner: Arc::new(HubInner {
                 users: (0..SHARDS).map(shards).collect(),
                 clients: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+                topics: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
                 hasher: RandomState::new(),
                 limits,
                 minter,
@@ -342,6 +380,7 @@ impl Hub {
         let mut evicted = s.clients.swap_remove(index);
         let was_connected = evicted.connected;
         evicted.end_connection(CloseReason::Evicted);
+        self.forget_listens(&evicted.id, &evicted.topics);
         entry.sessions.retain(|(_, s)| !s.clients.is_empty());
         if entry.sessions.is_empty() {
             users.remove(user);
@@ -364,17 +403,62 @@ impl Hub {
         &self.inner.clients[self.shard_of(client)]
     }
 
+    fn topics_shard(&self, topic: &Topic) -> &Mutex<TopicIndex> {
+        &self.inner.topics[self.shard_of(topic)]
+    }
+
+    /// Removes `client` from the listeners of `topics` (the tab is forgotten).
+    fn forget_listens(&self, client: &ClientId, topics: &[Topic]) {
+        for topic in topics {
+            let mut index = self.topics_shard(topic).lock();
+            if let Some(listeners) = index.get_mut(topic) {
+                listeners.retain(|l| &l.client != client);
+                if listeners.is_empty() {
+                    index.remove(topic);
+                }
+            }
+        }
+    }
+
+    /// Adds the tab to the listeners of `topics`, or points its listens at its new connection's
+    /// queue (a reconnect).
+    fn register_listens(
+        &self,
+        user: &UserId,
+        client: &ClientId,
+        shared: &Arc<ClientShared>,
+        topics: &[Topic],
+    ) {
+        for topic in topics {
+            let mut index = self.topics_shard(topic).lock();
+            let listeners = index.entry(topic.clone()).or_default();
+            match listeners.iter_mut().find(|l| &l.client == client) {
+                Some(listener) => listener.shared = shared.clone(),
+                None => listeners.push(TopicListener {
+                    user: user.clone(),
+                    client: client.clone(),
+                    shared: shared.clone(),
+                }),
+            }
+        }
+    }
+
     /// Attaches a connection for a client of `user` in `session`. `requested` is the id the
     /// client gives back: kept if it was minted for this user and session (a connection that
     /// holds it already is closed with `replaced`), else a new id is minted. Enforces the
     /// session and client limits by evicting the least recently active.
+    ///
+    /// The tab listens to `topics` from then on, besides those it listened to already (a
+    /// reconnect keeps its listens while its entry lingers); refused, with nothing changed, if
+    /// that would be more than [`Limits::topics_per_client_max`].
     pub(crate) fn attach(
         &self,
         user: &UserId,
         session: &SessionId,
         requested: Option<&str>,
         transport: Transport,
-    ) -> Attachment {
+        topics: &[Topic],
+    ) -> Result<Attachment, ListenError> {
         let limits = &self.inner.limits;
         let reclaimed = requested.and_then(|r| self.inner.minter.verify(r, user, session));
         let is_reclaimed = reclaimed.is_some();
@@ -393,8 +477,18 @@ impl Hub {
         let now = Instant::now();
         let mut forgotten: Vec<ClientId> = Vec::new();
         let mut is_new_client = false;
+        let listening;
         {
             let mut users = self.users_shard(user).lock();
+            // The tab's listens: those its entry kept (a reconnect) and the new ones, checked
+            // before anything changes.
+            let kept: Box<[Topic]> = users
+                .get(user)
+                .and_then(|e| e.sessions.iter().find(|(s, _)| s == session))
+                .and_then(|(_, s)| s.clients.iter().find(|c| c.id == client))
+                .map(|c| c.topics.clone())
+                .unwrap_or_default();
+            listening = union_of_topics(&kept, topics, limits.topics_per_client_max)?;
             let entry = users.entry(user.clone()).or_insert_with(|| {
                 self.gained(user);
                 UserEntry::default()
@@ -407,6 +501,7 @@ impl Hub {
                         let (_, mut evicted) = entry.sessions.swap_remove(victim);
                         for c in &mut evicted.clients {
                             c.end_connection(CloseReason::Evicted);
+                            self.forget_listens(&c.id, &c.topics);
                             forgotten.push(c.id.clone());
                         }
                     }
@@ -426,6 +521,7 @@ impl Hub {
                         let victim = least_recently_active_client(clients);
                         let mut evicted = clients.swap_remove(victim);
                         evicted.end_connection(CloseReason::Evicted);
+                        self.forget_listens(&evicted.id, &evicted.topics);
                         forgotten.push(evicted.id.clone());
                     }
                     is_new_client = true;
@@ -451,7 +547,9 @@ impl Hub {
                 follows_inbox: false,
                 attachment,
                 parked: false,
+                topics: listening.clone(),
             };
+            self.register_listens(user, &client, &shared, &listening);
             match clients.iter_mut().find(|c| c.id == client) {
                 Some(existing) => *existing = fresh,
                 None => {
@@ -472,7 +570,7 @@ impl Hub {
             }
         }
         let info = ClientInfo { user: user.clone(), session: session.clone(), client, transport };
-        Attachment { info, shared, attachment }
+        Ok(Attachment { info, shared, attachment, topics: listening })
     }
 
     /// Ends `attachment`'s hold on its client entry (its connection ended). The entry stays
@@ -486,6 +584,9 @@ impl Hub {
                 c.parked = true;
             } else {
                 c.connected = false;
+                // Its queue takes nothing more: the topic index, which reaches queues without
+                // this entry's `connected`, must not fill it while the tab is away.
+                c.shared.queue.close();
             }
         });
     }
@@ -519,7 +620,7 @@ impl Hub {
             client: c.id.clone(),
             transport: c.transport,
         };
-        Some(Attachment { info, shared: c.shared.clone(), attachment })
+        Some(Attachment { info, shared: c.shared.clone(), attachment, topics: c.topics.clone() })
     }
 
     /// Runs `change` on the entry of `info`'s client if `attachment` is still the one attached
@@ -598,6 +699,100 @@ impl Hub {
         delivered
     }
 
+    /// Hands a `topic` event to the queues of this node's tabs that listen to its topic (all but
+    /// its `except_user`'s and its `except_client`), and returns how many it was handed to. Like
+    /// an ephemeral notification it is not kept for tabs that are away; a full queue closes its
+    /// tab with `lagging`. Takes only the topic's shard, never a user's.
+    pub fn fanout_topic(&self, event: &Arc<TopicEvent>) -> u64 {
+        let index = self.topics_shard(&event.topic).lock();
+        let Some(listeners) = index.get(&event.topic) else { return 0 };
+        let queue_len_max = self.inner.limits.client_queue_len_max;
+        let mut delivered = 0;
+        for listener in listeners {
+            if !event.is_for(&listener.user, &listener.client) {
+                continue;
+            }
+            match listener.shared.queue.push(Queued::Topic(event.clone()), queue_len_max) {
+                Ok(()) => delivered += 1,
+                // The entry's `connected` is left to the connection, which ends now and detaches.
+                Err(PushError::Full) => listener.shared.close(CloseReason::Lagging),
+                Err(PushError::Closed) => {}
+            }
+        }
+        delivered
+    }
+
+    /// Makes the tab `client` of `user` in `session` listen to `topics` too (Eliom's `listen`),
+    /// until it unlistens or is forgotten (its entry outlives a reconnect by
+    /// [`Limits::client_linger`]). Returns the topics it listens to now. Refused, changing
+    /// nothing, if that would be over [`Limits::topics_per_client_max`] or the tab is not here.
+    pub fn listen(
+        &self,
+        user: &UserId,
+        session: &SessionId,
+        client: &ClientId,
+        topics: &[Topic],
+    ) -> Result<Vec<Topic>, ListenError> {
+        let max = self.inner.limits.topics_per_client_max;
+        self.change_listens(user, session, client, |hub, c| {
+            let listening = union_of_topics(&c.topics, topics, max)?;
+            hub.register_listens(user, client, &c.shared, &listening[c.topics.len()..]);
+            c.topics = listening;
+            Ok(())
+        })
+    }
+
+    /// Makes the tab stop listening to `topics` (those it does not listen to are ignored).
+    /// Returns the topics it listens to now.
+    pub fn unlisten(
+        &self,
+        user: &UserId,
+        session: &SessionId,
+        client: &ClientId,
+        topics: &[Topic],
+    ) -> Result<Vec<Topic>, ListenError> {
+        self.change_listens(user, session, client, |hub, c| {
+            let (gone, kept): (Vec<Topic>, Vec<Topic>) =
+                c.topics.iter().cloned().partition(|t| topics.contains(t));
+            hub.forget_listens(client, &gone);
+            c.topics = kept.into_boxed_slice();
+            Ok(())
+        })
+    }
+
+    fn change_listens(
+        &self,
+        user: &UserId,
+        session: &SessionId,
+        client: &ClientId,
+        change: impl FnOnce(&Self, &mut ClientEntry) -> Result<(), ListenError>,
+    ) -> Result<Vec<Topic>, ListenError> {
+        let mut users = self.users_shard(user).lock();
+        let entry = users
+            .get_mut(user)
+            .and_then(|e| e.sessions.iter_mut().find(|(s, _)| s == session))
+            .and_then(|(_, s)| s.clients.iter_mut().find(|c| &c.id == client))
+            .ok_or_else(|| ListenError::ClientNotFound(client.clone()))?;
+        change(self, entry)?;
+        Ok(entry.topics.to_vec())
+    }
+
+    /// The topics the tab of `info` listens to, if it is here.
+    pub(crate) fn topics_of(&self, info: &ClientInfo) -> Option<Vec<Topic>> {
+        let users = self.users_shard(&info.user).lock();
+        let (_, session) = users.get(&info.user)?.sessions.iter().find(|(s, _)| *s == info.session)?;
+        Some(session.clients.iter().find(|c| c.id == info.client)?.topics.to_vec())
+    }
+
+    /// The tabs of this node listening to `topic`: (user, client), in the order they listened.
+    pub fn topic_listeners(&self, topic: &Topic) -> Vec<(UserId, ClientId)> {
+        let index = self.topics_shard(topic).lock();
+        index
+            .get(topic)
+            .map(|listeners| listeners.iter().map(|l| (l.user.clone(), l.client.clone())).collect())
+            .unwrap_or_default()
+    }
+
     /// One tick of the hub's clock, to be called periodically (herald-server: every second, or
     /// four times per keep-alive interval if that is shorter): closes connections
     /// whose credentials expired (`now_secs`, Unix seconds) with `token_expired`, and makes a
@@ -643,6 +838,7 @@ impl Hub {
             for c in &mut s.clients {
                 closed += u64::from(c.connected);
                 c.end_connection(reason);
+                self.forget_listens(&c.id, &c.topics);
                 forgotten.push(c.id.clone());
             }
             false
@@ -698,6 +894,7 @@ impl Hub {
                                 connected_at_ms: c.connected_at_ms,
                                 last_seq: c.shared.last_seq.load(Ordering::Relaxed),
                                 node: None,
+                                topics: c.topics.to_vec(),
                             })
                             .collect();
                         (!clients.is_empty()).then(|| SessionPresence { session: id.clone(), clients })
@@ -727,6 +924,7 @@ impl Hub {
                         }
                         let keep = c.connected || c.last_active.elapsed() < linger;
                         if !keep {
+                            self.forget_listens(&c.id, &c.topics);
                             forgotten.push(c.id.clone());
                         }
                         keep
@@ -750,6 +948,20 @@ impl Hub {
         }
         count
     }
+}
+
+/// `kept` followed by those of `added` not in it (each once), or `TooManyTopics` over `max`.
+fn union_of_topics(kept: &[Topic], added: &[Topic], max: usize) -> Result<Box<[Topic]>, ListenError> {
+    let mut union = kept.to_vec();
+    for topic in added {
+        if !union.contains(topic) {
+            union.push(topic.clone());
+        }
+    }
+    if union.len() > max && union.len() > kept.len() {
+        return Err(ListenError::TooManyTopics { count: union.len(), max });
+    }
+    Ok(union.into_boxed_slice())
 }
 
 /// Index of the session to evict: one with no connected client if any, else the one whose most
@@ -810,12 +1022,12 @@ mod tests {
         let recorder = Arc::new(Recorder::default());
         let (alice, bob) = (UserId::new("alice").unwrap(), UserId::new("bob").unwrap());
         let (s1, s2) = (SessionId::new("s1").unwrap(), SessionId::new("s2").unwrap());
-        let early = hub.attach(&alice, &s1, None, Transport::Sse);
+        let early = hub.attach(&alice, &s1, None, Transport::Sse, &[]).unwrap();
         assert!(hub.set_interest(recorder.clone()));
         assert!(!hub.set_interest(recorder.clone()), "once");
-        let second = hub.attach(&alice, &s2, None, Transport::Sse);
-        let again = hub.attach(&alice, &s2, Some(second.info.client.as_str()), Transport::Ws);
-        let other = hub.attach(&bob, &s1, None, Transport::Sse);
+        let second = hub.attach(&alice, &s2, None, Transport::Sse, &[]).unwrap();
+        let again = hub.attach(&alice, &s2, Some(second.info.client.as_str()), Transport::Ws, &[]).unwrap();
+        let other = hub.attach(&bob, &s1, None, Transport::Sse, &[]).unwrap();
         assert_eq!(
             std::mem::take(&mut *recorder.0.lock()),
             ["gained alice", "joined alice s2", "claimed alice s2", "gained bob", "joined bob s1"],
@@ -841,7 +1053,7 @@ mod tests {
     fn a_remote_takeover_replaces_only_older_connections() {
         let hub = Hub::new(Limits::default(), ClientIdMinter::new(b"key"));
         let (user, session) = (UserId::new("alice").unwrap(), SessionId::new("s").unwrap());
-        let tab = hub.attach(&user, &session, None, Transport::Sse);
+        let tab = hub.attach(&user, &session, None, Transport::Sse, &[]).unwrap();
         let id = tab.info.client.clone();
         assert!(
             !hub.replace_client(&user, &session, &id, now_ms() - 60_000),
@@ -871,7 +1083,7 @@ mod tests {
             0,
             crate::notification::Audience::user(),
         ));
-        let first = hub.attach(&user, &session, None, Transport::Poll);
+        let first = hub.attach(&user, &session, None, Transport::Poll, &[]).unwrap();
         let id = first.info.client.as_str().to_owned();
         first.shared.last_seq.store(3, Ordering::Relaxed);
         hub.detach(&first.info, first.attachment, true);
@@ -893,7 +1105,7 @@ mod tests {
         assert_eq!(hub.fanout(&ephemeral), 0, "swept: no longer a recipient");
         assert!(hub.resume_parked(&user, &session, &id, 3).is_none());
 
-        let sse = hub.attach(&user, &session, None, Transport::Sse);
+        let sse = hub.attach(&user, &session, None, Transport::Sse, &[]).unwrap();
         hub.detach(&sse.info, sse.attachment, true);
         assert_eq!(hub.fanout(&ephemeral), 0, "only pollers park");
     }
@@ -907,7 +1119,10 @@ mod tests {
         hub.tick(0, keepalive_ticks);
         let user = UserId::new("alice").unwrap();
         let clients: Vec<Attachment> = (0..10)
-            .map(|i| hub.attach(&user, &SessionId::new(format!("s{i}")).unwrap(), None, Transport::Sse))
+            .map(|i| {
+                hub.attach(&user, &SessionId::new(format!("s{i}")).unwrap(), None, Transport::Sse, &[])
+                    .unwrap()
+            })
             .collect();
         let mut cx = Context::from_waker(Waker::noop());
         let mut due_per_tick = Vec::new();

@@ -1,4 +1,4 @@
-//! Identifiers of the model: [`UserId`], [`SessionId`], [`ClientId`], and [`Seq`].
+//! Identifiers of the model: [`UserId`], [`SessionId`], [`ClientId`], [`Seq`], and [`Topic`].
 //!
 //! Ids are validated once, at the edge, and are cheap to clone afterwards (`Arc<str>`).
 //! Client ids are minted here too: they carry a MAC over the user and session they were
@@ -106,6 +106,80 @@ string_id!(
     ClientId,
     "client"
 );
+
+/// Longest topic, in bytes.
+pub const TOPIC_BYTES_MAX: usize = 128;
+
+/// Why a topic (or a pattern of topics) was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidTopic {
+    #[error("a topic must not be empty")]
+    Empty,
+    #[error("a topic is at most {max} bytes long, not {len}", max = TOPIC_BYTES_MAX)]
+    TooLong { len: usize },
+    #[error("a topic is made of A-Z a-z 0-9 _ . : @ / -; byte {at} is {found:?}")]
+    Character { at: usize, found: char },
+}
+
+/// Whether `byte` may be in a topic: `[A-Za-z0-9_.:@/-]`. Nothing that needs escaping in a URL's
+/// query (`?topics=a,b`), a JSON string, an SSE line or a broker subject's last token.
+fn is_topic_byte(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || matches!(byte, b'_' | b'.' | b':' | b'@' | b'/' | b'-')
+}
+
+pub(crate) fn check_topic_text(text: &str) -> Result<(), InvalidTopic> {
+    if text.len() > TOPIC_BYTES_MAX {
+        return Err(InvalidTopic::TooLong { len: text.len() });
+    }
+    match text.bytes().position(|b| !is_topic_byte(b)) {
+        Some(at) => Err(InvalidTopic::Character { at, found: text[at..].chars().next().unwrap_or('?') }),
+        None => Ok(()),
+    }
+}
+
+/// A topic: 1 to [`TOPIC_BYTES_MAX`] bytes of `[A-Za-z0-9_.:@/-]`. Cheap to clone.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Topic(Arc<str>);
+
+impl Topic {
+    pub fn new(topic: impl AsRef<str>) -> Result<Self, InvalidTopic> {
+        let topic = topic.as_ref();
+        if topic.is_empty() {
+            return Err(InvalidTopic::Empty);
+        }
+        check_topic_text(topic)?;
+        Ok(Self(Arc::from(topic)))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Topic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for Topic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Topic({:?})", &*self.0)
+    }
+}
+
+impl serde::Serialize for Topic {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Topic {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        Self::new(&*s).map_err(serde::de::Error::custom)
+    }
+}
 
 /// Random bytes in a client id; 96 bits make ids unguessable.
 const CLIENT_ID_RANDOM_BYTES: usize = 12;

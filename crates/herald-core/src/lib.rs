@@ -11,7 +11,8 @@
 //! # Layout
 //! In reading order: each module uses only modules above it (`tests/module_dag.rs` fails on a
 //! cycle), from the vocabulary through the mechanisms to the services.
-//! - [`ids`]: [`UserId`], [`SessionId`], [`ClientId`] (and the [`ClientIdMinter`]), [`Seq`].
+//! - [`ids`]: [`UserId`], [`SessionId`], [`ClientId`] (and the [`ClientIdMinter`]), [`Seq`],
+//!   [`Topic`].
 //! - [`node`]: who a node is: [`NodeId`], [`ClusterName`].
 //! - [`health`]: [`Health`], how a node's store or bus is doing.
 //! - [`limits`]: every configurable bound, in one place.
@@ -24,6 +25,8 @@
 //! - [`inbox`]: the inbox's vocabulary: each notification's seen / read / archived state
 //!   ([`ItemState`], [`Mark`]), the users' counts ([`InboxCounts`]), pages, selections, and the
 //!   `inbox` event ([`InboxEvent`], serialized once like a notification).
+//! - [`topic`]: what Eliom_notif's keys need beyond their names: a token's [`TopicPatterns`], the `topic`
+//!   event ([`TopicEvent`], serialized once like a notification).
 //! - `queue`: each client's bounded queue of events (private).
 //! - [`hub`]: the [`Hub`], users → sessions → clients on this node, limits and eviction, presence.
 //! - [`store`]: the [`Store`] trait, each user's durable log, and the [`Epoch`] its seqs belong to.
@@ -53,13 +56,17 @@ mod queue;
 pub mod revocation;
 pub mod store;
 pub mod subscription;
+pub mod topic;
 
 pub use bus::{Bus, BusStats, LocalBus, RevocationNews};
 pub use client::{ClientInfo, CloseReason, Transport};
 pub use data::{DATA_DEPTH_MAX, DataError, check_data};
 pub use health::Health;
-pub use hub::{Hub, Interest, Presence};
-pub use ids::{ClientId, ClientIdMinter, ID_BYTES_MAX, InvalidId, Seq, SessionId, UserId};
+pub use hub::{Hub, Interest, ListenError, Presence};
+pub use ids::{
+    ClientId, ClientIdMinter, ID_BYTES_MAX, InvalidId, InvalidTopic, Seq, SessionId, TOPIC_BYTES_MAX, Topic,
+    UserId,
+};
 pub use inbox::{
     InboxChange, InboxCounts, InboxEvent, InboxItem, InboxPage, InboxQuery, InboxStatus, ItemState, Mark,
     PrunedInbox, Selection,
@@ -77,3 +84,4 @@ pub use store::{
 pub use subscription::{
     ClientEvent, Elapsed, EndSignal, PollAnswer, SubscribeError, SubscribeRequest, Subscription, poll,
 };
+pub use topic::{TOPIC_PATTERNS_MAX, TopicEvent, TopicPatterns};

@@ -32,6 +32,9 @@ pub struct Limits {
     /// known: its id still routes `{"client": C}` publishes to its log, and a poller counts in
     /// presence (60 s). After it, the client is forgotten.
     pub client_linger: Duration,
+    /// Topics one tab listens to (100). A listen that would take a tab over it is refused
+    /// whole (`TooManyTopics`, HTTP 409 `too_many_topics`), changing nothing.
+    pub topics_per_client_max: usize,
 }
 
 impl Default for Limits {
@@ -45,6 +48,7 @@ impl Default for Limits {
             publish_bytes_max: 4 * 1024 * 1024,
             replay_page_len: 100,
             client_linger: Duration::from_secs(60),
+            topics_per_client_max: 100,
         }
     }
 }

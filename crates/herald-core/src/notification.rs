@@ -12,7 +12,7 @@ use serde_json::value::RawValue;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::ids::{ClientId, Seq, SessionId, UserId};
+use crate::ids::{ClientId, Seq, SessionId, Topic, UserId};
 
 /// The `type` a notification gets when the publisher names none.
 pub const DEFAULT_KIND: &str = "notification";
@@ -131,6 +131,8 @@ pub enum Target {
     Session(UserId, SessionId),
     /// One client.
     Client(ClientId),
+    /// Every tab listening to a topic (whoever its user), on every node.
+    Topic(Topic),
 }
 
 /// A publish request, as the library and the HTTP API take it.
@@ -142,6 +144,8 @@ pub struct Publish {
     /// Durable notifications are stored and get a seq; ephemeral ones only reach connected clients.
     pub durable: bool,
     pub except_client: Option<ClientId>,
+    /// No tab of this user gets it (Eliom's `notfor`); [`Target::Topic`] only.
+    pub except_user: Option<UserId>,
     /// A repeated key within the idempotency window gets the first [`Receipt`] and stores nothing.
     pub idempotency_key: Option<String>,
 }
@@ -155,6 +159,7 @@ impl Publish {
             data,
             durable: true,
             except_client: None,
+            except_user: None,
             idempotency_key: None,
         }
     }

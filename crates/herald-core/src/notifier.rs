@@ -10,8 +10,8 @@ use std::sync::Arc;
 use crate::bus::{Bus, BusError, RevocationNews};
 use crate::client::CloseReason;
 use crate::data::{DataError, check_data};
-use crate::hub::{Hub, Presence};
-use crate::ids::{ClientId, ID_BYTES_MAX, Seq, SessionId, UserId};
+use crate::hub::{Hub, ListenError, Presence};
+use crate::ids::{ClientId, ID_BYTES_MAX, Seq, SessionId, Topic, UserId};
 use crate::inbox::{InboxCounts, InboxEvent};
 use crate::inbox_service::Inbox;
 use crate::notification::{
@@ -19,6 +19,7 @@ use crate::notification::{
 };
 use crate::revocation::Revocations;
 use crate::store::{Appended, NewNotification, Store, StoreError};
+use crate::topic::TopicEvent;
 
 /// Why a publish was refused or failed. All but `ClientNotFound`, `Store` and `Bus` are the
 /// publisher's fault, each a rule of its own; none of them changed anything. `ClientNotFound`:
@@ -49,6 +50,18 @@ pub enum NotifyError {
          (send less data, e.g. an id to fetch, or fewer users per publish)"
     )]
     PublishTooLarge { users: usize, data_bytes: usize, bytes: usize, max: usize },
+    /// A [`Target::Topic`] publish with `durable`: topics have no log yet, only ephemeral events.
+    #[error("a topic's events are ephemeral for now: publish to a topic with \"durable\": false")]
+    DurableTopic,
+    /// `except_user` on a target other than a topic (a user target excepting a user is nobody).
+    #[error("except_user applies only to a topic target")]
+    ExceptUserWithoutTopic,
+    /// A listen or unlisten that names no topic.
+    #[error("`topics` must not be empty")]
+    NoTopics,
+    /// A listen refused by the tab's bounds, or for a tab that is not here.
+    #[error(transparent)]
+    Listen(#[from] ListenError),
     /// A [`Target::Client`] this node does not know (never connected, or forgotten after
     /// [`crate::Limits::client_linger`]).
     #[error("client {0} is not connected to this server")]
@@ -180,6 +193,13 @@ impl Notifier {
         {
             return Err(NotifyError::InvalidIdempotencyKey { bytes: key.len(), max: ID_BYTES_MAX });
         }
+        if let Target::Topic(topic) = &publish.target {
+            let topic = topic.clone();
+            return self.publish_topic(&topic, publish).await;
+        }
+        if publish.except_user.is_some() {
+            return Err(NotifyError::ExceptUserWithoutTopic);
+        }
         let audiences = self.resolve(&publish.target, publish.except_client.as_ref()).await?;
         let publish_bytes = data_bytes.saturating_mul(audiences.len());
         if publish_bytes > limits.publish_bytes_max {
@@ -268,6 +288,74 @@ impl Notifier {
         Ok(receipt)
     }
 
+    /// A publish to everyone listening to `topic`, checked but for its target: one `topic`
+    /// event, serialized once, handed to every node.
+    async fn publish_topic(&self, topic: &Topic, publish: Publish) -> Result<Receipt, NotifyError> {
+        if publish.durable {
+            return Err(NotifyError::DurableTopic);
+        }
+        let key = publish.idempotency_key.as_deref();
+        if let Some(key) = key
+            && let Appended::Duplicate(receipt) = self.inner.store.append(Vec::new(), Some(key)).await?
+        {
+            return Ok(receipt);
+        }
+        let event = Arc::new(TopicEvent::new(
+            topic.clone(),
+            publish.kind,
+            publish.data,
+            now_ms(),
+            publish.except_user,
+            publish.except_client,
+        ));
+        let receipt =
+            Receipt { notifications: Vec::new(), delivered: self.inner.bus.publish_topic(event).await? };
+        if let Some(key) = key
+            && let Err(error) = self.inner.store.complete_receipt(key, &receipt).await
+        {
+            tracing::warn!(%error, "cannot record the receipt of an idempotent publish");
+        }
+        Ok(receipt)
+    }
+
+    /// Makes the tab `client` of `user` in `session` listen to `topics` too (client scope: until
+    /// it unlistens or is forgotten), on whichever node it is connected to. Returns the topics
+    /// it listens to now.
+    pub async fn listen(
+        &self,
+        user: &UserId,
+        session: &SessionId,
+        client: &ClientId,
+        topics: &[Topic],
+    ) -> Result<Vec<Topic>, NotifyError> {
+        self.check_listen(topics)?;
+        Ok(self.inner.bus.change_listens(user, session, client, topics, true).await??)
+    }
+
+    /// Makes the tab stop listening to `topics`. Returns the topics it listens to now.
+    pub async fn unlisten(
+        &self,
+        user: &UserId,
+        session: &SessionId,
+        client: &ClientId,
+        topics: &[Topic],
+    ) -> Result<Vec<Topic>, NotifyError> {
+        self.check_listen(topics)?;
+        Ok(self.inner.bus.change_listens(user, session, client, topics, false).await??)
+    }
+
+    /// A listen or unlisten names 1 to [`crate::Limits::topics_per_client_max`] topics.
+    fn check_listen(&self, topics: &[Topic]) -> Result<(), NotifyError> {
+        let max = self.inner.hub.limits().topics_per_client_max;
+        if topics.is_empty() {
+            return Err(NotifyError::NoTopics);
+        }
+        if topics.len() > max {
+            return Err(ListenError::TooManyTopics { count: topics.len(), max }.into());
+        }
+        Ok(())
+    }
+
     /// Signs out one session of `user` (all sessions when `None`): revokes the tokens issued
     /// until now (see [`crate::revocation`]), then closes the clients connected now with reason
     /// `session_closed`. Returns how many connections of this node were closed.
@@ -313,6 +401,7 @@ impl Notifier {
                     .collect()
             }
             Target::Session(user, session) => vec![(user.clone(), audience(Some(session), None))],
+            Target::Topic(_) => unreachable!("a topic publish has no users to resolve"),
             Target::Client(client) => {
                 // On any node: the bus asks the others when this one does not know the client.
                 let (user, session) = self

@@ -1,4 +1,4 @@
-//! [`EventQueue`]: one client's bounded queue of events (notifications and `inbox` events),
+//! [`EventQueue`]: one client's bounded queue of events (notifications, `inbox` and `topic` events),
 //! between the hub (which pushes) and the client's subscription (which takes).
 //!
 //! Why not `tokio::sync::mpsc`: a bounded tokio channel costs about 800 bytes per client before
@@ -15,6 +15,7 @@ use parking_lot::Mutex;
 
 use crate::inbox::InboxEvent;
 use crate::notification::Notification;
+use crate::topic::TopicEvent;
 
 /// A drained queue keeps at most this many slots allocated (64 bytes: 4 events); a larger
 /// buffer (left by a burst) is freed so that idle clients stay small.
@@ -34,6 +35,7 @@ pub(crate) enum PushError {
 pub(crate) enum Queued {
     Notification(Arc<Notification>),
     Inbox(Arc<InboxEvent>),
+    Topic(Arc<TopicEvent>),
 }
 
 /// What the receiving side takes from the queue.
@@ -41,6 +43,7 @@ pub(crate) enum Queued {
 pub(crate) enum Received {
     Notification(Arc<Notification>),
     Inbox(Arc<InboxEvent>),
+    Topic(Arc<TopicEvent>),
     /// Nothing was queued for a keep-alive period: the transport should show it is alive.
     KeepAlive,
 }
@@ -152,6 +155,7 @@ impl EventQueue {
             return Poll::Ready(Some(match event {
                 Queued::Notification(notification) => Received::Notification(notification),
                 Queued::Inbox(event) => Received::Inbox(event),
+                Queued::Topic(event) => Received::Topic(event),
             }));
         }
         if state.closed {
@@ -195,7 +199,7 @@ mod tests {
         fn seq(&self) -> Option<u64> {
             match self {
                 Received::Notification(n) => n.seq,
-                Received::Inbox(_) | Received::KeepAlive => None,
+                Received::Inbox(_) | Received::Topic(_) | Received::KeepAlive => None,
             }
         }
     }

@@ -32,12 +32,14 @@ use futures::FutureExt;
 use tokio::time::Instant;
 
 use crate::client::{ClientInfo, CloseReason, Transport};
+use crate::hub::ListenError;
 use crate::hub::{Attachment, ClientShared, Hub};
-use crate::ids::{ClientId, Seq, SessionId, UserId};
+use crate::ids::{ClientId, Seq, SessionId, Topic, UserId};
 use crate::inbox::InboxEvent;
 use crate::notification::Notification;
 use crate::queue::Received;
 use crate::store::{Epoch, LogHead, Store, StoreError};
+use crate::topic::TopicEvent;
 
 /// Most notifications in one long-poll answer (Eliom's comet answers hold at most 100 too).
 pub const POLL_NOTIFICATIONS_MAX: usize = 100;
@@ -49,11 +51,14 @@ pub enum ClientEvent {
     /// `position` is where this stream starts (the resume point, or `last_seq` for a new one or
     /// one resumed from another epoch); `epoch` is the epoch of both, which the client gives back
     /// with its resume point.
-    Hello { info: ClientInfo, last_seq: Seq, position: Seq, epoch: Epoch },
+    /// `topics`: those the tab listens to.
+    Hello { info: ClientInfo, last_seq: Seq, position: Seq, epoch: Epoch, topics: Box<[Topic]> },
     /// A notification for this client, durable (in seq order, once) or ephemeral.
     Notification(Arc<Notification>),
     /// A change of the user's inbox (ephemeral: only while connected, never replayed).
     Inbox(Arc<InboxEvent>),
+    /// An event of a topic the tab listens to (ephemeral: only while connected).
+    Topic(Arc<TopicEvent>),
     /// The resume point is older than what is retained, or of another epoch: notifications were
     /// lost to this client, which should reload its state. The stream goes on after `last_seq`.
     Reset { last_seq: Seq },
@@ -69,6 +74,9 @@ pub enum ClientEvent {
 pub enum SubscribeError {
     #[error("cannot resume after seq {requested}: the user's last seq is {last_seq}")]
     ResumeAhead { requested: Seq, last_seq: Seq },
+    /// The topics asked for would take the tab over its bound.
+    #[error(transparent)]
+    Listen(#[from] ListenError),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -155,6 +163,8 @@ pub struct SubscribeRequest<'a> {
     pub resume_after: Option<Seq>,
     /// The epoch of `resume_after` (the one its `hello` named); `None`: the current one.
     pub epoch: Option<&'a str>,
+    /// Topics the tab listens to from now on (client scope), besides those it listened to.
+    pub topics: &'a [Topic],
 }
 
 impl Subscription {
@@ -175,8 +185,8 @@ impl Subscription {
         {
             return Err(SubscribeError::ResumeAhead { requested, last_seq: head.last_seq });
         }
-        let Attachment { info, shared, attachment } =
-            hub.attach(request.user, request.session, request.client, request.transport);
+        let Attachment { info, shared, attachment, topics } =
+            hub.attach(request.user, request.session, request.client, request.transport, request.topics)?;
         let mut subscription = Self {
             hub: hub.clone(),
             store: store.clone(),
@@ -190,7 +200,7 @@ impl Subscription {
             finished: false,
             park: false,
         };
-        subscription.start(head, resume_after, other_epoch);
+        subscription.start(head, resume_after, other_epoch, topics);
         // Heard of by the other nodes before the replay's first read (on the first `next`):
         // whatever is stored after that read then reaches the queue, from this node or another,
         // and whatever was stored before it is in the read. (The head above only places the
@@ -214,7 +224,7 @@ impl Subscription {
         if request.epoch.is_some_and(|e| *e != *epoch) {
             return None;
         }
-        let Attachment { info, shared, attachment } =
+        let Attachment { info, shared, attachment, topics: _ } =
             hub.resume_parked(request.user, request.session, client, after)?;
         Some(Self {
             hub: hub.clone(),
@@ -235,7 +245,7 @@ impl Subscription {
 
     /// `hello`, then `reset` if `resume_after` is older than what is retained or `other_epoch`
     /// (the client's resume point, of another epoch, was dropped: `resume_after` is `None`).
-    fn start(&mut self, head: LogHead, resume_after: Option<Seq>, other_epoch: bool) {
+    fn start(&mut self, head: LogHead, resume_after: Option<Seq>, other_epoch: bool, topics: Box<[Topic]>) {
         let position = resume_after.unwrap_or(head.last_seq);
         debug_assert!(position <= head.last_seq, "open refuses a resume point beyond the log");
         self.pending.push_back(ClientEvent::Hello {
@@ -243,6 +253,7 @@ impl Subscription {
             last_seq: head.last_seq,
             position,
             epoch: head.epoch,
+            topics,
         });
         self.position = position;
         // The client's own position until the `reset` is handed out (see `finish`).
@@ -366,6 +377,7 @@ impl Subscription {
             match received {
                 Some(Received::Notification(notification)) => self.accept_live(notification),
                 Some(Received::Inbox(event)) => return Ok(Some(ClientEvent::Inbox(event))),
+                Some(Received::Topic(event)) => return Ok(Some(ClientEvent::Topic(event))),
                 Some(Received::KeepAlive) => return Ok(Some(ClientEvent::KeepAlive)),
                 None => {
                     let reason = self.shared.close_reason().unwrap_or(CloseReason::Shutdown);
@@ -463,6 +475,10 @@ pub struct PollAnswer {
     pub notifications: Vec<Arc<Notification>>,
     /// `inbox` events that arrived while the poll was open (ephemeral, like notifications).
     pub inbox: Vec<Arc<InboxEvent>>,
+    /// `topic` events that arrived while the poll was open (or since the last poll, parked).
+    pub topic: Vec<Arc<TopicEvent>>,
+    /// The topics the tab listens to.
+    pub topics: Vec<Topic>,
     /// Poll next with `after` = this.
     pub last_seq: Seq,
     /// The epoch of `last_seq`: poll next with it.
@@ -501,6 +517,12 @@ pub async fn poll(
     {
         // Its queue kept the `inbox` events since the last poll: they come in this answer.
         Some(subscription) => {
+            // A poll names the tab's topics each time (`?topics=`): those new since the last
+            // poll are listened to now.
+            if !request.topics.is_empty() {
+                let info = subscription.info();
+                hub.listen(&info.user, &info.session, &info.client, request.topics)?;
+            }
             let position = subscription.position;
             (subscription, Some(position), false)
         }
@@ -515,6 +537,7 @@ pub async fn poll(
     };
     let mut notifications: Vec<Arc<Notification>> = Vec::new();
     let mut inbox: Vec<Arc<InboxEvent>> = Vec::new();
+    let mut topic: Vec<Arc<TopicEvent>> = Vec::new();
     let mut reset = false;
     let mut closed = None;
     // Once there is something to answer: take only what is already waiting.
@@ -522,6 +545,7 @@ pub async fn poll(
     while notifications.len() < POLL_NOTIFICATIONS_MAX {
         let anything = !notifications.is_empty()
             || !inbox.is_empty()
+            || !topic.is_empty()
             || inbox_changed
             || reset
             || start.is_some_and(|s| subscription.position() > s);
@@ -547,6 +571,7 @@ pub async fn poll(
             Some(ClientEvent::Notification(n)) => notifications.push(n),
             // Bounded by the client's queue, like the notifications taken live.
             Some(ClientEvent::Inbox(event)) => inbox.push(event),
+            Some(ClientEvent::Topic(event)) => topic.push(event),
             Some(ClientEvent::KeepAlive) => {}
             Some(ClientEvent::Closed(reason)) => {
                 closed = Some(reason);
@@ -568,5 +593,6 @@ pub async fn poll(
     subscription.park = subscription.is_caught_up() && last_seq == subscription.position;
     let client = subscription.info().client.clone();
     let epoch = subscription.epoch.clone();
-    Ok(PollAnswer { client, notifications, inbox, last_seq, epoch, reset, closed })
+    let topics = subscription.hub.topics_of(subscription.info()).unwrap_or_default();
+    Ok(PollAnswer { client, notifications, inbox, topic, topics, last_seq, epoch, reset, closed })
 }

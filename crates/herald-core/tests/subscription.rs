@@ -63,7 +63,15 @@ fn hub(limits: Limits) -> Hub {
 }
 
 fn request<'a>(user: &'a UserId, session: &'a SessionId, resume_after: Option<Seq>) -> SubscribeRequest<'a> {
-    SubscribeRequest { user, session, client: None, transport: Transport::Sse, resume_after, epoch: None }
+    SubscribeRequest {
+        user,
+        session,
+        client: None,
+        transport: Transport::Sse,
+        resume_after,
+        epoch: None,
+        topics: &[],
+    }
 }
 
 /// [`request`] resuming after `resume_after` of `epoch`.

@@ -19,8 +19,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, header};
-use herald_core::{SessionId, UserId};
+use axum::http::{HeaderMap, StatusCode, header};
+use herald_core::{SessionId, TOPIC_PATTERNS_MAX, Topic, TopicPatterns, UserId};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -79,6 +79,9 @@ struct Claims {
     sid: Option<String>,
     exp: u64,
     iat: u64,
+    /// Topics (and `prefix*` patterns) the tabs may listen to by themselves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    topics: Option<Vec<String>>,
 }
 
 /// A verified subscriber: the user and session its token names.
@@ -91,9 +94,24 @@ pub struct Subscriber {
     /// When the token was issued (`iat`), seconds since the Unix epoch: revocations compare
     /// it with the time of the close.
     pub issued_at: u64,
+    /// The token's `topics` claim: what the tabs may listen to by themselves (empty without it).
+    pub topics: Arc<TopicPatterns>,
 }
 
 impl Subscriber {
+    /// Checks that the token lets its tabs listen to each of `topics` by themselves: 403
+    /// `topic_forbidden`, naming the first that it does not.
+    pub fn check_may_listen(&self, topics: &[Topic]) -> Result<(), ApiError> {
+        match topics.iter().find(|t| !self.topics.allows(t)) {
+            None => Ok(()),
+            Some(topic) => Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "topic_forbidden",
+                format!("the token's `topics` claim does not allow listening to {:?}", topic.as_str()),
+            )),
+        }
+    }
+
     /// How long the token is valid still (zero once it expired): a wait held for this
     /// subscriber (a long poll) ends by then, so the next request shows the token again.
     pub fn time_left(&self) -> std::time::Duration {
@@ -142,6 +160,17 @@ impl Auth {
     /// (Unix seconds). Herald itself only mints tokens for the dev-mode demo; apps mint their
     /// own.
     pub fn mint_token(&self, user: &UserId, session: Option<&SessionId>, expires_at: u64) -> String {
+        self.mint_token_listening(user, session, expires_at, &[])
+    }
+
+    /// [`Auth::mint_token`], with a `topics` claim (when `topics` is not empty).
+    pub fn mint_token_listening(
+        &self,
+        user: &UserId,
+        session: Option<&SessionId>,
+        expires_at: u64,
+        topics: &[&str],
+    ) -> String {
         #[derive(Serialize)]
         struct Minted<'a> {
             #[serde(flatten)]
@@ -154,6 +183,7 @@ impl Auth {
             sid: session.map(|s| s.as_str().to_owned()),
             exp: expires_at,
             iat: now_secs(),
+            topics: (!topics.is_empty()).then(|| topics.iter().map(|t| (*t).to_owned()).collect()),
         };
         let minted = Minted { claims, aud: self.rules.audience.as_deref() };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &minted, &self.encoding_key)
@@ -183,7 +213,24 @@ impl Auth {
             Some(sid) => SessionId::new(sid).map_err(|e| invalid(format!("the token's `sid`: {e}")))?,
             None => session_of_token(token),
         };
-        Ok(Subscriber { user, session, expires_at: claims.exp, issued_at: claims.iat })
+        let topics = match &claims.topics {
+            None => TopicPatterns::default(),
+            Some(patterns) if patterns.len() > TOPIC_PATTERNS_MAX => {
+                return Err(invalid(format!(
+                    "the token's `topics` claim has {} patterns; at most {TOPIC_PATTERNS_MAX} are accepted",
+                    patterns.len()
+                )));
+            }
+            Some(patterns) => TopicPatterns::parse(patterns)
+                .map_err(|e| invalid(format!("the token's `topics` claim: {e}")))?,
+        };
+        Ok(Subscriber {
+            user,
+            session,
+            expires_at: claims.exp,
+            issued_at: claims.iat,
+            topics: Arc::new(topics),
+        })
     }
 
     /// Our words for jsonwebtoken's refusal `kind` (its own messages name its internals).

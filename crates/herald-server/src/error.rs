@@ -10,7 +10,9 @@ use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use herald_core::bus::BusError;
-use herald_core::{DataError, InboxError, InvalidId, NotifyError, StoreError, SubscribeError};
+use herald_core::{
+    DataError, InboxError, InvalidId, InvalidTopic, ListenError, NotifyError, StoreError, SubscribeError,
+};
 use serde::de::DeserializeOwned;
 
 /// Largest request body accepted, in bytes (1 MiB). Larger: 413 `body_too_large`.
@@ -157,9 +159,29 @@ impl From<NotifyError> for ApiError {
                 Self::new(StatusCode::PAYLOAD_TOO_LARGE, "publish_too_large", message)
             }
             NotifyError::ClientNotFound(_) => Self::new(StatusCode::NOT_FOUND, "client_not_found", message),
+            NotifyError::DurableTopic => Self::bad_request("durable_topic_unsupported", message),
+            NotifyError::ExceptUserWithoutTopic => Self::bad_request("invalid_target", message),
+            NotifyError::NoTopics => Self::bad_request("invalid_request", message),
+            NotifyError::Listen(error) => error.into(),
             NotifyError::Store(error) => error.into(),
             NotifyError::Bus(error) => error.into(),
         }
+    }
+}
+
+impl From<ListenError> for ApiError {
+    fn from(error: ListenError) -> Self {
+        let message = error.to_string();
+        match error {
+            ListenError::TooManyTopics { .. } => Self::new(StatusCode::CONFLICT, "too_many_topics", message),
+            ListenError::ClientNotFound(_) => Self::new(StatusCode::NOT_FOUND, "client_not_found", message),
+        }
+    }
+}
+
+impl From<InvalidTopic> for ApiError {
+    fn from(error: InvalidTopic) -> Self {
+        Self::bad_request("invalid_topic", error.to_string())
     }
 }
 
@@ -187,6 +209,7 @@ impl From<SubscribeError> for ApiError {
             SubscribeError::ResumeAhead { .. } => {
                 Self::bad_request("invalid_last_event_id", error.to_string())
             }
+            SubscribeError::Listen(error) => error.into(),
             SubscribeError::Store(error) => error.into(),
         }
     }

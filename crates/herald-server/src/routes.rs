@@ -29,6 +29,8 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/inbox/counts", get(api::inbox::counts))
         .route("/v1/inbox/mark", post(api::inbox::mark))
         .route("/v1/inbox/{seq}", delete(api::inbox::delete_one))
+        .route("/v1/listen", post(api::topics::listen))
+        .route("/v1/unlisten", post(api::topics::unlisten))
         .route_layer(axum::middleware::from_fn_with_state(app.clone(), caps::limit_requests));
     let router = Router::new()
         .merge(subscriber_connections)
@@ -37,6 +39,8 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/cluster", get(health::cluster))
         .route("/v1/notify", post(api::publish::notify))
         .route("/v1/notify/batch", post(api::publish::notify_batch))
+        .route("/v1/topics/listen", post(api::topics::publisher_listen))
+        .route("/v1/topics/unlisten", post(api::topics::publisher_unlisten))
         .route("/v1/users/{user}/presence", get(api::users::presence))
         .route("/v1/users/{user}/notifications", get(api::users::notifications))
         .route("/v1/users/{user}/sessions", delete(api::users::close_all_sessions))

@@ -44,7 +44,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use herald_core::bus::{BusError, BusStats, RevocationNews};
 use herald_core::{
-    Bus, ClientId, CloseReason, Health, Hub, InboxEvent, Notification, Presence, SessionId, Store, UserId,
+    Bus, ClientId, CloseReason, Health, Hub, InboxEvent, ListenError, Notification, Presence, SessionId,
+    Store, Topic, TopicEvent, UserId,
 };
 use parking_lot::Mutex;
 use tokio::sync::{Notify, mpsc, oneshot};
@@ -52,8 +53,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::broker::{Broker, BrokerEvent};
 use crate::envelope::{
-    self, Body, Envelope, VERSION, WireClient, WireSession, nodes_subject, reply_subject, shard_of,
-    user_subject,
+    self, Body, Envelope, ListenOutcome, VERSION, WireClient, WireSession, nodes_subject, reply_subject,
+    shard_of, topics_subject, user_subject,
 };
 use crate::interest::InterestTable;
 
@@ -281,11 +282,12 @@ impl ClusterBus {
 }
 
 impl Inner {
-    /// Subscribes to the subjects every node follows: the nodes' and its own replies'. Whether
+    /// Subscribes to the subjects every node follows: the nodes', its own replies' and the
+    /// topics'. Whether
     /// both are in force.
     async fn subscribe_cluster_subjects(&self) -> bool {
         let mut all = true;
-        for subject in [nodes_subject(&self.cluster), self.reply.clone()] {
+        for subject in [nodes_subject(&self.cluster), self.reply.clone(), topics_subject(&self.cluster)] {
             if let Err(error) = self.broker.subscribe(&subject).await {
                 tracing::warn!(%error, %subject, "cannot subscribe to a cluster subject yet");
                 all = false;
@@ -372,6 +374,11 @@ impl Inner {
                     self.hub.fanout_inbox(&Arc::new(event));
                 }
             }
+            body @ Body::Topic { .. } => {
+                if let Some(event) = envelope::topic_event_from(body) {
+                    self.hub.fanout_topic(&Arc::new(event));
+                }
+            }
             Body::Close { user, session, reason } => {
                 let reason = CloseReason::parse(&reason).unwrap_or(CloseReason::SessionClosed);
                 if reason == CloseReason::SessionClosed {
@@ -406,14 +413,19 @@ impl Inner {
             Body::PresenceQuery { .. }
             | Body::PresenceAnswer { .. }
             | Body::LocateQuery { .. }
-            | Body::LocateAnswer { .. } => unreachable!("handled by `receive`"),
+            | Body::LocateAnswer { .. }
+            | Body::ListenQuery { .. }
+            | Body::ListenAnswer { .. } => unreachable!("handled by `receive`"),
         }
     }
 
     fn answered(&self, from: Arc<str>, id: u64, answer: Body) {
         let mut queries = self.queries.lock();
         let Some(query) = queries.get_mut(&id) else { return }; // Too late.
-        let hit = matches!(answer, Body::LocateAnswer { found: Some(_), .. });
+        let hit = matches!(
+            answer,
+            Body::LocateAnswer { found: Some(_), .. } | Body::ListenAnswer { outcome: Some(_), .. }
+        );
         query.waiting.retain(|node| *node != from);
         query.answers.push((from, answer));
         if (query.waiting.is_empty() || (hit && query.first_hit))
@@ -473,6 +485,7 @@ impl Inner {
                         transport: c.transport.as_str().to_owned(),
                         connected_at: c.connected_at_ms,
                         last_seq: c.last_seq,
+                        topics: c.topics,
                     })
                     .collect(),
             })
@@ -599,6 +612,54 @@ impl Bus for ClusterBus {
         self.inner.stop.cancel();
     }
 
+    /// This node's hub at once, then one envelope on the topics' subject for the others. An
+    /// event the broker did not take reached this node's tabs only: `Unavailable`.
+    async fn publish_topic(&self, event: Arc<TopicEvent>) -> Result<u64, BusError> {
+        let delivered = self.inner.hub.fanout_topic(&event);
+        let subject = topics_subject(&self.inner.cluster);
+        if !self.inner.publish_envelope(&subject, Body::topic(&event)).await {
+            return Err(BusError::Unavailable("the topic event reached this node's tabs only".into()));
+        }
+        Ok(delivered)
+    }
+
+    /// This node's hub first, else the node the tab is connected to (the first that has it).
+    async fn change_listens(
+        &self,
+        user: &UserId,
+        session: &SessionId,
+        client: &ClientId,
+        topics: &[Topic],
+        listen: bool,
+    ) -> Result<Result<Vec<Topic>, ListenError>, BusError> {
+        let hub = &self.inner.hub;
+        let here = if listen {
+            hub.listen(user, session, client, topics)
+        } else {
+            hub.unlisten(user, session, client, topics)
+        };
+        if !matches!(here, Err(ListenError::ClientNotFound(_))) {
+            return Ok(here);
+        }
+        let query = |id, reply| Body::ListenQuery {
+            user: user.clone(),
+            session: session.clone(),
+            client: client.clone(),
+            topics: topics.to_vec(),
+            listen,
+            id,
+            reply,
+        };
+        let answers = self.inner.ask(query, true).await?;
+        Ok(answers
+            .into_iter()
+            .find_map(|(_, answer)| match answer {
+                Body::ListenAnswer { outcome: Some(outcome), .. } => Some(outcome.into_hub()),
+                _ => None,
+            })
+            .unwrap_or(here))
+    }
+
     /// This node's hub first, else the first node that knows the client.
     async fn locate(&self, client: &ClientId) -> Result<Option<(UserId, SessionId)>, BusError> {
         if let Some(found) = self.inner.hub.locate(client) {
@@ -660,9 +721,21 @@ async fn receive(inner: Arc<Inner>, mut events: mpsc::Receiver<BrokerEvent>) {
                             tokio::spawn(async move { inner.publish_envelope(&reply, answer).await });
                         }
                     }
-                    answer @ (Body::PresenceAnswer { id, .. } | Body::LocateAnswer { id, .. }) => {
-                        inner.answered(envelope.from, id, answer)
+                    Body::ListenQuery { user, session, client, topics, listen, id, reply } => {
+                        if reply.starts_with(&format!("{}.reply.", inner.cluster)) {
+                            let outcome = if listen {
+                                inner.hub.listen(&user, &session, &client, &topics)
+                            } else {
+                                inner.hub.unlisten(&user, &session, &client, &topics)
+                            };
+                            let answer = Body::ListenAnswer { id, outcome: ListenOutcome::from_hub(outcome) };
+                            let inner = inner.clone();
+                            tokio::spawn(async move { inner.publish_envelope(&reply, answer).await });
+                        }
                     }
+                    answer @ (Body::PresenceAnswer { id, .. }
+                    | Body::LocateAnswer { id, .. }
+                    | Body::ListenAnswer { id, .. }) => inner.answered(envelope.from, id, answer),
                     body => inner.deliver(Envelope { body, ..envelope }),
                 }
             }

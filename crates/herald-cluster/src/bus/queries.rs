@@ -20,6 +20,7 @@ pub(super) fn merge_presence(mut presence: Presence, answers: Vec<(Arc<str>, Bod
                     connected_at_ms: c.connected_at,
                     last_seq: c.last_seq,
                     node: Some(node.clone()),
+                    topics: c.topics,
                 })
             });
             match presence.sessions.iter_mut().find(|s| s.session == wire.session) {

@@ -91,6 +91,7 @@ impl Node {
             transport: Transport::Sse,
             resume_after: None,
             epoch: None,
+            topics: &[],
         };
         let mut subscription = Subscription::open(&self.hub, &self.store, request).await.unwrap();
         assert!(matches!(subscription.next().await, Some(ClientEvent::Hello { .. })));

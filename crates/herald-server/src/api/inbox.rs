@@ -315,7 +315,7 @@ fn selection(seqs: Option<Vec<Seq>>, all_up_to: Option<Seq>) -> Result<Selection
 /// The `X-Herald-Client` header: the client to leave out of the change's event. Present, it
 /// must name a client: an empty one is refused (400 `invalid_id`) like any other bad id, rather
 /// than read as "no client", which would send the event back to the tab that sent it.
-fn client_header(headers: &HeaderMap) -> Result<Option<ClientId>, ApiError> {
+pub(crate) fn client_header(headers: &HeaderMap) -> Result<Option<ClientId>, ApiError> {
     let Some(value) = headers.get(CLIENT_HEADER) else { return Ok(None) };
     let value = value
         .to_str()

@@ -1,4 +1,5 @@
-//! `POST /v1/notify`: publish a notification to a user, several users, a session or a client;
+//! `POST /v1/notify`: publish a notification to a user, several users, a session or a client, or
+//! a `topic` event to every tab listening to a topic;
 //! `POST /v1/notify/batch`: several such publishes in one request.
 
 use std::sync::Arc;
@@ -6,7 +7,7 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::response::Response;
 use herald_core::notification::DEFAULT_KIND;
-use herald_core::{ClientId, Publish, Receipt, SessionId, Target, UserId};
+use herald_core::{ClientId, Publish, Receipt, SessionId, Target, Topic, UserId};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
@@ -25,6 +26,8 @@ pub struct NotifyBody {
     data: Option<Box<RawValue>>,
     durable: Option<bool>,
     except_client: Option<String>,
+    /// No tab of this user gets it; topic targets only.
+    except_user: Option<String>,
     idempotency_key: Option<String>,
 }
 
@@ -37,22 +40,24 @@ struct TargetBody {
     users: Option<Vec<String>>,
     session: Option<String>,
     client: Option<String>,
+    topic: Option<String>,
 }
 
 impl TargetBody {
     fn into_target(self) -> Result<Target, ApiError> {
-        match (self.user, self.users, self.session, self.client) {
-            (Some(user), None, None, None) => Ok(Target::User(UserId::new(user)?)),
-            (None, Some(users), None, None) => {
+        match (self.user, self.users, self.session, self.client, self.topic) {
+            (Some(user), None, None, None, None) => Ok(Target::User(UserId::new(user)?)),
+            (None, Some(users), None, None, None) => {
                 Ok(Target::Users(users.into_iter().map(UserId::new).collect::<Result<_, _>>()?))
             }
-            (Some(user), None, Some(session), None) => {
+            (Some(user), None, Some(session), None, None) => {
                 Ok(Target::Session(UserId::new(user)?, SessionId::new(session)?))
             }
-            (None, None, None, Some(client)) => Ok(Target::Client(ClientId::new(client)?)),
+            (None, None, None, Some(client), None) => Ok(Target::Client(ClientId::new(client)?)),
+            (None, None, None, None, Some(topic)) => Ok(Target::Topic(Topic::new(topic)?)),
             _ => Err(ApiError::bad_request(
                 "invalid_target",
-                r#"`to` must be one of {"user": U}, {"users": [U, …]}, {"user": U, "session": S}, {"client": C}"#,
+                r#"`to` must be one of {"user": U}, {"users": [U, …]}, {"user": U, "session": S}, {"client": C}, {"topic": T}"#,
             )),
         }
     }
@@ -71,6 +76,7 @@ impl NotifyBody {
             data,
             durable: self.durable.unwrap_or(true),
             except_client: self.except_client.map(ClientId::new).transpose()?,
+            except_user: self.except_user.map(UserId::new).transpose()?,
             idempotency_key: self.idempotency_key,
         })
     }

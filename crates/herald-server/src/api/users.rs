@@ -5,7 +5,7 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::response::Response;
 use herald_core::notification::format_timestamp_ms;
-use herald_core::{Seq, SessionId, UserId};
+use herald_core::{Seq, SessionId, Topic, UserId};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
@@ -38,6 +38,8 @@ struct ClientBody<'a> {
     last_seq: Seq,
     /// The node it is connected to (`--node-id`).
     node: &'a str,
+    /// The topics it listens to.
+    topics: &'a [Topic],
 }
 
 /// `GET /v1/users/{user}/presence`: the user's sessions and their connected clients.
@@ -66,6 +68,7 @@ pub async fn presence(
                         connected_at: format_timestamp_ms(c.connected_at_ms),
                         last_seq: c.last_seq,
                         node: c.node.as_deref().unwrap_or(local),
+                        topics: &c.topics,
                     })
                     .collect(),
             })

@@ -12,7 +12,7 @@ pub mod ws;
 
 use axum::http::HeaderMap;
 use herald_core::subscription::SubscribeRequest;
-use herald_core::{Seq, Subscription, Transport};
+use herald_core::{Seq, Subscription, Topic, Transport};
 use serde::Deserialize;
 
 use crate::app::App;
@@ -30,6 +30,7 @@ pub(crate) async fn open_subscription(
 ) -> Result<Subscription, ApiError> {
     let resume_after = resume_point(query.last_event_id.as_deref(), headers)?;
     let follow_inbox = follows_inbox(query.inbox.as_deref())?;
+    let topics = requested_topics(query.topics.as_deref(), subscriber)?;
     let subscription = Subscription::open(
         &app.hub,
         &app.store,
@@ -40,6 +41,7 @@ pub(crate) async fn open_subscription(
             transport,
             resume_after,
             epoch: epoch_of(query.epoch.as_deref()),
+            topics: &topics,
         },
     )
     .await?;
@@ -67,9 +69,26 @@ pub struct StreamQuery {
     /// `1`: the client follows its user's inbox counts (an `inbox` event after each new
     /// notification too). See [`follows_inbox`].
     pub inbox: Option<String>,
+    /// Topics to listen to (client scope), comma-separated. See [`requested_topics`].
+    pub topics: Option<String>,
     /// The subscriber token; read by the auth extractor.
     #[allow(dead_code)]
     token: Option<String>,
+}
+
+/// The topics of `?topics=a,b` (empty items ignored), each one the token's `topics` claim
+/// allows: 400 `invalid_topic` for one that is not a topic, 403 `topic_forbidden` for one the
+/// claim does not allow. How many a tab may listen to is the hub's bound (409).
+pub fn requested_topics(raw: Option<&str>, subscriber: &Subscriber) -> Result<Vec<Topic>, ApiError> {
+    let Some(raw) = raw else { return Ok(Vec::new()) };
+    let topics = raw
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(Topic::new)
+        .collect::<Result<Vec<_>, _>>()?;
+    subscriber.check_may_listen(&topics)?;
+    Ok(topics)
 }
 
 /// Whether `?inbox=` asks to follow the inbox counts: `1` or `true` yes; `0`, `false`, empty

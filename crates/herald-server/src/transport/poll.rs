@@ -21,7 +21,7 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::response::Response;
 use herald_core::subscription::{SubscribeRequest, poll as poll_once};
-use herald_core::{InboxCounts, Seq, SubscribeError, Transport};
+use herald_core::{InboxCounts, Seq, SubscribeError, Topic, Transport};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
@@ -30,7 +30,7 @@ use crate::auth::Subscriber;
 use crate::error::{ApiError, ApiQuery};
 use crate::query::whole_number;
 use crate::response::json_response;
-use crate::transport::{epoch_of, follows_inbox};
+use crate::transport::{epoch_of, follows_inbox, requested_topics};
 
 /// Poll wait when `timeout` is not given, in seconds (Eliom's comet waits 20 s too).
 pub const POLL_TIMEOUT_SECS_DEFAULT: u64 = 20;
@@ -49,6 +49,8 @@ pub struct PollQuery {
     client: Option<String>,
     inbox: Option<String>,
     inbox_version: Option<String>,
+    /// Topics to listen to (client scope), comma-separated: see [`requested_topics`].
+    topics: Option<String>,
     /// The subscriber token; read by the auth extractor.
     #[allow(dead_code)]
     token: Option<String>,
@@ -64,6 +66,7 @@ pub async fn poll(
     let timeout_secs = whole_number(query.timeout.as_deref(), "timeout", "invalid_timeout")?
         .unwrap_or(POLL_TIMEOUT_SECS_DEFAULT);
     let with_counts = follows_inbox(query.inbox.as_deref())?;
+    let topics = requested_topics(query.topics.as_deref(), &subscriber)?;
     let known_inbox_version =
         whole_number(query.inbox_version.as_deref(), "inbox_version", "invalid_inbox_version")?;
     if known_inbox_version.is_some() && !with_counts {
@@ -90,6 +93,7 @@ pub async fn poll(
             transport: Transport::Poll,
             resume_after: after,
             epoch: epoch_of(query.epoch.as_deref()),
+            topics: &topics,
         },
         timeout,
         known_inbox_version,
@@ -117,6 +121,12 @@ pub async fn poll(
             .iter()
             .map(|e| serde_json::from_slice::<&RawValue>(e.json()).expect("an inbox event's JSON is valid"))
             .collect(),
+        topic: answer
+            .topic
+            .iter()
+            .map(|e| serde_json::from_slice::<&RawValue>(e.json()).expect("a topic event's JSON is valid"))
+            .collect(),
+        topics: &answer.topics,
         counts,
         last_seq: answer.last_seq,
         epoch: &answer.epoch,
@@ -135,6 +145,12 @@ struct PollBody<'a> {
     /// `inbox` event).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     inbox: Vec<&'a RawValue>,
+    /// The `topic` events that arrived while the poll was open (or, parked, since the last).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    topic: Vec<&'a RawValue>,
+    /// The topics the tab listens to.
+    #[serde(skip_serializing_if = "<[Topic]>::is_empty")]
+    topics: &'a [Topic],
     /// The user's counts (with `inbox=1`).
     #[serde(skip_serializing_if = "Option::is_none")]
     counts: Option<InboxCounts>,

@@ -110,14 +110,17 @@ impl SseStream {
 
     fn encode(&mut self, event: &ClientEvent, out: &mut BytesMut) {
         match event {
-            ClientEvent::Hello { info, last_seq, position, epoch } => {
-                let data = serde_json::json!({
+            ClientEvent::Hello { info, last_seq, position, epoch, topics } => {
+                let mut data = serde_json::json!({
                     "user": info.user,
                     "session": info.session,
                     "client": info.client,
                     "last_seq": last_seq,
                     "epoch": epoch,
                 });
+                if !topics.is_empty() {
+                    data["topics"] = serde_json::json!(topics);
+                }
                 // `id:` on hello sets the browser's Last-Event-ID, so a reconnect before any
                 // notification still resumes from here instead of from "now".
                 write_event(out, Some(*position), "hello", data.to_string().as_bytes());
@@ -125,6 +128,8 @@ impl SseStream {
             ClientEvent::Notification(n) => write_event(out, n.seq, "notification", n.json()),
             // No `id:`: inbox events are not replayed, and must not move the resume point.
             ClientEvent::Inbox(event) => write_event(out, None, "inbox", event.json()),
+            // No `id:` either: ephemeral topic events are not replayed.
+            ClientEvent::Topic(event) => write_event(out, None, "topic", event.json()),
             ClientEvent::Reset { last_seq } => {
                 let data = serde_json::json!({ "last_seq": last_seq });
                 write_event(out, Some(*last_seq), "reset", data.to_string().as_bytes());

@@ -262,16 +262,20 @@ fn end_of_error(error: axum::Error) -> End {
 /// One event as a JSON text frame.
 fn encode(event: &ClientEvent) -> Utf8Bytes {
     match event {
-        ClientEvent::Hello { info, last_seq, epoch, .. } => serde_json::json!({
-            "event": "hello",
-            "user": info.user,
-            "session": info.session,
-            "client": info.client,
-            "last_seq": last_seq,
-            "epoch": epoch,
-        })
-        .to_string()
-        .into(),
+        ClientEvent::Hello { info, last_seq, epoch, topics, .. } => {
+            let mut hello = serde_json::json!({
+                "event": "hello",
+                "user": info.user,
+                "session": info.session,
+                "client": info.client,
+                "last_seq": last_seq,
+                "epoch": epoch,
+            });
+            if !topics.is_empty() {
+                hello["topics"] = serde_json::json!(topics);
+            }
+            hello.to_string().into()
+        }
         ClientEvent::Notification(n) => {
             // `n.json()` is `{"seq":…,…}` (or `{"type":…}` when ephemeral), serialized once at
             // publish: splice the event name in after its `{` instead of serializing again.
@@ -279,6 +283,8 @@ fn encode(event: &ClientEvent) -> Utf8Bytes {
         }
         // Serialized once too: `{"op":…,…}`.
         ClientEvent::Inbox(event) => splice_event_name(br#"{"event":"inbox","#, event.json()),
+        // And `{"topic":…,…}`.
+        ClientEvent::Topic(event) => splice_event_name(br#"{"event":"topic","#, event.json()),
         ClientEvent::Reset { last_seq } => {
             serde_json::json!({ "event": "reset", "last_seq": last_seq }).to_string().into()
         }

@@ -32,5 +32,6 @@ mod stalled;
 mod store_unavailable;
 mod targeting;
 mod tls;
+mod topics;
 mod web;
 mod websocket;

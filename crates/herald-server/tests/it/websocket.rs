@@ -17,7 +17,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Bytes, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+pub(crate) type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 fn ws_url(server: &TestServer, query: &str) -> String {
     format!("{}/v1/ws?{query}", server.url.replacen("http://", "ws://", 1))
@@ -37,7 +37,7 @@ async fn open(server: &TestServer, token: &str, query: &str) -> Ws {
 }
 
 /// Opens a WebSocket and reads its `hello`.
-async fn connect(server: &TestServer, token: &str, query: &str) -> (Ws, Value) {
+pub(crate) async fn connect(server: &TestServer, token: &str, query: &str) -> (Ws, Value) {
     let mut ws = open(server, token, query).await;
     let hello = next_event(&mut ws).await;
     assert_eq!(hello["event"], "hello", "{hello}");
@@ -45,7 +45,7 @@ async fn connect(server: &TestServer, token: &str, query: &str) -> (Ws, Value) {
 }
 
 /// The next event (text frame) within [`EVENT_WAIT`], skipping pings and pongs.
-async fn next_event(ws: &mut Ws) -> Value {
+pub(crate) async fn next_event(ws: &mut Ws) -> Value {
     loop {
         let message = tokio::time::timeout(EVENT_WAIT, ws.next())
             .await

@@ -279,6 +279,7 @@ async fn a_resume_with_the_old_epoch_after_a_renewal_gets_a_reset() {
             transport: Transport::Sse,
             resume_after: Some(1),
             epoch: Some(epoch),
+            topics: &[],
         };
         Subscription::open(&hub, &reopened, request)
     };
