@@ -187,6 +187,7 @@ cases!(
     limits_count_every_node,
     inbox_events_and_session_closes_cross_nodes,
     a_node_that_leaves_is_gone_at_once,
+    topic_events_and_listens_cross_nodes,
 );
 
 /// What one node publishes reaches the user's tabs on every node once (its own tab through its
@@ -425,5 +426,78 @@ async fn a_node_that_leaves_is_gone_at_once(url: &str) {
     while !a.bus.live_peers().is_empty() {
         assert!(left.elapsed() < Duration::from_secs(1), "still a peer after {:?}", left.elapsed());
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The next event, which must be a `topic` event; returns its `data` as text.
+async fn next_topic_data(subscription: &mut Subscription) -> String {
+    match tokio::time::timeout(WAIT, subscription.next()).await.expect("an event in time") {
+        Some(ClientEvent::Topic(event)) => event.data.get().to_owned(),
+        other => panic!("expected a topic event, got {other:?}"),
+    }
+}
+
+/// A topic's events reach the tabs listening on every node, once each; a listen made on a node
+/// the tab is not connected to is done by the node it is on (and its refusal comes back).
+async fn topic_events_and_listens_cross_nodes(url: &str) {
+    let (cluster, store) = (cluster_name(), shared_store());
+    let limits = Limits { topics_per_client_max: 2, ..Limits::default() };
+    let a = node(url, &cluster, "a", &store, limits.clone()).await;
+    let b = node(url, &cluster, "b", &store, limits).await;
+    wait_for_peers(&[&a, &b]).await;
+    let room = herald_core::Topic::new("room:1").unwrap();
+    let mut on_a = a.tab("alice", "s1").await;
+    let info = on_a.info().clone();
+    a.hub.listen(&info.user, &info.session, &info.client, std::slice::from_ref(&room)).unwrap();
+    let mut on_b = b.tab("bob", "s1").await;
+    let bob = on_b.info().clone();
+    // Listened from node a, for a tab on node b.
+    let topics =
+        a.notifier.listen(&bob.user, &bob.session, &bob.client, std::slice::from_ref(&room)).await.unwrap();
+    assert_eq!(topics, [room.clone()]);
+    let over = ["x", "y"].map(|t| herald_core::Topic::new(t).unwrap());
+    let refused = a.notifier.listen(&bob.user, &bob.session, &bob.client, &over).await;
+    assert!(
+        matches!(
+            refused,
+            Err(herald_core::NotifyError::Listen(herald_core::ListenError::TooManyTopics {
+                count: 3,
+                max: 2
+            }))
+        ),
+        "{refused:?}"
+    );
+    let presence = a.notifier.presence(&user("bob")).await.unwrap();
+    assert_eq!(presence.sessions[0].clients[0].topics, [room.clone()], "{presence:?}");
+
+    let publish = |n: u64| {
+        let data = Arc::from(serde_json::value::RawValue::from_string(n.to_string()).unwrap());
+        herald_core::Publish {
+            target: herald_core::Target::Topic(room.clone()),
+            durable: false,
+            ..herald_core::Publish::to_user(user("nobody"), "t", data)
+        }
+    };
+    // One after the other: two nodes' publishes have no order between them.
+    assert_eq!(a.notifier.publish(publish(1)).await.unwrap().delivered, 1, "this node's tab");
+    for tab in [&mut on_a, &mut on_b] {
+        assert_eq!(next_topic_data(tab).await, "1");
+    }
+    b.notifier.publish(publish(2)).await.unwrap();
+    for tab in [&mut on_a, &mut on_b] {
+        assert_eq!(next_topic_data(tab).await, "2");
+    }
+    // Once each: no echo comes back as a second copy.
+    for tab in [&mut on_a, &mut on_b] {
+        if let Ok(event) = tokio::time::timeout(Duration::from_millis(300), tab.next()).await {
+            panic!("expected nothing more, got {event:?}");
+        }
+    }
+    // Unlistened from node a: bob's tab on b gets no more.
+    a.notifier.unlisten(&bob.user, &bob.session, &bob.client, std::slice::from_ref(&room)).await.unwrap();
+    a.notifier.publish(publish(3)).await.unwrap();
+    assert_eq!(next_topic_data(&mut on_a).await, "3");
+    if let Ok(event) = tokio::time::timeout(Duration::from_millis(300), on_b.next()).await {
+        panic!("bob unlistened, got {event:?}");
     }
 }
