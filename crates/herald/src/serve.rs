@@ -262,6 +262,9 @@ pub struct ServeArgs {
     /// Clients per session; one more evicts the least recently active.
     #[arg(long, env = "HERALD_CLIENTS_PER_SESSION_MAX", default_value_t = 50)]
     pub clients_per_session_max: usize,
+    /// Topics one tab listens to; a listen over it is refused (409 `too_many_topics`).
+    #[arg(long, env = "HERALD_TOPICS_PER_CLIENT_MAX", default_value_t = 100)]
+    pub topics_per_client_max: usize,
     /// Events queued per client; a client whose queue is full is closed with reason `lagging`.
     #[arg(long, env = "HERALD_CLIENT_QUEUE_LEN_MAX", default_value_t = 1_000)]
     pub client_queue_len_max: usize,
@@ -347,6 +350,7 @@ impl ServeArgs {
             client_queue_len_max: self.client_queue_len_max.max(1),
             data_bytes_max: self.data_bytes_max,
             publish_bytes_max: self.publish_bytes_max,
+            topics_per_client_max: self.topics_per_client_max.max(1),
             ..Limits::default()
         }
     }

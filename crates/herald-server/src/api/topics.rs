@@ -14,7 +14,7 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::Response;
-use herald_core::{ClientId, Topic};
+use herald_core::{ClientId, NotifyError, SessionId, Topic, UserId};
 use serde::{Deserialize, Serialize};
 
 use crate::api::inbox::{DeclaredJson, client_header};
@@ -27,7 +27,7 @@ use crate::response::json_response;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TabListenBody {
-    topics: Vec<Topic>,
+    topics: Vec<String>,
     /// `client` (the default). `session` and `user` are refused for now.
     scope: Option<String>,
 }
@@ -36,7 +36,7 @@ pub struct TabListenBody {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenBody {
-    topics: Vec<Topic>,
+    topics: Vec<String>,
     client: Option<ClientId>,
     user: Option<String>,
     session: Option<String>,
@@ -46,6 +46,11 @@ pub struct ListenBody {
 struct Listening<'a> {
     client: &'a ClientId,
     topics: Vec<Topic>,
+}
+
+/// The body's topic names as topics: 400 `invalid_topic` for one that is not.
+fn topics_of(names: &[String]) -> Result<Vec<Topic>, ApiError> {
+    Ok(names.iter().map(Topic::new).collect::<Result<_, _>>()?)
 }
 
 fn unsupported_scope(scope: &str) -> ApiError {
@@ -87,8 +92,9 @@ pub async fn listen(
     app.limiter.admit_inbox_write(&subscriber.user)?;
     check_tab_scope(body.scope.as_deref())?;
     let client = tab_of(&headers)?;
-    subscriber.check_may_listen(&body.topics)?;
-    let topics = app.notifier.listen(&subscriber.user, &subscriber.session, &client, &body.topics).await?;
+    let wanted = topics_of(&body.topics)?;
+    subscriber.check_may_listen(&wanted)?;
+    let topics = app.notifier.listen(&subscriber.user, &subscriber.session, &client, &wanted).await?;
     Ok(json_response(&Listening { client: &client, topics }))
 }
 
@@ -103,21 +109,22 @@ pub async fn unlisten(
     app.limiter.admit_inbox_write(&subscriber.user)?;
     check_tab_scope(body.scope.as_deref())?;
     let client = tab_of(&headers)?;
-    let topics = app.notifier.unlisten(&subscriber.user, &subscriber.session, &client, &body.topics).await?;
+    let unwanted = topics_of(&body.topics)?;
+    let topics = app.notifier.unlisten(&subscriber.user, &subscriber.session, &client, &unwanted).await?;
     Ok(json_response(&Listening { client: &client, topics }))
 }
 
 /// The tab of a publisher's listen: `{"client": C}` (user and session scopes are refused).
-async fn publisher_tab(
-    app: &App,
-    body: &ListenBody,
-) -> Result<(herald_core::UserId, herald_core::SessionId, ClientId), ApiError> {
+async fn publisher_tab(app: &App, body: &ListenBody) -> Result<(UserId, SessionId, ClientId), ApiError> {
     match (&body.client, &body.user, &body.session) {
         (Some(client), None, None) => {
-            let (user, session) =
-                app.notifier.bus().locate(client).await.map_err(herald_core::NotifyError::from)?.ok_or_else(
-                    || ApiError::from(herald_core::NotifyError::ClientNotFound(client.clone())),
-                )?;
+            let (user, session) = app
+                .notifier
+                .bus()
+                .locate(client)
+                .await
+                .map_err(NotifyError::from)?
+                .ok_or_else(|| ApiError::from(NotifyError::ClientNotFound(client.clone())))?;
             Ok((user, session, client.clone()))
         }
         (None, Some(_), Some(_)) => Err(unsupported_scope("session")),
@@ -135,8 +142,9 @@ pub async fn publisher_listen(
     _publisher: Publisher,
     ApiJson(body): ApiJson<ListenBody>,
 ) -> Result<Response, ApiError> {
+    let wanted = topics_of(&body.topics)?;
     let (user, session, client) = publisher_tab(&app, &body).await?;
-    let topics = app.notifier.listen(&user, &session, &client, &body.topics).await?;
+    let topics = app.notifier.listen(&user, &session, &client, &wanted).await?;
     Ok(json_response(&Listening { client: &client, topics }))
 }
 
@@ -146,7 +154,8 @@ pub async fn publisher_unlisten(
     _publisher: Publisher,
     ApiJson(body): ApiJson<ListenBody>,
 ) -> Result<Response, ApiError> {
+    let unwanted = topics_of(&body.topics)?;
     let (user, session, client) = publisher_tab(&app, &body).await?;
-    let topics = app.notifier.unlisten(&user, &session, &client, &body.topics).await?;
+    let topics = app.notifier.unlisten(&user, &session, &client, &unwanted).await?;
     Ok(json_response(&Listening { client: &client, topics }))
 }

@@ -351,7 +351,7 @@ async fn bad_topic_publishes_and_listens_are_refused_with_their_codes() {
     }
     for (path, client, body, status, code) in [
         ("/v1/listen", Some(client.as_str()), json!({"topics": []}), 400, "invalid_request"),
-        ("/v1/listen", Some(client.as_str()), json!({"topics": ["a,b"]}), 400, "invalid_json"),
+        ("/v1/listen", Some(client.as_str()), json!({"topics": ["a,b"]}), 400, "invalid_topic"),
         (
             "/v1/listen",
             Some(client.as_str()),
