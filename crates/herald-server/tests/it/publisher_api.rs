@@ -62,7 +62,8 @@ async fn presence_lists_sessions_and_clients_with_transport_and_last_seq() {
                     let object = c.as_object().unwrap();
                     let mut keys: Vec<&str> = object.keys().map(String::as_str).collect();
                     keys.sort_unstable();
-                    assert_eq!(keys, ["client", "connected_at", "last_seq", "node", "transport"]);
+                    assert_eq!(keys, ["client", "connected_at", "last_seq", "node", "topics", "transport"]);
+                    assert_eq!(c["topics"], json!([]), "no tab listens to a topic");
                     assert_eq!(
                         c["node"],
                         server.app.settings.node_id.as_str(),
