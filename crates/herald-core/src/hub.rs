@@ -1140,4 +1140,104 @@ mod tests {
         // each of those ticks (not all ten on the tenth).
         assert_eq!(due_per_tick, [0, 0, 0, 0, 0, 2, 2, 2, 2, 2, 0, 0, 0, 0, 0, 2, 2, 2, 2, 2]);
     }
+
+    fn topic(name: &str) -> Topic {
+        Topic::new(name).unwrap()
+    }
+
+    fn topic_event(
+        name: &str,
+        except_user: Option<&UserId>,
+        except_client: Option<&ClientId>,
+    ) -> Arc<TopicEvent> {
+        let data = Arc::from(serde_json::value::RawValue::from_string("1".into()).unwrap());
+        Arc::new(TopicEvent::new(
+            topic(name),
+            Arc::from("t"),
+            data,
+            0,
+            except_user.cloned(),
+            except_client.cloned(),
+        ))
+    }
+
+    /// The topic index follows the tabs: listens add (once each), unlistens remove, a reconnect
+    /// points the listens at the new queue, and a tab forgotten in any way leaves every topic.
+    #[test]
+    fn the_topic_index_follows_its_tabs() {
+        let limits = Limits { topics_per_client_max: 3, ..Limits::default() };
+        let hub = Hub::new(limits, ClientIdMinter::new(b"key"));
+        let (alice, bob) = (UserId::new("alice").unwrap(), UserId::new("bob").unwrap());
+        let session = SessionId::new("s").unwrap();
+        let room = topic("room:1");
+        let tab = hub.attach(&alice, &session, None, Transport::Sse, std::slice::from_ref(&room)).unwrap();
+        assert_eq!(&*tab.topics, [room.clone()]);
+        let other = hub.attach(&bob, &session, None, Transport::Sse, &[]).unwrap();
+        let listening =
+            hub.listen(&bob, &session, &other.info.client, &[room.clone(), room.clone()]).unwrap();
+        assert_eq!(listening, [room.clone()], "a topic named twice is listened to once");
+        assert_eq!(hub.fanout_topic(&topic_event("room:1", None, None)), 2);
+        assert_eq!(hub.fanout_topic(&topic_event("room:1", Some(&alice), None)), 1, "except_user");
+        assert_eq!(
+            hub.fanout_topic(&topic_event("room:1", None, Some(&other.info.client))),
+            1,
+            "except_client"
+        );
+        assert_eq!(hub.fanout_topic(&topic_event("room:2", None, None)), 0);
+
+        // Over the bound: refused whole.
+        let more = [topic("a"), topic("b"), topic("c")];
+        assert_eq!(
+            hub.listen(&alice, &session, &tab.info.client, &more),
+            Err(ListenError::TooManyTopics { count: 4, max: 3 })
+        );
+        assert_eq!(hub.topics_of(&tab.info).unwrap(), [room.clone()]);
+        assert_eq!(
+            hub.listen(&alice, &session, &ClientId::new("nobody").unwrap(), &more[..1]),
+            Err(ListenError::ClientNotFound(ClientId::new("nobody").unwrap()))
+        );
+
+        // A reconnect keeps the listens, on the new connection's queue; the old one gets nothing.
+        let again = hub
+            .attach(&alice, &session, Some(tab.info.client.as_str()), Transport::Ws, &[topic("a")])
+            .unwrap();
+        assert_eq!(&*again.topics, [room.clone(), topic("a")]);
+        assert_eq!(hub.fanout_topic(&topic_event("room:1", Some(&bob), None)), 1);
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(matches!(again.shared.queue.poll_recv(&mut cx), Poll::Ready(Some(Received::Topic(_)))));
+        assert!(
+            matches!(tab.shared.queue.poll_recv(&mut cx), Poll::Ready(None)),
+            "the replaced queue is closed"
+        );
+        // Away (not parked): its queue takes nothing.
+        hub.detach(&again.info, again.attachment, false);
+        assert_eq!(hub.fanout_topic(&topic_event("a", None, None)), 0);
+
+        assert_eq!(
+            hub.unlisten(&bob, &session, &other.info.client, &[room.clone(), topic("z")]).unwrap(),
+            []
+        );
+        assert_eq!(hub.topic_listeners(&room), [(alice.clone(), again.info.client.clone())]);
+        hub.close_sessions(&alice, None, CloseReason::SessionClosed);
+        assert!(hub.topic_listeners(&room).is_empty() && hub.topic_listeners(&topic("a")).is_empty());
+
+        // Evicted with its session, or its client: its listens go too.
+        let limits = Limits { sessions_per_user_max: 1, clients_per_session_max: 1, ..Limits::default() };
+        let hub = Hub::new(limits, ClientIdMinter::new(b"key"));
+        let first = hub.attach(&alice, &session, None, Transport::Sse, std::slice::from_ref(&room)).unwrap();
+        let second = hub.attach(&alice, &session, None, Transport::Sse, &[topic("b")]).unwrap();
+        assert_eq!(hub.topic_listeners(&room), [], "{:?} was evicted", first.info.client);
+        let other_session = SessionId::new("s2").unwrap();
+        hub.attach(&alice, &other_session, None, Transport::Sse, &[]).unwrap();
+        assert_eq!(
+            hub.topic_listeners(&topic("b")),
+            [],
+            "{:?} was evicted with its session",
+            second.info.client
+        );
+        assert!(
+            hub.inner.topics.iter().all(|shard| shard.lock().is_empty()),
+            "no topic is kept without listeners"
+        );
+    }
 }
