@@ -9,8 +9,8 @@
 //! Subjects, all under the cluster's name (`--cluster`, so clusters can share a broker):
 //! - `{cluster}.user.{shard}`: everything about the users of one shard ([`shard_of`]);
 //!   a node subscribes to the shards of the users it has clients for.
-//! - `{cluster}.topics`: `topic` events, for every node (no interest routing per topic yet:
-//!   every node receives every topic's events and hands them to the tabs that listen here).
+//! - `{cluster}.topic.{shard}`: the `topic` events of the topics of one shard
+//!   ([`topic_shard_of`]); a node subscribes to the shards of the topics its tabs listen to.
 //! - `{cluster}.nodes`: heartbeats, departures, resync requests and presence queries, for every
 //!   node.
 //! - `{cluster}.reply.{hash}`: answers to one node's presence queries.
@@ -37,8 +37,12 @@ pub const BUS_SHARDS: u32 = 1024;
 /// The shard of `user`: FNV-1a of its bytes, so that every node computes the same one (the
 /// std hasher is seeded per process).
 pub fn shard_of(user: &UserId) -> u32 {
+    fnv_shard(user.as_str())
+}
+
+fn fnv_shard(key: &str) -> u32 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in user.as_str().bytes() {
+    for byte in key.bytes() {
         hash ^= u64::from(byte);
         hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
     }
@@ -49,8 +53,13 @@ pub(crate) fn user_subject(cluster: &str, shard: u32) -> String {
     format!("{cluster}.user.{shard}")
 }
 
-pub(crate) fn topics_subject(cluster: &str) -> String {
-    format!("{cluster}.topics")
+/// The shard of `topic`, as [`shard_of`] for users (FNV-1a, the same on every node).
+pub fn topic_shard_of(topic: &Topic) -> u32 {
+    fnv_shard(topic.as_str())
+}
+
+pub(crate) fn topic_subject(cluster: &str, shard: u32) -> String {
+    format!("{cluster}.topic.{shard}")
 }
 
 pub(crate) fn nodes_subject(cluster: &str) -> String {

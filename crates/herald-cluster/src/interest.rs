@@ -1,5 +1,6 @@
-//! Which shards this node subscribes to: the users its hub has clients for ([`InterestTable`],
-//! the hub's [`Interest`]), kept in step with the broker by the bus's reconciling task.
+//! Which shards this node subscribes to: the users its hub has clients for and the topics its
+//! tabs listen to ([`InterestTable`], the hub's [`Interest`]), kept in step with the broker by
+//! the bus's reconciling task.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -7,11 +8,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use herald_core::{ClientId, Interest, SessionId, UserId};
+use herald_core::{ClientId, Interest, SessionId, Topic, UserId};
 use parking_lot::Mutex;
 use tokio::sync::{Notify, mpsc, watch};
 
-use crate::envelope::{BUS_SHARDS, shard_of};
+use crate::envelope::{BUS_SHARDS, shard_of, topic_shard_of};
 
 /// How long a new subscription waits for its shard's subscription to be in force before it
 /// reads the store anyway. Past it (a broker that does not answer), the bus is degraded and its
@@ -45,6 +46,10 @@ pub(crate) enum Claim {
 /// its first user or loses its last.
 pub(crate) struct InterestTable {
     shards: Mutex<Vec<ShardState>>,
+    /// The same for topics: `users` counts the topics of the shard that tabs here listen to.
+    topic_shards: Mutex<Vec<ShardState>>,
+    /// `subscribed` of every topic shard, for [`Interest::topic_ready`].
+    topic_flags: Arc<[AtomicBool]>,
     /// Wakes the reconciler.
     pub(crate) changed: Notify,
     /// Bumped whenever a shard becomes subscribed: wakes [`Interest::ready`] waiters.
@@ -61,9 +66,11 @@ impl InterestTable {
         let (claims, claims_rx) = mpsc::channel(CLAIMS_QUEUE_CAPACITY);
         let table = Self {
             shards: Mutex::new(vec![ShardState::default(); BUS_SHARDS as usize]),
+            topic_shards: Mutex::new(vec![ShardState::default(); BUS_SHARDS as usize]),
             changed: Notify::new(),
             subscribed: watch::channel(0).0,
             flags: (0..BUS_SHARDS).map(|_| AtomicBool::new(false)).collect(),
+            topic_flags: (0..BUS_SHARDS).map(|_| AtomicBool::new(false)).collect(),
             connected: Arc::new(AtomicBool::new(true)),
             claims,
         };
@@ -72,17 +79,54 @@ impl InterestTable {
 
     /// Shards to subscribe to and to leave, to match the users.
     pub(crate) fn diff(&self) -> (Vec<u32>, Vec<u32>) {
-        let shards = self.shards.lock();
-        let mut join = Vec::new();
-        let mut leave = Vec::new();
-        for (shard, state) in shards.iter().enumerate() {
-            match (state.users > 0, state.subscribed) {
-                (true, false) => join.push(shard as u32),
-                (false, true) => leave.push(shard as u32),
-                _ => {}
-            }
+        diff_of(&self.shards.lock())
+    }
+
+    /// Topic shards to subscribe to and to leave, to match the topics listened to here.
+    pub(crate) fn topic_diff(&self) -> (Vec<u32>, Vec<u32>) {
+        diff_of(&self.topic_shards.lock())
+    }
+
+    pub(crate) fn set_topic_subscribed(&self, shard: u32, subscribed: bool) {
+        self.topic_shards.lock()[shard as usize].subscribed = subscribed;
+        self.topic_flags[shard as usize].store(subscribed, Ordering::Release);
+        if subscribed {
+            self.subscribed.send_modify(|n| *n += 1);
         }
-        (join, leave)
+    }
+
+    /// Resolves once `flags[shard]` is set (its subscription is in force), the broker is away,
+    /// or after [`INTEREST_READY_TIMEOUT`].
+    fn wait_for_shard(
+        &self,
+        flags: &Arc<[AtomicBool]>,
+        shard: usize,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send + 'static>> {
+        if flags[shard].load(Ordering::Acquire) || !self.connected.load(Ordering::Relaxed) {
+            return Box::pin(std::future::ready(()));
+        }
+        let mut changes = self.subscribed.subscribe();
+        let flags = flags.clone();
+        let connected = self.connected.clone();
+        Box::pin(async move {
+            let wait = async {
+                while !flags[shard].load(Ordering::Acquire) && connected.load(Ordering::Relaxed) {
+                    if changes.changed().await.is_err() {
+                        return;
+                    }
+                }
+            };
+            if tokio::time::timeout(INTEREST_READY_TIMEOUT, wait).await.is_err() {
+                tracing::warn!(
+                    shard,
+                    "the broker did not confirm a subscription in time: relying on the store poll"
+                );
+            }
+        })
+    }
+
+    pub(crate) fn subscribed_topic_shards(&self) -> usize {
+        self.topic_shards.lock().iter().filter(|s| s.subscribed).count()
     }
 
     pub(crate) fn set_subscribed(&self, shard: u32, subscribed: bool) {
@@ -101,6 +145,20 @@ impl InterestTable {
     pub(crate) fn wake_waiters(&self) {
         self.subscribed.send_modify(|n| *n += 1);
     }
+}
+
+/// Shards whose interest and subscription differ: `(to join, to leave)`.
+fn diff_of(shards: &[ShardState]) -> (Vec<u32>, Vec<u32>) {
+    let mut join = Vec::new();
+    let mut leave = Vec::new();
+    for (shard, state) in shards.iter().enumerate() {
+        match (state.users > 0, state.subscribed) {
+            (true, false) => join.push(shard as u32),
+            (false, true) => leave.push(shard as u32),
+            _ => {}
+        }
+    }
+    (join, leave)
 }
 
 impl Interest for InterestTable {
@@ -123,28 +181,11 @@ impl Interest for InterestTable {
     }
 
     fn ready(&self, user: &UserId) -> Pin<Box<dyn Future<Output = ()> + Send + 'static>> {
-        let shard = shard_of(user) as usize;
-        if self.flags[shard].load(Ordering::Acquire) || !self.connected.load(Ordering::Relaxed) {
-            return Box::pin(std::future::ready(()));
-        }
-        let mut changes = self.subscribed.subscribe();
-        let flags = self.flags.clone();
-        let connected = self.connected.clone();
-        Box::pin(async move {
-            let wait = async {
-                while !flags[shard].load(Ordering::Acquire) && connected.load(Ordering::Relaxed) {
-                    if changes.changed().await.is_err() {
-                        return;
-                    }
-                }
-            };
-            if tokio::time::timeout(INTEREST_READY_TIMEOUT, wait).await.is_err() {
-                tracing::warn!(
-                    shard,
-                    "the broker did not confirm a subscription in time: relying on the store poll"
-                );
-            }
-        })
+        self.wait_for_shard(&self.flags, shard_of(user) as usize)
+    }
+
+    fn topic_ready(&self, topic: &Topic) -> Pin<Box<dyn Future<Output = ()> + Send + 'static>> {
+        self.wait_for_shard(&self.topic_flags, topic_shard_of(topic) as usize)
     }
 
     fn claimed(&self, user: &UserId, session: &SessionId, client: &ClientId, at_ms: i64) {
@@ -152,6 +193,24 @@ impl Interest for InterestTable {
             Claim::Taken { user: user.clone(), session: session.clone(), client: client.clone(), at_ms };
         if self.claims.try_send(claim).is_err() {
             tracing::warn!(%user, "too many client claims waiting: one is not sent to the other nodes");
+        }
+    }
+
+    fn topic_gained(&self, topic: &Topic) {
+        let mut shards = self.topic_shards.lock();
+        let state = &mut shards[topic_shard_of(topic) as usize];
+        state.users += 1;
+        if state.users == 1 && !state.subscribed {
+            self.changed.notify_one();
+        }
+    }
+
+    fn topic_lost(&self, topic: &Topic) {
+        let mut shards = self.topic_shards.lock();
+        let state = &mut shards[topic_shard_of(topic) as usize];
+        state.users = state.users.saturating_sub(1);
+        if state.users == 0 && state.subscribed {
+            self.changed.notify_one();
         }
     }
 

@@ -39,6 +39,8 @@ pub struct BusStats {
     pub peers: Vec<String>,
     /// Shards (of users) this node subscribes to: those of the users it has clients of.
     pub subscribed_shards: usize,
+    /// Shards of topics this node subscribes to: those of the topics its tabs listen to.
+    pub subscribed_topic_shards: usize,
     pub envelopes_out: u64,
     pub bytes_out: u64,
     pub envelopes_in: u64,

@@ -162,8 +162,9 @@ pub struct Presence {
 /// only of those users from the other nodes (interest-based routing), and about client ids
 /// taken over here that another node may still hold. One node needs none.
 ///
-/// [`Interest::gained`], [`Interest::lost`] and [`Interest::claimed`] are called with a hub
-/// shard locked: they must only record and wake, never block or await.
+/// [`Interest::gained`], [`Interest::lost`], [`Interest::claimed`], [`Interest::topic_gained`]
+/// and [`Interest::topic_lost`] are called with a hub shard locked: they must only record and
+/// wake, never block or await.
 pub trait Interest: Send + Sync + 'static {
     /// `user` has an entry in this hub now (it had none).
     fn gained(&self, user: &UserId);
@@ -184,6 +185,21 @@ pub trait Interest: Send + Sync + 'static {
     /// A new client (a freshly minted id) of `user` in `session` attached here: the user's
     /// sessions and the session's clients on all nodes together may now be over the limits.
     fn joined(&self, user: &UserId, session: &SessionId, client: &ClientId);
+
+    /// A tab here listens to `topic` now (none did): what other nodes publish to it must reach
+    /// this node. Called with a topic shard locked, like the others. By default nothing (a bus
+    /// that sends every topic's events to every node needs no interest).
+    fn topic_gained(&self, _topic: &Topic) {}
+
+    /// No tab here listens to `topic` any more.
+    fn topic_lost(&self, _topic: &Topic) {}
+
+    /// Resolves once what other nodes publish to `topic` reaches this node: a listen is answered
+    /// (and a stream that listens says `hello`) only then, so that a publish made after it
+    /// reaches the tab. Bounded by the implementation. By default at once.
+    fn topic_ready(&self, _topic: &Topic) -> Pin<Box<dyn Future<Output = ()> + Send + 'static>> {
+        Box::pin(std::future::ready(()))
+    }
 }
 
 /// One shard of the index of clients: where each client lives.
@@ -277,6 +293,11 @@ impl Hub {
                 interest.gained(user);
             }
         }
+        for shard in self.inner.topics.iter() {
+            for topic in shard.lock().keys() {
+                interest.topic_gained(topic);
+            }
+        }
         true
     }
 
@@ -285,6 +306,16 @@ impl Hub {
     pub(crate) async fn interest_ready(&self, user: &UserId) {
         if let Some(interest) = self.inner.interest.get() {
             interest.ready(user).await;
+        }
+    }
+
+    /// Resolves once what other nodes publish to each of `topics` reaches this node (at once on
+    /// a single node). See [`Interest::topic_ready`].
+    pub async fn topics_ready(&self, topics: &[Topic]) {
+        if let Some(interest) = self.inner.interest.get() {
+            for topic in topics {
+                interest.topic_ready(topic).await;
+            }
         }
     }
 
@@ -415,6 +446,9 @@ impl Hub {
                 listeners.retain(|l| &l.client != client);
                 if listeners.is_empty() {
                     index.remove(topic);
+                    if let Some(interest) = self.inner.interest.get() {
+                        interest.topic_lost(topic);
+                    }
                 }
             }
         }
@@ -431,7 +465,12 @@ impl Hub {
     ) {
         for topic in topics {
             let mut index = self.topics_shard(topic).lock();
-            let listeners = index.entry(topic.clone()).or_default();
+            let listeners = index.entry(topic.clone()).or_insert_with(|| {
+                if let Some(interest) = self.inner.interest.get() {
+                    interest.topic_gained(topic);
+                }
+                Vec::new()
+            });
             match listeners.iter_mut().find(|l| &l.client == client) {
                 Some(listener) => listener.shared = shared.clone(),
                 None => listeners.push(TopicListener {
@@ -1171,11 +1210,11 @@ mod tests {
         let session = SessionId::new("s").unwrap();
         let room = topic("room:1");
         let tab = hub.attach(&alice, &session, None, Transport::Sse, std::slice::from_ref(&room)).unwrap();
-        assert_eq!(&*tab.topics, [room.clone()]);
+        assert_eq!(&*tab.topics, std::slice::from_ref(&room));
         let other = hub.attach(&bob, &session, None, Transport::Sse, &[]).unwrap();
         let listening =
             hub.listen(&bob, &session, &other.info.client, &[room.clone(), room.clone()]).unwrap();
-        assert_eq!(listening, [room.clone()], "a topic named twice is listened to once");
+        assert_eq!(listening, std::slice::from_ref(&room), "a topic named twice is listened to once");
         assert_eq!(hub.fanout_topic(&topic_event("room:1", None, None)), 2);
         assert_eq!(hub.fanout_topic(&topic_event("room:1", Some(&alice), None)), 1, "except_user");
         assert_eq!(
@@ -1191,7 +1230,7 @@ mod tests {
             hub.listen(&alice, &session, &tab.info.client, &more),
             Err(ListenError::TooManyTopics { count: 4, max: 3 })
         );
-        assert_eq!(hub.topics_of(&tab.info).unwrap(), [room.clone()]);
+        assert_eq!(hub.topics_of(&tab.info).unwrap(), std::slice::from_ref(&room));
         assert_eq!(
             hub.listen(&alice, &session, &ClientId::new("nobody").unwrap(), &more[..1]),
             Err(ListenError::ClientNotFound(ClientId::new("nobody").unwrap()))

@@ -207,6 +207,7 @@ impl Subscription {
         // start; a refused request has touched nothing.) Awaited once the subscription exists,
         // so that a caller that gives up meanwhile detaches it by dropping it.
         hub.interest_ready(request.user).await;
+        hub.topics_ready(request.topics).await;
         Ok(subscription)
     }
 

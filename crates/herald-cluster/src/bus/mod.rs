@@ -54,7 +54,7 @@ use tokio_util::sync::CancellationToken;
 use crate::broker::{Broker, BrokerEvent};
 use crate::envelope::{
     self, Body, Envelope, ListenOutcome, VERSION, WireClient, WireSession, nodes_subject, reply_subject,
-    shard_of, topics_subject, user_subject,
+    shard_of, topic_shard_of, topic_subject, user_subject,
 };
 use crate::interest::InterestTable;
 
@@ -279,15 +279,19 @@ impl ClusterBus {
     pub fn subscribed_shards(&self) -> usize {
         self.inner.interest.subscribed_shards()
     }
+
+    /// How many topic shard subscriptions this node holds.
+    pub fn subscribed_topic_shards(&self) -> usize {
+        self.inner.interest.subscribed_topic_shards()
+    }
 }
 
 impl Inner {
-    /// Subscribes to the subjects every node follows: the nodes', its own replies' and the
-    /// topics'. Whether
+    /// Subscribes to the subjects every node follows: the nodes' and its own replies'. Whether
     /// both are in force.
     async fn subscribe_cluster_subjects(&self) -> bool {
         let mut all = true;
-        for subject in [nodes_subject(&self.cluster), self.reply.clone(), topics_subject(&self.cluster)] {
+        for subject in [nodes_subject(&self.cluster), self.reply.clone()] {
             if let Err(error) = self.broker.subscribe(&subject).await {
                 tracing::warn!(%error, %subject, "cannot subscribe to a cluster subject yet");
                 all = false;
@@ -579,6 +583,7 @@ impl Bus for ClusterBus {
         BusStats {
             peers: self.live_peers(),
             subscribed_shards: self.subscribed_shards(),
+            subscribed_topic_shards: self.subscribed_topic_shards(),
             envelopes_out: load(&t.envelopes_out),
             bytes_out: load(&t.bytes_out),
             envelopes_in: load(&t.envelopes_in),
@@ -616,7 +621,7 @@ impl Bus for ClusterBus {
     /// event the broker did not take reached this node's tabs only: `Unavailable`.
     async fn publish_topic(&self, event: Arc<TopicEvent>) -> Result<u64, BusError> {
         let delivered = self.inner.hub.fanout_topic(&event);
-        let subject = topics_subject(&self.inner.cluster);
+        let subject = topic_subject(&self.inner.cluster, topic_shard_of(&event.topic));
         if !self.inner.publish_envelope(&subject, Body::topic(&event)).await {
             return Err(BusError::Unavailable("the topic event reached this node's tabs only".into()));
         }
@@ -639,6 +644,9 @@ impl Bus for ClusterBus {
             hub.unlisten(user, session, client, topics)
         };
         if !matches!(here, Err(ListenError::ClientNotFound(_))) {
+            if listen && here.is_ok() {
+                hub.topics_ready(topics).await;
+            }
             return Ok(here);
         }
         let query = |id, reply| Body::ListenQuery {
@@ -728,9 +736,16 @@ async fn receive(inner: Arc<Inner>, mut events: mpsc::Receiver<BrokerEvent>) {
                             } else {
                                 inner.hub.unlisten(&user, &session, &client, &topics)
                             };
+                            let subscribe_first = listen && outcome.is_ok();
                             let answer = Body::ListenAnswer { id, outcome: ListenOutcome::from_hub(outcome) };
                             let inner = inner.clone();
-                            tokio::spawn(async move { inner.publish_envelope(&reply, answer).await });
+                            tokio::spawn(async move {
+                                // Answered once this node hears the topics, as a local listen.
+                                if subscribe_first {
+                                    inner.hub.topics_ready(&topics).await;
+                                }
+                                inner.publish_envelope(&reply, answer).await
+                            });
                         }
                     }
                     answer @ (Body::PresenceAnswer { id, .. }
@@ -790,6 +805,19 @@ async fn reconcile(inner: Arc<Inner>) {
         for shard in leave {
             match inner.broker.unsubscribe(&user_subject(&inner.cluster, shard)).await {
                 Ok(()) => inner.interest.set_subscribed(shard, false),
+                Err(_) => failed = true,
+            }
+        }
+        let (join, leave) = inner.interest.topic_diff();
+        for shard in join {
+            match inner.broker.subscribe(&topic_subject(&inner.cluster, shard)).await {
+                Ok(()) => inner.interest.set_topic_subscribed(shard, true),
+                Err(_) => failed = true,
+            }
+        }
+        for shard in leave {
+            match inner.broker.unsubscribe(&topic_subject(&inner.cluster, shard)).await {
+                Ok(()) => inner.interest.set_topic_subscribed(shard, false),
                 Err(_) => failed = true,
             }
         }

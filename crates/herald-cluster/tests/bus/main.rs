@@ -448,13 +448,16 @@ async fn topic_events_and_listens_cross_nodes(url: &str) {
     let room = herald_core::Topic::new("room:1").unwrap();
     let mut on_a = a.tab("alice", "s1").await;
     let info = on_a.info().clone();
-    a.hub.listen(&info.user, &info.session, &info.client, std::slice::from_ref(&room)).unwrap();
+    assert_eq!(a.bus.subscribed_topic_shards(), 0);
+    // Answered once node a hears the topic: its shard's subscription is in force.
+    a.notifier.listen(&info.user, &info.session, &info.client, std::slice::from_ref(&room)).await.unwrap();
+    assert_eq!(a.bus.subscribed_topic_shards(), 1, "subscribed before the listen is answered");
     let mut on_b = b.tab("bob", "s1").await;
     let bob = on_b.info().clone();
     // Listened from node a, for a tab on node b.
     let topics =
         a.notifier.listen(&bob.user, &bob.session, &bob.client, std::slice::from_ref(&room)).await.unwrap();
-    assert_eq!(topics, [room.clone()]);
+    assert_eq!(topics, std::slice::from_ref(&room));
     let over = ["x", "y"].map(|t| herald_core::Topic::new(t).unwrap());
     let refused = a.notifier.listen(&bob.user, &bob.session, &bob.client, &over).await;
     assert!(
@@ -468,7 +471,7 @@ async fn topic_events_and_listens_cross_nodes(url: &str) {
         "{refused:?}"
     );
     let presence = a.notifier.presence(&user("bob")).await.unwrap();
-    assert_eq!(presence.sessions[0].clients[0].topics, [room.clone()], "{presence:?}");
+    assert_eq!(presence.sessions[0].clients[0].topics, std::slice::from_ref(&room), "{presence:?}");
 
     let publish = |n: u64| {
         let data = Arc::from(serde_json::value::RawValue::from_string(n.to_string()).unwrap());
@@ -493,11 +496,24 @@ async fn topic_events_and_listens_cross_nodes(url: &str) {
             panic!("expected nothing more, got {event:?}");
         }
     }
-    // Unlistened from node a: bob's tab on b gets no more.
+    // Unlistened from node a: bob's tab on b gets no more, and b leaves the topic's shard.
     a.notifier.unlisten(&bob.user, &bob.session, &bob.client, std::slice::from_ref(&room)).await.unwrap();
     a.notifier.publish(publish(3)).await.unwrap();
     assert_eq!(next_topic_data(&mut on_a).await, "3");
     if let Ok(event) = tokio::time::timeout(Duration::from_millis(300), on_b.next()).await {
         panic!("bob unlistened, got {event:?}");
     }
+    let deadline = Instant::now() + WAIT;
+    while b.bus.subscribed_topic_shards() != 0 {
+        assert!(Instant::now() < deadline, "node b did not leave the topic's shard");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A node with no listener of a topic is not sent its events: b's traffic stays put.
+    let before = b.bus.traffic().envelopes_in.load(Ordering::Relaxed);
+    for n in 4..14 {
+        a.notifier.publish(publish(n)).await.unwrap();
+        assert_eq!(next_topic_data(&mut on_a).await, n.to_string());
+    }
+    let received = b.bus.traffic().envelopes_in.load(Ordering::Relaxed) - before;
+    assert!(received < 10, "b got {received} envelopes while nobody there listens (heartbeats only)");
 }
