@@ -32,12 +32,13 @@ use std::time::Instant;
 use parking_lot::Mutex;
 
 use crate::client::{ClientInfo, CloseReason, Transport};
+use crate::data::check_data;
 use crate::ids::{ClientId, ClientIdMinter, Seq, SessionId, Topic, UserId};
 use crate::inbox::InboxEvent;
 use crate::limits::Limits;
 use crate::notification::{Notification, now_ms};
 use crate::queue::{EventQueue, PushError, Queued};
-use crate::topic::TopicEvent;
+use crate::topic::{Prepare, Prepared, TopicEvent};
 
 /// Shards of the user map and of the client index. A power of two well above the core count
 /// keeps contention negligible; each costs one mutex and one empty map.
@@ -252,6 +253,8 @@ struct HubInner {
     keepalive_ticks: AtomicU32,
     /// Set once by a multi-node bus ([`Hub::set_interest`]).
     interest: OnceLock<Arc<dyn Interest>>,
+    /// Set once by the app ([`Hub::set_prepare`]).
+    prepare: OnceLock<Arc<dyn Prepare>>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -274,6 +277,7 @@ impl Hub {
                 next_attachment: AtomicU64::new(1),
                 keepalive_ticks: AtomicU32::new(0),
                 interest: OnceLock::new(),
+                prepare: OnceLock::new(),
             }),
         }
     }
@@ -307,6 +311,12 @@ impl Hub {
         if let Some(interest) = self.inner.interest.get() {
             interest.ready(user).await;
         }
+    }
+
+    /// Makes every topic event pass through `prepare` for each user of this node's tabs that
+    /// listen to it (see [`Prepare`]). Once per hub: a second call is refused (`false`).
+    pub fn set_prepare(&self, prepare: Arc<dyn Prepare>) -> bool {
+        self.inner.prepare.set(prepare).is_ok()
     }
 
     /// Resolves once what other nodes publish to each of `topics` reaches this node (at once on
@@ -742,16 +752,34 @@ impl Hub {
     /// its `except_user`'s and its `except_client`), and returns how many it was handed to. Like
     /// an ephemeral notification it is not kept for tabs that are away; a full queue closes its
     /// tab with `lagging`. Takes only the topic's shard, never a user's.
+    ///
+    /// With a [`Prepare`] hook, each user's tabs get what it makes of the event for that user,
+    /// asked once per user (the answers of one fan-out are kept in a map that lives as long
+    /// as the call).
     pub fn fanout_topic(&self, event: &Arc<TopicEvent>) -> u64 {
         let index = self.topics_shard(&event.topic).lock();
         let Some(listeners) = index.get(&event.topic) else { return 0 };
         let queue_len_max = self.inner.limits.client_queue_len_max;
+        let prepare = self.inner.prepare.get();
+        let mut prepared: HashMap<&UserId, Option<Arc<TopicEvent>>> = HashMap::new();
         let mut delivered = 0;
         for listener in listeners {
             if !event.is_for(&listener.user, &listener.client) {
                 continue;
             }
-            match listener.shared.queue.push(Queued::Topic(event.clone()), queue_len_max) {
+            let for_user = match prepare {
+                None => event.clone(),
+                Some(prepare) => {
+                    let decided = prepared
+                        .entry(&listener.user)
+                        .or_insert_with(|| self.prepared(&**prepare, &listener.user, event));
+                    match decided {
+                        Some(for_user) => for_user.clone(),
+                        None => continue,
+                    }
+                }
+            };
+            match listener.shared.queue.push(Queued::Topic(for_user), queue_len_max) {
                 Ok(()) => delivered += 1,
                 // The entry's `connected` is left to the connection, which ends now and detaches.
                 Err(PushError::Full) => listener.shared.close(CloseReason::Lagging),
@@ -759,6 +787,34 @@ impl Hub {
             }
         }
         delivered
+    }
+
+    /// What `prepare` makes of `event` for `user`: `None` to drop it.
+    fn prepared(
+        &self,
+        prepare: &dyn Prepare,
+        user: &UserId,
+        event: &Arc<TopicEvent>,
+    ) -> Option<Arc<TopicEvent>> {
+        match prepare.prepare(user, event) {
+            Prepared::Keep => Some(event.clone()),
+            Prepared::Drop => None,
+            Prepared::Rewrite(data) => {
+                let max = self.inner.limits.data_bytes_max;
+                if data.get().len() > max || check_data(data.get()).is_err() {
+                    tracing::warn!(%user, topic = %event.topic, "a Prepare hook's rewrite is not data every client can decode (or is over the data bound): dropped");
+                    return None;
+                }
+                Some(Arc::new(TopicEvent::new(
+                    event.topic.clone(),
+                    event.kind.clone(),
+                    data,
+                    event.created_at_ms,
+                    event.except_user.clone(),
+                    event.except_client.clone(),
+                )))
+            }
+        }
     }
 
     /// Makes the tab `client` of `user` in `session` listen to `topics` too (Eliom's `listen`),
@@ -1277,6 +1333,58 @@ mod tests {
         assert!(
             hub.inner.topics.iter().all(|shard| shard.lock().is_empty()),
             "no topic is kept without listeners"
+        );
+    }
+
+    /// Keeps alice's, drops bob's, rewrites carol's; counts its calls.
+    struct Censor(std::sync::atomic::AtomicUsize);
+
+    impl Prepare for Censor {
+        fn prepare(&self, user: &UserId, _event: &TopicEvent) -> Prepared {
+            self.0.fetch_add(1, Ordering::Relaxed);
+            match user.as_str() {
+                "bob" => Prepared::Drop,
+                "carol" => Prepared::Rewrite(Arc::from(
+                    serde_json::value::RawValue::from_string("\"[hidden]\"".into()).unwrap(),
+                )),
+                "dave" => Prepared::Rewrite(Arc::from(
+                    serde_json::value::RawValue::from_string("1e999".into()).unwrap(),
+                )),
+                _ => Prepared::Keep,
+            }
+        }
+    }
+
+    /// A `Prepare` hook decides per user, once per user however many tabs it has here.
+    #[test]
+    fn a_prepare_hook_runs_once_per_user_and_keeps_drops_or_rewrites() {
+        let hub = Hub::new(Limits::default(), ClientIdMinter::new(b"key"));
+        let censor = Arc::new(Censor(std::sync::atomic::AtomicUsize::new(0)));
+        assert!(hub.set_prepare(censor.clone()));
+        assert!(!hub.set_prepare(censor.clone()), "once per hub");
+        let session = SessionId::new("s").unwrap();
+        let room = topic("room:1");
+        let mut tabs = Vec::new();
+        for user in ["alice", "alice", "bob", "bob", "carol", "carol", "dave"] {
+            let user = UserId::new(user).unwrap();
+            tabs.push(
+                hub.attach(&user, &session, None, Transport::Sse, std::slice::from_ref(&room)).unwrap(),
+            );
+        }
+        assert_eq!(hub.fanout_topic(&topic_event("room:1", None, None)), 4, "alice's 2 tabs and carol's 2");
+        assert_eq!(censor.0.load(Ordering::Relaxed), 4, "once per user: alice, bob, carol, dave");
+        let mut cx = Context::from_waker(Waker::noop());
+        let data_of = |tab: &Attachment, cx: &mut Context<'_>| match tab.shared.queue.poll_recv(cx) {
+            Poll::Ready(Some(Received::Topic(event))) => Some(event.data.get().to_owned()),
+            _ => None,
+        };
+        let got: Vec<Option<String>> = tabs.iter().map(|tab| data_of(tab, &mut cx)).collect();
+        let kept = Some("1".to_owned());
+        let hidden = Some("\"[hidden]\"".to_owned());
+        assert_eq!(
+            got,
+            [kept.clone(), kept, None, None, hidden.clone(), hidden, None],
+            "dave's rewrite is not valid data"
         );
     }
 }

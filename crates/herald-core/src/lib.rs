@@ -84,4 +84,4 @@ pub use store::{
 pub use subscription::{
     ClientEvent, Elapsed, EndSignal, PollAnswer, SubscribeError, SubscribeRequest, Subscription, poll,
 };
-pub use topic::{TOPIC_PATTERNS_MAX, TopicEvent, TopicPatterns};
+pub use topic::{Prepare, Prepared, TOPIC_PATTERNS_MAX, TopicEvent, TopicPatterns};

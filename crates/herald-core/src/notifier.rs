@@ -136,6 +136,13 @@ impl Notifier {
         &self.inner.inbox
     }
 
+    /// Makes every topic event pass through `prepare` for each user whose tabs listen, once per
+    /// user (see [`crate::Prepare`]); set it on every node. Once: a second call is refused
+    /// (`false`).
+    pub fn set_prepare(&self, prepare: Arc<dyn crate::Prepare>) -> bool {
+        self.inner.hub.set_prepare(prepare)
+    }
+
     pub fn hub(&self) -> &Hub {
         &self.inner.hub
     }

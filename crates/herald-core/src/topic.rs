@@ -117,6 +117,30 @@ impl TopicEvent {
     }
 }
 
+/// What a [`Prepare`] hook makes of a topic event for one user's tabs.
+#[derive(Debug, Clone)]
+pub enum Prepared {
+    /// The event as published.
+    Keep,
+    /// Nothing: the user's tabs do not get it.
+    Drop,
+    /// The event with this `data` instead (what this user may see of it). It must be JSON every
+    /// client can decode ([`crate::check_data`]) within the publish's data bound; one that is
+    /// not is dropped, with a warning.
+    Rewrite(Arc<RawValue>),
+}
+
+/// Eliom_notif's `prepare`: decides, for each user whose tabs listen to a topic, what they get
+/// of one of its events (keep it, drop it, or rewrite its `data`), e.g. to leave out what the
+/// user may not see. Set on the [`crate::Notifier`] of every node; each node runs it for the
+/// users of its own tabs, **once per user** per event, not once per tab.
+///
+/// It runs during the fan-out, with the topic's shard of the hub locked: it must be quick and
+/// must not block (no I/O, no lock the publisher may hold); what it needs should be in memory.
+pub trait Prepare: Send + Sync + 'static {
+    fn prepare(&self, user: &UserId, event: &TopicEvent) -> Prepared;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
