@@ -377,3 +377,50 @@ async fn bad_topic_publishes_and_listens_are_refused_with_their_codes() {
     assert_error(&too_many, 409, "too_many_topics");
     assert_eq!(server.presence("alice").await["sessions"][0]["clients"][0]["topics"], json!([]));
 }
+
+/// Hides the text from everyone but its author, named in the event's data.
+struct AuthorOnly;
+
+impl herald_core::Prepare for AuthorOnly {
+    fn prepare(&self, user: &herald_core::UserId, event: &herald_core::TopicEvent) -> herald_core::Prepared {
+        let data: Value = serde_json::from_str(event.data.get()).unwrap();
+        if data["author"] == user.as_str() {
+            herald_core::Prepared::Keep
+        } else if data["secret"] == true {
+            herald_core::Prepared::Drop
+        } else {
+            let redacted = json!({"author": data["author"], "text": "…"}).to_string();
+            herald_core::Prepared::Rewrite(std::sync::Arc::from(
+                serde_json::value::RawValue::from_string(redacted).unwrap(),
+            ))
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_embedding_apps_prepare_hook_shapes_each_users_events() {
+    let server = TestServer::start().await;
+    assert!(server.app.notifier.set_prepare(std::sync::Arc::new(AuthorOnly)));
+    let claim = ["room:*"];
+    let (mut alice, _) = server.connect(&token_listening("alice", "s1", &claim), "topics=room:1").await;
+    let (mut bob1, _) = server.connect(&token_listening("bob", "s1", &claim), "topics=room:1").await;
+    let (mut bob2, _) = server.connect(&token_listening("bob", "s2", &claim), "topics=room:1").await;
+
+    let (_, body) =
+        publish_topic(&server, "room:1", json!({"data": {"author": "alice", "text": "hi"}})).await;
+    assert_eq!(body["delivered"], 3);
+    assert_eq!(topic_event(&mut alice).await["data"], json!({"author": "alice", "text": "hi"}));
+    for bob in [&mut bob1, &mut bob2] {
+        assert_eq!(topic_event(bob).await["data"], json!({"author": "alice", "text": "…"}));
+    }
+    let (_, body) = publish_topic(
+        &server,
+        "room:1",
+        json!({"data": {"author": "alice", "text": "psst", "secret": true}}),
+    )
+    .await;
+    assert_eq!(body["delivered"], 1, "dropped for bob's two tabs");
+    assert_eq!(topic_event(&mut alice).await["data"]["text"], "psst");
+    bob1.expect_silence(QUIET).await;
+    bob2.expect_silence(QUIET).await;
+}
