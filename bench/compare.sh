@@ -31,6 +31,8 @@ ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
 # shellcheck source=bench/lib.sh
 source bench/lib.sh
+# shellcheck source=bench/servers.sh
+source bench/servers.sh
 
 if [[ "${SMOKE:-0}" == 1 ]]; then
     : "${USERS:=100}" "${TABS:=3}" "${PUBLISHERS:=8}" "${MAX_SECS:=2}" "${STEADY_RATE:=200}"
@@ -71,103 +73,13 @@ cleanup() {
 }
 trap cleanup EXIT
 
-install_missing() {
-    if ! command -v nginx >/dev/null || [[ ! -f /usr/lib/nginx/modules/ngx_nchan_module.so ]]; then
-        log "installing nginx and libnginx-mod-nchan"
-        apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx libnginx-mod-nchan >/dev/null
-    fi
-    if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
-        log "installing nodejs and npm"
-        apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
-    fi
-    if [[ ! -f bench/socketio/node_modules/socket.io/package.json ]]; then
-        log "installing socket.io (npm ci)"
-        (cd bench/socketio && npm ci --no-audit --no-fund --loglevel=error)
-    fi
-}
-
 machine_info() {
     {
         machine_basics
-        echo "nginx: $(nginx -v 2>&1 | sed 's/^nginx version: //')"
-        echo "nchan: $(dpkg-query -W -f='${Version}' libnginx-mod-nchan 2>/dev/null || echo '?')"
-        echo "node: $(node --version)"
-        echo "socket.io: $(node -p "require('./bench/socketio/node_modules/socket.io/package.json').version")"
+        server_versions
         echo "scale: USERS=$USERS TABS=$TABS PUBLISHERS=$PUBLISHERS MAX_SECS=$MAX_SECS STEADY_RATE=$STEADY_RATE STEADY_SECS=$STEADY_SECS IDLE_SECS=$IDLE_SECS BURST_TABS=$BURST_TABS BURST_COUNT=$BURST_COUNT"
         echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
     } | tee "$OUT/machine.txt" >&2
-}
-
-# Each server is one process (nginx: its master, whose workers herald-bench finds as children).
-SERVER_PID=""
-
-start_herald() {
-    local label="$1"
-    shift
-    port_free "$HERALD_PORT" HERALD
-    # The clients come from a few loopback addresses, thousands each: no per-address caps.
-    HERALD_LISTEN="127.0.0.1:$HERALD_PORT" HERALD_IP_CONNECTIONS_MAX=0 HERALD_IP_REQUESTS_PER_SEC=0 \
-        "$HERALD_BIN" serve "$@" >"$OUT/$label.server.log" 2>&1 &
-    SERVER_PID=$!
-    STARTED+=("$SERVER_PID")
-    wait_port "$HERALD_PORT" "$SERVER_PID"
-}
-
-start_nchan() {
-    port_free "$NCHAN_PORT" NCHAN
-    local dir="$WORK/nginx"
-    rm -rf "$dir"
-    mkdir -p "$dir/logs"
-    sed "s/127\.0\.0\.1:7311/127.0.0.1:$NCHAN_PORT/" bench/nchan/nginx.conf >"$dir/nginx.conf"
-    nginx -p "$dir" -c nginx.conf >"$OUT/nchan.server.log" 2>&1 &
-    SERVER_PID=$!
-    STARTED+=("$SERVER_PID")
-    wait_port "$NCHAN_PORT" "$SERVER_PID"
-}
-
-start_socketio() {
-    port_free "$SOCKETIO_PORT" SOCKETIO
-    PORT="$SOCKETIO_PORT" NODE_ENV=production node bench/socketio/server.js >"$OUT/socketio.server.log" 2>&1 &
-    SERVER_PID=$!
-    STARTED+=("$SERVER_PID")
-    wait_port "$SOCKETIO_PORT" "$SERVER_PID"
-}
-
-stop_server() {
-    stop_pid "$SERVER_PID"
-    forget_pid "$SERVER_PID"
-    SERVER_PID=""
-    # Let the sockets of the closed connections go before the next server starts.
-    sleep "$SETTLE_SECS"
-}
-
-bench() {
-    local label="$1"
-    shift
-    wait_quiet
-    log "$label: herald-bench run $*"
-    "$ROOT/target/release/herald-bench" run --label "$label" --server-pid "$SERVER_PID" \
-        --json-out "$RESULTS" --no-progress --disturbed-cpu-secs "$DISTURBED_CPU_SECS" \
-        --disturbed-steal-secs "$DISTURBED_STEAL_SECS" "$@" |
-        tee "$OUT/$label.txt" | grep -v '^{' >&2
-}
-
-# measure LABEL START BENCH_ARGS...: runs START (a command line that starts the server, with
-# $attempt available), herald-bench with BENCH_ARGS, and stops the server. A run that other
-# programs disturbed (herald-bench exits 3) is repeated on a fresh server, at most RETRIES times;
-# every attempt stays in results.jsonl, and the tables show the last one.
-measure() {
-    local label="$1" start="$2" attempt rc
-    shift 2
-    for ((attempt = 0; ; attempt++)); do
-        eval "$start"
-        rc=0
-        bench "$label" "$@" || rc=$?
-        stop_server
-        retry_if_disturbed "$label" "$rc" "$attempt" || return 0
-    done
 }
 
 standard_phases=(--users "$USERS" --clients-per-user "$TABS" --publishers "$PUBLISHERS"

@@ -1,4 +1,4 @@
-# What bench/compare.sh and bench/cluster.sh share: starting and stopping processes by PID,
+# What bench/compare.sh, bench/broadcast.sh and bench/cluster.sh share: starting and stopping processes by PID,
 # waiting for a port, waiting for a quiet machine. Sourced, not run. The caller sets OUT (where
 # logs go), QUIET_WAIT and QUIET_BUSY_PCT, and keeps every PID it starts in STARTED.
 

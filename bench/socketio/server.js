@@ -1,8 +1,13 @@
 // A small Socket.IO server for bench/compare.sh, the way an app would use Socket.IO to notify
 // its users: every connection joins the room of its user (the `user` query parameter of the
-// handshake), and the app's backend emits to a room with `POST /emit/<user>` and a JSON body,
+// handshake), and the app's backend emits to a room with `POST /emit/<room>` and a JSON body,
 // which clients receive as the event `n`. Nothing is stored: a client that is not connected at
 // that moment misses the event (Socket.IO's own delivery guarantee is "at most once").
+//
+// Broadcast (bench/broadcast.sh): a connection whose handshake has a `room` query parameter
+// joins that room too, as a chat room's members would; `POST /emit/<room>` reaches all of them.
+// A user's room and a shared one are both plain Socket.IO rooms, so the one emit route serves
+// both (the names must not collide: the benchmark's users are u0, u1, …).
 //
 // Settings (all for a fair, lean comparison): WebSocket transport only (no long-polling
 // upgrade dance), no per-message deflate, no HTTP compression, the default ping interval (25 s).
@@ -79,10 +84,11 @@ const io = new Server(server, {
 });
 
 io.on('connection', (socket) => {
-  const user = socket.handshake.query.user;
+  const { user, room } = socket.handshake.query;
   // Joined synchronously, before the namespace's CONNECT packet reaches the client, so a
-  // client that saw `40` is in its room.
+  // client that saw `40` is in its rooms.
   if (typeof user === 'string' && user.length > 0) socket.join(user);
+  if (typeof room === 'string' && room.length > 0) socket.join(room);
 });
 
 // The Redis clients of cluster mode (publishing, subscribed), closed on exit.

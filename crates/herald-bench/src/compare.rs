@@ -1,5 +1,8 @@
 //! `herald-bench compare`: one table from the JSON lines of several runs, a column per run
-//! label, and ratio columns between labels (for example Herald/Nchan).
+//! label, and ratio (and difference) columns between labels (for example Herald/Nchan).
+//!
+//! Runs of a broadcast (`--topic`) get rows of their own, per phase by name (a single publish,
+//! then each rate): each message's time to its first and last client, CPU per delivery, losses.
 
 use std::path::PathBuf;
 
@@ -19,9 +22,75 @@ pub struct CompareArgs {
     /// A ratio column `A/B` (labels): A's value divided by B's. Repeatable.
     #[arg(long = "ratio")]
     pub ratios: Vec<String>,
+    /// A difference column `A/B` (labels): A's value minus B's, one digit more precise (for
+    /// example the memory per client with a topic less that without). Repeatable.
+    #[arg(long = "difference")]
+    pub differences: Vec<String>,
+    /// Only the rows whose name starts with one of these (comma-separated), e.g. `idle:`.
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
     /// A title printed above the table.
     #[arg(long, default_value = "")]
     pub title: String,
+}
+
+/// A row of the table: a name, its precision, which way is better, and its value in a run.
+struct Row<'a> {
+    name: String,
+    digits: usize,
+    better: Better,
+    value: Box<dyn Fn(&RunResult) -> Option<f64> + 'a>,
+}
+
+impl From<Metric> for Row<'_> {
+    fn from(m: Metric) -> Self {
+        Self { name: m.name.to_owned(), digits: m.digits, better: m.better, value: Box::new(m.value) }
+    }
+}
+
+/// Whether a fixed metric reads a phase by its mode (`steady`, `max`, `burst`): a broadcast's
+/// phases have rows of their own, by name ([`broadcast_rows`]).
+fn is_phase_metric(name: &str) -> bool {
+    ["steady:", "max:", "burst:"].iter().any(|mode| name.starts_with(mode))
+}
+
+/// The rows of each broadcast phase, by phase name, in the order the runs have them.
+fn broadcast_rows<'a>(runs: &[&'a RunResult]) -> Vec<Row<'a>> {
+    let mut names: Vec<&str> = Vec::new();
+    for run in runs {
+        for p in run.phases.iter().filter(|p| p.broadcast.is_some()) {
+            if !names.contains(&p.name.as_str()) {
+                names.push(&p.name);
+            }
+        }
+    }
+    type Get = fn(&PhaseResult) -> Option<f64>;
+    let per_phase: [(&str, usize, Better, Get); 11] = [
+        ("messages", 0, Better::Neither, |p| p.broadcast.as_ref().map(|b| b.messages as f64)),
+        ("publishes/s", 1, Better::Neither, |p| Some(p.publishes_per_sec)),
+        ("time to first tab p50 (ms)", 3, Better::Lower, |p| p.broadcast.as_ref().map(|b| b.to_first.p50_ms)),
+        ("time to last tab p50 (ms)", 3, Better::Lower, |p| p.broadcast.as_ref().map(|b| b.to_last.p50_ms)),
+        ("time to last tab p99 (ms)", 3, Better::Lower, |p| p.broadcast.as_ref().map(|b| b.to_last.p99_ms)),
+        ("time to last tab max (ms)", 3, Better::Lower, |p| p.broadcast.as_ref().map(|b| b.to_last.max_ms)),
+        ("deliveries/s", 0, Better::Higher, |p| Some(p.deliveries_per_sec)),
+        ("server CPU per delivery (µs)", 2, Better::Lower, |p| p.server_cpu_us_per_delivery),
+        ("lost", 0, Better::Lower, |p| Some(p.deliveries.lost as f64)),
+        ("duplicated", 0, Better::Lower, |p| Some(p.deliveries.duplicated as f64)),
+        ("other CPU (s)", 2, Better::Neither, |p| p.other_cpu_secs),
+    ];
+    let mut rows = Vec::new();
+    for name in names {
+        for (what, digits, better, get) in per_phase {
+            let name = name.to_owned();
+            rows.push(Row {
+                name: format!("{name}: {what}"),
+                digits,
+                better,
+                value: Box::new(move |r: &RunResult| r.phases.iter().find(|p| p.name == name).and_then(get)),
+            });
+        }
+    }
+    rows
 }
 
 /// Which way a metric is better.
@@ -284,36 +353,59 @@ pub fn render(runs: &[RunResult], args: &CompareArgs) -> anyhow::Result<String> 
     }
     // The last run of each label wins (a re-run replaces an earlier one).
     let column = |label: &str| runs.iter().rev().find(|r| r.label == label);
-    let mut ratios = Vec::new();
-    for ratio in &args.ratios {
-        let (a, b) = ratio.split_once('/').with_context(|| format!("--ratio {ratio}: expected A/B"))?;
-        ensure!(
-            labels.iter().any(|l| l == a) && labels.iter().any(|l| l == b),
-            "--ratio {ratio}: unknown label"
-        );
-        ratios.push((a.to_owned(), b.to_owned()));
-    }
+    let pairs = |specs: &[String], option: &str| {
+        specs
+            .iter()
+            .map(|spec| {
+                let (a, b) =
+                    spec.split_once('/').with_context(|| format!("--{option} {spec}: expected A/B"))?;
+                ensure!(
+                    labels.iter().any(|l| l == a) && labels.iter().any(|l| l == b),
+                    "--{option} {spec}: unknown label"
+                );
+                Ok((a.to_owned(), b.to_owned()))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()
+    };
+    let ratios = pairs(&args.ratios, "ratio")?;
+    let differences = pairs(&args.differences, "difference")?;
+    let shown: Vec<&RunResult> = labels.iter().filter_map(|l| column(l)).collect();
+    // Columns that are all broadcasts: their phases are named rows, not the fixed ones by mode.
+    let broadcast = !shown.is_empty() && shown.iter().all(|r| r.topic.is_some());
+    let mut all: Vec<Row<'_>> =
+        metrics().into_iter().filter(|m| !(broadcast && is_phase_metric(m.name))).map(Row::from).collect();
+    all.extend(broadcast_rows(&shown));
     let mut header = vec!["metric".to_owned()];
     header.extend(labels.iter().cloned());
     header.extend(ratios.iter().map(|(a, b)| format!("{a}/{b}")));
+    header.extend(differences.iter().map(|(a, b)| format!("{a} − {b}")));
     header.push("better".to_owned());
     let mut rows = vec![header];
-    for metric in metrics() {
-        let values: Vec<Option<f64>> = labels.iter().map(|l| column(l).and_then(metric.value)).collect();
+    for metric in all {
+        if !args.only.is_empty() && !args.only.iter().any(|prefix| metric.name.starts_with(prefix.as_str())) {
+            continue;
+        }
+        let value = |label: &str| column(label).and_then(|r| (metric.value)(r));
+        let values: Vec<Option<f64>> = labels.iter().map(|l| value(l)).collect();
         if values.iter().all(Option::is_none) {
             continue;
         }
-        let mut row = vec![metric.name.to_owned()];
+        let mut row = vec![metric.name.clone()];
         row.extend(values.iter().map(|v| match v {
             Some(v) => format!("{v:.prec$}", prec = metric.digits),
             None => "-".to_owned(),
         }));
         for (a, b) in &ratios {
-            let value = |label: &str| column(label).and_then(metric.value);
             row.push(match (value(a), value(b)) {
                 (Some(a), Some(b)) if b != 0.0 && !matches!(metric.better, Better::Neither) => {
                     format!("{:.2}×", a / b)
                 }
+                _ => String::new(),
+            });
+        }
+        for (a, b) in &differences {
+            row.push(match (value(a), value(b)) {
+                (Some(a), Some(b)) => format!("{:+.prec$}", a - b, prec = metric.digits + 1),
                 _ => String::new(),
             });
         }

@@ -62,6 +62,11 @@ pub struct WorkerConfig {
     /// Drops per second of this worker's clients during phases (see `--churn-per-sec`).
     #[serde(default)]
     pub churn_per_sec: f64,
+    /// Broadcast (`--topic`): every client listens to this topic (Herald's tokens then carry it
+    /// in their `topics` claim; the URLs already name it), every publish goes to it, and the
+    /// worker records each publish's time to its first and last client.
+    #[serde(default)]
+    pub topic: Option<String>,
 }
 
 impl WorkerConfig {
@@ -71,6 +76,18 @@ impl WorkerConfig {
         let total = self.users * self.clients_per_user;
         (self.worker..total).step_by(self.workers as usize)
     }
+
+    /// The audience of client `global` in the accounting: see [`audience_of`].
+    pub fn audience_of(&self, global: u32) -> u32 {
+        audience_of(self.topic.is_some(), global, self.clients_per_user)
+    }
+}
+
+/// Whom the publishes a client must get are addressed to, as the exactly-once accounting counts
+/// them: its user (client `global` belongs to user `global / clients_per_user`), or in a
+/// broadcast the topic, the one audience 0 of every client.
+pub fn audience_of(broadcast: bool, global: u32, clients_per_user: u32) -> u32 {
+    if broadcast { 0 } else { global / clients_per_user }
 }
 
 /// Parent → worker, after the config.
@@ -123,10 +140,31 @@ pub enum Report {
         closes: BTreeMap<String, u64>,
         /// When the phase's last payload arrived (`CLOCK_MONOTONIC` ns); 0 if none did.
         last_arrival_ns: u64,
+        /// Broadcast only: per publish id, its latency to the first and to the last client of
+        /// this worker that got it, in ns.
+        #[serde(default)]
+        reach: Vec<Reach>,
     },
     Fatal {
         error: String,
     },
+}
+
+/// How far one publish got in a broadcast: its latency (send time to arrival) to the first and to
+/// the last client that got it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reach {
+    pub id: u64,
+    pub first_ns: u64,
+    pub last_ns: u64,
+}
+
+impl Reach {
+    /// Widens `self` (the same publish) with what other clients saw.
+    pub fn merge(&mut self, other: &Self) {
+        self.first_ns = self.first_ns.min(other.first_ns);
+        self.last_ns = self.last_ns.max(other.last_ns);
+    }
 }
 
 /// Running counts of one worker.

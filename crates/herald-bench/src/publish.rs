@@ -1,7 +1,8 @@
 //! Publishers: K tasks, each with its own kept-alive HTTP connection, sending targeted
-//! publishes to random users as fast as the server answers, at a fixed total rate, or a fixed
-//! number of them. Every payload carries a unique id and its send time; the log says which user
-//! each acknowledged publish went to.
+//! publishes to random users (or, in a broadcast, all to one topic) as fast as the server
+//! answers, at a fixed total rate, or a fixed number of them. Every payload carries a unique id
+//! (the message's sequence number in the run) and its send time; the log says which user each
+//! acknowledged publish went to (in a broadcast: the topic's one audience, 0).
 
 use std::cell::{Cell, RefCell};
 use std::fmt;
@@ -106,6 +107,9 @@ pub struct Target {
     /// the other servers get the bare payload.
     pub herald_api_key: Option<String>,
     pub user_prefix: String,
+    /// A broadcast: every publish goes to this topic (Herald: `"to":{"topic":…}`, ephemeral, as
+    /// topic events are; Nchan's channel and Socket.IO's room are in the endpoint's path).
+    pub topic: Option<String>,
     /// Herald only: publishes per request, through `POST /v1/notify/batch` when more than 1
     /// (the endpoint's path is then the batch route's). Each entry is a publish of its own, to
     /// a user of its own.
@@ -256,9 +260,12 @@ fn encode(out: &mut Vec<u8>, target: &Target, entries: &[(usize, u32)], first_id
     let one = |&(index, user): &(usize, u32)| {
         let user_id = format!("{}{user}", target.user_prefix);
         let payload = payload(first_id + index as u64, sent_ns);
-        match &target.herald_api_key {
-            Some(_) => format!(r#"{{"to":{{"user":"{user_id}"}},"type":"bench","data":{payload}}}"#),
-            None => payload,
+        match (&target.herald_api_key, &target.topic) {
+            (Some(_), Some(topic)) => {
+                format!(r#"{{"to":{{"topic":"{topic}"}},"type":"bench","data":{payload},"durable":false}}"#)
+            }
+            (Some(_), None) => format!(r#"{{"to":{{"user":"{user_id}"}},"type":"bench","data":{payload}}}"#),
+            (None, _) => payload,
         }
     };
     let body = if target.batch > 1 {
@@ -316,6 +323,7 @@ mod tests {
             endpoint: Endpoint::parse("http://127.0.0.1:7300/v1/notify").unwrap(),
             herald_api_key: Some("k".into()),
             user_prefix: "u".into(),
+            topic: None,
             batch: 1,
         };
         let mut out = Vec::new();
@@ -331,6 +339,7 @@ mod tests {
             endpoint: Endpoint::parse("http://127.0.0.1:7301/pub/{user}").unwrap(),
             herald_api_key: None,
             user_prefix: "u".into(),
+            topic: None,
             batch: 1,
         };
         encode(&mut out, &nchan, &[(9, 3)], 0, 77);
@@ -341,6 +350,7 @@ mod tests {
             endpoint: Endpoint::parse("http://127.0.0.1:7300/v1/notify/batch").unwrap(),
             herald_api_key: Some("k".into()),
             user_prefix: "u".into(),
+            topic: None,
             batch: 2,
         };
         encode(&mut out, &batch, &[(0, 3), (1, 5)], 100, 77);
@@ -350,6 +360,34 @@ mod tests {
             r#"{"notifications":[{"to":{"user":"u3"},"type":"bench","data":{"bench_id":100,"bench_ts":77}},"#,
             r#"{"to":{"user":"u5"},"type":"bench","data":{"bench_id":101,"bench_ts":77}}]}"#
         )));
+    }
+
+    #[test]
+    fn broadcast_requests() {
+        let herald = Target {
+            endpoint: Endpoint::parse("http://127.0.0.1:7300/v1/notify").unwrap(),
+            herald_api_key: Some("k".into()),
+            user_prefix: "u".into(),
+            topic: Some("room_1".into()),
+            batch: 1,
+        };
+        let mut out = Vec::new();
+        encode(&mut out, &herald, &[(4, 0)], 10, 77);
+        let text = String::from_utf8(out.clone()).unwrap();
+        assert!(text.ends_with(
+            r#"{"to":{"topic":"room_1"},"type":"bench","data":{"bench_id":14,"bench_ts":77},"durable":false}"#
+        ));
+        let socketio = Target {
+            endpoint: Endpoint::parse("http://127.0.0.1:7312/emit/room_1").unwrap(),
+            herald_api_key: None,
+            user_prefix: "u".into(),
+            topic: Some("room_1".into()),
+            batch: 1,
+        };
+        encode(&mut out, &socketio, &[(4, 0)], 10, 77);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with("POST /emit/room_1 HTTP/1.1\r\n"), "{text}");
+        assert!(text.ends_with("\r\n\r\n{\"bench_id\":14,\"bench_ts\":77}"), "{text}");
     }
 
     #[test]

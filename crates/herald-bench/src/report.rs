@@ -31,6 +31,10 @@ pub struct RunResult {
     /// Publishes per request (`--batch`; 1: one `POST /v1/notify` each).
     #[serde(default = "one")]
     pub batch: u32,
+    /// A broadcast (`--topic`): every client listened to this topic (channel, room), and every
+    /// publish went to it.
+    #[serde(default)]
+    pub topic: Option<String>,
     /// The server processes measured (given with `--server-pid`, plus their descendants).
     pub server_pids: Vec<u32>,
     /// And the part of a PostgreSQL cluster measured with them (`--postgres-pid`).
@@ -132,6 +136,22 @@ pub struct PhaseResult {
     /// phase counts all its CPU, one that ended counts none.
     #[serde(default)]
     pub server_cpu_by_name: BTreeMap<String, f64>,
+    /// A broadcast's per-message figures (`--topic`).
+    #[serde(default)]
+    pub broadcast: Option<BroadcastResult>,
+}
+
+/// How long each message of a broadcast phase took to reach every client listening.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BroadcastResult {
+    /// Acknowledged publishes that reached at least one client: the percentiles are over these
+    /// (one value per message, not per delivery).
+    pub messages: u64,
+    /// Per message: from its send time to its arrival at the first client.
+    pub to_first: Percentiles,
+    /// Per message: from its send time to its arrival at the last client that got it. With
+    /// nothing lost (`deliveries.lost`), the time until every client had it.
+    pub to_last: Percentiles,
 }
 
 /// A string or a list of strings, as a list.
@@ -189,7 +209,7 @@ impl RunResult {
         let label = if self.label.is_empty() { String::new() } else { format!(" [{}]", self.label) };
         let _ = writeln!(
             out,
-            "herald-bench{label}: {} on {} — {} users × {} = {} clients over {} workers, {} publishers{} to {}",
+            "herald-bench{label}: {} on {} — {} users × {} = {} clients over {} workers, {} publishers{}{} to {}",
             self.kind.name(),
             self.sub_urls.join(" "),
             self.users,
@@ -198,6 +218,11 @@ impl RunResult {
             self.workers,
             self.publishers,
             if self.batch > 1 { format!(" (batches of {})", self.batch) } else { String::new() },
+            match &self.topic {
+                Some(topic) =>
+                    format!(", broadcast: every client listens to {topic:?}, every publish goes to it,"),
+                None => String::new(),
+            },
             self.pub_urls.join(" "),
         );
         if let Some(pg) = &self.postgres {
@@ -297,6 +322,9 @@ impl RunResult {
             ]);
         }
         out.push_str(&table(&rows));
+        if self.phases.iter().any(|p| p.broadcast.is_some()) {
+            out.push_str(&self.broadcast_table());
+        }
         for p in &self.phases {
             let mut notes = Vec::new();
             if let Some(e) = &p.first_error {
@@ -335,6 +363,48 @@ impl RunResult {
             let _ = writeln!(out, "{}: {}", p.name, notes.join("; "));
         }
         out
+    }
+
+    /// Per broadcast phase: each message's time to its first and last client, per delivery CPU,
+    /// and the clients that missed or doubled a message.
+    fn broadcast_table(&self) -> String {
+        let mut rows = vec![
+            [
+                "broadcast phase",
+                "messages",
+                "to first p50 ms",
+                "to last p50 ms",
+                "to last p99 ms",
+                "to last max ms",
+                "deliv/s",
+                "µs/deliv",
+                "lost",
+                "dup",
+                "tabs short",
+                "tabs dup",
+            ]
+            .map(str::to_owned)
+            .to_vec(),
+        ];
+        for p in &self.phases {
+            let Some(b) = &p.broadcast else { continue };
+            let d = &p.deliveries;
+            rows.push(vec![
+                p.name.clone(),
+                b.messages.to_string(),
+                format!("{:.3}", b.to_first.p50_ms),
+                format!("{:.3}", b.to_last.p50_ms),
+                format!("{:.3}", b.to_last.p99_ms),
+                format!("{:.3}", b.to_last.max_ms),
+                format!("{:.0}", p.deliveries_per_sec),
+                opt(p.server_cpu_us_per_delivery, 2),
+                d.lost.to_string(),
+                d.duplicated.to_string(),
+                d.clients_short.to_string(),
+                d.clients_duplicated.to_string(),
+            ]);
+        }
+        table(&rows)
     }
 
     /// Whether some phase saw more than `other_limit` seconds of CPU used by other programs, or

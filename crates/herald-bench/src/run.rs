@@ -5,7 +5,7 @@
 //! One job, the parent's run from start to report, phase after phase, hence one file; the
 //! pieces it drives (publishers, counters, CPU sampling, the report) live in their own modules.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -23,9 +23,9 @@ use tokio::time::{Instant, timeout};
 use crate::counters;
 use crate::http::Endpoint;
 use crate::procstat::{self, PostgresShare, ProcSample, ServerSet};
-use crate::proto::{Command, Kind, Progress, Report, WorkerConfig};
+use crate::proto::{Command, Kind, Progress, Reach, Report, WorkerConfig, audience_of};
 use crate::publish::{self, PhaseSpec, PhaseState};
-use crate::report::{ConnectResult, IdleResult, Machine, PhaseResult, RunResult};
+use crate::report::{BroadcastResult, ConnectResult, IdleResult, Machine, PhaseResult, RunResult};
 use crate::stats::{self, Percentiles};
 use crate::sys::{now_ns, raise_fd_limit, worker_source_ip};
 use crate::verify::DeliveryStats;
@@ -55,10 +55,12 @@ const WARMUP_SETTLE: Duration = Duration::from_millis(500);
 /// Longest a worker may take to account for a phase.
 const VERIFY_TIMEOUT: Duration = Duration::from_secs(120);
 /// After publishing, the wait for the last deliveries ends when nothing new arrived for this
-/// long (something was lost)...
+/// long (something was lost), or after `--drain-max-secs` in all.
 const DRAIN_STALL: Duration = Duration::from_secs(3);
-/// ...or after this long in all.
-const DRAIN_MAX: Duration = Duration::from_secs(30);
+/// Largest `--drain-max-secs`.
+const DRAIN_MAX_SECS_MAX: f64 = 600.0;
+/// Longest topic name (Herald's bound).
+const TOPIC_BYTES_MAX: usize = 128;
 /// Quiet time between phases, so one phase's tail does not weigh on the next one's figures.
 const PHASE_GAP: Duration = Duration::from_secs(1);
 /// Longest wait for a worker to exit after `Stop`; then it is killed.
@@ -87,15 +89,24 @@ pub struct RunArgs {
     /// `i` (of all users' clients, user by user) and publisher `i` go to URL `i mod n`.
     #[arg(long = "url", value_delimiter = ',', default_value = "http://127.0.0.1:7300")]
     pub urls: Vec<String>,
-    /// Subscriber URL, `{user}` replaced by the user (default: `/v1/stream`, `/v1/ws`,
-    /// `/v1/poll` for Herald, `/sub/{user}` for sse-url, Socket.IO's handshake with `user={user}`).
-    /// Only with one `--url`.
+    /// Subscriber URL, `{user}` replaced by the user, `{topic}` by `--topic` (default:
+    /// `/v1/stream`, `/v1/ws`, `/v1/poll` for Herald, `/sub/{user}` for sse-url, Socket.IO's
+    /// handshake with `user={user}`; with `--topic`: Herald's with `?topics={topic}`,
+    /// `/sub/{topic}`, Socket.IO's handshake with `room={topic}`). Only with one `--url`.
     #[arg(long)]
     pub sub_url: Option<String>,
-    /// Publish URL, `{user}` replaced (default: `/v1/notify` for Herald, `/pub/{user}` for
-    /// sse-url, `/emit/{user}` for socketio). Only with one `--url`.
+    /// Publish URL, `{user}` replaced by the user, `{topic}` by `--topic` (default: `/v1/notify`
+    /// for Herald, `/pub/{user}` for sse-url, `/emit/{user}` for socketio; with `--topic`:
+    /// `/pub/{topic}`, `/emit/{topic}`). Only with one `--url`.
     #[arg(long)]
     pub pub_url: Option<String>,
+    /// Broadcast: every client listens to this one topic (Herald: `?topics=` and a token whose
+    /// `topics` claim allows it; Nchan: this channel; Socket.IO: this room) and every publish
+    /// goes to it (Herald: an ephemeral topic event). Each client must get every acknowledged
+    /// publish once; the report adds each message's time to its first and to its last client.
+    /// 1–128 bytes of `[A-Za-z0-9_]` (Herald also takes `.:@/-`).
+    #[arg(long)]
+    pub topic: Option<String>,
     /// Herald's subscriber-token secret.
     #[arg(long, env = "HERALD_SECRET", hide_env_values = true)]
     pub secret: Option<String>,
@@ -161,6 +172,11 @@ pub struct RunArgs {
     /// Long-poll `timeout` (seconds).
     #[arg(long, default_value_t = 20)]
     pub poll_timeout_secs: u64,
+    /// After a phase's last publish, the longest wait for its last deliveries (the wait also
+    /// ends once nothing arrived for 3 s). A broadcast that falls behind needs more than the
+    /// default.
+    #[arg(long, default_value_t = 30.0)]
+    pub drain_max_secs: f64,
     /// Reconnect churn during the phases (Herald SSE only): this many times per second in
     /// all, a random client drops its connection and opens a new one that resumes where it
     /// was, as a tab does on a network change. Such drops do not count towards a client's
@@ -187,12 +203,20 @@ pub struct RunArgs {
 impl RunArgs {
     /// The subscriber and publish URL of each server (node), in `--url` order.
     fn urls(&self) -> (Vec<String>, Vec<String>) {
+        let broadcast = self.topic.is_some();
         let sub = |base: &str| {
             self.sub_url.clone().unwrap_or_else(|| match self.kind {
+                Kind::HeraldSse if broadcast => format!("{base}/v1/stream?topics={{topic}}"),
+                Kind::HeraldWs if broadcast => format!("{base}/v1/ws?topics={{topic}}"),
+                Kind::HeraldPoll if broadcast => format!("{base}/v1/poll?topics={{topic}}"),
                 Kind::HeraldSse => format!("{base}/v1/stream"),
                 Kind::HeraldWs => format!("{base}/v1/ws"),
                 Kind::HeraldPoll => format!("{base}/v1/poll"),
+                Kind::SseUrl if broadcast => format!("{base}/sub/{{topic}}"),
                 Kind::SseUrl => format!("{base}/sub/{{user}}"),
+                Kind::Socketio if broadcast => {
+                    format!("{base}/socket.io/?EIO=4&transport=websocket&room={{topic}}")
+                }
                 Kind::Socketio => format!("{base}/socket.io/?EIO=4&transport=websocket&user={{user}}"),
             })
         };
@@ -202,12 +226,26 @@ impl RunArgs {
                     format!("{base}/v1/notify/batch")
                 }
                 Kind::HeraldSse | Kind::HeraldWs | Kind::HeraldPoll => format!("{base}/v1/notify"),
+                Kind::SseUrl if broadcast => format!("{base}/pub/{{topic}}"),
                 Kind::SseUrl => format!("{base}/pub/{{user}}"),
+                Kind::Socketio if broadcast => format!("{base}/emit/{{topic}}"),
                 Kind::Socketio => format!("{base}/emit/{{user}}"),
             })
         };
+        let with_topic = |url: String| match &self.topic {
+            Some(topic) => url.replace("{topic}", topic),
+            None => url,
+        };
         let bases: Vec<&str> = self.urls.iter().map(|u| u.trim_end_matches('/')).collect();
-        (bases.iter().map(|b| sub(b)).collect(), bases.iter().map(|b| publish(b)).collect())
+        (
+            bases.iter().map(|b| with_topic(sub(b))).collect(),
+            bases.iter().map(|b| with_topic(publish(b))).collect(),
+        )
+    }
+
+    /// How many audiences the accounting counts (see [`audience_of`]): the users, or one topic.
+    fn audiences(&self) -> u32 {
+        if self.topic.is_some() { 1 } else { self.users }
     }
 
     /// The processes measured as the server.
@@ -248,6 +286,27 @@ impl RunArgs {
                 && self.user_prefix.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'),
             "--user-prefix must be letters, digits or _"
         );
+        ensure!(
+            self.drain_max_secs > 0.0 && self.drain_max_secs <= DRAIN_MAX_SECS_MAX,
+            "--drain-max-secs is more than 0 and at most {DRAIN_MAX_SECS_MAX}"
+        );
+        if let Some(topic) = &self.topic {
+            // Nchan's channel ids are matched by `\w+` and Socket.IO's rooms by the emit route's
+            // `[A-Za-z0-9_-]`; Herald's topics allow a few more characters.
+            let allowed = |b: u8| {
+                b.is_ascii_alphanumeric() || b == b'_' || (self.kind.is_herald() && b".:@/-".contains(&b))
+            };
+            ensure!(
+                (1..=TOPIC_BYTES_MAX).contains(&topic.len()) && topic.bytes().all(allowed),
+                "--topic: 1 to {TOPIC_BYTES_MAX} bytes of [A-Za-z0-9_] (for Herald also .:@/-)"
+            );
+            ensure!(self.batch == 1, "--topic publishes one message per request (no --batch)");
+            ensure!(
+                self.churn_per_sec == 0.0,
+                "--topic and --churn-per-sec do not go together: topic events are ephemeral, so a tab \
+                 away for a moment misses them"
+            );
+        }
         if self.kind.is_herald() {
             ensure!(self.secret.is_some(), "Herald needs --secret (or HERALD_SECRET)");
             ensure!(self.api_key.is_some(), "Herald needs --api-key (or HERALD_API_KEY)");
@@ -298,6 +357,7 @@ async fn run_async(args: &RunArgs) -> anyhow::Result<RunResult> {
                 endpoint: Endpoint::parse(url)?,
                 herald_api_key: if args.kind.is_herald() { args.api_key.clone() } else { None },
                 user_prefix: args.user_prefix.clone(),
+                topic: args.topic.clone(),
                 batch: args.batch,
             }))
         })
@@ -323,6 +383,7 @@ async fn run_async(args: &RunArgs) -> anyhow::Result<RunResult> {
         source_ip: Some(worker_source_ip(worker)),
         poll_timeout_secs: args.poll_timeout_secs,
         churn_per_sec: args.churn_per_sec / f64::from(workers),
+        topic: args.topic.clone(),
     });
     let mut fleet = Fleet::spawn(configs.collect()).await?;
     let result = measure(args, &mut fleet, &bar, &targets, clients, workers).await;
@@ -340,6 +401,7 @@ async fn run_async(args: &RunArgs) -> anyhow::Result<RunResult> {
         workers,
         publishers: args.publishers,
         batch: args.batch,
+        topic: args.topic.clone(),
         server_pids: args.server_pids.clone(),
         postgres: args.server_set().postgres,
         machine,
@@ -364,7 +426,8 @@ async fn measure(
     // Connect: the warm-up clients (one per worker), the "before" sample, then the rest.
     let mut connect_latency = stats::histogram();
     let (mut connected, mut failed, mut first_error) = (0, 0, None);
-    let mut per_user = vec![0u32; args.users as usize];
+    // Connected clients per audience (user, or the one topic of a broadcast).
+    let mut per_user = vec![0u32; args.audiences() as usize];
     let mut add = |reports: Vec<Report>, connected: &mut u64| {
         for report in reports {
             if let Report::Connected { ok, failed: f, latency, clients: indices, first_error: e } = report {
@@ -372,7 +435,7 @@ async fn measure(
                 failed += f;
                 stats::add_pairs(&mut connect_latency, &latency);
                 for index in indices {
-                    per_user[(index / args.clients_per_user) as usize] += 1;
+                    per_user[audience_of(args.topic.is_some(), index, args.clients_per_user) as usize] += 1;
                 }
                 if first_error.is_none() {
                     first_error = e;
@@ -467,7 +530,7 @@ async fn measure(
                 state.clone(),
                 targets[i as usize % targets.len()].clone(),
                 spec,
-                args.users,
+                args.audiences(),
                 seed,
             ))
         }));
@@ -501,7 +564,7 @@ async fn measure(
         let (mut last_count, mut last_change) = (fleet.total().phase_received, Instant::now());
         while fleet.total().phase_received < expected
             && last_change.elapsed() < DRAIN_STALL
-            && drain_started.elapsed() < DRAIN_MAX
+            && drain_started.elapsed().as_secs_f64() < args.drain_max_secs
         {
             timeout(BAR_TICK, fleet.next()).await.unwrap_or(Ok(()))?;
             let now = fleet.total().phase_received;
@@ -528,6 +591,7 @@ async fn measure(
         let mut latency = stats::histogram();
         let mut closes: BTreeMap<String, u64> = BTreeMap::new();
         let mut last_arrival = 0;
+        let mut reach: HashMap<u64, Reach> = HashMap::new();
         let verified = fleet
             .collect(
                 Instant::now() + VERIFY_TIMEOUT,
@@ -537,7 +601,12 @@ async fn measure(
             )
             .await?;
         for report in verified {
-            if let Report::Verified { stats: s, latency: l, closes: c, last_arrival_ns, .. } = report {
+            if let Report::Verified { stats: s, latency: l, closes: c, last_arrival_ns, reach: r, .. } =
+                report
+            {
+                for here in r {
+                    reach.entry(here.id).and_modify(|all| all.merge(&here)).or_insert(here);
+                }
                 deliveries.add(&s);
                 stats::add_pairs(&mut latency, &l);
                 for (reason, n) in c {
@@ -546,6 +615,8 @@ async fn measure(
                 last_arrival = last_arrival.max(last_arrival_ns);
             }
         }
+        let broadcast =
+            args.topic.is_some().then(|| broadcast_result(&reach, state.first_id, &state.log.borrow()));
         let progress_after = fleet.total();
         let delivery_secs = last_arrival.saturating_sub(start_ns) as f64 / 1e9;
         let server_cpu_secs = match (&server_before, &server_after) {
@@ -592,6 +663,7 @@ async fn measure(
                 .iter()
                 .map(|(name, after)| (name.clone(), after - by_name_before.get(name).copied().unwrap_or(0.0)))
                 .collect(),
+            broadcast,
         });
         if index + 1 < args.phases.len() {
             bar.stage("pause between phases", 0);
@@ -599,6 +671,25 @@ async fn measure(
         }
     }
     Ok((connect, idle, phases))
+}
+
+/// Each acknowledged message's time to its first and last client, from what the workers saw
+/// (`reach`, by publish id) and the phase's publish log (`log[i]`: publish `first_id + i`, -1
+/// when it was not acknowledged).
+fn broadcast_result(reach: &HashMap<u64, Reach>, first_id: u64, log: &[i64]) -> BroadcastResult {
+    let (mut to_first, mut to_last) = (stats::histogram(), stats::histogram());
+    let mut messages = 0;
+    for (i, &audience) in log.iter().enumerate() {
+        if audience < 0 {
+            continue;
+        }
+        if let Some(r) = reach.get(&(first_id + i as u64)) {
+            messages += 1;
+            stats::record(&mut to_first, r.first_ns);
+            stats::record(&mut to_last, r.last_ns);
+        }
+    }
+    BroadcastResult { messages, to_first: Percentiles::of(&to_first), to_last: Percentiles::of(&to_last) }
 }
 
 fn phase_message(state: &PhaseState, total: &Progress, started: Instant) -> String {

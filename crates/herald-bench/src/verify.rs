@@ -1,6 +1,7 @@
 //! Exactly-once accounting: every acknowledged publish to user `u` must reach every connected
 //! client of `u` once. Compares what each client received with the publish log, per
-//! (publish id, client).
+//! (publish id, client). A broadcast's topic is one such "user" that every client belongs to
+//! (see [`crate::proto::audience_of`]).
 
 use std::collections::HashMap;
 
@@ -34,6 +35,12 @@ pub struct DeliveryStats {
     pub unacked: u64,
     /// Arrivals with an id of another phase: late ones, already counted lost in their phase.
     pub stray: u64,
+    /// Connected clients that missed at least one of their expected publishes.
+    #[serde(default)]
+    pub clients_short: u64,
+    /// Clients that got at least one publish more than once.
+    #[serde(default)]
+    pub clients_duplicated: u64,
 }
 
 impl DeliveryStats {
@@ -45,6 +52,8 @@ impl DeliveryStats {
         self.misrouted += o.misrouted;
         self.unacked += o.unacked;
         self.stray += o.stray;
+        self.clients_short += o.clients_short;
+        self.clients_duplicated += o.clients_duplicated;
     }
 }
 
@@ -76,6 +85,7 @@ pub fn verify(
         }
         let got = &receptions[start..r];
         let mut delivered = 0;
+        let mut duplicated = 0;
         let mut i = 0;
         while i < got.len() {
             let id = got[i].1;
@@ -88,15 +98,18 @@ pub fn verify(
                 Some(owner) if owner as u32 != client.user => stats.misrouted += copies,
                 Some(_) => {
                     delivered += 1;
-                    stats.duplicated += copies - 1;
+                    duplicated += copies - 1;
                 }
             }
         }
+        stats.duplicated += duplicated;
+        stats.clients_duplicated += u64::from(duplicated > 0);
         if client.connected {
             let expected = expected_per_user[&client.user];
             stats.expected += expected;
             stats.delivered += delivered;
             stats.lost += expected.saturating_sub(delivered);
+            stats.clients_short += u64::from(delivered < expected);
         }
     }
     debug_assert_eq!(r, receptions.len(), "every reception belongs to a known client slot");
@@ -134,6 +147,8 @@ mod tests {
                 lost: 3,
                 duplicated: 3,
                 misrouted: 1,
+                clients_short: 2,
+                clients_duplicated: 2,
                 ..Default::default()
             }
         );

@@ -5,9 +5,14 @@
 //! Socket.IO namespace joined) it tells the connect coordinator; if its connection ends later it
 //! opens a new one, resuming where it was for Herald (`last_event_id`, `client`), with
 //! `Last-Event-ID` for plain SSE, from scratch for Socket.IO (which cannot resume).
+//!
+//! In a broadcast (`--topic`) every client listens to the one topic (Herald: `?topics=` in its
+//! URL and the topic in its token's `topics` claim; Nchan's channel and Socket.IO's room are in
+//! the URLs), its `topic` events count as deliveries, and the worker also keeps, per publish, the
+//! latency to its first and its last client ([`Reach`]).
 
 use std::cell::{Cell, RefCell};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 use std::rc::Rc;
@@ -26,7 +31,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use crate::http::{BodyReader, Conn, Endpoint};
-use crate::proto::{Command, Kind, Progress, Report, WorkerConfig};
+use crate::proto::{Command, Kind, Progress, Reach, Report, WorkerConfig};
 use crate::stats;
 use crate::sys::{connect_from, now_ns, raise_fd_limit};
 use crate::verify::{ClientInfo, verify};
@@ -83,12 +88,12 @@ async fn serve(fd_limit: u64) -> anyhow::Result<()> {
     });
     let _ = out.send(Report::Ready { pid: std::process::id(), fd_limit });
 
-    let shared = Rc::new(Shared::default());
+    let shared = Rc::new(Shared { track_reach: config.topic.is_some(), ..Shared::default() });
     let clients = build_clients(&config)?;
     let kicks: Vec<Rc<Notify>> = clients.iter().map(|c| c.kick.clone()).collect();
     let mut churn = None;
     let mut infos: Vec<ClientInfo> =
-        clients.iter().map(|c| ClientInfo { user: c.user, connected: false }).collect();
+        clients.iter().map(|c| ClientInfo { user: config.audience_of(c.global), connected: false }).collect();
     let mut to_connect = Some(clients);
 
     let ticker = {
@@ -135,7 +140,9 @@ async fn serve(fd_limit: u64) -> anyhow::Result<()> {
                     let latency = shared.latency.borrow().as_ref().map(stats::to_pairs).unwrap_or_default();
                     let closes = std::mem::take(&mut *shared.closes.borrow_mut());
                     let last_arrival_ns = shared.last_arrival_ns.get();
-                    let _ = out.send(Report::Verified { phase, stats, latency, closes, last_arrival_ns });
+                    let reach = std::mem::take(&mut *shared.reach.borrow_mut()).into_values().collect();
+                    let _ =
+                        out.send(Report::Verified { phase, stats, latency, closes, last_arrival_ns, reach });
                 }
                 Command::Stop => break,
             }
@@ -177,6 +184,11 @@ struct Shared {
     progress: Cell<Progress>,
     closes: RefCell<BTreeMap<String, u64>>,
     last_arrival_ns: Cell<u64>,
+    /// Whether to keep [`Self::reach`] (a broadcast): per publish id, a map entry, which a
+    /// run that publishes to random users has no use for.
+    track_reach: bool,
+    /// Per publish id of the current phase: its latency to the first and last client here.
+    reach: RefCell<HashMap<u64, Reach>>,
 }
 
 impl Shared {
@@ -184,6 +196,7 @@ impl Shared {
         self.receptions.borrow_mut().clear();
         *self.latency.borrow_mut() = Some(stats::histogram());
         self.closes.borrow_mut().clear();
+        self.reach.borrow_mut().clear();
         self.last_arrival_ns.set(0);
         self.bump(|p| p.phase_received = 0);
     }
@@ -194,10 +207,16 @@ impl Shared {
         let mut receptions = self.receptions.borrow_mut();
         let mut latency = self.latency.borrow_mut();
         let latency = latency.get_or_insert_with(stats::histogram);
+        let mut reach = self.track_reach.then(|| self.reach.borrow_mut());
         let mut n = 0;
         for (id, sent_ns) in scan(data) {
             receptions.push((slot, id));
-            stats::record(latency, now.saturating_sub(sent_ns));
+            let ns = now.saturating_sub(sent_ns);
+            stats::record(latency, ns);
+            if let Some(reach) = &mut reach {
+                let here = Reach { id, first_ns: ns, last_ns: ns };
+                reach.entry(id).and_modify(|r| r.merge(&here)).or_insert(here);
+            }
             n += 1;
         }
         if n > 0 {
@@ -223,7 +242,6 @@ struct Client {
     slot: u32,
     /// Index among all clients of the run.
     global: u32,
-    user: u32,
     kind: Kind,
     endpoint: Endpoint,
     token: Option<String>,
@@ -251,15 +269,18 @@ fn build_clients(config: &WorkerConfig) -> anyhow::Result<Vec<Client>> {
                 .as_ref()
                 .map(|key| {
                     // One session per user: the tabs of one browser profile.
-                    let claims =
+                    let mut claims =
                         serde_json::json!({ "sub": user_id, "sid": "bench", "iat": iat, "exp": exp });
+                    if let Some(topic) = &config.topic {
+                        // Lets the tab listen to the topic by itself (`?topics=` in its URL).
+                        claims["topics"] = serde_json::json!([topic]);
+                    }
                     jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, key)
                 })
                 .transpose()?;
             Ok(Client {
                 slot: slot as u32,
                 global,
-                user,
                 kind: config.kind,
                 endpoint: endpoints[global as usize % endpoints.len()].for_user(&user_id),
                 token,
@@ -476,7 +497,7 @@ async fn sse_session(c: &Client, link: &mut Link<'_>, resume: &mut Resume) -> an
                 return;
             }
             match event.event {
-                b"notification" => link.shared.deliver(c.slot, event.data),
+                b"notification" | b"topic" => link.shared.deliver(c.slot, event.data),
                 b"hello" => {
                     resume.client_id = json_str(event.data, "client").map(str::to_owned);
                     link.up();
@@ -627,6 +648,7 @@ async fn herald_ws_session(c: &Client, link: &mut Link<'_>, resume: &mut Resume)
                     resume.last_event_id = seq.to_string();
                 }
             }
+            Some("topic") => link.shared.deliver(c.slot, data),
             Some("hello") => {
                 resume.client_id = json_str(data, "client").map(str::to_owned);
                 if resume.last_event_id.is_empty()

@@ -4,6 +4,9 @@
 //!
 //! And the other way round: against a fake server that loses and duplicates on purpose, the
 //! same run must report both, so a clean result above means something.
+//!
+//! Broadcast (`--topic`): every tab listens to one topic (Herald) or channel (a plain SSE server),
+//! and every message must reach every tab once.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -198,6 +201,67 @@ fn herald_poll_and_ws_deliver_every_publish_exactly_once() {
     rt.block_on(server.shutdown()).unwrap();
 }
 
+/// Every message of a broadcast run reached every tab once, and each has its time to the first
+/// and the last tab.
+fn assert_broadcast_exactly_once(result: &RunResult, clients: u64) {
+    assert_eq!(result.connect.connected, clients, "{:?}", result.connect.first_error);
+    assert_eq!(result.connect.failed, 0);
+    for phase in &result.phases {
+        let d = &phase.deliveries;
+        assert!(phase.acked > 0, "{}: nothing was published: {:?}", phase.name, phase.first_error);
+        assert_eq!(phase.errors, 0, "{}: {:?}", phase.name, phase.first_error);
+        assert_eq!(d.expected, phase.acked * clients, "{}: every tab expects every message", phase.name);
+        assert_eq!(d.delivered, d.expected, "{}: {d:?}", phase.name);
+        assert_eq!((d.lost, d.duplicated, d.misrouted), (0, 0, 0), "{}: {d:?}", phase.name);
+        assert_eq!((d.clients_short, d.clients_duplicated), (0, 0), "{}: {d:?}", phase.name);
+        let b = phase.broadcast.as_ref().expect("a broadcast phase has its per-message figures");
+        assert_eq!(b.messages, phase.acked, "{}: every message reached some tab", phase.name);
+        assert!(b.to_first.p50_ms > 0.0 && b.to_last.max_ms >= b.to_first.max_ms, "{}: {b:?}", phase.name);
+    }
+    assert!(result.clean());
+}
+
+/// `--topic`: every tab (SSE, WebSocket) listens to one topic with `?topics=` and a token whose
+/// claim allows it; one message, then a steady rate, go to the topic. Fails if a tab misses a
+/// topic event, gets one twice, or the events are not counted as deliveries.
+#[test]
+fn herald_broadcast_to_one_topic_reaches_every_tab_once() {
+    let rt = runtime();
+    let (url, server) = start_herald(&rt);
+    let dir = tempfile::tempdir().unwrap();
+    for kind in ["herald-sse", "herald-ws"] {
+        let result = bench(
+            &[
+                "--kind",
+                kind,
+                "--url",
+                &url,
+                "--topic",
+                "bench:room.1",
+                "--users",
+                "40",
+                "--clients-per-user",
+                "2",
+                "--publishers",
+                "2",
+                "--idle-secs",
+                "0.2",
+                "--phase",
+                "burst:1",
+                "--phase",
+                "steady:50:1",
+                "--user-prefix",
+                kind.split('-').nth(1).unwrap(),
+            ],
+            dir.path(),
+        );
+        assert_eq!(result.topic.as_deref(), Some("bench:room.1"));
+        assert_eq!(result.phases[0].acked, 1, "the single publish");
+        assert_broadcast_exactly_once(&result, 80);
+    }
+    rt.block_on(server.shutdown()).unwrap();
+}
+
 /// What the nodes of a [`fake_server`] share: the subscribers of every node by user, the count
 /// of publishes, and whether every 5th publish is sent twice and every 7th dropped.
 #[derive(Default)]
@@ -280,6 +344,43 @@ async fn fake_server(listener: TcpListener, cluster: Arc<FakeCluster>, counts: A
             }
         });
     }
+}
+
+/// `--topic` with a plain SSE server (Nchan's way): every client subscribes to the one channel
+/// `/sub/<topic>` and every publish goes to `/pub/<topic>`. Fails if the clients are spread over
+/// per-user channels.
+#[test]
+fn plain_sse_broadcast_uses_one_channel() {
+    let rt = runtime();
+    let listener = rt.block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let cluster = Arc::new(FakeCluster::default());
+    rt.spawn(fake_server(listener, cluster.clone(), Arc::default()));
+    let dir = tempfile::tempdir().unwrap();
+    let result = bench(
+        &[
+            "--kind",
+            "sse-url",
+            "--url",
+            &url,
+            "--topic",
+            "room_1",
+            "--users",
+            "10",
+            "--clients-per-user",
+            "3",
+            "--publishers",
+            "1",
+            "--idle-secs",
+            "0",
+            "--phase",
+            "burst:20",
+        ],
+        dir.path(),
+    );
+    assert_broadcast_exactly_once(&result, 30);
+    let channels: Vec<String> = cluster.subscribers.lock().unwrap().keys().cloned().collect();
+    assert_eq!(channels, ["room_1"]);
 }
 
 #[test]
