@@ -123,6 +123,8 @@ pub(crate) enum Body {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         except_client: Option<ClientId>,
     },
+    /// The user's listens kept in the store changed: read them again.
+    ListensChanged { user: UserId },
     /// Close the clients of a session (all sessions when `None`).
     Close {
         user: UserId,

@@ -14,6 +14,7 @@ use crate::hub::{Hub, ListenError, Presence};
 use crate::ids::{ClientId, SessionId, Topic, UserId};
 use crate::inbox::InboxEvent;
 use crate::notification::Notification;
+use crate::store::{Store, StoreError};
 use crate::topic::TopicEvent;
 
 /// What a multi-node bus tells its node's revocation cache ([`crate::Revocations`]): a session
@@ -113,6 +114,14 @@ pub trait Bus: Send + Sync + 'static {
         listen: bool,
     ) -> Result<Result<Vec<Topic>, ListenError>, BusError>;
 
+    /// Tells the other nodes that `user`'s listens kept in the store changed: each one with
+    /// tabs of the user reads them again ([`reload_listens`]). Nothing to do on a single node
+    /// (the notifier reloads this node's itself).
+    async fn listens_changed(&self, user: &UserId) -> Result<(), BusError> {
+        let _ = user;
+        Ok(())
+    }
+
     /// Closes the clients of `session` of `user` (all sessions when `None`) on every node.
     /// Returns how many connections of this node it closed.
     async fn close_sessions(
@@ -154,6 +163,19 @@ pub trait Bus: Send + Sync + 'static {
     /// The node is shutting down: tell the other nodes (so they do not take it for dead) and
     /// stop. Nothing to do on a single node.
     async fn shutdown(&self) {}
+}
+
+/// Reads `user`'s listens kept in the store and applies them to this node's tabs of the user
+/// (see [`Hub::apply_stored_listens`]). `None` when no tab of the user is here (nothing read);
+/// else the topics some tab here listens to now that none did.
+pub async fn reload_listens(
+    hub: &Hub,
+    store: &dyn Store,
+    user: &UserId,
+) -> Result<Option<Vec<Topic>>, StoreError> {
+    let Some(asked) = hub.ask_stored_listens(user) else { return Ok(None) };
+    let stored = store.listens(user).await?;
+    Ok(Some(hub.apply_stored_listens(user, asked, stored)))
 }
 
 /// The bus of a single node: straight into its hub.

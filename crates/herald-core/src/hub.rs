@@ -38,7 +38,7 @@ use crate::inbox::InboxEvent;
 use crate::limits::Limits;
 use crate::notification::{Notification, now_ms};
 use crate::queue::{EventQueue, PushError, Queued};
-use crate::topic::{Prepare, Prepared, TopicEvent};
+use crate::topic::{Prepare, Prepared, StoredListen, TopicEvent};
 
 /// Shards of the user map and of the client index. A power of two well above the core count
 /// keeps contention negligible; each costs one mutex and one empty map.
@@ -121,6 +121,13 @@ impl SessionEntry {
 struct UserEntry {
     /// At most [`Limits::sessions_per_user_max`].
     sessions: Vec<(SessionId, SessionEntry)>,
+    /// The user's listens kept in the store (user scope, and each session's), as last read:
+    /// each tab of the user listens to those of its scope too.
+    stored: Box<[StoredListen]>,
+    /// Reads of `stored` asked for, and the last one applied: reads finish out of order, and
+    /// one applies only if no read asked for after it was applied first.
+    listens_asked: u64,
+    listens_applied: u64,
 }
 
 /// A client's connection to the hub, as [`Hub::attach`] returns it.
@@ -223,8 +230,9 @@ type TopicIndex = HashMap<Topic, Vec<TopicListener>>;
 /// Why a listen was refused. Nothing was changed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ListenError {
-    /// The tab would listen to more than [`Limits::topics_per_client_max`] topics.
-    #[error("a tab listens to at most {max} topics; this one would listen to {count}")]
+    /// The tab (or the user or session, at their scope) would listen to `count` topics, over
+    /// its bound `max` ([`Limits::topics_per_client_max`] and the others).
+    #[error("at most {max} topics can be listened to there; this would make {count}")]
     TooManyTopics { count: usize, max: usize },
     /// The tab is not known here (never connected, or forgotten after
     /// [`Limits::client_linger`]).
@@ -421,7 +429,7 @@ impl Hub {
         let mut evicted = s.clients.swap_remove(index);
         let was_connected = evicted.connected;
         evicted.end_connection(CloseReason::Evicted);
-        self.forget_listens(&evicted.id, &evicted.topics);
+        self.forget_listens(&evicted.id, &effective_topics(&entry.stored, session, &evicted.topics));
         entry.sessions.retain(|(_, s)| !s.clients.is_empty());
         if entry.sessions.is_empty() {
             users.remove(user);
@@ -527,6 +535,7 @@ impl Hub {
         let mut forgotten: Vec<ClientId> = Vec::new();
         let mut is_new_client = false;
         let listening;
+        let effective;
         {
             let mut users = self.users_shard(user).lock();
             // The tab's listens: those its entry kept (a reconnect) and the new ones, checked
@@ -547,10 +556,13 @@ impl Hub {
                 None => {
                     if entry.sessions.len() >= limits.sessions_per_user_max {
                         let victim = least_recently_active_session(&entry.sessions);
-                        let (_, mut evicted) = entry.sessions.swap_remove(victim);
+                        let (evicted_session, mut evicted) = entry.sessions.swap_remove(victim);
                         for c in &mut evicted.clients {
                             c.end_connection(CloseReason::Evicted);
-                            self.forget_listens(&c.id, &c.topics);
+                            self.forget_listens(
+                                &c.id,
+                                &effective_topics(&entry.stored, &evicted_session, &c.topics),
+                            );
                             forgotten.push(c.id.clone());
                         }
                     }
@@ -570,7 +582,10 @@ impl Hub {
                         let victim = least_recently_active_client(clients);
                         let mut evicted = clients.swap_remove(victim);
                         evicted.end_connection(CloseReason::Evicted);
-                        self.forget_listens(&evicted.id, &evicted.topics);
+                        self.forget_listens(
+                            &evicted.id,
+                            &effective_topics(&entry.stored, session, &evicted.topics),
+                        );
                         forgotten.push(evicted.id.clone());
                     }
                     is_new_client = true;
@@ -596,9 +611,10 @@ impl Hub {
                 follows_inbox: false,
                 attachment,
                 parked: false,
-                topics: listening.clone(),
+                topics: listening,
             };
-            self.register_listens(user, &client, &shared, &listening);
+            effective = effective_topics(&entry.stored, session, &fresh.topics);
+            self.register_listens(user, &client, &shared, &effective);
             match clients.iter_mut().find(|c| c.id == client) {
                 Some(existing) => *existing = fresh,
                 None => {
@@ -619,7 +635,7 @@ impl Hub {
             }
         }
         let info = ClientInfo { user: user.clone(), session: session.clone(), client, transport };
-        Ok(Attachment { info, shared, attachment, topics: listening })
+        Ok(Attachment { info, shared, attachment, topics: effective.into_boxed_slice() })
     }
 
     /// Ends `attachment`'s hold on its client entry (its connection ended). The entry stays
@@ -669,7 +685,7 @@ impl Hub {
             client: c.id.clone(),
             transport: c.transport,
         };
-        Some(Attachment { info, shared: c.shared.clone(), attachment, topics: c.topics.clone() })
+        Some(Attachment { info, shared: c.shared.clone(), attachment, topics: Box::default() })
     }
 
     /// Runs `change` on the entry of `info`'s client if `attachment` is still the one attached
@@ -829,10 +845,8 @@ impl Hub {
         topics: &[Topic],
     ) -> Result<Vec<Topic>, ListenError> {
         let max = self.inner.limits.topics_per_client_max;
-        self.change_listens(user, session, client, |hub, c| {
-            let listening = union_of_topics(&c.topics, topics, max)?;
-            hub.register_listens(user, client, &c.shared, &listening[c.topics.len()..]);
-            c.topics = listening;
+        self.change_listens(user, session, client, |c| {
+            c.topics = union_of_topics(&c.topics, topics, max)?;
             Ok(())
         })
     }
@@ -846,11 +860,8 @@ impl Hub {
         client: &ClientId,
         topics: &[Topic],
     ) -> Result<Vec<Topic>, ListenError> {
-        self.change_listens(user, session, client, |hub, c| {
-            let (gone, kept): (Vec<Topic>, Vec<Topic>) =
-                c.topics.iter().cloned().partition(|t| topics.contains(t));
-            hub.forget_listens(client, &gone);
-            c.topics = kept.into_boxed_slice();
+        self.change_listens(user, session, client, |c| {
+            c.topics = c.topics.iter().filter(|t| !topics.contains(t)).cloned().collect();
             Ok(())
         })
     }
@@ -860,23 +871,77 @@ impl Hub {
         user: &UserId,
         session: &SessionId,
         client: &ClientId,
-        change: impl FnOnce(&Self, &mut ClientEntry) -> Result<(), ListenError>,
+        change: impl FnOnce(&mut ClientEntry) -> Result<(), ListenError>,
     ) -> Result<Vec<Topic>, ListenError> {
         let mut users = self.users_shard(user).lock();
-        let entry = users
-            .get_mut(user)
-            .and_then(|e| e.sessions.iter_mut().find(|(s, _)| s == session))
+        let not_found = || ListenError::ClientNotFound(client.clone());
+        let entry = users.get_mut(user).ok_or_else(not_found)?;
+        let tab = entry
+            .sessions
+            .iter_mut()
+            .find(|(s, _)| s == session)
             .and_then(|(_, s)| s.clients.iter_mut().find(|c| &c.id == client))
-            .ok_or_else(|| ListenError::ClientNotFound(client.clone()))?;
-        change(self, entry)?;
-        Ok(entry.topics.to_vec())
+            .ok_or_else(not_found)?;
+        let before = effective_topics(&entry.stored, session, &tab.topics);
+        change(tab)?;
+        let after = effective_topics(&entry.stored, session, &tab.topics);
+        self.apply_difference(user, tab, &before, &after);
+        Ok(after)
+    }
+
+    /// Makes the index follow a tab whose topics went from `before` to `after`.
+    fn apply_difference(&self, user: &UserId, tab: &ClientEntry, before: &[Topic], after: &[Topic]) {
+        let gone: Vec<Topic> = before.iter().filter(|t| !after.contains(t)).cloned().collect();
+        let new: Vec<Topic> = after.iter().filter(|t| !before.contains(t)).cloned().collect();
+        self.forget_listens(&tab.id, &gone);
+        self.register_listens(user, &tab.id, &tab.shared, &new);
+    }
+
+    /// Asks for a fresh read of `user`'s listens kept in the store: its number, to give to
+    /// [`Hub::apply_stored_listens`] with what the read found; `None` when no tab of the user is
+    /// here (there is nothing to apply it to).
+    pub fn ask_stored_listens(&self, user: &UserId) -> Option<u64> {
+        let mut users = self.users_shard(user).lock();
+        let entry = users.get_mut(user)?;
+        entry.listens_asked += 1;
+        Some(entry.listens_asked)
+    }
+
+    /// Applies the `asked`-th read of `user`'s listens kept in the store (see
+    /// [`Hub::ask_stored_listens`]), unless a read asked for after it was applied already: each
+    /// tab of the user then listens to its scope's topics too, and no longer to those its scope
+    /// lost. Returns the topics some tab here listens to now that none did before (to wait for
+    /// with [`Hub::topics_ready`]).
+    pub fn apply_stored_listens(&self, user: &UserId, asked: u64, stored: Vec<StoredListen>) -> Vec<Topic> {
+        let mut users = self.users_shard(user).lock();
+        let Some(entry) = users.get_mut(user) else { return Vec::new() };
+        if asked <= entry.listens_applied {
+            return Vec::new();
+        }
+        entry.listens_applied = asked;
+        let stored = stored.into_boxed_slice();
+        let mut gained = Vec::new();
+        for (session, s) in &entry.sessions {
+            for tab in &s.clients {
+                let before = effective_topics(&entry.stored, session, &tab.topics);
+                let after = effective_topics(&stored, session, &tab.topics);
+                gained.extend(after.iter().filter(|t| !before.contains(t)).cloned());
+                self.apply_difference(user, tab, &before, &after);
+            }
+        }
+        entry.stored = stored;
+        gained.sort();
+        gained.dedup();
+        gained
     }
 
     /// The topics the tab of `info` listens to, if it is here.
     pub(crate) fn topics_of(&self, info: &ClientInfo) -> Option<Vec<Topic>> {
         let users = self.users_shard(&info.user).lock();
-        let (_, session) = users.get(&info.user)?.sessions.iter().find(|(s, _)| *s == info.session)?;
-        Some(session.clients.iter().find(|c| c.id == info.client)?.topics.to_vec())
+        let entry = users.get(&info.user)?;
+        let (_, session) = entry.sessions.iter().find(|(s, _)| *s == info.session)?;
+        let tab = session.clients.iter().find(|c| c.id == info.client)?;
+        Some(effective_topics(&entry.stored, &info.session, &tab.topics))
     }
 
     /// The tabs of this node listening to `topic`: (user, client), in the order they listened.
@@ -926,6 +991,7 @@ impl Hub {
         let Some(entry) = users.get_mut(user) else { return 0 };
         let mut closed = 0;
         let mut forgotten = Vec::new();
+        let stored = &entry.stored;
         entry.sessions.retain_mut(|(id, s)| {
             if session.is_some_and(|wanted| wanted != id) {
                 return true;
@@ -933,7 +999,7 @@ impl Hub {
             for c in &mut s.clients {
                 closed += u64::from(c.connected);
                 c.end_connection(reason);
-                self.forget_listens(&c.id, &c.topics);
+                self.forget_listens(&c.id, &effective_topics(stored, id, &c.topics));
                 forgotten.push(c.id.clone());
             }
             false
@@ -989,7 +1055,7 @@ impl Hub {
                                 connected_at_ms: c.connected_at_ms,
                                 last_seq: c.shared.last_seq.load(Ordering::Relaxed),
                                 node: None,
-                                topics: c.topics.to_vec(),
+                                topics: effective_topics(&entry.stored, id, &c.topics),
                             })
                             .collect();
                         (!clients.is_empty()).then(|| SessionPresence { session: id.clone(), clients })
@@ -1010,7 +1076,8 @@ impl Hub {
         for shard in self.inner.users.iter() {
             let mut users = shard.lock();
             users.retain(|user, entry| {
-                entry.sessions.retain_mut(|(_, s)| {
+                let stored = &entry.stored;
+                entry.sessions.retain_mut(|(id, s)| {
                     s.clients.retain_mut(|c| {
                         if c.parked && c.last_active.elapsed() >= linger {
                             // Its next poll did not come: end it (freeing what its queue holds).
@@ -1019,7 +1086,7 @@ impl Hub {
                         }
                         let keep = c.connected || c.last_active.elapsed() < linger;
                         if !keep {
-                            self.forget_listens(&c.id, &c.topics);
+                            self.forget_listens(&c.id, &effective_topics(stored, id, &c.topics));
                             forgotten.push(c.id.clone());
                         }
                         keep
@@ -1043,6 +1110,22 @@ impl Hub {
         }
         count
     }
+}
+
+/// What a tab of `session` whose own (client-scope) topics are `topics` listens to: those,
+/// then its user's and its session's kept in the store, each once.
+fn effective_topics(stored: &[StoredListen], session: &SessionId, topics: &[Topic]) -> Vec<Topic> {
+    let mut all = topics.to_vec();
+    if stored.is_empty() {
+        return all;
+    }
+    let mut seen: std::collections::HashSet<&Topic> = topics.iter().collect();
+    for listen in stored {
+        if listen.session.as_ref().is_none_or(|s| s == session) && seen.insert(&listen.topic) {
+            all.push(listen.topic.clone());
+        }
+    }
+    all
 }
 
 /// `kept` followed by those of `added` not in it (each once), or `TooManyTopics` over `max`.

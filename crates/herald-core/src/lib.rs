@@ -78,8 +78,8 @@ pub use notification::{Audience, Notification, Publish, Receipt, ReceiptEntry, T
 pub use notifier::{Notifier, NotifyError};
 pub use revocation::Revocations;
 pub use store::{
-    Appended, EPOCH_BYTES_MAX, Epoch, LogHead, LogPage, NewNotification, PruneReport, Retention, Revocation,
-    Store, StoreError,
+    Appended, EPOCH_BYTES_MAX, Epoch, ListenBounds, LogHead, LogPage, NewNotification, PruneReport,
+    Retention, Revocation, ScopeListens, Store, StoreError, StoredListen, TopicListener,
 };
 pub use subscription::{
     ClientEvent, Elapsed, EndSignal, PollAnswer, SubscribeError, SubscribeRequest, Subscription, poll,

@@ -35,6 +35,14 @@ pub struct Limits {
     /// Topics one tab listens to (100). A listen that would take a tab over it is refused
     /// whole (`TooManyTopics`, HTTP 409 `too_many_topics`), changing nothing.
     pub topics_per_client_max: usize,
+    /// Topics a user listens to at user scope, kept in the store (1,000). Over it: refused the
+    /// same way.
+    pub topics_per_user_max: usize,
+    /// Topics one session listens to at session scope, kept in the store (100). Over it:
+    /// refused the same way. At most [`Limits::sessions_per_user_max`] sessions of a user keep
+    /// session-scope listens: a listen for one more forgets those of the session whose latest
+    /// listen is the oldest.
+    pub topics_per_session_max: usize,
 }
 
 impl Default for Limits {
@@ -49,6 +57,8 @@ impl Default for Limits {
             replay_page_len: 100,
             client_linger: Duration::from_secs(60),
             topics_per_client_max: 100,
+            topics_per_user_max: 1_000,
+            topics_per_session_max: 100,
         }
     }
 }

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::bus::{Bus, BusError, RevocationNews};
+use crate::bus::{Bus, BusError, RevocationNews, reload_listens};
 use crate::client::CloseReason;
 use crate::data::{DataError, check_data};
 use crate::hub::{Hub, ListenError, Presence};
@@ -18,7 +18,7 @@ use crate::notification::{
     Audience, KIND_BYTES_MAX, Notification, Publish, Receipt, ReceiptEntry, Target, now_ms,
 };
 use crate::revocation::Revocations;
-use crate::store::{Appended, NewNotification, Store, StoreError};
+use crate::store::{Appended, ListenBounds, NewNotification, ScopeListens, Store, StoreError};
 use crate::topic::TopicEvent;
 
 /// Why a publish was refused or failed. All but `ClientNotFound`, `Store` and `Bus` are the
@@ -351,6 +351,61 @@ impl Notifier {
         Ok(self.inner.bus.change_listens(user, session, client, topics, false).await??)
     }
 
+    /// Makes `user` listen to `topics` in every tab (`session` `None`: user scope, kept until
+    /// unlistened) or in the tabs of `session` (session scope, until the session is closed),
+    /// kept in the store: the user's tabs on every node listen to them from then on, those
+    /// open now included. Returns the scope's topics now, sorted. This node's tabs listen when
+    /// it returns; other nodes' follow at once, through the bus.
+    pub async fn listen_scope(
+        &self,
+        user: &UserId,
+        session: Option<&SessionId>,
+        topics: &[Topic],
+    ) -> Result<Vec<Topic>, NotifyError> {
+        self.check_listen(topics)?;
+        let limits = self.inner.hub.limits();
+        let bounds = ListenBounds {
+            user_topics_max: limits.topics_per_user_max,
+            session_topics_max: limits.topics_per_session_max,
+            sessions_max: limits.sessions_per_user_max,
+        };
+        match self.inner.store.listen(user, session, topics, bounds, now_ms()).await? {
+            ScopeListens::TooMany { count, max } => Err(ListenError::TooManyTopics { count, max }.into()),
+            ScopeListens::Listening(listening) => {
+                self.listens_changed(user).await;
+                Ok(listening)
+            }
+        }
+    }
+
+    /// Makes `user` (or its `session`) stop listening to `topics` at that scope. Returns the
+    /// scope's topics now, sorted.
+    pub async fn unlisten_scope(
+        &self,
+        user: &UserId,
+        session: Option<&SessionId>,
+        topics: &[Topic],
+    ) -> Result<Vec<Topic>, NotifyError> {
+        self.check_listen(topics)?;
+        let listening = self.inner.store.unlisten(user, session, topics).await?;
+        self.listens_changed(user).await;
+        Ok(listening)
+    }
+
+    /// `user`'s listens kept in the store changed: this node's tabs follow now, the other
+    /// nodes' through the bus. The change is stored: a failure here is logged, and the tabs
+    /// follow at their next connection.
+    async fn listens_changed(&self, user: &UserId) {
+        match reload_listens(&self.inner.hub, self.inner.store.as_ref(), user).await {
+            Ok(Some(gained)) => self.inner.hub.topics_ready(&gained).await,
+            Ok(None) => {}
+            Err(error) => tracing::warn!(%error, %user, "cannot read the listens a change just stored"),
+        }
+        if let Err(error) = self.inner.bus.listens_changed(user).await {
+            tracing::warn!(%error, %user, "cannot tell the other nodes of a change of listens");
+        }
+    }
+
     /// A listen or unlisten names 1 to [`crate::Limits::topics_per_client_max`] topics.
     fn check_listen(&self, topics: &[Topic]) -> Result<(), NotifyError> {
         let max = self.inner.hub.limits().topics_per_client_max;
@@ -376,7 +431,11 @@ impl Notifier {
     ) -> Result<u64, NotifyError> {
         let closed_at_secs = u64::try_from(now_ms() / 1000).unwrap_or(0);
         self.inner.revocations.revoke(user, session, closed_at_secs).await?;
-        Ok(self.inner.bus.close_sessions(user, session, CloseReason::SessionClosed).await?)
+        let closed = self.inner.bus.close_sessions(user, session, CloseReason::SessionClosed).await?;
+        // Session-scope listens end with their session.
+        self.inner.store.forget_session_listens(user, session).await?;
+        self.listens_changed(user).await;
+        Ok(closed)
     }
 
     /// Who of `user` is connected, on every node.

@@ -23,6 +23,9 @@
 //!   in memory and restarted) has another epoch, so that a client resuming with a seq of the old
 //!   one is told (`reset`) instead of being handed different notifications under seqs it saw.
 //!   Every [`LogHead`] carries the epoch it was read under.
+//! - Listens kept in the store ([`StoredListen`]: a user's topics at user scope, each
+//!   session's at session scope) are durable once `listen` returns; one call changes one scope
+//!   atomically, within its [`ListenBounds`] or not at all.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,9 +34,10 @@ use async_trait::async_trait;
 use serde_json::value::RawValue;
 
 use crate::health::Health;
-use crate::ids::{Seq, SessionId, UserId};
+use crate::ids::{Seq, SessionId, Topic, UserId};
 use crate::inbox::{InboxChange, InboxCounts, InboxPage, InboxQuery, Mark, PrunedInbox, Selection};
 use crate::notification::{Audience, Notification, Receipt};
+pub use crate::topic::{StoredListen, TopicListener};
 
 /// A notification to store; the store adds the seq.
 #[derive(Debug, Clone)]
@@ -152,6 +156,28 @@ pub struct Revocation {
     pub closed_at_secs: u64,
 }
 
+/// What [`Store::listen`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ScopeListens {
+    /// The topics the scope listens to now, sorted.
+    Listening(Vec<Topic>),
+    /// The scope would listen to `count` topics, over its bound: nothing changed.
+    TooMany { count: usize, max: usize },
+}
+
+/// Bounds of the listens a store keeps for one user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenBounds {
+    /// Topics at user scope.
+    pub user_topics_max: usize,
+    /// Topics at one session's scope.
+    pub session_topics_max: usize,
+    /// Sessions with session-scope listens: a listen for one more session forgets every listen
+    /// of the session whose latest listen is the oldest (as the hub evicts the least recently
+    /// active session), so that sessions never closed do not pile up.
+    pub sessions_max: usize,
+}
+
 /// A store failure. Not the caller's fault; the publish or subscription fails and can be retried.
 /// The last two only come from opening a store.
 ///
@@ -263,6 +289,66 @@ pub trait Store: Send + Sync + 'static {
     /// Every revocation of `user` still remembered (at most one per session, plus one for all
     /// sessions), in no particular order. A user never signed out has none.
     async fn revocations(&self, user: &UserId) -> Result<Vec<Revocation>, StoreError>;
+
+    /// Adds `topics` to what `user` listens to at user scope (`session` `None`) or at
+    /// `session`'s scope, at `now_ms`; those listened to already at that scope stay as they
+    /// are. Atomic: if the scope would then hold more topics than its bound, nothing changes
+    /// ([`ScopeListens::TooMany`]). A session's first listen beyond
+    /// [`ListenBounds::sessions_max`] sessions forgets the listens of the session whose latest
+    /// listen is the oldest, in the same transaction. Returns the scope's topics now, sorted.
+    async fn listen(
+        &self,
+        user: &UserId,
+        session: Option<&SessionId>,
+        topics: &[Topic],
+        bounds: ListenBounds,
+        now_ms: i64,
+    ) -> Result<ScopeListens, StoreError> {
+        let _ = (user, session, topics, bounds, now_ms);
+        Err(StoreError::Unavailable("TRANSITIONAL: listens not in this store yet".into()))
+    }
+
+    /// Removes `topics` from what `user` listens to at that scope (those it does not listen to
+    /// are ignored). Returns the scope's topics now, sorted.
+    async fn unlisten(
+        &self,
+        user: &UserId,
+        session: Option<&SessionId>,
+        topics: &[Topic],
+    ) -> Result<Vec<Topic>, StoreError> {
+        let _ = (user, session, topics);
+        Err(StoreError::Unavailable("TRANSITIONAL: listens not in this store yet".into()))
+    }
+
+    /// Forgets the session-scope listens of `user`'s `session` (of all its sessions with
+    /// `None`): the session was closed. User-scope listens stay.
+    async fn forget_session_listens(
+        &self,
+        user: &UserId,
+        session: Option<&SessionId>,
+    ) -> Result<(), StoreError> {
+        let _ = (user, session);
+        Ok(())
+    }
+
+    /// Everything `user` listens to, at user scope and in each session, sorted (user scope
+    /// first).
+    async fn listens(&self, user: &UserId) -> Result<Vec<StoredListen>, StoreError> {
+        let _ = user;
+        Ok(Vec::new())
+    }
+
+    /// Who listens to `topic` at user or session scope, sorted by user then session (user
+    /// scope first), after `after` (exclusive; `None`: from the start), at most `limit`.
+    async fn topic_listeners(
+        &self,
+        topic: &Topic,
+        after: Option<&TopicListener>,
+        limit: usize,
+    ) -> Result<Vec<TopicListener>, StoreError> {
+        let _ = (topic, after, limit);
+        Ok(Vec::new())
+    }
 
     /// What kind of store this is, for `/healthz` and logs: `"sqlite"`, `"memory"`,
     /// `"postgres"`; `"custom"` unless an implementation names itself.

@@ -200,14 +200,20 @@ impl Subscription {
             finished: false,
             park: false,
         };
-        subscription.start(head, resume_after, other_epoch, topics);
         // Heard of by the other nodes before the replay's first read (on the first `next`):
         // whatever is stored after that read then reaches the queue, from this node or another,
         // and whatever was stored before it is in the read. (The head above only places the
         // start; a refused request has touched nothing.) Awaited once the subscription exists,
         // so that a caller that gives up meanwhile detaches it by dropping it.
         hub.interest_ready(request.user).await;
-        hub.topics_ready(request.topics).await;
+        // The same for the user's listens kept in the store: read once the other nodes' news
+        // of a change reaches this node, so a change is in this read or applied after it.
+        let topics = match crate::bus::reload_listens(hub, store.as_ref(), request.user).await? {
+            Some(_) => hub.topics_of(&info).unwrap_or_default().into_boxed_slice(),
+            None => topics,
+        };
+        hub.topics_ready(&topics).await;
+        subscription.start(head, resume_after, other_epoch, topics);
         Ok(subscription)
     }
 

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use crate::ids::{ClientId, InvalidTopic, Topic, UserId, check_topic_text};
+use crate::ids::{ClientId, InvalidTopic, SessionId, Topic, UserId, check_topic_text};
 use crate::notification::format_timestamp_ms;
 
 /// Most patterns in one token's `topics` claim.
@@ -115,6 +115,23 @@ impl TopicEvent {
     pub fn is_for(&self, user: &UserId, client: &ClientId) -> bool {
         self.except_user.as_ref() != Some(user) && self.except_client.as_ref() != Some(client)
     }
+}
+
+/// A topic a user listens to in every tab (`session` `None`: **user scope**, the "follow" case)
+/// or in the tabs of one session (**session scope**), kept in the store.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct StoredListen {
+    pub session: Option<SessionId>,
+    pub topic: Topic,
+}
+
+/// A user, or one of its sessions, listening to a topic: a page of `Store::topic_listeners`,
+/// and where the next page starts (after the last one).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TopicListener {
+    pub user: UserId,
+    /// `None`: the user listens at user scope.
+    pub session: Option<SessionId>,
 }
 
 /// What a [`Prepare`] hook makes of a topic event for one user's tabs.

@@ -16,7 +16,7 @@
 //! previous process get a `reset` (not a refusal of a resume point ahead of the log, nor, once
 //! the new log has grown past it, notifications they never saw under seqs they did).
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -24,8 +24,9 @@ use herald_core::inbox::CountsDelta;
 use herald_core::notification::now_ms;
 use herald_core::{
     Appended, Epoch, InboxChange, InboxCounts, InboxItem, InboxPage, InboxQuery, ItemState, LogHead, LogPage,
-    Mark, NewNotification, Notification, PruneReport, PrunedInbox, Receipt, ReceiptEntry, Retention,
-    Revocation, Selection, Seq, SessionId, Store, StoreError, UserId,
+    ListenBounds, Mark, NewNotification, Notification, PruneReport, PrunedInbox, Receipt, ReceiptEntry,
+    Retention, Revocation, ScopeListens, Selection, Seq, SessionId, Store, StoreError, StoredListen, Topic,
+    TopicListener, UserId,
 };
 use parking_lot::Mutex;
 
@@ -33,6 +34,8 @@ use parking_lot::Mutex;
 /// and taken again, so that publishes waiting for it get in between and a prune of many users
 /// never stalls them for long.
 const PRUNE_USERS_PER_LOCK: usize = 1_000;
+
+static EMPTY_TOPICS: BTreeSet<Topic> = BTreeSet::new();
 
 /// A store that keeps everything in memory and loses it all when dropped.
 #[derive(Debug)]
@@ -49,6 +52,21 @@ struct Inner {
     idempotency: HashMap<String, IdempotencyRecord>,
     /// Each user's latest close per session (`None`: all sessions), in Unix seconds.
     revocations: HashMap<UserId, HashMap<Option<SessionId>, u64>>,
+    /// Each user's listens kept in the store.
+    listens: HashMap<UserId, UserListens>,
+}
+
+/// One user's listens: at user scope, and per session with the time of its latest listen.
+#[derive(Debug, Default)]
+struct UserListens {
+    user: BTreeSet<Topic>,
+    sessions: HashMap<SessionId, (i64, BTreeSet<Topic>)>,
+}
+
+impl UserListens {
+    fn is_empty(&self) -> bool {
+        self.user.is_empty() && self.sessions.is_empty()
+    }
 }
 
 #[derive(Debug, Default)]
@@ -300,6 +318,139 @@ impl Store for MemoryStore {
             .flatten()
             .map(|(session, closed_at)| Revocation { session: session.clone(), closed_at_secs: *closed_at })
             .collect())
+    }
+
+    async fn listen(
+        &self,
+        user: &UserId,
+        session: Option<&SessionId>,
+        topics: &[Topic],
+        bounds: ListenBounds,
+        now_ms: i64,
+    ) -> Result<ScopeListens, StoreError> {
+        let mut inner = self.inner.lock();
+        let listens = inner.listens.entry(user.clone()).or_default();
+        let (current, max) = match session {
+            None => (&listens.user, bounds.user_topics_max),
+            Some(session) => (
+                listens.sessions.get(session).map_or(&EMPTY_TOPICS, |(_, topics)| topics),
+                bounds.session_topics_max,
+            ),
+        };
+        if topics.is_empty() {
+            // Names nothing, changes nothing: no session made (with no topics) nor evicted.
+            let current = current.iter().cloned().collect();
+            if listens.is_empty() {
+                inner.listens.remove(user);
+            }
+            return Ok(ScopeListens::Listening(current));
+        }
+        let count = current.len() + topics.iter().collect::<BTreeSet<_>>().iter().filter(|t| !current.contains(**t)).count();
+        if count > max && count > current.len() {
+            if listens.is_empty() {
+                inner.listens.remove(user);
+            }
+            return Ok(ScopeListens::TooMany { count, max });
+        }
+        let scope = match session {
+            None => &mut listens.user,
+            Some(session) => {
+                if !listens.sessions.contains_key(session) && listens.sessions.len() >= bounds.sessions_max {
+                    // The session whose latest listen is the oldest (then the smallest id).
+                    let oldest = listens.sessions.iter().min_by(|a, b| (a.1.0, a.0).cmp(&(b.1.0, b.0))).map(|(s, _)| s.clone());
+                    if let Some(oldest) = oldest {
+                        listens.sessions.remove(&oldest);
+                    }
+                }
+                let (latest, topics) = listens.sessions.entry(session.clone()).or_default();
+                *latest = now_ms;
+                topics
+            }
+        };
+        scope.extend(topics.iter().cloned());
+        Ok(ScopeListens::Listening(scope.iter().cloned().collect()))
+    }
+
+    async fn unlisten(
+        &self,
+        user: &UserId,
+        session: Option<&SessionId>,
+        topics: &[Topic],
+    ) -> Result<Vec<Topic>, StoreError> {
+        let mut inner = self.inner.lock();
+        let Some(listens) = inner.listens.get_mut(user) else { return Ok(Vec::new()) };
+        let left: Vec<Topic> = match session {
+            None => {
+                listens.user.retain(|t| !topics.contains(t));
+                listens.user.iter().cloned().collect()
+            }
+            Some(session) => match listens.sessions.get_mut(session) {
+                None => Vec::new(),
+                Some((_, scope)) => {
+                    scope.retain(|t| !topics.contains(t));
+                    let left = scope.iter().cloned().collect();
+                    if scope.is_empty() {
+                        listens.sessions.remove(session);
+                    }
+                    left
+                }
+            },
+        };
+        if listens.is_empty() {
+            inner.listens.remove(user);
+        }
+        Ok(left)
+    }
+
+    async fn forget_session_listens(&self, user: &UserId, session: Option<&SessionId>) -> Result<(), StoreError> {
+        let mut inner = self.inner.lock();
+        let Some(listens) = inner.listens.get_mut(user) else { return Ok(()) };
+        match session {
+            None => listens.sessions.clear(),
+            Some(session) => {
+                listens.sessions.remove(session);
+            }
+        }
+        if listens.is_empty() {
+            inner.listens.remove(user);
+        }
+        Ok(())
+    }
+
+    async fn listens(&self, user: &UserId) -> Result<Vec<StoredListen>, StoreError> {
+        let inner = self.inner.lock();
+        let Some(listens) = inner.listens.get(user) else { return Ok(Vec::new()) };
+        let mut all: Vec<StoredListen> =
+            listens.user.iter().map(|topic| StoredListen { session: None, topic: topic.clone() }).collect();
+        for (session, (_, topics)) in &listens.sessions {
+            all.extend(topics.iter().map(|topic| StoredListen { session: Some(session.clone()), topic: topic.clone() }));
+        }
+        all.sort();
+        Ok(all)
+    }
+
+    async fn topic_listeners(
+        &self,
+        topic: &Topic,
+        after: Option<&TopicListener>,
+        limit: usize,
+    ) -> Result<Vec<TopicListener>, StoreError> {
+        let inner = self.inner.lock();
+        let mut found: Vec<TopicListener> = Vec::new();
+        for (user, listens) in &inner.listens {
+            if listens.user.contains(topic) {
+                found.push(TopicListener { user: user.clone(), session: None });
+            }
+            for (session, (_, topics)) in &listens.sessions {
+                if topics.contains(topic) {
+                    found.push(TopicListener { user: user.clone(), session: Some(session.clone()) });
+                }
+            }
+        }
+        found.sort();
+        found.retain(|listener| after.is_none_or(|after| listener > after));
+        found.truncate(limit);
+        Ok(found)
     }
 
     fn kind(&self) -> &'static str {

@@ -42,7 +42,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use herald_core::bus::{BusError, BusStats, RevocationNews};
+use herald_core::bus::{BusError, BusStats, RevocationNews, reload_listens};
 use herald_core::{
     Bus, ClientId, CloseReason, Health, Hub, InboxEvent, ListenError, Notification, Presence, SessionId,
     Store, Topic, TopicEvent, UserId,
@@ -366,7 +366,7 @@ impl Inner {
         }
     }
 
-    fn deliver(&self, envelope: Envelope) {
+    fn deliver(self: &Arc<Self>, envelope: Envelope) {
         match envelope.body {
             body @ Body::Notification { .. } => {
                 if let Some(notification) = envelope::notification_from(body) {
@@ -378,6 +378,7 @@ impl Inner {
                     self.hub.fanout_inbox(&Arc::new(event));
                 }
             }
+            Body::ListensChanged { user } => self.reload_listens_of(vec![user]),
             body @ Body::Topic { .. } => {
                 if let Some(event) = envelope::topic_event_from(body) {
                     self.hub.fanout_topic(&Arc::new(event));
@@ -413,6 +414,7 @@ impl Inner {
             Body::Resync => {
                 self.repair_now.notify_one();
                 self.revocations_changed(RevocationNews::All);
+                self.reload_listens_of(self.hub.users());
             }
             Body::PresenceQuery { .. }
             | Body::PresenceAnswer { .. }
@@ -421,6 +423,19 @@ impl Inner {
             | Body::ListenQuery { .. }
             | Body::ListenAnswer { .. } => unreachable!("handled by `receive`"),
         }
+    }
+
+    /// Reads the listens of `users` kept in the store again, one after the other, in a task
+    /// of its own (never on the receiving task).
+    fn reload_listens_of(self: &Arc<Self>, users: Vec<UserId>) {
+        let inner = self.clone();
+        tokio::spawn(async move {
+            for user in users {
+                if let Err(error) = reload_listens(&inner.hub, inner.store.as_ref(), &user).await {
+                    tracing::warn!(%error, %user, "cannot read a user's listens: its tabs follow at their next connection");
+                }
+            }
+        });
     }
 
     fn answered(&self, from: Arc<str>, id: u64, answer: Body) {
@@ -617,6 +632,12 @@ impl Bus for ClusterBus {
         self.inner.stop.cancel();
     }
 
+    /// One envelope on the user's shard: the nodes with tabs of the user read its listens again.
+    async fn listens_changed(&self, user: &UserId) -> Result<(), BusError> {
+        self.inner.send_about(user, Body::ListensChanged { user: user.clone() }).await;
+        Ok(())
+    }
+
     /// This node's hub at once, then one envelope on the topics' subject for the others. An
     /// event the broker did not take reached this node's tabs only: `Unavailable`.
     async fn publish_topic(&self, event: Arc<TopicEvent>) -> Result<u64, BusError> {
@@ -767,6 +788,8 @@ async fn receive(inner: Arc<Inner>, mut events: mpsc::Receiver<BrokerEvent>) {
                 *inner.outage.lock() = None;
                 inner.interest.connected.store(true, Ordering::Relaxed);
                 inner.revocations_changed(RevocationNews::All);
+                // Changes of listens may have been missed meanwhile, as revocations.
+                inner.reload_listens_of(inner.hub.users());
                 inner.interest.changed.notify_one();
                 if inner.resync_owed.swap(false, Ordering::Relaxed)
                     && !inner.send(&nodes_subject(&inner.cluster), Body::Resync).await
@@ -779,6 +802,7 @@ async fn receive(inner: Arc<Inner>, mut events: mpsc::Receiver<BrokerEvent>) {
                 tracing::warn!("messages from the bus were dropped: repairing from the store");
                 inner.repair_now.notify_one();
                 inner.revocations_changed(RevocationNews::All);
+                inner.reload_listens_of(inner.hub.users());
             }
         }
     }

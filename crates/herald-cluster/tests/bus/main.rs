@@ -188,6 +188,7 @@ cases!(
     inbox_events_and_session_closes_cross_nodes,
     a_node_that_leaves_is_gone_at_once,
     topic_events_and_listens_cross_nodes,
+    a_user_scope_listen_reaches_the_users_tabs_on_every_node,
 );
 
 /// What one node publishes reaches the user's tabs on every node once (its own tab through its
@@ -516,4 +517,41 @@ async fn topic_events_and_listens_cross_nodes(url: &str) {
     }
     let received = b.bus.traffic().envelopes_in.load(Ordering::Relaxed) - before;
     assert!(received < 10, "b got {received} envelopes while nobody there listens (heartbeats only)");
+}
+
+/// A user-scope listen made on one node (kept in the shared store) makes the user's tabs on the
+/// other nodes listen too, and an unlisten stops them.
+async fn a_user_scope_listen_reaches_the_users_tabs_on_every_node(url: &str) {
+    let (cluster, store) = (cluster_name(), shared_store());
+    let a = node(url, &cluster, "a", &store, Limits::default()).await;
+    let b = node(url, &cluster, "b", &store, Limits::default()).await;
+    wait_for_peers(&[&a, &b]).await;
+    let room = herald_core::Topic::new("post:42").unwrap();
+    let mut on_b = b.tab("alice", "phone").await;
+    let listening = a.notifier.listen_scope(&user("alice"), None, std::slice::from_ref(&room)).await.unwrap();
+    assert_eq!(listening, std::slice::from_ref(&room));
+    let deadline = Instant::now() + WAIT;
+    while b.hub.topic_listeners(&room).is_empty() || b.bus.subscribed_topic_shards() == 0 {
+        assert!(Instant::now() < deadline, "node b's tab of alice did not start listening");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let data = Arc::from(serde_json::value::RawValue::from_string("7".into()).unwrap());
+    let publish = herald_core::Publish {
+        target: herald_core::Target::Topic(room.clone()),
+        durable: false,
+        ..herald_core::Publish::to_user(user("nobody"), "t", data)
+    };
+    a.notifier.publish(publish.clone()).await.unwrap();
+    assert_eq!(next_topic_data(&mut on_b).await, "7");
+
+    a.notifier.unlisten_scope(&user("alice"), None, std::slice::from_ref(&room)).await.unwrap();
+    let deadline = Instant::now() + WAIT;
+    while !b.hub.topic_listeners(&room).is_empty() {
+        assert!(Instant::now() < deadline, "node b's tab of alice did not stop listening");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    b.notifier.publish(publish).await.unwrap();
+    if let Ok(event) = tokio::time::timeout(Duration::from_millis(300), on_b.next()).await {
+        panic!("alice unlistened, got {event:?}");
+    }
 }

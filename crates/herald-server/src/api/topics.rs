@@ -1,13 +1,17 @@
-//! Listening to topics (Eliom_notif's `listen` / `unlisten`), at client scope (one tab, until it
-//! unlistens or is forgotten):
-//! - `POST /v1/listen`, `POST /v1/unlisten` with the subscriber token, for the tab named by
-//!   `X-Herald-Client`; a listen needs the token's `topics` claim to allow each topic;
-//! - `POST /v1/topics/listen`, `POST /v1/topics/unlisten` with the API key, for `{"client": C}`:
-//!   the app's backend decides.
+//! Listening to topics (Eliom_notif's `listen` / `unlisten`) at the three scopes of Eliom's
+//! hierarchy: one tab (client scope, until it unlistens or is forgotten), one session (session
+//! scope, kept in the store until the session is closed) and the user (user scope, every tab on
+//! every device, kept in the store until unlistened: the "follow" case).
+//! - `POST /v1/listen`, `POST /v1/unlisten` with the subscriber token: `scope` `client` (the
+//!   default; the tab named by `X-Herald-Client`), `session` (the token's) or `user` (the
+//!   token's); a listen needs the token's `topics` claim to allow each topic;
+//! - `POST /v1/topics/listen`, `POST /v1/topics/unlisten` with the API key, for `{"client": C}`,
+//!   `{"user": U, "session": S}` or `{"user": U}`: the app's backend decides.
 //!
-//! The tab may be connected to another node: the bus finds it. Both answer the tab's topics
-//! after the change: `{"client": C, "topics": [...]}`. Session and user scopes (kept in the
-//! store) are not built yet: they are refused with 400 `unsupported_scope`.
+//! A tab may be connected to another node: the bus finds it; listens kept in the store reach
+//! the user's tabs on every node. Each answers the scope's topics after the change:
+//! `{"client": C, "topics": [...]}`, `{"user": U, "session": S, "topics": [...]}` or
+//! `{"user": U, "topics": [...]}`.
 
 use std::sync::Arc;
 
@@ -28,7 +32,7 @@ use crate::response::json_response;
 #[serde(deny_unknown_fields)]
 pub struct TabListenBody {
     topics: Vec<String>,
-    /// `client` (the default). `session` and `user` are refused for now.
+    /// `client` (the default), `session` or `user`.
     scope: Option<String>,
 }
 
@@ -37,14 +41,27 @@ pub struct TabListenBody {
 #[serde(deny_unknown_fields)]
 pub struct ListenBody {
     topics: Vec<String>,
-    client: Option<ClientId>,
+    client: Option<String>,
     user: Option<String>,
     session: Option<String>,
 }
 
+/// Who listens: one of the three scopes.
+enum Scope {
+    Client(ClientId),
+    Session(UserId, SessionId),
+    User(UserId),
+}
+
+/// The answer: the scope and its topics now.
 #[derive(Debug, Serialize)]
 struct Listening<'a> {
-    client: &'a ClientId,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client: Option<&'a ClientId>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user: Option<&'a UserId>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    session: Option<&'a SessionId>,
     topics: Vec<Topic>,
 }
 
@@ -53,17 +70,25 @@ fn topics_of(names: &[String]) -> Result<Vec<Topic>, ApiError> {
     Ok(names.iter().map(Topic::new).collect::<Result<_, _>>()?)
 }
 
-fn unsupported_scope(scope: &str) -> ApiError {
-    ApiError::bad_request(
-        "unsupported_scope",
-        format!("listening at {scope} scope is not built yet: listen at client scope (one tab)"),
-    )
-}
-
-fn check_tab_scope(scope: Option<&str>) -> Result<(), ApiError> {
+/// The scope a subscriber names: its tab (`X-Herald-Client`, required), its token's session or
+/// its token's user.
+fn subscriber_scope(
+    subscriber: &Subscriber,
+    scope: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<Scope, ApiError> {
     match scope {
-        None | Some("client") => Ok(()),
-        Some(scope @ ("session" | "user")) => Err(unsupported_scope(scope)),
+        None | Some("client") => {
+            let client = client_header(headers)?.ok_or_else(|| {
+                ApiError::bad_request(
+                    "missing_client",
+                    "name the tab with X-Herald-Client (its client id, from `hello`)",
+                )
+            })?;
+            Ok(Scope::Client(client))
+        }
+        Some("session") => Ok(Scope::Session(subscriber.user.clone(), subscriber.session.clone())),
+        Some("user") => Ok(Scope::User(subscriber.user.clone())),
         Some(other) => Err(ApiError::bad_request(
             "invalid_request",
             format!("`scope` is one of client, session, user; not {other:?}"),
@@ -71,17 +96,63 @@ fn check_tab_scope(scope: Option<&str>) -> Result<(), ApiError> {
     }
 }
 
-/// The tab a subscriber's listen is for: `X-Herald-Client`, required.
-fn tab_of(headers: &HeaderMap) -> Result<ClientId, ApiError> {
-    client_header(headers)?.ok_or_else(|| {
-        ApiError::bad_request(
-            "missing_client",
-            "name the tab with X-Herald-Client (its client id, from `hello`)",
-        )
-    })
+/// The scope a publisher names.
+fn publisher_scope(body: &ListenBody) -> Result<Scope, ApiError> {
+    match (&body.client, &body.user, &body.session) {
+        (Some(client), None, None) => Ok(Scope::Client(ClientId::new(client)?)),
+        (None, Some(user), Some(session)) => Ok(Scope::Session(UserId::new(user)?, SessionId::new(session)?)),
+        (None, Some(user), None) => Ok(Scope::User(UserId::new(user)?)),
+        _ => Err(ApiError::bad_request(
+            "invalid_target",
+            r#"name who listens: {"client": C}, {"user": U, "session": S} or {"user": U}"#,
+        )),
+    }
 }
 
-/// `POST /v1/listen`: the tab listens to `topics` too (each allowed by the token's claim).
+/// Listens (or unlistens) `topics` at `scope`. A subscriber's client scope is a tab of its own
+/// user and session only; a publisher's any tab, found by the bus.
+async fn change(
+    app: &App,
+    scope: &Scope,
+    subscriber: Option<&Subscriber>,
+    topics: &[Topic],
+    listen: bool,
+) -> Result<Response, ApiError> {
+    let notifier = &app.notifier;
+    let now = match scope {
+        Scope::Client(client) => {
+            let (user, session) = match subscriber {
+                Some(subscriber) => (subscriber.user.clone(), subscriber.session.clone()),
+                None => notifier
+                    .bus()
+                    .locate(client)
+                    .await
+                    .map_err(NotifyError::from)?
+                    .ok_or_else(|| NotifyError::ClientNotFound(client.clone()))?,
+            };
+            if listen {
+                notifier.listen(&user, &session, client, topics).await?
+            } else {
+                notifier.unlisten(&user, &session, client, topics).await?
+            }
+        }
+        Scope::Session(user, session) if listen => notifier.listen_scope(user, Some(session), topics).await?,
+        Scope::Session(user, session) => notifier.unlisten_scope(user, Some(session), topics).await?,
+        Scope::User(user) if listen => notifier.listen_scope(user, None, topics).await?,
+        Scope::User(user) => notifier.unlisten_scope(user, None, topics).await?,
+    };
+    let answer = match scope {
+        Scope::Client(client) => Listening { client: Some(client), user: None, session: None, topics: now },
+        Scope::Session(user, session) => {
+            Listening { client: None, user: Some(user), session: Some(session), topics: now }
+        }
+        Scope::User(user) => Listening { client: None, user: Some(user), session: None, topics: now },
+    };
+    Ok(json_response(&answer))
+}
+
+/// `POST /v1/listen`: the tab, the session or the user listens to `topics` too (each allowed by
+/// the token's claim).
 pub async fn listen(
     State(app): State<Arc<App>>,
     subscriber: Subscriber,
@@ -90,15 +161,13 @@ pub async fn listen(
     ApiJson(body): ApiJson<TabListenBody>,
 ) -> Result<Response, ApiError> {
     app.limiter.admit_inbox_write(&subscriber.user)?;
-    check_tab_scope(body.scope.as_deref())?;
-    let client = tab_of(&headers)?;
-    let wanted = topics_of(&body.topics)?;
-    subscriber.check_may_listen(&wanted)?;
-    let topics = app.notifier.listen(&subscriber.user, &subscriber.session, &client, &wanted).await?;
-    Ok(json_response(&Listening { client: &client, topics }))
+    let scope = subscriber_scope(&subscriber, body.scope.as_deref(), &headers)?;
+    let topics = topics_of(&body.topics)?;
+    subscriber.check_may_listen(&topics)?;
+    change(&app, &scope, Some(&subscriber), &topics, true).await
 }
 
-/// `POST /v1/unlisten`: the tab stops listening to `topics` (any of them, claim or not).
+/// `POST /v1/unlisten`: stops listening to `topics` at that scope (any of them, claim or not).
 pub async fn unlisten(
     State(app): State<Arc<App>>,
     subscriber: Subscriber,
@@ -107,55 +176,27 @@ pub async fn unlisten(
     ApiJson(body): ApiJson<TabListenBody>,
 ) -> Result<Response, ApiError> {
     app.limiter.admit_inbox_write(&subscriber.user)?;
-    check_tab_scope(body.scope.as_deref())?;
-    let client = tab_of(&headers)?;
-    let unwanted = topics_of(&body.topics)?;
-    let topics = app.notifier.unlisten(&subscriber.user, &subscriber.session, &client, &unwanted).await?;
-    Ok(json_response(&Listening { client: &client, topics }))
+    let scope = subscriber_scope(&subscriber, body.scope.as_deref(), &headers)?;
+    let topics = topics_of(&body.topics)?;
+    change(&app, &scope, Some(&subscriber), &topics, false).await
 }
 
-/// The tab of a publisher's listen: `{"client": C}` (user and session scopes are refused).
-async fn publisher_tab(app: &App, body: &ListenBody) -> Result<(UserId, SessionId, ClientId), ApiError> {
-    match (&body.client, &body.user, &body.session) {
-        (Some(client), None, None) => {
-            let (user, session) = app
-                .notifier
-                .bus()
-                .locate(client)
-                .await
-                .map_err(NotifyError::from)?
-                .ok_or_else(|| ApiError::from(NotifyError::ClientNotFound(client.clone())))?;
-            Ok((user, session, client.clone()))
-        }
-        (None, Some(_), Some(_)) => Err(unsupported_scope("session")),
-        (None, Some(_), None) => Err(unsupported_scope("user")),
-        _ => Err(ApiError::bad_request(
-            "invalid_target",
-            r#"name who listens: {"client": C}, {"user": U, "session": S} or {"user": U}"#,
-        )),
-    }
-}
-
-/// `POST /v1/topics/listen`: the app's backend makes a tab listen to `topics`.
+/// `POST /v1/topics/listen`: the app's backend makes a tab, a session or a user listen.
 pub async fn publisher_listen(
     State(app): State<Arc<App>>,
     _publisher: Publisher,
     ApiJson(body): ApiJson<ListenBody>,
 ) -> Result<Response, ApiError> {
-    let wanted = topics_of(&body.topics)?;
-    let (user, session, client) = publisher_tab(&app, &body).await?;
-    let topics = app.notifier.listen(&user, &session, &client, &wanted).await?;
-    Ok(json_response(&Listening { client: &client, topics }))
+    let topics = topics_of(&body.topics)?;
+    change(&app, &publisher_scope(&body)?, None, &topics, true).await
 }
 
-/// `POST /v1/topics/unlisten`: the app's backend makes a tab stop listening to `topics`.
+/// `POST /v1/topics/unlisten`: the app's backend makes them stop.
 pub async fn publisher_unlisten(
     State(app): State<Arc<App>>,
     _publisher: Publisher,
     ApiJson(body): ApiJson<ListenBody>,
 ) -> Result<Response, ApiError> {
-    let unwanted = topics_of(&body.topics)?;
-    let (user, session, client) = publisher_tab(&app, &body).await?;
-    let topics = app.notifier.unlisten(&user, &session, &client, &unwanted).await?;
-    Ok(json_response(&Listening { client: &client, topics }))
+    let topics = topics_of(&body.topics)?;
+    change(&app, &publisher_scope(&body)?, None, &topics, false).await
 }

@@ -1,7 +1,8 @@
-//! Topics over real sockets (client scope, ephemeral events): listening with `?topics=`, with
+//! Topics over real sockets (ephemeral events): listening with `?topics=`, with
 //! `POST /v1/listen` (the token's `topics` claim decides) and with `POST /v1/topics/listen`
-//! (the API key decides); `topic` events on SSE, WebSocket and long-poll; `except_user`,
-//! `except_client`; unlisten; bounds and bad input, each refused with nothing changed.
+//! (the API key decides), at client, session and user scope; `topic` events on SSE, WebSocket
+//! and long-poll; `except_user`, `except_client`; unlisten; the `Prepare` hook; bounds and bad
+//! input, each refused with nothing changed.
 
 use crate::support;
 
@@ -211,9 +212,9 @@ async fn the_app_backend_makes_any_tab_listen_with_the_api_key() {
         "client_not_found",
     );
     assert_error(
-        &server.post_api("/v1/topics/listen", json!({"topics": ["a"], "user": "alice"})).await,
+        &server.post_api("/v1/topics/listen", json!({"topics": ["a"], "session": "s1"})).await,
         400,
-        "unsupported_scope",
+        "invalid_target",
     );
     // The subscriber route with the API key, and the publisher route with a token: refused.
     assert_error(
@@ -355,13 +356,6 @@ async fn bad_topic_publishes_and_listens_are_refused_with_their_codes() {
         (
             "/v1/listen",
             Some(client.as_str()),
-            json!({"topics": ["a"], "scope": "user"}),
-            400,
-            "unsupported_scope",
-        ),
-        (
-            "/v1/listen",
-            Some(client.as_str()),
             json!({"topics": ["a"], "scope": "tab"}),
             400,
             "invalid_request",
@@ -423,4 +417,111 @@ async fn an_embedding_apps_prepare_hook_shapes_each_users_events() {
     assert_eq!(topic_event(&mut alice).await["data"]["text"], "psst");
     bob1.expect_silence(QUIET).await;
     bob2.expect_silence(QUIET).await;
+}
+
+#[tokio::test]
+async fn a_user_who_follows_a_topic_gets_it_in_every_tab_new_ones_included() {
+    let server = TestServer::start().await;
+    let (mut laptop, _) = server.connect(&server.token("alice", Some("laptop")), "").await;
+    let (mut phone, _) = server.connect(&server.token("alice", Some("phone")), "").await;
+    let (mut bob, _) = server.connect(&server.token("bob", Some("s1")), "").await;
+
+    let (status, body) =
+        server.post_api("/v1/topics/listen", json!({"topics": ["post:42"], "user": "alice"})).await;
+    assert_eq!((status, body), (200, json!({"user": "alice", "topics": ["post:42"]})));
+    let (_, body) = publish_topic(&server, "post:42", json!({})).await;
+    assert_eq!(body["delivered"], 2, "both of alice's open tabs");
+    topic_event(&mut laptop).await;
+    topic_event(&mut phone).await;
+    bob.expect_silence(QUIET).await;
+
+    // A tab opened later, in a new session, listens too: it says so in its hello.
+    let (mut tablet, hello) = server.connect(&server.token("alice", Some("tablet")), "").await;
+    assert_eq!(hello["topics"], json!(["post:42"]));
+    let presence = server.presence("alice").await;
+    for session in presence["sessions"].as_array().unwrap() {
+        assert_eq!(session["clients"][0]["topics"], json!(["post:42"]), "{presence}");
+    }
+    publish_topic(&server, "post:42", json!({"data": 2})).await;
+    for tab in [&mut laptop, &mut phone, &mut tablet] {
+        assert_eq!(topic_event(tab).await["data"], 2);
+    }
+
+    // Unfollowed: no tab gets it any more.
+    let (status, body) =
+        server.post_api("/v1/topics/unlisten", json!({"topics": ["post:42"], "user": "alice"})).await;
+    assert_eq!((status, body), (200, json!({"user": "alice", "topics": []})));
+    let (_, body) = publish_topic(&server, "post:42", json!({})).await;
+    assert_eq!(body["delivered"], 0);
+    for tab in [&mut laptop, &mut phone, &mut tablet] {
+        tab.expect_silence(QUIET).await;
+    }
+}
+
+#[tokio::test]
+async fn a_session_listens_until_it_is_closed_and_scopes_add_up_without_doubles() {
+    let server = TestServer::start().await;
+    let token = token_listening("alice", "s1", &["room:*"]);
+    let (mut tab1, hello1) = server.connect(&token, "topics=room:1").await;
+    let (mut tab2, _) = server.connect(&token, "").await;
+    let (mut other_session, _) = server.connect(&token_listening("alice", "s2", &["room:*"]), "").await;
+
+    // The session scope, from the tab's own token: both tabs of s1, not s2.
+    let (status, body) =
+        post_as_tab(&server, "/v1/listen", &token, None, json!({"topics": ["room:1"], "scope": "session"}))
+            .await;
+    assert_eq!((status, body), (200, json!({"user": "alice", "session": "s1", "topics": ["room:1"]})));
+    let forbidden =
+        post_as_tab(&server, "/v1/listen", &token, None, json!({"topics": ["post:1"], "scope": "user"}))
+            .await;
+    assert_error(&forbidden, 403, "topic_forbidden");
+    let (_, body) = publish_topic(&server, "room:1", json!({})).await;
+    assert_eq!(body["delivered"], 2, "tab1 listens at two scopes and gets it once");
+    topic_event(&mut tab1).await;
+    topic_event(&mut tab2).await;
+    tab1.expect_silence(QUIET).await;
+    other_session.expect_silence(QUIET).await;
+
+    // tab1 stops at client scope: the session scope still covers it.
+    let (status, body) = post_as_tab(
+        &server,
+        "/v1/unlisten",
+        &token,
+        Some(&client_of(&hello1)),
+        json!({"topics": ["room:1"]}),
+    )
+    .await;
+    assert_eq!((status, body["topics"].clone()), (200, json!(["room:1"])), "still listening, by its session");
+    let (_, body) = publish_topic(&server, "room:1", json!({})).await;
+    assert_eq!(body["delivered"], 2);
+    topic_event(&mut tab1).await;
+    topic_event(&mut tab2).await;
+
+    // The session is closed: its listens go with it (the store's too).
+    let (status, _) = server.delete("/v1/users/alice/sessions/s1").await;
+    assert_eq!(status, 200);
+    tab1.expect_closed("session_closed").await;
+    tab2.expect_closed("session_closed").await;
+    let listens = server.app.store.listens(&herald_core::UserId::new("alice").unwrap()).await.unwrap();
+    assert!(listens.is_empty(), "{listens:?}");
+    let (_, body) = publish_topic(&server, "room:1", json!({})).await;
+    assert_eq!(body["delivered"], 0);
+}
+
+#[tokio::test]
+async fn listens_kept_in_the_store_have_their_bounds() {
+    let limits = Limits { topics_per_user_max: 2, topics_per_session_max: 1, ..Limits::default() };
+    let server = TestServer::with(limits, settings(), support::memory(Default::default())).await;
+    let (status, _) =
+        server.post_api("/v1/topics/listen", json!({"topics": ["a", "b"], "user": "alice"})).await;
+    assert_eq!(status, 200);
+    let over = server.post_api("/v1/topics/listen", json!({"topics": ["c"], "user": "alice"})).await;
+    assert_error(&over, 409, "too_many_topics");
+    let over = server
+        .post_api("/v1/topics/listen", json!({"topics": ["a", "b"], "user": "alice", "session": "s1"}))
+        .await;
+    assert_error(&over, 409, "too_many_topics");
+    let (status, body) =
+        server.post_api("/v1/topics/listen", json!({"topics": ["b", "a"], "user": "alice"})).await;
+    assert_eq!((status, body["topics"].clone()), (200, json!(["a", "b"])), "nothing new: not over");
 }
