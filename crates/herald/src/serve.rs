@@ -265,6 +265,12 @@ pub struct ServeArgs {
     /// Topics one tab listens to; a listen over it is refused (409 `too_many_topics`).
     #[arg(long, env = "HERALD_TOPICS_PER_CLIENT_MAX", default_value_t = 100)]
     pub topics_per_client_max: usize,
+    /// Topics one session listens to (session scope, kept in the store); over it: 409.
+    #[arg(long, env = "HERALD_TOPICS_PER_SESSION_MAX", default_value_t = 100)]
+    pub topics_per_session_max: usize,
+    /// Topics one user listens to (user scope, kept in the store); over it: 409.
+    #[arg(long, env = "HERALD_TOPICS_PER_USER_MAX", default_value_t = 1_000)]
+    pub topics_per_user_max: usize,
     /// Events queued per client; a client whose queue is full is closed with reason `lagging`.
     #[arg(long, env = "HERALD_CLIENT_QUEUE_LEN_MAX", default_value_t = 1_000)]
     pub client_queue_len_max: usize,
@@ -351,6 +357,8 @@ impl ServeArgs {
             data_bytes_max: self.data_bytes_max,
             publish_bytes_max: self.publish_bytes_max,
             topics_per_client_max: self.topics_per_client_max.max(1),
+            topics_per_session_max: self.topics_per_session_max.max(1),
+            topics_per_user_max: self.topics_per_user_max.max(1),
             ..Limits::default()
         }
     }
