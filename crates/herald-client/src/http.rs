@@ -1,5 +1,5 @@
 //! What the publisher and the subscriber share: the base URL and how routes are built on it,
-//! the HTTP client's settings, and reading answers within bounds.
+//! the HTTP client's settings, reading answers within bounds, and the answer of a listen.
 
 use std::time::Duration;
 
@@ -132,6 +132,21 @@ async fn http_error(response: Response) -> ClientError {
             ClientError::Http { status: status.as_u16(), code: format!("http_{}", status.as_u16()), message }
         }
     }
+}
+
+/// The answer of a listen or unlisten, by a subscriber or a publisher: `{"client": C, "topics":
+/// [every topic the client listens to now]}`.
+#[derive(Deserialize)]
+pub(crate) struct Listening {
+    pub topics: Vec<String>,
+}
+
+/// Serializes a list of topics given as any strings.
+pub(crate) fn as_strs<S: serde::Serializer, T: AsRef<str>>(
+    items: &[T],
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.collect_seq(items.iter().map(AsRef::as_ref))
 }
 
 /// The whole body, or `None` when it is longer than `limit`.

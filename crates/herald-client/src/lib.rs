@@ -1,22 +1,36 @@
 //! A typed Rust client for Herald's HTTP API (`docs/PROTOCOL.md`): publish notifications, ask
-//! for presence, subscribe over SSE or long-polling, and mint subscriber tokens. The `herald`
-//! CLI and the integration tests use it; so can any Rust app.
+//! for presence, subscribe over SSE or long-polling, listen to topics, and mint subscriber
+//! tokens. The `herald` CLI and the integration tests use it; so can any Rust app.
 //!
 //! # Layout
 //! In reading order, each module using only those above it:
-//! - [`types`]: the JSON bodies: [`To`], [`PublishRequest`], [`Notification`], [`Event`]…
+//! - [`types`]: the JSON bodies: [`To`], [`PublishRequest`], [`Notification`], [`TopicEvent`],
+//!   [`Event`]…
 //! - [`error`]: the error type, [`ClientError`].
-//! - [`token`]: [`mint_token`], the HS256 subscriber token, and its [`Claims`].
+//! - [`token`]: [`mint_token`], the HS256 subscriber token, and its [`Claims`] (with
+//!   [`mint_token_with_topics`], the topics its tabs may listen to by themselves); the checks of
+//!   ids and topics.
 //! - [`sse`]: [`SseParser`], an incremental, bounded `text/event-stream` parser.
 //! - `http`: what the handles share: the base URL and its routes, the HTTP client's settings,
 //!   and reading answers within bounds.
 //! - [`inbox`]: [`Inbox`], a user's inbox: counts, pages, marks, deletions.
 //! - [`publisher`]: [`Publisher`], the publishers' API (API key): publish, presence, stored
-//!   notifications, closing sessions, any user's [`Inbox`].
+//!   notifications, closing sessions, making any client listen to topics, any user's [`Inbox`].
 //! - [`subscriber`]: [`Subscriber`], one client's API (token): an SSE [`EventStream`] of
-//!   [`Event`]s, long-polls, and its user's own [`Inbox`].
+//!   [`Event`]s, long-polls, its topics, and its user's own [`Inbox`].
 //! - [`listener`]: [`Listener`], a subscriber that resumes by itself after a dropped connection,
-//!   with backoff, and never yields a durable notification twice.
+//!   with backoff, never yields a durable notification twice, and keeps its topics.
+//!
+//! # Topics
+//! A topic (`"room:1"`, 1–128 bytes of `[A-Za-z0-9_.:@/-]`) is a key any client may listen to,
+//! whoever its user; a publish `to` [`To::topic`] reaches every client listening, as an
+//! [`Event::Topic`] (ephemeral: publish it with [`PublishRequest::ephemeral`]; leave out the
+//! user who caused it with [`PublishRequest::except_user`]). A client listens by naming topics
+//! when it connects ([`StreamOptions::topics`], [`PollOptions::topics`],
+//! [`ListenerOptions::topics`]) or later ([`Subscriber::listen`], [`Listener::listen`]), each one
+//! allowed by its token's `topics` claim ([`mint_token_with_topics`]; else 403
+//! `topic_forbidden`); or the app's backend makes it listen with the API key
+//! ([`Publisher::listen`]).
 //!
 //! # Example
 //!
@@ -68,9 +82,9 @@ pub use inbox::{
 pub use listener::{ListenTransport, Listener, ListenerOptions, is_final_close};
 pub use publisher::Publisher;
 pub use sse::{SseEvent, SseItem, SseParser};
-pub use subscriber::{EventStream, StreamOptions, Subscriber};
-pub use token::{Claims, mint_token};
+pub use subscriber::{EventStream, PollOptions, StreamOptions, Subscriber};
+pub use token::{Claims, check_topic, mint_token, mint_token_with_topics};
 pub use types::{
     ClientPresence, Event, Notification, PollResponse, Presence, PublishRequest, PublishResponse, Published,
-    SessionPresence, To, Undecodable,
+    SessionPresence, To, TopicEvent, Undecodable,
 };

@@ -10,12 +10,21 @@
 //! (`lagging`, `shutdown`, `error`, a reason it does not know, a dropped or silent connection,
 //! a 5xx) is followed by a reconnect. A notification it cannot decode ends nothing: it comes as
 //! [`Event::Undecodable`] with its seq, and the position moves past it.
+//!
+//! Topics: it names the topics it was told to listen to ([`ListenerOptions::topics`],
+//! [`Listener::listen`], less [`Listener::unlisten`]) on every connection and every poll. The
+//! server keeps a client's listens with its id, but only while it remembers the id (the client
+//! linger; not across a restart of a server that keeps clients in memory): naming them again is
+//! what makes them outlive that. It does not adopt the topics a `hello` lists: those the app's
+//! backend made the client listen to ([`crate::Publisher::listen`]) may be outside the token's
+//! claim, and naming them would get every later connection refused (403).
 
 use std::collections::VecDeque;
 use std::time::Duration;
 
 use crate::error::{ClientError, Result};
-use crate::subscriber::{EventStream, StreamOptions, Subscriber};
+use crate::subscriber::{EventStream, PollOptions, StreamOptions, Subscriber};
+use crate::token::check_topics;
 use crate::types::{Event, Notification, PollResponse, Undecodable};
 
 /// Wait before the first reconnect after a failure.
@@ -62,6 +71,10 @@ pub struct ListenerOptions {
     pub backoff_max: Duration,
     /// The long-poll wait in seconds (transport `Poll`); `None` for the server's default.
     pub poll_timeout_s: Option<u64>,
+    /// Topics to listen to, named on every connection (see the [module docs](self)). Each one
+    /// must be allowed by the token's `topics` claim: else the server refuses the connection
+    /// (403 `topic_forbidden`), which ends the listener with that error.
+    pub topics: Vec<String>,
 }
 
 impl Default for ListenerOptions {
@@ -75,6 +88,7 @@ impl Default for ListenerOptions {
             backoff_initial: BACKOFF_INITIAL,
             backoff_max: BACKOFF_MAX,
             poll_timeout_s: None,
+            topics: Vec::new(),
         }
     }
 }
@@ -93,6 +107,11 @@ pub struct Listener {
     /// resumes with the old epoch again (and gets its `reset` again).
     epoch_after_reset: Option<String>,
     client: Option<String>,
+    /// `client` came from the server (a `hello` or a poll answer): a listen can name it.
+    client_known: bool,
+    /// The topics named on every connection: the options', plus those listened to through
+    /// [`Listener::listen`], less those of [`Listener::unlisten`]; each once, in order.
+    topics: Vec<String>,
     stream: Option<EventStream>,
     /// Events of the last long-poll answer not yet yielded (at most one answer's worth).
     pending: VecDeque<Event>,
@@ -106,11 +125,15 @@ pub struct Listener {
 
 impl Listener {
     pub fn new(subscriber: Subscriber, options: ListenerOptions) -> Self {
+        let mut topics = Vec::new();
+        remember(&mut topics, &options.topics);
         Self {
             position: options.resume_after,
             epoch: options.epoch.clone(),
             epoch_after_reset: None,
             client: options.client.clone(),
+            client_known: false,
+            topics,
             subscriber,
             options,
             stream: None,
@@ -141,6 +164,44 @@ impl Listener {
     /// How many attempts to connect followed a failure or an end of stream.
     pub fn reconnects(&self) -> u64 {
         self.reconnects
+    }
+
+    /// The topics it names on every connection (see the [module docs](self)).
+    pub fn topics(&self) -> &[String] {
+        &self.topics
+    }
+
+    /// Listens to `topics` too, now and after every reconnect. Once the server has given the
+    /// client id, this is `POST /v1/listen` ([`Subscriber::listen`]): the topics are remembered
+    /// only if the server accepts them (a refusal, e.g. 403 `topic_forbidden`, changes nothing),
+    /// and the answer is every topic the client listens to now. Before that (no `hello` or
+    /// poll answer yet), they are checked and remembered, to be named when it connects, and the
+    /// answer is [`Listener::topics`].
+    ///
+    /// Call it between two [`Listener::next_event`]s (which is cancel-safe, so a `select!`
+    /// with a channel of listens works).
+    pub async fn listen(&mut self, topics: &[impl AsRef<str>]) -> Result<Vec<String>> {
+        check_topics(topics)?;
+        let answer = match (&self.client, self.client_known) {
+            (Some(client), true) => Some(self.subscriber.listen(client, topics).await?),
+            _ => None,
+        };
+        remember(&mut self.topics, topics);
+        Ok(answer.unwrap_or_else(|| self.topics.clone()))
+    }
+
+    /// Stops listening to `topics`: they are forgotten here at once (no later connection names
+    /// them), then, once the server has given the client id, `POST /v1/unlisten`
+    /// ([`Subscriber::unlisten`]), whose answer (every topic the client listens to now) is
+    /// returned; before that, [`Listener::topics`]. When the request fails, the server may still
+    /// have the client listen to them until it forgets the client: call it again.
+    pub async fn unlisten(&mut self, topics: &[impl AsRef<str>]) -> Result<Vec<String>> {
+        check_topics(topics)?;
+        self.topics.retain(|kept| !topics.iter().any(|t| t.as_ref() == kept));
+        match (&self.client, self.client_known) {
+            (Some(client), true) => self.subscriber.unlisten(client, topics).await,
+            _ => Ok(self.topics.clone()),
+        }
     }
 
     /// The next event, reconnecting as needed. `Ok(None)` once it has ended (after a final
@@ -176,6 +237,7 @@ impl Listener {
                 epoch: self.epoch.clone(),
                 client: self.client.clone(),
                 via_header: false,
+                topics: self.topics.clone(),
             };
             match self.subscriber.stream(options).await {
                 Ok(stream) => self.stream = Some(stream),
@@ -203,6 +265,7 @@ impl Listener {
                 // The connection works: the next failure starts the backoff afresh.
                 self.failures = 0;
                 self.client = Some(client.clone());
+                self.client_known = true;
                 self.epoch_after_reset = None;
                 match (&self.epoch, epoch) {
                     // Of another epoch than our position's: a `reset` follows, which moves the
@@ -232,7 +295,8 @@ impl Listener {
                 }
                 self.position = Some(*seq);
             }
-            Event::Notification(_) | Event::Undecodable(_) => {}
+            // Ephemeral: nothing to resume from.
+            Event::Notification(_) | Event::Undecodable(_) | Event::Topic(_) => {}
             // Not `advance`: a reset for another epoch moves the position back when the new log
             // is shorter (a reset for retention never does).
             Event::Reset { last_seq } => {
@@ -263,8 +327,14 @@ impl Listener {
     /// One long-poll; its events go to `pending`.
     async fn poll_once(&mut self) -> Result<()> {
         self.wait().await;
-        let (after, epoch) = (self.position, self.epoch.as_deref());
-        match self.subscriber.poll(after, epoch, self.options.poll_timeout_s, self.client.as_deref()).await {
+        let options = PollOptions {
+            after: self.position,
+            epoch: self.epoch.clone(),
+            timeout_s: self.options.poll_timeout_s,
+            client: self.client.clone(),
+            topics: self.topics.clone(),
+        };
+        match self.subscriber.poll_with(&options).await {
             Ok(answer) => {
                 self.failures = 0;
                 self.take_poll_answer(answer);
@@ -276,6 +346,7 @@ impl Listener {
 
     fn take_poll_answer(&mut self, answer: PollResponse) {
         self.client = Some(answer.client);
+        self.client_known = true;
         if answer.epoch.is_some() {
             self.epoch = answer.epoch;
         }
@@ -295,6 +366,10 @@ impl Listener {
             if let Some(event) = self.accept(event) {
                 self.pending.push_back(event);
             }
+        }
+        // After the notifications: an answer does not say how the two kinds interleaved.
+        for topic_event in answer.topic {
+            self.pending.push_back(topic_event.map_or_else(Event::Undecodable, Event::Topic));
         }
         self.advance(answer.last_seq);
         if let Some(reason) = answer.closed {
@@ -342,6 +417,16 @@ impl Listener {
             // Only after the sleep: a `next_event` cancelled during it waits again when called again.
             self.delay = None;
             self.reconnects += 1;
+        }
+    }
+}
+
+/// Adds each of `topics` that `kept` does not hold yet, in order.
+fn remember(kept: &mut Vec<String>, topics: &[impl AsRef<str>]) {
+    for topic in topics {
+        let topic = topic.as_ref();
+        if !kept.iter().any(|t| t == topic) {
+            kept.push(topic.to_owned());
         }
     }
 }

@@ -1,12 +1,17 @@
-//! [`Publisher`]: the publishers' side of the API, authenticated with the API key.
+//! [`Publisher`]: the publishers' side of the API, authenticated with the API key: publishing
+//! (to users, sessions, clients, topics), presence, stored notifications, closing sessions,
+//! making a client listen to topics, any user's inbox.
 
 use reqwest::Method;
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ClientError, Result};
-use crate::http::{Endpoint, REQUEST_TIMEOUT, check_status, http_client, path_id, read_json};
+use crate::http::{
+    Endpoint, Listening, REQUEST_TIMEOUT, as_strs, check_status, http_client, path_id, read_json,
+};
 use crate::inbox::Inbox;
+use crate::token::{check_id, check_topics};
 use crate::types::{Notification, Presence, PublishRequest, PublishResponse};
 
 /// Publishes notifications and manages users' sessions. Cheap to clone: clones share one
@@ -121,6 +126,42 @@ impl Publisher {
         let user = path_id("user id", user)?;
         let response = self.request(Method::DELETE, &["v1", "users", user, "sessions"]).send().await?;
         Ok(read_json::<Closed>(response, "close answer").await?.closed)
+    }
+
+    /// `POST /v1/topics/listen`: makes the client `client` (any user's, wherever it is
+    /// connected) listen to `topics` too, 1 to 100, whatever its token's `topics` claim says.
+    /// Returns every topic it listens to now. 404 `client_not_found` when no node has the
+    /// client. The server keeps the listens with the client id until it forgets the client.
+    pub async fn listen(&self, client: &str, topics: &[impl AsRef<str>]) -> Result<Vec<String>> {
+        self.change_listens("listen", client, topics).await
+    }
+
+    /// `POST /v1/topics/unlisten`: the client stops listening to `topics`. Returns every topic it
+    /// listens to now.
+    pub async fn unlisten(&self, client: &str, topics: &[impl AsRef<str>]) -> Result<Vec<String>> {
+        self.change_listens("unlisten", client, topics).await
+    }
+
+    async fn change_listens(
+        &self,
+        route: &'static str,
+        client: &str,
+        topics: &[impl AsRef<str>],
+    ) -> Result<Vec<String>> {
+        #[derive(Serialize)]
+        struct Body<'a, T: AsRef<str>> {
+            #[serde(serialize_with = "as_strs")]
+            topics: &'a [T],
+            client: &'a str,
+        }
+        check_id("client id", client)?;
+        check_topics(topics)?;
+        let response = self
+            .request(Method::POST, &["v1", "topics", route])
+            .json(&Body { topics, client })
+            .send()
+            .await?;
+        Ok(read_json::<Listening>(response, "listen answer").await?.topics)
     }
 
     /// `…/v1/users/{user}/inbox…`: any user's inbox (counts, pages, marks, deletions). Their

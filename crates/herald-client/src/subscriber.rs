@@ -1,16 +1,17 @@
 //! [`Subscriber`]: one client's side of the API, authenticated with a subscriber token: an SSE
-//! [`EventStream`], or long-polls.
+//! [`EventStream`], or long-polls, and the topics a client listens to.
 
 use std::collections::VecDeque;
 use std::time::Duration;
 
 use reqwest::header::{ACCEPT, CONTENT_TYPE};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{ClientError, Result};
-use crate::http::{Endpoint, REQUEST_TIMEOUT, check_status, http_client, read_json};
+use crate::http::{Endpoint, Listening, REQUEST_TIMEOUT, as_strs, check_status, http_client, read_json};
 use crate::inbox::Inbox;
 use crate::sse::{SseEvent, SseItem, SseParser};
+use crate::token::{check_id, check_topic, check_topics};
 use crate::types::{Event, PollResponse, Undecodable};
 
 /// How long a stream may send nothing before it is taken for dead (a half-open connection
@@ -39,6 +40,45 @@ pub struct StreamOptions {
     /// Send `resume_after` as the `Last-Event-ID` header (as a browser's EventSource does)
     /// rather than as `?last_event_id=`.
     pub via_header: bool,
+    /// Topics to listen to (`?topics=`), besides those the client listens to already (a
+    /// reconnecting client keeps its listens while the server remembers its id). Each one must
+    /// be allowed by the token's `topics` claim: else the stream is refused, 403
+    /// `topic_forbidden`.
+    pub topics: Vec<String>,
+}
+
+/// What a long-poll asks for ([`Subscriber::poll_with`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PollOptions {
+    /// The notifications after this seq (the previous answer's `last_seq`); `None`: after the
+    /// user's current last seq.
+    pub after: Option<u64>,
+    /// The epoch of `after` (the previous answer's).
+    pub epoch: Option<String>,
+    /// How long to wait when there is nothing yet, in seconds (server default 20, at most
+    /// [`POLL_TIMEOUT_MAX_S`]).
+    pub timeout_s: Option<u64>,
+    /// The client id (the previous answer's `client`).
+    pub client: Option<String>,
+    /// Topics to listen to, as for [`StreamOptions::topics`]: naming them on every poll costs
+    /// nothing (those listened to already are not counted twice).
+    pub topics: Vec<String>,
+}
+
+/// The `?topics=` value: the topics, each checked (a `,` in one would split it).
+fn topics_query(topics: &[String]) -> Result<Option<String>> {
+    if topics.is_empty() {
+        return Ok(None);
+    }
+    topics.iter().try_for_each(|topic| check_topic(topic))?;
+    Ok(Some(topics.join(",")))
+}
+
+/// The body of `POST /v1/listen` and `/v1/unlisten`.
+#[derive(Serialize)]
+struct ListenBody<'a, T: AsRef<str>> {
+    #[serde(serialize_with = "as_strs")]
+    topics: &'a [T],
 }
 
 /// A subscriber: opens streams and long-polls with one token. Cheap to clone.
@@ -103,6 +143,9 @@ impl Subscriber {
         if let Some(client) = &options.client {
             request = request.query(&[("client", client)]);
         }
+        if let Some(topics) = topics_query(&options.topics)? {
+            request = request.query(&[("topics", topics)]);
+        }
         // Not `RequestBuilder::timeout`: that would bound the whole, endless body too.
         let response = tokio::time::timeout(REQUEST_TIMEOUT, request.send())
             .await
@@ -126,22 +169,73 @@ impl Subscriber {
         timeout_s: Option<u64>,
         client: Option<&str>,
     ) -> Result<PollResponse> {
+        let options = PollOptions {
+            after,
+            epoch: epoch.map(str::to_owned),
+            timeout_s,
+            client: client.map(str::to_owned),
+            topics: Vec::new(),
+        };
+        self.poll_with(&options).await
+    }
+
+    /// `GET /v1/poll` with every option, topics included; see [`Subscriber::poll`].
+    pub async fn poll_with(&self, options: &PollOptions) -> Result<PollResponse> {
         let mut request = self.http.get(self.endpoint.url(&["v1", "poll"])).bearer_auth(&self.token);
-        if let Some(after) = after {
+        if let Some(after) = options.after {
             request = request.query(&[("after", after)]);
-            if let Some(epoch) = epoch {
+            if let Some(epoch) = &options.epoch {
                 request = request.query(&[("epoch", epoch)]);
             }
         }
-        if let Some(timeout_s) = timeout_s {
+        if let Some(timeout_s) = options.timeout_s {
             request = request.query(&[("timeout", timeout_s)]);
         }
-        if let Some(client) = client {
+        if let Some(client) = &options.client {
             request = request.query(&[("client", client)]);
         }
-        let wait = Duration::from_secs(timeout_s.unwrap_or(POLL_TIMEOUT_MAX_S).min(POLL_TIMEOUT_MAX_S));
+        if let Some(topics) = topics_query(&options.topics)? {
+            request = request.query(&[("topics", topics)]);
+        }
+        let wait =
+            Duration::from_secs(options.timeout_s.unwrap_or(POLL_TIMEOUT_MAX_S).min(POLL_TIMEOUT_MAX_S));
         let response = request.timeout(wait + POLL_GRACE).send().await?;
         read_json(response, "poll answer").await
+    }
+
+    /// `POST /v1/listen`: the client `client` (this token's user and session's: a `hello`'s or
+    /// poll answer's `client`) listens to `topics` too, 1 to 100, each allowed by the token's
+    /// `topics` claim (else 403 `topic_forbidden`, nothing changed). Returns every topic it
+    /// listens to now. The server keeps them with the client id: a reconnect with the same
+    /// `client` still listens to them, until the server forgets the client (after its linger).
+    pub async fn listen(&self, client: &str, topics: &[impl AsRef<str>]) -> Result<Vec<String>> {
+        self.change_listens("listen", client, topics).await
+    }
+
+    /// `POST /v1/unlisten`: the client stops listening to `topics` (those it does not listen to
+    /// are ignored; no claim is needed). Returns every topic it listens to now.
+    pub async fn unlisten(&self, client: &str, topics: &[impl AsRef<str>]) -> Result<Vec<String>> {
+        self.change_listens("unlisten", client, topics).await
+    }
+
+    async fn change_listens(
+        &self,
+        route: &'static str,
+        client: &str,
+        topics: &[impl AsRef<str>],
+    ) -> Result<Vec<String>> {
+        check_id("client id", client)?;
+        check_topics(topics)?;
+        let response = self
+            .http
+            .post(self.endpoint.url(&["v1", route]))
+            .bearer_auth(&self.token)
+            .header("X-Herald-Client", client)
+            .timeout(REQUEST_TIMEOUT)
+            .json(&ListenBody { topics })
+            .send()
+            .await?;
+        Ok(read_json::<Listening>(response, "listen answer").await?.topics)
     }
 }
 
@@ -231,6 +325,8 @@ pub(crate) fn decode_event(event: SseEvent) -> Result<Option<Event>> {
         last_seq: u64,
         #[serde(default)]
         epoch: Option<String>,
+        #[serde(default)]
+        topics: Vec<String>,
     }
     #[derive(Deserialize)]
     struct Reset {
@@ -245,17 +341,22 @@ pub(crate) fn decode_event(event: SseEvent) -> Result<Option<Event>> {
     }
     Ok(Some(match event.event.as_str() {
         "hello" => {
-            let Hello { user, session, client, last_seq, epoch } = json(&event.data, "hello event")?;
+            let Hello { user, session, client, last_seq, epoch, topics } = json(&event.data, "hello event")?;
             let id = match event.id.as_deref() {
                 None | Some("") => None,
                 Some(id) => Some(id.parse().map_err(|_| ClientError::Protocol(format!("hello id {id:?}")))?),
             };
-            Event::Hello { user, session, client, last_seq, id, epoch }
+            Event::Hello { user, session, client, last_seq, id, epoch, topics }
         }
         // The publisher's `data` may be JSON this client cannot decode (stored before the server
         // refused it): an event of its own, with its seq, never the end of the stream.
         "notification" => match Undecodable::decode(&event.data, event.id.as_deref()) {
             Ok(notification) => Event::Notification(notification),
+            Err(undecodable) => Event::Undecodable(undecodable),
+        },
+        // The same for a topic event (ephemeral: no `id:`, no seq).
+        "topic" => match Undecodable::decode_topic_event(&event.data) {
+            Ok(topic_event) => Event::Topic(topic_event),
             Err(undecodable) => Event::Undecodable(undecodable),
         },
         "reset" => Event::Reset { last_seq: json::<Reset>(&event.data, "reset event")?.last_seq },
@@ -289,11 +390,26 @@ mod tests {
                 last_seq: 4,
                 id: Some(2),
                 epoch: Some("e1".into()),
+                topics: Vec::new(),
             })
         );
-        // A server without epochs.
+        // A server without epochs (nor topics).
         let old = decode_event(sse("hello", r#"{"user":"a","session":"s","client":"c","last_seq":4}"#, None));
         assert!(matches!(old.unwrap(), Some(Event::Hello { epoch: None, .. })));
+        let with_topics = decode_event(sse(
+            "hello",
+            r#"{"user":"a","session":"s","client":"c","last_seq":4,"topics":["room:1","post:2"]}"#,
+            Some("4"),
+        ));
+        let Some(Event::Hello { topics, .. }) = with_topics.unwrap() else { panic!() };
+        assert_eq!(topics, ["room:1", "post:2"]);
+        let topic = decode_event(sse(
+            "topic",
+            r#"{"topic":"room:1","type":"message","data":{"text":"hi"},"created_at":"x"}"#,
+            None,
+        ));
+        let Some(Event::Topic(t)) = topic.unwrap() else { panic!() };
+        assert_eq!((t.topic.as_str(), t.kind.as_str(), t.data), ("room:1", "message", json!({"text": "hi"})));
         let n = decode_event(sse(
             "notification",
             r#"{"seq":3,"type":"t","data":[1],"created_at":"x"}"#,
@@ -324,6 +440,10 @@ mod tests {
             panic!()
         };
         assert_eq!((u.seq, u.kind), (Some(8), None));
+        // A topic event too: no seq, its topic.
+        let text = r#"{"topic":"room:1","type":"t","data":"\ud800","created_at":"x"}"#;
+        let Some(Event::Undecodable(u)) = decode_event(sse("topic", text, None)).unwrap() else { panic!() };
+        assert_eq!((u.seq, u.topic.as_deref(), u.raw.as_str()), (None, Some("room:1"), text));
     }
 
     #[test]

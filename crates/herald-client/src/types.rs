@@ -19,12 +19,27 @@ pub struct Notification {
     pub created_at: String,
 }
 
-/// A notification this client could not decode: its `data` nests deeper than serde_json's
-/// 128 levels, holds a number beyond f64 (`1e999999`) or a lone surrogate escape (`"\ud800"`).
-/// A server refuses such `data` at publish since it checks it, but one may have been stored
-/// before (an old database), or a server may send something else broken. It comes as an event
-/// of its own, with its seq, so that one notification never ends a stream: a [`crate::Listener`]
-/// moves past its seq like past any notification.
+/// One event of a topic the client listens to (SSE `event: topic`, a poll answer's `topic`):
+/// ephemeral, so it has no seq and is never replayed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TopicEvent {
+    /// The topic it was published to.
+    pub topic: String,
+    /// Its `type`, chosen by the publisher (`"notification"` by default).
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The publisher's payload, as it was sent.
+    pub data: Value,
+    /// When it was published, RFC 3339 in UTC.
+    pub created_at: String,
+}
+
+/// A notification (or topic event) this client could not decode: its `data` nests deeper than
+/// serde_json's 128 levels, holds a number beyond f64 (`1e999999`) or a lone surrogate escape
+/// (`"\ud800"`). A server refuses such `data` at publish since it checks it, but one may have
+/// been stored before (an old database), or a server may send something else broken. It comes as
+/// an event of its own, with its seq, so that one notification never ends a stream: a
+/// [`crate::Listener`] moves past its seq like past any notification.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Undecodable {
     /// Its seq, when the envelope or the SSE `id` said it; `None` for an ephemeral one.
@@ -33,6 +48,9 @@ pub struct Undecodable {
     /// Its `type`, when it could be read.
     #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
     pub kind: Option<String>,
+    /// Its topic, when it is a topic event and that could be read (`None` for a notification).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
     /// Why it could not be decoded (serde_json's message).
     pub error: String,
     /// Its JSON text as the server sent it, for a more lenient parser or a log.
@@ -48,22 +66,29 @@ impl Undecodable {
             seq: Option<u64>,
             #[serde(rename = "type")]
             kind: Option<String>,
+            topic: Option<String>,
         }
-        let (seq, kind) = match serde_json::from_str::<Envelope>(raw) {
-            Ok(Envelope { seq, kind }) => (seq, kind),
-            Err(_) => (id.and_then(|id| id.parse().ok()), None),
+        let (seq, kind, topic) = match serde_json::from_str::<Envelope>(raw) {
+            Ok(Envelope { seq, kind, topic }) => (seq, kind, topic),
+            Err(_) => (id.and_then(|id| id.parse().ok()), None, None),
         };
-        Self { seq, kind, error: error.to_string(), raw: raw.to_owned() }
+        Self { seq, kind, topic, error: error.to_string(), raw: raw.to_owned() }
     }
 
     /// Decodes the notification `raw`, or says why not.
     pub fn decode(raw: &str, id: Option<&str>) -> Result<Notification, Undecodable> {
         serde_json::from_str(raw).map_err(|error| Self::new(raw, id, &error))
     }
+
+    /// Decodes the topic event `raw`, or says why not.
+    pub fn decode_topic_event(raw: &str) -> Result<TopicEvent, Undecodable> {
+        serde_json::from_str(raw).map_err(|error| Self::new(raw, None, &error))
+    }
 }
 
 /// Whom a notification is for. Serialized as the exact JSON shapes of `to`:
-/// `{"user": U}`, `{"users": [U, …]}`, `{"user": U, "session": S}`, `{"client": C}`.
+/// `{"user": U}`, `{"users": [U, …]}`, `{"user": U, "session": S}`, `{"client": C}`,
+/// `{"topic": T}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum To {
@@ -77,6 +102,10 @@ pub enum To {
     Users { users: Vec<String> },
     /// One client.
     Client { client: String },
+    /// Every tab listening to this topic, whoever its user: a `topic` event
+    /// ([`Event::Topic`]), not a notification. The server takes only ephemeral ones for now:
+    /// publish it with [`PublishRequest::ephemeral`] (else 400 `durable_topic_unsupported`).
+    Topic { topic: String },
 }
 
 impl To {
@@ -95,6 +124,11 @@ impl To {
     pub fn client(client: impl Into<String>) -> Self {
         To::Client { client: client.into() }
     }
+
+    /// Every tab listening to `topic`; see [`To::Topic`].
+    pub fn topic(topic: impl Into<String>) -> Self {
+        To::Topic { topic: topic.into() }
+    }
 }
 
 /// The body of `POST /v1/notify`. Fields left `None` are not sent, so the server's defaults
@@ -110,6 +144,10 @@ pub struct PublishRequest {
     /// Every client but this one: the tab that caused the notification.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub except_client: Option<String>,
+    /// No tab of this user (the one who caused it, say the author of a comment). Topic targets
+    /// only: with another target the server answers 400 `invalid_target`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub except_user: Option<String>,
     /// A repeated key within 24 hours gets the first answer and stores nothing new.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
@@ -118,7 +156,15 @@ pub struct PublishRequest {
 impl PublishRequest {
     /// A durable notification of the default type.
     pub fn new(to: To, data: Value) -> Self {
-        Self { to, kind: None, data, durable: None, except_client: None, idempotency_key: None }
+        Self {
+            to,
+            kind: None,
+            data,
+            durable: None,
+            except_client: None,
+            except_user: None,
+            idempotency_key: None,
+        }
     }
 
     /// Sets `type`.
@@ -135,6 +181,12 @@ impl PublishRequest {
 
     pub fn except_client(mut self, client: impl Into<String>) -> Self {
         self.except_client = Some(client.into());
+        self
+    }
+
+    /// Leaves out every tab of `user`; topic targets only (see [`PublishRequest::except_user`]).
+    pub fn except_user(mut self, user: impl Into<String>) -> Self {
+        self.except_user = Some(user.into());
         self
     }
 
@@ -191,6 +243,9 @@ pub struct ClientPresence {
     /// The node it is connected to (`--node-id`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
+    /// The topics it listens to.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub topics: Vec<String>,
 }
 
 /// The answer of `GET /v1/poll`.
@@ -202,6 +257,18 @@ pub struct PollResponse {
     /// notification the client cannot decode does not make the whole answer unreadable).
     #[serde(default, deserialize_with = "decode_each", serialize_with = "encode_each")]
     pub notifications: Vec<Result<Notification, Undecodable>>,
+    /// The events of the client's topics that came while the poll was open (or since the last
+    /// poll), each decoded or [`Undecodable`].
+    #[serde(
+        default,
+        deserialize_with = "decode_each_topic_event",
+        serialize_with = "encode_each",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub topic: Vec<Result<TopicEvent, Undecodable>>,
+    /// Every topic the client listens to now.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub topics: Vec<String>,
     /// Poll next with `after` = this.
     pub last_seq: u64,
     /// The epoch of `last_seq`: poll next with it. `None` from a server without epochs.
@@ -225,10 +292,18 @@ fn decode_each<'de, D: serde::Deserializer<'de>>(
     Ok(raw.iter().map(|raw| Undecodable::decode(raw.get(), None)).collect())
 }
 
-/// Writes each notification back as it came: decoded ones as JSON, undecodable ones as their
-/// raw text.
-fn encode_each<S: serde::Serializer>(
-    notifications: &[Result<Notification, Undecodable>],
+/// [`decode_each`] for topic events.
+fn decode_each_topic_event<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<Result<TopicEvent, Undecodable>>, D::Error> {
+    let raw = Vec::<Box<serde_json::value::RawValue>>::deserialize(deserializer)?;
+    Ok(raw.iter().map(|raw| Undecodable::decode_topic_event(raw.get())).collect())
+}
+
+/// Writes each notification (or topic event) back as it came: decoded ones as JSON,
+/// undecodable ones as their raw text.
+fn encode_each<S: serde::Serializer, T: Serialize>(
+    notifications: &[Result<T, Undecodable>],
     serializer: S,
 ) -> Result<S::Ok, S::Error> {
     use serde::ser::{Error as _, SerializeSeq};
@@ -256,7 +331,8 @@ fn encode_each<S: serde::Serializer>(
 pub enum Event {
     /// The first event of a stream: who the client is. `last_seq` is the user's last seq when
     /// it connected; `id` is where this stream starts (the resume position); `epoch` is the
-    /// epoch of both, to give back with a resume point (`None` from a server without epochs).
+    /// epoch of both, to give back with a resume point (`None` from a server without epochs);
+    /// `topics` are every topic the client listens to (empty from a server without topics).
     Hello {
         user: String,
         session: String,
@@ -266,9 +342,14 @@ pub enum Event {
         id: Option<u64>,
         #[serde(skip_serializing_if = "Option::is_none")]
         epoch: Option<String>,
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        topics: Vec<String>,
     },
     Notification(Notification),
-    /// A notification this client could not decode; see [`Undecodable`]. The stream goes on.
+    /// An event of a topic the client listens to. Ephemeral: not replayed after a reconnect.
+    Topic(TopicEvent),
+    /// A notification or topic event this client could not decode; see [`Undecodable`]. The
+    /// stream goes on.
     Undecodable(Undecodable),
     /// The resume point is no longer retained, or of another epoch (the server's database was
     /// restored or failed over, or it kept its log in memory and restarted): notifications were
@@ -297,6 +378,7 @@ mod tests {
             (To::users(["a", "b"]), json!({"users": ["a", "b"]})),
             (To::session("alice", "s1"), json!({"user": "alice", "session": "s1"})),
             (To::client("c1"), json!({"client": "c1"})),
+            (To::topic("room:1"), json!({"topic": "room:1"})),
         ];
         for (to, expected) in cases {
             assert_eq!(serde_json::to_value(&to).unwrap(), expected);
@@ -318,6 +400,76 @@ mod tests {
             json!({"to": {"user": "a", "session": "s"}, "type": "message.new", "data": null,
                    "durable": false, "except_client": "c", "idempotency_key": "k"})
         );
+    }
+
+    #[test]
+    fn a_topic_publish_has_the_documented_shape() {
+        let request =
+            PublishRequest::new(To::topic("room:1"), json!({"text": "hi"})).ephemeral().except_user("alice");
+        assert_eq!(
+            serde_json::to_value(&request).unwrap(),
+            json!({"to": {"topic": "room:1"}, "data": {"text": "hi"}, "durable": false, "except_user": "alice"})
+        );
+        let back: PublishRequest = serde_json::from_value(serde_json::to_value(&request).unwrap()).unwrap();
+        assert_eq!(back, request);
+    }
+
+    #[test]
+    fn topic_events_decode_and_serialize_with_an_event_tag() {
+        let wire = json!({"topic": "room:1", "type": "message", "data": {"text": "hi"},
+                          "created_at": "2026-12-04T23:00:00.123Z"});
+        let event: TopicEvent = serde_json::from_value(wire.clone()).unwrap();
+        assert_eq!(
+            event,
+            TopicEvent {
+                topic: "room:1".into(),
+                kind: "message".into(),
+                data: json!({"text": "hi"}),
+                created_at: "2026-12-04T23:00:00.123Z".into(),
+            }
+        );
+        // As `herald listen` prints it: the WebSocket's shape.
+        let mut line = wire;
+        line["event"] = json!("topic");
+        assert_eq!(serde_json::to_value(Event::Topic(event)).unwrap(), line);
+        // A hello lists the topics only when there are some.
+        let hello = |topics: Vec<String>| Event::Hello {
+            user: "u".into(),
+            session: "s".into(),
+            client: "c".into(),
+            last_seq: 0,
+            id: None,
+            epoch: None,
+            topics,
+        };
+        assert!(serde_json::to_value(hello(vec![])).unwrap().get("topics").is_none());
+        assert_eq!(serde_json::to_value(hello(vec!["a".into()])).unwrap()["topics"], json!(["a"]));
+    }
+
+    #[test]
+    fn a_poll_answer_has_its_topic_events_and_topics() {
+        let text = r#"{"client":"c","notifications":[],"last_seq":0,"epoch":"e",
+            "topic":[{"topic":"room:1","type":"t","data":[1],"created_at":"x"},
+                     {"topic":"room:2","type":"t","data":1e999999,"created_at":"x"}],
+            "topics":["room:1","room:2"]}"#;
+        let poll: PollResponse = serde_json::from_str(text).unwrap();
+        assert_eq!(poll.topics, ["room:1", "room:2"]);
+        assert_eq!(poll.topic.len(), 2);
+        let first = poll.topic[0].as_ref().unwrap();
+        assert_eq!((first.topic.as_str(), &first.data), ("room:1", &json!([1])));
+        let undecodable = poll.topic[1].as_ref().unwrap_err();
+        assert_eq!(
+            (undecodable.seq, undecodable.kind.as_deref(), undecodable.topic.as_deref()),
+            (None, Some("t"), Some("room:2"))
+        );
+        // Written back as they came; and absent when empty, as the server writes them.
+        let back = serde_json::to_string(&poll).unwrap();
+        assert!(back.contains("1e999999") && back.contains(r#""topics":["room:1","room:2"]"#), "{back}");
+        let empty: PollResponse =
+            serde_json::from_value(json!({"client": "c", "notifications": [], "last_seq": 0})).unwrap();
+        assert!(empty.topic.is_empty() && empty.topics.is_empty());
+        let back = serde_json::to_value(&empty).unwrap();
+        assert!(back.get("topic").is_none() && back.get("topics").is_none(), "{back}");
     }
 
     #[test]
@@ -380,9 +532,12 @@ mod tests {
         assert_eq!(poll.notifications[0].as_ref().unwrap().data, json!(5));
         let presence: Presence = serde_json::from_value(json!({
             "user": "alice", "sessions": [{"session": "s1", "clients": [
-                {"client": "c", "transport": "sse", "connected_at": "x", "last_seq": 17}]}]
+                {"client": "c", "transport": "sse", "connected_at": "x", "last_seq": 17},
+                {"client": "d", "transport": "ws", "connected_at": "x", "topics": ["room:1"]}]}]
         }))
         .unwrap();
         assert_eq!(presence.sessions[0].clients[0].last_seq, 17);
+        assert!(presence.sessions[0].clients[0].topics.is_empty());
+        assert_eq!(presence.sessions[0].clients[1].topics, ["room:1"]);
     }
 }

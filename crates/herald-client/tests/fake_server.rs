@@ -624,3 +624,171 @@ async fn publisher_sends_the_documented_requests() {
     );
     assert_eq!(requests[0].header("content-type"), Some("application/json"));
 }
+
+fn topic_event(topic: &str, n: u64) -> String {
+    format!(
+        "event: topic\ndata: {{\"topic\":\"{topic}\",\"type\":\"t\",\"data\":{{\"n\":{n}}},\"created_at\":\"x\"}}\n\n"
+    )
+}
+
+fn listening(client: &str, topics: &[&str]) -> Reply {
+    Reply::Json(200, json!({"client": client, "topics": topics}).to_string())
+}
+
+/// The listener names its topics on every connection: the options', plus those listened to
+/// through it (once the server accepted them), less those unlistened. Fails if a reconnect
+/// named none (a server that forgot the client would leave them), named a refused one (every
+/// later connection would be refused), or named an unlistened one again.
+#[tokio::test]
+async fn listener_names_its_topics_on_every_connection() {
+    let forbidden = r#"{"error":{"code":"topic_forbidden","message":"not in the claim"}}"#;
+    let server = FakeServer::start(vec![
+        Reply::Sse(vec![hello("c1", 0, 0), topic_event("room:1", 1)], End::Drop),
+        listening("c1", &["room:1", "room:2"]),
+        Reply::Json(403, forbidden.into()),
+        listening("c1", &["room:2"]),
+        Reply::Sse(vec![hello("c1", 0, 0), topic_event("room:2", 2), closed("session_closed")], End::Finish),
+    ])
+    .await;
+    let options = ListenerOptions { topics: vec!["room:1".into()], ..ListenerOptions::default() };
+    let mut listener = Listener::new(Subscriber::new(&server.url, "t").unwrap(), fast(options));
+    // Before it connects: remembered (once), no request.
+    assert_eq!(listener.listen(&["room:1"]).await.unwrap(), ["room:1"]);
+    assert!(matches!(listener.next_event().await.unwrap(), Some(Event::Hello { .. })));
+    assert_eq!(listener.listen(&["room:2"]).await.unwrap(), ["room:1", "room:2"]);
+    let refused = listener.listen(&["post:1"]).await.unwrap_err();
+    assert_eq!((refused.status(), refused.code()), (Some(403), Some("topic_forbidden")));
+    assert_eq!(listener.topics(), ["room:1", "room:2"], "a refused topic is not remembered");
+    let Some(Event::Topic(first)) = listener.next_event().await.unwrap() else { panic!() };
+    assert_eq!((first.topic.as_str(), first.data), ("room:1", json!({"n": 1})));
+    assert_eq!(listener.unlisten(&["room:1"]).await.unwrap(), ["room:2"]);
+    let (events, error) = drain(&mut listener).await;
+    assert!(error.is_none(), "{error:?}");
+    let topics: Vec<&str> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Topic(t) => Some(t.topic.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(topics, ["room:2"]);
+
+    let requests = server.requests().await;
+    let lines: Vec<&str> = requests.iter().map(|r| r.line.as_str()).collect();
+    assert_eq!(
+        lines,
+        [
+            "GET /v1/stream?topics=room%3A1 HTTP/1.1",
+            "POST /v1/listen HTTP/1.1",
+            "POST /v1/listen HTTP/1.1",
+            "POST /v1/unlisten HTTP/1.1",
+            "GET /v1/stream?last_event_id=0&client=c1&topics=room%3A2 HTTP/1.1",
+        ]
+    );
+    for (request, topics) in
+        requests[1..4].iter().zip([json!(["room:2"]), json!(["post:1"]), json!(["room:1"])])
+    {
+        assert_eq!(request.header("x-herald-client"), Some("c1"));
+        assert_eq!(request.header("authorization"), Some("Bearer t"));
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&request.body).unwrap(),
+            json!({"topics": topics})
+        );
+    }
+}
+
+/// Over long-polling: every poll names the topics; an answer's topic events come after its
+/// notifications.
+#[tokio::test]
+async fn listener_over_long_poll_names_its_topics_and_yields_topic_events() {
+    let n = json!({"seq": 1, "type": "t", "data": {}, "created_at": "x"});
+    let t = json!({"topic": "room:1", "type": "t", "data": "hi", "created_at": "x"});
+    let server = FakeServer::start(vec![
+        Reply::Json(
+            200,
+            json!({"client": "p1", "notifications": [n], "last_seq": 1, "topic": [t], "topics": ["room:1"]})
+                .to_string(),
+        ),
+        Reply::Json(
+            200,
+            json!({"client": "p1", "notifications": [], "last_seq": 1, "closed": "evicted"}).to_string(),
+        ),
+    ])
+    .await;
+    let options = ListenerOptions {
+        transport: ListenTransport::Poll,
+        poll_timeout_s: Some(5),
+        topics: vec!["room:1".into(), "post:7".into()],
+        ..Default::default()
+    };
+    let mut listener = Listener::new(Subscriber::new(&server.url, "t").unwrap(), fast(options));
+    let (events, error) = drain(&mut listener).await;
+    assert!(error.is_none(), "{error:?}");
+    assert!(matches!(&events[0], Event::Notification(n) if n.seq == Some(1)), "{events:?}");
+    assert!(
+        matches!(&events[1], Event::Topic(t) if t.topic == "room:1" && t.data == json!("hi")),
+        "{events:?}"
+    );
+    assert_eq!(events[2], Event::Closed { reason: "evicted".into() });
+    let targets: Vec<String> = server.requests().await.iter().map(|r| r.target().to_owned()).collect();
+    assert_eq!(
+        targets,
+        [
+            "/v1/poll?timeout=5&topics=room%3A1%2Cpost%3A7",
+            "/v1/poll?after=1&timeout=5&client=p1&topics=room%3A1%2Cpost%3A7",
+        ]
+    );
+}
+
+#[tokio::test]
+async fn listens_send_the_documented_requests_and_bad_topics_are_refused_before_any() {
+    let server = FakeServer::start(vec![
+        listening("c 1", &["room:1", "order:9"]),
+        listening("c 1", &[]),
+        listening("c2", &["room:1"]),
+    ])
+    .await;
+    let publisher = Publisher::new(&server.url, "key").unwrap();
+    assert_eq!(publisher.listen("c 1", &["room:1", "order:9"]).await.unwrap(), ["room:1", "order:9"]);
+    let owned = vec!["room:1".to_owned()];
+    assert!(publisher.unlisten("c 1", &owned).await.unwrap().is_empty());
+    let subscriber = Subscriber::new(&server.url, "tok").unwrap();
+    assert_eq!(subscriber.listen("c2", &owned).await.unwrap(), ["room:1"]);
+
+    // Refused here, before any request: a `,` would split `?topics=`.
+    let none: [&str; 0] = [];
+    for error in [
+        publisher.listen("c", &["a,b"]).await.unwrap_err(),
+        publisher.listen("c", &none).await.unwrap_err(),
+        publisher.listen("", &["a"]).await.unwrap_err(),
+        subscriber.unlisten("c", &["a b"]).await.unwrap_err(),
+        subscriber
+            .stream(StreamOptions { topics: vec!["a,b".into()], ..Default::default() })
+            .await
+            .unwrap_err(),
+        subscriber
+            .poll_with(&herald_client::PollOptions { topics: vec![String::new()], ..Default::default() })
+            .await
+            .unwrap_err(),
+    ] {
+        assert!(matches!(error, ClientError::InvalidArgument { .. }), "{error:?}");
+    }
+
+    let requests = server.requests().await;
+    assert_eq!(requests.len(), 3);
+    let lines: Vec<&str> = requests.iter().map(|r| r.line.as_str()).collect();
+    assert_eq!(
+        lines,
+        ["POST /v1/topics/listen HTTP/1.1", "POST /v1/topics/unlisten HTTP/1.1", "POST /v1/listen HTTP/1.1"]
+    );
+    let body = |i: usize| serde_json::from_str::<serde_json::Value>(&requests[i].body).unwrap();
+    assert_eq!(body(0), json!({"topics": ["room:1", "order:9"], "client": "c 1"}));
+    assert_eq!(body(1), json!({"topics": ["room:1"], "client": "c 1"}));
+    assert_eq!(body(2), json!({"topics": ["room:1"]}));
+    assert_eq!(requests[0].header("authorization"), Some("Bearer key"));
+    assert_eq!(requests[0].header("x-herald-client"), None);
+    assert_eq!(
+        (requests[2].header("authorization"), requests[2].header("x-herald-client")),
+        (Some("Bearer tok"), Some("c2"))
+    );
+}

@@ -95,6 +95,10 @@ struct TokenArgs {
     /// How long the token is valid: `30s`, `15m`, `1h`, `2d`…
     #[arg(long, default_value = "1h", value_parser = parse_ttl)]
     ttl: Duration,
+    /// The token's `topics` claim, comma-separated: the topics its tabs may listen to by
+    /// themselves, names (`post:42`) or prefixes (`room:*`, `*` for every topic).
+    #[arg(long, value_name = "PATTERNS", value_delimiter = ',')]
+    topics: Vec<String>,
     /// The server's token secret.
     #[arg(long, env = "HERALD_SECRET", hide_env_values = true)]
     secret: Option<String>,
@@ -103,7 +107,7 @@ struct TokenArgs {
 }
 
 #[derive(Debug, Args)]
-#[command(group(ArgGroup::new("target").args(["user", "users", "client"]).required(true).multiple(true)))]
+#[command(group(ArgGroup::new("target").args(["user", "users", "client", "topic"]).required(true).multiple(true)))]
 struct PublishArgs {
     /// Every client of this user (with `--session`: of that session only).
     #[arg(long, conflicts_with = "users")]
@@ -119,6 +123,15 @@ struct PublishArgs {
     /// Every client of each of these users, comma-separated.
     #[arg(long, value_delimiter = ',')]
     users: Vec<String>,
+    /// Every tab listening to this topic, whoever its user: a `topic` event, ephemeral (the only
+    /// kind of topic event the server takes so far).
+    #[arg(long, conflicts_with_all = ["user", "users", "client", "session"])]
+    topic: Option<String>,
+    /// No tab of this user gets it (the user who caused it); with `--topic` only.
+    // Not `requires = "topic"`: clap waives a requirement that conflicts with an argument
+    // given, and `--topic` conflicts with every other target.
+    #[arg(long, value_name = "USER", conflicts_with_all = ["user", "users", "client", "session"])]
+    except_user: Option<String>,
     /// The notification's type (the server's default: `notification`).
     #[arg(long = "type", value_name = "TYPE")]
     kind: Option<String>,
@@ -170,6 +183,10 @@ struct ListenArgs {
     /// Print the server's keep-alives too (as `{"event":"keep_alive"}`).
     #[arg(long)]
     keep_alive: bool,
+    /// Topics to listen to, comma-separated, named again on every reconnect (each one the
+    /// token's `topics` claim must allow).
+    #[arg(long, value_delimiter = ',')]
+    topics: Vec<String>,
     /// The server.
     #[arg(long, env = "HERALD_URL", default_value = DEFAULT_URL)]
     url: String,
@@ -262,7 +279,13 @@ fn token(args: TokenArgs) -> anyhow::Result<()> {
         Some(secret) => secret,
         None => dev_credential(&args.data_dir.data_dir, DevCredential::Secret)?,
     };
-    let token = herald_client::mint_token(secret.as_bytes(), &args.user, args.session.as_deref(), args.ttl)?;
+    let token = herald_client::mint_token_with_topics(
+        secret.as_bytes(),
+        &args.user,
+        args.session.as_deref(),
+        args.ttl,
+        &args.topics,
+    )?;
     println!("{token}");
     Ok(())
 }
@@ -270,11 +293,12 @@ fn token(args: TokenArgs) -> anyhow::Result<()> {
 async fn publish(args: PublishArgs) -> anyhow::Result<()> {
     // Checked first: a typo in the payload is reported before anything else is needed.
     let data: Value = serde_json::from_str(&args.data).context("--data is not valid JSON")?;
-    let to = match (args.client, args.user, args.session) {
-        (Some(client), _, _) => To::client(client),
-        (None, Some(user), Some(session)) => To::session(user, session),
-        (None, Some(user), None) => To::user(user),
-        (None, None, _) => {
+    let to = match (args.topic, args.client, args.user, args.session) {
+        (Some(topic), ..) => To::topic(topic),
+        (None, Some(client), _, _) => To::client(client),
+        (None, None, Some(user), Some(session)) => To::session(user, session),
+        (None, None, Some(user), None) => To::user(user),
+        (None, None, None, _) => {
             if args.users.iter().any(String::is_empty) {
                 bail!("--users has an empty user id");
             }
@@ -285,10 +309,12 @@ async fn publish(args: PublishArgs) -> anyhow::Result<()> {
         Some(key) => (key, false),
         None => (dev_credential(&args.data_dir.data_dir, DevCredential::ApiKey)?, true),
     };
+    let to_topic = matches!(to, To::Topic { .. });
     let mut request = PublishRequest::new(to, data);
     request.kind = args.kind;
-    request.durable = args.ephemeral.then_some(false);
+    request.durable = (args.ephemeral || to_topic).then_some(false);
     request.except_client = args.except_client;
+    request.except_user = args.except_user;
     request.idempotency_key = args.idempotency_key;
     let publisher = Publisher::new(&args.url, api_key)?;
     let answer = publisher.publish(&request).await.map_err(|error| {
@@ -319,6 +345,7 @@ async fn listen(args: ListenArgs) -> anyhow::Result<()> {
         epoch: args.epoch,
         client: args.client,
         transport,
+        topics: args.topics,
         ..Default::default()
     };
     let mut listener = Listener::new(Subscriber::new(&args.url, args.token)?, options);
@@ -475,5 +502,12 @@ mod tests {
         // A session belongs to one user: not with `--users` (it was silently dropped).
         assert!(targets(&["--users", "a,b", "--session", "s1"]).is_err());
         assert!(targets(&["--users", "a", "--user", "b", "--session", "s1"]).is_err());
+        // A topic is a target of its own; `--except-user` goes with it only.
+        assert!(targets(&["--topic", "room:1", "--except-user", "a"]).is_ok());
+        assert!(targets(&["--topic", "room:1", "--user", "a"]).is_err());
+        assert!(targets(&["--topic", "room:1", "--client", "c"]).is_err());
+        assert!(targets(&["--topic", "room:1", "--session", "s"]).is_err(), "not silently dropped");
+        assert!(targets(&["--user", "a", "--except-user", "b"]).is_err());
+        assert!(targets(&["--except-user", "b"]).is_err(), "a target is still required");
     }
 }

@@ -3,7 +3,8 @@
 //! `herald-client` (and, for the CLI, with more `herald` processes). They cover what only a
 //! process can show: a graceful restart (SIGTERM) and a crash (SIGKILL) on the same data dir,
 //! dev credentials kept across restarts, `herald listen` resuming by itself, `--memory`,
-//! startup errors, and the inbox through `herald-client` across a restart.
+//! startup errors, the inbox through `herald-client` across a restart, and topics through
+//! `herald-client` and the CLI (a `Listener` keeps its topics across a restart and a crash).
 //!
 //! Every child is stopped by its PID when its guard is dropped, and every wait is bounded.
 
@@ -18,8 +19,8 @@ use std::time::{Duration, Instant};
 
 use common::{Server, collect, free_port, herald};
 use herald_client::{
-    ClientError, Event, EventStream, Notification, PublishRequest, Publisher, StreamOptions, Subscriber, To,
-    mint_token,
+    ClientError, Event, EventStream, Listener, ListenerOptions, Notification, PollOptions, PublishRequest,
+    Publisher, StreamOptions, Subscriber, To, TopicEvent, mint_token, mint_token_with_topics,
 };
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -1046,4 +1047,281 @@ async fn reset_epoch_makes_clients_of_the_old_epoch_reset() {
     assert_eq!(next(&mut stream).await, Event::Reset { last_seq: 3 });
     assert_quiet(&mut stream).await;
     server.terminate().await;
+}
+
+/// The next event of a [`Listener`] that is not a keep-alive; fails after [`WAIT`], on an error,
+/// or if it ends.
+async fn next_of(listener: &mut Listener) -> Event {
+    loop {
+        match tokio::time::timeout(WAIT, listener.next_event()).await {
+            Err(_) => panic!("no event within {WAIT:?}"),
+            Ok(Err(e)) => panic!("the listener failed: {e}"),
+            Ok(Ok(None)) => panic!("the listener ended"),
+            Ok(Ok(Some(Event::KeepAlive))) => {}
+            Ok(Ok(Some(event))) => return event,
+        }
+    }
+}
+
+/// The topic event that must come next on `stream`.
+async fn topic_event(stream: &mut EventStream) -> TopicEvent {
+    match next(stream).await {
+        Event::Topic(event) => event,
+        other => panic!("expected a topic event, got {other:?}"),
+    }
+}
+
+/// The topics of the `hello` that must come next on `stream`, with its client id.
+async fn hello_topics(stream: &mut EventStream) -> (String, Vec<String>) {
+    match next(stream).await {
+        Event::Hello { client, topics, .. } => (client, topics),
+        other => panic!("expected hello, got {other:?}"),
+    }
+}
+
+/// A code the server refused with.
+#[track_caller]
+fn assert_refused<T: std::fmt::Debug>(result: Result<T, ClientError>, status: u16, code: &str) {
+    match result {
+        Err(error) => assert_eq!((error.status(), error.code()), (Some(status), Some(code)), "{error:?}"),
+        Ok(answer) => panic!("expected {status} {code}, got {answer:?}"),
+    }
+}
+
+/// 10. Topics through herald-client against the binary. Three tabs listen to `room:1`, each its
+///     own way: `topics` when it connects, `Subscriber::listen` after its hello (the token's
+///     claim allows it), `Publisher::listen` (a token without the claim: the backend decides);
+///     a poller names it on its polls. One publish reaches each of them exactly once with its
+///     exact data, and no tab of another topic nor a plain tab of a listener's user;
+///     `except_user` leaves that user out; unlisten stops a tab; a listen outside the claim is
+///     refused `topic_forbidden`, at connect and after, and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topics_through_herald_client_reach_each_listening_tab_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = Spec::new(dir.path());
+    let server = spec.start().await;
+    let secret = spec.secret();
+    let claim =
+        |user: &str| mint_token_with_topics(secret.as_bytes(), user, Some("s1"), HOUR, &["room:*"]).unwrap();
+    let listening_to =
+        |topic: &str| StreamOptions { topics: vec![topic.to_owned()], ..StreamOptions::default() };
+    let publisher = server.publisher(&spec.api_key());
+
+    let alice = server.subscriber(&claim("alice"));
+    let mut alice_tab = alice.stream(listening_to("room:1")).await.unwrap();
+    let (alice_client, topics) = hello_topics(&mut alice_tab).await;
+    assert_eq!(topics, ["room:1"]);
+    let bob = server.subscriber(&claim("bob"));
+    let mut bob_tab = stream_from(&bob, None, None).await;
+    let (bob_client, topics) = hello_topics(&mut bob_tab).await;
+    assert!(topics.is_empty(), "{topics:?}");
+    assert_eq!(bob.listen(&bob_client, &["room:1"]).await.unwrap(), ["room:1"]);
+    let carol = server.subscriber(&mint_token(secret.as_bytes(), "carol", Some("s1"), HOUR).unwrap());
+    let mut carol_tab = stream_from(&carol, None, None).await;
+    let (carol_client, _) = hello_topics(&mut carol_tab).await;
+    assert_eq!(publisher.listen(&carol_client, &["room:1"]).await.unwrap(), ["room:1"]);
+    // Listening to another room; a plain tab of alice's (a topic event is nobody's notification).
+    let mut dave_tab = server.subscriber(&claim("dave")).stream(listening_to("room:2")).await.unwrap();
+    hello(&mut dave_tab).await;
+    let alice_plain = mint_token(secret.as_bytes(), "alice", Some("s2"), HOUR).unwrap();
+    let mut alice_plain_tab = stream_from(&server.subscriber(&alice_plain), None, None).await;
+    hello(&mut alice_plain_tab).await;
+    let erin = server.subscriber(&claim("erin"));
+    let room_1 = vec!["room:1".to_owned()];
+    let first_poll = PollOptions { timeout_s: Some(0), topics: room_1.clone(), ..PollOptions::default() };
+    let first_poll = erin.poll_with(&first_poll).await.unwrap();
+    assert_eq!((first_poll.topics.as_slice(), first_poll.topic.len()), (&room_1[..], 0));
+
+    let data = json!({"text": "hi", "n": [1, 2.5, null], "nested": {"é": true}});
+    let request = PublishRequest::new(To::topic("room:1"), data.clone()).kind("message").ephemeral();
+    let answer = publisher.publish(&request).await.unwrap();
+    assert_eq!((answer.notifications.len(), answer.delivered), (0, 4), "{answer:?}");
+    for tab in [&mut alice_tab, &mut bob_tab, &mut carol_tab] {
+        let event = topic_event(tab).await;
+        assert_eq!((event.topic.as_str(), event.kind.as_str(), &event.data), ("room:1", "message", &data));
+        assert!(event.created_at.ends_with('Z'), "{event:?}");
+    }
+    for tab in [&mut alice_tab, &mut bob_tab, &mut carol_tab, &mut dave_tab, &mut alice_plain_tab] {
+        assert_quiet(tab).await;
+    }
+
+    let request = PublishRequest::new(To::topic("room:1"), json!(2)).ephemeral().except_user("bob");
+    assert_eq!(publisher.publish(&request).await.unwrap().delivered, 3);
+    assert_eq!(topic_event(&mut alice_tab).await.data, json!(2));
+    assert_eq!(topic_event(&mut carol_tab).await.data, json!(2));
+    assert_quiet(&mut bob_tab).await;
+
+    // The poller gets both from its queue, in order, with its topics.
+    let next_poll = PollOptions {
+        after: Some(first_poll.last_seq),
+        epoch: first_poll.epoch.clone(),
+        timeout_s: Some(5),
+        client: Some(first_poll.client.clone()),
+        topics: room_1.clone(),
+    };
+    let polled = erin.poll_with(&next_poll).await.unwrap();
+    let polled_data: Vec<Value> = polled.topic.iter().map(|t| t.as_ref().unwrap().data.clone()).collect();
+    assert_eq!((polled_data, polled.topics, polled.notifications.len()), (vec![data, json!(2)], room_1, 0));
+
+    // Outside the claim, or without one: refused, at connect and after; nothing changed.
+    assert_refused(alice.listen(&alice_client, &["room:3", "post:1"]).await, 403, "topic_forbidden");
+    assert_refused(carol.listen(&carol_client, &["room:1"]).await, 403, "topic_forbidden");
+    assert_refused(alice.stream(listening_to("post:1")).await, 403, "topic_forbidden");
+    let request = PublishRequest::new(To::topic("room:3"), json!(3)).ephemeral();
+    assert_eq!(publisher.publish(&request).await.unwrap().delivered, 0, "room:3 was not listened to");
+    // A listener whose topic is refused ends with that error rather than retrying forever.
+    let options = ListenerOptions { topics: vec!["post:1".into()], ..ListenerOptions::default() };
+    let mut listener = Listener::new(server.subscriber(&claim("alice")), options);
+    assert_refused(listener.next_event().await, 403, "topic_forbidden");
+    assert!(listener.next_event().await.unwrap().is_none(), "it has ended");
+
+    // Unlisten, with the token and with the API key.
+    assert!(bob.unlisten(&bob_client, &["room:1"]).await.unwrap().is_empty());
+    assert!(publisher.unlisten(&carol_client, &["room:1"]).await.unwrap().is_empty());
+    let request = PublishRequest::new(To::topic("room:1"), json!(4)).ephemeral();
+    assert_eq!(publisher.publish(&request).await.unwrap().delivered, 2, "alice and the poller");
+    assert_eq!(topic_event(&mut alice_tab).await.data, json!(4));
+    assert_quiet(&mut bob_tab).await;
+    assert_quiet(&mut carol_tab).await;
+    // Durable topic events are not built: the server's code comes through.
+    let durable = PublishRequest::new(To::topic("room:1"), json!(5));
+    assert_refused(publisher.publish(&durable).await, 400, "durable_topic_unsupported");
+}
+
+/// 11. A `Listener` keeps its topics, those of its options and those listened to through it
+///     (less those it unlistened), across a graceful restart (`closed: shutdown`) and a crash
+///     (`kill -9`: the connection drops). The restarted server knows nothing of the tab (it
+///     keeps clients in memory), so the topics are there again only because the listener
+///     names them on every reconnect: fails if it does not, or names an unlistened one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_keeps_its_topics_across_a_restart_and_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = Spec::new(dir.path());
+    let server = spec.start().await;
+    let token =
+        mint_token_with_topics(spec.secret().as_bytes(), "alice", Some("s1"), HOUR, &["room:*"]).unwrap();
+    let options = ListenerOptions { topics: vec!["room:1".into()], ..ListenerOptions::default() };
+    let mut listener = Listener::new(server.subscriber(&token), options);
+    let hello_topics = |event: Event| match event {
+        Event::Hello { mut topics, .. } => {
+            topics.sort();
+            topics
+        }
+        other => panic!("expected hello, got {other:?}"),
+    };
+    assert_eq!(hello_topics(next_of(&mut listener).await), ["room:1"]);
+    assert_eq!(listener.listen(&["room:2", "room:3"]).await.unwrap(), ["room:1", "room:2", "room:3"]);
+    assert_eq!(listener.unlisten(&["room:3"]).await.unwrap(), ["room:1", "room:2"]);
+    assert_eq!(listener.topics(), ["room:1", "room:2"]);
+
+    // Publishes `n` to each room; returns how many tabs each reached.
+    let publish_rooms = |url: String, n: u64| {
+        let publisher = Publisher::new(&url, spec.api_key()).unwrap();
+        async move {
+            let mut delivered = Vec::new();
+            for room in ["room:1", "room:2", "room:3"] {
+                let request = PublishRequest::new(To::topic(room), json!({"room": room, "n": n})).ephemeral();
+                delivered.push(publisher.publish(&request).await.unwrap().delivered);
+            }
+            delivered
+        }
+    };
+    let expect_rooms = async |listener: &mut Listener, n: u64| {
+        for room in ["room:1", "room:2"] {
+            match next_of(listener).await {
+                Event::Topic(event) => {
+                    assert_eq!((event.topic.as_str(), event.data), (room, json!({"room": room, "n": n})));
+                }
+                other => panic!("expected the event of {room}, got {other:?}"),
+            }
+        }
+        if let Ok(event) = tokio::time::timeout(QUIET, listener.next_event()).await {
+            panic!("nothing more expected, got {event:?}");
+        }
+    };
+    assert_eq!(publish_rooms(server.url.clone(), 1).await, [1, 1, 0]);
+    expect_rooms(&mut listener, 1).await;
+
+    sigterm(server.child.id());
+    assert_eq!(next_of(&mut listener).await, Event::Closed { reason: "shutdown".into() });
+    server.wait_stopped().await;
+    let server = spec.start().await;
+    assert_eq!(hello_topics(next_of(&mut listener).await), ["room:1", "room:2"]);
+    assert_eq!(publish_rooms(server.url.clone(), 2).await, [1, 1, 0]);
+    expect_rooms(&mut listener, 2).await;
+
+    server.kill9();
+    let server = spec.start().await;
+    assert_eq!(hello_topics(next_of(&mut listener).await), ["room:1", "room:2"]);
+    assert_eq!(publish_rooms(server.url.clone(), 3).await, [1, 1, 0]);
+    expect_rooms(&mut listener, 3).await;
+    assert!(listener.reconnects() >= 2, "{}", listener.reconnects());
+}
+
+/// 12. Topics from the shell: `herald token --topics` mints the claim, `herald listen
+///     --topics` listens and prints the `topic` event as the WebSocket sends it, `herald publish
+///     --topic --except-user` publishes one (ephemeral without being told).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_token_listen_and_publish_with_topics() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = Spec::new(dir.path());
+    let server = spec.start().await;
+    let url = spec.url();
+    let mint = |user: &str| {
+        let mut command = herald(&spec.cwd);
+        command
+            .args(["token", "--user", user, "--topics", "room:*,post:42"])
+            .env("HERALD_SECRET", spec.secret());
+        command
+    };
+    let output = run(&mut mint("alice")).await;
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let token = text(&output.stdout).trim().to_owned();
+    let mut listen = Listen::start_with(&spec.cwd, &url, &token, &["--topics", "room:1,post:42"]);
+    let hello = listen.next().await;
+    assert_eq!(
+        (&hello["event"], &hello["topics"]),
+        (&json!("hello"), &json!(["room:1", "post:42"])),
+        "{hello}"
+    );
+
+    let publish = |topic: &str, except_user: Option<&str>| {
+        let mut command = herald(&spec.cwd);
+        command.args([
+            "publish",
+            "--topic",
+            topic,
+            "--type",
+            "message",
+            "--data",
+            r#"{"text":"hi"}"#,
+            "--url",
+            &url,
+        ]);
+        command.env("HERALD_API_KEY", spec.api_key());
+        if let Some(user) = except_user {
+            command.args(["--except-user", user]);
+        }
+        command
+    };
+    let output = run(&mut publish("post:42", Some("bob"))).await;
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let answer: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(answer, json!({"notifications": [], "delivered": 1}));
+    let line = listen.next().await;
+    assert_eq!(line["created_at"].as_str().map(|at| at.ends_with('Z')), Some(true), "{line}");
+    let mut expected =
+        json!({"event": "topic", "topic": "post:42", "type": "message", "data": {"text": "hi"}});
+    expected["created_at"] = line["created_at"].clone();
+    assert_eq!(line, expected);
+
+    let output = run(&mut publish("room:1", Some("alice"))).await;
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let answer: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(answer["delivered"], 0, "alice is left out");
+    if let Ok(Some(line)) = tokio::time::timeout(QUIET, listen.lines.recv()).await {
+        panic!("nothing more expected, got {line}");
+    }
+    drop(listen);
+    drop(server);
 }
