@@ -20,7 +20,8 @@ export type HeraldStatus = 'connecting' | 'open' | 'reconnecting' | 'offline' | 
  * - `token_expired` / `unauthorized`: the token (a fixed string) expired or was refused; with a
  *   token function the client gets a new token instead and goes on;
  * - `forbidden`: the server refused with 403, whatever the token; `code` says why (e.g.
- *   `forbidden_origin`: this page's origin may not use the server, see `--allowed-origins`).
+ *   `forbidden_origin`: this page's origin may not use the server, see `--allowed-origins`;
+ *   `topic_forbidden`: a new token's `topics` claim no longer allows a topic the tab listens to).
  */
 export type HeraldCloseReason =
   | 'evicted'
@@ -40,6 +41,27 @@ export interface HeraldNotification<Data = unknown> {
   data: Data;
   /** When it was published, RFC 3339 in UTC. */
   created_at: string;
+}
+
+/** An event of a topic the tab listens to (`herald.listen`). Ephemeral: sent only to the tabs
+ * listening while it is published, never replayed, and it has no seq. */
+export interface HeraldTopicEvent<Data = unknown> {
+  /** The topic, e.g. `"room:1"`. */
+  topic: string;
+  /** The publisher's `type` (default `"notification"`). */
+  type: string;
+  /** The publisher's `data`, as sent. */
+  data: Data;
+  /** When it was published, RFC 3339 in UTC. */
+  created_at: string;
+}
+
+/** Options of `herald.listen` and `herald.unlisten`. */
+export interface HeraldListenOptions {
+  /** Who listens: `client` (default: this tab, until it unlistens or the server forgets it,
+   * about a minute after it disconnects for good). `session` and `user` are refused by the
+   * server for now (400 `unsupported_scope`). */
+  scope?: 'client' | 'session' | 'user';
 }
 
 /** Notifications were lost to this client (it was away longer than they are kept, or the
@@ -146,11 +168,12 @@ export interface HeraldInbox {
   delete(target: HeraldInboxTarget): Promise<HeraldInboxChange>;
 }
 
-/** The server refused an inbox request. */
+/** The server refused an inbox, listen or unlisten request. */
 export declare class HeraldError extends Error {
   /** The HTTP status. */
   readonly status: number;
-  /** The error code, e.g. `invalid_seq`. */
+  /** The error code, e.g. `invalid_seq`, `topic_forbidden` (the token's `topics` claim does not
+   * allow the topic), `too_many_topics` (a tab listens to at most 100). */
   readonly code: string | null;
 }
 
@@ -178,6 +201,8 @@ export interface HeraldEvents {
   /** The inbox changed: another tab or session (or this tab) marked or deleted notifications,
    * retention removed some, or (with `inbox: true`) new ones were stored. */
   inbox: HeraldInboxChange;
+  /** An event of a topic this tab listens to. */
+  topic: HeraldTopicEvent;
 }
 
 export interface HeraldOptions {
@@ -220,6 +245,19 @@ export declare class Herald {
   readonly transport: HeraldTransport;
   /** The user's inbox: counts, pages, marks. */
   readonly inbox: HeraldInbox;
+  /** The topics this tab listens to: as the server last said, with the changes not sent yet
+   * (made while disconnected) applied. */
+  readonly topics: readonly string[];
+  /** Listens to a topic (or several) too. Connected, it asks the server at once; otherwise the
+   * next connection does, and the promise waits for it. The client names the topics on every
+   * reconnection, so they outlive dropped connections and server restarts. Resolves to the
+   * topics the tab listens to after the change. Rejects with a `HeraldError` when refused
+   * (`topic_forbidden`, `too_many_topics`, …: nothing changed), a `TypeError` when the network
+   * fails (a change held for the next connection waits for it instead); throws a `TypeError` at
+   * once for a name that is not a topic (1 to 128 of `A-Z a-z 0-9 _ . : @ / -`). */
+  listen(topics: string | readonly string[], options?: HeraldListenOptions): Promise<string[]>;
+  /** Stops listening to a topic (or several); resolves and rejects like `listen`. */
+  unlisten(topics: string | readonly string[], options?: HeraldListenOptions): Promise<string[]>;
   /** Adds a listener; returns a function that removes it. */
   on<E extends keyof HeraldEvents>(event: E, listener: (value: HeraldEvents[E]) => void): () => void;
   /** Removes a listener added with `on`. */

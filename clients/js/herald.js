@@ -34,6 +34,17 @@
 //   sessions, the answers to this tab's own changes (which the server leaves this tab out of),
 //   pages, and a fetch after every (re)connection. With `inbox: true` the connection follows
 //   the counts of new notifications too (`inbox=1`).
+// - topics (Eliom's listen/notify by key, client scope: this tab only): `herald.listen('room:1')`
+//   and `herald.unlisten('room:1')` (a topic or a list) resolve to the topics the tab listens to
+//   after the change (`herald.topics` holds them); `herald.on('topic', (e) => …)` gets
+//   `{topic, type, data, created_at}`. The token's `topics` claim decides what a tab may listen
+//   to (else the promise rejects with a `HeraldError`, code `topic_forbidden`). The client keeps
+//   the topics it asked for and names them on every (re)connection (`?topics=`), so they outlive
+//   reconnects and server restarts; a change made while there is no connection is sent with the
+//   next one, and its promise resolves then. Topic events are ephemeral: none is replayed.
+//
+//     await herald.listen('room:1');
+//     herald.on('topic', ({ topic, type, data }) => showInRoom(topic, data));
 //
 // The server is on the page's origin (or behind it through a proxy), or on another origin that
 // lists this page's in `--allowed-origins` (Herald then answers with CORS headers).
@@ -59,6 +70,10 @@ const TOKEN_MARGIN_MS = 5_000;
 const CLAIM_WAIT_MS = 150;
 /** A connection that lasted at least this long resets the back-off. */
 const STABLE_MS = 5_000;
+/** A topic: 1 to 128 bytes of these (the server's rule; none needs escaping in `?topics=a,b`). */
+const TOPIC_PATTERN = /^[A-Za-z0-9_.:@/-]{1,128}$/;
+/** Error codes of a connection refused for the topics it names (`?topics=`). */
+const TOPIC_REFUSALS = new Set(['topic_forbidden', 'too_many_topics', 'invalid_topic']);
 
 /**
  * A subscription of this tab to its user's notifications. See herald.d.ts for the types.
@@ -95,6 +110,11 @@ export class Herald {
   #countsVersion = -1; // the version of `#counts`, lowered at each `hello` (see #hello)
   #inboxMaxSeq = 0; // the newest seq of the user this tab knows of (for markAll)
   #inboxApi = null;
+  #claimTopics = null; // the token's `topics` claim (patterns), or null when the token is unreadable
+  #wanted = new Set(); // topics this tab listens to by its own wish (client scope): sent as ?topics=
+  #serverTopics = null; // the topics the tab listens to, as the server last said
+  #held = []; // listens and unlistens made while not connected: sent after the next `hello`
+  #topicChain = Promise.resolve(); // listens and unlistens run one at a time, in call order
 
   /**
    * @param {import('./herald').HeraldOptions} options
@@ -130,6 +150,31 @@ export class Herald {
   get epoch() { return this.#epoch; }
   /** The transport in use: `sse`, `ws` or `poll`. */
   get transport() { return this.#mode; }
+
+  /**
+   * The topics this tab listens to: as the server last said (`hello`, a poll answer, the answer
+   * to a listen), with the changes not sent yet applied.
+   */
+  get topics() {
+    const unlistening = new Set(this.#held.flatMap((op) => (op.kind === 'unlisten' && op.scope === 'client' ? op.topics : [])));
+    const topics = (this.#serverTopics ?? []).filter((topic) => !unlistening.has(topic) || this.#wanted.has(topic));
+    for (const topic of this.#wanted) if (!topics.includes(topic)) topics.push(topic);
+    return topics;
+  }
+
+  /**
+   * Listens to a topic (or several) too: `POST /v1/listen` now if connected, else with the next
+   * connection. Resolves to the topics the tab listens to then. Throws a TypeError for a name
+   * that is not a topic.
+   */
+  listen(topics, { scope = 'client' } = {}) {
+    return this.#topicOp('listen', topicList(topics), scopeOf(scope));
+  }
+
+  /** Stops listening to a topic (or several); resolves like `listen`. */
+  unlisten(topics, { scope = 'client' } = {}) {
+    return this.#topicOp('unlisten', topicList(topics), scopeOf(scope));
+  }
 
   /**
    * The user's inbox: `counts` (the newest known, or `null`), `list()`, `refresh()`, `mark()`,
@@ -200,6 +245,7 @@ export class Herald {
         this.#finish(reason);
         break;
       }
+      if (this.#topicsRefused(httpStatus, errorCode, outcome.errorMessage)) continue;
       if (reason === 'token_expired' || httpStatus === 401) {
         if (typeof this.#tokenSource !== 'function') {
           this.#finish(errorCode === 'token_expired' || reason === 'token_expired' ? 'token_expired' : 'unauthorized');
@@ -241,6 +287,7 @@ export class Herald {
           if (this.#stopped) break;
           if (diagnosis.httpStatus) {
             // The probe poll was refused: handle it as the stream's own refusal.
+            if (this.#topicsRefused(diagnosis.httpStatus, diagnosis.errorCode, diagnosis.errorMessage)) continue;
             this.#token = diagnosis.httpStatus === 401 && typeof this.#tokenSource === 'function' ? null : this.#token;
             if (diagnosis.httpStatus === 401 && typeof this.#tokenSource !== 'function') {
               this.#finish(diagnosis.errorCode === 'token_expired' ? 'token_expired' : 'unauthorized');
@@ -298,6 +345,7 @@ export class Herald {
     const lifetime = this.#tokenExpiresAt === null ? Infinity : this.#tokenExpiresAt - Date.now();
     this.#tokenMargin = Math.max(0, Math.min(TOKEN_MARGIN_MS, lifetime / 4));
     this.#user = typeof claims?.sub === 'string' ? claims.sub : null;
+    this.#claimTopics = claims === null ? null : (Array.isArray(claims.topics) ? claims.topics.filter((p) => typeof p === 'string') : []);
     return this.#token;
   }
 
@@ -341,6 +389,9 @@ export class Herald {
           case 'inbox':
             this.#onInbox(data);
             break;
+          case 'topic':
+            this.#onTopic(data);
+            break;
           case 'closed':
             reason = data.reason;
             end();
@@ -356,6 +407,7 @@ export class Herald {
           } catch (error) {
             // One frame the browser cannot parse ends nothing: the app hears of it, and the
             // position moves past its seq (the frame starts `{"event":"notification","seq":N`).
+            // A `topic` or `inbox` event has no seq: it is dropped.
             const head = /^\{"event":"(\w+)",(?:"seq":(\d+))?/.exec(message.data);
             if (head?.[1] === 'notification') this.#undecodable(head[2], error, message.data);
             return;
@@ -366,13 +418,14 @@ export class Herald {
         socket.onerror = end;
       } else {
         socket = new EventSource(`${this.#base}/v1/stream?${params}`);
-        for (const name of ['hello', 'notification', 'reset', 'inbox', 'closed']) {
+        for (const name of ['hello', 'notification', 'reset', 'inbox', 'topic', 'closed']) {
           socket.addEventListener(name, (message) => {
             let data;
             try {
               data = JSON.parse(message.data);
             } catch (error) {
-              // As over WebSocket: the event's data starts `{"seq":N` when it is durable.
+              // As over WebSocket: the event's data starts `{"seq":N` when it is durable (and a
+              // `topic` or `inbox` event that cannot be parsed is dropped).
               if (name === 'notification') this.#undecodable(/^\{"seq":(\d+)/.exec(message.data)?.[1], error, message.data);
               return;
             }
@@ -407,6 +460,9 @@ export class Herald {
         openedAt = Date.now();
         this.#setStatus('open');
       }
+      // Each poll names the topics wanted: changes held since the last (the server had forgotten
+      // the tab) go now.
+      this.#afterOpen();
       if (answer.reason) return { opened, openedAt, reason: answer.reason };
     }
     return { opened, openedAt };
@@ -432,7 +488,7 @@ export class Herald {
       let parseError = null;
       try { body = JSON.parse(text); } catch (error) { parseError = error; }
       if (!response.ok) {
-        return { httpStatus: response.status, errorCode: body?.error?.code ?? null };
+        return { httpStatus: response.status, errorCode: body?.error?.code ?? null, errorMessage: body?.error?.message ?? null };
       }
       if (body === null || typeof body !== 'object') {
         // An answer the browser cannot parse (a notification it cannot read): polling it again
@@ -457,6 +513,8 @@ export class Herald {
       }
       if (typeof body.last_seq === 'number') this.#knowSeq(body.last_seq);
       for (const event of body.inbox ?? []) this.#onInbox(event);
+      this.#serverTopics = Array.isArray(body.topics) ? body.topics : [];
+      for (const event of body.topic ?? []) this.#onTopic(event);
       // Read when the answer was made, after its events: the newest of this answer.
       if (body.counts) this.#applyCounts(body.counts);
       return { polled: true, reason: body.closed ?? null };
@@ -507,6 +565,9 @@ export class Herald {
     if (this.#followInbox && pollWait && this.#countsVersion >= 0) {
       params.set('inbox_version', String(this.#countsVersion));
     }
+    // Every connection (and every poll) names the topics the tab wants: the server adds them to
+    // those it keeps for the client id, or listens to them afresh if it forgot the tab.
+    if (this.#wanted.size) params.set('topics', [...this.#wanted].join(','));
     return params;
   }
 
@@ -532,7 +593,9 @@ export class Herald {
       this.#countsVersion = -1;
       this.#refreshCounts().catch(() => { /* the next connection tries again */ });
     }
+    this.#serverTopics = Array.isArray(data.topics) ? data.topics : [];
     this.#setStatus('open');
+    this.#afterOpen();
   }
 
   /** Hands a notification to the app, unless its seq was handed already. */
@@ -578,6 +641,7 @@ export class Herald {
 
   #stop() {
     this.#stopped = true;
+    for (const op of this.#held.splice(0)) op.reject(closedError());
     this.#abort?.();
     this.#abort = null;
     this.#channel?.close();
@@ -756,6 +820,132 @@ export class Herald {
     return Math.max(this.#inboxMaxSeq, this.#lastSeq ?? 0);
   }
 
+  // ---- topics ----
+  // A listen or unlisten is an operation queued on #topicChain, so that they reach the server in
+  // call order and each answer is the newest. Connected, it is sent at once; otherwise (or when
+  // the server no longer knows the tab: 404 `client_not_found`) it is held: a client-scope one
+  // changes #wanted at once, so the next connection's `?topics=` applies a listen, and after
+  // that connection's `hello` each held one is sent if the server's list does not show it done
+  // yet (an unlisten must be: the server keeps the client id's listens across reconnects).
+
+  #topicOp(kind, topics, scope) {
+    return new Promise((resolve, reject) => {
+      const op = { kind, topics, scope, resolve, reject };
+      this.#topicChain = this.#topicChain.then(() => this.#runTopicOp(op));
+    });
+  }
+
+  #connected() {
+    return this.#status === 'open' && this.#client !== null;
+  }
+
+  async #runTopicOp(op) {
+    if (this.#stopped) return op.reject(closedError());
+    if (!this.#connected() || this.#held.length) return this.#hold(op); // after those held: in order
+    if (await this.#sendTopicOp(op, op.topics, false) === 'again') this.#hold(op);
+  }
+
+  /** `POST /v1/listen` or `/v1/unlisten` for `topics`; settles `op` unless it answers 'again'. */
+  async #sendTopicOp(op, topics, held) {
+    let answer;
+    try {
+      answer = await this.#request('POST', `/v1/${op.kind}`, { topics, scope: op.scope }, true);
+    } catch (error) {
+      // The server forgot the tab (it is between connections), or, for a held change (already in
+      // #wanted), the request did not get through: the next connection settles it.
+      const lost = error instanceof HeraldError ? error.code === 'client_not_found' : held;
+      if (lost && !this.#stopped) return 'again';
+      if (held && op.kind === 'listen' && op.scope === 'client') this.#forget(op.topics);
+      op.reject(error);
+      return 'done';
+    }
+    if (op.scope === 'client') {
+      for (const topic of op.topics) {
+        if (op.kind === 'listen') this.#wanted.add(topic);
+        else this.#wanted.delete(topic);
+      }
+    }
+    if (Array.isArray(answer?.topics)) this.#serverTopics = answer.topics;
+    op.resolve(this.topics);
+    return 'done';
+  }
+
+  /** Holds `op` until the next connection (see above). */
+  #hold(op) {
+    if (op.scope === 'client' && op.kind === 'listen') {
+      // Not into the next connection's URL if the token does not allow it: the server would
+      // refuse the whole connection.
+      const refused = op.topics.find((topic) => !this.#claimAllows(topic));
+      if (refused !== undefined) {
+        return op.reject(new HeraldError(403, 'topic_forbidden', `the token's \`topics\` claim does not allow listening to ${JSON.stringify(refused)}`));
+      }
+      for (const topic of op.topics) this.#wanted.add(topic);
+    } else if (op.scope === 'client') {
+      for (const topic of op.topics) this.#wanted.delete(topic);
+    }
+    this.#held.push(op);
+  }
+
+  /** After a connection opened (`hello`, or a first poll answer): sends the held changes. */
+  #afterOpen() {
+    if (!this.#held.length) return;
+    this.#topicChain = this.#topicChain.then(() => this.#sendHeld());
+  }
+
+  async #sendHeld() {
+    while (this.#held.length && this.#connected()) {
+      const op = this.#held[0];
+      let topics = op.topics;
+      if (op.scope === 'client') {
+        // What the server's list (this connection's `hello`) does not show done yet.
+        const listed = new Set(this.#serverTopics ?? []);
+        topics = op.kind === 'listen'
+          ? op.topics.filter((topic) => this.#wanted.has(topic) && !listed.has(topic))
+          : op.topics.filter((topic) => !this.#wanted.has(topic) && listed.has(topic));
+      }
+      if (topics.length && await this.#sendTopicOp(op, topics, true) === 'again') return;
+      const at = this.#held.indexOf(op);
+      if (at >= 0) this.#held.splice(at, 1);
+      op.resolve(this.topics); // no effect if already settled
+    }
+  }
+
+  /**
+   * A connection refused for its `?topics=` (e.g. 403 `topic_forbidden`: the token's claim did
+   * not allow a listen held meanwhile): rejects the held listens, leaves their topics out, and
+   * answers true (connect again at once). False when no held listen can be the cause.
+   */
+  #topicsRefused(httpStatus, errorCode, message) {
+    if (!httpStatus || !TOPIC_REFUSALS.has(errorCode)) return false;
+    const refused = this.#held.filter((op) => op.kind === 'listen' && op.scope === 'client');
+    if (!refused.length) return false;
+    this.#held = this.#held.filter((op) => !refused.includes(op));
+    for (const op of refused) {
+      this.#forget(op.topics);
+      op.reject(new HeraldError(httpStatus, errorCode, message ?? `HTTP ${httpStatus}`));
+    }
+    return true;
+  }
+
+  /** Takes back the wish for `topics`, but for those the server said the tab listens to. */
+  #forget(topics) {
+    const listed = new Set(this.#serverTopics ?? []);
+    for (const topic of topics) if (!listed.has(topic)) this.#wanted.delete(topic);
+  }
+
+  /** Whether the token's `topics` claim lets this tab listen to `topic` (unknown: yes). */
+  #claimAllows(topic) {
+    if (this.#claimTopics === null) return true;
+    return this.#claimTopics.some((p) => (p.endsWith('*') ? topic.startsWith(p.slice(0, -1)) : p === topic));
+  }
+
+  /** A `topic` event: handed to the app without the WebSocket frame's `event`. */
+  #onTopic(event) {
+    if (event === null || typeof event !== 'object' || typeof event.topic !== 'string') return;
+    const { event: _event, ...topicEvent } = event;
+    this.#emit('topic', topicEvent);
+  }
+
   // ---- events ----
 
   #setStatus(status) {
@@ -776,7 +966,10 @@ export class Herald {
   }
 }
 
-/** An error answer of the server to an inbox request: `status` (HTTP), `code` (e.g. `invalid_seq`). */
+/**
+ * An error answer of the server to an inbox, listen or unlisten request: `status` (HTTP),
+ * `code` (e.g. `invalid_seq`, `topic_forbidden`).
+ */
 export class HeraldError extends Error {
   constructor(status, code, message) {
     super(message);
@@ -797,6 +990,29 @@ function selection(target) {
   const upTo = target?.allUpTo ?? target?.all_up_to;
   if (Number.isSafeInteger(upTo) && upTo >= 0) return { all_up_to: upTo };
   throw new TypeError('Herald: give [seq, …] or {allUpTo: seq}');
+}
+
+/** The topics of `listen(topic | [topic, …])`, each checked; a TypeError names a bad one. */
+function topicList(topics) {
+  const list = typeof topics === 'string' ? [topics] : topics;
+  if (!Array.isArray(list) || !list.length) throw new TypeError('Herald: give a topic or a non-empty list of topics');
+  for (const topic of list) {
+    if (typeof topic !== 'string' || !TOPIC_PATTERN.test(topic)) {
+      throw new TypeError(`Herald: ${JSON.stringify(topic)} is not a topic (1 to 128 of A-Z a-z 0-9 _ . : @ / -)`);
+    }
+  }
+  return [...new Set(list)];
+}
+
+function scopeOf(scope) {
+  if (!['client', 'session', 'user'].includes(scope)) {
+    throw new TypeError(`Herald: a listen's scope is client, session or user, not ${JSON.stringify(scope)}`);
+  }
+  return scope;
+}
+
+function closedError() {
+  return new Error('Herald: the client is closed');
 }
 
 /** Exponential back-off with jitter: half fixed, half random, capped at 30 s. */

@@ -135,3 +135,88 @@ test('the demo: sign in, live notifications to a user, a session and a tab, pres
   await tab2.close();
   await tab1.waitForFunction(() => document.querySelectorAll('#presence .client').length === 2, null, { timeout: WAIT_MS });
 });
+
+/** The room lines a demo tab shows, oldest first: `from: text`. */
+function roomLines(page) {
+  return page.evaluate(() => [...document.querySelectorAll('#room-messages .room-message')].reverse()
+    .map((item) => `${item.dataset.room} ${item.querySelector('.from').textContent}: ${item.querySelector('.text').textContent}`));
+}
+
+async function waitForRoomLines(page, count) {
+  try {
+    await page.waitForFunction((count) => document.querySelectorAll('#room-messages .room-message').length >= count, count, { timeout: WAIT_MS });
+  } catch (error) {
+    throw new Error(`expected ${count} room lines, the tab shows ${JSON.stringify(await roomLines(page))}`, { cause: error });
+  }
+  return roomLines(page);
+}
+
+async function joinRoom(page, room) {
+  await page.fill('#room-name', room);
+  await page.click('#room-join');
+  await page.waitForFunction((room) => document.querySelector('#room-status').dataset.rooms.split(',').includes(room), room, { timeout: WAIT_MS });
+}
+
+async function sayInRoom(page, text) {
+  await page.fill('#room-form input[name="text"]', text);
+  await page.click('#room-form button[type="submit"]');
+  await page.waitForFunction(() => document.querySelector('#room-result').textContent.startsWith('Said'), null, { timeout: WAIT_MS });
+  const said = await page.textContent('#room-result');
+  await page.evaluate(() => { document.querySelector('#room-result').textContent = ''; });
+  return said;
+}
+
+test('the demo\'s room: users who joined get every line, the others none; leaving and refusals', async (t) => {
+  const server = await HeraldServer.start();
+  t.after(() => server.dispose());
+  const contexts = await Promise.all([0, 1, 2].map(() => browser.newContext({ viewport: { width: 1280, height: 1000 } })));
+  t.after(() => Promise.all(contexts.map((c) => c.close())));
+  const alice = await openDemo(contexts[0], server, '?user=alice&session=laptop&transport=sse');
+  const bob = await openDemo(contexts[1], server, '?user=bob&session=desk&transport=ws');
+  const carol = await openDemo(contexts[2], server, '?user=carol&session=phone&transport=poll');
+
+  assert.equal(await alice.inputValue('#room-name'), 'room:lobby');
+  await joinRoom(alice, 'room:lobby');
+  await joinRoom(bob, 'room:lobby');
+  assert.equal(await bob.textContent('#room-status'), 'In room:lobby.');
+  // carol is in another room: her barrier.
+  await joinRoom(carol, 'room:other');
+
+  assert.equal(await sayInRoom(alice, 'Hello room'), 'Said in room:lobby, to 2 tabs.');
+  assert.equal(await sayInRoom(bob, 'Hi alice'), 'Said in room:lobby, to 2 tabs.');
+  await carol.fill('#room-name', 'room:other');
+  await sayInRoom(carol, 'Anyone here?');
+  const expected = ['room:lobby alice: Hello room', 'room:lobby bob: Hi alice'];
+  assert.deepEqual(await waitForRoomLines(alice, 2), expected);
+  assert.deepEqual(await waitForRoomLines(bob, 2), expected);
+  assert.deepEqual(await waitForRoomLines(carol, 1), ['room:other carol: Anyone here?']);
+  // Room lines are not notifications: the inbox stays empty.
+  assert.equal(await alice.textContent('#unread'), '0');
+  await alice.screenshot({ path: artifactPath('demo-room.png'), fullPage: true });
+
+  // bob leaves; a name outside the demo tokens' claim (room:*) is refused.
+  await bob.click('#room-leave');
+  await bob.waitForFunction(() => document.querySelector('#room-status').textContent === 'Not in a room.', null, { timeout: WAIT_MS });
+  await bob.fill('#room-name', 'lobby');
+  await bob.click('#room-join');
+  await bob.waitForFunction(() => document.querySelector('#room-status').textContent.startsWith('Not joined'), null, { timeout: WAIT_MS });
+  assert.match(await bob.textContent('#room-status'), /topics. claim does not allow/);
+  assert.equal(await sayInRoom(alice, 'Still here'), 'Said in room:lobby, to 1 tab.');
+  // Refused by the server too: the demo's route publishes to rooms only.
+  const refused = await alice.evaluate(async () => {
+    const response = await fetch('/demo/room', {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ room: 'lobby', user: 'alice', text: 'x' }),
+    });
+    return [response.status, (await response.json()).error.code];
+  });
+  assert.deepEqual(refused, [400, 'invalid_request']);
+  await bob.fill('#room-name', 'room:other');
+  await joinRoom(bob, 'room:other');
+  await sayInRoom(carol, 'bob joined');
+  assert.deepEqual((await waitForRoomLines(bob, 3)).slice(2), ['room:other carol: bob joined']);
+  assert.deepEqual(await waitForRoomLines(alice, 3), [...expected, 'room:lobby alice: Still here']);
+  assert.deepEqual(await roomLines(bob), [...expected, 'room:other carol: bob joined'], 'nothing of room:lobby after bob left');
+  assert.deepEqual(await roomLines(carol), ['room:other carol: Anyone here?', 'room:other carol: bob joined']);
+});

@@ -155,11 +155,15 @@ export class HeraldServer {
   }
 }
 
-/** A subscriber token (HS256) signed with `secret`, as an app's backend mints it. */
-export function mintToken(secret, { user, session, ttlSeconds = 3600 }) {
+/**
+ * A subscriber token (HS256) signed with `secret`, as an app's backend mints it; `topics`, if
+ * given, is its `topics` claim (what its tabs may listen to).
+ */
+export function mintToken(secret, { user, session, ttlSeconds = 3600, topics }) {
   const now = Math.floor(Date.now() / 1000);
   const claims = { sub: user, iat: now, exp: now + ttlSeconds };
   if (session) claims.sid = session;
+  if (topics) claims.topics = topics;
   const encode = (value) => Buffer.from(JSON.stringify(value)).toString('base64url');
   const unsigned = `${encode({ alg: 'HS256', typ: 'JWT' })}.${encode(claims)}`;
   const signature = createHmac('sha256', secret).update(unsigned).digest('base64url');
@@ -189,7 +193,9 @@ export async function newContext(browser, server, options = {}) {
 
 /**
  * Opens a tab on the server's origin that runs herald.js with `options` and records everything
- * in `window.recorded`: notifications, statuses, resets, closed, inbox counts and inbox events.
+ * in `window.recorded`: notifications, statuses, resets, closed, inbox counts, inbox events and
+ * topic events. `claim` is the token's `topics` claim; `listen`, topics the tab listens to
+ * before its connection opens (`herald.listen` right after `new Herald`).
  */
 export async function openTab(context, server, options) {
   const page = await context.newPage();
@@ -199,18 +205,18 @@ export async function openTab(context, server, options) {
 }
 
 /** Loads a same-origin page and starts herald.js in it (again after a reload, too). */
-export async function startHerald(page, server, { user, session, transport, ttlSeconds = 3600, fallback = true, inbox = false }) {
+export async function startHerald(page, server, { user, session, transport, ttlSeconds = 3600, fallback = true, inbox = false, claim, listen }) {
   await page.goto(`${server.url}/healthz`);
-  await page.evaluate(async ({ user, session, transport, ttlSeconds, fallback, inbox }) => {
+  await page.evaluate(async ({ user, session, transport, ttlSeconds, fallback, inbox, claim, listen }) => {
     const { Herald } = await import('/herald.js');
-    const recorded = { notifications: [], statuses: [], resets: [], closed: [], counts: [], inbox: [] };
+    const recorded = { notifications: [], statuses: [], resets: [], closed: [], counts: [], inbox: [], topic: [] };
     window.recorded = recorded;
     window.herald = new Herald({
       url: '',
       transport,
       fallback,
       inbox,
-      token: () => window.heraldTestToken({ user, session, ttlSeconds }),
+      token: () => window.heraldTestToken({ user, session, ttlSeconds, topics: claim }),
     });
     herald.on('notification', (n) => recorded.notifications.push(n));
     herald.on('status', (s) => recorded.statuses.push(s));
@@ -218,7 +224,12 @@ export async function startHerald(page, server, { user, session, transport, ttlS
     herald.on('closed', (c) => recorded.closed.push(c));
     herald.on('counts', (c) => recorded.counts.push(c));
     herald.on('inbox', (e) => recorded.inbox.push(e));
-  }, { user, session, transport, ttlSeconds, fallback, inbox });
+    herald.on('topic', (e) => recorded.topic.push(e));
+    if (listen) {
+      window.listened = herald.listen(listen);
+      window.listened.catch(() => { /* the test reads it */ });
+    }
+  }, { user, session, transport, ttlSeconds, fallback, inbox, claim, listen });
   await waitForStatus(page, 'open');
 }
 

@@ -170,6 +170,10 @@ pub(crate) enum Body {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         outcome: Option<ListenOutcome>,
     },
+    /// Which of your tabs listen to `topic` (at most `max`)? Answer on `reply`, with `id`.
+    TopicQuery { topic: Topic, max: usize, id: u64, reply: String },
+    /// The sender's tabs a [`Body::TopicQuery`] asked about, and how many it has in all.
+    TopicAnswer { id: u64, tabs: Vec<WireTab>, total: usize },
     /// Several bodies for the users of one shard, in order (a publish's notifications and
     /// counts). Never nested.
     Batch(Vec<Body>),
@@ -179,6 +183,14 @@ pub(crate) enum Body {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         found: Option<(UserId, SessionId)>,
     },
+}
+
+/// One tab in a [`Body::TopicAnswer`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct WireTab {
+    pub(crate) user: UserId,
+    pub(crate) session: SessionId,
+    pub(crate) client: ClientId,
 }
 
 /// What a node did with a [`Body::ListenQuery`] for a tab it has.

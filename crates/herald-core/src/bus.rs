@@ -10,7 +10,7 @@ use async_trait::async_trait;
 
 use crate::client::CloseReason;
 use crate::health::Health;
-use crate::hub::{Hub, ListenError, Presence};
+use crate::hub::{Hub, ListenError, Presence, TopicTab};
 use crate::ids::{ClientId, SessionId, Topic, UserId};
 use crate::inbox::InboxEvent;
 use crate::notification::Notification;
@@ -122,6 +122,10 @@ pub trait Bus: Send + Sync + 'static {
         Ok(())
     }
 
+    /// At most `max` tabs listening to `topic`, on every node (each with its node, `None` for
+    /// this one), and how many there are in all (those of nodes that answered).
+    async fn topic_tabs(&self, topic: &Topic, max: usize) -> Result<(Vec<TopicTab>, usize), BusError>;
+
     /// Closes the clients of `session` of `user` (all sessions when `None`) on every node.
     /// Returns how many connections of this node it closed.
     async fn close_sessions(
@@ -226,6 +230,10 @@ impl Bus for LocalBus {
         reason: CloseReason,
     ) -> Result<u64, BusError> {
         Ok(self.hub.close_sessions(user, session, reason))
+    }
+
+    async fn topic_tabs(&self, topic: &Topic, max: usize) -> Result<(Vec<TopicTab>, usize), BusError> {
+        Ok(self.hub.topic_tabs(topic, max))
     }
 
     async fn presence(&self, user: &UserId) -> Result<Presence, BusError> {

@@ -159,6 +159,16 @@ pub struct SessionPresence {
     pub clients: Vec<ClientPresence>,
 }
 
+/// A tab listening to a topic, in a [`Hub::topic_tabs`] answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicTab {
+    pub user: UserId,
+    pub session: SessionId,
+    pub client: ClientId,
+    /// The node it is connected to, in a cluster; `None`: this node.
+    pub node: Option<Arc<str>>,
+}
+
 /// Who of a user is here: connected clients, and pollers within the linger time.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Presence {
@@ -942,6 +952,22 @@ impl Hub {
         let (_, session) = entry.sessions.iter().find(|(s, _)| *s == info.session)?;
         let tab = session.clients.iter().find(|c| c.id == info.client)?;
         Some(effective_topics(&entry.stored, &info.session, &tab.topics))
+    }
+
+    /// At most `max` of this node's tabs listening to `topic` (connected ones, and tabs that are
+    /// away but not forgotten yet), in the order they listened, and how many there are in all.
+    pub fn topic_tabs(&self, topic: &Topic, max: usize) -> (Vec<TopicTab>, usize) {
+        let listeners = self.topic_listeners(topic);
+        let total = listeners.len();
+        let tabs = listeners
+            .into_iter()
+            .filter_map(|(user, client)| {
+                let (_, session) = self.locate(&client)?;
+                Some(TopicTab { user, session, client, node: None })
+            })
+            .take(max)
+            .collect();
+        (tabs, total)
     }
 
     /// The tabs of this node listening to `topic`: (user, client), in the order they listened.

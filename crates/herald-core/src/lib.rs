@@ -62,7 +62,7 @@ pub use bus::{Bus, BusStats, LocalBus, RevocationNews};
 pub use client::{ClientInfo, CloseReason, Transport};
 pub use data::{DATA_DEPTH_MAX, DataError, check_data};
 pub use health::Health;
-pub use hub::{Hub, Interest, ListenError, Presence};
+pub use hub::{Hub, Interest, ListenError, Presence, TopicTab};
 pub use ids::{
     ClientId, ClientIdMinter, ID_BYTES_MAX, InvalidId, InvalidTopic, Seq, SessionId, TOPIC_BYTES_MAX, Topic,
     UserId,
@@ -75,7 +75,7 @@ pub use inbox_service::{Inbox, InboxError, InboxUpdate};
 pub use limits::Limits;
 pub use node::{CLUSTER_NAME_BYTES_MAX, ClusterName, InvalidName, NODE_ID_BYTES_MAX, NodeId};
 pub use notification::{Audience, Notification, Publish, Receipt, ReceiptEntry, Target};
-pub use notifier::{Notifier, NotifyError};
+pub use notifier::{Notifier, NotifyError, TopicListeners};
 pub use revocation::Revocations;
 pub use store::{
     Appended, EPOCH_BYTES_MAX, Epoch, ListenBounds, LogHead, LogPage, NewNotification, PruneReport,

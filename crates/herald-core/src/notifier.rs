@@ -21,6 +21,19 @@ use crate::revocation::Revocations;
 use crate::store::{Appended, ListenBounds, NewNotification, ScopeListens, Store, StoreError};
 use crate::topic::TopicEvent;
 
+/// Who listens to a topic ([`Notifier::topic_listeners`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TopicListeners {
+    /// Users listening at user scope, sorted.
+    pub users: Vec<UserId>,
+    /// Sessions listening at session scope, sorted by user then session.
+    pub sessions: Vec<(UserId, SessionId)>,
+    /// Tabs listening, at any scope, on every node.
+    pub tabs: Vec<crate::hub::TopicTab>,
+    /// Some were left out (over the bound asked for).
+    pub truncated: bool,
+}
+
 /// Why a publish was refused or failed. All but `ClientNotFound`, `Store` and `Bus` are the
 /// publisher's fault, each a rule of its own; none of them changed anything. `ClientNotFound`:
 /// the client is gone (or never was); `Store` and `Bus` are the server's.
@@ -404,6 +417,28 @@ impl Notifier {
         if let Err(error) = self.inner.bus.listens_changed(user).await {
             tracing::warn!(%error, %user, "cannot tell the other nodes of a change of listens");
         }
+    }
+
+    /// Who listens to `topic`: at most `max` users at user scope and sessions at session scope
+    /// (from the store), and at most `max` tabs (on every node); `truncated` when there were
+    /// more of either.
+    pub async fn topic_listeners(&self, topic: &Topic, max: usize) -> Result<TopicListeners, NotifyError> {
+        let stored =
+            self.inner.store.topic_listeners(topic, None, max.saturating_mul(2).saturating_add(1)).await?;
+        let mut listeners = TopicListeners::default();
+        for listener in stored {
+            match listener.session {
+                None if listeners.users.len() < max => listeners.users.push(listener.user),
+                Some(session) if listeners.sessions.len() < max => {
+                    listeners.sessions.push((listener.user, session))
+                }
+                _ => listeners.truncated = true,
+            }
+        }
+        let (tabs, total) = self.inner.bus.topic_tabs(topic, max).await?;
+        listeners.truncated |= total > tabs.len();
+        listeners.tabs = tabs;
+        Ok(listeners)
     }
 
     /// A listen or unlisten names 1 to [`crate::Limits::topics_per_client_max`] topics.

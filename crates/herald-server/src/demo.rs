@@ -8,8 +8,12 @@
 //! and that a request with an `Origin` comes from that same host.
 //!
 //! - `GET /demo`: the page; `GET /demo/demo.css`: its stylesheet.
-//! - `POST /demo/token` `{"user", "session", "ttl_secs"?}` → `{"token", "expires_at"}`.
+//! - `POST /demo/token` `{"user", "session", "ttl_secs"?}` → `{"token", "expires_at"}`; the
+//!   token's `topics` claim is `["room:*"]`, so that the page's tabs may join the demo's rooms.
 //! - `POST /demo/notify`: the body of `POST /v1/notify`, published without the API key.
+//! - `POST /demo/room` `{"room", "user", "text"}`: a chat line in a room, published to the topic
+//!   `room` (an ephemeral `message` event, `{"text", "from": user}`, to every tab listening,
+//!   the sender's included) as an app's backend would; answers as `POST /v1/notify`.
 //! - `GET /demo/presence/{user}`: `GET /v1/users/{user}/presence` without the API key. The page
 //!   polls it every 2 s: presence changes are rare and a poll shows them exactly, without
 //!   publishing anything into the user's log.
@@ -24,7 +28,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::Response;
 use axum::routing::{get, post};
 use base64::Engine as _;
-use herald_core::{SessionId, UserId};
+use herald_core::{Publish, SessionId, Target, Topic, UserId};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
@@ -39,6 +43,10 @@ use crate::response::json_response;
 const TOKEN_TTL_DEFAULT: Duration = Duration::from_secs(3600);
 /// Longest demo token.
 const TOKEN_TTL_MAX: Duration = Duration::from_secs(24 * 3600);
+/// What the demo's tokens let a tab listen to by itself: the rooms, nothing else.
+const ROOM_PATTERN: &str = "room:*";
+/// Longest chat line of a room, in characters (the page's input takes as many).
+const ROOM_TEXT_CHARS_MAX: usize = 500;
 
 static PAGE: Asset = Asset::new(include_str!("../../../clients/demo/index.html"), "text/html; charset=utf-8");
 static STYLESHEET: Asset =
@@ -52,6 +60,7 @@ pub(crate) fn routes() -> Router<Arc<App>> {
         .route("/demo/demo.css", get(stylesheet))
         .route("/demo/token", post(token))
         .route("/demo/notify", post(notify))
+        .route("/demo/room", post(room))
         .route("/demo/presence/{user}", get(presence))
 }
 
@@ -148,7 +157,7 @@ async fn token(
     }
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
     let expires_at = (now + ttl).as_secs();
-    let token = app.auth.mint_token(&user, session.as_ref(), expires_at);
+    let token = app.auth.mint_token_listening(&user, session.as_ref(), expires_at, &[ROOM_PATTERN]);
     Ok(json_response(&serde_json::json!({ "token": token, "expires_at": expires_at })))
 }
 
@@ -159,6 +168,52 @@ async fn notify(
     body: ApiJson<api::publish::NotifyBody>,
 ) -> Result<Response, ApiError> {
     api::publish::notify(State(app), Publisher, body).await
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RoomBody {
+    room: String,
+    user: String,
+    text: String,
+}
+
+/// `POST /demo/room`: `user` says `text` in `room` (a topic the demo's tokens allow), to every
+/// tab listening to it.
+async fn room(
+    _local: LocalOnly,
+    State(app): State<Arc<App>>,
+    ApiJson(body): ApiJson<RoomBody>,
+) -> Result<Response, ApiError> {
+    let topic = Topic::new(&body.room)?;
+    let room_prefix = ROOM_PATTERN.trim_end_matches('*');
+    if !topic.as_str().starts_with(room_prefix) {
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            format!("a demo room is a topic that starts with {room_prefix:?}, as the demo's tokens allow"),
+        ));
+    }
+    let user = UserId::new(body.user)?;
+    let text = body.text.trim();
+    if text.is_empty() || text.chars().count() > ROOM_TEXT_CHARS_MAX {
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            format!("`text` must be 1 to {ROOM_TEXT_CHARS_MAX} characters"),
+        ));
+    }
+    let data = serde_json::value::to_raw_value(&serde_json::json!({ "text": text, "from": user.as_str() }))
+        .expect("a JSON value serializes");
+    let publish = Publish {
+        target: Target::Topic(topic),
+        kind: Arc::from("message"),
+        data: Arc::from(data),
+        durable: false,
+        except_client: None,
+        except_user: None,
+        idempotency_key: None,
+    };
+    let receipt = app.notifier.publish(publish).await?;
+    Ok(json_response(&receipt))
 }
 
 /// `GET /demo/presence/{user}`: `GET /v1/users/{user}/presence` without the API key.

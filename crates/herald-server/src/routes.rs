@@ -41,6 +41,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/notify/batch", post(api::publish::notify_batch))
         .route("/v1/topics/listen", post(api::topics::publisher_listen))
         .route("/v1/topics/unlisten", post(api::topics::publisher_unlisten))
+        .route("/v1/topics/{topic}", get(api::topics::topic))
         .route("/v1/users/{user}/presence", get(api::users::presence))
         .route("/v1/users/{user}/notifications", get(api::users::notifications))
         .route("/v1/users/{user}/sessions", delete(api::users::close_all_sessions))

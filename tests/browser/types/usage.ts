@@ -7,8 +7,10 @@ import Herald, {
   type HeraldInboxChange,
   type HeraldInboxCounts,
   type HeraldInboxPage,
+  type HeraldListenOptions,
   type HeraldNotification,
   type HeraldStatus,
+  type HeraldTopicEvent,
   type HeraldUndecodable,
 } from '../../../clients/js/herald.js';
 
@@ -69,6 +71,24 @@ async function app(): Promise<void> {
   } catch (error) {
     if (error instanceof HeraldError) console.log(error.status, error.code, error.message);
   }
+  const joined: string[] = await herald.listen('room:1');
+  const options: HeraldListenOptions = { scope: 'client' };
+  await herald.listen(['room:2', 'post:42'], options);
+  const left: string[] = await herald.unlisten(['room:2']);
+  await herald.unlisten('post:42', { scope: 'client' });
+  const topics: readonly string[] = herald.topics;
+  console.log(joined.length, left.includes('room:1'), topics[0]);
+  herald.on('topic', (e: HeraldTopicEvent) => {
+    const message = e.data as Message;
+    console.log(e.topic, e.type, e.created_at, message.text);
+  });
+  const typed: HeraldTopicEvent<Message> = { topic: 'room:1', type: 'message', data: { text: 'hi' }, created_at: '' };
+  console.log(typed.data.text);
+  try {
+    await herald.listen('secret:1');
+  } catch (error) {
+    if (error instanceof HeraldError && error.code === 'topic_forbidden') console.log(error.status);
+  }
   herald.close();
 
   // Wrong uses the declarations refuse:
@@ -88,6 +108,14 @@ async function app(): Promise<void> {
   await herald.inbox.markAll('unread');
   // @ts-expect-error: counts are read-only
   herald.inbox.counts = null;
+  // @ts-expect-error: a topic is a string
+  await herald.listen(42);
+  // @ts-expect-error: no such scope
+  await herald.listen('room:1', { scope: 'tab' });
+  // @ts-expect-error: the topics are read-only
+  herald.topics.push('room:3');
+  // @ts-expect-error: a topic listener gets a topic event, not a notification with a seq
+  herald.on('topic', (e: HeraldNotification & { seq: number }) => console.log(e.seq));
 }
 
 void app;

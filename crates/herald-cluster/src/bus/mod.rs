@@ -45,7 +45,7 @@ use async_trait::async_trait;
 use herald_core::bus::{BusError, BusStats, RevocationNews, reload_listens};
 use herald_core::{
     Bus, ClientId, CloseReason, Health, Hub, InboxEvent, ListenError, Notification, Presence, SessionId,
-    Store, Topic, TopicEvent, UserId,
+    Store, Topic, TopicEvent, TopicTab, UserId,
 };
 use parking_lot::Mutex;
 use tokio::sync::{Notify, mpsc, oneshot};
@@ -53,8 +53,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::broker::{Broker, BrokerEvent};
 use crate::envelope::{
-    self, Body, Envelope, ListenOutcome, VERSION, WireClient, WireSession, nodes_subject, reply_subject,
-    shard_of, topic_shard_of, topic_subject, user_subject,
+    self, Body, Envelope, ListenOutcome, VERSION, WireClient, WireSession, WireTab, nodes_subject,
+    reply_subject, shard_of, topic_shard_of, topic_subject, user_subject,
 };
 use crate::interest::InterestTable;
 
@@ -65,6 +65,10 @@ mod repair;
 use limits::send_claims;
 use queries::merge_presence;
 use repair::repair_loop;
+
+/// Most tabs one node lists in an answer to a [`Body::TopicQuery`] (an envelope stays well
+/// under the brokers' message bounds: about 100 bytes a tab).
+const TOPIC_TABS_ANSWERED_MAX: usize = 1_000;
 
 /// How often a node says it is alive.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
@@ -421,7 +425,9 @@ impl Inner {
             | Body::LocateQuery { .. }
             | Body::LocateAnswer { .. }
             | Body::ListenQuery { .. }
-            | Body::ListenAnswer { .. } => unreachable!("handled by `receive`"),
+            | Body::ListenAnswer { .. }
+            | Body::TopicQuery { .. }
+            | Body::TopicAnswer { .. } => unreachable!("handled by `receive`"),
         }
     }
 
@@ -689,6 +695,24 @@ impl Bus for ClusterBus {
             .unwrap_or(here))
     }
 
+    /// This node's tabs, then every other live node's (at most 1 s), each with its node.
+    async fn topic_tabs(&self, topic: &Topic, max: usize) -> Result<(Vec<TopicTab>, usize), BusError> {
+        let (mut tabs, mut total) = self.inner.hub.topic_tabs(topic, max);
+        let query = |id, reply| Body::TopicQuery { topic: topic.clone(), max, id, reply };
+        for (node, answer) in self.inner.ask(query, false).await? {
+            let Body::TopicAnswer { tabs: theirs, total: their_total, .. } = answer else { continue };
+            total += their_total;
+            tabs.extend(theirs.into_iter().map(|t| TopicTab {
+                user: t.user,
+                session: t.session,
+                client: t.client,
+                node: Some(node.clone()),
+            }));
+        }
+        tabs.truncate(max);
+        Ok((tabs, total))
+    }
+
     /// This node's hub first, else the first node that knows the client.
     async fn locate(&self, client: &ClientId) -> Result<Option<(UserId, SessionId)>, BusError> {
         if let Some(found) = self.inner.hub.locate(client) {
@@ -769,9 +793,23 @@ async fn receive(inner: Arc<Inner>, mut events: mpsc::Receiver<BrokerEvent>) {
                             });
                         }
                     }
+                    Body::TopicQuery { topic, max, id, reply } => {
+                        if reply.starts_with(&format!("{}.reply.", inner.cluster)) {
+                            let (tabs, total) =
+                                inner.hub.topic_tabs(&topic, max.min(TOPIC_TABS_ANSWERED_MAX));
+                            let tabs = tabs
+                                .into_iter()
+                                .map(|t| WireTab { user: t.user, session: t.session, client: t.client })
+                                .collect();
+                            let answer = Body::TopicAnswer { id, tabs, total };
+                            let inner = inner.clone();
+                            tokio::spawn(async move { inner.publish_envelope(&reply, answer).await });
+                        }
+                    }
                     answer @ (Body::PresenceAnswer { id, .. }
                     | Body::LocateAnswer { id, .. }
-                    | Body::ListenAnswer { id, .. }) => inner.answered(envelope.from, id, answer),
+                    | Body::ListenAnswer { id, .. }
+                    | Body::TopicAnswer { id, .. }) => inner.answered(envelope.from, id, answer),
                     body => inner.deliver(Envelope { body, ..envelope }),
                 }
             }

@@ -471,6 +471,11 @@ async fn topic_events_and_listens_cross_nodes(url: &str) {
         ),
         "{refused:?}"
     );
+    let listeners = a.notifier.topic_listeners(&room, 10).await.unwrap();
+    let mut tabs: Vec<(String, Option<String>)> =
+        listeners.tabs.iter().map(|t| (t.user.to_string(), t.node.as_deref().map(str::to_owned))).collect();
+    tabs.sort();
+    assert_eq!(tabs, [("alice".to_owned(), None), ("bob".to_owned(), Some("b".to_owned()))]);
     let presence = a.notifier.presence(&user("bob")).await.unwrap();
     assert_eq!(presence.sessions[0].clients[0].topics, std::slice::from_ref(&room), "{presence:?}");
 

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use crate::api::inbox::{DeclaredJson, client_header};
 use crate::app::App;
 use crate::auth::{Publisher, Subscriber};
-use crate::error::{ApiError, ApiJson};
+use crate::error::{ApiError, ApiJson, ApiPath};
 use crate::response::json_response;
 
 /// The body of `POST /v1/listen` and `/v1/unlisten`.
@@ -63,6 +63,62 @@ struct Listening<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     session: Option<&'a SessionId>,
     topics: Vec<Topic>,
+}
+
+/// Users, sessions and tabs listed at most in a `GET /v1/topics/{topic}` answer, each.
+pub const TOPIC_LISTENERS_LISTED_MAX: usize = 1_000;
+
+#[derive(Serialize)]
+struct TopicAnswer<'a> {
+    topic: &'a Topic,
+    users: &'a [UserId],
+    sessions: Vec<SessionBody<'a>>,
+    clients: Vec<TabBody<'a>>,
+    truncated: bool,
+}
+
+#[derive(Serialize)]
+struct SessionBody<'a> {
+    user: &'a UserId,
+    session: &'a SessionId,
+}
+
+#[derive(Serialize)]
+struct TabBody<'a> {
+    client: &'a ClientId,
+    user: &'a UserId,
+    session: &'a SessionId,
+    node: &'a str,
+}
+
+/// `GET /v1/topics/{topic}`: who listens — users at user scope, sessions at session scope (from
+/// the store) and tabs at any scope (on every node), at most [`TOPIC_LISTENERS_LISTED_MAX`]
+/// of each (`truncated` when there were more).
+pub async fn topic(
+    State(app): State<Arc<App>>,
+    _publisher: Publisher,
+    ApiPath(topic): ApiPath<String>,
+) -> Result<Response, ApiError> {
+    let topic = Topic::new(topic)?;
+    let listeners = app.notifier.topic_listeners(&topic, TOPIC_LISTENERS_LISTED_MAX).await?;
+    let local = app.settings.node_id.as_str();
+    let answer = TopicAnswer {
+        topic: &topic,
+        users: &listeners.users,
+        sessions: listeners.sessions.iter().map(|(user, session)| SessionBody { user, session }).collect(),
+        clients: listeners
+            .tabs
+            .iter()
+            .map(|t| TabBody {
+                client: &t.client,
+                user: &t.user,
+                session: &t.session,
+                node: t.node.as_deref().unwrap_or(local),
+            })
+            .collect(),
+        truncated: listeners.truncated,
+    };
+    Ok(json_response(&answer))
 }
 
 /// The body's topic names as topics: 400 `invalid_topic` for one that is not.

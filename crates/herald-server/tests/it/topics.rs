@@ -447,6 +447,21 @@ async fn a_user_who_follows_a_topic_gets_it_in_every_tab_new_ones_included() {
         assert_eq!(topic_event(tab).await["data"], 2);
     }
 
+    // Who listens: the user (from the store) and its three tabs, each with its node.
+    let (status, body) = server.get("/v1/topics/post:42").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        (&body["topic"], &body["users"], &body["sessions"]),
+        (&json!("post:42"), &json!(["alice"]), &json!([]))
+    );
+    let mut sessions: Vec<&str> =
+        body["clients"].as_array().unwrap().iter().map(|c| c["session"].as_str().unwrap()).collect();
+    sessions.sort_unstable();
+    assert_eq!(sessions, ["laptop", "phone", "tablet"], "{body}");
+    assert_eq!(body["clients"][0]["node"], server.app.settings.node_id.as_str());
+    assert_eq!(body["truncated"], false);
+    assert_error(&server.get("/v1/topics/a%20b").await, 400, "invalid_topic");
+
     // Unfollowed: no tab gets it any more.
     let (status, body) =
         server.post_api("/v1/topics/unlisten", json!({"topics": ["post:42"], "user": "alice"})).await;
@@ -496,6 +511,13 @@ async fn a_session_listens_until_it_is_closed_and_scopes_add_up_without_doubles(
     assert_eq!(body["delivered"], 2);
     topic_event(&mut tab1).await;
     topic_event(&mut tab2).await;
+    let (_, body) = server.get("/v1/topics/room:1").await;
+    assert_eq!(
+        (&body["users"], &body["sessions"]),
+        (&json!([]), &json!([{"user": "alice", "session": "s1"}])),
+        "{body}"
+    );
+    assert_eq!(body["clients"].as_array().map(Vec::len), Some(2), "{body}");
 
     // The session is closed: its listens go with it (the store's too).
     let (status, _) = server.delete("/v1/users/alice/sessions/s1").await;
