@@ -303,10 +303,7 @@ pub trait Store: Send + Sync + 'static {
         topics: &[Topic],
         bounds: ListenBounds,
         now_ms: i64,
-    ) -> Result<ScopeListens, StoreError> {
-        let _ = (user, session, topics, bounds, now_ms);
-        Err(StoreError::Unavailable("TRANSITIONAL: listens not in this store yet".into()))
-    }
+    ) -> Result<ScopeListens, StoreError>;
 
     /// Removes `topics` from what `user` listens to at that scope (those it does not listen to
     /// are ignored). Returns the scope's topics now, sorted.
@@ -315,10 +312,7 @@ pub trait Store: Send + Sync + 'static {
         user: &UserId,
         session: Option<&SessionId>,
         topics: &[Topic],
-    ) -> Result<Vec<Topic>, StoreError> {
-        let _ = (user, session, topics);
-        Err(StoreError::Unavailable("TRANSITIONAL: listens not in this store yet".into()))
-    }
+    ) -> Result<Vec<Topic>, StoreError>;
 
     /// Forgets the session-scope listens of `user`'s `session` (of all its sessions with
     /// `None`): the session was closed. User-scope listens stay.
@@ -326,17 +320,11 @@ pub trait Store: Send + Sync + 'static {
         &self,
         user: &UserId,
         session: Option<&SessionId>,
-    ) -> Result<(), StoreError> {
-        let _ = (user, session);
-        Ok(())
-    }
+    ) -> Result<(), StoreError>;
 
     /// Everything `user` listens to, at user scope and in each session, sorted (user scope
     /// first).
-    async fn listens(&self, user: &UserId) -> Result<Vec<StoredListen>, StoreError> {
-        let _ = user;
-        Ok(Vec::new())
-    }
+    async fn listens(&self, user: &UserId) -> Result<Vec<StoredListen>, StoreError>;
 
     /// Who listens to `topic` at user or session scope, sorted by user then session (user
     /// scope first), after `after` (exclusive; `None`: from the start), at most `limit`.
@@ -345,10 +333,7 @@ pub trait Store: Send + Sync + 'static {
         topic: &Topic,
         after: Option<&TopicListener>,
         limit: usize,
-    ) -> Result<Vec<TopicListener>, StoreError> {
-        let _ = (topic, after, limit);
-        Ok(Vec::new())
-    }
+    ) -> Result<Vec<TopicListener>, StoreError>;
 
     /// What kind of store this is, for `/healthz` and logs: `"sqlite"`, `"memory"`,
     /// `"postgres"`; `"custom"` unless an implementation names itself.

@@ -13,9 +13,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use herald_core::{
     Appended, Audience, ClientEvent, ClientIdMinter, CloseReason, Epoch, Hub, InboxChange, InboxCounts,
-    InboxPage, InboxQuery, Limits, LocalBus, LogHead, LogPage, Mark, NewNotification, Notification, Notifier,
-    PruneReport, Receipt, Retention, Revocation, Selection, Seq, SessionId, Store, StoreError,
-    SubscribeError, SubscribeRequest, Subscription, Transport, UserId,
+    InboxPage, InboxQuery, Limits, ListenBounds, LocalBus, LogHead, LogPage, Mark, NewNotification,
+    Notification, Notifier, PruneReport, Receipt, Retention, Revocation, ScopeListens, Selection, Seq,
+    SessionId, Store, StoreError, StoredListen, SubscribeError, SubscribeRequest, Subscription, Topic,
+    TopicListener, Transport, UserId,
 };
 use herald_store::MemoryStore;
 use serde_json::json;
@@ -175,6 +176,42 @@ impl Store for PublishingStore {
     }
     async fn revocations(&self, user: &UserId) -> Result<Vec<Revocation>, StoreError> {
         self.inner.revocations(user).await
+    }
+    async fn listen(
+        &self,
+        user: &UserId,
+        session: Option<&SessionId>,
+        topics: &[Topic],
+        bounds: ListenBounds,
+        now_ms: i64,
+    ) -> Result<ScopeListens, StoreError> {
+        self.inner.listen(user, session, topics, bounds, now_ms).await
+    }
+    async fn unlisten(
+        &self,
+        user: &UserId,
+        session: Option<&SessionId>,
+        topics: &[Topic],
+    ) -> Result<Vec<Topic>, StoreError> {
+        self.inner.unlisten(user, session, topics).await
+    }
+    async fn forget_session_listens(
+        &self,
+        user: &UserId,
+        session: Option<&SessionId>,
+    ) -> Result<(), StoreError> {
+        self.inner.forget_session_listens(user, session).await
+    }
+    async fn listens(&self, user: &UserId) -> Result<Vec<StoredListen>, StoreError> {
+        self.inner.listens(user).await
+    }
+    async fn topic_listeners(
+        &self,
+        topic: &Topic,
+        after: Option<&TopicListener>,
+        limit: usize,
+    ) -> Result<Vec<TopicListener>, StoreError> {
+        self.inner.topic_listeners(topic, after, limit).await
     }
 }
 

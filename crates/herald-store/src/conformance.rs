@@ -20,8 +20,9 @@ use std::time::Duration;
 use herald_core::notification::now_ms;
 use herald_core::{
     Appended, Audience, ClientId, EPOCH_BYTES_MAX, InboxCounts, InboxPage, InboxQuery, InboxStatus,
-    ItemState, LogHead, Mark, NewNotification, Notification, Receipt, ReceiptEntry, Retention, Revocation,
-    Revocations, Selection, SessionId, Store, UserId,
+    ItemState, ListenBounds, LogHead, Mark, NewNotification, Notification, Receipt, ReceiptEntry, Retention,
+    Revocation, Revocations, ScopeListens, Selection, SessionId, Store, StoredListen, Topic, TopicListener,
+    UserId,
 };
 use serde_json::value::RawValue;
 
@@ -70,6 +71,15 @@ macro_rules! conformance_tests {
             revocations_keep_the_latest_close,
             prune_forgets_old_revocations,
             revoked_tokens_are_those_issued_until_the_close,
+            listens_at_user_and_session_scope,
+            listens_are_sorted_user_scope_first,
+            a_listen_over_the_bound_changes_nothing,
+            a_listen_of_topics_already_listened_is_never_too_many,
+            unlisten_removes_only_what_is_listened,
+            a_session_beyond_the_bound_forgets_the_oldest,
+            forget_session_listens_keeps_user_scope,
+            topic_listeners_pages_by_user_then_session,
+            concurrent_listens_stay_within_the_bounds,
         );
     };
     (@cases $make:path, $skip:path; $($case:ident),* $(,)?) => {
@@ -1167,4 +1177,395 @@ pub async fn revoked_tokens_are_those_issued_until_the_close(
     let fresh = Revocations::new(Arc::clone(&store));
     assert!(fresh.is_revoked(&alice, &s2, 2_000).await.unwrap());
     assert!(!fresh.is_revoked(&alice, &s2, 2_001).await.unwrap());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Listens kept in the store
+
+fn topic(name: &str) -> Topic {
+    Topic::new(name).expect("valid topic")
+}
+
+fn topics(names: &[&str]) -> Vec<Topic> {
+    names.iter().map(|name| topic(name)).collect()
+}
+
+/// Bounds of `user_topics` at user scope, `session_topics` per session, `sessions` sessions.
+fn bounds(user_topics: usize, session_topics: usize, sessions: usize) -> ListenBounds {
+    ListenBounds { user_topics_max: user_topics, session_topics_max: session_topics, sessions_max: sessions }
+}
+
+/// Roomy bounds, for cases about something else.
+const ROOMY: ListenBounds = ListenBounds { user_topics_max: 100, session_topics_max: 100, sessions_max: 100 };
+
+/// `ScopeListens::Listening(topics)`.
+fn listening(names: &[&str]) -> ScopeListens {
+    ScopeListens::Listening(topics(names))
+}
+
+/// `store.listen(user, session, topics, bounds, now_ms)`, unwrapped.
+async fn listen_at(
+    store: &dyn Store,
+    user_id: &str,
+    session_id: Option<&str>,
+    names: &[&str],
+    bounds: ListenBounds,
+    now_ms: i64,
+) -> ScopeListens {
+    let session_id = session_id.map(session);
+    store.listen(&user(user_id), session_id.as_ref(), &topics(names), bounds, now_ms).await.expect("listen")
+}
+
+/// [`listen_at`] now, within roomy bounds.
+async fn listen(store: &dyn Store, user_id: &str, session_id: Option<&str>, names: &[&str]) -> ScopeListens {
+    listen_at(store, user_id, session_id, names, ROOMY, now_ms()).await
+}
+
+/// `user`'s listens as (session, topic), `""` for user scope, in the store's order.
+async fn listens_of(store: &dyn Store, user_id: &str) -> Vec<(String, String)> {
+    store
+        .listens(&user(user_id))
+        .await
+        .expect("listens")
+        .into_iter()
+        .map(|StoredListen { session, topic }| {
+            (session.map(|s| s.as_str().to_owned()).unwrap_or_default(), topic.as_str().to_owned())
+        })
+        .collect()
+}
+
+/// Owned (session, topic) pairs, to compare with [`listens_of`].
+fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+    list.iter().map(|&(session, topic)| (session.to_owned(), topic.to_owned())).collect()
+}
+
+/// A listener of a topic: `user`, at `session`'s scope (`""`: user scope).
+fn listener(user_id: &str, session_id: &str) -> TopicListener {
+    TopicListener { user: user(user_id), session: (!session_id.is_empty()).then(|| session(session_id)) }
+}
+
+/// A user listens at user scope and in a session; each call returns the scope's topics, sorted,
+/// a topic named twice (in one call or two) is listened to once, and other users are untouched.
+pub async fn listens_at_user_and_session_scope(make: &impl AsyncFn(Retention) -> Arc<dyn Store>) {
+    let store = make(Retention::default()).await;
+    assert_eq!(listens_of(&*store, "alice").await, []);
+    assert_eq!(listen(&*store, "alice", None, &["news", "chat", "news"]).await, listening(&["chat", "news"]));
+    assert_eq!(listen(&*store, "alice", None, &["chat", "art"]).await, listening(&["art", "chat", "news"]));
+    assert_eq!(
+        listen(&*store, "alice", Some("s1"), &["room:2", "room:1"]).await,
+        listening(&["room:1", "room:2"])
+    );
+    assert_eq!(listen(&*store, "bob", Some("s1"), &["news"]).await, listening(&["news"]));
+    // A topic at both scopes is one listen of each.
+    assert_eq!(
+        listen(&*store, "alice", Some("s1"), &["news"]).await,
+        listening(&["news", "room:1", "room:2"])
+    );
+    assert_eq!(
+        listens_of(&*store, "alice").await,
+        pairs(
+            &[("", "art"), ("", "chat"), ("", "news"), ("s1", "news"), ("s1", "room:1"), ("s1", "room:2"),]
+        )
+    );
+    assert_eq!(listens_of(&*store, "bob").await, pairs(&[("s1", "news")]));
+    assert_eq!(listens_of(&*store, "carol").await, []);
+    // A call naming nothing changes nothing, and makes no session.
+    assert_eq!(listen(&*store, "carol", Some("s9"), &[]).await, listening(&[]));
+    assert_eq!(listen(&*store, "alice", None, &[]).await, listening(&["art", "chat", "news"]));
+    assert_eq!(listens_of(&*store, "carol").await, []);
+}
+
+/// `listens` is sorted by scope, user scope first, then by topic, in byte order (`B` before
+/// `a`), whatever order the listens came in.
+pub async fn listens_are_sorted_user_scope_first(make: &impl AsyncFn(Retention) -> Arc<dyn Store>) {
+    let store = make(Retention::default()).await;
+    listen(&*store, "alice", Some("zed"), &["b", "A"]).await;
+    listen(&*store, "alice", Some("Zed"), &["x"]).await;
+    listen(&*store, "alice", None, &["z", "B", "a"]).await;
+    listen(&*store, "alice", Some("abc"), &["m"]).await;
+    assert_eq!(
+        listens_of(&*store, "alice").await,
+        pairs(&[("", "B"), ("", "a"), ("", "z"), ("Zed", "x"), ("abc", "m"), ("zed", "A"), ("zed", "b"),])
+    );
+    let listens = store.listens(&user("alice")).await.unwrap();
+    assert!(listens.windows(2).all(|w| w[0] < w[1]), "sorted as `StoredListen` sorts: {listens:?}");
+}
+
+/// A listen that would take its scope over the bound is refused whole with `TooMany { count,
+/// max }` (`count`: the scope's topics had it passed, each counted once) and changes nothing,
+/// neither the scope nor another session (no eviction); up to the bound exactly is fine.
+pub async fn a_listen_over_the_bound_changes_nothing(make: &impl AsyncFn(Retention) -> Arc<dyn Store>) {
+    let store = make(Retention::default()).await;
+    let tight = bounds(3, 2, 1);
+    let now = now_ms();
+    assert_eq!(listen_at(&*store, "alice", None, &["a", "b"], tight, now).await, listening(&["a", "b"]));
+    assert_eq!(
+        listen_at(&*store, "alice", None, &["c", "d", "c"], tight, now).await,
+        ScopeListens::TooMany { count: 4, max: 3 }
+    );
+    assert_eq!(listens_of(&*store, "alice").await, pairs(&[("", "a"), ("", "b")]), "nothing of it listened");
+    assert_eq!(
+        listen_at(&*store, "alice", None, &["c", "a", "c"], tight, now).await,
+        listening(&["a", "b", "c"])
+    );
+    assert_eq!(
+        listen_at(&*store, "alice", None, &["d"], tight, now).await,
+        ScopeListens::TooMany { count: 4, max: 3 }
+    );
+
+    // Session scope has its own bound; a new session refused does not evict the one there.
+    assert_eq!(listen_at(&*store, "alice", Some("s1"), &["x"], tight, now).await, listening(&["x"]));
+    assert_eq!(
+        listen_at(&*store, "alice", Some("s2"), &["p", "q", "r"], tight, now + 1).await,
+        ScopeListens::TooMany { count: 3, max: 2 }
+    );
+    assert_eq!(
+        listen_at(&*store, "alice", Some("s1"), &["x", "y", "z"], tight, now + 2).await,
+        ScopeListens::TooMany { count: 3, max: 2 }
+    );
+    assert_eq!(
+        listens_of(&*store, "alice").await,
+        pairs(&[("", "a"), ("", "b"), ("", "c"), ("s1", "x")]),
+        "neither s2 nor s1's new topics, and s1 was not evicted"
+    );
+    assert_eq!(listen_at(&*store, "alice", Some("s1"), &["y"], tight, now).await, listening(&["x", "y"]));
+}
+
+/// A listen that adds nothing new is never `TooMany`, even when the scope is at its bound or
+/// over it (the bound was lowered since); one that adds a topic then is, counting the scope's
+/// topics with it.
+pub async fn a_listen_of_topics_already_listened_is_never_too_many(
+    make: &impl AsyncFn(Retention) -> Arc<dyn Store>,
+) {
+    let store = make(Retention::default()).await;
+    let now = now_ms();
+    assert_eq!(
+        listen_at(&*store, "alice", None, &["a", "b", "c"], bounds(3, 3, 3), now).await,
+        listening(&["a", "b", "c"])
+    );
+    assert_eq!(
+        listen_at(&*store, "alice", Some("s1"), &["x", "y"], bounds(3, 3, 3), now).await,
+        listening(&["x", "y"])
+    );
+    // At the bound.
+    assert_eq!(
+        listen_at(&*store, "alice", None, &["c", "a"], bounds(3, 3, 3), now).await,
+        listening(&["a", "b", "c"])
+    );
+    // Over a lowered bound.
+    let lowered = bounds(1, 1, 3);
+    assert_eq!(
+        listen_at(&*store, "alice", None, &["b", "b", "a"], lowered, now).await,
+        listening(&["a", "b", "c"])
+    );
+    assert_eq!(listen_at(&*store, "alice", Some("s1"), &["y"], lowered, now).await, listening(&["x", "y"]));
+    assert_eq!(
+        listen_at(&*store, "alice", None, &["a", "d"], lowered, now).await,
+        ScopeListens::TooMany { count: 4, max: 1 }
+    );
+    assert_eq!(
+        listens_of(&*store, "alice").await,
+        pairs(&[("", "a"), ("", "b"), ("", "c"), ("s1", "x"), ("s1", "y")])
+    );
+}
+
+/// `unlisten` removes the topics named from that scope only, ignores those not listened to
+/// (another scope's, unknown ones, a user or session with no listens), and returns what is
+/// left; a session left with no topics is gone (from `listens` and `topic_listeners`).
+pub async fn unlisten_removes_only_what_is_listened(make: &impl AsyncFn(Retention) -> Arc<dyn Store>) {
+    let store = make(Retention::default()).await;
+    let alice = user("alice");
+    listen(&*store, "alice", None, &["a", "b", "c"]).await;
+    listen(&*store, "alice", Some("s1"), &["b", "x"]).await;
+    let unlisten = async |session_id: Option<&str>, names: &[&str]| {
+        let session_id = session_id.map(session);
+        store.unlisten(&alice, session_id.as_ref(), &topics(names)).await.expect("unlisten")
+    };
+    assert_eq!(unlisten(None, &["b", "zz", "x"]).await, topics(&["a", "c"]));
+    assert_eq!(unlisten(None, &["b"]).await, topics(&["a", "c"]), "again: nothing to remove");
+    assert_eq!(unlisten(Some("s2"), &["a"]).await, topics(&[]), "a session with no listens");
+    assert_eq!(
+        store.unlisten(&user("bob"), None, &topics(&["a"])).await.unwrap(),
+        topics(&[]),
+        "a user with no listens"
+    );
+    assert_eq!(listens_of(&*store, "alice").await, pairs(&[("", "a"), ("", "c"), ("s1", "b"), ("s1", "x")]));
+    assert_eq!(unlisten(Some("s1"), &["x", "b"]).await, topics(&[]));
+    assert_eq!(listens_of(&*store, "alice").await, pairs(&[("", "a"), ("", "c")]));
+    assert_eq!(store.topic_listeners(&topic("x"), None, 10).await.unwrap(), []);
+    assert_eq!(unlisten(None, &[]).await, topics(&["a", "c"]));
+}
+
+/// Beyond `sessions_max` sessions with listens, a new session's listen forgets every listen of
+/// the session whose latest listen is the oldest, in the same call: a listen of a topic already
+/// listened counts as a listen, unlistening a topic does not make a session older, ties go to
+/// the smallest id, user scope is no session and is kept, and a session already there listening
+/// more evicts nobody.
+pub async fn a_session_beyond_the_bound_forgets_the_oldest(make: &impl AsyncFn(Retention) -> Arc<dyn Store>) {
+    let store = make(Retention::default()).await;
+    let two = bounds(10, 10, 2);
+    let t = 1_000_000;
+    listen_at(&*store, "alice", None, &["follow"], two, t).await;
+    listen_at(&*store, "alice", Some("s1"), &["a"], two, t + 100).await;
+    listen_at(&*store, "alice", Some("s2"), &["b"], two, t + 200).await;
+    // s1 listens again (its topic already listened), then more and less: its latest is t + 400.
+    listen_at(&*store, "alice", Some("s1"), &["a"], two, t + 300).await;
+    listen_at(&*store, "alice", Some("s1"), &["c"], two, t + 400).await;
+    assert_eq!(
+        store.unlisten(&user("alice"), Some(&session("s1")), &topics(&["c"])).await.unwrap(),
+        topics(&["a"])
+    );
+    // At the bound, a session already there evicts nobody.
+    listen_at(&*store, "alice", Some("s2"), &["d"], two, t + 250).await;
+    assert_eq!(
+        listens_of(&*store, "alice").await,
+        pairs(&[("", "follow"), ("s1", "a"), ("s2", "b"), ("s2", "d")])
+    );
+    // s3 is one too many: s2 (latest t + 250) goes, not s1 (latest t + 400), in this call.
+    assert_eq!(listen_at(&*store, "alice", Some("s3"), &["e"], two, t + 500).await, listening(&["e"]));
+    assert_eq!(listens_of(&*store, "alice").await, pairs(&[("", "follow"), ("s1", "a"), ("s3", "e")]));
+    assert_eq!(store.topic_listeners(&topic("b"), None, 10).await.unwrap(), []);
+
+    // Ties: the smallest id goes. Other users are not counted.
+    let store = make(Retention::default()).await;
+    listen_at(&*store, "bob", Some("s0"), &["a"], two, t).await;
+    listen_at(&*store, "alice", Some("sb"), &["a"], two, t).await;
+    listen_at(&*store, "alice", Some("sa"), &["a"], two, t).await;
+    listen_at(&*store, "alice", Some("sc"), &["a"], two, t).await;
+    assert_eq!(listens_of(&*store, "alice").await, pairs(&[("sb", "a"), ("sc", "a")]));
+    assert_eq!(listens_of(&*store, "bob").await, pairs(&[("s0", "a")]));
+
+    // One session at most: each new one replaces the last.
+    let one = bounds(10, 10, 1);
+    listen_at(&*store, "carol", Some("s1"), &["a", "b"], one, t).await;
+    listen_at(&*store, "carol", Some("s2"), &["c"], one, t + 1).await;
+    assert_eq!(listens_of(&*store, "carol").await, pairs(&[("s2", "c")]));
+}
+
+/// `forget_session_listens` forgets one session's listens, or (`None`) every session's, and
+/// keeps user scope and the other users'.
+pub async fn forget_session_listens_keeps_user_scope(make: &impl AsyncFn(Retention) -> Arc<dyn Store>) {
+    let store = make(Retention::default()).await;
+    let alice = user("alice");
+    listen(&*store, "alice", None, &["follow"]).await;
+    listen(&*store, "alice", Some("s1"), &["a", "b"]).await;
+    listen(&*store, "alice", Some("s2"), &["c"]).await;
+    listen(&*store, "alice", Some("s3"), &["d"]).await;
+    listen(&*store, "bob", Some("s1"), &["a"]).await;
+    store.forget_session_listens(&alice, Some(&session("s1"))).await.unwrap();
+    assert_eq!(listens_of(&*store, "alice").await, pairs(&[("", "follow"), ("s2", "c"), ("s3", "d")]));
+    store.forget_session_listens(&alice, Some(&session("s9"))).await.unwrap();
+    store.forget_session_listens(&alice, None).await.unwrap();
+    assert_eq!(listens_of(&*store, "alice").await, pairs(&[("", "follow")]));
+    assert_eq!(listens_of(&*store, "bob").await, pairs(&[("s1", "a")]));
+    store.forget_session_listens(&user("carol"), None).await.unwrap();
+    // Forgotten sessions count no more against `sessions_max`.
+    listen_at(&*store, "alice", Some("s4"), &["e"], bounds(10, 10, 1), now_ms()).await;
+    listen_at(&*store, "alice", None, &["more"], bounds(10, 10, 1), now_ms()).await;
+    assert_eq!(listens_of(&*store, "alice").await, pairs(&[("", "follow"), ("", "more"), ("s4", "e")]));
+}
+
+/// `topic_listeners` lists who listens to a topic, by user then session (user scope first), in
+/// byte order, in keyset pages: from `after` (exclusive, whether it still listens or not) at most
+/// `limit`; the pages together are the whole list, once each.
+pub async fn topic_listeners_pages_by_user_then_session(make: &impl AsyncFn(Retention) -> Arc<dyn Store>) {
+    let store = make(Retention::default()).await;
+    listen(&*store, "carol", None, &["news"]).await;
+    listen(&*store, "alice", Some("s2"), &["news"]).await;
+    listen(&*store, "alice", None, &["news", "other"]).await;
+    listen(&*store, "alice", Some("S1"), &["news"]).await;
+    listen(&*store, "Bob", Some("s1"), &["news"]).await;
+    listen(&*store, "bob", Some("s1"), &["other"]).await;
+    listen(&*store, "dave", None, &["other"]).await;
+    listen(&*store, "alice", Some("s3"), &["other"]).await;
+    let news = topic("news");
+    let all = vec![
+        listener("Bob", "s1"),
+        listener("alice", ""),
+        listener("alice", "S1"),
+        listener("alice", "s2"),
+        listener("carol", ""),
+    ];
+    assert_eq!(store.topic_listeners(&news, None, 100).await.unwrap(), all);
+    assert_eq!(store.topic_listeners(&news, None, 0).await.unwrap(), []);
+    assert_eq!(store.topic_listeners(&topic("nobody"), None, 100).await.unwrap(), []);
+    for limit in 1..=3 {
+        let mut paged = Vec::new();
+        let mut after: Option<TopicListener> = None;
+        loop {
+            let page = store.topic_listeners(&news, after.as_ref(), limit).await.unwrap();
+            assert!(page.len() <= limit, "limit {limit}: {page:?}");
+            if page.is_empty() {
+                break;
+            }
+            after = page.last().cloned();
+            paged.extend(page);
+        }
+        assert_eq!(paged, all, "pages of {limit}");
+    }
+    // From a point that does not listen (or no longer does), and past the end.
+    assert_eq!(
+        store.topic_listeners(&news, Some(&listener("alice", "S0")), 2).await.unwrap(),
+        [listener("alice", "S1"), listener("alice", "s2")]
+    );
+    assert_eq!(
+        store.topic_listeners(&news, Some(&listener("alice", "")), 1).await.unwrap(),
+        [listener("alice", "S1")]
+    );
+    assert_eq!(
+        store.topic_listeners(&news, Some(&listener("b", "")), 5).await.unwrap(),
+        [listener("carol", "")]
+    );
+    assert_eq!(store.topic_listeners(&news, Some(&listener("carol", "")), 5).await.unwrap(), []);
+    assert_eq!(
+        store.topic_listeners(&topic("other"), None, 100).await.unwrap(),
+        [listener("alice", ""), listener("alice", "s3"), listener("bob", "s1"), listener("dave", "")]
+    );
+}
+
+/// Many listens of one user at once, each adding two topics of its own at user scope and in a
+/// new session: the user scope stays within its bound, the user ends with exactly
+/// `sessions_max` sessions, and what is kept at user scope is exactly what the accepted calls
+/// added (those refused added nothing). Fails if two listens could both pass the bound.
+pub async fn concurrent_listens_stay_within_the_bounds(make: &impl AsyncFn(Retention) -> Arc<dyn Store>) {
+    const CALLS: usize = 12;
+    let store = make(Retention::default()).await;
+    let tight = bounds(5, 3, 4);
+    let tasks: Vec<_> = (0..CALLS)
+        .map(|i| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                let mine = [format!("t{i:02}a"), format!("t{i:02}b")];
+                let names: Vec<&str> = mine.iter().map(String::as_str).collect();
+                let session_id = format!("s{i:02}");
+                let (at_user, in_session) = tokio::join!(
+                    listen_at(&*store, "alice", None, &names, tight, now_ms()),
+                    listen_at(&*store, "alice", Some(&session_id), &names, tight, now_ms()),
+                );
+                assert_eq!(in_session, ScopeListens::Listening(topics(&names)));
+                (mine, at_user)
+            })
+        })
+        .collect();
+    let mut accepted = Vec::new();
+    for task in tasks {
+        let (mine, at_user) = task.await.expect("task");
+        match at_user {
+            ScopeListens::Listening(now) => {
+                assert!(now.len() <= 5, "over the bound: {now:?}");
+                accepted.extend(mine);
+            }
+            // Two topics at a time: the scope holds 4 when a call is refused.
+            ScopeListens::TooMany { count, max } => assert_eq!((count, max), (6, 5)),
+        }
+    }
+    accepted.sort();
+    let listens = store.listens(&user("alice")).await.unwrap();
+    let at_user: Vec<String> =
+        listens.iter().filter(|l| l.session.is_none()).map(|l| l.topic.as_str().to_owned()).collect();
+    assert_eq!(at_user, accepted, "exactly the accepted calls' topics");
+    assert_eq!(at_user.len(), 4, "two calls of two topics fit in 5, a third does not");
+    let mut sessions: Vec<&SessionId> = listens.iter().filter_map(|l| l.session.as_ref()).collect();
+    sessions.dedup();
+    assert_eq!(sessions.len(), 4, "sessions_max sessions: {sessions:?}");
 }

@@ -1,5 +1,6 @@
 //! Herald's stores: implementations of [`herald_core::Store`], each user's durable log of
-//! notifications and the idempotency records of publishes.
+//! notifications, the idempotency records of publishes, and the topics users listen to kept in
+//! the store.
 //!
 //! - [`SqliteStore`] is the store of a single node (`herald serve`): one SQLite file in WAL mode,
 //!   written by one thread that commits concurrent publishes together (group commit), read
@@ -29,7 +30,8 @@
 //!   - `sqlite/schema.rs`: the tables of each schema version, the migrations, the epoch;
 //!   - `sqlite/connection.rs`: the lock file, opening the file and its pragmas, the checkpointer
 //!     thread, the read pool;
-//!   - `sqlite/reads.rs`: what a read transaction does (heads, log and inbox pages, counts);
+//!   - `sqlite/reads.rs`: what a read transaction does (heads, log and inbox pages, counts,
+//!     revocations, listens);
 //!   - `sqlite/staging.rs`: staged appends and how they settle into the users' logs;
 //!   - `sqlite/request.rs`: the writer's requests, each write with its typed reply;
 //!   - `sqlite/writes.rs`: what each request does in SQL;
@@ -40,7 +42,8 @@
 //!   - `postgres/sql.rs`: driver and pool errors as `StoreError`s, seqs as `bigint`;
 //!   - `postgres/schema.rs`: the tables, the migrations under an advisory lock, the epoch;
 //!   - `postgres/pool.rs`: connection settings and timeouts, the bounded pool, bounded operations;
-//!   - `postgres/reads.rs`: heads, log and inbox pages, counts, revocations (one statement each);
+//!   - `postgres/reads.rs`: heads, log and inbox pages, counts, revocations, listens (one
+//!     statement each);
 //!   - `postgres/writes.rs`: each write in SQL, and the one order of locks;
 //!   - `postgres/writer.rs`: the writer task and its bounded queue (group commit);
 //!   - `postgres/operations.rs`: `Store` for `PostgresStore`;

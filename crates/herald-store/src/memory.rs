@@ -23,8 +23,8 @@ use async_trait::async_trait;
 use herald_core::inbox::CountsDelta;
 use herald_core::notification::now_ms;
 use herald_core::{
-    Appended, Epoch, InboxChange, InboxCounts, InboxItem, InboxPage, InboxQuery, ItemState, LogHead, LogPage,
-    ListenBounds, Mark, NewNotification, Notification, PruneReport, PrunedInbox, Receipt, ReceiptEntry,
+    Appended, Epoch, InboxChange, InboxCounts, InboxItem, InboxPage, InboxQuery, ItemState, ListenBounds,
+    LogHead, LogPage, Mark, NewNotification, Notification, PruneReport, PrunedInbox, Receipt, ReceiptEntry,
     Retention, Revocation, ScopeListens, Selection, Seq, SessionId, Store, StoreError, StoredListen, Topic,
     TopicListener, UserId,
 };
@@ -345,7 +345,8 @@ impl Store for MemoryStore {
             }
             return Ok(ScopeListens::Listening(current));
         }
-        let count = current.len() + topics.iter().collect::<BTreeSet<_>>().iter().filter(|t| !current.contains(**t)).count();
+        let count = current.len()
+            + topics.iter().collect::<BTreeSet<_>>().iter().filter(|t| !current.contains(**t)).count();
         if count > max && count > current.len() {
             if listens.is_empty() {
                 inner.listens.remove(user);
@@ -357,7 +358,11 @@ impl Store for MemoryStore {
             Some(session) => {
                 if !listens.sessions.contains_key(session) && listens.sessions.len() >= bounds.sessions_max {
                     // The session whose latest listen is the oldest (then the smallest id).
-                    let oldest = listens.sessions.iter().min_by(|a, b| (a.1.0, a.0).cmp(&(b.1.0, b.0))).map(|(s, _)| s.clone());
+                    let oldest = listens
+                        .sessions
+                        .iter()
+                        .min_by(|a, b| (a.1.0, a.0).cmp(&(b.1.0, b.0)))
+                        .map(|(s, _)| s.clone());
                     if let Some(oldest) = oldest {
                         listens.sessions.remove(&oldest);
                     }
@@ -402,7 +407,11 @@ impl Store for MemoryStore {
         Ok(left)
     }
 
-    async fn forget_session_listens(&self, user: &UserId, session: Option<&SessionId>) -> Result<(), StoreError> {
+    async fn forget_session_listens(
+        &self,
+        user: &UserId,
+        session: Option<&SessionId>,
+    ) -> Result<(), StoreError> {
         let mut inner = self.inner.lock();
         let Some(listens) = inner.listens.get_mut(user) else { return Ok(()) };
         match session {
@@ -423,7 +432,11 @@ impl Store for MemoryStore {
         let mut all: Vec<StoredListen> =
             listens.user.iter().map(|topic| StoredListen { session: None, topic: topic.clone() }).collect();
         for (session, (_, topics)) in &listens.sessions {
-            all.extend(topics.iter().map(|topic| StoredListen { session: Some(session.clone()), topic: topic.clone() }));
+            all.extend(
+                topics
+                    .iter()
+                    .map(|topic| StoredListen { session: Some(session.clone()), topic: topic.clone() }),
+            );
         }
         all.sort();
         Ok(all)

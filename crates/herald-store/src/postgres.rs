@@ -14,7 +14,9 @@
 //! - **Other writes** (inbox marks and deletes, receipts, revocations, retention) are one
 //!   transaction each on a pooled connection, and take their user's row first, so that every
 //!   writer of a user's notifications holds that lock (see `postgres/writes.rs` for the order of
-//!   locks that keeps nodes from deadlocking).
+//!   locks that keeps nodes from deadlocking). Writes of a user's listens are one transaction
+//!   each too, under an advisory lock of the user's listens, so that two nodes listening for one
+//!   user at once cannot both pass its bounds.
 //! - **Reads** are one statement each, so a page and its head, or a page and its counts, come
 //!   from one snapshot. Inbox counts are the user's row: O(1).
 //! - **Retention** runs chunk by chunk under an advisory lock taken with `pg_try_…`: one node
@@ -39,9 +41,9 @@
 //!   epoch.
 //! - `pool`: connection settings and their timeouts, the bounded pool, `Pool::run` (a bounded
 //!   time per operation, retries after deadlocks).
-//! - `reads`: heads, log pages, inbox pages and counts, revocations: one statement each.
+//! - `reads`: heads, log pages, inbox pages and counts, revocations, listens: one statement each.
 //! - `writes`: what each write does in SQL (a batch of appends, marks, deletes, retention
-//!   chunks), and the order locks are taken in.
+//!   chunks, listens), and the order locks are taken in.
 //! - `writer`: the writer task and its bounded queue (group commit).
 //! - `operations`: [`Store`] for [`PostgresStore`].
 //! - `testing` (tests, or feature `test-support`): the test database, schemas of one's own, a
@@ -66,7 +68,7 @@ pub use pool::{
     CONNECT_TIMEOUT, IDLE_IN_TRANSACTION_TIMEOUT, OPERATION_TIMEOUT, POOL_CONNECTIONS_MAX, POOL_WAIT_TIMEOUT,
     PostgresOptions, RETRIES_MAX, STATEMENT_TIMEOUT, TCP_USER_TIMEOUT,
 };
-pub use schema::{SCHEMA_V1, SCHEMA_VERSION};
+pub use schema::{SCHEMA_V1, SCHEMA_V2, SCHEMA_VERSION};
 pub use writer::{BATCH_REQUESTS_MAX, GATHER_ROUNDS_MAX, WRITE_QUEUE_CAPACITY, WriterStats};
 pub use writes::PRUNE_CHUNK_ROWS;
 

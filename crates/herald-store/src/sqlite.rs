@@ -47,7 +47,7 @@
 //! - `connection`: the lock file, opening the file and its pragmas, the checkpointer thread, the
 //!   pool of read-only connections.
 //! - `reads`: what a read transaction does: heads, log pages, inbox pages and counts
-//!   (`UserRow`, a user's row with its tail), revocations.
+//!   (`UserRow`, a user's row with its tail), revocations, listens kept in the store.
 //! - `staging`: staged appends, kept in memory for readers and settled into the logs.
 //! - `request`: the writer's requests, each write with its typed reply.
 //! - `writes`: what each request does in SQL, inside the writer's transaction.
@@ -75,7 +75,7 @@ use parking_lot::Mutex;
 
 pub use connection::READER_CONNECTIONS;
 pub use reads::inbox_list_sql;
-pub use schema::{SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6, SCHEMA_VERSION};
+pub use schema::{SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6, SCHEMA_V7, SCHEMA_VERSION};
 pub use staging::Settling;
 pub use writer::{BATCH_REQUESTS_MAX, ENQUEUE_TIMEOUT, WRITE_QUEUE_CAPACITY, WriterStats};
 pub use writes::{INBOX_CHUNK_ROWS, PRUNE_CHUNK_ROWS};

@@ -5,17 +5,19 @@
 
 use async_trait::async_trait;
 use herald_core::{
-    Appended, Epoch, Health, InboxChange, InboxCounts, InboxPage, InboxQuery, LogHead, LogPage, Mark,
-    NewNotification, PruneReport, Receipt, Revocation, Selection, Seq, SessionId, Store, StoreError, UserId,
+    Appended, Epoch, Health, InboxChange, InboxCounts, InboxPage, InboxQuery, ListenBounds, LogHead, LogPage,
+    Mark, NewNotification, PruneReport, Receipt, Revocation, ScopeListens, Selection, Seq, SessionId, Store,
+    StoreError, StoredListen, Topic, TopicListener, UserId,
 };
 
 use super::PostgresStore;
 use super::reads::{
-    ping, read_head, read_inbox_counts, read_inbox_page, read_last_seqs, read_log_page, read_revocations,
+    ping, read_head, read_inbox_counts, read_inbox_page, read_last_seqs, read_listens, read_log_page,
+    read_revocations, read_topic_listeners,
 };
 use super::writes::{
-    AppendRequest, PrunedChunk, complete_receipt, inbox_delete, inbox_mark, prune_keys, prune_notifications,
-    prune_revocations, revoke,
+    AppendRequest, PrunedChunk, complete_receipt, forget_session_listens, inbox_delete, inbox_mark, listen,
+    prune_keys, prune_notifications, prune_revocations, revoke, unlisten,
 };
 
 #[async_trait]
@@ -129,6 +131,78 @@ impl Store for PostgresStore {
     async fn revocations(&self, user: &UserId) -> Result<Vec<Revocation>, StoreError> {
         let pool = &*self.pool;
         pool.run(move || async move { read_revocations(&*pool.client().await?, user).await }).await
+    }
+
+    async fn listen(
+        &self,
+        user: &UserId,
+        session: Option<&SessionId>,
+        topics: &[Topic],
+        bounds: ListenBounds,
+        now_ms: i64,
+    ) -> Result<ScopeListens, StoreError> {
+        let pool = &*self.pool;
+        pool.run(move || async move {
+            let mut client = pool.client().await?;
+            let tx = client.transaction().await?;
+            let listens = listen(&tx, user, session, topics, bounds, now_ms).await?;
+            tx.commit().await?;
+            Ok(listens)
+        })
+        .await
+    }
+
+    async fn unlisten(
+        &self,
+        user: &UserId,
+        session: Option<&SessionId>,
+        topics: &[Topic],
+    ) -> Result<Vec<Topic>, StoreError> {
+        let pool = &*self.pool;
+        pool.run(move || async move {
+            let mut client = pool.client().await?;
+            let tx = client.transaction().await?;
+            let topics = unlisten(&tx, user, session, topics).await?;
+            tx.commit().await?;
+            Ok(topics)
+        })
+        .await
+    }
+
+    async fn forget_session_listens(
+        &self,
+        user: &UserId,
+        session: Option<&SessionId>,
+    ) -> Result<(), StoreError> {
+        let pool = &*self.pool;
+        pool.run(move || async move {
+            let mut client = pool.client().await?;
+            let tx = client.transaction().await?;
+            forget_session_listens(&tx, user, session).await?;
+            Ok(tx.commit().await?)
+        })
+        .await
+    }
+
+    async fn listens(&self, user: &UserId) -> Result<Vec<StoredListen>, StoreError> {
+        let pool = &*self.pool;
+        pool.run(move || async move { read_listens(&*pool.client().await?, user).await }).await
+    }
+
+    async fn topic_listeners(
+        &self,
+        topic: &Topic,
+        after: Option<&TopicListener>,
+        limit: usize,
+    ) -> Result<Vec<TopicListener>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let pool = &*self.pool;
+        pool.run(
+            move || async move { read_topic_listeners(&*pool.client().await?, topic, after, limit).await },
+        )
+        .await
     }
 
     fn kind(&self) -> &'static str {

@@ -1,4 +1,5 @@
-//! The reads: heads, log pages, inbox pages and counts, revocations, and the probe's ping. Each
+//! The reads: heads, log pages, inbox pages and counts, revocations, listens, and the probe's
+//! ping. Each
 //! is one statement, so what it returns comes from one snapshot (a page and its head, a page and
 //! its counts), on a pooled connection outside any transaction. Nothing here writes.
 //!
@@ -9,15 +10,16 @@
 
 use std::sync::Arc;
 
-use deadpool_postgres::ClientWrapper;
+use deadpool_postgres::{ClientWrapper, GenericClient};
 use herald_core::{
     Audience, ClientId, Epoch, InboxCounts, InboxItem, InboxPage, InboxQuery, InboxStatus, ItemState,
-    LogHead, LogPage, Notification, Revocation, Seq, SessionId, StoreError, UserId,
+    LogHead, LogPage, Notification, Revocation, Seq, SessionId, StoreError, StoredListen, Topic,
+    TopicListener, UserId,
 };
 use serde_json::value::RawValue;
 use tokio_postgres::Row;
 
-use super::sql::{Error, count_from_sql, seq_from_sql, sql_seq};
+use super::sql::{Error, count_from_sql, seq_from_sql, session_from_sql, sql_seq, sql_session};
 
 /// One round trip that touches no table: the store's probe (whether the database answers).
 pub(super) async fn ping(client: &ClientWrapper) -> Result<(), Error> {
@@ -231,19 +233,85 @@ pub(super) async fn read_revocations(
     let rows = client.query(&statement, &[&user.as_str()]).await?;
     let mut revocations = Vec::with_capacity(rows.len());
     for row in rows {
-        let session: String = row.get(0);
+        let session = session_from_sql(row.get(0), "herald_revocations")?;
         let closed_at: i64 = row.get(1);
-        let session = if session.is_empty() {
-            None
-        } else {
-            Some(
-                SessionId::new(&session)
-                    .map_err(|e| StoreError::Corrupt(format!("revoked session of {user}: {e}")))?,
-            )
-        };
         let closed_at_secs = u64::try_from(closed_at)
             .map_err(|_| StoreError::Corrupt(format!("negative revocation time of {user}")))?;
         revocations.push(Revocation { session, closed_at_secs });
     }
     Ok(revocations)
 }
+
+/// A topic of `herald_topic_listens`.
+fn topic_from_sql(topic: &str) -> Result<Topic, StoreError> {
+    Topic::new(topic)
+        .map_err(|e| StoreError::Corrupt(format!("topic {topic:?} in herald_topic_listens: {e}")))
+}
+
+/// The topics `user` listens to at `session`'s scope (`None`: user scope), sorted: a range of
+/// the primary key. The writes read it too, inside their transaction.
+pub(super) async fn read_scope_topics<C: GenericClient>(
+    client: &C,
+    user: &UserId,
+    session: Option<&SessionId>,
+) -> Result<Vec<Topic>, Error> {
+    let statement = client
+        .prepare_cached(
+            "SELECT topic FROM herald_topic_listens WHERE user_id = $1 AND session = $2 ORDER BY topic",
+        )
+        .await?;
+    let rows = client.query(&statement, &[&user.as_str(), &sql_session(session)]).await?;
+    Ok(rows.iter().map(|row| topic_from_sql(row.get(0))).collect::<Result<_, _>>()?)
+}
+
+/// Everything `user` listens to, user scope (`''`) first, then each session's, topics sorted
+/// within each: the primary key's order, one range of it.
+pub(super) async fn read_listens(client: &ClientWrapper, user: &UserId) -> Result<Vec<StoredListen>, Error> {
+    let statement = client
+        .prepare_cached(
+            "SELECT session, topic FROM herald_topic_listens WHERE user_id = $1 ORDER BY session, topic",
+        )
+        .await?;
+    let rows = client.query(&statement, &[&user.as_str()]).await?;
+    let mut listens = Vec::with_capacity(rows.len());
+    for row in &rows {
+        listens.push(StoredListen {
+            session: session_from_sql(row.get(0), "herald_topic_listens")?,
+            topic: topic_from_sql(row.get(1))?,
+        });
+    }
+    Ok(listens)
+}
+
+/// Up to `limit` of those who listen to `topic`, by user then session (user scope, `''`,
+/// first), after `after` (exclusive): a range of `herald_topic_listens_by_topic` from `after`
+/// on. With no `after`, from `('', '')`, before every (user, session): a user id is never empty.
+pub(super) async fn read_topic_listeners(
+    client: &ClientWrapper,
+    topic: &Topic,
+    after: Option<&TopicListener>,
+    limit: usize,
+) -> Result<Vec<TopicListener>, Error> {
+    let statement = client.prepare_cached(TOPIC_LISTENERS_SQL).await?;
+    let (after_user, after_session) =
+        after.map_or(("", ""), |after| (after.user.as_str(), sql_session(after.session.as_ref())));
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let rows = client.query(&statement, &[&topic.as_str(), &after_user, &after_session, &limit]).await?;
+    let mut listeners = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let user: &str = row.get(0);
+        listeners.push(TopicListener {
+            user: UserId::new(user)
+                .map_err(|e| StoreError::Corrupt(format!("user id in herald_topic_listens: {e}")))?,
+            session: session_from_sql(row.get(1), "herald_topic_listens")?,
+        });
+    }
+    Ok(listeners)
+}
+
+/// The query of a page of [`read_topic_listeners`]: `$1` topic, `$2` and `$3` the (user,
+/// session) the page starts after, `$4` limit.
+pub(super) const TOPIC_LISTENERS_SQL: &str = "
+    SELECT user_id, session FROM herald_topic_listens
+    WHERE topic = $1 AND (user_id, session) > ($2, $3)
+    ORDER BY user_id, session LIMIT $4";

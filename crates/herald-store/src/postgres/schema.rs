@@ -14,9 +14,10 @@ use super::sql::Error;
 
 /// The schema this code writes, kept in `herald_meta.schema_version`. A database with a higher
 /// version was migrated by a newer Herald: opening it fails rather than guess.
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
 
-/// Schema version 1: everything the `Store` contract needs.
+/// Schema version 1: everything the `Store` contract needed then (listens came with
+/// [`SCHEMA_V2`]).
 ///
 /// - `herald_meta`: one row, the schema version and the **epoch**, a random id made with the
 ///   schema (see `read_epoch`).
@@ -88,6 +89,37 @@ CREATE INDEX herald_revocations_by_closed_at ON herald_revocations (closed_at);
 INSERT INTO herald_meta (schema_version) VALUES (1);
 "#;
 
+/// Version 1 → 2: **listens kept in the store** (see `herald_core::StoredListen`), in
+/// `herald_topic_listens`: one row per user, scope and topic, as in the SQLite store's
+/// `topic_listens` (its schema version 7). `session` is `''` for user scope (every tab of the
+/// user, the "follow" case): a session id is never empty, and `''` sorts before every one, as
+/// user scope comes first in `Store::listens` and `Store::topic_listeners`.
+///
+/// - The primary key (user, session, topic) holds a user's listens together, by scope: a
+///   scope's topics (sorted, `COLLATE "C"` as Rust sorts them), the user's sessions and all its
+///   listens are ranges of it, and only the user's rows are read to check its bounds.
+/// - `herald_topic_listens_by_topic` (topic, user, session): who listens to a topic, in the
+///   order of `topic_listeners`' keyset pages; a page is a range of it from the last (user,
+///   session) on, read from the index alone.
+/// - `listened_at` (ms): for session scope, the session's latest listen, set on all its rows by
+///   each of its listens, so that the session with the oldest one can be forgotten when a user
+///   has too many (`ListenBounds::sessions_max`); for user scope, when the topic was listened
+///   to, which nothing reads.
+///
+/// Writers of one user's listens take an advisory lock of the user (see
+/// `writes::LISTENS_LOCK`), not these rows: a user's first listens have no row to lock yet.
+pub const SCHEMA_V2: &str = r#"
+CREATE TABLE herald_topic_listens (
+    user_id     text COLLATE "C" NOT NULL,
+    session     text COLLATE "C" NOT NULL DEFAULT '',
+    topic       text COLLATE "C" NOT NULL,
+    listened_at bigint NOT NULL,
+    PRIMARY KEY (user_id, session, topic)
+);
+CREATE INDEX herald_topic_listens_by_topic ON herald_topic_listens (topic, user_id, session);
+UPDATE herald_meta SET schema_version = 2;
+"#;
+
 /// The advisory lock migrations hold (for their transaction): one per schema, so several nodes
 /// starting at once on one database migrate one after the other, and the later ones find the
 /// schema done. `hashtext` of the schema's name: stores in other schemas of the database do not
@@ -123,7 +155,16 @@ pub(super) async fn migrate(client: &mut Client, place: &str) -> Result<(), Erro
         // instead of being mixed into.
         tx.batch_execute(SCHEMA_V1).await?;
     }
-    // Later versions: `if version < 2 { … }`, each bumping `herald_meta.schema_version`.
+    if version < 2 {
+        if version >= 1 {
+            tracing::info!(
+                place,
+                "upgrading Herald's tables to schema version 2 (listens kept in the store)"
+            );
+        }
+        tx.batch_execute(SCHEMA_V2).await?;
+    }
+    // Later versions: `if version < 3 { … }`, each bumping `herald_meta.schema_version`.
     tx.commit().await?;
     Ok(())
 }

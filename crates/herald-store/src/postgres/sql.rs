@@ -1,8 +1,9 @@
 //! Where the store's values and errors meet PostgreSQL's: [`Error`], what a query, the pool or
 //! the store itself can fail with, and how each maps onto a [`StoreError`]; seqs in and out of
-//! `bigint`. The leaf every other module of the store uses; no SQL statement lives here.
+//! `bigint`; the optional session of a revocation or a listen in and out of a `text NOT NULL`
+//! column. The leaf every other module of the store uses; no SQL statement lives here.
 
-use herald_core::{Seq, StoreError};
+use herald_core::{Seq, SessionId, StoreError};
 use tokio_postgres::error::SqlState;
 
 /// What an operation of the store can fail with before it becomes a [`StoreError`] (`?` turns
@@ -127,4 +128,21 @@ pub(super) fn seq_from_sql(seq: i64) -> Result<Seq, StoreError> {
 /// A count kept in `users` (never negative: see `InboxCounts::apply`).
 pub(super) fn count_from_sql(n: i64) -> Result<u64, StoreError> {
     u64::try_from(n).map_err(|_| StoreError::Corrupt(format!("negative inbox count {n} in the store")))
+}
+
+/// The `session` column of `herald_revocations` and `herald_topic_listens`: the session's id, or
+/// `''` for "all sessions" (a revocation) and user scope (a listen). No session is mistaken for
+/// it: a session id is never empty (`SessionId::new` refuses it).
+pub(super) fn sql_session(session: Option<&SessionId>) -> &str {
+    session.map_or("", SessionId::as_str)
+}
+
+/// The session of a `session` column ([`sql_session`]); `table` names it in the error.
+pub(super) fn session_from_sql(session: &str, table: &str) -> Result<Option<SessionId>, StoreError> {
+    match session {
+        "" => Ok(None),
+        id => SessionId::new(id)
+            .map(Some)
+            .map_err(|e| StoreError::Corrupt(format!("session id in {table}: {e}"))),
+    }
 }

@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use herald_core::notification::now_ms;
 use herald_core::{
-    Appended, Audience, Epoch, Health, InboxChange, InboxCounts, InboxPage, InboxQuery, LogHead, LogPage,
-    Mark, NewNotification, PruneReport, Receipt, Retention, Revocation, Selection, Seq, SessionId, Store,
-    StoreError, UserId,
+    Appended, Audience, Epoch, Health, InboxChange, InboxCounts, InboxPage, InboxQuery, ListenBounds,
+    LogHead, LogPage, Mark, NewNotification, PruneReport, Receipt, Retention, Revocation, ScopeListens,
+    Selection, Seq, SessionId, Store, StoreError, StoredListen, Topic, TopicListener, UserId,
 };
 use serde_json::value::RawValue;
 
@@ -106,6 +106,42 @@ impl Store for TestStore {
     }
     async fn revocations(&self, user: &UserId) -> Result<Vec<Revocation>, StoreError> {
         self.store().revocations(user).await
+    }
+    async fn listen(
+        &self,
+        user: &UserId,
+        session: Option<&SessionId>,
+        topics: &[Topic],
+        bounds: ListenBounds,
+        now_ms: i64,
+    ) -> Result<ScopeListens, StoreError> {
+        self.store().listen(user, session, topics, bounds, now_ms).await
+    }
+    async fn unlisten(
+        &self,
+        user: &UserId,
+        session: Option<&SessionId>,
+        topics: &[Topic],
+    ) -> Result<Vec<Topic>, StoreError> {
+        self.store().unlisten(user, session, topics).await
+    }
+    async fn forget_session_listens(
+        &self,
+        user: &UserId,
+        session: Option<&SessionId>,
+    ) -> Result<(), StoreError> {
+        self.store().forget_session_listens(user, session).await
+    }
+    async fn listens(&self, user: &UserId) -> Result<Vec<StoredListen>, StoreError> {
+        self.store().listens(user).await
+    }
+    async fn topic_listeners(
+        &self,
+        topic: &Topic,
+        after: Option<&TopicListener>,
+        limit: usize,
+    ) -> Result<Vec<TopicListener>, StoreError> {
+        self.store().topic_listeners(topic, after, limit).await
     }
 }
 
@@ -224,6 +260,132 @@ async fn nodes_opening_at_once_migrate_once() {
     }
     drop_schema(&url, &schema);
     assert!(epochs.windows(2).all(|w| w[0] == w[1]), "one epoch: {epochs:?}");
+}
+
+/// Two stores on one schema (two nodes) listen for one user at once, each call adding two
+/// topics of its own at user scope and in a new session: the user scope ends within its bound
+/// with exactly the topics of the calls that were accepted, and the user with exactly
+/// `sessions_max` sessions. Fails if the writes of a user's listens did not take the user's
+/// lock (`writes::LISTENS_LOCK`): two nodes would count the same topics and both insert.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nodes_listening_at_once_stay_within_the_bounds() {
+    skip_unless_postgres!();
+    const ROUNDS: usize = 5;
+    const CALLS_PER_NODE: usize = 8;
+    let first = Arc::new(TestStore::open(Retention::default()).await);
+    let second: Arc<dyn Store> = Arc::new(
+        PostgresStore::open(options(&first.url, &first.schema), Retention::default()).await.unwrap(),
+    );
+    let nodes: [Arc<dyn Store>; 2] = [first.clone(), second.clone()];
+    let bounds = ListenBounds { user_topics_max: 5, session_topics_max: 2, sessions_max: 3 };
+    for round in 0..ROUNDS {
+        let alice = UserId::new(format!("alice-{round}")).unwrap();
+        let mut tasks = Vec::new();
+        for (n, node) in nodes.iter().enumerate() {
+            for call in 0..CALLS_PER_NODE {
+                let (node, alice) = (Arc::clone(node), alice.clone());
+                tasks.push(tokio::spawn(async move {
+                    let mine = [format!("n{n}c{call}a"), format!("n{n}c{call}b")];
+                    let topics: Vec<Topic> = mine.iter().map(|t| Topic::new(t).unwrap()).collect();
+                    let session = SessionId::new(format!("n{n}c{call}")).unwrap();
+                    let (at_user, in_session) = tokio::join!(
+                        node.listen(&alice, None, &topics, bounds, now_ms()),
+                        node.listen(&alice, Some(&session), &topics, bounds, now_ms()),
+                    );
+                    assert_eq!(in_session.unwrap(), ScopeListens::Listening(topics.clone()));
+                    (topics, at_user.unwrap())
+                }));
+            }
+        }
+        let mut accepted = Vec::new();
+        for task in tasks {
+            match task.await.unwrap() {
+                (topics, ScopeListens::Listening(now)) => {
+                    assert!(now.len() <= bounds.user_topics_max, "round {round}: over the bound: {now:?}");
+                    accepted.extend(topics);
+                }
+                (_, ScopeListens::TooMany { count, max }) => {
+                    assert_eq!((count, max), (6, 5), "round {round}: refused at 4 topics + 2")
+                }
+            }
+        }
+        accepted.sort();
+        for node in &nodes {
+            let listens = node.listens(&alice).await.unwrap();
+            let at_user: Vec<Topic> =
+                listens.iter().filter(|l| l.session.is_none()).map(|l| l.topic.clone()).collect();
+            assert_eq!(at_user, accepted, "round {round}: exactly the accepted calls' topics");
+            assert_eq!(at_user.len(), 4, "round {round}: two calls of two topics fit in 5, a third does not");
+            let mut sessions: Vec<&SessionId> = listens.iter().filter_map(|l| l.session.as_ref()).collect();
+            sessions.dedup();
+            assert_eq!(sessions.len(), bounds.sessions_max, "round {round}: {sessions:?}");
+        }
+    }
+    drop(nodes);
+    drop(second);
+    drop(first);
+}
+
+/// A schema of version 1 (before listens) is upgraded in place to version 2 when a store opens
+/// it, keeping its logs; the listens table is new and works, its pages walk its topic index (no
+/// sort). Fails if the migration to version 2 were missing or not recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_1_schema_gains_listens() {
+    skip_unless_postgres!();
+    let test = TestStore::open(Retention::default()).await;
+    test.append(vec![entry("alice", 1)], None).await.unwrap();
+    let (client, connection) = tokio_postgres::connect(&test.url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let schema = &test.schema;
+    client
+        .batch_execute(&format!(
+            "DROP TABLE \"{schema}\".herald_topic_listens; UPDATE \"{schema}\".herald_meta SET schema_version = 1"
+        ))
+        .await
+        .unwrap();
+    let reopened = PostgresStore::open(options(&test.url, schema), Retention::default()).await.unwrap();
+    let version: i32 = client
+        .query_one(&format!("SELECT schema_version FROM \"{schema}\".herald_meta"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(version, SCHEMA_VERSION);
+    let alice = UserId::new("alice").unwrap();
+    assert_eq!(reopened.head(&alice).await.unwrap().last_seq, 1, "the logs are kept");
+    assert_eq!(reopened.listens(&alice).await.unwrap(), []);
+    let news = Topic::new("news").unwrap();
+    let bounds = ListenBounds { user_topics_max: 1, session_topics_max: 1, sessions_max: 1 };
+    assert_eq!(
+        reopened.listen(&alice, None, std::slice::from_ref(&news), bounds, now_ms()).await.unwrap(),
+        ScopeListens::Listening(vec![news.clone()])
+    );
+
+    // A page of listeners is a range of the topic's index, read in its order.
+    // A few rows would be read by a sequential scan: this asks what the index gives.
+    client.batch_execute(&format!("SET search_path = \"{schema}\"; SET enable_seqscan = off")).await.unwrap();
+    let plan: Vec<String> = client
+        .query(
+            &format!(
+                "EXPLAIN {}",
+                reads::TOPIC_LISTENERS_SQL
+                    .replace("$1", "'news'")
+                    .replace("$2", "'alice'")
+                    .replace("$3", "''")
+                    .replace("$4", "10")
+            ),
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    let plan = plan.join(" | ");
+    eprintln!("topic listeners: {plan}");
+    assert!(plan.contains("herald_topic_listens_by_topic"), "{plan}");
+    assert!(plan.contains("ROW(user_id, session) >"), "the page starts in the index: {plan}");
+    assert!(!plan.contains("Sort"), "no sort: {plan}");
+    drop(reopened);
 }
 
 /// The epoch is made with the schema and kept: the same on reopening, another in another schema

@@ -8,20 +8,25 @@
 //! is what serializes writers of one user, and only of that user. Retention's deletes of old
 //! keys and revocations skip rows locked by a writer (`SKIP LOCKED`) instead of waiting for
 //! them. Should PostgreSQL still find a deadlock, the transaction runs again (`pool::RETRIES_MAX`).
+//!
+//! **Listens** are apart from the logs: a write of a user's listens takes the user's advisory
+//! lock of listens ([`LISTENS_LOCK`]) and then only that user's `herald_topic_listens` rows,
+//! never a `herald_users` row, so it waits on no other kind of write and none waits on it.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use deadpool_postgres::{GenericClient, Object, Transaction};
 use herald_core::inbox::CountsDelta;
 use herald_core::{
-    Appended, InboxChange, InboxCounts, ItemState, Mark, NewNotification, Notification, PrunedInbox, Receipt,
-    ReceiptEntry, Retention, Selection, SessionId, StoreError, UserId,
+    Appended, InboxChange, InboxCounts, ItemState, ListenBounds, Mark, NewNotification, Notification,
+    PrunedInbox, Receipt, ReceiptEntry, Retention, ScopeListens, Selection, SessionId, StoreError, Topic,
+    UserId,
 };
 use tokio_postgres::Row;
 
-use super::reads::{COUNTS_COLUMNS, counts_from_row};
-use super::sql::{Error, seq_from_sql, sql_seq};
+use super::reads::{COUNTS_COLUMNS, counts_from_row, read_scope_topics};
+use super::sql::{Error, seq_from_sql, sql_seq, sql_session};
 
 /// Notifications one chunk of retention removes at most (and, separately, idempotency keys and
 /// revocations). At the bound the chunk commits and the next one starts: the users' rows it
@@ -451,7 +456,158 @@ pub(super) async fn revoke(
              ON CONFLICT (user_id, session) DO UPDATE SET closed_at = GREATEST(r.closed_at, EXCLUDED.closed_at)",
         )
         .await?;
-    tx.execute(&statement, &[&user.as_str(), &session.map_or("", |s| s.as_str()), &closed_at_secs]).await?;
+    tx.execute(&statement, &[&user.as_str(), &sql_session(session), &closed_at_secs]).await?;
+    Ok(())
+}
+
+/// The advisory lock of one user's listens (`$1`: the user), held by every write of them until
+/// its transaction ends. It is what keeps a scope within its bound across nodes: a listen counts
+/// the scope's topics and then inserts, and two nodes doing that at once for one user, each in
+/// its own snapshot, would both pass the bound. Row locks cannot do it: `SELECT … FOR UPDATE`
+/// locks only the rows that exist, and a user's first listens (a new session's, a bound reached
+/// by new topics) have none to lock; SERIALIZABLE would, at the price of failed transactions to
+/// run again. Under the lock, each statement that follows it (READ COMMITTED: a snapshot per
+/// statement) sees what the previous holder committed.
+///
+/// Two keys of 32 bits (the schema's, the user's `hashtext`): that key space is apart from the
+/// one-key locks of migrations and retention, so a user's hash never waits on those. Two users
+/// with the same hash only wait for each other; one lock per transaction, so no deadlock.
+const LISTENS_LOCK: &str =
+    "SELECT pg_advisory_xact_lock(hashtext(current_schema() || ':herald-listens'), hashtext($1))";
+
+/// Takes `user`'s lock of listens ([`LISTENS_LOCK`]) for this transaction.
+async fn lock_listens(tx: &Transaction<'_>, user: &UserId) -> Result<(), Error> {
+    let statement = tx.prepare_cached(LISTENS_LOCK).await?;
+    tx.execute(&statement, &[&user.as_str()]).await?;
+    Ok(())
+}
+
+/// Adds `topics` to `user`'s listens at `session`'s scope (`None`: user scope), within `bounds`,
+/// under the user's lock of listens, and returns the scope's topics. Reads the scope first and
+/// decides before it writes anything: over the scope's bound it changes nothing
+/// ([`ScopeListens::TooMany`]); a call that adds no topic is never over it, nor one that names
+/// none (it changes nothing at all). A session's first listen when the user already has
+/// `sessions_max` sessions with listens forgets the one whose latest listen is the oldest (then
+/// the smallest id), in this transaction. Each listen of a session sets `listened_at` on all its
+/// rows (see `SCHEMA_V2`).
+pub(super) async fn listen(
+    tx: &Transaction<'_>,
+    user: &UserId,
+    session: Option<&SessionId>,
+    topics: &[Topic],
+    bounds: ListenBounds,
+    now_ms: i64,
+) -> Result<ScopeListens, Error> {
+    lock_listens(tx, user).await?;
+    let current = read_scope_topics(tx, user, session).await?;
+    if topics.is_empty() {
+        return Ok(ScopeListens::Listening(current));
+    }
+    // `current` is sorted: the topics named that the scope does not listen to yet, once each.
+    let new: BTreeSet<&Topic> = topics.iter().filter(|topic| current.binary_search(topic).is_err()).collect();
+    let count = current.len() + new.len();
+    let max = if session.is_some() { bounds.session_topics_max } else { bounds.user_topics_max };
+    if count > max && !new.is_empty() {
+        return Ok(ScopeListens::TooMany { count, max });
+    }
+    if session.is_some() && current.is_empty() {
+        forget_oldest_session_if_full(tx, user, bounds.sessions_max).await?;
+    }
+    let scope = sql_session(session);
+    if !new.is_empty() {
+        let statement = tx
+            .prepare_cached(
+                "INSERT INTO herald_topic_listens (user_id, session, topic, listened_at)
+                 SELECT $1, $2, t.topic, $4 FROM unnest($3::text[]) AS t(topic)",
+            )
+            .await?;
+        let added: Vec<&str> = new.iter().map(|topic| topic.as_str()).collect();
+        tx.execute(&statement, &[&user.as_str(), &scope, &added, &now_ms]).await?;
+    }
+    if session.is_some() {
+        let statement = tx
+            .prepare_cached(
+                "UPDATE herald_topic_listens SET listened_at = $3 WHERE user_id = $1 AND session = $2",
+            )
+            .await?;
+        tx.execute(&statement, &[&user.as_str(), &scope, &now_ms]).await?;
+    }
+    let mut now: Vec<Topic> = current;
+    now.extend(new.into_iter().cloned());
+    now.sort_unstable();
+    Ok(ScopeListens::Listening(now))
+}
+
+/// Before a session of `user` gets its first listen: if the user has `sessions_max` sessions
+/// with listens (or more), forgets every listen of the one whose latest listen is the oldest
+/// (ties: the smallest id), as the hub evicts its least recently active session. The caller
+/// holds the user's lock of listens.
+async fn forget_oldest_session_if_full(
+    tx: &Transaction<'_>,
+    user: &UserId,
+    sessions_max: usize,
+) -> Result<(), Error> {
+    // `session > ''`: session scopes only, a range of the primary key.
+    let statement = tx
+        .prepare_cached(
+            "SELECT session, max(listened_at) FROM herald_topic_listens WHERE user_id = $1 AND session > ''
+             GROUP BY session",
+        )
+        .await?;
+    let sessions: Vec<(String, i64)> =
+        tx.query(&statement, &[&user.as_str()]).await?.iter().map(|row| (row.get(0), row.get(1))).collect();
+    if sessions.len() < sessions_max {
+        return Ok(());
+    }
+    if let Some((oldest, _)) = sessions.iter().min_by(|a, b| (a.1, &a.0).cmp(&(b.1, &b.0))) {
+        let statement =
+            tx.prepare_cached("DELETE FROM herald_topic_listens WHERE user_id = $1 AND session = $2").await?;
+        tx.execute(&statement, &[&user.as_str(), oldest]).await?;
+    }
+    Ok(())
+}
+
+/// Removes `topics` from `user`'s listens at `session`'s scope (those it does not listen to are
+/// no error), under the user's lock of listens, and returns the scope's topics.
+pub(super) async fn unlisten(
+    tx: &Transaction<'_>,
+    user: &UserId,
+    session: Option<&SessionId>,
+    topics: &[Topic],
+) -> Result<Vec<Topic>, Error> {
+    lock_listens(tx, user).await?;
+    let statement = tx
+        .prepare_cached(
+            "DELETE FROM herald_topic_listens WHERE user_id = $1 AND session = $2 AND topic = ANY($3)",
+        )
+        .await?;
+    let topics: Vec<&str> = topics.iter().map(Topic::as_str).collect();
+    tx.execute(&statement, &[&user.as_str(), &sql_session(session), &topics]).await?;
+    read_scope_topics(tx, user, session).await
+}
+
+/// Forgets the listens of `user`'s `session`, or with `None` of all its sessions (`session >
+/// ''`: user scope stays), under the user's lock of listens.
+pub(super) async fn forget_session_listens(
+    tx: &Transaction<'_>,
+    user: &UserId,
+    session: Option<&SessionId>,
+) -> Result<(), Error> {
+    lock_listens(tx, user).await?;
+    match session {
+        Some(session) => {
+            let statement = tx
+                .prepare_cached("DELETE FROM herald_topic_listens WHERE user_id = $1 AND session = $2")
+                .await?;
+            tx.execute(&statement, &[&user.as_str(), &session.as_str()]).await?;
+        }
+        None => {
+            let statement = tx
+                .prepare_cached("DELETE FROM herald_topic_listens WHERE user_id = $1 AND session > ''")
+                .await?;
+            tx.execute(&statement, &[&user.as_str()]).await?;
+        }
+    }
     Ok(())
 }
 

@@ -8,14 +8,19 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use herald_core::{
-    Appended, Epoch, InboxChange, InboxCounts, InboxPage, InboxQuery, LogHead, LogPage, Mark,
-    NewNotification, PruneReport, Receipt, Revocation, Selection, Seq, SessionId, Store, StoreError, UserId,
+    Appended, Epoch, InboxChange, InboxCounts, InboxPage, InboxQuery, ListenBounds, LogHead, LogPage, Mark,
+    NewNotification, PruneReport, Receipt, Revocation, ScopeListens, Selection, Seq, SessionId, Store,
+    StoreError, StoredListen, Topic, TopicListener, UserId,
 };
 
 use super::SqliteStore;
-use super::reads::{read_head, read_inbox_counts, read_inbox_page, read_log_page, read_revocations};
+use super::reads::{
+    read_head, read_inbox_counts, read_inbox_page, read_listens, read_log_page, read_revocations,
+    read_topic_listeners,
+};
 use super::request::{
-    Append, CompleteReceipt, InboxChunk, InboxDelete, InboxMark, PruneChunk, Revoke, Rows, Write,
+    Append, CompleteReceipt, ForgetSessionListens, InboxChunk, InboxDelete, InboxMark, Listen, PruneChunk,
+    Revoke, Rows, Unlisten, Write,
 };
 use super::sql::sql_seq;
 
@@ -105,6 +110,55 @@ impl Store for SqliteStore {
     async fn revocations(&self, user: &UserId) -> Result<Vec<Revocation>, StoreError> {
         let user = user.clone();
         self.readers.read(move |tx| read_revocations(tx, &user)).await
+    }
+
+    async fn listen(
+        &self,
+        user: &UserId,
+        session: Option<&SessionId>,
+        topics: &[Topic],
+        bounds: ListenBounds,
+        now_ms: i64,
+    ) -> Result<ScopeListens, StoreError> {
+        let (user, session, topics) = (user.clone(), session.cloned(), topics.to_vec());
+        self.writer.submit(Listen { user, session, topics, bounds, now_ms }).await
+    }
+
+    async fn unlisten(
+        &self,
+        user: &UserId,
+        session: Option<&SessionId>,
+        topics: &[Topic],
+    ) -> Result<Vec<Topic>, StoreError> {
+        let (user, session, topics) = (user.clone(), session.cloned(), topics.to_vec());
+        self.writer.submit(Unlisten { user, session, topics }).await
+    }
+
+    async fn forget_session_listens(
+        &self,
+        user: &UserId,
+        session: Option<&SessionId>,
+    ) -> Result<(), StoreError> {
+        let (user, session) = (user.clone(), session.cloned());
+        self.writer.submit(ForgetSessionListens { user, session }).await
+    }
+
+    async fn listens(&self, user: &UserId) -> Result<Vec<StoredListen>, StoreError> {
+        let user = user.clone();
+        self.readers.read(move |tx| read_listens(tx, &user)).await
+    }
+
+    async fn topic_listeners(
+        &self,
+        topic: &Topic,
+        after: Option<&TopicListener>,
+        limit: usize,
+    ) -> Result<Vec<TopicListener>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let (topic, after) = (topic.clone(), after.cloned());
+        self.readers.read(move |tx| read_topic_listeners(tx, &topic, after.as_ref(), limit)).await
     }
 
     fn kind(&self) -> &'static str {

@@ -1,7 +1,7 @@
 //! The reads: what a read transaction on a pooled connection does for `read_after`, `head`,
-//! inbox pages and counts, and revocations, each merging in the user's staged notifications that
-//! the caller took before the snapshot (see `staging` for why that order gives a prefix of the
-//! log). Also [`UserRow`], a user's `users` row with its tail, which the writes read too. Nothing
+//! inbox pages and counts, revocations and listens, the log's reads merging in the user's staged
+//! notifications that the caller took before the snapshot (see `staging` for why that order
+//! gives a prefix of the log). Also [`UserRow`], a user's `users` row with its tail, which the writes read too. Nothing
 //! here writes; taking the staged notifications and the pooled connection is the operations'
 //! job.
 
@@ -9,12 +9,13 @@ use std::sync::Arc;
 
 use herald_core::{
     Audience, ClientId, Epoch, InboxCounts, InboxItem, InboxPage, InboxQuery, InboxStatus, ItemState,
-    LogHead, LogPage, Notification, Revocation, Seq, SessionId, StoreError, UserId,
+    LogHead, LogPage, Notification, Revocation, Seq, SessionId, StoreError, StoredListen, Topic,
+    TopicListener, UserId,
 };
 use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::value::RawValue;
 
-use super::sql::{db_error, seq_from_sql, sql_seq};
+use super::sql::{db_error, seq_from_sql, session_from_sql, sql_seq, sql_session};
 
 /// A user's `users` row and the last seq of its log, as stored. See
 /// [`SCHEMA_V3`](super::schema::SCHEMA_V3) for why the row's `last_seq` may be behind the log's.
@@ -362,13 +363,7 @@ pub(super) fn read_revocations(conn: &Connection, user: &UserId) -> Result<Vec<R
         .map_err(db_error)?;
     rows.into_iter()
         .map(|(session, closed_at)| {
-            let session = match session.as_str() {
-                "" => None,
-                id => Some(
-                    SessionId::new(id)
-                        .map_err(|e| StoreError::Corrupt(format!("session id in revocations: {e}")))?,
-                ),
-            };
+            let session = session_from_sql(&session, "revocations")?;
             let closed_at_secs = u64::try_from(closed_at).map_err(|_| {
                 StoreError::Corrupt(format!("negative close time {closed_at} in revocations"))
             })?;
@@ -376,3 +371,84 @@ pub(super) fn read_revocations(conn: &Connection, user: &UserId) -> Result<Vec<R
         })
         .collect()
 }
+
+/// A topic of `topic_listens`.
+fn topic_from_sql(topic: &str) -> Result<Topic, StoreError> {
+    Topic::new(topic).map_err(|e| StoreError::Corrupt(format!("topic {topic:?} in topic_listens: {e}")))
+}
+
+/// A user id of `topic_listens`.
+fn user_from_sql(user: &str) -> Result<UserId, StoreError> {
+    UserId::new(user).map_err(|e| StoreError::Corrupt(format!("user id in topic_listens: {e}")))
+}
+
+/// The topics `user` listens to at `session`'s scope (`None`: user scope), sorted: a range of
+/// the primary key. The writes read it too, in the writer's transaction.
+pub(super) fn read_scope_topics(
+    conn: &Connection,
+    user: &UserId,
+    session: Option<&SessionId>,
+) -> Result<Vec<Topic>, StoreError> {
+    let topics: Vec<String> = conn
+        .prepare_cached("SELECT topic FROM topic_listens WHERE user = ?1 AND session = ?2 ORDER BY topic")
+        .and_then(|mut stmt| {
+            stmt.query_map(params![user.as_str(), sql_session(session)], |row| row.get(0))?.collect()
+        })
+        .map_err(db_error)?;
+    topics.iter().map(|topic| topic_from_sql(topic)).collect()
+}
+
+/// Everything `user` listens to, user scope (`''`) first, then each session's, topics sorted
+/// within each: the primary key's order, one range of it.
+pub(super) fn read_listens(conn: &Connection, user: &UserId) -> Result<Vec<StoredListen>, StoreError> {
+    let rows: Vec<(String, String)> = conn
+        .prepare_cached("SELECT session, topic FROM topic_listens WHERE user = ?1 ORDER BY session, topic")
+        .and_then(|mut stmt| stmt.query_map([user.as_str()], |row| Ok((row.get(0)?, row.get(1)?)))?.collect())
+        .map_err(db_error)?;
+    rows.iter()
+        .map(|(session, topic)| {
+            Ok(StoredListen {
+                session: session_from_sql(session, "topic_listens")?,
+                topic: topic_from_sql(topic)?,
+            })
+        })
+        .collect()
+}
+
+/// Up to `limit` of those who listen to `topic`, by user then session (user scope, `''`,
+/// first), after `after` (exclusive): a range of `topic_listens_by_topic` from `after` on. With
+/// no `after`, from `('', '')`, before every (user, session): a user id is never empty.
+pub(super) fn read_topic_listeners(
+    conn: &Connection,
+    topic: &Topic,
+    after: Option<&TopicListener>,
+    limit: usize,
+) -> Result<Vec<TopicListener>, StoreError> {
+    let (after_user, after_session) =
+        after.map_or(("", ""), |after| (after.user.as_str(), sql_session(after.session.as_ref())));
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let rows: Vec<(String, String)> = conn
+        .prepare_cached(TOPIC_LISTENERS_SQL)
+        .and_then(|mut stmt| {
+            stmt.query_map(params![topic.as_str(), after_user, after_session, limit], |row| {
+                Ok((row.get(0)?, row.get(1)?))
+            })?
+            .collect()
+        })
+        .map_err(db_error)?;
+    rows.iter()
+        .map(|(user, session)| {
+            Ok(TopicListener {
+                user: user_from_sql(user)?,
+                session: session_from_sql(session, "topic_listens")?,
+            })
+        })
+        .collect()
+}
+
+/// The query of a page of [`read_topic_listeners`]: `?1` topic, `?2` and `?3` the (user,
+/// session) the page starts after, `?4` limit.
+pub(super) const TOPIC_LISTENERS_SQL: &str = "
+    SELECT user, session FROM topic_listens INDEXED BY topic_listens_by_topic
+    WHERE topic = ?1 AND (user, session) > (?2, ?3)
+    ORDER BY user, session LIMIT ?4";

@@ -7,7 +7,8 @@
 //! committed, in `writer`.
 
 use herald_core::{
-    InboxChange, Mark, NewNotification, PrunedInbox, Retention, Seq, SessionId, StoreError, UserId,
+    InboxChange, ListenBounds, Mark, NewNotification, PrunedInbox, Retention, Seq, SessionId, StoreError,
+    Topic, UserId,
 };
 use rusqlite::Connection;
 use tokio::sync::oneshot;
@@ -93,6 +94,9 @@ pub(super) enum Request {
     CompleteReceipt(Job<CompleteReceipt>),
     PruneChunk(Job<PruneChunk>),
     Revoke(Job<Revoke>),
+    Listen(Job<Listen>),
+    Unlisten(Job<Unlisten>),
+    ForgetSessionListens(Job<ForgetSessionListens>),
     InboxMark(Job<InboxMark>),
     InboxDelete(Job<InboxDelete>),
     SettleAll(Job<SettleAll>),
@@ -107,6 +111,9 @@ macro_rules! with_job {
             Request::CompleteReceipt($job) => $body,
             Request::PruneChunk($job) => $body,
             Request::Revoke($job) => $body,
+            Request::Listen($job) => $body,
+            Request::Unlisten($job) => $body,
+            Request::ForgetSessionListens($job) => $body,
             Request::InboxMark($job) => $body,
             Request::InboxDelete($job) => $body,
             Request::SettleAll($job) => $body,
@@ -185,6 +192,30 @@ pub(super) struct Revoke {
     pub user: UserId,
     pub session: Option<SessionId>,
     pub closed_at_secs: i64,
+}
+
+/// Adds `topics` to what `user` listens to at user scope (`session` `None`) or at `session`'s
+/// scope, within `bounds`, as of `now_ms` (`Store::listen`).
+pub(super) struct Listen {
+    pub user: UserId,
+    pub session: Option<SessionId>,
+    pub topics: Vec<Topic>,
+    pub bounds: ListenBounds,
+    pub now_ms: i64,
+}
+
+/// Removes `topics` from what `user` listens to at that scope (`Store::unlisten`).
+pub(super) struct Unlisten {
+    pub user: UserId,
+    pub session: Option<SessionId>,
+    pub topics: Vec<Topic>,
+}
+
+/// Forgets the session-scope listens of `user`'s `session` (`None`: of all its sessions)
+/// (`Store::forget_session_listens`).
+pub(super) struct ForgetSessionListens {
+    pub user: UserId,
+    pub session: Option<SessionId>,
 }
 
 /// Marks `rows` of `user`'s inbox with `mark` at `at_ms`.

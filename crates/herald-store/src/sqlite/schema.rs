@@ -14,7 +14,7 @@ use super::sql::db_error;
 
 /// The schema this code writes, kept in `PRAGMA user_version`. A database with a higher version
 /// was written by a newer Herald: opening it fails rather than guess.
-pub const SCHEMA_VERSION: i32 = 6;
+pub const SCHEMA_VERSION: i32 = 7;
 
 /// Schema version 1. `notifications` is `WITHOUT ROWID`, clustered by (user, seq): a replay is
 /// one range scan. A new database gets it, then [`SCHEMA_V2`], like an old one.
@@ -154,6 +154,35 @@ CREATE TABLE meta (
 INSERT INTO meta (id, epoch) VALUES (1, lower(hex(randomblob(16))));
 ";
 
+/// Version 6 → 7: **listens kept in the store** (see `herald_core::StoredListen`): a user's
+/// topics at user scope (every tab of the user: the "follow" case) and at each session's scope.
+/// One row per user, scope and topic; `session` is `''` for user scope, which no session can
+/// be mistaken for (a session id is never empty), and which sorts first, as user scope does in
+/// `Store::listens` and `Store::topic_listeners`.
+///
+/// - The primary key (user, session, topic), `WITHOUT ROWID`, clusters a user's listens by
+///   scope: a scope's topics, sorted, are one range scan; so are all of a user's (`listens`), and
+///   counting a scope against its bound, or a user's sessions against theirs, reads only that
+///   user's rows.
+/// - `topic_listens_by_topic` (topic, user, session) answers who listens to a topic, in the
+///   order of its keyset pages (`after` a (user, session), `LIMIT`): a range of the index from
+///   where the last page ended, never a sort.
+/// - `listened_at` (ms): for session scope, when the session last listened, set on every row
+///   of the session by each of its listens (so that unlistening one topic does not make the
+///   session look older): the session whose rows have the oldest one goes first when a user
+///   has too many sessions (`ListenBounds::sessions_max`). For user scope, when the topic was
+///   listened to; nothing reads it.
+pub const SCHEMA_V7: &str = "
+CREATE TABLE topic_listens (
+    user        TEXT NOT NULL,
+    session     TEXT NOT NULL DEFAULT '',
+    topic       TEXT NOT NULL,
+    listened_at INTEGER NOT NULL,
+    PRIMARY KEY (user, session, topic)
+) WITHOUT ROWID;
+CREATE INDEX topic_listens_by_topic ON topic_listens (topic, user, session);
+";
+
 /// Creates the schema in an empty database, upgrades an older one step by step (a new database
 /// takes the same steps), and refuses a newer one, or another program's (at `path`). All in one
 /// transaction: a failed upgrade leaves the file as it was.
@@ -209,6 +238,12 @@ pub(super) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreErr
             tracing::info!("upgrading the store to schema version 6 (the epoch)");
         }
         tx.execute_batch(SCHEMA_V6).map_err(db_error)?;
+    }
+    if version < 7 {
+        if version >= 1 {
+            tracing::info!("upgrading the store to schema version 7 (listens kept in the store)");
+        }
+        tx.execute_batch(SCHEMA_V7).map_err(db_error)?;
     }
     if version != SCHEMA_VERSION {
         tx.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(db_error)?;

@@ -13,8 +13,9 @@ use async_trait::async_trait;
 use herald_core::notification::now_ms;
 use herald_core::{
     Appended, Audience, ClientId, Epoch, InboxChange, InboxCounts, InboxItem, InboxPage, InboxQuery,
-    InboxStatus, LogHead, LogPage, Mark, NewNotification, PruneReport, Receipt, ReceiptEntry, Retention,
-    Revocation, Selection, Seq, SessionId, Store, StoreError, UserId,
+    InboxStatus, ListenBounds, LogHead, LogPage, Mark, NewNotification, PruneReport, Receipt, ReceiptEntry,
+    Retention, Revocation, ScopeListens, Selection, Seq, SessionId, Store, StoreError, StoredListen, Topic,
+    TopicListener, UserId,
 };
 use parking_lot::Mutex;
 use rusqlite::{Connection, OpenFlags};
@@ -23,7 +24,7 @@ use tempfile::TempDir;
 use tokio::sync::oneshot;
 
 use super::connection::open_writer;
-use super::reads::{USER_ROW_SQL, inbox_status_sql};
+use super::reads::{TOPIC_LISTENERS_SQL, USER_ROW_SQL, inbox_status_sql};
 use super::request::{Append, Job, Request};
 use super::schema::{SCHEMA_V1, migrate};
 use super::sql::db_error;
@@ -95,6 +96,42 @@ impl Store for TempStore {
     }
     async fn revocations(&self, user: &UserId) -> Result<Vec<Revocation>, StoreError> {
         self.store.revocations(user).await
+    }
+    async fn listen(
+        &self,
+        user: &UserId,
+        session: Option<&SessionId>,
+        topics: &[Topic],
+        bounds: ListenBounds,
+        now_ms: i64,
+    ) -> Result<ScopeListens, StoreError> {
+        self.store.listen(user, session, topics, bounds, now_ms).await
+    }
+    async fn unlisten(
+        &self,
+        user: &UserId,
+        session: Option<&SessionId>,
+        topics: &[Topic],
+    ) -> Result<Vec<Topic>, StoreError> {
+        self.store.unlisten(user, session, topics).await
+    }
+    async fn forget_session_listens(
+        &self,
+        user: &UserId,
+        session: Option<&SessionId>,
+    ) -> Result<(), StoreError> {
+        self.store.forget_session_listens(user, session).await
+    }
+    async fn listens(&self, user: &UserId) -> Result<Vec<StoredListen>, StoreError> {
+        self.store.listens(user).await
+    }
+    async fn topic_listeners(
+        &self,
+        topic: &Topic,
+        after: Option<&TopicListener>,
+        limit: usize,
+    ) -> Result<Vec<TopicListener>, StoreError> {
+        self.store.topic_listeners(topic, after, limit).await
     }
 }
 
@@ -1080,7 +1117,10 @@ async fn revocations_survive_reopening() {
     drop(store);
     // A version 4 file (no revocations table) is upgraded in place.
     let conn = Connection::open(&path).unwrap();
-    conn.execute_batch("DROP TABLE revocations; DROP TABLE meta; PRAGMA user_version = 4;").unwrap();
+    conn.execute_batch(
+        "DROP TABLE revocations; DROP TABLE meta; DROP TABLE topic_listens; PRAGMA user_version = 4;",
+    )
+    .unwrap();
     drop(conn);
     let store = SqliteStore::open(&path, Retention::default()).unwrap();
     assert_eq!(store.revocations(&user("alice")).await.unwrap(), []);
@@ -1140,7 +1180,7 @@ async fn the_epoch_is_made_with_the_database_and_kept() {
 
     // A version 5 file (no `meta` table) gets an epoch of its own when it is upgraded.
     let conn = Connection::open(&path).unwrap();
-    conn.execute_batch("DROP TABLE meta; PRAGMA user_version = 5;").unwrap();
+    conn.execute_batch("DROP TABLE meta; DROP TABLE topic_listens; PRAGMA user_version = 5;").unwrap();
     drop(conn);
     let upgraded = SqliteStore::open(&path, Retention::default()).unwrap();
     let epoch = upgraded.epoch();
@@ -1148,4 +1188,123 @@ async fn the_epoch_is_made_with_the_database_and_kept() {
     assert_eq!(upgraded.head(&user("alice")).await.unwrap().last_seq, 1);
     drop(upgraded);
     assert_eq!(SqliteStore::open(&path, Retention::default()).unwrap().epoch(), epoch, "and keeps it");
+}
+
+/// `(session, topic)` of each of `user`'s listens, `""` for user scope.
+async fn listens_of(store: &SqliteStore, user_id: &str) -> Vec<(String, String)> {
+    store
+        .listens(&user(user_id))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| (l.session.map(|s| s.as_str().to_owned()).unwrap_or_default(), l.topic.as_str().to_owned()))
+        .collect()
+}
+
+/// Listens survive closing and reopening the file (they are durable once `listen` returns),
+/// sessions keep their latest listen (the one evicted after reopening is the oldest), and a
+/// version 6 file gains the table in place, keeping its logs. Fails if listens were kept in
+/// memory, or if the upgrade to version 7 were missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listens_survive_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("herald.db");
+    let bounds = ListenBounds { user_topics_max: 10, session_topics_max: 10, sessions_max: 2 };
+    let topics = |names: &[&str]| names.iter().map(|n| Topic::new(n).unwrap()).collect::<Vec<_>>();
+    let (s1, s2, s3) =
+        (SessionId::new("s1").unwrap(), SessionId::new("s2").unwrap(), SessionId::new("s3").unwrap());
+    {
+        let store = SqliteStore::open(&path, Retention::default()).unwrap();
+        store.append(vec![entry("alice", 1, now_ms())], None).await.unwrap();
+        store.listen(&user("alice"), None, &topics(&["follow"]), bounds, 1_000).await.unwrap();
+        store.listen(&user("alice"), Some(&s2), &topics(&["b"]), bounds, 2_000).await.unwrap();
+        store.listen(&user("alice"), Some(&s1), &topics(&["a", "c"]), bounds, 3_000).await.unwrap();
+        store.unlisten(&user("alice"), Some(&s1), &topics(&["c"])).await.unwrap();
+    }
+    let store = SqliteStore::open(&path, Retention::default()).unwrap();
+    assert_eq!(
+        listens_of(&store, "alice").await,
+        [("", "follow"), ("s1", "a"), ("s2", "b")].map(|(s, t)| (s.to_owned(), t.to_owned()))
+    );
+    assert_eq!(
+        store.topic_listeners(&Topic::new("a").unwrap(), None, 10).await.unwrap(),
+        [TopicListener { user: user("alice"), session: Some(s1.clone()) }]
+    );
+    // s2's latest listen (2,000) is older than s1's (3,000), as it was before reopening.
+    store.listen(&user("alice"), Some(&s3), &topics(&["d"]), bounds, 4_000).await.unwrap();
+    assert_eq!(
+        listens_of(&store, "alice").await,
+        [("", "follow"), ("s1", "a"), ("s3", "d")].map(|(s, t)| (s.to_owned(), t.to_owned()))
+    );
+    drop(store);
+
+    // A version 6 file (no topic_listens table) is upgraded in place.
+    let conn = Connection::open(&path).unwrap();
+    conn.execute_batch("DROP TABLE topic_listens; PRAGMA user_version = 6;").unwrap();
+    drop(conn);
+    let store = SqliteStore::open(&path, Retention::default()).unwrap();
+    assert_eq!(listens_of(&store, "alice").await, []);
+    assert_eq!(store.head(&user("alice")).await.unwrap().last_seq, 1, "the logs are kept");
+    store.listen(&user("alice"), None, &topics(&["again"]), bounds, 5_000).await.unwrap();
+    drop(store);
+    let conn = Connection::open(&path).unwrap();
+    let version: i32 = conn.pragma_query_value(None, "user_version", |row| row.get(0)).unwrap();
+    assert_eq!(version, SCHEMA_VERSION);
+    let rows: i64 = conn.query_row("SELECT COUNT(*) FROM topic_listens", [], |row| row.get(0)).unwrap();
+    assert_eq!(rows, 1);
+}
+
+/// Who listens to a topic is a range of `topic_listens_by_topic` from where the last page ended
+/// (no scan, no sort), and a user's listens, a scope's topics and sessions are ranges of the
+/// primary key: what `EXPLAIN QUERY PLAN` says. Fails if a page sorted the topic's listeners or
+/// a user's listens were read by scanning the table.
+#[test]
+fn listen_queries_use_indexes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("herald.db");
+    drop(SqliteStore::open(&path, Retention::default()).unwrap());
+    let conn = Connection::open(&path).unwrap();
+    conn.execute_batch(
+        "WITH RECURSIVE s(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM s WHERE n < 2000)
+         INSERT INTO topic_listens (user, session, topic, listened_at)
+             SELECT 'u' || (n % 100), CASE WHEN n % 3 = 0 THEN '' ELSE 's' || (n % 7) END, 't' || (n % 50), n
+             FROM s WHERE true ON CONFLICT DO NOTHING;
+         ANALYZE;",
+    )
+    .unwrap();
+    let plan = |sql: &str| -> String {
+        let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        let rows = stmt.query_map([], |row| row.get::<_, String>(3)).unwrap();
+        rows.map(Result::unwrap).collect::<Vec<_>>().join(" | ")
+    };
+    let check = |what: &str, sql: &str, expected: &str| {
+        let plan = plan(sql);
+        assert!(plan.contains(expected), "{what}: {plan}");
+        assert!(!plan.contains("SCAN "), "{what} scans: {plan}");
+        assert!(!plan.contains("TEMP B-TREE"), "{what} sorts: {plan}");
+    };
+    check(
+        "topic listeners",
+        &TOPIC_LISTENERS_SQL
+            .replace("?1", "'t7'")
+            .replace("?2", "'u3'")
+            .replace("?3", "'s1'")
+            .replace("?4", "10"),
+        "COVERING INDEX topic_listens_by_topic (topic=? AND (user,session)>(?,?))",
+    );
+    check(
+        "listens",
+        "SELECT session, topic FROM topic_listens WHERE user = 'u3' ORDER BY session, topic",
+        "PRIMARY KEY (user=?)",
+    );
+    check(
+        "a scope's topics",
+        "SELECT topic FROM topic_listens WHERE user = 'u3' AND session = 's1' ORDER BY topic",
+        "PRIMARY KEY (user=? AND session=?)",
+    );
+    check(
+        "sessions",
+        "SELECT session, MAX(listened_at) FROM topic_listens WHERE user = 'u3' AND session > '' GROUP BY session",
+        "PRIMARY KEY (user=? AND session>?)",
+    );
 }

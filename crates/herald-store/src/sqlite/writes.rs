@@ -1,25 +1,27 @@
 //! The writes: what each request does inside the writer's transaction, in SQL. An append stages
 //! its notifications (see `staging`); every other write to a user first settles the user's
 //! staged rows and folds its tail into its `users` row ([`fold_tail`]), then changes rows and
-//! adjusts the counts by the states of exactly the rows it touched. Each write is a [`Write`]
-//! (the requests are in `request`); batching, transactions and savepoints are the writer's job.
+//! adjusts the counts by the states of exactly the rows it touched. Listens (`topic_listens`)
+//! are apart from the logs: they touch neither staged rows nor `users`. Each write is a
+//! [`Write`] (the requests are in `request`); batching, transactions and savepoints are the
+//! writer's job.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use herald_core::inbox::CountsDelta;
 use herald_core::{
-    Appended, InboxChange, InboxCounts, ItemState, Mark, NewNotification, Notification, PrunedInbox, Receipt,
-    ReceiptEntry, Retention, Seq, SessionId, StoreError, UserId,
+    Appended, InboxChange, InboxCounts, ItemState, ListenBounds, Mark, NewNotification, Notification,
+    PrunedInbox, Receipt, ReceiptEntry, Retention, ScopeListens, Seq, SessionId, StoreError, Topic, UserId,
 };
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::reads::{UserRow, read_counts, read_state, read_user_row};
+use super::reads::{UserRow, read_counts, read_scope_topics, read_state, read_user_row};
 use super::request::{
-    Append, CompleteReceipt, InboxChunk, InboxDelete, InboxMark, Job, PruneChunk, PrunedChunk, Request,
-    Revoke, Rows, SettleAll, Write,
+    Append, CompleteReceipt, ForgetSessionListens, InboxChunk, InboxDelete, InboxMark, Job, Listen,
+    PruneChunk, PrunedChunk, Request, Revoke, Rows, SettleAll, Unlisten, Write,
 };
-use super::sql::{db_error, seq_from_sql, sql_seq};
+use super::sql::{db_error, seq_from_sql, session_from_sql, sql_seq, sql_session};
 use super::staging::StagingWrites;
 
 /// Notifications (and, separately, idempotency keys) one chunk of `prune` selects. At the bound
@@ -101,6 +103,61 @@ impl Write for Revoke {
 
     fn request(job: Job<Self>) -> Request {
         Request::Revoke(job)
+    }
+}
+
+impl Write for Listen {
+    type Output = ScopeListens;
+
+    /// As of the caller's `now_ms` (the trait's), not the batch's.
+    fn run(
+        &self,
+        conn: &Connection,
+        _: &mut StagingWrites<'_>,
+        _: &Retention,
+        _: i64,
+    ) -> Result<ScopeListens, StoreError> {
+        listen(conn, &self.user, self.session.as_ref(), &self.topics, self.bounds, self.now_ms)
+    }
+
+    fn request(job: Job<Self>) -> Request {
+        Request::Listen(job)
+    }
+}
+
+impl Write for Unlisten {
+    type Output = Vec<Topic>;
+
+    fn run(
+        &self,
+        conn: &Connection,
+        _: &mut StagingWrites<'_>,
+        _: &Retention,
+        _: i64,
+    ) -> Result<Vec<Topic>, StoreError> {
+        unlisten(conn, &self.user, self.session.as_ref(), &self.topics)
+    }
+
+    fn request(job: Job<Self>) -> Request {
+        Request::Unlisten(job)
+    }
+}
+
+impl Write for ForgetSessionListens {
+    type Output = ();
+
+    fn run(
+        &self,
+        conn: &Connection,
+        _: &mut StagingWrites<'_>,
+        _: &Retention,
+        _: i64,
+    ) -> Result<(), StoreError> {
+        forget_session_listens(conn, &self.user, self.session.as_ref())
+    }
+
+    fn request(job: Job<Self>) -> Request {
+        Request::ForgetSessionListens(job)
     }
 }
 
@@ -533,11 +590,6 @@ fn prune_chunk(
     })
 }
 
-/// The session column of `revocations`: `''` for all sessions.
-fn revocation_session(session: Option<&SessionId>) -> &str {
-    session.map_or("", SessionId::as_str)
-}
-
 /// Records a close, keeping the latest one of the user and session.
 fn revoke(
     conn: &Connection,
@@ -549,7 +601,118 @@ fn revoke(
         "INSERT INTO revocations (user, session, closed_at) VALUES (?1, ?2, ?3)
          ON CONFLICT (user, session) DO UPDATE SET closed_at = MAX(closed_at, excluded.closed_at)",
     )
-    .and_then(|mut stmt| stmt.execute(params![user.as_str(), revocation_session(session), closed_at_secs]))
+    .and_then(|mut stmt| stmt.execute(params![user.as_str(), sql_session(session), closed_at_secs]))
+    .map_err(db_error)?;
+    Ok(())
+}
+
+/// Adds `topics` to `user`'s listens at `session`'s scope (`None`: user scope), within
+/// `bounds`, and returns the scope's topics. Reads the scope first and decides before it writes
+/// anything: over the scope's bound it changes nothing ([`ScopeListens::TooMany`]); a call that
+/// adds no topic is never over it, nor one that names none (it changes nothing at all). A
+/// session's first listen when the user already has `sessions_max` sessions with listens forgets
+/// the one whose latest listen is the oldest (then the smallest id), in this transaction. Each
+/// listen of a session sets `listened_at` on all its rows (see `SCHEMA_V7`).
+fn listen(
+    conn: &Connection,
+    user: &UserId,
+    session: Option<&SessionId>,
+    topics: &[Topic],
+    bounds: ListenBounds,
+    now_ms: i64,
+) -> Result<ScopeListens, StoreError> {
+    let current = read_scope_topics(conn, user, session)?;
+    if topics.is_empty() {
+        return Ok(ScopeListens::Listening(current));
+    }
+    // `current` is sorted: the topics named that the scope does not listen to yet, once each.
+    let new: BTreeSet<&Topic> = topics.iter().filter(|topic| current.binary_search(topic).is_err()).collect();
+    let count = current.len() + new.len();
+    let max = if session.is_some() { bounds.session_topics_max } else { bounds.user_topics_max };
+    if count > max && !new.is_empty() {
+        return Ok(ScopeListens::TooMany { count, max });
+    }
+    if session.is_some() && current.is_empty() {
+        forget_oldest_session_if_full(conn, user, bounds.sessions_max)?;
+    }
+    let scope = sql_session(session);
+    let mut insert = conn
+        .prepare_cached(
+            "INSERT INTO topic_listens (user, session, topic, listened_at) VALUES (?1, ?2, ?3, ?4)",
+        )
+        .map_err(db_error)?;
+    for topic in &new {
+        insert.execute(params![user.as_str(), scope, topic.as_str(), now_ms]).map_err(db_error)?;
+    }
+    if session.is_some() {
+        conn.prepare_cached("UPDATE topic_listens SET listened_at = ?3 WHERE user = ?1 AND session = ?2")
+            .and_then(|mut stmt| stmt.execute(params![user.as_str(), scope, now_ms]))
+            .map_err(db_error)?;
+    }
+    let mut now: Vec<Topic> = current;
+    now.extend(new.into_iter().cloned());
+    now.sort_unstable();
+    Ok(ScopeListens::Listening(now))
+}
+
+/// Before a session of `user` gets its first listen: if the user has `sessions_max` sessions
+/// with listens (or more), forgets every listen of the one whose latest listen is the oldest
+/// (ties: the smallest id), as the hub evicts its least recently active session.
+fn forget_oldest_session_if_full(
+    conn: &Connection,
+    user: &UserId,
+    sessions_max: usize,
+) -> Result<(), StoreError> {
+    // `session > ''`: session scopes only, a range of the primary key.
+    let sessions: Vec<(String, i64)> = conn
+        .prepare_cached(
+            "SELECT session, MAX(listened_at) FROM topic_listens WHERE user = ?1 AND session > ''
+             GROUP BY session",
+        )
+        .and_then(|mut stmt| stmt.query_map([user.as_str()], |row| Ok((row.get(0)?, row.get(1)?)))?.collect())
+        .map_err(db_error)?;
+    if sessions.len() < sessions_max {
+        return Ok(());
+    }
+    if let Some((oldest, _)) = sessions.iter().min_by(|a, b| (a.1, &a.0).cmp(&(b.1, &b.0))) {
+        let session = session_from_sql(oldest, "topic_listens")?;
+        forget_session_listens(conn, user, session.as_ref())?;
+    }
+    Ok(())
+}
+
+/// Removes `topics` from `user`'s listens at `session`'s scope (those it does not listen to are
+/// no error) and returns the scope's topics.
+fn unlisten(
+    conn: &Connection,
+    user: &UserId,
+    session: Option<&SessionId>,
+    topics: &[Topic],
+) -> Result<Vec<Topic>, StoreError> {
+    let mut delete = conn
+        .prepare_cached("DELETE FROM topic_listens WHERE user = ?1 AND session = ?2 AND topic = ?3")
+        .map_err(db_error)?;
+    for topic in topics {
+        delete.execute(params![user.as_str(), sql_session(session), topic.as_str()]).map_err(db_error)?;
+    }
+    read_scope_topics(conn, user, session)
+}
+
+/// Forgets the listens of `user`'s `session`, or with `None` of all its sessions (`session >
+/// ''`: user scope stays).
+fn forget_session_listens(
+    conn: &Connection,
+    user: &UserId,
+    session: Option<&SessionId>,
+) -> Result<(), StoreError> {
+    match session {
+        Some(session) => conn
+            .prepare_cached("DELETE FROM topic_listens WHERE user = ?1 AND session = ?2")
+            .and_then(|mut stmt| stmt.execute(params![user.as_str(), session.as_str()])),
+        None => conn
+            .prepare_cached("DELETE FROM topic_listens WHERE user = ?1 AND session > ''")
+            .and_then(|mut stmt| stmt.execute([user.as_str()])),
+    }
     .map_err(db_error)?;
     Ok(())
 }
