@@ -133,7 +133,15 @@ pub enum Target {
     Client(ClientId),
     /// Every tab listening to a topic (whoever its user), on every node.
     Topic(Topic),
+    /// The inbox of every user who follows a topic (listens at user scope): one durable
+    /// notification each, in their logs, as for [`Target::Users`] (at most
+    /// [`FOLLOWERS_PER_PUBLISH_MAX`]).
+    Followers(Topic),
 }
+
+/// Followers one [`Target::Followers`] publish reaches at most. More: refused, nothing stored
+/// (a fan-out done in the background, in chunks, is not built yet).
+pub const FOLLOWERS_PER_PUBLISH_MAX: usize = 10_000;
 
 /// A publish request, as the library and the HTTP API take it.
 #[derive(Debug, Clone)]

@@ -15,7 +15,8 @@ use crate::ids::{ClientId, ID_BYTES_MAX, Seq, SessionId, Topic, UserId};
 use crate::inbox::{InboxCounts, InboxEvent};
 use crate::inbox_service::Inbox;
 use crate::notification::{
-    Audience, KIND_BYTES_MAX, Notification, Publish, Receipt, ReceiptEntry, Target, now_ms,
+    Audience, FOLLOWERS_PER_PUBLISH_MAX, KIND_BYTES_MAX, Notification, Publish, Receipt, ReceiptEntry,
+    Target, now_ms,
 };
 use crate::revocation::Revocations;
 use crate::store::{Appended, ListenBounds, NewNotification, ScopeListens, Store, StoreError};
@@ -69,6 +70,14 @@ pub enum NotifyError {
     /// `except_user` on a target other than a topic (a user target excepting a user is nobody).
     #[error("except_user applies only to a topic target")]
     ExceptUserWithoutTopic,
+    /// A [`Target::Followers`] publish of more than [`FOLLOWERS_PER_PUBLISH_MAX`] users.
+    #[error(
+        "the topic has more than {max} followers: a fan-out into that many inboxes in one publish is not supported yet"
+    )]
+    TooManyFollowers { max: usize },
+    /// A [`Target::Followers`] publish that is not durable: an inbox keeps durable notifications.
+    #[error("a publish to a topic's followers' inboxes is durable: drop \"durable\": false")]
+    EphemeralInbox,
     /// A listen or unlisten that names no topic.
     #[error("`topics` must not be empty")]
     NoTopics,
@@ -217,10 +226,16 @@ impl Notifier {
             let topic = topic.clone();
             return self.publish_topic(&topic, publish).await;
         }
-        if publish.except_user.is_some() {
+        if publish.except_user.is_some() && !matches!(publish.target, Target::Followers(_)) {
             return Err(NotifyError::ExceptUserWithoutTopic);
         }
-        let audiences = self.resolve(&publish.target, publish.except_client.as_ref()).await?;
+        if matches!(publish.target, Target::Followers(_)) && !publish.durable {
+            return Err(NotifyError::EphemeralInbox);
+        }
+        let mut audiences = self.resolve(&publish.target, publish.except_client.as_ref()).await?;
+        if let Some(except) = &publish.except_user {
+            audiences.retain(|(user, _)| user != except);
+        }
         let publish_bytes = data_bytes.saturating_mul(audiences.len());
         if publish_bytes > limits.publish_bytes_max {
             return Err(NotifyError::PublishTooLarge {
@@ -441,6 +456,26 @@ impl Notifier {
         Ok(listeners)
     }
 
+    /// The users who follow `topic` (listen at user scope), at most
+    /// [`FOLLOWERS_PER_PUBLISH_MAX`] (more: refused), read from the store in pages.
+    async fn followers(&self, topic: &Topic) -> Result<Vec<UserId>, NotifyError> {
+        const PAGE: usize = 1_000;
+        let mut users = Vec::new();
+        let mut after = None;
+        loop {
+            let page = self.inner.store.topic_listeners(topic, after.as_ref(), PAGE).await?;
+            let full = page.len() == PAGE;
+            after = page.last().cloned();
+            users.extend(page.into_iter().filter(|l| l.session.is_none()).map(|l| l.user));
+            if users.len() > FOLLOWERS_PER_PUBLISH_MAX {
+                return Err(NotifyError::TooManyFollowers { max: FOLLOWERS_PER_PUBLISH_MAX });
+            }
+            if !full {
+                return Ok(users);
+            }
+        }
+    }
+
     /// A listen or unlisten names 1 to [`crate::Limits::topics_per_client_max`] topics.
     fn check_listen(&self, topics: &[Topic]) -> Result<(), NotifyError> {
         let max = self.inner.hub.limits().topics_per_client_max;
@@ -503,6 +538,9 @@ impl Notifier {
             }
             Target::Session(user, session) => vec![(user.clone(), audience(Some(session), None))],
             Target::Topic(_) => unreachable!("a topic publish has no users to resolve"),
+            Target::Followers(topic) => {
+                self.followers(topic).await?.into_iter().map(|user| (user, audience(None, None))).collect()
+            }
             Target::Client(client) => {
                 // On any node: the bus asks the others when this one does not know the client.
                 let (user, session) = self

@@ -162,6 +162,10 @@ impl From<NotifyError> for ApiError {
             NotifyError::DurableTopic => Self::bad_request("durable_topic_unsupported", message),
             NotifyError::ExceptUserWithoutTopic => Self::bad_request("invalid_target", message),
             NotifyError::NoTopics => Self::bad_request("invalid_request", message),
+            NotifyError::EphemeralInbox => Self::bad_request("invalid_request", message),
+            NotifyError::TooManyFollowers { .. } => {
+                Self::new(StatusCode::PAYLOAD_TOO_LARGE, "too_many_followers", message)
+            }
             NotifyError::Listen(error) => error.into(),
             NotifyError::Store(error) => error.into(),
             NotifyError::Bus(error) => error.into(),

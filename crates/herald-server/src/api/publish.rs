@@ -28,6 +28,9 @@ pub struct NotifyBody {
     except_client: Option<String>,
     /// No tab of this user gets it; topic targets only.
     except_user: Option<String>,
+    /// With a topic target: a durable notification in the inbox of every user who follows the
+    /// topic, instead of a `topic` event.
+    inbox: Option<bool>,
     idempotency_key: Option<String>,
 }
 
@@ -65,7 +68,16 @@ impl TargetBody {
 
 impl NotifyBody {
     fn into_publish(self) -> Result<Publish, ApiError> {
-        let target = self.to.into_target()?;
+        let target = match (self.to.into_target()?, self.inbox) {
+            (Target::Topic(topic), Some(true)) => Target::Followers(topic),
+            (target, None | Some(false)) => target,
+            (_, Some(true)) => {
+                return Err(ApiError::bad_request(
+                    "invalid_target",
+                    "`inbox: true` goes with a topic target",
+                ));
+            }
+        };
         let data: Arc<RawValue> = match self.data {
             Some(data) => Arc::from(data),
             None => Arc::from(RawValue::from_string("null".to_owned()).expect("null is JSON")),

@@ -547,3 +547,53 @@ async fn listens_kept_in_the_store_have_their_bounds() {
         server.post_api("/v1/topics/listen", json!({"topics": ["b", "a"], "user": "alice"})).await;
     assert_eq!((status, body["topics"].clone()), (200, json!(["a", "b"])), "nothing new: not over");
 }
+
+#[tokio::test]
+async fn a_publish_to_the_followers_puts_one_notification_in_each_followers_inbox() {
+    let server = TestServer::start().await;
+    for user in ["alice", "bob", "carol"] {
+        let (status, _) =
+            server.post_api("/v1/topics/listen", json!({"topics": ["post:42"], "user": user})).await;
+        assert_eq!(status, 200);
+    }
+    // Dave listens in one session only: a session is not a follower.
+    let (status, _) = server
+        .post_api("/v1/topics/listen", json!({"topics": ["post:42"], "user": "dave", "session": "s1"}))
+        .await;
+    assert_eq!(status, 200);
+    let (mut alice, _) = server.connect(&server.token("alice", Some("laptop")), "").await;
+
+    let body = json!({"to": {"topic": "post:42"}, "inbox": true, "type": "comment", "data": {"n": 1},
+        "except_user": "carol", "idempotency_key": "comment-1"});
+    let (status, answer) = server.publish(body.clone()).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["notifications"], json!([{"user": "alice", "seq": 1}, {"user": "bob", "seq": 1}]));
+    let event = alice.next().await.expect("stream ended");
+    assert_eq!(
+        (event.event.as_str(), event.id),
+        ("notification", Some(1)),
+        "a durable notification, not a topic event"
+    );
+    for (user, stored) in [("alice", 1), ("bob", 1), ("carol", 0), ("dave", 0)] {
+        let (_, page) = server.get(&format!("/v1/users/{user}/notifications")).await;
+        assert_eq!(page["notifications"].as_array().unwrap().len(), stored, "{user}: {page}");
+    }
+    let (_, counts) = server.get("/v1/users/bob/inbox/counts").await;
+    assert_eq!(counts["counts"]["unread"], 1, "{counts}");
+    // The same key again: the first answer, nothing stored twice.
+    let (status, again) = server.publish(body).await;
+    assert_eq!((status, &again["notifications"]), (200, &answer["notifications"]));
+    let (_, page) = server.get("/v1/users/bob/notifications").await;
+    assert_eq!(page["notifications"].as_array().unwrap().len(), 1);
+
+    // Refused, nothing stored: ephemeral, inbox without a topic, a topic nobody follows is fine.
+    let ephemeral =
+        server.publish(json!({"to": {"topic": "post:42"}, "inbox": true, "durable": false})).await;
+    assert_error(&ephemeral, 400, "invalid_request");
+    let no_topic = server.publish(json!({"to": {"user": "alice"}, "inbox": true})).await;
+    assert_error(&no_topic, 400, "invalid_target");
+    let (status, nobody) = server.publish(json!({"to": {"topic": "post:7"}, "inbox": true})).await;
+    assert_eq!((status, &nobody["notifications"]), (200, &json!([])));
+    let (_, page) = server.get("/v1/users/alice/notifications").await;
+    assert_eq!(page["notifications"].as_array().unwrap().len(), 1);
+}
