@@ -114,6 +114,9 @@ pub(crate) enum Body {
     /// A `topic` event.
     Topic {
         topic: Topic,
+        /// A durable event's place in its topic's log (absent: ephemeral).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tseq: Option<Seq>,
         #[serde(rename = "type")]
         kind: Arc<str>,
         data: Arc<RawValue>,
@@ -283,6 +286,7 @@ impl Body {
     pub(crate) fn topic(event: &TopicEvent) -> Self {
         Body::Topic {
             topic: event.topic.clone(),
+            tseq: event.tseq,
             kind: event.kind.clone(),
             data: event.data.clone(),
             at: event.created_at_ms,
@@ -298,8 +302,8 @@ impl Body {
 
 /// Rebuilds a `topic` event another node sent.
 pub(crate) fn topic_event_from(body: Body) -> Option<TopicEvent> {
-    let Body::Topic { topic, kind, data, at, except_user, except_client } = body else { return None };
-    Some(TopicEvent::new(topic, kind, data, at, except_user, except_client))
+    let Body::Topic { topic, tseq, kind, data, at, except_user, except_client } = body else { return None };
+    Some(TopicEvent::with_tseq(tseq, topic, kind, data, at, except_user, except_client))
 }
 
 /// Rebuilds a notification another node sent.

@@ -831,7 +831,8 @@ impl Hub {
                     tracing::warn!(%user, topic = %event.topic, "a Prepare hook's rewrite is not data every client can decode (or is over the data bound): dropped");
                     return None;
                 }
-                Some(Arc::new(TopicEvent::new(
+                Some(Arc::new(TopicEvent::with_tseq(
+                    event.tseq,
                     event.topic.clone(),
                     event.kind.clone(),
                     data,

@@ -74,12 +74,13 @@ pub use inbox::{
 pub use inbox_service::{Inbox, InboxError, InboxUpdate};
 pub use limits::Limits;
 pub use node::{CLUSTER_NAME_BYTES_MAX, ClusterName, InvalidName, NODE_ID_BYTES_MAX, NodeId};
-pub use notification::{Audience, Notification, Publish, Receipt, ReceiptEntry, Target};
+pub use notification::{Audience, Notification, Publish, Receipt, ReceiptEntry, Target, TopicReceipt};
 pub use notifier::{Notifier, NotifyError, TopicListeners};
 pub use revocation::Revocations;
 pub use store::{
-    Appended, EPOCH_BYTES_MAX, Epoch, ListenBounds, LogHead, LogPage, NewNotification, PruneReport,
-    Retention, Revocation, ScopeListens, Store, StoreError, StoredListen, TopicListener,
+    Appended, EPOCH_BYTES_MAX, Epoch, ListenBounds, LogHead, LogPage, NewNotification, NewTopicEvent,
+    PruneReport, Retention, Revocation, ScopeListens, Store, StoreError, StoredListen, TopicAppended,
+    TopicHead, TopicListener, TopicPage,
 };
 pub use subscription::{
     ClientEvent, Elapsed, EndSignal, PollAnswer, SubscribeError, SubscribeRequest, Subscription, poll,

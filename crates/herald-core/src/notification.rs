@@ -180,10 +180,20 @@ pub struct ReceiptEntry {
     pub seq: Seq,
 }
 
-/// What a publish did: the seqs it stored, and how many clients it was handed to.
+/// Where a durable topic publish was stored: its topic and tseq.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicReceipt {
+    pub topic: Topic,
+    pub tseq: Seq,
+}
+
+/// What a publish did: the seqs it stored (the tseq for a durable topic publish), and how many
+/// clients it was handed to.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Receipt {
     pub notifications: Vec<ReceiptEntry>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<TopicReceipt>,
     pub delivered: u64,
 }
 

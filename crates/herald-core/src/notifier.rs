@@ -16,10 +16,12 @@ use crate::inbox::{InboxCounts, InboxEvent};
 use crate::inbox_service::Inbox;
 use crate::notification::{
     Audience, FOLLOWERS_PER_PUBLISH_MAX, KIND_BYTES_MAX, Notification, Publish, Receipt, ReceiptEntry,
-    Target, now_ms,
+    Target, TopicReceipt, now_ms,
 };
 use crate::revocation::Revocations;
-use crate::store::{Appended, ListenBounds, NewNotification, ScopeListens, Store, StoreError};
+use crate::store::{
+    Appended, ListenBounds, NewNotification, NewTopicEvent, ScopeListens, Store, StoreError, TopicAppended,
+};
 use crate::topic::TopicEvent;
 
 /// Who listens to a topic ([`Notifier::topic_listeners`]).
@@ -64,9 +66,6 @@ pub enum NotifyError {
          (send less data, e.g. an id to fetch, or fewer users per publish)"
     )]
     PublishTooLarge { users: usize, data_bytes: usize, bytes: usize, max: usize },
-    /// A [`Target::Topic`] publish with `durable`: topics have no log yet, only ephemeral events.
-    #[error("a topic's events are ephemeral for now: publish to a topic with \"durable\": false")]
-    DurableTopic,
     /// `except_user` on a target other than a topic (a user target excepting a user is nobody).
     #[error("except_user applies only to a topic target")]
     ExceptUserWithoutTopic,
@@ -326,25 +325,40 @@ impl Notifier {
     /// A publish to everyone listening to `topic`, checked but for its target: one `topic`
     /// event, serialized once, handed to every node.
     async fn publish_topic(&self, topic: &Topic, publish: Publish) -> Result<Receipt, NotifyError> {
-        if publish.durable {
-            return Err(NotifyError::DurableTopic);
-        }
         let key = publish.idempotency_key.as_deref();
-        if let Some(key) = key
-            && let Appended::Duplicate(receipt) = self.inner.store.append(Vec::new(), Some(key)).await?
-        {
-            return Ok(receipt);
-        }
-        let event = Arc::new(TopicEvent::new(
-            topic.clone(),
-            publish.kind,
-            publish.data,
-            now_ms(),
-            publish.except_user,
-            publish.except_client,
-        ));
-        let receipt =
-            Receipt { notifications: Vec::new(), delivered: self.inner.bus.publish_topic(event).await? };
+        let event = if publish.durable {
+            // Stored first, with its key, in one transaction: a publish answered is in the log,
+            // and a tab resuming the topic gets it even if the fan-out below never reached it.
+            let new = NewTopicEvent {
+                topic: topic.clone(),
+                kind: publish.kind,
+                data: publish.data,
+                created_at_ms: now_ms(),
+                except_user: publish.except_user,
+                except_client: publish.except_client,
+            };
+            match self.inner.store.append_topic(new, key).await? {
+                TopicAppended::Stored(event) => event,
+                TopicAppended::Duplicate(receipt) => return Ok(receipt),
+            }
+        } else {
+            if let Some(key) = key
+                && let Appended::Duplicate(receipt) = self.inner.store.append(Vec::new(), Some(key)).await?
+            {
+                return Ok(receipt);
+            }
+            Arc::new(TopicEvent::new(
+                topic.clone(),
+                publish.kind,
+                publish.data,
+                now_ms(),
+                publish.except_user,
+                publish.except_client,
+            ))
+        };
+        let stored = event.tseq.map(|tseq| TopicReceipt { topic: topic.clone(), tseq });
+        let delivered = self.inner.bus.publish_topic(event).await?;
+        let receipt = Receipt { notifications: Vec::new(), topic: stored, delivered };
         if let Some(key) = key
             && let Err(error) = self.inner.store.complete_receipt(key, &receipt).await
         {

@@ -26,6 +26,12 @@
 //! - Listens kept in the store ([`StoredListen`]: a user's topics at user scope, each
 //!   session's at session scope) are durable once `listen` returns; one call changes one scope
 //!   atomically, within its [`ListenBounds`] or not at all.
+//! - Each topic's log of durable events keeps the same promises as a user's: `append_topic`
+//!   gives the next `tseq` of the topic (`last_tseq + 1`, no gaps, never reused under one epoch,
+//!   even once retention removed every event), durable before it returns, atomically with its
+//!   idempotency key; tseqs become visible in order; a [`TopicHead`]'s `pruned_through` only
+//!   grows, and only retention ([`Retention::topic_max_age`], [`Retention::topic_max_events`])
+//!   moves it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,6 +43,7 @@ use crate::health::Health;
 use crate::ids::{Seq, SessionId, Topic, UserId};
 use crate::inbox::{InboxChange, InboxCounts, InboxPage, InboxQuery, Mark, PrunedInbox, Selection};
 use crate::notification::{Audience, Notification, Receipt};
+use crate::topic::TopicEvent;
 pub use crate::topic::{StoredListen, TopicListener};
 
 /// A notification to store; the store adds the seq.
@@ -101,6 +108,47 @@ impl LogHead {
     }
 }
 
+/// A durable topic event to store; the store adds the `tseq`.
+#[derive(Debug, Clone)]
+pub struct NewTopicEvent {
+    pub topic: Topic,
+    pub kind: Arc<str>,
+    pub data: Arc<RawValue>,
+    pub created_at_ms: i64,
+    /// No tab of this user gets it, replayed or live (Eliom's `notfor`).
+    pub except_user: Option<UserId>,
+    /// This tab does not get it.
+    pub except_client: Option<crate::ids::ClientId>,
+}
+
+/// What `append_topic` did.
+#[derive(Debug)]
+pub enum TopicAppended {
+    /// Stored, with its new `tseq`.
+    Stored(Arc<TopicEvent>),
+    /// The idempotency key was used within the window: nothing was stored; here is the receipt
+    /// of the first publish.
+    Duplicate(Receipt),
+}
+
+/// Where a topic's log stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TopicHead {
+    /// The highest tseq ever given to the topic (0: none yet).
+    pub last_tseq: Seq,
+    /// Every tseq up to this one was removed by retention (0: none). A tab resuming the topic
+    /// from below it has lost events and is told (a `reset` of the topic).
+    pub pruned_through: Seq,
+}
+
+/// A page of a topic's log, oldest first, with its head and the epoch it was read under.
+#[derive(Debug)]
+pub struct TopicPage {
+    pub events: Vec<Arc<TopicEvent>>,
+    pub head: TopicHead,
+    pub epoch: Epoch,
+}
+
 /// A page of a user's log, oldest first.
 #[derive(Debug)]
 pub struct LogPage {
@@ -120,6 +168,11 @@ pub struct Retention {
     /// Revocations are remembered this long (30 days): set it to the longest token lifetime
     /// accepted (`--token-ttl-max`), after which every token a revocation refuses has expired.
     pub revocation_window: Duration,
+    /// Durable topic events older than this are removed (default 24 hours).
+    pub topic_max_age: Duration,
+    /// At most this many events per topic; the oldest go first, removed by `append_topic`
+    /// itself (default 1,000).
+    pub topic_max_events: u64,
 }
 
 impl Default for Retention {
@@ -129,6 +182,8 @@ impl Default for Retention {
             max_per_user: 10_000,
             idempotency_window: Duration::from_secs(24 * 3600),
             revocation_window: Duration::from_secs(30 * 24 * 3600),
+            topic_max_age: Duration::from_secs(24 * 3600),
+            topic_max_events: 1_000,
         }
     }
 }
@@ -140,6 +195,8 @@ pub struct PruneReport {
     pub idempotency_keys: u64,
     /// Revocations forgotten (older than [`Retention::revocation_window`]).
     pub revocations: u64,
+    /// Durable topic events removed (older than [`Retention::topic_max_age`]).
+    pub topic_events: u64,
     /// Each user who lost notifications, with where their log now starts and their new counts
     /// (one entry per user and chunk of work: a user may appear more than once, the last entry
     /// is the newest).
@@ -334,6 +391,29 @@ pub trait Store: Send + Sync + 'static {
         after: Option<&TopicListener>,
         limit: usize,
     ) -> Result<Vec<TopicListener>, StoreError>;
+
+    /// Stores a durable topic event, giving it the topic's next tseq, and keeps at most
+    /// [`Retention::topic_max_events`] of the topic's events (the oldest go, moving its
+    /// `pruned_through`), in one transaction. With an `idempotency_key` seen within the window,
+    /// stores nothing and returns the first receipt; otherwise remembers the key with a receipt
+    /// naming the event (completed by [`Store::complete_receipt`]).
+    async fn append_topic(
+        &self,
+        event: NewTopicEvent,
+        idempotency_key: Option<&str>,
+    ) -> Result<TopicAppended, StoreError>;
+
+    /// The head of each of `topics`, in order (a topic never published durably: all zeros), and
+    /// the epoch they were read under, from one snapshot.
+    async fn topic_heads(&self, topics: &[Topic]) -> Result<(Vec<TopicHead>, Epoch), StoreError>;
+
+    /// Up to `limit` events of `topic` with tseq > `after`, oldest first, and the topic's head.
+    async fn read_topic_after(
+        &self,
+        topic: &Topic,
+        after: Seq,
+        limit: usize,
+    ) -> Result<TopicPage, StoreError>;
 
     /// What kind of store this is, for `/healthz` and logs: `"sqlite"`, `"memory"`,
     /// `"postgres"`; `"custom"` unless an implementation names itself.

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use crate::ids::{ClientId, InvalidTopic, SessionId, Topic, UserId, check_topic_text};
+use crate::ids::{ClientId, InvalidTopic, Seq, SessionId, Topic, UserId, check_topic_text};
 use crate::notification::format_timestamp_ms;
 
 /// Most patterns in one token's `topics` claim.
@@ -61,6 +61,9 @@ impl TopicPatterns {
 #[derive(Debug)]
 pub struct TopicEvent {
     pub topic: Topic,
+    /// A durable event's place in its topic's log (`tseq`, 1, 2, … per topic, never reused);
+    /// `None` for an ephemeral one.
+    pub tseq: Option<Seq>,
     /// The event's `type`, chosen by the publisher.
     pub kind: Arc<str>,
     /// The publisher's JSON payload, kept as text.
@@ -78,6 +81,8 @@ pub struct TopicEvent {
 #[derive(Serialize)]
 struct WireTopicEvent<'a> {
     topic: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tseq: Option<Seq>,
     #[serde(rename = "type")]
     kind: &'a str,
     data: &'a RawValue,
@@ -85,7 +90,21 @@ struct WireTopicEvent<'a> {
 }
 
 impl TopicEvent {
+    /// An ephemeral event (no `tseq`).
     pub fn new(
+        topic: Topic,
+        kind: Arc<str>,
+        data: Arc<RawValue>,
+        created_at_ms: i64,
+        except_user: Option<UserId>,
+        except_client: Option<ClientId>,
+    ) -> Self {
+        Self::with_tseq(None, topic, kind, data, created_at_ms, except_user, except_client)
+    }
+
+    /// An event with its `tseq` if it is durable (stored in its topic's log).
+    pub fn with_tseq(
+        tseq: Option<Seq>,
         topic: Topic,
         kind: Arc<str>,
         data: Arc<RawValue>,
@@ -95,7 +114,7 @@ impl TopicEvent {
     ) -> Self {
         let created_at = format_timestamp_ms(created_at_ms);
         let wire =
-            WireTopicEvent { topic: topic.as_str(), kind: &kind, data: &data, created_at: &created_at };
+            WireTopicEvent { topic: topic.as_str(), tseq, kind: &kind, data: &data, created_at: &created_at };
         let mut json = serde_json::to_vec(&wire).expect("a topic event always serializes");
         // As for a notification: line breaks can only be whitespace here (escaped in strings).
         for byte in &mut json {
@@ -103,7 +122,7 @@ impl TopicEvent {
                 *byte = b' ';
             }
         }
-        Self { topic, kind, data, created_at_ms, except_user, except_client, json: Bytes::from(json) }
+        Self { topic, tseq, kind, data, created_at_ms, except_user, except_client, json: Bytes::from(json) }
     }
 
     /// The canonical JSON object of this event, as tabs receive it, on one line.

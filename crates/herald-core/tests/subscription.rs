@@ -18,6 +18,7 @@ use herald_core::{
     SessionId, Store, StoreError, StoredListen, SubscribeError, SubscribeRequest, Subscription, Topic,
     TopicListener, Transport, UserId,
 };
+use herald_core::{NewTopicEvent, TopicAppended, TopicHead, TopicPage};
 use herald_store::MemoryStore;
 use serde_json::json;
 use tokio::time::Instant;
@@ -110,6 +111,25 @@ impl PublishingStore {
 
 #[async_trait]
 impl Store for PublishingStore {
+    async fn append_topic(
+        &self,
+        event: NewTopicEvent,
+        idempotency_key: Option<&str>,
+    ) -> Result<TopicAppended, StoreError> {
+        self.inner.append_topic(event, idempotency_key).await
+    }
+    async fn topic_heads(&self, topics: &[Topic]) -> Result<(Vec<TopicHead>, Epoch), StoreError> {
+        self.inner.topic_heads(topics).await
+    }
+    async fn read_topic_after(
+        &self,
+        topic: &Topic,
+        after: Seq,
+        limit: usize,
+    ) -> Result<TopicPage, StoreError> {
+        self.inner.read_topic_after(topic, after, limit).await
+    }
+
     async fn head(&self, user: &UserId) -> Result<LogHead, StoreError> {
         let head = self.inner.head(user).await;
         if self.publish_on_head.swap(false, Ordering::Relaxed) {

@@ -159,7 +159,6 @@ impl From<NotifyError> for ApiError {
                 Self::new(StatusCode::PAYLOAD_TOO_LARGE, "publish_too_large", message)
             }
             NotifyError::ClientNotFound(_) => Self::new(StatusCode::NOT_FOUND, "client_not_found", message),
-            NotifyError::DurableTopic => Self::bad_request("durable_topic_unsupported", message),
             NotifyError::ExceptUserWithoutTopic => Self::bad_request("invalid_target", message),
             NotifyError::NoTopics => Self::bad_request("invalid_request", message),
             NotifyError::EphemeralInbox => Self::bad_request("invalid_request", message),

@@ -176,6 +176,7 @@ fn head(last_seq: u64, pruned_through: u64) -> Seqs {
 fn receipt(entries: &[(&str, u64)], delivered: u64) -> Receipt {
     Receipt {
         notifications: entries.iter().map(|&(u, seq)| ReceiptEntry { user: user(u), seq }).collect(),
+        topic: None,
         delivered,
     }
 }

@@ -24,9 +24,10 @@ use herald_core::inbox::CountsDelta;
 use herald_core::notification::now_ms;
 use herald_core::{
     Appended, Epoch, InboxChange, InboxCounts, InboxItem, InboxPage, InboxQuery, ItemState, ListenBounds,
-    LogHead, LogPage, Mark, NewNotification, Notification, PruneReport, PrunedInbox, Receipt, ReceiptEntry,
-    Retention, Revocation, ScopeListens, Selection, Seq, SessionId, Store, StoreError, StoredListen, Topic,
-    TopicListener, UserId,
+    LogHead, LogPage, Mark, NewNotification, NewTopicEvent, Notification, PruneReport, PrunedInbox, Receipt,
+    ReceiptEntry, Retention, Revocation, ScopeListens, Selection, Seq, SessionId, Store, StoreError,
+    StoredListen, Topic, TopicAppended, TopicEvent, TopicHead, TopicListener, TopicPage, TopicReceipt,
+    UserId,
 };
 use parking_lot::Mutex;
 
@@ -54,6 +55,29 @@ struct Inner {
     revocations: HashMap<UserId, HashMap<Option<SessionId>, u64>>,
     /// Each user's listens kept in the store.
     listens: HashMap<UserId, UserListens>,
+    /// Each topic's log of durable events.
+    topics: HashMap<Topic, TopicLog>,
+}
+
+/// One topic's durable events: tseqs `head.pruned_through + 1 ..= head.last_seq`, oldest first.
+/// The head stays when retention empties the log, so a tseq is never given out twice.
+#[derive(Debug, Default)]
+struct TopicLog {
+    head: TopicHead,
+    events: VecDeque<Arc<TopicEvent>>,
+}
+
+impl TopicLog {
+    /// Removes the events up to `through` and raises `pruned_through`. Returns how many went.
+    fn prune_through(&mut self, through: Seq) -> u64 {
+        if through <= self.head.pruned_through {
+            return 0;
+        }
+        let keep_from = self.events.partition_point(|e| e.tseq.unwrap_or(0) <= through);
+        self.events.drain(..keep_from);
+        self.head.pruned_through = through;
+        keep_from as u64
+    }
 }
 
 /// One user's listens: at user scope, and per session with the time of its latest listen.
@@ -216,6 +240,7 @@ impl Store for MemoryStore {
                     .iter()
                     .map(|n| ReceiptEntry { user: n.user.clone(), seq: n.seq.unwrap_or(0) })
                     .collect(),
+                topic: None,
                 delivered: 0,
             };
             inner.idempotency.insert(key.to_owned(), IdempotencyRecord { created_at_ms: now, receipt });
@@ -278,7 +303,16 @@ impl Store for MemoryStore {
             }
         }
 
+        let topics_before = crate::cutoff_ms(now_ms, self.retention.topic_max_age);
         let mut inner = self.inner.lock();
+        for log in inner.topics.values_mut() {
+            // The newest expired event and everything before it, as for users' logs.
+            let through =
+                log.events.iter().rev().find(|e| e.created_at_ms < topics_before).and_then(|e| e.tseq);
+            if let Some(through) = through {
+                report.topic_events += log.prune_through(through);
+            }
+        }
         let before = inner.idempotency.len();
         inner.idempotency.retain(|_, record| record.created_at_ms >= keys_before);
         report.idempotency_keys = (before - inner.idempotency.len()) as u64;
@@ -294,6 +328,67 @@ impl Store for MemoryStore {
         });
         report.revocations = forgotten;
         Ok(report)
+    }
+
+    async fn append_topic(
+        &self,
+        event: NewTopicEvent,
+        idempotency_key: Option<&str>,
+    ) -> Result<TopicAppended, StoreError> {
+        let now = now_ms();
+        let key_valid_from = crate::cutoff_ms(now, self.retention.idempotency_window);
+        let mut inner = self.inner.lock();
+        if let Some(key) = idempotency_key
+            && let Some(record) = inner.idempotency.get(key)
+            && record.created_at_ms >= key_valid_from
+        {
+            return Ok(TopicAppended::Duplicate(record.receipt.clone()));
+        }
+        let log = inner.topics.entry(event.topic.clone()).or_default();
+        log.head.last_tseq += 1;
+        let tseq = log.head.last_tseq;
+        let stored = Arc::new(TopicEvent::with_tseq(
+            Some(tseq),
+            event.topic,
+            event.kind,
+            event.data,
+            event.created_at_ms,
+            event.except_user,
+            event.except_client,
+        ));
+        log.events.push_back(Arc::clone(&stored));
+        log.prune_through(tseq.saturating_sub(self.retention.topic_max_events));
+        if let Some(key) = idempotency_key {
+            let receipt = Receipt {
+                notifications: Vec::new(),
+                topic: Some(TopicReceipt { topic: stored.topic.clone(), tseq }),
+                delivered: 0,
+            };
+            inner.idempotency.insert(key.to_owned(), IdempotencyRecord { created_at_ms: now, receipt });
+        }
+        Ok(TopicAppended::Stored(stored))
+    }
+
+    async fn topic_heads(&self, topics: &[Topic]) -> Result<(Vec<TopicHead>, Epoch), StoreError> {
+        let inner = self.inner.lock();
+        let heads =
+            topics.iter().map(|t| inner.topics.get(t).map(|log| log.head).unwrap_or_default()).collect();
+        Ok((heads, self.epoch()))
+    }
+
+    async fn read_topic_after(
+        &self,
+        topic: &Topic,
+        after: Seq,
+        limit: usize,
+    ) -> Result<TopicPage, StoreError> {
+        let inner = self.inner.lock();
+        let Some(log) = inner.topics.get(topic) else {
+            return Ok(TopicPage { events: Vec::new(), head: TopicHead::default(), epoch: self.epoch() });
+        };
+        let from = log.events.partition_point(|e| e.tseq.unwrap_or(0) <= after);
+        let events = log.events.iter().skip(from).take(limit).cloned().collect();
+        Ok(TopicPage { events, head: log.head, epoch: self.epoch() })
     }
 
     async fn revoke(

@@ -22,6 +22,33 @@ use super::writes::{
 
 #[async_trait]
 impl Store for PostgresStore {
+    async fn append_topic(
+        &self,
+        event: herald_core::NewTopicEvent,
+        idempotency_key: Option<&str>,
+    ) -> Result<herald_core::TopicAppended, StoreError> {
+        let _ = (event, idempotency_key);
+        Err(StoreError::Unavailable("TRANSITIONAL: durable topics are not in this store yet".into()))
+    }
+
+    async fn topic_heads(
+        &self,
+        topics: &[Topic],
+    ) -> Result<(Vec<herald_core::TopicHead>, Epoch), StoreError> {
+        let _ = topics;
+        Err(StoreError::Unavailable("TRANSITIONAL: durable topics are not in this store yet".into()))
+    }
+
+    async fn read_topic_after(
+        &self,
+        topic: &Topic,
+        after: Seq,
+        limit: usize,
+    ) -> Result<herald_core::TopicPage, StoreError> {
+        let _ = (topic, after, limit);
+        Err(StoreError::Unavailable("TRANSITIONAL: durable topics are not in this store yet".into()))
+    }
+
     async fn append(
         &self,
         entries: Vec<NewNotification>,

@@ -57,6 +57,28 @@ impl Drop for TestStore {
 
 #[async_trait]
 impl Store for TestStore {
+    async fn append_topic(
+        &self,
+        event: herald_core::NewTopicEvent,
+        idempotency_key: Option<&str>,
+    ) -> Result<herald_core::TopicAppended, StoreError> {
+        self.store().append_topic(event, idempotency_key).await
+    }
+    async fn topic_heads(
+        &self,
+        topics: &[Topic],
+    ) -> Result<(Vec<herald_core::TopicHead>, Epoch), StoreError> {
+        self.store().topic_heads(topics).await
+    }
+    async fn read_topic_after(
+        &self,
+        topic: &Topic,
+        after: Seq,
+        limit: usize,
+    ) -> Result<herald_core::TopicPage, StoreError> {
+        self.store().read_topic_after(topic, after, limit).await
+    }
+
     async fn append(&self, entries: Vec<NewNotification>, key: Option<&str>) -> Result<Appended, StoreError> {
         self.store().append(entries, key).await
     }

@@ -268,6 +268,7 @@ fn receipt_of(notifications: &[Arc<Notification>]) -> Receipt {
             .iter()
             .map(|n| ReceiptEntry { user: n.user.clone(), seq: n.seq.unwrap_or_default() })
             .collect(),
+        topic: None,
         delivered: 0,
     }
 }

@@ -46,6 +46,28 @@ struct TempStore {
 
 #[async_trait]
 impl Store for TempStore {
+    async fn append_topic(
+        &self,
+        event: herald_core::NewTopicEvent,
+        idempotency_key: Option<&str>,
+    ) -> Result<herald_core::TopicAppended, StoreError> {
+        self.store.append_topic(event, idempotency_key).await
+    }
+    async fn topic_heads(
+        &self,
+        topics: &[Topic],
+    ) -> Result<(Vec<herald_core::TopicHead>, Epoch), StoreError> {
+        self.store.topic_heads(topics).await
+    }
+    async fn read_topic_after(
+        &self,
+        topic: &Topic,
+        after: Seq,
+        limit: usize,
+    ) -> Result<herald_core::TopicPage, StoreError> {
+        self.store.read_topic_after(topic, after, limit).await
+    }
+
     async fn append(
         &self,
         entries: Vec<NewNotification>,
@@ -200,8 +222,11 @@ async fn survives_reopening() {
         let second =
             store.append(vec![NewNotification { audience, ..entry("alice", 2, 2_000) }], None).await.unwrap();
         assert_eq!(seqs(&second), [2]);
-        let completed =
-            Receipt { notifications: vec![ReceiptEntry { user: user("alice"), seq: 1 }], delivered: 5 };
+        let completed = Receipt {
+            notifications: vec![ReceiptEntry { user: user("alice"), seq: 1 }],
+            topic: None,
+            delivered: 5,
+        };
         store.complete_receipt("k", &completed).await.unwrap();
         let written = store.read_after(&user("alice"), 0, 10).await.unwrap();
         (written, completed)

@@ -301,6 +301,7 @@ fn append(
                 .iter()
                 .map(|n| ReceiptEntry { user: n.user.clone(), seq: n.seq.unwrap_or_default() })
                 .collect(),
+            topic: None,
             delivered: 0,
         };
         let receipt = crate::receipt_json(&receipt)?;
