@@ -58,9 +58,13 @@ export interface HeraldTopicEvent<Data = unknown> {
 
 /** Options of `herald.listen` and `herald.unlisten`. */
 export interface HeraldListenOptions {
-  /** Who listens: `client` (default: this tab, until it unlistens or the server forgets it,
-   * about a minute after it disconnects for good). `session` and `user` are refused by the
-   * server for now (400 `unsupported_scope`). */
+  /** Who listens:
+   * - `client` (default): this tab, until it unlistens or the server forgets it (about a minute
+   *   after it disconnects for good); herald.js names these topics on every reconnection;
+   * - `session`: every tab of this token's session, those opened later too, kept by the server
+   *   until the session is closed;
+   * - `user`: every tab of the user on every device, kept by the server until unlistened.
+   * A tab listens to the union of the three; unlistening at one scope leaves the others. */
   scope?: 'client' | 'session' | 'user';
 }
 
@@ -173,7 +177,8 @@ export declare class HeraldError extends Error {
   /** The HTTP status. */
   readonly status: number;
   /** The error code, e.g. `invalid_seq`, `topic_forbidden` (the token's `topics` claim does not
-   * allow the topic), `too_many_topics` (a tab listens to at most 100). */
+   * allow the topic), `too_many_topics` (at most 100 topics per tab and per session, 1,000 per
+   * user, by default). */
   readonly code: string | null;
 }
 
@@ -245,18 +250,25 @@ export declare class Herald {
   readonly transport: HeraldTransport;
   /** The user's inbox: counts, pages, marks. */
   readonly inbox: HeraldInbox;
-  /** The topics this tab listens to: as the server last said, with the changes not sent yet
-   * (made while disconnected) applied. */
+  /** The topics this tab listens to, at any scope: as the server last said (`hello`, a poll
+   * answer, the answer to a client-scope change), with this tab's own changes since applied
+   * (those held while disconnected too). Changes made by another tab or the app's backend at
+   * session or user scope show here from the next connection (or poll). */
   readonly topics: readonly string[];
-  /** Listens to a topic (or several) too. Connected, it asks the server at once; otherwise the
-   * next connection does, and the promise waits for it. The client names the topics on every
-   * reconnection, so they outlive dropped connections and server restarts. Resolves to the
-   * topics the tab listens to after the change. Rejects with a `HeraldError` when refused
-   * (`topic_forbidden`, `too_many_topics`, …: nothing changed), a `TypeError` when the network
-   * fails (a change held for the next connection waits for it instead); throws a `TypeError` at
-   * once for a name that is not a topic (1 to 128 of `A-Z a-z 0-9 _ . : @ / -`). */
+  /** Listens to a topic (or several) too. At client scope (the default): connected, it asks
+   * the server at once; otherwise the next connection does, and the promise waits for it; the
+   * client names the topics on every reconnection, so they outlive dropped connections and
+   * server restarts; resolves to the topics the tab listens to after the change. At `session`
+   * or `user` scope (kept by the server): sent at once, connected or not, and resolves to that
+   * scope's topics (sorted). Rejects with a `HeraldError` when refused (`topic_forbidden`,
+   * `too_many_topics`, …: nothing changed), a `TypeError` when the network fails (a
+   * client-scope change held for the next connection waits for it instead); throws a
+   * `TypeError` at once for a name that is not a topic (1 to 128 of `A-Z a-z 0-9 _ . : @ / -`)
+   * or a scope that is none of the three. */
   listen(topics: string | readonly string[], options?: HeraldListenOptions): Promise<string[]>;
-  /** Stops listening to a topic (or several); resolves and rejects like `listen`. */
+  /** Stops listening to a topic (or several) at that scope (the others are left: a topic the
+   * session or the user still listens to still reaches the tab); resolves and rejects like
+   * `listen`. */
   unlisten(topics: string | readonly string[], options?: HeraldListenOptions): Promise<string[]>;
   /** Adds a listener; returns a function that removes it. */
   on<E extends keyof HeraldEvents>(event: E, listener: (value: HeraldEvents[E]) => void): () => void;

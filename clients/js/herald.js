@@ -34,16 +34,21 @@
 //   sessions, the answers to this tab's own changes (which the server leaves this tab out of),
 //   pages, and a fetch after every (re)connection. With `inbox: true` the connection follows
 //   the counts of new notifications too (`inbox=1`).
-// - topics (Eliom's listen/notify by key, client scope: this tab only): `herald.listen('room:1')`
-//   and `herald.unlisten('room:1')` (a topic or a list) resolve to the topics the tab listens to
-//   after the change (`herald.topics` holds them); `herald.on('topic', (e) => …)` gets
-//   `{topic, type, data, created_at}`. The token's `topics` claim decides what a tab may listen
-//   to (else the promise rejects with a `HeraldError`, code `topic_forbidden`). The client keeps
-//   the topics it asked for and names them on every (re)connection (`?topics=`), so they outlive
-//   reconnects and server restarts; a change made while there is no connection is sent with the
-//   next one, and its promise resolves then. Topic events are ephemeral: none is replayed.
+// - topics (Eliom's listen/notify by key; by default at client scope: this tab only):
+//   `herald.listen('room:1')` and `herald.unlisten('room:1')` (a topic or a list) resolve to
+//   the topics the tab listens to after the change (`herald.topics` holds them);
+//   `herald.on('topic', (e) => …)` gets `{topic, type, data, created_at}`. The token's
+//   `topics` claim decides what a tab may listen to (else the promise rejects with a
+//   `HeraldError`, code `topic_forbidden`). The client keeps the topics it asked for and names
+//   them on every (re)connection (`?topics=`), so they outlive reconnects and server restarts;
+//   a change made while there is no connection is sent with the next one, and its promise
+//   resolves then. Topic events are ephemeral: none is replayed. With `{scope: 'session'}` or
+//   `{scope: 'user'}` the server keeps the listen for every tab of the session or the user
+//   instead (those opened later too): the change is sent at once, connected or not, and the
+//   promise resolves to that scope's topics.
 //
 //     await herald.listen('room:1');
+//     await herald.listen('post:42', { scope: 'user' });   // "follow": every tab, every device
 //     herald.on('topic', ({ topic, type, data }) => showInRoom(topic, data));
 //
 // The server is on the page's origin (or behind it through a proxy), or on another origin that
@@ -113,7 +118,11 @@ export class Herald {
   #claimTopics = null; // the token's `topics` claim (patterns), or null when the token is unreadable
   #wanted = new Set(); // topics this tab listens to by its own wish (client scope): sent as ?topics=
   #serverTopics = null; // the topics the tab listens to, as the server last said
-  #held = []; // listens and unlistens made while not connected: sent after the next `hello`
+  #held = []; // client-scope listens and unlistens made while not connected: sent after the next `hello`
+  // The session's and the user's topics (sets), as the answer to this tab's last change at that
+  // scope listed them (null before one): an unlisten at one of these scopes leaves in `topics`
+  // what the other scopes still give the tab.
+  #stored = { session: null, user: null };
   #topicChain = Promise.resolve(); // listens and unlistens run one at a time, in call order
 
   /**
@@ -152,20 +161,22 @@ export class Herald {
   get transport() { return this.#mode; }
 
   /**
-   * The topics this tab listens to: as the server last said (`hello`, a poll answer, the answer
-   * to a listen), with the changes not sent yet applied.
+   * The topics this tab listens to (at any scope): as the server last said (`hello`, a poll
+   * answer, the answer to a client-scope change), with this tab's changes made since applied
+   * (those held for the next connection too).
    */
   get topics() {
-    const unlistening = new Set(this.#held.flatMap((op) => (op.kind === 'unlisten' && op.scope === 'client' ? op.topics : [])));
-    const topics = (this.#serverTopics ?? []).filter((topic) => !unlistening.has(topic) || this.#wanted.has(topic));
+    const unlistening = new Set(this.#held.flatMap((op) => (op.kind === 'unlisten' ? op.topics : [])));
+    const topics = (this.#serverTopics ?? []).filter((topic) => !unlistening.has(topic) || this.#wanted.has(topic) || this.#keeps(topic, 'client'));
     for (const topic of this.#wanted) if (!topics.includes(topic)) topics.push(topic);
     return topics;
   }
 
   /**
    * Listens to a topic (or several) too: `POST /v1/listen` now if connected, else with the next
-   * connection. Resolves to the topics the tab listens to then. Throws a TypeError for a name
-   * that is not a topic.
+   * connection. Resolves to the topics the tab listens to then (at `scope` `session` or `user`:
+   * sent at once, and resolves to that scope's topics). Throws a TypeError for a name that is
+   * not a topic.
    */
   listen(topics, { scope = 'client' } = {}) {
     return this.#topicOp('listen', topicList(topics), scopeOf(scope));
@@ -822,11 +833,13 @@ export class Herald {
 
   // ---- topics ----
   // A listen or unlisten is an operation queued on #topicChain, so that they reach the server in
-  // call order and each answer is the newest. Connected, it is sent at once; otherwise (or when
-  // the server no longer knows the tab: 404 `client_not_found`) it is held: a client-scope one
-  // changes #wanted at once, so the next connection's `?topics=` applies a listen, and after
-  // that connection's `hello` each held one is sent if the server's list does not show it done
-  // yet (an unlisten must be: the server keeps the client id's listens across reconnects).
+  // call order and each answer is the newest. At session or user scope (the server keeps those
+  // in its store; no tab is needed) it is sent at once. At client scope it is sent at once when
+  // connected; otherwise (or when the server no longer knows the tab: 404 `client_not_found`)
+  // it is held: it changes #wanted at once, so the next connection's `?topics=` applies a
+  // listen, and after that connection's `hello` each held one is sent if the server's list does
+  // not show it done yet (an unlisten must be: the server keeps the client id's listens across
+  // reconnects).
 
   #topicOp(kind, topics, scope) {
     return new Promise((resolve, reject) => {
@@ -841,38 +854,53 @@ export class Herald {
 
   async #runTopicOp(op) {
     if (this.#stopped) return op.reject(closedError());
-    if (!this.#connected() || this.#held.length) return this.#hold(op); // after those held: in order
+    if (op.scope === 'client' && (!this.#connected() || this.#held.length)) return this.#hold(op); // after those held: in order
     if (await this.#sendTopicOp(op, op.topics, false) === 'again') this.#hold(op);
   }
 
   /** `POST /v1/listen` or `/v1/unlisten` for `topics`; settles `op` unless it answers 'again'. */
   async #sendTopicOp(op, topics, held) {
+    const tab = op.scope === 'client';
     let answer;
     try {
-      answer = await this.#request('POST', `/v1/${op.kind}`, { topics, scope: op.scope }, true);
+      answer = await this.#request('POST', `/v1/${op.kind}`, { topics, scope: op.scope }, tab);
     } catch (error) {
       // The server forgot the tab (it is between connections), or, for a held change (already in
       // #wanted), the request did not get through: the next connection settles it.
-      const lost = error instanceof HeraldError ? error.code === 'client_not_found' : held;
+      const lost = tab && (error instanceof HeraldError ? error.code === 'client_not_found' : held);
       if (lost && !this.#stopped) return 'again';
-      if (held && op.kind === 'listen' && op.scope === 'client') this.#forget(op.topics);
+      if (held && op.kind === 'listen') this.#forget(op.topics);
       op.reject(error);
       return 'done';
     }
-    if (op.scope === 'client') {
-      for (const topic of op.topics) {
-        if (op.kind === 'listen') this.#wanted.add(topic);
-        else this.#wanted.delete(topic);
+    const listed = Array.isArray(answer?.topics) ? answer.topics : [];
+    if (!tab) {
+      // The answer lists the session's or the user's topics, not the tab's: the tab's list
+      // (the next `hello` or poll answer brings it whole) loses those unlistened that no other
+      // scope gives it, and has every topic of that scope (those other tabs listened to
+      // meanwhile too). The server made this node's tabs follow before it answered.
+      this.#stored[op.scope] = new Set(listed);
+      if (this.#serverTopics !== null) {
+        const kept = op.kind === 'listen'
+          ? this.#serverTopics
+          : this.#serverTopics.filter((topic) => !op.topics.includes(topic) || this.#keeps(topic, op.scope));
+        this.#serverTopics = [...new Set([...kept, ...listed])];
       }
+      op.resolve(listed);
+      return 'done';
     }
-    if (Array.isArray(answer?.topics)) this.#serverTopics = answer.topics;
+    for (const topic of op.topics) {
+      if (op.kind === 'listen') this.#wanted.add(topic);
+      else this.#wanted.delete(topic);
+    }
+    this.#serverTopics = listed;
     op.resolve(this.topics);
     return 'done';
   }
 
-  /** Holds `op` until the next connection (see above). */
+  /** Holds a client-scope `op` until the next connection (see above). */
   #hold(op) {
-    if (op.scope === 'client' && op.kind === 'listen') {
+    if (op.kind === 'listen') {
       // Not into the next connection's URL if the token does not allow it: the server would
       // refuse the whole connection.
       const refused = op.topics.find((topic) => !this.#claimAllows(topic));
@@ -880,13 +908,13 @@ export class Herald {
         return op.reject(new HeraldError(403, 'topic_forbidden', `the token's \`topics\` claim does not allow listening to ${JSON.stringify(refused)}`));
       }
       for (const topic of op.topics) this.#wanted.add(topic);
-    } else if (op.scope === 'client') {
+    } else {
       for (const topic of op.topics) this.#wanted.delete(topic);
     }
     this.#held.push(op);
   }
 
-  /** After a connection opened (`hello`, or a first poll answer): sends the held changes. */
+  /** After a connection opened (`hello`, or a poll answer): sends the held changes. */
   #afterOpen() {
     if (!this.#held.length) return;
     this.#topicChain = this.#topicChain.then(() => this.#sendHeld());
@@ -895,14 +923,11 @@ export class Herald {
   async #sendHeld() {
     while (this.#held.length && this.#connected()) {
       const op = this.#held[0];
-      let topics = op.topics;
-      if (op.scope === 'client') {
-        // What the server's list (this connection's `hello`) does not show done yet.
-        const listed = new Set(this.#serverTopics ?? []);
-        topics = op.kind === 'listen'
-          ? op.topics.filter((topic) => this.#wanted.has(topic) && !listed.has(topic))
-          : op.topics.filter((topic) => !this.#wanted.has(topic) && listed.has(topic));
-      }
+      // What the server's list (this connection's `hello`) does not show done yet.
+      const listed = new Set(this.#serverTopics ?? []);
+      const topics = op.kind === 'listen'
+        ? op.topics.filter((topic) => this.#wanted.has(topic) && !listed.has(topic))
+        : op.topics.filter((topic) => !this.#wanted.has(topic) && listed.has(topic));
       if (topics.length && await this.#sendTopicOp(op, topics, true) === 'again') return;
       const at = this.#held.indexOf(op);
       if (at >= 0) this.#held.splice(at, 1);
@@ -917,14 +942,25 @@ export class Herald {
    */
   #topicsRefused(httpStatus, errorCode, message) {
     if (!httpStatus || !TOPIC_REFUSALS.has(errorCode)) return false;
-    const refused = this.#held.filter((op) => op.kind === 'listen' && op.scope === 'client');
+    const refused = this.#held.filter((op) => op.kind === 'listen');
     if (!refused.length) return false;
-    this.#held = this.#held.filter((op) => !refused.includes(op));
+    this.#held = this.#held.filter((op) => op.kind !== 'listen');
     for (const op of refused) {
       this.#forget(op.topics);
       op.reject(new HeraldError(httpStatus, errorCode, message ?? `HTTP ${httpStatus}`));
     }
     return true;
+  }
+
+  /**
+   * Whether the tab still listens to `topic` once it stopped at `scope`, as far as this tab
+   * knows: its own wish (client scope), or the other stored scope's list as last answered here.
+   * (Listens made elsewhere, by another tab or the app's backend, show at the next connection.)
+   */
+  #keeps(topic, scope) {
+    return (scope !== 'client' && this.#wanted.has(topic))
+      || (scope !== 'session' && this.#stored.session?.has(topic) === true)
+      || (scope !== 'user' && this.#stored.user?.has(topic) === true);
   }
 
   /** Takes back the wish for `topics`, but for those the server said the tab listens to. */

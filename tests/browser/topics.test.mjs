@@ -2,7 +2,9 @@
 // different users in one room get each other's lines and a tab outside gets none; a listen made
 // before the connection opens rides on `?topics=`; listens outlive a server restart (named again
 // on reconnect) and changes made while offline are sent after the next `hello`; the token's
-// `topics` claim refuses a listen, and nothing changes.
+// `topics` claim refuses a listen, and nothing changes; a listen at user scope reaches the
+// user's tabs opened later on another device and no other user's, and one at session scope
+// every tab of the session and none of another, until it is unlistened.
 
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -58,26 +60,57 @@ async function serverTopics(server, client) {
 }
 
 /**
- * Runs `herald.listen` or `unlisten` in the tab: `{topics}` (sorted: the server's order is its
- * own) or `{error: {name, status, code}}`.
+ * Runs `herald.listen` or `unlisten` in the tab (with `options`, e.g. `{scope: 'user'}`):
+ * `{topics}` (sorted: the server's order is its own) or `{error: {name, status, code}}`.
  */
-function change(page, kind, topics) {
-  return page.evaluate(async ({ kind, topics }) => {
+function change(page, kind, topics, options) {
+  return page.evaluate(async ({ kind, topics, options }) => {
     try {
-      return { topics: [...await window.herald[kind](topics)].sort() };
+      return { topics: [...await window.herald[kind](topics, options)].sort() };
     } catch (error) {
       return { error: { name: error.name, status: error.status, code: error.code, message: error.message } };
     }
-  }, { kind, topics });
+  }, { kind, topics, options });
 }
 
-/** Records the tab's requests to /v1/listen and /v1/unlisten, and its connection URLs. */
+/** The tab's `herald.topics`, sorted. */
+async function tabTopics(page) {
+  return [...await page.evaluate(() => window.herald.topics)].sort();
+}
+
+/**
+ * An ephemeral notification to `user`: a barrier. A tab's events reach it in publish order, so
+ * once a tab has this, a topic event published before it would be there too.
+ */
+function barrier(server, user, n) {
+  return server.publish({ to: { user }, type: 'barrier', data: { n }, durable: false });
+}
+
+/** Waits until the tab has the barrier notification `n`. */
+async function waitForBarrier(page, n) {
+  try {
+    await page.waitForFunction((n) => window.recorded.notifications.some((e) => e.type === 'barrier' && e.data.n === n), n, { timeout: WAIT_MS });
+  } catch (error) {
+    throw new Error(`barrier ${n} did not arrive: ${JSON.stringify(await page.evaluate(() => window.recorded))}`, { cause: error });
+  }
+}
+
+/** The topic and text of each topic event the tab got. */
+async function lines(page) {
+  return (await topicEvents(page)).map((e) => [e.topic, e.data.text]);
+}
+
+/**
+ * Records the tab's requests to /v1/listen and /v1/unlisten (`listen`, `unlisten`: their
+ * bodies; `tabs`: the `X-Herald-Client` each named, or null), and its connection URLs.
+ */
 function watchRequests(page) {
-  const seen = { listen: [], unlisten: [], connections: [] };
+  const seen = { listen: [], unlisten: [], tabs: [], connections: [] };
   page.on('request', (request) => {
     const url = new URL(request.url());
     if (url.pathname === '/v1/listen') seen.listen.push(request.postDataJSON());
     if (url.pathname === '/v1/unlisten') seen.unlisten.push(request.postDataJSON());
+    if (url.pathname === '/v1/listen' || url.pathname === '/v1/unlisten') seen.tabs.push(request.headers()['x-herald-client'] ?? null);
     if (url.pathname === '/v1/stream' || url.pathname === '/v1/poll') seen.connections.push(url);
   });
   page.on('websocket', (socket) => seen.connections.push(new URL(socket.url())));
@@ -296,6 +329,105 @@ for (const transport of ['sse', 'ws', 'poll']) {
       assert.deepEqual(earlyState.closed, [], 'the refusal did not stop the client');
       assert.deepEqual(await early.evaluate(() => window.herald.topics), []);
       assert.deepEqual(await serverTopics(server, earlyState.client), []);
+    });
+
+    test('a listen at user scope reaches the user\'s tabs opened later, on another device, and no other user\'s', async (t) => {
+      const server = await HeraldServer.start();
+      t.after(() => server.dispose());
+      const contexts = await Promise.all([0, 1, 2].map(() => newContext(browser, server)));
+      t.after(() => Promise.all(contexts.map((c) => c.close())));
+      const laptop = await openTab(contexts[0], server, { user: 'alice', session: 'laptop', transport, claim: CLAIM });
+      const bob = await openTab(contexts[2], server, { user: 'bob', session: 'laptop', transport, claim: CLAIM });
+      const seen = watchRequests(laptop);
+
+      // "Follow": kept by the server for the user, posted at once without naming the tab.
+      assert.deepEqual(await change(laptop, 'listen', 'room:1', { scope: 'user' }), { topics: ['room:1'] });
+      assert.deepEqual(seen.listen, [{ topics: ['room:1'], scope: 'user' }]);
+      assert.deepEqual(seen.tabs, [null], 'no X-Herald-Client at user scope');
+      assert.deepEqual(await tabTopics(laptop), ['room:1'], 'the tab listens to its user\'s topics');
+
+      // Another device of alice, opened afterwards: its first connection lists the topic.
+      const phone = await openTab(contexts[1], server, { user: 'alice', session: 'phone', transport, claim: CLAIM });
+      assert.deepEqual(await tabTopics(phone), ['room:1']);
+      const phoneClient = (await recorded(phone)).client;
+      assert.deepEqual(await serverTopics(server, phoneClient), ['room:1']);
+
+      await say(server, 'room:1', { text: 'followed' });
+      await barrier(server, 'bob', 1);
+      for (const page of [laptop, phone]) {
+        assert.deepEqual((await waitForTopicEvents(page, 1)).map((e) => [e.topic, e.data.text]), [['room:1', 'followed']]);
+      }
+      await waitForBarrier(bob, 1);
+      assert.deepEqual(await lines(bob), [], 'bob does not follow alice\'s topics');
+
+      // The phone unlistens for the user: no tab of alice gets the room any more (the phone
+      // keeps its own client-scope room:3, which its `topics` still lists).
+      assert.deepEqual(await change(phone, 'listen', 'room:3'), { topics: ['room:1', 'room:3'] });
+      assert.deepEqual(await change(phone, 'unlisten', 'room:1', { scope: 'user' }), { topics: [] });
+      assert.deepEqual(await tabTopics(phone), ['room:3'], 'room:1 left the tab\'s topics');
+      assert.deepEqual(await serverTopics(server, phoneClient), ['room:3']);
+      await say(server, 'room:1', { text: 'unfollowed' });
+      await barrier(server, 'alice', 2);
+      for (const page of [laptop, phone]) await waitForBarrier(page, 2);
+      await delay(QUIET_MS);
+      for (const page of [laptop, phone]) assert.deepEqual(await lines(page), [['room:1', 'followed']]);
+      for (const page of [laptop, phone, bob]) assert.deepEqual((await recorded(page)).closed, []);
+    });
+
+    test('a listen at session scope reaches every tab of the session and none of another; after unlisten none', async (t) => {
+      const server = await HeraldServer.start();
+      t.after(() => server.dispose());
+      // One browser profile is one session: its tabs share it. The phone is another session.
+      const [laptopContext, phoneContext] = await Promise.all([0, 1].map(() => newContext(browser, server)));
+      t.after(() => Promise.all([laptopContext, phoneContext].map((c) => c.close())));
+      const laptop = { user: 'alice', session: 'laptop', transport, claim: CLAIM };
+      const first = await openTab(laptopContext, server, laptop);
+      const second = await openTab(laptopContext, server, laptop);
+      const phone = await openTab(phoneContext, server, { ...laptop, session: 'phone' });
+      const seen = watchRequests(first);
+
+      assert.deepEqual(await change(first, 'listen', ['room:1', 'room:2'], { scope: 'session' }), { topics: ['room:1', 'room:2'] });
+      assert.deepEqual(seen.listen, [{ topics: ['room:1', 'room:2'], scope: 'session' }]);
+      assert.deepEqual(seen.tabs, [null], 'no X-Herald-Client at session scope');
+      assert.deepEqual(await tabTopics(first), ['room:1', 'room:2']);
+      // A tab of the session opened afterwards listens too.
+      const third = await openTab(laptopContext, server, laptop);
+      assert.deepEqual(await tabTopics(third), ['room:1', 'room:2']);
+      const session = [first, second, third];
+      const clients = await Promise.all(session.map(async (page) => (await recorded(page)).client));
+      assert.equal(new Set(clients).size, 3, 'three tabs');
+      for (const client of clients) assert.deepEqual(await serverTopics(server, client), ['room:1', 'room:2']);
+      assert.deepEqual(await serverTopics(server, (await recorded(phone)).client), []);
+
+      await say(server, 'room:1', { text: 'to the session' });
+      await barrier(server, 'alice', 1);
+      for (const page of session) {
+        assert.deepEqual((await waitForTopicEvents(page, 1)).map((e) => [e.topic, e.data.text]), [['room:1', 'to the session']]);
+      }
+      await waitForBarrier(phone, 1);
+      assert.deepEqual(await lines(phone), [], 'the phone is another session');
+
+      // Any tab of the session unlistens for it: none gets the room any more.
+      assert.deepEqual(await change(second, 'unlisten', 'room:1', { scope: 'session' }), { topics: ['room:2'] });
+      assert.deepEqual(await tabTopics(second), ['room:2']);
+      for (const client of clients) assert.deepEqual(await serverTopics(server, client), ['room:2']);
+      await say(server, 'room:1', { text: 'after unlisten' });
+      await say(server, 'room:2', { text: 'still the session\'s' });
+      await barrier(server, 'alice', 2);
+      for (const page of [...session, phone]) await waitForBarrier(page, 2);
+      await delay(QUIET_MS);
+      for (const page of session) {
+        assert.deepEqual(await lines(page), [['room:1', 'to the session'], ['room:2', 'still the session\'s']]);
+      }
+      assert.deepEqual(await lines(phone), []);
+
+      assert.deepEqual(await change(third, 'unlisten', 'room:2', { scope: 'session' }), { topics: [] });
+      await say(server, 'room:2', { text: 'after the last unlisten' });
+      await barrier(server, 'alice', 3);
+      for (const page of session) await waitForBarrier(page, 3);
+      await delay(QUIET_MS);
+      for (const page of session) assert.equal((await lines(page)).length, 2, 'nothing after the last unlisten');
+      for (const page of [...session, phone]) assert.deepEqual((await recorded(page)).closed, []);
     });
   });
 }

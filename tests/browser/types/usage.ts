@@ -76,6 +76,9 @@ async function app(): Promise<void> {
   await herald.listen(['room:2', 'post:42'], options);
   const left: string[] = await herald.unlisten(['room:2']);
   await herald.unlisten('post:42', { scope: 'client' });
+  const followed: string[] = await herald.listen('post:7', { scope: 'user' });
+  await herald.unlisten(['post:7'], { scope: 'session' });
+  console.log(followed);
   const topics: readonly string[] = herald.topics;
   console.log(joined.length, left.includes('room:1'), topics[0]);
   herald.on('topic', (e: HeraldTopicEvent) => {
