@@ -20,9 +20,9 @@ use std::time::Duration;
 use herald_core::notification::now_ms;
 use herald_core::{
     Appended, Audience, ClientId, EPOCH_BYTES_MAX, InboxCounts, InboxPage, InboxQuery, InboxStatus,
-    ItemState, ListenBounds, LogHead, Mark, NewNotification, Notification, Receipt, ReceiptEntry, Retention,
-    Revocation, Revocations, ScopeListens, Selection, SessionId, Store, StoredListen, Topic, TopicListener,
-    UserId,
+    ItemState, ListenBounds, LogHead, Mark, NewNotification, NewTopicEvent, Notification, Receipt,
+    ReceiptEntry, Retention, Revocation, Revocations, ScopeListens, Selection, SessionId, Store,
+    StoredListen, Topic, TopicAppended, TopicEvent, TopicHead, TopicListener, TopicReceipt, UserId,
 };
 use serde_json::value::RawValue;
 
@@ -80,6 +80,17 @@ macro_rules! conformance_tests {
             forget_session_listens_keeps_user_scope,
             topic_listeners_pages_by_user_then_session,
             concurrent_listens_stay_within_the_bounds,
+            tseqs_count_from_one_per_topic,
+            concurrent_topic_appends_are_gapless,
+            read_topic_after_pages_and_returns_the_head,
+            topic_events_round_trip,
+            topic_duplicate_key_returns_the_first_receipt,
+            topic_and_user_appends_share_the_key_namespace,
+            concurrent_topic_appends_with_one_key_store_once,
+            topic_max_events_prunes_the_oldest,
+            topic_age_prune_removes_a_prefix,
+            tseqs_are_never_reused_after_retention_emptied_a_topic,
+            topic_heads_of_unknown_topics_are_zeros_in_order,
         );
     };
     (@cases $make:path, $skip:path; $($case:ident),* $(,)?) => {
@@ -1569,4 +1580,389 @@ pub async fn concurrent_listens_stay_within_the_bounds(make: &impl AsyncFn(Reten
     let mut sessions: Vec<&SessionId> = listens.iter().filter_map(|l| l.session.as_ref()).collect();
     sessions.dedup();
     assert_eq!(sessions.len(), 4, "sessions_max sessions: {sessions:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Topic logs
+
+/// A durable event of `topic` whose data is `{"n": n}`, created at `created_at_ms`, for everyone.
+fn topic_event_at(name: &str, n: u64, created_at_ms: i64) -> NewTopicEvent {
+    NewTopicEvent {
+        topic: topic(name),
+        kind: Arc::from("test.event"),
+        data: data(&format!(r#"{{"n":{n}}}"#)),
+        created_at_ms,
+        except_user: None,
+        except_client: None,
+    }
+}
+
+fn topic_event(name: &str, n: u64) -> NewTopicEvent {
+    topic_event_at(name, n, now_ms())
+}
+
+fn stored_event(appended: TopicAppended) -> Arc<TopicEvent> {
+    match appended {
+        TopicAppended::Stored(event) => event,
+        TopicAppended::Duplicate(receipt) => {
+            panic!("expected a new topic event, got a duplicate: {receipt:?}")
+        }
+    }
+}
+
+fn topic_duplicate(appended: TopicAppended) -> Receipt {
+    match appended {
+        TopicAppended::Duplicate(receipt) => receipt,
+        TopicAppended::Stored(event) => panic!("expected a duplicate, got tseq {:?}", event.tseq),
+    }
+}
+
+/// Appends `event` without a key; its tseq.
+async fn append_event(store: &dyn Store, event: NewTopicEvent) -> u64 {
+    let stored = stored_event(store.append_topic(event, None).await.expect("append_topic"));
+    stored.tseq.expect("a stored topic event has a tseq")
+}
+
+async fn read_topic(store: &dyn Store, name: &str) -> Vec<Arc<TopicEvent>> {
+    store.read_topic_after(&topic(name), 0, usize::MAX).await.expect("read_topic_after").events
+}
+
+fn tseqs(events: &[Arc<TopicEvent>]) -> Vec<u64> {
+    events.iter().map(|e| e.tseq.expect("stored topic events have a tseq")).collect()
+}
+
+async fn topic_head(store: &dyn Store, name: &str) -> TopicHead {
+    let (heads, _) = store.topic_heads(&[topic(name)]).await.expect("topic_heads");
+    heads[0]
+}
+
+fn thead(last_tseq: u64, pruned_through: u64) -> TopicHead {
+    TopicHead { last_tseq, pruned_through }
+}
+
+/// The receipt a topic publish leaves with its key: no notifications, its topic and tseq.
+fn topic_receipt(name: &str, tseq: u64, delivered: u64) -> Receipt {
+    Receipt { notifications: Vec::new(), topic: Some(TopicReceipt { topic: topic(name), tseq }), delivered }
+}
+
+/// Tseqs are 1, 2, 3, … per topic, independent between topics and from users' seqs; what is
+/// read back is what was stored, byte for byte.
+pub async fn tseqs_count_from_one_per_topic(make: &impl AsyncFn(Retention) -> Arc<dyn Store>) {
+    let store = make(Retention::default()).await;
+    append(&*store, vec![entry("alice", 1), entry("alice", 2)]).await;
+    let mut written = Vec::new();
+    for n in 1..=3 {
+        let event = stored_event(store.append_topic(topic_event("room:a", n), None).await.unwrap());
+        assert_eq!(event.tseq, Some(n));
+        assert_eq!(event.topic, topic("room:a"));
+        written.push(event);
+    }
+    assert_eq!(append_event(&*store, topic_event("room:b", 1)).await, 1, "another topic starts at 1");
+    assert_eq!(append_event(&*store, topic_event("room:b", 2)).await, 2);
+    assert_eq!(append_event(&*store, topic_event("room:a", 4)).await, 4);
+    assert_eq!(topic_head(&*store, "room:a").await, thead(4, 0));
+    assert_eq!(topic_head(&*store, "room:b").await, thead(2, 0));
+    assert_eq!(store.head(&user("alice")).await.unwrap(), head(2, 0), "users' seqs are apart");
+
+    let read = read_topic(&*store, "room:a").await;
+    assert_eq!(tseqs(&read), [1, 2, 3, 4]);
+    for (written, read) in written.iter().zip(&read) {
+        assert_eq!(written.json(), read.json(), "the stored event reads back identical");
+        assert_eq!(read.topic, topic("room:a"));
+    }
+    assert_eq!(read[3].data.get(), r#"{"n":4}"#);
+    assert_eq!(tseqs(&read_topic(&*store, "room:b").await), [1, 2]);
+}
+
+/// 20 tasks × 10 concurrent appends to one topic (and one to a topic of their own each): the
+/// topic gets exactly 1..=200, no gap, no duplicate, each tseq holding the data of the append
+/// that was given it.
+pub async fn concurrent_topic_appends_are_gapless(make: &impl AsyncFn(Retention) -> Arc<dyn Store>) {
+    const TASKS: u64 = 20;
+    const CALLS: u64 = 10;
+    let store = make(Retention::default()).await;
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|t| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                for c in 0..CALLS {
+                    let n = t * CALLS + c;
+                    got.push((n, append_event(&*store, topic_event("busy", n)).await));
+                    if c == 0 {
+                        assert_eq!(append_event(&*store, topic_event(&format!("own:{t}"), n)).await, 1);
+                    }
+                }
+                got
+            })
+        })
+        .collect();
+    let mut tseq_of_n = HashMap::new();
+    for task in tasks {
+        for (n, tseq) in task.await.expect("task") {
+            assert!(tseq_of_n.insert(n, tseq).is_none());
+        }
+    }
+    let mut given: Vec<u64> = tseq_of_n.values().copied().collect();
+    given.sort_unstable();
+    assert_eq!(given, (1..=TASKS * CALLS).collect::<Vec<_>>(), "every tseq given once, no gap");
+    let read = read_topic(&*store, "busy").await;
+    assert_eq!(tseqs(&read), (1..=TASKS * CALLS).collect::<Vec<_>>());
+    for event in &read {
+        let n: u64 = event.data.get()[5..event.data.get().len() - 1].parse().unwrap();
+        assert_eq!(tseq_of_n[&n], event.tseq.unwrap(), "the data stored under a tseq is its append's");
+    }
+    assert_eq!(topic_head(&*store, "busy").await, thead(TASKS * CALLS, 0));
+}
+
+/// `read_topic_after` gives at most `limit` events after `after`, oldest first, with the head and
+/// the store's epoch; past the end, or with limit 0, no events but the head; an unknown topic,
+/// nothing and a zero head.
+pub async fn read_topic_after_pages_and_returns_the_head(make: &impl AsyncFn(Retention) -> Arc<dyn Store>) {
+    let store = make(Retention::default()).await;
+    for n in 1..=5 {
+        append_event(&*store, topic_event("feed", n)).await;
+    }
+    append_event(&*store, topic_event("other", 1)).await;
+    let feed = topic("feed");
+    let page = store.read_topic_after(&feed, 0, 2).await.unwrap();
+    assert_eq!(tseqs(&page.events), [1, 2]);
+    assert_eq!(page.head, thead(5, 0));
+    assert_eq!(page.epoch, store.epoch());
+    let page = store.read_topic_after(&feed, 2, 2).await.unwrap();
+    assert_eq!(tseqs(&page.events), [3, 4]);
+    let page = store.read_topic_after(&feed, 4, 10).await.unwrap();
+    assert_eq!(tseqs(&page.events), [5]);
+    assert_eq!(page.events[0].data.get(), r#"{"n":5}"#);
+    let page = store.read_topic_after(&feed, 5, 10).await.unwrap();
+    assert!(page.events.is_empty());
+    assert_eq!(page.head, thead(5, 0));
+    let page = store.read_topic_after(&feed, 0, 0).await.unwrap();
+    assert!(page.events.is_empty());
+    assert_eq!(page.head, thead(5, 0));
+    let page = store.read_topic_after(&topic("never"), 0, 10).await.unwrap();
+    assert!(page.events.is_empty());
+    assert_eq!(page.head, thead(0, 0));
+    assert_eq!(page.epoch, store.epoch());
+}
+
+/// `type`, `data`, `created_at`, `except_user` and `except_client` (each present or not) read
+/// back as written.
+pub async fn topic_events_round_trip(make: &impl AsyncFn(Retention) -> Arc<dyn Store>) {
+    let store = make(Retention::default()).await;
+    let variants = [
+        (None, None),
+        (Some(user("alice")), None),
+        (None, Some(ClientId::new("tab-1").unwrap())),
+        (Some(user("bob")), Some(ClientId::new("tab-2").unwrap())),
+    ];
+    let created_at_ms = 1_700_000_123_456;
+    let mut written = Vec::new();
+    for (i, (except_user, except_client)) in variants.iter().enumerate() {
+        let event = NewTopicEvent {
+            topic: topic("post:42"),
+            kind: Arc::from(format!("comment.{i}")),
+            data: data(&format!(r#"{{"text":"héllo \"{i}\"","list":[1,2,{{"a":null}}]}}"#)),
+            created_at_ms: created_at_ms + i as i64,
+            except_user: except_user.clone(),
+            except_client: except_client.clone(),
+        };
+        written.push(stored_event(store.append_topic(event, None).await.unwrap()));
+    }
+    let read = read_topic(&*store, "post:42").await;
+    assert_eq!(read.len(), variants.len());
+    for (i, ((written, read), (except_user, except_client))) in
+        written.iter().zip(&read).zip(&variants).enumerate()
+    {
+        assert_eq!(read.tseq, Some(i as u64 + 1));
+        assert_eq!(&*read.kind, format!("comment.{i}"));
+        assert_eq!(read.data.get(), written.data.get());
+        assert_eq!(read.created_at_ms, created_at_ms + i as i64);
+        assert_eq!(&read.except_user, except_user, "except_user of tseq {}", i + 1);
+        assert_eq!(&read.except_client, except_client, "except_client of tseq {}", i + 1);
+        assert_eq!(read.json(), written.json());
+        assert_eq!(written.except_user, read.except_user);
+    }
+}
+
+/// A key used within the window returns the first receipt, naming the topic and tseq, and
+/// stores nothing; a completed receipt is what later duplicates get; another key stores.
+pub async fn topic_duplicate_key_returns_the_first_receipt(make: &impl AsyncFn(Retention) -> Arc<dyn Store>) {
+    let store = make(Retention::default()).await;
+    append_event(&*store, topic_event("news", 0)).await;
+    let first = stored_event(store.append_topic(topic_event("news", 1), Some("t-1")).await.unwrap());
+    assert_eq!(first.tseq, Some(2));
+    let again = topic_duplicate(store.append_topic(topic_event("news", 99), Some("t-1")).await.unwrap());
+    assert_eq!(again, topic_receipt("news", 2, 0));
+    // The key names the first publish, whatever topic the repeat names.
+    let elsewhere = topic_duplicate(store.append_topic(topic_event("sport", 1), Some("t-1")).await.unwrap());
+    assert_eq!(elsewhere, topic_receipt("news", 2, 0));
+    assert_eq!(topic_head(&*store, "news").await, thead(2, 0), "a duplicate stores nothing");
+    assert_eq!(topic_head(&*store, "sport").await, thead(0, 0));
+    assert_eq!(tseqs(&read_topic(&*store, "news").await), [1, 2]);
+
+    let completed = topic_receipt("news", 2, 7);
+    store.complete_receipt("t-1", &completed).await.unwrap();
+    assert_eq!(
+        topic_duplicate(store.append_topic(topic_event("news", 3), Some("t-1")).await.unwrap()),
+        completed
+    );
+    assert_eq!(
+        stored_event(store.append_topic(topic_event("news", 3), Some("t-2")).await.unwrap()).tseq,
+        Some(3)
+    );
+    assert_eq!(append_event(&*store, topic_event("news", 4)).await, 4);
+}
+
+/// Appends and topic appends share one namespace of keys: a key used by either is a duplicate
+/// for the other, which gets the first publish's receipt and stores nothing.
+pub async fn topic_and_user_appends_share_the_key_namespace(
+    make: &impl AsyncFn(Retention) -> Arc<dyn Store>,
+) {
+    let store = make(Retention::default()).await;
+    stored_event(store.append_topic(topic_event("news", 1), Some("k-topic")).await.unwrap());
+    let receipt_for_append = duplicate(store.append(vec![entry("alice", 1)], Some("k-topic")).await.unwrap());
+    assert_eq!(receipt_for_append, topic_receipt("news", 1, 0));
+    assert_eq!(store.head(&user("alice")).await.unwrap(), head(0, 0), "the append stored nothing");
+
+    stored(store.append(vec![entry("bob", 1)], Some("k-user")).await.unwrap());
+    let receipt_for_topic =
+        topic_duplicate(store.append_topic(topic_event("news", 2), Some("k-user")).await.unwrap());
+    assert_eq!(receipt_for_topic, receipt(&[("bob", 1)], 0));
+    assert_eq!(topic_head(&*store, "news").await, thead(1, 0), "the topic append stored nothing");
+
+    // An ephemeral publish's key too.
+    store.append(vec![], Some("k-eph")).await.unwrap();
+    assert_eq!(
+        topic_duplicate(store.append_topic(topic_event("news", 3), Some("k-eph")).await.unwrap()),
+        Receipt::default()
+    );
+    assert_eq!(tseqs(&read_topic(&*store, "news").await), [1]);
+}
+
+/// Twenty concurrent topic appends with one key: exactly one stores, the others get its receipt.
+pub async fn concurrent_topic_appends_with_one_key_store_once(
+    make: &impl AsyncFn(Retention) -> Arc<dyn Store>,
+) {
+    let store = make(Retention::default()).await;
+    let tasks: Vec<_> = (0..20)
+        .map(|n| {
+            let store = Arc::clone(&store);
+            tokio::spawn(
+                async move { store.append_topic(topic_event("news", n), Some("same")).await.unwrap() },
+            )
+        })
+        .collect();
+    let (mut stored_once, mut receipts) = (Vec::new(), Vec::new());
+    for task in tasks {
+        match task.await.unwrap() {
+            TopicAppended::Stored(event) => stored_once.push(event),
+            TopicAppended::Duplicate(receipt) => receipts.push(receipt),
+        }
+    }
+    assert_eq!(stored_once.len(), 1, "exactly one topic append stores");
+    assert_eq!(stored_once[0].tseq, Some(1));
+    assert_eq!(receipts.len(), 19);
+    assert!(receipts.iter().all(|r| *r == topic_receipt("news", 1, 0)));
+    assert_eq!(topic_head(&*store, "news").await, thead(1, 0));
+}
+
+/// With `topic_max_events` = 3, a topic keeps its newest 3 events and `pruned_through` follows,
+/// from the append itself (no `prune`); other topics are untouched.
+pub async fn topic_max_events_prunes_the_oldest(make: &impl AsyncFn(Retention) -> Arc<dyn Store>) {
+    let store = make(Retention { topic_max_events: 3, ..Retention::default() }).await;
+    for n in 1..=3 {
+        append_event(&*store, topic_event("busy", n)).await;
+    }
+    append_event(&*store, topic_event("calm", 1)).await;
+    assert_eq!(topic_head(&*store, "busy").await, thead(3, 0));
+    assert_eq!(tseqs(&read_topic(&*store, "busy").await), [1, 2, 3]);
+    for n in 4..=7 {
+        assert_eq!(append_event(&*store, topic_event("busy", n)).await, n, "tseqs go on");
+    }
+    let page = store.read_topic_after(&topic("busy"), 0, 100).await.unwrap();
+    assert_eq!(page.head, thead(7, 4));
+    assert_eq!(tseqs(&page.events), [5, 6, 7]);
+    assert_eq!(page.events[0].data.get(), r#"{"n":5}"#);
+    assert_eq!(topic_head(&*store, "calm").await, thead(1, 0));
+    assert_eq!(tseqs(&read_topic(&*store, "calm").await), [1]);
+    assert_eq!(store.prune(now_ms()).await.unwrap().topic_events, 0, "nothing is old");
+}
+
+/// Retention by age (`topic_max_age`) removes what is older, as a prefix (an expired event takes
+/// every lower tseq with it, even one stamped later: clocks step back), raises `pruned_through`,
+/// counts what went in `PruneReport::topic_events`, leaves fresh topics and users' logs alone,
+/// and removes nothing more when run again.
+pub async fn topic_age_prune_removes_a_prefix(make: &impl AsyncFn(Retention) -> Arc<dyn Store>) {
+    let retention = Retention {
+        topic_max_age: Duration::from_secs(3600),
+        max_age: Duration::from_secs(3600),
+        ..Retention::default()
+    };
+    let store = make(retention).await;
+    let now = now_ms();
+    let old = now - 2 * HOUR_MS;
+    for (n, at) in [(1, now), (2, old), (3, now), (4, old), (5, now)] {
+        append_event(&*store, topic_event_at("mixed", n, at)).await;
+    }
+    append_event(&*store, topic_event_at("fresh", 1, now)).await;
+    append(&*store, vec![entry_at("alice", 1, now)]).await;
+
+    let report = store.prune(now).await.unwrap();
+    assert_eq!(report.topic_events, 4);
+    assert_eq!(report.notifications, 0);
+    let page = store.read_topic_after(&topic("mixed"), 0, 100).await.unwrap();
+    assert_eq!(page.head, thead(5, 4));
+    assert_eq!(tseqs(&page.events), [5]);
+    assert_eq!(topic_head(&*store, "fresh").await, thead(1, 0));
+    assert_eq!(tseqs(&read_topic(&*store, "fresh").await), [1]);
+    assert_eq!(store.head(&user("alice")).await.unwrap(), head(1, 0));
+    assert_eq!(store.prune(now).await.unwrap().topic_events, 0, "pruning again removes nothing");
+    assert_eq!(topic_head(&*store, "mixed").await, thead(5, 4), "pruned_through never drops");
+}
+
+/// A topic whose every event retention removed keeps its last tseq: the next append gets the
+/// one after it (never 1 again), by age and by `topic_max_events` alike.
+pub async fn tseqs_are_never_reused_after_retention_emptied_a_topic(
+    make: &impl AsyncFn(Retention) -> Arc<dyn Store>,
+) {
+    let retention =
+        Retention { topic_max_age: Duration::from_secs(3600), topic_max_events: 2, ..Retention::default() };
+    let store = make(retention).await;
+    let now = now_ms();
+    for n in 1..=3 {
+        append_event(&*store, topic_event_at("gone", n, now - 2 * HOUR_MS)).await;
+    }
+    assert_eq!(topic_head(&*store, "gone").await, thead(3, 1));
+    assert_eq!(store.prune(now).await.unwrap().topic_events, 2);
+    let page = store.read_topic_after(&topic("gone"), 0, 100).await.unwrap();
+    assert!(page.events.is_empty(), "{:?}", tseqs(&page.events));
+    assert_eq!(page.head, thead(3, 3), "an emptied log keeps its last tseq");
+    assert_eq!(append_event(&*store, topic_event("gone", 4)).await, 4);
+    assert_eq!(tseqs(&read_topic(&*store, "gone").await), [4]);
+    assert_eq!(topic_head(&*store, "gone").await, thead(4, 3));
+    // `topic_max_events` alone: the bound never lets a tseq come back either.
+    for n in 5..=8 {
+        assert_eq!(append_event(&*store, topic_event("gone", n)).await, n);
+    }
+    assert_eq!(topic_head(&*store, "gone").await, thead(8, 6));
+    assert_eq!(tseqs(&read_topic(&*store, "gone").await), [7, 8]);
+}
+
+/// `topic_heads` answers one head per topic asked, in the order asked (repeats included), zeros
+/// for topics never published durably, with the store's epoch; no topics, no heads.
+pub async fn topic_heads_of_unknown_topics_are_zeros_in_order(
+    make: &impl AsyncFn(Retention) -> Arc<dyn Store>,
+) {
+    let store = make(Retention { topic_max_events: 2, ..Retention::default() }).await;
+    for n in 1..=3 {
+        append_event(&*store, topic_event("a", n)).await;
+    }
+    append_event(&*store, topic_event("b", 1)).await;
+    let asked = [topic("b"), topic("unknown"), topic("a"), topic("b"), topic("zzz")];
+    let (heads, epoch) = store.topic_heads(&asked).await.unwrap();
+    assert_eq!(heads, [thead(1, 0), thead(0, 0), thead(3, 1), thead(1, 0), thead(0, 0)]);
+    assert_eq!(epoch, store.epoch());
+    let (none, _) = store.topic_heads(&[]).await.unwrap();
+    assert!(none.is_empty());
 }

@@ -1,6 +1,6 @@
 //! Herald's stores: implementations of [`herald_core::Store`], each user's durable log of
-//! notifications, the idempotency records of publishes, and the topics users listen to kept in
-//! the store.
+//! notifications, each topic's log of durable events, the idempotency records of publishes, and
+//! the topics users listen to kept in the store.
 //!
 //! - [`SqliteStore`] is the store of a single node (`herald serve`): one SQLite file in WAL mode,
 //!   written by one thread that commits concurrent publishes together (group commit), read

@@ -3,7 +3,7 @@
 //! # How it works
 //! - **WAL mode**, so that readers never wait for the writer nor the writer for readers.
 //! - **One writer thread** owns the only write connection. Every write (`append`,
-//!   `complete_receipt`, a chunk of `prune`) is a request on a bounded queue. The writer takes the
+//!   `append_topic`, `complete_receipt`, a chunk of `prune`) is a request on a bounded queue. The writer takes the
 //!   first request, then whatever else is already waiting (up to [`BATCH_REQUESTS_MAX`]), runs
 //!   them all in one transaction (should one fail, the batch runs again with each request in its
 //!   own SAVEPOINT, so that it fails alone: see `run_batch`), commits once, and only then answers
@@ -75,7 +75,9 @@ use parking_lot::Mutex;
 
 pub use connection::READER_CONNECTIONS;
 pub use reads::inbox_list_sql;
-pub use schema::{SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6, SCHEMA_V7, SCHEMA_VERSION};
+pub use schema::{
+    SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6, SCHEMA_V7, SCHEMA_V8, SCHEMA_VERSION,
+};
 pub use staging::Settling;
 pub use writer::{BATCH_REQUESTS_MAX, ENQUEUE_TIMEOUT, WRITE_QUEUE_CAPACITY, WriterStats};
 pub use writes::{INBOX_CHUNK_ROWS, PRUNE_CHUNK_ROWS};

@@ -1,5 +1,5 @@
 //! The operations: [`Store`] for [`SqliteStore`], where the store's contract meets the reads and
-//! the writer. A write becomes a request to the writer (an inbox change of "all up to N", and
+//! the writer. A write (a topic append too) becomes a request to the writer (an inbox change of "all up to N", and
 //! `prune`, one request per bounded chunk); a read takes the user's staged notifications from
 //! memory, then runs on a pooled read-only connection, which merges them in. No SQL lives here:
 //! it is in `reads` and `writes`.
@@ -9,18 +9,19 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use herald_core::{
     Appended, Epoch, InboxChange, InboxCounts, InboxPage, InboxQuery, ListenBounds, LogHead, LogPage, Mark,
-    NewNotification, PruneReport, Receipt, Revocation, ScopeListens, Selection, Seq, SessionId, Store,
-    StoreError, StoredListen, Topic, TopicListener, UserId,
+    NewNotification, NewTopicEvent, PruneReport, Receipt, Revocation, ScopeListens, Selection, Seq,
+    SessionId, Store, StoreError, StoredListen, Topic, TopicAppended, TopicHead, TopicListener, TopicPage,
+    UserId,
 };
 
 use super::SqliteStore;
 use super::reads::{
     read_head, read_inbox_counts, read_inbox_page, read_listens, read_log_page, read_revocations,
-    read_topic_listeners,
+    read_topic_heads, read_topic_listeners, read_topic_page,
 };
 use super::request::{
-    Append, CompleteReceipt, ForgetSessionListens, InboxChunk, InboxDelete, InboxMark, Listen, PruneChunk,
-    Revoke, Rows, Unlisten, Write,
+    Append, AppendTopic, CompleteReceipt, ForgetSessionListens, InboxChunk, InboxDelete, InboxMark, Listen,
+    PruneChunk, Revoke, Rows, Unlisten, Write,
 };
 use super::sql::sql_seq;
 
@@ -28,19 +29,21 @@ use super::sql::sql_seq;
 impl Store for SqliteStore {
     async fn append_topic(
         &self,
-        event: herald_core::NewTopicEvent,
+        event: NewTopicEvent,
         idempotency_key: Option<&str>,
-    ) -> Result<herald_core::TopicAppended, StoreError> {
-        let _ = (event, idempotency_key);
-        Err(StoreError::Unavailable("TRANSITIONAL: durable topics are not in this store yet".into()))
+    ) -> Result<TopicAppended, StoreError> {
+        let key = idempotency_key.map(str::to_owned);
+        self.writer.submit(AppendTopic { event, key }).await
     }
 
-    async fn topic_heads(
-        &self,
-        topics: &[Topic],
-    ) -> Result<(Vec<herald_core::TopicHead>, Epoch), StoreError> {
-        let _ = topics;
-        Err(StoreError::Unavailable("TRANSITIONAL: durable topics are not in this store yet".into()))
+    async fn topic_heads(&self, topics: &[Topic]) -> Result<(Vec<TopicHead>, Epoch), StoreError> {
+        if topics.is_empty() {
+            return Ok((Vec::new(), self.epoch()));
+        }
+        let topics = topics.to_vec();
+        let epoch = self.epoch();
+        let heads = self.readers.read(move |tx| read_topic_heads(tx, &topics)).await?;
+        Ok((heads, epoch))
     }
 
     async fn read_topic_after(
@@ -48,9 +51,10 @@ impl Store for SqliteStore {
         topic: &Topic,
         after: Seq,
         limit: usize,
-    ) -> Result<herald_core::TopicPage, StoreError> {
-        let _ = (topic, after, limit);
-        Err(StoreError::Unavailable("TRANSITIONAL: durable topics are not in this store yet".into()))
+    ) -> Result<TopicPage, StoreError> {
+        let topic = topic.clone();
+        let epoch = self.epoch();
+        self.readers.read(move |tx| read_topic_page(tx, &topic, after, limit, epoch)).await
     }
 
     async fn append(
@@ -196,17 +200,24 @@ impl Store for SqliteStore {
         let notifications_before = crate::cutoff_ms(now_ms, self.retention.max_age);
         let keys_before = crate::cutoff_ms(now_ms, self.retention.idempotency_window);
         let revocations_before = crate::cutoff_ms(now_ms, self.retention.revocation_window) / 1000;
+        let topic_events_before = crate::cutoff_ms(now_ms, self.retention.topic_max_age);
         let mut report = PruneReport::default();
         // One request per chunk: each chunk queues behind the publishes already waiting, so they
         // are never stuck behind the whole prune.
         loop {
             let chunk = self
                 .writer
-                .submit(PruneChunk { notifications_before, keys_before, revocations_before })
+                .submit(PruneChunk {
+                    notifications_before,
+                    keys_before,
+                    revocations_before,
+                    topic_events_before,
+                })
                 .await?;
             report.notifications += chunk.notifications;
             report.idempotency_keys += chunk.idempotency_keys;
             report.revocations += chunk.revocations;
+            report.topic_events += chunk.topic_events;
             report.inboxes.extend(chunk.inboxes);
             if chunk.done {
                 break;

@@ -1,5 +1,5 @@
 //! The reads: what a read transaction on a pooled connection does for `read_after`, `head`,
-//! inbox pages and counts, revocations and listens, the log's reads merging in the user's staged
+//! inbox pages and counts, revocations, listens and topic logs (heads and pages), the log's reads merging in the user's staged
 //! notifications that the caller took before the snapshot (see `staging` for why that order
 //! gives a prefix of the log). Also [`UserRow`], a user's `users` row with its tail, which the writes read too. Nothing
 //! here writes; taking the staged notifications and the pooled connection is the operations'
@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use herald_core::{
     Audience, ClientId, Epoch, InboxCounts, InboxItem, InboxPage, InboxQuery, InboxStatus, ItemState,
-    LogHead, LogPage, Notification, Revocation, Seq, SessionId, StoreError, StoredListen, Topic,
-    TopicListener, UserId,
+    LogHead, LogPage, Notification, Revocation, Seq, SessionId, StoreError, StoredListen, Topic, TopicEvent,
+    TopicHead, TopicListener, TopicPage, UserId,
 };
 use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::value::RawValue;
@@ -452,3 +452,77 @@ pub(super) const TOPIC_LISTENERS_SQL: &str = "
     SELECT user, session FROM topic_listens INDEXED BY topic_listens_by_topic
     WHERE topic = ?1 AND (user, session) > (?2, ?3)
     ORDER BY user, session LIMIT ?4";
+
+/// `topic`'s head; all zeros for a topic never published durably. One primary-key lookup.
+fn read_topic_head(conn: &Connection, topic: &Topic) -> Result<TopicHead, StoreError> {
+    let row: Option<(i64, i64)> = conn
+        .prepare_cached("SELECT last_tseq, pruned_through FROM topic_heads WHERE topic = ?1")
+        .and_then(|mut stmt| {
+            stmt.query_row([topic.as_str()], |row| Ok((row.get(0)?, row.get(1)?))).optional()
+        })
+        .map_err(db_error)?;
+    match row {
+        None => Ok(TopicHead::default()),
+        Some((last_tseq, pruned_through)) => Ok(TopicHead {
+            last_tseq: seq_from_sql(last_tseq)?,
+            pruned_through: seq_from_sql(pruned_through)?,
+        }),
+    }
+}
+
+/// The head of each of `topics`, in order, all from this read transaction's snapshot.
+pub(super) fn read_topic_heads(conn: &Connection, topics: &[Topic]) -> Result<Vec<TopicHead>, StoreError> {
+    topics.iter().map(|topic| read_topic_head(conn, topic)).collect()
+}
+
+/// The query of a page of [`read_topic_page`]: `?1` topic, `?2` the tseq it starts after, `?3`
+/// limit. One range of `topic_log`'s primary key.
+pub(super) const TOPIC_PAGE_SQL: &str = "
+    SELECT tseq, type, data, created_at, except_user, except_client FROM topic_log
+    WHERE topic = ?1 AND tseq > ?2 ORDER BY tseq LIMIT ?3";
+
+/// Up to `limit` events of `topic` after `after`, oldest first, with its head, from one snapshot.
+pub(super) fn read_topic_page(
+    conn: &Connection,
+    topic: &Topic,
+    after: Seq,
+    limit: usize,
+    epoch: Epoch,
+) -> Result<TopicPage, StoreError> {
+    let head = read_topic_head(conn, topic)?;
+    let mut events = Vec::new();
+    if limit > 0 && after < head.last_tseq {
+        type EventRow = (i64, String, String, i64, Option<String>, Option<String>);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows: Vec<EventRow> = conn
+            .prepare_cached(TOPIC_PAGE_SQL)
+            .and_then(|mut stmt| {
+                stmt.query_map(params![topic.as_str(), sql_seq(after), limit], |row| {
+                    Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?, row.get(5)?))
+                })?
+                .collect()
+            })
+            .map_err(db_error)?;
+        events.reserve(rows.len());
+        for (tseq, kind, data, created_at_ms, except_user, except_client) in rows {
+            let corrupt = |what: &str, e: &dyn std::fmt::Display| {
+                StoreError::Corrupt(format!("{what} of topic {topic}'s tseq {tseq}: {e}"))
+            };
+            let data = RawValue::from_string(data).map_err(|e| corrupt("data", &e))?;
+            let except_user =
+                except_user.map(UserId::new).transpose().map_err(|e| corrupt("except_user", &e))?;
+            let except_client =
+                except_client.map(ClientId::new).transpose().map_err(|e| corrupt("except_client", &e))?;
+            events.push(Arc::new(TopicEvent::with_tseq(
+                Some(seq_from_sql(tseq)?),
+                topic.clone(),
+                Arc::from(kind),
+                Arc::from(data),
+                created_at_ms,
+                except_user,
+                except_client,
+            )));
+        }
+    }
+    Ok(TopicPage { events, head, epoch })
+}

@@ -7,8 +7,8 @@
 //! committed, in `writer`.
 
 use herald_core::{
-    InboxChange, ListenBounds, Mark, NewNotification, PrunedInbox, Retention, Seq, SessionId, StoreError,
-    Topic, UserId,
+    InboxChange, ListenBounds, Mark, NewNotification, NewTopicEvent, PrunedInbox, Retention, Seq, SessionId,
+    StoreError, Topic, UserId,
 };
 use rusqlite::Connection;
 use tokio::sync::oneshot;
@@ -91,6 +91,7 @@ impl<W: Write> Job<W> {
 /// One request on the writer's queue: a [`Job`] of any write.
 pub(super) enum Request {
     Append(Job<Append>),
+    AppendTopic(Job<AppendTopic>),
     CompleteReceipt(Job<CompleteReceipt>),
     PruneChunk(Job<PruneChunk>),
     Revoke(Job<Revoke>),
@@ -108,6 +109,7 @@ macro_rules! with_job {
     ($request:expr, $job:ident => $body:expr) => {
         match $request {
             Request::Append($job) => $body,
+            Request::AppendTopic($job) => $body,
             Request::CompleteReceipt($job) => $body,
             Request::PruneChunk($job) => $body,
             Request::Revoke($job) => $body,
@@ -160,6 +162,13 @@ pub(super) struct Append {
     pub key: Option<String>,
 }
 
+/// Stores `event` with the next tseq of its topic, keeping at most `topic_max_events` of the
+/// topic's events (`Store::append_topic`).
+pub(super) struct AppendTopic {
+    pub event: NewTopicEvent,
+    pub key: Option<String>,
+}
+
 /// Records the final receipt of the publish that used `key` (`Store::complete_receipt`).
 pub(super) struct CompleteReceipt {
     pub key: String,
@@ -168,6 +177,7 @@ pub(super) struct CompleteReceipt {
 }
 
 /// One bounded chunk of retention (`Store::prune` sends them until one is done).
+#[derive(Debug, Clone, Copy)]
 pub(super) struct PruneChunk {
     /// Notifications created before this (ms) go.
     pub notifications_before: i64,
@@ -175,6 +185,8 @@ pub(super) struct PruneChunk {
     pub keys_before: i64,
     /// Revocations closed before this (Unix seconds) go.
     pub revocations_before: i64,
+    /// Durable topic events created before this (ms) go.
+    pub topic_events_before: i64,
 }
 
 /// What one chunk of `prune` removed, and whether anything expired is left.
@@ -183,6 +195,7 @@ pub(super) struct PrunedChunk {
     pub notifications: u64,
     pub idempotency_keys: u64,
     pub revocations: u64,
+    pub topic_events: u64,
     pub inboxes: Vec<PrunedInbox>,
     pub done: bool,
 }

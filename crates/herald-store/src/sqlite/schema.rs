@@ -14,7 +14,7 @@ use super::sql::db_error;
 
 /// The schema this code writes, kept in `PRAGMA user_version`. A database with a higher version
 /// was written by a newer Herald: opening it fails rather than guess.
-pub const SCHEMA_VERSION: i32 = 7;
+pub const SCHEMA_VERSION: i32 = 8;
 
 /// Schema version 1. `notifications` is `WITHOUT ROWID`, clustered by (user, seq): a replay is
 /// one range scan. A new database gets it, then [`SCHEMA_V2`], like an old one.
@@ -183,6 +183,41 @@ CREATE TABLE topic_listens (
 CREATE INDEX topic_listens_by_topic ON topic_listens (topic, user, session);
 ";
 
+/// Version 7 → 8: **durable topic logs** (see `Store::append_topic`): each topic's events with
+/// their `tseq`, as `notifications` holds each user's with their seq.
+///
+/// - `topic_heads`: one row per topic ever published durably, its `last_tseq` and
+///   `pruned_through`. The row stays when retention empties the topic's log, so a tseq is never
+///   given out twice (`MAX(tseq)` of an emptied log would start again at 1). An append reads and
+///   bumps it in the writer's transaction: one writer, so tseqs never race.
+/// - `topic_log`: clustered by (topic, tseq), `WITHOUT ROWID`, so a replay of a topic
+///   (`read_topic_after`) is one range scan and an append writes the end of its topic's range.
+///   Unlike a user's notifications, events are inserted here directly, not staged: a topic
+///   event is one row of one topic (no per-user b-tree pages to spread over), and topics are
+///   few next to users.
+/// - `topic_log_by_created_at`: retention by age (`Retention::topic_max_age`) finds the
+///   expired events in bounded chunks, as `notifications_by_created_at` does for users' logs.
+///   `Retention::topic_max_events` needs no index: the append deletes a range of the primary
+///   key.
+pub const SCHEMA_V8: &str = "
+CREATE TABLE topic_heads (
+    topic          TEXT PRIMARY KEY,
+    last_tseq      INTEGER NOT NULL,
+    pruned_through INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE topic_log (
+    topic         TEXT NOT NULL,
+    tseq          INTEGER NOT NULL,
+    type          TEXT NOT NULL,
+    data          TEXT NOT NULL,
+    created_at    INTEGER NOT NULL,
+    except_user   TEXT,
+    except_client TEXT,
+    PRIMARY KEY (topic, tseq)
+) WITHOUT ROWID;
+CREATE INDEX topic_log_by_created_at ON topic_log (created_at);
+";
+
 /// Creates the schema in an empty database, upgrades an older one step by step (a new database
 /// takes the same steps), and refuses a newer one, or another program's (at `path`). All in one
 /// transaction: a failed upgrade leaves the file as it was.
@@ -244,6 +279,12 @@ pub(super) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreErr
             tracing::info!("upgrading the store to schema version 7 (listens kept in the store)");
         }
         tx.execute_batch(SCHEMA_V7).map_err(db_error)?;
+    }
+    if version < 8 {
+        if version >= 1 {
+            tracing::info!("upgrading the store to schema version 8 (durable topic logs)");
+        }
+        tx.execute_batch(SCHEMA_V8).map_err(db_error)?;
     }
     if version != SCHEMA_VERSION {
         tx.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(db_error)?;

@@ -2,7 +2,8 @@
 //! its notifications (see `staging`); every other write to a user first settles the user's
 //! staged rows and folds its tail into its `users` row ([`fold_tail`]), then changes rows and
 //! adjusts the counts by the states of exactly the rows it touched. Listens (`topic_listens`)
-//! are apart from the logs: they touch neither staged rows nor `users`. Each write is a
+//! and topic logs (`topic_heads`, `topic_log`) are apart from the users' logs: they touch
+//! neither staged rows nor `users`; a topic append shares only the idempotency keys with appends. Each write is a
 //! [`Write`] (the requests are in `request`); batching, transactions and savepoints are the
 //! writer's job.
 
@@ -11,20 +12,22 @@ use std::sync::Arc;
 
 use herald_core::inbox::CountsDelta;
 use herald_core::{
-    Appended, InboxChange, InboxCounts, ItemState, ListenBounds, Mark, NewNotification, Notification,
-    PrunedInbox, Receipt, ReceiptEntry, Retention, ScopeListens, Seq, SessionId, StoreError, Topic, UserId,
+    Appended, InboxChange, InboxCounts, ItemState, ListenBounds, Mark, NewNotification, NewTopicEvent,
+    Notification, PrunedInbox, Receipt, ReceiptEntry, Retention, ScopeListens, Seq, SessionId, StoreError,
+    Topic, TopicAppended, TopicEvent, TopicReceipt, UserId,
 };
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::reads::{UserRow, read_counts, read_scope_topics, read_state, read_user_row};
 use super::request::{
-    Append, CompleteReceipt, ForgetSessionListens, InboxChunk, InboxDelete, InboxMark, Job, Listen,
-    PruneChunk, PrunedChunk, Request, Revoke, Rows, SettleAll, Unlisten, Write,
+    Append, AppendTopic, CompleteReceipt, ForgetSessionListens, InboxChunk, InboxDelete, InboxMark, Job,
+    Listen, PruneChunk, PrunedChunk, Request, Revoke, Rows, SettleAll, Unlisten, Write,
 };
 use super::sql::{db_error, seq_from_sql, session_from_sql, sql_seq, sql_session};
 use super::staging::StagingWrites;
 
-/// Notifications (and, separately, idempotency keys) one chunk of `prune` selects. At the bound
+/// Notifications (and, separately, durable topic events, idempotency keys and revocations) one
+/// chunk of `prune` selects. At the bound
 /// the chunk commits and the next one queues behind the publishes already waiting, so a large
 /// prune never holds the writer for long.
 pub const PRUNE_CHUNK_ROWS: i64 = 10_000;
@@ -49,6 +52,24 @@ impl Write for Append {
 
     fn request(job: Job<Self>) -> Request {
         Request::Append(job)
+    }
+}
+
+impl Write for AppendTopic {
+    type Output = TopicAppended;
+
+    fn run(
+        &self,
+        conn: &Connection,
+        _: &mut StagingWrites<'_>,
+        retention: &Retention,
+        now_ms: i64,
+    ) -> Result<TopicAppended, StoreError> {
+        append_topic(conn, retention, now_ms, &self.event, self.key.as_deref())
+    }
+
+    fn request(job: Job<Self>) -> Request {
+        Request::AppendTopic(job)
     }
 }
 
@@ -80,7 +101,7 @@ impl Write for PruneChunk {
         _: &Retention,
         _: i64,
     ) -> Result<PrunedChunk, StoreError> {
-        prune_chunk(conn, writes, self.notifications_before, self.keys_before, self.revocations_before)
+        prune_chunk(conn, writes, self)
     }
 
     fn request(job: Job<Self>) -> Request {
@@ -224,18 +245,10 @@ fn append(
     entries: &[NewNotification],
     key: Option<&str>,
 ) -> Result<Appended, StoreError> {
-    if let Some(key) = key {
-        let found: Option<(i64, String)> = conn
-            .prepare_cached("SELECT created_at, receipt FROM idempotency WHERE key = ?1")
-            .and_then(|mut stmt| stmt.query_row([key], |row| Ok((row.get(0)?, row.get(1)?))).optional())
-            .map_err(db_error)?;
-        if let Some((created_at, receipt)) = found
-            && created_at >= crate::cutoff_ms(now, retention.idempotency_window)
-        {
-            let receipt = serde_json::from_str(&receipt)
-                .map_err(|e| StoreError::Corrupt(format!("receipt of idempotency key {key:?}: {e}")))?;
-            return Ok(Appended::Duplicate(receipt));
-        }
+    if let Some(key) = key
+        && let Some(receipt) = recorded_receipt(conn, retention, now, key)?
+    {
+        return Ok(Appended::Duplicate(receipt));
     }
 
     let mut stored = Vec::with_capacity(entries.len());
@@ -304,16 +317,126 @@ fn append(
             topic: None,
             delivered: 0,
         };
-        let receipt = crate::receipt_json(&receipt)?;
-        // An expired record of the same key is replaced: the key now stands for this publish.
-        conn.prepare_cached(
-            "INSERT INTO idempotency (key, created_at, receipt) VALUES (?1, ?2, ?3)
-             ON CONFLICT (key) DO UPDATE SET created_at = excluded.created_at, receipt = excluded.receipt",
-        )
-        .and_then(|mut stmt| stmt.execute(params![key, now, receipt]))
-        .map_err(db_error)?;
+        record_key(conn, key, now, &receipt)?;
     }
     Ok(Appended::Stored { notifications: stored, counts })
+}
+
+/// The receipt recorded with `key`, if it was recorded within the idempotency window. Appends
+/// and topic appends share the keys: a key names one publish, whatever it published.
+fn recorded_receipt(
+    conn: &Connection,
+    retention: &Retention,
+    now: i64,
+    key: &str,
+) -> Result<Option<Receipt>, StoreError> {
+    let found: Option<(i64, String)> = conn
+        .prepare_cached("SELECT created_at, receipt FROM idempotency WHERE key = ?1")
+        .and_then(|mut stmt| stmt.query_row([key], |row| Ok((row.get(0)?, row.get(1)?))).optional())
+        .map_err(db_error)?;
+    match found {
+        Some((created_at, receipt)) if created_at >= crate::cutoff_ms(now, retention.idempotency_window) => {
+            serde_json::from_str(&receipt)
+                .map(Some)
+                .map_err(|e| StoreError::Corrupt(format!("receipt of idempotency key {key:?}: {e}")))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Remembers `key` as of `now` with `receipt`. An expired record of the same key is replaced:
+/// the key now stands for this publish.
+fn record_key(conn: &Connection, key: &str, now: i64, receipt: &Receipt) -> Result<(), StoreError> {
+    let receipt = crate::receipt_json(receipt)?;
+    conn.prepare_cached(
+        "INSERT INTO idempotency (key, created_at, receipt) VALUES (?1, ?2, ?3)
+         ON CONFLICT (key) DO UPDATE SET created_at = excluded.created_at, receipt = excluded.receipt",
+    )
+    .and_then(|mut stmt| stmt.execute(params![key, now, receipt]))
+    .map_err(db_error)?;
+    Ok(())
+}
+
+/// Stores `event` with its topic's next tseq, read and bumped in `topic_heads` (the row is made
+/// by the topic's first event and never deleted, so tseqs are never given out twice), applies
+/// `topic_max_events` (the oldest go, `pruned_through` rises), and records `key`: all in the
+/// writer's transaction, so all of it commits or none.
+fn append_topic(
+    conn: &Connection,
+    retention: &Retention,
+    now: i64,
+    event: &NewTopicEvent,
+    key: Option<&str>,
+) -> Result<TopicAppended, StoreError> {
+    if let Some(key) = key
+        && let Some(receipt) = recorded_receipt(conn, retention, now, key)?
+    {
+        return Ok(TopicAppended::Duplicate(receipt));
+    }
+    let topic = event.topic.as_str();
+    let (tseq, pruned_through): (i64, i64) = conn
+        .prepare_cached(
+            "INSERT INTO topic_heads (topic, last_tseq, pruned_through) VALUES (?1, 1, 0)
+             ON CONFLICT (topic) DO UPDATE SET last_tseq = last_tseq + 1
+             RETURNING last_tseq, pruned_through",
+        )
+        .and_then(|mut stmt| stmt.query_row([topic], |row| Ok((row.get(0)?, row.get(1)?))))
+        .map_err(db_error)?;
+    conn.prepare_cached(
+        "INSERT INTO topic_log (topic, tseq, type, data, created_at, except_user, except_client)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )
+    .and_then(|mut stmt| {
+        stmt.execute(params![
+            topic,
+            tseq,
+            &*event.kind,
+            event.data.get(),
+            event.created_at_ms,
+            event.except_user.as_ref().map(UserId::as_str),
+            event.except_client.as_ref().map(|c| c.as_str()),
+        ])
+    })
+    .map_err(db_error)?;
+    let max_events = i64::try_from(retention.topic_max_events).unwrap_or(i64::MAX);
+    let bound = tseq.saturating_sub(max_events);
+    if bound > pruned_through {
+        prune_topic_through(conn, topic, pruned_through, bound)?;
+    }
+    let tseq = seq_from_sql(tseq)?;
+    let stored = Arc::new(TopicEvent::with_tseq(
+        Some(tseq),
+        event.topic.clone(),
+        Arc::clone(&event.kind),
+        Arc::clone(&event.data),
+        event.created_at_ms,
+        event.except_user.clone(),
+        event.except_client.clone(),
+    ));
+    if let Some(key) = key {
+        let receipt = Receipt {
+            notifications: Vec::new(),
+            topic: Some(TopicReceipt { topic: event.topic.clone(), tseq }),
+            delivered: 0,
+        };
+        record_key(conn, key, now, &receipt)?;
+    }
+    Ok(TopicAppended::Stored(stored))
+}
+
+/// Deletes `topic`'s events with tseq in `(from, through]` and raises its `pruned_through` to
+/// `through` (never lowers it). Returns how many events went.
+fn prune_topic_through(conn: &Connection, topic: &str, from: i64, through: i64) -> Result<u64, StoreError> {
+    let deleted = conn
+        .prepare_cached("DELETE FROM topic_log WHERE topic = ?1 AND tseq > ?2 AND tseq <= ?3")
+        .and_then(|mut stmt| stmt.execute(params![topic, from, through]))
+        .map_err(db_error)?;
+    conn.prepare_cached(
+        "UPDATE topic_heads SET pruned_through = ?2 WHERE topic = ?1 AND pruned_through < ?2",
+    )
+    .and_then(|mut stmt| stmt.execute(params![topic, through]))
+    .map_err(db_error)?;
+    Ok(deleted as u64)
 }
 
 /// Deletes `user`'s notifications with seq in `(from, through]`, takes them off the counts, and
@@ -526,14 +649,15 @@ fn complete_receipt(conn: &Connection, key: &str, receipt: &str) -> Result<(), S
 /// index); for each user among them, every seq up to the highest one selected goes, also ones
 /// stamped later (clocks step back), so that retention removes a prefix of the log and
 /// `pruned_through` keeps its meaning: everything up to it is gone. Each user's counts lose what
-/// the removed notifications counted for, and the chunk reports them.
+/// the removed notifications counted for, and the chunk reports them. Durable topic events go
+/// the same way: up to [`PRUNE_CHUNK_ROWS`] expired ones, each topic's highest one taking every
+/// lower tseq of its topic with it and raising its `pruned_through`.
 fn prune_chunk(
     conn: &Connection,
     writes: &mut StagingWrites<'_>,
-    notifications_before: i64,
-    keys_before: i64,
-    revocations_before: i64,
+    chunk: &PruneChunk,
 ) -> Result<PrunedChunk, StoreError> {
+    let PruneChunk { notifications_before, keys_before, revocations_before, topic_events_before } = *chunk;
     writes.settle_older_than(conn, notifications_before)?;
     let expired: Vec<(String, i64, i64)> = conn
         .prepare_cached(
@@ -561,6 +685,26 @@ fn prune_chunk(
         inboxes.push(PrunedInbox { user, through: seq_from_sql(through)?, counts });
     }
 
+    let expired_topics: Vec<(String, i64, i64)> = conn
+        .prepare_cached(
+            "SELECT topic, MAX(tseq), COUNT(*) FROM (
+                 SELECT topic, tseq FROM topic_log WHERE created_at < ?1 LIMIT ?2
+             ) GROUP BY topic",
+        )
+        .and_then(|mut stmt| {
+            stmt.query_map(params![topic_events_before, PRUNE_CHUNK_ROWS], |row| {
+                Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+            })?
+            .collect()
+        })
+        .map_err(db_error)?;
+    let mut topics_selected = 0;
+    let mut topic_events = 0;
+    for (topic, through, count) in expired_topics {
+        topics_selected += count;
+        topic_events += prune_topic_through(conn, &topic, 0, through)?;
+    }
+
     let idempotency_keys = conn
         .prepare_cached(
             "DELETE FROM idempotency WHERE rowid IN (
@@ -584,8 +728,10 @@ fn prune_chunk(
         notifications,
         idempotency_keys: idempotency_keys as u64,
         revocations: revocations as u64,
+        topic_events,
         inboxes,
         done: selected < PRUNE_CHUNK_ROWS
+            && topics_selected < PRUNE_CHUNK_ROWS
             && idempotency_keys < PRUNE_CHUNK_ROWS
             && revocations < PRUNE_CHUNK_ROWS,
     })
