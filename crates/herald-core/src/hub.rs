@@ -815,6 +815,16 @@ impl Hub {
         delivered
     }
 
+    /// What the tabs of `user` get of `event`, as a fan-out would hand it to them: `None` when
+    /// the [`Prepare`] hook drops it. For events read from a topic's log (a resume or a gap
+    /// fill), which reach one tab without a fan-out.
+    pub fn prepare_for(&self, user: &UserId, event: &Arc<TopicEvent>) -> Option<Arc<TopicEvent>> {
+        match self.inner.prepare.get() {
+            None => Some(event.clone()),
+            Some(prepare) => self.prepared(&**prepare, user, event),
+        }
+    }
+
     /// What `prepare` makes of `event` for `user`: `None` to drop it.
     fn prepared(
         &self,

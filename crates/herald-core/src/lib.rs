@@ -53,6 +53,7 @@ pub mod node;
 pub mod notification;
 pub mod notifier;
 mod queue;
+pub mod resume;
 pub mod revocation;
 pub mod store;
 pub mod subscription;
@@ -76,6 +77,7 @@ pub use limits::Limits;
 pub use node::{CLUSTER_NAME_BYTES_MAX, ClusterName, InvalidName, NODE_ID_BYTES_MAX, NodeId};
 pub use notification::{Audience, Notification, Publish, Receipt, ReceiptEntry, Target, TopicReceipt};
 pub use notifier::{Notifier, NotifyError, TopicListeners};
+pub use resume::{InvalidResumePoint, RESUME_TOPICS_MAX, ResumePoint};
 pub use revocation::Revocations;
 pub use store::{
     Appended, EPOCH_BYTES_MAX, Epoch, ListenBounds, LogHead, LogPage, NewNotification, NewTopicEvent,

@@ -35,6 +35,8 @@ pub struct TopicListeners {
     pub tabs: Vec<crate::hub::TopicTab>,
     /// Some were left out (over the bound asked for).
     pub truncated: bool,
+    /// The topic's last tseq (0: never published durably).
+    pub last_tseq: Seq,
 }
 
 /// Why a publish was refused or failed. All but `ClientNotFound`, `Store` and `Bus` are the
@@ -467,6 +469,8 @@ impl Notifier {
         let (tabs, total) = self.inner.bus.topic_tabs(topic, max).await?;
         listeners.truncated |= total > tabs.len();
         listeners.tabs = tabs;
+        let (heads, _) = self.inner.store.topic_heads(std::slice::from_ref(topic)).await?;
+        listeners.last_tseq = heads.first().map_or(0, |head| head.last_tseq);
         Ok(listeners)
     }
 

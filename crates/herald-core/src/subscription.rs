@@ -21,6 +21,15 @@
 //! Should a replay page come from another epoch than the stream's (the store failed over while
 //! it ran), the stream ends with `closed: error`, and the client's resume gets its `reset`.
 //!
+//! **Durable topics** follow the same rules, one sequence (tseq) per topic: the subscription
+//! keeps each listened topic's position, reads the topics' heads after attaching (so that what
+//! is published from then on reaches the queue), replays each topic's log after the position
+//! the client gave back, drops live events at or below a position, and fills a gap from the
+//! topic's log. A topic's position older than what its log retains (or of another epoch) gets a
+//! `topic_reset` for that topic alone. One id names every position ([`ResumePoint`]), so that a
+//! browser's automatic reconnect resumes the topics exactly too. A topic listened to while the
+//! stream is open starts at its first durable event the stream gets.
+//!
 //! [`poll`] builds one long-poll answer on the same machinery.
 
 use std::collections::VecDeque;
@@ -38,10 +47,13 @@ use crate::ids::{ClientId, Seq, SessionId, Topic, UserId};
 use crate::inbox::InboxEvent;
 use crate::notification::Notification;
 use crate::queue::Received;
+use crate::resume::write_resume_id;
+pub use crate::resume::{InvalidResumePoint, ResumePoint};
 use crate::store::{Epoch, LogHead, Store, StoreError};
 use crate::topic::TopicEvent;
 
-/// Most notifications in one long-poll answer (Eliom's comet answers hold at most 100 too).
+/// Most notifications in one long-poll answer (Eliom's comet answers hold at most 100 too), and
+/// most topic events: an answer ends at either bound, and the next poll goes on from there.
 pub const POLL_NOTIFICATIONS_MAX: usize = 100;
 
 /// What a transport sends to a client, in order.
@@ -51,14 +63,26 @@ pub enum ClientEvent {
     /// `position` is where this stream starts (the resume point, or `last_seq` for a new one or
     /// one resumed from another epoch); `epoch` is the epoch of both, which the client gives back
     /// with its resume point.
-    /// `topics`: those the tab listens to.
-    Hello { info: ClientInfo, last_seq: Seq, position: Seq, epoch: Epoch, topics: Box<[Topic]> },
+    /// `topics`: those the tab listens to; `positions`: where the stream starts in each of them
+    /// (the last tseq handled: the resume point's, or the topic's last tseq).
+    Hello {
+        info: ClientInfo,
+        last_seq: Seq,
+        position: Seq,
+        epoch: Epoch,
+        topics: Box<[Topic]>,
+        positions: Box<[(Topic, Seq)]>,
+    },
     /// A notification for this client, durable (in seq order, once) or ephemeral.
     Notification(Arc<Notification>),
     /// A change of the user's inbox (ephemeral: only while connected, never replayed).
     Inbox(Arc<InboxEvent>),
-    /// An event of a topic the tab listens to (ephemeral: only while connected).
+    /// An event of a topic the tab listens to: a durable one (with its `tseq`) once and in tseq
+    /// order per topic, an ephemeral one only while connected.
     Topic(Arc<TopicEvent>),
+    /// The position given for `topic` is older than what its log retains (or of another
+    /// epoch): its events were lost to this client. The topic goes on after `last_tseq`.
+    TopicReset { topic: Topic, last_tseq: Seq },
     /// The resume point is older than what is retained, or of another epoch: notifications were
     /// lost to this client, which should reload its state. The stream goes on after `last_seq`.
     Reset { last_seq: Seq },
@@ -92,8 +116,11 @@ pub struct Subscription {
     epoch: Epoch,
     /// Every durable seq up to here has been handled (queued in `pending` or skipped).
     position: Seq,
-    /// Events decided but not yet taken by `next`. Bounded by one replay page plus two.
+    /// Events decided but not yet taken by `next`. Bounded by one replay page plus the
+    /// `hello`, `reset` and one `topic_reset` per topic.
     pending: VecDeque<ClientEvent>,
+    /// Positions in the tab's durable topics; `None` while it has none (most tabs: no memory).
+    topics: Option<Box<TopicPositions>>,
     /// Whether the store may hold seqs after `position` that were not yet read.
     replaying: bool,
     finished: bool,
@@ -105,6 +132,52 @@ pub struct Subscription {
 impl std::fmt::Debug for Subscription {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Subscription").field("info", &self.info).field("position", &self.position).finish()
+    }
+}
+
+/// Where a subscription stands in each topic's log.
+#[derive(Debug, Default)]
+struct TopicPositions {
+    /// Sorted by topic: 32 bytes a topic (a `BTreeMap`'s first node would cost a tab ~400).
+    positions: Vec<(Topic, TopicPosition)>,
+    /// Topics whose logs may hold tseqs after `accepted` that were not read yet (a resume, or a
+    /// gap in the live events), read one page at a time after the user's log.
+    behind: Vec<Topic>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct TopicPosition {
+    /// Every tseq up to here was decided (queued in `pending`, or not for this tab).
+    accepted: Seq,
+    /// Every tseq up to here was handed out by `next` (or skipped): what the resume id names.
+    given: Seq,
+}
+
+impl TopicPositions {
+    fn get_mut(&mut self, topic: &Topic) -> Option<&mut TopicPosition> {
+        let at = self.positions.binary_search_by(|(t, _)| t.cmp(topic)).ok()?;
+        Some(&mut self.positions[at].1)
+    }
+
+    fn insert(&mut self, topic: Topic, position: TopicPosition) {
+        match self.positions.binary_search_by(|(t, _)| t.cmp(&topic)) {
+            Ok(at) => self.positions[at].1 = position,
+            Err(at) => self.positions.insert(at, (topic, position)),
+        }
+    }
+
+    fn start(&mut self, topic: Topic, tseq: Seq) {
+        self.insert(topic, TopicPosition { accepted: tseq, given: tseq });
+    }
+
+    fn given(&self) -> impl Iterator<Item = (&Topic, Seq)> {
+        self.positions.iter().map(|(t, p)| (t, p.given))
+    }
+
+    fn mark_behind(&mut self, topic: &Topic) {
+        if !self.behind.contains(topic) {
+            self.behind.push(topic.clone());
+        }
     }
 }
 
@@ -163,6 +236,9 @@ pub struct SubscribeRequest<'a> {
     pub resume_after: Option<Seq>,
     /// The epoch of `resume_after` (the one its `hello` named); `None`: the current one.
     pub epoch: Option<&'a str>,
+    /// The last tseq the client handled in each durable topic (the rest of its
+    /// [`ResumePoint`]). A topic the tab listens to that is not named starts at its last tseq.
+    pub topic_positions: &'a [(Topic, Seq)],
     /// Topics the tab listens to from now on (client scope), besides those it listened to.
     pub topics: &'a [Topic],
 }
@@ -196,6 +272,7 @@ impl Subscription {
             epoch: head.epoch.clone(),
             position: 0,
             pending: VecDeque::new(),
+            topics: None,
             replaying: true,
             finished: false,
             park: false,
@@ -213,7 +290,14 @@ impl Subscription {
             None => topics,
         };
         hub.topics_ready(&topics).await;
+        // Read after the tab listens (here and on the other nodes): a durable event stored
+        // after this read reaches the queue, one stored before it is at or below its head.
+        let topic_heads = if topics.is_empty() { None } else { Some(store.topic_heads(&topics).await?) };
         subscription.start(head, resume_after, other_epoch, topics);
+        if let Some((heads, epoch)) = topic_heads {
+            let resumable = !other_epoch && epoch == subscription.epoch;
+            subscription.start_topics(&heads, request.topic_positions, resumable);
+        }
         Ok(subscription)
     }
 
@@ -242,6 +326,15 @@ impl Subscription {
             epoch,
             position: after,
             pending: VecDeque::new(),
+            // The client's positions, as its last answer gave them: the queue holds what was
+            // fanned out since.
+            topics: (!request.topic_positions.is_empty()).then(|| {
+                let mut topics = Box::<TopicPositions>::default();
+                for (topic, tseq) in request.topic_positions {
+                    topics.start(topic.clone(), *tseq);
+                }
+                topics
+            }),
             // Everything fanned out since `after` is in the queue; a gap there (publishes fanned
             // out of seq order, a poll capped at its maximum) is filled from the store as usual.
             replaying: false,
@@ -261,6 +354,7 @@ impl Subscription {
             position,
             epoch: head.epoch,
             topics,
+            positions: Box::default(),
         });
         self.position = position;
         // The client's own position until the `reset` is handed out (see `finish`).
@@ -271,8 +365,60 @@ impl Subscription {
         }
     }
 
+    /// Places the stream in each topic of its `hello` (`heads` in the same order): at the
+    /// position the client gave if `resumable` and its log still holds what follows it (then
+    /// the topic is read from there), else at the topic's last tseq, with a `topic_reset` when
+    /// a position given was lost (pruned, of another epoch, or beyond the log).
+    fn start_topics(&mut self, heads: &[crate::store::TopicHead], given: &[(Topic, Seq)], resumable: bool) {
+        let Some(ClientEvent::Hello { topics, positions, .. }) = self.pending.front_mut() else {
+            unreachable!("start queues hello first")
+        };
+        let mut state = Box::<TopicPositions>::default();
+        let mut resets = Vec::new();
+        for (topic, head) in topics.iter().zip(heads) {
+            let asked = given.iter().find(|(t, _)| t == topic).map(|&(_, tseq)| tseq);
+            let start = match asked {
+                Some(tseq) if resumable && tseq <= head.last_tseq && tseq >= head.pruned_through => {
+                    if tseq < head.last_tseq {
+                        state.behind.push(topic.clone());
+                    }
+                    tseq
+                }
+                Some(given) => {
+                    // Read from the log's head on; the resume id keeps the client's position
+                    // until the `topic_reset` is handed out.
+                    resets.push(ClientEvent::TopicReset { topic: topic.clone(), last_tseq: head.last_tseq });
+                    state.insert(topic.clone(), TopicPosition { accepted: head.last_tseq, given });
+                    continue;
+                }
+                None => head.last_tseq,
+            };
+            state.start(topic.clone(), start);
+        }
+        *positions = state.given().map(|(t, tseq)| (t.clone(), tseq)).collect();
+        // After `hello` and the user's `reset`, before anything replayed.
+        self.pending.extend(resets);
+        self.topics = Some(state);
+    }
+
     pub fn info(&self) -> &ClientInfo {
         &self.info
+    }
+
+    /// The stream's resume id as of the last event handed out: the last seq alone while the
+    /// tab has no topic positions (`None`: write the seq as it is), else the seq followed by
+    /// each topic's position (see [`ResumePoint`]).
+    pub fn resume_id(&self) -> Option<String> {
+        let topics = self.topics.as_ref()?;
+        let mut id = String::with_capacity(16 + 24 * topics.positions.len());
+        let seq = self.shared.last_seq.load(Ordering::Relaxed);
+        write_resume_id(&mut id, seq, topics.given());
+        Some(id)
+    }
+
+    /// Each durable topic's position as of the last event handed out (the last tseq handled).
+    pub fn topic_positions(&self) -> Vec<(Topic, Seq)> {
+        self.topics.as_ref().map_or_else(Vec::new, |t| t.given().map(|(t, tseq)| (t.clone(), tseq)).collect())
     }
 
     /// The epoch of this stream's seqs (its `hello`'s).
@@ -292,7 +438,7 @@ impl Subscription {
 
     /// Whether everything stored so far was handed out (no replay or gap fill in progress).
     pub fn is_caught_up(&self) -> bool {
-        !self.replaying && self.pending.is_empty()
+        !self.replaying && self.pending.is_empty() && self.topics.as_ref().is_none_or(|t| t.behind.is_empty())
     }
 
     /// Makes this client follow its user's inbox counts: from now on it also gets an `inbox`
@@ -350,6 +496,10 @@ impl Subscription {
                     ClientEvent::Reset { last_seq } => {
                         self.shared.last_seq.store(*last_seq, Ordering::Relaxed)
                     }
+                    ClientEvent::Topic(event) if let Some(tseq) = event.tseq => {
+                        self.give_topic(&event.topic, tseq)
+                    }
+                    ClientEvent::TopicReset { topic, last_tseq } => self.reset_topic(topic, *last_tseq),
                     _ => {}
                 }
                 return Ok(Some(event));
@@ -370,6 +520,20 @@ impl Subscription {
                 }
                 continue;
             }
+            if let Some(topic) = self.topics.as_ref().and_then(|t| t.behind.first().cloned()) {
+                match self.read_topic_page(&topic).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::warn!(user = %self.info.user, epoch = %self.epoch, "the store's epoch changed under a subscription; ending it");
+                        return Ok(Some(self.finish(CloseReason::Error)));
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, user = %self.info.user, %topic, "cannot read a topic's log for a subscription");
+                        return Ok(Some(self.finish(CloseReason::Error)));
+                    }
+                }
+                continue;
+            }
             let received = match deadline {
                 None => self.shared.queue.recv().await,
                 // Not a timer: one that is already due fires at the time driver's next tick, a
@@ -384,7 +548,14 @@ impl Subscription {
             match received {
                 Some(Received::Notification(notification)) => self.accept_live(notification),
                 Some(Received::Inbox(event)) => return Ok(Some(ClientEvent::Inbox(event))),
-                Some(Received::Topic(event)) => return Ok(Some(ClientEvent::Topic(event))),
+                Some(Received::Topic(event)) => {
+                    if let Some(event) = self.accept_live_topic(event) {
+                        if let Some(tseq) = event.tseq {
+                            self.give_topic(&event.topic, tseq);
+                        }
+                        return Ok(Some(ClientEvent::Topic(event)));
+                    }
+                }
                 Some(Received::KeepAlive) => return Ok(Some(ClientEvent::KeepAlive)),
                 None => {
                     let reason = self.shared.close_reason().unwrap_or(CloseReason::Shutdown);
@@ -431,6 +602,89 @@ impl Subscription {
             self.pending.push_back(ClientEvent::Notification(notification));
         } else {
             self.shared.last_seq.store(seq, Ordering::Relaxed);
+        }
+    }
+
+    /// A live topic event: an ephemeral one as it is; a durable one once, in tseq order (one
+    /// beyond the next tseq means a gap, filled from the topic's log). `None`: not handed out.
+    fn accept_live_topic(&mut self, event: Arc<TopicEvent>) -> Option<Arc<TopicEvent>> {
+        let Some(tseq) = event.tseq else { return Some(event) };
+        let topics = self.topics.get_or_insert_with(Box::default);
+        let behind = topics.behind.contains(&event.topic);
+        let Some(position) = topics.get_mut(&event.topic) else {
+            // Listened to after the stream opened: it starts here.
+            topics.insert(event.topic.clone(), TopicPosition { accepted: tseq, given: tseq - 1 });
+            return Some(event);
+        };
+        if tseq <= position.accepted || behind {
+            // Handed out already, or the log is being read past it.
+            return None;
+        }
+        if tseq > position.accepted + 1 {
+            topics.mark_behind(&event.topic);
+            return None;
+        }
+        position.accepted = tseq;
+        Some(event)
+    }
+
+    /// Reads the next page of `topic`'s log after its position into `pending`. `Ok(false)`,
+    /// with nothing taken: the page is of another epoch than this stream's.
+    async fn read_topic_page(&mut self, topic: &Topic) -> Result<bool, StoreError> {
+        let page_len = self.hub.limits().replay_page_len;
+        let Some(after) = self.topics.as_mut().and_then(|t| t.get_mut(topic)).map(|p| p.accepted) else {
+            return Ok(true);
+        };
+        let page = self.store.read_topic_after(topic, after, page_len).await?;
+        if page.epoch != self.epoch {
+            return Ok(false);
+        }
+        let topics = self.topics.as_mut().expect("a topic behind has positions");
+        if page.events.len() < page_len {
+            topics.behind.retain(|t| t != topic);
+        }
+        let position = topics.get_mut(topic).expect("read from its position");
+        if after < page.head.pruned_through {
+            // Retention passed the position while the stream was behind: lost, and said so.
+            position.accepted = page.head.last_tseq;
+            topics.behind.retain(|t| t != topic);
+            self.pending
+                .push_back(ClientEvent::TopicReset { topic: topic.clone(), last_tseq: page.head.last_tseq });
+            return Ok(true);
+        }
+        for event in page.events {
+            let Some(tseq) = event.tseq else { continue };
+            if tseq <= position.accepted {
+                continue;
+            }
+            position.accepted = tseq;
+            if event.is_for(&self.info.user, &self.info.client)
+                && let Some(event) = self.hub.prepare_for(&self.info.user, &event)
+            {
+                self.pending.push_back(ClientEvent::Topic(event));
+            } else if !self.pending.iter().any(|e| matches!(e, ClientEvent::Topic(e) if e.topic == *topic)) {
+                position.given = tseq;
+            }
+        }
+        Ok(true)
+    }
+
+    /// A `topic_reset` was handed out: the topic goes on after `last_tseq` (which may be lower
+    /// than the position the client had, after an epoch change).
+    fn reset_topic(&mut self, topic: &Topic, last_tseq: Seq) {
+        let topics = self.topics.get_or_insert_with(Box::default);
+        match topics.get_mut(topic) {
+            Some(position) => position.given = last_tseq,
+            None => topics.start(topic.clone(), last_tseq),
+        }
+    }
+
+    /// `tseq` of `topic` was handed out: the resume id names it from now on.
+    fn give_topic(&mut self, topic: &Topic, tseq: Seq) {
+        let topics = self.topics.get_or_insert_with(Box::default);
+        match topics.get_mut(topic) {
+            Some(position) => position.given = position.given.max(tseq),
+            None => topics.start(topic.clone(), tseq),
         }
     }
 
@@ -486,6 +740,11 @@ pub struct PollAnswer {
     pub topic: Vec<Arc<TopicEvent>>,
     /// The topics the tab listens to.
     pub topics: Vec<Topic>,
+    /// Each durable topic's position after this answer: poll next with them (`positions=`).
+    pub positions: Vec<(Topic, Seq)>,
+    /// Topics whose position given was lost (see [`ClientEvent::TopicReset`]), each with the
+    /// last tseq the topic goes on after.
+    pub topic_resets: Vec<(Topic, Seq)>,
     /// Poll next with `after` = this.
     pub last_seq: Seq,
     /// The epoch of `last_seq`: poll next with it.
@@ -545,16 +804,18 @@ pub async fn poll(
     let mut notifications: Vec<Arc<Notification>> = Vec::new();
     let mut inbox: Vec<Arc<InboxEvent>> = Vec::new();
     let mut topic: Vec<Arc<TopicEvent>> = Vec::new();
+    let mut topic_resets: Vec<(Topic, Seq)> = Vec::new();
     let mut reset = false;
     let mut closed = None;
     // Once there is something to answer: take only what is already waiting.
     let mut draining = false;
-    while notifications.len() < POLL_NOTIFICATIONS_MAX {
+    while notifications.len() < POLL_NOTIFICATIONS_MAX && topic.len() < POLL_NOTIFICATIONS_MAX {
         let anything = !notifications.is_empty()
             || !inbox.is_empty()
             || !topic.is_empty()
             || inbox_changed
             || reset
+            || !topic_resets.is_empty()
             || start.is_some_and(|s| subscription.position() > s);
         // Answer as soon as there is something and nothing decided is left to hand out. Not
         // `is_caught_up()`: after a `reset` (or a page of other clients' seqs) the subscription is
@@ -579,6 +840,7 @@ pub async fn poll(
             // Bounded by the client's queue, like the notifications taken live.
             Some(ClientEvent::Inbox(event)) => inbox.push(event),
             Some(ClientEvent::Topic(event)) => topic.push(event),
+            Some(ClientEvent::TopicReset { topic, last_tseq }) => topic_resets.push((topic, last_tseq)),
             Some(ClientEvent::KeepAlive) => {}
             Some(ClientEvent::Closed(reason)) => {
                 closed = Some(reason);
@@ -601,5 +863,18 @@ pub async fn poll(
     let client = subscription.info().client.clone();
     let epoch = subscription.epoch.clone();
     let topics = subscription.hub.topics_of(subscription.info()).unwrap_or_default();
-    Ok(PollAnswer { client, notifications, inbox, topic, topics, last_seq, epoch, reset, closed })
+    let positions = subscription.topic_positions();
+    Ok(PollAnswer {
+        client,
+        notifications,
+        inbox,
+        topic,
+        topics,
+        positions,
+        topic_resets,
+        last_seq,
+        epoch,
+        reset,
+        closed,
+    })
 }

@@ -73,6 +73,7 @@ fn request<'a>(user: &'a UserId, session: &'a SessionId, resume_after: Option<Se
         resume_after,
         epoch: None,
         topics: &[],
+        topic_positions: &[],
     }
 }
 

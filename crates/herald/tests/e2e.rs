@@ -1183,9 +1183,10 @@ async fn topics_through_herald_client_reach_each_listening_tab_once() {
     assert_eq!(topic_event(&mut alice_tab).await.data, json!(4));
     assert_quiet(&mut bob_tab).await;
     assert_quiet(&mut carol_tab).await;
-    // Durable topic events are not built: the server's code comes through.
+    // A durable topic event is stored in the topic's log (SQLite here) and delivered live.
     let durable = PublishRequest::new(To::topic("room:1"), json!(5));
-    assert_refused(publisher.publish(&durable).await, 400, "durable_topic_unsupported");
+    assert_eq!(publisher.publish(&durable).await.unwrap().delivered, 2, "alice and the poller");
+    assert_eq!(topic_event(&mut alice_tab).await.data, json!(5));
 }
 
 /// 11. A `Listener` keeps its topics, those of its options and those listened to through it

@@ -92,6 +92,7 @@ impl Node {
             resume_after: None,
             epoch: None,
             topics: &[],
+            topic_positions: &[],
         };
         let mut subscription = Subscription::open(&self.hub, &self.store, request).await.unwrap();
         assert!(matches!(subscription.next().await, Some(ClientEvent::Hello { .. })));

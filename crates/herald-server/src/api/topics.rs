@@ -75,6 +75,7 @@ struct TopicAnswer<'a> {
     sessions: Vec<SessionBody<'a>>,
     clients: Vec<TabBody<'a>>,
     truncated: bool,
+    last_tseq: u64,
 }
 
 #[derive(Serialize)]
@@ -117,6 +118,7 @@ pub async fn topic(
             })
             .collect(),
         truncated: listeners.truncated,
+        last_tseq: listeners.last_tseq,
     };
     Ok(json_response(&answer))
 }

@@ -12,7 +12,7 @@ pub mod ws;
 
 use axum::http::HeaderMap;
 use herald_core::subscription::SubscribeRequest;
-use herald_core::{Seq, Subscription, Topic, Transport};
+use herald_core::{ResumePoint, Subscription, Topic, Transport};
 use serde::Deserialize;
 
 use crate::app::App;
@@ -28,7 +28,7 @@ pub(crate) async fn open_subscription(
     headers: &HeaderMap,
     transport: Transport,
 ) -> Result<Subscription, ApiError> {
-    let resume_after = resume_point(query.last_event_id.as_deref(), headers)?;
+    let resume = resume_point(query.last_event_id.as_deref(), headers)?;
     let follow_inbox = follows_inbox(query.inbox.as_deref())?;
     let topics = requested_topics(query.topics.as_deref(), subscriber)?;
     let subscription = Subscription::open(
@@ -39,9 +39,10 @@ pub(crate) async fn open_subscription(
             session: &subscriber.session,
             client: query.client.as_deref(),
             transport,
-            resume_after,
+            resume_after: resume.as_ref().map(|r| r.seq),
             epoch: epoch_of(query.epoch.as_deref()),
             topics: &topics,
+            topic_positions: resume.as_ref().map_or(&[], |r| &r.topics),
         },
     )
     .await?;
@@ -60,7 +61,8 @@ pub(crate) async fn open_subscription(
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StreamQuery {
-    /// Resume after this seq (wins over the `Last-Event-ID` header).
+    /// Resume from here: a seq, or a seq with topic positions (see [`ResumePoint`]); wins over
+    /// the `Last-Event-ID` header.
     pub last_event_id: Option<String>,
     /// The epoch of the resume point (the one `hello` named). See [`epoch_of`].
     pub epoch: Option<String>,
@@ -111,7 +113,7 @@ pub fn epoch_of(raw: Option<&str>) -> Option<&str> {
 }
 
 /// The resume point: `?last_event_id=` or else the `Last-Event-ID` header; `None` if neither.
-pub fn resume_point(query: Option<&str>, headers: &HeaderMap) -> Result<Option<Seq>, ApiError> {
+pub fn resume_point(query: Option<&str>, headers: &HeaderMap) -> Result<Option<ResumePoint>, ApiError> {
     let raw = match query {
         Some(q) => Some(q.to_owned()),
         None => headers
@@ -125,11 +127,8 @@ pub fn resume_point(query: Option<&str>, headers: &HeaderMap) -> Result<Option<S
         if raw.is_empty() {
             return Ok(None);
         }
-        raw.parse::<Seq>().map(Some).map_err(|_| {
-            ApiError::bad_request(
-                "invalid_last_event_id",
-                format!("last event id {raw:?} is not a seq (a whole number)"),
-            )
+        ResumePoint::parse(raw).map(Some).map_err(|error| {
+            ApiError::bad_request("invalid_last_event_id", format!("last event id {raw:?}: {error}"))
         })
     })
     .transpose()

@@ -51,6 +51,9 @@ pub struct PollQuery {
     inbox_version: Option<String>,
     /// Topics to listen to (client scope), comma-separated: see [`requested_topics`].
     topics: Option<String>,
+    /// The client's position in each durable topic, `topic=tseq` comma-separated (the
+    /// previous answer's `positions`). See [`topic_positions`].
+    positions: Option<String>,
     /// The subscriber token; read by the auth extractor.
     #[allow(dead_code)]
     token: Option<String>,
@@ -67,6 +70,7 @@ pub async fn poll(
         .unwrap_or(POLL_TIMEOUT_SECS_DEFAULT);
     let with_counts = follows_inbox(query.inbox.as_deref())?;
     let topics = requested_topics(query.topics.as_deref(), &subscriber)?;
+    let positions = topic_positions(query.positions.as_deref())?;
     let known_inbox_version =
         whole_number(query.inbox_version.as_deref(), "inbox_version", "invalid_inbox_version")?;
     if known_inbox_version.is_some() && !with_counts {
@@ -94,6 +98,7 @@ pub async fn poll(
             resume_after: after,
             epoch: epoch_of(query.epoch.as_deref()),
             topics: &topics,
+            topic_positions: &positions,
         },
         timeout,
         known_inbox_version,
@@ -127,6 +132,12 @@ pub async fn poll(
             .map(|e| serde_json::from_slice::<&RawValue>(e.json()).expect("a topic event's JSON is valid"))
             .collect(),
         topics: &answer.topics,
+        positions: answer.positions.iter().map(|(topic, tseq)| (topic.as_str(), *tseq)).collect(),
+        topic_resets: answer
+            .topic_resets
+            .iter()
+            .map(|(topic, last_tseq)| TopicResetBody { topic: topic.as_str(), last_tseq: *last_tseq })
+            .collect(),
         counts,
         last_seq: answer.last_seq,
         epoch: &answer.epoch,
@@ -151,6 +162,12 @@ struct PollBody<'a> {
     /// The topics the tab listens to.
     #[serde(skip_serializing_if = "<[Topic]>::is_empty")]
     topics: &'a [Topic],
+    /// The tab's position in each durable topic after this answer.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    positions: std::collections::BTreeMap<&'a str, Seq>,
+    /// Topics whose position given was lost (retention, another epoch).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    topic_resets: Vec<TopicResetBody<'a>>,
     /// The user's counts (with `inbox=1`).
     #[serde(skip_serializing_if = "Option::is_none")]
     counts: Option<InboxCounts>,
@@ -161,4 +178,21 @@ struct PollBody<'a> {
     reset: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     closed: Option<&'static str>,
+}
+
+#[derive(Serialize)]
+struct TopicResetBody<'a> {
+    topic: &'a str,
+    last_tseq: Seq,
+}
+
+/// `?positions=post:42=5,room:1=0`: the client's position in each durable topic (at most
+/// [`herald_core::RESUME_TOPICS_MAX`]); absent or empty, none. One that cannot be read: 400
+/// `invalid_positions`.
+fn topic_positions(raw: Option<&str>) -> Result<Vec<(Topic, Seq)>, ApiError> {
+    let Some(raw) = raw.map(str::trim).filter(|r| !r.is_empty()) else { return Ok(Vec::new()) };
+    // The same grammar as a resume id's topic part, whose separator is `;`.
+    herald_core::ResumePoint::parse(&format!("0;{}", raw.replace(',', ";")))
+        .map(|point| point.topics)
+        .map_err(|error| ApiError::bad_request("invalid_positions", format!("positions {raw:?}: {error}")))
 }

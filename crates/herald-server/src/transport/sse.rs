@@ -110,7 +110,7 @@ impl SseStream {
 
     fn encode(&mut self, event: &ClientEvent, out: &mut BytesMut) {
         match event {
-            ClientEvent::Hello { info, last_seq, position, epoch, topics } => {
+            ClientEvent::Hello { info, last_seq, position, epoch, topics, positions } => {
                 let mut data = serde_json::json!({
                     "user": info.user,
                     "session": info.session,
@@ -121,18 +121,35 @@ impl SseStream {
                 if !topics.is_empty() {
                     data["topics"] = serde_json::json!(topics);
                 }
+                if !positions.is_empty() {
+                    data["positions"] = positions_json(positions);
+                }
                 // `id:` on hello sets the browser's Last-Event-ID, so a reconnect before any
                 // notification still resumes from here instead of from "now".
-                write_event(out, Some(*position), "hello", data.to_string().as_bytes());
+                let id = self.id(*position);
+                write_event(out, id, "hello", data.to_string().as_bytes());
             }
-            ClientEvent::Notification(n) => write_event(out, n.seq, "notification", n.json()),
+            ClientEvent::Notification(n) => {
+                let id = n.seq.and_then(|seq| self.id(seq));
+                write_event(out, id, "notification", n.json());
+            }
             // No `id:`: inbox events are not replayed, and must not move the resume point.
             ClientEvent::Inbox(event) => write_event(out, None, "inbox", event.json()),
-            // No `id:` either: ephemeral topic events are not replayed.
-            ClientEvent::Topic(event) => write_event(out, None, "topic", event.json()),
+            // An ephemeral topic event has no `id:` either: it is not replayed. A durable one
+            // moves its topic's position.
+            ClientEvent::Topic(event) => {
+                let id = event.tseq.and_then(|_| self.id(self.subscription.position()));
+                write_event(out, id, "topic", event.json());
+            }
             ClientEvent::Reset { last_seq } => {
                 let data = serde_json::json!({ "last_seq": last_seq });
-                write_event(out, Some(*last_seq), "reset", data.to_string().as_bytes());
+                let id = self.id(*last_seq);
+                write_event(out, id, "reset", data.to_string().as_bytes());
+            }
+            ClientEvent::TopicReset { topic, last_tseq } => {
+                let data = serde_json::json!({ "topic": topic, "last_tseq": last_tseq });
+                let id = self.id(self.subscription.position());
+                write_event(out, id, "topic_reset", data.to_string().as_bytes());
             }
             ClientEvent::KeepAlive => out.put_slice(b": keep-alive\n\n"),
             ClientEvent::Closed(reason) => {
@@ -144,10 +161,40 @@ impl SseStream {
     }
 }
 
-fn write_event(out: &mut BytesMut, id: Option<u64>, event: &str, data: &[u8]) {
-    if let Some(id) = id {
-        // Writing to a BytesMut cannot fail.
-        let _ = writeln!(out, "id: {id}");
+/// An event's `id:`: the seq alone while the tab has no topic positions (no allocation: the
+/// common case), else the whole resume point.
+enum EventId {
+    Seq(u64),
+    Resume(String),
+}
+
+impl SseStream {
+    /// The `id:` of an event handed out with the stream at `seq`.
+    fn id(&self, seq: u64) -> Option<EventId> {
+        Some(match self.subscription.resume_id() {
+            Some(resume) => EventId::Resume(resume),
+            None => EventId::Seq(seq),
+        })
+    }
+}
+
+/// `{"topic": tseq, …}`.
+pub(crate) fn positions_json(positions: &[(herald_core::Topic, u64)]) -> serde_json::Value {
+    positions.iter().map(|(topic, tseq)| (topic.to_string(), serde_json::json!(tseq))).collect()
+}
+
+fn write_event(out: &mut BytesMut, id: Option<EventId>, event: &str, data: &[u8]) {
+    // Writing to a BytesMut cannot fail.
+    match id {
+        Some(EventId::Seq(seq)) => {
+            let _ = writeln!(out, "id: {seq}");
+        }
+        Some(EventId::Resume(resume)) => {
+            out.put_slice(b"id: ");
+            out.put_slice(resume.as_bytes());
+            out.put_slice(b"\n");
+        }
+        None => {}
     }
     out.put_slice(b"event: ");
     out.put_slice(event.as_bytes());

@@ -262,7 +262,7 @@ fn end_of_error(error: axum::Error) -> End {
 /// One event as a JSON text frame.
 fn encode(event: &ClientEvent) -> Utf8Bytes {
     match event {
-        ClientEvent::Hello { info, last_seq, epoch, topics, .. } => {
+        ClientEvent::Hello { info, last_seq, epoch, topics, positions, .. } => {
             let mut hello = serde_json::json!({
                 "event": "hello",
                 "user": info.user,
@@ -273,6 +273,9 @@ fn encode(event: &ClientEvent) -> Utf8Bytes {
             });
             if !topics.is_empty() {
                 hello["topics"] = serde_json::json!(topics);
+            }
+            if !positions.is_empty() {
+                hello["positions"] = super::sse::positions_json(positions);
             }
             hello.to_string().into()
         }
@@ -287,6 +290,11 @@ fn encode(event: &ClientEvent) -> Utf8Bytes {
         ClientEvent::Topic(event) => splice_event_name(br#"{"event":"topic","#, event.json()),
         ClientEvent::Reset { last_seq } => {
             serde_json::json!({ "event": "reset", "last_seq": last_seq }).to_string().into()
+        }
+        ClientEvent::TopicReset { topic, last_tseq } => {
+            serde_json::json!({ "event": "topic_reset", "topic": topic, "last_tseq": last_tseq })
+                .to_string()
+                .into()
         }
         ClientEvent::Closed(reason) => {
             serde_json::json!({ "event": "closed", "reason": reason.as_str() }).to_string().into()

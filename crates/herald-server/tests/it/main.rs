@@ -15,6 +15,7 @@ mod basics;
 mod batch;
 mod caps;
 mod connection;
+mod durable_topics;
 mod embed;
 mod epoch;
 mod fuzz;

@@ -445,7 +445,10 @@ pub fn sign(claims: &Value) -> String {
 /// One SSE event as sent on the wire.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SseEvent {
+    /// The seq of the `id:` (its part before any `;`).
     pub id: Option<u64>,
+    /// The whole `id:`: the resume point, with topic positions after the seq.
+    pub resume: Option<String>,
     pub event: String,
     pub data: Value,
 }
@@ -733,7 +736,7 @@ impl Sse {
             let end = self.buffer.windows(2).position(|w| w == b"\n\n")?;
             let block: Vec<u8> = self.buffer.drain(..end + 2).collect();
             let block = String::from_utf8(block).expect("SSE is UTF-8");
-            let (mut id, mut event, mut data) = (None, String::from("message"), None);
+            let (mut id, mut resume, mut event, mut data) = (None, None, String::from("message"), None);
             let mut comment_only = true;
             for line in block.lines() {
                 if line.is_empty() {
@@ -746,7 +749,8 @@ impl Sse {
                 comment_only = false;
                 if let Some(v) = line.strip_prefix("id: ") {
                     assert!(id.is_none(), "one id line per event");
-                    id = Some(v.parse().unwrap());
+                    id = Some(v.split(';').next().unwrap().parse().unwrap());
+                    resume = Some(v.to_owned());
                 } else if let Some(v) = line.strip_prefix("event: ") {
                     event = v.to_owned();
                 } else if let Some(v) = line.strip_prefix("data: ") {
@@ -757,7 +761,7 @@ impl Sse {
                 }
             }
             if !comment_only {
-                return Some(SseEvent { id, event, data: data.unwrap_or(Value::Null) });
+                return Some(SseEvent { id, resume, event, data: data.unwrap_or(Value::Null) });
             }
         }
     }

@@ -340,8 +340,6 @@ async fn bad_topic_publishes_and_listens_are_refused_with_their_codes() {
     let (_tab, hello) = server.connect(&token, "").await;
     let client = client_of(&hello);
     for (body, status, code) in [
-        (json!({"to": {"topic": "a"}, "data": 1}), 400, "durable_topic_unsupported"),
-        (json!({"to": {"topic": "a"}, "data": 1, "durable": true}), 400, "durable_topic_unsupported"),
         (json!({"to": {"topic": "a b"}, "data": 1, "durable": false}), 400, "invalid_topic"),
         (json!({"to": {"topic": ""}, "data": 1, "durable": false}), 400, "invalid_topic"),
         (json!({"to": {"topic": "a", "user": "alice"}, "data": 1, "durable": false}), 400, "invalid_target"),

@@ -14,8 +14,9 @@ use async_trait::async_trait;
 use herald_core::notification::now_ms;
 use herald_core::{
     Appended, Audience, Epoch, Health, InboxChange, InboxCounts, InboxPage, InboxQuery, ListenBounds,
-    LogHead, LogPage, Mark, NewNotification, PruneReport, Receipt, Retention, Revocation, ScopeListens,
-    Selection, Seq, SessionId, Store, StoreError, StoredListen, Topic, TopicListener, UserId,
+    LogHead, LogPage, Mark, NewNotification, NewTopicEvent, PruneReport, Receipt, Retention, Revocation,
+    ScopeListens, Selection, Seq, SessionId, Store, StoreError, StoredListen, Topic, TopicAppended,
+    TopicHead, TopicListener, UserId,
 };
 use serde_json::value::RawValue;
 
@@ -361,7 +362,8 @@ async fn a_version_1_schema_gains_listens() {
     let schema = &test.schema;
     client
         .batch_execute(&format!(
-            "DROP TABLE \"{schema}\".herald_topic_listens; UPDATE \"{schema}\".herald_meta SET schema_version = 1"
+            "DROP TABLE \"{schema}\".herald_topic_listens; DROP TABLE \"{schema}\".herald_topic_log;
+             DROP TABLE \"{schema}\".herald_topic_heads; UPDATE \"{schema}\".herald_meta SET schema_version = 1"
         ))
         .await
         .unwrap();
@@ -406,6 +408,149 @@ async fn a_version_1_schema_gains_listens() {
     eprintln!("topic listeners: {plan}");
     assert!(plan.contains("herald_topic_listens_by_topic"), "{plan}");
     assert!(plan.contains("ROW(user_id, session) >"), "the page starts in the index: {plan}");
+    assert!(!plan.contains("Sort"), "no sort: {plan}");
+    drop(reopened);
+}
+
+/// A durable event of `topic` whose data is `{"n": n}`, created now.
+fn topic_event(topic: &str, n: u64) -> NewTopicEvent {
+    NewTopicEvent {
+        topic: Topic::new(topic).unwrap(),
+        kind: Arc::from("t"),
+        data: Arc::from(RawValue::from_string(format!(r#"{{"n":{n}}}"#)).unwrap()),
+        created_at_ms: now_ms(),
+        except_user: None,
+        except_client: None,
+    }
+}
+
+/// Two stores on one schema (two nodes) append to one topic at once, from several tasks each:
+/// the tseqs are exactly 1..=N, each given once, each holding the data of the append that got
+/// it, and both nodes read the whole log; twenty appends with one key, spread over both nodes,
+/// store once. Fails if tseqs were assigned per process (each node would count from 1) or read
+/// and written in separate statements (two nodes would both take `last_tseq + 1`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nodes_appending_to_one_topic_share_its_tseqs() {
+    skip_unless_postgres!();
+    const TASKS_PER_NODE: u64 = 4;
+    const APPENDS: u64 = 25;
+    let first = TestStore::open(Retention::default()).await;
+    let second = PostgresStore::open(options(&first.url, &first.schema), Retention::default()).await.unwrap();
+    let nodes: [Arc<dyn Store>; 2] = [Arc::new(first), Arc::new(second)];
+    let mut tasks = Vec::new();
+    for (i, node) in nodes.iter().enumerate() {
+        for t in 0..TASKS_PER_NODE {
+            let node = Arc::clone(node);
+            tasks.push(tokio::spawn(async move {
+                let mut given = Vec::new();
+                for a in 0..APPENDS {
+                    let n = (i as u64 * TASKS_PER_NODE + t) * APPENDS + a;
+                    match node.append_topic(topic_event("room", n), None).await.unwrap() {
+                        TopicAppended::Stored(event) => given.push((n, event.tseq.unwrap())),
+                        TopicAppended::Duplicate(receipt) => panic!("no key, yet a duplicate: {receipt:?}"),
+                    }
+                }
+                given
+            }));
+        }
+    }
+    let mut tseq_of_n = std::collections::HashMap::new();
+    for task in tasks {
+        tseq_of_n.extend(task.await.unwrap());
+    }
+    let total = 2 * TASKS_PER_NODE * APPENDS;
+    let mut tseqs: Vec<Seq> = tseq_of_n.values().copied().collect();
+    tseqs.sort_unstable();
+    assert_eq!(tseqs, (1..=total).collect::<Vec<_>>(), "every tseq once, none skipped");
+    let room = Topic::new("room").unwrap();
+    for node in &nodes {
+        let page = node.read_topic_after(&room, 0, usize::MAX).await.unwrap();
+        assert_eq!(page.head, TopicHead { last_tseq: total, pruned_through: 0 });
+        assert_eq!(page.events.iter().map(|e| e.tseq.unwrap()).collect::<Vec<_>>(), tseqs);
+        for event in &page.events {
+            let n: u64 = event.data.get()[5..event.data.get().len() - 1].parse().unwrap();
+            assert_eq!(tseq_of_n[&n], event.tseq.unwrap(), "the data under a tseq is its append's");
+        }
+    }
+
+    let keyed: Vec<_> = (0..20)
+        .map(|n| {
+            let node = Arc::clone(&nodes[n % 2]);
+            tokio::spawn(async move {
+                node.append_topic(topic_event("keyed", n as u64), Some("same")).await.unwrap()
+            })
+        })
+        .collect();
+    let mut stored = 0;
+    for task in keyed {
+        match task.await.unwrap() {
+            TopicAppended::Stored(event) => {
+                stored += 1;
+                assert_eq!(event.tseq, Some(1));
+            }
+            TopicAppended::Duplicate(receipt) => {
+                assert_eq!(
+                    receipt.topic.map(|t| (t.topic.as_str().to_owned(), t.tseq)),
+                    Some(("keyed".into(), 1))
+                );
+            }
+        }
+    }
+    assert_eq!(stored, 1, "one key, one event, whichever node");
+    // The second node closes before the first drops the schema.
+    let [first, second] = nodes;
+    drop(second);
+    drop(first);
+}
+
+/// A version 2 schema (no topic logs) gains them when a node opens it, keeping its logs; the
+/// topic queries read ranges of the primary key. Fails if the upgrade to version 3 were
+/// missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_2_schema_gains_topic_logs() {
+    skip_unless_postgres!();
+    let test = TestStore::open(Retention::default()).await;
+    test.append(vec![entry("alice", 1)], None).await.unwrap();
+    let (client, connection) = tokio_postgres::connect(&test.url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let schema = &test.schema;
+    client
+        .batch_execute(&format!(
+            "DROP TABLE \"{schema}\".herald_topic_log; DROP TABLE \"{schema}\".herald_topic_heads;
+             UPDATE \"{schema}\".herald_meta SET schema_version = 2"
+        ))
+        .await
+        .unwrap();
+    let reopened = PostgresStore::open(options(&test.url, schema), Retention::default()).await.unwrap();
+    let version: i32 = client
+        .query_one(&format!("SELECT schema_version FROM \"{schema}\".herald_meta"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(version, SCHEMA_VERSION);
+    assert_eq!(reopened.head(&UserId::new("alice").unwrap()).await.unwrap().last_seq, 1, "the logs are kept");
+    match reopened.append_topic(topic_event("news", 1), None).await.unwrap() {
+        TopicAppended::Stored(event) => assert_eq!(event.tseq, Some(1)),
+        TopicAppended::Duplicate(receipt) => panic!("{receipt:?}"),
+    }
+
+    client.batch_execute(&format!("SET search_path = \"{schema}\"; SET enable_seqscan = off")).await.unwrap();
+    let plan: Vec<String> = client
+        .query(
+            &format!(
+                "EXPLAIN {}",
+                reads::TOPIC_PAGE_SQL.replace("$1", "'news'").replace("$2", "0").replace("$3", "10")
+            ),
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    let plan = plan.join(" | ");
+    eprintln!("topic page: {plan}");
+    assert!(plan.contains("herald_topic_log_pkey"), "{plan}");
     assert!(!plan.contains("Sort"), "no sort: {plan}");
     drop(reopened);
 }
@@ -464,6 +609,7 @@ async fn a_resume_with_the_old_epoch_after_a_renewal_gets_a_reset() {
             resume_after: Some(1),
             epoch: Some(epoch),
             topics: &[],
+            topic_positions: &[],
         };
         Subscription::open(&hub, &reopened, request)
     };

@@ -1,0 +1,251 @@
+//! Durable topics over real sockets: a durable publish to a topic is stored with its `tseq`
+//! before the answer, and a tab resumes every topic it listens to exactly — no gap, no
+//! duplicate — from one resume id (SSE `Last-Event-ID`), from `hello`'s positions and the
+//! events' `tseq` (WebSocket), and from `positions=` (poll); past a topic's retention, a
+//! `topic_reset` for that topic alone.
+
+use crate::support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use herald_core::Retention;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::{Value, json};
+use support::{QUIET, Sse, SseEvent, TestServer, assert_error, now_unix, settings, sign};
+
+const ROOMS: [&str; 3] = ["room:1", "room:2", "room:3"];
+
+fn token_for_rooms(user: &str, session: &str) -> String {
+    let now = now_unix();
+    sign(&json!({ "sub": user, "sid": session, "iat": now, "exp": now + 3600, "topics": ["room:*"] }))
+}
+
+/// A durable publish to `topic` whose data is `n`; returns the answer.
+async fn publish_durable(server: &TestServer, topic: &str, n: u64) -> Value {
+    let (status, body) =
+        server.publish(json!({"to": {"topic": topic}, "type": "message", "data": {"n": n}})).await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+/// What a tab got: each topic's tseqs and the user's seqs, in the order they came.
+#[derive(Debug, Default)]
+struct Got {
+    tseqs: BTreeMap<String, Vec<u64>>,
+    seqs: Vec<u64>,
+    ephemeral: usize,
+}
+
+impl Got {
+    /// Takes one SSE event; returns its resume id if it has one.
+    fn take(&mut self, event: &SseEvent) -> Option<String> {
+        match event.event.as_str() {
+            "topic" => match event.data["tseq"].as_u64() {
+                Some(tseq) => {
+                    self.tseqs
+                        .entry(event.data["topic"].as_str().unwrap().to_owned())
+                        .or_default()
+                        .push(tseq);
+                    assert!(event.resume.is_some(), "a durable topic event has an id: {event:?}");
+                }
+                None => {
+                    assert_eq!(event.resume, None, "an ephemeral topic event has no id: {event:?}");
+                    self.ephemeral += 1;
+                }
+            },
+            "notification" => self.seqs.push(event.data["seq"].as_u64().unwrap()),
+            "hello" => {}
+            other => panic!("unexpected event {other}: {event:?}"),
+        }
+        event.resume.clone()
+    }
+}
+
+/// Publishes, reads and reconnects at random (seeded) over SSE, resuming each time with the last
+/// id the stream gave (as a browser's `EventSource` does): at the end every topic's tseqs and the
+/// user's seqs came exactly once each, in order.
+#[tokio::test]
+async fn sse_resumes_every_topic_exactly_from_one_last_event_id() {
+    let server = TestServer::start().await;
+    let token = token_for_rooms("alice", "s1");
+    let query = "topics=room:1,room:2,room:3";
+    let (mut tab, hello) = server.connect_with(&token, query, None).await;
+    assert_eq!(hello.resume.as_deref(), Some("0;room:1=0;room:2=0;room:3=0"), "{hello:?}");
+    assert_eq!(hello.data["positions"], json!({"room:1": 0, "room:2": 0, "room:3": 0}));
+    let mut last_id = hello.resume.clone().unwrap();
+    let mut rng = StdRng::seed_from_u64(13);
+    let mut published: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut seqs = 0;
+    let mut got = Got::default();
+    let mut unread = 0;
+    for round in 0..30 {
+        for _ in 0..rng.random_range(0..6) {
+            match rng.random_range(0..10) {
+                0 => {
+                    seqs += 1;
+                    assert_eq!(server.notify_user("alice", json!(round)).await, seqs);
+                }
+                1 => {
+                    server.publish(json!({"to": {"topic": "room:1"}, "durable": false, "data": round})).await;
+                }
+                _ => {
+                    let topic = ROOMS[rng.random_range(0..ROOMS.len())];
+                    let tseq = published.entry(topic).or_default();
+                    *tseq += 1;
+                    let answer = publish_durable(&server, topic, *tseq).await;
+                    assert_eq!(answer["topic"], json!({"topic": topic, "tseq": *tseq}));
+                }
+            }
+            unread += 1;
+        }
+        // Read some of what came (never more than was sent), then maybe drop the connection.
+        for _ in 0..rng.random_range(0..=unread) {
+            let Ok(Some(event)) = tab.next_within(Duration::from_millis(300)).await else { break };
+            unread -= 1;
+            if let Some(id) = got.take(&event) {
+                last_id = id;
+            }
+        }
+        if rng.random_bool(0.5) {
+            let (again, hello) = server.connect_with(&token, query, Some(&last_id)).await;
+            tab = again;
+            assert_eq!(hello.resume.as_deref(), Some(last_id.as_str()), "hello's id is the resume point");
+            unread = usize::MAX / 2; // Unknown now: read until quiet.
+        }
+    }
+    while let Ok(Some(event)) = tab.next_within(QUIET).await {
+        if let Some(id) = got.take(&event) {
+            last_id = id;
+        }
+    }
+    for topic in ROOMS {
+        let expected: Vec<u64> = (1..=published.get(topic).copied().unwrap_or(0)).collect();
+        assert_eq!(got.tseqs.get(topic).cloned().unwrap_or_default(), expected, "{topic}: {got:?}");
+    }
+    assert_eq!(got.seqs, (1..=seqs).collect::<Vec<_>>());
+    let expected_id = format!(
+        "{seqs};room:1={};room:2={};room:3={}",
+        published.get("room:1").unwrap_or(&0),
+        published.get("room:2").unwrap_or(&0),
+        published.get("room:3").unwrap_or(&0)
+    );
+    assert_eq!(last_id, expected_id);
+}
+
+/// The same over WebSocket (positions from `hello` and each event's `tseq`) and long-poll
+/// (`positions=`, answered with the new ones), with publishes while the tab is away.
+#[tokio::test]
+async fn websocket_and_poll_resume_topics_from_their_positions() {
+    let server = TestServer::start().await;
+    let token = token_for_rooms("alice", "s1");
+    publish_durable(&server, "room:1", 1).await;
+    let (ws, hello) = crate::websocket::connect(&server, &token, "topics=room:1,room:2").await;
+    assert_eq!(hello["positions"], json!({"room:1": 1, "room:2": 0}), "{hello}");
+    drop(ws);
+    for n in 2..=4 {
+        publish_durable(&server, "room:1", n).await;
+    }
+    publish_durable(&server, "room:2", 1).await;
+    let (mut ws, hello) =
+        crate::websocket::connect(&server, &token, "topics=room:1,room:2&last_event_id=0;room:1=1;room:2=0")
+            .await;
+    assert_eq!(hello["positions"], json!({"room:1": 1, "room:2": 0}), "{hello}");
+    let mut came = Vec::new();
+    for _ in 0..4 {
+        let event = crate::websocket::next_event(&mut ws).await;
+        assert_eq!(event["event"], "topic", "{event}");
+        came.push((event["topic"].as_str().unwrap().to_owned(), event["tseq"].as_u64().unwrap()));
+    }
+    came.sort();
+    assert_eq!(
+        came,
+        [("room:1".into(), 2), ("room:1".into(), 3), ("room:1".into(), 4), ("room:2".into(), 1)]
+    );
+
+    // Long-poll: the first poll starts at the heads; the next resumes from its positions.
+    let (status, first) = server.poll(&token, "timeout=0&topics=room:1,room:2").await;
+    assert_eq!((status, &first["positions"]), (200, &json!({"room:1": 4, "room:2": 1})), "{first}");
+    publish_durable(&server, "room:2", 2).await;
+    publish_durable(&server, "room:2", 3).await;
+    // Without the client id: a fresh poll, answered from the topic's log.
+    let (status, next) =
+        server.poll(&token, "timeout=0&topics=room:1,room:2&after=0&positions=room:1=4,room:2=1").await;
+    assert_eq!(status, 200, "{next}");
+    let tseqs: Vec<u64> =
+        next["topic"].as_array().unwrap().iter().map(|e| e["tseq"].as_u64().unwrap()).collect();
+    assert_eq!(tseqs, [2, 3], "{next}");
+    assert_eq!(next["positions"], json!({"room:1": 4, "room:2": 3}));
+    let bad = server.poll(&token, "timeout=0&positions=room:1").await;
+    assert_error(&bad, 400, "invalid_positions");
+}
+
+/// A position older than the topic's retention gets a `topic_reset` for that topic alone; the
+/// other topic resumes exactly. A malformed id is refused.
+#[tokio::test]
+async fn a_position_past_retention_resets_that_topic_only() {
+    let retention = Retention { topic_max_events: 3, ..Retention::default() };
+    let server = TestServer::with(Default::default(), settings(), support::memory(retention)).await;
+    let token = token_for_rooms("alice", "s1");
+    for n in 1..=6 {
+        publish_durable(&server, "room:1", n).await;
+    }
+    publish_durable(&server, "room:2", 1).await;
+    publish_durable(&server, "room:2", 2).await;
+    let (mut tab, hello) =
+        server.connect_with(&token, "topics=room:1,room:2", Some("0;room:1=1;room:2=1")).await;
+    assert_eq!(hello.data["positions"], json!({"room:1": 1, "room:2": 1}));
+    let reset = tab.next().await.unwrap();
+    assert_eq!(
+        (reset.event.as_str(), &reset.data),
+        ("topic_reset", &json!({"topic": "room:1", "last_tseq": 6}))
+    );
+    assert_eq!(reset.resume.as_deref(), Some("0;room:1=6;room:2=1"));
+    let event = tab.next().await.unwrap();
+    assert_eq!((event.data["topic"].as_str(), event.data["tseq"].as_u64()), (Some("room:2"), Some(2)));
+    assert_eq!(event.resume.as_deref(), Some("0;room:1=6;room:2=2"));
+    tab.expect_silence(QUIET).await;
+    // Position 3 is still resumable (4, 5, 6 are retained).
+    let (mut tab, _) = server.connect_with(&token, "topics=room:1", Some("0;room:1=3")).await;
+    for tseq in 4..=6 {
+        assert_eq!(tab.next().await.unwrap().data["tseq"], tseq);
+    }
+
+    for bad in ["0;room:1", "0;room 1=2", "x;room:1=2", "0;room:1=1;room:1=2"] {
+        let refused = server.stream_refused(Some(&token), "topics=room:1", Some(bad)).await;
+        assert_error(&refused, 400, "invalid_last_event_id");
+    }
+}
+
+/// What a durable topic publish answers and keeps: its tseq, an idempotent repeat, `except_user`
+/// kept in the log (a resuming tab of that user does not get it), `last_tseq` for the topic.
+#[tokio::test]
+async fn durable_topic_publishes_are_stored_idempotent_and_keep_except_user() {
+    let server = TestServer::start().await;
+    let body = json!({"to": {"topic": "room:1"}, "data": 1, "idempotency_key": "k1", "except_user": "bob"});
+    let (status, first) = server.publish(body.clone()).await;
+    assert_eq!((status, &first["topic"]), (200, &json!({"topic": "room:1", "tseq": 1})), "{first}");
+    let (_, again) = server.publish(body).await;
+    assert_eq!(again["topic"], first["topic"]);
+    publish_durable(&server, "room:1", 2).await;
+    let (_, listeners) = server.get("/v1/topics/room:1").await;
+    assert_eq!(listeners["last_tseq"], 2, "{listeners}");
+
+    // Bob resumes from 0: the event that excepted him is skipped, the next one comes.
+    let (mut bob, _) =
+        server.connect_with(&token_for_rooms("bob", "s1"), "topics=room:1", Some("0;room:1=0")).await;
+    let event = bob.next().await.unwrap();
+    assert_eq!((event.data["tseq"].as_u64(), event.data["data"].clone()), (Some(2), json!({"n": 2})));
+    assert_eq!(event.resume.as_deref(), Some("0;room:1=2"));
+    let (mut alice, _) =
+        server.connect_with(&token_for_rooms("alice", "s1"), "topics=room:1", Some("0;room:1=0")).await;
+    assert_eq!(alice.next().await.unwrap().data["tseq"], 1);
+    assert_eq!(alice.next().await.unwrap().data["tseq"], 2);
+    check_sse_quiet(&mut alice).await;
+}
+
+async fn check_sse_quiet(tab: &mut Sse) {
+    tab.expect_silence(QUIET).await;
+}
+
