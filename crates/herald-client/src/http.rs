@@ -1,5 +1,5 @@
 //! What the publisher and the subscriber share: the base URL and how routes are built on it,
-//! the HTTP client's settings, reading answers within bounds, and the answer of a listen.
+//! the HTTP client's settings, and reading answers within bounds.
 
 use std::time::Duration;
 
@@ -69,6 +69,16 @@ pub(crate) fn path_id<'a>(what: &'static str, id: &'a str) -> Result<&'a str> {
     Ok(id)
 }
 
+/// Checks a topic that goes into a URL path (`GET /v1/topics/{topic}`): `.` and `..` are topic
+/// names, but cannot be sent as a path segment (see [`path_id`]).
+pub(crate) fn path_topic(topic: &str) -> Result<&str> {
+    crate::token::check_topic(topic)?;
+    if topic == "." || topic == ".." {
+        return Err(ClientError::invalid("topic", format!("{topic:?} cannot be used in a URL path")));
+    }
+    Ok(topic)
+}
+
 /// The HTTP client, with the settings every request shares.
 pub(crate) fn http_client() -> Result<reqwest::Client> {
     reqwest::Client::builder()
@@ -134,13 +144,6 @@ async fn http_error(response: Response) -> ClientError {
     }
 }
 
-/// The answer of a listen or unlisten, by a subscriber or a publisher: `{"client": C, "topics":
-/// [every topic the client listens to now]}`.
-#[derive(Deserialize)]
-pub(crate) struct Listening {
-    pub topics: Vec<String>,
-}
-
 /// Serializes a list of topics given as any strings.
 pub(crate) fn as_strs<S: serde::Serializer, T: AsRef<str>>(
     items: &[T],
@@ -183,6 +186,8 @@ mod tests {
     fn dot_ids_and_bad_urls_are_refused() {
         assert!(path_id("user id", ".").is_err() && path_id("user id", "..").is_err());
         assert!(path_id("user id", "...").is_ok() && path_id("user id", "").is_err());
+        assert!(path_topic(".").is_err() && path_topic("..").is_err() && path_topic("a b").is_err());
+        assert_eq!(path_topic("post:4/2").unwrap(), "post:4/2");
         assert!(Endpoint::parse("ftp://h").is_err());
         assert!(Endpoint::parse("not a url").is_err());
         assert!(Endpoint::parse("mailto:x@y").is_err());

@@ -5,7 +5,7 @@
 //! # Layout
 //! In reading order, each module using only those above it:
 //! - [`types`]: the JSON bodies: [`To`], [`PublishRequest`], [`Notification`], [`TopicEvent`],
-//!   [`Event`]…
+//!   [`Event`], [`Scope`], [`Listens`], [`TopicListeners`]…
 //! - [`error`]: the error type, [`ClientError`].
 //! - [`token`]: [`mint_token`], the HS256 subscriber token, and its [`Claims`] (with
 //!   [`mint_token_with_topics`], the topics its tabs may listen to by themselves); the checks of
@@ -15,9 +15,11 @@
 //!   and reading answers within bounds.
 //! - [`inbox`]: [`Inbox`], a user's inbox: counts, pages, marks, deletions.
 //! - [`publisher`]: [`Publisher`], the publishers' API (API key): publish, presence, stored
-//!   notifications, closing sessions, making any client listen to topics, any user's [`Inbox`].
+//!   notifications, closing sessions, making a tab, a session or a user listen to topics and
+//!   asking who listens, any user's [`Inbox`].
 //! - [`subscriber`]: [`Subscriber`], one client's API (token): an SSE [`EventStream`] of
-//!   [`Event`]s, long-polls, its topics, and its user's own [`Inbox`].
+//!   [`Event`]s, long-polls, the topics of its tab, session or user, and its user's own
+//!   [`Inbox`].
 //! - [`listener`]: [`Listener`], a subscriber that resumes by itself after a dropped connection,
 //!   with backoff, never yields a durable notification twice, and keeps its topics.
 //!
@@ -31,6 +33,14 @@
 //! allowed by its token's `topics` claim ([`mint_token_with_topics`]; else 403
 //! `topic_forbidden`); or the app's backend makes it listen with the API key
 //! ([`Publisher::listen`]).
+//!
+//! Listens have three [`Scope`]s: one tab (above), every tab of a session, and every tab of a
+//! user on every device, those opened later included (the user **follows** the topic). The two
+//! last are kept in the server's store, so they need no tab: a subscriber names them with its
+//! token alone ([`Subscriber::listen_at`] with a [`StoredScope`]), the app's backend for anyone
+//! ([`Publisher::listen_at`]); both answer the scope's topics ([`Listens`]), and
+//! [`Publisher::topic_listeners`] says who listens to a topic. A publish to a topic with
+//! [`PublishRequest::inbox`] is durable: one notification stored in the inbox of each follower.
 //!
 //! # Example
 //!
@@ -85,6 +95,7 @@ pub use sse::{SseEvent, SseItem, SseParser};
 pub use subscriber::{EventStream, PollOptions, StreamOptions, Subscriber};
 pub use token::{Claims, check_topic, mint_token, mint_token_with_topics};
 pub use types::{
-    ClientPresence, Event, Notification, PollResponse, Presence, PublishRequest, PublishResponse, Published,
-    SessionPresence, To, TopicEvent, Undecodable,
+    ClientPresence, Event, ListeningClient, ListeningSession, Listens, Notification, PollResponse, Presence,
+    PublishRequest, PublishResponse, Published, Scope, SessionPresence, StoredScope, To, TopicEvent,
+    TopicListeners, Undecodable,
 };

@@ -17,7 +17,9 @@
 //! linger; not across a restart of a server that keeps clients in memory): naming them again is
 //! what makes them outlive that. It does not adopt the topics a `hello` lists: those the app's
 //! backend made the client listen to ([`crate::Publisher::listen`]) may be outside the token's
-//! claim, and naming them would get every later connection refused (403).
+//! claim, and naming them would get every later connection refused (403). Listens at the scope
+//! of its session or user ([`Listener::listen_at`]) are kept by the server itself: they are
+//! posted once and never named on a connection.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -25,7 +27,7 @@ use std::time::Duration;
 use crate::error::{ClientError, Result};
 use crate::subscriber::{EventStream, PollOptions, StreamOptions, Subscriber};
 use crate::token::check_topics;
-use crate::types::{Event, Notification, PollResponse, Undecodable};
+use crate::types::{Event, Listens, Notification, PollResponse, StoredScope, Undecodable};
 
 /// Wait before the first reconnect after a failure.
 pub const BACKOFF_INITIAL: Duration = Duration::from_millis(100);
@@ -202,6 +204,20 @@ impl Listener {
             (Some(client), true) => self.subscriber.unlisten(client, topics).await,
             _ => Ok(self.topics.clone()),
         }
+    }
+
+    /// Listens to `topics` at the scope of this token's session or user
+    /// ([`Subscriber::listen_at`]): posted at once, connected or not (no client id is needed),
+    /// and kept by the server, not named on connections as [`Listener::listen`]'s are; the tab
+    /// gets their events as any tab of that session or user does. Returns the scope's topics.
+    pub async fn listen_at(&self, scope: StoredScope, topics: &[impl AsRef<str>]) -> Result<Listens> {
+        self.subscriber.listen_at(scope, topics).await
+    }
+
+    /// Stops listening to `topics` at the scope of this token's session or user
+    /// ([`Subscriber::unlisten_at`]); the tab's own listens stay. Returns the scope's topics.
+    pub async fn unlisten_at(&self, scope: StoredScope, topics: &[impl AsRef<str>]) -> Result<Listens> {
+        self.subscriber.unlisten_at(scope, topics).await
     }
 
     /// The next event, reconnecting as needed. `Ok(None)` once it has ended (after a final

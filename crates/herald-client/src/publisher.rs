@@ -1,6 +1,7 @@
 //! [`Publisher`]: the publishers' side of the API, authenticated with the API key: publishing
-//! (to users, sessions, clients, topics), presence, stored notifications, closing sessions,
-//! making a client listen to topics, any user's inbox.
+//! (to users, sessions, clients, topics, a topic's followers), presence, stored notifications,
+//! closing sessions, making a tab, a session or a user listen to topics and asking who listens,
+//! any user's inbox.
 
 use reqwest::Method;
 
@@ -8,11 +9,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{ClientError, Result};
 use crate::http::{
-    Endpoint, Listening, REQUEST_TIMEOUT, as_strs, check_status, http_client, path_id, read_json,
+    Endpoint, REQUEST_TIMEOUT, as_strs, check_status, http_client, path_id, path_topic, read_json,
 };
 use crate::inbox::Inbox;
 use crate::token::{check_id, check_topics};
-use crate::types::{Notification, Presence, PublishRequest, PublishResponse};
+use crate::types::{Listens, Notification, Presence, PublishRequest, PublishResponse, Scope, TopicListeners};
 
 /// Publishes notifications and manages users' sessions. Cheap to clone: clones share one
 /// connection pool.
@@ -132,36 +133,71 @@ impl Publisher {
     /// connected) listen to `topics` too, 1 to 100, whatever its token's `topics` claim says.
     /// Returns every topic it listens to now. 404 `client_not_found` when no node has the
     /// client. The server keeps the listens with the client id until it forgets the client.
+    /// [`Publisher::listen_at`] with [`Scope::client`], for the topics only.
     pub async fn listen(&self, client: &str, topics: &[impl AsRef<str>]) -> Result<Vec<String>> {
-        self.change_listens("listen", client, topics).await
+        Ok(self.listen_at(&Scope::client(client), topics).await?.topics)
     }
 
     /// `POST /v1/topics/unlisten`: the client stops listening to `topics`. Returns every topic it
     /// listens to now.
     pub async fn unlisten(&self, client: &str, topics: &[impl AsRef<str>]) -> Result<Vec<String>> {
-        self.change_listens("unlisten", client, topics).await
+        Ok(self.unlisten_at(&Scope::client(client), topics).await?.topics)
+    }
+
+    /// `POST /v1/topics/listen`: makes a tab ([`Scope::client`]), every tab of a session
+    /// ([`Scope::session`]) or every tab of a user ([`Scope::user`]: the user follows them)
+    /// listen to `topics` too, 1 to 100, whatever the tokens' `topics` claims say. Session and
+    /// user scope reach the tabs open now and those opened later, on every node (kept in the
+    /// store: a session's until it is closed, a user's until unlistened); no tab needs to be
+    /// connected. Returns the scope's topics now (a session's or user's sorted). Refusals keep
+    /// the server's code: 409 `too_many_topics` (the scope would go over its bound: 100 topics
+    /// for a tab or a session, 1,000 for a user; nothing changed), 404 `client_not_found` (no
+    /// node has the tab), 400 `invalid_topic`.
+    pub async fn listen_at(&self, scope: &Scope, topics: &[impl AsRef<str>]) -> Result<Listens> {
+        self.change_listens("listen", scope, topics).await
+    }
+
+    /// `POST /v1/topics/unlisten`: the scope stops listening to `topics` (those it does not
+    /// listen to are ignored; the other scopes' listens stay). Returns the scope's topics now.
+    pub async fn unlisten_at(&self, scope: &Scope, topics: &[impl AsRef<str>]) -> Result<Listens> {
+        self.change_listens("unlisten", scope, topics).await
     }
 
     async fn change_listens(
         &self,
         route: &'static str,
-        client: &str,
+        scope: &Scope,
         topics: &[impl AsRef<str>],
-    ) -> Result<Vec<String>> {
+    ) -> Result<Listens> {
         #[derive(Serialize)]
         struct Body<'a, T: AsRef<str>> {
             #[serde(serialize_with = "as_strs")]
             topics: &'a [T],
-            client: &'a str,
+            #[serde(flatten)]
+            scope: &'a Scope,
         }
-        check_id("client id", client)?;
+        match scope {
+            Scope::Client { client } => check_id("client id", client)?,
+            Scope::Session { user, session } => {
+                check_id("user id", user)?;
+                check_id("session id", session)?;
+            }
+            Scope::User { user } => check_id("user id", user)?,
+        }
         check_topics(topics)?;
-        let response = self
-            .request(Method::POST, &["v1", "topics", route])
-            .json(&Body { topics, client })
-            .send()
-            .await?;
-        Ok(read_json::<Listening>(response, "listen answer").await?.topics)
+        let response =
+            self.request(Method::POST, &["v1", "topics", route]).json(&Body { topics, scope }).send().await?;
+        read_json(response, "listen answer").await
+    }
+
+    /// `GET /v1/topics/{topic}`: who listens to `topic` — its followers (user scope), the
+    /// sessions listening at session scope, and the tabs listening at any scope on every node
+    /// (in a cluster the node asked waits at most 1 s for the others). At most 1,000 of each;
+    /// [`TopicListeners::truncated`] when there were more.
+    pub async fn topic_listeners(&self, topic: &str) -> Result<TopicListeners> {
+        let topic = path_topic(topic)?;
+        let response = self.request(Method::GET, &["v1", "topics", topic]).send().await?;
+        read_json(response, "topic listeners").await
     }
 
     /// `…/v1/users/{user}/inbox…`: any user's inbox (counts, pages, marks, deletions). Their

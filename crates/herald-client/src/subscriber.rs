@@ -1,5 +1,5 @@
 //! [`Subscriber`]: one client's side of the API, authenticated with a subscriber token: an SSE
-//! [`EventStream`], or long-polls, and the topics a client listens to.
+//! [`EventStream`], or long-polls, and the topics its tab, its session or its user listens to.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -8,11 +8,11 @@ use reqwest::header::{ACCEPT, CONTENT_TYPE};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ClientError, Result};
-use crate::http::{Endpoint, Listening, REQUEST_TIMEOUT, as_strs, check_status, http_client, read_json};
+use crate::http::{Endpoint, REQUEST_TIMEOUT, as_strs, check_status, http_client, read_json};
 use crate::inbox::Inbox;
 use crate::sse::{SseEvent, SseItem, SseParser};
 use crate::token::{check_id, check_topic, check_topics};
-use crate::types::{Event, PollResponse, Undecodable};
+use crate::types::{Event, Listens, PollResponse, StoredScope, Undecodable};
 
 /// How long a stream may send nothing before it is taken for dead (a half-open connection
 /// sends no error): three of the server's 15 s keep-alive intervals.
@@ -79,6 +79,9 @@ fn topics_query(topics: &[String]) -> Result<Option<String>> {
 struct ListenBody<'a, T: AsRef<str>> {
     #[serde(serialize_with = "as_strs")]
     topics: &'a [T],
+    /// `None`: client scope (the server's default).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    scope: Option<StoredScope>,
 }
 
 /// A subscriber: opens streams and long-polls with one token. Cheap to clone.
@@ -209,34 +212,69 @@ impl Subscriber {
     /// listens to now. The server keeps them with the client id: a reconnect with the same
     /// `client` still listens to them, until the server forgets the client (after its linger).
     pub async fn listen(&self, client: &str, topics: &[impl AsRef<str>]) -> Result<Vec<String>> {
-        self.change_listens("listen", client, topics).await
+        check_id("client id", client)?;
+        Ok(self.change_listens("listen", ListenAt::Client(client), topics).await?.topics)
     }
 
     /// `POST /v1/unlisten`: the client stops listening to `topics` (those it does not listen to
     /// are ignored; no claim is needed). Returns every topic it listens to now.
     pub async fn unlisten(&self, client: &str, topics: &[impl AsRef<str>]) -> Result<Vec<String>> {
-        self.change_listens("unlisten", client, topics).await
+        check_id("client id", client)?;
+        Ok(self.change_listens("unlisten", ListenAt::Client(client), topics).await?.topics)
+    }
+
+    /// `POST /v1/listen` with `"scope"`: every tab of this token's session
+    /// ([`StoredScope::Session`]) or of its user ([`StoredScope::User`]: the user follows the
+    /// topics) listens to `topics` too, 1 to 100, each allowed by the token's `topics` claim.
+    /// No tab needs to be connected: the server keeps them in its store (a session's until the
+    /// session is closed, a user's until unlistened), and they reach the tabs open now and
+    /// those opened later, on every node. Returns the scope (the token's
+    /// [`crate::Scope::Session`] or [`crate::Scope::User`]) and its topics now, sorted. Refusals
+    /// keep the server's code: 403 `topic_forbidden`, 409 `too_many_topics` (over the scope's
+    /// bound: 100 topics for a session, 1,000 for a user), 429 `rate_limited`; each changes
+    /// nothing.
+    pub async fn listen_at(&self, scope: StoredScope, topics: &[impl AsRef<str>]) -> Result<Listens> {
+        self.change_listens("listen", ListenAt::Stored(scope), topics).await
+    }
+
+    /// `POST /v1/unlisten` with `"scope"`: the token's session or user stops listening to
+    /// `topics` (no claim needed; the other scopes' listens stay: a tab that listens to a topic
+    /// itself still gets it). Returns the scope and its topics now.
+    pub async fn unlisten_at(&self, scope: StoredScope, topics: &[impl AsRef<str>]) -> Result<Listens> {
+        self.change_listens("unlisten", ListenAt::Stored(scope), topics).await
     }
 
     async fn change_listens(
         &self,
         route: &'static str,
-        client: &str,
+        at: ListenAt<'_>,
         topics: &[impl AsRef<str>],
-    ) -> Result<Vec<String>> {
-        check_id("client id", client)?;
+    ) -> Result<Listens> {
         check_topics(topics)?;
-        let response = self
+        let mut request = self
             .http
             .post(self.endpoint.url(&["v1", route]))
             .bearer_auth(&self.token)
-            .header("X-Herald-Client", client)
-            .timeout(REQUEST_TIMEOUT)
-            .json(&ListenBody { topics })
-            .send()
-            .await?;
-        Ok(read_json::<Listening>(response, "listen answer").await?.topics)
+            .timeout(REQUEST_TIMEOUT);
+        let scope = match at {
+            // Client scope is the server's default: no `scope` sent, the tab named by header.
+            ListenAt::Client(client) => {
+                request = request.header("X-Herald-Client", client);
+                None
+            }
+            ListenAt::Stored(scope) => Some(scope),
+        };
+        let response = request.json(&ListenBody { topics, scope }).send().await?;
+        read_json(response, "listen answer").await
     }
+}
+
+/// Where a subscriber's listen applies.
+enum ListenAt<'a> {
+    /// The tab with this client id.
+    Client(&'a str),
+    /// The token's session or user.
+    Stored(StoredScope),
 }
 
 /// An open SSE stream. Read it with [`next_event`](Self::next_event) until `Ok(None)` (the

@@ -105,6 +105,8 @@ pub enum To {
     /// Every tab listening to this topic, whoever its user: a `topic` event
     /// ([`Event::Topic`]), not a notification. The server takes only ephemeral ones for now:
     /// publish it with [`PublishRequest::ephemeral`] (else 400 `durable_topic_unsupported`).
+    /// With [`PublishRequest::inbox`] instead, it is a durable notification stored for each of
+    /// the topic's followers (the users listening at user scope).
     Topic { topic: String },
 }
 
@@ -131,6 +133,94 @@ impl To {
     }
 }
 
+/// Who listens to a topic: one of the three scopes (Eliom's hierarchy). Serialized as the
+/// exact JSON shapes a publisher names it with, and an answer names it back: `{"client": C}`,
+/// `{"user": U, "session": S}`, `{"user": U}`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Scope {
+    // The order matters when reading, as for `To`: `{"user", "session"}` would fit `User` too.
+    /// One tab, until it unlistens or the server forgets its client id (after its linger).
+    Client { client: String },
+    /// Every tab of one session, those opened later included; kept in the store until the
+    /// session is closed.
+    Session { user: String, session: String },
+    /// Every tab of the user, on every device, those opened later included; kept in the store
+    /// until unlistened: the user **follows** the topic (see [`PublishRequest::inbox`]).
+    User { user: String },
+}
+
+impl Scope {
+    pub fn client(client: impl Into<String>) -> Self {
+        Scope::Client { client: client.into() }
+    }
+
+    pub fn session(user: impl Into<String>, session: impl Into<String>) -> Self {
+        Scope::Session { user: user.into(), session: session.into() }
+    }
+
+    pub fn user(user: impl Into<String>) -> Self {
+        Scope::User { user: user.into() }
+    }
+}
+
+/// The scopes a subscriber names with its token alone (`"scope"` in `POST /v1/listen`): its
+/// token's session or its token's user. (Client scope names the tab:
+/// [`crate::Subscriber::listen`].)
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StoredScope {
+    /// Every tab of the token's session ([`Scope::Session`]).
+    Session,
+    /// Every tab of the token's user ([`Scope::User`]).
+    User,
+}
+
+/// The answer of a listen or unlisten: the scope and every topic it listens to now (a tab's:
+/// at client scope only, besides its session's and user's; a session's or user's: sorted).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Listens {
+    #[serde(flatten)]
+    pub scope: Scope,
+    pub topics: Vec<String>,
+}
+
+/// The answer of `GET /v1/topics/{topic}`: who listens to a topic. At most 1,000 of each list
+/// (`truncated` says when there were more).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicListeners {
+    pub topic: String,
+    /// The users listening at user scope (its followers), sorted.
+    #[serde(default)]
+    pub users: Vec<String>,
+    /// The sessions listening at session scope, sorted.
+    #[serde(default)]
+    pub sessions: Vec<ListeningSession>,
+    /// The tabs listening at any scope, on every node.
+    #[serde(default)]
+    pub clients: Vec<ListeningClient>,
+    /// Some list had more than the server lists.
+    #[serde(default)]
+    pub truncated: bool,
+}
+
+/// A session listening to a topic at session scope, in [`TopicListeners`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ListeningSession {
+    pub user: String,
+    pub session: String,
+}
+
+/// A tab listening to a topic (at any scope), in [`TopicListeners`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ListeningClient {
+    pub client: String,
+    pub user: String,
+    pub session: String,
+    /// The node it is connected to (`--node-id`).
+    pub node: String,
+}
+
 /// The body of `POST /v1/notify`. Fields left `None` are not sent, so the server's defaults
 /// apply (`type` `"notification"`, durable).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -151,6 +241,10 @@ pub struct PublishRequest {
     /// A repeated key within 24 hours gets the first answer and stores nothing new.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
+    /// With a topic target: into the inboxes of the topic's followers; see
+    /// [`PublishRequest::inbox`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inbox: Option<bool>,
 }
 
 impl PublishRequest {
@@ -164,6 +258,7 @@ impl PublishRequest {
             except_client: None,
             except_user: None,
             idempotency_key: None,
+            inbox: None,
         }
     }
 
@@ -192,6 +287,35 @@ impl PublishRequest {
 
     pub fn idempotency_key(mut self, key: impl Into<String>) -> Self {
         self.idempotency_key = Some(key.into());
+        self
+    }
+
+    /// Into the followers' inboxes (`"inbox": true`): a publish to [`To::topic`] becomes one
+    /// durable notification, stored with its seq in the log and inbox of every user who listens
+    /// to the topic **at user scope** ([`Scope::User`]; session and client listens do not
+    /// count), as [`To::users`] of them would. The answer lists each follower's seq; a topic
+    /// nobody follows stores nothing. [`PublishRequest::except_user`] leaves one out (the
+    /// author), [`PublishRequest::except_client`] one tab, [`PublishRequest::idempotency_key`]
+    /// works as for users. The server refuses it with another target (400 `invalid_target`),
+    /// made ephemeral (400 `invalid_request`) and for more than 10,000 followers (413
+    /// `too_many_followers`, nothing stored).
+    ///
+    /// ```
+    /// use herald_client::{PublishRequest, To};
+    /// use serde_json::json;
+    ///
+    /// let request = PublishRequest::new(To::topic("post:42"), json!({"text": "a new comment"}))
+    ///     .kind("comment.new")
+    ///     .inbox()
+    ///     .except_user("bob");
+    /// assert_eq!(
+    ///     serde_json::to_value(&request).unwrap(),
+    ///     json!({"to": {"topic": "post:42"}, "type": "comment.new", "data": {"text": "a new comment"},
+    ///            "except_user": "bob", "inbox": true})
+    /// );
+    /// ```
+    pub fn inbox(mut self) -> Self {
+        self.inbox = Some(true);
         self
     }
 }
@@ -412,6 +536,48 @@ mod tests {
         );
         let back: PublishRequest = serde_json::from_value(serde_json::to_value(&request).unwrap()).unwrap();
         assert_eq!(back, request);
+    }
+
+    #[test]
+    fn scopes_and_listens_have_the_documented_shapes() {
+        let cases = [
+            (Scope::client("c1"), json!({"client": "c1"})),
+            (Scope::session("alice", "s1"), json!({"user": "alice", "session": "s1"})),
+            (Scope::user("alice"), json!({"user": "alice"})),
+        ];
+        for (scope, expected) in cases {
+            assert_eq!(serde_json::to_value(&scope).unwrap(), expected);
+            let mut answer = expected.clone();
+            answer["topics"] = json!(["a", "b"]);
+            let listens: Listens = serde_json::from_value(answer.clone()).unwrap();
+            assert_eq!(listens, Listens { scope, topics: vec!["a".into(), "b".into()] });
+            assert_eq!(serde_json::to_value(&listens).unwrap(), answer);
+        }
+        assert_eq!(serde_json::to_value(StoredScope::Session).unwrap(), json!("session"));
+        assert_eq!(serde_json::to_value(StoredScope::User).unwrap(), json!("user"));
+    }
+
+    #[test]
+    fn topic_listeners_decode() {
+        let wire = json!({"topic": "post:42", "users": ["alice"], "sessions": [{"user": "bob", "session": "s1"}],
+            "clients": [{"client": "c", "user": "alice", "session": "laptop", "node": "web-1:7300"}],
+            "truncated": true});
+        let listeners: TopicListeners = serde_json::from_value(wire).unwrap();
+        assert_eq!(
+            listeners,
+            TopicListeners {
+                topic: "post:42".into(),
+                users: vec!["alice".into()],
+                sessions: vec![ListeningSession { user: "bob".into(), session: "s1".into() }],
+                clients: vec![ListeningClient {
+                    client: "c".into(),
+                    user: "alice".into(),
+                    session: "laptop".into(),
+                    node: "web-1:7300".into(),
+                }],
+                truncated: true,
+            }
+        );
     }
 
     #[test]

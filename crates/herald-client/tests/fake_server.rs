@@ -1,13 +1,14 @@
 //! The client against a scripted fake server over real sockets: what it sends (paths, query,
 //! headers, bodies), how it reads answers and errors, and how the [`Listener`] reconnects,
-//! resumes and stops. (Tests against the real server live in `herald-server`.)
+//! resumes and stops. (Tests against the real server live in `real_server.rs`, in
+//! `herald-server` and in the `herald` binary's end-to-end tests.)
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use herald_client::{
-    ClientError, Event, ListenTransport, Listener, ListenerOptions, PublishRequest, Publisher, StreamOptions,
-    Subscriber, To,
+    ClientError, Event, ListenTransport, Listener, ListenerOptions, Listens, PublishRequest, Publisher,
+    Scope, StoredScope, StreamOptions, Subscriber, To,
 };
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -791,4 +792,64 @@ async fn listens_send_the_documented_requests_and_bad_topics_are_refused_before_
         (requests[2].header("authorization"), requests[2].header("x-herald-client")),
         (Some("Bearer tok"), Some("c2"))
     );
+}
+
+/// Listens at session and user scope: a subscriber names the scope and no tab (no
+/// `X-Herald-Client`), a publisher names who listens in the body; `GET /v1/topics/{topic}`
+/// sends the topic as one path segment. Fails if a request's shape differs from the
+/// protocol's.
+#[tokio::test]
+async fn scoped_listens_and_topic_listeners_send_the_documented_requests() {
+    let scoped = |scope: serde_json::Value, topics: &[&str]| {
+        let mut body = scope;
+        body["topics"] = json!(topics);
+        Reply::Json(200, body.to_string())
+    };
+    let server = FakeServer::start(vec![
+        scoped(json!({"user": "alice", "session": "s1"}), &["room:1"]),
+        scoped(json!({"user": "alice"}), &[]),
+        scoped(json!({"user": "bob", "session": "s 2"}), &["post:4/2"]),
+        scoped(json!({"user": "bob"}), &[]),
+        Reply::Json(
+            200,
+            json!({"topic": "post:4/2", "users": [], "sessions": [], "clients": [], "truncated": false})
+                .to_string(),
+        ),
+    ])
+    .await;
+    let subscriber = Subscriber::new(&server.url, "tok").unwrap();
+    let publisher = Publisher::new(&server.url, "key").unwrap();
+    let answer = subscriber.listen_at(StoredScope::Session, &["room:1"]).await.unwrap();
+    assert_eq!(answer, Listens { scope: Scope::session("alice", "s1"), topics: vec!["room:1".into()] });
+    let answer = subscriber.unlisten_at(StoredScope::User, &["post:1"]).await.unwrap();
+    assert_eq!(answer, Listens { scope: Scope::user("alice"), topics: vec![] });
+    let answer = publisher.listen_at(&Scope::session("bob", "s 2"), &["post:4/2"]).await.unwrap();
+    assert_eq!(answer.scope, Scope::session("bob", "s 2"));
+    publisher.unlisten_at(&Scope::user("bob"), &["post:4/2"]).await.unwrap();
+    assert_eq!(publisher.topic_listeners("post:4/2").await.unwrap().topic, "post:4/2");
+
+    let requests = server.requests().await;
+    let lines: Vec<&str> = requests.iter().map(|r| r.line.as_str()).collect();
+    assert_eq!(
+        lines,
+        [
+            "POST /v1/listen HTTP/1.1",
+            "POST /v1/unlisten HTTP/1.1",
+            "POST /v1/topics/listen HTTP/1.1",
+            "POST /v1/topics/unlisten HTTP/1.1",
+            "GET /v1/topics/post:4%2F2 HTTP/1.1",
+        ]
+    );
+    let body = |i: usize| serde_json::from_str::<serde_json::Value>(&requests[i].body).unwrap();
+    assert_eq!(body(0), json!({"topics": ["room:1"], "scope": "session"}));
+    assert_eq!(body(1), json!({"topics": ["post:1"], "scope": "user"}));
+    assert_eq!(body(2), json!({"topics": ["post:4/2"], "user": "bob", "session": "s 2"}));
+    assert_eq!(body(3), json!({"topics": ["post:4/2"], "user": "bob"}));
+    for request in &requests[..2] {
+        assert_eq!(request.header("x-herald-client"), None);
+        assert_eq!(request.header("authorization"), Some("Bearer tok"));
+    }
+    for request in &requests[2..] {
+        assert_eq!(request.header("authorization"), Some("Bearer key"));
+    }
 }
