@@ -17,6 +17,11 @@
 //!   locks that keeps nodes from deadlocking). Writes of a user's listens are one transaction
 //!   each too, under an advisory lock of the user's listens, so that two nodes listening for one
 //!   user at once cannot both pass its bounds.
+//! - **Topic appends** (durable topic events) are one transaction each too: the key claimed,
+//!   then the topic's `herald_topic_heads` row upserted (`last_tseq + 1 … RETURNING`, which
+//!   locks it until the commit) and the event inserted in one statement, `topic_max_events`
+//!   applied and the receipt written. The head row is what makes a topic's tseqs gap-free and
+//!   never reused whatever node appends (see [`SCHEMA_V3`]).
 //! - **Reads** are one statement each, so a page and its head, or a page and its counts, come
 //!   from one snapshot. Inbox counts are the user's row: O(1).
 //! - **Retention** runs chunk by chunk under an advisory lock taken with `pg_try_…`: one node
@@ -68,7 +73,7 @@ pub use pool::{
     CONNECT_TIMEOUT, IDLE_IN_TRANSACTION_TIMEOUT, OPERATION_TIMEOUT, POOL_CONNECTIONS_MAX, POOL_WAIT_TIMEOUT,
     PostgresOptions, RETRIES_MAX, STATEMENT_TIMEOUT, TCP_USER_TIMEOUT,
 };
-pub use schema::{SCHEMA_V1, SCHEMA_V2, SCHEMA_VERSION};
+pub use schema::{SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_VERSION};
 pub use writer::{BATCH_REQUESTS_MAX, GATHER_ROUNDS_MAX, WRITE_QUEUE_CAPACITY, WriterStats};
 pub use writes::PRUNE_CHUNK_ROWS;
 

@@ -1,42 +1,59 @@
 //! The operations: [`Store`] for [`PostgresStore`], where the store's contract meets the reads,
-//! the writes and the writer. An append goes to the writer (group commit); every other write is
-//! one transaction on a pooled connection (retention, one per chunk); a read is one statement.
+//! the writes and the writer. An append goes to the writer (group commit); every other write (a
+//! topic append too) is one transaction on a pooled connection (retention, one per chunk); a read is one statement.
 //! Each runs through `Pool::run`: bounded in time, again after a deadlock. No SQL lives here.
 
 use async_trait::async_trait;
+use herald_core::notification::now_ms;
 use herald_core::{
     Appended, Epoch, Health, InboxChange, InboxCounts, InboxPage, InboxQuery, ListenBounds, LogHead, LogPage,
-    Mark, NewNotification, PruneReport, Receipt, Revocation, ScopeListens, Selection, Seq, SessionId, Store,
-    StoreError, StoredListen, Topic, TopicListener, UserId,
+    Mark, NewNotification, NewTopicEvent, PruneReport, Receipt, Revocation, ScopeListens, Selection, Seq,
+    SessionId, Store, StoreError, StoredListen, Topic, TopicAppended, TopicHead, TopicListener, TopicPage,
+    UserId,
 };
 
 use super::PostgresStore;
 use super::reads::{
     ping, read_head, read_inbox_counts, read_inbox_page, read_last_seqs, read_listens, read_log_page,
-    read_revocations, read_topic_listeners,
+    read_revocations, read_topic_heads, read_topic_listeners, read_topic_page,
 };
 use super::writes::{
-    AppendRequest, PrunedChunk, complete_receipt, forget_session_listens, inbox_delete, inbox_mark, listen,
-    prune_keys, prune_notifications, prune_revocations, revoke, unlisten,
+    AppendRequest, PrunedChunk, append_topic, complete_receipt, forget_session_listens, inbox_delete,
+    inbox_mark, listen, prune_keys, prune_notifications, prune_revocations, prune_topic_events, revoke,
+    unlisten,
 };
 
 #[async_trait]
 impl Store for PostgresStore {
+    /// One transaction on a pooled connection, not the writer's group commit: the writer's
+    /// batches are set-based statements over users' appends, and a topic append (its key, the
+    /// head row's upsert, the bound) is a short transaction whose head row serializes the
+    /// appends of its topic anyway.
     async fn append_topic(
         &self,
-        event: herald_core::NewTopicEvent,
+        event: NewTopicEvent,
         idempotency_key: Option<&str>,
-    ) -> Result<herald_core::TopicAppended, StoreError> {
-        let _ = (event, idempotency_key);
-        Err(StoreError::Unavailable("TRANSITIONAL: durable topics are not in this store yet".into()))
+    ) -> Result<TopicAppended, StoreError> {
+        let (pool, retention, event) = (&*self.pool, &self.retention, &event);
+        pool.run(move || async move {
+            let mut client = pool.client().await?;
+            let tx = client.transaction().await?;
+            let appended = append_topic(&tx, retention, now_ms(), event, idempotency_key).await?;
+            tx.commit().await?;
+            Ok(appended)
+        })
+        .await
     }
 
-    async fn topic_heads(
-        &self,
-        topics: &[Topic],
-    ) -> Result<(Vec<herald_core::TopicHead>, Epoch), StoreError> {
-        let _ = topics;
-        Err(StoreError::Unavailable("TRANSITIONAL: durable topics are not in this store yet".into()))
+    async fn topic_heads(&self, topics: &[Topic]) -> Result<(Vec<TopicHead>, Epoch), StoreError> {
+        if topics.is_empty() {
+            return Ok((Vec::new(), self.epoch()));
+        }
+        let pool = &*self.pool;
+        pool.run(
+            move || async move { read_topic_heads(&*pool.client().await?, topics, || pool.epoch()).await },
+        )
+        .await
     }
 
     async fn read_topic_after(
@@ -44,9 +61,12 @@ impl Store for PostgresStore {
         topic: &Topic,
         after: Seq,
         limit: usize,
-    ) -> Result<herald_core::TopicPage, StoreError> {
-        let _ = (topic, after, limit);
-        Err(StoreError::Unavailable("TRANSITIONAL: durable topics are not in this store yet".into()))
+    ) -> Result<TopicPage, StoreError> {
+        let pool = &*self.pool;
+        pool.run(move || async move {
+            read_topic_page(&*pool.client().await?, topic, after, limit, || pool.epoch()).await
+        })
+        .await
     }
 
     async fn append(
@@ -256,6 +276,7 @@ impl Store for PostgresStore {
         let notifications_before = crate::cutoff_ms(now_ms, self.retention.max_age);
         let keys_before = crate::cutoff_ms(now_ms, self.retention.idempotency_window);
         let revocations_before = crate::cutoff_ms(now_ms, self.retention.revocation_window) / 1000;
+        let topic_events_before = crate::cutoff_ms(now_ms, self.retention.topic_max_age);
         let mut report = PruneReport::default();
         let pool = &*self.pool;
         let chunk = async |job: Job, before: i64| -> Result<PrunedChunk, StoreError> {
@@ -266,6 +287,7 @@ impl Store for PostgresStore {
                     Job::Notifications => prune_notifications(&tx, before).await?,
                     Job::Keys => prune_keys(&tx, before).await?,
                     Job::Revocations => prune_revocations(&tx, before).await?,
+                    Job::TopicEvents => prune_topic_events(&tx, before).await?,
                 };
                 tx.commit().await?;
                 Ok(chunk)
@@ -276,6 +298,7 @@ impl Store for PostgresStore {
             (Job::Notifications, notifications_before),
             (Job::Keys, keys_before),
             (Job::Revocations, revocations_before),
+            (Job::TopicEvents, topic_events_before),
         ] {
             loop {
                 let done = chunk(job, before).await?;
@@ -291,9 +314,13 @@ impl Store for PostgresStore {
                     }
                     Job::Keys => report.idempotency_keys += done.removed,
                     Job::Revocations => report.revocations += done.removed,
+                    Job::TopicEvents => report.topic_events += done.removed,
                 }
-                // A chunk that removed less than its bound found everything there was.
-                if !more || (job != Job::Notifications && done.removed < super::PRUNE_CHUNK_ROWS as u64) {
+                // A chunk of keys or revocations that removed less than its bound found everything
+                // there was. (A chunk of a log removes prefixes, more rows than it selected: it
+                // is done when one removes nothing.)
+                let bounded = matches!(job, Job::Keys | Job::Revocations);
+                if !more || (bounded && done.removed < super::PRUNE_CHUNK_ROWS as u64) {
                     break;
                 }
             }
@@ -311,4 +338,5 @@ enum Job {
     Notifications,
     Keys,
     Revocations,
+    TopicEvents,
 }

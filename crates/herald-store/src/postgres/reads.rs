@@ -1,5 +1,5 @@
-//! The reads: heads, log pages, inbox pages and counts, revocations, listens, and the probe's
-//! ping. Each
+//! The reads: heads, log pages, inbox pages and counts, revocations, listens, topic heads and
+//! pages, and the probe's ping. Each
 //! is one statement, so what it returns comes from one snapshot (a page and its head, a page and
 //! its counts), on a pooled connection outside any transaction. Nothing here writes.
 //!
@@ -13,8 +13,8 @@ use std::sync::Arc;
 use deadpool_postgres::{ClientWrapper, GenericClient};
 use herald_core::{
     Audience, ClientId, Epoch, InboxCounts, InboxItem, InboxPage, InboxQuery, InboxStatus, ItemState,
-    LogHead, LogPage, Notification, Revocation, Seq, SessionId, StoreError, StoredListen, Topic,
-    TopicListener, UserId,
+    LogHead, LogPage, Notification, Revocation, Seq, SessionId, StoreError, StoredListen, Topic, TopicEvent,
+    TopicHead, TopicListener, TopicPage, UserId,
 };
 use serde_json::value::RawValue;
 use tokio_postgres::Row;
@@ -315,3 +315,84 @@ pub(super) const TOPIC_LISTENERS_SQL: &str = "
     SELECT user_id, session FROM herald_topic_listens
     WHERE topic = $1 AND (user_id, session) > ($2, $3)
     ORDER BY user_id, session LIMIT $4";
+
+/// A topic's head from the first two columns of `row` (`None`: a topic never published durably).
+fn topic_head_from(row: Option<&Row>) -> Result<TopicHead, StoreError> {
+    match row {
+        Some(row) => {
+            Ok(TopicHead { last_tseq: seq_from_sql(row.get(0))?, pruned_through: seq_from_sql(row.get(1))? })
+        }
+        None => Ok(TopicHead::default()),
+    }
+}
+
+/// The head of each of `topics`, in order (zeros for a topic never published durably), and the
+/// epoch asked once the statement has answered (see [`head_from`]). One statement.
+pub(super) async fn read_topic_heads(
+    client: &ClientWrapper,
+    topics: &[Topic],
+    epoch: impl FnOnce() -> Epoch,
+) -> Result<(Vec<TopicHead>, Epoch), Error> {
+    let statement = client
+        .prepare_cached(
+            "SELECT last_tseq, pruned_through, topic FROM herald_topic_heads WHERE topic = ANY($1)",
+        )
+        .await?;
+    let names: Vec<&str> = topics.iter().map(Topic::as_str).collect();
+    let rows = client.query(&statement, &[&names]).await?;
+    let epoch = epoch();
+    let mut found = std::collections::HashMap::with_capacity(rows.len());
+    for row in &rows {
+        let topic: &str = row.get(2);
+        found.insert(topic, topic_head_from(Some(row))?);
+    }
+    let heads = topics.iter().map(|t| found.get(t.as_str()).copied().unwrap_or_default()).collect();
+    Ok((heads, epoch))
+}
+
+/// The query of [`read_topic_page`]: the head row joined with up to `$3` events of topic `$1`
+/// after tseq `$2` (a range of the primary key). A topic never published has no row.
+pub(super) const TOPIC_PAGE_SQL: &str = "
+    SELECT h.last_tseq, h.pruned_through, e.tseq, e.type, e.data, e.created_at, e.except_user, e.except_client
+    FROM herald_topic_heads h LEFT JOIN LATERAL (
+        SELECT * FROM herald_topic_log WHERE topic = $1 AND tseq > $2 ORDER BY tseq LIMIT $3
+    ) e ON true
+    WHERE h.topic = $1";
+
+/// Up to `limit` events of `topic` after `after`, oldest first, with the head, from one
+/// statement, and the epoch asked once it has answered.
+pub(super) async fn read_topic_page(
+    client: &ClientWrapper,
+    topic: &Topic,
+    after: Seq,
+    limit: usize,
+    epoch: impl FnOnce() -> Epoch,
+) -> Result<TopicPage, Error> {
+    let statement = client.prepare_cached(TOPIC_PAGE_SQL).await?;
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let rows = client.query(&statement, &[&topic.as_str(), &sql_seq(after), &limit]).await?;
+    let epoch = epoch();
+    let head = topic_head_from(rows.first())?;
+    let mut events = Vec::with_capacity(rows.len());
+    for row in &rows {
+        // The LEFT JOIN's one row of NULLs when the page is empty.
+        let Some(tseq) = row.get::<_, Option<i64>>(2) else { continue };
+        let corrupt = |what: &str, e: &dyn std::fmt::Display| {
+            StoreError::Corrupt(format!("{what} of topic {topic}'s tseq {tseq}: {e}"))
+        };
+        let kind: String = row.get(3);
+        let data = RawValue::from_string(row.get(4)).map_err(|e| corrupt("data", &e))?;
+        let except_user: Option<String> = row.get(6);
+        let except_client: Option<String> = row.get(7);
+        events.push(Arc::new(TopicEvent::with_tseq(
+            Some(seq_from_sql(tseq)?),
+            topic.clone(),
+            Arc::from(kind),
+            Arc::from(data),
+            row.get(5),
+            except_user.map(UserId::new).transpose().map_err(|e| corrupt("except_user", &e))?,
+            except_client.map(ClientId::new).transpose().map_err(|e| corrupt("except_client", &e))?,
+        )));
+    }
+    Ok(TopicPage { events, head, epoch })
+}

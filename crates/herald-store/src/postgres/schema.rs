@@ -14,10 +14,10 @@ use super::sql::Error;
 
 /// The schema this code writes, kept in `herald_meta.schema_version`. A database with a higher
 /// version was migrated by a newer Herald: opening it fails rather than guess.
-pub const SCHEMA_VERSION: i32 = 2;
+pub const SCHEMA_VERSION: i32 = 3;
 
 /// Schema version 1: everything the `Store` contract needed then (listens came with
-/// [`SCHEMA_V2`]).
+/// [`SCHEMA_V2`], topic logs with [`SCHEMA_V3`]).
 ///
 /// - `herald_meta`: one row, the schema version and the **epoch**, a random id made with the
 ///   schema (see `read_epoch`).
@@ -120,6 +120,39 @@ CREATE INDEX herald_topic_listens_by_topic ON herald_topic_listens (topic, user_
 UPDATE herald_meta SET schema_version = 2;
 "#;
 
+/// Version 2 → 3: **durable topic logs** (see `Store::append_topic`), as in the SQLite store's
+/// `topic_log` and `topic_heads` (its schema version 8).
+///
+/// - `herald_topic_heads`: one row per topic ever published durably, its `last_tseq` and
+///   `pruned_through`. An append takes the next tseq from it with an upsert (`ON CONFLICT DO
+///   UPDATE SET last_tseq = last_tseq + 1 RETURNING`), which locks the row until the append
+///   commits: whichever nodes append to one topic, they do it one after the other, so tseqs are
+///   gap-free, never reused and visible in order, and appends to other topics do not wait. The
+///   row stays when retention empties the log, so a tseq is never given out twice.
+///   `fillfactor = 70`, as `herald_users`: room for HOT updates (no indexed column changes).
+/// - `herald_topic_log`: clustered by its primary key (topic, tseq): a replay is one range
+///   scan, and `topic_max_events` deletes a range of it. Retention by age finds the expired
+///   events through `created_at`.
+pub const SCHEMA_V3: &str = r#"
+CREATE TABLE herald_topic_heads (
+    topic          text COLLATE "C" PRIMARY KEY,
+    last_tseq      bigint NOT NULL,
+    pruned_through bigint NOT NULL DEFAULT 0
+) WITH (fillfactor = 70);
+CREATE TABLE herald_topic_log (
+    topic         text COLLATE "C" NOT NULL,
+    tseq          bigint NOT NULL,
+    type          text NOT NULL,
+    data          text NOT NULL,
+    created_at    bigint NOT NULL,
+    except_user   text,
+    except_client text,
+    PRIMARY KEY (topic, tseq)
+);
+CREATE INDEX herald_topic_log_by_created_at ON herald_topic_log (created_at);
+UPDATE herald_meta SET schema_version = 3;
+"#;
+
 /// The advisory lock migrations hold (for their transaction): one per schema, so several nodes
 /// starting at once on one database migrate one after the other, and the later ones find the
 /// schema done. `hashtext` of the schema's name: stores in other schemas of the database do not
@@ -164,7 +197,13 @@ pub(super) async fn migrate(client: &mut Client, place: &str) -> Result<(), Erro
         }
         tx.batch_execute(SCHEMA_V2).await?;
     }
-    // Later versions: `if version < 3 { … }`, each bumping `herald_meta.schema_version`.
+    if version < 3 {
+        if version >= 1 {
+            tracing::info!(place, "upgrading Herald's tables to schema version 3 (durable topic logs)");
+        }
+        tx.batch_execute(SCHEMA_V3).await?;
+    }
+    // Later versions: `if version < 4 { … }`, each bumping `herald_meta.schema_version`.
     tx.commit().await?;
     Ok(())
 }

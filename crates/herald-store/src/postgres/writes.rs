@@ -9,6 +9,11 @@
 //! keys and revocations skip rows locked by a writer (`SKIP LOCKED`) instead of waiting for
 //! them. Should PostgreSQL still find a deadlock, the transaction runs again (`pool::RETRIES_MAX`).
 //!
+//! **Topic logs** take the publish's idempotency key (if any), then the topic's
+//! `herald_topic_heads` row (the upsert that gives the tseq), then that topic's events;
+//! retention of topic events takes the heads it changes (sorted, `FOR UPDATE`) before their
+//! events, in the same order. They share no lock with users' logs but the keys.
+//!
 //! **Listens** are apart from the logs: a write of a user's listens takes the user's advisory
 //! lock of listens ([`LISTENS_LOCK`]) and then only that user's `herald_topic_listens` rows,
 //! never a `herald_users` row, so it waits on no other kind of write and none waits on it.
@@ -19,9 +24,9 @@ use std::sync::Arc;
 use deadpool_postgres::{GenericClient, Object, Transaction};
 use herald_core::inbox::CountsDelta;
 use herald_core::{
-    Appended, InboxChange, InboxCounts, ItemState, ListenBounds, Mark, NewNotification, Notification,
-    PrunedInbox, Receipt, ReceiptEntry, Retention, ScopeListens, Selection, SessionId, StoreError, Topic,
-    UserId,
+    Appended, InboxChange, InboxCounts, ItemState, ListenBounds, Mark, NewNotification, NewTopicEvent,
+    Notification, PrunedInbox, Receipt, ReceiptEntry, Retention, ScopeListens, Selection, SessionId,
+    StoreError, Topic, TopicAppended, TopicEvent, TopicReceipt, UserId,
 };
 use tokio_postgres::Row;
 
@@ -908,5 +913,147 @@ pub(super) async fn prune_revocations(tx: &Transaction<'_>, before_secs: i64) ->
         )
         .await?;
     let removed: i64 = tx.query_one(&statement, &[&before_secs, &PRUNE_CHUNK_ROWS]).await?.get(0);
+    Ok(PrunedChunk { removed: u64::try_from(removed).unwrap_or(0), ..PrunedChunk::default() })
+}
+
+/// Stores `event` in one transaction: claims `key` (a key used within the window makes it a
+/// duplicate: nothing is stored, the first publish's receipt is returned), takes the topic's
+/// next tseq from its head row and inserts the event in one statement, applies
+/// `topic_max_events` (the oldest go, `pruned_through` rises), and records the receipt naming
+/// the event. See [`SCHEMA_V3`](super::schema::SCHEMA_V3) for why the head row makes tseqs
+/// gap-free across nodes.
+pub(super) async fn append_topic(
+    tx: &Transaction<'_>,
+    retention: &Retention,
+    now_ms: i64,
+    event: &NewTopicEvent,
+    key: Option<&str>,
+) -> Result<TopicAppended, Error> {
+    if let Some(key) = key {
+        // As `claim_keys`, for one key: a key claimed by a transaction still open (another
+        // node's) is waited for, and its committed receipt is then the answer.
+        let valid_from = crate::cutoff_ms(now_ms, retention.idempotency_window);
+        let claim = tx
+            .prepare_cached(
+                "INSERT INTO herald_idempotency AS i (key, created_at, receipt) VALUES ($1, $2, '')
+                 ON CONFLICT (key) DO UPDATE SET created_at = EXCLUDED.created_at, receipt = ''
+                     WHERE i.created_at < $3
+                 RETURNING i.key",
+            )
+            .await?;
+        if tx.query_opt(&claim, &[&key, &now_ms, &valid_from]).await?.is_none() {
+            let read = tx.prepare_cached("SELECT receipt FROM herald_idempotency WHERE key = $1").await?;
+            let receipt: String = tx.query_one(&read, &[&key]).await?.get(0);
+            let receipt = serde_json::from_str(&receipt)
+                .map_err(|e| StoreError::Corrupt(format!("receipt of idempotency key {key:?}: {e}")))?;
+            return Ok(TopicAppended::Duplicate(receipt));
+        }
+    }
+    let statement = tx
+        .prepare_cached(
+            "WITH head AS (
+                 INSERT INTO herald_topic_heads AS h (topic, last_tseq) VALUES ($1::text, 1)
+                 ON CONFLICT (topic) DO UPDATE SET last_tseq = h.last_tseq + 1
+                 RETURNING h.last_tseq, h.pruned_through
+             ), event AS (
+                 INSERT INTO herald_topic_log (topic, tseq, type, data, created_at, except_user, except_client)
+                 SELECT $1::text, head.last_tseq, $2::text, $3::text, $4::bigint, $5::text, $6::text FROM head
+             )
+             SELECT last_tseq, pruned_through FROM head",
+        )
+        .await?;
+    let topic = event.topic.as_str();
+    let row = tx
+        .query_one(
+            &statement,
+            &[
+                &topic,
+                &&*event.kind,
+                &event.data.get(),
+                &event.created_at_ms,
+                &event.except_user.as_ref().map(UserId::as_str),
+                &event.except_client.as_ref().map(|c| c.as_str()),
+            ],
+        )
+        .await?;
+    let (tseq, pruned_through): (i64, i64) = (row.get(0), row.get(1));
+    let max_events = i64::try_from(retention.topic_max_events).unwrap_or(i64::MAX);
+    let bound = tseq.saturating_sub(max_events);
+    if bound > pruned_through {
+        // A statement of its own, after the insert: with `topic_max_events` = 0 the new event
+        // goes too, which a delete in the insert's statement (its snapshot) would not see.
+        let prune = tx
+            .prepare_cached(
+                "WITH gone AS (
+                     DELETE FROM herald_topic_log WHERE topic = $1 AND tseq > $2 AND tseq <= $3
+                 )
+                 UPDATE herald_topic_heads SET pruned_through = $3 WHERE topic = $1 AND pruned_through < $3",
+            )
+            .await?;
+        tx.execute(&prune, &[&topic, &pruned_through, &bound]).await?;
+    }
+    let tseq = seq_from_sql(tseq)?;
+    if let Some(key) = key {
+        let receipt = Receipt {
+            notifications: Vec::new(),
+            topic: Some(TopicReceipt { topic: event.topic.clone(), tseq }),
+            delivered: 0,
+        };
+        complete_receipt(tx, key, &crate::receipt_json(&receipt)?).await?;
+    }
+    Ok(TopicAppended::Stored(Arc::new(TopicEvent::with_tseq(
+        Some(tseq),
+        event.topic.clone(),
+        Arc::clone(&event.kind),
+        Arc::clone(&event.data),
+        event.created_at_ms,
+        event.except_user.clone(),
+        event.except_client.clone(),
+    ))))
+}
+
+/// One chunk of retention of durable topic events by age: of up to [`PRUNE_CHUNK_ROWS`] events
+/// created before `before_ms`, each topic's newest one takes every lower tseq of its topic with
+/// it (a prefix, as for users' logs), and `pruned_through` rises to it. The topics' head rows are
+/// locked first (sorted), as an append holds its head before it deletes its oldest events.
+pub(super) async fn prune_topic_events(tx: &Transaction<'_>, before_ms: i64) -> Result<PrunedChunk, Error> {
+    if !prune_lock(tx).await? {
+        return Ok(PrunedChunk { skipped: true, ..PrunedChunk::default() });
+    }
+    let expired = tx
+        .prepare_cached(
+            "SELECT topic, max(tseq) FROM (
+                 SELECT topic, tseq FROM herald_topic_log WHERE created_at < $1 ORDER BY created_at LIMIT $2
+             ) AS e GROUP BY topic ORDER BY topic",
+        )
+        .await?;
+    let expired = tx.query(&expired, &[&before_ms, &PRUNE_CHUNK_ROWS]).await?;
+    if expired.is_empty() {
+        return Ok(PrunedChunk::default());
+    }
+    let topics: Vec<String> = expired.iter().map(|row| row.get(0)).collect();
+    let through: Vec<i64> = expired.iter().map(|row| row.get(1)).collect();
+    let lock = tx
+        .prepare_cached(
+            "SELECT topic FROM herald_topic_heads WHERE topic = ANY($1) ORDER BY topic FOR UPDATE",
+        )
+        .await?;
+    tx.query(&lock, &[&topics]).await?;
+    let delete = tx
+        .prepare_cached(
+            "WITH bounds AS (
+                 SELECT * FROM unnest($1::text[], $2::bigint[]) AS t(topic, through)
+             ), gone AS (
+                 DELETE FROM herald_topic_log l USING bounds b
+                 WHERE l.topic = b.topic AND l.tseq <= b.through
+                 RETURNING 1
+             ), raised AS (
+                 UPDATE herald_topic_heads h SET pruned_through = GREATEST(h.pruned_through, b.through)
+                 FROM bounds b WHERE h.topic = b.topic
+             )
+             SELECT count(*) FROM gone",
+        )
+        .await?;
+    let removed: i64 = tx.query_one(&delete, &[&topics, &through]).await?.get(0);
     Ok(PrunedChunk { removed: u64::try_from(removed).unwrap_or(0), ..PrunedChunk::default() })
 }
