@@ -63,6 +63,10 @@ struct Listening<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     session: Option<&'a SessionId>,
     topics: Vec<Topic>,
+    /// A listen's topics' last tseqs, read after the listen took effect: where a client that
+    /// resumes these topics later starts (see PROTOCOL.md, durable topics).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    positions: Option<std::collections::BTreeMap<&'a str, u64>>,
 }
 
 /// Users, sessions and tabs listed at most in a `GET /v1/topics/{topic}` answer, each.
@@ -199,12 +203,20 @@ async fn change(
         Scope::User(user) if listen => notifier.listen_scope(user, None, topics).await?,
         Scope::User(user) => notifier.unlisten_scope(user, None, topics).await?,
     };
+    let positions = if listen {
+        let (heads, _) = app.store.topic_heads(topics).await?;
+        Some(topics.iter().zip(heads).map(|(topic, head)| (topic.as_str(), head.last_tseq)).collect())
+    } else {
+        None
+    };
     let answer = match scope {
-        Scope::Client(client) => Listening { client: Some(client), user: None, session: None, topics: now },
-        Scope::Session(user, session) => {
-            Listening { client: None, user: Some(user), session: Some(session), topics: now }
+        Scope::Client(client) => {
+            Listening { client: Some(client), user: None, session: None, topics: now, positions }
         }
-        Scope::User(user) => Listening { client: None, user: Some(user), session: None, topics: now },
+        Scope::Session(user, session) => {
+            Listening { client: None, user: Some(user), session: Some(session), topics: now, positions }
+        }
+        Scope::User(user) => Listening { client: None, user: Some(user), session: None, topics: now, positions },
     };
     Ok(json_response(&answer))
 }

@@ -122,7 +122,7 @@ async fn a_tab_listens_and_unlistens_with_its_token_and_the_claim_decides() {
     let (status, body) =
         post_as_tab(&server, "/v1/listen", &token, Some(&client), json!({"topics": ["room:7", "post:42"]}))
             .await;
-    assert_eq!((status, body), (200, json!({"client": client, "topics": ["room:7", "post:42"]})));
+    assert_eq!((status, body), (200, json!({"client": client, "topics": ["room:7", "post:42"], "positions": {"room:7": 0, "post:42": 0}})));
     publish_topic(&server, "room:7", json!({})).await;
     assert_eq!(topic_event(&mut tab).await["topic"], "room:7");
 
@@ -191,7 +191,7 @@ async fn the_app_backend_makes_any_tab_listen_with_the_api_key() {
     let client = client_of(&hello);
     let (status, body) =
         server.post_api("/v1/topics/listen", json!({"topics": ["order:9"], "client": client})).await;
-    assert_eq!((status, body), (200, json!({"client": client, "topics": ["order:9"]})));
+    assert_eq!((status, body), (200, json!({"client": client, "topics": ["order:9"], "positions": {"order:9": 0}})));
     let (_, body) = publish_topic(&server, "order:9", json!({"type": "status", "data": "shipped"})).await;
     assert_eq!(body["delivered"], 1);
     let data = topic_event(&mut tab).await;
@@ -426,7 +426,7 @@ async fn a_user_who_follows_a_topic_gets_it_in_every_tab_new_ones_included() {
 
     let (status, body) =
         server.post_api("/v1/topics/listen", json!({"topics": ["post:42"], "user": "alice"})).await;
-    assert_eq!((status, body), (200, json!({"user": "alice", "topics": ["post:42"]})));
+    assert_eq!((status, body), (200, json!({"user": "alice", "topics": ["post:42"], "positions": {"post:42": 0}})));
     let (_, body) = publish_topic(&server, "post:42", json!({})).await;
     assert_eq!(body["delivered"], 2, "both of alice's open tabs");
     topic_event(&mut laptop).await;
@@ -483,7 +483,7 @@ async fn a_session_listens_until_it_is_closed_and_scopes_add_up_without_doubles(
     let (status, body) =
         post_as_tab(&server, "/v1/listen", &token, None, json!({"topics": ["room:1"], "scope": "session"}))
             .await;
-    assert_eq!((status, body), (200, json!({"user": "alice", "session": "s1", "topics": ["room:1"]})));
+    assert_eq!((status, body), (200, json!({"user": "alice", "session": "s1", "topics": ["room:1"], "positions": {"room:1": 0}})));
     let forbidden =
         post_as_tab(&server, "/v1/listen", &token, None, json!({"topics": ["post:1"], "scope": "user"}))
             .await;
