@@ -256,6 +256,12 @@ pub struct ServeArgs {
     /// Notifications kept per user; the oldest go first.
     #[arg(long, env = "HERALD_RETENTION_MAX_PER_USER", default_value_t = 10_000)]
     pub retention_max_per_user: u64,
+    /// Hours a durable topic event is kept in its topic's log.
+    #[arg(long, env = "HERALD_TOPIC_RETENTION_HOURS", default_value_t = 24)]
+    pub topic_retention_hours: u64,
+    /// Durable events kept per topic; the oldest go first.
+    #[arg(long, env = "HERALD_TOPIC_RETENTION_MAX_EVENTS", default_value_t = 1_000)]
+    pub topic_retention_max_events: u64,
     /// Sessions per user; one more evicts the least recently active.
     #[arg(long, env = "HERALD_SESSIONS_PER_USER_MAX", default_value_t = 50)]
     pub sessions_per_user_max: usize,
@@ -396,6 +402,8 @@ impl ServeArgs {
             max_per_user: self.retention_max_per_user.max(1),
             // Past the longest token lifetime, every token a sign-out refuses has expired.
             revocation_window: self.token_ttl_max,
+            topic_max_age: Duration::from_secs(self.topic_retention_hours.saturating_mul(3600)),
+            topic_max_events: self.topic_retention_max_events.max(1),
             ..Retention::default()
         }
     }
