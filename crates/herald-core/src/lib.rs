@@ -48,6 +48,7 @@ pub mod hub;
 pub mod ids;
 pub mod inbox;
 pub mod inbox_service;
+pub mod jobs;
 pub mod limits;
 pub mod node;
 pub mod notification;
@@ -73,6 +74,7 @@ pub use inbox::{
     PrunedInbox, Selection,
 };
 pub use inbox_service::{Inbox, InboxError, InboxUpdate};
+pub use jobs::{FanoutJob, JOB_CHUNK_USERS_MAX, JOBS_UNFINISHED_MAX};
 pub use limits::Limits;
 pub use node::{CLUSTER_NAME_BYTES_MAX, ClusterName, InvalidName, NODE_ID_BYTES_MAX, NodeId};
 pub use notification::{Audience, Notification, Publish, Receipt, ReceiptEntry, Target, TopicReceipt};

@@ -32,6 +32,8 @@
 //!   idempotency key; tseqs become visible in order; a [`TopicHead`]'s `pruned_through` only
 //!   grows, and only retention ([`Retention::topic_max_age`], [`Retention::topic_max_events`])
 //!   moves it.
+//! - Fan-out jobs ([`FanoutJob`]) are durable once `save_job` returns; `prune` forgets finished
+//!   ones older than the idempotency window.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,6 +44,7 @@ use serde_json::value::RawValue;
 use crate::health::Health;
 use crate::ids::{Seq, SessionId, Topic, UserId};
 use crate::inbox::{InboxChange, InboxCounts, InboxPage, InboxQuery, Mark, PrunedInbox, Selection};
+use crate::jobs::FanoutJob;
 use crate::notification::{Audience, Notification, Receipt};
 use crate::topic::TopicEvent;
 pub use crate::topic::{StoredListen, TopicListener};
@@ -197,6 +200,8 @@ pub struct PruneReport {
     pub revocations: u64,
     /// Durable topic events removed (older than [`Retention::topic_max_age`]).
     pub topic_events: u64,
+    /// Finished fan-out jobs forgotten (finished longer ago than the idempotency window).
+    pub jobs: u64,
     /// Each user who lost notifications, with where their log now starts and their new counts
     /// (one entry per user and chunk of work: a user may appear more than once, the last entry
     /// is the newest).
@@ -414,6 +419,16 @@ pub trait Store: Send + Sync + 'static {
         after: Seq,
         limit: usize,
     ) -> Result<TopicPage, StoreError>;
+
+    /// Stores `job` as it is now, replacing the job with its id if there is one.
+    async fn save_job(&self, job: &FanoutJob) -> Result<(), StoreError>;
+
+    /// The job with this id, if the store has it (running, or finished within the idempotency
+    /// window).
+    async fn job(&self, id: &str) -> Result<Option<FanoutJob>, StoreError>;
+
+    /// The jobs not finished, oldest first, at most `limit`.
+    async fn unfinished_jobs(&self, limit: usize) -> Result<Vec<FanoutJob>, StoreError>;
 
     /// What kind of store this is, for `/healthz` and logs: `"sqlite"`, `"memory"`,
     /// `"postgres"`; `"custom"` unless an implementation names itself.

@@ -112,6 +112,16 @@ impl PublishingStore {
 
 #[async_trait]
 impl Store for PublishingStore {
+    async fn save_job(&self, job: &herald_core::FanoutJob) -> Result<(), StoreError> {
+        self.inner.save_job(job).await
+    }
+    async fn job(&self, id: &str) -> Result<Option<herald_core::FanoutJob>, StoreError> {
+        self.inner.job(id).await
+    }
+    async fn unfinished_jobs(&self, limit: usize) -> Result<Vec<herald_core::FanoutJob>, StoreError> {
+        self.inner.unfinished_jobs(limit).await
+    }
+
     async fn append_topic(
         &self,
         event: NewTopicEvent,

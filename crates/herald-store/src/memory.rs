@@ -23,11 +23,11 @@ use async_trait::async_trait;
 use herald_core::inbox::CountsDelta;
 use herald_core::notification::now_ms;
 use herald_core::{
-    Appended, Epoch, InboxChange, InboxCounts, InboxItem, InboxPage, InboxQuery, ItemState, ListenBounds,
-    LogHead, LogPage, Mark, NewNotification, NewTopicEvent, Notification, PruneReport, PrunedInbox, Receipt,
-    ReceiptEntry, Retention, Revocation, ScopeListens, Selection, Seq, SessionId, Store, StoreError,
-    StoredListen, Topic, TopicAppended, TopicEvent, TopicHead, TopicListener, TopicPage, TopicReceipt,
-    UserId,
+    Appended, Epoch, FanoutJob, InboxChange, InboxCounts, InboxItem, InboxPage, InboxQuery, ItemState,
+    ListenBounds, LogHead, LogPage, Mark, NewNotification, NewTopicEvent, Notification, PruneReport,
+    PrunedInbox, Receipt, ReceiptEntry, Retention, Revocation, ScopeListens, Selection, Seq, SessionId,
+    Store, StoreError, StoredListen, Topic, TopicAppended, TopicEvent, TopicHead, TopicListener, TopicPage,
+    TopicReceipt, UserId,
 };
 use parking_lot::Mutex;
 
@@ -57,6 +57,8 @@ struct Inner {
     listens: HashMap<UserId, UserListens>,
     /// Each topic's log of durable events.
     topics: HashMap<Topic, TopicLog>,
+    /// Fan-out jobs, by id.
+    jobs: HashMap<String, FanoutJob>,
 }
 
 /// One topic's durable events: tseqs `head.pruned_through + 1 ..= head.last_seq`, oldest first.
@@ -313,6 +315,9 @@ impl Store for MemoryStore {
                 report.topic_events += log.prune_through(through);
             }
         }
+        let jobs_before = inner.jobs.len();
+        inner.jobs.retain(|_, job| job.finished_at_ms.is_none_or(|at| at >= keys_before));
+        report.jobs = (jobs_before - inner.jobs.len()) as u64;
         let before = inner.idempotency.len();
         inner.idempotency.retain(|_, record| record.created_at_ms >= keys_before);
         report.idempotency_keys = (before - inner.idempotency.len()) as u64;
@@ -389,6 +394,23 @@ impl Store for MemoryStore {
         let from = log.events.partition_point(|e| e.tseq.unwrap_or(0) <= after);
         let events = log.events.iter().skip(from).take(limit).cloned().collect();
         Ok(TopicPage { events, head: log.head, epoch: self.epoch() })
+    }
+
+    async fn save_job(&self, job: &FanoutJob) -> Result<(), StoreError> {
+        self.inner.lock().jobs.insert(job.id.clone(), job.clone());
+        Ok(())
+    }
+
+    async fn job(&self, id: &str) -> Result<Option<FanoutJob>, StoreError> {
+        Ok(self.inner.lock().jobs.get(id).cloned())
+    }
+
+    async fn unfinished_jobs(&self, limit: usize) -> Result<Vec<FanoutJob>, StoreError> {
+        let inner = self.inner.lock();
+        let mut jobs: Vec<FanoutJob> = inner.jobs.values().filter(|j| !j.is_finished()).cloned().collect();
+        jobs.sort_by(|a, b| (a.created_at_ms, &a.id).cmp(&(b.created_at_ms, &b.id)));
+        jobs.truncate(limit);
+        Ok(jobs)
     }
 
     async fn revoke(

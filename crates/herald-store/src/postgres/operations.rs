@@ -25,6 +25,21 @@ use super::writes::{
 
 #[async_trait]
 impl Store for PostgresStore {
+    async fn save_job(&self, job: &herald_core::FanoutJob) -> Result<(), StoreError> {
+        let _ = job;
+        Err(StoreError::Unavailable("TRANSITIONAL: fan-out jobs are not in this store yet".into()))
+    }
+
+    async fn job(&self, id: &str) -> Result<Option<herald_core::FanoutJob>, StoreError> {
+        let _ = id;
+        Err(StoreError::Unavailable("TRANSITIONAL: fan-out jobs are not in this store yet".into()))
+    }
+
+    async fn unfinished_jobs(&self, limit: usize) -> Result<Vec<herald_core::FanoutJob>, StoreError> {
+        let _ = limit;
+        Ok(Vec::new())
+    }
+
     /// One transaction on a pooled connection, not the writer's group commit: the writer's
     /// batches are set-based statements over users' appends, and a topic append (its key, the
     /// head row's upsert, the bound) is a short transaction whose head row serializes the

@@ -46,6 +46,16 @@ struct TempStore {
 
 #[async_trait]
 impl Store for TempStore {
+    async fn save_job(&self, job: &herald_core::FanoutJob) -> Result<(), StoreError> {
+        self.store.save_job(job).await
+    }
+    async fn job(&self, id: &str) -> Result<Option<herald_core::FanoutJob>, StoreError> {
+        self.store.job(id).await
+    }
+    async fn unfinished_jobs(&self, limit: usize) -> Result<Vec<herald_core::FanoutJob>, StoreError> {
+        self.store.unfinished_jobs(limit).await
+    }
+
     async fn append_topic(
         &self,
         event: herald_core::NewTopicEvent,
