@@ -31,6 +31,25 @@ pub const JOBS_UNFINISHED_MAX: usize = 16;
 /// data is large: a chunk's data stays within [`crate::Limits::publish_bytes_max`].
 pub const JOB_CHUNK_USERS_MAX: usize = 1_000;
 
+/// Chunk failures in a row after which a runner gives up (the job stays unfinished, resumed at
+/// the next start).
+pub const JOB_CHUNK_TRIES_MAX: u32 = 10;
+
+/// A job's id from a publish's idempotency key: the same key names the same job (22 characters,
+/// the first 128 bits of its SHA-256 in URL-safe base64).
+pub fn job_id_of_key(key: &str) -> String {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(key.as_bytes());
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&digest[..16])
+}
+
+/// A new random job id (22 characters of URL-safe base64).
+pub fn random_job_id() -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<u128>().to_le_bytes())
+}
+
 /// A fan-out into the inboxes of a topic's followers, as the store keeps it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FanoutJob {

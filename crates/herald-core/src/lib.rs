@@ -74,7 +74,7 @@ pub use inbox::{
     PrunedInbox, Selection,
 };
 pub use inbox_service::{Inbox, InboxError, InboxUpdate};
-pub use jobs::{FanoutJob, JOB_CHUNK_USERS_MAX, JOBS_UNFINISHED_MAX};
+pub use jobs::{FanoutJob, JOB_CHUNK_TRIES_MAX, JOB_CHUNK_USERS_MAX, JOBS_UNFINISHED_MAX};
 pub use limits::Limits;
 pub use node::{CLUSTER_NAME_BYTES_MAX, ClusterName, InvalidName, NODE_ID_BYTES_MAX, NodeId};
 pub use notification::{Audience, Notification, Publish, Receipt, ReceiptEntry, Target, TopicReceipt};

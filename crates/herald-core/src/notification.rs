@@ -139,8 +139,9 @@ pub enum Target {
     Followers(Topic),
 }
 
-/// Followers one [`Target::Followers`] publish reaches at most. More: refused, nothing stored
-/// (a fan-out done in the background, in chunks, is not built yet).
+/// Followers one [`Target::Followers`] publish stores at once, at most (fewer when their copies of
+/// the data would be over the publish bound). More: a background job does it, chunk by chunk
+/// (see [`crate::jobs`]).
 pub const FOLLOWERS_PER_PUBLISH_MAX: usize = 10_000;
 
 /// A publish request, as the library and the HTTP API take it.
@@ -194,6 +195,9 @@ pub struct Receipt {
     pub notifications: Vec<ReceiptEntry>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub topic: Option<TopicReceipt>,
+    /// A fan-out into followers' inboxes done as a background job: its id (nothing stored yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
     pub delivered: u64,
 }
 

@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::bus::{Bus, BusError, RevocationNews, reload_listens};
 use crate::client::CloseReason;
@@ -14,6 +15,7 @@ use crate::hub::{Hub, ListenError, Presence};
 use crate::ids::{ClientId, ID_BYTES_MAX, Seq, SessionId, Topic, UserId};
 use crate::inbox::{InboxCounts, InboxEvent};
 use crate::inbox_service::Inbox;
+use crate::jobs::{FanoutJob, JOB_CHUNK_TRIES_MAX, JOB_CHUNK_USERS_MAX, JOBS_UNFINISHED_MAX, job_id_of_key};
 use crate::notification::{
     Audience, FOLLOWERS_PER_PUBLISH_MAX, KIND_BYTES_MAX, Notification, Publish, Receipt, ReceiptEntry,
     Target, TopicReceipt, now_ms,
@@ -23,6 +25,7 @@ use crate::store::{
     Appended, ListenBounds, NewNotification, NewTopicEvent, ScopeListens, Store, StoreError, TopicAppended,
 };
 use crate::topic::TopicEvent;
+use crate::topic::TopicListener;
 
 /// Who listens to a topic ([`Notifier::topic_listeners`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -71,11 +74,10 @@ pub enum NotifyError {
     /// `except_user` on a target other than a topic (a user target excepting a user is nobody).
     #[error("except_user applies only to a topic target")]
     ExceptUserWithoutTopic,
-    /// A [`Target::Followers`] publish of more than [`FOLLOWERS_PER_PUBLISH_MAX`] users.
-    #[error(
-        "the topic has more than {max} followers: a fan-out into that many inboxes in one publish is not supported yet"
-    )]
-    TooManyFollowers { max: usize },
+    /// A [`Target::Followers`] publish that needs a background job while
+    /// [`JOBS_UNFINISHED_MAX`] jobs are not finished.
+    #[error("{max} fan-out jobs are running: try again once one has finished")]
+    TooManyJobs { max: usize },
     /// A [`Target::Followers`] publish that is not durable: an inbox keeps durable notifications.
     #[error("a publish to a topic's followers' inboxes is durable: drop \"durable\": false")]
     EphemeralInbox,
@@ -129,6 +131,8 @@ struct NotifierInner {
     hub: Hub,
     inbox: Inbox,
     revocations: Revocations,
+    /// Ids of the fan-out jobs this process runs, so that one is never run twice here.
+    running_jobs: parking_lot::Mutex<std::collections::HashSet<String>>,
 }
 
 impl std::fmt::Debug for Notifier {
@@ -142,7 +146,8 @@ impl Notifier {
         let inbox = Inbox::new(store.clone(), bus.clone());
         let revocations = Revocations::new(store.clone());
         let news = bus.revocation_news();
-        let inner = Arc::new(NotifierInner { store, bus, hub, inbox, revocations });
+        let running_jobs = parking_lot::Mutex::default();
+        let inner = Arc::new(NotifierInner { store, bus, hub, inbox, revocations, running_jobs });
         if let Some(news) = news {
             apply_revocation_news(Arc::downgrade(&inner), news);
         }
@@ -233,9 +238,24 @@ impl Notifier {
         if matches!(publish.target, Target::Followers(_)) && !publish.durable {
             return Err(NotifyError::EphemeralInbox);
         }
-        let mut audiences = self.resolve(&publish.target, publish.except_client.as_ref()).await?;
+        let mut audiences = match &publish.target {
+            // Into the followers' inboxes: at once when they fit one publish, else as a job.
+            Target::Followers(topic) => match self.followers(topic, data_bytes).await? {
+                Some(users) => users.into_iter().map(|user| (user, Audience::user())).collect(),
+                None => {
+                    let topic = topic.clone();
+                    return self.start_job(topic, publish).await;
+                }
+            },
+            target => self.resolve(target, publish.except_client.as_ref()).await?,
+        };
         if let Some(except) = &publish.except_user {
             audiences.retain(|(user, _)| user != except);
+        }
+        if let Some(except) = &publish.except_client {
+            for (_, audience) in &mut audiences {
+                audience.except_client = Some(except.clone());
+            }
         }
         let publish_bytes = data_bytes.saturating_mul(audiences.len());
         if publish_bytes > limits.publish_bytes_max {
@@ -293,6 +313,23 @@ impl Notifier {
                 .collect();
             (notifications, Vec::new())
         };
+        let receipt = self.hand_over(notifications, counts).await?;
+        if let Some(key) = key
+            && let Err(error) = self.inner.store.complete_receipt(key, &receipt).await
+        {
+            // The publish itself succeeded; a retry would get `delivered: 0`, nothing worse.
+            tracing::warn!(%error, "cannot record the receipt of an idempotent publish");
+        }
+        Ok(receipt)
+    }
+
+    /// Hands stored (or ephemeral) notifications and their users' new counts to the bus: every
+    /// node's tabs get them. Returns the receipt (seqs, tabs reached on this node).
+    async fn hand_over(
+        &self,
+        notifications: Vec<Arc<Notification>>,
+        counts: Vec<(UserId, InboxCounts)>,
+    ) -> Result<Receipt, NotifyError> {
         let mut receipt = Receipt::default();
         for notification in &notifications {
             if let Some(seq) = notification.seq {
@@ -315,12 +352,6 @@ impl Notifier {
         // One hand-over: a multi-node bus sends the notifications and the counts of a user
         // together (one message per shard, not two per user).
         receipt.delivered = self.inner.bus.publish_all(notifications, appended).await?;
-        if let Some(key) = key
-            && let Err(error) = self.inner.store.complete_receipt(key, &receipt).await
-        {
-            // The publish itself succeeded; a retry would get `delivered: 0`, nothing worse.
-            tracing::warn!(%error, "cannot record the receipt of an idempotent publish");
-        }
         Ok(receipt)
     }
 
@@ -360,7 +391,7 @@ impl Notifier {
         };
         let stored = event.tseq.map(|tseq| TopicReceipt { topic: topic.clone(), tseq });
         let delivered = self.inner.bus.publish_topic(event).await?;
-        let receipt = Receipt { notifications: Vec::new(), topic: stored, delivered };
+        let receipt = Receipt { notifications: Vec::new(), topic: stored, job: None, delivered };
         if let Some(key) = key
             && let Err(error) = self.inner.store.complete_receipt(key, &receipt).await
         {
@@ -474,10 +505,13 @@ impl Notifier {
         Ok(listeners)
     }
 
-    /// The users who follow `topic` (listen at user scope), at most
-    /// [`FOLLOWERS_PER_PUBLISH_MAX`] (more: refused), read from the store in pages.
-    async fn followers(&self, topic: &Topic) -> Result<Vec<UserId>, NotifyError> {
+    /// The users who follow `topic` (listen at user scope), read from the store in pages, if
+    /// one publish takes them all: at most [`FOLLOWERS_PER_PUBLISH_MAX`], and their copies of
+    /// `data_bytes` within the publish bound. `None`: more (a job does it).
+    async fn followers(&self, topic: &Topic, data_bytes: usize) -> Result<Option<Vec<UserId>>, NotifyError> {
         const PAGE: usize = 1_000;
+        let bytes_max = self.inner.hub.limits().publish_bytes_max;
+        let max = FOLLOWERS_PER_PUBLISH_MAX.min(bytes_max / data_bytes.max(1));
         let mut users = Vec::new();
         let mut after = None;
         loop {
@@ -485,13 +519,164 @@ impl Notifier {
             let full = page.len() == PAGE;
             after = page.last().cloned();
             users.extend(page.into_iter().filter(|l| l.session.is_none()).map(|l| l.user));
-            if users.len() > FOLLOWERS_PER_PUBLISH_MAX {
-                return Err(NotifyError::TooManyFollowers { max: FOLLOWERS_PER_PUBLISH_MAX });
+            if users.len() > max {
+                return Ok(None);
             }
             if !full {
-                return Ok(users);
+                return Ok(Some(users));
             }
         }
+    }
+
+    // ---- fan-out jobs (see `crate::jobs`) ----
+
+    /// Starts a job that stores `publish` in the inbox of every follower of `topic`, and answers
+    /// with its id. A publish with an idempotency key names its job after the key, so a repeat
+    /// answers the same job instead of starting another.
+    async fn start_job(&self, topic: Topic, publish: Publish) -> Result<Receipt, NotifyError> {
+        let id = match &publish.idempotency_key {
+            Some(key) => job_id_of_key(key),
+            None => crate::jobs::random_job_id(),
+        };
+        if self.inner.store.job(&id).await?.is_some() {
+            return Ok(Receipt { job: Some(id), ..Receipt::default() });
+        }
+        if self.inner.store.unfinished_jobs(JOBS_UNFINISHED_MAX).await?.len() >= JOBS_UNFINISHED_MAX {
+            return Err(NotifyError::TooManyJobs { max: JOBS_UNFINISHED_MAX });
+        }
+        let job = FanoutJob {
+            id: id.clone(),
+            topic,
+            kind: publish.kind,
+            data: publish.data,
+            created_at_ms: now_ms(),
+            except_user: publish.except_user,
+            except_client: publish.except_client,
+            cursor: None,
+            stored: 0,
+            finished_at_ms: None,
+        };
+        self.inner.store.save_job(&job).await?;
+        self.spawn_job(job);
+        Ok(Receipt { job: Some(id), ..Receipt::default() })
+    }
+
+    /// The job with this id, as the store has it (running, or finished within a day).
+    pub async fn job(&self, id: &str) -> Result<Option<FanoutJob>, NotifyError> {
+        Ok(self.inner.store.job(id).await?)
+    }
+
+    /// Runs again the jobs a stopped or crashed process left unfinished (call it once at start,
+    /// on every node: a job run by two is still done once). Returns how many it started.
+    pub async fn resume_jobs(&self) -> Result<usize, NotifyError> {
+        let jobs = self.inner.store.unfinished_jobs(JOBS_UNFINISHED_MAX).await?;
+        let count = jobs.len();
+        for job in jobs {
+            tracing::info!(job = %job.id, topic = %job.topic, stored = job.stored, "resuming a fan-out job");
+            self.spawn_job(job);
+        }
+        Ok(count)
+    }
+
+    fn spawn_job(&self, job: FanoutJob) {
+        if !self.inner.running_jobs.lock().insert(job.id.clone()) {
+            return;
+        }
+        let notifier = self.clone();
+        tokio::spawn(async move {
+            let id = job.id.clone();
+            notifier.run_job(job).await;
+            notifier.inner.running_jobs.lock().remove(&id);
+        });
+    }
+
+    /// Stores the job's chunks one after the other until every follower has it. A chunk that
+    /// fails is tried again after a pause (1 s, doubling to 30 s), at most
+    /// [`JOB_CHUNK_TRIES_MAX`] times in a row; then the job is left unfinished, for the next
+    /// start to resume.
+    async fn run_job(&self, mut job: FanoutJob) {
+        let mut failures = 0u32;
+        while !job.is_finished() {
+            match self.run_chunk(&mut job).await {
+                Ok(()) => failures = 0,
+                Err(error) => {
+                    failures += 1;
+                    if failures >= JOB_CHUNK_TRIES_MAX {
+                        tracing::error!(job = %job.id, %error, "a fan-out job keeps failing: left unfinished until the next start");
+                        return;
+                    }
+                    let pause =
+                        Duration::from_secs(1u64 << (failures - 1).min(5)).min(Duration::from_secs(30));
+                    tracing::warn!(job = %job.id, %error, ?pause, "a chunk of a fan-out job failed; trying again");
+                    tokio::time::sleep(pause).await;
+                }
+            }
+        }
+        tracing::info!(job = %job.id, topic = %job.topic, stored = job.stored, "fan-out job finished");
+    }
+
+    /// Stores the next chunk of `job` (the followers after its cursor) under the chunk's key,
+    /// hands it to the bus, and saves the job's new cursor (finished when none are left).
+    async fn run_chunk(&self, job: &mut FanoutJob) -> Result<(), NotifyError> {
+        const PAGE: usize = 1_000;
+        let store = &self.inner.store;
+        let bytes_max = self.inner.hub.limits().publish_bytes_max;
+        let chunk_max = JOB_CHUNK_USERS_MAX.min(bytes_max / job.data.get().len().max(1)).max(1);
+        let after = job.cursor.clone().map(|user| TopicListener { user, session: None });
+        let page = store.topic_listeners(&job.topic, after.as_ref(), PAGE).await?;
+        let mut users: Vec<UserId> = Vec::new();
+        let mut last_read = None;
+        let mut cut = false;
+        for listener in &page {
+            if users.len() == chunk_max {
+                cut = true;
+                break;
+            }
+            last_read = Some(listener.user.clone());
+            if listener.session.is_none() && job.except_user.as_ref() != Some(&listener.user) {
+                users.push(listener.user.clone());
+            }
+        }
+        let done = !cut && page.len() < PAGE;
+        if users.is_empty() {
+            // Only session listeners, or the excepted user, in this page: move past them.
+            if let Some(user) = last_read {
+                job.cursor = Some(user);
+            }
+        } else {
+            let created_at_ms = job.created_at_ms;
+            let audience = Audience { except_client: job.except_client.clone(), ..Audience::user() };
+            let entries: Vec<NewNotification> = users
+                .iter()
+                .map(|user| NewNotification {
+                    user: user.clone(),
+                    kind: job.kind.clone(),
+                    data: job.data.clone(),
+                    created_at_ms,
+                    audience: audience.clone(),
+                })
+                .collect();
+            let key = job.chunk_key();
+            let last = users.last().cloned();
+            match store.append(entries, Some(&key)).await? {
+                Appended::Stored { notifications, counts } => {
+                    job.stored += notifications.len() as u64;
+                    self.hand_over(notifications, counts).await?;
+                    job.cursor = last;
+                }
+                // Stored before a crash (or by another node's runner): go on after the users it
+                // stored, whatever the followers are now.
+                Appended::Duplicate(receipt) => {
+                    job.stored += receipt.notifications.len() as u64;
+                    job.cursor = receipt.notifications.iter().map(|e| e.user.clone()).max().or(last);
+                }
+            }
+        }
+        if done {
+            job.finished_at_ms = Some(now_ms());
+        }
+        store.save_job(job).await?;
+        Ok(())
     }
 
     /// A listen or unlisten names 1 to [`crate::Limits::topics_per_client_max`] topics.
@@ -556,9 +741,7 @@ impl Notifier {
             }
             Target::Session(user, session) => vec![(user.clone(), audience(Some(session), None))],
             Target::Topic(_) => unreachable!("a topic publish has no users to resolve"),
-            Target::Followers(topic) => {
-                self.followers(topic).await?.into_iter().map(|user| (user, audience(None, None))).collect()
-            }
+            Target::Followers(_) => unreachable!("publish resolves followers itself"),
             Target::Client(client) => {
                 // On any node: the bus asks the others when this one does not know the client.
                 let (user, session) = self

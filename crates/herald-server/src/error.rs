@@ -162,8 +162,8 @@ impl From<NotifyError> for ApiError {
             NotifyError::ExceptUserWithoutTopic => Self::bad_request("invalid_target", message),
             NotifyError::NoTopics => Self::bad_request("invalid_request", message),
             NotifyError::EphemeralInbox => Self::bad_request("invalid_request", message),
-            NotifyError::TooManyFollowers { .. } => {
-                Self::new(StatusCode::PAYLOAD_TOO_LARGE, "too_many_followers", message)
+            NotifyError::TooManyJobs { .. } => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "too_many_jobs", message)
             }
             NotifyError::Listen(error) => error.into(),
             NotifyError::Store(error) => error.into(),

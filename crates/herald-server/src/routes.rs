@@ -46,6 +46,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/users/{user}/notifications", get(api::users::notifications))
         .route("/v1/users/{user}/sessions", delete(api::users::close_all_sessions))
         .route("/v1/users/{user}/sessions/{session}", delete(api::users::close_session))
+        .route("/v1/jobs/{id}", get(api::publish::job))
         .route("/v1/users/{user}/inbox", get(api::inbox::user_list).delete(api::inbox::user_delete_all))
         .route("/v1/users/{user}/inbox/counts", get(api::inbox::user_counts))
         .route("/v1/users/{user}/inbox/mark", post(api::inbox::user_mark))

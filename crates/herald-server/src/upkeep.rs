@@ -76,7 +76,24 @@ impl Drop for Upkeep {
 
 /// Runs the hub's clock and the sweeps, retention, and the store's probe, forever.
 async fn run(app: Arc<App>) {
-    tokio::join!(clock(&app), retention(&app), probe(&app));
+    tokio::join!(clock(&app), retention(&app), probe(&app), jobs(&app));
+}
+
+/// How often unfinished fan-out jobs are looked for (the first time at once): those a crash of
+/// this process or of another node left, and those whose runner gave up after failing chunks.
+/// A job already running here is not started twice.
+pub const JOBS_RESUME_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Resumes unfinished fan-out jobs, at start and every [`JOBS_RESUME_INTERVAL`].
+async fn jobs(app: &App) {
+    let mut interval = tokio::time::interval(JOBS_RESUME_INTERVAL);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        if let Err(error) = app.notifier.resume_jobs().await {
+            tracing::warn!(%error, "cannot look for unfinished fan-out jobs");
+        }
+    }
 }
 
 /// The hub's clock and the sweeps.

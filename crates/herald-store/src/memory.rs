@@ -243,6 +243,7 @@ impl Store for MemoryStore {
                     .map(|n| ReceiptEntry { user: n.user.clone(), seq: n.seq.unwrap_or(0) })
                     .collect(),
                 topic: None,
+                job: None,
                 delivered: 0,
             };
             inner.idempotency.insert(key.to_owned(), IdempotencyRecord { created_at_ms: now, receipt });
@@ -367,6 +368,7 @@ impl Store for MemoryStore {
             let receipt = Receipt {
                 notifications: Vec::new(),
                 topic: Some(TopicReceipt { topic: stored.topic.clone(), tseq }),
+                job: None,
                 delivered: 0,
             };
             inner.idempotency.insert(key.to_owned(), IdempotencyRecord { created_at_ms: now, receipt });

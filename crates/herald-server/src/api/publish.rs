@@ -101,7 +101,43 @@ pub async fn notify(
     ApiJson(body): ApiJson<NotifyBody>,
 ) -> Result<Response, ApiError> {
     let receipt = app.notifier.publish(body.into_publish()?).await?;
+    if let Some(job) = &receipt.job {
+        // Into more followers' inboxes than one publish takes: a job does it, in the background.
+        let mut response = json_response(&JobStarted { job });
+        *response.status_mut() = axum::http::StatusCode::ACCEPTED;
+        return Ok(response);
+    }
     Ok(json_response(&receipt))
+}
+
+#[derive(Serialize)]
+struct JobStarted<'a> {
+    job: &'a str,
+}
+
+/// `GET /v1/jobs/{id}`: a fan-out job's progress: `{"job", "topic", "stored", "done",
+/// "created_at", "finished_at"}`; 404 `job_not_found` for an id the store does not have (never
+/// started, or finished more than a day ago).
+pub async fn job(
+    State(app): State<Arc<App>>,
+    _publisher: Publisher,
+    crate::error::ApiPath(id): crate::error::ApiPath<String>,
+) -> Result<Response, ApiError> {
+    let Some(job) = app.notifier.job(&id).await? else {
+        return Err(ApiError::new(
+            axum::http::StatusCode::NOT_FOUND,
+            "job_not_found",
+            format!("no job {id:?}"),
+        ));
+    };
+    Ok(json_response(&serde_json::json!({
+        "job": job.id,
+        "topic": job.topic,
+        "stored": job.stored,
+        "done": job.is_finished(),
+        "created_at": herald_core::notification::format_timestamp_ms(job.created_at_ms),
+        "finished_at": job.finished_at_ms.map(herald_core::notification::format_timestamp_ms),
+    })))
 }
 
 /// Entries of one `POST /v1/notify/batch` at most (and at least one). The body's bound

@@ -122,7 +122,13 @@ async fn a_tab_listens_and_unlistens_with_its_token_and_the_claim_decides() {
     let (status, body) =
         post_as_tab(&server, "/v1/listen", &token, Some(&client), json!({"topics": ["room:7", "post:42"]}))
             .await;
-    assert_eq!((status, body), (200, json!({"client": client, "topics": ["room:7", "post:42"], "positions": {"room:7": 0, "post:42": 0}})));
+    assert_eq!(
+        (status, body),
+        (
+            200,
+            json!({"client": client, "topics": ["room:7", "post:42"], "positions": {"room:7": 0, "post:42": 0}})
+        )
+    );
     publish_topic(&server, "room:7", json!({})).await;
     assert_eq!(topic_event(&mut tab).await["topic"], "room:7");
 
@@ -191,7 +197,10 @@ async fn the_app_backend_makes_any_tab_listen_with_the_api_key() {
     let client = client_of(&hello);
     let (status, body) =
         server.post_api("/v1/topics/listen", json!({"topics": ["order:9"], "client": client})).await;
-    assert_eq!((status, body), (200, json!({"client": client, "topics": ["order:9"], "positions": {"order:9": 0}})));
+    assert_eq!(
+        (status, body),
+        (200, json!({"client": client, "topics": ["order:9"], "positions": {"order:9": 0}}))
+    );
     let (_, body) = publish_topic(&server, "order:9", json!({"type": "status", "data": "shipped"})).await;
     assert_eq!(body["delivered"], 1);
     let data = topic_event(&mut tab).await;
@@ -426,7 +435,10 @@ async fn a_user_who_follows_a_topic_gets_it_in_every_tab_new_ones_included() {
 
     let (status, body) =
         server.post_api("/v1/topics/listen", json!({"topics": ["post:42"], "user": "alice"})).await;
-    assert_eq!((status, body), (200, json!({"user": "alice", "topics": ["post:42"], "positions": {"post:42": 0}})));
+    assert_eq!(
+        (status, body),
+        (200, json!({"user": "alice", "topics": ["post:42"], "positions": {"post:42": 0}}))
+    );
     let (_, body) = publish_topic(&server, "post:42", json!({})).await;
     assert_eq!(body["delivered"], 2, "both of alice's open tabs");
     topic_event(&mut laptop).await;
@@ -483,7 +495,10 @@ async fn a_session_listens_until_it_is_closed_and_scopes_add_up_without_doubles(
     let (status, body) =
         post_as_tab(&server, "/v1/listen", &token, None, json!({"topics": ["room:1"], "scope": "session"}))
             .await;
-    assert_eq!((status, body), (200, json!({"user": "alice", "session": "s1", "topics": ["room:1"], "positions": {"room:1": 0}})));
+    assert_eq!(
+        (status, body),
+        (200, json!({"user": "alice", "session": "s1", "topics": ["room:1"], "positions": {"room:1": 0}}))
+    );
     let forbidden =
         post_as_tab(&server, "/v1/listen", &token, None, json!({"topics": ["post:1"], "scope": "user"}))
             .await;
@@ -594,4 +609,55 @@ async fn a_publish_to_the_followers_puts_one_notification_in_each_followers_inbo
     assert_eq!((status, &nobody["notifications"]), (200, &json!([])));
     let (_, page) = server.get("/v1/users/alice/notifications").await;
     assert_eq!(page["notifications"].as_array().unwrap().len(), 1);
+}
+
+/// More followers than one publish takes: 202 with a job, done in the background chunk by
+/// chunk; every follower gets exactly one notification, the excepted author none, a session
+/// listener none; the job reports its progress and the same key answers the same job.
+#[tokio::test]
+async fn a_publish_to_more_followers_than_one_publish_takes_runs_as_a_job() {
+    let server = TestServer::start().await;
+    let topic = herald_core::Topic::new("post:1").unwrap();
+    let bounds = herald_core::ListenBounds { user_topics_max: 10, session_topics_max: 10, sessions_max: 5 };
+    let followers = herald_core::notification::FOLLOWERS_PER_PUBLISH_MAX + 2_500;
+    for n in 0..followers {
+        let user = herald_core::UserId::new(format!("u{n:05}")).unwrap();
+        server.app.store.listen(&user, None, std::slice::from_ref(&topic), bounds, 0).await.unwrap();
+    }
+    let session_only = herald_core::UserId::new("s-only").unwrap();
+    let session = herald_core::SessionId::new("s1").unwrap();
+    server
+        .app
+        .store
+        .listen(&session_only, Some(&session), std::slice::from_ref(&topic), bounds, 0)
+        .await
+        .unwrap();
+
+    let body = json!({"to": {"topic": "post:1"}, "inbox": true, "data": {"n": 1}, "except_user": "u00007",
+        "idempotency_key": "big-1"});
+    let (status, answer) = server.publish(body.clone()).await;
+    assert_eq!(status, 202, "{answer}");
+    let job = answer["job"].as_str().unwrap().to_owned();
+    let (status, again) = server.publish(body).await;
+    assert_eq!((status, again["job"].as_str()), (202, Some(job.as_str())), "the same key, the same job");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let progress = loop {
+        let (status, progress) = server.get(&format!("/v1/jobs/{job}")).await;
+        assert_eq!(status, 200, "{progress}");
+        if progress["done"] == true {
+            break progress;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the job did not finish: {progress}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(progress["stored"], followers as u64 - 1, "{progress}");
+    assert_eq!(progress["topic"], "post:1");
+    for n in 0..followers {
+        let user = herald_core::UserId::new(format!("u{n:05}")).unwrap();
+        let page = server.app.store.read_after(&user, 0, 10).await.unwrap();
+        let expected = if n == 7 { 0 } else { 1 };
+        assert_eq!(page.notifications.len(), expected, "{user}");
+    }
+    assert!(server.app.store.read_after(&session_only, 0, 10).await.unwrap().notifications.is_empty());
+    assert_error(&server.get("/v1/jobs/nope").await, 404, "job_not_found");
 }
