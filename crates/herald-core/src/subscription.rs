@@ -52,6 +52,9 @@ pub use crate::resume::{InvalidResumePoint, ResumePoint};
 use crate::store::{Epoch, LogHead, Store, StoreError};
 use crate::topic::TopicEvent;
 
+/// Most `type` prefixes one tab filters its topic events with.
+pub const TYPE_PREFIXES_MAX: usize = 16;
+
 /// Most notifications in one long-poll answer (Eliom's comet answers hold at most 100 too), and
 /// most topic events: an answer ends at either bound, and the next poll goes on from there.
 pub const POLL_NOTIFICATIONS_MAX: usize = 100;
@@ -121,6 +124,8 @@ pub struct Subscription {
     pending: VecDeque<ClientEvent>,
     /// Positions in the tab's durable topics; `None` while it has none (most tabs: no memory).
     topics: Option<Box<TopicPositions>>,
+    /// The tab's filter of topic events by `type` prefix (empty: none).
+    types: Box<[Box<str>]>,
     /// Whether the store may hold seqs after `position` that were not yet read.
     replaying: bool,
     finished: bool,
@@ -239,6 +244,9 @@ pub struct SubscribeRequest<'a> {
     /// The last tseq the client handled in each durable topic (the rest of its
     /// [`ResumePoint`]). A topic the tab listens to that is not named starts at its last tseq.
     pub topic_positions: &'a [(Topic, Seq)],
+    /// Prefixes of `type`: when not empty, the tab gets only the topic events whose type starts
+    /// with one of them (notifications are not filtered). See [`TYPE_PREFIXES_MAX`].
+    pub types: &'a [Box<str>],
     /// Topics the tab listens to from now on (client scope), besides those it listened to.
     pub topics: &'a [Topic],
 }
@@ -273,6 +281,7 @@ impl Subscription {
             position: 0,
             pending: VecDeque::new(),
             topics: None,
+            types: request.types.into(),
             replaying: true,
             finished: false,
             park: false,
@@ -335,6 +344,7 @@ impl Subscription {
                 }
                 topics
             }),
+            types: request.types.into(),
             // Everything fanned out since `after` is in the queue; a gap there (publishes fanned
             // out of seq order, a poll capped at its maximum) is filled from the store as usual.
             replaying: false,
@@ -608,13 +618,14 @@ impl Subscription {
     /// A live topic event: an ephemeral one as it is; a durable one once, in tseq order (one
     /// beyond the next tseq means a gap, filled from the topic's log). `None`: not handed out.
     fn accept_live_topic(&mut self, event: Arc<TopicEvent>) -> Option<Arc<TopicEvent>> {
-        let Some(tseq) = event.tseq else { return Some(event) };
+        let wanted = self.wants(&event);
+        let Some(tseq) = event.tseq else { return wanted.then_some(event) };
         let topics = self.topics.get_or_insert_with(Box::default);
         let behind = topics.behind.contains(&event.topic);
         let Some(position) = topics.get_mut(&event.topic) else {
             // Listened to after the stream opened: it starts here.
             topics.insert(event.topic.clone(), TopicPosition { accepted: tseq, given: tseq - 1 });
-            return Some(event);
+            return wanted.then_some(event);
         };
         if tseq <= position.accepted || behind {
             // Handed out already, or the log is being read past it.
@@ -625,7 +636,17 @@ impl Subscription {
             return None;
         }
         position.accepted = tseq;
+        if !wanted {
+            // Filtered out: handled all the same (nothing is pending when live events are taken).
+            position.given = tseq;
+            return None;
+        }
         Some(event)
+    }
+
+    /// Whether the tab's `type` filter lets `event` through.
+    fn wants(&self, event: &TopicEvent) -> bool {
+        self.types.is_empty() || self.types.iter().any(|prefix| event.kind.starts_with(&**prefix))
     }
 
     /// Reads the next page of `topic`'s log after its position into `pending`. `Ok(false)`,
@@ -659,6 +680,7 @@ impl Subscription {
             }
             position.accepted = tseq;
             if event.is_for(&self.info.user, &self.info.client)
+                && (self.types.is_empty() || self.types.iter().any(|p| event.kind.starts_with(&**p)))
                 && let Some(event) = self.hub.prepare_for(&self.info.user, &event)
             {
                 self.pending.push_back(ClientEvent::Topic(event));

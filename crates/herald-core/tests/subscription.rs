@@ -74,6 +74,7 @@ fn request<'a>(user: &'a UserId, session: &'a SessionId, resume_after: Option<Se
         epoch: None,
         topics: &[],
         topic_positions: &[],
+        types: &[],
     }
 }
 

@@ -19,9 +19,9 @@ use std::time::Duration;
 
 use herald_core::notification::now_ms;
 use herald_core::{
-    Appended, Audience, ClientId, EPOCH_BYTES_MAX, InboxCounts, InboxPage, InboxQuery, InboxStatus,
-    ItemState, ListenBounds, LogHead, Mark, NewNotification, NewTopicEvent, Notification, Receipt,
-    ReceiptEntry, Retention, Revocation, Revocations, ScopeListens, Selection, SessionId, Store,
+    Appended, Audience, ClientId, EPOCH_BYTES_MAX, FanoutJob, InboxCounts, InboxPage, InboxQuery,
+    InboxStatus, ItemState, ListenBounds, LogHead, Mark, NewNotification, NewTopicEvent, Notification,
+    Receipt, ReceiptEntry, Retention, Revocation, Revocations, ScopeListens, Selection, SessionId, Store,
     StoredListen, Topic, TopicAppended, TopicEvent, TopicHead, TopicListener, TopicReceipt, UserId,
 };
 use serde_json::value::RawValue;
@@ -91,6 +91,10 @@ macro_rules! conformance_tests {
             topic_age_prune_removes_a_prefix,
             tseqs_are_never_reused_after_retention_emptied_a_topic,
             topic_heads_of_unknown_topics_are_zeros_in_order,
+            jobs_round_trip_every_field,
+            save_job_replaces_the_job_with_its_id,
+            unfinished_jobs_are_oldest_first_within_the_limit,
+            prune_forgets_finished_jobs_past_the_window,
         );
     };
     (@cases $make:path, $skip:path; $($case:ident),* $(,)?) => {
@@ -1965,4 +1969,172 @@ pub async fn topic_heads_of_unknown_topics_are_zeros_in_order(
     assert_eq!(epoch, store.epoch());
     let (none, _) = store.topic_heads(&[]).await.unwrap();
     assert!(none.is_empty());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fan-out jobs
+
+/// A running job of topic `post:{id}` created at `created_at_ms`, nothing stored yet.
+fn job(id: &str, created_at_ms: i64) -> FanoutJob {
+    FanoutJob {
+        id: id.to_owned(),
+        topic: topic(&format!("post:{id}")),
+        kind: Arc::from("comment.added"),
+        data: data(r#"{"n":1}"#),
+        created_at_ms,
+        except_user: None,
+        except_client: None,
+        cursor: None,
+        stored: 0,
+        finished_at_ms: None,
+    }
+}
+
+/// `store`'s job `id`, which it must have.
+async fn saved_job(store: &dyn Store, id: &str) -> FanoutJob {
+    store.job(id).await.expect("job").unwrap_or_else(|| panic!("job {id:?} is missing"))
+}
+
+/// Fails unless `read` is `written`, field by field.
+fn assert_same_job(read: &FanoutJob, written: &FanoutJob) {
+    let id = &written.id;
+    assert_eq!(read.id, written.id);
+    assert_eq!(read.topic, written.topic, "topic of job {id}");
+    assert_eq!(read.kind, written.kind, "type of job {id}");
+    assert_eq!(read.data.get(), written.data.get(), "data of job {id}, byte for byte");
+    assert_eq!(read.created_at_ms, written.created_at_ms, "created_at of job {id}");
+    assert_eq!(read.except_user, written.except_user, "except_user of job {id}");
+    assert_eq!(read.except_client, written.except_client, "except_client of job {id}");
+    assert_eq!(read.cursor, written.cursor, "cursor of job {id}");
+    assert_eq!(read.stored, written.stored, "stored of job {id}");
+    assert_eq!(read.finished_at_ms, written.finished_at_ms, "finished_at of job {id}");
+}
+
+/// The ids of `jobs`, in order.
+fn job_ids(jobs: &[FanoutJob]) -> Vec<&str> {
+    jobs.iter().map(|job| job.id.as_str()).collect()
+}
+
+/// A job reads back as saved, every field: its data byte for byte (spaces, key order, escapes
+/// and number spellings kept, as a `jsonb` column would not), each optional field present or
+/// absent. An id never saved is `None`, and so is one that differs only in case.
+pub async fn jobs_round_trip_every_field(make: &impl AsyncFn(Retention) -> Arc<dyn Store>) {
+    let store = make(Retention::default()).await;
+    let full = FanoutJob {
+        id: "Job_7-x".to_owned(),
+        topic: topic("room:ops"),
+        kind: Arc::from("alert.raised"),
+        data: data(r#"{ "z": 1, "a" : [1.50, 2e3, null], "s": "h\u00e9llo \"x\"", "é": {} }"#),
+        created_at_ms: 1_700_000_123_456,
+        except_user: Some(user("alice")),
+        except_client: Some(ClientId::new("tab-1").unwrap()),
+        cursor: Some(user("bob")),
+        stored: 1_234,
+        finished_at_ms: Some(1_700_000_999_999),
+    };
+    let bare = job("bare", 1_700_000_000_000);
+    store.save_job(&full).await.unwrap();
+    store.save_job(&bare).await.unwrap();
+    assert_same_job(&saved_job(&*store, "Job_7-x").await, &full);
+    assert_same_job(&saved_job(&*store, "bare").await, &bare);
+    assert!(store.job("never").await.unwrap().is_none(), "an unknown id is no job");
+    assert!(store.job("job_7-x").await.unwrap().is_none(), "ids are compared exactly");
+    let unfinished = store.unfinished_jobs(10).await.unwrap();
+    assert_eq!(job_ids(&unfinished), ["bare"], "a finished job is not unfinished");
+    assert_same_job(&unfinished[0], &bare);
+}
+
+/// Saving a job with an id the store has replaces it, every field (the cursor moves, `stored`
+/// grows, it finishes); the store keeps one job per id, and `unfinished_jobs` follows what the
+/// last save said, both ways.
+pub async fn save_job_replaces_the_job_with_its_id(make: &impl AsyncFn(Retention) -> Arc<dyn Store>) {
+    let store = make(Retention::default()).await;
+    let first = job("a", 1_000);
+    store.save_job(&first).await.unwrap();
+    store.save_job(&job("b", 2_000)).await.unwrap();
+    let moved = FanoutJob { cursor: Some(user("carol")), stored: 1_000, ..first.clone() };
+    store.save_job(&moved).await.unwrap();
+    assert_same_job(&saved_job(&*store, "a").await, &moved);
+    assert_eq!(job_ids(&store.unfinished_jobs(10).await.unwrap()), ["a", "b"], "one job per id");
+
+    let finished = FanoutJob {
+        cursor: Some(user("zed")),
+        stored: 1_500,
+        finished_at_ms: Some(5_000),
+        data: data(r#"{"n": 2}"#),
+        ..moved.clone()
+    };
+    store.save_job(&finished).await.unwrap();
+    assert_same_job(&saved_job(&*store, "a").await, &finished);
+    assert_eq!(job_ids(&store.unfinished_jobs(10).await.unwrap()), ["b"], "a finished job is not unfinished");
+
+    // Saved as running again (never done by the runner, but the last save is what counts).
+    store.save_job(&moved).await.unwrap();
+    assert_same_job(&saved_job(&*store, "a").await, &moved);
+    assert_eq!(job_ids(&store.unfinished_jobs(10).await.unwrap()), ["a", "b"]);
+    assert_same_job(&saved_job(&*store, "b").await, &job("b", 2_000));
+}
+
+/// `unfinished_jobs` gives the running jobs only, oldest `created_at_ms` first, jobs created
+/// at the same ms by id (byte order: `B` before `a`), at most `limit` of them (none for 0).
+pub async fn unfinished_jobs_are_oldest_first_within_the_limit(
+    make: &impl AsyncFn(Retention) -> Arc<dyn Store>,
+) {
+    let store = make(Retention::default()).await;
+    let finished = |id: &str, at: i64| FanoutJob { finished_at_ms: Some(at + 10), ..job(id, at) };
+    for saved in [
+        job("late", 9_000),
+        finished("done-early", 100),
+        job("a", 5_000),
+        job("mid", 3_000),
+        job("B", 5_000),
+        finished("done-late", 9_500),
+        job("first", 1_000),
+        job("a-2", 5_000),
+    ] {
+        store.save_job(&saved).await.unwrap();
+    }
+    let all = store.unfinished_jobs(100).await.unwrap();
+    assert_eq!(job_ids(&all), ["first", "mid", "B", "a", "a-2", "late"]);
+    assert!(all.iter().all(|job| !job.is_finished()));
+    assert_eq!(job_ids(&store.unfinished_jobs(3).await.unwrap()), ["first", "mid", "B"]);
+    assert_eq!(job_ids(&store.unfinished_jobs(1).await.unwrap()), ["first"]);
+    assert!(store.unfinished_jobs(0).await.unwrap().is_empty());
+    assert_eq!(store.unfinished_jobs(usize::MAX).await.unwrap().len(), 6);
+}
+
+/// `prune` forgets the jobs that finished longer ago than the idempotency window (their chunks'
+/// keys are gone too), counting them in `PruneReport::jobs`; it keeps running jobs however old,
+/// and jobs finished within the window (one finished exactly at its edge too), also ones created
+/// long before it; pruning again forgets nothing more.
+pub async fn prune_forgets_finished_jobs_past_the_window(make: &impl AsyncFn(Retention) -> Arc<dyn Store>) {
+    let store =
+        make(Retention { idempotency_window: Duration::from_secs(3600), ..Retention::default() }).await;
+    let now = now_ms();
+    let finished =
+        |id: &str, created: i64, at: i64| FanoutJob { finished_at_ms: Some(at), ..job(id, created) };
+    store.save_job(&job("running-old", now - 100 * HOUR_MS)).await.unwrap();
+    store.save_job(&finished("gone-1", now - 3 * HOUR_MS, now - 2 * HOUR_MS)).await.unwrap();
+    store.save_job(&finished("gone-2", now - 3 * HOUR_MS, now - HOUR_MS - 1)).await.unwrap();
+    store.save_job(&finished("recent", now - 100 * HOUR_MS, now - HOUR_MS / 2)).await.unwrap();
+    store.save_job(&finished("at-the-edge", now - 2 * HOUR_MS, now - HOUR_MS)).await.unwrap();
+
+    let report = store.prune(now).await.unwrap();
+    assert_eq!(report.jobs, 2);
+    assert_eq!((report.notifications, report.idempotency_keys, report.topic_events), (0, 0, 0));
+    assert!(store.job("gone-1").await.unwrap().is_none());
+    assert!(store.job("gone-2").await.unwrap().is_none());
+    assert_same_job(
+        &saved_job(&*store, "recent").await,
+        &finished("recent", now - 100 * HOUR_MS, now - HOUR_MS / 2),
+    );
+    assert!(store.job("at-the-edge").await.unwrap().is_some(), "finished exactly a window ago is kept");
+    assert_same_job(&saved_job(&*store, "running-old").await, &job("running-old", now - 100 * HOUR_MS));
+    assert_eq!(job_ids(&store.unfinished_jobs(10).await.unwrap()), ["running-old"]);
+    assert_eq!(store.prune(now).await.unwrap().jobs, 0, "pruning again forgets nothing");
+
+    // Later, the window has passed for the other finished jobs too; the running one stays.
+    assert_eq!(store.prune(now + 2 * HOUR_MS).await.unwrap().jobs, 2);
+    assert!(store.job("recent").await.unwrap().is_none());
+    assert!(store.job("running-old").await.unwrap().is_some());
 }

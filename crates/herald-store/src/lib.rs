@@ -1,6 +1,6 @@
 //! Herald's stores: implementations of [`herald_core::Store`], each user's durable log of
-//! notifications, each topic's log of durable events, the idempotency records of publishes, and
-//! the topics users listen to kept in the store.
+//! notifications, each topic's log of durable events, the idempotency records of publishes, the
+//! topics users listen to kept in the store, and fan-out jobs.
 //!
 //! - [`SqliteStore`] is the store of a single node (`herald serve`): one SQLite file in WAL mode,
 //!   written by one thread that commits concurrent publishes together (group commit), read
@@ -70,7 +70,7 @@ pub use sqlite::{Settling, SqliteStore, WriterStats};
 
 use std::time::Duration;
 
-use herald_core::{Receipt, StoreError};
+use herald_core::{FanoutJob, Receipt, StoreError};
 
 /// `d` in milliseconds, as SQL and `created_at_ms` count time; saturates instead of wrapping, so
 /// an absurd retention means "keep forever" rather than "delete everything".
@@ -87,4 +87,17 @@ fn cutoff_ms(now_ms: i64, d: Duration) -> i64 {
 fn receipt_json(receipt: &Receipt) -> Result<String, StoreError> {
     serde_json::to_string(receipt)
         .map_err(|e| StoreError::Corrupt(format!("a receipt does not serialize: {e}")))
+}
+
+/// A fan-out job as the JSON both SQL stores keep in its row (the whole job; the row's other
+/// columns are copies of the fields they are queried by). Text, not PostgreSQL's `jsonb`: the
+/// job's `data` must read back byte for byte, as the notifications it becomes are stored.
+fn job_json(job: &FanoutJob) -> Result<String, StoreError> {
+    serde_json::to_string(job)
+        .map_err(|e| StoreError::Corrupt(format!("fan-out job {:?} does not serialize: {e}", job.id)))
+}
+
+/// The job a row's JSON holds ([`job_json`]).
+fn job_from_json(json: &str) -> Result<FanoutJob, StoreError> {
+    serde_json::from_str(json).map_err(|e| StoreError::Corrupt(format!("a fan-out job in the store: {e}")))
 }

@@ -3,7 +3,8 @@
 //! # How it works
 //! - **WAL mode**, so that readers never wait for the writer nor the writer for readers.
 //! - **One writer thread** owns the only write connection. Every write (`append`,
-//!   `append_topic`, `complete_receipt`, a chunk of `prune`) is a request on a bounded queue. The writer takes the
+//!   `append_topic`, `complete_receipt`, `save_job`, a chunk of `prune`) is a request on a
+//!   bounded queue. The writer takes the
 //!   first request, then whatever else is already waiting (up to [`BATCH_REQUESTS_MAX`]), runs
 //!   them all in one transaction (should one fail, the batch runs again with each request in its
 //!   own SAVEPOINT, so that it fails alone: see `run_batch`), commits once, and only then answers
@@ -47,7 +48,8 @@
 //! - `connection`: the lock file, opening the file and its pragmas, the checkpointer thread, the
 //!   pool of read-only connections.
 //! - `reads`: what a read transaction does: heads, log pages, inbox pages and counts
-//!   (`UserRow`, a user's row with its tail), revocations, listens kept in the store.
+//!   (`UserRow`, a user's row with its tail), revocations, listens kept in the store, topic logs,
+//!   fan-out jobs.
 //! - `staging`: staged appends, kept in memory for readers and settled into the logs.
 //! - `request`: the writer's requests, each write with its typed reply.
 //! - `writes`: what each request does in SQL, inside the writer's transaction.
@@ -76,7 +78,7 @@ use parking_lot::Mutex;
 pub use connection::READER_CONNECTIONS;
 pub use reads::inbox_list_sql;
 pub use schema::{
-    SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6, SCHEMA_V7, SCHEMA_V8, SCHEMA_VERSION,
+    SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6, SCHEMA_V7, SCHEMA_V8, SCHEMA_V9, SCHEMA_VERSION,
 };
 pub use staging::Settling;
 pub use writer::{BATCH_REQUESTS_MAX, ENQUEUE_TIMEOUT, WRITE_QUEUE_CAPACITY, WriterStats};

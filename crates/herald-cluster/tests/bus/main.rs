@@ -93,6 +93,7 @@ impl Node {
             epoch: None,
             topics: &[],
             topic_positions: &[],
+            types: &[],
         };
         let mut subscription = Subscription::open(&self.hub, &self.store, request).await.unwrap();
         assert!(matches!(subscription.next().await, Some(ClientEvent::Hello { .. })));

@@ -11,7 +11,9 @@ pub mod sse;
 pub mod ws;
 
 use axum::http::HeaderMap;
+use herald_core::notification::KIND_BYTES_MAX;
 use herald_core::subscription::SubscribeRequest;
+use herald_core::subscription::TYPE_PREFIXES_MAX;
 use herald_core::{ResumePoint, Subscription, Topic, Transport};
 use serde::Deserialize;
 
@@ -31,6 +33,7 @@ pub(crate) async fn open_subscription(
     let resume = resume_point(query.last_event_id.as_deref(), headers)?;
     let follow_inbox = follows_inbox(query.inbox.as_deref())?;
     let topics = requested_topics(query.topics.as_deref(), subscriber)?;
+    let types = type_prefixes(query.types.as_deref())?;
     let subscription = Subscription::open(
         &app.hub,
         &app.store,
@@ -43,6 +46,7 @@ pub(crate) async fn open_subscription(
             epoch: epoch_of(query.epoch.as_deref()),
             topics: &topics,
             topic_positions: resume.as_ref().map_or(&[], |r| &r.topics),
+            types: &types,
         },
     )
     .await?;
@@ -73,6 +77,8 @@ pub struct StreamQuery {
     pub inbox: Option<String>,
     /// Topics to listen to (client scope), comma-separated. See [`requested_topics`].
     pub topics: Option<String>,
+    /// Prefixes of `type` the tab's topic events are filtered by. See [`type_prefixes`].
+    pub types: Option<String>,
     /// The subscriber token; read by the auth extractor.
     #[allow(dead_code)]
     token: Option<String>,
@@ -91,6 +97,28 @@ pub fn requested_topics(raw: Option<&str>, subscriber: &Subscriber) -> Result<Ve
         .collect::<Result<Vec<_>, _>>()?;
     subscriber.check_may_listen(&topics)?;
     Ok(topics)
+}
+
+/// `?types=comment.,reaction`: prefixes of `type`; the tab then gets only the topic events whose
+/// type starts with one of them. Empty items are ignored; each 1–128 bytes, at most
+/// [`TYPE_PREFIXES_MAX`]: else 400 `invalid_types`.
+pub fn type_prefixes(raw: Option<&str>) -> Result<Vec<Box<str>>, ApiError> {
+    let Some(raw) = raw else { return Ok(Vec::new()) };
+    let prefixes: Vec<Box<str>> =
+        raw.split(',').map(str::trim).filter(|p| !p.is_empty()).map(Box::from).collect();
+    if prefixes.len() > TYPE_PREFIXES_MAX {
+        return Err(ApiError::bad_request(
+            "invalid_types",
+            format!("at most {TYPE_PREFIXES_MAX} type prefixes, not {}", prefixes.len()),
+        ));
+    }
+    if let Some(long) = prefixes.iter().find(|p| p.len() > KIND_BYTES_MAX) {
+        return Err(ApiError::bad_request(
+            "invalid_types",
+            format!("a type prefix is at most {KIND_BYTES_MAX} bytes, not {}", long.len()),
+        ));
+    }
+    Ok(prefixes)
 }
 
 /// Whether `?inbox=` asks to follow the inbox counts: `1` or `true` yes; `0`, `false`, empty

@@ -30,7 +30,7 @@ use crate::auth::Subscriber;
 use crate::error::{ApiError, ApiQuery};
 use crate::query::whole_number;
 use crate::response::json_response;
-use crate::transport::{epoch_of, follows_inbox, requested_topics};
+use crate::transport::{epoch_of, follows_inbox, requested_topics, type_prefixes};
 
 /// Poll wait when `timeout` is not given, in seconds (Eliom's comet waits 20 s too).
 pub const POLL_TIMEOUT_SECS_DEFAULT: u64 = 20;
@@ -54,6 +54,8 @@ pub struct PollQuery {
     /// The client's position in each durable topic, `topic=tseq` comma-separated (the
     /// previous answer's `positions`). See [`topic_positions`].
     positions: Option<String>,
+    /// Prefixes of `type` the tab's topic events are filtered by: see [`type_prefixes`].
+    types: Option<String>,
     /// The subscriber token; read by the auth extractor.
     #[allow(dead_code)]
     token: Option<String>,
@@ -71,6 +73,7 @@ pub async fn poll(
     let with_counts = follows_inbox(query.inbox.as_deref())?;
     let topics = requested_topics(query.topics.as_deref(), &subscriber)?;
     let positions = topic_positions(query.positions.as_deref())?;
+    let types = type_prefixes(query.types.as_deref())?;
     let known_inbox_version =
         whole_number(query.inbox_version.as_deref(), "inbox_version", "invalid_inbox_version")?;
     if known_inbox_version.is_some() && !with_counts {
@@ -99,6 +102,7 @@ pub async fn poll(
             epoch: epoch_of(query.epoch.as_deref()),
             topics: &topics,
             topic_positions: &positions,
+            types: &types,
         },
         timeout,
         known_inbox_version,

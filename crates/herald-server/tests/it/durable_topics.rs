@@ -249,3 +249,74 @@ async fn check_sse_quiet(tab: &mut Sse) {
     tab.expect_silence(QUIET).await;
 }
 
+/// `?types=` filters a tab's topic events by type prefix, live and replayed; the positions
+/// still move past the events left out (no gap fill, no re-read on resume).
+#[tokio::test]
+async fn a_type_filter_keeps_only_the_prefixes_asked_for() {
+    let server = TestServer::start().await;
+    let token = token_for_rooms("alice", "s1");
+    let publish = |kind: &'static str, durable: bool| {
+        let server = &server;
+        async move {
+            let (status, body) = server
+                .publish(json!({"to": {"topic": "room:1"}, "type": kind, "data": kind, "durable": durable}))
+                .await;
+            assert_eq!(status, 200, "{body}");
+        }
+    };
+    publish("chat.message", true).await; // tseq 1, before the tab: replayed
+    publish("presence.typing", true).await; // 2: left out
+    let (mut tab, _) =
+        server.connect_with(&token, "topics=room:1&types=chat.,system", Some("0;room:1=0")).await;
+    let event = tab.next().await.unwrap();
+    assert_eq!(
+        (event.data["type"].as_str(), event.resume.as_deref()),
+        (Some("chat.message"), Some("0;room:1=1"))
+    );
+    publish("presence.typing", false).await; // ephemeral, left out
+    publish("presence.typing", true).await; // 3: left out
+    publish("system.notice", true).await; // 4
+    let event = tab.next().await.unwrap();
+    assert_eq!(
+        (event.data["type"].as_str(), event.resume.as_deref()),
+        (Some("system.notice"), Some("0;room:1=4"))
+    );
+    tab.expect_silence(QUIET).await;
+    let many =
+        (0..=herald_core::subscription::TYPE_PREFIXES_MAX).map(|i| format!("t{i}")).collect::<Vec<_>>();
+    let refused = server.stream_refused(Some(&token), &format!("types={}", many.join(",")), None).await;
+    assert_error(&refused, 400, "invalid_types");
+}
+
+/// Across a restart on the same SQLite file: a tab resumes its topics and its user's log from
+/// the id it had, exactly; the tseqs go on after the restart, never reused.
+#[tokio::test]
+async fn topics_resume_exactly_across_a_restart_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("herald.db");
+    let token = token_for_rooms("alice", "s1");
+    let last_id = {
+        let server = TestServer::with_store(support::sqlite(&path, Retention::default())).await;
+        let (mut tab, _) = server.connect_with(&token, "topics=room:1,room:2", None).await;
+        publish_durable(&server, "room:1", 1).await;
+        let event = tab.next().await.unwrap();
+        publish_durable(&server, "room:1", 2).await;
+        publish_durable(&server, "room:2", 1).await;
+        server.notify_user("alice", json!("while away")).await;
+        server.shutdown().await;
+        event.resume.unwrap()
+    };
+    assert_eq!(last_id, "0;room:1=1;room:2=0");
+    let server = TestServer::with_store(support::sqlite(&path, Retention::default())).await;
+    let answer = publish_durable(&server, "room:2", 2).await;
+    assert_eq!(answer["topic"]["tseq"], 2, "tseqs go on after the restart");
+    let (mut tab, hello) = server.connect_with(&token, "topics=room:1,room:2", Some(&last_id)).await;
+    assert_eq!(hello.data["positions"], json!({"room:1": 1, "room:2": 0}));
+    let mut got = Got::default();
+    while let Ok(Some(event)) = tab.next_within(QUIET).await {
+        got.take(&event);
+    }
+    assert_eq!(got.seqs, [1]);
+    assert_eq!(got.tseqs.get("room:1"), Some(&vec![2]));
+    assert_eq!(got.tseqs.get("room:2"), Some(&vec![1, 2]));
+}

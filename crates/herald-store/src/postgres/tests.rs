@@ -620,6 +620,7 @@ async fn a_resume_with_the_old_epoch_after_a_renewal_gets_a_reset() {
             epoch: Some(epoch),
             topics: &[],
             topic_positions: &[],
+            types: &[],
         };
         Subscription::open(&hub, &reopened, request)
     };

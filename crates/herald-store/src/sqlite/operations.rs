@@ -1,5 +1,5 @@
 //! The operations: [`Store`] for [`SqliteStore`], where the store's contract meets the reads and
-//! the writer. A write (a topic append too) becomes a request to the writer (an inbox change of "all up to N", and
+//! the writer. A write (a topic append and a job's save too) becomes a request to the writer (an inbox change of "all up to N", and
 //! `prune`, one request per bounded chunk); a read takes the user's staged notifications from
 //! memory, then runs on a pooled read-only connection, which merges them in. No SQL lives here:
 //! it is in `reads` and `writes`.
@@ -8,38 +8,41 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use herald_core::{
-    Appended, Epoch, InboxChange, InboxCounts, InboxPage, InboxQuery, ListenBounds, LogHead, LogPage, Mark,
-    NewNotification, NewTopicEvent, PruneReport, Receipt, Revocation, ScopeListens, Selection, Seq,
-    SessionId, Store, StoreError, StoredListen, Topic, TopicAppended, TopicHead, TopicListener, TopicPage,
-    UserId,
+    Appended, Epoch, FanoutJob, InboxChange, InboxCounts, InboxPage, InboxQuery, ListenBounds, LogHead,
+    LogPage, Mark, NewNotification, NewTopicEvent, PruneReport, Receipt, Revocation, ScopeListens, Selection,
+    Seq, SessionId, Store, StoreError, StoredListen, Topic, TopicAppended, TopicHead, TopicListener,
+    TopicPage, UserId,
 };
 
 use super::SqliteStore;
 use super::reads::{
-    read_head, read_inbox_counts, read_inbox_page, read_listens, read_log_page, read_revocations,
-    read_topic_heads, read_topic_listeners, read_topic_page,
+    read_head, read_inbox_counts, read_inbox_page, read_job, read_listens, read_log_page, read_revocations,
+    read_topic_heads, read_topic_listeners, read_topic_page, read_unfinished_jobs,
 };
 use super::request::{
     Append, AppendTopic, CompleteReceipt, ForgetSessionListens, InboxChunk, InboxDelete, InboxMark, Listen,
-    PruneChunk, Revoke, Rows, Unlisten, Write,
+    PruneChunk, Revoke, Rows, SaveJob, Unlisten, Write,
 };
 use super::sql::sql_seq;
 
 #[async_trait]
 impl Store for SqliteStore {
-    async fn save_job(&self, job: &herald_core::FanoutJob) -> Result<(), StoreError> {
-        let _ = job;
-        Err(StoreError::Unavailable("TRANSITIONAL: fan-out jobs are not in this store yet".into()))
+    async fn save_job(&self, job: &FanoutJob) -> Result<(), StoreError> {
+        let json = crate::job_json(job)?;
+        let (id, created_at_ms, finished_at_ms) = (job.id.clone(), job.created_at_ms, job.finished_at_ms);
+        self.writer.submit(SaveJob { id, created_at_ms, finished_at_ms, json }).await
     }
 
-    async fn job(&self, id: &str) -> Result<Option<herald_core::FanoutJob>, StoreError> {
-        let _ = id;
-        Err(StoreError::Unavailable("TRANSITIONAL: fan-out jobs are not in this store yet".into()))
+    async fn job(&self, id: &str) -> Result<Option<FanoutJob>, StoreError> {
+        let id = id.to_owned();
+        self.readers.read(move |tx| read_job(tx, &id)).await
     }
 
-    async fn unfinished_jobs(&self, limit: usize) -> Result<Vec<herald_core::FanoutJob>, StoreError> {
-        let _ = limit;
-        Ok(Vec::new())
+    async fn unfinished_jobs(&self, limit: usize) -> Result<Vec<FanoutJob>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        self.readers.read(move |tx| read_unfinished_jobs(tx, limit)).await
     }
 
     async fn append_topic(
@@ -233,6 +236,7 @@ impl Store for SqliteStore {
             report.idempotency_keys += chunk.idempotency_keys;
             report.revocations += chunk.revocations;
             report.topic_events += chunk.topic_events;
+            report.jobs += chunk.jobs;
             report.inboxes.extend(chunk.inboxes);
             if chunk.done {
                 break;

@@ -1,5 +1,6 @@
 //! The reads: what a read transaction on a pooled connection does for `read_after`, `head`,
-//! inbox pages and counts, revocations, listens and topic logs (heads and pages), the log's reads merging in the user's staged
+//! inbox pages and counts, revocations, listens, topic logs (heads and pages) and fan-out jobs,
+//! the log's reads merging in the user's staged
 //! notifications that the caller took before the snapshot (see `staging` for why that order
 //! gives a prefix of the log). Also [`UserRow`], a user's `users` row with its tail, which the writes read too. Nothing
 //! here writes; taking the staged notifications and the pooled connection is the operations'
@@ -8,9 +9,9 @@
 use std::sync::Arc;
 
 use herald_core::{
-    Audience, ClientId, Epoch, InboxCounts, InboxItem, InboxPage, InboxQuery, InboxStatus, ItemState,
-    LogHead, LogPage, Notification, Revocation, Seq, SessionId, StoreError, StoredListen, Topic, TopicEvent,
-    TopicHead, TopicListener, TopicPage, UserId,
+    Audience, ClientId, Epoch, FanoutJob, InboxCounts, InboxItem, InboxPage, InboxQuery, InboxStatus,
+    ItemState, LogHead, LogPage, Notification, Revocation, Seq, SessionId, StoreError, StoredListen, Topic,
+    TopicEvent, TopicHead, TopicListener, TopicPage, UserId,
 };
 use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::value::RawValue;
@@ -525,4 +526,28 @@ pub(super) fn read_topic_page(
         }
     }
     Ok(TopicPage { events, head, epoch })
+}
+
+/// The job with `id`, if the store has it. One primary-key lookup.
+pub(super) fn read_job(conn: &Connection, id: &str) -> Result<Option<FanoutJob>, StoreError> {
+    let json: Option<String> = conn
+        .prepare_cached("SELECT job FROM jobs WHERE id = ?1")
+        .and_then(|mut stmt| stmt.query_row([id], |row| row.get(0)).optional())
+        .map_err(db_error)?;
+    json.as_deref().map(crate::job_from_json).transpose()
+}
+
+/// The query of [`read_unfinished_jobs`]: `?1` limit. The first entries of the partial index
+/// `jobs_unfinished`, which is in this order.
+pub(super) const UNFINISHED_JOBS_SQL: &str = "
+    SELECT job FROM jobs WHERE finished_at IS NULL ORDER BY created_at, id LIMIT ?1";
+
+/// Up to `limit` jobs not finished, oldest first (then by id).
+pub(super) fn read_unfinished_jobs(conn: &Connection, limit: usize) -> Result<Vec<FanoutJob>, StoreError> {
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let rows: Vec<String> = conn
+        .prepare_cached(UNFINISHED_JOBS_SQL)
+        .and_then(|mut stmt| stmt.query_map([limit], |row| row.get(0))?.collect())
+        .map_err(db_error)?;
+    rows.iter().map(|json| crate::job_from_json(json)).collect()
 }

@@ -94,6 +94,7 @@ pub(super) enum Request {
     AppendTopic(Job<AppendTopic>),
     CompleteReceipt(Job<CompleteReceipt>),
     PruneChunk(Job<PruneChunk>),
+    SaveJob(Job<SaveJob>),
     Revoke(Job<Revoke>),
     Listen(Job<Listen>),
     Unlisten(Job<Unlisten>),
@@ -112,6 +113,7 @@ macro_rules! with_job {
             Request::AppendTopic($job) => $body,
             Request::CompleteReceipt($job) => $body,
             Request::PruneChunk($job) => $body,
+            Request::SaveJob($job) => $body,
             Request::Revoke($job) => $body,
             Request::Listen($job) => $body,
             Request::Unlisten($job) => $body,
@@ -176,12 +178,22 @@ pub(super) struct CompleteReceipt {
     pub receipt: String,
 }
 
+/// Stores a fan-out job, replacing the one with its id (`Store::save_job`).
+pub(super) struct SaveJob {
+    pub id: String,
+    pub created_at_ms: i64,
+    pub finished_at_ms: Option<i64>,
+    /// The whole job, serialized by the requester, not on the writer thread (as a receipt is).
+    pub json: String,
+}
+
 /// One bounded chunk of retention (`Store::prune` sends them until one is done).
 #[derive(Debug, Clone, Copy)]
 pub(super) struct PruneChunk {
     /// Notifications created before this (ms) go.
     pub notifications_before: i64,
-    /// Idempotency keys recorded before this (ms) go.
+    /// Idempotency keys recorded before this (ms) go, and so do fan-out jobs finished before it:
+    /// a job is kept as long as its chunks' keys are.
     pub keys_before: i64,
     /// Revocations closed before this (Unix seconds) go.
     pub revocations_before: i64,
@@ -196,6 +208,7 @@ pub(super) struct PrunedChunk {
     pub idempotency_keys: u64,
     pub revocations: u64,
     pub topic_events: u64,
+    pub jobs: u64,
     pub inboxes: Vec<PrunedInbox>,
     pub done: bool,
 }

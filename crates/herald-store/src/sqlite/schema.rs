@@ -14,7 +14,7 @@ use super::sql::db_error;
 
 /// The schema this code writes, kept in `PRAGMA user_version`. A database with a higher version
 /// was written by a newer Herald: opening it fails rather than guess.
-pub const SCHEMA_VERSION: i32 = 8;
+pub const SCHEMA_VERSION: i32 = 9;
 
 /// Schema version 1. `notifications` is `WITHOUT ROWID`, clustered by (user, seq): a replay is
 /// one range scan. A new database gets it, then [`SCHEMA_V2`], like an old one.
@@ -218,6 +218,30 @@ CREATE TABLE topic_log (
 CREATE INDEX topic_log_by_created_at ON topic_log (created_at);
 ";
 
+/// Version 8 → 9: **fan-out jobs** (see `Store::save_job` and `herald_core::jobs`).
+///
+/// - `jobs`: one row per job, the whole [`FanoutJob`](herald_core::FanoutJob) as JSON in `job`
+///   (read and written whole: a job is saved after each chunk), with copies of the fields it is
+///   queried by in `id`, `created_at` and `finished_at` (NULL while it runs). A rowid table, not
+///   `WITHOUT ROWID`: `job` holds the publish's data, up to `Limits::publish_bytes_max`, and
+///   large rows belong outside a clustered b-tree. Jobs are few: at most
+///   `JOBS_UNFINISHED_MAX` running, and the finished ones of one idempotency window.
+/// - `jobs_unfinished`: the running jobs in `unfinished_jobs`' order (oldest first, then by id),
+///   so that the query at startup reads `limit` entries of a small partial index and sorts
+///   nothing, however many finished jobs the window holds.
+/// - `jobs_by_finished_at`: retention finds the finished jobs past the window (the window of
+///   their chunks' idempotency keys) in bounded chunks, as it does for keys.
+pub const SCHEMA_V9: &str = "
+CREATE TABLE jobs (
+    id          TEXT PRIMARY KEY,
+    created_at  INTEGER NOT NULL,
+    finished_at INTEGER,
+    job         TEXT NOT NULL
+);
+CREATE INDEX jobs_unfinished ON jobs (created_at, id) WHERE finished_at IS NULL;
+CREATE INDEX jobs_by_finished_at ON jobs (finished_at) WHERE finished_at IS NOT NULL;
+";
+
 /// Creates the schema in an empty database, upgrades an older one step by step (a new database
 /// takes the same steps), and refuses a newer one, or another program's (at `path`). All in one
 /// transaction: a failed upgrade leaves the file as it was.
@@ -285,6 +309,12 @@ pub(super) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreErr
             tracing::info!("upgrading the store to schema version 8 (durable topic logs)");
         }
         tx.execute_batch(SCHEMA_V8).map_err(db_error)?;
+    }
+    if version < 9 {
+        if version >= 1 {
+            tracing::info!("upgrading the store to schema version 9 (fan-out jobs)");
+        }
+        tx.execute_batch(SCHEMA_V9).map_err(db_error)?;
     }
     if version != SCHEMA_VERSION {
         tx.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(db_error)?;

@@ -1154,7 +1154,7 @@ async fn revocations_survive_reopening() {
     let conn = Connection::open(&path).unwrap();
     conn.execute_batch(
         "DROP TABLE revocations; DROP TABLE meta; DROP TABLE topic_listens; DROP TABLE topic_log;
-         DROP TABLE topic_heads; PRAGMA user_version = 4;",
+         DROP TABLE topic_heads; DROP TABLE jobs; PRAGMA user_version = 4;",
     )
     .unwrap();
     drop(conn);
@@ -1218,7 +1218,7 @@ async fn the_epoch_is_made_with_the_database_and_kept() {
     let conn = Connection::open(&path).unwrap();
     conn.execute_batch(
         "DROP TABLE meta; DROP TABLE topic_listens; DROP TABLE topic_log; DROP TABLE topic_heads;
-         PRAGMA user_version = 5;",
+         DROP TABLE jobs; PRAGMA user_version = 5;",
     )
     .unwrap();
     drop(conn);
@@ -1278,10 +1278,12 @@ async fn listens_survive_reopening() {
     );
     drop(store);
 
-    // A version 6 file (no topic_listens table, nor version 8's topic logs) is upgraded in place.
+    // A version 6 file (no topic_listens table, nor the topic logs and jobs of versions 8 and 9) is
+    // upgraded in place.
     let conn = Connection::open(&path).unwrap();
     conn.execute_batch(
-        "DROP TABLE topic_listens; DROP TABLE topic_log; DROP TABLE topic_heads; PRAGMA user_version = 6;",
+        "DROP TABLE topic_listens; DROP TABLE topic_log; DROP TABLE topic_heads; DROP TABLE jobs;
+         PRAGMA user_version = 6;",
     )
     .unwrap();
     drop(conn);
@@ -1413,9 +1415,12 @@ async fn topic_logs_survive_reopening() {
     store.append(vec![entry("alice", 1, now_ms())], None).await.unwrap();
     drop(store);
 
-    // A version 7 file (no topic tables) is upgraded in place.
+    // A version 7 file (no topic tables, no jobs) is upgraded in place.
     let conn = Connection::open(&path).unwrap();
-    conn.execute_batch("DROP TABLE topic_log; DROP TABLE topic_heads; PRAGMA user_version = 7;").unwrap();
+    conn.execute_batch(
+        "DROP TABLE topic_log; DROP TABLE topic_heads; DROP TABLE jobs; PRAGMA user_version = 7;",
+    )
+    .unwrap();
     drop(conn);
     let store = SqliteStore::open(&path, retention).unwrap();
     assert_eq!(store.head(&user("alice")).await.unwrap().last_seq, 1, "the logs are kept");
@@ -1456,4 +1461,108 @@ fn topic_queries_use_indexes() {
     assert!(!page.contains("SCAN ") && !page.contains("TEMP B-TREE"), "{page}");
     let expired = plan("SELECT topic, tseq FROM topic_log WHERE created_at < 500 LIMIT 10");
     assert!(expired.contains("topic_log_by_created_at"), "{expired}");
+}
+
+/// A fan-out job of topic `post:{id}`, running, created at `created_at_ms`.
+fn fanout_job(id: &str, created_at_ms: i64) -> herald_core::FanoutJob {
+    herald_core::FanoutJob {
+        id: id.to_owned(),
+        topic: Topic::new(format!("post:{id}")).unwrap(),
+        kind: Arc::from("t"),
+        data: Arc::from(RawValue::from_string(r#"{"k": [1, 2.50]}"#.to_owned()).unwrap()),
+        created_at_ms,
+        except_user: Some(user("alice")),
+        except_client: Some(ClientId::new("c").unwrap()),
+        cursor: None,
+        stored: 0,
+        finished_at_ms: None,
+    }
+}
+
+/// Fan-out jobs survive reopening: a running job is among `unfinished_jobs` again with its
+/// cursor and count (what `Notifier::resume_jobs` reads at the next start), a finished one is
+/// still answered by id and still forgotten by `prune` once past the window; and a version 8
+/// file gains the `jobs` table in place (schema version 9), keeping its logs. Fails if the jobs
+/// were kept in memory, if the upgrade to version 9 were missing, or if a reopened store's
+/// `unfinished_jobs` read another column than the one `save_job` wrote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_survive_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("herald.db");
+    let now = now_ms();
+    let running =
+        herald_core::FanoutJob { cursor: Some(user("m")), stored: 1_000, ..fanout_job("run", now - 10) };
+    let finished = herald_core::FanoutJob {
+        stored: 2_500,
+        finished_at_ms: Some(now - 5),
+        cursor: Some(user("z")),
+        ..fanout_job("done", now - 20)
+    };
+    {
+        let store = SqliteStore::open(&path, Retention::default()).unwrap();
+        store.save_job(&fanout_job("run", now - 10)).await.unwrap();
+        store.save_job(&running).await.unwrap();
+        store.save_job(&finished).await.unwrap();
+    }
+    let store = SqliteStore::open(&path, Retention::default()).unwrap();
+    let unfinished = store.unfinished_jobs(16).await.unwrap();
+    assert_eq!(unfinished.len(), 1, "{unfinished:?}");
+    let read = &unfinished[0];
+    assert_eq!((read.id.as_str(), read.cursor.clone(), read.stored), ("run", Some(user("m")), 1_000));
+    assert_eq!(read.data.get(), r#"{"k": [1, 2.50]}"#);
+    assert_eq!(read.except_client, Some(ClientId::new("c").unwrap()));
+    let done = store.job("done").await.unwrap().expect("the finished job is kept");
+    assert_eq!((done.finished_at_ms, done.stored, done.cursor), (Some(now - 5), 2_500, Some(user("z"))));
+    assert_eq!(store.prune(now + 25 * 3_600_000).await.unwrap().jobs, 1);
+    assert!(store.job("done").await.unwrap().is_none());
+    store.append(vec![entry("alice", 1, now_ms())], None).await.unwrap();
+    drop(store);
+    assert_eq!(count_rows(&path, "jobs"), 1);
+
+    // A version 8 file (no jobs table) is upgraded in place.
+    let conn = Connection::open(&path).unwrap();
+    conn.execute_batch("DROP TABLE jobs; PRAGMA user_version = 8;").unwrap();
+    drop(conn);
+    let store = SqliteStore::open(&path, Retention::default()).unwrap();
+    assert_eq!(store.head(&user("alice")).await.unwrap().last_seq, 1, "the logs are kept");
+    assert!(store.unfinished_jobs(16).await.unwrap().is_empty());
+    store.save_job(&running).await.unwrap();
+    assert_eq!(store.job("run").await.unwrap().expect("saved after the upgrade").stored, 1_000);
+    drop(store);
+    let conn = Connection::open(&path).unwrap();
+    let version: i32 = conn.pragma_query_value(None, "user_version", |row| row.get(0)).unwrap();
+    assert_eq!(version, SCHEMA_VERSION);
+    assert_eq!(SCHEMA_VERSION, 9);
+    assert_eq!(count_rows(&path, "jobs"), 1);
+}
+
+/// `unfinished_jobs` reads the first entries of the partial index `jobs_unfinished` (no scan of
+/// the finished jobs, no sort), a job is found by its primary key, and retention finds the
+/// finished jobs past the window through `jobs_by_finished_at`: what `EXPLAIN QUERY PLAN` says.
+/// Fails if the startup query scanned or sorted the table.
+#[test]
+fn job_queries_use_indexes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("herald.db");
+    drop(SqliteStore::open(&path, Retention::default()).unwrap());
+    let conn = Connection::open(&path).unwrap();
+    conn.execute_batch(
+        "WITH RECURSIVE s(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM s WHERE n < 2000)
+         INSERT INTO jobs (id, created_at, finished_at, job)
+             SELECT 'j' || n, n, CASE WHEN n % 100 = 0 THEN NULL ELSE n + 10 END, '{}' FROM s;
+         ANALYZE;",
+    )
+    .unwrap();
+    let plan = |sql: &str| -> String {
+        let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        let rows = stmt.query_map([], |row| row.get::<_, String>(3)).unwrap();
+        rows.map(Result::unwrap).collect::<Vec<_>>().join(" | ")
+    };
+    let unfinished = plan(&super::reads::UNFINISHED_JOBS_SQL.replace("?1", "16"));
+    assert!(unfinished.contains("jobs_unfinished"), "{unfinished}");
+    assert!(!unfinished.contains("TEMP B-TREE"), "{unfinished}");
+    let by_id = plan("SELECT job FROM jobs WHERE id = 'j7'");
+    assert!(by_id.contains("USING INDEX sqlite_autoindex_jobs_1 (id=?)"), "{by_id}");
+    let expired = plan("SELECT rowid FROM jobs WHERE finished_at < 500 LIMIT 10");
+    assert!(expired.contains("jobs_by_finished_at"), "{expired}");
 }

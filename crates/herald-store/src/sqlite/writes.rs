@@ -3,7 +3,8 @@
 //! staged rows and folds its tail into its `users` row ([`fold_tail`]), then changes rows and
 //! adjusts the counts by the states of exactly the rows it touched. Listens (`topic_listens`)
 //! and topic logs (`topic_heads`, `topic_log`) are apart from the users' logs: they touch
-//! neither staged rows nor `users`; a topic append shares only the idempotency keys with appends. Each write is a
+//! neither staged rows nor `users`; a topic append shares only the idempotency keys with appends.
+//! Fan-out jobs (`jobs`) are apart from everything: a save is one upsert. Each write is a
 //! [`Write`] (the requests are in `request`); batching, transactions and savepoints are the
 //! writer's job.
 
@@ -21,12 +22,13 @@ use rusqlite::{Connection, OptionalExtension, params};
 use super::reads::{UserRow, read_counts, read_scope_topics, read_state, read_user_row};
 use super::request::{
     Append, AppendTopic, CompleteReceipt, ForgetSessionListens, InboxChunk, InboxDelete, InboxMark, Job,
-    Listen, PruneChunk, PrunedChunk, Request, Revoke, Rows, SettleAll, Unlisten, Write,
+    Listen, PruneChunk, PrunedChunk, Request, Revoke, Rows, SaveJob, SettleAll, Unlisten, Write,
 };
 use super::sql::{db_error, seq_from_sql, session_from_sql, sql_seq, sql_session};
 use super::staging::StagingWrites;
 
-/// Notifications (and, separately, durable topic events, idempotency keys and revocations) one
+/// Notifications (and, separately, durable topic events, idempotency keys, fan-out jobs and
+/// revocations) one
 /// chunk of `prune` selects. At the bound
 /// the chunk commits and the next one queues behind the publishes already waiting, so a large
 /// prune never holds the writer for long.
@@ -106,6 +108,24 @@ impl Write for PruneChunk {
 
     fn request(job: Job<Self>) -> Request {
         Request::PruneChunk(job)
+    }
+}
+
+impl Write for SaveJob {
+    type Output = ();
+
+    fn run(
+        &self,
+        conn: &Connection,
+        _: &mut StagingWrites<'_>,
+        _: &Retention,
+        _: i64,
+    ) -> Result<(), StoreError> {
+        save_job(conn, self)
+    }
+
+    fn request(job: Job<Self>) -> Request {
+        Request::SaveJob(job)
     }
 }
 
@@ -651,7 +671,8 @@ fn complete_receipt(conn: &Connection, key: &str, receipt: &str) -> Result<(), S
 /// `pruned_through` keeps its meaning: everything up to it is gone. Each user's counts lose what
 /// the removed notifications counted for, and the chunk reports them. Durable topic events go
 /// the same way: up to [`PRUNE_CHUNK_ROWS`] expired ones, each topic's highest one taking every
-/// lower tseq of its topic with it and raising its `pruned_through`.
+/// lower tseq of its topic with it and raising its `pruned_through`. Idempotency keys, finished
+/// fan-out jobs and revocations go up to [`PRUNE_CHUNK_ROWS`] each.
 fn prune_chunk(
     conn: &Connection,
     writes: &mut StagingWrites<'_>,
@@ -714,6 +735,16 @@ fn prune_chunk(
         .and_then(|mut stmt| stmt.execute(params![keys_before, PRUNE_CHUNK_ROWS]))
         .map_err(db_error)? as i64;
 
+    // Finished jobs go with their chunks' keys: a job's id is answered as long as they are.
+    let jobs = conn
+        .prepare_cached(
+            "DELETE FROM jobs WHERE rowid IN (
+                 SELECT rowid FROM jobs WHERE finished_at < ?1 LIMIT ?2
+             )",
+        )
+        .and_then(|mut stmt| stmt.execute(params![keys_before, PRUNE_CHUNK_ROWS]))
+        .map_err(db_error)? as i64;
+
     // Every token these refuse has expired (see `Retention::revocation_window`).
     let revocations = conn
         .prepare_cached(
@@ -729,12 +760,27 @@ fn prune_chunk(
         idempotency_keys: idempotency_keys as u64,
         revocations: revocations as u64,
         topic_events,
+        jobs: jobs as u64,
         inboxes,
         done: selected < PRUNE_CHUNK_ROWS
             && topics_selected < PRUNE_CHUNK_ROWS
             && idempotency_keys < PRUNE_CHUNK_ROWS
+            && jobs < PRUNE_CHUNK_ROWS
             && revocations < PRUNE_CHUNK_ROWS,
     })
+}
+
+/// Inserts the job, or replaces the row with its id: the indexed copies of its fields with the
+/// JSON, so that they never disagree.
+fn save_job(conn: &Connection, job: &SaveJob) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO jobs (id, created_at, finished_at, job) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (id) DO UPDATE SET
+             created_at = excluded.created_at, finished_at = excluded.finished_at, job = excluded.job",
+    )
+    .and_then(|mut stmt| stmt.execute(params![job.id, job.created_at_ms, job.finished_at_ms, job.json]))
+    .map_err(db_error)?;
+    Ok(())
 }
 
 /// Records a close, keeping the latest one of the user and session.
