@@ -191,6 +191,7 @@ cases!(
     a_node_that_leaves_is_gone_at_once,
     topic_events_and_listens_cross_nodes,
     a_user_scope_listen_reaches_the_users_tabs_on_every_node,
+    durable_topic_events_from_two_nodes_arrive_once_in_order_and_resume,
 );
 
 /// What one node publishes reaches the user's tabs on every node once (its own tab through its
@@ -561,4 +562,72 @@ async fn a_user_scope_listen_reaches_the_users_tabs_on_every_node(url: &str) {
     if let Ok(event) = tokio::time::timeout(Duration::from_millis(300), on_b.next()).await {
         panic!("alice unlistened, got {event:?}");
     }
+}
+
+/// Durable topic events published on two nodes at once reach a tab on one of them exactly once,
+/// in tseq order (what crosses on the bus out of order is filled from the topic's log), and a
+/// tab opened on the other node with a position resumes the topic from there.
+async fn durable_topic_events_from_two_nodes_arrive_once_in_order_and_resume(url: &str) {
+    let (cluster, store) = (cluster_name(), shared_store());
+    let a = node(url, &cluster, "a", &store, Limits::default()).await;
+    let b = node(url, &cluster, "b", &store, Limits::default()).await;
+    wait_for_peers(&[&a, &b]).await;
+    let room = herald_core::Topic::new("room:1").unwrap();
+    let open = |node: &Node, positions: Vec<(herald_core::Topic, u64)>| {
+        let (hub, store, room) = (node.hub.clone(), node.store.clone(), room.clone());
+        async move {
+            let (alice, session) = (user("alice"), SessionId::new("s1").unwrap());
+            let request = SubscribeRequest {
+                user: &alice,
+                session: &session,
+                client: None,
+                transport: Transport::Sse,
+                resume_after: None,
+                epoch: None,
+                topics: std::slice::from_ref(&room),
+                topic_positions: &positions,
+                types: &[],
+            };
+            let mut subscription = Subscription::open(&hub, &store, request).await.unwrap();
+            match subscription.next().await {
+                Some(ClientEvent::Hello { positions: started, .. }) => assert_eq!(&*started, &*positions),
+                other => panic!("expected hello, got {other:?}"),
+            }
+            subscription
+        }
+    };
+    let mut on_b = open(&b, vec![(room.clone(), 0)]).await;
+    let publish = |node: &Node, n: u64| {
+        let data = Arc::from(serde_json::value::RawValue::from_string(n.to_string()).unwrap());
+        let publish = herald_core::Publish {
+            target: herald_core::Target::Topic(room.clone()),
+            ..herald_core::Publish::to_user(user("nobody"), "t", data)
+        };
+        let notifier = node.notifier.clone();
+        async move { notifier.publish(publish).await.unwrap().topic.unwrap().tseq }
+    };
+    let publishes: Vec<_> = (0..40).map(|n| publish(if n % 2 == 0 { &a } else { &b }, n)).collect();
+    let mut tseqs = futures::future::join_all(publishes).await;
+    tseqs.sort_unstable();
+    assert_eq!(tseqs, (1..=40).collect::<Vec<_>>(), "each publish got its own tseq");
+    let mut got = Vec::new();
+    while got.len() < 40 {
+        match tokio::time::timeout(WAIT, on_b.next()).await.expect("a topic event in time") {
+            Some(ClientEvent::Topic(event)) => got.push(event.tseq.expect("durable")),
+            Some(ClientEvent::KeepAlive) => {}
+            other => panic!("expected a topic event, got {other:?}"),
+        }
+    }
+    assert_eq!(got, (1..=40).collect::<Vec<_>>());
+    if let Ok(event) = tokio::time::timeout(Duration::from_millis(300), on_b.next()).await {
+        panic!("expected nothing more, got {event:?}");
+    }
+    let mut on_a = open(&a, vec![(room.clone(), 25)]).await;
+    for tseq in 26..=40 {
+        match tokio::time::timeout(WAIT, on_a.next()).await.expect("a replayed event in time") {
+            Some(ClientEvent::Topic(event)) => assert_eq!(event.tseq, Some(tseq)),
+            other => panic!("expected topic event {tseq}, got {other:?}"),
+        }
+    }
+    assert_eq!(on_a.topic_positions(), [(room.clone(), 40)]);
 }
