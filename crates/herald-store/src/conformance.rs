@@ -192,6 +192,7 @@ fn receipt(entries: &[(&str, u64)], delivered: u64) -> Receipt {
     Receipt {
         notifications: entries.iter().map(|&(u, seq)| ReceiptEntry { user: user(u), seq }).collect(),
         topic: None,
+        job: None,
         delivered,
     }
 }
@@ -1646,7 +1647,12 @@ fn thead(last_tseq: u64, pruned_through: u64) -> TopicHead {
 
 /// The receipt a topic publish leaves with its key: no notifications, its topic and tseq.
 fn topic_receipt(name: &str, tseq: u64, delivered: u64) -> Receipt {
-    Receipt { notifications: Vec::new(), topic: Some(TopicReceipt { topic: topic(name), tseq }), delivered }
+    Receipt {
+        notifications: Vec::new(),
+        topic: Some(TopicReceipt { topic: topic(name), tseq }),
+        job: None,
+        delivered,
+    }
 }
 
 /// Tseqs are 1, 2, 3, … per topic, independent between topics and from users' seqs; what is

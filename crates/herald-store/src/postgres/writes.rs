@@ -274,6 +274,7 @@ fn receipt_of(notifications: &[Arc<Notification>]) -> Receipt {
             .map(|n| ReceiptEntry { user: n.user.clone(), seq: n.seq.unwrap_or_default() })
             .collect(),
         topic: None,
+        job: None,
         delivered: 0,
     }
 }
@@ -997,6 +998,7 @@ pub(super) async fn append_topic(
         let receipt = Receipt {
             notifications: Vec::new(),
             topic: Some(TopicReceipt { topic: event.topic.clone(), tseq }),
+            job: None,
             delivered: 0,
         };
         complete_receipt(tx, key, &crate::receipt_json(&receipt)?).await?;

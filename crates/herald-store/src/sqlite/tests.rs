@@ -235,6 +235,7 @@ async fn survives_reopening() {
         let completed = Receipt {
             notifications: vec![ReceiptEntry { user: user("alice"), seq: 1 }],
             topic: None,
+            job: None,
             delivered: 5,
         };
         store.complete_receipt("k", &completed).await.unwrap();

@@ -335,6 +335,7 @@ fn append(
                 .map(|n| ReceiptEntry { user: n.user.clone(), seq: n.seq.unwrap_or_default() })
                 .collect(),
             topic: None,
+            job: None,
             delivered: 0,
         };
         record_key(conn, key, now, &receipt)?;
@@ -437,6 +438,7 @@ fn append_topic(
         let receipt = Receipt {
             notifications: Vec::new(),
             topic: Some(TopicReceipt { topic: event.topic.clone(), tseq }),
+            job: None,
             delivered: 0,
         };
         record_key(conn, key, now, &receipt)?;
