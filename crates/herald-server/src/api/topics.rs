@@ -216,7 +216,9 @@ async fn change(
         Scope::Session(user, session) => {
             Listening { client: None, user: Some(user), session: Some(session), topics: now, positions }
         }
-        Scope::User(user) => Listening { client: None, user: Some(user), session: None, topics: now, positions },
+        Scope::User(user) => {
+            Listening { client: None, user: Some(user), session: None, topics: now, positions }
+        }
     };
     Ok(json_response(&answer))
 }
