@@ -43,11 +43,17 @@ export interface HeraldNotification<Data = unknown> {
   created_at: string;
 }
 
-/** An event of a topic the tab listens to (`herald.listen`). Ephemeral: sent only to the tabs
- * listening while it is published, never replayed, and it has no seq. */
+/** An event of a topic the tab listens to (`herald.listen`). A durable one (the default
+ * publish) has a `tseq`, its place in the topic's log (1, 2, … per topic): the client resumes
+ * each topic after the last tseq it handed over, on every transport and across server
+ * restarts, so each reaches the app once, in tseq order (a `topic_reset` says when some were
+ * lost). An ephemeral one (`"durable": false`) has none: it reaches only the tabs listening
+ * while it is published, and is never replayed. Topic events never move `lastSeq`. */
 export interface HeraldTopicEvent<Data = unknown> {
   /** The topic, e.g. `"room:1"`. */
   topic: string;
+  /** The event's sequence number in its topic's log; absent for an ephemeral event. */
+  tseq?: number;
   /** The publisher's `type` (default `"notification"`). */
   type: string;
   /** The publisher's `data`, as sent. */
@@ -75,6 +81,18 @@ export interface HeraldListenOptions {
 export interface HeraldReset {
   last_seq: number | null;
 }
+
+/** A topic's events were lost to this tab: the position it had in the topic is older than
+ * what the server keeps of the topic's log, or of another epoch (the server's data was put back
+ * or lost). The app should reload what it shows of the topic. The topic goes on after
+ * `last_tseq` (lower than before when the server's log is another, shorter one). */
+export interface HeraldTopicReset {
+  topic: string;
+  last_tseq: number;
+}
+
+/** Each durable topic's position: the last tseq handled, by topic. */
+export type HeraldPositions = Readonly<Record<string, number>>;
 
 export interface HeraldClosed {
   reason: HeraldCloseReason;
@@ -208,6 +226,8 @@ export interface HeraldEvents {
   inbox: HeraldInboxChange;
   /** An event of a topic this tab listens to. */
   topic: HeraldTopicEvent;
+  /** A topic's events were lost to this tab; see {@link HeraldTopicReset}. */
+  topic_reset: HeraldTopicReset;
 }
 
 export interface HeraldOptions {
@@ -229,6 +249,10 @@ export interface HeraldOptions {
    * log is another history now answers `reset` rather than replaying after a seq that means
    * something else there. Without it, the seq is taken as one of the server's epoch. */
   epoch?: string | null;
+  /** With `lastSeq`: each durable topic's position to start after (`herald.positions` when
+   * the app kept `herald.lastSeq`), for the topics the tab listens to from its first
+   * connection. A topic not named starts at its newest event. */
+  positions?: HeraldPositions | null;
   /** Follow the inbox counts (default `false`): the connection is opened with `inbox=1` (an
    * `inbox` event after each new notification), and the counts are read after every
    * (re)connection, so that `herald.inbox.counts` and the `counts` event stay right. */
@@ -246,6 +270,9 @@ export declare class Herald {
   readonly lastSeq: number | null;
   /** The epoch of `lastSeq`, as the server named it; keep it with `lastSeq`. */
   readonly epoch: string | null;
+  /** Each durable topic's position (the last tseq handled), for the topics the tab listens
+   * to; keep it with `lastSeq` and `epoch` (option `positions`). A copy: it does not change. */
+  readonly positions: HeraldPositions;
   /** The transport in use now (it may be `poll` after a fallback). */
   readonly transport: HeraldTransport;
   /** The user's inbox: counts, pages, marks. */

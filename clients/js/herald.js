@@ -42,14 +42,20 @@
 //   `HeraldError`, code `topic_forbidden`). The client keeps the topics it asked for and names
 //   them on every (re)connection (`?topics=`), so they outlive reconnects and server restarts;
 //   a change made while there is no connection is sent with the next one, and its promise
-//   resolves then. Topic events are ephemeral: none is replayed. With `{scope: 'session'}` or
+//   resolves then. A durable topic event (the default publish) has a `tseq`, 1, 2, … per
+//   topic: the client keeps each topic's last one (`herald.positions`) and resumes every topic
+//   exactly, with the user's seq, on every transport and across server restarts, never handing
+//   a tseq to the app twice; a `topic_reset` event `{topic, last_tseq}` says that a topic's
+//   events were lost to this tab (older than the server keeps, or of another epoch). An
+//   ephemeral topic event (no `tseq`) reaches only the tabs connected. With `{scope: 'session'}` or
 //   `{scope: 'user'}` the server keeps the listen for every tab of the session or the user
 //   instead (those opened later too): the change is sent at once, connected or not, and the
 //   promise resolves to that scope's topics.
 //
 //     await herald.listen('room:1');
 //     await herald.listen('post:42', { scope: 'user' });   // "follow": every tab, every device
-//     herald.on('topic', ({ topic, type, data }) => showInRoom(topic, data));
+//     herald.on('topic', ({ topic, tseq, type, data }) => showInRoom(topic, data));
+//     herald.on('topic_reset', ({ topic }) => reloadRoom(topic));
 //
 // The server is on the page's origin (or behind it through a proxy), or on another origin that
 // lists this page's in `--allowed-origins` (Herald then answers with CORS headers).
@@ -124,11 +130,21 @@ export class Herald {
   // what the other scopes still give the tab.
   #stored = { session: null, user: null };
   #topicChain = Promise.resolve(); // listens and unlistens run one at a time, in call order
+  // Each durable topic's position: the last tseq handled, where the next connection resumes it
+  // (with #lastSeq, in one resume point). Set from `hello` (or a poll answer), each event's
+  // tseq, a `topic_reset`, and a listen's answer (the topic's last tseq then: a topic listened
+  // to while connected starts there). Only topics the tab listens to are kept: one it listens to
+  // again later starts afresh, not with the events of the time it was away.
+  #positions = new Map();
+  // The last tseq of each topic handed to the app (or where its stream started), to drop one
+  // that comes again. Not raised by a listen's answer, unlike #positions: an event published
+  // just before the answer was made may come after it, and is new to the app.
+  #handed = new Map();
 
   /**
    * @param {import('./herald').HeraldOptions} options
    */
-  constructor({ url = '', token, transport = 'sse', fallback = true, lastSeq = null, epoch = null, inbox = false } = {}) {
+  constructor({ url = '', token, transport = 'sse', fallback = true, lastSeq = null, epoch = null, positions = null, inbox = false } = {}) {
     if (typeof token !== 'string' && typeof token !== 'function') {
       throw new TypeError('Herald: `token` must be a string or a function returning one');
     }
@@ -142,6 +158,15 @@ export class Herald {
     this.#fallback = fallback && transport !== 'poll';
     if (lastSeq != null) this.#lastSeq = Number(lastSeq);
     if (lastSeq != null && epoch != null) this.#epoch = String(epoch);
+    // Positions resume only with a seq (a resume point starts with one).
+    if (lastSeq != null && positions != null) {
+      for (const [topic, tseq] of Object.entries(positions)) {
+        if (TOPIC_PATTERN.test(topic) && Number.isSafeInteger(tseq) && tseq >= 0) {
+          this.#positions.set(topic, tseq);
+          this.#handed.set(topic, tseq);
+        }
+      }
+    }
     this.#followInbox = Boolean(inbox);
     globalThis.addEventListener?.('online', this.#onOnline);
     globalThis.addEventListener?.('offline', this.#onOffline);
@@ -159,6 +184,11 @@ export class Herald {
   get epoch() { return this.#epoch; }
   /** The transport in use: `sse`, `ws` or `poll`. */
   get transport() { return this.#mode; }
+  /**
+   * Each durable topic's position, `{topic: tseq}` (the last tseq handled): keep it with
+   * `lastSeq` and `epoch` to resume later (option `positions`).
+   */
+  get positions() { return Object.freeze(Object.fromEntries(this.#positions)); }
 
   /**
    * The topics this tab listens to (at any scope): as the server last said (`hello`, a poll
@@ -274,8 +304,7 @@ export class Herald {
       if (httpStatus === 400 && (errorCode === 'invalid_last_event_id' || errorCode === 'invalid_after')) {
         // Our resume point is ahead of the server's log, in its epoch (or a server without
         // epochs): it lost its data. Start from now.
-        this.#lastSeq = null;
-        this.#epoch = null;
+        this.#forgetPositions();
         this.#emit('reset', { last_seq: null });
         continue;
       }
@@ -309,8 +338,7 @@ export class Herald {
               break;
             }
             if (diagnosis.httpStatus === 400) {
-              this.#lastSeq = null;
-              this.#epoch = null;
+              this.#forgetPositions();
               this.#emit('reset', { last_seq: null });
               continue;
             }
@@ -403,6 +431,9 @@ export class Herald {
           case 'topic':
             this.#onTopic(data);
             break;
+          case 'topic_reset':
+            this.#onTopicReset(data);
+            break;
           case 'closed':
             reason = data.reason;
             end();
@@ -418,9 +449,11 @@ export class Herald {
           } catch (error) {
             // One frame the browser cannot parse ends nothing: the app hears of it, and the
             // position moves past its seq (the frame starts `{"event":"notification","seq":N`).
-            // A `topic` or `inbox` event has no seq: it is dropped.
+            // A `topic` or `inbox` event is dropped (a durable topic event moves its topic's
+            // position past its tseq: `{"event":"topic","topic":T,"tseq":N`).
             const head = /^\{"event":"(\w+)",(?:"seq":(\d+))?/.exec(message.data);
             if (head?.[1] === 'notification') this.#undecodable(head[2], error, message.data);
+            if (head?.[1] === 'topic') this.#undecodableTopic(`{${message.data.slice(head[0].length)}`);
             return;
           }
           if (data !== null && typeof data === 'object') onEvent(data.event, data);
@@ -429,22 +462,26 @@ export class Herald {
         socket.onerror = end;
       } else {
         socket = new EventSource(`${this.#base}/v1/stream?${params}`);
-        for (const name of ['hello', 'notification', 'reset', 'inbox', 'topic', 'closed']) {
+        for (const name of ['hello', 'notification', 'reset', 'inbox', 'topic', 'topic_reset', 'closed']) {
           socket.addEventListener(name, (message) => {
             let data;
             try {
               data = JSON.parse(message.data);
             } catch (error) {
               // As over WebSocket: the event's data starts `{"seq":N` when it is durable (and a
-              // `topic` or `inbox` event that cannot be parsed is dropped).
+              // `topic` or `inbox` event that cannot be parsed is dropped; a durable topic
+              // event's starts `{"topic":T,"tseq":N`).
               if (name === 'notification') this.#undecodable(/^\{"seq":(\d+)/.exec(message.data)?.[1], error, message.data);
+              if (name === 'topic') this.#undecodableTopic(message.data);
               return;
             }
             if (data !== null && typeof data === 'object') onEvent(name, data);
           });
         }
         // EventSource would reconnect by itself, but with the same URL: the same token and the
-        // `last_event_id` it was opened with. We reconnect ourselves instead.
+        // `last_event_id` it was opened with. We reconnect ourselves instead, with the resume
+        // point we keep (the seq and every topic's position, as the events' `id:` has it once
+        // the tab listens to topics: `17;room:1=5`, no longer a number; it is not read here).
         socket.onerror = end;
       }
     });
@@ -507,6 +544,9 @@ export class Herald {
         // top-level `last_seq`, the last one in the text: it follows the notifications).
         const lastSeq = [...text.matchAll(/"last_seq":(\d+)/g)].pop()?.[1];
         this.#undecodable(lastSeq, parseError ?? new SyntaxError('not a JSON object'), text);
+        // And after its topics' positions (its top-level `positions`, after the topic events).
+        const positions = [...text.matchAll(/"positions":(\{[^{}]*\})/g)].pop()?.[1];
+        try { if (positions) this.#advancePositions(JSON.parse(positions)); } catch { /* unreadable too */ }
         return { polled: true, reason: null };
       }
       if (typeof body?.client === 'string') this.#setClient(body.client);
@@ -525,7 +565,13 @@ export class Herald {
       if (typeof body.last_seq === 'number') this.#knowSeq(body.last_seq);
       for (const event of body.inbox ?? []) this.#onInbox(event);
       this.#serverTopics = Array.isArray(body.topics) ? body.topics : [];
+      // A topic's reset comes before the events of its log that follow it (as on streams).
+      for (const reset of body.topic_resets ?? []) this.#onTopicReset(reset);
       for (const event of body.topic ?? []) this.#onTopic(event);
+      // Where this answer left each topic (events for other tabs skipped included); only the
+      // topics the tab listens to are kept.
+      this.#advancePositions(body.positions);
+      this.#keepPositionsOf(this.#serverTopics);
       // Read when the answer was made, after its events: the newest of this answer.
       if (body.counts) this.#applyCounts(body.counts);
       return { polled: true, reason: body.closed ?? null };
@@ -562,8 +608,18 @@ export class Herald {
     const params = new URLSearchParams();
     if (token) params.set('token', token);
     if (this.#lastSeq !== null) {
-      params.set(pollWait === undefined ? 'last_event_id' : 'after', String(this.#lastSeq));
-      // The seq means something only in its epoch: a server with another one answers `reset`.
+      // The resume point: the seq, and each durable topic's position. A stream takes them as
+      // one id (`17;post:42=5;room:1=0`, what its SSE `id:`s are), a poll as `after` and
+      // `positions` (`post:42=5,room:1=0`). A topic not named starts at its last tseq.
+      const positions = [...this.#positions].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)).map(([topic, tseq]) => `${topic}=${tseq}`);
+      if (pollWait === undefined) {
+        params.set('last_event_id', [String(this.#lastSeq), ...positions].join(';'));
+      } else {
+        params.set('after', String(this.#lastSeq));
+        if (positions.length) params.set('positions', positions.join(','));
+      }
+      // The seq (and the positions) mean something only in their epoch: a server with another
+      // one answers `reset` (and `topic_reset`s).
       if (this.#epoch !== null) params.set('epoch', this.#epoch);
     }
     if (this.#client) params.set('client', this.#client);
@@ -605,6 +661,12 @@ export class Herald {
       this.#refreshCounts().catch(() => { /* the next connection tries again */ });
     }
     this.#serverTopics = Array.isArray(data.topics) ? data.topics : [];
+    // Where this stream starts in each topic: the positions given, or (for a topic the resume
+    // point did not name) its last tseq. A `topic_reset` may follow for a position lost.
+    this.#positions = new Map();
+    this.#handed = new Map();
+    this.#advancePositions(data.positions);
+    this.#keepPositionsOf(this.#serverTopics);
     this.#setStatus('open');
     this.#afterOpen();
   }
@@ -861,6 +923,7 @@ export class Herald {
   /** `POST /v1/listen` or `/v1/unlisten` for `topics`; settles `op` unless it answers 'again'. */
   async #sendTopicOp(op, topics, held) {
     const tab = op.scope === 'client';
+    const positioned = new Set(this.#positions.keys());
     let answer;
     try {
       answer = await this.#request('POST', `/v1/${op.kind}`, { topics, scope: op.scope }, tab);
@@ -874,6 +937,7 @@ export class Herald {
       return 'done';
     }
     const listed = Array.isArray(answer?.topics) ? answer.topics : [];
+    if (op.kind === 'listen') this.#startListened(answer?.positions, positioned);
     if (!tab) {
       // The answer lists the session's or the user's topics, not the tab's: the tab's list
       // (the next `hello` or poll answer brings it whole) loses those unlistened that no other
@@ -886,6 +950,7 @@ export class Herald {
           : this.#serverTopics.filter((topic) => !op.topics.includes(topic) || this.#keeps(topic, op.scope));
         this.#serverTopics = [...new Set([...kept, ...listed])];
       }
+      if (op.kind === 'unlisten') this.#dropPositions(op.topics.filter((topic) => !this.#keeps(topic, op.scope)));
       op.resolve(listed);
       return 'done';
     }
@@ -894,6 +959,8 @@ export class Herald {
       else this.#wanted.delete(topic);
     }
     this.#serverTopics = listed;
+    // The answer lists every topic the tab listens to.
+    this.#keepPositionsOf(listed);
     op.resolve(this.topics);
     return 'done';
   }
@@ -975,11 +1042,84 @@ export class Herald {
     return this.#claimTopics.some((p) => (p.endsWith('*') ? topic.startsWith(p.slice(0, -1)) : p === topic));
   }
 
-  /** A `topic` event: handed to the app without the WebSocket frame's `event`. */
+  /**
+   * A `topic` event: handed to the app without the WebSocket frame's `event`. A durable one
+   * (with `tseq`) moves its topic's position, and is dropped if its tseq was handed already.
+   */
   #onTopic(event) {
     if (event === null || typeof event !== 'object' || typeof event.topic !== 'string') return;
+    if (event.tseq !== undefined) {
+      if (!Number.isSafeInteger(event.tseq)) return;
+      if (event.tseq <= (this.#handed.get(event.topic) ?? -1)) return;
+      this.#handed.set(event.topic, event.tseq);
+      this.#positions.set(event.topic, Math.max(event.tseq, this.#positions.get(event.topic) ?? 0));
+    }
     const { event: _event, ...topicEvent } = event;
     this.#emit('topic', topicEvent);
+  }
+
+  /**
+   * A `topic_reset`: the topic's events after the position this tab had were lost to it; it
+   * goes on after `last_tseq` (lower than before when the server's log is another, shorter one).
+   */
+  #onTopicReset(event) {
+    if (event === null || typeof event !== 'object' || typeof event.topic !== 'string' || !Number.isSafeInteger(event.last_tseq)) return;
+    this.#positions.set(event.topic, event.last_tseq);
+    this.#handed.set(event.topic, event.last_tseq);
+    this.#emit('topic_reset', { topic: event.topic, last_tseq: event.last_tseq });
+  }
+
+  /** A durable topic event the browser could not parse (`{"topic":T,"tseq":N…`): moves past it. */
+  #undecodableTopic(text) {
+    const head = /^\{"topic":("(?:[^"\\]|\\.)*"),"tseq":(\d+)/.exec(text);
+    if (!head) return;
+    try {
+      this.#advancePositions({ [JSON.parse(head[1])]: Number(head[2]) });
+    } catch { /* not even the topic's name */ }
+  }
+
+  /** Raises positions (and what was handed) to `{topic: tseq}`'s, from the server. */
+  #advancePositions(positions) {
+    if (positions === null || typeof positions !== 'object') return;
+    for (const [topic, tseq] of Object.entries(positions)) {
+      if (!Number.isSafeInteger(tseq)) continue;
+      this.#positions.set(topic, Math.max(tseq, this.#positions.get(topic) ?? 0));
+      this.#handed.set(topic, Math.max(tseq, this.#handed.get(topic) ?? -1));
+    }
+  }
+
+  /**
+   * A listen's answer: each topic's last tseq once listened to. A topic this tab had no position
+   * in before the listen starts there (unless its events took it further meanwhile); the others
+   * keep theirs (events of theirs may still be on their way).
+   */
+  #startListened(positions, positioned) {
+    if (positions === null || typeof positions !== 'object') return;
+    for (const [topic, tseq] of Object.entries(positions)) {
+      if (!Number.isSafeInteger(tseq) || positioned.has(topic)) continue;
+      this.#positions.set(topic, Math.max(tseq, this.#positions.get(topic) ?? 0));
+    }
+  }
+
+  /** Keeps the positions of `topics` only (the tab listens to no other, the server said). */
+  #keepPositionsOf(topics) {
+    const kept = new Set(topics);
+    this.#dropPositions([...this.#positions.keys()].filter((topic) => !kept.has(topic)));
+  }
+
+  #dropPositions(topics) {
+    for (const topic of topics) {
+      this.#positions.delete(topic);
+      this.#handed.delete(topic);
+    }
+  }
+
+  /** The server lost the log we resumed in (400: our seq is ahead of it): start from now. */
+  #forgetPositions() {
+    this.#lastSeq = null;
+    this.#epoch = null;
+    this.#positions = new Map();
+    this.#handed = new Map();
   }
 
   // ---- events ----

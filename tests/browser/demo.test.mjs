@@ -136,10 +136,18 @@ test('the demo: sign in, live notifications to a user, a session and a tab, pres
   await tab1.waitForFunction(() => document.querySelectorAll('#presence .client').length === 2, null, { timeout: WAIT_MS });
 });
 
-/** The room lines a demo tab shows, oldest first: `from: text`. */
+/** The room lines a demo tab shows, oldest first: `room from: text`. */
 function roomLines(page) {
   return page.evaluate(() => [...document.querySelectorAll('#room-messages .room-message')].reverse()
-    .map((item) => `${item.dataset.room} ${item.querySelector('.from').textContent}: ${item.querySelector('.text').textContent}`));
+    .map((item) => (item.classList.contains('room-reset')
+      ? `${item.dataset.room} reset: ${item.querySelector('.text').textContent}`
+      : `${item.dataset.room} ${item.querySelector('.from').textContent}: ${item.querySelector('.text').textContent}`)));
+}
+
+/** The tseqs of the room lines a demo tab shows, oldest first (`room #tseq`). */
+function roomTseqs(page) {
+  return page.evaluate(() => [...document.querySelectorAll('#room-messages .room-message')].reverse()
+    .map((item) => `${item.dataset.room} #${item.dataset.tseq}`));
 }
 
 async function waitForRoomLines(page, count) {
@@ -166,7 +174,7 @@ async function sayInRoom(page, text) {
   return said;
 }
 
-test('the demo\'s room: users who joined get every line, the others none; leaving and refusals', async (t) => {
+test('the demo\'s room: users who joined get every line, the others none; leaving and refusals; lines missed offline come back', async (t) => {
   const server = await HeraldServer.start();
   t.after(() => server.dispose());
   const contexts = await Promise.all([0, 1, 2].map(() => browser.newContext({ viewport: { width: 1280, height: 1000 } })));
@@ -182,8 +190,9 @@ test('the demo\'s room: users who joined get every line, the others none; leavin
   // carol is in another room: her barrier.
   await joinRoom(carol, 'room:other');
 
-  assert.equal(await sayInRoom(alice, 'Hello room'), 'Said in room:lobby, to 2 tabs.');
-  assert.equal(await sayInRoom(bob, 'Hi alice'), 'Said in room:lobby, to 2 tabs.');
+  // Durable lines: each has its number in the room's log.
+  assert.equal(await sayInRoom(alice, 'Hello room'), 'Said in room:lobby as #1, to 2 tabs.');
+  assert.equal(await sayInRoom(bob, 'Hi alice'), 'Said in room:lobby as #2, to 2 tabs.');
   await carol.fill('#room-name', 'room:other');
   await sayInRoom(carol, 'Anyone here?');
   const expected = ['room:lobby alice: Hello room', 'room:lobby bob: Hi alice'];
@@ -201,7 +210,7 @@ test('the demo\'s room: users who joined get every line, the others none; leavin
   await bob.click('#room-join');
   await bob.waitForFunction(() => document.querySelector('#room-status').textContent.startsWith('Not joined'), null, { timeout: WAIT_MS });
   assert.match(await bob.textContent('#room-status'), /topics. claim does not allow/);
-  assert.equal(await sayInRoom(alice, 'Still here'), 'Said in room:lobby, to 1 tab.');
+  assert.equal(await sayInRoom(alice, 'Still here'), 'Said in room:lobby as #3, to 1 tab.');
   // Refused by the server too: the demo's route publishes to rooms only.
   const refused = await alice.evaluate(async () => {
     const response = await fetch('/demo/room', {
@@ -219,4 +228,21 @@ test('the demo\'s room: users who joined get every line, the others none; leavin
   assert.deepEqual(await waitForRoomLines(alice, 3), [...expected, 'room:lobby alice: Still here']);
   assert.deepEqual(await roomLines(bob), [...expected, 'room:other carol: bob joined'], 'nothing of room:lobby after bob left');
   assert.deepEqual(await roomLines(carol), ['room:other carol: Anyone here?', 'room:other carol: bob joined']);
+
+  // alice loses her network; carol says two lines in the lobby meanwhile. Back online, alice's
+  // tab shows them, once each and in order, before the next live one.
+  await contexts[0].setOffline(true);
+  await alice.waitForSelector('#status[data-status="offline"]', { timeout: WAIT_MS });
+  await carol.fill('#room-name', 'room:lobby');
+  assert.match(await sayInRoom(carol, 'While you were away'), /^Said in room:lobby as #4, /);
+  assert.match(await sayInRoom(carol, 'Still away?'), /^Said in room:lobby as #5, /);
+  await contexts[0].setOffline(false);
+  await alice.waitForSelector('#status[data-status="open"]', { timeout: WAIT_MS });
+  assert.equal(await sayInRoom(carol, 'Welcome back'), 'Said in room:lobby as #6, to 1 tab.');
+  assert.deepEqual(await waitForRoomLines(alice, 6), [
+    ...expected, 'room:lobby alice: Still here',
+    'room:lobby carol: While you were away', 'room:lobby carol: Still away?', 'room:lobby carol: Welcome back',
+  ]);
+  assert.deepEqual(await roomTseqs(alice), [1, 2, 3, 4, 5, 6].map((n) => `room:lobby #${n}`));
+  await alice.screenshot({ path: artifactPath('demo-room-back-online.png'), fullPage: true });
 });

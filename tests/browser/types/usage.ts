@@ -9,8 +9,11 @@ import Herald, {
   type HeraldInboxPage,
   type HeraldListenOptions,
   type HeraldNotification,
+  type HeraldReset,
+  type HeraldPositions,
   type HeraldStatus,
   type HeraldTopicEvent,
+  type HeraldTopicReset,
   type HeraldUndecodable,
 } from '../../../clients/js/herald.js';
 
@@ -83,8 +86,14 @@ async function app(): Promise<void> {
   console.log(joined.length, left.includes('room:1'), topics[0]);
   herald.on('topic', (e: HeraldTopicEvent) => {
     const message = e.data as Message;
-    console.log(e.topic, e.type, e.created_at, message.text);
+    const tseq: number | undefined = e.tseq;
+    console.log(e.topic, tseq ?? 'ephemeral', e.type, e.created_at, message.text);
   });
+  herald.on('topic_reset', (r: HeraldTopicReset) => console.log(r.topic, r.last_tseq + 1));
+  const positions: HeraldPositions = herald.positions;
+  console.log(positions['room:1'] ?? 0);
+  new Herald({ token: 'fixed', lastSeq: 42, epoch: 'e1', positions: { 'room:1': 7 } });
+  new Herald({ token: 'fixed', lastSeq: 42, epoch: 'e1', positions: herald.positions });
   const typed: HeraldTopicEvent<Message> = { topic: 'room:1', type: 'message', data: { text: 'hi' }, created_at: '' };
   console.log(typed.data.text);
   try {
@@ -117,6 +126,12 @@ async function app(): Promise<void> {
   await herald.listen('room:1', { scope: 'tab' });
   // @ts-expect-error: the topics are read-only
   herald.topics.push('room:3');
+  // @ts-expect-error: positions are read-only
+  herald.positions['room:1'] = 3;
+  // @ts-expect-error: a position is a number
+  new Herald({ token: 'fixed', lastSeq: 1, positions: { 'room:1': '3' } });
+  // @ts-expect-error: a topic reset names its last tseq, not a seq
+  herald.on('topic_reset', (r: HeraldReset & { last_seq: number }) => console.log(r.last_seq));
   // @ts-expect-error: a topic listener gets a topic event, not a notification with a seq
   herald.on('topic', (e: HeraldNotification & { seq: number }) => console.log(e.seq));
 }
