@@ -122,10 +122,9 @@ pub struct Subscription {
     /// Events decided but not yet taken by `next`. Bounded by one replay page plus the
     /// `hello`, `reset` and one `topic_reset` per topic.
     pending: VecDeque<ClientEvent>,
-    /// Positions in the tab's durable topics; `None` while it has none (most tabs: no memory).
+    /// Positions in the tab's durable topics, and its `type` filter; `None` while it has neither
+    /// (most tabs: 8 bytes, no allocation).
     topics: Option<Box<TopicPositions>>,
-    /// The tab's filter of topic events by `type` prefix (empty: none).
-    types: Box<[Box<str>]>,
     /// Whether the store may hold seqs after `position` that were not yet read.
     replaying: bool,
     finished: bool,
@@ -148,6 +147,8 @@ struct TopicPositions {
     /// Topics whose logs may hold tseqs after `accepted` that were not read yet (a resume, or a
     /// gap in the live events), read one page at a time after the user's log.
     behind: Vec<Topic>,
+    /// The tab's filter of topic events by `type` prefix (empty: none).
+    types: Box<[Box<str>]>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -159,6 +160,14 @@ struct TopicPosition {
 }
 
 impl TopicPositions {
+    /// The state of a tab that filters its topic events by `types` (`None` without a filter).
+    fn filtering(types: &[Box<str>]) -> Option<Box<Self>> {
+        (!types.is_empty()).then(|| Box::new(Self { types: types.into(), ..Self::default() }))
+    }
+
+    fn wants(&self, event: &TopicEvent) -> bool {
+        self.types.is_empty() || self.types.iter().any(|prefix| event.kind.starts_with(&**prefix))
+    }
     fn get_mut(&mut self, topic: &Topic) -> Option<&mut TopicPosition> {
         let at = self.positions.binary_search_by(|(t, _)| t.cmp(topic)).ok()?;
         Some(&mut self.positions[at].1)
@@ -280,8 +289,7 @@ impl Subscription {
             epoch: head.epoch.clone(),
             position: 0,
             pending: VecDeque::new(),
-            topics: None,
-            types: request.types.into(),
+            topics: TopicPositions::filtering(request.types),
             replaying: true,
             finished: false,
             park: false,
@@ -337,14 +345,13 @@ impl Subscription {
             pending: VecDeque::new(),
             // The client's positions, as its last answer gave them: the queue holds what was
             // fanned out since.
-            topics: (!request.topic_positions.is_empty()).then(|| {
-                let mut topics = Box::<TopicPositions>::default();
+            topics: {
+                let mut topics = TopicPositions::filtering(request.types);
                 for (topic, tseq) in request.topic_positions {
-                    topics.start(topic.clone(), *tseq);
+                    topics.get_or_insert_with(Box::default).start(topic.clone(), *tseq);
                 }
                 topics
-            }),
-            types: request.types.into(),
+            },
             // Everything fanned out since `after` is in the queue; a gap there (publishes fanned
             // out of seq order, a poll capped at its maximum) is filled from the store as usual.
             replaying: false,
@@ -383,7 +390,7 @@ impl Subscription {
         let Some(ClientEvent::Hello { topics, positions, .. }) = self.pending.front_mut() else {
             unreachable!("start queues hello first")
         };
-        let mut state = Box::<TopicPositions>::default();
+        let mut state = self.topics.take().unwrap_or_default();
         let mut resets = Vec::new();
         for (topic, head) in topics.iter().zip(heads) {
             let asked = given.iter().find(|(t, _)| t == topic).map(|&(_, tseq)| tseq);
@@ -646,7 +653,7 @@ impl Subscription {
 
     /// Whether the tab's `type` filter lets `event` through.
     fn wants(&self, event: &TopicEvent) -> bool {
-        self.types.is_empty() || self.types.iter().any(|prefix| event.kind.starts_with(&**prefix))
+        self.topics.as_ref().is_none_or(|topics| topics.wants(event))
     }
 
     /// Reads the next page of `topic`'s log after its position into `pending`. `Ok(false)`,
@@ -664,11 +671,13 @@ impl Subscription {
         if page.events.len() < page_len {
             topics.behind.retain(|t| t != topic);
         }
+        let filter = TopicPositions { types: std::mem::take(&mut topics.types), ..TopicPositions::default() };
         let position = topics.get_mut(topic).expect("read from its position");
         if after < page.head.pruned_through {
             // Retention passed the position while the stream was behind: lost, and said so.
             position.accepted = page.head.last_tseq;
             topics.behind.retain(|t| t != topic);
+            topics.types = filter.types;
             self.pending
                 .push_back(ClientEvent::TopicReset { topic: topic.clone(), last_tseq: page.head.last_tseq });
             return Ok(true);
@@ -680,7 +689,7 @@ impl Subscription {
             }
             position.accepted = tseq;
             if event.is_for(&self.info.user, &self.info.client)
-                && (self.types.is_empty() || self.types.iter().any(|p| event.kind.starts_with(&**p)))
+                && filter.wants(&event)
                 && let Some(event) = self.hub.prepare_for(&self.info.user, &event)
             {
                 self.pending.push_back(ClientEvent::Topic(event));
@@ -688,6 +697,7 @@ impl Subscription {
                 position.given = tseq;
             }
         }
+        topics.types = filter.types;
         Ok(true)
     }
 

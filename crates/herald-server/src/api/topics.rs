@@ -63,8 +63,8 @@ struct Listening<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     session: Option<&'a SessionId>,
     topics: Vec<Topic>,
-    /// A listen's topics' last tseqs, read after the listen took effect: where a client that
-    /// resumes these topics later starts (see PROTOCOL.md, durable topics).
+    /// A listen's topics' last tseqs, read just before the listen took effect: where a client
+    /// that resumes these topics later starts (see PROTOCOL.md, durable topics).
     #[serde(skip_serializing_if = "Option::is_none")]
     positions: Option<std::collections::BTreeMap<&'a str, u64>>,
 }
@@ -181,6 +181,15 @@ async fn change(
     listen: bool,
 ) -> Result<Response, ApiError> {
     let notifier = &app.notifier;
+    // Read before the listen takes effect: an event stored after this read reaches the tab live
+    // or, should it be away, on its resume from these positions (an event stored between the
+    // read and the listen comes too, on a resume: earlier rather than lost).
+    let positions = if listen {
+        let (heads, _) = app.store.topic_heads(topics).await?;
+        Some(topics.iter().zip(heads).map(|(topic, head)| (topic.as_str(), head.last_tseq)).collect())
+    } else {
+        None
+    };
     let now = match scope {
         Scope::Client(client) => {
             let (user, session) = match subscriber {
@@ -202,12 +211,6 @@ async fn change(
         Scope::Session(user, session) => notifier.unlisten_scope(user, Some(session), topics).await?,
         Scope::User(user) if listen => notifier.listen_scope(user, None, topics).await?,
         Scope::User(user) => notifier.unlisten_scope(user, None, topics).await?,
-    };
-    let positions = if listen {
-        let (heads, _) = app.store.topic_heads(topics).await?;
-        Some(topics.iter().zip(heads).map(|(topic, head)| (topic.as_str(), head.last_tseq)).collect())
-    } else {
-        None
     };
     let answer = match scope {
         Scope::Client(client) => {
