@@ -22,6 +22,8 @@
 //!   locks it until the commit) and the event inserted in one statement, `topic_max_events`
 //!   applied and the receipt written. The head row is what makes a topic's tseqs gap-free and
 //!   never reused whatever node appends (see [`SCHEMA_V3`]).
+//! - **Fan-out jobs** (`herald_jobs`, see [`SCHEMA_V4`]): a save is one upsert (`ON CONFLICT DO
+//!   UPDATE`), a read one statement; retention forgets the finished ones with their chunks' keys.
 //! - **Reads** are one statement each, so a page and its head, or a page and its counts, come
 //!   from one snapshot. Inbox counts are the user's row: O(1).
 //! - **Retention** runs chunk by chunk under an advisory lock taken with `pg_try_…`: one node
@@ -46,7 +48,8 @@
 //!   epoch.
 //! - `pool`: connection settings and their timeouts, the bounded pool, `Pool::run` (a bounded
 //!   time per operation, retries after deadlocks).
-//! - `reads`: heads, log pages, inbox pages and counts, revocations, listens: one statement each.
+//! - `reads`: heads, log pages, inbox pages and counts, revocations, listens, topic logs, jobs:
+//!   one statement each.
 //! - `writes`: what each write does in SQL (a batch of appends, marks, deletes, retention
 //!   chunks, listens), and the order locks are taken in.
 //! - `writer`: the writer task and its bounded queue (group commit).
@@ -73,7 +76,7 @@ pub use pool::{
     CONNECT_TIMEOUT, IDLE_IN_TRANSACTION_TIMEOUT, OPERATION_TIMEOUT, POOL_CONNECTIONS_MAX, POOL_WAIT_TIMEOUT,
     PostgresOptions, RETRIES_MAX, STATEMENT_TIMEOUT, TCP_USER_TIMEOUT,
 };
-pub use schema::{SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_VERSION};
+pub use schema::{SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_VERSION};
 pub use writer::{BATCH_REQUESTS_MAX, GATHER_ROUNDS_MAX, WRITE_QUEUE_CAPACITY, WriterStats};
 pub use writes::PRUNE_CHUNK_ROWS;
 

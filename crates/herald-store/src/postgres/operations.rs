@@ -1,43 +1,53 @@
 //! The operations: [`Store`] for [`PostgresStore`], where the store's contract meets the reads,
 //! the writes and the writer. An append goes to the writer (group commit); every other write (a
-//! topic append too) is one transaction on a pooled connection (retention, one per chunk); a read is one statement.
+//! topic append too; a job's save is one statement) is one transaction on a pooled connection (retention, one per chunk); a read is one statement.
 //! Each runs through `Pool::run`: bounded in time, again after a deadlock. No SQL lives here.
 
 use async_trait::async_trait;
 use herald_core::notification::now_ms;
 use herald_core::{
-    Appended, Epoch, Health, InboxChange, InboxCounts, InboxPage, InboxQuery, ListenBounds, LogHead, LogPage,
-    Mark, NewNotification, NewTopicEvent, PruneReport, Receipt, Revocation, ScopeListens, Selection, Seq,
-    SessionId, Store, StoreError, StoredListen, Topic, TopicAppended, TopicHead, TopicListener, TopicPage,
-    UserId,
+    Appended, Epoch, FanoutJob, Health, InboxChange, InboxCounts, InboxPage, InboxQuery, ListenBounds,
+    LogHead, LogPage, Mark, NewNotification, NewTopicEvent, PruneReport, Receipt, Revocation, ScopeListens,
+    Selection, Seq, SessionId, Store, StoreError, StoredListen, Topic, TopicAppended, TopicHead,
+    TopicListener, TopicPage, UserId,
 };
 
 use super::PostgresStore;
 use super::reads::{
-    ping, read_head, read_inbox_counts, read_inbox_page, read_last_seqs, read_listens, read_log_page,
-    read_revocations, read_topic_heads, read_topic_listeners, read_topic_page,
+    ping, read_head, read_inbox_counts, read_inbox_page, read_job, read_last_seqs, read_listens,
+    read_log_page, read_revocations, read_topic_heads, read_topic_listeners, read_topic_page,
+    read_unfinished_jobs,
 };
 use super::writes::{
     AppendRequest, PrunedChunk, append_topic, complete_receipt, forget_session_listens, inbox_delete,
-    inbox_mark, listen, prune_keys, prune_notifications, prune_revocations, prune_topic_events, revoke,
-    unlisten,
+    inbox_mark, listen, prune_jobs, prune_keys, prune_notifications, prune_revocations, prune_topic_events,
+    revoke, save_job, unlisten,
 };
 
 #[async_trait]
 impl Store for PostgresStore {
-    async fn save_job(&self, job: &herald_core::FanoutJob) -> Result<(), StoreError> {
-        let _ = job;
-        Err(StoreError::Unavailable("TRANSITIONAL: fan-out jobs are not in this store yet".into()))
+    /// One statement on a pooled connection (its own commit), not the writer's group commit:
+    /// a job is saved once per chunk of a thousand users, not once per publish.
+    async fn save_job(&self, job: &FanoutJob) -> Result<(), StoreError> {
+        let json = crate::job_json(job)?;
+        let (pool, json) = (&*self.pool, &json);
+        pool.run(move || async move {
+            save_job(&*pool.client().await?, &job.id, job.created_at_ms, job.finished_at_ms, json).await
+        })
+        .await
     }
 
-    async fn job(&self, id: &str) -> Result<Option<herald_core::FanoutJob>, StoreError> {
-        let _ = id;
-        Err(StoreError::Unavailable("TRANSITIONAL: fan-out jobs are not in this store yet".into()))
+    async fn job(&self, id: &str) -> Result<Option<FanoutJob>, StoreError> {
+        let pool = &*self.pool;
+        pool.run(move || async move { read_job(&*pool.client().await?, id).await }).await
     }
 
-    async fn unfinished_jobs(&self, limit: usize) -> Result<Vec<herald_core::FanoutJob>, StoreError> {
-        let _ = limit;
-        Ok(Vec::new())
+    async fn unfinished_jobs(&self, limit: usize) -> Result<Vec<FanoutJob>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let pool = &*self.pool;
+        pool.run(move || async move { read_unfinished_jobs(&*pool.client().await?, limit).await }).await
     }
 
     /// One transaction on a pooled connection, not the writer's group commit: the writer's
@@ -303,6 +313,7 @@ impl Store for PostgresStore {
                     Job::Keys => prune_keys(&tx, before).await?,
                     Job::Revocations => prune_revocations(&tx, before).await?,
                     Job::TopicEvents => prune_topic_events(&tx, before).await?,
+                    Job::FanoutJobs => prune_jobs(&tx, before).await?,
                 };
                 tx.commit().await?;
                 Ok(chunk)
@@ -314,6 +325,8 @@ impl Store for PostgresStore {
             (Job::Keys, keys_before),
             (Job::Revocations, revocations_before),
             (Job::TopicEvents, topic_events_before),
+            // Finished jobs go with their chunks' keys.
+            (Job::FanoutJobs, keys_before),
         ] {
             loop {
                 let done = chunk(job, before).await?;
@@ -330,11 +343,12 @@ impl Store for PostgresStore {
                     Job::Keys => report.idempotency_keys += done.removed,
                     Job::Revocations => report.revocations += done.removed,
                     Job::TopicEvents => report.topic_events += done.removed,
+                    Job::FanoutJobs => report.jobs += done.removed,
                 }
-                // A chunk of keys or revocations that removed less than its bound found everything
-                // there was. (A chunk of a log removes prefixes, more rows than it selected: it
-                // is done when one removes nothing.)
-                let bounded = matches!(job, Job::Keys | Job::Revocations);
+                // A chunk of keys, revocations or jobs that removed less than its bound found
+                // everything there was. (A chunk of a log removes prefixes, more rows than it
+                // selected: it is done when one removes nothing.)
+                let bounded = matches!(job, Job::Keys | Job::Revocations | Job::FanoutJobs);
                 if !more || (bounded && done.removed < super::PRUNE_CHUNK_ROWS as u64) {
                     break;
                 }
@@ -354,4 +368,6 @@ enum Job {
     Keys,
     Revocations,
     TopicEvents,
+    /// Finished fan-out jobs (not to be confused with this enum, a job of retention).
+    FanoutJobs,
 }

@@ -1,5 +1,5 @@
 //! The reads: heads, log pages, inbox pages and counts, revocations, listens, topic heads and
-//! pages, and the probe's ping. Each
+//! pages, fan-out jobs, and the probe's ping. Each
 //! is one statement, so what it returns comes from one snapshot (a page and its head, a page and
 //! its counts), on a pooled connection outside any transaction. Nothing here writes.
 //!
@@ -12,9 +12,9 @@ use std::sync::Arc;
 
 use deadpool_postgres::{ClientWrapper, GenericClient};
 use herald_core::{
-    Audience, ClientId, Epoch, InboxCounts, InboxItem, InboxPage, InboxQuery, InboxStatus, ItemState,
-    LogHead, LogPage, Notification, Revocation, Seq, SessionId, StoreError, StoredListen, Topic, TopicEvent,
-    TopicHead, TopicListener, TopicPage, UserId,
+    Audience, ClientId, Epoch, FanoutJob, InboxCounts, InboxItem, InboxPage, InboxQuery, InboxStatus,
+    ItemState, LogHead, LogPage, Notification, Revocation, Seq, SessionId, StoreError, StoredListen, Topic,
+    TopicEvent, TopicHead, TopicListener, TopicPage, UserId,
 };
 use serde_json::value::RawValue;
 use tokio_postgres::Row;
@@ -395,4 +395,27 @@ pub(super) async fn read_topic_page(
         )));
     }
     Ok(TopicPage { events, head, epoch })
+}
+
+/// The job with `id`, if the store has it. One primary-key lookup.
+pub(super) async fn read_job(client: &ClientWrapper, id: &str) -> Result<Option<FanoutJob>, Error> {
+    let statement = client.prepare_cached("SELECT job FROM herald_jobs WHERE id = $1").await?;
+    let row = client.query_opt(&statement, &[&id]).await?;
+    Ok(row.map(|row| crate::job_from_json(row.get(0))).transpose()?)
+}
+
+/// The query of [`read_unfinished_jobs`]: `$1` limit. The first entries of the partial index
+/// `herald_jobs_unfinished`, which is in this order.
+pub(super) const UNFINISHED_JOBS_SQL: &str =
+    "SELECT job FROM herald_jobs WHERE finished_at IS NULL ORDER BY created_at, id LIMIT $1";
+
+/// Up to `limit` jobs not finished, oldest first (then by id, bytewise).
+pub(super) async fn read_unfinished_jobs(
+    client: &ClientWrapper,
+    limit: usize,
+) -> Result<Vec<FanoutJob>, Error> {
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let statement = client.prepare_cached(UNFINISHED_JOBS_SQL).await?;
+    let rows = client.query(&statement, &[&limit]).await?;
+    Ok(rows.iter().map(|row| crate::job_from_json(row.get(0))).collect::<Result<_, _>>()?)
 }

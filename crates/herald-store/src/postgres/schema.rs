@@ -14,10 +14,10 @@ use super::sql::Error;
 
 /// The schema this code writes, kept in `herald_meta.schema_version`. A database with a higher
 /// version was migrated by a newer Herald: opening it fails rather than guess.
-pub const SCHEMA_VERSION: i32 = 3;
+pub const SCHEMA_VERSION: i32 = 4;
 
 /// Schema version 1: everything the `Store` contract needed then (listens came with
-/// [`SCHEMA_V2`], topic logs with [`SCHEMA_V3`]).
+/// [`SCHEMA_V2`], topic logs with [`SCHEMA_V3`], fan-out jobs with [`SCHEMA_V4`]).
 ///
 /// - `herald_meta`: one row, the schema version and the **epoch**, a random id made with the
 ///   schema (see `read_epoch`).
@@ -153,6 +153,31 @@ CREATE INDEX herald_topic_log_by_created_at ON herald_topic_log (created_at);
 UPDATE herald_meta SET schema_version = 3;
 "#;
 
+/// Version 3 → 4: **fan-out jobs** (see `Store::save_job` and `herald_core::jobs`), as in the
+/// SQLite store's `jobs` (its schema version 9).
+///
+/// - `herald_jobs`: one row per job, the whole job as JSON in `job` (`text`, not `jsonb`: the
+///   job's data must read back byte for byte), with copies of the fields it is queried by: `id`
+///   (`COLLATE "C"`, so that `unfinished_jobs` orders ids as Rust does), `created_at`,
+///   `finished_at` (NULL while it runs). A save is one upsert; several nodes may save one job
+///   (two runners after a restart): the last save wins, and each is the whole job.
+/// - `herald_jobs_unfinished`: the running jobs in `unfinished_jobs`' order, a partial index,
+///   so the query of every node's start (and of its periodic look for jobs left behind) reads
+///   `limit` entries and sorts nothing, however many finished jobs the window holds.
+/// - `herald_jobs_by_finished_at`: retention finds the finished jobs past the idempotency
+///   window (that of their chunks' keys) in bounded chunks.
+pub const SCHEMA_V4: &str = r#"
+CREATE TABLE herald_jobs (
+    id          text COLLATE "C" PRIMARY KEY,
+    created_at  bigint NOT NULL,
+    finished_at bigint,
+    job         text NOT NULL
+);
+CREATE INDEX herald_jobs_unfinished ON herald_jobs (created_at, id) WHERE finished_at IS NULL;
+CREATE INDEX herald_jobs_by_finished_at ON herald_jobs (finished_at) WHERE finished_at IS NOT NULL;
+UPDATE herald_meta SET schema_version = 4;
+"#;
+
 /// The advisory lock migrations hold (for their transaction): one per schema, so several nodes
 /// starting at once on one database migrate one after the other, and the later ones find the
 /// schema done. `hashtext` of the schema's name: stores in other schemas of the database do not
@@ -203,7 +228,13 @@ pub(super) async fn migrate(client: &mut Client, place: &str) -> Result<(), Erro
         }
         tx.batch_execute(SCHEMA_V3).await?;
     }
-    // Later versions: `if version < 4 { … }`, each bumping `herald_meta.schema_version`.
+    if version < 4 {
+        if version >= 1 {
+            tracing::info!(place, "upgrading Herald's tables to schema version 4 (fan-out jobs)");
+        }
+        tx.batch_execute(SCHEMA_V4).await?;
+    }
+    // Later versions: `if version < 5 { … }`, each bumping `herald_meta.schema_version`.
     tx.commit().await?;
     Ok(())
 }

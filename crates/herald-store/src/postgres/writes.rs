@@ -14,6 +14,8 @@
 //! retention of topic events takes the heads it changes (sorted, `FOR UPDATE`) before their
 //! events, in the same order. They share no lock with users' logs but the keys.
 //!
+//! **Fan-out jobs** are apart from everything: a save is one statement on its job's row.
+//!
 //! **Listens** are apart from the logs: a write of a user's listens takes the user's advisory
 //! lock of listens ([`LISTENS_LOCK`]) and then only that user's `herald_topic_listens` rows,
 //! never a `herald_users` row, so it waits on no other kind of write and none waits on it.
@@ -21,7 +23,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
-use deadpool_postgres::{GenericClient, Object, Transaction};
+use deadpool_postgres::{ClientWrapper, GenericClient, Object, Transaction};
 use herald_core::inbox::CountsDelta;
 use herald_core::{
     Appended, InboxChange, InboxCounts, ItemState, ListenBounds, Mark, NewNotification, NewTopicEvent,
@@ -890,6 +892,45 @@ pub(super) async fn prune_keys(tx: &Transaction<'_>, before_ms: i64) -> Result<P
             "WITH gone AS (
                  DELETE FROM herald_idempotency WHERE key IN (
                      SELECT key FROM herald_idempotency WHERE created_at < $1 LIMIT $2 FOR UPDATE SKIP LOCKED
+                 ) RETURNING 1
+             ) SELECT count(*) FROM gone",
+        )
+        .await?;
+    let removed: i64 = tx.query_one(&statement, &[&before_ms, &PRUNE_CHUNK_ROWS]).await?.get(0);
+    Ok(PrunedChunk { removed: u64::try_from(removed).unwrap_or(0), ..PrunedChunk::default() })
+}
+
+/// Inserts the job, or replaces the row with its id (the copies of its fields with the JSON,
+/// so that they never disagree): one statement, its own commit.
+pub(super) async fn save_job(
+    client: &ClientWrapper,
+    id: &str,
+    created_at_ms: i64,
+    finished_at_ms: Option<i64>,
+    json: &str,
+) -> Result<(), Error> {
+    let statement = client
+        .prepare_cached(
+            "INSERT INTO herald_jobs (id, created_at, finished_at, job) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (id) DO UPDATE SET
+                 created_at = EXCLUDED.created_at, finished_at = EXCLUDED.finished_at, job = EXCLUDED.job",
+        )
+        .await?;
+    client.execute(&statement, &[&id, &created_at_ms, &finished_at_ms, &json]).await?;
+    Ok(())
+}
+
+/// One chunk of forgetting fan-out jobs finished before `before_ms` (the idempotency window:
+/// their chunks' keys go at the same time); how many went.
+pub(super) async fn prune_jobs(tx: &Transaction<'_>, before_ms: i64) -> Result<PrunedChunk, Error> {
+    if !prune_lock(tx).await? {
+        return Ok(PrunedChunk { skipped: true, ..PrunedChunk::default() });
+    }
+    let statement = tx
+        .prepare_cached(
+            "WITH gone AS (
+                 DELETE FROM herald_jobs WHERE id IN (
+                     SELECT id FROM herald_jobs WHERE finished_at < $1 LIMIT $2 FOR UPDATE SKIP LOCKED
                  ) RETURNING 1
              ) SELECT count(*) FROM gone",
         )
