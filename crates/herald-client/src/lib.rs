@@ -10,6 +10,8 @@
 //! - [`token`]: [`mint_token`], the HS256 subscriber token, and its [`Claims`] (with
 //!   [`mint_token_with_topics`], the topics its tabs may listen to by themselves); the checks of
 //!   ids and topics.
+//! - [`resume`]: [`ResumePoint`], where a client stands in its user's log and in each durable
+//!   topic's (the SSE id `17;room:1=5`, with the epoch).
 //! - [`sse`]: [`SseParser`], an incremental, bounded `text/event-stream` parser.
 //! - `http`: what the handles share: the base URL and its routes, the HTTP client's settings,
 //!   and reading answers within bounds.
@@ -21,18 +23,26 @@
 //!   [`Event`]s, long-polls, the topics of its tab, session or user, and its user's own
 //!   [`Inbox`].
 //! - [`listener`]: [`Listener`], a subscriber that resumes by itself after a dropped connection,
-//!   with backoff, never yields a durable notification twice, and keeps its topics.
+//!   with backoff, never yields a durable notification or topic event twice, skips none, and
+//!   keeps its topics.
 //!
 //! # Topics
 //! A topic (`"room:1"`, 1–128 bytes of `[A-Za-z0-9_.:@/-]`) is a key any client may listen to,
 //! whoever its user; a publish `to` [`To::topic`] reaches every client listening, as an
-//! [`Event::Topic`] (ephemeral: publish it with [`PublishRequest::ephemeral`]; leave out the
-//! user who caused it with [`PublishRequest::except_user`]). A client listens by naming topics
-//! when it connects ([`StreamOptions::topics`], [`PollOptions::topics`],
-//! [`ListenerOptions::topics`]) or later ([`Subscriber::listen`], [`Listener::listen`]), each one
-//! allowed by its token's `topics` claim ([`mint_token_with_topics`]; else 403
-//! `topic_forbidden`); or the app's backend makes it listen with the API key
-//! ([`Publisher::listen`]).
+//! [`Event::Topic`] (leave out the user who caused it with [`PublishRequest::except_user`]).
+//! Such a publish is **durable** by default: stored in the topic's log with its own sequence
+//! number, the `tseq` ([`TopicEvent::tseq`], [`PublishResponse::topic`]), so that a client
+//! resumes every topic it listens to exactly, as it resumes its user's notifications: its
+//! [`ResumePoint`] names the user's seq and each topic's position, and a [`Listener`] keeps it
+//! and sends it back on every reconnect. A position older than the topic's log retains gets an
+//! [`Event::TopicReset`] for that topic alone. [`PublishRequest::ephemeral`] publishes an event
+//! that only the clients connected at that moment get (no tseq, never replayed).
+//!
+//! A client listens by naming topics when it connects ([`StreamOptions::topics`],
+//! [`PollOptions::topics`], [`ListenerOptions::topics`]) or later ([`Subscriber::listen`],
+//! [`Listener::listen`]), each one allowed by its token's `topics` claim
+//! ([`mint_token_with_topics`]; else 403 `topic_forbidden`); or the app's backend makes it
+//! listen with the API key ([`Publisher::listen`]).
 //!
 //! Listens have three [`Scope`]s: one tab (above), every tab of a session, and every tab of a
 //! user on every device, those opened later included (the user **follows** the topic). The two
@@ -78,6 +88,7 @@ mod http;
 pub mod inbox;
 pub mod listener;
 pub mod publisher;
+pub mod resume;
 pub mod sse;
 pub mod subscriber;
 pub mod token;
@@ -91,11 +102,12 @@ pub use inbox::{
 };
 pub use listener::{ListenTransport, Listener, ListenerOptions, is_final_close};
 pub use publisher::Publisher;
+pub use resume::ResumePoint;
 pub use sse::{SseEvent, SseItem, SseParser};
 pub use subscriber::{EventStream, PollOptions, StreamOptions, Subscriber};
 pub use token::{Claims, check_topic, mint_token, mint_token_with_topics};
 pub use types::{
     ClientPresence, Event, ListeningClient, ListeningSession, Listens, Notification, PollResponse, Presence,
-    PublishRequest, PublishResponse, Published, Scope, SessionPresence, StoredScope, To, TopicEvent,
-    TopicListeners, Undecodable,
+    PublishRequest, PublishResponse, Published, PublishedTopic, Scope, SessionPresence, StoredScope, To,
+    TopicEvent, TopicListeners, TopicReset, Undecodable,
 };

@@ -1,7 +1,17 @@
 //! [`Listener`]: a subscriber that stays connected. It resumes by itself after a dropped
-//! connection, with backoff, from the last seq it saw (with its epoch, so that a server whose
-//! log is another history now answers `reset` rather than other notifications under seqs it
-//! saw) and with the same client id, and never yields a durable notification twice.
+//! connection, with backoff, from its [`ResumePoint`] — the last seq it saw and its position in
+//! each durable topic it listens to, with their epoch (so that a server whose log is another
+//! history now answers `reset` rather than other notifications under seqs it saw) — and with the
+//! same client id, and never yields a durable notification or topic event twice.
+//!
+//! Topic positions: the last tseq yielded of each topic (a `topic_reset` sets it, lower too
+//! after an epoch change). A `hello` (or a poll answer's `positions`) says where the server
+//! starts each topic the tab listens to, and replaces them. A topic the client starts listening
+//! to while connected has no position until its first durable event: the listen's answer gives
+//! where it starts (its last tseq after the listen), kept for that topic until the stream gives
+//! one, so that a reconnect before its first event still resumes it from there. A topic
+//! unlistened (and not listened to otherwise, as the answer says) loses its position. The
+//! resume point goes as `?last_event_id=` on SSE and as `after`/`positions` on a poll.
 //!
 //! What ends it: a `closed` event whose reason is final ([`is_final_close`]: `evicted`,
 //! `replaced`, `session_closed`, `token_expired`), which it yields before ending; an error that
@@ -21,13 +31,14 @@
 //! of its session or user ([`Listener::listen_at`]) are kept by the server itself: they are
 //! posted once and never named on a connection.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
 use crate::error::{ClientError, Result};
+use crate::resume::ResumePoint;
 use crate::subscriber::{EventStream, PollOptions, StreamOptions, Subscriber};
 use crate::token::check_topics;
-use crate::types::{Event, Listens, Notification, PollResponse, StoredScope, Undecodable};
+use crate::types::{Event, Listens, Notification, PollResponse, StoredScope, TopicEvent, Undecodable};
 
 /// Wait before the first reconnect after a failure.
 pub const BACKOFF_INITIAL: Duration = Duration::from_millis(100);
@@ -64,6 +75,9 @@ pub struct ListenerOptions {
     /// The epoch of `resume_after` (a `hello`'s or a poll answer's, kept with the seq; see
     /// [`Listener::epoch`]); `None`: the server's current one.
     pub epoch: Option<String>,
+    /// The position in each durable topic already handled (with `resume_after`; see
+    /// [`Listener::resume_point`]): each topic resumes after it.
+    pub positions: BTreeMap<String, u64>,
     /// The client id to keep at the first connection (later ones keep the server's).
     pub client: Option<String>,
     pub transport: ListenTransport,
@@ -84,6 +98,7 @@ impl Default for ListenerOptions {
         Self {
             resume_after: None,
             epoch: None,
+            positions: BTreeMap::new(),
             client: None,
             transport: ListenTransport::Sse,
             max_consecutive_failures: None,
@@ -91,6 +106,18 @@ impl Default for ListenerOptions {
             backoff_max: BACKOFF_MAX,
             poll_timeout_s: None,
             topics: Vec::new(),
+        }
+    }
+}
+
+impl ListenerOptions {
+    /// Options that resume from `point` (a [`Listener::resume_point`] kept from an earlier run).
+    pub fn resume_from(point: &ResumePoint) -> Self {
+        Self {
+            resume_after: Some(point.seq),
+            epoch: point.epoch.clone(),
+            positions: point.positions.clone(),
+            ..Self::default()
         }
     }
 }
@@ -111,6 +138,14 @@ pub struct Listener {
     client: Option<String>,
     /// `client` came from the server (a `hello` or a poll answer): a listen can name it.
     client_known: bool,
+    /// Each durable topic's position as the server's events set it: the last tseq yielded (or
+    /// skipped by a `topic_reset`), or where a `hello` or poll answer started it. Bounded by the
+    /// topics the tab listens to (a `hello` or poll answer replaces them).
+    topic_positions: BTreeMap<String, u64>,
+    /// Where a topic listened to through this listener starts (its listen answer's position),
+    /// for a topic with no position in `topic_positions` yet: named in the resume point until
+    /// the stream gives it one. Bounded by the topics listened to (an unlisten removes them).
+    listen_positions: BTreeMap<String, u64>,
     /// The topics named on every connection: the options', plus those listened to through
     /// [`Listener::listen`], less those of [`Listener::unlisten`]; each once, in order.
     topics: Vec<String>,
@@ -135,6 +170,8 @@ impl Listener {
             epoch_after_reset: None,
             client: options.client.clone(),
             client_known: false,
+            topic_positions: options.positions.clone(),
+            listen_positions: BTreeMap::new(),
             topics,
             subscriber,
             options,
@@ -156,6 +193,40 @@ impl Listener {
     /// seq to resume from it later ([`ListenerOptions::epoch`]).
     pub fn epoch(&self) -> Option<&str> {
         self.epoch.as_deref()
+    }
+
+    /// Where it stands: [`Listener::last_seq`], its epoch and each durable topic's position;
+    /// what the next connection resumes from, and what to keep to resume from later
+    /// ([`ListenerOptions::resume_from`]). `None` before the first `hello` or poll answer
+    /// (unless the options gave a seq).
+    pub fn resume_point(&self) -> Option<ResumePoint> {
+        Some(ResumePoint { seq: self.position?, epoch: self.epoch.clone(), positions: self.positions() })
+    }
+
+    /// Each topic's position to resume from: the stream's, else the listen answer's.
+    fn positions(&self) -> BTreeMap<String, u64> {
+        let mut positions = self.topic_positions.clone();
+        for (topic, tseq) in &self.listen_positions {
+            positions.entry(topic.clone()).or_insert(*tseq);
+        }
+        positions
+    }
+
+    /// Keeps the positions of a listen's answer for the topics the stream has none of yet.
+    fn take_listen_positions(&mut self, listens: &Listens) {
+        for (topic, tseq) in &listens.positions {
+            if !self.topic_positions.contains_key(topic) {
+                self.listen_positions.entry(topic.clone()).or_insert(*tseq);
+            }
+        }
+    }
+
+    /// Forgets the positions of `topics`, unlistened, unless `still` lists them.
+    fn forget_positions(&mut self, topics: &[impl AsRef<str>], still: &[String]) {
+        for topic in topics.iter().map(AsRef::as_ref).filter(|t| !still.iter().any(|s| s == t)) {
+            self.topic_positions.remove(topic);
+            self.listen_positions.remove(topic);
+        }
     }
 
     /// The client id the server gave (or the one from the options, before the first answer).
@@ -185,11 +256,17 @@ impl Listener {
     pub async fn listen(&mut self, topics: &[impl AsRef<str>]) -> Result<Vec<String>> {
         check_topics(topics)?;
         let answer = match (&self.client, self.client_known) {
-            (Some(client), true) => Some(self.subscriber.listen(client, topics).await?),
+            (Some(client), true) => Some(self.subscriber.listen_client(client, topics).await?),
             _ => None,
         };
         remember(&mut self.topics, topics);
-        Ok(answer.unwrap_or_else(|| self.topics.clone()))
+        match answer {
+            Some(answer) => {
+                self.take_listen_positions(&answer);
+                Ok(answer.topics)
+            }
+            None => Ok(self.topics.clone()),
+        }
     }
 
     /// Stops listening to `topics`: they are forgotten here at once (no later connection names
@@ -200,18 +277,24 @@ impl Listener {
     pub async fn unlisten(&mut self, topics: &[impl AsRef<str>]) -> Result<Vec<String>> {
         check_topics(topics)?;
         self.topics.retain(|kept| !topics.iter().any(|t| t.as_ref() == kept));
-        match (&self.client, self.client_known) {
-            (Some(client), true) => self.subscriber.unlisten(client, topics).await,
-            _ => Ok(self.topics.clone()),
-        }
+        let now = match (&self.client, self.client_known) {
+            (Some(client), true) => self.subscriber.unlisten(client, topics).await?,
+            _ => self.topics.clone(),
+        };
+        self.forget_positions(topics, &now);
+        Ok(now)
     }
 
     /// Listens to `topics` at the scope of this token's session or user
     /// ([`Subscriber::listen_at`]): posted at once, connected or not (no client id is needed),
     /// and kept by the server, not named on connections as [`Listener::listen`]'s are; the tab
-    /// gets their events as any tab of that session or user does. Returns the scope's topics.
-    pub async fn listen_at(&self, scope: StoredScope, topics: &[impl AsRef<str>]) -> Result<Listens> {
-        self.subscriber.listen_at(scope, topics).await
+    /// gets their events as any tab of that session or user does. Returns the scope's topics
+    /// (and where each listened topic starts, which the listener keeps as for
+    /// [`Listener::listen`]).
+    pub async fn listen_at(&mut self, scope: StoredScope, topics: &[impl AsRef<str>]) -> Result<Listens> {
+        let answer = self.subscriber.listen_at(scope, topics).await?;
+        self.take_listen_positions(&answer);
+        Ok(answer)
     }
 
     /// Stops listening to `topics` at the scope of this token's session or user
@@ -251,6 +334,7 @@ impl Listener {
             let options = StreamOptions {
                 resume_after: self.position,
                 epoch: self.epoch.clone(),
+                positions: self.positions(),
                 client: self.client.clone(),
                 via_header: false,
                 topics: self.topics.clone(),
@@ -277,11 +361,17 @@ impl Listener {
     /// Updates the position and client from `event`; `None` for a notification already yielded.
     fn accept(&mut self, event: Event) -> Option<Event> {
         match &event {
-            Event::Hello { client, id, epoch, .. } => {
+            Event::Hello { client, id, epoch, positions, .. } => {
                 // The connection works: the next failure starts the backoff afresh.
                 self.failures = 0;
                 self.client = Some(client.clone());
                 self.client_known = true;
+                // Where this stream starts each topic the tab listens to: those resumed where
+                // the resume point said, the others at their last tseq (and one whose position
+                // was lost at the position given, until its `topic_reset`).
+                self.topic_positions.clone_from(positions);
+                let started = &self.topic_positions;
+                self.listen_positions.retain(|topic, _| !started.contains_key(topic));
                 self.epoch_after_reset = None;
                 match (&self.epoch, epoch) {
                     // Of another epoch than our position's: a `reset` follows, which moves the
@@ -311,8 +401,23 @@ impl Listener {
                 }
                 self.position = Some(*seq);
             }
+            // A durable topic event, once: in tseq order per topic, so one at or below the
+            // topic's position was yielded already. An undecodable one moves the position too.
+            Event::Topic(TopicEvent { topic, tseq: Some(tseq), .. })
+            | Event::Undecodable(Undecodable { topic: Some(topic), tseq: Some(tseq), .. }) => {
+                if self.topic_positions.get(topic).is_some_and(|p| tseq <= p) {
+                    return None;
+                }
+                self.topic_positions.insert(topic.clone(), *tseq);
+                self.listen_positions.remove(topic);
+            }
             // Ephemeral: nothing to resume from.
             Event::Notification(_) | Event::Undecodable(_) | Event::Topic(_) => {}
+            // Set, not raised: after an epoch change the topic goes on lower.
+            Event::TopicReset { topic, last_tseq } => {
+                self.topic_positions.insert(topic.clone(), *last_tseq);
+                self.listen_positions.remove(topic);
+            }
             // Not `advance`: a reset for another epoch moves the position back when the new log
             // is shorter (a reset for retention never does).
             Event::Reset { last_seq } => {
@@ -346,6 +451,7 @@ impl Listener {
         let options = PollOptions {
             after: self.position,
             epoch: self.epoch.clone(),
+            positions: self.positions(),
             timeout_s: self.options.poll_timeout_s,
             client: self.client.clone(),
             topics: self.topics.clone(),
@@ -383,9 +489,24 @@ impl Listener {
                 self.pending.push_back(event);
             }
         }
-        // After the notifications: an answer does not say how the two kinds interleaved.
+        // After the notifications: an answer does not say how the two kinds interleaved. The
+        // topics' resets first: their events come after them.
+        for reset in answer.topic_resets {
+            let event = Event::TopicReset { topic: reset.topic, last_tseq: reset.last_tseq };
+            if let Some(event) = self.accept(event) {
+                self.pending.push_back(event);
+            }
+        }
         for topic_event in answer.topic {
-            self.pending.push_back(topic_event.map_or_else(Event::Undecodable, Event::Topic));
+            if let Some(event) = self.accept(topic_event.map_or_else(Event::Undecodable, Event::Topic)) {
+                self.pending.push_back(event);
+            }
+        }
+        // Where the server has the client in each topic now (what the next poll names).
+        if !answer.positions.is_empty() || !answer.topics.is_empty() {
+            self.topic_positions = answer.positions;
+            let started = &self.topic_positions;
+            self.listen_positions.retain(|topic, _| !started.contains_key(topic));
         }
         self.advance(answer.last_seq);
         if let Some(reason) = answer.closed {

@@ -1,7 +1,7 @@
 //! [`Subscriber`]: one client's side of the API, authenticated with a subscriber token: an SSE
 //! [`EventStream`], or long-polls, and the topics its tab, its session or its user listens to.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
 use reqwest::header::{ACCEPT, CONTENT_TYPE};
@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{ClientError, Result};
 use crate::http::{Endpoint, REQUEST_TIMEOUT, as_strs, check_status, http_client, read_json};
 use crate::inbox::Inbox;
+use crate::resume::ResumePoint;
 use crate::sse::{SseEvent, SseItem, SseParser};
 use crate::token::{check_id, check_topic, check_topics};
 use crate::types::{Event, Listens, PollResponse, StoredScope, Undecodable};
@@ -35,9 +36,14 @@ pub struct StreamOptions {
     /// another history now answers `hello` and `reset` instead of replaying after a seq that
     /// means something else there. `None`: the seq is taken as one of the server's epoch.
     pub epoch: Option<String>,
+    /// The client's position in each durable topic (the last tseq handled), sent with
+    /// `resume_after` as one resume point (`17;room:1=5`, see [`ResumePoint`]): the stream
+    /// replays each topic's retained events after its position. A topic the client listens to
+    /// that is not named starts at its last tseq. Ignored without `resume_after`.
+    pub positions: BTreeMap<String, u64>,
     /// The client id to keep (a reloaded tab's). Honoured for the same user and session only.
     pub client: Option<String>,
-    /// Send `resume_after` as the `Last-Event-ID` header (as a browser's EventSource does)
+    /// Send the resume point as the `Last-Event-ID` header (as a browser's EventSource does)
     /// rather than as `?last_event_id=`.
     pub via_header: bool,
     /// Topics to listen to (`?topics=`), besides those the client listens to already (a
@@ -55,6 +61,9 @@ pub struct PollOptions {
     pub after: Option<u64>,
     /// The epoch of `after` (the previous answer's).
     pub epoch: Option<String>,
+    /// The client's position in each durable topic (the previous answer's `positions`): the
+    /// answer holds each topic's events after it.
+    pub positions: BTreeMap<String, u64>,
     /// How long to wait when there is nothing yet, in seconds (server default 20, at most
     /// [`POLL_TIMEOUT_MAX_S`]).
     pub timeout_s: Option<u64>,
@@ -100,6 +109,18 @@ impl std::fmt::Debug for Subscriber {
     }
 }
 
+impl StreamOptions {
+    /// Options that resume from `point` (its seq, epoch and topic positions).
+    pub fn resume_from(point: &ResumePoint) -> Self {
+        Self {
+            resume_after: Some(point.seq),
+            epoch: point.epoch.clone(),
+            positions: point.positions.clone(),
+            ..Self::default()
+        }
+    }
+}
+
 impl Subscriber {
     /// A subscriber of the server at `base_url` with a token from [`crate::mint_token`] (or the
     /// app's backend). Fails only on a URL it cannot use.
@@ -135,9 +156,12 @@ impl Subscriber {
             .get(self.endpoint.url(&["v1", "stream"]))
             .bearer_auth(&self.token)
             .header(ACCEPT, "text/event-stream");
-        match options.resume_after {
-            Some(after) if options.via_header => request = request.header("Last-Event-ID", after.to_string()),
-            Some(after) => request = request.query(&[("last_event_id", after)]),
+        let resume = options
+            .resume_after
+            .map(|seq| ResumePoint { seq, epoch: None, positions: options.positions.clone() }.id());
+        match resume {
+            Some(id) if options.via_header => request = request.header("Last-Event-ID", id),
+            Some(id) => request = request.query(&[("last_event_id", id)]),
             None => {}
         }
         if let (Some(_), Some(epoch)) = (options.resume_after, &options.epoch) {
@@ -175,6 +199,7 @@ impl Subscriber {
         let options = PollOptions {
             after,
             epoch: epoch.map(str::to_owned),
+            positions: BTreeMap::new(),
             timeout_s,
             client: client.map(str::to_owned),
             topics: Vec::new(),
@@ -200,6 +225,9 @@ impl Subscriber {
         if let Some(topics) = topics_query(&options.topics)? {
             request = request.query(&[("topics", topics)]);
         }
+        if let Some(positions) = ResumePoint::positions_query(&options.positions) {
+            request = request.query(&[("positions", positions)]);
+        }
         let wait =
             Duration::from_secs(options.timeout_s.unwrap_or(POLL_TIMEOUT_MAX_S).min(POLL_TIMEOUT_MAX_S));
         let response = request.timeout(wait + POLL_GRACE).send().await?;
@@ -212,8 +240,16 @@ impl Subscriber {
     /// listens to now. The server keeps them with the client id: a reconnect with the same
     /// `client` still listens to them, until the server forgets the client (after its linger).
     pub async fn listen(&self, client: &str, topics: &[impl AsRef<str>]) -> Result<Vec<String>> {
+        Ok(self.listen_client(client, topics).await?.topics)
+    }
+
+    /// [`Subscriber::listen`]'s whole answer: the client ([`crate::Scope::Client`]), every topic
+    /// it listens to now, and `positions`, the listened topics' last tseqs read after the listen
+    /// took effect: where a client that resumes these topics later starts (a
+    /// [`crate::Listener`] keeps them).
+    pub async fn listen_client(&self, client: &str, topics: &[impl AsRef<str>]) -> Result<Listens> {
         check_id("client id", client)?;
-        Ok(self.change_listens("listen", ListenAt::Client(client), topics).await?.topics)
+        self.change_listens("listen", ListenAt::Client(client), topics).await
     }
 
     /// `POST /v1/unlisten`: the client stops listening to `topics` (those it does not listen to
@@ -303,10 +339,19 @@ impl EventStream {
         Self { response: Some(response), parser: SseParser::new(), pending: VecDeque::new(), idle_timeout }
     }
 
-    /// The last `id:` the server sent (the last durable seq, or the hello's position); empty
-    /// before any.
+    /// The last `id:` the server sent (the resume point of the last event that had one: the
+    /// hello's, a durable notification's or topic event's, a reset's); empty before any.
     pub fn last_event_id(&self) -> &str {
         self.parser.last_event_id()
+    }
+
+    /// [`EventStream::last_event_id`] read as a [`ResumePoint`] (without its epoch, which the
+    /// `hello` gives); `None` before any id, or if the server sent one that is not a resume
+    /// point.
+    pub fn resume_point(&self) -> Option<ResumePoint> {
+        Some(self.parser.last_event_id())
+            .filter(|id| !id.is_empty())
+            .and_then(|id| ResumePoint::parse(id).ok())
     }
 
     /// The next event; `Ok(None)` when the server ended the stream. Events of a type this
@@ -365,10 +410,17 @@ pub(crate) fn decode_event(event: SseEvent) -> Result<Option<Event>> {
         epoch: Option<String>,
         #[serde(default)]
         topics: Vec<String>,
+        #[serde(default)]
+        positions: Option<BTreeMap<String, u64>>,
     }
     #[derive(Deserialize)]
     struct Reset {
         last_seq: u64,
+    }
+    #[derive(Deserialize)]
+    struct TopicReset {
+        topic: String,
+        last_tseq: u64,
     }
     #[derive(Deserialize)]
     struct Closed {
@@ -379,12 +431,20 @@ pub(crate) fn decode_event(event: SseEvent) -> Result<Option<Event>> {
     }
     Ok(Some(match event.event.as_str() {
         "hello" => {
-            let Hello { user, session, client, last_seq, epoch, topics } = json(&event.data, "hello event")?;
-            let id = match event.id.as_deref() {
+            let Hello { user, session, client, last_seq, epoch, topics, positions } =
+                json(&event.data, "hello event")?;
+            // The id is the resume point where the stream starts: the seq, then each topic's
+            // position (which `positions` gives too; the id's are taken if it does not).
+            let point = match event.id.as_deref() {
                 None | Some("") => None,
-                Some(id) => Some(id.parse().map_err(|_| ClientError::Protocol(format!("hello id {id:?}")))?),
+                Some(id) => Some(
+                    ResumePoint::parse(id)
+                        .map_err(|error| ClientError::Protocol(format!("hello id: {error}")))?,
+                ),
             };
-            Event::Hello { user, session, client, last_seq, id, epoch, topics }
+            let id = point.as_ref().map(|point| point.seq);
+            let positions = positions.or_else(|| point.map(|point| point.positions)).unwrap_or_default();
+            Event::Hello { user, session, client, last_seq, id, epoch, topics, positions }
         }
         // The publisher's `data` may be JSON this client cannot decode (stored before the server
         // refused it): an event of its own, with its seq, never the end of the stream.
@@ -392,12 +452,16 @@ pub(crate) fn decode_event(event: SseEvent) -> Result<Option<Event>> {
             Ok(notification) => Event::Notification(notification),
             Err(undecodable) => Event::Undecodable(undecodable),
         },
-        // The same for a topic event (ephemeral: no `id:`, no seq).
+        // The same for a topic event (its tseq, if durable, is in its data).
         "topic" => match Undecodable::decode_topic_event(&event.data) {
             Ok(topic_event) => Event::Topic(topic_event),
             Err(undecodable) => Event::Undecodable(undecodable),
         },
         "reset" => Event::Reset { last_seq: json::<Reset>(&event.data, "reset event")?.last_seq },
+        "topic_reset" => {
+            let TopicReset { topic, last_tseq } = json(&event.data, "topic_reset event")?;
+            Event::TopicReset { topic, last_tseq }
+        }
         "closed" => Event::Closed { reason: json::<Closed>(&event.data, "closed event")?.reason },
         _ => return Ok(None),
     }))
@@ -429,8 +493,42 @@ mod tests {
                 id: Some(2),
                 epoch: Some("e1".into()),
                 topics: Vec::new(),
+                positions: BTreeMap::new(),
             })
         );
+        // With topics: the id is the whole resume point, and `positions` where each starts.
+        let hello = decode_event(sse(
+            "hello",
+            r#"{"user":"a","session":"s","client":"c","last_seq":4,"topics":["room:1","post:2"],"positions":{"room:1":0,"post:2":5}}"#,
+            Some("3;post:2=5;room:1=0"),
+        ));
+        let Some(Event::Hello { id, positions, .. }) = hello.unwrap() else { panic!() };
+        let expected = BTreeMap::from([("post:2".to_owned(), 5), ("room:1".to_owned(), 0)]);
+        assert_eq!((id, &positions), (Some(3), &expected));
+        // Positions from the id when the data has none.
+        let hello = decode_event(sse(
+            "hello",
+            r#"{"user":"a","session":"s","client":"c","last_seq":4,"topics":["room:1","post:2"]}"#,
+            Some("3;post:2=5;room:1=0"),
+        ));
+        let Some(Event::Hello { positions, .. }) = hello.unwrap() else { panic!() };
+        assert_eq!(positions, expected);
+        let reset =
+            decode_event(sse("topic_reset", r#"{"topic":"room:1","last_tseq":6}"#, Some("0;room:1=6")));
+        assert_eq!(reset.unwrap(), Some(Event::TopicReset { topic: "room:1".into(), last_tseq: 6 }));
+        let durable = decode_event(sse(
+            "topic",
+            r#"{"topic":"room:1","tseq":7,"type":"t","data":1,"created_at":"x"}"#,
+            Some("0;room:1=7"),
+        ));
+        let Some(Event::Topic(t)) = durable.unwrap() else { panic!() };
+        assert_eq!(t.tseq, Some(7));
+        // A notification's seq is the id's seq part when its envelope cannot be read.
+        let Some(Event::Undecodable(u)) = decode_event(sse("notification", "{", Some("8;room:1=2"))).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(u.seq, Some(8));
         // A server without epochs (nor topics).
         let old = decode_event(sse("hello", r#"{"user":"a","session":"s","client":"c","last_seq":4}"#, None));
         assert!(matches!(old.unwrap(), Some(Event::Hello { epoch: None, .. })));
@@ -487,7 +585,9 @@ mod tests {
     #[test]
     fn bad_event_data_is_an_error() {
         assert!(matches!(decode_event(sse("reset", "{", None)), Err(ClientError::Decode { .. })));
-        let hello = sse("hello", r#"{"user":"a","session":"s","client":"c","last_seq":4}"#, Some("x"));
-        assert!(matches!(decode_event(hello), Err(ClientError::Protocol(_))));
+        for id in ["x", "4;room:1", "4;room 1=2"] {
+            let hello = sse("hello", r#"{"user":"a","session":"s","client":"c","last_seq":4}"#, Some(id));
+            assert!(matches!(decode_event(hello), Err(ClientError::Protocol(_))), "{id}");
+        }
     }
 }

@@ -1,6 +1,8 @@
 //! The JSON bodies of the API, as serde types. Fields the server may add later are ignored when
 //! reading, so a newer server does not break an older client.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -19,12 +21,17 @@ pub struct Notification {
     pub created_at: String,
 }
 
-/// One event of a topic the client listens to (SSE `event: topic`, a poll answer's `topic`):
-/// ephemeral, so it has no seq and is never replayed.
+/// One event of a topic the client listens to (SSE `event: topic`, a poll answer's `topic`).
+/// A durable one has its `tseq` (its place in the topic's log: a stream resumes each topic
+/// after the last tseq handled, without gap or duplicate); an ephemeral one has none and is
+/// never replayed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TopicEvent {
     /// The topic it was published to.
     pub topic: String,
+    /// Its sequence number in the topic's log; `None` for an ephemeral one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tseq: Option<u64>,
     /// Its `type`, chosen by the publisher (`"notification"` by default).
     #[serde(rename = "type")]
     pub kind: String,
@@ -51,15 +58,24 @@ pub struct Undecodable {
     /// Its topic, when it is a topic event and that could be read (`None` for a notification).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub topic: Option<String>,
+    /// Its tseq, when it is a durable topic event and that could be read: a
+    /// [`crate::Listener`] moves the topic's position past it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tseq: Option<u64>,
     /// Why it could not be decoded (serde_json's message).
     pub error: String,
     /// Its JSON text as the server sent it, for a more lenient parser or a log.
     pub raw: String,
 }
 
+// `Result<_, Undecodable>` is how a list holds each item decoded or not (`PollResponse`); the
+// error is as large as the items it stands for (136 bytes with its topic and tseq), and rare.
+// Boxing it would change the public types for nothing.
+#[allow(clippy::result_large_err)]
 impl Undecodable {
     /// `raw`, which failed to decode with `error`; its seq and type read leniently from the
-    /// envelope (skipping `data` without decoding it), else the seq from `id` (an SSE `id:`).
+    /// envelope (skipping `data` without decoding it), else the seq from `id` (an SSE `id:`,
+    /// a resume point whose seq part is the notification's).
     pub fn new(raw: &str, id: Option<&str>, error: &serde_json::Error) -> Self {
         #[derive(Deserialize)]
         struct Envelope {
@@ -67,12 +83,17 @@ impl Undecodable {
             #[serde(rename = "type")]
             kind: Option<String>,
             topic: Option<String>,
+            tseq: Option<u64>,
         }
-        let (seq, kind, topic) = match serde_json::from_str::<Envelope>(raw) {
-            Ok(Envelope { seq, kind, topic }) => (seq, kind, topic),
-            Err(_) => (id.and_then(|id| id.parse().ok()), None, None),
+        let (seq, kind, topic, tseq) = match serde_json::from_str::<Envelope>(raw) {
+            Ok(Envelope { seq, kind, topic, tseq }) => (seq, kind, topic, tseq),
+            Err(_) => {
+                // The seq part of a resume point (`17;room:1=5`; see `crate::resume`).
+                let seq = id.and_then(|id| id.split(';').next()?.trim().parse().ok());
+                (seq, None, None, None)
+            }
         };
-        Self { seq, kind, topic, error: error.to_string(), raw: raw.to_owned() }
+        Self { seq, kind, topic, tseq, error: error.to_string(), raw: raw.to_owned() }
     }
 
     /// Decodes the notification `raw`, or says why not.
@@ -103,10 +124,11 @@ pub enum To {
     /// One client.
     Client { client: String },
     /// Every tab listening to this topic, whoever its user: a `topic` event
-    /// ([`Event::Topic`]), not a notification. The server takes only ephemeral ones for now:
-    /// publish it with [`PublishRequest::ephemeral`] (else 400 `durable_topic_unsupported`).
-    /// With [`PublishRequest::inbox`] instead, it is a durable notification stored for each of
-    /// the topic's followers (the users listening at user scope).
+    /// ([`Event::Topic`]), not a notification. Durable by default: stored in the topic's log
+    /// with its `tseq` ([`PublishResponse::topic`]), so that a tab resuming the topic gets it;
+    /// [`PublishRequest::ephemeral`] for one only the tabs connected at that moment get. With
+    /// [`PublishRequest::inbox`] instead, it is a durable notification stored for each of the
+    /// topic's followers (the users listening at user scope).
     Topic { topic: String },
 }
 
@@ -183,6 +205,10 @@ pub struct Listens {
     #[serde(flatten)]
     pub scope: Scope,
     pub topics: Vec<String>,
+    /// A listen's topics' last tseqs, read after the listen took effect: where a client that
+    /// resumes these topics later starts (empty for an unlisten).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub positions: BTreeMap<String, u64>,
 }
 
 /// The answer of `GET /v1/topics/{topic}`: who listens to a topic. At most 1,000 of each list
@@ -202,6 +228,9 @@ pub struct TopicListeners {
     /// Some list had more than the server lists.
     #[serde(default)]
     pub truncated: bool,
+    /// The topic's last tseq (0 when it has no durable event).
+    #[serde(default)]
+    pub last_tseq: u64,
 }
 
 /// A session listening to a topic at session scope, in [`TopicListeners`].
@@ -327,12 +356,22 @@ pub struct Published {
     pub seq: u64,
 }
 
+/// Where a durable topic publish was stored: its topic and its tseq there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishedTopic {
+    pub topic: String,
+    pub tseq: u64,
+}
+
 /// The answer of `POST /v1/notify`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PublishResponse {
-    /// The seq each user's copy got; empty for an ephemeral notification.
+    /// The seq each user's copy got; empty for an ephemeral notification or a topic event.
     #[serde(default)]
     pub notifications: Vec<Published>,
+    /// A durable topic publish's topic and tseq; `None` for anything else.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<PublishedTopic>,
     /// How many clients it was handed to.
     pub delivered: u64,
 }
@@ -393,6 +432,14 @@ pub struct PollResponse {
     /// Every topic the client listens to now.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub topics: Vec<String>,
+    /// The client's position in each durable topic after this answer: poll next with them
+    /// ([`crate::PollOptions::positions`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub positions: BTreeMap<String, u64>,
+    /// Topics whose position given was lost (past retention, another epoch): each goes on after
+    /// its `last_tseq`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub topic_resets: Vec<TopicReset>,
     /// Poll next with `after` = this.
     pub last_seq: u64,
     /// The epoch of `last_seq`: poll next with it. `None` from a server without epochs.
@@ -407,8 +454,18 @@ pub struct PollResponse {
     pub closed: Option<String>,
 }
 
+/// A topic whose position was lost to the client (its log no longer holds what followed it, or
+/// it is of another epoch): the topic goes on after `last_tseq`. A poll answer's
+/// `topic_resets`; on a stream, [`Event::TopicReset`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicReset {
+    pub topic: String,
+    pub last_tseq: u64,
+}
+
 /// Reads each notification of a list on its own: first as raw JSON text (which has no depth
 /// limit and keeps numbers and strings as text), then decoded.
+#[allow(clippy::result_large_err)] // See `impl Undecodable`.
 fn decode_each<'de, D: serde::Deserializer<'de>>(
     deserializer: D,
 ) -> Result<Vec<Result<Notification, Undecodable>>, D::Error> {
@@ -417,6 +474,7 @@ fn decode_each<'de, D: serde::Deserializer<'de>>(
 }
 
 /// [`decode_each`] for topic events.
+#[allow(clippy::result_large_err)] // See `impl Undecodable`.
 fn decode_each_topic_event<'de, D: serde::Deserializer<'de>>(
     deserializer: D,
 ) -> Result<Vec<Result<TopicEvent, Undecodable>>, D::Error> {
@@ -454,9 +512,11 @@ fn encode_each<S: serde::Serializer, T: Serialize>(
 #[non_exhaustive]
 pub enum Event {
     /// The first event of a stream: who the client is. `last_seq` is the user's last seq when
-    /// it connected; `id` is where this stream starts (the resume position); `epoch` is the
-    /// epoch of both, to give back with a resume point (`None` from a server without epochs);
-    /// `topics` are every topic the client listens to (empty from a server without topics).
+    /// it connected; `id` is where this stream starts in the user's log (the seq of its resume
+    /// point); `epoch` is the epoch of both, to give back with a resume point (`None` from a
+    /// server without epochs); `topics` are every topic the client listens to (empty from a
+    /// server without topics), `positions` where the stream starts in each (the last tseq
+    /// handled; empty when it listens to none).
     Hello {
         user: String,
         session: String,
@@ -468,9 +528,12 @@ pub enum Event {
         epoch: Option<String>,
         #[serde(skip_serializing_if = "Vec::is_empty")]
         topics: Vec<String>,
+        #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+        positions: BTreeMap<String, u64>,
     },
     Notification(Notification),
-    /// An event of a topic the client listens to. Ephemeral: not replayed after a reconnect.
+    /// An event of a topic the client listens to: a durable one (with its `tseq`) is replayed
+    /// to a client that resumes the topic, an ephemeral one is not.
     Topic(TopicEvent),
     /// A notification or topic event this client could not decode; see [`Undecodable`]. The
     /// stream goes on.
@@ -480,6 +543,13 @@ pub enum Event {
     /// lost to this client, which should reload its state. The stream goes on after `last_seq`.
     Reset {
         last_seq: u64,
+    },
+    /// The position in `topic` was lost (its log no longer holds what followed it, or it is of
+    /// another epoch): events of that topic were lost to this client. The topic goes on after
+    /// `last_tseq`; the other topics and the user's notifications are not affected.
+    TopicReset {
+        topic: String,
+        last_tseq: u64,
     },
     /// The server ends the stream: `evicted`, `replaced`, `session_closed`, `token_expired`,
     /// `lagging`, `shutdown` or `error`.
@@ -550,7 +620,10 @@ mod tests {
             let mut answer = expected.clone();
             answer["topics"] = json!(["a", "b"]);
             let listens: Listens = serde_json::from_value(answer.clone()).unwrap();
-            assert_eq!(listens, Listens { scope, topics: vec!["a".into(), "b".into()] });
+            assert_eq!(
+                listens,
+                Listens { scope, topics: vec!["a".into(), "b".into()], positions: BTreeMap::new() }
+            );
             assert_eq!(serde_json::to_value(&listens).unwrap(), answer);
         }
         assert_eq!(serde_json::to_value(StoredScope::Session).unwrap(), json!("session"));
@@ -576,6 +649,7 @@ mod tests {
                     node: "web-1:7300".into(),
                 }],
                 truncated: true,
+                last_tseq: 0,
             }
         );
     }
@@ -589,6 +663,7 @@ mod tests {
             event,
             TopicEvent {
                 topic: "room:1".into(),
+                tseq: None,
                 kind: "message".into(),
                 data: json!({"text": "hi"}),
                 created_at: "2026-12-04T23:00:00.123Z".into(),
@@ -607,6 +682,7 @@ mod tests {
             id: None,
             epoch: None,
             topics,
+            positions: BTreeMap::new(),
         };
         assert!(serde_json::to_value(hello(vec![])).unwrap().get("topics").is_none());
         assert_eq!(serde_json::to_value(hello(vec!["a".into()])).unwrap()["topics"], json!(["a"]));
@@ -636,6 +712,49 @@ mod tests {
         assert!(empty.topic.is_empty() && empty.topics.is_empty());
         let back = serde_json::to_value(&empty).unwrap();
         assert!(back.get("topic").is_none() && back.get("topics").is_none(), "{back}");
+    }
+
+    #[test]
+    fn durable_topic_answers_and_events_have_the_documented_shapes() {
+        // A durable topic event carries its tseq, and `herald listen` prints it back.
+        let wire = json!({"topic": "room:1", "tseq": 7, "type": "t", "data": 1, "created_at": "x"});
+        let event: TopicEvent = serde_json::from_value(wire.clone()).unwrap();
+        assert_eq!(event.tseq, Some(7));
+        let mut line = wire;
+        line["event"] = json!("topic");
+        assert_eq!(serde_json::to_value(Event::Topic(event)).unwrap(), line);
+        let reset = Event::TopicReset { topic: "room:1".into(), last_tseq: 6 };
+        assert_eq!(
+            serde_json::to_value(reset).unwrap(),
+            json!({"event": "topic_reset", "topic": "room:1", "last_tseq": 6})
+        );
+        // The publish answer's topic and tseq; absent for other publishes.
+        let answer: PublishResponse = serde_json::from_value(
+            json!({"notifications": [], "topic": {"topic": "room:1", "tseq": 3}, "delivered": 2}),
+        )
+        .unwrap();
+        assert_eq!(answer.topic, Some(PublishedTopic { topic: "room:1".into(), tseq: 3 }));
+        let plain: PublishResponse =
+            serde_json::from_value(json!({"notifications": [], "delivered": 0})).unwrap();
+        assert_eq!(serde_json::to_value(&plain).unwrap(), json!({"notifications": [], "delivered": 0}));
+        // A listen's answer with its topics' positions.
+        let listens: Listens =
+            serde_json::from_value(json!({"client": "c", "topics": ["room:1"], "positions": {"room:1": 4}}))
+                .unwrap();
+        assert_eq!(listens.positions, BTreeMap::from([("room:1".to_owned(), 4)]));
+        // A poll answer's positions and topic resets.
+        let poll: PollResponse =
+            serde_json::from_value(json!({"client": "c", "notifications": [], "last_seq": 0,
+            "topic": [{"topic": "room:2", "tseq": 2, "type": "t", "data": 0, "created_at": "x"}],
+            "positions": {"room:1": 6, "room:2": 2}, "topic_resets": [{"topic": "room:1", "last_tseq": 6}]}))
+            .unwrap();
+        assert_eq!(poll.positions, BTreeMap::from([("room:1".to_owned(), 6), ("room:2".to_owned(), 2)]));
+        assert_eq!(poll.topic_resets, [TopicReset { topic: "room:1".into(), last_tseq: 6 }]);
+        assert_eq!(poll.topic[0].as_ref().unwrap().tseq, Some(2));
+        // An undecodable durable topic event keeps its topic and tseq.
+        let text = r#"{"topic":"room:1","tseq":9,"type":"t","data":1e999999,"created_at":"x"}"#;
+        let undecodable = Undecodable::decode_topic_event(text).unwrap_err();
+        assert_eq!((undecodable.topic.as_deref(), undecodable.tseq), (Some("room:1"), Some(9)));
     }
 
     #[test]

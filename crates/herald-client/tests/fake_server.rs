@@ -820,9 +820,19 @@ async fn scoped_listens_and_topic_listeners_send_the_documented_requests() {
     let subscriber = Subscriber::new(&server.url, "tok").unwrap();
     let publisher = Publisher::new(&server.url, "key").unwrap();
     let answer = subscriber.listen_at(StoredScope::Session, &["room:1"]).await.unwrap();
-    assert_eq!(answer, Listens { scope: Scope::session("alice", "s1"), topics: vec!["room:1".into()] });
+    assert_eq!(
+        answer,
+        Listens {
+            scope: Scope::session("alice", "s1"),
+            topics: vec!["room:1".into()],
+            positions: Default::default()
+        }
+    );
     let answer = subscriber.unlisten_at(StoredScope::User, &["post:1"]).await.unwrap();
-    assert_eq!(answer, Listens { scope: Scope::user("alice"), topics: vec![] });
+    assert_eq!(
+        answer,
+        Listens { scope: Scope::user("alice"), topics: vec![], positions: Default::default() }
+    );
     let answer = publisher.listen_at(&Scope::session("bob", "s 2"), &["post:4/2"]).await.unwrap();
     assert_eq!(answer.scope, Scope::session("bob", "s 2"));
     publisher.unlisten_at(&Scope::user("bob"), &["post:4/2"]).await.unwrap();

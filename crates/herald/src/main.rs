@@ -27,7 +27,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 use herald_client::{
-    Event, ListenTransport, Listener, ListenerOptions, PublishRequest, Publisher, Subscriber, To,
+    Event, ListenTransport, Listener, ListenerOptions, PublishRequest, Publisher, ResumePoint, Subscriber, To,
 };
 use herald_server::config::{Credentials, DEV_CREDENTIALS_FILE};
 use serde_json::Value;
@@ -123,8 +123,9 @@ struct PublishArgs {
     /// Every client of each of these users, comma-separated.
     #[arg(long, value_delimiter = ',')]
     users: Vec<String>,
-    /// Every tab listening to this topic, whoever its user: a `topic` event, ephemeral (the only
-    /// kind of topic event the server takes so far).
+    /// Every tab listening to this topic, whoever its user: a `topic` event, stored in the
+    /// topic's log (the answer gives its `tseq`) so that tabs resuming the topic get it; with
+    /// `--ephemeral`, only the tabs connected at that moment get it.
     #[arg(long, conflicts_with_all = ["user", "users", "client", "session"])]
     topic: Option<String>,
     /// No tab of this user gets it (the user who caused it); with `--topic` only.
@@ -138,7 +139,7 @@ struct PublishArgs {
     /// The payload, JSON.
     #[arg(long, default_value = "{}")]
     data: String,
-    /// Only to connected clients: no seq, never stored nor replayed.
+    /// Only to connected clients: no seq (no tseq for a topic), never stored nor replayed.
     #[arg(long)]
     ephemeral: bool,
     /// Every client but this one (the tab that caused the notification).
@@ -168,9 +169,12 @@ struct ListenArgs {
     /// A subscriber token (see `herald token`).
     #[arg(long, env = "HERALD_TOKEN", hide_env_values = true)]
     token: String,
-    /// The last seq already seen: replay every retained notification after it first.
-    #[arg(long, value_name = "SEQ")]
-    after: Option<u64>,
+    /// The resume point already reached, an event's `id` as a stream gives it: the last seq
+    /// seen (`17`), or the seq and each topic's last tseq (`17;room:1=5;post:42=0`). Every
+    /// retained notification after the seq, and every retained event of each topic after its
+    /// tseq, is replayed first.
+    #[arg(long, value_name = "ID", value_parser = parse_resume_point)]
+    after: Option<ResumePoint>,
     /// The epoch of `--after` (the `epoch` of the `hello` or poll answer it came from): if the
     /// server's log is another history now, it answers `reset` instead of replaying after it.
     #[arg(long, requires = "after")]
@@ -190,6 +194,10 @@ struct ListenArgs {
     /// The server.
     #[arg(long, env = "HERALD_URL", default_value = DEFAULT_URL)]
     url: String,
+}
+
+fn parse_resume_point(text: &str) -> Result<ResumePoint, String> {
+    ResumePoint::parse(text).map_err(|e| e.to_string())
 }
 
 fn parse_ttl(text: &str) -> Result<Duration, String> {
@@ -309,10 +317,9 @@ async fn publish(args: PublishArgs) -> anyhow::Result<()> {
         Some(key) => (key, false),
         None => (dev_credential(&args.data_dir.data_dir, DevCredential::ApiKey)?, true),
     };
-    let to_topic = matches!(to, To::Topic { .. });
     let mut request = PublishRequest::new(to, data);
     request.kind = args.kind;
-    request.durable = (args.ephemeral || to_topic).then_some(false);
+    request.durable = args.ephemeral.then_some(false);
     request.except_client = args.except_client;
     request.except_user = args.except_user;
     request.idempotency_key = args.idempotency_key;
@@ -340,8 +347,13 @@ async fn listen(args: ListenArgs) -> anyhow::Result<()> {
         TransportArg::Sse => ListenTransport::Sse,
         TransportArg::Poll => ListenTransport::Poll,
     };
+    let (resume_after, positions) = match args.after {
+        Some(point) => (Some(point.seq), point.positions),
+        None => (None, Default::default()),
+    };
     let options = ListenerOptions {
-        resume_after: args.after,
+        resume_after,
+        positions,
         epoch: args.epoch,
         client: args.client,
         transport,

@@ -1158,6 +1158,7 @@ async fn topics_through_herald_client_reach_each_listening_tab_once() {
         timeout_s: Some(5),
         client: Some(first_poll.client.clone()),
         topics: room_1.clone(),
+        positions: first_poll.positions.clone(),
     };
     let polled = erin.poll_with(&next_poll).await.unwrap();
     let polled_data: Vec<Value> = polled.topic.iter().map(|t| t.as_ref().unwrap().data.clone()).collect();
@@ -1260,8 +1261,11 @@ async fn a_listener_keeps_its_topics_across_a_restart_and_a_crash() {
 }
 
 /// 12. Topics from the shell: `herald token --topics` mints the claim, `herald listen
-///     --topics` listens and prints the `topic` event as the WebSocket sends it, `herald publish
-///     --topic --except-user` publishes one (ephemeral without being told).
+///     --topics` listens and prints the `topic` event as the WebSocket sends it (with its
+///     `tseq`), `herald publish --topic --except-user` publishes one (durable without being
+///     told: the answer has its tseq; `--ephemeral` for one without), and `herald listen
+///     --after` takes the resume point a hello printed, topic positions included, and replays
+///     the topic's events after it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_token_listen_and_publish_with_topics() {
     let dir = tempfile::tempdir().unwrap();
@@ -1281,12 +1285,12 @@ async fn cli_token_listen_and_publish_with_topics() {
     let mut listen = Listen::start_with(&spec.cwd, &url, &token, &["--topics", "room:1,post:42"]);
     let hello = listen.next().await;
     assert_eq!(
-        (&hello["event"], &hello["topics"]),
-        (&json!("hello"), &json!(["room:1", "post:42"])),
+        (&hello["event"], &hello["topics"], &hello["positions"]),
+        (&json!("hello"), &json!(["room:1", "post:42"]), &json!({"post:42": 0, "room:1": 0})),
         "{hello}"
     );
 
-    let publish = |topic: &str, except_user: Option<&str>| {
+    let publish = |topic: &str, except_user: Option<&str>, ephemeral: bool| {
         let mut command = herald(&spec.cwd);
         command.args([
             "publish",
@@ -1303,26 +1307,175 @@ async fn cli_token_listen_and_publish_with_topics() {
         if let Some(user) = except_user {
             command.args(["--except-user", user]);
         }
+        if ephemeral {
+            command.arg("--ephemeral");
+        }
         command
     };
-    let output = run(&mut publish("post:42", Some("bob"))).await;
+    let output = run(&mut publish("post:42", Some("bob"), false)).await;
     assert!(output.status.success(), "{}", text(&output.stderr));
     let answer: Value = serde_json::from_slice(&output.stdout).unwrap();
-    assert_eq!(answer, json!({"notifications": [], "delivered": 1}));
+    assert_eq!(
+        answer,
+        json!({"notifications": [], "topic": {"topic": "post:42", "tseq": 1}, "delivered": 1})
+    );
     let line = listen.next().await;
     assert_eq!(line["created_at"].as_str().map(|at| at.ends_with('Z')), Some(true), "{line}");
     let mut expected =
-        json!({"event": "topic", "topic": "post:42", "type": "message", "data": {"text": "hi"}});
+        json!({"event": "topic", "topic": "post:42", "tseq": 1, "type": "message", "data": {"text": "hi"}});
     expected["created_at"] = line["created_at"].clone();
     assert_eq!(line, expected);
 
-    let output = run(&mut publish("room:1", Some("alice"))).await;
+    let output = run(&mut publish("room:1", Some("alice"), false)).await;
     assert!(output.status.success(), "{}", text(&output.stderr));
     let answer: Value = serde_json::from_slice(&output.stdout).unwrap();
-    assert_eq!(answer["delivered"], 0, "alice is left out");
+    assert_eq!((&answer["delivered"], &answer["topic"]["tseq"]), (&json!(0), &json!(1)), "alice is left out");
+    let output = run(&mut publish("room:1", None, true)).await;
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let answer: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(answer, json!({"notifications": [], "delivered": 1}), "ephemeral: no tseq");
+    let line = listen.next().await;
+    assert_eq!((&line["topic"], line.get("tseq")), (&json!("room:1"), None), "{line}");
     if let Ok(Some(line)) = tokio::time::timeout(QUIET, listen.lines.recv()).await {
         panic!("nothing more expected, got {line}");
     }
     drop(listen);
+
+    // From the hello's resume point: post:42's event comes again (room:1's excepted alice).
+    let after = format!("{};post:42=0;room:1=0", hello["id"]);
+    let mut listen =
+        Listen::start_with(&spec.cwd, &url, &token, &["--topics", "room:1,post:42", "--after", &after]);
+    let hello = listen.next().await;
+    assert_eq!(hello["positions"], json!({"post:42": 0, "room:1": 0}), "{hello}");
+    let line = listen.next().await;
+    assert_eq!((&line["topic"], &line["tseq"]), (&json!("post:42"), &json!(1)), "{line}");
+    if let Ok(Some(line)) = tokio::time::timeout(QUIET, listen.lines.recv()).await {
+        panic!("nothing more expected, got {line}");
+    }
+    drop(listen);
+    let bad =
+        run(herald(&spec.cwd).args(["listen", "--token", &token, "--url", &url, "--after", "0;room:1"]))
+            .await;
+    assert_eq!(bad.status.code(), Some(2), "a usage error: {}", text(&bad.stderr));
+    drop(server);
+}
+
+/// 13. Durable topics across crashes: a `Listener` with two durable topics (`room:1` named when
+///     it connects, `room:2` listened to through it) and its user's notifications, while a
+///     publisher publishes to all three and the server is killed (`kill -9`) and started again
+///     on the same data dir, twice. Every topic's tseqs arrive exactly 1..N, in order, and the
+///     user's seqs too. Each publish is retried with its idempotency key until acknowledged, so
+///     none is lost or stored twice. Fails if the listener resumes a topic from anywhere but
+///     its exact position (a gap when it starts at the head, duplicates when it starts before).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_resumes_durable_topics_exactly_across_crashes() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = Spec::new(dir.path());
+    let mut server = spec.start().await;
+    let token =
+        mint_token_with_topics(spec.secret().as_bytes(), "alice", Some("s1"), HOUR, &["room:*"]).unwrap();
+    let options = ListenerOptions {
+        topics: vec!["room:1".into()],
+        backoff_initial: Duration::from_millis(10),
+        backoff_max: Duration::from_millis(100),
+        ..ListenerOptions::default()
+    };
+    let mut listener = Listener::new(server.subscriber(&token), options);
+    assert!(matches!(next_of(&mut listener).await, Event::Hello { .. }));
+    assert_eq!(listener.listen(&["room:2"]).await.unwrap(), ["room:1", "room:2"]);
+
+    // The reader can be paused (`next_event` is cancel-safe): while the server is down and
+    // until events were published after its restart, so that the listener resumes after them
+    // every time, whatever the timing.
+    let (events, mut received) = mpsc::unbounded_channel();
+    let (pause, mut paused) = tokio::sync::watch::channel(false);
+    let reader = tokio::spawn(async move {
+        loop {
+            if *paused.borrow_and_update() {
+                if paused.changed().await.is_err() {
+                    break;
+                }
+                continue;
+            }
+            tokio::select! {
+                event = listener.next_event() => {
+                    let Ok(Some(event)) = event else { break };
+                    if events.send(event).is_err() {
+                        break;
+                    }
+                }
+                _ = paused.changed() => {}
+            }
+        }
+    });
+    let acknowledged = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let (url, api_key, acked) = (spec.url(), spec.api_key(), acknowledged.clone());
+    let publishing = tokio::spawn(async move {
+        let publisher = Publisher::new(&url, api_key).unwrap();
+        let mut published = (0, 0, 0);
+        for i in 0..240u64 {
+            let (request, count) = match i % 3 {
+                0 => (PublishRequest::new(To::user("alice"), json!(i)), &mut published.0),
+                1 => (PublishRequest::new(To::topic("room:1"), json!(i)), &mut published.1),
+                _ => (PublishRequest::new(To::topic("room:2"), json!(i)), &mut published.2),
+            };
+            *count += 1;
+            let request = request.idempotency_key(format!("p-{i}"));
+            let deadline = Instant::now() + WAIT;
+            let answer = loop {
+                match publisher.publish(&request).await {
+                    Ok(answer) => break answer,
+                    Err(e) if e.is_retryable() && Instant::now() < deadline => {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    Err(e) => panic!("publish {i}: {e}"),
+                }
+            };
+            let stored =
+                answer.topic.as_ref().map_or_else(|| answer.notifications[0].seq, |topic| topic.tseq);
+            assert_eq!(stored, *count, "{i}: {answer:?}");
+            acked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        published
+    });
+    let acked = || acknowledged.load(std::sync::atomic::Ordering::Relaxed);
+    for _ in 0..2 {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        pause.send(true).unwrap();
+        server.kill9();
+        server = spec.start().await;
+        let (before, deadline) = (acked(), Instant::now() + WAIT);
+        while acked() < before + 6 {
+            assert!(Instant::now() < deadline, "the publisher is stuck at {before}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        pause.send(false).unwrap();
+    }
+    let (seqs, room_1, room_2) = publishing.await.unwrap();
+    let (mut got_seqs, mut got_tseqs) = (Vec::new(), HashMap::<String, Vec<u64>>::new());
+    while got_seqs.len() as u64 + got_tseqs.values().map(|t| t.len() as u64).sum::<u64>()
+        < seqs + room_1 + room_2
+    {
+        let Ok(event) = tokio::time::timeout(WAIT, received.recv()).await else {
+            panic!(
+                "missing events: seqs {got_seqs:?}, topics {got_tseqs:?}; published {seqs}, {room_1}, {room_2}"
+            )
+        };
+        match event.expect("the listener goes on") {
+            Event::Notification(n) => got_seqs.push(n.seq.unwrap()),
+            Event::Topic(t) => got_tseqs.entry(t.topic).or_default().push(t.tseq.unwrap()),
+            Event::Hello { .. } | Event::Closed { .. } | Event::KeepAlive => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    // Anything more would be a duplicate.
+    if let Ok(Some(event)) = tokio::time::timeout(QUIET, received.recv()).await {
+        assert!(matches!(event, Event::KeepAlive), "nothing more expected, got {event:?}");
+    }
+    assert_eq!(got_seqs, (1..=seqs).collect::<Vec<_>>());
+    assert_eq!(got_tseqs["room:1"], (1..=room_1).collect::<Vec<_>>());
+    assert_eq!(got_tseqs["room:2"], (1..=room_2).collect::<Vec<_>>());
+    reader.abort();
     drop(server);
 }
