@@ -4,8 +4,9 @@
 # RATE_SECS each: each message's time until the last tab has it, server CPU per delivery, and
 # every tab must get every message exactly once.
 #
-#   bench/broadcast.sh            # 15,000 tabs (about 10 minutes on a quiet machine)
-#   SMOKE=1 bench/broadcast.sh    # 300 tabs, 2 s per rate: a minute or two
+#   bench/broadcast.sh            # 15,000 tabs: about 20 minutes on a quiet machine (Nchan and
+#                                 # Socket.IO cannot keep 100/s: their last phase takes 2 and 5 min)
+#   SMOKE=1 bench/broadcast.sh    # 300 tabs, 2 s per rate: two or three minutes
 #
 # Installs what is missing (as bench/compare.sh does), builds Herald and herald-bench in release,
 # then for each server in turn starts it on its own 127.0.0.1 port, runs herald-bench against it,

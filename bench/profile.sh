@@ -13,6 +13,11 @@
 # Memory: Herald under massif with MASSIF_USERS × TABS idle SSE clients; prints the heap at its
 # peak by allocation site, per connection (bench/tools/massif_sites.py).
 #
+# Broadcast (bench/broadcast.sh's load): TOPIC=bench_room has every client listen to that topic
+# and every publish go to it; PHASE (default max:SECS) sets the publish phase, e.g.
+#   TOPIC=bench_room PHASE=steady:100:20 PUBLISHERS=4 STORE=memory bench/profile.sh cpu
+#   TOPIC=bench_room bench/profile.sh memory      # the heap of idle clients that listen
+#
 # Everything started here is stopped by PID on exit. Output: OUT (default
 # target/bench/profile-<date>/).
 set -euo pipefail
@@ -26,6 +31,8 @@ USERS="${USERS:-5000}"
 TABS="${TABS:-3}"
 PUBLISHERS="${PUBLISHERS:-32}"
 SECS="${SECS:-20}"
+PHASE="${PHASE:-max:$SECS}"       # the cpu profile's publish phase; perf samples SECS - 2 s of it
+TOPIC="${TOPIC:-}"                # a broadcast: every client listens to it, every publish goes to it
 MASSIF_USERS="${MASSIF_USERS:-1000}"
 PORT="${PORT:-7320}"
 OUT="${OUT:-$ROOT/target/bench/profile-$(date +%Y%m%d-%H%M%S)}"
@@ -80,16 +87,18 @@ export HERALD_SECRET="profile-secret-0123456789abcdef012345" HERALD_API_KEY="pro
 export HERALD_IP_CONNECTIONS_MAX=0 HERALD_IP_REQUESTS_PER_SEC=0
 store_args=(--data-dir "$WORK/data")
 [[ "$STORE" == memory ]] && store_args=(--memory)
+topic_args=()
+[[ -n "$TOPIC" ]] && topic_args=(--topic "$TOPIC" --drain-max-secs 120)
 
 if [[ "$WHAT" == cpu || "$WHAT" == all ]]; then
-    log "cpu: herald ($STORE), $USERS × $TABS $KIND clients, $PUBLISHERS publishers for $SECS s"
+    log "cpu: herald ($STORE), $USERS × $TABS $KIND clients${TOPIC:+ on topic $TOPIC}, $PUBLISHERS publishers, $PHASE"
     "$HERALD_BIN" serve "${store_args[@]}" >"$OUT/cpu.server.log" 2>&1 &
     server=$!
     STARTED+=("$server")
     wait_port
     target/release/herald-bench run --label "profile-$STORE" --url "http://127.0.0.1:$PORT" --kind "$KIND" \
         --users "$USERS" --clients-per-user "$TABS" --publishers "$PUBLISHERS" --idle-secs "$IDLE_SECS" \
-        --phase "max:$SECS" --server-pid "$server" --no-progress >"$OUT/cpu.bench.txt" &
+        --phase "$PHASE" "${topic_args[@]}" --server-pid "$server" --no-progress >"$OUT/cpu.bench.txt" &
     bench=$!
     STARTED+=("$bench")
     # Start sampling once the clients are connected and idle, stop before the phase ends.
@@ -112,7 +121,7 @@ if [[ "$WHAT" == cpu || "$WHAT" == all ]]; then
     # Inclusive ("children") time of the parts that matter: the store, syscalls, Herald, malloc.
     perf report -i "$OUT/perf.data" --children --sort symbol --stdio -g none 2>/dev/null |
         grep -v '^#' | grep '%' |
-        grep -E 'herald|sqlite3_step|sqlite3VdbeHalt|CommitPhase|fsync|walCheckpoint|prepare|sys_sendto|sys_recvfrom|sys_write|sys_read|epoll_wait|malloc|free|jsonwebtoken|serde_json' |
+        grep -E 'herald|sqlite3_step|sqlite3VdbeHalt|CommitPhase|fsync|walCheckpoint|prepare|sys_sendto|sys_recvfrom|sys_write|sys_read|epoll_wait|malloc|free|jsonwebtoken|serde_json|wake|futex|schedule' |
         head -60 | tee "$OUT/perf.children.txt"
     set -o pipefail
 fi
@@ -128,7 +137,7 @@ if [[ "$WHAT" == memory || "$WHAT" == all ]]; then
     # One publish, so the run has a phase; the peak is the idle state with every client open.
     target/release/herald-bench run --label "massif-$STORE" --url "http://127.0.0.1:$PORT" \
         --users "$MASSIF_USERS" --clients-per-user "$TABS" --publishers 1 --idle-secs 3 \
-        --connect-concurrency 16 --phase burst:1 --server-pid "$server" --no-progress |
+        --connect-concurrency 16 --phase burst:1 "${topic_args[@]}" --server-pid "$server" --no-progress |
         grep -v '^{' >&2
     stop_pid "$server"
     ms_print "$OUT/massif.out" >"$OUT/massif.txt"

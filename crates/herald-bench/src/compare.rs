@@ -34,12 +34,15 @@ pub struct CompareArgs {
     pub title: String,
 }
 
+/// How a row reads its value from a run (`None`: the run does not have it).
+type ValueOf<'a> = Box<dyn Fn(&RunResult) -> Option<f64> + 'a>;
+
 /// A row of the table: a name, its precision, which way is better, and its value in a run.
 struct Row<'a> {
     name: String,
     digits: usize,
     better: Better,
-    value: Box<dyn Fn(&RunResult) -> Option<f64> + 'a>,
+    value: ValueOf<'a>,
 }
 
 impl From<Metric> for Row<'_> {
