@@ -9,6 +9,7 @@ use crate::support;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use futures::StreamExt as _;
 use herald_core::Retention;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -319,4 +320,207 @@ async fn topics_resume_exactly_across_a_restart_on_sqlite() {
     assert_eq!(got.seqs, [1]);
     assert_eq!(got.tseqs.get("room:1"), Some(&vec![2]));
     assert_eq!(got.tseqs.get("room:2"), Some(&vec![1, 2]));
+}
+
+/// Where a client stands, kept on its side as herald.js and herald-client do: the user's seq and
+/// each topic's position, from `hello`, the events and `topic_reset`.
+#[derive(Debug, Default)]
+struct Position {
+    seq: u64,
+    topics: BTreeMap<String, u64>,
+    epoch: String,
+}
+
+impl Position {
+    fn resume_id(&self) -> String {
+        let mut id = self.seq.to_string();
+        for (topic, tseq) in &self.topics {
+            id.push_str(&format!(";{topic}={tseq}"));
+        }
+        id
+    }
+
+    fn positions_param(&self) -> String {
+        self.topics.iter().map(|(t, s)| format!("{t}={s}")).collect::<Vec<_>>().join(",")
+    }
+
+    /// Takes one event (a WebSocket frame or a poll answer's item, with its `event` name).
+    fn take(&mut self, got: &mut Got, event: &Value) {
+        match event["event"].as_str().unwrap() {
+            "hello" => {
+                self.epoch = event["epoch"].as_str().unwrap().to_owned();
+                for (topic, tseq) in event["positions"].as_object().into_iter().flatten() {
+                    self.topics.insert(topic.clone(), tseq.as_u64().unwrap());
+                }
+            }
+            "topic" => match event["tseq"].as_u64() {
+                Some(tseq) => {
+                    let topic = event["topic"].as_str().unwrap().to_owned();
+                    got.tseqs.entry(topic.clone()).or_default().push(tseq);
+                    self.topics.insert(topic, tseq);
+                }
+                None => got.ephemeral += 1,
+            },
+            "notification" => {
+                let seq = event["seq"].as_u64().unwrap();
+                got.seqs.push(seq);
+                self.seq = seq;
+            }
+            "keepalive" => {}
+            other => panic!("unexpected event {other}: {event}"),
+        }
+    }
+}
+
+/// Query-string encoding of a resume id (`;`, `=` and `:` escaped).
+fn query_value(text: &str) -> String {
+    support::enc(text)
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Transport {
+    WebSocket,
+    Poll,
+}
+
+/// Random (seeded) publishes to three durable topics and the user, reads, reconnects and server
+/// restarts on one SQLite file, over WebSocket and long-poll, the client keeping its own resume
+/// point: every topic's tseqs and the user's seqs come exactly once, in order.
+#[tokio::test]
+async fn websocket_and_poll_resume_every_topic_exactly_across_reconnects_and_restarts() {
+    for transport in [Transport::WebSocket, Transport::Poll] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("herald.db");
+        let mut server = TestServer::with_store(support::sqlite(&path, Retention::default())).await;
+        let token = token_for_rooms("alice", "s1");
+        let topics = "topics=room:1,room:2,room:3";
+        let mut rng = StdRng::seed_from_u64(42);
+        let mut published: BTreeMap<&str, u64> = BTreeMap::new();
+        let (mut seqs, mut got, mut position) = (0, Got::default(), Position::default());
+        let mut ws: Option<crate::websocket::Ws> = None;
+        if let Transport::WebSocket = transport {
+            let (socket, hello) = connect_ws(&server, &token, topics, &position).await;
+            position.take(&mut got, &hello);
+            ws = Some(socket);
+        }
+        for round in 0..25 {
+            for _ in 0..rng.random_range(0..5) {
+                if rng.random_range(0..6) == 0 {
+                    seqs += 1;
+                    server.notify_user("alice", json!(round)).await;
+                } else {
+                    let topic = ROOMS[rng.random_range(0..ROOMS.len())];
+                    *published.entry(topic).or_default() += 1;
+                    publish_durable(&server, topic, published[topic]).await;
+                }
+            }
+            match transport {
+                Transport::WebSocket => {
+                    let socket = ws.as_mut().unwrap();
+                    for _ in 0..rng.random_range(0..4) {
+                        let Ok(Some(Ok(frame))) =
+                            tokio::time::timeout(Duration::from_millis(200), socket.next()).await
+                        else {
+                            break;
+                        };
+                        if let tokio_tungstenite::tungstenite::Message::Text(text) = frame {
+                            position.take(&mut got, &serde_json::from_str(&text).unwrap());
+                        }
+                    }
+                }
+                Transport::Poll => {
+                    let query = if position.epoch.is_empty() {
+                        format!("timeout=0&{topics}")
+                    } else {
+                        format!(
+                            "timeout=0&{topics}&after={}&epoch={}&positions={}",
+                            position.seq,
+                            position.epoch,
+                            query_value(&position.positions_param())
+                        )
+                    };
+                    let (status, answer) = server.poll(&token, &query).await;
+                    assert_eq!(status, 200, "{answer}");
+                    take_poll_answer(&mut position, &mut got, &answer);
+                }
+            }
+            let restart = rng.random_bool(0.15);
+            if restart {
+                ws = None;
+                server.shutdown().await;
+                server = TestServer::with_store(support::sqlite(&path, Retention::default())).await;
+            }
+            if let Transport::WebSocket = transport
+                && (restart || rng.random_bool(0.3))
+            {
+                let (socket, hello) = connect_ws(&server, &token, topics, &position).await;
+                position.take(&mut got, &hello);
+                ws = Some(socket);
+            }
+        }
+        // Drain: once more from the resume point, until quiet.
+        match transport {
+            Transport::WebSocket => {
+                let socket = ws.as_mut().unwrap();
+                while let Ok(Some(Ok(frame))) = tokio::time::timeout(QUIET, socket.next()).await {
+                    if let tokio_tungstenite::tungstenite::Message::Text(text) = frame {
+                        position.take(&mut got, &serde_json::from_str(&text).unwrap());
+                    }
+                }
+            }
+            Transport::Poll => loop {
+                let query = format!(
+                    "timeout=0&{topics}&after={}&epoch={}&positions={}",
+                    position.seq,
+                    position.epoch,
+                    query_value(&position.positions_param())
+                );
+                let (_, answer) = server.poll(&token, &query).await;
+                let before = (got.seqs.len(), got.tseqs.values().map(Vec::len).sum::<usize>());
+                take_poll_answer(&mut position, &mut got, &answer);
+                if before == (got.seqs.len(), got.tseqs.values().map(Vec::len).sum::<usize>()) {
+                    break;
+                }
+            },
+        }
+        for topic in ROOMS {
+            let expected: Vec<u64> = (1..=published.get(topic).copied().unwrap_or(0)).collect();
+            assert_eq!(got.tseqs.get(topic).cloned().unwrap_or_default(), expected, "{transport:?} {topic}");
+        }
+        assert_eq!(got.seqs, (1..=seqs).collect::<Vec<_>>(), "{transport:?}");
+    }
+}
+
+fn take_poll_answer(position: &mut Position, got: &mut Got, answer: &Value) {
+    position.epoch = answer["epoch"].as_str().unwrap().to_owned();
+    for notification in answer["notifications"].as_array().unwrap() {
+        let mut event = notification.clone();
+        event["event"] = json!("notification");
+        position.take(got, &event);
+    }
+    for topic_event in answer["topic"].as_array().into_iter().flatten() {
+        let mut event = topic_event.clone();
+        event["event"] = json!("topic");
+        position.take(got, &event);
+    }
+    assert!(answer.get("topic_resets").is_none(), "{answer}");
+    position.seq = answer["last_seq"].as_u64().unwrap();
+    for (topic, tseq) in answer["positions"].as_object().into_iter().flatten() {
+        position.topics.insert(topic.clone(), tseq.as_u64().unwrap());
+    }
+}
+
+/// Opens a WebSocket that listens to `topics`, resuming from `position` once it has an epoch.
+async fn connect_ws(
+    server: &TestServer,
+    token: &str,
+    topics: &str,
+    position: &Position,
+) -> (crate::websocket::Ws, Value) {
+    let query = if position.epoch.is_empty() {
+        topics.to_owned()
+    } else {
+        format!("{topics}&last_event_id={}&epoch={}", query_value(&position.resume_id()), position.epoch)
+    };
+    crate::websocket::connect(server, token, &query).await
 }
