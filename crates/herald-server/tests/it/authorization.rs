@@ -152,14 +152,16 @@ fn b64(value: &Value) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(value.to_string())
 }
 
-/// A random credential; `closed_at` is when the sign-outs of the setup happened.
-fn credential(rng: &mut StdRng, closed_at: u64) -> Credential {
+/// A random credential; the sign-outs of the setup happened between `closed_at.0` and
+/// `closed_at.1` (read before and after them: a clock that steps forward meanwhile must not make
+/// a token "issued after the close" older than the close the server recorded).
+fn credential(rng: &mut StdRng, closed_at: (u64, u64)) -> Credential {
     let now = now_unix();
     let owner = rng.random_range(0..USERS);
     let signed_out_everywhere = owner == USERS - 1;
     let session = [Some("s0"), Some("s1"), None, Some(GONE)][rng.random_range(0..4)];
-    let issued_before_close = closed_at - rng.random_range(0..600);
-    let issued_after_close = closed_at + 1 + rng.random_range(0..3);
+    let issued_before_close = closed_at.0 - rng.random_range(0..600);
+    let issued_after_close = closed_at.1 + 1 + rng.random_range(0..3);
     // Valid for the whole run (the pool is made at the start), and well within the 30 days.
     let exp = now + 3600 + rng.random_range(0..3600);
     match rng.random_range(0..14) {
@@ -470,12 +472,13 @@ async fn no_answer_carries_another_users_data() {
             server.notify_user(&user(i), json!({ "marker": marker(i), "n": n })).await;
         }
     }
-    let closed_at = now_unix();
+    let closed_from = now_unix();
     for i in 0..USERS {
         let path = format!("/v1/users/{}/sessions/{GONE}", user(i));
         assert_eq!(server.delete(&path).await.0, 200);
     }
     assert_eq!(server.delete(&format!("/v1/users/{}/sessions", user(USERS - 1))).await.0, 200);
+    let closed_at = (closed_from, now_unix());
     // Tokens "issued after the close" have `iat = closed_at + 1…3`: a few seconds ahead of the
     // clock at first, which the server allows (60 s).
 
