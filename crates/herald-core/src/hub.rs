@@ -1,9 +1,11 @@
 //! The [`Hub`]: this node's map of users → sessions → clients, each client with its bounded
-//! queue; fan-out, limits and eviction, and presence.
+//! queue; fan-out, limits and eviction, and presence; and the topic index (topic → the tabs
+//! listening, each tab under the union of its own, its session's and its user's listens), which
+//! a topic's fan-out walks without taking any user's shard.
 //!
 //! The hub is sharded by user; a shard is a `parking_lot::Mutex` held only for short, non-async
 //! work (never across an `.await`). Lock order, where two are taken: user shard, then client
-//! index shard.
+//! index shard or topic shard (never both of the latter).
 //!
 //! A client entry outlives its connection by [`Limits::client_linger`]: a poller is still
 //! "present" between two polls, and a tab that reloads can be found by `{"client": C}` publishes.

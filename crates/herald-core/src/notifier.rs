@@ -241,7 +241,11 @@ impl Notifier {
         let mut audiences = match &publish.target {
             // Into the followers' inboxes: at once when they fit one publish, else as a job.
             Target::Followers(topic) => match self.followers(topic, data_bytes).await? {
-                Some(users) => users.into_iter().map(|user| (user, Audience::user())).collect(),
+                Some(users) => {
+                    let audience =
+                        Audience { except_client: publish.except_client.clone(), ..Audience::user() };
+                    users.into_iter().map(|user| (user, audience.clone())).collect()
+                }
                 None => {
                     let topic = topic.clone();
                     return self.start_job(topic, publish).await;
@@ -251,11 +255,6 @@ impl Notifier {
         };
         if let Some(except) = &publish.except_user {
             audiences.retain(|(user, _)| user != except);
-        }
-        if let Some(except) = &publish.except_client {
-            for (_, audience) in &mut audiences {
-                audience.except_client = Some(except.clone());
-            }
         }
         let publish_bytes = data_bytes.saturating_mul(audiences.len());
         if publish_bytes > limits.publish_bytes_max {

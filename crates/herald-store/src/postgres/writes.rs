@@ -1,5 +1,6 @@
 //! The writes, in SQL: a batch of appends (one commit for the whole batch: see `writer`),
-//! receipts, inbox marks and deletes, revocations, and the chunks of retention.
+//! receipts, inbox marks and deletes, revocations, listens, topic appends, fan-out jobs, and the
+//! chunks of retention.
 //!
 //! **Locks, always in one order**, so that writers on several nodes do not deadlock: idempotency
 //! keys (sorted), then users' `herald_users` rows (sorted, `COLLATE "C"`, as Rust sorts strings),
