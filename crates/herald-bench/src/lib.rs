@@ -22,13 +22,17 @@
 //! - [`publish`]: publishers and phase specs.
 //! - [`report`]: the result and its tables.
 //! - [`run`]: the parent process: workers, phases, drain, accounting, the result.
-//! - [`compare`]: several results in one table, with ratios.
+//! - [`compare`]: several results in one table, with ratios, the medians of rounds, multiples
+//!   of the floor; and [`charts`], the same drawn as SVG.
+//! - [`fsync`]: what one `fdatasync` costs on a disk (`herald-bench fsync-probe`).
 
 // Unsafe only in `sys`, the generator's few system calls, each with its `SAFETY:`.
 #![deny(unsafe_code)]
 
+pub mod charts;
 pub mod compare;
 pub mod counters;
+pub mod fsync;
 pub mod http;
 pub mod procstat;
 pub mod proto;

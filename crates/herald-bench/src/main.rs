@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use herald_bench::compare::{self, CompareArgs};
+use herald_bench::fsync::{self, FsyncProbeArgs};
 use herald_bench::run::{self, RunArgs};
 use herald_bench::worker;
 
@@ -27,9 +28,24 @@ enum Cmd {
     Run(Box<RunArgs>),
     /// One table from the JSON lines of several runs, with ratios.
     Compare(CompareArgs),
+    /// What one `fdatasync` costs on the disk under a directory (4 KiB appends and overwrites):
+    /// prints one line with the p50 and p99 of each.
+    FsyncProbe(FsyncProbeArgs),
     /// A worker process (started by `run`; reads commands on stdin).
     #[command(hide = true)]
     Worker,
+}
+
+/// `herald-bench compare`: the table on stdout, the charts (`--svg`) into their directory.
+fn compare_runs(args: &CompareArgs) -> anyhow::Result<()> {
+    let runs = compare::read_runs(&args.files)?;
+    print!("{}", compare::render(&runs, args)?);
+    if let Some(dir) = &args.svg {
+        let charts = compare::charts(&runs, args)?;
+        let written = compare::write_charts(dir, &charts)?;
+        eprintln!("herald-bench: {} charts in {}", written.len(), dir.display());
+    }
+    Ok(())
 }
 
 fn main() -> ExitCode {
@@ -54,12 +70,11 @@ fn main() -> ExitCode {
                 }
             })
         }
-        Cmd::Compare(args) => {
-            compare::read_runs(&args.files).and_then(|runs| compare::render(&runs, &args)).map(|table| {
-                print!("{table}");
-                ExitCode::SUCCESS
-            })
-        }
+        Cmd::Compare(args) => compare_runs(&args).map(|()| ExitCode::SUCCESS),
+        Cmd::FsyncProbe(args) => fsync::probe(&args).map(|probe| {
+            println!("{}", probe.line());
+            ExitCode::SUCCESS
+        }),
         Cmd::Worker => worker::main().map(|()| ExitCode::SUCCESS),
     };
     result.unwrap_or_else(|error| {

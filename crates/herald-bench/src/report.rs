@@ -15,6 +15,13 @@ use crate::verify::DeliveryStats;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunResult {
     pub label: String,
+    /// The round of a comparison this run belongs to (`--round`; `bench/compare.sh` with
+    /// `ROUNDS`). Lines without one (written before rounds existed) count as one round.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub round: Option<u32>,
+    /// When the run started: UTC, RFC 3339, to the second (absent in older lines).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
     pub kind: Kind,
     /// The subscriber URL of each server (node) the clients were spread over (`sub_url`, one
     /// string, in the lines of runs before there could be several).
@@ -171,6 +178,25 @@ fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D:
 const KIB: f64 = 1024.0;
 const MIB: f64 = 1024.0 * 1024.0;
 
+/// `value` with `digits` decimals and its integer part in groups of three: `46,833`,
+/// `1,234.5`, `0.323`.
+pub fn number(value: f64, digits: usize) -> String {
+    let text = format!("{:.digits$}", value.abs());
+    let (integer, fraction) = text.split_at(text.find('.').unwrap_or(text.len()));
+    let mut grouped = String::with_capacity(text.len() + integer.len() / 3 + 1);
+    if value < 0.0 && text.bytes().any(|b| matches!(b, b'1'..=b'9')) {
+        grouped.push('-');
+    }
+    for (i, digit) in integer.chars().enumerate() {
+        if i > 0 && (integer.len() - i) % 3 == 0 {
+            grouped.push(',');
+        }
+        grouped.push(digit);
+    }
+    grouped.push_str(fraction);
+    grouped
+}
+
 fn opt(v: Option<f64>, digits: usize) -> String {
     v.map_or_else(|| "-".to_owned(), |v| format!("{v:.digits$}"))
 }
@@ -206,7 +232,11 @@ impl RunResult {
     /// The human report.
     pub fn human(&self) -> String {
         let mut out = String::new();
-        let label = if self.label.is_empty() { String::new() } else { format!(" [{}]", self.label) };
+        let label = match (self.label.as_str(), self.round) {
+            ("", _) => String::new(),
+            (label, None) => format!(" [{label}]"),
+            (label, Some(round)) => format!(" [{label}, round {round}]"),
+        };
         let _ = writeln!(
             out,
             "herald-bench{label}: {} on {} — {} users × {} = {} clients over {} workers, {} publishers{}{} to {}",
@@ -444,5 +474,16 @@ mod tests {
             vec!["longer".to_owned(), "7".to_owned()],
         ];
         assert_eq!(table(&rows), "name       n\n------------\na       1000\nlonger     7\n");
+    }
+
+    #[test]
+    fn numbers_are_grouped_by_thousands() {
+        assert_eq!(number(46_833.4, 0), "46,833");
+        assert_eq!(number(1_234_567.891, 2), "1,234,567.89");
+        assert_eq!(number(999.0, 0), "999");
+        assert_eq!(number(0.3234, 3), "0.323");
+        assert_eq!(number(-0.79, 2), "-0.79");
+        assert_eq!(number(-12_345.0, 0), "-12,345");
+        assert_eq!(number(-0.001, 2), "0.00", "no minus sign on a zero");
     }
 }

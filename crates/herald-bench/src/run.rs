@@ -160,6 +160,10 @@ pub struct RunArgs {
     /// A name for this run in the reports.
     #[arg(long, default_value = "")]
     pub label: String,
+    /// Which round of a comparison this run is (`bench/compare.sh` with `ROUNDS`): `herald-bench
+    /// compare` reports, per label, the median of its rounds (of each round's last run).
+    #[arg(long)]
+    pub round: Option<u32>,
     /// Also append the JSON line to this file.
     #[arg(long)]
     pub json_out: Option<PathBuf>,
@@ -340,6 +344,10 @@ pub fn run(mut args: RunArgs) -> anyhow::Result<RunResult> {
 }
 
 async fn run_async(args: &RunArgs) -> anyhow::Result<RunResult> {
+    let started_at = time::OffsetDateTime::now_utc()
+        .replace_nanosecond(0)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok());
     let clients = u64::from(args.users) * u64::from(args.clients_per_user);
     let workers = match args.workers {
         0 => (clients.div_ceil(CLIENTS_PER_WORKER_AUTO) as u32).max(WORKERS_AUTO_MIN),
@@ -392,6 +400,8 @@ async fn run_async(args: &RunArgs) -> anyhow::Result<RunResult> {
     let (connect, idle, phases) = result?;
     Ok(RunResult {
         label: args.label.clone(),
+        round: args.round,
+        started_at,
         kind: args.kind,
         sub_urls,
         pub_urls,

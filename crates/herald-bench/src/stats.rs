@@ -1,5 +1,5 @@
 //! Latency histograms (they cross the worker pipes as `(value, count)` pairs) and their
-//! percentiles.
+//! percentiles; the median and range of a figure over the rounds of a comparison.
 
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
@@ -62,9 +62,60 @@ impl Percentiles {
     }
 }
 
+/// A figure over the rounds of a comparison (`bench/compare.sh` with `ROUNDS`): its median,
+/// which the tables and charts report, and its range.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Spread {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+    /// Rounds that had the figure.
+    pub rounds: usize,
+}
+
+impl Spread {
+    /// The spread of `values` (NaNs left out); `None` without any.
+    pub fn of(values: impl IntoIterator<Item = f64>) -> Option<Self> {
+        let mut sorted: Vec<f64> = values.into_iter().filter(|v| !v.is_nan()).collect();
+        sorted.sort_by(f64::total_cmp);
+        let n = sorted.len();
+        let median = match n {
+            0 => return None,
+            _ if n % 2 == 1 => sorted[n / 2],
+            // An even count: the mean of the two middle values.
+            _ => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+        };
+        Some(Self { median, min: sorted[0], max: sorted[n - 1], rounds: n })
+    }
+
+    /// One value, as a single round gives it.
+    pub fn one(value: f64) -> Self {
+        Self { median: value, min: value, max: value, rounds: 1 }
+    }
+
+    /// Whether the rounds disagreed (a range worth showing).
+    pub fn varies(&self) -> bool {
+        self.max > self.min
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Fails if the median is taken from unsorted values, an even count does not average its
+    /// middle pair, or a NaN counts.
+    #[test]
+    fn medians_of_rounds() {
+        let odd = Spread::of([46_833.0, 45_100.0, 47_900.0]).unwrap();
+        assert_eq!(odd, Spread { median: 46_833.0, min: 45_100.0, max: 47_900.0, rounds: 3 });
+        assert!(odd.varies());
+        assert_eq!(Spread::of([4.0, 1.0, 3.0, 2.0]).unwrap().median, 2.5);
+        assert_eq!(Spread::of([7.0, f64::NAN]).unwrap(), Spread::one(7.0));
+        assert!(!Spread::one(7.0).varies());
+        assert_eq!(Spread::of([]), None);
+        assert_eq!(Spread::of([3.0, 1.0, 2.0, 100.0, 0.5]).unwrap().median, 2.0);
+    }
 
     #[test]
     fn pairs_round_trip() {
