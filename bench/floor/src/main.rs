@@ -125,7 +125,11 @@ async fn connection(mut stream: TcpStream, streams: Arc<Streams>) -> io::Result<
             }
         };
         let user = match request.route {
-            Route::Subscribe(user) => return subscribe(stream, &user, &streams).await,
+            Route::Subscribe(user) => {
+                // The stream lives for hours on a few hundred bytes: the buffer goes first.
+                drop(buf);
+                return subscribe(stream, &user, &streams).await;
+            }
             Route::Publish(user) => user,
         };
         let end = request.head_bytes + request.body_bytes;
