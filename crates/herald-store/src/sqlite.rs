@@ -45,16 +45,16 @@
 //! In reading order, each module using only those above it:
 //! - `sql`: SQLite's errors as [`StoreError`]s, seqs in and out of SQLite's integers.
 //! - `schema`: the tables of each schema version and the migrations that upgrade a file in place.
-//! - `connection`: the lock file, opening the file and its pragmas, the checkpointer thread, the
-//!   pool of read-only connections.
+//! - `connection`: the lock file, opening the file and its pragmas, the pool of read-only
+//!   connections.
 //! - `reads`: what a read transaction does: heads, log pages, inbox pages and counts
 //!   (`UserRow`, a user's row with its tail), revocations, listens kept in the store, topic logs,
 //!   fan-out jobs.
 //! - `staging`: staged appends, kept in memory for readers and settled into the logs.
 //! - `request`: the writer's requests, each write with its typed reply.
 //! - `writes`: what each request does in SQL, inside the writer's transaction.
-//! - `writer`: the writer thread and its queue: batches, group commit, savepoints, settling
-//!   and vacuum between batches.
+//! - `writer`: the writer thread and its queue: batches, group commit, savepoints, settling,
+//!   checkpoints and vacuum between batches.
 //! - `operations`: [`Store`] for [`SqliteStore`], delegating to the reads and the writer.
 
 mod connection;
@@ -85,7 +85,7 @@ pub use writer::{BATCH_REQUESTS_MAX, ENQUEUE_TIMEOUT, WRITE_QUEUE_CAPACITY, Writ
 pub use writes::{INBOX_CHUNK_ROWS, PRUNE_CHUNK_ROWS};
 
 use crate::lock::{LockError, LockFile};
-use connection::{Checkpointer, ReaderPool, lock_path, open_writer, refuse_an_empty_file};
+use connection::{ReaderPool, lock_path, open_writer, refuse_an_empty_file};
 use request::SettleAll;
 use schema::{migrate, read_epoch, renew_epoch, use_incremental_vacuum};
 use staging::Staging;
@@ -103,10 +103,8 @@ pub struct SqliteStore {
     /// (see [`SqliteStore::renew_epoch`]).
     epoch: Epoch,
     // Fields are dropped in order: the writer stops (answering what is queued and settling what
-    // is staged) before the checkpointer, the readers and the lock.
+    // is staged) before the readers and the lock.
     writer: Writer,
-    /// Held for its drop, which stops the checkpointer thread.
-    _checkpointer: Checkpointer,
     readers: Arc<ReaderPool>,
     /// Appends committed to `staged` and not yet settled into `notifications`: readers merge
     /// them with what they read (see `sqlite/staging.rs`).
@@ -160,13 +158,11 @@ impl SqliteStore {
         let readers = ReaderPool::open(path).map_err(context)?;
         let staging = Arc::new(Mutex::new(Staging::default()));
         let writer = Writer::start(writer, path, retention, settling, Arc::clone(&staging))?;
-        let checkpointer = Checkpointer::start(path).map_err(context)?;
         Ok(Self {
             path: path.to_owned(),
             retention,
             epoch,
             writer,
-            _checkpointer: checkpointer,
             readers: Arc::new(readers),
             staging,
             _lock: lock,

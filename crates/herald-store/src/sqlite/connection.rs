@@ -1,12 +1,12 @@
 //! The store's connections to its file: the lock file taken before anything else
 //! ([`lock_path`]), the refusal of an empty file, the write connection and its pragmas (WAL,
-//! `synchronous=FULL`, incremental auto-vacuum), the [`Checkpointer`] thread with its own
-//! connection, and the [`ReaderPool`] of read-only connections that every read runs on. What
+//! `synchronous=FULL`, incremental auto-vacuum, the WAL's bounds), and the [`ReaderPool`] of
+//! read-only connections that every read runs on. The writer checkpoints the WAL itself (see
+//! `writer::CHECKPOINT_INTERVAL`). What
 //! the tables are is in `schema`; what runs on these connections, in `reads` and the writer.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use herald_core::StoreError;
@@ -27,13 +27,10 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// The WAL is truncated back to this size after a checkpoint, so that a burst of writes does not
 /// leave a huge file behind forever.
 const WAL_SIZE_LIMIT_BYTES: i64 = 64 * 1024 * 1024;
-/// How often the checkpointer thread copies the WAL back into the database. Checkpoints run there,
-/// off the commit path: with SQLite's automatic checkpoint, the commit that crosses the threshold
-/// also copies pages and fsyncs the database file, a latency spike for every publish in that
-/// batch (measured: 4.8% of server CPU inside commits, and most of the p99 at 1,000/s).
-const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
-/// WAL pages after which the writer checkpoints by itself anyway: a safety valve for when the
-/// checkpointer cannot keep up (readers holding old snapshots). 16,384 pages of 4 KiB: 64 MiB.
+/// WAL pages after which SQLite checkpoints inside a commit anyway: a safety valve for when the
+/// writer's own checkpoints cannot keep up (readers holding old snapshots). Not the usual path:
+/// such a checkpoint copies pages and fsyncs the database file inside a commit, a latency spike
+/// for every publish of that batch. 16,384 pages of 4 KiB: 64 MiB.
 const WRITER_AUTOCHECKPOINT_PAGES: i64 = 16_384;
 
 /// Prepared statements kept per connection; the store uses fewer than this (inbox pages: one
@@ -107,59 +104,6 @@ fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
     let conn = Connection::open_with_flags(path, flags)?;
     configure(&conn)?;
     Ok(conn)
-}
-
-/// The checkpointer thread: copies the WAL back into the database every
-/// [`CHECKPOINT_INTERVAL`] on its own connection, until it is dropped (which stops the thread
-/// and waits for it).
-pub(super) struct Checkpointer {
-    path: PathBuf,
-    /// Dropping the sender stops the thread.
-    stop: Option<std::sync::mpsc::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Checkpointer {
-    /// Opens the checkpointer's connection to the database at `path` (which must have its
-    /// schema: the writer opens first) and starts the thread.
-    pub(super) fn start(path: &Path) -> Result<Self, StoreError> {
-        let conn = Connection::open_with_flags(
-            path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .and_then(|conn| configure(&conn).map(|()| conn))
-        .map_err(db_error)?;
-        let (stop, stopped) = std::sync::mpsc::channel();
-        let thread = std::thread::Builder::new()
-            .name("herald-store-checkpointer".into())
-            .spawn(move || run_checkpointer(conn, stopped))
-            .map_err(|e| {
-                StoreError::Unavailable(format!("cannot start the store's checkpointer thread: {e}"))
-            })?;
-        Ok(Self { path: path.to_owned(), stop: Some(stop), thread: Some(thread) })
-    }
-}
-
-impl Drop for Checkpointer {
-    fn drop(&mut self) {
-        drop(self.stop.take());
-        if let Some(thread) = self.thread.take()
-            && thread.join().is_err()
-        {
-            tracing::error!(path = %self.path.display(), "the store's checkpointer thread panicked");
-        }
-    }
-}
-
-/// Checkpoints the WAL every [`CHECKPOINT_INTERVAL`] on its own connection until `stop` is
-/// dropped. PASSIVE: it never blocks the writer or readers; what it cannot copy now (pages a
-/// reader still needs) it copies next time.
-fn run_checkpointer(conn: Connection, stop: std::sync::mpsc::Receiver<()>) {
-    while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_INTERVAL) {
-        if let Err(error) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-            tracing::warn!(%error, "WAL checkpoint failed; will retry");
-        }
-    }
 }
 
 /// The read-only connections every read runs on, [`READER_CONNECTIONS`] of them, each read on

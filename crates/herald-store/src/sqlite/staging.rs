@@ -20,9 +20,10 @@
 //!   reads nothing.
 //! - The writer starts a **generation** when [`Settling::rows`] rows are staged or the oldest is
 //!   [`Settling::after`] old: every row staged so far (ids up to `through`). It settles it in
-//!   chunks of about [`Settling::chunk_rows`] rows ([`IDLE_CHUNK_ROWS`] when no request waits),
-//!   whole users in key order, one transaction each, run between batches of requests, so a
-//!   publish waits for at most one chunk. A chunk commits without fsync (see `settle_chunk` for
+//!   chunks of at most [`Settling::chunk_rows`] rows, whole users in key order, one transaction
+//!   each, run between batches of requests. A chunk stops early, once it has settled its
+//!   [`ChunkBound::min_rows`], when a request is waiting: a publish waits for a few users' rows
+//!   at most, not for a whole chunk, while under load settling still keeps pace with appends. A chunk commits without fsync (see `settle_chunk` for
 //!   why that is safe). The last chunk also deletes the generation's rows from `staged` (a prefix
 //!   of its rowids: cheap).
 //! - Every other write to a user (inbox marks and deletes, retention) first settles all of that
@@ -68,9 +69,9 @@ pub struct Settling {
     pub rows: usize,
     /// ... or once the oldest row staged since the last generation began is this old.
     pub after: Duration,
-    /// Rows one settle transaction takes (whole users: it can take a few more). A publish that
-    /// arrives meanwhile waits for it: 256 rows take about 1.5 ms (`--bench publish`: p99 2.4 ms
-    /// against 3.8 ms with 512, for 2 % more CPU per append).
+    /// Rows one settle transaction takes at most (whole users: it can take a few more): 256 rows
+    /// take about 1.5 ms. A chunk stops earlier when a request is waiting (see [`ChunkBound`]),
+    /// so this bounds the work per transaction, not what a publish waits for.
     pub chunk_rows: usize,
     /// Staged rows at most. At the bound the writer settles before it takes more requests.
     pub max_rows: usize,
@@ -90,9 +91,27 @@ impl Settling {
     }
 }
 
-/// Rows a settle transaction takes when the writer is idle (at most; [`Settling::chunk_rows`] if
-/// smaller): a publish arriving at an idle writer waits for at most this many rows to settle.
-pub const IDLE_CHUNK_ROWS: usize = 64;
+/// Rows a settle chunk takes at least before it gives way to a waiting request: about 0.1 ms of
+/// work (settling costs about 6 µs a row), so that a publish arriving meanwhile waits for little
+/// more than that, while every chunk still makes progress.
+pub const MIN_CHUNK_ROWS: usize = 16;
+
+/// How far one settle chunk goes: at least `min_rows` (whole users, so a few more), at most
+/// `max_rows`, and in between it stops as soon as `request_waiting` says a request is queued.
+#[derive(Clone, Copy)]
+pub(super) struct ChunkBound<'a> {
+    pub min_rows: usize,
+    pub max_rows: usize,
+    pub request_waiting: &'a dyn Fn() -> bool,
+}
+
+impl ChunkBound<'_> {
+    /// A chunk of exactly `rows` (whole users), whatever waits: when too much is staged, or the
+    /// store is closing.
+    pub fn whole(rows: usize) -> ChunkBound<'static> {
+        ChunkBound { min_rows: rows, max_rows: rows, request_waiting: &|| false }
+    }
+}
 
 /// One staged notification and its rowid in `staged`.
 #[derive(Debug, Clone)]
@@ -390,11 +409,23 @@ pub(super) struct Settler {
     new_since: Option<Instant>,
     /// Rows settled by generations so far.
     pub settled: u64,
+    /// Chunks (settle transactions) that committed so far.
+    pub chunks: u64,
+    /// Generations begun so far.
+    pub generations: u64,
 }
 
 impl Settler {
     pub fn new(settling: Settling) -> Self {
-        Self { settling, generation: None, new_rows: 0, new_since: None, settled: 0 }
+        Self {
+            settling,
+            generation: None,
+            new_rows: 0,
+            new_since: None,
+            settled: 0,
+            chunks: 0,
+            generations: 0,
+        }
     }
 
     /// `rows` were staged by a batch that committed.
@@ -419,14 +450,13 @@ impl Settler {
         self.new_since.map(|since| self.settling.after.saturating_sub(since.elapsed()))
     }
 
-    /// Runs one chunk of settling if a generation is due or in progress. Returns whether it did
-    /// anything. `idle`: no request is waiting, so the chunk is smaller ([`IDLE_CHUNK_ROWS`]), and
-    /// one that arrives meanwhile waits less.
+    /// Runs one chunk of settling, as far as `bound` lets it, if a generation is due or in
+    /// progress. Returns whether it did anything.
     pub fn step(
         &mut self,
         conn: &mut Connection,
         staging: &Mutex<Staging>,
-        idle: bool,
+        bound: ChunkBound<'_>,
     ) -> Result<bool, StoreError> {
         if self.generation.is_none() {
             let due = self.new_rows >= self.settling.rows
@@ -437,15 +467,16 @@ impl Settler {
             }
             self.begin_generation(staging);
         }
-        let chunk_rows =
-            if idle { self.settling.chunk_rows.min(IDLE_CHUNK_ROWS) } else { self.settling.chunk_rows };
-        self.settle_next(conn, staging, chunk_rows)?;
+        let max_rows = bound.max_rows.min(self.settling.chunk_rows);
+        let bound = ChunkBound { min_rows: bound.min_rows.min(max_rows), max_rows, ..bound };
+        self.settle_next(conn, staging, bound)?;
         Ok(true)
     }
 
     /// A generation of every row staged so far; rows staged from now on count toward the next.
     fn begin_generation(&mut self, staging: &Mutex<Staging>) {
         self.generation = start_generation(staging);
+        self.generations += u64::from(self.generation.is_some());
         self.new_rows = 0;
         self.new_since = None;
     }
@@ -457,12 +488,13 @@ impl Settler {
         &mut self,
         conn: &mut Connection,
         staging: &Mutex<Staging>,
-        chunk_rows: usize,
+        bound: ChunkBound<'_>,
     ) -> Result<(), StoreError> {
         let Some(generation) = self.generation.as_mut() else { return Ok(()) };
-        match settle_chunk(conn, staging, generation, chunk_rows) {
+        match settle_chunk(conn, staging, generation, bound) {
             Ok(settled) => {
                 self.settled += settled as u64;
+                self.chunks += 1;
                 if generation.users.is_empty() {
                     self.generation = None;
                 }
@@ -486,7 +518,7 @@ impl Settler {
                 }
                 self.begin_generation(staging);
             }
-            self.settle_next(conn, staging, usize::MAX)?;
+            self.settle_next(conn, staging, ChunkBound::whole(usize::MAX))?;
         }
         // Nothing should be left (rows settled early are deleted as they settle); whatever is
         // left was settled already.
@@ -505,14 +537,14 @@ fn start_generation(staging: &Mutex<Staging>) -> Option<Generation> {
     Some(Generation { through, users })
 }
 
-/// Settles the next users of `generation` (their rows up to `through`) until about `chunk_rows`
-/// rows, in one transaction, and, with the last users, deletes the generation's rows from
+/// Settles the next users of `generation` (their rows up to `through`), as many as `bound` lets
+/// it, in one transaction, and, with the last users, deletes the generation's rows from
 /// `staged`. Returns how many rows it settled.
 fn settle_chunk(
     conn: &mut Connection,
     staging: &Mutex<Staging>,
     generation: &mut Generation,
-    chunk_rows: usize,
+    bound: ChunkBound<'_>,
 ) -> Result<usize, StoreError> {
     // Only the writer changes `staging`, and this is the writer: what is read here holds until
     // the commit below.
@@ -520,7 +552,7 @@ fn settle_chunk(
     let mut rows = 0;
     {
         let staging = staging.lock();
-        while rows < chunk_rows {
+        while rows < bound.max_rows {
             let Some(user) = generation.users.pop() else { break };
             let Some(staged) = staging.users.get(&user) else { continue };
             let due: Vec<Arc<Notification>> = staged
@@ -540,14 +572,20 @@ fn settle_chunk(
     // moves rows that are durable already, in `staged`, and only the generation's last chunk
     // deletes them: the WAL is a sequence, so a crash can lose only a suffix of unsynced commits
     // (a settle chunk's delete only with the chunks before it), `recover` then settles those rows
-    // again, and the next fsynced commit (an append's; the checkpointer's, which syncs the WAL
+    // again, and the next fsynced commit (an append's; a checkpoint's, which syncs the WAL
     // before copying it) makes them all durable.
     conn.pragma_update(None, "synchronous", "OFF").map_err(db_error)?;
-    let settled = settle_in_transaction(conn, &chunk, generation);
+    let settled = settle_in_transaction(conn, &chunk, generation, bound);
     let restored = conn.pragma_update(None, "synchronous", "FULL").map_err(db_error);
-    settled?;
+    let settled_users = settled?;
     restored?;
 
+    // The users the chunk gave way before go back on the generation's list, in the order they
+    // came off it.
+    for (user, _) in chunk.drain(settled_users..).rev() {
+        generation.users.push(user);
+    }
+    let rows = chunk.iter().map(|(_, notifications)| notifications.len()).sum();
     let mut staging = staging.lock();
     for (user, notifications) in chunk {
         let Some(staged) = staging.users.get_mut(&user) else { continue };
@@ -567,23 +605,34 @@ fn settle_chunk(
     Ok(rows)
 }
 
+/// Settles the users of `chunk` in order, in one transaction, until `bound` says to give way;
+/// returns how many users it settled (the chunk's first ones). With the generation's last user,
+/// also deletes its rows from `staged`.
 fn settle_in_transaction(
     conn: &mut Connection,
     chunk: &[(UserId, Vec<Arc<Notification>>)],
     generation: &Generation,
-) -> Result<(), StoreError> {
+    bound: ChunkBound<'_>,
+) -> Result<usize, StoreError> {
     let tx = conn.transaction().map_err(db_error)?;
+    let (mut users, mut rows) = (0, 0);
     for (_, notifications) in chunk {
+        if rows >= bound.min_rows && (bound.request_waiting)() {
+            break;
+        }
         for n in notifications {
             insert_settled(&tx, n)?;
         }
+        users += 1;
+        rows += notifications.len();
     }
-    if generation.users.is_empty() {
+    if users == chunk.len() && generation.users.is_empty() {
         tx.prepare_cached("DELETE FROM staged WHERE id <= ?1")
             .and_then(|mut stmt| stmt.execute([generation.through]))
             .map_err(db_error)?;
     }
-    tx.commit().map_err(db_error)
+    tx.commit().map_err(db_error)?;
+    Ok(users)
 }
 
 /// Settles what `staged` holds when the store opens (what the last run left: it stopped without

@@ -678,6 +678,111 @@ async fn appends_are_staged_then_settled() {
     assert_eq!((rows("staged"), rows("notifications")), (0, 7));
 }
 
+/// A settle chunk gives way to waiting requests once it has settled its minimum: with appends
+/// queued all the time, a generation of 300 users (one row each) takes many chunks although one
+/// chunk could take them all (`chunk_rows` 10,000). The users it gave way before are settled by
+/// the next chunks, in order, and `staged` is emptied only when the last one is: nothing is lost
+/// or settled twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settle_chunks_give_way_to_waiting_requests() {
+    const USERS: u64 = 300;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("herald.db");
+    let settling = Settling {
+        rows: USERS as usize,
+        after: Duration::from_secs(3_600),
+        chunk_rows: 10_000,
+        max_rows: 100_000,
+    };
+    let store = Arc::new(SqliteStore::open_with(&path, Retention::default(), settling).unwrap());
+    // Publishers that keep the writer's queue busy until the generation is settled.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let busy: Vec<_> = (0..4)
+        .map(|i| {
+            let (store, stop) = (Arc::clone(&store), Arc::clone(&stop));
+            tokio::spawn(async move {
+                let mut n = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    n += 1;
+                    store.append(vec![entry(&format!("busy{i}"), n, now_ms())], None).await.unwrap();
+                }
+                n
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    for n in 0..USERS {
+        store.append(vec![entry(&format!("u{n:03}"), n, now_ms())], None).await.unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while store.writer_stats().settled < USERS {
+        assert!(Instant::now() < deadline, "never settled: {:?}", store.writer_stats());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut busy_appends = 0;
+    for task in busy {
+        busy_appends += task.await.unwrap();
+    }
+    let stats = store.writer_stats();
+    // Without giving way, every generation would be one chunk.
+    assert!(
+        stats.settle_chunks >= stats.settle_generations + 4,
+        "a generation of {USERS} users under load should take several chunks: {stats:?}"
+    );
+    for n in 0..USERS {
+        let page = store.read_after(&user(&format!("u{n:03}")), 0, 10).await.unwrap();
+        assert_eq!(seqs_of(&page.head).0, 1, "u{n:03}: {page:?}");
+        assert_eq!(page.notifications.len(), 1, "u{n:03}: {page:?}");
+    }
+    store.settle_all().await.unwrap();
+    let conn = Connection::open(&path).unwrap();
+    let count = |sql: &str| -> i64 { conn.query_row(sql, [], |row| row.get(0)).unwrap() };
+    assert_eq!(count("SELECT COUNT(*) FROM staged"), 0);
+    assert_eq!(
+        count("SELECT COUNT(*) FROM notifications"),
+        i64::try_from(USERS + busy_appends).unwrap(),
+        "every append settled exactly once"
+    );
+}
+
+/// The writer checkpoints the WAL itself, when no request waits, so the WAL starts over from its
+/// beginning instead of growing: under a steady stream of lone commits its file stops growing
+/// after the first checkpoint. (With a checkpointer thread beside the writer, a commit always
+/// landed while it copied, the WAL never started over, and every commit appended to the file.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wal_starts_over_under_a_steady_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("herald.db");
+    let store = SqliteStore::open(&path, Retention::default()).unwrap();
+    let wal = dir.path().join("herald.db-wal");
+    let append_for = |secs: f64, n: &mut u64| {
+        let until = Instant::now() + Duration::from_secs_f64(secs);
+        let store = &store;
+        let mut next = *n;
+        async move {
+            while Instant::now() < until {
+                next += 1;
+                store.append(vec![entry("alice", next, now_ms())], None).await.unwrap();
+                // About 1,000 lone commits a second at most: the load of a steady publisher.
+                tokio::time::sleep(Duration::from_micros(500)).await;
+            }
+            next
+        }
+    };
+    let mut n = 0;
+    n = append_for(1.5, &mut n).await;
+    let after_first_second = std::fs::metadata(&wal).unwrap().len();
+    n = append_for(3.0, &mut n).await;
+    let after_four_seconds = std::fs::metadata(&wal).unwrap().len();
+    let stats = store.writer_stats();
+    assert!(stats.checkpoints >= 3, "{stats:?}");
+    assert!(
+        after_four_seconds < 2 * after_first_second,
+        "the WAL grew from {after_first_second} to {after_four_seconds} bytes over {n} appends: it never started over"
+    );
+}
+
 /// A settle chunk that fails (here: a trigger planted behind the store's back refuses bob's rows
 /// in `notifications`) gives its generation up: bob's rows stay staged, readable and in `staged`
 /// (the generation's delete must not drop them), appends go on, and once the cause is gone they

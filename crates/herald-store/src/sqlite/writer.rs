@@ -2,9 +2,10 @@
 //! ends: a write is queued ([`Writer::submit`], bounded, [`WRITE_QUEUE_CAPACITY`]), and the
 //! thread takes what is waiting as one batch (group commit, up to [`BATCH_REQUESTS_MAX`]), runs
 //! it in one transaction (again with a savepoint per request if one fails), commits, and only
-//! then answers. Between batches it settles staged appends (the mechanism is in `staging`) and,
-//! when idle, gives free pages back (incremental vacuum). What each request does in SQL is in
-//! `writes`; the requests themselves, in `request`.
+//! then answers. Between batches it settles staged appends (the mechanism is in `staging`),
+//! checkpoints the WAL ([`CHECKPOINT_INTERVAL`]) and, when idle, gives free pages back
+//! (incremental vacuum). What each request does in SQL is in `writes`; the requests themselves,
+//! in `request`.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -21,7 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::request::{Job, Request, Write};
 use super::sql::db_error;
-use super::staging::{Settler, Settling, Staging, StagingWrites};
+use super::staging::{ChunkBound, MIN_CHUNK_ROWS, Settler, Settling, Staging, StagingWrites};
 
 /// Write requests waiting for the writer thread. When the queue is full, a write waits for a
 /// slot for at most [`ENQUEUE_TIMEOUT`], then fails with [`StoreError::Overloaded`]: the disk is
@@ -59,6 +60,23 @@ const VACUUM_IDLE: Duration = Duration::from_millis(100);
 /// pause, not one per idle wait).
 const VACUUM_RETRY_DELAY: Duration = Duration::from_secs(60);
 
+/// How often the writer copies the WAL back into the database file (a PASSIVE checkpoint), when
+/// it wrote anything since the last time.
+///
+/// Why the writer and not a thread of its own: SQLite starts the WAL over from its beginning only
+/// when a write transaction finds every frame copied back. A checkpointer running beside the
+/// writer never finds that under a steady load (a commit always lands while it copies), so the
+/// WAL grew to the autocheckpoint bound and every commit appended to the file: its fdatasync
+/// then also wrote the inode (the size changed) and ran beside the checkpointer's own syncs. Run
+/// by the writer between batches, a checkpoint copies every frame, the next commit overwrites
+/// the WAL from the start, and no sync ever runs beside a commit's.
+/// Why 1 s: a checkpoint costs about one fsync of the database file plus copying the pages
+/// changed since the last one (the same few pages, written many times, are copied once).
+const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
+/// How long a due checkpoint waits for a moment when no request is queued. Past it (a sustained
+/// full load), it runs between two batches anyway: the requests queued meanwhile wait for it.
+const CHECKPOINT_DEFER_MAX: Duration = Duration::from_secs(1);
+
 /// How long the writer waits before trying again when settling failed (a disk error) while too
 /// many rows are staged; it then takes requests again and retries after the next batch.
 const SETTLE_RETRY_DELAY: Duration = Duration::from_millis(100);
@@ -81,6 +99,13 @@ pub struct WriterStats {
     /// Notifications settled by the writer's generations so far (not counting those a mark,
     /// delete or retention settled early).
     pub settled: u64,
+    /// Settle transactions (chunks) those generations took: a chunk that gave way to a waiting
+    /// request leaves the rest of its users to the next one.
+    pub settle_chunks: u64,
+    /// Generations begun (see `sqlite/staging.rs`).
+    pub settle_generations: u64,
+    /// WAL checkpoints the writer ran.
+    pub checkpoints: u64,
 }
 
 #[derive(Debug, Default)]
@@ -89,6 +114,9 @@ struct Counters {
     batches: AtomicU64,
     wal_bytes: AtomicU64,
     settled: AtomicU64,
+    settle_chunks: AtomicU64,
+    settle_generations: AtomicU64,
+    checkpoints: AtomicU64,
 }
 
 /// The writer thread and its queue. Dropping it stops the thread once the requests already
@@ -132,6 +160,9 @@ impl Writer {
             wal_bytes: self.counters.wal_bytes.load(Ordering::Relaxed),
             staged: self.staging.lock().rows(),
             settled: self.counters.settled.load(Ordering::Relaxed),
+            settle_chunks: self.counters.settle_chunks.load(Ordering::Relaxed),
+            settle_generations: self.counters.settle_generations.load(Ordering::Relaxed),
+            checkpoints: self.counters.checkpoints.load(Ordering::Relaxed),
         }
     }
 
@@ -205,11 +236,13 @@ fn run_writer(
     // What the writer did since it last counted: pages written, rows settled.
     let account = |conn: &Connection, settler: &Settler| {
         counters.settled.store(settler.settled, Ordering::Relaxed);
+        counters.settle_chunks.store(settler.chunks, Ordering::Relaxed);
+        counters.settle_generations.store(settler.generations, Ordering::Relaxed);
         counters.wal_bytes.fetch_add(take_pages_written(conn) * page_size, Ordering::Relaxed);
     };
     // Whether it settled anything; `None`: the writer must stop.
-    let step = |conn: &mut Connection, settler: &mut Settler, idle: bool| -> Option<bool> {
-        let stepped = match settler.step(conn, staging, idle) {
+    let step = |conn: &mut Connection, settler: &mut Settler, bound: ChunkBound<'_>| -> Option<bool> {
+        let stepped = match settler.step(conn, staging, bound) {
             Ok(stepped) => stepped,
             Err(error) => {
                 tracing::warn!(%error, "settling staged appends failed; will retry");
@@ -231,11 +264,14 @@ fn run_writer(
         .pragma_query_value(None, "auto_vacuum", |row| row.get::<_, i64>(0))
         .is_ok_and(|mode| mode == 2)
         .then(Instant::now);
+    let mut checkpoints = Checkpoints::new(counters);
     let mut batch = Vec::with_capacity(BATCH_REQUESTS_MAX);
     loop {
         // Too much staged: settle before taking more requests (they wait in the queue).
         while settler.must_settle(staging) {
-            let Some(stepped) = step(&mut conn, &mut settler, false) else { return };
+            let Some(stepped) = step(&mut conn, &mut settler, ChunkBound::whole(settling.chunk_rows)) else {
+                return;
+            };
             if !stepped {
                 std::thread::sleep(SETTLE_RETRY_DELAY);
                 break;
@@ -244,11 +280,11 @@ fn run_writer(
         // Free pages to give back: then the writer waits for requests only so long.
         let vacuum_due =
             vacuum_from.is_some_and(|from| Instant::now() >= from) && free_pages_to_give_back(&conn) > 0;
-        let idle_timeout = match (settler.idle_timeout(), vacuum_due) {
-            (None, false) => None,
-            (None, true) => Some(VACUUM_IDLE),
-            (Some(timeout), vacuum_due) => Some(if vacuum_due { timeout.min(VACUUM_IDLE) } else { timeout }),
-        };
+        let idle_timeout =
+            [settler.idle_timeout(), vacuum_due.then_some(VACUUM_IDLE), checkpoints.due_in(counters)]
+                .into_iter()
+                .flatten()
+                .min();
         let waiting = match idle_timeout {
             None => Ok(queue.blocking_recv()),
             // Settling is due: no timer (it would fire on the time driver's next tick, a
@@ -266,8 +302,18 @@ fn run_writer(
         let first = match waiting {
             Ok(request) => request,
             Err(()) => {
+                // Idle and a checkpoint is due: now, when nothing waits for it.
+                if checkpoints.due_in(counters) == Some(Duration::ZERO) {
+                    checkpoints.run(&conn, counters);
+                    continue;
+                }
                 // Idle and settling is due: a chunk now, then look at the queue again.
-                let Some(settled) = step(&mut conn, &mut settler, true) else { return };
+                let bound = ChunkBound {
+                    min_rows: MIN_CHUNK_ROWS,
+                    max_rows: usize::MAX,
+                    request_waiting: &|| !queue.is_empty(),
+                };
+                let Some(settled) = step(&mut conn, &mut settler, bound) else { return };
                 // Idle, nothing to settle: give free pages back, one bounded step.
                 if !settled
                     && vacuum_due
@@ -310,15 +356,60 @@ fn run_writer(
         for request in batch.drain(..) {
             request.send();
         }
-        // One chunk of settling per batch at most, after answering: a publish waits for at most
-        // one chunk.
-        if step(&mut conn, &mut settler, false).is_none() {
+        // One chunk of settling per batch at most, after answering. It gives way to a waiting
+        // request once it has settled as many rows as this batch staged (so settling keeps pace
+        // with appends), and at least MIN_CHUNK_ROWS.
+        let bound = ChunkBound {
+            min_rows: staged.max(MIN_CHUNK_ROWS),
+            max_rows: usize::MAX,
+            request_waiting: &|| !queue.is_empty(),
+        };
+        if step(&mut conn, &mut settler, bound).is_none() {
             return;
+        }
+        if checkpoints.due_in(counters) == Some(Duration::ZERO) && (queue.is_empty() || checkpoints.overdue())
+        {
+            checkpoints.run(&conn, counters);
         }
     }
     if let Err(error) = settler.settle_all(&mut conn, staging) {
         // Nothing is lost: the next open settles what is still staged.
         tracing::warn!(%error, "could not settle the staged appends on closing");
+    }
+}
+
+/// When the writer last checkpointed the WAL, and how much it had written by then.
+struct Checkpoints {
+    last: Instant,
+    wal_bytes_at_last: u64,
+}
+
+impl Checkpoints {
+    fn new(counters: &Counters) -> Self {
+        Self { last: Instant::now(), wal_bytes_at_last: counters.wal_bytes.load(Ordering::Relaxed) }
+    }
+
+    /// How long until a checkpoint is due (zero: it is); `None` if nothing was written since the
+    /// last one.
+    fn due_in(&self, counters: &Counters) -> Option<Duration> {
+        (counters.wal_bytes.load(Ordering::Relaxed) > self.wal_bytes_at_last)
+            .then(|| CHECKPOINT_INTERVAL.saturating_sub(self.last.elapsed()))
+    }
+
+    /// Whether a due checkpoint has waited [`CHECKPOINT_DEFER_MAX`] for an empty queue.
+    fn overdue(&self) -> bool {
+        self.last.elapsed() >= CHECKPOINT_INTERVAL + CHECKPOINT_DEFER_MAX
+    }
+
+    /// Copies the WAL back into the database (PASSIVE: what a reader's snapshot still needs
+    /// stays, for the next time). SQLite syncs the WAL, then the database file.
+    fn run(&mut self, conn: &Connection, counters: &Counters) {
+        if let Err(error) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::warn!(%error, "WAL checkpoint failed; will retry");
+        }
+        self.last = Instant::now();
+        counters.checkpoints.fetch_add(1, Ordering::Relaxed);
+        self.wal_bytes_at_last = counters.wal_bytes.load(Ordering::Relaxed);
     }
 }
 
