@@ -486,13 +486,15 @@ pub fn render(runs: &[RunResult], args: &CompareArgs) -> anyhow::Result<String> 
         }
         let mut row = vec![metric.name.clone()];
         row.extend(spreads.iter().map(|s| match s {
-            Some(s) if s.varies() => format!(
-                "{} [{}–{}]",
-                number(s.median, metric.digits),
-                number(s.min, metric.digits),
-                number(s.max, metric.digits)
-            ),
-            Some(s) => number(s.median, metric.digits),
+            Some(s) => {
+                let (median, min, max) = (
+                    number(s.median, metric.digits),
+                    number(s.min, metric.digits),
+                    number(s.max, metric.digits),
+                );
+                // A range only where the rounds differ at the row's precision.
+                if min == max { median } else { format!("{median} [{min}–{max}]") }
+            }
             None => "-".to_owned(),
         }));
         for (a, b) in &ratios {
@@ -782,7 +784,7 @@ mod tests {
     #[test]
     fn rounds_report_medians_and_the_floor_multiples() {
         let nchan = &old_runs()[2];
-        let runs = vec![
+        let mut runs = vec![
             variant(nchan, "floor", Some(1), 50_000.0, 20.0),
             variant(nchan, "nchan", Some(1), 100_000.0, 30.0),
             variant(nchan, "nchan", Some(2), 999_999.0, 1.0), // disturbed, repeated below
@@ -791,6 +793,7 @@ mod tests {
             variant(nchan, "floor", Some(3), 50_000.0, 20.0),
             variant(nchan, "nchan", Some(3), 200_000.0, 40.0),
         ];
+        runs[4].phases[0].publishes_per_sec += 0.01; // the steady phase, below the row's precision
         let mut a = args(&["floor", "nchan"]);
         a.floor = Some("floor".to_owned());
         a.ratios.push("nchan/floor".to_owned());
