@@ -1,12 +1,22 @@
 #!/usr/bin/env bash
-# Herald side by side with Nchan and Socket.IO, on this machine, in one run.
+# Herald side by side with Nchan, Socket.IO and a floor, on this machine, in one run.
 #
-#   bench/compare.sh             # the full comparison (about 10 minutes)
-#   SMOKE=1 bench/compare.sh     # the same at a small scale (300 clients, 2 s): under a minute
+#   bench/compare.sh             # the full comparison (about 12 minutes)
+#   ROUNDS=3 bench/compare.sh    # the server list three times, interleaved; tables of medians
+#   SMOKE=1 bench/compare.sh     # the same at a small scale (300 clients, 2 s): about a minute
 #
 # Installs what is missing (Debian's nginx and libnginx-mod-nchan, socket.io from npm), builds
-# Herald and herald-bench in release, then for each server in turn: starts it on its own
-# 127.0.0.1 port, runs the same workloads with herald-bench, stops it. Servers:
+# Herald, herald-bench and herald-floor in release, measures what one fdatasync costs in the
+# file system of Herald's data dirs (`herald-bench fsync-probe`: 4 KiB appends and overwrites,
+# FSYNC_COUNT of each, p50 and p99), then for each server in turn: starts it on its own
+# 127.0.0.1 port, runs the same workloads with herald-bench, stops it. ROUNDS (default 1) runs
+# the whole list that many times, one round after another (floor, sqlite, memory, nchan,
+# socketio, floor, sqlite, …), so that a slow spell of the machine weighs on every server alike;
+# the tables then give each figure's median over the rounds and [lowest–highest]. Servers:
+#   floor          herald-floor (bench/floor): a minimal SSE fan-out on Nchan's URLs that stores
+#                  nothing, one write per delivery: what the kernel's TCP path and HTTP parsing
+#                  cost here. The tables give each server's throughput and CPU per delivery as
+#                  a multiple of its figures (--floor)
 #   herald-sqlite  herald serve, SQLite store in a fresh temporary data dir (durable)
 #   herald-memory  herald serve --memory
 #   nchan          nginx + Nchan, 2 workers, a channel per user, 10 messages kept per channel
@@ -23,8 +33,10 @@
 # client of its user exactly once.
 #
 # Everything started here is stopped by PID on exit. Results: OUT (default
-# target/bench/<date>/): one log and one text report per run, results.jsonl (one JSON line per
-# run), machine.txt, and the tables in tables.txt.
+# target/bench/<date>/): one log and one text report per run (LABEL.roundN.txt with ROUNDS > 1),
+# results.jsonl (one JSON line per run), machine.txt (with the fdatasync figures), the tables in
+# tables.txt, and the charts in charts/ (SVG: deliveries/s and CPU per delivery with the floor
+# marked, latency percentiles at the steady rate, idle memory per tab).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -48,7 +60,9 @@ STEADY_SECS="${STEADY_SECS:-10}"   # (c) duration
 IDLE_SECS="${IDLE_SECS:-5}"        # (a) settle time before measuring memory
 BURST_TABS="${BURST_TABS:-50}"     # (d) tabs of the one user of the burst
 BURST_COUNT="${BURST_COUNT:-1000}" # (d) publishes of the burst
-SERVERS="${SERVERS:-herald-sqlite herald-memory nchan socketio}"
+SERVERS="${SERVERS:-floor herald-sqlite herald-memory nchan socketio}"
+ROUNDS="${ROUNDS:-1}"              # the server list runs this many times, interleaved (1 to 20)
+FSYNC_COUNT="${FSYNC_COUNT:-500}"  # fdatasyncs the probe times, per case (append, overwrite)
 HERALD_ALONE="${HERALD_ALONE:-1}"  # 0: skip (d)
 SETTLE_SECS="${SETTLE_SECS:-2}"    # pause after stopping a server, before starting the next
 RETRIES="${RETRIES:-2}"            # a run disturbed by other programs is repeated this many times
@@ -61,8 +75,24 @@ HERALD_REV="${HERALD_REV:-}"       # what to call that binary's version in machi
 HERALD_PORT="${HERALD_PORT:-7310}"
 NCHAN_PORT="${NCHAN_PORT:-7311}"
 SOCKETIO_PORT="${SOCKETIO_PORT:-7312}"
+FLOOR_PORT="${FLOOR_PORT:-7313}"
 OUT="${OUT:-$ROOT/target/bench/$(date +%Y%m%d-%H%M%S)}"
 
+# Most rounds: 20 full rounds take about 4 hours.
+ROUNDS_MAX=20
+if ! [[ "$ROUNDS" =~ ^[0-9]+$ ]] || ((ROUNDS < 1 || ROUNDS > ROUNDS_MAX)); then
+    echo "ROUNDS is 1 to $ROUNDS_MAX" >&2
+    exit 1
+fi
+for server in $SERVERS; do
+    case "$server" in
+    floor | herald-sqlite | herald-memory | nchan | socketio) ;;
+    *)
+        echo "unknown server $server (known: floor herald-sqlite herald-memory nchan socketio)" >&2
+        exit 1
+        ;;
+    esac
+done
 mkdir -p "$OUT"
 RESULTS="$OUT/results.jsonl"
 : >"$RESULTS"
@@ -77,7 +107,9 @@ machine_info() {
     {
         machine_basics
         server_versions
-        echo "scale: USERS=$USERS TABS=$TABS PUBLISHERS=$PUBLISHERS MAX_SECS=$MAX_SECS STEADY_RATE=$STEADY_RATE STEADY_SECS=$STEADY_SECS IDLE_SECS=$IDLE_SECS BURST_TABS=$BURST_TABS BURST_COUNT=$BURST_COUNT"
+        echo "scale: USERS=$USERS TABS=$TABS PUBLISHERS=$PUBLISHERS MAX_SECS=$MAX_SECS STEADY_RATE=$STEADY_RATE STEADY_SECS=$STEADY_SECS IDLE_SECS=$IDLE_SECS BURST_TABS=$BURST_TABS BURST_COUNT=$BURST_COUNT ROUNDS=$ROUNDS"
+        echo "file system of the data dirs: $(df --output=fstype,source "$WORK" | tail -1 | tr -s ' ')"
+        echo "$FSYNC_LINE"
         echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
     } | tee "$OUT/machine.txt" >&2
 }
@@ -87,42 +119,53 @@ standard_phases=(--users "$USERS" --clients-per-user "$TABS" --publishers "$PUBL
 
 install_missing
 if [[ -n "$HERALD_BIN" ]]; then
-    log "building herald-bench (release); measuring $HERALD_BIN"
-    cargo build --release -q -p herald-bench
+    log "building herald-bench and herald-floor (release); measuring $HERALD_BIN"
+    cargo build --release -q -p herald-bench -p herald-floor
 else
-    log "building herald and herald-bench (release)"
-    cargo build --release -q -p herald -p herald-bench
+    log "building herald, herald-bench and herald-floor (release)"
+    cargo build --release -q -p herald -p herald-bench -p herald-floor
     HERALD_BIN="$ROOT/target/release/herald"
 fi
 # One process here may hold at most 20,000 files; the servers inherit this limit.
 ulimit -n 19500
 export HERALD_SECRET="bench-secret-0123456789abcdef-$RANDOM$RANDOM" HERALD_API_KEY="bench-key-$RANDOM$RANDOM"
+log "measuring fdatasync in $WORK ($FSYNC_COUNT appends, $FSYNC_COUNT overwrites)"
+FSYNC_LINE="$("$ROOT/target/release/herald-bench" fsync-probe --dir "$WORK" --count "$FSYNC_COUNT")"
 machine_info
 
-for server in $SERVERS; do
-    case "$server" in
-    herald-sqlite)
-        measure herald-sqlite 'start_herald herald-sqlite --data-dir "$WORK/herald-sqlite-$attempt"' \
-            --kind herald-sse --url "http://127.0.0.1:$HERALD_PORT" "${standard_phases[@]}"
-        ;;
-    herald-memory)
-        measure herald-memory 'start_herald herald-memory --memory' \
-            --kind herald-sse --url "http://127.0.0.1:$HERALD_PORT" "${standard_phases[@]}"
-        ;;
-    nchan)
-        measure nchan start_nchan --kind sse-url --url "http://127.0.0.1:$NCHAN_PORT" "${standard_phases[@]}"
-        cat "$WORK/nginx/logs/error.log" >>"$OUT/nchan.server.log" 2>/dev/null || true
-        ;;
-    socketio)
-        measure socketio start_socketio --kind socketio --url "http://127.0.0.1:$SOCKETIO_PORT" \
-            "${standard_phases[@]}"
-        ;;
-    *)
-        log "unknown server $server (known: herald-sqlite herald-memory nchan socketio)"
-        exit 1
-        ;;
-    esac
+# Each round runs the whole list; every run of round N is marked N (bench's ROUND), and the
+# tables take each server's median over the rounds. One round: no marks, as before rounds.
+ROUND=""
+for ((round = 1; round <= ROUNDS; round++)); do
+    if ((ROUNDS > 1)); then
+        ROUND=$round
+        log "round $round of $ROUNDS"
+    fi
+    for server in $SERVERS; do
+        case "$server" in
+        floor)
+            measure floor start_floor --kind sse-url --url "http://127.0.0.1:$FLOOR_PORT" "${standard_phases[@]}"
+            ;;
+        herald-sqlite)
+            measure herald-sqlite 'start_herald herald-sqlite --data-dir "$WORK/herald-sqlite-$round-$attempt"' \
+                --kind herald-sse --url "http://127.0.0.1:$HERALD_PORT" "${standard_phases[@]}"
+            ;;
+        herald-memory)
+            measure herald-memory 'start_herald herald-memory --memory' \
+                --kind herald-sse --url "http://127.0.0.1:$HERALD_PORT" "${standard_phases[@]}"
+            ;;
+        nchan)
+            measure nchan start_nchan --kind sse-url --url "http://127.0.0.1:$NCHAN_PORT" "${standard_phases[@]}"
+            cat "$WORK/nginx/logs/error.log" >>"$OUT/nchan.server.log" 2>/dev/null || true
+            ;;
+        socketio)
+            measure socketio start_socketio --kind socketio --url "http://127.0.0.1:$SOCKETIO_PORT" \
+                "${standard_phases[@]}"
+            ;;
+        esac
+    done
 done
+ROUND=""
 
 alone=()
 if [[ "$HERALD_ALONE" == 1 ]]; then
@@ -148,7 +191,11 @@ fi
 
 columns=""
 ratios=()
+floor=()
 for server in $SERVERS; do columns="$columns${columns:+,}$server"; done
+[[ " $SERVERS " != *" floor "* ]] || floor=(--floor floor)
+rounds_note=""
+((ROUNDS == 1)) || rounds_note="; medians of $ROUNDS rounds"
 for h in herald-sqlite herald-memory; do
     for o in nchan socketio; do
         if [[ " $SERVERS " == *" $h "* && " $SERVERS " == *" $o "* ]]; then
@@ -158,8 +205,11 @@ for h in herald-sqlite herald-memory; do
 done
 {
     echo
+    echo "$FSYNC_LINE"
+    echo
     "$ROOT/target/release/herald-bench" compare "$RESULTS" --columns "$columns" "${ratios[@]}" \
-        --title "(a)-(c): $USERS users × $TABS clients, steady $STEADY_RATE/s for $STEADY_SECS s, then $PUBLISHERS publishers at full speed for $MAX_SECS s"
+        "${floor[@]}" --svg "$OUT/charts" \
+        --title "(a)-(c): $USERS users × $TABS clients, steady $STEADY_RATE/s for $STEADY_SECS s, then $PUBLISHERS publishers at full speed for $MAX_SECS s$rounds_note"
     if ((${#alone[@]} > 0)); then
         echo
         cols="herald-sqlite"

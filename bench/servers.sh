@@ -1,9 +1,11 @@
-# What bench/compare.sh and bench/broadcast.sh share: Herald, Nchan and Socket.IO started one at
-# a time on their own 127.0.0.1 ports, herald-bench run against each, each stopped by its PID.
-# Sourced after bench/lib.sh, not run. The caller sets:
+# What bench/compare.sh and bench/broadcast.sh share: Herald, Nchan, Socket.IO and the floor
+# (bench/floor) started one at a time on their own 127.0.0.1 ports, herald-bench run against
+# each, each stopped by its PID. Sourced after bench/lib.sh, not run. The caller sets:
 #   OUT, RESULTS                where logs and reports go, and the JSON lines of every run
 #   WORK                        a scratch directory (nginx's run directory lives there)
-#   HERALD_BIN                  the herald binary; HERALD_PORT, NCHAN_PORT, SOCKETIO_PORT
+#   HERALD_BIN                  the herald binary; HERALD_PORT, NCHAN_PORT, SOCKETIO_PORT,
+#                               FLOOR_PORT (herald-floor is target/release/herald-floor)
+#   ROUND                       optional: the round of a comparison (compare.sh's ROUNDS), see `bench`
 #   SETTLE_SECS                 pause after stopping a server, before starting the next
 #   RETRIES, DISTURBED_CPU_SECS, DISTURBED_STEAL_SECS   see `measure`
 #   QUIET_WAIT, QUIET_BUSY_PCT  see lib.sh's `wait_quiet`
@@ -70,6 +72,15 @@ start_socketio() {
     wait_port "$SOCKETIO_PORT" "$SERVER_PID"
 }
 
+# The floor: herald-floor (bench/floor), built by the caller, on FLOOR_PORT.
+start_floor() {
+    port_free "$FLOOR_PORT" FLOOR
+    "$ROOT/target/release/herald-floor" --listen "127.0.0.1:$FLOOR_PORT" >"$OUT/floor.server.log" 2>&1 &
+    SERVER_PID=$!
+    STARTED+=("$SERVER_PID")
+    wait_port "$FLOOR_PORT" "$SERVER_PID"
+}
+
 stop_server() {
     stop_pid "$SERVER_PID"
     forget_pid "$SERVER_PID"
@@ -79,22 +90,25 @@ stop_server() {
 }
 
 # bench LABEL ARGS...: herald-bench run against SERVER_PID once the machine is quiet; its report
-# in OUT/LABEL.txt, its JSON line appended to RESULTS.
+# in OUT/LABEL.txt, its JSON line appended to RESULTS. With ROUND set, the run is marked as
+# that round (`--round`: herald-bench compare reports the median of the rounds) and its report
+# is OUT/LABEL.roundN.txt.
 bench() {
-    local label="$1"
+    local label="$1" round_args=()
     shift
+    [[ -z "${ROUND:-}" ]] || round_args=(--round "$ROUND")
     wait_quiet
-    log "$label: herald-bench run $*"
+    log "$label${ROUND:+ (round $ROUND)}: herald-bench run $*"
     "$ROOT/target/release/herald-bench" run --label "$label" --server-pid "$SERVER_PID" \
         --json-out "$RESULTS" --no-progress --disturbed-cpu-secs "$DISTURBED_CPU_SECS" \
-        --disturbed-steal-secs "$DISTURBED_STEAL_SECS" "$@" |
-        tee "$OUT/$label.txt" | grep -v '^{' >&2
+        --disturbed-steal-secs "$DISTURBED_STEAL_SECS" "${round_args[@]}" "$@" |
+        tee "$OUT/$label${ROUND:+.round$ROUND}.txt" | grep -v '^{' >&2
 }
 
 # measure LABEL START BENCH_ARGS...: runs START (a command line that starts the server, with
 # $attempt available), herald-bench with BENCH_ARGS, and stops the server. A run that other
 # programs disturbed (herald-bench exits 3) is repeated on a fresh server, at most RETRIES times;
-# every attempt stays in RESULTS, and the tables show the last one.
+# every attempt stays in RESULTS, and the tables count the last one (of each round).
 measure() {
     local label="$1" start="$2" attempt rc
     shift 2
