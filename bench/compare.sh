@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Herald side by side with Nchan, Socket.IO and a floor, on this machine, in one run.
 #
-#   bench/compare.sh             # the full comparison (about 12 minutes)
+#   bench/compare.sh             # the full comparison (about 16 minutes)
 #   ROUNDS=3 bench/compare.sh    # the server list three times, interleaved; tables of medians
 #   SMOKE=1 bench/compare.sh     # the same at a small scale (300 clients, 2 s): about a minute
 #
