@@ -114,8 +114,8 @@ pub struct App {
     pub bus: Arc<dyn Bus>,
     pub auth: Auth,
     pub settings: ServerSettings,
-    /// Upgraded WebSocket connections (axum runs each in its own task): shutting down waits for
-    /// them to send `closed: shutdown`.
+    /// Upgraded WebSocket connections (each runs in a task of its own, see [`crate::transport::ws`]):
+    /// shutting down waits for them to send `closed: shutdown`.
     pub ws_connections: TaskTracker,
     /// Enforces [`ServerSettings::caps`].
     pub limiter: Limiter,

@@ -196,7 +196,7 @@ impl Herald {
     }
 
     /// After [`Herald::end_streams`]: waits, at most [`SHUTDOWN_GRACE`], for the upgraded
-    /// WebSockets (axum runs each in a task of its own) to end, then stops the upkeep and waits
+    /// WebSockets (each runs in a task of its own) to end, then stops the upkeep and waits
     /// until it let go of the app.
     pub(crate) async fn finish(mut self) {
         let websockets = &self.app.ws_connections;

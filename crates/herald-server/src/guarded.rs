@@ -98,6 +98,17 @@ impl StreamEnd {
 
     /// Waits until the hub ends the stream registered here (now or later).
     pub(crate) async fn ended(&self) {
+        // The waker left in `waiter` would keep the waiting task's memory (its tokio task cell)
+        // allocated for as long as this `StreamEnd` lives: after an upgrade, that is the
+        // WebSocket's whole life (258 B per idle WebSocket, measured with heaptrack). So it is
+        // taken back when the wait ends or is given up.
+        struct ForgetWaiter<'a>(&'a StreamEnd);
+        impl Drop for ForgetWaiter<'_> {
+            fn drop(&mut self) {
+                self.0.state.lock().waiter = None;
+            }
+        }
+        let _forget = ForgetWaiter(self);
         std::future::poll_fn(|cx| self.poll_ended(cx)).await
     }
 
