@@ -1,7 +1,6 @@
 //! The [`Hub`]: this node's map of users → sessions → clients, each client with its bounded
-//! queue; fan-out, limits and eviction, and presence; and the topic index (topic → the tabs
-//! listening, each tab under the union of its own, its session's and its user's listens), which
-//! a topic's fan-out walks without taking any user's shard.
+//! queue; fan-out, limits and eviction, and presence. The topic index (topic → the tabs
+//! listening), listens and a topic's fan-out are the hub's too, in `hub/topics.rs`.
 //!
 //! The hub is sharded by user; a shard is a `parking_lot::Mutex` held only for short, non-async
 //! work (never across an `.await`). Lock order, where two are taken: user shard, then client
@@ -41,6 +40,10 @@ use crate::limits::Limits;
 use crate::notification::{Notification, now_ms};
 use crate::queue::{EventQueue, PushError, Queued};
 use crate::topic::{Prepare, Prepared, StoredListen, TopicEvent};
+
+mod topics;
+
+use topics::{TopicIndex, effective_topics, union_of_topics};
 
 /// Shards of the user map and of the client index. A power of two well above the core count
 /// keeps contention negligible; each costs one mutex and one empty map.
@@ -224,20 +227,6 @@ pub trait Interest: Send + Sync + 'static {
 
 /// One shard of the index of clients: where each client lives.
 type ClientIndex = HashMap<ClientId, (UserId, SessionId)>;
-
-/// A tab listening to a topic, as the topic's entry holds it: what a topic's fan-out needs
-/// (the queue, and who the tab is for `except_user` and `except_client`) without taking any
-/// user's shard. 40 bytes per topic per tab.
-struct TopicListener {
-    user: UserId,
-    client: ClientId,
-    /// The queue of the tab's current connection, or of its last one (closed) while it is away.
-    shared: Arc<ClientShared>,
-}
-
-/// One shard of the index of topics: who listens to each. A topic nobody listens to any more is
-/// removed (Eliom never forgets its keys).
-type TopicIndex = HashMap<Topic, Vec<TopicListener>>;
 
 /// Why a listen was refused. Nothing was changed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -462,54 +451,6 @@ impl Hub {
 
     fn clients_shard(&self, client: &ClientId) -> &Mutex<ClientIndex> {
         &self.inner.clients[self.shard_of(client)]
-    }
-
-    fn topics_shard(&self, topic: &Topic) -> &Mutex<TopicIndex> {
-        &self.inner.topics[self.shard_of(topic)]
-    }
-
-    /// Removes `client` from the listeners of `topics` (the tab is forgotten).
-    fn forget_listens(&self, client: &ClientId, topics: &[Topic]) {
-        for topic in topics {
-            let mut index = self.topics_shard(topic).lock();
-            if let Some(listeners) = index.get_mut(topic) {
-                listeners.retain(|l| &l.client != client);
-                if listeners.is_empty() {
-                    index.remove(topic);
-                    if let Some(interest) = self.inner.interest.get() {
-                        interest.topic_lost(topic);
-                    }
-                }
-            }
-        }
-    }
-
-    /// Adds the tab to the listeners of `topics`, or points its listens at its new connection's
-    /// queue (a reconnect).
-    fn register_listens(
-        &self,
-        user: &UserId,
-        client: &ClientId,
-        shared: &Arc<ClientShared>,
-        topics: &[Topic],
-    ) {
-        for topic in topics {
-            let mut index = self.topics_shard(topic).lock();
-            let listeners = index.entry(topic.clone()).or_insert_with(|| {
-                if let Some(interest) = self.inner.interest.get() {
-                    interest.topic_gained(topic);
-                }
-                Vec::new()
-            });
-            match listeners.iter_mut().find(|l| &l.client == client) {
-                Some(listener) => listener.shared = shared.clone(),
-                None => listeners.push(TopicListener {
-                    user: user.clone(),
-                    client: client.clone(),
-                    shared: shared.clone(),
-                }),
-            }
-        }
     }
 
     /// Attaches a connection for a client of `user` in `session`. `requested` is the id the
@@ -776,222 +717,6 @@ impl Hub {
         delivered
     }
 
-    /// Hands a `topic` event to the queues of this node's tabs that listen to its topic (all but
-    /// its `except_user`'s and its `except_client`), and returns how many it was handed to. Like
-    /// an ephemeral notification it is not kept for tabs that are away; a full queue closes its
-    /// tab with `lagging`. Takes only the topic's shard, never a user's.
-    ///
-    /// With a [`Prepare`] hook, each user's tabs get what it makes of the event for that user,
-    /// asked once per user (the answers of one fan-out are kept in a map that lives as long
-    /// as the call).
-    pub fn fanout_topic(&self, event: &Arc<TopicEvent>) -> u64 {
-        let index = self.topics_shard(&event.topic).lock();
-        let Some(listeners) = index.get(&event.topic) else { return 0 };
-        let queue_len_max = self.inner.limits.client_queue_len_max;
-        let prepare = self.inner.prepare.get();
-        let mut prepared: HashMap<&UserId, Option<Arc<TopicEvent>>> = HashMap::new();
-        let mut delivered = 0;
-        for listener in listeners {
-            if !event.is_for(&listener.user, &listener.client) {
-                continue;
-            }
-            let for_user = match prepare {
-                None => event.clone(),
-                Some(prepare) => {
-                    let decided = prepared
-                        .entry(&listener.user)
-                        .or_insert_with(|| self.prepared(&**prepare, &listener.user, event));
-                    match decided {
-                        Some(for_user) => for_user.clone(),
-                        None => continue,
-                    }
-                }
-            };
-            match listener.shared.queue.push(Queued::Topic(for_user), queue_len_max) {
-                Ok(()) => delivered += 1,
-                // The entry's `connected` is left to the connection, which ends now and detaches.
-                Err(PushError::Full) => listener.shared.close(CloseReason::Lagging),
-                Err(PushError::Closed) => {}
-            }
-        }
-        delivered
-    }
-
-    /// What the tabs of `user` get of `event`, as a fan-out would hand it to them: `None` when
-    /// the [`Prepare`] hook drops it. For events read from a topic's log (a resume or a gap
-    /// fill), which reach one tab without a fan-out.
-    pub fn prepare_for(&self, user: &UserId, event: &Arc<TopicEvent>) -> Option<Arc<TopicEvent>> {
-        match self.inner.prepare.get() {
-            None => Some(event.clone()),
-            Some(prepare) => self.prepared(&**prepare, user, event),
-        }
-    }
-
-    /// What `prepare` makes of `event` for `user`: `None` to drop it.
-    fn prepared(
-        &self,
-        prepare: &dyn Prepare,
-        user: &UserId,
-        event: &Arc<TopicEvent>,
-    ) -> Option<Arc<TopicEvent>> {
-        match prepare.prepare(user, event) {
-            Prepared::Keep => Some(event.clone()),
-            Prepared::Drop => None,
-            Prepared::Rewrite(data) => {
-                let max = self.inner.limits.data_bytes_max;
-                if data.get().len() > max || check_data(data.get()).is_err() {
-                    tracing::warn!(%user, topic = %event.topic, "a Prepare hook's rewrite is not data every client can decode (or is over the data bound): dropped");
-                    return None;
-                }
-                Some(Arc::new(TopicEvent::with_tseq(
-                    event.tseq,
-                    event.topic.clone(),
-                    event.kind.clone(),
-                    data,
-                    event.created_at_ms,
-                    event.except_user.clone(),
-                    event.except_client.clone(),
-                )))
-            }
-        }
-    }
-
-    /// Makes the tab `client` of `user` in `session` listen to `topics` too (Eliom's `listen`),
-    /// until it unlistens or is forgotten (its entry outlives a reconnect by
-    /// [`Limits::client_linger`]). Returns the topics it listens to now. Refused, changing
-    /// nothing, if that would be over [`Limits::topics_per_client_max`] or the tab is not here.
-    pub fn listen(
-        &self,
-        user: &UserId,
-        session: &SessionId,
-        client: &ClientId,
-        topics: &[Topic],
-    ) -> Result<Vec<Topic>, ListenError> {
-        let max = self.inner.limits.topics_per_client_max;
-        self.change_listens(user, session, client, |c| {
-            c.topics = union_of_topics(&c.topics, topics, max)?;
-            Ok(())
-        })
-    }
-
-    /// Makes the tab stop listening to `topics` (those it does not listen to are ignored).
-    /// Returns the topics it listens to now.
-    pub fn unlisten(
-        &self,
-        user: &UserId,
-        session: &SessionId,
-        client: &ClientId,
-        topics: &[Topic],
-    ) -> Result<Vec<Topic>, ListenError> {
-        self.change_listens(user, session, client, |c| {
-            c.topics = c.topics.iter().filter(|t| !topics.contains(t)).cloned().collect();
-            Ok(())
-        })
-    }
-
-    fn change_listens(
-        &self,
-        user: &UserId,
-        session: &SessionId,
-        client: &ClientId,
-        change: impl FnOnce(&mut ClientEntry) -> Result<(), ListenError>,
-    ) -> Result<Vec<Topic>, ListenError> {
-        let mut users = self.users_shard(user).lock();
-        let not_found = || ListenError::ClientNotFound(client.clone());
-        let entry = users.get_mut(user).ok_or_else(not_found)?;
-        let tab = entry
-            .sessions
-            .iter_mut()
-            .find(|(s, _)| s == session)
-            .and_then(|(_, s)| s.clients.iter_mut().find(|c| &c.id == client))
-            .ok_or_else(not_found)?;
-        let before = effective_topics(&entry.stored, session, &tab.topics);
-        change(tab)?;
-        let after = effective_topics(&entry.stored, session, &tab.topics);
-        self.apply_difference(user, tab, &before, &after);
-        Ok(after)
-    }
-
-    /// Makes the index follow a tab whose topics went from `before` to `after`.
-    fn apply_difference(&self, user: &UserId, tab: &ClientEntry, before: &[Topic], after: &[Topic]) {
-        let gone: Vec<Topic> = before.iter().filter(|t| !after.contains(t)).cloned().collect();
-        let new: Vec<Topic> = after.iter().filter(|t| !before.contains(t)).cloned().collect();
-        self.forget_listens(&tab.id, &gone);
-        self.register_listens(user, &tab.id, &tab.shared, &new);
-    }
-
-    /// Asks for a fresh read of `user`'s listens kept in the store: its number, to give to
-    /// [`Hub::apply_stored_listens`] with what the read found; `None` when no tab of the user is
-    /// here (there is nothing to apply it to).
-    pub fn ask_stored_listens(&self, user: &UserId) -> Option<u64> {
-        let mut users = self.users_shard(user).lock();
-        let entry = users.get_mut(user)?;
-        entry.listens_asked += 1;
-        Some(entry.listens_asked)
-    }
-
-    /// Applies the `asked`-th read of `user`'s listens kept in the store (see
-    /// [`Hub::ask_stored_listens`]), unless a read asked for after it was applied already: each
-    /// tab of the user then listens to its scope's topics too, and no longer to those its scope
-    /// lost. Returns the topics some tab here listens to now that none did before (to wait for
-    /// with [`Hub::topics_ready`]).
-    pub fn apply_stored_listens(&self, user: &UserId, asked: u64, stored: Vec<StoredListen>) -> Vec<Topic> {
-        let mut users = self.users_shard(user).lock();
-        let Some(entry) = users.get_mut(user) else { return Vec::new() };
-        if asked <= entry.listens_applied {
-            return Vec::new();
-        }
-        entry.listens_applied = asked;
-        let stored = stored.into_boxed_slice();
-        let mut gained = Vec::new();
-        for (session, s) in &entry.sessions {
-            for tab in &s.clients {
-                let before = effective_topics(&entry.stored, session, &tab.topics);
-                let after = effective_topics(&stored, session, &tab.topics);
-                gained.extend(after.iter().filter(|t| !before.contains(t)).cloned());
-                self.apply_difference(user, tab, &before, &after);
-            }
-        }
-        entry.stored = stored;
-        gained.sort();
-        gained.dedup();
-        gained
-    }
-
-    /// The topics the tab of `info` listens to, if it is here.
-    pub(crate) fn topics_of(&self, info: &ClientInfo) -> Option<Vec<Topic>> {
-        let users = self.users_shard(&info.user).lock();
-        let entry = users.get(&info.user)?;
-        let (_, session) = entry.sessions.iter().find(|(s, _)| *s == info.session)?;
-        let tab = session.clients.iter().find(|c| c.id == info.client)?;
-        Some(effective_topics(&entry.stored, &info.session, &tab.topics))
-    }
-
-    /// At most `max` of this node's tabs listening to `topic` (connected ones, and tabs that are
-    /// away but not forgotten yet), in the order they listened, and how many there are in all.
-    pub fn topic_tabs(&self, topic: &Topic, max: usize) -> (Vec<TopicTab>, usize) {
-        let listeners = self.topic_listeners(topic);
-        let total = listeners.len();
-        let tabs = listeners
-            .into_iter()
-            .filter_map(|(user, client)| {
-                let (_, session) = self.locate(&client)?;
-                Some(TopicTab { user, session, client, node: None })
-            })
-            .take(max)
-            .collect();
-        (tabs, total)
-    }
-
-    /// The tabs of this node listening to `topic`: (user, client), in the order they listened.
-    pub fn topic_listeners(&self, topic: &Topic) -> Vec<(UserId, ClientId)> {
-        let index = self.topics_shard(topic).lock();
-        index
-            .get(topic)
-            .map(|listeners| listeners.iter().map(|l| (l.user.clone(), l.client.clone())).collect())
-            .unwrap_or_default()
-    }
-
     /// One tick of the hub's clock, to be called periodically (herald-server: every second, or
     /// four times per keep-alive interval if that is shorter): closes connections
     /// whose credentials expired (`now_secs`, Unix seconds) with `token_expired`, and makes a
@@ -1149,36 +874,6 @@ impl Hub {
         }
         count
     }
-}
-
-/// What a tab of `session` whose own (client-scope) topics are `topics` listens to: those,
-/// then its user's and its session's kept in the store, each once.
-fn effective_topics(stored: &[StoredListen], session: &SessionId, topics: &[Topic]) -> Vec<Topic> {
-    let mut all = topics.to_vec();
-    if stored.is_empty() {
-        return all;
-    }
-    let mut seen: std::collections::HashSet<&Topic> = topics.iter().collect();
-    for listen in stored {
-        if listen.session.as_ref().is_none_or(|s| s == session) && seen.insert(&listen.topic) {
-            all.push(listen.topic.clone());
-        }
-    }
-    all
-}
-
-/// `kept` followed by those of `added` not in it (each once), or `TooManyTopics` over `max`.
-fn union_of_topics(kept: &[Topic], added: &[Topic], max: usize) -> Result<Box<[Topic]>, ListenError> {
-    let mut union = kept.to_vec();
-    for topic in added {
-        if !union.contains(topic) {
-            union.push(topic.clone());
-        }
-    }
-    if union.len() > max && union.len() > kept.len() {
-        return Err(ListenError::TooManyTopics { count: union.len(), max });
-    }
-    Ok(union.into_boxed_slice())
 }
 
 /// Index of the session to evict: one with no connected client if any, else the one whose most
