@@ -174,6 +174,14 @@ pub struct TopicTab {
     pub node: Option<Arc<str>>,
 }
 
+/// How many users, sessions and clients a node has connected ([`Hub::census`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Census {
+    pub users: u64,
+    pub sessions: u64,
+    pub clients: u64,
+}
+
 /// Who of a user is here: connected clients, and pollers within the linger time.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Presence {
@@ -778,6 +786,60 @@ impl Hub {
         closed
     }
 
+    /// Ends this node's connection for the one tab `client` of `user` in `session` with
+    /// `reason` (an operator closed it from the admin page: `evicted`). Its entry stays until
+    /// the sweep forgets it, so that a poller parked between two polls is handed its queue
+    /// back by its next poll and told why. Returns whether a connection ended (`false`: the
+    /// tab is not connected here).
+    pub fn close_client(
+        &self,
+        user: &UserId,
+        session: &SessionId,
+        client: &ClientId,
+        reason: CloseReason,
+    ) -> bool {
+        let mut users = self.users_shard(user).lock();
+        let Some(entry) = users.get_mut(user) else { return false };
+        let Some((_, s)) = entry.sessions.iter_mut().find(|(id, _)| id == session) else { return false };
+        let Some(c) = s.clients.iter_mut().find(|c| &c.id == client) else { return false };
+        let was_connected = c.connected;
+        c.end_connection(reason);
+        was_connected
+    }
+
+    /// How many users, sessions and connected clients this node has now (one pass over the
+    /// shards, each locked in turn: the counts are each shard's at a slightly different
+    /// moment). Users and sessions count those with at least one connected client.
+    pub fn census(&self) -> Census {
+        let mut census = Census::default();
+        for shard in self.inner.users.iter() {
+            for entry in shard.lock().values() {
+                let mut user_connected = false;
+                for (_, s) in &entry.sessions {
+                    let connected = s.clients.iter().filter(|c| c.connected).count() as u64;
+                    census.clients += connected;
+                    census.sessions += u64::from(connected > 0);
+                    user_connected |= connected > 0;
+                }
+                census.users += u64::from(user_connected);
+            }
+        }
+        census
+    }
+
+    /// Up to `max` users of this node whose id starts with `prefix`, sorted (the admin page's
+    /// search). Scans every user of the node: meant for an operator's occasional request, not
+    /// for a hot path.
+    pub fn users_with_prefix(&self, prefix: &str, max: usize) -> Vec<UserId> {
+        let mut found = Vec::new();
+        for shard in self.inner.users.iter() {
+            found.extend(shard.lock().keys().filter(|u| u.as_str().starts_with(prefix)).cloned());
+        }
+        found.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));
+        found.truncate(max);
+        found
+    }
+
     /// Closes every connection on this node with `reason` (shutdown).
     pub fn close_all(&self, reason: CloseReason) -> u64 {
         let mut closed = 0;
@@ -925,6 +987,34 @@ mod tests {
         fn joined(&self, user: &UserId, session: &SessionId, _: &ClientId) {
             self.0.lock().push(format!("joined {user} {session}"));
         }
+    }
+
+    #[test]
+    fn closing_one_tab_leaves_the_others_and_counts_follow() {
+        let hub = Hub::new(Limits::default(), ClientIdMinter::new(b"key"));
+        let (alice, alfred) = (UserId::new("alice").unwrap(), UserId::new("alfred").unwrap());
+        let (s1, s2) = (SessionId::new("s1").unwrap(), SessionId::new("s2").unwrap());
+        let one = hub.attach(&alice, &s1, None, Transport::Sse, &[]).unwrap();
+        let two = hub.attach(&alice, &s1, None, Transport::Ws, &[]).unwrap();
+        let three = hub.attach(&alice, &s2, None, Transport::Sse, &[]).unwrap();
+        let _other = hub.attach(&alfred, &s1, None, Transport::Sse, &[]).unwrap();
+        assert_eq!(hub.census(), Census { users: 2, sessions: 3, clients: 4 });
+
+        assert!(hub.close_client(&alice, &s1, &one.info.client, CloseReason::Evicted));
+        assert_eq!(one.shared.close_reason(), Some(CloseReason::Evicted));
+        assert_eq!((two.shared.close_reason(), three.shared.close_reason()), (None, None));
+        assert!(!hub.close_client(&alice, &s1, &one.info.client, CloseReason::Evicted), "closed already");
+        assert!(
+            !hub.close_client(&alice, &s2, &one.info.client, CloseReason::Evicted),
+            "not in that session"
+        );
+        assert_eq!(hub.census(), Census { users: 2, sessions: 3, clients: 3 });
+        assert_eq!(hub.locate(&one.info.client), Some((alice.clone(), s1.clone())), "kept until the sweep");
+
+        assert_eq!(hub.users_with_prefix("al", 10), [alfred.clone(), alice.clone()]);
+        assert_eq!(hub.users_with_prefix("al", 1), [alfred]);
+        assert_eq!(hub.users_with_prefix("alic", 10), [alice]);
+        assert!(hub.users_with_prefix("bob", 10).is_empty());
     }
 
     #[test]

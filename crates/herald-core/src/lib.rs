@@ -64,7 +64,7 @@ pub use bus::{Bus, BusStats, LocalBus, RevocationNews};
 pub use client::{ClientInfo, CloseReason, Transport};
 pub use data::{DATA_DEPTH_MAX, DataError, check_data};
 pub use health::Health;
-pub use hub::{Hub, Interest, ListenError, Presence, TopicTab};
+pub use hub::{Census, Hub, Interest, ListenError, Presence, TopicTab};
 pub use ids::{
     ClientId, ClientIdMinter, ID_BYTES_MAX, InvalidId, InvalidTopic, Seq, SessionId, TOPIC_BYTES_MAX, Topic,
     UserId,

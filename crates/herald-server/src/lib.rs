@@ -48,6 +48,7 @@
 // each call with its `SAFETY:`.
 #![deny(unsafe_code)]
 
+pub mod admin;
 pub mod api;
 pub mod app;
 mod assets;

@@ -9,6 +9,7 @@
 #[macro_use]
 mod support;
 
+mod admin_ui;
 mod authorization;
 mod bad_input;
 mod basics;
