@@ -14,7 +14,8 @@ export type HeraldStatus = 'connecting' | 'open' | 'reconnecting' | 'offline' | 
 
 /**
  * Why the client stopped for good:
- * - `evicted`: the user opened one session or tab too many and this one was the least active;
+ * - `evicted`: the user opened one session or tab too many and this one was the least active, or
+ *   an operator closed this tab from Herald's admin page;
  * - `replaced`: another connection took this client id;
  * - `session_closed`: the app's backend closed this session (e.g. the user signed out);
  * - `token_expired` / `unauthorized`: the token (a fixed string) expired or was refused; with a

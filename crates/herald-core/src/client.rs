@@ -34,7 +34,8 @@ impl Transport {
 /// Why the server ends a client's connection; sent to the client as a `closed` event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum CloseReason {
-    /// Its session or the client itself was the least recently active one over a limit.
+    /// Its session or the client itself was the least recently active one over a limit, or an
+    /// operator closed the client (the admin page: [`crate::Hub::close_client`]).
     Evicted,
     /// Another connection gave the same client id.
     Replaced,

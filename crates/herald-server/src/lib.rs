@@ -34,6 +34,7 @@
 //! - [`health`]: `GET /healthz`, [`NodeHealth`]: the node's id, its store and bus, and whether
 //!   each can be reached.
 //! - `routes`: the route table.
+//! - [`admin`]: the admin listener's routes, with [`admin::ui`], the operators' page `GET /admin`.
 //! - `upkeep`: the hub's clock (token expiry, keep-alives), retention, the sweeps, and the
 //!   store's probe.
 //! - `embed`: [`Herald`] and [`HeraldBuilder`], the routes with their upkeep: the API boundary.
