@@ -89,7 +89,8 @@ async fn every_endpoint_needs_a_live_session() {
     ];
     for (method, path) in routes {
         let body = (method == "POST").then(|| json!({ "text": "hi" }));
-        for cookie in [None, Some(forged.as_str()), Some(API_KEY)] {
+        let key_as_cookie = format!("herald_admin={API_KEY}");
+        for cookie in [None, Some(forged.as_str()), Some(key_as_cookie.as_str())] {
             let got = admin.call(method, path, cookie, body.clone()).await;
             assert_error(&got, 401, "not_signed_in");
         }
