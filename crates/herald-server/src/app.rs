@@ -119,6 +119,9 @@ pub struct App {
     pub ws_connections: TaskTracker,
     /// Enforces [`ServerSettings::caps`].
     pub limiter: Limiter,
+    /// Cancelled when the node starts shutting down (every stream is closed with `shutdown`):
+    /// what else streams (the admin page's events) end on.
+    pub(crate) stopping: tokio_util::sync::CancellationToken,
 }
 
 impl std::fmt::Debug for App {
@@ -160,6 +163,7 @@ impl App {
             limiter: Limiter::new(&settings.caps),
             settings,
             ws_connections: TaskTracker::new(),
+            stopping: tokio_util::sync::CancellationToken::new(),
         })
     }
 }

@@ -157,6 +157,13 @@ impl Herald {
         crate::routes::router(self.app.clone())
     }
 
+    /// The admin routes (`GET /metrics`, see [`crate::admin`]), for operators only: serve them
+    /// apart from [`Herald::router`] (another port, or behind the app's own operator auth), as
+    /// `herald serve` does on `--admin-listen`.
+    pub fn admin_router(&self) -> Router {
+        crate::admin::router(self.app.clone())
+    }
+
     /// The publish handle: cheap to clone, usable from any task.
     pub fn notifier(&self) -> Notifier {
         self.app.notifier.clone()
@@ -191,6 +198,7 @@ impl Herald {
 
     /// Closes every client with reason `shutdown`.
     pub(crate) fn end_streams(&self) {
+        self.app.stopping.cancel();
         let closed = self.app.hub.close_all(CloseReason::Shutdown);
         tracing::info!(closed, "shutting down: closed every client with reason `shutdown`");
     }

@@ -104,32 +104,42 @@ impl std::fmt::Debug for AdminUi {
 }
 
 impl AdminUi {
-    /// The admin page of `app`, and its sampler (a task of the current runtime, one sample every
-    /// [`SAMPLE_INTERVAL`] until [`AdminUi::stop`]). `secure_cookie`: the page is served over
-    /// TLS (the session cookie is then `Secure`).
+    /// The admin page of `app`, and its sampler: a task of the current runtime that takes a
+    /// sample every [`SAMPLE_INTERVAL`] for as long as the page's routes (or an open event
+    /// stream) hold the page, until [`AdminUi::stop`] or the node's shutdown. `secure_cookie`:
+    /// the page is served over TLS (the session cookie is then `Secure`).
+    ///
+    /// # Panics
+    /// Outside a Tokio runtime.
     pub fn start(app: Arc<App>, secure_cookie: bool) -> Arc<Self> {
+        let stop = app.stopping.child_token();
         let ui = Arc::new(Self {
             app,
             sessions: AdminSessions::new(secure_cookie),
             samples: Samples::new(),
             event_streams: AtomicUsize::new(0),
-            stop: CancellationToken::new(),
+            stop,
         });
-        let sampler = ui.clone();
+        let page = Arc::downgrade(&ui);
+        let stop = ui.stop.clone();
         tokio::spawn(async move {
             let mut ticks = tokio::time::interval(SAMPLE_INTERVAL);
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
-                    _ = sampler.stop.cancelled() => break,
-                    _ = ticks.tick() => { sampler.samples.take(&sampler.app); }
+                    _ = stop.cancelled() => break,
+                    _ = ticks.tick() => {
+                        // The routes were dropped: nobody can read the samples any more.
+                        let Some(ui) = page.upgrade() else { break };
+                        ui.samples.take(&ui.app);
+                    }
                 }
             }
         });
         ui
     }
 
-    /// Stops the sampler and ends the open event streams (at shutdown).
+    /// Stops the sampler and ends the open event streams (the node's shutdown does too).
     pub fn stop(&self) {
         self.stop.cancel();
     }

@@ -1,29 +1,25 @@
-//! The admin page's endpoints (`herald_server::admin::ui`) over real HTTP: sign-in with the API
-//! key and the session cookie, refusals without it, with a forged one, without the CSRF header
-//! or from another origin, bad input; and what the actions do to real streams.
+//! The admin page's endpoints (`herald_server::admin::ui`) on the admin listener, over real
+//! HTTP: sign-in with the API key and the session cookie, refusals without it, with a forged
+//! one, without the CSRF header or from another origin, bad input; and what the actions do to
+//! real streams.
 
-use std::sync::Arc;
-
-use herald_server::admin::ui::AdminUi;
+use herald_server::AdminServer;
 use serde_json::{Value, json};
 
 use crate::support::*;
 
-/// The admin page of `server`'s app, on a listener of its own (as `--admin-listen` serves it).
+/// The admin listener of `server`'s app (as `--admin-listen` serves it).
 struct Admin {
     url: String,
-    ui: Arc<AdminUi>,
+    _server: AdminServer,
     http: reqwest::Client,
 }
 
 impl Admin {
     async fn start(server: &TestServer) -> Self {
-        let ui = AdminUi::start(server.app.clone(), false);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let routes = ui.routes();
-        tokio::spawn(async move { axum::serve(listener, routes).await });
-        Self { url, ui, http: reqwest::Client::new() }
+        let admin = herald_server::start_admin(server.app.clone(), listener).unwrap();
+        Self { url: format!("http://{}", admin.addr), _server: admin, http: reqwest::Client::new() }
     }
 
     /// Signs in with `key`; returns the answer and the session cookie (`name=value`) if any.
@@ -105,7 +101,6 @@ async fn every_endpoint_needs_a_live_session() {
     assert_eq!(admin.call("GET", "/admin/api/session", Some(&cookie), None).await.0, 200);
     assert_eq!(admin.call("POST", "/admin/sign-out", Some(&cookie), None).await.0, 204);
     assert_error(&admin.call("GET", "/admin/api/session", Some(&cookie), None).await, 401, "not_signed_in");
-    admin.ui.stop();
 }
 
 #[tokio::test]
@@ -117,7 +112,6 @@ async fn a_wrong_key_is_refused_after_a_delay() {
     assert_error(&got, 401, "invalid_api_key");
     assert!(set_cookie.is_none());
     assert!(started.elapsed() >= std::time::Duration::from_millis(900), "{:?}", started.elapsed());
-    admin.ui.stop();
 }
 
 #[tokio::test]
@@ -165,7 +159,6 @@ async fn changes_need_the_csrf_header_and_the_pages_origin() {
         .await
         .unwrap();
     assert_eq!(answer(response).await.0, 200);
-    admin.ui.stop();
 }
 
 #[tokio::test]
@@ -221,7 +214,6 @@ async fn bad_input_is_a_json_4xx() {
         .unwrap();
     assert!(answer(wrong_body).await.0 / 100 == 4);
     assert!(server.stored("alice").await.is_empty(), "nothing was published");
-    admin.ui.stop();
 }
 
 #[tokio::test]
@@ -283,14 +275,14 @@ async fn the_tree_follows_tabs_and_the_actions_reach_them() {
     laptop.expect_silence(QUIET).await;
     let (_, body) = admin.call("GET", "/admin/api/users?prefix=al", cookie, None).await;
     assert_eq!(body["users"][0]["sessions"].as_array().unwrap().len(), 1, "{body}");
-    admin.ui.stop();
 }
 
 #[tokio::test]
-async fn the_event_stream_sends_samples_and_ends_at_sign_out() {
+async fn the_event_stream_sends_samples_and_ends_at_sign_out_and_shutdown() {
     let server = TestServer::start().await;
     let admin = Admin::start(&server).await;
     let cookie = admin.signed_in().await;
+    let other_cookie = admin.signed_in().await;
     let (_tab, _) = server.connect(&server.token("alice", Some("laptop")), "").await;
     let response = admin
         .http
@@ -317,5 +309,16 @@ async fn the_event_stream_sends_samples_and_ends_at_sign_out() {
     assert_eq!(admin.call("POST", "/admin/sign-out", Some(&cookie), None).await.0, 204);
     // The next sample finds the session gone and ends the stream.
     tokio::time::timeout(std::time::Duration::from_secs(8), events.expect_end()).await.unwrap();
-    admin.ui.stop();
+    // Another operator's stream ends when the node shuts down.
+    let response = admin
+        .http
+        .get(format!("{}/admin/api/events", admin.url))
+        .header("cookie", &other_cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let mut events = Sse::new(response);
+    server.shutdown().await;
+    tokio::time::timeout(std::time::Duration::from_secs(3), events.expect_end()).await.unwrap();
 }
