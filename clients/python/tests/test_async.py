@@ -110,7 +110,7 @@ def test_every_method_awaited(server: HeraldServer, user: str) -> None:
                 assert [n["seq"] for n in await herald.notifications(user)] == []
                 assert await herald.close_session(user, "laptop") == 1
                 assert await stream.expect("closed") == {"reason": "session_closed"}
-            assert await herald.close_sessions(user) == 0
+            assert await herald.close_all_sessions(user) == 0
 
     asyncio.run(scenario())
 

@@ -98,7 +98,7 @@ def close_session(user: str, session: str) -> Request:
     return Request("DELETE", f"/v1/users/{segment(user)}/sessions/{segment(session)}")
 
 
-def close_sessions(user: str) -> Request:
+def close_all_sessions(user: str) -> Request:
     return Request("DELETE", f"/v1/users/{segment(user)}/sessions")
 
 

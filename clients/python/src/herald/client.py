@@ -102,7 +102,7 @@ def _transport_error(error: httpx.TransportError, request: req.Request) -> Heral
     what = f"{request.method} {request.path}"
     if isinstance(error, httpx.TimeoutException):
         return HeraldTimeoutError(f"{what}: no answer in time ({type(error).__name__})", code="timeout")
-    return HeraldConnectionError(f"{what}: {error}", code="connection_failed")
+    return HeraldConnectionError(f"{what}: {error}", code="unreachable")
 
 
 class Herald(_Base):
@@ -204,9 +204,9 @@ class Herald(_Base):
         it issued until now. Returns how many connections were closed."""
         return int(self._send(req.close_session(user, session))["closed"])
 
-    def close_sessions(self, user: str) -> int:
+    def close_all_sessions(self, user: str) -> int:
         """Signs the user out everywhere: every session, as `close_session`."""
-        return int(self._send(req.close_sessions(user))["closed"])
+        return int(self._send(req.close_all_sessions(user))["closed"])
 
     def listen(
         self, topics: Topics, *, client: Optional[str] = None, user: Optional[str] = None, session: Optional[str] = None
@@ -360,8 +360,8 @@ class AsyncHerald(_Base):
     async def close_session(self, user: str, session: str) -> int:
         return int((await self._send(req.close_session(user, session)))["closed"])
 
-    async def close_sessions(self, user: str) -> int:
-        return int((await self._send(req.close_sessions(user)))["closed"])
+    async def close_all_sessions(self, user: str) -> int:
+        return int((await self._send(req.close_all_sessions(user)))["closed"])
 
     async def listen(
         self, topics: Topics, *, client: Optional[str] = None, user: Optional[str] = None, session: Optional[str] = None

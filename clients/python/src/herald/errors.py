@@ -31,7 +31,7 @@ class HeraldError(Exception):
 
     - `status`: the HTTP status (`None` when no answer came);
     - `code`: the server's error code, such as `invalid_target` or `client_not_found`
-      (`timeout` / `connection_failed` for no answer, `unexpected_response` for an answer
+      (`timeout` / `unreachable` for no answer, `invalid_response` for an answer
       that is not Herald's error JSON);
     - `message`: the server's message;
     - `retry_after`: seconds to wait before trying again, from `Retry-After` (429, 503).
@@ -42,7 +42,7 @@ class HeraldError(Exception):
         message: str,
         *,
         status: Optional[int] = None,
-        code: str = "unexpected_response",
+        code: str = "invalid_response",
         retry_after: Optional[float] = None,
     ) -> None:
         super().__init__(message)
@@ -120,8 +120,8 @@ _BY_STATUS: Dict[int, Type[HeraldError]] = {
 
 def error_from_answer(status: int, body: Any, retry_after_header: Optional[str]) -> HeraldError:
     """The error for a non-2xx answer: Herald's `{"error": {"code", "message"}}` when the body is
-    that, else `unexpected_response` with the status (a proxy's HTML page, say)."""
-    code, message = "unexpected_response", f"HTTP {status} without Herald's error JSON"
+    that, else `invalid_response` with the status (a proxy's HTML page, say)."""
+    code, message = "invalid_response", f"HTTP {status} without Herald's error JSON"
     error = body.get("error") if isinstance(body, dict) else None
     if isinstance(error, dict) and isinstance(error.get("code"), str):
         code = error["code"]
