@@ -7,12 +7,12 @@ Run: HERALD_URL=http://127.0.0.1:7300 HERALD_API_KEY=… HERALD_SECRET=… uvico
 """
 
 import asyncio
-import html
 import json
 import os
 import secrets
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Dict, Optional
 
 from fastapi import BackgroundTasks, Depends, FastAPI, Form, HTTPException, Request
@@ -49,6 +49,7 @@ class SignIn:
 
 
 SIGN_INS: Dict[str, SignIn] = {}  # cookie value -> sign-in (in memory: a toy)
+SIGN_INS_MAX = 10_000  # one more signs the oldest out (dicts keep insertion order)
 
 
 def current_user(request: Request) -> Optional[SignIn]:
@@ -64,9 +65,15 @@ def signed_in(request: Request) -> SignIn:
 
 @app.post("/sign-in")
 async def sign_in(name: str = Form(...)):
+    name = name.strip()
+    if not 1 <= len(name.encode()) <= 128:
+        raise HTTPException(status_code=400, detail="a name of 1 to 128 bytes")
+    if len(SIGN_INS) >= SIGN_INS_MAX:
+        del SIGN_INS[next(iter(SIGN_INS))]
     cookie = secrets.token_urlsafe(32)
     SIGN_INS[cookie] = SignIn(user=name, session=secrets.token_hex(8))
     response = RedirectResponse("/", status_code=303)
+    # In production: secure=True too (HTTPS only).
     response.set_cookie("app_session", cookie, httponly=True, samesite="lax")
     return response
 
@@ -117,29 +124,12 @@ SIGN_IN_PAGE = """<!doctype html>
 </form>
 """
 
-PAGE = """<!doctype html>
-<title>Reports</title>
-<p>Signed in as <b>{user}</b> <span id="status">connecting</span></p>
-<button id="report">Make a report</button>
-<form method="post" action="/sign-out"><button>Sign out</button></form>
-<ul id="notifications"></ul>
-<script type="module">
-  import {{ Herald }} from {herald_js};
+PAGE = (Path(__file__).parent / "page.html").read_text()
 
-  const herald = new Herald({{
-    url: {herald_url},
-    token: async () => (await (await fetch('/herald-token')).json()).token,
-  }});
-  herald.on('status', (status) => document.querySelector('#status').textContent = status);
-  herald.on('notification', (n) => {{
-    const item = document.createElement('li');
-    item.textContent = n.data.title;
-    item.dataset.type = n.type;
-    document.querySelector('#notifications').prepend(item);
-  }});
-  document.querySelector('#report').onclick = () => fetch('/reports', {{ method: 'POST' }});
-</script>
-"""
+
+def page_config(config: dict) -> str:
+    """JSON for a <script type="application/json">: `<` escaped, so no value can end the script."""
+    return json.dumps(config).replace("<", "\\u003c")
 
 
 @app.get("/", response_class=HTMLResponse)
@@ -147,8 +137,4 @@ async def home(request: Request):
     me = current_user(request)
     if me is None:
         return SIGN_IN_PAGE
-    return PAGE.format(
-        user=html.escape(me.user),
-        herald_js=json.dumps(f"{HERALD_PUBLIC_URL}/herald.js"),
-        herald_url=json.dumps(HERALD_PUBLIC_URL),
-    )
+    return PAGE.replace("PAGE_CONFIG", page_config({"user": me.user, "heraldUrl": HERALD_PUBLIC_URL}))

@@ -18,6 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Dict, Iterator, List
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -106,11 +107,12 @@ def test_fastapi_guide_in_chromium(herald_for_app) -> None:
         port,
     )
     try:
-        shown = run_page(app.url, "ada", "guide-fastapi.png")
+        # A name that would end a <script> if the page put it there unescaped.
+        shown = run_page(app.url, "ada</script>", "guide-fastapi.png")
         assert len(shown) == 1 and shown[0].startswith("Report #") and shown[0].endswith(" is ready"), shown
         # The job's notification is stored for the user the app signed in.
         stored = httpx.get(
-            f"{server.url}/v1/users/ada/notifications", headers={"authorization": f"Bearer {server.api_key}"}
+            f"{server.url}/v1/users/{quote('ada</script>', safe='')}/notifications", headers={"authorization": f"Bearer {server.api_key}"}
         ).json()["notifications"]
         assert [n["type"] for n in stored] == ["report.ready"]
     finally:
@@ -178,3 +180,17 @@ print(json.dumps({{"report": answer.json()["report"]}}), flush=True)
         if child.poll() is None:
             child.kill()
             child.wait()
+
+
+@pytest.mark.parametrize("guide", ["fastapi.md", "django.md"])
+def test_guide_quotes_the_examples_as_they_are(guide: str) -> None:
+    """Every code block after `<!-- quote: PATH -->` in the guide is in PATH as it is: fails when
+    the example changes under the guide, or the guide under the example."""
+    import re
+
+    text = (ROOT / "docs" / "guides" / guide).read_text()
+    quotes = re.findall(r"<!-- quote: (\S+) -->\n```\w*\n(.*?)```", text, flags=re.DOTALL)
+    assert len(quotes) >= 5, f"{guide} quotes {len(quotes)} blocks"
+    for path, block in quotes:
+        source = (ROOT / path).read_text()
+        assert block in source, f"{guide}: this block is not in {path} as it is:\n{block}"

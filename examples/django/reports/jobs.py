@@ -10,6 +10,13 @@ from .notifications import herald
 
 _runner = ThreadPoolExecutor(max_workers=2, thread_name_prefix="jobs")
 _pending: Set[Future] = set()
+#: Jobs started and not finished, at most: one more is refused (`Busy`; the view answers 503)
+#: rather than queued without end.
+PENDING_MAX = 100
+
+
+class Busy(Exception):
+    """PENDING_MAX jobs are waiting already."""
 
 
 def build_report(user: str, report_id: int) -> None:
@@ -24,6 +31,8 @@ def build_report(user: str, report_id: int) -> None:
 
 
 def start(job, *args) -> None:
+    if len(_pending) >= PENDING_MAX:
+        raise Busy(f"{PENDING_MAX} jobs are waiting")
     future = _runner.submit(job, *args)
     _pending.add(future)
     future.add_done_callback(_pending.discard)

@@ -1,7 +1,7 @@
 import secrets
 
 from django.conf import settings
-from django.http import HttpResponseRedirect, JsonResponse
+from django.http import HttpResponseBadRequest, HttpResponseRedirect, JsonResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_GET, require_POST
 
@@ -14,8 +14,11 @@ from .notifications import herald
 
 @require_POST
 def sign_in(request):
+    name = request.POST.get("name", "").strip()
+    if not 1 <= len(name.encode()) <= 128:
+        return HttpResponseBadRequest("a name of 1 to 128 bytes")
     request.session.cycle_key()
-    request.session["user"] = request.POST["name"]
+    request.session["user"] = name
     # A stable id for this sign-in, given to Herald as the session: not the session cookie's
     # value, since the page can read the token it is put in.
     request.session["herald_session"] = secrets.token_hex(8)
@@ -47,7 +50,10 @@ def start_report(request):
     if "user" not in request.session:
         return JsonResponse({"error": "sign in first"}, status=401)
     report_id = secrets.randbelow(1_000_000)
-    jobs.start(jobs.build_report, request.session["user"], report_id)
+    try:
+        jobs.start(jobs.build_report, request.session["user"], report_id)
+    except jobs.Busy:
+        return JsonResponse({"error": "too many reports in progress, try again later"}, status=503)
     return JsonResponse({"report": report_id}, status=202)
 
 
