@@ -5,7 +5,7 @@
 # Installs what is missing first, so that it runs on a fresh Debian machine (as root, or with
 # sudo): python3-venv (apt) when `python3 -m venv` cannot make a venv; a venv (.venv, or
 # $HERALD_PYTHON_VENV) with clients/python and its pinned test extras (pytest, fastapi, uvicorn,
-# django; pip); Debian's chromium, node and npm (apt) and tests/browser's npm packages (`npm ci`)
+# django, mypy; pip); Debian's chromium, node and npm (apt) and tests/browser's npm packages (`npm ci`)
 # for the guides' browser runs. Builds the `herald` binary with cargo. Idempotent: a second run
 # installs nothing new.
 #
@@ -48,6 +48,9 @@ if [ ! -d tests/browser/node_modules/playwright-core ]; then
   echo "== npm ci (tests/browser)"
   (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
 fi
+
+echo "== mypy --strict (clients/python: the library, and its types as an app uses them)"
+"$venv/bin/python" -m mypy --strict clients/python/src/herald clients/python/tests/types_usage.py
 
 echo "== cargo build -p herald"
 cargo build -p herald

@@ -14,7 +14,7 @@ import hmac
 import json
 import time
 from datetime import timedelta
-from typing import Optional, Sequence, Union
+from typing import Any, Dict, Optional, Sequence, Union
 
 __all__ = ["mint_token", "TOKEN_TTL_MAX_DEFAULT", "TOKEN_TTL_DEFAULT"]
 
@@ -77,7 +77,7 @@ def mint_token(
     if isinstance(topics, str):
         raise TypeError("topics must be a list of topic names or patterns, not a str")
     issued_at = int(time.time()) if now is None else int(now)
-    claims: dict = {"sub": user, "iat": issued_at, "exp": issued_at + int(ttl_seconds)}
+    claims: Dict[str, Any] = {"sub": user, "iat": issued_at, "exp": issued_at + int(ttl_seconds)}
     if session is not None:
         claims["sid"] = session
     if topics is not None:
