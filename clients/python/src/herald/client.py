@@ -116,7 +116,8 @@ class Herald(_Base):
     `timeout`: seconds for each request (default 10). `audience`: the server's
     `--token-audience`, if set. `token_ttl_max`: the server's `--token-ttl-max` (30 days).
     `http_client`: an httpx.Client of your own (its base URL and headers are not used).
-    Use it as a context manager, or call `close()`, to close its connections.
+    Make one and share it (between threads too: httpx.Client can be); use it as a context
+    manager, or call `close()`, to close its connections.
     """
 
     def __init__(
