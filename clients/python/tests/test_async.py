@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from typing import Any, AsyncIterator, Tuple
 
 import httpx
@@ -16,6 +17,7 @@ from herald import (
     AsyncHerald,
     AuthenticationError,
     HeraldConnectionError,
+    HeraldTimeoutError,
     InvalidRequestError,
     NotFoundError,
 )
@@ -128,8 +130,19 @@ def test_errors(server: HeraldServer, user: str) -> None:
             with pytest.raises(InvalidRequestError) as refused:
                 await herald.inbox(user).list(limit=0)
             assert refused.value.code == "invalid_limit"
+            with pytest.raises(NotFoundError) as refused:
+                await herald.job("no-such-job")
+            assert refused.value.code == "job_not_found"
             with pytest.raises(ValueError):
                 herald.mint_token(user)  # no secret
+        # A socket that listens but never answers: the request ends with the timeout.
+        with socket.socket() as silent:
+            silent.bind(("127.0.0.1", 0))
+            silent.listen(1)
+            async with AsyncHerald(f"http://127.0.0.1:{silent.getsockname()[1]}", "hk", timeout=0.5) as stalled:
+                with pytest.raises(HeraldTimeoutError) as timed_out:
+                    await asyncio.wait_for(stalled.notify(user=user), WAIT_SECONDS)
+                assert (timed_out.value.status, timed_out.value.code) == (None, "timeout")
         async with AsyncHerald(f"http://127.0.0.1:{free_port()}", "hk") as nowhere:
             with pytest.raises(HeraldConnectionError):
                 await nowhere.health()
