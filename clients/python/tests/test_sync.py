@@ -303,3 +303,38 @@ def test_timeout_and_connection_errors(server):
     with pytest.raises(HeraldConnectionError) as refused:
         Herald(f"http://127.0.0.1:{free_port()}", "hk").health()
     assert refused.value.code == "unreachable"
+
+
+def test_an_answer_that_is_not_heralds_json():
+    """A proxy's HTML error page (or any answer without Herald's error JSON) is a HeraldError
+    with the status and `invalid_response`, not a JSON decoding crash."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Proxy(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            status = 502 if self.path.startswith("/healthz") else 200
+            body = b"<html>Bad Gateway</html>"
+            self.send_response(status)
+            self.send_header("content-type", "text/html")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    proxy = ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
+    thread = threading.Thread(target=proxy.serve_forever, daemon=True)
+    thread.start()
+    try:
+        herald = Herald(f"http://127.0.0.1:{proxy.server_address[1]}", "hk", timeout=5)
+        with pytest.raises(HeraldError) as bad_gateway:
+            herald.health()
+        assert (bad_gateway.value.status, bad_gateway.value.code) == (502, "invalid_response")
+        with pytest.raises(HeraldError) as not_json:
+            herald.presence("alice")
+        assert (not_json.value.status, not_json.value.code) == (200, "invalid_response")
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
