@@ -5,7 +5,8 @@
 # Installs what is missing first: Debian's `chromium` (apt; a browser download such as
 # `npx playwright install` cannot work here), `nginx` and `psql` (apt: cluster.test.mjs runs
 # deploy/nginx/herald.conf in front of three nodes, on a database it creates with psql) and the
-# npm packages of tests/browser (`npm ci`, pinned by its package-lock.json). Type-checks
+# npm packages of tests/browser and of the guides' example apps (examples/express: `npm ci`, each
+# pinned by its package-lock.json). Type-checks
 # herald.d.ts with TypeScript (strict) against tests/browser/types/usage.ts. Builds the `herald`
 # binary with cargo.
 #
@@ -53,6 +54,9 @@ fi
 
 echo "== npm ci (tests/browser)"
 (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
+# The Express guide's app (guide-express.test.mjs starts it); it uses clients/node from here.
+echo "== npm ci (examples/express)"
+(cd examples/express && npm ci --no-audit --no-fund --loglevel=error)
 
 echo "== type-check clients/js/herald.d.ts (tsc --strict, tests/browser/types/usage.ts)"
 (cd tests/browser && npm run --silent typecheck)
