@@ -216,13 +216,13 @@ export interface Health {
 }
 
 /**
- * Herald refused a request or did not answer. `status` is the HTTP status (0: no answer);
+ * Herald refused a request or did not answer. `status` is the HTTP status (`null`: no answer);
  * `code` the server's error code, or `timeout`, `aborted`, `unreachable`, `invalid_response`.
  */
 export declare class HeraldError extends Error {
-  constructor(status: number, code: string, message: string, options?: { retryAfter?: number | null; cause?: unknown });
+  constructor(status: number | null, code: string, message: string, options?: { retryAfter?: number | null; cause?: unknown });
   readonly name: 'HeraldError';
-  readonly status: number;
+  readonly status: number | null;
   readonly code: string;
   /** `Retry-After` of a 429 or 503, in seconds; `null` without one. */
   readonly retryAfter: number | null;

@@ -26,7 +26,7 @@ export const BATCH_LEN_MAX = 1_000;
 /**
  * Herald refused a request, or did not answer it.
  *
- * `status` is the HTTP status (0 when there was no answer), `code` the server's error code
+ * `status` is the HTTP status (`null` when there was no answer), `code` the server's error code
  * (`invalid_target`, `client_not_found`, `rate_limited`, … see docs/PROTOCOL.md#errors), or one of
  * this client's: `timeout` (no answer within the timeout), `aborted` (the caller's signal),
  * `unreachable` (the connection failed), `invalid_response` (an answer that is not Herald's JSON).
@@ -235,9 +235,9 @@ export class Herald {
       response = await fetch(url, sent);
       text = await response.text();
     } catch (error) {
-      if (signal?.aborted) throw new HeraldError(0, 'aborted', `${method} ${path}: aborted by the caller`, { cause: error });
-      if (timeout.aborted) throw new HeraldError(0, 'timeout', `${method} ${path}: no answer within ${timeoutMs} ms`, { cause: error });
-      throw new HeraldError(0, 'unreachable', `${method} ${path}: ${error.cause?.message ?? error.message}`, { cause: error });
+      if (signal?.aborted) throw new HeraldError(null, 'aborted', `${method} ${path}: aborted by the caller`, { cause: error });
+      if (timeout.aborted) throw new HeraldError(null, 'timeout', `${method} ${path}: no answer within ${timeoutMs} ms`, { cause: error });
+      throw new HeraldError(null, 'unreachable', `${method} ${path}: ${error.cause?.message ?? error.message}`, { cause: error });
     }
     let answer;
     try {

@@ -292,11 +292,11 @@ describe('errors', () => {
     try {
       const client = new Herald({ url: `http://127.0.0.1:${silent.address().port}`, apiKey: API_KEY, timeoutMs: 300 });
       const started = Date.now();
-      await refused(client.notify({ user: 'a' }), 0, 'timeout');
+      await refused(client.notify({ user: 'a' }), null, 'timeout');
       const took = Date.now() - started;
       assert.ok(took >= 250 && took < 5_000, `took ${took} ms`);
       const aborted = AbortSignal.abort();
-      await refused(client.notify({ user: 'a' }, { signal: aborted, timeoutMs: 5_000 }), 0, 'aborted');
+      await refused(client.notify({ user: 'a' }, { signal: aborted, timeoutMs: 5_000 }), null, 'aborted');
     } finally {
       sockets.forEach((socket) => socket.destroy());
       await new Promise((resolve) => silent.close(resolve));
@@ -305,7 +305,7 @@ describe('errors', () => {
 
   test('nobody listening: `unreachable`; an answer that is not Herald JSON: `invalid_response`', async () => {
     const closedPort = await freePort();
-    await refused(new Herald({ url: `http://127.0.0.1:${closedPort}`, apiKey: API_KEY }).presence('a'), 0, 'unreachable');
+    await refused(new Herald({ url: `http://127.0.0.1:${closedPort}`, apiKey: API_KEY }).presence('a'), null, 'unreachable');
 
     const proxy = createHttpServer((_, response) => {
       response.writeHead(502, { 'content-type': 'text/html', 'retry-after': '3' }).end('<h1>Bad Gateway</h1>');
