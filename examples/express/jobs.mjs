@@ -63,7 +63,7 @@ export class ExportQueue {
         return;
       } catch (error) {
         // No answer, or Herald unavailable: worth another try (same key). A 4xx is a bug here.
-        const retryable = error instanceof HeraldError && (error.status === 0 || error.status >= 500);
+        const retryable = error instanceof HeraldError && (error.status === null || error.status >= 500);
         if (!retryable || attempt === NOTIFY_TRIES_MAX) {
           console.error(`export ${id}: cannot notify ${user}: ${error.message}`);
           return;

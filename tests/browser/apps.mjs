@@ -99,3 +99,21 @@ export function checkQuotes(guide) {
   assert.equal(checked, markers, `${guide}: each \`<!-- quote: PATH -->\` is followed by a code block`);
   return checked;
 }
+
+/**
+ * The guides' pages: a new browser profile opens `url`, signs in as `user` with the page's
+ * sign-in form, opens `url` again (the sign-in may land elsewhere) and waits until its Herald
+ * connection is open (`#status`).
+ */
+export async function signIn(browser, url, user) {
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  page.on('pageerror', (error) => console.error(`[page error] ${error.message}`));
+  await page.goto(url);
+  await page.fill('#sign-in input[name=user]', user);
+  await page.click('#sign-in button');
+  await page.waitForSelector('#app:not([hidden])', { timeout: WAIT_MS });
+  await page.goto(url);
+  await page.waitForFunction(() => document.getElementById('status').textContent === 'open', null, { timeout: WAIT_MS });
+  return page;
+}

@@ -3,7 +3,8 @@
 // each a real process on free ports. In Chromium a user signs in with the app's toy sign-in, the
 // page loads /herald/herald.js and a token from the app, and a notification sent by the app's
 // background job shows in the page, over SSE in one browser profile and WebSocket in another,
-// both through nginx. Then the publisher API is not reachable through nginx, and signing out
+// both through nginx; and in a third profile on another origin than Herald's (CORS, Herald's
+// --allowed-origins). Then the publisher API is not reachable through nginx, and signing out
 // closes that session's stream (the other stays). And the guide quotes the example's files
 // exactly.
 
@@ -14,7 +15,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
 import { ROOT, WAIT_MS, freePort, launchBrowser, until } from './lib.mjs';
-import { API_KEY, SECRET, checkQuotes, startApp, startHeraldMemory } from './apps.mjs';
+import { API_KEY, SECRET, checkQuotes, signIn, startApp, startHeraldMemory } from './apps.mjs';
 import { Nginx } from './nginx.mjs';
 
 const cleanup = [];
@@ -27,19 +28,29 @@ test('the Express guide quotes examples/express exactly', () => {
 });
 
 test('the Express guide: a job of the app notifies, the page shows it, through the same-origin nginx', { timeout: 120_000 }, async () => {
-  const herald = await startHeraldMemory();
-  cleanup.push(() => herald.stop());
+  // A second instance of the app, on its own origin, reaches Herald on Herald's origin (the
+  // guide's "Herald on another origin instead"): Herald lists that origin only.
   const appPort = await freePort();
-  const app = await startApp('the Express example', process.execPath, [join(ROOT, 'examples', 'express', 'app.mjs')], {
-    env: {
-      PORT: String(appPort),
-      HERALD_URL: herald.url,
-      HERALD_SECRET: SECRET,
-      HERALD_API_KEY: API_KEY,
-      EXPORT_DELAY_MS: '200',
-    },
-  });
-  cleanup.push(() => app.stop());
+  const crossOriginPort = await freePort();
+  const crossOrigin = `http://127.0.0.1:${crossOriginPort}`;
+  const herald = await startHeraldMemory({ env: { HERALD_ALLOWED_ORIGINS: crossOrigin } });
+  cleanup.push(() => herald.stop());
+  const startExpress = async (port, env = {}) => {
+    const app = await startApp('the Express example', process.execPath, [join(ROOT, 'examples', 'express', 'app.mjs')], {
+      env: {
+        PORT: String(port),
+        HERALD_URL: herald.url,
+        HERALD_SECRET: SECRET,
+        HERALD_API_KEY: API_KEY,
+        EXPORT_DELAY_MS: '200',
+        ...env,
+      },
+    });
+    cleanup.push(() => app.stop());
+    return app;
+  };
+  const app = await startExpress(appPort);
+  const crossOriginApp = await startExpress(crossOriginPort, { HERALD_PUBLIC_URL: herald.url });
   const dir = mkdtempSync(join(tmpdir(), 'herald-guide-express-'));
   cleanup.push(async () => rmSync(dir, { recursive: true, force: true }));
   const port = await freePort();
@@ -78,6 +89,14 @@ test('the Express guide: a job of the app notifies, the page shows it, through t
       await page.waitForFunction(() => document.querySelectorAll('#notifications li').length === 2, null, { timeout: WAIT_MS });
     }
 
+    // Herald on another origin: herald.js from there (CORS), its stream and inbox counts too.
+    const other = await signIn(browser, `${crossOrigin}/`, 'alice');
+    assert.equal(await other.evaluate(() => window.herald.transport), 'sse');
+    await other.waitForFunction(() => document.getElementById('unread').textContent === '2', null, { timeout: WAIT_MS });
+    await other.click('#export');
+    await other.waitForSelector('#notifications li[data-type="export.ready"]', { timeout: WAIT_MS });
+    await sse.waitForFunction(() => document.querySelectorAll('#notifications li').length === 3, null, { timeout: WAIT_MS });
+
     // The publisher API is the backend's: not offered on the public origin.
     const publish = await fetch(`${nginx.url}/herald/v1/notify`, {
       method: 'POST',
@@ -92,27 +111,13 @@ test('the Express guide: a job of the app notifies, the page shows it, through t
     const presence = async () => (await (await fetch(`${herald.url}/v1/users/alice/presence`, {
       headers: { authorization: `Bearer ${API_KEY}` },
     })).json()).sessions.length;
-    assert.equal(await presence(), 2);
+    assert.equal(await presence(), 3);
     await sse.click('text=Sign out');
     await sse.waitForSelector('#sign-in:not([hidden])', { timeout: WAIT_MS });
-    await until(async () => (await presence()) === 1, () => 'one session of alice left');
+    await until(async () => (await presence()) === 2, () => 'two sessions of alice left');
     assert.equal(await ws.evaluate(() => window.herald.status), 'open');
   } catch (error) {
-    console.log(`== the app's output\n${app.output.text}\n== nginx's error log\n${nginx.errorLog()}`);
+    console.log(`== the app's output\n${app.output.text}\n== the other app's\n${crossOriginApp.output.text}\n== nginx's error log\n${nginx.errorLog()}`);
     throw error;
   }
 });
-
-/** A new browser profile that signs in as `user` on `url` and waits for Herald to be open. */
-async function signIn(browser, url, user) {
-  const context = await browser.newContext();
-  const page = await context.newPage();
-  page.on('pageerror', (error) => console.error(`[page error] ${error.message}`));
-  await page.goto(url);
-  await page.fill('#sign-in input[name=user]', user);
-  await page.click('#sign-in button');
-  await page.waitForURL(/\/(\?transport=\w+)?$/);
-  if (url.includes('?')) await page.goto(url); // the sign-in redirects to `/`
-  await page.waitForFunction(() => document.getElementById('status').textContent === 'open', null, { timeout: WAIT_MS });
-  return page;
-}
