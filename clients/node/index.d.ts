@@ -60,6 +60,8 @@ export interface Receipt {
   delivered: number;
   /** A durable topic event: its position in the topic's log. */
   topic?: { topic: string; tseq: number };
+  /** In a batch, an `inbox` publish to more followers than are stored at once: its job. */
+  job?: string;
 }
 
 /** An `inbox` publish to more followers than are stored at once: it goes on as a job. */
@@ -231,7 +233,9 @@ export declare class HeraldError extends Error {
 export declare class Herald {
   constructor(options: HeraldOptions);
   readonly url: string;
-  notify(notification: Notification, options?: CallOptions): Promise<Receipt | JobStarted>;
+  /** An `inbox` publish to a topic's followers may answer `{job}` (more than 10,000 of them). */
+  notify(notification: Notification & { inbox: true }, options?: CallOptions): Promise<Receipt | JobStarted>;
+  notify(notification: Notification, options?: CallOptions): Promise<Receipt>;
   notifyBatch(notifications: Notification[], options?: CallOptions): Promise<BatchReceipt>;
   job(id: string, options?: CallOptions): Promise<Job>;
   mintToken(options: MintTokenOptions): string;

@@ -7,10 +7,11 @@ const herald = new Herald({ url: 'http://127.0.0.1:7300', apiKey: 'key', secret:
 export async function usage(): Promise<void> {
   const token: string = herald.mintToken({ user: 'alice', session: 'laptop', ttl: 900, topics: ['room:*'] });
   const receipt = await herald.notify({ user: 'alice', type: 'message.new', data: { text: 'hi' }, idempotencyKey: 'm-1' });
-  if ('notifications' in receipt) {
-    const seq: number | undefined = receipt.notifications[0]?.seq;
-    void seq;
-  }
+  const seq: number | undefined = receipt.notifications[0]?.seq;
+  const followers = await herald.notify({ topic: 'post:1', inbox: true });
+  if ('job' in followers) console.log((await herald.job(followers.job)).done);
+  // @ts-expect-error: an inbox publish may be a job: narrow first
+  console.log(followers.notifications, seq);
   await herald.notify({ user: 'alice', session: 'laptop', durable: false, exceptClient: 'c' }, { timeoutMs: 1_000 });
   await herald.notify({ users: ['alice', 'bob'], type: 't' }, { signal: AbortSignal.timeout(100) });
   await herald.notify({ topic: 'room:1', exceptUser: 'alice', inbox: true });
