@@ -47,7 +47,7 @@ function requireSignIn(req, res, next) {
 
 app.post('/sign-in', (req, res) => {
   const user = String(req.body.user ?? '').trim();
-  if (!user || user.length > 128) return res.status(400).send('a name of 1 to 128 characters');
+  if (!user || Buffer.byteLength(user) > 128) return res.status(400).send('a name of 1 to 128 bytes');
   const cookie = randomBytes(32).toString('hex');
   if (signIns.size >= SIGN_INS_MAX) signIns.delete(signIns.keys().next().value);
   signIns.set(cookie, { user, session: randomBytes(12).toString('base64url') });
