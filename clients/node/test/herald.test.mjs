@@ -91,6 +91,26 @@ describe('tokens', () => {
     assert.equal((await refusedStream.response.json()).error.code, 'topic_forbidden');
   });
 
+  test('an audience, for a server with --token-audience: required there, refused elsewhere', async () => {
+    const strict = await startHerald({ env: { HERALD_TOKEN_AUDIENCE: 'herald.example' } });
+    try {
+      const withAudience = herald.mintToken({ user: 'alice', audience: 'herald.example' });
+      const accepted = await openStream(strict.url, withAudience);
+      streams.push(accepted);
+      assert.equal(accepted.status, 200);
+      assert.equal((await accepted.next('hello')).user, 'alice');
+      const without = await openStream(strict.url, herald.mintToken({ user: 'alice' }));
+      streams.push(without);
+      assert.equal(without.status, 401);
+      const elsewhere = await openStream(server.url, withAudience);
+      streams.push(elsewhere);
+      assert.equal(elsewhere.status, 401);
+    } finally {
+      streams.forEach((stream) => stream.close());
+      await strict.stop();
+    }
+  });
+
   test('mistakes throw at once', () => {
     assert.throws(() => herald.mintToken({ user: '' }), TypeError);
     assert.throws(() => herald.mintToken({ user: 'a', ttl: 0 }), TypeError);
