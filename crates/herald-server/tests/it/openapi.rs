@@ -13,6 +13,11 @@
 //!   answers that each validate against the schema of their route and status, error codes
 //!   included, and events that each validate against `SseEvent`, `WsMessage` or `PollAnswer`.
 //!   Every operation's success is seen at least once.
+//!
+//! And beyond this module: the support helpers (`TestServer::get`, `post_api`, `delete`,
+//! `publish`, `poll`: [`Spec::assert_answer_at`]), the SSE reader (`Sse`: [`checked_sse`]) and
+//! the WebSocket tests' `next_event` check what they read against the description, so the whole
+//! integration suite's answers and events are checked too.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -117,6 +122,60 @@ impl Spec {
             }
         }
         out
+    }
+
+    /// The path template of the concrete `path` (`/v1/users/alice/presence` →
+    /// `/v1/users/{user}/presence`): the one whose segments match, a `{param}` any one segment,
+    /// the most literal segments winning (`/v1/inbox/counts` over `/v1/inbox/{seq}`).
+    pub fn template_of(&self, path: &str) -> Option<String> {
+        let segments: Vec<&str> = path.split('/').collect();
+        let mut best: Option<(usize, &String)> = None;
+        for template in self.doc["paths"].as_object().unwrap().keys() {
+            let parts: Vec<&str> = template.split('/').collect();
+            if parts.len() != segments.len() {
+                continue;
+            }
+            let mut literal = 0;
+            let matches = parts.iter().zip(&segments).all(|(part, segment)| {
+                if part.starts_with('{') {
+                    !segment.is_empty()
+                } else {
+                    literal += 1;
+                    part == segment
+                }
+            });
+            if matches && best.is_none_or(|(most, _)| literal > most) {
+                best = Some((literal, template));
+            }
+        }
+        best.map(|(_, template)| template.clone())
+    }
+
+    /// [`Spec::assert_answer`] for a concrete path. A path no template matches, or a method
+    /// its path does not have, must have been answered by the router's fallbacks: an `Error`
+    /// with 404 `not_found` or 405 `method_not_allowed`.
+    #[track_caller]
+    pub fn assert_answer_at(
+        &self,
+        method: &str,
+        path: &str,
+        status: u16,
+        content_type: Option<&str>,
+        body: &Value,
+    ) {
+        match self.template_of(path) {
+            Some(template) if self.operation(method, &template).is_some() => {
+                self.assert_answer(method, &template, status, content_type, body)
+            }
+            _ => {
+                self.assert_component("Error", body);
+                let code = body["error"]["code"].as_str();
+                assert!(
+                    matches!((status, code), (404, Some("not_found")) | (405, Some("method_not_allowed"))),
+                    "{method} {path}: not described, yet answered {status} {body}"
+                );
+            }
+        }
     }
 
     /// Panics unless an answer of `status` with `content_type` and `body` (`Null` when empty or
@@ -626,7 +685,7 @@ impl<'a> Checked<'a> {
 }
 
 /// An SSE event as `{"event", "id"?, "data"}`, checked against `SseEvent`.
-fn checked_sse(event: &SseEvent) -> Value {
+pub fn checked_sse(event: &SseEvent) -> Value {
     let mut value = json!({ "event": event.event, "data": event.data });
     if let Some(resume) = &event.resume {
         value["id"] = resume.clone().into();
