@@ -384,7 +384,10 @@ impl TestServer {
         assert_ne!(response.status, 200, "the stream was accepted");
         assert_eq!(response.header("content-type"), Some("application/json"));
         let status = response.status;
-        (status, response.json().await)
+        let body = response.json().await;
+        // A refusal the OpenAPI description lists for streams, on either path.
+        crate::openapi::spec().assert_answer("get", "/v1/stream", status, Some("application/json"), &body);
+        (status, body)
     }
 
     /// Opens an SSE stream with `token` and extra query `query` (e.g. `"last_event_id=3"`).
