@@ -5,9 +5,10 @@
 # Installs what is missing first: Debian's `chromium` (apt; a browser download such as
 # `npx playwright install` cannot work here), `nginx` and `psql` (apt: cluster.test.mjs runs
 # deploy/nginx/herald.conf in front of three nodes, on a database it creates with psql) and the
-# npm packages of tests/browser (`npm ci`, pinned by its package-lock.json). Type-checks
+# npm packages of tests/browser and of the guides' example apps (examples/express: `npm ci`, each
+# pinned by its package-lock.json). Type-checks
 # herald.d.ts with TypeScript (strict) against tests/browser/types/usage.ts. Builds the `herald`
-# binary with cargo.
+# binary and the axum guide's example (crates/herald-server/examples/axum_app) with cargo.
 #
 # cluster.test.mjs needs HERALD_TEST_POSTGRES (an admin URL, e.g.
 # postgres://postgres@127.0.0.1:5432/test) and HERALD_TEST_NATS (e.g. nats://127.0.0.1:4222);
@@ -53,14 +54,19 @@ fi
 
 echo "== npm ci (tests/browser)"
 (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
+# The Express guide's app (guide-express.test.mjs starts it); it uses clients/node from here.
+echo "== npm ci (examples/express)"
+(cd examples/express && npm ci --no-audit --no-fund --loglevel=error)
 
 echo "== type-check clients/js/herald.d.ts (tsc --strict, tests/browser/types/usage.ts)"
 (cd tests/browser && npm run --silent typecheck)
 
-echo "== cargo build -p herald"
+echo "== cargo build -p herald, and the axum guide's example"
 cargo build -p herald
+cargo build -p herald-server --example axum_app
 target_dir=$(cargo metadata --format-version 1 --no-deps | node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>console.log(JSON.parse(s).target_directory))')
 export HERALD_BIN="$target_dir/debug/herald"
+export HERALD_AXUM_APP="$target_dir/debug/examples/axum_app"
 export CHROMIUM=/usr/bin/chromium
 
 echo "== browser tests ($(chromium --version 2>/dev/null | head -1))"

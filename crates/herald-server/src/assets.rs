@@ -1,5 +1,6 @@
 //! Static files compiled into the server: the browser client at `GET /herald.js` (and its types
-//! at `GET /herald.d.ts`), from `clients/js/`, and the demo's page and stylesheet.
+//! at `GET /herald.d.ts`), from `clients/js/`, the API's OpenAPI description at
+//! `GET /v1/openapi.json`, from `docs/openapi.json`, and the demo's page and stylesheet.
 //!
 //! Each answer carries a strong `ETag` (a hash of the content) and `Cache-Control: no-cache`:
 //! browsers keep the file and revalidate it, and an `If-None-Match` that matches gets `304`
@@ -64,6 +65,11 @@ static HERALD_JS: Asset =
 static HERALD_D_TS: Asset =
     Asset::new(include_str!("../../../clients/js/herald.d.ts"), "application/typescript; charset=utf-8");
 
+/// The OpenAPI 3.1 description of the HTTP API, kept by hand in `docs/openapi.json` and held to
+/// the routes and their answers by the `openapi` integration tests.
+pub(crate) static OPENAPI_JSON: Asset =
+    Asset::new(include_str!("../../../docs/openapi.json"), "application/json");
+
 /// `GET /herald.js`: the browser client, an ES module.
 pub(crate) async fn herald_js(headers: HeaderMap) -> Response {
     HERALD_JS.respond(&headers)
@@ -72,4 +78,9 @@ pub(crate) async fn herald_js(headers: HeaderMap) -> Response {
 /// `GET /herald.d.ts`: its TypeScript declarations.
 pub(crate) async fn herald_d_ts(headers: HeaderMap) -> Response {
     HERALD_D_TS.respond(&headers)
+}
+
+/// `GET /v1/openapi.json`: the OpenAPI description (no auth).
+pub(crate) async fn openapi_json(headers: HeaderMap) -> Response {
+    OPENAPI_JSON.respond(&headers)
 }

@@ -52,7 +52,8 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/users/{user}/inbox/mark", post(api::inbox::user_mark))
         .route("/v1/users/{user}/inbox/{seq}", delete(api::inbox::user_delete_one))
         .route("/herald.js", get(assets::herald_js))
-        .route("/herald.d.ts", get(assets::herald_d_ts));
+        .route("/herald.d.ts", get(assets::herald_d_ts))
+        .route("/v1/openapi.json", get(assets::openapi_json));
     let router = if demo { router.merge(demo::routes()) } else { router };
     router
         .fallback(|| async { ApiError::not_found("no such route") })

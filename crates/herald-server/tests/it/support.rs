@@ -53,6 +53,20 @@ pub async fn answer(response: reqwest::Response) -> (u16, Value) {
     (status, response.json().await.unwrap_or(Value::Null))
 }
 
+/// Like [`answer`], and checks the answer against the OpenAPI description (the operation
+/// `method` on the response's path: status, content type, body schema, error codes); see
+/// `openapi.rs`. The helpers of [`TestServer`] use it, so every test that calls them checks the
+/// description too.
+pub async fn checked_answer(method: &str, response: reqwest::Response) -> (u16, Value) {
+    let path = response.url().path().to_owned();
+    let status = response.status().as_u16();
+    let content_type =
+        response.headers().get("content-type").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let body = response.json().await.unwrap_or(Value::Null);
+    crate::openapi::spec().assert_answer_at(method, &path, status, content_type.as_deref(), &body);
+    (status, body)
+}
+
 /// The `error.code` of an error body.
 pub fn code(body: &Value) -> &str {
     body["error"]["code"].as_str().unwrap_or_else(|| panic!("not an error body: {body}"))
@@ -199,7 +213,7 @@ impl TestServer {
             .send()
             .await
             .unwrap();
-        answer(response).await
+        checked_answer("post", response).await
     }
 
     /// `POST path` with the API key and a JSON body; returns status and JSON body.
@@ -212,7 +226,7 @@ impl TestServer {
             .send()
             .await
             .unwrap();
-        answer(response).await
+        checked_answer("post", response).await
     }
 
     /// Publishes a durable notification to `user`; panics unless it succeeds; returns its seq.
@@ -226,14 +240,14 @@ impl TestServer {
     pub async fn get(&self, path: &str) -> (u16, Value) {
         let response =
             self.http.get(format!("{}{path}", self.url)).bearer_auth(API_KEY).send().await.unwrap();
-        answer(response).await
+        checked_answer("get", response).await
     }
 
     /// `DELETE path` with the API key.
     pub async fn delete(&self, path: &str) -> (u16, Value) {
         let response =
             self.http.delete(format!("{}{path}", self.url)).bearer_auth(API_KEY).send().await.unwrap();
-        answer(response).await
+        checked_answer("delete", response).await
     }
 
     /// The stored notifications of `user` (all of them, up to 100), oldest first.
@@ -282,7 +296,7 @@ impl TestServer {
     pub async fn poll(&self, token: &str, query: &str) -> (u16, Value) {
         let response =
             self.http.get(format!("{}/v1/poll?{query}", self.url)).bearer_auth(token).send().await.unwrap();
-        answer(response).await
+        checked_answer("get", response).await
     }
 
     /// `GET /v1/stream?{query}` with `token` (if any) and `Last-Event-ID` (if any) on `path`,
@@ -370,7 +384,10 @@ impl TestServer {
         assert_ne!(response.status, 200, "the stream was accepted");
         assert_eq!(response.header("content-type"), Some("application/json"));
         let status = response.status;
-        (status, response.json().await)
+        let body = response.json().await;
+        // A refusal the OpenAPI description lists for streams, on either path.
+        crate::openapi::spec().assert_answer("get", "/v1/stream", status, Some("application/json"), &body);
+        (status, body)
     }
 
     /// Opens an SSE stream with `token` and extra query `query` (e.g. `"last_event_id=3"`).
@@ -761,7 +778,10 @@ impl Sse {
                 }
             }
             if !comment_only {
-                return Some(SseEvent { id, resume, event, data: data.unwrap_or(Value::Null) });
+                let event = SseEvent { id, resume, event, data: data.unwrap_or(Value::Null) };
+                // Every event any test reads is one the OpenAPI description has.
+                crate::openapi::checked_sse(&event);
+                return Some(event);
             }
         }
     }

@@ -53,7 +53,12 @@ pub(crate) async fn next_event(ws: &mut Ws) -> Value {
             .expect("the connection ended")
             .expect("a WebSocket error");
         match message {
-            Message::Text(text) => return serde_json::from_str(&text).expect("frames are JSON"),
+            Message::Text(text) => {
+                let frame: Value = serde_json::from_str(&text).expect("frames are JSON");
+                // Every frame any test reads is one the OpenAPI description has.
+                crate::openapi::spec().assert_component("WsMessage", &frame);
+                return frame;
+            }
             Message::Ping(_) | Message::Pong(_) => continue,
             other => panic!("expected a text frame, got {other:?}"),
         }

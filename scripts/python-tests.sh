@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Runs the Python client's tests and the FastAPI and Django guides' tests (clients/python/tests)
+# against a real `herald serve`, the guides' apps in headless Chromium.
+#
+# Installs what is missing first, so that it runs on a fresh Debian machine (as root, or with
+# sudo): python3-venv (apt) when `python3 -m venv` cannot make a venv; a venv (.venv, or
+# $HERALD_PYTHON_VENV) with clients/python and its pinned test extras (pytest, fastapi, uvicorn,
+# django, mypy; pip); Debian's chromium, node and npm (apt) and tests/browser's npm packages (`npm ci`)
+# for the guides' browser runs. Builds the `herald` binary with cargo. Idempotent: a second run
+# installs nothing new.
+#
+# Usage: scripts/python-tests.sh [pytest arguments…]   (e.g. -k fastapi)
+# Screenshots of the guides' pages land in artifacts/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+apt_install() {
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+python=${PYTHON:-python3}
+venv=${HERALD_PYTHON_VENV:-.venv}
+if [ ! -x "$venv/bin/python" ]; then
+  echo "== python venv ($venv)"
+  if ! "$python" -m venv "$venv" 2>/dev/null; then
+    echo "== installing python3-venv (apt)"
+    rm -rf "$venv"
+    apt_install python3-venv
+    "$python" -m venv "$venv"
+  fi
+fi
+echo "== pip install clients/python[test]"
+"$venv/bin/python" -m pip install -q --disable-pip-version-check -e 'clients/python[test]'
+
+if [ ! -x "${CHROMIUM:-/usr/bin/chromium}" ]; then
+  echo "== installing chromium (apt)"
+  apt_install chromium fonts-dejavu-core
+fi
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+  echo "== installing node and npm (apt)"
+  apt_install nodejs npm
+fi
+if [ ! -d tests/browser/node_modules/playwright-core ]; then
+  echo "== npm ci (tests/browser)"
+  (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
+fi
+
+echo "== mypy --strict (clients/python: the library, and its types as an app uses them)"
+"$venv/bin/python" -m mypy --strict clients/python/src/herald clients/python/tests/types_usage.py
+
+echo "== cargo build -p herald"
+cargo build -p herald
+target_dir=$(cargo metadata --format-version 1 --no-deps | "$venv/bin/python" -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
+export HERALD_BIN="$target_dir/debug/herald"
+export CHROMIUM="${CHROMIUM:-/usr/bin/chromium}"
+
+echo "== pytest clients/python/tests (Python $("$venv/bin/python" -c 'import platform; print(platform.python_version())'))"
+"$venv/bin/python" -m pytest clients/python/tests "$@"
