@@ -82,11 +82,11 @@ impl AdminSessions {
             )
             .with_retry_after(SIGN_IN_FAILURE_DELAY.as_secs()));
         };
-        if let Err(refused) = check() {
+        if check().is_err() {
             tokio::time::sleep(SIGN_IN_FAILURE_DELAY).await;
             return Err(ApiError::unauthorized(
                 "invalid_api_key",
-                format!("{} (the admin page signs in with the API key)", refused.message),
+                "the API key is wrong: the admin page signs in with the server's API key (HERALD_API_KEY)",
             ));
         }
         let mut token = [0u8; 32];
