@@ -21,6 +21,7 @@ mod epoch;
 mod fuzz;
 mod inbox;
 mod limits;
+mod metrics;
 mod origins;
 mod poll;
 mod publish_size;
