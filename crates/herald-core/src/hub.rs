@@ -37,6 +37,7 @@ use crate::data::check_data;
 use crate::ids::{ClientId, ClientIdMinter, Seq, SessionId, Topic, UserId};
 use crate::inbox::InboxEvent;
 use crate::limits::Limits;
+use crate::metrics::Metrics;
 use crate::notification::{Notification, now_ms};
 use crate::queue::{EventQueue, PushError, Queued};
 use crate::topic::{Prepare, Prepared, StoredListen, TopicEvent};
@@ -174,12 +175,15 @@ pub struct TopicTab {
     pub node: Option<Arc<str>>,
 }
 
-/// How many users, sessions and clients a node has connected ([`Hub::census`]).
+/// Who is online on this node ([`Hub::census`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Census {
+    /// Users with at least one connected tab.
     pub users: u64,
+    /// Sessions with at least one connected tab.
     pub sessions: u64,
-    pub clients: u64,
+    /// Connected tabs by transport, in the order of [`crate::metrics::TRANSPORTS`].
+    pub tabs: [u64; 3],
 }
 
 /// Who of a user is here: connected clients, and pollers within the linger time.
@@ -272,6 +276,8 @@ struct HubInner {
     interest: OnceLock<Arc<dyn Interest>>,
     /// Set once by the app ([`Hub::set_prepare`]).
     prepare: OnceLock<Arc<dyn Prepare>>,
+    /// The node's counters, bumped by the hub, its subscriptions and the notifier.
+    metrics: Metrics,
 }
 
 impl std::fmt::Debug for Hub {
@@ -295,12 +301,46 @@ impl Hub {
                 keepalive_ticks: AtomicU32::new(0),
                 interest: OnceLock::new(),
                 prepare: OnceLock::new(),
+                metrics: Metrics::default(),
             }),
         }
     }
 
     pub fn limits(&self) -> &Limits {
         &self.inner.limits
+    }
+
+    /// The node's counters (see [`crate::metrics`]).
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// Who is online on this node now, counted shard by shard (each shard's lock held while its
+    /// users are counted, never two at once): for `/metrics`, once per scrape, so that the hot
+    /// paths keep no gauge. A user or session is online with one connected tab; a parked
+    /// poller is connected.
+    pub fn census(&self) -> Census {
+        let mut census = Census::default();
+        for shard in self.inner.users.iter() {
+            let users = shard.lock();
+            for entry in users.values() {
+                let mut user_online = false;
+                for (_, session) in &entry.sessions {
+                    let mut session_online = false;
+                    for client in session.clients.iter().filter(|c| c.connected) {
+                        session_online = true;
+                        census.tabs[crate::metrics::TRANSPORTS
+                            .iter()
+                            .position(|&t| t == client.transport)
+                            .unwrap_or(0)] += 1;
+                    }
+                    census.sessions += u64::from(session_online);
+                    user_online |= session_online;
+                }
+                census.users += u64::from(user_online);
+            }
+        }
+        census
     }
 
     /// Makes this hub report the users it has clients for to `interest` (a multi-node bus),
@@ -595,6 +635,7 @@ impl Hub {
                 self.clients_shard(&client).lock().insert(client.clone(), (user.clone(), session.clone()));
             }
         }
+        self.inner.metrics.connection_opened(transport);
         let info = ClientInfo { user: user.clone(), session: session.clone(), client, transport };
         Ok(Attachment { info, shared, attachment, topics: effective.into_boxed_slice() })
     }
@@ -807,26 +848,6 @@ impl Hub {
         was_connected
     }
 
-    /// How many users, sessions and connected clients this node has now (one pass over the
-    /// shards, each locked in turn: the counts are each shard's at a slightly different
-    /// moment). Users and sessions count those with at least one connected client.
-    pub fn census(&self) -> Census {
-        let mut census = Census::default();
-        for shard in self.inner.users.iter() {
-            for entry in shard.lock().values() {
-                let mut user_connected = false;
-                for (_, s) in &entry.sessions {
-                    let connected = s.clients.iter().filter(|c| c.connected).count() as u64;
-                    census.clients += connected;
-                    census.sessions += u64::from(connected > 0);
-                    user_connected |= connected > 0;
-                }
-                census.users += u64::from(user_connected);
-            }
-        }
-        census
-    }
-
     /// Up to `max` users of this node whose id starts with `prefix`, sorted (the admin page's
     /// search). Scans every user of the node: meant for an operator's occasional request, not
     /// for a hot path.
@@ -998,7 +1019,7 @@ mod tests {
         let two = hub.attach(&alice, &s1, None, Transport::Ws, &[]).unwrap();
         let three = hub.attach(&alice, &s2, None, Transport::Sse, &[]).unwrap();
         let _other = hub.attach(&alfred, &s1, None, Transport::Sse, &[]).unwrap();
-        assert_eq!(hub.census(), Census { users: 2, sessions: 3, clients: 4 });
+        assert_eq!(hub.census(), Census { users: 2, sessions: 3, tabs: [3, 0, 1] });
 
         assert!(hub.close_client(&alice, &s1, &one.info.client, CloseReason::Evicted));
         assert_eq!(one.shared.close_reason(), Some(CloseReason::Evicted));
@@ -1008,7 +1029,7 @@ mod tests {
             !hub.close_client(&alice, &s2, &one.info.client, CloseReason::Evicted),
             "not in that session"
         );
-        assert_eq!(hub.census(), Census { users: 2, sessions: 3, clients: 3 });
+        assert_eq!(hub.census(), Census { users: 2, sessions: 3, tabs: [2, 0, 1] });
         assert_eq!(hub.locate(&one.info.client), Some((alice.clone(), s1.clone())), "kept until the sweep");
 
         assert_eq!(hub.users_with_prefix("al", 10), [alfred.clone(), alice.clone()]);

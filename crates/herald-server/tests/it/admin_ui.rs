@@ -297,6 +297,12 @@ async fn the_event_stream_sends_samples_and_ends_at_sign_out_and_shutdown() {
     let (event, sample) = tokio::time::timeout(WAIT, events.next()).await.unwrap().unwrap();
     assert_eq!(event, "sample", "{sample}");
     assert_eq!((sample["tabs"].as_u64(), sample["users"].as_u64()), (Some(1), Some(1)), "{sample}");
+    // What happens between two samples is in the next one: a publish delivered to the tab.
+    server.notify_user("alice", json!({ "n": 1 })).await;
+    let (_, sample) = tokio::time::timeout(WAIT, events.next()).await.unwrap().unwrap();
+    assert!(sample["publishes_per_sec"].as_f64().unwrap() > 0.0, "{sample}");
+    assert!(sample["deliveries_per_sec"].as_f64().unwrap() > 0.0, "{sample}");
+    assert!(sample["p99_ms"].as_f64().is_some(), "{sample}");
     let (status, overview) = admin.call("GET", "/admin/api/overview", Some(&cookie), None).await;
     assert_eq!(status, 200);
     assert!(!overview["samples"].as_array().unwrap().is_empty());

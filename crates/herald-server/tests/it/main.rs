@@ -22,6 +22,7 @@ mod epoch;
 mod fuzz;
 mod inbox;
 mod limits;
+mod metrics;
 mod openapi;
 mod origins;
 mod poll;

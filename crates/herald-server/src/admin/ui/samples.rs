@@ -2,14 +2,16 @@
 //! a ring of [`SAMPLES_MAX`], and handed to the open event streams as it is taken.
 //!
 //! A sample is what the node counts now (users, sessions and tabs connected: the hub's
-//! [`herald_core::Census`]) and what its counters say happened since the last sample (publishes
-//! and deliveries per second, the p99 publish latency, closes by reason). Taking one locks each
+//! [`herald_core::Census`]) and what its counters (`herald_core::metrics`, those of `/metrics`)
+//! say happened since the last sample: publishes (every outcome) and deliveries per second, the
+//! p99 of the publish-to-write latency, closes by reason. Taking one locks each
 //! hub shard once, briefly: one pass over the node's clients every 5 s.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
+use herald_core::metrics::{CLOSE_REASONS, DURATION_BUCKETS_SECONDS};
 use herald_core::notification::now_ms;
 use parking_lot::Mutex;
 use serde::Serialize;
@@ -33,11 +35,12 @@ pub struct Sample {
     pub users: u64,
     pub sessions: u64,
     pub tabs: u64,
-    /// Since the previous sample; `None` while the node's counters are not known to the page
-    /// (the first sample, or a build without them).
+    /// Since the previous sample; `None` for the first one (nothing to compare with).
     pub publishes_per_sec: Option<f64>,
     pub deliveries_per_sec: Option<f64>,
-    /// The 99th percentile of the publishes' durations since the previous sample, milliseconds.
+    /// The 99th percentile, since the previous sample, of the time from a notification's
+    /// publish (after its append, if durable) to a transport taking it to write, milliseconds:
+    /// the upper bound of its histogram bucket.
     pub p99_ms: Option<f64>,
     /// Connections closed by the server since the previous sample, by reason.
     pub closes: Vec<(&'static str, u64)>,
@@ -48,14 +51,21 @@ pub struct Sample {
 pub(crate) struct Totals {
     pub(crate) publishes: u64,
     pub(crate) deliveries: u64,
-    /// Publish durations: counts of each bucket, with their upper bounds in seconds.
+    /// Publish-to-write latencies: counts of each bucket, with their upper bounds in seconds.
     pub(crate) publish_seconds: Vec<(f64, u64)>,
     pub(crate) closes: Vec<(&'static str, u64)>,
 }
 
-/// The node's counters as they are now, if this build has them.
-pub(crate) fn totals(_app: &App) -> Option<Totals> {
-    None
+/// The node's counters as they are now ([`herald_core::metrics`], those of `/metrics`).
+pub(crate) fn totals(app: &App) -> Totals {
+    let snapshot = app.hub.metrics().snapshot();
+    let bounds = DURATION_BUCKETS_SECONDS.iter().copied().chain([f64::INFINITY]);
+    Totals {
+        publishes: snapshot.publishes.iter().sum(),
+        deliveries: snapshot.deliveries.iter().sum(),
+        publish_seconds: bounds.zip(snapshot.publish_to_write.counts).collect(),
+        closes: CLOSE_REASONS.iter().map(|r| r.as_str()).zip(snapshot.closes).collect(),
+    }
 }
 
 /// The ring of samples and the streams' channel.
@@ -95,8 +105,8 @@ impl Samples {
         let totals = totals(app);
         let mut ring = self.ring.lock();
         let since = ring.last_totals.take();
-        let sample = Arc::new(sample_from(at_ms, census, since.as_ref(), totals.as_ref()));
-        ring.last_totals = totals.map(|t| (at_ms, t));
+        let sample = Arc::new(sample_from(at_ms, census, since.as_ref(), &totals));
+        ring.last_totals = Some((at_ms, totals));
         drop(ring);
         self.keep(sample.clone());
         sample
@@ -119,19 +129,19 @@ fn sample_from(
     at_ms: i64,
     census: herald_core::Census,
     since: Option<&(i64, Totals)>,
-    now: Option<&Totals>,
+    now: &Totals,
 ) -> Sample {
     let mut sample = Sample {
         at_ms,
         users: census.users,
         sessions: census.sessions,
-        tabs: census.clients,
+        tabs: census.tabs.iter().sum(),
         publishes_per_sec: None,
         deliveries_per_sec: None,
         p99_ms: None,
         closes: Vec::new(),
     };
-    let (Some((then_ms, then)), Some(now)) = (since, now) else { return sample };
+    let Some((then_ms, then)) = since else { return sample };
     let secs = ((at_ms - then_ms) as f64 / 1000.0).max(0.001);
     sample.publishes_per_sec = Some(now.publishes.saturating_sub(then.publishes) as f64 / secs);
     sample.deliveries_per_sec = Some(now.deliveries.saturating_sub(then.deliveries) as f64 / secs);
@@ -165,7 +175,9 @@ fn p99_seconds(then: &[(f64, u64)], now: &[(f64, u64)]) -> Option<f64> {
     for (bound, count) in deltas {
         seen += count;
         if seen >= rank {
-            return Some(bound);
+            // Above the last bound: the chart shows the last bound (the histogram knows no more).
+            let last_finite = now.iter().rev().map(|(b, _)| *b).find(|b| b.is_finite());
+            return if bound.is_finite() { Some(bound) } else { last_finite };
         }
     }
     None
@@ -189,8 +201,8 @@ mod tests {
             publish_seconds: vec![(0.001, 50), (0.01, 545), (f64::INFINITY, 5)],
             closes: vec![("evicted", 1), ("lagging", 3)],
         };
-        let census = herald_core::Census { users: 2, sessions: 3, clients: 4 };
-        let sample = sample_from(5_000, census, Some(&(0, then)), Some(&now));
+        let census = herald_core::Census { users: 2, sessions: 3, tabs: [3, 0, 1] };
+        let sample = sample_from(5_000, census, Some(&(0, then)), &now);
         assert_eq!(sample.publishes_per_sec, Some(100.0));
         assert_eq!(sample.deliveries_per_sec, Some(2_000.0));
         // 500 publishes: 495 took at most 10 ms, 5 more: the 99th percentile is 495th.
@@ -198,8 +210,15 @@ mod tests {
         assert_eq!(sample.closes, [("lagging", 3)]);
         assert_eq!((sample.users, sample.sessions, sample.tabs), (2, 3, 4));
 
-        let first = sample_from(5_000, census, None, Some(&now));
+        let first = sample_from(5_000, census, None, &now);
         assert_eq!((first.publishes_per_sec, first.p99_ms), (None, None), "nothing to compare with");
+    }
+
+    #[test]
+    fn a_p99_above_the_last_bound_is_the_last_bound() {
+        let then = [(0.001, 0), (2.5, 0), (f64::INFINITY, 0)];
+        assert_eq!(p99_seconds(&then, &[(0.001, 1), (2.5, 0), (f64::INFINITY, 99)]), Some(2.5));
+        assert_eq!(p99_seconds(&then, &then), None, "nothing counted");
     }
 
     #[test]
@@ -210,7 +229,7 @@ mod tests {
         let mut news = samples.subscribe();
         let census = hub.census();
         for i in 0..SAMPLES_MAX + 3 {
-            samples.keep(Arc::new(sample_from(i as i64, census, None, None)));
+            samples.keep(Arc::new(sample_from(i as i64, census, None, &Totals::default())));
         }
         let all = samples.all();
         assert_eq!(all.len(), SAMPLES_MAX);
