@@ -116,6 +116,12 @@ test('the admin page: sign in, live users → sessions → tabs, close a tab and
   await page.waitForFunction(() => /^Sent: seq 1, delivered to 1/.test(document.querySelector('#notify-result').textContent), null, { timeout: WAIT_MS });
   await page.waitForSelector('#detail-log li[data-seq="1"]', { timeout: WAIT_MS });
   await page.waitForSelector('.user[data-user="adm-bob"] .badge[data-unread="1"]', { timeout: WAIT_MS });
+  // The overview's next sample has the publish, and the closes by reason.
+  await page.waitForFunction(() => Number(document.querySelector('.chart[data-metric="publishes_per_sec"]').dataset.now) > 0, null, { timeout: WAIT_MS });
+  await page.waitForFunction(() => {
+    const legend = document.querySelector('.chart[data-metric="closes"] .legend').textContent;
+    return legend.includes('evicted') && legend.includes('session_closed');
+  }, null, { timeout: WAIT_MS });
   await page.screenshot({ path: artifactPath('admin-after-actions.png'), fullPage: true });
 
   // Sign out: the page asks for the key again, and the old cookie is refused.
