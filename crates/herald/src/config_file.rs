@@ -11,8 +11,8 @@
 //! or whose environment variable is set.
 //!
 //! Refused, with one line naming the file: a key that is no option (a typo must not be
-//! ignored), a value of the wrong TOML type (a switch takes `true`/`false`, a number a TOML
-//! integer, a list a TOML array, anything else a string), a value the option's parser refuses,
+//! ignored), a value of the wrong TOML type (a switch or a `bool` option takes `true`/`false`, a
+//! number a TOML integer, a list a TOML array, anything else a string), a value the option's parser refuses,
 //! and a file that is not TOML.
 
 use std::any::TypeId;
@@ -231,6 +231,8 @@ enum Kind {
     Integer,
     /// A floating-point option: a TOML float or integer.
     Float,
+    /// An option that takes `true` or `false` as its value (`--flag true`): a TOML boolean.
+    Boolean,
     /// Anything else (text, paths, durations like `30d`, addresses, `on`/`off`): a string.
     Text,
 }
@@ -256,6 +258,8 @@ fn kind_of(arg: &Arg) -> Kind {
         Kind::Integer
     } else if type_id == TypeId::of::<f64>() || type_id == TypeId::of::<f32>() {
         Kind::Float
+    } else if type_id == TypeId::of::<bool>() {
+        Kind::Boolean
     } else {
         Kind::Text
     }
@@ -296,7 +300,7 @@ fn values_of(arg: &Arg, key: &str, value: &toml::Value) -> Result<Vec<Option<Str
 
 fn expected(kind: Kind) -> &'static str {
     match kind {
-        Kind::Switch => "true or false",
+        Kind::Switch | Kind::Boolean => "true or false",
         Kind::Integer => "a whole number",
         Kind::Float => "a number",
         Kind::Text => "a string",
@@ -308,6 +312,7 @@ fn scalar(kind: Kind, value: &toml::Value) -> Option<String> {
         (Kind::Text, toml::Value::String(text)) => Some(text.clone()),
         (Kind::Integer | Kind::Float, toml::Value::Integer(n)) => Some(n.to_string()),
         (Kind::Float, toml::Value::Float(x)) => Some(x.to_string()),
+        (Kind::Boolean, toml::Value::Boolean(on)) => Some(on.to_string()),
         _ => None,
     }
 }
@@ -411,6 +416,21 @@ mod tests {
         assert!(error.contains("unknown key `serve`"), "{error}");
         let error = expand_with("listen = \n", &[]).unwrap_err();
         assert!(error.contains("line 1: not valid TOML") && !error.contains('\n'), "{error}");
+    }
+
+    /// Kinds read from any command (an option added later is one of these).
+    #[test]
+    fn kinds_follow_the_action_and_the_value_parser() {
+        use clap::value_parser;
+        let arg = |parser: clap::builder::ValueParser| Arg::new("x").long("x").value_parser(parser);
+        assert_eq!(kind_of(&arg(value_parser!(bool))), Kind::Boolean);
+        assert_eq!(kind_of(&arg(value_parser!(u16).into())), Kind::Integer);
+        assert_eq!(kind_of(&arg(value_parser!(f64).into())), Kind::Float);
+        assert_eq!(kind_of(&arg(value_parser!(PathBuf))), Kind::Text);
+        assert_eq!(kind_of(&Arg::new("x").long("x").action(ArgAction::SetTrue)), Kind::Switch);
+        let set = arg(value_parser!(bool)).action(ArgAction::Set);
+        assert_eq!(values_of(&set, "x", &toml::Value::Boolean(false)).unwrap(), [Some("false".to_owned())]);
+        assert!(values_of(&set, "x", &toml::Value::String("false".into())).is_err());
     }
 
     #[test]
