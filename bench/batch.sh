@@ -12,6 +12,8 @@ OUT="${OUT:-$ROOT/target/bench/batch-$(date +%Y%m%d-%H%M%S)}"
 PORT="${PORT:-7390}"
 mkdir -p "$OUT"
 export HERALD_SECRET="bench-secret-0123456789abcdef-$RANDOM" HERALD_API_KEY="bench-key-$RANDOM"
+# No access log (a line per request): measure the server, not its logging.
+export HERALD_ACCESS_LOG=off
 for batch in ${BATCHES:-1 10 100}; do
   dir=$(mktemp -d /tmp/herald-batch.XXXXXX)
   HERALD_LISTEN="127.0.0.1:$PORT" HERALD_IP_CONNECTIONS_MAX=0 HERALD_IP_REQUESTS_PER_SEC=0 \

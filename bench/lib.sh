@@ -3,6 +3,10 @@
 # logs go), QUIET_WAIT and QUIET_BUSY_PCT, and keeps every PID it starts in STARTED.
 
 STARTED=()
+# Every herald started by a bench runs without its access log (a line per request): the benches
+# measure the server, not its logging. A variable rather than `--access-log off`, which an older
+# HERALD_BIN would refuse.
+export HERALD_ACCESS_LOG=off
 # Longest wait for a server to accept connections after it was started.
 START_TIMEOUT_TENTHS=100
 

@@ -99,6 +99,8 @@ ulimit -n "$(ulimit -Hn)"
 export HERALD_SECRET="soak-secret-0123456789abcdef-$RANDOM$RANDOM$RANDOM$RANDOM" HERALD_API_KEY="soak-key-$RANDOM$RANDOM$RANDOM"
 # Thousands of tabs and their reconnects come from one loopback address: no per-address caps.
 export HERALD_IP_CONNECTIONS_MAX=0 HERALD_IP_REQUESTS_PER_SEC=0
+# No access log (a line per request): measure the server, not its logging.
+export HERALD_ACCESS_LOG=off
 DATA="$OUT/data"
 "$TARGET/herald" serve --listen "127.0.0.1:$PORT" --data-dir "$DATA" \
     --retention-max-per-user "$RETENTION" >"$OUT/herald.log" 2>&1 &

@@ -44,6 +44,9 @@ pub struct ServerSettings {
     /// What subscriber tokens must satisfy beyond their signature (longest lifetime,
     /// audience).
     pub token_rules: TokenRules,
+    /// The access log: one line per request (target `herald::access`) and its id echoed in
+    /// `X-Request-Id` (see [`crate::access`]). On by default; off, neither costs anything.
+    pub access_log: bool,
 }
 
 /// [`ServerSettings::send_timeout`] by default: WebSocket's dead-peer timeout. A browser that
@@ -67,6 +70,7 @@ impl Default for ServerSettings {
             close_grace: CLOSE_GRACE_DEFAULT,
             caps: Caps::default(),
             token_rules: TokenRules::default(),
+            access_log: true,
         }
     }
 }

@@ -8,6 +8,9 @@
 //! keeps nothing per connection but the socket and the client's [`SseStream`]. Every other
 //! request (and every later request on a kept-alive connection) goes to hyper and the axum
 //! router, with the bytes already read handed back in front of the socket.
+//!
+//! The access log ([`crate::access`]) sees the router's requests through its middleware; the
+//! streams opened here, and this door's own refusals, are logged here.
 
 use std::io;
 use std::net::SocketAddr;
@@ -28,6 +31,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_util::task::TaskTracker;
 
+use crate::access::AccessLine;
 use crate::app::App;
 use crate::auth::Subscriber;
 use crate::caps::{Admission, ConnectionPermit, IpSlot};
@@ -228,10 +232,28 @@ enum FrontDoor<S> {
 }
 
 async fn front_door<S: Socket>(mut socket: S, peer: SocketAddr, app: &Arc<App>) -> FrontDoor<S> {
-    let (error, answer_headers) = match tokio::time::timeout(REQUEST_HEAD_TIMEOUT, read_head(&mut socket))
-        .await
+    // The access line of this first request (when the access log is on): the lean path's
+    // streams and refusals are logged here, every other request by the router's middleware.
+    let access_line = |head: Option<&Head>| {
+        app.settings.access_log.then(|| {
+            let empty = http::HeaderMap::new();
+            AccessLine::start(
+                head.map(|h| &h.parts.method),
+                head.map(|h| &h.parts.uri),
+                head.map_or(&empty, |h| &h.parts.headers),
+                Some(peer),
+                &app.settings.caps.trusted_proxies,
+            )
+        })
+    };
+    let (error, mut answer_headers, line) = match tokio::time::timeout(
+        REQUEST_HEAD_TIMEOUT,
+        read_head(&mut socket),
+    )
+    .await
     {
         Ok(Ok(Some(head))) if head.is_stream_request() => {
+            let line = access_line(Some(&head));
             // CORS and `nosniff`, as the router's middleware adds them on the hyper path.
             let answer_headers = app.settings.allowed_origins.answer_headers(&head.parts.headers);
             // The address's caps first: a refusal costs no token check and no store read.
@@ -240,12 +262,18 @@ async fn front_door<S: Socket>(mut socket: S, peer: SocketAddr, app: &Arc<App>) 
             match admitted {
                 Ok(ip_slot) => match open_stream(app, head.parts).await {
                     Ok(stream) => {
+                        let mut answer_headers = answer_headers;
+                        // Logged as it opens (see `crate::access` for why not at its end).
+                        if let Some(line) = line {
+                            answer_headers.push(line.id.header());
+                            line.finish(http::StatusCode::OK, None, None);
+                        }
                         let head = stream_response_head(&answer_headers);
                         return FrontDoor::Stream(socket, stream, head, ip_slot);
                     }
-                    Err(error) => (error, answer_headers),
+                    Err(error) => (error, answer_headers, line),
                 },
-                Err(error) => (error, answer_headers),
+                Err(error) => (error, answer_headers, line),
             }
         }
         Ok(Ok(Some(head))) => return FrontDoor::Hyper(socket, head.bytes),
@@ -263,17 +291,25 @@ async fn front_door<S: Socket>(mut socket: S, peer: SocketAddr, app: &Arc<App>) 
                 ),
             ),
             app.settings.allowed_origins.answer_headers(&http::HeaderMap::new()),
+            access_line(None),
         ),
         Ok(Err(HeadError::Malformed)) => (
             ApiError::bad_request("malformed_request", "the request is not valid HTTP/1.1"),
             app.settings.allowed_origins.answer_headers(&http::HeaderMap::new()),
+            access_line(None),
         ),
     };
     if error.status == http::StatusCode::TOO_MANY_REQUESTS {
         // As the router's `slow_refusals` does for every other route.
         tokio::time::sleep(crate::caps::REFUSAL_DELAY).await;
     }
+    if let Some(line) = &line {
+        answer_headers.push(line.id.header());
+    }
     let _ = write_error(&mut socket, &error, &answer_headers).await;
+    if let Some(line) = line {
+        line.finish(error.status, None, Some(error.code));
+    }
     FrontDoor::Done
 }
 

@@ -101,6 +101,8 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut response = (self.status, axum::Json(self.body())).into_response();
+        // For the access line: the code, never the message (which may quote the request).
+        response.extensions_mut().insert(crate::access::ErrorCode(self.code));
         if self.status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert("www-authenticate", axum::http::HeaderValue::from_static("Bearer"));
         }

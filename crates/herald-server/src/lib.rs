@@ -25,6 +25,7 @@
 //! - [`origin`]: which web pages may use the cookie (the origin check), CORS for the allowed
 //!   origins, and the security headers of every answer.
 //! - [`caps`]: the node's connection cap and the per-address and per-user rate limits.
+//! - [`access`]: the access log (target `herald::access`) and request ids (`X-Request-Id`).
 //! - [`app`]: [`App`], the state every handler shares, and [`ServerSettings`].
 //! - [`transport`]: `GET /v1/stream` (SSE), `GET /v1/poll` and `GET /v1/ws` (WebSocket); the
 //!   only code that encodes events for the wire.
@@ -50,6 +51,7 @@
 // the page size and clock tick (`admin::metrics`), each call with its `SAFETY:`.
 #![deny(unsafe_code)]
 
+pub mod access;
 pub mod admin;
 pub mod api;
 pub mod app;

@@ -1,5 +1,6 @@
 //! The route table: every path Herald answers, its method, its handler, and the layers around
-//! them (the per-address caps on subscriber routes, the web headers on every answer).
+//! them (the per-address caps on subscriber routes, the web headers on every answer, the access
+//! log around everything).
 //!
 //! **API Boundary:** what [`router`] returns is all of Herald's HTTP surface; an embedding app
 //! gets it from [`crate::Herald::router`], which also runs the upkeep the routes rely on.
@@ -12,7 +13,7 @@ use axum::routing::{delete, get, post};
 
 use crate::app::App;
 use crate::error::ApiError;
-use crate::{api, assets, caps, demo, health, origin, transport};
+use crate::{access, api, assets, caps, demo, health, origin, transport};
 
 /// The HTTP routes of Herald.
 pub fn router(app: Arc<App>) -> Router {
@@ -55,7 +56,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/herald.d.ts", get(assets::herald_d_ts))
         .route("/v1/openapi.json", get(assets::openapi_json));
     let router = if demo { router.merge(demo::routes()) } else { router };
-    router
+    let router = router
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -65,6 +66,13 @@ pub fn router(app: Arc<App>) -> Router {
             )
         })
         .layer(axum::middleware::from_fn(caps::slow_refusals))
-        .layer(axum::middleware::from_fn_with_state(app.clone(), origin::web_headers))
-        .with_state(app)
+        .layer(axum::middleware::from_fn_with_state(app.clone(), origin::web_headers));
+    // Outermost: the line's duration and status are what the client got (a refusal's delay
+    // included), and every answer carries the request id.
+    let router = if app.settings.access_log {
+        router.layer(axum::middleware::from_fn_with_state(app.clone(), access::log_requests))
+    } else {
+        router
+    };
+    router.with_state(app)
 }

@@ -4,6 +4,8 @@
 //! # Layout
 //! - `main.rs` (this file): the commands, their options, and `token`, `publish`, `listen`,
 //!   `reset-epoch`.
+//! - `config_file`: `herald serve --config FILE`, the options from a TOML file, for every
+//!   option of `herald serve` without naming any.
 //! - `cluster`: what `herald serve`'s store and cluster options choose (store, bus, node id,
 //!   cluster name), the checks of their combination, and the one place the store and the bus
 //!   are made.
@@ -17,6 +19,7 @@
 #![forbid(unsafe_code)]
 
 mod cluster;
+mod config_file;
 mod serve;
 
 use std::io::{IsTerminal as _, Write as _};
@@ -44,7 +47,9 @@ const BLOCKING_THREADS_MAX: usize = 8;
 /// Herald: real-time notifications for every tab of every session of a user, over SSE and
 /// long-polling, durable across disconnects and restarts.
 #[derive(Debug, Parser)]
-#[command(name = "herald", version, propagate_version = true)]
+// The version and the commit it was built from (build.rs: `unknown` outside a git checkout,
+// `-dirty` when the tree had changes).
+#[command(name = "herald", version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("HERALD_COMMIT"), ")"), propagate_version = true)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -205,8 +210,19 @@ fn parse_ttl(text: &str) -> Result<Duration, String> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    init_tracing(matches!(cli.command, Command::Serve(_)));
+    let cli = match parse_command_line() {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
+    let log_format = match &cli.0.command {
+        Command::Serve(args) => Some(args.log_format),
+        _ => None,
+    };
+    init_tracing(log_format);
+    let (cli, applied) = cli;
+    if let Some(applied) = applied {
+        config_file_banner(&applied);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .max_blocking_threads(BLOCKING_THREADS_MAX)
@@ -221,18 +237,80 @@ fn main() -> ExitCode {
     }
 }
 
+/// The command line, with `herald serve --config FILE`'s options added (see [`config_file`]).
+/// A config file that cannot be used is one line and exit status 2, as clap's usage errors
+/// (which clap prints itself, and `--help` and `--version` too).
+fn parse_command_line() -> Result<(Cli, Option<config_file::Applied>), ExitCode> {
+    use clap::{CommandFactory as _, FromArgMatches as _};
+    let mut command = Cli::command();
+    let (args, applied) = match config_file::expand(&command, std::env::args_os().collect()) {
+        Ok(expanded) => expanded,
+        Err(error) => {
+            eprintln!("herald: {error}");
+            return Err(ExitCode::from(2));
+        }
+    };
+    let parsed = command.try_get_matches_from_mut(args).and_then(|matches| Cli::from_arg_matches(&matches));
+    match parsed {
+        Ok(cli) => Ok((cli, applied)),
+        Err(error) => {
+            if let Some(explained) =
+                applied.as_ref().and_then(|applied| config_file::explain(&error, applied, &command))
+            {
+                eprintln!("herald: {explained}");
+                return Err(ExitCode::from(2));
+            }
+            error.exit()
+        }
+    }
+}
+
+/// Says which options a config file set, which ones flags or variables overrode, and warns of
+/// secrets in a file that every user may read.
+fn config_file_banner(applied: &config_file::Applied) {
+    let path = applied.path.display();
+    let mut line = format!("herald: options from {path}: {}", list_or_none(&applied.used));
+    if !applied.overridden.is_empty() {
+        line.push_str(&format!(
+            " (given by flags or environment instead: {})",
+            applied.overridden.join(", ")
+        ));
+    }
+    eprintln!("{line}");
+    if !applied.exposed_secrets.is_empty() {
+        let keys = applied.exposed_secrets.join(", ");
+        tracing::warn!(file = %path, keys, "the config file holds secrets and every user may read it");
+        eprintln!("herald: warning: {path} holds secrets ({keys}) and every user may read it: chmod 600 it");
+    }
+}
+
+fn list_or_none(keys: &[String]) -> String {
+    if keys.is_empty() { "none".to_owned() } else { keys.join(", ") }
+}
+
 /// Logs go to stderr (stdout is for answers and events), filtered by `RUST_LOG`; by default
 /// the server says what it does and the other commands only warn (e.g. `listen` reconnecting).
-fn init_tracing(serving: bool) {
+/// `log_format` is `herald serve`'s `--log-format` (`None`: another command, text).
+fn init_tracing(log_format: Option<serve::LogFormat>) {
     use tracing_subscriber::EnvFilter;
+    let serving = log_format.is_some();
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(if serving { "info" } else { "warn" }));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false)
-        .try_init();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match log_format {
+        // One object a line, the event's fields at the top level, with the target (the access
+        // log's is `herald::access`) for collectors to route on.
+        Some(serve::LogFormat::Json) => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .with_target(true)
+            .try_init(),
+        Some(serve::LogFormat::Text) | None => {
+            builder.with_ansi(std::io::stderr().is_terminal()).with_target(false).try_init()
+        }
+    };
 }
 
 /// Prints `error` as one line, with its causes, and gives exit status 1.

@@ -107,6 +107,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
             ttl_max: args.token_ttl_max,
             audience: args.token_audience.clone().filter(|a| !a.is_empty()),
         },
+        access_log: args.access_log == Switch::On,
         ..ServerSettings::default()
     };
     let herald = Herald::builder(store, &credentials.secret, &credentials.api_key)
@@ -230,9 +231,16 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
-/// Options of `herald serve`. Every option is also an environment variable.
+/// Options of `herald serve`. Every option is also an environment variable (`[env: …]` in
+/// `--help`; a test checks that none lacks one) and a key of the `--config` file (its long
+/// name: see [`crate::config_file`]).
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServeArgs {
+    /// A TOML file of options, each key an option's long name (`listen = "0.0.0.0:7300"`,
+    /// `retention-days = 7`, `memory = true`, `trusted-proxies = ["10.0.0.0/8"]`). Flags and
+    /// environment variables win over it; an unknown key is refused.
+    #[arg(long, env = "HERALD_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// Address to listen on, `host:port`: an IP (`127.0.0.1:7300`, `[::1]:7300`,
     /// `0.0.0.0:7300`) or a host name (`localhost:7300`), whose first address is used.
     #[arg(long, env = "HERALD_LISTEN", default_value = "127.0.0.1:7300")]
@@ -363,6 +371,28 @@ pub struct ServeArgs {
     /// The `aud` subscriber tokens must carry. Unset: tokens with an `aud` are refused.
     #[arg(long, env = "HERALD_TOKEN_AUDIENCE")]
     pub token_audience: Option<String>,
+    /// Log lines on stderr: `text` for people, `json` (one object a line) for log collectors.
+    /// `RUST_LOG` chooses what is logged (default `info`).
+    #[arg(long, env = "HERALD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// The access log: a line per HTTP request (target `herald::access`) with a request id,
+    /// echoed in `X-Request-Id`. `off`: no line, no id, no cost.
+    #[arg(long, env = "HERALD_ACCESS_LOG", value_enum, default_value_t = Switch::On)]
+    pub access_log: Switch,
+}
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// An option that is `on` or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Switch {
+    On,
+    Off,
 }
 
 /// One member of `--allowed-origins`; blanks around it are ignored.

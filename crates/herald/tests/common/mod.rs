@@ -17,27 +17,17 @@ pub fn free_port() -> u16 {
 }
 
 /// The binary, in `cwd` (so that no `./herald-data` is found by accident), with none of
-/// Herald's variables inherited and backtraces on (so that a panic would show).
+/// Herald's variables inherited (every `HERALD_…`: options added later included) and backtraces
+/// on (so that a panic would show).
 pub fn herald(cwd: &Path) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_herald"));
     command.current_dir(cwd);
-    for variable in [
-        "HERALD_SECRET",
-        "HERALD_API_KEY",
-        "HERALD_DATA_DIR",
-        "HERALD_LISTEN",
-        "HERALD_MEMORY",
-        "HERALD_STORE",
-        "HERALD_STORE_CONNECTIONS",
-        "HERALD_BUS",
-        "HERALD_NODE_ID",
-        "HERALD_CLUSTER",
-        "HERALD_URL",
-        "HERALD_TOKEN",
-        "RUST_LOG",
-    ] {
-        command.env_remove(variable);
+    for (variable, _) in std::env::vars_os() {
+        if variable.to_str().is_some_and(|name| name.starts_with("HERALD_")) {
+            command.env_remove(variable);
+        }
     }
+    command.env_remove("RUST_LOG");
     command.env("RUST_BACKTRACE", "1");
     // Tests run side by side: each `herald serve`'s admin port on a free port, not the default
     // 7301 (taken by the first, it would fail every other's start).
