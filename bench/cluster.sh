@@ -207,7 +207,8 @@ start_herald_nodes() {
         port=$((HERALD_PORT + i))
         port_free "$port" HERALD
         # The clients come from a few loopback addresses, thousands each: no per-address caps.
-        HERALD_LISTEN="127.0.0.1:$port" HERALD_IP_CONNECTIONS_MAX=0 HERALD_IP_REQUESTS_PER_SEC=0 \
+        # Each node's admin port on a free port (the default, 7301, is one per host).
+        HERALD_LISTEN="127.0.0.1:$port" HERALD_ADMIN_LISTEN=127.0.0.1:0 HERALD_IP_CONNECTIONS_MAX=0 HERALD_IP_REQUESTS_PER_SEC=0 \
             "$HERALD_BIN" serve "$@" ${CLUSTER:+--node-id "n$i" --cluster "$CLUSTER"} \
             >"$OUT/$label.node$i.log" 2>&1 &
         node_started "$port" $!

@@ -238,7 +238,9 @@ class HeraldNode {
       '--trusted-proxies', '127.0.0.1',
     ], {
       cwd: this.dir,
-      env: { PATH: process.env.PATH, RUST_LOG: process.env.RUST_LOG ?? 'warn', HERALD_SECRET: SECRET, HERALD_API_KEY: API_KEY },
+      env: { PATH: process.env.PATH, RUST_LOG: process.env.RUST_LOG ?? 'warn', HERALD_SECRET: SECRET, HERALD_API_KEY: API_KEY,
+        // Three nodes on one host: each admin port on a free port, not the default 7301.
+        HERALD_ADMIN_LISTEN: '127.0.0.1:0' },
       stdio: ['ignore', 'ignore', 'pipe'],
     });
     const child = this.child;

@@ -74,6 +74,8 @@ export class HeraldServer {
       env: {
         PATH: process.env.PATH,
         RUST_LOG: process.env.RUST_LOG ?? 'warn',
+        // Tests run side by side: each server's admin port on a free port, not the default 7301.
+        HERALD_ADMIN_LISTEN: '127.0.0.1:0',
         ...(this.allowedOrigins ? { HERALD_ALLOWED_ORIGINS: this.allowedOrigins(this.port) } : {}),
         ...this.env,
       },

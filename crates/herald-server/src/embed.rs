@@ -157,6 +157,13 @@ impl Herald {
         crate::routes::router(self.app.clone())
     }
 
+    /// The admin routes (`GET /metrics`, see [`crate::admin`]), for operators only: serve them
+    /// apart from [`Herald::router`] (another port, or behind the app's own operator auth), as
+    /// `herald serve` does on `--admin-listen`.
+    pub fn admin_router(&self) -> Router {
+        crate::admin::router(self.app.clone())
+    }
+
     /// The publish handle: cheap to clone, usable from any task.
     pub fn notifier(&self) -> Notifier {
         self.app.notifier.clone()

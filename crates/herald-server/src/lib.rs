@@ -44,12 +44,15 @@
 //! - [`tls`]: the certificate, reloaded on demand, for HTTPS and HTTP/2.
 //! - `connection`: the accept loop and each connection's front door (the lean stream path).
 //! - `server`: [`start`], Herald's own server on a listener, and [`RunningServer`].
+//! - [`admin`]: the admin listener's routes (`GET /metrics`) and [`start_admin`], which serves
+//!   them on a listener of their own, off the public port.
 
-// Unsafe only to read and raise the open-files limit (`caps`) and to read the host name (`app`),
-// each call with its `SAFETY:`.
+// Unsafe only to read and raise the open-files limit (`caps`), to read the host name (`app`) and
+// the page size and clock tick (`admin::metrics`), each call with its `SAFETY:`.
 #![deny(unsafe_code)]
 
 pub mod access;
+pub mod admin;
 pub mod api;
 pub mod app;
 mod assets;
@@ -71,6 +74,7 @@ pub mod tls;
 pub mod transport;
 mod upkeep;
 
+pub use admin::{AdminServer, start_admin};
 pub use app::{App, ServerSettings, default_node_id, host_name};
 pub use config::{DATA_DIR_LOCK_FILE, DATABASE_FILE};
 pub use embed::{Herald, HeraldBuilder, SHUTDOWN_GRACE};

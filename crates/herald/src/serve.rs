@@ -31,6 +31,8 @@ pub enum ServeError {
     DataDirInUse { path: std::path::PathBuf, pid: Option<u32> },
     #[error("cannot listen on {addr}: {source}")]
     Listen { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot listen on {addr} for the admin port (--admin-listen; `off` to disable it): {source}")]
+    AdminListen { addr: SocketAddr, source: std::io::Error },
     #[error("{0}")]
     ListenAddress(String),
     #[error("cannot use the data dir {}: {source}", path.display())]
@@ -66,7 +68,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     // Before the connection cap is derived from it (when `--connections-max` is not given).
     let raised_open_files = caps::raise_open_files_limit();
     let data_dir = plan.store.data_dir();
-    let listen_addrs = listen_addresses(&args.listen).await.map_err(ServeError::ListenAddress)?;
+    let listen_addrs = listen_addresses("--listen", &args.listen).await.map_err(ServeError::ListenAddress)?;
     // A name may resolve to several addresses (`localhost`: 127.0.0.1 and ::1): the first, in
     // the resolver's order of preference, is used, and the banner says which.
     let listen_addr = listen_addrs[0];
@@ -74,6 +76,14 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
         .await
         .map_err(|source| ServeError::Listen { addr: listen_addr, source })?;
     let node_id = plan.node_id(listener.local_addr()?.port())?;
+    // The admin port next, for the same reason: a port in use fails the start before anything
+    // is touched (tests and nodes sharing a host give each its own port, or `off`).
+    let admin_listener = match admin_address(&args.admin_listen).await.map_err(ServeError::ListenAddress)? {
+        Some(addr) => {
+            Some(TcpListener::bind(addr).await.map_err(|source| ServeError::AdminListen { addr, source })?)
+        }
+        None => None,
+    };
     let tls = match args.tls_files() {
         Some(files) => Some(tls::CertificateReloader::load(files)?),
         None => None,
@@ -108,6 +118,10 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     if let Some(reloader) = &tls {
         tokio::spawn(reload_on_sighup(reloader.clone()));
     }
+    let admin = match admin_listener {
+        Some(listener) => Some(herald_server::start_admin(herald.app().clone(), listener)?),
+        None => None,
+    };
     let server = herald_server::start_with_tls(herald, listener, tls)?;
     if source.is_dev() {
         let file = data_dir.map(|dir| dir.join(config::DEV_CREDENTIALS_FILE).display().to_string());
@@ -132,6 +146,13 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
         eprintln!("herald: {} resolves to {}; listening on the first", args.listen, all.join(", "));
     }
     eprintln!("herald: listening on {scheme}://{} (store: {storage})", server.addr);
+    match &admin {
+        Some(admin) => {
+            tracing::info!(addr = %admin.addr, "admin listening");
+            eprintln!("herald: admin on http://{} (GET /metrics)", admin.addr);
+        }
+        None => eprintln!("herald: no admin port (--admin-listen off)"),
+    }
     if let Some((before, after)) = raised_open_files {
         eprintln!("herald: raised the open-files limit from {before} to {after}");
     }
@@ -140,7 +161,12 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
         max => eprintln!("herald: at most {max} connections at once (--connections-max)"),
     }
     shutdown_signal().await;
-    server.shutdown().await?;
+    // The admin port last: its metrics stay readable while the clients are closed.
+    let stopped = server.shutdown().await;
+    if let Some(admin) = admin {
+        admin.shutdown().await;
+    }
+    stopped?;
     Ok(())
 }
 
@@ -219,6 +245,10 @@ pub struct ServeArgs {
     /// `0.0.0.0:7300`) or a host name (`localhost:7300`), whose first address is used.
     #[arg(long, env = "HERALD_LISTEN", default_value = "127.0.0.1:7300")]
     pub listen: String,
+    /// Address of the admin port, for operators only (`GET /metrics`): `host:port` as
+    /// --listen, or `off`. Keep it private: it is not behind the API key.
+    #[arg(long, env = "HERALD_ADMIN_LISTEN", value_name = "ADDR|off", default_value = "127.0.0.1:7301")]
+    pub admin_listen: String,
     /// Directory of the embedded SQLite database (and of the dev credentials). Default:
     /// ./herald-data. Not with --store.
     #[arg(long, env = "HERALD_DATA_DIR")]
@@ -439,27 +469,36 @@ impl ServeArgs {
     }
 }
 
-/// The addresses `--listen` names: `value` is `host:port`, the host an IP or a name to resolve.
-/// Errors are one sentence for the command line.
-pub async fn listen_addresses(value: &str) -> Result<Vec<SocketAddr>, String> {
+/// The addresses the option `option` (`--listen`, `--admin-listen`) names: `value` is
+/// `host:port`, the host an IP or a name to resolve. Errors are one sentence for the command
+/// line.
+pub async fn listen_addresses(option: &str, value: &str) -> Result<Vec<SocketAddr>, String> {
     let usage = "give host:port, e.g. 127.0.0.1:7300, [::1]:7300 or localhost:7300";
     if let Ok(addr) = value.parse::<SocketAddr>() {
         return Ok(vec![addr]);
     }
     let Some((host, port)) = value.rsplit_once(':') else {
-        return Err(format!("--listen {value:?} has no port: {usage}"));
+        return Err(format!("{option} {value:?} has no port: {usage}"));
     };
     if host.is_empty() || port.parse::<u16>().is_err() {
-        return Err(format!("--listen {value:?} is not host:port: {usage}"));
+        return Err(format!("{option} {value:?} is not host:port: {usage}"));
     }
     let addrs: Vec<SocketAddr> = tokio::net::lookup_host(value)
         .await
-        .map_err(|e| format!("--listen {value:?}: cannot resolve {host:?}: {e}"))?
+        .map_err(|e| format!("{option} {value:?}: cannot resolve {host:?}: {e}"))?
         .collect();
     if addrs.is_empty() {
-        return Err(format!("--listen {value:?}: {host:?} resolves to no address"));
+        return Err(format!("{option} {value:?}: {host:?} resolves to no address"));
     }
     Ok(addrs)
+}
+
+/// The address `--admin-listen` names (its first, like `--listen`), or `None` for `off`.
+pub async fn admin_address(value: &str) -> Result<Option<SocketAddr>, String> {
+    if value.trim().eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    Ok(Some(listen_addresses("--admin-listen", value).await?[0]))
 }
 
 #[cfg(test)]

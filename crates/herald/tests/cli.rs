@@ -22,6 +22,8 @@ fn herald(dir: &tempfile::TempDir) -> Command {
     ] {
         command.env_remove(variable);
     }
+    // Tests run side by side: each `herald serve`'s admin port on a free port, not the default.
+    command.env("HERALD_ADMIN_LISTEN", "127.0.0.1:0");
     command
 }
 
@@ -193,5 +195,32 @@ fn serve_refuses_an_allowed_origin_that_is_not_one() {
         run(serve(&dir).env("HERALD_ALLOWED_ORIGINS", "https://a.example, http://localhost:3000"));
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("cannot listen"), "{stderr}");
+    drop(taken);
+}
+
+/// The admin port is bound at start like the public one: taken (another herald on the default
+/// 7301, say) or malformed, the start fails in one line that names the option. Fails if a taken
+/// admin port were ignored (the server would run without its metrics).
+#[test]
+fn serve_fails_in_one_line_when_the_admin_port_is_taken_or_malformed() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let admin = taken.local_addr().unwrap().to_string();
+    let (output, _, stderr) =
+        run(herald(&dir).args(["serve", "--memory", "--listen", "127.0.0.1:0", "--admin-listen", &admin]));
+    assert_one_line_error(&output, &stderr);
+    assert!(stderr.contains(&admin) && stderr.contains("--admin-listen"), "{stderr}");
+    // The variable too (the flag is absent: `herald()` sets it to a free port otherwise).
+    let (output, _, stderr) = run(herald(&dir)
+        .args(["serve", "--memory", "--listen", "127.0.0.1:0"])
+        .env("HERALD_ADMIN_LISTEN", &admin));
+    assert_one_line_error(&output, &stderr);
+    assert!(stderr.contains("--admin-listen"), "{stderr}");
+    for bad in ["7301", "nowhere:port", ":7301"] {
+        let (output, _, stderr) =
+            run(herald(&dir).args(["serve", "--memory", "--listen", "127.0.0.1:0", "--admin-listen", bad]));
+        assert_one_line_error(&output, &stderr);
+        assert!(stderr.contains("--admin-listen"), "{bad}: {stderr}");
+    }
     drop(taken);
 }

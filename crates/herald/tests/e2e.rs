@@ -1479,3 +1479,39 @@ async fn a_listener_resumes_durable_topics_exactly_across_crashes() {
     reader.abort();
     drop(server);
 }
+
+/// `--admin-listen`: the admin port serves `GET /metrics` (Prometheus text) and names itself in
+/// a banner; the public port does not serve it, nor the admin port the public routes; `off`
+/// binds nothing. Fails if the admin routes leaked onto the public port or the other way round.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_port_serves_metrics_and_only_it_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = Spec {
+        memory: true,
+        extra: vec!["--admin-listen".into(), "127.0.0.1:0".into()],
+        ..Spec::new(dir.path())
+    };
+    let server = spec.start().await;
+    server.wait_stderr("herald: admin on http://").await;
+    let banner = server.stderr();
+    let admin =
+        banner.split("herald: admin on ").nth(1).unwrap().split_whitespace().next().unwrap().to_owned();
+    let http = reqwest::Client::new();
+    let metrics = http.get(format!("{admin}/metrics")).send().await.unwrap();
+    assert_eq!(metrics.status(), 200);
+    assert_eq!(metrics.headers()["content-type"], "text/plain; version=0.0.4; charset=utf-8");
+    let text = metrics.text().await.unwrap();
+    assert!(text.contains("# TYPE herald_process_cpu_seconds_total counter"), "{text}");
+    let public_metrics = http.get(format!("{}/metrics", server.url)).send().await.unwrap();
+    assert_eq!(public_metrics.status(), 404, "no /metrics on the public port");
+    let admin_health = http.get(format!("{admin}/healthz")).send().await.unwrap();
+    assert_eq!(admin_health.status(), 404, "no public route on the admin port");
+    server.terminate().await;
+
+    let spec =
+        Spec { memory: true, extra: vec!["--admin-listen".into(), "off".into()], ..Spec::new(dir.path()) };
+    let server = spec.start().await;
+    server.wait_stderr("herald: no admin port").await;
+    assert!(!server.stderr().contains("herald: admin on"), "{}", server.stderr());
+    server.terminate().await;
+}

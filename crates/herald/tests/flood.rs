@@ -64,6 +64,8 @@ async fn start(extra: &[&str]) -> Server {
         .args(extra)
         .env("HERALD_SECRET", SECRET)
         .env("HERALD_API_KEY", API_KEY)
+        // Tests run side by side: the admin port on a free port, not the default 7301.
+        .env("HERALD_ADMIN_LISTEN", "127.0.0.1:0")
         .env_remove("RUST_LOG")
         .stdout(Stdio::null())
         .stderr(Stdio::null())

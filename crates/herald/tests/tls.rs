@@ -30,7 +30,9 @@ fn herald(cwd: &Path) -> Command {
     command.current_dir(cwd).env_clear().env("PATH", std::env::var("PATH").unwrap_or_default());
     command
         .env("HERALD_SECRET", "tls-e2e-secret-that-is-long-enough-32b")
-        .env("HERALD_API_KEY", "tls-e2e-key");
+        .env("HERALD_API_KEY", "tls-e2e-key")
+        // Tests run side by side: the admin port on a free port, not the default 7301.
+        .env("HERALD_ADMIN_LISTEN", "127.0.0.1:0");
     command
 }
 

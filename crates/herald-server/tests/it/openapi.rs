@@ -42,8 +42,9 @@ const OAS_3_1_SCHEMA: &str = include_str!("../openapi/oas-3.1-schema-2022-10-07.
 const ROUTE_FILES: [&str; 2] = ["routes.rs", "demo.rs"];
 /// Files whose routes are the dev-mode demo's: described, and marked `x-herald-dev-only`.
 const DEV_ONLY_ROUTE_FILES: [&str; 1] = ["demo.rs"];
-/// Files with routers that are not part of the public HTTP API (none yet).
-const NOT_PUBLIC_ROUTE_FILES: [&str; 0] = [];
+/// Files with routers that are not part of the public HTTP API: the admin listener's (its
+/// routes are in docs/OPERATIONS.md, "Metrics").
+const NOT_PUBLIC_ROUTE_FILES: [&str; 1] = ["admin/mod.rs"];
 
 const METHODS: [&str; 5] = ["get", "post", "delete", "put", "patch"];
 
@@ -413,19 +414,21 @@ fn the_error_codes_are_the_servers() {
 
 /// Every `.rs` file under `crates/herald-server/src`, as (file name, text).
 fn server_sources() -> Vec<(String, String)> {
-    fn walk(dir: &std::path::Path, out: &mut Vec<(String, String)>) {
+    fn walk(src: &std::path::Path, dir: &std::path::Path, out: &mut Vec<(String, String)>) {
         for entry in std::fs::read_dir(dir).unwrap() {
             let path = entry.unwrap().path();
             if path.is_dir() {
-                walk(&path, out);
+                walk(src, &path, out);
             } else if path.extension().is_some_and(|e| e == "rs") {
-                let name = path.file_name().unwrap().to_string_lossy().into_owned();
+                // Its path under src/ (`routes.rs`, `admin/mod.rs`): a bare `mod.rs` names nothing.
+                let name = path.strip_prefix(src).unwrap().to_string_lossy().into_owned();
                 out.push((name, std::fs::read_to_string(&path).unwrap()));
             }
         }
     }
     let mut out = Vec::new();
-    walk(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src"), &mut out);
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    walk(&src, &src, &mut out);
     out
 }
 

@@ -29,6 +29,9 @@ pub fn herald(cwd: &Path) -> Command {
     }
     command.env_remove("RUST_LOG");
     command.env("RUST_BACKTRACE", "1");
+    // Tests run side by side: each `herald serve`'s admin port on a free port, not the default
+    // 7301 (taken by the first, it would fail every other's start).
+    command.env("HERALD_ADMIN_LISTEN", "127.0.0.1:0");
     command
 }
 
