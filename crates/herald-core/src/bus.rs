@@ -55,6 +55,8 @@ pub struct BusStats {
     pub repair_passes: u64,
     /// Notifications those passes fanned out because clients were behind the store.
     pub repaired: u64,
+    /// Times the broker connection came back after it was lost.
+    pub reconnects: u64,
 }
 
 /// A bus failure: the notification was stored (if durable) but may not have reached every node.

@@ -37,6 +37,7 @@ use crate::data::check_data;
 use crate::ids::{ClientId, ClientIdMinter, Seq, SessionId, Topic, UserId};
 use crate::inbox::InboxEvent;
 use crate::limits::Limits;
+use crate::metrics::Metrics;
 use crate::notification::{Notification, now_ms};
 use crate::queue::{EventQueue, PushError, Queued};
 use crate::topic::{Prepare, Prepared, StoredListen, TopicEvent};
@@ -174,6 +175,17 @@ pub struct TopicTab {
     pub node: Option<Arc<str>>,
 }
 
+/// Who is online on this node ([`Hub::census`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Census {
+    /// Users with at least one connected tab.
+    pub users: u64,
+    /// Sessions with at least one connected tab.
+    pub sessions: u64,
+    /// Connected tabs by transport, in the order of [`crate::metrics::TRANSPORTS`].
+    pub tabs: [u64; 3],
+}
+
 /// Who of a user is here: connected clients, and pollers within the linger time.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Presence {
@@ -264,6 +276,8 @@ struct HubInner {
     interest: OnceLock<Arc<dyn Interest>>,
     /// Set once by the app ([`Hub::set_prepare`]).
     prepare: OnceLock<Arc<dyn Prepare>>,
+    /// The node's counters, bumped by the hub, its subscriptions and the notifier.
+    metrics: Metrics,
 }
 
 impl std::fmt::Debug for Hub {
@@ -287,12 +301,46 @@ impl Hub {
                 keepalive_ticks: AtomicU32::new(0),
                 interest: OnceLock::new(),
                 prepare: OnceLock::new(),
+                metrics: Metrics::default(),
             }),
         }
     }
 
     pub fn limits(&self) -> &Limits {
         &self.inner.limits
+    }
+
+    /// The node's counters (see [`crate::metrics`]).
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// Who is online on this node now, counted shard by shard (each shard's lock held while its
+    /// users are counted, never two at once): for `/metrics`, once per scrape, so that the hot
+    /// paths keep no gauge. A user or session is online with one connected tab; a parked
+    /// poller is connected.
+    pub fn census(&self) -> Census {
+        let mut census = Census::default();
+        for shard in self.inner.users.iter() {
+            let users = shard.lock();
+            for entry in users.values() {
+                let mut user_online = false;
+                for (_, session) in &entry.sessions {
+                    let mut session_online = false;
+                    for client in session.clients.iter().filter(|c| c.connected) {
+                        session_online = true;
+                        census.tabs[crate::metrics::TRANSPORTS
+                            .iter()
+                            .position(|&t| t == client.transport)
+                            .unwrap_or(0)] += 1;
+                    }
+                    census.sessions += u64::from(session_online);
+                    user_online |= session_online;
+                }
+                census.users += u64::from(user_online);
+            }
+        }
+        census
     }
 
     /// Makes this hub report the users it has clients for to `interest` (a multi-node bus),
@@ -587,6 +635,7 @@ impl Hub {
                 self.clients_shard(&client).lock().insert(client.clone(), (user.clone(), session.clone()));
             }
         }
+        self.inner.metrics.connection_opened(transport);
         let info = ClientInfo { user: user.clone(), session: session.clone(), client, transport };
         Ok(Attachment { info, shared, attachment, topics: effective.into_boxed_slice() })
     }

@@ -27,6 +27,8 @@
 //!   `inbox` event ([`InboxEvent`], serialized once like a notification).
 //! - [`topic`]: what Eliom_notif's keys need beyond their names: a token's [`TopicPatterns`], the `topic`
 //!   event ([`TopicEvent`], serialized once like a notification).
+//! - [`metrics`]: the node's counters for `/metrics` ([`Metrics`]: atomics, striped where they
+//!   move per delivery), read as a [`MetricsSnapshot`].
 //! - `queue`: each client's bounded queue of events (private).
 //! - [`hub`]: the [`Hub`], users → sessions → clients on this node, limits and eviction, presence.
 //! - [`store`]: the [`Store`] trait, each user's durable log, and the [`Epoch`] its seqs belong to.
@@ -50,6 +52,7 @@ pub mod inbox;
 pub mod inbox_service;
 pub mod jobs;
 pub mod limits;
+pub mod metrics;
 pub mod node;
 pub mod notification;
 pub mod notifier;
@@ -64,7 +67,7 @@ pub use bus::{Bus, BusStats, LocalBus, RevocationNews};
 pub use client::{ClientInfo, CloseReason, Transport};
 pub use data::{DATA_DEPTH_MAX, DataError, check_data};
 pub use health::Health;
-pub use hub::{Hub, Interest, ListenError, Presence, TopicTab};
+pub use hub::{Census, Hub, Interest, ListenError, Presence, TopicTab};
 pub use ids::{
     ClientId, ClientIdMinter, ID_BYTES_MAX, InvalidId, InvalidTopic, Seq, SessionId, TOPIC_BYTES_MAX, Topic,
     UserId,
@@ -76,6 +79,7 @@ pub use inbox::{
 pub use inbox_service::{Inbox, InboxError, InboxUpdate};
 pub use jobs::{FanoutJob, JOB_CHUNK_TRIES_MAX, JOB_CHUNK_USERS_MAX, JOBS_UNFINISHED_MAX};
 pub use limits::Limits;
+pub use metrics::{Metrics, MetricsSnapshot};
 pub use node::{CLUSTER_NAME_BYTES_MAX, ClusterName, InvalidName, NODE_ID_BYTES_MAX, NodeId};
 pub use notification::{Audience, Notification, Publish, Receipt, ReceiptEntry, Target, TopicReceipt};
 pub use notifier::{Notifier, NotifyError, TopicListeners};
@@ -83,8 +87,8 @@ pub use resume::{InvalidResumePoint, RESUME_TOPICS_MAX, ResumePoint};
 pub use revocation::Revocations;
 pub use store::{
     Appended, EPOCH_BYTES_MAX, Epoch, ListenBounds, LogHead, LogPage, NewNotification, NewTopicEvent,
-    PruneReport, Retention, Revocation, ScopeListens, Store, StoreError, StoredListen, TopicAppended,
-    TopicHead, TopicListener, TopicPage,
+    PruneReport, Retention, Revocation, ScopeListens, Store, StoreError, StoreWriterStats, StoredListen,
+    TopicAppended, TopicHead, TopicListener, TopicPage,
 };
 pub use subscription::{
     ClientEvent, Elapsed, EndSignal, PollAnswer, SubscribeError, SubscribeRequest, Subscription, poll,

@@ -5,6 +5,7 @@
 //! the hot path never serializes per client.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -59,6 +60,10 @@ pub struct Notification {
     /// Milliseconds since the Unix epoch.
     pub created_at_ms: i64,
     pub audience: Audience,
+    /// When this node made it (after its append, for a durable one; on arrival from the bus,
+    /// for another node's; read from the store, for a replayed one): the start of the
+    /// publish-to-write latency of `/metrics`.
+    pub made_at: Instant,
     /// `{"seq":…,"type":…,"data":…,"created_at":…}` (no `seq` when ephemeral), serialized once.
     json: Bytes,
 }
@@ -94,7 +99,7 @@ impl Notification {
             }
         }
         let json = Bytes::from(json);
-        Self { user, seq, kind, data, created_at_ms, audience, json }
+        Self { user, seq, kind, data, created_at_ms, audience, made_at: Instant::now(), json }
     }
 
     /// The canonical JSON object of this notification, as clients receive it, on one line.

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::bus::{Bus, BusError, RevocationNews, reload_listens};
 use crate::client::CloseReason;
@@ -16,6 +16,7 @@ use crate::ids::{ClientId, ID_BYTES_MAX, Seq, SessionId, Topic, UserId};
 use crate::inbox::{InboxCounts, InboxEvent};
 use crate::inbox_service::Inbox;
 use crate::jobs::{FanoutJob, JOB_CHUNK_TRIES_MAX, JOB_CHUNK_USERS_MAX, JOBS_UNFINISHED_MAX, job_id_of_key};
+use crate::metrics::{PublishOutcome, REFUSAL_REASONS};
 use crate::notification::{
     Audience, FOLLOWERS_PER_PUBLISH_MAX, KIND_BYTES_MAX, Notification, Publish, Receipt, ReceiptEntry,
     Target, TopicReceipt, now_ms,
@@ -95,6 +96,27 @@ pub enum NotifyError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Bus(#[from] BusError),
+}
+
+/// The index in [`REFUSAL_REASONS`] of why `error` refused a publish.
+fn refusal_reason(error: &NotifyError) -> usize {
+    let reason = match error {
+        NotifyError::InvalidData(_)
+        | NotifyError::InvalidKind { .. }
+        | NotifyError::InvalidIdempotencyKey { .. }
+        | NotifyError::NoUsers
+        | NotifyError::ExceptUserWithoutTopic
+        | NotifyError::EphemeralInbox
+        | NotifyError::NoTopics => "invalid",
+        NotifyError::DataTooLarge { .. } | NotifyError::PublishTooLarge { .. } => "too_large",
+        NotifyError::TooManyUsers { .. } => "too_many_users",
+        NotifyError::TooManyJobs { .. } => "too_many_jobs",
+        NotifyError::Listen(_) => "listen",
+        NotifyError::ClientNotFound(_) => "client_not_found",
+        NotifyError::Store(_) => "store_unavailable",
+        NotifyError::Bus(_) => "bus_unavailable",
+    };
+    REFUSAL_REASONS.iter().position(|&r| r == reason).unwrap_or(REFUSAL_REASONS.len() - 1)
 }
 
 /// Applies what the bus says about revocations made on other nodes to the cache, until the bus
@@ -200,6 +222,24 @@ impl Notifier {
     /// returns), and hands it to every node. Returns the seqs and how many clients of this node
     /// it was handed to.
     pub async fn publish(&self, publish: Publish) -> Result<Receipt, NotifyError> {
+        let started = Instant::now();
+        let mut outcome = if publish.durable { PublishOutcome::Stored } else { PublishOutcome::Ephemeral };
+        let result = self.publish_unmeasured(publish, &mut outcome).await;
+        let metrics = self.inner.hub.metrics();
+        match &result {
+            Ok(_) => metrics.published(outcome, started.elapsed()),
+            Err(error) => metrics.refused(refusal_reason(error), started.elapsed()),
+        }
+        result
+    }
+
+    /// [`Notifier::publish`], which counts what this did: `outcome` is set to
+    /// [`PublishOutcome::Repeat`] or [`PublishOutcome::Job`] when it was one.
+    async fn publish_unmeasured(
+        &self,
+        publish: Publish,
+        outcome: &mut PublishOutcome,
+    ) -> Result<Receipt, NotifyError> {
         let limits = self.inner.hub.limits();
         // The target's shape first: whom a publish is for decides what else is worth checking.
         if let Target::Users(users) = &publish.target {
@@ -230,7 +270,7 @@ impl Notifier {
         }
         if let Target::Topic(topic) = &publish.target {
             let topic = topic.clone();
-            return self.publish_topic(&topic, publish).await;
+            return self.publish_topic(&topic, publish, outcome).await;
         }
         if publish.except_user.is_some() && !matches!(publish.target, Target::Followers(_)) {
             return Err(NotifyError::ExceptUserWithoutTopic);
@@ -248,6 +288,7 @@ impl Notifier {
                 }
                 None => {
                     let topic = topic.clone();
+                    *outcome = PublishOutcome::Job;
                     return self.start_job(topic, publish).await;
                 }
             },
@@ -280,7 +321,7 @@ impl Notifier {
                 })
                 .collect();
             let users = entries.len();
-            match self.inner.store.append(entries, key).await? {
+            match self.timed_append(self.inner.store.append(entries, key)).await? {
                 Appended::Stored { notifications, counts } => {
                     // The receipt and the fan-out below take one stored notification per entry.
                     debug_assert!(
@@ -289,12 +330,16 @@ impl Notifier {
                     );
                     (notifications, counts)
                 }
-                Appended::Duplicate(receipt) => return Ok(receipt),
+                Appended::Duplicate(receipt) => {
+                    *outcome = PublishOutcome::Repeat;
+                    return Ok(receipt);
+                }
             }
         } else {
             if let Some(key) = key
                 && let Appended::Duplicate(receipt) = self.inner.store.append(Vec::new(), Some(key)).await?
             {
+                *outcome = PublishOutcome::Repeat;
                 return Ok(receipt);
             }
             let notifications = audiences
@@ -320,6 +365,17 @@ impl Notifier {
             tracing::warn!(%error, "cannot record the receipt of an idempotent publish");
         }
         Ok(receipt)
+    }
+
+    /// Awaits a publish's append, timing it for `/metrics`.
+    async fn timed_append<T>(
+        &self,
+        append: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let started = Instant::now();
+        let appended = append.await;
+        self.inner.hub.metrics().store_append(started.elapsed(), appended.is_err());
+        appended
     }
 
     /// Hands stored (or ephemeral) notifications and their users' new counts to the bus: every
@@ -356,7 +412,12 @@ impl Notifier {
 
     /// A publish to everyone listening to `topic`, checked but for its target: one `topic`
     /// event, serialized once, handed to every node.
-    async fn publish_topic(&self, topic: &Topic, publish: Publish) -> Result<Receipt, NotifyError> {
+    async fn publish_topic(
+        &self,
+        topic: &Topic,
+        publish: Publish,
+        outcome: &mut PublishOutcome,
+    ) -> Result<Receipt, NotifyError> {
         let key = publish.idempotency_key.as_deref();
         let event = if publish.durable {
             // Stored first, with its key, in one transaction: a publish answered is in the log,
@@ -369,14 +430,18 @@ impl Notifier {
                 except_user: publish.except_user,
                 except_client: publish.except_client,
             };
-            match self.inner.store.append_topic(new, key).await? {
+            match self.timed_append(self.inner.store.append_topic(new, key)).await? {
                 TopicAppended::Stored(event) => event,
-                TopicAppended::Duplicate(receipt) => return Ok(receipt),
+                TopicAppended::Duplicate(receipt) => {
+                    *outcome = PublishOutcome::Repeat;
+                    return Ok(receipt);
+                }
             }
         } else {
             if let Some(key) = key
                 && let Appended::Duplicate(receipt) = self.inner.store.append(Vec::new(), Some(key)).await?
             {
+                *outcome = PublishOutcome::Repeat;
                 return Ok(receipt);
             }
             Arc::new(TopicEvent::new(

@@ -270,6 +270,20 @@ fn holder(pid: Option<u32>) -> String {
     pid.map_or_else(|| "pid unknown".to_owned(), |pid| format!("pid {pid}"))
 }
 
+/// What a store's writer (its group-commit queue) has done since it opened
+/// ([`Store::writer_stats`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoreWriterStats {
+    /// Requests (appends, and for SQLite every other write) taken off the queue.
+    pub requests: u64,
+    /// Batches run, one transaction (one commit) each.
+    pub batches: u64,
+    /// Requests waiting in the queue now.
+    pub queued: u64,
+    /// How long each batch's transaction took, its commit (and fsync) included.
+    pub commit_duration: crate::metrics::HistogramSnapshot,
+}
+
 /// Each user's durable log of notifications.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -434,6 +448,12 @@ pub trait Store: Send + Sync + 'static {
     /// `"postgres"`; `"custom"` unless an implementation names itself.
     fn kind(&self) -> &'static str {
         "custom"
+    }
+
+    /// What the store's writer has done, for `/metrics`: read from its counters, no I/O.
+    /// `None` (the default) for a store without a writer queue.
+    fn writer_stats(&self) -> Option<StoreWriterStats> {
+        None
     }
 
     /// Whether the store can be reached, as of its last operations and its last

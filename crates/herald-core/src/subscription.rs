@@ -376,7 +376,11 @@ impl Subscription {
         self.position = position;
         // The client's own position until the `reset` is handed out (see `finish`).
         self.shared.last_seq.store(position, Ordering::Relaxed);
-        if other_epoch || position < head.pruned_through {
+        let reset = other_epoch || position < head.pruned_through;
+        if resume_after.is_some() || other_epoch {
+            self.hub.metrics().resumed(reset);
+        }
+        if reset {
             self.pending.push_back(ClientEvent::Reset { last_seq: head.last_seq });
             self.position = head.last_seq;
         }
@@ -506,6 +510,9 @@ impl Subscription {
                     // for the life of the connection.
                     self.pending = VecDeque::new();
                 }
+                if let ClientEvent::Notification(_) | ClientEvent::Topic(_) = &event {
+                    self.hub.metrics().delivered(self.info.transport);
+                }
                 match &event {
                     ClientEvent::Notification(n) if let Some(seq) = n.seq => {
                         self.shared.last_seq.store(seq, Ordering::Relaxed);
@@ -570,6 +577,7 @@ impl Subscription {
                         if let Some(tseq) = event.tseq {
                             self.give_topic(&event.topic, tseq);
                         }
+                        self.hub.metrics().delivered(self.info.transport);
                         return Ok(Some(ClientEvent::Topic(event)));
                     }
                 }
@@ -590,6 +598,7 @@ impl Subscription {
 
     fn finish(&mut self, reason: CloseReason) -> ClientEvent {
         self.finished = true;
+        self.hub.metrics().closed(reason);
         if !self.pending.is_empty() {
             // What waits here (a replay page, a `reset`) is dropped, never handed out: the
             // position goes back to what was, so that a poll answers the `last_seq` its client
@@ -604,6 +613,7 @@ impl Subscription {
     fn accept_live(&mut self, notification: Arc<Notification>) {
         let Some(seq) = notification.seq else {
             // Ephemeral: the hub only queues it for clients it includes.
+            self.hub.metrics().publish_to_write(notification.made_at.elapsed());
             self.pending.push_back(ClientEvent::Notification(notification));
             return;
         };
@@ -616,6 +626,9 @@ impl Subscription {
         }
         self.position = seq;
         if self.is_for_me(&notification) {
+            // Handed out next (nothing waits in `pending` while live events are taken): the
+            // transport writes it now. One clock read per live delivery (see `metrics`).
+            self.hub.metrics().publish_to_write(notification.made_at.elapsed());
             self.pending.push_back(ClientEvent::Notification(notification));
         } else {
             self.shared.last_seq.store(seq, Ordering::Relaxed);

@@ -130,6 +130,8 @@ pub struct BusTraffic {
     pub repair_passes: AtomicU64,
     /// Notifications a repair pass fanned out because clients here were behind the store.
     pub repaired: AtomicU64,
+    /// Times the broker connection came back after it was lost.
+    pub reconnects: AtomicU64,
 }
 
 /// The [`Bus`] of a node in a cluster: see the module docs.
@@ -614,6 +616,7 @@ impl Bus for ClusterBus {
             publish_failures: load(&t.publish_failures),
             repair_passes: load(&t.repair_passes),
             repaired: load(&t.repaired),
+            reconnects: load(&t.reconnects),
         }
     }
 
@@ -823,6 +826,7 @@ async fn receive(inner: Arc<Inner>, mut events: mpsc::Receiver<BrokerEvent>) {
             }
             BrokerEvent::Reconnected => {
                 tracing::info!("the bus is back");
+                inner.traffic.reconnects.fetch_add(1, Ordering::Relaxed);
                 *inner.outage.lock() = None;
                 inner.interest.connected.store(true, Ordering::Relaxed);
                 inner.revocations_changed(RevocationNews::All);

@@ -14,6 +14,11 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 
+use herald_core::metrics::{
+    CLOSE_REASONS, DURATION_BUCKETS_SECONDS, HistogramSnapshot, PublishOutcome, REFUSAL_REASONS, TRANSPORTS,
+};
+use herald_core::{BusStats, Census, MetricsSnapshot, Store};
+
 use crate::app::App;
 
 /// The exposition format's content type.
@@ -24,11 +29,213 @@ pub async fn metrics(State(app): State<Arc<App>>) -> Response {
     ([(header::CONTENT_TYPE, CONTENT_TYPE)], render(&app)).into_response()
 }
 
-/// The whole exposition, as of now.
-pub fn render(_app: &App) -> String {
+/// The whole exposition, as of now. Costs one walk of the hub's users (see
+/// [`herald_core::Hub::census`]) and a few reads of `/proc/self`: nothing on the hot paths.
+pub fn render(app: &App) -> String {
     let mut out = Exposition::default();
+    let metrics = app.hub.metrics().snapshot();
+    out.family(
+        "herald_node_info",
+        Kind::Gauge,
+        "Always 1: this node's id, its store's and bus's kinds, and Herald's version, as labels.",
+    );
+    out.sample(
+        "herald_node_info",
+        &[
+            ("node", app.settings.node_id.as_str()),
+            ("store", app.store.kind()),
+            ("bus", app.bus.kind()),
+            ("version", env!("CARGO_PKG_VERSION")),
+        ],
+        1,
+    );
+    online(&mut out, &app.hub.census(), &metrics);
+    publishes(&mut out, &metrics);
+    streams(&mut out, &metrics);
+    store(&mut out, app.store.as_ref(), &metrics);
+    bus(&mut out, &app.bus.stats());
+    // ── Webhooks (helper `webhooks`): their deliveries, retries and drops go here, e.g.
+    //    `herald_webhook_deliveries_total`, `herald_webhook_retries_total`,
+    //    `herald_webhook_dropped_total`, rendered from the webhook sender's counters.
     process::render(&mut out);
     out.text
+}
+
+/// Who is connected: the hub's census (gauges) and the connections opened (a counter).
+fn online(out: &mut Exposition, census: &Census, metrics: &MetricsSnapshot) {
+    out.family("herald_connections", Kind::Gauge, "Connected tabs on this node, by transport.");
+    for (transport, tabs) in TRANSPORTS.iter().zip(census.tabs) {
+        out.sample("herald_connections", &[("transport", transport.as_str())], tabs);
+    }
+    out.single(
+        "herald_users_online",
+        Kind::Gauge,
+        "Users with at least one connected tab on this node.",
+        census.users,
+    );
+    out.single(
+        "herald_sessions_online",
+        Kind::Gauge,
+        "Sessions with at least one connected tab on this node.",
+        census.sessions,
+    );
+    out.single(
+        "herald_tabs_online",
+        Kind::Gauge,
+        "Connected tabs on this node (all transports).",
+        census.tabs.iter().sum::<u64>(),
+    );
+    out.family(
+        "herald_connections_opened_total",
+        Kind::Counter,
+        "Streams, polls and WebSockets attached to the hub, by transport.",
+    );
+    for (transport, opened) in TRANSPORTS.iter().zip(metrics.connections_opened) {
+        out.sample("herald_connections_opened_total", &[("transport", transport.as_str())], opened);
+    }
+}
+
+/// Publishes by outcome, refusals by reason, the publish duration.
+fn publishes(out: &mut Exposition, metrics: &MetricsSnapshot) {
+    out.family(
+        "herald_publishes_total",
+        Kind::Counter,
+        "Publishes done, by outcome: stored (durable), ephemeral, repeat (an idempotency key seen before), job (into followers' inboxes in the background).",
+    );
+    for (outcome, count) in PublishOutcome::ALL.iter().zip(metrics.publishes) {
+        out.sample("herald_publishes_total", &[("outcome", outcome.as_str())], count);
+    }
+    out.family("herald_publishes_refused_total", Kind::Counter, "Publishes refused or failed, by reason.");
+    for (reason, count) in REFUSAL_REASONS.iter().zip(metrics.refusals) {
+        out.sample("herald_publishes_refused_total", &[("reason", reason)], count);
+    }
+    out.histogram(
+        "herald_publish_duration_seconds",
+        "From a publish asked of the notifier to its receipt or refusal, in seconds.",
+        &metrics.publish_duration,
+    );
+}
+
+/// Deliveries, the publish-to-write latency, closes and resumes.
+fn streams(out: &mut Exposition, metrics: &MetricsSnapshot) {
+    out.family(
+        "herald_deliveries_total",
+        Kind::Counter,
+        "Notifications and topic events handed to a transport to write (replayed ones too), by transport.",
+    );
+    for (transport, count) in TRANSPORTS.iter().zip(metrics.deliveries) {
+        out.sample("herald_deliveries_total", &[("transport", transport.as_str())], count);
+    }
+    out.histogram(
+        "herald_publish_to_write_seconds",
+        "From a live notification made on this node (after its append, or on arrival from the bus) to its transport taking it to write, in seconds.",
+        &metrics.publish_to_write,
+    );
+    out.family(
+        "herald_closes_total",
+        Kind::Counter,
+        "Streams Herald ended, by the reason of their closed event.",
+    );
+    for (reason, count) in CLOSE_REASONS.iter().zip(metrics.closes) {
+        out.sample("herald_closes_total", &[("reason", reason.as_str())], count);
+    }
+    out.family(
+        "herald_resumes_total",
+        Kind::Counter,
+        "Connections that gave a resume point: exact (replayed from it) or reset (it was no longer retained, or of another epoch).",
+    );
+    out.sample("herald_resumes_total", &[("outcome", "exact")], metrics.resumes_exact);
+    out.sample("herald_resumes_total", &[("outcome", "reset")], metrics.resumes_reset);
+}
+
+/// The store: appends as the notifier waits for them, and the writer's queue and commits.
+fn store(out: &mut Exposition, store: &dyn Store, metrics: &MetricsSnapshot) {
+    out.histogram(
+        "herald_store_append_duration_seconds",
+        "A publish's append to the store, as the publish waits for it, in seconds.",
+        &metrics.store_append_duration,
+    );
+    out.single(
+        "herald_store_errors_total",
+        Kind::Counter,
+        "Publish appends the store failed.",
+        metrics.store_errors,
+    );
+    // A store without a writer queue (memory) has none of these.
+    if let Some(writer) = store.writer_stats() {
+        out.histogram(
+            "herald_store_commit_duration_seconds",
+            "Each batch's transaction in the store's writer, its commit included, in seconds.",
+            &writer.commit_duration,
+        );
+        out.single(
+            "herald_store_queue_length",
+            Kind::Gauge,
+            "Requests waiting in the store writer's queue.",
+            writer.queued,
+        );
+        out.single(
+            "herald_store_requests_total",
+            Kind::Counter,
+            "Requests the store's writer took off its queue.",
+            writer.requests,
+        );
+        out.single(
+            "herald_store_batches_total",
+            Kind::Counter,
+            "Batches (transactions) the store's writer ran; requests over batches is the group-commit factor.",
+            writer.batches,
+        );
+    }
+}
+
+/// The bus between the nodes of a cluster (all zero on a single node).
+fn bus(out: &mut Exposition, stats: &BusStats) {
+    out.family(
+        "herald_bus_messages_total",
+        Kind::Counter,
+        "Envelopes that crossed the broker, by direction.",
+    );
+    out.sample("herald_bus_messages_total", &[("direction", "in")], stats.envelopes_in);
+    out.sample("herald_bus_messages_total", &[("direction", "out")], stats.envelopes_out);
+    out.family(
+        "herald_bus_bytes_total",
+        Kind::Counter,
+        "Bytes of envelopes that crossed the broker, by direction.",
+    );
+    out.sample("herald_bus_bytes_total", &[("direction", "in")], stats.bytes_in);
+    out.sample("herald_bus_bytes_total", &[("direction", "out")], stats.bytes_out);
+    out.single(
+        "herald_bus_rejected_total",
+        Kind::Counter,
+        "Envelopes received that did not decode.",
+        stats.rejected,
+    );
+    out.single(
+        "herald_bus_publish_failures_total",
+        Kind::Counter,
+        "Envelopes the broker would not take.",
+        stats.publish_failures,
+    );
+    out.single(
+        "herald_bus_reconnects_total",
+        Kind::Counter,
+        "Times the broker connection came back after it was lost.",
+        stats.reconnects,
+    );
+    out.single(
+        "herald_bus_repair_passes_total",
+        Kind::Counter,
+        "Gap repair passes: the store's last seqs compared with the tabs' positions.",
+        stats.repair_passes,
+    );
+    out.single(
+        "herald_bus_repaired_total",
+        Kind::Counter,
+        "Notifications gap repairs fanned out because tabs here were behind the store.",
+        stats.repaired,
+    );
+    out.single("herald_bus_peers", Kind::Gauge, "Other nodes heard of lately.", stats.peers.len());
 }
 
 /// What a metric is, for its `# TYPE` line.
@@ -36,6 +243,7 @@ pub fn render(_app: &App) -> String {
 pub(crate) enum Kind {
     Counter,
     Gauge,
+    Histogram,
 }
 
 impl Kind {
@@ -43,6 +251,7 @@ impl Kind {
         match self {
             Kind::Counter => "counter",
             Kind::Gauge => "gauge",
+            Kind::Histogram => "histogram",
         }
     }
 }
@@ -61,22 +270,45 @@ impl Exposition {
         let _ = writeln!(self.text, "# TYPE {name} {}", kind.as_str());
     }
 
-    /// One sample of the family just started. Label values are Herald's own names (transports,
-    /// reasons, outcomes): nothing to escape.
+    /// One sample of the family just started (`name` may add `_bucket`, `_sum`, `_count`).
     pub(crate) fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl Display) {
         self.text.push_str(name);
         if !labels.is_empty() {
             self.text.push('{');
             for (i, (label, value)) in labels.iter().enumerate() {
-                debug_assert!(!value.contains(['\\', '"', '\n']), "{name}: label value that needs escaping");
                 if i > 0 {
                     self.text.push(',');
                 }
-                let _ = write!(self.text, "{label}=\"{value}\"");
+                let _ = write!(self.text, "{label}=\"");
+                // The format's escapes: backslash, double quote and line feed.
+                for c in value.chars() {
+                    match c {
+                        '\\' => self.text.push_str("\\\\"),
+                        '"' => self.text.push_str("\\\""),
+                        '\n' => self.text.push_str("\\n"),
+                        c => self.text.push(c),
+                    }
+                }
+                self.text.push('"');
             }
             self.text.push('}');
         }
         let _ = writeln!(self.text, " {value}");
+    }
+
+    /// A histogram family: cumulative `_bucket`s over [`DURATION_BUCKETS_SECONDS`] and `+Inf`,
+    /// `_sum` in seconds, `_count`.
+    pub(crate) fn histogram(&mut self, name: &str, help: &str, histogram: &HistogramSnapshot) {
+        self.family(name, Kind::Histogram, help);
+        let bucket = format!("{name}_bucket");
+        let mut cumulative = 0;
+        for (bound, count) in DURATION_BUCKETS_SECONDS.iter().zip(histogram.counts) {
+            cumulative += count;
+            self.sample(&bucket, &[("le", &bound.to_string())], cumulative);
+        }
+        self.sample(&bucket, &[("le", "+Inf")], histogram.count());
+        self.sample(&format!("{name}_sum"), &[], histogram.sum_nanos as f64 / 1e9);
+        self.sample(&format!("{name}_count"), &[], histogram.count());
     }
 
     /// A family with one sample and no labels.

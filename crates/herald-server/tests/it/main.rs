@@ -21,6 +21,7 @@ mod epoch;
 mod fuzz;
 mod inbox;
 mod limits;
+mod metrics;
 mod openapi;
 mod origins;
 mod poll;

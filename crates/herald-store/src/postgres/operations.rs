@@ -281,6 +281,16 @@ impl Store for PostgresStore {
         "postgres"
     }
 
+    fn writer_stats(&self) -> Option<herald_core::StoreWriterStats> {
+        let stats = self.writer.stats();
+        Some(herald_core::StoreWriterStats {
+            requests: stats.requests,
+            batches: stats.batches,
+            queued: stats.queued as u64,
+            commit_duration: self.writer.commit_duration(),
+        })
+    }
+
     /// Degraded from an operation that could not reach PostgreSQL until one that does (see
     /// `pool`'s "Health").
     fn health(&self) -> Health {

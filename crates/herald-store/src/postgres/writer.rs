@@ -54,6 +54,8 @@ pub struct WriterStats {
 struct Counters {
     requests: AtomicU64,
     batches: AtomicU64,
+    /// Each batch's transaction, commit included (`/metrics`).
+    commit_duration: herald_core::metrics::DurationHistogram,
 }
 
 struct Job {
@@ -75,6 +77,11 @@ impl Writer {
         let counters = Arc::new(Counters::default());
         tokio::spawn(run_writer(pool, retention, jobs, Arc::clone(&counters)));
         Self { queue, counters }
+    }
+
+    /// How long each batch's transaction took so far (see [`herald_core::Store::writer_stats`]).
+    pub(super) fn commit_duration(&self) -> herald_core::metrics::HistogramSnapshot {
+        self.counters.commit_duration.snapshot()
     }
 
     pub(super) fn stats(&self) -> WriterStats {
@@ -161,7 +168,10 @@ async fn run_writer(
         counters.requests.fetch_add(batch.len() as u64, Ordering::Relaxed);
         counters.batches.fetch_add(1, Ordering::Relaxed);
         let requests: Vec<&AppendRequest> = batch.iter().map(|job| &job.request).collect();
-        match commit(&pool, &retention, &requests).await {
+        let started = std::time::Instant::now();
+        let committed = commit(&pool, &retention, &requests).await;
+        counters.commit_duration.observe(started.elapsed());
+        match committed {
             Ok(answers) => {
                 debug_assert_eq!(answers.len(), batch.len(), "one answer per request");
                 for (job, answer) in batch.drain(..).zip(answers) {

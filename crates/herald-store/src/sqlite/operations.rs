@@ -214,6 +214,16 @@ impl Store for SqliteStore {
         "sqlite"
     }
 
+    fn writer_stats(&self) -> Option<herald_core::StoreWriterStats> {
+        let stats = self.writer.stats();
+        Some(herald_core::StoreWriterStats {
+            requests: stats.requests,
+            batches: stats.batches,
+            queued: stats.queued as u64,
+            commit_duration: self.writer.commit_duration(),
+        })
+    }
+
     async fn prune(&self, now_ms: i64) -> Result<PruneReport, StoreError> {
         let notifications_before = crate::cutoff_ms(now_ms, self.retention.max_age);
         let keys_before = crate::cutoff_ms(now_ms, self.retention.idempotency_window);

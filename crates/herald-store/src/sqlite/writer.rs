@@ -117,6 +117,8 @@ struct Counters {
     settle_chunks: AtomicU64,
     settle_generations: AtomicU64,
     checkpoints: AtomicU64,
+    /// Each batch's transaction, commit and fsync included (`/metrics`).
+    commit_duration: herald_core::metrics::DurationHistogram,
 }
 
 /// The writer thread and its queue. Dropping it stops the thread once the requests already
@@ -150,6 +152,11 @@ impl Writer {
             .spawn(move || run_writer(conn, requests, retention, settling, &writer_staging, &writer_counters))
             .map_err(|e| StoreError::Unavailable(format!("cannot start the store's writer thread: {e}")))?;
         Ok(Self { path: path.to_owned(), queue, thread: Some(thread), counters, staging })
+    }
+
+    /// How long each batch's transaction took so far (see [`herald_core::Store::writer_stats`]).
+    pub(super) fn commit_duration(&self) -> herald_core::metrics::HistogramSnapshot {
+        self.counters.commit_duration.snapshot()
     }
 
     pub(super) fn stats(&self) -> WriterStats {
@@ -341,7 +348,9 @@ fn run_writer(
         }
         counters.requests.fetch_add(batch.len() as u64, Ordering::Relaxed);
         counters.batches.fetch_add(1, Ordering::Relaxed);
+        let started = std::time::Instant::now();
         let staged = run_batch(&mut conn, &retention, staging, &mut batch);
+        counters.commit_duration.observe(started.elapsed());
         settler.staged(staged);
         if batch.iter_mut().any(|request| request.settle_all_due().is_some())
             && let Err(error) = settler.settle_all(&mut conn, staging)
