@@ -198,6 +198,30 @@ fn serve_refuses_an_allowed_origin_that_is_not_one() {
     drop(taken);
 }
 
+/// Runs `command` (a `herald serve` expected to refuse to start) for at most 20 s: one that
+/// starts serving instead is killed, and the test fails rather than waits forever.
+fn run_refused(command: &mut Command) -> (Output, String, String) {
+    let mut child = command
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the binary runs");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            let output = child.wait_with_output().unwrap();
+            panic!("the server started instead of refusing: {}", String::from_utf8_lossy(&output.stderr));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let output = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8(output.stdout.clone()).unwrap();
+    let stderr = String::from_utf8(output.stderr.clone()).unwrap();
+    (output, stdout, stderr)
+}
+
 /// The admin port is bound at start like the public one: taken (another herald on the default
 /// 7301, say) or malformed, the start fails in one line that names the option. Fails if a taken
 /// admin port were ignored (the server would run without its metrics).
@@ -206,19 +230,33 @@ fn serve_fails_in_one_line_when_the_admin_port_is_taken_or_malformed() {
     let dir = tempfile::tempdir().unwrap();
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let admin = taken.local_addr().unwrap().to_string();
-    let (output, _, stderr) =
-        run(herald(&dir).args(["serve", "--memory", "--listen", "127.0.0.1:0", "--admin-listen", &admin]));
+    let (output, _, stderr) = run_refused(herald(&dir).args([
+        "serve",
+        "--memory",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        &admin,
+    ]));
     assert_one_line_error(&output, &stderr);
     assert!(stderr.contains(&admin) && stderr.contains("--admin-listen"), "{stderr}");
     // The variable too (the flag is absent: `herald()` sets it to a free port otherwise).
-    let (output, _, stderr) = run(herald(&dir)
-        .args(["serve", "--memory", "--listen", "127.0.0.1:0"])
-        .env("HERALD_ADMIN_LISTEN", &admin));
+    let (output, _, stderr) = run_refused(
+        herald(&dir)
+            .args(["serve", "--memory", "--listen", "127.0.0.1:0"])
+            .env("HERALD_ADMIN_LISTEN", &admin),
+    );
     assert_one_line_error(&output, &stderr);
     assert!(stderr.contains("--admin-listen"), "{stderr}");
     for bad in ["7301", "nowhere:port", ":7301"] {
-        let (output, _, stderr) =
-            run(herald(&dir).args(["serve", "--memory", "--listen", "127.0.0.1:0", "--admin-listen", bad]));
+        let (output, _, stderr) = run_refused(herald(&dir).args([
+            "serve",
+            "--memory",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            bad,
+        ]));
         assert_one_line_error(&output, &stderr);
         assert!(stderr.contains("--admin-listen"), "{bad}: {stderr}");
     }
