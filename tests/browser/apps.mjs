@@ -17,7 +17,9 @@ export const API_KEY = 'hk_guide_test';
 export async function startHeraldMemory({ env = {} } = {}) {
   const port = await freePort();
   const herald = await startProcess('herald serve', heraldBinary(), ['serve', '--memory', '--listen', `127.0.0.1:${port}`], {
-    env: { RUST_LOG: 'warn', HERALD_SECRET: SECRET, HERALD_API_KEY: API_KEY, ...env },
+    env: { RUST_LOG: 'warn', HERALD_SECRET: SECRET, HERALD_API_KEY: API_KEY,
+      // Not the admin port's default (127.0.0.1:7301): several servers may run at once.
+      HERALD_ADMIN_LISTEN: '127.0.0.1:0', ...env },
     ready: async () => {
       try {
         return (await fetch(`http://127.0.0.1:${port}/healthz`)).ok;

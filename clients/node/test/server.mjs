@@ -44,7 +44,9 @@ export const API_KEY = 'hk_test_key';
 export async function startHerald({ env = {}, args = [] } = {}) {
   const port = await freePort();
   const child = spawn(heraldBinary(), ['serve', '--memory', '--listen', `127.0.0.1:${port}`, ...args], {
-    env: { PATH: process.env.PATH, RUST_LOG: 'warn', HERALD_SECRET: SECRET, HERALD_API_KEY: API_KEY, ...env },
+    env: { PATH: process.env.PATH, RUST_LOG: 'warn', HERALD_SECRET: SECRET, HERALD_API_KEY: API_KEY,
+      // Not the admin port's default (127.0.0.1:7301): several servers may run at once.
+      HERALD_ADMIN_LISTEN: '127.0.0.1:0', ...env },
     stdio: ['ignore', 'ignore', 'pipe'],
   });
   let stderr = '';

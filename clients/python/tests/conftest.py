@@ -62,6 +62,9 @@ class HeraldServer:
                 "RUST_LOG": os.environ.get("RUST_LOG", "warn"),
                 "HERALD_SECRET": SECRET,
                 "HERALD_API_KEY": API_KEY,
+                # The admin port's default (127.0.0.1:7301) would be taken by the first of two
+                # servers at once (the guides' tests run one beside the session's).
+                "HERALD_ADMIN_LISTEN": "127.0.0.1:0",
                 **(env or {}),
             },
             stdin=subprocess.DEVNULL,
