@@ -29,6 +29,8 @@
 //!   event ([`TopicEvent`], serialized once like a notification).
 //! - [`metrics`]: the node's counters for `/metrics` ([`Metrics`]: atomics, striped where they
 //!   move per delivery), read as a [`MetricsSnapshot`].
+//! - [`push`]: Web Push's vocabulary: a session's [`PushSubscription`], the user's
+//!   [`PushBounds`], and a [`PushDelivery`] waiting in the store's outbox.
 //! - `queue`: each client's bounded queue of events (private).
 //! - [`hub`]: the [`Hub`], users → sessions → clients on this node, limits and eviction, presence.
 //! - [`store`]: the [`Store`] trait, each user's durable log, and the [`Epoch`] its seqs belong to.
@@ -56,6 +58,7 @@ pub mod metrics;
 pub mod node;
 pub mod notification;
 pub mod notifier;
+pub mod push;
 mod queue;
 pub mod resume;
 pub mod revocation;
@@ -83,6 +86,10 @@ pub use metrics::{Metrics, MetricsSnapshot};
 pub use node::{CLUSTER_NAME_BYTES_MAX, ClusterName, InvalidName, NODE_ID_BYTES_MAX, NodeId};
 pub use notification::{Audience, Notification, Publish, Receipt, ReceiptEntry, Target, TopicReceipt};
 pub use notifier::{Notifier, NotifyError, TopicListeners};
+pub use push::{
+    PUSH_ENDPOINT_BYTES_MAX, PUSH_SUBSCRIPTIONS_PER_SESSION_MAX, PUSH_SUBSCRIPTIONS_PER_USER_MAX, PushBounds,
+    PushDelivery, PushSettle, PushSubscription, PushUrgency, push_evictions, push_subscription_id,
+};
 pub use resume::{InvalidResumePoint, RESUME_TOPICS_MAX, ResumePoint};
 pub use revocation::Revocations;
 pub use store::{

@@ -34,6 +34,10 @@
 //!   moves it.
 //! - Fan-out jobs ([`FanoutJob`]) are durable once `save_job` returns; `prune` forgets finished
 //!   ones older than the idempotency window.
+//! - Push subscriptions ([`PushSubscription`]) are durable once `push_subscribe` returns, one
+//!   per endpoint (its id), within the user's [`PushBounds`]; the push outbox's deliveries
+//!   ([`PushDelivery`]) are durable once `push_enqueue` returns, one per id: enqueuing an id
+//!   kept already changes nothing. See [`crate::push`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,6 +50,7 @@ use crate::ids::{Seq, SessionId, Topic, UserId};
 use crate::inbox::{InboxChange, InboxCounts, InboxPage, InboxQuery, Mark, PrunedInbox, Selection};
 use crate::jobs::FanoutJob;
 use crate::notification::{Audience, Notification, Receipt};
+use crate::push::{PushBounds, PushDelivery, PushSettle, PushSubscription};
 use crate::topic::TopicEvent;
 pub use crate::topic::{StoredListen, TopicListener};
 
@@ -443,6 +448,39 @@ pub trait Store: Send + Sync + 'static {
 
     /// The jobs not finished, oldest first, at most `limit`.
     async fn unfinished_jobs(&self, limit: usize) -> Result<Vec<FanoutJob>, StoreError>;
+
+    /// Keeps `subscription` for its user and session, replacing the one with its id (its
+    /// endpoint: a browser that subscribes again, possibly signed in as someone else now). Then,
+    /// in the same transaction, forgets the oldest subscriptions (by `created_at_ms`, then id)
+    /// of the session beyond [`PushBounds::per_session_max`] and of the user beyond
+    /// [`PushBounds::per_user_max`]. Returns the ids forgotten that way.
+    async fn push_subscribe(
+        &self,
+        subscription: &PushSubscription,
+        bounds: PushBounds,
+    ) -> Result<Vec<String>, StoreError>;
+
+    /// Forgets `user`'s subscription `id`; whether there was one (another user's is left alone).
+    async fn push_unsubscribe(&self, user: &UserId, id: &str) -> Result<bool, StoreError>;
+
+    /// `user`'s push subscriptions, oldest first (by `created_at_ms`, then id).
+    async fn push_subscriptions(&self, user: &UserId) -> Result<Vec<PushSubscription>, StoreError>;
+
+    /// The push subscription with this id, if it is kept.
+    async fn push_subscription(&self, id: &str) -> Result<Option<PushSubscription>, StoreError>;
+
+    /// Adds `deliveries` to the push outbox, atomically; a delivery whose id is there already
+    /// is left as it is (so a push is never enqueued twice for one notification and
+    /// subscription).
+    async fn push_enqueue(&self, deliveries: &[PushDelivery]) -> Result<(), StoreError>;
+
+    /// Up to `limit` deliveries due at `now_ms` (`due_at_ms <= now_ms`), the earliest first (then
+    /// by id).
+    async fn push_due(&self, now_ms: i64, limit: usize) -> Result<Vec<PushDelivery>, StoreError>;
+
+    /// Removes delivery `id` from the outbox ([`PushSettle::Done`]) or moves it to a later time
+    /// with its new count of attempts ([`PushSettle::Retry`]). An id not kept is no error.
+    async fn push_settle(&self, id: &str, settle: PushSettle) -> Result<(), StoreError>;
 
     /// What kind of store this is, for `/healthz` and logs: `"sqlite"`, `"memory"`,
     /// `"postgres"`; `"custom"` unless an implementation names itself.

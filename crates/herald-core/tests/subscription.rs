@@ -113,6 +113,38 @@ impl PublishingStore {
 
 #[async_trait]
 impl Store for PublishingStore {
+    async fn push_subscribe(
+        &self,
+        subscription: &herald_core::PushSubscription,
+        bounds: herald_core::PushBounds,
+    ) -> Result<Vec<String>, StoreError> {
+        self.inner.push_subscribe(subscription, bounds).await
+    }
+    async fn push_unsubscribe(&self, user: &herald_core::UserId, id: &str) -> Result<bool, StoreError> {
+        self.inner.push_unsubscribe(user, id).await
+    }
+    async fn push_subscriptions(
+        &self,
+        user: &herald_core::UserId,
+    ) -> Result<Vec<herald_core::PushSubscription>, StoreError> {
+        self.inner.push_subscriptions(user).await
+    }
+    async fn push_subscription(&self, id: &str) -> Result<Option<herald_core::PushSubscription>, StoreError> {
+        self.inner.push_subscription(id).await
+    }
+    async fn push_enqueue(&self, deliveries: &[herald_core::PushDelivery]) -> Result<(), StoreError> {
+        self.inner.push_enqueue(deliveries).await
+    }
+    async fn push_due(
+        &self,
+        now_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<herald_core::PushDelivery>, StoreError> {
+        self.inner.push_due(now_ms, limit).await
+    }
+    async fn push_settle(&self, id: &str, settle: herald_core::PushSettle) -> Result<(), StoreError> {
+        self.inner.push_settle(id, settle).await
+    }
     async fn save_job(&self, job: &herald_core::FanoutJob) -> Result<(), StoreError> {
         self.inner.save_job(job).await
     }

@@ -21,8 +21,9 @@ use herald_core::notification::now_ms;
 use herald_core::{
     Appended, Audience, ClientId, EPOCH_BYTES_MAX, FanoutJob, InboxCounts, InboxPage, InboxQuery,
     InboxStatus, ItemState, ListenBounds, LogHead, Mark, NewNotification, NewTopicEvent, Notification,
-    Receipt, ReceiptEntry, Retention, Revocation, Revocations, ScopeListens, Selection, SessionId, Store,
-    StoredListen, Topic, TopicAppended, TopicEvent, TopicHead, TopicListener, TopicReceipt, UserId,
+    PushBounds, PushDelivery, PushSettle, PushSubscription, PushUrgency, Receipt, ReceiptEntry, Retention,
+    Revocation, Revocations, ScopeListens, Selection, SessionId, Store, StoredListen, Topic, TopicAppended,
+    TopicEvent, TopicHead, TopicListener, TopicReceipt, UserId, push_subscription_id,
 };
 use serde_json::value::RawValue;
 
@@ -95,6 +96,11 @@ macro_rules! conformance_tests {
             save_job_replaces_the_job_with_its_id,
             unfinished_jobs_are_oldest_first_within_the_limit,
             prune_forgets_finished_jobs_past_the_window,
+            push_subscriptions_round_trip_and_replace_by_endpoint,
+            push_subscriptions_beyond_the_bounds_forget_the_oldest,
+            push_unsubscribe_removes_only_the_users_own,
+            push_outbox_enqueues_once_and_hands_out_what_is_due,
+            push_outbox_settle_retries_later_or_removes,
         );
     };
     (@cases $make:path, $skip:path; $($case:ident),* $(,)?) => {
@@ -2143,4 +2149,143 @@ pub async fn prune_forgets_finished_jobs_past_the_window(make: &impl AsyncFn(Ret
     assert_eq!(store.prune(now + 2 * HOUR_MS).await.unwrap().jobs, 2);
     assert!(store.job("recent").await.unwrap().is_none());
     assert!(store.job("running-old").await.unwrap().is_some());
+}
+
+fn push_subscription(
+    endpoint: &str,
+    user_id: &str,
+    session_id: &str,
+    created_at_ms: i64,
+) -> PushSubscription {
+    PushSubscription {
+        id: push_subscription_id(endpoint),
+        user: user(user_id),
+        session: SessionId::new(session_id).unwrap(),
+        endpoint: endpoint.to_owned(),
+        p256dh: format!("key-of-{endpoint}"),
+        auth: "c2VjcmV0LXNlY3JldC0xNg".to_owned(),
+        created_at_ms,
+    }
+}
+
+fn endpoints(subscriptions: &[PushSubscription]) -> Vec<&str> {
+    subscriptions.iter().map(|s| s.endpoint.as_str()).collect()
+}
+
+/// A subscription reads back field for field, by user (oldest first) and by id; subscribing
+/// again with the same endpoint replaces it (new keys, and another user's now: a browser signed
+/// in as someone else), leaving one.
+pub async fn push_subscriptions_round_trip_and_replace_by_endpoint(
+    make: &impl AsyncFn(Retention) -> Arc<dyn Store>,
+) {
+    let store = make(Retention::default()).await;
+    let bounds = PushBounds::default();
+    let first = push_subscription("https://push.example/b", "alice", "s1", 2_000);
+    let second = push_subscription("https://push.example/a", "alice", "s2", 1_000);
+    assert!(store.push_subscribe(&first, bounds).await.unwrap().is_empty());
+    assert!(store.push_subscribe(&second, bounds).await.unwrap().is_empty());
+    assert_eq!(store.push_subscriptions(&user("alice")).await.unwrap(), [second.clone(), first.clone()]);
+    assert_eq!(store.push_subscription(&first.id).await.unwrap(), Some(first.clone()));
+    assert_eq!(store.push_subscription("no-such-id").await.unwrap(), None);
+    assert!(store.push_subscriptions(&user("bob")).await.unwrap().is_empty());
+
+    let moved = PushSubscription {
+        p256dh: "new-key".into(),
+        ..push_subscription(&first.endpoint, "bob", "s9", 3_000)
+    };
+    store.push_subscribe(&moved, bounds).await.unwrap();
+    assert_eq!(store.push_subscriptions(&user("alice")).await.unwrap(), [second]);
+    assert_eq!(store.push_subscriptions(&user("bob")).await.unwrap(), std::slice::from_ref(&moved));
+    assert_eq!(store.push_subscription(&first.id).await.unwrap(), Some(moved));
+}
+
+/// One subscription more than a session's bound forgets the session's oldest; one more than the
+/// user's bound forgets the user's oldest (in any session); each call returns what it forgot.
+pub async fn push_subscriptions_beyond_the_bounds_forget_the_oldest(
+    make: &impl AsyncFn(Retention) -> Arc<dyn Store>,
+) {
+    let store = make(Retention::default()).await;
+    let bounds = PushBounds { per_user_max: 3, per_session_max: 2 };
+    let sub =
+        |n: i64, session: &str| push_subscription(&format!("https://push.example/{n}"), "alice", session, n);
+    for n in [1, 2] {
+        assert!(store.push_subscribe(&sub(n, "s1"), bounds).await.unwrap().is_empty());
+    }
+    let forgot = store.push_subscribe(&sub(3, "s1"), bounds).await.unwrap();
+    assert_eq!(forgot, [sub(1, "s1").id], "the session's oldest goes");
+    assert_eq!(
+        endpoints(&store.push_subscriptions(&user("alice")).await.unwrap()),
+        ["https://push.example/2", "https://push.example/3"]
+    );
+    assert!(store.push_subscribe(&sub(4, "s2"), bounds).await.unwrap().is_empty());
+    let forgot = store.push_subscribe(&sub(5, "s3"), bounds).await.unwrap();
+    assert_eq!(forgot, [sub(2, "s1").id], "the user's oldest goes, whatever its session");
+    assert_eq!(
+        endpoints(&store.push_subscriptions(&user("alice")).await.unwrap()),
+        ["https://push.example/3", "https://push.example/4", "https://push.example/5"]
+    );
+    // Another user's subscriptions do not count against alice's bound.
+    store.push_subscribe(&push_subscription("https://push.example/b", "bob", "s1", 0), bounds).await.unwrap();
+    assert_eq!(store.push_subscriptions(&user("alice")).await.unwrap().len(), 3);
+}
+
+/// `push_unsubscribe` removes the user's own subscription and says so; another user's, or one
+/// not kept, is left alone and answered `false`.
+pub async fn push_unsubscribe_removes_only_the_users_own(make: &impl AsyncFn(Retention) -> Arc<dyn Store>) {
+    let store = make(Retention::default()).await;
+    let alices = push_subscription("https://push.example/a", "alice", "s1", 1);
+    store.push_subscribe(&alices, PushBounds::default()).await.unwrap();
+    assert!(!store.push_unsubscribe(&user("bob"), &alices.id).await.unwrap());
+    assert_eq!(store.push_subscriptions(&user("alice")).await.unwrap().len(), 1);
+    assert!(store.push_unsubscribe(&user("alice"), &alices.id).await.unwrap());
+    assert!(!store.push_unsubscribe(&user("alice"), &alices.id).await.unwrap());
+    assert!(store.push_subscriptions(&user("alice")).await.unwrap().is_empty());
+    assert_eq!(store.push_subscription(&alices.id).await.unwrap(), None);
+}
+
+fn delivery(id: &str, due_at_ms: i64) -> PushDelivery {
+    PushDelivery {
+        id: id.to_owned(),
+        subscription: "sub".to_owned(),
+        user: user("alice"),
+        unless_live: Some(SessionId::new("s1").unwrap()),
+        payload: r#"{"type":"t","data":{"x":"\u00e9 é"}}"#.to_owned(),
+        ttl_secs: 60,
+        urgency: PushUrgency::High,
+        topic: Some("t".to_owned()),
+        due_at_ms,
+        attempts: 0,
+    }
+}
+
+/// Deliveries read back field for field, the earliest due first (then by id), only those due,
+/// at most `limit`; enqueuing an id kept already changes nothing (its first version stays).
+pub async fn push_outbox_enqueues_once_and_hands_out_what_is_due(
+    make: &impl AsyncFn(Retention) -> Arc<dyn Store>,
+) {
+    let store = make(Retention::default()).await;
+    store.push_enqueue(&[delivery("p2/b", 200), delivery("p1/a", 100), delivery("p2/a", 200)]).await.unwrap();
+    store.push_enqueue(&[delivery("p1/a", 50), delivery("p3/a", 300)]).await.unwrap();
+    store.push_enqueue(&[]).await.unwrap();
+    let due = store.push_due(250, 10).await.unwrap();
+    assert_eq!(due, [delivery("p1/a", 100), delivery("p2/a", 200), delivery("p2/b", 200)]);
+    assert_eq!(store.push_due(250, 1).await.unwrap(), [delivery("p1/a", 100)]);
+    assert!(store.push_due(99, 10).await.unwrap().is_empty());
+    assert!(store.push_due(1_000, 0).await.unwrap().is_empty());
+    assert_eq!(store.push_due(1_000, 10).await.unwrap().len(), 4);
+}
+
+/// `Retry` moves a delivery later with its attempts (read back in the delivery too), `Done`
+/// removes it; settling an id not kept is no error.
+pub async fn push_outbox_settle_retries_later_or_removes(make: &impl AsyncFn(Retention) -> Arc<dyn Store>) {
+    let store = make(Retention::default()).await;
+    store.push_enqueue(&[delivery("a", 100), delivery("b", 100)]).await.unwrap();
+    store.push_settle("a", PushSettle::Retry { due_at_ms: 500, attempts: 2 }).await.unwrap();
+    assert_eq!(store.push_due(400, 10).await.unwrap(), [delivery("b", 100)]);
+    let retried = PushDelivery { attempts: 2, ..delivery("a", 500) };
+    assert_eq!(store.push_due(500, 10).await.unwrap(), [delivery("b", 100), retried]);
+    store.push_settle("b", PushSettle::Done).await.unwrap();
+    store.push_settle("b", PushSettle::Done).await.unwrap();
+    store.push_settle("gone", PushSettle::Retry { due_at_ms: 1, attempts: 1 }).await.unwrap();
+    assert_eq!(store.push_due(i64::MAX, 10).await.unwrap().len(), 1);
 }

@@ -97,6 +97,18 @@ fn job_json(job: &FanoutJob) -> Result<String, StoreError> {
         .map_err(|e| StoreError::Corrupt(format!("fan-out job {:?} does not serialize: {e}", job.id)))
 }
 
+/// A push subscription or delivery as the JSON both SQL stores keep in its row (the whole
+/// value; the row's other columns are copies of the fields they are queried by).
+fn push_json<T: serde::Serialize>(value: &T) -> Result<String, StoreError> {
+    serde_json::to_string(value)
+        .map_err(|e| StoreError::Corrupt(format!("a push record does not serialize: {e}")))
+}
+
+/// The push subscription or delivery a row's JSON holds ([`push_json`]).
+fn push_from_json<T: serde::de::DeserializeOwned>(json: &str) -> Result<T, StoreError> {
+    serde_json::from_str(json).map_err(|e| StoreError::Corrupt(format!("a push record in the store: {e}")))
+}
+
 /// The job a row's JSON holds ([`job_json`]).
 fn job_from_json(json: &str) -> Result<FanoutJob, StoreError> {
     serde_json::from_str(json).map_err(|e| StoreError::Corrupt(format!("a fan-out job in the store: {e}")))

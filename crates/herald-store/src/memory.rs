@@ -25,9 +25,9 @@ use herald_core::notification::now_ms;
 use herald_core::{
     Appended, Epoch, FanoutJob, InboxChange, InboxCounts, InboxItem, InboxPage, InboxQuery, ItemState,
     ListenBounds, LogHead, LogPage, Mark, NewNotification, NewTopicEvent, Notification, PruneReport,
-    PrunedInbox, Receipt, ReceiptEntry, Retention, Revocation, ScopeListens, Selection, Seq, SessionId,
-    Store, StoreError, StoredListen, Topic, TopicAppended, TopicEvent, TopicHead, TopicListener, TopicPage,
-    TopicReceipt, UserId,
+    PrunedInbox, PushBounds, PushDelivery, PushSettle, PushSubscription, Receipt, ReceiptEntry, Retention,
+    Revocation, ScopeListens, Selection, Seq, SessionId, Store, StoreError, StoredListen, Topic,
+    TopicAppended, TopicEvent, TopicHead, TopicListener, TopicPage, TopicReceipt, UserId,
 };
 use parking_lot::Mutex;
 
@@ -59,6 +59,10 @@ struct Inner {
     topics: HashMap<Topic, TopicLog>,
     /// Fan-out jobs, by id.
     jobs: HashMap<String, FanoutJob>,
+    /// Push subscriptions by id.
+    push_subscriptions: HashMap<String, PushSubscription>,
+    /// The push outbox by id.
+    push_outbox: HashMap<String, PushDelivery>,
 }
 
 /// One topic's durable events: tseqs `head.pruned_through + 1 ..= head.last_seq`, oldest first.
@@ -396,6 +400,76 @@ impl Store for MemoryStore {
         let from = log.events.partition_point(|e| e.tseq.unwrap_or(0) <= after);
         let events = log.events.iter().skip(from).take(limit).cloned().collect();
         Ok(TopicPage { events, head: log.head, epoch: self.epoch() })
+    }
+
+    async fn push_subscribe(
+        &self,
+        subscription: &PushSubscription,
+        bounds: PushBounds,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut inner = self.inner.lock();
+        inner.push_subscriptions.insert(subscription.id.clone(), subscription.clone());
+        let kept: Vec<PushSubscription> =
+            inner.push_subscriptions.values().filter(|s| s.user == subscription.user).cloned().collect();
+        let evicted = herald_core::push_evictions(&kept, &subscription.session, bounds);
+        for id in &evicted {
+            inner.push_subscriptions.remove(id);
+        }
+        Ok(evicted)
+    }
+
+    async fn push_unsubscribe(&self, user: &UserId, id: &str) -> Result<bool, StoreError> {
+        let mut inner = self.inner.lock();
+        let theirs = inner.push_subscriptions.get(id).is_some_and(|s| &s.user == user);
+        if theirs {
+            inner.push_subscriptions.remove(id);
+        }
+        Ok(theirs)
+    }
+
+    async fn push_subscriptions(&self, user: &UserId) -> Result<Vec<PushSubscription>, StoreError> {
+        let inner = self.inner.lock();
+        let mut subscriptions: Vec<PushSubscription> =
+            inner.push_subscriptions.values().filter(|s| &s.user == user).cloned().collect();
+        subscriptions.sort_by(|a, b| (a.created_at_ms, &a.id).cmp(&(b.created_at_ms, &b.id)));
+        Ok(subscriptions)
+    }
+
+    async fn push_subscription(&self, id: &str) -> Result<Option<PushSubscription>, StoreError> {
+        Ok(self.inner.lock().push_subscriptions.get(id).cloned())
+    }
+
+    async fn push_enqueue(&self, deliveries: &[PushDelivery]) -> Result<(), StoreError> {
+        let mut inner = self.inner.lock();
+        for delivery in deliveries {
+            inner.push_outbox.entry(delivery.id.clone()).or_insert_with(|| delivery.clone());
+        }
+        Ok(())
+    }
+
+    async fn push_due(&self, now_ms: i64, limit: usize) -> Result<Vec<PushDelivery>, StoreError> {
+        let inner = self.inner.lock();
+        let mut due: Vec<PushDelivery> =
+            inner.push_outbox.values().filter(|d| d.due_at_ms <= now_ms).cloned().collect();
+        due.sort_by(|a, b| (a.due_at_ms, &a.id).cmp(&(b.due_at_ms, &b.id)));
+        due.truncate(limit);
+        Ok(due)
+    }
+
+    async fn push_settle(&self, id: &str, settle: PushSettle) -> Result<(), StoreError> {
+        let mut inner = self.inner.lock();
+        match settle {
+            PushSettle::Done => {
+                inner.push_outbox.remove(id);
+            }
+            PushSettle::Retry { due_at_ms, attempts } => {
+                if let Some(delivery) = inner.push_outbox.get_mut(id) {
+                    delivery.due_at_ms = due_at_ms;
+                    delivery.attempts = attempts;
+                }
+            }
+        }
+        Ok(())
     }
 
     async fn save_job(&self, job: &FanoutJob) -> Result<(), StoreError> {

@@ -26,6 +26,80 @@ use super::writes::{
 
 #[async_trait]
 impl Store for PostgresStore {
+    async fn push_subscribe(
+        &self,
+        subscription: &herald_core::PushSubscription,
+        bounds: herald_core::PushBounds,
+    ) -> Result<Vec<String>, StoreError> {
+        let json = crate::push_json(subscription)?;
+        let (pool, json) = (&*self.pool, &json);
+        pool.run(move || async move {
+            let mut client = pool.client().await?;
+            let tx = client.transaction().await?;
+            let evicted = super::writes::push_subscribe(&tx, subscription, json, bounds).await?;
+            tx.commit().await?;
+            Ok(evicted)
+        })
+        .await
+    }
+
+    async fn push_unsubscribe(&self, user: &UserId, id: &str) -> Result<bool, StoreError> {
+        let pool = &*self.pool;
+        pool.run(
+            move || async move { super::writes::push_unsubscribe(&*pool.client().await?, user, id).await },
+        )
+        .await
+    }
+
+    async fn push_subscriptions(
+        &self,
+        user: &UserId,
+    ) -> Result<Vec<herald_core::PushSubscription>, StoreError> {
+        let pool = &*self.pool;
+        pool.run(
+            move || async move { super::reads::read_push_subscriptions(&pool.client().await?, user).await },
+        )
+        .await
+    }
+
+    async fn push_subscription(&self, id: &str) -> Result<Option<herald_core::PushSubscription>, StoreError> {
+        let pool = &*self.pool;
+        pool.run(
+            move || async move { super::reads::read_push_subscription(&*pool.client().await?, id).await },
+        )
+        .await
+    }
+
+    async fn push_enqueue(&self, deliveries: &[herald_core::PushDelivery]) -> Result<(), StoreError> {
+        if deliveries.is_empty() {
+            return Ok(());
+        }
+        let pool = &*self.pool;
+        pool.run(move || async move { super::writes::push_enqueue(&*pool.client().await?, deliveries).await })
+            .await
+    }
+
+    async fn push_due(
+        &self,
+        now_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<herald_core::PushDelivery>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let pool = &*self.pool;
+        pool.run(
+            move || async move { super::reads::read_push_due(&*pool.client().await?, now_ms, limit).await },
+        )
+        .await
+    }
+
+    async fn push_settle(&self, id: &str, settle: herald_core::PushSettle) -> Result<(), StoreError> {
+        let pool = &*self.pool;
+        pool.run(move || async move { super::writes::push_settle(&*pool.client().await?, id, settle).await })
+            .await
+    }
+
     /// One statement on a pooled connection (its own commit), not the writer's group commit:
     /// a job is saved once per chunk of a thousand users, not once per publish.
     async fn save_job(&self, job: &FanoutJob) -> Result<(), StoreError> {

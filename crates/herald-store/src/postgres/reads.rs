@@ -419,3 +419,44 @@ pub(super) async fn read_unfinished_jobs(
     let rows = client.query(&statement, &[&limit]).await?;
     Ok(rows.iter().map(|row| crate::job_from_json(row.get(0))).collect::<Result<_, _>>()?)
 }
+
+/// `user`'s push subscriptions, oldest first (`herald_push_subscriptions_by_user`).
+pub(super) async fn read_push_subscriptions(
+    client: &impl GenericClient,
+    user: &UserId,
+) -> Result<Vec<herald_core::PushSubscription>, Error> {
+    let statement = client
+        .prepare_cached(
+            "SELECT subscription FROM herald_push_subscriptions WHERE user_id = $1 ORDER BY created_at, id",
+        )
+        .await?;
+    let rows = client.query(&statement, &[&user.as_str()]).await?;
+    Ok(rows.iter().map(|row| crate::push_from_json(row.get(0))).collect::<Result<_, _>>()?)
+}
+
+/// The push subscription with this id.
+pub(super) async fn read_push_subscription(
+    client: &ClientWrapper,
+    id: &str,
+) -> Result<Option<herald_core::PushSubscription>, Error> {
+    let statement =
+        client.prepare_cached("SELECT subscription FROM herald_push_subscriptions WHERE id = $1").await?;
+    let row = client.query_opt(&statement, &[&id]).await?;
+    Ok(row.map(|row| crate::push_from_json(row.get(0))).transpose()?)
+}
+
+/// Up to `limit` deliveries due at `now_ms`, earliest first (`herald_push_outbox_by_due_at`).
+pub(super) async fn read_push_due(
+    client: &ClientWrapper,
+    now_ms: i64,
+    limit: usize,
+) -> Result<Vec<herald_core::PushDelivery>, Error> {
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let statement = client
+        .prepare_cached(
+            "SELECT delivery FROM herald_push_outbox WHERE due_at <= $1 ORDER BY due_at, id LIMIT $2",
+        )
+        .await?;
+    let rows = client.query(&statement, &[&now_ms, &limit]).await?;
+    Ok(rows.iter().map(|row| crate::push_from_json(row.get(0))).collect::<Result<_, _>>()?)
+}

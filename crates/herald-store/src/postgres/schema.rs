@@ -14,7 +14,7 @@ use super::sql::Error;
 
 /// The schema this code writes, kept in `herald_meta.schema_version`. A database with a higher
 /// version was migrated by a newer Herald: opening it fails rather than guess.
-pub const SCHEMA_VERSION: i32 = 4;
+pub const SCHEMA_VERSION: i32 = 5;
 
 /// Schema version 1: everything the `Store` contract needed then (listens came with
 /// [`SCHEMA_V2`], topic logs with [`SCHEMA_V3`], fan-out jobs with [`SCHEMA_V4`]).
@@ -178,6 +178,34 @@ CREATE INDEX herald_jobs_by_finished_at ON herald_jobs (finished_at) WHERE finis
 UPDATE herald_meta SET schema_version = 4;
 "#;
 
+/// Version 4 → 5: **Web Push** (see `herald_core::push`), as SQLite's version 10.
+///
+/// - `herald_push_subscriptions`: one row per browser subscription, keyed by its id (made from
+///   its endpoint), the whole subscription as JSON text in `subscription`, with copies of what it
+///   is queried by (`user_id`, `session_id`, `created_at`); `herald_push_subscriptions_by_user`
+///   is a user's subscriptions oldest first (the publisher API's list, and the rows a new
+///   subscription's bounds are checked on, under the user's advisory lock of push).
+/// - `herald_push_outbox`: the pushes waiting to be sent, one row per notification and
+///   subscription (the id), the whole delivery as JSON text, `due_at` copied for
+///   `herald_push_outbox_by_due_at`, the sender's scan of what is due.
+pub const SCHEMA_V5: &str = r#"
+CREATE TABLE herald_push_subscriptions (
+    id           text COLLATE "C" PRIMARY KEY,
+    user_id      text COLLATE "C" NOT NULL,
+    session_id   text COLLATE "C" NOT NULL,
+    created_at   bigint NOT NULL,
+    subscription text NOT NULL
+);
+CREATE INDEX herald_push_subscriptions_by_user ON herald_push_subscriptions (user_id, created_at, id);
+CREATE TABLE herald_push_outbox (
+    id       text COLLATE "C" PRIMARY KEY,
+    due_at   bigint NOT NULL,
+    delivery text NOT NULL
+);
+CREATE INDEX herald_push_outbox_by_due_at ON herald_push_outbox (due_at, id);
+UPDATE herald_meta SET schema_version = 5;
+"#;
+
 /// The advisory lock migrations hold (for their transaction): one per schema, so several nodes
 /// starting at once on one database migrate one after the other, and the later ones find the
 /// schema done. `hashtext` of the schema's name: stores in other schemas of the database do not
@@ -234,7 +262,13 @@ pub(super) async fn migrate(client: &mut Client, place: &str) -> Result<(), Erro
         }
         tx.batch_execute(SCHEMA_V4).await?;
     }
-    // Later versions: `if version < 5 { … }`, each bumping `herald_meta.schema_version`.
+    if version < 5 {
+        if version >= 1 {
+            tracing::info!(place, "upgrading Herald's tables to schema version 5 (Web Push)");
+        }
+        tx.batch_execute(SCHEMA_V5).await?;
+    }
+    // Later versions: `if version < 6 { … }`, each bumping `herald_meta.schema_version`.
     tx.commit().await?;
     Ok(())
 }

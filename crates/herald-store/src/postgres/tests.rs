@@ -58,6 +58,38 @@ impl Drop for TestStore {
 
 #[async_trait]
 impl Store for TestStore {
+    async fn push_subscribe(
+        &self,
+        subscription: &herald_core::PushSubscription,
+        bounds: herald_core::PushBounds,
+    ) -> Result<Vec<String>, StoreError> {
+        self.store().push_subscribe(subscription, bounds).await
+    }
+    async fn push_unsubscribe(&self, user: &herald_core::UserId, id: &str) -> Result<bool, StoreError> {
+        self.store().push_unsubscribe(user, id).await
+    }
+    async fn push_subscriptions(
+        &self,
+        user: &herald_core::UserId,
+    ) -> Result<Vec<herald_core::PushSubscription>, StoreError> {
+        self.store().push_subscriptions(user).await
+    }
+    async fn push_subscription(&self, id: &str) -> Result<Option<herald_core::PushSubscription>, StoreError> {
+        self.store().push_subscription(id).await
+    }
+    async fn push_enqueue(&self, deliveries: &[herald_core::PushDelivery]) -> Result<(), StoreError> {
+        self.store().push_enqueue(deliveries).await
+    }
+    async fn push_due(
+        &self,
+        now_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<herald_core::PushDelivery>, StoreError> {
+        self.store().push_due(now_ms, limit).await
+    }
+    async fn push_settle(&self, id: &str, settle: herald_core::PushSettle) -> Result<(), StoreError> {
+        self.store().push_settle(id, settle).await
+    }
     async fn save_job(&self, job: &herald_core::FanoutJob) -> Result<(), StoreError> {
         self.store().save_job(job).await
     }
@@ -373,7 +405,8 @@ async fn a_version_1_schema_gains_listens() {
     client
         .batch_execute(&format!(
             "DROP TABLE \"{schema}\".herald_topic_listens; DROP TABLE \"{schema}\".herald_topic_log;
-             DROP TABLE \"{schema}\".herald_topic_heads; DROP TABLE \"{schema}\".herald_jobs;
+             DROP TABLE \"{schema}\".herald_topic_heads; DROP TABLE \"{schema}\".herald_jobs; DROP TABLE \"{schema}\".herald_push_subscriptions;
+             DROP TABLE \"{schema}\".herald_push_outbox;
              UPDATE \"{schema}\".herald_meta SET schema_version = 1"
         ))
         .await
@@ -528,7 +561,8 @@ async fn a_version_2_schema_gains_topic_logs() {
     client
         .batch_execute(&format!(
             "DROP TABLE \"{schema}\".herald_topic_log; DROP TABLE \"{schema}\".herald_topic_heads;
-             DROP TABLE \"{schema}\".herald_jobs; UPDATE \"{schema}\".herald_meta SET schema_version = 2"
+             DROP TABLE \"{schema}\".herald_jobs; DROP TABLE \"{schema}\".herald_push_subscriptions;
+             DROP TABLE \"{schema}\".herald_push_outbox; UPDATE \"{schema}\".herald_meta SET schema_version = 2"
         ))
         .await
         .unwrap();
@@ -965,7 +999,8 @@ async fn a_version_3_schema_gains_jobs() {
     let schema = &test.schema;
     client
         .batch_execute(&format!(
-            "DROP TABLE \"{schema}\".herald_jobs; UPDATE \"{schema}\".herald_meta SET schema_version = 3"
+            "DROP TABLE \"{schema}\".herald_jobs; DROP TABLE \"{schema}\".herald_push_subscriptions;
+             DROP TABLE \"{schema}\".herald_push_outbox; UPDATE \"{schema}\".herald_meta SET schema_version = 3"
         ))
         .await
         .unwrap();
@@ -976,7 +1011,7 @@ async fn a_version_3_schema_gains_jobs() {
         .unwrap()
         .get(0);
     assert_eq!(version, SCHEMA_VERSION);
-    assert_eq!(SCHEMA_VERSION, 4);
+    assert_eq!(SCHEMA_VERSION, 5);
     assert_eq!(reopened.head(&UserId::new("alice").unwrap()).await.unwrap().last_seq, 1, "the logs are kept");
     let job = herald_core::FanoutJob {
         id: "j1".to_owned(),

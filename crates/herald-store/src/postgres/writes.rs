@@ -1101,3 +1101,97 @@ pub(super) async fn prune_topic_events(tx: &Transaction<'_>, before_ms: i64) -> 
     let removed: i64 = tx.query_one(&delete, &[&topics, &through]).await?.get(0);
     Ok(PrunedChunk { removed: u64::try_from(removed).unwrap_or(0), ..PrunedChunk::default() })
 }
+
+/// The advisory lock of a user's push subscriptions, for the transaction: two subscribes of one
+/// user (on two nodes) check the bounds one after the other.
+const PUSH_LOCK: &str = "SELECT pg_advisory_xact_lock(hashtext('herald-push:' || $1))";
+
+/// Upserts the subscription (by id), then removes what [`herald_core::push_evictions`] says of
+/// the user's rows, under the user's [`PUSH_LOCK`]; the ids removed.
+pub(super) async fn push_subscribe(
+    tx: &Transaction<'_>,
+    subscription: &herald_core::PushSubscription,
+    json: &str,
+    bounds: herald_core::PushBounds,
+) -> Result<Vec<String>, Error> {
+    let user = subscription.user.as_str();
+    let statement = tx.prepare_cached(PUSH_LOCK).await?;
+    tx.execute(&statement, &[&user]).await?;
+    let statement = tx
+        .prepare_cached(
+            "INSERT INTO herald_push_subscriptions (id, user_id, session_id, created_at, subscription)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (id) DO UPDATE SET user_id = EXCLUDED.user_id, session_id = EXCLUDED.session_id,
+                 created_at = EXCLUDED.created_at, subscription = EXCLUDED.subscription",
+        )
+        .await?;
+    tx.execute(
+        &statement,
+        &[&subscription.id, &user, &subscription.session.as_str(), &subscription.created_at_ms, &json],
+    )
+    .await?;
+    let kept = super::reads::read_push_subscriptions(tx, &subscription.user).await?;
+    let evicted = herald_core::push_evictions(&kept, &subscription.session, bounds);
+    if !evicted.is_empty() {
+        let statement = tx.prepare_cached("DELETE FROM herald_push_subscriptions WHERE id = ANY($1)").await?;
+        tx.execute(&statement, &[&evicted]).await?;
+    }
+    Ok(evicted)
+}
+
+/// Forgets `user`'s subscription `id`; whether there was one.
+pub(super) async fn push_unsubscribe(client: &ClientWrapper, user: &UserId, id: &str) -> Result<bool, Error> {
+    let statement =
+        client.prepare_cached("DELETE FROM herald_push_subscriptions WHERE id = $1 AND user_id = $2").await?;
+    Ok(client.execute(&statement, &[&id, &user.as_str()]).await? > 0)
+}
+
+/// Adds deliveries to the outbox, leaving those whose id is kept already, in one statement.
+pub(super) async fn push_enqueue(
+    client: &ClientWrapper,
+    deliveries: &[herald_core::PushDelivery],
+) -> Result<(), Error> {
+    let mut ids = Vec::with_capacity(deliveries.len());
+    let mut due = Vec::with_capacity(deliveries.len());
+    let mut json = Vec::with_capacity(deliveries.len());
+    for delivery in deliveries {
+        ids.push(delivery.id.as_str());
+        due.push(delivery.due_at_ms);
+        json.push(crate::push_json(delivery)?);
+    }
+    let statement = client
+        .prepare_cached(
+            "INSERT INTO herald_push_outbox (id, due_at, delivery)
+             SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[])
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .await?;
+    client.execute(&statement, &[&ids, &due, &json]).await?;
+    Ok(())
+}
+
+/// Removes a delivery, or moves it later with its new attempt count (column and JSON alike).
+pub(super) async fn push_settle(
+    client: &ClientWrapper,
+    id: &str,
+    settle: herald_core::PushSettle,
+) -> Result<(), Error> {
+    match settle {
+        herald_core::PushSettle::Done => {
+            let statement = client.prepare_cached("DELETE FROM herald_push_outbox WHERE id = $1").await?;
+            client.execute(&statement, &[&id]).await?;
+        }
+        herald_core::PushSettle::Retry { due_at_ms, attempts } => {
+            let statement = client
+                .prepare_cached(
+                    "UPDATE herald_push_outbox SET due_at = $2,
+                         delivery = jsonb_set(jsonb_set(delivery::jsonb, '{due_at_ms}', to_jsonb($2::bigint)),
+                                              '{attempts}', to_jsonb($3::bigint))::text
+                     WHERE id = $1",
+                )
+                .await?;
+            client.execute(&statement, &[&id, &due_at_ms, &i64::from(attempts)]).await?;
+        }
+    }
+    Ok(())
+}

@@ -9,9 +9,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use herald_core::{
     Appended, Epoch, FanoutJob, InboxChange, InboxCounts, InboxPage, InboxQuery, ListenBounds, LogHead,
-    LogPage, Mark, NewNotification, NewTopicEvent, PruneReport, Receipt, Revocation, ScopeListens, Selection,
-    Seq, SessionId, Store, StoreError, StoredListen, Topic, TopicAppended, TopicHead, TopicListener,
-    TopicPage, UserId,
+    LogPage, Mark, NewNotification, NewTopicEvent, PruneReport, PushBounds, PushDelivery, PushSettle,
+    PushSubscription, Receipt, Revocation, ScopeListens, Selection, Seq, SessionId, Store, StoreError,
+    StoredListen, Topic, TopicAppended, TopicHead, TopicListener, TopicPage, UserId,
 };
 
 use super::SqliteStore;
@@ -21,12 +21,58 @@ use super::reads::{
 };
 use super::request::{
     Append, AppendTopic, CompleteReceipt, ForgetSessionListens, InboxChunk, InboxDelete, InboxMark, Listen,
-    PruneChunk, Revoke, Rows, SaveJob, Unlisten, Write,
+    PruneChunk, PushEnqueue, PushSettleRow, PushSubscribe, PushUnsubscribe, Revoke, Rows, SaveJob, Unlisten,
+    Write,
 };
 use super::sql::sql_seq;
 
 #[async_trait]
 impl Store for SqliteStore {
+    async fn push_subscribe(
+        &self,
+        subscription: &PushSubscription,
+        bounds: PushBounds,
+    ) -> Result<Vec<String>, StoreError> {
+        let json = crate::push_json(subscription)?;
+        self.writer.submit(PushSubscribe { subscription: subscription.clone(), json, bounds }).await
+    }
+
+    async fn push_unsubscribe(&self, user: &UserId, id: &str) -> Result<bool, StoreError> {
+        self.writer.submit(PushUnsubscribe { user: user.clone(), id: id.to_owned() }).await
+    }
+
+    async fn push_subscriptions(&self, user: &UserId) -> Result<Vec<PushSubscription>, StoreError> {
+        let user = user.clone();
+        self.readers.read(move |tx| super::reads::read_push_subscriptions(tx, &user)).await
+    }
+
+    async fn push_subscription(&self, id: &str) -> Result<Option<PushSubscription>, StoreError> {
+        let id = id.to_owned();
+        self.readers.read(move |tx| super::reads::read_push_subscription(tx, &id)).await
+    }
+
+    async fn push_enqueue(&self, deliveries: &[PushDelivery]) -> Result<(), StoreError> {
+        if deliveries.is_empty() {
+            return Ok(());
+        }
+        let rows = deliveries
+            .iter()
+            .map(|d| Ok((d.id.clone(), d.due_at_ms, crate::push_json(d)?)))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        self.writer.submit(PushEnqueue { rows }).await
+    }
+
+    async fn push_due(&self, now_ms: i64, limit: usize) -> Result<Vec<PushDelivery>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        self.readers.read(move |tx| super::reads::read_push_due(tx, now_ms, limit)).await
+    }
+
+    async fn push_settle(&self, id: &str, settle: PushSettle) -> Result<(), StoreError> {
+        self.writer.submit(PushSettleRow { id: id.to_owned(), settle }).await
+    }
+
     async fn save_job(&self, job: &FanoutJob) -> Result<(), StoreError> {
         let json = crate::job_json(job)?;
         let (id, created_at_ms, finished_at_ms) = (job.id.clone(), job.created_at_ms, job.finished_at_ms);

@@ -551,3 +551,42 @@ pub(super) fn read_unfinished_jobs(conn: &Connection, limit: usize) -> Result<Ve
         .map_err(db_error)?;
     rows.iter().map(|json| crate::job_from_json(json)).collect()
 }
+
+/// `user`'s push subscriptions, oldest first (the index `push_subscriptions_by_user`).
+pub(super) fn read_push_subscriptions(
+    conn: &Connection,
+    user: &UserId,
+) -> Result<Vec<herald_core::PushSubscription>, StoreError> {
+    let rows: Vec<String> = conn
+        .prepare_cached("SELECT subscription FROM push_subscriptions WHERE user = ?1 ORDER BY created_at, id")
+        .and_then(|mut stmt| stmt.query_map([user.as_str()], |row| row.get(0))?.collect())
+        .map_err(db_error)?;
+    rows.iter().map(|json| crate::push_from_json(json)).collect()
+}
+
+/// The push subscription with this id.
+pub(super) fn read_push_subscription(
+    conn: &Connection,
+    id: &str,
+) -> Result<Option<herald_core::PushSubscription>, StoreError> {
+    let json: Option<String> = conn
+        .prepare_cached("SELECT subscription FROM push_subscriptions WHERE id = ?1")
+        .and_then(|mut stmt| stmt.query_row([id], |row| row.get(0)).optional())
+        .map_err(db_error)?;
+    json.as_deref().map(crate::push_from_json).transpose()
+}
+
+/// Up to `limit` deliveries of the push outbox due at `now_ms`, earliest first (the index
+/// `push_outbox_by_due_at`).
+pub(super) fn read_push_due(
+    conn: &Connection,
+    now_ms: i64,
+    limit: usize,
+) -> Result<Vec<herald_core::PushDelivery>, StoreError> {
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let rows: Vec<String> = conn
+        .prepare_cached("SELECT delivery FROM push_outbox WHERE due_at <= ?1 ORDER BY due_at, id LIMIT ?2")
+        .and_then(|mut stmt| stmt.query_map(params![now_ms, limit], |row| row.get(0))?.collect())
+        .map_err(db_error)?;
+    rows.iter().map(|json| crate::push_from_json(json)).collect()
+}

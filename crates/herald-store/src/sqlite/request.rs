@@ -7,8 +7,8 @@
 //! committed, in `writer`.
 
 use herald_core::{
-    InboxChange, ListenBounds, Mark, NewNotification, NewTopicEvent, PrunedInbox, Retention, Seq, SessionId,
-    StoreError, Topic, UserId,
+    InboxChange, ListenBounds, Mark, NewNotification, NewTopicEvent, PrunedInbox, PushBounds, PushSettle,
+    PushSubscription, Retention, Seq, SessionId, StoreError, Topic, UserId,
 };
 use rusqlite::Connection;
 use tokio::sync::oneshot;
@@ -102,6 +102,10 @@ pub(super) enum Request {
     InboxMark(Job<InboxMark>),
     InboxDelete(Job<InboxDelete>),
     SettleAll(Job<SettleAll>),
+    PushSubscribe(Job<PushSubscribe>),
+    PushUnsubscribe(Job<PushUnsubscribe>),
+    PushEnqueue(Job<PushEnqueue>),
+    PushSettleRow(Job<PushSettleRow>),
 }
 
 /// `$body` with `$job` bound to the request's job, whatever its write: the one place that lists
@@ -121,6 +125,10 @@ macro_rules! with_job {
             Request::InboxMark($job) => $body,
             Request::InboxDelete($job) => $body,
             Request::SettleAll($job) => $body,
+            Request::PushSubscribe($job) => $body,
+            Request::PushUnsubscribe($job) => $body,
+            Request::PushEnqueue($job) => $body,
+            Request::PushSettleRow($job) => $body,
         }
     };
 }
@@ -281,3 +289,30 @@ pub(super) struct InboxChunk {
 /// ([`SqliteStore::settle_all`](super::SqliteStore::settle_all)): it runs nothing in the batch
 /// itself, and the writer settles after the commit (see [`Request::settle_all_due`]).
 pub(super) struct SettleAll;
+
+/// Keeps a push subscription, then forgets its session's and user's oldest beyond `bounds`
+/// (`Store::push_subscribe`).
+pub(super) struct PushSubscribe {
+    pub subscription: PushSubscription,
+    /// The whole subscription, serialized by the requester (as a job is).
+    pub json: String,
+    pub bounds: PushBounds,
+}
+
+/// Forgets `user`'s push subscription `id` (`Store::push_unsubscribe`).
+pub(super) struct PushUnsubscribe {
+    pub user: UserId,
+    pub id: String,
+}
+
+/// Adds deliveries to the push outbox, leaving those whose id is kept already
+/// (`Store::push_enqueue`): `(id, due_at_ms, json)`.
+pub(super) struct PushEnqueue {
+    pub rows: Vec<(String, i64, String)>,
+}
+
+/// Removes or reschedules one delivery of the push outbox (`Store::push_settle`).
+pub(super) struct PushSettleRow {
+    pub id: String,
+    pub settle: PushSettle,
+}

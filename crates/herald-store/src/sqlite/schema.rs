@@ -14,7 +14,7 @@ use super::sql::db_error;
 
 /// The schema this code writes, kept in `PRAGMA user_version`. A database with a higher version
 /// was written by a newer Herald: opening it fails rather than guess.
-pub const SCHEMA_VERSION: i32 = 9;
+pub const SCHEMA_VERSION: i32 = 10;
 
 /// Schema version 1. `notifications` is `WITHOUT ROWID`, clustered by (user, seq): a replay is
 /// one range scan. A new database gets it, then [`SCHEMA_V2`], like an old one.
@@ -242,6 +242,33 @@ CREATE INDEX jobs_unfinished ON jobs (created_at, id) WHERE finished_at IS NULL;
 CREATE INDEX jobs_by_finished_at ON jobs (finished_at) WHERE finished_at IS NOT NULL;
 ";
 
+/// Version 9 → 10: **Web Push** (see `herald_core::push`).
+///
+/// - `push_subscriptions`: one row per browser subscription, keyed by its id (made from its
+///   endpoint), the whole [`PushSubscription`](herald_core::PushSubscription) as JSON in
+///   `subscription`, with copies of what it is queried by (`user`, `session`, `created_at`).
+///   `push_subscriptions_by_user` is a user's subscriptions oldest first: the publisher API's
+///   list, and the rows a new subscription's bounds are checked on (at most the bound plus one).
+/// - `push_outbox`: the pushes waiting to be sent, one row per notification and subscription
+///   (the id), the whole [`PushDelivery`](herald_core::PushDelivery) as JSON in `delivery`, with
+///   its `due_at` copied for `push_outbox_by_due_at`, the sender's scan of what is due.
+pub const SCHEMA_V10: &str = "
+CREATE TABLE push_subscriptions (
+    id           TEXT PRIMARY KEY,
+    user         TEXT NOT NULL,
+    session      TEXT NOT NULL,
+    created_at   INTEGER NOT NULL,
+    subscription TEXT NOT NULL
+);
+CREATE INDEX push_subscriptions_by_user ON push_subscriptions (user, created_at, id);
+CREATE TABLE push_outbox (
+    id       TEXT PRIMARY KEY,
+    due_at   INTEGER NOT NULL,
+    delivery TEXT NOT NULL
+);
+CREATE INDEX push_outbox_by_due_at ON push_outbox (due_at, id);
+";
+
 /// Creates the schema in an empty database, upgrades an older one step by step (a new database
 /// takes the same steps), and refuses a newer one, or another program's (at `path`). All in one
 /// transaction: a failed upgrade leaves the file as it was.
@@ -315,6 +342,12 @@ pub(super) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreErr
             tracing::info!("upgrading the store to schema version 9 (fan-out jobs)");
         }
         tx.execute_batch(SCHEMA_V9).map_err(db_error)?;
+    }
+    if version < 10 {
+        if version >= 1 {
+            tracing::info!("upgrading the store to schema version 10 (Web Push)");
+        }
+        tx.execute_batch(SCHEMA_V10).map_err(db_error)?;
     }
     if version != SCHEMA_VERSION {
         tx.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(db_error)?;

@@ -46,6 +46,38 @@ struct TempStore {
 
 #[async_trait]
 impl Store for TempStore {
+    async fn push_subscribe(
+        &self,
+        subscription: &herald_core::PushSubscription,
+        bounds: herald_core::PushBounds,
+    ) -> Result<Vec<String>, StoreError> {
+        self.store.push_subscribe(subscription, bounds).await
+    }
+    async fn push_unsubscribe(&self, user: &herald_core::UserId, id: &str) -> Result<bool, StoreError> {
+        self.store.push_unsubscribe(user, id).await
+    }
+    async fn push_subscriptions(
+        &self,
+        user: &herald_core::UserId,
+    ) -> Result<Vec<herald_core::PushSubscription>, StoreError> {
+        self.store.push_subscriptions(user).await
+    }
+    async fn push_subscription(&self, id: &str) -> Result<Option<herald_core::PushSubscription>, StoreError> {
+        self.store.push_subscription(id).await
+    }
+    async fn push_enqueue(&self, deliveries: &[herald_core::PushDelivery]) -> Result<(), StoreError> {
+        self.store.push_enqueue(deliveries).await
+    }
+    async fn push_due(
+        &self,
+        now_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<herald_core::PushDelivery>, StoreError> {
+        self.store.push_due(now_ms, limit).await
+    }
+    async fn push_settle(&self, id: &str, settle: herald_core::PushSettle) -> Result<(), StoreError> {
+        self.store.push_settle(id, settle).await
+    }
     async fn save_job(&self, job: &herald_core::FanoutJob) -> Result<(), StoreError> {
         self.store.save_job(job).await
     }
@@ -1260,7 +1292,7 @@ async fn revocations_survive_reopening() {
     let conn = Connection::open(&path).unwrap();
     conn.execute_batch(
         "DROP TABLE revocations; DROP TABLE meta; DROP TABLE topic_listens; DROP TABLE topic_log;
-         DROP TABLE topic_heads; DROP TABLE jobs; PRAGMA user_version = 4;",
+         DROP TABLE topic_heads; DROP TABLE jobs; DROP TABLE push_subscriptions; DROP TABLE push_outbox; PRAGMA user_version = 4;",
     )
     .unwrap();
     drop(conn);
@@ -1324,7 +1356,7 @@ async fn the_epoch_is_made_with_the_database_and_kept() {
     let conn = Connection::open(&path).unwrap();
     conn.execute_batch(
         "DROP TABLE meta; DROP TABLE topic_listens; DROP TABLE topic_log; DROP TABLE topic_heads;
-         DROP TABLE jobs; PRAGMA user_version = 5;",
+         DROP TABLE jobs; DROP TABLE push_subscriptions; DROP TABLE push_outbox; PRAGMA user_version = 5;",
     )
     .unwrap();
     drop(conn);
@@ -1388,7 +1420,7 @@ async fn listens_survive_reopening() {
     // upgraded in place.
     let conn = Connection::open(&path).unwrap();
     conn.execute_batch(
-        "DROP TABLE topic_listens; DROP TABLE topic_log; DROP TABLE topic_heads; DROP TABLE jobs;
+        "DROP TABLE topic_listens; DROP TABLE topic_log; DROP TABLE topic_heads; DROP TABLE jobs; DROP TABLE push_subscriptions; DROP TABLE push_outbox;
          PRAGMA user_version = 6;",
     )
     .unwrap();
@@ -1524,7 +1556,7 @@ async fn topic_logs_survive_reopening() {
     // A version 7 file (no topic tables, no jobs) is upgraded in place.
     let conn = Connection::open(&path).unwrap();
     conn.execute_batch(
-        "DROP TABLE topic_log; DROP TABLE topic_heads; DROP TABLE jobs; PRAGMA user_version = 7;",
+        "DROP TABLE topic_log; DROP TABLE topic_heads; DROP TABLE jobs; DROP TABLE push_subscriptions; DROP TABLE push_outbox; PRAGMA user_version = 7;",
     )
     .unwrap();
     drop(conn);
@@ -1627,7 +1659,10 @@ async fn jobs_survive_reopening() {
 
     // A version 8 file (no jobs table) is upgraded in place.
     let conn = Connection::open(&path).unwrap();
-    conn.execute_batch("DROP TABLE jobs; PRAGMA user_version = 8;").unwrap();
+    conn.execute_batch(
+        "DROP TABLE jobs; DROP TABLE push_subscriptions; DROP TABLE push_outbox; PRAGMA user_version = 8;",
+    )
+    .unwrap();
     drop(conn);
     let store = SqliteStore::open(&path, Retention::default()).unwrap();
     assert_eq!(store.head(&user("alice")).await.unwrap().last_seq, 1, "the logs are kept");
@@ -1638,8 +1673,56 @@ async fn jobs_survive_reopening() {
     let conn = Connection::open(&path).unwrap();
     let version: i32 = conn.pragma_query_value(None, "user_version", |row| row.get(0)).unwrap();
     assert_eq!(version, SCHEMA_VERSION);
-    assert_eq!(SCHEMA_VERSION, 9);
     assert_eq!(count_rows(&path, "jobs"), 1);
+}
+
+/// A version 9 file (no push tables) is upgraded in place: its logs are kept, and push
+/// subscriptions and the outbox are kept across a reopen afterwards. Fails if version 10's
+/// migration is not run on an older file, or does not make both tables.
+#[tokio::test]
+async fn a_version_9_file_gains_web_push() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("herald.db");
+    let store = SqliteStore::open(&path, Retention::default()).unwrap();
+    store.append(vec![entry("alice", 1, now_ms())], None).await.unwrap();
+    drop(store);
+    let conn = Connection::open(&path).unwrap();
+    conn.execute_batch("DROP TABLE push_subscriptions; DROP TABLE push_outbox; PRAGMA user_version = 9;")
+        .unwrap();
+    drop(conn);
+    let store = SqliteStore::open(&path, Retention::default()).unwrap();
+    assert_eq!(store.head(&user("alice")).await.unwrap().last_seq, 1, "the logs are kept");
+    let subscription = herald_core::PushSubscription {
+        id: herald_core::push_subscription_id("https://push.example/1"),
+        user: user("alice"),
+        session: SessionId::new("s1").unwrap(),
+        endpoint: "https://push.example/1".to_owned(),
+        p256dh: "k".to_owned(),
+        auth: "a".to_owned(),
+        created_at_ms: 1,
+    };
+    store.push_subscribe(&subscription, herald_core::PushBounds::default()).await.unwrap();
+    let delivery = herald_core::PushDelivery {
+        id: "p/1".to_owned(),
+        subscription: subscription.id.clone(),
+        user: user("alice"),
+        unless_live: None,
+        payload: "{}".to_owned(),
+        ttl_secs: 1,
+        urgency: herald_core::PushUrgency::Normal,
+        topic: None,
+        due_at_ms: 5,
+        attempts: 0,
+    };
+    store.push_enqueue(std::slice::from_ref(&delivery)).await.unwrap();
+    drop(store);
+    let store = SqliteStore::open(&path, Retention::default()).unwrap();
+    assert_eq!(store.push_subscriptions(&user("alice")).await.unwrap(), [subscription]);
+    assert_eq!(store.push_due(10, 10).await.unwrap(), [delivery], "a due push survives a reopen");
+    drop(store);
+    let conn = Connection::open(&path).unwrap();
+    let version: i32 = conn.pragma_query_value(None, "user_version", |row| row.get(0)).unwrap();
+    assert_eq!((version, SCHEMA_VERSION), (10, 10));
 }
 
 /// `unfinished_jobs` reads the first entries of the partial index `jobs_unfinished` (no scan of

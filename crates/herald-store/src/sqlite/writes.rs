@@ -14,15 +14,16 @@ use std::sync::Arc;
 use herald_core::inbox::CountsDelta;
 use herald_core::{
     Appended, InboxChange, InboxCounts, ItemState, ListenBounds, Mark, NewNotification, NewTopicEvent,
-    Notification, PrunedInbox, Receipt, ReceiptEntry, Retention, ScopeListens, Seq, SessionId, StoreError,
-    Topic, TopicAppended, TopicEvent, TopicReceipt, UserId,
+    Notification, PrunedInbox, PushSettle, Receipt, ReceiptEntry, Retention, ScopeListens, Seq, SessionId,
+    StoreError, Topic, TopicAppended, TopicEvent, TopicReceipt, UserId,
 };
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::reads::{UserRow, read_counts, read_scope_topics, read_state, read_user_row};
 use super::request::{
     Append, AppendTopic, CompleteReceipt, ForgetSessionListens, InboxChunk, InboxDelete, InboxMark, Job,
-    Listen, PruneChunk, PrunedChunk, Request, Revoke, Rows, SaveJob, SettleAll, Unlisten, Write,
+    Listen, PruneChunk, PrunedChunk, PushEnqueue, PushSettleRow, PushSubscribe, PushUnsubscribe, Request,
+    Revoke, Rows, SaveJob, SettleAll, Unlisten, Write,
 };
 use super::sql::{db_error, seq_from_sql, session_from_sql, sql_seq, sql_session};
 use super::staging::StagingWrites;
@@ -126,6 +127,90 @@ impl Write for SaveJob {
 
     fn request(job: Job<Self>) -> Request {
         Request::SaveJob(job)
+    }
+}
+
+impl Write for PushSubscribe {
+    type Output = Vec<String>;
+
+    fn run(
+        &self,
+        conn: &Connection,
+        _: &mut StagingWrites<'_>,
+        _: &Retention,
+        _: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        push_subscribe(conn, self)
+    }
+
+    fn request(job: Job<Self>) -> Request {
+        Request::PushSubscribe(job)
+    }
+}
+
+impl Write for PushUnsubscribe {
+    type Output = bool;
+
+    fn run(
+        &self,
+        conn: &Connection,
+        _: &mut StagingWrites<'_>,
+        _: &Retention,
+        _: i64,
+    ) -> Result<bool, StoreError> {
+        let removed = conn
+            .prepare_cached("DELETE FROM push_subscriptions WHERE id = ?1 AND user = ?2")
+            .and_then(|mut stmt| stmt.execute(params![self.id, self.user.as_str()]))
+            .map_err(db_error)?;
+        Ok(removed > 0)
+    }
+
+    fn request(job: Job<Self>) -> Request {
+        Request::PushUnsubscribe(job)
+    }
+}
+
+impl Write for PushEnqueue {
+    type Output = ();
+
+    fn run(
+        &self,
+        conn: &Connection,
+        _: &mut StagingWrites<'_>,
+        _: &Retention,
+        _: i64,
+    ) -> Result<(), StoreError> {
+        let mut stmt = conn
+            .prepare_cached(
+                "INSERT INTO push_outbox (id, due_at, delivery) VALUES (?1, ?2, ?3) ON CONFLICT (id) DO NOTHING",
+            )
+            .map_err(db_error)?;
+        for (id, due_at_ms, json) in &self.rows {
+            stmt.execute(params![id, due_at_ms, json]).map_err(db_error)?;
+        }
+        Ok(())
+    }
+
+    fn request(job: Job<Self>) -> Request {
+        Request::PushEnqueue(job)
+    }
+}
+
+impl Write for PushSettleRow {
+    type Output = ();
+
+    fn run(
+        &self,
+        conn: &Connection,
+        _: &mut StagingWrites<'_>,
+        _: &Retention,
+        _: i64,
+    ) -> Result<(), StoreError> {
+        push_settle(conn, &self.id, self.settle)
+    }
+
+    fn request(job: Job<Self>) -> Request {
+        Request::PushSettleRow(job)
     }
 }
 
@@ -945,4 +1030,59 @@ fn apply_counts(conn: &Connection, user: &str, delta: CountsDelta) -> Result<Inb
     .and_then(|mut stmt| stmt.execute(params![user, delta.total, delta.unread, delta.unseen, delta.archived]))
     .map_err(db_error)?;
     read_counts(conn, user)
+}
+
+/// Upserts the subscription (by id), then removes what [`herald_core::push_evictions`] says of
+/// the user's rows (at most the bound plus one, read by `push_subscriptions_by_user`).
+fn push_subscribe(conn: &Connection, request: &PushSubscribe) -> Result<Vec<String>, StoreError> {
+    let subscription = &request.subscription;
+    conn.prepare_cached(
+        "INSERT INTO push_subscriptions (id, user, session, created_at, subscription) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (id) DO UPDATE SET user = excluded.user, session = excluded.session,
+             created_at = excluded.created_at, subscription = excluded.subscription",
+    )
+    .and_then(|mut stmt| {
+        stmt.execute(params![
+            subscription.id,
+            subscription.user.as_str(),
+            subscription.session.as_str(),
+            subscription.created_at_ms,
+            request.json
+        ])
+    })
+    .map_err(db_error)?;
+    let kept = super::reads::read_push_subscriptions(conn, &subscription.user)?;
+    let evicted = herald_core::push_evictions(&kept, &subscription.session, request.bounds);
+    let mut delete = conn.prepare_cached("DELETE FROM push_subscriptions WHERE id = ?1").map_err(db_error)?;
+    for id in &evicted {
+        delete.execute([id]).map_err(db_error)?;
+    }
+    Ok(evicted)
+}
+
+/// Removes a delivery from the outbox, or moves it later with its new attempt count (in its
+/// `due_at` column and in its JSON alike).
+fn push_settle(conn: &Connection, id: &str, settle: PushSettle) -> Result<(), StoreError> {
+    match settle {
+        PushSettle::Done => {
+            conn.prepare_cached("DELETE FROM push_outbox WHERE id = ?1")
+                .and_then(|mut stmt| stmt.execute([id]))
+                .map_err(db_error)?;
+        }
+        PushSettle::Retry { due_at_ms, attempts } => {
+            let json: Option<String> = conn
+                .prepare_cached("SELECT delivery FROM push_outbox WHERE id = ?1")
+                .and_then(|mut stmt| stmt.query_row([id], |row| row.get(0)).optional())
+                .map_err(db_error)?;
+            let Some(json) = json else { return Ok(()) };
+            let mut delivery: herald_core::PushDelivery = crate::push_from_json(&json)?;
+            delivery.due_at_ms = due_at_ms;
+            delivery.attempts = attempts;
+            let json = crate::push_json(&delivery)?;
+            conn.prepare_cached("UPDATE push_outbox SET due_at = ?2, delivery = ?3 WHERE id = ?1")
+                .and_then(|mut stmt| stmt.execute(params![id, due_at_ms, json]))
+                .map_err(db_error)?;
+        }
+    }
+    Ok(())
 }
