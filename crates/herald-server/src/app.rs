@@ -47,6 +47,8 @@ pub struct ServerSettings {
     /// The access log: one line per request (target `herald::access`) and its id echoed in
     /// `X-Request-Id` (see [`crate::access`]). On by default; off, neither costs anything.
     pub access_log: bool,
+    /// Web Push: the VAPID key (none: push is off), the endpoint allow-list, the bounds.
+    pub push: crate::push::PushSettings,
 }
 
 /// [`ServerSettings::send_timeout`] by default: WebSocket's dead-peer timeout. A browser that
@@ -71,6 +73,7 @@ impl Default for ServerSettings {
             caps: Caps::default(),
             token_rules: TokenRules::default(),
             access_log: true,
+            push: crate::push::PushSettings::default(),
         }
     }
 }

@@ -15,6 +15,10 @@ pub const DATA_DIR_LOCK_FILE: &str = "herald.lock";
 /// File in the data dir holding the dev-mode credentials.
 pub const DEV_CREDENTIALS_FILE: &str = "dev-credentials.json";
 
+/// File in the data dir holding a dev-mode server's generated VAPID private key (Web Push; see
+/// [`crate::push::VapidKey::dev`]), URL-safe base64, readable by the owner only.
+pub const DEV_VAPID_KEY_FILE: &str = "dev-vapid-private-key";
+
 /// Shortest `HERALD_SECRET` accepted, in bytes: HS256 keys shorter than its 32-byte output can
 /// be brute-forced offline from any one token. Shorter: `herald serve` refuses to start.
 pub const SECRET_BYTES_MIN: usize = 32;
@@ -129,7 +133,7 @@ impl Credentials {
 }
 
 /// Writes `bytes` to `path`, readable by the owner only where the platform allows it.
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);

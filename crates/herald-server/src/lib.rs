@@ -26,6 +26,8 @@
 //!   origins, and the security headers of every answer.
 //! - [`caps`]: the node's connection cap and the per-address and per-user rate limits.
 //! - [`access`]: the access log (target `herald::access`) and request ids (`X-Request-Id`).
+//! - [`push`]: Web Push's VAPID key, the push-endpoint allow-list and key checks,
+//!   [`push::PushSettings`].
 //! - [`app`]: [`App`], the state every handler shares, and [`ServerSettings`].
 //! - [`transport`]: `GET /v1/stream` (SSE), `GET /v1/poll` and `GET /v1/ws` (WebSocket); the
 //!   only code that encodes events for the wire.
@@ -66,6 +68,7 @@ pub mod error;
 mod guarded;
 pub mod health;
 pub mod origin;
+pub mod push;
 pub mod query;
 mod response;
 mod routes;

@@ -32,6 +32,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/inbox/{seq}", delete(api::inbox::delete_one))
         .route("/v1/listen", post(api::topics::listen))
         .route("/v1/unlisten", post(api::topics::unlisten))
+        .route("/v1/push/subscriptions", post(api::push::subscribe).delete(api::push::unsubscribe))
         .route_layer(axum::middleware::from_fn_with_state(app.clone(), caps::limit_requests));
     let router = Router::new()
         .merge(subscriber_connections)
@@ -52,6 +53,9 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/users/{user}/inbox/counts", get(api::inbox::user_counts))
         .route("/v1/users/{user}/inbox/mark", post(api::inbox::user_mark))
         .route("/v1/users/{user}/inbox/{seq}", delete(api::inbox::user_delete_one))
+        .route("/v1/push/vapid-public-key", get(api::push::vapid_public_key))
+        .route("/v1/users/{user}/push-subscriptions", get(api::push::user_list))
+        .route("/v1/users/{user}/push-subscriptions/{id}", delete(api::push::user_remove))
         .route("/herald.js", get(assets::herald_js))
         .route("/herald.d.ts", get(assets::herald_d_ts))
         .route("/v1/openapi.json", get(assets::openapi_json));

@@ -48,6 +48,9 @@ pub enum ServeError {
     Bus(String),
     #[error("server failed: {0}")]
     Io(#[from] std::io::Error),
+    /// `--vapid-private-key` / `--vapid-subject` refused, or the dev key could not be kept.
+    #[error("Web Push: {0}")]
+    Push(String),
 }
 
 /// `herald serve`: opens the store, sets up credentials (dev mode if none), serves until
@@ -108,6 +111,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
             audience: args.token_audience.clone().filter(|a| !a.is_empty()),
         },
         access_log: args.access_log == Switch::On,
+        push: args.push_settings(source.is_dev(), data_dir)?,
         ..ServerSettings::default()
     };
     let herald = Herald::builder(store, &credentials.secret, &credentials.api_key)
@@ -231,6 +235,47 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
+impl ServeArgs {
+    /// Web Push: the VAPID key given (with its subject), or in dev mode the data dir's (made if
+    /// missing), or none (push off); the endpoint allow-list; loopback endpoints in dev mode
+    /// or with `--push-allow-loopback`.
+    fn push_settings(
+        &self,
+        dev_mode: bool,
+        data_dir: Option<&std::path::Path>,
+    ) -> Result<herald_server::push::PushSettings, ServeError> {
+        use herald_server::push::{EndpointRules, PushSettings, VAPID_SUBJECT_DEV, VapidKey};
+        let push_error = |e: &dyn std::fmt::Display| ServeError::Push(e.to_string());
+        let vapid = match (&self.vapid_private_key, &self.vapid_subject) {
+            (Some(key), Some(subject)) => {
+                Some(VapidKey::from_private_key(key, subject).map_err(|e| push_error(&e))?)
+            }
+            (Some(_), None) => {
+                return Err(ServeError::Push(
+                    "--vapid-private-key needs --vapid-subject (HERALD_VAPID_SUBJECT): a mailto: address or https:// URL push services can reach you at".into(),
+                ));
+            }
+            (None, subject) if dev_mode => Some(
+                VapidKey::dev(data_dir, subject.as_deref().unwrap_or(VAPID_SUBJECT_DEV))
+                    .map_err(|e| push_error(&e))?,
+            ),
+            (None, Some(_)) => {
+                return Err(ServeError::Push("--vapid-subject without --vapid-private-key".into()));
+            }
+            (None, None) => None,
+        };
+        let mut endpoints = EndpointRules {
+            allow_loopback: dev_mode || self.push_allow_loopback,
+            ..EndpointRules::default()
+        };
+        if let Some(hosts) = &self.push_hosts {
+            endpoints.hosts =
+                hosts.split(',').map(|h| h.trim().to_ascii_lowercase()).filter(|h| !h.is_empty()).collect();
+        }
+        Ok(PushSettings { vapid: vapid.map(Arc::new), endpoints, ..PushSettings::default() })
+    }
+}
+
 /// Options of `herald serve`. Every option is also an environment variable (`[env: …]` in
 /// `--help`; a test checks that none lacks one) and a key of the `--config` file (its long
 /// name: see [`crate::config_file`]).
@@ -334,6 +379,23 @@ pub struct ServeArgs {
     /// The PEM private key of `--tls-cert`.
     #[arg(long, env = "HERALD_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Web Push's VAPID private key: a P-256 scalar, 32 bytes in URL-safe base64 (what
+    /// `npx web-push generate-vapid-keys` prints as the private key). Needs --vapid-subject.
+    /// Without it push is off, except in dev mode (a key generated and kept in the data dir).
+    #[arg(long, env = "HERALD_VAPID_PRIVATE_KEY", hide_env_values = true, value_name = "KEY")]
+    pub vapid_private_key: Option<String>,
+    /// Who push services can contact about this server's pushes: `mailto:ops@example.com` or an
+    /// `https://` URL.
+    #[arg(long, env = "HERALD_VAPID_SUBJECT", value_name = "URI")]
+    pub vapid_subject: Option<String>,
+    /// Push-service hosts that subscriptions' endpoints may name (comma-separated; `*.` allows
+    /// any subdomain). Default: FCM, Mozilla, Windows (WNS) and Apple's.
+    #[arg(long, env = "HERALD_PUSH_HOSTS", value_name = "HOSTS")]
+    pub push_hosts: Option<String>,
+    /// Accept push endpoints on loopback addresses (also over http://): for a local push
+    /// service in tests. Always on in dev mode.
+    #[arg(long, env = "HERALD_PUSH_ALLOW_LOOPBACK")]
+    pub push_allow_loopback: bool,
     /// Origins besides Herald's own (comma-separated, e.g. `https://app.example`) whose pages
     /// may use the `herald_token` cookie and read Herald's answers (CORS).
     #[arg(long, env = "HERALD_ALLOWED_ORIGINS", value_delimiter = ',', value_parser = parse_origin)]

@@ -4,5 +4,6 @@
 
 pub mod inbox;
 pub mod publish;
+pub mod push;
 pub mod topics;
 pub mod users;

@@ -28,6 +28,7 @@ mod origins;
 mod poll;
 mod publish_size;
 mod publisher_api;
+mod push;
 mod queries;
 mod raw_http;
 mod resume;
