@@ -18,6 +18,9 @@
 //! - [`limits`]: every configurable bound, in one place.
 //! - [`data`]: [`check_data`], what a notification's `data` may hold so that every client can
 //!   decode it.
+//! - [`push`]: Web Push's vocabulary: a session's [`PushSubscription`], the user's
+//!   [`PushBounds`], and a [`PushDelivery`] waiting in the store's outbox;
+//!   a publish's [`PushOptions`].
 //! - [`notification`]: [`Notification`] (serialized once, shared by all its clients), [`Audience`],
 //!   [`Target`], [`Publish`], [`Receipt`].
 //! - [`client`]: who a connected client is ([`ClientInfo`]), its [`Transport`], and why its
@@ -29,8 +32,6 @@
 //!   event ([`TopicEvent`], serialized once like a notification).
 //! - [`metrics`]: the node's counters for `/metrics` ([`Metrics`]: atomics, striped where they
 //!   move per delivery), read as a [`MetricsSnapshot`].
-//! - [`push`]: Web Push's vocabulary: a session's [`PushSubscription`], the user's
-//!   [`PushBounds`], and a [`PushDelivery`] waiting in the store's outbox.
 //! - `queue`: each client's bounded queue of events (private).
 //! - [`hub`]: the [`Hub`], users → sessions → clients on this node, limits and eviction, presence.
 //! - [`store`]: the [`Store`] trait, each user's durable log, and the [`Epoch`] its seqs belong to.
@@ -87,8 +88,10 @@ pub use node::{CLUSTER_NAME_BYTES_MAX, ClusterName, InvalidName, NODE_ID_BYTES_M
 pub use notification::{Audience, Notification, Publish, Receipt, ReceiptEntry, Target, TopicReceipt};
 pub use notifier::{Notifier, NotifyError, TopicListeners};
 pub use push::{
-    PUSH_ENDPOINT_BYTES_MAX, PUSH_SUBSCRIPTIONS_PER_SESSION_MAX, PUSH_SUBSCRIPTIONS_PER_USER_MAX, PushBounds,
-    PushDelivery, PushSettle, PushSubscription, PushUrgency, push_evictions, push_subscription_id,
+    PUSH_ENDPOINT_BYTES_MAX, PUSH_GRACE_DEFAULT, PUSH_PAYLOAD_BYTES_MAX, PUSH_SUBSCRIPTIONS_PER_SESSION_MAX,
+    PUSH_SUBSCRIPTIONS_PER_USER_MAX, PUSH_TTL_SECS_DEFAULT, PUSH_USERS_PER_PUBLISH_MAX, PushBounds,
+    PushDelivery, PushOptions, PushPolicy, PushSettle, PushSubscription, PushUrgency, is_push_topic,
+    push_evictions, push_subscription_id, push_topic_of_kind,
 };
 pub use resume::{InvalidResumePoint, RESUME_TOPICS_MAX, ResumePoint};
 pub use revocation::Revocations;

@@ -6,6 +6,9 @@ use std::time::Duration;
 /// Bounds of the hub and of publishing. Every field says what happens at the bound.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
+    /// How long the `offline` push policy waits for a tab of the session to come back before
+    /// pushing ([`crate::push::PUSH_GRACE_DEFAULT`], 5 s).
+    pub push_grace: Duration,
     /// Sessions per user (Eliom's default, 50). One more evicts the least recently active
     /// session: its clients get `closed` with reason `evicted`.
     pub sessions_per_user_max: usize,
@@ -59,6 +62,7 @@ impl Default for Limits {
             topics_per_client_max: 100,
             topics_per_user_max: 1_000,
             topics_per_session_max: 100,
+            push_grace: crate::push::PUSH_GRACE_DEFAULT,
         }
     }
 }

@@ -162,6 +162,8 @@ pub struct Publish {
     pub except_user: Option<UserId>,
     /// A repeated key within the idempotency window gets the first [`Receipt`] and stores nothing.
     pub idempotency_key: Option<String>,
+    /// Web Push: whom to push to, and what (see [`crate::push`]). Not for a topic's tabs.
+    pub push: crate::push::PushOptions,
 }
 
 impl Publish {
@@ -175,6 +177,7 @@ impl Publish {
             except_client: None,
             except_user: None,
             idempotency_key: None,
+            push: crate::push::PushOptions::default(),
         }
     }
 }

@@ -21,6 +21,10 @@ use crate::notification::{
     Audience, FOLLOWERS_PER_PUBLISH_MAX, KIND_BYTES_MAX, Notification, Publish, Receipt, ReceiptEntry,
     Target, TopicReceipt, now_ms,
 };
+use crate::push::{
+    PUSH_PAYLOAD_BYTES_MAX, PUSH_TTL_SECS_DEFAULT, PUSH_USERS_PER_PUBLISH_MAX, PushDelivery, PushPolicy,
+    is_push_topic, push_topic_of_kind,
+};
 use crate::revocation::Revocations;
 use crate::store::{
     Appended, ListenBounds, NewNotification, NewTopicEvent, ScopeListens, Store, StoreError, TopicAppended,
@@ -60,6 +64,12 @@ pub enum NotifyError {
     /// An idempotency key that is empty or longer than [`ID_BYTES_MAX`].
     #[error("idempotency_key must be 1 to {max} bytes long, not {bytes}")]
     InvalidIdempotencyKey { bytes: usize, max: usize },
+    /// A `push_payload` whose push would be longer than [`crate::push::PUSH_PAYLOAD_BYTES_MAX`].
+    #[error("the push would carry {bytes} bytes; at most {max} fit a push (make push_payload smaller)")]
+    PushPayloadTooLarge { bytes: usize, max: usize },
+    /// A push topic that cannot be an RFC 8030 `Topic` header.
+    #[error("push_topic must be 1 to 32 characters of A-Z a-z 0-9 - _")]
+    InvalidPushTopic,
     /// A [`Target::Users`] that names nobody.
     #[error("`users` must not be empty")]
     NoUsers,
@@ -107,8 +117,11 @@ fn refusal_reason(error: &NotifyError) -> usize {
         | NotifyError::NoUsers
         | NotifyError::ExceptUserWithoutTopic
         | NotifyError::EphemeralInbox
-        | NotifyError::NoTopics => "invalid",
-        NotifyError::DataTooLarge { .. } | NotifyError::PublishTooLarge { .. } => "too_large",
+        | NotifyError::NoTopics
+        | NotifyError::InvalidPushTopic => "invalid",
+        NotifyError::DataTooLarge { .. }
+        | NotifyError::PublishTooLarge { .. }
+        | NotifyError::PushPayloadTooLarge { .. } => "too_large",
         NotifyError::TooManyUsers { .. } => "too_many_users",
         NotifyError::TooManyJobs { .. } => "too_many_jobs",
         NotifyError::Listen(_) => "listen",
@@ -268,6 +281,16 @@ impl Notifier {
         {
             return Err(NotifyError::InvalidIdempotencyKey { bytes: key.len(), max: ID_BYTES_MAX });
         }
+        if let Some(payload) = &publish.push.payload {
+            check_data(payload.get())?;
+            let bytes = push_body(&publish.kind, Some(u64::MAX), payload.get(), false).len();
+            if bytes > PUSH_PAYLOAD_BYTES_MAX {
+                return Err(NotifyError::PushPayloadTooLarge { bytes, max: PUSH_PAYLOAD_BYTES_MAX });
+            }
+        }
+        if publish.push.topic.as_deref().is_some_and(|t| !is_push_topic(t)) {
+            return Err(NotifyError::InvalidPushTopic);
+        }
         if let Target::Topic(topic) = &publish.target {
             let topic = topic.clone();
             return self.publish_topic(&topic, publish, outcome).await;
@@ -357,7 +380,15 @@ impl Notifier {
                 .collect();
             (notifications, Vec::new())
         };
+        let push_to: Vec<(UserId, Option<Seq>)> = match (publish.push.policy, publish.durable) {
+            (PushPolicy::Never, _) | (PushPolicy::Offline, false) => Vec::new(),
+            _ => notifications.iter().map(|n| (n.user.clone(), n.seq)).collect(),
+        };
         let receipt = self.hand_over(notifications, counts).await?;
+        if !push_to.is_empty() {
+            // After the hand-over: a tab that got it live has it; `offline` looks for tabs now.
+            self.enqueue_pushes(&publish, push_to).await;
+        }
         if let Some(key) = key
             && let Err(error) = self.inner.store.complete_receipt(key, &receipt).await
         {
@@ -376,6 +407,80 @@ impl Notifier {
         let appended = append.await;
         self.inner.hub.metrics().store_append(started.elapsed(), appended.is_err());
         appended
+    }
+
+    /// Puts the pushes `publish` asks for into the store's push outbox: one per subscription
+    /// of each user in `push_to` (at most [`PUSH_USERS_PER_PUBLISH_MAX`] users), under
+    /// `offline` only for sessions with no live tab on any node, due after the grace period
+    /// and sent only if still none then. The publish has succeeded already: a failure here is
+    /// logged, not returned (the notification is in the inbox; its push is lost).
+    async fn enqueue_pushes(&self, publish: &Publish, push_to: Vec<(UserId, Option<Seq>)>) {
+        let options = &publish.push;
+        let now = now_ms();
+        let offline = options.policy == PushPolicy::Offline;
+        let grace_ms = i64::try_from(self.inner.hub.limits().push_grace.as_millis()).unwrap_or(i64::MAX);
+        let due_at_ms = if offline { now.saturating_add(grace_ms) } else { now };
+        if push_to.len() > PUSH_USERS_PER_PUBLISH_MAX {
+            tracing::warn!(
+                users = push_to.len(),
+                max = PUSH_USERS_PER_PUBLISH_MAX,
+                "a publish to more users than pushes go to: the users beyond the bound get no push"
+            );
+        }
+        let body = options.payload.as_ref().map_or(publish.data.get(), |payload| payload.get());
+        let topic = options.topic.clone().unwrap_or_else(|| push_topic_of_kind(&publish.kind));
+        let ephemeral_id = crate::jobs::random_job_id();
+        let mut deliveries = Vec::new();
+        for (user, seq) in push_to.into_iter().take(PUSH_USERS_PER_PUBLISH_MAX) {
+            let subscriptions = match self.inner.store.push_subscriptions(&user).await {
+                Ok(subscriptions) if subscriptions.is_empty() => continue,
+                Ok(subscriptions) => subscriptions,
+                Err(error) => {
+                    tracing::warn!(%error, %user, "cannot read the user's push subscriptions: no push");
+                    continue;
+                }
+            };
+            let live: Vec<SessionId> = if offline {
+                match self.presence(&user).await {
+                    Ok(presence) => presence.sessions.into_iter().map(|s| s.session).collect(),
+                    Err(error) => {
+                        // Unknown presence: the check when the push is due decides.
+                        tracing::warn!(%error, %user, "cannot read presence for the push policy");
+                        Vec::new()
+                    }
+                }
+            } else {
+                Vec::new()
+            };
+            let mut payload = push_body(&publish.kind, seq, body, false);
+            if payload.len() > PUSH_PAYLOAD_BYTES_MAX {
+                payload = push_body(&publish.kind, seq, "null", true);
+            }
+            for subscription in subscriptions {
+                if live.contains(&subscription.session) {
+                    continue;
+                }
+                let id = match seq {
+                    Some(seq) => format!("{seq}.{}.{}", subscription.id, user),
+                    None => format!("e{ephemeral_id}.{}.{}", subscription.id, user),
+                };
+                deliveries.push(PushDelivery {
+                    id,
+                    subscription: subscription.id,
+                    user: user.clone(),
+                    unless_live: offline.then(|| subscription.session.clone()),
+                    payload: payload.clone(),
+                    ttl_secs: options.ttl_secs.unwrap_or(PUSH_TTL_SECS_DEFAULT),
+                    urgency: options.urgency,
+                    topic: Some(topic.clone()),
+                    due_at_ms,
+                    attempts: 0,
+                });
+            }
+        }
+        if let Err(error) = self.inner.store.push_enqueue(&deliveries).await {
+            tracing::warn!(%error, pushes = deliveries.len(), "cannot put pushes in the outbox: they are lost");
+        }
     }
 
     /// Hands stored (or ephemeral) notifications and their users' new counts to the bus: every
@@ -817,5 +922,18 @@ impl Notifier {
                 vec![(user, audience(Some(&session), Some(client)))]
             }
         })
+    }
+}
+
+/// The plaintext of a push: `{"type", "seq", "data"}` (`seq` null for an ephemeral
+/// notification), and `"truncated": true` when the data did not fit and was left out. `data`
+/// is JSON text checked already.
+fn push_body(kind: &str, seq: Option<Seq>, data: &str, truncated: bool) -> String {
+    let kind = serde_json::to_string(kind).expect("a string serializes");
+    let seq = seq.map_or_else(|| "null".to_owned(), |s| s.to_string());
+    if truncated {
+        format!(r#"{{"type":{kind},"seq":{seq},"data":null,"truncated":true}}"#)
+    } else {
+        format!(r#"{{"type":{kind},"seq":{seq},"data":{data}}}"#)
     }
 }

@@ -13,9 +13,86 @@
 //! ([`crate::Store::push_settle`]): a crash between the send and the removal sends it again
 //! (at least once), nothing else does.
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
 use crate::ids::{SessionId, UserId};
+
+/// How long the `offline` policy waits before it pushes to a session with no live tab (5 s by
+/// default, [`crate::Limits::push_grace`]): a reload or a navigation closes a tab and opens
+/// another within it, and the new tab replays the notification, so no push is due. When the
+/// push is due the session is looked at again; a tab that came back meanwhile cancels it.
+pub const PUSH_GRACE_DEFAULT: Duration = Duration::from_secs(5);
+
+/// Longest plaintext a push carries, in bytes: push services take 4,096 bytes of encrypted
+/// body, and aes128gcm adds 86 bytes of header, a 16-byte tag and a padding delimiter (RFC 8291,
+/// one record), so 3,993 would fit; a little is kept in hand. A `push_payload` over it is
+/// refused; a notification's `data` over it is pushed without its data (`"truncated": true`).
+pub const PUSH_PAYLOAD_BYTES_MAX: usize = 3_800;
+
+/// Most users of one publish whose subscriptions are looked up to push (each is one store
+/// read, and one presence look-up under `offline`). Beyond it the remaining users get no push,
+/// and a warning is logged: a broadcast to thousands is not what Web Push is for.
+pub const PUSH_USERS_PER_PUBLISH_MAX: usize = 100;
+
+/// A push's default `TTL` (RFC 8030): how long a push service keeps it for a browser that is
+/// offline, 1 day. Longer is pointless for a notification also kept in the inbox.
+pub const PUSH_TTL_SECS_DEFAULT: u32 = 24 * 3600;
+
+/// Longest `Topic` header (RFC 8030: 32 characters of URL-safe base64).
+pub const PUSH_TOPIC_BYTES_MAX: usize = 32;
+
+/// Whom a publish is pushed to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PushPolicy {
+    /// The default: for a durable notification, each of the user's subscriptions whose session
+    /// has no live tab now, nor [`crate::Limits::push_grace`] later; an ephemeral one is never
+    /// pushed under it.
+    #[default]
+    Offline,
+    /// Every subscription of the user, at once, tabs or not.
+    Always,
+    /// No push.
+    Never,
+}
+
+/// What a publish says about Web Push.
+#[derive(Debug, Clone, Default)]
+pub struct PushOptions {
+    pub policy: PushPolicy,
+    /// What the push carries instead of the notification's `data` (a title, a URL…): at most
+    /// [`PUSH_PAYLOAD_BYTES_MAX`] with the rest of the push's JSON.
+    pub payload: Option<Arc<RawValue>>,
+    /// `None`: [`PUSH_TTL_SECS_DEFAULT`].
+    pub ttl_secs: Option<u32>,
+    pub urgency: PushUrgency,
+    /// The `Topic` header (a newer push with one replaces an older one the push service still
+    /// holds): 1–32 characters of `[A-Za-z0-9_-]`. `None`: made from the notification's type.
+    pub topic: Option<String>,
+}
+
+/// Whether `topic` can be an RFC 8030 `Topic` header.
+pub fn is_push_topic(topic: &str) -> bool {
+    !topic.is_empty()
+        && topic.len() <= PUSH_TOPIC_BYTES_MAX
+        && topic.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// The `Topic` header of a notification of type `kind` when none was given: the type itself
+/// if it can be one, else 22 characters of its SHA-256 (URL-safe base64), so that pushes of
+/// one type replace each other at the push service.
+pub fn push_topic_of_kind(kind: &str) -> String {
+    if is_push_topic(kind) {
+        return kind.to_owned();
+    }
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&sha2::Sha256::digest(kind.as_bytes())[..16])
+}
 
 /// Most push subscriptions a user keeps by default (every browser of every sign-in). One more
 /// replaces the user's oldest.

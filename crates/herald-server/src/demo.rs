@@ -211,6 +211,7 @@ async fn room(
         except_client: None,
         except_user: None,
         idempotency_key: None,
+        push: herald_core::PushOptions::default(),
     };
     let receipt = app.notifier.publish(publish).await?;
     Ok(json_response(&receipt))

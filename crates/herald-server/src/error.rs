@@ -155,6 +155,10 @@ impl From<NotifyError> for ApiError {
             NotifyError::InvalidKind { .. } | NotifyError::InvalidIdempotencyKey { .. } => {
                 Self::bad_request("invalid_request", message)
             }
+            NotifyError::PushPayloadTooLarge { .. } => {
+                Self::new(StatusCode::PAYLOAD_TOO_LARGE, "push_payload_too_large", message)
+            }
+            NotifyError::InvalidPushTopic => Self::bad_request("invalid_request", message),
             NotifyError::NoUsers => Self::bad_request("invalid_target", message),
             NotifyError::TooManyUsers { .. } => Self::bad_request("too_many_users", message),
             NotifyError::PublishTooLarge { .. } => {

@@ -13,6 +13,9 @@
 //!   (the format of `web-push generate-vapid-keys`) or generated; its public key (what
 //!   `pushManager.subscribe` takes) and the `Authorization: vapid t=…, k=…` header of a push.
 //! - [`EndpointRules`]: the endpoint check; [`check_keys`]: the browser's `p256dh` and `auth`.
+//! - [`sender`]: the loop that sends the outbox's due pushes, with its bounds and retries.
+
+pub mod sender;
 
 use std::sync::Arc;
 

@@ -76,7 +76,7 @@ impl Drop for Upkeep {
 
 /// Runs the hub's clock and the sweeps, retention, and the store's probe, forever.
 async fn run(app: Arc<App>) {
-    tokio::join!(clock(&app), retention(&app), probe(&app), jobs(&app));
+    tokio::join!(clock(&app), retention(&app), probe(&app), jobs(&app), crate::push::sender::run(&app));
 }
 
 /// How often unfinished fan-out jobs are looked for (the first time at once): those a crash of

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::response::Response;
 use herald_core::notification::DEFAULT_KIND;
-use herald_core::{ClientId, Publish, Receipt, SessionId, Target, Topic, UserId};
+use herald_core::{
+    ClientId, Publish, PushOptions, PushPolicy, PushUrgency, Receipt, SessionId, Target, Topic, UserId,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
@@ -32,6 +34,16 @@ pub struct NotifyBody {
     /// topic, instead of a `topic` event.
     inbox: Option<bool>,
     idempotency_key: Option<String>,
+    /// Web Push: `"offline"` (the default), `"always"` or `"never"`.
+    push: Option<PushPolicy>,
+    /// What the push carries instead of `data`.
+    push_payload: Option<Box<RawValue>>,
+    /// The push's `TTL`, seconds (default one day).
+    push_ttl: Option<u32>,
+    /// The push's `Urgency`: `very-low`, `low`, `normal` (default), `high`.
+    push_urgency: Option<PushUrgency>,
+    /// The push's `Topic` (collapse key); default: made from `type`.
+    push_topic: Option<String>,
 }
 
 /// `to`: exactly one of `{"user"}`, `{"users"}`, `{"user", "session"}`, `{"client"}`. Only the
@@ -90,6 +102,13 @@ impl NotifyBody {
             except_client: self.except_client.map(ClientId::new).transpose()?,
             except_user: self.except_user.map(UserId::new).transpose()?,
             idempotency_key: self.idempotency_key,
+            push: PushOptions {
+                policy: self.push.unwrap_or_default(),
+                payload: self.push_payload.map(Arc::from),
+                ttl_secs: self.push_ttl,
+                urgency: self.push_urgency.unwrap_or_default(),
+                topic: self.push_topic,
+            },
         })
     }
 }

@@ -229,3 +229,303 @@ async fn bad_subscriptions_are_refused_and_change_nothing() {
     // The same subscription, well formed, is kept.
     assert_eq!(post(good).await.0, 201);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Sending, against a push service written for the tests: it plays the browser's part (its
+// keys decrypt what it receives) and the push service's (it takes the POSTs on a loopback port
+// and answers what the test scripts).
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use herald_core::{Limits, Retention};
+use parking_lot::Mutex;
+use support::TestServer as Server;
+
+/// How long a push may take to arrive: the grace period below, the sender's outbox poll
+/// (250 ms), and room for a loaded machine.
+const PUSH_WAIT: Duration = Duration::from_secs(5);
+/// The grace period of the `offline` policy in these tests.
+const GRACE: Duration = Duration::from_millis(400);
+/// Long enough after the grace and a poll for a push that was due to have come.
+const NO_PUSH_WAIT: Duration = Duration::from_millis(1_500);
+
+/// One POST the push service received.
+#[derive(Debug)]
+struct Received {
+    path: String,
+    headers: axum::http::HeaderMap,
+    body: bytes::Bytes,
+    at: Instant,
+}
+
+/// What the push service answers next: a status, and a `Retry-After` in seconds.
+type Script = Arc<Mutex<VecDeque<(u16, Option<u64>)>>>;
+
+/// The push service: records every POST and answers the scripted statuses in order (201 once
+/// they run out), each with an optional `Retry-After`.
+struct PushService {
+    origin: String,
+    received: tokio::sync::mpsc::UnboundedReceiver<Received>,
+    script: Script,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for PushService {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl PushService {
+    async fn start() -> Self {
+        let (sender, received) = tokio::sync::mpsc::unbounded_channel();
+        let script: Script = Arc::default();
+        let answers = script.clone();
+        let app = axum::Router::new().fallback(move |request: axum::extract::Request| {
+            let (sender, answers) = (sender.clone(), answers.clone());
+            async move {
+                let (parts, body) = request.into_parts();
+                let body = axum::body::to_bytes(body, 1 << 20).await.unwrap();
+                let _ = sender.send(Received {
+                    path: parts.uri.path().to_owned(),
+                    headers: parts.headers,
+                    body,
+                    at: Instant::now(),
+                });
+                let (status, retry_after) = answers.lock().pop_front().unwrap_or((201, None));
+                let mut response = axum::http::Response::builder().status(status);
+                if let Some(secs) = retry_after {
+                    response = response.header("retry-after", secs.to_string());
+                }
+                response.body(axum::body::Body::empty()).unwrap()
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let origin = format!("http://{}", listener.local_addr().unwrap());
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        Self { origin, received, script, task }
+    }
+
+    fn endpoint(&self, name: &str) -> String {
+        format!("{}/push/{name}", self.origin)
+    }
+
+    fn answer_next(&self, status: u16, retry_after: Option<u64>) {
+        self.script.lock().push_back((status, retry_after));
+    }
+
+    async fn next(&mut self) -> Received {
+        tokio::time::timeout(PUSH_WAIT, self.received.recv()).await.expect("a push in time").unwrap()
+    }
+
+    /// Asserts nothing arrives for `wait`.
+    async fn expect_none(&mut self, wait: Duration) {
+        if let Ok(Some(push)) = tokio::time::timeout(wait, self.received.recv()).await {
+            panic!("no push expected, got one to {}", push.path);
+        }
+    }
+}
+
+/// Checks a push as a push service and a browser would: the VAPID JWT (ES256 by the server's
+/// key, `aud` the endpoint's origin, `exp` within 24 h, a subject), the RFC 8030/8291 headers,
+/// and decrypts the body with the browser's keys. Returns the payload.
+fn open_push(push: &Received, service: &PushService, server_key: &str, keys: &BrowserKeys) -> Value {
+    use p256::ecdsa::signature::Verifier as _;
+    let header =
+        |name: &str| push.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+    assert_eq!(header("content-encoding"), "aes128gcm");
+    assert_eq!(header("content-type"), "application/octet-stream");
+    assert!(header("ttl").parse::<u32>().is_ok(), "TTL: {:?}", header("ttl"));
+    assert!(["very-low", "low", "normal", "high"].contains(&header("urgency").as_str()));
+    let authorization = header("authorization");
+    let (token, k) = authorization.strip_prefix("vapid t=").unwrap().split_once(", k=").unwrap();
+    assert_eq!(k, server_key, "k is the server's public key");
+    let (signed, signature) = token.rsplit_once('.').unwrap();
+    let (jwt_header, claims) = signed.split_once('.').unwrap();
+    let jwt_header: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(jwt_header).unwrap()).unwrap();
+    assert_eq!(jwt_header["alg"], "ES256");
+    let public = p256::PublicKey::from_sec1_bytes(&URL_SAFE_NO_PAD.decode(k).unwrap()).unwrap();
+    let signature = p256::ecdsa::Signature::from_slice(&URL_SAFE_NO_PAD.decode(signature).unwrap()).unwrap();
+    p256::ecdsa::VerifyingKey::from(public)
+        .verify(signed.as_bytes(), &signature)
+        .expect("a valid ES256 signature");
+    let claims: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(claims).unwrap()).unwrap();
+    assert_eq!(claims["aud"], service.origin, "aud is the endpoint's origin, port included");
+    let exp = claims["exp"].as_u64().unwrap();
+    let now = support::now_unix();
+    assert!(exp > now && exp <= now + 24 * 3600, "exp {exp} within 24 h of {now}");
+    assert!(claims["sub"].as_str().unwrap().starts_with("mailto:"));
+    let auth = web_push_native::Auth::clone_from_slice(&keys.auth);
+    let plain = web_push_native::decrypt(push.body.to_vec(), &keys.secret, &auth)
+        .expect("decrypts with the browser's keys");
+    serde_json::from_slice(&plain).unwrap()
+}
+
+/// A server that sends pushes, with a short grace period, on `store`.
+async fn sending_server(store: Arc<dyn herald_core::Store>, settings: ServerSettings) -> Server {
+    Server::with(Limits { push_grace: GRACE, ..Limits::default() }, settings, store).await
+}
+
+fn server_key(settings: &ServerSettings) -> String {
+    settings.push.vapid.as_ref().unwrap().public_key().to_owned()
+}
+
+/// Registers a subscription to `endpoint` for `user`'s `session` through the API.
+async fn register(server: &Server, user: &str, session: &str, endpoint: &str) -> BrowserKeys {
+    let keys = BrowserKeys::new();
+    let token = server.token(user, Some(session));
+    let (status, body) =
+        subscription_request(server, reqwest::Method::POST, &token, &keys.subscription(endpoint)).await;
+    assert_eq!(status, 201, "{body}");
+    keys
+}
+
+#[tokio::test]
+async fn an_offline_user_gets_one_push_per_subscription_with_what_was_published() {
+    let mut service = PushService::start().await;
+    let settings = push_settings(true);
+    let key = server_key(&settings);
+    let server = sending_server(support::memory(Retention::default()), settings).await;
+    let laptop = register(&server, "alice", "laptop", &service.endpoint("laptop")).await;
+    let phone = register(&server, "alice", "phone", &service.endpoint("phone")).await;
+
+    let published = Instant::now();
+    let (status, receipt) = server
+        .publish(
+            json!({"to": {"user": "alice"}, "type": "message.new", "data": {"text": "héllo", "n": [1, 2.5]}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{receipt}");
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        let push = service.next().await;
+        assert!(push.at - published >= GRACE, "sent after the grace period, not before");
+        // The type has a `.`, which a Topic header cannot: its hash stands in.
+        assert_eq!(push.headers["topic"], herald_core::push_topic_of_kind("message.new").as_str());
+        let keys = if push.path.ends_with("laptop") { &laptop } else { &phone };
+        let payload = open_push(&push, &service, &key, keys);
+        assert_eq!(
+            payload,
+            json!({"type": "message.new", "seq": 1, "data": {"text": "héllo", "n": [1, 2.5]}})
+        );
+        got.push(push.path);
+    }
+    got.sort();
+    assert_eq!(got, ["/push/laptop", "/push/phone"]);
+    service.expect_none(NO_PUSH_WAIT).await;
+
+    // `push_payload` replaces the data in the push (not in the inbox); `never` sends nothing.
+    server
+        .publish(json!({"to": {"user": "alice"}, "data": {"big": "x"}, "push": "always", "push_payload": {"title": "Hi", "url": "/m/1"}, "push_urgency": "high", "push_topic": "chat-1"}))
+        .await;
+    for _ in 0..2 {
+        let push = service.next().await;
+        assert_eq!(push.headers["urgency"], "high");
+        assert_eq!(push.headers["topic"], "chat-1");
+        let keys = if push.path.ends_with("laptop") { &laptop } else { &phone };
+        assert_eq!(open_push(&push, &service, &key, keys)["data"], json!({"title": "Hi", "url": "/m/1"}));
+    }
+    server.publish(json!({"to": {"user": "alice"}, "data": 1, "push": "never"})).await;
+    service.expect_none(NO_PUSH_WAIT).await;
+}
+
+#[tokio::test]
+async fn a_session_with_a_live_tab_gets_no_push_under_offline_and_one_under_always() {
+    let mut service = PushService::start().await;
+    let settings = push_settings(true);
+    let key = server_key(&settings);
+    let server = sending_server(support::memory(Retention::default()), settings).await;
+    let _laptop = register(&server, "alice", "laptop", &service.endpoint("laptop")).await;
+    let phone = register(&server, "alice", "phone", &service.endpoint("phone")).await;
+    let (mut tab, _) = server.connect(&server.token("alice", Some("laptop")), "").await;
+
+    server.publish(json!({"to": {"user": "alice"}, "data": "hi"})).await;
+    tab.durable(1).await;
+    let push = service.next().await;
+    assert_eq!(push.path, "/push/phone", "only the session without a tab");
+    assert_eq!(open_push(&push, &service, &key, &phone)["seq"], 1);
+    service.expect_none(NO_PUSH_WAIT).await;
+
+    server.publish(json!({"to": {"user": "alice"}, "data": "hi", "push": "always"})).await;
+    let mut paths = vec![service.next().await.path, service.next().await.path];
+    paths.sort();
+    assert_eq!(paths, ["/push/laptop", "/push/phone"]);
+}
+
+#[tokio::test]
+async fn a_reload_within_the_grace_period_sends_no_push() {
+    let mut service = PushService::start().await;
+    let server = sending_server(support::memory(Retention::default()), push_settings(true)).await;
+    register(&server, "alice", "laptop", &service.endpoint("laptop")).await;
+    let token = server.token("alice", Some("laptop"));
+    let (tab, _) = server.connect(&token, "").await;
+    // The page reloads: its tab goes, the notification comes meanwhile, the new tab comes
+    // back within the grace period (and would replay it from its resume point).
+    drop(tab);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    server.publish(json!({"to": {"user": "alice"}, "data": "while reloading"})).await;
+    let (_again, _) = server.connect(&token, "").await;
+    service.expect_none(NO_PUSH_WAIT).await;
+}
+
+#[tokio::test]
+async fn a_410_removes_the_subscription() {
+    let mut service = PushService::start().await;
+    let server = sending_server(support::memory(Retention::default()), push_settings(true)).await;
+    register(&server, "alice", "laptop", &service.endpoint("laptop")).await;
+    service.answer_next(410, None);
+    server.publish(json!({"to": {"user": "alice"}, "data": 1, "push": "always"})).await;
+    assert_eq!(service.next().await.path, "/push/laptop");
+    let deadline = Instant::now() + PUSH_WAIT;
+    while !listed_ids(&server.get("/v1/users/alice/push-subscriptions").await.1).is_empty() {
+        assert!(Instant::now() < deadline, "the subscription is removed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    server.publish(json!({"to": {"user": "alice"}, "data": 2, "push": "always"})).await;
+    service.expect_none(NO_PUSH_WAIT).await;
+}
+
+#[tokio::test]
+async fn a_429_with_retry_after_is_sent_again_after_it() {
+    let mut service = PushService::start().await;
+    let settings = push_settings(true);
+    let key = server_key(&settings);
+    let server = sending_server(support::memory(Retention::default()), settings).await;
+    let keys = register(&server, "alice", "laptop", &service.endpoint("laptop")).await;
+    service.answer_next(429, Some(2));
+    server.publish(json!({"to": {"user": "alice"}, "data": "again", "push": "always"})).await;
+    let refused = service.next().await;
+    let retried = service.next().await;
+    assert!(retried.at - refused.at >= Duration::from_secs(2), "waited {:?}", retried.at - refused.at);
+    assert_eq!(open_push(&retried, &service, &key, &keys)["data"], "again");
+    service.expect_none(NO_PUSH_WAIT).await;
+}
+
+#[tokio::test]
+async fn pushes_due_at_a_restart_are_sent_once_after_it() {
+    let mut service = PushService::start().await;
+    let settings = push_settings(true);
+    let key = server_key(&settings);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("herald.db");
+    let long_grace = Limits { push_grace: Duration::from_secs(2), ..Limits::default() };
+    let first =
+        Server::with(long_grace, settings.clone(), support::sqlite(&path, Retention::default())).await;
+    let keys = register(&first, "alice", "laptop", &service.endpoint("laptop")).await;
+    first.publish(json!({"to": {"user": "alice"}, "data": "kept"})).await;
+    // Stopped before the push is due: it waits in the store's outbox.
+    first.shutdown().await;
+    service.expect_none(Duration::from_millis(500)).await;
+
+    let second = sending_server(support::sqlite(&path, Retention::default()), settings).await;
+    let push = service.next().await;
+    assert_eq!(
+        open_push(&push, &service, &key, &keys),
+        json!({"type": "notification", "seq": 1, "data": "kept"})
+    );
+    service.expect_none(NO_PUSH_WAIT).await;
+    second.shutdown().await;
+}
