@@ -712,7 +712,11 @@ async fn real_answers_match_the_description() {
     // A publish bound so small that an `inbox: true` publish of 100 bytes to two followers is
     // done by a job.
     let limits = Limits { publish_bytes_max: 150, ..Limits::default() };
-    let server = TestServer::with(limits, settings(), memory(Retention::default())).await;
+    // With a VAPID key, so that the Web Push routes answer.
+    let mut with_push = settings();
+    let vapid = herald_server::push::VapidKey::generate("mailto:ops@example.com").unwrap();
+    with_push.push.vapid = Some(Arc::new(vapid));
+    let server = TestServer::with(limits, with_push, memory(Retention::default())).await;
     let c = Checked::new(&server);
     let claims = json!({"sub": "alice", "sid": "laptop", "iat": now_unix(), "exp": now_unix() + 600, "topics": ["room:*"]});
     let alice = sign(&claims);
@@ -759,6 +763,31 @@ async fn real_answers_match_the_description() {
     c.saw("get", "/v1/ws", 101, None);
     let ws_hello = next_ws(&mut ws).await;
     assert_eq!(ws_hello["event"], "hello");
+
+    // Web Push: the key, a browser's subscription kept, listed, removed by the publisher and
+    // by the browser.
+    assert_eq!(c.call("get", "/v1/push/vapid-public-key", &[], "", Auth::None, &[], None).await.0, 200);
+    let browser = crate::push::BrowserKeys::new().subscription("https://fcm.googleapis.com/fcm/send/abc");
+    let subscribe = |body: Value| {
+        let (c, alice) = (&c, &alice);
+        async move {
+            c.call("post", "/v1/push/subscriptions", &[], "", Auth::Token(alice), &[], Some(&body)).await
+        }
+    };
+    let (status, subscribed) = subscribe(browser.clone()).await;
+    assert_eq!(status, 201);
+    let (status, listed) = c.api("get", "/v1/users/{user}/push-subscriptions", &["alice"], None).await;
+    assert_eq!((status, &listed["subscriptions"][0]["id"]), (200, &subscribed["id"]));
+    let id = subscribed["id"].as_str().unwrap();
+    assert_eq!(
+        c.api("delete", "/v1/users/{user}/push-subscriptions/{id}", &["alice", id], None).await.0,
+        204
+    );
+    assert_eq!(subscribe(browser.clone()).await.0, 201);
+    let endpoint = json!({"endpoint": browser["endpoint"]});
+    let unsubscribe =
+        c.call("delete", "/v1/push/subscriptions", &[], "", Auth::Token(&alice), &[], Some(&endpoint)).await;
+    assert_eq!(unsubscribe.0, 204);
 
     // Publishing: a durable one, an ephemeral one, a topic event, a batch.
     let publish = json!({"to": {"user": "alice"}, "type": "message.new", "data": {"text": "hi"}, "idempotency_key": "k1"});

@@ -50,13 +50,15 @@ pub fn push_settings(loopback: bool) -> ServerSettings {
     }
 }
 
-/// `method /v1/push/subscriptions` with `token` and a JSON body.
+/// `method /v1/push/subscriptions` with `token` and a JSON body; the answer is checked against
+/// docs/openapi.json.
 pub async fn subscription_request(
     server: &TestServer,
     method: reqwest::Method,
     token: &str,
     body: &Value,
 ) -> (u16, Value) {
+    let name = method.as_str().to_ascii_lowercase();
     let response = server
         .http
         .request(method, format!("{}/v1/push/subscriptions", server.url))
@@ -65,7 +67,7 @@ pub async fn subscription_request(
         .send()
         .await
         .unwrap();
-    answer(response).await
+    support::checked_answer(&name, response).await
 }
 
 fn listed_ids(body: &Value) -> Vec<&str> {
@@ -91,8 +93,11 @@ async fn the_vapid_public_key_is_served_only_when_push_is_configured() {
     let settings = push_settings(false);
     let expected = settings.push.vapid.as_ref().unwrap().public_key().to_owned();
     let on = TestServer::with_settings(settings).await;
-    let (status, body) =
-        answer(on.http.get(format!("{}/v1/push/vapid-public-key", on.url)).send().await.unwrap()).await;
+    let (status, body) = support::checked_answer(
+        "get",
+        on.http.get(format!("{}/v1/push/vapid-public-key", on.url)).send().await.unwrap(),
+    )
+    .await;
     assert_eq!((status, body), (200, json!({"public_key": expected})));
     let point = URL_SAFE_NO_PAD.decode(&expected).unwrap();
     assert_eq!((point.len(), point[0]), (65, 4), "an uncompressed P-256 point");
