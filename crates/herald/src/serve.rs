@@ -68,6 +68,8 @@ pub enum ServeError {
 /// A PostgreSQL store is opened (and migrated) before the bus is connected, which needs it.
 pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     let plan = Plan::from_args(&args)?;
+    // Checked with the other options, before anything is bound or opened.
+    let vapid_given = args.vapid_given()?;
     // Before the connection cap is derived from it (when `--connections-max` is not given).
     let raised_open_files = caps::raise_open_files_limit();
     let data_dir = plan.store.data_dir();
@@ -111,7 +113,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
             audience: args.token_audience.clone().filter(|a| !a.is_empty()),
         },
         access_log: args.access_log == Switch::On,
-        push: args.push_settings(source.is_dev(), data_dir)?,
+        push: args.push_settings(vapid_given, source.is_dev(), data_dir)?,
         ..ServerSettings::default()
     };
     let herald = Herald::builder(store, &credentials.secret, &credentials.api_key)
@@ -236,28 +238,35 @@ async fn shutdown_signal() {
 }
 
 impl ServeArgs {
-    /// Web Push: the VAPID key given (with its subject), or in dev mode the data dir's (made if
-    /// missing), or none (push off); the endpoint allow-list; loopback endpoints in dev mode
-    /// or with `--push-allow-loopback`.
+    /// The VAPID key given with `--vapid-private-key` and `--vapid-subject`, checked; a key
+    /// without a subject is refused.
+    fn vapid_given(&self) -> Result<Option<herald_server::push::VapidKey>, ServeError> {
+        match (&self.vapid_private_key, &self.vapid_subject) {
+            (Some(key), Some(subject)) => herald_server::push::VapidKey::from_private_key(key, subject)
+                .map(Some)
+                .map_err(|e| ServeError::Push(e.to_string())),
+            (Some(_), None) => Err(ServeError::Push(
+                "--vapid-private-key needs --vapid-subject (HERALD_VAPID_SUBJECT): a mailto: address or https:// URL push services can reach you at".into(),
+            )),
+            (None, _) => Ok(None),
+        }
+    }
+
+    /// Web Push: the VAPID key given, or in dev mode the data dir's (made if missing), or none
+    /// (push off); the endpoint allow-list; loopback endpoints in dev mode or with
+    /// `--push-allow-loopback`.
     fn push_settings(
         &self,
+        given: Option<herald_server::push::VapidKey>,
         dev_mode: bool,
         data_dir: Option<&std::path::Path>,
     ) -> Result<herald_server::push::PushSettings, ServeError> {
         use herald_server::push::{EndpointRules, PushSettings, VAPID_SUBJECT_DEV, VapidKey};
-        let push_error = |e: &dyn std::fmt::Display| ServeError::Push(e.to_string());
-        let vapid = match (&self.vapid_private_key, &self.vapid_subject) {
-            (Some(key), Some(subject)) => {
-                Some(VapidKey::from_private_key(key, subject).map_err(|e| push_error(&e))?)
-            }
-            (Some(_), None) => {
-                return Err(ServeError::Push(
-                    "--vapid-private-key needs --vapid-subject (HERALD_VAPID_SUBJECT): a mailto: address or https:// URL push services can reach you at".into(),
-                ));
-            }
+        let vapid = match (given, &self.vapid_subject) {
+            (Some(key), _) => Some(key),
             (None, subject) if dev_mode => Some(
                 VapidKey::dev(data_dir, subject.as_deref().unwrap_or(VAPID_SUBJECT_DEV))
-                    .map_err(|e| push_error(&e))?,
+                    .map_err(|e| ServeError::Push(e.to_string()))?,
             ),
             (None, Some(_)) => {
                 return Err(ServeError::Push("--vapid-subject without --vapid-private-key".into()));

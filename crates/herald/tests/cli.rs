@@ -18,6 +18,8 @@ fn herald(dir: &tempfile::TempDir) -> Command {
         "HERALD_URL",
         "HERALD_TOKEN",
         "HERALD_ALLOWED_ORIGINS",
+        "HERALD_VAPID_PRIVATE_KEY",
+        "HERALD_VAPID_SUBJECT",
         "RUST_LOG",
     ] {
         command.env_remove(variable);
@@ -260,5 +262,38 @@ fn serve_fails_in_one_line_when_the_admin_port_is_taken_or_malformed() {
         assert_one_line_error(&output, &stderr);
         assert!(stderr.contains("--admin-listen"), "{bad}: {stderr}");
     }
+    drop(taken);
+}
+
+/// A VAPID key that is not one, a key without a subject, and a subject that is neither
+/// `mailto:` nor `https://` are refused with one line before the port is bound; a good pair
+/// gets past the options (and fails on the port in use).
+#[test]
+fn serve_refuses_a_bad_vapid_key_or_subject_before_binding() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let listen = taken.local_addr().unwrap().to_string();
+    let serve = |args: &[&str]| {
+        let mut command = herald(&dir);
+        command.args(["serve", "--memory", "--listen", &listen]).args(args);
+        command
+    };
+    // A P-256 scalar: 32 bytes, URL-safe base64.
+    let good = "RS0WdYWWo1HajXg3NZR1olzCf31i-ZBGDkFyCs7j1jw";
+    for (args, says) in [
+        (vec!["--vapid-private-key", "short", "--vapid-subject", "mailto:ops@example.com"], "32 bytes"),
+        (vec!["--vapid-private-key", good], "needs --vapid-subject"),
+        (vec!["--vapid-private-key", good, "--vapid-subject", "ops@example.com"], "mailto:"),
+    ] {
+        let (output, _, stderr) = run(&mut serve(&args));
+        assert_one_line_error(&output, &stderr);
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+        assert!(!stderr.contains(good), "the key is never printed: {stderr}");
+    }
+    let (output, _, stderr) = run(serve(&[])
+        .env("HERALD_VAPID_PRIVATE_KEY", good)
+        .env("HERALD_VAPID_SUBJECT", "https://example.com/ops"));
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("cannot listen"), "{stderr}");
     drop(taken);
 }
