@@ -29,6 +29,8 @@
 //!   event ([`TopicEvent`], serialized once like a notification).
 //! - [`metrics`]: the node's counters for `/metrics` ([`Metrics`]: atomics, striped where they
 //!   move per delivery), read as a [`MetricsSnapshot`].
+//! - [`presence`]: presence transitions as the app hears of them ([`PresenceEvent`]), and the
+//!   [`PresenceHook`] by which the hub tells of its tabs.
 //! - `queue`: each client's bounded queue of events (private).
 //! - [`hub`]: the [`Hub`], users → sessions → clients on this node, limits and eviction, presence.
 //! - [`store`]: the [`Store`] trait, each user's durable log, and the [`Epoch`] its seqs belong to.
@@ -38,6 +40,8 @@
 //!   events; its refusals are [`InboxError`]s.
 //! - [`notifier`]: the [`Notifier`], the cheap cloneable handle that publishes from anywhere; its
 //!   refusals are [`NotifyError`]s.
+//! - [`presence_tracker`]: the [`PresenceTracker`], tabs into user and session transitions
+//!   after a grace period, recorded in the store, handed to a [`PresenceSink`] (webhooks).
 //! - [`subscription`]: one client's stream: hello, replay, live, gap filling, close; and [`poll`].
 
 #![forbid(unsafe_code)]
@@ -56,6 +60,8 @@ pub mod metrics;
 pub mod node;
 pub mod notification;
 pub mod notifier;
+pub mod presence;
+pub mod presence_tracker;
 mod queue;
 pub mod resume;
 pub mod revocation;
@@ -83,6 +89,8 @@ pub use metrics::{Metrics, MetricsSnapshot};
 pub use node::{CLUSTER_NAME_BYTES_MAX, ClusterName, InvalidName, NODE_ID_BYTES_MAX, NodeId};
 pub use notification::{Audience, Notification, Publish, Receipt, ReceiptEntry, Target, TopicReceipt};
 pub use notifier::{Notifier, NotifyError, TopicListeners};
+pub use presence::{PresenceBeat, PresenceChange, PresenceEvent, PresenceHook, PresenceKind};
+pub use presence_tracker::{PresenceSink, PresenceTracker, PresenceTrackerOptions};
 pub use resume::{InvalidResumePoint, RESUME_TOPICS_MAX, ResumePoint};
 pub use revocation::Revocations;
 pub use store::{

@@ -14,7 +14,7 @@ use super::sql::Error;
 
 /// The schema this code writes, kept in `herald_meta.schema_version`. A database with a higher
 /// version was migrated by a newer Herald: opening it fails rather than guess.
-pub const SCHEMA_VERSION: i32 = 4;
+pub const SCHEMA_VERSION: i32 = 5;
 
 /// Schema version 1: everything the `Store` contract needed then (listens came with
 /// [`SCHEMA_V2`], topic logs with [`SCHEMA_V3`], fan-out jobs with [`SCHEMA_V4`]).
@@ -178,6 +178,31 @@ CREATE INDEX herald_jobs_by_finished_at ON herald_jobs (finished_at) WHERE finis
 UPDATE herald_meta SET schema_version = 4;
 "#;
 
+/// Version 5: presence reported to the app (herald-core `presence`, webhooks), as SQLite's
+/// schema version 10: `herald_presence_online`, one row per (user, session, node) reported
+/// online (a user's rows and a session's are ranges of the key; by node for a dead node's
+/// release), `herald_presence_seqs`, each user's last `user_seq` (kept when the user goes
+/// offline; its row is also the lock that serializes a user's changes across nodes), and
+/// `herald_presence_nodes`, each node's last heartbeat.
+pub const SCHEMA_V5: &str = r#"
+CREATE TABLE herald_presence_online (
+    user_id text COLLATE "C" NOT NULL,
+    session text COLLATE "C" NOT NULL,
+    node    text COLLATE "C" NOT NULL,
+    PRIMARY KEY (user_id, session, node)
+);
+CREATE INDEX herald_presence_online_by_node ON herald_presence_online (node);
+CREATE TABLE herald_presence_seqs (
+    user_id  text COLLATE "C" PRIMARY KEY,
+    last_seq bigint NOT NULL
+);
+CREATE TABLE herald_presence_nodes (
+    node      text COLLATE "C" PRIMARY KEY,
+    last_beat bigint NOT NULL
+);
+UPDATE herald_meta SET schema_version = 5;
+"#;
+
 /// The advisory lock migrations hold (for their transaction): one per schema, so several nodes
 /// starting at once on one database migrate one after the other, and the later ones find the
 /// schema done. `hashtext` of the schema's name: stores in other schemas of the database do not
@@ -234,7 +259,13 @@ pub(super) async fn migrate(client: &mut Client, place: &str) -> Result<(), Erro
         }
         tx.batch_execute(SCHEMA_V4).await?;
     }
-    // Later versions: `if version < 5 { … }`, each bumping `herald_meta.schema_version`.
+    if version < 5 {
+        if version >= 1 {
+            tracing::info!(place, "upgrading Herald's tables to schema version 5 (presence webhooks)");
+        }
+        tx.batch_execute(SCHEMA_V5).await?;
+    }
+    // Later versions: `if version < 6 { … }`, each bumping `herald_meta.schema_version`.
     tx.commit().await?;
     Ok(())
 }
