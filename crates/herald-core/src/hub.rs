@@ -1138,6 +1138,78 @@ mod tests {
         drop(early);
     }
 
+    /// What the presence tracker hears: each tab's connected / gone, as `+client` / `-client`.
+    #[derive(Default)]
+    struct Tabs(parking_lot::Mutex<Vec<String>>);
+
+    impl PresenceHook for Tabs {
+        fn tab_changed(&self, _: &UserId, session: &SessionId, client: &ClientId, connected: bool) {
+            let sign = if connected { '+' } else { '-' };
+            self.0.lock().push(format!("{sign}{session}/{}", &client.as_str()[..4]));
+        }
+    }
+
+    impl Tabs {
+        fn take(&self) -> Vec<String> {
+            std::mem::take(&mut *self.0.lock())
+        }
+    }
+
+    /// The presence hook hears of every tab that connects and of every way a tab stops being
+    /// connected, once each: a connection that ends, a reconnect that replaces it, eviction,
+    /// a closed session, an expired token; a poller between polls is still connected until
+    /// its linger ends. Fails if a path that ends a connection does not tell the hook (the
+    /// tracker would keep the user online for ever).
+    #[test]
+    fn the_presence_hook_hears_every_tab_come_and_go() {
+        let limits = Limits {
+            clients_per_session_max: 1,
+            client_linger: std::time::Duration::from_millis(30),
+            ..Limits::default()
+        };
+        let hub = Hub::new(limits, ClientIdMinter::new(b"key"));
+        let (user, s1, s2) =
+            (UserId::new("u").unwrap(), SessionId::new("s1").unwrap(), SessionId::new("s2").unwrap());
+        let before = hub.attach(&user, &s1, None, Transport::Sse, &[]).unwrap();
+        let tabs = Arc::new(Tabs::default());
+        assert!(hub.set_presence_hook(tabs.clone()));
+        assert!(!hub.set_presence_hook(tabs.clone()), "once");
+        let b = &before.info.client.as_str()[..4];
+        assert_eq!(tabs.take(), [format!("+s1/{b}")], "the tabs connected already");
+
+        hub.detach(&before.info, before.attachment, false);
+        hub.detach(&before.info, before.attachment, false);
+        assert_eq!(tabs.take(), [format!("-s1/{b}")], "once");
+
+        let again = hub.attach(&user, &s1, Some(before.info.client.as_str()), Transport::Sse, &[]).unwrap();
+        let replacing =
+            hub.attach(&user, &s1, Some(before.info.client.as_str()), Transport::Ws, &[]).unwrap();
+        assert_eq!(tabs.take(), [format!("+s1/{b}"), format!("-s1/{b}"), format!("+s1/{b}")]);
+        hub.detach(&again.info, again.attachment, false);
+        assert!(tabs.take().is_empty(), "a replaced connection's detach changes nothing");
+
+        let evicting = hub.attach(&user, &s1, None, Transport::Sse, &[]).unwrap();
+        let e = &evicting.info.client.as_str()[..4];
+        assert_eq!(tabs.take(), [format!("-s1/{b}"), format!("+s1/{e}")], "evicted: one client per session");
+        drop(replacing);
+
+        let poller = hub.attach(&user, &s2, None, Transport::Poll, &[]).unwrap();
+        let p = &poller.info.client.as_str()[..4];
+        hub.detach(&poller.info, poller.attachment, true);
+        assert_eq!(tabs.take(), [format!("+s2/{p}")], "parked: still connected");
+        std::thread::sleep(std::time::Duration::from_millis(40));
+        hub.sweep();
+        assert_eq!(tabs.take(), [format!("-s2/{p}")], "its linger is over");
+
+        evicting.shared.expires_at_secs.store(1, Ordering::Relaxed);
+        hub.tick(2, 10);
+        assert_eq!(tabs.take(), [format!("-s1/{e}")], "token expired");
+        let last = hub.attach(&user, &s2, None, Transport::Sse, &[]).unwrap();
+        let l = &last.info.client.as_str()[..4];
+        hub.close_sessions(&user, None, CloseReason::SessionClosed);
+        assert_eq!(tabs.take(), [format!("+s2/{l}"), format!("-s2/{l}")]);
+    }
+
     /// Another node took a client over at some time: the connection here ends with `replaced`
     /// only if it is older than that.
     #[test]

@@ -70,6 +70,15 @@ pub struct PresenceTrackerOptions {
     pub offline_grace: Duration,
     /// Whether to make `client.online` / `client.offline` events (one per tab).
     pub client_events: bool,
+    /// When another node counts as dead ([`PRESENCE_NODE_DEAD_AFTER`]; shorter in tests). The
+    /// heartbeat comes every sixth of it, at most every [`PRESENCE_HEARTBEAT_INTERVAL`].
+    pub node_dead_after: Duration,
+}
+
+impl PresenceTrackerOptions {
+    fn heartbeat_interval(&self) -> Duration {
+        (self.node_dead_after / 6).min(PRESENCE_HEARTBEAT_INTERVAL)
+    }
 }
 
 /// Where the tracker's events go, in order per user. Must not block: the sink bounds itself
@@ -186,7 +195,7 @@ impl PresenceTracker {
         let mut next_heartbeat = Instant::now();
         loop {
             if Instant::now() >= next_heartbeat {
-                next_heartbeat = Instant::now() + PRESENCE_HEARTBEAT_INTERVAL;
+                next_heartbeat = Instant::now() + self.inner.options.heartbeat_interval();
                 self.heartbeat(store, sink).await;
             }
             let retry_at = self.reconcile(store, sink).await;
@@ -235,7 +244,7 @@ impl PresenceTracker {
 
     async fn heartbeat(&self, store: &dyn Store, sink: &dyn PresenceSink) {
         let now = now_ms();
-        let dead_before = now - PRESENCE_NODE_DEAD_AFTER.as_millis() as i64;
+        let dead_before = now - self.inner.options.node_dead_after.as_millis() as i64;
         let beat = match store.presence_heartbeat(&self.inner.options.node, now, dead_before).await {
             Ok(beat) => beat,
             Err(error) => {
