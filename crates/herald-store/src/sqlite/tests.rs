@@ -1283,7 +1283,7 @@ async fn revocations_survive_reopening() {
     let conn = Connection::open(&path).unwrap();
     conn.execute_batch(
         "DROP TABLE revocations; DROP TABLE meta; DROP TABLE topic_listens; DROP TABLE topic_log;
-         DROP TABLE topic_heads; DROP TABLE jobs; PRAGMA user_version = 4;",
+         DROP TABLE topic_heads; DROP TABLE jobs; DROP TABLE presence_online; DROP TABLE presence_seqs; DROP TABLE presence_nodes; PRAGMA user_version = 4;",
     )
     .unwrap();
     drop(conn);
@@ -1347,7 +1347,7 @@ async fn the_epoch_is_made_with_the_database_and_kept() {
     let conn = Connection::open(&path).unwrap();
     conn.execute_batch(
         "DROP TABLE meta; DROP TABLE topic_listens; DROP TABLE topic_log; DROP TABLE topic_heads;
-         DROP TABLE jobs; PRAGMA user_version = 5;",
+         DROP TABLE jobs; DROP TABLE presence_online; DROP TABLE presence_seqs; DROP TABLE presence_nodes; PRAGMA user_version = 5;",
     )
     .unwrap();
     drop(conn);
@@ -1412,7 +1412,7 @@ async fn listens_survive_reopening() {
     let conn = Connection::open(&path).unwrap();
     conn.execute_batch(
         "DROP TABLE topic_listens; DROP TABLE topic_log; DROP TABLE topic_heads; DROP TABLE jobs;
-         PRAGMA user_version = 6;",
+         DROP TABLE presence_online; DROP TABLE presence_seqs; DROP TABLE presence_nodes; PRAGMA user_version = 6;",
     )
     .unwrap();
     drop(conn);
@@ -1547,7 +1547,7 @@ async fn topic_logs_survive_reopening() {
     // A version 7 file (no topic tables, no jobs) is upgraded in place.
     let conn = Connection::open(&path).unwrap();
     conn.execute_batch(
-        "DROP TABLE topic_log; DROP TABLE topic_heads; DROP TABLE jobs; PRAGMA user_version = 7;",
+        "DROP TABLE topic_log; DROP TABLE topic_heads; DROP TABLE jobs; DROP TABLE presence_online; DROP TABLE presence_seqs; DROP TABLE presence_nodes; PRAGMA user_version = 7;",
     )
     .unwrap();
     drop(conn);
@@ -1650,7 +1650,7 @@ async fn jobs_survive_reopening() {
 
     // A version 8 file (no jobs table) is upgraded in place.
     let conn = Connection::open(&path).unwrap();
-    conn.execute_batch("DROP TABLE jobs; PRAGMA user_version = 8;").unwrap();
+    conn.execute_batch("DROP TABLE jobs; DROP TABLE presence_online; DROP TABLE presence_seqs; DROP TABLE presence_nodes; PRAGMA user_version = 8;").unwrap();
     drop(conn);
     let store = SqliteStore::open(&path, Retention::default()).unwrap();
     assert_eq!(store.head(&user("alice")).await.unwrap().last_seq, 1, "the logs are kept");
@@ -1661,8 +1661,45 @@ async fn jobs_survive_reopening() {
     let conn = Connection::open(&path).unwrap();
     let version: i32 = conn.pragma_query_value(None, "user_version", |row| row.get(0)).unwrap();
     assert_eq!(version, SCHEMA_VERSION);
-    assert_eq!(SCHEMA_VERSION, 9);
     assert_eq!(count_rows(&path, "jobs"), 1);
+}
+
+/// A version 9 file (no presence tables) gains them in place, keeping its logs; presence is
+/// recorded afterwards and survives reopening (what a restart after `kill -9` releases). Fails
+/// if the upgrade to version 10 were missing, or presence were not kept in the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_survives_reopening_and_a_version_9_file_gains_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("herald.db");
+    let store = SqliteStore::open(&path, Retention::default()).unwrap();
+    store.append(vec![entry("alice", 1, now_ms())], None).await.unwrap();
+    drop(store);
+    let conn = Connection::open(&path).unwrap();
+    conn.execute_batch(
+        "DROP TABLE presence_online; DROP TABLE presence_seqs; DROP TABLE presence_nodes; PRAGMA user_version = 9;",
+    )
+    .unwrap();
+    drop(conn);
+    let store = SqliteStore::open(&path, Retention::default()).unwrap();
+    assert_eq!(store.head(&user("alice")).await.unwrap().last_seq, 1, "the logs are kept");
+    let change = herald_core::PresenceChange {
+        user: user("alice"),
+        session: herald_core::SessionId::new("s").unwrap(),
+        online: Some(true),
+        clients: Vec::new(),
+        at_ms: 1,
+    };
+    assert_eq!(store.record_presence("n", &change).await.unwrap().len(), 2);
+    drop(store);
+    let store = SqliteStore::open(&path, Retention::default()).unwrap();
+    let released = store.release_presence("n", 2, 10).await.unwrap().expect("kept in the file");
+    let seqs: Vec<u64> = released.iter().map(|e| e.user_seq).collect();
+    assert_eq!(seqs, [3, 4], "session.offline and user.offline, numbered on");
+    drop(store);
+    let conn = Connection::open(&path).unwrap();
+    let version: i32 = conn.pragma_query_value(None, "user_version", |row| row.get(0)).unwrap();
+    assert_eq!(version, SCHEMA_VERSION);
+    assert_eq!(SCHEMA_VERSION, 10);
 }
 
 /// `unfinished_jobs` reads the first entries of the partial index `jobs_unfinished` (no scan of
