@@ -26,7 +26,14 @@ fn spawn(dir: &Path, port: u16, receiver: &Receiver) -> Server {
     command
         .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
         .arg(dir.join("data"))
-        .args(["--node-id", "webhook-node", "--webhook-url", &receiver.url(), "--webhook-offline-grace", "1s"])
+        .args([
+            "--node-id",
+            "webhook-node",
+            "--webhook-url",
+            &receiver.url(),
+            "--webhook-offline-grace",
+            "1s",
+        ])
         .env("HERALD_SECRET", SECRET)
         .env("HERALD_API_KEY", API_KEY)
         .env("HERALD_WEBHOOK_SECRET", WEBHOOK_SECRET)
@@ -49,7 +56,12 @@ fn summary(events: &[Value]) -> Vec<String> {
         .iter()
         .map(|e| {
             let session = e["session"].as_str().map(|s| format!(" {s}")).unwrap_or_default();
-            format!("{} {}{session} #{}", e["type"].as_str().unwrap(), e["user"].as_str().unwrap(), e["user_seq"])
+            format!(
+                "{} {}{session} #{}",
+                e["type"].as_str().unwrap(),
+                e["user"].as_str().unwrap(),
+                e["user_seq"]
+            )
         })
         .collect()
 }
@@ -67,7 +79,15 @@ async fn a_restart_after_kill_9_reports_the_users_offline() {
     let events = receiver.wait_for(4, WAIT).await;
     let mut online = summary(&events);
     online.sort();
-    assert_eq!(online, ["session.online alice s1 #2", "session.online bob s1 #2", "user.online alice #1", "user.online bob #1"]);
+    assert_eq!(
+        online,
+        [
+            "session.online alice s1 #2",
+            "session.online bob s1 #2",
+            "user.online alice #1",
+            "user.online bob #1"
+        ]
+    );
     let killed_stderr = server.kill9();
     drop((alice, bob));
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -103,7 +123,10 @@ fn a_webhook_url_needs_a_secret_and_http() {
     let dir = tempfile::tempdir().unwrap();
     for (args, expected) in [
         (vec!["--webhook-url", "http://127.0.0.1:9/hook"], "needs a webhook secret"),
-        (vec!["--webhook-url", "ftp://example.com/hook", "--webhook-secret", "x"], "not an http:// or https:// URL"),
+        (
+            vec!["--webhook-url", "ftp://example.com/hook", "--webhook-secret", "x"],
+            "not an http:// or https:// URL",
+        ),
         (vec!["--webhook-secret", "x"], "--webhook-secret needs --webhook-url"),
     ] {
         let output = common::herald(dir.path())
