@@ -24,11 +24,13 @@
 //! a node cut off from the broker but not from the database still holds its tabs.
 //!
 //! # Bounds
-//! The tracker's state is one entry per tab the hub has, kept until its offline is recorded;
-//! a failed store call is retried after [`PRESENCE_STORE_RETRY`] (the change waits, nothing is
-//! lost); users are reconciled [`PRESENCE_USERS_AT_ONCE`] at a time.
+//! The tracker's state is one entry per tab the hub has, kept until its offline is recorded,
+//! and one timer per tab that went within the last grace period (a queue in time order: every
+//! grace period is as long); a failed store call is retried after [`PRESENCE_STORE_RETRY`]
+//! (the change waits, nothing is lost, and the task sleeps meanwhile); users are reconciled
+//! [`PRESENCE_USERS_AT_ONCE`] at a time.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -104,8 +106,10 @@ struct State {
     users: HashMap<UserId, Vec<SessionTabs>>,
     /// Users whose tabs changed since they were last reconciled.
     dirty: HashSet<UserId>,
-    /// Users with a tab in its grace period: reconciled again when it ends.
-    waiting: HashSet<UserId>,
+    /// When a gone tab's grace period ends, and its user: reconciled again then. In time
+    /// order, since every grace period is as long (pushed at the back, taken from the front);
+    /// one entry per tab that went within the last grace period.
+    grace_ends: VecDeque<(Instant, UserId)>,
 }
 
 struct SessionTabs {
@@ -150,7 +154,12 @@ impl PresenceHook for PresenceTracker {
             }
         };
         tab.connected = connected;
-        tab.gone_at = (!connected).then(Instant::now);
+        let now = Instant::now();
+        tab.gone_at = (!connected).then_some(now);
+        if !connected {
+            let grace_end = now + self.inner.options.offline_grace;
+            state.grace_ends.push_back((grace_end, user.clone()));
+        }
         state.dirty.insert(user.clone());
         drop(state);
         self.inner.wake.notify_one();
@@ -208,19 +217,9 @@ impl PresenceTracker {
         }
     }
 
-    /// When the earliest grace period of a waiting user ends.
+    /// When the next grace period ends.
     fn next_grace_end(&self) -> Option<Instant> {
-        let grace = self.inner.options.offline_grace;
-        let state = self.inner.state.lock();
-        state
-            .waiting
-            .iter()
-            .filter_map(|user| state.users.get(user))
-            .flatten()
-            .flat_map(|s| s.tabs.iter())
-            .filter_map(|t| t.gone_at)
-            .map(|at| at + grace)
-            .min()
+        self.inner.state.lock().grace_ends.front().map(|(at, _)| *at)
     }
 
     /// Releases `node`'s sessions in chunks; `true` once none is left, `false` if the store
@@ -301,22 +300,10 @@ impl PresenceTracker {
         let grace = self.inner.options.offline_grace;
         let client_events = self.inner.options.client_events;
         let mut state = self.inner.state.lock();
-        let State { users, dirty, waiting } = &mut *state;
-        // Waiting users whose grace ended are due too.
-        let ended: Vec<UserId> = waiting
-            .iter()
-            .filter(|u| {
-                users.get(*u).is_none_or(|sessions| {
-                    sessions
-                        .iter()
-                        .flat_map(|s| &s.tabs)
-                        .all(|t| t.gone_at.is_none_or(|at| now >= at + grace))
-                })
-            })
-            .cloned()
-            .collect();
-        for user in ended {
-            waiting.remove(&user);
+        let State { users, dirty, grace_ends } = &mut *state;
+        // Users whose tab's grace period ended are due too.
+        while grace_ends.front().is_some_and(|(at, _)| *at <= now) {
+            let (_, user) = grace_ends.pop_front().expect("checked");
             dirty.insert(user);
         }
         let due: Vec<UserId> = dirty.iter().take(max).cloned().collect();
@@ -326,10 +313,8 @@ impl PresenceTracker {
             dirty.remove(&user);
             let Some(sessions) = users.get(&user) else { continue };
             let mut changes = Vec::new();
-            let mut in_grace = false;
             for s in sessions {
                 let wanted: Vec<bool> = s.tabs.iter().map(|t| t.wanted_online(now, grace)).collect();
-                in_grace |= s.tabs.iter().any(|t| !t.connected && t.wanted_online(now, grace));
                 let session_wanted = wanted.iter().any(|w| *w);
                 let online = (session_wanted != s.recorded).then_some(session_wanted);
                 let clients: Vec<(ClientId, bool)> = if client_events {
@@ -351,9 +336,6 @@ impl PresenceTracker {
                         at_ms,
                     });
                 }
-            }
-            if in_grace {
-                waiting.insert(user.clone());
             }
             out.push((user, changes));
         }
@@ -420,7 +402,6 @@ impl PresenceTracker {
         sessions.retain(|s| !s.tabs.is_empty() || s.recorded);
         if sessions.is_empty() {
             state.users.remove(user);
-            state.waiting.remove(user);
         }
     }
 }

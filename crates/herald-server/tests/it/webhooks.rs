@@ -139,30 +139,47 @@ async fn a_reload_within_the_grace_period_sends_nothing() {
 }
 
 /// Per-tab events when asked for: a tab's `client.online` after its session's, its
-/// `client.offline` before it.
+/// `client.offline` before it, each at the end of its own grace period (not the last tab's).
+/// Fails if a tab's grace end waits for another tab's.
 #[tokio::test]
 async fn client_events_come_with_their_tabs_when_asked_for() {
     let receiver = Receiver::start().await;
-    let mut config = config(&receiver, Duration::from_millis(300));
+    let mut config = config(&receiver, Duration::from_millis(800));
     config.client_events = true;
     let server = server(config, memory(Retention::default()), "node-1").await;
     let first = tab(&server, "carol", "s1").await;
     let events = receiver.wait_for(3, WAIT).await;
-    let client = events[2]["client"].as_str().unwrap().to_owned();
+    let first_id = events[2]["client"].as_str().unwrap().to_owned();
+    let second = tab(&server, "carol", "s1").await;
+    let events = receiver.wait_for(4, WAIT).await;
+    let second_id = events[3]["client"].as_str().unwrap().to_owned();
     drop(first);
-    let events = receiver.wait_for(6, WAIT).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    drop(second);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        summary(&receiver.events())[4..],
+        ["client.offline carol s1 #5"],
+        "the first tab's grace is over, the second's is not"
+    );
+    let events = receiver.wait_for(8, WAIT).await;
     assert_eq!(
         summary(&events),
         [
             "user.online carol #1",
             "session.online carol s1 #2",
             "client.online carol s1 #3",
-            "client.offline carol s1 #4",
-            "session.offline carol s1 #5",
-            "user.offline carol #6",
+            "client.online carol s1 #4",
+            "client.offline carol s1 #5",
+            "client.offline carol s1 #6",
+            "session.offline carol s1 #7",
+            "user.offline carol #8",
         ]
     );
-    assert_eq!(events[3]["client"], client.as_str());
+    assert_eq!(
+        (events[4]["client"].as_str(), events[5]["client"].as_str()),
+        (Some(&*first_id), Some(&*second_id))
+    );
 }
 
 /// How long the receiver is down in the next test. The issue says 30 s; 6 s is enough for
