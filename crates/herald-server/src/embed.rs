@@ -133,7 +133,7 @@ impl HeraldBuilder {
             config.node = app.settings.node_id.as_str().to_owned();
             Webhooks::start(config, &app.hub, app.store.clone(), app.webhook_counters.clone())
         });
-        Herald { app, upkeep, _webhooks: webhooks }
+        Herald { app, upkeep, webhooks }
     }
 }
 
@@ -145,7 +145,7 @@ pub struct Herald {
     /// Stopped by [`Herald::shutdown`], or when the `Herald` is dropped.
     upkeep: Upkeep,
     /// Presence webhooks, when configured; stopped when the Herald is dropped.
-    _webhooks: Option<Webhooks>,
+    webhooks: Option<Webhooks>,
 }
 
 impl Herald {
@@ -227,6 +227,9 @@ impl Herald {
         websockets.close();
         if tokio::time::timeout(SHUTDOWN_GRACE, websockets.wait()).await.is_err() {
             tracing::warn!(open = websockets.len(), "WebSockets still open after the shutdown grace period");
+        }
+        if let Some(webhooks) = &self.webhooks {
+            webhooks.drain().await;
         }
         self.upkeep.stop().await;
     }

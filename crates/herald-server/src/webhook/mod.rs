@@ -26,6 +26,7 @@ pub use herald_core::presence_tracker::{PRESENCE_NODE_DEAD_AFTER, PRESENCE_OFFLI
 pub use sender::{
     WEBHOOK_BACKOFF_FIRST, WEBHOOK_BACKOFF_MAX, WEBHOOK_BATCH_EVENTS_MAX, WEBHOOK_BATCH_WAIT,
     WEBHOOK_DROPPED_USERS_MAX, WEBHOOK_POST_TIMEOUT, WEBHOOK_QUEUE_EVENTS_MAX, WEBHOOK_RETRY_FOR_DEFAULT,
+    WEBHOOK_SHUTDOWN_DRAIN,
 };
 pub use signature::{SIGNATURE_HEADER, SignatureError, sign, verify};
 
@@ -117,6 +118,7 @@ pub struct WebhookCounters {
 /// both (what is queued is lost, and its users' offline events come from the next start or
 /// another node: see docs/OPERATIONS.md).
 pub(crate) struct Webhooks {
+    sender: Arc<sender::Sender>,
     tasks: [JoinHandle<()>; 2],
 }
 
@@ -148,8 +150,20 @@ impl Webhooks {
             let sender = sender.clone();
             tokio::spawn(async move { sender.run().await })
         };
-        let tracking = tokio::spawn(async move { tracker.run(store, sender, std::future::pending()).await });
-        Self { tasks: [tracking, sending] }
+        let tracking = {
+            let sender = sender.clone();
+            tokio::spawn(async move { tracker.run(store, sender, std::future::pending()).await })
+        };
+        Self { sender, tasks: [tracking, sending] }
+    }
+
+    /// At a graceful shutdown: sends what is queued, for at most [`WEBHOOK_SHUTDOWN_DRAIN`].
+    pub(crate) async fn drain(&self) {
+        if !self.sender.drain(WEBHOOK_SHUTDOWN_DRAIN).await {
+            tracing::warn!(
+                "webhook: events still queued at shutdown are lost (the receiver did not take them)"
+            );
+        }
     }
 }
 

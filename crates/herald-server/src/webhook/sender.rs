@@ -52,6 +52,10 @@ pub const WEBHOOK_BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// Longest time one POST may take (connecting, sending, and the receiver's answer).
 pub const WEBHOOK_POST_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// At a graceful shutdown, how long the node keeps sending what is queued (the back-off is cut
+/// short) before it stops; what is left then is lost, as at a `kill -9`.
+pub const WEBHOOK_SHUTDOWN_DRAIN: Duration = Duration::from_secs(2);
+
 /// Users a `dropped` event names at most; past it, `users_truncated` is true.
 pub const WEBHOOK_DROPPED_USERS_MAX: usize = 100;
 
@@ -132,6 +136,8 @@ pub(super) struct Sender {
     counters: Arc<WebhookCounters>,
     queue: Mutex<Queue>,
     wake: Notify,
+    /// Cuts a back-off short (a shutdown draining the queue).
+    hurry: Notify,
     client: reqwest::Client,
 }
 
@@ -167,7 +173,7 @@ impl Sender {
         counters: Arc<WebhookCounters>,
         client: reqwest::Client,
     ) -> Self {
-        Self { config, counters, queue: Mutex::default(), wake: Notify::new(), client }
+        Self { config, counters, queue: Mutex::default(), wake: Notify::new(), hurry: Notify::new(), client }
     }
 
     /// Sends until the task is dropped.
@@ -196,10 +202,32 @@ impl Sender {
                     self.counters.retries.fetch_add(1, Ordering::Relaxed);
                     self.queue.lock().dropped.merge(batch.dropped);
                     let wait = backoff.mul_f64(rand::rng().random_range(0.5..=1.0));
-                    tokio::time::sleep(wait).await;
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => {}
+                        () = self.hurry.notified() => {}
+                    }
                     backoff = (backoff * 2).min(self.config.backoff_max);
                 }
             }
+        }
+    }
+
+    /// Waits until everything queued was delivered, at most `within`, trying again at once
+    /// after each failure meanwhile. `false` if something is left.
+    pub(super) async fn drain(&self, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            {
+                let queue = self.queue.lock();
+                if queue.events.is_empty() && queue.dropped.count == 0 {
+                    return true;
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            self.hurry.notify_one();
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 

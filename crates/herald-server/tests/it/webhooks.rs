@@ -269,6 +269,25 @@ async fn a_receiver_down_past_the_bound_gets_a_dropped_event() {
     assert_eq!(distinct(receiver.events()).len(), 3, "the dropped event is sent once");
 }
 
+/// A graceful shutdown sends what is queued before the node stops (cutting the back-off short),
+/// within `WEBHOOK_SHUTDOWN_DRAIN`. Fails if the queue is dropped with the node.
+#[tokio::test]
+async fn a_shutdown_sends_what_is_queued() {
+    let mut receiver = Receiver::start().await;
+    let server =
+        server(config(&receiver, Duration::from_secs(10)), memory(Retention::default()), "node-1").await;
+    receiver.stop();
+    let _tab = tab(&server, "ian", "s").await;
+    // Several failed tries: the back-off is at 1-2 s now.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert!(server.app.webhook_counters.retries.load(Ordering::Relaxed) >= 2);
+    receiver.start_again().await;
+    let counters = server.app.webhook_counters.clone();
+    server.shutdown().await;
+    assert_eq!(summary(&receiver.events()), ["user.online ian #1", "session.online ian s #2"]);
+    assert_eq!(counters.queued_events.load(Ordering::Relaxed), 0);
+}
+
 /// A full queue drops the newest events (counted, reported first when the receiver is back);
 /// what was queued before arrives in order.
 #[tokio::test]
