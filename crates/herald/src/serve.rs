@@ -389,7 +389,7 @@ pub struct ServeArgs {
     /// Send presence events (`user.online`, `user.offline`, `session.online`,
     /// `session.offline`) to this URL: POSTs of JSON batches signed with --webhook-secret.
     /// Default: none.
-    #[arg(long, env = "HERALD_WEBHOOK_URL", value_name = "URL")]
+    #[arg(long, env = "HERALD_WEBHOOK_URL", value_name = "URL", hide_env_values = true)]
     pub webhook_url: Option<String>,
     /// The key that signs every webhook request (`Herald-Signature`); required with
     /// --webhook-url. Never logged.
