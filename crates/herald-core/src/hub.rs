@@ -39,6 +39,7 @@ use crate::inbox::InboxEvent;
 use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::notification::{Notification, now_ms};
+use crate::presence::PresenceHook;
 use crate::queue::{EventQueue, PushError, Queued};
 use crate::topic::{Prepare, Prepared, StoredListen, TopicEvent};
 
@@ -100,10 +101,14 @@ struct ClientEntry {
 }
 
 impl ClientEntry {
-    fn end_connection(&mut self, reason: CloseReason) {
-        if std::mem::take(&mut self.connected) {
+    /// Ends the connection with `reason`; returns whether one was connected (for the
+    /// [`PresenceHook`]).
+    fn end_connection(&mut self, reason: CloseReason) -> bool {
+        let was_connected = std::mem::take(&mut self.connected);
+        if was_connected {
             self.shared.close(reason);
         }
+        was_connected
     }
 }
 
@@ -278,6 +283,8 @@ struct HubInner {
     prepare: OnceLock<Arc<dyn Prepare>>,
     /// The node's counters, bumped by the hub, its subscriptions and the notifier.
     metrics: Metrics,
+    /// Set once by the presence tracker ([`Hub::set_presence_hook`]).
+    presence: OnceLock<Arc<dyn PresenceHook>>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -302,6 +309,7 @@ impl Hub {
                 interest: OnceLock::new(),
                 prepare: OnceLock::new(),
                 metrics: Metrics::default(),
+                presence: OnceLock::new(),
             }),
         }
     }
@@ -386,6 +394,31 @@ impl Hub {
         }
     }
 
+    /// Makes this hub tell `hook` each time a tab becomes connected or stops being so,
+    /// starting with the tabs connected now. Once per hub: a second call is refused (`false`).
+    pub fn set_presence_hook(&self, hook: Arc<dyn PresenceHook>) -> bool {
+        if self.inner.presence.set(hook.clone()).is_err() {
+            return false;
+        }
+        for shard in self.inner.users.iter() {
+            for (user, entry) in shard.lock().iter() {
+                for (session, s) in &entry.sessions {
+                    for c in s.clients.iter().filter(|c| c.connected) {
+                        hook.tab_changed(user, session, &c.id, true);
+                    }
+                }
+            }
+        }
+        true
+    }
+
+    /// Tells the presence hook, if any, that a tab became connected or stopped being so.
+    fn tab_changed(&self, user: &UserId, session: &SessionId, client: &ClientId, connected: bool) {
+        if let Some(hook) = self.inner.presence.get() {
+            hook.tab_changed(user, session, client, connected);
+        }
+    }
+
     fn gained(&self, user: &UserId) {
         if let Some(interest) = self.inner.interest.get() {
             interest.gained(user);
@@ -436,6 +469,7 @@ impl Hub {
         }
         c.parked = false;
         c.end_connection(CloseReason::Replaced);
+        self.tab_changed(user, session, client, false);
         true
     }
 
@@ -461,6 +495,7 @@ impl Hub {
                     closed += 1;
                     c.parked = false;
                     c.end_connection(reason);
+                    self.tab_changed(user, id, &c.id, false);
                 }
             }
         }
@@ -476,8 +511,10 @@ impl Hub {
         let Some((_, s)) = entry.sessions.iter_mut().find(|(id, _)| id == session) else { return false };
         let Some(index) = s.clients.iter().position(|c| &c.id == client) else { return false };
         let mut evicted = s.clients.swap_remove(index);
-        let was_connected = evicted.connected;
-        evicted.end_connection(CloseReason::Evicted);
+        let was_connected = evicted.end_connection(CloseReason::Evicted);
+        if was_connected {
+            self.tab_changed(user, session, client, false);
+        }
         self.forget_listens(&evicted.id, &effective_topics(&entry.stored, session, &evicted.topics));
         entry.sessions.retain(|(_, s)| !s.clients.is_empty());
         if entry.sessions.is_empty() {
@@ -559,7 +596,9 @@ impl Hub {
                         let victim = least_recently_active_session(&entry.sessions);
                         let (evicted_session, mut evicted) = entry.sessions.swap_remove(victim);
                         for c in &mut evicted.clients {
-                            c.end_connection(CloseReason::Evicted);
+                            if c.end_connection(CloseReason::Evicted) {
+                                self.tab_changed(user, &evicted_session, &c.id, false);
+                            }
                             self.forget_listens(
                                 &c.id,
                                 &effective_topics(&entry.stored, &evicted_session, &c.topics),
@@ -575,14 +614,18 @@ impl Hub {
             let clients = &mut entry.sessions[session_index].1.clients;
             let last_seq = match clients.iter_mut().find(|c| c.id == client) {
                 Some(existing) => {
-                    existing.end_connection(CloseReason::Replaced);
+                    if existing.end_connection(CloseReason::Replaced) {
+                        self.tab_changed(user, session, &client, false);
+                    }
                     existing.shared.last_seq.load(Ordering::Relaxed)
                 }
                 None => {
                     if clients.len() >= limits.clients_per_session_max {
                         let victim = least_recently_active_client(clients);
                         let mut evicted = clients.swap_remove(victim);
-                        evicted.end_connection(CloseReason::Evicted);
+                        if evicted.end_connection(CloseReason::Evicted) {
+                            self.tab_changed(user, session, &evicted.id, false);
+                        }
                         self.forget_listens(
                             &evicted.id,
                             &effective_topics(&entry.stored, session, &evicted.topics),
@@ -614,6 +657,7 @@ impl Hub {
                 parked: false,
                 topics: listening,
             };
+            self.tab_changed(user, session, &client, true);
             effective = effective_topics(&entry.stored, session, &fresh.topics);
             self.register_listens(user, &client, &shared, &effective);
             match clients.iter_mut().find(|c| c.id == client) {
@@ -645,15 +689,20 @@ impl Hub {
     /// its next poll (see the module docs). A connection that was replaced meanwhile changes
     /// nothing.
     pub(crate) fn detach(&self, info: &ClientInfo, attachment: u64, park: bool) {
+        let mut went_away = false;
         self.with_attached(info, attachment, |c| {
             c.last_active = Instant::now();
             if park && c.transport == Transport::Poll && c.connected {
                 c.parked = true;
             } else {
-                c.connected = false;
+                went_away = std::mem::take(&mut c.connected);
                 // Its queue takes nothing more: the topic index, which reaches queues without
                 // this entry's `connected`, must not fill it while the tab is away.
                 c.shared.queue.close();
+            }
+            if went_away {
+                // Under the shard lock still, so that the hook hears of a tab in order.
+                self.tab_changed(&info.user, &info.session, &info.client, false);
             }
         });
     }
@@ -734,8 +783,14 @@ impl Hub {
                 }
                 match c.shared.queue.push(Queued::Notification(notification.clone()), queue_len_max) {
                     Ok(()) => delivered += u64::from(included),
-                    Err(PushError::Full) => c.end_connection(CloseReason::Lagging),
-                    Err(PushError::Closed) => c.connected = false,
+                    Err(PushError::Full) => {
+                        c.end_connection(CloseReason::Lagging);
+                        self.tab_changed(&notification.user, session_id, &c.id, false);
+                    }
+                    Err(PushError::Closed) => {
+                        c.connected = false;
+                        self.tab_changed(&notification.user, session_id, &c.id, false);
+                    }
                 }
             }
         }
@@ -751,15 +806,21 @@ impl Hub {
         let Some(entry) = users.get_mut(&event.user) else { return 0 };
         let queue_len_max = self.inner.limits.client_queue_len_max;
         let mut delivered = 0;
-        for (_, session) in &mut entry.sessions {
+        for (session_id, session) in &mut entry.sessions {
             for c in &mut session.clients {
                 if !c.connected || !event.is_for(&c.id, c.follows_inbox) {
                     continue;
                 }
                 match c.shared.queue.push(Queued::Inbox(event.clone()), queue_len_max) {
                     Ok(()) => delivered += 1,
-                    Err(PushError::Full) => c.end_connection(CloseReason::Lagging),
-                    Err(PushError::Closed) => c.connected = false,
+                    Err(PushError::Full) => {
+                        c.end_connection(CloseReason::Lagging);
+                        self.tab_changed(&event.user, session_id, &c.id, false);
+                    }
+                    Err(PushError::Closed) => {
+                        c.connected = false;
+                        self.tab_changed(&event.user, session_id, &c.id, false);
+                    }
                 }
             }
         }
@@ -774,8 +835,8 @@ impl Hub {
         self.inner.keepalive_ticks.store(keepalive_ticks, Ordering::Relaxed);
         for shard in self.inner.users.iter() {
             let mut users = shard.lock();
-            for entry in users.values_mut() {
-                for (_, session) in &mut entry.sessions {
+            for (user, entry) in users.iter_mut() {
+                for (session_id, session) in &mut entry.sessions {
                     for c in &mut session.clients {
                         if !c.connected {
                             continue;
@@ -783,6 +844,7 @@ impl Hub {
                         let expires_at = c.shared.expires_at_secs.load(Ordering::Relaxed);
                         if expires_at != 0 && expires_at <= now_secs {
                             c.end_connection(CloseReason::TokenExpired);
+                            self.tab_changed(user, session_id, &c.id, false);
                         } else {
                             c.shared.queue.tick(keepalive_ticks);
                         }
@@ -810,8 +872,10 @@ impl Hub {
                 return true;
             }
             for c in &mut s.clients {
-                closed += u64::from(c.connected);
-                c.end_connection(reason);
+                if c.end_connection(reason) {
+                    closed += 1;
+                    self.tab_changed(user, id, &c.id, false);
+                }
                 self.forget_listens(&c.id, &effective_topics(stored, id, &c.topics));
                 forgotten.push(c.id.clone());
             }
@@ -865,11 +929,13 @@ impl Hub {
     pub fn close_all(&self, reason: CloseReason) -> u64 {
         let mut closed = 0;
         for shard in self.inner.users.iter() {
-            for entry in shard.lock().values_mut() {
-                for (_, s) in &mut entry.sessions {
+            for (user, entry) in shard.lock().iter_mut() {
+                for (session, s) in &mut entry.sessions {
                     for c in &mut s.clients {
-                        closed += u64::from(c.connected);
-                        c.end_connection(reason);
+                        if c.end_connection(reason) {
+                            closed += 1;
+                            self.tab_changed(user, session, &c.id, false);
+                        }
                     }
                 }
             }
@@ -929,7 +995,9 @@ impl Hub {
                         if c.parked && c.last_active.elapsed() >= linger {
                             // Its next poll did not come: end it (freeing what its queue holds).
                             c.parked = false;
-                            c.end_connection(CloseReason::Shutdown);
+                            if c.end_connection(CloseReason::Shutdown) {
+                                self.tab_changed(user, id, &c.id, false);
+                            }
                         }
                         let keep = c.connected || c.last_active.elapsed() < linger;
                         if !keep {
@@ -1068,6 +1136,78 @@ mod tests {
         hub.sweep();
         assert_eq!(std::mem::take(&mut *recorder.0.lock()), ["lost bob"]);
         drop(early);
+    }
+
+    /// What the presence tracker hears: each tab's connected / gone, as `+client` / `-client`.
+    #[derive(Default)]
+    struct Tabs(parking_lot::Mutex<Vec<String>>);
+
+    impl PresenceHook for Tabs {
+        fn tab_changed(&self, _: &UserId, session: &SessionId, client: &ClientId, connected: bool) {
+            let sign = if connected { '+' } else { '-' };
+            self.0.lock().push(format!("{sign}{session}/{}", &client.as_str()[..4]));
+        }
+    }
+
+    impl Tabs {
+        fn take(&self) -> Vec<String> {
+            std::mem::take(&mut *self.0.lock())
+        }
+    }
+
+    /// The presence hook hears of every tab that connects and of every way a tab stops being
+    /// connected, once each: a connection that ends, a reconnect that replaces it, eviction,
+    /// a closed session, an expired token; a poller between polls is still connected until
+    /// its linger ends. Fails if a path that ends a connection does not tell the hook (the
+    /// tracker would keep the user online for ever).
+    #[test]
+    fn the_presence_hook_hears_every_tab_come_and_go() {
+        let limits = Limits {
+            clients_per_session_max: 1,
+            client_linger: std::time::Duration::from_millis(30),
+            ..Limits::default()
+        };
+        let hub = Hub::new(limits, ClientIdMinter::new(b"key"));
+        let (user, s1, s2) =
+            (UserId::new("u").unwrap(), SessionId::new("s1").unwrap(), SessionId::new("s2").unwrap());
+        let before = hub.attach(&user, &s1, None, Transport::Sse, &[]).unwrap();
+        let tabs = Arc::new(Tabs::default());
+        assert!(hub.set_presence_hook(tabs.clone()));
+        assert!(!hub.set_presence_hook(tabs.clone()), "once");
+        let b = &before.info.client.as_str()[..4];
+        assert_eq!(tabs.take(), [format!("+s1/{b}")], "the tabs connected already");
+
+        hub.detach(&before.info, before.attachment, false);
+        hub.detach(&before.info, before.attachment, false);
+        assert_eq!(tabs.take(), [format!("-s1/{b}")], "once");
+
+        let again = hub.attach(&user, &s1, Some(before.info.client.as_str()), Transport::Sse, &[]).unwrap();
+        let replacing =
+            hub.attach(&user, &s1, Some(before.info.client.as_str()), Transport::Ws, &[]).unwrap();
+        assert_eq!(tabs.take(), [format!("+s1/{b}"), format!("-s1/{b}"), format!("+s1/{b}")]);
+        hub.detach(&again.info, again.attachment, false);
+        assert!(tabs.take().is_empty(), "a replaced connection's detach changes nothing");
+
+        let evicting = hub.attach(&user, &s1, None, Transport::Sse, &[]).unwrap();
+        let e = &evicting.info.client.as_str()[..4];
+        assert_eq!(tabs.take(), [format!("-s1/{b}"), format!("+s1/{e}")], "evicted: one client per session");
+        drop(replacing);
+
+        let poller = hub.attach(&user, &s2, None, Transport::Poll, &[]).unwrap();
+        let p = &poller.info.client.as_str()[..4];
+        hub.detach(&poller.info, poller.attachment, true);
+        assert_eq!(tabs.take(), [format!("+s2/{p}")], "parked: still connected");
+        std::thread::sleep(std::time::Duration::from_millis(40));
+        hub.sweep();
+        assert_eq!(tabs.take(), [format!("-s2/{p}")], "its linger is over");
+
+        evicting.shared.expires_at_secs.store(1, Ordering::Relaxed);
+        hub.tick(2, 10);
+        assert_eq!(tabs.take(), [format!("-s1/{e}")], "token expired");
+        let last = hub.attach(&user, &s2, None, Transport::Sse, &[]).unwrap();
+        let l = &last.info.client.as_str()[..4];
+        hub.close_sessions(&user, None, CloseReason::SessionClosed);
+        assert_eq!(tabs.take(), [format!("+s2/{l}"), format!("-s2/{l}")]);
     }
 
     /// Another node took a client over at some time: the connection here ends with `replaced`

@@ -32,6 +32,8 @@
 //!   event ([`TopicEvent`], serialized once like a notification).
 //! - [`metrics`]: the node's counters for `/metrics` ([`Metrics`]: atomics, striped where they
 //!   move per delivery), read as a [`MetricsSnapshot`].
+//! - [`presence`]: presence transitions as the app hears of them ([`PresenceEvent`]), and the
+//!   [`PresenceHook`] by which the hub tells of its tabs.
 //! - `queue`: each client's bounded queue of events (private).
 //! - [`hub`]: the [`Hub`], users → sessions → clients on this node, limits and eviction, presence.
 //! - [`store`]: the [`Store`] trait, each user's durable log, and the [`Epoch`] its seqs belong to.
@@ -41,6 +43,8 @@
 //!   events; its refusals are [`InboxError`]s.
 //! - [`notifier`]: the [`Notifier`], the cheap cloneable handle that publishes from anywhere; its
 //!   refusals are [`NotifyError`]s.
+//! - [`presence_tracker`]: the [`PresenceTracker`], tabs into user and session transitions
+//!   after a grace period, recorded in the store, handed to a [`PresenceSink`] (webhooks).
 //! - [`subscription`]: one client's stream: hello, replay, live, gap filling, close; and [`poll`].
 
 #![forbid(unsafe_code)]
@@ -59,6 +63,8 @@ pub mod metrics;
 pub mod node;
 pub mod notification;
 pub mod notifier;
+pub mod presence;
+pub mod presence_tracker;
 pub mod push;
 mod queue;
 pub mod resume;
@@ -87,6 +93,8 @@ pub use metrics::{Metrics, MetricsSnapshot};
 pub use node::{CLUSTER_NAME_BYTES_MAX, ClusterName, InvalidName, NODE_ID_BYTES_MAX, NodeId};
 pub use notification::{Audience, Notification, Publish, Receipt, ReceiptEntry, Target, TopicReceipt};
 pub use notifier::{Notifier, NotifyError, TopicListeners};
+pub use presence::{PresenceBeat, PresenceChange, PresenceEvent, PresenceHook, PresenceKind};
+pub use presence_tracker::{PresenceSink, PresenceTracker, PresenceTrackerOptions};
 pub use push::{
     PUSH_ENDPOINT_BYTES_MAX, PUSH_GRACE_DEFAULT, PUSH_PAYLOAD_BYTES_MAX, PUSH_SUBSCRIPTIONS_PER_SESSION_MAX,
     PUSH_SUBSCRIPTIONS_PER_USER_MAX, PUSH_TTL_SECS_DEFAULT, PUSH_USERS_PER_PUBLISH_MAX, PushBounds,

@@ -38,6 +38,9 @@
 //!   per endpoint (its id), within the user's [`PushBounds`]; the push outbox's deliveries
 //!   ([`PushDelivery`]) are durable once `push_enqueue` returns, one per id: enqueuing an id
 //!   kept already changes nothing. See [`crate::push`].
+//! - Presence reported online ([`crate::presence`]) is one row per (user, session, node),
+//!   durable once `record_presence` returns; a user's `user_seq` only grows (one counter per
+//!   user, never reset, not even by `release_presence`), so a receiver can drop what it saw.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,6 +53,7 @@ use crate::ids::{Seq, SessionId, Topic, UserId};
 use crate::inbox::{InboxChange, InboxCounts, InboxPage, InboxQuery, Mark, PrunedInbox, Selection};
 use crate::jobs::FanoutJob;
 use crate::notification::{Audience, Notification, Receipt};
+use crate::presence::{PresenceBeat, PresenceChange, PresenceEvent};
 use crate::push::{PushBounds, PushDelivery, PushSettle, PushSubscription};
 use crate::topic::TopicEvent;
 pub use crate::topic::{StoredListen, TopicListener};
@@ -481,6 +485,39 @@ pub trait Store: Send + Sync + 'static {
     /// Removes delivery `id` from the outbox ([`PushSettle::Done`]) or moves it to a later time
     /// with its new count of attempts ([`PushSettle::Retry`]). An id not kept is no error.
     async fn push_settle(&self, id: &str, settle: PushSettle) -> Result<(), StoreError>;
+
+    /// Records what `node` saw change in one session of a user (see [`crate::presence`]) and
+    /// returns the events it makes, each with the user's next `user_seq`, in this order: for a
+    /// session coming online, `user.online` if no node had a session of the user online,
+    /// `session.online` if no node had this session online, then the tabs' events; for a
+    /// session going offline, the tabs' events, `session.offline` if no node has the session
+    /// online any more, `user.offline` if none has the user. A session already recorded online
+    /// (or offline) for `node` makes no session or user event. Atomic, and serialized per user
+    /// across nodes.
+    async fn record_presence(
+        &self,
+        node: &str,
+        change: &PresenceChange,
+    ) -> Result<Vec<PresenceEvent>, StoreError>;
+
+    /// Records that `node` is alive at `now_ms`, and names the other nodes last alive before
+    /// `dead_before_ms` (see [`PresenceBeat`]).
+    async fn presence_heartbeat(
+        &self,
+        node: &str,
+        now_ms: i64,
+        dead_before_ms: i64,
+    ) -> Result<PresenceBeat, StoreError>;
+
+    /// Records up to `limit` of `node`'s online sessions offline at `at_ms` (it died, or this
+    /// is its restart), as [`Store::record_presence`] would, and returns their events; once
+    /// it has none left, forgets the node and answers `None`.
+    async fn release_presence(
+        &self,
+        node: &str,
+        at_ms: i64,
+        limit: usize,
+    ) -> Result<Option<Vec<PresenceEvent>>, StoreError>;
 
     /// What kind of store this is, for `/healthz` and logs: `"sqlite"`, `"memory"`,
     /// `"postgres"`; `"custom"` unless an implementation names itself.

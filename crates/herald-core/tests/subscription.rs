@@ -154,6 +154,29 @@ impl Store for PublishingStore {
     async fn unfinished_jobs(&self, limit: usize) -> Result<Vec<herald_core::FanoutJob>, StoreError> {
         self.inner.unfinished_jobs(limit).await
     }
+    async fn record_presence(
+        &self,
+        node: &str,
+        change: &herald_core::PresenceChange,
+    ) -> Result<Vec<herald_core::PresenceEvent>, StoreError> {
+        self.inner.record_presence(node, change).await
+    }
+    async fn presence_heartbeat(
+        &self,
+        node: &str,
+        now_ms: i64,
+        dead_before_ms: i64,
+    ) -> Result<herald_core::PresenceBeat, StoreError> {
+        self.inner.presence_heartbeat(node, now_ms, dead_before_ms).await
+    }
+    async fn release_presence(
+        &self,
+        node: &str,
+        at_ms: i64,
+        limit: usize,
+    ) -> Result<Option<Vec<herald_core::PresenceEvent>>, StoreError> {
+        self.inner.release_presence(node, at_ms, limit).await
+    }
 
     async fn append_topic(
         &self,

@@ -129,6 +129,8 @@ pub struct App {
     /// Cancelled when the node starts shutting down (every stream is closed with `shutdown`):
     /// what else streams (the admin page's events) end on.
     pub(crate) stopping: tokio_util::sync::CancellationToken,
+    /// What the presence webhooks did (all zero without `--webhook-url`), for `/metrics`.
+    pub webhook_counters: Arc<crate::webhook::WebhookCounters>,
 }
 
 impl std::fmt::Debug for App {
@@ -171,6 +173,7 @@ impl App {
             settings,
             ws_connections: TaskTracker::new(),
             stopping: tokio_util::sync::CancellationToken::new(),
+            webhook_counters: Arc::default(),
         })
     }
 }

@@ -31,6 +31,7 @@ use herald_core::{Bus, CloseReason, Hub, Limits, LocalBus, Notifier, Store};
 use crate::app::{App, ServerSettings};
 use crate::health::NodeHealth;
 use crate::upkeep::Upkeep;
+use crate::webhook::{WebhookConfig, Webhooks};
 
 /// Longest wait for upgraded WebSockets to send their `closed: shutdown` at
 /// [`Herald::shutdown`]; then they are dropped.
@@ -50,6 +51,7 @@ pub struct HeraldBuilder {
     limits: Limits,
     settings: ServerSettings,
     bus: Option<BusFactory>,
+    webhook: Option<WebhookConfig>,
 }
 
 /// Makes the bus over the node's hub (which the builder makes: its client ids are keyed by the
@@ -77,6 +79,13 @@ impl HeraldBuilder {
     /// (default: [`ServerSettings::default`]).
     pub fn settings(mut self, settings: ServerSettings) -> Self {
         self.settings = settings;
+        self
+    }
+
+    /// Sends presence events (`user.online`, `user.offline`, …) to `config.url` (default:
+    /// none): see [`crate::webhook`] and docs/OPERATIONS.md, "Presence webhooks".
+    pub fn webhook(mut self, config: WebhookConfig) -> Self {
+        self.webhook = Some(config);
         self
     }
 
@@ -120,7 +129,11 @@ impl HeraldBuilder {
     fn finish(self, hub: Hub, bus: Arc<dyn Bus>) -> Herald {
         let app = App::new(self.store, hub, bus, &self.secret, &self.api_key, self.settings);
         let upkeep = Upkeep::start(app.clone());
-        Herald { app, upkeep }
+        let webhooks = self.webhook.map(|mut config| {
+            config.node = app.settings.node_id.as_str().to_owned();
+            Webhooks::start(config, &app.hub, app.store.clone(), app.webhook_counters.clone())
+        });
+        Herald { app, upkeep, webhooks }
     }
 }
 
@@ -131,6 +144,8 @@ pub struct Herald {
     app: Arc<App>,
     /// Stopped by [`Herald::shutdown`], or when the `Herald` is dropped.
     upkeep: Upkeep,
+    /// Presence webhooks, when configured; stopped when the Herald is dropped.
+    webhooks: Option<Webhooks>,
 }
 
 impl Herald {
@@ -148,6 +163,7 @@ impl Herald {
             limits: Limits::default(),
             settings: ServerSettings::default(),
             bus: None,
+            webhook: None,
         }
     }
 
@@ -211,6 +227,9 @@ impl Herald {
         websockets.close();
         if tokio::time::timeout(SHUTDOWN_GRACE, websockets.wait()).await.is_err() {
             tracing::warn!(open = websockets.len(), "WebSockets still open after the shutdown grace period");
+        }
+        if let Some(webhooks) = &self.webhooks {
+            webhooks.drain().await;
         }
         self.upkeep.stop().await;
     }

@@ -48,6 +48,8 @@
 //! - `server`: [`start`], Herald's own server on a listener, and [`RunningServer`].
 //! - [`admin`]: the admin listener's routes (`GET /metrics`, the admin page [`admin::ui`]) and
 //!   [`start_admin`], which serves them on a listener of their own, off the public port.
+//! - [`webhook`]: presence webhooks: the events herald-core's tracker makes, sent to the app's
+//!   receiver, batched, signed and retried.
 
 // Unsafe only to read and raise the open-files limit (`caps`), to read the host name (`app`) and
 // the page size and clock tick (`admin::metrics`), each call with its `SAFETY:`.
@@ -76,6 +78,7 @@ mod server;
 pub mod tls;
 pub mod transport;
 mod upkeep;
+pub mod webhook;
 
 pub use admin::{AdminServer, start_admin};
 pub use app::{App, ServerSettings, default_node_id, host_name};

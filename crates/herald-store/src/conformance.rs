@@ -21,9 +21,10 @@ use herald_core::notification::now_ms;
 use herald_core::{
     Appended, Audience, ClientId, EPOCH_BYTES_MAX, FanoutJob, InboxCounts, InboxPage, InboxQuery,
     InboxStatus, ItemState, ListenBounds, LogHead, Mark, NewNotification, NewTopicEvent, Notification,
-    PushBounds, PushDelivery, PushSettle, PushSubscription, PushUrgency, Receipt, ReceiptEntry, Retention,
-    Revocation, Revocations, ScopeListens, Selection, SessionId, Store, StoredListen, Topic, TopicAppended,
-    TopicEvent, TopicHead, TopicListener, TopicReceipt, UserId, push_subscription_id,
+    PresenceBeat, PresenceChange, PresenceEvent, PresenceKind, PushBounds, PushDelivery, PushSettle,
+    PushSubscription, PushUrgency, Receipt, ReceiptEntry, Retention, Revocation, Revocations, ScopeListens,
+    Selection, SessionId, Store, StoredListen, Topic, TopicAppended, TopicEvent, TopicHead, TopicListener,
+    TopicReceipt, UserId, push_subscription_id,
 };
 use serde_json::value::RawValue;
 
@@ -101,6 +102,9 @@ macro_rules! conformance_tests {
             push_unsubscribe_removes_only_the_users_own,
             push_outbox_enqueues_once_and_hands_out_what_is_due,
             push_outbox_settle_retries_later_or_removes,
+            presence_is_online_once_across_nodes,
+            presence_heartbeats_find_dead_nodes_and_release_them,
+            concurrent_presence_changes_make_one_user_online,
         );
     };
     (@cases $make:path, $skip:path; $($case:ident),* $(,)?) => {
@@ -1139,6 +1143,133 @@ async fn revocations_of(store: &dyn Store, user_id: &str) -> Vec<(String, u64)> 
         .collect();
     list.sort();
     list
+}
+
+fn presence_change(
+    user: &str,
+    session: &str,
+    online: Option<bool>,
+    clients: &[(&str, bool)],
+) -> PresenceChange {
+    PresenceChange {
+        user: UserId::new(user).unwrap(),
+        session: SessionId::new(session).unwrap(),
+        online,
+        clients: clients.iter().map(|(c, o)| (ClientId::new(*c).unwrap(), *o)).collect(),
+        at_ms: 1_000,
+    }
+}
+
+fn presence_summary(events: &[PresenceEvent]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| {
+            let scope = e.client.as_ref().map(|c| c.as_str()).or(e.session.as_ref().map(|s| s.as_str()));
+            format!("{} {} {} #{}", e.kind.as_str(), e.user, scope.unwrap_or("-"), e.user_seq)
+        })
+        .collect()
+}
+
+/// A user and a session are online once whatever number of nodes has them; events are
+/// numbered per user, and the numbering goes on after the user went offline.
+pub async fn presence_is_online_once_across_nodes(make: &impl AsyncFn(Retention) -> Arc<dyn Store>) {
+    let store = make(Retention::default()).await;
+    let record = async |node: &str, change: PresenceChange| {
+        presence_summary(&store.record_presence(node, &change).await.unwrap())
+    };
+    assert_eq!(
+        record("a", presence_change("u", "s1", Some(true), &[("c1", true)])).await,
+        ["user.online u - #1", "session.online u s1 #2", "client.online u c1 #3"]
+    );
+    assert!(record("a", presence_change("u", "s1", Some(true), &[])).await.is_empty(), "recorded already");
+    assert!(record("b", presence_change("u", "s1", Some(true), &[])).await.is_empty(), "online on a");
+    assert_eq!(record("b", presence_change("u", "s2", Some(true), &[])).await, ["session.online u s2 #4"]);
+    assert_eq!(
+        record("a", presence_change("v", "s1", Some(true), &[])).await.len(),
+        2,
+        "another user: own seqs"
+    );
+    assert_eq!(
+        record("a", presence_change("u", "s1", Some(false), &[("c1", false)])).await,
+        ["client.offline u c1 #5"]
+    );
+    assert_eq!(record("b", presence_change("u", "s1", Some(false), &[])).await, ["session.offline u s1 #6"]);
+    assert!(record("b", presence_change("u", "s1", Some(false), &[])).await.is_empty(), "not online there");
+    assert_eq!(
+        record("b", presence_change("u", "s2", Some(false), &[])).await,
+        ["session.offline u s2 #7", "user.offline u - #8"]
+    );
+    assert_eq!(
+        record("a", presence_change("u", "s1", Some(true), &[])).await,
+        ["user.online u - #9", "session.online u s1 #10"],
+        "user_seq is never given out twice"
+    );
+    let event =
+        &store.record_presence("a", &presence_change("u", "s1", None, &[("c2", true)])).await.unwrap()[0];
+    assert_eq!(
+        (&*event.node, event.at_ms, event.session.as_ref().map(|s| s.as_str())),
+        ("a", 1_000, Some("s1"))
+    );
+}
+
+/// A heartbeat registers its node and names the nodes silent since the bound; releasing a dead
+/// node reports its sessions offline (only where no other node has them), in chunks, then
+/// forgets it.
+pub async fn presence_heartbeats_find_dead_nodes_and_release_them(
+    make: &impl AsyncFn(Retention) -> Arc<dyn Store>,
+) {
+    let store = make(Retention::default()).await;
+    assert_eq!(store.presence_heartbeat("a", 1_000, 0).await.unwrap(), PresenceBeat::default(), "first beat");
+    let beat = store.presence_heartbeat("b", 2_000, 0).await.unwrap();
+    assert!(!beat.was_registered && beat.dead_nodes.is_empty());
+    let beat = store.presence_heartbeat("b", 40_000, 10_000).await.unwrap();
+    assert_eq!(beat, PresenceBeat { was_registered: true, dead_nodes: vec!["a".to_owned()] });
+    for (user, session) in [("u", "s1"), ("u", "s2"), ("w", "s1")] {
+        store.record_presence("a", &presence_change(user, session, Some(true), &[])).await.unwrap();
+    }
+    store.record_presence("b", &presence_change("w", "s1", Some(true), &[])).await.unwrap();
+    let mut released = Vec::new();
+    let mut calls = 0;
+    while let Some(events) = store.release_presence("a", 5_000, 2).await.unwrap() {
+        calls += 1;
+        assert!(calls <= 3, "a chunk of at most 2 sessions per call");
+        released.extend(presence_summary(&events));
+    }
+    assert_eq!(calls, 2);
+    assert!(released.iter().all(|e| !e.contains(" w ")), "w is still online on b: {released:?}");
+    let mut without_seqs: Vec<&str> = released.iter().map(|e| e.split(" #").next().unwrap()).collect();
+    without_seqs.sort_unstable();
+    assert_eq!(without_seqs, ["session.offline u s1", "session.offline u s2", "user.offline u -"]);
+    assert_eq!(released.iter().filter(|e| e.ends_with(" #6")).count(), 1, "numbered on: {released:?}");
+    let beat = store.presence_heartbeat("b", 41_000, 10_000).await.unwrap();
+    assert!(beat.dead_nodes.is_empty(), "a is forgotten once released");
+    assert!(store.release_presence("a", 5_000, 2).await.unwrap().is_none());
+}
+
+/// Two nodes bringing one user online at once: exactly one `user.online`, and the user's seqs
+/// are distinct.
+pub async fn concurrent_presence_changes_make_one_user_online(
+    make: &impl AsyncFn(Retention) -> Arc<dyn Store>,
+) {
+    let store = make(Retention::default()).await;
+    let tasks: Vec<_> = (0..8)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let change = presence_change("u", &format!("s{i}"), Some(true), &[]);
+                store.record_presence(&format!("node{}", i % 2), &change).await.unwrap()
+            })
+        })
+        .collect();
+    let mut events = Vec::new();
+    for task in tasks {
+        events.extend(task.await.unwrap());
+    }
+    let user_online = events.iter().filter(|e| e.kind == PresenceKind::UserOnline).count();
+    assert_eq!(user_online, 1, "{:?}", presence_summary(&events));
+    let mut seqs: Vec<u64> = events.iter().map(|e| e.user_seq).collect();
+    seqs.sort_unstable();
+    assert_eq!(seqs, (1..=9).collect::<Vec<_>>());
 }
 
 /// A revocation is kept per user and session (or all sessions), the latest close winning; other

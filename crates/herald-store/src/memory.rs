@@ -22,12 +22,14 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use herald_core::inbox::CountsDelta;
 use herald_core::notification::now_ms;
+use herald_core::presence::RowChange;
 use herald_core::{
     Appended, Epoch, FanoutJob, InboxChange, InboxCounts, InboxItem, InboxPage, InboxQuery, ItemState,
-    ListenBounds, LogHead, LogPage, Mark, NewNotification, NewTopicEvent, Notification, PruneReport,
-    PrunedInbox, PushBounds, PushDelivery, PushSettle, PushSubscription, Receipt, ReceiptEntry, Retention,
-    Revocation, ScopeListens, Selection, Seq, SessionId, Store, StoreError, StoredListen, Topic,
-    TopicAppended, TopicEvent, TopicHead, TopicListener, TopicPage, TopicReceipt, UserId,
+    ListenBounds, LogHead, LogPage, Mark, NewNotification, NewTopicEvent, Notification, PresenceBeat,
+    PresenceChange, PresenceEvent, PruneReport, PrunedInbox, PushBounds, PushDelivery, PushSettle,
+    PushSubscription, Receipt, ReceiptEntry, Retention, Revocation, ScopeListens, Selection, Seq, SessionId,
+    Store, StoreError, StoredListen, Topic, TopicAppended, TopicEvent, TopicHead, TopicListener, TopicPage,
+    TopicReceipt, UserId,
 };
 use parking_lot::Mutex;
 
@@ -63,6 +65,34 @@ struct Inner {
     push_subscriptions: HashMap<String, PushSubscription>,
     /// The push outbox by id.
     push_outbox: HashMap<String, PushDelivery>,
+    /// Presence reported online: per user, its (session, node) rows.
+    presence: HashMap<UserId, Vec<(SessionId, String)>>,
+    /// Each user's last `user_seq` (never forgotten, so it only grows).
+    presence_seqs: HashMap<UserId, u64>,
+    /// Each node's last presence heartbeat, Unix ms.
+    presence_nodes: HashMap<String, i64>,
+}
+
+impl Inner {
+    /// [`Store::record_presence`] under the lock.
+    fn record_presence(&mut self, node: &str, change: &PresenceChange) -> Vec<PresenceEvent> {
+        let rows = self.presence.entry(change.user.clone()).or_default();
+        let had_row = rows.iter().any(|(s, n)| s == &change.session && n == node);
+        let session_rows = rows.iter().filter(|(s, _)| s == &change.session).count() as u64;
+        let plan = change.plan(had_row, session_rows, rows.len() as u64);
+        match plan.row {
+            RowChange::Keep => {}
+            RowChange::Insert => rows.push((change.session.clone(), node.to_owned())),
+            RowChange::Delete => rows.retain(|(s, n)| !(s == &change.session && n == node)),
+        }
+        if rows.is_empty() {
+            self.presence.remove(&change.user);
+        }
+        let last = self.presence_seqs.entry(change.user.clone()).or_default();
+        let events = plan.numbered(node, change, *last + 1);
+        *last += events.len() as u64;
+        events
+    }
 }
 
 /// One topic's durable events: tseqs `head.pruned_through + 1 ..= head.last_seq`, oldest first.
@@ -487,6 +517,58 @@ impl Store for MemoryStore {
         jobs.sort_by(|a, b| (a.created_at_ms, &a.id).cmp(&(b.created_at_ms, &b.id)));
         jobs.truncate(limit);
         Ok(jobs)
+    }
+
+    async fn record_presence(
+        &self,
+        node: &str,
+        change: &PresenceChange,
+    ) -> Result<Vec<PresenceEvent>, StoreError> {
+        Ok(self.inner.lock().record_presence(node, change))
+    }
+
+    async fn presence_heartbeat(
+        &self,
+        node: &str,
+        now_ms: i64,
+        dead_before_ms: i64,
+    ) -> Result<PresenceBeat, StoreError> {
+        let mut inner = self.inner.lock();
+        let was_registered = inner.presence_nodes.insert(node.to_owned(), now_ms).is_some();
+        let dead_nodes = inner
+            .presence_nodes
+            .iter()
+            .filter(|(n, at)| n.as_str() != node && **at < dead_before_ms)
+            .map(|(n, _)| n.clone())
+            .collect();
+        Ok(PresenceBeat { was_registered, dead_nodes })
+    }
+
+    async fn release_presence(
+        &self,
+        node: &str,
+        at_ms: i64,
+        limit: usize,
+    ) -> Result<Option<Vec<PresenceEvent>>, StoreError> {
+        let mut inner = self.inner.lock();
+        let sessions: Vec<(UserId, SessionId)> = inner
+            .presence
+            .iter()
+            .flat_map(|(user, rows)| {
+                rows.iter().filter(|(_, n)| n == node).map(move |(s, _)| (user.clone(), s.clone()))
+            })
+            .take(limit)
+            .collect();
+        if sessions.is_empty() {
+            inner.presence_nodes.remove(node);
+            return Ok(None);
+        }
+        let mut events = Vec::new();
+        for (user, session) in sessions {
+            let change = PresenceChange { user, session, online: Some(false), clients: Vec::new(), at_ms };
+            events.extend(inner.record_presence(node, &change));
+        }
+        Ok(Some(events))
     }
 
     async fn revoke(

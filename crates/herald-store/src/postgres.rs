@@ -52,6 +52,8 @@
 //!   one statement each.
 //! - `writes`: what each write does in SQL (a batch of appends, marks, deletes, retention
 //!   chunks, listens), and the order locks are taken in.
+//! - `presence`: presence reported to the app (webhooks): a change, a heartbeat, a dead
+//!   node's sessions; one user's rows per transaction.
 //! - `writer`: the writer task and its bounded queue (group commit).
 //! - `operations`: [`Store`] for [`PostgresStore`].
 //! - `testing` (tests, or feature `test-support`): the test database, schemas of one's own, a
@@ -59,6 +61,7 @@
 
 mod operations;
 mod pool;
+mod presence;
 mod reads;
 mod schema;
 mod sql;

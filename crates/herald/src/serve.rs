@@ -14,6 +14,7 @@ use herald_server::auth::TokenRules;
 use herald_server::caps::{self, Caps, IpNet};
 use herald_server::config::{self, Credentials, CredentialsSource};
 use herald_server::origin::{AllowedOrigins, InvalidOrigin, Origin};
+use herald_server::webhook::WebhookConfig;
 use herald_server::{DATA_DIR_LOCK_FILE, Herald, ServerSettings, tls};
 use tokio::net::TcpListener;
 
@@ -70,6 +71,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     let plan = Plan::from_args(&args)?;
     // Checked with the other options, before anything is bound or opened.
     let vapid_given = args.vapid_given()?;
+    let webhook = args.webhook()?;
     // Before the connection cap is derived from it (when `--connections-max` is not given).
     let raised_open_files = caps::raise_open_files_limit();
     let data_dir = plan.store.data_dir();
@@ -116,11 +118,16 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
         push: args.push_settings(vapid_given, source.is_dev(), data_dir)?,
         ..ServerSettings::default()
     };
-    let herald = Herald::builder(store, &credentials.secret, &credentials.api_key)
+    let mut builder = Herald::builder(store, &credentials.secret, &credentials.api_key)
         .limits(args.limits())
-        .settings(settings)
-        .build_with_bus(|hub, store| cluster::connect_bus(&bus, hub, store))
-        .await?;
+        .settings(settings);
+    if let Some(config) = webhook {
+        // The host only: a URL may carry credentials (user:password@, a token in the query).
+        let host = config.url.host_str().unwrap_or_default();
+        tracing::info!(host, grace = ?config.offline_grace, "presence webhooks on");
+        builder = builder.webhook(config);
+    }
+    let herald = builder.build_with_bus(|hub, store| cluster::connect_bus(&bus, hub, store)).await?;
     if let Some(reloader) = &tls {
         tokio::spawn(reload_on_sighup(reloader.clone()));
     }
@@ -450,6 +457,36 @@ pub struct ServeArgs {
     /// echoed in `X-Request-Id`. `off`: no line, no id, no cost.
     #[arg(long, env = "HERALD_ACCESS_LOG", value_enum, default_value_t = Switch::On)]
     pub access_log: Switch,
+    /// Send presence events (`user.online`, `user.offline`, `session.online`,
+    /// `session.offline`) to this URL: POSTs of JSON batches signed with --webhook-secret.
+    /// Default: none.
+    #[arg(long, env = "HERALD_WEBHOOK_URL", value_name = "URL", hide_env_values = true)]
+    pub webhook_url: Option<String>,
+    /// The key that signs every webhook request (`Herald-Signature`); required with
+    /// --webhook-url. Never logged.
+    #[arg(long, env = "HERALD_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
+    /// How long a tab that went still counts as online: a user (a session, a tab) is reported
+    /// offline only after it, and a reload within it sends nothing. `10s`, `1500ms`, or seconds.
+    #[arg(long, env = "HERALD_WEBHOOK_OFFLINE_GRACE", default_value = "10s", value_parser = parse_short_duration)]
+    pub webhook_offline_grace: Duration,
+    /// Also send `client.online` / `client.offline`, one per tab.
+    #[arg(long, env = "HERALD_WEBHOOK_CLIENT_EVENTS")]
+    pub webhook_client_events: bool,
+    /// How long an undelivered webhook event is retried (with exponential back-off) before it
+    /// is dropped and counted in a `dropped` event.
+    #[arg(long, env = "HERALD_WEBHOOK_RETRY_FOR", default_value = "10m", value_parser = parse_duration)]
+    pub webhook_retry_for: Duration,
+}
+
+/// A duration as `10s`, `1500ms` (humantime) or a plain number of seconds; 0 allowed.
+pub fn parse_short_duration(text: &str) -> Result<Duration, String> {
+    match text.trim().parse::<u64>() {
+        Ok(secs) => Ok(Duration::from_secs(secs)),
+        Err(_) => {
+            humantime::parse_duration(text.trim()).map_err(|e| format!("{e} (use e.g. 10, 10s, 1500ms)"))
+        }
+    }
 }
 
 /// `--log-format`.
@@ -511,6 +548,23 @@ impl ServeArgs {
     /// The origins `--allowed-origins` lists.
     pub fn allowed_origins(&self) -> AllowedOrigins {
         AllowedOrigins::new(self.allowed_origins.iter().cloned())
+    }
+
+    /// The presence webhooks these options set (`None`: no --webhook-url), or why they are
+    /// refused: a URL that is not http(s), or no secret.
+    pub fn webhook(&self) -> Result<Option<WebhookConfig>, ServeError> {
+        let Some(url) = self.webhook_url.as_deref().filter(|u| !u.is_empty()) else {
+            if self.webhook_secret.as_deref().is_some_and(|s| !s.is_empty()) {
+                return Err(ServeError::Options("--webhook-secret needs --webhook-url".into()));
+            }
+            return Ok(None);
+        };
+        let mut config = WebhookConfig::new(url, self.webhook_secret.as_deref().unwrap_or(""))
+            .map_err(|e| ServeError::Options(format!("--webhook-url: {e}")))?;
+        config.offline_grace = self.webhook_offline_grace;
+        config.client_events = self.webhook_client_events;
+        config.retry_for = self.webhook_retry_for;
+        Ok(Some(config))
     }
 
     /// The caps these options set.

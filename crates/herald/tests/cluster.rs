@@ -9,6 +9,9 @@
 //! published).
 
 mod common;
+// The webhook receiver of the server's tests (a real HTTP server on 127.0.0.1).
+#[path = "../../herald-server/tests/it/receiver.rs"]
+mod receiver;
 
 use std::collections::BTreeSet;
 use std::process::{Child, Command, Stdio};
@@ -164,10 +167,16 @@ struct Cluster {
     nodes: Vec<Option<Server>>,
     /// The log's epoch, from the first `hello`.
     epoch: std::sync::Mutex<Option<String>>,
+    /// More options for every node (`--webhook-url …`).
+    extra: Vec<String>,
 }
 
 impl Cluster {
     async fn start(admin_url: &str, bus: &str, nodes: usize) -> Self {
+        Self::start_with(admin_url, bus, nodes, Vec::new()).await
+    }
+
+    async fn start_with(admin_url: &str, bus: &str, nodes: usize, extra: Vec<String>) -> Self {
         let database = TestDatabase::create(admin_url).await;
         let name = format!("t{}x{}", std::process::id(), CLUSTERS.fetch_add(1, Ordering::Relaxed));
         let mut cluster = Cluster {
@@ -178,6 +187,7 @@ impl Cluster {
             ports: (0..nodes).map(|_| free_port()).collect(),
             nodes: (0..nodes).map(|_| None).collect(),
             epoch: std::sync::Mutex::new(None),
+            extra,
         };
         for node in 0..nodes {
             cluster.start_node(node).await;
@@ -193,6 +203,7 @@ impl Cluster {
             .args(["serve", "--listen", &format!("127.0.0.1:{}", self.ports[node])])
             .args(["--store", &self.database.url, "--bus", &self.bus])
             .args(["--node-id", &format!("n{node}"), "--cluster", &self.name])
+            .args(&self.extra)
             .env("HERALD_SECRET", SECRET)
             .env("HERALD_API_KEY", API_KEY);
         command
@@ -606,6 +617,58 @@ async fn nats_sessions_and_presence_span_the_cluster() {
 async fn redis_sessions_and_presence_span_the_cluster() {
     let Some(bus) = env("HERALD_TEST_REDIS") else { return };
     sessions_and_presence_span_the_cluster(&bus).await;
+}
+
+/// Presence webhooks in a cluster: a user with tabs on two nodes is online once (the store
+/// decides, across nodes); a node killed with `kill -9` cannot report its session offline, so
+/// the other node does once the killed node's heartbeat is 30 s old (`PRESENCE_NODE_DEAD_AFTER`),
+/// and the user, still on the live node, stays online until their last tab goes. Fails if the
+/// dead node's session is never released, or if the user goes online or offline twice.
+async fn presence_webhooks_span_the_cluster_and_outlive_a_killed_node(bus: &str) {
+    let Some(admin) = env("HERALD_TEST_POSTGRES") else { return };
+    let receiver = receiver::Receiver::start().await;
+    let extra =
+        ["--webhook-url", &receiver.url(), "--webhook-secret", "whsec", "--webhook-offline-grace", "1s"];
+    let mut cluster = Cluster::start_with(&admin, bus, 2, extra.map(str::to_owned).to_vec()).await;
+    let summary = |events: &[Value]| -> Vec<String> {
+        events
+            .iter()
+            .map(|e| {
+                let session = e["session"].as_str().map(|s| format!(" {s}")).unwrap_or_default();
+                format!(
+                    "{}{session} #{} by {}",
+                    e["type"].as_str().unwrap(),
+                    e["user_seq"],
+                    e["node"].as_str().unwrap()
+                )
+            })
+            .collect()
+    };
+    let (on_n0, _) = cluster.tab(0, "alice", "s0", None).await;
+    receiver.wait_for(2, WAIT).await;
+    let (on_n1, _) = cluster.tab(1, "alice", "s1", None).await;
+    let events = receiver.wait_for(3, WAIT).await;
+    assert_eq!(
+        summary(&events),
+        ["user.online #1 by n0", "session.online s0 #2 by n0", "session.online s1 #3 by n1"]
+    );
+    let killed_at = Instant::now();
+    cluster.kill9(1);
+    drop(on_n1);
+    let events = receiver.wait_for(4, Duration::from_secs(50)).await;
+    let released_after = killed_at.elapsed();
+    assert_eq!(summary(&events[3..]), ["session.offline s1 #4 by n1"], "released by n0 for the dead n1");
+    assert!(released_after >= Duration::from_secs(25), "{released_after:?}: too early for a dead node");
+    eprintln!("the killed node's session was reported offline {released_after:?} after the kill");
+    drop(on_n0);
+    let events = receiver.wait_for(6, WAIT).await;
+    assert_eq!(summary(&events[4..]), ["session.offline s0 #5 by n0", "user.offline #6 by n0"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_presence_webhooks_span_the_cluster_and_outlive_a_killed_node() {
+    let Some(bus) = env("HERALD_TEST_NATS") else { return };
+    presence_webhooks_span_the_cluster_and_outlive_a_killed_node(&bus).await;
 }
 
 #[test]

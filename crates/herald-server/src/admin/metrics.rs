@@ -54,11 +54,44 @@ pub fn render(app: &App) -> String {
     streams(&mut out, &metrics);
     store(&mut out, app.store.as_ref(), &metrics);
     bus(&mut out, &app.bus.stats());
-    // ── Webhooks (helper `webhooks`): their deliveries, retries and drops go here, e.g.
-    //    `herald_webhook_deliveries_total`, `herald_webhook_retries_total`,
-    //    `herald_webhook_dropped_total`, rendered from the webhook sender's counters.
+    webhooks(&mut out, &app.webhook_counters);
     process::render(&mut out);
     out.text
+}
+
+/// Presence webhooks (`crate::webhook`): all zero without `--webhook-url`.
+fn webhooks(out: &mut Exposition, counters: &crate::webhook::WebhookCounters) {
+    use std::sync::atomic::Ordering::Relaxed;
+    out.single(
+        "herald_webhook_events_delivered_total",
+        Kind::Counter,
+        "Presence webhook events the receiver answered 2xx for (a batch sent again counts again).",
+        counters.delivered_events.load(Relaxed),
+    );
+    out.single(
+        "herald_webhook_deliveries_total",
+        Kind::Counter,
+        "Presence webhook POSTs the receiver answered 2xx.",
+        counters.delivered_batches.load(Relaxed),
+    );
+    out.single(
+        "herald_webhook_retries_total",
+        Kind::Counter,
+        "Presence webhook POSTs that failed (no answer in time, or not 2xx) and are tried again.",
+        counters.retries.load(Relaxed),
+    );
+    out.single(
+        "herald_webhook_dropped_total",
+        Kind::Counter,
+        "Presence webhook events dropped: the queue was full, or they were not delivered in time.",
+        counters.dropped_events.load(Relaxed),
+    );
+    out.single(
+        "herald_webhook_queue_events",
+        Kind::Gauge,
+        "Presence webhook events waiting to be sent.",
+        counters.queued_events.load(Relaxed),
+    );
 }
 
 /// Who is connected: the hub's census (gauges) and the connections opened (a counter).

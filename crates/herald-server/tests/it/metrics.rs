@@ -370,6 +370,11 @@ async fn the_exposition_names_every_family_with_help_type_and_units() {
         "herald_process_resident_memory_bytes",
         "herald_process_open_fds",
         "herald_process_cpu_seconds_total",
+        "herald_webhook_events_delivered_total",
+        "herald_webhook_deliveries_total",
+        "herald_webhook_retries_total",
+        "herald_webhook_dropped_total",
+        "herald_webhook_queue_events",
     ] {
         assert!(
             scraped.keys().any(|series| series == family || series.starts_with(&format!("{family}{{"))),

@@ -166,7 +166,12 @@ impl TestServer {
     }
 
     pub async fn with(limits: Limits, settings: ServerSettings, store: Arc<dyn Store>) -> Self {
-        let herald = Herald::builder(store, SECRET, API_KEY).limits(limits).settings(settings).build();
+        Self::from_builder(Herald::builder(store, SECRET, API_KEY).limits(limits).settings(settings)).await
+    }
+
+    /// A server of what `builder` builds (with [`SECRET`] and [`API_KEY`]).
+    pub async fn from_builder(builder: herald_server::HeraldBuilder) -> Self {
+        let herald = builder.build();
         let app = herald.app().clone();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let server = herald_server::start(herald, listener).unwrap();

@@ -7,12 +7,13 @@ use async_trait::async_trait;
 use herald_core::notification::now_ms;
 use herald_core::{
     Appended, Epoch, FanoutJob, Health, InboxChange, InboxCounts, InboxPage, InboxQuery, ListenBounds,
-    LogHead, LogPage, Mark, NewNotification, NewTopicEvent, PruneReport, Receipt, Revocation, ScopeListens,
-    Selection, Seq, SessionId, Store, StoreError, StoredListen, Topic, TopicAppended, TopicHead,
-    TopicListener, TopicPage, UserId,
+    LogHead, LogPage, Mark, NewNotification, NewTopicEvent, PresenceBeat, PresenceChange, PresenceEvent,
+    PruneReport, Receipt, Revocation, ScopeListens, Selection, Seq, SessionId, Store, StoreError,
+    StoredListen, Topic, TopicAppended, TopicHead, TopicListener, TopicPage, UserId,
 };
 
 use super::PostgresStore;
+use super::presence::{presence_heartbeat, presence_sessions_of, record_presence};
 use super::reads::{
     ping, read_head, read_inbox_counts, read_inbox_page, read_job, read_last_seqs, read_listens,
     read_log_page, read_revocations, read_topic_heads, read_topic_listeners, read_topic_page,
@@ -255,6 +256,57 @@ impl Store for PostgresStore {
             Ok(change)
         })
         .await
+    }
+
+    async fn record_presence(
+        &self,
+        node: &str,
+        change: &PresenceChange,
+    ) -> Result<Vec<PresenceEvent>, StoreError> {
+        let pool = &*self.pool;
+        pool.run(move || async move {
+            let mut client = pool.client().await?;
+            let tx = client.transaction().await?;
+            let events = record_presence(&tx, node, change).await?;
+            tx.commit().await?;
+            Ok(events)
+        })
+        .await
+    }
+
+    async fn presence_heartbeat(
+        &self,
+        node: &str,
+        now_ms: i64,
+        dead_before_ms: i64,
+    ) -> Result<PresenceBeat, StoreError> {
+        let pool = &*self.pool;
+        pool.run(move || async move {
+            presence_heartbeat(&pool.client().await?, node, now_ms, dead_before_ms).await
+        })
+        .await
+    }
+
+    /// One transaction per session released (each locks its user only).
+    async fn release_presence(
+        &self,
+        node: &str,
+        at_ms: i64,
+        limit: usize,
+    ) -> Result<Option<Vec<PresenceEvent>>, StoreError> {
+        let pool = &*self.pool;
+        let sessions = pool
+            .run(move || async move { presence_sessions_of(&pool.client().await?, node, limit).await })
+            .await?;
+        if sessions.is_empty() {
+            return Ok(None);
+        }
+        let mut events = Vec::new();
+        for (user, session) in sessions {
+            let change = PresenceChange { user, session, online: Some(false), clients: Vec::new(), at_ms };
+            events.extend(self.record_presence(node, &change).await?);
+        }
+        Ok(Some(events))
     }
 
     async fn revoke(

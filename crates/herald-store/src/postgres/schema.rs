@@ -14,7 +14,7 @@ use super::sql::Error;
 
 /// The schema this code writes, kept in `herald_meta.schema_version`. A database with a higher
 /// version was migrated by a newer Herald: opening it fails rather than guess.
-pub const SCHEMA_VERSION: i32 = 5;
+pub const SCHEMA_VERSION: i32 = 6;
 
 /// Schema version 1: everything the `Store` contract needed then (listens came with
 /// [`SCHEMA_V2`], topic logs with [`SCHEMA_V3`], fan-out jobs with [`SCHEMA_V4`]).
@@ -206,6 +206,31 @@ CREATE INDEX herald_push_outbox_by_due_at ON herald_push_outbox (due_at, id);
 UPDATE herald_meta SET schema_version = 5;
 "#;
 
+/// Version 5 → 6: presence reported to the app (herald-core `presence`, webhooks), as SQLite's
+/// schema version 11: `herald_presence_online`, one row per (user, session, node) reported
+/// online (a user's rows and a session's are ranges of the key; by node for a dead node's
+/// release), `herald_presence_seqs`, each user's last `user_seq` (kept when the user goes
+/// offline; its row is also the lock that serializes a user's changes across nodes), and
+/// `herald_presence_nodes`, each node's last heartbeat.
+pub const SCHEMA_V6: &str = r#"
+CREATE TABLE herald_presence_online (
+    user_id text COLLATE "C" NOT NULL,
+    session text COLLATE "C" NOT NULL,
+    node    text COLLATE "C" NOT NULL,
+    PRIMARY KEY (user_id, session, node)
+);
+CREATE INDEX herald_presence_online_by_node ON herald_presence_online (node);
+CREATE TABLE herald_presence_seqs (
+    user_id  text COLLATE "C" PRIMARY KEY,
+    last_seq bigint NOT NULL
+);
+CREATE TABLE herald_presence_nodes (
+    node      text COLLATE "C" PRIMARY KEY,
+    last_beat bigint NOT NULL
+);
+UPDATE herald_meta SET schema_version = 6;
+"#;
+
 /// The advisory lock migrations hold (for their transaction): one per schema, so several nodes
 /// starting at once on one database migrate one after the other, and the later ones find the
 /// schema done. `hashtext` of the schema's name: stores in other schemas of the database do not
@@ -267,6 +292,12 @@ pub(super) async fn migrate(client: &mut Client, place: &str) -> Result<(), Erro
             tracing::info!(place, "upgrading Herald's tables to schema version 5 (Web Push)");
         }
         tx.batch_execute(SCHEMA_V5).await?;
+    }
+    if version < 6 {
+        if version >= 1 {
+            tracing::info!(place, "upgrading Herald's tables to schema version 6 (presence webhooks)");
+        }
+        tx.batch_execute(SCHEMA_V6).await?;
     }
     // Later versions: `if version < 6 { … }`, each bumping `herald_meta.schema_version`.
     tx.commit().await?;

@@ -99,6 +99,29 @@ impl Store for TestStore {
     async fn unfinished_jobs(&self, limit: usize) -> Result<Vec<herald_core::FanoutJob>, StoreError> {
         self.store().unfinished_jobs(limit).await
     }
+    async fn record_presence(
+        &self,
+        node: &str,
+        change: &herald_core::PresenceChange,
+    ) -> Result<Vec<herald_core::PresenceEvent>, StoreError> {
+        self.store().record_presence(node, change).await
+    }
+    async fn presence_heartbeat(
+        &self,
+        node: &str,
+        now_ms: i64,
+        dead_before_ms: i64,
+    ) -> Result<herald_core::PresenceBeat, StoreError> {
+        self.store().presence_heartbeat(node, now_ms, dead_before_ms).await
+    }
+    async fn release_presence(
+        &self,
+        node: &str,
+        at_ms: i64,
+        limit: usize,
+    ) -> Result<Option<Vec<herald_core::PresenceEvent>>, StoreError> {
+        self.store().release_presence(node, at_ms, limit).await
+    }
 
     async fn append_topic(
         &self,
@@ -407,7 +430,8 @@ async fn a_version_1_schema_gains_listens() {
             "DROP TABLE \"{schema}\".herald_topic_listens; DROP TABLE \"{schema}\".herald_topic_log;
              DROP TABLE \"{schema}\".herald_topic_heads; DROP TABLE \"{schema}\".herald_jobs; DROP TABLE \"{schema}\".herald_push_subscriptions;
              DROP TABLE \"{schema}\".herald_push_outbox;
-             UPDATE \"{schema}\".herald_meta SET schema_version = 1"
+             DROP TABLE \"{schema}\".herald_presence_online; DROP TABLE \"{schema}\".herald_presence_seqs;
+             DROP TABLE \"{schema}\".herald_presence_nodes; UPDATE \"{schema}\".herald_meta SET schema_version = 1"
         ))
         .await
         .unwrap();
@@ -562,7 +586,9 @@ async fn a_version_2_schema_gains_topic_logs() {
         .batch_execute(&format!(
             "DROP TABLE \"{schema}\".herald_topic_log; DROP TABLE \"{schema}\".herald_topic_heads;
              DROP TABLE \"{schema}\".herald_jobs; DROP TABLE \"{schema}\".herald_push_subscriptions;
-             DROP TABLE \"{schema}\".herald_push_outbox; UPDATE \"{schema}\".herald_meta SET schema_version = 2"
+             DROP TABLE \"{schema}\".herald_push_outbox;
+             DROP TABLE \"{schema}\".herald_presence_online; DROP TABLE \"{schema}\".herald_presence_seqs;
+             DROP TABLE \"{schema}\".herald_presence_nodes; UPDATE \"{schema}\".herald_meta SET schema_version = 2"
         ))
         .await
         .unwrap();
@@ -986,6 +1012,44 @@ async fn tls_modes_check_the_certificate_as_libpq_says() {
     }
 }
 
+/// A version 5 schema (no presence tables) gains them when a node opens it, keeping its logs;
+/// presence recorded by one store is seen by another on the same schema (two nodes). Fails if
+/// the upgrade to version 6 were missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_5_schema_gains_presence() {
+    skip_unless_postgres!();
+    let test = TestStore::open(Retention::default()).await;
+    test.append(vec![entry("alice", 1)], None).await.unwrap();
+    let (client, connection) = tokio_postgres::connect(&test.url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let schema = &test.schema;
+    client
+        .batch_execute(&format!(
+            "DROP TABLE \"{schema}\".herald_presence_online; DROP TABLE \"{schema}\".herald_presence_seqs;
+             DROP TABLE \"{schema}\".herald_presence_nodes; UPDATE \"{schema}\".herald_meta SET schema_version = 5"
+        ))
+        .await
+        .unwrap();
+    let reopened = PostgresStore::open(options(&test.url, schema), Retention::default()).await.unwrap();
+    let version: i32 = client
+        .query_one(&format!("SELECT schema_version FROM \"{schema}\".herald_meta"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(version, SCHEMA_VERSION);
+    assert_eq!(SCHEMA_VERSION, 6);
+    assert_eq!(reopened.head(&UserId::new("alice").unwrap()).await.unwrap().last_seq, 1, "the logs are kept");
+    let change = herald_core::PresenceChange {
+        user: UserId::new("alice").unwrap(),
+        session: SessionId::new("s").unwrap(),
+        online: Some(true),
+        clients: Vec::new(),
+        at_ms: 1,
+    };
+    assert_eq!(reopened.record_presence("a", &change).await.unwrap().len(), 2);
+    assert!(test.record_presence("b", &change).await.unwrap().is_empty(), "the other node sees it online");
+}
+
 /// A version 3 schema (no jobs) gains `herald_jobs` when a node opens it, keeping its logs; a
 /// job saved then reads back, and `unfinished_jobs` reads the partial index in its order (no
 /// sort). Fails if the upgrade to version 4 were missing, or the index did not serve the query.
@@ -1000,7 +1064,9 @@ async fn a_version_3_schema_gains_jobs() {
     client
         .batch_execute(&format!(
             "DROP TABLE \"{schema}\".herald_jobs; DROP TABLE \"{schema}\".herald_push_subscriptions;
-             DROP TABLE \"{schema}\".herald_push_outbox; UPDATE \"{schema}\".herald_meta SET schema_version = 3"
+             DROP TABLE \"{schema}\".herald_push_outbox;
+             DROP TABLE \"{schema}\".herald_presence_online; DROP TABLE \"{schema}\".herald_presence_seqs;
+             DROP TABLE \"{schema}\".herald_presence_nodes; UPDATE \"{schema}\".herald_meta SET schema_version = 3"
         ))
         .await
         .unwrap();
@@ -1011,7 +1077,7 @@ async fn a_version_3_schema_gains_jobs() {
         .unwrap()
         .get(0);
     assert_eq!(version, SCHEMA_VERSION);
-    assert_eq!(SCHEMA_VERSION, 5);
+    assert_eq!(SCHEMA_VERSION, 6);
     assert_eq!(reopened.head(&UserId::new("alice").unwrap()).await.unwrap().last_seq, 1, "the logs are kept");
     let job = herald_core::FanoutJob {
         id: "j1".to_owned(),

@@ -9,9 +9,10 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use herald_core::{
     Appended, Epoch, FanoutJob, InboxChange, InboxCounts, InboxPage, InboxQuery, ListenBounds, LogHead,
-    LogPage, Mark, NewNotification, NewTopicEvent, PruneReport, PushBounds, PushDelivery, PushSettle,
-    PushSubscription, Receipt, Revocation, ScopeListens, Selection, Seq, SessionId, Store, StoreError,
-    StoredListen, Topic, TopicAppended, TopicHead, TopicListener, TopicPage, UserId,
+    LogPage, Mark, NewNotification, NewTopicEvent, PresenceBeat, PresenceChange, PresenceEvent, PruneReport,
+    PushBounds, PushDelivery, PushSettle, PushSubscription, Receipt, Revocation, ScopeListens, Selection,
+    Seq, SessionId, Store, StoreError, StoredListen, Topic, TopicAppended, TopicHead, TopicListener,
+    TopicPage, UserId,
 };
 
 use super::SqliteStore;
@@ -21,8 +22,8 @@ use super::reads::{
 };
 use super::request::{
     Append, AppendTopic, CompleteReceipt, ForgetSessionListens, InboxChunk, InboxDelete, InboxMark, Listen,
-    PruneChunk, PushEnqueue, PushSettleRow, PushSubscribe, PushUnsubscribe, Revoke, Rows, SaveJob, Unlisten,
-    Write,
+    PresenceHeartbeat, PruneChunk, PushEnqueue, PushSettleRow, PushSubscribe, PushUnsubscribe,
+    RecordPresence, ReleasePresence, Revoke, Rows, SaveJob, Unlisten, Write,
 };
 use super::sql::sql_seq;
 
@@ -189,6 +190,32 @@ impl Store for SqliteStore {
 
     async fn inbox_delete(&self, user: &UserId, selection: &Selection) -> Result<InboxChange, StoreError> {
         self.inbox_change(selection, |rows| InboxDelete { user: user.clone(), rows }).await
+    }
+
+    async fn record_presence(
+        &self,
+        node: &str,
+        change: &PresenceChange,
+    ) -> Result<Vec<PresenceEvent>, StoreError> {
+        self.writer.submit(RecordPresence { node: node.to_owned(), change: change.clone() }).await
+    }
+
+    async fn presence_heartbeat(
+        &self,
+        node: &str,
+        now_ms: i64,
+        dead_before_ms: i64,
+    ) -> Result<PresenceBeat, StoreError> {
+        self.writer.submit(PresenceHeartbeat { node: node.to_owned(), now_ms, dead_before_ms }).await
+    }
+
+    async fn release_presence(
+        &self,
+        node: &str,
+        at_ms: i64,
+        limit: usize,
+    ) -> Result<Option<Vec<PresenceEvent>>, StoreError> {
+        self.writer.submit(ReleasePresence { node: node.to_owned(), at_ms, limit }).await
     }
 
     async fn revoke(

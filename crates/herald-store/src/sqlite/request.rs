@@ -7,8 +7,8 @@
 //! committed, in `writer`.
 
 use herald_core::{
-    InboxChange, ListenBounds, Mark, NewNotification, NewTopicEvent, PrunedInbox, PushBounds, PushSettle,
-    PushSubscription, Retention, Seq, SessionId, StoreError, Topic, UserId,
+    InboxChange, ListenBounds, Mark, NewNotification, NewTopicEvent, PresenceChange, PrunedInbox, PushBounds,
+    PushSettle, PushSubscription, Retention, Seq, SessionId, StoreError, Topic, UserId,
 };
 use rusqlite::Connection;
 use tokio::sync::oneshot;
@@ -95,6 +95,9 @@ pub(super) enum Request {
     CompleteReceipt(Job<CompleteReceipt>),
     PruneChunk(Job<PruneChunk>),
     SaveJob(Job<SaveJob>),
+    RecordPresence(Job<RecordPresence>),
+    PresenceHeartbeat(Job<PresenceHeartbeat>),
+    ReleasePresence(Job<ReleasePresence>),
     Revoke(Job<Revoke>),
     Listen(Job<Listen>),
     Unlisten(Job<Unlisten>),
@@ -118,6 +121,9 @@ macro_rules! with_job {
             Request::CompleteReceipt($job) => $body,
             Request::PruneChunk($job) => $body,
             Request::SaveJob($job) => $body,
+            Request::RecordPresence($job) => $body,
+            Request::PresenceHeartbeat($job) => $body,
+            Request::ReleasePresence($job) => $body,
             Request::Revoke($job) => $body,
             Request::Listen($job) => $body,
             Request::Unlisten($job) => $body,
@@ -193,6 +199,26 @@ pub(super) struct SaveJob {
     pub finished_at_ms: Option<i64>,
     /// The whole job, serialized by the requester, not on the writer thread (as a receipt is).
     pub json: String,
+}
+
+/// Records what `node` saw change in a session (`Store::record_presence`).
+pub(super) struct RecordPresence {
+    pub node: String,
+    pub change: PresenceChange,
+}
+
+/// Records that `node` is alive and finds the dead ones (`Store::presence_heartbeat`).
+pub(super) struct PresenceHeartbeat {
+    pub node: String,
+    pub now_ms: i64,
+    pub dead_before_ms: i64,
+}
+
+/// Records up to `limit` of `node`'s sessions offline (`Store::release_presence`).
+pub(super) struct ReleasePresence {
+    pub node: String,
+    pub at_ms: i64,
+    pub limit: usize,
 }
 
 /// One bounded chunk of retention (`Store::prune` sends them until one is done).

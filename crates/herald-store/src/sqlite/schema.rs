@@ -14,7 +14,7 @@ use super::sql::db_error;
 
 /// The schema this code writes, kept in `PRAGMA user_version`. A database with a higher version
 /// was written by a newer Herald: opening it fails rather than guess.
-pub const SCHEMA_VERSION: i32 = 10;
+pub const SCHEMA_VERSION: i32 = 11;
 
 /// Schema version 1. `notifications` is `WITHOUT ROWID`, clustered by (user, seq): a replay is
 /// one range scan. A new database gets it, then [`SCHEMA_V2`], like an old one.
@@ -269,6 +269,31 @@ CREATE TABLE push_outbox (
 CREATE INDEX push_outbox_by_due_at ON push_outbox (due_at, id);
 ";
 
+/// Version 10 → 11: presence reported to the app (herald-core `presence`, webhooks).
+/// - `presence_online`: one row per (user, session, node) reported online, keyed so that a
+///   user's rows and a session's are ranges of the key (the counts a change needs); an index
+///   by node for releasing a dead node's sessions in chunks.
+/// - `presence_seqs`: each user's last `user_seq`. Kept when the user goes offline (a seq is
+///   never given out twice): one small row per user ever reported online.
+/// - `presence_nodes`: each node's last heartbeat (ms), to find dead nodes.
+pub const SCHEMA_V11: &str = "
+CREATE TABLE presence_online (
+    user    TEXT NOT NULL,
+    session TEXT NOT NULL,
+    node    TEXT NOT NULL,
+    PRIMARY KEY (user, session, node)
+) WITHOUT ROWID;
+CREATE INDEX presence_online_by_node ON presence_online (node);
+CREATE TABLE presence_seqs (
+    user     TEXT PRIMARY KEY,
+    last_seq INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE presence_nodes (
+    node      TEXT PRIMARY KEY,
+    last_beat INTEGER NOT NULL
+) WITHOUT ROWID;
+";
+
 /// Creates the schema in an empty database, upgrades an older one step by step (a new database
 /// takes the same steps), and refuses a newer one, or another program's (at `path`). All in one
 /// transaction: a failed upgrade leaves the file as it was.
@@ -348,6 +373,12 @@ pub(super) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreErr
             tracing::info!("upgrading the store to schema version 10 (Web Push)");
         }
         tx.execute_batch(SCHEMA_V10).map_err(db_error)?;
+    }
+    if version < 11 {
+        if version >= 1 {
+            tracing::info!("upgrading the store to schema version 11 (presence reported by webhooks)");
+        }
+        tx.execute_batch(SCHEMA_V11).map_err(db_error)?;
     }
     if version != SCHEMA_VERSION {
         tx.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(db_error)?;

@@ -87,6 +87,29 @@ impl Store for TempStore {
     async fn unfinished_jobs(&self, limit: usize) -> Result<Vec<herald_core::FanoutJob>, StoreError> {
         self.store.unfinished_jobs(limit).await
     }
+    async fn record_presence(
+        &self,
+        node: &str,
+        change: &herald_core::PresenceChange,
+    ) -> Result<Vec<herald_core::PresenceEvent>, StoreError> {
+        self.store.record_presence(node, change).await
+    }
+    async fn presence_heartbeat(
+        &self,
+        node: &str,
+        now_ms: i64,
+        dead_before_ms: i64,
+    ) -> Result<herald_core::PresenceBeat, StoreError> {
+        self.store.presence_heartbeat(node, now_ms, dead_before_ms).await
+    }
+    async fn release_presence(
+        &self,
+        node: &str,
+        at_ms: i64,
+        limit: usize,
+    ) -> Result<Option<Vec<herald_core::PresenceEvent>>, StoreError> {
+        self.store.release_presence(node, at_ms, limit).await
+    }
 
     async fn append_topic(
         &self,
@@ -1292,7 +1315,8 @@ async fn revocations_survive_reopening() {
     let conn = Connection::open(&path).unwrap();
     conn.execute_batch(
         "DROP TABLE revocations; DROP TABLE meta; DROP TABLE topic_listens; DROP TABLE topic_log;
-         DROP TABLE topic_heads; DROP TABLE jobs; DROP TABLE push_subscriptions; DROP TABLE push_outbox; PRAGMA user_version = 4;",
+         DROP TABLE topic_heads; DROP TABLE jobs; DROP TABLE push_subscriptions; DROP TABLE push_outbox;
+         DROP TABLE presence_online; DROP TABLE presence_seqs; DROP TABLE presence_nodes; PRAGMA user_version = 4;",
     )
     .unwrap();
     drop(conn);
@@ -1356,7 +1380,8 @@ async fn the_epoch_is_made_with_the_database_and_kept() {
     let conn = Connection::open(&path).unwrap();
     conn.execute_batch(
         "DROP TABLE meta; DROP TABLE topic_listens; DROP TABLE topic_log; DROP TABLE topic_heads;
-         DROP TABLE jobs; DROP TABLE push_subscriptions; DROP TABLE push_outbox; PRAGMA user_version = 5;",
+         DROP TABLE jobs; DROP TABLE push_subscriptions; DROP TABLE push_outbox;
+         DROP TABLE presence_online; DROP TABLE presence_seqs; DROP TABLE presence_nodes; PRAGMA user_version = 5;",
     )
     .unwrap();
     drop(conn);
@@ -1421,7 +1446,7 @@ async fn listens_survive_reopening() {
     let conn = Connection::open(&path).unwrap();
     conn.execute_batch(
         "DROP TABLE topic_listens; DROP TABLE topic_log; DROP TABLE topic_heads; DROP TABLE jobs; DROP TABLE push_subscriptions; DROP TABLE push_outbox;
-         PRAGMA user_version = 6;",
+         DROP TABLE presence_online; DROP TABLE presence_seqs; DROP TABLE presence_nodes; PRAGMA user_version = 6;",
     )
     .unwrap();
     drop(conn);
@@ -1556,7 +1581,8 @@ async fn topic_logs_survive_reopening() {
     // A version 7 file (no topic tables, no jobs) is upgraded in place.
     let conn = Connection::open(&path).unwrap();
     conn.execute_batch(
-        "DROP TABLE topic_log; DROP TABLE topic_heads; DROP TABLE jobs; DROP TABLE push_subscriptions; DROP TABLE push_outbox; PRAGMA user_version = 7;",
+        "DROP TABLE topic_log; DROP TABLE topic_heads; DROP TABLE jobs; DROP TABLE push_subscriptions; DROP TABLE push_outbox;
+         DROP TABLE presence_online; DROP TABLE presence_seqs; DROP TABLE presence_nodes; PRAGMA user_version = 7;",
     )
     .unwrap();
     drop(conn);
@@ -1660,7 +1686,8 @@ async fn jobs_survive_reopening() {
     // A version 8 file (no jobs table) is upgraded in place.
     let conn = Connection::open(&path).unwrap();
     conn.execute_batch(
-        "DROP TABLE jobs; DROP TABLE push_subscriptions; DROP TABLE push_outbox; PRAGMA user_version = 8;",
+        "DROP TABLE jobs; DROP TABLE push_subscriptions; DROP TABLE push_outbox;
+         DROP TABLE presence_online; DROP TABLE presence_seqs; DROP TABLE presence_nodes; PRAGMA user_version = 8;",
     )
     .unwrap();
     drop(conn);
@@ -1687,7 +1714,7 @@ async fn a_version_9_file_gains_web_push() {
     store.append(vec![entry("alice", 1, now_ms())], None).await.unwrap();
     drop(store);
     let conn = Connection::open(&path).unwrap();
-    conn.execute_batch("DROP TABLE push_subscriptions; DROP TABLE push_outbox; PRAGMA user_version = 9;")
+    conn.execute_batch("DROP TABLE push_subscriptions; DROP TABLE push_outbox; DROP TABLE presence_online; DROP TABLE presence_seqs; DROP TABLE presence_nodes; PRAGMA user_version = 9;")
         .unwrap();
     drop(conn);
     let store = SqliteStore::open(&path, Retention::default()).unwrap();
@@ -1722,7 +1749,45 @@ async fn a_version_9_file_gains_web_push() {
     drop(store);
     let conn = Connection::open(&path).unwrap();
     let version: i32 = conn.pragma_query_value(None, "user_version", |row| row.get(0)).unwrap();
-    assert_eq!((version, SCHEMA_VERSION), (10, 10));
+    assert_eq!((version, SCHEMA_VERSION), (11, 11));
+}
+
+/// A version 10 file (no presence tables) gains them in place, keeping its logs; presence is
+/// recorded afterwards and survives reopening (what a restart after `kill -9` releases). Fails
+/// if the upgrade to version 11 were missing, or presence were not kept in the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_survives_reopening_and_a_version_10_file_gains_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("herald.db");
+    let store = SqliteStore::open(&path, Retention::default()).unwrap();
+    store.append(vec![entry("alice", 1, now_ms())], None).await.unwrap();
+    drop(store);
+    let conn = Connection::open(&path).unwrap();
+    conn.execute_batch(
+        "DROP TABLE presence_online; DROP TABLE presence_seqs; DROP TABLE presence_nodes; PRAGMA user_version = 10;",
+    )
+    .unwrap();
+    drop(conn);
+    let store = SqliteStore::open(&path, Retention::default()).unwrap();
+    assert_eq!(store.head(&user("alice")).await.unwrap().last_seq, 1, "the logs are kept");
+    let change = herald_core::PresenceChange {
+        user: user("alice"),
+        session: herald_core::SessionId::new("s").unwrap(),
+        online: Some(true),
+        clients: Vec::new(),
+        at_ms: 1,
+    };
+    assert_eq!(store.record_presence("n", &change).await.unwrap().len(), 2);
+    drop(store);
+    let store = SqliteStore::open(&path, Retention::default()).unwrap();
+    let released = store.release_presence("n", 2, 10).await.unwrap().expect("kept in the file");
+    let seqs: Vec<u64> = released.iter().map(|e| e.user_seq).collect();
+    assert_eq!(seqs, [3, 4], "session.offline and user.offline, numbered on");
+    drop(store);
+    let conn = Connection::open(&path).unwrap();
+    let version: i32 = conn.pragma_query_value(None, "user_version", |row| row.get(0)).unwrap();
+    assert_eq!(version, SCHEMA_VERSION);
+    assert_eq!(SCHEMA_VERSION, 11);
 }
 
 /// `unfinished_jobs` reads the first entries of the partial index `jobs_unfinished` (no scan of

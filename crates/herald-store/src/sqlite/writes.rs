@@ -12,18 +12,21 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use herald_core::inbox::CountsDelta;
+use herald_core::presence::RowChange;
 use herald_core::{
     Appended, InboxChange, InboxCounts, ItemState, ListenBounds, Mark, NewNotification, NewTopicEvent,
-    Notification, PrunedInbox, PushSettle, Receipt, ReceiptEntry, Retention, ScopeListens, Seq, SessionId,
-    StoreError, Topic, TopicAppended, TopicEvent, TopicReceipt, UserId,
+    Notification, PresenceBeat, PresenceChange, PresenceEvent, PrunedInbox, PushSettle, Receipt,
+    ReceiptEntry, Retention, ScopeListens, Seq, SessionId, StoreError, Topic, TopicAppended, TopicEvent,
+    TopicReceipt, UserId,
 };
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::reads::{UserRow, read_counts, read_scope_topics, read_state, read_user_row};
 use super::request::{
     Append, AppendTopic, CompleteReceipt, ForgetSessionListens, InboxChunk, InboxDelete, InboxMark, Job,
-    Listen, PruneChunk, PrunedChunk, PushEnqueue, PushSettleRow, PushSubscribe, PushUnsubscribe, Request,
-    Revoke, Rows, SaveJob, SettleAll, Unlisten, Write,
+    Listen, PresenceHeartbeat, PruneChunk, PrunedChunk, PushEnqueue, PushSettleRow, PushSubscribe,
+    PushUnsubscribe, RecordPresence, ReleasePresence, Request, Revoke, Rows, SaveJob, SettleAll, Unlisten,
+    Write,
 };
 use super::sql::{db_error, seq_from_sql, session_from_sql, sql_seq, sql_session};
 use super::staging::StagingWrites;
@@ -211,6 +214,101 @@ impl Write for PushSettleRow {
 
     fn request(job: Job<Self>) -> Request {
         Request::PushSettleRow(job)
+    }
+}
+
+impl Write for RecordPresence {
+    type Output = Vec<PresenceEvent>;
+
+    fn run(
+        &self,
+        conn: &Connection,
+        _: &mut StagingWrites<'_>,
+        _: &Retention,
+        _: i64,
+    ) -> Result<Vec<PresenceEvent>, StoreError> {
+        record_presence(conn, &self.node, &self.change)
+    }
+
+    fn request(job: Job<Self>) -> Request {
+        Request::RecordPresence(job)
+    }
+}
+
+impl Write for PresenceHeartbeat {
+    type Output = PresenceBeat;
+
+    fn run(
+        &self,
+        conn: &Connection,
+        _: &mut StagingWrites<'_>,
+        _: &Retention,
+        _: i64,
+    ) -> Result<PresenceBeat, StoreError> {
+        let was_registered = conn
+            .prepare_cached("SELECT 1 FROM presence_nodes WHERE node = ?1")
+            .and_then(|mut stmt| stmt.exists(params![self.node]))
+            .map_err(db_error)?;
+        conn.prepare_cached(
+            "INSERT INTO presence_nodes (node, last_beat) VALUES (?1, ?2)
+             ON CONFLICT (node) DO UPDATE SET last_beat = MAX(last_beat, excluded.last_beat)",
+        )
+        .and_then(|mut stmt| stmt.execute(params![self.node, self.now_ms]))
+        .map_err(db_error)?;
+        let dead_nodes = conn
+            .prepare_cached("SELECT node FROM presence_nodes WHERE node <> ?1 AND last_beat < ?2")
+            .and_then(|mut stmt| {
+                stmt.query_map(params![self.node, self.dead_before_ms], |row| row.get(0))?
+                    .collect::<Result<Vec<String>, _>>()
+            })
+            .map_err(db_error)?;
+        Ok(PresenceBeat { was_registered, dead_nodes })
+    }
+
+    fn request(job: Job<Self>) -> Request {
+        Request::PresenceHeartbeat(job)
+    }
+}
+
+impl Write for ReleasePresence {
+    type Output = Option<Vec<PresenceEvent>>;
+
+    fn run(
+        &self,
+        conn: &Connection,
+        _: &mut StagingWrites<'_>,
+        _: &Retention,
+        _: i64,
+    ) -> Result<Option<Vec<PresenceEvent>>, StoreError> {
+        let sessions = conn
+            .prepare_cached("SELECT user, session FROM presence_online WHERE node = ?1 LIMIT ?2")
+            .and_then(|mut stmt| {
+                stmt.query_map(params![self.node, self.limit as i64], |row| {
+                    Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+                })?
+                .collect::<Result<Vec<_>, _>>()
+            })
+            .map_err(db_error)?;
+        if sessions.is_empty() {
+            conn.prepare_cached("DELETE FROM presence_nodes WHERE node = ?1")
+                .and_then(|mut stmt| stmt.execute(params![self.node]))
+                .map_err(db_error)?;
+            return Ok(None);
+        }
+        let mut events = Vec::new();
+        for (user, session) in sessions {
+            let (Ok(user), Ok(session)) = (UserId::new(user), SessionId::new(session)) else {
+                return Err(StoreError::Corrupt("a presence row holds an invalid id".into()));
+            };
+            let change =
+                PresenceChange { user, session, online: Some(false), clients: Vec::new(), at_ms: self.at_ms };
+            events.extend(record_presence(conn, &self.node, &change)?);
+        }
+        Ok(Some(events))
+    }
+
+    fn request(job: Job<Self>) -> Request {
+        Request::ReleasePresence(job)
     }
 }
 
@@ -868,6 +966,53 @@ fn save_job(conn: &Connection, job: &SaveJob) -> Result<(), StoreError> {
     .and_then(|mut stmt| stmt.execute(params![job.id, job.created_at_ms, job.finished_at_ms, job.json]))
     .map_err(db_error)?;
     Ok(())
+}
+
+/// Records a presence change of `node` (see `Store::record_presence`): reads the rows the plan
+/// needs, writes the node's row, and numbers the events from the user's counter. The writer
+/// thread runs one request at a time, so the user is serialized.
+fn record_presence(
+    conn: &Connection,
+    node: &str,
+    change: &PresenceChange,
+) -> Result<Vec<PresenceEvent>, StoreError> {
+    let user = change.user.as_str();
+    let session = change.session.as_str();
+    let (user_rows, session_rows, had_row): (i64, i64, i64) = conn
+        .prepare_cached(
+            "SELECT COUNT(*), COALESCE(SUM(session = ?2), 0), COALESCE(SUM(session = ?2 AND node = ?3), 0)
+             FROM presence_online WHERE user = ?1",
+        )
+        .and_then(|mut stmt| {
+            stmt.query_row(params![user, session, node], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+        })
+        .map_err(db_error)?;
+    let plan = change.plan(had_row > 0, session_rows as u64, user_rows as u64);
+    match plan.row {
+        RowChange::Keep => {}
+        RowChange::Insert => {
+            conn.prepare_cached("INSERT INTO presence_online (user, session, node) VALUES (?1, ?2, ?3)")
+                .and_then(|mut stmt| stmt.execute(params![user, session, node]))
+                .map_err(db_error)?;
+        }
+        RowChange::Delete => {
+            conn.prepare_cached("DELETE FROM presence_online WHERE user = ?1 AND session = ?2 AND node = ?3")
+                .and_then(|mut stmt| stmt.execute(params![user, session, node]))
+                .map_err(db_error)?;
+        }
+    }
+    if plan.events.is_empty() {
+        return Ok(Vec::new());
+    }
+    let last: i64 = conn
+        .prepare_cached(
+            "INSERT INTO presence_seqs (user, last_seq) VALUES (?1, ?2)
+             ON CONFLICT (user) DO UPDATE SET last_seq = last_seq + excluded.last_seq
+             RETURNING last_seq",
+        )
+        .and_then(|mut stmt| stmt.query_row(params![user, plan.events.len() as i64], |row| row.get(0)))
+        .map_err(db_error)?;
+    Ok(plan.numbered(node, change, last as u64 - plan.events.len() as u64 + 1))
 }
 
 /// Records a close, keeping the latest one of the user and session.
