@@ -22,12 +22,13 @@
 // (SIGTERM; SIGKILL to crash the nodes instead). node's --test-timeout must cover more rounds.
 
 import { spawn, spawnSync } from 'node:child_process';
-import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 
+import { Nginx } from './nginx.mjs';
 import { ROOT, WAIT_MS, delay, freePort, heraldBinary, launchBrowser, mintToken, newContext, startHerald, until } from './lib.mjs';
 
 const POSTGRES = process.env.HERALD_TEST_POSTGRES || null;
@@ -99,7 +100,7 @@ test('a rolling restart of 3 nodes behind nginx loses and duplicates nothing', {
   cleanup.push(() => Promise.all(nodes.map((node) => node.kill())));
   await Promise.all(nodes.map((node) => node.start()));
 
-  nginx = await Nginx.start({ dir: join(work, 'nginx'), upstreams: nodes.map((n) => n.port) });
+  nginx = await startNginx({ dir: join(work, 'nginx'), upstreams: nodes.map((n) => n.port) });
   cleanup.push(() => nginx.stop());
 
   // The tabs, every one through nginx.
@@ -284,95 +285,34 @@ class HeraldNode {
 }
 
 /**
- * A private nginx: deploy/nginx/herald.conf with its addresses (the upstream servers, the listen
- * port) and its log directory replaced, included by a minimal main configuration whose pid, logs
- * and temp files are in `dir`. Stopped by its PID.
+ * A private nginx (tests/browser/nginx.mjs) running deploy/nginx/herald.conf, the file operators
+ * use, with its addresses replaced: each `server 127.0.0.1:730N` of the upstream by a node's
+ * port, `listen 127.0.0.1:7300` by a free port, and the access log's `/var/log/nginx/` by `dir`
+ * (each found exactly once, else the test fails rather than run another configuration).
  */
-class Nginx {
-  static async start({ dir, upstreams }) {
-    const nginx = new Nginx();
-    nginx.dir = dir;
-    nginx.port = await freePort();
-    mkdirSync(dir, { recursive: true });
-    // nginx's workers run as an unprivileged user when the master is root: they must reach `dir`.
-    chmodSync(dir, 0o755);
-    writeFileSync(join(dir, 'herald.conf'), templated(readFileSync(NGINX_CONF, 'utf8'), { port: nginx.port, upstreams, logDir: dir }));
-    writeFileSync(join(dir, 'nginx.conf'), [
-      '# The main configuration of the test\'s private nginx; the Herald part is herald.conf.',
-      'worker_processes 1;',
-      `pid ${dir}/nginx.pid;`,
-      `error_log ${dir}/error.log warn;`,
-      'events { worker_connections 1024; }',
-      'http {',
-      `  client_body_temp_path ${dir}/client_body;`,
-      `  proxy_temp_path ${dir}/proxy;`,
-      `  fastcgi_temp_path ${dir}/fastcgi;`,
-      `  uwsgi_temp_path ${dir}/uwsgi;`,
-      `  scgi_temp_path ${dir}/scgi;`,
-      `  include ${dir}/herald.conf;`,
-      '}',
-      '',
-    ].join('\n'));
-    const args = ['-p', dir, '-c', join(dir, 'nginx.conf'), '-e', join(dir, 'error.log')];
-    const check = spawnSync('nginx', [...args, '-t', '-q'], { encoding: 'utf8' });
-    if (check.error || check.status !== 0) {
-      throw new Error(`nginx -t failed (is nginx installed? scripts/browser-tests.sh installs it): ${check.error ?? check.stderr}`);
-    }
-    nginx.child = spawn('nginx', [...args, '-g', 'daemon off;'], { stdio: ['ignore', 'ignore', 'pipe'] });
-    nginx.stderr = '';
-    nginx.child.stderr.on('data', (chunk) => { nginx.stderr += chunk; });
-    nginx.exited = new Promise((resolve) => nginx.child.once('exit', (code, signal) => resolve({ code, signal })));
-    await until(async () => {
-      try {
-        return (await fetch(`${nginx.url}/healthz`)).ok;
-      } catch {
-        return false;
-      }
-    }, () => `nginx to answer on ${nginx.url}: ${nginx.stderr}`);
-    return nginx;
-  }
-
-  get url() {
-    return `http://127.0.0.1:${this.port}`;
-  }
-
-  /** The access log's lines: method, path, status and which node served it. */
-  accessLog() {
-    const lines = readFileSync(join(this.dir, 'herald.access.log'), 'utf8').split('\n').filter(Boolean);
-    return lines.map((line) => {
-      const [, method, path, status, node] = /"(\S+) (\S+) [^"]*" (\d+) .* node=(.*)$/.exec(line) ?? [];
-      return { method, path, status: Number(status), node };
-    });
-  }
-
-  /** SIGQUIT (nginx's graceful stop) by PID, then SIGKILL if it takes more than 5 s. */
-  async stop() {
-    if (this.child.exitCode !== null || this.child.signalCode !== null) return;
-    this.child.kill('SIGQUIT');
-    if (!(await Promise.race([this.exited, idle(5_000).then(() => null)]))) {
-      this.child.kill('SIGKILL');
-      await this.exited;
-    }
-  }
+async function startNginx({ dir, upstreams }) {
+  assert.equal(upstreams.length, 3, 'herald.conf has three upstream servers');
+  const port = await freePort();
+  return Nginx.start({
+    dir,
+    conf: NGINX_CONF,
+    port,
+    probe: '/healthz',
+    replacements: [
+      [/^(\s*listen )127\.0\.0\.1:7300;/, `$1127.0.0.1:${port};`],
+      ...upstreams.map((upstream, i) => [new RegExp(`^(\\s*server )127\\.0\\.0\\.1:730${i + 1} `), `$1127.0.0.1:${upstream} `]),
+      [/^(\s*access_log )\/var\/log\/nginx\//, `$1${dir}/`],
+    ],
+  });
 }
 
-/**
- * deploy/nginx/herald.conf for this test: each `server 127.0.0.1:730N` of the upstream, the
- * `listen 127.0.0.1:7300` and the `/var/log/nginx/` of the access log, replaced exactly once
- * (the test fails if the file no longer has them, rather than run another configuration).
- */
-function templated(conf, { port, upstreams, logDir }) {
-  const replace = (text, pattern, replacement) => {
-    const matches = text.match(new RegExp(pattern.source, 'gm'));
-    assert.equal(matches?.length, 1, `${NGINX_CONF} has ${pattern} once`);
-    return text.replace(new RegExp(pattern.source, 'm'), replacement);
-  };
-  let out = replace(conf, /^(\s*listen )127\.0\.0\.1:7300;/, `$1127.0.0.1:${port};`);
-  assert.equal(upstreams.length, 3, 'herald.conf has three upstream servers');
-  upstreams.forEach((upstream, i) => {
-    out = replace(out, new RegExp(`^(\\s*server )127\\.0\\.0\\.1:730${i + 1} `), `$1127.0.0.1:${upstream} `);
+/** nginx's access log: each request's method, path, status and which node served it. */
+function accessLog(nginx) {
+  const lines = readFileSync(join(nginx.dir, 'herald.access.log'), 'utf8').split('\n').filter(Boolean);
+  return lines.map((line) => {
+    const [, method, path, status, node] = /"(\S+) (\S+) [^"]*" (\d+) .* node=(.*)$/.exec(line) ?? [];
+    return { method, path, status: Number(status), node };
   });
-  return replace(out, /^(\s*access_log )\/var\/log\/nginx\//, `$1${logDir}/`);
 }
 
 /**
@@ -569,7 +509,7 @@ function report({ restarts, publisher, results, nginx, nodes, views }) {
   for (const a of acks) for (const f of a.failures) failures[f] = (failures[f] ?? 0) + 1;
   lines.push(`publishes: ${acks.length} acknowledged (${PUBLISH_RATE}/s), ${retried.length} needed a retry; failed attempts: ${JSON.stringify(failures)}; `
     + `ack latency p50 ${percentile(latencies, 0.5)} ms, p99 ${percentile(latencies, 0.99)} ms, max ${latencies.at(-1)} ms`);
-  const log = nginx.accessLog();
+  const log = accessLog(nginx);
   const perNode = (filter) => {
     const counts = {};
     for (const entry of log.filter(filter)) {
