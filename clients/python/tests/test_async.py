@@ -86,15 +86,18 @@ def test_every_method_awaited(server: HeraldServer, user: str) -> None:
                 presence = await herald.presence(user)
                 assert presence["sessions"][0]["clients"][0]["client"] == client
 
-                assert (await herald.listen("room:1", client=client))["topics"] == ["room:1"]
-                assert (await herald.listen("room:2", user=user))["topics"] == ["room:2"]
-                assert (await herald.listen("room:3", user=user, session="laptop"))["topics"] == ["room:3"]
-                assert [c["client"] for c in (await herald.topic("room:1"))["clients"]] == [client]
-                await herald.notify(topic="room:1", type="line", data="hi", durable=False)
+                # Topics of this test's own: the server is shared by the session's tests, and a
+                # tab of another test may still listen to a common name such as "room:1".
+                room_1, room_2, room_3 = (f"room:{user}-{n}" for n in (1, 2, 3))
+                assert (await herald.listen(room_1, client=client))["topics"] == [room_1]
+                assert (await herald.listen(room_2, user=user))["topics"] == [room_2]
+                assert (await herald.listen(room_3, user=user, session="laptop"))["topics"] == [room_3]
+                assert [c["client"] for c in (await herald.topic(room_1))["clients"]] == [client]
+                await herald.notify(topic=room_1, type="line", data="hi", durable=False)
                 assert (await stream.expect("topic"))["data"] == "hi"
-                assert "room:1" not in (await herald.unlisten("room:1", client=client))["topics"]
-                assert (await herald.unlisten("room:2", user=user))["topics"] == []
-                assert (await herald.unlisten("room:3", user=user, session="laptop"))["topics"] == []
+                assert room_1 not in (await herald.unlisten(room_1, client=client))["topics"]
+                assert (await herald.unlisten(room_2, user=user))["topics"] == []
+                assert (await herald.unlisten(room_3, user=user, session="laptop"))["topics"] == []
 
                 inbox = herald.inbox(user)
                 assert (await inbox.counts())["unread"] == 2
