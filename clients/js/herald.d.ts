@@ -191,13 +191,68 @@ export interface HeraldInbox {
   delete(target: HeraldInboxTarget): Promise<HeraldInboxChange>;
 }
 
-/** The server refused an inbox, listen or unlisten request. */
+/** Options of `herald.push.subscribe`. */
+export interface HeraldPushSubscribeOptions {
+  /** The service worker's URL, on the page's origin (a service worker must be): default
+   * `'/herald-sw.js'`, which Herald serves; an app on another origin than Herald serves a copy
+   * (or proxies it) and names it here. */
+  serviceWorker?: string;
+  /** The service worker's scope (default: the directory of its URL). */
+  scope?: string;
+}
+
+/** Options of `herald.push.state` and `herald.push.unsubscribe`. */
+export interface HeraldPushScopeOptions {
+  /** A URL in the scope the service worker was registered for (default: this page's URL). */
+  scope?: string;
+}
+
+/** What this browser has for Web Push, read without asking anything. */
+export interface HeraldPushState {
+  /** Whether the browser has Web Push (service workers, `PushManager`, `Notification`; a secure
+   * origin: `https://` or `localhost`). */
+  supported: boolean;
+  /** The notification permission: `default` (not asked yet, or dismissed), `granted`, `denied`
+   * (also when unsupported). */
+  permission: NotificationPermission;
+  /** Whether the service worker of the scope has a push subscription in this browser. */
+  subscribed: boolean;
+}
+
+/** The server's answer to a subscription. */
+export interface HeraldPushSubscription {
+  /** The subscription's id (`/v1/users/{user}/push-subscriptions/{id}` on the publisher API). */
+  id: string;
+  /** When it was kept, RFC 3339 in UTC. */
+  created_at: string;
+}
+
+/** `herald.push`: Web Push, which reaches this browser when none of its tabs is open. */
+export interface HeraldPush {
+  /** What the browser has now; asks no permission and changes nothing. */
+  state(options?: HeraldPushScopeOptions): Promise<HeraldPushState>;
+  /** Asks the notification permission (call it from a user's gesture, e.g. a click: browsers
+   * refuse otherwise), registers the service worker, subscribes with the server's VAPID key
+   * (again if this browser's subscription was made with another key) and gives the
+   * subscription to the server for this token's user and session. Rejects with a `HeraldError`:
+   * `push_unsupported` or `push_permission_denied` (status 0: nothing was sent),
+   * `push_not_configured` (404: the server has no VAPID key; nothing registered),
+   * `invalid_push_endpoint` (400: the browser's push service is not one the server sends to). */
+  subscribe(options?: HeraldPushSubscribeOptions): Promise<HeraldPushSubscription>;
+  /** The server forgets this browser's subscription, then the browser drops it. Resolves to
+   * whether there was one. */
+  unsubscribe(options?: HeraldPushScopeOptions): Promise<boolean>;
+}
+
+/** The server refused an inbox, listen, unlisten or push request, or the browser refused Web
+ * Push (`status` 0). */
 export declare class HeraldError extends Error {
-  /** The HTTP status. */
+  /** The HTTP status; 0 for a refusal of the browser's (`push_unsupported`,
+   * `push_permission_denied`). */
   readonly status: number;
   /** The error code, e.g. `invalid_seq`, `topic_forbidden` (the token's `topics` claim does not
    * allow the topic), `too_many_topics` (at most 100 topics per tab and per session, 1,000 per
-   * user, by default). */
+   * user, by default), `push_not_configured`. */
   readonly code: string | null;
 }
 
@@ -278,6 +333,8 @@ export declare class Herald {
   readonly transport: HeraldTransport;
   /** The user's inbox: counts, pages, marks. */
   readonly inbox: HeraldInbox;
+  /** Web Push: subscribe this browser, so that it is reached when no tab is open. */
+  readonly push: HeraldPush;
   /** The topics this tab listens to, at any scope: as the server last said (`hello`, a poll
    * answer, the answer to a client-scope change), with this tab's own changes since applied
    * (those held while disconnected too). Changes made by another tab or the app's backend at

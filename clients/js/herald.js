@@ -57,6 +57,14 @@
 //     herald.on('topic', ({ topic, tseq, type, data }) => showInRoom(topic, data));
 //     herald.on('topic_reset', ({ topic }) => reloadRoom(topic));
 //
+// Web Push (`herald.push`) reaches the user's browser when no tab is open: the server's VAPID
+// key, a service worker (`/herald-sw.js`, which shows the notification) and the subscription,
+// posted with the token:
+//
+//   button.onclick = () => herald.push.subscribe();   // asks permission: from a user's gesture
+//   const { supported, permission, subscribed } = await herald.push.state();
+//   await herald.push.unsubscribe();
+//
 // The server is on the page's origin (or behind it through a proxy), or on another origin that
 // lists this page's in `--allowed-origins` (Herald then answers with CORS headers).
 
@@ -121,6 +129,7 @@ export class Herald {
   #countsVersion = -1; // the version of `#counts`, lowered at each `hello` (see #hello)
   #inboxMaxSeq = 0; // the newest seq of the user this tab knows of (for markAll)
   #inboxApi = null;
+  #pushApi = null;
   #claimTopics = null; // the token's `topics` claim (patterns), or null when the token is unreadable
   #wanted = new Set(); // topics this tab listens to by its own wish (client scope): sent as ?topics=
   #serverTopics = null; // the topics the tab listens to, as the server last said
@@ -234,6 +243,20 @@ export class Herald {
       delete: (target) => this.#inboxDelete(target),
     });
     return this.#inboxApi;
+  }
+
+  /**
+   * Web Push, to reach this browser when no tab is open: `subscribe()`, `unsubscribe()`,
+   * `state()`. See herald.d.ts.
+   */
+  get push() {
+    if (this.#pushApi) return this.#pushApi;
+    this.#pushApi = Object.freeze({
+      state: (options) => this.#pushState(options),
+      subscribe: (options) => this.#pushSubscribe(options),
+      unsubscribe: (options) => this.#pushUnsubscribe(options),
+    });
+    return this.#pushApi;
   }
 
   /** Adds a listener; returns a function that removes it. */
@@ -893,6 +916,65 @@ export class Herald {
     return Math.max(this.#inboxMaxSeq, this.#lastSeq ?? 0);
   }
 
+  // ---- Web Push ----
+  // The browser's part of a subscription (permission, service worker, `pushManager`) and the
+  // server's (`/v1/push/…`, with this client's token). Permission is asked first, before any
+  // await: browsers grant it only within the user's gesture (call `subscribe` from a click).
+
+  /** `{supported, permission, subscribed}`: what this browser has now; asks nothing. */
+  async #pushState({ scope } = {}) {
+    if (!pushSupported()) return { supported: false, permission: 'denied', subscribed: false };
+    const registration = await navigator.serviceWorker.getRegistration(scope);
+    const subscription = await registration?.pushManager.getSubscription();
+    return { supported: true, permission: Notification.permission, subscribed: Boolean(subscription) };
+  }
+
+  /**
+   * Asks permission, registers the service worker, subscribes with the server's VAPID key (again
+   * when the key changed) and posts the subscription: resolves to the server's `{id,
+   * created_at}`.
+   */
+  async #pushSubscribe({ serviceWorker = '/herald-sw.js', scope } = {}) {
+    if (!pushSupported()) {
+      throw new HeraldError(0, 'push_unsupported', 'this browser has no Web Push (service workers, PushManager and Notification are needed, on a secure origin)');
+    }
+    const permission = await Notification.requestPermission();
+    if (permission !== 'granted') {
+      throw new HeraldError(0, 'push_permission_denied', `notifications are not allowed (permission: ${permission})`);
+    }
+    // The key first: a server without push (404 `push_not_configured`) leaves nothing registered.
+    const { public_key: publicKey } = await this.#request('GET', '/v1/push/vapid-public-key');
+    const applicationServerKey = base64UrlBytes(publicKey);
+    const registration = await activated(await navigator.serviceWorker.register(serviceWorker, scope === undefined ? undefined : { scope }));
+    let subscription = await registration.pushManager.getSubscription();
+    if (subscription && !sameBytes(subscription.options?.applicationServerKey, applicationServerKey)) {
+      // Made with another VAPID key (the server's changed): its pushes would be refused.
+      await this.#request('DELETE', '/v1/push/subscriptions', { endpoint: subscription.endpoint }).catch(() => {});
+      await subscription.unsubscribe();
+      subscription = null;
+    }
+    subscription ??= await registration.pushManager.subscribe({ userVisibleOnly: true, applicationServerKey });
+    return this.#request('POST', '/v1/push/subscriptions', subscription.toJSON());
+  }
+
+  /**
+   * The server forgets this browser's subscription, then the browser drops it. Resolves to
+   * whether there was one (the server having forgotten it already is no error).
+   */
+  async #pushUnsubscribe({ scope } = {}) {
+    if (!pushSupported()) return false;
+    const registration = await navigator.serviceWorker.getRegistration(scope);
+    const subscription = await registration?.pushManager.getSubscription();
+    if (!subscription) return false;
+    try {
+      await this.#request('DELETE', '/v1/push/subscriptions', { endpoint: subscription.endpoint });
+    } catch (error) {
+      if (!(error instanceof HeraldError && error.code === 'no_such_subscription')) throw error;
+    }
+    await subscription.unsubscribe();
+    return true;
+  }
+
   // ---- topics ----
   // A listen or unlisten is an operation queued on #topicChain, so that they reach the server in
   // call order and each answer is the newest. At session or user scope (the server keeps those
@@ -1143,8 +1225,9 @@ export class Herald {
 }
 
 /**
- * An error answer of the server to an inbox, listen or unlisten request: `status` (HTTP),
- * `code` (e.g. `invalid_seq`, `topic_forbidden`).
+ * An error answer of the server to an inbox, listen, unlisten or push request: `status` (HTTP),
+ * `code` (e.g. `invalid_seq`, `topic_forbidden`). A refusal of the browser's has `status` 0
+ * (`push_unsupported`, `push_permission_denied`).
  */
 export class HeraldError extends Error {
   constructor(status, code, message) {
@@ -1153,6 +1236,40 @@ export class HeraldError extends Error {
     this.status = status;
     this.code = code;
   }
+}
+
+/** Whether this browser has what Web Push needs (a secure context has all three). */
+function pushSupported() {
+  return typeof navigator === 'object' && 'serviceWorker' in navigator
+    && typeof globalThis.PushManager === 'function' && typeof globalThis.Notification === 'function';
+}
+
+/** The registration once its worker is active (`pushManager.subscribe` needs an active one). */
+async function activated(registration) {
+  if (registration.active) return registration;
+  const worker = registration.installing ?? registration.waiting;
+  await new Promise((resolve, reject) => {
+    const check = () => {
+      if (worker.state === 'activated') resolve();
+      else if (worker.state === 'redundant') reject(new Error('Herald: the service worker failed to install'));
+    };
+    worker.addEventListener('statechange', check);
+    check();
+  });
+  return registration;
+}
+
+/** The bytes of URL-safe base64 (padded or not). */
+function base64UrlBytes(text) {
+  const base64 = text.replace(/-/g, '+').replace(/_/g, '/');
+  return Uint8Array.from(atob(base64.padEnd(Math.ceil(base64.length / 4) * 4, '=')), (c) => c.charCodeAt(0));
+}
+
+/** Whether an `ArrayBuffer` (or view) holds exactly `bytes`. */
+function sameBytes(buffer, bytes) {
+  if (buffer == null) return false;
+  const held = ArrayBuffer.isView(buffer) ? new Uint8Array(buffer.buffer, buffer.byteOffset, buffer.byteLength) : new Uint8Array(buffer);
+  return held.length === bytes.length && held.every((byte, i) => byte === bytes[i]);
 }
 
 /** The body members for `[seq, …]` or `{allUpTo: N}` (also `{all_up_to: N}`). */

@@ -1,5 +1,6 @@
 //! Static files compiled into the server: the browser client at `GET /herald.js` (and its types
-//! at `GET /herald.d.ts`), from `clients/js/`, the API's OpenAPI description at
+//! at `GET /herald.d.ts`) and its Web Push service worker at `GET /herald-sw.js`, from
+//! `clients/js/`, the API's OpenAPI description at
 //! `GET /v1/openapi.json`, from `docs/openapi.json`, and the demo's page and stylesheet.
 //!
 //! Each answer carries a strong `ETag` (a hash of the content) and `Cache-Control: no-cache`:
@@ -64,6 +65,8 @@ static HERALD_JS: Asset =
     Asset::new(include_str!("../../../clients/js/herald.js"), "text/javascript; charset=utf-8");
 static HERALD_D_TS: Asset =
     Asset::new(include_str!("../../../clients/js/herald.d.ts"), "application/typescript; charset=utf-8");
+static HERALD_SW_JS: Asset =
+    Asset::new(include_str!("../../../clients/js/herald-sw.js"), "text/javascript; charset=utf-8");
 
 /// The OpenAPI 3.1 description of the HTTP API, kept by hand in `docs/openapi.json` and held to
 /// the routes and their answers by the `openapi` integration tests.
@@ -78,6 +81,13 @@ pub(crate) async fn herald_js(headers: HeaderMap) -> Response {
 /// `GET /herald.d.ts`: its TypeScript declarations.
 pub(crate) async fn herald_d_ts(headers: HeaderMap) -> Response {
     HERALD_D_TS.respond(&headers)
+}
+
+/// `GET /herald-sw.js`: the service worker that shows Web Push notifications (a classic script,
+/// which `herald.push.subscribe()` registers). Browsers revalidate a service worker's script on
+/// navigation, so the ETag lets an upgraded server replace it.
+pub(crate) async fn herald_sw_js(headers: HeaderMap) -> Response {
+    HERALD_SW_JS.respond(&headers)
 }
 
 /// `GET /v1/openapi.json`: the OpenAPI description (no auth).

@@ -32,7 +32,8 @@
 //! - [`transport`]: `GET /v1/stream` (SSE), `GET /v1/poll` and `GET /v1/ws` (WebSocket); the
 //!   only code that encodes events for the wire.
 //! - [`api`]: `POST /v1/notify`, `/v1/inbox…` and `/v1/users/{user}/…`.
-//! - `assets`: `GET /herald.js` and `/herald.d.ts`, the browser client (`clients/js/`).
+//! - `assets`: `GET /herald.js` and `/herald.d.ts`, the browser client, and `/herald-sw.js`, its
+//!   Web Push service worker (`clients/js/`).
 //! - `demo`: `/demo`, the dev-mode demo and its dev-only endpoints (`clients/demo/`).
 //! - [`health`]: `GET /healthz`, [`NodeHealth`]: the node's id, its store and bus, and whether
 //!   each can be reached.

@@ -58,6 +58,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/users/{user}/push-subscriptions/{id}", delete(api::push::user_remove))
         .route("/herald.js", get(assets::herald_js))
         .route("/herald.d.ts", get(assets::herald_d_ts))
+        .route("/herald-sw.js", get(assets::herald_sw_js))
         .route("/v1/openapi.json", get(assets::openapi_json));
     let router = if demo { router.merge(demo::routes()) } else { router };
     let router = router

@@ -11,6 +11,8 @@ import Herald, {
   type HeraldNotification,
   type HeraldReset,
   type HeraldPositions,
+  type HeraldPushState,
+  type HeraldPushSubscription,
   type HeraldStatus,
   type HeraldTopicEvent,
   type HeraldTopicReset,
@@ -101,6 +103,17 @@ async function app(): Promise<void> {
   } catch (error) {
     if (error instanceof HeraldError && error.code === 'topic_forbidden') console.log(error.status);
   }
+  const pushState: HeraldPushState = await herald.push.state();
+  if (pushState.supported && pushState.permission !== 'denied' && !pushState.subscribed) {
+    try {
+      const kept: HeraldPushSubscription = await herald.push.subscribe({ serviceWorker: '/herald-sw.js', scope: '/' });
+      console.log(kept.id, kept.created_at);
+    } catch (error) {
+      if (error instanceof HeraldError && error.code === 'push_permission_denied') console.log(error.status === 0);
+    }
+  }
+  const wasSubscribed: boolean = await herald.push.unsubscribe({ scope: '/' });
+  console.log(wasSubscribed);
   herald.close();
 
   // Wrong uses the declarations refuse:
@@ -108,6 +121,13 @@ async function app(): Promise<void> {
   new Herald({});
   // @ts-expect-error: no such transport
   new Herald({ token: 't', transport: 'mqtt' });
+  // @ts-expect-error: the service worker is a URL
+  await herald.push.subscribe({ serviceWorker: true });
+  // @ts-expect-error: state() is a promise
+  console.log(herald.push.state().subscribed);
+  // @ts-expect-error: no such permission
+  const askedAlready: HeraldPushState['permission'] = 'prompt';
+  void askedAlready;
   // @ts-expect-error: no such event
   herald.on('message', () => {});
   // @ts-expect-error: a notification listener gets a notification, not counts

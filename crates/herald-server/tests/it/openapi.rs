@@ -735,6 +735,7 @@ async fn real_answers_match_the_description() {
     assert_eq!(status, 304);
     assert_eq!(c.call("get", "/herald.js", &[], "", Auth::None, &[], None).await.0, 200);
     assert_eq!(c.call("get", "/herald.d.ts", &[], "", Auth::None, &[], None).await.0, 200);
+    assert_eq!(c.call("get", "/herald-sw.js", &[], "", Auth::None, &[], None).await.0, 200);
     assert_eq!(c.api("get", "/v1/cluster", &[], None).await.0, 200);
 
     // A stream, a WebSocket and a poller of alice's, the stream following topics and the inbox.

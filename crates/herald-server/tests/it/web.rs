@@ -1,4 +1,5 @@
-//! What the server gives browsers besides the transports: `/herald.js` (and its types), and the
+//! What the server gives browsers besides the transports: `/herald.js` (and its types and its
+//! service worker), and the
 //! dev-mode demo at `/demo` with its dev-only endpoints, which exist only when the demo is on.
 
 use crate::support;
@@ -17,6 +18,7 @@ async fn herald_js_is_served_with_its_type_and_an_etag() {
     for (path, content_type, needle) in [
         ("/herald.js", "text/javascript; charset=utf-8", "export class Herald"),
         ("/herald.d.ts", "application/typescript; charset=utf-8", "export declare class Herald"),
+        ("/herald-sw.js", "text/javascript; charset=utf-8", "self.addEventListener('push'"),
     ] {
         let response = server.http.get(format!("{}{path}", server.url)).send().await.unwrap();
         assert_eq!(response.status(), 200, "{path}");
