@@ -191,19 +191,14 @@ export interface HeraldInbox {
   delete(target: HeraldInboxTarget): Promise<HeraldInboxChange>;
 }
 
-/** Options of `herald.push.subscribe`. */
-export interface HeraldPushSubscribeOptions {
+/** Options of `herald.push`'s methods: which service worker (give the same to all three). */
+export interface HeraldPushOptions {
   /** The service worker's URL, on the page's origin (a service worker must be): default
-   * `'/herald-sw.js'`, which Herald serves; an app on another origin than Herald serves a copy
-   * (or proxies it) and names it here. */
+   * `'/herald-sw.js'`, which Herald serves (an app on another origin than Herald serves a copy,
+   * or proxies that path to Herald); an app's own worker that `importScripts` Herald's. */
   serviceWorker?: string;
-  /** The service worker's scope (default: the directory of its URL). */
-  scope?: string;
-}
-
-/** Options of `herald.push.state` and `herald.push.unsubscribe`. */
-export interface HeraldPushScopeOptions {
-  /** A URL in the scope the service worker was registered for (default: this page's URL). */
+  /** The service worker's scope (default: the directory of its URL). `state` and `unsubscribe`
+   * find the registration by its scope when given, else by its script. */
   scope?: string;
 }
 
@@ -230,7 +225,7 @@ export interface HeraldPushSubscription {
 /** `herald.push`: Web Push, which reaches this browser when none of its tabs is open. */
 export interface HeraldPush {
   /** What the browser has now; asks no permission and changes nothing. */
-  state(options?: HeraldPushScopeOptions): Promise<HeraldPushState>;
+  state(options?: HeraldPushOptions): Promise<HeraldPushState>;
   /** Asks the notification permission (call it from a user's gesture, e.g. a click: browsers
    * refuse otherwise), registers the service worker, subscribes with the server's VAPID key
    * (again if this browser's subscription was made with another key) and gives the
@@ -238,10 +233,10 @@ export interface HeraldPush {
    * `push_unsupported` or `push_permission_denied` (status 0: nothing was sent),
    * `push_not_configured` (404: the server has no VAPID key; nothing registered),
    * `invalid_push_endpoint` (400: the browser's push service is not one the server sends to). */
-  subscribe(options?: HeraldPushSubscribeOptions): Promise<HeraldPushSubscription>;
+  subscribe(options?: HeraldPushOptions): Promise<HeraldPushSubscription>;
   /** The server forgets this browser's subscription, then the browser drops it. Resolves to
    * whether there was one. */
-  unsubscribe(options?: HeraldPushScopeOptions): Promise<boolean>;
+  unsubscribe(options?: HeraldPushOptions): Promise<boolean>;
 }
 
 /** The server refused an inbox, listen, unlisten or push request, or the browser refused Web

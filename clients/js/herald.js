@@ -91,6 +91,8 @@ const CLAIM_WAIT_MS = 150;
 const STABLE_MS = 5_000;
 /** A topic: 1 to 128 bytes of these (the server's rule; none needs escaping in `?topics=a,b`). */
 const TOPIC_PATTERN = /^[A-Za-z0-9_.:@/-]{1,128}$/;
+/** The push service worker's URL by default (Herald serves it; a same-origin proxy too). */
+const SERVICE_WORKER = '/herald-sw.js';
 /** Error codes of a connection refused for the topics it names (`?topics=`). */
 const TOPIC_REFUSALS = new Set(['topic_forbidden', 'too_many_topics', 'invalid_topic']);
 
@@ -922,9 +924,9 @@ export class Herald {
   // await: browsers grant it only within the user's gesture (call `subscribe` from a click).
 
   /** `{supported, permission, subscribed}`: what this browser has now; asks nothing. */
-  async #pushState({ scope } = {}) {
+  async #pushState(options = {}) {
     if (!pushSupported()) return { supported: false, permission: 'denied', subscribed: false };
-    const registration = await navigator.serviceWorker.getRegistration(scope);
+    const registration = await pushRegistration(options);
     const subscription = await registration?.pushManager.getSubscription();
     return { supported: true, permission: Notification.permission, subscribed: Boolean(subscription) };
   }
@@ -934,7 +936,7 @@ export class Herald {
    * when the key changed) and posts the subscription: resolves to the server's `{id,
    * created_at}`.
    */
-  async #pushSubscribe({ serviceWorker = '/herald-sw.js', scope } = {}) {
+  async #pushSubscribe({ serviceWorker = SERVICE_WORKER, scope } = {}) {
     if (!pushSupported()) {
       throw new HeraldError(0, 'push_unsupported', 'this browser has no Web Push (service workers, PushManager and Notification are needed, on a secure origin)');
     }
@@ -961,9 +963,9 @@ export class Herald {
    * The server forgets this browser's subscription, then the browser drops it. Resolves to
    * whether there was one (the server having forgotten it already is no error).
    */
-  async #pushUnsubscribe({ scope } = {}) {
+  async #pushUnsubscribe(options = {}) {
     if (!pushSupported()) return false;
-    const registration = await navigator.serviceWorker.getRegistration(scope);
+    const registration = await pushRegistration(options);
     const subscription = await registration?.pushManager.getSubscription();
     if (!subscription) return false;
     try {
@@ -1242,6 +1244,17 @@ export class HeraldError extends Error {
 function pushSupported() {
   return typeof navigator === 'object' && 'serviceWorker' in navigator
     && typeof globalThis.PushManager === 'function' && typeof globalThis.Notification === 'function';
+}
+
+/**
+ * The registration of the push service worker: the one for `scope` if given, else the one
+ * whose script is `serviceWorker`; undefined if there is none.
+ */
+async function pushRegistration({ serviceWorker = SERVICE_WORKER, scope } = {}) {
+  if (scope !== undefined) return navigator.serviceWorker.getRegistration(scope);
+  const script = new URL(serviceWorker, globalThis.location?.href).href;
+  const registrations = await navigator.serviceWorker.getRegistrations();
+  return registrations.find((r) => [r.active, r.waiting, r.installing].some((worker) => worker?.scriptURL === script));
 }
 
 /** The registration once its worker is active (`pushManager.subscribe` needs an active one). */

@@ -106,6 +106,12 @@ test('the Express guide: a job of the app notifies, the page shows it, through t
     assert.equal(publish.status, 404);
     assert.equal((await publish.json()).error.code, 'not_found');
 
+    // Herald's service worker, at the origin's root (where herald.push looks for it).
+    const worker = await fetch(`${nginx.url}/herald-sw.js`);
+    assert.equal(worker.status, 200);
+    assert.equal(worker.headers.get('content-type'), 'text/javascript; charset=utf-8');
+    assert.match(await worker.text(), /self\.heraldNotificationClick = /);
+
     // Sign-out closes this sign-in's stream (the page goes back to the sign-in form); the other
     // sign-in keeps its own.
     const presence = async () => (await (await fetch(`${herald.url}/v1/users/alice/presence`, {

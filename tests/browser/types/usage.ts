@@ -11,6 +11,7 @@ import Herald, {
   type HeraldNotification,
   type HeraldReset,
   type HeraldPositions,
+  type HeraldPushOptions,
   type HeraldPushState,
   type HeraldPushSubscription,
   type HeraldStatus,
@@ -103,6 +104,8 @@ async function app(): Promise<void> {
   } catch (error) {
     if (error instanceof HeraldError && error.code === 'topic_forbidden') console.log(error.status);
   }
+  const pushOptions: HeraldPushOptions = { serviceWorker: '/sw.js' };
+  console.log((await herald.push.state(pushOptions)).subscribed);
   const pushState: HeraldPushState = await herald.push.state();
   if (pushState.supported && pushState.permission !== 'denied' && !pushState.subscribed) {
     try {
