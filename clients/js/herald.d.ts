@@ -210,7 +210,8 @@ export interface HeraldPushState {
   /** The notification permission: `default` (not asked yet, or dismissed), `granted`, `denied`
    * (also when unsupported). */
   permission: NotificationPermission;
-  /** Whether the service worker of the scope has a push subscription in this browser. */
+  /** Whether the service worker (found as the options say) has a push subscription in this
+   * browser. */
   subscribed: boolean;
 }
 
@@ -232,7 +233,9 @@ export interface HeraldPush {
    * subscription to the server for this token's user and session. Rejects with a `HeraldError`:
    * `push_unsupported` or `push_permission_denied` (status 0: nothing was sent),
    * `push_not_configured` (404: the server has no VAPID key; nothing registered),
-   * `invalid_push_endpoint` (400: the browser's push service is not one the server sends to). */
+   * `invalid_push_endpoint` (400: the browser's push service is not one the server sends to);
+   * with the browser's own error when the service worker cannot be registered (e.g. its URL
+   * answers 404) or the browser's push service refuses to subscribe. */
   subscribe(options?: HeraldPushOptions): Promise<HeraldPushSubscription>;
   /** The server forgets this browser's subscription, then the browser drops it. Resolves to
    * whether there was one. */

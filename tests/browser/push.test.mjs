@@ -18,7 +18,9 @@
 // `clients.matchAll`, real `postMessage` to the page and real `notification.close()`;
 // `herald.push.unsubscribe()` and the server forgetting the subscription.
 //
-// STUBBED: `PushManager.prototype.subscribe` and `getSubscription` (page level,
+// STUBBED: the answer of a server without a VAPID key (404 `push_not_configured`, through
+// `page.route`: a dev-mode server always has a key). `PushManager.prototype.subscribe` and
+// `getSubscription` (page level,
 // `addInitScript`): they answer a PushSubscription-shaped object whose endpoint is the test's
 // push service and whose keys are a P-256 pair and auth secret this test generated (kept in
 // localStorage, as the browser keeps a real one). In the worker, `WindowClient.focus()` and
@@ -241,6 +243,18 @@ test('subscribe, a push from a publish to the notification shown, its click, uns
   const vapidKey = (await (await fetch(`${server.url}/v1/push/vapid-public-key`)).json()).public_key;
 
   assert.deepEqual(await page.evaluate(() => herald.push.state()), { supported: true, permission: 'granted', subscribed: false });
+
+  // A server without a VAPID key (answer faked here: a dev-mode server always has one): a clear
+  // refusal, and no worker registered.
+  await page.route('**/v1/push/vapid-public-key', (route) => route.fulfill({
+    status: 404,
+    contentType: 'application/json',
+    body: JSON.stringify({ error: { code: 'push_not_configured', message: 'Web Push is not configured on this server' } }),
+  }));
+  const notConfigured = await page.evaluate(() => herald.push.subscribe().catch((e) => ({ name: e.name, status: e.status, code: e.code })));
+  assert.deepEqual(notConfigured, { name: 'HeraldError', status: 404, code: 'push_not_configured' });
+  assert.equal(await page.evaluate(async () => (await navigator.serviceWorker.getRegistration()) ?? null), null, 'no worker registered');
+  await page.unroute('**/v1/push/vapid-public-key');
 
   // This browser kept a subscription made with an earlier VAPID key, and the server has it: it
   // is dropped on both sides and a new one made with the server's key.
