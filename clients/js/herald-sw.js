@@ -70,15 +70,15 @@ self.heraldPush = function heraldPush(event) {
 self.heraldClickTarget = function heraldClickTarget(data) {
   const root = new URL('/', self.location.href).href;
   const asked = data?.url;
-  if (typeof asked !== 'string' || !asked) return { url: root, asked: false, refused: false };
+  if (typeof asked !== 'string' || !asked) return { url: root, refused: false };
   let url;
   try {
     url = new URL(asked, self.location.href);
   } catch {
-    return { url: root, asked: true, refused: true };
+    return { url: root, refused: true };
   }
-  if (url.origin !== self.location.origin) return { url: root, asked: true, refused: true };
-  return { url: url.href, asked: true, refused: false };
+  if (url.origin !== self.location.origin) return { url: root, refused: true };
+  return { url: url.href, refused: false };
 };
 
 /**
