@@ -9,6 +9,10 @@ pub struct Limits {
     /// How long the `offline` push policy waits for a tab of the session to come back before
     /// pushing ([`crate::push::PUSH_GRACE_DEFAULT`], 5 s).
     pub push_grace: Duration,
+    /// Whether Web Push is on (false by default): herald-server sets it when it has a VAPID
+    /// key, and so a sender. Off, a publish touches no push table at all: no marker, no look-up
+    /// of subscriptions.
+    pub push_enabled: bool,
     /// Sessions per user (Eliom's default, 50). One more evicts the least recently active
     /// session: its clients get `closed` with reason `evicted`.
     pub sessions_per_user_max: usize,
@@ -63,6 +67,7 @@ impl Default for Limits {
             topics_per_user_max: 1_000,
             topics_per_session_max: 100,
             push_grace: crate::push::PUSH_GRACE_DEFAULT,
+            push_enabled: false,
         }
     }
 }

@@ -22,8 +22,9 @@ use crate::notification::{
     Target, TopicReceipt, now_ms,
 };
 use crate::push::{
-    PUSH_PAYLOAD_BYTES_MAX, PUSH_TTL_SECS_DEFAULT, PUSH_USERS_PER_PUBLISH_MAX, PushDelivery, PushPolicy,
-    is_push_topic, push_topic_of_kind,
+    PUSH_MARKER_ORPHANED_AFTER, PUSH_PAYLOAD_BYTES_MAX, PUSH_TTL_SECS_DEFAULT, PUSH_USERS_PER_PUBLISH_MAX,
+    PushExpansion, PushMarker, PushOutbox, PushPolicy, PushRequest, is_push_topic, push_body, push_deliveries,
+    push_topic_of_kind,
 };
 use crate::revocation::Revocations;
 use crate::store::{
@@ -168,6 +169,8 @@ struct NotifierInner {
     revocations: Revocations,
     /// Ids of the fan-out jobs this process runs, so that one is never run twice here.
     running_jobs: parking_lot::Mutex<std::collections::HashSet<String>>,
+    /// This node's side of the push outbox: its depth, the sender's wake-up, the counters.
+    push_outbox: Arc<PushOutbox>,
 }
 
 impl std::fmt::Debug for Notifier {
@@ -182,7 +185,8 @@ impl Notifier {
         let revocations = Revocations::new(store.clone());
         let news = bus.revocation_news();
         let running_jobs = parking_lot::Mutex::default();
-        let inner = Arc::new(NotifierInner { store, bus, hub, inbox, revocations, running_jobs });
+        let push_outbox = Arc::default();
+        let inner = Arc::new(NotifierInner { store, bus, hub, inbox, revocations, running_jobs, push_outbox });
         if let Some(news) = news {
             apply_revocation_news(Arc::downgrade(&inner), news);
         }
@@ -208,6 +212,11 @@ impl Notifier {
 
     pub fn hub(&self) -> &Hub {
         &self.inner.hub
+    }
+
+    /// This node's side of the push outbox (its depth, the sender's wake-up, the counters).
+    pub fn push_outbox(&self) -> &Arc<PushOutbox> {
+        &self.inner.push_outbox
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -331,6 +340,8 @@ impl Notifier {
         }
         let key = publish.idempotency_key.as_deref();
         let created_at_ms = now_ms();
+        let push = self.push_request(&publish, created_at_ms);
+        let mut push_pending = Vec::new();
         let (notifications, counts): (Vec<Arc<Notification>>, Vec<(UserId, InboxCounts)>) = if publish.durable
         {
             let entries: Vec<NewNotification> = audiences
@@ -341,16 +352,18 @@ impl Notifier {
                     data: publish.data.clone(),
                     created_at_ms,
                     audience,
+                    push: push.clone(),
                 })
                 .collect();
             let users = entries.len();
             match self.timed_append(self.inner.store.append(entries, key)).await? {
-                Appended::Stored { notifications, counts } => {
+                Appended::Stored { notifications, counts, push_pending: pending } => {
                     // The receipt and the fan-out below take one stored notification per entry.
                     debug_assert!(
                         notifications.len() == users && notifications.iter().all(|n| n.seq.is_some()),
                         "a store's append returns each entry it was given, with its seq"
                     );
+                    push_pending = pending;
                     (notifications, counts)
                 }
                 Appended::Duplicate(receipt) => {
@@ -380,14 +393,27 @@ impl Notifier {
                 .collect();
             (notifications, Vec::new())
         };
-        let push_to: Vec<(UserId, Option<Seq>)> = match (publish.push.policy, publish.durable) {
-            (PushPolicy::Never, _) | (PushPolicy::Offline, false) => Vec::new(),
-            _ => notifications.iter().map(|n| (n.user.clone(), n.seq)).collect(),
+        // What to push, kept apart before the hand-over takes the notifications: the durable
+        // ones the append marked, or every ephemeral one under `always`.
+        let to_push: Vec<Arc<Notification>> = match &push {
+            Some(_) if publish.durable => {
+                let marked: std::collections::HashSet<(&UserId, Seq)> =
+                    push_pending.iter().map(|m| (&m.user, m.seq)).collect();
+                notifications
+                    .iter()
+                    .filter(|n| n.seq.is_some_and(|seq| marked.contains(&(&n.user, seq))))
+                    .cloned()
+                    .collect()
+            }
+            Some(_) => notifications.clone(),
+            None => Vec::new(),
         };
         let receipt = self.hand_over(notifications, counts).await?;
-        if !push_to.is_empty() {
-            // After the hand-over: a tab that got it live has it; `offline` looks for tabs now.
-            self.enqueue_pushes(&publish, push_to).await;
+        // After the hand-over: a tab that got it live has it; `offline` looks for tabs now.
+        if let Some(push) = &push
+            && !to_push.is_empty()
+        {
+            self.expand_pushes(push, to_push).await;
         }
         if let Some(key) = key
             && let Err(error) = self.inner.store.complete_receipt(key, &receipt).await
@@ -409,39 +435,76 @@ impl Notifier {
         appended
     }
 
-    /// Puts the pushes `publish` asks for into the store's push outbox: one per subscription
-    /// of each user in `push_to` (at most [`PUSH_USERS_PER_PUBLISH_MAX`] users), under
-    /// `offline` only for sessions with no live tab on any node, due after the grace period
-    /// and sent only if still none then. The publish has succeeded already: a failure here is
-    /// logged, not returned (the notification is in the inbox; its push is lost).
-    async fn enqueue_pushes(&self, publish: &Publish, push_to: Vec<(UserId, Option<Seq>)>) {
+    /// What `publish` asks of Web Push, if anything is to be pushed: push is on
+    /// ([`crate::Limits::push_enabled`]), the policy is not `never`, and an ephemeral publish
+    /// is pushed only under `always`.
+    fn push_request(&self, publish: &Publish, now: i64) -> Option<Arc<PushRequest>> {
+        let limits = self.inner.hub.limits();
         let options = &publish.push;
-        let now = now_ms();
-        let offline = options.policy == PushPolicy::Offline;
-        let grace_ms = i64::try_from(self.inner.hub.limits().push_grace.as_millis()).unwrap_or(i64::MAX);
+        let offline = match options.policy {
+            PushPolicy::Never => return None,
+            _ if !limits.push_enabled => return None,
+            PushPolicy::Offline if !publish.durable => return None,
+            PushPolicy::Offline => true,
+            PushPolicy::Always => false,
+        };
+        let grace_ms = i64::try_from(limits.push_grace.as_millis()).unwrap_or(i64::MAX);
         let due_at_ms = if offline { now.saturating_add(grace_ms) } else { now };
-        if push_to.len() > PUSH_USERS_PER_PUBLISH_MAX {
+        let orphaned_ms = i64::try_from(PUSH_MARKER_ORPHANED_AFTER.as_millis()).unwrap_or(i64::MAX);
+        Some(Arc::new(PushRequest {
+            policy: options.policy,
+            payload: options.payload.as_ref().map(|payload| payload.get().to_owned()),
+            ttl_secs: options.ttl_secs.unwrap_or(PUSH_TTL_SECS_DEFAULT),
+            urgency: options.urgency,
+            topic: options.topic.clone().unwrap_or_else(|| push_topic_of_kind(&publish.kind)),
+            due_at_ms,
+            expand_by_ms: due_at_ms.saturating_add(orphaned_ms),
+        }))
+    }
+
+    /// Puts the pushes of `notifications` (just handed over) into the store's outbox: one per
+    /// subscription of each one's user, under `offline` only for sessions with no live tab on
+    /// any node, due after the grace period and sent only if still none then.
+    ///
+    /// Durable notifications have markers (kept by their append): the first
+    /// [`PUSH_USERS_PER_PUBLISH_MAX`] are expanded here and their markers removed, in one store
+    /// call; the others, and any this call fails to expand, are left to the senders
+    /// ([`Notifier::expand_pending_pushes`]). Ephemeral ones (`always`) have none: at most
+    /// [`PUSH_USERS_PER_PUBLISH_MAX`] users get their push, and none if this fails. The publish
+    /// has succeeded already: a failure here is logged, not returned.
+    async fn expand_pushes(&self, request: &PushRequest, mut notifications: Vec<Arc<Notification>>) {
+        let outbox = &self.inner.push_outbox;
+        let durable = notifications.first().is_some_and(|n| n.seq.is_some());
+        let beyond = if notifications.len() > PUSH_USERS_PER_PUBLISH_MAX {
+            notifications.split_off(PUSH_USERS_PER_PUBLISH_MAX)
+        } else {
+            Vec::new()
+        };
+        let marker_of = |n: &Notification| PushMarker { user: n.user.clone(), seq: n.seq.unwrap_or_default() };
+        let mut to_senders: Vec<PushMarker> = beyond.iter().map(|n| marker_of(n)).collect();
+        if !durable && !beyond.is_empty() {
             tracing::warn!(
-                users = push_to.len(),
+                users = notifications.len() + beyond.len(),
                 max = PUSH_USERS_PER_PUBLISH_MAX,
-                "a publish to more users than pushes go to: the users beyond the bound get no push"
+                "an ephemeral push to more users than one publish pushes to: the users beyond the bound get none"
             );
+            to_senders.clear();
         }
-        let body = options.payload.as_ref().map_or(publish.data.get(), |payload| payload.get());
-        let topic = options.topic.clone().unwrap_or_else(|| push_topic_of_kind(&publish.kind));
-        let ephemeral_id = crate::jobs::random_job_id();
-        let mut deliveries = Vec::new();
-        for (user, seq) in push_to.into_iter().take(PUSH_USERS_PER_PUBLISH_MAX) {
-            let subscriptions = match self.inner.store.push_subscriptions(&user).await {
-                Ok(subscriptions) if subscriptions.is_empty() => continue,
+        let offline = request.policy == PushPolicy::Offline;
+        let ephemeral_id = if durable { String::new() } else { crate::jobs::random_job_id() };
+        let mut expansions = Vec::with_capacity(notifications.len());
+        for notification in notifications {
+            let user = &notification.user;
+            let subscriptions = match self.inner.store.push_subscriptions(user).await {
                 Ok(subscriptions) => subscriptions,
                 Err(error) => {
-                    tracing::warn!(%error, %user, "cannot read the user's push subscriptions: no push");
+                    tracing::warn!(%error, %user, "cannot read the user's push subscriptions: left to the sender");
+                    to_senders.push(marker_of(&notification));
                     continue;
                 }
             };
-            let live: Vec<SessionId> = if offline {
-                match self.presence(&user).await {
+            let live: Vec<SessionId> = if offline && !subscriptions.is_empty() {
+                match self.presence(user).await {
                     Ok(presence) => presence.sessions.into_iter().map(|s| s.session).collect(),
                     Err(error) => {
                         // Unknown presence: the check when the push is due decides.
@@ -452,35 +515,73 @@ impl Notifier {
             } else {
                 Vec::new()
             };
-            let mut payload = push_body(&publish.kind, seq, body, false);
-            if payload.len() > PUSH_PAYLOAD_BYTES_MAX {
-                payload = push_body(&publish.kind, seq, "null", true);
+            let mut deliveries = push_deliveries(request, &notification, &subscriptions, &live, &ephemeral_id);
+            if outbox.is_full() && !deliveries.is_empty() {
+                tracing::warn!(%user, pushes = deliveries.len(), "the push outbox is full: pushes dropped");
+                outbox.counters.drop_pushes("outbox_full", deliveries.len() as u64);
+                deliveries.clear();
             }
-            for subscription in subscriptions {
-                if live.contains(&subscription.session) {
-                    continue;
+            expansions.push(PushExpansion { marker: marker_of(&notification), deliveries });
+        }
+        if !durable {
+            let deliveries: Vec<_> = expansions.into_iter().flat_map(|e| e.deliveries).collect();
+            match self.inner.store.push_enqueue(&deliveries).await {
+                Ok(()) => outbox.added(deliveries.len()),
+                Err(error) => {
+                    tracing::warn!(%error, pushes = deliveries.len(), "cannot put pushes in the outbox: they are lost")
                 }
-                let id = match seq {
-                    Some(seq) => format!("{seq}.{}.{}", subscription.id, user),
-                    None => format!("e{ephemeral_id}.{}.{}", subscription.id, user),
-                };
-                deliveries.push(PushDelivery {
-                    id,
-                    subscription: subscription.id,
-                    user: user.clone(),
-                    unless_live: offline.then(|| subscription.session.clone()),
-                    payload: payload.clone(),
-                    ttl_secs: options.ttl_secs.unwrap_or(PUSH_TTL_SECS_DEFAULT),
-                    urgency: options.urgency,
-                    topic: Some(topic.clone()),
-                    due_at_ms,
-                    attempts: 0,
-                });
+            }
+            return;
+        }
+        match self.inner.store.push_expand(&expansions, &to_senders, now_ms()).await {
+            Ok(added) => outbox.added(added),
+            Err(error) => {
+                // The markers stay: a sender expands them once they are orphaned.
+                tracing::warn!(%error, markers = expansions.len(), "cannot expand a publish's pushes: left to the senders");
             }
         }
-        if let Err(error) = self.inner.store.push_enqueue(&deliveries).await {
-            tracing::warn!(%error, pushes = deliveries.len(), "cannot put pushes in the outbox: they are lost");
+        if !to_senders.is_empty() {
+            outbox.wake();
         }
+    }
+
+    /// Expands up to `limit` markers whose publish did not (its process died before, or it had
+    /// more than [`PUSH_USERS_PER_PUBLISH_MAX`] users), claimed for `lease`: each becomes one
+    /// delivery per subscription its user has now, due at once, sent only if the
+    /// subscription's session has no live tab then under `offline` (the presence at publish
+    /// time is not known any more: at least once). A marker whose notification is gone (deleted,
+    /// pruned) is removed with nothing to push. Called by the push sender; returns how many
+    /// markers it took (a failure leaves them to be taken again once the lease ends).
+    pub async fn expand_pending_pushes(&self, limit: usize, lease: Duration) -> Result<usize, NotifyError> {
+        let store = &self.inner.store;
+        let outbox = &self.inner.push_outbox;
+        let now = now_ms();
+        let pending = store.push_claim_pending(now, limit, lease).await?;
+        if pending.is_empty() {
+            return Ok(0);
+        }
+        let mut expansions = Vec::with_capacity(pending.len());
+        for crate::push::PushPending { marker, request } in &pending {
+            let page = store.read_after(&marker.user, marker.seq.saturating_sub(1), 1).await?;
+            let notification = page.notifications.into_iter().find(|n| n.seq == Some(marker.seq));
+            let mut deliveries = match notification {
+                Some(notification) => {
+                    let subscriptions = store.push_subscriptions(&marker.user).await?;
+                    push_deliveries(request, &notification, &subscriptions, &[], "")
+                }
+                None => Vec::new(),
+            };
+            if outbox.is_full() && !deliveries.is_empty() {
+                tracing::warn!(user = %marker.user, pushes = deliveries.len(), "the push outbox is full: pushes dropped");
+                outbox.counters.drop_pushes("outbox_full", deliveries.len() as u64);
+                deliveries.clear();
+            }
+            expansions.push(PushExpansion { marker: marker.clone(), deliveries });
+        }
+        let added = store.push_expand(&expansions, &[], now).await?;
+        outbox.added(added);
+        tracing::info!(markers = pending.len(), pushes = added, "expanded pushes their publish left to the sender");
+        Ok(pending.len())
     }
 
     /// Hands stored (or ephemeral) notifications and their users' new counts to the bus: every
@@ -823,12 +924,14 @@ impl Notifier {
                     data: job.data.clone(),
                     created_at_ms,
                     audience: audience.clone(),
+                    // A followers' publish pushes to nobody (Web Push is not for broadcasts).
+                    push: None,
                 })
                 .collect();
             let key = job.chunk_key();
             let last = users.last().cloned();
             match store.append(entries, Some(&key)).await? {
-                Appended::Stored { notifications, counts } => {
+                Appended::Stored { notifications, counts, .. } => {
                     job.stored += notifications.len() as u64;
                     self.hand_over(notifications, counts).await?;
                     job.cursor = last;
@@ -922,18 +1025,5 @@ impl Notifier {
                 vec![(user, audience(Some(&session), Some(client)))]
             }
         })
-    }
-}
-
-/// The plaintext of a push: `{"type", "seq", "data"}` (`seq` null for an ephemeral
-/// notification), and `"truncated": true` when the data did not fit and was left out. `data`
-/// is JSON text checked already.
-fn push_body(kind: &str, seq: Option<Seq>, data: &str, truncated: bool) -> String {
-    let kind = serde_json::to_string(kind).expect("a string serializes");
-    let seq = seq.map_or_else(|| "null".to_owned(), |s| s.to_string());
-    if truncated {
-        format!(r#"{{"type":{kind},"seq":{seq},"data":null,"truncated":true}}"#)
-    } else {
-        format!(r#"{{"type":{kind},"seq":{seq},"data":{data}}}"#)
     }
 }

@@ -1,6 +1,8 @@
 //! Web Push's vocabulary: a browser's push subscription kept for one session of a user
-//! ([`PushSubscription`]), the bounds on how many a user keeps ([`PushBounds`]), and a push
-//! waiting in the store's outbox to be sent ([`PushDelivery`]).
+//! ([`PushSubscription`]), the bounds on how many a user keeps ([`PushBounds`]), a push waiting
+//! in the store's outbox to be sent ([`PushDelivery`]), and the marker a durable publish leaves
+//! in its append's transaction until its pushes are in the outbox ([`PushRequest`],
+//! [`PushPending`]).
 //!
 //! Nothing here encrypts, signs or speaks HTTP: herald-server checks a subscription's endpoint
 //! and keys before it is stored, and sends the outbox (RFC 8030/8291/8292). Core only says what
@@ -11,15 +13,32 @@
 //! in the store until it is sent: one row per notification and subscription, whose id makes a
 //! second enqueue of the same pair a no-op. A sender takes due rows, sends, then removes them
 //! ([`crate::Store::push_settle`]): a crash between the send and the removal sends it again
-//! (at least once), nothing else does.
+//! (at least once), nothing else does. Senders *claim* due rows with a lease
+//! ([`crate::Store::push_claim`]): two nodes on one store never take the same row while its
+//! lease runs, and a node that dies mid-send leaves its rows to be claimed again once it ends.
+//!
+//! **Why a marker.** A durable publish's pushes are decided after its append (the `offline`
+//! policy looks at presence once the notification was handed over), so a process that died
+//! in between would lose them, and an idempotent retry ([`crate::Appended::Duplicate`]) never
+//! makes them. So the append itself, in its transaction, keeps a marker ("push pending") for
+//! each stored notification whose user has a push subscription, carrying the publish's
+//! [`PushRequest`]. After the hand-over the notifier turns the markers into deliveries and
+//! removes them in one store call ([`crate::Store::push_expand`]; a marker already expanded
+//! makes nothing, so each is expanded once). A marker the publish did not expand (its process
+//! died, or it was over [`PUSH_USERS_PER_PUBLISH_MAX`] users) is expanded by a sender
+//! ([`crate::Notifier::expand_pending_pushes`]) once its `expand_by_ms` passed: without the
+//! presence seen at publish time, so every subscription of the user gets a delivery that is
+//! sent only if its session has no live tab when it is due (at least once).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::ids::{SessionId, UserId};
+use crate::ids::{Seq, SessionId, UserId};
+use crate::notification::Notification;
 
 /// How long the `offline` policy waits before it pushes to a session with no live tab (5 s by
 /// default, [`crate::Limits::push_grace`]): a reload or a navigation closes a tab and opens
@@ -33,10 +52,26 @@ pub const PUSH_GRACE_DEFAULT: Duration = Duration::from_secs(5);
 /// refused; a notification's `data` over it is pushed without its data (`"truncated": true`).
 pub const PUSH_PAYLOAD_BYTES_MAX: usize = 3_800;
 
-/// Most users of one publish whose subscriptions are looked up to push (each is one store
-/// read, and one presence look-up under `offline`). Beyond it the remaining users get no push,
-/// and a warning is logged: a broadcast to thousands is not what Web Push is for.
+/// Most users of one publish whose pushes the publish expands itself, right after its hand-over
+/// (each is one store read, and one presence look-up under `offline`). The markers of the
+/// others are left to the senders, due at once ([`crate::Notifier::expand_pending_pushes`]):
+/// they get their push too, a little later. An ephemeral `always` publish (no marker) pushes to
+/// this many users at most; the others get no push, and a warning is logged.
 pub const PUSH_USERS_PER_PUBLISH_MAX: usize = 100;
+
+/// How long after its push was due a marker the publish did not expand waits before a sender
+/// expands it (30 s): the publish's own expansion comes within milliseconds, so a marker this
+/// old belongs to a process that died in between. A marker's `expand_by_ms` is its push's due
+/// time (the publish, plus the grace period under `offline`) plus this.
+pub const PUSH_MARKER_ORPHANED_AFTER: Duration = Duration::from_secs(30);
+
+/// Most deliveries the push outbox holds (100,000): what a push service that refuses everything
+/// for an hour can pile up. At the bound new deliveries are dropped (logged, and counted in
+/// `herald_push_dropped_total{reason="outbox_full"}`); the notifications are in the inboxes
+/// all the same. The depth checked is the one the sender last counted
+/// ([`PushOutbox::depth`], refreshed every few seconds), plus what this node added since, so
+/// no publish counts the outbox.
+pub const PUSH_OUTBOX_DELIVERIES_MAX: u64 = 100_000;
 
 /// A push's default `TTL` (RFC 8030): how long a push service keeps it for a browser that is
 /// offline, 1 day. Longer is pointless for a notification also kept in the inbox.
@@ -44,6 +79,188 @@ pub const PUSH_TTL_SECS_DEFAULT: u32 = 24 * 3600;
 
 /// Longest `Topic` header (RFC 8030: 32 characters of URL-safe base64).
 pub const PUSH_TOPIC_BYTES_MAX: usize = 32;
+
+/// What a durable publish asks of Web Push, kept by its append with each marker (see the
+/// module's "Why a marker"). `None` in [`crate::NewNotification::push`] for `never`, for an
+/// ephemeral publish, and whenever push is off ([`crate::Limits::push_enabled`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PushRequest {
+    /// [`PushPolicy::Offline`] or [`PushPolicy::Always`].
+    pub policy: PushPolicy,
+    /// JSON text the push carries instead of the notification's `data` (`push_payload`).
+    pub payload: Option<String>,
+    pub ttl_secs: u32,
+    pub urgency: PushUrgency,
+    /// The `Topic` header (given, or made from the notification's type).
+    pub topic: String,
+    /// When the pushes are due: the publish, plus the grace period under `offline`.
+    pub due_at_ms: i64,
+    /// When a sender expands the marker if the publish did not ([`PUSH_MARKER_ORPHANED_AFTER`]
+    /// after `due_at_ms`).
+    pub expand_by_ms: i64,
+}
+
+/// A marker's key: one stored notification (its user and seq).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct PushMarker {
+    pub user: UserId,
+    pub seq: Seq,
+}
+
+/// A marker as the store keeps it: a notification whose pushes are not in the outbox yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushPending {
+    pub marker: PushMarker,
+    pub request: PushRequest,
+}
+
+/// A marker turned into its deliveries ([`crate::Store::push_expand`]): the store adds the
+/// deliveries only if it removes the marker, so a marker is expanded once, by whoever comes
+/// first (the publish, or a sender that took it for orphaned).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushExpansion {
+    pub marker: PushMarker,
+    /// Empty: nothing to push (the outbox is full, the notification is gone), the marker goes.
+    pub deliveries: Vec<PushDelivery>,
+}
+
+/// Why pushes were dropped, in the order of [`PushCounters::dropped`]
+/// (`herald_push_dropped_total{reason}`).
+pub const PUSH_DROP_REASONS: [&str; 6] =
+    ["outbox_full", "attempts_exhausted", "rejected", "unsubscribed", "tab_live", "endpoint_not_allowed"];
+
+/// Why a send failed, in the order of [`PushCounters::failed`] (`herald_push_failed_total{reason}`):
+/// the push service's answer by class, no answer within the send timeout, or no answer at all
+/// (the connection was refused or broke).
+pub const PUSH_FAILURE_REASONS: [&str; 4] = ["4xx", "5xx", "timeout", "refused"];
+
+/// What Web Push did on this node, for `/metrics`: relaxed atomics.
+#[derive(Debug, Default)]
+pub struct PushCounters {
+    /// Pushes a push service accepted (2xx).
+    pub sent: AtomicU64,
+    /// Sends that failed, by [`PUSH_FAILURE_REASONS`] (a send retried counts each time).
+    pub failed: [AtomicU64; PUSH_FAILURE_REASONS.len()],
+    /// Deliveries dropped unsent, by [`PUSH_DROP_REASONS`].
+    pub dropped: [AtomicU64; PUSH_DROP_REASONS.len()],
+    /// Subscriptions removed because the push service said they are gone (404, 410).
+    pub subscriptions_removed: AtomicU64,
+}
+
+impl PushCounters {
+    /// Counts `count` deliveries dropped for `reason` (one of [`PUSH_DROP_REASONS`]).
+    pub fn drop_pushes(&self, reason: &str, count: u64) {
+        if let Some(i) = PUSH_DROP_REASONS.iter().position(|r| *r == reason) {
+            self.dropped[i].fetch_add(count, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts a failed send for `reason` (one of [`PUSH_FAILURE_REASONS`]).
+    pub fn fail(&self, reason: &str) {
+        if let Some(i) = PUSH_FAILURE_REASONS.iter().position(|r| *r == reason) {
+            self.failed[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// This node's side of the push outbox, shared by the notifier (which adds deliveries) and the
+/// sender (which sends them): the depth last counted, the sender's wake-up, the counters.
+#[derive(Debug, Default)]
+pub struct PushOutbox {
+    /// Deliveries in the outbox as the sender last counted them, plus those this node added
+    /// since (an upper bound: an id kept already adds nothing).
+    depth: AtomicU64,
+    /// Wakes the sender when this node adds deliveries, instead of its next poll.
+    wake: tokio::sync::Notify,
+    pub counters: PushCounters,
+}
+
+impl PushOutbox {
+    /// The depth last counted, plus what was added since.
+    pub fn depth(&self) -> u64 {
+        self.depth.load(Ordering::Relaxed)
+    }
+
+    /// The sender counted `depth` deliveries in the outbox.
+    pub fn set_depth(&self, depth: u64) {
+        self.depth.store(depth, Ordering::Relaxed);
+    }
+
+    /// Whether the outbox is at [`PUSH_OUTBOX_DELIVERIES_MAX`]: new deliveries are dropped.
+    pub fn is_full(&self) -> bool {
+        self.depth() >= PUSH_OUTBOX_DELIVERIES_MAX
+    }
+
+    /// `count` deliveries were added: counted in the depth, and the sender woken.
+    pub fn added(&self, count: usize) {
+        if count > 0 {
+            self.depth.fetch_add(count as u64, Ordering::Relaxed);
+            self.wake.notify_one();
+        }
+    }
+
+    /// Wakes the sender: there are markers for it to expand now.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Resolves once [`PushOutbox::added`] or [`PushOutbox::wake`] was called (at once if it was since the last wait).
+    pub async fn added_since(&self) {
+        self.wake.notified().await;
+    }
+}
+
+/// The plaintext of a push: `{"type", "seq", "data"}` (`seq` null for an ephemeral
+/// notification), and `"truncated": true` when the data did not fit and was left out. `data`
+/// is JSON text checked already.
+pub fn push_body(kind: &str, seq: Option<Seq>, data: &str, truncated: bool) -> String {
+    let kind = serde_json::to_string(kind).expect("a string serializes");
+    let seq = seq.map_or_else(|| "null".to_owned(), |s| s.to_string());
+    if truncated {
+        format!(r#"{{"type":{kind},"seq":{seq},"data":null,"truncated":true}}"#)
+    } else {
+        format!(r#"{{"type":{kind},"seq":{seq},"data":{data}}}"#)
+    }
+}
+
+/// The deliveries of `notification` under `request`: one per subscription of its user whose
+/// session is not in `live` (the sessions with a tab at publish time; empty when not known),
+/// each with an id made of the seq (of `ephemeral_id` for an ephemeral notification), the
+/// subscription and the user, so that expanding it again adds nothing.
+pub fn push_deliveries(
+    request: &PushRequest,
+    notification: &Notification,
+    subscriptions: &[PushSubscription],
+    live: &[SessionId],
+    ephemeral_id: &str,
+) -> Vec<PushDelivery> {
+    let (user, seq, kind) = (&notification.user, notification.seq, &*notification.kind);
+    let body = request.payload.as_deref().unwrap_or(notification.data.get());
+    let mut payload = push_body(kind, seq, body, false);
+    if payload.len() > PUSH_PAYLOAD_BYTES_MAX {
+        payload = push_body(kind, seq, "null", true);
+    }
+    let offline = request.policy == PushPolicy::Offline;
+    subscriptions
+        .iter()
+        .filter(|subscription| &subscription.user == user && !live.contains(&subscription.session))
+        .map(|subscription| PushDelivery {
+            id: match seq {
+                Some(seq) => format!("{seq}.{}.{}", subscription.id, user),
+                None => format!("e{ephemeral_id}.{}.{}", subscription.id, user),
+            },
+            subscription: subscription.id.clone(),
+            user: user.clone(),
+            unless_live: offline.then(|| subscription.session.clone()),
+            payload: payload.clone(),
+            ttl_secs: request.ttl_secs,
+            urgency: request.urgency,
+            topic: Some(request.topic.clone()),
+            due_at_ms: request.due_at_ms,
+            attempts: 0,
+        })
+        .collect()
+}
 
 /// Whom a publish is pushed to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]

@@ -36,8 +36,14 @@
 //!   ones older than the idempotency window.
 //! - Push subscriptions ([`PushSubscription`]) are durable once `push_subscribe` returns, one
 //!   per endpoint (its id), within the user's [`PushBounds`]; the push outbox's deliveries
-//!   ([`PushDelivery`]) are durable once `push_enqueue` returns, one per id: enqueuing an id
-//!   kept already changes nothing. See [`crate::push`].
+//!   ([`PushDelivery`]) are durable once `push_enqueue` (or `push_expand`) returns, one per id:
+//!   enqueuing an id kept already changes nothing. An `append` whose entries carry a
+//!   [`PushRequest`] keeps, in its own transaction, one marker ([`PushPending`]) per stored
+//!   notification whose user has a push subscription then (and writes nothing to the push
+//!   tables for entries without one); `push_expand` adds a marker's deliveries only if it
+//!   removes the marker, atomically, so a marker is expanded once. `push_claim` and
+//!   `push_claim_pending` hand a row to one claimer at a time: a claimed row is not handed out
+//!   again before its lease ends. See [`crate::push`].
 //! - Presence reported online ([`crate::presence`]) is one row per (user, session, node),
 //!   durable once `record_presence` returns; a user's `user_seq` only grows (one counter per
 //!   user, never reset, not even by `release_presence`), so a receiver can drop what it saw.
@@ -54,7 +60,9 @@ use crate::inbox::{InboxChange, InboxCounts, InboxPage, InboxQuery, Mark, Pruned
 use crate::jobs::FanoutJob;
 use crate::notification::{Audience, Notification, Receipt};
 use crate::presence::{PresenceBeat, PresenceChange, PresenceEvent};
-use crate::push::{PushBounds, PushDelivery, PushSettle, PushSubscription};
+use crate::push::{
+    PushBounds, PushDelivery, PushExpansion, PushMarker, PushPending, PushRequest, PushSettle, PushSubscription,
+};
 use crate::topic::TopicEvent;
 pub use crate::topic::{StoredListen, TopicListener};
 
@@ -66,6 +74,10 @@ pub struct NewNotification {
     pub data: Arc<RawValue>,
     pub created_at_ms: i64,
     pub audience: Audience,
+    /// The publish's push, if it asks for one and push is on: the append keeps a marker for
+    /// this notification if its user has a push subscription (see [`crate::push`]). One
+    /// `Arc` for all the entries of a publish: a store serializes it once.
+    pub push: Option<Arc<PushRequest>>,
 }
 
 /// What `append` did.
@@ -77,6 +89,10 @@ pub enum Appended {
         /// Each user's inbox counts once this append committed, one entry per user, in the
         /// order users first appear in the entries.
         counts: Vec<(UserId, InboxCounts)>,
+        /// The markers this append kept (entries with a push request whose user has a push
+        /// subscription), in no particular order: what the publish expands after its
+        /// hand-over ([`Store::push_expand`]).
+        push_pending: Vec<PushMarker>,
     },
     /// The idempotency key was used within the window: nothing was stored; here is the
     /// receipt of the first publish (its `delivered` is 0 if that publish has not finished).
@@ -478,9 +494,44 @@ pub trait Store: Send + Sync + 'static {
     /// subscription).
     async fn push_enqueue(&self, deliveries: &[PushDelivery]) -> Result<(), StoreError>;
 
-    /// Up to `limit` deliveries due at `now_ms` (`due_at_ms <= now_ms`), the earliest first (then
-    /// by id).
-    async fn push_due(&self, now_ms: i64, limit: usize) -> Result<Vec<PushDelivery>, StoreError>;
+    /// Claims up to `limit` deliveries due at `now_ms` (`due_at_ms <= now_ms`), the earliest
+    /// first (then by id), for `lease`: each is due again at `now_ms + lease`, so that no other
+    /// claimer (another node's sender) takes it meanwhile, and one whose claimer died is taken
+    /// again once the lease ends. Atomic: two claims never return the same row within a lease.
+    async fn push_claim(
+        &self,
+        now_ms: i64,
+        limit: usize,
+        lease: Duration,
+    ) -> Result<Vec<PushDelivery>, StoreError>;
+
+    /// For each expansion, removes its marker and, only if there was one, adds its deliveries
+    /// (an id kept already is left as it is); each marker of `to_senders` is made due for the
+    /// senders at once (its `expand_by_ms` set to `now_ms`). One transaction. Returns how many
+    /// deliveries were added.
+    async fn push_expand(
+        &self,
+        expansions: &[PushExpansion],
+        to_senders: &[PushMarker],
+        now_ms: i64,
+    ) -> Result<usize, StoreError>;
+
+    /// Claims up to `limit` markers whose `expand_by_ms` is at or before `now_ms` (the earliest
+    /// first), for `lease`, as [`Store::push_claim`] does deliveries.
+    async fn push_claim_pending(
+        &self,
+        now_ms: i64,
+        limit: usize,
+        lease: Duration,
+    ) -> Result<Vec<PushPending>, StoreError>;
+
+    /// When the next delivery is due or the next marker is to be expanded (ms), whichever is
+    /// first; `None` when the outbox and the markers are empty.
+    async fn push_next_due(&self) -> Result<Option<i64>, StoreError>;
+
+    /// How many deliveries the outbox holds (a count of its rows: the sender's, now and then,
+    /// never a publish's).
+    async fn push_outbox_depth(&self) -> Result<u64, StoreError>;
 
     /// Removes delivery `id` from the outbox ([`PushSettle::Done`]) or moves it to a later time
     /// with its new count of attempts ([`PushSettle::Retry`]). An id not kept is no error.

@@ -135,12 +135,35 @@ impl Store for PublishingStore {
     async fn push_enqueue(&self, deliveries: &[herald_core::PushDelivery]) -> Result<(), StoreError> {
         self.inner.push_enqueue(deliveries).await
     }
-    async fn push_due(
+    async fn push_claim(
         &self,
         now_ms: i64,
         limit: usize,
+        lease: std::time::Duration,
     ) -> Result<Vec<herald_core::PushDelivery>, StoreError> {
-        self.inner.push_due(now_ms, limit).await
+        self.inner.push_claim(now_ms, limit, lease).await
+    }
+    async fn push_expand(
+        &self,
+        expansions: &[herald_core::PushExpansion],
+        to_senders: &[herald_core::PushMarker],
+        now_ms: i64,
+    ) -> Result<usize, StoreError> {
+        self.inner.push_expand(expansions, to_senders, now_ms).await
+    }
+    async fn push_claim_pending(
+        &self,
+        now_ms: i64,
+        limit: usize,
+        lease: std::time::Duration,
+    ) -> Result<Vec<herald_core::PushPending>, StoreError> {
+        self.inner.push_claim_pending(now_ms, limit, lease).await
+    }
+    async fn push_next_due(&self) -> Result<Option<i64>, StoreError> {
+        self.inner.push_next_due().await
+    }
+    async fn push_outbox_depth(&self) -> Result<u64, StoreError> {
+        self.inner.push_outbox_depth().await
     }
     async fn push_settle(&self, id: &str, settle: herald_core::PushSettle) -> Result<(), StoreError> {
         self.inner.push_settle(id, settle).await
@@ -356,6 +379,7 @@ async fn a_gap_in_live_seqs_is_filled_from_the_store_in_order() {
         data: Arc::from(serde_json::value::to_raw_value(&json!(1)).unwrap()),
         created_at_ms: 0,
         audience: Audience { session: session.cloned(), ..Audience::user() },
+        push: None,
     };
     let Appended::Stored { notifications, .. } =
         store.append(vec![entry(None), entry(Some(&s2)), entry(None)], None).await.unwrap()

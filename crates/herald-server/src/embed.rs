@@ -101,7 +101,7 @@ impl HeraldBuilder {
     /// # Panics
     /// Outside a Tokio runtime (the upkeep is a task of the current one).
     pub fn build(mut self) -> Herald {
-        let hub = App::hub(self.limits.clone(), &self.secret);
+        let hub = App::hub(self.core_limits(), &self.secret);
         let bus: Arc<dyn Bus> = match self.bus.take() {
             Some(make) => make(&hub),
             None => Arc::new(LocalBus::new(hub.clone())),
@@ -121,9 +121,15 @@ impl HeraldBuilder {
         F: FnOnce(Hub, Arc<dyn Store>) -> Fut,
         Fut: Future<Output = Result<Arc<dyn Bus>, E>>,
     {
-        let hub = App::hub(self.limits.clone(), &self.secret);
+        let hub = App::hub(self.core_limits(), &self.secret);
         let bus = connect(hub.clone(), self.store.clone()).await?;
         Ok(self.finish(hub, bus))
+    }
+
+    /// The limits given, with push on exactly when there is a VAPID key (and so a sender):
+    /// without one a publish touches no push table.
+    fn core_limits(&self) -> Limits {
+        Limits { push_enabled: self.settings.push.vapid.is_some(), ..self.limits.clone() }
     }
 
     fn finish(self, hub: Hub, bus: Arc<dyn Bus>) -> Herald {

@@ -42,6 +42,7 @@ fn new_notification(i: u64) -> NewNotification {
         data: Arc::from(RawValue::from_string(r#"{"text":"a new message"}"#.into()).unwrap()),
         created_at_ms: now_ms(),
         audience: Audience::user(),
+        push: None,
     }
 }
 

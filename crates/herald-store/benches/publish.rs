@@ -60,6 +60,7 @@ fn notification(user: u64, i: u64) -> NewNotification {
         ),
         created_at_ms: now_ms(),
         audience: Audience::user(),
+        push: None,
     }
 }
 

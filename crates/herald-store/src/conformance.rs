@@ -21,9 +21,9 @@ use herald_core::notification::now_ms;
 use herald_core::{
     Appended, Audience, ClientId, EPOCH_BYTES_MAX, FanoutJob, InboxCounts, InboxPage, InboxQuery,
     InboxStatus, ItemState, ListenBounds, LogHead, Mark, NewNotification, NewTopicEvent, Notification,
-    PresenceBeat, PresenceChange, PresenceEvent, PresenceKind, PushBounds, PushDelivery, PushSettle,
-    PushSubscription, PushUrgency, Receipt, ReceiptEntry, Retention, Revocation, Revocations, ScopeListens,
-    Selection, SessionId, Store, StoredListen, Topic, TopicAppended, TopicEvent, TopicHead, TopicListener,
+    PresenceBeat, PresenceChange, PresenceEvent, PresenceKind, PushBounds, PushDelivery, PushExpansion,
+    PushMarker, PushPolicy, PushRequest, PushSettle, PushSubscription, PushUrgency, Receipt, ReceiptEntry, Retention, Revocation, Revocations, ScopeListens,
+    Selection, Seq, SessionId, Store, StoredListen, Topic, TopicAppended, TopicEvent, TopicHead, TopicListener,
     TopicReceipt, UserId, push_subscription_id,
 };
 use serde_json::value::RawValue;
@@ -100,8 +100,11 @@ macro_rules! conformance_tests {
             push_subscriptions_round_trip_and_replace_by_endpoint,
             push_subscriptions_beyond_the_bounds_forget_the_oldest,
             push_unsubscribe_removes_only_the_users_own,
-            push_outbox_enqueues_once_and_hands_out_what_is_due,
+            push_outbox_enqueues_once_and_claims_what_is_due,
             push_outbox_settle_retries_later_or_removes,
+            concurrent_push_claims_never_share_a_delivery,
+            an_append_marks_pushes_only_for_users_with_subscriptions,
+            push_expand_adds_a_markers_deliveries_once,
             presence_is_online_once_across_nodes,
             presence_heartbeats_find_dead_nodes_and_release_them,
             concurrent_presence_changes_make_one_user_online,
@@ -149,6 +152,7 @@ fn entry_at(user_id: &str, n: u64, created_at_ms: i64) -> NewNotification {
         data: data(&format!(r#"{{"n":{n}}}"#)),
         created_at_ms,
         audience: Audience::user(),
+        push: None,
     }
 }
 
@@ -2389,21 +2393,32 @@ fn delivery(id: &str, due_at_ms: i64) -> PushDelivery {
     }
 }
 
+/// A claim's lease in these tests.
+const LEASE: std::time::Duration = std::time::Duration::from_millis(1_000);
+
 /// Deliveries read back field for field, the earliest due first (then by id), only those due,
-/// at most `limit`; enqueuing an id kept already changes nothing (its first version stays).
-pub async fn push_outbox_enqueues_once_and_hands_out_what_is_due(
+/// at most `limit`; enqueuing an id kept already changes nothing (its first version stays). A
+/// claimed delivery is not handed out again before its lease ends, and is after.
+pub async fn push_outbox_enqueues_once_and_claims_what_is_due(
     make: &impl AsyncFn(Retention) -> Arc<dyn Store>,
 ) {
     let store = make(Retention::default()).await;
     store.push_enqueue(&[delivery("p2/b", 200), delivery("p1/a", 100), delivery("p2/a", 200)]).await.unwrap();
     store.push_enqueue(&[delivery("p1/a", 50), delivery("p3/a", 300)]).await.unwrap();
     store.push_enqueue(&[]).await.unwrap();
-    let due = store.push_due(250, 10).await.unwrap();
-    assert_eq!(due, [delivery("p1/a", 100), delivery("p2/a", 200), delivery("p2/b", 200)]);
-    assert_eq!(store.push_due(250, 1).await.unwrap(), [delivery("p1/a", 100)]);
-    assert!(store.push_due(99, 10).await.unwrap().is_empty());
-    assert!(store.push_due(1_000, 0).await.unwrap().is_empty());
-    assert_eq!(store.push_due(1_000, 10).await.unwrap().len(), 4);
+    assert_eq!(store.push_outbox_depth().await.unwrap(), 4);
+    assert_eq!(store.push_next_due().await.unwrap(), Some(100));
+    assert!(store.push_claim(99, 10, LEASE).await.unwrap().is_empty());
+    assert!(store.push_claim(1_000, 0, LEASE).await.unwrap().is_empty());
+    assert_eq!(store.push_claim(250, 1, LEASE).await.unwrap(), [delivery("p1/a", 100)]);
+    let due = store.push_claim(250, 10, LEASE).await.unwrap();
+    assert_eq!(due, [delivery("p2/a", 200), delivery("p2/b", 200)], "not p1/a again: it is claimed");
+    assert!(store.push_claim(1_249, 10, LEASE).await.unwrap().iter().all(|d| d.id == "p3/a"));
+    assert_eq!(store.push_next_due().await.unwrap(), Some(1_250), "p1/a's lease ends first");
+    let again: Vec<String> =
+        store.push_claim(1_250, 10, LEASE).await.unwrap().into_iter().map(|d| d.id).collect();
+    assert_eq!(again, ["p1/a", "p2/a", "p2/b"], "claimed again once their lease ended");
+    assert_eq!(store.push_outbox_depth().await.unwrap(), 4, "a claim removes nothing");
 }
 
 /// `Retry` moves a delivery later with its attempts (read back in the delivery too), `Done`
@@ -2412,11 +2427,124 @@ pub async fn push_outbox_settle_retries_later_or_removes(make: &impl AsyncFn(Ret
     let store = make(Retention::default()).await;
     store.push_enqueue(&[delivery("a", 100), delivery("b", 100)]).await.unwrap();
     store.push_settle("a", PushSettle::Retry { due_at_ms: 500, attempts: 2 }).await.unwrap();
-    assert_eq!(store.push_due(400, 10).await.unwrap(), [delivery("b", 100)]);
+    assert_eq!(store.push_next_due().await.unwrap(), Some(100));
+    assert_eq!(store.push_claim(400, 10, LEASE).await.unwrap(), [delivery("b", 100)]);
     let retried = PushDelivery { attempts: 2, ..delivery("a", 500) };
-    assert_eq!(store.push_due(500, 10).await.unwrap(), [delivery("b", 100), retried]);
+    assert_eq!(store.push_claim(500, 10, LEASE).await.unwrap(), [retried]);
     store.push_settle("b", PushSettle::Done).await.unwrap();
     store.push_settle("b", PushSettle::Done).await.unwrap();
     store.push_settle("gone", PushSettle::Retry { due_at_ms: 1, attempts: 1 }).await.unwrap();
-    assert_eq!(store.push_due(i64::MAX, 10).await.unwrap().len(), 1);
+    assert_eq!(store.push_outbox_depth().await.unwrap(), 1);
+    store.push_settle("a", PushSettle::Done).await.unwrap();
+    assert_eq!(store.push_next_due().await.unwrap(), None);
+}
+
+/// Four claimers at once, each taking a few deliveries at a time until none is left: every
+/// delivery is handed to exactly one of them (a claim is atomic).
+pub async fn concurrent_push_claims_never_share_a_delivery(make: &impl AsyncFn(Retention) -> Arc<dyn Store>) {
+    let store = make(Retention::default()).await;
+    let all: Vec<PushDelivery> = (0..120).map(|n| delivery(&format!("d{n:03}"), 10 + n % 7)).collect();
+    store.push_enqueue(&all).await.unwrap();
+    let mut claimers = Vec::new();
+    for _ in 0..4 {
+        let store = Arc::clone(&store);
+        claimers.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            loop {
+                let claimed = store.push_claim(100, 7, std::time::Duration::from_secs(3600)).await.unwrap();
+                if claimed.is_empty() {
+                    return mine;
+                }
+                mine.extend(claimed.into_iter().map(|d| d.id));
+            }
+        }));
+    }
+    let mut claimed = Vec::new();
+    for claimer in claimers {
+        claimed.extend(claimer.await.unwrap());
+    }
+    claimed.sort();
+    let expected: Vec<String> = all.iter().map(|d| d.id.clone()).collect();
+    assert_eq!(claimed, expected, "each delivery claimed once");
+}
+
+fn push_request(expand_by_ms: i64) -> Arc<PushRequest> {
+    Arc::new(PushRequest {
+        policy: PushPolicy::Offline,
+        payload: Some(r#"{"title":"é"}"#.to_owned()),
+        ttl_secs: 60,
+        urgency: PushUrgency::Low,
+        topic: "topic".to_owned(),
+        due_at_ms: expand_by_ms - 30,
+        expand_by_ms,
+    })
+}
+
+/// An append whose entries carry a push request keeps a marker for each notification whose user
+/// has a push subscription, and none for the others, nor for entries without a request; the
+/// markers come back from a claim with their request once their time came (not before), and
+/// not again within the lease.
+pub async fn an_append_marks_pushes_only_for_users_with_subscriptions(
+    make: &impl AsyncFn(Retention) -> Arc<dyn Store>,
+) {
+    let store = make(Retention::default()).await;
+    store.push_subscribe(&push_subscription("https://push.example/a", "alice", "s1", 1), PushBounds::default()).await.unwrap();
+    store.push_subscribe(&push_subscription("https://push.example/c", "carol", "s1", 1), PushBounds::default()).await.unwrap();
+    append(&*store, vec![entry("alice", 0)]).await;
+    let request = push_request(1_000);
+    let pushed = |user_id: &str| NewNotification { push: Some(Arc::clone(&request)), ..entry(user_id, 1) };
+    let entries = vec![pushed("alice"), pushed("bob"), entry("carol", 1), pushed("alice")];
+    let Appended::Stored { push_pending, .. } = store.append(entries, Some("key-1")).await.unwrap() else {
+        panic!("stored")
+    };
+    let mut marked = push_pending.clone();
+    marked.sort();
+    let marker = |user_id: &str, seq: Seq| PushMarker { user: user(user_id), seq };
+    assert_eq!(marked, [marker("alice", 2), marker("alice", 3)], "not bob (no subscription), not carol (no request)");
+    let repeat = store.append(vec![pushed("alice")], Some("key-1")).await.unwrap();
+    assert!(matches!(repeat, Appended::Duplicate(_)), "a repeat keeps no marker");
+    let Appended::Stored { push_pending, .. } = store.append(vec![entry("alice", 2)], None).await.unwrap() else {
+        panic!("stored")
+    };
+    assert!(push_pending.is_empty());
+
+    assert_eq!(store.push_next_due().await.unwrap(), Some(1_000));
+    assert!(store.push_claim_pending(999, 10, LEASE).await.unwrap().is_empty());
+    let claimed = store.push_claim_pending(1_000, 10, LEASE).await.unwrap();
+    let markers: Vec<PushMarker> = claimed.iter().map(|p| p.marker.clone()).collect();
+    assert_eq!(markers, [marker("alice", 2), marker("alice", 3)]);
+    let expected = PushRequest { expand_by_ms: 1_000 + LEASE.as_millis() as i64, ..(*request).clone() };
+    assert_eq!(claimed[0].request, expected, "the request round-trips, with its new expand_by");
+    assert!(store.push_claim_pending(1_500, 10, LEASE).await.unwrap().is_empty(), "claimed for the lease");
+    assert_eq!(store.push_claim_pending(2_000, 1, LEASE).await.unwrap().len(), 1, "then again");
+    assert_eq!(store.push_outbox_depth().await.unwrap(), 0, "markers are not deliveries");
+}
+
+/// `push_expand` removes a marker and adds its deliveries once: a second expansion of the same
+/// marker (a sender that took it for orphaned, or a repeat) adds nothing, even with other
+/// deliveries; `to_senders` makes a marker due at once.
+pub async fn push_expand_adds_a_markers_deliveries_once(make: &impl AsyncFn(Retention) -> Arc<dyn Store>) {
+    let store = make(Retention::default()).await;
+    store.push_subscribe(&push_subscription("https://push.example/a", "alice", "s1", 1), PushBounds::default()).await.unwrap();
+    let request = push_request(1_000);
+    let pushed = NewNotification { push: Some(Arc::clone(&request)), ..entry("alice", 1) };
+    let Appended::Stored { push_pending, .. } = store.append(vec![pushed.clone(), pushed], None).await.unwrap() else {
+        panic!("stored")
+    };
+    assert_eq!(push_pending.len(), 2);
+    let (first, second) = (push_pending[0].clone(), push_pending[1].clone());
+    let expansion = PushExpansion { marker: first.clone(), deliveries: vec![delivery("x/1", 10), delivery("x/2", 10)] };
+    assert_eq!(store.push_expand(std::slice::from_ref(&expansion), &[], 5).await.unwrap(), 2);
+    let again = PushExpansion { marker: first.clone(), deliveries: vec![delivery("x/3", 10)] };
+    assert_eq!(store.push_expand(&[again], &[], 5).await.unwrap(), 0, "the marker is gone: nothing added");
+    assert_eq!(store.push_outbox_depth().await.unwrap(), 2);
+    // The second marker to the senders: due at once.
+    assert_eq!(store.push_expand(&[], std::slice::from_ref(&second), 7).await.unwrap(), 0);
+    assert_eq!(store.push_next_due().await.unwrap(), Some(7));
+    let claimed = store.push_claim_pending(7, 10, LEASE).await.unwrap();
+    assert_eq!(claimed.iter().map(|p| p.marker.clone()).collect::<Vec<_>>(), [second.clone()]);
+    // Expanded with nothing to push (its notification gone): the marker goes all the same.
+    assert_eq!(store.push_expand(&[PushExpansion { marker: second, deliveries: Vec::new() }], &[], 8).await.unwrap(), 0);
+    assert!(store.push_claim_pending(i64::MAX, 10, LEASE).await.unwrap().is_empty());
+    assert_eq!(store.push_next_due().await.unwrap(), Some(10), "the deliveries are left");
 }

@@ -113,3 +113,9 @@ fn push_from_json<T: serde::de::DeserializeOwned>(json: &str) -> Result<T, Store
 fn job_from_json(json: &str) -> Result<FanoutJob, StoreError> {
     serde_json::from_str(json).map_err(|e| StoreError::Corrupt(format!("a fan-out job in the store: {e}")))
 }
+
+/// A claim's lease in ms, as the stores add it to `now_ms` (saturating: a lease of centuries is
+/// "until released").
+fn lease_ms(lease: std::time::Duration) -> i64 {
+    i64::try_from(lease.as_millis()).unwrap_or(i64::MAX)
+}

@@ -26,8 +26,8 @@ use herald_core::presence::RowChange;
 use herald_core::{
     Appended, Epoch, FanoutJob, InboxChange, InboxCounts, InboxItem, InboxPage, InboxQuery, ItemState,
     ListenBounds, LogHead, LogPage, Mark, NewNotification, NewTopicEvent, Notification, PresenceBeat,
-    PresenceChange, PresenceEvent, PruneReport, PrunedInbox, PushBounds, PushDelivery, PushSettle,
-    PushSubscription, Receipt, ReceiptEntry, Retention, Revocation, ScopeListens, Selection, Seq, SessionId,
+    PresenceChange, PresenceEvent, PruneReport, PrunedInbox, PushBounds, PushDelivery, PushExpansion,
+    PushMarker, PushPending, PushSettle, PushSubscription, Receipt, ReceiptEntry, Retention, Revocation, ScopeListens, Selection, Seq, SessionId,
     Store, StoreError, StoredListen, Topic, TopicAppended, TopicEvent, TopicHead, TopicListener, TopicPage,
     TopicReceipt, UserId,
 };
@@ -63,8 +63,14 @@ struct Inner {
     jobs: HashMap<String, FanoutJob>,
     /// Push subscriptions by id.
     push_subscriptions: HashMap<String, PushSubscription>,
+    /// The ids of each user's push subscriptions: whether an append keeps a marker is one
+    /// look-up, as in the SQL stores' index.
+    push_subscriptions_by_user: HashMap<UserId, HashSet<String>>,
     /// The push outbox by id.
     push_outbox: HashMap<String, PushDelivery>,
+    /// Push markers (`push_pending`), by notification; `request.expand_by_ms` is when a sender
+    /// may take the marker (moved by claims).
+    push_pending: HashMap<PushMarker, PushPending>,
     /// Presence reported online: per user, its (session, node) rows.
     presence: HashMap<UserId, Vec<(SessionId, String)>>,
     /// Each user's last `user_seq` (never forgotten, so it only grows).
@@ -74,6 +80,28 @@ struct Inner {
 }
 
 impl Inner {
+    /// Keeps `subscription`, replacing the one with its id (whoever's it was).
+    fn insert_push_subscription(&mut self, subscription: &PushSubscription) {
+        self.remove_push_subscription(&subscription.id);
+        self.push_subscriptions_by_user
+            .entry(subscription.user.clone())
+            .or_default()
+            .insert(subscription.id.clone());
+        self.push_subscriptions.insert(subscription.id.clone(), subscription.clone());
+    }
+
+    /// Forgets subscription `id`, if kept.
+    fn remove_push_subscription(&mut self, id: &str) {
+        if let Some(old) = self.push_subscriptions.remove(id)
+            && let Some(ids) = self.push_subscriptions_by_user.get_mut(&old.user)
+        {
+            ids.remove(id);
+            if ids.is_empty() {
+                self.push_subscriptions_by_user.remove(&old.user);
+            }
+        }
+    }
+
     /// [`Store::record_presence`] under the lock.
     fn record_presence(&mut self, node: &str, change: &PresenceChange) -> Vec<PresenceEvent> {
         let rows = self.presence.entry(change.user.clone()).or_default();
@@ -241,7 +269,17 @@ impl Store for MemoryStore {
         }
 
         let mut stored = Vec::with_capacity(entries.len());
+        let mut push_pending = Vec::new();
         for entry in entries {
+            if let Some(request) = &entry.push
+                && inner.push_subscriptions_by_user.contains_key(&entry.user)
+            {
+                let seq = inner.users.get(&entry.user).map_or(0, |log| log.head.last_seq) + 1;
+                let marker = PushMarker { user: entry.user.clone(), seq };
+                let pending = PushPending { marker: marker.clone(), request: (**request).clone() };
+                inner.push_pending.insert(marker.clone(), pending);
+                push_pending.push(marker);
+            }
             let log = inner.users.entry(entry.user.clone()).or_default();
             log.head.last_seq += 1;
             let notification = Arc::new(Notification::new(
@@ -282,7 +320,7 @@ impl Store for MemoryStore {
             };
             inner.idempotency.insert(key.to_owned(), IdempotencyRecord { created_at_ms: now, receipt });
         }
-        Ok(Appended::Stored { notifications: stored, counts })
+        Ok(Appended::Stored { notifications: stored, counts, push_pending })
     }
 
     async fn complete_receipt(&self, idempotency_key: &str, receipt: &Receipt) -> Result<(), StoreError> {
@@ -438,12 +476,12 @@ impl Store for MemoryStore {
         bounds: PushBounds,
     ) -> Result<Vec<String>, StoreError> {
         let mut inner = self.inner.lock();
-        inner.push_subscriptions.insert(subscription.id.clone(), subscription.clone());
+        inner.insert_push_subscription(subscription);
         let kept: Vec<PushSubscription> =
             inner.push_subscriptions.values().filter(|s| s.user == subscription.user).cloned().collect();
         let evicted = herald_core::push_evictions(&kept, &subscription.session, bounds);
         for id in &evicted {
-            inner.push_subscriptions.remove(id);
+            inner.remove_push_subscription(id);
         }
         Ok(evicted)
     }
@@ -452,7 +490,7 @@ impl Store for MemoryStore {
         let mut inner = self.inner.lock();
         let theirs = inner.push_subscriptions.get(id).is_some_and(|s| &s.user == user);
         if theirs {
-            inner.push_subscriptions.remove(id);
+            inner.remove_push_subscription(id);
         }
         Ok(theirs)
     }
@@ -477,13 +515,82 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    async fn push_due(&self, now_ms: i64, limit: usize) -> Result<Vec<PushDelivery>, StoreError> {
-        let inner = self.inner.lock();
+    async fn push_claim(
+        &self,
+        now_ms: i64,
+        limit: usize,
+        lease: std::time::Duration,
+    ) -> Result<Vec<PushDelivery>, StoreError> {
+        let mut inner = self.inner.lock();
         let mut due: Vec<PushDelivery> =
             inner.push_outbox.values().filter(|d| d.due_at_ms <= now_ms).cloned().collect();
         due.sort_by(|a, b| (a.due_at_ms, &a.id).cmp(&(b.due_at_ms, &b.id)));
         due.truncate(limit);
+        let until = now_ms.saturating_add(crate::lease_ms(lease));
+        for delivery in &due {
+            if let Some(kept) = inner.push_outbox.get_mut(&delivery.id) {
+                kept.due_at_ms = until;
+            }
+        }
         Ok(due)
+    }
+
+    async fn push_expand(
+        &self,
+        expansions: &[PushExpansion],
+        to_senders: &[PushMarker],
+        now_ms: i64,
+    ) -> Result<usize, StoreError> {
+        let mut inner = self.inner.lock();
+        let mut added = 0;
+        for expansion in expansions {
+            if inner.push_pending.remove(&expansion.marker).is_none() {
+                continue;
+            }
+            for delivery in &expansion.deliveries {
+                if !inner.push_outbox.contains_key(&delivery.id) {
+                    inner.push_outbox.insert(delivery.id.clone(), delivery.clone());
+                    added += 1;
+                }
+            }
+        }
+        for marker in to_senders {
+            if let Some(pending) = inner.push_pending.get_mut(marker) {
+                pending.request.expand_by_ms = now_ms;
+            }
+        }
+        Ok(added)
+    }
+
+    async fn push_claim_pending(
+        &self,
+        now_ms: i64,
+        limit: usize,
+        lease: std::time::Duration,
+    ) -> Result<Vec<PushPending>, StoreError> {
+        let mut inner = self.inner.lock();
+        let mut due: Vec<PushPending> =
+            inner.push_pending.values().filter(|p| p.request.expand_by_ms <= now_ms).cloned().collect();
+        due.sort_by(|a, b| (a.request.expand_by_ms, &a.marker).cmp(&(b.request.expand_by_ms, &b.marker)));
+        due.truncate(limit);
+        let until = now_ms.saturating_add(crate::lease_ms(lease));
+        for pending in &due {
+            if let Some(kept) = inner.push_pending.get_mut(&pending.marker) {
+                kept.request.expand_by_ms = until;
+            }
+        }
+        Ok(due)
+    }
+
+    async fn push_next_due(&self) -> Result<Option<i64>, StoreError> {
+        let inner = self.inner.lock();
+        let deliveries = inner.push_outbox.values().map(|d| d.due_at_ms);
+        let markers = inner.push_pending.values().map(|p| p.request.expand_by_ms);
+        Ok(deliveries.chain(markers).min())
+    }
+
+    async fn push_outbox_depth(&self) -> Result<u64, StoreError> {
+        Ok(self.inner.lock().push_outbox.len() as u64)
     }
 
     async fn push_settle(&self, id: &str, settle: PushSettle) -> Result<(), StoreError> {

@@ -645,6 +645,7 @@ async fn cli_listen_goes_on_past_undecodable_notifications_of_an_old_database() 
                 data: RawValue::from_string((*data).to_owned()).unwrap().into(),
                 created_at_ms: now_ms(),
                 audience: Audience::user(),
+                push: None,
             })
             .collect();
         store.append(entries, None).await.unwrap();

@@ -254,6 +254,7 @@ async fn a_resync_repairs_what_the_bus_lost(url: &str) {
         data,
         created_at_ms: now_ms(),
         audience: Audience::user(),
+        push: None,
     };
     store.append(vec![lost.clone(), lost], None).await.unwrap();
     assert_no_notification(&mut tab, Duration::from_millis(300)).await;
@@ -290,6 +291,7 @@ async fn a_silent_node_makes_the_others_poll_the_store(url: &str) {
         data,
         created_at_ms: now_ms(),
         audience: Audience::user(),
+        push: None,
     };
     store.append(vec![entry], None).await.unwrap();
     let stored_at = Instant::now();

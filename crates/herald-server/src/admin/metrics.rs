@@ -55,6 +55,7 @@ pub fn render(app: &App) -> String {
     store(&mut out, app.store.as_ref(), &metrics);
     bus(&mut out, &app.bus.stats());
     webhooks(&mut out, &app.webhook_counters);
+    push(&mut out, app.notifier.push_outbox());
     process::render(&mut out);
     out.text
 }
@@ -91,6 +92,47 @@ fn webhooks(out: &mut Exposition, counters: &crate::webhook::WebhookCounters) {
         Kind::Gauge,
         "Presence webhook events waiting to be sent.",
         counters.queued_events.load(Relaxed),
+    );
+}
+
+/// Web Push (`crate::push::sender`, and the notifier's outbox bound): all zero without a VAPID
+/// key.
+fn push(out: &mut Exposition, outbox: &herald_core::PushOutbox) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let counters = &outbox.counters;
+    out.single(
+        "herald_push_sent_total",
+        Kind::Counter,
+        "Pushes a push service accepted (2xx).",
+        counters.sent.load(Relaxed),
+    );
+    out.family(
+        "herald_push_failed_total",
+        Kind::Counter,
+        "Push sends that failed, by reason: the answer's class (4xx, 5xx), no answer in time (timeout), or none at all (refused); a send retried counts each time.",
+    );
+    for (reason, count) in herald_core::PUSH_FAILURE_REASONS.iter().zip(&counters.failed) {
+        out.sample("herald_push_failed_total", &[("reason", reason)], count.load(Relaxed));
+    }
+    out.family(
+        "herald_push_dropped_total",
+        Kind::Counter,
+        "Pushes dropped unsent, by reason (outbox full, attempts exhausted, rejected for good, unsubscribed, a live tab, endpoint no longer allowed).",
+    );
+    for (reason, count) in herald_core::PUSH_DROP_REASONS.iter().zip(&counters.dropped) {
+        out.sample("herald_push_dropped_total", &[("reason", reason)], count.load(Relaxed));
+    }
+    out.single(
+        "herald_push_subscriptions_removed_total",
+        Kind::Counter,
+        "Push subscriptions removed because their push service answered 404 or 410.",
+        counters.subscriptions_removed.load(Relaxed),
+    );
+    out.single(
+        "herald_push_outbox_deliveries",
+        Kind::Gauge,
+        "Pushes waiting in the store's outbox, as the sender last counted them (every 5 s), plus those this node added since.",
+        outbox.depth(),
     );
 }
 

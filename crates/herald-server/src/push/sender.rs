@@ -2,43 +2,63 @@
 //! browser's push service (RFC 8030), encrypted (RFC 8291, aes128gcm, by `web-push-native`) and
 //! signed (RFC 8292, [`super::VapidKey::authorization`]).
 //!
-//! One loop in the upkeep's task ([`run`]): every [`PUSH_OUTBOX_POLL_INTERVAL`] it reads up to
-//! [`PUSH_DUE_BATCH_MAX`] due deliveries and sends at most [`PUSH_SENDS_CONCURRENT_MAX`] at once,
-//! each within [`PUSH_SEND_TIMEOUT`]; what is being sent is not taken again. A delivery leaves
-//! the outbox only once its send is settled ([`herald_core::Store::push_settle`]): a crash in
-//! between sends it again at the next start (at least once); nothing else sends it twice.
+//! One loop in the upkeep's task ([`run`]). It sleeps until the next delivery is due or the next
+//! push marker is to be expanded ([`herald_core::Store::push_next_due`]), at most
+//! [`PUSH_IDLE_WAIT_MAX`] (another node's rows, and markers, come without a wake-up), and is
+//! woken at once when this node adds deliveries ([`herald_core::PushOutbox`]). Then it expands
+//! up to [`PUSH_PENDING_BATCH_MAX`] markers their publish left
+//! ([`herald_core::Notifier::expand_pending_pushes`]) and *claims* up to [`PUSH_DUE_BATCH_MAX`]
+//! due deliveries for [`PUSH_CLAIM_LEASE`] ([`herald_core::Store::push_claim`]): another node's
+//! sender on the same store does not take them meanwhile, and a node that dies mid-send leaves
+//! them to be claimed again once the lease ends (at least once). At most
+//! [`PUSH_SENDS_CONCURRENT_MAX`] are sent at once, each within [`PUSH_SEND_TIMEOUT`]. A delivery
+//! leaves the outbox only once its send is settled ([`herald_core::Store::push_settle`]): a
+//! crash in between sends it again (at least once); nothing else sends it twice. Every
+//! [`PUSH_OUTBOX_DEPTH_REFRESH`] it counts the outbox, for its bound
+//! ([`herald_core::PUSH_OUTBOX_DELIVERIES_MAX`]) and `/metrics`.
 //!
 //! What each answer does: 2xx sent; 404 or 410 the subscription is gone (removed from the
 //! store); 413 too large (logged, dropped); 429 and 5xx, a timeout or a connection failure are
-//! retried after `Retry-After` (seconds, at most [`PUSH_RETRY_AFTER_MAX`]) or an exponential
-//! back-off ([`PUSH_BACKOFF_BASE`] doubling up to [`PUSH_BACKOFF_MAX`]), [`PUSH_ATTEMPTS_MAX`]
-//! times in all; any other answer is logged and dropped. A delivery whose subscription was
-//! removed or now belongs to another user, or (policy `offline`) whose session has a live tab
-//! now, is dropped unsent.
+//! retried after `Retry-After` (seconds or an HTTP date, at most [`PUSH_RETRY_AFTER_MAX`]) or an
+//! exponential back-off ([`PUSH_BACKOFF_BASE`] doubling up to [`PUSH_BACKOFF_MAX`]),
+//! [`PUSH_ATTEMPTS_MAX`] times in all; any other answer is logged and dropped. A delivery whose
+//! subscription was removed or now belongs to another user, or (policy `offline`) whose session
+//! has a live tab now, is dropped unsent. Each is counted ([`herald_core::PushCounters`]).
 
 use std::collections::HashSet;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use futures::StreamExt as _;
-use futures::stream::FuturesUnordered;
 use herald_core::notification::now_ms;
-use herald_core::{PushDelivery, PushSettle};
+use herald_core::{PushCounters, PushDelivery, PushSettle};
+use tokio::task::JoinSet;
 
 use super::VapidKey;
 use crate::app::App;
 
-/// How often the outbox is read for due pushes: a push goes out at most this late after it is
-/// due (after the publish under `always`, after the grace period under `offline`).
-pub const PUSH_OUTBOX_POLL_INTERVAL: Duration = Duration::from_millis(250);
-/// Most due deliveries read from the outbox at once.
+/// Longest the sender sleeps between two looks at the outbox: what this node adds wakes it at
+/// once, but other nodes' deliveries (and markers left by a node that died) only show in the
+/// store, so a push due there goes out at most this late.
+pub const PUSH_IDLE_WAIT_MAX: Duration = Duration::from_secs(1);
+/// Most due deliveries claimed from the outbox at once.
 pub const PUSH_DUE_BATCH_MAX: usize = 64;
-/// Most pushes being sent at once; the others wait in the outbox for the next read.
+/// Most markers expanded by the sender at once (see [`herald_core::Notifier::expand_pending_pushes`]).
+pub const PUSH_PENDING_BATCH_MAX: usize = 64;
+/// Most pushes being sent at once; the others wait in the outbox for the next claim.
 pub const PUSH_SENDS_CONCURRENT_MAX: usize = 16;
 /// Longest a push service may take to answer one push (connection included); then the send
 /// counts as failed and is retried.
 pub const PUSH_SEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a claimed delivery (or marker) is this node's: six times [`PUSH_SEND_TIMEOUT`], so
+/// that a send that takes all of it, and its settling on a slow store, end long before another
+/// node may take the row. A node that dies mid-send holds its rows this long.
+pub const PUSH_CLAIM_LEASE: Duration = Duration::from_secs(60);
+const _: () = assert!(PUSH_CLAIM_LEASE.as_secs() >= 3 * PUSH_SEND_TIMEOUT.as_secs(), "the lease outlasts a send");
+/// How often the outbox is counted (its depth, checked against
+/// [`herald_core::PUSH_OUTBOX_DELIVERIES_MAX`] and shown as `herald_push_outbox_deliveries`).
+pub const PUSH_OUTBOX_DEPTH_REFRESH: Duration = Duration::from_secs(5);
 /// Sends tried per delivery (the first included); after the last failure it is dropped, logged.
 pub const PUSH_ATTEMPTS_MAX: u32 = 8;
 /// First wait before a retry without `Retry-After`; it doubles with every attempt.
@@ -52,12 +72,16 @@ pub const PUSH_RETRY_AFTER_MAX: Duration = Duration::from_secs(3600);
 #[derive(Debug)]
 enum Outcome {
     Sent,
-    /// Not sent, on purpose (unsubscribed, a live tab, an endpoint no longer allowed).
+    /// Not sent, on purpose (unsubscribed, a live tab, an endpoint no longer allowed): the
+    /// reason, one of [`herald_core::PUSH_DROP_REASONS`].
     Dropped(&'static str),
     /// 404 / 410: the browser's subscription is gone.
-    Gone,
-    /// Worth another try, after this long if the push service said.
+    Gone(u16),
+    /// Worth another try, after this long if the push service said. `failure`: why the send
+    /// failed (one of [`herald_core::PUSH_FAILURE_REASONS`]); `None` when it was not tried (the
+    /// store or presence could not be read).
     Retry {
+        failure: Option<&'static str>,
         status: Option<u16>,
         after: Option<Duration>,
     },
@@ -68,8 +92,13 @@ enum Outcome {
     },
 }
 
+/// The failure reason of an answer with `status` (see [`herald_core::PUSH_FAILURE_REASONS`]).
+fn status_class(status: u16) -> &'static str {
+    if status >= 500 { "5xx" } else { "4xx" }
+}
+
 /// Sends due pushes forever; returns at once (pending forever) when push is not configured.
-pub(crate) async fn run(app: &App) {
+pub(crate) async fn run(app: &Arc<App>) {
     let Some(vapid) = app.settings.push.vapid.clone() else {
         return std::future::pending().await;
     };
@@ -80,28 +109,71 @@ pub(crate) async fn run(app: &App) {
             return std::future::pending().await;
         }
     };
+    let outbox = Arc::clone(app.notifier.push_outbox());
     let mut sending: HashSet<String> = HashSet::new();
-    let mut in_flight = FuturesUnordered::new();
-    let mut tick = tokio::time::interval(PUSH_OUTBOX_POLL_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut in_flight: JoinSet<String> = JoinSet::new();
+    let mut counted_at: Option<Instant> = None;
     loop {
-        tokio::select! {
-            _ = tick.tick(), if in_flight.len() < PUSH_SENDS_CONCURRENT_MAX => {
-                let room = PUSH_SENDS_CONCURRENT_MAX - in_flight.len();
-                match app.store.push_due(now_ms(), PUSH_DUE_BATCH_MAX).await {
-                    Ok(due) => {
-                        let fresh: Vec<PushDelivery> =
-                            due.into_iter().filter(|d| !sending.contains(&d.id)).take(room).collect();
-                        for delivery in fresh {
-                            sending.insert(delivery.id.clone());
-                            in_flight.push(send(app, &http, &vapid, delivery));
+        if counted_at.is_none_or(|at| at.elapsed() >= PUSH_OUTBOX_DEPTH_REFRESH) {
+            match app.store.push_outbox_depth().await {
+                Ok(depth) => outbox.set_depth(depth),
+                Err(error) => tracing::warn!(%error, "Web Push: cannot count the outbox"),
+            }
+            counted_at = Some(Instant::now());
+        }
+        let now = now_ms();
+        let next_due = match app.store.push_next_due().await {
+            Ok(next) => next,
+            Err(error) => {
+                tracing::warn!(%error, "Web Push: cannot read the outbox");
+                None
+            }
+        };
+        let mut wait = next_due.map_or(PUSH_IDLE_WAIT_MAX, |at| {
+            Duration::from_millis(u64::try_from(at.saturating_sub(now)).unwrap_or(0)).min(PUSH_IDLE_WAIT_MAX)
+        });
+        if wait.is_zero() {
+            // Something is due: take it, then look again at once if anything was taken.
+            let mut took = 0;
+            match app.notifier.expand_pending_pushes(PUSH_PENDING_BATCH_MAX, PUSH_CLAIM_LEASE).await {
+                Ok(markers) => took += markers,
+                Err(error) => tracing::warn!(%error, "Web Push: cannot expand the pushes publishes left"),
+            }
+            let room = PUSH_SENDS_CONCURRENT_MAX.saturating_sub(in_flight.len()).min(PUSH_DUE_BATCH_MAX);
+            if room > 0 {
+                match app.store.push_claim(now_ms(), room, PUSH_CLAIM_LEASE).await {
+                    Ok(claimed) => {
+                        took += claimed.len();
+                        for delivery in claimed {
+                            // A lease that ran out while this node still sends it: not twice here.
+                            if sending.insert(delivery.id.clone()) {
+                                in_flight.spawn(send(Arc::clone(app), http.clone(), Arc::clone(&vapid), delivery));
+                            }
                         }
                     }
-                    Err(error) => tracing::warn!(%error, "Web Push: cannot read the outbox"),
+                    Err(error) => tracing::warn!(%error, "Web Push: cannot claim from the outbox"),
                 }
             }
-            Some(id) = in_flight.next(), if !in_flight.is_empty() => {
-                sending.remove(&id);
+            // Nothing taken although due (another node's claim, a store error, no room):
+            // wait, rather than spin.
+            wait = if took > 0 && in_flight.len() < PUSH_SENDS_CONCURRENT_MAX {
+                Duration::ZERO
+            } else {
+                PUSH_IDLE_WAIT_MAX
+            };
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = outbox.added_since() => {}
+            Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
+                match done {
+                    Ok(id) => {
+                        sending.remove(&id);
+                    }
+                    // A send that panicked: its id stays in `sending`, and its row is claimed
+                    // again by another node after the lease (not here).
+                    Err(error) => tracing::error!(%error, "Web Push: a send task failed"),
+                }
             }
         }
     }
@@ -120,34 +192,53 @@ fn client() -> Result<reqwest::Client, reqwest::Error> {
 }
 
 /// Sends one delivery and settles it in the store; returns its id.
-async fn send(app: &App, http: &reqwest::Client, vapid: &VapidKey, delivery: PushDelivery) -> String {
-    let outcome = attempt(app, http, vapid, &delivery).await;
+async fn send(app: Arc<App>, http: reqwest::Client, vapid: Arc<VapidKey>, delivery: PushDelivery) -> String {
+    let outcome = attempt(&app, &http, &vapid, &delivery).await;
+    let counters: &PushCounters = &app.notifier.push_outbox().counters;
     let attempts = delivery.attempts + 1;
     let settle = match &outcome {
         Outcome::Sent => {
             tracing::debug!(user = %delivery.user, id = %delivery.id, "push sent");
+            counters.sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             PushSettle::Done
         }
         Outcome::Dropped(why) => {
             tracing::debug!(user = %delivery.user, id = %delivery.id, why, "push dropped");
+            counters.drop_pushes(why, 1);
             PushSettle::Done
         }
-        Outcome::Gone => {
-            tracing::info!(user = %delivery.user, subscription = %delivery.subscription, "push subscription gone (404/410): removed");
-            if let Err(error) = app.store.push_unsubscribe(&delivery.user, &delivery.subscription).await {
-                tracing::warn!(%error, "Web Push: cannot remove a gone subscription");
+        Outcome::Gone(status) => {
+            tracing::info!(user = %delivery.user, subscription = %delivery.subscription, status, "push subscription gone (404/410): removed");
+            counters.fail(status_class(*status));
+            match app.store.push_unsubscribe(&delivery.user, &delivery.subscription).await {
+                Ok(true) => {
+                    counters.subscriptions_removed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                Ok(false) => {}
+                Err(error) => tracing::warn!(%error, "Web Push: cannot remove a gone subscription"),
             }
             PushSettle::Done
         }
         Outcome::Failed { status, why } => {
             tracing::warn!(user = %delivery.user, id = %delivery.id, status, why, "push refused by the push service: dropped");
+            if let Some(status) = status {
+                counters.fail(status_class(*status));
+            }
+            counters.drop_pushes("rejected", 1);
             PushSettle::Done
         }
-        Outcome::Retry { status, .. } if attempts >= PUSH_ATTEMPTS_MAX => {
+        Outcome::Retry { failure, status, .. } if attempts >= PUSH_ATTEMPTS_MAX => {
             tracing::warn!(user = %delivery.user, id = %delivery.id, status, attempts, "push failed every attempt: dropped");
+            if let Some(failure) = failure {
+                counters.fail(failure);
+            }
+            counters.drop_pushes("attempts_exhausted", 1);
             PushSettle::Done
         }
-        Outcome::Retry { status, after } => {
+        Outcome::Retry { failure, status, after } => {
+            if let Some(failure) = failure {
+                counters.fail(failure);
+            }
             let wait = after.map_or_else(|| backoff(attempts), |after| after.min(PUSH_RETRY_AFTER_MAX));
             tracing::info!(user = %delivery.user, id = %delivery.id, status, attempts, wait_ms = wait.as_millis() as u64, "push to retry");
             let wait_ms = i64::try_from(wait.as_millis()).unwrap_or(i64::MAX);
@@ -166,29 +257,38 @@ fn backoff(attempts: u32) -> Duration {
     PUSH_BACKOFF_BASE.saturating_mul(1u32 << attempts.saturating_sub(1).min(20)).min(PUSH_BACKOFF_MAX)
 }
 
-/// `Retry-After` in seconds (an HTTP date is not read: the back-off applies then).
-fn retry_after(response: &reqwest::Response) -> Option<Duration> {
-    let value = response.headers().get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
-    value.trim().parse::<u64>().ok().map(Duration::from_secs)
+/// `Retry-After`: seconds, or an HTTP date (RFC 9110), as a wait from `now` (a date past is no
+/// wait). Anything else is ignored: the back-off applies.
+fn retry_after(response: &reqwest::Response, now: std::time::SystemTime) -> Option<Duration> {
+    parse_retry_after(response.headers().get(reqwest::header::RETRY_AFTER)?.to_str().ok()?, now)
+}
+
+fn parse_retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
 async fn attempt(app: &App, http: &reqwest::Client, vapid: &VapidKey, delivery: &PushDelivery) -> Outcome {
     let subscription = match app.store.push_subscription(&delivery.subscription).await {
         Ok(Some(subscription)) if subscription.user == delivery.user => subscription,
         Ok(_) => return Outcome::Dropped("unsubscribed"),
-        Err(_) => return Outcome::Retry { status: None, after: None },
+        Err(_) => return Outcome::Retry { failure: None, status: None, after: None },
     };
     if let Some(session) = &delivery.unless_live {
         match app.notifier.presence(&delivery.user).await {
             Ok(presence) if presence.sessions.iter().any(|s| &s.session == session) => {
-                return Outcome::Dropped("a tab of the session is live");
+                return Outcome::Dropped("tab_live");
             }
             Ok(_) => {}
-            Err(_) => return Outcome::Retry { status: None, after: None },
+            Err(_) => return Outcome::Retry { failure: None, status: None, after: None },
         }
     }
     let Ok(endpoint) = app.settings.push.endpoints.check(&subscription.endpoint) else {
-        return Outcome::Dropped("endpoint no longer allowed");
+        return Outcome::Dropped("endpoint_not_allowed");
     };
     let keys = URL_SAFE_NO_PAD
         .decode(&subscription.p256dh)
@@ -217,13 +317,20 @@ async fn attempt(app: &App, http: &reqwest::Client, vapid: &VapidKey, delivery: 
     }
     let response = match request.send().await {
         Ok(response) => response,
-        Err(_) => return Outcome::Retry { status: None, after: None },
+        Err(error) => {
+            let failure = if error.is_timeout() { "timeout" } else { "refused" };
+            return Outcome::Retry { failure: Some(failure), status: None, after: None };
+        }
     };
     let status = response.status().as_u16();
     match status {
         200..=299 => Outcome::Sent,
-        404 | 410 => Outcome::Gone,
-        429 | 500..=599 => Outcome::Retry { status: Some(status), after: retry_after(&response) },
+        404 | 410 => Outcome::Gone(status),
+        429 | 500..=599 => Outcome::Retry {
+            failure: Some(status_class(status)),
+            status: Some(status),
+            after: retry_after(&response, std::time::SystemTime::now()),
+        },
         413 => {
             Outcome::Failed { status: Some(status), why: "the push is too large for the push service".into() }
         }
@@ -241,5 +348,15 @@ mod tests {
         assert_eq!(backoff(2), PUSH_BACKOFF_BASE * 2);
         assert_eq!(backoff(4), PUSH_BACKOFF_BASE * 8);
         assert_eq!(backoff(40), PUSH_BACKOFF_MAX);
+    }
+
+    #[test]
+    fn retry_after_is_read_as_seconds_or_as_an_http_date() {
+        let now = std::time::UNIX_EPOCH + Duration::from_secs(784_111_777); // Sun, 06 Nov 1994 08:49:37 GMT
+        assert_eq!(parse_retry_after(" 120 ", now), Some(Duration::from_secs(120)));
+        assert_eq!(parse_retry_after("Sun, 06 Nov 1994 08:51:37 GMT", now), Some(Duration::from_secs(120)));
+        assert_eq!(parse_retry_after("Sun, 06 Nov 1994 08:48:37 GMT", now), Some(Duration::ZERO), "a date past");
+        assert_eq!(parse_retry_after("soon", now), None);
+        assert_eq!(parse_retry_after("-5", now), None);
     }
 }

@@ -375,6 +375,11 @@ async fn the_exposition_names_every_family_with_help_type_and_units() {
         "herald_webhook_retries_total",
         "herald_webhook_dropped_total",
         "herald_webhook_queue_events",
+        "herald_push_sent_total",
+        "herald_push_failed_total",
+        "herald_push_dropped_total",
+        "herald_push_subscriptions_removed_total",
+        "herald_push_outbox_deliveries",
     ] {
         assert!(
             scraped.keys().any(|series| series == family || series.starts_with(&format!("{family}{{"))),

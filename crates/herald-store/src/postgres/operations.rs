@@ -80,19 +80,74 @@ impl Store for PostgresStore {
             .await
     }
 
-    async fn push_due(
+    async fn push_claim(
         &self,
         now_ms: i64,
         limit: usize,
+        lease: std::time::Duration,
     ) -> Result<Vec<herald_core::PushDelivery>, StoreError> {
         if limit == 0 {
             return Ok(Vec::new());
         }
+        let until_ms = now_ms.saturating_add(crate::lease_ms(lease));
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let pool = &*self.pool;
-        pool.run(
-            move || async move { super::reads::read_push_due(&*pool.client().await?, now_ms, limit).await },
-        )
+        let mut claimed = pool
+            .run(move || async move {
+                super::writes::push_claim(&*pool.client().await?, now_ms, limit, until_ms).await
+            })
+            .await?;
+        claimed.sort_by(|a, b| (a.due_at_ms, &a.id).cmp(&(b.due_at_ms, &b.id)));
+        Ok(claimed)
+    }
+
+    async fn push_expand(
+        &self,
+        expansions: &[herald_core::PushExpansion],
+        to_senders: &[herald_core::PushMarker],
+        now_ms: i64,
+    ) -> Result<usize, StoreError> {
+        if expansions.is_empty() && to_senders.is_empty() {
+            return Ok(0);
+        }
+        let pool = &*self.pool;
+        pool.run(move || async move {
+            let mut client = pool.client().await?;
+            let tx = client.transaction().await?;
+            let added = super::writes::push_expand(&tx, expansions, to_senders, now_ms).await?;
+            tx.commit().await?;
+            Ok(added)
+        })
         .await
+    }
+
+    async fn push_claim_pending(
+        &self,
+        now_ms: i64,
+        limit: usize,
+        lease: std::time::Duration,
+    ) -> Result<Vec<herald_core::PushPending>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let until_ms = now_ms.saturating_add(crate::lease_ms(lease));
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let pool = &*self.pool;
+        pool.run(move || async move {
+            super::writes::push_claim_pending(&*pool.client().await?, now_ms, limit, until_ms).await
+        })
+        .await
+    }
+
+    async fn push_next_due(&self) -> Result<Option<i64>, StoreError> {
+        let pool = &*self.pool;
+        pool.run(move || async move { super::reads::read_push_next_due(&*pool.client().await?).await }).await
+    }
+
+    async fn push_outbox_depth(&self) -> Result<u64, StoreError> {
+        let pool = &*self.pool;
+        pool.run(move || async move { super::reads::read_push_outbox_depth(&*pool.client().await?).await })
+            .await
     }
 
     async fn push_settle(&self, id: &str, settle: herald_core::PushSettle) -> Result<(), StoreError> {
@@ -175,10 +230,18 @@ impl Store for PostgresStore {
         idempotency_key: Option<&str>,
     ) -> Result<Appended, StoreError> {
         if entries.is_empty() && idempotency_key.is_none() {
-            return Ok(Appended::Stored { notifications: Vec::new(), counts: Vec::new() });
+            return Ok(Appended::Stored { notifications: Vec::new(), counts: Vec::new(), push_pending: Vec::new() });
         }
         let key = idempotency_key.map(str::to_owned);
-        self.writer.submit(AppendRequest { entries, key }).await
+        // Each distinct push request once (a publish's entries share one); none at all when no
+        // entry has one.
+        let mut push: Vec<(std::sync::Arc<herald_core::PushRequest>, String)> = Vec::new();
+        for request in entries.iter().filter_map(|entry| entry.push.as_ref()) {
+            if !push.iter().any(|(p, _)| std::sync::Arc::ptr_eq(p, request)) {
+                push.push((std::sync::Arc::clone(request), crate::push_json(&**request)?));
+            }
+        }
+        self.writer.submit(AppendRequest { entries, key, push }).await
     }
 
     async fn complete_receipt(&self, idempotency_key: &str, receipt: &Receipt) -> Result<(), StoreError> {

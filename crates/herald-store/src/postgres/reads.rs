@@ -445,18 +445,21 @@ pub(super) async fn read_push_subscription(
     Ok(row.map(|row| crate::push_from_json(row.get(0))).transpose()?)
 }
 
-/// Up to `limit` deliveries due at `now_ms`, earliest first (`herald_push_outbox_by_due_at`).
-pub(super) async fn read_push_due(
-    client: &ClientWrapper,
-    now_ms: i64,
-    limit: usize,
-) -> Result<Vec<herald_core::PushDelivery>, Error> {
-    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+/// When the next delivery is due or the next marker is to be expanded (the first entry of
+/// `herald_push_outbox_by_due_at` and of `herald_push_pending_by_expand_by`).
+pub(super) async fn read_push_next_due(client: &ClientWrapper) -> Result<Option<i64>, Error> {
     let statement = client
         .prepare_cached(
-            "SELECT delivery FROM herald_push_outbox WHERE due_at <= $1 ORDER BY due_at, id LIMIT $2",
+            "SELECT LEAST((SELECT MIN(due_at) FROM herald_push_outbox),
+                          (SELECT MIN(expand_by) FROM herald_push_pending))",
         )
         .await?;
-    let rows = client.query(&statement, &[&now_ms, &limit]).await?;
-    Ok(rows.iter().map(|row| crate::push_from_json(row.get(0))).collect::<Result<_, _>>()?)
+    Ok(client.query_one(&statement, &[]).await?.get(0))
+}
+
+/// How many deliveries the push outbox holds.
+pub(super) async fn read_push_outbox_depth(client: &ClientWrapper) -> Result<u64, Error> {
+    let statement = client.prepare_cached("SELECT COUNT(*) FROM herald_push_outbox").await?;
+    let count: i64 = client.query_one(&statement, &[]).await?.get(0);
+    Ok(u64::try_from(count).unwrap_or(0))
 }

@@ -14,7 +14,7 @@ use super::sql::Error;
 
 /// The schema this code writes, kept in `herald_meta.schema_version`. A database with a higher
 /// version was migrated by a newer Herald: opening it fails rather than guess.
-pub const SCHEMA_VERSION: i32 = 6;
+pub const SCHEMA_VERSION: i32 = 7;
 
 /// Schema version 1: everything the `Store` contract needed then (listens came with
 /// [`SCHEMA_V2`], topic logs with [`SCHEMA_V3`], fan-out jobs with [`SCHEMA_V4`]).
@@ -231,6 +231,23 @@ CREATE TABLE herald_presence_nodes (
 UPDATE herald_meta SET schema_version = 6;
 "#;
 
+/// Version 6 → 7: **push markers** (see `herald_core::push`, "Why a marker"), as SQLite's
+/// schema version 12: `herald_push_pending`, one row per stored notification whose pushes are
+/// not in the outbox yet, written by the append in its statement (only for a user with a row
+/// in `herald_push_subscriptions`) and removed when its pushes are; by `expand_by` for the
+/// senders' scan of the markers their publish left.
+pub const SCHEMA_V7: &str = r#"
+CREATE TABLE herald_push_pending (
+    user_id   text COLLATE "C" NOT NULL,
+    seq       bigint NOT NULL,
+    expand_by bigint NOT NULL,
+    request   text NOT NULL,
+    PRIMARY KEY (user_id, seq)
+);
+CREATE INDEX herald_push_pending_by_expand_by ON herald_push_pending (expand_by);
+UPDATE herald_meta SET schema_version = 7;
+"#;
+
 /// The advisory lock migrations hold (for their transaction): one per schema, so several nodes
 /// starting at once on one database migrate one after the other, and the later ones find the
 /// schema done. `hashtext` of the schema's name: stores in other schemas of the database do not
@@ -299,7 +316,13 @@ pub(super) async fn migrate(client: &mut Client, place: &str) -> Result<(), Erro
         }
         tx.batch_execute(SCHEMA_V6).await?;
     }
-    // Later versions: `if version < 6 { … }`, each bumping `herald_meta.schema_version`.
+    if version < 7 {
+        if version >= 1 {
+            tracing::info!(place, "upgrading Herald's tables to schema version 7 (push markers)");
+        }
+        tx.batch_execute(SCHEMA_V7).await?;
+    }
+    // Later versions: `if version < 8 { … }`, each bumping `herald_meta.schema_version`.
     tx.commit().await?;
     Ok(())
 }

@@ -28,7 +28,7 @@ use deadpool_postgres::{ClientWrapper, GenericClient, Object, Transaction};
 use herald_core::inbox::CountsDelta;
 use herald_core::{
     Appended, InboxChange, InboxCounts, ItemState, ListenBounds, Mark, NewNotification, NewTopicEvent,
-    Notification, PrunedInbox, Receipt, ReceiptEntry, Retention, ScopeListens, Selection, SessionId,
+    Notification, PrunedInbox, Receipt, ReceiptEntry, Retention, ScopeListens, Selection, Seq, SessionId,
     StoreError, Topic, TopicAppended, TopicEvent, TopicReceipt, UserId,
 };
 use tokio_postgres::Row;
@@ -51,6 +51,10 @@ const PRUNE_LOCK: &str = "SELECT pg_try_advisory_xact_lock(hashtext(current_sche
 pub(super) struct AppendRequest {
     pub entries: Vec<NewNotification>,
     pub key: Option<String>,
+    /// The distinct push requests of the entries (by `Arc`: usually one, the publish's), with
+    /// their JSON, serialized by the requester; empty when no entry has one, and then the
+    /// append's statement has no push part at all.
+    pub push: Vec<(Arc<herald_core::PushRequest>, String)>,
 }
 
 /// What becomes of one request of a batch once the keys are claimed.
@@ -131,6 +135,56 @@ struct Stored {
     counts: HashMap<String, InboxCounts>,
     /// The users of the batch, if one of them went over `max_per_user`.
     over_max: Option<Vec<String>>,
+    /// The push markers the batch kept, of all its requests.
+    push_pending: Vec<herald_core::PushMarker>,
+}
+
+/// The entries of a batch that carry a push request, one array per column (`unnest`), and the
+/// batch's distinct requests as JSON (each entry names its own by a 1-based index).
+#[derive(Default)]
+struct PushRows<'a> {
+    users: Vec<&'a str>,
+    back: Vec<i64>,
+    expand_by: Vec<i64>,
+    request: Vec<i32>,
+    requests: Vec<&'a str>,
+}
+
+impl<'a> PushRows<'a> {
+    /// The push rows of the entries stored by `batch` (those whose fate is to be stored), with
+    /// the `back` of each from `rows`, which lists the same entries in the same order.
+    fn of(batch: &[&'a AppendRequest], fates: &[Fate], rows: &EntryRows<'a>) -> Self {
+        let mut push = PushRows::default();
+        if batch.iter().all(|request| request.push.is_empty()) {
+            return push;
+        }
+        let mut index = 0;
+        for (request, fate) in batch.iter().zip(fates) {
+            if !matches!(fate, Fate::Store) {
+                continue;
+            }
+            for entry in &request.entries {
+                let back = rows.back[index];
+                index += 1;
+                let Some(wanted) = &entry.push else { continue };
+                let Some((request, json)) = request.push.iter().find(|(r, _)| Arc::ptr_eq(r, wanted)) else {
+                    continue;
+                };
+                let position = match push.requests.iter().position(|r| std::ptr::eq(*r, json.as_str())) {
+                    Some(position) => position,
+                    None => {
+                        push.requests.push(json);
+                        push.requests.len() - 1
+                    }
+                };
+                push.users.push(entry.user.as_str());
+                push.back.push(back);
+                push.expand_by.push(request.expand_by_ms);
+                push.request.push(i32::try_from(position + 1).unwrap_or(i32::MAX));
+            }
+        }
+        push
+    }
 }
 
 /// Stores the entries of the requests whose fate is [`Fate::Store`], in **one statement**: the
@@ -158,6 +212,7 @@ async fn store_entries<C: GenericClient>(
         notifications: Vec::with_capacity(batch.len()),
         counts: HashMap::with_capacity(per_user.len()),
         over_max: None,
+        push_pending: Vec::new(),
     };
     if per_user.is_empty() {
         // Only requests without entries (an ephemeral publish recording its key).
@@ -177,6 +232,27 @@ async fn store_entries<C: GenericClient>(
     }
     let users: Vec<&str> = per_user.keys().copied().collect();
     let added: Vec<i64> = per_user.values().copied().collect();
+    let push = PushRows::of(batch, fates, &rows);
+    let push_part = if push.users.is_empty() {
+        ""
+    } else {
+        // One marker per entry with a push request whose user has a subscription, in the same
+        // statement (so the same transaction) as the entries: the seqs come out as theirs do.
+        ", markers AS (
+             INSERT INTO herald_push_pending (user_id, seq, expand_by, request)
+             SELECT m.user_id, c.last_seq - m.back, m.expand_by, ($14::text[])[m.request]
+             FROM unnest($11::text[], $12::bigint[], $13::bigint[], $15::int[])
+                      AS m(user_id, back, expand_by, request)
+             JOIN counters c ON c.user_id = m.user_id
+             WHERE EXISTS (SELECT 1 FROM herald_push_subscriptions s WHERE s.user_id = m.user_id)
+             RETURNING user_id, seq
+         )"
+    };
+    let push_seqs = if push.users.is_empty() {
+        ""
+    } else {
+        ", (SELECT array_agg(m.seq) FROM markers m WHERE m.user_id = counters.user_id) AS push_seqs"
+    };
     let statement = client
         .prepare_cached(&format!(
             "WITH counters AS (
@@ -199,27 +275,32 @@ async fn store_entries<C: GenericClient>(
                              $9::text[], $10::text[])
                           AS e(user_id, back, type, data, created_at, session, client, except_client)
                  JOIN counters c ON c.user_id = e.user_id
-             )
-             SELECT * FROM counters"
+             ){push_part}
+             SELECT *{push_seqs} FROM counters"
         ))
         .await?;
-    let answered = client
-        .query(
-            &statement,
-            &[
-                &users,
-                &added,
-                &rows.users,
-                &rows.back,
-                &rows.kinds,
-                &rows.data,
-                &rows.created_at,
-                &rows.sessions,
-                &rows.clients,
-                &rows.except_clients,
-            ],
-        )
-        .await?;
+    let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![
+        &users,
+        &added,
+        &rows.users,
+        &rows.back,
+        &rows.kinds,
+        &rows.data,
+        &rows.created_at,
+        &rows.sessions,
+        &rows.clients,
+        &rows.except_clients,
+    ];
+    if !push.users.is_empty() {
+        params.extend([
+            &push.users as &(dyn tokio_postgres::types::ToSql + Sync),
+            &push.back,
+            &push.expand_by,
+            &push.requests,
+            &push.request,
+        ]);
+    }
+    let answered = client.query(&statement, &params).await?;
     let mut last_seqs: HashMap<&str, i64> = HashMap::with_capacity(per_user.len());
     let mut over_max = false;
     for row in &answered {
@@ -230,6 +311,14 @@ async fn store_entries<C: GenericClient>(
         })?;
         last_seqs.insert(key, last_seq);
         over_max |= last_seq.saturating_sub(max_per_user) > pruned_through;
+        if !push.users.is_empty() {
+            let seqs: Option<Vec<i64>> = row.try_get("push_seqs")?;
+            for seq in seqs.unwrap_or_default() {
+                let user = UserId::new(user.as_str())
+                    .map_err(|e| StoreError::Corrupt(format!("a push marker's user: {e}")))?;
+                stored.push_pending.push(herald_core::PushMarker { user, seq: seq_from_sql(seq)? });
+            }
+        }
         stored.counts.insert(user, counts_from_row(row, 3)?);
     }
     if last_seqs.len() != per_user.len() {
@@ -300,7 +389,20 @@ fn answers(fates: Vec<Fate>, mut stored: Stored) -> Vec<Appended> {
                         ));
                     }
                 }
-                Appended::Stored { notifications, counts: user_counts }
+                // The batch's markers that are this request's notifications.
+                let push_pending = if stored.push_pending.is_empty() {
+                    Vec::new()
+                } else {
+                    let mine: HashSet<(&UserId, Seq)> =
+                        notifications.iter().filter_map(|n| Some((&n.user, n.seq?))).collect();
+                    stored
+                        .push_pending
+                        .iter()
+                        .filter(|m| mine.contains(&(&m.user, m.seq)))
+                        .cloned()
+                        .collect()
+                };
+                Appended::Stored { notifications, counts: user_counts, push_pending }
             }
             Fate::DuplicateOf(first) => {
                 // `take` above only emptied requests before `i`; the first of a key comes before.
@@ -1194,4 +1296,119 @@ pub(super) async fn push_settle(
         }
     }
     Ok(())
+}
+
+/// Claims up to `limit` due deliveries until `until_ms`, in one statement: `FOR UPDATE SKIP
+/// LOCKED` makes two nodes' claims take different rows (a row another claim is moving is
+/// skipped, and once moved it is no longer due). Their JSON, in no order.
+pub(super) async fn push_claim(
+    client: &ClientWrapper,
+    now_ms: i64,
+    limit: i64,
+    until_ms: i64,
+) -> Result<Vec<herald_core::PushDelivery>, Error> {
+    let statement = client
+        .prepare_cached(
+            "UPDATE herald_push_outbox SET due_at = $3
+             WHERE id IN (SELECT id FROM herald_push_outbox WHERE due_at <= $1 ORDER BY due_at, id LIMIT $2
+                          FOR UPDATE SKIP LOCKED)
+             RETURNING delivery",
+        )
+        .await?;
+    let rows = client.query(&statement, &[&now_ms, &limit, &until_ms]).await?;
+    Ok(rows.iter().map(|row| crate::push_from_json(row.get(0))).collect::<Result<_, _>>()?)
+}
+
+/// Removes the markers of `expansions` and adds the deliveries of those it removed, then makes
+/// `to_senders` due at `now_ms`, in `tx`; how many deliveries were added. A marker another
+/// transaction removes first (the publish, or another node's sender) is waited for, then not
+/// found: its deliveries are not added twice.
+pub(super) async fn push_expand(
+    tx: &Transaction<'_>,
+    expansions: &[herald_core::PushExpansion],
+    to_senders: &[herald_core::PushMarker],
+    now_ms: i64,
+) -> Result<usize, Error> {
+    let mut added = 0;
+    if !expansions.is_empty() {
+        let (mut users, mut seqs) = (Vec::new(), Vec::new());
+        let (mut of_user, mut of_seq, mut ids, mut due, mut json) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        // Sorted: the order the markers' rows are locked in.
+        let mut sorted: Vec<&herald_core::PushExpansion> = expansions.iter().collect();
+        sorted.sort_by(|a, b| a.marker.cmp(&b.marker));
+        for expansion in sorted {
+            let seq = sql_seq(expansion.marker.seq);
+            users.push(expansion.marker.user.as_str());
+            seqs.push(seq);
+            for delivery in &expansion.deliveries {
+                of_user.push(expansion.marker.user.as_str());
+                of_seq.push(seq);
+                ids.push(delivery.id.as_str());
+                due.push(delivery.due_at_ms);
+                json.push(crate::push_json(delivery)?);
+            }
+        }
+        let statement = tx
+            .prepare_cached(
+                "WITH removed AS (
+                     DELETE FROM herald_push_pending p USING unnest($1::text[], $2::bigint[]) AS t(user_id, seq)
+                     WHERE p.user_id = t.user_id AND p.seq = t.seq
+                     RETURNING p.user_id, p.seq
+                 )
+                 INSERT INTO herald_push_outbox (id, due_at, delivery)
+                 SELECT d.id, d.due_at, d.delivery
+                 FROM unnest($3::text[], $4::bigint[], $5::text[], $6::bigint[], $7::text[])
+                          AS d(user_id, seq, id, due_at, delivery)
+                 JOIN removed r ON r.user_id = d.user_id AND r.seq = d.seq
+                 ON CONFLICT (id) DO NOTHING",
+            )
+            .await?;
+        let inserted =
+            tx.execute(&statement, &[&users, &seqs, &of_user, &of_seq, &ids, &due, &json]).await?;
+        added = usize::try_from(inserted).unwrap_or(usize::MAX);
+    }
+    if !to_senders.is_empty() {
+        let users: Vec<&str> = to_senders.iter().map(|m| m.user.as_str()).collect();
+        let seqs: Vec<i64> = to_senders.iter().map(|m| sql_seq(m.seq)).collect();
+        let statement = tx
+            .prepare_cached(
+                "UPDATE herald_push_pending p SET expand_by = $3
+                 FROM unnest($1::text[], $2::bigint[]) AS t(user_id, seq)
+                 WHERE p.user_id = t.user_id AND p.seq = t.seq",
+            )
+            .await?;
+        tx.execute(&statement, &[&users, &seqs, &now_ms]).await?;
+    }
+    Ok(added)
+}
+
+/// Claims up to `limit` markers to expand until `until_ms`, as [`push_claim`] does deliveries:
+/// `(user, seq, request JSON)`.
+pub(super) async fn push_claim_pending(
+    client: &ClientWrapper,
+    now_ms: i64,
+    limit: i64,
+    until_ms: i64,
+) -> Result<Vec<herald_core::PushPending>, Error> {
+    let statement = client
+        .prepare_cached(
+            "UPDATE herald_push_pending SET expand_by = $3
+             WHERE (user_id, seq) IN (SELECT user_id, seq FROM herald_push_pending WHERE expand_by <= $1
+                                      ORDER BY expand_by LIMIT $2 FOR UPDATE SKIP LOCKED)
+             RETURNING user_id, seq, request",
+        )
+        .await?;
+    let rows = client.query(&statement, &[&now_ms, &limit, &until_ms]).await?;
+    let mut claimed = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let user = UserId::new(row.get::<_, String>(0))
+            .map_err(|e| StoreError::Corrupt(format!("a push marker's user: {e}")))?;
+        let seq = seq_from_sql(row.get(1))?;
+        let mut request: herald_core::PushRequest = crate::push_from_json(row.get(2))?;
+        request.expand_by_ms = until_ms;
+        claimed.push(herald_core::PushPending { marker: herald_core::PushMarker { user, seq }, request });
+    }
+    claimed.sort_by(|a, b| a.marker.cmp(&b.marker));
+    Ok(claimed)
 }

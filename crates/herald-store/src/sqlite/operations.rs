@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use herald_core::{
     Appended, Epoch, FanoutJob, InboxChange, InboxCounts, InboxPage, InboxQuery, ListenBounds, LogHead,
     LogPage, Mark, NewNotification, NewTopicEvent, PresenceBeat, PresenceChange, PresenceEvent, PruneReport,
-    PushBounds, PushDelivery, PushSettle, PushSubscription, Receipt, Revocation, ScopeListens, Selection,
+    PushBounds, PushDelivery, PushExpansion, PushMarker, PushPending, PushSettle, PushSubscription, Receipt, Revocation, ScopeListens, Selection,
     Seq, SessionId, Store, StoreError, StoredListen, Topic, TopicAppended, TopicHead, TopicListener,
     TopicPage, UserId,
 };
@@ -22,7 +22,8 @@ use super::reads::{
 };
 use super::request::{
     Append, AppendTopic, CompleteReceipt, ForgetSessionListens, InboxChunk, InboxDelete, InboxMark, Listen,
-    PresenceHeartbeat, PruneChunk, PushEnqueue, PushSettleRow, PushSubscribe, PushUnsubscribe,
+    AppendPush, PresenceHeartbeat, PruneChunk, PushClaim, PushClaimPending, PushEnqueue, PushExpand,
+    PushSettleRow, PushSubscribe, PushUnsubscribe,
     RecordPresence, ReleasePresence, Revoke, Rows, SaveJob, Unlisten, Write,
 };
 use super::sql::sql_seq;
@@ -63,11 +64,82 @@ impl Store for SqliteStore {
         self.writer.submit(PushEnqueue { rows }).await
     }
 
-    async fn push_due(&self, now_ms: i64, limit: usize) -> Result<Vec<PushDelivery>, StoreError> {
+    async fn push_claim(
+        &self,
+        now_ms: i64,
+        limit: usize,
+        lease: std::time::Duration,
+    ) -> Result<Vec<PushDelivery>, StoreError> {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        self.readers.read(move |tx| super::reads::read_push_due(tx, now_ms, limit)).await
+        let until_ms = now_ms.saturating_add(crate::lease_ms(lease));
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = self.writer.submit(PushClaim { now_ms, limit, until_ms }).await?;
+        let mut claimed =
+            rows.iter().map(|json| crate::push_from_json::<PushDelivery>(json)).collect::<Result<Vec<_>, _>>()?;
+        claimed.sort_by(|a, b| (a.due_at_ms, &a.id).cmp(&(b.due_at_ms, &b.id)));
+        Ok(claimed)
+    }
+
+    async fn push_expand(
+        &self,
+        expansions: &[PushExpansion],
+        to_senders: &[PushMarker],
+        now_ms: i64,
+    ) -> Result<usize, StoreError> {
+        if expansions.is_empty() && to_senders.is_empty() {
+            return Ok(0);
+        }
+        let key = |m: &PushMarker| (m.user.as_str().to_owned(), sql_seq(m.seq));
+        let expansions = expansions
+            .iter()
+            .map(|e| {
+                let deliveries = e
+                    .deliveries
+                    .iter()
+                    .map(|d| Ok((d.id.clone(), d.due_at_ms, crate::push_json(d)?)))
+                    .collect::<Result<Vec<_>, StoreError>>()?;
+                Ok((key(&e.marker), deliveries))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        let to_senders = to_senders.iter().map(key).collect();
+        self.writer.submit(PushExpand { expansions, to_senders, now_ms }).await
+    }
+
+    async fn push_claim_pending(
+        &self,
+        now_ms: i64,
+        limit: usize,
+        lease: std::time::Duration,
+    ) -> Result<Vec<PushPending>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let until_ms = now_ms.saturating_add(crate::lease_ms(lease));
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = self.writer.submit(PushClaimPending { now_ms, limit, until_ms }).await?;
+        let mut claimed = rows
+            .into_iter()
+            .map(|(user, seq, json)| {
+                let user = UserId::new(user)
+                    .map_err(|e| StoreError::Corrupt(format!("a push marker's user: {e}")))?;
+                let seq = super::sql::seq_from_sql(seq)?;
+                let mut request: herald_core::PushRequest = crate::push_from_json(&json)?;
+                request.expand_by_ms = until_ms;
+                Ok(PushPending { marker: PushMarker { user, seq }, request })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        claimed.sort_by(|a, b| a.marker.cmp(&b.marker));
+        Ok(claimed)
+    }
+
+    async fn push_next_due(&self) -> Result<Option<i64>, StoreError> {
+        self.readers.read(super::reads::read_push_next_due).await
+    }
+
+    async fn push_outbox_depth(&self) -> Result<u64, StoreError> {
+        self.readers.read(super::reads::read_push_outbox_depth).await
     }
 
     async fn push_settle(&self, id: &str, settle: PushSettle) -> Result<(), StoreError> {
@@ -128,10 +200,18 @@ impl Store for SqliteStore {
         idempotency_key: Option<&str>,
     ) -> Result<Appended, StoreError> {
         if entries.is_empty() && idempotency_key.is_none() {
-            return Ok(Appended::Stored { notifications: Vec::new(), counts: Vec::new() });
+            return Ok(Appended::Stored { notifications: Vec::new(), counts: Vec::new(), push_pending: Vec::new() });
         }
         let key = idempotency_key.map(str::to_owned);
-        self.writer.submit(Append { entries, key }).await
+        // Each distinct push request once (a publish's entries share one), serialized here rather
+        // than on the writer thread; none at all when no entry has one.
+        let mut push: Vec<AppendPush> = Vec::new();
+        for request in entries.iter().filter_map(|entry| entry.push.as_ref()) {
+            if !push.iter().any(|p| Arc::ptr_eq(&p.request, request)) {
+                push.push(AppendPush { request: Arc::clone(request), json: crate::push_json(&**request)? });
+            }
+        }
+        self.writer.submit(Append { entries, key, push }).await
     }
 
     async fn complete_receipt(&self, idempotency_key: &str, receipt: &Receipt) -> Result<(), StoreError> {

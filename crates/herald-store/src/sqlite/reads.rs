@@ -576,17 +576,22 @@ pub(super) fn read_push_subscription(
     json.as_deref().map(crate::push_from_json).transpose()
 }
 
-/// Up to `limit` deliveries of the push outbox due at `now_ms`, earliest first (the index
-/// `push_outbox_by_due_at`).
-pub(super) fn read_push_due(
-    conn: &Connection,
-    now_ms: i64,
-    limit: usize,
-) -> Result<Vec<herald_core::PushDelivery>, StoreError> {
-    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-    let rows: Vec<String> = conn
-        .prepare_cached("SELECT delivery FROM push_outbox WHERE due_at <= ?1 ORDER BY due_at, id LIMIT ?2")
-        .and_then(|mut stmt| stmt.query_map(params![now_ms, limit], |row| row.get(0))?.collect())
+/// When the next delivery of the push outbox is due or the next push marker is to be expanded
+/// (ms): the first entry of `push_outbox_by_due_at` and of `push_pending_by_expand_by`.
+pub(super) fn read_push_next_due(tx: &rusqlite::Transaction<'_>) -> Result<Option<i64>, StoreError> {
+    tx.prepare_cached(
+        "SELECT MIN(t) FROM (SELECT MIN(due_at) AS t FROM push_outbox
+                              UNION ALL SELECT MIN(expand_by) FROM push_pending)",
+    )
+    .and_then(|mut stmt| stmt.query_row([], |row| row.get(0)))
+    .map_err(db_error)
+}
+
+/// How many deliveries the push outbox holds.
+pub(super) fn read_push_outbox_depth(tx: &rusqlite::Transaction<'_>) -> Result<u64, StoreError> {
+    let count: i64 = tx
+        .prepare_cached("SELECT COUNT(*) FROM push_outbox")
+        .and_then(|mut stmt| stmt.query_row([], |row| row.get(0)))
         .map_err(db_error)?;
-    rows.iter().map(|json| crate::push_from_json(json)).collect()
+    Ok(u64::try_from(count).unwrap_or(0))
 }

@@ -8,7 +8,7 @@
 
 use herald_core::{
     InboxChange, ListenBounds, Mark, NewNotification, NewTopicEvent, PresenceChange, PrunedInbox, PushBounds,
-    PushSettle, PushSubscription, Retention, Seq, SessionId, StoreError, Topic, UserId,
+    PushRequest, PushSettle, PushSubscription, Retention, Seq, SessionId, StoreError, Topic, UserId,
 };
 use rusqlite::Connection;
 use tokio::sync::oneshot;
@@ -109,6 +109,9 @@ pub(super) enum Request {
     PushUnsubscribe(Job<PushUnsubscribe>),
     PushEnqueue(Job<PushEnqueue>),
     PushSettleRow(Job<PushSettleRow>),
+    PushExpand(Job<PushExpand>),
+    PushClaim(Job<PushClaim>),
+    PushClaimPending(Job<PushClaimPending>),
 }
 
 /// `$body` with `$job` bound to the request's job, whatever its write: the one place that lists
@@ -135,6 +138,9 @@ macro_rules! with_job {
             Request::PushUnsubscribe($job) => $body,
             Request::PushEnqueue($job) => $body,
             Request::PushSettleRow($job) => $body,
+            Request::PushExpand($job) => $body,
+            Request::PushClaim($job) => $body,
+            Request::PushClaimPending($job) => $body,
         }
     };
 }
@@ -172,10 +178,21 @@ impl Request {
     }
 }
 
-/// Stores `entries`, each with the next seq of its user (`Store::append`).
+/// Stores `entries`, each with the next seq of its user (`Store::append`), and a push marker
+/// for each entry with a push request whose user has a push subscription.
 pub(super) struct Append {
     pub entries: Vec<NewNotification>,
     pub key: Option<String>,
+    /// The distinct push requests of the entries (by `Arc`: usually one, the publish's),
+    /// serialized by the requester; empty when no entry has one, and then the append does no
+    /// push work at all.
+    pub push: Vec<AppendPush>,
+}
+
+/// One push request of an append, with its JSON.
+pub(super) struct AppendPush {
+    pub request: std::sync::Arc<PushRequest>,
+    pub json: String,
 }
 
 /// Stores `event` with the next tseq of its topic, keeping at most `topic_max_events` of the
@@ -341,4 +358,29 @@ pub(super) struct PushEnqueue {
 pub(super) struct PushSettleRow {
     pub id: String,
     pub settle: PushSettle,
+}
+
+/// Expands push markers (`Store::push_expand`): each marker `(user, seq)` is removed and, only
+/// if it was there, its deliveries `(id, due_at_ms, json)` are added; the markers of
+/// `to_senders` are made due for the senders at `now_ms`.
+pub(super) struct PushExpand {
+    pub expansions: Vec<((String, i64), Vec<(String, i64, String)>)>,
+    pub to_senders: Vec<(String, i64)>,
+    pub now_ms: i64,
+}
+
+/// Claims up to `limit` deliveries due at `now_ms` until `until_ms` (`Store::push_claim`);
+/// answers their JSON, parsed by the requester.
+pub(super) struct PushClaim {
+    pub now_ms: i64,
+    pub limit: i64,
+    pub until_ms: i64,
+}
+
+/// Claims up to `limit` markers to expand at `now_ms` until `until_ms`
+/// (`Store::push_claim_pending`); answers `(user, seq, request JSON)`.
+pub(super) struct PushClaimPending {
+    pub now_ms: i64,
+    pub limit: i64,
+    pub until_ms: i64,
 }

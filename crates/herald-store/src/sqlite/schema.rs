@@ -14,7 +14,7 @@ use super::sql::db_error;
 
 /// The schema this code writes, kept in `PRAGMA user_version`. A database with a higher version
 /// was written by a newer Herald: opening it fails rather than guess.
-pub const SCHEMA_VERSION: i32 = 11;
+pub const SCHEMA_VERSION: i32 = 12;
 
 /// Schema version 1. `notifications` is `WITHOUT ROWID`, clustered by (user, seq): a replay is
 /// one range scan. A new database gets it, then [`SCHEMA_V2`], like an old one.
@@ -294,6 +294,23 @@ CREATE TABLE presence_nodes (
 ) WITHOUT ROWID;
 ";
 
+/// Version 11 → 12: **push markers** (see `herald_core::push`, "Why a marker").
+/// - `push_pending`: one row per stored notification whose pushes are not in the outbox yet,
+///   written by the append in its transaction (only for a user with a row in
+///   `push_subscriptions`), removed when its pushes are: keyed by (user, seq), `WITHOUT ROWID`,
+///   the [`PushRequest`](herald_core::PushRequest) as JSON in `request`.
+///   `push_pending_by_expand_by`: the senders' scan of the markers their publish left.
+pub const SCHEMA_V12: &str = "
+CREATE TABLE push_pending (
+    user      TEXT NOT NULL,
+    seq       INTEGER NOT NULL,
+    expand_by INTEGER NOT NULL,
+    request   TEXT NOT NULL,
+    PRIMARY KEY (user, seq)
+) WITHOUT ROWID;
+CREATE INDEX push_pending_by_expand_by ON push_pending (expand_by);
+";
+
 /// Creates the schema in an empty database, upgrades an older one step by step (a new database
 /// takes the same steps), and refuses a newer one, or another program's (at `path`). All in one
 /// transaction: a failed upgrade leaves the file as it was.
@@ -379,6 +396,12 @@ pub(super) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreErr
             tracing::info!("upgrading the store to schema version 11 (presence reported by webhooks)");
         }
         tx.execute_batch(SCHEMA_V11).map_err(db_error)?;
+    }
+    if version < 12 {
+        if version >= 1 {
+            tracing::info!("upgrading the store to schema version 12 (push markers)");
+        }
+        tx.execute_batch(SCHEMA_V12).map_err(db_error)?;
     }
     if version != SCHEMA_VERSION {
         tx.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(db_error)?;

@@ -68,12 +68,35 @@ impl Store for TempStore {
     async fn push_enqueue(&self, deliveries: &[herald_core::PushDelivery]) -> Result<(), StoreError> {
         self.store.push_enqueue(deliveries).await
     }
-    async fn push_due(
+    async fn push_claim(
         &self,
         now_ms: i64,
         limit: usize,
+        lease: std::time::Duration,
     ) -> Result<Vec<herald_core::PushDelivery>, StoreError> {
-        self.store.push_due(now_ms, limit).await
+        self.store.push_claim(now_ms, limit, lease).await
+    }
+    async fn push_expand(
+        &self,
+        expansions: &[herald_core::PushExpansion],
+        to_senders: &[herald_core::PushMarker],
+        now_ms: i64,
+    ) -> Result<usize, StoreError> {
+        self.store.push_expand(expansions, to_senders, now_ms).await
+    }
+    async fn push_claim_pending(
+        &self,
+        now_ms: i64,
+        limit: usize,
+        lease: std::time::Duration,
+    ) -> Result<Vec<herald_core::PushPending>, StoreError> {
+        self.store.push_claim_pending(now_ms, limit, lease).await
+    }
+    async fn push_next_due(&self) -> Result<Option<i64>, StoreError> {
+        self.store.push_next_due().await
+    }
+    async fn push_outbox_depth(&self) -> Result<u64, StoreError> {
+        self.store.push_outbox_depth().await
     }
     async fn push_settle(&self, id: &str, settle: herald_core::PushSettle) -> Result<(), StoreError> {
         self.store.push_settle(id, settle).await
@@ -260,6 +283,7 @@ fn entry(user_id: &str, n: u64, created_at_ms: i64) -> NewNotification {
         data: Arc::from(RawValue::from_string(format!(r#"{{"n":{n}}}"#)).unwrap()),
         created_at_ms,
         audience: Audience::user(),
+        push: None,
     }
 }
 
@@ -1260,7 +1284,7 @@ fn a_failed_batch_says_what_failed_once() {
     let error = db_error(full);
     assert_eq!(error.to_string(), "store unavailable: database or disk is full");
     let (reply, mut answer) = oneshot::channel();
-    let mut request = Request::Append(Job::new(Append { entries: Vec::new(), key: None }, reply));
+    let mut request = Request::Append(Job::new(Append { entries: Vec::new(), key: None, push: Vec::new() }, reply));
     request.fail(error);
     request.send();
     let failed = answer.try_recv().unwrap().expect_err("failed");
@@ -1279,7 +1303,7 @@ fn a_full_database_says_so_once() {
     conn.query_row(&format!("PRAGMA max_page_count = {}", pages + 4), [], |_| Ok(())).unwrap();
     let staging = Mutex::new(Staging::default());
     let (reply, mut answer) = oneshot::channel();
-    let append = Append { entries: vec![big_entry("alice", 64 * 1024)], key: None };
+    let append = Append { entries: vec![big_entry("alice", 64 * 1024)], key: None, push: Vec::new() };
     let mut batch = vec![Request::Append(Job::new(append, reply))];
     let staged = run_batch(&mut conn, &Retention::default(), &staging, &mut batch);
     assert_eq!(staged, 0);
@@ -1316,7 +1340,7 @@ async fn revocations_survive_reopening() {
     conn.execute_batch(
         "DROP TABLE revocations; DROP TABLE meta; DROP TABLE topic_listens; DROP TABLE topic_log;
          DROP TABLE topic_heads; DROP TABLE jobs; DROP TABLE push_subscriptions; DROP TABLE push_outbox;
-         DROP TABLE presence_online; DROP TABLE presence_seqs; DROP TABLE presence_nodes; PRAGMA user_version = 4;",
+         DROP TABLE presence_online; DROP TABLE presence_seqs; DROP TABLE presence_nodes; DROP TABLE push_pending; PRAGMA user_version = 4;",
     )
     .unwrap();
     drop(conn);
@@ -1381,7 +1405,7 @@ async fn the_epoch_is_made_with_the_database_and_kept() {
     conn.execute_batch(
         "DROP TABLE meta; DROP TABLE topic_listens; DROP TABLE topic_log; DROP TABLE topic_heads;
          DROP TABLE jobs; DROP TABLE push_subscriptions; DROP TABLE push_outbox;
-         DROP TABLE presence_online; DROP TABLE presence_seqs; DROP TABLE presence_nodes; PRAGMA user_version = 5;",
+         DROP TABLE presence_online; DROP TABLE presence_seqs; DROP TABLE presence_nodes; DROP TABLE push_pending; PRAGMA user_version = 5;",
     )
     .unwrap();
     drop(conn);
@@ -1446,7 +1470,7 @@ async fn listens_survive_reopening() {
     let conn = Connection::open(&path).unwrap();
     conn.execute_batch(
         "DROP TABLE topic_listens; DROP TABLE topic_log; DROP TABLE topic_heads; DROP TABLE jobs; DROP TABLE push_subscriptions; DROP TABLE push_outbox;
-         DROP TABLE presence_online; DROP TABLE presence_seqs; DROP TABLE presence_nodes; PRAGMA user_version = 6;",
+         DROP TABLE presence_online; DROP TABLE presence_seqs; DROP TABLE presence_nodes; DROP TABLE push_pending; PRAGMA user_version = 6;",
     )
     .unwrap();
     drop(conn);
@@ -1582,7 +1606,7 @@ async fn topic_logs_survive_reopening() {
     let conn = Connection::open(&path).unwrap();
     conn.execute_batch(
         "DROP TABLE topic_log; DROP TABLE topic_heads; DROP TABLE jobs; DROP TABLE push_subscriptions; DROP TABLE push_outbox;
-         DROP TABLE presence_online; DROP TABLE presence_seqs; DROP TABLE presence_nodes; PRAGMA user_version = 7;",
+         DROP TABLE presence_online; DROP TABLE presence_seqs; DROP TABLE presence_nodes; DROP TABLE push_pending; PRAGMA user_version = 7;",
     )
     .unwrap();
     drop(conn);
@@ -1687,7 +1711,7 @@ async fn jobs_survive_reopening() {
     let conn = Connection::open(&path).unwrap();
     conn.execute_batch(
         "DROP TABLE jobs; DROP TABLE push_subscriptions; DROP TABLE push_outbox;
-         DROP TABLE presence_online; DROP TABLE presence_seqs; DROP TABLE presence_nodes; PRAGMA user_version = 8;",
+         DROP TABLE presence_online; DROP TABLE presence_seqs; DROP TABLE presence_nodes; DROP TABLE push_pending; PRAGMA user_version = 8;",
     )
     .unwrap();
     drop(conn);
@@ -1714,7 +1738,7 @@ async fn a_version_9_file_gains_web_push() {
     store.append(vec![entry("alice", 1, now_ms())], None).await.unwrap();
     drop(store);
     let conn = Connection::open(&path).unwrap();
-    conn.execute_batch("DROP TABLE push_subscriptions; DROP TABLE push_outbox; DROP TABLE presence_online; DROP TABLE presence_seqs; DROP TABLE presence_nodes; PRAGMA user_version = 9;")
+    conn.execute_batch("DROP TABLE push_subscriptions; DROP TABLE push_outbox; DROP TABLE presence_online; DROP TABLE presence_seqs; DROP TABLE presence_nodes; DROP TABLE push_pending; PRAGMA user_version = 9;")
         .unwrap();
     drop(conn);
     let store = SqliteStore::open(&path, Retention::default()).unwrap();
@@ -1745,11 +1769,12 @@ async fn a_version_9_file_gains_web_push() {
     drop(store);
     let store = SqliteStore::open(&path, Retention::default()).unwrap();
     assert_eq!(store.push_subscriptions(&user("alice")).await.unwrap(), [subscription]);
-    assert_eq!(store.push_due(10, 10).await.unwrap(), [delivery], "a due push survives a reopen");
+    let claimed = store.push_claim(10, 10, Duration::from_secs(60)).await.unwrap();
+    assert_eq!(claimed, [delivery], "a due push survives a reopen");
     drop(store);
     let conn = Connection::open(&path).unwrap();
     let version: i32 = conn.pragma_query_value(None, "user_version", |row| row.get(0)).unwrap();
-    assert_eq!((version, SCHEMA_VERSION), (11, 11));
+    assert_eq!(version, SCHEMA_VERSION);
 }
 
 /// A version 10 file (no presence tables) gains them in place, keeping its logs; presence is
@@ -1764,7 +1789,7 @@ async fn presence_survives_reopening_and_a_version_10_file_gains_it() {
     drop(store);
     let conn = Connection::open(&path).unwrap();
     conn.execute_batch(
-        "DROP TABLE presence_online; DROP TABLE presence_seqs; DROP TABLE presence_nodes; PRAGMA user_version = 10;",
+        "DROP TABLE presence_online; DROP TABLE presence_seqs; DROP TABLE presence_nodes; DROP TABLE push_pending; PRAGMA user_version = 10;",
     )
     .unwrap();
     drop(conn);
@@ -1787,7 +1812,56 @@ async fn presence_survives_reopening_and_a_version_10_file_gains_it() {
     let conn = Connection::open(&path).unwrap();
     let version: i32 = conn.pragma_query_value(None, "user_version", |row| row.get(0)).unwrap();
     assert_eq!(version, SCHEMA_VERSION);
-    assert_eq!(SCHEMA_VERSION, 11);
+}
+
+/// A version 11 file (no push markers) gains them in place, keeping its subscriptions and its
+/// logs; an append with a push request then keeps a marker, which survives a reopen and is
+/// claimed by a sender. Fails if the upgrade to version 12 were missing or made no table.
+#[tokio::test]
+async fn a_version_11_file_gains_push_markers() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("herald.db");
+    let store = SqliteStore::open(&path, Retention::default()).unwrap();
+    store.append(vec![entry("alice", 1, now_ms())], None).await.unwrap();
+    let subscription = herald_core::PushSubscription {
+        id: herald_core::push_subscription_id("https://push.example/1"),
+        user: user("alice"),
+        session: SessionId::new("s1").unwrap(),
+        endpoint: "https://push.example/1".to_owned(),
+        p256dh: "k".to_owned(),
+        auth: "a".to_owned(),
+        created_at_ms: 1,
+    };
+    store.push_subscribe(&subscription, herald_core::PushBounds::default()).await.unwrap();
+    drop(store);
+    let conn = Connection::open(&path).unwrap();
+    conn.execute_batch("DROP TABLE push_pending; PRAGMA user_version = 11;").unwrap();
+    drop(conn);
+    let store = SqliteStore::open(&path, Retention::default()).unwrap();
+    assert_eq!(store.head(&user("alice")).await.unwrap().last_seq, 1, "the logs are kept");
+    let request = Arc::new(herald_core::PushRequest {
+        policy: herald_core::PushPolicy::Always,
+        payload: None,
+        ttl_secs: 60,
+        urgency: herald_core::PushUrgency::Normal,
+        topic: "t".to_owned(),
+        due_at_ms: 5,
+        expand_by_ms: 7,
+    });
+    let pushed = NewNotification { push: Some(request), ..entry("alice", 2, now_ms()) };
+    let Appended::Stored { push_pending, .. } = store.append(vec![pushed], None).await.unwrap() else {
+        panic!("stored")
+    };
+    assert_eq!(push_pending, [herald_core::PushMarker { user: user("alice"), seq: 2 }]);
+    drop(store);
+    let store = SqliteStore::open(&path, Retention::default()).unwrap();
+    let claimed = store.push_claim_pending(10, 10, Duration::from_secs(60)).await.unwrap();
+    assert_eq!(claimed.len(), 1, "the marker is kept in the file");
+    assert_eq!(claimed[0].marker.seq, 2);
+    drop(store);
+    let conn = Connection::open(&path).unwrap();
+    let version: i32 = conn.pragma_query_value(None, "user_version", |row| row.get(0)).unwrap();
+    assert_eq!((version, SCHEMA_VERSION), (12, 12));
 }
 
 /// `unfinished_jobs` reads the first entries of the partial index `jobs_unfinished` (no scan of

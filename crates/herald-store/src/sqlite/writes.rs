@@ -24,8 +24,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 use super::reads::{UserRow, read_counts, read_scope_topics, read_state, read_user_row};
 use super::request::{
     Append, AppendTopic, CompleteReceipt, ForgetSessionListens, InboxChunk, InboxDelete, InboxMark, Job,
-    Listen, PresenceHeartbeat, PruneChunk, PrunedChunk, PushEnqueue, PushSettleRow, PushSubscribe,
-    PushUnsubscribe, RecordPresence, ReleasePresence, Request, Revoke, Rows, SaveJob, SettleAll, Unlisten,
+    Listen, PresenceHeartbeat, PruneChunk, PrunedChunk, PushClaim, PushClaimPending, PushEnqueue, PushExpand,
+    PushSettleRow, PushSubscribe, PushUnsubscribe, RecordPresence, ReleasePresence, Request, Revoke, Rows, SaveJob, SettleAll, Unlisten,
     Write,
 };
 use super::sql::{db_error, seq_from_sql, session_from_sql, sql_seq, sql_session};
@@ -53,7 +53,7 @@ impl Write for Append {
         retention: &Retention,
         now_ms: i64,
     ) -> Result<Appended, StoreError> {
-        append(conn, writes, retention, now_ms, &self.entries, self.key.as_deref())
+        append(conn, writes, retention, now_ms, self)
     }
 
     fn request(job: Job<Self>) -> Request {
@@ -214,6 +214,105 @@ impl Write for PushSettleRow {
 
     fn request(job: Job<Self>) -> Request {
         Request::PushSettleRow(job)
+    }
+}
+
+impl Write for PushExpand {
+    type Output = usize;
+
+    fn run(
+        &self,
+        conn: &Connection,
+        _: &mut StagingWrites<'_>,
+        _: &Retention,
+        _: i64,
+    ) -> Result<usize, StoreError> {
+        let mut remove = conn
+            .prepare_cached("DELETE FROM push_pending WHERE user = ?1 AND seq = ?2")
+            .map_err(db_error)?;
+        let mut insert = conn
+            .prepare_cached(
+                "INSERT INTO push_outbox (id, due_at, delivery) VALUES (?1, ?2, ?3) ON CONFLICT (id) DO NOTHING",
+            )
+            .map_err(db_error)?;
+        let mut added = 0;
+        for ((user, seq), deliveries) in &self.expansions {
+            // Only the one that removes the marker adds its deliveries: a marker is expanded once.
+            if remove.execute(params![user, seq]).map_err(db_error)? == 0 {
+                continue;
+            }
+            for (id, due_at_ms, json) in deliveries {
+                added += insert.execute(params![id, due_at_ms, json]).map_err(db_error)?;
+            }
+        }
+        let mut release = conn
+            .prepare_cached("UPDATE push_pending SET expand_by = ?3 WHERE user = ?1 AND seq = ?2")
+            .map_err(db_error)?;
+        for (user, seq) in &self.to_senders {
+            release.execute(params![user, seq, self.now_ms]).map_err(db_error)?;
+        }
+        Ok(added)
+    }
+
+    fn request(job: Job<Self>) -> Request {
+        Request::PushExpand(job)
+    }
+}
+
+impl Write for PushClaim {
+    type Output = Vec<String>;
+
+    fn run(
+        &self,
+        conn: &Connection,
+        _: &mut StagingWrites<'_>,
+        _: &Retention,
+        _: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        // One writer: no other claim runs meanwhile, so the rows read are the rows moved.
+        conn.prepare_cached(
+            "UPDATE push_outbox SET due_at = ?3 WHERE id IN
+                 (SELECT id FROM push_outbox WHERE due_at <= ?1 ORDER BY due_at, id LIMIT ?2)
+             RETURNING delivery",
+        )
+        .and_then(|mut stmt| {
+            stmt.query_map(params![self.now_ms, self.limit, self.until_ms], |row| row.get(0))?
+                .collect::<Result<Vec<String>, _>>()
+        })
+        .map_err(db_error)
+    }
+
+    fn request(job: Job<Self>) -> Request {
+        Request::PushClaim(job)
+    }
+}
+
+impl Write for PushClaimPending {
+    type Output = Vec<(String, i64, String)>;
+
+    fn run(
+        &self,
+        conn: &Connection,
+        _: &mut StagingWrites<'_>,
+        _: &Retention,
+        _: i64,
+    ) -> Result<Vec<(String, i64, String)>, StoreError> {
+        conn.prepare_cached(
+            "UPDATE push_pending SET expand_by = ?3 WHERE (user, seq) IN
+                 (SELECT user, seq FROM push_pending WHERE expand_by <= ?1 ORDER BY expand_by LIMIT ?2)
+             RETURNING user, seq, request",
+        )
+        .and_then(|mut stmt| {
+            stmt.query_map(params![self.now_ms, self.limit, self.until_ms], |row| {
+                Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+            })?
+            .collect::<Result<Vec<_>, _>>()
+        })
+        .map_err(db_error)
+    }
+
+    fn request(job: Job<Self>) -> Request {
+        Request::PushClaimPending(job)
     }
 }
 
@@ -445,9 +544,9 @@ fn append(
     writes: &mut StagingWrites<'_>,
     retention: &Retention,
     now: i64,
-    entries: &[NewNotification],
-    key: Option<&str>,
+    request: &Append,
 ) -> Result<Appended, StoreError> {
+    let (entries, key): (&[NewNotification], _) = (&request.entries, request.key.as_deref());
     if let Some(key) = key
         && let Some(receipt) = recorded_receipt(conn, retention, now, key)?
     {
@@ -523,7 +622,54 @@ fn append(
         };
         record_key(conn, key, now, &receipt)?;
     }
-    Ok(Appended::Stored { notifications: stored, counts })
+    let push_pending = if request.push.is_empty() { Vec::new() } else { mark_pushes(conn, request, &stored)? };
+    Ok(Appended::Stored { notifications: stored, counts, push_pending })
+}
+
+/// Keeps a push marker for each of `stored` whose entry has a push request and whose user has
+/// a push subscription: one statement per distinct request (one per publish), its entries
+/// passed as one JSON array of `[user, seq]`, each user checked by one look-up of
+/// `push_subscriptions_by_user`; nothing is written for a user without one. Returns the
+/// markers kept.
+fn mark_pushes(
+    conn: &Connection,
+    request: &Append,
+    stored: &[Arc<Notification>],
+) -> Result<Vec<herald_core::PushMarker>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached(
+            "INSERT INTO push_pending (user, seq, expand_by, request)
+             SELECT json_extract(e.value, '$[0]'), json_extract(e.value, '$[1]'), ?2, ?3 FROM json_each(?1) AS e
+             WHERE EXISTS (SELECT 1 FROM push_subscriptions s WHERE s.user = json_extract(e.value, '$[0]'))
+             RETURNING user, seq",
+        )
+        .map_err(db_error)?;
+    let mut marked = Vec::new();
+    for push in &request.push {
+        let of_this: Vec<(&str, Seq)> = request
+            .entries
+            .iter()
+            .zip(stored)
+            .filter(|(entry, _)| entry.push.as_ref().is_some_and(|p| Arc::ptr_eq(p, &push.request)))
+            .map(|(_, n)| (n.user.as_str(), n.seq.unwrap_or_default()))
+            .collect();
+        if of_this.is_empty() {
+            continue;
+        }
+        let pairs = serde_json::to_string(&of_this)
+            .map_err(|e| StoreError::Corrupt(format!("push markers do not serialize: {e}")))?;
+        let rows = stmt
+            .query_map(params![pairs, push.request.expand_by_ms, push.json], |row| {
+                Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
+            })
+            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+            .map_err(db_error)?;
+        for (user, seq) in rows {
+            let user = UserId::new(user).map_err(|e| StoreError::Corrupt(format!("a push marker's user: {e}")))?;
+            marked.push(herald_core::PushMarker { user, seq: seq_from_sql(seq)? });
+        }
+    }
+    Ok(marked)
 }
 
 /// The receipt recorded with `key`, if it was recorded within the idempotency window. Appends
