@@ -574,7 +574,8 @@ impl Store for MemoryStore {
         due.sort_by(|a, b| (a.request.expand_by_ms, &a.marker).cmp(&(b.request.expand_by_ms, &b.marker)));
         due.truncate(limit);
         let until = now_ms.saturating_add(crate::lease_ms(lease));
-        for pending in &due {
+        for pending in &mut due {
+            pending.request.expand_by_ms = until;
             if let Some(kept) = inner.push_pending.get_mut(&pending.marker) {
                 kept.request.expand_by_ms = until;
             }

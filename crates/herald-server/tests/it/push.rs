@@ -247,8 +247,8 @@ use herald_core::{Limits, Retention};
 use parking_lot::Mutex;
 use support::TestServer as Server;
 
-/// How long a push may take to arrive: the grace period below, the sender's outbox poll
-/// (250 ms), and room for a loaded machine.
+/// How long a push may take to arrive: the grace period below, the sender's wait (woken at
+/// once by this node's publishes, at most 1 s otherwise), and room for a loaded machine.
 const PUSH_WAIT: Duration = Duration::from_secs(5);
 /// The grace period of the `offline` policy in these tests.
 const GRACE: Duration = Duration::from_millis(400);
@@ -264,8 +264,8 @@ struct Received {
     at: Instant,
 }
 
-/// What the push service answers next: a status, and a `Retry-After` in seconds.
-type Script = Arc<Mutex<VecDeque<(u16, Option<u64>)>>>;
+/// What the push service answers next: a status, and a `Retry-After` (seconds or a date).
+type Script = Arc<Mutex<VecDeque<(u16, Option<String>)>>>;
 
 /// The push service: records every POST and answers the scripted statuses in order (201 once
 /// they run out), each with an optional `Retry-After`.
@@ -300,8 +300,8 @@ impl PushService {
                 });
                 let (status, retry_after) = answers.lock().pop_front().unwrap_or((201, None));
                 let mut response = axum::http::Response::builder().status(status);
-                if let Some(secs) = retry_after {
-                    response = response.header("retry-after", secs.to_string());
+                if let Some(retry_after) = retry_after {
+                    response = response.header("retry-after", retry_after);
                 }
                 response.body(axum::body::Body::empty()).unwrap()
             }
@@ -319,7 +319,12 @@ impl PushService {
     }
 
     fn answer_next(&self, status: u16, retry_after: Option<u64>) {
-        self.script.lock().push_back((status, retry_after));
+        self.script.lock().push_back((status, retry_after.map(|secs| secs.to_string())));
+    }
+
+    /// The next answer is `status` with `Retry-After: date` (an HTTP date).
+    fn answer_next_until(&self, status: u16, date: std::time::SystemTime) {
+        self.script.lock().push_back((status, Some(httpdate::fmt_http_date(date))));
     }
 
     async fn next(&mut self) -> Received {
@@ -533,4 +538,126 @@ async fn pushes_due_at_a_restart_are_sent_once_after_it() {
     );
     service.expect_none(NO_PUSH_WAIT).await;
     second.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_retry_after_date_is_honoured() {
+    let mut service = PushService::start().await;
+    let server = sending_server(support::memory(Retention::default()), push_settings(true)).await;
+    register(&server, "alice", "laptop", &service.endpoint("laptop")).await;
+    // Three seconds ahead, to the second: at least two seconds' wait, where the back-off's
+    // first would be one.
+    service.answer_next_until(503, std::time::SystemTime::now() + Duration::from_secs(3));
+    server.publish(json!({"to": {"user": "alice"}, "data": "later", "push": "always"})).await;
+    let refused = service.next().await;
+    let retried = service.next().await;
+    assert!(retried.at - refused.at >= Duration::from_secs(2), "waited {:?}", retried.at - refused.at);
+    service.expect_none(NO_PUSH_WAIT).await;
+}
+
+/// A push request as the notifier makes one for `always`, due now, whose marker a sender may
+/// expand from `expand_by_ms` on.
+fn always_now(expand_by_ms: i64) -> Arc<herald_core::PushRequest> {
+    Arc::new(herald_core::PushRequest {
+        policy: herald_core::PushPolicy::Always,
+        payload: None,
+        ttl_secs: 60,
+        urgency: herald_core::PushUrgency::Normal,
+        topic: "notification".to_owned(),
+        due_at_ms: herald_core::notification::now_ms(),
+        expand_by_ms,
+    })
+}
+
+/// The process died between the append's commit and the expansion of its pushes: here the
+/// append is made on the store directly, with its push request, and nothing expands it. The
+/// sender finds the marker (orphaned: its time has come) and sends the push once; the publish
+/// retried with its idempotency key stores nothing and pushes nothing more.
+#[tokio::test]
+async fn a_push_whose_publish_died_before_expanding_it_is_sent_once() {
+    let mut service = PushService::start().await;
+    let settings = push_settings(true);
+    let key = server_key(&settings);
+    let store = support::memory(Retention::default());
+    let server = sending_server(Arc::clone(&store), settings).await;
+    let keys = register(&server, "alice", "laptop", &service.endpoint("laptop")).await;
+    let entry = herald_core::NewNotification {
+        user: herald_core::UserId::new("alice").unwrap(),
+        kind: Arc::from("notification"),
+        data: Arc::from(serde_json::value::to_raw_value(&json!("orphaned")).unwrap()),
+        created_at_ms: herald_core::notification::now_ms(),
+        audience: herald_core::Audience::user(),
+        push: Some(always_now(herald_core::notification::now_ms())),
+    };
+    let herald_core::Appended::Stored { push_pending, .. } =
+        store.append(vec![entry], Some("the-publish")).await.unwrap()
+    else {
+        panic!("stored")
+    };
+    assert_eq!(push_pending.len(), 1, "the append kept a marker");
+    let push = service.next().await;
+    assert_eq!(
+        open_push(&push, &service, &key, &keys),
+        json!({"type": "notification", "seq": 1, "data": "orphaned"})
+    );
+    // The client retries the publish that "failed": a repeat, no second push.
+    let (status, receipt) = server
+        .publish(json!({"to": {"user": "alice"}, "data": "orphaned", "push": "always", "idempotency_key": "the-publish"}))
+        .await;
+    assert_eq!((status, receipt["notifications"][0]["seq"].as_u64()), (200, Some(1)), "{receipt}");
+    service.expect_none(NO_PUSH_WAIT).await;
+    assert_eq!(store.push_next_due().await.unwrap(), None, "no marker, no delivery left");
+}
+
+/// One publish to more users than it expands itself (`PUSH_USERS_PER_PUBLISH_MAX`): every user
+/// gets a push, the ones beyond the bound from the sender; each once.
+#[tokio::test]
+async fn a_publish_to_more_than_a_hundred_users_pushes_to_all_of_them() {
+    let mut service = PushService::start().await;
+    let server = sending_server(support::memory(Retention::default()), push_settings(true)).await;
+    let users: Vec<String> = (0..herald_core::PUSH_USERS_PER_PUBLISH_MAX + 20).map(|n| format!("u{n:03}")).collect();
+    for user in &users {
+        register(&server, user, "s", &service.endpoint(user)).await;
+    }
+    let (status, body) = server.publish(json!({"to": {"users": users}, "data": 1, "push": "always"})).await;
+    assert_eq!(status, 200, "{body}");
+    let mut paths = Vec::new();
+    for _ in &users {
+        paths.push(service.next().await.path);
+    }
+    paths.sort();
+    let expected: Vec<String> = users.iter().map(|user| format!("/push/{user}")).collect();
+    assert_eq!(paths, expected, "one push per user, none twice");
+    service.expect_none(NO_PUSH_WAIT).await;
+}
+
+/// Without a VAPID key push is off: a publish to a user who has a push subscription (kept in
+/// the store from when push was on) keeps no marker and enqueues nothing; with one, the same
+/// publish keeps its marker until it is expanded.
+#[tokio::test]
+async fn a_publish_touches_no_push_table_when_push_is_off() {
+    let store = support::memory(Retention::default());
+    let subscription = herald_core::PushSubscription {
+        id: herald_core::push_subscription_id("https://fcm.googleapis.com/fcm/send/x"),
+        user: herald_core::UserId::new("alice").unwrap(),
+        session: herald_core::SessionId::new("s").unwrap(),
+        endpoint: "https://fcm.googleapis.com/fcm/send/x".to_owned(),
+        p256dh: "k".to_owned(),
+        auth: "a".to_owned(),
+        created_at_ms: 1,
+    };
+    store.push_subscribe(&subscription, herald_core::PushBounds::default()).await.unwrap();
+    let off = Server::with(Limits::default(), support::settings(), Arc::clone(&store)).await;
+    for policy in ["offline", "always"] {
+        assert_eq!(off.publish(json!({"to": {"user": "alice"}, "data": 1, "push": policy})).await.0, 200);
+    }
+    assert_eq!(store.push_next_due().await.unwrap(), None, "no marker, no delivery");
+    off.shutdown().await;
+
+    // The same under a server with push on (a long grace: the delivery waits in the outbox).
+    let long_grace = Limits { push_grace: Duration::from_secs(60), ..Limits::default() };
+    let on = Server::with(long_grace, push_settings(false), Arc::clone(&store)).await;
+    assert_eq!(on.publish(json!({"to": {"user": "alice"}, "data": 1})).await.0, 200);
+    assert_eq!(store.push_outbox_depth().await.unwrap(), 1, "the publish expanded its marker");
+    on.shutdown().await;
 }

@@ -1139,3 +1139,109 @@ async fn a_version_3_schema_gains_jobs() {
     assert!(!plan.contains("Sort"), "no sort: {plan}");
     drop(reopened);
 }
+
+fn outbox_delivery(n: usize) -> herald_core::PushDelivery {
+    herald_core::PushDelivery {
+        id: format!("{n:04}.sub.alice"),
+        subscription: "sub".to_owned(),
+        user: UserId::new("alice").unwrap(),
+        unless_live: None,
+        payload: "{}".to_owned(),
+        ttl_secs: 60,
+        urgency: herald_core::PushUrgency::Normal,
+        topic: None,
+        due_at_ms: 10 + (n % 5) as i64,
+        attempts: 0,
+    }
+}
+
+/// Two nodes (two stores, two pools) on one schema claim the push outbox at once, two claimers
+/// each, a few rows at a time, until none is left: no delivery is handed to two claimers, and
+/// every one is handed out. Fails if a claim were a read then an update (both nodes would read
+/// the same due rows) rather than `FOR UPDATE SKIP LOCKED` in one statement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_nodes_never_claim_the_same_push() {
+    skip_unless_postgres!();
+    let test = TestStore::open(Retention::default()).await;
+    let other = Arc::new(PostgresStore::open(options(&test.url, &test.schema), Retention::default()).await.unwrap());
+    let this = Arc::new(PostgresStore::open(options(&test.url, &test.schema), Retention::default()).await.unwrap());
+    let all: Vec<herald_core::PushDelivery> = (0..400).map(outbox_delivery).collect();
+    test.push_enqueue(&all).await.unwrap();
+    let mut claimers = Vec::new();
+    for node in [&this, &other, &this, &other] {
+        let node = Arc::clone(node);
+        claimers.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            loop {
+                let claimed = node.push_claim(100, 9, Duration::from_secs(3600)).await.unwrap();
+                if claimed.is_empty() {
+                    return mine;
+                }
+                mine.extend(claimed.into_iter().map(|d| d.id));
+            }
+        }));
+    }
+    let mut per_claimer = Vec::new();
+    for claimer in claimers {
+        per_claimer.push(claimer.await.unwrap());
+    }
+    let mut claimed: Vec<String> = per_claimer.iter().flatten().cloned().collect();
+    claimed.sort();
+    let expected: Vec<String> = all.iter().map(|d| d.id.clone()).collect();
+    assert_eq!(claimed.len(), expected.len(), "no delivery claimed twice");
+    assert_eq!(claimed, expected, "every delivery claimed once");
+    assert!(per_claimer.iter().filter(|mine| !mine.is_empty()).count() >= 2, "the claims ran side by side");
+}
+
+/// A version 6 schema (no push markers) gains `herald_push_pending` when a node opens it,
+/// keeping its logs and subscriptions; an append with a push request then keeps a marker that
+/// another node claims. Fails if the upgrade to version 7 were missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_6_schema_gains_push_markers() {
+    skip_unless_postgres!();
+    let test = TestStore::open(Retention::default()).await;
+    test.append(vec![entry("alice", 1)], None).await.unwrap();
+    let subscription = herald_core::PushSubscription {
+        id: herald_core::push_subscription_id("https://push.example/1"),
+        user: UserId::new("alice").unwrap(),
+        session: SessionId::new("s1").unwrap(),
+        endpoint: "https://push.example/1".to_owned(),
+        p256dh: "k".to_owned(),
+        auth: "a".to_owned(),
+        created_at_ms: 1,
+    };
+    test.push_subscribe(&subscription, herald_core::PushBounds::default()).await.unwrap();
+    let (client, connection) = tokio_postgres::connect(&test.url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let schema = &test.schema;
+    client
+        .batch_execute(&format!(
+            "DROP TABLE \"{schema}\".herald_push_pending; UPDATE \"{schema}\".herald_meta SET schema_version = 6"
+        ))
+        .await
+        .unwrap();
+    let reopened = PostgresStore::open(options(&test.url, schema), Retention::default()).await.unwrap();
+    let version: i32 = client
+        .query_one(&format!("SELECT schema_version FROM \"{schema}\".herald_meta"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!((version, SCHEMA_VERSION), (7, 7));
+    assert_eq!(reopened.head(&UserId::new("alice").unwrap()).await.unwrap().last_seq, 1, "the logs are kept");
+    let request = Arc::new(herald_core::PushRequest {
+        policy: herald_core::PushPolicy::Always,
+        payload: None,
+        ttl_secs: 60,
+        urgency: herald_core::PushUrgency::Normal,
+        topic: "t".to_owned(),
+        due_at_ms: 5,
+        expand_by_ms: 7,
+    });
+    let pushed = NewNotification { push: Some(request), ..entry("alice", 2) };
+    let Appended::Stored { push_pending, .. } = reopened.append(vec![pushed], None).await.unwrap() else {
+        panic!("stored")
+    };
+    assert_eq!(push_pending, [herald_core::PushMarker { user: UserId::new("alice").unwrap(), seq: 2 }]);
+    let claimed = test.push_claim_pending(10, 10, Duration::from_secs(60)).await.unwrap();
+    assert_eq!(claimed.len(), 1, "the other node claims it");
+}
