@@ -99,9 +99,9 @@ pub use push::{
     PUSH_DROP_REASONS, PUSH_ENDPOINT_BYTES_MAX, PUSH_FAILURE_REASONS, PUSH_GRACE_DEFAULT,
     PUSH_MARKER_ORPHANED_AFTER, PUSH_OUTBOX_DELIVERIES_MAX, PUSH_PAYLOAD_BYTES_MAX,
     PUSH_SUBSCRIPTIONS_PER_SESSION_MAX, PUSH_SUBSCRIPTIONS_PER_USER_MAX, PUSH_TTL_SECS_DEFAULT,
-    PUSH_USERS_PER_PUBLISH_MAX, PushBounds, PushCounters, PushDelivery, PushExpansion, PushMarker, PushOptions,
-    PushOutbox, PushPending, PushPolicy, PushRequest, PushSettle, PushSubscription, PushUrgency, is_push_topic,
-    push_evictions, push_subscription_id, push_topic_of_kind,
+    PUSH_USERS_PER_PUBLISH_MAX, PushBounds, PushCounters, PushDelivery, PushExpansion, PushMarker,
+    PushOptions, PushOutbox, PushPending, PushPolicy, PushRequest, PushSettle, PushSubscription, PushUrgency,
+    is_push_topic, push_evictions, push_subscription_id, push_topic_of_kind,
 };
 pub use resume::{InvalidResumePoint, RESUME_TOPICS_MAX, ResumePoint};
 pub use revocation::Revocations;

@@ -23,8 +23,8 @@ use crate::notification::{
 };
 use crate::push::{
     PUSH_MARKER_ORPHANED_AFTER, PUSH_PAYLOAD_BYTES_MAX, PUSH_TTL_SECS_DEFAULT, PUSH_USERS_PER_PUBLISH_MAX,
-    PushExpansion, PushMarker, PushOutbox, PushPolicy, PushRequest, is_push_topic, push_body, push_deliveries,
-    push_topic_of_kind,
+    PushDelivery, PushExpansion, PushMarker, PushOutbox, PushPolicy, PushRequest, PushSubscription,
+    is_push_topic, push_body, push_topic_of_kind,
 };
 use crate::revocation::Revocations;
 use crate::store::{
@@ -186,7 +186,8 @@ impl Notifier {
         let news = bus.revocation_news();
         let running_jobs = parking_lot::Mutex::default();
         let push_outbox = Arc::default();
-        let inner = Arc::new(NotifierInner { store, bus, hub, inbox, revocations, running_jobs, push_outbox });
+        let inner =
+            Arc::new(NotifierInner { store, bus, hub, inbox, revocations, running_jobs, push_outbox });
         if let Some(news) = news {
             apply_revocation_news(Arc::downgrade(&inner), news);
         }
@@ -480,7 +481,8 @@ impl Notifier {
         } else {
             Vec::new()
         };
-        let marker_of = |n: &Notification| PushMarker { user: n.user.clone(), seq: n.seq.unwrap_or_default() };
+        let marker_of =
+            |n: &Notification| PushMarker { user: n.user.clone(), seq: n.seq.unwrap_or_default() };
         let mut to_senders: Vec<PushMarker> = beyond.iter().map(|n| marker_of(n)).collect();
         if !durable && !beyond.is_empty() {
             tracing::warn!(
@@ -515,7 +517,8 @@ impl Notifier {
             } else {
                 Vec::new()
             };
-            let mut deliveries = push_deliveries(request, &notification, &subscriptions, &live, &ephemeral_id);
+            let mut deliveries =
+                push_deliveries(request, &notification, &subscriptions, &live, &ephemeral_id);
             if outbox.is_full() && !deliveries.is_empty() {
                 tracing::warn!(%user, pushes = deliveries.len(), "the push outbox is full: pushes dropped");
                 outbox.counters.drop_pushes("outbox_full", deliveries.len() as u64);
@@ -580,7 +583,11 @@ impl Notifier {
         }
         let added = store.push_expand(&expansions, &[], now).await?;
         outbox.added(added);
-        tracing::info!(markers = pending.len(), pushes = added, "expanded pushes their publish left to the sender");
+        tracing::info!(
+            markers = pending.len(),
+            pushes = added,
+            "expanded pushes their publish left to the sender"
+        );
         Ok(pending.len())
     }
 
@@ -1026,4 +1033,43 @@ impl Notifier {
             }
         })
     }
+}
+
+/// The deliveries of `notification` under `request`: one per subscription of its user whose
+/// session is not in `live` (the sessions with a tab at publish time; empty when not known),
+/// each with an id made of the seq (of `ephemeral_id` for an ephemeral notification), the
+/// subscription and the user, so that expanding it again adds nothing.
+fn push_deliveries(
+    request: &PushRequest,
+    notification: &Notification,
+    subscriptions: &[PushSubscription],
+    live: &[SessionId],
+    ephemeral_id: &str,
+) -> Vec<PushDelivery> {
+    let (user, seq, kind) = (&notification.user, notification.seq, &*notification.kind);
+    let body = request.payload.as_deref().unwrap_or(notification.data.get());
+    let mut payload = push_body(kind, seq, body, false);
+    if payload.len() > PUSH_PAYLOAD_BYTES_MAX {
+        payload = push_body(kind, seq, "null", true);
+    }
+    let offline = request.policy == PushPolicy::Offline;
+    subscriptions
+        .iter()
+        .filter(|subscription| &subscription.user == user && !live.contains(&subscription.session))
+        .map(|subscription| PushDelivery {
+            id: match seq {
+                Some(seq) => format!("{seq}.{}.{}", subscription.id, user),
+                None => format!("e{ephemeral_id}.{}.{}", subscription.id, user),
+            },
+            subscription: subscription.id.clone(),
+            user: user.clone(),
+            unless_live: offline.then(|| subscription.session.clone()),
+            payload: payload.clone(),
+            ttl_secs: request.ttl_secs,
+            urgency: request.urgency,
+            topic: Some(request.topic.clone()),
+            due_at_ms: request.due_at_ms,
+            attempts: 0,
+        })
+        .collect()
 }

@@ -38,7 +38,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::ids::{Seq, SessionId, UserId};
-use crate::notification::Notification;
 
 /// How long the `offline` policy waits before it pushes to a session with no live tab (5 s by
 /// default, [`crate::Limits::push_grace`]): a reload or a navigation closes a tab and opens
@@ -221,45 +220,6 @@ pub fn push_body(kind: &str, seq: Option<Seq>, data: &str, truncated: bool) -> S
     } else {
         format!(r#"{{"type":{kind},"seq":{seq},"data":{data}}}"#)
     }
-}
-
-/// The deliveries of `notification` under `request`: one per subscription of its user whose
-/// session is not in `live` (the sessions with a tab at publish time; empty when not known),
-/// each with an id made of the seq (of `ephemeral_id` for an ephemeral notification), the
-/// subscription and the user, so that expanding it again adds nothing.
-pub fn push_deliveries(
-    request: &PushRequest,
-    notification: &Notification,
-    subscriptions: &[PushSubscription],
-    live: &[SessionId],
-    ephemeral_id: &str,
-) -> Vec<PushDelivery> {
-    let (user, seq, kind) = (&notification.user, notification.seq, &*notification.kind);
-    let body = request.payload.as_deref().unwrap_or(notification.data.get());
-    let mut payload = push_body(kind, seq, body, false);
-    if payload.len() > PUSH_PAYLOAD_BYTES_MAX {
-        payload = push_body(kind, seq, "null", true);
-    }
-    let offline = request.policy == PushPolicy::Offline;
-    subscriptions
-        .iter()
-        .filter(|subscription| &subscription.user == user && !live.contains(&subscription.session))
-        .map(|subscription| PushDelivery {
-            id: match seq {
-                Some(seq) => format!("{seq}.{}.{}", subscription.id, user),
-                None => format!("e{ephemeral_id}.{}.{}", subscription.id, user),
-            },
-            subscription: subscription.id.clone(),
-            user: user.clone(),
-            unless_live: offline.then(|| subscription.session.clone()),
-            payload: payload.clone(),
-            ttl_secs: request.ttl_secs,
-            urgency: request.urgency,
-            topic: Some(request.topic.clone()),
-            due_at_ms: request.due_at_ms,
-            attempts: 0,
-        })
-        .collect()
 }
 
 /// Whom a publish is pushed to.

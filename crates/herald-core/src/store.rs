@@ -61,7 +61,8 @@ use crate::jobs::FanoutJob;
 use crate::notification::{Audience, Notification, Receipt};
 use crate::presence::{PresenceBeat, PresenceChange, PresenceEvent};
 use crate::push::{
-    PushBounds, PushDelivery, PushExpansion, PushMarker, PushPending, PushRequest, PushSettle, PushSubscription,
+    PushBounds, PushDelivery, PushExpansion, PushMarker, PushPending, PushRequest, PushSettle,
+    PushSubscription,
 };
 use crate::topic::TopicEvent;
 pub use crate::topic::{StoredListen, TopicListener};

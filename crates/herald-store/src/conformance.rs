@@ -22,9 +22,9 @@ use herald_core::{
     Appended, Audience, ClientId, EPOCH_BYTES_MAX, FanoutJob, InboxCounts, InboxPage, InboxQuery,
     InboxStatus, ItemState, ListenBounds, LogHead, Mark, NewNotification, NewTopicEvent, Notification,
     PresenceBeat, PresenceChange, PresenceEvent, PresenceKind, PushBounds, PushDelivery, PushExpansion,
-    PushMarker, PushPolicy, PushRequest, PushSettle, PushSubscription, PushUrgency, Receipt, ReceiptEntry, Retention, Revocation, Revocations, ScopeListens,
-    Selection, Seq, SessionId, Store, StoredListen, Topic, TopicAppended, TopicEvent, TopicHead, TopicListener,
-    TopicReceipt, UserId, push_subscription_id,
+    PushMarker, PushPolicy, PushRequest, PushSettle, PushSubscription, PushUrgency, Receipt, ReceiptEntry,
+    Retention, Revocation, Revocations, ScopeListens, Selection, Seq, SessionId, Store, StoredListen, Topic,
+    TopicAppended, TopicEvent, TopicHead, TopicListener, TopicReceipt, UserId, push_subscription_id,
 };
 use serde_json::value::RawValue;
 
@@ -2488,8 +2488,14 @@ pub async fn an_append_marks_pushes_only_for_users_with_subscriptions(
     make: &impl AsyncFn(Retention) -> Arc<dyn Store>,
 ) {
     let store = make(Retention::default()).await;
-    store.push_subscribe(&push_subscription("https://push.example/a", "alice", "s1", 1), PushBounds::default()).await.unwrap();
-    store.push_subscribe(&push_subscription("https://push.example/c", "carol", "s1", 1), PushBounds::default()).await.unwrap();
+    store
+        .push_subscribe(&push_subscription("https://push.example/a", "alice", "s1", 1), PushBounds::default())
+        .await
+        .unwrap();
+    store
+        .push_subscribe(&push_subscription("https://push.example/c", "carol", "s1", 1), PushBounds::default())
+        .await
+        .unwrap();
     append(&*store, vec![entry("alice", 0)]).await;
     let request = push_request(1_000);
     let pushed = |user_id: &str| NewNotification { push: Some(Arc::clone(&request)), ..entry(user_id, 1) };
@@ -2500,10 +2506,15 @@ pub async fn an_append_marks_pushes_only_for_users_with_subscriptions(
     let mut marked = push_pending.clone();
     marked.sort();
     let marker = |user_id: &str, seq: Seq| PushMarker { user: user(user_id), seq };
-    assert_eq!(marked, [marker("alice", 2), marker("alice", 3)], "not bob (no subscription), not carol (no request)");
+    assert_eq!(
+        marked,
+        [marker("alice", 2), marker("alice", 3)],
+        "not bob (no subscription), not carol (no request)"
+    );
     let repeat = store.append(vec![pushed("alice")], Some("key-1")).await.unwrap();
     assert!(matches!(repeat, Appended::Duplicate(_)), "a repeat keeps no marker");
-    let Appended::Stored { push_pending, .. } = store.append(vec![entry("alice", 2)], None).await.unwrap() else {
+    let Appended::Stored { push_pending, .. } = store.append(vec![entry("alice", 2)], None).await.unwrap()
+    else {
         panic!("stored")
     };
     assert!(push_pending.is_empty());
@@ -2525,15 +2536,21 @@ pub async fn an_append_marks_pushes_only_for_users_with_subscriptions(
 /// deliveries; `to_senders` makes a marker due at once.
 pub async fn push_expand_adds_a_markers_deliveries_once(make: &impl AsyncFn(Retention) -> Arc<dyn Store>) {
     let store = make(Retention::default()).await;
-    store.push_subscribe(&push_subscription("https://push.example/a", "alice", "s1", 1), PushBounds::default()).await.unwrap();
+    store
+        .push_subscribe(&push_subscription("https://push.example/a", "alice", "s1", 1), PushBounds::default())
+        .await
+        .unwrap();
     let request = push_request(1_000);
     let pushed = NewNotification { push: Some(Arc::clone(&request)), ..entry("alice", 1) };
-    let Appended::Stored { push_pending, .. } = store.append(vec![pushed.clone(), pushed], None).await.unwrap() else {
+    let Appended::Stored { push_pending, .. } =
+        store.append(vec![pushed.clone(), pushed], None).await.unwrap()
+    else {
         panic!("stored")
     };
     assert_eq!(push_pending.len(), 2);
     let (first, second) = (push_pending[0].clone(), push_pending[1].clone());
-    let expansion = PushExpansion { marker: first.clone(), deliveries: vec![delivery("x/1", 10), delivery("x/2", 10)] };
+    let expansion =
+        PushExpansion { marker: first.clone(), deliveries: vec![delivery("x/1", 10), delivery("x/2", 10)] };
     assert_eq!(store.push_expand(std::slice::from_ref(&expansion), &[], 5).await.unwrap(), 2);
     let again = PushExpansion { marker: first.clone(), deliveries: vec![delivery("x/3", 10)] };
     assert_eq!(store.push_expand(&[again], &[], 5).await.unwrap(), 0, "the marker is gone: nothing added");
@@ -2542,9 +2559,12 @@ pub async fn push_expand_adds_a_markers_deliveries_once(make: &impl AsyncFn(Rete
     assert_eq!(store.push_expand(&[], std::slice::from_ref(&second), 7).await.unwrap(), 0);
     assert_eq!(store.push_next_due().await.unwrap(), Some(7));
     let claimed = store.push_claim_pending(7, 10, LEASE).await.unwrap();
-    assert_eq!(claimed.iter().map(|p| p.marker.clone()).collect::<Vec<_>>(), [second.clone()]);
+    assert_eq!(claimed.iter().map(|p| &p.marker).collect::<Vec<_>>(), [&second]);
     // Expanded with nothing to push (its notification gone): the marker goes all the same.
-    assert_eq!(store.push_expand(&[PushExpansion { marker: second, deliveries: Vec::new() }], &[], 8).await.unwrap(), 0);
+    assert_eq!(
+        store.push_expand(&[PushExpansion { marker: second, deliveries: Vec::new() }], &[], 8).await.unwrap(),
+        0
+    );
     assert!(store.push_claim_pending(i64::MAX, 10, LEASE).await.unwrap().is_empty());
     assert_eq!(store.push_next_due().await.unwrap(), Some(10), "the deliveries are left");
 }

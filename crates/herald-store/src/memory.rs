@@ -27,9 +27,9 @@ use herald_core::{
     Appended, Epoch, FanoutJob, InboxChange, InboxCounts, InboxItem, InboxPage, InboxQuery, ItemState,
     ListenBounds, LogHead, LogPage, Mark, NewNotification, NewTopicEvent, Notification, PresenceBeat,
     PresenceChange, PresenceEvent, PruneReport, PrunedInbox, PushBounds, PushDelivery, PushExpansion,
-    PushMarker, PushPending, PushSettle, PushSubscription, Receipt, ReceiptEntry, Retention, Revocation, ScopeListens, Selection, Seq, SessionId,
-    Store, StoreError, StoredListen, Topic, TopicAppended, TopicEvent, TopicHead, TopicListener, TopicPage,
-    TopicReceipt, UserId,
+    PushMarker, PushPending, PushSettle, PushSubscription, Receipt, ReceiptEntry, Retention, Revocation,
+    ScopeListens, Selection, Seq, SessionId, Store, StoreError, StoredListen, Topic, TopicAppended,
+    TopicEvent, TopicHead, TopicListener, TopicPage, TopicReceipt, UserId,
 };
 use parking_lot::Mutex;
 

@@ -55,7 +55,8 @@ pub const PUSH_SEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// that a send that takes all of it, and its settling on a slow store, end long before another
 /// node may take the row. A node that dies mid-send holds its rows this long.
 pub const PUSH_CLAIM_LEASE: Duration = Duration::from_secs(60);
-const _: () = assert!(PUSH_CLAIM_LEASE.as_secs() >= 3 * PUSH_SEND_TIMEOUT.as_secs(), "the lease outlasts a send");
+const _: () =
+    assert!(PUSH_CLAIM_LEASE.as_secs() >= 3 * PUSH_SEND_TIMEOUT.as_secs(), "the lease outlasts a send");
 /// How often the outbox is counted (its depth, checked against
 /// [`herald_core::PUSH_OUTBOX_DELIVERIES_MAX`] and shown as `herald_push_outbox_deliveries`).
 pub const PUSH_OUTBOX_DEPTH_REFRESH: Duration = Duration::from_secs(5);
@@ -147,7 +148,12 @@ pub(crate) async fn run(app: &Arc<App>) {
                         for delivery in claimed {
                             // A lease that ran out while this node still sends it: not twice here.
                             if sending.insert(delivery.id.clone()) {
-                                in_flight.spawn(send(Arc::clone(app), http.clone(), Arc::clone(&vapid), delivery));
+                                in_flight.spawn(send(
+                                    Arc::clone(app),
+                                    http.clone(),
+                                    Arc::clone(&vapid),
+                                    delivery,
+                                ));
                             }
                         }
                     }
@@ -355,7 +361,11 @@ mod tests {
         let now = std::time::UNIX_EPOCH + Duration::from_secs(784_111_777); // Sun, 06 Nov 1994 08:49:37 GMT
         assert_eq!(parse_retry_after(" 120 ", now), Some(Duration::from_secs(120)));
         assert_eq!(parse_retry_after("Sun, 06 Nov 1994 08:51:37 GMT", now), Some(Duration::from_secs(120)));
-        assert_eq!(parse_retry_after("Sun, 06 Nov 1994 08:48:37 GMT", now), Some(Duration::ZERO), "a date past");
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:48:37 GMT", now),
+            Some(Duration::ZERO),
+            "a date past"
+        );
         assert_eq!(parse_retry_after("soon", now), None);
         assert_eq!(parse_retry_after("-5", now), None);
     }

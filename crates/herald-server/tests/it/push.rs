@@ -615,7 +615,8 @@ async fn a_push_whose_publish_died_before_expanding_it_is_sent_once() {
 async fn a_publish_to_more_than_a_hundred_users_pushes_to_all_of_them() {
     let mut service = PushService::start().await;
     let server = sending_server(support::memory(Retention::default()), push_settings(true)).await;
-    let users: Vec<String> = (0..herald_core::PUSH_USERS_PER_PUBLISH_MAX + 20).map(|n| format!("u{n:03}")).collect();
+    let users: Vec<String> =
+        (0..herald_core::PUSH_USERS_PER_PUBLISH_MAX + 20).map(|n| format!("u{n:03}")).collect();
     for user in &users {
         register(&server, user, "s", &service.endpoint(user)).await;
     }

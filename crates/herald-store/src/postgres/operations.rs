@@ -230,7 +230,11 @@ impl Store for PostgresStore {
         idempotency_key: Option<&str>,
     ) -> Result<Appended, StoreError> {
         if entries.is_empty() && idempotency_key.is_none() {
-            return Ok(Appended::Stored { notifications: Vec::new(), counts: Vec::new(), push_pending: Vec::new() });
+            return Ok(Appended::Stored {
+                notifications: Vec::new(),
+                counts: Vec::new(),
+                push_pending: Vec::new(),
+            });
         }
         let key = idempotency_key.map(str::to_owned);
         // Each distinct push request once (a publish's entries share one); none at all when no

@@ -1163,8 +1163,10 @@ fn outbox_delivery(n: usize) -> herald_core::PushDelivery {
 async fn two_nodes_never_claim_the_same_push() {
     skip_unless_postgres!();
     let test = TestStore::open(Retention::default()).await;
-    let other = Arc::new(PostgresStore::open(options(&test.url, &test.schema), Retention::default()).await.unwrap());
-    let this = Arc::new(PostgresStore::open(options(&test.url, &test.schema), Retention::default()).await.unwrap());
+    let other =
+        Arc::new(PostgresStore::open(options(&test.url, &test.schema), Retention::default()).await.unwrap());
+    let this =
+        Arc::new(PostgresStore::open(options(&test.url, &test.schema), Retention::default()).await.unwrap());
     let all: Vec<herald_core::PushDelivery> = (0..400).map(outbox_delivery).collect();
     test.push_enqueue(&all).await.unwrap();
     let mut claimers = Vec::new();

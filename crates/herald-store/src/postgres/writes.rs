@@ -395,12 +395,7 @@ fn answers(fates: Vec<Fate>, mut stored: Stored) -> Vec<Appended> {
                 } else {
                     let mine: HashSet<(&UserId, Seq)> =
                         notifications.iter().filter_map(|n| Some((&n.user, n.seq?))).collect();
-                    stored
-                        .push_pending
-                        .iter()
-                        .filter(|m| mine.contains(&(&m.user, m.seq)))
-                        .cloned()
-                        .collect()
+                    stored.push_pending.iter().filter(|m| mine.contains(&(&m.user, m.seq))).cloned().collect()
                 };
                 Appended::Stored { notifications, counts: user_counts, push_pending }
             }
@@ -1364,8 +1359,7 @@ pub(super) async fn push_expand(
                  ON CONFLICT (id) DO NOTHING",
             )
             .await?;
-        let inserted =
-            tx.execute(&statement, &[&users, &seqs, &of_user, &of_seq, &ids, &due, &json]).await?;
+        let inserted = tx.execute(&statement, &[&users, &seqs, &of_user, &of_seq, &ids, &due, &json]).await?;
         added = usize::try_from(inserted).unwrap_or(usize::MAX);
     }
     if !to_senders.is_empty() {

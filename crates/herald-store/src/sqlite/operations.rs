@@ -10,9 +10,9 @@ use async_trait::async_trait;
 use herald_core::{
     Appended, Epoch, FanoutJob, InboxChange, InboxCounts, InboxPage, InboxQuery, ListenBounds, LogHead,
     LogPage, Mark, NewNotification, NewTopicEvent, PresenceBeat, PresenceChange, PresenceEvent, PruneReport,
-    PushBounds, PushDelivery, PushExpansion, PushMarker, PushPending, PushSettle, PushSubscription, Receipt, Revocation, ScopeListens, Selection,
-    Seq, SessionId, Store, StoreError, StoredListen, Topic, TopicAppended, TopicHead, TopicListener,
-    TopicPage, UserId,
+    PushBounds, PushDelivery, PushExpansion, PushMarker, PushPending, PushSettle, PushSubscription, Receipt,
+    Revocation, ScopeListens, Selection, Seq, SessionId, Store, StoreError, StoredListen, Topic,
+    TopicAppended, TopicHead, TopicListener, TopicPage, UserId,
 };
 
 use super::SqliteStore;
@@ -21,10 +21,10 @@ use super::reads::{
     read_topic_heads, read_topic_listeners, read_topic_page, read_unfinished_jobs,
 };
 use super::request::{
-    Append, AppendTopic, CompleteReceipt, ForgetSessionListens, InboxChunk, InboxDelete, InboxMark, Listen,
-    AppendPush, PresenceHeartbeat, PruneChunk, PushClaim, PushClaimPending, PushEnqueue, PushExpand,
-    PushSettleRow, PushSubscribe, PushUnsubscribe,
-    RecordPresence, ReleasePresence, Revoke, Rows, SaveJob, Unlisten, Write,
+    Append, AppendPush, AppendTopic, CompleteReceipt, ForgetSessionListens, InboxChunk, InboxDelete,
+    InboxMark, Listen, PresenceHeartbeat, PruneChunk, PushClaim, PushClaimPending, PushEnqueue, PushExpand,
+    PushSettleRow, PushSubscribe, PushUnsubscribe, RecordPresence, ReleasePresence, Revoke, Rows, SaveJob,
+    Unlisten, Write,
 };
 use super::sql::sql_seq;
 
@@ -76,8 +76,10 @@ impl Store for SqliteStore {
         let until_ms = now_ms.saturating_add(crate::lease_ms(lease));
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows = self.writer.submit(PushClaim { now_ms, limit, until_ms }).await?;
-        let mut claimed =
-            rows.iter().map(|json| crate::push_from_json::<PushDelivery>(json)).collect::<Result<Vec<_>, _>>()?;
+        let mut claimed = rows
+            .iter()
+            .map(|json| crate::push_from_json::<PushDelivery>(json))
+            .collect::<Result<Vec<_>, _>>()?;
         claimed.sort_by(|a, b| (a.due_at_ms, &a.id).cmp(&(b.due_at_ms, &b.id)));
         Ok(claimed)
     }
@@ -200,7 +202,11 @@ impl Store for SqliteStore {
         idempotency_key: Option<&str>,
     ) -> Result<Appended, StoreError> {
         if entries.is_empty() && idempotency_key.is_none() {
-            return Ok(Appended::Stored { notifications: Vec::new(), counts: Vec::new(), push_pending: Vec::new() });
+            return Ok(Appended::Stored {
+                notifications: Vec::new(),
+                counts: Vec::new(),
+                push_pending: Vec::new(),
+            });
         }
         let key = idempotency_key.map(str::to_owned);
         // Each distinct push request once (a publish's entries share one), serialized here rather

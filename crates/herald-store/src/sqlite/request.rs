@@ -349,10 +349,16 @@ pub(super) struct PushUnsubscribe {
 }
 
 /// Adds deliveries to the push outbox, leaving those whose id is kept already
-/// (`Store::push_enqueue`): `(id, due_at_ms, json)`.
+/// (`Store::push_enqueue`).
 pub(super) struct PushEnqueue {
-    pub rows: Vec<(String, i64, String)>,
+    pub rows: Vec<OutboxRow>,
 }
+
+/// A delivery as a row of `push_outbox`: `(id, due_at_ms, json)`.
+pub(super) type OutboxRow = (String, i64, String);
+
+/// A push marker's key in `push_pending`: `(user, seq)`.
+pub(super) type MarkerKey = (String, i64);
 
 /// Removes or reschedules one delivery of the push outbox (`Store::push_settle`).
 pub(super) struct PushSettleRow {
@@ -364,8 +370,8 @@ pub(super) struct PushSettleRow {
 /// if it was there, its deliveries `(id, due_at_ms, json)` are added; the markers of
 /// `to_senders` are made due for the senders at `now_ms`.
 pub(super) struct PushExpand {
-    pub expansions: Vec<((String, i64), Vec<(String, i64, String)>)>,
-    pub to_senders: Vec<(String, i64)>,
+    pub expansions: Vec<(MarkerKey, Vec<OutboxRow>)>,
+    pub to_senders: Vec<MarkerKey>,
     pub now_ms: i64,
 }
 

@@ -1284,7 +1284,8 @@ fn a_failed_batch_says_what_failed_once() {
     let error = db_error(full);
     assert_eq!(error.to_string(), "store unavailable: database or disk is full");
     let (reply, mut answer) = oneshot::channel();
-    let mut request = Request::Append(Job::new(Append { entries: Vec::new(), key: None, push: Vec::new() }, reply));
+    let mut request =
+        Request::Append(Job::new(Append { entries: Vec::new(), key: None, push: Vec::new() }, reply));
     request.fail(error);
     request.send();
     let failed = answer.try_recv().unwrap().expect_err("failed");

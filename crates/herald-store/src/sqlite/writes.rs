@@ -25,8 +25,8 @@ use super::reads::{UserRow, read_counts, read_scope_topics, read_state, read_use
 use super::request::{
     Append, AppendTopic, CompleteReceipt, ForgetSessionListens, InboxChunk, InboxDelete, InboxMark, Job,
     Listen, PresenceHeartbeat, PruneChunk, PrunedChunk, PushClaim, PushClaimPending, PushEnqueue, PushExpand,
-    PushSettleRow, PushSubscribe, PushUnsubscribe, RecordPresence, ReleasePresence, Request, Revoke, Rows, SaveJob, SettleAll, Unlisten,
-    Write,
+    PushSettleRow, PushSubscribe, PushUnsubscribe, RecordPresence, ReleasePresence, Request, Revoke, Rows,
+    SaveJob, SettleAll, Unlisten, Write,
 };
 use super::sql::{db_error, seq_from_sql, session_from_sql, sql_seq, sql_session};
 use super::staging::StagingWrites;
@@ -227,9 +227,8 @@ impl Write for PushExpand {
         _: &Retention,
         _: i64,
     ) -> Result<usize, StoreError> {
-        let mut remove = conn
-            .prepare_cached("DELETE FROM push_pending WHERE user = ?1 AND seq = ?2")
-            .map_err(db_error)?;
+        let mut remove =
+            conn.prepare_cached("DELETE FROM push_pending WHERE user = ?1 AND seq = ?2").map_err(db_error)?;
         let mut insert = conn
             .prepare_cached(
                 "INSERT INTO push_outbox (id, due_at, delivery) VALUES (?1, ?2, ?3) ON CONFLICT (id) DO NOTHING",
@@ -622,7 +621,8 @@ fn append(
         };
         record_key(conn, key, now, &receipt)?;
     }
-    let push_pending = if request.push.is_empty() { Vec::new() } else { mark_pushes(conn, request, &stored)? };
+    let push_pending =
+        if request.push.is_empty() { Vec::new() } else { mark_pushes(conn, request, &stored)? };
     Ok(Appended::Stored { notifications: stored, counts, push_pending })
 }
 
@@ -665,7 +665,8 @@ fn mark_pushes(
             .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
             .map_err(db_error)?;
         for (user, seq) in rows {
-            let user = UserId::new(user).map_err(|e| StoreError::Corrupt(format!("a push marker's user: {e}")))?;
+            let user =
+                UserId::new(user).map_err(|e| StoreError::Corrupt(format!("a push marker's user: {e}")))?;
             marked.push(herald_core::PushMarker { user, seq: seq_from_sql(seq)? });
         }
     }
