@@ -167,7 +167,7 @@ impl PushCounters {
 #[derive(Debug, Default)]
 pub struct PushOutbox {
     /// Deliveries in the outbox as the sender last counted them, plus those this node added
-    /// since (an upper bound: an id kept already adds nothing).
+    /// since, less those it settled for good since.
     depth: AtomicU64,
     /// Wakes the sender when this node adds deliveries, instead of its next poll.
     wake: tokio::sync::Notify,
@@ -175,7 +175,7 @@ pub struct PushOutbox {
 }
 
 impl PushOutbox {
-    /// The depth last counted, plus what was added since.
+    /// The depth last counted, plus what this node added since, less what it removed.
     pub fn depth(&self) -> u64 {
         self.depth.load(Ordering::Relaxed)
     }
@@ -196,6 +196,12 @@ impl PushOutbox {
             self.depth.fetch_add(count as u64, Ordering::Relaxed);
             self.wake.notify_one();
         }
+    }
+
+    /// A delivery left the outbox (sent, or dropped for good): one less in the depth, until the
+    /// next count.
+    pub fn removed(&self) {
+        let _ = self.depth.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |d| Some(d.saturating_sub(1)));
     }
 
     /// Wakes the sender: there are markers for it to expand now.

@@ -131,7 +131,7 @@ fn push(out: &mut Exposition, outbox: &herald_core::PushOutbox) {
     out.single(
         "herald_push_outbox_deliveries",
         Kind::Gauge,
-        "Pushes waiting in the store's outbox, as the sender last counted them (every 5 s), plus those this node added since.",
+        "Pushes waiting in the store's outbox, as the sender last counted them (every 5 s), plus those this node added since, less those it settled.",
         outbox.depth(),
     );
 }

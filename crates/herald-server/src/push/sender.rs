@@ -251,9 +251,14 @@ async fn send(app: Arc<App>, http: reqwest::Client, vapid: Arc<VapidKey>, delive
             PushSettle::Retry { due_at_ms: now_ms().saturating_add(wait_ms), attempts }
         }
     };
-    if let Err(error) = app.store.push_settle(&delivery.id, settle).await {
-        // Still in the outbox: sent again at its next read (at least once).
-        tracing::warn!(%error, id = %delivery.id, "Web Push: cannot settle a push in the outbox");
+    let done = settle == PushSettle::Done;
+    match app.store.push_settle(&delivery.id, settle).await {
+        Ok(()) if done => app.notifier.push_outbox().removed(),
+        Ok(()) => {}
+        // Still in the outbox: claimed and sent again once its lease ends (at least once).
+        Err(error) => {
+            tracing::warn!(%error, id = %delivery.id, "Web Push: cannot settle a push in the outbox")
+        }
     }
     delivery.id
 }

@@ -383,6 +383,15 @@ fn server_key(settings: &ServerSettings) -> String {
     settings.push.vapid.as_ref().unwrap().public_key().to_owned()
 }
 
+/// The value of `series` (a name with its labels, as written) in `/metrics`, read through an
+/// admin listener over `server`'s app; 0 if absent.
+async fn metric(server: &Server, series: &str) -> f64 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin = herald_server::start_admin(server.app.clone(), listener).unwrap();
+    let text = reqwest::get(format!("http://{}/metrics", admin.addr)).await.unwrap().text().await.unwrap();
+    text.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok()).unwrap_or(0.0)
+}
+
 /// Registers a subscription to `endpoint` for `user`'s `session` through the API.
 async fn register(server: &Server, user: &str, session: &str, endpoint: &str) -> BrowserKeys {
     let keys = BrowserKeys::new();
@@ -494,6 +503,9 @@ async fn a_410_removes_the_subscription() {
         assert!(Instant::now() < deadline, "the subscription is removed");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    assert_eq!(metric(&server, "herald_push_subscriptions_removed_total").await, 1.0);
+    assert_eq!(metric(&server, r#"herald_push_failed_total{reason="4xx"}"#).await, 1.0);
+    assert_eq!(metric(&server, "herald_push_sent_total").await, 0.0);
     server.publish(json!({"to": {"user": "alice"}, "data": 2, "push": "always"})).await;
     service.expect_none(NO_PUSH_WAIT).await;
 }
@@ -512,6 +524,9 @@ async fn a_429_with_retry_after_is_sent_again_after_it() {
     assert!(retried.at - refused.at >= Duration::from_secs(2), "waited {:?}", retried.at - refused.at);
     assert_eq!(open_push(&retried, &service, &key, &keys)["data"], "again");
     service.expect_none(NO_PUSH_WAIT).await;
+    assert_eq!(metric(&server, r#"herald_push_failed_total{reason="4xx"}"#).await, 1.0, "the 429");
+    assert_eq!(metric(&server, "herald_push_sent_total").await, 1.0, "the retry");
+    assert_eq!(metric(&server, "herald_push_outbox_deliveries").await, 0.0, "the one delivery settled");
 }
 
 #[tokio::test]
