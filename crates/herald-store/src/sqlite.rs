@@ -59,6 +59,7 @@
 
 mod connection;
 mod operations;
+mod push_users;
 mod reads;
 mod request;
 mod schema;
@@ -76,6 +77,7 @@ use herald_core::{Epoch, Retention, StoreError};
 use parking_lot::Mutex;
 
 pub use connection::READER_CONNECTIONS;
+pub use push_users::PUSH_USERS_FILTER_BITS;
 pub use reads::inbox_list_sql;
 pub use schema::{
     SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6, SCHEMA_V7, SCHEMA_V8, SCHEMA_V9, SCHEMA_V10,
@@ -87,6 +89,7 @@ pub use writes::{INBOX_CHUNK_ROWS, PRUNE_CHUNK_ROWS};
 
 use crate::lock::{LockError, LockFile};
 use connection::{ReaderPool, lock_path, open_writer, refuse_an_empty_file};
+use push_users::PushUsers;
 use request::SettleAll;
 use schema::{migrate, read_epoch, renew_epoch, use_incremental_vacuum};
 use staging::Staging;
@@ -110,6 +113,9 @@ pub struct SqliteStore {
     /// Appends committed to `staged` and not yet settled into `notifications`: readers merge
     /// them with what they read (see `sqlite/staging.rs`).
     staging: Arc<Mutex<Staging>>,
+    /// Which users may have a push subscription (see `sqlite/push_users.rs`): an append for
+    /// users who have none does no push work.
+    push_users: PushUsers,
     /// The database is this store's alone while it is open (see `connection::lock_path`).
     /// Declared last, so released last: after the writer has stopped and every connection is
     /// closed.
@@ -156,6 +162,10 @@ impl SqliteStore {
         if recovered > 0 {
             tracing::info!(notifications = recovered, "settled the appends the last run left staged");
         }
+        let push_users = PushUsers::default();
+        for user in reads::read_push_users(&writer).map_err(context)? {
+            push_users.insert(&user);
+        }
         let readers = ReaderPool::open(path).map_err(context)?;
         let staging = Arc::new(Mutex::new(Staging::default()));
         let writer = Writer::start(writer, path, retention, settling, Arc::clone(&staging))?;
@@ -166,6 +176,7 @@ impl SqliteStore {
             writer,
             readers: Arc::new(readers),
             staging,
+            push_users,
             _lock: lock,
         })
     }

@@ -36,6 +36,8 @@ impl Store for SqliteStore {
         bounds: PushBounds,
     ) -> Result<Vec<String>, StoreError> {
         let json = crate::push_json(subscription)?;
+        // Before the write: an append checked after this sees the user (see `push_users.rs`).
+        self.push_users.insert(subscription.user.as_str());
         self.writer.submit(PushSubscribe { subscription: subscription.clone(), json, bounds }).await
     }
 
@@ -198,7 +200,7 @@ impl Store for SqliteStore {
 
     async fn append(
         &self,
-        entries: Vec<NewNotification>,
+        mut entries: Vec<NewNotification>,
         idempotency_key: Option<&str>,
     ) -> Result<Appended, StoreError> {
         if entries.is_empty() && idempotency_key.is_none() {
@@ -209,6 +211,13 @@ impl Store for SqliteStore {
             });
         }
         let key = idempotency_key.map(str::to_owned);
+        // No push request for a user who surely has no subscription (most of them): an append
+        // where none is left does no push work on the writer thread.
+        for entry in &mut entries {
+            if entry.push.is_some() && !self.push_users.may_have(entry.user.as_str()) {
+                entry.push = None;
+            }
+        }
         // Each distinct push request once (a publish's entries share one), serialized here rather
         // than on the writer thread; none at all when no entry has one.
         let mut push: Vec<AppendPush> = Vec::new();

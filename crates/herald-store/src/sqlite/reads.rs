@@ -552,6 +552,14 @@ pub(super) fn read_unfinished_jobs(conn: &Connection, limit: usize) -> Result<Ve
     rows.iter().map(|json| crate::job_from_json(json)).collect()
 }
 
+/// Every user with a push subscription, once each (an index-only scan of
+/// `push_subscriptions_by_user`): what the store's `PushUsers` filter starts from.
+pub(super) fn read_push_users(conn: &Connection) -> Result<Vec<String>, StoreError> {
+    conn.prepare("SELECT DISTINCT user FROM push_subscriptions")
+        .and_then(|mut stmt| stmt.query_map([], |row| row.get(0))?.collect())
+        .map_err(db_error)
+}
+
 /// `user`'s push subscriptions, oldest first (the index `push_subscriptions_by_user`).
 pub(super) fn read_push_subscriptions(
     conn: &Connection,
