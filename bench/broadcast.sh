@@ -20,6 +20,10 @@
 #                         /sub/TOPIC, publishes to /pub/TOPIC
 #   socketio              Node + Socket.IO (bench/socketio/server.js), every tab in the one room
 #                         TOPIC (handshake `room=`), publishes to /emit/TOPIC
+#   floor                 herald-floor (bench/floor), every tab on the one channel /sub/TOPIC as
+#                         with Nchan: a publish writes to the 15,000 sockets one after the other,
+#                         from the publisher's task, nothing else. The least a broadcast costs
+#                         here: its time to the last tab bounds what any server can reach
 #   herald-memory-plain   memory only: the same tabs without any topic (their tokens without the
 #   herald-sqlite-plain   claim), idle, then one publish to one user; next to herald-memory and
 #                         herald-sqlite they give what listening to one topic costs per tab
@@ -51,7 +55,7 @@ RATE_SECS="${RATE_SECS:-10}"       # duration of each of them
 PUBLISHERS="${PUBLISHERS:-4}"      # concurrent publishers on a shared schedule
 IDLE_SECS="${IDLE_SECS:-5}"        # settle time before measuring memory
 DRAIN_MAX_SECS="${DRAIN_MAX_SECS:-120}" # longest wait for a phase's last deliveries
-SERVERS="${SERVERS:-herald-memory-plain herald-memory herald-sqlite-plain herald-sqlite nchan socketio}"
+SERVERS="${SERVERS:-floor herald-memory-plain herald-memory herald-sqlite-plain herald-sqlite nchan socketio}"
 SETTLE_SECS="${SETTLE_SECS:-2}"    # pause after stopping a server, before starting the next
 RETRIES="${RETRIES:-2}"            # a run disturbed by other programs is repeated this many times
 DISTURBED_CPU_SECS="${DISTURBED_CPU_SECS:-2}" # disturbed: others used more CPU (s) in a phase
@@ -63,6 +67,7 @@ HERALD_REV="${HERALD_REV:-}"       # what to call that binary's version in machi
 HERALD_PORT="${HERALD_PORT:-7320}"
 NCHAN_PORT="${NCHAN_PORT:-7321}"
 SOCKETIO_PORT="${SOCKETIO_PORT:-7322}"
+FLOOR_PORT="${FLOOR_PORT:-7323}"
 OUT="${OUT:-$ROOT/target/bench/broadcast-$(date +%Y%m%d-%H%M%S)}"
 
 mkdir -p "$OUT"
@@ -93,11 +98,11 @@ plain=("${tabs[@]}" --publishers 1 --phase burst:1)
 
 install_missing
 if [[ -n "$HERALD_BIN" ]]; then
-    log "building herald-bench (release); measuring $HERALD_BIN"
-    cargo build --release -q -p herald-bench
+    log "building herald-bench and herald-floor (release); measuring $HERALD_BIN"
+    cargo build --release -q -p herald-bench -p herald-floor
 else
-    log "building herald and herald-bench (release)"
-    cargo build --release -q -p herald -p herald-bench
+    log "building herald, herald-bench and herald-floor (release)"
+    cargo build --release -q -p herald -p herald-bench -p herald-floor
     HERALD_BIN="$ROOT/target/release/herald"
 fi
 # One process here may hold at most 20,000 files; the servers inherit this limit.
@@ -124,6 +129,9 @@ for server in $SERVERS; do
         measure "$server" 'start_herald herald-sqlite-plain --data-dir "$WORK/herald-sqlite-plain-$attempt"' \
             --kind herald-sse --url "$herald_url" "${plain[@]}"
         ;;
+    floor)
+        measure floor start_floor --kind sse-url --url "http://127.0.0.1:$FLOOR_PORT" "${broadcast[@]}"
+        ;;
     nchan)
         measure nchan start_nchan --kind sse-url --url "http://127.0.0.1:$NCHAN_PORT" "${broadcast[@]}"
         cat "$WORK/nginx/logs/error.log" >>"$OUT/nchan.server.log" 2>/dev/null || true
@@ -132,7 +140,7 @@ for server in $SERVERS; do
         measure socketio start_socketio --kind socketio --url "http://127.0.0.1:$SOCKETIO_PORT" "${broadcast[@]}"
         ;;
     *)
-        log "unknown server $server (known: herald-memory herald-sqlite herald-memory-plain herald-sqlite-plain nchan socketio)"
+        log "unknown server $server (known: floor herald-memory herald-sqlite herald-memory-plain herald-sqlite-plain nchan socketio)"
         exit 1
         ;;
     esac
@@ -141,11 +149,11 @@ done
 has() { [[ " $SERVERS " == *" $1 "* ]]; }
 columns=""
 ratios=()
-for server in herald-memory herald-sqlite nchan socketio; do
+for server in floor herald-memory herald-sqlite nchan socketio; do
     has "$server" && columns="$columns${columns:+,}$server"
 done
 for h in herald-memory herald-sqlite; do
-    for o in nchan socketio; do
+    for o in floor nchan socketio; do
         if has "$h" && has "$o"; then ratios+=(--ratio "$h/$o"); fi
     done
 done
