@@ -176,7 +176,22 @@ impl TopicPositions {
     fn insert(&mut self, topic: Topic, position: TopicPosition) {
         match self.positions.binary_search_by(|(t, _)| t.cmp(&topic)) {
             Ok(at) => self.positions[at].1 = position,
-            Err(at) => self.positions.insert(at, (topic, position)),
+            Err(at) => {
+                // Exactly one more: a `Vec` grows to 4 at its first push (128 bytes here), and
+                // an idle tab listening to one topic keeps it for hours (issue 13: a listen's
+                // memory per tab). Tabs listen to few topics, so the copies cost nothing.
+                self.positions.reserve_exact(1);
+                self.positions.insert(at, (topic, position));
+            }
+        }
+    }
+
+    /// No longer behind in `topic`; an empty list gives its buffer back (an idle tab keeps
+    /// this state for hours).
+    fn caught_up(&mut self, topic: &Topic) {
+        self.behind.retain(|t| t != topic);
+        if self.behind.is_empty() {
+            self.behind = Vec::new();
         }
     }
 
@@ -190,6 +205,7 @@ impl TopicPositions {
 
     fn mark_behind(&mut self, topic: &Topic) {
         if !self.behind.contains(topic) {
+            self.behind.reserve_exact(1);
             self.behind.push(topic.clone());
         }
     }
@@ -401,7 +417,7 @@ impl Subscription {
             let start = match asked {
                 Some(tseq) if resumable && tseq <= head.last_tseq && tseq >= head.pruned_through => {
                     if tseq < head.last_tseq {
-                        state.behind.push(topic.clone());
+                        state.mark_behind(topic);
                     }
                     tseq
                 }
@@ -682,14 +698,14 @@ impl Subscription {
         }
         let topics = self.topics.as_mut().expect("a topic behind has positions");
         if page.events.len() < page_len {
-            topics.behind.retain(|t| t != topic);
+            topics.caught_up(topic);
         }
         let filter = TopicPositions { types: std::mem::take(&mut topics.types), ..TopicPositions::default() };
         let position = topics.get_mut(topic).expect("read from its position");
         if after < page.head.pruned_through {
             // Retention passed the position while the stream was behind: lost, and said so.
             position.accepted = page.head.last_tseq;
-            topics.behind.retain(|t| t != topic);
+            topics.caught_up(topic);
             topics.types = filter.types;
             self.pending
                 .push_back(ClientEvent::TopicReset { topic: topic.clone(), last_tseq: page.head.last_tseq });
