@@ -524,11 +524,14 @@ impl Hub {
                 }
             };
             let clients = &mut entry.sessions[session_index].1.clients;
+            // The queue the index holds for the tab's listens, if it has an entry (a reconnect).
+            let mut previous: Option<Arc<ClientShared>> = None;
             let last_seq = match clients.iter_mut().find(|c| c.id == client) {
                 Some(existing) => {
                     if existing.end_connection(CloseReason::Replaced) {
                         self.tab_changed(user, session, &client, false);
                     }
+                    previous = Some(existing.shared.clone());
                     existing.shared.last_seq.load(Ordering::Relaxed)
                 }
                 None => {
@@ -571,7 +574,19 @@ impl Hub {
             };
             self.tab_changed(user, session, &client, true);
             effective = effective_topics(&entry.stored, session, &fresh.topics);
-            self.register_listens(user, &client, &shared, &effective);
+            match &previous {
+                // A reconnect: the listens its entry kept move to the new queue; those it asks
+                // for now are added.
+                Some(previous) => {
+                    let kept = effective_topics(&entry.stored, session, &kept);
+                    let (moved, added): (Vec<Topic>, Vec<Topic>) =
+                        effective.iter().cloned().partition(|t| kept.contains(t));
+                    self.repoint_listens(user, &client, previous, &shared, &moved);
+                    self.add_listens(user, &client, &shared, &added);
+                }
+                // A new tab (its id was in no session's entry: the index has none of it).
+                None => self.add_listens(user, &client, &shared, &effective),
+            }
             match clients.iter_mut().find(|c| c.id == client) {
                 Some(existing) => *existing = fresh,
                 None => {
