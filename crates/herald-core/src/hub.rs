@@ -427,7 +427,7 @@ impl Hub {
         if was_connected {
             self.tab_changed(user, session, client, false);
         }
-        self.forget_listens(&evicted.id, &effective_topics(&entry.stored, session, &evicted.topics));
+        self.forget_listens(&evicted, &effective_topics(&entry.stored, session, &evicted.topics));
         entry.sessions.retain(|(_, s)| !s.clients.is_empty());
         if entry.sessions.is_empty() {
             users.remove(user);
@@ -512,7 +512,7 @@ impl Hub {
                                 self.tab_changed(user, &evicted_session, &c.id, false);
                             }
                             self.forget_listens(
-                                &c.id,
+                                c,
                                 &effective_topics(&entry.stored, &evicted_session, &c.topics),
                             );
                             forgotten.push(c.id.clone());
@@ -542,7 +542,7 @@ impl Hub {
                             self.tab_changed(user, session, &evicted.id, false);
                         }
                         self.forget_listens(
-                            &evicted.id,
+                            &evicted,
                             &effective_topics(&entry.stored, session, &evicted.topics),
                         );
                         forgotten.push(evicted.id.clone());
@@ -803,7 +803,7 @@ impl Hub {
                     closed += 1;
                     self.tab_changed(user, id, &c.id, false);
                 }
-                self.forget_listens(&c.id, &effective_topics(stored, id, &c.topics));
+                self.forget_listens(c, &effective_topics(stored, id, &c.topics));
                 forgotten.push(c.id.clone());
             }
             false
@@ -928,7 +928,7 @@ impl Hub {
                         }
                         let keep = c.connected || c.last_active.elapsed() < linger;
                         if !keep {
-                            self.forget_listens(&c.id, &effective_topics(stored, id, &c.topics));
+                            self.forget_listens(c, &effective_topics(stored, id, &c.topics));
                             forgotten.push(c.id.clone());
                         }
                         keep
