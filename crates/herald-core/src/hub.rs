@@ -584,7 +584,8 @@ impl Hub {
                     self.repoint_listens(user, &client, previous, &shared, &moved);
                     self.add_listens(user, &client, &shared, &added);
                 }
-                // A new tab (its id was in no session's entry: the index has none of it).
+                // A new tab: its id is in no entry of this session, and an id is minted for
+                // one session, so the index has none of it.
                 None => self.add_listens(user, &client, &shared, &effective),
             }
             match clients.iter_mut().find(|c| c.id == client) {
