@@ -1,4 +1,7 @@
-//! [`MemoryStore`]: every user's log in memory, for `herald serve --memory` and tests.
+//! [`MemoryStore`]: every user's log in memory, for `herald serve --memory` and tests. One job,
+//! the whole [`herald_core::Store`] in one process's memory: besides the logs and inboxes, the
+//! topics' logs and listens, idempotency keys, fan-out jobs, revocations, presence, and Web
+//! Push's subscriptions, outbox and markers, each as the SQL stores keep them.
 //!
 //! Everything lives behind one `parking_lot::Mutex`, taken only for short, synchronous work and
 //! never held across an `.await`; that one lock is what makes an `append` atomic and its seqs

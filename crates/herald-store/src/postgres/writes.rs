@@ -1,6 +1,8 @@
-//! The writes, in SQL: a batch of appends (one commit for the whole batch: see `writer`),
-//! receipts, inbox marks and deletes, revocations, listens, topic appends, fan-out jobs, and the
-//! chunks of retention.
+//! The writes, in SQL: a batch of appends (one commit for the whole batch: see `writer`, the
+//! push markers an append keeps included), receipts, inbox marks and deletes, revocations,
+//! listens, topic appends, fan-out jobs, the chunks of retention, and Web Push's subscriptions,
+//! outbox claims and marker expansions. One job, every write of the PostgreSQL store; presence,
+//! which has its own tables and no user rows, is in `presence.rs`.
 //!
 //! **Locks, always in one order**, so that writers on several nodes do not deadlock: idempotency
 //! keys (sorted), then users' `herald_users` rows (sorted, `COLLATE "C"`, as Rust sorts strings),

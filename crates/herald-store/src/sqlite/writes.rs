@@ -4,7 +4,10 @@
 //! adjusts the counts by the states of exactly the rows it touched. Listens (`topic_listens`)
 //! and topic logs (`topic_heads`, `topic_log`) are apart from the users' logs: they touch
 //! neither staged rows nor `users`; a topic append shares only the idempotency keys with appends.
-//! Fan-out jobs (`jobs`) are apart from everything: a save is one upsert. Each write is a
+//! Fan-out jobs (`jobs`) are apart from everything: a save is one upsert. So are Web Push's
+//! tables (`push_subscriptions`, `push_outbox`, and the markers `push_pending` an append keeps
+//! in its own transaction) and presence's (`presence_*`). One job: every write of the SQLite
+//! store. Each write is a
 //! [`Write`] (the requests are in `request`); batching, transactions and savepoints are the
 //! writer's job.
 
