@@ -401,6 +401,8 @@ impl Notifier {
         // What to push, kept apart before the hand-over takes the notifications: the durable
         // ones the append marked, or every ephemeral one under `always`.
         let to_push: Vec<Arc<Notification>> = match &push {
+            // No marker: none of the users has a subscription (the usual case).
+            Some(_) if publish.durable && push_pending.is_empty() => Vec::new(),
             Some(_) if publish.durable => {
                 let marked: std::collections::HashSet<(&UserId, Seq)> =
                     push_pending.iter().map(|m| (&m.user, m.seq)).collect();
