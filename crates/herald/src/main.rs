@@ -35,6 +35,14 @@ use herald_client::{
 use herald_server::config::{Credentials, DEV_CREDENTIALS_FILE};
 use serde_json::Value;
 
+/// jemalloc, not glibc's malloc: with glibc, a burst of connects left about 0.5 KiB of free
+/// holes per idle tab inside the per-thread arenas (memory the process holds and cannot give
+/// back), which put an idle tab over the 2 KiB goal with the SQLite store. jemalloc's size
+/// classes do not fragment that way. Measured in docs/BENCHMARKS.md ("The allocator").
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static GLOBAL_ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 const DEFAULT_URL: &str = "http://127.0.0.1:7300";
 const DEFAULT_DATA_DIR: &str = "./herald-data";
 /// Threads tokio may start for blocking work: the SQLite store's reads (at most
