@@ -545,7 +545,13 @@ impl Subscription {
                 return Ok(Some(event));
             }
             if self.replaying {
-                match self.read_page().await {
+                // Boxed, as the other rare waits below (a topic's page, a long-poll's deadline):
+                // a future is as large as its largest state, and every idle stream's task holds
+                // this one, waiting on its queue. Inline, these states made an idle SSE tab's
+                // task 96 bytes larger, and its memory one allocation size class larger (about
+                // 0.15 KiB of RSS per idle tab, docs/BENCHMARKS.md); boxed, they cost one
+                // allocation per replay page, gap fill or long-poll wait.
+                match Box::pin(self.read_page()).await {
                     Ok(true) => {}
                     Ok(false) => {
                         // The log is another history now (a failover): its seqs are not this
@@ -561,7 +567,7 @@ impl Subscription {
                 continue;
             }
             if let Some(topic) = self.topics.as_ref().and_then(|t| t.behind.first().cloned()) {
-                match self.read_topic_page(&topic).await {
+                match Box::pin(self.read_topic_page(&topic)).await {
                     Ok(true) => {}
                     Ok(false) => {
                         tracing::warn!(user = %self.info.user, epoch = %self.epoch, "the store's epoch changed under a subscription; ending it");
@@ -581,9 +587,9 @@ impl Subscription {
                 Some(deadline) if deadline <= Instant::now() => {
                     self.shared.queue.recv().now_or_never().ok_or(Elapsed)?
                 }
-                Some(deadline) => {
-                    tokio::time::timeout_at(deadline, self.shared.queue.recv()).await.map_err(|_| Elapsed)?
-                }
+                Some(deadline) => Box::pin(tokio::time::timeout_at(deadline, self.shared.queue.recv()))
+                    .await
+                    .map_err(|_| Elapsed)?,
             };
             match received {
                 Some(Received::Notification(notification)) => self.accept_live(notification),
