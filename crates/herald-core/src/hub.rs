@@ -25,7 +25,7 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash, RandomState};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
@@ -64,35 +64,55 @@ pub(crate) struct ClientShared {
     /// listening tab), and reads who a tab is from it for `except_user`, `except_client` and
     /// [`Prepare`]; the hub's entry and the subscription read their client id and user here too.
     pub(crate) info: ClientInfo,
-    close_reason: OnceLock<CloseReason>,
+    /// Why the connection must end: 1 + the reason's place in [`CloseReason::ALL`], 0 while it
+    /// need not. A byte, and `expires_at_secs` four, rather than a `OnceLock` and a `u64` (8
+    /// bytes each): with `info` this state is 152 bytes, a 176-byte malloc chunk with its `Arc`'s
+    /// counts, where 8 more would make it 192 (every tab's cost; see `docs/BENCHMARKS.md`).
+    close_reason: AtomicU8,
     /// Every durable seq up to here was handled by this client: for presence.
     pub(crate) last_seq: AtomicU64,
     /// Notifications waiting for the connection.
     pub(crate) queue: EventQueue,
-    /// When the connection's credentials expire, Unix seconds (0: never). [`Hub::tick`] closes
-    /// the connection with `token_expired` then.
-    pub(crate) expires_at_secs: AtomicU64,
+    /// When the connection's credentials expire, Unix seconds (0: never; `u32::MAX`, in 2106,
+    /// for anything later). [`Hub::tick`] closes the connection with `token_expired` then.
+    expires_at_secs: AtomicU32,
 }
 
 impl ClientShared {
     fn new(info: ClientInfo, queue: EventQueue) -> Self {
         Self {
             info,
-            close_reason: OnceLock::new(),
+            close_reason: AtomicU8::new(0),
             last_seq: AtomicU64::new(0),
             queue,
-            expires_at_secs: AtomicU64::new(0),
+            expires_at_secs: AtomicU32::new(0),
         }
     }
 
     /// Records why the connection must end (the first reason wins) and wakes it.
     pub(crate) fn close(&self, reason: CloseReason) {
-        let _ = self.close_reason.set(reason);
+        let code = CloseReason::ALL.iter().position(|&r| r == reason).expect("every reason is in ALL") + 1;
+        // Release: whoever reads the reason after this (the queue's close also orders it)
+        // sees the one set first.
+        let _ = self.close_reason.compare_exchange(0, code as u8, Ordering::Release, Ordering::Relaxed);
         self.queue.close();
     }
 
     pub(crate) fn close_reason(&self) -> Option<CloseReason> {
-        self.close_reason.get().copied()
+        let code = self.close_reason.load(Ordering::Acquire);
+        code.checked_sub(1).map(|at| CloseReason::ALL[usize::from(at)])
+    }
+
+    /// Makes [`Hub::tick`] close the connection with `token_expired` at `unix_secs` (at least 1:
+    /// 0 means never; beyond `u32::MAX`, in 2106, it is then).
+    pub(crate) fn expire_at(&self, unix_secs: u64) {
+        let secs = u32::try_from(unix_secs.max(1)).unwrap_or(u32::MAX);
+        self.expires_at_secs.store(secs, Ordering::Relaxed);
+    }
+
+    /// When the connection's credentials expire, Unix seconds (0: never).
+    fn expires_at_secs(&self) -> u64 {
+        u64::from(self.expires_at_secs.load(Ordering::Relaxed))
     }
 }
 
@@ -792,7 +812,7 @@ impl Hub {
                         if !c.connected {
                             continue;
                         }
-                        let expires_at = c.shared.expires_at_secs.load(Ordering::Relaxed);
+                        let expires_at = c.shared.expires_at_secs();
                         if expires_at != 0 && expires_at <= now_secs {
                             c.end_connection(CloseReason::TokenExpired);
                             self.tab_changed(user, session_id, c.id(), false);

@@ -526,7 +526,7 @@ impl Subscription {
 
     /// Makes the hub close this stream with `token_expired` at `unix_secs` (see [`Hub::tick`]).
     pub fn expire_at(&self, unix_secs: u64) {
-        self.shared.expires_at_secs.store(unix_secs.max(1), Ordering::Relaxed);
+        self.shared.expire_at(unix_secs);
     }
 
     /// Ends the stream with `reason`: the next call to [`Subscription::next`] returns

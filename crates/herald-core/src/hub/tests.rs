@@ -149,7 +149,7 @@ fn the_presence_hook_hears_every_tab_come_and_go() {
     hub.sweep();
     assert_eq!(tabs.take(), [format!("-s2/{p}")], "its linger is over");
 
-    evicting.shared.expires_at_secs.store(1, Ordering::Relaxed);
+    evicting.shared.expire_at(1);
     hub.tick(2, 10);
     assert_eq!(tabs.take(), [format!("-s1/{e}")], "token expired");
     let last = hub.attach(&user, &s2, None, Transport::Sse, &[]).unwrap();
@@ -431,4 +431,34 @@ fn the_tabs_of_a_room_share_its_name_and_hold_one_topic_inline() {
     let again = hub.attach(&bob, &session, Some(b.info.client.as_str()), Transport::Ws, &[]).unwrap();
     assert_eq!(hub.topic_listeners(&topic("room"))[1], (bob.clone(), again.info.client.clone()));
     assert_eq!(hub.fanout_topic(&topic_event("room", Some(&alice), None)), 1);
+}
+
+/// The connection state's packed fields (a byte for the close reason, four for the expiry, to
+/// keep every tab's state in a 176-byte malloc chunk): each reason reads back as set, the first
+/// one wins, and an expiry past `u32` is clamped rather than wrapped to an earlier time.
+#[test]
+fn a_connections_close_reason_and_expiry_read_back_as_set() {
+    let info = |client: &str| ClientInfo {
+        user: UserId::new("alice").unwrap(),
+        session: SessionId::new("s").unwrap(),
+        client: ClientId::new(client).unwrap(),
+        transport: Transport::Sse,
+    };
+    for reason in CloseReason::ALL {
+        let shared = ClientShared::new(info("c"), EventQueue::default());
+        assert_eq!(shared.close_reason(), None);
+        shared.close(reason);
+        shared.close(if reason == CloseReason::Error { CloseReason::Evicted } else { CloseReason::Error });
+        assert_eq!(shared.close_reason(), Some(reason), "the first reason wins");
+    }
+    let shared = ClientShared::new(info("c"), EventQueue::default());
+    assert_eq!(shared.expires_at_secs(), 0, "never");
+    shared.expire_at(0);
+    assert_eq!(shared.expires_at_secs(), 1, "0 would mean never");
+    shared.expire_at(u64::from(u32::MAX) + 5);
+    assert_eq!(shared.expires_at_secs(), u64::from(u32::MAX), "clamped, not wrapped");
+    assert!(
+        std::mem::size_of::<ClientShared>() <= 152,
+        "within its 176-byte malloc chunk with the Arc's counts"
+    );
 }
