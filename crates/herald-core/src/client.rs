@@ -64,19 +64,20 @@ impl CloseReason {
         }
     }
 
+    /// Every reason, each once.
+    pub(crate) const ALL: [CloseReason; 7] = [
+        CloseReason::Evicted,
+        CloseReason::Replaced,
+        CloseReason::SessionClosed,
+        CloseReason::TokenExpired,
+        CloseReason::Lagging,
+        CloseReason::Shutdown,
+        CloseReason::Error,
+    ];
+
     /// The reason [`CloseReason::as_str`] names, if any.
     pub fn parse(name: &str) -> Option<Self> {
-        [
-            CloseReason::Evicted,
-            CloseReason::Replaced,
-            CloseReason::SessionClosed,
-            CloseReason::TokenExpired,
-            CloseReason::Lagging,
-            CloseReason::Shutdown,
-            CloseReason::Error,
-        ]
-        .into_iter()
-        .find(|reason| reason.as_str() == name)
+        Self::ALL.into_iter().find(|reason| reason.as_str() == name)
     }
 }
 

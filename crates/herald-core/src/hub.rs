@@ -25,7 +25,7 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash, RandomState};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
@@ -49,40 +49,76 @@ mod views;
 pub use interest::Interest;
 pub use views::{Census, ClientPresence, Presence, SessionPresence, TopicTab};
 
-use topics::{TopicIndex, effective_topics, union_of_topics};
+use topics::{TabTopics, TopicIndex, effective_topics, union_of_topics};
 
 /// Shards of the user map and of the client index. A power of two well above the core count
 /// keeps contention negligible; each costs one mutex and one empty map.
 const SHARDS: usize = 64;
 
-/// State shared between a client's hub entry and its connection.
-#[derive(Debug, Default)]
+/// State shared between a client's hub entry, its connection and the topic index. One per
+/// connection: a reconnect gets a new one.
+#[derive(Debug)]
 pub(crate) struct ClientShared {
-    close_reason: OnceLock<CloseReason>,
+    /// Who the connection is for. Here, once per connection, rather than in each holder: the
+    /// topic index then holds only this `Arc` per tab and topic (8 bytes, issue 13's memory per
+    /// listening tab), and reads who a tab is from it for `except_user`, `except_client` and
+    /// [`Prepare`]; the hub's entry and the subscription read their client id and user here too.
+    pub(crate) info: ClientInfo,
+    /// Why the connection must end: 1 + the reason's place in [`CloseReason::ALL`], 0 while it
+    /// need not. A byte, and `expires_at_secs` four, rather than a `OnceLock` and a `u64` (8
+    /// bytes each): with `info` this state is 152 bytes, a 176-byte malloc chunk with its `Arc`'s
+    /// counts, where 8 more would make it 192 (every tab's cost; see `docs/BENCHMARKS.md`).
+    close_reason: AtomicU8,
     /// Every durable seq up to here was handled by this client: for presence.
     pub(crate) last_seq: AtomicU64,
     /// Notifications waiting for the connection.
     pub(crate) queue: EventQueue,
-    /// When the connection's credentials expire, Unix seconds (0: never). [`Hub::tick`] closes
-    /// the connection with `token_expired` then.
-    pub(crate) expires_at_secs: AtomicU64,
+    /// When the connection's credentials expire, Unix seconds (0: never; `u32::MAX`, in 2106,
+    /// for anything later). [`Hub::tick`] closes the connection with `token_expired` then.
+    expires_at_secs: AtomicU32,
 }
 
 impl ClientShared {
+    fn new(info: ClientInfo, queue: EventQueue) -> Self {
+        Self {
+            info,
+            close_reason: AtomicU8::new(0),
+            last_seq: AtomicU64::new(0),
+            queue,
+            expires_at_secs: AtomicU32::new(0),
+        }
+    }
+
     /// Records why the connection must end (the first reason wins) and wakes it.
     pub(crate) fn close(&self, reason: CloseReason) {
-        let _ = self.close_reason.set(reason);
+        let code = CloseReason::ALL.iter().position(|&r| r == reason).expect("every reason is in ALL") + 1;
+        // Release: whoever reads the reason after this (the queue's close also orders it)
+        // sees the one set first.
+        let _ = self.close_reason.compare_exchange(0, code as u8, Ordering::Release, Ordering::Relaxed);
         self.queue.close();
     }
 
     pub(crate) fn close_reason(&self) -> Option<CloseReason> {
-        self.close_reason.get().copied()
+        let code = self.close_reason.load(Ordering::Acquire);
+        code.checked_sub(1).map(|at| CloseReason::ALL[usize::from(at)])
+    }
+
+    /// Makes [`Hub::tick`] close the connection with `token_expired` at `unix_secs` (at least 1:
+    /// 0 means never; beyond `u32::MAX`, in 2106, it is then).
+    pub(crate) fn expire_at(&self, unix_secs: u64) {
+        let secs = u32::try_from(unix_secs.max(1)).unwrap_or(u32::MAX);
+        self.expires_at_secs.store(secs, Ordering::Relaxed);
+    }
+
+    /// When the connection's credentials expire, Unix seconds (0: never).
+    fn expires_at_secs(&self) -> u64 {
+        u64::from(self.expires_at_secs.load(Ordering::Relaxed))
     }
 }
 
+/// A tab of a session. Its client id and transport are its connection's (`shared.info`): the
+/// id stays the same across reconnects, which replace `shared`.
 struct ClientEntry {
-    id: ClientId,
-    transport: Transport,
     connected_at_ms: i64,
     last_active: Instant,
     shared: Arc<ClientShared>,
@@ -99,12 +135,19 @@ struct ClientEntry {
     /// [`Limits::client_linger`].
     parked: bool,
     /// The topics this tab listens to (at most [`Limits::topics_per_client_max`]), each also in
-    /// the hub's topic index. A boxed slice (16 bytes, no allocation when empty) rather than a
-    /// `Vec`: most tabs listen to none, and a listen, which rebuilds it, is rare.
-    topics: Box<[Topic]>,
+    /// the hub's topic index: one inline, more boxed (see [`TabTopics`]).
+    topics: TabTopics,
 }
 
 impl ClientEntry {
+    fn id(&self) -> &ClientId {
+        &self.shared.info.client
+    }
+
+    fn transport(&self) -> Transport {
+        self.shared.info.transport
+    }
+
     /// Ends the connection with `reason`; returns whether one was connected (for the
     /// [`PresenceHook`]).
     fn end_connection(&mut self, reason: CloseReason) -> bool {
@@ -251,7 +294,7 @@ impl Hub {
                         session_online = true;
                         census.tabs[crate::metrics::TRANSPORTS
                             .iter()
-                            .position(|&t| t == client.transport)
+                            .position(|&t| t == client.transport())
                             .unwrap_or(0)] += 1;
                     }
                     census.sessions += u64::from(session_online);
@@ -316,7 +359,7 @@ impl Hub {
             for (user, entry) in shard.lock().iter() {
                 for (session, s) in &entry.sessions {
                     for c in s.clients.iter().filter(|c| c.connected) {
-                        hook.tab_changed(user, session, &c.id, true);
+                        hook.tab_changed(user, session, c.id(), true);
                     }
                 }
             }
@@ -375,7 +418,7 @@ impl Hub {
         let mut users = self.users_shard(user).lock();
         let Some(entry) = users.get_mut(user) else { return false };
         let Some((_, s)) = entry.sessions.iter_mut().find(|(id, _)| id == session) else { return false };
-        let Some(c) = s.clients.iter_mut().find(|c| &c.id == client) else { return false };
+        let Some(c) = s.clients.iter_mut().find(|c| c.id() == client) else { return false };
         if !c.connected || c.connected_at_ms > at_ms {
             return false;
         }
@@ -407,7 +450,7 @@ impl Hub {
                     closed += 1;
                     c.parked = false;
                     c.end_connection(reason);
-                    self.tab_changed(user, id, &c.id, false);
+                    self.tab_changed(user, id, c.id(), false);
                 }
             }
         }
@@ -421,7 +464,7 @@ impl Hub {
         let mut users = self.users_shard(user).lock();
         let Some(entry) = users.get_mut(user) else { return false };
         let Some((_, s)) = entry.sessions.iter_mut().find(|(id, _)| id == session) else { return false };
-        let Some(index) = s.clients.iter().position(|c| &c.id == client) else { return false };
+        let Some(index) = s.clients.iter().position(|c| c.id() == client) else { return false };
         let mut evicted = s.clients.swap_remove(index);
         let was_connected = evicted.end_connection(CloseReason::Evicted);
         if was_connected {
@@ -477,10 +520,13 @@ impl Hub {
         // A connection's first keep-alive thus comes after half to all of the period of
         // silence, the next ones after all of it.
         let phases = u64::from(self.inner.keepalive_ticks.load(Ordering::Relaxed) / 2).max(1);
-        let shared = Arc::new(ClientShared {
-            queue: EventQueue::with_quiet_ticks((attachment % phases) as u32),
-            ..ClientShared::default()
-        });
+        let info =
+            ClientInfo { user: user.clone(), session: session.clone(), client: client.clone(), transport };
+        let shared =
+            Arc::new(ClientShared::new(info, EventQueue::with_quiet_ticks((attachment % phases) as u32)));
+        // The topics as the index names them, so that the tab's entry and subscription share
+        // the index's one copy of each name instead of keeping the request's.
+        let topics = &self.interned(topics);
         let now = Instant::now();
         let mut forgotten: Vec<ClientId> = Vec::new();
         let mut is_new_client = false;
@@ -490,10 +536,10 @@ impl Hub {
             let mut users = self.users_shard(user).lock();
             // The tab's listens: those its entry kept (a reconnect) and the new ones, checked
             // before anything changes.
-            let kept: Box<[Topic]> = users
+            let kept: TabTopics = users
                 .get(user)
                 .and_then(|e| e.sessions.iter().find(|(s, _)| s == session))
-                .and_then(|(_, s)| s.clients.iter().find(|c| c.id == client))
+                .and_then(|(_, s)| s.clients.iter().find(|c| *c.id() == client))
                 .map(|c| c.topics.clone())
                 .unwrap_or_default();
             listening = union_of_topics(&kept, topics, limits.topics_per_client_max)?;
@@ -509,13 +555,13 @@ impl Hub {
                         let (evicted_session, mut evicted) = entry.sessions.swap_remove(victim);
                         for c in &mut evicted.clients {
                             if c.end_connection(CloseReason::Evicted) {
-                                self.tab_changed(user, &evicted_session, &c.id, false);
+                                self.tab_changed(user, &evicted_session, c.id(), false);
                             }
                             self.forget_listens(
                                 c,
                                 &effective_topics(&entry.stored, &evicted_session, &c.topics),
                             );
-                            forgotten.push(c.id.clone());
+                            forgotten.push(c.id().clone());
                         }
                     }
                     entry.sessions.reserve_exact(1);
@@ -526,7 +572,7 @@ impl Hub {
             let clients = &mut entry.sessions[session_index].1.clients;
             // The queue the index holds for the tab's listens, if it has an entry (a reconnect).
             let mut previous: Option<Arc<ClientShared>> = None;
-            let last_seq = match clients.iter_mut().find(|c| c.id == client) {
+            let last_seq = match clients.iter_mut().find(|c| *c.id() == client) {
                 Some(existing) => {
                     if existing.end_connection(CloseReason::Replaced) {
                         self.tab_changed(user, session, &client, false);
@@ -539,13 +585,13 @@ impl Hub {
                         let victim = least_recently_active_client(clients);
                         let mut evicted = clients.swap_remove(victim);
                         if evicted.end_connection(CloseReason::Evicted) {
-                            self.tab_changed(user, session, &evicted.id, false);
+                            self.tab_changed(user, session, evicted.id(), false);
                         }
                         self.forget_listens(
                             &evicted,
                             &effective_topics(&entry.stored, session, &evicted.topics),
                         );
-                        forgotten.push(evicted.id.clone());
+                        forgotten.push(evicted.id().clone());
                     }
                     is_new_client = true;
                     0
@@ -561,8 +607,6 @@ impl Hub {
                 }
             }
             let fresh = ClientEntry {
-                id: client.clone(),
-                transport,
                 connected_at_ms,
                 last_active: now,
                 shared: shared.clone(),
@@ -581,14 +625,14 @@ impl Hub {
                     let kept = effective_topics(&entry.stored, session, &kept);
                     let (moved, added): (Vec<Topic>, Vec<Topic>) =
                         effective.iter().cloned().partition(|t| kept.contains(t));
-                    self.repoint_listens(user, &client, previous, &shared, &moved);
-                    self.add_listens(user, &client, &shared, &added);
+                    self.repoint_listens(previous, &shared, &moved);
+                    self.add_listens(&shared, &added);
                 }
                 // A new tab: its id is in no entry of this session, and an id is minted for
                 // one session, so the index has none of it.
-                None => self.add_listens(user, &client, &shared, &effective),
+                None => self.add_listens(&shared, &effective),
             }
-            match clients.iter_mut().find(|c| c.id == client) {
+            match clients.iter_mut().find(|c| *c.id() == client) {
                 Some(existing) => *existing = fresh,
                 None => {
                     // Most sessions have one or two tabs: grow one slot at a time (at most 50)
@@ -608,8 +652,7 @@ impl Hub {
             }
         }
         self.inner.metrics.connection_opened(transport);
-        let info = ClientInfo { user: user.clone(), session: session.clone(), client, transport };
-        Ok(Attachment { info, shared, attachment, topics: effective.into_boxed_slice() })
+        Ok(Attachment { info: shared.info.clone(), shared, attachment, topics: effective.into_boxed_slice() })
     }
 
     /// Ends `attachment`'s hold on its client entry (its connection ended). The entry stays
@@ -620,7 +663,7 @@ impl Hub {
         let mut went_away = false;
         self.with_attached(info, attachment, |c| {
             c.last_active = Instant::now();
-            if park && c.transport == Transport::Poll && c.connected {
+            if park && c.transport() == Transport::Poll && c.connected {
                 c.parked = true;
             } else {
                 went_away = std::mem::take(&mut c.connected);
@@ -650,21 +693,21 @@ impl Hub {
     ) -> Option<Attachment> {
         let mut users = self.users_shard(user).lock();
         let (_, entry) = users.get_mut(user)?.sessions.iter_mut().find(|(s, _)| s == session)?;
-        let c = entry.clients.iter_mut().find(|c| c.id.as_str() == client)?;
-        if !c.parked || c.transport != Transport::Poll || c.shared.last_seq.load(Ordering::Relaxed) != after {
+        let c = entry.clients.iter_mut().find(|c| c.id().as_str() == client)?;
+        if !c.parked || c.transport() != Transport::Poll || c.shared.last_seq.load(Ordering::Relaxed) != after
+        {
             return None;
         }
         let attachment = self.inner.next_attachment.fetch_add(1, Ordering::Relaxed);
         c.parked = false;
         c.attachment = attachment;
         c.last_active = Instant::now();
-        let info = ClientInfo {
-            user: user.clone(),
-            session: session.clone(),
-            client: c.id.clone(),
-            transport: c.transport,
-        };
-        Some(Attachment { info, shared: c.shared.clone(), attachment, topics: Box::default() })
+        Some(Attachment {
+            info: c.shared.info.clone(),
+            shared: c.shared.clone(),
+            attachment,
+            topics: Box::default(),
+        })
     }
 
     /// Runs `change` on the entry of `info`'s client if `attachment` is still the one attached
@@ -676,7 +719,7 @@ impl Hub {
             return;
         };
         if let Some(c) =
-            session.clients.iter_mut().find(|c| c.id == info.client && c.attachment == attachment)
+            session.clients.iter_mut().find(|c| *c.id() == info.client && c.attachment == attachment)
         {
             change(c);
         }
@@ -705,7 +748,7 @@ impl Hub {
                 if !c.connected {
                     continue;
                 }
-                let included = notification.audience.includes(session_id, &c.id);
+                let included = notification.audience.includes(session_id, c.id());
                 if !included && !durable {
                     continue;
                 }
@@ -713,11 +756,11 @@ impl Hub {
                     Ok(()) => delivered += u64::from(included),
                     Err(PushError::Full) => {
                         c.end_connection(CloseReason::Lagging);
-                        self.tab_changed(&notification.user, session_id, &c.id, false);
+                        self.tab_changed(&notification.user, session_id, c.id(), false);
                     }
                     Err(PushError::Closed) => {
                         c.connected = false;
-                        self.tab_changed(&notification.user, session_id, &c.id, false);
+                        self.tab_changed(&notification.user, session_id, c.id(), false);
                     }
                 }
             }
@@ -736,18 +779,18 @@ impl Hub {
         let mut delivered = 0;
         for (session_id, session) in &mut entry.sessions {
             for c in &mut session.clients {
-                if !c.connected || !event.is_for(&c.id, c.follows_inbox) {
+                if !c.connected || !event.is_for(c.id(), c.follows_inbox) {
                     continue;
                 }
                 match c.shared.queue.push(Queued::Inbox(event.clone()), queue_len_max) {
                     Ok(()) => delivered += 1,
                     Err(PushError::Full) => {
                         c.end_connection(CloseReason::Lagging);
-                        self.tab_changed(&event.user, session_id, &c.id, false);
+                        self.tab_changed(&event.user, session_id, c.id(), false);
                     }
                     Err(PushError::Closed) => {
                         c.connected = false;
-                        self.tab_changed(&event.user, session_id, &c.id, false);
+                        self.tab_changed(&event.user, session_id, c.id(), false);
                     }
                 }
             }
@@ -769,10 +812,10 @@ impl Hub {
                         if !c.connected {
                             continue;
                         }
-                        let expires_at = c.shared.expires_at_secs.load(Ordering::Relaxed);
+                        let expires_at = c.shared.expires_at_secs();
                         if expires_at != 0 && expires_at <= now_secs {
                             c.end_connection(CloseReason::TokenExpired);
-                            self.tab_changed(user, session_id, &c.id, false);
+                            self.tab_changed(user, session_id, c.id(), false);
                         } else {
                             c.shared.queue.tick(keepalive_ticks);
                         }
@@ -802,10 +845,10 @@ impl Hub {
             for c in &mut s.clients {
                 if c.end_connection(reason) {
                     closed += 1;
-                    self.tab_changed(user, id, &c.id, false);
+                    self.tab_changed(user, id, c.id(), false);
                 }
                 self.forget_listens(c, &effective_topics(stored, id, &c.topics));
-                forgotten.push(c.id.clone());
+                forgotten.push(c.id().clone());
             }
             false
         });
@@ -834,7 +877,7 @@ impl Hub {
         let mut users = self.users_shard(user).lock();
         let Some(entry) = users.get_mut(user) else { return false };
         let Some((_, s)) = entry.sessions.iter_mut().find(|(id, _)| id == session) else { return false };
-        let Some(c) = s.clients.iter_mut().find(|c| &c.id == client) else { return false };
+        let Some(c) = s.clients.iter_mut().find(|c| c.id() == client) else { return false };
         let was_connected = c.connected;
         c.end_connection(reason);
         was_connected
@@ -862,7 +905,7 @@ impl Hub {
                     for c in &mut s.clients {
                         if c.end_connection(reason) {
                             closed += 1;
-                            self.tab_changed(user, session, &c.id, false);
+                            self.tab_changed(user, session, c.id(), false);
                         }
                     }
                 }
@@ -888,11 +931,11 @@ impl Hub {
                             .iter()
                             .filter(|c| {
                                 c.connected
-                                    || (c.transport == Transport::Poll && c.last_active.elapsed() < linger)
+                                    || (c.transport() == Transport::Poll && c.last_active.elapsed() < linger)
                             })
                             .map(|c| ClientPresence {
-                                client: c.id.clone(),
-                                transport: c.transport,
+                                client: c.id().clone(),
+                                transport: c.transport(),
                                 connected_at_ms: c.connected_at_ms,
                                 last_seq: c.shared.last_seq.load(Ordering::Relaxed),
                                 node: None,
@@ -924,13 +967,13 @@ impl Hub {
                             // Its next poll did not come: end it (freeing what its queue holds).
                             c.parked = false;
                             if c.end_connection(CloseReason::Shutdown) {
-                                self.tab_changed(user, id, &c.id, false);
+                                self.tab_changed(user, id, c.id(), false);
                             }
                         }
                         let keep = c.connected || c.last_active.elapsed() < linger;
                         if !keep {
                             self.forget_listens(c, &effective_topics(stored, id, &c.topics));
-                            forgotten.push(c.id.clone());
+                            forgotten.push(c.id().clone());
                         }
                         keep
                     });

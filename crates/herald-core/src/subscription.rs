@@ -112,7 +112,7 @@ pub enum SubscribeError {
 pub struct Subscription {
     hub: Hub,
     store: Arc<dyn Store>,
-    info: ClientInfo,
+    /// The client's connection state, who it is (`shared.info`) included.
     shared: Arc<ClientShared>,
     attachment: u64,
     /// The epoch of `position` and of every seq handed out (see the module docs).
@@ -123,8 +123,8 @@ pub struct Subscription {
     /// `hello`, `reset` and one `topic_reset` per topic.
     pending: VecDeque<ClientEvent>,
     /// Positions in the tab's durable topics, and its `type` filter; `None` while it has neither
-    /// (most tabs: 8 bytes, no allocation).
-    topics: Option<Box<TopicPositions>>,
+    /// (most tabs: no allocation).
+    topics: Option<TopicPositions>,
     /// Whether the store may hold seqs after `position` that were not yet read.
     replaying: bool,
     finished: bool,
@@ -135,15 +135,29 @@ pub struct Subscription {
 
 impl std::fmt::Debug for Subscription {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Subscription").field("info", &self.info).field("position", &self.position).finish()
+        f.debug_struct("Subscription")
+            .field("info", &self.shared.info)
+            .field("position", &self.position)
+            .finish()
     }
 }
 
-/// Where a subscription stands in each topic's log.
+/// Where a subscription stands in each topic's log: 24 bytes in the subscription, the
+/// positions in one exact-size slice (32 bytes a topic: a 48-byte malloc chunk for one), and
+/// what only a resume or a `type` filter needs in a second box, allocated only while either is
+/// in use. An idle tab keeps this for hours: issue 13's memory per listening tab (the `Vec`s
+/// and the box this replaces cost a tab listening to one topic 128 bytes).
 #[derive(Debug, Default)]
 struct TopicPositions {
-    /// Sorted by topic: 32 bytes a topic (a `BTreeMap`'s first node would cost a tab ~400).
-    positions: Vec<(Topic, TopicPosition)>,
+    /// Sorted by topic (a `BTreeMap`'s first node would cost a tab ~400 bytes). Rebuilt one
+    /// topic longer on each insert: tabs listen to few topics, so the copies cost nothing.
+    positions: Box<[(Topic, TopicPosition)]>,
+    /// `None` while no topic is behind and there is no `type` filter (most tabs).
+    more: Option<Box<MorePositions>>,
+}
+
+#[derive(Debug, Default)]
+struct MorePositions {
     /// Topics whose logs may hold tseqs after `accepted` that were not read yet (a resume, or a
     /// gap in the live events), read one page at a time after the user's log.
     behind: Vec<Topic>,
@@ -159,15 +173,32 @@ struct TopicPosition {
     given: Seq,
 }
 
+/// Whether the `type` filter `types` (empty: none) lets `event` through.
+fn wants_type(types: &[Box<str>], event: &TopicEvent) -> bool {
+    types.is_empty() || types.iter().any(|prefix| event.kind.starts_with(&**prefix))
+}
+
 impl TopicPositions {
     /// The state of a tab that filters its topic events by `types` (`None` without a filter).
-    fn filtering(types: &[Box<str>]) -> Option<Box<Self>> {
-        (!types.is_empty()).then(|| Box::new(Self { types: types.into(), ..Self::default() }))
+    fn filtering(types: &[Box<str>]) -> Option<Self> {
+        (!types.is_empty()).then(|| Self {
+            positions: Box::default(),
+            more: Some(Box::new(MorePositions { behind: Vec::new(), types: types.into() })),
+        })
+    }
+
+    fn types(&self) -> &[Box<str>] {
+        self.more.as_ref().map_or(&[], |more| &more.types)
     }
 
     fn wants(&self, event: &TopicEvent) -> bool {
-        self.types.is_empty() || self.types.iter().any(|prefix| event.kind.starts_with(&**prefix))
+        wants_type(self.types(), event)
     }
+
+    fn behind(&self) -> &[Topic] {
+        self.more.as_ref().map_or(&[], |more| &more.behind)
+    }
+
     fn get_mut(&mut self, topic: &Topic) -> Option<&mut TopicPosition> {
         let at = self.positions.binary_search_by(|(t, _)| t.cmp(topic)).ok()?;
         Some(&mut self.positions[at].1)
@@ -177,21 +208,27 @@ impl TopicPositions {
         match self.positions.binary_search_by(|(t, _)| t.cmp(&topic)) {
             Ok(at) => self.positions[at].1 = position,
             Err(at) => {
-                // Exactly one more: a `Vec` grows to 4 at its first push (128 bytes here), and
-                // an idle tab listening to one topic keeps it for hours (issue 13: a listen's
-                // memory per tab). Tabs listen to few topics, so the copies cost nothing.
-                self.positions.reserve_exact(1);
-                self.positions.insert(at, (topic, position));
+                // Exactly one more: the boxed slice's length is its capacity, so going back to
+                // a box does not reallocate.
+                let mut positions = std::mem::take(&mut self.positions).into_vec();
+                positions.reserve_exact(1);
+                positions.insert(at, (topic, position));
+                self.positions = positions.into_boxed_slice();
             }
         }
     }
 
-    /// No longer behind in `topic`; an empty list gives its buffer back (an idle tab keeps
-    /// this state for hours).
+    /// No longer behind in `topic`; with nothing behind and no filter, the second box is given
+    /// back (an idle tab keeps this state for hours).
     fn caught_up(&mut self, topic: &Topic) {
-        self.behind.retain(|t| t != topic);
-        if self.behind.is_empty() {
-            self.behind = Vec::new();
+        if let Some(more) = &mut self.more {
+            more.behind.retain(|t| t != topic);
+            if more.behind.is_empty() {
+                more.behind = Vec::new();
+                if more.types.is_empty() {
+                    self.more = None;
+                }
+            }
         }
     }
 
@@ -204,9 +241,10 @@ impl TopicPositions {
     }
 
     fn mark_behind(&mut self, topic: &Topic) {
-        if !self.behind.contains(topic) {
-            self.behind.reserve_exact(1);
-            self.behind.push(topic.clone());
+        let more = self.more.get_or_insert_default();
+        if !more.behind.contains(topic) {
+            more.behind.reserve_exact(1);
+            more.behind.push(topic.clone());
         }
     }
 }
@@ -299,7 +337,6 @@ impl Subscription {
         let mut subscription = Self {
             hub: hub.clone(),
             store: store.clone(),
-            info: info.clone(),
             shared,
             attachment,
             epoch: head.epoch.clone(),
@@ -348,12 +385,11 @@ impl Subscription {
         if request.epoch.is_some_and(|e| *e != *epoch) {
             return None;
         }
-        let Attachment { info, shared, attachment, topics: _ } =
+        let Attachment { info: _, shared, attachment, topics: _ } =
             hub.resume_parked(request.user, request.session, client, after)?;
         Some(Self {
             hub: hub.clone(),
             store: store.clone(),
-            info,
             shared,
             attachment,
             epoch,
@@ -364,7 +400,7 @@ impl Subscription {
             topics: {
                 let mut topics = TopicPositions::filtering(request.types);
                 for (topic, tseq) in request.topic_positions {
-                    topics.get_or_insert_with(Box::default).start(topic.clone(), *tseq);
+                    topics.get_or_insert_default().start(topic.clone(), *tseq);
                 }
                 topics
             },
@@ -382,7 +418,7 @@ impl Subscription {
         let position = resume_after.unwrap_or(head.last_seq);
         debug_assert!(position <= head.last_seq, "open refuses a resume point beyond the log");
         self.pending.push_back(ClientEvent::Hello {
-            info: self.info.clone(),
+            info: self.shared.info.clone(),
             last_seq: head.last_seq,
             position,
             epoch: head.epoch,
@@ -439,7 +475,7 @@ impl Subscription {
     }
 
     pub fn info(&self) -> &ClientInfo {
-        &self.info
+        &self.shared.info
     }
 
     /// The stream's resume id as of the last event handed out: the last seq alone while the
@@ -475,7 +511,9 @@ impl Subscription {
 
     /// Whether everything stored so far was handed out (no replay or gap fill in progress).
     pub fn is_caught_up(&self) -> bool {
-        !self.replaying && self.pending.is_empty() && self.topics.as_ref().is_none_or(|t| t.behind.is_empty())
+        !self.replaying
+            && self.pending.is_empty()
+            && self.topics.as_ref().is_none_or(|t| t.behind().is_empty())
     }
 
     /// Makes this client follow its user's inbox counts: from now on it also gets an `inbox`
@@ -483,12 +521,12 @@ impl Subscription {
     /// including ones meant for other sessions or clients. Call it before handing out the first
     /// event, so that counts read after `hello` miss nothing.
     pub fn follow_inbox(&self) {
-        self.hub.follow_inbox(&self.info, self.attachment);
+        self.hub.follow_inbox(&self.shared.info, self.attachment);
     }
 
     /// Makes the hub close this stream with `token_expired` at `unix_secs` (see [`Hub::tick`]).
     pub fn expire_at(&self, unix_secs: u64) {
-        self.shared.expires_at_secs.store(unix_secs.max(1), Ordering::Relaxed);
+        self.shared.expire_at(unix_secs);
     }
 
     /// Ends the stream with `reason`: the next call to [`Subscription::next`] returns
@@ -527,7 +565,7 @@ impl Subscription {
                     self.pending = VecDeque::new();
                 }
                 if let ClientEvent::Notification(_) | ClientEvent::Topic(_) = &event {
-                    self.hub.metrics().delivered(self.info.transport);
+                    self.hub.metrics().delivered(self.shared.info.transport);
                 }
                 match &event {
                     ClientEvent::Notification(n) if let Some(seq) = n.seq => {
@@ -556,25 +594,25 @@ impl Subscription {
                     Ok(false) => {
                         // The log is another history now (a failover): its seqs are not this
                         // stream's. The client's resume, with this stream's epoch, gets a reset.
-                        tracing::warn!(user = %self.info.user, epoch = %self.epoch, "the store's epoch changed under a subscription; ending it");
+                        tracing::warn!(user = %self.shared.info.user, epoch = %self.epoch, "the store's epoch changed under a subscription; ending it");
                         return Ok(Some(self.finish(CloseReason::Error)));
                     }
                     Err(error) => {
-                        tracing::warn!(%error, user = %self.info.user, "cannot read the log for a subscription");
+                        tracing::warn!(%error, user = %self.shared.info.user, "cannot read the log for a subscription");
                         return Ok(Some(self.finish(CloseReason::Error)));
                     }
                 }
                 continue;
             }
-            if let Some(topic) = self.topics.as_ref().and_then(|t| t.behind.first().cloned()) {
+            if let Some(topic) = self.topics.as_ref().and_then(|t| t.behind().first().cloned()) {
                 match Box::pin(self.read_topic_page(&topic)).await {
                     Ok(true) => {}
                     Ok(false) => {
-                        tracing::warn!(user = %self.info.user, epoch = %self.epoch, "the store's epoch changed under a subscription; ending it");
+                        tracing::warn!(user = %self.shared.info.user, epoch = %self.epoch, "the store's epoch changed under a subscription; ending it");
                         return Ok(Some(self.finish(CloseReason::Error)));
                     }
                     Err(error) => {
-                        tracing::warn!(%error, user = %self.info.user, %topic, "cannot read a topic's log for a subscription");
+                        tracing::warn!(%error, user = %self.shared.info.user, %topic, "cannot read a topic's log for a subscription");
                         return Ok(Some(self.finish(CloseReason::Error)));
                     }
                 }
@@ -599,7 +637,7 @@ impl Subscription {
                         if let Some(tseq) = event.tseq {
                             self.give_topic(&event.topic, tseq);
                         }
-                        self.hub.metrics().delivered(self.info.transport);
+                        self.hub.metrics().delivered(self.shared.info.transport);
                         return Ok(Some(ClientEvent::Topic(event)));
                     }
                 }
@@ -628,7 +666,7 @@ impl Subscription {
             self.position = self.shared.last_seq.load(Ordering::Relaxed);
             self.pending.clear();
         }
-        self.hub.detach(&self.info, self.attachment, false);
+        self.hub.detach(&self.shared.info, self.attachment, false);
         ClientEvent::Closed(reason)
     }
 
@@ -662,8 +700,8 @@ impl Subscription {
     fn accept_live_topic(&mut self, event: Arc<TopicEvent>) -> Option<Arc<TopicEvent>> {
         let wanted = self.wants(&event);
         let Some(tseq) = event.tseq else { return wanted.then_some(event) };
-        let topics = self.topics.get_or_insert_with(Box::default);
-        let behind = topics.behind.contains(&event.topic);
+        let topics = self.topics.get_or_insert_default();
+        let behind = topics.behind().contains(&event.topic);
         let Some(position) = topics.get_mut(&event.topic) else {
             // Listened to after the stream opened: it starts here.
             topics.insert(event.topic.clone(), TopicPosition { accepted: tseq, given: tseq - 1 });
@@ -706,40 +744,40 @@ impl Subscription {
         if page.events.len() < page_len {
             topics.caught_up(topic);
         }
-        let filter = TopicPositions { types: std::mem::take(&mut topics.types), ..TopicPositions::default() };
-        let position = topics.get_mut(topic).expect("read from its position");
         if after < page.head.pruned_through {
             // Retention passed the position while the stream was behind: lost, and said so.
-            position.accepted = page.head.last_tseq;
+            topics.get_mut(topic).expect("read from its position").accepted = page.head.last_tseq;
             topics.caught_up(topic);
-            topics.types = filter.types;
             self.pending
                 .push_back(ClientEvent::TopicReset { topic: topic.clone(), last_tseq: page.head.last_tseq });
             return Ok(true);
         }
+        // The filter and the position, borrowed apart (two fields).
+        let types: &[Box<str>] = topics.more.as_ref().map_or(&[], |more| &more.types);
+        let at = topics.positions.binary_search_by(|(t, _)| t.cmp(topic)).expect("read from its position");
+        let position = &mut topics.positions[at].1;
         for event in page.events {
             let Some(tseq) = event.tseq else { continue };
             if tseq <= position.accepted {
                 continue;
             }
             position.accepted = tseq;
-            if event.is_for(&self.info.user, &self.info.client)
-                && filter.wants(&event)
-                && let Some(event) = self.hub.prepare_for(&self.info.user, &event)
+            if event.is_for(&self.shared.info.user, &self.shared.info.client)
+                && wants_type(types, &event)
+                && let Some(event) = self.hub.prepare_for(&self.shared.info.user, &event)
             {
                 self.pending.push_back(ClientEvent::Topic(event));
             } else if !self.pending.iter().any(|e| matches!(e, ClientEvent::Topic(e) if e.topic == *topic)) {
                 position.given = tseq;
             }
         }
-        topics.types = filter.types;
         Ok(true)
     }
 
     /// A `topic_reset` was handed out: the topic goes on after `last_tseq` (which may be lower
     /// than the position the client had, after an epoch change).
     fn reset_topic(&mut self, topic: &Topic, last_tseq: Seq) {
-        let topics = self.topics.get_or_insert_with(Box::default);
+        let topics = self.topics.get_or_insert_default();
         match topics.get_mut(topic) {
             Some(position) => position.given = last_tseq,
             None => topics.start(topic.clone(), last_tseq),
@@ -748,7 +786,7 @@ impl Subscription {
 
     /// `tseq` of `topic` was handed out: the resume id names it from now on.
     fn give_topic(&mut self, topic: &Topic, tseq: Seq) {
-        let topics = self.topics.get_or_insert_with(Box::default);
+        let topics = self.topics.get_or_insert_default();
         match topics.get_mut(topic) {
             Some(position) => position.given = position.given.max(tseq),
             None => topics.start(topic.clone(), tseq),
@@ -759,7 +797,7 @@ impl Subscription {
     /// is of another epoch than this stream's.
     async fn read_page(&mut self) -> Result<bool, StoreError> {
         let page_len = self.hub.limits().replay_page_len;
-        let page = self.store.read_after(&self.info.user, self.position, page_len).await?;
+        let page = self.store.read_after(&self.shared.info.user, self.position, page_len).await?;
         if page.head.epoch != self.epoch {
             return Ok(false);
         }
@@ -783,14 +821,14 @@ impl Subscription {
     }
 
     fn is_for_me(&self, notification: &Notification) -> bool {
-        notification.audience.includes(&self.info.session, &self.info.client)
+        notification.audience.includes(&self.shared.info.session, &self.shared.info.client)
     }
 }
 
 impl Drop for Subscription {
     fn drop(&mut self) {
         if !self.finished {
-            self.hub.detach(&self.info, self.attachment, self.park);
+            self.hub.detach(&self.shared.info, self.attachment, self.park);
         }
     }
 }
@@ -944,4 +982,47 @@ pub async fn poll(
         reset,
         closed,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn topic(name: &str) -> Topic {
+        Topic::new(name).unwrap()
+    }
+
+    /// Issue 13's memory per listening tab: the positions stay sorted and exactly as long as the
+    /// topics, and the second box (behind, filter) exists only while it holds something. Fails
+    /// if a position is lost or misplaced on insert, or if an idle tab keeps the second box.
+    #[test]
+    fn topic_positions_stay_sorted_exact_and_free_what_they_no_longer_need() {
+        assert_eq!(std::mem::size_of::<Option<TopicPositions>>(), 24, "what every subscription holds");
+        let mut state = TopicPositions::default();
+        state.start(topic("b"), 5);
+        assert_eq!(state.positions.len(), 1);
+        state.start(topic("c"), 7);
+        state.start(topic("a"), 3);
+        state.insert(topic("b"), TopicPosition { accepted: 6, given: 4 });
+        let given: Vec<(Topic, Seq)> = state.given().map(|(t, tseq)| (t.clone(), tseq)).collect();
+        assert_eq!(given, [(topic("a"), 3), (topic("b"), 4), (topic("c"), 7)]);
+        assert_eq!(state.get_mut(&topic("b")).map(|p| p.accepted), Some(6));
+        assert!(state.get_mut(&topic("d")).is_none());
+
+        state.mark_behind(&topic("b"));
+        state.mark_behind(&topic("b"));
+        state.mark_behind(&topic("a"));
+        assert_eq!(state.behind(), [topic("b"), topic("a")], "each once, in order");
+        state.caught_up(&topic("b"));
+        assert!(state.more.is_some(), "a is still behind");
+        state.caught_up(&topic("a"));
+        assert!(state.more.is_none() && state.behind().is_empty(), "nothing kept once caught up");
+
+        let filtering = TopicPositions::filtering(&["chat.".into()]);
+        let mut filtering = filtering.expect("a filter is state");
+        filtering.mark_behind(&topic("a"));
+        filtering.caught_up(&topic("a"));
+        assert_eq!(filtering.types(), [Box::<str>::from("chat.")], "the filter outlives the catch-up");
+        assert!(TopicPositions::filtering(&[]).is_none());
+    }
 }

@@ -149,7 +149,7 @@ fn the_presence_hook_hears_every_tab_come_and_go() {
     hub.sweep();
     assert_eq!(tabs.take(), [format!("-s2/{p}")], "its linger is over");
 
-    evicting.shared.expires_at_secs.store(1, Ordering::Relaxed);
+    evicting.shared.expire_at(1);
     hub.tick(2, 10);
     assert_eq!(tabs.take(), [format!("-s1/{e}")], "token expired");
     let last = hub.attach(&user, &s2, None, Transport::Sse, &[]).unwrap();
@@ -373,5 +373,92 @@ fn a_prepare_hook_runs_once_per_user_and_keeps_drops_or_rewrites() {
         got,
         [kept.clone(), kept, None, None, hidden.clone(), hidden, None],
         "dave's rewrite is not valid data"
+    );
+}
+
+/// Issue 13's memory per listening tab: the tabs of a room share the index's one copy of its
+/// name (each request parses its own), a tab's own topics are held inline while it listens to
+/// one and boxed beyond, and the index, which holds only each tab's connection, still knows who
+/// each listener is. Fails if a tab keeps its request's copy of a name, or if the topics of a
+/// tab and the index part ways as it goes from none to one, two, one and none.
+#[test]
+fn the_tabs_of_a_room_share_its_name_and_hold_one_topic_inline() {
+    let hub = Hub::new(Limits::default(), ClientIdMinter::new(b"key"));
+    let session = SessionId::new("s").unwrap();
+    let [alice, bob, carol] = ["alice", "bob", "carol"].map(|u| UserId::new(u).unwrap());
+    let name = |t: &Topic| t.as_str().as_ptr();
+    let a = hub.attach(&alice, &session, None, Transport::Sse, &[topic("room")]).unwrap();
+    let b = hub.attach(&bob, &session, None, Transport::Sse, &[topic("room")]).unwrap();
+    assert_eq!(name(&a.topics[0]), name(&b.topics[0]), "one copy of the name");
+    assert_eq!(name(&hub.topics_of(&b.info).unwrap()[0]), name(&a.topics[0]));
+    let own_topics = |user: &UserId| -> Vec<Topic> {
+        let users = hub.users_shard(user).lock();
+        let entry = &users[user].sessions[0].1.clients[0];
+        match &entry.topics {
+            TabTopics::One(topic) => vec![topic.clone()],
+            TabTopics::Many(topics) => {
+                assert_ne!(topics.len(), 1, "one topic is held inline");
+                topics.to_vec()
+            }
+        }
+    };
+    assert_eq!(name(&own_topics(&bob)[0]), name(&a.topics[0]));
+
+    let c = hub.attach(&carol, &session, None, Transport::Sse, &[]).unwrap();
+    let client = &c.info.client;
+    assert_eq!(own_topics(&carol), []);
+    let listening = hub.listen(&carol, &session, client, &[topic("room")]).unwrap();
+    assert_eq!(name(&listening[0]), name(&a.topics[0]), "a listen shares the name too");
+    assert_eq!(hub.listen(&carol, &session, client, &[topic("x")]).unwrap(), [topic("room"), topic("x")]);
+    assert_eq!(own_topics(&carol), [topic("room"), topic("x")]);
+    assert_eq!(hub.fanout_topic(&topic_event("room", None, None)), 3);
+    assert_eq!(hub.fanout_topic(&topic_event("x", None, None)), 1);
+    assert_eq!(hub.unlisten(&carol, &session, client, &[topic("room")]).unwrap(), [topic("x")]);
+    assert_eq!(own_topics(&carol), [topic("x")]);
+    assert_eq!(hub.fanout_topic(&topic_event("room", None, None)), 2);
+    assert_eq!(hub.unlisten(&carol, &session, client, &[topic("x")]).unwrap(), []);
+    assert_eq!(own_topics(&carol), []);
+    assert_eq!(hub.fanout_topic(&topic_event("x", None, None)), 0);
+    assert!(hub.inner.topics.iter().all(|shard| !shard.lock().contains_key(&topic("x"))), "x is forgotten");
+
+    // Who each listener is, read from its connection.
+    assert_eq!(
+        hub.topic_listeners(&topic("room")),
+        [(alice.clone(), a.info.client.clone()), (bob.clone(), b.info.client.clone())]
+    );
+    assert_eq!(hub.fanout_topic(&topic_event("room", Some(&alice), Some(&b.info.client))), 0);
+    // A reconnect's new connection names the same tab.
+    let again = hub.attach(&bob, &session, Some(b.info.client.as_str()), Transport::Ws, &[]).unwrap();
+    assert_eq!(hub.topic_listeners(&topic("room"))[1], (bob.clone(), again.info.client.clone()));
+    assert_eq!(hub.fanout_topic(&topic_event("room", Some(&alice), None)), 1);
+}
+
+/// The connection state's packed fields (a byte for the close reason, four for the expiry, to
+/// keep every tab's state in a 176-byte malloc chunk): each reason reads back as set, the first
+/// one wins, and an expiry past `u32` is clamped rather than wrapped to an earlier time.
+#[test]
+fn a_connections_close_reason_and_expiry_read_back_as_set() {
+    let info = |client: &str| ClientInfo {
+        user: UserId::new("alice").unwrap(),
+        session: SessionId::new("s").unwrap(),
+        client: ClientId::new(client).unwrap(),
+        transport: Transport::Sse,
+    };
+    for reason in CloseReason::ALL {
+        let shared = ClientShared::new(info("c"), EventQueue::default());
+        assert_eq!(shared.close_reason(), None);
+        shared.close(reason);
+        shared.close(if reason == CloseReason::Error { CloseReason::Evicted } else { CloseReason::Error });
+        assert_eq!(shared.close_reason(), Some(reason), "the first reason wins");
+    }
+    let shared = ClientShared::new(info("c"), EventQueue::default());
+    assert_eq!(shared.expires_at_secs(), 0, "never");
+    shared.expire_at(0);
+    assert_eq!(shared.expires_at_secs(), 1, "0 would mean never");
+    shared.expire_at(u64::from(u32::MAX) + 5);
+    assert_eq!(shared.expires_at_secs(), u64::from(u32::MAX), "clamped, not wrapped");
+    assert!(
+        std::mem::size_of::<ClientShared>() <= 152,
+        "within its 176-byte malloc chunk with the Arc's counts"
     );
 }

@@ -8,23 +8,69 @@
 // A second `impl Hub`: it needs the hub's own types and imports, as `super` has them.
 use super::*;
 
-/// A tab listening to a topic, as the topic's entry holds it: what a topic's fan-out needs
-/// (the queue, and who the tab is for `except_user` and `except_client`) without taking any
-/// user's shard. 40 bytes per topic per tab.
-pub(super) struct TopicListener {
-    user: UserId,
-    client: ClientId,
-    /// The queue of the tab's current connection, or of its last one (closed) while it is away.
-    shared: Arc<ClientShared>,
+/// One shard of the index of topics: who listens to each, as the tabs' connection state
+/// (`Arc<ClientShared>`, 8 bytes per topic per tab: issue 13's memory per listening tab). That
+/// is what a topic's fan-out needs (the queue, and who the tab is, `info`, for `except_user`,
+/// `except_client` and [`Prepare`]) without taking any user's shard. It is the queue of the
+/// tab's current connection, or of its last one (closed) while the tab is away. A topic nobody
+/// listens to any more is removed (Eliom never forgets its keys).
+pub(super) type TopicIndex = HashMap<Topic, Vec<Arc<ClientShared>>>;
+
+/// The topics a tab listens to at client scope (its entry's own; its user's and session's are
+/// in [`UserEntry`]). One topic is held inline and many in a boxed slice: a tab that listens to
+/// one topic, the common case, then allocates nothing for it (a one-element box was a 32-byte
+/// malloc chunk per tab, issue 13's memory per listening tab); none is an empty box, which
+/// allocates nothing either. 24 bytes.
+#[derive(Clone)]
+pub(super) enum TabTopics {
+    One(Topic),
+    Many(Box<[Topic]>),
 }
 
-/// One shard of the index of topics: who listens to each. A topic nobody listens to any more is
-/// removed (Eliom never forgets its keys).
-pub(super) type TopicIndex = HashMap<Topic, Vec<TopicListener>>;
+impl Default for TabTopics {
+    fn default() -> Self {
+        TabTopics::Many(Box::default())
+    }
+}
+
+impl std::ops::Deref for TabTopics {
+    type Target = [Topic];
+
+    fn deref(&self) -> &[Topic] {
+        match self {
+            TabTopics::One(topic) => std::slice::from_ref(topic),
+            TabTopics::Many(topics) => topics,
+        }
+    }
+}
+
+impl FromIterator<Topic> for TabTopics {
+    fn from_iter<I: IntoIterator<Item = Topic>>(topics: I) -> Self {
+        let mut topics: Vec<Topic> = topics.into_iter().collect();
+        match topics.len() {
+            1 => TabTopics::One(topics.pop().expect("one topic")),
+            _ => TabTopics::Many(topics.into_boxed_slice()),
+        }
+    }
+}
 
 impl Hub {
     pub(super) fn topics_shard(&self, topic: &Topic) -> &Mutex<TopicIndex> {
         &self.inner.topics[self.shard_of(topic)]
+    }
+
+    /// `topics`, each as the index names it when some tab here listens to it already: the tabs
+    /// of a room then share one copy of its name (an `Arc`) instead of each keeping the one
+    /// its request parsed (a 32-byte malloc chunk per tab and topic). Takes each topic's shard
+    /// alone (no user's shard may be held: the lock order is user, then topic).
+    pub(super) fn interned(&self, topics: &[Topic]) -> Vec<Topic> {
+        topics
+            .iter()
+            .map(|topic| {
+                let index = self.topics_shard(topic).lock();
+                index.get_key_value(topic).map_or_else(|| topic.clone(), |(name, _)| name.clone())
+            })
+            .collect()
     }
 
     /// Removes `tab` from the listeners of `topics` (the tab is forgotten, or stops listening).
@@ -36,11 +82,11 @@ impl Hub {
             let mut index = self.topics_shard(topic).lock();
             if let Some(listeners) = index.get_mut(topic) {
                 // `remove`, not `swap_remove`: the listeners stay in the order they listened.
-                match listeners.iter().position(|l| Arc::ptr_eq(&l.shared, &tab.shared)) {
+                match listeners.iter().position(|l| Arc::ptr_eq(l, &tab.shared)) {
                     Some(at) => {
                         listeners.remove(at);
                     }
-                    None => listeners.retain(|l| l.client != tab.id),
+                    None => listeners.retain(|l| l.info.client != *tab.id()),
                 }
                 if listeners.is_empty() {
                     index.remove(topic);
@@ -56,13 +102,7 @@ impl Hub {
     /// topics new to it): appended without looking for it, so that 15,000 tabs joining one
     /// topic cost 15,000 pushes, not a scan of the listeners each (quadratic: the connect rate
     /// of a room's tabs was a quarter of plain tabs').
-    pub(super) fn add_listens(
-        &self,
-        user: &UserId,
-        client: &ClientId,
-        shared: &Arc<ClientShared>,
-        topics: &[Topic],
-    ) {
+    pub(super) fn add_listens(&self, shared: &Arc<ClientShared>, topics: &[Topic]) {
         for topic in topics {
             let mut index = self.topics_shard(topic).lock();
             let listeners = index.entry(topic.clone()).or_insert_with(|| {
@@ -71,12 +111,12 @@ impl Hub {
                 }
                 Vec::new()
             });
-            debug_assert!(!listeners.iter().any(|l| &l.client == client), "{client} listens to {topic} once");
-            listeners.push(TopicListener {
-                user: user.clone(),
-                client: client.clone(),
-                shared: shared.clone(),
-            });
+            debug_assert!(
+                !listeners.iter().any(|l| l.info.client == shared.info.client),
+                "{} listens to {topic} once",
+                shared.info.client
+            );
+            listeners.push(shared.clone());
         }
     }
 
@@ -85,8 +125,6 @@ impl Hub {
     /// that the tab's entry holds. One that is not found (none should be) is added.
     pub(super) fn repoint_listens(
         &self,
-        user: &UserId,
-        client: &ClientId,
         previous: &Arc<ClientShared>,
         shared: &Arc<ClientShared>,
         topics: &[Topic],
@@ -96,14 +134,14 @@ impl Hub {
             let mut index = self.topics_shard(topic).lock();
             match index
                 .get_mut(topic)
-                .and_then(|listeners| listeners.iter_mut().find(|l| Arc::ptr_eq(&l.shared, previous)))
+                .and_then(|listeners| listeners.iter_mut().find(|l| Arc::ptr_eq(l, previous)))
             {
-                Some(listener) => listener.shared = shared.clone(),
+                Some(listener) => *listener = shared.clone(),
                 None => missing.push(topic.clone()),
             }
         }
         if !missing.is_empty() {
-            self.add_listens(user, client, shared, &missing);
+            self.add_listens(shared, &missing);
         }
     }
 
@@ -123,25 +161,26 @@ impl Hub {
         let mut prepared: HashMap<&UserId, Option<Arc<TopicEvent>>> = HashMap::new();
         let mut delivered = 0;
         for listener in listeners {
-            if !event.is_for(&listener.user, &listener.client) {
+            let who = &listener.info;
+            if !event.is_for(&who.user, &who.client) {
                 continue;
             }
             let for_user = match prepare {
                 None => event.clone(),
                 Some(prepare) => {
                     let decided = prepared
-                        .entry(&listener.user)
-                        .or_insert_with(|| self.prepared(&**prepare, &listener.user, event));
+                        .entry(&who.user)
+                        .or_insert_with(|| self.prepared(&**prepare, &who.user, event));
                     match decided {
                         Some(for_user) => for_user.clone(),
                         None => continue,
                     }
                 }
             };
-            match listener.shared.queue.push(Queued::Topic(for_user), queue_len_max) {
+            match listener.queue.push(Queued::Topic(for_user), queue_len_max) {
                 Ok(()) => delivered += 1,
                 // The entry's `connected` is left to the connection, which ends now and detaches.
-                Err(PushError::Full) => listener.shared.close(CloseReason::Lagging),
+                Err(PushError::Full) => listener.close(CloseReason::Lagging),
                 Err(PushError::Closed) => {}
             }
         }
@@ -199,6 +238,7 @@ impl Hub {
         topics: &[Topic],
     ) -> Result<Vec<Topic>, ListenError> {
         let max = self.inner.limits.topics_per_client_max;
+        let topics = &self.interned(topics);
         self.change_listens(user, session, client, |c| {
             c.topics = union_of_topics(&c.topics, topics, max)?;
             Ok(())
@@ -234,27 +274,21 @@ impl Hub {
             .sessions
             .iter_mut()
             .find(|(s, _)| s == session)
-            .and_then(|(_, s)| s.clients.iter_mut().find(|c| &c.id == client))
+            .and_then(|(_, s)| s.clients.iter_mut().find(|c| c.id() == client))
             .ok_or_else(not_found)?;
         let before = effective_topics(&entry.stored, session, &tab.topics);
         change(tab)?;
         let after = effective_topics(&entry.stored, session, &tab.topics);
-        self.apply_difference(user, tab, &before, &after);
+        self.apply_difference(tab, &before, &after);
         Ok(after)
     }
 
     /// Makes the index follow a tab whose topics went from `before` to `after`.
-    pub(super) fn apply_difference(
-        &self,
-        user: &UserId,
-        tab: &ClientEntry,
-        before: &[Topic],
-        after: &[Topic],
-    ) {
+    pub(super) fn apply_difference(&self, tab: &ClientEntry, before: &[Topic], after: &[Topic]) {
         let gone: Vec<Topic> = before.iter().filter(|t| !after.contains(t)).cloned().collect();
         let new: Vec<Topic> = after.iter().filter(|t| !before.contains(t)).cloned().collect();
         self.forget_listens(tab, &gone);
-        self.add_listens(user, &tab.id, &tab.shared, &new);
+        self.add_listens(&tab.shared, &new);
     }
 
     /// Asks for a fresh read of `user`'s listens kept in the store: its number, to give to
@@ -286,7 +320,7 @@ impl Hub {
                 let before = effective_topics(&entry.stored, session, &tab.topics);
                 let after = effective_topics(&stored, session, &tab.topics);
                 gained.extend(after.iter().filter(|t| !before.contains(t)).cloned());
-                self.apply_difference(user, tab, &before, &after);
+                self.apply_difference(tab, &before, &after);
             }
         }
         entry.stored = stored;
@@ -300,7 +334,7 @@ impl Hub {
         let users = self.users_shard(&info.user).lock();
         let entry = users.get(&info.user)?;
         let (_, session) = entry.sessions.iter().find(|(s, _)| *s == info.session)?;
-        let tab = session.clients.iter().find(|c| c.id == info.client)?;
+        let tab = session.clients.iter().find(|c| *c.id() == info.client)?;
         Some(effective_topics(&entry.stored, &info.session, &tab.topics))
     }
 
@@ -325,7 +359,7 @@ impl Hub {
         let index = self.topics_shard(topic).lock();
         index
             .get(topic)
-            .map(|listeners| listeners.iter().map(|l| (l.user.clone(), l.client.clone())).collect())
+            .map(|listeners| listeners.iter().map(|l| (l.info.user.clone(), l.info.client.clone())).collect())
             .unwrap_or_default()
     }
 }
@@ -347,11 +381,7 @@ pub(super) fn effective_topics(stored: &[StoredListen], session: &SessionId, top
 }
 
 /// `kept` followed by those of `added` not in it (each once), or `TooManyTopics` over `max`.
-pub(super) fn union_of_topics(
-    kept: &[Topic],
-    added: &[Topic],
-    max: usize,
-) -> Result<Box<[Topic]>, ListenError> {
+pub(super) fn union_of_topics(kept: &[Topic], added: &[Topic], max: usize) -> Result<TabTopics, ListenError> {
     let mut union = kept.to_vec();
     for topic in added {
         if !union.contains(topic) {
@@ -361,5 +391,5 @@ pub(super) fn union_of_topics(
     if union.len() > max && union.len() > kept.len() {
         return Err(ListenError::TooManyTopics { count: union.len(), max });
     }
-    Ok(union.into_boxed_slice())
+    Ok(union.into_iter().collect())
 }
