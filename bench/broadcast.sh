@@ -50,7 +50,7 @@ fi
 USERS="${USERS:-5000}"             # users; each has TABS tabs, all in one session
 TABS="${TABS:-3}"
 TOPIC="${TOPIC:-bench_room}"       # the topic, channel and room ([A-Za-z0-9_]: Nchan's \w+)
-RATES="${RATES:-1 10 100}"         # messages per second of the steady phases, in order
+RATES="${RATES-1 10 100}"          # messages per second of the steady phases, in order ("": none)
 RATE_SECS="${RATE_SECS:-10}"       # duration of each of them
 PUBLISHERS="${PUBLISHERS:-4}"      # concurrent publishers on a shared schedule
 IDLE_SECS="${IDLE_SECS:-5}"        # settle time before measuring memory
