@@ -190,11 +190,19 @@ struct UserEntry {
 
 /// A client's connection to the hub, as [`Hub::attach`] returns it.
 pub(crate) struct Attachment {
-    pub(crate) info: ClientInfo,
+    /// The connection's state, who the client is (`shared.info`) included.
     pub(crate) shared: Arc<ClientShared>,
     pub(crate) attachment: u64,
     /// The topics the tab listens to.
     pub(crate) topics: Box<[Topic]>,
+}
+
+#[cfg(test)]
+impl Attachment {
+    /// Who the client is (the tests' shorthand; the subscription reads `shared.info`).
+    pub(crate) fn info(&self) -> &ClientInfo {
+        &self.shared.info
+    }
 }
 
 /// One shard of the index of clients: where each client lives.
@@ -652,7 +660,7 @@ impl Hub {
             }
         }
         self.inner.metrics.connection_opened(transport);
-        Ok(Attachment { info: shared.info.clone(), shared, attachment, topics: effective.into_boxed_slice() })
+        Ok(Attachment { shared, attachment, topics: effective.into_boxed_slice() })
     }
 
     /// Ends `attachment`'s hold on its client entry (its connection ended). The entry stays
@@ -702,12 +710,7 @@ impl Hub {
         c.parked = false;
         c.attachment = attachment;
         c.last_active = Instant::now();
-        Some(Attachment {
-            info: c.shared.info.clone(),
-            shared: c.shared.clone(),
-            attachment,
-            topics: Box::default(),
-        })
+        Some(Attachment { shared: c.shared.clone(), attachment, topics: Box::default() })
     }
 
     /// Runs `change` on the entry of `info`'s client if `attachment` is still the one attached

@@ -228,7 +228,7 @@ impl Subscription {
         {
             return Err(SubscribeError::ResumeAhead { requested, last_seq: head.last_seq });
         }
-        let Attachment { info, shared, attachment, topics } =
+        let Attachment { shared, attachment, topics } =
             hub.attach(request.user, request.session, request.client, request.transport, request.topics)?;
         let mut subscription = Self {
             hub: hub.clone(),
@@ -252,7 +252,7 @@ impl Subscription {
         // The same for the user's listens kept in the store: read once the other nodes' news
         // of a change reaches this node, so a change is in this read or applied after it.
         let topics = match crate::bus::reload_listens(hub, store.as_ref(), request.user).await? {
-            Some(_) => hub.topics_of(&info).unwrap_or_default().into_boxed_slice(),
+            Some(_) => hub.topics_of(&subscription.shared.info).unwrap_or_default().into_boxed_slice(),
             None => topics,
         };
         hub.topics_ready(&topics).await;
@@ -281,7 +281,7 @@ impl Subscription {
         if request.epoch.is_some_and(|e| *e != *epoch) {
             return None;
         }
-        let Attachment { info: _, shared, attachment, topics: _ } =
+        let Attachment { shared, attachment, topics: _ } =
             hub.resume_parked(request.user, request.session, client, after)?;
         Some(Self {
             hub: hub.clone(),

@@ -41,13 +41,13 @@ fn closing_one_tab_leaves_the_others_and_counts_follow() {
     let _other = hub.attach(&alfred, &s1, None, Transport::Sse, &[]).unwrap();
     assert_eq!(hub.census(), Census { users: 2, sessions: 3, tabs: [3, 0, 1] });
 
-    assert!(hub.close_client(&alice, &s1, &one.info.client, CloseReason::Evicted));
+    assert!(hub.close_client(&alice, &s1, &one.info().client, CloseReason::Evicted));
     assert_eq!(one.shared.close_reason(), Some(CloseReason::Evicted));
     assert_eq!((two.shared.close_reason(), three.shared.close_reason()), (None, None));
-    assert!(!hub.close_client(&alice, &s1, &one.info.client, CloseReason::Evicted), "closed already");
-    assert!(!hub.close_client(&alice, &s2, &one.info.client, CloseReason::Evicted), "not in that session");
+    assert!(!hub.close_client(&alice, &s1, &one.info().client, CloseReason::Evicted), "closed already");
+    assert!(!hub.close_client(&alice, &s2, &one.info().client, CloseReason::Evicted), "not in that session");
     assert_eq!(hub.census(), Census { users: 2, sessions: 3, tabs: [2, 0, 1] });
-    assert_eq!(hub.locate(&one.info.client), Some((alice.clone(), s1.clone())), "kept until the sweep");
+    assert_eq!(hub.locate(&one.info().client), Some((alice.clone(), s1.clone())), "kept until the sweep");
 
     assert_eq!(hub.users_with_prefix("al", 10), [alfred.clone(), alice.clone()]);
     assert_eq!(hub.users_with_prefix("al", 1), [alfred]);
@@ -66,7 +66,7 @@ fn the_interest_hears_of_users_and_clients() {
     assert!(hub.set_interest(recorder.clone()));
     assert!(!hub.set_interest(recorder.clone()), "once");
     let second = hub.attach(&alice, &s2, None, Transport::Sse, &[]).unwrap();
-    let again = hub.attach(&alice, &s2, Some(second.info.client.as_str()), Transport::Ws, &[]).unwrap();
+    let again = hub.attach(&alice, &s2, Some(second.info().client.as_str()), Transport::Ws, &[]).unwrap();
     let other = hub.attach(&bob, &s1, None, Transport::Sse, &[]).unwrap();
     assert_eq!(
         std::mem::take(&mut *recorder.0.lock()),
@@ -76,12 +76,12 @@ fn the_interest_hears_of_users_and_clients() {
 
     hub.close_sessions(&alice, Some(&s1), CloseReason::SessionClosed);
     assert!(recorder.0.lock().is_empty(), "alice still has s2");
-    assert!(hub.evict_client(&alice, &s2, &again.info.client));
+    assert!(hub.evict_client(&alice, &s2, &again.info().client));
     assert_eq!(again.shared.close_reason(), Some(CloseReason::Evicted));
     assert_eq!(std::mem::take(&mut *recorder.0.lock()), ["lost alice"]);
-    assert!(hub.locate(&again.info.client).is_none(), "evicted: forgotten");
+    assert!(hub.locate(&again.info().client).is_none(), "evicted: forgotten");
 
-    hub.detach(&other.info, other.attachment, false);
+    hub.detach(other.info(), other.attachment, false);
     hub.sweep();
     assert_eq!(std::mem::take(&mut *recorder.0.lock()), ["lost bob"]);
     drop(early);
@@ -123,27 +123,27 @@ fn the_presence_hook_hears_every_tab_come_and_go() {
     let tabs = Arc::new(Tabs::default());
     assert!(hub.set_presence_hook(tabs.clone()));
     assert!(!hub.set_presence_hook(tabs.clone()), "once");
-    let b = &before.info.client.as_str()[..4];
+    let b = &before.info().client.as_str()[..4];
     assert_eq!(tabs.take(), [format!("+s1/{b}")], "the tabs connected already");
 
-    hub.detach(&before.info, before.attachment, false);
-    hub.detach(&before.info, before.attachment, false);
+    hub.detach(before.info(), before.attachment, false);
+    hub.detach(before.info(), before.attachment, false);
     assert_eq!(tabs.take(), [format!("-s1/{b}")], "once");
 
-    let again = hub.attach(&user, &s1, Some(before.info.client.as_str()), Transport::Sse, &[]).unwrap();
-    let replacing = hub.attach(&user, &s1, Some(before.info.client.as_str()), Transport::Ws, &[]).unwrap();
+    let again = hub.attach(&user, &s1, Some(before.info().client.as_str()), Transport::Sse, &[]).unwrap();
+    let replacing = hub.attach(&user, &s1, Some(before.info().client.as_str()), Transport::Ws, &[]).unwrap();
     assert_eq!(tabs.take(), [format!("+s1/{b}"), format!("-s1/{b}"), format!("+s1/{b}")]);
-    hub.detach(&again.info, again.attachment, false);
+    hub.detach(again.info(), again.attachment, false);
     assert!(tabs.take().is_empty(), "a replaced connection's detach changes nothing");
 
     let evicting = hub.attach(&user, &s1, None, Transport::Sse, &[]).unwrap();
-    let e = &evicting.info.client.as_str()[..4];
+    let e = &evicting.info().client.as_str()[..4];
     assert_eq!(tabs.take(), [format!("-s1/{b}"), format!("+s1/{e}")], "evicted: one client per session");
     drop(replacing);
 
     let poller = hub.attach(&user, &s2, None, Transport::Poll, &[]).unwrap();
-    let p = &poller.info.client.as_str()[..4];
-    hub.detach(&poller.info, poller.attachment, true);
+    let p = &poller.info().client.as_str()[..4];
+    hub.detach(poller.info(), poller.attachment, true);
     assert_eq!(tabs.take(), [format!("+s2/{p}")], "parked: still connected");
     std::thread::sleep(std::time::Duration::from_millis(40));
     hub.sweep();
@@ -153,7 +153,7 @@ fn the_presence_hook_hears_every_tab_come_and_go() {
     hub.tick(2, 10);
     assert_eq!(tabs.take(), [format!("-s1/{e}")], "token expired");
     let last = hub.attach(&user, &s2, None, Transport::Sse, &[]).unwrap();
-    let l = &last.info.client.as_str()[..4];
+    let l = &last.info().client.as_str()[..4];
     hub.close_sessions(&user, None, CloseReason::SessionClosed);
     assert_eq!(tabs.take(), [format!("+s2/{l}"), format!("-s2/{l}")]);
 }
@@ -165,7 +165,7 @@ fn a_remote_takeover_replaces_only_older_connections() {
     let hub = Hub::new(Limits::default(), ClientIdMinter::new(b"key"));
     let (user, session) = (UserId::new("alice").unwrap(), SessionId::new("s").unwrap());
     let tab = hub.attach(&user, &session, None, Transport::Sse, &[]).unwrap();
-    let id = tab.info.client.clone();
+    let id = tab.info().client.clone();
     assert!(!hub.replace_client(&user, &session, &id, now_ms() - 60_000), "taken over before it connected");
     assert_eq!(tab.shared.close_reason(), None);
     assert!(hub.replace_client(&user, &session, &id, now_ms() + 1));
@@ -192,9 +192,9 @@ fn a_parked_poller_keeps_its_queue_until_the_linger_ends() {
         crate::notification::Audience::user(),
     ));
     let first = hub.attach(&user, &session, None, Transport::Poll, &[]).unwrap();
-    let id = first.info.client.as_str().to_owned();
+    let id = first.info().client.as_str().to_owned();
     first.shared.last_seq.store(3, Ordering::Relaxed);
-    hub.detach(&first.info, first.attachment, true);
+    hub.detach(first.info(), first.attachment, true);
     assert_eq!(hub.fanout(&ephemeral), 1, "parked: still a recipient");
 
     assert!(hub.resume_parked(&user, &session, &id, 2).is_none(), "not from another position");
@@ -204,14 +204,14 @@ fn a_parked_poller_keeps_its_queue_until_the_linger_ends() {
     assert!(matches!(second.shared.queue.poll_recv(&mut cx), Poll::Ready(Some(Received::Notification(_)))));
     assert!(hub.resume_parked(&user, &session, &id, 3).is_none(), "taken: not twice");
 
-    hub.detach(&second.info, second.attachment, true);
+    hub.detach(second.info(), second.attachment, true);
     std::thread::sleep(std::time::Duration::from_millis(60));
     assert_eq!(hub.sweep(), 1);
     assert_eq!(hub.fanout(&ephemeral), 0, "swept: no longer a recipient");
     assert!(hub.resume_parked(&user, &session, &id, 3).is_none());
 
     let sse = hub.attach(&user, &session, None, Transport::Sse, &[]).unwrap();
-    hub.detach(&sse.info, sse.attachment, true);
+    hub.detach(sse.info(), sse.attachment, true);
     assert_eq!(hub.fanout(&ephemeral), 0, "only pollers park");
 }
 
@@ -275,20 +275,24 @@ fn the_topic_index_follows_its_tabs() {
     let tab = hub.attach(&alice, &session, None, Transport::Sse, std::slice::from_ref(&room)).unwrap();
     assert_eq!(&*tab.topics, std::slice::from_ref(&room));
     let other = hub.attach(&bob, &session, None, Transport::Sse, &[]).unwrap();
-    let listening = hub.listen(&bob, &session, &other.info.client, &[room.clone(), room.clone()]).unwrap();
+    let listening = hub.listen(&bob, &session, &other.info().client, &[room.clone(), room.clone()]).unwrap();
     assert_eq!(listening, std::slice::from_ref(&room), "a topic named twice is listened to once");
     assert_eq!(hub.fanout_topic(&topic_event("room:1", None, None)), 2);
     assert_eq!(hub.fanout_topic(&topic_event("room:1", Some(&alice), None)), 1, "except_user");
-    assert_eq!(hub.fanout_topic(&topic_event("room:1", None, Some(&other.info.client))), 1, "except_client");
+    assert_eq!(
+        hub.fanout_topic(&topic_event("room:1", None, Some(&other.info().client))),
+        1,
+        "except_client"
+    );
     assert_eq!(hub.fanout_topic(&topic_event("room:2", None, None)), 0);
 
     // Over the bound: refused whole.
     let more = [topic("a"), topic("b"), topic("c")];
     assert_eq!(
-        hub.listen(&alice, &session, &tab.info.client, &more),
+        hub.listen(&alice, &session, &tab.info().client, &more),
         Err(ListenError::TooManyTopics { count: 4, max: 3 })
     );
-    assert_eq!(hub.topics_of(&tab.info).unwrap(), std::slice::from_ref(&room));
+    assert_eq!(hub.topics_of(tab.info()).unwrap(), std::slice::from_ref(&room));
     assert_eq!(
         hub.listen(&alice, &session, &ClientId::new("nobody").unwrap(), &more[..1]),
         Err(ListenError::ClientNotFound(ClientId::new("nobody").unwrap()))
@@ -296,18 +300,18 @@ fn the_topic_index_follows_its_tabs() {
 
     // A reconnect keeps the listens, on the new connection's queue; the old one gets nothing.
     let again =
-        hub.attach(&alice, &session, Some(tab.info.client.as_str()), Transport::Ws, &[topic("a")]).unwrap();
+        hub.attach(&alice, &session, Some(tab.info().client.as_str()), Transport::Ws, &[topic("a")]).unwrap();
     assert_eq!(&*again.topics, [room.clone(), topic("a")]);
     assert_eq!(hub.fanout_topic(&topic_event("room:1", Some(&bob), None)), 1);
     let mut cx = Context::from_waker(Waker::noop());
     assert!(matches!(again.shared.queue.poll_recv(&mut cx), Poll::Ready(Some(Received::Topic(_)))));
     assert!(matches!(tab.shared.queue.poll_recv(&mut cx), Poll::Ready(None)), "the replaced queue is closed");
     // Away (not parked): its queue takes nothing.
-    hub.detach(&again.info, again.attachment, false);
+    hub.detach(again.info(), again.attachment, false);
     assert_eq!(hub.fanout_topic(&topic_event("a", None, None)), 0);
 
-    assert_eq!(hub.unlisten(&bob, &session, &other.info.client, &[room.clone(), topic("z")]).unwrap(), []);
-    assert_eq!(hub.topic_listeners(&room), [(alice.clone(), again.info.client.clone())]);
+    assert_eq!(hub.unlisten(&bob, &session, &other.info().client, &[room.clone(), topic("z")]).unwrap(), []);
+    assert_eq!(hub.topic_listeners(&room), [(alice.clone(), again.info().client.clone())]);
     hub.close_sessions(&alice, None, CloseReason::SessionClosed);
     assert!(hub.topic_listeners(&room).is_empty() && hub.topic_listeners(&topic("a")).is_empty());
 
@@ -316,10 +320,15 @@ fn the_topic_index_follows_its_tabs() {
     let hub = Hub::new(limits, ClientIdMinter::new(b"key"));
     let first = hub.attach(&alice, &session, None, Transport::Sse, std::slice::from_ref(&room)).unwrap();
     let second = hub.attach(&alice, &session, None, Transport::Sse, &[topic("b")]).unwrap();
-    assert_eq!(hub.topic_listeners(&room), [], "{:?} was evicted", first.info.client);
+    assert_eq!(hub.topic_listeners(&room), [], "{:?} was evicted", first.info().client);
     let other_session = SessionId::new("s2").unwrap();
     hub.attach(&alice, &other_session, None, Transport::Sse, &[]).unwrap();
-    assert_eq!(hub.topic_listeners(&topic("b")), [], "{:?} was evicted with its session", second.info.client);
+    assert_eq!(
+        hub.topic_listeners(&topic("b")),
+        [],
+        "{:?} was evicted with its session",
+        second.info().client
+    );
     assert!(
         hub.inner.topics.iter().all(|shard| shard.lock().is_empty()),
         "no topic is kept without listeners"
@@ -390,7 +399,7 @@ fn the_tabs_of_a_room_share_its_name_and_hold_one_topic_inline() {
     let a = hub.attach(&alice, &session, None, Transport::Sse, &[topic("room")]).unwrap();
     let b = hub.attach(&bob, &session, None, Transport::Sse, &[topic("room")]).unwrap();
     assert_eq!(name(&a.topics[0]), name(&b.topics[0]), "one copy of the name");
-    assert_eq!(name(&hub.topics_of(&b.info).unwrap()[0]), name(&a.topics[0]));
+    assert_eq!(name(&hub.topics_of(b.info()).unwrap()[0]), name(&a.topics[0]));
     let own_topics = |user: &UserId| -> Vec<Topic> {
         let users = hub.users_shard(user).lock();
         let entry = &users[user].sessions[0].1.clients[0];
@@ -405,7 +414,7 @@ fn the_tabs_of_a_room_share_its_name_and_hold_one_topic_inline() {
     assert_eq!(name(&own_topics(&bob)[0]), name(&a.topics[0]));
 
     let c = hub.attach(&carol, &session, None, Transport::Sse, &[]).unwrap();
-    let client = &c.info.client;
+    let client = &c.info().client;
     assert_eq!(own_topics(&carol), []);
     let listening = hub.listen(&carol, &session, client, &[topic("room")]).unwrap();
     assert_eq!(name(&listening[0]), name(&a.topics[0]), "a listen shares the name too");
@@ -424,12 +433,12 @@ fn the_tabs_of_a_room_share_its_name_and_hold_one_topic_inline() {
     // Who each listener is, read from its connection.
     assert_eq!(
         hub.topic_listeners(&topic("room")),
-        [(alice.clone(), a.info.client.clone()), (bob.clone(), b.info.client.clone())]
+        [(alice.clone(), a.info().client.clone()), (bob.clone(), b.info().client.clone())]
     );
-    assert_eq!(hub.fanout_topic(&topic_event("room", Some(&alice), Some(&b.info.client))), 0);
+    assert_eq!(hub.fanout_topic(&topic_event("room", Some(&alice), Some(&b.info().client))), 0);
     // A reconnect's new connection names the same tab.
-    let again = hub.attach(&bob, &session, Some(b.info.client.as_str()), Transport::Ws, &[]).unwrap();
-    assert_eq!(hub.topic_listeners(&topic("room"))[1], (bob.clone(), again.info.client.clone()));
+    let again = hub.attach(&bob, &session, Some(b.info().client.as_str()), Transport::Ws, &[]).unwrap();
+    assert_eq!(hub.topic_listeners(&topic("room"))[1], (bob.clone(), again.info().client.clone()));
     assert_eq!(hub.fanout_topic(&topic_event("room", Some(&alice), None)), 1);
 }
 
