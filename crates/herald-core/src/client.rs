@@ -64,7 +64,8 @@ impl CloseReason {
         }
     }
 
-    /// Every reason, each once.
+    /// Every reason, each once, in the order of [`CloseReason::index`] (the metrics' order,
+    /// [`crate::metrics::CLOSE_REASONS`], and the hub's one-byte code of a reason).
     pub(crate) const ALL: [CloseReason; 7] = [
         CloseReason::Evicted,
         CloseReason::Replaced,
@@ -74,6 +75,11 @@ impl CloseReason {
         CloseReason::Shutdown,
         CloseReason::Error,
     ];
+
+    /// This reason's place in [`CloseReason::ALL`].
+    pub(crate) fn index(self) -> usize {
+        Self::ALL.iter().position(|&r| r == self).expect("ALL lists every reason")
+    }
 
     /// The reason [`CloseReason::as_str`] names, if any.
     pub fn parse(name: &str) -> Option<Self> {

@@ -91,7 +91,7 @@ impl ClientShared {
 
     /// Records why the connection must end (the first reason wins) and wakes it.
     pub(crate) fn close(&self, reason: CloseReason) {
-        let code = CloseReason::ALL.iter().position(|&r| r == reason).expect("every reason is in ALL") + 1;
+        let code = reason.index() + 1;
         // Release: whoever reads the reason after this (the queue's close also orders it)
         // sees the one set first.
         let _ = self.close_reason.compare_exchange(0, code as u8, Ordering::Release, Ordering::Relaxed);

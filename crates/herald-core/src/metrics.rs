@@ -51,15 +51,7 @@ pub const STRIPES: usize = 16;
 pub const TRANSPORTS: [Transport; 3] = [Transport::Sse, Transport::Poll, Transport::Ws];
 
 /// Every close reason, in the order of [`MetricsSnapshot::closes`].
-pub const CLOSE_REASONS: [CloseReason; 7] = [
-    CloseReason::Evicted,
-    CloseReason::Replaced,
-    CloseReason::SessionClosed,
-    CloseReason::TokenExpired,
-    CloseReason::Lagging,
-    CloseReason::Shutdown,
-    CloseReason::Error,
-];
+pub const CLOSE_REASONS: [CloseReason; 7] = CloseReason::ALL;
 
 /// What a publish did, in the order of [`MetricsSnapshot::publishes`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -203,10 +195,6 @@ fn transport_index(transport: Transport) -> usize {
     }
 }
 
-fn close_index(reason: CloseReason) -> usize {
-    CLOSE_REASONS.iter().position(|&r| r == reason).expect("CLOSE_REASONS lists every reason")
-}
-
 impl Metrics {
     fn stripe(&self) -> &Stripe {
         &self.stripes[stripe_index()]
@@ -250,7 +238,7 @@ impl Metrics {
 
     /// A stream ended with `closed: reason`.
     pub(crate) fn closed(&self, reason: CloseReason) {
-        self.closes[close_index(reason)].fetch_add(1, Ordering::Relaxed);
+        self.closes[reason.index()].fetch_add(1, Ordering::Relaxed);
     }
 
     /// A client resumed from a seq it gave: exactly, or with a `reset`.
