@@ -20,7 +20,7 @@ use super::sql::{db_error, seq_from_sql, session_from_sql, sql_seq, sql_session}
 
 /// A user's `users` row and the last seq of its log, as stored. See
 /// [`SCHEMA_V3`](super::schema::SCHEMA_V3) for why the row's `last_seq` may be behind the log's.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(super) struct UserRow {
     /// Up to where the row's counts describe the log.
     pub last_seq: i64,

@@ -604,6 +604,73 @@ async fn kept_counts_equal_an_sql_recount() {
     assert_eq!(counts.numbers(), [30, 24, 24, 8], "{counts:?}");
 }
 
+/// Once a generation has settled all of a user's rows, the writer keeps the user's row, so that
+/// its next append reads nothing from SQLite; every write that changes the user (a mark, a
+/// delete, retention by count or by age) drops it. Debug builds compare each kept row with
+/// SQLite's whenever an append uses it (`StagingWrites::user_row`), so a write that changed a
+/// user and left its kept row behind fails this test there; here, seqs and counts must come out
+/// as an SQL recount says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settled_users_rows_are_kept_until_a_write_changes_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("herald.db");
+    let retention = Retention { max_per_user: 6, ..Retention::default() };
+    let store = SqliteStore::open(&path, retention).unwrap();
+    let (a, b) = (user("a"), user("b"));
+    let now = now_ms();
+    let old = now - 40 * 24 * 3_600_000;
+    let append = async |user_id: &str, n: u64, at: i64| {
+        seqs(&store.append(vec![entry(user_id, n, at)], None).await.unwrap())
+    };
+    // Settles what is staged (as a generation does), then says how many users' rows are kept.
+    let settled = async |store: &SqliteStore| {
+        store.settle_all().await.unwrap();
+        let stats = store.writer_stats();
+        assert_eq!(stats.staged, 0, "{stats:?}");
+        stats.kept_rows
+    };
+
+    assert_eq!(append("a", 1, old).await, [1]);
+    assert_eq!(append("a", 2, now).await, [2]);
+    assert_eq!(append("b", 1, now).await, [1]);
+    assert_eq!(settled(&store).await, 2, "a and b are kept");
+    assert_eq!(append("a", 3, now).await, [3], "from a's kept row");
+
+    store.inbox_mark(&a, &Selection::Seqs(vec![2]), Mark::Read, now).await.unwrap();
+    assert_eq!(settled(&store).await, 1, "the mark dropped a's row, not b's");
+    assert_eq!(append("a", 4, now).await, [4]);
+    assert_eq!(settled(&store).await, 2);
+
+    store.inbox_delete(&a, &Selection::Seqs(vec![3])).await.unwrap();
+    assert_eq!(settled(&store).await, 1, "the delete dropped it");
+    assert_eq!(append("a", 5, now).await, [5]);
+
+    // Retention by age: seq 1 is 40 days old.
+    store.prune(now).await.unwrap();
+    assert_eq!(settled(&store).await, 1, "the prune dropped a's row");
+    assert_eq!(append("a", 6, now).await, [6]);
+    // Retention by count (6): the 8th append prunes seq 2 (in the append's own transaction).
+    assert_eq!(append("a", 7, now).await, [7]);
+    assert_eq!(append("a", 8, now).await, [8]);
+    assert_eq!(append("a", 9, now).await, [9], "after a prune by count");
+    assert_eq!(append("b", 2, now).await, [2], "from b's kept row, untouched by a's writes");
+
+    // The recount reads `notifications` only. Only b is kept: a is at its cap, where every
+    // append prunes, which settles the user at once and drops its row.
+    assert_eq!(settled(&store).await, 1);
+    let conn = Connection::open(&path).unwrap();
+    for user in [&a, &b] {
+        let counts = store.inbox_counts(user).await.unwrap();
+        assert_eq!(counts.numbers(), sql_recount(&conn, user.as_str()), "{user}");
+    }
+    // a: 1 went by age, 3 was deleted, 2 (the read one) by count when 8 came; 4 to 9 are left.
+    let page = store.read_after(&a, 0, 10).await.unwrap();
+    let left: Vec<Seq> = page.notifications.iter().map(|n| n.seq.unwrap()).collect();
+    assert_eq!(left, [4, 5, 6, 7, 8, 9]);
+    let [total, unread, _, archived] = store.inbox_counts(&a).await.unwrap().numbers();
+    assert_eq!([total, unread, archived], [6, 6, 0]);
+}
+
 /// Inbox pages, marks and deletes of a user with 100,000 notifications read through an index
 /// (a range of it, newest first), never a scan of the table nor a sort: what `EXPLAIN QUERY
 /// PLAN` says for every query they run.

@@ -96,6 +96,9 @@ pub struct WriterStats {
     pub wal_bytes: u64,
     /// Notifications staged now (appended, not yet settled into the users' logs).
     pub staged: usize,
+    /// Users whose row the writer keeps now, all their appends settled (see `sqlite/staging.rs`,
+    /// at most `KEPT_ROWS_MAX`).
+    pub kept_rows: usize,
     /// Notifications settled by the writer's generations so far (not counting those a mark,
     /// delete or retention settled early).
     pub settled: u64,
@@ -160,12 +163,18 @@ impl Writer {
     }
 
     pub(super) fn stats(&self) -> WriterStats {
+        // One lock for both (a guard in a struct literal lives to the end of the statement).
+        let (staged, kept_rows) = {
+            let staging = self.staging.lock();
+            (staging.rows(), staging.kept_rows())
+        };
         WriterStats {
             requests: self.counters.requests.load(Ordering::Relaxed),
             batches: self.counters.batches.load(Ordering::Relaxed),
             queued: WRITE_QUEUE_CAPACITY - self.queue.capacity(),
             wal_bytes: self.counters.wal_bytes.load(Ordering::Relaxed),
-            staged: self.staging.lock().rows(),
+            staged,
+            kept_rows,
             settled: self.counters.settled.load(Ordering::Relaxed),
             settle_chunks: self.counters.settle_chunks.load(Ordering::Relaxed),
             settle_generations: self.counters.settle_generations.load(Ordering::Relaxed),

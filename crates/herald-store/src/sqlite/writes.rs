@@ -804,9 +804,7 @@ fn prune_user_through(
     from: i64,
     through: i64,
 ) -> Result<u64, StoreError> {
-    writes.settle_user(conn, user)?;
-    let user = user.as_str();
-    fold_tail(conn, user)?;
+    let user = settle_and_fold(conn, writes, user)?;
     let mut delta = CountsDelta::default();
     let deleted = delete_rows(conn, user, from, through, &mut delta)?;
     if !deleted.is_empty() {
@@ -865,9 +863,7 @@ fn inbox_mark(
     mark: Mark,
     at_ms: i64,
 ) -> Result<InboxChunk, StoreError> {
-    writes.settle_user(conn, user)?;
-    let user = user.as_str();
-    fold_tail(conn, user)?;
+    let user = settle_and_fold(conn, writes, user)?;
     let mut next_after = None;
     let rows: Vec<(i64, ItemState)> = match rows {
         Rows::Seqs(seqs) => {
@@ -946,9 +942,7 @@ fn inbox_delete(
     user: &UserId,
     rows: &Rows,
 ) -> Result<InboxChunk, StoreError> {
-    writes.settle_user(conn, user)?;
-    let user = user.as_str();
-    fold_tail(conn, user)?;
+    let user = settle_and_fold(conn, writes, user)?;
     let mut delta = CountsDelta::default();
     let mut next_after = None;
     let seqs = match rows {
@@ -1292,8 +1286,22 @@ fn forget_session_listens(
     Ok(())
 }
 
+/// Prepares `user` for a write that is not an append: settles its staged rows (which also drops
+/// the row the writer kept for its next append, see `staging`) and folds its tail
+/// ([`fold_tail`]). Every write that changes a `users` row or a user's log, other than an
+/// append's staging, starts here: that is what keeps the writer's kept rows true.
+fn settle_and_fold<'u>(
+    conn: &Connection,
+    writes: &mut StagingWrites<'_>,
+    user: &'u UserId,
+) -> Result<&'u str, StoreError> {
+    writes.settle_user(conn, user)?;
+    fold_tail(conn, user.as_str())?;
+    Ok(user.as_str())
+}
+
 /// Folds `user`'s tail into its `users` row: its counts and `last_seq` then describe the whole
-/// log. Every write but an append does this first, so that the tail stays what appends made it
+/// log. Every write but an append does this first (through [`settle_and_fold`]), so that the tail stays what appends made it
 /// (consecutive seqs, unread, unseen, not archived) and the row's counts can be adjusted by the
 /// states of the rows a write changes.
 fn fold_tail(conn: &Connection, user: &str) -> Result<(), StoreError> {
