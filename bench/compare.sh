@@ -17,6 +17,9 @@
 #                  nothing, one write per delivery: what the kernel's TCP path and HTTP parsing
 #                  cost here. The tables give each server's throughput and CPU per delivery as
 #                  a multiple of its figures (--floor)
+#   floor-durable  herald-floor --log: the same, but each publish is first appended to a log
+#                  file and fdatasynced (group commit, one thread): the floor of a durable
+#                  server here (not in the default list)
 #   herald-sqlite  herald serve, SQLite store in a fresh temporary data dir (durable)
 #   herald-memory  herald serve --memory
 #   nchan          nginx + Nchan, 2 workers, a channel per user, 10 messages kept per channel
@@ -86,9 +89,9 @@ if ! [[ "$ROUNDS" =~ ^[0-9]+$ ]] || ((ROUNDS < 1 || ROUNDS > ROUNDS_MAX)); then
 fi
 for server in $SERVERS; do
     case "$server" in
-    floor | herald-sqlite | herald-memory | nchan | socketio) ;;
+    floor | floor-durable | herald-sqlite | herald-memory | nchan | socketio) ;;
     *)
-        echo "unknown server $server (known: floor herald-sqlite herald-memory nchan socketio)" >&2
+        echo "unknown server $server (known: floor floor-durable herald-sqlite herald-memory nchan socketio)" >&2
         exit 1
         ;;
     esac
@@ -145,6 +148,10 @@ for ((round = 1; round <= ROUNDS; round++)); do
         case "$server" in
         floor)
             measure floor start_floor --kind sse-url --url "http://127.0.0.1:$FLOOR_PORT" "${standard_phases[@]}"
+            ;;
+        floor-durable)
+            measure floor-durable 'start_floor_durable "$WORK/floor-durable-$round-$attempt"' \
+                --kind sse-url --url "http://127.0.0.1:$FLOOR_PORT" "${standard_phases[@]}"
             ;;
         herald-sqlite)
             measure herald-sqlite 'start_herald herald-sqlite --data-dir "$WORK/herald-sqlite-$round-$attempt"' \

@@ -81,6 +81,17 @@ start_floor() {
     wait_port "$FLOOR_PORT" "$SERVER_PID"
 }
 
+# The durable floor: herald-floor --log (a group-committed, fdatasynced log before each
+# fan-out) on FLOOR_PORT, its log file in the directory $1.
+start_floor_durable() {
+    port_free "$FLOOR_PORT" FLOOR
+    "$ROOT/target/release/herald-floor" --listen "127.0.0.1:$FLOOR_PORT" --log "$1" \
+        >"$OUT/floor-durable.server.log" 2>&1 &
+    SERVER_PID=$!
+    STARTED+=("$SERVER_PID")
+    wait_port "$FLOOR_PORT" "$SERVER_PID"
+}
+
 stop_server() {
     stop_pid "$SERVER_PID"
     forget_pid "$SERVER_PID"

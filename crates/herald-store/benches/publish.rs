@@ -15,7 +15,7 @@
 //! p50/p99, and the WAL bytes written per append (the writer's count of pages it wrote, from
 //! `WriterStats::wal_bytes`: the WAL file's size says nothing, as it is reused), settling
 //! included: the appends staged during the run are settled before the CPU time is taken
-//! (`BENCH_SETTLE_ROWS`, `BENCH_SETTLE_CHUNK` override `Settling`'s `rows` and `chunk_rows`).
+//! (`BENCH_SETTLE_ROWS`, `BENCH_SETTLE_CHUNK`, `BENCH_SETTLE_MAX`, `BENCH_SETTLE_AFTER_MS` override `Settling`'s `rows`, `chunk_rows`, `max_rows` and `after`).
 //! `BENCH_DROP=a,b` drops
 //! those indexes after opening, to see what an index costs an append. Without `--bench` (as
 //! `cargo test --benches` runs it) it runs 0.5 s to check that it works.
@@ -109,7 +109,8 @@ fn main() {
         let settling = Settling {
             rows: env("BENCH_SETTLE_ROWS", defaults.rows as u64) as usize,
             chunk_rows: env("BENCH_SETTLE_CHUNK", defaults.chunk_rows as u64) as usize,
-            ..defaults
+            max_rows: env("BENCH_SETTLE_MAX", defaults.max_rows as u64) as usize,
+            after: Duration::from_millis(env("BENCH_SETTLE_AFTER_MS", defaults.after.as_millis() as u64)),
         };
         let store = Arc::new(
             SqliteStore::open_with(&dir.path().join("herald.db"), Retention::default(), settling).unwrap(),
