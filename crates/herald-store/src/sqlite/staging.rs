@@ -32,8 +32,9 @@
 //! - Every other write to a user (inbox marks and deletes, retention) first settles all of that
 //!   user's staged rows, in the write's own transaction, so those writes only ever see
 //!   `notifications`, as before staging existed. Afterwards the user's kept row is dropped (the
-//!   write changes it); `writes::settle_and_fold` is the one way in for those writes. What a batch stages and settles is kept aside ([`Overlay`]) and applied
-//!   to [`Staging`] once the batch has committed.
+//!   write changes it); `writes::settle_and_fold` is the one way in for those writes. What a
+//!   batch stages and settles is kept aside ([`Overlay`]) and applied to [`Staging`] once the
+//!   batch has committed.
 //! - Past [`Settling::max_rows`] staged rows, the writer settles before it takes more requests:
 //!   appends wait (and, with the queue full, fail with `Overloaded` after `ENQUEUE_TIMEOUT`).
 //! - Readers take a user's staged rows from [`Staging`] *before* they open their SQLite snapshot:
@@ -94,8 +95,8 @@ impl Settling {
     }
 }
 
-/// Users whose row the writer keeps after their staged rows have all settled (about 100 bytes
-/// each: 1.6 MB at the bound). At the bound the kept rows are dropped all at once and kept again
+/// Users whose row the writer keeps after their staged rows have all settled (about 100 to 150
+/// bytes each with the map's share and the user id: at most about 2.5 MB). At the bound the kept rows are dropped all at once and kept again
 /// as generations settle: an append to a user not kept reads its row from SQLite, as it would
 /// without them.
 pub const KEPT_ROWS_MAX: usize = 16_384;
