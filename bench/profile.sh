@@ -13,6 +13,12 @@
 # Memory: Herald under massif with MASSIF_USERS × TABS idle SSE clients; prints the heap at its
 # peak by allocation site, per connection (bench/tools/massif_sites.py).
 #
+# CALLGRAPH=dwarf samples with DWARF call graphs (199 Hz, 16 KiB of stack per sample) instead of
+# frame pointers, which the release build does not have (its stacks then stop at the first frame):
+# slower to record and report, but the stacks are whole, and bench/tools/perf_split.py then says
+# where the CPU goes by part (the tabs' writes, the publishes, the store's writer thread), in µs
+# per delivery and per publish.
+#
 # Broadcast (bench/broadcast.sh's load): TOPIC=bench_room has every client listen to that topic
 # and every publish go to it; PHASE (default max:SECS) sets the publish phase, e.g.
 #   TOPIC=bench_room PHASE=steady:100:20 PUBLISHERS=4 STORE=memory bench/profile.sh cpu
@@ -35,6 +41,15 @@ PHASE="${PHASE:-max:$SECS}"       # the cpu profile's publish phase; perf sample
 TOPIC="${TOPIC:-}"                # a broadcast: every client listens to it, every publish goes to it
 MASSIF_USERS="${MASSIF_USERS:-1000}"
 PORT="${PORT:-7320}"
+CALLGRAPH="${CALLGRAPH:-fp}"      # fp (frame pointers, 499 Hz) or dwarf (see above)
+case "$CALLGRAPH" in
+fp) perf_sampling=(-F 499 -g) ;;
+dwarf) perf_sampling=(-F 199 --call-graph dwarf,16384) ;;
+*)
+    echo "CALLGRAPH is fp or dwarf" >&2
+    exit 1
+    ;;
+esac
 OUT="${OUT:-$ROOT/target/bench/profile-$(date +%Y%m%d-%H%M%S)}"
 # Seconds herald-bench idles after connecting; perf starts once that has passed.
 IDLE_SECS=5
@@ -109,7 +124,7 @@ if [[ "$WHAT" == cpu || "$WHAT" == all ]]; then
         sleep 0.1
     done
     sleep "$IDLE_SECS"
-    timeout --signal=INT "$((SECS - 2))" perf record -e cpu-clock -F 499 -g -p "$server" -o "$OUT/perf.data" \
+    timeout --signal=INT "$((SECS - 2))" perf record -e cpu-clock "${perf_sampling[@]}" -p "$server" -o "$OUT/perf.data" \
         >/dev/null 2>"$OUT/perf.record.log" || true
     wait "$bench" || true
     stop_pid "$server"
@@ -126,6 +141,15 @@ if [[ "$WHAT" == cpu || "$WHAT" == all ]]; then
         grep -E 'herald|sqlite3_step|sqlite3VdbeHalt|CommitPhase|fsync|walCheckpoint|prepare|sys_sendto|sys_recvfrom|sys_write|sys_read|epoll_wait|malloc|free|jsonwebtoken|serde_json|wake|futex|schedule' |
         head -60 | tee "$OUT/perf.children.txt"
     set -o pipefail
+    if [[ "$CALLGRAPH" == dwarf ]]; then
+        perf script -i "$OUT/perf.data" -F comm,tid,ip,sym 2>/dev/null >"$OUT/perf.script.txt"
+        # The phase's server CPU per delivery, from herald-bench's table (the column before last
+        # but three: µs/deliv).
+        per_delivery="$(grep -E '^(max|steady|burst)' "$OUT/cpu.bench.txt" | grep -v 'round trip' | head -1 |
+            awk '{print $(NF-3)}')"
+        python3 bench/tools/perf_split.py "$OUT/perf.script.txt" ${per_delivery:+--us-per-delivery "$per_delivery"} \
+            --deliveries-per-publish "$TABS" | tee "$OUT/perf.split.txt"
+    fi
 fi
 
 if [[ "$WHAT" == memory || "$WHAT" == all ]]; then
