@@ -307,11 +307,7 @@ impl Store for MemoryStore {
         let mut counts: Vec<(UserId, InboxCounts)> = Vec::with_capacity(1);
         let mut counted: HashSet<&UserId> = HashSet::new();
         for notification in &stored {
-            let first = match stored.as_slice() {
-                [_] => true,
-                _ => counted.insert(&notification.user),
-            };
-            if first {
+            if stored.len() == 1 || counted.insert(&notification.user) {
                 counts.push((notification.user.clone(), inner.users[&notification.user].counts));
             }
         }

@@ -360,16 +360,17 @@ impl<'a> StagingWrites<'a> {
         let mut added = 0;
         let mut staging = self.staging.lock();
         for (user, change) in self.overlay.users {
-            if change.settled {
-                if let Some(staged) = staging.users.remove(&user) {
-                    staging.rows -= staged.rows.len();
-                }
-                staging.kept.remove(&user);
+            // Every user here was staged to or settled by the batch: a row kept for it is either
+            // stale now or about to be kept with its staged rows.
+            staging.kept.remove(&user);
+            if change.settled
+                && let Some(staged) = staging.users.remove(&user)
+            {
+                staging.rows -= staged.rows.len();
             }
             if change.added.is_empty() {
                 continue;
             }
-            staging.kept.remove(&user);
             // Always there: `stage` sets the row with every row it adds (`settle_user` clears both).
             debug_assert!(change.row.is_some(), "{user} has staged rows but no row");
             let Some(row) = change.row else { continue };

@@ -1,6 +1,6 @@
 //! The writes: what each request does inside the writer's transaction, in SQL. An append stages
 //! its notifications (see `staging`); every other write to a user first settles the user's
-//! staged rows and folds its tail into its `users` row ([`fold_tail`]), then changes rows and
+//! staged rows and folds its tail into its `users` row ([`settle_and_fold`]), then changes rows and
 //! adjusts the counts by the states of exactly the rows it touched. Listens (`topic_listens`)
 //! and topic logs (`topic_heads`, `topic_log`) are apart from the users' logs: they touch
 //! neither staged rows nor `users`; a topic append shares only the idempotency keys with appends.
