@@ -34,6 +34,22 @@ PARTS = [
     ("tokio: parking and scheduling", ["park"]),
 ]
 
+# What operating Herald costs (issue 15), with --parts operating: the /metrics scrapes, the
+# admin page's sampler, the counters a publish and a delivery move, the publish-to-write clock
+# read, the presence tracker and the webhook and Web Push senders; the rest is serving. The
+# counters are inlined into their callers, so their frames show only with DWARF stacks (perf
+# script names inlined frames).
+OPERATING_PARTS = [
+    ("operating: /metrics scrapes (the admin listener)", ["admin::accept_loop"]),
+    ("operating: the admin page's sampler", ["admin::ui::samples"]),
+    ("operating: the hub's census", ["Hub::census"]),
+    ("operating: counters (herald_core::metrics)", ["herald_core::metrics"]),
+    ("operating: the publish-to-write clock read", ["accept_live", "clock_gettime"]),
+    ("operating: the presence tracker", ["presence_tracker"]),
+    ("operating: the webhook sender", ["herald_server::webhook"]),
+    ("operating: the Web Push sender", ["herald_server::push::sender"]),
+]
+
 # The writer thread's samples, split further (patterns within them).
 WRITER_PARTS = [
     ("settling: the commit of a chunk", ["Settler::step", "commit"]),
@@ -88,6 +104,13 @@ def main():
     parser.add_argument("script", help="output of `perf script -F comm,tid,ip,sym`")
     parser.add_argument("--us-per-delivery", type=float, help="the run's server CPU per delivery (µs)")
     parser.add_argument("--deliveries-per-publish", type=float, default=3.0, help="tabs per user (default 3)")
+    parser.add_argument(
+        "--parts",
+        choices=["serving", "operating"],
+        default="serving",
+        help="serving: by part of the work (default); operating: what metrics, the admin page, "
+        "presence and the senders cost, the rest as 'other'",
+    )
     args = parser.parse_args()
 
     stacks = list(samples(args.script))
@@ -97,7 +120,8 @@ def main():
     per = args.us_per_delivery
     print(f"{total} samples")
     print(f"{'share':>7}  {'µs/deliv':>8}  {'µs/publish':>10}  part")
-    for name, count in split(stacks, PARTS).items():
+    parts = PARTS if args.parts == "serving" else OPERATING_PARTS
+    for name, count in split(stacks, parts).items():
         share = count / total
         if per is None:
             print(f"{100 * share:6.1f}%  {'':>8}  {'':>10}  {name}")
@@ -105,7 +129,7 @@ def main():
             print(f"{100 * share:6.1f}%  {share * per:8.2f}  {share * per * args.deliveries_per_publish:10.2f}  {name}")
 
     writer = [stack for stack in stacks if "herald-store-wr" in stack]
-    if writer and per is not None:
+    if writer and per is not None and args.parts == "serving":
         print(f"\nthe store's writer thread, per publish ({len(writer)} samples):")
         for name, count in split(writer, WRITER_PARTS).items():
             print(f"{count / total * per * args.deliveries_per_publish:8.2f} µs  {name}")
