@@ -29,6 +29,17 @@ WAIT_SECONDS = 20.0
 SECRET = "python-tests-secret-" + "s" * 32
 API_KEY = "hk_python_tests_api_key"
 
+#: The VAPID key of `push_server` (a P-256 scalar, URL-safe base64, as crates/herald/tests/cli.rs
+#: uses), and its public point, which `GET /v1/push/vapid-public-key` must answer.
+VAPID_PRIVATE_KEY = "RS0WdYWWo1HajXg3NZR1olzCf31i-ZBGDkFyCs7j1jw"
+VAPID_PUBLIC_KEY = "BAFpiPJBZOqNZcJGy0eiB1CIwMflt7ugC2B083zKPFu9djmajpSnVnUAFnlDNkzaKHf2gla5_FuDhXE-zIkx5MI"
+
+#: A browser's push keys: RFC 8291's example user agent (a P-256 point and a 16-byte secret).
+BROWSER_PUSH_KEYS = {
+    "p256dh": "BNcRdreALRFXTkOOUHK1EtK2wtaz5Ry4YfYCA_0QTpQtUbVlUls0VJXg7A8u-Ts1XbjhazAkj7I99e8QcYP7DkM",
+    "auth": "tBHItJI5svbpez7KI4CCXg",
+}
+
 
 def herald_binary() -> str:
     if os.environ.get("HERALD_BIN"):
@@ -106,6 +117,86 @@ def server() -> Iterator[HeraldServer]:
     started = HeraldServer()
     yield started
     started.stop()
+
+
+@pytest.fixture(scope="session")
+def push_server() -> Iterator[HeraldServer]:
+    """A server with Web Push on: a VAPID key, and endpoints on loopback accepted (over http://),
+    so that a `PushService` on 127.0.0.1 can stand in for a browser's push service."""
+    started = HeraldServer(
+        env={
+            "HERALD_VAPID_PRIVATE_KEY": VAPID_PRIVATE_KEY,
+            "HERALD_VAPID_SUBJECT": "mailto:ops@example.com",
+            "HERALD_PUSH_ALLOW_LOOPBACK": "true",
+        }
+    )
+    yield started
+    started.stop()
+
+
+class PushService:
+    """A push service on a free port of 127.0.0.1: answers every POST 201 and keeps its path and
+    headers (the body is encrypted for the browser). `endpoint(name)` is a subscription's URL."""
+
+    def __init__(self) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.received: List[Tuple[str, Dict[str, str]]] = []
+        self._arrived = threading.Condition()
+        service = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("content-length", 0)))
+                with service._arrived:
+                    service.received.append((self.path, {k.lower(): v for k, v in self.headers.items()}))
+                    service._arrived.notify_all()
+                self.send_response(201)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def endpoint(self, name: str) -> str:
+        return f"{self.url}/push/{name}"
+
+    def wait_for(self, count: int) -> List[Tuple[str, Dict[str, str]]]:
+        """The pushes received once there are `count`, failing the test after WAIT_SECONDS."""
+        with self._arrived:
+            if not self._arrived.wait_for(lambda: len(self.received) >= count, WAIT_SECONDS):
+                pytest.fail(f"{len(self.received)} pushes within {WAIT_SECONDS} s, not {count}")
+            return list(self.received)
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+@pytest.fixture
+def push_service() -> Iterator[PushService]:
+    service = PushService()
+    yield service
+    service.stop()
+
+
+def subscribe_browser(url: str, token: str, endpoint: str) -> Dict[str, Any]:
+    """What herald.js's `herald.push.subscribe()` sends: the browser's subscription, registered
+    with the subscriber token (`POST /v1/push/subscriptions`). Returns `{id, created_at}`."""
+    answer = httpx.post(
+        f"{url}/v1/push/subscriptions",
+        headers={"authorization": f"Bearer {token}"},
+        json={"endpoint": endpoint, "expirationTime": None, "keys": BROWSER_PUSH_KEYS},
+        timeout=WAIT_SECONDS,
+    )
+    assert answer.status_code == 201, answer.text
+    return dict(answer.json())
 
 
 @pytest.fixture

@@ -66,6 +66,7 @@ def test_every_method_awaited(server: HeraldServer, user: str) -> None:
             timeout=WAIT_SECONDS
         ) as http:
             assert (await herald.health())["status"] == "ok"
+            assert ((await herald.cluster())["bus"], (await herald.cluster())["peers"]) == ("local", [])
             async with AsyncSse(http, server.url, herald.mint_token(user, session="laptop", ttl=60)) as stream:
                 hello = await stream.expect("hello")
                 assert (hello["user"], hello["session"]) == (user, "laptop")

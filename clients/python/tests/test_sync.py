@@ -289,6 +289,15 @@ def test_errors_carry_the_servers_status_and_code(server, herald, user):
     assert herald.health()["status"] == "ok"
 
 
+def test_cluster(herald, server):
+    # A single node: the local bus, no peers, nothing sent over a bus.
+    cluster = herald.cluster()
+    assert (cluster["node"].endswith(f":{server.port}"), cluster["bus"], cluster["peers"]) == (True, "local", [])
+    assert cluster["envelopes_out"] == 0 and cluster["reconnects"] == 0
+    with pytest.raises(AuthenticationError):
+        Herald(server.url, "hk_wrong").cluster()
+
+
 def test_timeout_and_connection_errors(server):
     # A socket that listens but never answers: the request must end with the timeout.
     with socket.socket() as silent:

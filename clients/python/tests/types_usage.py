@@ -8,7 +8,7 @@ from datetime import timedelta
 from typing import List, Optional
 
 from herald import AsyncHerald, Herald, HeraldError, NotFoundError, mint_token
-from herald.types import BatchResult, Counts, InboxPage, Presence, Receipt
+from herald.types import BatchResult, Cluster, Counts, InboxPage, Presence, PushSubscription, Receipt
 
 
 def sync_app(herald: Herald) -> None:
@@ -16,6 +16,20 @@ def sync_app(herald: Herald) -> None:
     seqs: List[int] = [stored["seq"] for stored in receipt["notifications"]]
     herald.notify(users=["a", "b"], durable=False)
     herald.notify(topic="post:42", except_user="alice", inbox=True)
+    herald.notify(
+        user="alice",
+        push="always",
+        push_payload={"title": "hi"},
+        push_ttl=60,
+        push_urgency="very-low",
+        push_topic="chat",
+    )
+    herald.notify_batch([{"user": "alice", "push": "never"}])
+    subscriptions: List[PushSubscription] = herald.push_subscriptions("alice")
+    herald.remove_push_subscription("alice", subscriptions[0]["id"])
+    vapid_key: str = herald.vapid_public_key()
+    cluster: Cluster = herald.cluster()
+    peers: List[str] = cluster["peers"]
     batch: BatchResult = herald.notify_batch([{"user": "alice", "type": "a"}])
     failed: int = batch["failed"]
     token: str = herald.mint_token("alice", session="s1", ttl=timedelta(minutes=5), topics=["room:*"])
@@ -38,16 +52,24 @@ def sync_app(herald: Herald) -> None:
         status: Optional[int] = error.status
     except HeraldError as error:
         retry_after: Optional[float] = error.retry_after
-    print(seqs, failed, token, transport, closed, counts["unread"], next_before)
+    print(seqs, failed, token, transport, closed, counts["unread"], next_before, vapid_key, peers)
 
     herald.notify("alice")  # type: ignore[call-arg]
     herald.presence(42)  # type: ignore[arg-type]
     bad: str = herald.close_session("alice", "s1")  # type: ignore[assignment]
+    herald.notify(user="alice", push="sometimes")  # type: ignore[arg-type]
+    herald.notify(user="alice", push_urgency="urgent")  # type: ignore[arg-type]
+    herald.notify(user="alice", push_ttl="1 day")  # type: ignore[arg-type]
 
 
 async def async_app(herald: AsyncHerald) -> None:
     receipt: Receipt = await herald.notify(user="alice", type="report.ready")
     counts: Counts = await herald.inbox("alice").counts()
     closed: int = await herald.close_all_sessions("alice")
-    print(receipt, counts, closed, mint_token("secret", "alice", ttl=60))
+    await herald.notify(user="alice", push="never", push_urgency="high")
+    subscriptions: List[PushSubscription] = await herald.push_subscriptions("alice")
+    await herald.remove_push_subscription("alice", subscriptions[0]["id"])
+    vapid_key: str = await herald.vapid_public_key()
+    cluster: Cluster = await herald.cluster()
+    print(receipt, counts, closed, mint_token("secret", "alice", ttl=60), vapid_key, cluster["node"])
     not_awaited: Receipt = herald.notify(user="alice")  # type: ignore[assignment]

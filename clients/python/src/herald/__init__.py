@@ -1,5 +1,5 @@
 """Herald from a Python backend: publish notifications, mint subscriber tokens, read presence,
-sign sessions out, manage a user's inbox and topic listens. Sync (`Herald`) or asyncio
+sign sessions out, manage a user's inbox, topic listens and Web Push subscriptions. Sync (`Herald`) or asyncio
 (`AsyncHerald`); one dependency, httpx.
 
     from herald import Herald
@@ -13,7 +13,8 @@ sign sessions out, manage a user's inbox and topic listens. Sync (`Herald`) or a
 - `_requests`: every request of the publisher API, built once for both clients;
 - `token`: `mint_token`, the HS256 subscriber token;
 - `errors`: `HeraldError` and its subclasses, carrying the server's status and code;
-- `types`: the answers' shapes as `TypedDict`s.
+- `types`: the answers' shapes as `TypedDict`s, and the values of a publish's `push` and
+  `push_urgency`.
 """
 
 from .client import TIMEOUT_SECONDS_DEFAULT, AsyncHerald, AsyncInbox, Herald, Inbox

@@ -9,6 +9,8 @@ from __future__ import annotations
 from typing import Any, Dict, Iterable, Mapping, NamedTuple, Optional, Sequence, Union
 from urllib.parse import quote
 
+from .types import PushPolicy, PushUrgency
+
 #: The marks an inbox notification can be given (`"as"`); `mark_all` takes the first three.
 MARKS = ("read", "seen", "archived", "unread", "unarchived")
 MARKS_UP_TO = ("read", "seen", "archived")
@@ -43,9 +45,16 @@ def notification_body(
     except_client: Optional[str] = None,
     except_user: Optional[str] = None,
     inbox: Optional[bool] = None,
+    push: Optional[PushPolicy] = None,
+    push_payload: Any = None,
+    push_ttl: Optional[int] = None,
+    push_urgency: Optional[PushUrgency] = None,
+    push_topic: Optional[str] = None,
 ) -> Dict[str, Any]:
     """The body of `POST /v1/notify` (and of one batch entry). Exactly one target: `user` (with
-    `session` for one session of that user), `users`, `client` or `topic`."""
+    `session` for one session of that user), `users`, `client` or `topic`. The `push…` keywords
+    are sent as given: their values are the server's to check (400 `invalid_json` for an
+    unknown `push` or `push_urgency`)."""
     targets = [name for name, value in (("user", user), ("users", users), ("client", client), ("topic", topic)) if value is not None]
     if len(targets) != 1:
         raise ValueError(f"give exactly one target of user, users, client, topic (got {targets or 'none'})")
@@ -71,6 +80,11 @@ def notification_body(
         "except_client": except_client,
         "except_user": except_user,
         "inbox": inbox,
+        "push": push,
+        "push_payload": push_payload,
+        "push_ttl": push_ttl,
+        "push_urgency": push_urgency,
+        "push_topic": push_topic,
     }
     body.update({key: value for key, value in optional.items() if value is not None})
     return body
@@ -143,6 +157,26 @@ def job(job_id: str) -> Request:
 
 def health() -> Request:
     return Request("GET", "/healthz")
+
+
+def cluster() -> Request:
+    return Request("GET", "/v1/cluster")
+
+
+# Web Push: a user's subscriptions (the browser registers them itself, with its token), and the
+# key pages subscribe with.
+
+
+def push_subscriptions(user: str) -> Request:
+    return Request("GET", f"/v1/users/{segment(user)}/push-subscriptions")
+
+
+def remove_push_subscription(user: str, subscription_id: str) -> Request:
+    return Request("DELETE", f"/v1/users/{segment(user)}/push-subscriptions/{segment(subscription_id)}")
+
+
+def vapid_public_key() -> Request:
+    return Request("GET", "/v1/push/vapid-public-key")
 
 
 # The inbox of one user, with the API key: /v1/users/{user}/inbox…

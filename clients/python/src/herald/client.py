@@ -20,6 +20,7 @@ from .errors import HeraldConnectionError, HeraldError, HeraldTimeoutError, erro
 from .token import TOKEN_TTL_DEFAULT, TOKEN_TTL_MAX_DEFAULT, mint_token
 from .types import (
     BatchResult,
+    Cluster,
     Counts,
     InboxChange,
     InboxPage,
@@ -27,6 +28,9 @@ from .types import (
     Listening,
     Notification,
     Presence,
+    PushPolicy,
+    PushSubscription,
+    PushUrgency,
     Receipt,
 )
 
@@ -175,13 +179,26 @@ class Herald(_Base):
         except_client: Optional[str] = None,
         except_user: Optional[str] = None,
         inbox: Optional[bool] = None,
+        push: Optional[PushPolicy] = None,
+        push_payload: Any = None,
+        push_ttl: Optional[int] = None,
+        push_urgency: Optional[PushUrgency] = None,
+        push_topic: Optional[str] = None,
     ) -> Receipt:
         """Publishes one notification (`POST /v1/notify`) to exactly one target: `user` (with
         `session`: that session only), `users` (1 to 1,000), `client` (one tab) or `topic`.
         `type` defaults to `"notification"`, `durable` to True (stored with a seq before this
         returns); `idempotency_key`: a repeat within 24 hours gets the first receipt and stores
         nothing; `except_client`: the tab that caused it; `except_user` (topics): a user none of
-        whose tabs get it; `inbox=True` (topics): one stored notification per follower."""
+        whose tabs get it; `inbox=True` (topics): one stored notification per follower.
+
+        Web Push (a server with a VAPID key, users whose browsers subscribed): `push` is
+        `"offline"` (default: a durable notification is pushed to each subscription whose
+        session has no live tab, after a 5 s grace), `"always"` (every subscription, at once) or
+        `"never"`; `push_payload` what the push carries instead of `data` (at most about 3,800
+        bytes: 413 `push_payload_too_large`); `push_ttl` its `TTL` in seconds (default one day);
+        `push_urgency` `"very-low"`, `"low"`, `"normal"` or `"high"`; `push_topic` its collapse
+        key (1 to 32 of A-Z a-z 0-9 - _; default made from `type`)."""
         return cast(Receipt, self._send(req.notify(**_fields(locals()))))
 
     def notify_batch(self, notifications: Iterable[Mapping[str, Any]]) -> BatchResult:
@@ -233,6 +250,25 @@ class Herald(_Base):
     def health(self) -> Dict[str, Any]:
         """`GET /healthz`: `status` (`ok` or `degraded`), `node`, `store`, `bus`."""
         return cast(Dict[str, Any], self._send(req.health()))
+
+    def cluster(self) -> Cluster:
+        """`GET /v1/cluster`: this node's view of its cluster (peers, shards, bus traffic)."""
+        return cast(Cluster, self._send(req.cluster()))
+
+    def push_subscriptions(self, user: str) -> List[PushSubscription]:
+        """The user's Web Push subscriptions, oldest first (each browser registers its own with
+        herald.js's `herald.push.subscribe()`)."""
+        return cast(List[PushSubscription], self._send(req.push_subscriptions(user))["subscriptions"])
+
+    def remove_push_subscription(self, user: str, subscription_id: str) -> None:
+        """Removes one of the user's push subscriptions by the `id` listed; an id the user does
+        not have raises `NotFoundError` (`no_such_subscription`)."""
+        self._send(req.remove_push_subscription(user, subscription_id))
+
+    def vapid_public_key(self) -> str:
+        """The server's VAPID public key (what a page gives `pushManager.subscribe`); a server
+        without one raises `NotFoundError` (`push_not_configured`)."""
+        return str(self._send(req.vapid_public_key())["public_key"])
 
     def inbox(self, user: str) -> "Inbox":
         """The inbox of `user` (counts, pages, marks, deletions), with the API key."""
@@ -342,6 +378,11 @@ class AsyncHerald(_Base):
         except_client: Optional[str] = None,
         except_user: Optional[str] = None,
         inbox: Optional[bool] = None,
+        push: Optional[PushPolicy] = None,
+        push_payload: Any = None,
+        push_ttl: Optional[int] = None,
+        push_urgency: Optional[PushUrgency] = None,
+        push_topic: Optional[str] = None,
     ) -> Receipt:
         """See `Herald.notify`."""
         return cast(Receipt, await self._send(req.notify(**_fields(locals()))))
@@ -382,6 +423,18 @@ class AsyncHerald(_Base):
 
     async def health(self) -> Dict[str, Any]:
         return cast(Dict[str, Any], await self._send(req.health()))
+
+    async def cluster(self) -> Cluster:
+        return cast(Cluster, await self._send(req.cluster()))
+
+    async def push_subscriptions(self, user: str) -> List[PushSubscription]:
+        return cast(List[PushSubscription], (await self._send(req.push_subscriptions(user)))["subscriptions"])
+
+    async def remove_push_subscription(self, user: str, subscription_id: str) -> None:
+        await self._send(req.remove_push_subscription(user, subscription_id))
+
+    async def vapid_public_key(self) -> str:
+        return str((await self._send(req.vapid_public_key()))["public_key"])
 
     def inbox(self, user: str) -> "AsyncInbox":
         return AsyncInbox(self, user)

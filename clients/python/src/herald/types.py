@@ -4,7 +4,7 @@ JSON; these only tell type checkers and readers what is in them). See docs/PROTO
 from __future__ import annotations
 
 import sys
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Literal, Optional
 
 if sys.version_info >= (3, 11):
     from typing import NotRequired, TypedDict
@@ -29,7 +29,19 @@ __all__ = [
     "InboxChange",
     "Listening",
     "Job",
+    "PushPolicy",
+    "PushUrgency",
+    "PushSubscription",
+    "Cluster",
 ]
+
+#: A publish's `push`: `offline` (the default: a durable notification is pushed to each
+#: subscription whose session has no live tab, after a 5 s grace), `always` (to every
+#: subscription at once) or `never`.
+PushPolicy = Literal["offline", "always", "never"]
+
+#: A publish's `push_urgency`, the push's RFC 8030 `Urgency` header (default `normal`).
+PushUrgency = Literal["very-low", "low", "normal", "high"]
 
 
 class Stored(TypedDict):
@@ -139,3 +151,35 @@ class Job(TypedDict):
     done: bool
     created_at: str
     finished_at: Optional[str]
+
+
+class PushSubscription(TypedDict):
+    """One of a user's Web Push subscriptions, as listed: its `id` (for removing it), the
+    session that registered it and its push service's origin (never the endpoint: whoever
+    holds it can push to the browser)."""
+
+    id: str
+    session: str
+    push_service: str
+    created_at: str
+
+
+class Cluster(TypedDict):
+    """`GET /v1/cluster`: the node's view of its cluster and its bus traffic since it started
+    (on a single node: `bus` `local`, no `peers`, the counts 0)."""
+
+    node: str
+    bus: str
+    peers: List[str]
+    subscribed_shards: int
+    subscribed_topic_shards: int
+    envelopes_out: int
+    bytes_out: int
+    envelopes_in: int
+    bytes_in: int
+    echoes: int
+    rejected: int
+    publish_failures: int
+    repair_passes: int
+    repaired: int
+    reconnects: int
