@@ -185,12 +185,35 @@ print(json.dumps({{"report": answer.json()["report"]}}), flush=True)
 @pytest.mark.parametrize("guide", ["fastapi.md", "django.md"])
 def test_guide_quotes_the_examples_as_they_are(guide: str) -> None:
     """Every code block after `<!-- quote: PATH -->` in the guide is in PATH as it is: fails when
-    the example changes under the guide, or the guide under the example."""
+    the example changes under the guide, or the guide under the example, and when a marker is
+    not followed by a code block (it would check nothing). tests/browser/apps.mjs's checkQuotes
+    does the same for the Express and axum guides."""
+    checked = check_quotes(guide, (ROOT / "docs" / "guides" / guide).read_text())
+    assert checked >= 5, f"{guide} quotes {checked} blocks"
+
+
+def test_a_quote_marker_without_its_block_fails_the_check() -> None:
+    block = "```toml\n[build-system]\n```\n"
+    whole = f"<!-- quote: clients/python/pyproject.toml -->\n{block}"
+    assert check_quotes("whole.md", whole + whole) == 2
+    # The second marker lost its block (a blank line in between, or prose).
+    broken = whole + f"<!-- quote: clients/python/pyproject.toml -->\n\n{block}"
+    with pytest.raises(AssertionError, match="2 `<!-- quote: PATH -->` markers but 1 quoted block"):
+        check_quotes("broken.md", broken)
+
+
+def check_quotes(guide: str, text: str) -> int:
+    """Checks each code block that follows a `<!-- quote: PATH -->` line against PATH, and that
+    every marker has its block. Returns how many blocks it checked."""
     import re
 
-    text = (ROOT / "docs" / "guides" / guide).read_text()
     quotes = re.findall(r"<!-- quote: (\S+) -->\n```\w*\n(.*?)```", text, flags=re.DOTALL)
-    assert len(quotes) >= 5, f"{guide} quotes {len(quotes)} blocks"
     for path, block in quotes:
         source = (ROOT / path).read_text()
         assert block in source, f"{guide}: this block is not in {path} as it is:\n{block}"
+    markers = text.count("<!-- quote: ")
+    assert len(quotes) == markers, (
+        f"{guide}: {markers} `<!-- quote: PATH -->` markers but {len(quotes)} quoted blocks: "
+        "each marker must be followed, on the next line, by a code block"
+    )
+    return len(quotes)
