@@ -50,7 +50,27 @@ export type Notification = Target & {
   exceptUser?: string;
   /** Topic targets only: a durable notification in the inbox of every user following the topic. */
   inbox?: boolean;
+  /** Web Push (a server with a VAPID key): whom to push to; default `offline`. */
+  push?: PushPolicy;
+  /** What the push carries instead of `data`: any JSON, about 3,800 bytes at most. */
+  pushPayload?: unknown;
+  /** The push's `TTL`, seconds a push service keeps it for an offline browser (86,400). */
+  pushTtl?: number;
+  /** The push's `Urgency` (default `normal`). */
+  pushUrgency?: PushUrgency;
+  /** The push's `Topic` (collapse key): 1–32 of `A-Z a-z 0-9 - _`; default made from `type`. */
+  pushTopic?: string;
 };
+
+/**
+ * A publish's `push`: `offline` pushes a durable notification to each subscription whose
+ * session has no live tab (after a 5 s grace), `always` to every subscription at once, `never`
+ * to none.
+ */
+export type PushPolicy = 'offline' | 'always' | 'never';
+
+/** A push's `Urgency` header (RFC 8030). */
+export type PushUrgency = 'very-low' | 'low' | 'normal' | 'high';
 
 /** What a publish answers. */
 export interface Receipt {
@@ -209,6 +229,43 @@ export interface TopicListeners {
   last_tseq: number;
 }
 
+/** One of a user's Web Push subscriptions, as listed (never its endpoint: a capability). */
+export interface PushSubscription {
+  /** Its id, for `removePushSubscription`. */
+  id: string;
+  /** The session that registered it. */
+  session: string;
+  /** The endpoint's origin (`https://fcm.googleapis.com`). */
+  push_service: string;
+  created_at: string;
+}
+
+export interface PushSubscriptions {
+  user: string;
+  /** Oldest first. */
+  subscriptions: PushSubscription[];
+}
+
+/** This node's view of its cluster, and its bus traffic since it started. */
+export interface Cluster {
+  node: string;
+  bus: 'local' | 'nats' | 'redis';
+  peers: string[];
+  subscribed_shards: number;
+  subscribed_topic_shards: number;
+  envelopes_out: number;
+  bytes_out: number;
+  envelopes_in: number;
+  bytes_in: number;
+  echoes: number;
+  rejected: number;
+  publish_failures: number;
+  repair_passes: number;
+  repaired: number;
+  /** Times the broker connection came back after it was lost. */
+  reconnects: number;
+}
+
 export interface Health {
   status: 'ok' | 'degraded';
   node: string;
@@ -247,5 +304,11 @@ export declare class Herald {
   listen(request: ListenRequest, options?: CallOptions): Promise<Listening>;
   unlisten(request: ListenRequest, options?: CallOptions): Promise<Listening>;
   topic(topic: string, options?: CallOptions): Promise<TopicListeners>;
+  pushSubscriptions(user: string, options?: CallOptions): Promise<PushSubscriptions>;
+  /** By the `id` listed; 404 `no_such_subscription` for one the user does not have. */
+  removePushSubscription(user: string, id: string, options?: CallOptions): Promise<void>;
+  /** No API key needed; 404 `push_not_configured` on a server without a VAPID key. */
+  vapidPublicKey(options?: CallOptions): Promise<{ public_key: string }>;
   health(options?: CallOptions): Promise<Health>;
+  cluster(options?: CallOptions): Promise<Cluster>;
 }

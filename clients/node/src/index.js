@@ -1,6 +1,7 @@
 // @herald/server: Herald's server-side client for Node (≥ 20). An app's backend uses it to publish
 // notifications, mint subscriber tokens, read presence, close sessions (sign-out), manage a
-// user's inbox and make tabs, sessions or users listen to topics.
+// user's inbox, make tabs, sessions or users listen to topics, and see a user's Web Push
+// subscriptions.
 //
 // No dependency: Node's own `fetch`, `AbortSignal` and `node:crypto`. Plain JavaScript, with
 // hand-kept types in ../index.d.ts (type-checked by `npm run typecheck`), so there is nothing to
@@ -83,6 +84,13 @@ export class Herald {
    * `session`, `client` or `topic`). Resolves to the receipt, e.g.
    * `{notifications: [{user, seq}], delivered}` (`topic: {topic, tseq}` for a durable topic
    * event, `{job}` when an `inbox` publish goes on in the background).
+   *
+   * Web Push, on a server with a VAPID key: `push` is `offline` (the default: a durable
+   * notification is pushed to each subscription whose session has no live tab, after a 5 s
+   * grace), `always` (every subscription, at once) or `never`; `pushPayload` what the push
+   * carries instead of `data` (about 3,800 bytes at most: 413 `push_payload_too_large`);
+   * `pushTtl` its `TTL` in seconds (a day by default); `pushUrgency` `very-low`, `low`, `normal`
+   * or `high`; `pushTopic` its collapse key (1 to 32 of `A-Z a-z 0-9 - _`).
    */
   notify(notification, options) {
     return this.#request('POST', '/v1/notify', { body: notifyBody(notification), options });
@@ -193,11 +201,47 @@ export class Herald {
     return this.#request('GET', `/v1/topics/${segment(topic, 'topic')}`, { options });
   }
 
+  // ---- Web Push ----------------------------------------------------------------------------
+
+  /**
+   * `GET /v1/users/{user}/push-subscriptions`: the user's push subscriptions (each browser
+   * registers its own, with herald.js's `herald.push.subscribe()`), oldest first:
+   * `{user, subscriptions: [{id, session, push_service, created_at}]}`.
+   */
+  pushSubscriptions(user, options) {
+    return this.#request('GET', `/v1/users/${segment(user, 'user')}/push-subscriptions`, { options });
+  }
+
+  /**
+   * `DELETE /v1/users/{user}/push-subscriptions/{id}`: removes one, by the `id` listed.
+   * Resolves to nothing; an id the user does not have rejects with 404 `no_such_subscription`.
+   */
+  removePushSubscription(user, id, options) {
+    const path = `/v1/users/${segment(user, 'user')}/push-subscriptions/${segment(id, 'subscription id')}`;
+    return this.#request('DELETE', path, { options }).then(() => undefined);
+  }
+
+  /**
+   * `GET /v1/push/vapid-public-key` (no API key needed): `{public_key}`, what a page gives
+   * `pushManager.subscribe`. A server without a VAPID key rejects with 404 `push_not_configured`.
+   */
+  vapidPublicKey(options) {
+    return this.#request('GET', '/v1/push/vapid-public-key', { auth: false, options });
+  }
+
   // ---- The server -------------------------------------------------------------------------
 
   /** `GET /healthz`: `{status, node, store, bus}` (`status` is `ok` or `degraded`). */
   health(options) {
     return this.#request('GET', '/healthz', { auth: false, options });
+  }
+
+  /**
+   * `GET /v1/cluster`: this node's view of its cluster: `{node, bus, peers, subscribed_shards,
+   * …}` and its bus traffic since it started (a single node: `bus: 'local'`, no peers).
+   */
+  cluster(options) {
+    return this.#request('GET', '/v1/cluster', { options });
   }
 
   /**
@@ -310,7 +354,10 @@ function notifyBody(notification) {
   if (notification === null || typeof notification !== 'object') {
     throw new TypeError('Herald.notify: give {user | users | client | topic, type, data, …}');
   }
-  const { user, session, client, users, topic, type, data, durable, idempotencyKey, exceptClient, exceptUser, inbox, ...rest } = notification;
+  const {
+    user, session, client, users, topic, type, data, durable, idempotencyKey, exceptClient, exceptUser, inbox,
+    push, pushPayload, pushTtl, pushUrgency, pushTopic, ...rest
+  } = notification;
   const unknown = Object.keys(rest);
   if (unknown.length) throw new TypeError(`Herald.notify: unknown option ${unknown.map((k) => `\`${k}\``).join(', ')}`);
   const to = {};
@@ -327,6 +374,13 @@ function notifyBody(notification) {
   if (exceptClient !== undefined) body.except_client = exceptClient;
   if (exceptUser !== undefined) body.except_user = exceptUser;
   if (inbox !== undefined) body.inbox = inbox;
+  // Web Push: sent as given; the server checks the values (400 `invalid_json` for an unknown
+  // `push` or `pushUrgency`, `invalid_request` for a bad `pushTopic`).
+  if (push !== undefined) body.push = push;
+  if (pushPayload !== undefined) body.push_payload = pushPayload;
+  if (pushTtl !== undefined) body.push_ttl = pushTtl;
+  if (pushUrgency !== undefined) body.push_urgency = pushUrgency;
+  if (pushTopic !== undefined) body.push_topic = pushTopic;
   return body;
 }
 

@@ -8,8 +8,8 @@ import assert from 'node:assert/strict';
 import { createServer as createHttpServer } from 'node:http';
 import { createServer as createTcpServer } from 'node:net';
 
-import { Herald, HeraldError } from '../src/index.js';
-import { API_KEY, SECRET, freePort, openStream, startHerald } from './server.mjs';
+import { Herald } from '../src/index.js';
+import { API_KEY, SECRET, freePort, openStream, refused, startHerald } from './server.mjs';
 
 let server;
 let herald;
@@ -31,18 +31,6 @@ async function subscribe(user, session, { topics, query = '' } = {}) {
   streams.push(stream);
   assert.equal(stream.status, 200, `the stream of ${user} was refused: ${stream.status}`);
   return { stream, hello: await stream.next('hello') };
-}
-
-/** Asserts that `promise` rejects with a HeraldError of this status and code. */
-async function refused(promise, status, code) {
-  await assert.rejects(promise, (error) => {
-    assert.ok(error instanceof HeraldError, `not a HeraldError: ${error}`);
-    assert.equal(error.name, 'HeraldError');
-    assert.equal(error.status, status, error.message);
-    assert.equal(error.code, code, error.message);
-    assert.ok(error.message.length > 0);
-    return true;
-  });
 }
 
 describe('tokens', () => {
@@ -119,6 +107,7 @@ describe('tokens', () => {
     assert.throws(() => new Herald({ url: 'localhost:7300' }), TypeError);
     assert.throws(() => new Herald({ url: server.url, secret: SECRET }).presence('a'), /apiKey/);
     assert.throws(() => herald.notify({ user: 'a', idempotency_key: 'k' }), /unknown option `idempotency_key`/);
+    assert.throws(() => herald.notify({ user: 'a', push_ttl: 60 }), /unknown option `push_ttl`/);
     assert.throws(() => herald.notifyBatch([]), TypeError);
     assert.throws(() => herald.notify({ user: 'a' }, { timeoutMs: 0 }), TypeError);
   });
@@ -287,6 +276,19 @@ describe('inbox', () => {
     await refused(inbox.list({ status: 'later' }), 400, 'invalid_status');
     assert.throws(() => inbox.mark('all'), TypeError);
     assert.throws(() => inbox.delete('all'), TypeError);
+  });
+});
+
+describe('the server', () => {
+  test('cluster: a single node has the local bus and no peers', async () => {
+    const cluster = await herald.cluster();
+    assert.equal(cluster.node.endsWith(`:${server.port}`), true, cluster.node);
+    assert.deepEqual([cluster.bus, cluster.peers, cluster.envelopes_out, cluster.reconnects], ['local', [], 0, 0]);
+    await refused(new Herald({ url: server.url, apiKey: 'not-the-key' }).cluster(), 401, 'invalid_api_key');
+  });
+
+  test('a server without a VAPID key: the key is 404 push_not_configured', async () => {
+    await refused(herald.vapidPublicKey(), 404, 'push_not_configured');
   });
 });
 

@@ -1,11 +1,16 @@
 // A real `herald serve --memory` for the tests: on a free 127.0.0.1 port, with a known secret and
-// API key, stopped by its PID. And a subscriber's SSE stream, read with Node's fetch.
+// API key, stopped by its PID. And a subscriber's SSE stream, read with Node's fetch; for Web
+// Push, a push service on 127.0.0.1 and a browser's subscription registered as herald.js does.
 
+import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { existsSync, statSync } from 'node:fs';
+import { createServer as createHttpServer } from 'node:http';
 import { createServer } from 'node:net';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+
+import { HeraldError } from '../src/index.js';
 
 export const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
 
@@ -39,6 +44,75 @@ export function freePort() {
 
 export const SECRET = 'a-test-secret-of-32-bytes-or-more!!';
 export const API_KEY = 'hk_test_key';
+
+/** A VAPID private key (a P-256 scalar, URL-safe base64, as crates/herald/tests/cli.rs uses). */
+export const VAPID_PRIVATE_KEY = 'RS0WdYWWo1HajXg3NZR1olzCf31i-ZBGDkFyCs7j1jw';
+
+/**
+ * What `startHerald` takes for Web Push on: a VAPID key, and endpoints on loopback accepted
+ * (over http://), so that `startPushService` can stand in for a browser's push service.
+ */
+export const PUSH_ENV = {
+  HERALD_VAPID_PRIVATE_KEY: VAPID_PRIVATE_KEY,
+  HERALD_VAPID_SUBJECT: 'mailto:ops@example.com',
+  HERALD_PUSH_ALLOW_LOOPBACK: 'true',
+};
+
+/** A browser's push keys: RFC 8291's example user agent (a P-256 point and a 16-byte secret). */
+export const BROWSER_PUSH_KEYS = {
+  p256dh: 'BNcRdreALRFXTkOOUHK1EtK2wtaz5Ry4YfYCA_0QTpQtUbVlUls0VJXg7A8u-Ts1XbjhazAkj7I99e8QcYP7DkM',
+  auth: 'tBHItJI5svbpez7KI4CCXg',
+};
+
+/**
+ * A push service on a free port of 127.0.0.1: answers every POST 201 and keeps its path and
+ * headers (the body is encrypted for the browser). `endpoint(name)` is a subscription's URL;
+ * `waitFor(count)` resolves to the pushes once there are `count`, failing after WAIT_MS.
+ */
+export async function startPushService() {
+  const received = [];
+  const server = createHttpServer((request, response) => {
+    request.resume();
+    request.on('end', () => {
+      received.push({ path: request.url, headers: request.headers });
+      response.writeHead(201, { 'content-length': '0' }).end();
+    });
+  });
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const url = `http://127.0.0.1:${server.address().port}`;
+  return {
+    url,
+    received,
+    endpoint: (name) => `${url}/push/${name}`,
+    async waitFor(count) {
+      const deadline = Date.now() + WAIT_MS;
+      while (received.length < count) {
+        if (Date.now() > deadline) throw new Error(`${received.length} pushes within ${WAIT_MS} ms, not ${count}`);
+        await delay(20);
+      }
+      return [...received];
+    },
+    async stop() {
+      server.closeAllConnections();
+      await new Promise((resolve) => server.close(resolve));
+    },
+  };
+}
+
+/**
+ * What herald.js's `herald.push.subscribe()` sends: the browser's subscription, registered with
+ * the subscriber token (`POST /v1/push/subscriptions`). Resolves to `{id, created_at}`.
+ */
+export async function subscribeBrowser(url, token, endpoint) {
+  const response = await fetch(`${url}/v1/push/subscriptions`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
+    body: JSON.stringify({ endpoint, expirationTime: null, keys: BROWSER_PUSH_KEYS }),
+  });
+  const answer = await response.json();
+  if (response.status !== 201) throw new Error(`the subscription was refused: ${response.status} ${JSON.stringify(answer)}`);
+  return answer;
+}
 
 /** `herald serve --memory` with SECRET and API_KEY (and `env`), once it answers /healthz. */
 export async function startHerald({ env = {}, args = [] } = {}) {
@@ -141,4 +215,16 @@ export async function openStream(url, token, query = '') {
 
 export function delay(ms) {
   return new Promise((resolve) => setTimeout(resolve, ms).unref());
+}
+
+/** Asserts that `promise` rejects with a HeraldError of this status and code. */
+export async function refused(promise, status, code) {
+  await assert.rejects(promise, (error) => {
+    assert.ok(error instanceof HeraldError, `not a HeraldError: ${error}`);
+    assert.equal(error.name, 'HeraldError');
+    assert.equal(error.status, status, error.message);
+    assert.equal(error.code, code, error.message);
+    assert.ok(error.message.length > 0);
+    return true;
+  });
 }

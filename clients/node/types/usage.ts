@@ -15,6 +15,16 @@ export async function usage(): Promise<void> {
   await herald.notify({ user: 'alice', session: 'laptop', durable: false, exceptClient: 'c' }, { timeoutMs: 1_000 });
   await herald.notify({ users: ['alice', 'bob'], type: 't' }, { signal: AbortSignal.timeout(100) });
   await herald.notify({ topic: 'room:1', exceptUser: 'alice', inbox: true });
+  await herald.notify({
+    user: 'alice', push: 'always', pushPayload: { title: 'hi' }, pushTtl: 60, pushUrgency: 'very-low', pushTopic: 'chat',
+  });
+  await herald.notifyBatch([{ user: 'alice', push: 'never' }]);
+  const { subscriptions } = await herald.pushSubscriptions('alice');
+  const removed: void = await herald.removePushSubscription('alice', subscriptions[0]?.id ?? 'x');
+  const { public_key: vapidKey }: { public_key: string } = await herald.vapidPublicKey();
+  const cluster = await herald.cluster();
+  const peers: string[] = cluster.peers;
+  console.log(removed, vapidKey, peers, subscriptions[0]?.push_service);
   const batch = await herald.notifyBatch([{ client: 'c1' }, { user: 'bob' }]);
   for (const result of batch.results) {
     if ('error' in result) console.log(result.error.code);
@@ -57,4 +67,10 @@ export async function usage(): Promise<void> {
   await herald.listen({ topics: ['a'] });
   // @ts-expect-error: not a mark
   await inbox.mark([1], 'deleted');
+  // @ts-expect-error: not a push policy
+  await herald.notify({ user: 'alice', push: 'sometimes' });
+  // @ts-expect-error: not an urgency
+  await herald.notify({ user: 'alice', pushUrgency: 'urgent' });
+  // @ts-expect-error: the API's snake_case is not the option's name
+  await herald.notify({ user: 'alice', push_ttl: 60 });
 }
