@@ -2,7 +2,8 @@
 # Runs the tests of clients/node (@herald/server) against the real `herald` binary: `npm ci`
 # (TypeScript, pinned by clients/node/package-lock.json: the library itself has no dependencies),
 # the type-check of index.d.ts (tsc --strict against clients/node/types/usage.ts), then
-# `node --test`, each test file against its own `herald serve --memory` on a free port.
+# `node --test`, each test file against its own `herald serve --memory` on a free port (the Web
+# Push tests' with a VAPID key; the API coverage check needs none).
 #
 # Installs node and npm (apt) when missing; builds the `herald` binary with cargo unless
 # HERALD_BIN names one.
