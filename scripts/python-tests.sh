@@ -63,14 +63,21 @@ echo "== pytest clients/python/tests (Python $("$venv/bin/python" -c 'import pla
 "$venv/bin/python" -m pytest clients/python/tests "$@"
 
 # The oldest Python pyproject.toml accepts (requires-python >=3.9): the client's own tests again
-# on it, when this machine has one (pyenv's, or python3.9 on the PATH); the guides' frameworks
-# need newer Pythons and stay on the one above. Skipped, saying so, with arguments (a -k run).
+# on it, when this machine has one (python3.9 on the PATH, or a 3.9 of pyenv's: pyenv on the
+# PATH, else at $PYENV_ROOT/bin/pyenv, ~/.pyenv by default, where its installer puts it and where
+# a CI shell that never ran pyenv's init still has it); the guides' frameworks need newer Pythons
+# and stay on the one above. Skipped, saying so, with arguments (a -k run).
 if [ "$#" -eq 0 ]; then
   oldest=""
+  pyenv=$(command -v pyenv || true)
+  if [ -z "$pyenv" ] && [ -x "${PYENV_ROOT:-$HOME/.pyenv}/bin/pyenv" ]; then
+    pyenv="${PYENV_ROOT:-$HOME/.pyenv}/bin/pyenv"
+  fi
   if command -v python3.9 >/dev/null && python3.9 --version >/dev/null 2>&1; then
     oldest=python3.9
-  elif command -v pyenv >/dev/null && pyenv versions --bare 2>/dev/null | grep -q '^3\.9\.'; then
-    oldest="env PYENV_VERSION=$(pyenv versions --bare | grep '^3\.9\.' | tail -1) python"
+  elif [ -n "$pyenv" ] && "$pyenv" versions --bare 2>/dev/null | grep -q '^3\.9\.'; then
+    # The 3.9's own interpreter, by its prefix: no shims on the PATH needed.
+    oldest="$("$pyenv" prefix "$("$pyenv" versions --bare | grep '^3\.9\.' | tail -1)")/bin/python"
   fi
   if [ -n "$oldest" ]; then
     venv39=${HERALD_PYTHON39_VENV:-.venv-py39}
@@ -80,7 +87,8 @@ if [ "$#" -eq 0 ]; then
     fi
     "$venv39/bin/python" -m pip install -q --disable-pip-version-check -e clients/python 'pytest==8.3.5'
     echo "== pytest: the client's own tests on Python $("$venv39/bin/python" -c 'import platform; print(platform.python_version())')"
-    "$venv39/bin/python" -m pytest clients/python/tests/test_sync.py clients/python/tests/test_async.py
+    "$venv39/bin/python" -m pytest clients/python/tests/test_sync.py clients/python/tests/test_async.py \
+      clients/python/tests/test_push.py clients/python/tests/test_api_coverage.py
   else
     echo "== Python 3.9: skipped (no python3.9 here): the client's tests ran on the Python above only"
   fi
