@@ -85,7 +85,7 @@ fn webhooks(out: &mut Exposition, counters: &crate::webhook::WebhookCounters) {
         "herald_webhook_dropped_total",
         Kind::Counter,
         "Presence webhook events dropped: the queue was full, or they were not delivered in time.",
-        counters.queued_events.load(Relaxed),
+        counters.dropped_events.load(Relaxed),
     );
     out.single(
         "herald_webhook_queue_events",
