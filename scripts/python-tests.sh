@@ -73,11 +73,17 @@ if [ "$#" -eq 0 ]; then
   if [ -z "$pyenv" ] && [ -x "${PYENV_ROOT:-$HOME/.pyenv}/bin/pyenv" ]; then
     pyenv="${PYENV_ROOT:-$HOME/.pyenv}/bin/pyenv"
   fi
+  # The whole list is read (no `grep -q`): with pipefail, pyenv killed by SIGPIPE once grep had
+  # its match made the test fail now and then.
+  pyenv39=""
+  if [ -n "$pyenv" ]; then
+    pyenv39=$("$pyenv" versions --bare 2>/dev/null | grep '^3\.9\.' | tail -1 || true)
+  fi
   if command -v python3.9 >/dev/null && python3.9 --version >/dev/null 2>&1; then
     oldest=python3.9
-  elif [ -n "$pyenv" ] && "$pyenv" versions --bare 2>/dev/null | grep -q '^3\.9\.'; then
+  elif [ -n "$pyenv39" ]; then
     # The 3.9's own interpreter, by its prefix: no shims on the PATH needed.
-    oldest="$("$pyenv" prefix "$("$pyenv" versions --bare | grep '^3\.9\.' | tail -1)")/bin/python"
+    oldest="$("$pyenv" prefix "$pyenv39")/bin/python"
   fi
   if [ -n "$oldest" ]; then
     venv39=${HERALD_PYTHON39_VENV:-.venv-py39}
