@@ -429,7 +429,6 @@ mod process {
         Some(pages * page_size()?)
     }
 
-    /// Entries of `/proc/self/fd` (less the one reading it).
     /// The process's open file descriptors: [`descriptors_in`] of `/proc/self/fd`, less the one
     /// a listing of that directory holds open itself.
     fn open_fds() -> Option<u64> {
