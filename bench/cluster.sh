@@ -63,6 +63,10 @@ QUIET_WAIT="${QUIET_WAIT:-300}"
 QUIET_BUSY_PCT="${QUIET_BUSY_PCT:-10}"
 RUN_TIMEOUT="${RUN_TIMEOUT:-900}"  # seconds one herald-bench run may take in all
 HERALD_BIN="${HERALD_BIN:-}"       # a herald binary to measure; default: build target/release/herald
+# Worker threads of each Herald node (tokio's TOKIO_WORKER_THREADS, given to the nodes only, not
+# to herald-bench); default: tokio's, one per core. Several nodes on one machine each start one
+# per core: NODE_WORKERS=1 gives three nodes on 2 cores 3 threads rather than 6.
+NODE_WORKERS="${NODE_WORKERS:-}"
 HERALD_REV="${HERALD_REV:-}"
 PG_ADMIN_URL="${PG_ADMIN_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 HERALD_PORT="${HERALD_PORT:-7330}"     # node i listens on HERALD_PORT + i
@@ -127,7 +131,7 @@ machine_info() {
         echo "redis-server: $(redis-server --version | sed 's/^Redis server //')"
         echo "node: $(node --version)"
         echo "socket.io: $(node -p "require('./bench/socketio/node_modules/socket.io/package.json').version"), @socket.io/redis-adapter $(node -p "require('./bench/socketio/node_modules/@socket.io/redis-adapter/package.json').version"), ioredis $(node -p "require('./bench/socketio/node_modules/ioredis/package.json').version")"
-        echo "scale: USERS=$USERS TABS=$TABS PUBLISHERS=$PUBLISHERS MAX_SECS=$MAX_SECS STEADY_RATE=$STEADY_RATE STEADY_SECS=$STEADY_SECS IDLE_SECS=$IDLE_SECS"
+        echo "scale: USERS=$USERS TABS=$TABS PUBLISHERS=$PUBLISHERS MAX_SECS=$MAX_SECS STEADY_RATE=$STEADY_RATE STEADY_SECS=$STEADY_SECS IDLE_SECS=$IDLE_SECS NODE_WORKERS=${NODE_WORKERS:-cores}"
         echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
     } | tee "$OUT/machine.txt" >&2
 }
@@ -209,7 +213,7 @@ start_herald_nodes() {
         # The clients come from a few loopback addresses, thousands each: no per-address caps.
         # Each node's admin port on a free port (the default, 7301, is one per host).
         HERALD_LISTEN="127.0.0.1:$port" HERALD_ADMIN_LISTEN=127.0.0.1:0 HERALD_IP_CONNECTIONS_MAX=0 HERALD_IP_REQUESTS_PER_SEC=0 \
-            "$HERALD_BIN" serve "$@" ${CLUSTER:+--node-id "n$i" --cluster "$CLUSTER"} \
+            env ${NODE_WORKERS:+TOKIO_WORKER_THREADS="$NODE_WORKERS"} "$HERALD_BIN" serve "$@" ${CLUSTER:+--node-id "n$i" --cluster "$CLUSTER"} \
             >"$OUT/$label.node$i.log" 2>&1 &
         node_started "$port" $!
     done
