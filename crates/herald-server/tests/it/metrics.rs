@@ -1,8 +1,8 @@
 //! The admin listener's `GET /metrics` over real sockets: the exposition parses (a strict
 //! parser of the text format, below, which refuses malformed text), every counter moves by
 //! exactly what a scripted scenario does (SSE, WebSocket and long-poll tabs, publishes of every
-//! outcome, an eviction, a lagging poller, resumes exact and with a reset), and the admin and
-//! public routes stay apart.
+//! outcome, a long-poll answered with a notification, an eviction, a lagging poller, resumes
+//! exact and with a reset), and the admin and public routes stay apart.
 
 use crate::support;
 
@@ -24,7 +24,8 @@ async fn start(limits: Limits, retention: Retention) -> (TestServer, AdminServer
 }
 
 /// `GET /metrics` on the admin port, parsed: series (`name{labels}`, labels sorted) → value.
-async fn scrape(admin: &AdminServer) -> BTreeMap<String, f64> {
+/// (The webhook tests read theirs with it too.)
+pub(crate) async fn scrape(admin: &AdminServer) -> BTreeMap<String, f64> {
     let response = reqwest::get(format!("http://{}/metrics", admin.addr)).await.unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["content-type"], "text/plain; version=0.0.4; charset=utf-8");
@@ -84,6 +85,7 @@ const EPHEMERAL: &str = "herald_publishes_total{outcome=\"ephemeral\"}";
 const REPEAT: &str = "herald_publishes_total{outcome=\"repeat\"}";
 const DELIVERED_SSE: &str = "herald_deliveries_total{transport=\"sse\"}";
 const DELIVERED_WS: &str = "herald_deliveries_total{transport=\"ws\"}";
+const DELIVERED_POLL: &str = "herald_deliveries_total{transport=\"poll\"}";
 const PUBLISH_DURATION: &str = "herald_publish_duration_seconds_count";
 const PUBLISH_TO_WRITE: &str = "herald_publish_to_write_seconds_count";
 const APPEND_DURATION: &str = "herald_store_append_duration_seconds_count";
@@ -216,6 +218,34 @@ async fn counters_move_by_exactly_what_the_scenario_does() {
     );
     before = after;
 
+    // A long-poll that waits and is answered with a notification: bob's parked poller polls
+    // again, and a publish to bob comes while it waits (or just before: counted the same).
+    let query = format!("after=0&timeout=10&client={bob_client}");
+    let waiting = server.poll(&bob, &query);
+    let publishing = async {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        server.notify_user("bob", json!("polled")).await;
+    };
+    let ((status, polled), ()) = tokio::join!(waiting, publishing);
+    assert_eq!(status, 200, "{polled}");
+    assert_eq!(
+        (polled["notifications"][0]["data"].as_str(), &polled["last_seq"]),
+        (Some("polled"), &json!(1))
+    );
+    let after = scrape(&admin).await;
+    assert_moved(
+        &before,
+        &after,
+        &[
+            (STORED, 1.0),
+            (PUBLISH_DURATION, 1.0),
+            (APPEND_DURATION, 1.0),
+            (DELIVERED_POLL, 1.0),
+            (PUBLISH_TO_WRITE, 1.0),
+        ],
+    );
+    before = after;
+
     // An eviction: a third tab in eve's session of at most two evicts the first.
     let eve = server.token("eve", Some("e1"));
     let (mut evicted, _) = server.connect(&eve, "").await;
@@ -242,7 +272,7 @@ async fn counters_move_by_exactly_what_the_scenario_does() {
     for n in 0..5 {
         server.notify_user("bob", json!(n)).await;
     }
-    let (status, lagging) = server.poll(&bob, &format!("after=0&timeout=5&client={bob_client}")).await;
+    let (status, lagging) = server.poll(&bob, &format!("after=1&timeout=5&client={bob_client}")).await;
     assert_eq!((status, &lagging["closed"]), (200, &json!("lagging")), "{lagging}");
     let after = scrape(&admin).await;
     assert_moved(
