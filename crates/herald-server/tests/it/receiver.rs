@@ -11,7 +11,7 @@
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -23,6 +23,8 @@ use tokio::task::JoinHandle;
 pub struct Post {
     pub signature: String,
     pub body: Vec<u8>,
+    /// When its body was read in full (the batching tests time the sender's wait with it).
+    pub received_at: Instant,
 }
 
 impl Post {
@@ -148,6 +150,7 @@ async fn answer(mut stream: TcpStream, posts: Arc<Mutex<Vec<Post>>>) {
         let post = Post {
             signature: header("herald-signature").unwrap_or_default(),
             body: buffer[head_end..head_end + length].to_vec(),
+            received_at: Instant::now(),
         };
         posts.lock().unwrap().push(post);
     }
