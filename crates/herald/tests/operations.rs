@@ -1,8 +1,8 @@
-//! Operating `herald serve`, as processes: no secret or token in its logs (debug level, both
-//! formats) nor echoed by an error, the access log and its request ids, the options from a
-//! config file (precedence flag > environment > file > default, refusals), and
-//! `herald --version` (the commit, from `build/commit.rs`, which is also tested on git
-//! repositories of its own).
+//! Operating `herald serve`, as processes: no secret, token or admin session in its logs
+//! (debug level, both formats) nor echoed by an error, the access log and its request ids (one
+//! on every line), the options from a config file (precedence flag > environment > file >
+//! default, refusals), and `herald --version` (the commit, from `build/commit.rs`, which is also
+//! tested on git repositories of its own).
 
 #[path = "../build/commit.rs"]
 mod commit;
@@ -76,10 +76,49 @@ async fn read_until(response: &mut reqwest::Response, needle: &str) -> String {
     text
 }
 
+/// Whether `line` of `herald serve`'s stderr is an access line (target `herald::access`). JSON
+/// lines name their target; text lines do not (`--log-format text` leaves targets out), so an
+/// access line is told by its message, `request`, or by its fields, `method=` and `status=`,
+/// so that a line that lost its request id is still found.
+fn is_access_line(format: &str, line: &str) -> bool {
+    if format == "json" {
+        return serde_json::from_str::<Value>(line).is_ok_and(|line| line["target"] == "herald::access");
+    }
+    line.split_whitespace().nth(2) == Some("request")
+        || (line.contains(" method=") && line.contains(" status="))
+}
+
+/// The request id of an access line, if it has a non-empty one.
+fn request_id(format: &str, line: &str) -> Option<String> {
+    let id = if format == "json" {
+        serde_json::from_str::<Value>(line).ok()?["request_id"].as_str()?.to_owned()
+    } else {
+        let rest = line.split_once(" request_id=")?.1;
+        rest.split(' ').next()?.trim_matches('"').to_owned()
+    };
+    (!id.is_empty()).then_some(id)
+}
+
+/// The admin port's address, from the banner `herald: admin on http://ADDR (…)`.
+async fn admin_url(server: &Server) -> String {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let stderr = server.stderr();
+        if let Some(rest) = stderr.split("herald: admin on ").nth(1) {
+            return rest.split_whitespace().next().unwrap().to_owned();
+        }
+        assert!(Instant::now() < deadline, "no admin banner:\n{stderr}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Every way a credential reaches the server, good and bad, on a server logging at debug
-/// level: none of the credentials may appear anywhere on its stderr, and no error answer may
-/// quote the token of its request. Fails if the access log kept the query string, if a header
-/// or an error message were logged, if an error echoed `?token=`.
+/// level: subscriber tokens, the API key, the admin page's sign-in (a wrong key, the right one)
+/// and its session cookie, the token secret and the VAPID private key. None may appear
+/// anywhere on its stderr, and no error answer may quote the token of its request; every access
+/// line carries a request id. Fails if the access log kept the query string, if a header, a
+/// body or an error message were logged, if an error echoed `?token=`, if an access line lost
+/// its request id.
 #[tokio::test]
 async fn no_secret_or_token_is_ever_logged_nor_echoed() {
     for format in ["text", "json"] {
@@ -87,16 +126,24 @@ async fn no_secret_or_token_is_ever_logged_nor_echoed() {
         let port = free_port();
         let secret = format!("SECRET-{format}-0123456789abcdef0123456789abcdef");
         let api_key = format!("APIKEY-{format}-fedcba9876543210");
+        let vapid = herald_server::push::VapidKey::generate("mailto:ops@example.com").unwrap();
+        let vapid_private_key = vapid.private_key();
         let mut command = herald(dir.path());
         command
             .args(["serve", "--memory", "--listen", &format!("127.0.0.1:{port}"), "--log-format", format])
             .env("HERALD_SECRET", &secret)
             .env("HERALD_API_KEY", &api_key)
+            .env("HERALD_VAPID_PRIVATE_KEY", &vapid_private_key)
+            .env("HERALD_VAPID_SUBJECT", vapid.subject())
             .env("RUST_LOG", "debug");
         let mut server = Server::spawn(command, url(port));
         server.wait_up(Instant::now() + WAIT).await.unwrap();
         let http = reqwest::Client::new();
         let base = url(port);
+        // The VAPID key is the one in use: its public half is served.
+        let served: Value =
+            http.get(format!("{base}/v1/push/vapid-public-key")).send().await.unwrap().json().await.unwrap();
+        assert_eq!(served, serde_json::json!({ "public_key": vapid.public_key() }));
         let sse_query_token = mint(&secret, "alice", "sse-query");
         let sse_header_token = mint(&secret, "alice", "sse-header");
         let ws_token = mint(&secret, "bob", "ws");
@@ -105,6 +152,7 @@ async fn no_secret_or_token_is_ever_logged_nor_echoed() {
         let foreign_token = mint("another-secret-0123456789abcdef0123456789", "eve", "bad");
         let garbage_token = "GARBAGE-TOKEN-not-a-jwt-0123456789";
         let bad_key = "BAD-API-KEY-0123456789";
+        let bad_admin_key = "BAD-ADMIN-KEY-0123456789";
         let mut tokens: Vec<&str> = vec![
             &sse_query_token,
             &sse_header_token,
@@ -114,6 +162,7 @@ async fn no_secret_or_token_is_ever_logged_nor_echoed() {
             &foreign_token,
             garbage_token,
             bad_key,
+            bad_admin_key,
         ];
 
         // SSE with ?token= (the lean path), and with the header, resuming with Last-Event-ID.
@@ -201,11 +250,43 @@ async fn no_secret_or_token_is_ever_logged_nor_echoed() {
         assert_eq!(refused.status(), 401);
         let body = refused.text().await.unwrap();
         assert!(!body.contains(bad_key) && !body.contains(&api_key), "{body}");
+
+        // The admin page: a wrong key refused, the right one gives a session cookie, which
+        // sends a test notification (seen on alice's stream).
+        let admin = admin_url(&server).await;
+        let sign_in = |key: &str| {
+            http.post(format!("{admin}/admin/sign-in"))
+                .header("x-herald-admin", "1")
+                .json(&serde_json::json!({ "key": key }))
+                .send()
+        };
+        let refused = sign_in(bad_admin_key).await.unwrap();
+        assert_eq!(refused.status(), 401);
+        let body = refused.text().await.unwrap();
+        assert!(!body.contains(bad_admin_key) && !body.contains(&api_key), "{body}");
+        let signed_in = sign_in(&api_key).await.unwrap();
+        assert_eq!(signed_in.status(), 204);
+        let set_cookie = signed_in.headers()["set-cookie"].to_str().unwrap().to_owned();
+        let cookie = set_cookie.split(';').next().unwrap().to_owned();
+        let session = cookie.strip_prefix("herald_admin=").expect("the admin session cookie").to_owned();
+        assert!(session.len() >= 32, "{set_cookie}");
+        let notified = http
+            .post(format!("{admin}/admin/api/users/alice/notify"))
+            .header("x-herald-admin", "1")
+            .header("cookie", &cookie)
+            .json(&serde_json::json!({ "text": "from the admin page" }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(notified.status(), 200, "{:?}", notified.text().await);
+        read_until(&mut by_query, "from the admin page").await;
         drop((by_query, by_header));
 
         let stderr = stop(server).await;
         tokens.push(&secret);
         tokens.push(&api_key);
+        tokens.push(&vapid_private_key);
+        tokens.push(&session);
         for credential in &tokens {
             assert!(!stderr.contains(credential), "{format}: stderr holds {credential:?}:\n{stderr}");
             // Not even a piece of it: a token's signature (its last part) is what makes it work.
@@ -213,10 +294,16 @@ async fn no_secret_or_token_is_ever_logged_nor_echoed() {
                 assert!(!stderr.contains(signature), "{format}: stderr holds a token's signature:\n{stderr}");
             }
         }
-        let access: Vec<&str> = stderr
-            .lines()
-            .filter(|line| line.contains("herald::access") || line.contains("request_id"))
-            .collect();
+        let access: Vec<&str> = stderr.lines().filter(|line| is_access_line(format, line)).collect();
+        // The 16 requests above to the public port (the admin port has no access log), and
+        // the start's health checks.
+        assert!(access.len() >= 16, "{format}: only {} access lines:\n{stderr}", access.len());
+        for line in &access {
+            assert!(
+                request_id(format, line).is_some(),
+                "{format}: an access line without a request id: {line}"
+            );
+        }
         for path in ["/v1/stream", "/v1/ws", "/v1/poll", "/v1/notify"] {
             assert!(
                 access.iter().any(|line| line.contains(path)),
@@ -224,7 +311,7 @@ async fn no_secret_or_token_is_ever_logged_nor_echoed() {
             );
         }
         assert!(
-            access.iter().any(|line| line.contains("sse-by-query-1")),
+            access.iter().any(|line| request_id(format, line).as_deref() == Some("sse-by-query-1")),
             "{format}: the client's request id:\n{stderr}"
         );
         if format == "json" {
