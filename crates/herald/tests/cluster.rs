@@ -278,6 +278,20 @@ impl Cluster {
         answer.json().await.unwrap()
     }
 
+    /// A sample of `node`'s `GET /metrics`, on its admin port (`--admin-listen 127.0.0.1:0`,
+    /// named by its banner): the value of the line that starts with `series` and a space.
+    async fn metric(&self, node: usize, series: &str) -> f64 {
+        let stderr = self.nodes[node].as_ref().expect("running").stderr();
+        let admin = stderr
+            .split("herald: admin on ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("node {node} names no admin port:\n{stderr}"));
+        let text = reqwest::get(format!("{admin}/metrics")).await.unwrap().text().await.unwrap();
+        let value = text.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' '));
+        value.unwrap_or_else(|| panic!("no {series} on node {node}:\n{text}")).parse().unwrap()
+    }
+
     async fn health(&self, node: usize) -> Value {
         reqwest::get(format!("{}/healthz", self.url(node))).await.unwrap().json().await.unwrap()
     }
@@ -324,7 +338,9 @@ fn one_to(n: u64) -> Vec<u64> {
 
 /// A user's tabs spread over 3 nodes each get every notification once, whichever node it was
 /// published on, while 3 publishers (one per node) publish for that user at once: seqs are
-/// exactly 1..N. Another user's tab gets none.
+/// exactly 1..N. Another user's tab gets none. Each node's `/metrics` counts its bus messages
+/// in and out (`herald_bus_messages_total`). Fails if a notification is lost, repeated or
+/// misnumbered, or if the bus's counters do not move.
 async fn every_tab_gets_every_notification_once(bus: &str) {
     let Some(admin) = env("HERALD_TEST_POSTGRES") else { return };
     let cluster = Cluster::start(&admin, bus, 3).await;
@@ -373,6 +389,12 @@ async fn every_tab_gets_every_notification_once(bus: &str) {
         assert!(view["envelopes_in"].as_u64().unwrap() >= 2 * PER_NODE, "{view}");
         assert!(view["subscribed_shards"].as_u64().unwrap() >= 1, "{view}");
         eprintln!("node {node}: {view}");
+        // The same traffic in `/metrics`: in, the other nodes' notifications; out, at least
+        // this node's own 20.
+        let bus_in = cluster.metric(node, r#"herald_bus_messages_total{direction="in"}"#).await;
+        let bus_out = cluster.metric(node, r#"herald_bus_messages_total{direction="out"}"#).await;
+        assert!(bus_in >= (2 * PER_NODE) as f64, "node {node}: {bus_in} bus messages in");
+        assert!(bus_out >= PER_NODE as f64, "node {node}: {bus_out} bus messages out");
     }
     let health = cluster.health(2).await;
     assert_eq!(health["status"], "ok", "{health}");
