@@ -162,7 +162,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     match &admin {
         Some(admin) => {
             tracing::info!(addr = %admin.addr, "admin listening");
-            eprintln!("herald: admin on http://{} (GET /metrics)", admin.addr);
+            eprintln!("herald: admin on http://{} (GET /metrics, the admin page /admin)", admin.addr);
         }
         None => eprintln!("herald: no admin port (--admin-listen off)"),
     }
@@ -306,8 +306,9 @@ pub struct ServeArgs {
     /// `0.0.0.0:7300`) or a host name (`localhost:7300`), whose first address is used.
     #[arg(long, env = "HERALD_LISTEN", default_value = "127.0.0.1:7300")]
     pub listen: String,
-    /// Address of the admin port, for operators only (`GET /metrics`): `host:port` as
-    /// --listen, or `off`. Keep it private: it is not behind the API key.
+    /// Address of the admin port, for operators only (`GET /metrics`, and the admin page
+    /// `/admin`, signed in with the API key): `host:port` as --listen, or `off`. Keep it
+    /// private: `/metrics` is not behind the API key.
     #[arg(long, env = "HERALD_ADMIN_LISTEN", value_name = "ADDR|off", default_value = "127.0.0.1:7301")]
     pub admin_listen: String,
     /// Directory of the embedded SQLite database (and of the dev credentials). Default:

@@ -95,6 +95,12 @@ async fn every_endpoint_needs_a_live_session() {
     for path in ["/admin", "/admin/admin.js", "/admin/admin.css"] {
         let response = admin.http.get(format!("{}{path}", admin.url)).send().await.unwrap();
         assert_eq!(response.status(), 200, "{path}");
+        if path == "/admin" {
+            // Should the script not run, the browser sends the form itself: the key in a POST's
+            // body (refused: 405), never in a GET's query string, where it would be logged.
+            let page = response.text().await.unwrap();
+            assert!(page.contains(r#"<form id="signin-form" method="post""#), "{page}");
+        }
     }
     // A session ends at sign-out: the same cookie is refused afterwards.
     let cookie = admin.signed_in().await;
@@ -222,7 +228,22 @@ async fn the_tree_follows_tabs_and_the_actions_reach_them() {
     let admin = Admin::start(&server).await;
     let cookie = admin.signed_in().await;
     let cookie = Some(cookie.as_str());
-    let (mut laptop, laptop_hello) = server.connect(&server.token("alice", Some("laptop")), "").await;
+    // The laptop's tab may listen to `room:*` topics, and listens to one.
+    let now = now_unix();
+    let laptop_token = sign(
+        &json!({ "sub": "alice", "sid": "laptop", "iat": now, "exp": now + 3600, "topics": ["room:*"] }),
+    );
+    let (mut laptop, laptop_hello) = server.connect(&laptop_token, "").await;
+    let listened = server
+        .http
+        .post(format!("{}/v1/listen", server.url))
+        .bearer_auth(&laptop_token)
+        .header("x-herald-client", laptop_hello["client"].as_str().unwrap())
+        .json(&json!({ "topics": ["room:7"] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer(listened).await.0, 200);
     let (mut phone, _) = server.connect(&server.token("alice", Some("phone")), "").await;
     let (mut second, second_hello) = server.connect(&server.token("alice", Some("phone")), "").await;
     let (_bob, _) = server.connect(&server.token("bob", Some("desk")), "").await;
@@ -245,6 +266,10 @@ async fn the_tree_follows_tabs_and_the_actions_reach_them() {
         (tab["client"].as_str(), tab["transport"].as_str()),
         (laptop_hello["client"].as_str(), Some("sse"))
     );
+    let node = server.app.settings.node_id.as_str();
+    assert_eq!((tab["node"].as_str(), &tab["topics"]), (Some(node), &json!(["room:7"])), "{tab}");
+    let phone_tab = &users[0]["sessions"][1]["clients"][0];
+    assert_eq!((phone_tab["node"].as_str(), &phone_tab["topics"]), (Some(node), &json!([])), "{phone_tab}");
 
     // A test notification reaches every tab and the log.
     let (status, receipt) =
