@@ -294,6 +294,19 @@ async fn no_secret_or_token_is_ever_logged_nor_echoed() {
                 assert!(!stderr.contains(signature), "{format}: stderr holds a token's signature:\n{stderr}");
             }
         }
+        // The admin page's audit lines: each sign-in and the action, with the operator's address.
+        for (what, also) in [
+            ("admin sign-in refused", "invalid_api_key"),
+            ("admin signed in", "127.0.0.1"),
+            ("admin sent a test notification", "alice"),
+        ] {
+            assert!(
+                stderr
+                    .lines()
+                    .any(|line| line.contains(what) && line.contains("127.0.0.1") && line.contains(also)),
+                "{format}: no audit line {what:?} with the peer and {also:?}:\n{stderr}"
+            );
+        }
         let access: Vec<&str> = stderr.lines().filter(|line| is_access_line(format, line)).collect();
         // The 16 requests above to the public port (the admin port has no access log), and
         // the start's health checks.

@@ -24,7 +24,6 @@ use axum::Router;
 use axum::http::StatusCode;
 use axum::routing::get;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
@@ -41,6 +40,12 @@ pub const ADMIN_CONNECTIONS_MAX: usize = 64;
 /// A new admin connection must send a request head within this time (and every later one on a
 /// kept-alive connection), or it is closed.
 pub const ADMIN_REQUEST_HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The address an admin request came from, as the admin listener saw it ([`start_admin`] puts
+/// it in each request's extensions). Absent when an embedding app serves [`router`] itself: its
+/// audit lines then say `peer=-`.
+#[derive(Debug, Clone, Copy)]
+pub struct AdminPeer(pub SocketAddr);
 
 /// The admin routes: `GET /metrics` and the admin page (`/admin…`, see [`ui`]; each router has
 /// its own page state: sessions, samples, and the sampler, which runs as long as the router).
@@ -95,8 +100,8 @@ async fn accept_loop(listener: TcpListener, router: Router, mut stop: watch::Rec
             accepted = listener.accept() => accepted,
             _ = stop.changed() => break,
         };
-        let socket = match accepted {
-            Ok((socket, _peer)) => socket,
+        let (socket, peer) = match accepted {
+            Ok(accepted) => accepted,
             Err(error) => {
                 tracing::warn!(%error, "admin accept failed; pausing before the next accept");
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -105,7 +110,14 @@ async fn accept_loop(listener: TcpListener, router: Router, mut stop: watch::Rec
         };
         // Over the bound: dropped (closed) without an answer.
         let Ok(slot) = slots.clone().try_acquire_owned() else { continue };
-        let service = TowerToHyperService::new(router.clone());
+        // Each request carries the operator's address, for the admin page's audit lines.
+        let router = router.clone();
+        let service =
+            hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+                request.extensions_mut().insert(AdminPeer(peer));
+                // A Router is always ready (its poll_ready is Ready): call it without waiting.
+                tower_service::Service::call(&mut router.clone(), request)
+            });
         let mut stop = stop.clone();
         connections.spawn(async move {
             let _slot = slot;

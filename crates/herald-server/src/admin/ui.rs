@@ -33,6 +33,12 @@
 //!   `DELETE /v1/users/{user}/sessions/{session}` does (`session_closed`, on every node).
 //! - `DELETE /admin/api/users/{user}/sessions/{session}/clients/{client}`: closes that tab
 //!   (`evicted`), if it is connected to this node; 404 `client_not_found` otherwise.
+//!
+//! # Audit
+//! Every sign-in, refused or not, every sign-out and every action (a test notification, a
+//! session or a tab closed) is logged once, target `herald::admin`, with the operator's address
+//! (`peer`): a refused sign-in at `warn` (with its code, so repeated guesses show), the rest at
+//! `info`. Never the key, the cookie or the test notification's text.
 
 pub mod samples;
 pub mod session;
@@ -43,7 +49,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
@@ -187,19 +194,48 @@ struct SignInBody {
     key: String,
 }
 
+/// The operator's address for the audit lines: `-` when the router is served by an embedding
+/// app rather than the admin listener (see [`super::AdminPeer`]).
+struct Peer(String);
+
+impl<S: Send + Sync> FromRequestParts<S> for Peer {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Infallible> {
+        Ok(Peer(match parts.extensions.get::<super::AdminPeer>() {
+            Some(super::AdminPeer(addr)) => addr.ip().to_string(),
+            None => "-".to_owned(),
+        }))
+    }
+}
+
 /// `POST /admin/sign-in`.
 async fn sign_in(
     State(ui): State<Arc<AdminUi>>,
+    Peer(peer): Peer,
     _same_site: SameSite,
     ApiJson(SignInBody { key }): ApiJson<SignInBody>,
 ) -> Result<Response, ApiError> {
-    let set_cookie = ui.sessions.sign_in(|| ui.app.auth.verify_api_key(&key).map(|_| ())).await?;
+    let set_cookie = match ui.sessions.sign_in(|| ui.app.auth.verify_api_key(&key).map(|_| ())).await {
+        Ok(set_cookie) => set_cookie,
+        Err(refused) => {
+            tracing::warn!(target: "herald::admin", %peer, code = refused.code, "admin sign-in refused");
+            return Err(refused);
+        }
+    };
+    tracing::info!(target: "herald::admin", %peer, "admin signed in");
     Ok((StatusCode::NO_CONTENT, [(header::SET_COOKIE, set_cookie)]).into_response())
 }
 
 /// `POST /admin/sign-out`: ends the session (if any) and clears the cookie.
-async fn sign_out(State(ui): State<Arc<AdminUi>>, _same_site: SameSite, headers: HeaderMap) -> Response {
+async fn sign_out(
+    State(ui): State<Arc<AdminUi>>,
+    Peer(peer): Peer,
+    _same_site: SameSite,
+    headers: HeaderMap,
+) -> Response {
     let cleared = ui.sessions.sign_out(&headers);
+    tracing::info!(target: "herald::admin", %peer, "admin signed out");
     (StatusCode::NO_CONTENT, [(header::SET_COOKIE, cleared)]).into_response()
 }
 
@@ -419,6 +455,7 @@ struct NotifyBody {
 async fn notify(
     State(ui): State<Arc<AdminUi>>,
     _operator: Operator,
+    Peer(peer): Peer,
     ApiPath(user): ApiPath<String>,
     ApiJson(body): ApiJson<NotifyBody>,
 ) -> Result<Response, ApiError> {
@@ -432,8 +469,12 @@ async fn notify(
     }
     let data = serde_json::value::to_raw_value(&serde_json::json!({ "text": text, "from": "admin" }))
         .expect("a JSON value serializes");
-    let receipt =
-        ui.app.notifier.publish(Publish::to_user(user, TEST_NOTIFICATION_TYPE, Arc::from(data))).await?;
+    let receipt = ui
+        .app
+        .notifier
+        .publish(Publish::to_user(user.clone(), TEST_NOTIFICATION_TYPE, Arc::from(data)))
+        .await?;
+    tracing::info!(target: "herald::admin", %peer, %user, "admin sent a test notification");
     Ok(json_response(&receipt))
 }
 
@@ -441,10 +482,12 @@ async fn notify(
 async fn close_session(
     State(ui): State<Arc<AdminUi>>,
     _operator: Operator,
+    Peer(peer): Peer,
     ApiPath((user, session)): ApiPath<(String, String)>,
 ) -> Result<Response, ApiError> {
     let (user, session) = (UserId::new(user)?, SessionId::new(session)?);
     let closed = ui.app.notifier.close_sessions(&user, Some(&session)).await?;
+    tracing::info!(target: "herald::admin", %peer, %user, %session, closed, "admin closed a session");
     Ok(json_response(&serde_json::json!({ "closed": closed })))
 }
 
@@ -453,6 +496,7 @@ async fn close_session(
 async fn close_client(
     State(ui): State<Arc<AdminUi>>,
     _operator: Operator,
+    Peer(peer): Peer,
     ApiPath((user, session, client)): ApiPath<(String, String, String)>,
 ) -> Result<Response, ApiError> {
     let (user, session, client) = (UserId::new(user)?, SessionId::new(session)?, ClientId::new(client)?);
@@ -465,5 +509,6 @@ async fn close_client(
             ),
         ));
     }
+    tracing::info!(target: "herald::admin", %peer, %user, %session, %client, "admin closed a tab");
     Ok(json_response(&serde_json::json!({ "closed": 1 })))
 }
