@@ -67,6 +67,7 @@ HERALD_BIN="${HERALD_BIN:-}"       # a herald binary to measure; default: build 
 # to herald-bench); default: tokio's, one per core. Several nodes on one machine each start one
 # per core: NODE_WORKERS=1 gives three nodes on 2 cores 3 threads rather than 6.
 NODE_WORKERS="${NODE_WORKERS:-}"
+PG_SETTINGS="${PG_SETTINGS:-}"    # PostgreSQL settings for the runs' databases (see create_database)
 HERALD_REV="${HERALD_REV:-}"
 PG_ADMIN_URL="${PG_ADMIN_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 HERALD_PORT="${HERALD_PORT:-7330}"     # node i listens on HERALD_PORT + i
@@ -131,7 +132,7 @@ machine_info() {
         echo "redis-server: $(redis-server --version | sed 's/^Redis server //')"
         echo "node: $(node --version)"
         echo "socket.io: $(node -p "require('./bench/socketio/node_modules/socket.io/package.json').version"), @socket.io/redis-adapter $(node -p "require('./bench/socketio/node_modules/@socket.io/redis-adapter/package.json').version"), ioredis $(node -p "require('./bench/socketio/node_modules/ioredis/package.json').version")"
-        echo "scale: USERS=$USERS TABS=$TABS PUBLISHERS=$PUBLISHERS MAX_SECS=$MAX_SECS STEADY_RATE=$STEADY_RATE STEADY_SECS=$STEADY_SECS IDLE_SECS=$IDLE_SECS NODE_WORKERS=${NODE_WORKERS:-cores}"
+        echo "scale: USERS=$USERS TABS=$TABS PUBLISHERS=$PUBLISHERS MAX_SECS=$MAX_SECS STEADY_RATE=$STEADY_RATE STEADY_SECS=$STEADY_SECS IDLE_SECS=$IDLE_SECS NODE_WORKERS=${NODE_WORKERS:-cores} PG_SETTINGS=${PG_SETTINGS:-none}"
         echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
     } | tee "$OUT/machine.txt" >&2
 }
@@ -186,6 +187,12 @@ create_database() {
     DATABASE="herald_bench_$$_${label//-/_}_$RANDOM"
     psql_admin -c "CREATE DATABASE $DATABASE" >/dev/null
     DATABASES+=("$DATABASE")
+    # PG_SETTINGS="name=value …": settings for the run's database only (ALTER DATABASE … SET,
+    # as the admin user: the nodes' sessions get them), e.g. commit_delay=100 commit_siblings=2.
+    local setting
+    for setting in $PG_SETTINGS; do
+        psql_admin -c "ALTER DATABASE $DATABASE SET ${setting%%=*} = '${setting#*=}'" >/dev/null
+    done
     data="$(psql_admin -c 'SHOW data_directory')"
     postmaster="$(head -1 "$data/postmaster.pid")"
     EXTRA+=(--postgres-pid "$postmaster" --postgres-db "$DATABASE")
