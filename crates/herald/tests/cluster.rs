@@ -281,12 +281,7 @@ impl Cluster {
     /// A sample of `node`'s `GET /metrics`, on its admin port (`--admin-listen 127.0.0.1:0`,
     /// named by its banner): the value of the line that starts with `series` and a space.
     async fn metric(&self, node: usize, series: &str) -> f64 {
-        let stderr = self.nodes[node].as_ref().expect("running").stderr();
-        let admin = stderr
-            .split("herald: admin on ")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .unwrap_or_else(|| panic!("node {node} names no admin port:\n{stderr}"));
+        let admin = self.nodes[node].as_ref().expect("running").admin_url(WAIT).await;
         let text = reqwest::get(format!("{admin}/metrics")).await.unwrap().text().await.unwrap();
         let value = text.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' '));
         value.unwrap_or_else(|| panic!("no {series} on node {node}:\n{text}")).parse().unwrap()

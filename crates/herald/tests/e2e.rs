@@ -1493,10 +1493,7 @@ async fn the_admin_port_serves_metrics_and_only_it_does() {
         ..Spec::new(dir.path())
     };
     let server = spec.start().await;
-    server.wait_stderr("herald: admin on http://").await;
-    let banner = server.stderr();
-    let admin =
-        banner.split("herald: admin on ").nth(1).unwrap().split_whitespace().next().unwrap().to_owned();
+    let admin = server.admin_url(WAIT).await;
     let http = reqwest::Client::new();
     let metrics = http.get(format!("{admin}/metrics")).send().await.unwrap();
     assert_eq!(metrics.status(), 200);

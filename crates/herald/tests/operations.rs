@@ -99,19 +99,6 @@ fn request_id(format: &str, line: &str) -> Option<String> {
     (!id.is_empty()).then_some(id)
 }
 
-/// The admin port's address, from the banner `herald: admin on http://ADDR (…)`.
-async fn admin_url(server: &Server) -> String {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let stderr = server.stderr();
-        if let Some(rest) = stderr.split("herald: admin on ").nth(1) {
-            return rest.split_whitespace().next().unwrap().to_owned();
-        }
-        assert!(Instant::now() < deadline, "no admin banner:\n{stderr}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// Every way a credential reaches the server, good and bad, on a server logging at debug
 /// level: subscriber tokens, the API key, the admin page's sign-in (a wrong key, the right one)
 /// and its session cookie, the token secret and the VAPID private key. None may appear
@@ -253,7 +240,7 @@ async fn no_secret_or_token_is_ever_logged_nor_echoed() {
 
         // The admin page: a wrong key refused, the right one gives a session cookie, which
         // sends a test notification (seen on alice's stream).
-        let admin = admin_url(&server).await;
+        let admin = server.admin_url(WAIT).await;
         let sign_in = |key: &str| {
             http.post(format!("{admin}/admin/sign-in"))
                 .header("x-herald-admin", "1")

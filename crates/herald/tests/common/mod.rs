@@ -89,6 +89,24 @@ impl Server {
         self.stderr.lock().unwrap().clone()
     }
 
+    /// The admin port's URL (`http://ADDR`), from the banner `herald: admin on http://ADDR (…)`
+    /// (a server started with `--admin-listen 127.0.0.1:0`); fails if it is not printed within
+    /// `wait`.
+    #[allow(dead_code)] // for the tests of the admin port (e2e, operations, cluster)
+    pub async fn admin_url(&self, wait: Duration) -> String {
+        let deadline = Instant::now() + wait;
+        loop {
+            let stderr = self.stderr();
+            if let Some(url) =
+                stderr.split("herald: admin on ").nth(1).and_then(|rest| rest.split_whitespace().next())
+            {
+                return url.to_owned();
+            }
+            assert!(Instant::now() < deadline, "no admin banner within {wait:?}:\n{stderr}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Waits until this server says it listens and `/healthz` answers; `Err(stderr)` if it
     /// exits first. (`/healthz` alone could be answered by another process that took the port.)
     pub async fn wait_up(&mut self, deadline: Instant) -> Result<(), String> {
