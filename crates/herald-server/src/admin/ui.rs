@@ -37,8 +37,10 @@
 //! # Audit
 //! Every sign-in, refused or not, every sign-out and every action (a test notification, a
 //! session or a tab closed) is logged once, target `herald::admin`, with the operator's address
-//! (`peer`): a refused sign-in at `warn` (with its code, so repeated guesses show), the rest at
-//! `info`. Never the key, the cookie or the test notification's text.
+//! (`peer`): a sign-in refused for a wrong key at `warn` (with its code, so repeated guesses
+//! show; at most about four a second, the sign-in checks' own bound), one refused because four
+//! were being checked at `debug`, the rest at `info`. Never the key, the cookie or the test
+//! notification's text.
 
 pub mod samples;
 pub mod session;
@@ -219,7 +221,14 @@ async fn sign_in(
     let set_cookie = match ui.sessions.sign_in(|| ui.app.auth.verify_api_key(&key).map(|_| ())).await {
         Ok(set_cookie) => set_cookie,
         Err(refused) => {
-            tracing::warn!(target: "herald::admin", %peer, code = refused.code, "admin sign-in refused");
+            // A wrong key is held for a second, four at a time, so these lines come at most
+            // about four a second; the instant 429s past that bound would come as fast as they
+            // are sent, so they are only at debug.
+            if refused.status == StatusCode::TOO_MANY_REQUESTS {
+                tracing::debug!(target: "herald::admin", %peer, code = refused.code, "admin sign-in refused");
+            } else {
+                tracing::warn!(target: "herald::admin", %peer, code = refused.code, "admin sign-in refused");
+            }
             return Err(refused);
         }
     };
