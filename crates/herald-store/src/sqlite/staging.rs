@@ -96,9 +96,9 @@ impl Settling {
 }
 
 /// Users whose row the writer keeps after their staged rows have all settled (about 100 to 150
-/// bytes each with the map's share and the user id: at most about 2.5 MB). At the bound the kept rows are dropped all at once and kept again
-/// as generations settle: an append to a user not kept reads its row from SQLite, as it would
-/// without them.
+/// bytes each with the map's share and the user id: at most about 2.5 MB). At the bound the
+/// kept rows are dropped all at once and kept again as generations settle: an append to a user
+/// not kept reads its row from SQLite, as it would without them.
 pub const KEPT_ROWS_MAX: usize = 16_384;
 
 /// Rows a settle chunk takes at least before it gives way to a waiting request: about 0.1 ms of
