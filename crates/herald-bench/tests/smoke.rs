@@ -469,11 +469,16 @@ fn clients_and_publishers_are_spread_over_several_urls() {
     );
     assert_exactly_once(&result, 30);
     assert_eq!(result.sub_urls.len(), 3);
+    let mut all_publishes = 0;
     for (i, node) in nodes.iter().enumerate() {
         assert_eq!(node.subscriptions.load(Ordering::Relaxed), 10, "node {i}");
-        // The three publishers each send about a third of the burst, on their own node.
+        // Each of the three publishers sends on its own node. The burst is one shared count that
+        // the publishers take from as fast as each goes, so how it splits depends on the
+        // scheduling (16 / 90 seen on a loaded machine): every node gets some, not a third each.
         let publishes = node.publishes.load(Ordering::Relaxed);
-        assert!((20..=40).contains(&publishes), "node {i}: {publishes} publishes");
+        assert!(publishes >= 1, "node {i}: {publishes} publishes");
+        all_publishes += publishes;
     }
+    assert_eq!(all_publishes, 90);
     assert_eq!(result.phases[0].counters.get("bus_in_msgs"), Some(&5.0));
 }
