@@ -22,6 +22,8 @@
 #                  server here (not in the default list)
 #   herald-sqlite  herald serve, SQLite store in a fresh temporary data dir (durable)
 #   herald-memory  herald serve --memory
+#   herald-sqlite-b, herald-memory-b   the same with HERALD_BIN_B, another herald binary: an A/B
+#                  of two builds in one interleaved run (HERALD_REV_B names it in machine.txt)
 #   nchan          nginx + Nchan, 2 workers, a channel per user, 10 messages kept per channel
 #   socketio       Node + Socket.IO 4, a room per user, nothing kept
 # Workloads, each on a freshly started server:
@@ -75,6 +77,8 @@ QUIET_WAIT="${QUIET_WAIT:-300}"    # before each run, wait up to this many secon
 QUIET_BUSY_PCT="${QUIET_BUSY_PCT:-10}" # quiet: at most this share of the CPU busy over 2 s
 HERALD_BIN="${HERALD_BIN:-}"       # a herald binary to measure; default: build target/release/herald
 HERALD_REV="${HERALD_REV:-}"       # what to call that binary's version in machine.txt
+HERALD_BIN_B="${HERALD_BIN_B:-}"   # the binary of herald-sqlite-b and herald-memory-b
+HERALD_REV_B="${HERALD_REV_B:-}"   # what to call it in machine.txt
 HERALD_PORT="${HERALD_PORT:-7310}"
 NCHAN_PORT="${NCHAN_PORT:-7311}"
 SOCKETIO_PORT="${SOCKETIO_PORT:-7312}"
@@ -90,8 +94,14 @@ fi
 for server in $SERVERS; do
     case "$server" in
     floor | floor-durable | herald-sqlite | herald-memory | nchan | socketio) ;;
+    herald-sqlite-b | herald-memory-b)
+        if [[ ! -x "$HERALD_BIN_B" ]]; then
+            echo "$server measures HERALD_BIN_B, which is not an executable: '$HERALD_BIN_B'" >&2
+            exit 1
+        fi
+        ;;
     *)
-        echo "unknown server $server (known: floor floor-durable herald-sqlite herald-memory nchan socketio)" >&2
+        echo "unknown server $server (known: floor floor-durable herald-sqlite herald-memory herald-sqlite-b herald-memory-b nchan socketio)" >&2
         exit 1
         ;;
     esac
@@ -113,6 +123,7 @@ machine_info() {
         echo "scale: USERS=$USERS TABS=$TABS PUBLISHERS=$PUBLISHERS MAX_SECS=$MAX_SECS STEADY_RATE=$STEADY_RATE STEADY_SECS=$STEADY_SECS IDLE_SECS=$IDLE_SECS BURST_TABS=$BURST_TABS BURST_COUNT=$BURST_COUNT ROUNDS=$ROUNDS"
         echo "file system of the data dirs: $(df --output=fstype,source "$WORK" | tail -1 | tr -s ' ')"
         echo "$FSYNC_LINE"
+        [[ -z "$HERALD_BIN_B" ]] || echo "herald B (herald-*-b): $HERALD_BIN_B${HERALD_REV_B:+ ($HERALD_REV_B)}"
         echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
     } | tee "$OUT/machine.txt" >&2
 }
@@ -161,6 +172,14 @@ for ((round = 1; round <= ROUNDS; round++)); do
             measure herald-memory 'start_herald herald-memory --memory' \
                 --kind herald-sse --url "http://127.0.0.1:$HERALD_PORT" "${standard_phases[@]}"
             ;;
+        herald-sqlite-b)
+            measure herald-sqlite-b 'HERALD_BIN="$HERALD_BIN_B" start_herald herald-sqlite-b --data-dir "$WORK/herald-sqlite-b-$round-$attempt"' \
+                --kind herald-sse --url "http://127.0.0.1:$HERALD_PORT" "${standard_phases[@]}"
+            ;;
+        herald-memory-b)
+            measure herald-memory-b 'HERALD_BIN="$HERALD_BIN_B" start_herald herald-memory-b --memory' \
+                --kind herald-sse --url "http://127.0.0.1:$HERALD_PORT" "${standard_phases[@]}"
+            ;;
         nchan)
             measure nchan start_nchan --kind sse-url --url "http://127.0.0.1:$NCHAN_PORT" "${standard_phases[@]}"
             cat "$WORK/nginx/logs/error.log" >>"$OUT/nchan.server.log" 2>/dev/null || true
@@ -203,7 +222,7 @@ for server in $SERVERS; do columns="$columns${columns:+,}$server"; done
 [[ " $SERVERS " != *" floor "* ]] || floor=(--floor floor)
 rounds_note=""
 ((ROUNDS == 1)) || rounds_note="; medians of $ROUNDS rounds"
-for h in herald-sqlite herald-memory; do
+for h in herald-sqlite herald-memory herald-sqlite-b herald-memory-b; do
     for o in nchan socketio; do
         if [[ " $SERVERS " == *" $h "* && " $SERVERS " == *" $o "* ]]; then
             ratios+=(--ratio "$h/$o")

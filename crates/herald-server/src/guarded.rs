@@ -13,7 +13,9 @@
 //!   no progress for [`crate::ServerSettings::send_timeout`] fails with `TimedOut`, which ends
 //!   the connection;
 //! - a connection serving a stream registers it in its [`StreamEnd`] and waits for the hub to
-//!   end it alongside whatever it is doing; then the connection has
+//!   end it alongside whatever it is doing (the lean path: alongside a write that waits, as a
+//!   stream waiting for its next event learns of its end from its `closed` event); then the
+//!   connection has
 //!   [`crate::ServerSettings::close_grace`] to finish its write and send the `closed` event,
 //!   and is dropped after that (see `crate::connection`).
 //!
