@@ -29,7 +29,7 @@
 //!
 //! [`crate::Inbox`] is the handle that does all this, next to the [`crate::Notifier`].
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -336,8 +336,13 @@ pub struct InboxEvent {
     /// Only for clients that follow the counts (an `append` event).
     pub followers_only: bool,
     pub counts: InboxCounts,
-    /// `{"op":…,…,"counts":{…}}`, serialized once.
-    json: Bytes,
+    /// `{"op":…,…,"counts":{…}}`, serialized once: when made, or for an `append` event, when
+    /// first asked for. An `append` event goes with every publish, and on a node where none of
+    /// its user's tabs follows the counts nothing ever asks (serializing it was 1 % of the
+    /// server's CPU at full load, `--memory`).
+    json: OnceLock<Bytes>,
+    /// The seqs of an `append` event whose JSON is not made yet.
+    appended_seqs: Box<[Seq]>,
 }
 
 #[derive(Serialize)]
@@ -368,7 +373,8 @@ impl InboxEvent {
         counts: InboxCounts,
         json: Bytes,
     ) -> Self {
-        Self { user, except_client, followers_only, counts, json }
+        let json = OnceLock::from(json);
+        Self { user, except_client, followers_only, counts, json, appended_seqs: Box::default() }
     }
 
     fn build(
@@ -378,23 +384,15 @@ impl InboxEvent {
         counts: InboxCounts,
         wire: WireInboxEvent<'_>,
     ) -> Self {
-        let json = Bytes::from(serde_json::to_vec(&wire).expect("an inbox event always serializes"));
-        Self { user, except_client, followers_only, counts, json }
+        let json = OnceLock::from(serialize(&wire));
+        Self { user, except_client, followers_only, counts, json, appended_seqs: Box::default() }
     }
 
     /// `append`: new notifications `seqs` were stored; for the clients that follow the counts.
+    /// Its JSON is made when first asked for.
     pub fn appended(user: UserId, seqs: &[Seq], counts: InboxCounts) -> Self {
-        let wire = WireInboxEvent {
-            op: "append",
-            mark: None,
-            at: None,
-            seqs: Some(seqs),
-            all_up_to: None,
-            through: None,
-            changed: Some(seqs.len()),
-            counts: &counts,
-        };
-        Self::build(user, None, true, counts, wire)
+        let json = OnceLock::new();
+        Self { user, except_client: None, followers_only: true, counts, json, appended_seqs: seqs.into() }
     }
 
     /// `mark`: `change.seqs` were marked `mark` at `at_ms`.
@@ -468,13 +466,30 @@ impl InboxEvent {
 
     /// The event's JSON object, on one line: the `data:` of an SSE `inbox` event.
     pub fn json(&self) -> &Bytes {
-        &self.json
+        self.json.get_or_init(|| {
+            // Only an `append` event is made without its JSON.
+            let seqs = &*self.appended_seqs;
+            serialize(&WireInboxEvent {
+                op: "append",
+                mark: None,
+                at: None,
+                seqs: Some(seqs),
+                all_up_to: None,
+                through: None,
+                changed: Some(seqs.len()),
+                counts: &self.counts,
+            })
+        })
     }
 
     /// Whether the client `client` gets this event; `follows` says whether it follows counts.
     pub fn is_for(&self, client: &ClientId, follows: bool) -> bool {
         (follows || !self.followers_only) && self.except_client.as_ref() != Some(client)
     }
+}
+
+fn serialize(wire: &WireInboxEvent<'_>) -> Bytes {
+    Bytes::from(serde_json::to_vec(wire).expect("an inbox event always serializes"))
 }
 
 #[cfg(test)]
@@ -557,6 +572,10 @@ mod tests {
             r#"{"op":"delete","all_up_to":8,"changed":2,"counts":{"unread":2,"unseen":1,"total":5,"archived":1,"version":9}}"#
         );
         let appended = InboxEvent::appended(user.clone(), &[10], counts);
+        assert_eq!(
+            std::str::from_utf8(appended.json()).unwrap(),
+            r#"{"op":"append","seqs":[10],"changed":1,"counts":{"unread":2,"unseen":1,"total":5,"archived":1,"version":9}}"#
+        );
         assert!(appended.is_for(&ClientId::new("c2").unwrap(), true));
         assert!(!appended.is_for(&ClientId::new("c2").unwrap(), false), "append events only for followers");
         let pruned = InboxEvent::pruned(&PrunedInbox { user, through: 7, counts });

@@ -457,17 +457,25 @@ impl Notifier {
         }
         // Then the new counts, to the clients that follow them (a badge): after the
         // notifications, so a follower sees a notification before the counts that include it.
-        let mut seqs_of: HashMap<&UserId, Vec<Seq>> = HashMap::with_capacity(counts.len());
-        for entry in &receipt.notifications {
-            seqs_of.entry(&entry.user).or_default().push(entry.seq);
-        }
-        let appended: Vec<Arc<InboxEvent>> = counts
-            .iter()
-            .map(|(user, counts)| {
-                let seqs = seqs_of.get(user).map(Vec::as_slice).unwrap_or_default();
-                Arc::new(InboxEvent::appended(user.clone(), seqs, *counts))
-            })
-            .collect();
+        let appended: Vec<Arc<InboxEvent>> = match (receipt.notifications.as_slice(), counts.as_slice()) {
+            // Most publishes: one notification for one user, no map to make.
+            ([entry], [(user, counts)]) if entry.user == *user => {
+                vec![Arc::new(InboxEvent::appended(user.clone(), &[entry.seq], *counts))]
+            }
+            _ => {
+                let mut seqs_of: HashMap<&UserId, Vec<Seq>> = HashMap::with_capacity(counts.len());
+                for entry in &receipt.notifications {
+                    seqs_of.entry(&entry.user).or_default().push(entry.seq);
+                }
+                counts
+                    .iter()
+                    .map(|(user, counts)| {
+                        let seqs = seqs_of.get(user).map(Vec::as_slice).unwrap_or_default();
+                        Arc::new(InboxEvent::appended(user.clone(), seqs, *counts))
+                    })
+                    .collect()
+            }
+        };
         // One hand-over: a multi-node bus sends the notifications and the counts of a user
         // together (one message per shard, not two per user).
         receipt.delivered = self.inner.bus.publish_all(notifications, appended).await?;
