@@ -24,7 +24,7 @@ use axum::extract::{ConnectInfo, FromRequestParts};
 use bytes::{Buf, Bytes};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
@@ -125,23 +125,24 @@ struct Peer {
 /// (to notice the client leaving) while it writes; how to split the socket for that is the one
 /// thing that differs.
 pub(crate) trait Socket: AsyncRead + AsyncWrite + Unpin + Send + 'static {
-    /// Runs `stream` on this socket until it ends or the client leaves (see [`drive_stream`]).
-    fn run_stream(
-        &mut self,
-        stream: &mut SseStream,
-        stream_end: &StreamEnd,
-        close_grace: Duration,
-    ) -> impl Future<Output = ()> + Send;
+    /// The halves the lean path drives a stream with (see [`drive_stream`]).
+    type Halves<'a>: Halves + Send
+    where
+        Self: 'a;
+
+    fn halves(&mut self) -> Self::Halves<'_>;
 
     /// Where a stream served on this connection registers (see [`StreamEnd`]).
     fn stream_end(&self) -> &Arc<StreamEnd>;
 }
 
 impl Socket for GuardedSocket {
-    async fn run_stream(&mut self, stream: &mut SseStream, stream_end: &StreamEnd, close_grace: Duration) {
-        // Not split: the guard's state goes with the writes. Reading and writing take turns,
-        // which is all the lean path needs (it reads only to notice the client leaving).
-        drive_stream(&mut Unsplit(self), stream, stream_end, close_grace).await;
+    // Not split: the guard's state goes with the writes. Reading and writing take turns, which
+    // is all the lean path needs (it reads only to notice the client leaving).
+    type Halves<'a> = Unsplit<'a, GuardedSocket>;
+
+    fn halves(&mut self) -> Self::Halves<'_> {
+        Unsplit(self)
     }
 
     fn stream_end(&self) -> &Arc<StreamEnd> {
@@ -150,15 +151,17 @@ impl Socket for GuardedSocket {
 }
 
 impl Socket for TlsStream<GuardedSocket> {
-    fn stream_end(&self) -> &Arc<StreamEnd> {
-        self.get_ref().0.stream_end()
+    // TLS state is shared by both directions: tokio's split puts it behind a lock (one
+    // allocation per stream; a TLS connection's buffers cost far more anyway).
+    type Halves<'a> = Split<ReadHalf<&'a mut Self>, WriteHalf<&'a mut Self>>;
+
+    fn halves(&mut self) -> Self::Halves<'_> {
+        let (reader, writer) = tokio::io::split(self);
+        Split(reader, writer)
     }
 
-    async fn run_stream(&mut self, stream: &mut SseStream, stream_end: &StreamEnd, close_grace: Duration) {
-        // TLS state is shared by both directions: tokio's split puts it behind a lock (one
-        // allocation per stream; a TLS connection's buffers cost far more anyway).
-        let (reader, writer) = tokio::io::split(self);
-        drive_stream(&mut Split(reader, writer), stream, stream_end, close_grace).await;
+    fn stream_end(&self) -> &Arc<StreamEnd> {
+        self.get_ref().0.stream_end()
     }
 }
 
@@ -428,22 +431,22 @@ fn run_stream<S: Socket, H: Send + 'static>(
             return;
         }
         drop(head);
-        socket.run_stream(&mut stream, &stream_end, close_grace).await;
+        drive_stream(socket.halves(), &mut stream, &stream_end, close_grace).await;
     }
 }
 
 /// The two halves [`drive_stream`] uses: one to notice the client leaving, one to write.
-trait Halves {
-    type Reader: AsyncRead + Unpin;
-    type Writer: AsyncWrite + Unpin;
+pub(crate) trait Halves {
+    type Reader: AsyncRead + Unpin + Send;
+    type Writer: AsyncWrite + Unpin + Send;
     fn reader(&mut self) -> &mut Self::Reader;
     fn writer(&mut self) -> &mut Self::Writer;
 }
 
 /// One socket that reads and writes in turn.
-struct Unsplit<'a, S>(&'a mut S);
+pub(crate) struct Unsplit<'a, S>(&'a mut S);
 
-impl<S: AsyncRead + AsyncWrite + Unpin> Halves for Unsplit<'_, S> {
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Halves for Unsplit<'_, S> {
     type Reader = S;
     type Writer = S;
     fn reader(&mut self) -> &mut S {
@@ -455,9 +458,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Halves for Unsplit<'_, S> {
 }
 
 /// A socket split in two.
-struct Split<R, W>(R, W);
+pub(crate) struct Split<R, W>(R, W);
 
-impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Halves for Split<R, W> {
+impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Halves for Split<R, W> {
     type Reader = R;
     type Writer = W;
     fn reader(&mut self) -> &mut R {
@@ -472,22 +475,17 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Halves for Split<R, W> {
 /// client leaves (reading tells).
 ///
 /// The hub's end of the stream is watched only while a write waits (a peer that does not
-/// read): then what is left of the stream (that write, the `closed` event) has `close_grace`,
-/// after which the socket is reset and dropped. Waiting for the next chunk needs no watch, the
-/// end comes as the stream's `closed` event. Both waits are `biased`: the next chunk (or the
-/// write) first, and the other branch is polled only once that one waits. Polled at every wake
-/// of the task, as they were, the end signal (two locks) and the socket's read readiness (a
-/// lock and a waker check) cost about 2 % of the server's CPU at full load (`CALLGRAPH=dwarf
-/// STORE=memory bench/profile.sh cpu`).
+/// read, see [`finish_write`]); a stream waiting for its next chunk learns of its end from its
+/// `closed` event. The wait for the next chunk is `biased`: the socket's read readiness is
+/// polled only once no chunk is ready. Polled at every wake of the task, as they were, the end
+/// signal (two locks) and the read readiness (a lock and a waker check) cost about 2 % of the
+/// server's CPU at full load (`CALLGRAPH=dwarf STORE=memory bench/profile.sh cpu`).
 async fn drive_stream<H: Halves>(
-    halves: &mut H,
+    mut halves: H,
     stream: &mut SseStream,
     stream_end: &StreamEnd,
     close_grace: Duration,
 ) {
-    // Set once the hub ended the stream while a write waited: everything left must be written
-    // by then.
-    let mut grace_until: Option<tokio::time::Instant> = None;
     loop {
         let chunk = tokio::select! {
             biased;
@@ -495,31 +493,45 @@ async fn drive_stream<H: Halves>(
             gone = client_left(halves.reader()) => if gone { return } else { continue },
         };
         let Some(chunk) = chunk else { break };
-        let writer = halves.writer();
-        let write = writer.write_all(&chunk);
-        let written = match grace_until {
-            None => {
-                let mut write = std::pin::pin!(write);
-                tokio::select! {
-                    biased;
-                    written = write.as_mut() => written.is_ok(),
-                    () = stream_end.ended() => {
-                        let deadline = tokio::time::Instant::now() + close_grace;
-                        grace_until = Some(deadline);
-                        matches!(tokio::time::timeout_at(deadline, write).await, Ok(Ok(())))
-                    }
-                }
-            }
-            Some(deadline) => matches!(tokio::time::timeout_at(deadline, write).await, Ok(Ok(()))),
+        let mut write = std::pin::pin!(halves.writer().write_all(&chunk));
+        let written = match futures::poll!(write.as_mut()) {
+            Poll::Ready(written) => written.is_ok(),
+            // Boxed: its wait for the end and its timer held inline would make every idle
+            // stream's task larger (a task is as large as its largest state: measured inline
+            // at f5a7529, an idle tab cost 1.98 KiB of RSS against 1.84).
+            Poll::Pending => Box::pin(finish_write(write, stream_end, close_grace)).await,
         };
         if !written {
-            if grace_until.is_some_and(|deadline| tokio::time::Instant::now() >= deadline) {
-                stream_end.reset_on_drop();
-            }
             return;
         }
     }
     let _ = halves.writer().shutdown().await;
+}
+
+/// Finishes a write that waits (a slow peer, or one that does not read), watching the hub's end
+/// of the stream meanwhile: once the hub ended it, what is left of the stream (this write and
+/// the next, its `closed` event) has `close_grace` from then, after which the socket is reset
+/// and dropped. `true` if the write went through.
+async fn finish_write<F: Future<Output = io::Result<()>>>(
+    mut write: Pin<&mut F>,
+    stream_end: &StreamEnd,
+    close_grace: Duration,
+) -> bool {
+    let deadline = match stream_end.grace_until() {
+        Some(deadline) => deadline,
+        None => tokio::select! {
+            biased;
+            written = write.as_mut() => return written.is_ok(),
+            () = stream_end.ended() => stream_end.start_grace(close_grace),
+        },
+    };
+    match tokio::time::timeout_at(deadline, write).await {
+        Ok(written) => written.is_ok(),
+        Err(_) => {
+            stream_end.reset_on_drop();
+            false
+        }
+    }
 }
 
 /// The head of a stream's answer: [`STREAM_HEADERS`] and `answer_headers` (CORS, `nosniff`).

@@ -61,6 +61,8 @@ struct EndState {
     signal: Option<EndSignal>,
     /// The connection's task, waiting while no stream is registered: woken when one is.
     waiter: Option<Waker>,
+    /// When what is left of an ended stream must have been written (see `crate::connection`).
+    grace_until: Option<Instant>,
 }
 
 impl StreamEnd {
@@ -112,6 +114,17 @@ impl StreamEnd {
         }
         let _forget = ForgetWaiter(self);
         std::future::poll_fn(|cx| self.poll_ended(cx)).await
+    }
+
+    /// When the close grace of the stream ended here runs out, once it started.
+    pub(crate) fn grace_until(&self) -> Option<Instant> {
+        self.state.lock().grace_until
+    }
+
+    /// Starts the close grace of the stream ended here (once: a second call keeps the first
+    /// deadline) and returns when it runs out.
+    pub(crate) fn start_grace(&self, close_grace: Duration) -> Instant {
+        *self.state.lock().grace_until.get_or_insert_with(|| Instant::now() + close_grace)
     }
 
     /// Makes the socket reset rather than close when it is dropped.
