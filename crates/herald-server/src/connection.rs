@@ -405,8 +405,9 @@ async fn open_stream(app: &Arc<App>, mut parts: http::request::Parts) -> Result<
 ///
 /// `held` (the connection's slots under the caps) is kept until the stream's task ends.
 ///
-/// Measured with `size_of_val` in a release build: this future is 752 B, the whole task of an
-/// idle stream. (With the front door in the same task, and `async fn`s, it was 3.9 KiB, and an
+/// Measured with `size_of_val` in a release build at `a2114f6`: this future was 752 B, the whole
+/// task of an idle stream; the bench's RSS per idle tab did not move when `dd9ea0b` reshaped
+/// the writes (1.85 against 1.83 KiB, see [`drive_stream`]). (With the front door in the same task, and `async fn`s, it was 3.9 KiB, and an
 /// idle SSE client cost 3.65 KiB of RSS; 848 B before `Subscription::next_before` boxed its
 /// rare waits, and the task's memory then took one more allocation size class: 1.91 KiB per
 /// idle SSE tab against 1.76 with `--memory`.)
