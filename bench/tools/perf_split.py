@@ -3,6 +3,7 @@
 
     perf script -i perf.data -F comm,tid,ip,sym > perf.script.txt
     bench/tools/perf_split.py perf.script.txt --us-per-delivery 21.6 [--deliveries-per-publish 3]
+    bench/tools/perf_split.py perf.script.txt --callees 'Notifier::publish'   # what a part calls
 
 Reads the samples of `perf script` (each a header line, then its stack, leaf first) and counts
 each sample once, in the first part below whose every pattern is in its stack (its thread name
@@ -65,6 +66,10 @@ WRITER_PARTS = [
 ]
 
 
+# Callees listed by --callees, the largest first.
+CALLEES_SHOWN = 25
+
+
 def samples(path):
     """Each sample as one string: its header line and its frames' symbols, joined by newlines."""
     current = []
@@ -99,6 +104,27 @@ def split(stacks, parts):
     return counts
 
 
+def print_callees(stacks, pattern, per, deliveries_per_publish):
+    """Splits the samples under `pattern` by the frame just below its innermost match."""
+    total = len(stacks)
+    counts = {}
+    for stack in stacks:
+        frames = stack.split("\n")[1:]  # leaf first; the header line dropped
+        inner = next((i for i, frame in enumerate(frames) if pattern in frame), None)
+        if inner is None:
+            continue
+        callee = "self" if inner == 0 else frames[inner - 1]
+        counts[callee] = counts.get(callee, 0) + 1
+    under = sum(counts.values())
+    print(f"{under} under {pattern!r} ({100 * under / total:.1f} %), by callee:")
+    if per is not None:
+        print(f"{'share':>7}  {'µs/deliv':>8}  {'µs/publish':>10}  callee")
+    for callee, count in sorted(counts.items(), key=lambda item: -item[1])[:CALLEES_SHOWN]:
+        share = count / total
+        cost = "" if per is None else f"  {share * per:8.2f}  {share * per * deliveries_per_publish:10.2f}"
+        print(f"{100 * share:6.2f}%{cost}  {callee[:120]}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("script", help="output of `perf script -F comm,tid,ip,sym`")
@@ -111,6 +137,12 @@ def main():
         help="serving: by part of the work (default); operating: what metrics, the admin page, "
         "presence and the senders cost, the rest as 'other'",
     )
+    parser.add_argument(
+        "--callees",
+        metavar="PATTERN",
+        help="instead of the parts: the samples whose stack has a frame matching PATTERN, split "
+        "by the function that frame called (its innermost match; 'self' when the sample is in it)",
+    )
     args = parser.parse_args()
 
     stacks = list(samples(args.script))
@@ -119,6 +151,9 @@ def main():
     total = len(stacks)
     per = args.us_per_delivery
     print(f"{total} samples")
+    if args.callees:
+        print_callees(stacks, args.callees, per, args.deliveries_per_publish)
+        return
     print(f"{'share':>7}  {'µs/deliv':>8}  {'µs/publish':>10}  part")
     parts = PARTS if args.parts == "serving" else OPERATING_PARTS
     for name, count in split(stacks, parts).items():
