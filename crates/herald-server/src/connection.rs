@@ -407,8 +407,9 @@ async fn open_stream(app: &Arc<App>, mut parts: http::request::Parts) -> Result<
 ///
 /// Measured with `size_of_val` in a release build at `a2114f6`: this future was 752 B, the whole
 /// task of an idle stream; the bench's RSS per idle tab did not move when `dd9ea0b` reshaped
-/// the writes (1.85 against 1.83 KiB, see [`drive_stream`]). (With the front door in the same task, and `async fn`s, it was 3.9 KiB, and an
-/// idle SSE client cost 3.65 KiB of RSS; 848 B before `Subscription::next_before` boxed its
+/// the writes (1.85 against 1.83 KiB, see [`drive_stream`]). (With the front door in the same
+/// task, and `async fn`s, it was 3.9 KiB, and an idle SSE client cost 3.65 KiB of RSS; 848 B
+/// before `Subscription::next_before` boxed its
 /// rare waits, and the task's memory then took one more allocation size class: 1.91 KiB per
 /// idle SSE tab against 1.76 with `--memory`.)
 #[allow(clippy::manual_async_fn)] // On purpose: see the comment in the body.
@@ -494,24 +495,34 @@ async fn drive_stream<H: Halves>(
             gone = client_left(halves.reader()) => if gone { return } else { continue },
         };
         let Some(chunk) = chunk else { break };
-        let mut write = std::pin::pin!(halves.writer().write_all(&chunk));
-        let written = match futures::poll!(write.as_mut()) {
-            Poll::Ready(written) => written.is_ok(),
-            // Boxed: its wait for the end and its timer held inline would make every idle
-            // stream's task larger (a task is as large as its largest state: measured inline
-            // at f5a7529, an idle tab cost 1.98 KiB of RSS against 1.84).
-            Poll::Pending => Box::pin(finish_write(write, stream_end, close_grace)).await,
-        };
-        if !written {
+        if !write(halves.writer().write_all(&chunk), stream_end, close_grace).await {
             return;
         }
     }
-    let _ = halves.writer().shutdown().await;
+    // Under TLS a shutdown writes (`close_notify`): bounded like the stream's last write.
+    write(halves.writer().shutdown(), stream_end, close_grace).await;
+}
+
+/// Runs `write` (a chunk, or the shutdown) to its end; `true` if it went through. Most writes
+/// go through at their first poll; one that waits goes on in [`finish_write`], boxed: its wait
+/// for the end and its timer held inline would make every idle stream's task larger (a task is
+/// as large as its largest state: measured inline at `f5a7529`, an idle tab cost 1.98 KiB of
+/// RSS against 1.84).
+async fn write<F: Future<Output = io::Result<()>>>(
+    write: F,
+    stream_end: &StreamEnd,
+    close_grace: Duration,
+) -> bool {
+    let mut write = std::pin::pin!(write);
+    match futures::poll!(write.as_mut()) {
+        Poll::Ready(written) => written.is_ok(),
+        Poll::Pending => Box::pin(finish_write(write, stream_end, close_grace)).await,
+    }
 }
 
 /// Finishes a write that waits (a slow peer, or one that does not read), watching the hub's end
-/// of the stream meanwhile: once the hub ended it, what is left of the stream (this write and
-/// the next, its `closed` event) has `close_grace` from then, after which the socket is reset
+/// of the stream meanwhile: once the hub ended it, what is left of the stream (this write, its
+/// `closed` event, the shutdown) has `close_grace` from then, after which the socket is reset
 /// and dropped. `true` if the write went through.
 async fn finish_write<F: Future<Output = io::Result<()>>>(
     mut write: Pin<&mut F>,
